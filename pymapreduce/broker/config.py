@@ -1,0 +1,49 @@
+"""Broker settings: a frozen dataclass of validated defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..patterns import config as timing
+from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything a broker needs to know to start.
+
+    ``bind`` is the control address (clients and workers connect there); ``data_bind``
+    the data-plane sink, by default the same host on a port the OS chooses (workers learn
+    it from the broker, so they only need the control address).
+    """
+
+    bind: str = "tcp://127.0.0.1:5555"
+    data_bind: str | None = None
+    heartbeat_interval: float = timing.HEARTBEAT_INTERVAL
+    liveness: float = timing.LIVENESS
+    max_attempts: int = 4  # as Hadoop: a task is tried this often before the job fails
+    memory_budget: int = 1 << 30  # bytes of task output held in memory; beyond it, disk
+    spill_dir: str | None = None  # where outputs over the budget go (default: a temp dir)
+    result_ttl: float = 3600.0  # seconds a finished job's outputs wait for their client
+    max_message: int = DEFAULT_MAX_MESSAGE
+    status_interval: float = 0.1  # at most this often a progress event per job
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.bind)
+        if self.data_bind is not None:
+            check_endpoint(self.data_bind)
+        if self.heartbeat_interval <= 0 or self.liveness <= self.heartbeat_interval:
+            raise ConfigError("need 0 < heartbeat_interval < liveness")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if self.memory_budget < 0:
+            raise ConfigError("memory_budget must not be negative")
+
+    def sink_endpoint(self) -> str:
+        if self.data_bind:
+            return self.data_bind
+        if self.bind.startswith("tcp://"):
+            host = self.bind[len("tcp://") :].rsplit(":", 1)[0]
+            return f"tcp://{host}:0"
+        return self.bind + ".data"

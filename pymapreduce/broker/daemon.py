@@ -1,0 +1,512 @@
+"""The broker: control plane (ROUTER), data sink (PULL), task table and scheduler.
+
+The loop follows the ZeroMQ guide's majordomo broker: poll with a short timeout,
+dispatch each message on its command, then one ``step(now)`` for time-driven work
+(liveness purge, status events, expiry) and a dispatch round that hands pending tasks
+to workers that announced credit. The broker never unpickles anything: job code, input
+chunks and partition data are opaque blobs it stores and forwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import zmq
+
+from ..errors import ProtocolError
+from ..patterns import protocol as P
+from ..patterns.message import Message
+from ..patterns.sockets import bind, make_socket, recv, send
+from .config import BrokerConfig
+from .scheduler import Scheduler
+from .sink import Store
+from .tasks import MAP, REDUCE, RUNNING, JobState, Task
+
+log = logging.getLogger("pymapreduce.broker")
+
+DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
+MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
+
+
+class WorkerState:
+    """A registered worker process, as the broker sees it."""
+
+    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs")
+
+    def __init__(self, route: bytes, name: str, credit: int, now: float) -> None:
+        self.route = route
+        self.name = name
+        self.credit = credit
+        self.running: set[tuple] = set()  # (job_id, kind, index, attempt)
+        self.last_seen = now
+        self.known_jobs: set[str] = set()  # jobs whose code this worker already has
+
+
+class Broker:
+    """A broker bound to ``config.bind``; ``serve_forever()`` runs it until ``stop()``."""
+
+    def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self.control = make_socket(self.ctx, zmq.ROUTER, max_message=config.max_message)
+        self.sink = make_socket(self.ctx, zmq.PULL, max_message=config.max_message)
+        self.address = ""
+        self.data_address = ""
+        self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
+        self.jobs: dict[str, JobState] = {}
+        self.scheduler = Scheduler()
+        self.store = Store(config.memory_budget, config.spill_dir)
+        self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
+        self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
+        self._stopping = False
+        self._last_tick = 0.0
+        self._handlers = {
+            P.READY: self.on_ready,
+            P.DONE: self.on_done,
+            P.FAILED: self.on_failed,
+            P.HEARTBEAT: self.on_heartbeat,
+            P.BYE: self.on_bye,
+            P.HELLO: self.on_hello,
+            P.SUBMIT: self.on_submit,
+            P.WATCH: self.on_watch,
+            P.STATUS: self.on_status,
+            P.FETCH: self.on_fetch,
+            P.CANCEL: self.on_cancel,
+            P.RELEASE: self.on_release,
+        }
+
+    # -- life cycle ----------------------------------------------------------------------
+    def bind(self) -> str:
+        """Bind both sockets; returns the control address (with the real port)."""
+        self.address = bind(self.control, self.config.bind)
+        try:
+            self.data_address = bind(self.sink, self.config.sink_endpoint())
+        except Exception:
+            self.control.close(0)
+            raise
+        return self.address
+
+    def connect_worker(self, endpoint: str) -> None:
+        """Reach a worker that listens instead of connecting (the original API's slaves)."""
+        self.control.connect(endpoint)
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from another thread or a signal handler)."""
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        if not self.address:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.sink, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(MAX_POLL_MS))
+                if self.sink in events:
+                    self._drain(self.sink, self._on_data, routed=False)
+                if self.control in events:
+                    self._drain(self.control, self._on_control, routed=True)
+                self.step(time.monotonic())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.control.close(0)
+        self.sink.close(0)
+        self.store.close()
+        if self._own_context:
+            self.ctx.term()
+
+    def _drain(self, sock: zmq.Socket, handler, routed: bool) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                route, msg = recv(sock, routed)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                peer = getattr(exc, "route", [b""])
+                log.warning("dropped a malformed message from %s: %s", _peer(peer), exc)
+                if routed and peer:
+                    self._reply(peer[0], P.ERROR, {"code": "malformed", "message": str(exc)})
+            else:
+                handler(route, msg)
+            if not sock.poll(0, zmq.POLLIN):
+                return
+
+    def _on_control(self, route: list, msg: Message) -> None:
+        handler = self._handlers.get(msg.command)
+        peer = route[0]
+        if handler is None:
+            log.warning("unknown command %r from %s", msg.command[:40], _peer(route))
+            self._reply(peer, P.ERROR, {"code": "unknown-command", "message": msg.command[:40]})
+            return
+        now = time.monotonic()
+        try:
+            handler(peer, msg, now)
+        except Exception as exc:  # a bad message must never take the broker down
+            log.warning("%s from %s rejected: %r", msg.command, _peer(route), exc)
+            self._reply(
+                peer,
+                P.ERROR,
+                {"code": "bad-request", "message": f"{msg.command}: {exc}", "req": _req(msg)},
+            )
+        self.dispatch()
+
+    # -- time-driven work ----------------------------------------------------------------
+    def step(self, now: float) -> None:
+        """Everything driven by the clock: purge silent workers, status events, expiry."""
+        for job in self.jobs.values():
+            if job.dirty and now - job.last_event >= self.config.status_interval:
+                self._publish(job, now)
+        if now - self._last_tick < self.config.heartbeat_interval:
+            return
+        self._last_tick = now
+        for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
+            self._purge(w, f"silent for {now - w.last_seen:.1f}s")
+        for job in list(self.jobs.values()):
+            if job.state == P.JOB_RUNNING:
+                self._publish(job, now)  # doubles as the clients' heartbeat
+            elif job.finished is not None and now - job.finished > self.config.result_ttl:
+                self._drop_job(job)
+        self.dispatch()
+
+    # -- workers -------------------------------------------------------------------------
+    def on_ready(self, peer: bytes, msg: Message, now: float) -> None:
+        old = self.workers.get(peer)
+        if old is not None:  # re-registration: what it held is lost with its queue
+            self._purge(old, "re-registered")
+        credit = int(msg.body.get("credit", 1))
+        name = str(msg.body.get("name", ""))[:200]
+        self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now)
+        log.info("worker %s joined (credit %d)", name or _peer([peer]), credit)
+        self._reply(
+            peer,
+            P.WELCOME,
+            {
+                "sink": self.data_address,
+                "heartbeat": self.config.heartbeat_interval,
+                "liveness": self.config.liveness,
+            },
+        )
+
+    def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
+        worker = self.workers.get(msg.body.get("worker", peer))
+        if worker is None:
+            self._reply(peer, P.RECONNECT, {})
+            return
+        worker.last_seen = now
+        self._reply(peer, P.HEARTBEAT, {})
+
+    def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
+        worker = self.workers.get(peer)
+        if worker is not None:
+            self._purge(worker, "left")
+
+    def _worker(self, peer: bytes, now: float) -> WorkerState | None:
+        worker = self.workers.get(peer)
+        if worker is None:
+            self._reply(peer, P.RECONNECT, {})  # e.g. after a broker restart
+        else:
+            worker.last_seen = now
+        return worker
+
+    def on_done(self, peer: bytes, msg: Message, now: float) -> None:
+        worker = self._worker(peer, now)
+        if worker is None:
+            return
+        blobs = msg.blobs
+        pos = 0
+        for job_id, kind, index, attempt, stats, nblobs in msg.body["results"]:
+            key = (job_id, kind, index, attempt)
+            if nblobs >= 0:  # output inline
+                self._commit(key, stats, list(blobs[pos : pos + nblobs]))
+                pos += nblobs
+                worker.running.discard(key)
+            elif key in self._early:
+                self._commit(key, stats, self._early.pop(key))
+            elif self._attempt(key) is not None:
+                self._awaiting[key] = stats  # its outputs are still on the data plane
+            else:
+                worker.running.discard(key)
+
+    def _on_data(self, route: list, msg: Message) -> None:
+        if msg.command != P.OUTPUT:
+            log.warning("dropped a %r message on the data plane", msg.command[:40])
+            return
+        b = msg.body
+        key = (b.get("job"), b.get("kind"), b.get("index"), b.get("attempt"))
+        if self._attempt(key) is None:
+            return  # stale or unknown attempt: a later or earlier attempt owns this task
+        if key in self._awaiting:
+            self._commit(key, self._awaiting.pop(key), list(msg.blobs))
+        else:
+            self._early[key] = list(msg.blobs)
+        self.dispatch()
+
+    def on_failed(self, peer: bytes, msg: Message, now: float) -> None:
+        worker = self._worker(peer, now)
+        if worker is None:
+            return
+        b = msg.body
+        key = (b["job"], b["kind"], b["index"], b["attempt"])
+        worker.running.discard(key)
+        task = self._attempt(key)
+        if task is None:
+            return
+        task.running.pop(key[3], None)
+        task.failures += 1
+        job = task.job
+        log.info("%s %s attempt %d failed: %s", job.id, task.name, key[3], b.get("error"))
+        if task.failures >= self.config.max_attempts:
+            job.finish(
+                P.JOB_FAILED,
+                {
+                    "message": f"{task.name} failed {task.failures} times; last error: "
+                    f"{b.get('error', '')}",
+                    "task": task.name,
+                    "position": b.get("position"),
+                    "traceback": str(b.get("traceback", "")),
+                },
+            )
+            self._job_ended(job)
+        elif not task.running:
+            task.move("pending")
+            job.pending.appendleft(task)
+
+    def _attempt(self, key: tuple) -> Task | None:
+        """The task whose attempt ``key`` is still running, or None if it is stale."""
+        job_id, kind, index, attempt = key
+        job = self.jobs.get(job_id)
+        if job is None or job.state != P.JOB_RUNNING or kind not in (MAP, REDUCE):
+            return None
+        tasks = job.tasks(kind)
+        if not isinstance(index, int) or not 0 <= index < len(tasks):
+            return None
+        task = tasks[index]
+        if task.state != RUNNING or attempt not in task.running:
+            return None
+        return task
+
+    def _commit(self, key: tuple, stats: dict, blobs: list) -> None:
+        task = self._attempt(key)
+        if task is None:
+            return
+        job = task.job
+        for attempt, route in task.running.items():  # also any other attempt of the task
+            w = self.workers.get(route)
+            if w is not None:
+                w.running.discard((job.id, task.kind, task.index, attempt))
+        nonempty: list[int] = []
+        if task.kind == MAP and not job.map_only:
+            if len(blobs) != job.reducers:
+                log.warning("%s %s: %d partitions for %d reducers", job.id, task.name,
+                            len(blobs), job.reducers)
+                return
+            for r, blob in enumerate(blobs):
+                if len(blob):
+                    self.store.put((job.id, MAP, task.index, r), blob)
+                    nonempty.append(r)
+        else:
+            if len(blobs) != 1:
+                return
+            self.store.put((job.id, "out", task.index), blobs[0])
+        job.commit(task, stats if isinstance(stats, dict) else {}, nonempty)
+        if job.state != P.JOB_RUNNING:
+            self._job_ended(job)
+
+    def _purge(self, worker: WorkerState, reason: str) -> None:
+        """Forget a worker; its running tasks go back to the front of their queues."""
+        self.workers.pop(worker.route, None)
+        lost = 0
+        for key in worker.running:
+            task = self._attempt(key)
+            if task is None:
+                continue
+            task.running.pop(key[3], None)
+            if not task.running:
+                task.move("pending")
+                task.job.pending.appendleft(task)
+                lost += 1
+        log.info("worker %s removed (%s); %d task(s) re-queued", worker.name, reason, lost)
+
+    def dispatch(self) -> None:
+        """Hand pending tasks to workers with credit (never to one that did not ask)."""
+        pending = self.scheduler.pending()
+        if not pending or not self.workers:
+            return
+        # Prefetch deep while the queue is long, one at a time near the end of a phase,
+        # so the last tasks are not stuck behind a busy worker's queue.
+        target = max(1, pending // (2 * len(self.workers)))
+        for worker in list(self.workers.values()):
+            room = min(worker.credit, target) - len(worker.running)
+            if room <= 0:
+                continue
+            tasks = self.scheduler.take(room)
+            if not tasks:
+                return
+            self.workers.move_to_end(worker.route)
+            self._send_tasks(worker, tasks)
+
+    def _send_tasks(self, worker: WorkerState, tasks: list[Task]) -> None:
+        by_job: dict[str, list[Task]] = {}
+        for t in tasks:
+            by_job.setdefault(t.job.id, []).append(t)
+        for job_id, group in by_job.items():
+            job = self.jobs[job_id]
+            blobs: list[Any] = []
+            body: dict = {"job": job_id, "reducers": job.reducers, "map_only": job.map_only}
+            if job_id not in worker.known_jobs:
+                body["code"] = len(blobs)
+                blobs.append(job.code)
+            items = []
+            for t in group:
+                attempt = t.start(worker.route)
+                worker.running.add((job_id, t.kind, t.index, attempt))
+                if t.kind == MAP:
+                    split = job.splits[t.index]
+                    if split[0] == "mem":
+                        items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
+                        blobs.append(split[1])
+                    else:
+                        items.append([MAP, t.index, attempt, split])
+                else:
+                    parts = job.map_parts[t.index]
+                    items.append([REDUCE, t.index, attempt, ["segs", len(blobs), len(parts)]])
+                    blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
+            body["tasks"] = items
+            try:
+                send(self.control, Message(P.TASKS, body, tuple(blobs)), route=[worker.route])
+            except zmq.ZMQError as exc:  # the worker is gone (ROUTER_MANDATORY)
+                self._purge(worker, f"unreachable: {exc.strerror}")
+                return
+            worker.known_jobs.add(job_id)
+
+    # -- clients -------------------------------------------------------------------------
+    def on_hello(self, peer: bytes, msg: Message, now: float) -> None:
+        self._reply(
+            peer,
+            P.INFO,
+            {"req": _req(msg), "workers": len(self.workers), "slots": len(self.workers),
+             "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)},
+        )
+
+    def on_submit(self, peer: bytes, msg: Message, now: float) -> None:
+        b = msg.body
+        job_id = str(b["job_id"])
+        job = self.jobs.get(job_id)
+        if job is None:  # a resubmit of a known id is idempotent
+            if not msg.blobs:
+                raise ValueError("SUBMIT carries no job code")
+            splits = []
+            for desc in b["splits"]:
+                if desc[0] == "mem":
+                    splits.append(["mem", msg.blobs[int(desc[1])]])
+                elif desc[0] == "file" and len(desc) == 4:
+                    splits.append(["file", str(desc[1]), int(desc[2]), int(desc[3])])
+                else:
+                    raise ValueError(f"unknown split {desc[:1]!r}")
+            if not splits:
+                raise ValueError("the job has no input splits")
+            reducers = b.get("reducers")
+            if reducers is None:
+                reducers = max(1, len(self.workers))
+            map_only = bool(b.get("map_only")) or reducers == 0
+            job = JobState(job_id, str(b.get("name", ""))[:200], msg.blobs[0], splits,
+                           max(1, int(reducers)), map_only, peer, now)
+            self.jobs[job_id] = job
+            self.scheduler.add(job)
+            log.info("job %s (%s) accepted: %d map tasks, %d reducers", job_id, job.name,
+                     len(splits), job.reducers)
+        job.watchers.add(peer)
+        self._reply(peer, P.ACCEPTED, {"req": _req(msg), **job.status(now)})
+
+    def _job_or_error(self, peer: bytes, msg: Message) -> JobState | None:
+        job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is None:
+            self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
+                                        "message": f"no job {msg.body.get('job_id')!r} here"})
+        return job
+
+    def on_watch(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is not None:
+            job.watchers.add(peer)
+            self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_status(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is not None:
+            self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_fetch(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        part = int(msg.body["part"])
+        if job.state != P.JOB_SUCCEEDED or not 0 <= part < job.output_parts:
+            raise ValueError(f"job {job.id} has no output partition {part} ({job.state})")
+        key = (job.id, "out", part)
+        blob = self.store.get(key) if key in self.store else b""
+        self._reply(peer, P.PART, {"req": _req(msg), "job_id": job.id, "part": part}, (blob,))
+
+    def on_cancel(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        if job.state == P.JOB_RUNNING:
+            job.finish(P.JOB_CANCELLED, {"message": "cancelled by a client"})
+            self._job_ended(job)
+        self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_release(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is not None and job.state != P.JOB_RUNNING:
+            self._drop_job(job)
+        self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
+                                     "state": "released"})
+
+    # -- job events ----------------------------------------------------------------------
+    def _job_ended(self, job: JobState) -> None:
+        self.scheduler.remove(job)
+        jid = job.id
+        self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
+        for table in (self._early, self._awaiting):
+            for key in [k for k in table if k[0] == jid]:
+                del table[key]
+        log.info("job %s %s in %.3fs", jid, job.state, time.monotonic() - job.submitted)
+        self._publish(job, time.monotonic())
+
+    def _drop_job(self, job: JobState) -> None:
+        self.jobs.pop(job.id, None)
+        self.scheduler.remove(job)
+        jid = job.id
+        self.store.discard_where(lambda k: k[0] == jid)
+
+    def _publish(self, job: JobState, now: float) -> None:
+        job.dirty = False
+        job.last_event = now
+        status = job.status(now)
+        for peer in list(job.watchers):
+            if not self._reply(peer, P.STATUS, status):
+                job.watchers.discard(peer)
+
+    def _reply(self, peer: bytes, command: str, body: dict, blobs: tuple = ()) -> bool:
+        try:
+            send(self.control, Message(command, body, blobs), route=[peer])
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer has gone
+            log.debug("cannot reach %s: %s", _peer([peer]), exc.strerror)
+            return False
+
+
+def _req(msg: Message) -> Any:
+    return msg.body.get("req")
+
+
+def _peer(route: list) -> str:
+    return route[0].hex() if route and route[0] else "?"

@@ -1,0 +1,179 @@
+"""The task table: jobs, their map and reduce tasks, and the allowed state changes.
+
+Pure bookkeeping, no sockets: the broker daemon feeds it events and sends what it says.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import PyMapReduceError
+from ..patterns import protocol as P
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+# Which state may follow which. RUNNING -> PENDING: the worker died or the attempt
+# failed with attempts left; RUNNING -> FAILED: attempts exhausted or job ended.
+TRANSITIONS = {
+    PENDING: frozenset({RUNNING, FAILED}),
+    RUNNING: frozenset({DONE, PENDING, FAILED, RUNNING}),
+    DONE: frozenset(),
+    FAILED: frozenset(),
+}
+
+MAP, REDUCE = "map", "reduce"
+
+
+class IllegalTransition(PyMapReduceError):
+    """A task was asked to move to a state its current state does not allow."""
+
+
+class Task:
+    """One map or reduce task; ``attempt`` counts the attempts handed out so far."""
+
+    __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures")
+
+    def __init__(self, job: JobState, kind: str, index: int) -> None:
+        self.job = job
+        self.kind = kind
+        self.index = index
+        self.state = PENDING
+        self.attempt = 0
+        self.running: dict[int, bytes] = {}  # attempt -> worker route
+        self.failures = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.index}"
+
+    def move(self, state: str) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.job.id} {self.name}: {self.state} -> {state}")
+        self.state = state
+
+    def start(self, worker: bytes) -> int:
+        """Hand a new attempt to ``worker``; returns its attempt number."""
+        self.move(RUNNING)
+        self.attempt += 1
+        self.running[self.attempt] = worker
+        return self.attempt
+
+
+class JobState:
+    """A submitted job: its code and splits (opaque bytes), tasks, outputs and progress."""
+
+    def __init__(
+        self,
+        job_id: str,
+        name: str,
+        code: Any,
+        splits: list,
+        reducers: int,
+        map_only: bool,
+        owner: bytes,
+        now: float,
+    ) -> None:
+        self.id = job_id
+        self.name = name
+        self.code = code
+        self.splits = splits  # per map task: ["mem", blob] or ["file", path, start, end]
+        self.reducers = reducers
+        self.map_only = map_only
+        self.owner = owner
+        self.state = P.JOB_RUNNING
+        self.phase = MAP
+        self.maps = [Task(self, MAP, i) for i in range(len(splits))]
+        self.reduces: list[Task] = []
+        self.pending: deque[Task] = deque(self.maps)
+        self.done_maps = 0
+        self.done_reduces = 0
+        self.map_parts: list[list[int]] = [[] for _ in range(reducers)]  # r -> map indexes
+        self.counters: dict[str, int] = {}
+        self.records = 0
+        self.bytes_in = 0
+        self.watchers: set[bytes] = {owner}
+        self.error: dict | None = None
+        self.submitted = now
+        self.wall_start = time.time()
+        self.finished: float | None = None
+        self.dirty = False
+        self.last_event = 0.0
+
+    # -- progress ------------------------------------------------------------------------
+    def tasks(self, kind: str) -> list[Task]:
+        return self.maps if kind == MAP else self.reduces
+
+    @property
+    def output_parts(self) -> int:
+        """How many output partitions a client fetches: map tasks (map-only) or reducers."""
+        return len(self.maps) if self.map_only else self.reducers
+
+    def commit(self, task: Task, stats: dict, nonempty_parts: list[int]) -> None:
+        """Record a committed task; after the last map, queue the reduce tasks.
+
+        ``nonempty_parts`` lists the partitions this map task wrote something to.
+        """
+        task.move(DONE)
+        task.running.clear()
+        for name, n in (stats.get("counters") or {}).items():
+            self.counters[name] = self.counters.get(name, 0) + n
+        self.records += stats.get("records", 0)
+        self.bytes_in += stats.get("bytes", 0)
+        self.dirty = True
+        if task.kind == REDUCE:
+            self.done_reduces += 1
+            if self.done_reduces == len(self.reduces):
+                self.finish(P.JOB_SUCCEEDED)
+            return
+        self.done_maps += 1
+        if not self.map_only:
+            for r in nonempty_parts:
+                self.map_parts[r].append(task.index)
+        if self.done_maps < len(self.maps):
+            return
+        if self.map_only:
+            self.finish(P.JOB_SUCCEEDED)
+            return
+        self.phase = REDUCE
+        self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
+        for r, t in enumerate(self.reduces):
+            if self.map_parts[r]:
+                self.map_parts[r].sort()  # map-task order: reduce sees values in input order
+                self.pending.append(t)
+            else:  # nothing was mapped to this partition: its output is empty
+                t.state = DONE
+                self.done_reduces += 1
+        if self.done_reduces == len(self.reduces):
+            self.finish(P.JOB_SUCCEEDED)
+
+    def finish(self, state: str, error: dict | None = None) -> None:
+        if self.state in P.JOB_TERMINAL:
+            return
+        self.state = state
+        self.error = error
+        self.phase = "done"
+        self.finished = time.monotonic()
+        self.pending.clear()
+        self.dirty = True
+
+    def status(self, now: float) -> dict:
+        end = self.finished if self.finished is not None else now
+        status = {
+            "job_id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "phase": self.phase,
+            "maps": [self.done_maps, len(self.maps)],
+            "reduces": [self.done_reduces, 0 if self.map_only else self.reducers],
+            "parts": self.output_parts,
+            "map_only": self.map_only,
+            "counters": dict(self.counters),
+            "records": self.records,
+            "bytes": self.bytes_in,
+            "elapsed": round(end - self.submitted, 6),
+        }
+        if self.error:
+            status["error"] = self.error
+        return status

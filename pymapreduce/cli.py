@@ -1,0 +1,285 @@
+"""``pymapreduce broker | worker | run | status``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import ipaddress
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+from .errors import AddressInUse, BrokerUnavailable, JobFailed, PyMapReduceError
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_ADDRESS_IN_USE = 4
+EXIT_INTERRUPTED = 130
+
+PRINT_LIMIT = 10_000  # output pairs printed to the terminal when no --output is given
+
+
+def _setup_logging(level: str, role: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format=f"pymapreduce {role} %(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+
+
+def _watch_parent(parent_pid: int | None, on_gone) -> None:
+    if parent_pid is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        on_gone()
+
+    threading.Thread(target=watch, name="pmr-parent-watch", daemon=True).start()
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost" or endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .broker import Broker, BrokerConfig
+
+    _setup_logging(args.log_level, "broker")
+    for endpoint in filter(None, (args.bind, args.data_bind)):
+        if not _is_loopback(endpoint) and not args.insecure:
+            print(f"pymapreduce broker: refusing to listen on {endpoint} beyond loopback "
+                  "without authentication: whoever can submit a job runs code on every worker. "
+                  "Pass --insecure to do it anyway on a network you trust.", file=sys.stderr)
+            return EXIT_USAGE
+    config = BrokerConfig(bind=args.bind, data_bind=args.data_bind,
+                          heartbeat_interval=args.heartbeat, liveness=args.liveness,
+                          max_attempts=args.max_attempts,
+                          memory_budget=int(args.memory_budget_mb * 1024 * 1024),
+                          spill_dir=args.spill_dir)
+    broker = Broker(config)
+    try:
+        address = broker.bind()
+    except AddressInUse as exc:
+        print(f"pymapreduce broker: {exc}", file=sys.stderr)
+        broker.close()
+        return EXIT_ADDRESS_IN_USE
+    if args.insecure and not _is_loopback(address):
+        logging.getLogger("pymapreduce.broker").warning(
+            "listening on %s WITHOUT authentication (--insecure)", address)
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGINT, lambda *_: broker.stop())
+    _watch_parent(args.parent_pid, broker.stop)
+    print(f"pymapreduce broker ready: {address} (data {broker.data_address})", flush=True)
+    broker.serve_forever()
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .patterns.sockets import check_endpoint
+    from .workers import Supervisor
+
+    _setup_logging(args.log_level, "worker")
+    check_endpoint(args.connect)
+    processes = args.processes or os.cpu_count() or 1
+    sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid)
+    signal.signal(signal.SIGTERM, sup.stop)
+    signal.signal(signal.SIGINT, sup.stop)
+    sup.start()
+    print(f"pymapreduce worker ready: {processes} processes for {args.connect}", flush=True)
+    sup.serve_forever()
+    return EXIT_OK
+
+
+def load_job_class(spec: str):
+    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
+    if target.endswith(".py") or os.sep in target:
+        if not os.path.isfile(target):
+            raise PyMapReduceError(f"job file {target!r} does not exist")
+        name = os.path.splitext(os.path.basename(target))[0]
+        module_spec = importlib.util.spec_from_file_location(name, target)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)  # the workers need not have the file
+    else:
+        module = importlib.import_module(target)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise PyMapReduceError(f"{target} defines no {attr!r}") from None
+
+
+class Progress:
+    """A one-line progress bar on a terminal: tasks done / total, per phase."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, status: dict) -> None:
+        if not self.enabled:
+            return
+        line = "  ".join(
+            f"{phase} {done}/{total} {self._bar(done, total)}"
+            for phase, (done, total) in (("map", status["maps"]), ("reduce", status["reduces"]))
+            if total
+        )
+        self.stream.write(f"\r{line}  {status.get('elapsed', 0):.1f}s ")
+        self.stream.flush()
+
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 20) -> str:
+        filled = int(width * done / max(total, 1))
+        return "[" + "#" * filled + "." * (width - filled) + "]"
+
+    def end(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .client import Client
+    from .inputs import read_text
+    from .local import LocalCluster
+
+    job = load_job_class(args.job)()
+    inputs = read_text(args.inputs, split_bytes=args.split_bytes)
+    inputs.files()  # a path that matches nothing fails here, before any process starts
+    cluster = None
+    started = time.monotonic()
+    try:
+        address = args.connect
+        if address is None:
+            cluster = LocalCluster(workers=args.workers).start()
+            address = cluster.address
+        with Client(address) as client:
+            handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
+                                   output_dir=args.output)
+            progress = Progress(sys.stderr)
+            try:
+                status = handle.wait(timeout=args.timeout, progress=progress)
+            finally:
+                progress.end()
+            if args.output is None:
+                _print_pairs(handle.results())
+            handle.release()
+    finally:
+        if cluster is not None:
+            cluster.close()
+    seconds = status.get("elapsed") or (time.monotonic() - started)
+    mb = status["bytes"] / 1e6
+    print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes in "
+          f"{seconds:.2f}s ({mb / max(seconds, 1e-9):.1f} MB/s)"
+          + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_pairs(pairs) -> None:
+    n = 0
+    for k, v in pairs:
+        n += 1
+        if n <= PRINT_LIMIT:
+            print(json.dumps([k, v], ensure_ascii=False, default=repr))
+    if n > PRINT_LIMIT:
+        print(f"... {n - PRINT_LIMIT} more pairs not shown; use --output DIR to keep them all",
+              file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    with Client(args.connect, timeout=args.timeout) as client:
+        body = client.job(args.job_id).status() if args.job_id else client.info()
+    body.pop("req", None)
+    print(json.dumps(body, indent=2, default=repr))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pymapreduce", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+        p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+    b = sub.add_parser("broker", help="run the broker daemon")
+    b.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                   help="control address for clients and workers (port 0: the OS picks)")
+    b.add_argument("--data-bind", help="data-plane sink address (default: same host, any port)")
+    b.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
+    b.add_argument("--liveness", type=float, default=5.0,
+                   help="seconds of silence after which a worker is taken for dead")
+    b.add_argument("--max-attempts", type=int, default=4, help="attempts per task")
+    b.add_argument("--memory-budget-mb", type=float, default=1024,
+                   help="task output held in memory before spilling to disk")
+    b.add_argument("--spill-dir", help="where outputs beyond the budget go")
+    b.add_argument("--insecure", action="store_true",
+                   help="allow listening beyond loopback without authentication")
+    common(b)
+    b.set_defaults(func=cmd_broker)
+
+    w = sub.add_parser("worker", help="run N worker processes for a broker")
+    w.add_argument("--connect", required=True, help="the broker's control address")
+    w.add_argument("--processes", type=int, help="worker processes (default: cores)")
+    w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    common(w)
+    w.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser("run", help="run a job over text files")
+    r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
+    r.add_argument("inputs", nargs="+", help="input files or globs")
+    r.add_argument("--connect", help="a broker's address (default: an embedded cluster)")
+    r.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
+    r.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
+    r.add_argument("--split-bytes", type=int, help="bytes per map task")
+    r.add_argument("--output", help="directory for part-NNNNN files (default: print)")
+    r.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="cluster facts, or one job's status")
+    s.add_argument("--connect", required=True)
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("pymapreduce: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except JobFailed as exc:
+        print(f"pymapreduce: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except BrokerUnavailable as exc:
+        print(f"pymapreduce: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except AddressInUse as exc:
+        print(f"pymapreduce: {exc}", file=sys.stderr)
+        return EXIT_ADDRESS_IN_USE
+    except PyMapReduceError as exc:
+        print(f"pymapreduce: {exc}", file=sys.stderr)
+        return EXIT_USAGE

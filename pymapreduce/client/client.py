@@ -1,0 +1,224 @@
+"""The client: submits jobs, watches them, and reads their results."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
+
+from ..errors import (
+    BrokerUnavailable,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    PyMapReduceError,
+)
+from ..job import Job
+from ..patterns import config as timing
+from ..patterns import protocol as P
+from ..patterns.message import Message, frame_bytes
+from ..patterns.records import unpack
+from ..patterns.sockets import check_endpoint, make_socket, recv, send
+from .output import write_output
+from .submit import build_submission
+
+
+class Client:
+    """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
+
+    ``timeout`` bounds every request: a broker that does not answer within it raises
+    :class:`~pymapreduce.BrokerUnavailable` instead of hanging. A Client is meant for one
+    thread; use one Client per thread.
+    """
+
+    def __init__(self, address: str, *, timeout: float = timing.REQUEST_TIMEOUT,
+                 context: zmq.Context | None = None) -> None:
+        self.address = check_endpoint(address)
+        self.timeout = timeout
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self.sock = make_socket(self.ctx, zmq.DEALER, identity=b"c" + uuid.uuid4().bytes)
+        self.sock.connect(address)
+        self._req = itertools.count(1)
+        self._status: dict[str, dict] = {}  # latest status event per job
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _request(self, command: str, body: dict, blobs: tuple = (),
+                 timeout: float | None = None) -> Message:
+        req = next(self._req)
+        send(self.sock, Message(command, {**body, "req": req}, blobs))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            msg = self._recv(deadline)
+            if msg is None:
+                raise BrokerUnavailable(
+                    f"the broker at {self.address} did not answer {command} within {limit:g}s "
+                    "(is it running, and is this the right address?)"
+                )
+            if msg.body.get("req") != req:
+                continue
+            if msg.command == P.ERROR:
+                if msg.body.get("code") == "no-such-job":
+                    raise JobNotFound(msg.body.get("message", "no such job"))
+                raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
+            return msg
+
+    def _recv(self, deadline: float) -> Message | None:
+        """The next message before ``deadline`` (status events are noted on the way)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                return None
+            try:
+                _, msg = recv(self.sock)
+            except PyMapReduceError:
+                continue  # a malformed frame: ignore it, keep waiting
+            if msg.command == P.STATUS and "job_id" in msg.body:
+                self._status[str(msg.body["job_id"])] = msg.body
+            return msg
+
+    # -- public API ----------------------------------------------------------------------
+    def info(self) -> dict:
+        """Cluster facts from the broker: ``workers``, ``slots``, running ``jobs``."""
+        return dict(self._request(P.HELLO, {}).body)
+
+    def submit(
+        self,
+        job: Job,
+        inputs: Any,
+        map_tasks: int | None = None,
+        reducers: int | None = None,
+        output_dir: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+    ) -> JobHandle:
+        """Submit ``job`` over ``inputs``; returns at once with a :class:`JobHandle`.
+
+        ``inputs``: a dict, a list of pairs, a list of one-item dicts, any iterable of
+        pairs, or :func:`~pymapreduce.read_text`. ``map_tasks`` cuts in-memory inputs
+        (default: four per worker slot); ``reducers`` is R (default: one per worker slot).
+        With ``output_dir``, ``wait()`` writes ``part-00000``... there (JSON lines).
+        """
+        slots = None
+        if map_tasks is None or reducers is None:
+            slots = max(1, int(self.info().get("slots", 1)))
+        sub = build_submission(job, inputs, slots=slots or 1, map_tasks=map_tasks,
+                               reducers=reducers, name=name)
+        reply = self._request(P.SUBMIT, sub.body, sub.blobs)
+        handle = JobHandle(self, sub.job_id, output_dir)
+        handle._last = dict(reply.body)
+        return handle
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on a job submitted earlier (from this or another process)."""
+        handle = JobHandle(self, job_id, None)
+        handle.status()  # JobNotFound if the broker does not know it
+        return handle
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self._own_context:
+            self.ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JobHandle:
+    """A submitted job: its status, its result, its output files."""
+
+    def __init__(self, client: Client, job_id: str, output_dir: str | os.PathLike | None) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.output_dir = output_dir
+        self._last: dict = {}
+        self._written = False
+
+    def status(self) -> dict:
+        """The job's state, progress per phase, counters and input statistics."""
+        self._last = dict(self.client._request(P.STATUS, {"job_id": self.job_id}).body)
+        return self._last
+
+    @property
+    def counters(self) -> dict:
+        """User counters (``Job.count``), each committed task counted exactly once."""
+        return dict(self._last.get("counters") or {})
+
+    def cancel(self) -> None:
+        """Stop the job; its pending tasks are dropped and ``result()`` raises JobFailed."""
+        self._last = dict(self.client._request(P.CANCEL, {"job_id": self.job_id}).body)
+
+    def wait(self, timeout: float | None = None,
+             progress: Callable[[dict], None] | None = None) -> dict:
+        """Block until the job ends; returns its final status.
+
+        Raises JobFailed if it failed or was cancelled, JobTimeout after ``timeout``
+        seconds, BrokerUnavailable if the broker goes silent (it sends a status at least
+        every second while a job runs).
+        """
+        client = self.client
+        status = dict(client._request(P.WATCH, {"job_id": self.job_id}).body)
+        end = None if timeout is None else time.monotonic() + timeout
+        while status.get("state") not in P.JOB_TERMINAL:
+            if progress is not None:
+                progress(status)
+            silence = time.monotonic() + timing.LIVENESS
+            deadline = silence if end is None else min(silence, end)
+            msg = client._recv(deadline)
+            if msg is None:
+                if end is not None and time.monotonic() >= end:
+                    raise JobTimeout(f"job {self.job_id} still running after {timeout:g}s")
+                raise BrokerUnavailable(
+                    f"lost contact with the broker at {client.address}: nothing heard for "
+                    f"{timing.LIVENESS:g}s while waiting for job {self.job_id}"
+                )
+            status = client._status.get(self.job_id, status)
+        self._last = status
+        if progress is not None:
+            progress(status)
+        if status["state"] != P.JOB_SUCCEEDED:
+            err = status.get("error") or {}
+            raise JobFailed(
+                f"job {self.job_id} {status['state']}: {err.get('message', 'no reason given')}",
+                job_id=self.job_id,
+                task=err.get("task", ""),
+                position=err.get("position"),
+                remote_traceback=err.get("traceback", ""),
+            )
+        if self.output_dir is not None and not self._written:
+            write_output(self.output_dir, self._parts(status))
+            self._written = True
+        return status
+
+    def _parts(self, status: dict) -> Iterator[list]:
+        for part in range(int(status["parts"])):
+            reply = self.client._request(P.FETCH, {"job_id": self.job_id, "part": part})
+            blob = frame_bytes(reply.blobs[0]) if reply.blobs else b""
+            yield unpack(blob) if len(blob) else []
+
+    def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
+        """The output pairs, one partition at a time (for outputs larger than memory)."""
+        status = self.wait(timeout)
+        for pairs in self._parts(status):
+            for k, v in pairs:
+                yield k, v
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result: a dict, or for a map-only job the list of output pairs."""
+        status = self.wait(timeout)
+        if status.get("map_only"):
+            return list(self.results())
+        return dict(self.results())
+
+    def release(self) -> None:
+        """Tell the broker this job's outputs are no longer needed."""
+        self.client._request(P.RELEASE, {"job_id": self.job_id})

@@ -1,0 +1,82 @@
+"""Turning a Job and its inputs into a SUBMIT message: pickled code and input splits."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, JobNotPicklable, UnencodableValue
+from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
+from ..job import Job, is_map_only
+from ..patterns.records import pack
+
+SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
+
+
+@dataclass(frozen=True)
+class Submission:
+    job_id: str
+    body: dict
+    blobs: tuple
+
+
+def pickle_job(job: Job) -> bytes:
+    """The job as cloudpickle bytes; JobNotPicklable names the attribute that failed."""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(job)
+    except Exception as exc:
+        culprit = ""
+        for attr, value in vars(job).items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                culprit = f" (attribute {attr!r}, a {type(value).__name__})"
+                break
+        raise JobNotPicklable(
+            f"cannot pickle job {type(job).__name__}{culprit}: {exc}. Job attributes travel "
+            "to the workers; open files, sockets, locks and connections cannot: create them "
+            "inside map/reduce instead."
+        ) from exc
+
+
+def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None,
+                     reducers: int | None, name: str | None) -> Submission:
+    """Pickle the job once and cut its inputs into splits."""
+    if not isinstance(job, Job):
+        raise TypeError(f"submit() needs a pymapreduce.Job, got {type(job).__name__}")
+    if map_tasks is not None and map_tasks < 1:
+        raise ConfigError(f"map_tasks must be at least 1, got {map_tasks}")
+    if reducers is not None and reducers < 0:
+        raise ConfigError(f"reducers must not be negative, got {reducers}")
+    code = pickle_job(job)
+    if reducers is None:
+        reducers = job.reducers if job.reducers is not None else slots
+    map_only = is_map_only(job, reducers)
+    blobs: list = [code]
+    if isinstance(inputs, TextInput):
+        splits, _ = plan_file_splits(inputs, slots)
+        descs = [["file", s.path, s.start, s.end] for s in splits]
+    else:
+        records = normalize_records(inputs)
+        n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots
+        descs = []
+        for piece in chunk(records, n):
+            try:
+                blob = pack([[k, v] for k, v in piece])
+            except UnencodableValue as exc:
+                raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
+            descs.append(["mem", len(blobs)])
+            blobs.append(blob)
+    name = name or type(job).__name__
+    job_id = f"{name}-{uuid.uuid4().hex[:12]}"
+    body = {
+        "job_id": job_id,
+        "name": name,
+        "reducers": 0 if map_only else max(1, reducers),
+        "map_only": map_only,
+        "splits": descs,
+    }
+    return Submission(job_id, body, tuple(blobs))

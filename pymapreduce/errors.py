@@ -1,0 +1,80 @@
+"""One error tree for everything pymapreduce raises on purpose."""
+
+from __future__ import annotations
+
+
+class PyMapReduceError(Exception):
+    """Root of every error pymapreduce raises on purpose."""
+
+
+class ConfigError(PyMapReduceError, ValueError):
+    """A setting or an argument is invalid (names the setting and the reason)."""
+
+
+class InputError(PyMapReduceError, ValueError):
+    """The job's inputs cannot be read: a path that matches nothing, records that are not pairs."""
+
+
+class JobNotPicklable(PyMapReduceError, TypeError):
+    """The Job (or an attribute of it) cannot be pickled, so it cannot travel to the workers."""
+
+
+class UnencodableValue(PyMapReduceError, TypeError):
+    """A key or value can be carried neither by msgpack nor by cloudpickle."""
+
+
+class ProtocolError(PyMapReduceError):
+    """A message could not be decoded: carries the byte length and the cause."""
+
+    def __init__(self, message: str, *, size: int = 0, cause: str = "") -> None:
+        super().__init__(message)
+        self.size = size
+        self.cause = cause
+
+
+class BrokerUnavailable(PyMapReduceError, ConnectionError):
+    """The broker did not answer within the timeout (gone, wrong address, or blocked)."""
+
+
+class AddressInUse(PyMapReduceError, OSError):
+    """A daemon could not bind its address because another process holds it."""
+
+
+class JobFailed(PyMapReduceError):
+    """A job could not finish: user code kept failing, or it was cancelled.
+
+    ``remote_traceback`` holds the traceback text from the worker that ran the failing
+    task; ``task`` names the task (``map-3``, ``reduce-0``) and ``position`` the input split.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        task: str = "",
+        position: object = None,
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.task = task
+        self.position = position
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback (from the worker):\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class JobNotFound(PyMapReduceError, KeyError):
+    """The broker knows no job with this id (never submitted, expired, or the broker restarted)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; say it plainly instead
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobTimeout(PyMapReduceError, TimeoutError):
+    """``result()``/``wait()`` gave up after its timeout; the job itself goes on."""

@@ -1,0 +1,185 @@
+"""Job inputs: in-memory records and text files cut into splits.
+
+In-memory records are cut into chunks by the client. Text files are only *named* by the
+client: it cuts them into byte ranges from their sizes alone, and each worker reads its
+own range. A line belongs to the split its first byte lies in (Hadoop's rule), so every
+line is read exactly once whatever the cut points. Keys are the line's byte offset in its
+file, values the line without its newline, decoded as UTF-8.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+MIB = 1024 * 1024
+MIN_SPLIT_BYTES = 1 * MIB
+MAX_AUTO_SPLIT_BYTES = 64 * MIB
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """Text files named by paths or globs; see :func:`read_text`."""
+
+    patterns: tuple[str, ...]
+    split_bytes: int | None = None
+    encoding: str = "utf-8"
+
+    def files(self) -> list[str]:
+        """Absolute paths of the matching files, sorted; InputError if a pattern matches none."""
+        found: list[str] = []
+        for pattern in self.patterns:
+            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            matches = [m for m in matches if os.path.isfile(m)]
+            if not matches:
+                raise InputError(f"input path {pattern!r} matches no file")
+            found.extend(os.path.abspath(m) for m in matches)
+        return list(dict.fromkeys(found))  # a file named twice is read once
+
+
+def read_text(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    split_bytes: int | None = None,
+    encoding: str = "utf-8",
+) -> TextInput:
+    """Name text files (paths or globs) as a job's input, without reading them.
+
+    ``split_bytes`` is the size of one map task's byte range; by default it is chosen so
+    that there are about four splits per worker slot, between 1 MiB and 64 MiB.
+    ``.gz`` files are read whole, one split each. Workers must see the same paths.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    patterns = tuple(os.fspath(p) for p in paths)
+    if not patterns:
+        raise InputError("read_text() needs at least one path")
+    if split_bytes is not None and split_bytes < 1:
+        raise InputError(f"split_bytes must be positive, got {split_bytes}")
+    return TextInput(patterns, split_bytes, encoding)
+
+
+@dataclass(frozen=True)
+class FileSplit:
+    """A byte range ``[start, end)`` of one file (``end == -1``: the whole file, gzip)."""
+
+    path: str
+    start: int
+    end: int
+
+    def describe(self) -> list:
+        return [self.path, self.start, self.end]
+
+
+def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]:
+    """Cut the files into splits; returns the splits and the total input bytes."""
+    files = text.files()
+    sizes = {}
+    for path in files:
+        try:
+            sizes[path] = os.path.getsize(path)
+        except OSError as exc:
+            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+    total = sum(sizes.values())
+    size = text.split_bytes
+    if size is None:
+        size = total // max(1, 4 * slots) + 1
+        size = min(MAX_AUTO_SPLIT_BYTES, max(MIN_SPLIT_BYTES, size))
+    splits: list[FileSplit] = []
+    for path in files:
+        n = sizes[path]
+        if path.endswith(".gz"):
+            splits.append(FileSplit(path, 0, -1))
+            continue
+        for start in range(0, max(n, 1), size):
+            splits.append(FileSplit(path, start, min(n, start + size)))
+    return splits, total
+
+
+def normalize_records(inputs: Any) -> list[tuple[Any, Any]]:
+    """In-memory inputs as a list of ``(key, value)`` pairs.
+
+    Accepts a dict, a list of one-item dicts (the original pyMapReduce's ``File``), or
+    any iterable of pairs.
+    """
+    if inputs is None:
+        raise InputError("the job has no inputs: pass a dict, a list of pairs or read_text(...)")
+    if isinstance(inputs, dict):
+        return list(inputs.items())
+    if isinstance(inputs, (str, bytes)):
+        raise InputError(
+            "inputs is a string; for files use read_text(path), for records pass pairs"
+        )
+    records: list[tuple[Any, Any]] = []
+    try:
+        iterator = iter(inputs)
+    except TypeError:
+        raise InputError(f"inputs of type {type(inputs).__name__} are not iterable") from None
+    for position, item in enumerate(iterator):
+        if isinstance(item, dict):
+            records.extend(item.items())
+            continue
+        try:
+            key, value = item
+        except (TypeError, ValueError):
+            raise InputError(
+                f"input record {position} is {item!r:.80}, not a (key, value) pair"
+            ) from None
+        records.append((key, value))
+    return records
+
+
+def chunk(records: list, n: int) -> list[list]:
+    """Cut records into ``n`` contiguous chunks of near-equal length (none empty)."""
+    n = max(1, min(n, len(records)))
+    q, r = divmod(len(records), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + q + (1 if i < r else 0)
+        out.append(records[start:end])
+        start = end
+    return out
+
+
+def read_file_split(path: str, start: int, end: int, encoding: str = "utf-8") -> Iterator:
+    """Yield ``(byte_offset, line)`` for every line whose first byte lies in ``[start, end)``."""
+    try:
+        if end == -1:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                data = f.read()
+            base = 0
+        else:
+            with open(path, "rb") as f:
+                if start > 0:
+                    f.seek(start - 1)
+                    f.readline()  # the line in progress belongs to the previous split
+                base = f.tell()
+                data = f.read(end - base) if end > base else b""
+                if data and not data.endswith(b"\n"):
+                    data += f.readline()  # finish the last line that starts before end
+    except OSError as exc:
+        raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
+    return _lines(data, base, encoding)
+
+
+def _lines(data: bytes, base: int, encoding: str) -> Iterator:
+    if not data:
+        return
+    ascii_only = data.isascii()
+    # ASCII text: decode once, and character counts are byte counts
+    lines = data.decode("ascii").split("\n") if ascii_only else data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    offset = base
+    for line in lines:
+        n = len(line)
+        if not ascii_only:
+            line = line.decode(encoding, "replace")
+        yield offset, line[:-1] if line.endswith("\r") else line
+        offset += n + 1

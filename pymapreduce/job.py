@@ -1,0 +1,218 @@
+"""The Job base class and the pure MapReduce kernels (no sockets, no processes).
+
+Workers run these kernels; tests and benchmarks run :func:`run_sequential`, the reference
+whose result every distributed run must equal.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .patterns.records import pack
+
+Groups = dict  # key -> list of values, in first-seen key order and input value order
+
+
+def stable_hash(key: Any) -> int:
+    """A hash of ``key`` that every process on every machine agrees on.
+
+    Python salts ``hash()`` of str and bytes per process, so it cannot pick partitions.
+    Numbers keep Python's own (unsalted) hash, so ``1``, ``1.0`` and ``True``, which are
+    one dict key, land in one partition too.
+    """
+    t = type(key)
+    if t is str:
+        return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+    if t is int or t is float or t is bool:
+        return hash(key) & 0xFFFFFFFFFFFFFFFF
+    if t is bytes:
+        return zlib.crc32(key)
+    if t is tuple:
+        h = 0x345678
+        for item in key:
+            h = zlib.crc32(struct.pack("<Q", stable_hash(item)), h)
+        return h
+    if key is None:
+        return 0
+    return zlib.crc32(pack(key))
+
+
+class Job:
+    """A MapReduce job: subclass it and define ``map`` and (usually) ``reduce``.
+
+    - ``map(self, key, value)`` yields ``(key, value)`` pairs (or returns an iterable).
+    - ``reduce(self, key, values)`` returns the value for ``key``; ``values`` is a list.
+      Without ``reduce`` (or with ``reducers=0``) the job is map-only and returns the
+      map output as it is, a list of pairs.
+    - ``combine(self, key, values)``, optional, runs on each map task's output before it
+      leaves the worker, and returns one value (the paper's combiner).
+    - ``partition(self, key, reducers)``, optional, picks a reduce partition; the default
+      is a stable hash of the key.
+
+    Attributes set on the instance travel with it to the workers (cloudpickle), so
+    configuration, closures and lambdas work there. ``reducers`` and ``map_tasks`` may be
+    set as class attributes to change the defaults of every run of the job.
+    """
+
+    reducers: int | None = None
+    map_tasks: int | None = None
+
+    def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} must define map(self, key, value)")
+
+    def partition(self, key: Any, reducers: int) -> int:
+        """The reduce partition, in ``range(reducers)``, that ``key`` goes to."""
+        return stable_hash(key) % reducers
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``."""
+        counters = self.__dict__.setdefault("_pmr_counters", {})
+        counters[name] = counters.get(name, 0) + n
+
+    def run(
+        self,
+        inputs: Any = None,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        map_tasks: int | None = None,
+        reducers: int | None = None,
+        output_dir: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run the job and return its result (a dict; a list of pairs for a map-only job).
+
+        With no ``address`` an embedded :class:`~pymapreduce.LocalCluster` with ``workers``
+        processes (default: one per core) is started for this run and torn down after it,
+        whatever happens.
+        """
+        from .client import Client
+        from .local import LocalCluster
+
+        if address is not None:
+            with Client(address) as client:
+                handle = client.submit(
+                    self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
+                )
+                return handle.result(timeout=timeout)
+        with LocalCluster(workers=workers) as cluster:
+            return self.run(
+                inputs,
+                address=cluster.address,
+                map_tasks=map_tasks,
+                reducers=reducers,
+                output_dir=output_dir,
+                timeout=timeout,
+            )
+
+    # -- introspection used by the kernels ---------------------------------------------
+    def _has(self, name: str) -> bool:
+        return callable(getattr(self, name, None))
+
+    def _take_counters(self) -> dict:
+        return self.__dict__.pop("_pmr_counters", None) or {}
+
+
+def is_map_only(job: Job, reducers: int | None) -> bool:
+    """A job is map-only when it has no ``reduce`` or was asked for zero reducers."""
+    return reducers == 0 or not job._has("reduce")
+
+
+# -- kernels -----------------------------------------------------------------------------
+
+
+def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
+    """Run ``map`` over records and group its output by key (keys in first-seen order)."""
+    groups: Groups = {}
+    get = groups.get
+    mapper = job.map
+    for key, value in records:
+        out = mapper(key, value)
+        if out is None:
+            continue
+        for k, v in out:
+            values = get(k)
+            if values is None:
+                groups[k] = [v]
+            else:
+                values.append(v)
+    return groups
+
+
+def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> list:
+    """Run ``map`` over records and keep its output as it is (map-only jobs)."""
+    pairs: list = []
+    extend = pairs.extend
+    mapper = job.map
+    for key, value in records:
+        out = mapper(key, value)
+        if out is not None:
+            extend(out)
+    return [[k, v] for k, v in pairs]
+
+
+def combine_groups(job: Job, groups: Groups) -> Groups:
+    """Apply the job's ``combine`` to every group, leaving one value per key."""
+    combiner = job.combine
+    return {k: [combiner(k, values)] for k, values in groups.items()}
+
+
+def partition_groups(job: Job, groups: Groups, reducers: int) -> list[list]:
+    """Split groups into ``reducers`` lists of ``[key, values]`` pairs."""
+    parts: list[list] = [[] for _ in range(reducers)]
+    if reducers == 1:
+        parts[0] = [[k, v] for k, v in groups.items()]
+        return parts
+    if type(job).partition is Job.partition:
+        for k, v in groups.items():
+            parts[stable_hash(k) % reducers].append([k, v])
+        return parts
+    chooser = job.partition
+    for k, v in groups.items():
+        p = chooser(k, reducers)
+        if type(p) is not int or not 0 <= p < reducers:
+            raise ValueError(f"partition({k!r}, {reducers}) returned {p!r}, not an int in range")
+        parts[p].append([k, v])
+    return parts
+
+
+def merge_segments(segments: Iterable[list]) -> Groups:
+    """Merge ``[key, values]`` segments (in map-task order) into one group per key."""
+    groups: Groups = {}
+    get = groups.get
+    for segment in segments:
+        for k, values in segment:
+            have = get(k)
+            if have is None:
+                groups[k] = values
+            else:
+                have.extend(values)
+    return groups
+
+
+def reduce_groups(job: Job, groups: Groups) -> list:
+    """Run ``reduce`` on every group; keys come out sorted where they are comparable."""
+    keys: Iterable = groups.keys()
+    try:
+        keys = sorted(keys)
+    except TypeError:
+        keys = list(keys)  # mixed key types: keep first-seen order
+    reducer = job.reduce
+    return [[k, reducer(k, groups[k])] for k in keys]
+
+
+def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
+    """The reference run in this process: what every distributed run must return."""
+    if is_map_only(job, None):
+        return [tuple(p) for p in map_pairs(job, records)]
+    groups = map_grouped(job, records)
+    return dict(reduce_groups(job, groups))
+
+
+def iter_pairs(pairs: Iterable[list]) -> Iterator[tuple[Any, Any]]:
+    """Wire pairs (``[k, v]`` lists) as tuples."""
+    for k, v in pairs:
+        yield k, v

@@ -1,0 +1,125 @@
+"""LocalCluster: a broker and worker processes on loopback, the embedded default."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import subprocess
+import sys
+import time
+
+from .client import Client
+from .errors import PyMapReduceError
+
+READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
+
+
+class LocalCluster:
+    """Start a broker and ``workers`` worker processes (default: one per core) on loopback.
+
+    Use it as a context manager; every process it started is stopped on exit, whether the
+    block ended normally, raised, or was interrupted with Ctrl-C. The processes also watch
+    this process and exit if it dies without cleaning up.
+    """
+
+    def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
+                 log_level: str = "WARNING") -> None:
+        self.workers = workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.start_timeout = start_timeout
+        self.log_level = log_level
+        self.address = ""
+        self._broker: subprocess.Popen | None = None
+        self._worker: subprocess.Popen | None = None
+
+    @property
+    def broker_pid(self) -> int | None:
+        return self._broker.pid if self._broker else None
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The pid of the worker supervisor (its children are the worker processes)."""
+        return self._worker.pid if self._worker else None
+
+    def _spawn(self, *args: str, stdout=None) -> subprocess.Popen:
+        env = dict(os.environ)
+        # the workers import what this process can import (jobs defined in its modules)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
+               "--log-level", self.log_level]
+        # a session of their own: Ctrl-C reaches this process, which then stops them in order
+        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True)
+
+    def start(self) -> LocalCluster:
+        """Start the processes and wait until every worker has registered."""
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
+                                       stdout=subprocess.PIPE)
+            self.address = self._read_ready(deadline)
+            self._worker = self._spawn("worker", "--connect", self.address,
+                                       "--processes", str(self.workers),
+                                       stdout=subprocess.DEVNULL)
+            self._wait_workers(deadline)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _read_ready(self, deadline: float) -> str:
+        assert self._broker is not None and self._broker.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self._broker.stdout, selectors.EVENT_READ)
+        try:
+            while time.monotonic() < deadline:
+                if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    line = self._broker.stdout.readline().decode(errors="replace")
+                    match = READY_LINE.search(line)
+                    if match:
+                        return match.group(1)
+                    if not line:
+                        raise PyMapReduceError(
+                            f"the local broker exited (code {self._broker.wait()}) before "
+                            "it was ready; its error is above")
+        finally:
+            sel.close()
+        raise PyMapReduceError(f"the local broker was not ready within {self.start_timeout}s")
+
+    def _wait_workers(self, deadline: float) -> None:
+        with Client(self.address, timeout=max(1.0, deadline - time.monotonic())) as client:
+            while True:
+                if client.info().get("workers", 0) >= self.workers:
+                    return
+                if self._worker is not None and self._worker.poll() is not None:
+                    raise PyMapReduceError(
+                        f"the local workers exited (code {self._worker.returncode}) at start")
+                if time.monotonic() > deadline:
+                    raise PyMapReduceError(
+                        f"{self.workers} local workers did not register within "
+                        f"{self.start_timeout}s")
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        """Stop the workers, then the broker; kill whatever does not stop in time."""
+        for proc in (self._worker, self._broker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (self._worker, self._broker):
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self._worker = self._broker = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""ZeroMQ building blocks that every role shares: protocol, messages, record codec, sockets."""

@@ -1,0 +1,12 @@
+"""Timing defaults shared by the roles, named and explained once."""
+
+from __future__ import annotations
+
+# A peer that has sent nothing for LIVENESS seconds is taken for dead. Any message
+# counts; idle peers send a heartbeat every HEARTBEAT_INTERVAL seconds.
+HEARTBEAT_INTERVAL = 1.0
+LIVENESS = 5.0
+
+# How long a client waits for the broker to answer one request before it says the
+# broker is unavailable (a job in progress is watched with heartbeats instead).
+REQUEST_TIMEOUT = 10.0

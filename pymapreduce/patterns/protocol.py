@@ -1,0 +1,52 @@
+"""Protocol constants: one place for every command name and wire-level number.
+
+Every control message is ``[header, *blobs]`` where ``header`` is msgpack
+``[PROTOCOL_VERSION, command, body]``. Blobs are opaque bytes (job code, input splits,
+partition data) that the broker stores and forwards without ever unpickling.
+"""
+
+PROTOCOL_VERSION = 1
+
+# worker -> broker
+READY = "READY"  # register (or re-register) and announce credit
+DONE = "DONE"  # a batch of finished task attempts, small outputs inline
+FAILED = "FAILED"  # a task attempt raised; carries the traceback text
+HEARTBEAT = "HEARTBEAT"  # liveness, both ways (any message counts)
+BYE = "BYE"  # a worker leaving cleanly
+
+# broker -> worker
+WELCOME = "WELCOME"  # reply to READY: where the data sink listens
+TASKS = "TASKS"  # a batch of task attempts of one job
+RECONNECT = "RECONNECT"  # "I do not know you": the worker must send READY again
+
+# client -> broker
+HELLO = "HELLO"  # ask for cluster facts (workers, slots)
+SUBMIT = "SUBMIT"
+WATCH = "WATCH"  # subscribe to a job's status events
+STATUS = "STATUS"  # request (client) and event/reply (broker)
+FETCH = "FETCH"  # ask for one output partition
+CANCEL = "CANCEL"
+RELEASE = "RELEASE"  # the client is done with a job's outputs
+
+# broker -> client
+INFO = "INFO"  # reply to HELLO
+ACCEPTED = "ACCEPTED"
+PART = "PART"  # one output partition (blob)
+ERROR = "ERROR"  # a request could not be served: body has "code" and "message"
+
+# data plane (worker PUSH -> broker PULL): [header, *partition blobs]
+OUTPUT = "OUTPUT"
+
+# Job states as the client sees them.
+JOB_RUNNING = "running"
+JOB_SUCCEEDED = "succeeded"
+JOB_FAILED = "failed"
+JOB_CANCELLED = "cancelled"
+JOB_TERMINAL = frozenset({JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED})
+
+# Outputs at most this large ride inline in DONE; larger ones take the data plane,
+# so bulk bytes never sit in front of control messages.
+INLINE_OUTPUT_LIMIT = 64 * 1024
+
+# Frames above this size are sent without copying them into ZeroMQ.
+ZERO_COPY_THRESHOLD = 64 * 1024

@@ -1,0 +1,147 @@
+"""The ``pymapreduce worker`` daemon: N worker processes, restarted when they crash.
+
+The supervisor forks its children before it ever creates a ZeroMQ context, so each child
+starts clean and makes its own. Children die with the supervisor (PR_SET_PDEATHSIG on
+Linux, and a parent check everywhere else), so ``kill -9`` of the supervisor leaves no
+orphan behind; the broker re-queues their tasks when their heartbeats stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+from .worker import Worker
+
+log = logging.getLogger("pymapreduce.worker")
+
+RESTART_WINDOW = 10.0  # seconds over which crashes are counted
+RESTART_BURST = 5  # crashes of one slot in the window before restarts slow down
+REAP_INTERVAL = 0.1
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check in the worker loop covers it
+
+
+class Supervisor:
+    """Keeps ``processes`` workers connected to ``connect`` alive until stopped."""
+
+    def __init__(self, connect: str, processes: int, *, credit: int = 32,
+                 parent_pid: int | None = None) -> None:
+        self.connect = connect
+        self.processes = processes
+        self.credit = credit
+        self.parent_pid = parent_pid
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.crashes: dict[int, deque] = {}
+        self.restarts = 0
+        self._stopping = False
+
+    def _spawn(self, slot: int) -> None:
+        me = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.children[pid] = slot
+            return
+        code = 0
+        try:  # the child: never returns into the supervisor's code
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            _die_with_parent()
+            if os.getppid() != me:
+                os._exit(0)
+            Worker(self.connect, credit=self.credit, parent_pid=me,
+                   name=f"{os.uname().nodename}:{os.getpid()}").run()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        except BaseException:
+            logging.getLogger("pymapreduce.worker").exception("worker process crashed")
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def start(self) -> None:
+        for slot in range(self.processes):
+            self._spawn(slot)
+
+    def stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        """Reap and restart children until stopped; then stop them all."""
+        try:
+            while not self._stopping:
+                self._reap()
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("parent process is gone; stopping the workers")
+                    break
+                time.sleep(REAP_INTERVAL)
+        finally:
+            self.shutdown()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.children.pop(pid, None)
+            if slot is None or self._stopping:
+                continue
+            log.warning("worker process %d ended (%s); restarting it", pid, _describe(status))
+            history = self.crashes.setdefault(slot, deque(maxlen=RESTART_BURST))
+            now = time.monotonic()
+            history.append(now)
+            if len(history) == RESTART_BURST and now - history[0] < RESTART_WINDOW:
+                time.sleep(1.0)  # a crash loop: don't spin
+            self.restarts += 1
+            self._spawn(slot)
+
+    def shutdown(self, grace: float = 3.0) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while self.children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self.children.pop(pid, None)
+            else:
+                time.sleep(0.02)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.children.clear()
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

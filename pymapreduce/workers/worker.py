@@ -1,0 +1,270 @@
+"""One worker process: pulls tasks by credit, runs them, sends their outputs.
+
+User code runs on the main thread; a heartbeat thread with a socket of its own keeps the
+broker informed while a long ``map`` call holds the main thread, so a busy worker never
+looks dead. Small outputs ride inline in DONE; large ones go to the data-plane sink first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as pysocket
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict, deque
+from urllib.parse import urlsplit
+
+import zmq
+
+from ..errors import ProtocolError
+from ..patterns import config as timing
+from ..patterns import protocol as P
+from ..patterns.message import Message, frame_bytes
+from ..patterns.sockets import make_socket, recv, send
+from .runner import TaskError, run_task
+
+log = logging.getLogger("pymapreduce.worker")
+
+FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
+FLUSH_COUNT = 64  # ... or this many reports
+JOB_CACHE = 16  # unpickled jobs kept per process
+
+
+class Worker:
+    """A worker that connects to a broker (``connect``) or listens for one (``bind``)."""
+
+    def __init__(
+        self,
+        connect: str | None = None,
+        *,
+        bind: str | None = None,
+        credit: int = 32,
+        name: str | None = None,
+        context: zmq.Context | None = None,
+        heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
+        parent_pid: int | None = None,
+    ) -> None:
+        if (connect is None) == (bind is None):
+            raise ValueError("a worker needs exactly one of connect= or bind=")
+        self.connect_addr = connect
+        self.bind_addr = bind
+        self.credit = credit
+        self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
+        self.identity = uuid.uuid4().bytes
+        self._own_context = context is None
+        self.ctx = context or zmq.Context()
+        self.heartbeat_interval = heartbeat_interval
+        self.parent_pid = parent_pid
+        self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
+        self.data: zmq.Socket | None = None
+        self.jobs: OrderedDict[str, object] = OrderedDict()
+        self.queue: deque = deque()
+        self.reports: list = []
+        self.report_blobs: list = []
+        self._first_report = 0.0
+        self._last_sent = 0.0
+        self._stop = threading.Event()
+        self._need_ready = threading.Event()
+        self.tasks_done = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Register, then serve tasks until ``stop()`` (or the parent process is gone)."""
+        if self.connect_addr:
+            self.ctl.connect(self.connect_addr)
+        else:
+            self.ctl.bind(self.bind_addr)
+        hb = None
+        try:
+            self._register()
+            if self.connect_addr:
+                hb = threading.Thread(target=self._heartbeat_loop, name="pmr-heartbeat", daemon=True)
+                hb.start()
+            self._loop()
+        finally:
+            self._stop.set()
+            try:
+                send(self.ctl, Message(P.BYE))
+            except zmq.ZMQError:
+                pass
+            if hb is not None:
+                hb.join(2 * self.heartbeat_interval)
+            self.ctl.close()
+            if self.data is not None:
+                self.data.close()
+            if self._own_context:
+                self.ctx.term()
+
+    def _register(self) -> None:
+        self.queue.clear()
+        self.reports.clear()
+        self.report_blobs.clear()
+        self._need_ready.clear()
+        body = {"credit": self.credit, "name": self.name, "pid": os.getpid()}
+        while not self._stop.is_set():
+            # A listening worker has no peer until the broker connects: wait for one.
+            if self.ctl.poll(100, zmq.POLLOUT):
+                send(self.ctl, Message(P.READY, body))
+                self._last_sent = time.monotonic()
+                return
+            self._check_parent()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._need_ready.is_set():
+                log.info("the broker asked %s to register again", self.name)
+                self._register()
+            if not self.queue:
+                self._flush()
+                if self.ctl.poll(100, zmq.POLLIN):
+                    self._drain()
+                else:
+                    self._idle()
+                continue
+            self._run_one(self.queue.popleft())
+            if self.ctl.poll(0, zmq.POLLIN):
+                self._drain()
+            if (
+                not self.queue
+                or len(self.reports) >= FLUSH_COUNT
+                or time.monotonic() - self._first_report > FLUSH_AFTER
+            ):
+                self._flush()
+
+    def _idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sent >= self.heartbeat_interval:
+            send(self.ctl, Message(P.HEARTBEAT))
+            self._last_sent = now
+        self._check_parent()
+
+    def _check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            log.warning("parent process %d is gone; %s exits", self.parent_pid, self.name)
+            self._stop.set()
+
+    # -- messages from the broker --------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            try:
+                _, msg = recv(self.ctl)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            if msg.command == P.TASKS:
+                self._enqueue(msg)
+            elif msg.command == P.WELCOME:
+                self._connect_sink(str(msg.body.get("sink", "")))
+            elif msg.command == P.RECONNECT:
+                self._need_ready.set()
+            elif msg.command == P.ERROR:
+                log.warning("broker error: %s", msg.body.get("message"))
+            if not self.ctl.poll(0, zmq.POLLIN):
+                return
+
+    def _connect_sink(self, sink: str) -> None:
+        if self.connect_addr and sink.startswith("tcp://"):
+            # the broker may have bound a wildcard; reach the sink where we reached it
+            host = urlsplit(self.connect_addr).hostname
+            port = urlsplit(sink).port
+            sink = f"tcp://{host}:{port}" if ":" not in (host or "") else f"tcp://[{host}]:{port}"
+        if self.data is not None:
+            self.data.close()
+        self.data = make_socket(self.ctx, zmq.PUSH)
+        self.data.connect(sink)
+
+    def _enqueue(self, msg: Message) -> None:
+        b = msg.body
+        job_id = b["job"]
+        blobs = list(msg.blobs)
+        job = self.jobs.get(job_id)
+        error = None
+        if "code" in b:
+            try:
+                import cloudpickle
+
+                job = cloudpickle.loads(frame_bytes(blobs[b["code"]]))
+                self.jobs[job_id] = job
+                while len(self.jobs) > JOB_CACHE:
+                    self.jobs.popitem(last=False)
+            except Exception as exc:
+                error = (f"cannot load the job's code: {type(exc).__name__}: {exc}",
+                         traceback.format_exc())
+        elif job is None:
+            error = ("this worker has no code for the job", "")
+        for kind, index, attempt, desc in b["tasks"]:
+            if error is not None:
+                self._fail(job_id, kind, index, attempt, error[0], error[1], {"split": index})
+            else:
+                self.queue.append((job_id, job, b, kind, index, attempt, desc, blobs))
+
+    # -- running tasks -------------------------------------------------------------------
+    def _run_one(self, item: tuple) -> None:
+        job_id, job, b, kind, index, attempt, desc, blobs = item
+        try:
+            outputs, stats = run_task(job, kind, desc, blobs, b["reducers"], b["map_only"])
+        except TaskError as exc:
+            cause = exc.cause
+            tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+            where = {"split": index, **exc.position} if kind == "map" else exc.position
+            self._fail(job_id, kind, index, attempt, f"{type(cause).__name__}: {cause}", tb, where)
+            return
+        except Exception as exc:  # input that cannot be read, output that cannot be encoded
+            self._fail(job_id, kind, index, attempt, f"{type(exc).__name__}: {exc}",
+                       traceback.format_exc(), {"split": index})
+            return
+        self.tasks_done += 1
+        size = sum(len(o) for o in outputs)
+        if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
+            nblobs = len(outputs)
+            self.report_blobs.extend(outputs)
+        else:
+            header = {"job": job_id, "kind": kind, "index": index, "attempt": attempt}
+            send(self.data, Message(P.OUTPUT, header, tuple(outputs)))
+            nblobs = -1
+        if not self.reports:
+            self._first_report = time.monotonic()
+        self.reports.append([job_id, kind, index, attempt, stats, nblobs])
+
+    def _fail(self, job_id, kind, index, attempt, error, tb, position) -> None:
+        self._flush()
+        body = {"job": job_id, "kind": kind, "index": index, "attempt": attempt,
+                "error": error[:2000], "traceback": tb[-20000:], "position": position}
+        send(self.ctl, Message(P.FAILED, body))
+        self._last_sent = time.monotonic()
+
+    def _flush(self) -> None:
+        if not self.reports:
+            return
+        send(self.ctl, Message(P.DONE, {"results": self.reports}, tuple(self.report_blobs)))
+        self._last_sent = time.monotonic()
+        self.reports = []
+        self.report_blobs = []
+
+    # -- heartbeat thread ----------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        """Beat on a socket of its own, so a busy main thread never looks like a dead one."""
+        sock = make_socket(self.ctx, zmq.DEALER, identity=self.identity + b"/hb")
+        sock.connect(self.connect_addr)
+        beat = Message(P.HEARTBEAT, {"worker": self.identity}).encode()
+        try:
+            while not self._stop.wait(self.heartbeat_interval):
+                self._check_parent()
+                sock.send_multipart(beat)
+                while sock.poll(0, zmq.POLLIN):
+                    frames = sock.recv_multipart()
+                    try:
+                        if Message.decode(frames).command == P.RECONNECT:
+                            self._need_ready.set()
+                    except ProtocolError:
+                        pass
+        finally:
+            sock.close(0)
