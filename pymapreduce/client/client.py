@@ -22,7 +22,7 @@ from ..job import Job
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
-from ..patterns.records import unpack
+from ..patterns.records import paused_gc, unpack
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
 from .output import write_output
 from .submit import build_submission
@@ -203,7 +203,9 @@ class JobHandle:
         for part in range(int(status["parts"])):
             reply = self.client._request(P.FETCH, {"job_id": self.job_id, "part": part})
             blob = frame_bytes(reply.blobs[0]) if reply.blobs else b""
-            yield unpack(blob) if len(blob) else []
+            with paused_gc():
+                pairs = unpack(blob) if len(blob) else []
+            yield pairs
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """The output pairs, one partition at a time (for outputs larger than memory)."""
@@ -215,9 +217,10 @@ class JobHandle:
     def result(self, timeout: float | None = None) -> Any:
         """The job's result: a dict, or for a map-only job the list of output pairs."""
         status = self.wait(timeout)
-        if status.get("map_only"):
-            return list(self.results())
-        return dict(self.results())
+        with paused_gc():
+            if status.get("map_only"):
+                return list(self.results())
+            return dict(self.results())
 
     def release(self) -> None:
         """Tell the broker this job's outputs are no longer needed."""

@@ -35,10 +35,10 @@ class Message:
         head = frames[0]
         raw = head.bytes if hasattr(head, "bytes") else bytes(head)
         try:
-            decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False, max_bin_len=0)
+            decoded = msgpack.unpackb(raw, raw=False, strict_map_key=False)
         except Exception as exc:  # msgpack raises several unrelated types on garbage
             raise ProtocolError(
-                f"undecodable header ({len(raw)} bytes): {exc}", size=len(raw), cause=repr(exc)
+                f"undecodable header ({len(raw)} bytes): {type(exc).__name__} {exc}", size=len(raw), cause=repr(exc)
             ) from None
         if not isinstance(decoded, list) or len(decoded) != 3:
             raise ProtocolError(

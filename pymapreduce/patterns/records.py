@@ -7,6 +7,9 @@ bytes inside a msgpack extension. Only workers and clients ever decode these blo
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgpack
@@ -51,3 +54,21 @@ def unpack(data: Any) -> Any:
     return msgpack.unpackb(
         data, ext_hook=_ext_hook, raw=False, strict_map_key=False, use_list=True
     )
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector around allocation-heavy work.
+
+    Building millions of small lists (map output groups, decoded partitions) makes the
+    collector run over and over, for nothing: none of it is garbage yet. Measured on word
+    count, unpacking a partition took 5x longer with the collector running. Cycles made in
+    the meantime are collected once it runs again.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

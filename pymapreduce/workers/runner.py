@@ -18,7 +18,7 @@ from ..job import (
     reduce_groups,
 )
 from ..patterns.message import frame_bytes
-from ..patterns.records import pack, unpack
+from ..patterns.records import pack, paused_gc, unpack
 
 
 class Counted:
@@ -53,6 +53,11 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
     a map-only map task and a reduce task yield one blob of ``[key, value]`` pairs.
     """
+    with paused_gc():
+        return _run_task(job, kind, desc, blobs, reducers, map_only)
+
+
+def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
         records, nbytes, where = _open_split(desc, blobs)

@@ -1,0 +1,36 @@
+"""Jobs used by the tests (importable by the worker processes, which run from the repo root)."""
+
+from __future__ import annotations
+
+import os
+
+from pymapreduce import Job
+
+
+class WordCount(Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+class WordCountCombined(WordCount):
+    def combine(self, word, counts):
+        return sum(counts)
+
+
+class Lengths(Job):
+    """Map-only: the length of every line."""
+
+    def map(self, key, line):
+        yield key, len(line)
+
+
+def read_lines(paths):
+    """The records a text input yields, read here in one process: the reference."""
+    from pymapreduce.inputs import read_file_split
+
+    for path in paths:
+        yield from read_file_split(path, 0, os.path.getsize(path))

@@ -1,0 +1,193 @@
+"""Layer 1: pure kernels, codecs and input splitting (no sockets, no processes)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pymapreduce import InputError, Job, UnencodableValue, read_text, run_sequential, stable_hash
+from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_file_split
+from pymapreduce.job import (
+    combine_groups,
+    map_grouped,
+    merge_segments,
+    partition_groups,
+    reduce_groups,
+)
+from pymapreduce.patterns.records import pack, unpack
+
+from .jobs import WordCount, WordCountCombined, read_lines
+
+KEYS = ["word", "ünïcode", b"raw", 7, -3, 2**70, 1.5, None, ("a", 1), True, "", ("x", ("y", 2))]
+
+
+def test_stable_hash_is_the_same_in_every_process():
+    script = (
+        "from pymapreduce import stable_hash\n"
+        f"print([stable_hash(k) for k in {KEYS!r}])"
+    )
+    outs = set()
+    for seed in ("1", "2", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.check_output([sys.executable, "-c", script], env=env, text=True))
+    assert len(outs) == 1
+    assert outs.pop().strip() == str([stable_hash(k) for k in KEYS])
+
+
+def test_equal_numbers_share_a_partition():
+    assert stable_hash(1) == stable_hash(1.0) == stable_hash(True)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ("tuple", 1),
+        {("tuple", "key"): [1, 2]},
+        2**100,
+        -(2**90),
+        {1, 2, 3},
+        frozenset({"a"}),
+        Fraction(1, 3),
+        b"\x00\xff",
+        [1, [2, (3, 4)]],
+        {"nested": {"dict": None}},
+        1.25,
+        "ünïcode ✓",
+    ],
+)
+def test_records_round_trip_with_their_types(value):
+    back = unpack(pack(value))
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_unencodable_value_names_its_type():
+    with pytest.raises(UnencodableValue, match="lock"):
+        pack({"k": threading.Lock()})
+
+
+def test_normalize_accepts_every_documented_shape():
+    expected = [("a", 1), ("b", 2)]
+    assert normalize_records({"a": 1, "b": 2}) == expected
+    assert normalize_records([("a", 1), ["b", 2]]) == expected
+    assert normalize_records([{"a": 1}, {"b": 2}]) == expected
+    assert normalize_records(iter(expected)) == expected
+
+
+@pytest.mark.parametrize("bad", [None, "text", 42, [("a", 1), "xyz"], [(1, 2, 3)]])
+def test_normalize_rejects_what_is_not_pairs(bad):
+    with pytest.raises(InputError):
+        normalize_records(bad)
+
+
+def test_chunk_keeps_order_and_balance():
+    records = list(range(10))
+    parts = chunk(records, 3)
+    assert [len(p) for p in parts] == [4, 3, 3]
+    assert sum(parts, []) == records
+    assert chunk([], 4) == [[]]
+
+
+def test_read_text_with_no_match_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="matches no file"):
+        read_text(str(tmp_path / "nothing-*.txt")).files()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(st.text(alphabet="ab é\r✓", max_size=12), max_size=40),
+    final_newline=st.booleans(),
+    split_bytes=st.integers(min_value=1, max_value=64),
+)
+def test_splits_read_every_line_exactly_once(tmp_path_factory, lines, final_newline, split_bytes):
+    path = tmp_path_factory.mktemp("split") / "f.txt"
+    data = "\n".join(lines).encode() + (b"\n" if final_newline and lines else b"")
+    path.write_bytes(data)
+    splits, total = plan_file_splits(read_text(str(path), split_bytes=split_bytes), 1)
+    assert total == len(data)
+    got = [rec for s in splits for rec in read_file_split(s.path, s.start, s.end)]
+    # reference: every line with its byte offset, without its newline (and a trailing \r)
+    expected, offset = [], 0
+    if data:
+        for raw in data.split(b"\n")[: -1 if data.endswith(b"\n") else None]:
+            text = raw.decode()
+            expected.append((offset, text[:-1] if text.endswith("\r") else text))
+            offset += len(raw) + 1
+    assert got == expected
+
+
+def test_gzip_files_are_one_split_read_whole(tmp_path):
+    path = tmp_path / "a.txt.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"one\ntwo two\n")
+    splits, _ = plan_file_splits(read_text(str(path), split_bytes=1), 2)
+    assert len(splits) == 1
+    assert list(read_file_split(splits[0].path, splits[0].start, splits[0].end)) == [
+        (0, "one"),
+        (4, "two two"),
+    ]
+
+
+def test_distributed_kernels_equal_the_sequential_run(corpus):
+    records = list(read_lines(corpus))
+    expected = run_sequential(WordCount(), records)
+    job = WordCountCombined()
+    segments = [[] for _ in range(3)]
+    for piece in chunk(records, 5):  # five map tasks, three reducers
+        groups = combine_groups(job, map_grouped(job, piece))
+        for r, part in enumerate(partition_groups(job, groups, 3)):
+            segments[r].append(unpack(pack(part)))
+    result = {}
+    for r in range(3):
+        result.update(reduce_groups(job, merge_segments(segments[r])))
+    assert result == expected
+    assert expected["alpha"] > 0 and "délta" in expected
+
+
+def test_values_reach_reduce_in_input_order():
+    class Collect(Job):
+        def map(self, key, value):
+            yield "k", value
+
+        def reduce(self, key, values):
+            return list(values)
+
+    records = [(i, i) for i in range(20)]
+    job = Collect()
+    segs = [partition_groups(job, map_grouped(job, p), 1)[0] for p in chunk(records, 4)]
+    assert reduce_groups(job, merge_segments(segs)) == [["k", list(range(20))]]
+
+
+def test_custom_partition_is_used_and_checked():
+    class ByLength(Job):
+        def map(self, key, value):
+            yield value, 1
+
+        def partition(self, key, reducers):
+            return len(key) % reducers
+
+    parts = partition_groups(ByLength(), {"a": [1], "bb": [1], "ccc": [1]}, 2)
+    assert [k for k, _ in parts[1]] == ["a", "ccc"]
+
+    class Broken(ByLength):
+        def partition(self, key, reducers):
+            return reducers
+
+    with pytest.raises(ValueError, match="not an int in range"):
+        partition_groups(Broken(), {"a": [1]}, 2)
+
+
+def test_map_only_sequential_keeps_every_pair():
+    class Echo(Job):
+        def map(self, key, value):
+            yield value, key
+
+    assert run_sequential(Echo(), [(1, "x"), (2, "x")]) == [("x", 1), ("x", 2)]
