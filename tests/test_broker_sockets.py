@@ -1,0 +1,185 @@
+"""Layer 2: a real broker on loopback sockets, driven by hand-made peers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zmq
+
+from pymapreduce.broker import Broker, BrokerConfig
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.message import Message
+from pymapreduce.patterns.records import pack, unpack
+
+
+@pytest.fixture
+def broker():
+    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0))
+    b.bind()
+    thread = threading.Thread(target=b.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        thread.join(5)
+
+
+class Peer:
+    """A DEALER speaking the protocol by hand."""
+
+    def __init__(self, ctx, address, identity=None):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if identity:
+            self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.connect(address)
+
+    def send(self, command, body=None, blobs=()):
+        self.sock.send_multipart(Message(command, body or {}, tuple(blobs)).encode())
+
+    def recv(self, timeout=5.0, skip=(P.STATUS, P.HEARTBEAT)):
+        """The next message not in ``skip`` (None after ``timeout``)."""
+        while self.sock.poll(int(timeout * 1000)):
+            msg = Message.decode(self.sock.recv_multipart())
+            if msg.command not in skip:
+                return msg
+        return None
+
+    def wait_state(self, job_id, state, timeout=5.0):
+        while self.sock.poll(int(timeout * 1000)):
+            msg = Message.decode(self.sock.recv_multipart())
+            if msg.command == P.STATUS and msg.body.get("state") == state:
+                return msg.body
+        raise AssertionError(f"{job_id} never reached {state}")
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def submit(client, job_id, chunks, reducers=1):
+    blobs = [b"opaque job code"] + [pack([[k, v] for k, v in c]) for c in chunks]
+    client.send(P.SUBMIT, {"job_id": job_id, "req": 1, "name": "t", "reducers": reducers,
+                           "map_only": False,
+                           "splits": [["mem", i + 1] for i in range(len(chunks))]}, blobs)
+    reply = client.recv()
+    assert reply.command == P.ACCEPTED
+    return reply
+
+
+def map_output(records):
+    """What a worker would send for a word-count map task with one reducer."""
+    groups = {}
+    for _, line in records:
+        for w in line.split():
+            groups.setdefault(w, []).append(1)
+    return pack([[k, v] for k, v in groups.items()])
+
+
+def test_tasks_go_only_to_workers_that_announced_credit(broker, ctx):
+    client = Peer(ctx, broker.address)
+    silent = Peer(ctx, broker.address)  # connected, never says READY
+    silent.send(P.HEARTBEAT)  # even talking is not asking for work
+    submit(client, "j1", [[(0, "a b")], [(1, "b")], [(2, "c")]])
+    assert silent.recv(timeout=0.5, skip=(P.RECONNECT, P.HEARTBEAT)) is None
+
+    worker = Peer(ctx, broker.address)
+    worker.send(P.READY, {"credit": 1})
+    assert worker.recv().command == P.WELCOME
+    tasks = worker.recv()
+    assert tasks.command == P.TASKS
+    assert len(tasks.body["tasks"]) == 1  # credit 1: one task, not three
+    assert tasks.blobs[tasks.body["code"]] == b"opaque job code"
+    assert worker.recv(timeout=0.3) is None  # nothing more until it reports
+
+
+def test_first_committed_attempt_wins_and_stale_reports_are_dropped(broker, ctx):
+    client = Peer(ctx, broker.address)
+    submit(client, "j2", [[(0, "x y")]])
+    w1 = Peer(ctx, broker.address)
+    w1.send(P.READY, {"credit": 1})
+    w1.recv()  # WELCOME
+    task = w1.recv()
+    _, index, attempt, _ = task.body["tasks"][0]
+    # a report for an attempt that was never handed out is ignored
+    w1.send(P.DONE, {"results": [["j2", "map", index, attempt + 5, {}, 1]]},
+            [map_output([(0, "bogus")])])
+    w1.send(P.DONE, {"results": [["j2", "map", index, attempt, {"records": 1}, 1]]},
+            [map_output([(0, "x y")])])
+    reduce_task = w1.recv()
+    assert reduce_task.body["tasks"][0][0] == "reduce"
+    segs = reduce_task.body["tasks"][0][3]
+    merged = [unpack(reduce_task.blobs[segs[1] + i]) for i in range(segs[2])]
+    assert merged == [[["x", [1]], ["y", [1]]]]  # the bogus report left no trace
+    _, r_index, r_attempt, _ = reduce_task.body["tasks"][0]
+    out = pack([["x", 1], ["y", 1]])
+    w1.send(P.DONE, {"results": [["j2", "reduce", r_index, r_attempt, {}, 1]]}, [out])
+    # a late duplicate of the same commit changes nothing
+    w1.send(P.DONE, {"results": [["j2", "reduce", r_index, r_attempt, {}, 1]]},
+            [pack([["x", 999]])])
+    status = client.wait_state("j2", "succeeded")
+    assert status["records"] == 1
+    client.send(P.FETCH, {"job_id": "j2", "part": 0, "req": 2})
+    part = client.recv()
+    assert part.command == P.PART and unpack(part.blobs[0]) == [["x", 1], ["y", 1]]
+
+
+def test_a_silent_worker_loses_its_tasks_to_another(broker, ctx):
+    client = Peer(ctx, broker.address)
+    submit(client, "j3", [[(0, "a")]])
+    dead = Peer(ctx, broker.address)
+    dead.send(P.READY, {"credit": 1})
+    dead.recv()
+    first = dead.recv()
+    assert first.command == P.TASKS
+    live = Peer(ctx, broker.address)
+    live.send(P.READY, {"credit": 1})
+    live.recv()
+    # `dead` never speaks again; `live` keeps beating until the task comes to it
+    for _ in range(30):
+        live.send(P.HEARTBEAT)
+        msg = live.recv(timeout=0.2)
+        if msg is not None and msg.command == P.TASKS:
+            break
+    else:
+        raise AssertionError("the silent worker's task was never re-queued")
+    assert msg.body["tasks"][0][2] == first.body["tasks"][0][2] + 1  # a new attempt
+    # the silent worker, back from the dead, is told to register again
+    dead.send(P.DONE, {"results": [["j3", "map", 0, 1, {}, 1]]}, [map_output([(0, "a")])])
+    assert dead.recv(skip=(P.HEARTBEAT, P.STATUS)).command == P.RECONNECT
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"\xc1\xc1garbage"],
+        [b""],
+        [Message("NOPE", {}).encode()[0]],
+        [b"\x93\x63\xa5READY\x80"],  # protocol version 99
+    ],
+)
+def test_malformed_messages_get_an_error_and_the_broker_keeps_serving(broker, ctx, frames):
+    rogue = Peer(ctx, broker.address)
+    rogue.sock.send_multipart(frames)
+    reply = rogue.recv()
+    assert reply.command == P.ERROR
+    client = Peer(ctx, broker.address)
+    client.send(P.HELLO, {"req": 7})
+    info = client.recv()
+    assert info.command == P.INFO and info.body["req"] == 7
+
+
+def test_requests_about_unknown_jobs_are_refused_clearly(broker, ctx):
+    client = Peer(ctx, broker.address)
+    for command in (P.STATUS, P.WATCH, P.FETCH, P.CANCEL):
+        client.send(command, {"job_id": "nope", "part": 0, "req": 3})
+        reply = client.recv()
+        assert reply.command == P.ERROR and reply.body["code"] == "no-such-job"
+    client.send(P.SUBMIT, {"job_id": "bad", "req": 4, "splits": [["mem", 1]]})  # no blobs
+    reply = client.recv()
+    assert reply.command == P.ERROR and "no job code" in reply.body["message"]
