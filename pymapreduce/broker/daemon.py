@@ -29,6 +29,7 @@ log = logging.getLogger("pymapreduce.broker")
 
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
+FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
 
 class WorkerState:
@@ -444,15 +445,26 @@ class Broker:
             self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
 
     def on_fetch(self, peer: bytes, msg: Message, now: float) -> None:
+        """Up to ``count`` output partitions from ``part`` on, bounded by FETCH_BYTES."""
         job = self._job_or_error(peer, msg)
         if job is None:
             return
-        part = int(msg.body["part"])
-        if job.state != P.JOB_SUCCEEDED or not 0 <= part < job.output_parts:
-            raise ValueError(f"job {job.id} has no output partition {part} ({job.state})")
-        key = (job.id, "out", part)
-        blob = self.store.get(key) if key in self.store else b""
-        self._reply(peer, P.PART, {"req": _req(msg), "job_id": job.id, "part": part}, (blob,))
+        first = int(msg.body["part"])
+        count = max(1, int(msg.body.get("count", 1)))
+        if job.state != P.JOB_SUCCEEDED or not 0 <= first < job.output_parts:
+            raise ValueError(f"job {job.id} has no output partition {first} ({job.state})")
+        blobs: list = []
+        size = 0
+        for part in range(first, min(first + count, job.output_parts)):
+            key = (job.id, "out", part)
+            blob = self.store.get(key) if key in self.store else b""
+            n = len(blob.buffer if hasattr(blob, "buffer") else blob)
+            if blobs and size + n > FETCH_BYTES:
+                break
+            blobs.append(blob)
+            size += n
+        self._reply(peer, P.PART, {"req": _req(msg), "job_id": job.id, "part": first},
+                    tuple(blobs))
 
     def on_cancel(self, peer: bytes, msg: Message, now: float) -> None:
         job = self._job_or_error(peer, msg)

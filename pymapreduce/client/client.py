@@ -27,6 +27,8 @@ from ..patterns.sockets import check_endpoint, make_socket, recv, send
 from .output import write_output
 from .submit import build_submission
 
+FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the bytes)
+
 
 class Client:
     """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
@@ -200,12 +202,20 @@ class JobHandle:
         return status
 
     def _parts(self, status: dict) -> Iterator[list]:
-        for part in range(int(status["parts"])):
-            reply = self.client._request(P.FETCH, {"job_id": self.job_id, "part": part})
-            blob = frame_bytes(reply.blobs[0]) if reply.blobs else b""
-            with paused_gc():
-                pairs = unpack(blob) if len(blob) else []
-            yield pairs
+        """Each output partition's pairs, fetched a batch of small partitions at a time."""
+        total = int(status["parts"])
+        part = 0
+        while part < total:
+            reply = self.client._request(
+                P.FETCH, {"job_id": self.job_id, "part": part, "count": FETCH_BATCH})
+            if not reply.blobs:
+                raise PyMapReduceError(f"the broker sent no data for partition {part}")
+            for blob in reply.blobs:
+                data = frame_bytes(blob)
+                with paused_gc():
+                    pairs = unpack(data) if len(data) else []
+                yield pairs
+            part += len(reply.blobs)
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """The output pairs, one partition at a time (for outputs larger than memory)."""
