@@ -146,26 +146,48 @@ def chunk(records: list, n: int) -> list[list]:
     return out
 
 
+READ_BLOCK = 1 * MIB  # a split is read and cut into lines a block at a time
+
+
 def read_file_split(path: str, start: int, end: int, encoding: str = "utf-8") -> Iterator:
-    """Yield ``(byte_offset, line)`` for every line whose first byte lies in ``[start, end)``."""
+    """Yield ``(byte_offset, line)`` for every line whose first byte lies in ``[start, end)``.
+
+    The file is opened at once (a missing file raises InputError here) and then read a
+    block at a time, so a map task's input occupies a megabyte, not the whole split.
+    """
     try:
         if end == -1:
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rb") as f:
                 data = f.read()
-            base = 0
-        else:
-            with open(path, "rb") as f:
-                if start > 0:
-                    f.seek(start - 1)
-                    f.readline()  # the line in progress belongs to the previous split
-                base = f.tell()
-                data = f.read(end - base) if end > base else b""
-                if data and not data.endswith(b"\n"):
-                    data += f.readline()  # finish the last line that starts before end
+            return _lines(data, 0, encoding)
+        f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the line in progress belongs to the previous split
     except OSError as exc:
         raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
-    return _lines(data, base, encoding)
+    return _blocks(f, end, encoding)
+
+
+def _blocks(f, end: int, encoding: str) -> Iterator:
+    with f:
+        offset = f.tell()
+        remaining = end - offset
+        pending = b""
+        while remaining > 0:
+            block = f.read(min(READ_BLOCK, remaining))
+            if not block:
+                break
+            remaining -= len(block)
+            data = pending + block if pending else block
+            cut = data.rfind(b"\n") + 1
+            pending = data[cut:]
+            if cut:
+                yield from _lines(data[:cut], offset, encoding)
+                offset += cut
+        if pending:  # the last line starts before end: finish it
+            yield from _lines(pending + f.readline(), offset, encoding)
 
 
 def _lines(data: bytes, base: int, encoding: str) -> Iterator:
