@@ -191,3 +191,43 @@ def test_map_only_sequential_keeps_every_pair():
             yield value, key
 
     assert run_sequential(Echo(), [(1, "x"), (2, "x")]) == [("x", 1), ("x", 2)]
+
+
+def test_combine_runs_as_values_pile_up_and_the_result_is_unchanged():
+    calls = []
+
+    class Counting(WordCountCombined):
+        def combine(self, word, counts):
+            calls.append(len(counts))
+            return sum(counts)
+
+    records = [(i, "same word " * 50) for i in range(100)]  # 5,000 of each word
+    job = Counting()
+    groups = map_grouped(job, records)
+    assert all(len(v) < 64 for v in groups.values())  # never one value per record
+    assert max(calls) == 64
+    assert dict(reduce_groups(job, combine_groups(job, groups))) == run_sequential(
+        WordCount(), records
+    )
+
+
+def test_progress_bar_draws_both_phases_on_a_terminal():
+    import io
+
+    from pymapreduce.cli import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    bar = Progress(out)
+    bar({"maps": [3, 4], "reduces": [0, 2], "elapsed": 1.25})
+    bar.end()
+    text = out.getvalue()
+    assert "map 3/4 [###############.....]" in text
+    assert "reduce 0/2 [....................]" in text
+    assert text.startswith("\r") and text.endswith("\n")
+    quiet = io.StringIO()  # not a terminal: no bar at all
+    Progress(quiet)({"maps": [1, 1], "reduces": [0, 0]})
+    assert quiet.getvalue() == ""
