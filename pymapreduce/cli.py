@@ -24,6 +24,14 @@ EXIT_UNAVAILABLE = 3
 EXIT_ADDRESS_IN_USE = 4
 EXIT_INTERRUPTED = 130
 
+# The first matching class gives a failed command's exit code.
+EXIT_CODES = (
+    (JobFailed, EXIT_JOB_FAILED),
+    (BrokerUnavailable, EXIT_UNAVAILABLE),
+    (AddressInUse, EXIT_ADDRESS_IN_USE),
+    (PyMapReduceError, EXIT_USAGE),
+)
+
 PRINT_LIMIT = 10_000  # output pairs printed to the terminal when no --output is given
 
 
@@ -271,15 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except JobFailed as exc:
-        print(f"pymapreduce: {exc}", file=sys.stderr)
-        return EXIT_JOB_FAILED
-    except BrokerUnavailable as exc:
-        print(f"pymapreduce: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except AddressInUse as exc:
-        print(f"pymapreduce: {exc}", file=sys.stderr)
-        return EXIT_ADDRESS_IN_USE
     except PyMapReduceError as exc:
         print(f"pymapreduce: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
