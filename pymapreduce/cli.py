@@ -15,13 +15,21 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from .errors import AddressInUse, BrokerUnavailable, JobFailed, PyMapReduceError
+from .errors import (
+    AddressInUse,
+    BrokerUnavailable,
+    ConfigError,
+    JobFailed,
+    JobTimeout,
+    PyMapReduceError,
+)
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_ADDRESS_IN_USE = 4
+EXIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 
 # The first matching class gives a failed command's exit code.
@@ -29,6 +37,7 @@ EXIT_CODES = (
     (JobFailed, EXIT_JOB_FAILED),
     (BrokerUnavailable, EXIT_UNAVAILABLE),
     (AddressInUse, EXIT_ADDRESS_IN_USE),
+    (JobTimeout, EXIT_TIMEOUT),
     (PyMapReduceError, EXIT_USAGE),
 )
 
@@ -102,12 +111,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level, "worker")
     check_endpoint(args.connect)
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {args.processes}")
     processes = args.processes or os.cpu_count() or 1
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
-    print(f"pymapreduce worker ready: {processes} processes for {args.connect}", flush=True)
+    print(f"pymapreduce worker ready: {processes} process{'es' if processes > 1 else ''} "
+          f"for {args.connect}", flush=True)
     sup.serve_forever()
     return EXIT_OK
 
@@ -121,6 +133,8 @@ def load_job_class(spec: str):
         if not os.path.isfile(target):
             raise PyMapReduceError(f"job file {target!r} does not exist")
         name = os.path.splitext(os.path.basename(target))[0]
+        # as `python FILE.py` would: modules beside the job file are importable
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
         module_spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
@@ -182,9 +196,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         with Client(address) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                    output_dir=args.output)
+            print(f"pymapreduce: job {handle.job_id} submitted to {address}", file=sys.stderr)
             progress = Progress(sys.stderr)
             try:
                 status = handle.wait(timeout=args.timeout, progress=progress)
+            except (KeyboardInterrupt, JobTimeout):
+                if cluster is None:  # a shared broker: don't leave the job running unseen
+                    handle.cancel()
+                    print(f"pymapreduce: job {handle.job_id} cancelled", file=sys.stderr)
+                raise
             finally:
                 progress.end()
             if args.output is None:
@@ -219,6 +239,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         body = client.job(args.job_id).status() if args.job_id else client.info()
     body.pop("req", None)
     print(json.dumps(body, indent=2, default=repr))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    with Client(args.connect, timeout=args.timeout) as client:
+        handle = client.job(args.job_id)
+        handle.cancel()
+        state = handle.status()["state"]
+    print(f"job {args.job_id}: {state}")
     return EXIT_OK
 
 
@@ -269,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job_id", nargs="?")
     s.add_argument("--timeout", type=float, default=5.0)
     s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("cancel", help="cancel a running job")
+    c.add_argument("--connect", required=True)
+    c.add_argument("job_id")
+    c.add_argument("--timeout", type=float, default=5.0)
+    c.set_defaults(func=cmd_cancel)
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from .errors import InputError
 
 MIB = 1024 * 1024
-MIN_SPLIT_BYTES = 1 * MIB
+MIN_SPLIT_BYTES = 64 * 1024  # small inputs with a costly map still spread over workers
 MAX_AUTO_SPLIT_BYTES = 64 * MIB
 
 
@@ -51,7 +51,7 @@ def read_text(
     """Name text files (paths or globs) as a job's input, without reading them.
 
     ``split_bytes`` is the size of one map task's byte range; by default it is chosen so
-    that there are about four splits per worker slot, between 1 MiB and 64 MiB.
+    that there are about four splits per worker slot, between 64 KiB and 64 MiB.
     ``.gz`` files are read whole, one split each. Workers must see the same paths.
     """
     if isinstance(paths, (str, os.PathLike)):

@@ -35,8 +35,12 @@ def stable_hash(key: Any) -> int:
         for item in key:
             h = zlib.crc32(struct.pack("<Q", stable_hash(item)), h)
         return h
+    if t is frozenset:  # order-free: pickled sets follow each process's salted hashes
+        return sum(stable_hash(item) for item in key) & 0xFFFFFFFFFFFFFFFF
     if key is None:
         return 0
+    # other types: their encoding, which must not depend on the process (true of
+    # msgpack types and of objects whose pickle does not embed a set's order)
     return zlib.crc32(pack(key))
 
 
@@ -90,8 +94,14 @@ class Job:
         whatever happens.
         """
         from .client import Client
+        from .client.submit import pickle_job
+        from .inputs import TextInput
         from .local import LocalCluster
 
+        if address is None:  # what would fail at submit fails before a cluster starts
+            pickle_job(self)
+            if isinstance(inputs, TextInput):
+                inputs.files()
         if address is not None:
             with Client(address) as client:
                 handle = client.submit(

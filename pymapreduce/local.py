@@ -10,7 +10,7 @@ import sys
 import time
 
 from .client import Client
-from .errors import PyMapReduceError
+from .errors import ConfigError, PyMapReduceError
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
 
@@ -25,9 +25,9 @@ class LocalCluster:
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str = "WARNING") -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {workers}")
         self.workers = workers or os.cpu_count() or 1
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.address = ""

@@ -267,3 +267,62 @@ def test_broker_forgets_a_worker_whose_supervisor_was_killed(daemons):
         while client.info()["workers"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.info()["workers"] == 0
+
+
+def test_a_task_that_kills_its_worker_fails_the_job_instead_of_looping(cluster):
+    class Exits(WordCount):
+        def map(self, key, line):
+            if line == "poison":
+                os._exit(3)  # the worker process dies with the task
+            yield from super().map(key, line)
+
+    with Client(cluster) as client:
+        handle = client.submit(Exits(), [(0, "fine"), (1, "poison")], map_tasks=2)
+        with pytest.raises(JobFailed, match="was lost") as info:
+            handle.result(60)
+        assert info.value.task == "map-1"
+        # the restarted workers serve the next job
+        assert client.submit(WordCount(), [(0, "a a")]).result(30) == {"a": 2}
+
+
+def test_code_that_cannot_load_on_the_workers_reports_the_real_cause(cluster, tmp_path,
+                                                                    monkeypatch):
+    (tmp_path / "only_here.py").write_text(
+        "from pymapreduce import Job\n"
+        "class LocalOnly(Job):\n"
+        "    def map(self, key, value):\n"
+        "        yield value, 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable here, not on the workers
+    from only_here import LocalOnly
+
+    with Client(cluster) as client, pytest.raises(JobFailed) as info:
+        client.submit(LocalOnly(), [(0, "a"), (1, "b")], map_tasks=2).result(60)
+    assert "No module named 'only_here'" in str(info.value)
+
+
+def test_output_dir_of_an_earlier_run_is_replaced_not_mixed(cluster, tmp_path):
+    out = tmp_path / "out"
+    records = [(i, f"w{i}") for i in range(50)]
+    with Client(cluster) as client:
+        client.submit(WordCount(), records, reducers=4, output_dir=out).wait(30)
+        assert len(list(out.glob("part-*"))) == 4
+        client.submit(WordCount(), [(0, "only")], reducers=1, output_dir=out).wait(30)
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000"]
+    assert (out / "part-00000").read_text() == '["only", 1]\n'
+
+
+def test_cli_cancel_stops_a_running_job(cluster):
+    class Slow(WordCount):
+        def map(self, key, line):
+            time.sleep(0.2)
+            yield from super().map(key, line)
+
+    with Client(cluster) as client:
+        handle = client.submit(Slow(), [(i, "x") for i in range(200)], map_tasks=50)
+        proc = subprocess.run(pmr("cancel", "--connect", cluster, handle.job_id),
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert "cancelled" in proc.stdout
+        with pytest.raises(JobFailed, match="cancelled"):
+            handle.result(10)

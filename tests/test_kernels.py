@@ -26,7 +26,8 @@ from pymapreduce.patterns.records import pack, unpack
 
 from .jobs import WordCount, WordCountCombined, read_lines
 
-KEYS = ["word", "ünïcode", b"raw", 7, -3, 2**70, 1.5, None, ("a", 1), True, "", ("x", ("y", 2))]
+KEYS = ["word", "ünïcode", b"raw", 7, -3, 2**70, 1.5, None, ("a", 1), True, "", ("x", ("y", 2)),
+        frozenset({"a", "b", "c", "d"}), ("t", frozenset({"x", "y"}))]
 
 
 def test_stable_hash_is_the_same_in_every_process():

@@ -33,3 +33,13 @@ def test_bad_frames_raise_a_typed_error_with_size_and_cause(frames, cause):
         Message.decode(frames)
     assert info.value.size == (len(frames[0]) if frames else 0)
     assert cause in info.value.cause or cause in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1", "http://h:1",
+                                 "tcp://:5", "tcp://h:port"])
+def test_bad_addresses_are_config_errors(bad):
+    from pymapreduce import ConfigError
+    from pymapreduce.patterns.sockets import check_endpoint
+
+    with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
+        check_endpoint(bad)

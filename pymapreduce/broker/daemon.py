@@ -257,23 +257,28 @@ class Broker:
         key = (b["job"], b["kind"], b["index"], b["attempt"])
         worker.running.discard(key)
         task = self._attempt(key)
-        if task is None:
-            return
-        task.running.pop(key[3], None)
+        if task is not None:
+            self._attempt_failed(task, key[3], str(b.get("error", ""))[:2000],
+                                 str(b.get("traceback", "")), b.get("position"))
+
+    def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
+                        position: Any) -> None:
+        """Count a failed attempt: retry the task, or fail the job once attempts run out.
+
+        An attempt lost with its worker counts too: a task that kills the process running
+        it (os._exit, a segfault, the OOM killer) must not kill workers forever.
+        """
+        task.running.pop(attempt, None)
         task.failures += 1
         job = task.job
-        log.info("%s %s attempt %d failed: %s", job.id, task.name, key[3], b.get("error"))
+        log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt, error)
         if task.failures >= self.config.max_attempts:
-            job.finish(
-                P.JOB_FAILED,
-                {
-                    "message": f"{task.name} failed {task.failures} times; last error: "
-                    f"{b.get('error', '')}",
-                    "task": task.name,
-                    "position": b.get("position"),
-                    "traceback": str(b.get("traceback", "")),
-                },
-            )
+            job.finish(P.JOB_FAILED, {
+                "message": f"{task.name} failed {task.failures} times; last error: {error}",
+                "task": task.name,
+                "position": position,
+                "traceback": tb,
+            })
             self._job_ended(job)
         elif not task.running:
             task.move("pending")
@@ -321,18 +326,16 @@ class Broker:
             self._job_ended(job)
 
     def _purge(self, worker: WorkerState, reason: str) -> None:
-        """Forget a worker; its running tasks go back to the front of their queues."""
+        """Forget a worker; each attempt it was running counts as failed and is retried."""
         self.workers.pop(worker.route, None)
         lost = 0
         for key in worker.running:
             task = self._attempt(key)
             if task is None:
                 continue
-            task.running.pop(key[3], None)
-            if not task.running:
-                task.move("pending")
-                task.job.pending.appendleft(task)
-                lost += 1
+            lost += 1
+            self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
+                                 f"lost: {reason}", "", {"split": task.index})
         log.info("worker %s removed (%s); %d task(s) re-queued", worker.name, reason, lost)
 
     def dispatch(self) -> None:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
+
+PART = re.compile(r"part-\d{5,}")
 
 
 def write_output(directory: str | os.PathLike, parts: Iterable[list]) -> list[str]:
     """Write one file per partition, each under a temporary name renamed when complete,
-    so a reader never sees a half-written file; ``_SUCCESS`` comes last."""
+    so a reader never sees a half-written file; ``_SUCCESS`` comes last.
+
+    Output of an earlier run in the same directory is replaced: its ``_SUCCESS`` goes
+    first (so nobody takes the mix for a finished output) and its extra parts at the end.
+    """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    marker = os.path.join(directory, "_SUCCESS")
+    if os.path.exists(marker):
+        os.unlink(marker)
+    old = {name for name in os.listdir(directory) if PART.fullmatch(name)}
     written = []
     for i, pairs in enumerate(parts):
         final = os.path.join(directory, f"part-{i:05d}")
@@ -22,7 +33,9 @@ def write_output(directory: str | os.PathLike, parts: Iterable[list]) -> list[st
                 f.write("\n")
         os.replace(tmp, final)
         written.append(final)
-    marker = os.path.join(directory, "_SUCCESS")
+        old.discard(os.path.basename(final))
+    for name in old:
+        os.unlink(os.path.join(directory, name))
     with open(marker, "w"):
         pass
     return written

@@ -38,8 +38,13 @@ def check_endpoint(endpoint: str) -> str:
     if endpoint.startswith(("ipc://", "inproc://")):
         return endpoint
     parts = urlsplit(endpoint)
-    if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
-        raise ConfigError(f"address {endpoint!r} is not of the form tcp://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:  # out of range, or not a number
+        port = None
+    if parts.scheme != "tcp" or not parts.hostname or port is None:
+        raise ConfigError(f"address {endpoint!r} is not of the form tcp://HOST:PORT "
+                          "(PORT a number from 0 to 65535)")
     return endpoint
 
 

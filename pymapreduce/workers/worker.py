@@ -61,10 +61,13 @@ class Worker:
         self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
         self.data: zmq.Socket | None = None
         self.jobs: OrderedDict[str, object] = OrderedDict()
+        self.load_errors: dict[str, tuple[str, str]] = {}
         self.queue: deque = deque()
         self.reports: list = []
         self.report_blobs: list = []
         self._first_report = 0.0
+        self._ready_sent = 0.0
+        self._welcomed = self._warned = False
         self._last_sent = 0.0
         self._stop = threading.Event()
         self._need_ready = threading.Event()
@@ -111,7 +114,8 @@ class Worker:
             # A listening worker has no peer until the broker connects: wait for one.
             if self.ctl.poll(100, zmq.POLLOUT):
                 send(self.ctl, Message(P.READY, body))
-                self._last_sent = time.monotonic()
+                self._last_sent = self._ready_sent = time.monotonic()
+                self._welcomed = self._warned = False
                 return
             self._check_parent()
 
@@ -139,6 +143,10 @@ class Worker:
 
     def _idle(self) -> None:
         now = time.monotonic()
+        if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
+            self._warned = True
+            log.warning("no answer from a broker at %s after %.0fs; still trying",
+                        self.connect_addr or self.bind_addr, now - self._ready_sent)
         if now - self._last_sent >= self.heartbeat_interval:
             send(self.ctl, Message(P.HEARTBEAT))
             self._last_sent = now
@@ -162,6 +170,7 @@ class Worker:
             if msg.command == P.TASKS:
                 self._enqueue(msg)
             elif msg.command == P.WELCOME:
+                self._welcomed = True
                 self._connect_sink(str(msg.body.get("sink", "")))
             elif msg.command == P.RECONNECT:
                 self._need_ready.set()
@@ -186,7 +195,7 @@ class Worker:
         job_id = b["job"]
         blobs = list(msg.blobs)
         job = self.jobs.get(job_id)
-        error = None
+        error = self.load_errors.get(job_id)
         if "code" in b:
             try:
                 import cloudpickle
@@ -196,9 +205,14 @@ class Worker:
                 while len(self.jobs) > JOB_CACHE:
                     self.jobs.popitem(last=False)
             except Exception as exc:
+                # remembered: the broker sends the code once per worker, and every later
+                # task of this job must report the real cause too
                 error = (f"cannot load the job's code: {type(exc).__name__}: {exc}",
                          traceback.format_exc())
-        elif job is None:
+                self.load_errors[job_id] = error
+                while len(self.load_errors) > JOB_CACHE:
+                    self.load_errors.pop(next(iter(self.load_errors)))
+        elif job is None and error is None:
             error = ("this worker has no code for the job", "")
         for kind, index, attempt, desc in b["tasks"]:
             if error is not None:
