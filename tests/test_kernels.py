@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from pymapreduce import InputError, Job, UnencodableValue, read_text, run_sequential, stable_hash
 from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_file_split
 from pymapreduce.job import (
-    combine_groups,
+    finish_map,
     map_grouped,
     merge_segments,
-    partition_groups,
     reduce_groups,
 )
 from pymapreduce.patterns.records import pack, unpack
@@ -143,13 +142,16 @@ def test_distributed_kernels_equal_the_sequential_run(corpus):
     job = WordCountCombined()
     segments = [[] for _ in range(3)]
     for piece in chunk(records, 5):  # five map tasks, three reducers
-        groups = combine_groups(job, map_grouped(job, piece))
-        for r, part in enumerate(partition_groups(job, groups, 3)):
+        for r, part in enumerate(finish_map(job, map_grouped(job, piece), 3)):
             segments[r].append(unpack(pack(part)))
     result = {}
     for r in range(3):
-        result.update(reduce_groups(job, merge_segments(segments[r])))
+        result.update(zip(*reduce_groups(job, merge_segments(segments[r], combined=True))))
     assert result == expected
+    # without a combiner, segments carry every value
+    plain = WordCount()
+    segments = [finish_map(plain, map_grouped(plain, p), 1)[0] for p in chunk(records, 4)]
+    assert dict(zip(*reduce_groups(plain, merge_segments(segments, combined=False)))) == expected
     assert expected["alpha"] > 0 and "délta" in expected
 
 
@@ -163,8 +165,8 @@ def test_values_reach_reduce_in_input_order():
 
     records = [(i, i) for i in range(20)]
     job = Collect()
-    segs = [partition_groups(job, map_grouped(job, p), 1)[0] for p in chunk(records, 4)]
-    assert reduce_groups(job, merge_segments(segs)) == [["k", list(range(20))]]
+    segs = [finish_map(job, map_grouped(job, p), 1)[0] for p in chunk(records, 4)]
+    assert reduce_groups(job, merge_segments(segs, combined=False)) == (["k"], [list(range(20))])
 
 
 def test_custom_partition_is_used_and_checked():
@@ -175,15 +177,15 @@ def test_custom_partition_is_used_and_checked():
         def partition(self, key, reducers):
             return len(key) % reducers
 
-    parts = partition_groups(ByLength(), {"a": [1], "bb": [1], "ccc": [1]}, 2)
-    assert [k for k, _ in parts[1]] == ["a", "ccc"]
+    parts = finish_map(ByLength(), {"a": [1], "bb": [1], "ccc": [1]}, 2)
+    assert parts[1] == (["a", "ccc"], [[1], [1]])
 
     class Broken(ByLength):
         def partition(self, key, reducers):
             return reducers
 
     with pytest.raises(ValueError, match="not an int in range"):
-        partition_groups(Broken(), {"a": [1]}, 2)
+        finish_map(Broken(), {"a": [1]}, 2)
 
 
 def test_map_only_sequential_keeps_every_pair():
@@ -207,9 +209,8 @@ def test_combine_runs_as_values_pile_up_and_the_result_is_unchanged():
     groups = map_grouped(job, records)
     assert all(len(v) < 64 for v in groups.values())  # never one value per record
     assert max(calls) == 64
-    assert dict(reduce_groups(job, combine_groups(job, groups))) == run_sequential(
-        WordCount(), records
-    )
+    (keys, values), = finish_map(job, groups, 1)
+    assert dict(zip(keys, values)) == run_sequential(WordCount(), records)
 
 
 def test_progress_bar_draws_both_phases_on_a_terminal():

@@ -201,8 +201,8 @@ class JobHandle:
             self._written = True
         return status
 
-    def _parts(self, status: dict) -> Iterator[list]:
-        """Each output partition's pairs, fetched a batch of small partitions at a time."""
+    def _parts(self, status: dict) -> Iterator[tuple[list, list]]:
+        """Each output partition's ``(keys, values)``, a batch of small ones per request."""
         total = int(status["parts"])
         part = 0
         while part < total:
@@ -213,24 +213,26 @@ class JobHandle:
             for blob in reply.blobs:
                 data = frame_bytes(blob)
                 with paused_gc():
-                    pairs = unpack(data) if len(data) else []
-                yield pairs
+                    keys, values = unpack(data) if len(data) else ([], [])
+                yield keys, values
             part += len(reply.blobs)
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """The output pairs, one partition at a time (for outputs larger than memory)."""
         status = self.wait(timeout)
-        for pairs in self._parts(status):
-            for k, v in pairs:
-                yield k, v
+        for keys, values in self._parts(status):
+            yield from zip(keys, values)
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's result: a dict, or for a map-only job the list of output pairs."""
         status = self.wait(timeout)
+        map_only = status.get("map_only")
+        out: Any = [] if map_only else {}
+        add = out.extend if map_only else out.update
         with paused_gc():
-            if status.get("map_only"):
-                return list(self.results())
-            return dict(self.results())
+            for keys, values in self._parts(status):
+                add(zip(keys, values))
+        return out
 
     def release(self) -> None:
         """Tell the broker this job's outputs are no longer needed."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 PART = re.compile(r"part-\d{5,}")
 
 
-def write_output(directory: str | os.PathLike, parts: Iterable[list]) -> list[str]:
+def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]]) -> list[str]:
     """Write one file per partition, each under a temporary name renamed when complete,
     so a reader never sees a half-written file; ``_SUCCESS`` comes last.
 
@@ -24,11 +24,11 @@ def write_output(directory: str | os.PathLike, parts: Iterable[list]) -> list[st
         os.unlink(marker)
     old = {name for name in os.listdir(directory) if PART.fullmatch(name)}
     written = []
-    for i, pairs in enumerate(parts):
+    for i, (keys, values) in enumerate(parts):
         final = os.path.join(directory, f"part-{i:05d}")
         tmp = os.path.join(directory, f".part-{i:05d}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for k, v in pairs:
+            for k, v in zip(keys, values):
                 f.write(json.dumps([k, v], ensure_ascii=False, default=repr))
                 f.write("\n")
         os.replace(tmp, final)
