@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -161,24 +162,26 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     Hadoop, a combiner may therefore run several times on parts of a key's values, and
     must accept its own outputs among its inputs (sum, min, max, set union do).
     """
-    groups: Groups = {}
-    get = groups.get
+    groups: Groups = defaultdict(list)
     mapper = job.map
     combiner = job.combine if job._has("combine") else None
     key = _NO_RECORD
     try:
-        for key, value in records:
-            out = mapper(key, value)
-            if out is None:
-                continue
-            for k, v in out:
-                values = get(k)
-                if values is None:
-                    groups[k] = [v]
-                else:
-                    values.append(v)
-                    if combiner is not None and len(values) >= COMBINE_EVERY:
-                        values[:] = [combiner(k, values)]
+        if combiner is None:
+            for key, value in records:
+                out = mapper(key, value)
+                if out is not None:
+                    for k, v in out:
+                        groups[k].append(v)
+        else:
+            for key, value in records:
+                out = mapper(key, value)
+                if out is not None:
+                    for k, v in out:
+                        values = groups[k]
+                        values.append(v)
+                        if len(values) >= COMBINE_EVERY:
+                            values[:] = [combiner(k, values)]
     except Exception as exc:
         raise RecordFailed(key) from exc
     return groups
@@ -243,23 +246,14 @@ def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
 
     ``combined``: the segments hold one combined value per key, not lists of values.
     """
-    groups: Groups = {}
-    get = groups.get
+    groups: Groups = defaultdict(list)  # a missing key costs C code, not a branch
     for keys, values in segments:
         if combined:
             for k, v in zip(keys, values):
-                have = get(k)
-                if have is None:
-                    groups[k] = [v]
-                else:
-                    have.append(v)
+                groups[k].append(v)
         else:
             for k, vs in zip(keys, values):
-                have = get(k)
-                if have is None:
-                    groups[k] = vs
-                else:
-                    have.extend(vs)
+                groups[k].extend(vs)
     return groups
 
 

@@ -131,13 +131,18 @@ class Worker:
                 else:
                     self._idle()
                 continue
+            started = time.monotonic()
             self._run_one(self.queue.popleft())
             if self.ctl.poll(0, zmq.POLLIN):
                 self._drain()
+            now = time.monotonic()
+            # Short tasks share a DONE message; after a long one, report at once (the
+            # next may be as long, and the broker should know this one is committed).
             if (
                 not self.queue
                 or len(self.reports) >= FLUSH_COUNT
-                or time.monotonic() - self._first_report > FLUSH_AFTER
+                or now - self._first_report > FLUSH_AFTER
+                or now - started > FLUSH_AFTER
             ):
                 self._flush()
 
