@@ -326,3 +326,42 @@ def test_cli_cancel_stops_a_running_job(cluster):
         assert "cancelled" in proc.stdout
         with pytest.raises(JobFailed, match="cancelled"):
             handle.result(10)
+
+
+def test_results_stream_while_later_partitions_still_reduce(cluster):
+    class SlowSecondPartition(WordCount):
+        def partition(self, key, reducers):
+            return 0 if key == "fast" else 1
+
+        def reduce(self, word, counts):
+            if word == "slow":
+                time.sleep(2.0)
+            return sum(counts)
+
+    with Client(cluster) as client:
+        handle = client.submit(SlowSecondPartition(), [(0, "fast slow fast")], reducers=2)
+        stream = handle.results()
+        assert next(stream) == ("fast", 2)
+        assert handle.status()["state"] == "running"  # the first partition came early
+        assert list(stream) == [("slow", 1)]
+
+
+def test_streaming_results_of_a_failing_job_raise_job_failed(cluster):
+    class FailsLate(WordCount):
+        def reduce(self, word, counts):
+            raise RuntimeError("late failure")
+
+    with Client(cluster) as client:
+        handle = client.submit(FailsLate(), [(0, "a")], reducers=1)
+        with pytest.raises(JobFailed, match="late failure"):
+            list(handle.results())
+
+
+def test_a_worker_that_joins_later_gets_the_waiting_work(daemons):
+    _, address = daemons.broker()
+    with Client(address) as client:
+        handle = client.submit(WordCount(), [(0, "a b a")], map_tasks=1, reducers=1)
+        time.sleep(0.3)
+        assert handle.status()["maps"] == [0, 1]  # nobody to run it yet
+        daemons.worker(address, 1)
+        assert handle.result(30) == {"a": 2, "b": 1}

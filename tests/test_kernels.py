@@ -233,3 +233,26 @@ def test_progress_bar_draws_both_phases_on_a_terminal():
     quiet = io.StringIO()  # not a terminal: no bar at all
     Progress(quiet)({"maps": [1, 1], "reduces": [0, 0]})
     assert quiet.getvalue() == ""
+
+
+def test_invalid_utf8_is_replaced_and_offsets_stay_exact(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"ok\nbad \xff\xfe byte\n\xc3\xa9t\xc3\xa9\r\nlast")
+    splits, _ = plan_file_splits(read_text(str(path), split_bytes=5), 1)
+    got = [rec for s in splits for rec in read_file_split(s.path, s.start, s.end)]
+    assert got == [(0, "ok"), (3, "bad \ufffd\ufffd byte"), (15, "été"), (22, "last")]
+
+
+def test_a_failing_map_names_the_record(tmp_path):
+    from pymapreduce.job import RecordFailed
+
+    class Picky(Job):
+        def map(self, key, value):
+            if value == "bad":
+                raise KeyError(value)
+            yield value, 1
+
+    with pytest.raises(RecordFailed) as info:
+        map_grouped(Picky(), [(1, "good"), (2, "bad"), (3, "good")])
+    assert info.value.key == 2
+    assert isinstance(info.value.__cause__, KeyError)

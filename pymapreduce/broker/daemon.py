@@ -324,6 +324,8 @@ class Broker:
         job.commit(task, stats if isinstance(stats, dict) else {}, nonempty)
         if job.state != P.JOB_RUNNING:
             self._job_ended(job)
+        elif job.fetch_waiters:
+            self._serve_fetch_waiters(job)
 
     def _purge(self, worker: WorkerState, reason: str) -> None:
         """Forget a worker; each attempt it was running counts as failed and is retried."""
@@ -448,17 +450,40 @@ class Broker:
             self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
 
     def on_fetch(self, peer: bytes, msg: Message, now: float) -> None:
-        """Up to ``count`` output partitions from ``part`` on, bounded by FETCH_BYTES."""
+        """Up to ``count`` committed output partitions from ``part`` on (FETCH_BYTES at most).
+
+        With ``wait``, a partition not committed yet is answered when it is: this is how a
+        client streams results while the job still runs.
+        """
         job = self._job_or_error(peer, msg)
         if job is None:
             return
         first = int(msg.body["part"])
         count = max(1, int(msg.body.get("count", 1)))
-        if job.state != P.JOB_SUCCEEDED or not 0 <= first < job.output_parts:
-            raise ValueError(f"job {job.id} has no output partition {first} ({job.state})")
+        if not 0 <= first < job.output_parts:
+            raise ValueError(f"job {job.id} has no output partition {first}")
+        request = (peer, _req(msg), first, count)
+        if job.state == P.JOB_RUNNING and not job.part_done(first) and msg.body.get("wait"):
+            job.fetch_waiters.append(request)
+        else:
+            self._answer_fetch(job, *request)
+
+    def _answer_fetch(self, job: JobState, peer: bytes, req: Any, first: int,
+                      count: int) -> None:
+        if job.state in (P.JOB_FAILED, P.JOB_CANCELLED):
+            self._reply(peer, P.ERROR, {"req": req, "code": "job-failed",
+                                        "message": f"job {job.id} {job.state}",
+                                        "status": job.status(time.monotonic())})
+            return
+        if not job.part_done(first):
+            self._reply(peer, P.ERROR, {"req": req, "code": "not-ready",
+                                        "message": f"partition {first} is not done yet"})
+            return
         blobs: list = []
         size = 0
         for part in range(first, min(first + count, job.output_parts)):
+            if not job.part_done(part):
+                break
             key = (job.id, "out", part)
             blob = self.store.get(key) if key in self.store else b""
             n = len(blob.buffer if hasattr(blob, "buffer") else blob)
@@ -466,8 +491,15 @@ class Broker:
                 break
             blobs.append(blob)
             size += n
-        self._reply(peer, P.PART, {"req": _req(msg), "job_id": job.id, "part": first},
-                    tuple(blobs))
+        self._reply(peer, P.PART, {"req": req, "job_id": job.id, "part": first}, tuple(blobs))
+
+    def _serve_fetch_waiters(self, job: JobState) -> None:
+        waiting, job.fetch_waiters = job.fetch_waiters, []
+        for request in waiting:
+            if job.state == P.JOB_RUNNING and not job.part_done(request[2]):
+                job.fetch_waiters.append(request)
+            else:
+                self._answer_fetch(job, *request)
 
     def on_cancel(self, peer: bytes, msg: Message, now: float) -> None:
         job = self._job_or_error(peer, msg)
@@ -494,6 +526,7 @@ class Broker:
             for key in [k for k in table if k[0] == jid]:
                 del table[key]
         log.info("job %s %s in %.3fs", jid, job.state, time.monotonic() - job.submitted)
+        self._serve_fetch_waiters(job)
         self._publish(job, time.monotonic())
 
     def _drop_job(self, job: JobState) -> None:

@@ -100,6 +100,7 @@ class JobState:
         self.finished: float | None = None
         self.dirty = False
         self.last_event = 0.0
+        self.fetch_waiters: list[tuple] = []  # FETCHes waiting for their partition
 
     # -- progress ------------------------------------------------------------------------
     def tasks(self, kind: str) -> list[Task]:
@@ -109,6 +110,12 @@ class JobState:
     def output_parts(self) -> int:
         """How many output partitions a client fetches: map tasks (map-only) or reducers."""
         return len(self.maps) if self.map_only else self.reducers
+
+    def part_done(self, part: int) -> bool:
+        """Whether output partition ``part`` is committed (and so can be fetched)."""
+        if self.map_only:
+            return self.maps[part].state == DONE
+        return bool(self.reduces) and self.reduces[part].state == DONE
 
     def commit(self, task: Task, stats: dict, nonempty_parts: list[int]) -> None:
         """Record a committed task; after the last map, queue the reduce tasks.

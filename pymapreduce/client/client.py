@@ -30,6 +30,19 @@ from .submit import build_submission
 FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the bytes)
 
 
+def job_failed(status: dict) -> JobFailed:
+    """The JobFailed a failed or cancelled job's final status describes."""
+    err = status.get("error") or {}
+    job_id = str(status.get("job_id", "?"))
+    return JobFailed(
+        f"job {job_id} {status.get('state', 'failed')}: {err.get('message', 'no reason given')}",
+        job_id=job_id,
+        task=err.get("task", ""),
+        position=err.get("position"),
+        remote_traceback=err.get("traceback", ""),
+    )
+
+
 class Client:
     """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
 
@@ -51,7 +64,13 @@ class Client:
 
     # -- plumbing ------------------------------------------------------------------------
     def _request(self, command: str, body: dict, blobs: tuple = (),
-                 timeout: float | None = None) -> Message:
+                 timeout: float | None = None, patient: bool = False) -> Message:
+        """Send a request and return its reply.
+
+        ``patient``: the reply may take long (a FETCH that waits for its partition); wait
+        as long as the broker keeps talking (it sends a job's watchers a status every
+        heartbeat), and give up only after ``timeout`` seconds of silence.
+        """
         req = next(self._req)
         send(self.sock, Message(command, {**body, "req": req}, blobs))
         limit = self.timeout if timeout is None else timeout
@@ -64,10 +83,15 @@ class Client:
                     "(is it running, and is this the right address?)"
                 )
             if msg.body.get("req") != req:
+                if patient:
+                    deadline = time.monotonic() + limit
                 continue
             if msg.command == P.ERROR:
-                if msg.body.get("code") == "no-such-job":
+                code = msg.body.get("code")
+                if code == "no-such-job":
                     raise JobNotFound(msg.body.get("message", "no such job"))
+                if code == "job-failed":
+                    raise job_failed(msg.body.get("status") or {})
                 raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
             return msg
 
@@ -188,26 +212,21 @@ class JobHandle:
         if progress is not None:
             progress(status)
         if status["state"] != P.JOB_SUCCEEDED:
-            err = status.get("error") or {}
-            raise JobFailed(
-                f"job {self.job_id} {status['state']}: {err.get('message', 'no reason given')}",
-                job_id=self.job_id,
-                task=err.get("task", ""),
-                position=err.get("position"),
-                remote_traceback=err.get("traceback", ""),
-            )
+            raise job_failed(status)
         if self.output_dir is not None and not self._written:
             write_output(self.output_dir, self._parts(status))
             self._written = True
         return status
 
-    def _parts(self, status: dict) -> Iterator[tuple[list, list]]:
-        """Each output partition's ``(keys, values)``, a batch of small ones per request."""
+    def _parts(self, status: dict, wait: bool = False) -> Iterator[tuple[list, list]]:
+        """Each output partition's ``(keys, values)``, in order, a batch of small ones per
+        request. ``wait``: ask for partitions not done yet, and get each when it is."""
         total = int(status["parts"])
         part = 0
         while part < total:
-            reply = self.client._request(
-                P.FETCH, {"job_id": self.job_id, "part": part, "count": FETCH_BATCH})
+            body = {"job_id": self.job_id, "part": part, "count": FETCH_BATCH, "wait": wait}
+            reply = self.client._request(P.FETCH, body, timeout=timing.LIVENESS if wait else None,
+                                         patient=wait)
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
             for blob in reply.blobs:
@@ -218,9 +237,18 @@ class JobHandle:
             part += len(reply.blobs)
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
-        """The output pairs, one partition at a time (for outputs larger than memory)."""
-        status = self.wait(timeout)
-        for keys, values in self._parts(status):
+        """The output pairs, one partition at a time, as the partitions are done: the first
+        arrive while later reduce tasks still run, and an output larger than memory streams.
+
+        With ``timeout`` (or an ``output_dir``), the job is first waited for as a whole.
+        """
+        if timeout is not None or self.output_dir is not None:
+            status = self.wait(timeout)
+        else:
+            status = dict(self.client._request(P.WATCH, {"job_id": self.job_id}).body)
+            if status.get("state") in P.JOB_TERMINAL and status["state"] != P.JOB_SUCCEEDED:
+                raise job_failed(status)
+        for keys, values in self._parts(status, wait=True):
             yield from zip(keys, values)
 
     def result(self, timeout: float | None = None) -> Any:
