@@ -1,0 +1,143 @@
+"""Shared helpers for the benchmark scripts: paths, timing, machine facts, tables.
+
+Importing this module makes the checkout importable without installing it: it puts the
+repository root and this folder on ``sys.path`` and on ``PYTHONPATH``, so worker processes
+started by any engine (pymapreduce, Dask, Spark) can import ``pymapreduce`` and ``jobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+MIB = 1 << 20
+DEFAULT_CORPUS_ROOT = "/tmp/pmr-corpus"
+
+for _path in (BENCH_DIR, REPO_ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+_old = os.environ.get("PYTHONPATH", "")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, BENCH_DIR, _old) if p)
+
+
+def corpus_dir(size_mb: int, root: str = DEFAULT_CORPUS_ROOT) -> str:
+    """Folder for a corpus of ``size_mb`` MiB, one per size so each stays cached."""
+    return os.path.join(root, f"{size_mb}mb")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Call ``fn()`` and return ``(result, wall seconds)``."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` holds the elapsed wall seconds."""
+    box = [0.0]
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - start
+
+
+def median_min(samples: Sequence[float]) -> tuple[float, float]:
+    """Median and minimum of repeated timings."""
+    return statistics.median(samples), min(samples)
+
+
+def total_memory_mib() -> int:
+    """Physical memory in MiB, from /proc/meminfo (0 if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo, or platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What a results table must cite: command, cores, memory, Python, OS."""
+    return {
+        "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv]),
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "memory_mib": total_memory_mib(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def print_machine(title: str) -> dict[str, Any]:
+    """Print a header naming the benchmark and the machine; return the facts."""
+    info = machine_info()
+    print(f"== {title} ==")
+    print(f"command : {info['command']}")
+    print(f"machine : {info['cores']} cores ({info['cpu']}), {info['memory_mib']} MiB RAM")
+    print(f"python  : {info['python']} on {info['platform']}")
+    print(f"date    : {info['date']}")
+    sys.stdout.flush()
+    return info
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows as a Markdown table (pastes straight into RESULTS.md)."""
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    sys.stdout.flush()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+    return str(value)
+
+
+def write_json(path: str | None, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` when a path was given."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        print(f"wrote {path}")
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr, so stdout stays a clean report."""
+    print(msg, file=sys.stderr, flush=True)
