@@ -69,20 +69,26 @@ def read_text(
     return TextInput(patterns, split_bytes, encoding)
 
 
+FileRange = tuple  # (path, start, end): bytes [start, end) of a file; end -1: all of it
+
+
 @dataclass(frozen=True)
 class FileSplit:
-    """A byte range ``[start, end)`` of one file (``end == -1``: the whole file, gzip)."""
+    """One map task's input: byte ranges of one or more files, read in order."""
 
-    path: str
-    start: int
-    end: int
+    ranges: tuple[FileRange, ...]
 
     def describe(self) -> list:
-        return [self.path, self.start, self.end]
+        return [list(r) for r in self.ranges]
 
 
 def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]:
-    """Cut the files into splits; returns the splits and the total input bytes."""
+    """Cut the files into splits of equal size; returns the splits and the total bytes.
+
+    The files are cut as if they were one stream, so a split may end inside one file and
+    go on in the next (many small files make few tasks, a big file several). ``.gz``
+    files cannot be cut: each is a split of its own.
+    """
     files = text.files()
     sizes = {}
     for path in files:
@@ -91,21 +97,32 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
     total = sum(sizes.values())
+    plain = [p for p in files if not p.endswith(".gz") and sizes[p]]
+    plain_total = sum(sizes[p] for p in plain)
     size = text.split_bytes
     if size is None:
         size = total // max(1, FILE_SPLITS_PER_SLOT * slots) + 1
         size = min(MAX_AUTO_SPLIT_BYTES, max(MIN_SPLIT_BYTES, size))
+    count = max(1, round(plain_total / size))
+    step = -(-plain_total // count)  # equal pieces: no sliver of a split at the end
     splits: list[FileSplit] = []
-    for path in files:
-        n = sizes[path]
-        if path.endswith(".gz"):
-            splits.append(FileSplit(path, 0, -1))
-            continue
-        # equal pieces near the asked size: no sliver of a split at the end of a file
-        count = max(1, round(n / size))
-        step = -(-n // count) if n else 1
-        for start in range(0, max(n, 1), step):
-            splits.append(FileSplit(path, start, min(n, start + step)))
+    ranges: list[FileRange] = []
+    room = step
+    for path in plain:
+        n, offset = sizes[path], 0
+        while offset < n:
+            take = min(n - offset, room)
+            ranges.append((path, offset, offset + take))
+            offset += take
+            room -= take
+            if room == 0:
+                splits.append(FileSplit(tuple(ranges)))
+                ranges, room = [], step
+    if ranges:
+        splits.append(FileSplit(tuple(ranges)))
+    splits.extend(FileSplit(((p, 0, -1),)) for p in files if p.endswith(".gz"))
+    if not splits:  # only empty files: one empty split, so the job still runs
+        splits.append(FileSplit(((files[0], 0, 0),)))
     return splits, total
 
 
@@ -158,23 +175,32 @@ READ_BLOCK = 1 * MIB  # a split is read and cut into lines a block at a time
 
 
 def read_file_split(path: str, start: int, end: int, encoding: str = "utf-8") -> LineReader:
-    """The ``(byte_offset, line)`` records whose line starts in ``[start, end)``.
+    """The ``(byte_offset, line)`` records whose line starts in ``[start, end)`` of a file."""
+    return read_split([(path, start, end)], encoding)
 
-    The file is opened at once (a missing file raises InputError here) and then read a
-    block at a time, so a map task's input occupies a megabyte, not the whole split.
-    """
+
+def read_split(ranges: list[FileRange], encoding: str = "utf-8") -> LineReader:
+    """The records of a split's byte ranges, in order (a missing file: InputError here)."""
+    for path, _, _ in ranges:
+        if not os.path.isfile(path):
+            raise InputError(f"cannot read input {path!r}: no such file")
+    return LineReader(ranges, encoding)
+
+
+def _open_range(path: str, start: int, end: int) -> tuple[Iterator[bytes], int]:
+    """Blocks of the lines that start in ``[start, end)``, and the offset of the first."""
     try:
         if end == -1:
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rb") as f:
-                return LineReader(iter([f.read()]), 0, encoding)
-        f = open(path, "rb")  # noqa: SIM115 - closed by LineReader
+                return iter([f.read()]), 0
+        f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
         if start > 0:
             f.seek(start - 1)
             f.readline()  # the line in progress belongs to the previous split
     except OSError as exc:
         raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
-    return LineReader(_blocks(f, end), f.tell(), encoding)
+    return _blocks(f, end), f.tell()
 
 
 def _blocks(f, end: int) -> Iterator[bytes]:
@@ -200,28 +226,31 @@ def _blocks(f, end: int) -> Iterator[bytes]:
 class LineReader:
     """Iterates over ``(byte_offset, line)`` records, a block of lines at a time.
 
-    The records of a block are built as two lists and zipped, so no Python code runs per
-    line on the way to ``map``: on ASCII text that made reading three times cheaper than a
-    generator yielding each line. ``count`` is the number of records handed out so far
-    (block by block).
+    The file is read in 1 MiB blocks of whole lines; the records of a block are built as two
+    lists and zipped, so no Python code runs per line on the way to ``map``: on ASCII text
+    that made reading three times cheaper than a generator yielding each line. ``count``
+    is the number of records handed out so far (block by block), ``path`` the file being
+    read.
     """
 
-    def __init__(self, blocks: Iterator[bytes], base: int, encoding: str) -> None:
-        self._blocks = blocks
-        self._base = base
+    def __init__(self, ranges: list[FileRange], encoding: str) -> None:
+        self._ranges = ranges
         self._encoding = encoding
         self.count = 0
+        self.path = ""
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         return itertools.chain.from_iterable(self._zipped())
 
     def _zipped(self) -> Iterator:
-        offset = self._base
-        for data in self._blocks:
-            offsets, lines = _block_lines(data, offset, self._encoding)
-            self.count += len(lines)
-            offset += len(data)
-            yield zip(offsets, lines)
+        for path, start, end in self._ranges:
+            self.path = path
+            blocks, offset = _open_range(path, start, end)
+            for data in blocks:
+                offsets, lines = _block_lines(data, offset, self._encoding)
+                self.count += len(lines)
+                offset += len(data)
+                yield zip(offsets, lines)
 
 
 def _block_lines(data: bytes, base: int, encoding: str) -> tuple[list[int], list[str]]:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pymapreduce import InputError, Job, UnencodableValue, read_text, run_sequential, stable_hash
-from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_file_split
+from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_split
 from pymapreduce.job import (
     finish_map,
     map_grouped,
@@ -113,7 +113,7 @@ def test_splits_read_every_line_exactly_once(tmp_path_factory, lines, final_newl
     path.write_bytes(data)
     splits, total = plan_file_splits(read_text(str(path), split_bytes=split_bytes), 1)
     assert total == len(data)
-    got = [rec for s in splits for rec in read_file_split(s.path, s.start, s.end)]
+    got = [rec for s in splits for rec in read_split(s.ranges)]
     # reference: every line with its byte offset, without its newline (and a trailing \r)
     expected, offset = [], 0
     if data:
@@ -130,7 +130,7 @@ def test_gzip_files_are_one_split_read_whole(tmp_path):
         f.write(b"one\ntwo two\n")
     splits, _ = plan_file_splits(read_text(str(path), split_bytes=1), 2)
     assert len(splits) == 1
-    assert list(read_file_split(splits[0].path, splits[0].start, splits[0].end)) == [
+    assert list(read_split(splits[0].ranges)) == [
         (0, "one"),
         (4, "two two"),
     ]
@@ -239,7 +239,7 @@ def test_invalid_utf8_is_replaced_and_offsets_stay_exact(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok\nbad \xff\xfe byte\n\xc3\xa9t\xc3\xa9\r\nlast")
     splits, _ = plan_file_splits(read_text(str(path), split_bytes=5), 1)
-    got = [rec for s in splits for rec in read_file_split(s.path, s.start, s.end)]
+    got = [rec for s in splits for rec in read_split(s.ranges)]
     assert got == [(0, "ok"), (3, "bad \ufffd\ufffd byte"), (15, "été"), (22, "last")]
 
 
@@ -256,3 +256,15 @@ def test_a_failing_map_names_the_record(tmp_path):
         map_grouped(Picky(), [(1, "good"), (2, "bad"), (3, "good")])
     assert info.value.key == 2
     assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_splits_span_files_in_equal_pieces_and_read_every_line_once(corpus, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    text = read_text([*corpus, str(empty)], split_bytes=10_000)
+    splits, total = plan_file_splits(text, 1)
+    sizes = [sum(e - s for _, s, e in split.ranges) for split in splits]
+    assert sum(sizes) == total and max(sizes) - min(sizes) < len(splits)
+    assert any(len(split.ranges) > 1 for split in splits)  # some split crosses a file end
+    got = [rec for split in splits for rec in read_split(split.ranges)]
+    assert got == list(read_lines(corpus))

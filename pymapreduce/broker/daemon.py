@@ -412,8 +412,8 @@ class Broker:
             for desc in b["splits"]:
                 if desc[0] == "mem":
                     splits.append(["mem", msg.blobs[int(desc[1])]])
-                elif desc[0] == "file" and len(desc) == 4:
-                    splits.append(["file", str(desc[1]), int(desc[2]), int(desc[3])])
+                elif desc[0] == "files" and len(desc) == 2 and desc[1]:
+                    splits.append(["files", [[str(p), int(s), int(e)] for p, s, e in desc[1]]])
                 else:
                     raise ValueError(f"unknown split {desc[:1]!r}")
             if not splits:

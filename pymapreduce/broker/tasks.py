@@ -78,7 +78,7 @@ class JobState:
         self.id = job_id
         self.name = name
         self.code = code
-        self.splits = splits  # per map task: ["mem", blob] or ["file", path, start, end]
+        self.splits = splits  # per map task: ["mem", blob] or ["files", [[path, start, end]...]]
         self.reducers = reducers
         self.map_only = map_only
         self.owner = owner

@@ -58,7 +58,7 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     blobs: list = [code]
     if isinstance(inputs, TextInput):
         splits, _ = plan_file_splits(inputs, slots)
-        descs = [["file", s.path, s.start, s.end] for s in splits]
+        descs = [["files", s.describe()] for s in splits]
     else:
         records = normalize_records(inputs)
         n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..inputs import LineReader, read_file_split
+from ..inputs import LineReader, read_split
 from ..job import (
     Job,
     RecordFailed,
@@ -49,6 +49,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                 parts = finish_map(job, map_grouped(job, records), reducers)
                 out = [pack(p) if p[0] else b"" for p in parts]
         except RecordFailed as exc:
+            if isinstance(records, LineReader):
+                where["path"] = records.path
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
         except Exception as exc:
             raise TaskError(exc, where) from exc
@@ -73,9 +75,10 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     if desc[0] == "mem":
         blob = frame_bytes(blobs[desc[1]])
         return unpack(blob), len(blob), {}
-    _, path, start, end = desc
-    nbytes = (end - start) if end >= 0 else os.path.getsize(path)
-    return read_file_split(path, start, end), nbytes, {"path": path, "start": start, "end": end}
+    ranges = desc[1]
+    nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
+                 for path, start, end in ranges)
+    return read_split(ranges), nbytes, {"files": len(ranges)}
 
 
 def _where(records: Any, key: Any) -> dict:
