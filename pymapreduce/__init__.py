@@ -6,6 +6,7 @@ embedded local cluster, ``Client(address).submit(job, inputs)`` on a real one.
 
 from .errors import (
     AddressInUse,
+    AuthenticationFailed,
     BrokerUnavailable,
     ConfigError,
     InputError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AddressInUse",
+    "AuthenticationFailed",
     "BrokerUnavailable",
     "Client",
     "ConfigError",

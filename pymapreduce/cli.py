@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import (
     AddressInUse,
+    AuthenticationFailed,
     BrokerUnavailable,
     ConfigError,
     JobFailed,
@@ -30,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_ADDRESS_IN_USE = 4
 EXIT_TIMEOUT = 5
+EXIT_AUTH = 77  # the broker refused our key (also a worker daemon's exit code)
 EXIT_INTERRUPTED = 130
 
 # The first matching class gives a failed command's exit code.
@@ -38,6 +40,7 @@ EXIT_CODES = (
     (BrokerUnavailable, EXIT_UNAVAILABLE),
     (AddressInUse, EXIT_ADDRESS_IN_USE),
     (JobTimeout, EXIT_TIMEOUT),
+    (AuthenticationFailed, EXIT_AUTH),
     (PyMapReduceError, EXIT_USAGE),
 )
 
@@ -76,17 +79,20 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig
 
     _setup_logging(args.log_level, "broker")
-    for endpoint in filter(None, (args.bind, args.data_bind)):
-        if not _is_loopback(endpoint) and not args.insecure:
-            print(f"pymapreduce broker: refusing to listen on {endpoint} beyond loopback "
-                  "without authentication: whoever can submit a job runs code on every worker. "
-                  "Pass --insecure to do it anyway on a network you trust.", file=sys.stderr)
-            return EXIT_USAGE
+    beyond = [e for e in filter(None, (args.bind, args.data_bind)) if not _is_loopback(e)]
+    if beyond and not args.keys and not args.insecure:
+        print(f"pymapreduce broker: refusing to listen on {beyond[0]} beyond loopback "
+              "without authentication: whoever can submit a job runs code on every worker. "
+              "Give --keys DIR (see `pymapreduce keys`), or pass --insecure to do it anyway "
+              "on a network you trust.", file=sys.stderr)
+        return EXIT_USAGE
     config = BrokerConfig(bind=args.bind, data_bind=args.data_bind,
                           heartbeat_interval=args.heartbeat, liveness=args.liveness,
                           max_attempts=args.max_attempts,
                           memory_budget=int(args.memory_budget_mb * 1024 * 1024),
-                          spill_dir=args.spill_dir)
+                          spill_dir=args.spill_dir, keys_dir=args.keys,
+                          insecure=bool(beyond) and not args.keys,
+                          max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
     try:
         address = broker.bind()
@@ -94,18 +100,22 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"pymapreduce broker: {exc}", file=sys.stderr)
         broker.close()
         return EXIT_ADDRESS_IN_USE
-    if args.insecure and not _is_loopback(address):
+    if config.insecure:
         logging.getLogger("pymapreduce.broker").warning(
             "listening on %s WITHOUT authentication (--insecure)", address)
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGHUP, lambda *_: broker.reload_keys())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     _watch_parent(args.parent_pid, broker.stop)
-    print(f"pymapreduce broker ready: {address} (data {broker.data_address})", flush=True)
+    secured = "CURVE, keys from " + args.keys if args.keys else "no authentication"
+    print(f"pymapreduce broker ready: {address} (data {broker.data_address}; {secured})",
+          flush=True)
     broker.serve_forever()
     return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
     from .workers import Supervisor
 
@@ -114,14 +124,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes is not None and args.processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
     processes = args.processes or os.cpu_count() or 1
-    sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid)
+    keys = PeerKeys.load(args.keys, args.key_name) if args.keys else None
+    sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
+                     keys=keys)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
     print(f"pymapreduce worker ready: {processes} process{'es' if processes > 1 else ''} "
           f"for {args.connect}", flush=True)
     sup.serve_forever()
-    return EXIT_OK
+    return sup.exit_code
 
 
 def load_job_class(spec: str):
@@ -191,9 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         address = args.connect
         if address is None:
-            cluster = LocalCluster(workers=args.workers).start()
+            cluster = LocalCluster(workers=args.workers, keys=args.keys).start()
             address = cluster.address
-        with Client(address) as client:
+        with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                    output_dir=args.output)
             print(f"pymapreduce: job {handle.job_id} submitted to {address}", file=sys.stderr)
@@ -235,7 +247,8 @@ def _print_pairs(pairs) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from .client import Client
 
-    with Client(args.connect, timeout=args.timeout) as client:
+    with Client(args.connect, timeout=args.timeout, keys=args.keys,
+                key_name=args.key_name) as client:
         body = client.job(args.job_id).status() if args.job_id else client.info()
     body.pop("req", None)
     print(json.dumps(body, indent=2, default=repr))
@@ -245,11 +258,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from .client import Client
 
-    with Client(args.connect, timeout=args.timeout) as client:
+    with Client(args.connect, timeout=args.timeout, keys=args.keys,
+                key_name=args.key_name) as client:
         handle = client.job(args.job_id)
         handle.cancel()
         state = handle.status()["state"]
     print(f"job {args.job_id}: {state}")
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .patterns import security
+
+    if args.action == "generate":
+        public, secret = security.generate(args.dir, args.name)
+        print(f"public key: {public}\nsecret key: {secret} (keep it on this host only)")
+    elif args.action == "authorize":
+        target = security.authorize(args.dir, args.role, args.key_file)
+        print(f"{args.key_file} may now connect as a {args.role}: {target} "
+              "(a running broker picks it up within a second, or at once on SIGHUP)")
+    else:
+        security.cluster_keys(args.dir)
+        print(f"broker, worker and client keypairs in {args.dir}, worker and client authorized")
     return EXIT_OK
 
 
@@ -260,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
         p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+    def keys(p: argparse.ArgumentParser, name: str) -> None:
+        p.add_argument("--keys", metavar="DIR",
+                       help="CURVE key directory (see `pymapreduce keys`); without it, no "
+                       "authentication")
+        p.add_argument("--key-name", default=name,
+                       help=f"this side's keypair in DIR (default {name})")
 
     b = sub.add_parser("broker", help="run the broker daemon")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555",
@@ -274,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--spill-dir", help="where outputs beyond the budget go")
     b.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without authentication")
+    b.add_argument("--max-message-mb", type=float, default=1024,
+                   help="larger messages are refused (default 1024)")
+    keys(b, "broker")
     common(b)
     b.set_defaults(func=cmd_broker)
 
@@ -281,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--connect", required=True, help="the broker's control address")
     w.add_argument("--processes", type=int, help="worker processes (default: cores)")
     w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)
 
@@ -293,19 +334,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split-bytes", type=int, help="bytes per map task")
     r.add_argument("--output", help="directory for part-NNNNN files (default: print)")
     r.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    keys(r, "client")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="cluster facts, or one job's status")
     s.add_argument("--connect", required=True)
     s.add_argument("job_id", nargs="?")
     s.add_argument("--timeout", type=float, default=5.0)
+    keys(s, "client")
     s.set_defaults(func=cmd_status)
 
     c = sub.add_parser("cancel", help="cancel a running job")
     c.add_argument("--connect", required=True)
     c.add_argument("job_id")
     c.add_argument("--timeout", type=float, default=5.0)
+    keys(c, "client")
     c.set_defaults(func=cmd_cancel)
+
+    k = sub.add_parser("keys", help="make and authorize CURVE keys")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kg = ksub.add_parser("generate", help="write a keypair NAME.key / NAME.key_secret into DIR")
+    kg.add_argument("dir")
+    kg.add_argument("name", help="broker, worker, client, or any name")
+    ka = ksub.add_parser("authorize", help="let a public key in, as a client or a worker")
+    ka.add_argument("dir", help="the broker's key directory")
+    ka.add_argument("role", choices=["client", "worker"])
+    ka.add_argument("key_file", help="the peer's NAME.key (public) file")
+    kc = ksub.add_parser("cluster", help="broker, worker and client keys in one directory, "
+                         "authorized: for one machine or a test")
+    kc.add_argument("dir")
+    k.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -78,3 +78,7 @@ class JobNotFound(PyMapReduceError, KeyError):
 
 class JobTimeout(PyMapReduceError, TimeoutError):
     """``result()``/``wait()`` gave up after its timeout; the job itself goes on."""
+
+
+class AuthenticationFailed(PyMapReduceError, PermissionError):
+    """The broker refused this side's key, or the keys do not match (names the likely cause)."""

@@ -90,6 +90,7 @@ class Job:
         reducers: int | None = None,
         output_dir: str | None = None,
         timeout: float | None = None,
+        keys: str | None = None,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -107,15 +108,16 @@ class Job:
             if isinstance(inputs, TextInput):
                 inputs.files()
         if address is not None:
-            with Client(address) as client:
+            with Client(address, keys=keys) as client:
                 handle = client.submit(
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
                 )
                 return handle.result(timeout=timeout)
-        with LocalCluster(workers=workers) as cluster:
+        with LocalCluster(workers=workers, keys=keys) as cluster:
             return self.run(
                 inputs,
                 address=cluster.address,
+                keys=keys,
                 map_tasks=map_tasks,
                 reducers=reducers,
                 output_dir=output_dir,

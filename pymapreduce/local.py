@@ -20,16 +20,19 @@ class LocalCluster:
 
     Use it as a context manager; every process it started is stopped on exit, whether the
     block ended normally, raised, or was interrupted with Ctrl-C. The processes also watch
-    this process and exit if it dies without cleaning up.
+    this process and exit if it dies without cleaning up. ``keys``: a key directory with
+    broker, worker and client keypairs and allowlists (``pymapreduce keys cluster DIR``
+    makes one) to run it secured; clients then pass ``keys=cluster.keys``.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
-                 log_level: str = "WARNING") -> None:
+                 log_level: str = "WARNING", keys: str | os.PathLike | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         self.workers = workers or os.cpu_count() or 1
         self.start_timeout = start_timeout
         self.log_level = log_level
+        self.keys = os.fspath(keys) if keys is not None else None
         self.address = ""
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
@@ -49,6 +52,8 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
                "--log-level", self.log_level]
+        if self.keys is not None:
+            cmd += ["--keys", self.keys]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
         return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True)
 
@@ -88,7 +93,8 @@ class LocalCluster:
         raise PyMapReduceError(f"the local broker was not ready within {self.start_timeout}s")
 
     def _wait_workers(self, deadline: float) -> None:
-        with Client(self.address, timeout=max(1.0, deadline - time.monotonic())) as client:
+        with Client(self.address, timeout=max(1.0, deadline - time.monotonic()),
+                    keys=self.keys) as client:
             while True:
                 if client.info().get("workers", 0) >= self.workers:
                     return

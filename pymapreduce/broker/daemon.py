@@ -18,8 +18,9 @@ import zmq
 
 from ..errors import ProtocolError
 from ..patterns import protocol as P
+from ..patterns import security
 from ..patterns.message import Message
-from ..patterns.sockets import bind, make_socket, recv, send
+from ..patterns.sockets import bind, make_socket, send
 from .config import BrokerConfig
 from .scheduler import Scheduler
 from .sink import Store
@@ -28,6 +29,10 @@ from .tasks import MAP, REDUCE, RUNNING, JobState, Task
 log = logging.getLogger("pymapreduce.broker")
 
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
+WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
+CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
+                             P.RELEASE})
+ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
@@ -35,10 +40,11 @@ FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up t
 class WorkerState:
     """A registered worker process, as the broker sees it."""
 
-    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs")
+    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key")
 
-    def __init__(self, route: bytes, name: str, credit: int, now: float) -> None:
+    def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
+        self.key = key  # its CURVE public key, when the broker is secured
         self.name = name
         self.credit = credit
         self.running: set[tuple] = set()  # (job_id, kind, index, attempt)
@@ -55,6 +61,17 @@ class Broker:
         self.ctx = context or zmq.Context()
         self.control = make_socket(self.ctx, zmq.ROUTER, max_message=config.max_message)
         self.sink = make_socket(self.ctx, zmq.PULL, max_message=config.max_message)
+        self.allow: security.Allowlists | None = None
+        self.zap: zmq.Socket | None = None
+        if config.keys_dir:
+            self.allow = security.Allowlists(config.keys_dir)
+            # the ZAP handler must exist before a secured socket binds (fail closed)
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(security.ZAP_ENDPOINT)
+            self.allow.secure(self.control, security.CONTROL_DOMAIN)
+            self.allow.secure(self.sink, security.DATA_DOMAIN)
+        self._reload = False
         self.address = ""
         self.data_address = ""
         self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
@@ -65,6 +82,7 @@ class Broker:
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._stopping = False
         self._last_tick = 0.0
+        self._peer_key = ""  # the CURVE key of the message being handled
         self._handlers = {
             P.READY: self.on_ready,
             P.DONE: self.on_done,
@@ -99,15 +117,23 @@ class Broker:
         """Ask the loop to end (safe from another thread or a signal handler)."""
         self._stopping = True
 
+    def reload_keys(self) -> None:
+        """Re-read the allowlists at the next turn of the loop (SIGHUP)."""
+        self._reload = True
+
     def serve_forever(self) -> None:
         if not self.address:
             self.bind()
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.sink, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
         try:
             while not self._stopping:
                 events = dict(poller.poll(MAX_POLL_MS))
+                if self.zap is not None and self.zap in events:
+                    self._answer_zap()
                 if self.sink in events:
                     self._drain(self.sink, self._on_data, routed=False)
                 if self.control in events:
@@ -116,9 +142,22 @@ class Broker:
         finally:
             self.close()
 
+    def _answer_zap(self) -> None:
+        while self.zap.poll(0, zmq.POLLIN):
+            request = self.zap.recv_multipart()
+            try:
+                reply = self.allow.answer(request)
+            except Exception as exc:  # never leave a handshake unanswered
+                log.warning("bad ZAP request: %r", exc)
+                reply = [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"error",
+                         b"", b""]
+            self.zap.send_multipart(reply)
+
     def close(self) -> None:
         self.control.close(0)
         self.sink.close(0)
+        if self.zap is not None:
+            self.zap.close(0)
         self.store.close()
         if self._own_context:
             self.ctx.term()
@@ -126,26 +165,36 @@ class Broker:
     def _drain(self, sock: zmq.Socket, handler, routed: bool) -> None:
         for _ in range(DRAIN_BATCH):
             try:
-                route, msg = recv(sock, routed)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            route = [frames[0].bytes] if routed else []
+            body = frames[1:] if routed else frames
+            role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
+            try:
+                msg = Message.decode(body)
             except ProtocolError as exc:
-                peer = getattr(exc, "route", [b""])
-                log.warning("dropped a malformed message from %s: %s", _peer(peer), exc)
-                if routed and peer:
-                    self._reply(peer[0], P.ERROR, {"code": "malformed", "message": str(exc)})
+                log.warning("dropped a malformed message from %s: %s", _peer(route, key), exc)
+                if route:
+                    self._reply(route[0], P.ERROR, {"code": "malformed", "message": str(exc)})
             else:
-                handler(route, msg)
+                handler(route, msg, role, key)
             if not sock.poll(0, zmq.POLLIN):
                 return
 
-    def _on_control(self, route: list, msg: Message) -> None:
+    def _on_control(self, route: list, msg: Message, role: str, key: str) -> None:
         handler = self._handlers.get(msg.command)
         peer = route[0]
         if handler is None:
-            log.warning("unknown command %r from %s", msg.command[:40], _peer(route))
+            log.warning("unknown command %r from %s", msg.command[:40], _peer(route, key))
             self._reply(peer, P.ERROR, {"code": "unknown-command", "message": msg.command[:40]})
             return
+        if self.allow is not None and msg.command not in ROLE_COMMANDS.get(role, ()):
+            log.warning("refused %s from %s key %s", msg.command, role or "unknown", key)
+            self._reply(peer, P.ERROR, {"code": "forbidden", "req": _req(msg),
+                                        "message": f"a {role} key may not send {msg.command}"})
+            return
+        self._peer_key = key
         now = time.monotonic()
         try:
             handler(peer, msg, now)
@@ -167,6 +216,12 @@ class Broker:
         if now - self._last_tick < self.config.heartbeat_interval:
             return
         self._last_tick = now
+        if self.allow is not None:
+            try:
+                self.allow.reload(force=self._reload)
+            except Exception as exc:  # a half-written key file: keep the old lists
+                log.warning("allowlists not reloaded: %s", exc)
+            self._reload = False
         for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
             self._purge(w, f"silent for {now - w.last_seen:.1f}s")
         for job in list(self.jobs.values()):
@@ -183,7 +238,8 @@ class Broker:
             self._purge(old, "re-registered")
         credit = int(msg.body.get("credit", 1))
         name = str(msg.body.get("name", ""))[:200]
-        self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now)
+        self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
+                                         self._peer_key)
         log.info("worker %s joined (credit %d)", name or _peer([peer]), credit)
         self._reply(
             peer,
@@ -210,8 +266,10 @@ class Broker:
 
     def _worker(self, peer: bytes, now: float) -> WorkerState | None:
         worker = self.workers.get(peer)
-        if worker is None:
-            self._reply(peer, P.RECONNECT, {})  # e.g. after a broker restart
+        if worker is None:  # e.g. after a broker restart, or a worker taken for dead
+            log.warning("report from unregistered peer %s: told to register",
+                        _peer([peer], self._peer_key))
+            self._reply(peer, P.RECONNECT, {})
         else:
             worker.last_seen = now
         return worker
@@ -235,14 +293,21 @@ class Broker:
             else:
                 worker.running.discard(key)
 
-    def _on_data(self, route: list, msg: Message) -> None:
+    def _on_data(self, route: list, msg: Message, role: str, sender: str) -> None:
         if msg.command != P.OUTPUT:
-            log.warning("dropped a %r message on the data plane", msg.command[:40])
+            log.warning("dropped a %r message on the data plane from %s", msg.command[:40],
+                        sender or "an unauthenticated peer")
             return
         b = msg.body
         key = (b.get("job"), b.get("kind"), b.get("index"), b.get("attempt"))
-        if self._attempt(key) is None:
+        task = self._attempt(key)
+        if task is None:
             return  # stale or unknown attempt: a later or earlier attempt owns this task
+        owner = self.workers.get(task.running[key[3]])
+        if self.allow is not None and (owner is None or owner.key != sender):
+            log.warning("dropped output for %s %s attempt %s from key %s: not its worker",
+                        key[0], task.name, key[3], sender)
+            return
         if key in self._awaiting:
             self._commit(key, self._awaiting.pop(key), list(msg.blobs))
         else:
@@ -426,8 +491,13 @@ class Broker:
                            max(1, int(reducers)), map_only, peer, now)
             self.jobs[job_id] = job
             self.scheduler.add(job)
-            log.info("job %s (%s) accepted: %d map tasks, %d reducers", job_id, job.name,
+            log.info("job %s (%s) accepted from %s: %d map tasks, %d reducers", job_id,
+                     job.name, f"key {self._peer_key}" if self._peer_key else _peer([peer]),
                      len(splits), job.reducers)
+            if self.config.insecure:
+                log.warning("job %s runs on a broker WITHOUT authentication (--insecure): "
+                            "anyone who can reach %s can run code on every worker",
+                            job_id, self.address)
         job.watchers.add(peer)
         self._reply(peer, P.ACCEPTED, {"req": _req(msg), **job.status(now)})
 
@@ -556,5 +626,7 @@ def _req(msg: Message) -> Any:
     return msg.body.get("req")
 
 
-def _peer(route: list) -> str:
+def _peer(route: list, key: str = "") -> str:
+    if key:
+        return f"key {key}"
     return route[0].hex() if route and route[0] else "?"

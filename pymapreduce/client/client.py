@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from ..errors import (
+    AuthenticationFailed,
     BrokerUnavailable,
     JobFailed,
     JobNotFound,
@@ -23,6 +24,7 @@ from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.records import paused_gc, unpack
+from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
 from .output import write_output
 from .submit import build_submission
@@ -47,17 +49,30 @@ class Client:
     """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
 
     ``timeout`` bounds every request: a broker that does not answer within it raises
-    :class:`~pymapreduce.BrokerUnavailable` instead of hanging. A Client is meant for one
+    :class:`~pymapreduce.BrokerUnavailable` instead of hanging. ``keys``: a key directory
+    holding this client's keypair (``client.key_secret``, or ``key_name``) and the broker's
+    public key (``broker.key``), for a secured broker; a refused key raises
+    :class:`~pymapreduce.AuthenticationFailed` within moments. A Client is meant for one
     thread; use one Client per thread.
     """
 
     def __init__(self, address: str, *, timeout: float = timing.REQUEST_TIMEOUT,
+                 keys: str | os.PathLike | PeerKeys | None = None, key_name: str = "client",
                  context: zmq.Context | None = None) -> None:
         self.address = check_endpoint(address)
         self.timeout = timeout
+        if keys is not None and not isinstance(keys, PeerKeys):
+            keys = PeerKeys.load(os.fspath(keys), key_name)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.sock = make_socket(self.ctx, zmq.DEALER, identity=b"c" + uuid.uuid4().bytes)
+        if keys is not None:
+            keys.apply(self.sock)
+        # a refused key shows up only here: ZeroMQ itself would just retry for ever
+        self.watch = HandshakeWatch(self.sock, address, has_keys=keys is not None)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self.watch.monitor, zmq.POLLIN)
         self.sock.connect(address)
         self._req = itertools.count(1)
         self._status: dict[str, dict] = {}  # latest status event per job
@@ -92,6 +107,8 @@ class Client:
                     raise JobNotFound(msg.body.get("message", "no such job"))
                 if code == "job-failed":
                     raise job_failed(msg.body.get("status") or {})
+                if code == "forbidden":
+                    raise AuthenticationFailed(f"{self.address}: {msg.body.get('message')}")
                 raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
             return msg
 
@@ -99,8 +116,13 @@ class Client:
         """The next message before ``deadline`` (status events are noted on the way)."""
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
+            if left <= 0:
                 return None
+            events = dict(self._poller.poll(max(1, int(left * 1000))))
+            if self.watch.monitor in events:
+                self.watch.check()  # raises AuthenticationFailed on a refused handshake
+            if self.sock not in events:
+                continue
             try:
                 _, msg = recv(self.sock)
             except PyMapReduceError:
@@ -148,6 +170,7 @@ class Client:
         return handle
 
     def close(self) -> None:
+        self.watch.close()
         self.sock.close(0)
         if self._own_context:
             self.ctx.term()

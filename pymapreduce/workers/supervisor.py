@@ -15,10 +15,13 @@ import sys
 import time
 from collections import deque
 
+from ..errors import AuthenticationFailed
+from ..patterns.security import PeerKeys
 from .worker import Worker
 
 log = logging.getLogger("pymapreduce.worker")
 
+EXIT_AUTH = 77  # a child whose key the broker refused: restarting it cannot help
 RESTART_WINDOW = 10.0  # seconds over which crashes are counted
 RESTART_BURST = 5  # crashes of one slot in the window before restarts slow down
 REAP_INTERVAL = 0.1
@@ -38,8 +41,10 @@ class Supervisor:
     """Keeps ``processes`` workers connected to ``connect`` alive until stopped."""
 
     def __init__(self, connect: str, processes: int, *, credit: int = 32,
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None, keys: PeerKeys | None = None) -> None:
         self.connect = connect
+        self.keys = keys
+        self.exit_code = 0
         self.processes = processes
         self.credit = credit
         self.parent_pid = parent_pid
@@ -61,8 +66,11 @@ class Supervisor:
             _die_with_parent()
             if os.getppid() != me:
                 os._exit(0)
-            Worker(self.connect, credit=self.credit, parent_pid=me,
+            Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
                    name=f"{os.uname().nodename}:{os.getpid()}").run()
+        except AuthenticationFailed as exc:
+            logging.getLogger("pymapreduce.worker").error("%s", exc)
+            code = EXIT_AUTH
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0
         except BaseException:
@@ -103,6 +111,11 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             if slot is None or self._stopping:
                 continue
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
+                log.error("the broker refused this worker's key; stopping")
+                self.exit_code = EXIT_AUTH
+                self._stopping = True
+                return
             log.warning("worker process %d ended (%s); restarting it", pid, _describe(status))
             history = self.crashes.setdefault(slot, deque(maxlen=RESTART_BURST))
             now = time.monotonic()

@@ -23,6 +23,7 @@ from ..errors import ProtocolError
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
+from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import make_socket, recv, send
 from .runner import TaskError, run_task
 
@@ -46,6 +47,7 @@ class Worker:
         context: zmq.Context | None = None,
         heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
         parent_pid: int | None = None,
+        keys: PeerKeys | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -58,7 +60,9 @@ class Worker:
         self.ctx = context or zmq.Context()
         self.heartbeat_interval = heartbeat_interval
         self.parent_pid = parent_pid
-        self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
+        self.keys = keys
+        self.ctl = self._socket(zmq.DEALER, identity=self.identity)
+        self.watch = HandshakeWatch(self.ctl, connect or bind or "", has_keys=keys is not None)
         self.data: zmq.Socket | None = None
         self.jobs: OrderedDict[str, object] = OrderedDict()
         self.load_errors: dict[str, tuple[str, str]] = {}
@@ -72,6 +76,12 @@ class Worker:
         self._stop = threading.Event()
         self._need_ready = threading.Event()
         self.tasks_done = 0
+
+    def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
+        sock = make_socket(self.ctx, kind, identity=identity)
+        if self.keys is not None:
+            self.keys.apply(sock)
+        return sock
 
     # -- life cycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -98,6 +108,7 @@ class Worker:
                 pass
             if hb is not None:
                 hb.join(2 * self.heartbeat_interval)
+            self.watch.close()
             self.ctl.close()
             if self.data is not None:
                 self.data.close()
@@ -118,6 +129,7 @@ class Worker:
                 self._welcomed = self._warned = False
                 return
             self._check_parent()
+            self.watch.check()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -147,6 +159,7 @@ class Worker:
                 self._flush()
 
     def _idle(self) -> None:
+        self.watch.check()  # AuthenticationFailed: this worker's key was refused
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
@@ -192,7 +205,7 @@ class Worker:
             sink = f"tcp://{host}:{port}" if ":" not in (host or "") else f"tcp://[{host}]:{port}"
         if self.data is not None:
             self.data.close()
-        self.data = make_socket(self.ctx, zmq.PUSH)
+        self.data = self._socket(zmq.PUSH)
         self.data.connect(sink)
 
     def _enqueue(self, msg: Message) -> None:
@@ -271,7 +284,7 @@ class Worker:
     # -- heartbeat thread ----------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         """Beat on a socket of its own, so a busy main thread never looks like a dead one."""
-        sock = make_socket(self.ctx, zmq.DEALER, identity=self.identity + b"/hb")
+        sock = self._socket(zmq.DEALER, identity=self.identity + b"/hb")
         sock.connect(self.connect_addr)
         beat = Message(P.HEARTBEAT, {"worker": self.identity}).encode()
         try:

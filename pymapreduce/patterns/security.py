@@ -1,0 +1,243 @@
+"""CURVE keys, allowlists and the ZAP handler: who may talk to the broker, and as what.
+
+Key files are ZeroMQ's certificate format (``NAME.key`` holds the public key,
+``NAME.key_secret`` both keys, readable by its owner only). A broker's key directory::
+
+    DIR/broker.key, DIR/broker.key_secret   the broker's own keypair
+    DIR/clients/*.key                       public keys that may submit, watch, cancel
+    DIR/workers/*.key                       public keys that may take tasks and push data
+
+A worker's or client's directory holds its own keypair (``worker.*`` or ``client.*``) and
+the broker's public key (``broker.key``). The broker answers ZeroMQ's authentication
+requests (ZAP) itself and marks every accepted connection with its role, which it checks
+on each message; its sockets enforce ZAP, so without an answer nobody gets in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
+
+from ..errors import AuthenticationFailed, ConfigError
+
+log = logging.getLogger("pymapreduce.security")
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+CONTROL_DOMAIN = b"pymapreduce"
+DATA_DOMAIN = b"pymapreduce-data"
+CLIENT, WORKER = "client", "worker"
+ROLE_DIRS = {CLIENT: "clients", WORKER: "workers"}
+
+
+# -- key files -------------------------------------------------------------------------------
+
+
+def generate(directory: str, name: str) -> tuple[str, str]:
+    """Write a new keypair ``NAME.key`` / ``NAME.key_secret`` (owner-only) into directory."""
+    if not name or os.sep in name or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be a plain file name")
+    os.makedirs(directory, exist_ok=True)
+    public = os.path.join(directory, f"{name}.key")
+    secret = public + "_secret"
+    if os.path.exists(secret):
+        raise ConfigError(f"{secret} exists already; remove it first to make a new key")
+    public, secret = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret, stat.S_IRUSR | stat.S_IWUSR)
+    return public, secret
+
+
+def authorize(directory: str, role: str, public_key_file: str) -> str:
+    """Add a public key file to a broker's allowlist for ``role``; returns the new path."""
+    if role not in ROLE_DIRS:
+        raise ConfigError(f"role must be one of {sorted(ROLE_DIRS)}, not {role!r}")
+    public, _ = _load(public_key_file)
+    target_dir = os.path.join(directory, ROLE_DIRS[role])
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, os.path.basename(public_key_file).replace("_secret", ""))
+    if os.path.abspath(public_key_file) != os.path.abspath(target):
+        # only the public half travels: rewrite it rather than copy a secret by mistake
+        with open(target, "w") as f:
+            f.write(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')
+    log.info("authorized %s as %s", public.decode(), role)
+    return target
+
+
+def _load(path: str) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc}") from None
+
+
+def cluster_keys(directory: str) -> str:
+    """Make a complete key directory for one host (a broker, a worker and a client
+    keypair, the latter two authorized): for tests and a single-machine secured cluster."""
+    for name in ("broker", "worker", "client"):
+        if not os.path.exists(os.path.join(directory, f"{name}.key_secret")):
+            generate(directory, name)
+    authorize(directory, WORKER, os.path.join(directory, "worker.key"))
+    authorize(directory, CLIENT, os.path.join(directory, "client.key"))
+    return directory
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """What a client or worker needs: its keypair and the broker's public key."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+
+    @classmethod
+    def load(cls, directory: str, name: str) -> PeerKeys:
+        public, secret = _load(os.path.join(directory, f"{name}.key_secret"))
+        server, _ = _load(os.path.join(directory, "broker.key"))
+        if not secret:
+            raise ConfigError(f"{directory}/{name}.key_secret holds no secret key")
+        return cls(public, secret, server)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` a CURVE client of the broker (before it connects)."""
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+        sock.curve_serverkey = self.server
+
+
+# -- the broker's side -----------------------------------------------------------------------
+
+
+class Allowlists:
+    """The public keys of each role, re-read when the key directory changes."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        public, secret = _load(os.path.join(directory, "broker.key_secret"))
+        if not secret:
+            raise ConfigError(f"{directory}/broker.key_secret holds no secret key")
+        self.public, self.secret = public, secret
+        self.roles: dict[bytes, str] = {}
+        self._stamp: tuple = ()
+        self.reload()
+
+    def _fingerprint(self) -> tuple:
+        stamps = []
+        for sub in ROLE_DIRS.values():
+            path = os.path.join(self.directory, sub)
+            try:
+                stamps.append((sub, os.stat(path).st_mtime_ns,
+                               tuple(sorted((e.name, e.stat().st_mtime_ns)
+                                            for e in os.scandir(path)))))
+            except OSError:
+                stamps.append((sub, None, ()))
+        return tuple(stamps)
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the allowlists if they changed on disk; returns whether they did."""
+        stamp = self._fingerprint()
+        if stamp == self._stamp and not force:
+            return False
+        roles: dict[bytes, str] = {}
+        for role, sub in ROLE_DIRS.items():
+            path = os.path.join(self.directory, sub)
+            if not os.path.isdir(path):
+                continue
+            for public in zmq.auth.load_certificates(path):
+                if roles.get(public, role) != role:
+                    log.warning("key %s is in both allowlists; it keeps the role %s",
+                                public.decode(), roles[public])
+                    continue
+                roles[public] = role
+        self.roles = roles
+        self._stamp = stamp
+        log.info("allowlists loaded: %d client key(s), %d worker key(s)",
+                 sum(r == CLIENT for r in roles.values()),
+                 sum(r == WORKER for r in roles.values()))
+        return True
+
+    def secure(self, sock: zmq.Socket, domain: bytes) -> None:
+        """Make ``sock`` a CURVE server whose peers must pass ZAP (before it binds)."""
+        sock.curve_server = True
+        sock.curve_secretkey = self.secret
+        sock.zap_domain = domain
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer: refused, not let in
+
+    def answer(self, request: list[bytes]) -> list[bytes]:
+        """The ZAP reply for one request (RFC 27): 200 with ``role:key`` as User-Id, or 400."""
+        if len(request) < 6:
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"bad request",
+                    b"", b""]
+        version, request_id, domain, address, _identity, mechanism = request[:6]
+        key = request[6] if mechanism == b"CURVE" and len(request) == 7 else None
+        public = z85.encode(key) if key is not None and len(key) == 32 else None
+        role = self.roles.get(public) if public else None
+        if role is not None and (domain == CONTROL_DOMAIN or
+                                 (domain == DATA_DOMAIN and role == WORKER)):
+            return [b"1.0", request_id, b"200", b"OK", f"{role}:{public.decode()}".encode(), b""]
+        who = public.decode() if public else mechanism.decode(errors="replace")
+        log.warning("refused %s from %s on %s: %s", who, address.decode(errors="replace"),
+                    domain.decode(errors="replace"),
+                    "not in the allowlists" if role is None else f"a {role} key")
+        return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+
+
+def peer_role(frame) -> tuple[str, str]:
+    """``(role, public key)`` of the peer that sent ``frame`` (``("", "")`` when unsecured)."""
+    try:
+        user = frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return "", ""
+    role, _, key = str(user or "").partition(":")
+    return role, key
+
+
+# -- clients and workers: telling a refused handshake from a slow network ----------------------
+
+
+REFUSED = ("the broker refused this key: it is not in the broker's allowlist (ask its operator "
+           "to run `pymapreduce keys authorize` for it)")
+NEEDS_KEYS = ("the broker requires CURVE keys and this side has none: pass keys=DIR "
+              "(--keys DIR) with this side's keypair and the broker's public key")
+WRONG_BROKER_KEY = ("the security handshake failed: the broker's public key (broker.key) "
+                    "does not match the broker at this address")
+NOT_SECURED = ("the security handshake failed: this side has keys but the broker at this "
+               "address is not secured (or speaks another mechanism)")
+
+
+class HandshakeWatch:
+    """Watches a socket's handshakes and raises AuthenticationFailed on a refusal."""
+
+    def __init__(self, sock: zmq.Socket, address: str, has_keys: bool) -> None:
+        events = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        self.monitor = sock.get_monitor_socket(events)
+        self.address = address
+        self.has_keys = has_keys
+        self.succeeded = False
+
+    def check(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.succeeded = True
+            elif not self.succeeded:
+                raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
+
+    def _reason(self, event: int) -> str:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return REFUSED
+        if not self.has_keys:
+            return NEEDS_KEYS
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            return NOT_SECURED
+        return WRONG_BROKER_KEY
+
+    def close(self) -> None:
+        self.monitor.close(0)
