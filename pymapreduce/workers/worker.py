@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import ProtocolError
+from ..errors import AuthenticationFailed, ProtocolError
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -102,8 +102,8 @@ class Worker:
             self._loop()
         finally:
             self._stop.set()
-            try:
-                send(self.ctl, Message(P.BYE))
+            try:  # never block here: the broker may be gone, or may never have let us in
+                self.ctl.send_multipart(Message(P.BYE).encode(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             if hb is not None:
@@ -193,6 +193,9 @@ class Worker:
             elif msg.command == P.RECONNECT:
                 self._need_ready.set()
             elif msg.command == P.ERROR:
+                if msg.body.get("code") == "forbidden":  # e.g. a client key used by a worker
+                    raise AuthenticationFailed(f"{self.connect_addr or self.bind_addr}: "
+                                               f"{msg.body.get('message')}")
                 log.warning("broker error: %s", msg.body.get("message"))
             if not self.ctl.poll(0, zmq.POLLIN):
                 return

@@ -1,0 +1,162 @@
+"""Authentication and hostile input, against real daemons and a real broker's sockets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import zmq
+
+from pymapreduce import AuthenticationFailed, Client, run_sequential
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns import security
+from pymapreduce.patterns.message import Message
+
+from .conftest import ROOT, children, pmr, wait_workers
+from .jobs import WordCount, WordCountCombined
+
+RECORDS = [(i, f"w{i % 17} x{i % 5}") for i in range(500)]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return security.cluster_keys(str(tmp_path / "keys"))
+
+
+@pytest.fixture
+def secured(daemons, keys):
+    _, address = daemons.broker("--keys", keys, "--heartbeat", "0.2", "--liveness", "1.0")
+    daemons.worker(address, 2, "--keys", keys)
+    wait_workers_secured(address, keys, 2)
+    return address
+
+
+def wait_workers_secured(address, keys, n, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    with Client(address, keys=keys) as client:
+        while client.info()["workers"] < n:
+            assert time.monotonic() < deadline, "workers did not register"
+            time.sleep(0.05)
+
+
+def test_a_secured_cluster_runs_jobs_for_authorized_clients(secured, keys):
+    with Client(secured, keys=keys) as client:
+        assert client.submit(WordCountCombined(), RECORDS).result(30) == run_sequential(
+            WordCount(), RECORDS)
+
+
+def other_keys(tmp_path, keys, name, broker_key=None):
+    """A key directory with a fresh keypair ``name`` and (some) broker's public key."""
+    directory = tmp_path / f"other-{name}"
+    security.generate(str(directory), name)
+    shutil.copy(broker_key or os.path.join(keys, "broker.key"), directory / "broker.key")
+    return str(directory)
+
+
+def test_refused_clients_get_a_clear_error_within_seconds(secured, keys, tmp_path):
+    stranger = other_keys(tmp_path, keys, "client")
+    impostor_broker = tmp_path / "impostor"
+    security.generate(str(impostor_broker), "broker")
+    wrong_server = other_keys(tmp_path, keys, "x", str(impostor_broker / "broker.key"))
+    shutil.copy(os.path.join(keys, "client.key_secret"), os.path.join(wrong_server, "client.key_secret"))
+    cases = [
+        (dict(keys=stranger), "not in the broker's allowlist"),
+        (dict(), "requires CURVE keys"),
+        (dict(keys=wrong_server), "does not match the broker"),
+        (dict(keys=keys, key_name="worker"), "a worker key may not send"),
+    ]
+    for kwargs, reason in cases:
+        start = time.monotonic()
+        with Client(secured, timeout=30, **kwargs) as client:
+            with pytest.raises(AuthenticationFailed, match=reason):
+                client.submit(WordCount(), RECORDS)
+        assert time.monotonic() - start < 5, reason  # not the 30 s request timeout
+
+
+def test_a_worker_with_a_refused_key_exits_with_its_own_code(secured, keys, tmp_path):
+    stranger = other_keys(tmp_path, keys, "worker")
+    for args in (["--keys", stranger], ["--keys", keys, "--key-name", "client"]):
+        proc = subprocess.run(pmr("worker", "--connect", secured, "--processes", "1", *args),
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 77, proc.stderr
+        assert "refused" in proc.stderr or "may not send" in proc.stderr
+    with Client(secured, keys=keys) as client:
+        assert client.info()["workers"] == 2  # neither got in
+
+
+def test_keys_authorized_while_the_broker_runs_are_let_in(secured, keys, tmp_path):
+    newcomer = other_keys(tmp_path, keys, "client")
+    with Client(secured, keys=newcomer, timeout=30) as client:
+        with pytest.raises(AuthenticationFailed):
+            client.info()
+    proc = subprocess.run(pmr("keys", "authorize", keys, "client",
+                              os.path.join(newcomer, "client.key")),
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while True:  # the broker re-reads its allowlists every heartbeat
+        try:
+            with Client(secured, keys=newcomer, timeout=5) as client:
+                assert client.submit(WordCount(), [(0, "in at last")]).result(30) == {
+                    "at": 1, "in": 1, "last": 1}
+            break
+        except AuthenticationFailed:
+            assert time.monotonic() < deadline, "the new key was never let in"
+            time.sleep(0.2)
+
+
+def test_the_broker_never_unpickles_what_it_is_sent(daemons, tmp_path):
+    """A job whose code, when unpickled, writes the pid of the process that unpickled it."""
+    import pickle
+
+    marker = tmp_path / "unpickled-by"
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'a').write(str(__import__('os').getpid()) + "
+                           "'\\n')",))
+
+    payload = pickle.dumps(Evil())
+    broker, address = daemons.broker()
+    worker = daemons.worker(address, 1)
+    wait_workers(address, 1)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        evil_records = pickle.dumps(Evil())  # as an input chunk, too
+        sock.send_multipart(Message(P.SUBMIT, {
+            "job_id": "evil", "req": 1, "reducers": 1, "splits": [["mem", 1]]},
+            (payload, evil_records)).encode())
+        assert sock.poll(5000)
+        assert Message.decode(sock.recv_multipart()).command == P.ACCEPTED
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        ctx.destroy(0)
+    pids = {int(x) for x in marker.read_text().split()}
+    assert pids  # the payload did run: on a worker, which runs user code by design
+    assert broker.pid not in pids
+    assert pids <= set(children(worker.pid))  # and only there
+
+
+def test_insecure_beyond_loopback_warns_at_start_and_on_every_job(daemons):
+    proc = subprocess.Popen(pmr("broker", "--bind", "tcp://0.0.0.0:0", "--insecure"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    daemons.procs.append(proc)
+    from .conftest import READY, read_line
+
+    address = read_line(proc, READY).group(1)
+    with Client(address) as client:
+        client.submit(WordCount(), [(0, "a")])
+        client.submit(WordCount(), [(0, "b")])
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    err = err.decode()
+    assert "WITHOUT authentication (--insecure)" in err
+    assert err.count("runs on a broker WITHOUT authentication") == 2
