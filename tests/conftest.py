@@ -87,7 +87,8 @@ class Daemons:
         self.procs: list[subprocess.Popen] = []
 
     def broker(self, *extra: str, bind: str = "tcp://127.0.0.1:0") -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen(pmr("broker", "--bind", bind, "--log-level", "WARNING", *extra),
+        proc = subprocess.Popen(pmr("broker", "--bind", bind, "--log-level", "WARNING",
+                                    "--parent-pid", str(os.getpid()), *extra),
                                 stdout=subprocess.PIPE, cwd=ROOT)
         self.procs.append(proc)
         return proc, read_line(proc, READY).group(1)
@@ -95,7 +96,7 @@ class Daemons:
     def worker(self, address: str, processes: int = 1, *extra: str) -> subprocess.Popen:
         proc = subprocess.Popen(
             pmr("worker", "--connect", address, "--processes", str(processes),
-                "--log-level", "WARNING", *extra),
+                "--log-level", "WARNING", "--parent-pid", str(os.getpid()), *extra),
             stdout=subprocess.PIPE, cwd=ROOT)
         self.procs.append(proc)
         read_line(proc, re.compile(r"pymapreduce worker ready"))

@@ -33,6 +33,8 @@ WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
                              P.RELEASE})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
+MAX_TASKS = 100_000  # map or reduce tasks of one job
+COMPLAINTS = 20  # bad messages logged per peer and minute
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
@@ -83,6 +85,7 @@ class Broker:
         self._stopping = False
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
+        self._complaints: dict[str, tuple[float, int]] = {}
         self._handlers = {
             P.READY: self.on_ready,
             P.DONE: self.on_done,
@@ -174,7 +177,7 @@ class Broker:
             try:
                 msg = Message.decode(body)
             except ProtocolError as exc:
-                log.warning("dropped a malformed message from %s: %s", _peer(route, key), exc)
+                self._complain(_peer(route, key), "dropped a malformed message: %s", exc)
                 if route:
                     self._reply(route[0], P.ERROR, {"code": "malformed", "message": str(exc)})
             else:
@@ -186,7 +189,7 @@ class Broker:
         handler = self._handlers.get(msg.command)
         peer = route[0]
         if handler is None:
-            log.warning("unknown command %r from %s", msg.command[:40], _peer(route, key))
+            self._complain(_peer(route, key), "unknown command %r", msg.command[:40])
             self._reply(peer, P.ERROR, {"code": "unknown-command", "message": msg.command[:40]})
             return
         if self.allow is not None and msg.command not in ROLE_COMMANDS.get(role, ()):
@@ -199,13 +202,32 @@ class Broker:
         try:
             handler(peer, msg, now)
         except Exception as exc:  # a bad message must never take the broker down
-            log.warning("%s from %s rejected: %r", msg.command, _peer(route), exc)
+            self._complain(_peer(route, key), "%s rejected: %r", msg.command, exc)
             self._reply(
                 peer,
                 P.ERROR,
                 {"code": "bad-request", "message": f"{msg.command}: {exc}", "req": _req(msg)},
             )
         self.dispatch()
+
+    def _complain(self, peer: str, what: str, *args: Any) -> None:
+        """Log a bad message, naming the peer; at most COMPLAINTS lines per peer and minute,
+        so a hostile peer cannot flood the log."""
+        now = time.monotonic()
+        start, count = self._complaints.get(peer, (now, 0))
+        if now - start > 60.0:
+            if count > COMPLAINTS:
+                log.warning("%d more bad messages from %s were dropped unlogged",
+                            count - COMPLAINTS, peer)
+            start, count = now, 0
+        count += 1
+        self._complaints[peer] = (start, count)
+        if count <= COMPLAINTS:
+            log.warning("%s: " + what, peer, *args)
+        elif count == COMPLAINTS + 1:
+            log.warning("%s: more bad messages; logging them again in a minute", peer)
+        if len(self._complaints) > 10_000:  # many peers: forget the oldest
+            self._complaints.pop(next(iter(self._complaints)))
 
     # -- time-driven work ----------------------------------------------------------------
     def step(self, now: float) -> None:
@@ -294,9 +316,16 @@ class Broker:
                 worker.running.discard(key)
 
     def _on_data(self, route: list, msg: Message, role: str, sender: str) -> None:
+        try:
+            self._take_output(msg, sender)
+        except Exception as exc:  # a bad message must never take the broker down
+            self._complain(f"key {sender}" if sender else "data plane", "%s rejected: %r",
+                           msg.command[:40], exc)
+
+    def _take_output(self, msg: Message, sender: str) -> None:
         if msg.command != P.OUTPUT:
-            log.warning("dropped a %r message on the data plane from %s", msg.command[:40],
-                        sender or "an unauthenticated peer")
+            self._complain(f"key {sender}" if sender else "data plane",
+                           "dropped a %r message on the data plane", msg.command[:40])
             return
         b = msg.body
         key = (b.get("job"), b.get("kind"), b.get("index"), b.get("attempt"))
@@ -352,7 +381,7 @@ class Broker:
     def _attempt(self, key: tuple) -> Task | None:
         """The task whose attempt ``key`` is still running, or None if it is stale."""
         job_id, kind, index, attempt = key
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None or job.state != P.JOB_RUNNING or kind not in (MAP, REDUCE):
             return None
         tasks = job.tasks(kind)
@@ -468,11 +497,15 @@ class Broker:
 
     def on_submit(self, peer: bytes, msg: Message, now: float) -> None:
         b = msg.body
-        job_id = str(b["job_id"])
+        job_id = b["job_id"]
+        if not isinstance(job_id, str) or not 0 < len(job_id) <= 200:
+            raise ValueError("job_id must be a string of 1 to 200 characters")
         job = self.jobs.get(job_id)
         if job is None:  # a resubmit of a known id is idempotent
             if not msg.blobs:
                 raise ValueError("SUBMIT carries no job code")
+            if not isinstance(b["splits"], list) or len(b["splits"]) > MAX_TASKS:
+                raise ValueError(f"splits must be a list of at most {MAX_TASKS}")
             splits = []
             for desc in b["splits"]:
                 if desc[0] == "mem":
@@ -486,6 +519,8 @@ class Broker:
             reducers = b.get("reducers")
             if reducers is None:
                 reducers = max(1, len(self.workers))
+            if type(reducers) is not int or not 0 <= reducers <= MAX_TASKS:
+                raise ValueError(f"reducers must be an int from 0 to {MAX_TASKS}")
             map_only = bool(b.get("map_only")) or reducers == 0
             job = JobState(job_id, str(b.get("name", ""))[:200], msg.blobs[0], splits,
                            max(1, int(reducers)), map_only, peer, now)
