@@ -183,3 +183,53 @@ def test_requests_about_unknown_jobs_are_refused_clearly(broker, ctx):
     client.send(P.SUBMIT, {"job_id": "bad", "req": 4, "splits": [["mem", 1]]})  # no blobs
     reply = client.recv()
     assert reply.command == P.ERROR and "no job code" in reply.body["message"]
+
+
+def test_on_a_secured_broker_only_the_attempts_worker_may_deliver_its_output(ctx, tmp_path):
+    from pymapreduce.patterns import security
+
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(keys, "other")
+    security.authorize(keys, "worker", f"{keys}/other.key")
+    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", keys_dir=keys), context=ctx)
+    b.bind()
+    thread = threading.Thread(target=b.serve_forever, daemon=True)
+    thread.start()
+    try:
+        def peer(kind, name):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            security.PeerKeys.load(keys, name).apply(sock)
+            return sock
+
+        client = Peer(ctx, b.address)
+        client.sock.close()
+        client.sock = peer(zmq.DEALER, "client")
+        client.sock.connect(b.address)
+        submit(client, "j9", [[(0, "mine")]])
+        owner, thief = Peer(ctx, b.address), Peer(ctx, b.address)
+        for p, name in ((owner, "worker"), (thief, "other")):
+            p.sock.close()
+            p.sock = peer(zmq.DEALER, name)
+            p.sock.connect(b.address)
+        owner.send(P.READY, {"credit": 1})
+        sink = owner.recv().body["sink"]
+        task = owner.recv()
+        _, index, attempt, _ = task.body["tasks"][0]
+        thief.send(P.READY, {"credit": 1})
+        assert thief.recv().command == P.WELCOME
+        header = {"job": "j9", "kind": "map", "index": index, "attempt": attempt}
+        stolen = peer(zmq.PUSH, "other")
+        stolen.connect(sink)
+        stolen.send_multipart(Message(P.OUTPUT, header, (map_output([(0, "forged")]),)).encode())
+        owner.send(P.DONE, {"results": [["j9", "map", index, attempt, {}, -1]]})
+        assert owner.recv(timeout=0.5) is None and thief.recv(timeout=0.1) is None  # no commit
+        real = peer(zmq.PUSH, "worker")
+        real.connect(sink)
+        real.send_multipart(Message(P.OUTPUT, header, (map_output([(0, "mine")]),)).encode())
+        reduce_task = owner.recv(timeout=2) or thief.recv(timeout=2)
+        segs = reduce_task.body["tasks"][0][3]
+        assert unpack(reduce_task.blobs[segs[1]]) == [["mine"], [[1]]]
+    finally:
+        b.stop()
+        thread.join(5)

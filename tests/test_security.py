@@ -160,3 +160,27 @@ def test_insecure_beyond_loopback_warns_at_start_and_on_every_job(daemons):
     err = err.decode()
     assert "WITHOUT authentication (--insecure)" in err
     assert err.count("runs on a broker WITHOUT authentication") == 2
+
+
+def test_oversized_messages_are_refused_and_the_broker_goes_on(daemons):
+    from pymapreduce import InputError
+
+    _, address = daemons.broker("--max-message-mb", "1")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    big = [(i, "x" * 1000) for i in range(2000)]  # about 2 MiB of in-memory input
+    with Client(address) as client:
+        with pytest.raises(InputError, match="more than the broker accepts"):
+            client.submit(WordCount(), big)
+    ctx = zmq.Context()
+    try:  # a peer that sends one anyway is cut off by ZeroMQ; the broker serves the others
+        rogue = ctx.socket(zmq.DEALER)
+        rogue.setsockopt(zmq.LINGER, 0)
+        rogue.connect(address)
+        rogue.send_multipart([b"\x00" * (2 << 20)])
+        assert not rogue.poll(500)
+    finally:
+        ctx.destroy(0)
+    with Client(address) as client:
+        assert client.submit(WordCount(), [(0, "still here")]).result(30) == {
+            "here": 1, "still": 1}

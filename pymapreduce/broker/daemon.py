@@ -492,7 +492,8 @@ class Broker:
             peer,
             P.INFO,
             {"req": _req(msg), "workers": len(self.workers), "slots": len(self.workers),
-             "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)},
+             "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING),
+             "max_message": self.config.max_message},
         )
 
     def on_submit(self, peer: bytes, msg: Message, now: float) -> None:

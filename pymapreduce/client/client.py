@@ -14,6 +14,7 @@ import zmq
 from ..errors import (
     AuthenticationFailed,
     BrokerUnavailable,
+    InputError,
     JobFailed,
     JobNotFound,
     JobTimeout,
@@ -153,11 +154,17 @@ class Client:
         (default: four per worker slot); ``reducers`` is R (default: one per worker slot).
         With ``output_dir``, ``wait()`` writes ``part-00000``... there (JSON lines).
         """
-        slots = None
-        if map_tasks is None or reducers is None:
-            slots = max(1, int(self.info().get("slots", 1)))
-        sub = build_submission(job, inputs, slots=slots or 1, map_tasks=map_tasks,
+        info = self.info()
+        slots = max(1, int(info.get("slots", 1)))
+        sub = build_submission(job, inputs, slots=slots, map_tasks=map_tasks,
                                reducers=reducers, name=name)
+        size = sum(len(b) for b in sub.blobs)
+        limit = int(info.get("max_message", size))
+        if size > limit:  # the broker would drop the connection without a word
+            raise InputError(
+                f"the job and its in-memory inputs take {size / 2**20:.1f} MiB, more than the "
+                f"broker accepts in one message ({limit / 2**20:.1f} MiB): pass large inputs "
+                "as files with read_text(), which workers read themselves")
         reply = self._request(P.SUBMIT, sub.body, sub.blobs)
         handle = JobHandle(self, sub.job_id, output_dir)
         handle._last = dict(reply.body)
