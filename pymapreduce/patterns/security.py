@@ -96,6 +96,7 @@ class PeerKeys:
 
     @classmethod
     def load(cls, directory: str, name: str) -> PeerKeys:
+        directory = os.path.expanduser(directory)
         public, secret = _load(os.path.join(directory, f"{name}.key_secret"))
         server, _ = _load(os.path.join(directory, "broker.key"))
         if not secret:
@@ -116,7 +117,7 @@ class Allowlists:
     """The public keys of each role, re-read when the key directory changes."""
 
     def __init__(self, directory: str) -> None:
-        self.directory = directory
+        self.directory = directory = os.path.expanduser(directory)
         public, secret = _load(os.path.join(directory, "broker.key_secret"))
         if not secret:
             raise ConfigError(f"{directory}/broker.key_secret holds no secret key")
