@@ -331,7 +331,12 @@ class Broker:
         key = (b.get("job"), b.get("kind"), b.get("index"), b.get("attempt"))
         task = self._attempt(key)
         if task is None:
-            return  # stale or unknown attempt: a later or earlier attempt owns this task
+            if key[0] in self.jobs:  # a stale attempt: another attempt owns this task
+                log.info("dropped output of a stale attempt %s from %s", key, sender or "?")
+            else:
+                self._complain(f"key {sender}" if sender else "data plane",
+                               "dropped output for unknown job %r", key[0])
+            return
         owner = self.workers.get(task.running[key[3]])
         if self.allow is not None and (owner is None or owner.key != sender):
             log.warning("dropped output for %s %s attempt %s from key %s: not its worker",
