@@ -1,0 +1,171 @@
+"""The broker's answers to clients: submit, watch, status, fetch, cancel, release.
+
+A mixin of :class:`~pymapreduce.broker.daemon.Broker`, kept apart so each file holds one
+side of the protocol; it uses the broker's job table, store and reply helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..patterns import protocol as P
+from ..patterns.message import Message
+from .tasks import JobState
+
+log = logging.getLogger("pymapreduce.broker")
+
+MAX_TASKS = 100_000  # map or reduce tasks of one job
+FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
+
+
+def _req(msg: Message) -> Any:
+    return msg.body.get("req")
+
+
+def _peer(route: list, key: str = "") -> str:
+    if key:
+        return f"key {key}"
+    return route[0].hex() if route and route[0] else "?"
+
+
+class ClientAPI:
+    """Handlers of the client commands (HELLO, SUBMIT, WATCH, STATUS, FETCH, CANCEL,
+    RELEASE); mixed into the Broker."""
+
+    def on_hello(self, peer: bytes, msg: Message, now: float) -> None:
+        self._reply(
+            peer,
+            P.INFO,
+            {"req": _req(msg), "workers": len(self.workers), "slots": len(self.workers),
+             "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING),
+             "max_message": self.config.max_message},
+        )
+
+    def on_submit(self, peer: bytes, msg: Message, now: float) -> None:
+        b = msg.body
+        job_id = b["job_id"]
+        if not isinstance(job_id, str) or not 0 < len(job_id) <= 200:
+            raise ValueError("job_id must be a string of 1 to 200 characters")
+        job = self.jobs.get(job_id)
+        if job is None:  # a resubmit of a known id is idempotent
+            if not msg.blobs:
+                raise ValueError("SUBMIT carries no job code")
+            if not isinstance(b["splits"], list) or len(b["splits"]) > MAX_TASKS:
+                raise ValueError(f"splits must be a list of at most {MAX_TASKS}")
+            splits = []
+            for desc in b["splits"]:
+                if desc[0] == "mem":
+                    splits.append(["mem", msg.blobs[int(desc[1])]])
+                elif desc[0] == "files" and len(desc) == 2 and desc[1]:
+                    splits.append(["files", [[str(p), int(s), int(e)] for p, s, e in desc[1]]])
+                else:
+                    raise ValueError(f"unknown split {desc[:1]!r}")
+            if not splits:
+                raise ValueError("the job has no input splits")
+            reducers = b.get("reducers")
+            if reducers is None:
+                reducers = max(1, len(self.workers))
+            if type(reducers) is not int or not 0 <= reducers <= MAX_TASKS:
+                raise ValueError(f"reducers must be an int from 0 to {MAX_TASKS}")
+            map_only = bool(b.get("map_only")) or reducers == 0
+            job = JobState(job_id, str(b.get("name", ""))[:200], msg.blobs[0], splits,
+                           max(1, int(reducers)), map_only, peer, now)
+            self.jobs[job_id] = job
+            self.scheduler.add(job)
+            log.info("job %s (%s) accepted from %s: %d map tasks, %d reducers", job_id,
+                     job.name, _peer([peer], self._peer_key),
+                     len(splits), job.reducers)
+            if self.config.insecure:
+                log.warning("job %s runs on a broker WITHOUT authentication (--insecure): "
+                            "anyone who can reach %s can run code on every worker",
+                            job_id, self.address)
+        job.watchers.add(peer)
+        self._reply(peer, P.ACCEPTED, {"req": _req(msg), **job.status(now)})
+
+    def _job_or_error(self, peer: bytes, msg: Message) -> JobState | None:
+        job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is None:
+            self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
+                                        "message": f"no job {msg.body.get('job_id')!r} here"})
+        return job
+
+    def on_watch(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is not None:
+            job.watchers.add(peer)
+            self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_status(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is not None:
+            self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_fetch(self, peer: bytes, msg: Message, now: float) -> None:
+        """Up to ``count`` committed output partitions from ``part`` on (FETCH_BYTES at most).
+
+        With ``wait``, a partition not committed yet is answered when it is: this is how a
+        client streams results while the job still runs.
+        """
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        first = int(msg.body["part"])
+        count = max(1, int(msg.body.get("count", 1)))
+        if not 0 <= first < job.output_parts:
+            raise ValueError(f"job {job.id} has no output partition {first}")
+        request = (peer, _req(msg), first, count)
+        if job.state == P.JOB_RUNNING and not job.part_done(first) and msg.body.get("wait"):
+            job.fetch_waiters.append(request)
+        else:
+            self._answer_fetch(job, *request)
+
+    def _answer_fetch(self, job: JobState, peer: bytes, req: Any, first: int,
+                      count: int) -> None:
+        if job.state in (P.JOB_FAILED, P.JOB_CANCELLED):
+            self._reply(peer, P.ERROR, {"req": req, "code": "job-failed",
+                                        "message": f"job {job.id} {job.state}",
+                                        "status": job.status(time.monotonic())})
+            return
+        if not job.part_done(first):
+            self._reply(peer, P.ERROR, {"req": req, "code": "not-ready",
+                                        "message": f"partition {first} is not done yet"})
+            return
+        blobs: list = []
+        size = 0
+        for part in range(first, min(first + count, job.output_parts)):
+            if not job.part_done(part):
+                break
+            key = (job.id, "out", part)
+            blob = self.store.get(key) if key in self.store else b""
+            n = len(blob.buffer if hasattr(blob, "buffer") else blob)
+            if blobs and size + n > FETCH_BYTES:
+                break
+            blobs.append(blob)
+            size += n
+        self._reply(peer, P.PART, {"req": req, "job_id": job.id, "part": first}, tuple(blobs))
+
+    def _serve_fetch_waiters(self, job: JobState) -> None:
+        waiting, job.fetch_waiters = job.fetch_waiters, []
+        for request in waiting:
+            if job.state == P.JOB_RUNNING and not job.part_done(request[2]):
+                job.fetch_waiters.append(request)
+            else:
+                self._answer_fetch(job, *request)
+
+    def on_cancel(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        if job.state == P.JOB_RUNNING:
+            job.finish(P.JOB_CANCELLED, {"message": "cancelled by a client"})
+            self._job_ended(job)
+        self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_release(self, peer: bytes, msg: Message, now: float) -> None:
+        job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is not None and job.state != P.JOB_RUNNING:
+            self._drop_job(job)
+        self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
+                                     "state": "released"})
