@@ -9,6 +9,7 @@ import time
 
 import pytest
 import zmq
+import zmq.auth
 
 from pymapreduce import AuthenticationFailed, Client, run_sequential
 from pymapreduce.patterns import protocol as P
@@ -184,3 +185,27 @@ def test_oversized_messages_are_refused_and_the_broker_goes_on(daemons):
     with Client(address) as client:
         assert client.submit(WordCount(), [(0, "still here")]).result(30) == {
             "here": 1, "still": 1}
+
+
+def test_a_revoked_worker_key_is_cut_off_at_once(daemons, keys):
+    _, address = daemons.broker("--keys", keys, "--heartbeat", "0.2", "--liveness", "1.0")
+    worker = daemons.worker(address, 1, "--keys", keys)
+    wait_workers_secured(address, keys, 1)
+    os.unlink(os.path.join(keys, "workers", "worker.key"))
+    assert worker.wait(20) == 77  # its next heartbeat is refused: it stops, it does not retry
+    with Client(address, keys=keys) as client:
+        assert client.info()["workers"] == 0
+
+
+def test_authorizing_two_keys_with_the_same_file_name_keeps_both(tmp_path):
+    broker_dir = str(tmp_path / "broker")
+    security.generate(broker_dir, "broker")
+    for host in ("a", "b"):
+        security.generate(str(tmp_path / host), "worker")
+        security.authorize(broker_dir, "worker", str(tmp_path / host / "worker.key"))
+    lists = security.Allowlists(broker_dir)
+    for host in ("a", "b"):
+        public, _ = zmq.auth.load_certificate(str(tmp_path / host / "worker.key"))
+        assert lists.roles[public] == "worker"
+    assert sorted(os.listdir(os.path.join(broker_dir, "workers")))[0] == "worker.key"
+    assert os.stat(tmp_path / "a" / "worker.key_secret").st_mode & 0o077 == 0

@@ -20,6 +20,7 @@ from ..errors import ProtocolError
 from ..patterns import protocol as P
 from ..patterns import security
 from ..patterns.message import Message
+from ..patterns.ratelog import RateLimitedLog
 from ..patterns.sockets import bind, make_socket, send
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
@@ -34,7 +35,6 @@ WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
                              P.RELEASE})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
-COMPLAINTS = 20  # bad messages logged per peer and minute
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 
 
@@ -84,7 +84,7 @@ class Broker(ClientAPI):
         self._stopping = False
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
-        self._complaints: dict[str, tuple[float, int]] = {}
+        self._bad = RateLimitedLog(log)
         self._handlers = {
             P.READY: self.on_ready,
             P.DONE: self.on_done,
@@ -134,6 +134,8 @@ class Broker(ClientAPI):
         try:
             while not self._stopping:
                 events = dict(poller.poll(MAX_POLL_MS))
+                if self._reload:
+                    self._reload_keys()
                 if self.zap is not None and self.zap in events:
                     self._answer_zap()
                 if self.sink in events:
@@ -143,6 +145,20 @@ class Broker(ClientAPI):
                 self.step(time.monotonic())
         finally:
             self.close()
+
+    def _reload_keys(self) -> None:
+        """Re-read the allowlists if they changed (or on SIGHUP); workers whose key was
+        removed are dropped, and their next message is refused."""
+        force, self._reload = self._reload, False
+        try:
+            changed = self.allow.reload(force=force)
+        except Exception as exc:  # a half-written key file: keep the old lists
+            log.warning("allowlists not reloaded: %s", exc)
+            return
+        if changed:
+            for w in [w for w in self.workers.values()
+                      if not self.allow.allows(w.key, security.WORKER)]:
+                self._purge(w, "its key was removed from the allowlist")
 
     def _answer_zap(self) -> None:
         while self.zap.poll(0, zmq.POLLIN):
@@ -191,10 +207,15 @@ class Broker(ClientAPI):
             self._complain(_peer(route, key), "unknown command %r", msg.command[:40])
             self._reply(peer, P.ERROR, {"code": "unknown-command", "message": msg.command[:40]})
             return
-        if self.allow is not None and msg.command not in ROLE_COMMANDS.get(role, ()):
-            log.warning("refused %s from %s key %s", msg.command, role or "unknown", key)
+        if self.allow is not None and (msg.command not in ROLE_COMMANDS.get(role, ())
+                                       or not self.allow.allows(key, role)):
+            allowed = self.allow.allows(key, role)
+            self._complain(_peer(route, key), "refused %s from a %s key%s", msg.command,
+                           role or "unknown", "" if allowed else " no longer allowed")
+            reason = (f"a {role} key may not send {msg.command}" if allowed else
+                      "this key is no longer in the broker's allowlist")
             self._reply(peer, P.ERROR, {"code": "forbidden", "req": _req(msg),
-                                        "message": f"a {role} key may not send {msg.command}"})
+                                        "message": reason})
             return
         self._peer_key = key
         now = time.monotonic()
@@ -210,23 +231,9 @@ class Broker(ClientAPI):
         self.dispatch()
 
     def _complain(self, peer: str, what: str, *args: Any) -> None:
-        """Log a bad message, naming the peer; at most COMPLAINTS lines per peer and minute,
-        so a hostile peer cannot flood the log."""
-        now = time.monotonic()
-        start, count = self._complaints.get(peer, (now, 0))
-        if now - start > 60.0:
-            if count > COMPLAINTS:
-                log.warning("%d more bad messages from %s were dropped unlogged",
-                            count - COMPLAINTS, peer)
-            start, count = now, 0
-        count += 1
-        self._complaints[peer] = (start, count)
-        if count <= COMPLAINTS:
-            log.warning("%s: " + what, peer, *args)
-        elif count == COMPLAINTS + 1:
-            log.warning("%s: more bad messages; logging them again in a minute", peer)
-        if len(self._complaints) > 10_000:  # many peers: forget the oldest
-            self._complaints.pop(next(iter(self._complaints)))
+        """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
+        the log)."""
+        self._bad.warn(peer, what, *args)
 
     # -- time-driven work ----------------------------------------------------------------
     def step(self, now: float) -> None:
@@ -238,11 +245,7 @@ class Broker(ClientAPI):
             return
         self._last_tick = now
         if self.allow is not None:
-            try:
-                self.allow.reload(force=self._reload)
-            except Exception as exc:  # a half-written key file: keep the old lists
-                log.warning("allowlists not reloaded: %s", exc)
-            self._reload = False
+            self._reload_keys()
         for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
             self._purge(w, f"silent for {now - w.last_seen:.1f}s")
         for job in list(self.jobs.values()):
@@ -337,7 +340,8 @@ class Broker(ClientAPI):
                                "dropped output for unknown job %r", key[0])
             return
         owner = self.workers.get(task.running[key[3]])
-        if self.allow is not None and (owner is None or owner.key != sender):
+        if self.allow is not None and (owner is None or owner.key != sender
+                                       or not self.allow.allows(sender, security.WORKER)):
             log.warning("dropped output for %s %s attempt %s from key %s: not its worker",
                         key[0], task.name, key[3], sender)
             return

@@ -15,6 +15,7 @@ on each message; its sockets enforce ZAP, so without an answer nobody gets in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -25,6 +26,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from ..errors import AuthenticationFailed, ConfigError
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger("pymapreduce.security")
 
@@ -47,7 +49,12 @@ def generate(directory: str, name: str) -> tuple[str, str]:
     secret = public + "_secret"
     if os.path.exists(secret):
         raise ConfigError(f"{secret} exists already; remove it first to make a new key")
-    public, secret = zmq.auth.create_certificates(directory, name)
+    old_umask = os.umask(0o077)  # the secret file is never readable by others, even briefly
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(public, 0o644)
     os.chmod(secret, stat.S_IRUSR | stat.S_IWUSR)
     return public, secret
 
@@ -59,16 +66,30 @@ def authorize(directory: str, role: str, public_key_file: str) -> str:
     public, _ = _load(public_key_file)
     target_dir = os.path.join(directory, ROLE_DIRS[role])
     os.makedirs(target_dir, exist_ok=True)
-    target = os.path.join(target_dir, os.path.basename(public_key_file).replace("_secret", ""))
-    if os.path.abspath(public_key_file) != os.path.abspath(target):
-        # only the public half travels: rewrite it rather than copy a secret by mistake
-        with open(target, "w") as f:
-            f.write(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')
+    stem = os.path.basename(public_key_file)
+    for suffix in ("_secret", ".key"):
+        stem = stem.removesuffix(suffix)
+    target = os.path.join(target_dir, f"{stem}.key")  # the broker reads *.key files only
+    if os.path.exists(target) and _load(target)[0] != public:
+        # another key by the same file name (every worker's is worker.key): keep both
+        digest = hashlib.sha256(public).hexdigest()[:8]
+        target = os.path.join(target_dir, f"{stem}-{digest}.key")
+    # only the public half travels: rewrite it rather than copy a secret by mistake
+    with open(target, "w") as f:
+        f.write(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')
     log.info("authorized %s as %s", public.decode(), role)
     return target
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        try:
+            have = sorted(n for n in os.listdir(folder) if n.endswith((".key", ".key_secret")))
+        except OSError:
+            have = []
+        raise ConfigError(f"no key file {path}; {folder} holds "
+                          f"{', '.join(have) or 'no key files'} (see `pymapreduce keys`)")
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -124,7 +145,12 @@ class Allowlists:
         self.public, self.secret = public, secret
         self.roles: dict[bytes, str] = {}
         self._stamp: tuple = ()
+        self._refusals = RateLimitedLog(log)
         self.reload()
+
+    def allows(self, key: str, role: str) -> bool:
+        """Whether the public key ``key`` (z85 text) is in the allowlist of ``role`` now."""
+        return self.roles.get(key.encode()) == role
 
     def _fingerprint(self) -> tuple:
         stamps = []
@@ -181,9 +207,9 @@ class Allowlists:
                                  (domain == DATA_DOMAIN and role == WORKER)):
             return [b"1.0", request_id, b"200", b"OK", f"{role}:{public.decode()}".encode(), b""]
         who = public.decode() if public else mechanism.decode(errors="replace")
-        log.warning("refused %s from %s on %s: %s", who, address.decode(errors="replace"),
-                    domain.decode(errors="replace"),
-                    "not in the allowlists" if role is None else f"a {role} key")
+        self._refusals.warn(f"{who} from {address.decode(errors='replace')}",
+                            "refused on %s: %s", domain.decode(errors="replace"),
+                            "not in the allowlists" if role is None else f"a {role} key")
         return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
 
@@ -205,7 +231,8 @@ REFUSED = ("the broker refused this key: it is not in the broker's allowlist (as
 NEEDS_KEYS = ("the broker requires CURVE keys and this side has none: pass keys=DIR "
               "(--keys DIR) with this side's keypair and the broker's public key")
 WRONG_BROKER_KEY = ("the security handshake failed: the broker's public key (broker.key) "
-                    "does not match the broker at this address")
+                    "does not match the broker at this address, or the broker there is not "
+                    "secured (started without --keys)")
 NOT_SECURED = ("the security handshake failed: this side has keys but the broker at this "
                "address is not secured (or speaks another mechanism)")
 
@@ -228,7 +255,9 @@ class HandshakeWatch:
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded = True
-            elif not self.succeeded:
+            elif not self.succeeded or event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                # a refusal after a success: the key was revoked, or a broker restarted
+                # with other allowlists; retrying cannot help either way
                 raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
 
     def _reason(self, event: int) -> str:

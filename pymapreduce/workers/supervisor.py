@@ -112,7 +112,7 @@ class Supervisor:
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
-                log.error("the broker refused this worker's key; stopping")
+                log.error("authentication with the broker failed (see above); stopping")
                 self.exit_code = EXIT_AUTH
                 self._stopping = True
                 return
