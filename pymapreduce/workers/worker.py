@@ -190,6 +190,9 @@ class Worker:
             elif msg.command == P.WELCOME:
                 self._welcomed = True
                 self._connect_sink(str(msg.body.get("sink", "")))
+                beat = msg.body.get("heartbeat")
+                if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
+                    self.heartbeat_interval = beat  # beat as often as this broker expects
             elif msg.command == P.RECONNECT:
                 self._need_ready.set()
             elif msg.command == P.ERROR:

@@ -1,0 +1,98 @@
+"""Failures of real processes: frozen, killed and busy workers (the result never changes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from pymapreduce import Client, run_sequential
+
+from .conftest import FAST, children, wait_workers
+from .jobs import WordCount
+
+
+class Logged(WordCount):
+    """Word count whose map notes each execution of a record in a file, then dawdles."""
+
+    def __init__(self, log_path, delay=0.0, busy=0.0):
+        self.log_path = log_path
+        self.delay = delay
+        self.busy = busy
+
+    def map(self, key, line):
+        with open(self.log_path, "a") as f:
+            f.write(f"{key}\n")
+        if self.busy:  # CPU-bound, never yields: only a heartbeat thread keeps us alive
+            end = time.process_time() + self.busy
+            while time.process_time() < end:
+                pass
+        time.sleep(self.delay)
+        yield from super().map(key, line)
+
+
+def executions(path) -> list[int]:
+    with open(path) as f:
+        return [int(x) for x in f.read().split()]
+
+
+def test_a_long_cpu_bound_map_does_not_make_its_worker_look_dead(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)  # taken for dead after 1 s of silence
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    log = tmp_path / "runs"
+    records = [(0, "a b"), (1, "b c")]
+    with Client(address) as client:
+        result = client.submit(Logged(str(log), busy=2.5), records, map_tasks=2).result(60)
+    assert result == run_sequential(WordCount(), records)
+    assert sorted(executions(log)) == [0, 1]  # each record ran once: no re-run, no purge
+
+
+def test_a_frozen_worker_loses_its_task_and_rejoins_when_thawed(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    first = daemons.worker(address, 1)
+    wait_workers(address, 1)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 3}") for i in range(6)]
+    with Client(address) as client:
+        handle = client.submit(Logged(str(log), delay=1.0), records, map_tasks=6)
+        while not log.exists():
+            time.sleep(0.02)
+        frozen = children(first.pid)[0]
+        os.kill(frozen, signal.SIGSTOP)  # mid-task, holding its queue
+        try:
+            daemons.worker(address, 1)
+            assert handle.result(60) == run_sequential(WordCount(), records)
+            assert client.info()["workers"] == 1  # the frozen one was declared dead
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while client.info()["workers"] < 2:  # thawed, it is told to register again
+            assert time.monotonic() < deadline, "the thawed worker never rejoined"
+            time.sleep(0.1)
+        # and it does real work again
+        assert client.submit(WordCount(), records, map_tasks=6).result(30) == (
+            run_sequential(WordCount(), records))
+
+
+def test_killing_a_whole_worker_daemon_mid_job_changes_nothing(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    doomed = daemons.worker(address, 2)
+    daemons.worker(address, 1)
+    wait_workers(address, 3)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 11} v{i % 4}") for i in range(60)]
+    with Client(address) as client:
+        handle = client.submit(Logged(str(log), delay=0.05), records, map_tasks=20)
+        while handle.status()["maps"][0] < 3:
+            time.sleep(0.02)
+        kids = children(doomed.pid)
+        doomed.kill()  # kill -9 of the supervisor: its children die with it
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert handle.result(60) == run_sequential(WordCount(), records)
+        handle.status()
+        assert handle.counters == {}  # and no counter was double-counted (none were set)
