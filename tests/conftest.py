@@ -93,11 +93,12 @@ class Daemons:
         self.procs.append(proc)
         return proc, read_line(proc, READY).group(1)
 
-    def worker(self, address: str, processes: int = 1, *extra: str) -> subprocess.Popen:
+    def worker(self, address: str, processes: int = 1, *extra: str,
+               env: dict | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
             pmr("worker", "--connect", address, "--processes", str(processes),
                 "--log-level", "WARNING", "--parent-pid", str(os.getpid()), *extra),
-            stdout=subprocess.PIPE, cwd=ROOT)
+            stdout=subprocess.PIPE, cwd=ROOT, env={**os.environ, **(env or {})})
         self.procs.append(proc)
         read_line(proc, re.compile(r"pymapreduce worker ready"))
         return proc

@@ -96,3 +96,28 @@ def test_killing_a_whole_worker_daemon_mid_job_changes_nothing(daemons, tmp_path
         assert handle.result(60) == run_sequential(WordCount(), records)
         handle.status()
         assert handle.counters == {}  # and no counter was double-counted (none were set)
+
+
+class SlowOnOneWorker(Logged):
+    """Maps fast, except on a worker started with PMR_TEST_SLOW=1 (a straggling machine)."""
+
+    def map(self, key, line):
+        if os.environ.get("PMR_TEST_SLOW"):
+            time.sleep(30)
+        yield from super().map(key, line)
+
+
+def test_a_straggler_gets_a_backup_attempt_and_the_first_commit_wins(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1, env={"PMR_TEST_SLOW": "1"})
+    wait_workers(address, 1)
+    daemons.worker(address, 1)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 5}") for i in range(8)]
+    with Client(address) as client:
+        handle = client.submit(SlowOnOneWorker(str(log), delay=0.3), records, map_tasks=8)
+        # the slow worker sits on its tasks for 30 s each; backups finish them elsewhere
+        assert handle.result(60) == run_sequential(WordCount(), records)
+        assert handle.status()["backups"] >= 1
+    assert sorted(set(executions(log))) == list(range(8))

@@ -30,6 +30,8 @@ from .tasks import MAP, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
+BACKUP_FACTOR = 2.0  # a straggler has run this many times its job's mean task time
+BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
 WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
@@ -83,6 +85,7 @@ class Broker(ClientAPI):
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._stopping = False
         self._last_tick = 0.0
+        self._last_backup_scan = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
         self._bad = RateLimitedLog(log)
         self._handlers = {
@@ -445,7 +448,10 @@ class Broker(ClientAPI):
     def dispatch(self) -> None:
         """Hand pending tasks to workers with credit (never to one that did not ask)."""
         pending = self.scheduler.pending()
-        if not pending or not self.workers:
+        if not self.workers:
+            return
+        if not pending:
+            self._backup()
             return
         # Prefetch deep while the queue is long, one at a time near the end of a phase,
         # so the last tasks are not stuck behind a busy worker's queue.
@@ -459,6 +465,35 @@ class Broker(ClientAPI):
                 return
             self.workers.move_to_end(worker.route)
             self._send_tasks(worker, tasks)
+
+    def _backup(self) -> None:
+        """Backup tasks (the paper's section 3.6): when nothing is pending and a worker is
+        idle, a task that has run well past its job's mean task time gets a second attempt
+        on that worker; whichever commits first wins, the other's output is dropped."""
+        now = time.monotonic()
+        idle = [w for w in self.workers.values() if not w.running]
+        if not idle or now - self._last_backup_scan < BACKUP_SCAN_INTERVAL:
+            return
+        self._last_backup_scan = now
+        stragglers = []
+        for job in self.jobs.values():
+            if job.state != P.JOB_RUNNING or job.pending:
+                continue
+            for task in job.tasks(job.phase):
+                if task.state != RUNNING or len(task.running) != 1:
+                    continue
+                mean = job.mean_duration(task.kind)
+                limit = max(self.config.backup_after, BACKUP_FACTOR * (mean or 0.0))
+                if mean is not None and now - task.started > limit:
+                    stragglers.append((task.started, task))
+        stragglers.sort(key=lambda pair: pair[0])  # the longest running first
+        for worker, (_, task) in zip(idle, stragglers):
+            if worker.route in task.running.values():
+                continue
+            task.job.backups += 1
+            log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id, task.name,
+                     now - task.started, worker.name)
+            self._send_tasks(worker, [task])
 
     def _send_tasks(self, worker: WorkerState, tasks: list[Task]) -> None:
         by_job: dict[str, list[Task]] = {}

@@ -33,7 +33,7 @@ class IllegalTransition(PyMapReduceError):
 class Task:
     """One map or reduce task; ``attempt`` counts the attempts handed out so far."""
 
-    __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures")
+    __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures", "started")
 
     def __init__(self, job: JobState, kind: str, index: int) -> None:
         self.job = job
@@ -43,6 +43,7 @@ class Task:
         self.attempt = 0
         self.running: dict[int, bytes] = {}  # attempt -> worker route
         self.failures = 0
+        self.started = 0.0  # when the first running attempt started
 
     @property
     def name(self) -> str:
@@ -55,6 +56,8 @@ class Task:
 
     def start(self, worker: bytes) -> int:
         """Hand a new attempt to ``worker``; returns its attempt number."""
+        if not self.running:
+            self.started = time.monotonic()
         self.move(RUNNING)
         self.attempt += 1
         self.running[self.attempt] = worker
@@ -100,6 +103,8 @@ class JobState:
         self.finished: float | None = None
         self.dirty = False
         self.last_event = 0.0
+        self.backups = 0  # second attempts started for stragglers
+        self.durations = {MAP: [0.0, 0], REDUCE: [0.0, 0]}  # kind -> [total s, count]
         self.fetch_waiters: list[tuple] = []  # FETCHes waiting for their partition
 
     # -- progress ------------------------------------------------------------------------
@@ -124,6 +129,9 @@ class JobState:
         """
         task.move(DONE)
         task.running.clear()
+        spent = self.durations[task.kind]
+        spent[0] += time.monotonic() - task.started
+        spent[1] += 1
         for name, n in (stats.get("counters") or {}).items():
             self.counters[name] = self.counters.get(name, 0) + n
         self.records += stats.get("records", 0)
@@ -155,6 +163,11 @@ class JobState:
         if self.done_reduces == len(self.reduces):
             self.finish(P.JOB_SUCCEEDED)
 
+    def mean_duration(self, kind: str) -> float | None:
+        """Mean seconds of this job's committed tasks of ``kind`` (None before the first)."""
+        total, count = self.durations[kind]
+        return total / count if count else None
+
     def finish(self, state: str, error: dict | None = None) -> None:
         if self.state in P.JOB_TERMINAL:
             return
@@ -177,6 +190,7 @@ class JobState:
             "parts": self.output_parts,
             "map_only": self.map_only,
             "counters": dict(self.counters),
+            "backups": self.backups,
             "records": self.records,
             "bytes": self.bytes_in,
             "elapsed": round(end - self.submitted, 6),
