@@ -17,7 +17,7 @@ from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
 
 from .conftest import ROOT, children, pmr, wait_workers
-from .jobs import WordCount, WordCountCombined
+from .jobs import WordCount, WordCountCombined, read_lines
 
 RECORDS = [(i, f"w{i % 17} x{i % 5}") for i in range(500)]
 
@@ -210,3 +210,36 @@ def test_authorizing_two_keys_with_the_same_file_name_keeps_both(tmp_path):
     names = os.listdir(os.path.join(broker_dir, "workers"))
     assert len(names) == 2 and "worker.key" in names
     assert os.stat(tmp_path / "a" / "worker.key_secret").st_mode & 0o077 == 0
+
+
+def test_cli_with_keys_and_the_broker_logs_the_key_of_each_job(tmp_path, keys, corpus):
+    from .conftest import READY, read_line, stop
+
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "w") as log_file:
+        broker = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--keys", keys,
+                                      "--log-level", "INFO"),
+                                  stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT)
+    worker = None
+    try:
+        address = read_line(broker, READY).group(1)
+        worker = subprocess.Popen(pmr("worker", "--connect", address, "--processes", "1",
+                                      "--keys", keys), stdout=subprocess.DEVNULL, cwd=ROOT)
+        wait_workers_secured(address, keys, 1)
+        run = subprocess.run(pmr("run", "examples/wordcount.py:WordCount", *corpus,
+                                 "--connect", address, "--keys", keys),
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert len(run.stdout.splitlines()) == len(run_sequential(WordCount(), read_lines(corpus)))
+        status = subprocess.run(pmr("status", "--connect", address, "--keys", keys),
+                                capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert status.returncode == 0 and '"workers": 1' in status.stdout
+        denied = subprocess.run(pmr("status", "--connect", address),
+                                capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert denied.returncode == 77 and "requires CURVE keys" in denied.stderr
+    finally:
+        for proc in (worker, broker):
+            if proc is not None:
+                stop(proc)
+    client_key = security.PeerKeys.load(keys, "client").public.decode()
+    assert f"accepted from key {client_key}" in log_path.read_text()
