@@ -125,7 +125,7 @@ class Client:
             if self.sock not in events:
                 continue
             try:
-                _, msg = recv(self.sock)
+                msg = recv(self.sock)
             except PyMapReduceError:
                 continue  # a malformed frame: ignore it, keep waiting
             if msg.command == P.STATUS and "job_id" in msg.body:

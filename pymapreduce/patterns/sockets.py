@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import AddressInUse, ConfigError, ProtocolError
+from ..errors import AddressInUse, ConfigError
 from .message import Message
 from .protocol import ZERO_COPY_THRESHOLD
 
@@ -70,18 +70,9 @@ def send(sock: zmq.Socket, msg: Message, route: list | None = None) -> None:
     sock.send_multipart(frames, copy=not big)
 
 
-def recv(sock: zmq.Socket, routed: bool = False) -> tuple[list, Message]:
-    """Receive one message without blocking past what poll promised.
+def recv(sock: zmq.Socket) -> Message:
+    """The next message on a DEALER (zmq.Again if none is waiting: poll first).
 
-    Returns ``(route, message)``; the route is the identity frame on a ROUTER.
     Raises ProtocolError for malformed frames (after the whole message was read).
     """
-    frames = sock.recv_multipart(copy=False)
-    route: list = []
-    if routed:
-        route, frames = [frames[0].bytes], frames[1:]
-    try:
-        return route, Message.decode(frames)
-    except ProtocolError as exc:
-        exc.route = route  # type: ignore[attr-defined]
-        raise
+    return Message.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))

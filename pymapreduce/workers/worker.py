@@ -179,7 +179,7 @@ class Worker:
     def _drain(self) -> None:
         while True:
             try:
-                _, msg = recv(self.ctl)
+                msg = recv(self.ctl)
             except zmq.Again:
                 return
             except ProtocolError as exc:
