@@ -91,6 +91,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           max_attempts=args.max_attempts,
                           memory_budget=int(args.memory_budget_mb * 1024 * 1024),
                           spill_dir=args.spill_dir, keys_dir=args.keys,
+                          state_dir=args.state_dir,
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
@@ -309,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-budget-mb", type=float, default=1024,
                    help="task output held in memory before spilling to disk")
     b.add_argument("--spill-dir", help="where outputs beyond the budget go")
+    b.add_argument("--state-dir", metavar="DIR",
+                   help="journal jobs and keep committed outputs here, so that a broker "
+                        "restarted on the same DIR carries on its jobs (default: none; a "
+                        "restart loses every job)")
     b.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without authentication")
     b.add_argument("--max-message-mb", type=float, default=1024,

@@ -70,8 +70,14 @@ class ClientAPI:
             if type(reducers) is not int or not 0 <= reducers <= MAX_TASKS:
                 raise ValueError(f"reducers must be an int from 0 to {MAX_TASKS}")
             map_only = bool(b.get("map_only")) or reducers == 0
-            job = JobState(job_id, str(b.get("name", ""))[:200], msg.blobs[0], splits,
-                           max(1, int(reducers)), map_only, peer, now)
+            options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
+                       "map_only": map_only}
+            job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
+                           map_only, peer, now, options=options,
+                           attempt_base=self.attempt_base)
+            if self.journal is not None:  # durable before the client hears ACCEPTED
+                job.seq = self.journal.add_job(job_id, options, job.code, splits)
+                self.journal.flush()
             self.jobs[job_id] = job
             self.scheduler.add(job)
             log.info("job %s (%s) accepted from %s: %d map tasks, %d reducers", job_id,

@@ -10,6 +10,7 @@ chunks and partition data are opaque blobs it stores and forwards.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -24,9 +25,10 @@ from ..patterns.ratelog import RateLimitedLog
 from ..patterns.sockets import bind, make_socket, send
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
+from .journal import Journal
 from .scheduler import Scheduler
 from .sink import Store
-from .tasks import MAP, REDUCE, RUNNING, JobState, Task
+from .tasks import DONE, MAP, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -81,6 +83,11 @@ class Broker(ClientAPI):
         self.jobs: dict[str, JobState] = {}
         self.scheduler = Scheduler()
         self.store = Store(config.memory_budget, config.spill_dir)
+        self.journal: Journal | None = None
+        self.attempt_base = 0
+        if config.state_dir:
+            self.journal = Journal(config.state_dir)
+            self.attempt_base = self.journal.incarnation << 20
         self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._stopping = False
@@ -105,7 +112,11 @@ class Broker(ClientAPI):
 
     # -- life cycle ----------------------------------------------------------------------
     def bind(self) -> str:
-        """Bind both sockets; returns the control address (with the real port)."""
+        """Bind both sockets; returns the control address (with the real port).
+
+        A broker with a state directory first reloads the jobs it journaled."""
+        if self.journal is not None and not self.jobs:
+            self.recover()
         self.address = bind(self.control, self.config.bind)
         try:
             self.data_address = bind(self.sink, self.config.sink_endpoint())
@@ -146,6 +157,8 @@ class Broker(ClientAPI):
                 if self.control in events:
                     self._drain(self.control, self._on_control, routed=True)
                 self.step(time.monotonic())
+                if self.journal is not None:
+                    self.journal.flush()
         finally:
             self.close()
 
@@ -180,6 +193,8 @@ class Broker(ClientAPI):
         if self.zap is not None:
             self.zap.close(0)
         self.store.close()
+        if self.journal is not None:
+            self.journal.close()
         if self._own_context:
             self.ctx.term()
 
@@ -420,17 +435,67 @@ class Broker(ClientAPI):
                 return
             for r, blob in enumerate(blobs):
                 if len(blob):
-                    self.store.put((job.id, MAP, task.index, r), blob)
+                    self.store.put((job.id, MAP, task.index, r), blob,
+                                   self._path(job, f"m{task.index}-{r}"))
                     nonempty.append(r)
         else:
             if len(blobs) != 1:
                 return
-            self.store.put((job.id, "out", task.index), blobs[0])
-        job.commit(task, stats if isinstance(stats, dict) else {}, nonempty)
+            self.store.put((job.id, "out", task.index), blobs[0],
+                           self._path(job, f"o{task.index}"))
+        stats = stats if isinstance(stats, dict) else {}
+        if self.journal is not None:  # after its files: a commit row names complete files
+            self.journal.commit(job.seq, task.kind, task.index, stats, nonempty)
+        job.commit(task, stats, nonempty)
         if job.state != P.JOB_RUNNING:
             self._job_ended(job)
         elif job.fetch_waiters:
             self._serve_fetch_waiters(job)
+
+    def _path(self, job: JobState, name: str) -> str | None:
+        """The file a committed output of ``job`` is kept in (None: no state directory)."""
+        return self.journal.output_path(job.seq, name) if self.journal is not None else None
+
+    # -- restart -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Reload the journaled jobs: committed tasks stay committed (their outputs are
+        files in the state directory), tasks that were running are pending again."""
+        now = time.monotonic()
+        for saved in self.journal.load():
+            o = saved.options
+            job = JobState(saved.id, o.get("name", ""), saved.code, saved.splits,
+                           o["reducers"], o["map_only"], None, now, options=o,
+                           attempt_base=self.attempt_base)
+            job.seq = saved.seq
+            running = saved.state == P.JOB_RUNNING
+            for kind, index, stats, parts in saved.commits:
+                tasks = job.tasks(kind)
+                if not 0 <= index < len(tasks) or tasks[index].state == DONE:
+                    continue
+                if running or kind == REDUCE or job.map_only:  # else: outputs not kept
+                    names = ([f"m{index}-{r}" for r in parts]
+                             if kind == MAP and not job.map_only else [f"o{index}"])
+                    paths = [self._path(job, n) for n in names]
+                    if not all(os.path.exists(p) for p in paths):
+                        continue  # half-written before the crash: the task runs again
+                    keys = ([(job.id, MAP, index, r) for r in parts]
+                            if kind == MAP and not job.map_only else [(job.id, "out", index)])
+                    for key, path in zip(keys, paths):
+                        self.store.adopt(key, path)
+                job.commit(tasks[index], stats, parts, restored=True)
+            if running and job.state == P.JOB_RUNNING:
+                job.pending.clear()
+                job.pending.extend(t for t in job.tasks(job.phase) if t.state == PENDING)
+                self.scheduler.add(job)
+            elif job.state == P.JOB_RUNNING:  # it ended before the crash
+                job.finish(saved.state, saved.error)
+            else:  # it ended during recovery (every task was committed)
+                self.journal.finish(job.seq, job.state, job.error)
+            self.jobs[job.id] = job
+            log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
+                     "committed", job.id, job.state, job.done_maps, len(job.maps),
+                     job.done_reduces, 0 if job.map_only else job.reducers)
+        self.journal.flush()
 
     def _purge(self, worker: WorkerState, reason: str) -> None:
         """Forget a worker; each attempt it was running counts as failed and is retried."""
@@ -534,6 +599,8 @@ class Broker(ClientAPI):
         self.scheduler.remove(job)
         jid = job.id
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
+        if self.journal is not None:
+            self.journal.finish(job.seq, job.state, job.error)
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]
@@ -546,6 +613,8 @@ class Broker(ClientAPI):
         self.scheduler.remove(job)
         jid = job.id
         self.store.discard_where(lambda k: k[0] == jid)
+        if self.journal is not None:
+            self.journal.drop(job.seq)
 
     def _publish(self, job: JobState, now: float) -> None:
         job.dirty = False

@@ -10,7 +10,11 @@ from typing import Any
 
 class Store:
     """Keyed byte blobs. Blobs are kept as received (zero-copy buffers) until the memory
-    budget is reached; later blobs go to files in ``spill_dir``."""
+    budget is reached; later blobs go to files in ``spill_dir``.
+
+    A blob put with a ``path`` (a broker with a state directory) is always written to that
+    file, and also kept in memory while the budget allows: the file is what survives a
+    restart, the memory copy what serves the reduce tasks fast."""
 
     def __init__(self, budget: int, spill_dir: str | None = None) -> None:
         self.budget = budget
@@ -22,14 +26,22 @@ class Store:
         self.spilled_bytes = 0
         self._seq = 0
 
-    def put(self, key: Any, blob: Any) -> None:
-        """Keep ``blob`` (bytes, memoryview or zmq.Frame) under ``key``, replacing any old one."""
+    def put(self, key: Any, blob: Any, path: str | None = None) -> None:
+        """Keep ``blob`` (bytes, memoryview or zmq.Frame) under ``key``, replacing any old
+        one; with ``path``, also write it to that file (durable)."""
         self.discard(key)
         buf = blob.buffer if hasattr(blob, "buffer") else blob
         size = len(buf)
+        if path is not None:
+            with open(path, "wb") as f:
+                f.write(buf)
+            self._files[key] = path
+            self.spilled_bytes += size
         if self.memory_bytes + size <= self.budget:
             self._mem[key] = blob
             self.memory_bytes += size
+            return
+        if path is not None:
             return
         path = os.path.join(self._spill_path(), f"{self._seq:08d}.bin")
         self._seq += 1
@@ -37,6 +49,12 @@ class Store:
             f.write(buf)
         self._files[key] = path
         self.spilled_bytes += size
+
+    def adopt(self, key: Any, path: str) -> None:
+        """Serve ``key`` from an existing file (a restarted broker's committed outputs)."""
+        self.discard(key)
+        self._files[key] = path
+        self.spilled_bytes += os.path.getsize(path)
 
     def get(self, key: Any) -> Any:
         """The blob under ``key`` (KeyError if none)."""
@@ -54,8 +72,11 @@ class Store:
             self.memory_bytes -= len(blob.buffer if hasattr(blob, "buffer") else blob)
         path = self._files.pop(key, None)
         if path is not None:
-            self.spilled_bytes -= os.path.getsize(path)
-            os.unlink(path)
+            try:
+                self.spilled_bytes -= os.path.getsize(path)
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def discard_where(self, predicate) -> None:
         """Drop every blob whose key satisfies ``predicate`` (e.g. all of one job)."""

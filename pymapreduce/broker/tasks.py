@@ -40,7 +40,7 @@ class Task:
         self.kind = kind
         self.index = index
         self.state = PENDING
-        self.attempt = 0
+        self.attempt = job.attempt_base
         self.running: dict[int, bytes] = {}  # attempt -> worker route
         self.failures = 0
         self.started = 0.0  # when the first running attempt started
@@ -75,10 +75,19 @@ class JobState:
         splits: list,
         reducers: int,
         map_only: bool,
-        owner: bytes,
+        owner: bytes | None,
         now: float,
+        *,
+        options: dict | None = None,
+        attempt_base: int = 0,
     ) -> None:
         self.id = job_id
+        self.options = options or {}
+        # attempts of a restarted broker's tasks are numbered apart from its last run's,
+        # so a late answer to an attempt from before the crash is never taken for a new one
+        self.attempt_base = attempt_base
+        self.seq = 0  # the journal's number for this job (0: not journaled)
+        self.recovered = 0  # tasks whose commit a restarted broker read from its journal
         self.name = name
         self.code = code
         self.splits = splits  # per map task: ["mem", blob] or ["files", [[path, start, end]...]]
@@ -96,7 +105,7 @@ class JobState:
         self.counters: dict[str, int] = {}
         self.records = 0
         self.bytes_in = 0
-        self.watchers: set[bytes] = {owner}
+        self.watchers: set[bytes] = {owner} if owner else set()
         self.error: dict | None = None
         self.submitted = now
         self.wall_start = time.time()
@@ -122,16 +131,22 @@ class JobState:
             return self.maps[part].state == DONE
         return bool(self.reduces) and self.reduces[part].state == DONE
 
-    def commit(self, task: Task, stats: dict, nonempty_parts: list[int]) -> None:
+    def commit(self, task: Task, stats: dict, nonempty_parts: list[int],
+               restored: bool = False) -> None:
         """Record a committed task; after the last map, queue the reduce tasks.
 
         ``nonempty_parts`` lists the partitions this map task wrote something to.
+        ``restored``: the commit comes from the journal of a restarted broker.
         """
-        task.move(DONE)
+        if restored:
+            task.state = DONE  # it never ran in this broker's lifetime
+            self.recovered += 1
+        else:
+            task.move(DONE)
+            spent = self.durations[task.kind]
+            spent[0] += time.monotonic() - task.started
+            spent[1] += 1
         task.running.clear()
-        spent = self.durations[task.kind]
-        spent[0] += time.monotonic() - task.started
-        spent[1] += 1
         for name, n in (stats.get("counters") or {}).items():
             self.counters[name] = self.counters.get(name, 0) + n
         self.records += stats.get("records", 0)
@@ -191,6 +206,7 @@ class JobState:
             "map_only": self.map_only,
             "counters": dict(self.counters),
             "backups": self.backups,
+            "recovered": self.recovered,
             "records": self.records,
             "bytes": self.bytes_in,
             "elapsed": round(end - self.submitted, 6),

@@ -31,6 +31,10 @@ from .output import write_output
 from .submit import build_submission
 
 FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the bytes)
+# A request unanswered after this much silence is sent again (a broker that restarted
+# lost it); at once when the connection is made again. Requests are idempotent.
+RESEND_AFTER = 2.5
+RESEND_LIMIT = 1 << 20  # requests larger than this are resent only on a new connection
 
 
 def job_failed(status: dict) -> JobFailed:
@@ -77,6 +81,7 @@ class Client:
         self.sock.connect(address)
         self._req = itertools.count(1)
         self._status: dict[str, dict] = {}  # latest status event per job
+        self._reconnected = False  # the connection was made again since the last look
 
     # -- plumbing ------------------------------------------------------------------------
     def _request(self, command: str, body: dict, blobs: tuple = (),
@@ -88,19 +93,29 @@ class Client:
         heartbeat), and give up only after ``timeout`` seconds of silence.
         """
         req = next(self._req)
-        send(self.sock, Message(command, {**body, "req": req}, blobs))
+        request = Message(command, {**body, "req": req}, blobs)
+        small = sum(len(b) for b in blobs) <= RESEND_LIMIT
+        send(self.sock, request)
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        sent = heard = time.monotonic()
+        deadline = sent + limit
         while True:
-            msg = self._recv(deadline)
+            msg = self._recv(min(deadline, sent + RESEND_AFTER) if small else deadline)
+            now = time.monotonic()
             if msg is None:
-                raise BrokerUnavailable(
-                    f"the broker at {self.address} did not answer {command} within {limit:g}s "
-                    "(is it running, and is this the right address?)"
-                )
+                if now >= deadline:
+                    raise BrokerUnavailable(
+                        f"the broker at {self.address} did not answer {command} within "
+                        f"{limit:g}s (is it running, and is this the right address?)")
+                if self._reconnected or (small and now - heard >= RESEND_AFTER):
+                    self._reconnected = False  # the broker may have restarted: ask again
+                    send(self.sock, request)
+                    sent = now
+                continue
+            heard = now
             if msg.body.get("req") != req:
                 if patient:
-                    deadline = time.monotonic() + limit
+                    deadline = now + limit
                 continue
             if msg.command == P.ERROR:
                 code = msg.body.get("code")
@@ -120,8 +135,9 @@ class Client:
             if left <= 0:
                 return None
             events = dict(self._poller.poll(max(1, int(left * 1000))))
-            if self.watch.monitor in events:
-                self.watch.check()  # raises AuthenticationFailed on a refused handshake
+            if self.watch.monitor in events and self.watch.check():  # AuthenticationFailed
+                self._reconnected = True  # on a refusal; True: connected again
+                return None
             if self.sock not in events:
                 continue
             try:
@@ -218,26 +234,36 @@ class JobHandle:
         """Block until the job ends; returns its final status.
 
         Raises JobFailed if it failed or was cancelled, JobTimeout after ``timeout``
-        seconds, BrokerUnavailable if the broker goes silent (it sends a status at least
-        every second while a job runs).
+        seconds. The broker sends a status at least every second while a job runs; when it
+        goes silent (it died, or the network broke) the client keeps asking, and a broker
+        restarted with its state directory answers and carries on the job. After the
+        client's ``timeout`` of silence: BrokerUnavailable; a broker that restarted without
+        its state no longer knows the job: JobNotFound.
         """
         client = self.client
-        status = dict(client._request(P.WATCH, {"job_id": self.job_id}).body)
+        status = self._watch()
         end = None if timeout is None else time.monotonic() + timeout
+        heard = time.monotonic()
         while status.get("state") not in P.JOB_TERMINAL:
             if progress is not None:
                 progress(status)
-            silence = time.monotonic() + timing.LIVENESS
-            deadline = silence if end is None else min(silence, end)
-            msg = client._recv(deadline)
-            if msg is None:
-                if end is not None and time.monotonic() >= end:
-                    raise JobTimeout(f"job {self.job_id} still running after {timeout:g}s")
+            now = time.monotonic()
+            wake = min(heard + client.timeout, now + RESEND_AFTER)
+            msg = client._recv(wake if end is None else min(wake, end))
+            now = time.monotonic()
+            if msg is not None:
+                heard = now
+                status = client._status.get(self.job_id, status)
+                continue
+            if end is not None and now >= end:
+                raise JobTimeout(f"job {self.job_id} still running after {timeout:g}s")
+            if now - heard >= client.timeout:
                 raise BrokerUnavailable(
                     f"lost contact with the broker at {client.address}: nothing heard for "
-                    f"{timing.LIVENESS:g}s while waiting for job {self.job_id}"
-                )
-            status = client._status.get(self.job_id, status)
+                    f"{now - heard:.1f}s while waiting for job {self.job_id}")
+            if client._reconnected or now - heard >= RESEND_AFTER:
+                status = self._watch()  # ask again: the broker may have restarted
+                heard = time.monotonic()
         self._last = status
         if progress is not None:
             progress(status)
@@ -248,6 +274,25 @@ class JobHandle:
             self._written = True
         return status
 
+    def _watch(self) -> dict:
+        """Subscribe to the job's status events; returns its status now."""
+        try:
+            return dict(self.client._request(P.WATCH, {"job_id": self.job_id}).body)
+        except BrokerUnavailable:
+            if not self._last:
+                raise
+            raise BrokerUnavailable(
+                f"lost contact with the broker at {self.client.address}: no answer for "
+                f"{self.client.timeout:g}s while waiting for job {self.job_id} (a broker "
+                "restarted with its --state-dir within that time carries on the job)") from None
+        except JobNotFound:
+            if not self._last:
+                raise
+            raise JobNotFound(
+                f"the broker at {self.client.address} no longer knows job {self.job_id}: it "
+                "restarted without its state (start it with --state-dir DIR to carry jobs "
+                "over a restart), or the job was released; submit the job again") from None
+
     def _parts(self, status: dict, wait: bool = False) -> Iterator[tuple[list, list]]:
         """Each output partition's ``(keys, values)``, in order, a batch of small ones per
         request. ``wait``: ask for partitions not done yet, and get each when it is."""
@@ -255,8 +300,7 @@ class JobHandle:
         part = 0
         while part < total:
             body = {"job_id": self.job_id, "part": part, "count": FETCH_BATCH, "wait": wait}
-            reply = self.client._request(P.FETCH, body, timeout=timing.LIVENESS if wait else None,
-                                         patient=wait)
+            reply = self.client._request(P.FETCH, body, patient=wait)
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
             for blob in reply.blobs:
@@ -275,7 +319,7 @@ class JobHandle:
         if timeout is not None or self.output_dir is not None:
             status = self.wait(timeout)
         else:
-            status = dict(self.client._request(P.WATCH, {"job_id": self.job_id}).body)
+            status = self._watch()
             if status.get("state") in P.JOB_TERMINAL and status["state"] != P.JOB_SUCCEEDED:
                 raise job_failed(status)
         for keys, values in self._parts(status, wait=True):

@@ -248,17 +248,22 @@ class HandshakeWatch:
         self.has_keys = has_keys
         self.succeeded = False
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Raise on a refused handshake; returns whether the connection was made again
+        after an earlier success (the peer restarted, or the network came back)."""
         from zmq.utils.monitor import recv_monitor_message
 
+        again = False
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                again = again or self.succeeded
                 self.succeeded = True
             elif not self.succeeded or event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 # a refusal after a success: the key was revoked, or a broker restarted
                 # with other allowlists; retrying cannot help either way
                 raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
+        return again
 
     def _reason(self, event: int) -> str:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:

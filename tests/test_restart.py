@@ -1,0 +1,168 @@
+"""Broker restart: kill -9 the broker mid-job and start it again on the same state dir.
+
+Workers and a client blocked in ``result()`` reconnect by themselves, the result is the
+sequential one, and map tasks committed before the crash (read back from the journal the
+dead broker left) are not run again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pymapreduce import Client, JobNotFound, run_sequential
+
+from .conftest import FAST, ROOT, wait_workers
+from .jobs import WordCount
+from .test_faults import Logged, executions
+
+
+class SlowReduce(WordCount):
+    def reduce(self, key, values):
+        time.sleep(0.15)
+        return super().reduce(key, values)
+
+
+def committed(state_dir, kind: str = "map") -> set[int]:
+    """Task indexes the journal holds as committed (read as the restarted broker will)."""
+    db = sqlite3.connect(f"file:{state_dir}/journal.sqlite?mode=ro", uri=True)
+    try:
+        return {i for (i,) in db.execute("SELECT idx FROM commits WHERE kind=?", (kind,))}
+    finally:
+        db.close()
+
+
+class Waiter(threading.Thread):
+    """A client blocked in result() on its own thread, as a user's program would be."""
+
+    def __init__(self, address, job, records, **submit) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(address, timeout=20)
+        self.handle = self.client.submit(job, records, **submit)
+        self.result = self.error = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.handle.result(120)
+        except Exception as exc:  # reported by the test
+            self.error = exc
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout}s")
+        time.sleep(0.02)
+
+
+def test_broker_killed_mid_map_restarts_from_its_journal(daemons, tmp_path):
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 7} x{i % 3}") for i in range(60)]
+    waiter = Waiter(address, Logged(str(log), delay=0.08), records, map_tasks=60)
+    waiter.start()
+    wait_for(lambda: len(committed(state)) >= 20, what="20 committed map tasks")
+
+    broker.kill()  # SIGKILL: nothing is flushed or said goodbye to
+    broker.wait()
+    before = committed(state)
+    ran_before = len(executions(log))
+    assert 20 <= len(before) < 60
+
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    waiter.join(120)
+    assert not waiter.is_alive()
+    assert waiter.error is None, waiter.error
+    assert waiter.result == run_sequential(WordCount(), records)
+    rerun = set(executions(log)[ran_before:])
+    assert not rerun & before, f"committed map tasks ran again: {sorted(rerun & before)}"
+    status = waiter.handle.status()
+    assert status["recovered"] == len(before)
+    assert status["state"] == "succeeded"
+
+    # another process re-attaches to the job by its id and reads the same result
+    code = ("import sys; from pymapreduce import Client; "
+            "print(sorted(Client(sys.argv[1]).job(sys.argv[2]).result(30).items()))")
+    out = subprocess.run([sys.executable, "-c", code, address, waiter.handle.job_id],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(sorted(waiter.result.items()))
+    waiter.client.close()
+
+
+def test_broker_killed_mid_reduce_keeps_every_map_and_the_done_reduces(daemons, tmp_path):
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, " ".join(f"k{(i + j) % 40}" for j in range(5))) for i in range(30)]
+
+    class Job(Logged, SlowReduce):
+        pass
+
+    waiter = Waiter(address, Job(str(log)), records, map_tasks=10, reducers=8)
+    waiter.start()
+    wait_for(lambda: len(committed(state, "reduce")) >= 2, what="2 committed reduce tasks")
+    broker.kill()
+    broker.wait()
+    maps, reduces = committed(state), committed(state, "reduce")
+    ran_before = len(executions(log))
+    assert len(maps) == 10
+
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    waiter.join(120)
+    assert waiter.error is None, waiter.error
+    assert waiter.result == run_sequential(WordCount(), records)
+    assert executions(log)[ran_before:] == []  # no map ran again
+    assert waiter.handle.status()["recovered"] >= len(maps) + len(reduces)
+    waiter.client.close()
+
+
+def test_a_finished_job_is_still_there_after_a_restart(daemons, tmp_path):
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    daemons.worker(address, 1)
+    records = [(i, f"a b{i % 4}") for i in range(20)]
+    with Client(address) as client:
+        job_id = client.submit(WordCount(), records).job_id
+        client.job(job_id).wait(60)
+    broker.kill()
+    broker.wait()
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    with Client(address) as client:
+        assert client.job(job_id).result(30) == run_sequential(WordCount(), records)
+
+
+def test_a_restart_without_state_makes_the_waiting_client_fail_clearly(daemons, tmp_path):
+    broker, address = daemons.broker(*FAST)
+    records = [(0, "a")]
+    with Client(address, timeout=10) as client:
+        handle = client.submit(WordCount(), records)  # no worker: it waits
+        handle.status()
+        broker.kill()
+        broker.wait()
+        daemons.broker(*FAST, bind=address)
+        start = time.monotonic()
+        with pytest.raises(JobNotFound, match="restarted without its state"):
+            handle.wait(60)
+        assert time.monotonic() - start < 15  # said promptly, not after the job's timeout
+
+
+def test_a_second_broker_on_the_same_state_dir_is_refused(daemons, tmp_path):
+    state = tmp_path / "state"
+    daemons.broker("--state-dir", str(state))
+    proc = subprocess.run([sys.executable, "-m", "pymapreduce", "broker", "--bind",
+                           "tcp://127.0.0.1:0", "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "in use by another broker" in proc.stderr
