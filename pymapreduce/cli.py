@@ -126,7 +126,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
     processes = args.processes or os.cpu_count() or 1
     keys = PeerKeys.load(args.keys, args.key_name) if args.keys else None
+    if args.slowdown < 1:
+        raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
+                     slowdown=args.slowdown,
                      keys=keys)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
@@ -326,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--connect", required=True, help="the broker's control address")
     w.add_argument("--processes", type=int, help="worker processes (default: cores)")
     w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    w.add_argument("--slowdown", type=float, default=1.0, metavar="F",
+                   help="debugging: make this worker F times slower (it idles F-1 times "
+                        "each task's duration after it), to try stragglers and backup tasks")
     keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)

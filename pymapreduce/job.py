@@ -63,10 +63,16 @@ class Job:
     Attributes set on the instance travel with it to the workers (cloudpickle), so
     configuration, closures and lambdas work there. ``reducers`` and ``map_tasks`` may be
     set as class attributes to change the defaults of every run of the job.
+
+    ``skip_bad_records`` (the paper's section 3.3): ``True``, or the most records that may
+    be skipped, lets a job finish despite records its ``map`` cannot handle: a record on
+    which ``map`` failed twice is left out of the next attempt, and the job's status lists
+    it under ``skipped``. Default ``False``: a failing record fails its task.
     """
 
     reducers: int | None = None
     map_tasks: int | None = None
+    skip_bad_records: bool | int = False
 
     def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must define map(self, key, value)")

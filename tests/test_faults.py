@@ -6,7 +6,9 @@ import os
 import signal
 import time
 
-from pymapreduce import Client, run_sequential
+import pytest
+
+from pymapreduce import Client, JobFailed, run_sequential
 
 from .conftest import FAST, children, wait_workers
 from .jobs import WordCount
@@ -121,3 +123,85 @@ def test_a_straggler_gets_a_backup_attempt_and_the_first_commit_wins(daemons, tm
         assert handle.result(60) == run_sequential(WordCount(), records)
         assert handle.status()["backups"] >= 1
     assert sorted(set(executions(log))) == list(range(8))
+
+
+class Poisoned(WordCount):
+    """Word count whose map raises on lines holding "poison" (each try is logged)."""
+
+    def __init__(self, log_path=None):
+        self.log_path = log_path
+
+    def map(self, key, line):
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(f"{key} {os.getpid()}\n")
+        if "poison" in line:
+            raise ValueError(f"cannot digest {line!r}")
+        yield from super().map(key, line)
+
+
+def poisoned_records():
+    records = [(i, f"w{i % 5} v{i % 3}") for i in range(40)]
+    records[7] = (7, "a poison pill")
+    records[23] = (23, "more poison")
+    return records
+
+
+def test_bad_records_are_skipped_after_failing_twice_and_listed(cluster):
+    records = poisoned_records()
+    job = Poisoned()
+    job.skip_bad_records = True
+    with Client(cluster) as client:
+        handle = client.submit(job, records, map_tasks=8)
+        result = handle.result(60)
+        status = handle.status()
+    good = [r for r in records if "poison" not in r[1]]
+    assert result == run_sequential(WordCount(), good)
+    skipped = sorted(status["skipped"], key=lambda s: s["task"])
+    assert [s["key"] for s in skipped] == ["7", "23"]
+    # records 7 and 23 are the 3rd and 4th of their splits of five
+    assert [(s["task"], s["record"]) for s in skipped] == [("map-1", 2), ("map-4", 3)]
+    assert status["state"] == "succeeded"
+
+
+def test_without_skipping_a_poison_record_fails_the_job_naming_it(cluster):
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed) as info:
+            client.submit(Poisoned(), poisoned_records(), map_tasks=8).result(60)
+    err = info.value
+    assert err.task in ("map-1", "map-4")
+    assert err.position["key"] in ("7", "23")
+    assert "cannot digest" in err.remote_traceback
+
+
+def test_more_bad_records_than_allowed_fail_the_job(cluster):
+    job = Poisoned()
+    job.skip_bad_records = 1
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed, match="more than 1 bad records"):
+            client.submit(job, poisoned_records(), map_tasks=8).result(60)
+
+
+def test_a_failed_task_is_retried_on_another_worker(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    log = tmp_path / "tries"
+
+    class FailsOnce(Poisoned):
+        def map(self, key, line):
+            with open(self.log_path, "a") as f:
+                f.write(f"{key} {os.getpid()}\n")
+            with open(self.log_path) as f:
+                tries = [x for x in f.read().split("\n") if x.startswith(f"{key} ")]
+            if key == 3 and len(tries) == 1:
+                raise ValueError("first try of record 3 fails")
+            yield from WordCount.map(self, key, line)
+
+    records = [(i, f"w{i % 4}") for i in range(12)]
+    with Client(address) as client:
+        result = client.submit(FailsOnce(str(log)), records, map_tasks=12).result(60)
+    assert result == run_sequential(WordCount(), records)
+    tries = [line.split() for line in log.read_text().split("\n") if line.startswith("3 ")]
+    assert len(tries) == 2
+    assert tries[0][1] != tries[1][1], "the retry ran on the worker where the task failed"

@@ -70,8 +70,11 @@ class ClientAPI:
             if type(reducers) is not int or not 0 <= reducers <= MAX_TASKS:
                 raise ValueError(f"reducers must be an int from 0 to {MAX_TASKS}")
             map_only = bool(b.get("map_only")) or reducers == 0
+            skip = b.get("skip", 0)
+            if type(skip) is not int or skip < -1:
+                raise ValueError("skip must be -1 (no limit), 0 (off) or a number of records")
             options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
-                       "map_only": map_only}
+                       "map_only": map_only, "skip": skip}
             job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
                            map_only, peer, now, options=options,
                            attempt_base=self.attempt_base)

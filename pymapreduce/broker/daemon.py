@@ -39,6 +39,7 @@ WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
                              P.RELEASE})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
+REREGISTERED = "re-registered"  # a purge that is not its tasks' fault
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 
 
@@ -277,7 +278,7 @@ class Broker(ClientAPI):
     def on_ready(self, peer: bytes, msg: Message, now: float) -> None:
         old = self.workers.get(peer)
         if old is not None:  # re-registration: what it held is lost with its queue
-            self._purge(old, "re-registered")
+            self._purge(old, REREGISTERED)
         credit = int(msg.body.get("credit", 1))
         name = str(msg.body.get("name", ""))[:200]
         self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
@@ -309,8 +310,8 @@ class Broker(ClientAPI):
     def _worker(self, peer: bytes, now: float) -> WorkerState | None:
         worker = self.workers.get(peer)
         if worker is None:  # e.g. after a broker restart, or a worker taken for dead
-            log.warning("report from unregistered peer %s: told to register",
-                        _peer([peer], self._peer_key))
+            self._bad.warn(_peer([peer], self._peer_key),
+                           "report from an unregistered worker: told to register")
             self._reply(peer, P.RECONNECT, {})
         else:
             worker.last_seen = now
@@ -382,16 +383,29 @@ class Broker(ClientAPI):
                                  str(b.get("traceback", "")), b.get("position"))
 
     def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
-                        position: Any) -> None:
+                        position: Any, counted: bool = True) -> None:
         """Count a failed attempt: retry the task, or fail the job once attempts run out.
 
         An attempt lost with its worker counts too: a task that kills the process running
-        it (os._exit, a segfault, the OOM killer) must not kill workers forever.
+        it (os._exit, a segfault, the OOM killer) must not kill workers forever. The retry
+        goes to another worker where there is one. ``counted=False``: not the task's fault
+        (its worker re-registered), so it is simply queued again.
         """
-        task.running.pop(attempt, None)
-        task.failures += 1
+        route = task.running.pop(attempt, None)
         job = task.job
+        if not counted:
+            if not task.running and task.state == RUNNING:
+                task.move(PENDING)
+                job.pending.appendleft(task)
+            return
+        task.failures += 1
+        if route is not None:
+            task.avoid.add(route)
         log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt, error)
+        if self._skip_record(task, position):
+            task.failures = max(0, task.failures - 2)  # the record is to blame, not the task
+        if job.state != P.JOB_RUNNING:
+            return
         if task.failures >= self.config.max_attempts:
             job.finish(P.JOB_FAILED, {
                 "message": f"{task.name} failed {task.failures} times; last error: {error}",
@@ -401,8 +415,33 @@ class Broker(ClientAPI):
             })
             self._job_ended(job)
         elif not task.running:
-            task.move("pending")
+            task.move(PENDING)
             job.pending.appendleft(task)
+
+    def _skip_record(self, task: Task, position: Any) -> bool:
+        """Skipping bad records (the paper's section 3.3): a record on which ``map`` failed
+        twice is left out of the task's next attempts, if the job allows it."""
+        limit = task.job.options.get("skip", 0)
+        ordinal = position.get("ordinal") if isinstance(position, dict) else None
+        if not limit or task.kind != MAP or type(ordinal) is not int or ordinal in task.skip:
+            return False
+        task.bad[ordinal] = task.bad.get(ordinal, 0) + 1
+        if task.bad[ordinal] < 2:
+            return False
+        job = task.job
+        if limit > 0 and job.skips >= limit:
+            job.finish(P.JOB_FAILED, {
+                "message": f"more than {limit} bad records (skip_bad_records={limit}); "
+                           f"{task.name} record {ordinal} failed twice too",
+                "task": task.name, "position": position, "traceback": ""})
+            self._job_ended(job)
+            return False
+        job.skips += 1
+        where = {k: v for k, v in position.items() if k in ("key", "path", "split")}
+        task.skip[ordinal] = {"task": task.name, "record": ordinal, **where}
+        log.info("%s %s: record %d failed twice, skipped from now on", job.id, task.name,
+                 ordinal)
+        return True
 
     def _attempt(self, key: tuple) -> Task | None:
         """The task whose attempt ``key`` is still running, or None if it is stale."""
@@ -444,6 +483,8 @@ class Broker(ClientAPI):
             self.store.put((job.id, "out", task.index), blobs[0],
                            self._path(job, f"o{task.index}"))
         stats = stats if isinstance(stats, dict) else {}
+        if task.skip:  # the report names them, also after a restart
+            stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
             self.journal.commit(job.seq, task.kind, task.index, stats, nonempty)
         job.commit(task, stats, nonempty)
@@ -507,7 +548,8 @@ class Broker(ClientAPI):
                 continue
             lost += 1
             self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
-                                 f"lost: {reason}", "", {"split": task.index})
+                                 f"lost: {reason}", "", {"split": task.index},
+                                 counted=reason != REREGISTERED)
         log.info("worker %s removed (%s); %d task(s) re-queued", worker.name, reason, lost)
 
     def dispatch(self) -> None:
@@ -525,9 +567,11 @@ class Broker(ClientAPI):
             room = min(worker.credit, target) - len(worker.running)
             if room <= 0:
                 continue
-            tasks = self.scheduler.take(room)
+            tasks = self.scheduler.take(room, worker.route, self.workers)
             if not tasks:
-                return
+                if not self.scheduler.pending():
+                    return
+                continue  # what is left failed on this worker: another one takes it
             self.workers.move_to_end(worker.route)
             self._send_tasks(worker, tasks)
 
@@ -572,6 +616,8 @@ class Broker(ClientAPI):
                 body["code"] = len(blobs)
                 blobs.append(job.code)
             items = []
+            if job.options.get("skip"):
+                body["ordinals"] = True  # report a failing record's ordinal
             for t in group:
                 attempt = t.start(worker.route)
                 worker.running.add((job_id, t.kind, t.index, attempt))
@@ -582,6 +628,8 @@ class Broker(ClientAPI):
                         blobs.append(split[1])
                     else:
                         items.append([MAP, t.index, attempt, split])
+                    if t.skip:
+                        items[-1].append(sorted(t.skip))
                 else:
                     parts = job.map_parts[t.index]
                     items.append([REDUCE, t.index, attempt, ["segs", len(blobs), len(parts)]])

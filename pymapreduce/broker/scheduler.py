@@ -7,8 +7,11 @@ instead of waiting for the big one's queue to drain.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from .tasks import JobState, Task
+
+MAX_PASSED = 64  # retries looked past in one take, waiting for another worker
 
 
 class Scheduler:
@@ -26,20 +29,32 @@ class Scheduler:
     def pending(self) -> int:
         return sum(len(j.pending) for j in self._jobs.values())
 
-    def take(self, n: int) -> list[Task]:
-        """Up to ``n`` tasks, taken in turn from each job with pending tasks."""
+    def take(self, n: int, route: bytes | None = None, workers: Any = ()) -> list[Task]:
+        """Up to ``n`` tasks for the worker ``route``, taken in turn from each job with
+        pending tasks. A task that failed on this worker is left for another one, as long
+        as one of ``workers`` (the live ones) has not failed it too."""
         out: list[Task] = []
+        tried: set[str] = set()  # jobs with nothing left for this worker
         while len(out) < n:
-            job = next((j for j in self._jobs.values() if j.pending), None)
-            if job is None:
+            jobs = [j for j in self._jobs.values() if j.pending and j.id not in tried]
+            if not jobs:
                 break
-            # this job had its turn: it goes to the back of the line
-            self._jobs.move_to_end(job.id)
-            share = max(1, (n - len(out)) // max(1, self._runnable()))
-            while job.pending and share:
-                out.append(job.pending.popleft())
-                share -= 1
+            share = max(1, (n - len(out)) // len(jobs))
+            for job in jobs:  # one round: each job its share, then to the back of the line
+                if len(out) >= n:
+                    break
+                self._jobs.move_to_end(job.id)
+                want = min(share, n - len(out))
+                passed: list[Task] = []
+                while job.pending and want:
+                    task = job.pending.popleft()
+                    if route in task.avoid and len(passed) < MAX_PASSED and any(
+                            w not in task.avoid for w in workers):
+                        passed.append(task)
+                        continue
+                    out.append(task)
+                    want -= 1
+                if passed:
+                    job.pending.extendleft(reversed(passed))
+                    tried.add(job.id)
         return out
-
-    def _runnable(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.pending)

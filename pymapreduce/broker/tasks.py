@@ -33,7 +33,8 @@ class IllegalTransition(PyMapReduceError):
 class Task:
     """One map or reduce task; ``attempt`` counts the attempts handed out so far."""
 
-    __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures", "started")
+    __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures", "started",
+                 "avoid", "bad", "skip")
 
     def __init__(self, job: JobState, kind: str, index: int) -> None:
         self.job = job
@@ -44,6 +45,9 @@ class Task:
         self.running: dict[int, bytes] = {}  # attempt -> worker route
         self.failures = 0
         self.started = 0.0  # when the first running attempt started
+        self.avoid: set[bytes] = set()  # workers on which an attempt failed
+        self.bad: dict[int, int] = {}  # record ordinal -> failed attempts on it
+        self.skip: dict[int, dict] = {}  # record ordinal -> where it is: left out
 
     @property
     def name(self) -> str:
@@ -113,6 +117,8 @@ class JobState:
         self.dirty = False
         self.last_event = 0.0
         self.backups = 0  # second attempts started for stragglers
+        self.skipped: list[dict] = []  # bad records left out of committed map tasks
+        self.skips = 0  # records given up on so far (committed or not)
         self.durations = {MAP: [0.0, 0], REDUCE: [0.0, 0]}  # kind -> [total s, count]
         self.fetch_waiters: list[tuple] = []  # FETCHes waiting for their partition
 
@@ -147,6 +153,7 @@ class JobState:
             spent[0] += time.monotonic() - task.started
             spent[1] += 1
         task.running.clear()
+        self.skipped.extend(stats.get("skipped") or ())
         for name, n in (stats.get("counters") or {}).items():
             self.counters[name] = self.counters.get(name, 0) + n
         self.records += stats.get("records", 0)
@@ -207,6 +214,7 @@ class JobState:
             "counters": dict(self.counters),
             "backups": self.backups,
             "recovered": self.recovered,
+            "skipped": self.skipped[:1000],
             "records": self.records,
             "bytes": self.bytes_in,
             "elapsed": round(end - self.submitted, 6),

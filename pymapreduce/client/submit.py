@@ -70,6 +70,14 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
                 raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
             descs.append(["mem", len(blobs)])
             blobs.append(blob)
+    skip = job.skip_bad_records
+    if skip is True:
+        skip = -1  # no limit
+    elif skip is False or skip is None:
+        skip = 0
+    elif type(skip) is not int or skip < 0:
+        raise ConfigError(f"skip_bad_records must be True, False or a number of records, "
+                          f"got {skip!r}")
     name = name or type(job).__name__
     job_id = f"{name}-{uuid.uuid4().hex[:12]}"
     body = {
@@ -78,5 +86,6 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         "reducers": 0 if map_only else max(1, reducers),
         "map_only": map_only,
         "splits": descs,
+        "skip": skip,
     }
     return Submission(job_id, body, tuple(blobs))

@@ -28,34 +28,61 @@ class TaskError(Exception):
         self.position = position
 
 
-def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool):
+class Numbered:
+    """Records with their ordinals in the split: leaves out those in ``skip`` and knows
+    which record is being mapped (the one to blame if ``map`` raises)."""
+
+    def __init__(self, records: Any, skip: Any) -> None:
+        self.records = records
+        self.skip = frozenset(skip)
+        self.current = -1
+
+    def __iter__(self):
+        skip = self.skip
+        for i, record in enumerate(self.records):
+            if i in skip:
+                continue
+            self.current = i
+            yield record
+
+
+def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
+             skip: Any = (), ordinals: bool = False):
     """Run a map or reduce task; returns ``(output blobs, stats)``.
 
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
     a map-only map task and a reduce task yield one blob of ``[keys, values]`` columns.
+    ``skip``: ordinals of records to leave out; ``ordinals``: a failure names the failing
+    record's ordinal in its split (a job that may skip bad records).
     """
     with paused_gc():
-        return _run_task(job, kind, desc, blobs, reducers, map_only)
+        return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals)
 
 
-def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool):
+def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
+              skip: Any, ordinals: bool):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
         records, nbytes, where = _open_split(desc, blobs)
+        source = Numbered(records, skip) if ordinals or skip else records
         try:
             if map_only:
-                out = [pack(map_pairs(job, records))]
+                out = [pack(map_pairs(job, source))]
             else:
-                parts = finish_map(job, map_grouped(job, records), reducers)
+                parts = finish_map(job, map_grouped(job, source), reducers)
                 out = [pack(p) if p[0] else b"" for p in parts]
         except RecordFailed as exc:
             if isinstance(records, LineReader):
                 where["path"] = records.path
+            if isinstance(source, Numbered):
+                where["ordinal"] = source.current
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
         except Exception as exc:
             raise TaskError(exc, where) from exc
         stats = {"records": records.count if isinstance(records, LineReader) else len(records),
                  "bytes": nbytes}
+        if skip:
+            stats["records"] -= len(skip)
     else:
         first, n = desc[1], desc[2]
         try:

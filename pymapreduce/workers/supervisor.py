@@ -41,8 +41,10 @@ class Supervisor:
     """Keeps ``processes`` workers connected to ``connect`` alive until stopped."""
 
     def __init__(self, connect: str, processes: int, *, credit: int = 32,
-                 parent_pid: int | None = None, keys: PeerKeys | None = None) -> None:
+                 parent_pid: int | None = None, keys: PeerKeys | None = None,
+                 slowdown: float = 1.0) -> None:
         self.connect = connect
+        self.slowdown = slowdown
         self.keys = keys
         self.exit_code = 0
         self.processes = processes
@@ -67,7 +69,7 @@ class Supervisor:
             if os.getppid() != me:
                 os._exit(0)
             Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
-                   name=f"{os.uname().nodename}:{os.getpid()}").run()
+                   slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}").run()
         except AuthenticationFailed as exc:
             logging.getLogger("pymapreduce.worker").error("%s", exc)
             code = EXIT_AUTH

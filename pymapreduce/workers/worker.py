@@ -32,6 +32,7 @@ log = logging.getLogger("pymapreduce.worker")
 FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
 FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
+HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
 
 
 class Worker:
@@ -48,6 +49,7 @@ class Worker:
         heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
         parent_pid: int | None = None,
         keys: PeerKeys | None = None,
+        slowdown: float = 1.0,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -61,6 +63,9 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.parent_pid = parent_pid
         self.keys = keys
+        # a debugging aid: after each task, idle (slowdown - 1) times its duration, so this
+        # worker is that many times slower (stragglers, backup tasks, fault benchmarks)
+        self.slowdown = max(1.0, slowdown)
         self.ctl = self._socket(zmq.DEALER, identity=self.identity)
         self.watch = HandshakeWatch(self.ctl, connect or bind or "", has_keys=keys is not None)
         self.data: zmq.Socket | None = None
@@ -159,7 +164,8 @@ class Worker:
                 self._flush()
 
     def _idle(self) -> None:
-        self.watch.check()  # AuthenticationFailed: this worker's key was refused
+        if self.watch.check() and self.connect_addr:  # AuthenticationFailed: key refused
+            self._need_ready.set()  # connected again: the broker may have restarted
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
@@ -238,17 +244,22 @@ class Worker:
                     self.load_errors.pop(next(iter(self.load_errors)))
         elif job is None and error is None:
             error = ("this worker has no code for the job", "")
-        for kind, index, attempt, desc in b["tasks"]:
+        for kind, index, attempt, desc, *skip in b["tasks"]:
             if error is not None:
                 self._fail(job_id, kind, index, attempt, error[0], error[1], {"split": index})
             else:
-                self.queue.append((job_id, job, b, kind, index, attempt, desc, blobs))
+                self.queue.append((job_id, job, b, kind, index, attempt, desc, blobs,
+                                   skip[0] if skip else ()))
 
     # -- running tasks -------------------------------------------------------------------
     def _run_one(self, item: tuple) -> None:
-        job_id, job, b, kind, index, attempt, desc, blobs = item
+        job_id, job, b, kind, index, attempt, desc, blobs, skip = item
+        started = time.monotonic()
         try:
-            outputs, stats = run_task(job, kind, desc, blobs, b["reducers"], b["map_only"])
+            outputs, stats = run_task(job, kind, desc, blobs, b["reducers"], b["map_only"],
+                                      skip=skip, ordinals=bool(b.get("ordinals")))
+            if self.slowdown > 1.0:
+                time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
         except TaskError as exc:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
@@ -293,8 +304,14 @@ class Worker:
         sock = self._socket(zmq.DEALER, identity=self.identity + b"/hb")
         sock.connect(self.connect_addr)
         beat = Message(P.HEARTBEAT, {"worker": self.identity}).encode()
+        last = 0.0
         try:
-            while not self._stop.wait(self.heartbeat_interval):
+            # short waits: the broker's WELCOME may shorten the interval after this started
+            while not self._stop.wait(min(self.heartbeat_interval, HEARTBEAT_STEP)):
+                now = time.monotonic()
+                if now - last < self.heartbeat_interval:
+                    continue
+                last = now
                 self._check_parent()
                 sock.send_multipart(beat)
                 while sock.poll(0, zmq.POLLIN):
