@@ -75,6 +75,15 @@ def _is_loopback(endpoint: str) -> bool:
         return False
 
 
+def _backup_after(text: str) -> float:
+    if text.strip().lower() in ("off", "none", "never"):
+        return float("inf")
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds or 'off'")
+    return value
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig
 
@@ -91,7 +100,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           max_attempts=args.max_attempts,
                           memory_budget=int(args.memory_budget_mb * 1024 * 1024),
                           spill_dir=args.spill_dir, keys_dir=args.keys,
-                          state_dir=args.state_dir,
+                          state_dir=args.state_dir, backup_after=args.backup_after,
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
@@ -313,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-budget-mb", type=float, default=1024,
                    help="task output held in memory before spilling to disk")
     b.add_argument("--spill-dir", help="where outputs beyond the budget go")
+    b.add_argument("--backup-after", type=_backup_after, default=1.0, metavar="SECONDS",
+                   help="backup tasks: a task still running this long (and twice its job's "
+                        "mean) gets a second attempt on an idle worker; 'off' disables them "
+                        "(default 1)")
     b.add_argument("--state-dir", metavar="DIR",
                    help="journal jobs and keep committed outputs here, so that a broker "
                         "restarted on the same DIR carries on its jobs (default: none; a "
