@@ -205,3 +205,38 @@ def test_a_failed_task_is_retried_on_another_worker(daemons, tmp_path):
     tries = [line.split() for line in log.read_text().split("\n") if line.startswith("3 ")]
     assert len(tries) == 2
     assert tries[0][1] != tries[1][1], "the retry ran on the worker where the task failed"
+
+
+class SlowLast(WordCount):
+    """Record 11 takes long; every try is logged with the pid that runs it."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def map(self, key, line):
+        with open(self.log_path, "a") as f:
+            f.write(f"{key} {os.getpid()}\n")
+        if key == 11:
+            time.sleep(2.0)
+        yield from super().map(key, line)
+
+
+def test_a_killed_worker_process_is_reported_by_its_supervisor_not_waited_for(daemons, tmp_path):
+    # liveness of a minute and no backup tasks: only the supervisor's report (through the
+    # process that replaces the dead one) lets the job finish within the 30 s it is given
+    _, address = daemons.broker("--heartbeat", "1", "--liveness", "60", "--backup-after", "off")
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 5}") for i in range(12)]
+    with Client(address) as client:
+        handle = client.submit(SlowLast(str(log)), records, map_tasks=12)
+        running = None
+        while running is None:
+            lines = [x.split() for x in log.read_text().splitlines()] if log.exists() else []
+            running = next((int(pid) for key, pid in lines if key == "11"), None)
+            time.sleep(0.02)
+        os.kill(running, signal.SIGKILL)  # mid-task, with nothing left to hand it
+        assert handle.result(30) == run_sequential(WordCount(), records)
+    tries = [x.split() for x in log.read_text().splitlines() if x.startswith("11 ")]
+    assert len(tries) == 2 and tries[0][1] != tries[1][1]

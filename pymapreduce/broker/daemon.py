@@ -279,6 +279,11 @@ class Broker(ClientAPI):
         old = self.workers.get(peer)
         if old is not None:  # re-registration: what it held is lost with its queue
             self._purge(old, REREGISTERED)
+        gone = msg.body.get("replaces")
+        if isinstance(gone, list) and len(gone) == 2 and isinstance(gone[0], bytes):
+            dead = self.workers.get(gone[0])  # a process that died: its supervisor says so
+            if dead is not None and dead.key == self._peer_key:  # (same key: same daemon)
+                self._purge(dead, str(gone[1])[:200])
         credit = int(msg.body.get("credit", 1))
         name = str(msg.body.get("name", ""))[:200]
         self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,

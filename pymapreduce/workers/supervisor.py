@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 
 from ..errors import AuthenticationFailed
@@ -51,15 +52,22 @@ class Supervisor:
         self.credit = credit
         self.parent_pid = parent_pid
         self.children: dict[int, int] = {}  # pid -> slot
+        self.identities: dict[int, bytes] = {}  # pid -> the worker's identity at the broker
+        # slot -> [identity, why] of a process that died: its replacement tells the broker,
+        # which re-queues the dead one's tasks at once instead of after its liveness
+        self.dead: dict[int, list] = {}
         self.crashes: dict[int, deque] = {}
         self.restarts = 0
         self._stopping = False
 
     def _spawn(self, slot: int) -> None:
         me = os.getpid()
+        identity = uuid.uuid4().bytes
+        replaces = self.dead.pop(slot, None)
         pid = os.fork()
         if pid:
             self.children[pid] = slot
+            self.identities[pid] = identity
             return
         code = 0
         try:  # the child: never returns into the supervisor's code
@@ -69,7 +77,8 @@ class Supervisor:
             if os.getppid() != me:
                 os._exit(0)
             Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
-                   slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}").run()
+                   slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
+                   identity=identity, replaces=replaces).run()
         except AuthenticationFailed as exc:
             logging.getLogger("pymapreduce.worker").error("%s", exc)
             code = EXIT_AUTH
@@ -111,6 +120,7 @@ class Supervisor:
             if pid == 0:
                 return
             slot = self.children.pop(pid, None)
+            identity = self.identities.pop(pid, None)
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
@@ -119,6 +129,8 @@ class Supervisor:
                 self._stopping = True
                 return
             log.warning("worker process %d ended (%s); restarting it", pid, _describe(status))
+            if identity is not None:
+                self.dead[slot] = [identity, f"its process {pid} {_describe(status)}"]
             history = self.crashes.setdefault(slot, deque(maxlen=RESTART_BURST))
             now = time.monotonic()
             history.append(now)

@@ -50,6 +50,8 @@ class Worker:
         parent_pid: int | None = None,
         keys: PeerKeys | None = None,
         slowdown: float = 1.0,
+        identity: bytes | None = None,
+        replaces: list | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -57,7 +59,8 @@ class Worker:
         self.bind_addr = bind
         self.credit = credit
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
-        self.identity = uuid.uuid4().bytes
+        self.identity = identity or uuid.uuid4().bytes
+        self.replaces = replaces  # [identity, why] of the process this one replaces
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.heartbeat_interval = heartbeat_interval
@@ -126,6 +129,8 @@ class Worker:
         self.report_blobs.clear()
         self._need_ready.clear()
         body = {"credit": self.credit, "name": self.name, "pid": os.getpid()}
+        if self.replaces:
+            body["replaces"] = self.replaces
         while not self._stop.is_set():
             # A listening worker has no peer until the broker connects: wait for one.
             if self.ctl.poll(100, zmq.POLLOUT):
