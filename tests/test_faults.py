@@ -221,11 +221,14 @@ class SlowLast(WordCount):
         yield from super().map(key, line)
 
 
-def test_a_killed_worker_process_is_reported_by_its_supervisor_not_waited_for(daemons, tmp_path):
-    # liveness of a minute and no backup tasks: only the supervisor's report (through the
-    # process that replaces the dead one) lets the job finish within the 30 s it is given
+@pytest.mark.parametrize("what", ["process", "daemon"])
+def test_a_killed_worker_is_noticed_at_once_not_after_its_liveness(daemons, tmp_path, what):
+    # liveness of a minute and no backup tasks: the job can finish within the 30 s it is
+    # given only if the broker notices the death at once: a killed process's replacement
+    # says so; a killed daemon's connections close, and a probe finds it unreachable
     _, address = daemons.broker("--heartbeat", "1", "--liveness", "60", "--backup-after", "off")
-    daemons.worker(address, 2)
+    first = daemons.worker(address, 1)
+    daemons.worker(address, 1)
     wait_workers(address, 2)
     log = tmp_path / "runs"
     records = [(i, f"w{i % 5}") for i in range(12)]
@@ -236,6 +239,9 @@ def test_a_killed_worker_process_is_reported_by_its_supervisor_not_waited_for(da
             lines = [x.split() for x in log.read_text().splitlines()] if log.exists() else []
             running = next((int(pid) for key, pid in lines if key == "11"), None)
             time.sleep(0.02)
+        if what == "daemon":  # kill -9 of the daemon running the slow task, whole
+            doomed = first if running in children(first.pid) else daemons.procs[-1]
+            doomed.kill()
         os.kill(running, signal.SIGKILL)  # mid-task, with nothing left to hand it
         assert handle.result(30) == run_sequential(WordCount(), records)
     tries = [x.split() for x in log.read_text().splitlines() if x.startswith("11 ")]

@@ -40,13 +40,15 @@ CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CA
                              P.RELEASE})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 REREGISTERED = "re-registered"  # a purge that is not its tasks' fault
+SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
+PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 
 
 class WorkerState:
     """A registered worker process, as the broker sees it."""
 
-    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key")
+    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd")
 
     def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
@@ -56,6 +58,7 @@ class WorkerState:
         self.running: set[tuple] = set()  # (job_id, kind, index, attempt)
         self.last_seen = now
         self.known_jobs: set[str] = set()  # jobs whose code this worker already has
+        self.fd = -1  # the broker's file descriptor of its connection
 
 
 class Broker(ClientAPI):
@@ -77,6 +80,12 @@ class Broker(ClientAPI):
             self.zap.bind(security.ZAP_ENDPOINT)
             self.allow.secure(self.control, security.CONTROL_DOMAIN)
             self.allow.secure(self.sink, security.DATA_DOMAIN)
+        # a worker's connection closing (its process died) is noticed at once: a probe to
+        # it then fails, instead of waiting out its liveness
+        self.monitor = self.control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._suspects: dict[bytes, float] = {}  # route -> probe until
+        self._last_probe = 0.0
+        self._frame: Any = None  # the first frame of the message being handled
         self._reload = False
         self.address = ""
         self.data_address = ""
@@ -144,6 +153,7 @@ class Broker(ClientAPI):
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.sink, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
         try:
@@ -153,6 +163,8 @@ class Broker(ClientAPI):
                     self._reload_keys()
                 if self.zap is not None and self.zap in events:
                     self._answer_zap()
+                if self.monitor in events:
+                    self._disconnected()
                 if self.sink in events:
                     self._drain(self.sink, self._on_data, routed=False)
                 if self.control in events:
@@ -188,7 +200,34 @@ class Broker(ClientAPI):
                          b"", b""]
             self.zap.send_multipart(reply)
 
+    def _disconnected(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        now = time.monotonic()
+        while self.monitor.poll(0):
+            fd = recv_monitor_message(self.monitor)["value"]
+            for w in self.workers.values():
+                if w.fd == fd:
+                    self._suspects[w.route] = now + SUSPECT_FOR
+
+    def _probe(self, now: float) -> None:
+        """Probe workers whose connection closed: a dead one is unreachable (purged)."""
+        if now - self._last_probe < PROBE_INTERVAL:
+            return
+        self._last_probe = now
+        for route, until in list(self._suspects.items()):
+            worker = self.workers.get(route)
+            if worker is None or now > until:
+                del self._suspects[route]
+                continue
+            try:
+                send(self.control, Message(P.HEARTBEAT), route=[route])
+            except zmq.ZMQError:
+                del self._suspects[route]
+                self._purge(worker, "its connection closed")
+
     def close(self) -> None:
+        self.monitor.close(0)
         self.control.close(0)
         self.sink.close(0)
         if self.zap is not None:
@@ -215,6 +254,7 @@ class Broker(ClientAPI):
                 if route:
                     self._reply(route[0], P.ERROR, {"code": "malformed", "message": str(exc)})
             else:
+                self._frame = body[0]
                 handler(route, msg, role, key)
             if not sock.poll(0, zmq.POLLIN):
                 return
@@ -257,6 +297,8 @@ class Broker(ClientAPI):
     # -- time-driven work ----------------------------------------------------------------
     def step(self, now: float) -> None:
         """Everything driven by the clock: purge silent workers, status events, expiry."""
+        if self._suspects:
+            self._probe(now)
         for job in self.jobs.values():
             if job.dirty and now - job.last_event >= self.config.status_interval:
                 self._publish(job, now)
@@ -286,8 +328,12 @@ class Broker(ClientAPI):
                 self._purge(dead, str(gone[1])[:200])
         credit = int(msg.body.get("credit", 1))
         name = str(msg.body.get("name", ""))[:200]
-        self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
-                                         self._peer_key)
+        worker = self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
+                                                  self._peer_key)
+        try:
+            worker.fd = self._frame.get(zmq.SRCFD)
+        except (zmq.ZMQError, AttributeError, TypeError):
+            pass
         log.info("worker %s joined (credit %d)", name or _peer([peer]), credit)
         self._reply(
             peer,
