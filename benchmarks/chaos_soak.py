@@ -23,9 +23,12 @@ random moments, each one of:
 A fault whose moment comes after the job ended is counted as missed, not injected. Every
 result must equal the single-process count of ``bench_wordcount.py`` (computed once); each
 run is bounded by ``--run-timeout``. Between runs the soak waits until every worker process
-has registered again. At the end it prints a table per fault kind, the totals, and one JSON
-line; the exit status is 1 if any run was wrong, failed or hung (or the harness itself met
-an error), else 0. Every process it started is stopped, and its temporary folder removed.
+has registered again, and replaces (and reports as "daemons lost") a worker daemon that
+exited although no fault killed it. At the end it prints a table per fault kind, the totals,
+and one JSON line; the exit status is 1 if any run was wrong, failed or hung (or the harness
+itself met an error), else 0. Every process it started is stopped (it makes itself a child
+subreaper, so the orphans of killed daemons are reaped too), and its temporary folder
+removed; ``--keep-logs DIR`` keeps the daemons' stderr logs.
 """
 
 from __future__ import annotations
@@ -275,15 +278,18 @@ class Cluster:
         return wait_dead(kids, 5.0)
 
     def log_tail(self, lines: int = 15) -> str:
-        """The last lines of every daemon's stderr log, for a failure report."""
+        """The last lines of the stderr logs of the last two brokers and of the live worker
+        daemons, for a failure report."""
         out = []
-        for name in sorted(os.listdir(self.root)):
-            if not name.endswith(".log"):
+        names = [f"broker-{i}" for i in (self.incarnations - 1, self.incarnations) if i > 0]
+        for name in [*names, *(d.name for d in self.daemons)]:
+            path = os.path.join(self.root, f"{name}.log")
+            if not os.path.exists(path):
                 continue
-            with open(os.path.join(self.root, name), errors="replace") as f:
+            with open(path, errors="replace") as f:
                 tail = f.read().splitlines()[-lines:]
             if tail:
-                out.append(f"--- {name} (last {len(tail)} lines)")
+                out.append(f"--- {name}.log (last {len(tail)} lines)")
                 out.extend(tail)
         return "\n".join(out)
 
@@ -550,6 +556,7 @@ def main() -> int:
     cluster = Cluster(root, args.max_attempts)
     runs: list[Run] = []
     notes: list[str] = []
+    lost: list[str] = []  # worker daemons that exited although no fault killed them
     leftovers: list[int] = []
     soak_start = time.monotonic()
     try:
@@ -575,7 +582,9 @@ def main() -> int:
             if horizon is None and run.correct:
                 horizon = run.seconds  # faults land anywhere in a clean run's span
             injected = [f.kind for f in faults if f.injected]
-            print(f"run {index:3d}: {'ok   ' if run.correct else 'WRONG'} {run.seconds:6.2f}s "
+            verdict = "ok" if run.correct else (
+                "WRONG" if run.error.startswith("wrong result") else "FAILED")
+            print(f"run {index:3d}: {verdict:6s} {run.seconds:6.2f}s "
                   f"faults {len(injected)}/{len(faults)} {','.join(injected) or '-'}"
                   f"{f' recovered {run.recovered}' if run.broker_restarts else ''}", flush=True)
             if run.error:
@@ -589,9 +598,13 @@ def main() -> int:
                 notes.append(f"after run {index}: the broker is gone; restarting it")
                 cluster.start_broker()
             for daemon in list(cluster.daemons):
-                if daemon.proc.poll() is not None:
-                    notes.append(f"after run {index}: {daemon.name} exited "
-                                 f"({daemon.proc.returncode}); replacing it")
+                if daemon.proc.poll() is not None:  # nobody killed it: the engine gave up
+                    lost.append(f"after run {index}: {daemon.name} (pid {daemon.proc.pid}) "
+                                f"exited by itself with code {daemon.proc.returncode}")
+                    notes.append(lost[-1] + "; replaced")
+                    print(f"  note: {notes[-1]}")
+                    with open(os.path.join(root, f"{daemon.name}.log"), errors="replace") as f:
+                        print("\n".join(f.read().splitlines()[-5:]))
                     cluster.daemons.remove(daemon)
                     cluster.start_daemon(daemon.processes)
             note = settle(cluster, 20.0)
@@ -638,6 +651,7 @@ def main() -> int:
         "faults_injected": {k: injected[k] for k in FAULT_KINDS},
         "faults_missed": {k: scheduled[k] - injected[k] for k in FAULT_KINDS},
         "broker_restarts": sum(r.broker_restarts for r in runs),
+        "daemons_exited_by_themselves": len(lost),
         "tasks_recovered": sum(r.recovered for r in runs),
         "wall_s": round(wall, 1),
         "mean_job_s": round(sum(job_times) / len(job_times), 3) if job_times else None,
@@ -650,9 +664,10 @@ def main() -> int:
     }
     common.print_table(
         ["runs", "correct", "faults injected", "broker restarts", "tasks recovered",
-         "wall s", "mean job s", "clean job s"],
+         "daemons lost", "wall s", "mean job s", "clean job s"],
         [[summary["runs"], correct, sum(injected.values()), summary["broker_restarts"],
-          summary["tasks_recovered"], wall, summary["mean_job_s"], summary["clean_job_s"]]])
+          summary["tasks_recovered"], len(lost), wall, summary["mean_job_s"],
+          summary["clean_job_s"]]])
     for note in notes:
         print(f"note: {note.splitlines()[0]}")
     if leftovers:

@@ -42,6 +42,7 @@ ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMA
 REREGISTERED = "re-registered"  # a purge that is not its tasks' fault
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
+PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 
 
@@ -85,6 +86,7 @@ class Broker(ClientAPI):
         self.monitor = self.control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._suspects: dict[bytes, float] = {}  # route -> probe until
         self._last_probe = 0.0
+        self._task_secs: float | None = None  # moving mean of a task's run time
         self._frame: Any = None  # the first frame of the message being handled
         self._reload = False
         self.address = ""
@@ -534,6 +536,10 @@ class Broker(ClientAPI):
             self.store.put((job.id, "out", task.index), blobs[0],
                            self._path(job, f"o{task.index}"))
         stats = stats if isinstance(stats, dict) else {}
+        secs = stats.pop("secs", None)
+        if isinstance(secs, (int, float)) and secs >= 0:
+            self._task_secs = secs if self._task_secs is None else (
+                0.8 * self._task_secs + 0.2 * secs)
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
@@ -611,9 +617,14 @@ class Broker(ClientAPI):
         if not pending:
             self._backup()
             return
-        # Prefetch deep while the queue is long, one at a time near the end of a phase,
-        # so the last tasks are not stuck behind a busy worker's queue.
+        # A worker holds a few tasks beyond the one it runs, so it never waits for the next:
+        # about PREFETCH_SECONDS of work (many tiny tasks, one long one), and fewer near the
+        # end of a phase, so the last tasks are not stuck behind a busy worker's queue.
         target = max(1, pending // (2 * len(self.workers)))
+        if self._task_secs is None:
+            target = min(target, 2)  # no task has finished yet: its cost is unknown
+        else:
+            target = min(target, 1 + int(PREFETCH_SECONDS / max(self._task_secs, 1e-6)))
         for worker in list(self.workers.values()):
             room = min(worker.credit, target) - len(worker.running)
             if room <= 0:

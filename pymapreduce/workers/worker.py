@@ -169,8 +169,7 @@ class Worker:
                 self._flush()
 
     def _idle(self) -> None:
-        if self.watch.check() and self.connect_addr:  # AuthenticationFailed: key refused
-            self._need_ready.set()  # connected again: the broker may have restarted
+        self.watch.check()  # AuthenticationFailed: this worker's key was refused
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
@@ -199,12 +198,17 @@ class Worker:
             if msg.command == P.TASKS:
                 self._enqueue(msg)
             elif msg.command == P.WELCOME:
+                # tasks queued before this WELCOME belong to an earlier registration, which
+                # the broker dropped (and re-queued) when this one began: running them would
+                # only delay the tasks it hands out now
+                self.queue.clear()
                 self._welcomed = True
                 self._connect_sink(str(msg.body.get("sink", "")))
                 beat = msg.body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat  # beat as often as this broker expects
-            elif msg.command == P.RECONNECT:
+            elif msg.command == P.RECONNECT and self._welcomed:
+                # (before the WELCOME it answers a message sent before our READY)
                 self._need_ready.set()
             elif msg.command == P.ERROR:
                 if msg.body.get("code") == "forbidden":  # e.g. a client key used by a worker
@@ -276,6 +280,7 @@ class Worker:
                        traceback.format_exc(), {"split": index})
             return
         self.tasks_done += 1
+        stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
         size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
@@ -309,22 +314,36 @@ class Worker:
         sock = self._socket(zmq.DEALER, identity=self.identity + b"/hb")
         sock.connect(self.connect_addr)
         beat = Message(P.HEARTBEAT, {"worker": self.identity}).encode()
+        # connected again (a restarted broker, a network back): beat at once, so that a
+        # broker that does not know this worker says so now, not a heartbeat later
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        connections = 0
         last = 0.0
+        sent: deque[float] = deque(maxlen=64)  # when each unanswered beat left
         try:
             # short waits: the broker's WELCOME may shorten the interval after this started
             while not self._stop.wait(min(self.heartbeat_interval, HEARTBEAT_STEP)):
                 now = time.monotonic()
+                while monitor.poll(0):
+                    monitor.recv_multipart()
+                    connections += 1
+                    if connections > 1:
+                        last = 0.0
                 if now - last < self.heartbeat_interval:
                     continue
                 last = now
                 self._check_parent()
                 sock.send_multipart(beat)
+                sent.append(now)
                 while sock.poll(0, zmq.POLLIN):
                     frames = sock.recv_multipart()
                     try:
-                        if Message.decode(frames).command == P.RECONNECT:
+                        answered = sent.popleft() if sent else now
+                        if (Message.decode(frames).command == P.RECONNECT
+                                and answered > self._ready_sent):  # not about an old READY
                             self._need_ready.set()
                     except ProtocolError:
                         pass
         finally:
+            monitor.close(0)
             sock.close(0)
