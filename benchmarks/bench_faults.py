@@ -7,9 +7,10 @@ A real cluster of separate processes on this machine: one broker and three worke
 of one process each. The job is a word count over in-memory text in which each record's
 ``map`` also waits a little (``--wait-ms``, as if reading from a remote store): the three
 workers then are three units of capacity even on a two-core machine, so losing or slowing
-one of them costs what it would on three machines. Every run's result is compared with
-the sequential result, and every ratio below is against the undisturbed time measured in
-the same run of this script.
+one of them costs what it would on three machines. ``--wait-ms 0 --words 600`` makes the
+job CPU-bound instead: three workers then share two cores. Every run's result is compared
+with the sequential result, and every ratio below is against the undisturbed time measured
+in the same run of this script.
 
 Scenarios:
 - ``undisturbed``: the reference time.
@@ -64,8 +65,9 @@ class WaitingWordCount(WordCount):
         return super().map(key, value)
 
 
-def make_records(n: int) -> list[tuple[int, str]]:
-    return [(i, " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] + str(j % 13) for j in range(60)))
+def make_records(n: int, words: int) -> list[tuple[int, str]]:
+    return [(i, " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] + str(j % 13)
+                         for j in range(words)))
             for i in range(n)]
 
 
@@ -271,6 +273,9 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=120, help="map tasks (default 120)")
     ap.add_argument("--wait-ms", type=float, default=10.0,
                     help="wait per record in map, ms (default 10)")
+    ap.add_argument("--words", type=int, default=60,
+                    help="words per record (default 60); with --wait-ms 0 and more words, "
+                         "the job is CPU-bound instead")
     ap.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     ap.add_argument("--scenarios", default="undisturbed,kill,slow,broker")
     ap.add_argument("--json", help="also write the figures to this JSON file")
@@ -280,8 +285,8 @@ def main() -> int:
     wanted = args.scenarios.split(",")
     info = common.print_machine(
         f"fault benchmarks: {args.records} records in {args.tasks} map tasks, "
-        f"{args.wait_ms:g} ms wait per record, 3 worker daemons")
-    records = make_records(args.records)
+        f"{args.words} words and {args.wait_ms:g} ms wait per record, 3 worker daemons")
+    records = make_records(args.records, args.words)
     reference = sequential(records)
     plans: list[tuple[str, Any]] = [("undisturbed", lambda: scenario_plain(records, args))]
     if "kill" in wanted:
