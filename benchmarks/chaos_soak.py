@@ -50,6 +50,7 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import common
 from bench_wordcount import describe_difference, run_single
@@ -119,12 +120,26 @@ def wait_dead(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     left = list(pids)
     while True:
+        still = []
         for pid in left:
-            reap(pid)
-        left = [p for p in left if alive(p)]
+            if alive(pid):
+                still.append(pid)
+            else:
+                reap(pid)  # a zombie we adopted: collect it
+        left = still
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.02)
+
+
+def our_children() -> list[int]:
+    """Every child of this process, whichever of its threads forked or adopted it."""
+    pids = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(x) for x in f.read().split())
+    return pids
 
 
 def become_subreaper() -> None:
@@ -241,6 +256,13 @@ class Cluster:
         return [(d, pid) for d in self.daemons if d.proc.poll() is None
                 for pid in children(d.proc.pid) if alive(pid)]
 
+    def reap_orphans(self) -> None:
+        """Collect the adopted orphans (worker processes of killed daemons) that died."""
+        mine = {p.pid for p in self.started}
+        for pid in our_children():
+            if pid not in mine and proc_state(pid) == "Z":
+                reap(pid)
+
     def slots(self) -> int:
         return sum(d.processes for d in self.daemons)
 
@@ -275,7 +297,9 @@ class Cluster:
         for proc in self.started:
             if proc.stdout:
                 proc.stdout.close()
-        return wait_dead(kids, 5.0)
+        left = wait_dead(kids, 5.0)
+        self.reap_orphans()
+        return left
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the stderr logs of the last two brokers and of the live worker
@@ -508,6 +532,10 @@ def run_once(cluster: Cluster, run: Run, files: list[str], split_bytes: int, red
         client.close()
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # cleaned up and summed up as Ctrl-C is
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=5.0,
@@ -551,6 +579,7 @@ def main() -> int:
     print(f"reference: {len(reference)} distinct words, {ref_seconds:.1f}s single process")
 
     rng = random.Random(args.seed)
+    signal.signal(signal.SIGTERM, _terminate)  # so that `kill PID` still cleans up
     become_subreaper()
     root = tempfile.mkdtemp(prefix="pmr-chaos-")
     cluster = Cluster(root, args.max_attempts)
@@ -558,6 +587,7 @@ def main() -> int:
     notes: list[str] = []
     lost: list[str] = []  # worker daemons that exited although no fault killed them
     leftovers: list[int] = []
+    interrupted = False
     soak_start = time.monotonic()
     try:
         cluster.start_broker()
@@ -594,6 +624,7 @@ def main() -> int:
                 break  # the clean run failed: the cluster is not usable
             with cluster.lock:
                 cluster.thaw_all()
+                cluster.reap_orphans()
             if cluster.broker is None or cluster.broker.poll() is not None:
                 notes.append(f"after run {index}: the broker is gone; restarting it")
                 cluster.start_broker()
@@ -611,6 +642,12 @@ def main() -> int:
             if note:
                 notes.append(f"after run {index}: {note}")
                 print(f"  note: {note}")
+    except KeyboardInterrupt:
+        interrupted = True
+        if runs and not runs[-1].correct and not runs[-1].error:
+            runs.pop()  # the run under way when interrupted: no verdict
+        notes.append("interrupted: the runs so far are summed up")
+        print(f"\n{notes[-1]}")
     except Exception:
         notes.append("harness error: " + traceback.format_exc())
         print(notes[-1])
@@ -676,6 +713,8 @@ def main() -> int:
     print(json.dumps(summary, default=str))
     ok = runs and not failed and not leftovers and not any(
         n.startswith("harness error") for n in notes)
+    if interrupted:
+        return 130
     return 0 if ok else 1
 
 

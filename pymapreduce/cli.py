@@ -101,6 +101,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           memory_budget=int(args.memory_budget_mb * 1024 * 1024),
                           spill_dir=args.spill_dir, keys_dir=args.keys,
                           state_dir=args.state_dir, backup_after=args.backup_after,
+                          max_jobs=args.max_jobs,
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
@@ -138,7 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.slowdown < 1:
         raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
-                     slowdown=args.slowdown,
+                     slowdown=args.slowdown, tags=tuple(args.tag or ()),
                      keys=keys)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
@@ -262,10 +263,45 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
-        body = client.job(args.job_id).status() if args.job_id else client.info()
-    body.pop("req", None)
-    print(json.dumps(body, indent=2, default=repr))
+        if args.job_id:
+            body = client.job(args.job_id).status()
+            body.pop("req", None)
+            print(json.dumps(body, indent=2, default=repr))
+            return EXIT_OK
+        listing = client._request("JOBS", {}).body
+    if args.json:
+        print(json.dumps({"jobs": listing["jobs"], "workers": listing["workers"]}, indent=2,
+                         default=repr))
+        return EXIT_OK
+    print_listing(listing["jobs"], listing["workers"], sys.stdout)
     return EXIT_OK
+
+
+def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
+    """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
+    print(f"jobs ({len(jobs)})", file=out)
+    rows = [["JOB", "STATE", "PRIO", "MAP", "REDUCE", "ELAPSED", "COUNTERS / WHY IT WAITS"]]
+    for j in jobs:
+        extra = j.get("waiting") or (j.get("error") or {}).get("message", "")
+        if not extra and j.get("counters"):
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(j["counters"].items()))
+        rows.append([j["job_id"], j["state"], f"{j.get('priority', 1):g}",
+                     "{}/{}".format(*j["maps"]),
+                     "{}/{}".format(*j["reduces"]) if j["reduces"][1] else "-",
+                     f"{j['elapsed']:.1f}s", extra[:80]])
+    _table(rows, out)
+    print(f"\nworkers ({len(workers)})", file=out)
+    rows = [["WORKER", "HOST", "PID", "TAGS", "HOLDS", "DONE", "CURRENT TASK"]]
+    for w in workers:
+        rows.append([w["name"], w["host"], str(w["pid"]), ",".join(w["tags"]) or "-",
+                     str(w["held"]), str(w["done"]), w["tasks"][0] if w["tasks"] else "idle"])
+    _table(rows, out)
+
+
+def _table(rows: list[list[str]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -326,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backup tasks: a task still running this long (and twice its job's "
                         "mean) gets a second attempt on an idle worker; 'off' disables them "
                         "(default 1)")
+    b.add_argument("--max-jobs", type=int, default=1000,
+                   help="unfinished jobs held at once; more are refused (default 1000)")
     b.add_argument("--state-dir", metavar="DIR",
                    help="journal jobs and keep committed outputs here, so that a broker "
                         "restarted on the same DIR carries on its jobs (default: none; a "
@@ -342,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--connect", required=True, help="the broker's control address")
     w.add_argument("--processes", type=int, help="worker processes (default: cores)")
     w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    w.add_argument("--tag", action="append", metavar="TAG",
+                   help="a placement label (repeatable: --tag gpu --tag bigmem); jobs that "
+                        "require tags run only on workers that have them all")
     w.add_argument("--slowdown", type=float, default=1.0, metavar="F",
                    help="debugging: make this worker F times slower (it idles F-1 times "
                         "each task's duration after it), to try stragglers and backup tasks")
@@ -364,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="cluster facts, or one job's status")
     s.add_argument("--connect", required=True)
     s.add_argument("job_id", nargs="?")
+    s.add_argument("--json", action="store_true", help="the listing as JSON")
     s.add_argument("--timeout", type=float, default=5.0)
     keys(s, "client")
     s.set_defaults(func=cmd_status)

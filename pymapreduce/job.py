@@ -73,6 +73,8 @@ class Job:
     reducers: int | None = None
     map_tasks: int | None = None
     skip_bad_records: bool | int = False
+    priority: float = 1  # weight of the job's share of worker slots (submit(priority=))
+    requires: frozenset = frozenset()  # worker tags its tasks need (submit(requires=))
 
     def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must define map(self, key, value)")

@@ -17,6 +17,7 @@ from .tasks import JobState
 log = logging.getLogger("pymapreduce.broker")
 
 MAX_TASKS = 100_000  # map or reduce tasks of one job
+MAX_LISTED = 1000  # jobs in one JOBS listing (the newest)
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
 
@@ -73,8 +74,20 @@ class ClientAPI:
             skip = b.get("skip", 0)
             if type(skip) is not int or skip < -1:
                 raise ValueError("skip must be -1 (no limit), 0 (off) or a number of records")
+            priority = b.get("priority", 1)
+            if type(priority) not in (int, float) or not 0 < priority <= 1e6:
+                raise ValueError("priority must be a number above 0 (default 1)")
+            requires = b.get("requires") or []
+            if not isinstance(requires, list) or len(requires) > 64 or not all(
+                    isinstance(t, str) and 0 < len(t) <= 100 for t in requires):
+                raise ValueError("requires must be a list of at most 64 tag names")
+            active = sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)
+            if active >= self.config.max_jobs:
+                raise ValueError(f"the broker already holds {active} unfinished jobs, its "
+                                 f"limit (--max-jobs {self.config.max_jobs}); submit later")
             options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
-                       "map_only": map_only, "skip": skip}
+                       "map_only": map_only, "skip": skip, "priority": priority,
+                       "requires": sorted(set(requires))}
             job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
                            map_only, peer, now, options=options,
                            attempt_base=self.attempt_base)
@@ -171,6 +184,28 @@ class ClientAPI:
             job.finish(P.JOB_CANCELLED, {"message": "cancelled by a client"})
             self._job_ended(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
+
+    def on_jobs(self, peer: bytes, msg: Message, now: float) -> None:
+        """Every job the broker holds (newest last) and every live worker."""
+        jobs = []
+        for job in list(self.jobs.values())[-MAX_LISTED:]:
+            status = job.status(now)
+            status["skipped"] = len(job.skipped)
+            if "error" in status:
+                status["error"] = {"message": status["error"].get("message", ""),
+                                   "task": status["error"].get("task", "")}
+            jobs.append(status)
+        workers = []
+        for w in self.workers.values():
+            running = sorted(w.running)
+            host, _, _ = w.name.rpartition(":")
+            workers.append({"name": w.name, "host": host or w.name, "pid": w.pid,
+                            "tags": sorted(w.tags), "credit": w.credit,
+                            "tasks": [f"{j} {k}-{i}" for j, k, i, _ in running[:8]],
+                            "held": len(running), "done": w.done,
+                            "seen": round(now - w.last_seen, 3),
+                            "up": round(now - w.joined, 3)})
+        self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers})
 
     def on_release(self, peer: bytes, msg: Message, now: float) -> None:
         job = self.jobs.get(str(msg.body.get("job_id")))

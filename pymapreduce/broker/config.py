@@ -31,6 +31,7 @@ class BrokerConfig:
     backup_after: float = 1.0  # a straggler runs at least this long before its backup
     keys_dir: str | None = None  # CURVE keys and allowlists (see patterns/security.py)
     insecure: bool = False  # listening beyond loopback without keys: warn on every job
+    max_jobs: int = 1000  # unfinished jobs held at once; more are refused at SUBMIT
     state_dir: str | None = None  # journal and committed outputs: survive a restart
 
     def __post_init__(self) -> None:

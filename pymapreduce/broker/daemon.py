@@ -37,7 +37,7 @@ BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
 WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
-                             P.RELEASE})
+                             P.RELEASE, P.JOBS})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 REREGISTERED = "re-registered"  # a purge that is not its tasks' fault
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
@@ -49,7 +49,8 @@ MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed 
 class WorkerState:
     """A registered worker process, as the broker sees it."""
 
-    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd")
+    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd",
+                 "tags", "pid", "done", "joined")
 
     def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
@@ -60,6 +61,10 @@ class WorkerState:
         self.last_seen = now
         self.known_jobs: set[str] = set()  # jobs whose code this worker already has
         self.fd = -1  # the broker's file descriptor of its connection
+        self.tags: frozenset = frozenset()  # placement labels (--tag); jobs may require them
+        self.pid = 0
+        self.done = 0  # tasks it committed
+        self.joined = now
 
 
 class Broker(ClientAPI):
@@ -120,6 +125,7 @@ class Broker(ClientAPI):
             P.FETCH: self.on_fetch,
             P.CANCEL: self.on_cancel,
             P.RELEASE: self.on_release,
+            P.JOBS: self.on_jobs,
         }
 
     # -- life cycle ----------------------------------------------------------------------
@@ -211,6 +217,22 @@ class Broker(ClientAPI):
             for w in self.workers.values():
                 if w.fd == fd:
                     self._suspects[w.route] = now + SUSPECT_FOR
+
+    def _explain_waits(self) -> None:
+        """Say, in each job's status, why its pending tasks are not handed out."""
+        for job in self.scheduler.jobs():
+            if not job.pending:
+                job.waiting = ""
+            elif not self.workers:
+                job.waiting = "no worker is connected"
+            elif job.requires and not any(job.requires <= w.tags
+                                          for w in self.workers.values()):
+                job.waiting = ("no live worker has the tags " + ", ".join(sorted(job.requires))
+                               + " it requires")
+            elif job.active == 0 and job.dispatched is False:
+                job.waiting = "every worker slot is busy with other jobs"
+            else:
+                job.waiting = ""
 
     def _probe(self, now: float) -> None:
         """Probe workers whose connection closed: a dead one is unreachable (purged)."""
@@ -311,6 +333,7 @@ class Broker(ClientAPI):
             self._reload_keys()
         for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
             self._purge(w, f"silent for {now - w.last_seen:.1f}s")
+        self._explain_waits()
         for job in list(self.jobs.values()):
             if job.state == P.JOB_RUNNING:
                 self._publish(job, now)  # doubles as the clients' heartbeat
@@ -336,7 +359,13 @@ class Broker(ClientAPI):
             worker.fd = self._frame.get(zmq.SRCFD)
         except (zmq.ZMQError, AttributeError, TypeError):
             pass
-        log.info("worker %s joined (credit %d)", name or _peer([peer]), credit)
+        tags = msg.body.get("tags") or []
+        if isinstance(tags, list):
+            worker.tags = frozenset(str(t)[:100] for t in tags[:64])
+        pid = msg.body.get("pid")
+        worker.pid = pid if type(pid) is int else 0
+        log.info("worker %s joined (credit %d%s)", name or _peer([peer]), credit,
+                 f", tags {','.join(sorted(worker.tags))}" if worker.tags else "")
         self._reply(
             peer,
             P.WELCOME,
@@ -444,7 +473,7 @@ class Broker(ClientAPI):
         goes to another worker where there is one. ``counted=False``: not the task's fault
         (its worker re-registered), so it is simply queued again.
         """
-        route = task.running.pop(attempt, None)
+        route = task.end(attempt)
         job = task.job
         if not counted:
             if not task.running and task.state == RUNNING:
@@ -515,6 +544,9 @@ class Broker(ClientAPI):
         if task is None:
             return
         job = task.job
+        winner = self.workers.get(task.running.get(key[3]))
+        if winner is not None:
+            winner.done += 1
         for attempt, route in task.running.items():  # also any other attempt of the task
             w = self.workers.get(route)
             if w is not None:
@@ -629,7 +661,7 @@ class Broker(ClientAPI):
             room = min(worker.credit, target) - len(worker.running)
             if room <= 0:
                 continue
-            tasks = self.scheduler.take(room, worker.route, self.workers)
+            tasks = self.scheduler.take(room, worker.route, self.workers, worker.tags)
             if not tasks:
                 if not self.scheduler.pending():
                     return

@@ -1,7 +1,17 @@
-"""Which pending tasks go to a worker that has credit.
+"""Which pending task goes to a worker that has room: weighted max-min fair share.
 
-Jobs take turns (round-robin), so a small job submitted behind a big one starts at once
-instead of waiting for the big one's queue to drain.
+Weighted fair queuing over tasks handed out: each job counts the tasks it was given
+(``served``), and the next task goes to the job with the least ``served / priority``
+among the jobs with a pending task this worker may run (its tags meet the job's
+``requires``). Over any stretch of time a job with priority 3 gets three tasks for every
+one of a job with priority 1. A job that needs less than its share simply has nothing
+pending, so the rest goes to the others: max-min fairness, without computing shares.
+
+A job cannot bank service while it has nothing pending (just submitted, or waiting for
+its last maps before its reduces): its count is kept within one task of the scheduler's
+virtual clock (the score of the last task handed out), so a newcomer gets the next free
+slot, then its share, not every slot until it has caught up. Ties go to the job served
+least recently, so equal jobs take turns. Within a job, tasks go in order (a retry first).
 """
 
 from __future__ import annotations
@@ -15,10 +25,11 @@ MAX_PASSED = 64  # retries looked past in one take, waiting for another worker
 
 
 class Scheduler:
-    """Round-robin over the jobs that have pending tasks."""
+    """The jobs that may have pending tasks, least recently served first."""
 
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, JobState] = OrderedDict()
+        self.clock = 0.0  # virtual time: the score of the last task handed out
 
     def add(self, job: JobState) -> None:
         self._jobs[job.id] = job
@@ -26,35 +37,59 @@ class Scheduler:
     def remove(self, job: JobState) -> None:
         self._jobs.pop(job.id, None)
 
+    def jobs(self) -> list[JobState]:
+        return list(self._jobs.values())
+
     def pending(self) -> int:
         return sum(len(j.pending) for j in self._jobs.values())
 
-    def take(self, n: int, route: bytes | None = None, workers: Any = ()) -> list[Task]:
-        """Up to ``n`` tasks for the worker ``route``, taken in turn from each job with
-        pending tasks. A task that failed on this worker is left for another one, as long
-        as one of ``workers`` (the live ones) has not failed it too."""
+    def take(self, n: int, route: bytes | None = None, workers: Any = (),
+             tags: frozenset = frozenset()) -> list[Task]:
+        """Up to ``n`` tasks for the worker ``route`` (with ``tags``), one at a time to the
+        job furthest below its share. A task that failed on this worker is left for
+        another one, as long as one of ``workers`` (the live ones) has not failed it too."""
         out: list[Task] = []
-        tried: set[str] = set()  # jobs with nothing left for this worker
+        done: set[str] = set()  # jobs with nothing (more) for this worker
+        floor = self.clock - 1.0
         while len(out) < n:
-            jobs = [j for j in self._jobs.values() if j.pending and j.id not in tried]
-            if not jobs:
+            best = None
+            best_score = 0.0
+            for job in self._jobs.values():
+                if not job.pending or job.id in done:
+                    continue
+                if job.requires and not job.requires <= tags:
+                    done.add(job.id)
+                    continue
+                score = max(job.served / job.priority, floor)
+                if best is None or score < best_score:
+                    best, best_score = job, score
+            if best is None:
                 break
-            share = max(1, (n - len(out)) // len(jobs))
-            for job in jobs:  # one round: each job its share, then to the back of the line
-                if len(out) >= n:
-                    break
-                self._jobs.move_to_end(job.id)
-                want = min(share, n - len(out))
-                passed: list[Task] = []
-                while job.pending and want:
-                    task = job.pending.popleft()
-                    if route in task.avoid and len(passed) < MAX_PASSED and any(
-                            w not in task.avoid for w in workers):
-                        passed.append(task)
-                        continue
-                    out.append(task)
-                    want -= 1
-                if passed:
-                    job.pending.extendleft(reversed(passed))
-                    tried.add(job.id)
+            task = self._next(best, route, workers)
+            if task is None:
+                done.add(best.id)
+                continue
+            self._jobs.move_to_end(best.id)
+            best.served = best_score * best.priority + 1.0
+            if best_score > self.clock:
+                self.clock = best_score
+                floor = self.clock - 1.0
+            out.append(task)
         return out
+
+    @staticmethod
+    def _next(job: JobState, route: bytes | None, workers: Any) -> Task | None:
+        """The job's first pending task this worker should run (None: none of them)."""
+        passed: list[Task] = []
+        task = None
+        while job.pending:
+            candidate = job.pending.popleft()
+            if route in candidate.avoid and len(passed) < MAX_PASSED and any(
+                    w not in candidate.avoid for w in workers):
+                passed.append(candidate)
+                continue
+            task = candidate
+            break
+        if passed:
+            job.pending.extendleft(reversed(passed))
+        return task

@@ -65,7 +65,20 @@ class Task:
         self.move(RUNNING)
         self.attempt += 1
         self.running[self.attempt] = worker
+        self.job.active += 1
+        self.job.dispatched = True
         return self.attempt
+
+    def end(self, attempt: int) -> bytes | None:
+        """An attempt is over (failed, lost); returns the worker it ran on."""
+        route = self.running.pop(attempt, None)
+        if route is not None:
+            self.job.active -= 1
+        return route
+
+    def end_all(self) -> None:
+        self.job.active -= len(self.running)
+        self.running.clear()
 
 
 class JobState:
@@ -87,6 +100,12 @@ class JobState:
     ) -> None:
         self.id = job_id
         self.options = options or {}
+        self.priority = float(self.options.get("priority", 1) or 1)
+        self.requires = frozenset(self.options.get("requires") or ())
+        self.active = 0  # attempts running (or queued on a worker) now: its slots in use
+        self.served = 0.0  # tasks handed out, as the scheduler's fair share counts them
+        self.dispatched = False  # a task has been handed out: running, no longer queued
+        self.waiting = ""  # why no task can be handed out, when none can
         # attempts of a restarted broker's tasks are numbered apart from its last run's,
         # so a late answer to an attempt from before the crash is never taken for a new one
         self.attempt_base = attempt_base
@@ -152,7 +171,7 @@ class JobState:
             spent = self.durations[task.kind]
             spent[0] += time.monotonic() - task.started
             spent[1] += 1
-        task.running.clear()
+        task.end_all()
         self.skipped.extend(stats.get("skipped") or ())
         for name, n in (stats.get("counters") or {}).items():
             self.counters[name] = self.counters.get(name, 0) + n
@@ -202,10 +221,15 @@ class JobState:
 
     def status(self, now: float) -> dict:
         end = self.finished if self.finished is not None else now
+        state = self.state
+        if state == P.JOB_RUNNING and not self.dispatched:
+            state = P.JOB_QUEUED
         status = {
             "job_id": self.id,
             "name": self.name,
-            "state": self.state,
+            "state": state,
+            "priority": self.priority,
+            "requires": sorted(self.requires),
             "phase": self.phase,
             "maps": [self.done_maps, len(self.maps)],
             "reduces": [self.done_reduces, 0 if self.map_only else self.reducers],
@@ -221,4 +245,6 @@ class JobState:
         }
         if self.error:
             status["error"] = self.error
+        if self.waiting and state in (P.JOB_RUNNING, P.JOB_QUEUED):
+            status["waiting"] = self.waiting
         return status

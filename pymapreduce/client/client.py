@@ -162,6 +162,8 @@ class Client:
         output_dir: str | os.PathLike | None = None,
         *,
         name: str | None = None,
+        priority: float | None = None,
+        requires: Any = None,
     ) -> JobHandle:
         """Submit ``job`` over ``inputs``; returns at once with a :class:`JobHandle`.
 
@@ -169,11 +171,15 @@ class Client:
         pairs, or :func:`~pymapreduce.read_text`. ``map_tasks`` cuts in-memory inputs
         (default: four per worker slot); ``reducers`` is R (default: one per worker slot).
         With ``output_dir``, ``wait()`` writes ``part-00000``... there (JSON lines).
+        ``priority`` (default 1, or the job's ``priority``) weighs the job's share of the
+        worker slots against other jobs'; ``requires`` (a set of tags, or the job's
+        ``requires``) sends its tasks only to workers started with all those ``--tag``.
         """
         info = self.info()
         slots = max(1, int(info.get("slots", 1)))
         sub = build_submission(job, inputs, slots=slots, map_tasks=map_tasks,
-                               reducers=reducers, name=name)
+                               reducers=reducers, name=name, priority=priority,
+                               requires=requires)
         size = sum(len(b) for b in sub.blobs)
         limit = int(info.get("max_message", size))
         if size > limit:  # the broker would drop the connection without a word
@@ -185,6 +191,15 @@ class Client:
         handle = JobHandle(self, sub.job_id, output_dir)
         handle._last = dict(reply.body)
         return handle
+
+    def jobs(self) -> list[dict]:
+        """The jobs the broker holds, oldest first: each one's status (state, progress per
+        phase, counters, why it waits)."""
+        return list(self._request(P.JOBS, {}).body["jobs"])
+
+    def workers(self) -> list[dict]:
+        """The live workers: name, host, pid, tags, the tasks each holds, tasks done."""
+        return list(self._request(P.JOBS, {}).body["workers"])
 
     def job(self, job_id: str) -> JobHandle:
         """A handle on a job submitted earlier (from this or another process)."""

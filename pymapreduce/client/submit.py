@@ -43,7 +43,8 @@ def pickle_job(job: Job) -> bytes:
 
 
 def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None,
-                     reducers: int | None, name: str | None) -> Submission:
+                     reducers: int | None, name: str | None, priority: float | None = None,
+                     requires: Any = None) -> Submission:
     """Pickle the job once and cut its inputs into splits."""
     if not isinstance(job, Job):
         raise TypeError(f"submit() needs a pymapreduce.Job, got {type(job).__name__}")
@@ -78,6 +79,13 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     elif type(skip) is not int or skip < 0:
         raise ConfigError(f"skip_bad_records must be True, False or a number of records, "
                           f"got {skip!r}")
+    priority = job.priority if priority is None else priority
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not priority > 0:
+        raise ConfigError(f"priority must be a number above 0, got {priority!r}")
+    requires = job.requires if requires is None else requires
+    if isinstance(requires, str):
+        requires = {requires}
+    requires = sorted({str(t) for t in (requires or ())})
     name = name or type(job).__name__
     job_id = f"{name}-{uuid.uuid4().hex[:12]}"
     body = {
@@ -87,5 +95,7 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         "map_only": map_only,
         "splits": descs,
         "skip": skip,
+        "priority": priority,
+        "requires": requires,
     }
     return Submission(job_id, body, tuple(blobs))

@@ -27,17 +27,20 @@ STATUS = "STATUS"  # request (client) and event/reply (broker)
 FETCH = "FETCH"  # ask for one output partition
 CANCEL = "CANCEL"
 RELEASE = "RELEASE"  # the client is done with a job's outputs
+JOBS = "JOBS"  # list the jobs and the workers (reply: LISTING)
 
 # broker -> client
 INFO = "INFO"  # reply to HELLO
 ACCEPTED = "ACCEPTED"
 PART = "PART"  # one output partition (blob)
+LISTING = "LISTING"  # reply to JOBS
 ERROR = "ERROR"  # a request could not be served: body has "code" and "message"
 
 # data plane (worker PUSH -> broker PULL): [header, *partition blobs]
 OUTPUT = "OUTPUT"
 
 # Job states as the client sees them.
+JOB_QUEUED = "queued"  # accepted, no task handed out yet (status only)
 JOB_RUNNING = "running"
 JOB_SUCCEEDED = "succeeded"
 JOB_FAILED = "failed"

@@ -43,8 +43,9 @@ class Supervisor:
 
     def __init__(self, connect: str, processes: int, *, credit: int = 32,
                  parent_pid: int | None = None, keys: PeerKeys | None = None,
-                 slowdown: float = 1.0) -> None:
+                 slowdown: float = 1.0, tags: tuple = ()) -> None:
         self.connect = connect
+        self.tags = tuple(tags)
         self.slowdown = slowdown
         self.keys = keys
         self.exit_code = 0
@@ -78,7 +79,7 @@ class Supervisor:
                 os._exit(0)
             Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
                    slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
-                   identity=identity, replaces=replaces).run()
+                   identity=identity, replaces=replaces, tags=self.tags).run()
         except AuthenticationFailed as exc:
             logging.getLogger("pymapreduce.worker").error("%s", exc)
             code = EXIT_AUTH

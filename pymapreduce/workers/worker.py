@@ -15,6 +15,7 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
@@ -52,6 +53,7 @@ class Worker:
         slowdown: float = 1.0,
         identity: bytes | None = None,
         replaces: list | None = None,
+        tags: Any = (),
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -61,6 +63,7 @@ class Worker:
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
         self.identity = identity or uuid.uuid4().bytes
         self.replaces = replaces  # [identity, why] of the process this one replaces
+        self.tags = sorted(set(tags))
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.heartbeat_interval = heartbeat_interval
@@ -128,7 +131,7 @@ class Worker:
         self.reports.clear()
         self.report_blobs.clear()
         self._need_ready.clear()
-        body = {"credit": self.credit, "name": self.name, "pid": os.getpid()}
+        body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags}
         if self.replaces:
             body["replaces"] = self.replaces
         while not self._stop.is_set():
