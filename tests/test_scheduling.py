@@ -139,3 +139,58 @@ def _children(pid: int) -> list[int]:
     from .conftest import children
 
     return children(pid)
+
+
+class Sleepy(WordCount):
+    """Map that notes when it starts and ends each record, sleeping in between."""
+
+    def __init__(self, log_path, seconds):
+        self.log_path = log_path
+        self.seconds = seconds
+
+    def map(self, key, line):
+        with open(self.log_path, "a") as f:
+            f.write(f"start {key}\n")
+        try:
+            time.sleep(self.seconds)
+        except Exception:  # user code that swallows errors must not swallow a cancel
+            pass
+        with open(self.log_path, "a") as f:
+            f.write(f"end {key}\n")
+        yield from super().map(key, line)
+
+
+def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    log = tmp_path / "runs"
+    with Client(address) as client:
+        handle = client.submit(Sleepy(str(log), 60), RECORDS[:4], map_tasks=4)
+        while not log.exists():
+            time.sleep(0.02)
+        handle.cancel()
+        assert handle.status()["state"] == "cancelled"
+        # the only worker is free again at once: the next job does not wait a minute
+        assert client.submit(WordCount(), RECORDS, map_tasks=2).result(20) == \
+            run_sequential(WordCount(), RECORDS)
+    assert log.read_text().split("\n")[:2] == ["start 0", ""]  # stopped mid-sleep
+
+
+def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path):
+    import signal
+
+    _, address = daemons.broker("--heartbeat", "1", "--liveness", "60")  # no help from liveness
+    leaving = daemons.worker(address, 1)
+    daemons.worker(address, 1)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 5}") for i in range(30)]
+    with Client(address) as client:
+        handle = client.submit(Noted(str(log), "d", delay=0.1), records, map_tasks=30)
+        while not log.exists() or len(notes(log)) < 6:
+            time.sleep(0.02)
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(15) == 0
+        assert handle.result(30) == run_sequential(WordCount(), records)
+        assert len(client.workers()) == 1

@@ -243,3 +243,35 @@ def test_cli_with_keys_and_the_broker_logs_the_key_of_each_job(tmp_path, keys, c
                 stop(proc)
     client_key = security.PeerKeys.load(keys, "client").public.decode()
     assert f"accepted from key {client_key}" in log_path.read_text()
+
+
+def test_a_peer_that_resets_mid_handshake_is_not_taken_for_a_refusal():
+    """A broker killed mid-handshake looks like a failed handshake once: that is no reason
+    to give up as if the key were refused (a worker would exit for good)."""
+    import socket as pysocket
+    import struct
+    import threading
+
+    from pymapreduce import BrokerUnavailable, Client
+
+    server = pysocket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+    resets = []
+
+    def serve_once() -> None:
+        conn, _ = server.accept()
+        conn.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.recv(64)
+        conn.close()  # RST mid-handshake
+        resets.append(1)
+        server.close()  # then nobody listens: as a broker that died
+
+    t = threading.Thread(target=serve_once, daemon=True)
+    t.start()
+    with Client(f"tcp://127.0.0.1:{port}", timeout=1.5) as client:
+        with pytest.raises(BrokerUnavailable):
+            client.info()
+    t.join(5)
+    assert resets == [1]

@@ -39,9 +39,11 @@ WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
                              P.RELEASE, P.JOBS})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
-REREGISTERED = "re-registered"  # a purge that is not its tasks' fault
+REREGISTERED = "re-registered"  # purges that are not their tasks' fault
+LEFT = "left"
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
+HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 
@@ -386,8 +388,8 @@ class Broker(ClientAPI):
 
     def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
         worker = self.workers.get(peer)
-        if worker is not None:
-            self._purge(worker, "left")
+        if worker is not None:  # leaving (drained): what it held is handed back, no fault
+            self._purge(worker, LEFT)
 
     def _worker(self, peer: bytes, now: float) -> WorkerState | None:
         worker = self.workers.get(peer)
@@ -547,10 +549,15 @@ class Broker(ClientAPI):
         winner = self.workers.get(task.running.get(key[3]))
         if winner is not None:
             winner.done += 1
+        losers: dict[bytes, list] = {}
         for attempt, route in task.running.items():  # also any other attempt of the task
             w = self.workers.get(route)
             if w is not None:
                 w.running.discard((job.id, task.kind, task.index, attempt))
+                if attempt != key[3]:  # a backup race lost: stop it where it runs
+                    losers.setdefault(route, []).append([task.kind, task.index, attempt])
+        for route, tasks in losers.items():
+            self._abandon(route, job.id, tasks)
         nonempty: list[int] = []
         if task.kind == MAP and not job.map_only:
             if len(blobs) != job.reducers:
@@ -638,7 +645,7 @@ class Broker(ClientAPI):
             lost += 1
             self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
                                  f"lost: {reason}", "", {"split": task.index},
-                                 counted=reason != REREGISTERED)
+                                 counted=reason not in (REREGISTERED, LEFT))
         log.info("worker %s removed (%s); %d task(s) re-queued", worker.name, reason, lost)
 
     def dispatch(self) -> None:
@@ -737,9 +744,24 @@ class Broker(ClientAPI):
             worker.known_jobs.add(job_id)
 
     # -- job events ----------------------------------------------------------------------
+    def _abandon(self, route: bytes, job_id: str, tasks: list) -> None:
+        """Tell a worker to drop attempts it holds: its main thread drops the queued ones,
+        its heartbeat thread stops the running one (ABANDON goes to both sockets)."""
+        msg = Message(P.ABANDON, {"job": job_id, "tasks": tasks})
+        for target in (route, route + HB_SUFFIX):
+            try:
+                send(self.control, msg, route=[target])
+            except zmq.ZMQError:
+                pass
+
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
         jid = job.id
+        for w in self.workers.values():  # its attempts still out there: stop them
+            held = [k for k in w.running if k[0] == jid]
+            if held:
+                w.running.difference_update(held)
+                self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
         if self.journal is not None:
             self.journal.finish(job.seq, job.state, job.error)

@@ -134,10 +134,11 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            events = dict(self._poller.poll(max(1, int(left * 1000))))
-            if self.watch.monitor in events and self.watch.check():  # AuthenticationFailed
-                self._reconnected = True  # on a refusal; True: connected again
-                return None
+            wait = min(left, 0.1) if self.watch.pending else left
+            events = dict(self._poller.poll(max(1, int(wait * 1000))))
+            if (self.watch.monitor in events or self.watch.pending) and self.watch.check():
+                self._reconnected = True  # (check raises AuthenticationFailed on a refusal;
+                return None  # True: connected again)
             if self.sock not in events:
                 continue
             try:

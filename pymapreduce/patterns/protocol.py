@@ -18,6 +18,7 @@ BYE = "BYE"  # a worker leaving cleanly
 WELCOME = "WELCOME"  # reply to READY: where the data sink listens
 TASKS = "TASKS"  # a batch of task attempts of one job
 RECONNECT = "RECONNECT"  # "I do not know you": the worker must send READY again
+ABANDON = "ABANDON"  # drop these attempts (job cancelled or failed, a backup won)
 
 # client -> broker
 HELLO = "HELLO"  # ask for cluster facts (workers, slots)

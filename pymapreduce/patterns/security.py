@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -237,16 +238,25 @@ NOT_SECURED = ("the security handshake failed: this side has keys but the broker
                "address is not secured (or speaks another mechanism)")
 
 
+MISMATCH_AFTER = 0.3  # seconds a failed handshake goes without a retry before it is final
+MISMATCH_FAILURES = 3  # failed handshakes (retried each time) that mean a wrong key
+
+
 class HandshakeWatch:
     """Watches a socket's handshakes and raises AuthenticationFailed on a refusal."""
 
     def __init__(self, sock: zmq.Socket, address: str, has_keys: bool) -> None:
         events = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                  | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                  | zmq.EVENT_CONNECT_RETRIED)
         self.monitor = sock.get_monitor_socket(events)
         self.address = address
         self.has_keys = has_keys
         self.succeeded = False
+        # a failed handshake (not a refused key) that ZeroMQ did not follow by a retry:
+        # a mismatch of mechanisms, final after MISMATCH_AFTER seconds
+        self.pending: tuple[float, int] | None = None
+        self.failures = 0  # failed handshakes before the first success
 
     def check(self) -> bool:
         """Raise on a refused handshake; returns whether the connection was made again
@@ -259,10 +269,22 @@ class HandshakeWatch:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 again = again or self.succeeded
                 self.succeeded = True
-            elif not self.succeeded or event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                # a refusal after a success: the key was revoked, or a broker restarted
+                self.pending = None
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                # ZeroMQ retries after a peer that went away (a broker killed mid-
+                # handshake), never after a mismatch of mechanisms: not a refusal
+                self.pending = None
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                # refused, also after a success: the key was revoked, or a broker restarted
                 # with other allowlists; retrying cannot help either way
                 raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
+            elif not self.succeeded:
+                self.pending = (time.monotonic(), event)
+                self.failures += 1
+                if self.failures >= MISMATCH_FAILURES:  # fails on every try: a wrong key
+                    raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
+        if self.pending is not None and time.monotonic() - self.pending[0] > MISMATCH_AFTER:
+            raise AuthenticationFailed(f"{self.address}: {self._reason(self.pending[1])}")
         return again
 
     def _reason(self, event: int) -> str:

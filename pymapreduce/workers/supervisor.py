@@ -77,9 +77,13 @@ class Supervisor:
             _die_with_parent()
             if os.getppid() != me:
                 os._exit(0)
-            Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
-                   slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
-                   identity=identity, replaces=replaces, tags=self.tags).run()
+            worker = Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
+                            slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
+                            identity=identity, replaces=replaces, tags=self.tags)
+            # SIGTERM drains: finished work is reported, the running and queued tasks
+            # are handed back (the broker re-queues them at once), then the process exits
+            signal.signal(signal.SIGTERM, lambda *_: worker.drain())
+            worker.run()
         except AuthenticationFailed as exc:
             logging.getLogger("pymapreduce.worker").error("%s", exc)
             code = EXIT_AUTH

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket as pysocket
 import threading
 import time
@@ -34,6 +35,12 @@ FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE 
 FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
+
+
+class TaskAbandoned(BaseException):
+    """Raised in the main thread to stop the running task: the broker no longer wants it
+    (its job was cancelled or failed, another attempt won), or the worker is draining.
+    A BaseException, so user code's ``except Exception`` does not swallow it."""
 
 
 class Worker:
@@ -85,6 +92,10 @@ class Worker:
         self._welcomed = self._warned = False
         self._last_sent = 0.0
         self._stop = threading.Event()
+        self._current: tuple | None = None  # (job, kind, index, attempt) running now
+        self._abandon: tuple | None = None  # the running attempt to stop (set by hb thread)
+        self._main = threading.main_thread().ident
+        self._interruptible = False
         self._need_ready = threading.Event()
         self.tasks_done = 0
 
@@ -98,6 +109,19 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
+    def drain(self) -> None:
+        """Leave gracefully (SIGTERM): report what is finished, hand back the running task
+        and the queued ones (the broker re-queues them at once), then exit. Call from the
+        main thread (a signal handler)."""
+        self._stop.set()
+        if self._current is not None:
+            raise TaskAbandoned("the worker is leaving")
+
+    def _on_abandon_signal(self, signum: int, frame: object) -> None:
+        if self._abandon is not None and self._abandon == self._current:
+            self._abandon = None
+            raise TaskAbandoned("the broker abandoned this task")
+
     def run(self) -> None:
         """Register, then serve tasks until ``stop()`` (or the parent process is gone)."""
         if self.connect_addr:
@@ -105,6 +129,9 @@ class Worker:
         else:
             self.ctl.bind(self.bind_addr)
         hb = None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._on_abandon_signal)
+            self._interruptible = True  # else (a worker on a thread) tasks run to their end
         try:
             self._register()
             if self.connect_addr:
@@ -114,6 +141,10 @@ class Worker:
         finally:
             self._stop.set()
             try:  # never block here: the broker may be gone, or may never have let us in
+                if self.reports and self._welcomed:  # finished work is not lost
+                    self.ctl.send_multipart(Message(P.DONE, {"results": self.reports},
+                                                    tuple(self.report_blobs)).encode(),
+                                            zmq.NOBLOCK)
                 self.ctl.send_multipart(Message(P.BYE).encode(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
@@ -210,6 +241,9 @@ class Worker:
                 beat = msg.body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat  # beat as often as this broker expects
+            elif msg.command == P.ABANDON:
+                gone = {(msg.body.get("job"), k, i, a) for k, i, a in msg.body.get("tasks", ())}
+                self.queue = deque(q for q in self.queue if (q[0], q[3], q[4], q[5]) not in gone)
             elif msg.command == P.RECONNECT and self._welcomed:
                 # (before the WELCOME it answers a message sent before our READY)
                 self._need_ready.set()
@@ -268,10 +302,18 @@ class Worker:
         job_id, job, b, kind, index, attempt, desc, blobs, skip = item
         started = time.monotonic()
         try:
-            outputs, stats = run_task(job, kind, desc, blobs, b["reducers"], b["map_only"],
-                                      skip=skip, ordinals=bool(b.get("ordinals")))
-            if self.slowdown > 1.0:
-                time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
+            self._current = (job_id, kind, index, attempt)
+            try:
+                outputs, stats = run_task(job, kind, desc, blobs, b["reducers"],
+                                          b["map_only"], skip=skip,
+                                          ordinals=bool(b.get("ordinals")))
+                if self.slowdown > 1.0:
+                    time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
+            finally:
+                self._current = None
+        except TaskAbandoned as exc:
+            log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
+            return
         except TaskError as exc:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
@@ -312,6 +354,16 @@ class Worker:
         self.report_blobs = []
 
     # -- heartbeat thread ----------------------------------------------------------------
+    def _abandon_running(self, msg: Message) -> None:
+        """The broker no longer wants an attempt: if it is the one running, stop it (a
+        signal makes the main thread raise TaskAbandoned inside the user's code)."""
+        job = msg.body.get("job")
+        current = self._current
+        if current is None or current[0] != job or not self._interruptible:
+            return
+        if any(tuple(t) == current[1:] for t in msg.body.get("tasks", ())):
+            self._abandon = current
+            signal.pthread_kill(self._main, signal.SIGUSR1)
     def _heartbeat_loop(self) -> None:
         """Beat on a socket of its own, so a busy main thread never looks like a dead one."""
         sock = self._socket(zmq.DEALER, identity=self.identity + b"/hb")
@@ -332,21 +384,24 @@ class Worker:
                     connections += 1
                     if connections > 1:
                         last = 0.0
+                while sock.poll(0, zmq.POLLIN):
+                    frames = sock.recv_multipart()
+                    try:
+                        msg = Message.decode(frames)
+                    except ProtocolError:
+                        continue
+                    if msg.command == P.ABANDON:  # an answer to no beat
+                        self._abandon_running(msg)
+                        continue
+                    answered = sent.popleft() if sent else now
+                    if msg.command == P.RECONNECT and answered > self._ready_sent:
+                        self._need_ready.set()  # (not an answer about an old READY)
                 if now - last < self.heartbeat_interval:
                     continue
                 last = now
                 self._check_parent()
                 sock.send_multipart(beat)
                 sent.append(now)
-                while sock.poll(0, zmq.POLLIN):
-                    frames = sock.recv_multipart()
-                    try:
-                        answered = sent.popleft() if sent else now
-                        if (Message.decode(frames).command == P.RECONNECT
-                                and answered > self._ready_sent):  # not about an old READY
-                            self._need_ready.set()
-                    except ProtocolError:
-                        pass
         finally:
             monitor.close(0)
             sock.close(0)
