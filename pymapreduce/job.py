@@ -132,6 +132,13 @@ class Job:
                 timeout=timeout,
             )
 
+    def steps(self) -> list[Job] | None:
+        """A multi-step job returns its steps: a list of jobs run one after the other,
+        the output pairs of each the input records of the next, inside the cluster (like
+        mrjob's MRStep). The last step's output is the job's result. Default: ``None``,
+        a job of one step (this one)."""
+        return None
+
     # -- introspection used by the kernels ---------------------------------------------
     def _has(self, name: str) -> bool:
         return callable(getattr(self, name, None))
@@ -277,8 +284,29 @@ def reduce_groups(job: Job, groups: Groups) -> Columns:
     return keys, [reducer(k, groups[k]) for k in keys]
 
 
+MAX_STEPS = 200  # steps of one multi-step job
+
+
+def job_steps(job: Job) -> list[Job] | None:
+    """The steps of a multi-step job (validated), or None for a job of one step."""
+    steps = job.steps()
+    if steps is None:
+        return None
+    steps = list(steps)
+    if not 0 < len(steps) <= MAX_STEPS or not all(isinstance(s, Job) for s in steps):
+        raise TypeError(f"{type(job).__name__}.steps() must return 1 to {MAX_STEPS} "
+                        "pymapreduce.Job instances")
+    return steps
+
+
 def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
     """The reference run in this process: what every distributed run must return."""
+    steps = job_steps(job)
+    if steps is not None:
+        out: Any = records
+        for step in steps:
+            out = run_sequential(step, out.items() if isinstance(out, dict) else out)
+        return out
     if is_map_only(job, None):
         return list(zip(*map_pairs(job, records)))
     return dict(zip(*reduce_groups(job, map_grouped(job, records))))

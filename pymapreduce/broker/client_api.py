@@ -17,6 +17,7 @@ from .tasks import JobState
 log = logging.getLogger("pymapreduce.broker")
 
 MAX_TASKS = 100_000  # map or reduce tasks of one job
+MAX_STEPS = 200  # steps of a multi-step job
 MAX_LISTED = 1000  # jobs in one JOBS listing (the newest)
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
@@ -85,9 +86,19 @@ class ClientAPI:
             if active >= self.config.max_jobs:
                 raise ValueError(f"the broker already holds {active} unfinished jobs, its "
                                  f"limit (--max-jobs {self.config.max_jobs}); submit later")
+            steps = b.get("steps")
+            if steps is not None:
+                if not isinstance(steps, list) or not 0 < len(steps) <= MAX_STEPS or not all(
+                        isinstance(s, dict) and type(s.get("reducers")) is int
+                        and 0 < s["reducers"] <= MAX_TASKS
+                        and isinstance(s.get("map_only"), bool) for s in steps):
+                    raise ValueError(f"steps must be a list of 1 to {MAX_STEPS} "
+                                     "{reducers, map_only}")
+                steps = [{"reducers": s["reducers"], "map_only": s["map_only"]} for s in steps]
+                reducers, map_only = steps[0]["reducers"], steps[0]["map_only"]
             options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
                        "map_only": map_only, "skip": skip, "priority": priority,
-                       "requires": sorted(set(requires))}
+                       "requires": sorted(set(requires)), "steps": steps}
             job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
                            map_only, peer, now, options=options,
                            attempt_base=self.attempt_base)

@@ -559,21 +559,18 @@ class Broker(ClientAPI):
         for route, tasks in losers.items():
             self._abandon(route, job.id, tasks)
         nonempty: list[int] = []
+        step = job.step
         if task.kind == MAP and not job.map_only:
             if len(blobs) != job.reducers:
                 log.warning("%s %s: %d partitions for %d reducers", job.id, task.name,
                             len(blobs), job.reducers)
                 return
-            for r, blob in enumerate(blobs):
-                if len(blob):
-                    self.store.put((job.id, MAP, task.index, r), blob,
-                                   self._path(job, f"m{task.index}-{r}"))
-                    nonempty.append(r)
-        else:
-            if len(blobs) != 1:
-                return
-            self.store.put((job.id, "out", task.index), blobs[0],
-                           self._path(job, f"o{task.index}"))
+            nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
+        elif len(blobs) != 1:
+            return
+        for (key, name), blob in zip(self._outputs(job, step, task.kind, task.index, nonempty),
+                                     [b for b in blobs if len(b)] if nonempty else blobs):
+            self.store.put(key, blob, self._path(job, name))
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
         if isinstance(secs, (int, float)) and secs >= 0:
@@ -582,12 +579,34 @@ class Broker(ClientAPI):
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
-            self.journal.commit(job.seq, task.kind, task.index, stats, nonempty)
+            self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty)
         job.commit(task, stats, nonempty)
+        if job.step != step:
+            self._spent(job)
         if job.state != P.JOB_RUNNING:
             self._job_ended(job)
         elif job.fetch_waiters:
             self._serve_fetch_waiters(job)
+
+    def _spent(self, job: JobState) -> None:
+        """The next step began: the last step's map outputs are spent, and so are the
+        inputs it read (the outputs of the step before it)."""
+        jid, old = job.id, job.step - 2
+        self.store.discard_where(lambda k: k[0] == jid and (
+            k[1] == MAP or (k[1] == "s" and k[2] <= old)))
+
+    @staticmethod
+    def _outputs(job: JobState, step: int, kind: str, index: int,
+                 parts: list[int]) -> list[tuple[tuple, str]]:
+        """Store keys and file names of a committed task's outputs: a map task's non-empty
+        partitions (``parts``), or the one output of a reduce or map-only task (kept for
+        the client after the last step, as the next step's input before it)."""
+        prefix = f"s{step}" if step else ""
+        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
+            return [((job.id, MAP, index, r), f"{prefix}m{index}-{r}") for r in parts]
+        if not job.steps or step == len(job.steps) - 1:
+            return [((job.id, "out", index), f"o{index}")]
+        return [((job.id, "s", step, index), f"{prefix}o{index}")]
 
     def _path(self, job: JobState, name: str) -> str | None:
         """The file a committed output of ``job`` is kept in (None: no state directory)."""
@@ -605,21 +624,25 @@ class Broker(ClientAPI):
                            attempt_base=self.attempt_base)
             job.seq = saved.seq
             running = saved.state == P.JOB_RUNNING
-            for kind, index, stats, parts in saved.commits:
+            latest = max((c[0] for c in saved.commits), default=0)  # the step in progress
+            for step, kind, index, stats, parts in saved.commits:
                 tasks = job.tasks(kind)
-                if not 0 <= index < len(tasks) or tasks[index].state == DONE:
+                if step != job.step or not 0 <= index < len(tasks) or \
+                        tasks[index].state == DONE:
                     continue
-                if running or kind == REDUCE or job.map_only:  # else: outputs not kept
-                    names = ([f"m{index}-{r}" for r in parts]
-                             if kind == MAP and not job.map_only else [f"o{index}"])
-                    paths = [self._path(job, n) for n in names]
-                    if not all(os.path.exists(p) for p in paths):
-                        continue  # half-written before the crash: the task runs again
-                    keys = ([(job.id, MAP, index, r) for r in parts]
-                            if kind == MAP and not job.map_only else [(job.id, "out", index)])
-                    for key, path in zip(keys, paths):
+                # outputs of the step in progress, of the step before (its inputs) and of
+                # the last step (the result) are kept; older ones were deleted when spent
+                outputs = [(k, self._path(job, n))
+                           for k, n in self._outputs(job, step, kind, index, parts)]
+                if not all(os.path.exists(p) for _, p in outputs):
+                    if running and step == latest and outputs and outputs[0][0][1] == MAP:
+                        continue  # the step in progress lost a file: the task runs again
+                else:
+                    for key, path in outputs:
                         self.store.adopt(key, path)
                 job.commit(tasks[index], stats, parts, restored=True)
+                if job.step != step:
+                    self._spent(job)
             if running and job.state == P.JOB_RUNNING:
                 job.pending.clear()
                 job.pending.extend(t for t in job.tasks(job.phase) if t.state == PENDING)
@@ -713,6 +736,8 @@ class Broker(ClientAPI):
             job = self.jobs[job_id]
             blobs: list[Any] = []
             body: dict = {"job": job_id, "reducers": job.reducers, "map_only": job.map_only}
+            if job.steps:
+                body["step"] = job.step
             if job_id not in worker.known_jobs:
                 body["code"] = len(blobs)
                 blobs.append(job.code)
@@ -724,7 +749,11 @@ class Broker(ClientAPI):
                 worker.running.add((job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
-                    if split[0] == "mem":
+                    if split[0] == "step":  # the output of the step before
+                        key = (job.id, "s", split[1], split[2])
+                        items.append([MAP, t.index, attempt, ["cols", len(blobs)]])
+                        blobs.append(self.store.get(key) if key in self.store else b"")
+                    elif split[0] == "mem":
                         items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
                         blobs.append(split[1])
                     else:
@@ -757,6 +786,7 @@ class Broker(ClientAPI):
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
         jid = job.id
+        self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
         for w in self.workers.values():  # its attempts still out there: stop them
             held = [k for k in w.running if k[0] == jid]
             if held:

@@ -40,11 +40,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS commits (
     seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
     kind TEXT NOT NULL,
     idx INTEGER NOT NULL,
     stats BLOB NOT NULL,
     parts BLOB NOT NULL,
-    PRIMARY KEY (seq, kind, idx)
+    PRIMARY KEY (seq, step, kind, idx)
 );
 """
 VERSION = 1
@@ -68,7 +69,7 @@ class SavedJob:
     splits: list
     state: str
     error: dict | None
-    commits: list = field(default_factory=list)  # [(kind, index, stats, parts)]
+    commits: list = field(default_factory=list)  # [(step, kind, index, stats, parts)]
 
 
 class Journal:
@@ -136,10 +137,11 @@ class Journal:
             (job_id, msgpack.packb(options), _blob(code), msgpack.packb(saved)))
         return cur.lastrowid
 
-    def commit(self, seq: int, kind: str, index: int, stats: dict, parts: list[int]) -> None:
+    def commit(self, seq: int, step: int, kind: str, index: int, stats: dict,
+               parts: list[int]) -> None:
         self._begin()
-        self.db.execute("INSERT OR REPLACE INTO commits VALUES (?, ?, ?, ?, ?)",
-                        (seq, kind, index, msgpack.packb(stats), msgpack.packb(parts)))
+        self.db.execute("INSERT OR REPLACE INTO commits VALUES (?, ?, ?, ?, ?, ?)",
+                        (seq, step, kind, index, msgpack.packb(stats), msgpack.packb(parts)))
 
     def finish(self, seq: int, state: str, error: dict | None) -> None:
         self._begin()
@@ -171,10 +173,11 @@ class Journal:
             jobs[seq] = SavedJob(seq, job_id, msgpack.unpackb(options), code,
                                  msgpack.unpackb(splits), state,
                                  msgpack.unpackb(error) if error else None)
-        for seq, kind, index, stats, parts in self.db.execute(
-                "SELECT seq, kind, idx, stats, parts FROM commits ORDER BY seq, kind, idx"):
+        for seq, step, kind, index, stats, parts in self.db.execute(
+                "SELECT seq, step, kind, idx, stats, parts FROM commits "
+                "ORDER BY seq, step, kind, idx"):
             if seq in jobs:
-                jobs[seq].commits.append((kind, index, msgpack.unpackb(stats),
+                jobs[seq].commits.append((step, kind, index, msgpack.unpackb(stats),
                                           msgpack.unpackb(parts)))
         known = {str(seq) for seq in jobs}
         for name in os.listdir(self.outputs):  # outputs of jobs dropped before a crash

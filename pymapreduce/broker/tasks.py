@@ -41,7 +41,7 @@ class Task:
         self.kind = kind
         self.index = index
         self.state = PENDING
-        self.attempt = job.attempt_base
+        self.attempt = job.attempt_base + (job.step << 12)  # steps' attempts never collide
         self.running: dict[int, bytes] = {}  # attempt -> worker route
         self.failures = 0
         self.started = 0.0  # when the first running attempt started
@@ -100,6 +100,10 @@ class JobState:
     ) -> None:
         self.id = job_id
         self.options = options or {}
+        # a multi-step job: [{"reducers", "map_only"}] per step; the outputs of one step
+        # are the map inputs of the next (splits ["step", k, part]), inside the cluster
+        self.steps: list[dict] = list(self.options.get("steps") or [])
+        self.step = 0
         self.priority = float(self.options.get("priority", 1) or 1)
         self.requires = frozenset(self.options.get("requires") or ())
         self.active = 0  # attempts running (or queued on a worker) now: its slots in use
@@ -125,6 +129,7 @@ class JobState:
         self.done_maps = 0
         self.done_reduces = 0
         self.map_parts: list[list[int]] = [[] for _ in range(reducers)]  # r -> map indexes
+        self.step_inputs: list[int] = []  # the output parts of the last step that hold data
         self.counters: dict[str, int] = {}
         self.records = 0
         self.bytes_in = 0
@@ -147,11 +152,16 @@ class JobState:
 
     @property
     def output_parts(self) -> int:
-        """How many output partitions a client fetches: map tasks (map-only) or reducers."""
+        """How many output partitions a client fetches: map tasks (map-only) or reducers
+        (0 until a multi-step job reaches its last step)."""
+        if not self.last_step:
+            return 0
         return len(self.maps) if self.map_only else self.reducers
 
     def part_done(self, part: int) -> bool:
         """Whether output partition ``part`` is committed (and so can be fetched)."""
+        if not self.last_step:
+            return False
         if self.map_only:
             return self.maps[part].state == DONE
         return bool(self.reduces) and self.reduces[part].state == DONE
@@ -181,7 +191,7 @@ class JobState:
         if task.kind == REDUCE:
             self.done_reduces += 1
             if self.done_reduces == len(self.reduces):
-                self.finish(P.JOB_SUCCEEDED)
+                self._step_done()
             return
         self.done_maps += 1
         if not self.map_only:
@@ -190,7 +200,7 @@ class JobState:
         if self.done_maps < len(self.maps):
             return
         if self.map_only:
-            self.finish(P.JOB_SUCCEEDED)
+            self._step_done()
             return
         self.phase = REDUCE
         self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
@@ -202,6 +212,41 @@ class JobState:
                 t.state = DONE
                 self.done_reduces += 1
         if self.done_reduces == len(self.reduces):
+            self._step_done()
+
+    @property
+    def last_step(self) -> bool:
+        return self.step >= len(self.steps) - 1
+
+    def _step_done(self) -> None:
+        """The current step is done: the job succeeds, or its outputs feed the next step."""
+        if self.last_step:
+            self.finish(P.JOB_SUCCEEDED)
+            return
+        if self.map_only:
+            inputs = list(range(len(self.maps)))
+        else:
+            inputs = [r for r in range(self.reducers) if self.map_parts[r]]
+        self.step += 1
+        self.step_inputs = inputs
+        spec = self.steps[self.step]
+        self.reducers = int(spec["reducers"])
+        self.map_only = bool(spec["map_only"])
+        self.splits = [["step", self.step - 1, p] for p in inputs]
+        self.phase = MAP
+        self.maps = [Task(self, MAP, i) for i in range(len(self.splits))]
+        self.reduces = []
+        self.pending = deque(self.maps)
+        self.done_maps = self.done_reduces = 0
+        self.map_parts = [[] for _ in range(self.reducers)]
+        if not self.maps:  # the last step produced nothing: so does every later one
+            self.step = len(self.steps) - 1
+            spec = self.steps[self.step]
+            self.reducers = int(spec["reducers"])
+            self.map_only = bool(spec["map_only"])
+            self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
+            for t in self.reduces:
+                t.state = DONE
             self.finish(P.JOB_SUCCEEDED)
 
     def mean_duration(self, kind: str) -> float | None:
@@ -234,7 +279,7 @@ class JobState:
             "maps": [self.done_maps, len(self.maps)],
             "reduces": [self.done_reduces, 0 if self.map_only else self.reducers],
             "parts": self.output_parts,
-            "map_only": self.map_only,
+            "map_only": bool(self.steps[-1]["map_only"]) if self.steps else self.map_only,
             "counters": dict(self.counters),
             "backups": self.backups,
             "recovered": self.recovered,
@@ -242,6 +287,7 @@ class JobState:
             "records": self.records,
             "bytes": self.bytes_in,
             "elapsed": round(end - self.submitted, 6),
+            "step": [self.step + 1, max(1, len(self.steps))],
         }
         if self.error:
             status["error"] = self.error

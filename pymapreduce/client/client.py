@@ -336,6 +336,8 @@ class JobHandle:
             status = self.wait(timeout)
         else:
             status = self._watch()
+            if status.get("step", [1, 1])[1] > 1:  # its output exists after its last step
+                status = self.wait()
             if status.get("state") in P.JOB_TERMINAL and status["state"] != P.JOB_SUCCEEDED:
                 raise job_failed(status)
         for keys, values in self._parts(status, wait=True):

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
-from ..job import Job, is_map_only
+from ..job import Job, is_map_only, job_steps
 from ..patterns.records import pack
 
 SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
@@ -53,9 +53,20 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     if reducers is not None and reducers < 0:
         raise ConfigError(f"reducers must not be negative, got {reducers}")
     code = pickle_job(job)
+    steps = job_steps(job)
+    plan = None
+    if steps is not None:  # each step's reducers: its own, else the submit's, else slots
+        plan = []
+        for step in steps:
+            r = step.reducers if step.reducers is not None else (
+                reducers if reducers is not None else slots)
+            plan.append({"reducers": max(1, r), "map_only": is_map_only(step, r)})
+        reducers = plan[0]["reducers"] if not plan[0]["map_only"] else 0
+        map_only = plan[0]["map_only"]
     if reducers is None:
         reducers = job.reducers if job.reducers is not None else slots
-    map_only = is_map_only(job, reducers)
+    if steps is None:
+        map_only = is_map_only(job, reducers)
     blobs: list = [code]
     if isinstance(inputs, TextInput):
         splits, _ = plan_file_splits(inputs, slots)
@@ -97,5 +108,6 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         "skip": skip,
         "priority": priority,
         "requires": requires,
+        "steps": plan,
     }
     return Submission(job_id, body, tuple(blobs))

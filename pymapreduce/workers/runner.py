@@ -102,6 +102,12 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     if desc[0] == "mem":
         blob = frame_bytes(blobs[desc[1]])
         return unpack(blob), len(blob), {}
+    if desc[0] == "cols":  # the output of a multi-step job's step before: [keys, values]
+        blob = frame_bytes(blobs[desc[1]])
+        if not len(blob):
+            return [], 0, {}
+        keys, values = unpack(blob)
+        return list(zip(keys, values)), len(blob), {}
     ranges = desc[1]
     nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
                  for path, start, end in ranges)

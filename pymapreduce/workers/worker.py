@@ -84,6 +84,7 @@ class Worker:
         self.data: zmq.Socket | None = None
         self.jobs: OrderedDict[str, object] = OrderedDict()
         self.load_errors: dict[str, tuple[str, str]] = {}
+        self.steps: dict[str, list] = {}  # job id -> its steps (a multi-step job)
         self.queue: deque = deque()
         self.reports: list = []
         self.report_blobs: list = []
@@ -290,6 +291,17 @@ class Worker:
                     self.load_errors.pop(next(iter(self.load_errors)))
         elif job is None and error is None:
             error = ("this worker has no code for the job", "")
+        if "step" in b and job is not None and error is None:  # one step of a multi-step job
+            try:
+                steps = self.steps.get(job_id)
+                if steps is None:
+                    steps = self.steps[job_id] = job.steps()
+                    while len(self.steps) > JOB_CACHE:
+                        self.steps.pop(next(iter(self.steps)))
+                job = steps[int(b["step"])]
+            except Exception as exc:
+                error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
+                         f"{exc}", traceback.format_exc())
         for kind, index, attempt, desc, *skip in b["tasks"]:
             if error is not None:
                 self._fail(job_id, kind, index, attempt, error[0], error[1], {"split": index})
