@@ -221,7 +221,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
-                                   output_dir=args.output)
+                                   output_dir=args.output, priority=args.priority,
+                                   requires=set(args.require or ()) or None)
             print(f"pymapreduce: job {handle.job_id} submitted to {address}", file=sys.stderr)
             progress = Progress(sys.stderr)
             try:
@@ -397,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
     r.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
     r.add_argument("--split-bytes", type=int, help="bytes per map task")
+    r.add_argument("--priority", type=float,
+                   help="the job's weight in sharing workers with other jobs (default 1)")
+    r.add_argument("--require", action="append", metavar="TAG",
+                   help="run only on workers with this --tag (repeatable)")
     r.add_argument("--output", help="directory for part-NNNNN files (default: print)")
     r.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     keys(r, "client")

@@ -786,7 +786,10 @@ class Broker(ClientAPI):
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
         jid = job.id
-        self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
+        if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
+            self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
+        else:  # failed or cancelled: nothing of it can be fetched, free it all now
+            self.store.discard_where(lambda k: k[0] == jid)
         for w in self.workers.values():  # its attempts still out there: stop them
             held = [k for k in w.running if k[0] == jid]
             if held:
