@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import selectors
 import signal
 import sqlite3
 import statistics
@@ -44,6 +43,7 @@ from typing import Any
 
 import common
 from jobs import WordCount
+from procs import children, read_ready
 
 READY = re.compile(r"pymapreduce broker ready: (\S+)")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
@@ -92,7 +92,7 @@ class Cluster:
         proc = subprocess.Popen(self._cmd("broker", "--bind", bind, *extra),
                                 stdout=subprocess.PIPE, cwd=common.REPO_ROOT)
         self.procs.append(proc)
-        self.address = _read_ready(proc)
+        self.address = read_ready(proc, READY).group(1)
         return proc
 
     def worker(self, *extra: str) -> subprocess.Popen:
@@ -136,32 +136,6 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _read_ready(proc: subprocess.Popen, timeout: float = 30.0) -> str:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if sel.select(deadline - time.monotonic()):
-                line = proc.stdout.readline().decode()
-                if not line:
-                    raise RuntimeError("the broker exited before it was ready")
-                m = READY.search(line)
-                if m:
-                    return m.group(1)
-    finally:
-        sel.close()
-    raise TimeoutError("no ready line from the broker")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
 
 
 def kill_daemon(proc: subprocess.Popen) -> None:
