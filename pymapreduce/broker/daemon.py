@@ -93,7 +93,6 @@ class Broker(ClientAPI):
         self.monitor = self.control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._suspects: dict[bytes, float] = {}  # route -> probe until
         self._last_probe = 0.0
-        self._task_secs: float | None = None  # moving mean of a task's run time
         self._frame: Any = None  # the first frame of the message being handled
         self._reload = False
         self.address = ""
@@ -574,8 +573,8 @@ class Broker(ClientAPI):
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
         if isinstance(secs, (int, float)) and secs >= 0:
-            self._task_secs = secs if self._task_secs is None else (
-                0.8 * self._task_secs + 0.2 * secs)
+            job.task_secs = secs if job.task_secs is None else (
+                0.8 * job.task_secs + 0.2 * secs)
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
@@ -683,10 +682,13 @@ class Broker(ClientAPI):
         # about PREFETCH_SECONDS of work (many tiny tasks, one long one), and fewer near the
         # end of a phase, so the last tasks are not stuck behind a busy worker's queue.
         target = max(1, pending // (2 * len(self.workers)))
-        if self._task_secs is None:
-            target = min(target, 2)  # no task has finished yet: its cost is unknown
+        # paced by the slowest job with pending tasks: a deep queue of its tasks would
+        # hold a worker for long (and a job without a finished task yet is unknown)
+        costs = [j.task_secs for j in self.scheduler.jobs() if j.pending]
+        if not costs or None in costs:
+            target = min(target, 2)
         else:
-            target = min(target, 1 + int(PREFETCH_SECONDS / max(self._task_secs, 1e-6)))
+            target = min(target, 1 + int(PREFETCH_SECONDS / max(max(costs), 1e-6)))
         for worker in list(self.workers.values()):
             room = min(worker.credit, target) - len(worker.running)
             if room <= 0:

@@ -1,17 +1,20 @@
 """Which pending task goes to a worker that has room: weighted max-min fair share.
 
-Weighted fair queuing over tasks handed out: each job counts the tasks it was given
-(``served``), and the next task goes to the job with the least ``served / priority``
-among the jobs with a pending task this worker may run (its tags meet the job's
-``requires``). Over any stretch of time a job with priority 3 gets three tasks for every
-one of a job with priority 1. A job that needs less than its share simply has nothing
-pending, so the rest goes to the others: max-min fairness, without computing shares.
+Weighted fair queuing over worker time: each job counts the seconds of work it was handed
+(``served``: each task charged its job's mean task run time, as workers report it), and
+the next task goes to the job with the least ``served / priority`` among the jobs with a
+pending task this worker may run (its tags meet the job's ``requires``). Over any stretch
+of time a job with priority 3 gets three times the worker time of a job with priority 1,
+and a job of short tasks gets many of them for each long task of another job. A job that
+needs less than its share simply has nothing pending, so the rest goes to the others:
+max-min fairness, without computing shares.
 
 A job cannot bank service while it has nothing pending (just submitted, or waiting for
-its last maps before its reduces): its count is kept within one task of the scheduler's
-virtual clock (the score of the last task handed out), so a newcomer gets the next free
-slot, then its share, not every slot until it has caught up. Ties go to the job served
-least recently, so equal jobs take turns. Within a job, tasks go in order (a retry first).
+its last maps before its reduces): its count is kept within ``LAG`` seconds of the
+scheduler's virtual clock (the score of the last task handed out), so a newcomer gets the
+next free slot and then its share, not every slot until it has caught up. Ties go to the
+job served least recently, so equal jobs take turns. Within a job, tasks go in order (a
+retry first).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 from .tasks import JobState, Task
 
 MAX_PASSED = 64  # retries looked past in one take, waiting for another worker
+LAG = 0.5  # seconds of work a job may be behind the virtual clock
+UNKNOWN_COST = 0.05  # seconds charged for a task of a job none of whose tasks finished yet
 
 
 class Scheduler:
@@ -50,7 +55,7 @@ class Scheduler:
         another one, as long as one of ``workers`` (the live ones) has not failed it too."""
         out: list[Task] = []
         done: set[str] = set()  # jobs with nothing (more) for this worker
-        floor = self.clock - 1.0
+        floor = self.clock - LAG
         while len(out) < n:
             best = None
             best_score = 0.0
@@ -70,10 +75,11 @@ class Scheduler:
                 done.add(best.id)
                 continue
             self._jobs.move_to_end(best.id)
-            best.served = best_score * best.priority + 1.0
+            cost = best.task_secs if best.task_secs is not None else UNKNOWN_COST
+            best.served = best_score * best.priority + cost
             if best_score > self.clock:
                 self.clock = best_score
-                floor = self.clock - 1.0
+                floor = self.clock - LAG
             out.append(task)
         return out
 

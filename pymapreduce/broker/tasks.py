@@ -107,7 +107,8 @@ class JobState:
         self.priority = float(self.options.get("priority", 1) or 1)
         self.requires = frozenset(self.options.get("requires") or ())
         self.active = 0  # attempts running (or queued on a worker) now: its slots in use
-        self.served = 0.0  # tasks handed out, as the scheduler's fair share counts them
+        self.served = 0.0  # seconds of work handed out, as the fair share counts them
+        self.task_secs: float | None = None  # moving mean of its tasks' run times
         self.dispatched = False  # a task has been handed out: running, no longer queued
         self.waiting = ""  # why no task can be handed out, when none can
         # attempts of a restarted broker's tasks are numbered apart from its last run's,
