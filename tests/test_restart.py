@@ -166,3 +166,26 @@ def test_a_second_broker_on_the_same_state_dir_is_refused(daemons, tmp_path):
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode != 0
     assert "in use by another broker" in proc.stderr
+
+
+def test_a_finished_job_whose_files_were_lost_says_so_instead_of_an_empty_result(daemons,
+                                                                                  tmp_path):
+    import shutil
+
+    from pymapreduce import JobFailed
+
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    daemons.worker(address, 1)
+    records = [(i, f"a b{i % 4}") for i in range(20)]
+    with Client(address) as client:
+        job_id = client.submit(WordCount(), records).job_id
+        client.job(job_id).wait(60)
+    broker.kill()
+    broker.wait()
+    for job_dir in (state / "outputs").iterdir():  # the disk lost the results
+        shutil.rmtree(job_dir)
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    with Client(address) as client:
+        with pytest.raises(JobFailed, match="missing from the state directory"):
+            client.job(job_id).result(30)

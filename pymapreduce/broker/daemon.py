@@ -43,6 +43,7 @@ REREGISTERED = "re-registered"  # purges that are not their tasks' fault
 LEFT = "left"
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
+STEP_DONE = "done"  # the journal's row for a finished step of a multi-step job
 HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
@@ -581,6 +582,8 @@ class Broker(ClientAPI):
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty)
         job.commit(task, stats, nonempty)
         if job.step != step:
+            if self.journal is not None:  # the step is over: its map outputs may go
+                self.journal.commit(job.seq, step, STEP_DONE, 0, {}, [])
             self._spent(job)
         if job.state != P.JOB_RUNNING:
             self._job_ended(job)
@@ -590,6 +593,7 @@ class Broker(ClientAPI):
     def _spent(self, job: JobState) -> None:
         """The next step began: the last step's map outputs are spent, and so are the
         inputs it read (the outputs of the step before it)."""
+        self._durable()
         jid, old = job.id, job.step - 2
         self.store.discard_where(lambda k: k[0] == jid and (
             k[1] == MAP or (k[1] == "s" and k[2] <= old)))
@@ -605,7 +609,7 @@ class Broker(ClientAPI):
             return [((job.id, MAP, index, r), f"{prefix}m{index}-{r}") for r in parts]
         if not job.steps or step == len(job.steps) - 1:
             return [((job.id, "out", index), f"o{index}")]
-        return [((job.id, "s", step, index), f"{prefix}o{index}")]
+        return [((job.id, "s", step, index), f"s{step}o{index}")]
 
     def _path(self, job: JobState, name: str) -> str | None:
         """The file a committed output of ``job`` is kept in (None: no state directory)."""
@@ -623,8 +627,11 @@ class Broker(ClientAPI):
                            attempt_base=self.attempt_base)
             job.seq = saved.seq
             running = saved.state == P.JOB_RUNNING
-            latest = max((c[0] for c in saved.commits), default=0)  # the step in progress
+            finished = {c[0] for c in saved.commits if c[1] == STEP_DONE}
+            lost = False  # a result file is missing: the state directory lost data
             for step, kind, index, stats, parts in saved.commits:
+                if kind == STEP_DONE:
+                    continue
                 tasks = job.tasks(kind)
                 if step != job.step or not 0 <= index < len(tasks) or \
                         tasks[index].state == DONE:
@@ -634,14 +641,22 @@ class Broker(ClientAPI):
                 outputs = [(k, self._path(job, n))
                            for k, n in self._outputs(job, step, kind, index, parts)]
                 if not all(os.path.exists(p) for _, p in outputs):
-                    if running and step == latest and outputs and outputs[0][0][1] == MAP:
+                    if (running and step not in finished and outputs
+                            and outputs[0][0][1] == MAP):
                         continue  # the step in progress lost a file: the task runs again
+                    lost = lost or any(k[1] == "out" for k, _ in outputs)
                 else:
                     for key, path in outputs:
                         self.store.adopt(key, path)
                 job.commit(tasks[index], stats, parts, restored=True)
                 if job.step != step:
                     self._spent(job)
+            if lost and (job.state == P.JOB_SUCCEEDED or saved.state == P.JOB_SUCCEEDED):
+                job.state = P.JOB_RUNNING  # (finish() below records the loss instead)
+                saved.state, saved.error = P.JOB_FAILED, {
+                    "message": "its output files are missing from the state directory "
+                               f"{self.journal.dir}: run the job again"}
+                running = False
             if running and job.state == P.JOB_RUNNING:
                 job.pending.clear()
                 job.pending.extend(t for t in job.tasks(job.phase) if t.state == PENDING)
@@ -753,6 +768,8 @@ class Broker(ClientAPI):
                     split = job.splits[t.index]
                     if split[0] == "step":  # the output of the step before
                         key = (job.id, "s", split[1], split[2])
+                        if key not in self.store:
+                            log.error("%s: input %s of %s is missing", job.id, key, t.name)
                         items.append([MAP, t.index, attempt, ["cols", len(blobs)]])
                         blobs.append(self.store.get(key) if key in self.store else b"")
                     elif split[0] == "mem":
@@ -785,8 +802,15 @@ class Broker(ClientAPI):
             except zmq.ZMQError:
                 pass
 
+    def _durable(self) -> None:
+        """Flush the journal before deleting output files: a commit that made files spent
+        must be on disk first, or a restart would need files that are gone."""
+        if self.journal is not None:
+            self.journal.flush()
+
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
+        self._durable()
         jid = job.id
         if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
             self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
@@ -811,9 +835,10 @@ class Broker(ClientAPI):
         self.jobs.pop(job.id, None)
         self.scheduler.remove(job)
         jid = job.id
-        self.store.discard_where(lambda k: k[0] == jid)
-        if self.journal is not None:
+        if self.journal is not None:  # forgotten on disk first, then its files go
             self.journal.drop(job.seq)
+            self.journal.flush()
+        self.store.discard_where(lambda k: k[0] == jid)
 
     def _publish(self, job: JobState, now: float) -> None:
         job.dirty = False

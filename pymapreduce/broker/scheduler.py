@@ -59,6 +59,7 @@ class Scheduler:
         while len(out) < n:
             best = None
             best_score = 0.0
+            rivals = 0  # other jobs this worker could serve
             for job in self._jobs.values():
                 if not job.pending or job.id in done:
                     continue
@@ -68,19 +69,28 @@ class Scheduler:
                 score = max(job.served / job.priority, floor)
                 if best is None or score < best_score:
                     best, best_score = job, score
+                rivals += 1
             if best is None:
                 break
-            task = self._next(best, route, workers)
-            if task is None:
+            # alone, a job takes the whole batch at once (the common case, and the hot
+            # path for many tiny tasks); among others, one task per turn
+            want = n - len(out) if rivals == 1 and not best.pending[0].avoid else 1
+            taken = 0
+            while taken < want:
+                task = self._next(best, route, workers)
+                if task is None:
+                    break
+                out.append(task)
+                taken += 1
+            if not taken:
                 done.add(best.id)
                 continue
             self._jobs.move_to_end(best.id)
             cost = best.task_secs if best.task_secs is not None else UNKNOWN_COST
-            best.served = best_score * best.priority + cost
+            best.served = best_score * best.priority + cost * taken
             if best_score > self.clock:
                 self.clock = best_score
                 floor = self.clock - LAG
-            out.append(task)
         return out
 
     @staticmethod

@@ -34,6 +34,7 @@ log = logging.getLogger("pymapreduce.worker")
 FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
 FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
+EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
 
 
@@ -97,6 +98,7 @@ class Worker:
         self._abandon: tuple | None = None  # the running attempt to stop (set by hb thread)
         self._main = threading.main_thread().ident
         self._interruptible = False
+        self._idle_poll = False
         self._need_ready = threading.Event()
         self.tasks_done = 0
 
@@ -115,7 +117,7 @@ class Worker:
         and the queued ones (the broker re-queues them at once), then exit. Call from the
         main thread (a signal handler)."""
         self._stop.set()
-        if self._current is not None:
+        if self._current is not None or self._idle_poll:
             raise TaskAbandoned("the worker is leaving")
 
     def _on_abandon_signal(self, signum: int, frame: object) -> None:
@@ -138,7 +140,10 @@ class Worker:
             if self.connect_addr:
                 hb = threading.Thread(target=self._heartbeat_loop, name="pmr-heartbeat", daemon=True)
                 hb.start()
-            self._loop()
+            try:
+                self._loop()
+            except TaskAbandoned:  # drained while idle: leave now
+                pass
         finally:
             self._stop.set()
             try:  # never block here: the broker may be gone, or may never have let us in
@@ -151,6 +156,7 @@ class Worker:
                 pass
             if hb is not None:
                 hb.join(2 * self.heartbeat_interval)
+            self.ctl.setsockopt(zmq.LINGER, EXIT_LINGER_MS)  # a gone broker: do not wait
             self.watch.close()
             self.ctl.close()
             if self.data is not None:
@@ -183,7 +189,12 @@ class Worker:
                 self._register()
             if not self.queue:
                 self._flush()
-                if self.ctl.poll(100, zmq.POLLIN):
+                self._idle_poll = True  # a drain may interrupt this wait
+                try:
+                    ready = self.ctl.poll(100, zmq.POLLIN)
+                finally:
+                    self._idle_poll = False
+                if ready:
                     self._drain()
                 else:
                     self._idle()
