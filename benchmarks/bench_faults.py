@@ -251,6 +251,9 @@ def main() -> int:
                     help="words per record (default 60); with --wait-ms 0 and more words, "
                          "the job is CPU-bound instead")
     ap.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
+    ap.add_argument("--backup-after", default="0.25",
+                    help="the broker's --backup-after in the scenarios with backup tasks "
+                         "(default 0.25, the broker's default)")
     ap.add_argument("--scenarios", default="undisturbed,kill,slow,broker")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -262,12 +265,15 @@ def main() -> int:
         f"{args.words} words and {args.wait_ms:g} ms wait per record, 3 worker daemons")
     records = make_records(args.records, args.words)
     reference = sequential(records)
-    plans: list[tuple[str, Any]] = [("undisturbed", lambda: scenario_plain(records, args))]
+    plans: list[tuple[str, Any]] = [
+        ("undisturbed", lambda: scenario_plain(records, args, (),
+                                               ("--backup-after", args.backup_after)))]
     if "kill" in wanted:
         plans.append(("kill 1 of 3 workers at 50% of map", lambda: scenario_kill(records, args)))
     if "slow" in wanted:
         plans.append(("1 of 3 workers 10x slower, backup tasks on",
-                      lambda: scenario_plain(records, args, ("--slowdown", "10"))))
+                      lambda: scenario_plain(records, args, ("--slowdown", "10"),
+                                             ("--backup-after", args.backup_after))))
         plans.append(("1 of 3 workers 10x slower, backup tasks off",
                       lambda: scenario_plain(records, args, ("--slowdown", "10"),
                                              ("--backup-after", "off"))))

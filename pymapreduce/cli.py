@@ -359,10 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-budget-mb", type=float, default=1024,
                    help="task output held in memory before spilling to disk")
     b.add_argument("--spill-dir", help="where outputs beyond the budget go")
-    b.add_argument("--backup-after", type=_backup_after, default=1.0, metavar="SECONDS",
+    b.add_argument("--backup-after", type=_backup_after, default=0.25, metavar="SECONDS",
                    help="backup tasks: a task still running this long (and twice its job's "
                         "mean) gets a second attempt on an idle worker; 'off' disables them "
-                        "(default 1)")
+                        "(default 0.25)")
     b.add_argument("--max-jobs", type=int, default=1000,
                    help="unfinished jobs held at once; more are refused (default 1000)")
     b.add_argument("--state-dir", metavar="DIR",

@@ -28,7 +28,7 @@ class BrokerConfig:
     result_ttl: float = 3600.0  # seconds a finished job's outputs wait for their client
     max_message: int = DEFAULT_MAX_MESSAGE
     status_interval: float = 0.1  # at most this often a progress event per job
-    backup_after: float = 1.0  # a straggler runs at least this long before its backup
+    backup_after: float = 0.25  # a straggler runs at least this long before its backup
     keys_dir: str | None = None  # CURVE keys and allowlists (see patterns/security.py)
     insecure: bool = False  # listening beyond loopback without keys: warn on every job
     max_jobs: int = 1000  # unfinished jobs held at once; more are refused at SUBMIT
