@@ -177,7 +177,8 @@ def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
     assert log.read_text().split("\n")[:2] == ["start 0", ""]  # stopped mid-sleep
 
 
-def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])  # SIGINT: Ctrl-C on the daemon
+def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path, sig):
     import signal
 
     _, address = daemons.broker("--heartbeat", "1", "--liveness", "60")  # no help from liveness
@@ -190,7 +191,7 @@ def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path):
         handle = client.submit(Noted(str(log), "d", delay=0.1), records, map_tasks=30)
         while not log.exists() or len(notes(log)) < 6:
             time.sleep(0.02)
-        leaving.send_signal(signal.SIGTERM)
+        leaving.send_signal(getattr(signal, sig))
         assert leaving.wait(15) == 0
         assert handle.result(30) == run_sequential(WordCount(), records)
         assert len(client.workers()) == 1
