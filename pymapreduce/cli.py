@@ -227,10 +227,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress = Progress(sys.stderr)
             try:
                 status = handle.wait(timeout=args.timeout, progress=progress)
-            except (KeyboardInterrupt, JobTimeout):
+            except (KeyboardInterrupt, JobTimeout) as exc:
+                if isinstance(exc, JobTimeout):
+                    print(f"pymapreduce: {exc}", file=sys.stderr)
                 if cluster is None:  # a shared broker: don't leave the job running unseen
                     handle.cancel()
-                    print(f"pymapreduce: job {handle.job_id} cancelled", file=sys.stderr)
+                    print(f"pymapreduce: job {handle.job_id} cancelled, so that it does not "
+                          "go on unwatched", file=sys.stderr)
+                if isinstance(exc, JobTimeout):
+                    return EXIT_TIMEOUT
                 raise
             finally:
                 progress.end()
@@ -242,8 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             cluster.close()
     seconds = status.get("elapsed") or (time.monotonic() - started)
     mb = status["bytes"] / 1e6
-    print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes in "
-          f"{seconds:.2f}s ({mb / max(seconds, 1e-9):.1f} MB/s)"
+    print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes; the "
+          f"job ran {seconds:.2f}s on the cluster ({mb / max(seconds, 1e-9):.1f} MB/s)"
           + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
     return EXIT_OK
 
@@ -311,6 +316,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         handle = client.job(args.job_id)
+        before = handle.status()["state"]
+        if before in ("succeeded", "failed", "cancelled"):
+            print(f"job {args.job_id}: already {before}, nothing to cancel")
+            return EXIT_OK
         handle.cancel()
         state = handle.status()["state"]
     print(f"job {args.job_id}: {state}")
@@ -442,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `pymapreduce status ... | head`: the reader had enough
+        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

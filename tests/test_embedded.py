@@ -97,7 +97,8 @@ def test_cli_run_prints_json_lines_and_writes_output_files(corpus, tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert dict(json.loads(line) for line in proc.stdout.splitlines()) == expected
-    assert re.search(r"\d+ records, \d+ bytes in [\d.]+s \([\d.]+ MB/s\)", proc.stderr)
+    assert re.search(r"\d+ records, \d+ bytes; the job ran [\d.]+s on the cluster "
+                     r"\([\d.]+ MB/s\)", proc.stderr)
 
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -135,12 +135,14 @@ def test_a_finished_job_is_still_there_after_a_restart(daemons, tmp_path):
     records = [(i, f"a b{i % 4}") for i in range(20)]
     with Client(address) as client:
         job_id = client.submit(WordCount(), records).job_id
-        client.job(job_id).wait(60)
+        elapsed = client.job(job_id).wait(60)["elapsed"]
     broker.kill()
     broker.wait()
     daemons.broker(*FAST, "--state-dir", str(state), bind=address)
     with Client(address) as client:
-        assert client.job(job_id).result(30) == run_sequential(WordCount(), records)
+        handle = client.job(job_id)
+        assert handle.result(30) == run_sequential(WordCount(), records)
+        assert abs(handle.status()["elapsed"] - elapsed) < 0.5  # its time, not the restart's
 
 
 def test_a_restart_without_state_makes_the_waiting_client_fail_clearly(daemons, tmp_path):

@@ -195,3 +195,25 @@ def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path, sig):
         assert leaving.wait(15) == 0
         assert handle.result(30) == run_sequential(WordCount(), records)
         assert len(client.workers()) == 1
+
+
+def test_a_job_waiting_for_tags_times_out_saying_why(cluster):
+    from pymapreduce import JobTimeout
+
+    with Client(cluster) as client:
+        handle = client.submit(WordCount(), RECORDS, requires={"gpuu"})
+        with pytest.raises(JobTimeout, match="still queued .* no live worker has the tags gpuu"):
+            handle.result(timeout=2.5)
+        handle.cancel()
+
+
+def test_a_job_without_map_is_refused_at_submit(cluster):
+    from pymapreduce import ConfigError, Job
+
+    class NoMap(Job):
+        def mapp(self, key, value):  # a typo
+            yield key, value
+
+    with Client(cluster) as client:
+        with pytest.raises(ConfigError, match="defines no map"):
+            client.submit(NoMap(), RECORDS)

@@ -98,7 +98,8 @@ class ClientAPI:
                 reducers, map_only = steps[0]["reducers"], steps[0]["map_only"]
             options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
                        "map_only": map_only, "skip": skip, "priority": priority,
-                       "requires": sorted(set(requires)), "steps": steps}
+                       "requires": sorted(set(requires)), "steps": steps,
+                       "submitted_at": time.time()}
             job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
                            map_only, peer, now, options=options,
                            attempt_base=self.attempt_base)

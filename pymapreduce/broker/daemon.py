@@ -664,7 +664,14 @@ class Broker(ClientAPI):
             elif job.state == P.JOB_RUNNING:  # it ended before the crash
                 job.finish(saved.state, saved.error)
             else:  # it ended during recovery (every task was committed)
-                self.journal.finish(job.seq, job.state, job.error)
+                self.journal.finish(job.seq, job.state, job.error, time.time())
+            # elapsed times go on from before the restart (wall clock, as journaled)
+            wall = time.time()
+            submitted_at = o.get("submitted_at")
+            if isinstance(submitted_at, (int, float)):
+                job.submitted = now - max(0.0, wall - submitted_at)
+                if job.finished is not None and isinstance(saved.ended, (int, float)):
+                    job.finished = job.submitted + max(0.0, saved.ended - submitted_at)
             self.jobs[job.id] = job
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
@@ -823,7 +830,7 @@ class Broker(ClientAPI):
                 self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
         if self.journal is not None:
-            self.journal.finish(job.seq, job.state, job.error)
+            self.journal.finish(job.seq, job.state, job.error, time.time())
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]

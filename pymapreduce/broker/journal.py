@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     code BLOB NOT NULL,
     splits BLOB NOT NULL,
     state TEXT NOT NULL,
-    error BLOB
+    error BLOB,
+    ended REAL
 );
 CREATE TABLE IF NOT EXISTS commits (
     seq INTEGER NOT NULL,
@@ -69,6 +70,7 @@ class SavedJob:
     splits: list
     state: str
     error: dict | None
+    ended: float | None
     commits: list = field(default_factory=list)  # [(step, kind, index, stats, parts)]
 
 
@@ -143,10 +145,11 @@ class Journal:
         self.db.execute("INSERT OR REPLACE INTO commits VALUES (?, ?, ?, ?, ?, ?)",
                         (seq, step, kind, index, msgpack.packb(stats), msgpack.packb(parts)))
 
-    def finish(self, seq: int, state: str, error: dict | None) -> None:
+    def finish(self, seq: int, state: str, error: dict | None, ended: float) -> None:
+        """A job ended (``ended``: the wall-clock time it did)."""
         self._begin()
-        self.db.execute("UPDATE jobs SET state=?, error=? WHERE seq=?",
-                        (state, msgpack.packb(error) if error else None, seq))
+        self.db.execute("UPDATE jobs SET state=?, error=?, ended=? WHERE seq=?",
+                        (state, msgpack.packb(error) if error else None, ended, seq))
 
     def drop(self, seq: int) -> None:
         """Forget a job and delete its files."""
@@ -168,11 +171,12 @@ class Journal:
     def load(self) -> list[SavedJob]:
         """Every journaled job with its commits, in submission order."""
         jobs: dict[int, SavedJob] = {}
-        for seq, job_id, options, code, splits, state, error in self.db.execute(
-                "SELECT seq, id, options, code, splits, state, error FROM jobs ORDER BY seq"):
+        for seq, job_id, options, code, splits, state, error, ended in self.db.execute(
+                "SELECT seq, id, options, code, splits, state, error, ended FROM jobs "
+                "ORDER BY seq"):
             jobs[seq] = SavedJob(seq, job_id, msgpack.unpackb(options), code,
                                  msgpack.unpackb(splits), state,
-                                 msgpack.unpackb(error) if error else None)
+                                 msgpack.unpackb(error) if error else None, ended)
         for seq, step, kind, index, stats, parts in self.db.execute(
                 "SELECT seq, step, kind, idx, stats, parts FROM commits "
                 "ORDER BY seq, step, kind, idx"):

@@ -272,7 +272,9 @@ class JobHandle:
                 status = client._status.get(self.job_id, status)
                 continue
             if end is not None and now >= end:
-                raise JobTimeout(f"job {self.job_id} still running after {timeout:g}s")
+                why = f": {status['waiting']}" if status.get("waiting") else ""
+                raise JobTimeout(f"job {self.job_id} still {status.get('state', 'running')} "
+                                 f"after {timeout:g}s{why}")
             if now - heard >= client.timeout:
                 raise BrokerUnavailable(
                     f"lost contact with the broker at {client.address}: nothing heard for "

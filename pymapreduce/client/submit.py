@@ -52,8 +52,12 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         raise ConfigError(f"map_tasks must be at least 1, got {map_tasks}")
     if reducers is not None and reducers < 0:
         raise ConfigError(f"reducers must not be negative, got {reducers}")
-    code = pickle_job(job)
     steps = job_steps(job)
+    for part in steps or [job]:
+        if type(part).map is Job.map:
+            raise ConfigError(f"{type(part).__name__} defines no map(self, key, value): "
+                              "a job needs one (reduce and combine are optional)")
+    code = pickle_job(job)
     plan = None
     if steps is not None:  # each step's reducers: its own, else the submit's, else slots
         plan = []
