@@ -43,7 +43,7 @@ from typing import Any
 
 import common
 from jobs import WordCount
-from procs import children, read_ready
+from procs import children, kill_daemon, read_ready, signal_pid
 
 READY = re.compile(r"pymapreduce broker ready: (\S+)")
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
@@ -126,28 +126,13 @@ class Cluster:
             if proc.stdout:
                 proc.stdout.close()
         for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            signal_pid(pid, signal.SIGKILL)
 
     def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def kill_daemon(proc: subprocess.Popen) -> None:
-    """kill -9 of a worker daemon: its supervisor and its processes."""
-    kids = children(proc.pid)
-    proc.kill()
-    for pid in kids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
 
 
 def when_half_mapped(handle: Any, action) -> threading.Thread:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import selectors
+import signal
 import subprocess
 import time
 
@@ -49,6 +50,15 @@ def signal_pid(pid: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def kill_daemon(proc: subprocess.Popen) -> None:
+    """kill -9 of a worker daemon: its supervisor and its processes."""
+    kids = children(proc.pid)
+    proc.kill()
+    for pid in kids:
+        signal_pid(pid, signal.SIGKILL)
+    proc.wait()
 
 
 def reap(pid: int) -> None:

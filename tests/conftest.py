@@ -70,6 +70,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_daemon(proc: subprocess.Popen) -> None:
+    """kill -9 of a whole worker daemon: its supervisor and its processes."""
+    kids = children(proc.pid)
+    proc.kill()
+    for pid in kids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def wait_dead(pids, timeout: float = 10.0) -> list[int]:
     """Wait until every pid has exited; returns those still alive after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ import pytest
 
 from pymapreduce import Client, read_text, run_sequential
 
-from .conftest import FAST, children, wait_workers
+from .conftest import FAST, children, kill_daemon, wait_workers
 from .jobs import WordCount, WordCountCombined, read_lines
 
 
@@ -86,11 +86,7 @@ def test_word_count_while_daemons_freeze_die_and_the_broker_restarts(daemons, co
         os.kill(frozen, signal.SIGSTOP)
         while progress() < 0.4:
             time.sleep(0.02)
-        doomed = sups[1]  # a whole worker daemon
-        kids = children(doomed.pid)
-        doomed.kill()
-        for pid in kids:
-            kill_quietly(pid)
+        kill_daemon(sups[1])  # a whole worker daemon
         daemons.worker(address, 1)  # a replacement joins mid-job
         time.sleep(rng.uniform(0.1, 0.5))
         broker.kill()  # and the broker dies, mid-map

@@ -10,8 +10,8 @@ import pytest
 
 from pymapreduce import Client, JobFailed, run_sequential
 
-from .conftest import FAST, children, wait_workers
-from .jobs import WordCount
+from .conftest import FAST, children, kill_daemon, wait_workers
+from .jobs import WordCount, note
 
 
 class Logged(WordCount):
@@ -23,8 +23,7 @@ class Logged(WordCount):
         self.busy = busy
 
     def map(self, key, line):
-        with open(self.log_path, "a") as f:
-            f.write(f"{key}\n")
+        note(self.log_path, key)
         if self.busy:  # CPU-bound, never yields: only a heartbeat thread keeps us alive
             end = time.process_time() + self.busy
             while time.process_time() < end:
@@ -88,13 +87,7 @@ def test_killing_a_whole_worker_daemon_mid_job_changes_nothing(daemons, tmp_path
         handle = client.submit(Logged(str(log), delay=0.05), records, map_tasks=20)
         while handle.status()["maps"][0] < 3:
             time.sleep(0.02)
-        kids = children(doomed.pid)
-        doomed.kill()  # kill -9 of the supervisor: its children die with it
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_daemon(doomed)
         assert handle.result(60) == run_sequential(WordCount(), records)
         handle.status()
         assert handle.counters == {}  # and no counter was double-counted (none were set)
@@ -133,8 +126,7 @@ class Poisoned(WordCount):
 
     def map(self, key, line):
         if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(f"{key} {os.getpid()}\n")
+            note(self.log_path, key, os.getpid())
         if "poison" in line:
             raise ValueError(f"cannot digest {line!r}")
         yield from super().map(key, line)
@@ -190,8 +182,7 @@ def test_a_failed_task_is_retried_on_another_worker(daemons, tmp_path):
 
     class FailsOnce(Poisoned):
         def map(self, key, line):
-            with open(self.log_path, "a") as f:
-                f.write(f"{key} {os.getpid()}\n")
+            note(self.log_path, key, os.getpid())
             with open(self.log_path) as f:
                 tries = [x for x in f.read().split("\n") if x.startswith(f"{key} ")]
             if key == 3 and len(tries) == 1:
@@ -214,8 +205,7 @@ class SlowLast(WordCount):
         self.log_path = log_path
 
     def map(self, key, line):
-        with open(self.log_path, "a") as f:
-            f.write(f"{key} {os.getpid()}\n")
+        note(self.log_path, key, os.getpid())
         if key == 11:
             time.sleep(2.0)
         yield from super().map(key, line)

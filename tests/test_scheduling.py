@@ -12,7 +12,7 @@ import pytest
 from pymapreduce import Client, PyMapReduceError, run_sequential
 
 from .conftest import FAST, ROOT, pmr, wait_workers
-from .jobs import WordCount
+from .jobs import WordCount, note
 
 
 class Noted(WordCount):
@@ -24,8 +24,7 @@ class Noted(WordCount):
         self.delay = delay
 
     def map(self, key, line):
-        with open(self.log_path, "a") as f:
-            f.write(f"{self.tag} {os.getpid()}\n")
+        note(self.log_path, self.tag, os.getpid())
         time.sleep(self.delay)
         yield from super().map(key, line)
 
@@ -149,14 +148,12 @@ class Sleepy(WordCount):
         self.seconds = seconds
 
     def map(self, key, line):
-        with open(self.log_path, "a") as f:
-            f.write(f"start {key}\n")
+        note(self.log_path, "start", key)
         try:
             time.sleep(self.seconds)
         except Exception:  # user code that swallows errors must not swallow a cancel
             pass
-        with open(self.log_path, "a") as f:
-            f.write(f"end {key}\n")
+        note(self.log_path, "end", key)
         yield from super().map(key, line)
 
 

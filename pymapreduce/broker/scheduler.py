@@ -42,8 +42,10 @@ class Scheduler:
     def remove(self, job: JobState) -> None:
         self._jobs.pop(job.id, None)
 
-    def jobs(self) -> list[JobState]:
-        return list(self._jobs.values())
+    def jobs(self):
+        """The jobs, least recently served first (a live view: do not add or remove
+        while iterating)."""
+        return self._jobs.values()
 
     def pending(self) -> int:
         return sum(len(j.pending) for j in self._jobs.values())

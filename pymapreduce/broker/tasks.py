@@ -121,7 +121,6 @@ class JobState:
         self.splits = splits  # per map task: ["mem", blob] or ["files", [[path, start, end]...]]
         self.reducers = reducers
         self.map_only = map_only
-        self.owner = owner
         self.state = P.JOB_RUNNING
         self.phase = MAP
         self.maps = [Task(self, MAP, i) for i in range(len(splits))]
@@ -130,14 +129,12 @@ class JobState:
         self.done_maps = 0
         self.done_reduces = 0
         self.map_parts: list[list[int]] = [[] for _ in range(reducers)]  # r -> map indexes
-        self.step_inputs: list[int] = []  # the output parts of the last step that hold data
         self.counters: dict[str, int] = {}
         self.records = 0
         self.bytes_in = 0
         self.watchers: set[bytes] = {owner} if owner else set()
         self.error: dict | None = None
         self.submitted = now
-        self.wall_start = time.time()
         self.finished: float | None = None
         self.dirty = False
         self.last_event = 0.0
@@ -229,7 +226,6 @@ class JobState:
         else:
             inputs = [r for r in range(self.reducers) if self.map_parts[r]]
         self.step += 1
-        self.step_inputs = inputs
         spec = self.steps[self.step]
         self.reducers = int(spec["reducers"])
         self.map_only = bool(spec["map_only"])
