@@ -102,6 +102,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           spill_dir=args.spill_dir, keys_dir=args.keys,
                           state_dir=args.state_dir, backup_after=args.backup_after,
                           max_jobs=args.max_jobs,
+                          max_jobs_per_client=args.max_jobs_per_client,
+                          max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
+                          list_all_jobs=args.list_all_jobs,
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
@@ -374,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.25)")
     b.add_argument("--max-jobs", type=int, default=1000,
                    help="unfinished jobs held at once; more are refused (default 1000)")
+    b.add_argument("--max-jobs-per-client", type=int, default=100,
+                   help="unfinished jobs of one client key (without keys: one connection) "
+                        "(default 100)")
+    b.add_argument("--max-mb-per-client", type=float, default=2048,
+                   help="MiB of job code and in-memory inputs one client's unfinished jobs "
+                        "may hold in the broker (default 2048)")
+    b.add_argument("--list-all-jobs", action="store_true",
+                   help="listings (pymapreduce status) show every client's jobs; by default "
+                        "a client key sees its own, an admin key (keys authorize DIR admin) "
+                        "sees all")
     b.add_argument("--state-dir", metavar="DIR",
                    help="journal jobs and keep committed outputs here, so that a broker "
                         "restarted on the same DIR carries on its jobs (default: none; a "
@@ -438,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("name", help="broker, worker, client, or any name")
     ka = ksub.add_parser("authorize", help="let a public key in, as a client or a worker")
     ka.add_argument("dir", help="the broker's key directory")
-    ka.add_argument("role", choices=["client", "worker"])
+    ka.add_argument("role", choices=["client", "worker", "admin"],
+                    help="admin: a client key that may see, cancel and release every job")
     ka.add_argument("key_file", help="the peer's NAME.key (public) file")
     kc = ksub.add_parser("cluster", help="broker, worker and client keys in one directory, "
                          "authorized: for one machine or a test")

@@ -12,13 +12,13 @@ from typing import Any
 
 from ..patterns import protocol as P
 from ..patterns.message import Message
+from . import submission
 from .tasks import JobState
 
 log = logging.getLogger("pymapreduce.broker")
 
-MAX_TASKS = 100_000  # map or reduce tasks of one job
-MAX_STEPS = 200  # steps of a multi-step job
 MAX_LISTED = 1000  # jobs in one JOBS listing (the newest)
+MAX_WAITING_FETCHES = 64  # FETCHes one client may have waiting on one job
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
 
@@ -46,80 +46,78 @@ class ClientAPI:
         )
 
     def on_submit(self, peer: bytes, msg: Message, now: float) -> None:
-        b = msg.body
-        job_id = b["job_id"]
-        if not isinstance(job_id, str) or not 0 < len(job_id) <= 200:
-            raise ValueError("job_id must be a string of 1 to 200 characters")
-        job = self.jobs.get(job_id)
+        tenant = self._tenant(peer)
+        job = self.jobs.get(msg.body.get("job_id")) if isinstance(
+            msg.body.get("job_id"), str) else None
+        if job is not None and not self._may_act(job):
+            raise ValueError(f"job id {job.id!r} is taken by another client")
         if job is None:  # a resubmit of a known id is idempotent
-            if not msg.blobs:
-                raise ValueError("SUBMIT carries no job code")
-            if not isinstance(b["splits"], list) or len(b["splits"]) > MAX_TASKS:
-                raise ValueError(f"splits must be a list of at most {MAX_TASKS}")
-            splits = []
-            for desc in b["splits"]:
-                if desc[0] == "mem":
-                    splits.append(["mem", msg.blobs[int(desc[1])]])
-                elif desc[0] == "files" and len(desc) == 2 and desc[1]:
-                    splits.append(["files", [[str(p), int(s), int(e)] for p, s, e in desc[1]]])
-                else:
-                    raise ValueError(f"unknown split {desc[:1]!r}")
-            if not splits:
-                raise ValueError("the job has no input splits")
-            reducers = b.get("reducers")
-            if reducers is None:
-                reducers = max(1, len(self.workers))
-            if type(reducers) is not int or not 0 <= reducers <= MAX_TASKS:
-                raise ValueError(f"reducers must be an int from 0 to {MAX_TASKS}")
-            map_only = bool(b.get("map_only")) or reducers == 0
-            skip = b.get("skip", 0)
-            if type(skip) is not int or skip < -1:
-                raise ValueError("skip must be -1 (no limit), 0 (off) or a number of records")
-            priority = b.get("priority", 1)
-            if type(priority) not in (int, float) or not 0 < priority <= 1e6:
-                raise ValueError("priority must be a number above 0 (default 1)")
-            requires = b.get("requires") or []
-            if not isinstance(requires, list) or len(requires) > 64 or not all(
-                    isinstance(t, str) and 0 < len(t) <= 100 for t in requires):
-                raise ValueError("requires must be a list of at most 64 tag names")
-            active = sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)
-            if active >= self.config.max_jobs:
-                raise ValueError(f"the broker already holds {active} unfinished jobs, its "
-                                 f"limit (--max-jobs {self.config.max_jobs}); submit later")
-            steps = b.get("steps")
-            if steps is not None:
-                if not isinstance(steps, list) or not 0 < len(steps) <= MAX_STEPS or not all(
-                        isinstance(s, dict) and type(s.get("reducers")) is int
-                        and 0 < s["reducers"] <= MAX_TASKS
-                        and isinstance(s.get("map_only"), bool) for s in steps):
-                    raise ValueError(f"steps must be a list of 1 to {MAX_STEPS} "
-                                     "{reducers, map_only}")
-                steps = [{"reducers": s["reducers"], "map_only": s["map_only"]} for s in steps]
-                reducers, map_only = steps[0]["reducers"], steps[0]["map_only"]
-            options = {"name": str(b.get("name", ""))[:200], "reducers": max(1, int(reducers)),
-                       "map_only": map_only, "skip": skip, "priority": priority,
-                       "requires": sorted(set(requires)), "steps": steps,
-                       "submitted_at": time.time()}
-            job = JobState(job_id, options["name"], msg.blobs[0], splits, options["reducers"],
-                           map_only, peer, now, options=options,
-                           attempt_base=self.attempt_base)
+            spec = submission.parse(msg.body, msg.blobs, max(1, len(self.workers)))
+            self._check_limits(tenant, spec)
+            job = JobState(spec.job_id, spec.options["name"], spec.code, spec.splits,
+                           spec.options["reducers"], spec.options["map_only"], peer, now,
+                           options={**spec.options, "tenant": tenant})
+            job.held = spec.held
             if self.journal is not None:  # durable before the client hears ACCEPTED
-                job.seq = self.journal.add_job(job_id, options, job.code, splits)
+                job.seq = self.journal.add_job(job.id, job.options, job.code, job.splits)
                 self.journal.flush()
-            self.jobs[job_id] = job
+            self.jobs[job.id] = job
             self.scheduler.add(job)
-            log.info("job %s (%s) accepted from %s: %d map tasks, %d reducers", job_id,
-                     job.name, _peer([peer], self._peer_key),
-                     len(splits), job.reducers)
+            self._events.warn(_peer([peer], self._peer_key), "job %s (%s) accepted: %d map "
+                              "tasks, %d reducers", job.id, job.name, len(job.maps),
+                              job.reducers, level=logging.INFO)
             if self.config.insecure:
-                log.warning("job %s runs on a broker WITHOUT authentication (--insecure): "
-                            "anyone who can reach %s can run code on every worker",
-                            job_id, self.address)
+                self._events.warn("insecure", "job %s runs on a broker WITHOUT authentication "
+                                  "(--insecure): anyone who can reach %s can run code on "
+                                  "every worker", job.id, self.address)
         job.watchers.add(peer)
         self._reply(peer, P.ACCEPTED, {"req": _req(msg), **job.status(now)})
 
+    # -- tenants -------------------------------------------------------------------------
+    def _tenant(self, peer: bytes) -> str:
+        """Who a job counts against: the client's key (without keys, its connection)."""
+        return f"key {self._peer_key}" if self._peer_key else f"connection {peer.hex()}"
+
+    def _may_act(self, job: JobState) -> bool:
+        """Whether the client being served may see and act on ``job``: its owner key, or
+        an admin key. Without keys there is one tenant: whoever can reach such a broker
+        can run code on every worker anyway, so ownership would protect nothing."""
+        if self.allow is None:
+            return True
+        return job.options.get("tenant") == f"key {self._peer_key}" or self.allow.is_admin(
+            self._peer_key)
+
+    def _check_limits(self, tenant: str, spec: submission.Spec) -> None:
+        """Refuse a job that would take a client past its share (or the broker past its
+        total): unfinished jobs, and bytes of job code and inputs held."""
+        mine = [j for j in self.jobs.values()
+                if j.state == P.JOB_RUNNING and j.options.get("tenant") == tenant]
+        active = sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)
+        cfg = self.config
+        if active >= cfg.max_jobs:
+            raise ValueError(f"the broker already holds {active} unfinished jobs, its "
+                             f"limit (--max-jobs {cfg.max_jobs}); submit later")
+        if len(mine) >= cfg.max_jobs_per_client:
+            raise ValueError(f"this client already has {len(mine)} unfinished jobs, the "
+                             f"limit per client (--max-jobs-per-client "
+                             f"{cfg.max_jobs_per_client}); wait for one to end")
+        held = sum(j.held for j in mine)
+        if held + spec.held > cfg.max_bytes_per_client:
+            raise ValueError(f"this job's code and inputs ({spec.held} bytes) would take this "
+                             f"client's unfinished jobs to {held + spec.held} bytes held in "
+                             f"the broker, over its limit (--max-mb-per-client "
+                             f"{cfg.max_bytes_per_client / (1 << 20):g}); read large inputs "
+                             "from files "
+                             "(read_text), or wait for a job to end")
+
     def _job_or_error(self, peer: bytes, msg: Message) -> JobState | None:
         job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is not None and not self._may_act(job):
+            self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
+                                        "message": f"job {job.id!r} belongs to another "
+                                                   "client key: only its owner or an admin "
+                                                   "key may see or act on it"})
+            return None
         if job is None:
             self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
                                         "message": f"no job {msg.body.get('job_id')!r} here"})
@@ -151,6 +149,9 @@ class ClientAPI:
             raise ValueError(f"job {job.id} has no output partition {first}")
         request = (peer, _req(msg), first, count)
         if job.state == P.JOB_RUNNING and not job.part_done(first) and msg.body.get("wait"):
+            if sum(1 for w in job.fetch_waiters if w[0] == peer) >= MAX_WAITING_FETCHES:
+                raise ValueError(f"this client already waits for {MAX_WAITING_FETCHES} "
+                                 f"partitions of job {job.id}")
             job.fetch_waiters.append(request)
         else:
             self._answer_fetch(job, *request)
@@ -200,7 +201,9 @@ class ClientAPI:
     def on_jobs(self, peer: bytes, msg: Message, now: float) -> None:
         """Every job the broker holds (newest last) and every live worker."""
         jobs = []
-        for job in list(self.jobs.values())[-MAX_LISTED:]:
+        visible = [j for j in self.jobs.values() if self.config.list_all_jobs
+                   or self._may_act(j)]
+        for job in visible[-MAX_LISTED:]:
             status = job.status(now)
             status["skipped"] = len(job.skipped)
             if "error" in status:
@@ -209,18 +212,22 @@ class ClientAPI:
             jobs.append(status)
         workers = []
         for w in self.workers.values():
-            running = sorted(w.running)
+            running = sorted(k for k in w.running if k[0] in self.jobs and (
+                self.config.list_all_jobs or self._may_act(self.jobs[k[0]])))
             host, _, _ = w.name.rpartition(":")
             workers.append({"name": w.name, "host": host or w.name, "pid": w.pid,
                             "tags": sorted(w.tags), "credit": w.credit,
                             "tasks": [f"{j} {k}-{i}" for j, k, i, _ in running[:8]],
-                            "held": len(running), "done": w.done,
+                            "held": len(w.running), "done": w.done,
                             "seen": round(now - w.last_seen, 3),
                             "up": round(now - w.joined, 3)})
         self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers})
 
     def on_release(self, peer: bytes, msg: Message, now: float) -> None:
         job = self.jobs.get(str(msg.body.get("job_id")))
+        if job is not None and not self._may_act(job):
+            self._job_or_error(peer, msg)  # (says whose it is)
+            return
         if job is not None and job.state != P.JOB_RUNNING:
             self._drop_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),

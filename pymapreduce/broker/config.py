@@ -32,6 +32,9 @@ class BrokerConfig:
     keys_dir: str | None = None  # CURVE keys and allowlists (see patterns/security.py)
     insecure: bool = False  # listening beyond loopback without keys: warn on every job
     max_jobs: int = 1000  # unfinished jobs held at once; more are refused at SUBMIT
+    max_jobs_per_client: int = 100  # ... of one client key (without keys: one connection)
+    max_bytes_per_client: int = 2 << 30  # bytes of code and inputs of its unfinished jobs
+    list_all_jobs: bool = False  # listings show every client's jobs (not only one's own)
     state_dir: str | None = None  # journal and committed outputs: survive a restart
 
     def __post_init__(self) -> None:

@@ -26,8 +26,10 @@ from ..patterns.sockets import bind, make_socket, send
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
 from .journal import Journal
+from .reports import attempt_key, report_fields
 from .scheduler import Scheduler
 from .sink import Store
+from .submission import file_ranges
 from .tasks import DONE, MAP, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
@@ -41,6 +43,8 @@ CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CA
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 REREGISTERED = "re-registered"  # purges that are not their tasks' fault
 LEFT = "left"
+NOT_READING = "its queue is full: it does not read what the broker sends"
+BLAMELESS = frozenset({REREGISTERED, LEFT, NOT_READING})
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
 STEP_DONE = "done"  # the journal's row for a finished step of a multi-step job
@@ -53,7 +57,7 @@ class WorkerState:
     """A registered worker process, as the broker sees it."""
 
     __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd",
-                 "tags", "pid", "done", "joined")
+                 "tags", "pid", "done", "joined", "supervisor")
 
     def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
@@ -68,6 +72,7 @@ class WorkerState:
         self.pid = 0
         self.done = 0  # tasks it committed
         self.joined = now
+        self.supervisor = b""  # the route of the process that may beat on its behalf
 
 
 class Broker(ClientAPI):
@@ -103,10 +108,8 @@ class Broker(ClientAPI):
         self.scheduler = Scheduler()
         self.store = Store(config.memory_budget, config.spill_dir)
         self.journal: Journal | None = None
-        self.attempt_base = 0
         if config.state_dir:
             self.journal = Journal(config.state_dir)
-            self.attempt_base = self.journal.incarnation << 20
         self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._stopping = False
@@ -114,6 +117,7 @@ class Broker(ClientAPI):
         self._last_backup_scan = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
         self._bad = RateLimitedLog(log)
+        self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
         self._handlers = {
             P.READY: self.on_ready,
             P.DONE: self.on_done,
@@ -248,6 +252,8 @@ class Broker(ClientAPI):
                 continue
             try:
                 send(self.control, Message(P.HEARTBEAT), route=[route])
+            except zmq.Again:  # connected but not reading: _reply's rule, not a death
+                pass
             except zmq.ZMQError:
                 del self._suspects[route]
                 self._purge(worker, "its connection closed")
@@ -366,8 +372,13 @@ class Broker(ClientAPI):
             worker.tags = frozenset(str(t)[:100] for t in tags[:64])
         pid = msg.body.get("pid")
         worker.pid = pid if type(pid) is int else 0
-        log.info("worker %s joined (credit %d%s)", name or _peer([peer]), credit,
-                 f", tags {','.join(sorted(worker.tags))}" if worker.tags else "")
+        supervisor = msg.body.get("supervisor")
+        if isinstance(supervisor, bytes) and 0 < len(supervisor) <= 64:
+            worker.supervisor = supervisor
+        self._events.warn(_peer([peer], self._peer_key), "worker %s joined (credit %d%s)",
+                          name or _peer([peer]), credit,
+                          f", tags {','.join(sorted(worker.tags))}" if worker.tags else "",
+                          level=logging.INFO)
         self._reply(
             peer,
             P.WELCOME,
@@ -379,12 +390,24 @@ class Broker(ClientAPI):
         )
 
     def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
-        worker = self.workers.get(msg.body.get("worker", peer))
+        named = msg.body.get("worker", peer)
+        worker = self.workers.get(named) if isinstance(named, bytes) else None
+        if worker is not None and not self._vouches(peer, worker):
+            self._complain(_peer([peer], self._peer_key),
+                           "HEARTBEAT for a worker it does not speak for: ignored")
+            return
         if worker is None:
             self._reply(peer, P.RECONNECT, {})
             return
         worker.last_seen = now
         self._reply(peer, P.HEARTBEAT, {})
+
+    def _vouches(self, peer: bytes, worker: WorkerState) -> bool:
+        """Whether ``peer`` may speak for ``worker``: it is the worker, its heartbeat
+        socket, or its supervisor, and (on a secured broker) it holds the worker's key."""
+        if self.allow is not None and self._peer_key != worker.key:
+            return False
+        return peer in (worker.route, worker.route + HB_SUFFIX) or peer == worker.supervisor
 
     def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
         worker = self.workers.get(peer)
@@ -397,18 +420,37 @@ class Broker(ClientAPI):
             self._bad.warn(_peer([peer], self._peer_key),
                            "report from an unregistered worker: told to register")
             self._reply(peer, P.RECONNECT, {})
+        elif self.allow is not None and worker.key != self._peer_key:
+            # another key took over a gone worker's identity: it speaks for no one
+            self._complain(_peer([peer], self._peer_key), "report on the identity of a "
+                           "worker registered with another key: ignored")
+            return None
         else:
             worker.last_seen = now
         return worker
 
     def on_done(self, peer: bytes, msg: Message, now: float) -> None:
+        """Finished attempts, each committed only if this worker holds it; a report whose
+        fields are malformed fails its attempt (with the reason) instead of being lost."""
         worker = self._worker(peer, now)
         if worker is None:
             return
+        results = msg.body.get("results")
+        if not isinstance(results, list):
+            raise ValueError("DONE carries no list of results")
         blobs = msg.blobs
         pos = 0
-        for job_id, kind, index, attempt, stats, nblobs in msg.body["results"]:
-            key = (job_id, kind, index, attempt)
+        for item in results:
+            key = attempt_key(item[:4] if isinstance(item, list) else None)
+            if key is None or key not in worker.running:
+                self._complain(_peer([peer], worker.key), "DONE for an attempt it does not "
+                               "hold: %.80r", item)
+                continue
+            try:
+                stats, nblobs = report_fields(item, len(blobs) - pos)
+            except ValueError as exc:
+                self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
+                continue
             if nblobs >= 0:  # output inline
                 self._commit(key, stats, list(blobs[pos : pos + nblobs]))
                 pos += nblobs
@@ -419,6 +461,17 @@ class Broker(ClientAPI):
                 self._awaiting[key] = stats  # its outputs are still on the data plane
             else:
                 worker.running.discard(key)
+
+    def _report_failed(self, worker: WorkerState, key: tuple, error: str, tb: str = "",
+                       position: dict | None = None) -> None:
+        """``worker`` says (or its malformed report shows) that attempt ``key`` failed."""
+        worker.running.discard(key)
+        self._early.pop(key, None)
+        self._awaiting.pop(key, None)
+        task = self._attempt(key)
+        if task is not None:
+            self._attempt_failed(task, key[3], error, tb,
+                                 position if position else {"split": task.index})
 
     def _on_data(self, route: list, msg: Message, role: str, sender: str) -> None:
         try:
@@ -433,20 +486,17 @@ class Broker(ClientAPI):
                            "dropped a %r message on the data plane", msg.command[:40])
             return
         b = msg.body
-        key = (b.get("job"), b.get("kind"), b.get("index"), b.get("attempt"))
-        task = self._attempt(key)
-        if task is None:
-            if key[0] in self.jobs:  # a stale attempt: another attempt owns this task
-                log.info("dropped output of a stale attempt %s from %s", key, sender or "?")
-            else:
-                self._complain(f"key {sender}" if sender else "data plane",
-                               "dropped output for unknown job %r", key[0])
+        who = f"key {sender}" if sender else "data plane"
+        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
+        task = self._attempt(key) if key is not None else None
+        if task is None:  # unknown, or a stale attempt: another attempt owns this task
+            self._complain(who, "dropped output for an attempt not running: %.80r", key)
             return
         owner = self.workers.get(task.running[key[3]])
         if self.allow is not None and (owner is None or owner.key != sender
                                        or not self.allow.allows(sender, security.WORKER)):
-            log.warning("dropped output for %s %s attempt %s from key %s: not its worker",
-                        key[0], task.name, key[3], sender)
+            self._complain(who, "dropped output for %s %s attempt %s: not its worker",
+                           key[0], task.name, key[3])
             return
         if key in self._awaiting:
             self._commit(key, self._awaiting.pop(key), list(msg.blobs))
@@ -459,13 +509,16 @@ class Broker(ClientAPI):
         if worker is None:
             return
         b = msg.body
-        key = (b["job"], b["kind"], b["index"], b["attempt"])
-        worker.running.discard(key)
-        task = self._attempt(key)
-        if task is not None:
-            self._attempt_failed(task, key[3], str(b.get("error", ""))[:2000],
-                                 str(b.get("traceback", "")), b.get("position"))
-
+        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
+        if key is None or key not in worker.running:
+            self._complain(_peer([peer], worker.key), "FAILED for an attempt it does not "
+                           "hold: %.80r", key)
+            return
+        position = b.get("position")
+        if not isinstance(position, dict) or len(position) > 16:
+            position = {}
+        self._report_failed(worker, key, str(b.get("error", ""))[:2000],
+                            str(b.get("traceback", ""))[-20000:], position)
     def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
                         position: Any, counted: bool = True) -> None:
         """Count a failed attempt: retry the task, or fail the job once attempts run out.
@@ -546,6 +599,20 @@ class Broker(ClientAPI):
         if task is None:
             return
         job = task.job
+        expected = job.reducers if task.kind == MAP and not job.map_only else 1
+        if len(blobs) != expected:  # a bad report fails its attempt; it never wedges
+            route = task.running.get(key[3])
+            self._complain(_peer([route or b""], self.workers[route].key if route in
+                                 self.workers else ""),
+                           "%s %s: %d outputs where %d were due", job.id, task.name,
+                           len(blobs), expected)
+            worker = self.workers.get(route)
+            if worker is not None:
+                self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
+                                    f"where {expected} were due")
+            else:
+                self._attempt_failed(task, key[3], "malformed outputs", "", {})
+            return
         winner = self.workers.get(task.running.get(key[3]))
         if winner is not None:
             winner.done += 1
@@ -561,13 +628,7 @@ class Broker(ClientAPI):
         nonempty: list[int] = []
         step = job.step
         if task.kind == MAP and not job.map_only:
-            if len(blobs) != job.reducers:
-                log.warning("%s %s: %d partitions for %d reducers", job.id, task.name,
-                            len(blobs), job.reducers)
-                return
             nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
-        elif len(blobs) != 1:
-            return
         for (key, name), blob in zip(self._outputs(job, step, task.kind, task.index, nonempty),
                                      [b for b in blobs if len(b)] if nonempty else blobs):
             self.store.put(key, blob, self._path(job, name))
@@ -623,8 +684,7 @@ class Broker(ClientAPI):
         for saved in self.journal.load():
             o = saved.options
             job = JobState(saved.id, o.get("name", ""), saved.code, saved.splits,
-                           o["reducers"], o["map_only"], None, now, options=o,
-                           attempt_base=self.attempt_base)
+                           o["reducers"], o["map_only"], None, now, options=o)
             job.seq = saved.seq
             running = saved.state == P.JOB_RUNNING
             finished = {c[0] for c in saved.commits if c[1] == STEP_DONE}
@@ -689,8 +749,9 @@ class Broker(ClientAPI):
             lost += 1
             self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
                                  f"lost: {reason}", "", {"split": task.index},
-                                 counted=reason not in (REREGISTERED, LEFT))
-        log.info("worker %s removed (%s); %d task(s) re-queued", worker.name, reason, lost)
+                                 counted=reason not in BLAMELESS)
+        self._events.warn(_peer([worker.route], worker.key), "worker %s removed (%s); %d "
+                          "task(s) re-queued", worker.name, reason, lost, level=logging.INFO)
 
     def dispatch(self) -> None:
         """Hand pending tasks to workers with credit (never to one that did not ask)."""
@@ -782,8 +843,9 @@ class Broker(ClientAPI):
                     elif split[0] == "mem":
                         items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
                         blobs.append(split[1])
-                    else:
-                        items.append([MAP, t.index, attempt, split])
+                    else:  # file ranges, kept packed until now
+                        items.append([MAP, t.index, attempt,
+                                      ["files", file_ranges(split), *split[2:]]])
                     if t.skip:
                         items[-1].append(sorted(t.skip))
                 else:
@@ -793,6 +855,9 @@ class Broker(ClientAPI):
             body["tasks"] = items
             try:
                 send(self.control, Message(P.TASKS, body, tuple(blobs)), route=[worker.route])
+            except zmq.Again:  # its queue is full: it does not read, so it gets nothing
+                self._purge(worker, NOT_READING)
+                return
             except zmq.ZMQError as exc:  # the worker is gone (ROUTER_MANDATORY)
                 self._purge(worker, f"unreachable: {exc.strerror}")
                 return
@@ -829,8 +894,9 @@ class Broker(ClientAPI):
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
-        if self.journal is not None:
+        if self.journal is not None:  # on disk before any client hears the job ended
             self.journal.finish(job.seq, job.state, job.error, time.time())
+            self.journal.flush()
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]
@@ -856,9 +922,24 @@ class Broker(ClientAPI):
                 job.watchers.discard(peer)
 
     def _reply(self, peer: bytes, command: str, body: dict, blobs: tuple = ()) -> bool:
+        """Send to a peer without ever waiting for it; False if the message was dropped.
+
+        A peer that does not read fills its own queue (PEER_QUEUE messages); what is sent
+        to it after that is dropped at once, so it costs no one else anything. A client
+        loses those replies (it asks again when it reads again); a registered worker that
+        does not read cannot take tasks either and is dropped from the cluster (its tasks
+        go to others; it registers again when it reads the RECONNECT that follows)."""
         try:
             send(self.control, Message(command, body, blobs), route=[peer])
             return True
+        except zmq.Again:
+            worker = self.workers.get(peer)
+            self._complain(_peer([peer], worker.key if worker else self._peer_key),
+                           "does not read its replies: %s dropped%s", command,
+                           ", worker removed" if worker else "")
+            if worker is not None:
+                self._purge(worker, NOT_READING)
+            return False
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer has gone
             log.debug("cannot reach %s: %s", _peer([peer]), exc.strerror)
             return False

@@ -5,6 +5,7 @@ Pure bookkeeping, no sockets: the broker daemon feeds it events and sends what i
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from typing import Any
@@ -24,6 +25,15 @@ TRANSITIONS = {
 }
 
 MAP, REDUCE = "map", "reduce"
+ATTEMPT_BITS = 12  # an attempt identifier: random bits, then the attempt's number
+ATTEMPT_MASK = (1 << ATTEMPT_BITS) - 1
+ATTEMPT_RANDOM_BITS = 50  # (msgpack carries it as one 8-byte int)
+INT64 = (1 << 63) - 1
+
+
+def _saturated(total: int) -> int:
+    """Totals of many reports stay within what msgpack (and the journal) can carry."""
+    return max(-INT64, min(INT64, total))
 
 
 class IllegalTransition(PyMapReduceError):
@@ -41,7 +51,7 @@ class Task:
         self.kind = kind
         self.index = index
         self.state = PENDING
-        self.attempt = job.attempt_base + (job.step << 12)  # steps' attempts never collide
+        self.attempt = 0  # attempts handed out so far
         self.running: dict[int, bytes] = {}  # attempt -> worker route
         self.failures = 0
         self.started = 0.0  # when the first running attempt started
@@ -59,15 +69,21 @@ class Task:
         self.state = state
 
     def start(self, worker: bytes) -> int:
-        """Hand a new attempt to ``worker``; returns its attempt number."""
+        """Hand a new attempt to ``worker``; returns its attempt identifier.
+
+        The identifier's low ATTEMPT_BITS count the task's attempts (for people reading
+        logs); the rest are random, so no one can name an attempt without having been
+        handed it (the data plane of a broker without keys knows no senders)."""
         if not self.running:
             self.started = time.monotonic()
         self.move(RUNNING)
         self.attempt += 1
-        self.running[self.attempt] = worker
+        attempt = (secrets.randbits(ATTEMPT_RANDOM_BITS) << ATTEMPT_BITS) | (
+            self.attempt & ATTEMPT_MASK)
+        self.running[attempt] = worker
         self.job.active += 1
         self.job.dispatched = True
-        return self.attempt
+        return attempt
 
     def end(self, attempt: int) -> bytes | None:
         """An attempt is over (failed, lost); returns the worker it ran on."""
@@ -96,7 +112,6 @@ class JobState:
         now: float,
         *,
         options: dict | None = None,
-        attempt_base: int = 0,
     ) -> None:
         self.id = job_id
         self.options = options or {}
@@ -111,9 +126,7 @@ class JobState:
         self.task_secs: float | None = None  # moving mean of its tasks' run times
         self.dispatched = False  # a task has been handed out: running, no longer queued
         self.waiting = ""  # why no task can be handed out, when none can
-        # attempts of a restarted broker's tasks are numbered apart from its last run's,
-        # so a late answer to an attempt from before the crash is never taken for a new one
-        self.attempt_base = attempt_base
+        self.held = 0  # bytes of code and inputs it holds (its client's limit counts them)
         self.seq = 0  # the journal's number for this job (0: not journaled)
         self.recovered = 0  # tasks whose commit a restarted broker read from its journal
         self.name = name
@@ -182,9 +195,9 @@ class JobState:
         task.end_all()
         self.skipped.extend(stats.get("skipped") or ())
         for name, n in (stats.get("counters") or {}).items():
-            self.counters[name] = self.counters.get(name, 0) + n
-        self.records += stats.get("records", 0)
-        self.bytes_in += stats.get("bytes", 0)
+            self.counters[name] = _saturated(self.counters.get(name, 0) + n)
+        self.records = _saturated(self.records + stats.get("records", 0))
+        self.bytes_in = _saturated(self.bytes_in + stats.get("bytes", 0))
         self.dirty = True
         if task.kind == REDUCE:
             self.done_reduces += 1

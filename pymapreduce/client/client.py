@@ -95,21 +95,24 @@ class Client:
         req = next(self._req)
         request = Message(command, {**body, "req": req}, blobs)
         small = sum(len(b) for b in blobs) <= RESEND_LIMIT
-        send(self.sock, request)
+        queued = self._try_send(request)
         limit = self.timeout if timeout is None else timeout
         sent = heard = time.monotonic()
         deadline = sent + limit
         while True:
-            msg = self._recv(min(deadline, sent + RESEND_AFTER) if small else deadline)
+            wake = min(deadline, sent + RESEND_AFTER) if small else deadline
+            msg = self._recv(wake if queued else min(wake, time.monotonic() + 0.05))
             now = time.monotonic()
             if msg is None:
                 if now >= deadline:
                     raise BrokerUnavailable(
                         f"the broker at {self.address} did not answer {command} within "
                         f"{limit:g}s (is it running, and is this the right address?)")
-                if self._reconnected or (small and now - heard >= RESEND_AFTER):
+                if not queued:  # no room to send it yet: the broker reads nothing
+                    queued = self._try_send(request)
+                elif self._reconnected or (small and now - heard >= RESEND_AFTER):
                     self._reconnected = False  # the broker may have restarted: ask again
-                    send(self.sock, request)
+                    queued = self._try_send(request)
                     sent = now
                 continue
             heard = now
@@ -127,6 +130,14 @@ class Client:
                     raise AuthenticationFailed(f"{self.address}: {msg.body.get('message')}")
                 raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
             return msg
+
+    def _try_send(self, request: Message) -> bool:
+        """Queue a request for the broker without waiting; False when its queue is full."""
+        try:
+            send(self.sock, request)
+            return True
+        except zmq.Again:
+            return False
 
     def _recv(self, deadline: float) -> Message | None:
         """The next message before ``deadline`` (status events are noted on the way)."""

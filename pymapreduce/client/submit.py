@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, is_map_only, job_steps
@@ -103,12 +105,14 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     requires = sorted({str(t) for t in (requires or ())})
     name = name or type(job).__name__
     job_id = f"{name}-{uuid.uuid4().hex[:12]}"
+    splits_at = len(blobs)
+    blobs.append(msgpack.packb(descs, use_bin_type=True))
     body = {
         "job_id": job_id,
         "name": name,
         "reducers": 0 if map_only else max(1, reducers),
         "map_only": map_only,
-        "splits": descs,
+        "splits": splits_at,  # the blob that lists them (read one split at a time)
         "skip": skip,
         "priority": priority,
         "requires": requires,

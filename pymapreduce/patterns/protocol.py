@@ -5,7 +5,7 @@ Every control message is ``[header, *blobs]`` where ``header`` is msgpack
 partition data) that the broker stores and forwards without ever unpickling.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: SUBMIT lists its splits in a blob; attempt ids carry random bits
 
 # worker -> broker
 READY = "READY"  # register (or re-register) and announce credit

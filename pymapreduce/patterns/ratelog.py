@@ -18,7 +18,7 @@ class RateLimitedLog:
         self.log = logger
         self._seen: dict[str, tuple[float, int]] = {}
 
-    def warn(self, offender: str, what: str, *args: Any) -> None:
+    def warn(self, offender: str, what: str, *args: Any, level: int = logging.WARNING) -> None:
         now = time.monotonic()
         start, count = self._seen.get(offender, (now, 0))
         if now - start > 60.0:
@@ -29,7 +29,7 @@ class RateLimitedLog:
         count += 1
         self._seen[offender] = (start, count)
         if count <= PER_MINUTE:
-            self.log.warning("%s: " + what, offender, *args)
+            self.log.log(level, "%s: " + what, offender, *args)
         elif count == PER_MINUTE + 1:
             self.log.warning("%s: more of the same; logging it again in a minute", offender)
         if len(self._seen) > MAX_OFFENDERS:

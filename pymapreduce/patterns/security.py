@@ -6,6 +6,8 @@ Key files are ZeroMQ's certificate format (``NAME.key`` holds the public key,
     DIR/broker.key, DIR/broker.key_secret   the broker's own keypair
     DIR/clients/*.key                       public keys that may submit, watch, cancel
     DIR/workers/*.key                       public keys that may take tasks and push data
+    DIR/admins/*.key                        client keys that may see and act on every job
+                                            (others see and touch only their own jobs)
 
 A worker's or client's directory holds its own keypair (``worker.*`` or ``client.*``) and
 the broker's public key (``broker.key``). The broker answers ZeroMQ's authentication
@@ -34,8 +36,9 @@ log = logging.getLogger("pymapreduce.security")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CONTROL_DOMAIN = b"pymapreduce"
 DATA_DOMAIN = b"pymapreduce-data"
-CLIENT, WORKER = "client", "worker"
+CLIENT, WORKER, ADMIN = "client", "worker", "admin"
 ROLE_DIRS = {CLIENT: "clients", WORKER: "workers"}
+ADMIN_DIR = "admins"  # an admin is a client too: its key is in both folders
 
 
 # -- key files -------------------------------------------------------------------------------
@@ -62,10 +65,12 @@ def generate(directory: str, name: str) -> tuple[str, str]:
 
 def authorize(directory: str, role: str, public_key_file: str) -> str:
     """Add a public key file to a broker's allowlist for ``role``; returns the new path."""
-    if role not in ROLE_DIRS:
-        raise ConfigError(f"role must be one of {sorted(ROLE_DIRS)}, not {role!r}")
+    if role == ADMIN:  # an operator's key: a client that may act on every job
+        authorize(directory, CLIENT, public_key_file)
+    elif role not in ROLE_DIRS:
+        raise ConfigError(f"role must be one of {sorted([*ROLE_DIRS, ADMIN])}, not {role!r}")
     public, _ = _load(public_key_file)
-    target_dir = os.path.join(directory, ROLE_DIRS[role])
+    target_dir = os.path.join(directory, ADMIN_DIR if role == ADMIN else ROLE_DIRS[role])
     os.makedirs(target_dir, exist_ok=True)
     stem = os.path.basename(public_key_file)
     for suffix in ("_secret", ".key"):
@@ -145,6 +150,7 @@ class Allowlists:
             raise ConfigError(f"{directory}/broker.key_secret holds no secret key")
         self.public, self.secret = public, secret
         self.roles: dict[bytes, str] = {}
+        self.admins: frozenset[bytes] = frozenset()
         self._stamp: tuple = ()
         self._refusals = RateLimitedLog(log)
         self.reload()
@@ -153,9 +159,13 @@ class Allowlists:
         """Whether the public key ``key`` (z85 text) is in the allowlist of ``role`` now."""
         return self.roles.get(key.encode()) == role
 
+    def is_admin(self, key: str) -> bool:
+        """Whether client key ``key`` may see and act on every job (DIR/admins)."""
+        return key.encode() in self.admins and self.allows(key, CLIENT)
+
     def _fingerprint(self) -> tuple:
         stamps = []
-        for sub in ROLE_DIRS.values():
+        for sub in (*ROLE_DIRS.values(), ADMIN_DIR):
             path = os.path.join(self.directory, sub)
             try:
                 stamps.append((sub, os.stat(path).st_mtime_ns,
@@ -181,6 +191,9 @@ class Allowlists:
                                 public.decode(), roles[public])
                     continue
                 roles[public] = role
+        admins = os.path.join(self.directory, ADMIN_DIR)
+        self.admins = frozenset(zmq.auth.load_certificates(admins)) if os.path.isdir(
+            admins) else frozenset()
         self.roles = roles
         self._stamp = stamp
         log.info("allowlists loaded: %d client key(s), %d worker key(s)",

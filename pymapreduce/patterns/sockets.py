@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import zmq
@@ -16,6 +18,7 @@ log = logging.getLogger("pymapreduce")
 
 LINGER_MS = 200  # long enough to flush a final reply, short enough never to block exit
 DEFAULT_MAX_MESSAGE = 1 << 30  # 1 GiB; bound sockets refuse anything larger
+PEER_QUEUE = 1000  # messages queued to one peer of a ROUTER before sends to it fail
 
 
 def make_socket(
@@ -27,7 +30,11 @@ def make_socket(
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
     if kind == zmq.ROUTER:
+        # an unknown peer is an error (not a silent drop), and one that does not read
+        # fills its own queue of PEER_QUEUE messages, after which sends to it fail
+        # at once (zmq.Again) instead of blocking the whole daemon
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, PEER_QUEUE)
     if max_message is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message)
     return sock
@@ -62,12 +69,34 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
 
 
 def send(sock: zmq.Socket, msg: Message, route: list | None = None) -> None:
-    """Send a message (prefixed by ``route`` on a ROUTER); large blobs are not copied."""
+    """Send a message (prefixed by ``route`` on a ROUTER) without ever blocking; large
+    blobs are not copied.
+
+    Raises ``zmq.Again`` when the peer's queue is full (it does not read, or there is no
+    peer yet): what to do then is the caller's choice, and no role may wait on a peer
+    for ever. On a ROUTER, an unknown peer raises ``zmq.ZMQError`` (EHOSTUNREACH).
+    """
     frames = msg.encode()
     if route:
         frames = [*route, *frames]
     big = any(len(f) >= ZERO_COPY_THRESHOLD for f in frames if isinstance(f, (bytes, memoryview)))
-    sock.send_multipart(frames, copy=not big)
+    sock.send_multipart(frames, zmq.NOBLOCK, copy=not big)
+
+
+def send_within(sock: zmq.Socket, msg: Message, seconds: float,
+                keep_waiting: Callable[[], bool] = lambda: True) -> bool:
+    """Send, waiting at most ``seconds`` for room in the peer's queue (and only while
+    ``keep_waiting()`` says so); False if the message could not be queued in time."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            send(sock, msg)
+            return True
+        except zmq.Again:
+            left = deadline - time.monotonic()
+            if left <= 0 or not keep_waiting():
+                return False
+            sock.poll(int(min(left, 0.1) * 1000) + 1, zmq.POLLOUT)
 
 
 def recv(sock: zmq.Socket) -> Message:

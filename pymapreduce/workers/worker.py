@@ -26,7 +26,7 @@ from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import make_socket, recv, send
+from ..patterns.sockets import make_socket, recv, send, send_within
 from .runner import TaskError, run_task
 
 log = logging.getLogger("pymapreduce.worker")
@@ -36,6 +36,8 @@ FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
+UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
+DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 
 
 class TaskAbandoned(BaseException):
@@ -89,6 +91,7 @@ class Worker:
         self.queue: deque = deque()
         self.reports: list = []
         self.report_blobs: list = []
+        self._unsent: deque[Message] = deque()  # reports the broker had no room for yet
         self._first_report = 0.0
         self._ready_sent = 0.0
         self._welcomed = self._warned = False
@@ -147,6 +150,8 @@ class Worker:
         finally:
             self._stop.set()
             try:  # never block here: the broker may be gone, or may never have let us in
+                if self._welcomed:
+                    self._send_unsent()
                 if self.reports and self._welcomed:  # finished work is not lost
                     self.ctl.send_multipart(Message(P.DONE, {"results": self.reports},
                                                     tuple(self.report_blobs)).encode(),
@@ -168,6 +173,7 @@ class Worker:
         self.queue.clear()
         self.reports.clear()
         self.report_blobs.clear()
+        self._unsent.clear()  # (about attempts of the registration the broker dropped)
         self._need_ready.clear()
         body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags}
         if self.replaces:
@@ -221,8 +227,12 @@ class Worker:
             self._warned = True
             log.warning("no answer from a broker at %s after %.0fs; still trying",
                         self.connect_addr or self.bind_addr, now - self._ready_sent)
+        self._send_unsent()
         if now - self._last_sent >= self.heartbeat_interval:
-            send(self.ctl, Message(P.HEARTBEAT))
+            try:
+                send(self.ctl, Message(P.HEARTBEAT))
+            except zmq.Again:  # the broker reads nothing: a beat more would not help
+                pass
             self._last_sent = now
         self._check_parent()
 
@@ -355,7 +365,11 @@ class Worker:
             self.report_blobs.extend(outputs)
         else:
             header = {"job": job_id, "kind": kind, "index": index, "attempt": attempt}
-            send(self.data, Message(P.OUTPUT, header, tuple(outputs)))
+            if not send_within(self.data, Message(P.OUTPUT, header, tuple(outputs)),
+                               DATA_WAIT, lambda: not self._stop.is_set()):
+                self._fail(job_id, kind, index, attempt, f"the broker's data sink took no "
+                           f"output for {DATA_WAIT:g}s", "", {"split": index})
+                return
             nblobs = -1
         if not self.reports:
             self._first_report = time.monotonic()
@@ -365,16 +379,33 @@ class Worker:
         self._flush()
         body = {"job": job_id, "kind": kind, "index": index, "attempt": attempt,
                 "error": error[:2000], "traceback": tb[-20000:], "position": position}
-        send(self.ctl, Message(P.FAILED, body))
-        self._last_sent = time.monotonic()
+        self._send_ctl(Message(P.FAILED, body))
 
     def _flush(self) -> None:
         if not self.reports:
+            self._send_unsent()
             return
-        send(self.ctl, Message(P.DONE, {"results": self.reports}, tuple(self.report_blobs)))
-        self._last_sent = time.monotonic()
+        self._send_ctl(Message(P.DONE, {"results": self.reports}, tuple(self.report_blobs)))
         self.reports = []
         self.report_blobs = []
+
+    def _send_ctl(self, msg: Message) -> None:
+        """Send a report to the broker without waiting on it: when its queue is full (the
+        broker reads nothing), the report waits here, in order, and goes with the next."""
+        self._unsent.append(msg)
+        if len(self._unsent) > UNSENT_LIMIT:  # the broker re-runs what it never hears of
+            self._unsent.popleft()
+            log.warning("%s: the broker reads nothing; an old report was dropped", self.name)
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        while self._unsent:
+            try:
+                send(self.ctl, self._unsent[0])
+            except zmq.Again:
+                return
+            self._unsent.popleft()
+            self._last_sent = time.monotonic()
 
     # -- heartbeat thread ----------------------------------------------------------------
     def _abandon_running(self, msg: Message) -> None:
@@ -423,7 +454,10 @@ class Worker:
                     continue
                 last = now
                 self._check_parent()
-                sock.send_multipart(beat)
+                try:
+                    sock.send_multipart(beat, zmq.NOBLOCK)
+                except zmq.Again:  # the broker reads nothing: never wait on it here
+                    continue
                 sent.append(now)
         finally:
             monitor.close(0)
