@@ -19,6 +19,12 @@ Groups = dict  # key -> list of values, in first-seen key order and input value 
 # twice as fast as a list of pairs, and a map task's partitions are built in one pass.
 Columns = tuple
 
+# Counters travel in each task's report and are journaled: names are bounded text, values
+# 64-bit ints (what msgpack and SQLite carry), and a task holds a bounded number of them.
+MAX_COUNTER_NAME = 200
+MAX_COUNTERS = 1000
+COUNTER_MIN, COUNTER_MAX = -(1 << 63), (1 << 63) - 1
+
 
 def stable_hash(key: Any) -> int:
     """A hash of ``key`` that every process on every machine agrees on.
@@ -84,9 +90,33 @@ class Job:
         return stable_hash(key) % reducers
 
     def count(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``."""
+        """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``.
+
+        ``name`` is a non-empty str of at most 200 characters, ``n`` an int (a bool counts
+        as 0 or 1, so ``self.count("hits", line.startswith("x"))`` works); a task may use
+        at most 1000 distinct names, and a counter's total in one task must fit in a signed
+        64-bit int. Anything else raises TypeError or ValueError here, in the user's code,
+        so the task fails with a traceback naming the counter (and the job, after its
+        retries, with that message) instead of sending a report the broker cannot take.
+        """
+        if type(name) is not str:
+            raise TypeError(f"counter names are str, got {type(name).__name__} {name!r:.80}")
+        if not 0 < len(name) <= MAX_COUNTER_NAME:
+            raise ValueError(f"counter name {name!r:.80} must have 1 to {MAX_COUNTER_NAME} "
+                             f"characters, not {len(name)}")
+        if not isinstance(n, int):  # bool is an int: True adds 1
+            raise TypeError(f"count({name!r}, n): n must be an int, got "
+                            f"{type(n).__name__} {n!r:.80}")
         counters = self.__dict__.setdefault("_pmr_counters", {})
-        counters[name] = counters.get(name, 0) + n
+        total = counters.get(name)
+        if total is None and len(counters) >= MAX_COUNTERS:
+            raise ValueError(f"count({name!r}): a task may use at most {MAX_COUNTERS} "
+                             "distinct counter names (counters are for totals, not per-key "
+                             "values: emit those as map output)")
+        total = (total or 0) + int(n)
+        if not COUNTER_MIN <= total <= COUNTER_MAX:
+            raise ValueError(f"counter {name!r} would reach {total}, beyond a signed 64-bit int")
+        counters[name] = total
 
     def run(
         self,

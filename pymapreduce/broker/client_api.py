@@ -32,6 +32,14 @@ def _peer(route: list, key: str = "") -> str:
     return route[0].hex() if route and route[0] else "?"
 
 
+def _read_options(options: Any) -> dict:
+    """A file split's reading settings (encoding, longest line): passed on to workers as
+    they are, only bounded here (the worker validates their meaning)."""
+    if not isinstance(options, dict) or len(options) > 8:
+        raise ValueError("a split's read options must be a map of at most 8 entries")
+    return {str(k)[:40]: v if type(v) is int else str(v)[:100] for k, v in options.items()}
+
+
 class ClientAPI:
     """Handlers of the client commands (HELLO, SUBMIT, WATCH, STATUS, FETCH, CANCEL,
     RELEASE); mixed into the Broker."""
@@ -60,8 +68,11 @@ class ClientAPI:
             for desc in b["splits"]:
                 if desc[0] == "mem":
                     splits.append(["mem", msg.blobs[int(desc[1])]])
-                elif desc[0] == "files" and len(desc) == 2 and desc[1]:
-                    splits.append(["files", [[str(p), int(s), int(e)] for p, s, e in desc[1]]])
+                elif desc[0] == "files" and len(desc) in (2, 3) and desc[1]:
+                    split = ["files", [[str(p), int(s), int(e)] for p, s, e in desc[1]]]
+                    if len(desc) == 3:  # read_text()'s settings, for the workers to check
+                        split.append(_read_options(desc[2]))
+                    splits.append(split)
                 else:
                     raise ValueError(f"unknown split {desc[:1]!r}")
             if not splits:
