@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import ConfigError
 from .patterns.records import pack
 
 Groups = dict  # key -> list of values, in first-seen key order and input value order
@@ -129,18 +130,28 @@ class Job:
         output_dir: str | None = None,
         timeout: float | None = None,
         keys: str | None = None,
+        heartbeat_interval: float | None = None,
+        liveness: float | None = None,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
         With no ``address`` an embedded :class:`~pymapreduce.LocalCluster` with ``workers``
         processes (default: one per core) is started for this run and torn down after it,
-        whatever happens.
+        whatever happens; ``heartbeat_interval`` and ``liveness`` configure its broker as
+        the daemon's ``--heartbeat`` and ``--liveness`` do (a cluster at ``address`` has
+        its own, so they are refused with it).
         """
         from .client import Client
         from .client.submit import pickle_job
         from .inputs import TextInput
         from .local import LocalCluster
 
+        cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
+                                             ("liveness", liveness)) if v is not None}
+        if address is not None and cluster_options:
+            raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
+                              "cluster; the broker at address= has its own (--heartbeat, "
+                              "--liveness)")
         if address is None:  # what would fail at submit fails before a cluster starts
             pickle_job(self)
             if isinstance(inputs, TextInput):
@@ -151,7 +162,7 @@ class Job:
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
                 )
                 return handle.result(timeout=timeout)
-        with LocalCluster(workers=workers, keys=keys) as cluster:
+        with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
                 inputs,
                 address=cluster.address,

@@ -16,6 +16,7 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,6 +63,7 @@ class Worker:
         identity: bytes | None = None,
         replaces: list | None = None,
         tags: Any = (),
+        on_welcome: Callable[[float], None] | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -72,6 +74,7 @@ class Worker:
         self.identity = identity or uuid.uuid4().bytes
         self.replaces = replaces  # [identity, why] of the process this one replaces
         self.tags = sorted(set(tags))
+        self.on_welcome = on_welcome  # told the heartbeat interval the broker expects
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.heartbeat_interval = heartbeat_interval
@@ -253,6 +256,8 @@ class Worker:
                 beat = msg.body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat  # beat as often as this broker expects
+                if self.on_welcome is not None:
+                    self.on_welcome(self.heartbeat_interval)
             elif msg.command == P.ABANDON:
                 gone = {(msg.body.get("job"), k, i, a) for k, i, a in msg.body.get("tasks", ())}
                 self.queue = deque(q for q in self.queue if (q[0], q[3], q[4], q[5]) not in gone)
