@@ -2,7 +2,8 @@
 
 User code runs on the main thread; a heartbeat thread with a socket of its own keeps the
 broker informed while a long ``map`` call holds the main thread, so a busy worker never
-looks dead. Small outputs ride inline in DONE; large ones go to the data-plane sink first.
+looks dead (and when user code holds the GIL, which stops that thread too, the
+supervisor beats for this process: ``voucher.py``). Small outputs ride inline in DONE; large ones go to the data-plane sink first.
 """
 
 from __future__ import annotations
