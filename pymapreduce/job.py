@@ -6,6 +6,7 @@ whose result every distributed run must equal.
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
 from collections import defaultdict
@@ -94,27 +95,31 @@ class Job:
         """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``.
 
         ``name`` is a non-empty str of at most 200 characters, ``n`` an int (a bool counts
-        as 0 or 1, so ``self.count("hits", line.startswith("x"))`` works); a task may use
+        as 0 or 1, so ``self.count("hits", line.startswith("x"))`` works, and so do integer
+        types such as ``numpy.int64``; a float does not); a task may use
         at most 1000 distinct names, and a counter's total in one task must fit in a signed
         64-bit int. Anything else raises TypeError or ValueError here, in the user's code,
         so the task fails with a traceback naming the counter (and the job, after its
         retries, with that message) instead of sending a report the broker cannot take.
         """
-        if type(name) is not str:
+        if not isinstance(name, str):
             raise TypeError(f"counter names are str, got {type(name).__name__} {name!r:.80}")
+        name = str(name)  # a str subclass travels as a plain str
         if not 0 < len(name) <= MAX_COUNTER_NAME:
             raise ValueError(f"counter name {name!r:.80} must have 1 to {MAX_COUNTER_NAME} "
                              f"characters, not {len(name)}")
-        if not isinstance(n, int):  # bool is an int: True adds 1
+        try:  # an int, a bool (True adds 1) or an integer type of a library (numpy.int64)
+            n = operator.index(n)
+        except TypeError:
             raise TypeError(f"count({name!r}, n): n must be an int, got "
-                            f"{type(n).__name__} {n!r:.80}")
+                            f"{type(n).__name__} {n!r:.80}") from None
         counters = self.__dict__.setdefault("_pmr_counters", {})
         total = counters.get(name)
         if total is None and len(counters) >= MAX_COUNTERS:
             raise ValueError(f"count({name!r}): a task may use at most {MAX_COUNTERS} "
                              "distinct counter names (counters are for totals, not per-key "
                              "values: emit those as map output)")
-        total = (total or 0) + int(n)
+        total = (total or 0) + n
         if not COUNTER_MIN <= total <= COUNTER_MAX:
             raise ValueError(f"counter {name!r} would reach {total}, beyond a signed 64-bit int")
         counters[name] = total

@@ -77,17 +77,23 @@ def test_a_bad_counter_raises_in_user_code_naming_it(name, n, error, says):
     assert job._take_counters() == {}  # nothing half-recorded
 
 
-def test_counters_take_bools_and_at_most_1000_names_a_task():
+def test_counters_take_bools_and_integer_types_and_at_most_1000_names_a_task():
     job = Job()
     job.count("hits", True)
     job.count("hits", False)
     job.count("hits", 2)
+
+    class Integral:  # numpy.int64 and the like: integers by __index__
+        def __index__(self):
+            return -1
+
+    job.count("hits", Integral())
     for i in range(999):
         job.count(f"c{i}")
     job.count("hits")  # a name it has: still fine
     with pytest.raises(ValueError, match="at most 1000 distinct counter names"):
         job.count("one too many")
-    assert job._take_counters()["hits"] == 4
+    assert job._take_counters()["hits"] == 3
 
 
 def test_a_job_with_a_bad_counter_fails_with_its_traceback_instead_of_hanging(daemons, tmp_path):
