@@ -1,7 +1,8 @@
 """The ``pymapreduce worker`` daemon: N worker processes, restarted when they crash.
 
-The supervisor forks its children before it ever creates a ZeroMQ context, so each child
-starts clean and makes its own. Children die with the supervisor (PR_SET_PDEATHSIG on
+The supervisor forks its first children before it creates a ZeroMQ context (the one of
+its heartbeat socket), and each child makes its own; children restarted later are forked
+with that context alive, which is safe as long as they never touch it (they do not). Children die with the supervisor (PR_SET_PDEATHSIG on
 Linux, and a parent check everywhere else), so ``kill -9`` of the supervisor leaves no
 orphan behind; the broker re-queues their tasks when their heartbeats stop. The supervisor
 also beats for its live children (``voucher.py``), so a child whose user code holds the
