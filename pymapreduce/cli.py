@@ -213,14 +213,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .local import LocalCluster
 
     job = load_job_class(args.job)()
-    inputs = read_text(args.inputs, split_bytes=args.split_bytes)
+    inputs = read_text(args.inputs, split_bytes=args.split_bytes, encoding=args.encoding,
+                       max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
     cluster = None
     started = time.monotonic()
     try:
         address = args.connect
         if address is None:
-            cluster = LocalCluster(workers=args.workers, keys=args.keys).start()
+            cluster = LocalCluster(workers=args.workers, keys=args.keys,
+                                   heartbeat_interval=args.heartbeat,
+                                   liveness=args.liveness).start()
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
@@ -420,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
     r.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
     r.add_argument("--split-bytes", type=int, help="bytes per map task")
+    r.add_argument("--encoding", default="utf-8", help="the files' encoding (default utf-8)")
+    r.add_argument("--max-line-bytes", type=int, default=64 << 20,
+                   help="a longer line fails its task (default 64 MiB)")
+    r.add_argument("--heartbeat", type=float, default=1.0,
+                   help="embedded cluster: heartbeat interval, seconds (default 1)")
+    r.add_argument("--liveness", type=float, default=5.0,
+                   help="embedded cluster: a worker silent this long is dead (default 5)")
     r.add_argument("--priority", type=float,
                    help="the job's weight in sharing workers with other jobs (default 1)")
     r.add_argument("--require", action="append", metavar="TAG",

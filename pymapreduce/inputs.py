@@ -2,24 +2,30 @@
 
 In-memory records are cut into chunks by the client. Text files are only *named* by the
 client: it cuts them into byte ranges from their sizes alone, and each worker reads its
-own range. A line belongs to the split its first byte lies in (Hadoop's rule), so every
-line is read exactly once whatever the cut points. Keys are the line's byte offset in its
-file, values the line without its newline, decoded as UTF-8.
+own range (``lines.py``: a line belongs to the split its first byte lies in, and a line
+longer than the input's ``max_line_bytes`` fails its task instead of filling memory).
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
-import gzip
-import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError
+from .lines import (  # noqa: F401 - the readers are part of this module's interface
+    DEFAULT_ENCODING,
+    MAX_LINE_BYTES,
+    MIB,
+    FileRange,
+    LineReader,
+    read_file_split,
+    read_split,
+)
 
-MIB = 1024 * 1024
 MIN_SPLIT_BYTES = 64 * 1024  # small inputs with a costly map still spread over workers
 # A map task reads at most this much by default, so that a task takes a short time (about
 # half a second of word count on one core): a job submitted behind a big one waits at most
@@ -38,7 +44,18 @@ class TextInput:
 
     patterns: tuple[str, ...]
     split_bytes: int | None = None
-    encoding: str = "utf-8"
+    encoding: str = DEFAULT_ENCODING
+    max_line_bytes: int = MAX_LINE_BYTES
+
+    def read_options(self) -> dict:
+        """How workers must read these files, beyond their byte ranges: the settings that
+        differ from the defaults (so a default input's splits look as they always did)."""
+        options: dict = {}
+        if codecs.lookup(self.encoding).name != codecs.lookup(DEFAULT_ENCODING).name:
+            options["encoding"] = self.encoding
+        if self.max_line_bytes != MAX_LINE_BYTES:
+            options["max_line_bytes"] = self.max_line_bytes
+        return options
 
     def files(self) -> list[str]:
         """Absolute paths of the matching files, sorted; InputError if a pattern matches none."""
@@ -55,7 +72,8 @@ class TextInput:
 def read_text(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     split_bytes: int | None = None,
-    encoding: str = "utf-8",
+    encoding: str = DEFAULT_ENCODING,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> TextInput:
     """Name text files (paths or globs) as a job's input, without reading them.
 
@@ -63,6 +81,10 @@ def read_text(
     that there are about two splits per worker slot, between 64 KiB and 8 MiB (short tasks:
     a job behind a big one waits little; see docs/scheduling.md).
     ``.gz`` files are read whole, one split each. Workers must see the same paths.
+    ``encoding``: how the files' bytes become text (invalid bytes are replaced); it must
+    write ``"\n"`` as the byte 0x0A, as UTF-8, Latin-1, the cp125x and most others do
+    (UTF-16 and UTF-32 do not, and are refused). ``max_line_bytes``: a longer line fails
+    its task with an error naming the file and the line's offset (default 64 MiB).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -71,10 +93,31 @@ def read_text(
         raise InputError("read_text() needs at least one path")
     if split_bytes is not None and split_bytes < 1:
         raise InputError(f"split_bytes must be positive, got {split_bytes}")
-    return TextInput(patterns, split_bytes, encoding)
+    check_read_options(encoding, max_line_bytes)
+    return TextInput(patterns, split_bytes, encoding, max_line_bytes)
 
 
-FileRange = tuple  # (path, start, end): bytes [start, end) of a file; end -1: all of it
+def check_read_options(encoding: object, max_line_bytes: object) -> tuple[str, int]:
+    """Validate how files are to be read (on the client, and again on the worker, which
+    gets them from the broker); InputError names the bad setting."""
+    if type(max_line_bytes) is not int or max_line_bytes < 1:
+        raise InputError(f"max_line_bytes must be a positive int, got {max_line_bytes!r:.80}")
+    if not isinstance(encoding, str):
+        raise InputError(f"encoding must be a str, got {type(encoding).__name__}")
+    try:
+        codecs.lookup(encoding)
+        ascii_newline = "a\n".encode(encoding) == b"a\n"
+    except LookupError:
+        raise InputError(f"unknown encoding {encoding!r:.80}") from None
+    except UnicodeError:
+        ascii_newline = False
+    if not ascii_newline:  # lines are found by their b"\n" bytes, before decoding
+        raise InputError(f"encoding {encoding!r} does not write a newline as the byte 0x0A "
+                         "(UTF-16 and UTF-32 cannot be cut into lines as bytes); convert "
+                         "the files to UTF-8")
+    return encoding, max_line_bytes
+
+
 
 
 @dataclass(frozen=True)
@@ -174,113 +217,3 @@ def chunk(records: list, n: int) -> list[list]:
         out.append(records[start:end])
         start = end
     return out
-
-
-READ_BLOCK = 1 * MIB  # a split is read and cut into lines a block at a time
-
-
-def read_file_split(path: str, start: int, end: int, encoding: str = "utf-8") -> LineReader:
-    """The ``(byte_offset, line)`` records whose line starts in ``[start, end)`` of a file."""
-    return read_split([(path, start, end)], encoding)
-
-
-def read_split(ranges: list[FileRange], encoding: str = "utf-8") -> LineReader:
-    """The records of a split's byte ranges, in order (a missing file: InputError here)."""
-    for path, _, _ in ranges:
-        if not os.path.isfile(path):
-            raise InputError(f"cannot read input {path!r}: no such file")
-    return LineReader(ranges, encoding)
-
-
-def _open_range(path: str, start: int, end: int) -> tuple[Iterator[bytes], int]:
-    """Blocks of the lines that start in ``[start, end)``, and the offset of the first."""
-    try:
-        if end == -1:
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                return iter([f.read()]), 0
-        f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
-        if start > 0:
-            f.seek(start - 1)
-            f.readline()  # the line in progress belongs to the previous split
-    except OSError as exc:
-        raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
-    return _blocks(f, end), f.tell()
-
-
-def _blocks(f, end: int) -> Iterator[bytes]:
-    """Blocks of whole lines from the file's position: the last line that starts
-    before ``end`` is read to its end."""
-    with f:
-        remaining = end - f.tell()
-        pending = b""
-        while remaining > 0:
-            block = f.read(min(READ_BLOCK, remaining))
-            if not block:
-                break
-            remaining -= len(block)
-            data = pending + block if pending else block
-            cut = data.rfind(b"\n") + 1
-            pending = data[cut:]
-            if cut:
-                yield data[:cut]
-        if pending:  # the last line starts before end: finish it
-            yield pending + f.readline()
-
-
-class LineReader:
-    """Iterates over ``(byte_offset, line)`` records, a block of lines at a time.
-
-    The file is read in 1 MiB blocks of whole lines; the records of a block are built as two
-    lists and zipped, so no Python code runs per line on the way to ``map``: on ASCII text
-    that made reading three times cheaper than a generator yielding each line. ``count``
-    is the number of records handed out so far (block by block), ``path`` the file being
-    read.
-    """
-
-    def __init__(self, ranges: list[FileRange], encoding: str) -> None:
-        self._ranges = ranges
-        self._encoding = encoding
-        self.count = 0
-        self.path = ""
-
-    def __iter__(self) -> Iterator[tuple[int, str]]:
-        return itertools.chain.from_iterable(self._zipped())
-
-    def _zipped(self) -> Iterator:
-        for path, start, end in self._ranges:
-            self.path = path
-            blocks, offset = _open_range(path, start, end)
-            for data in blocks:
-                offsets, lines = _block_lines(data, offset, self._encoding)
-                self.count += len(lines)
-                offset += len(data)
-                yield zip(offsets, lines)
-
-
-def _block_lines(data: bytes, base: int, encoding: str) -> tuple[list[int], list[str]]:
-    """The start offsets and texts (without newline or a trailing ``\\r``) of a block's lines."""
-    if not data:
-        return [], []
-    try:
-        text = data.decode(encoding)  # valid text: decode once, in C
-    except UnicodeDecodeError:
-        text = None
-    if text is not None:
-        lines = text.split("\n")
-        if data.isascii():  # character counts are byte counts
-            sizes = map(len, lines)
-        else:  # str.isascii() is O(1): only non-ASCII lines are encoded again
-            sizes = [len(x) if x.isascii() else len(x.encode(encoding)) for x in lines]
-    else:  # invalid bytes somewhere: decode line by line, replacing them
-        raw = data.split(b"\n")
-        sizes = map(len, raw)
-        lines = [x.decode(encoding, "replace") for x in raw]
-    offsets = [base + i + n for i, n in enumerate(itertools.accumulate(sizes, initial=0))]
-    if data.endswith(b"\n"):  # the empty piece after the last newline is not a line
-        lines.pop()
-        offsets.pop()
-    offsets.pop()
-    if b"\r" in data:
-        lines = [x[:-1] if x.endswith("\r") else x for x in lines]
-    return offsets, lines

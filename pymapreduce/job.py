@@ -6,18 +6,26 @@ whose result every distributed run must equal.
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import ConfigError
 from .patterns.records import pack
 
 Groups = dict  # key -> list of values, in first-seen key order and input value order
 # Outputs travel as columns, ``(keys, values)``: two flat lists encode and decode about
 # twice as fast as a list of pairs, and a map task's partitions are built in one pass.
 Columns = tuple
+
+# Counters travel in each task's report and are journaled: names are bounded text, values
+# 64-bit ints (what msgpack and SQLite carry), and a task holds a bounded number of them.
+MAX_COUNTER_NAME = 200
+MAX_COUNTERS = 1000
+COUNTER_MIN, COUNTER_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def stable_hash(key: Any) -> int:
@@ -84,9 +92,37 @@ class Job:
         return stable_hash(key) % reducers
 
     def count(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``."""
+        """Add ``n`` to the counter ``name``; totals reach the client as ``handle.counters``.
+
+        ``name`` is a non-empty str of at most 200 characters, ``n`` an int (a bool counts
+        as 0 or 1, so ``self.count("hits", line.startswith("x"))`` works, and so do integer
+        types such as ``numpy.int64``; a float does not); a task may use
+        at most 1000 distinct names, and a counter's total in one task must fit in a signed
+        64-bit int. Anything else raises TypeError or ValueError here, in the user's code,
+        so the task fails with a traceback naming the counter (and the job, after its
+        retries, with that message) instead of sending a report the broker cannot take.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"counter names are str, got {type(name).__name__} {name!r:.80}")
+        name = str(name)  # a str subclass travels as a plain str
+        if not 0 < len(name) <= MAX_COUNTER_NAME:
+            raise ValueError(f"counter name {name!r:.80} must have 1 to {MAX_COUNTER_NAME} "
+                             f"characters, not {len(name)}")
+        try:  # an int, a bool (True adds 1) or an integer type of a library (numpy.int64)
+            n = operator.index(n)
+        except TypeError:
+            raise TypeError(f"count({name!r}, n): n must be an int, got "
+                            f"{type(n).__name__} {n!r:.80}") from None
         counters = self.__dict__.setdefault("_pmr_counters", {})
-        counters[name] = counters.get(name, 0) + n
+        total = counters.get(name)
+        if total is None and len(counters) >= MAX_COUNTERS:
+            raise ValueError(f"count({name!r}): a task may use at most {MAX_COUNTERS} "
+                             "distinct counter names (counters are for totals, not per-key "
+                             "values: emit those as map output)")
+        total = (total or 0) + n
+        if not COUNTER_MIN <= total <= COUNTER_MAX:
+            raise ValueError(f"counter {name!r} would reach {total}, beyond a signed 64-bit int")
+        counters[name] = total
 
     def run(
         self,
@@ -99,18 +135,28 @@ class Job:
         output_dir: str | None = None,
         timeout: float | None = None,
         keys: str | None = None,
+        heartbeat_interval: float | None = None,
+        liveness: float | None = None,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
         With no ``address`` an embedded :class:`~pymapreduce.LocalCluster` with ``workers``
         processes (default: one per core) is started for this run and torn down after it,
-        whatever happens.
+        whatever happens; ``heartbeat_interval`` and ``liveness`` configure its broker as
+        the daemon's ``--heartbeat`` and ``--liveness`` do (a cluster at ``address`` has
+        its own, so they are refused with it).
         """
         from .client import Client
         from .client.submit import pickle_job
         from .inputs import TextInput
         from .local import LocalCluster
 
+        cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
+                                             ("liveness", liveness)) if v is not None}
+        if address is not None and cluster_options:
+            raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
+                              "cluster; the broker at address= has its own (--heartbeat, "
+                              "--liveness)")
         if address is None:  # what would fail at submit fails before a cluster starts
             pickle_job(self)
             if isinstance(inputs, TextInput):
@@ -121,7 +167,7 @@ class Job:
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
                 )
                 return handle.result(timeout=timeout)
-        with LocalCluster(workers=workers, keys=keys) as cluster:
+        with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
                 inputs,
                 address=cluster.address,

@@ -11,6 +11,7 @@ import time
 
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
+from .patterns import config as timing
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
 
@@ -23,12 +24,21 @@ class LocalCluster:
     this process and exit if it dies without cleaning up. ``keys``: a key directory with
     broker, worker and client keypairs and allowlists (``pymapreduce keys cluster DIR``
     makes one) to run it secured; clients then pass ``keys=cluster.keys``.
+    ``heartbeat_interval`` and ``liveness`` are the broker's ``--heartbeat`` and
+    ``--liveness``: a worker silent for ``liveness`` seconds is taken for dead.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
-                 log_level: str = "WARNING", keys: str | os.PathLike | None = None) -> None:
+                 log_level: str = "WARNING", keys: str | os.PathLike | None = None,
+                 heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
+                 liveness: float = timing.LIVENESS) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
+        if not 0 < heartbeat_interval < liveness:
+            raise ConfigError(f"need 0 < heartbeat_interval < liveness, got "
+                              f"{heartbeat_interval} and {liveness}")
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
         self.workers = workers or os.cpu_count() or 1
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -62,6 +72,8 @@ class LocalCluster:
         deadline = time.monotonic() + self.start_timeout
         try:
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
+                                       "--heartbeat", repr(float(self.heartbeat_interval)),
+                                       "--liveness", repr(float(self.liveness)),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
             self._worker = self._spawn("worker", "--connect", self.address,

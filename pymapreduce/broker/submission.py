@@ -75,9 +75,14 @@ def _split(desc: Any, blobs: tuple) -> list:
     if not isinstance(desc, list) or len(desc) not in (2, 3):
         raise ValueError("a split is [kind, what] or [kind, what, options]")
     kind, what = desc[:2]
-    extra = desc[2:]  # a file split's reading options (a small map), passed on as they are
-    if extra and not (isinstance(extra[0], dict) and len(extra[0]) <= MAX_OPTIONS):
-        raise ValueError(f"a split's options are a map of at most {MAX_OPTIONS} entries")
+    extra = desc[2:]  # read_text()'s settings (encoding, longest line), for the workers
+    if extra:  # (bounded here; the worker checks what they mean)
+        options = extra[0]
+        if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+            raise ValueError(f"a split's read options are a map of at most {MAX_OPTIONS} "
+                             "entries")
+        extra = [{str(k)[:40]: v if type(v) is int else str(v)[:100]
+                  for k, v in options.items()}]
     if kind == "mem":
         if type(what) is not int or not 1 <= what < len(blobs):
             raise ValueError(f"an in-memory split names blob {what!r:.20}, which is not there")

@@ -76,7 +76,10 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     blobs: list = [code]
     if isinstance(inputs, TextInput):
         splits, _ = plan_file_splits(inputs, slots)
-        descs = [["files", s.describe()] for s in splits]
+        # the reading settings that are not the defaults ride with each split (a default
+        # input's splits stay ["files", ranges], as every broker and worker expects)
+        options = inputs.read_options()
+        descs = [["files", s.describe(), *([options] if options else [])] for s in splits]
     else:
         records = normalize_records(inputs)
         n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..inputs import LineReader, read_split
+from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import (
     Job,
     RecordFailed,
@@ -74,6 +74,10 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
         except RecordFailed as exc:
             if isinstance(records, LineReader):
                 where["path"] = records.path
+                if records.error is not None and records.error is exc.__cause__:
+                    # the input failed (unreadable, a line over the limit), not the record
+                    # map saw last: no ordinal, so it is never skipped as a bad record
+                    raise TaskError(records.error, where) from exc
             if isinstance(source, Numbered):
                 where["ordinal"] = source.current
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
@@ -109,9 +113,14 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
         keys, values = unpack(blob)
         return list(zip(keys, values)), len(blob), {}
     ranges = desc[1]
+    # how to read them: ["files", ranges, {"encoding": ..., "max_line_bytes": ...}], the
+    # settings of read_text() that are not the defaults (checked: they came over the wire)
+    options = desc[2] if len(desc) > 2 and isinstance(desc[2], dict) else {}
+    encoding, limit = check_read_options(options.get("encoding", DEFAULT_ENCODING),
+                                         options.get("max_line_bytes", MAX_LINE_BYTES))
     nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
                  for path, start, end in ranges)
-    return read_split(ranges), nbytes, {"files": len(ranges)}
+    return read_split(ranges, encoding, limit), nbytes, {"files": len(ranges)}
 
 
 def _where(records: Any, key: Any) -> dict:

@@ -1,9 +1,12 @@
 """The ``pymapreduce worker`` daemon: N worker processes, restarted when they crash.
 
-The supervisor forks its children before it ever creates a ZeroMQ context, so each child
-starts clean and makes its own. Children die with the supervisor (PR_SET_PDEATHSIG on
+The supervisor forks its first children before it creates a ZeroMQ context (the one of
+its heartbeat socket), and each child makes its own; children restarted later are forked
+with that context alive, which is safe as long as they never touch it (they do not). Children die with the supervisor (PR_SET_PDEATHSIG on
 Linux, and a parent check everywhere else), so ``kill -9`` of the supervisor leaves no
-orphan behind; the broker re-queues their tasks when their heartbeats stop.
+orphan behind; the broker re-queues their tasks when their heartbeats stop. The supervisor
+also beats for its live children (``voucher.py``), so a child whose user code holds the
+GIL for a long time is not taken for dead.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import deque
 
 from ..errors import AuthenticationFailed
 from ..patterns.security import PeerKeys
+from .voucher import Voucher
 from .worker import Worker
 
 log = logging.getLogger("pymapreduce.worker")
@@ -60,6 +64,8 @@ class Supervisor:
         self.crashes: dict[int, deque] = {}
         self.restarts = 0
         self._stopping = False
+        # before the first fork: the children share its page of the broker's beat interval
+        self.voucher = Voucher(connect, keys)
 
     def _spawn(self, slot: int) -> None:
         me = os.getpid()
@@ -79,7 +85,9 @@ class Supervisor:
                 os._exit(0)
             worker = Worker(self.connect, credit=self.credit, parent_pid=me, keys=self.keys,
                             slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
-                            identity=identity, replaces=replaces, tags=self.tags)
+                            identity=identity, replaces=replaces, tags=self.tags,
+                            on_welcome=self.voucher.learned,
+                            supervisor=self.voucher.identity if self.voucher.enabled else None)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())
@@ -105,16 +113,19 @@ class Supervisor:
         self._stopping = True
 
     def serve_forever(self) -> None:
-        """Reap and restart children until stopped; then stop them all."""
+        """Reap, restart and vouch for children until stopped; then stop them all."""
         try:
+            self.voucher.open()
             while not self._stopping:
                 self._reap()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process is gone; stopping the workers")
                     break
-                time.sleep(REAP_INTERVAL)
+                self.voucher.beat(time.monotonic(), self.identities)
+                time.sleep(min(REAP_INTERVAL, self.voucher.interval / 2))
         finally:
             self.shutdown()
+            self.voucher.close()
 
     def _reap(self) -> None:
         while self.children:

@@ -2,7 +2,8 @@
 
 User code runs on the main thread; a heartbeat thread with a socket of its own keeps the
 broker informed while a long ``map`` call holds the main thread, so a busy worker never
-looks dead. Small outputs ride inline in DONE; large ones go to the data-plane sink first.
+looks dead (and when user code holds the GIL, which stops that thread too, the
+supervisor beats for this process: ``voucher.py``). Small outputs ride inline in DONE; large ones go to the data-plane sink first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,6 +66,8 @@ class Worker:
         identity: bytes | None = None,
         replaces: list | None = None,
         tags: Any = (),
+        on_welcome: Callable[[float], None] | None = None,
+        supervisor: bytes | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -74,6 +78,8 @@ class Worker:
         self.identity = identity or uuid.uuid4().bytes
         self.replaces = replaces  # [identity, why] of the process this one replaces
         self.tags = sorted(set(tags))
+        self.on_welcome = on_welcome  # told the heartbeat interval the broker expects
+        self.supervisor = supervisor  # the identity of the socket that beats for this one
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.heartbeat_interval = heartbeat_interval
@@ -176,6 +182,8 @@ class Worker:
         self._unsent.clear()  # (about attempts of the registration the broker dropped)
         self._need_ready.clear()
         body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags}
+        if self.supervisor:
+            body["supervisor"] = self.supervisor
         if self.replaces:
             body["replaces"] = self.replaces
         while not self._stop.is_set():
@@ -263,6 +271,8 @@ class Worker:
                 beat = msg.body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat  # beat as often as this broker expects
+                if self.on_welcome is not None:
+                    self.on_welcome(self.heartbeat_interval)
             elif msg.command == P.ABANDON:
                 gone = {(msg.body.get("job"), k, i, a) for k, i, a in msg.body.get("tasks", ())}
                 self.queue = deque(q for q in self.queue if (q[0], q[3], q[4], q[5]) not in gone)
