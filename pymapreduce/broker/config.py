@@ -8,6 +8,8 @@ from ..errors import ConfigError
 from ..patterns import config as timing
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint
 
+FSYNC_CHOICES = ("never", "commit")  # see broker/journal.py: FSYNC_POLICIES
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -33,6 +35,9 @@ class BrokerConfig:
     insecure: bool = False  # listening beyond loopback without keys: warn on every job
     max_jobs: int = 1000  # unfinished jobs held at once; more are refused at SUBMIT
     state_dir: str | None = None  # journal and committed outputs: survive a restart
+    # what a power loss may take from the state directory: "never" fsyncs (the last
+    # seconds of commits and accepted jobs), "commit" fsyncs each commit (nothing acknowledged)
+    fsync: str = "never"
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)
@@ -42,6 +47,9 @@ class BrokerConfig:
             raise ConfigError("need 0 < heartbeat_interval < liveness")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.fsync not in FSYNC_CHOICES:
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_CHOICES)}, "
+                              f"not {self.fsync!r}")
         if self.memory_budget < 0:
             raise ConfigError("memory_budget must not be negative")
 
