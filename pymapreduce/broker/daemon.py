@@ -756,6 +756,8 @@ class Broker(ClientAPI, Recovery):
 
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
+        if self.journal is not None:  # durable before its map outputs are deleted
+            self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()
         jid = job.id
         if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
@@ -768,8 +770,6 @@ class Broker(ClientAPI, Recovery):
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
-        if self.journal is not None:
-            self.journal.finish(job.seq, job.state, job.error, time.time())
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]

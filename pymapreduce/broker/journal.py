@@ -76,6 +76,7 @@ FSYNC_POLICIES = {
     # commit row: a power loss loses nothing the broker acknowledged
     "commit": "FULL",
 }
+MIN_FREE = 1 << 20  # bytes a new job must leave free on the state directory's disk
 RETRY_AFTER = 1.0  # seconds between attempts to write a journal that refused a write
 TERMINAL = ("succeeded", "failed", "cancelled")
 DROPPED = ".dropped"  # a released job's directory, renamed before its rows are deleted
@@ -265,6 +266,17 @@ class Journal:
         saved = [["mem", _blob(s[1])] if s[0] == "mem" else s for s in splits]
         options_b, code_b, splits_b = msgpack.packb(options), _blob(code), msgpack.packb(saved)
         crc = _crc(job_id, options_b, code_b, splits_b)
+        need = len(options_b) + len(code_b) + len(splits_b) + MIN_FREE
+        try:  # SQLite may still find room in its WAL: a full disk must refuse new work
+            st = os.statvfs(self.dir)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = need
+        if free < need:
+            raise StateError(
+                f"the job cannot be accepted: the disk of the broker's state directory "
+                f"{self.dir} is full ({free} bytes free, the job needs {need}); submit it "
+                "again once there is room")
         try:
             seq = self._write([(
                 "INSERT INTO jobs (id, options, code, splits, state, crc) "
