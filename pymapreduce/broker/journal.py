@@ -289,6 +289,12 @@ class Journal:
                 "there is room") from None
         try:  # made after its row is committed: a directory the journal does not know
             os.makedirs(self.job_dir(seq), exist_ok=True)  # means the journal lost a job
+            if self.fsync == "commit":  # (its files are fsynced, and so is their name)
+                fd = os.open(self.outputs, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError:
             pass  # (made again when its first output is written)
         return seq
@@ -417,6 +423,7 @@ class Journal:
     def close(self) -> None:
         try:
             if getattr(self, "db", None) is not None:
+                self._retry_at = 0.0  # a last try, whatever the back-off
                 self.flush()
                 self.db.close()
         finally:
