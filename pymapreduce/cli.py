@@ -23,6 +23,7 @@ from .errors import (
     JobFailed,
     JobTimeout,
     PyMapReduceError,
+    StateError,
 )
 
 EXIT_OK = 0
@@ -31,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_ADDRESS_IN_USE = 4
 EXIT_TIMEOUT = 5
+EXIT_STATE = 6  # the broker's state directory is damaged or full: it will not start
 EXIT_AUTH = 77  # the broker refused our key (also a worker daemon's exit code)
 EXIT_INTERRUPTED = 130
 
@@ -41,6 +43,7 @@ EXIT_CODES = (
     (AddressInUse, EXIT_ADDRESS_IN_USE),
     (JobTimeout, EXIT_TIMEOUT),
     (AuthenticationFailed, EXIT_AUTH),
+    (StateError, EXIT_STATE),
     (PyMapReduceError, EXIT_USAGE),
 )
 
@@ -100,7 +103,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           max_attempts=args.max_attempts,
                           memory_budget=int(args.memory_budget_mb * 1024 * 1024),
                           spill_dir=args.spill_dir, keys_dir=args.keys,
-                          state_dir=args.state_dir, backup_after=args.backup_after,
+                          state_dir=args.state_dir, fsync=args.fsync,
+                          backup_after=args.backup_after,
                           max_jobs=args.max_jobs,
                           max_jobs_per_client=args.max_jobs_per_client,
                           max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
@@ -114,6 +118,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"pymapreduce broker: {exc}", file=sys.stderr)
         broker.close()
         return EXIT_ADDRESS_IN_USE
+    except StateError:  # its state directory lost or damaged jobs: said by main()
+        broker.close()
+        raise
     if config.insecure:
         logging.getLogger("pymapreduce.broker").warning(
             "listening on %s WITHOUT authentication (--insecure)", address)
@@ -394,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="journal jobs and keep committed outputs here, so that a broker "
                         "restarted on the same DIR carries on its jobs (default: none; a "
                         "restart loses every job)")
+    b.add_argument("--fsync", choices=["never", "commit"], default="never",
+                   help="with --state-dir, what a power loss may take: 'never' fsyncs, so "
+                        "the last seconds of commits and accepted jobs (a killed broker "
+                        "loses nothing either way); 'commit' fsyncs each commit and output "
+                        "file, so nothing acknowledged (default never)")
     b.add_argument("--insecure", action="store_true",
                    help="allow listening beyond loopback without authentication")
     b.add_argument("--max-message-mb", type=float, default=1024,

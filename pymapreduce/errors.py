@@ -11,6 +11,20 @@ class ConfigError(PyMapReduceError, ValueError):
     """A setting or an argument is invalid (names the setting and the reason)."""
 
 
+class StateError(PyMapReduceError):
+    """The broker's state directory cannot be trusted or written: a damaged journal or
+    output file, or a full disk. The message names the file and what to do."""
+
+
+class OutputDamaged(StateError):
+    """A committed output file does not match the checksum journaled with it (or is gone);
+    ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class InputError(PyMapReduceError, ValueError):
     """The job's inputs cannot be read: a path that matches nothing, records that are not pairs."""
 

@@ -8,6 +8,8 @@ from ..errors import ConfigError
 from ..patterns import config as timing
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint
 
+FSYNC_CHOICES = ("never", "commit")  # see broker/journal.py: FSYNC_POLICIES
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -36,6 +38,9 @@ class BrokerConfig:
     max_bytes_per_client: int = 2 << 30  # bytes of code and inputs of its unfinished jobs
     list_all_jobs: bool = False  # listings show every client's jobs (not only one's own)
     state_dir: str | None = None  # journal and committed outputs: survive a restart
+    # what a power loss may take from the state directory: "never" fsyncs (the last
+    # seconds of commits and accepted jobs), "commit" fsyncs each commit (nothing acknowledged)
+    fsync: str = "never"
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)
@@ -45,6 +50,9 @@ class BrokerConfig:
             raise ConfigError("need 0 < heartbeat_interval < liveness")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.fsync not in FSYNC_CHOICES:
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_CHOICES)}, "
+                              f"not {self.fsync!r}")
         if self.memory_budget < 0:
             raise ConfigError("memory_budget must not be negative")
 

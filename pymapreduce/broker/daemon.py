@@ -10,7 +10,6 @@ chunks and partition data are opaque blobs it stores and forwards.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -26,11 +25,12 @@ from ..patterns.sockets import bind, make_socket, send
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
 from .journal import Journal
+from .recovery import Recovery
 from .reports import attempt_key, report_fields
 from .scheduler import Scheduler
 from .sink import Store
 from .submission import file_ranges
-from .tasks import DONE, MAP, PENDING, REDUCE, RUNNING, JobState, Task
+from .tasks import MAP, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -75,11 +75,14 @@ class WorkerState:
         self.supervisor = b""  # the route of the process that may beat on its behalf
 
 
-class Broker(ClientAPI):
+class Broker(ClientAPI, Recovery):
     """A broker bound to ``config.bind``; ``serve_forever()`` runs it until ``stop()``."""
 
     def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
         self.config = config
+        self.journal: Journal | None = None
+        if config.state_dir:  # first: a journal that cannot be used stops the broker here
+            self.journal = Journal(config.state_dir, config.fsync)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.control = make_socket(self.ctx, zmq.ROUTER, max_message=config.max_message)
@@ -106,10 +109,9 @@ class Broker(ClientAPI):
         self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
         self.jobs: dict[str, JobState] = {}
         self.scheduler = Scheduler()
-        self.store = Store(config.memory_budget, config.spill_dir)
-        self.journal: Journal | None = None
-        if config.state_dir:
-            self.journal = Journal(config.state_dir)
+        self.store = Store(config.memory_budget, config.spill_dir,
+                           fsync=config.fsync == "commit")
+        self.store.on_damage = self._output_damaged
         self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._stopping = False
@@ -629,9 +631,9 @@ class Broker(ClientAPI):
         step = job.step
         if task.kind == MAP and not job.map_only:
             nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
-        for (key, name), blob in zip(self._outputs(job, step, task.kind, task.index, nonempty),
-                                     [b for b in blobs if len(b)] if nonempty else blobs):
-            self.store.put(key, blob, self._path(job, name))
+        sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
+            self._outputs(job, step, task.kind, task.index, nonempty),
+            [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
         if isinstance(secs, (int, float)) and secs >= 0:
@@ -640,7 +642,7 @@ class Broker(ClientAPI):
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
-            self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty)
+            self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         job.commit(task, stats, nonempty)
         if job.step != step:
             if self.journal is not None:  # the step is over: its map outputs may go
@@ -675,68 +677,6 @@ class Broker(ClientAPI):
     def _path(self, job: JobState, name: str) -> str | None:
         """The file a committed output of ``job`` is kept in (None: no state directory)."""
         return self.journal.output_path(job.seq, name) if self.journal is not None else None
-
-    # -- restart -------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Reload the journaled jobs: committed tasks stay committed (their outputs are
-        files in the state directory), tasks that were running are pending again."""
-        now = time.monotonic()
-        for saved in self.journal.load():
-            o = saved.options
-            job = JobState(saved.id, o.get("name", ""), saved.code, saved.splits,
-                           o["reducers"], o["map_only"], None, now, options=o)
-            job.seq = saved.seq
-            running = saved.state == P.JOB_RUNNING
-            finished = {c[0] for c in saved.commits if c[1] == STEP_DONE}
-            lost = False  # a result file is missing: the state directory lost data
-            for step, kind, index, stats, parts in saved.commits:
-                if kind == STEP_DONE:
-                    continue
-                tasks = job.tasks(kind)
-                if step != job.step or not 0 <= index < len(tasks) or \
-                        tasks[index].state == DONE:
-                    continue
-                # outputs of the step in progress, of the step before (its inputs) and of
-                # the last step (the result) are kept; older ones were deleted when spent
-                outputs = [(k, self._path(job, n))
-                           for k, n in self._outputs(job, step, kind, index, parts)]
-                if not all(os.path.exists(p) for _, p in outputs):
-                    if (running and step not in finished and outputs
-                            and outputs[0][0][1] == MAP):
-                        continue  # the step in progress lost a file: the task runs again
-                    lost = lost or any(k[1] == "out" for k, _ in outputs)
-                else:
-                    for key, path in outputs:
-                        self.store.adopt(key, path)
-                job.commit(tasks[index], stats, parts, restored=True)
-                if job.step != step:
-                    self._spent(job)
-            if lost and (job.state == P.JOB_SUCCEEDED or saved.state == P.JOB_SUCCEEDED):
-                job.state = P.JOB_RUNNING  # (finish() below records the loss instead)
-                saved.state, saved.error = P.JOB_FAILED, {
-                    "message": "its output files are missing from the state directory "
-                               f"{self.journal.dir}: run the job again"}
-                running = False
-            if running and job.state == P.JOB_RUNNING:
-                job.pending.clear()
-                job.pending.extend(t for t in job.tasks(job.phase) if t.state == PENDING)
-                self.scheduler.add(job)
-            elif job.state == P.JOB_RUNNING:  # it ended before the crash
-                job.finish(saved.state, saved.error)
-            else:  # it ended during recovery (every task was committed)
-                self.journal.finish(job.seq, job.state, job.error, time.time())
-            # elapsed times go on from before the restart (wall clock, as journaled)
-            wall = time.time()
-            submitted_at = o.get("submitted_at")
-            if isinstance(submitted_at, (int, float)):
-                job.submitted = now - max(0.0, wall - submitted_at)
-                if job.finished is not None and isinstance(saved.ended, (int, float)):
-                    job.finished = job.submitted + max(0.0, saved.ended - submitted_at)
-            self.jobs[job.id] = job
-            log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
-                     "committed", job.id, job.state, job.done_maps, len(job.maps),
-                     job.done_reduces, 0 if job.map_only else job.reducers)
-        self.journal.flush()
 
     def _purge(self, worker: WorkerState, reason: str) -> None:
         """Forget a worker; each attempt it was running counts as failed and is retried."""
@@ -782,7 +722,7 @@ class Broker(ClientAPI):
                     return
                 continue  # what is left failed on this worker: another one takes it
             self.workers.move_to_end(worker.route)
-            self._send_tasks(worker, tasks)
+            self._send_checked(worker, tasks)
 
     def _backup(self) -> None:
         """Backup tasks (the paper's section 3.6): when nothing is pending and a worker is
@@ -811,7 +751,7 @@ class Broker(ClientAPI):
             task.job.backups += 1
             log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id, task.name,
                      now - task.started, worker.name)
-            self._send_tasks(worker, [task])
+            self._send_checked(worker, [task])
 
     def _send_tasks(self, worker: WorkerState, tasks: list[Task]) -> None:
         by_job: dict[str, list[Task]] = {}
@@ -882,6 +822,8 @@ class Broker(ClientAPI):
 
     def _job_ended(self, job: JobState) -> None:
         self.scheduler.remove(job)
+        if self.journal is not None:  # durable before its map outputs are deleted
+            self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()
         jid = job.id
         if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
@@ -894,9 +836,6 @@ class Broker(ClientAPI):
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
-        if self.journal is not None:  # on disk before any client hears the job ended
-            self.journal.finish(job.seq, job.state, job.error, time.time())
-            self.journal.flush()
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]

@@ -1,11 +1,60 @@
-"""The sink's store: task outputs in memory up to a budget, on disk beyond it."""
+"""The sink's store: task outputs in memory up to a budget, on disk beyond it.
+
+With a state directory, every committed output is also written to a file whose CRC-32 is
+journaled with the commit (zlib.crc32 checks 256 MiB in about 0.04 s here, a fraction of
+reading it). A file is checked against its CRC when a restarted broker adopts it and
+whenever it is read back, so a damaged file is an error naming it, never a wrong answer.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import tempfile
+import zlib
+from collections.abc import Callable
 from typing import Any
+
+from ..errors import OutputDamaged
+
+log = logging.getLogger("pymapreduce.broker")
+CHUNK = 1 << 20  # bytes read at a time when checking a file
+
+
+def file_crc(path: str) -> tuple[int, int]:
+    """(CRC-32, size) of a file, read in chunks (OSError if it cannot be read)."""
+    crc = size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    return crc, size
+
+
+def write_file(path: str, buf: Any, fsync: bool) -> None:
+    """Write ``buf`` to ``path`` (its directory created); with ``fsync``, the file and its
+    directory entry are on disk when this returns. A failed write leaves no file."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(buf)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        if fsync:  # the new name must survive a power loss too, not just the bytes
+            fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
 
 
 class Store:
@@ -14,10 +63,19 @@ class Store:
 
     A blob put with a ``path`` (a broker with a state directory) is always written to that
     file, and also kept in memory while the budget allows: the file is what survives a
-    restart, the memory copy what serves the reduce tasks fast."""
+    restart, the memory copy what serves the reduce tasks fast. When that file cannot be
+    written (a full disk), the blob is kept anyway, in memory or the spill directory: the
+    job goes on, only that output is not durable (``put`` says so by returning None).
 
-    def __init__(self, budget: int, spill_dir: str | None = None) -> None:
+    ``on_damage(key, message)`` is called when a file read back does not match its CRC,
+    before :class:`OutputDamaged` is raised (the broker fails the job it belongs to)."""
+
+    def __init__(self, budget: int, spill_dir: str | None = None, fsync: bool = False) -> None:
         self.budget = budget
+        self.fsync = fsync  # fsync durable files (and their directory) as they are written
+        self.on_damage: Callable[[Any, str], None] | None = None
+        self._sums: dict[Any, int] = {}  # key -> CRC-32 of its file (durable files only)
+        self._full_since = False  # a durable write failed; logged once until one succeeds
         self._spill_root = spill_dir
         self._dir: str | None = None
         self._mem: dict[Any, Any] = {}
@@ -26,42 +84,106 @@ class Store:
         self.spilled_bytes = 0
         self._seq = 0
 
-    def put(self, key: Any, blob: Any, path: str | None = None) -> None:
+    def put(self, key: Any, blob: Any, path: str | None = None) -> int | None:
         """Keep ``blob`` (bytes, memoryview or zmq.Frame) under ``key``, replacing any old
-        one; with ``path``, also write it to that file (durable)."""
+        one; with ``path``, also write it to that file. Returns the file's CRC-32 when it
+        was written (durable), None otherwise. Never raises for a full disk: the blob is
+        then kept in memory, over the budget if it must."""
         self.discard(key)
         buf = blob.buffer if hasattr(blob, "buffer") else blob
         size = len(buf)
+        crc = None
         if path is not None:
-            with open(path, "wb") as f:
-                f.write(buf)
-            self._files[key] = path
-            self.spilled_bytes += size
+            try:
+                write_file(path, buf, self.fsync)
+            except OSError as exc:
+                self._write_failed(path, exc)
+            else:
+                crc = self._sums[key] = zlib.crc32(buf)
+                self._files[key] = path
+                self.spilled_bytes += size
+                if self._full_since:
+                    self._full_since = False
+                    log.warning("output files are written to the state directory again")
         if self.memory_bytes + size <= self.budget:
             self._mem[key] = blob
             self.memory_bytes += size
-            return
-        if path is not None:
-            return
-        path = os.path.join(self._spill_path(), f"{self._seq:08d}.bin")
-        self._seq += 1
-        with open(path, "wb") as f:
-            f.write(buf)
+            return crc
+        if crc is not None:
+            return crc
+        try:
+            spill = os.path.join(self._spill_path(), f"{self._seq:08d}.bin")
+            self._seq += 1
+            write_file(spill, buf, False)
+        except OSError as exc:  # no room anywhere: memory, beyond the budget
+            log.warning("cannot spill an output to disk (%s): kept in memory", exc)
+            self._mem[key] = blob
+            self.memory_bytes += size
+            return crc
+        self._files[key] = spill
+        self.spilled_bytes += size
+        return crc
+
+    def _write_failed(self, path: str, exc: OSError) -> None:
+        if not self._full_since:
+            self._full_since = True
+            why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc
+            log.error("cannot write output file %s (%s): outputs are kept in memory and not "
+                      "journaled until it can (such tasks run again after a restart)", path,
+                      why)
+
+    def adopt(self, key: Any, path: str, crc: int | None = None) -> None:
+        """Serve ``key`` from an existing file (a restarted broker's committed outputs),
+        after checking it against ``crc``; :class:`OutputDamaged` if it does not match or
+        cannot be read."""
+        self.discard(key)
+        size = self._check(key, path, crc)
         self._files[key] = path
+        if crc is not None:
+            self._sums[key] = crc
         self.spilled_bytes += size
 
-    def adopt(self, key: Any, path: str) -> None:
-        """Serve ``key`` from an existing file (a restarted broker's committed outputs)."""
-        self.discard(key)
-        self._files[key] = path
-        self.spilled_bytes += os.path.getsize(path)
+    def _check(self, key: Any, path: str, crc: int | None) -> int:
+        """The size of ``path`` if it matches ``crc`` (None: only that it can be read)."""
+        try:
+            actual, size = file_crc(path)
+        except FileNotFoundError:
+            raise OutputDamaged(f"output file {path} is missing from the state directory",
+                                path=path) from None
+        except OSError as exc:
+            raise OutputDamaged(f"output file {path} cannot be read: {exc.strerror or exc}",
+                                path=path) from None
+        if crc is not None and actual != crc:
+            raise OutputDamaged(f"output file {path} is damaged: its CRC-32 is {actual:08x}, "
+                                f"{crc:08x} was journaled with it ({size} bytes)", path=path)
+        return size
 
     def get(self, key: Any) -> Any:
-        """The blob under ``key`` (KeyError if none)."""
+        """The blob under ``key`` (KeyError if none). A file with a journaled CRC is checked
+        as it is read: :class:`OutputDamaged` (after ``on_damage``) if it does not match."""
         if key in self._mem:
             return self._mem[key]
-        with open(self._files[key], "rb") as f:
-            return f.read()
+        path = self._files[key]
+        crc = self._sums.get(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            if crc is None:
+                raise
+            self._damaged(key, OutputDamaged(
+                f"output file {path} cannot be read: {exc.strerror or exc}", path=path))
+        if crc is not None and zlib.crc32(data) != crc:
+            self._damaged(key, OutputDamaged(
+                f"output file {path} is damaged: it no longer matches the CRC-32 "
+                f"journaled with it", path=path))
+        return data
+
+    def _damaged(self, key: Any, exc: OutputDamaged) -> None:
+        log.error("%s", exc)
+        if self.on_damage is not None:
+            self.on_damage(key, str(exc))
+        raise exc
 
     def __contains__(self, key: Any) -> bool:
         return key in self._mem or key in self._files
@@ -71,6 +193,7 @@ class Store:
         if blob is not None:
             self.memory_bytes -= len(blob.buffer if hasattr(blob, "buffer") else blob)
         path = self._files.pop(key, None)
+        self._sums.pop(key, None)
         if path is not None:
             try:
                 self.spilled_bytes -= os.path.getsize(path)
@@ -86,6 +209,7 @@ class Store:
     def close(self) -> None:
         self._mem.clear()
         self._files.clear()
+        self._sums.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

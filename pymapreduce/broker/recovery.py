@@ -1,0 +1,168 @@
+"""A restarted broker's recovery from its state directory, and damaged output files.
+
+A mixin of :class:`~pymapreduce.broker.daemon.Broker`, kept apart so the daemon holds the
+live protocol and this file what a broker does with what a previous one left behind.
+
+Whatever the journal holds, the broker starts: a job whose rows or files cannot be
+trusted is restored as failed, with a message naming the file, never silently empty or
+with a wrong result. Output files are checked against the CRC-32 journaled with them:
+a bad map output of a step still in progress makes that map task run again; a bad
+result (or an input the job still needs) fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..errors import OutputDamaged
+from ..patterns import protocol as P
+from .submission import held_bytes
+from .tasks import DONE, MAP, PENDING, JobState
+
+log = logging.getLogger("pymapreduce.broker")
+
+STEP_DONE = "done"  # the journal's row for a finished step of a multi-step job
+
+
+class Recovery:
+    """``recover()`` and the handling of damaged outputs; mixed into the Broker."""
+
+    def recover(self) -> None:
+        """Reload the journaled jobs: committed tasks stay committed (their outputs are
+        files in the state directory, checked), tasks that were running are pending
+        again. A job that cannot be carried on is restored as failed, saying why."""
+        now = time.monotonic()
+        for saved in self.journal.load():
+            try:
+                job = self._recover_job(saved, now)
+            except Exception as exc:  # whatever a job or worker reported: the broker starts
+                log.exception("job %s cannot be recovered", saved.id)
+                job = self._unrecoverable(saved, now, (
+                    f"it could not be recovered from the journal {self.journal.path} "
+                    f"({type(exc).__name__}: {exc}): submit it again"))
+                self.scheduler.remove(job)
+            self.jobs[job.id] = job
+            log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
+                     "committed", job.id, job.state, job.done_maps, len(job.maps),
+                     job.done_reduces, 0 if job.map_only else job.reducers)
+        self.journal.flush()
+
+    def _unrecoverable(self, saved: Any, now: float, message: str) -> JobState:
+        """A failed stand-in for a job the journal cannot give back (its outputs freed)."""
+        jid = saved.id
+        self.store.discard_where(lambda k: k[0] == jid)
+        name = saved.options.get("name", "") if isinstance(saved.options, dict) else ""
+        job = JobState(jid, str(name)[:200], b"", [], 1, True, None, now,
+                       options={"name": str(name)[:200]})
+        job.seq = saved.seq
+        job.finish(P.JOB_FAILED, {"message": message})
+        self.journal.finish(job.seq, job.state, job.error, time.time())
+        return job
+
+    def _recover_job(self, saved: Any, now: float) -> JobState:
+        if saved.damage:
+            return self._unrecoverable(saved, now, saved.damage)
+        o = saved.options
+        job = JobState(saved.id, o.get("name", ""), saved.code, saved.splits,
+                       o["reducers"], o["map_only"], None, now, options=o)
+        job.seq = saved.seq
+        job.held = held_bytes(saved.code, saved.splits)  # (its client's limits count it)
+        running = saved.state == P.JOB_RUNNING
+        problem = ""  # why the job cannot be carried on (names the file)
+        if saved.damaged_commits and (not running or job.steps):
+            problem = (f"{saved.damaged_commits} of its commit rows in the journal "
+                       f"{self.journal.path} are damaged: run the job again")
+        finished = {c[0] for c in saved.commits if c[1] == STEP_DONE}
+        needed: dict[int, str] = {}  # step -> a damaged output of it, needed by the next
+        for step, kind, index, stats, parts, sums in saved.commits:
+            if kind == STEP_DONE:
+                continue
+            tasks = job.tasks(kind)
+            if step != job.step or not 0 <= index < len(tasks) or tasks[index].state == DONE:
+                continue
+            # outputs of the step in progress, of the step before (its inputs) and of the
+            # last step (the result) are kept; older ones were deleted when spent
+            outputs = [(k, self._path(job, n))
+                       for k, n in self._outputs(job, step, kind, index, parts)]
+            bad = self._adopt_outputs(outputs, sums)
+            if bad and running and step not in finished and outputs[0][0][1] == MAP:
+                log.warning("%s: %s; %s-%d runs again", job.id, bad, kind, index)
+                continue  # a map output of the step in progress: the task runs again
+            if bad and any(k[1] == "out" for k, _ in outputs):
+                problem = problem or f"{bad}: run the job again"
+            elif bad and outputs[0][0][1] == "s":
+                needed.setdefault(step, bad)
+            job.commit(tasks[index], stats, parts, restored=True)
+            if job.step != step:
+                self._spent(job)
+        if job.state == P.JOB_RUNNING and job.step - 1 in needed:
+            problem = problem or f"{needed[job.step - 1]}, an input of its step {job.step + 1}"
+        if saved.state == P.JOB_SUCCEEDED and job.state != P.JOB_SUCCEEDED:
+            problem = problem or (f"the journal {self.journal.path} holds only part of its "
+                                  "commits (its state directory was full): run it again")
+        if problem and saved.state not in (P.JOB_FAILED, P.JOB_CANCELLED):
+            log.error("job %s failed on recovery: %s", job.id, problem)
+            job.state = P.JOB_RUNNING  # (so that finish() records the failure)
+            job.finish(P.JOB_FAILED, {"message": problem})
+            self.journal.finish(job.seq, job.state, job.error, time.time())
+        elif running and job.state == P.JOB_RUNNING:
+            job.pending.clear()
+            job.pending.extend(t for t in job.tasks(job.phase) if t.state == PENDING)
+            self.scheduler.add(job)
+        elif job.state == P.JOB_RUNNING:  # it ended before the crash
+            job.finish(saved.state, saved.error)
+        else:  # it ended during recovery (every task was committed)
+            self.journal.finish(job.seq, job.state, job.error, time.time())
+        # elapsed times go on from before the restart (wall clock, as journaled)
+        wall = time.time()
+        submitted_at = o.get("submitted_at")
+        if isinstance(submitted_at, (int, float)):
+            job.submitted = now - max(0.0, wall - submitted_at)
+            if job.finished is not None and isinstance(saved.ended, (int, float)):
+                job.finished = job.submitted + max(0.0, saved.ended - submitted_at)
+        return job
+
+    def _adopt_outputs(self, outputs: list[tuple[tuple, str]], sums: list | None) -> str:
+        """Serve a recovered commit's outputs from their files, each checked against its
+        journaled CRC-32; returns what is wrong with the first bad one ("" if none)."""
+        if not isinstance(sums, list) or len(sums) != len(outputs):
+            sums = [None] * len(outputs)  # (a journal written before checksums)
+        bad = ""
+        for (key, path), crc in zip(outputs, sums):
+            try:
+                self.store.adopt(key, path, crc if type(crc) is int else None)
+            except OutputDamaged as exc:
+                bad = bad or str(exc)
+        return bad
+
+    # -- while running -------------------------------------------------------------------
+    def _output_damaged(self, key: tuple, message: str) -> None:
+        """A file read back does not match its CRC (``Store.on_damage``): its job fails,
+        naming the file, instead of computing or returning something wrong."""
+        job = self.jobs.get(key[0])
+        if job is None or job.state in (P.JOB_FAILED, P.JOB_CANCELLED):
+            return
+        error = {"message": f"{message}: run the job again"}
+        if job.state == P.JOB_RUNNING:
+            job.finish(P.JOB_FAILED, error)
+            self._job_ended(job)
+            return
+        job.state = P.JOB_RUNNING  # a succeeded job whose result is damaged
+        job.finish(P.JOB_FAILED, error)
+        if self.journal is not None:
+            self.journal.finish(job.seq, job.state, job.error, time.time())
+        self._publish(job, time.monotonic())
+
+    def _send_checked(self, worker: Any, tasks: list) -> None:
+        """``_send_tasks``, surviving an input file found damaged on the way: that job has
+        failed (``_output_damaged``), and the tasks of other jobs not handed out yet go
+        back to their queues."""
+        try:
+            self._send_tasks(worker, tasks)
+        except OutputDamaged:
+            for t in reversed(tasks):
+                if t.state == PENDING and t.job.state == P.JOB_RUNNING \
+                        and t not in t.job.pending:
+                    t.job.pending.appendleft(t)
