@@ -28,13 +28,21 @@ from pymapreduce import (
     JobFailed,
     PickledValueRefused,
     UndecodableValue,
+    UnencodableValue,
     ValueNeedsPickle,
     run_sequential,
 )
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
-from pymapreduce.patterns.records import EXT_PICKLE, pack, pickled_name, unpack, unpack_safe
+from pymapreduce.patterns.records import (
+    EXT_PICKLE,
+    MAX_NESTING,
+    pack,
+    pickled_name,
+    unpack,
+    unpack_safe,
+)
 
 from .jobs import WordCount
 
@@ -206,6 +214,21 @@ def test_a_datetime_with_a_foreign_zone_is_pickled_whole():
 def test_malformed_encodings_raise_a_typed_error(blob):
     with pytest.raises(UndecodableValue):
         unpack_safe(blob)
+
+
+def test_deep_nesting_is_refused_instead_of_crashing_the_process():
+    """A few hundred bytes nesting tuples 200,000 deep overflowed the C stack (SIGSEGV)."""
+    blob = msgpack.packb([])
+    for _ in range(200_000):
+        blob = msgpack.packb(msgpack.ExtType(2, blob))
+    with pytest.raises(UndecodableValue, match="nested more than"):
+        unpack_safe(blob)
+    value = ()
+    for _ in range(MAX_NESTING - 1):
+        value = (value,)
+    assert unpack_safe(pack(value)) == value  # as deep as allowed: fine both ways
+    with pytest.raises(UnencodableValue, match="levels deep"):
+        pack((value,))  # the worker fails the task instead of sending undecodable bytes
 
 
 def test_pickled_name_reads_the_opcodes_only():

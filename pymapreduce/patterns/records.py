@@ -18,6 +18,7 @@ import gc
 import pickletools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -33,7 +34,14 @@ OPT_IN = ("set pickle_results = True on the Job (for a handle on a job submitted
           "unpickling a result runs code the worker chose")
 
 
-def _encode_ext(obj: Any, allow_pickle: bool) -> msgpack.ExtType:
+# Extension values nest (a tuple in a tuple...), and each level is a nested msgpack call
+# that takes tens of KiB of C stack: about 200 levels overflowed the main thread's 8 MiB
+# stack and killed the process. Bytes from a peer could nest that deep in a few hundred
+# bytes, so both sides stop well before, with a typed error.
+MAX_NESTING = 64
+
+
+def _encode_ext(allow_pickle: bool, depth: int, obj: Any) -> msgpack.ExtType:
     """The extension for a value msgpack cannot carry: a safe type, else a pickle."""
     t = type(obj)
     try:
@@ -42,7 +50,10 @@ def _encode_ext(obj: Any, allow_pickle: bool) -> msgpack.ExtType:
             return msgpack.ExtType(raw[0], raw[1](obj))
         packed = S.PACKED_OUT.get(t)
         if packed is not None:
-            return msgpack.ExtType(packed[0], pack(packed[1](obj), allow_pickle=allow_pickle))
+            if depth >= MAX_NESTING:
+                raise UnencodableValue(f"values nest tuples, sets, dates... more than "
+                                       f"{MAX_NESTING} levels deep")
+            return msgpack.ExtType(packed[0], _pack(packed[1](obj), allow_pickle, depth + 1))
     except S.NotSafe:
         pass  # e.g. a datetime with a pytz zone: the whole value is pickled below
     if not allow_pickle:
@@ -60,25 +71,20 @@ def _encode_ext(obj: Any, allow_pickle: bool) -> msgpack.ExtType:
         ) from exc
 
 
-def _default_pickle(obj: Any) -> msgpack.ExtType:
-    return _encode_ext(obj, True)
-
-
-def _default_safe(obj: Any) -> msgpack.ExtType:
-    return _encode_ext(obj, False)
-
-
 def _type_name(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
+def _decode_ext(allow_pickle: bool, depth: int, code: int, data: bytes) -> Any:
+    packed = S.PACKED_IN.get(code)  # (the commonest first: tuples, sets)
+    if packed is not None:
+        if depth >= MAX_NESTING:
+            raise UndecodableValue(f"extension values nested more than {MAX_NESTING} deep")
+        return packed(msgpack.unpackb(data, ext_hook=_EXT_HOOKS[allow_pickle][depth + 1],
+                                      raw=False, strict_map_key=False))
     raw = S.RAW_IN.get(code)
     if raw is not None:
         return raw(data)
-    packed = S.PACKED_IN.get(code)
-    if packed is not None:
-        return packed(unpack(data, allow_pickle=allow_pickle))
     if code == EXT_PICKLE:
         if not allow_pickle:
             raise PickledValueRefused(
@@ -91,12 +97,22 @@ def _decode_ext(code: int, data: bytes, allow_pickle: bool) -> Any:
                            "a newer pymapreduce, or not by pymapreduce at all")
 
 
-def _hook_pickle(code: int, data: bytes) -> Any:
-    return _decode_ext(code, data, True)
+# One callback per (allow_pickle, depth), as msgpack passes its callbacks no state of ours;
+# partial objects, not lambdas, so a nested value costs no extra Python frame.
+_DEFAULTS = [[partial(_encode_ext, allow, depth)
+              for depth in range(MAX_NESTING + 1)] for allow in (False, True)]
+_EXT_HOOKS = [[partial(_decode_ext, allow, depth)
+               for depth in range(MAX_NESTING + 1)] for allow in (False, True)]
 
 
-def _hook_safe(code: int, data: bytes) -> Any:
-    return _decode_ext(code, data, False)
+def _pack(obj: Any, allow_pickle: bool, depth: int) -> bytes:
+    return msgpack.packb(obj, default=_DEFAULTS[allow_pickle][depth], strict_types=True,
+                         use_bin_type=True)
+
+
+def _unpack(data: Any, allow_pickle: bool, depth: int) -> Any:
+    return msgpack.unpackb(data, ext_hook=_EXT_HOOKS[allow_pickle][depth], raw=False,
+                           strict_map_key=False, use_list=True)
 
 
 def pickled_name(data: bytes, max_ops: int = 200) -> str:
@@ -124,8 +140,7 @@ def pack(obj: Any, *, allow_pickle: bool = True) -> bytes:
     ``allow_pickle=False``: a value that would need pickling raises
     :class:`~pymapreduce.errors.ValueNeedsPickle` (naming its type) instead.
     """
-    return msgpack.packb(obj, default=_default_pickle if allow_pickle else _default_safe,
-                         strict_types=True, use_bin_type=True)
+    return _pack(obj, allow_pickle is not False, 0)
 
 
 def unpack(data: Any, *, allow_pickle: bool = False) -> Any:
@@ -137,8 +152,7 @@ def unpack(data: Any, *, allow_pickle: bool = False) -> Any:
     ``allow_pickle=True`` unpickles: only for bytes from a peer trusted to run code here.
     """
     try:
-        return msgpack.unpackb(data, ext_hook=_hook_pickle if allow_pickle else _hook_safe,
-                               raw=False, strict_map_key=False, use_list=True)
+        return _unpack(data, allow_pickle is True, 0)
     except UndecodableValue:
         raise
     except Exception as exc:  # msgpack and the constructors raise many unrelated types
