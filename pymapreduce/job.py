@@ -169,7 +169,10 @@ def pickle_results(job: Job) -> bool:
     before pickling it, a worker after unpickling the client's bytes); no flag that a
     broker or a worker sends back can turn unpickling on in a client.
     """
-    return getattr(job, "pickle_results", False) is True
+    try:
+        return getattr(job, "pickle_results", False) is True
+    except Exception:  # a job's own __getattr__ that raises: it did not opt in
+        return False
 
 
 def is_map_only(job: Job, reducers: int | None) -> bool:
