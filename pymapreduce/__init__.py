@@ -14,9 +14,12 @@ from .errors import (
     JobNotFound,
     JobNotPicklable,
     JobTimeout,
+    PickledValueRefused,
     ProtocolError,
     PyMapReduceError,
+    UndecodableValue,
     UnencodableValue,
+    ValueNeedsPickle,
 )
 from .inputs import read_text
 from .job import Job, run_sequential, stable_hash
@@ -37,9 +40,12 @@ __all__ = [
     "JobNotPicklable",
     "JobTimeout",
     "LocalCluster",
+    "PickledValueRefused",
     "ProtocolError",
     "PyMapReduceError",
+    "UndecodableValue",
     "UnencodableValue",
+    "ValueNeedsPickle",
     "read_text",
     "run_sequential",
     "stable_hash",

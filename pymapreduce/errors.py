@@ -37,6 +37,23 @@ class UnencodableValue(PyMapReduceError, TypeError):
     """A key or value can be carried neither by msgpack nor by cloudpickle."""
 
 
+class ValueNeedsPickle(UnencodableValue):
+    """A result value can only travel pickled and the job did not opt in to pickled results
+    (``Job.pickle_results``): raised on the worker, so the task fails naming the type,
+    instead of the client refusing the value later."""
+
+
+class UndecodableValue(PyMapReduceError, ValueError):
+    """Encoded keys or values could not be decoded: malformed bytes, or an extension type
+    this version does not know."""
+
+
+class PickledValueRefused(UndecodableValue):
+    """A value arrived pickled where pickles are never loaded: results reach a client that
+    did not opt in (``Job.pickle_results``, ``Client.job(..., pickle_results=True)``).
+    Nothing was unpickled; the message names the pickled type as its opcodes state it."""
+
+
 class ProtocolError(PyMapReduceError):
     """A message could not be decoded: carries the byte length and the cause."""
 

@@ -76,6 +76,20 @@ class Job:
     be skipped, lets a job finish despite records its ``map`` cannot handle: a record on
     which ``map`` failed twice is left out of the next attempt, and the job's status lists
     it under ``skipped``. Default ``False``: a failing record fails its task.
+
+    ``pickle_results``: results (reduce output, or a map-only job's output) travel as
+    msgpack with safe extension types for tuples, sets, frozensets, big ints, complex,
+    Decimal, Fraction, date/time/datetime/timedelta (zones: ``datetime.timezone``
+    and ``zoneinfo``), UUID, OrderedDict, Counter, defaultdict (of a builtin type) and
+    deque, all decoded without running code. A result that holds anything else (an
+    instance of your own class, say) can only travel pickled, and unpickling runs code
+    chosen by whoever made the bytes: a worker, or anyone holding a worker key. So by
+    default such a result fails its task with :class:`~pymapreduce.ValueNeedsPickle`
+    (naming the key and the type), and the client never unpickles results. Set
+    ``pickle_results = True`` (class or instance attribute; for a multi-step job, on the
+    job submitted, not its steps) when you trust every worker key; a client re-attaching
+    with ``Client.job(job_id)`` must then pass ``pickle_results=True`` itself. Values
+    passed between workers (map output, steps' inputs) may always be pickled.
     """
 
     reducers: int | None = None
@@ -83,6 +97,7 @@ class Job:
     skip_bad_records: bool | int = False
     priority: float = 1  # weight of the job's share of worker slots (submit(priority=))
     requires: frozenset = frozenset()  # worker tags its tasks need (submit(requires=))
+    pickle_results: bool = False  # results may travel pickled: see the class docstring
 
     def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must define map(self, key, value)")
@@ -191,6 +206,19 @@ class Job:
 
     def _take_counters(self) -> dict:
         return self.__dict__.pop("_pmr_counters", None) or {}
+
+
+def pickle_results(job: Job) -> bool:
+    """Whether the job opted in to results that travel pickled (``Job.pickle_results``).
+
+    The client and the workers each read it off the job object the user made (the client
+    before pickling it, a worker after unpickling the client's bytes); no flag that a
+    broker or a worker sends back can turn unpickling on in a client.
+    """
+    try:
+        return getattr(job, "pickle_results", False) is True
+    except Exception:  # a job's own __getattr__ that raises: it did not opt in
+        return False
 
 
 def is_map_only(job: Job, reducers: int | None) -> bool:

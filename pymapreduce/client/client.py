@@ -19,8 +19,10 @@ from ..errors import (
     JobNotFound,
     JobTimeout,
     PyMapReduceError,
+    UndecodableValue,
 )
 from ..job import Job
+from ..job import pickle_results as wants_pickled_results
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -200,7 +202,8 @@ class Client:
                 f"broker accepts in one message ({limit / 2**20:.1f} MiB): pass large inputs "
                 "as files with read_text(), which workers read themselves")
         reply = self._request(P.SUBMIT, sub.body, sub.blobs)
-        handle = JobHandle(self, sub.job_id, output_dir)
+        handle = JobHandle(self, sub.job_id, output_dir,
+                           pickle_results=wants_pickled_results(job))
         handle._last = dict(reply.body)
         return handle
 
@@ -213,9 +216,15 @@ class Client:
         """The live workers: name, host, pid, tags, the tasks each holds, tasks done."""
         return list(self._request(P.JOBS, {}).body["workers"])
 
-    def job(self, job_id: str) -> JobHandle:
-        """A handle on a job submitted earlier (from this or another process)."""
-        handle = JobHandle(self, job_id, None)
+    def job(self, job_id: str, *, pickle_results: bool = False) -> JobHandle:
+        """A handle on a job submitted earlier (from this or another process).
+
+        ``pickle_results``: unpickle result values that need it, as the job's own
+        ``pickle_results = True`` does for the client that submitted it. This client cannot
+        know the job's choice (the broker's word on it would be a worker's word in the end),
+        so it is given here; only if you trust every worker key.
+        """
+        handle = JobHandle(self, job_id, None, pickle_results=pickle_results is True)
         handle.status()  # JobNotFound if the broker does not know it
         return handle
 
@@ -233,12 +242,19 @@ class Client:
 
 
 class JobHandle:
-    """A submitted job: its status, its result, its output files."""
+    """A submitted job: its status, its result, its output files.
 
-    def __init__(self, client: Client, job_id: str, output_dir: str | os.PathLike | None) -> None:
+    Results are decoded without unpickling unless ``pickle_results`` (from the submitted
+    job's ``Job.pickle_results``, or given to :meth:`Client.job`): a value that arrives
+    pickled then raises :class:`~pymapreduce.PickledValueRefused`, and nothing runs.
+    """
+
+    def __init__(self, client: Client, job_id: str, output_dir: str | os.PathLike | None,
+                 *, pickle_results: bool = False) -> None:
         self.client = client
         self.job_id = job_id
         self.output_dir = output_dir
+        self.pickle_results = pickle_results
         self._last: dict = {}
         self._written = False
 
@@ -332,12 +348,25 @@ class JobHandle:
             reply = self.client._request(P.FETCH, body, patient=wait)
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
-            for blob in reply.blobs:
-                data = frame_bytes(blob)
-                with paused_gc():
-                    keys, values = unpack(data) if len(data) else ([], [])
-                yield keys, values
+            for i, blob in enumerate(reply.blobs):
+                yield self._decode(part + i, frame_bytes(blob))
             part += len(reply.blobs)
+
+    def _decode(self, part: int, data: Any) -> tuple[list, list]:
+        """One partition's columns; bytes that are not two equal columns, or that hold a
+        pickle this handle may not load, raise UndecodableValue naming the partition."""
+        if not len(data):
+            return [], []
+        try:
+            with paused_gc():
+                cols = unpack(data, allow_pickle=self.pickle_results)
+        except UndecodableValue as exc:
+            raise type(exc)(f"job {self.job_id}, output partition {part}: {exc}") from None
+        if (type(cols) not in (list, tuple) or len(cols) != 2 or type(cols[0]) is not list
+                or type(cols[1]) is not list or len(cols[0]) != len(cols[1])):
+            raise UndecodableValue(f"job {self.job_id}, output partition {part}: not two "
+                                   "columns of keys and values")
+        return cols[0], cols[1]
 
     def results(self, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
         """The output pairs, one partition at a time, as the partitions are done: the first

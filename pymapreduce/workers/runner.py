@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import ValueNeedsPickle
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import (
+    Columns,
     Job,
     RecordFailed,
     finish_map,
@@ -47,30 +49,35 @@ class Numbered:
 
 
 def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
-             skip: Any = (), ordinals: bool = False):
+             skip: Any = (), ordinals: bool = False, safe_output: bool = False):
     """Run a map or reduce task; returns ``(output blobs, stats)``.
 
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
     a map-only map task and a reduce task yield one blob of ``[keys, values]`` columns.
     ``skip``: ordinals of records to leave out; ``ordinals``: a failure names the failing
-    record's ordinal in its split (a job that may skip bad records).
+    record's ordinal in its split (a job that may skip bad records). ``safe_output``: the
+    output is the job's result and the job did not opt in to pickled results, so a value
+    that would need pickling fails the task (:class:`ValueNeedsPickle`, naming its key and
+    type) rather than reach a client that will refuse it.
     """
     with paused_gc():
-        return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals)
+        return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
+                         safe_output)
 
 
 def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
-              skip: Any, ordinals: bool):
+              skip: Any, ordinals: bool, safe_output: bool):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
         records, nbytes, where = _open_split(desc, blobs)
         source = Numbered(records, skip) if ordinals or skip else records
         try:
             if map_only:
-                out = [pack(map_pairs(job, source))]
+                out = [pack_output(map_pairs(job, source), safe_output)]
             else:
                 parts = finish_map(job, map_grouped(job, source), reducers)
-                out = [pack(p) if p[0] else b"" for p in parts]
+                # (as lists: a tuple would be packed twice, once inside its extension)
+                out = [pack(list(p)) if p[0] else b"" for p in parts]
         except RecordFailed as exc:
             if isinstance(records, LineReader):
                 where["path"] = records.path
@@ -90,9 +97,11 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
     else:
         first, n = desc[1], desc[2]
         try:
-            segments = (unpack(frame_bytes(b)) for b in blobs[first : first + n])
+            # map outputs come from other workers, which run user code (and so may pickle)
+            segments = (unpack(frame_bytes(b), allow_pickle=True)
+                        for b in blobs[first : first + n])
             groups = merge_segments(segments, combined=job._has("combine"))
-            out = [pack(reduce_groups(job, groups))]
+            out = [pack_output(reduce_groups(job, groups), safe_output)]
         except Exception as exc:
             raise TaskError(exc, {"partition": desc}) from exc
         stats = {}
@@ -102,15 +111,32 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
     return out, stats
 
 
+def pack_output(columns: Columns, safe: bool) -> bytes:
+    """Encode ``(keys, values)``; ``safe``: without pickles, else ValueNeedsPickle naming
+    the first pair that needs one."""
+    if not safe:
+        return pack(list(columns))
+    try:
+        return pack(list(columns), allow_pickle=False)
+    except ValueNeedsPickle as exc:
+        error = exc
+    for key, value in zip(*columns):  # the error path only: find whom to blame
+        try:
+            pack([key, value], allow_pickle=False)
+        except ValueNeedsPickle as pair_error:
+            raise ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}") from None
+    raise error
+
+
 def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     if desc[0] == "mem":
         blob = frame_bytes(blobs[desc[1]])
-        return unpack(blob), len(blob), {}
+        return unpack(blob, allow_pickle=True), len(blob), {}
     if desc[0] == "cols":  # the output of a multi-step job's step before: [keys, values]
         blob = frame_bytes(blobs[desc[1]])
         if not len(blob):
             return [], 0, {}
-        keys, values = unpack(blob)
+        keys, values = unpack(blob, allow_pickle=True)
         return list(zip(keys, values)), len(blob), {}
     ranges = desc[1]
     # how to read them: ["files", ranges, {"encoding": ..., "max_line_bytes": ...}], the

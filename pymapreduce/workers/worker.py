@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from ..errors import AuthenticationFailed, ProtocolError
+from ..job import pickle_results
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -322,6 +323,9 @@ class Worker:
                     self.load_errors.pop(next(iter(self.load_errors)))
         elif job is None and error is None:
             error = ("this worker has no code for the job", "")
+        # the opt-in is the submitted job's (a multi-step job's container), as on the client
+        pickled_ok = job is not None and pickle_results(job)
+        last = True
         if "step" in b and job is not None and error is None:  # one step of a multi-step job
             try:
                 steps = self.steps.get(job_id)
@@ -330,6 +334,7 @@ class Worker:
                     while len(self.steps) > JOB_CACHE:
                         self.steps.pop(next(iter(self.steps)))
                 job = steps[int(b["step"])]
+                last = int(b["step"]) == len(steps) - 1
             except Exception as exc:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
@@ -337,19 +342,22 @@ class Worker:
             if error is not None:
                 self._fail(job_id, kind, index, attempt, error[0], error[1], {"split": index})
             else:
+                # outputs that reach the client: reduce, or map of a map-only (last) step
+                to_client = last and (kind != "map" or bool(b["map_only"]))
                 self.queue.append((job_id, job, b, kind, index, attempt, desc, blobs,
-                                   skip[0] if skip else ()))
+                                   skip[0] if skip else (), to_client and not pickled_ok))
 
     # -- running tasks -------------------------------------------------------------------
     def _run_one(self, item: tuple) -> None:
-        job_id, job, b, kind, index, attempt, desc, blobs, skip = item
+        job_id, job, b, kind, index, attempt, desc, blobs, skip, safe_output = item
         started = time.monotonic()
         try:
             self._current = (job_id, kind, index, attempt)
             try:
                 outputs, stats = run_task(job, kind, desc, blobs, b["reducers"],
                                           b["map_only"], skip=skip,
-                                          ordinals=bool(b.get("ordinals")))
+                                          ordinals=bool(b.get("ordinals")),
+                                          safe_output=safe_output)
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:
