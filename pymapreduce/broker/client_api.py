@@ -63,13 +63,13 @@ class ClientAPI:
                 self.journal.flush()
             self.jobs[job.id] = job
             self.scheduler.add(job)
-            self._events.warn(_peer([peer], self._peer_key), "job %s (%s) accepted: %d map "
-                              "tasks, %d reducers", job.id, job.name, len(job.maps),
-                              job.reducers, level=logging.INFO)
+            self.ledger.news(_peer([peer], self._peer_key), "job %s (%s) accepted: %d map "
+                             "tasks, %d reducers", job.id, job.name, len(job.maps),
+                             job.reducers)
             if self.config.insecure:
-                self._events.warn("insecure", "job %s runs on a broker WITHOUT authentication "
-                                  "(--insecure): anyone who can reach %s can run code on "
-                                  "every worker", job.id, self.address)
+                self.ledger.news("insecure", "job %s runs on a broker WITHOUT authentication "
+                                 "(--insecure): anyone who can reach %s can run code on "
+                                 "every worker", job.id, self.address, level=logging.WARNING)
         job.watchers.add(peer)
         self._reply(peer, P.ACCEPTED, {"req": _req(msg), **job.status(now)})
 
@@ -195,7 +195,7 @@ class ClientAPI:
             return
         if job.state == P.JOB_RUNNING:
             job.finish(P.JOB_CANCELLED, {"message": "cancelled by a client"})
-            self._job_ended(job)
+            self.ledger.end_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
 
     def on_jobs(self, peer: bytes, msg: Message, now: float) -> None:
@@ -229,6 +229,6 @@ class ClientAPI:
             self._job_or_error(peer, msg)  # (says whose it is)
             return
         if job is not None and job.state != P.JOB_RUNNING:
-            self._drop_job(job)
+            self.ledger.drop_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
                                      "state": "released"})

@@ -1,6 +1,6 @@
 """A restarted broker's recovery from its state directory, and damaged output files.
 
-A mixin of :class:`~pymapreduce.broker.daemon.Broker`, kept apart so the daemon holds the
+A mixin of :class:`~pymapreduce.broker.ledger.Ledger`, kept apart so the ledger holds the
 live protocol and this file what a broker does with what a previous one left behind.
 
 Whatever the journal holds, the broker starts: a job whose rows or files cannot be
@@ -147,7 +147,7 @@ class Recovery:
         error = {"message": f"{message}: run the job again"}
         if job.state == P.JOB_RUNNING:
             job.finish(P.JOB_FAILED, error)
-            self._job_ended(job)
+            self.end_job(job)
             return
         job.state = P.JOB_RUNNING  # a succeeded job whose result is damaged
         job.finish(P.JOB_FAILED, error)

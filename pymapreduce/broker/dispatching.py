@@ -1,0 +1,150 @@
+"""Handing tasks out: credit, prefetch pacing, placement, backup attempts (no sockets).
+
+A mixin of :class:`~pymapreduce.broker.ledger.Ledger`: which worker gets which pending
+task, how many it may hold, and when a straggler gets a second attempt. Tasks go out as
+TASKS messages in the ledger's outbox, one per job, with the job's code the first time a
+worker sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..patterns import protocol as P
+from .submission import file_ranges
+from .tasks import MAP, REDUCE, RUNNING, Task
+
+if TYPE_CHECKING:
+    from .ledger import WorkerState
+
+log = logging.getLogger("pymapreduce.broker")
+
+BACKUP_FACTOR = 2.0  # a straggler has run this many times its job's mean task time
+BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
+PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
+
+
+class Dispatching:
+    """``dispatch()`` and backup tasks; mixed into the Ledger."""
+
+    def dispatch(self, now: float | None = None) -> None:
+        """Hand pending tasks to workers with credit (never to one that did not ask)."""
+        pending = self.scheduler.pending()
+        if not self.workers:
+            return
+        if not pending:
+            self._backup(time.monotonic() if now is None else now)
+            return
+        # A worker holds a few tasks beyond the one it runs, so it never waits for the next:
+        # about PREFETCH_SECONDS of work (many tiny tasks, one long one), and fewer near the
+        # end of a phase, so the last tasks are not stuck behind a busy worker's queue.
+        target = max(1, pending // (2 * len(self.workers)))
+        # paced by the slowest job with pending tasks: a deep queue of its tasks would
+        # hold a worker for long (and a job without a finished task yet is unknown)
+        costs = [j.task_secs for j in self.scheduler.jobs() if j.pending]
+        if not costs or None in costs:
+            target = min(target, 2)
+        else:
+            target = min(target, 1 + int(PREFETCH_SECONDS / max(max(costs), 1e-6)))
+        for worker in list(self.workers.values()):
+            room = min(worker.credit, target) - len(worker.running)
+            if room <= 0:
+                continue
+            tasks = self.scheduler.take(room, worker.route, self.workers, worker.tags)
+            if not tasks:
+                if not self.scheduler.pending():
+                    return
+                continue  # what is left failed on this worker: another one takes it
+            self.workers.move_to_end(worker.route)
+            self._send_checked(worker, tasks)
+
+    def _backup(self, now: float) -> None:
+        """Backup tasks (the paper's section 3.6): when nothing is pending and a worker is
+        idle, a task that has run well past its job's mean task time gets a second attempt
+        on that worker; whichever commits first wins, the other's output is dropped."""
+        idle = [w for w in self.workers.values() if not w.running]
+        if not idle or now - self._last_backup_scan < BACKUP_SCAN_INTERVAL:
+            return
+        self._last_backup_scan = now
+        stragglers = []
+        for job in self.jobs.values():
+            if job.state != P.JOB_RUNNING or job.pending:
+                continue
+            for task in job.tasks(job.phase):
+                if task.state != RUNNING or len(task.running) != 1:
+                    continue
+                mean = job.mean_duration(task.kind)
+                limit = max(self.config.backup_after, BACKUP_FACTOR * (mean or 0.0))
+                if mean is not None and now - task.started > limit:
+                    stragglers.append((task.started, task))
+        stragglers.sort(key=lambda pair: pair[0])  # the longest running first
+        for worker, (_, task) in zip(idle, stragglers):
+            if worker.route in task.running.values():
+                continue
+            task.job.backups += 1
+            log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id, task.name,
+                     now - task.started, worker.name)
+            self._send_checked(worker, [task])
+
+    def _send_tasks(self, worker: WorkerState, tasks: list[Task]) -> None:
+        by_job: dict[str, list[Task]] = {}
+        for t in tasks:
+            by_job.setdefault(t.job.id, []).append(t)
+        for job_id, group in by_job.items():
+            job = self.jobs[job_id]
+            blobs: list[Any] = []
+            body: dict = {"job": job_id, "reducers": job.reducers, "map_only": job.map_only}
+            if job.steps:
+                body["step"] = job.step
+            if job_id not in worker.known_jobs:
+                body["code"] = len(blobs)
+                blobs.append(job.code)
+            items = []
+            if job.options.get("skip"):
+                body["ordinals"] = True  # report a failing record's ordinal
+            for t in group:
+                attempt = t.start(worker.route)
+                worker.running.add((job_id, t.kind, t.index, attempt))
+                if t.kind == MAP:
+                    split = job.splits[t.index]
+                    if split[0] == "step":  # the output of the step before
+                        key = (job.id, "s", split[1], split[2])
+                        if key not in self.store:
+                            log.error("%s: input %s of %s is missing", job.id, key, t.name)
+                        items.append([MAP, t.index, attempt, ["cols", len(blobs)]])
+                        blobs.append(self.store.get(key) if key in self.store else b"")
+                    elif split[0] == "mem":
+                        items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
+                        blobs.append(split[1])
+                    else:  # file ranges, kept packed until now
+                        items.append([MAP, t.index, attempt,
+                                      ["files", file_ranges(split), *split[2:]]])
+                    if t.skip:
+                        items[-1].append(sorted(t.skip))
+                else:
+                    parts = job.map_parts[t.index]
+                    items.append([REDUCE, t.index, attempt, ["segs", len(blobs), len(parts)]])
+                    blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
+            body["tasks"] = items
+            self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
+            worker.known_jobs.add(job_id)
+
+    # -- job events ----------------------------------------------------------------------
+
+    def _explain_waits(self) -> None:
+        """Say, in each job's status, why its pending tasks are not handed out."""
+        for job in self.scheduler.jobs():
+            if not job.pending:
+                job.waiting = ""
+            elif not self.workers:
+                job.waiting = "no worker is connected"
+            elif job.requires and not any(job.requires <= w.tags
+                                          for w in self.workers.values()):
+                job.waiting = ("no live worker has the tags " + ", ".join(sorted(job.requires))
+                               + " it requires")
+            elif job.active == 0 and job.dispatched is False:
+                job.waiting = "every worker slot is busy with other jobs"
+            else:
+                job.waiting = ""

@@ -1,0 +1,518 @@
+"""The broker's ledger: workers, jobs, attempts, commits, retries, skips, backups.
+
+Socket-free: the daemon (``daemon.py``) decodes messages, checks roles and keys, and calls
+the ledger's methods with plain values; the ledger decides and leaves what is to be sent in
+``outbox`` (``Send``: a message to a peer; ``Publish``: a job's status changed; ``Fetched``:
+a job's partitions may now answer waiting fetches), which the daemon delivers without
+blocking. So the failure logic (who holds which attempt, what a report may do, when a task
+is retried, skipped, backed up or given up on, what a restart recovers) is tested by
+driving a ledger with calls and a hand-set clock (``tests/test_ledger.py``), and the daemon
+tests only prove the wiring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..patterns import protocol as P
+from ..patterns.message import Message
+from ..patterns.ratelog import RateLimitedLog
+from .config import BrokerConfig
+from .dispatching import Dispatching
+from .journal import Journal
+from .recovery import STEP_DONE, Recovery
+from .reports import attempt_key, report_fields
+from .scheduler import Scheduler
+from .sink import Store
+from .tasks import MAP, PENDING, REDUCE, RUNNING, JobState, Task
+
+log = logging.getLogger("pymapreduce.broker")
+
+REREGISTERED = "re-registered"  # purges that are not their tasks' fault
+LEFT = "left"
+NOT_READING = "its queue is full: it does not read what the broker sends"
+BLAMELESS = frozenset({REREGISTERED, LEFT, NOT_READING})
+HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
+
+
+def peer_name(route: bytes | None, key: str = "") -> str:
+    """How logs name a peer: its key when the broker is secured, else its identity."""
+    if key:
+        return f"key {key}"
+    return route.hex() if route else "?"
+
+
+class Send(NamedTuple):
+    """A message for a peer. ``worker``: the route of a registered worker whose queue is
+    full or who is gone is purged (TASKS); other undeliverable messages are dropped."""
+
+    route: bytes
+    msg: Message
+    worker: bool = False
+
+
+class Publish(NamedTuple):
+    """A job's status changed: its watchers hear it now."""
+
+    job: JobState
+
+
+class Fetched(NamedTuple):
+    """A job committed outputs (or ended): its waiting FETCHes may be answered."""
+
+    job: JobState
+
+
+class WorkerState:
+    """A registered worker process, as the broker sees it."""
+
+    __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd",
+                 "tags", "pid", "done", "joined", "supervisor")
+
+    def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
+        self.route = route
+        self.key = key  # its CURVE public key, when the broker is secured
+        self.name = name
+        self.credit = credit
+        self.running: set[tuple] = set()  # (job_id, kind, index, attempt)
+        self.last_seen = now
+        self.known_jobs: set[str] = set()  # jobs whose code this worker already has
+        self.fd = -1  # the broker's file descriptor of its connection
+        self.tags: frozenset = frozenset()  # placement labels (--tag); jobs may require them
+        self.pid = 0
+        self.done = 0  # tasks it committed
+        self.joined = now
+        self.supervisor = b""  # the route of the process that may beat on its behalf
+
+
+class Ledger(Dispatching, Recovery):
+    """Everything the broker knows and decides; see the module's docstring.
+
+    ``secured``: peers carry CURVE keys, and a report counts only under the key its
+    worker registered with; ``worker_key_allowed(key)``: whether a key is (still) in the
+    workers' allowlist (the data plane's check).
+    """
+
+    def __init__(self, config: BrokerConfig, store: Store, journal: Journal | None = None,
+                 *, secured: bool = False,
+                 worker_key_allowed: Callable[[str], bool] = lambda key: True) -> None:
+        self.config = config
+        self.store = store
+        self.journal = journal
+        self.secured = secured
+        self.worker_key_allowed = worker_key_allowed
+        self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
+        self.jobs: dict[str, JobState] = {}
+        self.scheduler = Scheduler()
+        self.outbox: deque[Send | Publish | Fetched] = deque()
+        self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
+        self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
+        self._last_backup_scan = 0.0
+        self._bad = RateLimitedLog(log)
+        self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
+
+    def complain(self, peer: str, what: str, *args: Any) -> None:
+        """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
+        the log)."""
+        self._bad.warn(peer, what, *args)
+
+    def news(self, peer: str, what: str, *args: Any, level: int = logging.INFO) -> None:
+        """Log something a peer caused that is not wrong (rate-limited per peer too)."""
+        self._events.warn(peer, what, *args, level=level)
+
+    def _send(self, route: bytes, command: str, body: dict | None = None,
+              blobs: tuple = (), worker: bool = False) -> None:
+        self.outbox.append(Send(route, Message(command, body or {}, blobs), worker))
+
+    def _publish(self, job: JobState, now: float | None = None) -> None:
+        self.outbox.append(Publish(job))
+
+    def _serve_fetch_waiters(self, job: JobState) -> None:
+        self.outbox.append(Fetched(job))
+
+    # -- the clock -----------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Once a heartbeat interval: purge silent workers, explain waits, expire results."""
+        for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
+            self.purge(w, f"silent for {now - w.last_seen:.1f}s")
+        self._explain_waits()
+        for job in list(self.jobs.values()):
+            if job.state == P.JOB_RUNNING:
+                self._publish(job, now)  # doubles as the clients' heartbeat
+            elif job.finished is not None and now - job.finished > self.config.result_ttl:
+                self.drop_job(job)
+        self.dispatch(now)
+
+    # -- workers -------------------------------------------------------------------------
+    def register(self, peer: bytes, key: str, body: dict, now: float,
+                 fd: int = -1) -> WorkerState:
+        """READY: a worker process (re-)registers; what it held before is handed out again
+        (and what a process of the same key that died held, named in ``replaces``)."""
+        old = self.workers.get(peer)
+        if old is not None:  # re-registration: what it held is lost with its queue
+            self.purge(old, REREGISTERED)
+        gone = body.get("replaces")
+        if isinstance(gone, list) and len(gone) == 2 and isinstance(gone[0], bytes):
+            dead = self.workers.get(gone[0])  # a process that died: its supervisor says so
+            if dead is not None and dead.key == key:  # (same key: same daemon)
+                self.purge(dead, str(gone[1])[:200])
+        credit = body.get("credit", 1)
+        credit = credit if type(credit) is int else 1
+        name = str(body.get("name", ""))[:200]
+        worker = self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
+                                                  key)
+        worker.fd = fd
+        tags = body.get("tags") or []
+        if isinstance(tags, list):
+            worker.tags = frozenset(str(t)[:100] for t in tags[:64])
+        pid = body.get("pid")
+        worker.pid = pid if type(pid) is int else 0
+        supervisor = body.get("supervisor")
+        if isinstance(supervisor, bytes) and 0 < len(supervisor) <= 64:
+            worker.supervisor = supervisor
+        self.news(peer_name(peer, key), "worker %s joined (credit %d%s)",
+                  name or peer_name(peer), worker.credit,
+                  f", tags {','.join(sorted(worker.tags))}" if worker.tags else "")
+        return worker
+
+    def heartbeat(self, peer: bytes, key: str, named: Any, now: float) -> str | None:
+        """A HEARTBEAT from ``peer`` for worker ``named`` (itself by default): the command
+        to answer with (HEARTBEAT, or RECONNECT when the worker is unknown), or None when
+        ``peer`` may not speak for that worker."""
+        worker = self.workers.get(named) if isinstance(named, bytes) else None
+        if worker is not None and not self._vouches(peer, key, worker):
+            self.complain(peer_name(peer, key),
+                          "HEARTBEAT for a worker it does not speak for: ignored")
+            return None
+        if worker is None:
+            return P.RECONNECT
+        worker.last_seen = now
+        return P.HEARTBEAT
+
+    def _vouches(self, peer: bytes, key: str, worker: WorkerState) -> bool:
+        """Whether ``peer`` may speak for ``worker``: it is the worker, its heartbeat
+        socket, or its supervisor, and (on a secured broker) it holds the worker's key."""
+        if self.secured and key != worker.key:
+            return False
+        return peer in (worker.route, worker.route + HB_SUFFIX) or peer == worker.supervisor
+
+    def leave(self, peer: bytes, key: str) -> None:
+        """BYE: a worker leaves (drained); what it held is handed back, no fault counted."""
+        worker = self.workers.get(peer)
+        if worker is not None and self.secured and worker.key != key:
+            return
+        if worker is not None:  # leaving (drained): what it held is handed back, no fault
+            self.purge(worker, LEFT)
+
+    def reporter(self, peer: bytes, key: str, now: float) -> WorkerState | None:
+        """The registered worker a report comes from (None: it is told to register, or,
+        from another key than the worker's, ignored)."""
+        worker = self.workers.get(peer)
+        if worker is None:  # e.g. after a broker restart, or a worker taken for dead
+            self.complain(peer_name(peer, key),
+                          "report from an unregistered worker: told to register")
+            self._send(peer, P.RECONNECT)
+        elif self.secured and worker.key != key:
+            # another key took over a gone worker's identity: it speaks for no one
+            self.complain(peer_name(peer, key), "report on the identity of a "
+                          "worker registered with another key: ignored")
+            return None
+        else:
+            worker.last_seen = now
+        return worker
+
+    def done(self, worker: WorkerState, results: Any, blobs: tuple) -> None:
+        """DONE: finished attempts, each committed only if ``worker`` holds it; a report
+        whose fields are malformed fails its attempt (with the reason) instead of being
+        lost."""
+        if not isinstance(results, list):
+            raise ValueError("DONE carries no list of results")
+        pos = 0
+        for item in results:
+            key = attempt_key(item[:4] if isinstance(item, list) else None)
+            if key is None or key not in worker.running:
+                self.complain(peer_name(worker.route, worker.key), "DONE for an attempt "
+                              "it does not hold: %.80r", item)
+                continue
+            try:
+                stats, nblobs = report_fields(item, len(blobs) - pos)
+            except ValueError as exc:
+                self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
+                continue
+            if nblobs >= 0:  # output inline
+                self._commit(key, stats, list(blobs[pos : pos + nblobs]))
+                pos += nblobs
+                worker.running.discard(key)
+            elif key in self._early:
+                self._commit(key, stats, self._early.pop(key))
+            elif self._attempt(key) is not None:
+                self._awaiting[key] = stats  # its outputs are still on the data plane
+            else:
+                worker.running.discard(key)
+
+    def _report_failed(self, worker: WorkerState, key: tuple, error: str, tb: str = "",
+                       position: dict | None = None) -> None:
+        """``worker`` says (or its malformed report shows) that attempt ``key`` failed."""
+        worker.running.discard(key)
+        self._early.pop(key, None)
+        self._awaiting.pop(key, None)
+        task = self._attempt(key)
+        if task is not None:
+            self._attempt_failed(task, key[3], error, tb,
+                                 position if position else {"split": task.index})
+
+    def output(self, b: dict, blobs: tuple, sender: str) -> None:
+        """OUTPUT on the data plane: the outputs of an attempt, from key ``sender`` (empty
+        on a broker without keys); kept until its DONE, or committed if that came first."""
+        who = f"key {sender}" if sender else "data plane"
+        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
+        task = self._attempt(key) if key is not None else None
+        if task is None:  # unknown, or a stale attempt: another attempt owns this task
+            self.complain(who, "dropped output for an attempt not running: %.80r", key)
+            return
+        owner = self.workers.get(task.running[key[3]])
+        if self.secured and (owner is None or owner.key != sender
+                             or not self.worker_key_allowed(sender)):
+            self.complain(who, "dropped output for %s %s attempt %s: not its worker",
+                          key[0], task.name, key[3])
+            return
+        if key in self._awaiting:
+            self._commit(key, self._awaiting.pop(key), list(blobs))
+        else:
+            self._early[key] = list(blobs)
+
+    def failed(self, worker: WorkerState, b: dict) -> None:
+        """FAILED: an attempt ``worker`` holds raised (its error, traceback, position)."""
+        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
+        if key is None or key not in worker.running:
+            self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
+                          "does not hold: %.80r", key)
+            return
+        position = b.get("position")
+        if not isinstance(position, dict) or len(position) > 16:
+            position = {}
+        self._report_failed(worker, key, str(b.get("error", ""))[:2000],
+                            str(b.get("traceback", ""))[-20000:], position)
+
+    def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
+                        position: Any, counted: bool = True) -> None:
+        """Count a failed attempt: retry the task, or fail the job once attempts run out.
+
+        An attempt lost with its worker counts too: a task that kills the process running
+        it (os._exit, a segfault, the OOM killer) must not kill workers forever. The retry
+        goes to another worker where there is one. ``counted=False``: not the task's fault
+        (its worker re-registered), so it is simply queued again.
+        """
+        route = task.end(attempt)
+        job = task.job
+        if not counted:
+            if not task.running and task.state == RUNNING:
+                task.move(PENDING)
+                job.pending.appendleft(task)
+            return
+        task.failures += 1
+        if route is not None:
+            task.avoid.add(route)
+        log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt, error)
+        if self._skip_record(task, position):
+            task.failures = max(0, task.failures - 2)  # the record is to blame, not the task
+        if job.state != P.JOB_RUNNING:
+            return
+        if task.failures >= self.config.max_attempts:
+            job.finish(P.JOB_FAILED, {
+                "message": f"{task.name} failed {task.failures} times; last error: {error}",
+                "task": task.name,
+                "position": position,
+                "traceback": tb,
+            })
+            self.end_job(job)
+        elif not task.running:
+            task.move(PENDING)
+            job.pending.appendleft(task)
+
+    def _skip_record(self, task: Task, position: Any) -> bool:
+        """Skipping bad records (the paper's section 3.3): a record on which ``map`` failed
+        twice is left out of the task's next attempts, if the job allows it."""
+        limit = task.job.options.get("skip", 0)
+        ordinal = position.get("ordinal") if isinstance(position, dict) else None
+        if not limit or task.kind != MAP or type(ordinal) is not int or ordinal in task.skip:
+            return False
+        task.bad[ordinal] = task.bad.get(ordinal, 0) + 1
+        if task.bad[ordinal] < 2:
+            return False
+        job = task.job
+        if limit > 0 and job.skips >= limit:
+            job.finish(P.JOB_FAILED, {
+                "message": f"more than {limit} bad records (skip_bad_records={limit}); "
+                           f"{task.name} record {ordinal} failed twice too",
+                "task": task.name, "position": position, "traceback": ""})
+            self.end_job(job)
+            return False
+        job.skips += 1
+        where = {k: v for k, v in position.items() if k in ("key", "path", "split")}
+        task.skip[ordinal] = {"task": task.name, "record": ordinal, **where}
+        log.info("%s %s: record %d failed twice, skipped from now on", job.id, task.name,
+                 ordinal)
+        return True
+
+    def _attempt(self, key: tuple) -> Task | None:
+        """The task whose attempt ``key`` is still running, or None if it is stale."""
+        job_id, kind, index, attempt = key
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None or job.state != P.JOB_RUNNING or kind not in (MAP, REDUCE):
+            return None
+        tasks = job.tasks(kind)
+        if not isinstance(index, int) or not 0 <= index < len(tasks):
+            return None
+        task = tasks[index]
+        if task.state != RUNNING or attempt not in task.running:
+            return None
+        return task
+
+    def _commit(self, key: tuple, stats: dict, blobs: list) -> None:
+        task = self._attempt(key)
+        if task is None:
+            return
+        job = task.job
+        expected = job.reducers if task.kind == MAP and not job.map_only else 1
+        if len(blobs) != expected:  # a bad report fails its attempt; it never wedges
+            route = task.running.get(key[3])
+            self.complain(peer_name(route, self.workers[route].key if route in
+                                    self.workers else ""),
+                          "%s %s: %d outputs where %d were due", job.id, task.name,
+                          len(blobs), expected)
+            worker = self.workers.get(route)
+            if worker is not None:
+                self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
+                                    f"where {expected} were due")
+            else:
+                self._attempt_failed(task, key[3], "malformed outputs", "", {})
+            return
+        winner = self.workers.get(task.running.get(key[3]))
+        if winner is not None:
+            winner.done += 1
+        losers: dict[bytes, list] = {}
+        for attempt, route in task.running.items():  # also any other attempt of the task
+            w = self.workers.get(route)
+            if w is not None:
+                w.running.discard((job.id, task.kind, task.index, attempt))
+                if attempt != key[3]:  # a backup race lost: stop it where it runs
+                    losers.setdefault(route, []).append([task.kind, task.index, attempt])
+        for route, tasks in losers.items():
+            self._abandon(route, job.id, tasks)
+        nonempty: list[int] = []
+        step = job.step
+        if task.kind == MAP and not job.map_only:
+            nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
+        sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
+            self._outputs(job, step, task.kind, task.index, nonempty),
+            [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
+        stats = stats if isinstance(stats, dict) else {}
+        secs = stats.pop("secs", None)
+        if isinstance(secs, (int, float)) and secs >= 0:
+            job.task_secs = secs if job.task_secs is None else (
+                0.8 * job.task_secs + 0.2 * secs)
+        if task.skip:  # the report names them, also after a restart
+            stats["skipped"] = list(task.skip.values())
+        if self.journal is not None:  # after its files: a commit row names complete files
+            self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
+        job.commit(task, stats, nonempty)
+        if job.step != step:
+            if self.journal is not None:  # the step is over: its map outputs may go
+                self.journal.commit(job.seq, step, STEP_DONE, 0, {}, [])
+            self._spent(job)
+        if job.state != P.JOB_RUNNING:
+            self.end_job(job)
+        elif job.fetch_waiters:
+            self._serve_fetch_waiters(job)
+
+    def _spent(self, job: JobState) -> None:
+        """The next step began: the last step's map outputs are spent, and so are the
+        inputs it read (the outputs of the step before it)."""
+        self._durable()
+        jid, old = job.id, job.step - 2
+        self.store.discard_where(lambda k: k[0] == jid and (
+            k[1] == MAP or (k[1] == "s" and k[2] <= old)))
+
+    @staticmethod
+    def _outputs(job: JobState, step: int, kind: str, index: int,
+                 parts: list[int]) -> list[tuple[tuple, str]]:
+        """Store keys and file names of a committed task's outputs: a map task's non-empty
+        partitions (``parts``), or the one output of a reduce or map-only task (kept for
+        the client after the last step, as the next step's input before it)."""
+        prefix = f"s{step}" if step else ""
+        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
+            return [((job.id, MAP, index, r), f"{prefix}m{index}-{r}") for r in parts]
+        if not job.steps or step == len(job.steps) - 1:
+            return [((job.id, "out", index), f"o{index}")]
+        return [((job.id, "s", step, index), f"s{step}o{index}")]
+
+    def _path(self, job: JobState, name: str) -> str | None:
+        """The file a committed output of ``job`` is kept in (None: no state directory)."""
+        return self.journal.output_path(job.seq, name) if self.journal is not None else None
+
+    def purge(self, worker: WorkerState, reason: str) -> None:
+        """Forget a worker; each attempt it was running counts as failed and is retried."""
+        self.workers.pop(worker.route, None)
+        lost = 0
+        for key in worker.running:
+            task = self._attempt(key)
+            if task is None:
+                continue
+            lost += 1
+            self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
+                                 f"lost: {reason}", "", {"split": task.index},
+                                 counted=reason not in BLAMELESS)
+        self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
+                  "re-queued", worker.name, reason, lost)
+
+    def _abandon(self, route: bytes, job_id: str, tasks: list) -> None:
+        """Tell a worker to drop attempts it holds: its main thread drops the queued ones,
+        its heartbeat thread stops the running one (ABANDON goes to both sockets)."""
+        for target in (route, route + HB_SUFFIX):
+            self._send(target, P.ABANDON, {"job": job_id, "tasks": tasks})
+
+    def _durable(self) -> None:
+        """Flush the journal before deleting output files: a commit that made files spent
+        must be on disk first, or a restart would need files that are gone."""
+        if self.journal is not None:
+            self.journal.flush()
+
+    def end_job(self, job: JobState) -> None:
+        """A job reached a terminal state: journal it, free what it no longer needs, stop
+        its attempts still out there, and tell its watchers and waiting fetches."""
+        self.scheduler.remove(job)
+        if self.journal is not None:  # durable before its map outputs are deleted
+            self.journal.finish(job.seq, job.state, job.error, time.time())
+        self._durable()
+        jid = job.id
+        if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
+            self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
+        else:  # failed or cancelled: nothing of it can be fetched, free it all now
+            self.store.discard_where(lambda k: k[0] == jid)
+        for w in self.workers.values():  # its attempts still out there: stop them
+            held = [k for k in w.running if k[0] == jid]
+            if held:
+                w.running.difference_update(held)
+                self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
+        self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
+        for table in (self._early, self._awaiting):
+            for key in [k for k in table if k[0] == jid]:
+                del table[key]
+        log.info("job %s %s in %.3fs", jid, job.state, time.monotonic() - job.submitted)
+        self._serve_fetch_waiters(job)
+        self._publish(job)
+
+    def drop_job(self, job: JobState) -> None:
+        """Forget a finished job and its outputs (released by its client, or expired)."""
+        self.jobs.pop(job.id, None)
+        self.scheduler.remove(job)
+        jid = job.id
+        if self.journal is not None:  # forgotten on disk first, then its files go
+            self.journal.drop(job.seq)
+            self.journal.flush()
+        self.store.discard_where(lambda k: k[0] == jid)

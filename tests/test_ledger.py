@@ -1,0 +1,189 @@
+"""The broker's ledger without sockets: attempts, commits, retries, skips, backups and the
+checks on who may report what, driven by calls and a hand-set clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from pymapreduce.broker.config import BrokerConfig
+from pymapreduce.broker.ledger import Fetched, Ledger, Publish, Send
+from pymapreduce.broker.sink import Store
+from pymapreduce.broker.tasks import PENDING, JobState
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.records import pack
+
+T0 = 1000.0  # the hand-set clock's start
+
+
+@pytest.fixture
+def ledger():
+    store = Store(1 << 30)
+    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
+                 store)
+    store.close()
+
+
+def add_job(ledger: Ledger, job_id: str = "j", maps: int = 2, reducers: int = 1,
+            **options) -> JobState:
+    splits = [["mem", pack([[i, f"w{i}"]])] for i in range(maps)]
+    job = JobState(job_id, job_id, b"code", splits, reducers, False, b"client", T0,
+                   options={"reducers": reducers, "map_only": False, **options})
+    ledger.jobs[job_id] = job
+    ledger.scheduler.add(job)
+    return job
+
+
+def sent(ledger: Ledger, command: str | None = None) -> list[Send]:
+    """Take the messages out of the outbox (of one command, or all)."""
+    out = [x for x in ledger.outbox if isinstance(x, Send)
+           and (command is None or x.msg.command == command)]
+    ledger.outbox.clear()
+    return out
+
+
+def tasks_of(ledger: Ledger) -> dict[bytes, list]:
+    """route -> [(job, kind, index, attempt), ...] handed out in the outbox."""
+    held: dict[bytes, list] = {}
+    for s in sent(ledger, P.TASKS):
+        for kind, index, attempt, *_ in s.msg.body["tasks"]:
+            held.setdefault(s.route, []).append((s.msg.body["job"], kind, index, attempt))
+    return held
+
+
+def map_output(n_parts: int = 1) -> list[bytes]:
+    return [pack([["w"], [[1]]]) for _ in range(n_parts)]
+
+
+def report(key: tuple, stats: dict | None = None, nblobs: int = 1) -> list:
+    return [*key, stats if stats is not None else {"records": 1}, nblobs]
+
+
+def test_a_report_counts_only_from_the_worker_holding_the_attempt(ledger):
+    job = add_job(ledger, maps=1)
+    a = ledger.register(b"A", "", {"credit": 1}, T0)
+    b = ledger.register(b"B", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    (route, [key]), = held.items()
+    holder, other = (a, b) if route == b"A" else (b, a)
+    ledger.done(other, [report(key)], tuple(map_output()))  # forged: ignored
+    ledger.failed(other, {"job": key[0], "kind": key[1], "index": key[2],
+                          "attempt": key[3], "error": "forged"})
+    assert job.done_maps == 0 and job.maps[0].failures == 0
+    ledger.done(holder, [report(key)], tuple(map_output()))
+    assert job.done_maps == 1 and job.phase == "reduce"
+
+
+def test_a_malformed_report_fails_its_attempt_and_the_task_is_retried(ledger):
+    job = add_job(ledger, maps=1)
+    w = ledger.register(b"A", "", {"credit": 1}, T0)
+    for attempt in range(ledger.config.max_attempts):
+        ledger.dispatch(T0)
+        [key] = tasks_of(ledger)[b"A"]
+        assert key[3] & 0xFFF == attempt + 1  # the attempt's number, under random bits
+        ledger.done(w, [report(key, {"counters": {"n": "many"}})], tuple(map_output()))
+    assert job.state == P.JOB_FAILED
+    assert "malformed report" in job.error["message"]
+    assert any(isinstance(x, Publish) and x.job is job for x in ledger.outbox)
+
+
+def test_outputs_of_the_wrong_shape_fail_the_attempt_instead_of_wedging_it(ledger):
+    job = add_job(ledger, maps=1, reducers=2)
+    w = ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]
+    ledger.done(w, [report(key)], tuple(map_output(1)))  # 1 partition for 2 reducers
+    assert job.maps[0].failures == 1 and job.maps[0].state == PENDING
+    assert not w.running
+
+
+def test_a_silent_worker_is_purged_and_its_task_handed_to_another(ledger):
+    job = add_job(ledger, maps=1)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    assert list(tasks_of(ledger)) == [b"A"]
+    ledger.register(b"B", "", {"credit": 1}, T0 + 0.9)
+    ledger.tick(T0 + 1.5)  # A said nothing for 1.5 s (liveness 1.0); B spoke at 0.9
+    assert b"A" not in ledger.workers and job.maps[0].failures == 1
+    assert list(tasks_of(ledger)) == [b"B"]
+
+
+def test_heartbeats_count_only_from_the_worker_its_beat_socket_or_its_supervisor(ledger):
+    ledger.register(b"A", "", {"credit": 1, "supervisor": b"sup"}, T0)
+    assert ledger.heartbeat(b"X", "", b"A", T0 + 0.5) is None  # a stranger: ignored
+    assert ledger.workers[b"A"].last_seen == T0
+    for peer in (b"A", b"A/hb", b"sup"):
+        assert ledger.heartbeat(peer, "", b"A", T0 + 0.5) == P.HEARTBEAT
+    assert ledger.heartbeat(b"Z", "", b"Z", T0) == P.RECONNECT  # unknown: register
+
+
+def test_on_a_secured_broker_another_key_cannot_report_for_a_worker(ledger):
+    ledger.secured = True
+    add_job(ledger, maps=1)
+    ledger.register(b"A", "K1", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]
+    assert ledger.reporter(b"A", "K2", T0) is None  # its identity, another key
+    assert ledger.heartbeat(b"A/hb", "K2", b"A", T0) is None
+    ledger.output({"job": key[0], "kind": key[1], "index": key[2], "attempt": key[3]},
+                  tuple(map_output()), "K2")
+    assert not ledger._early
+
+
+def test_a_record_that_fails_twice_is_skipped_when_the_job_allows_it(ledger):
+    job = add_job(ledger, maps=1, skip=-1)
+    w = ledger.register(b"A", "", {"credit": 1}, T0)
+    for _ in range(2):
+        ledger.dispatch(T0)
+        [key] = tasks_of(ledger)[b"A"]
+        ledger.failed(w, {"job": key[0], "kind": key[1], "index": key[2], "attempt": key[3],
+                          "error": "bad", "position": {"ordinal": 0}})
+    ledger.dispatch(T0)
+    [message] = sent(ledger, P.TASKS)
+    assert message.msg.body["tasks"][0][4] == [0]  # the next attempt leaves record 0 out
+    assert job.state == P.JOB_RUNNING and job.skips == 1
+
+
+def test_a_straggler_gets_a_backup_attempt_and_the_first_commit_wins(ledger):
+    job = add_job(ledger, maps=2)
+    a = ledger.register(b"A", "", {"credit": 1}, T0)
+    b = ledger.register(b"B", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    [key_a], [key_b] = held[b"A"], held[b"B"]
+    ledger.done(b, [report(key_b)], tuple(map_output()))  # B is done, A straggles
+    straggler = job.maps[key_a[2]]
+    straggler.started = T0 - 10.0
+    ledger.dispatch(T0 + 10.0)
+    [backup] = tasks_of(ledger)[b"B"]
+    assert backup[:3] == key_a[:3] and backup[3] != key_a[3] and job.backups == 1
+    ledger.done(b, [report(backup)], tuple(map_output()))
+    abandon = sent(ledger, P.ABANDON)  # the losing attempt is stopped where it runs
+    assert {s.route for s in abandon} == {b"A", b"A/hb"}
+    assert job.done_maps == 2 and not a.running
+    ledger.done(a, [report(key_a)], tuple(map_output()))  # too late: not held any more
+    assert job.done_maps == 2
+
+
+def test_cancel_stops_the_attempts_on_their_workers_and_answers_waiting_fetches(ledger):
+    job = add_job(ledger, maps=1)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]
+    job.finish(P.JOB_CANCELLED, {"message": "cancelled"})
+    ledger.end_job(job)
+    kinds = {type(x) for x in ledger.outbox}
+    abandon = sent(ledger, P.ABANDON)
+    assert abandon and abandon[0].msg.body["tasks"] == [list(key[1:])]
+    assert {Publish, Fetched} <= kinds
+    assert not ledger.workers[b"A"].running
+
+
+def test_a_worker_that_leaves_hands_its_tasks_back_without_blame(ledger):
+    job = add_job(ledger, maps=1)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    tasks_of(ledger)
+    ledger.leave(b"A", "")
+    assert job.maps[0].failures == 0 and job.maps[0].state == PENDING
+    assert not ledger.workers
