@@ -333,3 +333,36 @@ def test_a_split_of_a_million_byte_ranges_costs_about_its_own_size(daemons):
         assert grown < 3 * len(blob) + 16 * MiB, (grown, len(blob))
     finally:
         ctx.destroy(0)
+
+
+def test_submit_and_cancel_in_a_loop_does_not_grow_the_broker(daemons, keys):
+    broker_proc, address = daemons.broker("--keys", keys, *FAST, "--max-jobs-per-client", "2",
+                                          "--max-mb-per-client", "64")  # no worker
+    big = [(0, "x" * (8 << 20))]  # 8 MiB of in-memory input per job
+    with Client(address, keys=keys, timeout=30) as client:
+        client.submit(WordCount(), big).cancel()  # warm
+        before = rss(broker_proc.pid)
+        for _ in range(15):  # 120 MiB submitted; each job's inputs go when it ends
+            client.submit(WordCount(), big).cancel()
+        assert rss(broker_proc.pid) - before < 48 * MiB
+
+
+def test_finished_jobs_held_for_one_client_are_bounded(ctx, monkeypatch):
+    from pymapreduce.broker import client_api
+
+    monkeypatch.setattr(client_api, "MAX_HELD_PER_CLIENT", 3)
+    b = start_broker(ctx)
+    try:
+        client = Peer(ctx, b.address, name="client")
+        for n in range(6):
+            submit(client, f"j{n}", [(0, "a")])
+            client.send(P.CANCEL, {"job_id": f"j{n}", "req": 2})
+            reply = client.recv(want=(P.STATUS,))
+            while reply.body.get("req") != 2:  # (status events of the job come too)
+                reply = client.recv(want=(P.STATUS,))
+            assert reply.body["state"] == P.JOB_CANCELLED
+        client.send(P.JOBS, {"req": 3})
+        listed = [j["job_id"] for j in client.recv(want=(P.LISTING,)).body["jobs"]]
+        assert listed == ["j3", "j4", "j5"]  # the oldest finished ones were released
+    finally:
+        stop_broker(b)

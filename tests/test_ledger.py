@@ -187,3 +187,57 @@ def test_a_worker_that_leaves_hands_its_tasks_back_without_blame(ledger):
     ledger.leave(b"A", "")
     assert job.maps[0].failures == 0 and job.maps[0].state == PENDING
     assert not ledger.workers
+
+
+def test_a_job_with_too_many_distinct_counter_names_fails_clearly(ledger):
+    from pymapreduce.broker.ledger import MAX_JOB_COUNTERS
+
+    job = add_job(ledger, maps=3)
+    w = ledger.register(b"A", "", {"credit": 1}, T0)
+    for n in range(3):  # each report within its own limit, the job's total not
+        ledger.dispatch(T0)
+        [key] = tasks_of(ledger).get(b"A", [None])
+        if key is None:
+            break
+        counters = {f"c{n}-{i}": 1 for i in range(MAX_JOB_COUNTERS // 2)}
+        ledger.done(w, [report(key, {"records": 1, "counters": counters})],
+                    tuple(map_output()))
+    assert job.state == P.JOB_FAILED
+    assert f"more than {MAX_JOB_COUNTERS} distinct names" in job.error["message"]
+    assert len(job.counters) <= MAX_JOB_COUNTERS
+
+
+def test_a_first_task_that_never_ends_gets_a_backup_though_no_mean_is_known(ledger):
+    from pymapreduce.broker.dispatching import NO_MEAN_BACKUP
+
+    job = add_job(ledger, maps=1)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]  # A sits on it and keeps beating
+    ledger.register(b"B", "", {"credit": 1}, T0)
+    job.maps[0].started = T0
+    ledger.dispatch(T0 + NO_MEAN_BACKUP / 2)
+    assert not tasks_of(ledger)  # not yet
+    ledger.dispatch(T0 + NO_MEAN_BACKUP + 1)
+    [backup] = tasks_of(ledger)[b"B"]
+    assert backup[:3] == key[:3]
+
+
+def test_a_finished_job_lets_go_of_its_inputs(ledger):
+    job = add_job(ledger, maps=1)
+    job.held = 123
+    job.finish(P.JOB_CANCELLED, {"message": "cancelled"})
+    ledger.end_job(job)
+    assert job.code == b"" and job.splits == [] and job.held == 0
+
+
+def test_job_ids_and_names_cannot_forge_log_lines():
+    import msgpack
+
+    from pymapreduce.broker import submission
+
+    blobs = (b"code", msgpack.packb([["files", [["/f", 0, 1]]]]))
+    with pytest.raises(ValueError, match="printable"):
+        submission.parse({"job_id": "a\n2099-01-01 CRITICAL forged", "splits": 1}, blobs, 1)
+    spec = submission.parse({"job_id": "a", "name": "x\ny\x1b[31m", "splits": 1}, blobs, 1)
+    assert spec.options["name"].isprintable()

@@ -19,6 +19,9 @@ log = logging.getLogger("pymapreduce.broker")
 
 MAX_LISTED = 1000  # jobs in one JOBS listing (the newest)
 MAX_WAITING_FETCHES = 64  # FETCHes one client may have waiting on one job
+MAX_HELD_PER_CLIENT = 1000  # finished jobs whose results wait for one client
+MAX_HELD = 10_000  # ... for all clients
+LISTED_COUNTERS = 20  # counters of each job in a JOBS listing
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
 
 
@@ -63,7 +66,7 @@ class ClientAPI:
                 self.journal.flush()
             self.jobs[job.id] = job
             self.scheduler.add(job)
-            self.ledger.news(_peer([peer], self._peer_key), "job %s (%s) accepted: %d map "
+            self.ledger.news(_peer([peer], self._peer_key), "job %r (%s) accepted: %d map "
                              "tasks, %d reducers", job.id, job.name, len(job.maps),
                              job.reducers)
             if self.config.insecure:
@@ -90,10 +93,11 @@ class ClientAPI:
     def _check_limits(self, tenant: str, spec: submission.Spec) -> None:
         """Refuse a job that would take a client past its share (or the broker past its
         total): unfinished jobs, and bytes of job code and inputs held."""
+        cfg = self.config
+        self._make_room(tenant)
         mine = [j for j in self.jobs.values()
                 if j.state == P.JOB_RUNNING and j.options.get("tenant") == tenant]
         active = sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)
-        cfg = self.config
         if active >= cfg.max_jobs:
             raise ValueError(f"the broker already holds {active} unfinished jobs, its "
                              f"limit (--max-jobs {cfg.max_jobs}); submit later")
@@ -109,6 +113,21 @@ class ClientAPI:
                              f"{cfg.max_bytes_per_client / (1 << 20):g}); read large inputs "
                              "from files "
                              "(read_text), or wait for a job to end")
+
+    def _make_room(self, tenant: str) -> None:
+        """Finished jobs wait for their clients (``--result-ttl``), but not in unbounded
+        numbers: past MAX_HELD_PER_CLIENT finished jobs of one client (or MAX_HELD of all),
+        the oldest finished one is released, as if its client had released it."""
+        finished = [j for j in self.jobs.values() if j.state != P.JOB_RUNNING]
+        mine = [j for j in finished if j.options.get("tenant") == tenant]
+        while len(mine) >= MAX_HELD_PER_CLIENT or len(finished) >= MAX_HELD:
+            oldest = mine[0] if len(mine) >= MAX_HELD_PER_CLIENT else finished[0]
+            self.ledger.news(tenant, "released job %r, the oldest of %d finished jobs held",
+                             oldest.id, len(mine) if oldest is mine[0] else len(finished))
+            self.ledger.drop_job(oldest)
+            finished.remove(oldest)
+            if oldest in mine:
+                mine.remove(oldest)
 
     def _job_or_error(self, peer: bytes, msg: Message) -> JobState | None:
         job = self.jobs.get(str(msg.body.get("job_id")))
@@ -206,6 +225,8 @@ class ClientAPI:
         for job in visible[-MAX_LISTED:]:
             status = job.status(now)
             status["skipped"] = len(job.skipped)
+            if len(status["counters"]) > LISTED_COUNTERS:  # (all of them: its STATUS)
+                status["counters"] = dict(list(status["counters"].items())[:LISTED_COUNTERS])
             if "error" in status:
                 status["error"] = {"message": status["error"].get("message", ""),
                                    "task": status["error"].get("task", "")}

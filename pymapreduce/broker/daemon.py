@@ -41,6 +41,15 @@ MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed 
 
 
 
+def _address(frame: Any) -> str:
+    """The network address a received frame came from ("" if unknown): what the logs'
+    rate limits count by when peers have no keys."""
+    try:
+        return f"address {frame.get('Peer-Address')}"
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
+
+
 class Broker(ClientAPI):
     """A broker bound to ``config.bind``; ``serve_forever()`` runs it until ``stop()``."""
 
@@ -230,6 +239,7 @@ class Broker(ClientAPI):
             route = [frames[0].bytes] if routed else []
             body = frames[1:] if routed else frames
             role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
+            self.ledger.origin = key or (lambda f=body[0] if body else None: _address(f))
             try:
                 msg = Message.decode(body)
             except ProtocolError as exc:

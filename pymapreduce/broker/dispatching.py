@@ -23,6 +23,7 @@ log = logging.getLogger("pymapreduce.broker")
 
 BACKUP_FACTOR = 2.0  # a straggler has run this many times its job's mean task time
 BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
+NO_MEAN_BACKUP = 10.0  # seconds before a backup when no task of the kind committed yet
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 
 
@@ -76,8 +77,11 @@ class Dispatching:
                 if task.state != RUNNING or len(task.running) != 1:
                     continue
                 mean = job.mean_duration(task.kind)
-                limit = max(self.config.backup_after, BACKUP_FACTOR * (mean or 0.0))
-                if mean is not None and now - task.started > limit:
+                # (no task of its kind has committed yet: a worker that sits on the first
+                # ones, or is stuck, must not hold the job for ever)
+                limit = max(self.config.backup_after, BACKUP_FACTOR * mean
+                            if mean is not None else NO_MEAN_BACKUP)
+                if now - task.started > limit:
                     stragglers.append((task.started, task))
         stragglers.sort(key=lambda pair: pair[0])  # the longest running first
         for worker, (_, task) in zip(idle, stragglers):

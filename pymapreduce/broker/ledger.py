@@ -37,6 +37,7 @@ LEFT = "left"
 NOT_READING = "its queue is full: it does not read what the broker sends"
 BLAMELESS = frozenset({REREGISTERED, LEFT, NOT_READING})
 HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
+MAX_JOB_COUNTERS = 1000  # distinct counter names of one job (a task's report has its own cap)
 
 
 def peer_name(route: bytes | None, key: str = "") -> str:
@@ -113,16 +114,21 @@ class Ledger(Dispatching, Recovery):
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._last_backup_scan = 0.0
         self._bad = RateLimitedLog(log)
+        # where the message being handled came from, for the logs' rate limits: its key, or
+        # a callable giving its network address (a new connection is not a new offender)
+        self.origin: Callable[[], str] | str = ""
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
         the log)."""
-        self._bad.warn(peer, what, *args)
+        origin = self.origin() if callable(self.origin) else self.origin
+        self._bad.warn(peer, what, *args, bucket=origin or peer)
 
     def news(self, peer: str, what: str, *args: Any, level: int = logging.INFO) -> None:
         """Log something a peer caused that is not wrong (rate-limited per peer too)."""
-        self._events.warn(peer, what, *args, level=level)
+        origin = self.origin() if callable(self.origin) else self.origin
+        self._events.warn(peer, what, *args, level=level, bucket=origin or peer)
 
     def _send(self, route: bytes, command: str, body: dict | None = None,
               blobs: tuple = (), worker: bool = False) -> None:
@@ -295,6 +301,9 @@ class Ledger(Dispatching, Recovery):
         position = b.get("position")
         if not isinstance(position, dict) or len(position) > 16:
             position = {}
+        # (kept in the job's error and journal: small plain values only)
+        position = {str(k)[:40]: v if type(v) in (int, float, bool) or v is None
+                    else str(v)[:200] for k, v in position.items()}
         self._report_failed(worker, key, str(b.get("error", ""))[:2000],
                             str(b.get("traceback", ""))[-20000:], position)
 
@@ -391,6 +400,13 @@ class Ledger(Dispatching, Recovery):
                                     f"where {expected} were due")
             else:
                 self._attempt_failed(task, key[3], "malformed outputs", "", {})
+            return
+        names = stats.get("counters") or {}
+        if len(job.counters) + len(names.keys() - job.counters.keys()) > MAX_JOB_COUNTERS:
+            job.finish(P.JOB_FAILED, {
+                "message": f"its counters have more than {MAX_JOB_COUNTERS} distinct names "
+                           f"(Job.count); {task.name} added {len(names)}", "task": task.name})
+            self.end_job(job)
             return
         winner = self.workers.get(task.running.get(key[3]))
         if winner is not None:
@@ -503,7 +519,9 @@ class Ledger(Dispatching, Recovery):
         for table in (self._early, self._awaiting):
             for key in [k for k in table if k[0] == jid]:
                 del table[key]
-        log.info("job %s %s in %.3fs", jid, job.state, time.monotonic() - job.submitted)
+        job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
+        self.news(str(job.options.get("tenant", "")), "job %r %s in %.3fs", jid, job.state,
+                  time.monotonic() - job.submitted)
         self._serve_fetch_waiters(job)
         self._publish(job)
 

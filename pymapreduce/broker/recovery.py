@@ -43,6 +43,8 @@ class Recovery:
                     f"it could not be recovered from the journal {self.journal.path} "
                     f"({type(exc).__name__}: {exc}): submit it again"))
                 self.scheduler.remove(job)
+            if job.state != P.JOB_RUNNING:  # its inputs are no longer needed
+                job.code, job.splits, job.held = b"", [], 0
             self.jobs[job.id] = job
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),

@@ -116,8 +116,8 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
     """Check a SUBMIT's body and blobs (code first, then the splits blob and the in-memory
     splits); ValueError says what is wrong."""
     job_id = body.get("job_id")
-    if not isinstance(job_id, str) or not 0 < len(job_id) <= 200:
-        raise ValueError("job_id must be a string of 1 to 200 characters")
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 200 or not job_id.isprintable():
+        raise ValueError("job_id must be a string of 1 to 200 printable characters")
     if not blobs:
         raise ValueError("SUBMIT carries no job code")
     at = body.get("splits")
@@ -150,7 +150,8 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
                              "{reducers, map_only}")
         steps = [{"reducers": s["reducers"], "map_only": s["map_only"]} for s in steps]
         reducers, map_only = steps[0]["reducers"], steps[0]["map_only"]
-    options = {"name": str(body.get("name", ""))[:200], "reducers": max(1, int(reducers)),
+    name = "".join(c if c.isprintable() else "?" for c in str(body.get("name", ""))[:200])
+    options = {"name": name, "reducers": max(1, int(reducers)),
                "map_only": map_only, "skip": skip, "priority": priority,
                "requires": sorted(set(requires)), "steps": steps,
                "submitted_at": time.time()}

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 PER_MINUTE = 20  # lines per offender and minute
+ALL_PER_MINUTE = 600  # lines of all offenders together per minute (many addresses)
 MAX_OFFENDERS = 10_000  # remembered at once; the oldest is forgotten first
 
 
@@ -17,18 +18,32 @@ class RateLimitedLog:
     def __init__(self, logger: logging.Logger) -> None:
         self.log = logger
         self._seen: dict[str, tuple[float, int]] = {}
+        self._window, self._lines, self._dropped = time.monotonic(), 0, 0
 
-    def warn(self, offender: str, what: str, *args: Any, level: int = logging.WARNING) -> None:
+    def warn(self, offender: str, what: str, *args: Any, level: int = logging.WARNING,
+             bucket: str | None = None) -> None:
+        """Log ``what`` about ``offender``, unless its ``bucket`` (by default the offender:
+        e.g. a network address, so that new connections are not new offenders) had its
+        PER_MINUTE lines this minute."""
         now = time.monotonic()
-        start, count = self._seen.get(offender, (now, 0))
+        key = offender if bucket is None else bucket
+        start, count = self._seen.get(key, (now, 0))
         if now - start > 60.0:
             if count > PER_MINUTE:
                 self.log.warning("%s: %d more not logged in the last minute", offender,
                                  count - PER_MINUTE)
             start, count = now, 0
         count += 1
-        self._seen[offender] = (start, count)
-        if count <= PER_MINUTE:
+        self._seen[key] = (start, count)
+        if now - self._window >= 60.0:
+            if self._dropped:
+                self.log.warning("%d lines about bad input not logged in the last minute "
+                                 "(more than %d)", self._dropped, ALL_PER_MINUTE)
+            self._window, self._lines, self._dropped = now, 0, 0
+        if count <= PER_MINUTE and self._lines >= ALL_PER_MINUTE:
+            self._dropped += 1
+        elif count <= PER_MINUTE:
+            self._lines += 1
             self.log.log(level, "%s: " + what, offender, *args)
         elif count == PER_MINUTE + 1:
             self.log.warning("%s: more of the same; logging it again in a minute", offender)
