@@ -15,7 +15,6 @@ submit jobs.
 from __future__ import annotations
 
 import gc
-import pickletools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -118,6 +117,8 @@ def _unpack(data: Any, allow_pickle: bool, depth: int) -> Any:
 def pickled_name(data: bytes, max_ops: int = 200) -> str:
     """What a pickle would build, read off its opcodes without running it: the first
     global it names (``module.Class``), or ``"unknown type"``."""
+    import pickletools  # (only when a pickle is refused: not worth every start-up)
+
     strings: list = []
     try:
         for n, (op, arg, _) in enumerate(pickletools.genops(bytes(data))):
