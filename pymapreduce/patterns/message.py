@@ -33,8 +33,9 @@ class Limits:
     ``header``: bytes of the header frame (larger ones are refused before decoding);
     ``array``/``map``: items of one msgpack array/map; ``string``: bytes of one str or bin;
     ``containers``: arrays and maps in one header (None: not counted), which bounds what a
-    header of tiny containers costs (~25 bytes decoded per byte sent, at worst).
-    """
+    header of tiny containers costs. Within these, a header costs at most ~20 bytes per
+    byte while decoded (short strings), plus up to 8 * ``array`` bytes per nesting level
+    of an array still being filled (msgpack allocates an array's slots on its length)."""
 
     header: int
     array: int

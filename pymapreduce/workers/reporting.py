@@ -31,6 +31,11 @@ def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]
     does not fit even alone becomes a FAILED naming its size: its task is retried and in
     the end its job fails with that reason, instead of a message the broker would drop
     (leaving the task held for ever)."""
+    nblobs = sum(max(r[5], 0) for r in reports)
+    if (1 + nblobs <= BROKER_MAX_FRAMES
+            and len(msgpack.packb(reports, use_bin_type=True)) <= GROUP_HEADER
+            and sum(len(b) for b in blobs) + GROUP_HEADER + REPORT_SLACK <= max_message):
+        return [Message(P.DONE, {"results": reports}, tuple(blobs))]  # the usual case
     messages: list[Message] = []
     group: list = []
     group_blobs: list = []
