@@ -20,8 +20,8 @@ import zmq
 from ..errors import ProtocolError
 from ..patterns import protocol as P
 from ..patterns import security
-from ..patterns.message import Message
-from ..patterns.sockets import bind, make_socket, send
+from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
+from ..patterns.sockets import Oversized, bind, make_socket, recv_frames, send
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
 from .journal import Journal
@@ -231,26 +231,53 @@ class Broker(ClientAPI):
             self.ctx.term()
 
     def _drain(self, sock: zmq.Socket, handler, routed: bool) -> None:
+        """Read and handle up to DRAIN_BATCH waiting messages. Each is read within a budget
+        (BROKER_MAX_FRAMES frames, ``max_message`` bytes, a header of at most
+        BROKER_LIMITS.header bytes), so no message costs the broker much more than that;
+        one over it is dropped unbuilt and answered with an ERROR where it can be."""
         for _ in range(DRAIN_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                route, body = recv_frames(sock, skip=1 if routed else 0,
+                                          max_frames=BROKER_MAX_FRAMES,
+                                          max_bytes=self.config.max_message)
             except zmq.Again:
                 return
-            route = [frames[0].bytes] if routed else []
-            body = frames[1:] if routed else frames
-            role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
-            self.ledger.origin = key or (lambda f=body[0] if body else None: _address(f))
-            try:
-                msg = Message.decode(body)
-            except ProtocolError as exc:
-                self._complain(_peer(route, key), "dropped a malformed message: %s", exc)
-                if route:
-                    self._reply(route[0], P.ERROR, {"code": "malformed", "message": str(exc)})
+            except Oversized as exc:
+                self._oversized(exc)
             else:
-                self._frame = body[0]
-                handler(route, msg, role, key)
+                role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
+                self.ledger.origin = key or (lambda f=body[0] if body else None: _address(f))
+                try:
+                    msg = Message.decode(body, BROKER_LIMITS)
+                except ProtocolError as exc:
+                    self._complain(_peer(route, key), "dropped a malformed message: %s", exc)
+                    if route:
+                        code = "too-large" if exc.cause == "too-large" else "malformed"
+                        self._reply(route[0], P.ERROR, {"code": code, "message": str(exc)})
+                else:
+                    self._frame = body[0]
+                    handler(route, msg, role, key)
             if not sock.poll(0, zmq.POLLIN):
                 return
+
+    def _oversized(self, exc: Oversized) -> None:
+        """A message over the budget was dropped: say so to its sender (with its request
+        id, when its header can be read) and in the (rate-limited) log."""
+        route, head = exc.route, exc.head
+        _, key = security.peer_role(head) if self.allow and head is not None else ("", "")
+        who = _peer(route, key) if route or key else "data plane"
+        self.ledger.origin = key or (lambda: _address(head))
+        self._complain(who, "dropped a message over the limits: %s", exc)
+        if not route:
+            return
+        body = {"code": "too-large", "message": f"{exc} (the broker's --max-message-mb is "
+                                                f"{self.config.max_message / (1 << 20):g})"}
+        if head is not None:
+            try:
+                body["req"] = _req(Message.decode([head], BROKER_LIMITS))
+            except ProtocolError:
+                pass
+        self._reply(route[0], P.ERROR, body)
 
     def _on_control(self, route: list, msg: Message, role: str, key: str) -> None:
         handler = self._handlers.get(msg.command)
@@ -314,7 +341,8 @@ class Broker(ClientAPI):
         self.ledger.register(peer, self._peer_key, msg.body, now, fd)
         self._reply(peer, P.WELCOME, {"sink": self.data_address,
                                       "heartbeat": self.config.heartbeat_interval,
-                                      "liveness": self.config.liveness})
+                                      "liveness": self.config.liveness,
+                                      "max_message": self.config.max_message})
 
     def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
         answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now)

@@ -6,12 +6,13 @@ import errno
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import AddressInUse, ConfigError
-from .message import Message
+from ..errors import AddressInUse, ConfigError, ProtocolError
+from .message import PEER_LIMITS, Limits, Message
 from .protocol import ZERO_COPY_THRESHOLD
 
 log = logging.getLogger("pymapreduce")
@@ -19,6 +20,10 @@ log = logging.getLogger("pymapreduce")
 LINGER_MS = 200  # long enough to flush a final reply, short enough never to block exit
 DEFAULT_MAX_MESSAGE = 1 << 30  # 1 GiB; bound sockets refuse anything larger
 PEER_QUEUE = 1000  # messages queued to one peer of a ROUTER before sends to it fail
+# Received frames smaller than this are copied out of ZeroMQ into bytes: a bytes object
+# costs ~40 bytes besides its data, a zmq.Frame ~250 (a message of many tiny frames would
+# cost six times its count in Python objects); larger frames are kept without copying.
+SMALL_FRAME = 4096
 
 
 def make_socket(
@@ -99,9 +104,69 @@ def send_within(sock: zmq.Socket, msg: Message, seconds: float,
             sock.poll(int(min(left, 0.1) * 1000) + 1, zmq.POLLOUT)
 
 
-def recv(sock: zmq.Socket) -> Message:
+class Oversized(ProtocolError):
+    """A message over the receiver's frame or byte budget: it was read to its end and
+    dropped without keeping its frames. ``route`` is its routing id (on a ROUTER) and
+    ``head`` its first frame after it (the header, for the sender's identity and request
+    id), or None when that frame alone was over the byte budget."""
+
+    def __init__(self, message: str, *, size: int, frames: int, route: list,
+                 head: Any) -> None:
+        super().__init__(message, size=size, cause="too-large")
+        self.frames = frames
+        self.route = route
+        self.head = head
+
+
+def recv_frames(sock: zmq.Socket, *, skip: int = 0, max_frames: int | None = None,
+                max_bytes: int | None = None) -> tuple[list, list]:
+    """``(route, frames)`` of the next message (zmq.Again if none is waiting: poll first).
+
+    Reads one frame at a time: ``skip`` leading frames (a ROUTER's routing id) come back
+    as bytes in ``route``; of the others, the first (the header) stays a zmq.Frame (its
+    properties, such as the peer's key, can be read) and later ones under SMALL_FRAME are
+    copied into bytes. Past ``max_frames`` frames or ``max_bytes`` bytes (not counting
+    ``route``), the rest of the message is read and dropped frame by frame, and
+    :class:`Oversized` is raised: a message of a million empty frames costs a count.
+
+    ZeroMQ hands a message over only once all of it has arrived, so it holds the whole
+    message until then (64 bytes per frame besides its data; MAXMSGSIZE bounds a frame).
+    """
+    route: list = []
+    frames: list = []
+    size = 0
+    frame = sock.recv(zmq.NOBLOCK, copy=False)
+    while True:
+        if len(route) < skip:
+            route.append(frame.bytes)
+        else:
+            n = len(frame)
+            size += n
+            if ((max_frames is not None and len(frames) >= max_frames)
+                    or (max_bytes is not None and size > max_bytes)):
+                break
+            frames.append(frame if n >= SMALL_FRAME or not frames else frame.bytes)
+        if not frame.more:
+            return route, frames
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+    # over budget: the rest of the message is counted, never kept
+    head = frames[0] if frames else None
+    count = len(frames) + 1
+    frames.clear()
+    while frame.more:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+        count += 1
+        size += len(frame)
+    limits = ([f"{max_frames} frames"] if max_frames is not None else []) + (
+        [f"{max_bytes / (1 << 20):.1f} MiB"] if max_bytes is not None else [])
+    raise Oversized(f"a message of {count} frames and {size / (1 << 20):.1f} MiB; at most "
+                    f"{' and '.join(limits)} are accepted", size=size, frames=count,
+                    route=route, head=head)
+
+
+def recv(sock: zmq.Socket, limits: Limits = PEER_LIMITS) -> Message:
     """The next message on a DEALER (zmq.Again if none is waiting: poll first).
 
     Raises ProtocolError for malformed frames (after the whole message was read).
     """
-    return Message.decode(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+    return Message.decode(recv_frames(sock)[1], limits)

@@ -29,7 +29,8 @@ from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import make_socket, recv, send, send_within
+from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
+from .reporting import REPORT_SLACK, done_messages
 from .runner import TaskError, run_task
 
 log = logging.getLogger("pymapreduce.worker")
@@ -99,6 +100,7 @@ class Worker:
         self.reports: list = []
         self.report_blobs: list = []
         self._unsent: deque[Message] = deque()  # reports the broker had no room for yet
+        self.max_message = DEFAULT_MAX_MESSAGE  # bytes in one message (the broker's WELCOME)
         self._first_report = 0.0
         self._ready_sent = 0.0
         self._welcomed = self._warned = False
@@ -160,9 +162,8 @@ class Worker:
                 if self._welcomed:
                     self._send_unsent()
                 if self.reports and self._welcomed:  # finished work is not lost
-                    self.ctl.send_multipart(Message(P.DONE, {"results": self.reports},
-                                                    tuple(self.report_blobs)).encode(),
-                                            zmq.NOBLOCK)
+                    for msg in done_messages(self.reports, self.report_blobs, self.max_message):
+                        self.ctl.send_multipart(msg.encode(), zmq.NOBLOCK)
                 self.ctl.send_multipart(Message(P.BYE).encode(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
@@ -272,6 +273,9 @@ class Worker:
                 beat = msg.body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat  # beat as often as this broker expects
+                limit = msg.body.get("max_message")
+                if type(limit) is int and limit > 0:
+                    self.max_message = limit
                 if self.on_welcome is not None:
                     self.on_welcome(self.heartbeat_interval)
             elif msg.command == P.ABANDON:
@@ -381,6 +385,11 @@ class Worker:
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
             self.report_blobs.extend(outputs)
+        elif size + REPORT_SLACK > self.max_message:  # the broker would drop it unread
+            self._fail(job_id, kind, index, attempt, f"the task's outputs take {size} bytes, "
+                       f"more than the broker accepts in one message ({self.max_message}; "
+                       "its --max-message-mb)", "", {"split": index})
+            return
         else:
             header = {"job": job_id, "kind": kind, "index": index, "attempt": attempt}
             if not send_within(self.data, Message(P.OUTPUT, header, tuple(outputs)),
@@ -403,9 +412,11 @@ class Worker:
         if not self.reports:
             self._send_unsent()
             return
-        self._send_ctl(Message(P.DONE, {"results": self.reports}, tuple(self.report_blobs)))
+        messages = done_messages(self.reports, self.report_blobs, self.max_message)
         self.reports = []
         self.report_blobs = []
+        for msg in messages:
+            self._send_ctl(msg)
 
     def _send_ctl(self, msg: Message) -> None:
         """Send a report to the broker without waiting on it: when its queue is full (the
