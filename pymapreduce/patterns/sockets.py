@@ -19,6 +19,12 @@ log = logging.getLogger("pymapreduce")
 LINGER_MS = 200  # long enough to flush a final reply, short enough never to block exit
 DEFAULT_MAX_MESSAGE = 1 << 30  # 1 GiB; bound sockets refuse anything larger
 PEER_QUEUE = 1000  # messages queued to one peer of a ROUTER before sends to it fail
+# A connection to a bound socket that has not finished its ZeroMQ (and CURVE) handshake
+# within this is closed. ZeroMQ's default, 30 s, let a peer with no key hold a file
+# descriptor per idle TCP connection for that long: a thousand of them locked keyed
+# clients out of a broker. A handshake takes about two round trips on the bound side,
+# so 5 s still admits links with a round trip of 2 s.
+HANDSHAKE_MS = 5000
 
 
 def make_socket(
@@ -58,6 +64,7 @@ def check_endpoint(endpoint: str) -> str:
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the address actually bound (the real port when asked for port 0)."""
     check_endpoint(endpoint)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
