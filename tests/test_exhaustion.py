@@ -35,6 +35,7 @@ from pymapreduce.patterns.message import Message
 from pymapreduce.patterns.sockets import HANDSHAKE_MS
 
 from .conftest import FAST, READY, ROOT, pmr, read_line, stop, wait_workers
+from .delayproxy import DelayProxy
 from .jobs import WordCount
 
 MiB = 1 << 20
@@ -235,6 +236,25 @@ def test_idle_connections_without_a_key_are_dropped_and_keyed_clients_get_in(tmp
         if worker is not None:
             stop_daemon(worker)
         stop(broker)
+
+
+@pytest.mark.timeout(120)
+def test_a_keyed_client_on_a_slow_link_gets_through_the_handshake_interval(daemons, tmp_path):
+    """Over a link with 1 s round trips (a relay holding every byte 0.5 s each way), a CURVE
+    handshake takes the broker's side about 3 s: within HANDSHAKE_MS, so the job runs."""
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    _, address = daemons.broker(*FAST, "--keys", keys)
+    daemons.worker(address, 1, "--keys", keys)
+    wait_workers_keyed(address, keys)
+    host, port = address[len("tcp://"):].rsplit(":", 1)
+    proxy = DelayProxy((host, int(port)), delay=0.5)
+    try:
+        records = [(i, f"w{i % 7} v{i % 3}") for i in range(100)]
+        with Client(proxy.address, keys=keys, timeout=30) as client:
+            result = client.submit(WordCount(), records, map_tasks=2, reducers=1).result(60)
+        assert result == run_sequential(WordCount(), records)
+    finally:
+        proxy.close()
 
 
 def test_allowlists_that_cannot_be_read_stay_as_they_were(tmp_path, monkeypatch):
