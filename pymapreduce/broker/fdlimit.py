@@ -16,6 +16,7 @@ import logging
 log = logging.getLogger("pymapreduce.broker")
 
 LOW = 4096  # below this, a flood of idle connections still fills the table in moments
+FALLBACK = 10240  # tried when the hard limit is refused (macOS caps the soft one there)
 NR_OPEN = "/proc/sys/fs/nr_open"  # Linux's ceiling when the hard limit is "unlimited"
 
 
@@ -40,13 +41,21 @@ def raise_fd_limit() -> tuple[int, int] | None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = _ceiling(hard, resource.RLIM_INFINITY)
     new = soft
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            new = target
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the limit on open files from %d to %d: %s", soft,
-                        target, exc)
+    failure: Exception | None = None
+    if soft != resource.RLIM_INFINITY:
+        # some systems refuse a soft limit above a ceiling of their own (macOS: OPEN_MAX)
+        for want in sorted({target, min(target, FALLBACK)}, reverse=True):
+            if want <= soft:
+                break
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                new = want
+                break
+            except (OSError, ValueError) as exc:
+                failure = exc
+    if new == soft and failure is not None:
+        log.warning("cannot raise the limit on open files from %d to %d: %s", soft, target,
+                    failure)
     if new != soft:
         log.info("limit on open files raised from %d to %d (each connection holds one)",
                  soft, new)
