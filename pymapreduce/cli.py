@@ -88,9 +88,10 @@ def _backup_after(text: str) -> float:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .broker import Broker, BrokerConfig
+    from .broker import Broker, BrokerConfig, fdlimit
 
     _setup_logging(args.log_level, "broker")
+    fdlimit.raise_fd_limit()  # each connection holds a descriptor, also one that never says hello
     beyond = [e for e in filter(None, (args.bind, args.data_bind)) if not _is_loopback(e)]
     if beyond and not args.keys and not args.insecure:
         print(f"pymapreduce broker: refusing to listen on {beyond[0]} beyond loopback "

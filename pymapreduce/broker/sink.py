@@ -3,16 +3,27 @@
 With a state directory, every committed output is also written to a file whose CRC-32 is
 journaled with the commit (zlib.crc32 checks 256 MiB in about 0.04 s here, a fraction of
 reading it). A file is checked against its CRC when a restarted broker adopts it and
-whenever it is read back, so a damaged file is an error naming it, never a wrong answer.
+whenever it is mapped to be sent, so a damaged file is an error naming it, never a wrong
+answer.
+
+A blob served from a file is memory-mapped, read-only, and every reply that carries it
+while one is still queued shares that one mapping: a client that sends a thousand FETCHes
+of a spilled output and reads none costs the broker one mapping of the file (page cache the
+kernel may reclaim), not a thousand copies of it (the broker's queue to a peer is bounded
+in messages, not bytes). The mapping goes when its last reply has been sent (pyzmq holds
+the buffer until then); the next read maps, and checks, the file again.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import shutil
+import sys
 import tempfile
+import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +32,16 @@ from ..errors import OutputDamaged
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file
+# Files smaller than this are read into bytes: the socket copies a frame this small anyway
+# (pyzmq's zero-copy threshold), so a mapping would save nothing and cost two syscalls.
+MAP_MIN = 64 * 1024
+# Before Python 3.13 every mmap object holds a dup of its file descriptor. Beyond this many
+# live file mappings (distinct outputs waiting in send queues), files are read into
+# anonymous memory instead, still shared by every reply, so unread FETCHes of many outputs
+# cannot use up the broker's file descriptors.
+TRACKS_FD = sys.version_info < (3, 13)
+MAX_FILE_MAPS = 256 if TRACKS_FD else 1 << 62
+MAP_OPTIONS: dict[str, Any] = {} if TRACKS_FD else {"trackfd": False}
 
 
 def file_crc(path: str) -> tuple[int, int]:
@@ -33,15 +54,33 @@ def file_crc(path: str) -> tuple[int, int]:
     return crc, size
 
 
+def _crc_of(f: Any) -> int:
+    """CRC-32 of an open file from its current position, read a chunk at a time."""
+    crc = 0
+    chunk = bytearray(CHUNK)
+    while n := f.readinto(chunk):
+        crc = zlib.crc32(memoryview(chunk)[:n], crc)
+    return crc
+
+
 def write_file(path: str, buf: Any, fsync: bool) -> None:
     """Write ``buf`` to ``path`` (its directory created); with ``fsync``, the file and its
-    directory entry are on disk when this returns. A failed write leaves no file."""
+    directory entry are on disk when this returns. A failed write leaves no new file.
+
+    The bytes go to a temporary name first, then replace ``path``: a file that is mapped
+    (an earlier output under that name, still being sent) is never truncated under its
+    mapping, which would kill the broker with SIGBUS."""
+    tmp = written = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(buf)
+            f.flush()
+            # renamed before the fsync, so that the fsync names the file it makes durable;
+            # its commit row, written after this returns, is what makes it count
+            os.replace(tmp, path)
+            written = path
             if fsync:
-                f.flush()
                 os.fsync(f.fileno())
         if fsync:  # the new name must survive a power loss too, not just the bytes
             fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
@@ -51,7 +90,7 @@ def write_file(path: str, buf: Any, fsync: bool) -> None:
                 os.close(fd)
     except OSError:
         try:
-            os.unlink(path)
+            os.unlink(written)
         except OSError:
             pass
         raise
@@ -75,6 +114,10 @@ class Store:
         self.fsync = fsync  # fsync durable files (and their directory) as they are written
         self.on_damage: Callable[[Any, str], None] | None = None
         self._sums: dict[Any, int] = {}  # key -> CRC-32 of its file (durable files only)
+        # key -> the mapping of its file while a reply (or anything else) still holds it
+        self._maps: weakref.WeakValueDictionary[Any, mmap.mmap] = \
+            weakref.WeakValueDictionary()
+        self._file_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # (MAX_FILE_MAPS)
         self._full_since = False  # a durable write failed; logged once until one succeeds
         self._spill_root = spill_dir
         self._dir: str | None = None
@@ -159,25 +202,53 @@ class Store:
         return size
 
     def get(self, key: Any) -> Any:
-        """The blob under ``key`` (KeyError if none). A file with a journaled CRC is checked
-        as it is read: :class:`OutputDamaged` (after ``on_damage``) if it does not match."""
+        """The blob under ``key`` (KeyError if none): the buffer kept in memory, or a
+        read-only view of its file's mapping, shared by every caller while any holds one.
+
+        A file is checked against its CRC when it is mapped, not again while the mapping
+        is shared (a thousand queued replies cost one check): :class:`OutputDamaged`
+        (after ``on_damage``) if it does not match or cannot be read."""
         if key in self._mem:
             return self._mem[key]
+        mapped = self._maps.get(key)
+        if mapped is not None:
+            return memoryview(mapped).toreadonly()
         path = self._files[key]
         crc = self._sums.get(key)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            blob, actual = self._load(path, crc is not None)
         except OSError as exc:
             if crc is None:
                 raise
             self._damaged(key, OutputDamaged(
                 f"output file {path} cannot be read: {exc.strerror or exc}", path=path))
-        if crc is not None and zlib.crc32(data) != crc:
+        if crc is not None and actual != crc:
             self._damaged(key, OutputDamaged(
                 f"output file {path} is damaged: it no longer matches the CRC-32 "
-                f"journaled with it", path=path))
-        return data
+                f"recorded when it was written", path=path))
+        if not isinstance(blob, mmap.mmap):
+            return blob
+        self._maps[key] = blob
+        return memoryview(blob).toreadonly()
+
+    def _load(self, path: str, check: bool) -> tuple[Any, int | None]:
+        """(blob, CRC-32 if ``check``) of the file at ``path``: bytes when small, else a
+        mapping."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < MAP_MIN:
+                data = f.read()
+                return data, zlib.crc32(data) if check else None
+            if len(self._file_maps) >= MAX_FILE_MAPS:  # no descriptor to spare: a copy
+                anon = mmap.mmap(-1, size)
+                f.readinto(anon)
+                return anon, zlib.crc32(anon) if check else None
+            # The CRC is taken with read(), not through the mapping, so a file the disk
+            # cannot read is an OSError here rather than a SIGBUS in ZeroMQ's I/O thread.
+            crc = _crc_of(f) if check else None
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ, **MAP_OPTIONS)
+            self._file_maps.add(mapped)
+            return mapped, crc
 
     def _damaged(self, key: Any, exc: OutputDamaged) -> None:
         log.error("%s", exc)
@@ -194,6 +265,8 @@ class Store:
             self.memory_bytes -= len(blob.buffer if hasattr(blob, "buffer") else blob)
         path = self._files.pop(key, None)
         self._sums.pop(key, None)
+        # replies still queued keep their mapping; an unlinked file lives until unmapped
+        self._maps.pop(key, None)
         if path is not None:
             try:
                 self.spilled_bytes -= os.path.getsize(path)
@@ -210,6 +283,7 @@ class Store:
         self._mem.clear()
         self._files.clear()
         self._sums.clear()
+        self._maps.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

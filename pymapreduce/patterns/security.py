@@ -171,12 +171,15 @@ class Allowlists:
                 stamps.append((sub, os.stat(path).st_mtime_ns,
                                tuple(sorted((e.name, e.stat().st_mtime_ns)
                                             for e in os.scandir(path)))))
-            except OSError:
+            except FileNotFoundError:
                 stamps.append((sub, None, ()))
+            # any other error (no descriptor left: a flood of connections) raises, and the
+            # lists stay as they are; taken for empty, they had revoked every key
         return tuple(stamps)
 
     def reload(self, force: bool = False) -> bool:
-        """Re-read the allowlists if they changed on disk; returns whether they did."""
+        """Re-read the allowlists if they changed on disk; returns whether they did.
+        OSError if they cannot be read whole: the lists in force then stay."""
         stamp = self._fingerprint()
         if stamp == self._stamp and not force:
             return False
@@ -185,14 +188,14 @@ class Allowlists:
             path = os.path.join(self.directory, sub)
             if not os.path.isdir(path):
                 continue
-            for public in zmq.auth.load_certificates(path):
+            for public in _keys_in(path, stamp, sub):
                 if roles.get(public, role) != role:
                     log.warning("key %s is in both allowlists; it keeps the role %s",
                                 public.decode(), roles[public])
                     continue
                 roles[public] = role
         admins = os.path.join(self.directory, ADMIN_DIR)
-        self.admins = frozenset(zmq.auth.load_certificates(admins)) if os.path.isdir(
+        self.admins = frozenset(_keys_in(admins, stamp, ADMIN_DIR)) if os.path.isdir(
             admins) else frozenset()
         self.roles = roles
         self._stamp = stamp
@@ -225,6 +228,15 @@ class Allowlists:
                             "refused on %s: %s", domain.decode(errors="replace"),
                             "not in the allowlists" if role is None else f"a {role} key")
         return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
+
+
+def _keys_in(path: str, stamp: tuple, sub: str) -> list[bytes]:
+    """The public keys of the ``*.key`` files the fingerprint ``stamp`` lists in ``path``;
+    OSError if one cannot be read (zmq.auth.load_certificates' glob would skip them all
+    when the directory cannot be listed, and an allowlist read as empty revokes every key)."""
+    names = sorted(name for st in stamp if st[0] == sub for name, _ in st[2]
+                   if name.endswith(".key") and not name.startswith("."))
+    return [zmq.auth.load_certificate(os.path.join(path, name))[0] for name in names]
 
 
 def peer_role(frame) -> tuple[str, str]:

@@ -24,6 +24,12 @@ PEER_QUEUE = 1000  # messages queued to one peer of a ROUTER before sends to it 
 # costs ~40 bytes besides its data, a zmq.Frame ~250 (a message of many tiny frames would
 # cost six times its count in Python objects); larger frames are kept without copying.
 SMALL_FRAME = 4096
+# A connection to a bound socket that has not finished its ZeroMQ (and CURVE) handshake
+# within this is closed. ZeroMQ's default, 30 s, let a peer with no key hold a file
+# descriptor per idle TCP connection for that long: a thousand of them locked keyed
+# clients out of a broker. A CURVE handshake takes the bound side about three round trips
+# (through a relay that delays each byte: 1.2 s round trips pass, 1.8 s ones do not).
+HANDSHAKE_MS = 5000
 
 
 def make_socket(
@@ -63,6 +69,7 @@ def check_endpoint(endpoint: str) -> str:
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the address actually bound (the real port when asked for port 0)."""
     check_endpoint(endpoint)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
