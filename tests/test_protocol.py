@@ -43,3 +43,35 @@ def test_bad_addresses_are_config_errors(bad):
 
     with pytest.raises(ConfigError, match="tcp://HOST:PORT"):
         check_endpoint(bad)
+
+
+def test_the_attempt_carrying_parts_of_messages_round_trip_and_refuse_bad_fields():
+    from pymapreduce.patterns.wire import (
+        AttemptKey,
+        Failure,
+        Report,
+        TaskItem,
+        abandon_body,
+        abandoned,
+    )
+
+    key = AttemptKey("job-1", "map", 3, (12345 << 12) | 2)
+    assert AttemptKey.from_body(key.body()) == key
+    for bad in (["j", "map", "3", 1], ["j", "shuffle", 3, 1], [["j"], "map", 3, 1], "j"):
+        assert AttemptKey.parse(bad) is None
+    item = TaskItem("map", 3, key.attempt, ["mem", 0], [7])
+    wire = Message.decode(Message(P.TASKS, {"tasks": [item.wire()]}).encode()).body["tasks"]
+    assert TaskItem.from_wire(wire[0]) == item and item.key("job-1") == key
+    assert TaskItem.from_wire(TaskItem("reduce", 0, 1, ["segs", 0, 2]).wire()).skip == []
+    with pytest.raises(ValueError):
+        TaskItem.from_wire(["map", 3, 1])
+    report = Report(key, {"records": 4}, 1)
+    assert Report.from_wire(report.wire(), blobs_left=1) == report
+    with pytest.raises(ValueError, match="output blobs"):
+        Report.from_wire(report.wire(), blobs_left=0)
+    failure = Failure(key, "E" * 5000, "T" * 30000, {"split": 3, "path": ["x"] * 999})
+    back = Failure.from_body(failure.body())
+    assert back.key == key and len(back.error) == 2000 and len(back.traceback) == 20000
+    assert isinstance(back.position["path"], str) and len(back.position["path"]) <= 200
+    assert abandoned(abandon_body("job-1", [key])) == {key}
+    assert abandoned({"job": "job-1", "tasks": [["map", "x", 1], 5, None]}) == set()

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..patterns import protocol as P
+from ..patterns.wire import AttemptKey, TaskItem
 from .submission import file_ranges
 from .tasks import MAP, REDUCE, RUNNING, Task
 
@@ -110,26 +111,25 @@ class Dispatching:
                 body["ordinals"] = True  # report a failing record's ordinal
             for t in group:
                 attempt = t.start(worker.route)
-                worker.running.add((job_id, t.kind, t.index, attempt))
+                worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
                     if split[0] == "step":  # the output of the step before
                         key = (job.id, "s", split[1], split[2])
                         if key not in self.store:
                             log.error("%s: input %s of %s is missing", job.id, key, t.name)
-                        items.append([MAP, t.index, attempt, ["cols", len(blobs)]])
+                        desc = ["cols", len(blobs)]
                         blobs.append(self.store.get(key) if key in self.store else b"")
                     elif split[0] == "mem":
-                        items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
+                        desc = ["mem", len(blobs)]
                         blobs.append(split[1])
                     else:  # file ranges, kept packed until now
-                        items.append([MAP, t.index, attempt,
-                                      ["files", file_ranges(split), *split[2:]]])
-                    if t.skip:
-                        items[-1].append(sorted(t.skip))
+                        desc = ["files", file_ranges(split), *split[2:]]
+                    items.append(TaskItem(MAP, t.index, attempt, desc, sorted(t.skip)).wire())
                 else:
                     parts = job.map_parts[t.index]
-                    items.append([REDUCE, t.index, attempt, ["segs", len(blobs), len(parts)]])
+                    items.append(TaskItem(REDUCE, t.index, attempt,
+                                          ["segs", len(blobs), len(parts)]).wire())
                     blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
             body["tasks"] = items
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)

@@ -21,11 +21,12 @@ from typing import Any, NamedTuple
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.ratelog import RateLimitedLog
+from ..patterns.wire import AttemptKey, Failure, Report, abandon_body
 from .config import BrokerConfig
 from .dispatching import Dispatching
 from .journal import Journal
 from .recovery import STEP_DONE, Recovery
-from .reports import attempt_key, report_fields
+from .reports import clean_stats
 from .scheduler import Scheduler
 from .sink import Store
 from .tasks import MAP, PENDING, REDUCE, RUNNING, JobState, Task
@@ -79,7 +80,7 @@ class WorkerState:
         self.key = key  # its CURVE public key, when the broker is secured
         self.name = name
         self.credit = credit
-        self.running: set[tuple] = set()  # (job_id, kind, index, attempt)
+        self.running: set[AttemptKey] = set()  # the attempts it holds
         self.last_seen = now
         self.known_jobs: set[str] = set()  # jobs whose code this worker already has
         self.fd = -1  # the broker's file descriptor of its connection
@@ -239,13 +240,14 @@ class Ledger(Dispatching, Recovery):
             raise ValueError("DONE carries no list of results")
         pos = 0
         for item in results:
-            key = attempt_key(item[:4] if isinstance(item, list) else None)
+            key = Report.key_of(item)
             if key is None or key not in worker.running:
                 self.complain(peer_name(worker.route, worker.key), "DONE for an attempt "
                               "it does not hold: %.80r", item)
                 continue
             try:
-                stats, nblobs = report_fields(item, len(blobs) - pos)
+                report = Report.from_wire(item, len(blobs) - pos)
+                stats, nblobs = clean_stats(report.stats), report.nblobs
             except ValueError as exc:
                 self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
                 continue
@@ -260,7 +262,7 @@ class Ledger(Dispatching, Recovery):
             else:
                 worker.running.discard(key)
 
-    def _report_failed(self, worker: WorkerState, key: tuple, error: str, tb: str = "",
+    def _report_failed(self, worker: WorkerState, key: AttemptKey, error: str, tb: str = "",
                        position: dict | None = None) -> None:
         """``worker`` says (or its malformed report shows) that attempt ``key`` failed."""
         worker.running.discard(key)
@@ -268,23 +270,23 @@ class Ledger(Dispatching, Recovery):
         self._awaiting.pop(key, None)
         task = self._attempt(key)
         if task is not None:
-            self._attempt_failed(task, key[3], error, tb,
+            self._attempt_failed(task, key.attempt, error, tb,
                                  position if position else {"split": task.index})
 
     def output(self, b: dict, blobs: tuple, sender: str) -> None:
         """OUTPUT on the data plane: the outputs of an attempt, from key ``sender`` (empty
         on a broker without keys); kept until its DONE, or committed if that came first."""
         who = f"key {sender}" if sender else "data plane"
-        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
+        key = AttemptKey.from_body(b)
         task = self._attempt(key) if key is not None else None
         if task is None:  # unknown, or a stale attempt: another attempt owns this task
             self.complain(who, "dropped output for an attempt not running: %.80r", key)
             return
-        owner = self.workers.get(task.running[key[3]])
+        owner = self.workers.get(task.running[key.attempt])
         if self.secured and (owner is None or owner.key != sender
                              or not self.worker_key_allowed(sender)):
             self.complain(who, "dropped output for %s %s attempt %s: not its worker",
-                          key[0], task.name, key[3])
+                          key.job, task.name, key.attempt)
             return
         if key in self._awaiting:
             self._commit(key, self._awaiting.pop(key), list(blobs))
@@ -293,19 +295,13 @@ class Ledger(Dispatching, Recovery):
 
     def failed(self, worker: WorkerState, b: dict) -> None:
         """FAILED: an attempt ``worker`` holds raised (its error, traceback, position)."""
-        key = attempt_key([b.get("job"), b.get("kind"), b.get("index"), b.get("attempt")])
-        if key is None or key not in worker.running:
+        failure = Failure.from_body(b)
+        if failure is None or failure.key not in worker.running:
             self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
-                          "does not hold: %.80r", key)
+                          "does not hold: %.80r", failure and failure.key)
             return
-        position = b.get("position")
-        if not isinstance(position, dict) or len(position) > 16:
-            position = {}
-        # (kept in the job's error and journal: small plain values only)
-        position = {str(k)[:40]: v if type(v) in (int, float, bool) or v is None
-                    else str(v)[:200] for k, v in position.items()}
-        self._report_failed(worker, key, str(b.get("error", ""))[:2000],
-                            str(b.get("traceback", ""))[-20000:], position)
+        self._report_failed(worker, failure.key, failure.error, failure.traceback,
+                            failure.position)
 
     def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
                         position: Any, counted: bool = True) -> None:
@@ -368,7 +364,7 @@ class Ledger(Dispatching, Recovery):
                  ordinal)
         return True
 
-    def _attempt(self, key: tuple) -> Task | None:
+    def _attempt(self, key: AttemptKey) -> Task | None:
         """The task whose attempt ``key`` is still running, or None if it is stale."""
         job_id, kind, index, attempt = key
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
@@ -382,14 +378,14 @@ class Ledger(Dispatching, Recovery):
             return None
         return task
 
-    def _commit(self, key: tuple, stats: dict, blobs: list) -> None:
+    def _commit(self, key: AttemptKey, stats: dict, blobs: list) -> None:
         task = self._attempt(key)
         if task is None:
             return
         job = task.job
         expected = job.reducers if task.kind == MAP and not job.map_only else 1
         if len(blobs) != expected:  # a bad report fails its attempt; it never wedges
-            route = task.running.get(key[3])
+            route = task.running.get(key.attempt)
             self.complain(peer_name(route, self.workers[route].key if route in
                                     self.workers else ""),
                           "%s %s: %d outputs where %d were due", job.id, task.name,
@@ -399,7 +395,7 @@ class Ledger(Dispatching, Recovery):
                 self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
                                     f"where {expected} were due")
             else:
-                self._attempt_failed(task, key[3], "malformed outputs", "", {})
+                self._attempt_failed(task, key.attempt, "malformed outputs", "", {})
             return
         names = stats.get("counters") or {}
         if len(job.counters) + len(names.keys() - job.counters.keys()) > MAX_JOB_COUNTERS:
@@ -408,16 +404,17 @@ class Ledger(Dispatching, Recovery):
                            f"(Job.count); {task.name} added {len(names)}", "task": task.name})
             self.end_job(job)
             return
-        winner = self.workers.get(task.running.get(key[3]))
+        winner = self.workers.get(task.running.get(key.attempt))
         if winner is not None:
             winner.done += 1
-        losers: dict[bytes, list] = {}
+        losers: dict[bytes, list[AttemptKey]] = {}
         for attempt, route in task.running.items():  # also any other attempt of the task
             w = self.workers.get(route)
             if w is not None:
                 w.running.discard((job.id, task.kind, task.index, attempt))
-                if attempt != key[3]:  # a backup race lost: stop it where it runs
-                    losers.setdefault(route, []).append([task.kind, task.index, attempt])
+                if attempt != key.attempt:  # a backup race lost: stop it where it runs
+                    losers.setdefault(route, []).append(
+                        AttemptKey(job.id, task.kind, task.index, attempt))
         for route, tasks in losers.items():
             self._abandon(route, job.id, tasks)
         nonempty: list[int] = []
@@ -480,17 +477,17 @@ class Ledger(Dispatching, Recovery):
             if task is None:
                 continue
             lost += 1
-            self._attempt_failed(task, key[3], f"the worker running it ({worker.name}) was "
+            self._attempt_failed(task, key.attempt, f"the worker running it ({worker.name}) was "
                                  f"lost: {reason}", "", {"split": task.index},
                                  counted=reason not in BLAMELESS)
         self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
                   "re-queued", worker.name, reason, lost)
 
-    def _abandon(self, route: bytes, job_id: str, tasks: list) -> None:
+    def _abandon(self, route: bytes, job_id: str, tasks: list[AttemptKey]) -> None:
         """Tell a worker to drop attempts it holds: its main thread drops the queued ones,
         its heartbeat thread stops the running one (ABANDON goes to both sockets)."""
         for target in (route, route + HB_SUFFIX):
-            self._send(target, P.ABANDON, {"job": job_id, "tasks": tasks})
+            self._send(target, P.ABANDON, abandon_body(job_id, tasks))
 
     def _durable(self) -> None:
         """Flush the journal before deleting output files: a commit that made files spent
@@ -511,13 +508,13 @@ class Ledger(Dispatching, Recovery):
         else:  # failed or cancelled: nothing of it can be fetched, free it all now
             self.store.discard_where(lambda k: k[0] == jid)
         for w in self.workers.values():  # its attempts still out there: stop them
-            held = [k for k in w.running if k[0] == jid]
+            held = [k for k in w.running if k.job == jid]
             if held:
                 w.running.difference_update(held)
-                self._abandon(w.route, jid, [[k, i, a] for _, k, i, a in held])
+                self._abandon(w.route, jid, held)
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
         for table in (self._early, self._awaiting):
-            for key in [k for k in table if k[0] == jid]:
+            for key in [k for k in table if k.job == jid]:
                 del table[key]
         job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
         self.news(str(job.options.get("tenant", "")), "job %r %s in %.3fs", jid, job.state,

@@ -1,46 +1,19 @@
-"""What a worker reports, checked before the broker acts on it (no sockets here).
+"""A worker's task statistics, checked before the broker adds them up (no sockets here).
 
-Every field of a DONE or FAILED comes from another process: a worker key may be rogue,
-and a legitimate job may have put odd values into its counters. A report names an
-attempt by ``(job, kind, index, attempt)``; the broker acts on it only if the sender
-holds that attempt, and a report whose other fields are malformed fails that attempt
-with the reason, so nothing a worker sends can leave a job waiting for ever.
+Every field of a DONE comes from another process: a worker key may be rogue, and a
+legitimate job may have put odd values into its counters. The broker reads a report's
+shape with ``patterns/wire.Report`` and acts on it only if the sender holds the attempt it
+names; statistics that fail these checks fail that attempt with the reason, so nothing a
+worker sends can leave a job waiting for ever.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .tasks import MAP, REDUCE
-
 MAX_COUNTERS = 1000  # distinct counters in one task's report
 MAX_COUNTER_NAME = 200  # characters
 MAX_COUNT = 1 << 62  # one report's counts; the job's totals saturate at the int64 range
-
-
-def attempt_key(fields: Any) -> tuple | None:
-    """``(job_id, kind, index, attempt)`` from a report's four naming fields, or None when
-    they are not of those types (so the key can be looked up and compared safely)."""
-    if not isinstance(fields, list) or len(fields) != 4:
-        return None
-    job, kind, index, attempt = fields
-    if (type(job) is not str or kind not in (MAP, REDUCE) or type(index) is not int
-            or type(attempt) is not int):
-        return None
-    return job, kind, index, attempt
-
-
-def report_fields(item: list, blobs_left: int) -> tuple[dict, int]:
-    """The checked ``(stats, nblobs)`` of one DONE result ``[job, kind, index, attempt,
-    stats, nblobs]``; ``nblobs`` is -1 (outputs on the data plane) or how many of the
-    message's remaining ``blobs_left`` blobs are its outputs. ValueError says what is
-    wrong."""
-    if len(item) != 6:
-        raise ValueError(f"a result has {len(item)} fields, not 6")
-    stats, nblobs = item[4], item[5]
-    if type(nblobs) is not int or not -1 <= nblobs <= blobs_left:
-        raise ValueError(f"it names {nblobs!r:.40} output blobs; the message has {blobs_left}")
-    return clean_stats(stats), nblobs
 
 
 def clean_stats(stats: Any) -> dict:

@@ -15,6 +15,7 @@ import msgpack
 
 from ..patterns import protocol as P
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
+from ..patterns.wire import Failure, Report
 
 log = logging.getLogger("pymapreduce.worker")
 
@@ -23,8 +24,7 @@ GROUP_HEADER = BROKER_LIMITS.header // 2  # a DONE of several reports stays unde
 
 
 def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]:
-    """DONE messages for ``reports`` (each ``[job, kind, index, attempt, stats, nblobs]``,
-    in order) and their inline output ``blobs`` (``nblobs`` each, -1 for none).
+    """DONE messages for ``reports`` (each a ``wire.Report`` in its wire form, in order) and their inline output ``blobs`` (``nblobs`` each, -1 for none).
 
     Reports are kept in order and grouped while the header stays under GROUP_HEADER and
     the message within BROKER_MAX_FRAMES frames and ``max_message`` bytes. A report that
@@ -67,13 +67,12 @@ def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]
 
 def too_large(report: list, size: int, weight: int, max_message: int) -> Message:
     """The FAILED that replaces a report the broker could not take in any message."""
-    job_id, kind, index, attempt, stats = report[:5]
+    key, stats = Report.key_of(report), report[4]
     counters = len(stats.get("counters") or ()) if isinstance(stats, dict) else 0
     log.warning("%s %s-%d: its report (%d bytes, %d bytes of inline outputs) is more than "
-                "the broker accepts; reported as failed", job_id, kind, index, size, weight)
+                "the broker accepts; reported as failed", key.job, key.kind, key.index, size,
+                weight)
     error = (f"the task's report takes {size} bytes ({counters} counters) and {weight} "
              f"bytes of outputs: more than the broker accepts in one message (a header of "
              f"{BROKER_LIMITS.header} bytes, {max_message} bytes in all)")
-    return Message(P.FAILED, {"job": job_id, "kind": kind, "index": index,
-                              "attempt": attempt, "error": error, "traceback": "",
-                              "position": {"split": index}})
+    return Message(P.FAILED, Failure(key, error, "", {"split": key.index}).body())

@@ -18,7 +18,7 @@ import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import zmq
@@ -30,6 +30,7 @@ from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
+from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
 from .reporting import REPORT_SLACK, done_messages
 from .runner import TaskError, run_task
 
@@ -48,6 +49,18 @@ class TaskAbandoned(BaseException):
     """Raised in the main thread to stop the running task: the broker no longer wants it
     (its job was cancelled or failed, another attempt won), or the worker is draining.
     A BaseException, so user code's ``except Exception`` does not swallow it."""
+
+
+class Queued(NamedTuple):
+    """A task waiting in a worker's queue, with what it needs of its TASKS message."""
+
+    key: AttemptKey
+    job: Any  # the unpickled job (or the step of a multi-step job)
+    body: dict  # the TASKS body: reducers, map_only, ordinals
+    split: list
+    blobs: list
+    skip: list
+    safe_output: bool  # outputs reach the client: never as pickles unless it opted in
 
 
 class Worker:
@@ -106,8 +119,8 @@ class Worker:
         self._welcomed = self._warned = False
         self._last_sent = 0.0
         self._stop = threading.Event()
-        self._current: tuple | None = None  # (job, kind, index, attempt) running now
-        self._abandon: tuple | None = None  # the running attempt to stop (set by hb thread)
+        self._current: AttemptKey | None = None  # the attempt running now
+        self._abandon: AttemptKey | None = None  # the running attempt to stop (hb thread)
         self._main = threading.main_thread().ident
         self._interruptible = False
         self._idle_poll = False
@@ -279,8 +292,8 @@ class Worker:
                 if self.on_welcome is not None:
                     self.on_welcome(self.heartbeat_interval)
             elif msg.command == P.ABANDON:
-                gone = {(msg.body.get("job"), k, i, a) for k, i, a in msg.body.get("tasks", ())}
-                self.queue = deque(q for q in self.queue if (q[0], q[3], q[4], q[5]) not in gone)
+                gone = abandoned(msg.body)
+                self.queue = deque(q for q in self.queue if q.key not in gone)
             elif msg.command == P.RECONNECT and self._welcomed:
                 # (before the WELCOME it answers a message sent before our READY)
                 self._need_ready.set()
@@ -342,26 +355,33 @@ class Worker:
             except Exception as exc:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
-        for kind, index, attempt, desc, *skip in b["tasks"]:
+        for raw in b["tasks"]:
+            try:
+                item = TaskItem.from_wire(raw)
+            except ValueError as exc:
+                log.warning("dropped a malformed task from the broker: %s", exc)
+                continue
+            key = item.key(job_id)
             if error is not None:
-                self._fail(job_id, kind, index, attempt, error[0], error[1], {"split": index})
+                self._fail(key, error[0], error[1], {"split": item.index})
             else:
                 # outputs that reach the client: reduce, or map of a map-only (last) step
-                to_client = last and (kind != "map" or bool(b["map_only"]))
-                self.queue.append((job_id, job, b, kind, index, attempt, desc, blobs,
-                                   skip[0] if skip else (), to_client and not pickled_ok))
+                to_client = last and (item.kind != "map" or bool(b["map_only"]))
+                self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
+                                         to_client and not pickled_ok))
 
     # -- running tasks -------------------------------------------------------------------
-    def _run_one(self, item: tuple) -> None:
-        job_id, job, b, kind, index, attempt, desc, blobs, skip, safe_output = item
+    def _run_one(self, item: Queued) -> None:
+        key, b = item.key, item.body
+        job_id, kind, index, attempt = key
         started = time.monotonic()
         try:
-            self._current = (job_id, kind, index, attempt)
+            self._current = key
             try:
-                outputs, stats = run_task(job, kind, desc, blobs, b["reducers"],
-                                          b["map_only"], skip=skip,
+                outputs, stats = run_task(item.job, kind, item.split, item.blobs,
+                                          b["reducers"], b["map_only"], skip=item.skip,
                                           ordinals=bool(b.get("ordinals")),
-                                          safe_output=safe_output)
+                                          safe_output=item.safe_output)
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:
@@ -373,11 +393,11 @@ class Worker:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
-            self._fail(job_id, kind, index, attempt, f"{type(cause).__name__}: {cause}", tb, where)
+            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where)
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
-            self._fail(job_id, kind, index, attempt, f"{type(exc).__name__}: {exc}",
-                       traceback.format_exc(), {"split": index})
+            self._fail(key, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
+                       {"split": index})
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
@@ -386,27 +406,24 @@ class Worker:
             nblobs = len(outputs)
             self.report_blobs.extend(outputs)
         elif size + REPORT_SLACK > self.max_message:  # the broker would drop it unread
-            self._fail(job_id, kind, index, attempt, f"the task's outputs take {size} bytes, "
+            self._fail(key, f"the task's outputs take {size} bytes, "
                        f"more than the broker accepts in one message ({self.max_message}; "
                        "its --max-message-mb)", "", {"split": index})
             return
         else:
-            header = {"job": job_id, "kind": kind, "index": index, "attempt": attempt}
-            if not send_within(self.data, Message(P.OUTPUT, header, tuple(outputs)),
+            if not send_within(self.data, Message(P.OUTPUT, key.body(), tuple(outputs)),
                                DATA_WAIT, lambda: not self._stop.is_set()):
-                self._fail(job_id, kind, index, attempt, f"the broker's data sink took no "
-                           f"output for {DATA_WAIT:g}s", "", {"split": index})
+                self._fail(key, f"the broker's data sink took no output for {DATA_WAIT:g}s",
+                           "", {"split": index})
                 return
             nblobs = -1
         if not self.reports:
             self._first_report = time.monotonic()
-        self.reports.append([job_id, kind, index, attempt, stats, nblobs])
+        self.reports.append(Report(key, stats, nblobs).wire())
 
-    def _fail(self, job_id, kind, index, attempt, error, tb, position) -> None:
+    def _fail(self, key: AttemptKey, error: str, tb: str, position: dict) -> None:
         self._flush()
-        body = {"job": job_id, "kind": kind, "index": index, "attempt": attempt,
-                "error": error[:2000], "traceback": tb[-20000:], "position": position}
-        self._send_ctl(Message(P.FAILED, body))
+        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position).body()))
 
     def _flush(self) -> None:
         if not self.reports:
@@ -440,11 +457,10 @@ class Worker:
     def _abandon_running(self, msg: Message) -> None:
         """The broker no longer wants an attempt: if it is the one running, stop it (a
         signal makes the main thread raise TaskAbandoned inside the user's code)."""
-        job = msg.body.get("job")
         current = self._current
-        if current is None or current[0] != job or not self._interruptible:
+        if current is None or current.job != msg.body.get("job") or not self._interruptible:
             return
-        if any(tuple(t) == current[1:] for t in msg.body.get("tasks", ())):
+        if current in abandoned(msg.body):
             self._abandon = current
             signal.pthread_kill(self._main, signal.SIGUSR1)
     def _heartbeat_loop(self) -> None:
