@@ -1,4 +1,4 @@
-"""``pymapreduce broker | worker | run | status``."""
+"""``pymapreduce broker | worker | run | status | cancel | keys``."""
 
 from __future__ import annotations
 
@@ -89,9 +89,12 @@ def _backup_after(text: str) -> float:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig, fdlimit
+    from .patterns.sockets import check_endpoint
 
     _setup_logging(args.log_level, "broker")
     fdlimit.raise_fd_limit()  # each connection holds a descriptor, also one that never says hello
+    for endpoint in filter(None, (args.bind, args.data_bind)):
+        check_endpoint(endpoint)  # (a malformed address is not "beyond loopback")
     beyond = [e for e in filter(None, (args.bind, args.data_bind)) if not _is_loopback(e)]
     if beyond and not args.keys and not args.insecure:
         print(f"pymapreduce broker: refusing to listen on {beyond[0]} beyond loopback "
@@ -175,10 +178,12 @@ def load_job_class(spec: str):
         module_spec = importlib.util.spec_from_file_location(name, target)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
         import cloudpickle
 
-        cloudpickle.register_pickle_by_value(module)  # the workers need not have the file
+        # the workers need not have the file; and registered before it runs, a job it runs
+        # at import (no `if __name__ == "__main__":`) does not make the workers import it
+        cloudpickle.register_pickle_by_value(module)
+        module_spec.loader.exec_module(module)
     else:
         module = importlib.import_module(target)
     try:
@@ -348,7 +353,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"public key: {public}\nsecret key: {secret} (keep it on this host only)")
     elif args.action == "authorize":
         target = security.authorize(args.dir, args.role, args.key_file)
-        print(f"{args.key_file} may now connect as a {args.role}: {target} "
+        article = "an" if args.role[0] in "aeiou" else "a"
+        print(f"{args.key_file} may now connect as {article} {args.role}: {target} "
               "(a running broker picks it up within a second, or at once on SIGHUP)")
     else:
         security.cluster_keys(args.dir)

@@ -121,7 +121,8 @@ class Job:
             raise TypeError(f"counter names are str, got {type(name).__name__} {name!r:.80}")
         name = str(name)  # a str subclass travels as a plain str
         if not 0 < len(name) <= MAX_COUNTER_NAME:
-            raise ValueError(f"counter name {name!r:.80} must have 1 to {MAX_COUNTER_NAME} "
+            shown = repr(name) if len(name) <= 60 else repr(name[:60])[:-1] + "...'"
+            raise ValueError(f"counter name {shown} must have 1 to {MAX_COUNTER_NAME} "
                              f"characters, not {len(name)}")
         try:  # an int, a bool (True adds 1) or an integer type of a library (numpy.int64)
             n = operator.index(n)

@@ -69,6 +69,11 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
+        if os.environ.get(timing.WORKER_ENV):
+            raise ConfigError(
+                "a job's code tried to start an embedded cluster inside a worker process: a "
+                "module the workers import runs a job when imported; put that code under "
+                "`if __name__ == \"__main__\":`")
         deadline = time.monotonic() + self.start_timeout
         try:
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",

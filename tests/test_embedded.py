@@ -123,3 +123,49 @@ def test_the_original_pymapreduce_example_prints_the_same_counts():
     prefix = "The result of CountCharacters: "
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(prefix))
     assert ast.literal_eval(line[len(prefix):]) == SEED_EXPECTED
+
+
+GUARDLESS = '''
+import os
+import sys
+
+from pymapreduce import Job
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if sum(1 for _ in open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "imports.log"))) > 3:
+    sys.exit("cascade: this test's own bound")  # (never reached when the guard works)
+
+
+class WC(Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+print(WC().run([(0, "a b a")], workers=1))  # no `if __name__ == "__main__":`
+'''
+
+
+def test_a_module_that_runs_a_job_at_import_does_not_start_clusters_in_workers(tmp_path):
+    """A job file without a main guard: run from the CLI it runs once (the workers get the
+    job by value); imported as a module, its workers refuse to start a cluster of their
+    own and the job fails saying why, instead of a cascade of clusters."""
+    (tmp_path / "guardless.py").write_text(GUARDLESS)
+    (tmp_path / "input.txt").write_text("x y x\n")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run = subprocess.run(pmr("run", "guardless.py:WC", "input.txt", "--workers", "1"),
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert len((tmp_path / "imports.log").read_text().split()) == 1
+    (tmp_path / "imports.log").unlink()
+    imported = subprocess.run([sys.executable, "-c", "import guardless"], cwd=tmp_path,
+                              env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode != 0
+    assert 'if __name__ == "__main__"' in imported.stderr
+    assert len((tmp_path / "imports.log").read_text().split()) <= 3

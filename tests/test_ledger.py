@@ -11,6 +11,7 @@ from pymapreduce.broker.sink import Store
 from pymapreduce.broker.tasks import PENDING, JobState
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.records import pack
+from pymapreduce.patterns.wire import AttemptKey
 
 T0 = 1000.0  # the hand-set clock's start
 
@@ -46,7 +47,8 @@ def tasks_of(ledger: Ledger) -> dict[bytes, list]:
     held: dict[bytes, list] = {}
     for s in sent(ledger, P.TASKS):
         for kind, index, attempt, *_ in s.msg.body["tasks"]:
-            held.setdefault(s.route, []).append((s.msg.body["job"], kind, index, attempt))
+            held.setdefault(s.route, []).append(
+                AttemptKey(s.msg.body["job"], kind, index, attempt))
     return held
 
 
@@ -241,3 +243,34 @@ def test_job_ids_and_names_cannot_forge_log_lines():
         submission.parse({"job_id": "a\n2099-01-01 CRITICAL forged", "splits": 1}, blobs, 1)
     spec = submission.parse({"job_id": "a", "name": "x\ny\x1b[31m", "splits": 1}, blobs, 1)
     assert spec.options["name"].isprintable()
+
+
+def test_outputs_waiting_for_their_report_go_with_their_attempt_and_are_bounded(ledger):
+    add_job(ledger, maps=2)
+    w = ledger.register(b"A", "", {"credit": 2}, T0)
+    ledger.dispatch(T0)
+    keys = tasks_of(ledger)[b"A"]
+    for key in keys:  # outputs pushed, no DONE: then the worker leaves (no blame)
+        ledger.output(key.body(), tuple(map_output()), "")
+    assert ledger._early and ledger._early_bytes > 0
+    ledger.leave(b"A", "")
+    assert not ledger._early and ledger._early_bytes == 0
+    # more waiting outputs than the memory budget: refused, and the attempt fails
+    ledger.config = BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2,
+                                 liveness=1.0, memory_budget=10)
+    w = ledger.register(b"B", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"B"]
+    ledger.output(key.body(), (b"x" * 100,), "")
+    assert not ledger._early and key not in w.running
+    assert ledger.jobs["j"].tasks(key.kind)[key.index].failures == 1
+
+
+def test_a_small_submit_of_many_tasks_counts_for_what_they_will_hold():
+    import msgpack
+
+    from pymapreduce.broker import submission
+
+    blobs = (b"code", b"r", msgpack.packb([["mem", 1]] * 1000))
+    spec = submission.parse({"job_id": "many", "splits": 2, "reducers": 1000}, blobs, 1)
+    assert spec.held >= 2000 * submission.TASK_COST  # not the ~6 KB the message weighs

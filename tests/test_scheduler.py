@@ -55,3 +55,20 @@ def test_a_restored_commit_counts_once_and_queues_the_reduces():
     assert j.recovered == 2 and j.counters == {"n": 3}
     assert j.phase == "reduce" and [t.index for t in j.pending if t.kind == "reduce"] == [0, 1]
     assert all(t.state == DONE for t in j.maps)
+
+
+def test_clients_share_the_workers_equally_whatever_priorities_they_give_their_jobs():
+    def owned(job_id, maps, tenant, priority):
+        return JobState(job_id, job_id, b"code", [["mem", b""]] * maps, 2, False, None, 0.0,
+                        options={"tenant": tenant, "priority": priority})
+
+    greedy = owned("greedy", 100, "key A", 1e6)
+    modest = owned("modest", 10, "key B", 1)
+    mine_too = owned("a-second", 100, "key A", 1)
+    sched = Scheduler()
+    for j in (greedy, mine_too, modest):
+        sched.add(j)
+    taken = [sched.take(1, b"W", {b"W": 1})[0].job.id for _ in range(20)]
+    assert taken.count("modest") == 10  # half the slots while it has tasks
+    # within key A, its own priorities decide: the greedy job gets nearly all of A's half
+    assert taken.count("greedy") >= 9 and taken.count("a-second") <= 1

@@ -102,7 +102,7 @@ class ClientAPI:
             raise ValueError(f"the broker already holds {active} unfinished jobs, its "
                              f"limit (--max-jobs {cfg.max_jobs}); submit later")
         if len(mine) >= cfg.max_jobs_per_client:
-            raise ValueError(f"this client already has {len(mine)} unfinished jobs, the "
+            raise ValueError(f"this client already has {len(mine)} unfinished job(s), the "
                              f"limit per client (--max-jobs-per-client "
                              f"{cfg.max_jobs_per_client}); wait for one to end")
         held = sum(j.held for j in mine)
@@ -213,7 +213,9 @@ class ClientAPI:
         if job is None:
             return
         if job.state == P.JOB_RUNNING:
-            job.finish(P.JOB_CANCELLED, {"message": "cancelled by a client"})
+            by = ("an admin key" if self.allow is not None and job.tenant != self._tenant(peer)
+                  else "its client")
+            job.finish(P.JOB_CANCELLED, {"message": f"cancelled by {by}"})
             self.ledger.end_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), **job.status(now)})
 
@@ -238,7 +240,10 @@ class ClientAPI:
             host, _, _ = w.name.rpartition(":")
             workers.append({"name": w.name, "host": host or w.name, "pid": w.pid,
                             "tags": sorted(w.tags), "credit": w.credit,
-                            "tasks": [f"{j} {k}-{i}" for j, k, i, _ in running[:8]],
+                            "tasks": ([f"{j} {k}-{i}" for j, k, i, _ in running[:8]]
+                                      + ["(another client's task)"]
+                                      * min(len(w.running) - len(running),
+                                            max(0, 8 - len(running)))),
                             "held": len(w.running), "done": w.done,
                             "seen": round(now - w.last_seen, 3),
                             "up": round(now - w.joined, 3)})

@@ -305,7 +305,7 @@ class Broker(ClientAPI):
             self._reply(
                 peer,
                 P.ERROR,
-                {"code": "bad-request", "message": f"{msg.command}: {exc}", "req": _req(msg)},
+                {"code": "bad-request", "message": str(exc), "req": _req(msg)},
             )
         self.dispatch()
 

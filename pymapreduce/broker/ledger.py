@@ -112,6 +112,7 @@ class Ledger(Dispatching, Recovery):
         self.scheduler = Scheduler()
         self.outbox: deque[Send | Publish | Fetched] = deque()
         self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
+        self._early_bytes = 0
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._last_backup_scan = 0.0
         self._bad = RateLimitedLog(log)
@@ -256,7 +257,7 @@ class Ledger(Dispatching, Recovery):
                 pos += nblobs
                 worker.running.discard(key)
             elif key in self._early:
-                self._commit(key, stats, self._early.pop(key))
+                self._commit(key, stats, self._take_early(key))
             elif self._attempt(key) is not None:
                 self._awaiting[key] = stats  # its outputs are still on the data plane
             else:
@@ -266,8 +267,7 @@ class Ledger(Dispatching, Recovery):
                        position: dict | None = None) -> None:
         """``worker`` says (or its malformed report shows) that attempt ``key`` failed."""
         worker.running.discard(key)
-        self._early.pop(key, None)
-        self._awaiting.pop(key, None)
+        self._forget(key)
         task = self._attempt(key)
         if task is not None:
             self._attempt_failed(task, key.attempt, error, tb,
@@ -290,8 +290,30 @@ class Ledger(Dispatching, Recovery):
             return
         if key in self._awaiting:
             self._commit(key, self._awaiting.pop(key), list(blobs))
-        else:
-            self._early[key] = list(blobs)
+            return
+        size = sum(len(b) for b in blobs)
+        if key in self._early or self._early_bytes + size > self.config.memory_budget:
+            # outputs wait for their DONE in memory, outside the store's budget: never more
+            # than the budget in all (an honest worker's DONE follows its OUTPUT at once)
+            self.complain(who, "%s %s: outputs waiting for their report are over the memory "
+                          "budget; the attempt fails", key.job, task.name)
+            if owner is not None:
+                self._report_failed(owner, key, "the broker held too many outputs waiting "
+                                    "for their reports")
+            return
+        self._early[key] = list(blobs)
+        self._early_bytes += size
+
+    def _take_early(self, key: AttemptKey) -> list:
+        blobs = self._early.pop(key)
+        self._early_bytes -= sum(len(b) for b in blobs)
+        return blobs
+
+    def _forget(self, key: AttemptKey) -> None:
+        """An attempt is over: what of it waited for its report, or its outputs, goes."""
+        if key in self._early:
+            self._take_early(key)
+        self._awaiting.pop(key, None)
 
     def failed(self, worker: WorkerState, b: dict) -> None:
         """FAILED: an attempt ``worker`` holds raised (its error, traceback, position)."""
@@ -409,6 +431,7 @@ class Ledger(Dispatching, Recovery):
             winner.done += 1
         losers: dict[bytes, list[AttemptKey]] = {}
         for attempt, route in task.running.items():  # also any other attempt of the task
+            self._forget(AttemptKey(job.id, task.kind, task.index, attempt))
             w = self.workers.get(route)
             if w is not None:
                 w.running.discard((job.id, task.kind, task.index, attempt))
@@ -473,12 +496,13 @@ class Ledger(Dispatching, Recovery):
         self.workers.pop(worker.route, None)
         lost = 0
         for key in worker.running:
+            self._forget(key)
             task = self._attempt(key)
             if task is None:
                 continue
             lost += 1
-            self._attempt_failed(task, key.attempt, f"the worker running it ({worker.name}) was "
-                                 f"lost: {reason}", "", {"split": task.index},
+            self._attempt_failed(task, key.attempt, f"the worker running it ({worker.name}) "
+                                 f"was lost: {reason}", "", {"split": task.index},
                                  counted=reason not in BLAMELESS)
         self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
                   "re-queued", worker.name, reason, lost)
@@ -513,9 +537,8 @@ class Ledger(Dispatching, Recovery):
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, held)
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
-        for table in (self._early, self._awaiting):
-            for key in [k for k in table if k.job == jid]:
-                del table[key]
+        for key in [k for k in (*self._early, *self._awaiting) if k.job == jid]:
+            self._forget(key)
         job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
         self.news(str(job.options.get("tenant", "")), "job %r %s in %.3fs", jid, job.state,
                   time.monotonic() - job.submitted)

@@ -1,5 +1,10 @@
 """Which pending task goes to a worker that has room: weighted max-min fair share.
 
+Shares are taken in two steps: between clients (each client key, or without keys each
+client connection, gets an equal share of the workers), then between the jobs of one
+client by their priority; so a priority a client sets for its jobs moves worker time among
+its own jobs only, never away from another client's.
+
 Weighted fair queuing over worker time: each job counts the seconds of work it was handed
 (``served``: each task charged its job's mean task run time, as workers report it), and
 the next task goes to the job with the least ``served / priority`` among the jobs with a
@@ -34,13 +39,18 @@ class Scheduler:
 
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, JobState] = OrderedDict()
-        self.clock = 0.0  # virtual time: the score of the last task handed out
+        self.clock = 0.0  # virtual time: the score of the last client served
+        self._tenants: dict[str, float] = {}  # client -> seconds of work it was handed
+        self._inner: dict[str, float] = {}  # client -> the score of its last job served
 
     def add(self, job: JobState) -> None:
         self._jobs[job.id] = job
 
     def remove(self, job: JobState) -> None:
         self._jobs.pop(job.id, None)
+        if not any(j.tenant == job.tenant for j in self._jobs.values()):
+            self._tenants.pop(job.tenant, None)  # (a client with no job left)
+            self._inner.pop(job.tenant, None)
 
     def jobs(self):
         """The jobs, least recently served first (a live view: do not add or remove
@@ -52,31 +62,36 @@ class Scheduler:
 
     def take(self, n: int, route: bytes | None = None, workers: Any = (),
              tags: frozenset = frozenset()) -> list[Task]:
-        """Up to ``n`` tasks for the worker ``route`` (with ``tags``), one at a time to the
-        job furthest below its share. A task that failed on this worker is left for
-        another one, as long as one of ``workers`` (the live ones) has not failed it too."""
+        """Up to ``n`` tasks for the worker ``route`` (with ``tags``), one at a time: to the
+        client furthest below its share, and of its jobs to the one furthest below its
+        share. A task that failed on this worker is left for another one, as long as one of
+        ``workers`` (the live ones) has not failed it too."""
         out: list[Task] = []
         done: set[str] = set()  # jobs with nothing (more) for this worker
-        floor = self.clock - LAG
         while len(out) < n:
-            best = None
-            best_score = 0.0
-            rivals = 0  # other jobs this worker could serve
+            # the candidates, by client: each client's jobs share what that client gets
+            by_tenant: dict[str, list[JobState]] = {}
             for job in self._jobs.values():
                 if not job.pending or job.id in done:
                     continue
                 if job.requires and not job.requires <= tags:
                     done.add(job.id)
                     continue
-                score = max(job.served / job.priority, floor)
-                if best is None or score < best_score:
-                    best, best_score = job, score
-                rivals += 1
-            if best is None:
+                by_tenant.setdefault(job.tenant, []).append(job)
+            if not by_tenant:
                 break
+            floor = self.clock - LAG
+            tenant, tenant_score = min(
+                ((t, max(self._tenants.get(t, 0.0), floor)) for t in by_tenant),
+                key=lambda pair: pair[1])
+            jobs = by_tenant[tenant]
+            inner = self._inner.get(tenant, 0.0) - LAG  # (its own clock: no banking)
+            best, best_score = min(((j, max(j.served / j.priority, inner)) for j in jobs),
+                                   key=lambda pair: pair[1])
             # alone, a job takes the whole batch at once (the common case, and the hot
             # path for many tiny tasks); among others, one task per turn
-            want = n - len(out) if rivals == 1 and not best.pending[0].avoid else 1
+            alone = len(by_tenant) == 1 and len(jobs) == 1
+            want = n - len(out) if alone and not best.pending[0].avoid else 1
             taken = 0
             while taken < want:
                 task = self._next(best, route, workers)
@@ -88,11 +103,11 @@ class Scheduler:
                 done.add(best.id)
                 continue
             self._jobs.move_to_end(best.id)
-            cost = best.task_secs if best.task_secs is not None else UNKNOWN_COST
-            best.served = best_score * best.priority + cost * taken
-            if best_score > self.clock:
-                self.clock = best_score
-                floor = self.clock - LAG
+            cost = (best.task_secs if best.task_secs is not None else UNKNOWN_COST) * taken
+            best.served = best_score * best.priority + cost
+            self._tenants[tenant] = tenant_score + cost
+            self._inner[tenant] = max(self._inner.get(tenant, 0.0), best_score)
+            self.clock = max(self.clock, tenant_score)
         return out
 
     @staticmethod

@@ -20,6 +20,7 @@ MAX_STEPS = 200  # steps of a multi-step job
 MAX_RANGES = 100_000  # byte ranges (files) in one split
 MAX_PATH = 4096  # characters of one input path
 MAX_OPTIONS = 16  # entries in a split's options map
+TASK_COST = 1024  # bytes a task (or a reducer) is counted for against its client's limit
 
 
 @dataclass
@@ -156,4 +157,7 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
                "requires": sorted(set(requires)), "steps": steps,
                "submitted_at": time.time()}
     code = blobs[0]
-    return Spec(job_id, code, splits, options, held_bytes(code, splits))
+    # its tasks cost the broker too (~650 bytes each, measured): a small SUBMIT of many
+    # splits and reducers must count for what it will hold
+    tasks = len(splits) + max([options["reducers"]] + [s["reducers"] for s in steps or ()])
+    return Spec(job_id, code, splits, options, held_bytes(code, splits) + TASK_COST * tasks)

@@ -127,6 +127,7 @@ class JobState:
         self.dispatched = False  # a task has been handed out: running, no longer queued
         self.waiting = ""  # why no task can be handed out, when none can
         self.held = 0  # bytes of code and inputs it holds (its client's limit counts them)
+        self.tenant = str(self.options.get("tenant", ""))  # the client it belongs to
         self.seq = 0  # the journal's number for this job (0: not journaled)
         self.recovered = 0  # tasks whose commit a restarted broker read from its journal
         self.name = name

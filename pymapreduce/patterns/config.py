@@ -10,3 +10,8 @@ LIVENESS = 5.0
 # How long a client waits for the broker to answer one request before it says the
 # broker is unavailable (a job in progress is watched with heartbeats instead).
 REQUEST_TIMEOUT = 10.0
+
+# Set in every worker process: an embedded cluster refuses to start there (a job's module
+# that runs a job at import, without `if __name__ == "__main__":`, would otherwise start a
+# cluster in each worker that imports it, and so on).
+WORKER_ENV = "PYMAPREDUCE_WORKER_PROCESS"

@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 
 from ..errors import AuthenticationFailed
+from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from .voucher import Voucher
 from .worker import Worker
@@ -78,6 +79,7 @@ class Supervisor:
             return
         code = 0
         try:  # the child: never returns into the supervisor's code
+            os.environ[WORKER_ENV] = "1"  # (an embedded cluster refuses to start in here)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             _die_with_parent()
