@@ -33,6 +33,10 @@ class JobNotPicklable(PyMapReduceError, TypeError):
     """The Job (or an attribute of it) cannot be pickled, so it cannot travel to the workers."""
 
 
+class LineTooLong(InputError):
+    """A text input's line is longer than its ``max_line_bytes``: no retry can read it."""
+
+
 class UnencodableValue(PyMapReduceError, TypeError):
     """A key or value can be carried neither by msgpack nor by cloudpickle."""
 

@@ -15,7 +15,7 @@ import os
 import zlib
 from collections.abc import Iterator
 
-from .errors import InputError
+from .errors import InputError, LineTooLong
 
 MIB = 1024 * 1024
 # The longest line a worker will gather. A line is held whole, as bytes and again as text
@@ -85,8 +85,8 @@ def _read(f, path: str, size: int) -> bytes:
         raise InputError(f"cannot read input {path!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _too_long(path: str, at: int, limit: int) -> InputError:
-    return InputError(f"{path}: the line at byte {at} is longer than {limit} bytes, the "
+def _too_long(path: str, at: int, limit: int) -> LineTooLong:
+    return LineTooLong(f"{path}: the line at byte {at} is longer than {limit} bytes, the "
                       "input's limit (is it a text file? read_text(max_line_bytes=) raises "
                       "the limit)")
 

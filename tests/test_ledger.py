@@ -274,3 +274,17 @@ def test_a_small_submit_of_many_tasks_counts_for_what_they_will_hold():
     blobs = (b"code", b"r", msgpack.packb([["mem", 1]] * 1000))
     spec = submission.parse({"job_id": "many", "splits": 2, "reducers": 1000}, blobs, 1)
     assert spec.held >= 2000 * submission.TASK_COST  # not the ~6 KB the message weighs
+
+
+def test_a_failure_no_retry_can_mend_fails_the_job_once_a_second_attempt_says_so(ledger):
+    job = add_job(ledger, maps=1)
+    a = ledger.register(b"A", "", {"credit": 1}, T0)
+    b = ledger.register(b"B", "", {"credit": 1}, T0)
+    workers = {b"A": a, b"B": b}
+    for n in range(2):
+        ledger.dispatch(T0)
+        [(route, [key])] = tasks_of(ledger).items()
+        ledger.failed(workers[route], {**key.body(), "error": "LineTooLong: ...",
+                                       "final": True})
+        assert job.state == (P.JOB_RUNNING if n == 0 else P.JOB_FAILED)
+    assert job.maps[0].failures == 2 < ledger.config.max_attempts

@@ -38,6 +38,7 @@ LEFT = "left"
 NOT_READING = "its queue is full: it does not read what the broker sends"
 BLAMELESS = frozenset({REREGISTERED, LEFT, NOT_READING})
 HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
+HOPELESS_AFTER = 2  # attempts that say no retry can mend them, before the job fails
 MAX_JOB_COUNTERS = 1000  # distinct counter names of one job (a task's report has its own cap)
 
 
@@ -264,14 +265,14 @@ class Ledger(Dispatching, Recovery):
                 worker.running.discard(key)
 
     def _report_failed(self, worker: WorkerState, key: AttemptKey, error: str, tb: str = "",
-                       position: dict | None = None) -> None:
+                       position: dict | None = None, final: bool = False) -> None:
         """``worker`` says (or its malformed report shows) that attempt ``key`` failed."""
         worker.running.discard(key)
         self._forget(key)
         task = self._attempt(key)
         if task is not None:
             self._attempt_failed(task, key.attempt, error, tb,
-                                 position if position else {"split": task.index})
+                                 position if position else {"split": task.index}, final=final)
 
     def output(self, b: dict, blobs: tuple, sender: str) -> None:
         """OUTPUT on the data plane: the outputs of an attempt, from key ``sender`` (empty
@@ -323,16 +324,19 @@ class Ledger(Dispatching, Recovery):
                           "does not hold: %.80r", failure and failure.key)
             return
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
-                            failure.position)
+                            failure.position, failure.final)
 
     def _attempt_failed(self, task: Task, attempt: int, error: str, tb: str,
-                        position: Any, counted: bool = True) -> None:
+                        position: Any, counted: bool = True, final: bool = False) -> None:
         """Count a failed attempt: retry the task, or fail the job once attempts run out.
 
         An attempt lost with its worker counts too: a task that kills the process running
         it (os._exit, a segfault, the OOM killer) must not kill workers forever. The retry
         goes to another worker where there is one. ``counted=False``: not the task's fault
-        (its worker re-registered), so it is simply queued again.
+        (its worker re-registered), so it is simply queued again. ``final``: its worker
+        says no retry can mend it (an input line over its limit, a result that needs
+        pickling): the job fails once a second attempt says so too (one worker's word is
+        not enough to fail a job at once).
         """
         route = task.end(attempt)
         job = task.job
@@ -349,7 +353,8 @@ class Ledger(Dispatching, Recovery):
             task.failures = max(0, task.failures - 2)  # the record is to blame, not the task
         if job.state != P.JOB_RUNNING:
             return
-        if task.failures >= self.config.max_attempts:
+        task.hopeless += final
+        if task.failures >= self.config.max_attempts or task.hopeless >= HOPELESS_AFTER:
             job.finish(P.JOB_FAILED, {
                 "message": f"{task.name} failed {task.failures} times; last error: {error}",
                 "task": task.name,

@@ -44,7 +44,7 @@ class Task:
     """One map or reduce task; ``attempt`` counts the attempts handed out so far."""
 
     __slots__ = ("job", "kind", "index", "state", "attempt", "running", "failures", "started",
-                 "avoid", "bad", "skip")
+                 "avoid", "bad", "skip", "hopeless")
 
     def __init__(self, job: JobState, kind: str, index: int) -> None:
         self.job = job
@@ -58,6 +58,7 @@ class Task:
         self.avoid: set[bytes] = set()  # workers on which an attempt failed
         self.bad: dict[int, int] = {}  # record ordinal -> failed attempts on it
         self.skip: dict[int, dict] = {}  # record ordinal -> where it is: left out
+        self.hopeless = 0  # failures its worker said no retry can mend
 
     @property
     def name(self) -> str:

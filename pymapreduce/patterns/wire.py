@@ -116,10 +116,14 @@ class Failure(NamedTuple):
     error: str
     traceback: str = ""
     position: dict = {}
+    final: bool = False  # no retry can mend it (the input's or the job's settings' fault)
 
     def body(self) -> dict:
-        return {**self.key.body(), "error": self.error[:MAX_ERROR],
+        body = {**self.key.body(), "error": self.error[:MAX_ERROR],
                 "traceback": self.traceback[-MAX_TRACEBACK:], "position": self.position}
+        if self.final:
+            body["final"] = True
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> Failure | None:
@@ -134,7 +138,8 @@ class Failure(NamedTuple):
         position = {str(k)[:40]: v if type(v) in (int, float, bool) or v is None
                     else str(v)[:200] for k, v in position.items()}
         return cls(key, str(body.get("error", ""))[:MAX_ERROR],
-                   str(body.get("traceback", ""))[-MAX_TRACEBACK:], position)
+                   str(body.get("traceback", ""))[-MAX_TRACEBACK:], position,
+                   body.get("final") is True)
 
 
 def abandon_body(job: str, keys: list[AttemptKey]) -> dict:

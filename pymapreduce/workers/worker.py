@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import AuthenticationFailed, ProtocolError
+from ..errors import AuthenticationFailed, LineTooLong, ProtocolError, UnencodableValue
 from ..job import pickle_results
 from ..patterns import config as timing
 from ..patterns import protocol as P
@@ -41,6 +41,7 @@ FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
+HOPELESS = (LineTooLong, UnencodableValue)  # failures no retry can mend (said in FAILED)
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
 DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 
@@ -397,7 +398,7 @@ class Worker:
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
             self._fail(key, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                       {"split": index})
+                       {"split": index}, final=isinstance(exc, HOPELESS))
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
@@ -421,9 +422,10 @@ class Worker:
             self._first_report = time.monotonic()
         self.reports.append(Report(key, stats, nblobs).wire())
 
-    def _fail(self, key: AttemptKey, error: str, tb: str, position: dict) -> None:
+    def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
+              final: bool = False) -> None:
         self._flush()
-        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position).body()))
+        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final).body()))
 
     def _flush(self) -> None:
         if not self.reports:
