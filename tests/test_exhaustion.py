@@ -36,7 +36,7 @@ from pymapreduce.patterns.sockets import HANDSHAKE_MS
 
 from .conftest import FAST, READY, ROOT, pmr, read_line, stop, wait_workers
 from .delayproxy import DelayProxy
-from .jobs import WordCount
+from .jobs import Lengths, WordCount
 
 MiB = 1 << 20
 PART_MB = 5
@@ -307,3 +307,53 @@ def stop_daemon(proc: subprocess.Popen) -> None:
     stop(proc)
     for pid in wait_dead(kids, 5):
         os.kill(pid, 9)
+
+
+# -- a real broker: the journal keeps what a restart needs, not finished jobs' inputs --------
+
+
+def state_size(state) -> int:
+    """Bytes the files of a state directory take (the journal, its log, the outputs)."""
+    total = 0
+    for root, _, files in os.walk(state):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+@pytest.mark.timeout(180)
+def test_finished_jobs_inputs_leave_the_journal_and_a_restart_still_knows_them(
+        daemons, tmp_path):
+    """Submit and cancel, round after round, a job with a few MiB of in-memory input: the
+    journal used to keep each one's code and inputs until its result TTL (the disk filled
+    and every tenant's SUBMIT was refused). Now the state directory holds about one job's
+    inputs, and a broker killed and restarted on it knows every job as it was."""
+    state = tmp_path / "state"
+    rounds, records = 16, [(i, "x" * MiB) for i in range(3)]  # 3 MiB: one split
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    with Client(address, timeout=30) as client:
+        cancelled = []
+        for _ in range(rounds):
+            handle = client.submit(Lengths(), records, map_tasks=1)
+            handle.cancel()
+            cancelled.append(handle.job_id)
+        running = client.submit(Lengths(), records, map_tasks=1).job_id  # no worker yet
+    size = state_size(state)
+    assert size < rounds * 3 * MiB // 3, (
+        f"{rounds} cancelled jobs of 3 MiB left a state directory of {size // MiB} MiB")
+    broker.kill()
+    broker.wait()
+    for _ in range(2):  # the running job ends after the first restart, and is hollowed
+        broker, address = daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+        worker = daemons.worker(address, 1)
+        with Client(address, timeout=30) as client:
+            states = {j["job_id"]: j["state"] for j in client.jobs()}
+            assert all(states[j] == "cancelled" for j in cancelled), states
+            assert client.job(running).result(60) == run_sequential(Lengths(), records)
+        stop_daemon(worker)
+        broker.kill()
+        broker.wait()
+    assert state_size(state) < rounds * 3 * MiB // 3
