@@ -27,7 +27,7 @@ import zmq.auth
 
 from pymapreduce import Client, Job, run_sequential
 from pymapreduce.broker import sink
-from pymapreduce.broker.sink import Store
+from pymapreduce.broker.sink import Store, StoreBusy
 from pymapreduce.errors import OutputDamaged
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns import security
@@ -36,7 +36,7 @@ from pymapreduce.patterns.sockets import HANDSHAKE_MS
 
 from .conftest import FAST, READY, ROOT, pmr, read_line, stop, wait_workers
 from .delayproxy import DelayProxy
-from .jobs import WordCount
+from .jobs import Lengths, WordCount
 
 MiB = 1 << 20
 PART_MB = 5
@@ -92,15 +92,45 @@ def test_a_held_view_survives_its_output_being_replaced_or_released(tmp_path):
     assert bytes(again) == blob(MiB, 4)
 
 
-def test_mappings_beyond_the_descriptor_cap_are_shared_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr(sink, "MAX_FILE_MAPS", 2)
+def test_mappings_beyond_the_descriptor_cap_are_shared_copies(tmp_path):
     store = Store(0, str(tmp_path / "spill"))
+    store.max_maps = 2
     for i in range(5):
         store.put(i, blob(256 * 1024, i))
     views = [store.get(i) for i in range(5)]
     assert len(store._file_maps) == 2  # each live file mapping holds a descriptor
     assert [bytes(v) for v in views] == [blob(256 * 1024, i) for i in range(5)]
     assert store.get(4).obj is views[4].obj  # a copy, but still one for all its readers
+
+
+def test_copies_beyond_their_budget_are_refused_to_clients_not_to_workers(tmp_path,
+                                                                          monkeypatch):
+    """Past the mapping cap and COPY_BUDGET bytes of copies held by unsent replies, a
+    client's FETCH is refused (it may ask again) instead of copying one more output."""
+    monkeypatch.setattr(sink, "COPY_BUDGET", 3 * MiB)
+    store = Store(0, str(tmp_path / "spill"))
+    store.max_maps = 1
+    for i in range(6):
+        store.put(i, blob(MiB, i))
+    held = [store.get(i, refusable=True) for i in range(4)]  # 1 mapping, 3 MiB of copies
+    with pytest.raises(StoreBusy, match="fetch this output again later"):
+        store.get(4, refusable=True)
+    assert bytes(store.get(0, refusable=True)[:2]) == b"\x00\x00"  # held ones are shared
+    task_input = store.get(5)  # a worker's task inputs are always sent
+    assert bytes(task_input) == blob(MiB, 5)
+    del held, task_input  # the replies were sent (or dropped): the copies go with them
+    assert bytes(store.get(4, refusable=True)) == blob(MiB, 4)
+
+
+def test_the_mapping_cap_follows_the_open_files_limit(monkeypatch):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1000, hard))
+    if sink.TRACKS_FD:  # each mapping holds a descriptor: half the limit, not 256
+        assert sink.map_cap() == 500
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1 << 20, hard))
+    assert sink.map_cap() >= 4096  # a quarter of vm.max_map_count (65,530 by default)
 
 
 # -- a real broker: unread FETCHes of a spilled output ---------------------------------------
@@ -159,6 +189,64 @@ def test_unread_fetches_of_a_spilled_output_cost_the_broker_one_copy(daemons, tm
                 f"{before // MiB} to {peak // MiB} MiB")
             # and a client that does read still gets the output whole
             assert dict(client.job(job_id).results()) == dict(run_sequential(Big(), [(0, 0)]))
+    finally:
+        reader.close()
+        ctx.term()
+
+
+class Mib(Job):
+    """One record in, one value of 1 MiB out: as many distinct outputs as records."""
+
+    def map(self, key, value):
+        yield key, "y" * MiB
+
+
+DISTINCT = 400  # distinct outputs: more than the 256 mappings the broker used to allow
+
+
+@pytest.mark.timeout(240)
+def test_unread_fetches_of_many_distinct_outputs_cost_the_broker_no_copies(daemons, tmp_path):
+    """A client FETCHes each of its job's 400 spilled 1 MiB outputs once and reads no
+    reply: past 256 live mappings each further output used to be copied into the broker's
+    memory (+144 MiB here; 1000 such outputs of 2 MiB: +1.5 GiB). Now every one is mapped
+    (the cap follows the open-files limit), and memory does not grow with them."""
+    broker, address = daemons.broker(*FAST, "--memory-budget-mb", "1", "--spill-dir",
+                                     str(tmp_path))
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    records = [(i, i) for i in range(DISTINCT)]
+    with Client(address, timeout=60) as client:
+        handle = client.submit(Mib(), records, map_tasks=DISTINCT, reducers=0)
+        handle.wait(180)
+        job_id = handle.job_id
+    ctx = zmq.Context()
+    reader = ctx.socket(zmq.DEALER)  # asks, and never reads a reply
+    reader.setsockopt(zmq.RCVHWM, 1)
+    reader.setsockopt(zmq.RCVBUF, 4096)
+    reader.setsockopt(zmq.LINGER, 0)
+    reader.connect(address)
+    try:
+        with Client(address, timeout=30) as client:
+            client.info()
+            before = rss(broker.pid)
+            for i in range(DISTINCT):
+                reader.send_multipart(Message(P.FETCH, {"job_id": job_id, "part": i,
+                                                        "count": 1, "req": i}).encode())
+            # the broker reads the FETCHes as fast as it can: watch its memory until it
+            # has not moved for 1.5 s (nothing left to read), 30 s at most
+            deadline = time.monotonic() + 30
+            peak, still_since = before, time.monotonic()
+            while time.monotonic() - still_since < 1.5 and time.monotonic() < deadline:
+                now = rss(broker.pid)
+                if now > peak + MiB:
+                    still_since = time.monotonic()
+                peak = max(peak, now)
+                time.sleep(0.1)
+            assert peak - before < 64 * MiB, (
+                f"{DISTINCT} unread FETCHes of distinct 1 MiB outputs took the broker from "
+                f"{before // MiB} to {peak // MiB} MiB")
+            # a client that reads gets every output whole, while those replies still wait
+            assert dict(client.job(job_id).results()) == dict(run_sequential(Mib(), records))
     finally:
         reader.close()
         ctx.term()
@@ -307,3 +395,53 @@ def stop_daemon(proc: subprocess.Popen) -> None:
     stop(proc)
     for pid in wait_dead(kids, 5):
         os.kill(pid, 9)
+
+
+# -- a real broker: the journal keeps what a restart needs, not finished jobs' inputs --------
+
+
+def state_size(state) -> int:
+    """Bytes the files of a state directory take (the journal, its log, the outputs)."""
+    total = 0
+    for root, _, files in os.walk(state):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+@pytest.mark.timeout(180)
+def test_finished_jobs_inputs_leave_the_journal_and_a_restart_still_knows_them(
+        daemons, tmp_path):
+    """Submit and cancel, round after round, a job with a few MiB of in-memory input: the
+    journal used to keep each one's code and inputs until its result TTL (the disk filled
+    and every tenant's SUBMIT was refused). Now the state directory holds about one job's
+    inputs, and a broker killed and restarted on it knows every job as it was."""
+    state = tmp_path / "state"
+    rounds, records = 16, [(i, "x" * MiB) for i in range(3)]  # 3 MiB: one split
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    with Client(address, timeout=30) as client:
+        cancelled = []
+        for _ in range(rounds):
+            handle = client.submit(Lengths(), records, map_tasks=1)
+            handle.cancel()
+            cancelled.append(handle.job_id)
+        running = client.submit(Lengths(), records, map_tasks=1).job_id  # no worker yet
+    size = state_size(state)
+    assert size < rounds * 3 * MiB // 3, (
+        f"{rounds} cancelled jobs of 3 MiB left a state directory of {size // MiB} MiB")
+    broker.kill()
+    broker.wait()
+    for _ in range(2):  # the running job ends after the first restart, and is hollowed
+        broker, address = daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+        worker = daemons.worker(address, 1)
+        with Client(address, timeout=30) as client:
+            states = {j["job_id"]: j["state"] for j in client.jobs()}
+            assert all(states[j] == "cancelled" for j in cancelled), states
+            assert client.job(running).result(60) == run_sequential(Lengths(), records)
+        stop_daemon(worker)
+        broker.kill()
+        broker.wait()
+    assert state_size(state) < rounds * 3 * MiB // 3

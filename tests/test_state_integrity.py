@@ -181,9 +181,11 @@ def test_a_damaged_journal_row_fails_its_job_and_the_others_carry_on(daemons, tm
     broker.kill()
     broker.wait()
     db = sqlite3.connect(state / "journal.sqlite")
-    code = bytearray(db.execute("SELECT code FROM jobs WHERE id=?", (first,)).fetchone()[0])
-    code[len(code) // 2] ^= 0x01  # a bit flipped inside a row: SQLite itself sees nothing
-    db.execute("UPDATE jobs SET code=? WHERE id=?", (bytes(code), first))
+    # (a finished job's row keeps its options, not its code: see Journal.finish)
+    options = bytearray(db.execute("SELECT options FROM jobs WHERE id=?",
+                                   (first,)).fetchone()[0])
+    options[len(options) // 2] ^= 0x01  # a bit flipped inside a row: SQLite sees nothing
+    db.execute("UPDATE jobs SET options=? WHERE id=?", (bytes(options), first))
     db.commit()
     db.close()
     daemons.broker(*FAST, "--state-dir", str(state), bind=address)

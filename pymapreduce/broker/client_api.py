@@ -192,7 +192,7 @@ class ClientAPI:
             if not job.part_done(part):
                 break
             key = (job.id, "out", part)
-            blob = self.store.get(key) if key in self.store else b""
+            blob = self.store.get(key, refusable=True) if key in self.store else b""
             n = len(blob.buffer if hasattr(blob, "buffer") else blob)
             if blobs and size + n > FETCH_BYTES:
                 break

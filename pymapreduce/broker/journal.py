@@ -80,6 +80,13 @@ MIN_FREE = 1 << 20  # bytes a new job must leave free on the state directory's d
 RETRY_AFTER = 1.0  # seconds between attempts to write a journal that refused a write
 TERMINAL = ("succeeded", "failed", "cancelled")
 DROPPED = ".dropped"  # a released job's directory, renamed before its rows are deleted
+# A finished job's row keeps one empty split per split: the code and input bytes go, and
+# its CRC-32 is recomputed over what stays (by the SQL functions of Journal._functions:
+# SET expressions see the row as it was, so a row already damaged stays damaged).
+FINISH = ("UPDATE jobs SET state=?, error=?, ended=?, code=X'', splits=pmr_hollow(splits), "
+          "crc=pmr_recrc(id, options, code, splits, crc) WHERE seq=?")
+RECLAIM_PAGES = 256  # free pages (of 4 KiB) worth returning to the file system at once
+WAL_LIMIT = 16 << 20  # bytes the write-ahead log is truncated to after a checkpoint
 
 
 def _blob(value: Any) -> bytes:
@@ -103,6 +110,23 @@ def _crc(*parts: Any) -> int:
 def _unpack(data: Any) -> Any:
     """Read back what we packed: any key type (a counter may be named by an int)."""
     return msgpack.unpackb(data, strict_map_key=False, raw=False)
+
+
+def _hollow(splits: Any) -> Any:
+    """A finished job's splits: as many, each empty (as they were if they cannot be read)."""
+    try:
+        count = len(_unpack(splits))
+    except Exception:
+        return splits
+    return msgpack.packb([["mem", b""]] * count)
+
+
+def _recrc(job_id: Any, options: Any, code: Any, splits: Any, crc: Any) -> Any:
+    """The CRC-32 of a job row once hollowed; a row that did not match keeps its CRC (and
+    stays damaged), a row written before checksums keeps none."""
+    if crc is None or crc != _crc(job_id, options, code, splits):
+        return crc
+    return _crc(job_id, options, b"", _hollow(splits))
 
 
 @dataclass
@@ -140,6 +164,7 @@ class Journal:
         self._gone: list[str] = []  # directories to delete once their rows are
         self.failing = ""  # why the last write failed ("" once writes succeed again)
         self._retry_at = 0.0
+        self._freed = False  # rows were hollowed or deleted since the last _reclaim
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -174,8 +199,14 @@ class Journal:
 
     def _open(self) -> None:
         db = self.db
+        db.create_function("pmr_hollow", 1, _hollow, deterministic=True)
+        db.create_function("pmr_recrc", 5, _recrc, deterministic=True)
+        # pages freed by finished and released jobs go back to the file system (before the
+        # first table is made: a journal made before this is converted by _compact)
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={FSYNC_POLICIES[self.fsync]}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         problems = [r[0] for r in db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
@@ -197,6 +228,33 @@ class Journal:
         self.incarnation = db.execute(
             "SELECT value FROM meta WHERE key='incarnation'").fetchone()[0]
         db.execute("COMMIT")
+        self._compact()
+
+    def _compact(self) -> None:
+        """Convert a journal without incremental auto-vacuum (made by an older broker) and
+        hollow the rows of jobs it finished with their code and inputs still in them: one
+        VACUUM, once. A disk too full for it leaves the journal as it was."""
+        db = self.db
+        try:
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                db.execute("UPDATE jobs SET code=X'', splits=pmr_hollow(splits), "
+                           "crc=pmr_recrc(id, options, code, splits, crc) "
+                           "WHERE state IN (?, ?, ?) AND length(code) > 0", TERMINAL)
+                db.execute("VACUUM")
+            else:
+                self._reclaim()
+        except sqlite3.Error as exc:
+            log.warning("cannot compact the journal %s (%s): it keeps its size", self.path,
+                        exc)
+
+    def _reclaim(self) -> None:
+        """Return the journal's free pages to the file system once there are enough of
+        them (a finished job's inputs, a released job's rows)."""
+        self._freed = False
+        if self.db.execute("PRAGMA freelist_count").fetchone()[0] >= RECLAIM_PAGES:
+            # (run to its end: execute() would take one step, one page)
+            self.db.executescript("PRAGMA incremental_vacuum")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _refusal(self, exc: Exception) -> StateError:
         """The error a broker refuses to start with, naming the file and what to do."""
@@ -251,6 +309,11 @@ class Journal:
                     pass
             raise
         self._pending.clear()
+        if self._freed:
+            try:
+                self._reclaim()
+            except sqlite3.Error as exc:  # (the rows are written: only space is not freed)
+                log.warning("cannot shrink the journal %s: %s", self.path, exc)
         if self.failing:
             log.warning("the journal %s is written again", self.path)
             self.failing = ""
@@ -313,15 +376,21 @@ class Journal:
                               (seq, step, kind, index, stats_b, parts_b, sums_b, crc)))
 
     def finish(self, seq: int, state: str, error: dict | None, ended: float) -> None:
-        """A job ended (``ended``: the wall-clock time it did)."""
-        self._pending.append(("UPDATE jobs SET state=?, error=?, ended=? WHERE seq=?",
-                              (state, msgpack.packb(error) if error else None, ended, seq)))
+        """A job ended (``ended``: the wall-clock time it did). Its code and in-memory
+        inputs are cleared from its row (a restarted broker needs only how many splits it
+        had, to replay its commits), so finished jobs kept for their results or until
+        their result TTL do not fill the disk; the freed pages are returned to the file
+        system by :meth:`_reclaim`."""
+        self._pending.append((FINISH, (state, msgpack.packb(error) if error else None, ended,
+                                       seq)))
+        self._freed = True
 
     def drop(self, seq: int) -> None:
         """Forget a job; its files go once that is committed (its directory is renamed at
         once, so a restart before then completes the drop)."""
         self._pending.append(("DELETE FROM commits WHERE seq=?", (seq,)))
         self._pending.append(("DELETE FROM jobs WHERE seq=?", (seq,)))
+        self._freed = True
         gone = self.job_dir(seq) + DROPPED
         try:
             os.replace(self.job_dir(seq), gone)

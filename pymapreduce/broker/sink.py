@@ -11,7 +11,9 @@ while one is still queued shares that one mapping: a client that sends a thousan
 of a spilled output and reads none costs the broker one mapping of the file (page cache the
 kernel may reclaim), not a thousand copies of it (the broker's queue to a peer is bounded
 in messages, not bytes). The mapping goes when its last reply has been sent (pyzmq holds
-the buffer until then); the next read maps, and checks, the file again.
+the buffer until then); the next read maps, and checks, the file again. Many distinct
+outputs held at once are mapped too, up to a cap that follows the process's limits; past
+it, a bounded amount is copied and then a client's FETCH is refused (see COPY_BUDGET).
 """
 
 from __future__ import annotations
@@ -28,20 +30,50 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import OutputDamaged
+from ..errors import OutputDamaged, PyMapReduceError
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file
 # Files smaller than this are read into bytes: the socket copies a frame this small anyway
 # (pyzmq's zero-copy threshold), so a mapping would save nothing and cost two syscalls.
 MAP_MIN = 64 * 1024
-# Before Python 3.13 every mmap object holds a dup of its file descriptor. Beyond this many
-# live file mappings (distinct outputs waiting in send queues), files are read into
-# anonymous memory instead, still shared by every reply, so unread FETCHes of many outputs
-# cannot use up the broker's file descriptors.
+# Before Python 3.13 every mmap object holds a dup of its file descriptor (3.13's
+# trackfd=False holds none). Each file mapping is also one of the kernel's per-process
+# mappings (vm.max_map_count, 65,530 by default). So the store maps at most a quarter of
+# that many files at once and, where each holds a descriptor, half the open-files limit
+# (the broker raises it to the hard limit at start: fdlimit.py), leaving the rest to
+# connections. Past that cap, files are read into anonymous memory, still shared by every
+# reply, up to COPY_BUDGET bytes of such copies held at once; past that, a client's FETCH
+# is refused (StoreBusy) rather than copied: what unread replies cost the broker is
+# bounded, not by how many distinct outputs a client asks for.
 TRACKS_FD = sys.version_info < (3, 13)
-MAX_FILE_MAPS = 256 if TRACKS_FD else 1 << 62
 MAP_OPTIONS: dict[str, Any] = {} if TRACKS_FD else {"trackfd": False}
+MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
+COPY_BUDGET = 64 << 20
+
+
+class StoreBusy(PyMapReduceError):
+    """Too many distinct file-backed outputs are held by unsent replies to map or copy
+    another one for a client now; asking again once they drain succeeds."""
+
+
+def map_cap() -> int:
+    """How many files the store may hold mapped at once in this process (see above)."""
+    try:
+        with open(MAX_MAP_COUNT) as f:
+            cap = int(f.read()) // 4
+    except (OSError, ValueError):
+        cap = 65530 // 4  # (Linux's default; elsewhere a descriptor is the limit)
+    if TRACKS_FD:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft != resource.RLIM_INFINITY:
+                cap = min(cap, soft // 2)
+        except (ImportError, OSError, ValueError):
+            cap = min(cap, 256)
+    return max(cap, 16)
 
 
 def file_crc(path: str) -> tuple[int, int]:
@@ -117,7 +149,9 @@ class Store:
         # key -> the mapping of its file while a reply (or anything else) still holds it
         self._maps: weakref.WeakValueDictionary[Any, mmap.mmap] = \
             weakref.WeakValueDictionary()
-        self._file_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # (MAX_FILE_MAPS)
+        self._file_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # (max_maps)
+        self._copies: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()  # (COPY_BUDGET)
+        self.max_maps = map_cap()  # (the broker raised its open-files limit before this)
         self._full_since = False  # a durable write failed; logged once until one succeeds
         self._spill_root = spill_dir
         self._dir: str | None = None
@@ -201,13 +235,15 @@ class Store:
                                 f"{crc:08x} was journaled with it ({size} bytes)", path=path)
         return size
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: Any, refusable: bool = False) -> Any:
         """The blob under ``key`` (KeyError if none): the buffer kept in memory, or a
         read-only view of its file's mapping, shared by every caller while any holds one.
 
         A file is checked against its CRC when it is mapped, not again while the mapping
         is shared (a thousand queued replies cost one check): :class:`OutputDamaged`
-        (after ``on_damage``) if it does not match or cannot be read."""
+        (after ``on_damage``) if it does not match or cannot be read. ``refusable`` (a
+        client's FETCH): :class:`StoreBusy` instead of a copy beyond COPY_BUDGET; without
+        it (a worker's task inputs, read as they are sent) the copy is made."""
         if key in self._mem:
             return self._mem[key]
         mapped = self._maps.get(key)
@@ -216,7 +252,7 @@ class Store:
         path = self._files[key]
         crc = self._sums.get(key)
         try:
-            blob, actual = self._load(path, crc is not None)
+            blob, actual = self._load(path, crc is not None, refusable)
         except OSError as exc:
             if crc is None:
                 raise
@@ -231,24 +267,37 @@ class Store:
         self._maps[key] = blob
         return memoryview(blob).toreadonly()
 
-    def _load(self, path: str, check: bool) -> tuple[Any, int | None]:
+    def _load(self, path: str, check: bool, refusable: bool = False) -> tuple[Any, int | None]:
         """(blob, CRC-32 if ``check``) of the file at ``path``: bytes when small, else a
-        mapping."""
+        mapping of the file, or past ``max_maps`` an anonymous copy (see COPY_BUDGET)."""
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size < MAP_MIN:
                 data = f.read()
                 return data, zlib.crc32(data) if check else None
-            if len(self._file_maps) >= MAX_FILE_MAPS:  # no descriptor to spare: a copy
-                anon = mmap.mmap(-1, size)
-                f.readinto(anon)
-                return anon, zlib.crc32(anon) if check else None
-            # The CRC is taken with read(), not through the mapping, so a file the disk
-            # cannot read is an OSError here rather than a SIGBUS in ZeroMQ's I/O thread.
-            crc = _crc_of(f) if check else None
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ, **MAP_OPTIONS)
-            self._file_maps.add(mapped)
-            return mapped, crc
+            if len(self._file_maps) < self.max_maps:
+                # The CRC is taken with read(), not through the mapping, so a file the disk
+                # cannot read is an OSError here rather than a SIGBUS in ZeroMQ's I/O thread.
+                crc = _crc_of(f) if check else None
+                try:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ, **MAP_OPTIONS)
+                except OSError as exc:  # no descriptor or mapping left after all: a copy
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                        raise
+                    f.seek(0)
+                else:
+                    self._file_maps.add(mapped)
+                    return mapped, crc
+            held = sum(len(c) for c in self._copies)
+            if refusable and held + size > COPY_BUDGET:
+                raise StoreBusy(
+                    f"the broker holds {len(self._file_maps)} outputs mapped and "
+                    f"{held >> 20} MiB of copies for replies not sent yet (to clients that "
+                    "do not read theirs): fetch this output again later")
+            anon = mmap.mmap(-1, size)
+            f.readinto(anon)
+            self._copies.add(anon)
+            return anon, zlib.crc32(anon) if check else None
 
     def _damaged(self, key: Any, exc: OutputDamaged) -> None:
         log.error("%s", exc)
