@@ -7,6 +7,7 @@ embedded local cluster, ``Client(address).submit(job, inputs)`` on a real one.
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
+    BrokerBusy,
     BrokerUnavailable,
     ConfigError,
     InputError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressInUse",
     "AuthenticationFailed",
+    "BrokerBusy",
     "BrokerUnavailable",
     "Client",
     "ConfigError",

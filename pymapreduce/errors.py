@@ -71,6 +71,11 @@ class BrokerUnavailable(PyMapReduceError, ConnectionError):
     """The broker did not answer within the timeout (gone, wrong address, or blocked)."""
 
 
+class BrokerBusy(PyMapReduceError):
+    """The broker cannot serve this request now (its memory for replies not yet read by
+    their clients is taken); the client library retries it for a while by itself."""
+
+
 class AddressInUse(PyMapReduceError, OSError):
     """A daemon could not bind its address because another process holds it."""
 

@@ -366,3 +366,48 @@ def test_finished_jobs_held_for_one_client_are_bounded(ctx, monkeypatch):
         assert listed == ["j3", "j4", "j5"]  # the oldest finished ones were released
     finally:
         stop_broker(b)
+
+
+def test_a_busy_broker_is_asked_again_and_answers_busy_rather_than_copying(ctx, monkeypatch):
+    from pymapreduce import BrokerBusy
+    from pymapreduce.broker.sink import StoreBusy
+    from pymapreduce.client.client import JobHandle
+
+    class Flaky:  # a client whose broker is busy twice, then answers
+        timeout = 5.0
+        calls = 0
+
+        def _request(self, command, body, patient=False):
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                raise BrokerBusy("busy")
+            return Message(P.PART, {"part": 0}, (b"",))
+
+    assert JobHandle(Flaky(), "j", None)._fetch({"part": 0}, False).command == P.PART
+    assert Flaky.calls == 3
+    # the broker's side: a FETCH it cannot serve without copying more is answered "busy"
+    b = start_broker(ctx)
+    try:
+        client = Peer(ctx, b.address, name="client")
+        submit(client, "jb", [(0, "a")])
+        worker = Peer(ctx, b.address)
+        worker.send(P.READY, {"credit": 1})
+        assert worker.recv().command == P.WELCOME
+        for kind, output in (("map", map_output([(0, "a")])), ("reduce", pack([[0], [1]]))):
+            task = worker.recv(want=(P.TASKS,))
+            _, index, attempt, _ = task.body["tasks"][0]
+            worker.send(P.DONE, {"results": [["jb", kind, index, attempt, {}, 1]]}, [output])
+        deadline = time.monotonic() + 5
+        while b.jobs["jb"].state != P.JOB_SUCCEEDED and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def busy(key, refusable=False):
+            raise StoreBusy("fetch this output again later")
+
+        monkeypatch.setattr(b.store, "get", busy)
+        client.send(P.FETCH, {"job_id": "jb", "part": 0, "req": 7})
+        reply = client.recv(want=(P.ERROR, P.PART))
+        assert reply.command == P.ERROR and reply.body["code"] == "busy"
+        assert b._stopping is False and b._test_thread.is_alive()
+    finally:
+        stop_broker(b)

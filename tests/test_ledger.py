@@ -257,7 +257,7 @@ def test_outputs_waiting_for_their_report_go_with_their_attempt_and_are_bounded(
     assert not ledger._early and ledger._early_bytes == 0
     # more waiting outputs than the memory budget: refused, and the attempt fails
     ledger.config = BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2,
-                                 liveness=1.0, memory_budget=10)
+                                 liveness=1.0, memory_budget=10, max_message=50)
     w = ledger.register(b"B", "", {"credit": 1}, T0)
     ledger.dispatch(T0)
     [key] = tasks_of(ledger)[b"B"]

@@ -13,6 +13,7 @@ from typing import Any
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from . import submission
+from .sink import StoreBusy
 from .tasks import JobState
 
 log = logging.getLogger("pymapreduce.broker")
@@ -192,7 +193,13 @@ class ClientAPI:
             if not job.part_done(part):
                 break
             key = (job.id, "out", part)
-            blob = self.store.get(key, refusable=True) if key in self.store else b""
+            try:
+                blob = self.store.get(key, refusable=True) if key in self.store else b""
+            except StoreBusy as exc:  # (unread replies of some client hold the memory)
+                if blobs:
+                    break  # what fits goes now; the rest on the next FETCH
+                self._reply(peer, P.ERROR, {"req": req, "code": "busy", "message": str(exc)})
+                return
             n = len(blob.buffer if hasattr(blob, "buffer") else blob)
             if blobs and size + n > FETCH_BYTES:
                 break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from typing import Any
 
 import zmq
@@ -21,7 +22,14 @@ from ..errors import ProtocolError
 from ..patterns import protocol as P
 from ..patterns import security
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
-from ..patterns.sockets import Oversized, bind, make_socket, recv_frames, send
+from ..patterns.sockets import (
+    Oversized,
+    bind,
+    make_socket,
+    monitor_event,
+    recv_frames,
+    send,
+)
 from .client_api import ClientAPI, _peer, _req
 from .config import BrokerConfig
 from .journal import Journal
@@ -148,22 +156,32 @@ class Broker(ClientAPI):
             poller.register(self.zap, zmq.POLLIN)
         try:
             while not self._stopping:
-                events = dict(poller.poll(MAX_POLL_MS))
-                if self._reload:
-                    self._reload_keys()
-                if self.zap is not None and self.zap in events:
-                    self._answer_zap()
-                if self.monitor in events:
-                    self._disconnected()
-                if self.sink in events:
-                    self._drain(self.sink, self._on_data, routed=False)
-                if self.control in events:
-                    self._drain(self.control, self._on_control, routed=True)
-                self.step(time.monotonic())
-                if self.journal is not None:
-                    self.journal.flush()
+                try:
+                    self._turn(poller)
+                except (zmq.ContextTerminated, KeyboardInterrupt):
+                    raise
+                except Exception:  # a fault in one turn must not end every job's service
+                    self.ledger.complain("broker", "error in the loop (serving on): %s",
+                                         traceback.format_exc())
         finally:
             self.close()
+
+    def _turn(self, poller: zmq.Poller) -> None:
+        """One turn of the loop: what arrived, then the clock's work."""
+        events = dict(poller.poll(MAX_POLL_MS))
+        if self._reload:
+            self._reload_keys()
+        if self.zap is not None and self.zap in events:
+            self._answer_zap()
+        if self.monitor in events:
+            self._disconnected()
+        if self.sink in events:
+            self._drain(self.sink, self._on_data, routed=False)
+        if self.control in events:
+            self._drain(self.control, self._on_control, routed=True)
+        self.step(time.monotonic())
+        if self.journal is not None:
+            self.journal.flush()
 
     def _reload_keys(self) -> None:
         """Re-read the allowlists if they changed (or on SIGHUP); workers whose key was
@@ -191,11 +209,9 @@ class Broker(ClientAPI):
             self.zap.send_multipart(reply)
 
     def _disconnected(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
         now = time.monotonic()
         while self.monitor.poll(0):
-            fd = recv_monitor_message(self.monitor)["value"]
+            _, fd = monitor_event(self.monitor)
             for w in self.workers.values():
                 if w.fd == fd:
                     self._suspects[w.route] = now + SUSPECT_FOR

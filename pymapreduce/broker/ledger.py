@@ -293,9 +293,11 @@ class Ledger(Dispatching, Recovery):
             self._commit(key, self._awaiting.pop(key), list(blobs))
             return
         size = sum(len(b) for b in blobs)
-        if key in self._early or self._early_bytes + size > self.config.memory_budget:
+        cap = max(self.config.memory_budget, self.config.max_message)
+        if key in self._early or self._early_bytes + size > cap:
             # outputs wait for their DONE in memory, outside the store's budget: never more
-            # than the budget in all (an honest worker's DONE follows its OUTPUT at once)
+            # than the budget (or one message) in all (an honest worker's DONE follows its
+            # OUTPUT at once)
             self.complain(who, "%s %s: outputs waiting for their report are over the memory "
                           "budget; the attempt fails", key.job, task.name)
             if owner is not None:

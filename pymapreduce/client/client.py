@@ -13,6 +13,7 @@ import zmq
 
 from ..errors import (
     AuthenticationFailed,
+    BrokerBusy,
     BrokerUnavailable,
     InputError,
     JobFailed,
@@ -128,6 +129,8 @@ class Client:
                     raise JobNotFound(msg.body.get("message", "no such job"))
                 if code == "job-failed":
                     raise job_failed(msg.body.get("status") or {})
+                if code == "busy":
+                    raise BrokerBusy(f"the broker is busy: {msg.body.get('message')}")
                 if code == "forbidden":
                     raise AuthenticationFailed(f"{self.address}: {msg.body.get('message')}")
                 raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
@@ -345,12 +348,26 @@ class JobHandle:
         part = 0
         while part < total:
             body = {"job_id": self.job_id, "part": part, "count": FETCH_BATCH, "wait": wait}
-            reply = self.client._request(P.FETCH, body, patient=wait)
+            reply = self._fetch(body, wait)
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
             for i, blob in enumerate(reply.blobs):
                 yield self._decode(part + i, frame_bytes(blob))
             part += len(reply.blobs)
+
+    def _fetch(self, body: dict, wait: bool) -> Message:
+        """One FETCH, asked again (with growing pauses, for up to the client's timeout)
+        while the broker says it is busy."""
+        deadline = time.monotonic() + self.client.timeout
+        pause = 0.05
+        while True:
+            try:
+                return self.client._request(P.FETCH, body, patient=wait)
+            except BrokerBusy:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
 
     def _decode(self, part: int, data: Any) -> tuple[list, list]:
         """One partition's columns; bytes that are not two equal columns, or that hold a

@@ -30,6 +30,7 @@ from zmq.utils import z85
 
 from ..errors import AuthenticationFailed, ConfigError
 from .ratelog import RateLimitedLog
+from .sockets import monitor_event
 
 log = logging.getLogger("pymapreduce.security")
 
@@ -286,11 +287,9 @@ class HandshakeWatch:
     def check(self) -> bool:
         """Raise on a refused handshake; returns whether the connection was made again
         after an earlier success (the peer restarted, or the network came back)."""
-        from zmq.utils.monitor import recv_monitor_message
-
         again = False
         while self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)["event"]
+            event, _ = monitor_event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 again = again or self.succeeded
                 self.succeeded = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -177,3 +178,13 @@ def recv(sock: zmq.Socket, limits: Limits = PEER_LIMITS) -> Message:
     Raises ProtocolError for malformed frames (after the whole message was read).
     """
     return Message.decode(recv_frames(sock)[1], limits)
+
+
+def monitor_event(monitor: zmq.Socket) -> tuple[int, int]:
+    """``(event, value)`` of the next event on a socket monitor (the value: a file
+    descriptor for connection events). Read here rather than with zmq.utils.monitor, which
+    imports asyncio: slow for every process's start, and an import that can fail when the
+    process is out of file descriptors, which is when connection events matter most."""
+    frames = monitor.recv_multipart()
+    event, value = struct.unpack("=hi", frames[0][:6])
+    return event, value
