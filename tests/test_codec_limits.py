@@ -161,6 +161,7 @@ def test_a_partition_that_decodes_to_far_more_than_its_size_is_refused():
     deques = msgpack.packb([["k"], [E(S.EXT_DEQUE, msgpack.packb([None, []]))] * 200_000])
     with pytest.raises(UndecodableValue, match="per byte"):
         unpack_safe(deques)
+    assert len(unpack(deques, allow_pickle=True)[1]) == 200_000  # workers: peers they trust
     fine = [[f"word{i}" for i in range(50_000)], [{i, i + 1} for i in range(50_000)]]
     assert unpack_safe(pack(fine)) == fine  # a set per key: well under the bound
     counts = [[i for i in range(20_000)], [collections.Counter(a=i, b=2) for i in range(20_000)]]

@@ -103,7 +103,9 @@ class _Decoding:
         self.allow_pickle = allow_pickle
         self.exts = 0  # safe extension values decoded (the keys check needs none if 0)
         self.size = size
-        self.left = MAX_EXPANSION * size + EXPANSION_FLOOR  # bytes of objects still allowed
+        # bytes of objects still allowed; only where pickles are refused (a peer trusted with
+        # them can run code anyway, and a worker must not fail a job of odd but honest data)
+        self.left = (MAX_EXPANSION * size + EXPANSION_FLOOR) if not allow_pickle else 1 << 62
         self.unpackers: list = [None] * (MAX_NESTING + 2)  # (index 0: the top, unpackb)
         self.fed = [0] * (MAX_NESTING + 2)  # bytes given to each, to check it read them all
         # maps are built here, not by msgpack, so their keys are checked first; only where
@@ -115,7 +117,9 @@ class _Decoding:
         packed = S.PACKED_IN.get(code)  # (the commonest first: tuples, sets)
         if packed is not None:
             depth += 1
-            unpacker = self.unpackers[depth] or self._unpacker(depth)
+            unpacker = self.unpackers[depth]
+            if unpacker is None:
+                unpacker = self._unpacker(depth)
             unpacker.feed(data)
             value = unpacker.unpack()  # (truncated bytes raise OutOfData: the decode fails)
             self.fed[depth] += len(data)
