@@ -2,7 +2,8 @@
 
 A word-count partition (many short str keys, small int values) is the common case and must
 not pay for the safe extension types; a partition with tuple keys and set values shows the
-cost of the extension types themselves. Run: ``python benchmarks/bench_codec.py``.
+cost of the extension types themselves; one with dict values, the cost of maps (which
+the safe decoder builds itself, to check their keys' hashes first). Run: ``python benchmarks/bench_codec.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def partitions(n: int) -> dict[str, list]:
         "grouped": [words, [[1, 2, 3] for _ in range(n)]],
         "tuples+sets": [[(w, i) for i, w in enumerate(words)],
                         [{i, i + 1} for i in range(n)]],
+        "dicts": [words, [{"n": i, "first": i % 7, "last": 2 * i} for i in range(n)]],
     }
 
 

@@ -122,7 +122,8 @@ SAFE_VALUES = [
     Decimal("-0"),
     Decimal("NaN"),
     Decimal("-Infinity"),
-    Decimal("1E+999999"),
+    Decimal("1E+10000"),  # as far as the bound goes (safe_types.MAX_DECIMAL_EXPONENT)
+    Decimal("-7E-10000"),
     Fraction(2**70, 3),
     dt.date(2024, 2, 29),
     dt.time(23, 59, 59, 999999),

@@ -27,7 +27,7 @@ from ..job import pickle_results as wants_pickled_results
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
-from ..patterns.records import paused_gc, unpack
+from ..patterns.records import KeyHashes, paused_gc, unpack_columns
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
 from .output import write_output
@@ -341,9 +341,11 @@ class JobHandle:
                 "restarted without its state (start it with --state-dir DIR to carry jobs "
                 "over a restart), or the job was released; submit the job again") from None
 
-    def _parts(self, status: dict, wait: bool = False) -> Iterator[tuple[list, list]]:
+    def _parts(self, status: dict, wait: bool = False,
+               keys: KeyHashes | None = None) -> Iterator[tuple[list, list]]:
         """Each output partition's ``(keys, values)``, in order, a batch of small ones per
-        request. ``wait``: ask for partitions not done yet, and get each when it is."""
+        request. ``wait``: ask for partitions not done yet, and get each when it is.
+        ``keys``: check key hashes across partitions (for one dict of them all)."""
         total = int(status["parts"])
         part = 0
         while part < total:
@@ -352,7 +354,7 @@ class JobHandle:
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
             for i, blob in enumerate(reply.blobs):
-                yield self._decode(part + i, frame_bytes(blob))
+                yield self._decode(part + i, frame_bytes(blob), keys)
             part += len(reply.blobs)
 
     def _fetch(self, body: dict, wait: bool) -> Message:
@@ -369,14 +371,14 @@ class JobHandle:
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
 
-    def _decode(self, part: int, data: Any) -> tuple[list, list]:
+    def _decode(self, part: int, data: Any, keys: KeyHashes | None = None) -> tuple[list, list]:
         """One partition's columns; bytes that are not two equal columns, or that hold a
         pickle this handle may not load, raise UndecodableValue naming the partition."""
         if not len(data):
             return [], []
         try:
             with paused_gc():
-                cols = unpack(data, allow_pickle=self.pickle_results)
+                cols = unpack_columns(data, allow_pickle=self.pickle_results, keys=keys)
         except UndecodableValue as exc:
             raise type(exc)(f"job {self.job_id}, output partition {part}: {exc}") from None
         if (type(cols) not in (list, tuple) or len(cols) != 2 or type(cols[0]) is not list
@@ -409,7 +411,7 @@ class JobHandle:
         out: Any = [] if map_only else {}
         add = out.extend if map_only else out.update
         with paused_gc():
-            for keys, values in self._parts(status):
+            for keys, values in self._parts(status, keys=None if map_only else KeyHashes()):
                 add(zip(keys, values))
         return out
 

@@ -20,6 +20,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from ..errors import UndecodableValue
+
 EXT_TUPLE = 2
 EXT_SET = 3
 EXT_FROZENSET = 4
@@ -37,6 +39,36 @@ EXT_ORDEREDDICT = 15
 EXT_COUNTER = 16
 EXT_DEFAULTDICT = 17
 EXT_DEQUE = 18
+
+
+# Bounds on what one value may cost whoever decodes it, checked on both sides: the encoder
+# pickles a value past them (so results holding one need the job's opt-in, and say why)
+# and the safe decoder refuses one, with UndecodableValue.
+#
+# A set, frozenset or map of items forged to share one hash takes quadratic time to build
+# (60,000 big ints, 720 KB, took 15 s): past this many items whose hash repeats another's,
+# it is refused. Honest data has next to none (str and bytes hashes are salted per process;
+# -1 and -2 share a hash, as do ints 2**61-1 apart).
+MAX_HASH_REPEATS = 32
+# int(Decimal("1E+999999")), 14 bytes, takes 23 s (and its time grows with the square of
+# the exponent); past this, a Decimal is refused (|adjusted exponent|, digits)
+MAX_DECIMAL_EXPONENT = 10_000
+MAX_DECIMAL_CHARS = 10_000
+# an int past 64 bits (and so a Fraction's parts): 64 KiB is 157,826 decimal digits
+MAX_BIGINT_BYTES = 64 * 1024
+
+
+def check_hashes(items: list, what: str) -> list:
+    """``items``, if building a set or dict of them takes linear time: raise
+    UndecodableValue when more than ``MAX_HASH_REPEATS`` of them repeat a hash."""
+    if len(items) > MAX_HASH_REPEATS:  # (fewer cannot repeat too often: nothing to hash)
+        repeats = len(items) - len(set(map(hash, items)))
+        if repeats > MAX_HASH_REPEATS:
+            raise UndecodableValue(
+                f"a {what} of {len(items)} items of which {repeats} repeat the hash of "
+                f"another (at most {MAX_HASH_REPEATS} may): forged to make building it "
+                "take quadratic time; refused")
+    return items
 
 
 class NotSafe(Exception):
@@ -100,7 +132,7 @@ def _defaultdict_out(obj: collections.defaultdict) -> list:
 
 def _defaultdict_in(p: list) -> collections.defaultdict:
     factory = None if p[0] is None else FACTORIES[_str(p[0])]
-    return collections.defaultdict(factory, _columns(p[1:]))
+    return collections.defaultdict(factory, _columns(p[1:], "defaultdict"))
 
 
 def _date_in(p: Any) -> dt.date:
@@ -137,26 +169,72 @@ def _deque_in(p: Any) -> collections.deque:
     return collections.deque(items, maxlen)
 
 
-def _columns(p: Any) -> zip:
+def _columns(p: Any, what: str) -> zip:
     keys, values = p
     if type(keys) is not list or type(values) is not list or len(keys) != len(values):
         raise ValueError("expected two lists of equal length")
-    return zip(keys, values)
+    return zip(check_hashes(keys, what), values)
+
+
+def _set_in(p: Any) -> set:
+    return set(check_hashes(p, "set"))
+
+
+def _frozenset_in(p: Any) -> frozenset:
+    return frozenset(check_hashes(p, "frozenset"))
 
 
 def _bigint_out(obj: int) -> bytes:
-    return obj.to_bytes(obj.bit_length() // 8 + 1, "big", signed=True)
+    size = obj.bit_length() // 8 + 1
+    if size > MAX_BIGINT_BYTES:
+        raise NotSafe(f"an int of {size} bytes, past the safe decoder's {MAX_BIGINT_BYTES}")
+    return obj.to_bytes(size, "big", signed=True)
+
+
+def _bigint_in(b: bytes) -> int:
+    if len(b) > MAX_BIGINT_BYTES:
+        raise UndecodableValue(f"an int of {len(b)} bytes: past the safe types' "
+                               f"{MAX_BIGINT_BYTES}; refused")
+    return int.from_bytes(b, "big", signed=True)
+
+
+def _decimal_bounds(d: Decimal, chars: int) -> str:
+    """Why ``d`` is out of bounds, or ``""``."""
+    if chars > MAX_DECIMAL_CHARS:
+        return f"a Decimal of {chars} characters, past {MAX_DECIMAL_CHARS}"
+    if d.is_finite() and abs(d.adjusted()) > MAX_DECIMAL_EXPONENT:
+        return f"a Decimal of exponent {d.adjusted()}, past +-{MAX_DECIMAL_EXPONENT}"
+    return ""
+
+
+def _decimal_out(d: Decimal) -> bytes:
+    text = str(d).encode("ascii")
+    why = _decimal_bounds(d, len(text))
+    if why:
+        raise NotSafe(f"{why}: int() of it could take minutes")
+    return text
+
+
+def _decimal_in(b: bytes) -> Decimal:
+    if len(b) > MAX_DECIMAL_CHARS:  # (before parsing it)
+        raise UndecodableValue(f"a Decimal of {len(b)} characters: past the safe types' "
+                               f"{MAX_DECIMAL_CHARS}; refused")
+    d = Decimal(b.decode("ascii"))
+    why = _decimal_bounds(d, len(b))
+    if why:
+        raise UndecodableValue(f"{why}; refused (int() of it could take minutes)")
+    return d
 
 
 # type -> (code, raw bytes payload) for payloads that are not msgpack
 RAW_OUT: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     int: (EXT_BIGINT, _bigint_out),  # only ints msgpack cannot carry get here
-    Decimal: (EXT_DECIMAL, lambda d: str(d).encode("ascii")),
+    Decimal: (EXT_DECIMAL, _decimal_out),
     uuid.UUID: (EXT_UUID, lambda u: u.bytes),
 }
 RAW_IN: dict[int, Callable[[bytes], Any]] = {
-    EXT_BIGINT: lambda b: int.from_bytes(b, "big", signed=True),
-    EXT_DECIMAL: lambda b: Decimal(b.decode("ascii")),
+    EXT_BIGINT: _bigint_in,
+    EXT_DECIMAL: _decimal_in,
     EXT_UUID: lambda b: uuid.UUID(bytes=bytes(b)),
 }
 
@@ -181,16 +259,16 @@ PACKED_OUT: dict[type, tuple[int, Callable[[Any], Any]]] = {
 }
 PACKED_IN: dict[int, Callable[[Any], Any]] = {
     EXT_TUPLE: tuple,
-    EXT_SET: set,
-    EXT_FROZENSET: frozenset,
+    EXT_SET: _set_in,
+    EXT_FROZENSET: _frozenset_in,
     EXT_COMPLEX: _complex_in,
     EXT_FRACTION: _fraction_in,
     EXT_DATE: _date_in,
     EXT_TIME: _time_in,
     EXT_DATETIME: _datetime_in,
     EXT_TIMEDELTA: lambda p: dt.timedelta(*_ints(p, 3)),
-    EXT_ORDEREDDICT: lambda p: collections.OrderedDict(_columns(p)),
-    EXT_COUNTER: lambda p: collections.Counter(dict(_columns(p))),
+    EXT_ORDEREDDICT: lambda p: collections.OrderedDict(_columns(p, "OrderedDict")),
+    EXT_COUNTER: lambda p: collections.Counter(dict(_columns(p, "Counter"))),
     EXT_DEFAULTDICT: _defaultdict_in,
     EXT_DEQUE: _deque_in,
 }
