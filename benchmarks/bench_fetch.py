@@ -31,7 +31,7 @@ import time
 import common
 import zmq
 from jobs import WordCount
-from procs import read_ready
+from procs import read_ready, rss_mib
 
 from pymapreduce import Client, Job, read_text, run_sequential
 from pymapreduce.patterns import protocol as P
@@ -63,12 +63,6 @@ def make_text(path: str, mb: int) -> None:
             f.write(f"{i:07d} {line}")
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Cluster:

@@ -27,16 +27,11 @@ import common
 import msgpack
 from common import MIB, log
 from jobs import WordCount
+from procs import rss_mib
 
 RECORDS = [(i, f"w{i % 13} x{i % 4}") for i in range(300)]
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen, str]:

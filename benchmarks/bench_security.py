@@ -26,6 +26,7 @@ import msgpack
 from common import MIB, log, stopwatch
 from corpus import build_corpus
 from jobs import WordCount
+from procs import rss_mib
 
 WORKERS = 2
 
@@ -41,12 +42,6 @@ def wordcount(files: list[str], keys: str | None) -> tuple[dict, float]:
     return result, t[0]
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def hostile_message(rng: random.Random) -> list[bytes]:

@@ -40,6 +40,18 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
+def rss_mib(pid: int) -> float:
+    """Resident MiB of a process (Linux /proc; NaN when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def alive(pid: int) -> bool:
     return proc_state(pid) not in (None, "Z", "X")
 

@@ -62,6 +62,15 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def rss(pid: int) -> int:
+    """Resident bytes of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

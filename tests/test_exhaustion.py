@@ -34,7 +34,7 @@ from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
 from pymapreduce.patterns.sockets import HANDSHAKE_MS
 
-from .conftest import FAST, READY, ROOT, pmr, read_line, stop, wait_workers
+from .conftest import FAST, READY, ROOT, pmr, read_line, rss, stop, wait_workers
 from .delayproxy import DelayProxy
 from .jobs import Lengths, WordCount
 
@@ -143,12 +143,16 @@ class Big(Job):
         yield key, "z" * (PART_MB * MiB)
 
 
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def deaf_reader(ctx: zmq.Context, address: str) -> zmq.Socket:
+    """A client socket that asks, and never reads a reply (its queues as small as can be)."""
+    reader = ctx.socket(zmq.DEALER)
+    reader.setsockopt(zmq.RCVHWM, 1)
+    reader.setsockopt(zmq.RCVBUF, 4096)
+    reader.setsockopt(zmq.LINGER, 0)
+    reader.connect(address)
+    return reader
 
 
 @pytest.mark.timeout(120)
@@ -162,11 +166,7 @@ def test_unread_fetches_of_a_spilled_output_cost_the_broker_one_copy(daemons, tm
         handle.wait(60)
         job_id = handle.job_id
     ctx = zmq.Context()
-    reader = ctx.socket(zmq.DEALER)  # asks, and never reads a reply
-    reader.setsockopt(zmq.RCVHWM, 1)
-    reader.setsockopt(zmq.RCVBUF, 4096)
-    reader.setsockopt(zmq.LINGER, 0)
-    reader.connect(address)
+    reader = deaf_reader(ctx, address)
     try:
         before = rss(broker.pid)
         for i in range(300):  # 1.5 GiB of replies if each held its own copy
@@ -220,11 +220,7 @@ def test_unread_fetches_of_many_distinct_outputs_cost_the_broker_no_copies(daemo
         handle.wait(180)
         job_id = handle.job_id
     ctx = zmq.Context()
-    reader = ctx.socket(zmq.DEALER)  # asks, and never reads a reply
-    reader.setsockopt(zmq.RCVHWM, 1)
-    reader.setsockopt(zmq.RCVBUF, 4096)
-    reader.setsockopt(zmq.LINGER, 0)
-    reader.connect(address)
+    reader = deaf_reader(ctx, address)
     try:
         with Client(address, timeout=30) as client:
             client.info()

@@ -20,7 +20,7 @@ from pymapreduce.patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, PEER_
 from pymapreduce.patterns.sockets import Oversized, recv_frames
 from pymapreduce.workers.reporting import GROUP_HEADER, done_messages
 
-from .conftest import FAST, wait_workers
+from .conftest import FAST, rss, wait_workers
 from .jobs import WordCount
 
 MiB = 1 << 20
@@ -186,8 +186,6 @@ def hwm(pid: int) -> int:
     return _status(pid, "VmHWM:")
 
 
-def rss(pid: int) -> int:
-    return _status(pid, "VmRSS:")
 
 
 def _status(pid: int, field: str) -> int:

@@ -18,7 +18,7 @@ from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
 from pymapreduce.patterns.records import pack, unpack
 
-from .conftest import FAST, wait_workers
+from .conftest import FAST, rss, wait_workers
 from .jobs import WordCount
 
 RECORDS = [(i, f"w{i % 13} x{i % 4}") for i in range(300)]
@@ -26,13 +26,6 @@ FLOOD = 50_000
 MiB = 1 << 20
 
 
-def rss(pid: int) -> int:
-    """Resident bytes of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def dealer(ctx: zmq.Context, address: str, keys: str | None = None, name: str = "client",
