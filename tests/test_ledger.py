@@ -192,7 +192,7 @@ def test_a_worker_that_leaves_hands_its_tasks_back_without_blame(ledger):
 
 
 def test_a_job_with_too_many_distinct_counter_names_fails_clearly(ledger):
-    from pymapreduce.broker.ledger import MAX_JOB_COUNTERS
+    from pymapreduce.broker.commits import MAX_JOB_COUNTERS
 
     job = add_job(ledger, maps=3)
     w = ledger.register(b"A", "", {"credit": 1}, T0)

@@ -44,3 +44,10 @@ def clean_stats(stats: Any) -> dict:
                 raise ValueError(f"counter {name!r:.60} is {value!r:.40}, not an int")
         out["counters"] = dict(counters)
     return out
+
+
+def peer_name(route: bytes | None, key: str = "") -> str:
+    """How logs name a peer: its key when the broker is secured, else its identity."""
+    if key:
+        return f"key {key}"
+    return route.hex() if route else "?"

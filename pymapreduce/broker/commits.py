@@ -1,0 +1,111 @@
+"""Committing an attempt: its outputs stored (and named on disk), its counts added, the
+next phase or step begun; the outputs a finished step no longer needs freed (no sockets).
+
+A mixin of :class:`~pymapreduce.broker.ledger.Ledger`: the first attempt of a task to
+commit wins; its other attempts are abandoned where they run.
+"""
+
+from __future__ import annotations
+
+from ..patterns import protocol as P
+from ..patterns.wire import AttemptKey
+from .recovery import STEP_DONE
+from .reports import peer_name
+from .tasks import MAP, JobState
+
+MAX_JOB_COUNTERS = 1000  # distinct counter names of one job (a task's report has its own cap)
+
+
+class Commits:
+    """``_commit`` and the naming of committed outputs; mixed into the Ledger."""
+
+    def _commit(self, key: AttemptKey, stats: dict, blobs: list) -> None:
+        task = self._attempt(key)
+        if task is None:
+            return
+        job = task.job
+        expected = job.reducers if task.kind == MAP and not job.map_only else 1
+        if len(blobs) != expected:  # a bad report fails its attempt; it never wedges
+            route = task.running.get(key.attempt)
+            self.complain(peer_name(route, self.workers[route].key if route in
+                                    self.workers else ""),
+                          "%s %s: %d outputs where %d were due", job.id, task.name,
+                          len(blobs), expected)
+            worker = self.workers.get(route)
+            if worker is not None:
+                self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
+                                    f"where {expected} were due")
+            else:
+                self._attempt_failed(task, key.attempt, "malformed outputs", "", {})
+            return
+        names = stats.get("counters") or {}
+        if len(job.counters) + len(names.keys() - job.counters.keys()) > MAX_JOB_COUNTERS:
+            job.finish(P.JOB_FAILED, {
+                "message": f"its counters have more than {MAX_JOB_COUNTERS} distinct names "
+                           f"(Job.count); {task.name} added {len(names)}", "task": task.name})
+            self.end_job(job)
+            return
+        winner = self.workers.get(task.running.get(key.attempt))
+        if winner is not None:
+            winner.done += 1
+        losers: dict[bytes, list[AttemptKey]] = {}
+        for attempt, route in task.running.items():  # also any other attempt of the task
+            self._forget(AttemptKey(job.id, task.kind, task.index, attempt))
+            w = self.workers.get(route)
+            if w is not None:
+                w.running.discard((job.id, task.kind, task.index, attempt))
+                if attempt != key.attempt:  # a backup race lost: stop it where it runs
+                    losers.setdefault(route, []).append(
+                        AttemptKey(job.id, task.kind, task.index, attempt))
+        for route, tasks in losers.items():
+            self._abandon(route, job.id, tasks)
+        nonempty: list[int] = []
+        step = job.step
+        if task.kind == MAP and not job.map_only:
+            nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
+        sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
+            self._outputs(job, step, task.kind, task.index, nonempty),
+            [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
+        stats = stats if isinstance(stats, dict) else {}
+        secs = stats.pop("secs", None)
+        if isinstance(secs, (int, float)) and secs >= 0:
+            job.task_secs = secs if job.task_secs is None else (
+                0.8 * job.task_secs + 0.2 * secs)
+        if task.skip:  # the report names them, also after a restart
+            stats["skipped"] = list(task.skip.values())
+        if self.journal is not None:  # after its files: a commit row names complete files
+            self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
+        job.commit(task, stats, nonempty)
+        if job.step != step:
+            if self.journal is not None:  # the step is over: its map outputs may go
+                self.journal.commit(job.seq, step, STEP_DONE, 0, {}, [])
+            self._spent(job)
+        if job.state != P.JOB_RUNNING:
+            self.end_job(job)
+        elif job.fetch_waiters:
+            self._serve_fetch_waiters(job)
+
+    def _spent(self, job: JobState) -> None:
+        """The next step began: the last step's map outputs are spent, and so are the
+        inputs it read (the outputs of the step before it)."""
+        self._durable()
+        jid, old = job.id, job.step - 2
+        self.store.discard_where(lambda k: k[0] == jid and (
+            k[1] == MAP or (k[1] == "s" and k[2] <= old)))
+
+    @staticmethod
+    def _outputs(job: JobState, step: int, kind: str, index: int,
+                 parts: list[int]) -> list[tuple[tuple, str]]:
+        """Store keys and file names of a committed task's outputs: a map task's non-empty
+        partitions (``parts``), or the one output of a reduce or map-only task (kept for
+        the client after the last step, as the next step's input before it)."""
+        prefix = f"s{step}" if step else ""
+        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
+            return [((job.id, MAP, index, r), f"{prefix}m{index}-{r}") for r in parts]
+        if not job.steps or step == len(job.steps) - 1:
+            return [((job.id, "out", index), f"o{index}")]
+        return [((job.id, "s", step, index), f"s{step}o{index}")]
+
+    def _path(self, job: JobState, name: str) -> str | None:
+        """The file a committed output of ``job`` is kept in (None: no state directory)."""
+        return self.journal.output_path(job.seq, name) if self.journal is not None else None
