@@ -6,6 +6,7 @@ whose result every distributed run must equal.
 
 from __future__ import annotations
 
+import inspect
 import operator
 import struct
 import zlib
@@ -61,8 +62,16 @@ class Job:
 
     - ``map(self, key, value)`` yields ``(key, value)`` pairs (or returns an iterable).
     - ``reduce(self, key, values)`` returns the value for ``key``; ``values`` is a list.
+      Written as a generator, it *emits* instead: it yields ``(key, value)`` pairs, none
+      or many for each input key, and the job's result is the list of those pairs.
       Without ``reduce`` (or with ``reducers=0``) the job is map-only and returns the
       map output as it is, a list of pairs.
+    - ``map_init(self)`` / ``map_final(self)`` and ``reduce_init(self)`` /
+      ``reduce_final(self)``, optional, run once per task attempt, before its first and
+      after its last record or key (Hadoop's setup and cleanup, mrjob's ``*_init`` and
+      ``*_final``); a ``_final`` hook may yield ``(key, value)`` pairs, which join the
+      task's output (in-mapper combining: count in ``map``, yield the totals in
+      ``map_final``).
     - ``combine(self, key, values)``, optional, runs on each map task's output before it
       leaves the worker, and returns one value (the paper's combiner).
     - ``partition(self, key, reducers)``, optional, picks a reduce partition; the default
@@ -245,6 +254,23 @@ class RecordFailed(Exception):
 COMBINE_EVERY = 64  # values a key may collect in a map task before they are combined
 
 
+def emits(job: Job) -> bool:
+    """Whether the job's ``reduce`` is a generator: it yields pairs instead of returning
+    one value per key, and the result is a list of pairs."""
+    reduce = getattr(type(job), "reduce", None)
+    return inspect.isgeneratorfunction(reduce)
+
+
+def _hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
+    """Run a task hook (``map_init``, ``map_final``...) if the job has one; what a
+    ``_final`` hook yields (or returns) is more output pairs."""
+    hook = getattr(job, name, None)
+    if hook is None:
+        return ()
+    out = hook()
+    return () if out is None or name.endswith("_init") else out
+
+
 def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     """Run ``map`` over records and group its output by key (keys in first-seen order).
 
@@ -259,6 +285,7 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     combiner = job.combine if job._has("combine") else None
     key = _NO_RECORD
     try:
+        _hook(job, "map_init")
         if combiner is None:
             for key, value in records:
                 out = mapper(key, value)
@@ -274,6 +301,9 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
                         values.append(v)
                         if len(values) >= COMBINE_EVERY:
                             values[:] = [combiner(k, values)]
+        key = _NO_RECORD
+        for k, v in _hook(job, "map_final"):
+            groups[k].append(v)
     except Exception as exc:
         raise RecordFailed(key) from exc
     return groups
@@ -288,12 +318,17 @@ def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
     mapper = job.map
     key = _NO_RECORD
     try:
+        _hook(job, "map_init")
         for key, value in records:
             out = mapper(key, value)
             if out is not None:
                 for k, v in out:
                     add_key(k)
                     add_value(v)
+        key = _NO_RECORD
+        for k, v in _hook(job, "map_final"):
+            add_key(k)
+            add_value(v)
     except Exception as exc:
         raise RecordFailed(key) from exc
     return keys, values
@@ -350,13 +385,39 @@ def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
 
 
 def reduce_groups(job: Job, groups: Groups) -> Columns:
-    """Run ``reduce`` on every group; keys come out sorted where they are comparable."""
+    """Run ``reduce`` on every group; keys come out sorted where they are comparable.
+
+    An emitting ``reduce`` (a generator) gives the pairs it yields, in that order; the
+    ``reduce_init``/``reduce_final`` hooks run around the task's keys."""
     try:
         keys = sorted(groups)
     except TypeError:
         keys = list(groups)  # mixed key types: keep first-seen order
     reducer = job.reduce
-    return keys, [reducer(k, groups[k]) for k in keys]
+    _hook(job, "reduce_init")
+    if emits(job):
+        out_keys: list = []
+        out_values: list = []
+        for k in keys:
+            for pair in reducer(k, groups[k]):
+                ok, ov = _pair(job, pair)
+                out_keys.append(ok)
+                out_values.append(ov)
+    else:
+        out_keys, out_values = keys, [reducer(k, groups[k]) for k in keys]
+    for pair in _hook(job, "reduce_final"):
+        ok, ov = _pair(job, pair)
+        out_keys.append(ok)
+        out_values.append(ov)
+    return out_keys, out_values
+
+
+def _pair(job: Job, pair: Any) -> tuple[Any, Any]:
+    """One ``(key, value)`` a reduce or a hook yielded; anything else is the job's error."""
+    if type(pair) not in (tuple, list) or len(pair) != 2:
+        raise TypeError(f"{type(job).__name__}.reduce yielded {pair!r:.80}, not a (key, "
+                        "value) pair")
+    return pair[0], pair[1]
 
 
 MAX_STEPS = 200  # steps of one multi-step job
@@ -384,5 +445,8 @@ def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
         return out
     if is_map_only(job, None):
         return list(zip(*map_pairs(job, records)))
-    return dict(zip(*reduce_groups(job, map_grouped(job, records))))
+    keys, values = reduce_groups(job, map_grouped(job, records))
+    if emits(job):
+        return list(zip(keys, values))
+    return dict(zip(keys, values))
 

@@ -155,6 +155,7 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
     options = {"name": name, "reducers": max(1, int(reducers)),
                "map_only": map_only, "skip": skip, "priority": priority,
                "requires": sorted(set(requires)), "steps": steps,
+               "emits": body.get("emits") is True,
                "submitted_at": time.time()}
     code = blobs[0]
     # its tasks cost the broker too (~650 bytes each, measured): a small SUBMIT of many

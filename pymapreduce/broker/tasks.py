@@ -292,6 +292,7 @@ class JobState:
             "reduces": [self.done_reduces, 0 if self.map_only else self.reducers],
             "parts": self.output_parts,
             "map_only": bool(self.steps[-1]["map_only"]) if self.steps else self.map_only,
+            "emits": bool(self.options.get("emits")),  # the result: a list of pairs
             "counters": dict(self.counters),
             "backups": self.backups,
             "recovered": self.recovered,

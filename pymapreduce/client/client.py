@@ -405,9 +405,10 @@ class JobHandle:
             yield from zip(keys, values)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The job's result: a dict, or for a map-only job the list of output pairs."""
+        """The job's result: a dict, or the list of output pairs for a map-only job or one
+        whose ``reduce`` emits (a generator)."""
         status = self.wait(timeout)
-        map_only = status.get("map_only")
+        map_only = status.get("map_only") or status.get("emits")
         out: Any = [] if map_only else {}
         add = out.extend if map_only else out.update
         with paused_gc():

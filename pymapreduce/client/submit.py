@@ -10,7 +10,7 @@ import msgpack
 
 from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
-from ..job import Job, is_map_only, job_steps
+from ..job import Job, emits, is_map_only, job_steps
 from ..patterns.records import pack
 
 SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
@@ -115,6 +115,8 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         "name": name,
         "reducers": 0 if map_only else max(1, reducers),
         "map_only": map_only,
+        # the result is a list of the pairs an emitting reduce (a generator) yields
+        "emits": emits(steps[-1] if steps else job),
         "splits": splits_at,  # the blob that lists them (read one split at a time)
         "skip": skip,
         "priority": priority,

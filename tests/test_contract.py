@@ -1,0 +1,114 @@
+"""The MapReduce contract users write against: per-task hooks and a reduce that emits,
+on real daemons, each checked against the sequential run."""
+
+from __future__ import annotations
+
+import pytest
+
+from pymapreduce import Client, Job, JobFailed, run_sequential
+
+from .jobs import WordCount
+
+LINES = [(i, f"w{i % 7} x{i % 3} w{i % 5}") for i in range(400)]
+
+
+class InMapperCombining(Job):
+    """Counts in a dict in ``map`` and yields the totals once, in ``map_final``."""
+
+    def map_init(self):
+        self.totals = {}
+        self.count("map tasks")
+
+    def map(self, key, line):
+        for word in line.split():
+            self.totals[word] = self.totals.get(word, 0) + 1
+
+    def map_final(self):
+        yield from self.totals.items()
+
+    def reduce_init(self):
+        self.count("reduce tasks")
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+class Frequent(Job):
+    """An emitting reduce: none, one or two pairs per word; and a pair from each reduce
+    task's ``reduce_final``."""
+
+    def reduce_init(self):
+        self.seen = 0
+
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        self.seen += 1
+        n = sum(counts)
+        if n >= 100:
+            yield word, n
+            yield word.upper(), n * 2
+
+    def reduce_final(self):
+        yield f"keys-seen-{id(self)}", self.seen
+
+
+class MapOnlyWithFinal(Job):
+    def map_init(self):
+        self.lines = 0
+
+    def map(self, key, line):
+        self.lines += 1
+        yield key, len(line)
+
+    def map_final(self):
+        yield "lines", self.lines
+
+
+class BadEmitter(WordCount):
+    def reduce(self, word, counts):
+        yield sum(counts)  # not a pair
+
+
+def test_task_hooks_run_once_per_task_and_final_hooks_add_output(cluster):
+    with Client(cluster) as client:
+        handle = client.submit(InMapperCombining(), LINES, map_tasks=6, reducers=3)
+        assert handle.result(60) == run_sequential(WordCount(), LINES)
+        assert handle.counters == {"map tasks": 6, "reduce tasks": 3}
+
+
+def test_a_reduce_that_emits_gives_the_list_of_its_pairs(cluster):
+    with Client(cluster) as client:
+        handle = client.submit(Frequent(), LINES, map_tasks=4, reducers=2)
+        result = handle.result(60)
+        streamed = list(client.job(handle.job_id).results())
+    assert isinstance(result, list) and sorted(streamed) == sorted(result)
+    pairs = [p for p in result if not p[0].startswith("keys-seen-")]
+    expected = [p for p in run_sequential(Frequent(), LINES) if not p[0].startswith("keys-")]
+    assert sorted(pairs) == sorted(expected) and pairs
+    seen = [v for k, v in result if k.startswith("keys-seen-")]
+    assert len(seen) == 2 and sum(seen) == len(run_sequential(WordCount(), LINES))
+
+
+def test_a_map_only_job_s_final_hook_adds_its_pairs(cluster):
+    with Client(cluster) as client:
+        result = client.submit(MapOnlyWithFinal(), LINES, map_tasks=4, reducers=0).result(60)
+    assert sorted(v for k, v in result if k == "lines") == [100, 100, 100, 100]
+    assert len(result) == len(LINES) + 4
+
+
+def test_an_emitting_reduce_runs_embedded_as_on_a_cluster():
+    def words(pairs):
+        return sorted(p for p in pairs if not p[0].startswith("keys-seen-"))
+
+    result = Frequent().run(LINES, workers=1)
+    assert isinstance(result, list)
+    assert words(result) == words(run_sequential(Frequent(), LINES))
+
+
+def test_a_reduce_that_yields_no_pair_fails_saying_so(cluster):
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed, match="BadEmitter.reduce yielded 3, not a .key, value. pair"):
+            client.submit(BadEmitter(), [(0, "a a a b b b")], reducers=1).result(60)
