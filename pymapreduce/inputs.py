@@ -22,6 +22,7 @@ from .lines import (  # noqa: F401 - the readers are part of this module's inter
     MIB,
     FileRange,
     LineReader,
+    compressed,
     read_file_split,
     read_split,
 )
@@ -46,6 +47,7 @@ class TextInput:
     split_bytes: int | None = None
     encoding: str = DEFAULT_ENCODING
     max_line_bytes: int = MAX_LINE_BYTES
+    with_path: bool = False
 
     def read_options(self) -> dict:
         """How workers must read these files, beyond their byte ranges: the settings that
@@ -55,13 +57,22 @@ class TextInput:
             options["encoding"] = self.encoding
         if self.max_line_bytes != MAX_LINE_BYTES:
             options["max_line_bytes"] = self.max_line_bytes
+        if self.with_path:
+            options["with_path"] = 1
         return options
 
     def files(self) -> list[str]:
         """Absolute paths of the matching files, sorted; InputError if a pattern matches none."""
         found: list[str] = []
         for pattern in self.patterns:
-            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            path = os.path.expanduser(pattern)
+            if os.path.isdir(path):  # a directory: the files in it, and below it
+                matches = _files_below(path)
+                if not matches:
+                    raise InputError(f"input directory {pattern!r} holds no file")
+                found.extend(matches)
+                continue
+            matches = sorted(glob.glob(path, recursive=True))
             matches = [m for m in matches if os.path.isfile(m)]
             if not matches:
                 raise InputError(f"input path {pattern!r} matches no file")
@@ -69,22 +80,40 @@ class TextInput:
         return list(dict.fromkeys(found))  # a file named twice is read once
 
 
+def _files_below(directory: str) -> list[str]:
+    """The files in ``directory`` and its subdirectories, sorted, absolute; names starting
+    with ``.`` or ``_`` are left out (``_SUCCESS`` markers, hidden files), as Hadoop does."""
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        found.extend(os.path.abspath(os.path.join(root, n)) for n in sorted(names)
+                     if not n.startswith((".", "_")))
+    return found
+
+
 def read_text(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     split_bytes: int | None = None,
     encoding: str = DEFAULT_ENCODING,
     max_line_bytes: int = MAX_LINE_BYTES,
+    with_path: bool = False,
 ) -> TextInput:
     """Name text files (paths or globs) as a job's input, without reading them.
 
     ``split_bytes`` is the size of one map task's byte range; by default it is chosen so
     that there are about two splits per worker slot, between 64 KiB and 8 MiB (short tasks:
     a job behind a big one waits little; see docs/scheduling.md).
-    ``.gz`` files are read whole, one split each. Workers must see the same paths.
+    A directory means the files in it and below it (not those whose names start with
+    ``.`` or ``_``). Compressed files, by extension (``.gz``, ``.bz2``, ``.xz``, ``.lzma``,
+    ``.zst``), are decompressed as they are read, each file one split (a compressed stream
+    cannot be cut); plain files are cut into several. Workers must see the same paths.
     ``encoding``: how the files' bytes become text (invalid bytes are replaced); it must
     write ``"\n"`` as the byte 0x0A, as UTF-8, Latin-1, the cp125x and most others do
     (UTF-16 and UTF-32 do not, and are refused). ``max_line_bytes``: a longer line fails
     its task with an error naming the file and the line's offset (default 64 MiB).
+    ``with_path``: each record's key is ``(path, byte_offset)`` instead of the offset, so
+    ``map`` knows which file a line came from (an inverted index, grep with file names, a
+    join of two files), as Hadoop's ``mapreduce.map.input.file``.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -94,7 +123,7 @@ def read_text(
     if split_bytes is not None and split_bytes < 1:
         raise InputError(f"split_bytes must be positive, got {split_bytes}")
     check_read_options(encoding, max_line_bytes)
-    return TextInput(patterns, split_bytes, encoding, max_line_bytes)
+    return TextInput(patterns, split_bytes, encoding, max_line_bytes, bool(with_path))
 
 
 def check_read_options(encoding: object, max_line_bytes: object) -> tuple[str, int]:
@@ -145,7 +174,7 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
     total = sum(sizes.values())
-    plain = [p for p in files if not p.endswith(".gz") and sizes[p]]
+    plain = [p for p in files if not compressed(p) and sizes[p]]
     plain_total = sum(sizes[p] for p in plain)
     size = text.split_bytes
     if size is None:
@@ -168,7 +197,7 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
                 ranges, room = [], step
     if ranges:
         splits.append(FileSplit(tuple(ranges)))
-    splits.extend(FileSplit(((p, 0, -1),)) for p in files if p.endswith(".gz"))
+    splits.extend(FileSplit(((p, 0, -1),)) for p in files if compressed(p))
     if not splits:  # only empty files: one empty split, so the job still runs
         splits.append(FileSplit(((files[0], 0, 0),)))
     return splits, total

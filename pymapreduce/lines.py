@@ -9,8 +9,10 @@ invalid bytes replaced.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import itertools
+import lzma
 import os
 import zlib
 from collections.abc import Iterator
@@ -38,12 +40,29 @@ def read_file_split(path: str, start: int, end: int, encoding: str = DEFAULT_ENC
 
 
 def read_split(ranges: list[FileRange], encoding: str = DEFAULT_ENCODING,
-               max_line_bytes: int = MAX_LINE_BYTES) -> LineReader:
+               max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False) -> LineReader:
     """The records of a split's byte ranges, in order (a missing file: InputError here)."""
     for path, _, _ in ranges:
         if not os.path.isfile(path):
             raise InputError(f"cannot read input {path!r}: no such file")
-    return LineReader(ranges, encoding, max_line_bytes)
+    return LineReader(ranges, encoding, max_line_bytes, with_path)
+
+
+def _open_zstd(path: str, mode: str = "rb"):
+    import zstandard  # (only for .zst inputs)
+
+    return zstandard.open(path, mode)
+
+
+# Compressed inputs, by extension: each is read whole, decompressed as it is read (a
+# compressed stream cannot be cut at a byte offset), so each file is one split.
+DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzma.open,
+              ".zst": _open_zstd}
+
+
+def compressed(path: str) -> bool:
+    """Whether ``path`` is read through a decompressor (by its extension)."""
+    return os.path.splitext(path)[1].lower() in DECOMPRESS
 
 
 def _open_range(path: str, start: int, end: int, limit: int) -> tuple[Iterator[bytes], int]:
@@ -51,7 +70,8 @@ def _open_range(path: str, start: int, end: int, limit: int) -> tuple[Iterator[b
     ``end`` -1: the whole file (a ``.gz`` file, decompressed as it is read)."""
     try:
         if end == -1:
-            f = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+            opener = DECOMPRESS.get(os.path.splitext(path)[1].lower(), open)
+            f = opener(path, "rb")
             return _blocks(f, path, 0, None, limit), 0
         f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
         offset = _after_line_in_progress(f, path, start, end) if start > 0 else 0
@@ -81,7 +101,8 @@ def _after_line_in_progress(f, path: str, start: int, end: int) -> int:
 def _read(f, path: str, size: int) -> bytes:
     try:
         return f.read(size)
-    except (OSError, EOFError, zlib.error) as exc:  # a vanished, truncated or corrupt file
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
+        # a vanished, truncated or corrupt file (bz2 and zstandard raise OSError/ValueError)
         raise InputError(f"cannot read input {path!r}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -143,7 +164,8 @@ def _blocks(f, path: str, offset: int, end: int | None, limit: int) -> Iterator[
 
 
 class LineReader:
-    """Iterates over ``(byte_offset, line)`` records, a block of lines at a time.
+    """Iterates over ``(byte_offset, line)`` records (``((path, byte_offset), line)`` with
+    ``with_path``), a block of lines at a time.
 
     The file is read in 1 MiB blocks of whole lines; the records of a block are built as two
     lists and zipped, so no Python code runs per line on the way to ``map``: on ASCII text
@@ -154,8 +176,9 @@ class LineReader:
     """
 
     def __init__(self, ranges: list[FileRange], encoding: str,
-                 max_line_bytes: int = MAX_LINE_BYTES) -> None:
+                 max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False) -> None:
         self._ranges = ranges
+        self._with_path = with_path  # keys are (path, offset): records know their file
         self._encoding = encoding
         self._limit = max_line_bytes
         self.count = 0
@@ -174,7 +197,10 @@ class LineReader:
                     offsets, lines = _block_lines(data, offset, self._encoding)
                     self.count += len(lines)
                     offset += len(data)
-                    yield zip(offsets, lines)
+                    if self._with_path:
+                        yield zip(zip(itertools.repeat(path), offsets), lines)
+                    else:
+                        yield zip(offsets, lines)
         except Exception as exc:
             self.error = exc
             raise

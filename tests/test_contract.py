@@ -112,3 +112,57 @@ def test_a_reduce_that_yields_no_pair_fails_saying_so(cluster):
     with Client(cluster) as client:
         with pytest.raises(JobFailed, match="BadEmitter.reduce yielded 3, not a .key, value. pair"):
             client.submit(BadEmitter(), [(0, "a a a b b b")], reducers=1).result(60)
+
+
+class InvertedIndex(Job):
+    """Which files each word appears in: records know their file (read_text with_path)."""
+
+    def map(self, key, line):
+        path, _offset = key
+        for word in line.split():
+            yield word, path.rsplit("/", 1)[-1]
+
+    def reduce(self, word, names):
+        return sorted(set(names))
+
+
+def test_records_know_their_file_and_a_directory_means_its_files(cluster, tmp_path):
+    from pymapreduce import read_text
+
+    docs = {"a.txt": "apple banana\ncherry\n", "b.txt": "banana\n", "c.txt": "cherry apple\n"}
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    for name, text in docs.items():
+        (folder / ("sub" if name == "c.txt" else "") / name).write_text(text)
+    (folder / "_SUCCESS").write_text("")  # markers and hidden files are not input
+    (folder / ".hidden").write_text("secret\n")
+    with Client(cluster) as client:
+        index = client.submit(InvertedIndex(), read_text(str(folder), with_path=True),
+                              reducers=2).result(60)
+    assert index == {"apple": ["a.txt", "c.txt"], "banana": ["a.txt", "b.txt"],
+                     "cherry": ["a.txt", "c.txt"]}
+
+
+def test_compressed_inputs_are_read_by_their_extension(cluster, tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    from pymapreduce import read_text
+
+    text = "".join(f"w{i % 11} x{i % 4}\n" for i in range(3000))
+    (tmp_path / "plain.txt").write_text(text)
+    writers = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open, "zst": zstandard.open}
+    for ext, opener in writers.items():
+        with opener(tmp_path / f"part.{ext}", "wt") as f:
+            f.write(text)
+    with Client(cluster) as client:
+        expected = client.submit(WordCount(), read_text(str(tmp_path / "plain.txt"))).result(60)
+        for ext in writers:
+            got = client.submit(WordCount(), read_text(str(tmp_path / f"part.{ext}"))).result(60)
+            assert got == expected, ext
+        (tmp_path / "cut.xz").write_bytes(lzma.compress(text.encode())[:200])
+        with pytest.raises(JobFailed, match="cut.xz"):
+            client.submit(WordCount(), read_text(str(tmp_path / "cut.xz"))).result(60)

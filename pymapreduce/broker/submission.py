@@ -91,7 +91,8 @@ def _split(desc: Any, blobs: tuple) -> list:
     if kind == "files" and isinstance(what, list) and what:
         for r in what:
             if not (isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
-                    and type(r[1]) is int and type(r[2]) is int and 0 <= r[1] <= r[2]):
+                    and type(r[1]) is int and type(r[2]) is int
+                    and (0 <= r[1] <= r[2] or r[1:] == [0, -1])):  # -1: the whole file
                 raise ValueError("a file split's ranges are [path, start, end]")
         return ["files", msgpack.packb(what, use_bin_type=True), *extra]
     raise ValueError(f"unknown split kind {kind!r:.20}")

@@ -146,7 +146,8 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
                                          options.get("max_line_bytes", MAX_LINE_BYTES))
     nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
                  for path, start, end in ranges)
-    return read_split(ranges, encoding, limit), nbytes, {"files": len(ranges)}
+    with_path = options.get("with_path") == 1  # keys (path, offset): records know their file
+    return read_split(ranges, encoding, limit, with_path), nbytes, {"files": len(ranges)}
 
 
 def _where(records: Any, key: Any) -> dict:
