@@ -23,7 +23,7 @@ from .errors import (
     UnencodableValue,
     ValueNeedsPickle,
 )
-from .inputs import read_text
+from .inputs import read_csv, read_files, read_jsonl, read_text
 from .job import Job, run_sequential, stable_hash
 
 __version__ = "0.1.0"
@@ -50,6 +50,9 @@ __all__ = [
     "LineTooLong",
     "UnencodableValue",
     "ValueNeedsPickle",
+    "read_csv",
+    "read_files",
+    "read_jsonl",
     "read_text",
     "run_sequential",
     "stable_hash",

@@ -9,6 +9,8 @@ longer than the input's ``max_line_bytes`` fails its task instead of filling mem
 from __future__ import annotations
 
 import codecs
+import csv
+import dataclasses
 import glob
 import os
 from collections.abc import Iterable
@@ -48,6 +50,8 @@ class TextInput:
     encoding: str = DEFAULT_ENCODING
     max_line_bytes: int = MAX_LINE_BYTES
     with_path: bool = False
+    fmt: str = "text"  # text, jsonl, csv, or files (read_files: each file whole)
+    columns: tuple = ()  # a CSV input's column names
 
     def read_options(self) -> dict:
         """How workers must read these files, beyond their byte ranges: the settings that
@@ -59,6 +63,10 @@ class TextInput:
             options["max_line_bytes"] = self.max_line_bytes
         if self.with_path:
             options["with_path"] = 1
+        if self.fmt != "text":
+            options["format"] = self.fmt
+        if self.columns:
+            options["columns"] = list(self.columns)
         return options
 
     def files(self) -> list[str]:
@@ -174,6 +182,8 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
     total = sum(sizes.values())
+    if text.fmt == "files":
+        return _whole_file_splits(files, sizes, text.split_bytes, slots), total
     plain = [p for p in files if not compressed(p) and sizes[p]]
     plain_total = sum(sizes[p] for p in plain)
     size = text.split_bytes
@@ -201,6 +211,62 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
     if not splits:  # only empty files: one empty split, so the job still runs
         splits.append(FileSplit(((files[0], 0, 0),)))
     return splits, total
+
+
+def _whole_file_splits(files: list[str], sizes: dict, split_bytes: int | None,
+                       slots: int) -> list[FileSplit]:
+    """read_files(): each file whole, small files grouped into one split until it holds
+    about ``split_bytes`` (a big file is a split of its own)."""
+    size = split_bytes or min(MAX_AUTO_SPLIT_BYTES, max(
+        MIN_SPLIT_BYTES, sum(sizes.values()) // max(1, FILE_SPLITS_PER_SLOT * slots) + 1))
+    splits: list[FileSplit] = []
+    group: list = []
+    held = 0
+    for path in files:
+        if group and held + sizes[path] > size:
+            splits.append(FileSplit(tuple(group)))
+            group, held = [], 0
+        group.append((path, 0, -1))
+        held += sizes[path]
+    if group:
+        splits.append(FileSplit(tuple(group)))
+    return splits
+
+
+def read_jsonl(paths: str | os.PathLike | Iterable[str | os.PathLike], **options: Any) -> TextInput:
+    """JSON Lines files: one record per non-blank line, ``(byte_offset, value)`` (or
+    ``((path, offset), value)`` with ``with_path=True``), split like :func:`read_text`
+    (whose other options it takes). A line that is not JSON fails its task naming the file
+    and the line's offset."""
+    return dataclasses.replace(read_text(paths, **options), fmt="jsonl")
+
+
+def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], header: bool = True,
+             columns: Iterable[str] | None = None, **options: Any) -> TextInput:
+    """CSV files: one record per row, ``(byte_offset, row)``, split like
+    :func:`read_text` (whose other options it takes). With ``header`` (the default), each
+    file's first line names the columns and rows are dicts (the first file's header is
+    read here, on the client; ``columns=`` names them instead); without, rows are lists.
+    A field may not hold a newline (each line is a row)."""
+    text = read_text(paths, **options)
+    names: tuple = tuple(columns) if columns is not None else ()
+    if header and not names:
+        first = text.files()[0]
+        try:
+            with open(first, encoding=text.encoding, errors="replace", newline="") as f:
+                names = tuple(next(csv.reader([f.readline()]), []))
+        except OSError as exc:
+            raise InputError(f"cannot read the header of {first!r}: {exc}") from exc
+        if not names:
+            raise InputError(f"{first!r} has no header line (read_csv(header=False))")
+    return dataclasses.replace(text, fmt="csv", columns=names)
+
+
+def read_files(paths: str | os.PathLike | Iterable[str | os.PathLike],
+               split_bytes: int | None = None) -> TextInput:
+    """Whole files: one record ``(path, bytes)`` per file (as they are on disk; nothing is
+    decompressed), a task per file or per group of small files (about ``split_bytes``)."""
+    return dataclasses.replace(read_text(paths, split_bytes), fmt="files")
 
 
 def normalize_records(inputs: Any) -> list[tuple[Any, Any]]:

@@ -40,12 +40,56 @@ def read_file_split(path: str, start: int, end: int, encoding: str = DEFAULT_ENC
 
 
 def read_split(ranges: list[FileRange], encoding: str = DEFAULT_ENCODING,
-               max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False) -> LineReader:
+               max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
+               fmt: str = "text", columns: list | None = None) -> LineReader:
     """The records of a split's byte ranges, in order (a missing file: InputError here)."""
     for path, _, _ in ranges:
         if not os.path.isfile(path):
             raise InputError(f"cannot read input {path!r}: no such file")
-    return LineReader(ranges, encoding, max_line_bytes, with_path)
+    return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns)
+
+
+def _parser(fmt: str, columns: list | None):
+    """How a block's lines become values for a line format (None: plain text).
+
+    ``jsonl``: each non-blank line is a JSON value. ``csv``: each line is a CSV row (a
+    field may not hold a newline), a dict of the header's ``columns`` (a list without
+    them); with columns, the line at offset 0 of each file, the header, is left out."""
+    if fmt == "text":
+        return None
+    if fmt == "jsonl":
+        import json
+
+        def parse_json(path, offsets, lines):
+            keep_offsets, values = [], []
+            for offset, line in zip(offsets, lines):
+                if line.strip():
+                    try:
+                        values.append(json.loads(line))
+                    except ValueError as exc:
+                        raise InputError(f"{path}: the line at byte {offset} is not JSON: "
+                                         f"{exc}") from None
+                    keep_offsets.append(offset)
+            return keep_offsets, values
+        return parse_json
+    if fmt == "csv":
+        import csv
+
+        def parse_csv(path, offsets, lines):
+            keep_offsets, values = [], []
+            for offset, line in zip(offsets, lines):
+                try:  # one line at a time: a row never swallows the next line
+                    row = next(csv.reader([line], strict=True), [])
+                except csv.Error as exc:
+                    raise InputError(f"{path}: the line at byte {offset} is not a CSV row: "
+                                     f"{exc}") from None
+                if columns and offset == 0 or not row:
+                    continue  # a file's header, or a blank line
+                keep_offsets.append(offset)
+                values.append(dict(zip(columns, row)) if columns else row)
+            return keep_offsets, values
+        return parse_csv
+    raise InputError(f"unknown input format {fmt!r}")
 
 
 def _open_zstd(path: str, mode: str = "rb"):
@@ -176,9 +220,11 @@ class LineReader:
     """
 
     def __init__(self, ranges: list[FileRange], encoding: str,
-                 max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False) -> None:
+                 max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
+                 fmt: str = "text", columns: list | None = None) -> None:
         self._ranges = ranges
         self._with_path = with_path  # keys are (path, offset): records know their file
+        self._parse = _parser(fmt, columns)  # None: the line is the value
         self._encoding = encoding
         self._limit = max_line_bytes
         self.count = 0
@@ -195,6 +241,8 @@ class LineReader:
                 blocks, offset = _open_range(path, start, end, self._limit)
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
+                    if self._parse is not None:
+                        offsets, lines = self._parse(path, offsets, lines)
                     self.count += len(lines)
                     offset += len(data)
                     if self._with_path:

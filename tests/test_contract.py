@@ -166,3 +166,49 @@ def test_compressed_inputs_are_read_by_their_extension(cluster, tmp_path):
         (tmp_path / "cut.xz").write_bytes(lzma.compress(text.encode())[:200])
         with pytest.raises(JobFailed, match="cut.xz"):
             client.submit(WordCount(), read_text(str(tmp_path / "cut.xz"))).result(60)
+
+
+class SumBy(Job):
+    def map(self, key, row):
+        yield row["city"], int(row["sales"])
+
+    def reduce(self, city, sales):
+        return sum(sales)
+
+
+class CountKinds(Job):
+    def map(self, key, record):
+        yield record["kind"], 1
+
+    def reduce(self, kind, ones):
+        return sum(ones)
+
+
+class Sizes(Job):
+    def map(self, path, data):
+        yield path.rsplit("/", 1)[-1], len(data)
+
+
+def test_csv_jsonl_and_whole_file_inputs(cluster, tmp_path):
+    from pymapreduce import read_csv, read_files, read_jsonl
+
+    rows = [("paris", 3), ("oslo", 4), ('"new, york"', 5), ("oslo", 1)] * 250
+    for n in range(2):  # two files, each with its header
+        (tmp_path / f"sales{n}.csv").write_text(
+            "city,sales\n" + "".join(f"{c},{s}\n" for c, s in rows))
+    (tmp_path / "events.jsonl").write_text(
+        "".join(f'{{"kind": "k{i % 3}", "i": {i}}}\n' for i in range(900)) + "\n")
+    (tmp_path / "bad.jsonl").write_text('{"kind": "a"}\n{not json\n')
+    with Client(cluster) as client:
+        sales = client.submit(SumBy(), read_csv(str(tmp_path / "sales*.csv"),
+                                                split_bytes=4096)).result(60)
+        assert sales == {"paris": 1500, "oslo": 2500, "new, york": 2500}
+        kinds = client.submit(CountKinds(), read_jsonl(str(tmp_path / "events.jsonl"),
+                                                       split_bytes=4096)).result(60)
+        assert kinds == {"k0": 300, "k1": 300, "k2": 300}
+        with pytest.raises(JobFailed, match="bad.jsonl: the line at byte 14 is not JSON"):
+            client.submit(CountKinds(), read_jsonl(str(tmp_path / "bad.jsonl"))).result(60)
+        sizes = client.submit(Sizes(), read_files(str(tmp_path / "*.csv")),
+                              reducers=0).result(60)
+    assert sorted(sizes) == sorted((p.name, p.stat().st_size)
+                                   for p in tmp_path.glob("*.csv"))

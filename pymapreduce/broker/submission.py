@@ -20,6 +20,7 @@ MAX_STEPS = 200  # steps of a multi-step job
 MAX_RANGES = 100_000  # byte ranges (files) in one split
 MAX_PATH = 4096  # characters of one input path
 MAX_OPTIONS = 16  # entries in a split's options map
+MAX_COLUMNS = 1000  # column names of a CSV input
 TASK_COST = 1024  # bytes a task (or a reducer) is counted for against its client's limit
 
 
@@ -82,8 +83,7 @@ def _split(desc: Any, blobs: tuple) -> list:
         if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
             raise ValueError(f"a split's read options are a map of at most {MAX_OPTIONS} "
                              "entries")
-        extra = [{str(k)[:40]: v if type(v) is int else str(v)[:100]
-                  for k, v in options.items()}]
+        extra = [{str(k)[:40]: _option(v) for k, v in options.items()}]
     if kind == "mem":
         if type(what) is not int or not 1 <= what < len(blobs):
             raise ValueError(f"an in-memory split names blob {what!r:.20}, which is not there")
@@ -96,6 +96,16 @@ def _split(desc: Any, blobs: tuple) -> list:
                 raise ValueError("a file split's ranges are [path, start, end]")
         return ["files", msgpack.packb(what, use_bin_type=True), *extra]
     raise ValueError(f"unknown split kind {kind!r:.20}")
+
+
+def _option(value: Any) -> Any:
+    """A read option's value, bounded: an int, a short string, or a list of them (a CSV
+    file's column names)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, list):
+        return [str(v)[:200] for v in value[:MAX_COLUMNS]]
+    return str(value)[:100]
 
 
 def file_ranges(split: list) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ValueNeedsPickle
+from ..errors import InputError, ValueNeedsPickle
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import (
     Columns,
@@ -146,8 +146,26 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
                                          options.get("max_line_bytes", MAX_LINE_BYTES))
     nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
                  for path, start, end in ranges)
+    fmt = options.get("format", "text")
+    if fmt == "files":  # read_files(): one record (path, bytes) per file
+        return _whole_files(ranges), nbytes, {"files": len(ranges)}
     with_path = options.get("with_path") == 1  # keys (path, offset): records know their file
-    return read_split(ranges, encoding, limit, with_path), nbytes, {"files": len(ranges)}
+    columns = options.get("columns")
+    columns = [str(c) for c in columns] if isinstance(columns, list) else None
+    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns), nbytes,
+            {"files": len(ranges)})
+
+
+def _whole_files(ranges: list) -> list:
+    """Each file of a read_files() split, whole: ``(path, bytes)``."""
+    records = []
+    for path, _, _ in ranges:
+        try:
+            with open(path, "rb") as f:
+                records.append((path, f.read()))
+        except OSError as exc:
+            raise InputError(f"cannot read input {path!r}: {exc}") from exc
+    return records
 
 
 def _where(records: Any, key: Any) -> dict:
