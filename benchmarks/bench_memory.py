@@ -27,20 +27,14 @@ from contextlib import ExitStack
 import common
 from common import MIB, log, stopwatch
 from corpus import build_corpus
+from procs import status_mib
 
 WORKERS = 2
 
 
 def peak_rss_mib(pid: int) -> float | None:
     """A live process's peak resident set (VmHWM) in MiB, or None if it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return status_mib(pid, "VmHWM")
 
 
 def own_peak_mib() -> float:

@@ -40,16 +40,23 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-def rss_mib(pid: int) -> float:
-    """Resident MiB of a process (Linux /proc; NaN when it is gone)."""
+def status_mib(pid: int, field: str = "VmRSS") -> float | None:
+    """A memory figure of a live process in MiB from /proc (``VmRSS`` resident now,
+    ``VmHWM`` its peak), or None if it cannot be read."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_mib(pid: int) -> float:
+    """Resident MiB of a process (NaN when it is gone)."""
+    mib = status_mib(pid)
+    return float("nan") if mib is None else mib
 
 
 def alive(pid: int) -> bool:

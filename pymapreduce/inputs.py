@@ -186,10 +186,7 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
         return _whole_file_splits(files, sizes, text.split_bytes, slots), total
     plain = [p for p in files if not compressed(p) and sizes[p]]
     plain_total = sum(sizes[p] for p in plain)
-    size = text.split_bytes
-    if size is None:
-        size = total // max(1, FILE_SPLITS_PER_SLOT * slots) + 1
-        size = min(MAX_AUTO_SPLIT_BYTES, max(MIN_SPLIT_BYTES, size))
+    size = _split_size(text.split_bytes, total, slots)
     count = max(1, round(plain_total / size))
     step = -(-plain_total // count)  # equal pieces: no sliver of a split at the end
     splits: list[FileSplit] = []
@@ -213,12 +210,20 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
     return splits, total
 
 
+def _split_size(split_bytes: int | None, total: int, slots: int) -> int:
+    """Bytes of one split: as asked, else about FILE_SPLITS_PER_SLOT splits per slot, within
+    MIN_SPLIT_BYTES and MAX_AUTO_SPLIT_BYTES."""
+    if split_bytes:
+        return split_bytes
+    size = total // max(1, FILE_SPLITS_PER_SLOT * slots) + 1
+    return min(MAX_AUTO_SPLIT_BYTES, max(MIN_SPLIT_BYTES, size))
+
+
 def _whole_file_splits(files: list[str], sizes: dict, split_bytes: int | None,
                        slots: int) -> list[FileSplit]:
     """read_files(): each file whole, small files grouped into one split until it holds
     about ``split_bytes`` (a big file is a split of its own)."""
-    size = split_bytes or min(MAX_AUTO_SPLIT_BYTES, max(
-        MIN_SPLIT_BYTES, sum(sizes.values()) // max(1, FILE_SPLITS_PER_SLOT * slots) + 1))
+    size = _split_size(split_bytes, sum(sizes.values()), slots)
     splits: list[FileSplit] = []
     group: list = []
     held = 0

@@ -13,6 +13,7 @@ from typing import Any
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from . import submission
+from .reports import peer_name
 from .sink import StoreBusy
 from .tasks import JobState
 
@@ -28,12 +29,6 @@ FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up t
 
 def _req(msg: Message) -> Any:
     return msg.body.get("req")
-
-
-def _peer(route: list, key: str = "") -> str:
-    if key:
-        return f"key {key}"
-    return route[0].hex() if route and route[0] else "?"
 
 
 class ClientAPI:
@@ -67,7 +62,7 @@ class ClientAPI:
                 self.journal.flush()
             self.jobs[job.id] = job
             self.scheduler.add(job)
-            self.ledger.news(_peer([peer], self._peer_key), "job %r (%s) accepted: %d map "
+            self.ledger.news(peer_name(peer, self._peer_key), "job %r (%s) accepted: %d map "
                              "tasks, %d reducers", job.id, job.name, len(job.maps),
                              job.reducers)
             if self.config.insecure:
@@ -88,7 +83,7 @@ class ClientAPI:
         can run code on every worker anyway, so ownership would protect nothing."""
         if self.allow is None:
             return True
-        return job.options.get("tenant") == f"key {self._peer_key}" or self.allow.is_admin(
+        return job.tenant == f"key {self._peer_key}" or self.allow.is_admin(
             self._peer_key)
 
     def _check_limits(self, tenant: str, spec: submission.Spec) -> None:
@@ -97,7 +92,7 @@ class ClientAPI:
         cfg = self.config
         self._make_room(tenant)
         mine = [j for j in self.jobs.values()
-                if j.state == P.JOB_RUNNING and j.options.get("tenant") == tenant]
+                if j.state == P.JOB_RUNNING and j.tenant == tenant]
         active = sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING)
         if active >= cfg.max_jobs:
             raise ValueError(f"the broker already holds {active} unfinished jobs, its "
@@ -112,19 +107,18 @@ class ClientAPI:
                              f"client's unfinished jobs to {held + spec.held} bytes held in "
                              f"the broker, over its limit (--max-mb-per-client "
                              f"{cfg.max_bytes_per_client / (1 << 20):g}); read large inputs "
-                             "from files "
-                             "(read_text), or wait for a job to end")
+                             "from files (read_text), or wait for a job to end")
 
     def _make_room(self, tenant: str) -> None:
         """Finished jobs wait for their clients (``--result-ttl``), but not in unbounded
         numbers: past MAX_HELD_PER_CLIENT finished jobs of one client (or MAX_HELD of all),
         the oldest finished one is released, as if its client had released it."""
         finished = [j for j in self.jobs.values() if j.state != P.JOB_RUNNING]
-        mine = [j for j in finished if j.options.get("tenant") == tenant]
+        mine = [j for j in finished if j.tenant == tenant]
         while len(mine) >= MAX_HELD_PER_CLIENT or len(finished) >= MAX_HELD:
             oldest = mine[0] if len(mine) >= MAX_HELD_PER_CLIENT else finished[0]
             self.ledger.news(tenant, "released job %r, the oldest of %d finished jobs held",
-                             oldest.id, len(mine) if oldest is mine[0] else len(finished))
+                             oldest.id, len(mine) if oldest in mine else len(finished))
             self.ledger.drop_job(oldest)
             finished.remove(oldest)
             if oldest in mine:

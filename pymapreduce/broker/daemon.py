@@ -30,10 +30,11 @@ from ..patterns.sockets import (
     recv_frames,
     send,
 )
-from .client_api import ClientAPI, _peer, _req
+from .client_api import ClientAPI, _req
 from .config import BrokerConfig
 from .journal import Journal
 from .ledger import NOT_READING, Fetched, Ledger, Publish
+from .reports import peer_name
 from .sink import Store
 
 log = logging.getLogger("pymapreduce.broker")
@@ -93,7 +94,7 @@ class Broker(ClientAPI):
         allow = self.allow
         self.ledger = Ledger(config, store, journal, secured=allow is not None,
                              worker_key_allowed=lambda key: allow is None or allow.allows(
-                                 key, security.WORKER))
+                                 key, security.WORKER), address_of=_address)
         store.on_damage = self.ledger._output_damaged
         # the ledger's tables, under the names the client handlers use
         self.journal, self.store = journal, store
@@ -262,11 +263,11 @@ class Broker(ClientAPI):
                 self._oversized(exc)
             else:
                 role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
-                self.ledger.origin = key or (lambda f=body[0] if body else None: _address(f))
+                self.ledger.origin = key or (body[0] if body else "")
                 try:
                     msg = Message.decode(body, BROKER_LIMITS)
                 except ProtocolError as exc:
-                    self._complain(_peer(route, key), "dropped a malformed message: %s", exc)
+                    self._complain(peer_name(route[0] if route else None, key), "dropped a malformed message: %s", exc)
                     if route:
                         code = "too-large" if exc.cause == "too-large" else "malformed"
                         self._reply(route[0], P.ERROR, {"code": code, "message": str(exc)})
@@ -281,8 +282,8 @@ class Broker(ClientAPI):
         id, when its header can be read) and in the (rate-limited) log."""
         route, head = exc.route, exc.head
         _, key = security.peer_role(head) if self.allow and head is not None else ("", "")
-        who = _peer(route, key) if route or key else "data plane"
-        self.ledger.origin = key or (lambda: _address(head))
+        who = peer_name(route[0] if route else None, key) if route or key else "data plane"
+        self.ledger.origin = key or (head if head is not None else "")
         self._complain(who, "dropped a message over the limits: %s", exc)
         if not route:
             return
@@ -299,13 +300,13 @@ class Broker(ClientAPI):
         handler = self._handlers.get(msg.command)
         peer = route[0]
         if handler is None:
-            self._complain(_peer(route, key), "unknown command %r", msg.command[:40])
+            self._complain(peer_name(route[0] if route else None, key), "unknown command %r", msg.command[:40])
             self._reply(peer, P.ERROR, {"code": "unknown-command", "message": msg.command[:40]})
             return
         if self.allow is not None and (msg.command not in ROLE_COMMANDS.get(role, ())
                                        or not self.allow.allows(key, role)):
             allowed = self.allow.allows(key, role)
-            self._complain(_peer(route, key), "refused %s from a %s key%s", msg.command,
+            self._complain(peer_name(route[0] if route else None, key), "refused %s from a %s key%s", msg.command,
                            role or "unknown", "" if allowed else " no longer allowed")
             reason = (f"a {role} key may not send {msg.command}" if allowed else
                       "this key is no longer in the broker's allowlist")
@@ -317,7 +318,7 @@ class Broker(ClientAPI):
         try:
             handler(peer, msg, now)
         except Exception as exc:  # a bad message must never take the broker down
-            self._complain(_peer(route, key), "%s rejected: %r", msg.command, exc)
+            self._complain(peer_name(route[0] if route else None, key), "%s rejected: %r", msg.command, exc)
             self._reply(
                 peer,
                 P.ERROR,
@@ -405,14 +406,7 @@ class Broker(ClientAPI):
             elif isinstance(item, Fetched):
                 self._serve_fetch_waiters(item.job)
             else:
-                try:
-                    send(self.control, item.msg, route=[item.route])
-                except zmq.Again:
-                    self._not_reading(item.route, item.msg.command)
-                except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY)
-                    worker = self.workers.get(item.route)
-                    if item.worker and worker is not None:
-                        self.ledger.purge(worker, f"unreachable: {exc.strerror}")
+                self._send(item.route, item.msg, item.worker)
 
     def _not_reading(self, peer: bytes, command: str) -> None:
         """A message to ``peer`` found its queue full: dropped. A client loses those
@@ -420,7 +414,7 @@ class Broker(ClientAPI):
         read cannot take tasks either and is dropped from the cluster (its tasks go to
         others; it registers again when it reads the RECONNECT that follows)."""
         worker = self.workers.get(peer)
-        self._complain(_peer([peer], worker.key if worker else self._peer_key),
+        self._complain(peer_name(peer, worker.key if worker else self._peer_key),
                        "does not read its replies: %s dropped%s", command,
                        ", worker removed" if worker else "")
         if worker is not None:
@@ -438,12 +432,21 @@ class Broker(ClientAPI):
     def _reply(self, peer: bytes, command: str, body: dict, blobs: tuple = ()) -> bool:
         """Send to a peer without ever waiting for it; False if the message was dropped
         (see ``_not_reading``)."""
+        return self._send(peer, Message(command, body, blobs))
+
+    def _send(self, peer: bytes, msg: Message, worker: bool = False) -> bool:
+        """The one way out to a peer: never waits; a full queue is ``_not_reading``; a
+        gone peer is dropped silently, or purged if ``worker`` (the message was its
+        tasks) and it is a registered worker."""
         try:
-            send(self.control, Message(command, body, blobs), route=[peer])
+            send(self.control, msg, route=[peer])
             return True
         except zmq.Again:
-            self._not_reading(peer, command)
-            return False
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer has gone
-            log.debug("cannot reach %s: %s", _peer([peer]), exc.strerror)
-            return False
+            self._not_reading(peer, msg.command)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer has gone (ROUTER_MANDATORY)
+            gone = self.workers.get(peer) if worker else None
+            if gone is not None:
+                self.ledger.purge(gone, f"unreachable: {exc.strerror}")
+            else:
+                log.debug("cannot reach %s: %s", peer_name(peer), exc.strerror)
+        return False

@@ -95,7 +95,8 @@ class Ledger(Commits, Dispatching, Recovery):
 
     def __init__(self, config: BrokerConfig, store: Store, journal: Journal | None = None,
                  *, secured: bool = False,
-                 worker_key_allowed: Callable[[str], bool] = lambda key: True) -> None:
+                 worker_key_allowed: Callable[[str], bool] = lambda key: True,
+                 address_of: Callable[[Any], str] = lambda frame: "") -> None:
         self.config = config
         self.store = store
         self.journal = journal
@@ -110,21 +111,26 @@ class Ledger(Commits, Dispatching, Recovery):
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
         self._last_backup_scan = 0.0
         self._bad = RateLimitedLog(log)
-        # where the message being handled came from, for the logs' rate limits: its key, or
-        # a callable giving its network address (a new connection is not a new offender)
-        self.origin: Callable[[], str] | str = ""
+        # where the message being handled came from, for the logs' rate limits: its key,
+        # or its first frame, whose network address ``address_of`` reads only when a line
+        # is about to be logged (a new connection is not a new offender)
+        self.origin: Any = ""
+        self.address_of = address_of
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
         the log)."""
-        origin = self.origin() if callable(self.origin) else self.origin
-        self._bad.warn(peer, what, *args, bucket=origin or peer)
+        self._bad.warn(peer, what, *args, bucket=self._bucket() or peer)
 
     def news(self, peer: str, what: str, *args: Any, level: int = logging.INFO) -> None:
         """Log something a peer caused that is not wrong (rate-limited per peer too)."""
-        origin = self.origin() if callable(self.origin) else self.origin
-        self._events.warn(peer, what, *args, level=level, bucket=origin or peer)
+        self._events.warn(peer, what, *args, level=level, bucket=self._bucket() or peer)
+
+    def _bucket(self) -> str:
+        """What the logs' rate limit counts the current message against."""
+        origin = self.origin
+        return origin if isinstance(origin, str) else self.address_of(origin)
 
     def _send(self, route: bytes, command: str, body: dict | None = None,
               blobs: tuple = (), worker: bool = False) -> None:
@@ -449,7 +455,7 @@ class Ledger(Commits, Dispatching, Recovery):
         for key in [k for k in (*self._early, *self._awaiting) if k.job == jid]:
             self._forget(key)
         job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
-        self.news(str(job.options.get("tenant", "")), "job %r %s in %.3fs", jid, job.state,
+        self.news(job.tenant, "job %r %s in %.3fs", jid, job.state,
                   time.monotonic() - job.submitted)
         self._serve_fetch_waiters(job)
         self._publish(job)
