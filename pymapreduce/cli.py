@@ -220,14 +220,32 @@ class Progress:
             self.stream.write("\n")
 
 
+def job_inputs(job, paths: list[str], **options):
+    """The input of ``pymapreduce run``: the files named, as ``read_text(paths, **options)``
+    reads them, unless the job says how its files are read with a method
+    ``read_inputs(self, paths, **options)`` returning ``read_text(..., with_path=True)``,
+    ``read_files(...)``, ``read_csv(...)`` or ``read_jsonl(...)`` (Hadoop's input format).
+    ``options``: the command line's ``split_bytes``, ``encoding`` and ``max_line_bytes``."""
+    from .inputs import TextInput, read_text
+
+    reader = getattr(job, "read_inputs", None)
+    if reader is None:
+        return read_text(paths, **options)
+    inputs = reader(list(paths), **options)
+    if not isinstance(inputs, TextInput):
+        raise PyMapReduceError(f"{type(job).__name__}.read_inputs() returned "
+                               f"{type(inputs).__name__}, not the result of read_text(), "
+                               "read_files(), read_csv() or read_jsonl()")
+    return inputs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Client
-    from .inputs import read_text
     from .local import LocalCluster
 
     job = load_job_class(args.job)()
-    inputs = read_text(args.inputs, split_bytes=args.split_bytes, encoding=args.encoding,
-                       max_line_bytes=args.max_line_bytes)
+    inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
+                        encoding=args.encoding, max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
     cluster = None
     started = time.monotonic()
