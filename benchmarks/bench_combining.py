@@ -122,10 +122,17 @@ def run_pool(files: list[str], kernel) -> tuple[dict, float, float]:
     return result, t[0], start[0]
 
 
-def run_pymapreduce(files: list[str]) -> tuple[dict, float, float]:
+def run_pymapreduce(files: list[str], per_word: bool = False) -> tuple[dict, float, float]:
+    """The in-mapper combining job (``per_word``: the classic word count instead, a pair
+    per word and a combiner) on an embedded cluster of WORKERS processes."""
     from pymapreduce import Client, LocalCluster, read_text
 
-    job = _job_class()()
+    if per_word:
+        from jobs import WordCount
+
+        job = WordCount()
+    else:
+        job = _job_class()()
     with stopwatch() as start:
         cluster = LocalCluster(workers=WORKERS).start()
     try:
@@ -162,7 +169,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=256, help="text file size in MiB")
     ap.add_argument("--repeat", type=int, default=1, help="runs per system; the best is shown")
-    ap.add_argument("--systems", default="pool,pool-lines,pymapreduce")
+    ap.add_argument("--systems", default="pool,pool-lines,pymapreduce,per-word",
+                    help="pool (a plain line loop), pool-lines (pymapreduce's line reader), "
+                         "pymapreduce (the in-mapper combining job), per-word (pymapreduce "
+                         "running the classic word count: a pair per word, a combiner)")
     ap.add_argument("--trees", help="comma list of source trees to run pymapreduce from "
                                     "(default: this checkout, in this process)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
@@ -179,16 +189,22 @@ def main() -> int:
     mib = sum(os.path.getsize(p) for p in files) / MIB
     print(f"input   : {files[0]}, {mib:.1f} MiB, {len(plan_splits(files))} splits\n")
 
-    runners = {"pool": lambda: run_pool(files, count_plain),
-               "pool-lines": lambda: run_pool(files, count_lines)}
+    runners = {}
     for name in args.systems.split(","):
-        if name == "pymapreduce":
+        if name == "pool":
+            runners[name] = lambda: run_pool(files, count_plain)
+        elif name == "pool-lines":
+            runners[name] = lambda: run_pool(files, count_lines)
+        elif name == "per-word":
+            runners[name] = lambda: run_pymapreduce(files, per_word=True)
+        elif name == "pymapreduce":
             for tree in (args.trees.split(",") if args.trees else [None]):
                 label = "pymapreduce" + (f" ({tree})" if tree else "")
                 runners[label] = ((lambda t=tree: run_tree(t, files)) if tree
                                   else (lambda: run_pymapreduce(files)))
-    wanted = [n for n in runners
-              if n.split(" ")[0] in args.systems.split(",")]
+        else:
+            ap.error(f"unknown system {name!r}")
+    wanted = list(runners)
     reference, records = None, []
     for name in wanted:
         samples, startups, equal = [], [], True
