@@ -165,6 +165,81 @@ def child(tree: str, out: str, files: list[str]) -> int:
     return 0
 
 
+def _cpu(fn, *args):
+    """``fn(*args)`` and the CPU seconds it took."""
+    import time
+
+    start = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - start
+
+
+def _read_and_map(job, ranges: list) -> None:
+    """A map task's record loop alone: read the split, call ``map`` per line."""
+    from pymapreduce.lines import read_split
+
+    job.map_init()
+    mapper = job.map
+    for key, line in read_split(ranges):
+        mapper(key, line)
+
+
+def profile(files: list[str]) -> list[tuple[str, str, float]]:
+    """CPU seconds of each step of both sides, run one after the other in this process
+    (no sockets, no parallelism): where the time goes, robust to a busy machine in a way
+    that wall-clock figures are not. Returns ``(side, step, seconds)`` rows."""
+    from pymapreduce.job import finish_map, map_grouped, merge_segments, reduce_groups
+    from pymapreduce.lines import read_split
+    from pymapreduce.patterns.records import pack, paused_gc, unpack, unpack_columns
+
+    rows: dict = {}
+
+    def add(side: str, step: str, seconds: float) -> None:
+        rows[(side, step)] = rows.get((side, step), 0.0) + seconds
+
+    job = _job_class()()
+    pickles, segments = [], []  # per split: the Pool's Counter; the map task's partitions
+    with paused_gc():  # as pymapreduce's tasks run
+        for split in plan_splits(files):
+            ranges = [tuple(r) for r in split]
+            counts, t = _cpu(count_plain, split)
+            add("pool", "read, count lines (worker)", t)
+            blob, t = _cpu(pickle.dumps, counts)
+            add("pool", "pickle the Counter (worker)", t)
+            pickles.append(blob)
+            _, loop = _cpu(_read_and_map, job, ranges)
+            add("pymapreduce", "read, call map per line (map task)", loop)
+            groups, t = _cpu(map_grouped, job, read_split(ranges))
+            add("pymapreduce", "group map_final's pairs (map task)", max(0.0, t - loop))
+            parts, t = _cpu(finish_map, job, groups, WORKERS)
+            add("pymapreduce", "partition (map task)", t)
+            blobs, t = _cpu(lambda parts: [pack(list(p)) for p in parts], parts)
+            add("pymapreduce", "encode partitions (map task)", t)
+            segments.append(blobs)
+
+        def merge_pool(pickles):
+            total = Counter()
+            for blob in pickles:
+                total.update(pickle.loads(blob))
+            return dict(total)
+        reference, t = _cpu(merge_pool, pickles)
+        add("pool", "unpickle, merge Counters (parent)", t)
+        result: dict = {}
+        for p in range(WORKERS):
+            decoded, t = _cpu(lambda p: [unpack(b[p], allow_pickle=True) for b in segments], p)
+            add("pymapreduce", "decode segments (reduce task)", t)
+            groups, t = _cpu(merge_segments, decoded, False)
+            add("pymapreduce", "merge segments (reduce task)", t)
+            columns, t = _cpu(reduce_groups, job, groups)
+            add("pymapreduce", "sort keys, call reduce (reduce task)", t)
+            blob, t = _cpu(pack, list(columns))
+            add("pymapreduce", "encode output (reduce task)", t)
+            _, t = _cpu(lambda blob: result.update(zip(*unpack_columns(blob))), blob)
+            add("pymapreduce", "decode, build the dict (client)", t)
+    assert result == reference, "the two sides' counts differ"
+    return [(side, step, seconds) for (side, step), seconds in rows.items()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=256, help="text file size in MiB")
@@ -176,6 +251,8 @@ def main() -> int:
     ap.add_argument("--trees", help="comma list of source trees to run pymapreduce from "
                                     "(default: this checkout, in this process)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--profile", action="store_true",
+                    help="also time each step of both sides in CPU seconds, in this process")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
@@ -205,32 +282,49 @@ def main() -> int:
         else:
             ap.error(f"unknown system {name!r}")
     wanted = list(runners)
-    reference, records = None, []
-    for name in wanted:
-        samples, startups, equal = [], [], True
-        for i in range(args.repeat):
+    # Rounds of every system in turn, not every run of one system and then the next: on a
+    # shared machine the load changes by the minute, and each round sees the same load.
+    reference = None
+    samples: dict = {name: [] for name in wanted}
+    startups: dict = {name: [] for name in wanted}
+    equal = dict.fromkeys(wanted, True)
+    for i in range(args.repeat):
+        for name in wanted:
             log(f"running {name} ({i + 1}/{args.repeat}) ...")
             gc.collect()
             result, seconds, startup = runners[name]()
-            samples.append(seconds)
-            startups.append(startup)
+            samples[name].append(seconds)
+            startups[name].append(startup)
             if reference is None:
                 reference = result
             if result != reference:
-                equal = False
+                equal[name] = False
                 print(f"{name}: result differs from {wanted[0]}'s")
             del result
-        best = min(samples)
+    records = []
+    for name in wanted:
+        best = min(samples[name])
         records.append({"system": name, "seconds": best, "mib_per_s": mib / best,
-                        "startup_s": startups[samples.index(best)], "samples_s": samples,
-                        "equal": equal})
+                        "startup_s": startups[name][samples[name].index(best)],
+                        "samples_s": samples[name], "equal": equal[name]})
     print()
     common.print_table(["system", "seconds", "MiB/s", "start-up s", "equal"],
                        [[r["system"], r["seconds"], r["mib_per_s"], r["startup_s"],
                          r["equal"]] for r in records])
-    print(f"\nseconds: best of {args.repeat}, the job alone (cluster or pool start-up "
+    for r in records:
+        print(f"{r['system']}: " + " / ".join(f"{x:.2f}" for x in r["samples_s"]))
+    print(f"\nseconds: best of {args.repeat} rounds, the job alone (cluster or pool start-up "
           f"apart); equal: same counts as {wanted[0]}; {len(reference or ())} distinct words")
-    common.write_json(args.json, {"machine": info, "size_mib": mib, "workers": WORKERS,
+    steps = []
+    if args.profile:
+        log("profiling each step in this process ...")
+        steps = profile(files)
+        print()
+        common.print_table(["side", "step", "CPU s"], steps)
+        for side in ("pool", "pymapreduce"):
+            total = sum(s for who, _, s in steps if who == side)
+            print(f"{side}: {total:.2f} CPU s in all ({mib / total:.1f} MiB per CPU second)")
+    common.write_json(args.json, {"profile": steps, "machine": info, "size_mib": mib, "workers": WORKERS,
                                   "split_bytes": SPLIT_BYTES, "results": records})
     return 0 if all(r["equal"] for r in records) else 1
 
