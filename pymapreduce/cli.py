@@ -1,4 +1,4 @@
-"""``pymapreduce broker | worker | run | status | cancel | keys``."""
+"""The ``pymapreduce`` command: run jobs, and the broker and worker daemons of a cluster."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from urllib.parse import urlsplit
 
+from .cli_errors import DEBUG_ENV, debug_from_env, report_error
+from .cli_help import DESCRIPTION, EPILOG, version
+from .cli_output import TERMINAL_LIMIT, print_job, print_limit, print_pairs
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
@@ -47,7 +51,6 @@ EXIT_CODES = (
     (PyMapReduceError, EXIT_USAGE),
 )
 
-PRINT_LIMIT = 10_000  # output pairs printed to the terminal when no --output is given
 
 
 def _setup_logging(level: str, role: str) -> None:
@@ -222,6 +225,7 @@ class Progress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Client
+    from .client.output import check_output_dir
     from .inputs import read_text
     from .local import LocalCluster
 
@@ -229,6 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = read_text(args.inputs, split_bytes=args.split_bytes, encoding=args.encoding,
                        max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
+    if args.output is not None:  # so does an output that cannot be written, or is taken
+        check_output_dir(args.output, overwrite=args.overwrite)
     cluster = None
     started = time.monotonic()
     try:
@@ -259,8 +265,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             finally:
                 progress.end()
             if args.output is None:
-                _print_pairs(handle.results())
-            handle.release()
+                print_pairs(handle.results(), limit=print_limit(args.limit, sys.stdout))
+            handle.release()  # (its outputs; `status` still lists it until the result TTL)
     finally:
         if cluster is not None:
             cluster.close()
@@ -272,17 +278,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_pairs(pairs) -> None:
-    n = 0
-    for k, v in pairs:
-        n += 1
-        if n <= PRINT_LIMIT:
-            print(json.dumps([k, v], ensure_ascii=False, default=repr))
-    if n > PRINT_LIMIT:
-        print(f"... {n - PRINT_LIMIT} more pairs not shown; use --output DIR to keep them all",
-              file=sys.stderr)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from .client import Client
 
@@ -290,8 +285,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 key_name=args.key_name) as client:
         if args.job_id:
             body = client.job(args.job_id).status()
-            body.pop("req", None)
-            print(json.dumps(body, indent=2, default=repr))
+            if args.json:
+                print(json.dumps(body, indent=2, default=repr))
+            else:
+                print_job(body, sys.stdout)
             return EXIT_OK
         listing = client._request("JOBS", {}).body
     if args.json:
@@ -363,8 +360,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pymapreduce", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="pymapreduce", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pymapreduce {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands", help="one of:")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
@@ -377,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-name", default=name,
                        help=f"this side's keypair in DIR (default {name})")
 
-    b = sub.add_parser("broker", help="run the broker daemon")
+    b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555",
                    help="control address for clients and workers (port 0: the OS picks)")
     b.add_argument("--data-bind", help="data-plane sink address (default: same host, any port)")
@@ -421,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(func=cmd_broker)
 
-    w = sub.add_parser("worker", help="run N worker processes for a broker")
+    w = sub.add_parser("worker", help="run worker processes for a broker (they run tasks)")
     w.add_argument("--connect", required=True, help="the broker's control address")
     w.add_argument("--processes", type=int, help="worker processes (default: cores)")
     w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
@@ -435,45 +438,74 @@ def build_parser() -> argparse.ArgumentParser:
     common(w)
     w.set_defaults(func=cmd_worker)
 
-    r = sub.add_parser("run", help="run a job over text files")
+    r = sub.add_parser("run", help="run a job over text files and print or write its output",
+                       description="Run JOB over the lines of INPUTS, on an embedded cluster "
+                       "(default) or a broker's (--connect). The output pairs are printed "
+                       "on stdout as JSON lines ([key, value]), or written to --output DIR; "
+                       "progress and a summary go to stderr.")
     r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
     r.add_argument("inputs", nargs="+", help="input files or globs")
-    r.add_argument("--connect", help="a broker's address (default: an embedded cluster)")
-    r.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
-    r.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
-    r.add_argument("--split-bytes", type=int, help="bytes per map task")
-    r.add_argument("--encoding", default="utf-8", help="the files' encoding (default utf-8)")
-    r.add_argument("--max-line-bytes", type=int, default=64 << 20,
+    r.add_argument("--connect", metavar="ADDR",
+                   help="a broker's address (default: an embedded cluster)")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="embedded cluster size (default: cores)")
+    r.add_argument("--reducers", type=int, metavar="N",
+                   help="reduce partitions (default: one per worker)")
+    r.add_argument("--split-bytes", type=int, metavar="BYTES", help="bytes per map task")
+    r.add_argument("--encoding", default="utf-8", metavar="NAME",
+                   help="the files' encoding (default utf-8)")
+    r.add_argument("--max-line-bytes", type=int, default=64 << 20, metavar="BYTES",
                    help="a longer line fails its task (default 64 MiB)")
-    r.add_argument("--heartbeat", type=float, default=1.0,
+    r.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
                    help="embedded cluster: heartbeat interval, seconds (default 1)")
-    r.add_argument("--liveness", type=float, default=5.0,
+    r.add_argument("--liveness", type=float, default=5.0, metavar="SECONDS",
                    help="embedded cluster: a worker silent this long is dead (default 5)")
-    r.add_argument("--priority", type=float,
+    r.add_argument("--priority", type=float, metavar="WEIGHT",
                    help="the job's weight in sharing workers with other jobs (default 1)")
     r.add_argument("--require", action="append", metavar="TAG",
                    help="run only on workers with this --tag (repeatable)")
-    r.add_argument("--output", help="directory for part-NNNNN files (default: print)")
-    r.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    r.add_argument("--output", metavar="DIR",
+                   help="write the output as part-NNNNN files (JSON lines) into DIR instead "
+                        "of printing it; DIR must be new or empty, unless --overwrite")
+    r.add_argument("--overwrite", action="store_true",
+                   help="with --output: replace the part files of an earlier run in DIR "
+                        "(other files there are left alone)")
+    r.add_argument("--limit", type=int, metavar="N",
+                   help="print only the first N pairs (0: all). Default: all of them, "
+                        f"except on a terminal the first {TERMINAL_LIMIT:,}")
+    r.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up waiting after this many seconds")
     keys(r, "client")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", help="cluster facts, or one job's status")
-    s.add_argument("--connect", required=True)
-    s.add_argument("job_id", nargs="?")
-    s.add_argument("--json", action="store_true", help="the listing as JSON")
-    s.add_argument("--timeout", type=float, default=5.0)
+    s = sub.add_parser("status", help="list a broker's jobs and workers, or show one job",
+                       description="Without JOB_ID: the broker's jobs (running ones and "
+                       "those finished within the result TTL, an hour by default) and its "
+                       "workers, as two tables. With JOB_ID: that job's state, progress, "
+                       "counters and error.")
+    s.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    s.add_argument("job_id", nargs="?", metavar="JOB_ID",
+                   help="a job id (as `run` and the listing print it)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up if the broker does not answer within this (default 5)")
     keys(s, "client")
     s.set_defaults(func=cmd_status)
 
-    c = sub.add_parser("cancel", help="cancel a running job")
-    c.add_argument("--connect", required=True)
-    c.add_argument("job_id")
-    c.add_argument("--timeout", type=float, default=5.0)
+    c = sub.add_parser("cancel", help="cancel a queued or running job",
+                       description="Stop a job: its pending tasks are dropped and running "
+                       "ones stopped on the workers; its client's wait raises JobFailed.")
+    c.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    c.add_argument("job_id", metavar="JOB_ID", help="the job to cancel")
+    c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up if the broker does not answer within this (default 5)")
     keys(c, "client")
     c.set_defaults(func=cmd_cancel)
 
-    k = sub.add_parser("keys", help="make and authorize CURVE keys")
+    k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
+                       "authentication)")
     ksub = k.add_subparsers(dest="action", required=True)
     kg = ksub.add_parser("generate", help="write a keypair NAME.key / NAME.key_secret into DIR")
     kg.add_argument("dir")
@@ -487,11 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "authorized: for one machine or a test")
     kc.add_argument("dir")
     k.set_defaults(func=cmd_keys)
+    for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
+    and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or debug_from_env()
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `pymapreduce status ... | head`: the reader had enough
@@ -502,5 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except PyMapReduceError as exc:
-        print(f"pymapreduce: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"pymapreduce: error: {exc}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+    except Exception as exc:  # user input, user code, or a bug: cli_errors tells them apart
+        return report_error(exc, debug=debug)

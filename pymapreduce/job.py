@@ -158,6 +158,7 @@ class Job:
         map_tasks: int | None = None,
         reducers: int | None = None,
         output_dir: str | None = None,
+        overwrite: bool = True,
         timeout: float | None = None,
         keys: str | None = None,
         heartbeat_interval: float | None = None,
@@ -169,7 +170,10 @@ class Job:
         processes (default: one per core) is started for this run and torn down after it,
         whatever happens; ``heartbeat_interval`` and ``liveness`` configure its broker as
         the daemon's ``--heartbeat`` and ``--liveness`` do (a cluster at ``address`` has
-        its own, so they are refused with it).
+        its own, so they are refused with it). ``output_dir``: also write the output there
+        as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
+        and ``overwrite=False`` refuses a directory that is not empty (default: replace
+        the part files of an earlier run).
         """
         from .client import Client
         from .client.submit import pickle_job
@@ -186,11 +190,15 @@ class Job:
             pickle_job(self)
             if isinstance(inputs, TextInput):
                 inputs.files()
+            if output_dir is not None:
+                from .client.output import check_output_dir
+
+                check_output_dir(output_dir, overwrite=overwrite)
         if address is not None:
             with Client(address, keys=keys) as client:
                 handle = client.submit(
-                    self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
-                )
+                    self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
+                    overwrite=overwrite)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
@@ -200,6 +208,7 @@ class Job:
                 map_tasks=map_tasks,
                 reducers=reducers,
                 output_dir=output_dir,
+                overwrite=True,  # (checked above, before the cluster started)
                 timeout=timeout,
             )
 

@@ -18,8 +18,8 @@ from pymapreduce import (
     InputError,
     Job,
     JobFailed,
-    JobNotFound,
     JobNotPicklable,
+    PyMapReduceError,
     read_text,
     run_sequential,
 )
@@ -116,9 +116,10 @@ def test_results_stream_and_reattach_from_another_client(cluster):
         streamed = list(again.results())
         assert dict(streamed) == run_sequential(WordCount(), records)
         assert len(streamed) == 57
-        again.release()
-        with pytest.raises(JobNotFound):
-            other.job(job_id)
+        again.release()  # its outputs go; its status stays listed until the result TTL
+        assert other.job(job_id).status()["released"] is True
+        with pytest.raises(PyMapReduceError, match="released"):
+            list(other.job(job_id).results())
 
 
 def test_user_code_error_raises_job_failed_with_the_remote_traceback(cluster):

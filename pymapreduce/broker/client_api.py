@@ -177,6 +177,11 @@ class ClientAPI:
                                         "message": f"job {job.id} {job.state}",
                                         "status": job.status(time.monotonic())})
             return
+        if job.released:  # (its outputs are gone: empty partitions would be a lie)
+            self._reply(peer, P.ERROR, {"req": req, "code": "released",
+                                        "message": f"the results of job {job.id} were "
+                                                   "released by its client; run it again"})
+            return
         if not job.part_done(first):
             self._reply(peer, P.ERROR, {"req": req, "code": "not-ready",
                                         "message": f"partition {first} is not done yet"})
@@ -256,6 +261,6 @@ class ClientAPI:
             self._job_or_error(peer, msg)  # (says whose it is)
             return
         if job is not None and job.state != P.JOB_RUNNING:
-            self.ledger.drop_job(job)
+            self.ledger.release_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
                                      "state": "released"})

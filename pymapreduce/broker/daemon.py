@@ -308,7 +308,8 @@ class Broker(ClientAPI):
             allowed = self.allow.allows(key, role)
             self._complain(peer_name(route[0] if route else None, key), "refused %s from a %s key%s", msg.command,
                            role or "unknown", "" if allowed else " no longer allowed")
-            reason = (f"a {role} key may not send {msg.command}" if allowed else
+            other = "client" if role == security.WORKER else "worker"
+            reason = (f"a {role} key may not send this request (a {other}'s)" if allowed else
                       "this key is no longer in the broker's allowlist")
             self._reply(peer, P.ERROR, {"code": "forbidden", "req": _req(msg),
                                         "message": reason})

@@ -461,11 +461,23 @@ class Ledger(Commits, Dispatching, Recovery):
         self._publish(job)
 
     def drop_job(self, job: JobState) -> None:
-        """Forget a finished job and its outputs (released by its client, or expired)."""
+        """Forget a finished job and its outputs (expired, or pushed out by newer ones)."""
         self.jobs.pop(job.id, None)
         self.scheduler.remove(job)
         jid = job.id
-        if self.journal is not None:  # forgotten on disk first, then its files go
+        if self.journal is not None and job.seq:  # forgotten on disk first, then its files
             self.journal.drop(job.seq)
             self.journal.flush()
+        self.store.discard_where(lambda k: k[0] == jid)
+
+    def release_job(self, job: JobState) -> None:
+        """A finished job's client no longer needs its outputs: free them (memory, spill
+        and state files), but keep its status row, so that listings show it until the
+        result TTL like any other finished job (a restarted broker forgets it)."""
+        jid = job.id
+        if self.journal is not None and job.seq:
+            self.journal.drop(job.seq)
+            self.journal.flush()
+        job.seq = 0  # (nothing of it left on disk to drop at expiry)
+        job.released = True
         self.store.discard_where(lambda k: k[0] == jid)

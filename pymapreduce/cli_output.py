@@ -1,0 +1,114 @@
+"""What ``pymapreduce run`` prints: the output pairs as JSON lines, streamed.
+
+Pairs go to stdout as they arrive from the broker (one output partition at a time), in
+batches written with one call, so neither the client's memory nor the time per pair grows
+with the output. Everything is printed when stdout is a file or a pipe; on a terminal the
+first ``TERMINAL_LIMIT`` are, and stderr says how many more there were and how to get them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+TERMINAL_LIMIT = 10_000  # pairs shown on a terminal by default (more scroll by unread)
+BATCH = 4096  # pairs encoded and written at once
+
+_encode = json.JSONEncoder(ensure_ascii=False, default=repr).encode
+
+
+def print_limit(requested: int | None, out: TextIO) -> int | None:
+    """The number of pairs to print: ``requested`` (``--limit``; 0 means all), else all
+    of them unless ``out`` is a terminal, where TERMINAL_LIMIT."""
+    if requested is not None:
+        return requested or None
+    return TERMINAL_LIMIT if _isatty(out) else None
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream: not a terminal
+        return False
+
+
+def print_pairs(pairs: Iterable[tuple[Any, Any]], out: TextIO | None = None,
+                err: TextIO | None = None, limit: int | None = None) -> int:
+    """Write each pair as a JSON line ``[key, value]`` (values JSON cannot hold as their
+    ``repr``), up to ``limit`` pairs (None: all); the rest are counted, and if there were
+    any, a line on ``err`` says how many and how to see them. Returns the pairs seen."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    n = 0
+    batch: list[str] = []
+    it = iter(pairs)
+    for k, v in it:
+        n += 1
+        batch.append(_encode([k, v]))
+        if len(batch) >= BATCH:
+            _flush(batch, out)
+        if limit is not None and n >= limit:
+            break
+    _flush(batch, out)
+    if limit is not None:
+        more = sum(1 for _ in it)
+        if more:
+            out.flush()
+            print(f"pymapreduce: printed the first {limit} pairs; {more} more not shown. "
+                  "For all of them: redirect stdout to a file (> out.jsonl) or a pipe "
+                  "(all are printed then), pass --limit 0, or --output DIR for part files",
+                  file=err)
+        n += more
+    out.flush()
+    return n
+
+
+def _flush(batch: list[str], out: TextIO) -> None:
+    if batch:
+        batch.append("")  # a newline after the last line too
+        out.write("\n".join(batch))
+        batch.clear()
+
+
+def print_job(status: dict, out: TextIO) -> None:
+    """One job's status (``pymapreduce status --connect ADDR JOB_ID``) as labelled lines:
+    state, progress per phase, input read, counters, and why it waits or failed."""
+    rows = [("job", f"{status.get('job_id', '?')} ({status.get('name', '?')})")]
+    state = str(status.get("state", "?"))
+    if status.get("released"):
+        state += " (its results were released by its client)"
+    rows.append(("state", state))
+    step = status.get("step") or [1, 1]
+    if step[1] > 1:
+        rows.append(("step", f"{step[0]} of {step[1]}"))
+    for label, key in (("map", "maps"), ("reduce", "reduces")):
+        done, total = status.get(key) or (0, 0)
+        if total or label == "map":
+            rows.append((label, f"{done}/{total} tasks done"))
+    rows.append(("input", f"{status.get('records', 0)} records, {status.get('bytes', 0)} bytes"))
+    rows.append(("elapsed", f"{float(status.get('elapsed', 0)):.1f}s"))
+    if status.get("priority", 1) != 1 or status.get("requires"):
+        rows.append(("placement", f"priority {status.get('priority', 1):g}; requires "
+                     + (", ".join(status.get("requires") or ()) or "no tags")))
+    counters = status.get("counters") or {}
+    if counters:
+        rows.append(("counters", ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))))
+    for label, key in (("backups", "backups"), ("recovered", "recovered")):
+        if status.get(key):
+            rows.append((label, str(status[key])))
+    if status.get("skipped"):
+        rows.append(("skipped", f"{len(status['skipped'])} bad records (see --json)"))
+    if status.get("waiting"):
+        rows.append(("waiting", str(status["waiting"])))
+    error = status.get("error") or {}
+    if error:
+        where = ", ".join(str(x) for x in (error.get("task"), error.get("position")) if x)
+        rows.append(("error", str(error.get("message", "")) + (f" ({where})" if where else "")))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label.ljust(width)}  {value}", file=out)
+    if error.get("traceback"):
+        print("\nremote traceback (from the worker):\n" + str(error["traceback"]).rstrip(),
+              file=out)
