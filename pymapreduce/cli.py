@@ -248,7 +248,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                    output_dir=args.output, priority=args.priority,
                                    requires=set(args.require or ()) or None)
-            print(f"pymapreduce: job {handle.job_id} submitted to {address}", file=sys.stderr)
+            where = (f"submitted to {address}" if cluster is None else
+                     f"running on an embedded cluster of {cluster.workers} worker processes")
+            print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
             progress = Progress(sys.stderr)
             try:
                 status = handle.wait(timeout=args.timeout, progress=progress)

@@ -104,11 +104,26 @@ def print_job(status: dict, out: TextIO) -> None:
         rows.append(("waiting", str(status["waiting"])))
     error = status.get("error") or {}
     if error:
-        where = ", ".join(str(x) for x in (error.get("task"), error.get("position")) if x)
-        rows.append(("error", str(error.get("message", "")) + (f" ({where})" if where else "")))
+        message = str(error.get("message", ""))
+        task = str(error.get("task") or "")
+        rows.append(("error", message if task in message else f"{task}: {message}"))
+        if error.get("position"):
+            rows.append(("input at", describe_position(error["position"])))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label.ljust(width)}  {value}", file=out)
     if error.get("traceback"):
         print("\nremote traceback (from the worker):\n" + str(error["traceback"]).rstrip(),
               file=out)
+
+
+def describe_position(position: Any) -> str:
+    """Where in the input a failing record was, in words: ``FILE, key K`` for a text
+    file (the key is the line's byte offset), else the position as the worker gave it."""
+    if isinstance(position, dict):
+        if position.get("path") is not None:
+            key = position.get("key")
+            return f"{position['path']}" + (f", key {key}" if key is not None else "")
+        rest = {k: v for k, v in position.items() if v is not None}
+        return ", ".join(f"{k} {v}" for k, v in rest.items()) or "unknown"
+    return str(position)

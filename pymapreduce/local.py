@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
 from .patterns import config as timing
@@ -26,10 +27,14 @@ class LocalCluster:
     makes one) to run it secured; clients then pass ``keys=cluster.keys``.
     ``heartbeat_interval`` and ``liveness`` are the broker's ``--heartbeat`` and
     ``--liveness``: a worker silent for ``liveness`` seconds is taken for dead.
+    ``log_level``: what the broker and workers log on stderr. By default only errors:
+    their warnings are meant for the operator of a shared cluster (open-file limits,
+    restarted worker processes, spilling), and a job's own failure reaches its caller
+    as ``JobFailed``. ``PYMAPREDUCE_DEBUG=1`` in the environment makes it ``INFO``.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
-                 log_level: str = "WARNING", keys: str | os.PathLike | None = None,
+                 log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS) -> None:
         if workers is not None and workers < 1:
@@ -41,6 +46,8 @@ class LocalCluster:
         self.liveness = liveness
         self.workers = workers or os.cpu_count() or 1
         self.start_timeout = start_timeout
+        if log_level is None:
+            log_level = "INFO" if debug_from_env() else "ERROR"
         self.log_level = log_level
         self.keys = os.fspath(keys) if keys is not None else None
         self.address = ""

@@ -134,7 +134,11 @@ class ClientAPI:
             return None
         if job is None:
             self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
-                                        "message": f"no job {msg.body.get('job_id')!r} here"})
+                                        "message": f"this broker knows no job "
+                                                   f"{msg.body.get('job_id')!r}: never "
+                                                   "submitted here, ended more than "
+                                                   f"{self.config.result_ttl:g}s ago, or "
+                                                   "lost in a restart without --state-dir"})
         return job
 
     def on_watch(self, peer: bytes, msg: Message, now: float) -> None:
