@@ -112,7 +112,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           spill_dir=args.spill_dir, keys_dir=args.keys,
                           state_dir=args.state_dir, fsync=args.fsync,
                           backup_after=args.backup_after,
-                          max_jobs=args.max_jobs,
+                          max_jobs=args.max_jobs, result_ttl=args.result_ttl,
                           max_jobs_per_client=args.max_jobs_per_client,
                           max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
                           list_all_jobs=args.list_all_jobs,
@@ -372,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 title="commands", help="one of:")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+        p.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                       help="DEBUG, INFO, WARNING or ERROR (default INFO)")
         p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
     def keys(p: argparse.ArgumentParser, name: str) -> None:
@@ -383,16 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"this side's keypair in DIR (default {name})")
 
     b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
-    b.add_argument("--bind", default="tcp://127.0.0.1:5555",
+    b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
                    help="control address for clients and workers (port 0: the OS picks)")
-    b.add_argument("--data-bind", help="data-plane sink address (default: same host, any port)")
-    b.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
-    b.add_argument("--liveness", type=float, default=5.0,
+    b.add_argument("--data-bind", metavar="ADDR",
+                   help="address for workers' task outputs (default: same host, any port)")
+    b.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                   help="heartbeat interval (default 1)")
+    b.add_argument("--liveness", type=float, default=5.0, metavar="SECONDS",
                    help="seconds of silence after which a worker is taken for dead")
-    b.add_argument("--max-attempts", type=int, default=4, help="attempts per task")
+    b.add_argument("--max-attempts", type=int, default=4, metavar="N",
+                   help="attempts per task (default 4)")
+    b.add_argument("--result-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long a finished job is kept: its outputs for its client to "
+                        "fetch, its status for `pymapreduce status` (default 3600)")
     b.add_argument("--memory-budget-mb", type=float, default=1024,
                    help="task output held in memory before spilling to disk")
-    b.add_argument("--spill-dir", help="where outputs beyond the budget go")
+    b.add_argument("--spill-dir", metavar="DIR",
+                   help="where outputs beyond the memory budget go (default: a temporary "
+                        "directory)")
     b.add_argument("--backup-after", type=_backup_after, default=0.25, metavar="SECONDS",
                    help="backup tasks: a task still running this long (and twice its job's "
                         "mean) gets a second attempt on an idle worker; 'off' disables them "
@@ -427,9 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_broker)
 
     w = sub.add_parser("worker", help="run worker processes for a broker (they run tasks)")
-    w.add_argument("--connect", required=True, help="the broker's control address")
-    w.add_argument("--processes", type=int, help="worker processes (default: cores)")
-    w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    w.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    w.add_argument("--processes", type=int, metavar="N",
+                   help="worker processes (default: one per core)")
+    w.add_argument("--credit", type=int, default=32, metavar="N",
+                   help="tasks a process may hold queued (default 32)")
     w.add_argument("--tag", action="append", metavar="TAG",
                    help="a placement label (repeatable: --tag gpu --tag bigmem); jobs that "
                         "require tags run only on workers that have them all")
@@ -508,18 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
                        "authentication)")
-    ksub = k.add_subparsers(dest="action", required=True)
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                            help="one of:")
     kg = ksub.add_parser("generate", help="write a keypair NAME.key / NAME.key_secret into DIR")
-    kg.add_argument("dir")
-    kg.add_argument("name", help="broker, worker, client, or any name")
+    kg.add_argument("dir", metavar="DIR", help="where to write it (created if missing)")
+    kg.add_argument("name", metavar="NAME", help="broker, worker, client, or any name")
     ka = ksub.add_parser("authorize", help="let a public key in, as a client or a worker")
-    ka.add_argument("dir", help="the broker's key directory")
-    ka.add_argument("role", choices=["client", "worker", "admin"],
-                    help="admin: a client key that may see, cancel and release every job")
-    ka.add_argument("key_file", help="the peer's NAME.key (public) file")
+    ka.add_argument("dir", metavar="DIR", help="the broker's key directory")
+    ka.add_argument("role", choices=["client", "worker", "admin"], metavar="ROLE",
+                    help="client, worker, or admin (a client key that may see, cancel and "
+                         "release every job)")
+    ka.add_argument("key_file", metavar="KEY_FILE", help="the peer's NAME.key (public) file")
     kc = ksub.add_parser("cluster", help="broker, worker and client keys in one directory, "
                          "authorized: for one machine or a test")
-    kc.add_argument("dir")
+    kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
     for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

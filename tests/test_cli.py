@@ -14,6 +14,7 @@ import select
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -21,7 +22,7 @@ from pymapreduce import Client, ConfigError, PyMapReduceError
 from pymapreduce.cli import build_parser
 from pymapreduce.patterns import protocol as P
 
-from .conftest import ROOT, pmr
+from .conftest import FAST, ROOT, pmr, wait_workers
 from .jobs import WordCount
 
 EMBEDDED = ["--workers", "1"]
@@ -340,3 +341,20 @@ def test_embedded_runs_print_no_operator_warnings(jobfile, tmp_path):
                          timeout=120, cwd=ROOT, preexec_fn=_low_fd_limit)
     assert api.returncode == 0, api.stderr
     assert api.stderr == ""
+
+
+def test_a_finished_job_is_listed_for_the_result_ttl_then_forgotten(daemons, jobfile, tmp_path):
+    _, address = daemons.broker(*FAST, "--result-ttl", "1")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    ran = cli("run", f"{jobfile[0]}:Count", lines_file(tmp_path, 3), "--connect", address)
+    assert ran.returncode == 0, ran.stderr
+    job_id = re.search(r"job (\S+) submitted", ran.stderr).group(1)
+    with Client(address) as client:
+        assert [j["job_id"] for j in client.jobs()] == [job_id]  # (released, still listed)
+        deadline = time.monotonic() + 30
+        while client.jobs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.jobs() == []
+    refused = cli("broker", "--bind", "tcp://127.0.0.1:0", "--result-ttl", "0")
+    assert "result_ttl" in one_error_line(refused)
