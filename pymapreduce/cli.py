@@ -282,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .client import Client
+    from .client.client import public_status
 
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
@@ -293,11 +294,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print_job(body, sys.stdout)
             return EXIT_OK
         listing = client._request("JOBS", {}).body
+    jobs = [public_status(j) for j in listing["jobs"]]
     if args.json:
-        print(json.dumps({"jobs": listing["jobs"], "workers": listing["workers"]}, indent=2,
+        print(json.dumps({"jobs": jobs, "workers": listing["workers"]}, indent=2,
                          default=repr))
         return EXIT_OK
-    print_listing(listing["jobs"], listing["workers"], sys.stdout)
+    print_listing(jobs, listing["workers"], sys.stdout)
     return EXIT_OK
 
 

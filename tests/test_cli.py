@@ -313,6 +313,8 @@ def test_status_hides_internal_fields(cluster, tmp_path):
         assert not {"req", "map_only", "emits"} & set(status), status
     one = cli("status", "--connect", cluster, handle.job_id, "--json")
     assert not {"req", "map_only", "emits"} & set(json.loads(one.stdout))
+    listing = json.loads(cli("status", "--connect", cluster, "--json").stdout)
+    assert not {"req", "map_only", "emits"} & set(listing["jobs"][0])
 
 
 # -- embedded runs ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from .output import check_output_dir, write_output
 from .submit import build_submission
 
 # What each request is, in the words of an error message (protocol names stay inside).
-REQUESTS = {P.HELLO: "a hello", P.SUBMIT: "the job's submission", P.WATCH: "a status request",
+REQUESTS = {P.HELLO: "a greeting", P.SUBMIT: "the job's submission", P.WATCH: "a status request",
             P.STATUS: "a status request", P.FETCH: "a request for results",
             P.CANCEL: "the cancel request", P.RELEASE: "the release of the job's results",
             P.JOBS: "a request for the job listing"}
