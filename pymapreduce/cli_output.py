@@ -1,4 +1,5 @@
-"""What ``pymapreduce run`` prints: the output pairs as JSON lines, streamed.
+"""What the ``pymapreduce`` commands print: ``run``'s output pairs (JSON lines, streamed)
+and progress bar, and ``status``'s tables and job view.
 
 Pairs go to stdout as they arrive from the broker (one output partition at a time), in
 batches written with one call, so neither the client's memory nor the time per pair grows
@@ -127,3 +128,58 @@ def describe_position(position: Any) -> str:
         rest = {k: v for k, v in position.items() if v is not None}
         return ", ".join(f"{k} {v}" for k, v in rest.items()) or "unknown"
     return str(position)
+
+
+class Progress:
+    """A one-line progress bar on a terminal: tasks done / total, per phase."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, status: dict) -> None:
+        if not self.enabled:
+            return
+        line = "  ".join(
+            f"{phase} {done}/{total} {self._bar(done, total)}"
+            for phase, (done, total) in (("map", status["maps"]), ("reduce", status["reduces"]))
+            if total
+        )
+        self.stream.write(f"\r{line}  {status.get('elapsed', 0):.1f}s ")
+        self.stream.flush()
+
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 20) -> str:
+        filled = int(width * done / max(total, 1))
+        return "[" + "#" * filled + "." * (width - filled) + "]"
+
+    def end(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
+    """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
+    print(f"jobs ({len(jobs)})", file=out)
+    rows = [["JOB", "STATE", "PRIO", "MAP", "REDUCE", "ELAPSED", "COUNTERS / WHY IT WAITS"]]
+    for j in jobs:
+        extra = j.get("waiting") or (j.get("error") or {}).get("message", "")
+        if not extra and j.get("counters"):
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(j["counters"].items()))
+        rows.append([j["job_id"], j["state"], f"{j.get('priority', 1):g}",
+                     "{}/{}".format(*j["maps"]),
+                     "{}/{}".format(*j["reduces"]) if j["reduces"][1] else "-",
+                     f"{j['elapsed']:.1f}s", extra[:80]])
+    _table(rows, out)
+    print(f"\nworkers ({len(workers)})", file=out)
+    rows = [["WORKER", "HOST", "PID", "TAGS", "HOLDS", "DONE", "CURRENT TASK"]]
+    for w in workers:
+        rows.append([w["name"], w["host"], str(w["pid"]), ",".join(w["tags"]) or "-",
+                     str(w["held"]), str(w["done"]), w["tasks"][0] if w["tasks"] else "idle"])
+    _table(rows, out)
+
+
+def _table(rows: list[list[str]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
