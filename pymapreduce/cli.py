@@ -59,7 +59,6 @@ EXIT_CODES = (
 )
 
 
-
 def _setup_logging(level: str, role: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format=f"pymapreduce {role} %(asctime)s %(levelname)s %(message)s",
