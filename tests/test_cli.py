@@ -46,6 +46,13 @@ class Count(Job):
         return sum(values)
 
 
+class Fails(Count):
+    def map(self, key, line):
+        if line == "poison":
+            raise ValueError("cannot digest " + line)
+        yield line, 1
+
+
 class NeedsArgs(Count):
     def __init__(self, n):
         self.n = n
@@ -300,6 +307,20 @@ def test_jobs_run_by_the_cli_stay_listed_after_they_end(jobfile, tmp_path, clust
         with pytest.raises(PyMapReduceError, match="released") as info:
             list(client.job(job_id).results())
         assert not COMMANDS.search(str(info.value))
+
+
+def test_status_of_a_failed_job_names_the_error_and_the_input(jobfile, tmp_path, cluster):
+    data = tmp_path / "in.txt"
+    data.write_text("fine\npoison\n")
+    ran = cli("run", f"{jobfile[0]}:Fails", str(data), "--connect", cluster)
+    assert ran.returncode == 1 and "cannot digest poison" in ran.stderr
+    job_id = re.search(r"job (\S+) submitted", ran.stderr).group(1)
+    one = cli("status", "--connect", cluster, job_id)
+    assert one.returncode == 0, one.stderr
+    assert re.search(r"^state\s+failed$", one.stdout, re.M)
+    assert re.search(r"^error\s+.*ValueError: cannot digest poison", one.stdout, re.M)
+    assert re.search(rf"^input at\s+{re.escape(str(data))}, key 5$", one.stdout, re.M)
+    assert "remote traceback (from the worker)" in one.stdout and "cli_jobs.py" in one.stdout
 
 
 def test_status_hides_internal_fields(cluster, tmp_path):
