@@ -12,8 +12,25 @@ import time
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
 from .patterns import config as timing
+from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
+
+
+def _echo_fds() -> tuple[int, ...]:
+    """Copies of this process's stdout and stderr for the workers, so that what a task
+    prints reaches the user's terminal (``workers/capture.py``); none if either stream
+    has no file descriptor (a notebook: task output is then only in the task logs)."""
+    fds: list[int] = []
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # what the user printed before the job comes first
+            fds.append(os.dup(stream.fileno()))
+    except (AttributeError, OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        return ()
+    return tuple(fds)
 
 
 class LocalCluster:
@@ -56,8 +73,10 @@ class LocalCluster:
         """The pid of the worker supervisor (its children are the worker processes)."""
         return self._worker.pid if self._worker else None
 
-    def _spawn(self, *args: str, stdout=None) -> subprocess.Popen:
+    def _spawn(self, *args: str, stdout=None, echo: tuple[int, ...] = ()) -> subprocess.Popen:
         env = dict(os.environ)
+        if echo:  # task output is echoed to this process's stdout and stderr
+            env[ECHO_ENV] = ",".join(map(str, echo))
         # the workers import what this process can import (jobs defined in its modules)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
@@ -65,7 +84,8 @@ class LocalCluster:
         if self.keys is not None:
             cmd += ["--keys", self.keys]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
-        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True,
+                                pass_fds=echo)
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
@@ -81,9 +101,14 @@ class LocalCluster:
                                        "--liveness", repr(float(self.liveness)),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
-            self._worker = self._spawn("worker", "--connect", self.address,
-                                       "--processes", str(self.workers),
-                                       stdout=subprocess.DEVNULL)
+            echo = _echo_fds()
+            try:
+                self._worker = self._spawn("worker", "--connect", self.address,
+                                           "--processes", str(self.workers),
+                                           stdout=subprocess.DEVNULL, echo=echo)
+            finally:
+                for fd in echo:
+                    os.close(fd)
             self._wait_workers(deadline)
         except BaseException:
             self.close()
