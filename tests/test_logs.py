@@ -205,13 +205,14 @@ def _python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_print_in_map_reaches_the_terminal_in_embedded_mode(tmp_path):
     script = _script(tmp_path, "embedded.py", """
-        import sys
+        import logging, sys
         from pymapreduce import Job
 
         class Shout(Job):
             def map(self, key, line):
                 print(f"printed by map for record {key}")
                 print(f"complained by map for record {key}", file=sys.stderr)
+                logging.getLogger("shout").warning("logged by map for record %s", key)
                 yield line, 1
 
             def reduce(self, word, counts):
@@ -227,6 +228,7 @@ def test_print_in_map_reaches_the_terminal_in_embedded_mode(tmp_path):
     for i in range(5):
         assert f"printed by map for record {i}\n" in proc.stdout
         assert f"complained by map for record {i}\n" in proc.stderr
+        assert f"WARNING shout: logged by map for record {i}\n" in proc.stderr
     assert proc.stdout.startswith("before the job\n")
     assert proc.stdout.endswith("result {'w': 5}\n")
 
@@ -325,6 +327,8 @@ def test_cli_logs_and_run_prints_counters(cluster, tmp_path):
         class Words(Job):
             def map(self, offset, line):
                 print(f"line at {offset}: \\x1b]0;retitled\\x07{line}")
+                if line == "x" * 10:
+                    raise ValueError("no x here")
                 for word in line.split():
                     self.count("words")
                     yield word, 1
@@ -338,6 +342,11 @@ def test_cli_logs_and_run_prints_counters(cluster, tmp_path):
     assert sorted(run.stdout.splitlines()) == ['["a", 3]', '["b", 1]', '["c", 1]']
     assert "counters:\n  words: 5\n" in run.stderr
     job_id = run.stderr.split("pymapreduce: job ", 1)[1].split()[0]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ok\n" + "x" * 10 + "\n")
+    failed = subprocess.run(pmr("run", f"{job_file}:Words", str(bad), "--connect", cluster),
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert failed.returncode != 0 and f"Input: file {bad}, the line at byte 3" in failed.stderr
     # `run` releases its job when done: its logs go with it
     gone = subprocess.run(pmr("logs", "--connect", cluster, job_id), capture_output=True,
                           text=True, timeout=60, cwd=ROOT)

@@ -84,9 +84,10 @@ class TaskLog(io.TextIOBase):
 
 
 class _JobRecords(logging.Handler):
-    """Formats the job's log records into the attempt's log."""
+    """Formats the job's log records into the attempt's stderr (so into its log, and
+    echoed where its stderr is)."""
 
-    def __init__(self, log: TaskLog) -> None:
+    def __init__(self, log: Any) -> None:
         super().__init__(logging.NOTSET)
         self.log = log
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -138,7 +139,7 @@ class Capture:
         log = TaskLog()
         out = _Stream(log, self.echo_out)
         err = _Stream(log, self.echo_err)
-        handler = _JobRecords(log)
+        handler = _JobRecords(err)
         root = logging.getLogger()
         only_ours = _OnlyOurs()
         daemon_handlers = list(root.handlers)

@@ -129,6 +129,7 @@ class Worker:
         self._need_ready = threading.Event()
         self.tasks_done = 0
         self.capture = Capture()  # what tasks print or log, kept per attempt
+        self._sources_of = ""  # the job whose shipped source linecache holds
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
         sock = make_socket(self.ctx, kind, identity=identity)
@@ -378,7 +379,9 @@ class Worker:
         key, b = item.key, item.body
         job_id, kind, index, attempt = key
         started = time.monotonic()
-        register_sources(self.jobs.get(job_id))  # its tracebacks show the user's lines
+        if job_id != self._sources_of:  # its tracebacks show the user's lines
+            register_sources(self.jobs.get(job_id))
+            self._sources_of = job_id
         tasklog = None
         try:
             self._current = key
