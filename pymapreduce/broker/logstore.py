@@ -3,7 +3,7 @@
 A worker sends an attempt's log with its DONE or FAILED report (``workers/capture.py``
 bounds it to its first and last 32 KiB, ``patterns/wire.MAX_LOG`` on the wire). The broker
 keeps the logs that are not empty, per job, until the job is dropped (released by its
-client, expired after ``--result-ttl``, or pushed out by newer finished jobs), and serves
+client, expired after the result TTL, or pushed out by newer finished jobs), and serves
 them to the job's owner (``LOGS``; ``client_api.on_logs``). The text is never
 interpreted: bytes in, bytes out.
 
