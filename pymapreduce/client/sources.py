@@ -11,7 +11,8 @@ user's lines under the user's file names.
 What is shipped: the files that define the job's classes (its MRO, its steps' classes)
 and that are the user's own, i.e. not pymapreduce's, the standard library's or an
 installed package's, plus every module registered with
-``cloudpickle.register_pickle_by_value``; each at most MAX_FILE bytes, MAX_TOTAL in all.
+``cloudpickle.register_pickle_by_value``; each at most MAX_FILE characters, MAX_TOTAL in
+all, the job's own files first.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 
 from ..workers.capture import SOURCES_ATTR
 
-MAX_FILE = 1 << 20  # bytes of one file's text shipped
-MAX_TOTAL = 4 << 20  # ... of all of them
+MAX_FILE = 512 << 10  # characters of one file's text shipped
+MAX_TOTAL = 1 << 20  # ... of all of them (the job's code travels to every worker)
 MAX_FILES = 64
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,12 +86,14 @@ def job_sources(job: Any, steps: Any = None) -> dict[str, str]:
     roots = _installed_roots()
     classes = [c for part in [job, *(steps or ())] for c in type(part).__mro__
                if c.__module__ not in ("builtins", "pymapreduce.job")]
-    files: set[str] = _by_value_files()
+    # the job's own files first: when the caps bind, they are the ones kept
+    files: dict[str, None] = {}
     for cls in classes:
-        files |= {f for f in _code_files(cls) if _users(f, roots)}
+        files.update(dict.fromkeys(sorted(f for f in _code_files(cls) if _users(f, roots))))
+    files.update(dict.fromkeys(sorted(_by_value_files())))
     sources: dict[str, str] = {}
     total = 0
-    for filename in sorted(files)[:MAX_FILES]:
+    for filename in list(files)[:MAX_FILES]:
         try:
             lines = linecache.getlines(filename)
         except Exception:  # (a loader that fails: the line just is not shown)

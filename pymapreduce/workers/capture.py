@@ -137,8 +137,8 @@ class Capture:
     def attempt(self) -> Iterator[TaskLog]:
         """While the block runs, what the task prints or logs goes to the yielded log."""
         log = TaskLog()
-        out = _Stream(log, self.echo_out)
-        err = _Stream(log, self.echo_err)
+        out = _Stream(log, self.echo_out, sys.stdout)
+        err = _Stream(log, self.echo_err, sys.stderr)
         handler = _JobRecords(err)
         root = logging.getLogger()
         only_ours = _OnlyOurs()
@@ -161,16 +161,28 @@ class Capture:
 
 
 class _Stream(io.TextIOBase):
-    """One of the task's standard streams: into the shared log, echoed to its own stream."""
+    """One of the task's standard streams: into the shared log, echoed to its own stream.
 
-    def __init__(self, log: TaskLog, echo: Any) -> None:
+    ``fileno()`` is the daemon's own stream's (code that hands ``sys.stdout`` to a
+    subprocess keeps working; that output is not captured); ``buffer`` takes bytes."""
+
+    def __init__(self, log: TaskLog, echo: Any, real: Any) -> None:
         super().__init__()
         self.log = log
         self.echo = echo
+        self.real = real
+        self.buffer = _Bytes(self)
 
     @property
     def encoding(self) -> str:
         return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    def fileno(self) -> int:
+        return self.real.fileno()
 
     def writable(self) -> bool:
         return True
@@ -194,6 +206,25 @@ class _Stream(io.TextIOBase):
                 self.echo.flush()
             except (OSError, ValueError):
                 self.echo = None
+
+
+class _Bytes(io.RawIOBase):
+    """``sys.stdout.buffer`` of a task: bytes written are decoded (bad UTF-8 replaced)."""
+
+    def __init__(self, text: _Stream) -> None:
+        super().__init__()
+        self.text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.text.write(bytes(view).decode("utf-8", "replace"))
+        return view.nbytes
+
+    def flush(self) -> None:
+        self.text.flush()
 
 
 def attempt_log(log: TaskLog | None, tb: str = "") -> bytes:
