@@ -236,7 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if address is None:
             cluster = LocalCluster(workers=args.workers, keys=args.keys,
                                    heartbeat_interval=args.heartbeat,
-                                   liveness=args.liveness).start()
+                                   liveness=args.liveness,
+                                   task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,

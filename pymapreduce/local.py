@@ -17,13 +17,16 @@ from .workers.capture import ECHO_ENV
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
 
 
-def _echo_fds() -> tuple[int, ...]:
+def _echo_fds(task_stdout: str = "stdout") -> tuple[int, ...]:
     """Copies of this process's stdout and stderr for the workers, so that what a task
     prints reaches the user's terminal (``workers/capture.py``); none if either stream
-    has no file descriptor (a notebook: task output is then only in the task logs)."""
+    has no file descriptor (a notebook: task output is then only in the task logs).
+    ``task_stdout="stderr"``: what tasks print to stdout goes to stderr too (a command
+    whose stdout is its result)."""
     fds: list[int] = []
+    out = sys.stderr if task_stdout == "stderr" else sys.stdout
     try:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in (out, sys.stderr):
             stream.flush()  # what the user printed before the job comes first
             fds.append(os.dup(stream.fileno()))
     except (AttributeError, OSError, ValueError):
@@ -43,12 +46,14 @@ class LocalCluster:
     makes one) to run it secured; clients then pass ``keys=cluster.keys``.
     ``heartbeat_interval`` and ``liveness`` are the broker's ``--heartbeat`` and
     ``--liveness``: a worker silent for ``liveness`` seconds is taken for dead.
+    What tasks print reaches this process's stdout and stderr as they run (and their task
+    logs); ``task_stdout="stderr"`` sends what they print to stdout to stderr instead.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str = "WARNING", keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
-                 liveness: float = timing.LIVENESS) -> None:
+                 liveness: float = timing.LIVENESS, task_stdout: str = "stdout") -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -56,6 +61,9 @@ class LocalCluster:
                               f"{heartbeat_interval} and {liveness}")
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
+        if task_stdout not in ("stdout", "stderr"):
+            raise ConfigError(f"task_stdout must be 'stdout' or 'stderr', got {task_stdout!r}")
+        self.task_stdout = task_stdout
         self.workers = workers or os.cpu_count() or 1
         self.start_timeout = start_timeout
         self.log_level = log_level
@@ -101,7 +109,7 @@ class LocalCluster:
                                        "--liveness", repr(float(self.liveness)),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
-            echo = _echo_fds()
+            echo = _echo_fds(self.task_stdout)
             try:
                 self._worker = self._spawn("worker", "--connect", self.address,
                                            "--processes", str(self.workers),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,18 @@ from .conftest import FAST, ROOT, pmr, wait_workers
 from .test_security import other_keys, wait_workers_secured
 
 RECORDS = [(i, f"w{i % 5} x{i % 3}") for i in range(40)]
+# no backup attempts: on a busy machine they would add attempts (and their logs, rightly)
+# to tests that count attempts
+STEADY = [*FAST, "--backup-after", "off"]
+
+
+@pytest.fixture
+def steady(daemons):
+    """A broker without backup attempts and one worker daemon with two processes."""
+    _, address = daemons.broker(*STEADY)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    return address
 
 
 class Chatty(Job):
@@ -69,8 +82,8 @@ class Counting(Job):
         return sum(counts)
 
 
-def test_logs_of_a_printing_job_are_kept_per_attempt_and_per_task(cluster):
-    with Client(cluster) as client:
+def test_logs_of_a_printing_job_are_kept_per_attempt_and_per_task(steady):
+    with Client(steady) as client:
         handle = client.submit(Chatty(), RECORDS, map_tasks=4, reducers=2)
         assert handle.result(60)["w0"] == 8
         logs = handle.logs()
@@ -96,7 +109,7 @@ def test_logs_of_a_printing_job_are_kept_per_attempt_and_per_task(cluster):
 
 
 def test_a_failed_attempt_keeps_its_output_and_its_traceback(daemons):
-    _, address = daemons.broker(*FAST, "--max-attempts", "2")
+    _, address = daemons.broker(*STEADY, "--max-attempts", "2")
     daemons.worker(address, 2)
     wait_workers(address, 2)
     with Client(address) as client:
@@ -114,8 +127,8 @@ def test_a_failed_attempt_keeps_its_output_and_its_traceback(daemons):
         assert [e["state"] for e in handle.logs("map-0")] == ["done"]
 
 
-def test_a_flood_of_output_is_kept_bounded_with_its_ends(cluster):
-    with Client(cluster) as client:
+def test_a_flood_of_output_is_kept_bounded_with_its_ends(steady):
+    with Client(steady) as client:
         handle = client.submit(Flood(), [(k, "") for k in range(3)], map_tasks=3)
         handle.result(120)
         logs = handle.logs()
@@ -172,7 +185,7 @@ def test_the_broker_keeps_logs_within_a_cap_per_job_and_in_all():
 
 def test_only_the_jobs_owner_may_read_its_logs(daemons, tmp_path):
     keys = security.cluster_keys(str(tmp_path / "keys"))
-    _, address = daemons.broker("--keys", keys, *FAST)
+    _, address = daemons.broker("--keys", keys, *STEADY)
     daemons.worker(address, 1, "--keys", keys)
     wait_workers_secured(address, keys, 1)
     stranger = other_keys(tmp_path, keys, "client")
@@ -358,7 +371,8 @@ def test_cli_logs_and_run_prints_counters(cluster, tmp_path):
         logs = subprocess.run(pmr("logs", "--connect", cluster, handle.job_id),
                               capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert logs.returncode == 0, logs.stderr
-        assert "=== map-0 attempt 1 on " in logs.stdout and "=== reduce-0 " in logs.stdout
+        assert re.search(r"^=== map-0 attempt \d+ on \S+ \(done\) ===$", logs.stdout, re.M)
+        assert "=== reduce-0 " in logs.stdout
         one = subprocess.run(pmr("logs", "--connect", cluster, handle.job_id, "map-1"),
                              capture_output=True, text=True, timeout=60, cwd=ROOT)
         assert "map saw record 5\n" in one.stdout and "map-0" not in one.stdout
@@ -369,3 +383,25 @@ def test_log_text_is_made_harmless_for_a_terminal():
     shown = printable(text)
     assert shown == "ok\tcolumn\nred \\x1b[31mtext\\x1b[0m\\x0dover\\x07 \\u202eevil\n"
     assert not any(ch in shown for ch in "\x1b\r\x07\u202e")
+
+
+def test_embedded_run_cli_keeps_stdout_for_the_pairs(tmp_path):
+    data = tmp_path / "words.txt"
+    data.write_text("a b a\n")
+    job_file = _script(tmp_path, "printjob.py", """
+        from pymapreduce import Job
+
+        class Words(Job):
+            def map(self, offset, line):
+                print(f"map printed the line at {offset}")
+                for word in line.split():
+                    yield word, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+    """)
+    run = subprocess.run(pmr("run", f"{job_file}:Words", str(data), "--workers", "1"),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ['["a", 2]', '["b", 1]']
+    assert "map printed the line at 0\n" in run.stderr
