@@ -60,9 +60,13 @@ EXIT_CODES = (
 
 
 def _setup_logging(level: str, role: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+    # --log-level is the daemon's own (the "pymapreduce" loggers); the root keeps Python's
+    # default WARNING, so a job's own loggers log in its tasks as in a plain script, however
+    # quiet the daemon is (an embedded cluster's daemons log errors only)
+    logging.basicConfig(level=logging.WARNING,
                         format=f"pymapreduce {role} %(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("pymapreduce").setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def _watch_parent(parent_pid: int | None, on_gone) -> None:
@@ -220,7 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if address is None:
             cluster = LocalCluster(workers=args.workers, keys=args.keys,
                                    heartbeat_interval=args.heartbeat,
-                                   liveness=args.liveness).start()
+                                   liveness=args.liveness,
+                                   task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
@@ -255,7 +260,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes; the "
           f"job ran {seconds:.2f}s on the cluster ({mb / max(seconds, 1e-9):.1f} MB/s)"
           + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
+    print_counters(status.get("counters"), sys.stderr)
     return EXIT_OK
+
+
+def print_counters(counters: dict | None, out) -> None:
+    """The job's counters, one per line (nothing when it has none)."""
+    if counters:
+        print("counters:", file=out)
+        for name, value in sorted(counters.items()):
+            print(f"  {name}: {value}", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -278,6 +292,26 @@ def cmd_status(args: argparse.Namespace) -> int:
                          default=repr))
         return EXIT_OK
     print_listing(jobs, listing["workers"], sys.stdout)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """What a job's task attempts printed and logged (all tasks, or one: TASK)."""
+    from .client import Client
+    from .client.logs import fetch_logs, printable
+
+    with Client(args.connect, timeout=args.timeout, keys=args.keys,
+                key_name=args.key_name) as client:
+        logs = fetch_logs(client, args.job_id, args.task)
+    text = logs.text()
+    if not text:
+        what = f"task {args.task} of job" if args.task else "job"
+        print(f"pymapreduce: no logs for {what} {args.job_id} (its tasks printed and logged "
+              "nothing, or their logs were not kept)", file=sys.stderr)
+        return EXIT_OK
+    # a worker's text is untrusted: on a terminal, its control characters are shown, not
+    # obeyed (escape sequences could rewrite the screen or the window title)
+    sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
     return EXIT_OK
 
 
@@ -470,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up if the broker does not answer within this (default 5)")
     keys(c, "client")
     c.set_defaults(func=cmd_cancel)
+
+    lg = sub.add_parser("logs", help="what a job's tasks printed and logged")
+    lg.add_argument("--connect", required=True)
+    lg.add_argument("job_id")
+    lg.add_argument("task", nargs="?", help="only this task's attempts (map-3, reduce-0)")
+    lg.add_argument("--timeout", type=float, default=5.0)
+    keys(lg, "client")
+    lg.set_defaults(func=cmd_logs)
 
     k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
                        "authentication)")

@@ -33,7 +33,7 @@ def _req(msg: Message) -> Any:
 
 class ClientAPI:
     """Handlers of the client commands (HELLO, SUBMIT, WATCH, STATUS, FETCH, CANCEL,
-    RELEASE); mixed into the Broker."""
+    RELEASE, JOBS, LOGS); mixed into the Broker."""
 
     def on_hello(self, peer: bytes, msg: Message, now: float) -> None:
         self._reply(
@@ -258,6 +258,16 @@ class ClientAPI:
                             "seen": round(now - w.last_seen, 3),
                             "up": round(now - w.joined, 3)})
         self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers})
+
+    def on_logs(self, peer: bytes, msg: Message, now: float) -> None:
+        """A job's task logs (all, or one task's: ``task``), for its owner only."""
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        task = msg.body.get("task")
+        logs, dropped = self.ledger.logs.read(job.id, task if isinstance(task, str) else None)
+        self._reply(peer, P.LOGS, {"req": _req(msg), "job_id": job.id, "logs": logs,
+                                   "dropped": dropped})
 
     def on_release(self, peer: bytes, msg: Message, now: float) -> None:
         job = self.jobs.get(str(msg.body.get("job_id")))

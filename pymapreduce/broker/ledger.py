@@ -26,6 +26,7 @@ from .commits import Commits
 from .config import BrokerConfig
 from .dispatching import Dispatching
 from .journal import Journal
+from .logstore import DONE, FAILED, LogStore
 from .recovery import Recovery
 from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
@@ -117,6 +118,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.origin: Any = ""
         self.address_of = address_of
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
+        self.logs = LogStore()  # what attempts printed and logged (in memory only)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -252,6 +254,8 @@ class Ledger(Commits, Dispatching, Recovery):
             except ValueError as exc:
                 self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
                 continue
+            self.logs.keep(self._attempt(key), key.attempt, worker.name, DONE,
+                           report.stats.get("log"))
             if nblobs >= 0:  # output inline
                 self._commit(key, stats, list(blobs[pos : pos + nblobs]))
                 pos += nblobs
@@ -324,6 +328,8 @@ class Ledger(Commits, Dispatching, Recovery):
             self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
                           "does not hold: %.80r", failure and failure.key)
             return
+        self.logs.keep(self._attempt(failure.key), failure.key.attempt, worker.name, FAILED,
+                       failure.log)
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
                             failure.position, failure.final)
 
@@ -469,6 +475,7 @@ class Ledger(Commits, Dispatching, Recovery):
             self.journal.drop(job.seq)
             self.journal.flush()
         self.store.discard_where(lambda k: k[0] == jid)
+        self.logs.drop(jid)
 
     def release_job(self, job: JobState) -> None:
         """A finished job's client no longer needs its outputs: free them (memory, spill

@@ -30,6 +30,7 @@ from ..patterns.message import Message, frame_bytes
 from ..patterns.records import KeyHashes, paused_gc, unpack_columns
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
+from .logs import TaskLogs, fetch_logs
 from .output import check_output_dir, write_output
 from .submit import build_submission
 
@@ -295,8 +296,26 @@ class JobHandle:
 
     @property
     def counters(self) -> dict:
-        """User counters (``Job.count``), each committed task counted exactly once."""
+        """User counters (``Job.count``), each committed task counted exactly once.
+
+        Current: while the job is not known to have ended, reading this asks the broker
+        (so it is right after ``results()``, and on a handle from ``Client.job``); after
+        the end, the final counts are kept (also once the job is released)."""
+        if self._last.get("state") not in P.JOB_TERMINAL:
+            try:
+                self.status()
+            except PyMapReduceError:  # gone or unreachable: what was last heard
+                pass
         return dict(self._last.get("counters") or {})
+
+    def logs(self, task: str | None = None) -> TaskLogs:
+        """What the job's task attempts printed and logged, one entry per attempt that
+        did (``task``: only that task's, e.g. ``"map-3"``). Each entry is a dict with
+        ``task``, ``attempt``, ``worker``, ``state`` (``done``/``failed``), ``step`` and
+        ``text``; a failed attempt's text ends with its traceback. ``.text()`` gives them
+        all as one text. Kept by the broker, bounded, until the job is released or
+        expires; only the job's owner (or an admin key) may read them."""
+        return fetch_logs(self.client, self.job_id, task)
 
     def cancel(self) -> None:
         """Stop the job; its pending tasks are dropped and ``result()`` raises JobFailed."""
@@ -432,6 +451,10 @@ class JobHandle:
                 raise job_failed(status)
         for keys, values in self._parts(status, wait=True):
             yield from zip(keys, values)
+        try:  # every partition is in: the final status (its counters) is current now
+            self.status()
+        except PyMapReduceError:  # (released meanwhile, or unreachable: results are whole)
+            pass
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's result: a dict, or the list of output pairs for a map-only job or one

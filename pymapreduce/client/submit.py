@@ -12,6 +12,7 @@ from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, emits, is_map_only, job_steps
 from ..patterns.records import pack
+from .sources import with_sources
 
 SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
 
@@ -59,7 +60,7 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         if type(part).map is Job.map:
             raise ConfigError(f"{type(part).__name__} defines no map(self, key, value): "
                               "a job needs one (reduce and combine are optional)")
-    code = pickle_job(job)
+    code = pickle_job(with_sources(job, steps))  # (its source: tracebacks show the lines)
     plan = None
     if steps is not None:  # each step's reducers: its own, else the submit's, else slots
         plan = []

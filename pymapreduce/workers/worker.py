@@ -31,6 +31,7 @@ from ..patterns.message import Message, frame_bytes
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
 from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
+from .capture import Capture, attempt_log, register_sources
 from .reporting import REPORT_SLACK, done_messages
 from .runner import TaskError, run_task
 
@@ -127,6 +128,8 @@ class Worker:
         self._idle_poll = False
         self._need_ready = threading.Event()
         self.tasks_done = 0
+        self.capture = Capture()  # what tasks print or log, kept per attempt
+        self._sources_of = ""  # the job whose shipped source linecache holds
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
         sock = make_socket(self.ctx, kind, identity=identity)
@@ -376,13 +379,18 @@ class Worker:
         key, b = item.key, item.body
         job_id, kind, index, attempt = key
         started = time.monotonic()
+        if job_id != self._sources_of:  # its tracebacks show the user's lines
+            register_sources(self.jobs.get(job_id))
+            self._sources_of = job_id
+        tasklog = None
         try:
             self._current = key
             try:
-                outputs, stats = run_task(item.job, kind, item.split, item.blobs,
-                                          b["reducers"], b["map_only"], skip=item.skip,
-                                          ordinals=bool(b.get("ordinals")),
-                                          safe_output=item.safe_output)
+                with self.capture.attempt() as tasklog:
+                    outputs, stats = run_task(item.job, kind, item.split, item.blobs,
+                                              b["reducers"], b["map_only"], skip=item.skip,
+                                              ordinals=bool(b.get("ordinals")),
+                                              safe_output=item.safe_output)
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:
@@ -394,14 +402,18 @@ class Worker:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
-            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where)
+            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
+                       log=attempt_log(tasklog, tb))
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
-            self._fail(key, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                       {"split": index}, final=isinstance(exc, HOPELESS))
+            tb = traceback.format_exc()
+            self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
+                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb))
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
+        if tasklog is not None and (text := tasklog.getvalue()):
+            stats["log"] = text  # (the broker keeps it apart from the statistics)
         size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
@@ -423,9 +435,10 @@ class Worker:
         self.reports.append(Report(key, stats, nblobs).wire())
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
-              final: bool = False) -> None:
+              final: bool = False, log: bytes = b"") -> None:
         self._flush()
-        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final).body()))
+        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final,
+                                                 log).body()))
 
     def _flush(self) -> None:
         if not self.reports:
