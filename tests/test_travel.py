@@ -407,3 +407,33 @@ def test_job_params_parse_literals_else_strings():
                        "none=None", "e=", "expr=1+2j*", "d={'a': 1}"]) == {
         "n": 3, "f": 0.5, "s": "hello world", "q": "3", "l": [1, 2], "b": True,
         "none": None, "e": "", "expr": "1+2j*", "d": {"a": 1}}
+
+
+def test_a_job_by_reference_still_may_not_start_clusters_in_workers(tmp_path):
+    """A module without a main guard, imported by the workers (ship_modules = False): they
+    refuse to start a cluster of their own, and the job fails saying why."""
+    from .test_embedded import GUARDLESS
+
+    (tmp_path / "guardless.py").write_text(
+        GUARDLESS.replace("class WC(Job):\n", "class WC(Job):\n    ship_modules = False\n"))
+    imported = subprocess.run([sys.executable, "-c", "import guardless"], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode != 0
+    assert 'if __name__ == "__main__"' in imported.stderr
+    assert len((tmp_path / "imports.log").read_text().split()) <= 3
+
+
+def test_a_job_directory_goes_when_the_worker_forgets_the_job(daemons, tmp_path):
+    from pymapreduce.workers.worker import JOB_CACHE
+
+    (tmp_path / "f.txt").write_text("x")
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    job = type("Where", (WhereAmI,), {"files": [str(tmp_path / "f.txt")]})()
+    with Client(address) as client:
+        dirs = [client.submit(job, [(0, 0)]).result(60)[0][1] for _ in range(JOB_CACHE + 1)]
+    assert len(set(dirs)) == JOB_CACHE + 1  # one directory per job
+    assert not os.path.exists(dirs[0])  # the first job is forgotten: its directory gone
+    assert all(os.path.isfile(os.path.join(d, "f.txt")) for d in dirs[1:])
