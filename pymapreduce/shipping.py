@@ -110,7 +110,9 @@ def pickle_by_value(obj: Any, by_value: bool = True) -> bytes:
             try:
                 return cloudpickle.dumps(obj)
             except Exception as exc:  # e.g. a lock in a module the job's code refers to
-                log.debug("cannot ship the job's modules by value (%s); by reference", exc)
+                log.warning("the job's own modules cannot travel by value (%s: %s); it is "
+                            "pickled by reference, so the workers must be able to import "
+                            "them (docs/travel.md)", type(exc).__name__, exc)
             finally:
                 for module in added:
                     cloudpickle.unregister_pickle_by_value(module)

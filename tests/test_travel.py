@@ -437,3 +437,44 @@ def test_a_job_directory_goes_when_the_worker_forgets_the_job(daemons, tmp_path)
     assert len(set(dirs)) == JOB_CACHE + 1  # one directory per job
     assert not os.path.exists(dirs[0])  # the first job is forgotten: its directory gone
     assert all(os.path.isfile(os.path.join(d, "f.txt")) for d in dirs[1:])
+
+
+class ImportsShipped(Job):
+    """Imports a .py file shipped with the job, from the job's directory."""
+
+    def map(self, key, value):
+        import shiphelper  # a side file: found first on sys.path while the task runs
+
+        yield key, shiphelper.VERSION
+
+
+def test_a_shipped_module_is_imported_fresh_by_each_job(daemons, tmp_path):
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    got = []
+    with Client(address) as client:
+        for version in (1, 2):
+            (tmp_path / f"v{version}").mkdir()
+            helper = tmp_path / f"v{version}" / "shiphelper.py"
+            helper.write_text(f"VERSION = {version}\n")
+            got.append(client.submit(ImportsShipped(), [(0, 0), (1, 1)], map_tasks=2,
+                                     files=[str(helper)]).result(60))
+    assert got == [[(0, 1), (1, 1)], [(0, 2), (1, 2)]]
+    assert "shiphelper" not in sys.modules
+
+
+def test_a_module_that_cannot_travel_by_value_falls_back_with_a_warning(user_modules,
+                                                                        caplog):
+    import threading
+
+    from pymapreduce.client.submit import pickle_job
+
+    user_modules.LOCK = threading.Lock()  # a global the job's code refers to, unpicklable
+    cls = type("Locked", (user_modules.UserWordCount,), {
+        "__module__": user_modules.__name__,
+        "map_init": lambda self: user_modules.LOCK})
+    user_modules.Locked = cls
+    with caplog.at_level("WARNING", logger="pymapreduce.shipping"):
+        assert pickle_job(cls())  # by reference, as before this existed
+    assert "cannot travel by value (TypeError: cannot pickle '_thread.lock'" in caplog.text
