@@ -59,18 +59,26 @@ class JobDirs:
         # not named after the job id: that is the client's text, this is a path
         path = os.path.join(self.root, f"job-{self._made}")
         os.mkdir(path, 0o700)
+        try:
+            for name, data in files:
+                self._write(path, name, data)
+        except BaseException:  # (a full disk): no half-filled directory is used later
+            self._remove(path)
+            raise
         self.dirs[job_id] = path
-        for name, data in files:
-            shipping.check_file_name(name)
-            target = os.path.join(path, name)
-            if os.path.dirname(target) != path:  # (cannot happen after the check: belt)
-                raise ValueError(f"job file {name!r} would leave the job's directory")
-            # O_EXCL: never through a link, never over a file already there (a duplicate)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by tasks
         return path
+
+    @staticmethod
+    def _write(path: str, name: str, data: bytes) -> None:
+        shipping.check_file_name(name)
+        target = os.path.join(path, name)
+        if os.path.dirname(target) != path:  # (cannot happen after the check: a belt)
+            raise ValueError(f"job file {name!r} would leave the job's directory")
+        # O_EXCL: never through a link, never over a file already there (a duplicate)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by tasks
 
     def get(self, job_id: str) -> str | None:
         return self.dirs.get(job_id)
