@@ -37,6 +37,7 @@ import dataclasses
 
 from pymapreduce import Job
 from {helpers} import tokenize
+from {pkg} import sub
 from {pkg}.sub import SCALE
 
 SEEN = {{"mutations": 0}}
@@ -54,7 +55,7 @@ class UserWordCount(Job):
     def map(self, key, line):
         for token in tokenize(line):
             word = Word(token)
-            yield word.text, dataclasses.asdict(word)["weight"]
+            yield word.text, sub.halve(dataclasses.asdict(word)["weight"] * 2)
 
     def reduce(self, word, counts):
         return sum(counts)
@@ -71,7 +72,8 @@ def user_modules(tmp_path):
     src = tmp_path / "src"
     (src / names["pkg"]).mkdir(parents=True)
     (src / names["pkg"] / "__init__.py").write_text("")
-    (src / names["pkg"] / "sub.py").write_text("SCALE = 2\n")
+    (src / names["pkg"] / "sub.py").write_text(
+        "SCALE = 2\n\ndef halve(n):\n    return n // 2\n")
     (src / f"{names['helpers']}.py").write_text(
         "def tokenize(line):\n    return [w for w in line.split() if len(w) > 3 or "
         "w.startswith(('w', 'x'))]\n")
