@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
+import inspect
 import ipaddress
 import json
 import logging
@@ -178,7 +180,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def load_job_class(spec: str):
-    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class."""
+    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class.
+
+    A missing file, module or class is a PyMapReduceError (one line, exit 2); an error
+    raised by the module's own code while it is imported keeps its traceback."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
@@ -196,13 +201,69 @@ def load_job_class(spec: str):
         # the workers need not have the file; and registered before it runs, a job it runs
         # at import (no `if __name__ == "__main__":`) does not make the workers import it
         cloudpickle.register_pickle_by_value(module)
-        module_spec.loader.exec_module(module)
+        _import_job_module(target, lambda: module_spec.loader.exec_module(module))
     else:
-        module = importlib.import_module(target)
+        # as `python -m pymapreduce` has it: modules in the current directory import (the
+        # console script's sys.path starts with its own bin directory instead)
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = _import_job_module(target, lambda: importlib.import_module(target))
     try:
         return getattr(module, attr)
     except AttributeError:
         raise PyMapReduceError(f"{target} defines no {attr!r}") from None
+
+
+def _import_job_module(target: str, load):
+    """``load()``, with a missing module or a syntax error as one clear line."""
+    try:
+        return load()
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise PyMapReduceError(f"no module named {target!r} (looked in the current "
+                                   "directory and on sys.path)") from None
+        raise PyMapReduceError(f"importing {target}: {exc} (is it installed here?)") from None
+    except SyntaxError as exc:
+        raise PyMapReduceError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
+
+
+def job_params(pairs: list[str] | None) -> dict:
+    """``-p name=value`` options as constructor keyword arguments: a value that parses as
+    a Python literal (``ast.literal_eval``: numbers, strings in quotes, lists, dicts, True,
+    None...) is that value, anything else is the string as typed."""
+    params: dict = {}
+    for pair in pairs or ():
+        name, eq, text = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise PyMapReduceError(f"-p {pair!r}: give a parameter as name=value")
+        if name in params:
+            raise PyMapReduceError(f"-p {name}: given twice")
+        try:
+            params[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            params[name] = text
+    return params
+
+
+def make_job(spec: str, pairs: list[str] | None = None):
+    """The job ``spec`` names, built with the ``-p`` parameters; a class that is not a
+    Job, or parameters its constructor does not take, are one clear line."""
+    from .job import Job
+
+    cls = load_job_class(spec)
+    params = job_params(pairs)
+    if not (isinstance(cls, type) and issubclass(cls, Job)):
+        raise PyMapReduceError(f"{spec} is not a pymapreduce.Job subclass")
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as exc:
+        given = ", ".join(params) or "none"
+        raise PyMapReduceError(f"{cls.__name__}{inspect.signature(cls)}: {exc} (parameters "
+                               f"given with -p name=value: {given})") from None
+    except ValueError:  # no signature to check (a C-level constructor): let it say
+        pass
+    return cls(**params)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -210,13 +271,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .client.output import check_output_dir
     from .inputs import read_text
     from .local import LocalCluster
+    from .shipping import gather_files
 
-    job = load_job_class(args.job)()
+    job = make_job(args.job, args.param)
     inputs = read_text(args.inputs, split_bytes=args.split_bytes, encoding=args.encoding,
                        max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
     if args.output is not None:  # so does an output that cannot be written, or is taken
         check_output_dir(args.output, overwrite=args.overwrite)
+    gather_files(job, args.file)  # as does a missing --file (read again at submit)
     cluster = None
     started = time.monotonic()
     try:
@@ -230,7 +293,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                    output_dir=args.output, priority=args.priority,
-                                   requires=set(args.require or ()) or None)
+                                   requires=set(args.require or ()) or None,
+                                   files=args.file)
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker processes")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
@@ -474,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, metavar="N",
                    help="print only the first N pairs (0: all). Default: all of them, "
                         f"except on a terminal the first {TERMINAL_LIMIT:,}")
+    # code and data that travel with the job (docs/travel.md)
+    r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="a job constructor argument (repeatable); VALUE is a Python literal "
+                        "when it parses as one (3, 0.5, 'x', [1, 2], True), else a string")
+    r.add_argument("--file", action="append", metavar="PATH",
+                   help="a side file shipped with the job (repeatable); tasks open it by "
+                        "its base name in their working directory")
     r.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="give up waiting after this many seconds")
     keys(r, "client")

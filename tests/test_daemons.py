@@ -291,6 +291,7 @@ def test_code_that_cannot_load_on_the_workers_reports_the_real_cause(cluster, tm
     (tmp_path / "only_here.py").write_text(
         "from pymapreduce import Job\n"
         "class LocalOnly(Job):\n"
+        "    ship_modules = False\n"  # (by value it would run: tests/test_travel.py)
         "    def map(self, key, value):\n"
         "        yield value, 1\n"
     )

@@ -184,13 +184,13 @@ def test_the_broker_keeps_logs_within_a_cap_per_job_and_in_all():
 
 def test_only_the_jobs_owner_may_read_its_logs(daemons, tmp_path):
     keys = security.cluster_keys(str(tmp_path / "keys"))
-    _, address = daemons.broker("--keys", keys, *STEADY)
-    daemons.worker(address, 1, "--keys", keys)
-    wait_workers_secured(address, keys, 1)
-    stranger = other_keys(tmp_path, keys, "client")
+    stranger = other_keys(tmp_path, keys, "client")  # a second tenant, let in from the start
     subprocess.run(pmr("keys", "authorize", keys, "client",
                        os.path.join(stranger, "client.key")), check=True, cwd=ROOT,
                    capture_output=True, timeout=30)
+    _, address = daemons.broker("--keys", keys, *STEADY)
+    daemons.worker(address, 1, "--keys", keys)
+    wait_workers_secured(address, keys, 1)
     with Client(address, keys=keys) as owner:
         handle = owner.submit(Chatty(), RECORDS[:5], map_tasks=1, reducers=1)
         handle.result(60)

@@ -30,6 +30,7 @@ from ..patterns.message import Message, frame_bytes
 from ..patterns.records import KeyHashes, paused_gc, unpack_columns
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
+from ..shipping import gather_files
 from .logs import TaskLogs, fetch_logs
 from .output import check_output_dir, write_output
 from .submit import build_submission
@@ -202,6 +203,7 @@ class Client:
         priority: float | None = None,
         requires: Any = None,
         overwrite: bool = True,
+        files: Any = None,
     ) -> JobHandle:
         """Submit ``job`` over ``inputs``; returns at once with a :class:`JobHandle`.
 
@@ -216,19 +218,23 @@ class Client:
         ``priority`` (default 1, or the job's ``priority``) weighs the job's share of the
         worker slots against other jobs'; ``requires`` (a set of tags, or the job's
         ``requires``) sends its tasks only to workers started with all those ``--tag``.
+        ``files``: side files (paths, or ``{name: path}``) each task finds by name in its
+        working directory, with the job's own ``Job.files`` (docs/travel.md).
         """
         if output_dir is not None:
             output_dir = check_output_dir(output_dir, overwrite=overwrite)
+        shipped = gather_files(job, files)  # a missing file: an error before anything is sent
         info = self.info()
         slots = max(1, int(info.get("slots", 1)))
         sub = build_submission(job, inputs, slots=slots, map_tasks=map_tasks,
                                reducers=reducers, name=name, priority=priority,
-                               requires=requires)
+                               requires=requires, files=shipped)
         size = sum(len(b) for b in sub.blobs)
         limit = int(info.get("max_message", size))
         if size > limit:  # the broker would drop the connection without a word
             raise InputError(
-                f"the job and its in-memory inputs take {size / 2**20:.1f} MiB, more than the "
+                f"the job (its code and files) and its in-memory inputs take "
+                f"{size / 2**20:.1f} MiB, more than the "
                 f"broker accepts in one message ({limit / 2**20:.1f} MiB): pass large inputs "
                 "as files with read_text(), which workers read themselves")
         reply = self._request(P.SUBMIT, sub.body, sub.blobs)
