@@ -25,6 +25,7 @@ from .errors import (
 )
 from .inputs import read_csv, read_files, read_jsonl, read_text
 from .job import Job, run_sequential, stable_hash
+from .shipping import job_file
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,7 @@ __all__ = [
     "LineTooLong",
     "UnencodableValue",
     "ValueNeedsPickle",
+    "job_file",
     "read_csv",
     "read_files",
     "read_jsonl",

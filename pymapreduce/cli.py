@@ -1,10 +1,12 @@
-"""``pymapreduce broker | worker | run | status | cancel | keys``."""
+"""The ``pymapreduce`` command: run jobs, and the broker and worker daemons of a cluster."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
+import inspect
 import ipaddress
 import json
 import logging
@@ -13,8 +15,19 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from urllib.parse import urlsplit
 
+from .cli_errors import DEBUG_ENV, debug_from_env, report_error
+from .cli_help import DESCRIPTION, EPILOG, version
+from .cli_output import (  # noqa: F401 (Progress, print_listing: their old home)
+    TERMINAL_LIMIT,
+    Progress,
+    print_job,
+    print_limit,
+    print_listing,
+    print_pairs,
+)
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
@@ -47,13 +60,15 @@ EXIT_CODES = (
     (PyMapReduceError, EXIT_USAGE),
 )
 
-PRINT_LIMIT = 10_000  # output pairs printed to the terminal when no --output is given
-
 
 def _setup_logging(level: str, role: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+    # --log-level is the daemon's own (the "pymapreduce" loggers); the root keeps Python's
+    # default WARNING, so a job's own loggers log in its tasks as in a plain script, however
+    # quiet the daemon is (an embedded cluster's daemons log errors only)
+    logging.basicConfig(level=logging.WARNING,
                         format=f"pymapreduce {role} %(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("pymapreduce").setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def _watch_parent(parent_pid: int | None, on_gone) -> None:
@@ -109,7 +124,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           spill_dir=args.spill_dir, keys_dir=args.keys,
                           state_dir=args.state_dir, fsync=args.fsync,
                           backup_after=args.backup_after,
-                          max_jobs=args.max_jobs,
+                          max_jobs=args.max_jobs, result_ttl=args.result_ttl,
                           max_jobs_per_client=args.max_jobs_per_client,
                           max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
                           list_all_jobs=args.list_all_jobs,
@@ -165,7 +180,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def load_job_class(spec: str):
-    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class."""
+    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class.
+
+    A missing file, module or class is a PyMapReduceError (one line, exit 2); an error
+    raised by the module's own code while it is imported keeps its traceback."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
@@ -183,41 +201,69 @@ def load_job_class(spec: str):
         # the workers need not have the file; and registered before it runs, a job it runs
         # at import (no `if __name__ == "__main__":`) does not make the workers import it
         cloudpickle.register_pickle_by_value(module)
-        module_spec.loader.exec_module(module)
+        _import_job_module(target, lambda: module_spec.loader.exec_module(module))
     else:
-        module = importlib.import_module(target)
+        # as `python -m pymapreduce` has it: modules in the current directory import (the
+        # console script's sys.path starts with its own bin directory instead)
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        module = _import_job_module(target, lambda: importlib.import_module(target))
     try:
         return getattr(module, attr)
     except AttributeError:
         raise PyMapReduceError(f"{target} defines no {attr!r}") from None
 
 
-class Progress:
-    """A one-line progress bar on a terminal: tasks done / total, per phase."""
+def _import_job_module(target: str, load):
+    """``load()``, with a missing module or a syntax error as one clear line."""
+    try:
+        return load()
+    except ModuleNotFoundError as exc:
+        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+            raise PyMapReduceError(f"no module named {target!r} (looked in the current "
+                                   "directory and on sys.path)") from None
+        raise PyMapReduceError(f"importing {target}: {exc} (is it installed here?)") from None
+    except SyntaxError as exc:
+        raise PyMapReduceError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
 
-    def __call__(self, status: dict) -> None:
-        if not self.enabled:
-            return
-        line = "  ".join(
-            f"{phase} {done}/{total} {self._bar(done, total)}"
-            for phase, (done, total) in (("map", status["maps"]), ("reduce", status["reduces"]))
-            if total
-        )
-        self.stream.write(f"\r{line}  {status.get('elapsed', 0):.1f}s ")
-        self.stream.flush()
+def job_params(pairs: list[str] | None) -> dict:
+    """``-p name=value`` options as constructor keyword arguments: a value that parses as
+    a Python literal (``ast.literal_eval``: numbers, strings in quotes, lists, dicts, True,
+    None...) is that value, anything else is the string as typed."""
+    params: dict = {}
+    for pair in pairs or ():
+        name, eq, text = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise PyMapReduceError(f"-p {pair!r}: give a parameter as name=value")
+        if name in params:
+            raise PyMapReduceError(f"-p {name}: given twice")
+        try:
+            params[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            params[name] = text
+    return params
 
-    @staticmethod
-    def _bar(done: int, total: int, width: int = 20) -> str:
-        filled = int(width * done / max(total, 1))
-        return "[" + "#" * filled + "." * (width - filled) + "]"
 
-    def end(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
+def make_job(spec: str, pairs: list[str] | None = None):
+    """The job ``spec`` names, built with the ``-p`` parameters; a class that is not a
+    Job, or parameters its constructor does not take, are one clear line."""
+    from .job import Job
+
+    cls = load_job_class(spec)
+    params = job_params(pairs)
+    if not (isinstance(cls, type) and issubclass(cls, Job)):
+        raise PyMapReduceError(f"{spec} is not a pymapreduce.Job subclass")
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as exc:
+        given = ", ".join(params) or "none"
+        raise PyMapReduceError(f"{cls.__name__}{inspect.signature(cls)}: {exc} (parameters "
+                               f"given with -p name=value: {given})") from None
+    except ValueError:  # no signature to check (a C-level constructor): let it say
+        pass
+    return cls(**params)
 
 
 def job_inputs(job, paths: list[str], **options):
@@ -241,12 +287,17 @@ def job_inputs(job, paths: list[str], **options):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Client
+    from .client.output import check_output_dir
     from .local import LocalCluster
+    from .shipping import gather_files
 
-    job = load_job_class(args.job)()
+    job = make_job(args.job, args.param)
     inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
                         encoding=args.encoding, max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
+    if args.output is not None:  # so does an output that cannot be written, or is taken
+        check_output_dir(args.output, overwrite=args.overwrite)
+    gather_files(job, args.file)  # as does a missing --file (read again at submit)
     cluster = None
     started = time.monotonic()
     try:
@@ -254,13 +305,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if address is None:
             cluster = LocalCluster(workers=args.workers, keys=args.keys,
                                    heartbeat_interval=args.heartbeat,
-                                   liveness=args.liveness).start()
+                                   liveness=args.liveness,
+                                   task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
             handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                    output_dir=args.output, priority=args.priority,
-                                   requires=set(args.require or ()) or None)
-            print(f"pymapreduce: job {handle.job_id} submitted to {address}", file=sys.stderr)
+                                   requires=set(args.require or ()) or None,
+                                   files=args.file)
+            where = (f"submitted to {address}" if cluster is None else
+                     f"running on an embedded cluster of {cluster.workers} worker processes")
+            print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
             progress = Progress(sys.stderr)
             try:
                 status = handle.wait(timeout=args.timeout, progress=progress)
@@ -277,8 +332,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             finally:
                 progress.end()
             if args.output is None:
-                _print_pairs(handle.results())
-            handle.release()
+                print_pairs(handle.results(), limit=print_limit(args.limit, sys.stdout))
+            handle.release()  # (its outputs; `status` still lists it until the result TTL)
     finally:
         if cluster is not None:
             cluster.close()
@@ -287,64 +342,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes; the "
           f"job ran {seconds:.2f}s on the cluster ({mb / max(seconds, 1e-9):.1f} MB/s)"
           + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
+    print_counters(status.get("counters"), sys.stderr)
     return EXIT_OK
 
 
-def _print_pairs(pairs) -> None:
-    n = 0
-    for k, v in pairs:
-        n += 1
-        if n <= PRINT_LIMIT:
-            print(json.dumps([k, v], ensure_ascii=False, default=repr))
-    if n > PRINT_LIMIT:
-        print(f"... {n - PRINT_LIMIT} more pairs not shown; use --output DIR to keep them all",
-              file=sys.stderr)
+def print_counters(counters: dict | None, out) -> None:
+    """The job's counters, one per line (nothing when it has none)."""
+    if counters:
+        print("counters:", file=out)
+        for name, value in sorted(counters.items()):
+            print(f"  {name}: {value}", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .client import Client
+    from .client.client import public_status
 
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         if args.job_id:
             body = client.job(args.job_id).status()
-            body.pop("req", None)
-            print(json.dumps(body, indent=2, default=repr))
+            if args.json:
+                print(json.dumps(body, indent=2, default=repr))
+            else:
+                print_job(body, sys.stdout)
             return EXIT_OK
         listing = client._request("JOBS", {}).body
+    jobs = [public_status(j) for j in listing["jobs"]]
     if args.json:
-        print(json.dumps({"jobs": listing["jobs"], "workers": listing["workers"]}, indent=2,
+        print(json.dumps({"jobs": jobs, "workers": listing["workers"]}, indent=2,
                          default=repr))
         return EXIT_OK
-    print_listing(listing["jobs"], listing["workers"], sys.stdout)
+    print_listing(jobs, listing["workers"], sys.stdout)
     return EXIT_OK
 
 
-def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
-    """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
-    print(f"jobs ({len(jobs)})", file=out)
-    rows = [["JOB", "STATE", "PRIO", "MAP", "REDUCE", "ELAPSED", "COUNTERS / WHY IT WAITS"]]
-    for j in jobs:
-        extra = j.get("waiting") or (j.get("error") or {}).get("message", "")
-        if not extra and j.get("counters"):
-            extra = ", ".join(f"{k}={v}" for k, v in sorted(j["counters"].items()))
-        rows.append([j["job_id"], j["state"], f"{j.get('priority', 1):g}",
-                     "{}/{}".format(*j["maps"]),
-                     "{}/{}".format(*j["reduces"]) if j["reduces"][1] else "-",
-                     f"{j['elapsed']:.1f}s", extra[:80]])
-    _table(rows, out)
-    print(f"\nworkers ({len(workers)})", file=out)
-    rows = [["WORKER", "HOST", "PID", "TAGS", "HOLDS", "DONE", "CURRENT TASK"]]
-    for w in workers:
-        rows.append([w["name"], w["host"], str(w["pid"]), ",".join(w["tags"]) or "-",
-                     str(w["held"]), str(w["done"]), w["tasks"][0] if w["tasks"] else "idle"])
-    _table(rows, out)
+def cmd_logs(args: argparse.Namespace) -> int:
+    """What a job's task attempts printed and logged (all tasks, or one: TASK)."""
+    from .client import Client
+    from .client.logs import fetch_logs, printable
 
-
-def _table(rows: list[list[str]], out) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+    with Client(args.connect, timeout=args.timeout, keys=args.keys,
+                key_name=args.key_name) as client:
+        logs = fetch_logs(client, args.job_id, args.task)
+    text = logs.text()
+    if not text:
+        what = f"task {args.task} of job" if args.task else "job"
+        print(f"pymapreduce: no logs for {what} {args.job_id} (its tasks printed and logged "
+              "nothing, or their logs were not kept)", file=sys.stderr)
+        return EXIT_OK
+    # a worker's text is untrusted: on a terminal, its control characters are shown, not
+    # obeyed (escape sequences could rewrite the screen or the window title)
+    sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -381,11 +431,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pymapreduce", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="pymapreduce", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pymapreduce {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands", help="one of:")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+        p.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                       help="DEBUG, INFO, WARNING or ERROR (default INFO)")
         p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
     def keys(p: argparse.ArgumentParser, name: str) -> None:
@@ -395,17 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-name", default=name,
                        help=f"this side's keypair in DIR (default {name})")
 
-    b = sub.add_parser("broker", help="run the broker daemon")
-    b.add_argument("--bind", default="tcp://127.0.0.1:5555",
+    b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
+    b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
                    help="control address for clients and workers (port 0: the OS picks)")
-    b.add_argument("--data-bind", help="data-plane sink address (default: same host, any port)")
-    b.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds")
-    b.add_argument("--liveness", type=float, default=5.0,
+    b.add_argument("--data-bind", metavar="ADDR",
+                   help="address for workers' task outputs (default: same host, any port)")
+    b.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
+                   help="heartbeat interval (default 1)")
+    b.add_argument("--liveness", type=float, default=5.0, metavar="SECONDS",
                    help="seconds of silence after which a worker is taken for dead")
-    b.add_argument("--max-attempts", type=int, default=4, help="attempts per task")
+    b.add_argument("--max-attempts", type=int, default=4, metavar="N",
+                   help="attempts per task (default 4)")
+    b.add_argument("--result-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="how long a finished job is kept: its outputs for its client to "
+                        "fetch, its status for `pymapreduce status` (default 3600)")
     b.add_argument("--memory-budget-mb", type=float, default=1024,
                    help="task output held in memory before spilling to disk")
-    b.add_argument("--spill-dir", help="where outputs beyond the budget go")
+    b.add_argument("--spill-dir", metavar="DIR",
+                   help="where outputs beyond the memory budget go (default: a temporary "
+                        "directory)")
     b.add_argument("--backup-after", type=_backup_after, default=0.25, metavar="SECONDS",
                    help="backup tasks: a task still running this long (and twice its job's "
                         "mean) gets a second attempt on an idle worker; 'off' disables them "
@@ -439,10 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(b)
     b.set_defaults(func=cmd_broker)
 
-    w = sub.add_parser("worker", help="run N worker processes for a broker")
-    w.add_argument("--connect", required=True, help="the broker's control address")
-    w.add_argument("--processes", type=int, help="worker processes (default: cores)")
-    w.add_argument("--credit", type=int, default=32, help="tasks a process may hold queued")
+    w = sub.add_parser("worker", help="run worker processes for a broker (they run tasks)")
+    w.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    w.add_argument("--processes", type=int, metavar="N",
+                   help="worker processes (default: one per core)")
+    w.add_argument("--credit", type=int, default=32, metavar="N",
+                   help="tasks a process may hold queued (default 32)")
     w.add_argument("--tag", action="append", metavar="TAG",
                    help="a placement label (repeatable: --tag gpu --tag bigmem); jobs that "
                         "require tags run only on workers that have them all")
@@ -453,63 +521,115 @@ def build_parser() -> argparse.ArgumentParser:
     common(w)
     w.set_defaults(func=cmd_worker)
 
-    r = sub.add_parser("run", help="run a job over text files")
+    r = sub.add_parser("run", help="run a job over text files and print or write its output",
+                       description="Run JOB over the lines of INPUTS, on an embedded cluster "
+                       "(default) or a broker's (--connect). The output pairs are printed "
+                       "on stdout as JSON lines ([key, value]), or written to --output DIR; "
+                       "progress and a summary go to stderr.")
     r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
     r.add_argument("inputs", nargs="+", help="input files or globs")
-    r.add_argument("--connect", help="a broker's address (default: an embedded cluster)")
-    r.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
-    r.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
-    r.add_argument("--split-bytes", type=int, help="bytes per map task")
-    r.add_argument("--encoding", default="utf-8", help="the files' encoding (default utf-8)")
-    r.add_argument("--max-line-bytes", type=int, default=64 << 20,
+    r.add_argument("--connect", metavar="ADDR",
+                   help="a broker's address (default: an embedded cluster)")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="embedded cluster size (default: cores)")
+    r.add_argument("--reducers", type=int, metavar="N",
+                   help="reduce partitions (default: one per worker)")
+    r.add_argument("--split-bytes", type=int, metavar="BYTES", help="bytes per map task")
+    r.add_argument("--encoding", default="utf-8", metavar="NAME",
+                   help="the files' encoding (default utf-8)")
+    r.add_argument("--max-line-bytes", type=int, default=64 << 20, metavar="BYTES",
                    help="a longer line fails its task (default 64 MiB)")
-    r.add_argument("--heartbeat", type=float, default=1.0,
+    r.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
                    help="embedded cluster: heartbeat interval, seconds (default 1)")
-    r.add_argument("--liveness", type=float, default=5.0,
+    r.add_argument("--liveness", type=float, default=5.0, metavar="SECONDS",
                    help="embedded cluster: a worker silent this long is dead (default 5)")
-    r.add_argument("--priority", type=float,
+    r.add_argument("--priority", type=float, metavar="WEIGHT",
                    help="the job's weight in sharing workers with other jobs (default 1)")
     r.add_argument("--require", action="append", metavar="TAG",
                    help="run only on workers with this --tag (repeatable)")
-    r.add_argument("--output", help="directory for part-NNNNN files (default: print)")
-    r.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    r.add_argument("--output", metavar="DIR",
+                   help="write the output as part-NNNNN files (JSON lines) into DIR instead "
+                        "of printing it; DIR must be new or empty, unless --overwrite")
+    r.add_argument("--overwrite", action="store_true",
+                   help="with --output: replace the part files of an earlier run in DIR "
+                        "(other files there are left alone)")
+    r.add_argument("--limit", type=int, metavar="N",
+                   help="print only the first N pairs (0: all). Default: all of them, "
+                        f"except on a terminal the first {TERMINAL_LIMIT:,}")
+    # code and data that travel with the job (docs/travel.md)
+    r.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
+                   help="a job constructor argument (repeatable); VALUE is a Python literal "
+                        "when it parses as one (3, 0.5, 'x', [1, 2], True), else a string")
+    r.add_argument("--file", action="append", metavar="PATH",
+                   help="a side file shipped with the job (repeatable); tasks open it by "
+                        "its base name in their working directory")
+    r.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up waiting after this many seconds")
     keys(r, "client")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("status", help="cluster facts, or one job's status")
-    s.add_argument("--connect", required=True)
-    s.add_argument("job_id", nargs="?")
-    s.add_argument("--json", action="store_true", help="the listing as JSON")
-    s.add_argument("--timeout", type=float, default=5.0)
+    s = sub.add_parser("status", help="list a broker's jobs and workers, or show one job",
+                       description="Without JOB_ID: the broker's jobs (running ones and "
+                       "those finished within the result TTL, an hour by default) and its "
+                       "workers, as two tables. With JOB_ID: that job's state, progress, "
+                       "counters and error.")
+    s.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    s.add_argument("job_id", nargs="?", metavar="JOB_ID",
+                   help="a job id (as `run` and the listing print it)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up if the broker does not answer within this (default 5)")
     keys(s, "client")
     s.set_defaults(func=cmd_status)
 
-    c = sub.add_parser("cancel", help="cancel a running job")
-    c.add_argument("--connect", required=True)
-    c.add_argument("job_id")
-    c.add_argument("--timeout", type=float, default=5.0)
+    c = sub.add_parser("cancel", help="cancel a queued or running job",
+                       description="Stop a job: its pending tasks are dropped and running "
+                       "ones stopped on the workers; its client's wait raises JobFailed.")
+    c.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    c.add_argument("job_id", metavar="JOB_ID", help="the job to cancel")
+    c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up if the broker does not answer within this (default 5)")
     keys(c, "client")
     c.set_defaults(func=cmd_cancel)
 
-    k = sub.add_parser("keys", help="make and authorize CURVE keys")
-    ksub = k.add_subparsers(dest="action", required=True)
+    lg = sub.add_parser("logs", help="what a job's tasks printed and logged")
+    lg.add_argument("--connect", required=True)
+    lg.add_argument("job_id")
+    lg.add_argument("task", nargs="?", help="only this task's attempts (map-3, reduce-0)")
+    lg.add_argument("--timeout", type=float, default=5.0)
+    keys(lg, "client")
+    lg.set_defaults(func=cmd_logs)
+
+    k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
+                       "authentication)")
+    ksub = k.add_subparsers(dest="action", required=True, metavar="ACTION", title="actions",
+                            help="one of:")
     kg = ksub.add_parser("generate", help="write a keypair NAME.key / NAME.key_secret into DIR")
-    kg.add_argument("dir")
-    kg.add_argument("name", help="broker, worker, client, or any name")
+    kg.add_argument("dir", metavar="DIR", help="where to write it (created if missing)")
+    kg.add_argument("name", metavar="NAME", help="broker, worker, client, or any name")
     ka = ksub.add_parser("authorize", help="let a public key in, as a client or a worker")
-    ka.add_argument("dir", help="the broker's key directory")
-    ka.add_argument("role", choices=["client", "worker", "admin"],
-                    help="admin: a client key that may see, cancel and release every job")
-    ka.add_argument("key_file", help="the peer's NAME.key (public) file")
+    ka.add_argument("dir", metavar="DIR", help="the broker's key directory")
+    ka.add_argument("role", choices=["client", "worker", "admin"], metavar="ROLE",
+                    help="client, worker, or admin (a client key that may see, cancel and "
+                         "release every job)")
+    ka.add_argument("key_file", metavar="KEY_FILE", help="the peer's NAME.key (public) file")
     kc = ksub.add_parser("cluster", help="broker, worker and client keys in one directory, "
                          "authorized: for one machine or a test")
-    kc.add_argument("dir")
+    kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
+    for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
+    and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or debug_from_env()
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `pymapreduce status ... | head`: the reader had enough
@@ -520,5 +640,9 @@ def main(argv: list[str] | None = None) -> int:
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except PyMapReduceError as exc:
-        print(f"pymapreduce: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"pymapreduce: error: {exc}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
+    except Exception as exc:  # user input, user code, or a bug: cli_errors tells them apart
+        return report_error(exc, debug=debug)

@@ -104,9 +104,48 @@ class JobFailed(PyMapReduceError):
 
     def __str__(self) -> str:
         text = super().__str__()
+        where = describe_position(self.position)
+        if where:
+            text += f"\nInput: {where}"
         if self.remote_traceback:
             text += "\n\nRemote traceback (from the worker):\n" + self.remote_traceback.rstrip()
         return text
+
+
+def describe_position(position: object) -> str:
+    """Where in its input a task failed, in words: ``file /data/a.txt, the line at byte
+    1234 (map split 3)`` or ``record 17 of map split 2, key 'x'``; "" when unknown.
+
+    ``position`` is what the worker reported (``JobFailed.position``): ``path`` (the file
+    being read), ``key`` (the failing record's key, as its repr: a text input's byte
+    offset), ``record`` (an in-memory record's index in its split), ``ordinal`` (its
+    ordinal, when the job skips bad records) and ``split`` (the map task)."""
+    if not isinstance(position, dict) or not position:
+        return ""
+    path, key = position.get("path"), position.get("key")
+    record = position.get("record")
+    if record is None:
+        record = position.get("ordinal")
+    split = position.get("split")
+    task = f"map split {split}" if split is not None else ""
+    parts = []
+    if path:
+        parts.append(f"file {path}")
+        if isinstance(key, str) and key.isdigit():
+            parts.append(f"the line at byte {key}")
+        elif key is not None:
+            parts.append(f"record key {key}")
+        if record is not None:
+            task = f"record {record} of {task or 'its split'}"
+    else:
+        if record is not None:
+            parts.append(f"record {record} of {task or 'its split'}")
+            task = ""
+        if key is not None:
+            parts.append(f"key {key}")
+    if not parts:
+        return task
+    return ", ".join(parts) + (f" ({task})" if task else "")
 
 
 class JobNotFound(PyMapReduceError, KeyError):

@@ -107,6 +107,11 @@ class Job:
     priority: float = 1  # weight of the job's share of worker slots (submit(priority=))
     requires: frozenset = frozenset()  # worker tags its tasks need (submit(requires=))
     pickle_results: bool = False  # results may travel pickled: see the class docstring
+    # code and data that travel with the job (docs/travel.md): side files (paths, or
+    # {name: path}) each task finds by name in its working directory, and whether the
+    # user's own modules travel by value (False: workers must be able to import them)
+    files: Any = ()
+    ship_modules: bool = True
 
     def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
         raise NotImplementedError(f"{type(self).__name__} must define map(self, key, value)")
@@ -158,10 +163,12 @@ class Job:
         map_tasks: int | None = None,
         reducers: int | None = None,
         output_dir: str | None = None,
+        overwrite: bool = True,
         timeout: float | None = None,
         keys: str | None = None,
         heartbeat_interval: float | None = None,
         liveness: float | None = None,
+        files: Any = None,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -169,12 +176,17 @@ class Job:
         processes (default: one per core) is started for this run and torn down after it,
         whatever happens; ``heartbeat_interval`` and ``liveness`` configure its broker as
         the daemon's ``--heartbeat`` and ``--liveness`` do (a cluster at ``address`` has
-        its own, so they are refused with it).
+        its own, so they are refused with it). ``output_dir``: also write the output there
+        as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
+        and ``overwrite=False`` refuses a directory that is not empty (default: replace
+        the part files of an earlier run). ``files``: side files shipped with the
+        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`.
         """
         from .client import Client
         from .client.submit import pickle_job
         from .inputs import TextInput
         from .local import LocalCluster
+        from .shipping import gather_files
 
         cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
                                              ("liveness", liveness)) if v is not None}
@@ -186,11 +198,16 @@ class Job:
             pickle_job(self)
             if isinstance(inputs, TextInput):
                 inputs.files()
+            if output_dir is not None:
+                from .client.output import check_output_dir
+
+                check_output_dir(output_dir, overwrite=overwrite)
+            gather_files(self, files)
         if address is not None:
             with Client(address, keys=keys) as client:
                 handle = client.submit(
-                    self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir
-                )
+                    self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
+                    overwrite=overwrite, files=files)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
@@ -200,7 +217,9 @@ class Job:
                 map_tasks=map_tasks,
                 reducers=reducers,
                 output_dir=output_dir,
+                overwrite=True,  # (checked above, before the cluster started)
                 timeout=timeout,
+                files=files,
             )
 
     def steps(self) -> list[Job] | None:

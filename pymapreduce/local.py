@@ -9,11 +9,32 @@ import subprocess
 import sys
 import time
 
+from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
 from .patterns import config as timing
+from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
+
+
+def _echo_fds(task_stdout: str = "stdout") -> tuple[int, ...]:
+    """Copies of this process's stdout and stderr for the workers, so that what a task
+    prints reaches the user's terminal (``workers/capture.py``); none if either stream
+    has no file descriptor (a notebook: task output is then only in the task logs).
+    ``task_stdout="stderr"``: what tasks print to stdout goes to stderr too (a command
+    whose stdout is its result)."""
+    fds: list[int] = []
+    out = sys.stderr if task_stdout == "stderr" else sys.stdout
+    try:
+        for stream in (out, sys.stderr):
+            stream.flush()  # what the user printed before the job comes first
+            fds.append(os.dup(stream.fileno()))
+    except (AttributeError, OSError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        return ()
+    return tuple(fds)
 
 
 class LocalCluster:
@@ -26,12 +47,18 @@ class LocalCluster:
     makes one) to run it secured; clients then pass ``keys=cluster.keys``.
     ``heartbeat_interval`` and ``liveness`` are the broker's ``--heartbeat`` and
     ``--liveness``: a worker silent for ``liveness`` seconds is taken for dead.
+    ``log_level``: what the broker and workers log on stderr. By default only errors:
+    their warnings are meant for the operator of a shared cluster (open-file limits,
+    restarted worker processes, spilling), and a job's own failure reaches its caller
+    as ``JobFailed``. ``PYMAPREDUCE_DEBUG=1`` in the environment makes it ``INFO``.
+    What tasks print reaches this process's stdout and stderr as they run (and their task
+    logs); ``task_stdout="stderr"`` sends what they print to stdout to stderr instead.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
-                 log_level: str = "WARNING", keys: str | os.PathLike | None = None,
+                 log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
-                 liveness: float = timing.LIVENESS) -> None:
+                 liveness: float = timing.LIVENESS, task_stdout: str = "stdout") -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -39,8 +66,13 @@ class LocalCluster:
                               f"{heartbeat_interval} and {liveness}")
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
+        if task_stdout not in ("stdout", "stderr"):
+            raise ConfigError(f"task_stdout must be 'stdout' or 'stderr', got {task_stdout!r}")
+        self.task_stdout = task_stdout
         self.workers = workers or os.cpu_count() or 1
         self.start_timeout = start_timeout
+        if log_level is None:
+            log_level = "INFO" if debug_from_env() else "ERROR"
         self.log_level = log_level
         self.keys = os.fspath(keys) if keys is not None else None
         self.address = ""
@@ -56,8 +88,10 @@ class LocalCluster:
         """The pid of the worker supervisor (its children are the worker processes)."""
         return self._worker.pid if self._worker else None
 
-    def _spawn(self, *args: str, stdout=None) -> subprocess.Popen:
+    def _spawn(self, *args: str, stdout=None, echo: tuple[int, ...] = ()) -> subprocess.Popen:
         env = dict(os.environ)
+        if echo:  # task output is echoed to this process's stdout and stderr
+            env[ECHO_ENV] = ",".join(map(str, echo))
         # the workers import what this process can import (jobs defined in its modules)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
@@ -65,7 +99,8 @@ class LocalCluster:
         if self.keys is not None:
             cmd += ["--keys", self.keys]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
-        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True,
+                                pass_fds=echo)
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
@@ -81,9 +116,14 @@ class LocalCluster:
                                        "--liveness", repr(float(self.liveness)),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
-            self._worker = self._spawn("worker", "--connect", self.address,
-                                       "--processes", str(self.workers),
-                                       stdout=subprocess.DEVNULL)
+            echo = _echo_fds(self.task_stdout)
+            try:
+                self._worker = self._spawn("worker", "--connect", self.address,
+                                           "--processes", str(self.workers),
+                                           stdout=subprocess.DEVNULL, echo=echo)
+            finally:
+                for fd in echo:
+                    os.close(fd)
             self._wait_workers(deadline)
         except BaseException:
             self.close()

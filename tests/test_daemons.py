@@ -18,8 +18,8 @@ from pymapreduce import (
     InputError,
     Job,
     JobFailed,
-    JobNotFound,
     JobNotPicklable,
+    PyMapReduceError,
     read_text,
     run_sequential,
 )
@@ -116,9 +116,10 @@ def test_results_stream_and_reattach_from_another_client(cluster):
         streamed = list(again.results())
         assert dict(streamed) == run_sequential(WordCount(), records)
         assert len(streamed) == 57
-        again.release()
-        with pytest.raises(JobNotFound):
-            other.job(job_id)
+        again.release()  # its outputs go; its status stays listed until the result TTL
+        assert other.job(job_id).status()["released"] is True
+        with pytest.raises(PyMapReduceError, match="released"):
+            list(other.job(job_id).results())
 
 
 def test_user_code_error_raises_job_failed_with_the_remote_traceback(cluster):
@@ -290,6 +291,7 @@ def test_code_that_cannot_load_on_the_workers_reports_the_real_cause(cluster, tm
     (tmp_path / "only_here.py").write_text(
         "from pymapreduce import Job\n"
         "class LocalOnly(Job):\n"
+        "    ship_modules = False\n"  # (by value it would run: tests/test_travel.py)
         "    def map(self, key, value):\n"
         "        yield value, 1\n"
     )

@@ -166,6 +166,7 @@ def test_a_module_that_runs_a_job_at_import_does_not_start_clusters_in_workers(t
     imported = subprocess.run([sys.executable, "-c", "import guardless"], cwd=tmp_path,
                               env={**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
                               capture_output=True, text=True, timeout=120)
-    assert imported.returncode != 0
-    assert 'if __name__ == "__main__"' in imported.stderr
-    assert len((tmp_path / "imports.log").read_text().split()) <= 3
+    # the user's module travels by value (docs/travel.md): the workers never import it;
+    # by reference, they refuse instead (tests/test_travel.py)
+    assert imported.returncode == 0, imported.stderr
+    assert len((tmp_path / "imports.log").read_text().split()) == 1

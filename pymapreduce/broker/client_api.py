@@ -33,7 +33,7 @@ def _req(msg: Message) -> Any:
 
 class ClientAPI:
     """Handlers of the client commands (HELLO, SUBMIT, WATCH, STATUS, FETCH, CANCEL,
-    RELEASE); mixed into the Broker."""
+    RELEASE, JOBS, LOGS); mixed into the Broker."""
 
     def on_hello(self, peer: bytes, msg: Message, now: float) -> None:
         self._reply(
@@ -134,7 +134,11 @@ class ClientAPI:
             return None
         if job is None:
             self._reply(peer, P.ERROR, {"req": _req(msg), "code": "no-such-job",
-                                        "message": f"no job {msg.body.get('job_id')!r} here"})
+                                        "message": f"this broker knows no job "
+                                                   f"{msg.body.get('job_id')!r}: never "
+                                                   "submitted here, ended more than "
+                                                   f"{self.config.result_ttl:g}s ago, or "
+                                                   "lost in a restart without --state-dir"})
         return job
 
     def on_watch(self, peer: bytes, msg: Message, now: float) -> None:
@@ -176,6 +180,11 @@ class ClientAPI:
             self._reply(peer, P.ERROR, {"req": req, "code": "job-failed",
                                         "message": f"job {job.id} {job.state}",
                                         "status": job.status(time.monotonic())})
+            return
+        if job.released:  # (its outputs are gone: empty partitions would be a lie)
+            self._reply(peer, P.ERROR, {"req": req, "code": "released",
+                                        "message": f"the results of job {job.id} were "
+                                                   "released by its client; run it again"})
             return
         if not job.part_done(first):
             self._reply(peer, P.ERROR, {"req": req, "code": "not-ready",
@@ -250,12 +259,22 @@ class ClientAPI:
                             "up": round(now - w.joined, 3)})
         self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers})
 
+    def on_logs(self, peer: bytes, msg: Message, now: float) -> None:
+        """A job's task logs (all, or one task's: ``task``), for its owner only."""
+        job = self._job_or_error(peer, msg)
+        if job is None:
+            return
+        task = msg.body.get("task")
+        logs, dropped = self.ledger.logs.read(job.id, task if isinstance(task, str) else None)
+        self._reply(peer, P.LOGS, {"req": _req(msg), "job_id": job.id, "logs": logs,
+                                   "dropped": dropped})
+
     def on_release(self, peer: bytes, msg: Message, now: float) -> None:
         job = self.jobs.get(str(msg.body.get("job_id")))
         if job is not None and not self._may_act(job):
             self._job_or_error(peer, msg)  # (says whose it is)
             return
         if job is not None and job.state != P.JOB_RUNNING:
-            self.ledger.drop_job(job)
+            self.ledger.release_job(job)
         self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
                                      "state": "released"})

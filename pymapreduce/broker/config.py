@@ -50,6 +50,9 @@ class BrokerConfig:
             raise ConfigError("need 0 < heartbeat_interval < liveness")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if not self.result_ttl > 0:
+            raise ConfigError(f"result_ttl must be a positive number of seconds, "
+                              f"got {self.result_ttl}")
         if self.fsync not in FSYNC_CHOICES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_CHOICES)}, "
                               f"not {self.fsync!r}")

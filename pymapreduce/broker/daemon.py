@@ -42,7 +42,7 @@ log = logging.getLogger("pymapreduce.broker")
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
 WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
-                             P.RELEASE, P.JOBS})
+                             P.RELEASE, P.JOBS, P.LOGS})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
@@ -117,6 +117,7 @@ class Broker(ClientAPI):
             P.CANCEL: self.on_cancel,
             P.RELEASE: self.on_release,
             P.JOBS: self.on_jobs,
+            P.LOGS: self.on_logs,
         }
 
     # -- life cycle ----------------------------------------------------------------------
@@ -308,7 +309,8 @@ class Broker(ClientAPI):
             allowed = self.allow.allows(key, role)
             self._complain(peer_name(route[0] if route else None, key), "refused %s from a %s key%s", msg.command,
                            role or "unknown", "" if allowed else " no longer allowed")
-            reason = (f"a {role} key may not send {msg.command}" if allowed else
+            other = "client" if role == security.WORKER else "worker"
+            reason = (f"a {role} key may not send this request (a {other}'s)" if allowed else
                       "this key is no longer in the broker's allowlist")
             self._reply(peer, P.ERROR, {"code": "forbidden", "req": _req(msg),
                                         "message": reason})

@@ -26,6 +26,7 @@ from .commits import Commits
 from .config import BrokerConfig
 from .dispatching import Dispatching
 from .journal import Journal
+from .logstore import DONE, FAILED, LogStore
 from .recovery import Recovery
 from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
@@ -117,6 +118,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.origin: Any = ""
         self.address_of = address_of
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
+        self.logs = LogStore()  # what attempts printed and logged (in memory only)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -252,6 +254,8 @@ class Ledger(Commits, Dispatching, Recovery):
             except ValueError as exc:
                 self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
                 continue
+            self.logs.keep(self._attempt(key), key.attempt, worker.name, DONE,
+                           report.stats.get("log"))
             if nblobs >= 0:  # output inline
                 self._commit(key, stats, list(blobs[pos : pos + nblobs]))
                 pos += nblobs
@@ -324,6 +328,8 @@ class Ledger(Commits, Dispatching, Recovery):
             self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
                           "does not hold: %.80r", failure and failure.key)
             return
+        self.logs.keep(self._attempt(failure.key), failure.key.attempt, worker.name, FAILED,
+                       failure.log)
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
                             failure.position, failure.final)
 
@@ -461,11 +467,24 @@ class Ledger(Commits, Dispatching, Recovery):
         self._publish(job)
 
     def drop_job(self, job: JobState) -> None:
-        """Forget a finished job and its outputs (released by its client, or expired)."""
+        """Forget a finished job and its outputs (expired, or pushed out by newer ones)."""
         self.jobs.pop(job.id, None)
         self.scheduler.remove(job)
         jid = job.id
-        if self.journal is not None:  # forgotten on disk first, then its files go
+        if self.journal is not None and job.seq:  # forgotten on disk first, then its files
             self.journal.drop(job.seq)
             self.journal.flush()
+        self.store.discard_where(lambda k: k[0] == jid)
+        self.logs.drop(jid)
+
+    def release_job(self, job: JobState) -> None:
+        """A finished job's client no longer needs its outputs: free them (memory, spill
+        and state files), but keep its status row, so that listings show it until the
+        result TTL like any other finished job (a restarted broker forgets it)."""
+        jid = job.id
+        if self.journal is not None and job.seq:
+            self.journal.drop(job.seq)
+            self.journal.flush()
+        job.seq = 0  # (nothing of it left on disk to drop at expiry)
+        job.released = True
         self.store.discard_where(lambda k: k[0] == jid)

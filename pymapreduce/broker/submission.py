@@ -131,10 +131,10 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
     if not isinstance(job_id, str) or not 0 < len(job_id) <= 200 or not job_id.isprintable():
         raise ValueError("job_id must be a string of 1 to 200 printable characters")
     if not blobs:
-        raise ValueError("SUBMIT carries no job code")
+        raise ValueError("the submission carries no job code")
     at = body.get("splits")
     if type(at) is not int or not 1 <= at < len(blobs):
-        raise ValueError("SUBMIT names no splits blob")
+        raise ValueError("the submission names no input splits")
     splits = read_splits(blobs[at], blobs)
     reducers = body.get("reducers")
     if reducers is None:

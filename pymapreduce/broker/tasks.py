@@ -131,6 +131,7 @@ class JobState:
         self.tenant = str(self.options.get("tenant", ""))  # the client it belongs to
         self.seq = 0  # the journal's number for this job (0: not journaled)
         self.recovered = 0  # tasks whose commit a restarted broker read from its journal
+        self.released = False  # finished, and its client released its outputs
         self.name = name
         self.code = code
         self.splits = splits  # per map task: ["mem", blob] or ["files", [[path, start, end]...]]
@@ -304,6 +305,8 @@ class JobState:
         }
         if self.error:
             status["error"] = self.error
+        if self.released:
+            status["released"] = True
         if self.waiting and state in (P.JOB_RUNNING, P.JOB_QUEUED):
             status["waiting"] = self.waiting
         return status

@@ -30,14 +30,31 @@ from ..patterns.message import Message, frame_bytes
 from ..patterns.records import KeyHashes, paused_gc, unpack_columns
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
-from .output import write_output
+from ..shipping import gather_files
+from .logs import TaskLogs, fetch_logs
+from .output import check_output_dir, write_output
 from .submit import build_submission
 
+# What each request is, in the words of an error message (protocol names stay inside).
+REQUESTS = {P.HELLO: "a greeting", P.SUBMIT: "the job's submission", P.WATCH: "a status request",
+            P.STATUS: "a status request", P.FETCH: "a request for results",
+            P.CANCEL: "the cancel request", P.RELEASE: "the release of the job's results",
+            P.JOBS: "a request for the job listing"}
 FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the bytes)
 # A request unanswered after this much silence is sent again (a broker that restarted
 # lost it); at once when the connection is made again. Requests are idempotent.
 RESEND_AFTER = 2.5
 RESEND_LIMIT = 1 << 20  # requests larger than this are resent only on a new connection
+
+
+# Status fields the client reads but a user has no use for (the request's number, how
+# the result is assembled): status() and wait() leave them out.
+INTERNAL_FIELDS = frozenset({"req", "map_only", "emits"})
+
+
+def public_status(status: dict) -> dict:
+    """A job's status as the user sees it: without INTERNAL_FIELDS."""
+    return {k: v for k, v in status.items() if k not in INTERNAL_FIELDS}
 
 
 def job_failed(status: dict) -> JobFailed:
@@ -109,7 +126,8 @@ class Client:
             if msg is None:
                 if now >= deadline:
                     raise BrokerUnavailable(
-                        f"the broker at {self.address} did not answer {command} within "
+                        f"the broker at {self.address} did not answer "
+                        f"{REQUESTS.get(command, 'a request')} within "
                         f"{limit:g}s (is it running, and is this the right address?)")
                 if not queued:  # no room to send it yet: the broker reads nothing
                     queued = self._try_send(request)
@@ -132,8 +150,11 @@ class Client:
                 if code == "busy":
                     raise BrokerBusy(f"the broker is busy: {msg.body.get('message')}")
                 if code == "forbidden":
-                    raise AuthenticationFailed(f"{self.address}: {msg.body.get('message')}")
-                raise PyMapReduceError(f"the broker refused {command}: {msg.body.get('message')}")
+                    raise AuthenticationFailed(
+                        f"the broker at {self.address} refused "
+                        f"{REQUESTS.get(command, 'a request')}: {msg.body.get('message')}")
+                raise PyMapReduceError(f"the broker refused {REQUESTS.get(command, 'a request')}"
+                                       f": {msg.body.get('message')}")
             return msg
 
     def _try_send(self, request: Message) -> bool:
@@ -181,27 +202,39 @@ class Client:
         name: str | None = None,
         priority: float | None = None,
         requires: Any = None,
+        overwrite: bool = True,
+        files: Any = None,
     ) -> JobHandle:
         """Submit ``job`` over ``inputs``; returns at once with a :class:`JobHandle`.
 
         ``inputs``: a dict, a list of pairs, a list of one-item dicts, any iterable of
         pairs, or :func:`~pymapreduce.read_text`. ``map_tasks`` cuts in-memory inputs
         (default: four per worker slot); ``reducers`` is R (default: one per worker slot).
-        With ``output_dir``, ``wait()`` writes ``part-00000``... there (JSON lines).
+        With ``output_dir``, ``wait()`` writes ``part-00000``... there (JSON lines); the
+        directory is checked (and created) first, so a path that cannot be written fails
+        here, before the job runs. ``overwrite=False`` refuses a directory that is not
+        empty (the CLI's default); the default, True, replaces the part files of an
+        earlier run there (other files are left alone).
         ``priority`` (default 1, or the job's ``priority``) weighs the job's share of the
         worker slots against other jobs'; ``requires`` (a set of tags, or the job's
         ``requires``) sends its tasks only to workers started with all those ``--tag``.
+        ``files``: side files (paths, or ``{name: path}``) each task finds by name in its
+        working directory, with the job's own ``Job.files`` (docs/travel.md).
         """
+        if output_dir is not None:
+            output_dir = check_output_dir(output_dir, overwrite=overwrite)
+        shipped = gather_files(job, files)  # a missing file: an error before anything is sent
         info = self.info()
         slots = max(1, int(info.get("slots", 1)))
         sub = build_submission(job, inputs, slots=slots, map_tasks=map_tasks,
                                reducers=reducers, name=name, priority=priority,
-                               requires=requires)
+                               requires=requires, files=shipped)
         size = sum(len(b) for b in sub.blobs)
         limit = int(info.get("max_message", size))
         if size > limit:  # the broker would drop the connection without a word
             raise InputError(
-                f"the job and its in-memory inputs take {size / 2**20:.1f} MiB, more than the "
+                f"the job (its code and files) and its in-memory inputs take "
+                f"{size / 2**20:.1f} MiB, more than the "
                 f"broker accepts in one message ({limit / 2**20:.1f} MiB): pass large inputs "
                 "as files with read_text(), which workers read themselves")
         reply = self._request(P.SUBMIT, sub.body, sub.blobs)
@@ -213,7 +246,7 @@ class Client:
     def jobs(self) -> list[dict]:
         """The jobs the broker holds, oldest first: each one's status (state, progress per
         phase, counters, why it waits)."""
-        return list(self._request(P.JOBS, {}).body["jobs"])
+        return [public_status(j) for j in self._request(P.JOBS, {}).body["jobs"]]
 
     def workers(self) -> list[dict]:
         """The live workers: name, host, pid, tags, the tasks each holds, tasks done."""
@@ -262,14 +295,33 @@ class JobHandle:
         self._written = False
 
     def status(self) -> dict:
-        """The job's state, progress per phase, counters and input statistics."""
+        """The job's state, progress per phase, counters and input statistics (see
+        docs/cli.md for every field)."""
         self._last = dict(self.client._request(P.STATUS, {"job_id": self.job_id}).body)
-        return self._last
+        return public_status(self._last)
 
     @property
     def counters(self) -> dict:
-        """User counters (``Job.count``), each committed task counted exactly once."""
+        """User counters (``Job.count``), each committed task counted exactly once.
+
+        Current: while the job is not known to have ended, reading this asks the broker
+        (so it is right after ``results()``, and on a handle from ``Client.job``); after
+        the end, the final counts are kept (also once the job is released)."""
+        if self._last.get("state") not in P.JOB_TERMINAL:
+            try:
+                self.status()
+            except PyMapReduceError:  # gone or unreachable: what was last heard
+                pass
         return dict(self._last.get("counters") or {})
+
+    def logs(self, task: str | None = None) -> TaskLogs:
+        """What the job's task attempts printed and logged, one entry per attempt that
+        did (``task``: only that task's, e.g. ``"map-3"``). Each entry is a dict with
+        ``task``, ``attempt``, ``worker``, ``state`` (``done``/``failed``), ``step`` and
+        ``text``; a failed attempt's text ends with its traceback. ``.text()`` gives them
+        all as one text. Kept by the broker, bounded, until the job is released or
+        expires; only the job's owner (or an admin key) may read them."""
+        return fetch_logs(self.client, self.job_id, task)
 
     def cancel(self) -> None:
         """Stop the job; its pending tasks are dropped and ``result()`` raises JobFailed."""
@@ -292,7 +344,7 @@ class JobHandle:
         heard = time.monotonic()
         while status.get("state") not in P.JOB_TERMINAL:
             if progress is not None:
-                progress(status)
+                progress(public_status(status))
             now = time.monotonic()
             wake = min(heard + client.timeout, now + RESEND_AFTER)
             msg = client._recv(wake if end is None else min(wake, end))
@@ -314,13 +366,13 @@ class JobHandle:
                 heard = time.monotonic()
         self._last = status
         if progress is not None:
-            progress(status)
+            progress(public_status(status))
         if status["state"] != P.JOB_SUCCEEDED:
             raise job_failed(status)
         if self.output_dir is not None and not self._written:
             write_output(self.output_dir, self._parts(status))
             self._written = True
-        return status
+        return public_status(status)
 
     def _watch(self) -> dict:
         """Subscribe to the job's status events; returns its status now."""
@@ -394,20 +446,27 @@ class JobHandle:
         With ``timeout`` (or an ``output_dir``), the job is first waited for as a whole.
         """
         if timeout is not None or self.output_dir is not None:
-            status = self.wait(timeout)
+            self.wait(timeout)
+            status = self._last
         else:
             status = self._watch()
             if status.get("step", [1, 1])[1] > 1:  # its output exists after its last step
-                status = self.wait()
+                self.wait()
+                status = self._last
             if status.get("state") in P.JOB_TERMINAL and status["state"] != P.JOB_SUCCEEDED:
                 raise job_failed(status)
         for keys, values in self._parts(status, wait=True):
             yield from zip(keys, values)
+        try:  # every partition is in: the final status (its counters) is current now
+            self.status()
+        except PyMapReduceError:  # (released meanwhile, or unreachable: results are whole)
+            pass
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's result: a dict, or the list of output pairs for a map-only job or one
         whose ``reduce`` emits (a generator)."""
-        status = self.wait(timeout)
+        self.wait(timeout)
+        status = self._last
         map_only = status.get("map_only") or status.get("emits")
         out: Any = [] if map_only else {}
         add = out.extend if map_only else out.update

@@ -12,6 +12,8 @@ from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, emits, is_map_only, job_steps
 from ..patterns.records import pack
+from ..shipping import gather_files, pack_code, pickle_by_value
+from .sources import with_sources
 
 SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
 
@@ -24,11 +26,12 @@ class Submission:
 
 
 def pickle_job(job: Job) -> bytes:
-    """The job as cloudpickle bytes; JobNotPicklable names the attribute that failed."""
+    """The job as cloudpickle bytes, the user's own modules shipped by value (workers need
+    not have them: ``shipping.py``); JobNotPicklable names the attribute that failed."""
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(job)
+        return pickle_by_value(job, by_value=getattr(job, "ship_modules", True) is not False)
     except Exception as exc:
         culprit = ""
         for attr, value in vars(job).items():
@@ -46,8 +49,10 @@ def pickle_job(job: Job) -> bytes:
 
 def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None,
                      reducers: int | None, name: str | None, priority: float | None = None,
-                     requires: Any = None) -> Submission:
-    """Pickle the job once and cut its inputs into splits."""
+                     requires: Any = None, files: Any = None) -> Submission:
+    """Pickle the job once and cut its inputs into splits. ``files``: the side files to
+    ship, ``[(name, bytes)]`` as :func:`~pymapreduce.shipping.gather_files` reads them
+    (default: the job's own ``Job.files``)."""
     if not isinstance(job, Job):
         raise TypeError(f"submit() needs a pymapreduce.Job, got {type(job).__name__}")
     if map_tasks is not None and map_tasks < 1:
@@ -59,7 +64,9 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         if type(part).map is Job.map:
             raise ConfigError(f"{type(part).__name__} defines no map(self, key, value): "
                               "a job needs one (reduce and combine are optional)")
-    code = pickle_job(job)
+    if files is None:
+        files = gather_files(job)  # (before pickling: a missing file fails first)
+    code = pack_code(pickle_job(with_sources(job, steps)), files)
     plan = None
     if steps is not None:  # each step's reducers: its own, else the submit's, else slots
         plan = []

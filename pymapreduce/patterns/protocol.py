@@ -29,6 +29,7 @@ FETCH = "FETCH"  # ask for one output partition
 CANCEL = "CANCEL"
 RELEASE = "RELEASE"  # the client is done with a job's outputs
 JOBS = "JOBS"  # list the jobs and the workers (reply: LISTING)
+LOGS = "LOGS"  # a job's task logs, request and reply (broker/logstore.py)
 
 # broker -> client
 INFO = "INFO"  # reply to HELLO

@@ -16,6 +16,7 @@ KINDS = ("map", "reduce")
 MAX_ERROR = 2000  # characters of an error message kept
 MAX_TRACEBACK = 20000  # characters of a traceback kept (its end)
 MAX_POSITION = 16  # entries of a failure's position
+MAX_LOG = 128 * 1024  # bytes of an attempt's log (what it printed) in its DONE or FAILED
 
 
 class AttemptKey(NamedTuple):
@@ -117,12 +118,15 @@ class Failure(NamedTuple):
     traceback: str = ""
     position: dict = {}
     final: bool = False  # no retry can mend it (the input's or the job's settings' fault)
+    log: bytes = b""  # what the attempt printed and logged (workers/capture.py)
 
     def body(self) -> dict:
         body = {**self.key.body(), "error": self.error[:MAX_ERROR],
                 "traceback": self.traceback[-MAX_TRACEBACK:], "position": self.position}
         if self.final:
             body["final"] = True
+        if self.log:
+            body["log"] = self.log[-MAX_LOG:]
         return body
 
     @classmethod
@@ -139,7 +143,13 @@ class Failure(NamedTuple):
                     else str(v)[:200] for k, v in position.items()}
         return cls(key, str(body.get("error", ""))[:MAX_ERROR],
                    str(body.get("traceback", ""))[-MAX_TRACEBACK:], position,
-                   body.get("final") is True)
+                   body.get("final") is True, log_bytes(body.get("log")))
+
+
+def log_bytes(value: Any) -> bytes:
+    """An attempt's log as a report carries it: bytes, at most MAX_LOG (its end), else
+    nothing. The text is never interpreted, only stored and shown."""
+    return bytes(value[-MAX_LOG:]) if isinstance(value, bytes) else b""
 
 
 def abandon_body(job: str, keys: list[AttemptKey]) -> dict:

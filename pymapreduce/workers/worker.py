@@ -31,6 +31,9 @@ from ..patterns.message import Message, frame_bytes
 from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
 from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
+from ..shipping import unpack_code
+from .capture import Capture, attempt_log, register_sources
+from .isolation import JobDirs, ProcessState
 from .reporting import REPORT_SLACK, done_messages
 from .runner import TaskError, run_task
 
@@ -62,6 +65,7 @@ class Queued(NamedTuple):
     blobs: list
     skip: list
     safe_output: bool  # outputs reach the client: never as pickles unless it opted in
+    workdir: str | None = None  # the job's directory (it shipped files): the task runs there
 
 
 class Worker:
@@ -127,6 +131,10 @@ class Worker:
         self._idle_poll = False
         self._need_ready = threading.Event()
         self.tasks_done = 0
+        self.capture = Capture()  # what tasks print or log, kept per attempt
+        self._sources_of = ""  # the job whose shipped source linecache holds
+        self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
+        self.state = ProcessState()  # what each task starts from (isolation.py)
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
         sock = make_socket(self.ctx, kind, identity=identity)
@@ -161,6 +169,7 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGUSR1, self._on_abandon_signal)
             self._interruptible = True  # else (a worker on a thread) tasks run to their end
+            self.state.capture()  # (signal handlers included: a task may not keep changes)
         try:
             self._register()
             if self.connect_addr:
@@ -188,6 +197,7 @@ class Worker:
             self.ctl.close()
             if self.data is not None:
                 self.data.close()
+            self.job_dirs.close()
             if self._own_context:
                 self.ctx.term()
 
@@ -246,6 +256,7 @@ class Worker:
 
     def _idle(self) -> None:
         self.watch.check()  # AuthenticationFailed: this worker's key was refused
+        self._prune_dirs()
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
@@ -325,12 +336,7 @@ class Worker:
         error = self.load_errors.get(job_id)
         if "code" in b:
             try:
-                import cloudpickle
-
-                job = cloudpickle.loads(frame_bytes(blobs[b["code"]]))
-                self.jobs[job_id] = job
-                while len(self.jobs) > JOB_CACHE:
-                    self.jobs.popitem(last=False)
+                job = self._load(job_id, frame_bytes(blobs[b["code"]]))
             except Exception as exc:
                 # remembered: the broker sends the code once per worker, and every later
                 # task of this job must report the real cause too
@@ -369,24 +375,59 @@ class Worker:
                 # outputs that reach the client: reduce, or map of a map-only (last) step
                 to_client = last and (item.kind != "map" or bool(b["map_only"]))
                 self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
-                                         to_client and not pickled_ok))
+                                         to_client and not pickled_ok,
+                                         self.job_dirs.get(job_id)))
+
+    def _load(self, job_id: str, blob: Any) -> Any:
+        """A job's code (and files: into its directory, before the code runs), unpickled
+        in the state a task starts from, so what the unpickling runs leaves no trace."""
+        import cloudpickle
+
+        code, files = unpack_code(blob)
+        workdir = self.job_dirs.make(job_id, files) if files else None
+        self.state.enter(workdir)
+        try:
+            job = cloudpickle.loads(code)
+        finally:
+            self.state.restore()
+        self.jobs[job_id] = job
+        while len(self.jobs) > JOB_CACHE:
+            self.jobs.popitem(last=False)
+        self._prune_dirs()
+        return job
+
+    def _prune_dirs(self) -> None:
+        """Remove the directories of jobs this process forgot and has no task of."""
+        if len(self.job_dirs.dirs) > len(self.jobs) or any(
+                j not in self.jobs for j in self.job_dirs.dirs):
+            keep = set(self.jobs) | {q.key.job for q in self.queue}
+            if self._current is not None:
+                keep.add(self._current.job)
+            self.job_dirs.prune(keep)
 
     # -- running tasks -------------------------------------------------------------------
     def _run_one(self, item: Queued) -> None:
         key, b = item.key, item.body
         job_id, kind, index, attempt = key
         started = time.monotonic()
+        if job_id != self._sources_of:  # its tracebacks show the user's lines
+            register_sources(self.jobs.get(job_id))
+            self._sources_of = job_id
+        tasklog = None
         try:
             self._current = key
             try:
-                outputs, stats = run_task(item.job, kind, item.split, item.blobs,
-                                          b["reducers"], b["map_only"], skip=item.skip,
-                                          ordinals=bool(b.get("ordinals")),
-                                          safe_output=item.safe_output)
+                self.state.enter(item.workdir)
+                with self.capture.attempt() as tasklog:
+                    outputs, stats = run_task(item.job, kind, item.split, item.blobs,
+                                              b["reducers"], b["map_only"], skip=item.skip,
+                                              ordinals=bool(b.get("ordinals")),
+                                              safe_output=item.safe_output)
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:
                 self._current = None
+                self.state.restore()
         except TaskAbandoned as exc:
             log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
             return
@@ -394,14 +435,18 @@ class Worker:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
-            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where)
+            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
+                       log=attempt_log(tasklog, tb))
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
-            self._fail(key, f"{type(exc).__name__}: {exc}", traceback.format_exc(),
-                       {"split": index}, final=isinstance(exc, HOPELESS))
+            tb = traceback.format_exc()
+            self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
+                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb))
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
+        if tasklog is not None and (text := tasklog.getvalue()):
+            stats["log"] = text  # (the broker keeps it apart from the statistics)
         size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
@@ -423,9 +468,10 @@ class Worker:
         self.reports.append(Report(key, stats, nblobs).wire())
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
-              final: bool = False) -> None:
+              final: bool = False, log: bytes = b"") -> None:
         self._flush()
-        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final).body()))
+        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final,
+                                                 log).body()))
 
     def _flush(self) -> None:
         if not self.reports:

@@ -1,0 +1,185 @@
+"""What the ``pymapreduce`` commands print: ``run``'s output pairs (JSON lines, streamed)
+and progress bar, and ``status``'s tables and job view.
+
+Pairs go to stdout as they arrive from the broker (one output partition at a time), in
+batches written with one call, so neither the client's memory nor the time per pair grows
+with the output. Everything is printed when stdout is a file or a pipe; on a terminal the
+first ``TERMINAL_LIMIT`` are, and stderr says how many more there were and how to get them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+TERMINAL_LIMIT = 10_000  # pairs shown on a terminal by default (more scroll by unread)
+BATCH = 4096  # pairs encoded and written at once
+
+_encode = json.JSONEncoder(ensure_ascii=False, default=repr).encode
+
+
+def print_limit(requested: int | None, out: TextIO) -> int | None:
+    """The number of pairs to print: ``requested`` (``--limit``; 0 means all), else all
+    of them unless ``out`` is a terminal, where TERMINAL_LIMIT."""
+    if requested is not None:
+        return requested or None
+    return TERMINAL_LIMIT if _isatty(out) else None
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream: not a terminal
+        return False
+
+
+def print_pairs(pairs: Iterable[tuple[Any, Any]], out: TextIO | None = None,
+                err: TextIO | None = None, limit: int | None = None) -> int:
+    """Write each pair as a JSON line ``[key, value]`` (values JSON cannot hold as their
+    ``repr``), up to ``limit`` pairs (None: all); the rest are counted, and if there were
+    any, a line on ``err`` says how many and how to see them. Returns the pairs seen."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    n = 0
+    batch: list[str] = []
+    it = iter(pairs)
+    for k, v in it:
+        n += 1
+        batch.append(_encode([k, v]))
+        if len(batch) >= BATCH:
+            _flush(batch, out)
+        if limit is not None and n >= limit:
+            break
+    _flush(batch, out)
+    if limit is not None:
+        more = sum(1 for _ in it)
+        if more:
+            out.flush()
+            print(f"pymapreduce: printed the first {limit} pairs; {more} more not shown. "
+                  "For all of them: redirect stdout to a file (> out.jsonl) or a pipe "
+                  "(all are printed then), pass --limit 0, or --output DIR for part files",
+                  file=err)
+        n += more
+    out.flush()
+    return n
+
+
+def _flush(batch: list[str], out: TextIO) -> None:
+    if batch:
+        batch.append("")  # a newline after the last line too
+        out.write("\n".join(batch))
+        batch.clear()
+
+
+def print_job(status: dict, out: TextIO) -> None:
+    """One job's status (``pymapreduce status --connect ADDR JOB_ID``) as labelled lines:
+    state, progress per phase, input read, counters, and why it waits or failed."""
+    rows = [("job", f"{status.get('job_id', '?')} ({status.get('name', '?')})")]
+    state = str(status.get("state", "?"))
+    if status.get("released"):
+        state += " (its results were released by its client)"
+    rows.append(("state", state))
+    step = status.get("step") or [1, 1]
+    if step[1] > 1:
+        rows.append(("step", f"{step[0]} of {step[1]}"))
+    for label, key in (("map", "maps"), ("reduce", "reduces")):
+        done, total = status.get(key) or (0, 0)
+        if total or label == "map":
+            rows.append((label, f"{done}/{total} tasks done"))
+    rows.append(("input", f"{status.get('records', 0)} records, {status.get('bytes', 0)} bytes"))
+    rows.append(("elapsed", f"{float(status.get('elapsed', 0)):.1f}s"))
+    if status.get("priority", 1) != 1 or status.get("requires"):
+        rows.append(("placement", f"priority {status.get('priority', 1):g}; requires "
+                     + (", ".join(status.get("requires") or ()) or "no tags")))
+    counters = status.get("counters") or {}
+    if counters:
+        rows.append(("counters", ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))))
+    for label, key in (("backups", "backups"), ("recovered", "recovered")):
+        if status.get(key):
+            rows.append((label, str(status[key])))
+    if status.get("skipped"):
+        rows.append(("skipped", f"{len(status['skipped'])} bad records (see --json)"))
+    if status.get("waiting"):
+        rows.append(("waiting", str(status["waiting"])))
+    error = status.get("error") or {}
+    if error:
+        message = str(error.get("message", ""))
+        task = str(error.get("task") or "")
+        rows.append(("error", message if task in message else f"{task}: {message}"))
+        if error.get("position"):
+            rows.append(("input at", describe_position(error["position"])))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label.ljust(width)}  {value}", file=out)
+    if error.get("traceback"):
+        print("\nremote traceback (from the worker):\n" + str(error["traceback"]).rstrip(),
+              file=out)
+
+
+def describe_position(position: Any) -> str:
+    """Where in the input a failing record was, in words: ``FILE, key K`` for a text
+    file (the key is the line's byte offset), else the position as the worker gave it."""
+    if isinstance(position, dict):
+        if position.get("path") is not None:
+            key = position.get("key")
+            return f"{position['path']}" + (f", key {key}" if key is not None else "")
+        rest = {k: v for k, v in position.items() if v is not None}
+        return ", ".join(f"{k} {v}" for k, v in rest.items()) or "unknown"
+    return str(position)
+
+
+class Progress:
+    """A one-line progress bar on a terminal: tasks done / total, per phase."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def __call__(self, status: dict) -> None:
+        if not self.enabled:
+            return
+        line = "  ".join(
+            f"{phase} {done}/{total} {self._bar(done, total)}"
+            for phase, (done, total) in (("map", status["maps"]), ("reduce", status["reduces"]))
+            if total
+        )
+        self.stream.write(f"\r{line}  {status.get('elapsed', 0):.1f}s ")
+        self.stream.flush()
+
+    @staticmethod
+    def _bar(done: int, total: int, width: int = 20) -> str:
+        filled = int(width * done / max(total, 1))
+        return "[" + "#" * filled + "." * (width - filled) + "]"
+
+    def end(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
+    """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
+    print(f"jobs ({len(jobs)})", file=out)
+    rows = [["JOB", "STATE", "PRIO", "MAP", "REDUCE", "ELAPSED", "COUNTERS / WHY IT WAITS"]]
+    for j in jobs:
+        extra = j.get("waiting") or (j.get("error") or {}).get("message", "")
+        if not extra and j.get("counters"):
+            extra = ", ".join(f"{k}={v}" for k, v in sorted(j["counters"].items()))
+        rows.append([j["job_id"], j["state"], f"{j.get('priority', 1):g}",
+                     "{}/{}".format(*j["maps"]),
+                     "{}/{}".format(*j["reduces"]) if j["reduces"][1] else "-",
+                     f"{j['elapsed']:.1f}s", extra[:80]])
+    _table(rows, out)
+    print(f"\nworkers ({len(workers)})", file=out)
+    rows = [["WORKER", "HOST", "PID", "TAGS", "HOLDS", "DONE", "CURRENT TASK"]]
+    for w in workers:
+        rows.append([w["name"], w["host"], str(w["pid"]), ",".join(w["tags"]) or "-",
+                     str(w["held"]), str(w["done"]), w["tasks"][0] if w["tasks"] else "idle"])
+    _table(rows, out)
+
+
+def _table(rows: list[list[str]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)

@@ -1,0 +1,253 @@
+"""What a task attempt prints and logs, kept bounded (no sockets here).
+
+While an attempt runs, ``sys.stdout`` and ``sys.stderr`` are replaced by one
+:class:`TaskLog` (so the two streams interleave in the order they were written), and the
+records of the job's own loggers (any logger outside ``pymapreduce``) are formatted into
+it as well, instead of reaching the worker daemon's log. The log keeps its first
+``HEAD`` and last ``TAIL`` bytes and counts what it left out between them, so a task that
+prints a line per record costs its worker and the broker at most ``HEAD + TAIL`` bytes.
+The text travels with the attempt's DONE or FAILED report (``log``).
+
+Writes that bypass Python's ``sys.stdout`` (a C library writing to file descriptor 1, a
+subprocess) are not captured: they go where the worker daemon's output goes.
+
+An embedded cluster (``Job.run`` without an address) passes the user's own stdout and
+stderr to its workers as file descriptors named in ``ECHO_ENV``; a worker then also
+echoes each write there, so ``print()`` in ``map`` reaches the user's terminal as the
+task runs.
+"""
+
+from __future__ import annotations
+
+import io
+import linecache
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HEAD = 32 * 1024  # bytes kept from the start of an attempt's log
+TAIL = 32 * 1024  # ... and from its end
+ECHO_ENV = "PYMAPREDUCE_ECHO_FDS"  # "OUT,ERR": descriptors task output is echoed to
+SOURCES_ATTR = "_pymapreduce_sources"  # a shipped job's {filename: source text}
+TRUNCATED = "\n[... {n} bytes of this attempt's output left out ...]\n"
+
+
+class TaskLog(io.TextIOBase):
+    """A text stream that keeps its first HEAD and last TAIL bytes (UTF-8) and counts the
+    bytes left out between them."""
+
+    def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
+        super().__init__()
+        self.head_limit, self.tail_limit = head, tail
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    @property
+    def encoding(self) -> str:  # (code that asks a stream for its encoding)
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: Any) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        data = text.encode("utf-8", "replace")
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail += data
+            over = len(self.tail) - self.tail_limit
+            if over > self.tail_limit:  # trimmed in bulk: amortised O(1) per byte
+                del self.tail[:over]
+                self.dropped += over
+        return len(text)
+
+    def getvalue(self) -> bytes:
+        """The kept bytes, with a line saying how many were left out (if any)."""
+        tail, dropped = self.tail, self.dropped
+        over = len(tail) - self.tail_limit
+        if over > 0:
+            tail, dropped = tail[over:], dropped + over
+        if not dropped:
+            return bytes(self.head + tail)
+        return bytes(self.head) + TRUNCATED.format(n=dropped).encode() + bytes(tail)
+
+
+class _JobRecords(logging.Handler):
+    """Formats the job's log records into the attempt's stderr (so into its log, and
+    echoed where its stderr is)."""
+
+    def __init__(self, log: Any) -> None:
+        super().__init__(logging.NOTSET)
+        self.log = log
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _is_ours(record):
+            return
+        try:
+            self.log.write(self.format(record) + "\n")
+        except Exception:  # a record that cannot be formatted must not fail the task
+            self.handleError(record)
+
+
+def _is_ours(record: logging.LogRecord) -> bool:
+    return record.name == "pymapreduce" or record.name.startswith("pymapreduce.")
+
+
+class _OnlyOurs(logging.Filter):
+    """Keeps the job's records out of the daemon's own log handlers during a task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _is_ours(record)
+
+
+def _echo_streams() -> tuple[Any, Any]:
+    """The user's stdout and stderr an embedded cluster passed on (None, None: none)."""
+    spec = os.environ.get(ECHO_ENV, "")
+    streams: list[Any] = []
+    for part in spec.split(",")[:2] if spec else ():
+        try:
+            streams.append(open(int(part), "w", encoding="utf-8", errors="replace",
+                                buffering=1, closefd=False))
+        except (ValueError, OSError):
+            streams.append(None)
+    while len(streams) < 2:
+        streams.append(None)
+    return streams[0], streams[1]
+
+
+class Capture:
+    """Captures the output of task attempts in one worker process (see the module)."""
+
+    def __init__(self) -> None:
+        self.echo_out, self.echo_err = _echo_streams()
+
+    @contextmanager
+    def attempt(self) -> Iterator[TaskLog]:
+        """While the block runs, what the task prints or logs goes to the yielded log."""
+        log = TaskLog()
+        out = _Stream(log, self.echo_out, sys.stdout)
+        err = _Stream(log, self.echo_err, sys.stderr)
+        handler = _JobRecords(err)
+        root = logging.getLogger()
+        only_ours = _OnlyOurs()
+        daemon_handlers = list(root.handlers)
+        for h in daemon_handlers:
+            h.addFilter(only_ours)
+        root.addHandler(handler)
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        try:
+            yield log
+        finally:
+            for stream in (out, err):
+                stream.flush()
+            # put back whatever the task left there: its choice must not outlive it
+            sys.stdout, sys.stderr = saved
+            root.removeHandler(handler)
+            for h in daemon_handlers:
+                h.removeFilter(only_ours)
+
+
+class _Stream(io.TextIOBase):
+    """One of the task's standard streams: into the shared log, echoed to its own stream.
+
+    ``fileno()`` is the daemon's own stream's (code that hands ``sys.stdout`` to a
+    subprocess keeps working; that output is not captured); ``buffer`` takes bytes."""
+
+    def __init__(self, log: TaskLog, echo: Any, real: Any) -> None:
+        super().__init__()
+        self.log = log
+        self.echo = echo
+        self.real = real
+        self.buffer = _Bytes(self)
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:
+        return "replace"
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: Any) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self.echo is not None:
+            try:
+                self.echo.write(text)
+            except (OSError, ValueError):
+                self.echo = None  # the user's terminal is gone: keep capturing
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        if self.echo is not None:
+            try:
+                self.echo.flush()
+            except (OSError, ValueError):
+                self.echo = None
+
+
+class _Bytes(io.RawIOBase):
+    """``sys.stdout.buffer`` of a task: bytes written are decoded (bad UTF-8 replaced)."""
+
+    def __init__(self, text: _Stream) -> None:
+        super().__init__()
+        self.text = text
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.text.write(bytes(view).decode("utf-8", "replace"))
+        return view.nbytes
+
+    def flush(self) -> None:
+        self.text.flush()
+
+
+def attempt_log(log: TaskLog | None, tb: str = "") -> bytes:
+    """What an attempt's report carries as its log: what it printed and logged, then (for
+    a failed attempt) the traceback, so the log alone shows how the attempt ended."""
+    text = log.getvalue() if log is not None else b""
+    if tb:
+        text += b"\n[the attempt failed]\n" + tb.encode("utf-8", "replace")
+    return text
+
+
+def register_sources(job: Any) -> None:
+    """Put the source text shipped with ``job`` (``client/sources.py``) into linecache,
+    so a traceback of its code shows the user's lines under the user's file names even
+    where those files do not exist (or differ). Entries without a modification time are
+    never dropped by ``linecache.checkcache``; each task registers its job's again, so
+    the job that runs is the one whose text is shown."""
+    sources = getattr(job, SOURCES_ATTR, None)
+    if not isinstance(sources, dict):
+        return
+    for filename, text in sources.items():
+        if isinstance(filename, str) and isinstance(text, str):
+            lines = text.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            linecache.cache[filename] = (len(text), None, lines, filename)

@@ -1,0 +1,182 @@
+"""Each job's tasks in a worker process: their own directory, and a clean process state.
+
+A worker process runs the tasks of many jobs one after another. What one job's code does
+to the process must not reach the next job's tasks, so around every task the worker puts
+back what it found (see docs/travel.md for the list):
+
+- ``os.environ`` (variables set, changed or removed by the task),
+- the current directory,
+- ``sys.path``, and the modules imported from a job's directory (shipped ``.py`` files),
+- the handlers of the signals the worker relies on (SIGUSR1 stops an abandoned task,
+  SIGTERM drains, SIGINT is the supervisor's) and of SIGALRM, with any pending alarm.
+
+Module globals of the user's own modules are fresh per job without anything done here:
+those modules travel by value (``shipping.py``) and are rebuilt each time a job's code is
+unpickled. Installed modules are the worker's own: what a job does to their globals stays.
+
+A job that ships files (``submit(files=)``) gets a directory of its own in this process,
+made when its code arrives, holding those files read-only; its tasks run there. The
+directory goes when the worker forgets the job (``JOB_CACHE``) or exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+
+from .. import shipping
+
+log = logging.getLogger("pymapreduce.worker")
+
+# the signals whose handlers a task may not keep changed (SIGKILL/SIGSTOP cannot be)
+GUARDED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGTERM", "SIGINT",
+                                                     "SIGHUP", "SIGALRM", "SIGCHLD")
+                        if hasattr(signal, n))
+
+
+class JobDirs:
+    """The per-job directories of one worker process, under one temporary root."""
+
+    def __init__(self) -> None:
+        self.root: str | None = None
+        self.dirs: dict[str, str] = {}  # job id -> its directory
+        self._made = 0
+
+    def make(self, job_id: str, files: list[tuple[str, bytes]]) -> str:
+        """The job's directory with ``files`` in it (made once per job; the names were
+        checked by ``shipping.unpack_code``, and are checked again here)."""
+        path = self.dirs.get(job_id)
+        if path is not None and os.path.isdir(path):
+            return path
+        if self.root is None or not os.path.isdir(self.root):
+            self.root = tempfile.mkdtemp(prefix=f"pymapreduce-worker-{os.getpid()}-")
+        self._made += 1
+        # not named after the job id: that is the client's text, this is a path
+        path = os.path.join(self.root, f"job-{self._made}")
+        os.mkdir(path, 0o700)
+        try:
+            for name, data in files:
+                self._write(path, name, data)
+        except BaseException:  # (a full disk): no half-filled directory is used later
+            self._remove(path)
+            raise
+        self.dirs[job_id] = path
+        return path
+
+    @staticmethod
+    def _write(path: str, name: str, data: bytes) -> None:
+        shipping.check_file_name(name)
+        target = os.path.join(path, name)
+        if os.path.dirname(target) != path:  # (cannot happen after the check: a belt)
+            raise ValueError(f"job file {name!r} would leave the job's directory")
+        # O_EXCL: never through a link, never over a file already there (a duplicate)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # shared by tasks
+
+    def get(self, job_id: str) -> str | None:
+        return self.dirs.get(job_id)
+
+    def prune(self, keep: set) -> None:
+        """Remove the directories of jobs not in ``keep`` (jobs forgotten, no task left)."""
+        for job_id in [j for j in self.dirs if j not in keep]:
+            self._remove(self.dirs.pop(job_id))
+
+    def close(self) -> None:
+        """Remove every directory (the worker exits)."""
+        self.dirs.clear()
+        if self.root is not None:
+            self._remove(self.root)
+            self.root = None
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        def writable(func, p, exc_info) -> None:  # a task may have made things read-only
+            try:
+                os.chmod(os.path.dirname(p), 0o700)
+                os.chmod(p, 0o700)
+                func(p)
+            except OSError:
+                pass
+
+        shutil.rmtree(path, onerror=writable)
+        if os.path.exists(path):
+            log.warning("could not remove job directory %s", path)
+
+
+class ProcessState:
+    """The process state a task must not keep changed, captured once and put back after
+    each task (``enter`` before it, ``restore`` after it)."""
+
+    def __init__(self) -> None:
+        self.captured = False
+        self.env: dict[str, str] = {}
+        self.raw_env: dict | None = None  # os.environ's encoded dict: compared 100x faster
+        self.cwd = ""
+        self.path: list[str] = []
+        self.handlers: dict[int, object] = {}
+        self.job_dir: str | None = None
+
+    def capture(self) -> None:
+        """Take the worker's own state as the one every task starts from."""
+        self.env = dict(os.environ)
+        raw = getattr(os.environ, "_data", None)
+        self.raw_env = dict(raw) if isinstance(raw, dict) else None
+        self.cwd = os.getcwd()
+        self.path = list(sys.path)
+        self.handlers = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
+        self.captured = True
+
+    def enter(self, job_dir: str | None) -> None:
+        """Before a task (or loading a job's code): into its job's directory, if it has
+        one, with that directory first on ``sys.path`` (shipped ``.py`` files import)."""
+        if not self.captured:
+            self.capture()
+        self.job_dir = job_dir
+        if job_dir is not None:
+            os.chdir(job_dir)
+            sys.path.insert(0, job_dir)
+        shipping.set_task_dir(job_dir)
+
+    def restore(self) -> None:
+        """After a task: put back everything ``capture`` took, whatever the task did."""
+        shipping.set_task_dir(None)
+        raw = getattr(os.environ, "_data", None)
+        if (raw != self.raw_env if self.raw_env is not None else True) and \
+                os.environ != self.env:
+            for name in [n for n in os.environ if n not in self.env]:
+                del os.environ[name]
+            for name, value in self.env.items():
+                if os.environ.get(name) != value:
+                    os.environ[name] = value
+        try:
+            if os.getcwd() != self.cwd:
+                os.chdir(self.cwd)
+        except OSError:  # the task removed the directory it was in
+            os.chdir(self.cwd)
+        if sys.path != self.path:
+            sys.path[:] = self.path
+        if self.job_dir is not None:
+            self._forget_modules(self.job_dir)
+            self.job_dir = None
+        for signum, handler in self.handlers.items():
+            if signal.getsignal(signum) is not handler and handler is not None:
+                signal.signal(signum, handler)
+        if hasattr(signal, "alarm"):
+            signal.alarm(0)  # an alarm a task left would fire in the next one
+
+    @staticmethod
+    def _forget_modules(job_dir: str) -> None:
+        """Drop modules imported from the job's directory: the next job may ship another
+        file of the same name."""
+        prefix = os.path.join(job_dir, "")
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and path.startswith(prefix):
+                del sys.modules[name]

@@ -1,0 +1,410 @@
+"""When things go wrong, show where: task logs per attempt, tracebacks with the user's
+source, the input position in JobFailed, counters that are current; against real
+daemons (and the log store's bounds without sockets)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pymapreduce import Client, Job, JobFailed, JobNotFound, read_text
+from pymapreduce.broker.logstore import ENTRY_OVERHEAD, LogStore
+from pymapreduce.client.logs import printable
+from pymapreduce.patterns import security
+from pymapreduce.workers.capture import HEAD, TAIL, TaskLog
+
+from .conftest import FAST, ROOT, pmr, wait_workers
+from .test_security import other_keys, wait_workers_secured
+
+RECORDS = [(i, f"w{i % 5} x{i % 3}") for i in range(40)]
+# no backup attempts: on a busy machine they would add attempts (and their logs, rightly)
+# to tests that count attempts
+STEADY = [*FAST, "--backup-after", "off"]
+
+
+@pytest.fixture
+def steady(daemons):
+    """A broker without backup attempts and one worker daemon with two processes."""
+    _, address = daemons.broker(*STEADY)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    return address
+
+
+class Chatty(Job):
+    """Prints a line per record in map and per key in reduce, and logs through logging."""
+
+    def map(self, key, line):
+        print(f"map saw record {key}")
+        logging.getLogger("chatty").warning("warned at record %s", key)
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        print(f"reduce saw {word}", file=sys.stderr)
+        self.count("keys")
+        return sum(counts)
+
+
+class FailsLoudly(Job):
+    def map(self, key, line):
+        print(f"about to look at record {key}")
+        if key == 7:
+            raise ValueError(f"record {key} is bad")
+        yield key, line
+
+
+class Flood(Job):
+    """Prints far more than a task log keeps."""
+
+    def map(self, key, line):
+        print(f"first line of task {key}")
+        for i in range(20_000):
+            print(f"line {i} of a flood of output from record {key}")
+        print(f"last line of task {key}")
+        yield key, 1
+
+
+class Counting(Job):
+    def map(self, key, line):
+        self.count("records")
+        for word in line.split():
+            self.count("words")
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+def test_logs_of_a_printing_job_are_kept_per_attempt_and_per_task(steady):
+    with Client(steady) as client:
+        handle = client.submit(Chatty(), RECORDS, map_tasks=4, reducers=2)
+        assert handle.result(60)["w0"] == 8
+        logs = handle.logs()
+        by_task = {e["task"]: e for e in logs}
+        assert set(by_task) == {"map-0", "map-1", "map-2", "map-3", "reduce-0", "reduce-1"}
+        for entry in logs:
+            assert entry["state"] == "done" and entry["attempt"] == 1 and entry["step"] == 1
+            assert entry["worker"]  # the process that ran it (host:pid)
+        seen = "".join(by_task[f"map-{i}"]["text"] for i in range(4))
+        for key, _ in RECORDS:  # every record's line, each in exactly one map task's log
+            assert seen.count(f"map saw record {key}\n") == 1
+            assert f"WARNING chatty: warned at record {key}\n" in seen
+        reduced = by_task["reduce-0"]["text"] + by_task["reduce-1"]["text"]
+        for word in ("w0", "w4", "x2"):
+            assert f"reduce saw {word}\n" in reduced  # stderr is kept too
+        only = handle.logs("map-2")
+        assert [e["task"] for e in only] == ["map-2"]
+        assert only[0]["text"] == by_task["map-2"]["text"]
+        assert "=== map-2 attempt 1 on " in only.text()
+        handle.release()  # frees the outputs; the status row and the logs stay until the TTL
+        assert handle.logs("map-2")[0]["text"] == by_task["map-2"]["text"]
+
+
+def test_a_failed_attempt_keeps_its_output_and_its_traceback(daemons):
+    _, address = daemons.broker(*STEADY, "--max-attempts", "2")
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    with Client(address) as client:
+        handle = client.submit(FailsLoudly(), RECORDS[:10], map_tasks=2, reducers=1)
+        with pytest.raises(JobFailed):
+            handle.result(60)
+        failed = [e for e in handle.logs() if e["state"] == "failed"]
+        assert [e["attempt"] for e in failed] == [1, 2]
+        for entry in failed:
+            assert entry["task"] == "map-1"
+            assert "about to look at record 7\n" in entry["text"]
+            assert "[the attempt failed]" in entry["text"]
+            assert "Traceback (most recent call last)" in entry["text"]
+            assert "ValueError: record 7 is bad" in entry["text"]
+        assert [e["state"] for e in handle.logs("map-0")] == ["done"]
+
+
+def test_a_flood_of_output_is_kept_bounded_with_its_ends(steady):
+    with Client(steady) as client:
+        handle = client.submit(Flood(), [(k, "") for k in range(3)], map_tasks=3)
+        handle.result(120)
+        logs = handle.logs()
+        assert len(logs) == 3
+        for entry in logs:
+            data = entry["text"].encode()
+            # each task printed ~1 MB; its log is its first and last 32 KiB and a marker
+            assert len(data) <= HEAD + TAIL + 200
+            assert "bytes of this attempt's output left out" in entry["text"]
+            key = entry["text"].split("first line of task ", 1)[1].split("\n", 1)[0]
+            assert entry["text"].startswith(f"first line of task {key}\n")
+            assert entry["text"].endswith(f"last line of task {key}\n")
+        assert client.info()["workers"] == 2  # the broker and the workers carry on
+
+
+def test_task_log_keeps_head_and_tail_and_counts_the_rest():
+    log = TaskLog(head=10, tail=10)
+    for i in range(1000):
+        log.write(f"{i:04d}\n")
+    out = log.getvalue()
+    assert out.startswith(b"0000\n0001\n") and out.endswith(b"0998\n0999\n")
+    assert b"[... 4980 bytes of this attempt's output left out ...]" in out
+
+
+def test_the_broker_keeps_logs_within_a_cap_per_job_and_in_all():
+    class FakeJob:
+        def __init__(self, job_id):
+            self.id, self.step = job_id, 0
+
+    class FakeTask:
+        def __init__(self, job, name):
+            self.job, self.name = job, name
+
+    store = LogStore(job_cap=10_000, total_cap=25_000)
+    a, b = FakeJob("a"), FakeJob("b")
+    store.keep(FakeTask(a, "map-0"), 1, "w", "failed", b"F" * 3000)
+    for i in range(10):
+        store.keep(FakeTask(a, f"map-{i + 1}"), 1, "w", "done", b"x" * 3000)
+    entries, dropped = store.read("a")
+    # the job's cap: the oldest successful attempts' logs went first, the failure stayed
+    assert entries[0]["state"] == "failed" and len(entries) == 3 and dropped == 8
+    assert [e["task"] for e in entries[1:]] == ["map-9", "map-10"]
+    assert store.size == 3 * (3000 + ENTRY_OVERHEAD)
+    for i in range(6):
+        store.keep(FakeTask(b, f"map-{i}"), 1, "w", "done", b"y" * 2000)
+    assert store.size <= 25_000
+    store.keep(None, 1, "w", "done", b"stale attempt")  # not kept
+    store.keep(FakeTask(b, "map-9"), 1, "w", "done", "not bytes")  # not a log
+    assert len(store.read("b")[0]) == 4
+    store.drop("a")
+    store.drop("b")
+    assert store.size == 0 and store.read("a") == ([], 0)
+
+
+def test_only_the_jobs_owner_may_read_its_logs(daemons, tmp_path):
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    stranger = other_keys(tmp_path, keys, "client")  # a second tenant, let in from the start
+    subprocess.run(pmr("keys", "authorize", keys, "client",
+                       os.path.join(stranger, "client.key")), check=True, cwd=ROOT,
+                   capture_output=True, timeout=30)
+    _, address = daemons.broker("--keys", keys, *STEADY)
+    daemons.worker(address, 1, "--keys", keys)
+    wait_workers_secured(address, keys, 1)
+    with Client(address, keys=keys) as owner:
+        handle = owner.submit(Chatty(), RECORDS[:5], map_tasks=1, reducers=1)
+        handle.result(60)
+        assert "map saw record 4" in handle.logs().text()
+        job_id = handle.job_id
+    with Client(address, keys=stranger, timeout=30) as other:
+        with pytest.raises(JobNotFound, match="belongs to another client key"):
+            other._request("LOGS", {"job_id": job_id})
+    denied = subprocess.run(pmr("logs", "--connect", address, "--keys", stranger, job_id),
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert denied.returncode != 0 and "map saw" not in denied.stdout
+
+
+def _script(tmp_path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def _python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def test_print_in_map_reaches_the_terminal_in_embedded_mode(tmp_path):
+    script = _script(tmp_path, "embedded.py", """
+        import logging, sys
+        from pymapreduce import Job
+
+        class Shout(Job):
+            def map(self, key, line):
+                print(f"printed by map for record {key}")
+                print(f"complained by map for record {key}", file=sys.stderr)
+                logging.getLogger("shout").warning("logged by map for record %s", key)
+                yield line, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+
+        if __name__ == "__main__":
+            print("before the job", flush=True)
+            result = Shout().run([(i, "w") for i in range(5)], workers=2, map_tasks=2)
+            print("result", result)
+    """)
+    proc = _python(script)
+    assert proc.returncode == 0, proc.stderr
+    for i in range(5):
+        assert f"printed by map for record {i}\n" in proc.stdout
+        assert f"complained by map for record {i}\n" in proc.stderr
+        assert f"WARNING shout: logged by map for record {i}\n" in proc.stderr
+    assert proc.stdout.startswith("before the job\n")
+    assert proc.stdout.endswith("result {'w': 5}\n")
+
+
+def test_a_remote_traceback_shows_the_users_file_and_lines(tmp_path, cluster):
+    # The job's code exists only in this client's linecache (as a notebook cell's does):
+    # the worker can show its lines only if the client shipped them.
+    script = _script(tmp_path, "notebook.py", """
+        import linecache, sys
+        from pymapreduce import Client, JobFailed
+
+        CELL = '''
+        from pymapreduce import Job
+
+        class Picky(Job):
+            def map(self, key, line):
+                value = int(line)  # the user's own line
+                yield key, value
+        '''
+        NAME = "/nowhere/on/the/workers/cell_17.py"
+        linecache.cache[NAME] = (len(CELL), None, CELL.splitlines(True), NAME)
+        exec(compile(CELL, NAME, "exec"), globals())
+        with Client(sys.argv[1]) as client:
+            try:
+                client.submit(Picky(), [(0, "1"), (1, "one")], map_tasks=1).result(60)
+            except JobFailed as exc:
+                print(exc)
+    """)
+    proc = _python(script, cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert 'File "/nowhere/on/the/workers/cell_17.py", line 6, in map' in proc.stdout
+    assert "value = int(line)  # the user's own line" in proc.stdout
+    assert "Input: record 1 of map split 0, key 1" in proc.stdout
+
+    # a job in the script being run (__main__), pickled by value
+    script = _script(tmp_path, "mainjob.py", """
+        import sys
+        from pymapreduce import Client, Job, JobFailed
+
+        class Divide(Job):
+            def map(self, key, line):
+                yield key, 100 // int(line)  # divides by the record
+
+        with Client(sys.argv[1]) as client:
+            try:
+                client.submit(Divide(), [(0, "4"), (1, "0")], map_tasks=1).result(60)
+            except JobFailed as exc:
+                print(exc)
+    """)
+    proc = _python(script, cluster)
+    assert proc.returncode == 0, proc.stderr
+    assert f'File "{script}", line 7, in map' in proc.stdout
+    assert "yield key, 100 // int(line)  # divides by the record" in proc.stdout
+    assert "ZeroDivisionError" in proc.stdout and "<dynamic-code>" not in proc.stdout
+
+
+def test_job_failed_names_the_input_file_and_offset(cluster, tmp_path):
+    path = tmp_path / "input.txt"
+    lines = ["fine", "also fine", "BAD line", "fine again"]
+    path.write_text("\n".join(lines) + "\n")
+    offset = len("fine\nalso fine\n")
+    with Client(cluster) as client:
+        handle = client.submit(FailsOnBad(), read_text([str(path)]), reducers=1)
+        with pytest.raises(JobFailed) as info:
+            handle.result(60)
+    assert info.value.position["path"] == str(path)
+    assert f"Input: file {path}, the line at byte {offset} (map split 0)" in str(info.value)
+
+
+class FailsOnBad(Job):
+    def map(self, offset, line):
+        if line.startswith("BAD"):
+            raise ValueError("a bad line")
+        yield line, 1
+
+
+def test_counters_are_current_after_results_and_on_a_reattached_handle(cluster):
+    with Client(cluster) as client:
+        handle = client.submit(Counting(), RECORDS, map_tasks=3, reducers=2)
+        pairs = dict(handle.results())
+        assert pairs["w1"] == 8
+        expected = {"records": 40, "words": 80}
+        assert handle.counters == expected
+        again = client.job(handle.job_id)
+        assert again.counters == expected
+    with Client(cluster) as other:  # another connection, as another process would
+        assert other.job(handle.job_id).counters == expected
+
+
+def test_cli_logs_and_run_prints_counters(cluster, tmp_path):
+    data = tmp_path / "words.txt"
+    data.write_text("a b a\nc a\n")
+    job_file = _script(tmp_path, "countjob.py", """
+        from pymapreduce import Job
+
+        class Words(Job):
+            def map(self, offset, line):
+                print(f"line at {offset}: \\x1b]0;retitled\\x07{line}")
+                if line == "x" * 10:
+                    raise ValueError("no x here")
+                for word in line.split():
+                    self.count("words")
+                    yield word, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+    """)
+    run = subprocess.run(pmr("run", f"{job_file}:Words", str(data), "--connect", cluster),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ['["a", 3]', '["b", 1]', '["c", 1]']
+    assert "counters:\n  words: 5\n" in run.stderr
+    job_id = run.stderr.split("pymapreduce: job ", 1)[1].split()[0]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ok\n" + "x" * 10 + "\n")
+    failed = subprocess.run(pmr("run", f"{job_file}:Words", str(bad), "--connect", cluster),
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert failed.returncode != 0 and f"Input: file {bad}, the line at byte 3" in failed.stderr
+    # `run` releases its job's outputs when done; its status and logs stay until the TTL
+    kept = subprocess.run(pmr("logs", "--connect", cluster, job_id), capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert kept.returncode == 0, kept.stderr
+    assert "line at 0: \x1b]0;retitled\x07a b a\n" in kept.stdout  # not a tty: as printed
+    gone = subprocess.run(pmr("logs", "--connect", cluster, "no-such-job"),
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert gone.returncode != 0 and "no job" in gone.stderr
+
+    with Client(cluster) as client:
+        handle = client.submit(Chatty(), RECORDS[:6], map_tasks=2, reducers=1)
+        handle.result(60)
+        logs = subprocess.run(pmr("logs", "--connect", cluster, handle.job_id),
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert logs.returncode == 0, logs.stderr
+        assert re.search(r"^=== map-0 attempt \d+ on \S+ \(done\) ===$", logs.stdout, re.M)
+        assert "=== reduce-0 " in logs.stdout
+        one = subprocess.run(pmr("logs", "--connect", cluster, handle.job_id, "map-1"),
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert "map saw record 5\n" in one.stdout and "map-0" not in one.stdout
+
+
+def test_log_text_is_made_harmless_for_a_terminal():
+    text = "ok\tcolumn\nred \x1b[31mtext\x1b[0m\rover\x07 \u202eevil\r\n"
+    shown = printable(text)
+    assert shown == "ok\tcolumn\nred \\x1b[31mtext\\x1b[0m\\x0dover\\x07 \\u202eevil\n"
+    assert not any(ch in shown for ch in "\x1b\r\x07\u202e")
+
+
+def test_embedded_run_cli_keeps_stdout_for_the_pairs(tmp_path):
+    data = tmp_path / "words.txt"
+    data.write_text("a b a\n")
+    job_file = _script(tmp_path, "printjob.py", """
+        from pymapreduce import Job
+
+        class Words(Job):
+            def map(self, offset, line):
+                print(f"map printed the line at {offset}")
+                for word in line.split():
+                    yield word, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+    """)
+    run = subprocess.run(pmr("run", f"{job_file}:Words", str(data), "--workers", "1"),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert sorted(run.stdout.splitlines()) == ['["a", 2]', '["b", 1]']
+    assert "map printed the line at 0\n" in run.stderr
