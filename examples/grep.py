@@ -3,6 +3,7 @@ each with the file and byte offset it came from.
 
     python examples/grep.py PATTERN [FILES_OR_DIRS...]      # default: the sample web logs
     pymapreduce run examples/grep.py:Grep FILES_OR_DIRS      # the default pattern, 404s
+    pymapreduce run examples/grep.py:Grep -p pattern=POST FILES_OR_DIRS
 
 "The map function emits a line if it matches a supplied pattern. The reduce function is
 an identity function that just copies the supplied intermediate data to the output." A job

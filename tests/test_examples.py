@@ -140,6 +140,17 @@ def test_pymapreduce_run_against_daemons_reads_files_as_the_job_says(address, da
     assert index == module.direct_index(read_text(data["docs"]).files())
 
 
+def test_grep_s_pattern_is_a_job_parameter_of_pymapreduce_run(address, data):
+    _, module = example("grep", "Grep")
+    out = subprocess.run(pmr("run", "examples/grep.py:Grep", "-p", "pattern=POST /p1", data["logs"],
+                             "--connect", address),
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    matches = sorted((tuple(key), line) for key, line in map(json.loads, out.stdout.splitlines()))
+    assert matches == sorted(module.direct_grep("POST /p1", read_text(data["logs"]).files()))
+    assert matches and all("POST /p1" in line for _, line in matches)
+
+
 def test_examples_run_as_scripts_and_with_pymapreduce_run(data):
     """Each example is a script; two of them here, on embedded clusters."""
     _, module = example("url_access", "UrlAccessCount")
