@@ -12,6 +12,7 @@ from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, emits, is_map_only, job_steps
 from ..patterns.records import pack
+from ..sampling import ordered_step, with_boundaries
 
 SPLITS_PER_SLOT = 4  # more map tasks than workers, so load balances
 
@@ -59,7 +60,6 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         if type(part).map is Job.map:
             raise ConfigError(f"{type(part).__name__} defines no map(self, key, value): "
                               "a job needs one (reduce and combine are optional)")
-    code = pickle_job(job)
     plan = None
     if steps is not None:  # each step's reducers: its own, else the submit's, else slots
         plan = []
@@ -73,6 +73,10 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         reducers = job.reducers if job.reducers is not None else slots
     if steps is None:
         map_only = is_map_only(job, reducers)
+    if ordered_step(job, steps) is not None:  # total_order: key ranges sampled here
+        last = plan[-1] if plan else {"reducers": reducers, "map_only": map_only}
+        job = with_boundaries(job, steps, inputs, slots=slots, **last)
+    code = pickle_job(job)
     blobs: list = [code]
     if isinstance(inputs, TextInput):
         splits, _ = plan_file_splits(inputs, slots)
