@@ -54,8 +54,8 @@ def as_pair(job: Any, method: str, pair: Any) -> tuple[Any, Any]:
 
 def group_key(job: Any, method: str, key: Any) -> Any:
     """The slow path of grouping a key that cannot be hashed: a list becomes the tuple of
-    its items (nested lists too); anything else is BadOutput naming it."""
-    if type(key) is list:
+    its items (nested lists too, also inside a tuple); anything else is BadOutput."""
+    if type(key) is list or type(key) is tuple:
         frozen = _freeze(key)
         try:
             hash(frozen)
@@ -68,7 +68,8 @@ def group_key(job: Any, method: str, key: Any) -> Any:
 
 
 def _freeze(value: Any) -> Any:
-    return tuple(_freeze(v) for v in value) if type(value) is list else value
+    t = type(value)
+    return tuple(_freeze(v) for v in value) if t is list or t is tuple else value
 
 
 def combiner_of(job: Any) -> Any:

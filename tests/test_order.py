@@ -160,10 +160,11 @@ def test_boundaries_are_even_quantiles_and_an_empty_sample_gives_one_range():
 def test_a_list_key_is_grouped_and_partitioned_as_its_tuple():
     assert stable_hash(["a", [1, 2]]) == stable_hash(("a", (1, 2)))
     job = ByPair()
-    records = [(0, {"pair": ["a", [1]], "n": 1}), (1, {"pair": ("a", (1,)), "n": 2})]
+    records = [(0, {"pair": ["a", [1]], "n": 1}), (1, {"pair": ("a", (1,)), "n": 2}),
+               (2, {"pair": ("a", [1]), "n": 4})]
     groups = map_grouped(job, records)
-    assert dict(groups) == {("a", (1,)): [1, 2]}
-    assert run_sequential(job, records) == {("a", (1,)): 3}
+    assert dict(groups) == {("a", (1,)): [1, 2, 4]}
+    assert run_sequential(job, records) == {("a", (1,)): 7}
 
 
 def test_map_side_runs_are_sorted_by_value_key():
@@ -236,11 +237,15 @@ def test_skewed_and_duplicate_heavy_keys_stay_in_order(cluster):
     assert sorted(v for _, v in result) == list(range(3000))  # nothing lost or doubled
 
 
-def test_empty_inputs_and_a_multi_step_job_ordered_by_its_last_step(cluster, tmp_path):
+def test_empty_and_iterator_inputs_and_a_multi_step_job_ordered_by_its_last_step(
+        cluster, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with Client(cluster) as client:
         assert client.submit(SortPairs(), [], reducers=3).result(60) == []
+        once = ((i, -i) for i in range(50))  # read once: by the sampler and the submit
+        assert client.submit(SortPairs(), once, reducers=2).result(60) == [
+            (-i, i) for i in reversed(range(50))]
         assert client.submit(OrderedWordCount(), read_text(str(empty)), reducers=3).result(60) == {}
         ranked = client.submit(CountThenRank(), LINES, reducers=3).result(60)
     counts = run_sequential(WordCount(), LINES)

@@ -74,6 +74,8 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     if steps is None:
         map_only = is_map_only(job, reducers)
     if ordered_step(job, steps) is not None:  # total_order: key ranges sampled here
+        if not isinstance(inputs, TextInput):  # (an iterator is read once: keep it)
+            inputs = normalize_records(inputs)
         last = plan[-1] if plan else {"reducers": reducers, "map_only": map_only}
         job = with_boundaries(job, steps, inputs, slots=slots, **last)
     code = pickle_job(job)
