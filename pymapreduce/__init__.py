@@ -7,6 +7,7 @@ embedded local cluster, ``Client(address).submit(job, inputs)`` on a real one.
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
+    BadOutput,
     BrokerBusy,
     BrokerUnavailable,
     ConfigError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddressInUse",
     "AuthenticationFailed",
+    "BadOutput",
     "BrokerBusy",
     "BrokerUnavailable",
     "Client",

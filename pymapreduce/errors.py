@@ -161,3 +161,12 @@ class JobTimeout(PyMapReduceError, TimeoutError):
 
 class AuthenticationFailed(PyMapReduceError, PermissionError):
     """The broker refused this side's key, or the keys do not match (names the likely cause)."""
+
+
+class BadOutput(PyMapReduceError, TypeError):
+    """A job's code gave output the engine cannot use: ``map`` (or a ``_final`` hook, or
+    an emitting ``reduce``) yielded something that is not a ``(key, value)`` pair, a key
+    that cannot be grouped (a dict, a set), or, in a ``total_order`` job, keys that do not
+    compare with each other. The message names the job's method and the value. The same
+    code fails the same way on every attempt, so the task is not retried as a lost worker
+    would be."""

@@ -10,11 +10,20 @@ import inspect
 import operator
 import struct
 import zlib
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ConfigError
+from .errors import BadOutput, ConfigError
+from .ordering import (  # noqa: F401 - task_steps: for the workers
+    as_pair,
+    combiner_of,
+    group_key,
+    is_total_order,
+    range_bounds,
+    task_steps,
+)
 from .patterns.records import pack
 
 Groups = dict  # key -> list of values, in first-seen key order and input value order
@@ -43,7 +52,7 @@ def stable_hash(key: Any) -> int:
         return hash(key) & 0xFFFFFFFFFFFFFFFF
     if t is bytes:
         return zlib.crc32(key)
-    if t is tuple:
+    if t is tuple or t is list:  # a list key is grouped as its tuple: the same partition
         h = 0x345678
         for item in key:
             h = zlib.crc32(struct.pack("<Q", stable_hash(item)), h)
@@ -76,6 +85,19 @@ class Job:
       leaves the worker, and returns one value (the paper's combiner).
     - ``partition(self, key, reducers)``, optional, picks a reduce partition; the default
       is a stable hash of the key.
+    - ``total_order = True``: the output comes in one global key order across partitions
+      (``results()``, ``result()``, the ``part-*`` files): the client samples the inputs
+      and runs ``map`` on the sample before submitting, and partitions are key ranges
+      (TeraSort's sampler and range partitioner; docs/order.md). Keys must compare with
+      each other. Without a ``reduce``, such a job sorts: each value comes back as a pair
+      with its key (Hadoop's identity reducer).
+    - ``value_key(self, value)``, optional: each key's values reach ``reduce`` (and
+      ``combine``) sorted by it, stably (a secondary sort, mrjob's ``SORT_VALUES``).
+
+    ``map`` and the hooks yield tuples ``(key, value)`` (a 2-item list is taken as a pair
+    too); anything else fails the job with :class:`~pymapreduce.BadOutput` naming the
+    method and the value. A key that is a list (JSON-decoded data) is grouped as the tuple
+    of its items (nested lists too): ``reduce`` and the results see the tuple.
 
     Attributes set on the instance travel with it to the workers (cloudpickle), so
     configuration, closures and lambdas work there. ``reducers`` and ``map_tasks`` may be
@@ -107,6 +129,7 @@ class Job:
     priority: float = 1  # weight of the job's share of worker slots (submit(priority=))
     requires: frozenset = frozenset()  # worker tags its tasks need (submit(requires=))
     pickle_results: bool = False  # results may travel pickled: see the class docstring
+    total_order: bool = False  # output in one key order across partitions: see above
     # code and data that travel with the job (docs/travel.md): side files (paths, or
     # {name: path}) each task finds by name in its working directory, and whether the
     # user's own modules travel by value (False: workers must be able to import them)
@@ -251,8 +274,9 @@ def pickle_results(job: Job) -> bool:
 
 
 def is_map_only(job: Job, reducers: int | None) -> bool:
-    """A job is map-only when it has no ``reduce`` or was asked for zero reducers."""
-    return reducers == 0 or not job._has("reduce")
+    """A job is map-only when it has no ``reduce`` (and is not ``total_order``, which sorts
+    without one) or was asked for zero reducers."""
+    return reducers == 0 or not (job._has("reduce") or is_total_order(job))
 
 
 # -- kernels -----------------------------------------------------------------------------
@@ -275,8 +299,11 @@ COMBINE_EVERY = 64  # values a key may collect in a map task before they are com
 
 def emits(job: Job) -> bool:
     """Whether the job's ``reduce`` is a generator: it yields pairs instead of returning
-    one value per key, and the result is a list of pairs."""
+    one value per key, and the result is a list of pairs. A ``total_order`` job without
+    ``reduce`` emits each value with its key (a sort)."""
     reduce = getattr(type(job), "reduce", None)
+    if reduce is None:
+        return is_total_order(job)
     return inspect.isgeneratorfunction(reduce)
 
 
@@ -298,34 +325,68 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     record: on two cores sharing a memory bus that halved word count's map time. As in
     Hadoop, a combiner may therefore run several times on parts of a key's values, and
     must accept its own outputs among its inputs (sum, min, max, set union do).
+
+    Each output is checked to be a tuple (one type test; lists and errors take a slow
+    path, and unpacking it checks its length: see :func:`_blame`), and a key that cannot
+    be hashed is given to :func:`group_key`.
     """
     groups: Groups = defaultdict(list)
     mapper = job.map
-    combiner = job.combine if job._has("combine") else None
-    key = _NO_RECORD
+    combiner = combiner_of(job)
+    key = pair = _NO_RECORD
     try:
         _hook(job, "map_init")
         if combiner is None:
             for key, value in records:
                 out = mapper(key, value)
                 if out is not None:
-                    for k, v in out:
-                        groups[k].append(v)
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        try:
+                            groups[k].append(v)
+                        except TypeError:
+                            groups[group_key(job, "map", k)].append(v)
         else:
             for key, value in records:
                 out = mapper(key, value)
                 if out is not None:
-                    for k, v in out:
-                        values = groups[k]
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        try:
+                            values = groups[k]
+                        except TypeError:
+                            k = group_key(job, "map", k)
+                            values = groups[k]
                         values.append(v)
                         if len(values) >= COMBINE_EVERY:
                             values[:] = [combiner(k, values)]
         key = _NO_RECORD
-        for k, v in _hook(job, "map_final"):
-            groups[k].append(v)
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
+            try:
+                groups[k].append(v)
+            except TypeError:
+                groups[group_key(job, "map_final", k)].append(v)
     except Exception as exc:
-        raise RecordFailed(key) from exc
+        raise RecordFailed(key) from _blame(job, pair, exc)
     return groups
+
+
+def _blame(job: Job, pair: Any, exc: Exception) -> Exception:
+    """The error to report for a map task that raised ``exc`` after the pair check: if
+    the last output was a tuple of another length than 2, unpacking it failed (the map
+    yielded a non-pair; a failure of the map itself comes after a good pair), else ``exc``.
+    Checking the length here, not per pair, keeps the per-pair test to one type test."""
+    if type(pair) is tuple and len(pair) != 2 and isinstance(exc, ValueError):
+        try:
+            as_pair(job, "map", pair)
+        except BadOutput as bad:
+            return bad
+    return exc
 
 
 def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
@@ -335,21 +396,25 @@ def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
     add_key = keys.append
     add_value = values.append
     mapper = job.map
-    key = _NO_RECORD
+    key = pair = _NO_RECORD
     try:
         _hook(job, "map_init")
         for key, value in records:
             out = mapper(key, value)
             if out is not None:
-                for k, v in out:
+                for pair in out:
+                    if type(pair) is not tuple:
+                        pair = as_pair(job, "map", pair)
+                    k, v = pair
                     add_key(k)
                     add_value(v)
         key = _NO_RECORD
-        for k, v in _hook(job, "map_final"):
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
             add_key(k)
             add_value(v)
     except Exception as exc:
-        raise RecordFailed(key) from exc
+        raise RecordFailed(key) from _blame(job, pair, exc)
     return keys, values
 
 
@@ -357,20 +422,38 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     """Combine each group (if the job has a combiner) and cut the groups into partitions.
 
     Each partition is ``(keys, values)``: with a combiner one combined value per key,
-    without one the key's list of values. One pass, one partition choice per key.
+    without one the key's list of values (sorted by ``value_key`` if the job has one, so
+    the reduce side merges sorted runs). One pass, one partition choice per key: a
+    ``total_order`` job's by its key range, else the job's ``partition``, else a hash.
     """
-    combiner = job.combine if job._has("combine") else None
+    combiner = combiner_of(job)
+    if combiner is None and job._has("value_key"):
+        value_key = job.value_key
+        for values in groups.values():
+            if len(values) > 1:
+                values.sort(key=value_key)
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
     parts: list[Columns] = [([], []) for _ in range(reducers)]
-    custom = None if type(job).partition is Job.partition else job.partition
+    bounds = range_bounds(job)
+    custom = None if type(job).partition is Job.partition or bounds is not None else job.partition
     crc32 = zlib.crc32
+    last = reducers - 1
     for k, values in groups.items():
         if combiner is not None:
             v = values[0] if len(values) == 1 else combiner(k, values)
         else:
             v = values
-        if custom is not None:
+        if bounds is not None:
+            try:
+                p = bisect_left(bounds, k)
+            except TypeError as exc:
+                raise BadOutput(f"{type(job).__name__} has total_order but its map yielded "
+                                f"the key {k!r:.80} ({type(k).__name__}), which does not "
+                                f"compare with the sampled keys ({exc})") from None
+            if p > last:  # (boundaries are cut for the job's reducers; never more)
+                p = last
+        elif custom is not None:
             p = custom(k, reducers)
             if type(p) is not int or not 0 <= p < reducers:
                 raise ValueError(f"partition({k!r}, {reducers}) returned {p!r}, "
@@ -407,36 +490,49 @@ def reduce_groups(job: Job, groups: Groups) -> Columns:
     """Run ``reduce`` on every group; keys come out sorted where they are comparable.
 
     An emitting ``reduce`` (a generator) gives the pairs it yields, in that order; the
-    ``reduce_init``/``reduce_final`` hooks run around the task's keys."""
+    ``reduce_init``/``reduce_final`` hooks run around the task's keys. With ``value_key``
+    each key's values are sorted by it first: the map tasks sent sorted runs, in map-task
+    order, so the (stable) sort merges runs and ties keep input order. A ``total_order``
+    job's keys must compare (BadOutput), and without ``reduce`` it emits each value with
+    its key."""
     try:
         keys = sorted(groups)
-    except TypeError:
+    except TypeError as exc:
+        if is_total_order(job):
+            raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
+                            f"compare with each other: {exc}") from None
         keys = list(groups)  # mixed key types: keep first-seen order
-    reducer = job.reduce
+    if job._has("value_key"):
+        value_key = job.value_key
+        for k in keys:
+            values = groups[k]
+            if len(values) > 1:
+                values.sort(key=value_key)
+    reducer = job.reduce if job._has("reduce") else None
     _hook(job, "reduce_init")
-    if emits(job):
-        out_keys: list = []
-        out_values: list = []
+    if reducer is None:  # a total_order job without reduce: each value with its key
+        out_keys = []
+        out_values = []
+        for k in keys:
+            values = groups[k]
+            out_keys.extend([k] * len(values))
+            out_values.extend(values)
+    elif emits(job):
+        out_keys = []
+        out_values = []
         for k in keys:
             for pair in reducer(k, groups[k]):
-                ok, ov = _pair(job, pair)
-                out_keys.append(ok)
-                out_values.append(ov)
+                if type(pair) is not tuple or len(pair) != 2:
+                    pair = as_pair(job, "reduce", pair)
+                out_keys.append(pair[0])
+                out_values.append(pair[1])
     else:
         out_keys, out_values = keys, [reducer(k, groups[k]) for k in keys]
     for pair in _hook(job, "reduce_final"):
-        ok, ov = _pair(job, pair)
+        ok, ov = as_pair(job, "reduce_final", pair)
         out_keys.append(ok)
         out_values.append(ov)
     return out_keys, out_values
-
-
-def _pair(job: Job, pair: Any) -> tuple[Any, Any]:
-    """One ``(key, value)`` a reduce or a hook yielded; anything else is the job's error."""
-    if type(pair) not in (tuple, list) or len(pair) != 2:
-        raise TypeError(f"{type(job).__name__}.reduce yielded {pair!r:.80}, not a (key, "
-                        "value) pair")
-    return pair[0], pair[1]
 
 
 MAX_STEPS = 200  # steps of one multi-step job

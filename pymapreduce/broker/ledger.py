@@ -247,6 +247,10 @@ class Ledger(Commits, Dispatching, Recovery):
             if key is None or key not in worker.running:
                 self.complain(peer_name(worker.route, worker.key), "DONE for an attempt "
                               "it does not hold: %.80r", item)
+                # its inline outputs are in the message all the same: step over them, or
+                # the next report of the batch would commit them as its own
+                nblobs = item[5] if type(item) is list and len(item) == 6 else 0
+                pos += nblobs if type(nblobs) is int and nblobs > 0 else 0
                 continue
             try:
                 report = Report.from_wire(item, len(blobs) - pos)

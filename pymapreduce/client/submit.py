@@ -12,6 +12,7 @@ from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, emits, is_map_only, job_steps
 from ..patterns.records import pack
+from ..sampling import ordered_step, with_boundaries
 from ..shipping import gather_files, pack_code, pickle_by_value
 from .sources import with_sources
 
@@ -66,7 +67,6 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
                               "a job needs one (reduce and combine are optional)")
     if files is None:
         files = gather_files(job)  # (before pickling: a missing file fails first)
-    code = pack_code(pickle_job(with_sources(job, steps)), files)
     plan = None
     if steps is not None:  # each step's reducers: its own, else the submit's, else slots
         plan = []
@@ -80,6 +80,12 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         reducers = job.reducers if job.reducers is not None else slots
     if steps is None:
         map_only = is_map_only(job, reducers)
+    if ordered_step(job, steps) is not None:  # total_order: key ranges sampled here
+        if not isinstance(inputs, TextInput):  # (an iterator is read once: keep it)
+            inputs = normalize_records(inputs)
+        last = plan[-1] if plan else {"reducers": reducers, "map_only": map_only}
+        job = with_boundaries(job, steps, inputs, slots=slots, **last)
+    code = pack_code(pickle_job(with_sources(job, steps)), files)  # (sources: tracebacks)
     blobs: list = [code]
     if isinstance(inputs, TextInput):
         splits, _ = plan_file_splits(inputs, slots)

@@ -23,8 +23,14 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import AuthenticationFailed, LineTooLong, ProtocolError, UnencodableValue
-from ..job import pickle_results
+from ..errors import (
+    AuthenticationFailed,
+    BadOutput,
+    LineTooLong,
+    ProtocolError,
+    UnencodableValue,
+)
+from ..job import pickle_results, task_steps
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -44,7 +50,9 @@ FLUSH_COUNT = 64  # ... or this many reports
 JOB_CACHE = 16  # unpickled jobs kept per process
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
-HOPELESS = (LineTooLong, UnencodableValue)  # failures no retry can mend (said in FAILED)
+# failures no retry can mend (said in FAILED); BadOutput: the job's code yields output
+# the engine cannot use, the same on every attempt
+HOPELESS = (LineTooLong, UnencodableValue, BadOutput)
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
 DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 
@@ -354,7 +362,7 @@ class Worker:
             try:
                 steps = self.steps.get(job_id)
                 if steps is None:
-                    steps = self.steps[job_id] = job.steps()
+                    steps = self.steps[job_id] = task_steps(job)
                     while len(self.steps) > JOB_CACHE:
                         self.steps.pop(next(iter(self.steps)))
                 job = steps[int(b["step"])]
@@ -435,7 +443,9 @@ class Worker:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
+            # (a record the job may skip, named by its ordinal, is left to the skip logic)
             self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
+                       final=isinstance(cause, HOPELESS) and "ordinal" not in where,
                        log=attempt_log(tasklog, tb))
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
