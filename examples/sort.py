@@ -8,23 +8,18 @@ reduce function emits all pairs unchanged." Records are lines ``KEY<TAB>payload`
 
 With ``total_order = True`` the job samples its inputs and cuts the key space into ranges,
 one per reducer (the paper's "partitioning function"), so the result and the part files
-come out in one global key order whatever the number of reducers. On a pymapreduce without
-``total_order`` the job runs with one reducer instead, whose output is sorted anyway.
+come out in one global key order whatever the number of reducers.
 """
 
 from __future__ import annotations
 
 from pymapreduce import Job, read_text
 
-HAS_TOTAL_ORDER = hasattr(Job, "total_order")
-
 
 class Sort(Job):
     """``(key, record)`` for every record, in key order (records of one key in input order)."""
 
     total_order = True  # one key order across all reducers (sampled key ranges)
-    if not HAS_TOTAL_ORDER:
-        reducers = 1  # (one reducer: one partition, sorted)
 
     def map(self, offset, record):
         key, _, _ = record.partition("\t")

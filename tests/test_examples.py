@@ -119,13 +119,22 @@ def test_inverted_index_names_the_documents(address, data):
 def test_sort_gives_every_record_in_key_order(address, data):
     Sort, module = example("sort", "Sort")
     inputs = read_text(data["records"], split_bytes=25_000)
-    # with total_order, several reducers still give one order; without, the job has one
-    reducers = 3 if module.HAS_TOTAL_ORDER else None
-    pairs, _ = submit(address, Sort(), inputs, reducers=reducers)
-    expected = module.direct_sort(inputs.files())
-    assert pairs == expected
+    pairs, _ = submit(address, Sort(), inputs, reducers=3)  # one order across reducers
+    assert pairs == module.direct_sort(inputs.files())
     duplicates = [record for key, record in pairs if key == "duplicate!"]
     assert len(duplicates) > 3  # records of one key in input order (the reference's)
+
+
+def test_sort_s_part_files_are_in_one_order(address, data, tmp_path):
+    _, module = example("sort", "Sort")
+    out = subprocess.run(pmr("run", "examples/sort.py:Sort", data["records"], "--connect",
+                             address, "--reducers", "3", "--output", str(tmp_path / "out")),
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    parts = sorted((tmp_path / "out").glob("part-*"))
+    assert len(parts) == 3 and all(p.stat().st_size for p in parts)
+    pairs = [tuple(json.loads(line)) for p in parts for line in p.read_text().splitlines()]
+    assert pairs == module.direct_sort(read_text(data["records"]).files())
 
 
 def test_pymapreduce_run_against_daemons_reads_files_as_the_job_says(address, data):
