@@ -6,6 +6,7 @@ interrupted; and the benchmark plots drawn from the recorded figures."""
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -269,3 +270,67 @@ def test_progress_period_comes_from_the_option_or_the_environment(monkeypatch):
         progress_period()
     with pytest.raises(ConfigError):
         progress_period(-1)
+
+
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                      reason="matplotlib not installed (the test extras)")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path) -> tuple[int, int]:
+    """The PNG's width and height, after checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert data[12:16] == b"IHDR", path
+    width, height = struct.unpack(">II", data[16:24])
+    assert len(data) > 10_000  # a drawn figure, not an empty canvas
+    return width, height
+
+
+def run_plots(results, out) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "plots.py"),
+                           "--results", str(results), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@needs_matplotlib
+def test_plots_draw_the_recorded_figures_as_pngs(tmp_path):
+    results = os.path.join(ROOT, "benchmarks", "results")
+    run = run_plots(results, tmp_path)
+    assert run.returncode == 0, run.stderr
+    expected = ["throughput.png", "faults.png"]  # (scaling: once it is measured)
+    if any(name.startswith("scaling") for name in os.listdir(results)):
+        expected.append("scaling.png")
+    for name in expected:
+        width, height = check_png(tmp_path / name)
+        assert width >= 600 and height >= 400, (name, width, height)
+
+
+@needs_matplotlib
+def test_plots_read_what_the_scripts_write(tmp_path):
+    """The scripts' own --json output (no ``benchmark`` field) is recognised by its
+    shape; another peer (here "ray") gets its bar; an unrelated file is skipped."""
+    results = tmp_path / "results"
+    results.mkdir()
+    machine = {"command": "python benchmarks/bench_wordcount.py", "cores": 2, "cpu": "x",
+               "date": "today"}
+    (results / "wc.json").write_text(json.dumps({
+        "machine": machine, "size_mib": 64.0, "workers": 2, "results": [
+            {"system": "single", "seconds": 4.0, "mib_per_s": 16.0, "speedup_vs_single": 1},
+            {"system": "pymapreduce", "seconds": 2.0, "mib_per_s": 32.0,
+             "speedup_vs_single": 2.0},
+            {"system": "ray", "seconds": 3.0, "mib_per_s": 21.3, "speedup_vs_single": 1.33},
+            {"system": "dask", "error": "ImportError", "equal": False}]}))
+    (results / "faults.json").write_text(json.dumps({
+        "machine": machine, "args": {}, "times": {"undisturbed": [1.0, 1.2, 1.1],
+                                                  "kill 1 of 3 workers": [1.3, 1.5, 1.4]},
+        "correct": {"undisturbed": True, "kill 1 of 3 workers": True}, "broker": []}))
+    (results / "other.json").write_text(json.dumps({"machine": machine, "tasks_per_s": 1}))
+    out = tmp_path / "figures"
+    run = run_plots(results, out)
+    assert run.returncode == 0, run.stderr
+    assert sorted(os.listdir(out)) == ["faults.png", "throughput.png"]
+    check_png(out / "throughput.png")
+    check_png(out / "faults.png")
+    assert "other.json: not a figure" in run.stderr
+    assert "no scaling results" in run.stderr
