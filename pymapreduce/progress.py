@@ -157,13 +157,17 @@ class ProgressBars:
                     file=self.file, **self.options)
             if bar.total != total:
                 bar.total = total
-            if done != bar.n:
-                bar.n = done  # (absolute: a status carries totals, not increments)
             if label == "map":
                 bar.set_postfix_str(f"{int(status.get('records', 0))} records, "
                                     f"{human_bytes(float(status.get('bytes', 0)))} read",
                                     refresh=False)
-            bar.refresh()
+            # a status carries totals, not increments; update() redraws at most every
+            # mininterval, so a job of 10,000 quick tasks does not flood the terminal
+            if done > bar.n:
+                bar.update(done - bar.n)
+            elif done < bar.n:  # (a step's bars refilled, or a broker that lost work)
+                bar.n = done
+                bar.refresh()
 
     def close(self, outcome: str = "succeeded") -> None:
         """Close every bar; ``outcome`` other than "succeeded" (failed, cancelled,
