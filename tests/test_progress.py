@@ -183,6 +183,47 @@ def test_cli_run_progress_period_option_and_a_failing_job_summary(job_dir):
     assert "no boom allowed" in run.stderr
 
 
+def test_ctrl_c_on_a_terminal_closes_the_bars_and_prints_the_summary(job_dir):
+    import select
+    import signal
+
+    data = job_dir / "in.txt"
+    data.write_text("\n".join(["slow words here"] * 2000) + "\n")  # ~10 s of maps
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(pmr("run", "jobs_progress.py:Words", "in.txt", "--workers", "1",
+                                "--split-bytes", "4096"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave, cwd=str(job_dir), env=env_with(job_dir))
+    os.close(slave)
+    received = b""
+    try:
+        while b"records" not in received:  # a bar with its first progress is drawn
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, received[-2000:]
+            received += os.read(master, 65536)
+        proc.send_signal(signal.SIGINT)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = received.decode(errors="replace")
+    assert "map (interrupted)" in last_bar(text, "map (interrupted)")
+    assert re.search(r"the job ran [\d.]+s on the cluster .*; running, interrupted; tasks "
+                     r"map \d+/\d+", text), text[-2000:]
+    assert text.rstrip().endswith("pymapreduce: interrupted")
+
+
 class Failing(Job):
     def map(self, key, value):
         if value == 7:
