@@ -281,6 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output is not None:  # so does an output that cannot be written, or is taken
         check_output_dir(args.output, overwrite=args.overwrite)
     gather_files(job, args.file)  # as does a missing --file (read again at submit)
+    period = progress_period(args.progress_every)  # and a bad progress period
     cluster = None
     started = time.monotonic()
     try:
@@ -301,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
             try:
                 status = watch(handle, timeout=args.timeout, stream=sys.stderr,
-                               period=progress_period(args.progress_every), started=started)
+                               period=period, started=started)
             except (KeyboardInterrupt, JobTimeout) as exc:
                 if isinstance(exc, JobTimeout):
                     print(f"pymapreduce: {exc}", file=sys.stderr)
@@ -322,14 +323,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in summary_lines(status, wall=time.monotonic() - started, output=args.output):
         print(line, file=sys.stderr)
     return EXIT_OK
-
-
-def print_counters(counters: dict | None, out) -> None:
-    """The job's counters, one per line (nothing when it has none)."""
-    if counters:
-        print("counters:", file=out)
-        for name, value in sorted(counters.items()):
-            print(f"  {name}: {value}", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
