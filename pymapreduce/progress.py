@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .errors import ConfigError
+from .errors import ConfigError, JobFailed, JobTimeout
 
 PERIOD_ENV = "PYMAPREDUCE_PROGRESS_EVERY"
 DEFAULT_PERIOD = 5.0  # seconds between plain progress lines (CI logs stay short)
@@ -152,9 +152,9 @@ class ProgressBars:
                 continue
             bar = self.bars.get(label)
             if bar is None:
-                bar = self.bars[label] = self.tqdm_class(
-                    total=total, desc=self._label(label), position=position,
-                    file=self.file, **self.options)
+                bar = self.bars[label] = self.tqdm_class(**{
+                    "total": total, "desc": self._label(label), "position": position,
+                    "file": self.file, **self.options})
             if bar.total != total:
                 bar.total = total
             if label == "map":
@@ -191,8 +191,6 @@ def outcome_of(exc: BaseException | None) -> str:
     """The word for how a wait ended: succeeded, failed, cancelled, timed out, interrupted."""
     if exc is None:
         return "succeeded"
-    from .errors import JobFailed, JobTimeout
-
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, JobTimeout):
