@@ -38,6 +38,7 @@ from .errors import (
     PyMapReduceError,
     StateError,
 )
+from .progress import progress_period, summary_lines, watch
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -298,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output is not None:  # so does an output that cannot be written, or is taken
         check_output_dir(args.output, overwrite=args.overwrite)
     gather_files(job, args.file)  # as does a missing --file (read again at submit)
+    period = progress_period(args.progress_every)  # and a bad progress period
     cluster = None
     started = time.monotonic()
     try:
@@ -316,9 +318,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker processes")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
-            progress = Progress(sys.stderr)
             try:
-                status = handle.wait(timeout=args.timeout, progress=progress)
+                status = watch(handle, timeout=args.timeout, stream=sys.stderr,
+                               period=period, started=started)
             except (KeyboardInterrupt, JobTimeout) as exc:
                 if isinstance(exc, JobTimeout):
                     print(f"pymapreduce: {exc}", file=sys.stderr)
@@ -329,29 +331,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if isinstance(exc, JobTimeout):
                     return EXIT_TIMEOUT
                 raise
-            finally:
-                progress.end()
             if args.output is None:
                 print_pairs(handle.results(), limit=print_limit(args.limit, sys.stdout))
             handle.release()  # (its outputs; `status` still lists it until the result TTL)
     finally:
         if cluster is not None:
             cluster.close()
-    seconds = status.get("elapsed") or (time.monotonic() - started)
-    mb = status["bytes"] / 1e6
-    print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes; the "
-          f"job ran {seconds:.2f}s on the cluster ({mb / max(seconds, 1e-9):.1f} MB/s)"
-          + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
-    print_counters(status.get("counters"), sys.stderr)
+    # after the pairs, so that it is the last thing said (time, records, bytes, counters)
+    for line in summary_lines(status, wall=time.monotonic() - started, output=args.output):
+        print(line, file=sys.stderr)
     return EXIT_OK
-
-
-def print_counters(counters: dict | None, out) -> None:
-    """The job's counters, one per line (nothing when it has none)."""
-    if counters:
-        print("counters:", file=out)
-        for name, value in sorted(counters.items()):
-            print(f"  {name}: {value}", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -565,6 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "its base name in their working directory")
     r.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="give up waiting after this many seconds")
+    r.add_argument("--progress-every", type=float, metavar="SECONDS",
+                   help="when stderr is not a terminal, a progress line every SECONDS "
+                        "(default 5, or $PYMAPREDUCE_PROGRESS_EVERY; 0: at each status, "
+                        "about one a heartbeat); a terminal gets live bars")
     keys(r, "client")
     r.set_defaults(func=cmd_run)
 

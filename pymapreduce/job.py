@@ -192,6 +192,7 @@ class Job:
         heartbeat_interval: float | None = None,
         liveness: float | None = None,
         files: Any = None,
+        progress: bool = False,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -203,7 +204,10 @@ class Job:
         as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
         and ``overwrite=False`` refuses a directory that is not empty (default: replace
         the part files of an earlier run). ``files``: side files shipped with the
-        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`.
+        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``progress=True``:
+        draw a progress bar per phase while the job runs (:meth:`JobHandle.progress
+        <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
+        default, so a plain call prints nothing.
         """
         from .client import Client
         from .client.submit import pickle_job
@@ -231,6 +235,8 @@ class Job:
                 handle = client.submit(
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
                     overwrite=overwrite, files=files)
+                if progress:
+                    handle.progress(timeout=timeout)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
@@ -243,6 +249,7 @@ class Job:
                 overwrite=True,  # (checked above, before the cluster started)
                 timeout=timeout,
                 files=files,
+                progress=progress,
             )
 
     def steps(self) -> list[Job] | None:
