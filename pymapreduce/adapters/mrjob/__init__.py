@@ -1,0 +1,140 @@
+"""Run mrjob's ``MRJob`` subclasses, unchanged, on pymapreduce.
+
+From Python::
+
+    from pymapreduce.adapters import mrjob as pmr_mrjob
+    from mrjob.examples.mr_word_freq_count import MRWordFreqCount
+
+    run = pmr_mrjob.run(MRWordFreqCount, ["input.txt"])
+    run.output          # bytes: what mrjob's inline runner writes, line for line
+    run.counters        # {group: {counter: n}}, as mrjob's runner.counters() (summed)
+    list(run.pairs())   # the lines read back through the job's OUTPUT_PROTOCOL
+
+From the shell: ``pymapreduce run mr_job_file.py [JOB OPTIONS] INPUTS``. See docs/mrjob.md
+for what is supported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...job import Job
+from .plan import Plan, make_plan
+
+__all__ = ["MRJobRun", "as_job", "output_chunks", "prepare", "run"]
+
+
+class MRJobAdapter(Job):
+    """A multi-step pymapreduce job made of an MRJob's steps."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def steps(self) -> list[Job]:
+        return [_step_job(self.plan, n) for n in range(len(self.plan.steps))]
+
+
+def _step_job(plan: Plan, n: int) -> Job:
+    from .steps import MRJobMap, MRJobStep
+
+    return MRJobStep(plan, n) if plan.steps[n]["reducer"] else MRJobMap(plan, n)
+
+
+def prepare(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = ()) -> tuple:
+    """``(MRJob instance, plan, pymapreduce inputs)`` for ``job_class`` over ``inputs``
+    with the job's own command-line ``args`` (passthrough and file options, ``--files``,
+    ``--jobconf``...), parsed by the job as mrjob parses them."""
+    from ... import read_text
+    from ...errors import ConfigError, InputError
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(p) for p in inputs]
+    if not inputs:
+        raise InputError("an mrjob job needs input paths (mrjob's reading of stdin is not "
+                         "supported)")
+    try:
+        job = job_class([*args, *inputs])
+    except ValueError as exc:  # mrjob's argument errors, raised rather than printed
+        raise ConfigError(f"{job_class.__name__}: {exc}") from None
+    plan = make_plan(job, inputs)
+    text = read_text(inputs, encoding="latin-1", with_path=True)  # latin-1: the bytes, 1:1
+    files = text.files()
+    if plan.steps[0]["source"] == "raw":  # mapper_raw: one task per file, (path, uri)
+        return job, plan, [(path, path) for path in files]
+    return job, plan, text
+
+
+def as_job(plan: Plan) -> Job:
+    """The pymapreduce job that runs ``plan`` (a single step runs as itself)."""
+    return _step_job(plan, 0) if len(plan.steps) == 1 else MRJobAdapter(plan)
+
+
+def output_chunks(plan: Plan, pairs: Iterable[tuple[Any, bytes]]) -> Iterator[bytes]:
+    """The job's output bytes from its last step's output pairs, in mrjob's order: a
+    map-only last step's as they come (input order); a reducer's by reduce key (the key's
+    bytes, as mrjob's sort), what ``reducer_init``/``reducer_final`` wrote last. Each
+    partition arrives sorted, so the sort is a merge of runs."""
+    if not plan.steps[-1]["reducer"]:
+        for _, chunk in pairs:
+            yield chunk
+        return
+    out = list(pairs)
+    out.sort(key=_output_order)
+    for _, chunk in out:
+        yield chunk
+
+
+def _output_order(pair: tuple) -> tuple:
+    key = pair[0]
+    return (True, b"") if key is None else (False, key)
+
+
+@dataclass
+class MRJobRun:
+    """What :func:`run` returns: the output bytes, counters, and the job's identity."""
+
+    job: Any  # the MRJob instance made from the arguments
+    output: bytes
+    counters: dict = field(default_factory=dict)  # {group: {counter: total}}
+    job_id: str = ""
+
+    def pairs(self) -> Iterator[tuple[Any, Any]]:
+        """The output lines read back through the job's output protocol (mrjob's
+        ``parse_output``)."""
+        return self.job.parse_output([self.output])
+
+
+def run(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = (), *,
+        address: str | None = None, workers: int | None = None,
+        reducers: int | None = None, timeout: float | None = None,
+        keys: str | None = None) -> MRJobRun:
+    """Run the ``MRJob`` subclass ``job_class`` over the files ``inputs`` on pymapreduce:
+    on the cluster at ``address``, or on an embedded one with ``workers`` processes.
+
+    ``args`` are the job's own command-line options (``['--sample-size', '10']``).
+    Raises :class:`~pymapreduce.JobFailed` if a task fails for good (its message names
+    the user's exception), :class:`~pymapreduce.ConfigError` for what the adapter does
+    not run (Hadoop streaming commands, Spark and jar steps, ARCHIVES).
+    """
+    from ...client import Client
+    from ...local import LocalCluster
+    from .task import counters_by_group
+
+    job, plan, inputs_ = prepare(job_class, inputs, args)
+    pmr_job = as_job(plan)
+    map_tasks = len(inputs_) if isinstance(inputs_, list) else None
+    if address is None:
+        with LocalCluster(workers=workers, keys=keys) as cluster:
+            return run(job_class, inputs, args, address=cluster.address, reducers=reducers,
+                       timeout=timeout, keys=keys)
+    with Client(address, keys=keys) as client:
+        handle = client.submit(pmr_job, inputs_, map_tasks=map_tasks, reducers=reducers)
+        handle.wait(timeout)
+        output = b"".join(output_chunks(plan, handle.results()))
+        counters = counters_by_group(handle.counters)
+        handle.release()
+    return MRJobRun(job=job, output=output, counters=counters, job_id=handle.job_id)
