@@ -491,7 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    from .adapters.mrjob.cli import mrjob_command  # `run MR_JOB.py`: docs/mrjob.md
+
+    args = mrjob_command(argv) or build_parser().parse_args(argv)
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `pymapreduce status ... | head`: the reader had enough

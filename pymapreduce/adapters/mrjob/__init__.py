@@ -43,23 +43,21 @@ def _step_job(plan: Plan, n: int) -> Job:
     return MRJobStep(plan, n) if plan.steps[n]["reducer"] else MRJobMap(plan, n)
 
 
-def prepare(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = ()) -> tuple:
-    """``(MRJob instance, plan, pymapreduce inputs)`` for ``job_class`` over ``inputs``
-    with the job's own command-line ``args`` (passthrough and file options, ``--files``,
-    ``--jobconf``...), parsed by the job as mrjob parses them."""
+def prepare(job_class: type, argv: list[str]) -> tuple:
+    """``(MRJob instance, plan, pymapreduce inputs)`` for ``job_class`` run with the
+    command line ``argv`` (input paths, and the job's own options: passthrough and file
+    options, ``--files``, ``--jobconf``...), parsed by the job as mrjob parses it."""
     from ... import read_text
     from ...errors import ConfigError, InputError
 
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = [os.fspath(p) for p in inputs]
-    if not inputs:
-        raise InputError("an mrjob job needs input paths (mrjob's reading of stdin is not "
-                         "supported)")
     try:
-        job = job_class([*args, *inputs])
+        job = job_class(list(argv))
     except ValueError as exc:  # mrjob's argument errors, raised rather than printed
         raise ConfigError(f"{job_class.__name__}: {exc}") from None
+    inputs = list(job.options.args)
+    if not inputs or "-" in inputs:
+        raise InputError("an mrjob job run by pymapreduce needs input paths (reading "
+                         "stdin, '-', is not supported)")
     plan = make_plan(job, inputs)
     text = read_text(inputs, encoding="latin-1", with_path=True)  # latin-1: the bytes, 1:1
     files = text.files()
@@ -120,19 +118,28 @@ def run(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = (), 
     the user's exception), :class:`~pymapreduce.ConfigError` for what the adapter does
     not run (Hadoop streaming commands, Spark and jar steps, ARCHIVES).
     """
-    from ...client import Client
     from ...local import LocalCluster
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    job, plan, inputs_ = prepare(job_class, [*args, *map(os.fspath, inputs)])
+    if address is not None:
+        return _run_on(address, job, plan, inputs_, reducers=reducers, timeout=timeout,
+                       keys=keys)
+    with LocalCluster(workers=workers, keys=keys) as cluster:
+        return _run_on(cluster.address, job, plan, inputs_, reducers=reducers,
+                       timeout=timeout, keys=keys)
+
+
+def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | None,
+            timeout: float | None, keys: str | None, key_name: str = "client") -> MRJobRun:
+    from ...client import Client
     from .task import counters_by_group
 
-    job, plan, inputs_ = prepare(job_class, inputs, args)
-    pmr_job = as_job(plan)
-    map_tasks = len(inputs_) if isinstance(inputs_, list) else None
-    if address is None:
-        with LocalCluster(workers=workers, keys=keys) as cluster:
-            return run(job_class, inputs, args, address=cluster.address, reducers=reducers,
-                       timeout=timeout, keys=keys)
-    with Client(address, keys=keys) as client:
-        handle = client.submit(pmr_job, inputs_, map_tasks=map_tasks, reducers=reducers)
+    map_tasks = len(inputs) if isinstance(inputs, list) else None
+    with Client(address, keys=keys, key_name=key_name) as client:
+        handle = client.submit(as_job(plan), inputs, map_tasks=map_tasks, reducers=reducers,
+                               name=type(job).__name__)
         handle.wait(timeout)
         output = b"".join(output_chunks(plan, handle.results()))
         counters = counters_by_group(handle.counters)
