@@ -16,9 +16,19 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Any
 
+from mrjob.protocol import TextValueProtocol
+
 from ...job import Job
 from .plan import Plan
-from .task import CounterSink, TaskEnv, group_decoder, line_order, pair_encoder, split_line
+from .task import (
+    CounterSink,
+    TaskEnv,
+    group_decoder,
+    line_order,
+    pair_encoder,
+    pair_keeper,
+    split_line,
+)
 
 FLUSH_LINES = 4096  # a map-only step's output lines gathered into one record
 _tag = itemgetter(0)
@@ -49,75 +59,75 @@ class MRJobMap(Job):
         step = plan.steps[n]
         self._env = TaskEnv(plan.token, plan.files, plan.env)
         self._task, self._step = plan.task(n, "mapper", CounterSink(self))
-        self._out: list = []  # pairs not yet emitted (init output, buffered lines...)
+        self._source = step["source"]
+        self._reduced = step["reducer"]
+        self._out: list = []  # pairs (or a map-only step's lines) not yet emitted
         self._groups: dict | None = {} if step["combiner"] else None
-        self._tagged = plan.tagged(n)
-        self._tag = b""
+        self._tagbox = [b""] if plan.tagged(n) else None  # the current record's position
         self._last_path = None
-        reduced = step["reducer"]
         if step["mapper"]:
             read, write = self._task.pick_protocols(n, "mapper")
             self._read = read
+            # text read as Latin-1 is the line's bytes; an ASCII line is also its UTF-8
+            # text, which is what mrjob's default RawValueProtocol makes of it
+            self._text_as_is = (self._source == "text" and
+                                type(getattr(read, "__self__", None)) is TextValueProtocol)
             self._mapper = self._step["mapper_raw"] or self._step["mapper"]
-            self._emit_pair = (self._keep_pair if reduced else self._keep_line)
-            self._encode = pair_encoder(write) if reduced else None
             self._write = write
+            self._emit_pair = (pair_keeper(write, self._groups, self._out, self._tagbox)
+                               if self._reduced else self._keep_line)
             init = self._step["mapper_init"]
-            for k, v in (init() or ()) if init else ():
-                self._emit_pair(k, v)
+            self._pairs(init() if init else None)
         else:  # no mapper: mrjob passes the lines on unchanged
             self._mapper = None
 
     def _keep_line(self, k: Any, v: Any) -> None:
         self._out.append(self._write(k, v))
 
-    def _keep_pair(self, k: Any, v: Any) -> None:
-        kb, rest = self._encode(k, v)
-        value = [self._tag, rest] if self._tagged else rest
-        if self._groups is not None:
-            values = self._groups.get(kb)
-            if values is None:
-                self._groups[kb] = [value]
-            else:
-                values.append(value)
-        else:
-            self._out.append((kb, value))
-
     def map(self, key: Any, value: Any) -> list:
-        source = self.plan.steps[self.n]["source"]
+        source = self._source
         if source == "text":  # ((path, offset), line read as Latin-1: the line's bytes)
             path = key[0]
             if path is not self._last_path:
                 self._last_path = path
                 self._set_input_file(path)
-            line = value.encode("latin-1")
-            if line[-1:] == b"\r":
-                line = line.rstrip(b"\r\n")
-            self._record(self._read(line))
+            if self._text_as_is and value.isascii():
+                if value[-1:] == "\r":
+                    value = value.rstrip("\r\n")
+                self._pairs(self._mapper(None, value))
+            else:
+                line = value.encode("latin-1")
+                if line[-1:] == b"\r":
+                    line = line.rstrip(b"\r\n")
+                k, v = self._read(line)
+                self._pairs(self._mapper(k, v))
         elif source == "raw":  # mapper_raw: (path, uri) of one whole file
             self._set_input_file(key)
             self._pairs(self._mapper(key, value))
         else:  # the lines of a step before
-            if self._tagged:
-                self._tag = _position_tag(key)
+            tagbox = self._tagbox
+            if tagbox is not None:
+                tagbox[0] = _position_tag(key)
             if self._mapper is None:
-                out = self._out
-                for line in _lines(value):
-                    kb, rest = split_line(line)
-                    if self._tagged:
-                        rest = [self._tag, rest]
-                    if self._groups is not None:
-                        self._groups.setdefault(kb, []).append(rest)
-                    else:
-                        out.append((kb, rest))
+                self._pass_lines(value)
             else:
-                read = self._read
+                read, mapper, pairs = self._read, self._mapper, self._pairs
                 for line in _lines(value):
-                    self._record(read(line))
+                    k, v = read(line)
+                    pairs(mapper(k, v))
         return self._emit()
 
-    def _record(self, kv: tuple) -> None:
-        self._pairs(self._mapper(kv[0], kv[1]))
+    def _pass_lines(self, chunk: bytes) -> None:
+        """A step without mapper: each line as mrjob's sort cuts it."""
+        groups, out, tagbox = self._groups, self._out, self._tagbox
+        for line in _lines(chunk):
+            kb, rest = split_line(line)
+            if tagbox is not None:
+                rest = [tagbox[0], rest]
+            if groups is not None:
+                groups.setdefault(kb, []).append(rest)
+            else:
+                out.append((kb, rest))
 
     def _pairs(self, out: Any) -> None:
         if out:
@@ -130,17 +140,19 @@ class MRJobMap(Job):
         for name in ("mapreduce_map_input_file", "map_input_file"):
             self._env.set(name, uri)
 
-    def _emit(self) -> list:
+    def _emit(self) -> Any:
         out = self._out
         if not out or self._groups is not None:
             return ()
-        if self.plan.steps[self.n]["reducer"]:
-            self._out = []
-            return out
+        if self._reduced:
+            batch = out.copy()  # (the keeper holds on to this list: empty it, keep it)
+            out.clear()
+            return batch
         if len(out) < FLUSH_LINES:
             return ()
-        self._out = []
-        return [(None, b"\n".join(out) + b"\n")]
+        chunk = b"\n".join(out) + b"\n"
+        out.clear()
+        return [(None, chunk)]
 
     def map_final(self) -> list:
         try:
@@ -149,8 +161,9 @@ class MRJobMap(Job):
                 self._pairs(final() if final else None)
             if self._groups is not None:
                 self._combine()
-            out, self._out = self._out, []
-            if self.plan.steps[self.n]["reducer"] or not out:
+            out = self._out.copy()
+            self._out.clear()
+            if self._reduced or not out:
                 return out
             return [(None, b"\n".join(out) + b"\n")]
         finally:
@@ -164,7 +177,7 @@ class MRJobMap(Job):
         decode, encode = group_decoder(read), pair_encoder(write)
         out = self._out
         combiner = step["combiner"]
-        tagged = self._tagged
+        tagged = self._tagbox is not None
         groups, self._groups = self._groups, None
 
         def keep(pairs: Any, tag: bytes) -> None:

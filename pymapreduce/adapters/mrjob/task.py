@@ -23,6 +23,7 @@ from ...job import MAX_COUNTER_NAME, MAX_COUNTERS, Job
 
 CACHE_LIMIT = 1 << 16  # encoded keys and small values remembered per task (word counts)
 OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
+IMMUTABLE = (int, str, float, bool, type(None))
 
 
 def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -66,6 +67,70 @@ def pair_encoder(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], tup
     return encode_line
 
 
+def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: list,
+                tag: list | None) -> Callable[[Any, Any], None]:
+    """``keep(key, value)``: encode a pair (as :func:`pair_encoder`) and add it to
+    ``groups`` (key bytes -> values, for a combiner) or to ``out`` as ``(key bytes,
+    value)``; with ``tag``, the value is ``[tag[0], rest]``. The common case, a JSON-like
+    protocol with str keys and int values and no tags, runs without a further call."""
+    proto = getattr(write, "__self__", None)
+    if tag is not None or proto is None or type(proto).write is not _KeyCachingProtocol.write:
+        encode = pair_encoder(write)
+
+        def keep(k: Any, v: Any) -> None:
+            kb, rest = encode(k, v)
+            value = rest if tag is None else [tag[0], rest]
+            if groups is None:
+                out.append((kb, value))
+            else:
+                values = groups.get(kb)
+                if values is None:
+                    groups[kb] = [value]
+                else:
+                    values.append(value)
+        return keep
+    dumps = proto._dumps
+    keys: dict = {}
+    ints: dict = {}
+    append = out.append
+
+    def keep_fast(k: Any, v: Any) -> None:
+        kb = keys.get(k) if type(k) is str else None
+        if kb is None:
+            kb = dumps(k)
+            if b"\t" in kb:  # a custom _dumps that writes tabs: cut as mrjob would
+                kb, vb = split_line(kb + b"\t" + dumps(v))
+                add(kb, vb)
+                return
+            if type(k) is str:
+                if len(keys) >= CACHE_LIMIT:
+                    keys.clear()
+                keys[k] = kb
+        if type(v) is int:
+            vb = ints.get(v)
+            if vb is None:
+                vb = dumps(v)
+                if len(ints) < CACHE_LIMIT:
+                    ints[v] = vb
+        else:
+            vb = dumps(v)
+        if groups is None:
+            append((kb, vb))
+        else:
+            values = groups.get(kb)
+            if values is None:
+                groups[kb] = [vb]
+            else:
+                values.append(vb)
+
+    def add(kb: bytes, vb: Any) -> None:
+        if groups is None:
+            append((kb, vb))
+        else:
+            groups.setdefault(kb, []).append(vb)
+    return keep_fast
+
+
 def split_line(line: bytes) -> tuple:
     """A written line as ``(key bytes, rest)``: what mrjob's sort keys on."""
     i = line.find(b"\t")
@@ -83,10 +148,23 @@ def group_decoder(read: Callable[[bytes], tuple]) -> Callable[[bytes, list], tup
     if proto is not None and type(proto).read is _KeyCachingProtocol.read:
         loads = proto._loads
 
+        known: dict = {}  # encodings of immutable values (counts, words) seen before
+        get = known.get
+
+        def load(b: bytes) -> Any:
+            x = get(b, known)
+            if x is known:
+                x = loads(b)
+                if type(x) in IMMUTABLE:  # a list or dict must be the reducer's own
+                    if len(known) >= CACHE_LIMIT:
+                        known.clear()
+                    known[b] = x
+            return x
+
         def decode(kb: bytes, rests: list) -> tuple:
             if None in rests:  # a line without a tab: let the protocol say what it says
                 return generic(kb, rests)
-            return loads(kb), map(loads, rests)
+            return load(kb), map(load, rests)
     else:
         decode = None
 
