@@ -27,23 +27,37 @@ IMMUTABLE = (int, str, float, bool, type(None))
 
 
 def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """``dumps`` remembering the encodings of str and int values, which recur (words,
-    counts of 1). Keyed by type as well: ``1`` and ``True`` are one dict key but encode
-    differently."""
+    """``dumps`` remembering the encodings of values that recur: str, int, and tuples and
+    lists of str (words, counts of 1, word pairs). Remembered by type as well: ``1`` and
+    ``True`` are one dict key but encode differently; a tuple of str can only equal a
+    tuple of str; a list is remembered apart from a tuple (repr tells them apart)."""
     strs: dict = {}
     ints: dict = {}
+    tuples: dict = {}
+    lists: dict = {}
+
+    def remember(cache: dict, key: Any, b: bytes) -> bytes:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = b
+        return b
 
     def encode(x: Any) -> bytes:
         t = type(x)
-        cache = strs if t is str else ints if t is int else None
-        if cache is None:
-            return dumps(x)
-        b = cache.get(x)
-        if b is None:
-            if len(cache) >= CACHE_LIMIT:
-                cache.clear()
-            b = cache[x] = dumps(x)
-        return b
+        if t is str:
+            b = strs.get(x)
+            return remember(strs, x, dumps(x)) if b is None else b
+        if t is int:
+            b = ints.get(x)
+            return remember(ints, x, dumps(x)) if b is None else b
+        if t is tuple or t is list:
+            if not all(type(item) is str for item in x):
+                return dumps(x)
+            key = x if t is tuple else tuple(x)
+            cache = tuples if t is tuple else lists
+            b = cache.get(key)
+            return remember(cache, key, dumps(x)) if b is None else b
+        return dumps(x)
     return encode
 
 
@@ -90,6 +104,7 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
                     values.append(value)
         return keep
     dumps = proto._dumps
+    memo = _memo(dumps)
     keys: dict = {}
     ints: dict = {}
     append = out.append
@@ -97,7 +112,7 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
     def keep_fast(k: Any, v: Any) -> None:
         kb = keys.get(k) if type(k) is str else None
         if kb is None:
-            kb = dumps(k)
+            kb = memo(k)
             if b"\t" in kb:  # a custom _dumps that writes tabs: cut as mrjob would
                 kb, vb = split_line(kb + b"\t" + dumps(v))
                 add(kb, vb)
@@ -113,7 +128,7 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
                 if len(ints) < CACHE_LIMIT:
                     ints[v] = vb
         else:
-            vb = dumps(v)
+            vb = memo(v)
         if groups is None:
             append((kb, vb))
         else:
