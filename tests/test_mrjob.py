@@ -220,3 +220,17 @@ def test_failures_and_what_is_not_run(address, texts):
     assert done.returncode == 2 and b"--sample-size" in done.stderr
     done = cli(address, os.path.join(EXAMPLES, "mr_wc.py"), ["no/such/file.txt"])
     assert done.returncode == 2 and b"no/such/file.txt" in done.stderr
+
+
+def test_mrjobs_runner_idiom(address, texts):
+    """Code written against mrjob's runner API: make_runner, run, parse_output(cat_output)."""
+    from mrjob.examples.mr_wc import MRWordCountUtility
+
+    expected, _ = reference("mrjob.examples.mr_wc:MRWordCountUtility", texts)
+    mr_job = MRWordCountUtility(texts)
+    with adapter.make_runner(mr_job, address=address) as runner:
+        runner.run()
+        got = dict(mr_job.parse_output(runner.cat_output()))
+        assert runner.counters() == [{}]
+    assert got == dict(mr_job.parse_output([expected]))
+    assert got["lines"] == sum(open(p, "rb").read().count(b"\n") + 1 for p in texts)

@@ -24,7 +24,8 @@ from typing import Any
 from ...job import Job
 from .plan import Plan, make_plan
 
-__all__ = ["MRJobRun", "as_job", "output_chunks", "prepare", "run"]
+__all__ = ["MRJobRun", "PyMapReduceRunner", "as_job", "make_runner", "output_chunks", "prepare",
+           "run"]
 
 
 class MRJobAdapter(Job):
@@ -145,3 +146,47 @@ def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | 
         counters = counters_by_group(handle.counters)
         handle.release()
     return MRJobRun(job=job, output=output, counters=counters, job_id=handle.job_id)
+
+
+class PyMapReduceRunner:
+    """A stand-in for ``mr_job.make_runner()``, so code written against mrjob's runner API
+    runs the job on pymapreduce instead::
+
+        mr_job = MRWordFreqCount(["input.txt"])
+        with make_runner(mr_job) as runner:
+            runner.run()
+            for key, value in mr_job.parse_output(runner.cat_output()):
+                ...
+
+    ``counters()`` is mrjob's shape, a list with one dict for the job (pymapreduce sums a
+    job's counters over its steps)."""
+
+    def __init__(self, mr_job: Any, *, address: str | None = None, workers: int | None = None,
+                 reducers: int | None = None, timeout: float | None = None,
+                 keys: str | None = None) -> None:
+        self.mr_job = mr_job
+        self.options = dict(address=address, workers=workers, reducers=reducers,
+                            timeout=timeout, keys=keys)
+        self._done: MRJobRun | None = None
+
+    def run(self) -> None:
+        self._done = run(type(self.mr_job), [], list(self.mr_job._cl_args), **self.options)
+
+    def cat_output(self) -> Iterator[bytes]:
+        if self._done is None:
+            raise ValueError("Run the job before streaming output")
+        yield self._done.output
+
+    def counters(self) -> list[dict]:
+        return [self._done.counters] if self._done is not None else []
+
+    def __enter__(self) -> PyMapReduceRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done = None
+
+
+def make_runner(mr_job: Any, **options: Any) -> PyMapReduceRunner:
+    """mrjob's ``mr_job.make_runner()``, running on pymapreduce (options as :func:`run`)."""
+    return PyMapReduceRunner(mr_job, **options)

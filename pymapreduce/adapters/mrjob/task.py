@@ -241,6 +241,7 @@ def counters_by_group(flat: dict) -> dict:
 
 
 _WORKDIRS: dict = {}  # a job's token -> the directory its side files were written to
+_OPEN: list = []  # task environments not yet undone in this process
 
 
 def working_dir(token: str, files: dict) -> str:
@@ -263,6 +264,9 @@ class TaskEnv:
     (``jobconf_from_env``). Undone in the task's ``_final`` hook."""
 
     def __init__(self, token: str, files: dict, env: dict) -> None:
+        for left in list(_OPEN):  # a task that failed before its _final hook: undo it now
+            left.close()
+        _OPEN.append(self)
         self.saved_env = {k: os.environ.get(k) for k in env}
         self.saved_cwd = None
         os.environ.update(env)
@@ -276,6 +280,8 @@ class TaskEnv:
         os.environ[name] = value
 
     def close(self) -> None:
+        if self in _OPEN:
+            _OPEN.remove(self)
         for k, v in self.saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
