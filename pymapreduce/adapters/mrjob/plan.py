@@ -16,8 +16,8 @@ from ...errors import ConfigError
 MAX_SIDE_FILE_BYTES = 64 << 20
 
 # mrjob features that need Hadoop, Spark or a shell, which the adapter does not run
-UNSUPPORTED_KEYS = ("mapper_cmd", "combiner_cmd", "reducer_cmd", "mapper_pre_filter",
-                    "combiner_pre_filter", "reducer_pre_filter")
+# (a mapper's command or pre-filter runs: adapters/mrjob/commands.py)
+UNSUPPORTED_KEYS = ("combiner_cmd", "reducer_cmd", "combiner_pre_filter", "reducer_pre_filter")
 
 
 @dataclass
@@ -59,13 +59,15 @@ def make_plan(job: Any, inputs: list[str]) -> Plan:
         for key in UNSUPPORTED_KEYS:
             if step._steps.get(key):
                 raise ConfigError(f"{type(job).__name__} step {n + 1} has {key}: pymapreduce "
-                                  "runs Python mappers, combiners and reducers, not shell "
-                                  "commands (as mrjob's inline runner)")
+                                  "runs Python combiners and reducers, and a mapper's "
+                                  "command, not a combiner's or reducer's command")
         desc = step.description(n)
         raw = bool(step._steps.get("mapper_raw"))
+        mapper = desc.get("mapper") or {}
         steps.append({"mapper": "mapper" in desc, "combiner": "combiner" in desc,
                       "reducer": "reducer" in desc,
-                      "source": "raw" if raw else "text" if n == 0 else "lines"})
+                      "source": "raw" if raw else "text" if n == 0 else "lines",
+                      "command": mapper.get("command"), "pre_filter": mapper.get("pre_filter")})
         if raw and n:
             raise ConfigError(f"{type(job).__name__}: only the first step may use mapper_raw")
     if not steps:

@@ -19,6 +19,7 @@ from typing import Any
 from mrjob.protocol import TextValueProtocol
 
 from ...job import Job
+from . import commands
 from .plan import Plan
 from .task import (
     CounterSink,
@@ -65,7 +66,11 @@ class MRJobMap(Job):
         self._groups: dict | None = {} if step["combiner"] else None
         self._tagbox = [b""] if plan.tagged(n) else None  # the current record's position
         self._last_path = None
-        if step["mapper"]:
+        # a command's input, gathered (mapper_cmd, mapper_pre_filter: commands.py)
+        self._raw: list | None = [] if step["command"] or step["pre_filter"] else None
+        if step["command"]:
+            self._mapper = None
+        elif step["mapper"]:
             read, write = self._task.pick_protocols(n, "mapper")
             self._read = read
             # text read as Latin-1 is the line's bytes; an ASCII line is also its UTF-8
@@ -86,6 +91,9 @@ class MRJobMap(Job):
 
     def map(self, key: Any, value: Any) -> list:
         source = self._source
+        if self._raw is not None:
+            self._gather(key, value)
+            return ()
         if source == "text":  # ((path, offset), line read as Latin-1: the line's bytes)
             path = key[0]
             if path is not self._last_path:
@@ -117,10 +125,39 @@ class MRJobMap(Job):
                     pairs(mapper(k, v))
         return self._emit()
 
-    def _pass_lines(self, chunk: bytes) -> None:
+    def _gather(self, key: Any, value: Any) -> None:
+        """A record's lines, for the command (their newlines, not their ``\\r``, kept)."""
+        if self._source == "text":
+            if self._last_path is None:
+                self._last_path = key[0]
+                self._set_input_file(key[0])
+            self._raw.append(value.encode("latin-1") + b"\n")
+        else:
+            if self._tagbox is not None:
+                self._tagbox[0] = _position_tag(key)
+            self._raw.append(value)
+
+    def _run_command(self) -> None:
+        step = self.plan.steps[self.n]
+        data = b"".join(self._raw)
+        self._raw = None
+        if step["command"]:
+            lines = commands.run_lines(commands.command_args(step["command"]), data, True)
+            if self._reduced:
+                self._pass_lines(lines)
+            else:
+                self._out.extend(lines)
+            return
+        lines = commands.run_lines(commands.pre_filter_args(step["pre_filter"]), data, False)
+        read, mapper, pairs = self._read, self._mapper, self._pairs
+        for line in lines:
+            k, v = read(line.rstrip(b"\r\n"))
+            pairs(mapper(k, v))
+
+    def _pass_lines(self, chunk: Any) -> None:
         """A step without mapper: each line as mrjob's sort cuts it."""
         groups, out, tagbox = self._groups, self._out, self._tagbox
-        for line in _lines(chunk):
+        for line in _lines(chunk) if type(chunk) is bytes else chunk:
             kb, rest = split_line(line)
             if tagbox is not None:
                 rest = [tagbox[0], rest]
@@ -156,6 +193,8 @@ class MRJobMap(Job):
 
     def map_final(self) -> list:
         try:
+            if self._raw is not None:
+                self._run_command()
             if self._mapper is not None:
                 final = self._step["mapper_final"]
                 self._pairs(final() if final else None)
