@@ -54,7 +54,7 @@ def texts(tmp_path_factory):
     rng = random.Random(7)
     vocab = ["the", "a", "and", "of", "It", "is", "zebra", "Über", "straße", "naïve",
              "café", "中文", "don't", "rock'n'roll", "x1", "42", "3.14", "Hello", "HELLO",
-             "tab\there"] + [f"w{i}" for i in range(2000)]
+             "tab\there", "you", "Quux"] + [f"w{i}" for i in range(2000)]
     folder = tmp_path_factory.mktemp("texts")
     paths = []
     for name, count in (("one.txt", 6000), ("two.txt", 3000), ("six.txt", 900)):
@@ -206,16 +206,13 @@ def _as_mrjob_reads(line: bytes) -> bytes:
         return line.decode("latin-1").encode("utf-8")
 
 
-def test_failures_and_what_is_not_run(address, texts):
+def test_failures(address, texts):
     from mrjob.examples.mr_boom import MRBoom
-    from mrjob.examples.mr_grep import MRGrepJob
 
     with pytest.raises(JobFailed, match="BOOM"):
         adapter.run(MRBoom, texts[2:], address=address)
     done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"), texts[2:])
     assert done.returncode == 1 and b"BOOM" in done.stderr
-    with pytest.raises(ConfigError, match="mapper_cmd"):
-        adapter.run(MRGrepJob, texts, ["-e", "zebra"], address=address)
     done = cli(address, os.path.join(EXAMPLES, "mr_log_sampler.py"), texts)  # no option
     assert done.returncode == 2 and b"--sample-size" in done.stderr
     done = cli(address, os.path.join(EXAMPLES, "mr_wc.py"), ["no/such/file.txt"])
@@ -234,3 +231,37 @@ def test_mrjobs_runner_idiom(address, texts):
         assert runner.counters() == [{}]
     assert got == dict(mr_job.parse_output([expected]))
     assert got["lines"] == sum(open(p, "rb").read().count(b"\n") + 1 for p in texts)
+
+
+def test_mapper_commands_as_mrjobs_local_runner_runs_them(address, texts, tmp_path):
+    """mapper_cmd (mr_grep: map-only, a command's lines are the output) and
+    mapper_pre_filter (a command before the Python mapper), against mrjob's local runner
+    (its inline runner runs no commands). A command reads lines without their ``\\r``, so
+    the grep input has none."""
+    plain = []
+    for path in texts:
+        target = tmp_path / os.path.basename(path)
+        target.write_bytes(open(path, "rb").read().replace(b"\r", b""))
+        plain.append(str(target))
+    argv = ["-e", "zebra", *plain]
+    expected, _ = reference("mrjob.examples.mr_grep:MRGrepJob", ["-r", "local", *argv])
+    assert expected.count(b"\n") > 1
+    done = cli(address, os.path.join(EXAMPLES, "mr_grep.py"), argv)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == expected
+    spec = "mrjob.examples.mr_words_containing_u_freq_count:MRWordsContainingUFreqCount"
+    expected, _ = reference(spec, ["-r", "local", *texts])
+    from mrjob.examples.mr_words_containing_u_freq_count import MRWordsContainingUFreqCount
+
+    got = adapter.run(MRWordsContainingUFreqCount, texts, address=address)
+    assert expected.count(b"\n") >= 2
+    assert got.output == expected
+
+
+def test_what_is_not_run(address, texts):
+    from mrjob.examples.mr_jar_step_example import MRJarStepExample
+    from mrjob.examples.mr_spark_wordcount import MRSparkWordcount
+
+    for job in (MRJarStepExample, MRSparkWordcount):
+        with pytest.raises(ConfigError, match="Hadoop or Spark|MRStep"):
+            adapter.run(job, texts, address=address)
