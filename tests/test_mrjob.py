@@ -206,6 +206,23 @@ def _as_mrjob_reads(line: bytes) -> bytes:
         return line.decode("latin-1").encode("utf-8")
 
 
+def test_output_directory(address, texts, tmp_path):
+    """--output DIR writes DIR/part-00000; a directory that is not empty is refused (and
+    left as it was) unless --overwrite."""
+    wc = os.path.join(EXAMPLES, "mr_wc.py")
+    expected, _ = reference("mrjob.examples.mr_wc:MRWordCountUtility", texts[2:])
+    out = tmp_path / "out"
+    done = cli(address, wc, ["--output", str(out), *texts[2:]])
+    assert done.returncode == 0 and done.stdout == b""
+    assert (out / "part-00000").read_bytes() == expected
+    (out / "part-00000").write_bytes(b"keep")
+    done = cli(address, wc, ["--output", str(out), *texts[2:]])
+    assert done.returncode == 2 and b"--overwrite" in done.stderr
+    assert (out / "part-00000").read_bytes() == b"keep"
+    done = cli(address, wc, ["--output", str(out), "--overwrite", *texts[2:]])
+    assert done.returncode == 0 and (out / "part-00000").read_bytes() == expected
+
+
 def test_failures(address, texts):
     from mrjob.examples.mr_boom import MRBoom
 

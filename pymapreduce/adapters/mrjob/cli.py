@@ -1,7 +1,7 @@
 """``pymapreduce run mr_job_file.py [OPTIONS] INPUTS``: an mrjob job from the shell.
 
 pymapreduce's own options (``--connect``, ``--workers``, ``--reducers``, ``--output``,
-``--timeout``, ``--keys``, ``--key-name``) come from this parser; everything else is the
+``--overwrite``, ``--timeout``, ``--keys``, ``--key-name``) come from this parser; everything else is the
 job's command line, parsed by the job itself as mrjob parses it (input paths, its
 passthrough and file options, ``--files``, ``--jobconf``...). The output is mrjob's:
 protocol-encoded lines, to stdout or ``--output DIR/part-00000``.
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
     p.add_argument("--output", help="directory for the output file part-00000 "
                    "(default: stdout)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output directory that is not empty")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
     p.add_argument("--keys", metavar="DIR", help="CURVE key directory")
     p.add_argument("--key-name", default="client", help="this side's keypair in DIR")
@@ -55,7 +57,12 @@ def load_mrjob_class(target: str, attr: str) -> type:
     """The MRJob subclass in ``target`` (named ``attr``, or the only one defined there).
     The module is pickled by value, so workers need not have the file."""
     import cloudpickle
-    from mrjob.job import MRJob
+
+    try:
+        from mrjob.job import MRJob
+    except ImportError as exc:
+        raise PyMapReduceError(f"{target} is an mrjob job, and mrjob cannot be imported "
+                               f"here ({exc}): pip install mrjob") from None
 
     name = os.path.splitext(os.path.basename(target))[0]
     sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # as `python FILE.py`
@@ -80,18 +87,26 @@ def load_mrjob_class(target: str, attr: str) -> type:
 
 def run_command(target: str, attr: str, argv: list[str]) -> int:
     """Run the mrjob job of ``target`` as ``pymapreduce run`` was asked to."""
-    from mrjob.job import MRJob
 
     from ...local import LocalCluster
     from . import _run_on, prepare
 
     cls = load_mrjob_class(target, attr)
+    from mrjob.job import MRJob
+
     if not (isinstance(cls, type) and issubclass(cls, MRJob)):  # a pymapreduce Job after all
         from ...cli import build_parser
 
         args = build_parser().parse_args(argv)
         return args.func(args)
     options, rest = _parser().parse_known_args(argv[2:])
+    out_dir = options.output
+    if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
+        raise PyMapReduceError(f"--output {out_dir!r} exists and is not empty (as Hadoop "
+                               "and mrjob, pymapreduce will not mix outputs); pass "
+                               "--overwrite to replace its part-00000")
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PyMapReduceError(f"--output {out_dir!r} exists and is not a directory")
     job, plan, inputs = prepare(cls, rest)
     started = time.monotonic()
     cluster = None
