@@ -12,6 +12,7 @@ groups, tuples arrive as lists, and reduce keys sort as mrjob sorts them.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -241,6 +242,7 @@ def counters_by_group(flat: dict) -> dict:
 
 
 _WORKDIRS: dict = {}  # a job's token -> the directory its side files were written to
+KEEP_WORKDIRS = 4  # side-file directories a worker process keeps
 _OPEN: list = []  # task environments not yet undone in this process
 
 
@@ -250,6 +252,8 @@ def working_dir(token: str, files: dict) -> str:
     the files by name as they would on Hadoop."""
     path = _WORKDIRS.get(token)
     if path is None or not os.path.isdir(path):
+        while len(_WORKDIRS) >= KEEP_WORKDIRS:  # older jobs' (made again if still needed)
+            shutil.rmtree(_WORKDIRS.pop(next(iter(_WORKDIRS))), ignore_errors=True)
         path = tempfile.mkdtemp(prefix="pmr-mrjob-")
         for name, data in files.items():
             with open(os.path.join(path, name), "wb") as f:
