@@ -19,6 +19,8 @@ import sys
 import pytest
 
 pytest.importorskip("mrjob")
+# mrjob 0.7.4 imports `pipes` (deprecated in 3.11, gone in 3.13): its warning, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:'pipes' is deprecated:DeprecationWarning")
 
 import mrjob.examples  # noqa: E402
 

@@ -52,12 +52,17 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
             b = ints.get(x)
             return remember(ints, x, dumps(x)) if b is None else b
         if t is tuple or t is list:
-            if not all(type(item) is str for item in x):
-                return dumps(x)
             key = x if t is tuple else tuple(x)
             cache = tuples if t is tuple else lists
-            b = cache.get(key)
-            return remember(cache, key, dumps(x)) if b is None else b
+            try:  # only tuples of str are kept, and only a tuple of str can equal one
+                b = cache.get(key)
+            except TypeError:  # an unhashable item
+                return dumps(x)
+            if b is None:
+                b = dumps(x)
+                if all(type(item) is str for item in x):
+                    remember(cache, key, b)
+            return b
         return dumps(x)
     return encode
 
