@@ -225,13 +225,16 @@ def test_output_directory(address, texts, tmp_path):
     assert done.returncode == 0 and (out / "part-00000").read_bytes() == expected
 
 
-def test_failures(address, texts):
+def test_failures(address, texts, tmp_path):
     from mrjob.examples.mr_boom import MRBoom
 
     with pytest.raises(JobFailed, match="BOOM"):
         adapter.run(MRBoom, texts[2:], address=address)
     done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"), texts[2:])
     assert done.returncode == 1 and b"BOOM" in done.stderr
+    out = tmp_path / "out"  # a failed job leaves no output file behind
+    done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"), ["--output", str(out), *texts[2:]])
+    assert done.returncode == 1 and list(out.iterdir()) == []
     done = cli(address, os.path.join(EXAMPLES, "mr_log_sampler.py"), texts)  # no option
     assert done.returncode == 2 and b"--sample-size" in done.stderr
     done = cli(address, os.path.join(EXAMPLES, "mr_wc.py"), ["no/such/file.txt"])

@@ -133,7 +133,10 @@ def run(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = (), 
 
 
 def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | None,
-            timeout: float | None, keys: str | None, key_name: str = "client") -> MRJobRun:
+            timeout: float | None, keys: str | None, key_name: str = "client",
+            write: Any = None) -> MRJobRun:
+    """Run on the cluster at ``address``; with ``write``, the output goes to it chunk by
+    chunk (as it arrives, for a map-only last step) instead of into ``MRJobRun.output``."""
     from ...client import Client
     from .task import counters_by_group
 
@@ -142,7 +145,13 @@ def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | 
         handle = client.submit(as_job(plan), inputs, map_tasks=map_tasks, reducers=reducers,
                                name=type(job).__name__)
         handle.wait(timeout)
-        output = b"".join(output_chunks(plan, handle.results()))
+        chunks = output_chunks(plan, handle.results())
+        if write is None:
+            output = b"".join(chunks)
+        else:
+            output = b""
+            for chunk in chunks:
+                write(chunk)
         counters = counters_by_group(handle.counters)
         handle.release()
     return MRJobRun(job=job, output=output, counters=counters, job_id=handle.job_id)

@@ -87,7 +87,6 @@ def load_mrjob_class(target: str, attr: str) -> type:
 
 def run_command(target: str, attr: str, argv: list[str]) -> int:
     """Run the mrjob job of ``target`` as ``pymapreduce run`` was asked to."""
-
     from ...local import LocalCluster
     from . import _run_on, prepare
 
@@ -110,23 +109,32 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     job, plan, inputs = prepare(cls, rest)
     started = time.monotonic()
     cluster = None
+    if out_dir:  # written under a hidden name, renamed when the job has succeeded
+        os.makedirs(out_dir, exist_ok=True)
+        part = os.path.join(out_dir, "part-00000")
+        partial = os.path.join(out_dir, ".part-00000.partial")
+        out = open(partial, "wb")
+    else:
+        out = sys.stdout.buffer
+    done = None
     try:
         address = options.connect
         if address is None:
             cluster = LocalCluster(workers=options.workers, keys=options.keys).start()
             address = cluster.address
         done = _run_on(address, job, plan, inputs, reducers=options.reducers,
-                       timeout=options.timeout, keys=options.keys, key_name=options.key_name)
+                       timeout=options.timeout, keys=options.keys, key_name=options.key_name,
+                       write=out.write)
+        out.flush()
     finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+            if done is not None:
+                os.replace(partial, part)
+            else:
+                os.unlink(partial)
         if cluster is not None:
             cluster.close()
-    if options.output:
-        os.makedirs(options.output, exist_ok=True)
-        with open(os.path.join(options.output, "part-00000"), "wb") as f:
-            f.write(done.output)
-    else:
-        sys.stdout.buffer.write(done.output)
-        sys.stdout.flush()
     print(f"pymapreduce: {cls.__name__} ran as job {done.job_id} in "
           f"{time.monotonic() - started:.2f}s", file=sys.stderr)
     for group, names in sorted(done.counters.items()):
