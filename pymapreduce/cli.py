@@ -621,7 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
     and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    from .adapters.mrjob.cli import mrjob_command  # `run MR_JOB.py`: docs/mrjob.md
+
+    args = mrjob_command(argv) or build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or debug_from_env()
     try:
         return args.func(args)

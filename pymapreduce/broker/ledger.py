@@ -244,19 +244,25 @@ class Ledger(Commits, Dispatching, Recovery):
         pos = 0
         for item in results:
             key = Report.key_of(item)
+            try:
+                report: Report | None = Report.from_wire(item, len(blobs) - pos)
+            except ValueError as exc:
+                report, error = None, exc
+            # a report's inline outputs come next in the message: one that is not committed
+            # must still be skipped, or the next report would take its outputs for its own
+            skip = max(report.nblobs, 0) if report is not None else 0
             if key is None or key not in worker.running:
                 self.complain(peer_name(worker.route, worker.key), "DONE for an attempt "
                               "it does not hold: %.80r", item)
-                # its inline outputs are in the message all the same: step over them, or
-                # the next report of the batch would commit them as its own
-                nblobs = item[5] if type(item) is list and len(item) == 6 else 0
-                pos += nblobs if type(nblobs) is int and nblobs > 0 else 0
+                pos += skip
                 continue
             try:
-                report = Report.from_wire(item, len(blobs) - pos)
+                if report is None:
+                    raise error
                 stats, nblobs = clean_stats(report.stats), report.nblobs
             except ValueError as exc:
                 self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
+                pos += skip
                 continue
             self.logs.keep(self._attempt(key), key.attempt, worker.name, DONE,
                            report.stats.get("log"))

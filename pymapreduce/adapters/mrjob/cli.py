@@ -1,0 +1,144 @@
+"""``pymapreduce run mr_job_file.py [OPTIONS] INPUTS``: an mrjob job from the shell.
+
+pymapreduce's own options (``--connect``, ``--workers``, ``--reducers``, ``--output``,
+``--overwrite``, ``--timeout``, ``--keys``, ``--key-name``) come from this parser; everything else is the
+job's command line, parsed by the job itself as mrjob parses it (input paths, its
+passthrough and file options, ``--files``, ``--jobconf``...). The output is mrjob's:
+protocol-encoded lines, to stdout or ``--output DIR/part-00000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+
+from ...errors import PyMapReduceError
+
+
+def mrjob_command(argv: list[str]) -> argparse.Namespace | None:
+    """When ``argv`` is ``run FILE.py ...`` (or ``run FILE.py:Class ...``) and the file is
+    an mrjob job, the parsed command for ``cli.main`` to run; else None. Only the file's
+    text is read here (it names mrjob); the module is loaded when the command runs."""
+    if len(argv) < 2 or argv[0] != "run":
+        return None
+    target, _, attr = argv[1].partition(":")
+    if not target.endswith(".py") or not os.path.isfile(target):
+        return None
+    try:
+        with open(target, "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    if b"mrjob" not in text or (attr and b"MRJob" not in text):
+        return None
+    return argparse.Namespace(func=lambda _args: run_command(target, attr, argv))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pymapreduce run MR_JOB.py", allow_abbrev=False,
+                                add_help=False)
+    p.add_argument("--connect", help="a broker's address (default: an embedded cluster)")
+    p.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
+    p.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
+    p.add_argument("--output", help="directory for the output file part-00000 "
+                   "(default: stdout)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --output directory that is not empty")
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("--keys", metavar="DIR", help="CURVE key directory")
+    p.add_argument("--key-name", default="client", help="this side's keypair in DIR")
+    return p
+
+
+def load_mrjob_class(target: str, attr: str) -> type:
+    """The MRJob subclass in ``target`` (named ``attr``, or the only one defined there).
+    The module is pickled by value, so workers need not have the file."""
+    import cloudpickle
+
+    try:
+        from mrjob.job import MRJob
+    except ImportError as exc:
+        raise PyMapReduceError(f"{target} is an mrjob job, and mrjob cannot be imported "
+                               f"here ({exc}): pip install mrjob") from None
+
+    name = os.path.splitext(os.path.basename(target))[0]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # as `python FILE.py`
+    spec = importlib.util.spec_from_file_location(name, target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    cloudpickle.register_pickle_by_value(module)
+    spec.loader.exec_module(module)
+    if attr:
+        cls = getattr(module, attr, None)
+        if cls is None:
+            raise PyMapReduceError(f"{target} defines no {attr!r}")
+        return cls
+    found = [v for v in vars(module).values()
+             if isinstance(v, type) and issubclass(v, MRJob) and v.__module__ == name]
+    if len(found) != 1:
+        names = ", ".join(c.__name__ for c in found) or "none"
+        raise PyMapReduceError(f"{target} must define one MRJob subclass (found: {names}); "
+                               f"name one as {target}:Class")
+    return found[0]
+
+
+def run_command(target: str, attr: str, argv: list[str]) -> int:
+    """Run the mrjob job of ``target`` as ``pymapreduce run`` was asked to."""
+    from ...local import LocalCluster
+    from . import _run_on, prepare
+
+    cls = load_mrjob_class(target, attr)
+    from mrjob.job import MRJob
+
+    if not (isinstance(cls, type) and issubclass(cls, MRJob)):  # a pymapreduce Job after all
+        from ...cli import build_parser
+
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    options, rest = _parser().parse_known_args(argv[2:])
+    out_dir = options.output
+    if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
+        raise PyMapReduceError(f"--output {out_dir!r} exists and is not empty (as Hadoop "
+                               "and mrjob, pymapreduce will not mix outputs); pass "
+                               "--overwrite to replace its part-00000")
+    if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PyMapReduceError(f"--output {out_dir!r} exists and is not a directory")
+    job, plan, inputs = prepare(cls, rest)
+    started = time.monotonic()
+    cluster = None
+    if out_dir:  # written under a hidden name, renamed when the job has succeeded
+        os.makedirs(out_dir, exist_ok=True)
+        part = os.path.join(out_dir, "part-00000")
+        partial = os.path.join(out_dir, ".part-00000.partial")
+        out = open(partial, "wb")
+    else:
+        out = sys.stdout.buffer
+    done = None
+    try:
+        address = options.connect
+        if address is None:
+            cluster = LocalCluster(workers=options.workers, keys=options.keys).start()
+            address = cluster.address
+        done = _run_on(address, job, plan, inputs, reducers=options.reducers,
+                       timeout=options.timeout, keys=options.keys, key_name=options.key_name,
+                       write=out.write)
+        out.flush()
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+            if done is not None:
+                os.replace(partial, part)
+            else:
+                os.unlink(partial)
+        if cluster is not None:
+            cluster.close()
+    print(f"pymapreduce: {cls.__name__} ran as job {done.job_id} in "
+          f"{time.monotonic() - started:.2f}s", file=sys.stderr)
+    for group, names in sorted(done.counters.items()):
+        print(f"  {group}", file=sys.stderr)
+        for name, n in sorted(names.items()):
+            print(f"    {name}={n}", file=sys.stderr)
+    return 0

@@ -1,0 +1,301 @@
+"""One mrjob task inside a pymapreduce task: the ``MRJob`` instance, its protocols as
+mrjob's sort sees them, its counters, its working directory and environment.
+
+mrjob sorts and groups the lines a mapper writes by their bytes up to the first tab (the
+encoded key), or by the whole line with ``SORT_VALUES``, and a reducer reads them back
+through the protocol. The adapter keeps that contract: map output travels as ``(key
+bytes, rest of the line)``, is grouped by the key bytes, and is decoded only for the
+user's ``reducer``; so keys that differ in their encoding (``1`` and ``1.0``) are two
+groups, tuples arrive as lists, and reduce keys sort as mrjob sorts them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from mrjob.protocol import _KeyCachingProtocol
+
+from ...job import MAX_COUNTER_NAME, MAX_COUNTERS, Job
+
+CACHE_LIMIT = 1 << 16  # encoded keys and small values remembered per task (word counts)
+OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
+IMMUTABLE = (int, str, float, bool, type(None))
+
+
+def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``dumps`` remembering the encodings of values that recur: str, int, and tuples and
+    lists of str (words, counts of 1, word pairs). Remembered by type as well: ``1`` and
+    ``True`` are one dict key but encode differently; a tuple of str can only equal a
+    tuple of str; a list is remembered apart from a tuple (repr tells them apart)."""
+    strs: dict = {}
+    ints: dict = {}
+    tuples: dict = {}
+    lists: dict = {}
+
+    def remember(cache: dict, key: Any, b: bytes) -> bytes:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = b
+        return b
+
+    def encode(x: Any) -> bytes:
+        t = type(x)
+        if t is str:
+            b = strs.get(x)
+            return remember(strs, x, dumps(x)) if b is None else b
+        if t is int:
+            b = ints.get(x)
+            return remember(ints, x, dumps(x)) if b is None else b
+        if t is tuple or t is list:
+            key = x if t is tuple else tuple(x)
+            cache = tuples if t is tuple else lists
+            try:  # only tuples of str are kept, and only a tuple of str can equal one
+                b = cache.get(key)
+            except TypeError:  # an unhashable item
+                return dumps(x)
+            if b is None:
+                b = dumps(x)
+                if all(type(item) is str for item in x):
+                    remember(cache, key, b)
+            return b
+        return dumps(x)
+    return encode
+
+
+def pair_encoder(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], tuple]:
+    """``(key, value) -> (key bytes, rest)``: the line ``write`` makes, cut at its first
+    tab (``rest`` is None for a line without one), as mrjob's sort cuts it."""
+    proto = getattr(write, "__self__", None)
+    if proto is not None and type(proto).write is _KeyCachingProtocol.write:
+        # JSON, repr and pickle protocols write dumps(key) TAB dumps(value): skip the join
+        dumps = _memo(proto._dumps)
+
+        def encode(k: Any, v: Any) -> tuple:
+            kb = dumps(k)
+            if b"\t" in kb:  # a custom _dumps that writes tabs: cut as mrjob would
+                return split_line(kb + b"\t" + dumps(v))
+            return kb, dumps(v)
+        return encode
+
+    def encode_line(k: Any, v: Any) -> tuple:
+        return split_line(write(k, v))
+    return encode_line
+
+
+def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: list,
+                tag: list | None) -> Callable[[Any, Any], None]:
+    """``keep(key, value)``: encode a pair (as :func:`pair_encoder`) and add it to
+    ``groups`` (key bytes -> values, for a combiner) or to ``out`` as ``(key bytes,
+    value)``; with ``tag``, the value is ``[tag[0], rest]``. The common case, a JSON-like
+    protocol with str keys and int values and no tags, runs without a further call."""
+    proto = getattr(write, "__self__", None)
+    if tag is not None or proto is None or type(proto).write is not _KeyCachingProtocol.write:
+        encode = pair_encoder(write)
+
+        def keep(k: Any, v: Any) -> None:
+            kb, rest = encode(k, v)
+            value = rest if tag is None else [tag[0], rest]
+            if groups is None:
+                out.append((kb, value))
+            else:
+                values = groups.get(kb)
+                if values is None:
+                    groups[kb] = [value]
+                else:
+                    values.append(value)
+        return keep
+    dumps = proto._dumps
+    memo = _memo(dumps)
+    keys: dict = {}
+    ints: dict = {}
+    append = out.append
+
+    def keep_fast(k: Any, v: Any) -> None:
+        kb = keys.get(k) if type(k) is str else None
+        if kb is None:
+            kb = memo(k)
+            if b"\t" in kb:  # a custom _dumps that writes tabs: cut as mrjob would
+                kb, vb = split_line(kb + b"\t" + dumps(v))
+                add(kb, vb)
+                return
+            if type(k) is str:
+                if len(keys) >= CACHE_LIMIT:
+                    keys.clear()
+                keys[k] = kb
+        if type(v) is int:
+            vb = ints.get(v)
+            if vb is None:
+                vb = dumps(v)
+                if len(ints) < CACHE_LIMIT:
+                    ints[v] = vb
+        else:
+            vb = memo(v)
+        if groups is None:
+            append((kb, vb))
+        else:
+            values = groups.get(kb)
+            if values is None:
+                groups[kb] = [vb]
+            else:
+                values.append(vb)
+
+    def add(kb: bytes, vb: Any) -> None:
+        if groups is None:
+            append((kb, vb))
+        else:
+            groups.setdefault(kb, []).append(vb)
+    return keep_fast
+
+
+def split_line(line: bytes) -> tuple:
+    """A written line as ``(key bytes, rest)``: what mrjob's sort keys on."""
+    i = line.find(b"\t")
+    return (line, None) if i < 0 else (line[:i], line[i + 1:])
+
+
+def join_line(kb: bytes, rest: bytes | None) -> bytes:
+    return kb if rest is None else kb + b"\t" + rest
+
+
+def group_decoder(read: Callable[[bytes], tuple]) -> Callable[[bytes, list], tuple]:
+    """``(key bytes, [rest...]) -> (key, values iterator)`` through the reading protocol;
+    a key is decoded once per group, values one at a time as the reducer asks."""
+    proto = getattr(read, "__self__", None)
+    if proto is not None and type(proto).read is _KeyCachingProtocol.read:
+        loads = proto._loads
+
+        known: dict = {}  # encodings of immutable values (counts, words) seen before
+        get = known.get
+
+        def load(b: bytes) -> Any:
+            x = get(b, known)
+            if x is known:
+                x = loads(b)
+                if type(x) in IMMUTABLE:  # a list or dict must be the reducer's own
+                    if len(known) >= CACHE_LIMIT:
+                        known.clear()
+                    known[b] = x
+            return x
+
+        def decode(kb: bytes, rests: list) -> tuple:
+            if None in rests:  # a line without a tab: let the protocol say what it says
+                return generic(kb, rests)
+            return load(kb), map(load, rests)
+    else:
+        decode = None
+
+    def generic(kb: bytes, rests: list) -> tuple:
+        key = read(join_line(kb, rests[0]))[0] if rests else None
+        return key, (read(join_line(kb, r))[1] for r in rests)
+    return decode or generic
+
+
+def line_order(rest: bytes | None) -> bytes:
+    """Where a value's line sorts among lines with the same key (``SORT_VALUES`` sorts whole
+    lines, newline included: ``a`` before ``a<TAB>b``... byte for byte as mrjob's sort)."""
+    return b"\n" if rest is None else b"\t" + rest + b"\n"
+
+
+class CounterSink:
+    """The MRJob's ``stderr`` in a task: ``reporter:counter:GROUP,NAME,N`` lines (what
+    ``increment_counter`` writes) become pymapreduce counters named ``GROUP,NAME``;
+    ``reporter:status`` lines are dropped; anything else reaches this process's stderr."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def write(self, data: Any) -> int:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if data.startswith(b"reporter:"):
+            for line in data.splitlines():
+                if line.startswith(b"reporter:counter:"):
+                    self._count(line[17:].decode("utf-8", "replace"))
+            return len(data)
+        out = getattr(sys.stderr, "buffer", None)
+        if out is not None:
+            out.write(data)
+        else:
+            sys.stderr.write(data.decode("utf-8", "replace"))
+        return len(data)
+
+    def _count(self, text: str) -> None:
+        # mrjob replaced commas in group and name by semicolons: the last comma is the amount's
+        name, _, amount = text.rpartition(",")
+        name = name[:MAX_COUNTER_NAME]
+        counters = self.job.__dict__.get("_pmr_counters") or {}
+        if name not in counters and len(counters) >= MAX_COUNTERS - 1:
+            name = OVERFLOW_COUNTER  # a task may hold only so many names: fold the rest
+        self.job.count(name, int(amount))
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def counters_by_group(flat: dict) -> dict:
+    """pymapreduce's ``GROUP,NAME`` counters as mrjob shows them: ``{group: {name: n}}``."""
+    out: dict = {}
+    for name, n in sorted(flat.items()):
+        group, _, counter = name.partition(",")
+        out.setdefault(group, {})[counter] = n
+    return out
+
+
+_WORKDIRS: dict = {}  # a job's token -> the directory its side files were written to
+KEEP_WORKDIRS = 4  # side-file directories a worker process keeps
+_OPEN: list = []  # task environments not yet undone in this process
+
+
+def working_dir(token: str, files: dict) -> str:
+    """A directory holding the job's side files (mrjob ``FILES``, ``--files``, file
+    options), written once per worker process and job; tasks run in it, so they open
+    the files by name as they would on Hadoop."""
+    path = _WORKDIRS.get(token)
+    if path is None or not os.path.isdir(path):
+        while len(_WORKDIRS) >= KEEP_WORKDIRS:  # older jobs' (made again if still needed)
+            shutil.rmtree(_WORKDIRS.pop(next(iter(_WORKDIRS))), ignore_errors=True)
+        path = tempfile.mkdtemp(prefix="pmr-mrjob-")
+        for name, data in files.items():
+            with open(os.path.join(path, name), "wb") as f:
+                f.write(data)
+        _WORKDIRS[token] = path
+    return path
+
+
+class TaskEnv:
+    """What an mrjob task expects of its process, set for one task and undone after it:
+    the working directory holding the side files and the jobconf environment variables
+    (``jobconf_from_env``). Undone in the task's ``_final`` hook."""
+
+    def __init__(self, token: str, files: dict, env: dict) -> None:
+        for left in list(_OPEN):  # a task that failed before its _final hook: undo it now
+            left.close()
+        _OPEN.append(self)
+        self.saved_env = {k: os.environ.get(k) for k in env}
+        self.saved_cwd = None
+        os.environ.update(env)
+        if files:
+            self.saved_cwd = os.getcwd()
+            os.chdir(working_dir(token, files))
+
+    def set(self, name: str, value: str) -> None:
+        if name not in self.saved_env:
+            self.saved_env[name] = os.environ.get(name)
+        os.environ[name] = value
+
+    def close(self) -> None:
+        if self in _OPEN:
+            _OPEN.remove(self)
+        for k, v in self.saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if self.saved_cwd is not None:
+            os.chdir(self.saved_cwd)
+            self.saved_cwd = None

@@ -1,0 +1,104 @@
+"""mrjob jobs for tests/test_mrjob.py that use what mrjob's examples do not: counters,
+other protocols, passthrough options read in a task, combiner hooks, order-sensitive
+reducers after a reduce step, and reducer_init/reducer_final output."""
+
+import re
+
+from mrjob.compat import jobconf_from_env
+from mrjob.job import MRJob
+from mrjob.protocol import RawProtocol, ReprProtocol
+from mrjob.step import MRStep
+
+WORD_RE = re.compile(r"[\w']+")
+
+
+class MRLettersInOrder(MRJob):
+    """Two steps, the second's reducer order-sensitive: it lists the values in the order
+    they arrive, which is the order of the first step's reduce keys in mrjob."""
+
+    INTERNAL_PROTOCOL = ReprProtocol
+    OUTPUT_PROTOCOL = RawProtocol
+
+    def configure_args(self):
+        super().configure_args()
+        self.add_passthru_arg("--min-len", type=int, default=1)
+
+    def steps(self):
+        return [MRStep(mapper_init=self.m_init, mapper=self.m_words,
+                       combiner_init=self.c_init, combiner=self.c_sum,
+                       combiner_final=self.c_final, reducer=self.r_sum),
+                MRStep(mapper=self.m_by_letter, reducer=self.r_list)]
+
+    def m_init(self):
+        self.min_len = self.options.min_len
+        self.path = None
+
+    def m_words(self, _, line):
+        self.increment_counter("lines", "read")
+        if not line.strip():
+            self.increment_counter("lines", "blank, or white space")
+        for word in WORD_RE.findall(line):
+            word = word.lower()
+            if len(word) >= self.min_len:
+                self.increment_counter("words", "kept")
+                yield (word, jobconf_from_env("mapreduce.map.input.file")[-7:]), 1
+            else:
+                self.increment_counter("words", "short, dropped")
+
+    def c_init(self):
+        self.combined = 0
+
+    def c_sum(self, key, counts):
+        self.combined += 1
+        yield key, sum(counts)
+
+    def c_final(self):
+        self.increment_counter("combiner", "groups", 0)
+        return ()
+
+    def r_sum(self, key, counts):
+        word, where = key
+        yield word, (sum(counts), where)
+
+    def m_by_letter(self, word, count_where):
+        yield word[0], [word, count_where[0], count_where[1]]
+
+    def r_list(self, letter, values):
+        values = list(values)
+        yield letter, " ".join(f"{w}:{n}@{f}" for w, n, f in values[:50]) + f" ({len(values)})"
+
+
+class MRSortedValues(MRJob):
+    """SORT_VALUES: a reducer that yields its values in the order they arrive."""
+
+    SORT_VALUES = True
+
+    def mapper(self, _, line):
+        words = line.split()
+        if words:
+            yield words[0][:1], [len(words), words[-1]]
+
+    def reducer(self, first, values):
+        yield first, list(values)
+
+
+class MRTaskHooks(MRJob):
+    """reducer_init / reducer_final output (one line per reduce task: the task count
+    differs between runners, the lines' content does not)."""
+
+    def mapper_init(self):
+        yield "init", 1
+
+    def mapper(self, _, line):
+        yield "lines", 1
+
+    def reducer_init(self):
+        self.keys = 0
+        yield "reducer", "init"
+
+    def reducer(self, key, values):
+        self.keys += 1
+        yield key, sum(values)
+
+    def reducer_final(self):
+        yield "reducer", "final"

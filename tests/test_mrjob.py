@@ -1,0 +1,289 @@
+"""mrjob jobs, unchanged, through pymapreduce (``pymapreduce run mr_job.py`` and
+``pymapreduce.adapters.mrjob.run``) on real daemons: output byte for byte as mrjob's
+inline runner writes it (run here in a subprocess on the same files), counters equal.
+
+mrjob's runner reads a step's part files in the order the file system lists them; the
+reference runs with that listing sorted (``tests/mrjob_reference.py --sorted-parts``), the
+order of the keys, which is the order the adapter writes. The plain runner's output is
+compared too, as the same lines in its own order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("mrjob")
+# mrjob 0.7.4 imports `pipes` (deprecated in 3.11, gone in 3.13): its warning, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:'pipes' is deprecated:DeprecationWarning")
+
+import mrjob.examples  # noqa: E402
+
+from pymapreduce import ConfigError, JobFailed  # noqa: E402
+from pymapreduce.adapters import mrjob as adapter  # noqa: E402
+
+from .conftest import FAST, ROOT, Daemons, pmr, wait_workers  # noqa: E402
+
+EXAMPLES = os.path.dirname(mrjob.examples.__file__)
+REFERENCE = os.path.join(ROOT, "tests", "mrjob_reference.py")
+# set iteration order (mr_text_classifier's category sets) follows str hashing: the same
+# seed for mrjob's run and the workers makes that order, and so the output, comparable
+SEED = {"PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def address():
+    daemons = Daemons()
+    try:
+        _, addr = daemons.broker(*FAST)
+        daemons.worker(addr, 2, env=SEED)
+        wait_workers(addr, 2)
+        yield addr
+    finally:
+        daemons.cleanup()
+
+
+@pytest.fixture(scope="module")
+def texts(tmp_path_factory):
+    """Three files, ~300 KB (several map tasks): repeated and rare words, non-ASCII
+    words, apostrophes, tabs, blank lines, CRLF lines, invalid UTF-8 (mrjob reads such a
+    line as Latin-1), and a last line without a newline."""
+    rng = random.Random(7)
+    vocab = ["the", "a", "and", "of", "It", "is", "zebra", "Über", "straße", "naïve",
+             "café", "中文", "don't", "rock'n'roll", "x1", "42", "3.14", "Hello", "HELLO",
+             "tab\there", "you", "Quux"] + [f"w{i}" for i in range(2000)]
+    folder = tmp_path_factory.mktemp("texts")
+    paths = []
+    for name, count in (("one.txt", 6000), ("two.txt", 3000), ("six.txt", 900)):
+        with open(folder / name, "wb") as out:
+            for i in range(count):
+                words = (rng.choice(vocab) if rng.random() < .6
+                         else f"w{int(rng.paretovariate(1.1)) % 5000}"
+                         for _ in range(rng.randint(0, 14)))
+                line = " ".join(words).encode()
+                if i % 97 == 5:
+                    line += b"\r"
+                if i % 501 == 7:
+                    line += b"\xff\xfe bad bytes \xe9t\xe9"
+                out.write(line + b"\n")
+            out.write(b"no newline at the end")
+        paths.append(str(folder / name))
+    return paths
+
+
+def reference(spec: str, argv: list[str], sorted_parts: bool = True) -> tuple[bytes, dict]:
+    """mrjob's inline runner on ``argv``: its output and its counters (summed over steps)."""
+    flag = ["--sorted-parts"] if sorted_parts else []
+    done = subprocess.run([sys.executable, REFERENCE, *flag, spec, *argv], cwd=ROOT,
+                          capture_output=True, timeout=300,
+                          env={**os.environ, **SEED, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done.stdout, json.loads(done.stderr.decode().strip().splitlines()[-1])
+
+
+def cli(address: str, job_file: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(pmr("run", job_file, "--connect", address, *argv), cwd=ROOT,
+                          capture_output=True, timeout=300, **kw)
+
+
+BYTE_IDENTICAL = [
+    ("mr_word_freq_count", "MRWordFreqCount"),  # combiner
+    ("mr_wc", "MRWordCountUtility"),  # state from __init__, mapper_final
+    ("mr_count_lines_right", "MRCountLinesRight"),  # mapper_init/final, a None key
+    ("mr_count_lines_by_file", "MRCountLinesByFile"),  # jobconf_from_env input file
+    ("mr_most_used_word", "MRMostUsedWord"),  # two steps, FILES, JSONValueProtocol
+    ("mr_next_word_stats", "MRNextWordStats"),  # SORT_VALUES, tuple keys, two steps
+    ("mr_nick_nack", "MRNickNack"),  # RawValueProtocol output (Hadoop formats ignored)
+]
+
+
+@pytest.mark.parametrize("module,name", BYTE_IDENTICAL)
+def test_example_jobs_through_the_cli_write_mrjobs_bytes(address, texts, module, name):
+    expected, counters = reference(f"mrjob.examples.{module}:{name}", texts)
+    assert expected.count(b"\n") >= 1
+    done = cli(address, os.path.join(EXAMPLES, f"{module}.py"), texts)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == expected
+    # the plain runner (part files in the file system's order): the same lines
+    plain, _ = reference(f"mrjob.examples.{module}:{name}", texts, sorted_parts=False)
+    assert sorted(done.stdout.splitlines()) == sorted(plain.splitlines())
+
+
+def test_text_classifier_four_steps_mapper_raw_and_options(address):
+    """mapper_raw (one task per file), four reduce steps whose reducers sum floats in the
+    order values arrive, passthrough options."""
+    docs = sorted(os.path.join(EXAMPLES, "docs-to-classify", f)
+                  for f in os.listdir(os.path.join(EXAMPLES, "docs-to-classify")))
+    from mrjob.examples.mr_text_classifier import MRTextClassifier
+
+    for options in ([], ["--min-df", "1", "--max-ngram-size", "2"]):
+        expected, counters = reference("mrjob.examples.mr_text_classifier:MRTextClassifier",
+                                       [*options, *docs])
+        got = adapter.run(MRTextClassifier, docs, options, address=address)
+        assert got.output == expected
+        assert got.counters == counters
+        assert sum(1 for k, _ in got.pairs() if k[0] == "doc") == len(docs)
+
+
+def test_counters_protocols_options_and_value_order(address, texts):
+    expected, counters = reference("tests.mrjob_jobs:MRLettersInOrder", ["--min-len", "3",
+                                                                         *texts])
+    assert counters["words"]["short; dropped"] > 0  # (mrjob: commas become ;)
+    from .mrjob_jobs import MRLettersInOrder
+
+    got = adapter.run(MRLettersInOrder, texts, ["--min-len", "3"], address=address)
+    assert got.output == expected
+    assert got.counters == counters
+
+
+def test_sort_values_embedded(texts):
+    """The embedded cluster (no address): SORT_VALUES orders each key's values."""
+    from .mrjob_jobs import MRSortedValues
+
+    expected, _ = reference("tests.mrjob_jobs:MRSortedValues", texts)
+    got = adapter.run(MRSortedValues, texts, workers=2)
+    assert got.output == expected
+    key, values = next(got.pairs())
+    assert values == sorted(values, key=json.dumps)
+
+
+def test_a_file_option_replaces_the_jobs_file(address, texts, tmp_path):
+    """add_file_arg: the file travels with the job and the task opens it by name."""
+    stop = tmp_path / "stop.txt"
+    stop.write_text("w1\nthe\na\nand\nof\nis\n")
+    argv = ["--stop-words-file", str(stop), *texts]
+    expected, _ = reference("mrjob.examples.mr_most_used_word:MRMostUsedWord", argv)
+    done = cli(address, os.path.join(EXAMPLES, "mr_most_used_word.py"), argv)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == expected != b'"w1"\n'
+
+
+def test_task_hooks_output_per_task(address, texts):
+    """mapper_init and reducer_init/_final yield pairs, once per task (so their count
+    follows the task count, in mrjob as here); the data lines are mrjob's."""
+    from .mrjob_jobs import MRTaskHooks
+
+    expected, _ = reference("tests.mrjob_jobs:MRTaskHooks", texts)
+    got = adapter.run(MRTaskHooks, texts, address=address, reducers=3)
+    lines = got.output.splitlines()
+    data = [line for line in lines if not line.startswith(b'"reducer"')]
+    assert data[-1] == [x for x in expected.splitlines() if x.startswith(b'"lines"')][0]
+    assert lines.count(b'"reducer"\t"init"') == lines.count(b'"reducer"\t"final"') >= 1
+    assert data[0].startswith(b'"init"\t')
+
+
+def test_mapper_final_per_task_sums_to_the_lines(address, texts):
+    """mr_count_lines_wrong writes one count per map task: how many lines depends on how
+    the input is split (in mrjob too); they add up to the number of lines."""
+    from mrjob.examples.mr_count_lines_wrong import MRCountLinesWrong
+
+    got = adapter.run(MRCountLinesWrong, texts, address=address)
+    counts = [int(v) for _, v in got.pairs()]
+    lines = sum(open(p, "rb").read().count(b"\n") + 1 for p in texts)
+    assert len(counts) > 1 and sum(counts) == lines
+
+
+def test_log_sampler_samples_input_lines(address, texts):
+    done = cli(address, os.path.join(EXAMPLES, "mr_log_sampler.py"),
+               ["--sample-size", "7", *texts])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    sample = done.stdout.splitlines()
+    assert len(sample) == 7
+    lines = {_as_mrjob_reads(line.rstrip(b"\r")) for p in texts
+             for line in open(p, "rb").read().split(b"\n")}
+    assert set(sample) <= lines
+
+
+def _as_mrjob_reads(line: bytes) -> bytes:
+    """A line as RawValueProtocol reads it (UTF-8, else Latin-1) and writes it (UTF-8)."""
+    try:
+        return line.decode("utf-8").encode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1").encode("utf-8")
+
+
+def test_output_directory(address, texts, tmp_path):
+    """--output DIR writes DIR/part-00000; a directory that is not empty is refused (and
+    left as it was) unless --overwrite."""
+    wc = os.path.join(EXAMPLES, "mr_wc.py")
+    expected, _ = reference("mrjob.examples.mr_wc:MRWordCountUtility", texts[2:])
+    out = tmp_path / "out"
+    done = cli(address, wc, ["--output", str(out), *texts[2:]])
+    assert done.returncode == 0 and done.stdout == b""
+    assert (out / "part-00000").read_bytes() == expected
+    (out / "part-00000").write_bytes(b"keep")
+    done = cli(address, wc, ["--output", str(out), *texts[2:]])
+    assert done.returncode == 2 and b"--overwrite" in done.stderr
+    assert (out / "part-00000").read_bytes() == b"keep"
+    done = cli(address, wc, ["--output", str(out), "--overwrite", *texts[2:]])
+    assert done.returncode == 0 and (out / "part-00000").read_bytes() == expected
+
+
+def test_failures(address, texts, tmp_path):
+    from mrjob.examples.mr_boom import MRBoom
+
+    with pytest.raises(JobFailed, match="BOOM"):
+        adapter.run(MRBoom, texts[2:], address=address)
+    done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"), texts[2:])
+    assert done.returncode == 1 and b"BOOM" in done.stderr
+    out = tmp_path / "out"  # a failed job leaves no output file behind
+    done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"), ["--output", str(out), *texts[2:]])
+    assert done.returncode == 1 and list(out.iterdir()) == []
+    done = cli(address, os.path.join(EXAMPLES, "mr_log_sampler.py"), texts)  # no option
+    assert done.returncode == 2 and b"--sample-size" in done.stderr
+    done = cli(address, os.path.join(EXAMPLES, "mr_wc.py"), ["no/such/file.txt"])
+    assert done.returncode == 2 and b"no/such/file.txt" in done.stderr
+
+
+def test_mrjobs_runner_idiom(address, texts):
+    """Code written against mrjob's runner API: make_runner, run, parse_output(cat_output)."""
+    from mrjob.examples.mr_wc import MRWordCountUtility
+
+    expected, _ = reference("mrjob.examples.mr_wc:MRWordCountUtility", texts)
+    mr_job = MRWordCountUtility(texts)
+    with adapter.make_runner(mr_job, address=address) as runner:
+        runner.run()
+        got = dict(mr_job.parse_output(runner.cat_output()))
+        assert runner.counters() == [{}]
+    assert got == dict(mr_job.parse_output([expected]))
+    assert got["lines"] == sum(open(p, "rb").read().count(b"\n") + 1 for p in texts)
+
+
+def test_mapper_commands_as_mrjobs_local_runner_runs_them(address, texts, tmp_path):
+    """mapper_cmd (mr_grep: map-only, a command's lines are the output) and
+    mapper_pre_filter (a command before the Python mapper), against mrjob's local runner
+    (its inline runner runs no commands). A command reads lines without their ``\\r``, so
+    the grep input has none."""
+    plain = []
+    for path in texts:
+        target = tmp_path / os.path.basename(path)
+        target.write_bytes(open(path, "rb").read().replace(b"\r", b""))
+        plain.append(str(target))
+    argv = ["-e", "zebra", *plain]
+    expected, _ = reference("mrjob.examples.mr_grep:MRGrepJob", ["-r", "local", *argv])
+    assert expected.count(b"\n") > 1
+    done = cli(address, os.path.join(EXAMPLES, "mr_grep.py"), argv)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == expected
+    spec = "mrjob.examples.mr_words_containing_u_freq_count:MRWordsContainingUFreqCount"
+    expected, _ = reference(spec, ["-r", "local", *texts])
+    from mrjob.examples.mr_words_containing_u_freq_count import MRWordsContainingUFreqCount
+
+    got = adapter.run(MRWordsContainingUFreqCount, texts, address=address)
+    assert expected.count(b"\n") >= 2
+    assert got.output == expected
+
+
+def test_what_is_not_run(address, texts):
+    from mrjob.examples.mr_jar_step_example import MRJarStepExample
+    from mrjob.examples.mr_spark_wordcount import MRSparkWordcount
+
+    for job in (MRJarStepExample, MRSparkWordcount):
+        with pytest.raises(ConfigError, match="Hadoop or Spark|MRStep"):
+            adapter.run(job, texts, address=address)
