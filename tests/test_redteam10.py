@@ -4,10 +4,8 @@ against real daemons. Each test is an attack that worked before its fix."""
 
 from __future__ import annotations
 
-import os
 import time
 
-import pytest
 import zmq
 
 from pymapreduce import Client, Job
