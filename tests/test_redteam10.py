@@ -4,8 +4,10 @@ against real daemons. Each test is an attack that worked before its fix."""
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 import zmq
 
 from pymapreduce import Client, Job
@@ -61,3 +63,49 @@ def test_unread_logs_replies_do_not_pile_up_in_the_broker(daemons):
     with Client(address, timeout=60) as owner:
         logs = owner.job(job_id).logs()
         assert len(logs) == 64 and "x" * 60_000 in logs[0]["text"]
+
+
+# -- shipped sources ----------------------------------------------------------------------
+def _forged_sources(job):
+    import json.decoder
+
+    return {json.decoder.__file__: "FORGED LINE\n" * 2000, 7: "x", "odd.py": b"bytes",
+            "big.py": "y" * (2 << 20)}
+
+
+class ForgedSources(Job):
+    """Ships 'source text' for the standard library's json decoder, and odd entries: a
+    forged sources attribute (as a hostile client's blob would carry; a read-only
+    property, so the client cannot put the real sources in its place)."""
+
+    _pymapreduce_sources = property(_forged_sources)
+
+    def map(self, key, value):
+        yield key, os.getpid()
+
+
+class BadJson(Job):
+    """Fails inside the standard library's json decoder."""
+
+    def map(self, key, value):
+        import json
+
+        json.loads("{not json")
+        yield key, value
+
+
+def test_a_job_s_shipped_sources_do_not_change_another_job_s_tracebacks(daemons):
+    """One job's (forged) sources name a standard-library file: the next job's traceback
+    through that file shows the file's real lines, not the forged ones."""
+    from pymapreduce import JobFailed
+
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        assert client.submit(ForgedSources(), [(0, 0)]).result(60)
+        with pytest.raises(JobFailed) as failed:
+            client.submit(BadJson(), [(0, 0)]).result(60)
+    remote = str(failed.value)
+    assert "json" in remote and "FORGED LINE" not in remote
+    assert "obj, end = self.raw_decode(s, idx=_w(s, 0).end())" in remote
