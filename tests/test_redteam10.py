@@ -109,3 +109,74 @@ def test_a_job_s_shipped_sources_do_not_change_another_job_s_tracebacks(daemons)
     remote = str(failed.value)
     assert "json" in remote and "FORGED LINE" not in remote
     assert "obj, end = self.raw_decode(s, idx=_w(s, 0).end())" in remote
+
+
+def _pairs(result):
+    return list(dict(result).items())
+
+
+# -- side files ---------------------------------------------------------------------------
+class Squatter(Job):
+    """Runs in its job directory and makes the directories the next jobs of this worker
+    process would get, as links to a directory of the attacker's choosing."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def map(self, key, value):
+        root = os.path.dirname(os.getcwd())
+        for n in range(1, 40):
+            try:
+                os.symlink(self.target, os.path.join(root, f"job-{n}"))
+            except FileExistsError:
+                pass
+        yield os.getpid(), os.getcwd()
+
+
+class Reader(Job):
+    def map(self, key, value):
+        with open("side.txt") as f:
+            yield os.getpid(), (os.getcwd(), f.read())
+
+
+def test_a_job_cannot_take_the_next_job_s_directory(daemons, tmp_path):
+    """A job that pre-creates the job directories its worker process will make next does
+    not stop the next job with files from running there, nor receive its files."""
+    side = tmp_path / "side.txt"
+    side.write_text("the side data")
+    target = tmp_path / "catch"
+    target.mkdir()
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        ((pid, first),) = _pairs(client.submit(Squatter(str(target)), [(0, 0)],
+                                        files=[str(side)]).result(60))
+        ((pid2, (cwd, text)),) = _pairs(client.submit(Reader(), [(0, 0)],
+                                               files=[str(side)]).result(60))
+    assert pid2 == pid and text == "the side data" and cwd != first
+    assert not os.path.islink(cwd) and os.listdir(target) == []
+
+
+def test_a_killed_worker_process_s_job_directory_is_removed(daemons, tmp_path):
+    """kill -9 of a worker process: its supervisor removes the job directories it left."""
+    import signal
+
+    from .conftest import children, wait_dead
+
+    side = tmp_path / "side.txt"
+    side.write_text("x")
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    worker = daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        ((pid, (cwd, _)),) = _pairs(client.submit(Reader(), [(0, 0)],
+                                           files=[str(side)]).result(60))
+    assert pid in children(worker.pid) and os.path.isdir(cwd)
+    os.kill(pid, signal.SIGKILL)
+    assert not wait_dead([pid])
+    deadline = time.monotonic() + 30
+    while (pid in children(worker.pid) or not children(worker.pid)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)  # the supervisor reaps the dead process, then starts another
+    assert not os.path.exists(os.path.dirname(cwd))

@@ -21,6 +21,7 @@ directory goes when the worker forgets the job (``JOB_CACHE``) or exits.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -39,6 +40,9 @@ GUARDED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGTERM", "SIGI
                         if hasattr(signal, n))
 
 
+ROOT_PREFIX = "pymapreduce-worker-"  # + the worker process's pid + "-" + mkdtemp's letters
+
+
 class JobDirs:
     """The per-job directories of one worker process, under one temporary root."""
 
@@ -54,11 +58,12 @@ class JobDirs:
         if path is not None and os.path.isdir(path):
             return path
         if self.root is None or not os.path.isdir(self.root):
-            self.root = tempfile.mkdtemp(prefix=f"pymapreduce-worker-{os.getpid()}-")
+            self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-")
         self._made += 1
-        # not named after the job id: that is the client's text, this is a path
-        path = os.path.join(self.root, f"job-{self._made}")
-        os.mkdir(path, 0o700)
+        # not named after the job id: that is the client's text, this is a path; and made
+        # by mkdtemp, not by a counter, so a task that made its job's next sibling in
+        # advance (a link, say) cannot stop the next job with files from loading
+        path = tempfile.mkdtemp(prefix=f"job-{self._made}-", dir=self.root)
         try:
             for name, data in files:
                 self._write(path, name, data)
@@ -108,6 +113,20 @@ class JobDirs:
         shutil.rmtree(path, onerror=writable)
         if os.path.exists(path):
             log.warning("could not remove job directory %s", path)
+
+
+def remove_roots_of(pid: int) -> None:
+    """Remove the job directories a worker process left behind (it was killed): the
+    supervisor calls this as it reaps the process. Only real directories of this user are
+    removed (the temporary directory may be shared with other users)."""
+    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*")
+    for path in glob.glob(pattern):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            JobDirs._remove(path)
 
 
 class ProcessState:
