@@ -180,3 +180,30 @@ def test_a_killed_worker_process_s_job_directory_is_removed(daemons, tmp_path):
             and time.monotonic() < deadline:
         time.sleep(0.05)  # the supervisor reaps the dead process, then starts another
     assert not os.path.exists(os.path.dirname(cwd))
+
+
+# -- process state ------------------------------------------------------------------------
+class Umask(Job):
+    """Reports the umask it finds; with ``private``, sets a private one (as a job writing
+    files only its user may read would)."""
+
+    def __init__(self, private):
+        self.private = private
+
+    def map(self, key, value):
+        found = os.umask(0o077 if self.private else 0o022)
+        if not self.private:
+            os.umask(found)
+        yield key, found
+
+
+def test_a_job_s_umask_does_not_reach_the_next_job(daemons):
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    daemons.worker(address, 1)  # one process: both jobs run in it
+    wait_workers(address, 1)
+    mine = os.umask(0o022)
+    os.umask(mine)
+    with Client(address) as client:
+        first = client.submit(Umask(True), [(0, 0), (1, 1)], map_tasks=2).result(60)
+        second = client.submit(Umask(False), [(0, 0), (1, 1)], map_tasks=2).result(60)
+    assert set(dict(first).values()) | set(dict(second).values()) == {mine}

@@ -8,7 +8,8 @@ back what it found (see docs/travel.md for the list):
 - the current directory,
 - ``sys.path``, and the modules imported from a job's directory (shipped ``.py`` files),
 - the handlers of the signals the worker relies on (SIGUSR1 stops an abandoned task,
-  SIGTERM drains, SIGINT is the supervisor's) and of SIGALRM, with any pending alarm.
+  SIGTERM drains, SIGINT is the supervisor's) and of SIGALRM, with any pending alarm,
+- the umask (a job that made its files private would make the next job's files so too).
 
 Module globals of the user's own modules are fresh per job without anything done here:
 those modules travel by value (``shipping.py``) and are rebuilt each time a job's code is
@@ -140,6 +141,7 @@ class ProcessState:
         self.cwd = ""
         self.path: list[str] = []
         self.handlers: dict[int, object] = {}
+        self.umask = 0o022
         self.job_dir: str | None = None
 
     def capture(self) -> None:
@@ -150,6 +152,8 @@ class ProcessState:
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.handlers = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
+        self.umask = os.umask(0o022)  # (read by setting it: there is no getter)
+        os.umask(self.umask)
         self.captured = True
 
     def enter(self, job_dir: str | None) -> None:
@@ -189,6 +193,7 @@ class ProcessState:
                 signal.signal(signum, handler)
         if hasattr(signal, "alarm"):
             signal.alarm(0)  # an alarm a task left would fire in the next one
+        os.umask(self.umask)  # (one system call: cheaper than asking first)
 
     @staticmethod
     def _forget_modules(job_dir: str) -> None:
