@@ -207,3 +207,78 @@ def test_a_job_s_umask_does_not_reach_the_next_job(daemons):
         first = client.submit(Umask(True), [(0, 0), (1, 1)], map_tasks=2).result(60)
         second = client.submit(Umask(False), [(0, 0), (1, 1)], map_tasks=2).result(60)
     assert set(dict(first).values()) | set(dict(second).values()) == {mine}
+
+
+# -- total order, value_key ---------------------------------------------------------------
+class ExitingValueKey(Job):
+    """A value_key that ends 'the program' (sys.exit(77) is also the exit code a worker
+    daemon gives when the broker refuses its key)."""
+
+    def map(self, key, value):
+        yield key % 2, value
+
+    def value_key(self, value):
+        raise SystemExit(77)
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+class ForgedBounds(Job):
+    """Carries key-range boundaries it did not get from the sampler (a forged pickle)."""
+
+    def __init__(self, bounds):
+        self._pmr_bounds = bounds
+
+    def map(self, key, value):
+        yield key, value
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+class Plain(Job):
+    def map(self, key, value):
+        yield key, value * 10
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+def test_user_code_that_exits_fails_its_job_and_the_worker_stays(daemons):
+    """sys.exit() in user code (here value_key) fails the job, naming SystemExit; the
+    worker process is not ended by it, and runs the next job."""
+    from pymapreduce import JobFailed
+
+    from .conftest import children
+
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    worker = daemons.worker(address, 1)
+    wait_workers(address, 1)
+    before = children(worker.pid)
+    with Client(address) as client:
+        with pytest.raises(JobFailed, match="SystemExit"):
+            client.submit(ExitingValueKey(), [(i, i) for i in range(6)]).result(60)
+        assert dict(client.submit(Plain(), [(1, 1)]).result(60)) == {1: 10}
+    assert children(worker.pid) == before and worker.poll() is None
+
+
+@pytest.mark.parametrize("bounds", [5, "zz", [None, 1], {"a": 1}, [3, 1, 2], [2] * 100_000])
+def test_forged_range_bounds_fail_only_their_job(daemons, bounds):
+    """Boundaries that are not a sorted list of comparable keys either still partition
+    (every record reaches the output once) or fail that job with BadOutput; the worker
+    then runs the next job."""
+    from pymapreduce import JobFailed
+
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    records = [(i, i) for i in range(10)]
+    with Client(address) as client:
+        try:
+            got = dict(client.submit(ForgedBounds(bounds), records, reducers=3).result(60))
+        except JobFailed as exc:
+            assert "BadOutput" in str(exc)
+        else:
+            assert got == dict(records)
+        assert dict(client.submit(Plain(), [(1, 1)]).result(60)) == {1: 10}
