@@ -20,7 +20,6 @@ from ..job import (
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 
-
 # raised by user code to end "the program" (sys.exit() in map, a KeyboardInterrupt raised
 # by hand): in a worker that would end the worker process (and sys.exit(77), the code of
 # a refused key, its whole daemon), so a task that raises one fails, as with any error
