@@ -282,3 +282,38 @@ def test_forged_range_bounds_fail_only_their_job(daemons, bounds):
         else:
             assert got == dict(records)
         assert dict(client.submit(Plain(), [(1, 1)]).result(60)) == {1: 10}
+
+
+# -- released jobs ------------------------------------------------------------------------
+class Printing(Job):
+    def map(self, key, value):
+        print(f"mapped {key}")
+        yield key, value
+
+
+def test_a_released_job_keeps_its_status_and_logs_not_its_results(daemons, tmp_path):
+    """Release, then fetch: a clear error, not empty results; status and logs stay. A
+    broker restarted on its state directory does not bring the released job's outputs
+    back (it forgets the job: JobNotFound), and its other jobs are still there."""
+    from pymapreduce import JobNotFound, PyMapReduceError
+
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--backup-after", "off", "--state-dir", str(state))
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        released = client.submit(Printing(), [(1, 1), (2, 2)])
+        kept = client.submit(Printing(), [(3, 3)])
+        assert dict(released.result(60)) == {1: 1, 2: 2} and dict(kept.result(60)) == {3: 3}
+        released.release()
+        with pytest.raises(PyMapReduceError, match="released"):
+            released.result(30)
+        assert client.job(released.job_id).status()["state"] == P.JOB_SUCCEEDED
+        assert "mapped 1" in client.job(released.job_id).logs().text()
+    broker.kill()
+    broker.wait()
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    with Client(address) as client:
+        assert dict(client.job(kept.job_id).result(30)) == {3: 3}
+        with pytest.raises(JobNotFound):
+            client.job(released.job_id).result(30)
