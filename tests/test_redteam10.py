@@ -317,3 +317,38 @@ def test_a_released_job_keeps_its_status_and_logs_not_its_results(daemons, tmp_p
         assert dict(client.job(kept.job_id).result(30)) == {3: 3}
         with pytest.raises(JobNotFound):
             client.job(released.job_id).result(30)
+
+
+class LinkLeaver(Job):
+    """Leaves, in its job directory, a link to a file of the worker's user, and makes the
+    directory read-only (a careless cleanup-proof scratch dir)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def map(self, key, value):
+        os.symlink(self.target, "a-link")
+        os.chmod(".", 0o500)
+        yield os.getpid(), os.getcwd()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root removes from a read-only directory")
+def test_removing_a_job_directory_never_changes_what_its_links_point_to(daemons, tmp_path):
+    """The worker removes a job directory a task made read-only; a link in it is removed,
+    and the file it pointed to keeps its permissions."""
+    from .conftest import stop
+
+    side = tmp_path / "side.txt"
+    side.write_text("x")
+    secret = tmp_path / "secret"
+    secret.write_text("the user's own file")
+    secret.chmod(0o400)
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    worker = daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        ((_, cwd),) = _pairs(client.submit(LinkLeaver(str(secret)), [(0, 0)],
+                                           files=[str(side)]).result(60))
+    stop(worker)
+    assert not os.path.exists(cwd)
+    assert (secret.stat().st_mode & 0o777) == 0o400 and secret.read_text()

@@ -106,7 +106,8 @@ class JobDirs:
         def writable(func, p, exc_info) -> None:  # a task may have made things read-only
             try:
                 os.chmod(os.path.dirname(p), 0o700)
-                os.chmod(p, 0o700)
+                if not os.path.islink(p):  # (chmod follows a link: never to its target)
+                    os.chmod(p, 0o700)
                 func(p)
             except OSError:
                 pass
