@@ -352,3 +352,51 @@ def test_removing_a_job_directory_never_changes_what_its_links_point_to(daemons,
     stop(worker)
     assert not os.path.exists(cwd)
     assert (secret.stat().st_mode & 0o777) == 0o400 and secret.read_text()
+
+
+# -- logs from a hostile worker -----------------------------------------------------------
+@pytest.fixture
+def zctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def test_a_worker_cannot_forge_logs_of_attempts_it_does_not_hold(zctx):
+    """A rogue worker's DONE and FAILED carrying logs for another worker's attempt are not
+    kept; the holder's log is, bytes as sent (not UTF-8), its end when over MAX_LOG; a
+    LOGS whose task is not a name gets every task's logs."""
+    from pymapreduce.patterns.wire import MAX_LOG
+
+    from .test_hostile import Peer, map_output, start_broker, stop_broker, submit
+
+    b = start_broker(zctx)
+    try:
+        client = Peer(zctx, b.address, None, "client")
+        submit(client, "j1", [(0, "mine")])
+        owner, rogue = Peer(zctx, b.address), Peer(zctx, b.address)
+        owner.send(P.READY, {"credit": 1, "name": "owner:1"})
+        assert owner.recv().command == P.WELCOME
+        _, index, attempt, _ = owner.recv().body["tasks"][0]
+        rogue.send(P.READY, {"credit": 1, "name": "rogue:2"})
+        assert rogue.recv().command == P.WELCOME
+        rogue.send(P.DONE, {"results": [["j1", "map", index, attempt, {"log": b"FORGED"}, 1]]},
+                   [map_output([(0, "forged")])])
+        rogue.send(P.FAILED, {"job": "j1", "kind": "map", "index": index, "attempt": attempt,
+                              "error": "forged", "log": b"FORGED TOO"})
+        assert rogue.recv(timeout=0.5) is None
+        big = b"\xff\xfe not utf-8 " + b"y" * (2 * MAX_LOG) + b" the end"
+        owner.send(P.DONE, {"results": [["j1", "map", index, attempt, {"log": big}, 1]]},
+                   [map_output([(0, "mine")])])
+        reduce_task = owner.recv() or rogue.recv()
+        assert reduce_task is not None and reduce_task.command == P.TASKS
+        client.send(P.LOGS, {"job_id": "j1", "req": 2})
+        reply = client.recv(want=(P.LOGS,))
+        (entry,) = reply.body["logs"]
+        assert entry["worker"] == "owner:1" and entry["task"] == "map-0"
+        assert len(entry["log"]) == MAX_LOG and entry["log"].endswith(b" the end")
+        for odd in (["a list"], 12, {"a": 1}, None):  # not a task name: all tasks
+            client.send(P.LOGS, {"job_id": "j1", "req": 3, "task": odd})
+            assert len(client.recv(want=(P.LOGS,)).body["logs"]) == 1
+    finally:
+        stop_broker(b)
