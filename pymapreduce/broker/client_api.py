@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any
+
+import msgpack
+import zmq
 
 from ..patterns import protocol as P
 from ..patterns.message import Message
@@ -25,6 +29,10 @@ MAX_HELD_PER_CLIENT = 1000  # finished jobs whose results wait for one client
 MAX_HELD = 10_000  # ... for all clients
 LISTED_COUNTERS = 20  # counters of each job in a JOBS listing
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
+# LOGS replies not sent yet (to clients that do not read theirs) hold at most this much
+# of the broker's memory; past it a LOGS is answered busy (see _reply_held). Each reply
+# is a fresh copy of up to a job's 4 MiB of logs: 300 unread took the broker 1 GiB.
+HELD_REPLY_BYTES = 64 << 20
 
 
 def _req(msg: Message) -> Any:
@@ -266,8 +274,31 @@ class ClientAPI:
             return
         task = msg.body.get("task")
         logs, dropped = self.ledger.logs.read(job.id, task if isinstance(task, str) else None)
-        self._reply(peer, P.LOGS, {"req": _req(msg), "job_id": job.id, "logs": logs,
-                                   "dropped": dropped})
+        self._reply_held(peer, P.LOGS, {"req": _req(msg), "job_id": job.id, "logs": logs,
+                                        "dropped": dropped})
+
+    def _reply_held(self, peer: bytes, command: str, body: dict) -> None:
+        """A reply whose header is big and made fresh for each request (LOGS), sent
+        without a copy and counted until ZeroMQ has sent it: past HELD_REPLY_BYTES of
+        such headers unsent, the requester is told ``busy`` (its client asks again).
+        Headers under pyzmq's copy threshold are copied by ZeroMQ and not counted."""
+        held = self.__dict__.setdefault("_held_replies", weakref.WeakSet())
+        header = memoryview(msgpack.packb([P.PROTOCOL_VERSION, command, body],
+                                          use_bin_type=True))
+        if len(header) >= zmq.COPY_THRESHOLD:
+            if sum(len(h) for h in held) + len(header) > HELD_REPLY_BYTES:
+                self._reply(peer, P.ERROR, {
+                    "req": body.get("req"), "code": "busy",
+                    "message": "replies not read yet (by clients that do not read theirs) "
+                               "hold the broker's memory: ask again later"})
+                return
+            held.add(header)  # (pyzmq holds the view until ZeroMQ has sent it)
+        try:
+            self.control.send_multipart([peer, header], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._not_reading(peer, command)
+        except zmq.ZMQError as exc:  # the peer has gone
+            log.debug("cannot reach %s: %s", peer_name(peer), exc.strerror)
 
     def on_release(self, peer: bytes, msg: Message, now: float) -> None:
         job = self.jobs.get(str(msg.body.get("job_id")))

@@ -9,8 +9,10 @@ the window, or hide text) before the CLI shows it there.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+from ..errors import BrokerBusy
 from ..patterns import protocol as P
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides that
@@ -77,4 +79,15 @@ def fetch_logs(client: Any, job_id: str, task: str | None = None) -> TaskLogs:
     body: dict = {"job_id": job_id}
     if task is not None:
         body["task"] = str(task)
-    return read_logs(client._request(P.LOGS, body).body)
+    # busy: unread replies (of some client that does not read) hold the broker's memory;
+    # ask again with growing pauses, for up to the client's timeout (as FETCH does)
+    deadline = time.monotonic() + client.timeout
+    pause = 0.05
+    while True:
+        try:
+            return read_logs(client._request(P.LOGS, body).body)
+        except BrokerBusy:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)

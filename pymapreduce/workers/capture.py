@@ -236,18 +236,46 @@ def attempt_log(log: TaskLog | None, tb: str = "") -> bytes:
     return text
 
 
+# what register_sources put into linecache, and what each entry replaced (None: nothing),
+# so the next job's tracebacks show their files' own lines, not another job's text
+_registered: dict[str, Any] = {}
+MAX_SOURCE = 512 << 10  # characters of one shipped file's text (client/sources.py's caps)
+MAX_SOURCES = 1 << 20  # ... of all of a job's
+MAX_SOURCE_FILES = 64
+
+
 def register_sources(job: Any) -> None:
     """Put the source text shipped with ``job`` (``client/sources.py``) into linecache,
     so a traceback of its code shows the user's lines under the user's file names even
     where those files do not exist (or differ). Entries without a modification time are
-    never dropped by ``linecache.checkcache``; each task registers its job's again, so
-    the job that runs is the one whose text is shown."""
-    sources = getattr(job, SOURCES_ATTR, None)
-    if not isinstance(sources, dict):
+    never dropped by ``linecache.checkcache``; the worker registers a job's sources when
+    its task follows another job's, and what the previous job registered is taken out
+    first (entries it replaced put back), so one job's text (even a forged one, naming a
+    standard-library file) never shows in another job's tracebacks, and linecache does not
+    grow with every job a worker runs. Only ``str`` names and texts within the client's
+    caps are taken; anything else is left out."""
+    for filename, previous in _registered.items():
+        if previous is None:
+            linecache.cache.pop(filename, None)
+        else:
+            linecache.cache[filename] = previous
+    _registered.clear()
+    try:
+        sources = getattr(job, SOURCES_ATTR, None)
+        if type(sources) is not dict:
+            return
+        items = list(sources.items())[:MAX_SOURCE_FILES]
+    except Exception:  # (a job's own __getattr__ that raises): no sources
         return
-    for filename, text in sources.items():
-        if isinstance(filename, str) and isinstance(text, str):
-            lines = text.splitlines(keepends=True)
-            if lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n"
-            linecache.cache[filename] = (len(text), None, lines, filename)
+    total = 0
+    for filename, text in items:
+        if type(filename) is not str or type(text) is not str or len(text) > MAX_SOURCE \
+                or total + len(text) > MAX_SOURCES:
+            continue
+        total += len(text)
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        if filename not in _registered:
+            _registered[filename] = linecache.cache.get(filename)
+        linecache.cache[filename] = (len(text), None, lines, filename)

@@ -8,7 +8,8 @@ back what it found (see docs/travel.md for the list):
 - the current directory,
 - ``sys.path``, and the modules imported from a job's directory (shipped ``.py`` files),
 - the handlers of the signals the worker relies on (SIGUSR1 stops an abandoned task,
-  SIGTERM drains, SIGINT is the supervisor's) and of SIGALRM, with any pending alarm.
+  SIGTERM drains, SIGINT is the supervisor's) and of SIGALRM, with any pending alarm,
+- the umask (a job that made its files private would make the next job's files so too).
 
 Module globals of the user's own modules are fresh per job without anything done here:
 those modules travel by value (``shipping.py``) and are rebuilt each time a job's code is
@@ -21,6 +22,7 @@ directory goes when the worker forgets the job (``JOB_CACHE``) or exits.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -39,6 +41,9 @@ GUARDED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGTERM", "SIGI
                         if hasattr(signal, n))
 
 
+ROOT_PREFIX = "pymapreduce-worker-"  # + the worker process's pid + "-" + mkdtemp's letters
+
+
 class JobDirs:
     """The per-job directories of one worker process, under one temporary root."""
 
@@ -54,11 +59,12 @@ class JobDirs:
         if path is not None and os.path.isdir(path):
             return path
         if self.root is None or not os.path.isdir(self.root):
-            self.root = tempfile.mkdtemp(prefix=f"pymapreduce-worker-{os.getpid()}-")
+            self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-")
         self._made += 1
-        # not named after the job id: that is the client's text, this is a path
-        path = os.path.join(self.root, f"job-{self._made}")
-        os.mkdir(path, 0o700)
+        # not named after the job id: that is the client's text, this is a path; and made
+        # by mkdtemp, not by a counter, so a task that made its job's next sibling in
+        # advance (a link, say) cannot stop the next job with files from loading
+        path = tempfile.mkdtemp(prefix=f"job-{self._made}-", dir=self.root)
         try:
             for name, data in files:
                 self._write(path, name, data)
@@ -100,7 +106,8 @@ class JobDirs:
         def writable(func, p, exc_info) -> None:  # a task may have made things read-only
             try:
                 os.chmod(os.path.dirname(p), 0o700)
-                os.chmod(p, 0o700)
+                if not os.path.islink(p):  # (chmod follows a link: never to its target)
+                    os.chmod(p, 0o700)
                 func(p)
             except OSError:
                 pass
@@ -108,6 +115,20 @@ class JobDirs:
         shutil.rmtree(path, onerror=writable)
         if os.path.exists(path):
             log.warning("could not remove job directory %s", path)
+
+
+def remove_roots_of(pid: int) -> None:
+    """Remove the job directories a worker process left behind (it was killed): the
+    supervisor calls this as it reaps the process. Only real directories of this user are
+    removed (the temporary directory may be shared with other users)."""
+    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*")
+    for path in glob.glob(pattern):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            JobDirs._remove(path)
 
 
 class ProcessState:
@@ -121,6 +142,7 @@ class ProcessState:
         self.cwd = ""
         self.path: list[str] = []
         self.handlers: dict[int, object] = {}
+        self.umask = 0o022
         self.job_dir: str | None = None
 
     def capture(self) -> None:
@@ -131,6 +153,8 @@ class ProcessState:
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.handlers = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
+        self.umask = os.umask(0o022)  # (read by setting it: there is no getter)
+        os.umask(self.umask)
         self.captured = True
 
     def enter(self, job_dir: str | None) -> None:
@@ -170,6 +194,7 @@ class ProcessState:
                 signal.signal(signum, handler)
         if hasattr(signal, "alarm"):
             signal.alarm(0)  # an alarm a task left would fire in the next one
+        os.umask(self.umask)  # (one system call: cheaper than asking first)
 
     @staticmethod
     def _forget_modules(job_dir: str) -> None:

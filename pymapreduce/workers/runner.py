@@ -20,6 +20,11 @@ from ..job import (
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 
+# raised by user code to end "the program" (sys.exit() in map, a KeyboardInterrupt raised
+# by hand): in a worker that would end the worker process (and sys.exit(77), the code of
+# a refused key, its whole daemon), so a task that raises one fails, as with any error
+USER_EXITS = (SystemExit, KeyboardInterrupt)
+
 
 class TaskError(Exception):
     """User code failed in a task; carries where in the input it happened."""
@@ -88,7 +93,7 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             if isinstance(source, Numbered):
                 where["ordinal"] = source.current
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
-        except Exception as exc:
+        except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, where) from exc
         stats = {"records": records.count if isinstance(records, LineReader) else len(records),
                  "bytes": nbytes}
@@ -102,7 +107,7 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                         for b in blobs[first : first + n])
             groups = merge_segments(segments, combined=job._has("combine"))
             out = [pack_output(reduce_groups(job, groups), safe_output)]
-        except Exception as exc:
+        except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, {"partition": desc}) from exc
         stats = {}
     counters = job._take_counters()

@@ -22,6 +22,7 @@ from collections import deque
 from ..errors import AuthenticationFailed
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
+from .isolation import remove_roots_of
 from .voucher import Voucher
 from .worker import Worker
 
@@ -139,6 +140,8 @@ class Supervisor:
                 return
             slot = self.children.pop(pid, None)
             identity = self.identities.pop(pid, None)
+            if slot is not None:  # (killed: its job directories are still there)
+                remove_roots_of(pid)
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
@@ -171,6 +174,7 @@ class Supervisor:
                 break
             if pid:
                 self.children.pop(pid, None)
+                remove_roots_of(pid)
             else:
                 time.sleep(0.02)
         for pid in list(self.children):
@@ -179,6 +183,7 @@ class Supervisor:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+            remove_roots_of(pid)
         self.children.clear()
 
 

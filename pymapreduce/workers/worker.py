@@ -41,7 +41,7 @@ from ..shipping import unpack_code
 from .capture import Capture, attempt_log, register_sources
 from .isolation import JobDirs, ProcessState
 from .reporting import REPORT_SLACK, done_messages
-from .runner import TaskError, run_task
+from .runner import USER_EXITS, TaskError, run_task
 
 log = logging.getLogger("pymapreduce.worker")
 
@@ -345,7 +345,7 @@ class Worker:
         if "code" in b:
             try:
                 job = self._load(job_id, frame_bytes(blobs[b["code"]]))
-            except Exception as exc:
+            except (Exception, *USER_EXITS) as exc:  # (its unpickling is user code too)
                 # remembered: the broker sends the code once per worker, and every later
                 # task of this job must report the real cause too
                 error = (f"cannot load the job's code: {type(exc).__name__}: {exc}",
@@ -367,7 +367,7 @@ class Worker:
                         self.steps.pop(next(iter(self.steps)))
                 job = steps[int(b["step"])]
                 last = int(b["step"]) == len(steps) - 1
-            except Exception as exc:
+            except (Exception, *USER_EXITS) as exc:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
         for raw in b["tasks"]:
