@@ -160,14 +160,26 @@ def parts_in(folder: str) -> list[str]:
 # -- memory -------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds a live process has used (/proc), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class PeakMemory:
     """Peak resident MiB of this process (the client) and of the cluster's processes:
     the broker, the worker supervisor and its worker processes (sampled every
-    ``interval`` seconds from /proc: VmHWM, each process's own peak, while it lives)."""
+    ``interval`` seconds from /proc: VmHWM, each process's own peak, while it lives);
+    and the CPU seconds of each role (``cpu``), as last sampled."""
 
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self.peaks: dict[str, float] = {}
+        self.cpu: dict[int, tuple[str, float]] = {}
         self._pids: tuple[int | None, int | None] = (None, None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -185,6 +197,9 @@ class PeakMemory:
             mib = procs.status_mib(pid, "VmHWM") if pid else None
             if mib is not None:
                 self.peaks[role] = max(self.peaks.get(role, 0.0), mib)
+            secs = cpu_seconds(pid) if pid else None
+            if secs is not None:
+                self.cpu[pid] = (role, secs)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -197,6 +212,13 @@ class PeakMemory:
         self._sample()
         self.peaks["client"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return dict(self.peaks)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds of the broker and of all worker processes, since they started."""
+        total: dict[str, float] = {}
+        for role, secs in self.cpu.values():
+            total[role] = total.get(role, 0.0) + secs
+        return total
 
 
 # -- systems (each runs in a child process) -----------------------------------------------
@@ -246,11 +268,15 @@ def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
         peaks = memory.stop()
     finally:
         cluster.close()
+    cpu = memory.cpu_by_role()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu["client"] = usage.ru_utime + usage.ru_stime
     marks.setdefault("map", marks["reduce"])
     phases, before = {}, t0
     for name, at in (*((p, marks[p]) for p in PHASES[:3]), ("output", end)):
         phases[name], before = at - before, at
     return {"seconds": end - t0, "startup": start[0], "phases": phases, "memory": peaks,
+            "cpu": cpu,
             "package": os.path.dirname(pymapreduce.__file__)}
 
 
@@ -310,9 +336,12 @@ def run_child(system: str, tree: str | None, path: str, out: str,
     env.pop(TREE_ENV, None)
     if tree:
         env[TREE_ENV] = tree
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, "--input", path,
-           "--out", out, "--reducers", str(reducers)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, "--input",
+           os.path.abspath(path), "--out", os.path.abspath(out), "--reducers", str(reducers)]
+    # run from elsewhere than a checkout: ``python -m pymapreduce`` (the daemons) imports
+    # the package from its current directory before PYTHONPATH
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False,
+                          cwd=os.path.dirname(os.path.abspath(out)))
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
     if proc.returncode or not lines:
         raise RuntimeError(f"{system} run failed (exit {proc.returncode})")
@@ -400,7 +429,9 @@ def main() -> int:
                      len(parts), valid, mem.get("client"), mem.get("broker"),
                      mem.get("worker")])
         if "phases" in fig:
-            phase_rows.append([who, *(fig["phases"][p] for p in PHASES), secs])
+            cpu = fig.get("cpu") or {}
+            phase_rows.append([who, *(fig["phases"][p] for p in PHASES), secs,
+                               *(cpu.get(r) for r in ("client", "broker", "worker"))])
         runs.append({"system": name, "tree": tree, "records_per_s": rate, "parts": len(parts),
                      "valid": valid, "sorted": got.sorted, "count": got.count, **fig})
     print()
@@ -408,8 +439,8 @@ def main() -> int:
                         "valid", "client MiB", "broker MiB", "worker MiB"], rows)
     if phase_rows:
         print()
-        common.print_table(["pymapreduce", *(f"{p} s" for p in PHASES), "total s"],
-                           phase_rows)
+        common.print_table(["pymapreduce", *(f"{p} s" for p in PHASES), "total s",
+                            "client CPU s", "broker CPU s", "workers CPU s"], phase_rows)
     for note in notes:
         print(f"- {note}")
     common.write_json(args.json, {"machine": info, "records": args.records,
