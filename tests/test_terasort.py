@@ -56,6 +56,7 @@ OTHERS = [True, False, None, (1, "a"), [1, [2, 3]], {"k": 1, "2": [None]}, {1: "
     (INTS + STRS, STRS + FLOATS[:6]),  # mixed columns of the fast types
     (STRS + OTHERS, OTHERS + STRS),  # mixed with everything else
     ([], []),
+    (["a", "b"], [1]),  # columns of unequal lengths: as zip, the shorter decides
 ])
 def test_lines_are_the_bytes_json_dumps_wrote_per_pair(keys, values):
     assert encode_lines(keys, values) == reference(keys, values)

@@ -25,7 +25,6 @@ PART = re.compile(r"part-\d{5,}")
 CHUNK_RECORDS = 1 << 16
 # The one encoder of everything else, made once (json.dumps with options makes one a call)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr)
-_LINE = "[%s, %s]\n"  # (json's default separators: ", " between items)
 
 
 class OutputExists(ConfigError, FileExistsError):
@@ -87,6 +86,7 @@ def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]
             for start in range(0, len(keys), CHUNK_RECORDS):
                 end = start + CHUNK_RECORDS
                 f.write(encode_lines(keys[start:end], values[start:end]))
+        del keys, values  # (not held while the next partition is fetched and decoded)
         os.replace(tmp, final)
         written.append(final)
         old.discard(os.path.basename(final))
@@ -102,7 +102,19 @@ def encode_lines(keys: Sequence, values: Sequence) -> str:
     ``json.dumps([k, v], ensure_ascii=False, default=repr) + "\\n"`` per pair, made by
     encoding each column on its own (a pair's JSON is its two items' JSON, in brackets,
     ", " between them)."""
-    return "".join(map(_LINE.__mod__, zip(_encode_column(keys), _encode_column(values))))
+    encoded_keys = _encode_column(keys)
+    encoded_values = _encode_column(values)
+    n = min(len(encoded_keys), len(encoded_values))
+    if not n:
+        return ""
+    # One join of the items and the separators between them, laid out by slice
+    # assignments (C loops): a third of the time of a format per line.
+    pieces = [", "] * (4 * n)
+    pieces[0::4] = encoded_keys[:n]
+    pieces[2::4] = encoded_values[:n]
+    pieces[3::4] = ["]\n["] * n
+    pieces[-1] = "]\n"
+    return "[" + "".join(pieces)
 
 
 def _float(x: float) -> str:
