@@ -20,9 +20,9 @@ from typing import Any
 from ..errors import ConfigError
 
 PART = re.compile(r"part-\d{5,}")
-# Records encoded and written at a time: large writes, and a bounded string (about 7 MiB
-# for 100-byte records) whatever the size of a partition.
-CHUNK_RECORDS = 1 << 16
+# Records encoded and written at a time: large writes (about 1.6 MiB for 100-byte
+# records), and a few MiB held for them whatever the size of a partition.
+CHUNK_RECORDS = 1 << 14
 # The one encoder of everything else, made once (json.dumps with options makes one a call)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr)
 
