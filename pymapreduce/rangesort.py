@@ -26,6 +26,7 @@ from typing import Any
 from .errors import BadOutput
 from .job import Columns, Job, map_pairs
 from .ordering import group_key, is_total_order, range_bounds
+from .patterns.records import pack
 
 RUNS = 1  # the third item of a map output segment holding sorted runs
 # Key types that are hashable as they are (grouping would keep them as they are); any
@@ -91,8 +92,6 @@ def _incomparable(job: Job, keys: list, bounds: list) -> BadOutput:
 def pack_runs(parts: list[Columns]) -> list:
     """The map task's output segments: ``[keys, values, RUNS]``, ``b""`` for an empty
     partition (as the general kernels' segments)."""
-    from .patterns.records import pack
-
     return [pack([keys, values, RUNS]) if keys else b"" for keys, values in parts]
 
 
