@@ -2,6 +2,8 @@
 alternatives, same machine, same run.
 
     python benchmarks/bench_terasort.py --records 10000000 --systems sorted,pymapreduce,spark
+    python benchmarks/bench_terasort.py --records 1000000 --systems pymapreduce \\
+        --trees /work/main,. --repeat 2          # two checkouts of pymapreduce, alternately
 
 The input is like teragen's ASCII records (gensort -a): a line of a 10-character key, an
 89-character value and a newline, from a fixed seed. Each system reads the input file
@@ -11,6 +13,14 @@ and writes the sorted records as part files (pymapreduce: a ``total_order`` job 
 file). Each output is then checked, untimed, as valsort does: the part files read in
 order are globally sorted by key, and hold the same records as the input (their count and
 the sum of their CRC-32s, which does not depend on order).
+
+Each run is a child process of its own (this script with ``--child``), so its peak memory
+is its own and ``--trees`` can point the pymapreduce runs at other checkouts. For
+pymapreduce the table splits the time into phases, from the job's status events (0.1 s
+apart at most): ``submit`` (sampling the input for the key ranges, and sending the job),
+``map``, ``reduce`` (to the job's end, after the last map task) and ``output`` (fetching
+and decoding the partitions and writing the part files, in the client); and the peak
+resident memory of each process: the client, the broker and the largest worker process.
 """
 
 from __future__ import annotations
@@ -20,24 +30,35 @@ import glob
 import json
 import os
 import random
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zlib
 from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import common
 from common import MIB, log, stopwatch
 
-from pymapreduce import Job
+TREE_ENV = "PMR_BENCH_TREE"  # a child run imports pymapreduce from this checkout
+if os.environ.get(TREE_ENV):  # (before the import below; daemons inherit sys.path)
+    sys.path.insert(0, os.path.abspath(os.environ[TREE_ENV]))
+
+import procs  # noqa: E402
+
+from pymapreduce import Job  # noqa: E402
 
 WORKERS = 2
 SYSTEMS = ("sorted", "pymapreduce", "spark")
 KEY = 10  # bytes of a record's key
 VALUE = 89  # bytes of its value, before the newline: 100 bytes a record
 PRINTABLE = bytes(range(0x21, 0x7F))  # the key alphabet: no space, no newline
+PHASES = ("submit", "map", "reduce", "output")
+RESULT = "RESULT "  # the prefix of a child's one line of figures on stdout
 
 
 class Skipped(Exception):
@@ -85,7 +106,8 @@ def input_file(n: int, seed: int, root: str) -> str:
 
 
 class Summary:
-    """Count, order-free checksum (sum of CRC-32s), and whether keys never went down."""
+    """Count, order-free checksum (sum of CRC-32s), and whether keys never went down
+    (across the files, read in part order)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -120,15 +142,89 @@ def lines_of(paths: list[str]) -> Iterator[str]:
                 yield line.rstrip("\n")
 
 
+def pymapreduce_lines(paths: list[str]) -> Iterator[str]:
+    """Records back from pymapreduce's JSON-lines part files (a key must be the 10
+    characters it was: a record cut elsewhere is not the same record)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                key, value = json.loads(line)
+                yield key + value if len(key) == KEY else "\x00" + key + value
+
+
 def parts_in(folder: str) -> list[str]:
     """The part files of an output folder, in part order."""
     return sorted(glob.glob(os.path.join(folder, "part-*")))
 
 
-# -- systems --------------------------------------------------------------------------------
+# -- memory -------------------------------------------------------------------------------
 
 
-def run_sorted(path: str, out: str, reducers: int) -> tuple[list[str], float, float]:
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds a live process has used (/proc), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class PeakMemory:
+    """Peak resident MiB of this process (the client) and of the cluster's processes:
+    the broker, the worker supervisor and its worker processes (sampled every
+    ``interval`` seconds from /proc: VmHWM, each process's own peak, while it lives);
+    and the CPU seconds of each role (``cpu``), as last sampled."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peaks: dict[str, float] = {}
+        self.cpu: dict[int, tuple[str, float]] = {}
+        self._pids: tuple[int | None, int | None] = (None, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, broker_pid: int | None, supervisor_pid: int | None) -> PeakMemory:
+        self._pids = (broker_pid, supervisor_pid)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        broker, supervisor = self._pids
+        roles = [("broker", broker), ("supervisor", supervisor)]
+        roles += [("worker", pid) for pid in procs.children(supervisor or 0)]
+        for role, pid in roles:
+            mib = procs.status_mib(pid, "VmHWM") if pid else None
+            if mib is not None:
+                self.peaks[role] = max(self.peaks.get(role, 0.0), mib)
+            secs = cpu_seconds(pid) if pid else None
+            if secs is not None:
+                self.cpu[pid] = (role, secs)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._sample()
+        self.peaks["client"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return dict(self.peaks)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds of the broker and of all worker processes, since they started."""
+        total: dict[str, float] = {}
+        for role, secs in self.cpu.values():
+            total[role] = total.get(role, 0.0) + secs
+        return total
+
+
+# -- systems (each runs in a child process) -----------------------------------------------
+
+
+def run_sorted(path: str, out: str, reducers: int) -> dict[str, Any]:
     """One process: read the lines, ``sorted()`` by key, write one file."""
     with stopwatch() as t:
         with open(path, encoding="ascii") as f:
@@ -139,33 +235,52 @@ def run_sorted(path: str, out: str, reducers: int) -> tuple[list[str], float, fl
         with open(target, "w", encoding="ascii") as f:
             f.write("\n".join(lines))
             f.write("\n")
-    return [target], t[0], 0.0
+    return {"seconds": t[0], "startup": 0.0,
+            "memory": {"client": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}
 
 
-def run_pymapreduce(path: str, out: str, reducers: int) -> tuple[list[str], float, float]:
-    """pymapreduce on an embedded LocalCluster, ``total_order`` and ``output_dir``."""
+def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
+    """pymapreduce on an embedded LocalCluster, ``total_order`` and ``output_dir``; the
+    phases from the job's status events as ``wait(progress=)`` hears them."""
+    import pymapreduce
     from pymapreduce import Client, LocalCluster, read_text
 
-    with ExitStack() as stack:
-        with stopwatch() as start:
-            cluster = stack.enter_context(LocalCluster(workers=WORKERS))
-        client = stack.enter_context(Client(cluster.address))
-        with stopwatch() as t:
-            client.submit(TeraSort(), read_text(path), reducers=reducers,
-                          output_dir=out).wait()
-    return parts_in(out), t[0], start[0]
+    marks: dict[str, float] = {}
+
+    def progress(status: dict) -> None:
+        now = time.perf_counter()
+        if status.get("phase") != "map" or status["maps"][0] >= status["maps"][1]:
+            marks.setdefault("map", now)  # (the first status after the last map task)
+        if status.get("state") == "succeeded":
+            marks.setdefault("reduce", now)
+
+    with stopwatch() as start:
+        cluster = LocalCluster(workers=WORKERS).start()
+    try:
+        memory = PeakMemory().watch(cluster.broker_pid, cluster.worker_pid)
+        with Client(cluster.address) as client:
+            t0 = time.perf_counter()
+            handle = client.submit(TeraSort(), read_text(path), reducers=reducers,
+                                   output_dir=out)
+            marks["submit"] = time.perf_counter()
+            handle.wait(progress=progress)
+            end = time.perf_counter()
+        peaks = memory.stop()
+    finally:
+        cluster.close()
+    cpu = memory.cpu_by_role()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu["client"] = usage.ru_utime + usage.ru_stime
+    marks.setdefault("map", marks["reduce"])
+    phases, before = {}, t0
+    for name, at in (*((p, marks[p]) for p in PHASES[:3]), ("output", end)):
+        phases[name], before = at - before, at
+    return {"seconds": end - t0, "startup": start[0], "phases": phases, "memory": peaks,
+            "cpu": cpu,
+            "package": os.path.dirname(pymapreduce.__file__)}
 
 
-def pymapreduce_lines(paths: list[str]) -> Iterator[str]:
-    """Records back from pymapreduce's JSON-lines part files."""
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                key, value = json.loads(line)
-                yield key + value
-
-
-def run_spark(path: str, out: str, reducers: int) -> tuple[list[str], float, float]:
+def run_spark(path: str, out: str, reducers: int) -> dict[str, Any]:
     """PySpark local[2]: textFile, keyBy the first 10 characters, sortByKey,
     saveAsTextFile."""
     try:
@@ -189,20 +304,69 @@ def run_spark(path: str, out: str, reducers: int) -> tuple[list[str], float, flo
         sc = spark.sparkContext
         sc.setLogLevel("ERROR")
         sc.parallelize(range(WORKERS), WORKERS).count()
-    target = os.path.join(out, "spark")
     try:
         with stopwatch() as t:
             (sc.textFile(path)
              .map(lambda line: (line[:KEY], line[KEY:]))
              .sortByKey(numPartitions=reducers)
              .map(lambda kv: kv[0] + kv[1])
-             .saveAsTextFile(target))
+             .saveAsTextFile(out))
     finally:
         _stop_spark(spark)
-    return parts_in(target), t[0], start[0]
+    return {"seconds": t[0], "startup": start[0]}
 
 
 RUNNERS = {"sorted": run_sorted, "pymapreduce": run_pymapreduce, "spark": run_spark}
+
+
+def child(system: str, path: str, out: str, reducers: int) -> int:
+    """``--child``: run one system, print its figures as one JSON line."""
+    try:
+        figures = RUNNERS[system](path, out, reducers)
+    except Skipped as exc:
+        figures = {"skipped": str(exc)}
+    print(RESULT + json.dumps(figures), flush=True)
+    return 0
+
+
+def run_child(system: str, tree: str | None, path: str, out: str,
+              reducers: int) -> dict[str, Any]:
+    """Run ``system`` in a child process (pymapreduce from ``tree`` if given)."""
+    env = dict(os.environ)
+    env.pop(TREE_ENV, None)
+    if tree:
+        env[TREE_ENV] = tree
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", system, "--input",
+           os.path.abspath(path), "--out", os.path.abspath(out), "--reducers", str(reducers)]
+    # run from elsewhere than a checkout: ``python -m pymapreduce`` (the daemons) imports
+    # the package from its current directory before PYTHONPATH
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=False,
+                          cwd=os.path.dirname(os.path.abspath(out)))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{system} run failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def plan(systems: list[str], trees: list[str], repeat: int) -> list[tuple[str, str | None]]:
+    """The runs, in order: each system once per repeat; pymapreduce once per tree, the
+    trees alternating within a repeat so that drift on a busy machine hits them alike."""
+    runs: list[tuple[str, str | None]] = []
+    for r in range(repeat):
+        for name in systems:
+            if name == "pymapreduce" and trees:
+                order = trees if r % 2 == 0 else trees[::-1]
+                runs += [(name, tree) for tree in order]
+            else:
+                runs.append((name, None))
+    return runs
+
+
+def label(name: str, tree: str | None) -> str:
+    return f"{name}@{os.path.basename(os.path.abspath(tree))}" if tree else name
 
 
 def main() -> int:
@@ -210,16 +374,25 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=10_000_000, help="records (default 10M)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma list of " + ",".join(SYSTEMS))
+    ap.add_argument("--trees", default="",
+                    help="comma list of pymapreduce checkouts to run in turn (default: this one)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each (default 1)")
     ap.add_argument("--reducers", type=int, default=8,
                     help="reduce partitions of pymapreduce and Spark (default 8)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--data-root", default="/tmp/pmr-terasort")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.input, args.out, args.reducers)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown systems: {', '.join(sorted(unknown))}")
+    trees = [t.strip() for t in args.trees.split(",") if t.strip()]
 
     info = common.print_machine(f"TeraSort, {args.records} records of 100 bytes, "
                                 f"{WORKERS} workers")
@@ -228,37 +401,54 @@ def main() -> int:
     reference = summarize(lines_of([path]))
 
     rows: list[list[Any]] = []
-    figures: dict[str, Any] = {}
+    phase_rows: list[list[Any]] = []
+    runs: list[dict[str, Any]] = []
     notes: list[str] = []
-    base = None
-    for name in systems:
+    base: float | None = None
+    for name, tree in plan(systems, trees, args.repeat):
+        who = label(name, tree)
         out = tempfile.mkdtemp(prefix=f"terasort-{name}-", dir=args.data_root)
         try:
-            log(f"running {name}")
-            parts, secs, startup = RUNNERS[name](path, os.path.join(out, "out"), args.reducers)
-        except Skipped as exc:
-            notes.append(f"{name}: skipped ({exc})")
-            rows.append([name, None, None, None, None, None, None])
-            continue
-        log(f"validating {name}")
-        got = summarize((pymapreduce_lines if name == "pymapreduce" else lines_of)(parts))
+            log(f"running {who}")
+            fig = run_child(name, tree, path, os.path.join(out, "out"), args.reducers)
+            if "skipped" in fig:
+                notes.append(f"{who}: skipped ({fig['skipped']})")
+                continue
+            log(f"validating {who}" + (f" (pymapreduce from {fig['package']})"
+                                         if "package" in fig else ""))
+            parts = parts_in(os.path.join(out, "out"))
+            got = summarize((pymapreduce_lines if name == "pymapreduce" else lines_of)(parts))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
         valid = got.sorted and got.same_records(reference)
-        shutil.rmtree(out, ignore_errors=True)
+        secs = fig["seconds"]
         rate = args.records / secs
-        base = base or (rate if name == "sorted" else None)
-        rows.append([name, secs, rate, rate / base if base else None, startup or None,
-                     len(parts), valid])
-        figures[name] = {"seconds": secs, "records_per_s": rate, "startup_s": startup,
-                         "parts": len(parts), "valid": valid, "sorted": got.sorted,
-                         "count": got.count}
+        if name == "sorted":
+            base = max(base or 0.0, rate)
+        mem = fig.get("memory") or {}
+        rows.append([who, secs, rate, rate, fig["startup"] or None,
+                     len(parts), valid, mem.get("client"), mem.get("broker"),
+                     mem.get("worker")])
+        if "phases" in fig:
+            cpu = fig.get("cpu") or {}
+            phase_rows.append([who, *(fig["phases"][p] for p in PHASES), secs,
+                               *(cpu.get(r) for r in ("client", "broker", "worker"))])
+        runs.append({"system": name, "tree": tree, "records_per_s": rate, "parts": len(parts),
+                     "valid": valid, "sorted": got.sorted, "count": got.count, **fig})
+    for row in rows:  # against the best sorted() run (the quietest moment)
+        row[3] = row[2] / base if base else None
     print()
     common.print_table(["system", "seconds", "records/s", "x sorted", "start-up s", "parts",
-                        "valid"], rows)
+                        "valid", "client MiB", "broker MiB", "worker MiB"], rows)
+    if phase_rows:
+        print()
+        common.print_table(["pymapreduce", *(f"{p} s" for p in PHASES), "total s",
+                            "client CPU s", "broker CPU s", "workers CPU s"], phase_rows)
     for note in notes:
         print(f"- {note}")
     common.write_json(args.json, {"machine": info, "records": args.records,
-                                  "reducers": args.reducers, "systems": figures})
-    return 0 if all(f["valid"] for f in figures.values()) else 1
+                                  "reducers": args.reducers, "runs": runs})
+    return 0 if all(r["valid"] for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
-"""Writing a job's output as ``part-NNNNN`` JSON-lines files and a ``_SUCCESS`` marker."""
+"""Writing a job's output as ``part-NNNNN`` JSON-lines files and a ``_SUCCESS`` marker.
+
+Each line is ``json.dumps([key, value], ensure_ascii=False, default=repr)`` and a newline.
+The lines are made a column at a time (see :func:`encode_lines`), not a ``json.dumps``
+per record, which is what the writer spent its time on: a column of str, int or float
+is encoded by one C function mapped over it, and the bytes are the same.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from json.encoder import encode_basestring  # (what ensure_ascii=False encodes a str with)
+from typing import Any
 
 from ..errors import ConfigError
 
 PART = re.compile(r"part-\d{5,}")
+# Records encoded and written at a time: large writes (about 1.6 MiB for 100-byte
+# records), and a few MiB held for them whatever the size of a partition.
+CHUNK_RECORDS = 1 << 14
+# The one encoder of everything else, made once (json.dumps with options makes one a call)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr)
 
 
 class OutputExists(ConfigError, FileExistsError):
@@ -69,9 +83,10 @@ def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]
         final = os.path.join(directory, f"part-{i:05d}")
         tmp = os.path.join(directory, f".part-{i:05d}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for k, v in zip(keys, values):
-                f.write(json.dumps([k, v], ensure_ascii=False, default=repr))
-                f.write("\n")
+            for start in range(0, len(keys), CHUNK_RECORDS):
+                end = start + CHUNK_RECORDS
+                f.write(encode_lines(keys[start:end], values[start:end]))
+        del keys, values  # (not held while the next partition is fetched and decoded)
         os.replace(tmp, final)
         written.append(final)
         old.discard(os.path.basename(final))
@@ -80,3 +95,56 @@ def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]
     with open(marker, "w"):
         pass
     return written
+
+
+def encode_lines(keys: Sequence, values: Sequence) -> str:
+    """The JSON lines of the pairs ``zip(keys, values)``: the same text as a
+    ``json.dumps([k, v], ensure_ascii=False, default=repr) + "\\n"`` per pair, made by
+    encoding each column on its own (a pair's JSON is its two items' JSON, in brackets,
+    ", " between them)."""
+    encoded_keys = _encode_column(keys)
+    encoded_values = _encode_column(values)
+    n = min(len(encoded_keys), len(encoded_values))
+    if not n:
+        return ""
+    # One join of the items and the separators between them, laid out by slice
+    # assignments (C loops): a third of the time of a format per line.
+    pieces = [", "] * (4 * n)
+    pieces[0::4] = encoded_keys[:n]
+    pieces[2::4] = encoded_values[:n]
+    pieces[3::4] = ["]\n["] * n
+    pieces[-1] = "]\n"
+    return "[" + "".join(pieces)
+
+
+def _float(x: float) -> str:
+    return float.__repr__(x) if math.isfinite(x) else _ENCODER.encode(x)  # NaN, Infinity
+
+
+def _bool(x: bool) -> str:
+    return "true" if x else "false"
+
+
+def _null(x: None) -> str:
+    return "null"
+
+
+# Exact types whose JSON one small function gives (json.dumps writes int and float
+# subclasses through int.__repr__ and float.__repr__, and str subclasses as str: those go
+# through the encoder, as does everything else)
+_FAST: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring, int: int.__repr__, float: _float, bool: _bool, type(None): _null}
+
+
+def _encode_column(column: Sequence) -> list[str]:
+    """Each item's JSON text."""
+    types = set(map(type, column))
+    if not types <= _FAST.keys():
+        return list(map(_ENCODER.encode, column))
+    if len(types) != 1:  # (mixed, or none)
+        fast = _FAST
+        return [fast[type(x)](x) for x in column]
+    t = types.pop()
+    if t is float and all(map(math.isfinite, column)):
+        return list(map(float.__repr__, column))
+    return list(map(_FAST[t], column))

@@ -19,6 +19,7 @@ from ..job import (
 )
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
+from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
 
 # raised by user code to end "the program" (sys.exit() in map, a KeyboardInterrupt raised
 # by hand): in a worker that would end the worker process (and sys.exit(77), the code of
@@ -79,6 +80,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
         try:
             if map_only:
                 out = [pack_output(map_pairs(job, source), safe_output)]
+            elif plain_sort(job):  # a total_order job without reduce: sorted runs
+                out = pack_runs(map_runs(job, source, reducers))
             else:
                 parts = finish_map(job, map_grouped(job, source), reducers)
                 # (as lists: a tuple would be packed twice, once inside its extension)
@@ -105,8 +108,11 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             # map outputs come from other workers, which run user code (and so may pickle)
             segments = (unpack(frame_bytes(b), allow_pickle=True)
                         for b in blobs[first : first + n])
-            groups = merge_segments(segments, combined=job._has("combine"))
-            out = [pack_output(reduce_groups(job, groups), safe_output)]
+            if plain_sort(job):
+                out = [pack_output(merge_runs(job, segments), safe_output)]
+            else:
+                groups = merge_segments(segments, combined=job._has("combine"))
+                out = [pack_output(reduce_groups(job, groups), safe_output)]
         except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, {"partition": desc}) from exc
         stats = {}

@@ -1,0 +1,114 @@
+"""The kernels of a plain sort: a ``total_order`` job with no ``reduce`` (TeraSort).
+
+Such a job's output is each map output pair, in key order (Hadoop's identity reducer):
+there is nothing to group, so these kernels do not group. A map task sorts its pairs by
+key (a stable sort: equal keys keep input order) and cuts them at the range boundaries
+the client sampled, ``R - 1`` binary searches in the sorted keys instead of one per pair;
+each partition goes out as a sorted run. A reduce task puts its runs one after the other
+in map-task order and sorts them stably, which merges sorted runs in about linear time
+(Python's sort finds the runs). The output is what grouping gave (values of one key in
+map-task order, then input order), at less than half the cost: no dict of one-value
+lists per key on either side, one list of values instead of a list per key on the wire.
+
+Jobs with a ``combine``, a ``value_key`` or a ``partition`` of their own, and jobs
+without boundaries, take the general kernels of ``job.py``. A map task and a reduce task
+of one job make the same choice (the same job); the runs carry a marker all the same
+(``[keys, values, RUNS]``), so that a worker that does not know them fails the task
+instead of misreading the values.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import BadOutput
+from .job import Columns, Job, map_pairs
+from .ordering import group_key, is_total_order, range_bounds
+from .patterns.records import pack
+
+RUNS = 1  # the third item of a map output segment holding sorted runs
+# Key types that are hashable as they are (grouping would keep them as they are); any
+# other type is checked, and made a key as grouping makes it (a list: its tuple)
+PLAIN_KEYS = frozenset({str, int, float, bytes, bool})
+
+
+def plain_sort(job: Job) -> bool:
+    """Whether ``job`` runs on these kernels: ``total_order`` with boundaries, and no
+    ``reduce``, ``combine``, ``value_key`` or ``partition`` of its own."""
+    return (is_total_order(job) and range_bounds(job) is not None
+            and not (job._has("reduce") or job._has("combine") or job._has("value_key"))
+            and type(job).partition is Job.partition)
+
+
+def map_runs(job: Job, records: Iterable[tuple[Any, Any]], reducers: int) -> list[Columns]:
+    """Run ``map`` over records; its pairs sorted by key, cut into ``reducers`` ranges."""
+    keys, values = map_pairs(job, records)
+    if not set(map(type, keys)) <= PLAIN_KEYS:
+        keys = [_key(job, k) for k in keys]
+    bounds = range_bounds(job)
+    try:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+    except TypeError:
+        raise _incomparable(job, keys, bounds) from None
+    keys = list(map(keys.__getitem__, order))
+    values = list(map(values.__getitem__, order))
+    cuts = [0]
+    for bound in bounds[:reducers - 1]:  # (boundaries are cut for the job's reducers)
+        try:
+            cuts.append(bisect_right(keys, bound, cuts[-1]))
+        except TypeError:
+            raise _incomparable(job, keys, bounds) from None
+    cuts += [len(keys)] * (reducers + 1 - len(cuts))
+    return [(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+
+def _key(job: Job, key: Any) -> Any:
+    """``key`` as grouping would keep it: as it is if hashable, a list as its tuple,
+    BadOutput for a dict or set (see ``ordering.group_key``)."""
+    try:
+        hash(key)
+        return key
+    except TypeError:
+        return group_key(job, "map", key)
+
+
+def _incomparable(job: Job, keys: list, bounds: list) -> BadOutput:
+    """The error for keys that do not sort: the first key that does not compare with the
+    sampled boundaries, named, or else keys that do not compare with each other."""
+    for k in keys:
+        try:
+            bisect_right(bounds, k)
+        except TypeError as exc:
+            return BadOutput(f"{type(job).__name__} has total_order but its map yielded "
+                             f"the key {k!r:.80} ({type(k).__name__}), which does not "
+                             f"compare with the sampled keys ({exc})")
+    kinds = sorted({type(k).__name__ for k in keys})
+    return BadOutput(f"{type(job).__name__} has total_order but its map's keys do not "
+                     f"compare with each other (key types: {', '.join(kinds)})")
+
+
+def pack_runs(parts: list[Columns]) -> list:
+    """The map task's output segments: ``[keys, values, RUNS]``, ``b""`` for an empty
+    partition (as the general kernels' segments)."""
+    return [pack([keys, values, RUNS]) if keys else b"" for keys, values in parts]
+
+
+def merge_runs(job: Job, segments: Iterable[Any]) -> Columns:
+    """A reduce task's output: its segments' pairs (sorted runs, in map-task order), in
+    key order; pairs of equal keys keep their order (map task, then input)."""
+    keys: list = []
+    values: list = []
+    for segment in segments:
+        if type(segment) is not list or len(segment) != 3 or segment[2] != RUNS:
+            raise ValueError("a map output segment is not sorted runs: the map task ran "
+                             "on a pymapreduce that does not make them")
+        keys += segment[0]
+        values += segment[1]
+    try:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+    except TypeError as exc:
+        raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
+                        f"compare with each other: {exc}") from None
+    return list(map(keys.__getitem__, order)), list(map(values.__getitem__, order))
