@@ -3,12 +3,15 @@ docs/travel.md), each pinned by a test."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 import textwrap
 
 import cloudpickle
+import pytest
 
+from pymapreduce import Client, Job, JobFailed, read_csv
 from pymapreduce.shipping import dumps_keeping_filenames, pickle_by_value
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,3 +61,71 @@ def test_a_job_from_a_users_module_keeps_its_file_name_on_the_way(tmp_path):
         del sys.modules["nu_job_mod"]
     job = cloudpickle.loads(blob)
     assert type(job).map.__code__.co_filename == path
+
+
+# -- read_csv: no row lost or mislabelled ---------------------------------------------------
+class Rows(Job):
+    """Each CSV row as it reached map, keyed by (file name, offset)."""
+
+    def map(self, key, row):
+        path, offset = key
+        yield (os.path.basename(path), offset), row
+
+    def reduce(self, key, rows):
+        return rows[0]
+
+
+def _csv(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+def _rows(cluster, inputs) -> dict:
+    with Client(cluster) as client:
+        return client.submit(Rows(), inputs, reducers=1).result(60)
+
+
+def test_csv_without_header_but_with_columns_keeps_each_files_first_row(tmp_path, cluster):
+    path = _csv(tmp_path, "people.csv", "1,alice\n2,bob\n")
+    rows = _rows(cluster, read_csv(path, header=False, columns=["id", "name"], with_path=True))
+    assert rows == {("people.csv", 0): {"id": "1", "name": "alice"},
+                    ("people.csv", 8): {"id": "2", "name": "bob"}}
+
+
+def test_csv_with_given_columns_skips_each_files_header(tmp_path, cluster):
+    path = _csv(tmp_path, "people.csv", "ID,NAME\n1,alice\n")
+    rows = _rows(cluster, read_csv(path, columns=["id", "name"], with_path=True))
+    assert rows == {("people.csv", 8): {"id": "1", "name": "alice"}}
+
+
+def test_csv_files_with_another_header_fail_rather_than_be_mislabelled(tmp_path, cluster):
+    users = _csv(tmp_path, "users.csv", "user_id,name\n1,alice\n")
+    orders = _csv(tmp_path, "orders.csv", "order_id,user_id,amount\n10,1,5.0\n")
+    with pytest.raises(JobFailed) as failed:
+        _rows(cluster, read_csv([users, orders], with_path=True))
+    assert "orders.csv: its CSV header ['order_id', 'user_id', 'amount'] differs" in str(
+        failed.value)
+    # files with the same header are read as one input, each file's header left out
+    more = _csv(tmp_path, "more.csv", "user_id,name\n2,bob\n")
+    rows = _rows(cluster, read_csv([users, more], with_path=True))
+    assert rows == {("users.csv", 13): {"user_id": "1", "name": "alice"},
+                    ("more.csv", 13): {"user_id": "2", "name": "bob"}}
+
+
+def test_a_csv_row_longer_than_the_header_fails_naming_it(tmp_path, cluster):
+    path = _csv(tmp_path, "ragged.csv", "a,b\n1,2\n1,2,3\n")
+    with pytest.raises(JobFailed) as failed:
+        _rows(cluster, read_csv(path, with_path=True))
+    assert "ragged.csv: the line at byte 8 has 3 CSV fields, more than the 2 columns" in str(
+        failed.value)
+
+
+def test_a_compressed_csvs_header_is_read_decompressed(tmp_path, cluster):
+    path = _csv(tmp_path, "users.csv.gz", "user_id,name\n1,alice\n")
+    inputs = read_csv(path, with_path=True)
+    assert inputs.columns == ("user_id", "name")
+    assert _rows(cluster, inputs) == {("users.csv.gz", 13): {"user_id": "1", "name": "alice"}}
