@@ -220,12 +220,13 @@ def gather_files(job: Any, files: Any = None) -> list[tuple[str, bytes]]:
                               "files={'name': path} to rename one)")
         if not os.path.isfile(path):
             why = "is not a file" if os.path.exists(path) else "does not exist"
-            raise InputError(f"job file {path!r} {why}")
+            # ("side file": a new user took "job file" for the FILE.py of FILE.py:Job)
+            raise InputError(f"side file (files=, --file) {path!r} {why}")
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
-            raise InputError(f"cannot read job file {path!r}: {exc}") from exc
+            raise InputError(f"cannot read side file {path!r}: {exc}") from exc
         chosen[name] = real
         out.append((name, data))
     return out

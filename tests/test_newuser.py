@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 import textwrap
 
@@ -129,3 +130,41 @@ def test_a_compressed_csvs_header_is_read_decompressed(tmp_path, cluster):
     inputs = read_csv(path, with_path=True)
     assert inputs.columns == ("user_id", "name")
     assert _rows(cluster, inputs) == {("users.csv.gz", 13): {"user_id": "1", "name": "alice"}}
+
+
+# -- the command line ----------------------------------------------------------------------
+def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pymapreduce", *args], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+JOB = """
+from pymapreduce import Job
+
+class Count(Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+"""
+
+
+def test_output_given_twice_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "count.py").write_text(JOB)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = _cli(tmp_path, "run", "count.py:Count", "in.txt", "--output", "o1", "--output", "o2")
+    assert proc.returncode == 2
+    assert "--output given twice (o1 and o2)" in proc.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_missing_side_file_is_called_a_side_file(tmp_path):
+    (tmp_path / "count.py").write_text(JOB)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = _cli(tmp_path, "run", "count.py:Count", "in.txt", "--file", "stop.txt")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "pymapreduce: error: side file (files=, --file) 'stop.txt' does not exist")
