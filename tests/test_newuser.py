@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,8 @@ import pytest
 
 from pymapreduce import Client, Job, JobFailed, read_csv
 from pymapreduce.shipping import dumps_keeping_filenames, pickle_by_value
+
+from .conftest import READY, pmr, read_line, stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,3 +171,34 @@ def test_a_missing_side_file_is_called_a_side_file(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "pymapreduce: error: side file (files=, --file) 'stop.txt' does not exist")
+
+
+# -- the broker's log numbers attempts as `pymapreduce logs` does ---------------------------
+class Fails(Job):
+    def map(self, key, line):
+        print("about to fail on", key)
+        raise ValueError(f"bad record {line!r}")
+
+
+def test_the_brokers_log_numbers_attempts_as_the_task_logs_do(daemons, tmp_path):
+    errors = open(tmp_path / "broker.err", "wb")
+    try:
+        broker = subprocess.Popen(
+            pmr("broker", "--bind", "tcp://127.0.0.1:0", "--log-level", "INFO",
+                "--parent-pid", str(os.getpid())),
+            stdout=subprocess.PIPE, stderr=errors, cwd=ROOT)
+    finally:
+        errors.close()
+    daemons.procs.append(broker)
+    address = read_line(broker, READY).group(1)
+    daemons.worker(address, 1)
+    with Client(address) as client:
+        handle = client.submit(Fails(), [(0, "x")], map_tasks=1)
+        with pytest.raises(JobFailed):
+            handle.result(60)
+        numbers = {entry["attempt"] for entry in handle.logs("map-0")}
+    stop(broker)
+    said = (tmp_path / "broker.err").read_text()
+    logged = {int(n) for n in re.findall(rf"{handle.job_id} map-0 attempt (\d+) failed", said)}
+    assert numbers == {1, 2, 3, 4}
+    assert logged == numbers
