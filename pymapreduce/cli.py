@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -291,10 +292,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
-            handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
-                                   output_dir=args.output, priority=args.priority,
-                                   requires=set(args.require or ()) or None,
-                                   files=args.file)
+            # a total-order job's map runs on a sample here, in this process: what it prints
+            # goes to stderr, as its tasks' prints do, so stdout holds the pairs only
+            with contextlib.redirect_stdout(sys.stderr):
+                handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
+                                       output_dir=args.output, priority=args.priority,
+                                       requires=set(args.require or ()) or None,
+                                       files=args.file)
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker processes")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)

@@ -4,6 +4,7 @@ docs/travel.md), each pinned by a test."""
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import subprocess
@@ -202,3 +203,25 @@ def test_the_brokers_log_numbers_attempts_as_the_task_logs_do(daemons, tmp_path)
     logged = {int(n) for n in re.findall(rf"{handle.job_id} map-0 attempt (\d+) failed", said)}
     assert numbers == {1, 2, 3, 4}
     assert logged == numbers
+
+
+SAMPLED = """
+from pymapreduce import Job
+
+class Sorted(Job):
+    total_order = True
+
+    def map(self, key, line):
+        print("map saw", key)  # runs in the client too, on the sample
+        yield int(line), key
+"""
+
+
+def test_a_total_order_jobs_prints_while_sampling_stay_off_stdout(tmp_path):
+    (tmp_path / "sorted.py").write_text(SAMPLED)
+    (tmp_path / "in.txt").write_text("".join(f"{(i * 37) % 101}\n" for i in range(101)))
+    proc = _cli(tmp_path, "run", "sorted.py:Sorted", "in.txt", "--reducers", "3")
+    assert proc.returncode == 0, proc.stderr
+    pairs = [json.loads(line) for line in proc.stdout.splitlines()]  # JSON lines only
+    assert [k for k, _ in pairs] == list(range(101))
+    assert "map saw 0" in proc.stderr
