@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -368,6 +369,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .client import Client
     from .client.logs import fetch_logs, printable
 
+    if args.task is not None and not re.fullmatch(r"(map|reduce)-\d+", args.task):
+        # (the broker would answer with no logs, which reads as "it printed nothing")
+        raise ConfigError(f"no task {args.task!r}: tasks are named map-N and reduce-N "
+                          "(map-0, reduce-3), as the log headers and `status` show them")
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         logs = fetch_logs(client, args.job_id, args.task)

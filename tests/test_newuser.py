@@ -225,3 +225,12 @@ def test_a_total_order_jobs_prints_while_sampling_stay_off_stdout(tmp_path):
     pairs = [json.loads(line) for line in proc.stdout.splitlines()]  # JSON lines only
     assert [k for k, _ in pairs] == list(range(101))
     assert "map saw 0" in proc.stderr
+
+
+def test_logs_of_a_task_name_that_cannot_exist_is_an_error_not_silence(tmp_path, cluster):
+    # map-0 and reduce-0 exist; "map0" or "bogus" would only read as "it printed nothing"
+    proc = _cli(tmp_path, "logs", "--connect", cluster, "Any-123", "bogus")
+    assert proc.returncode == 2
+    assert "no task 'bogus': tasks are named map-N and reduce-N" in proc.stderr
+    proc = _cli(tmp_path, "logs", "--connect", cluster, "Any-123", "map-0")
+    assert proc.returncode == 2 and "knows no job 'Any-123'" in proc.stderr
