@@ -259,7 +259,8 @@ def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], header: boo
     file's first line is a header and rows are dicts of its columns: the first file's
     header is read here, on the client, and every other file must have the same one (a
     file whose header differs fails its task naming both, rather than have its rows
-    mislabelled: read such files with separate jobs, or give ``columns=``). ``columns=``
+    mislabelled: read such files with ``header=False`` and ``with_path=True``, rows as
+    lists, or in separate jobs). ``columns=``
     names the columns instead (each file's first line is then skipped as a header, or,
     with ``header=False``, read as a row); with neither, rows are lists. A row with more
     fields than there are columns fails its task (its extra fields would be lost); a

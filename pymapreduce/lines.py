@@ -92,7 +92,8 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                         raise InputError(
                             f"{path}: its CSV header {row} differs from the first file's "
                             f"{columns} (read_csv reads every file with the first one's "
-                            "columns: read such files in separate jobs, or give columns=)")
+                            "columns: read such files with header=False and with_path=True, "
+                            "rows as lists, or in separate jobs)")
                     continue  # a file's header
                 if not row:
                     continue  # a blank line
