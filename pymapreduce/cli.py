@@ -40,6 +40,7 @@ from .errors import (
     PyMapReduceError,
     StateError,
 )
+from .progress import progress_period, summary_lines, watch
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -268,20 +269,39 @@ def make_job(spec: str, pairs: list[str] | None = None):
     return cls(**params)
 
 
+def job_inputs(job, paths: list[str], **options):
+    """The input of ``pymapreduce run``: the files named, as ``read_text(paths, **options)``
+    reads them, unless the job says how its files are read with a method
+    ``read_inputs(self, paths, **options)`` returning ``read_text(..., with_path=True)``,
+    ``read_files(...)``, ``read_csv(...)`` or ``read_jsonl(...)`` (Hadoop's input format).
+    ``options``: the command line's ``split_bytes``, ``encoding`` and ``max_line_bytes``."""
+    from .inputs import TextInput, read_text
+
+    reader = getattr(job, "read_inputs", None)
+    if reader is None:
+        return read_text(paths, **options)
+    inputs = reader(list(paths), **options)
+    if not isinstance(inputs, TextInput):
+        raise PyMapReduceError(f"{type(job).__name__}.read_inputs() returned "
+                               f"{type(inputs).__name__}, not the result of read_text(), "
+                               "read_files(), read_csv() or read_jsonl()")
+    return inputs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .client import Client
     from .client.output import check_output_dir
-    from .inputs import read_text
     from .local import LocalCluster
     from .shipping import gather_files
 
     job = make_job(args.job, args.param)
-    inputs = read_text(args.inputs, split_bytes=args.split_bytes, encoding=args.encoding,
-                       max_line_bytes=args.max_line_bytes)
+    inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
+                        encoding=args.encoding, max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
     if args.output is not None:  # so does an output that cannot be written, or is taken
         check_output_dir(args.output, overwrite=args.overwrite)
     gather_files(job, args.file)  # as does a missing --file (read again at submit)
+    period = progress_period(args.progress_every)  # and a bad progress period
     cluster = None
     started = time.monotonic()
     try:
@@ -303,9 +323,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker processes")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
-            progress = Progress(sys.stderr)
             try:
-                status = handle.wait(timeout=args.timeout, progress=progress)
+                status = watch(handle, timeout=args.timeout, stream=sys.stderr,
+                               period=period, started=started)
             except (KeyboardInterrupt, JobTimeout) as exc:
                 if isinstance(exc, JobTimeout):
                     print(f"pymapreduce: {exc}", file=sys.stderr)
@@ -316,29 +336,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if isinstance(exc, JobTimeout):
                     return EXIT_TIMEOUT
                 raise
-            finally:
-                progress.end()
             if args.output is None:
                 print_pairs(handle.results(), limit=print_limit(args.limit, sys.stdout))
             handle.release()  # (its outputs; `status` still lists it until the result TTL)
     finally:
         if cluster is not None:
             cluster.close()
-    seconds = status.get("elapsed") or (time.monotonic() - started)
-    mb = status["bytes"] / 1e6
-    print(f"{status['job_id']}: {status['records']} records, {status['bytes']} bytes; the "
-          f"job ran {seconds:.2f}s on the cluster ({mb / max(seconds, 1e-9):.1f} MB/s)"
-          + (f"; output in {args.output}" if args.output else ""), file=sys.stderr)
-    print_counters(status.get("counters"), sys.stderr)
+    # after the pairs, so that it is the last thing said (time, records, bytes, counters)
+    for line in summary_lines(status, wall=time.monotonic() - started, output=args.output):
+        print(line, file=sys.stderr)
     return EXIT_OK
-
-
-def print_counters(counters: dict | None, out) -> None:
-    """The job's counters, one per line (nothing when it has none)."""
-    if counters:
-        print("counters:", file=out)
-        for name, value in sorted(counters.items()):
-            print(f"  {name}: {value}", file=out)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -570,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="give up waiting for the job after this many seconds (a broker "
                         "that does not answer at all is given up after 10 s)")
+    r.add_argument("--progress-every", type=float, metavar="SECONDS",
+                   help="when stderr is not a terminal, a progress line every SECONDS "
+                        "(default 5, or $PYMAPREDUCE_PROGRESS_EVERY; 0: at each status, "
+                        "about one a heartbeat); a terminal gets live bars")
     keys(r, "client")
     r.set_defaults(func=cmd_run)
 

@@ -192,6 +192,7 @@ class Job:
         heartbeat_interval: float | None = None,
         liveness: float | None = None,
         files: Any = None,
+        progress: bool = False,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -203,7 +204,10 @@ class Job:
         as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
         and ``overwrite=False`` refuses a directory that is not empty (default: replace
         the part files of an earlier run). ``files``: side files shipped with the
-        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`.
+        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``progress=True``:
+        draw a progress bar per phase while the job runs (:meth:`JobHandle.progress
+        <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
+        default, so a plain call prints nothing.
         """
         from .client import Client
         from .client.submit import pickle_job
@@ -231,6 +235,8 @@ class Job:
                 handle = client.submit(
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
                     overwrite=overwrite, files=files)
+                if progress:
+                    handle.progress(timeout=timeout)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             return self.run(
@@ -243,6 +249,7 @@ class Job:
                 overwrite=True,  # (checked above, before the cluster started)
                 timeout=timeout,
                 files=files,
+                progress=progress,
             )
 
     def steps(self) -> list[Job] | None:
@@ -365,8 +372,17 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
                         if len(values) >= COMBINE_EVERY:
                             values[:] = [combiner(k, values)]
         key = _NO_RECORD
+        if not groups and combiner is None:
+            # in-mapper combining: map yielded nothing and map_final yields the task's
+            # output, as a rule one pair per key; grouping it would make a list of one
+            # value per key, to encode, decode and merge: it travels as flat pairs
+            return _flat(job, _hook(job, "map_final"))
         for pair in _hook(job, "map_final"):
-            k, v = as_pair(job, "map_final", pair)
+            # (the tests inline: a final hook yields a whole task's output, in-mapper
+            # combining's distinct keys; a call per pair cost 5% of such a map task)
+            if type(pair) is not tuple or len(pair) != 2:
+                pair = as_pair(job, "map_final", pair)
+            k, v = pair
             try:
                 groups[k].append(v)
             except TypeError:
@@ -374,6 +390,36 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     except Exception as exc:
         raise RecordFailed(key) from _blame(job, pair, exc)
     return groups
+
+
+class FlatPairs:
+    """A map task's output as pairs of one value each, not grouped by key (see
+    :func:`map_grouped`); its partitions are segments flagged as holding single values."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: list, values: list) -> None:
+        self.keys = keys
+        self.values = values
+
+
+def _flat(job: Job, pairs: Iterable[Any]) -> FlatPairs:
+    keys: list = []
+    values: list = []
+    add_key = keys.append
+    add_value = values.append
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            pair = as_pair(job, "map_final", pair)
+        k, v = pair
+        if type(k) is not str:  # (the reduce side groups by it: it must hash)
+            try:
+                hash(k)
+            except TypeError:
+                k = group_key(job, "map_final", k)
+        add_key(k)
+        add_value(v)
+    return FlatPairs(keys, values)
 
 
 def _blame(job: Job, pair: Any, exc: Exception) -> Exception:
@@ -426,6 +472,8 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     the reduce side merges sorted runs). One pass, one partition choice per key: a
     ``total_order`` job's by its key range, else the job's ``partition``, else a hash.
     """
+    if isinstance(groups, FlatPairs):
+        return _partition_flat(job, groups, reducers)
     combiner = combiner_of(job)
     if combiner is None and job._has("value_key"):
         value_key = job.value_key
@@ -435,39 +483,84 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
     parts: list[Columns] = [([], []) for _ in range(reducers)]
-    bounds = range_bounds(job)
-    custom = None if type(job).partition is Job.partition or bounds is not None else job.partition
+    choose = _chooser(job, reducers)
+    hashed = choose is _NO_CHOOSER  # the common case, inlined: stable_hash's str branch
     crc32 = zlib.crc32
-    last = reducers - 1
     for k, values in groups.items():
         if combiner is not None:
             v = values[0] if len(values) == 1 else combiner(k, values)
         else:
             v = values
-        if bounds is not None:
+        if hashed:
+            if type(k) is str:
+                p = crc32(k.encode("utf-8", "surrogatepass")) % reducers
+            else:
+                p = stable_hash(k) % reducers
+        else:
+            p = choose(k)
+        keys, vals = parts[p]
+        keys.append(k)
+        vals.append(v)
+    return parts
+
+
+def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
+    """:func:`finish_map` of flat pairs: segments ``(keys, values, True)``, True saying
+    that each value is one value, not a key's list (:func:`merge_segments`)."""
+    if reducers == 1:
+        return [(flat.keys, flat.values, True)]
+    parts: list[Columns] = [([], [], True) for _ in range(reducers)]
+    choose = _chooser(job, reducers)
+    if choose is _NO_CHOOSER:
+        crc32 = zlib.crc32
+
+        def choose(k: Any) -> int:
+            if type(k) is str:
+                return crc32(k.encode("utf-8", "surrogatepass")) % reducers
+            return stable_hash(k) % reducers
+
+    for k, v in zip(flat.keys, flat.values):
+        keys, vals, _ = parts[choose(k)]
+        keys.append(k)
+        vals.append(v)
+    return parts
+
+
+def _NO_CHOOSER(key: Any) -> int:  # (a marker: partition by the key's stable hash)
+    raise AssertionError("not called")
+
+
+def _chooser(job: Job, reducers: int) -> Any:
+    """The partition of a key: a ``total_order`` job's by its key range, else the job's
+    own ``partition``, else ``_NO_CHOOSER`` (by stable hash, which callers inline)."""
+    bounds = range_bounds(job)
+    if bounds is not None:
+        last = reducers - 1
+
+        def by_range(k: Any) -> int:
             try:
                 p = bisect_left(bounds, k)
             except TypeError as exc:
                 raise BadOutput(f"{type(job).__name__} has total_order but its map yielded "
                                 f"the key {k!r:.80} ({type(k).__name__}), which does not "
                                 f"compare with the sampled keys ({exc})") from None
-            if p > last:  # (boundaries are cut for the job's reducers; never more)
-                p = last
-        elif custom is not None:
+            return last if p > last else p  # (cut for the job's reducers; never more)
+
+        return by_range
+    if type(job).partition is not Job.partition:
+        custom = job.partition
+
+        def by_custom(k: Any) -> int:
             p = custom(k, reducers)
             if type(p) is not int or not 0 <= p < reducers:
                 raise ValueError(f"partition({k!r}, {reducers}) returned {p!r}, "
                                  "not an int in range")
-        elif reducers == 1:
-            p = 0
-        elif type(k) is str:  # the common case, inlined: stable_hash's str branch
-            p = crc32(k.encode("utf-8", "surrogatepass")) % reducers
-        else:
-            p = stable_hash(k) % reducers
-        keys, vals = parts[p]
-        keys.append(k)
-        vals.append(v)
-    return parts
+            return p
+
+        return by_custom
+    if reducers == 1:
+        return lambda k: 0
+    return _NO_CHOOSER
 
 
 def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
@@ -476,8 +569,9 @@ def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
     ``combined``: the segments hold one combined value per key, not lists of values.
     """
     groups: Groups = defaultdict(list)  # a missing key costs C code, not a branch
-    for keys, values in segments:
-        if combined:
+    for segment in segments:
+        keys, values = segment[0], segment[1]
+        if combined or len(segment) > 2:  # one value per pair (flat pairs: finish_map)
             for k, v in zip(keys, values):
                 groups[k].append(v)
         else:
@@ -560,7 +654,10 @@ def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
         return out
     if is_map_only(job, None):
         return list(zip(*map_pairs(job, records)))
-    keys, values = reduce_groups(job, map_grouped(job, records))
+    groups = map_grouped(job, records)
+    if isinstance(groups, FlatPairs):
+        groups = merge_segments([(groups.keys, groups.values, True)], combined=False)
+    keys, values = reduce_groups(job, groups)
     if emits(job):
         return list(zip(keys, values))
     return dict(zip(keys, values))

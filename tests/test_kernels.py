@@ -268,3 +268,48 @@ def test_splits_span_files_in_equal_pieces_and_read_every_line_once(corpus, tmp_
     assert any(len(split.ranges) > 1 for split in splits)  # some split crosses a file end
     got = [rec for split in splits for rec in read_split(split.ranges)]
     assert got == list(read_lines(corpus))
+
+
+def test_in_mapper_combining_output_travels_flat_and_reduces_the_same():
+    """A map that yields nothing and a map_final that yields the task's counts: the pairs
+    go to partitions flat (one value each), and reduce sees what a grouped run gives it:
+    every value of a key, across tasks and duplicates, keys sorted, list keys as tuples."""
+
+    class InMapper(Job):
+        def map_init(self):
+            self.counts = {}
+
+        def map(self, key, line):
+            for word in line.split():
+                self.counts[word] = self.counts.get(word, 0) + 1
+
+        def map_final(self):
+            yield from self.counts.items()
+            yield "dup", 1  # the same key twice in one task
+            yield "dup", 2
+            yield ["a", ["b"]], 5  # a list key: grouped as its tuple
+
+        def reduce(self, word, counts):
+            return sorted(counts)
+
+    records = [(i, f"w{i % 7} w{i % 3} x") for i in range(60)]
+    job = InMapper()
+    flat = map_grouped(job, records[:10])
+    assert not isinstance(flat, dict)  # (the flat path was taken)
+    expected: dict = {}  # what reduce must see: the values of every task's map_final
+    for piece in chunk(records, 3):
+        for key, values in run_sequential(job, piece).items():
+            expected[key] = sorted(expected.get(key, []) + values)
+    assert expected["dup"] == [1, 1, 1, 2, 2, 2] and expected[("a", ("b",))] == [5, 5, 5]
+    segments = [[] for _ in range(3)]
+    for piece in chunk(records, 3):
+        for r, part in enumerate(finish_map(job, map_grouped(job, piece), 3)):
+            assert len(part) == 3 and part[2] is True
+            if part[0]:
+                segments[r].append(unpack(pack(list(part))))
+    result = {}
+    for r in range(3):
+        out = reduce_groups(job, merge_segments(segments[r], combined=False))
+        result.update(zip(*out))
+    assert result == expected
+    assert sum(result["x"]) == 60

@@ -478,3 +478,16 @@ class JobHandle:
     def release(self) -> None:
         """Tell the broker this job's outputs are no longer needed."""
         self.client._request(P.RELEASE, {"job_id": self.job_id})
+
+    def progress(self, timeout: float | None = None, *, file: Any = None,
+                 **tqdm_options: Any) -> dict:
+        """Wait for the job (as :meth:`wait`) while drawing a progress bar per phase:
+        tasks done of the phase's tasks, and the input records and bytes read so far
+        (tqdm: a text bar in a terminal, a widget in a Jupyter notebook). Returns the final
+        status; the bars are closed however the wait ends, and JobFailed, JobTimeout or
+        KeyboardInterrupt then propagate. ``file``: where text bars go (default stderr);
+        other keywords go to each ``tqdm`` bar (``ncols=80``, ``colour="green"``...)."""
+        from ..progress import ProgressBars
+
+        with ProgressBars(self.job_id, file=file, **tqdm_options) as bars:
+            return self.wait(timeout, progress=bars)
