@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -11,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -311,10 +313,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:
-            handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
-                                   output_dir=args.output, priority=args.priority,
-                                   requires=set(args.require or ()) or None,
-                                   files=args.file)
+            # a total-order job's map runs on a sample here, in this process: what it prints
+            # goes to stderr, as its tasks' prints do, so stdout holds the pairs only
+            with contextlib.redirect_stdout(sys.stderr):
+                handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
+                                       output_dir=args.output, priority=args.priority,
+                                       requires=set(args.require or ()) or None,
+                                       files=args.file)
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker processes")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
@@ -371,6 +376,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .client import Client
     from .client.logs import fetch_logs, printable
 
+    if args.task is not None and not re.fullmatch(r"(map|reduce)-\d+", args.task):
+        # (the broker would answer with no logs, which reads as "it printed nothing")
+        raise ConfigError(f"no task {args.task!r}: tasks are named map-N and reduce-N "
+                          "(map-0, reduce-3), as the log headers and `status` show them")
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         logs = fetch_logs(client, args.job_id, args.task)
@@ -417,6 +426,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
         security.cluster_keys(args.dir)
         print(f"broker, worker and client keypairs in {args.dir}, worker and client authorized")
     return EXIT_OK
+
+
+class _GivenOnce(argparse.Action):
+    """An option that may be given once: argparse keeps the last of two silently, and
+    ``--output a --output b`` wrote to b only, where a user expected both or an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None:
+            parser.error(f"{option_string} given twice ({given} and {values}): give it once")
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "on stdout as JSON lines ([key, value]), or written to --output DIR; "
                        "progress and a summary go to stderr.")
     r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
-    r.add_argument("inputs", nargs="+", help="input files or globs")
+    r.add_argument("inputs", nargs="+",
+                   help="input files, globs ('data/*.txt', quoted) or directories (the files "
+                        "below them); .gz, .bz2, .xz, .zst files are decompressed")
     r.add_argument("--connect", metavar="ADDR",
                    help="a broker's address (default: an embedded cluster)")
     r.add_argument("--workers", type=int, metavar="N",
@@ -536,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the job's weight in sharing workers with other jobs (default 1)")
     r.add_argument("--require", action="append", metavar="TAG",
                    help="run only on workers with this --tag (repeatable)")
-    r.add_argument("--output", metavar="DIR",
+    r.add_argument("--output", metavar="DIR", action=_GivenOnce,
                    help="write the output as part-NNNNN files (JSON lines) into DIR instead "
                         "of printing it; DIR must be new or empty, unless --overwrite")
     r.add_argument("--overwrite", action="store_true",
@@ -553,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a side file shipped with the job (repeatable); tasks open it by "
                         "its base name in their working directory")
     r.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="give up waiting after this many seconds")
+                   help="give up waiting for the job after this many seconds (a broker "
+                        "that does not answer at all is given up after 10 s)")
     r.add_argument("--progress-every", type=float, metavar="SECONDS",
                    help="when stderr is not a terminal, a progress line every SECONDS "
                         "(default 5, or $PYMAPREDUCE_PROGRESS_EVERY; 0: at each status, "
@@ -587,11 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys(c, "client")
     c.set_defaults(func=cmd_cancel)
 
-    lg = sub.add_parser("logs", help="what a job's tasks printed and logged")
-    lg.add_argument("--connect", required=True)
-    lg.add_argument("job_id")
-    lg.add_argument("task", nargs="?", help="only this task's attempts (map-3, reduce-0)")
-    lg.add_argument("--timeout", type=float, default=5.0)
+    lg = sub.add_parser("logs", help="what a job's tasks printed and logged",
+                        description="What each attempt of a job's tasks wrote to stdout "
+                        "and stderr and logged (its first and last 32 KiB), with the "
+                        "traceback of a failed attempt, under a header line per attempt. "
+                        "Kept by the broker while the job is listed by `status` (docs/logs.md).")
+    lg.add_argument("--connect", required=True, metavar="ADDR",
+                    help="the broker's address, e.g. tcp://HOST:5555")
+    lg.add_argument("job_id", metavar="JOB_ID", help="a job id (as `run` and `status` print it)")
+    lg.add_argument("task", nargs="?", metavar="TASK",
+                    help="only this task's attempts (map-3, reduce-0)")
+    lg.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="give up if the broker does not answer within this (default 5)")
     keys(lg, "client")
     lg.set_defaults(func=cmd_logs)
 

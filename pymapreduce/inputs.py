@@ -52,6 +52,10 @@ class TextInput:
     with_path: bool = False
     fmt: str = "text"  # text, jsonl, csv, or files (read_files: each file whole)
     columns: tuple = ()  # a CSV input's column names
+    # a CSV input's first line of each file: "given" (a header, skipped: columns= named
+    # the columns), "file" (the header the columns were read from: every file's must be
+    # the same), "none" (header=False: the first line is a row)
+    header: str = "given"
 
     def read_options(self) -> dict:
         """How workers must read these files, beyond their byte ranges: the settings that
@@ -67,6 +71,8 @@ class TextInput:
             options["format"] = self.fmt
         if self.columns:
             options["columns"] = list(self.columns)
+            if self.header != "given":  # (without it a worker skips each file's first line)
+                options["header"] = self.header
         return options
 
     def files(self) -> list[str]:
@@ -250,21 +256,32 @@ def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], header: boo
              columns: Iterable[str] | None = None, **options: Any) -> TextInput:
     """CSV files: one record per row, ``(byte_offset, row)``, split like
     :func:`read_text` (whose other options it takes). With ``header`` (the default), each
-    file's first line names the columns and rows are dicts (the first file's header is
-    read here, on the client; ``columns=`` names them instead); without, rows are lists.
-    A field may not hold a newline (each line is a row)."""
+    file's first line is a header and rows are dicts of its columns: the first file's
+    header is read here, on the client, and every other file must have the same one (a
+    file whose header differs fails its task naming both, rather than have its rows
+    mislabelled: read such files with ``header=False`` and ``with_path=True``, rows as
+    lists, or in separate jobs). ``columns=``
+    names the columns instead (each file's first line is then skipped as a header, or,
+    with ``header=False``, read as a row); with neither, rows are lists. A row with more
+    fields than there are columns fails its task (its extra fields would be lost); a
+    shorter row's dict lacks the missing columns. A field may not hold a newline (each
+    line is a row)."""
     text = read_text(paths, **options)
     names: tuple = tuple(columns) if columns is not None else ()
+    mode = "given" if header else "none"
     if header and not names:
+        mode = "file"
         first = text.files()[0]
+        # read as a worker reads it: a compressed file's header is its decompressed line
+        reader = read_split([(first, 0, -1)], text.encoding, text.max_line_bytes)
         try:
-            with open(first, encoding=text.encoding, errors="replace", newline="") as f:
-                names = tuple(next(csv.reader([f.readline()]), []))
-        except OSError as exc:
+            line = next((line for offset, line in reader), "")
+        except InputError as exc:
             raise InputError(f"cannot read the header of {first!r}: {exc}") from exc
+        names = tuple(next(csv.reader([line]), []))
         if not names:
             raise InputError(f"{first!r} has no header line (read_csv(header=False))")
-    return dataclasses.replace(text, fmt="csv", columns=names)
+    return dataclasses.replace(text, fmt="csv", columns=names, header=mode)
 
 
 def read_files(paths: str | os.PathLike | Iterable[str | os.PathLike],

@@ -41,20 +41,24 @@ def read_file_split(path: str, start: int, end: int, encoding: str = DEFAULT_ENC
 
 def read_split(ranges: list[FileRange], encoding: str = DEFAULT_ENCODING,
                max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
-               fmt: str = "text", columns: list | None = None) -> LineReader:
-    """The records of a split's byte ranges, in order (a missing file: InputError here)."""
+               fmt: str = "text", columns: list | None = None,
+               header: str = "given") -> LineReader:
+    """The records of a split's byte ranges, in order (a missing file: InputError here).
+    ``header``: a CSV input's first line of each file (see ``TextInput.header``)."""
     for path, _, _ in ranges:
         if not os.path.isfile(path):
             raise InputError(f"cannot read input {path!r}: no such file")
-    return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns)
+    return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns, header)
 
 
-def _parser(fmt: str, columns: list | None):
+def _parser(fmt: str, columns: list | None, header: str = "given"):
     """How a block's lines become values for a line format (None: plain text).
 
     ``jsonl``: each non-blank line is a JSON value. ``csv``: each line is a CSV row (a
     field may not hold a newline), a dict of the header's ``columns`` (a list without
-    them); with columns, the line at offset 0 of each file, the header, is left out."""
+    them); with columns, the line at offset 0 of each file, the header, is left out
+    (unless ``header`` is ``"none"``; with ``"file"`` it must name the same columns), and
+    a row with more fields than columns is an error (its extra fields would be lost)."""
     if fmt == "text":
         return None
     if fmt == "jsonl":
@@ -83,8 +87,20 @@ def _parser(fmt: str, columns: list | None):
                 except csv.Error as exc:
                     raise InputError(f"{path}: the line at byte {offset} is not a CSV row: "
                                      f"{exc}") from None
-                if columns and offset == 0 or not row:
-                    continue  # a file's header, or a blank line
+                if columns and offset == 0 and header != "none":
+                    if header == "file" and list(row) != list(columns):
+                        raise InputError(
+                            f"{path}: its CSV header {row} differs from the first file's "
+                            f"{columns} (read_csv reads every file with the first one's "
+                            "columns: read such files with header=False and with_path=True, "
+                            "rows as lists, or in separate jobs)")
+                    continue  # a file's header
+                if not row:
+                    continue  # a blank line
+                if columns and len(row) > len(columns):
+                    raise InputError(f"{path}: the line at byte {offset} has {len(row)} CSV "
+                                     f"fields, more than the {len(columns)} columns "
+                                     f"{columns}")
                 keep_offsets.append(offset)
                 values.append(dict(zip(columns, row)) if columns else row)
             return keep_offsets, values
@@ -221,10 +237,11 @@ class LineReader:
 
     def __init__(self, ranges: list[FileRange], encoding: str,
                  max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
-                 fmt: str = "text", columns: list | None = None) -> None:
+                 fmt: str = "text", columns: list | None = None,
+                 header: str = "given") -> None:
         self._ranges = ranges
         self._with_path = with_path  # keys are (path, offset): records know their file
-        self._parse = _parser(fmt, columns)  # None: the line is the value
+        self._parse = _parser(fmt, columns, header)  # None: the line is the value
         self._encoding = encoding
         self._limit = max_line_bytes
         self.count = 0

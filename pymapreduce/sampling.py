@@ -95,7 +95,8 @@ def sample_records(inputs: Any, slots: int, size: int = SAMPLE_RECORDS) -> list:
                     records.append((path, f.read()))
             continue
         reader = read_split(ranges, inputs.encoding, inputs.max_line_bytes,
-                            inputs.with_path, inputs.fmt, list(inputs.columns) or None)
+                            inputs.with_path, inputs.fmt, list(inputs.columns) or None,
+                            inputs.header)
         records.extend(itertools.islice(reader, per_split))
     return records
 

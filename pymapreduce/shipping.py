@@ -108,7 +108,7 @@ def pickle_by_value(obj: Any, by_value: bool = True) -> bytes:
             for module in added:
                 cloudpickle.register_pickle_by_value(module)
             try:
-                return cloudpickle.dumps(obj)
+                return dumps_keeping_filenames(obj)
             except Exception as exc:  # e.g. a lock in a module the job's code refers to
                 log.warning("the job's own modules cannot travel by value (%s: %s); it is "
                             "pickled by reference, so the workers must be able to import "
@@ -116,7 +116,45 @@ def pickle_by_value(obj: Any, by_value: bool = True) -> bytes:
             finally:
                 for module in added:
                     cloudpickle.unregister_pickle_by_value(module)
-    return cloudpickle.dumps(obj)
+    return dumps_keeping_filenames(obj)
+
+
+# cloudpickle 3 writes every function it pickles by value with the file name
+# "<dynamic-code>" (for byte-identical pickles), so a worker's traceback would say
+# File "<dynamic-code>", line 6 and linecache could not show the shipped source
+# (docs/logs.md). The job's code keeps its real file names: a code object is reduced as
+# cloudpickle reduces it, with the name put back. (cloudpickle 2 already keeps it.)
+_DYNAMIC = "<dynamic-code>"
+_pickler_class = None
+
+
+def _code_reduce_keeping_filename(code: Any) -> tuple:
+    import cloudpickle
+
+    rebuild, args = cloudpickle.Pickler.dispatch_table[type(code)](code)[:2]
+    if code.co_filename != _DYNAMIC and _DYNAMIC in args:
+        i = args.index(_DYNAMIC)  # co_filename comes before co_name in every layout
+        args = args[:i] + (code.co_filename,) + args[i + 1:]
+    return rebuild, args
+
+
+def dumps_keeping_filenames(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``, except that functions pickled by value keep their
+    source file's name (see above), so remote tracebacks name the user's file."""
+    import io
+    from collections import ChainMap
+    from types import CodeType
+
+    import cloudpickle
+
+    global _pickler_class
+    if _pickler_class is None:
+        _pickler_class = type("_FilenamePickler", (cloudpickle.Pickler,), {
+            "dispatch_table": ChainMap({CodeType: _code_reduce_keeping_filename},
+                                       cloudpickle.Pickler.dispatch_table)})
+    buffer = io.BytesIO()
+    _pickler_class(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 # -- side files ---------------------------------------------------------------------------
@@ -182,12 +220,13 @@ def gather_files(job: Any, files: Any = None) -> list[tuple[str, bytes]]:
                               "files={'name': path} to rename one)")
         if not os.path.isfile(path):
             why = "is not a file" if os.path.exists(path) else "does not exist"
-            raise InputError(f"job file {path!r} {why}")
+            # ("side file": a new user took "job file" for the FILE.py of FILE.py:Job)
+            raise InputError(f"side file (files=, --file) {path!r} {why}")
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as exc:
-            raise InputError(f"cannot read job file {path!r}: {exc}") from exc
+            raise InputError(f"cannot read side file {path!r}: {exc}") from exc
         chosen[name] = real
         out.append((name, data))
     return out

@@ -31,7 +31,7 @@ from .recovery import Recovery
 from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
 from .sink import Store
-from .tasks import MAP, PENDING, REDUCE, RUNNING, JobState, Task
+from .tasks import ATTEMPT_MASK, MAP, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -365,7 +365,9 @@ class Ledger(Commits, Dispatching, Recovery):
         task.failures += 1
         if route is not None:
             task.avoid.add(route)
-        log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt, error)
+        # numbered as `pymapreduce logs` numbers attempts (1, 2, ...), not the whole id
+        log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt & ATTEMPT_MASK,
+                 error)
         if self._skip_record(task, position):
             task.failures = max(0, task.failures - 2)  # the record is to blame, not the task
         if job.state != P.JOB_RUNNING:

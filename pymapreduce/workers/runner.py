@@ -163,7 +163,9 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     with_path = options.get("with_path") == 1  # keys (path, offset): records know their file
     columns = options.get("columns")
     columns = [str(c) for c in columns] if isinstance(columns, list) else None
-    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns), nbytes,
+    header = options.get("header", "given")  # a CSV input's first line of each file
+    header = header if header in ("given", "file", "none") else "given"
+    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns, header), nbytes,
             {"files": len(ranges)})
 
 
