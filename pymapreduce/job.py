@@ -192,6 +192,7 @@ class Job:
         heartbeat_interval: float | None = None,
         liveness: float | None = None,
         files: Any = None,
+        dashboard: bool = False,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -203,8 +204,12 @@ class Job:
         as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
         and ``overwrite=False`` refuses a directory that is not empty (default: replace
         the part files of an earlier run). ``files``: side files shipped with the
-        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`.
+        job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``dashboard``:
+        the embedded broker serves its HTTP API (docs/observability.md), its URL printed
+        on stderr.
         """
+        import sys as _sys
+
         from .client import Client
         from .client.submit import pickle_job
         from .inputs import TextInput
@@ -212,7 +217,9 @@ class Job:
         from .shipping import gather_files
 
         cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
-                                             ("liveness", liveness)) if v is not None}
+                                             ("liveness", liveness),
+                                             ("http", True if dashboard else None))
+                           if v is not None}
         if address is not None and cluster_options:
             raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
                               "cluster; the broker at address= has its own (--heartbeat, "
@@ -233,6 +240,9 @@ class Job:
                     overwrite=overwrite, files=files)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
+            if cluster.http_url:
+                print(f"pymapreduce: dashboard at {cluster.http_url}", file=_sys.stderr,
+                      flush=True)
             return self.run(
                 inputs,
                 address=cluster.address,

@@ -27,7 +27,7 @@ from ..patterns import protocol as P
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
-POSITION_FIELDS = ("split", "path", "ordinal", "offset", "line", "start", "end", "record")
+POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
 
@@ -37,8 +37,12 @@ def safe_position(position: Any) -> dict:
     reduce task's ``key`` is the user's data, so it never leaves the broker this way)."""
     if not isinstance(position, dict):
         return {}
-    return {k: position[k] for k in POSITION_FIELDS if k in position
+    safe = {k: position[k] for k in POSITION_FIELDS if k in position
             and (type(position[k]) in (int, float) or isinstance(position[k], str))}
+    key = position.get("key")
+    if "path" in safe and isinstance(key, str) and key.isdigit():
+        safe["offset"] = int(key)  # a file's record: its key is its byte offset
+    return safe
 
 
 def _size(event: dict) -> int:
