@@ -195,6 +195,8 @@ class EventLog:
         with self.lock:
             worker = self._end_attempt(job, task, attempt, KILLED if lost else FAILED,
                                        str(error)[:200])
+            if lost:
+                error = f"its worker {worker or '(unknown)'} was lost: {error}"
             self._count("attempts_lost" if lost else "attempts_failed", task.kind)
             self._emit(job.id, "killed" if lost else "failed", task=task.name,
                        kind=task.kind, index=task.index, attempt=attempt & ATTEMPT_MASK,
