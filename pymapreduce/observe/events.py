@@ -45,9 +45,30 @@ def safe_position(position: Any) -> dict:
     return safe
 
 
-def _size(event: dict) -> int:
-    """About what an event costs in memory (its texts dominate)."""
-    return 200 + sum(len(v) for v in event.values() if isinstance(v, str))
+SMALL = 160  # about what an event without texts costs in memory (bytes)
+# the fields of the frequent events, stored as tuples in this order (dicts cost more to
+# build, and the broker loop builds two events per task)
+SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
+           "done": ("kind", "index", "attempt", "worker", "secs", "records", "bytes")}
+
+
+def _size(fields: dict) -> int:
+    """About what an event with these fields costs in memory (its texts dominate)."""
+    return SMALL + sum(len(v) for v in fields.values() if isinstance(v, str))
+
+
+def as_dict(event: tuple) -> dict:
+    """An event as served: ``(seq, t, type, job, fields, size)`` -> a JSON-ready dict."""
+    seq, t, etype, job, fields, _ = event
+    out = {"seq": seq, "t": round(t, 6), "type": etype}
+    if job is not None:
+        out["job"] = job
+    if isinstance(fields, dict):
+        out.update(fields)
+    else:
+        out.update(zip(SCHEMAS[etype], fields))
+        out["task"] = f"{fields[0]}-{fields[1]}"
+    return out
 
 
 class _JobLog:
@@ -85,43 +106,45 @@ class EventLog:
         key = (name, label)
         self.counts[key] = self.counts.get(key, 0) + n
 
-    def _emit(self, job: str | None, etype: str, /, **fields: Any) -> dict:
-        """Record one event; the caller holds ``lock``."""
+    def _emit(self, job: str | None, etype: str, /, **fields: Any) -> None:
+        """Record one (infrequent) event; the caller holds ``lock``."""
         self.seq += 1
-        event = {"seq": self.seq, "t": round(time.time(), 6), "type": etype}
-        if job is not None:
-            event["job"] = job
-        event.update(fields)
-        size = _size(event)
-        if len(self._global) == self._global.maxlen:
-            self._bytes -= _size(self._global[0])
-        self._global.append(event)
+        size = _size(fields)
+        self._push(self._jobs.get(job) if job is not None else None,
+                   (self.seq, time.time(), etype, job, fields, size), size)
+
+    def _push(self, log: _JobLog | None, event: tuple, size: int) -> None:
+        """Append an event to the global ring and its job's; the caller holds ``lock``."""
+        ring = self._global
+        if len(ring) == ring.maxlen:
+            self._bytes -= ring[0][5]
+        ring.append(event)
         self._bytes += size
-        log = self._jobs.get(job) if job is not None else None
         if log is not None:
-            if len(log.events) == log.events.maxlen:
-                gone = _size(log.events[0])
+            ring = log.events
+            if len(ring) == ring.maxlen:
+                gone = ring[0][5]
                 log.bytes -= gone
                 self._bytes -= gone
                 log.trimmed += 1
-            log.events.append(event)
+            ring.append(event)
             log.bytes += size
             self._bytes += size
-        while self._bytes > self.max_bytes and self._trim_oldest():
-            pass
-        return event
+        if self._bytes > self.max_bytes:
+            while self._bytes > self.max_bytes and self._trim_oldest():
+                pass
 
     def _trim_oldest(self) -> bool:
         """Over the byte budget: the oldest job's oldest events go (then the global's)."""
         for log in self._jobs.values():
             if log.events:
-                gone = _size(log.events.popleft())
+                gone = log.events.popleft()[5]
                 log.bytes -= gone
                 self._bytes -= gone
                 log.trimmed += 1
                 return True
         if self._global:
-            self._bytes -= _size(self._global.popleft())
+            self._bytes -= self._global.popleft()[5]
             return True
         return False
 
@@ -136,23 +159,26 @@ class EventLog:
     def dispatched(self, task: Any, attempt: int, worker: str) -> None:
         """An attempt handed to ``worker`` (a backup when another attempt still runs)."""
         job = task.job
+        kind, index, step = task.kind, task.index, job.step
         backup = len(task.running) > 1
         number = attempt & ATTEMPT_MASK
+        now = time.time()
+        counts = self.counts
         with self.lock:
             log = self._jobs.get(job.id)
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            self._count("attempts", task.kind)
+            key = ("attempts", kind)
+            counts[key] = counts.get(key, 0) + 1
             if backup:
-                self._count("backups", task.kind)
-            self._emit(job.id, "dispatched", task=task.name, kind=task.kind,
-                       index=task.index, attempt=number, worker=worker, backup=backup,
-                       step=job.step + 1)
+                self._count("backups", kind)
+            self.seq += 1
+            self._push(log, (self.seq, now, "dispatched", job.id,
+                             (kind, index, number, worker, backup, step + 1), SMALL), SMALL)
             if log is not None:
-                log.attempts[(job.step, task.kind, task.index, attempt)] = [
-                    job.step + 1, task.kind, task.index, number, worker, time.time(), None,
-                    RUNNING, backup, ""]
+                log.attempts[(step, kind, index, attempt)] = [
+                    step + 1, kind, index, number, worker, now, None, RUNNING, backup, ""]
                 if len(log.attempts) > self.attempts_per_job:
                     self._drop_attempt(log)
 
@@ -165,9 +191,9 @@ class EventLog:
         log.attempts.popitem(last=False)
 
     def _end_attempt(self, job: Any, task: Any, attempt: int, outcome: str,
-                     note: str = "") -> str:
+                     note: str = "", log: _JobLog | None = None) -> str:
         """Close an attempt's row; returns the worker it ran on ("" if unknown)."""
-        log = self._jobs.get(job.id)
+        log = log or self._jobs.get(job.id)
         row = log.attempts.get((job.step, task.kind, task.index, attempt)) if log else None
         if row is None:
             return ""
@@ -178,14 +204,21 @@ class EventLog:
     def done(self, task: Any, attempt: int, stats: dict, secs: Any) -> None:
         """An attempt committed: its seconds (as its worker measured), records and bytes."""
         job = task.job
+        kind = task.kind
+        records = _number(stats.get("records"))
+        counts = self.counts
         with self.lock:
-            worker = self._end_attempt(job, task, attempt, DONE)
-            self._count("tasks_done", task.kind)
-            self._count("records", task.kind, _number(stats.get("records")))
-            self._emit(job.id, "done", task=task.name, kind=task.kind, index=task.index,
-                       attempt=attempt & ATTEMPT_MASK, worker=worker,
-                       secs=_number(secs), records=_number(stats.get("records")),
-                       bytes=_number(stats.get("bytes")))
+            log = self._jobs.get(job.id)
+            worker = self._end_attempt(job, task, attempt, DONE, "", log)
+            key = ("tasks_done", kind)
+            counts[key] = counts.get(key, 0) + 1
+            key = ("records", kind)
+            counts[key] = counts.get(key, 0) + records
+            self.seq += 1
+            self._push(log, (
+                self.seq, time.time(), "done", job.id,
+                (kind, task.index, attempt & ATTEMPT_MASK, worker, _number(secs), records,
+                 _number(stats.get("bytes"))), SMALL), SMALL)
 
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
@@ -278,15 +311,15 @@ class EventLog:
                 ring = log.events if log is not None else ()
             else:
                 ring = self._global
-            if not ring or ring[-1]["seq"] <= cursor:
+            if not ring or ring[-1][0] <= cursor:
                 return []
             out = []
             for event in reversed(ring):  # the new ones are at the end
-                if event["seq"] <= cursor:
+                if event[0] <= cursor:
                     break
                 out.append(event)
         out.reverse()
-        return out[:limit]
+        return [as_dict(e) for e in out[:limit]]
 
     def attempts(self, job: str) -> list[dict]:
         """A job's attempt table, for its timeline (copies, oldest first)."""
