@@ -285,3 +285,16 @@ def test_the_event_log_is_bounded_and_keeps_no_data_values():
                                                                           "record": 5}
     assert safe_position({"key": "1200", "path": "/in/a.txt"}) == {"path": "/in/a.txt",
                                                                   "offset": 1200}
+
+
+def test_an_embedded_cluster_serves_http_when_asked():
+    from pymapreduce import LocalCluster
+
+    with LocalCluster(workers=1, http=True) as cluster:
+        assert cluster.http_url.startswith("http://127.0.0.1:")
+        workers = wait_for(lambda: get_json(f"{cluster.http_url}api/cluster")["workers"])
+        assert len(workers) == 1 and workers[0]["liveness"] == "alive"
+        status, page = get(cluster.http_url)
+        assert status == 200 and b"/api/jobs" in page
+    with LocalCluster(workers=1) as cluster:  # off by default
+        assert cluster.http_url == ""
