@@ -135,7 +135,8 @@ def test_events_timeline_and_metrics_of_a_job_with_a_failure_and_a_killed_worker
     assert detail["slowest"][0]["task"] == "map-11"
     row = detail["job"]
     assert row["progress"] == {"map": [12, 12], "reduce": [2, 2]}
-    assert row["records_in"] == 12
+    assert row["flow"]["map"]["records_in"] == 12  # (and its outputs are the shuffle)
+    assert row["flow"]["map"]["bytes_out"] > 0 and row["flow"]["reduce"]["bytes_out"] > 0
 
     # /metrics parses, and its counters are the job's facts
     status, text = get(f"{http}metrics")

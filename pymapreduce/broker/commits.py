@@ -36,6 +36,7 @@ class Commits:
                 self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
                                     f"where {expected} were due")
             else:
+                self.events.failed(task, key.attempt, "malformed outputs", "", {}, False, True)
                 self._attempt_failed(task, key.attempt, "malformed outputs", "", {})
             return
         names = stats.get("counters") or {}
@@ -69,7 +70,7 @@ class Commits:
             [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
-        self.events.done(task, key.attempt, stats, secs)
+        self.events.done(task, key.attempt, stats, secs, blobs)
         if isinstance(secs, (int, float)) and secs >= 0:
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)

@@ -10,11 +10,13 @@ without keys) sees every job's, and the cluster's own (workers joining and lost)
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 from ..errors import AddressInUse, ConfigError
 from ..patterns import protocol as P
 from ..patterns.message import Message
+from .cli import TOKEN_FILE, load_token
 from .server import Observatory, is_loopback_host, parse_http
 
 MAX_EVENTS_REPLY = 500  # events in one EVENTS reply (the client asks again for more)
@@ -65,8 +67,11 @@ def start_http(broker: Any) -> Observatory:
         raise ConfigError(f"refusing to serve HTTP on {host} beyond loopback without keys: "
                           "anyone who can reach it would see every job; give the broker "
                           "--keys (then requests need its token) or --http-public")
+    token = cfg.http_token
+    if token is None and cfg.keys_dir:  # keys without a token given: the key dir's
+        token = load_token(os.path.join(cfg.keys_dir, TOKEN_FILE), create=True)
     try:
-        return Observatory(broker, cfg.http, cfg.http_token)
+        return Observatory(broker, cfg.http, token, check_host=not cfg.http_public)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise AddressInUse(f"cannot serve HTTP on {cfg.http}: the address is in use "

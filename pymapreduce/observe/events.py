@@ -49,7 +49,8 @@ SMALL = 160  # about what an event without texts costs in memory (bytes)
 # the fields of the frequent events, stored as tuples in this order (dicts cost more to
 # build, and the broker loop builds two events per task)
 SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
-           "done": ("kind", "index", "attempt", "worker", "secs", "records", "bytes")}
+           "done": ("kind", "index", "attempt", "worker", "secs", "records", "bytes",
+                    "bytes_out")}
 
 
 def _size(fields: dict) -> int:
@@ -72,7 +73,7 @@ def as_dict(event: tuple) -> dict:
 
 
 class _JobLog:
-    __slots__ = ("events", "attempts", "bytes", "tenant", "started", "trimmed")
+    __slots__ = ("events", "attempts", "bytes", "tenant", "started", "trimmed", "flow")
 
     def __init__(self, per_job: int, tenant: str) -> None:
         self.events: deque[dict] = deque(maxlen=per_job)
@@ -81,6 +82,8 @@ class _JobLog:
         self.tenant = tenant
         self.started = False
         self.trimmed = 0  # events dropped from its ring (full, or over the byte budget)
+        # kind -> [records in, bytes in, bytes out] of its committed tasks
+        self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
 
 
 class EventLog:
@@ -201,15 +204,25 @@ class EventLog:
             row[6], row[7], row[9] = time.time(), outcome, note[:200]
         return row[4]
 
-    def done(self, task: Any, attempt: int, stats: dict, secs: Any) -> None:
-        """An attempt committed: its seconds (as its worker measured), records and bytes."""
+    def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list) -> None:
+        """An attempt committed: its seconds (as its worker measured), records and bytes
+        read, and ``blobs``, its outputs (only their sizes are kept)."""
         job = task.job
         kind = task.kind
         records = _number(stats.get("records"))
+        size = _number(stats.get("bytes"))
+        out = 0
+        for blob in blobs:
+            out += len(blob)
         counts = self.counts
         with self.lock:
             log = self._jobs.get(job.id)
             worker = self._end_attempt(job, task, attempt, DONE, "", log)
+            if log is not None:
+                flow = log.flow[kind]
+                flow[0] += records
+                flow[1] += size
+                flow[2] += out
             key = ("tasks_done", kind)
             counts[key] = counts.get(key, 0) + 1
             key = ("records", kind)
@@ -218,7 +231,7 @@ class EventLog:
             self._push(log, (
                 self.seq, time.time(), "done", job.id,
                 (kind, task.index, attempt & ATTEMPT_MASK, worker, _number(secs), records,
-                 _number(stats.get("bytes"))), SMALL), SMALL)
+                 size, out), SMALL), SMALL)
 
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
@@ -329,6 +342,15 @@ class EventLog:
         return [{"step": r[0], "kind": r[1], "index": r[2], "task": f"{r[1]}-{r[2]}",
                  "attempt": r[3], "worker": r[4], "start": r[5], "end": r[6],
                  "outcome": r[7], "backup": r[8], "note": r[9]} for r in rows]
+
+    def flow(self, job: str) -> dict:
+        """Records and bytes in, bytes out, of a job's committed tasks, per kind (map
+        outputs are the shuffle; reduce inputs its records, reduce outputs the result)."""
+        with self.lock:
+            log = self._jobs.get(job)
+            flow = {k: list(v) for k, v in log.flow.items()} if log is not None else {}
+        return {k: {"records_in": v[0], "bytes_in": v[1], "bytes_out": v[2]}
+                for k, v in flow.items()}
 
     def tenant_of(self, job: str) -> str | None:
         with self.lock:

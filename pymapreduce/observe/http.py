@@ -166,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         given = self._token(query)
-        if app.token is None:
+        if app.token is None and app.check_host:
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
             if host and host not in LOOPBACK_HOSTS and not host.startswith("127."):
                 # a page elsewhere that re-pointed its own name at 127.0.0.1 (DNS

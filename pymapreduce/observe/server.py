@@ -54,8 +54,10 @@ def _dumps(value: Any) -> bytes:
 class Observatory:
     """Snapshots, metrics and the HTTP server of one broker."""
 
-    def __init__(self, broker: Any, bind: str, token: str | None) -> None:
+    def __init__(self, broker: Any, bind: str, token: str | None, *,
+                 check_host: bool = True) -> None:
         self.events: EventLog = broker.ledger.events
+        self.check_host = check_host  # without a token: loopback Host names only
         self.traffic: Traffic = broker.traffic
         self.token = token
         self.closed = False

@@ -47,7 +47,7 @@ def _error(error: dict | None) -> dict | None:
             "position": safe_position(error.get("position"))}
 
 
-def job_row(job: Any, now: float) -> dict:
+def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
     """A job's row: state, phase, progress, records and bytes, counters, times."""
     state = job.state
     if state == P.JOB_RUNNING and not job.dispatched:
@@ -60,14 +60,12 @@ def job_row(job: Any, now: float) -> dict:
     eta = None
     if job.state == P.JOB_RUNNING and done:  # the rate of the done tasks, simply
         eta = round(elapsed / done * (total - done), 3)
-    records_out = sum(v for k, v in job.counters.items() if k.endswith("output records")
-                      and type(v) is int)
     return {
         "id": job.id, "name": job.name, "state": state, "phase": job.phase,
         "step": [job.step + 1, max(1, len(job.steps))],
         "progress": {"map": maps, "reduce": reduces},
         "running": job.active, "pending": len(job.pending),
-        "records_in": job.records, "bytes_in": job.bytes_in, "records_out": records_out,
+        "records": job.records, "bytes": job.bytes_in, "flow": flow or {},
         "counters": dict(list(job.counters.items())[:100]),
         "backups": job.backups, "skipped": len(job.skipped),
         "elapsed": round(elapsed, 3), "eta": eta,
@@ -99,7 +97,7 @@ def build(ledger: Any, broker_facts: dict, now: float) -> Snapshot:
     tasks = {"pending": 0, "running": 0, "done": 0}
     pending = {"map": 0, "reduce": 0}
     for job in ledger.jobs.values():
-        jobs[job.id] = job_row(job, now)
+        jobs[job.id] = job_row(job, now, ledger.events.flow(job.id))
         tenants[job.id] = job.tenant
         if job.state == P.JOB_RUNNING:
             tasks["done"] += job.done_maps + job.done_reduces
