@@ -248,7 +248,7 @@ class EventLog:
                        kind=task.kind, index=task.index, attempt=attempt & ATTEMPT_MASK,
                        worker=worker, error=str(error)[:MAX_ERROR],
                        traceback=str(tb)[-MAX_TRACEBACK:], position=safe_position(position),
-                       failures=task.failures, counted=counted)
+                       failures=task.failures + counted, counted=counted)
 
     def retried(self, task: Any) -> None:
         with self.lock:
