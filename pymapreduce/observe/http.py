@@ -8,6 +8,9 @@ What a slow or hostile client may cost: at most ``MAX_CONNECTIONS`` connections 
 (``MAX_PER_ADDRESS`` from one address; more are closed at once), a request must arrive
 whole within ``REQUEST_SECONDS`` and ``MAX_REQUEST_BYTES`` (slowloris, huge headers),
 and a write that the client does not read for ``WRITE_SECONDS`` ends its connection.
+At most ``MAX_PER_SECOND`` connections are accepted per second, and the two listings
+are serialized once per snapshot however many ask: the HTTP threads share the broker's
+interpreter (its GIL), so a request flood is bounded in what it can take from the loop.
 Each connection holds one thread; the broker loop never waits for any of them.
 """
 
@@ -26,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("pymapreduce.broker")
 
 MAX_CONNECTIONS = 64
+MAX_PER_SECOND = 200  # connections accepted per second; more are closed at once
 MAX_PER_ADDRESS = 16
 REQUEST_SECONDS = 5.0  # to send the request line and headers
 MAX_REQUEST_BYTES = 32 * 1024  # request line and headers together
@@ -89,12 +93,17 @@ class Server(ThreadingHTTPServer):
         self._count_lock = threading.Lock()
         self._open: dict[str, int] = {}
         self._total = 0
+        self._second, self._accepted = 0, 0  # connections accepted in the current second
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         peer = client_address[0] if isinstance(client_address, tuple) else ""
         with self._count_lock:
-            full = (self._total >= MAX_CONNECTIONS
+            second = int(time.monotonic())
+            if second != self._second:
+                self._second, self._accepted = second, 0
+            self._accepted += 1
+            full = (self._total >= MAX_CONNECTIONS or self._accepted > MAX_PER_SECOND
                     or self._open.get(peer, 0) >= MAX_PER_ADDRESS)
             if not full:
                 self._total += 1

@@ -103,21 +103,28 @@ class Observatory:
             return STATIC[path[8:]], _static(path[8:])
         if path == "/metrics":
             return CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path == "/api/cluster":
-            return JSON, _dumps({"time": s.time, **s.cluster})
-        if path == "/api/jobs":
-            rows = [{k: v for k, v in row.items() if k != "skipped_records"}
-                    for row in reversed(s.jobs.values())]
-            for row in rows:
-                if row["error"]:
-                    row["error"] = {"message": row["error"]["message"],
-                                    "task": row["error"]["task"]}
-            return JSON, _dumps({"time": s.time, "jobs": rows})
+        if path in ("/api/cluster", "/api/jobs"):
+            body = s.served.get(path)
+            if body is None:  # (two threads may both build it: the same bytes)
+                body = s.served[path] = _dumps(self._listing(s, path))
+            return JSON, body
         if path.startswith("/api/jobs/"):
             return JSON, _dumps(self.job_detail(path[len("/api/jobs/"):]))
         if path == "/api/events":
             return self._events(query, headers)
         raise KeyError(f"no such page: {path[:100]}")
+
+    @staticmethod
+    def _listing(s: snap.Snapshot, path: str) -> dict:
+        if path == "/api/cluster":
+            return {"time": s.time, **s.cluster}
+        rows = [{k: v for k, v in row.items() if k != "skipped_records"}
+                for row in reversed(s.jobs.values())]
+        for row in rows:
+            if row["error"]:
+                row["error"] = {"message": row["error"]["message"],
+                                "task": row["error"]["task"]}
+        return {"time": s.time, "jobs": rows}
 
     def job_detail(self, job_id: str) -> dict:
         """One job: its row, attempts (timeline), failures, skipped records, slowest."""

@@ -37,6 +37,9 @@ class Snapshot:
     tenants: dict = field(default_factory=dict)  # job id -> tenant (never served)
     tasks: dict = field(default_factory=dict)  # state -> count, all live jobs
     pending: dict = field(default_factory=dict)  # kind -> tasks waiting for a worker
+    # answers built from this snapshot (path -> bytes), by the first HTTP request that
+    # needs them: a thousand dashboards polling cost one serialization per snapshot
+    served: dict = field(default_factory=dict)
 
 
 def _error(error: dict | None) -> dict | None:
