@@ -299,3 +299,44 @@ def test_an_embedded_cluster_serves_http_when_asked():
         assert status == 200 and b"/api/jobs" in page
     with LocalCluster(workers=1) as cluster:  # off by default
         assert cluster.http_url == ""
+
+
+def test_the_ledger_records_an_attempt_s_whole_story_without_sockets():
+    """Driven by calls (tests/test_ledger.py's helpers): a failure, its retry, a worker
+    lost with its attempt, and the commits, in the event log and the attempt table."""
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.ledger import Ledger
+    from pymapreduce.broker.sink import Store
+
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    store = Store(1 << 30)
+    try:
+        ledger = Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2,
+                                     liveness=1.0), store)
+        job = add_job(ledger, maps=1)
+        ledger.events.job_submitted(job)
+        a = ledger.register(b"A", "", {"credit": 1, "name": "host:1"}, T0)
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.failed(a, {"job": key[0], "kind": key[1], "index": key[2], "attempt": key[3],
+                          "error": "boom", "traceback": "tb", "position": {"key": "'v'"}})
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.purge(a, "silent for 2.0s")
+        b = ledger.register(b"B", "", {"credit": 1, "name": "host:2"}, T0)
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.done(b, [report(key)], tuple(map_output()))
+        kinds = [e["type"] for e in ledger.events.since(0, "j")]
+        assert kinds == ["job-submitted", "job-started", "dispatched", "failed", "retried",
+                         "dispatched", "killed", "retried", "dispatched", "done", "phase"]
+        failed = ledger.events.since(0, "j")[3]
+        assert failed["position"] == {} and failed["error"] == "boom"  # no data values
+        rows = ledger.events.attempts("j")
+        assert [(r["attempt"], r["worker"], r["outcome"]) for r in rows] == [
+            (1, "host:1", "failed"), (2, "host:1", "killed"), (3, "host:2", "done")]
+        ledger.drop_job(job)
+        assert ledger.events.since(0, "j") == [] and ledger.events.attempts("j") == []
+    finally:
+        store.close()
