@@ -151,13 +151,17 @@ class EventLog:
             return True
         return False
 
-    def job_submitted(self, job: Any) -> None:
+    def job_submitted(self, job: Any, recovered: bool = False) -> None:
+        """A job accepted (``recovered``: reloaded from the journal by a restarted
+        broker, in whatever state it was)."""
         with self.lock:
             if job.id not in self._jobs:
                 self._jobs[job.id] = _JobLog(self.per_job, job.tenant)
-            self._count("jobs_submitted")
-            self._emit(job.id, "job-submitted", name=job.name, maps=len(job.maps),
-                       reducers=job.reducers, steps=max(1, len(job.steps)))
+            if not recovered:
+                self._count("jobs_submitted")
+            self._emit(job.id, "job-recovered" if recovered else "job-submitted",
+                       name=job.name, maps=len(job.maps), reducers=job.reducers,
+                       steps=max(1, len(job.steps)), state=job.state)
 
     def dispatched(self, task: Any, attempt: int, worker: str) -> None:
         """An attempt handed to ``worker`` (a backup when another attempt still runs)."""
