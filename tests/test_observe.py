@@ -269,6 +269,7 @@ def test_a_keyless_broker_refuses_http_beyond_loopback_and_foreign_host_names(da
 def test_the_event_log_is_bounded_and_keeps_no_data_values():
     class FakeJob:
         id, name, tenant, reducers, steps, maps, step = "j", "n", "", 1, [], [], 0
+        state = "running"
 
     for budget in (10 << 20, 50_000):  # rings full first; then the byte budget first
         events = EventLog(per_job=10, global_events=20, max_bytes=budget)
@@ -282,6 +283,19 @@ def test_the_event_log_is_bounded_and_keeps_no_data_values():
             assert len(events.since(0, "j")) == 10 and len(events.since(0)) == 20
         events.job_dropped("j")
         assert events.since(0, "j") == []
+    # attempt rows: at most max_attempts over all jobs, the oldest job's going first
+    events = EventLog(max_attempts=50)
+    jobs = []
+    for j in range(3):
+        job = type("Job", (), {"id": f"j{j}", "name": "n", "tenant": "", "reducers": 1,
+                               "steps": [], "maps": [], "step": 0, "state": "running"})
+        events.job_submitted(job)
+        jobs.append(job)
+        for i in range(40):
+            task = type("Task", (), {"job": job, "kind": "map", "index": i, "running": {1: 1}})
+            events.dispatched(task, i + 1, "w")
+    rows = [len(events.attempts(job.id)) for job in jobs]
+    assert sum(rows) == 50 and rows[2] == 40
     assert safe_position({"key": "'secret'", "split": 2, "record": 5}) == {"split": 2,
                                                                           "record": 5}
     assert safe_position({"key": "1200", "path": "/in/a.txt"}) == {"path": "/in/a.txt",

@@ -90,11 +90,14 @@ class EventLog:
     """Bounded rings of events, per job and global, plus counters the metrics read."""
 
     def __init__(self, *, per_job: int = 2000, global_events: int = 10_000,
-                 attempts_per_job: int = 5000, max_bytes: int = 64 << 20) -> None:
+                 attempts_per_job: int = 5000, max_attempts: int = 200_000,
+                 max_bytes: int = 64 << 20) -> None:
         self.lock = threading.Lock()
         self.seq = 0
         self.per_job = per_job
         self.attempts_per_job = attempts_per_job
+        self.max_attempts = max_attempts  # attempt rows of all jobs (~250 bytes each)
+        self._rows = 0
         self.max_bytes = max_bytes
         self._global: deque[dict] = deque(maxlen=global_events)
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
@@ -186,11 +189,15 @@ class EventLog:
             if log is not None:
                 log.attempts[(step, kind, index, attempt)] = [
                     step + 1, kind, index, number, worker, now, None, RUNNING, backup, ""]
+                self._rows += 1
                 if len(log.attempts) > self.attempts_per_job:
                     self._drop_attempt(log)
+                elif self._rows > self.max_attempts:  # the oldest job's rows go first
+                    self._drop_attempt(next(j for j in self._jobs.values() if j.attempts))
 
     def _drop_attempt(self, log: _JobLog) -> None:
         """The attempt table is full: the oldest finished row goes (the oldest if none)."""
+        self._rows -= 1
         for key, row in log.attempts.items():
             if row[7] != RUNNING:
                 del log.attempts[key]
@@ -307,6 +314,7 @@ class EventLog:
             log = self._jobs.pop(job_id, None)
             if log is not None:
                 self._bytes -= log.bytes
+                self._rows -= len(log.attempts)
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:
