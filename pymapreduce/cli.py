@@ -40,6 +40,7 @@ from .errors import (
     PyMapReduceError,
     StateError,
 )
+from .observe import cli as observe_cli
 from .progress import progress_period, summary_lines, watch
 
 EXIT_OK = 0
@@ -131,6 +132,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           max_jobs_per_client=args.max_jobs_per_client,
                           max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
                           list_all_jobs=args.list_all_jobs,
+                          http=args.http, http_public=args.http_public,
+                          http_token=observe_cli.broker_token(args),
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
@@ -151,6 +154,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     _watch_parent(args.parent_pid, broker.stop)
     secured = "CURVE, keys from " + args.keys if args.keys else "no authentication"
+    if broker.http_url:  # (with keys, `pymapreduce dashboard-url` adds the token)
+        secured += f"; http {broker.http_url}"
     print(f"pymapreduce broker ready: {address} (data {broker.data_address}; {secured})",
           flush=True)
     broker.serve_forever()
@@ -509,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow listening beyond loopback without authentication")
     b.add_argument("--max-message-mb", type=float, default=1024,
                    help="larger messages are refused (default 1024)")
+    observe_cli.add_broker_options(b)
     keys(b, "broker")
     common(b)
     b.set_defaults(func=cmd_broker)
@@ -642,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "authorized: for one machine or a test")
     kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
+    observe_cli.add_commands(sub, keys, common)
     for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)

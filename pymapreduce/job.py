@@ -193,6 +193,7 @@ class Job:
         liveness: float | None = None,
         files: Any = None,
         progress: bool = False,
+        dashboard: bool = False,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -207,8 +208,12 @@ class Job:
         job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``progress=True``:
         draw a progress bar per phase while the job runs (:meth:`JobHandle.progress
         <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
-        default, so a plain call prints nothing.
+        default, so a plain call prints nothing. ``dashboard``:
+        the embedded broker serves its HTTP API (docs/observability.md), its URL printed
+        on stderr.
         """
+        import sys as _sys
+
         from .client import Client
         from .client.submit import pickle_job
         from .inputs import TextInput
@@ -216,7 +221,9 @@ class Job:
         from .shipping import gather_files
 
         cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
-                                             ("liveness", liveness)) if v is not None}
+                                             ("liveness", liveness),
+                                             ("http", True if dashboard else None))
+                           if v is not None}
         if address is not None and cluster_options:
             raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
                               "cluster; the broker at address= has its own (--heartbeat, "
@@ -239,6 +246,9 @@ class Job:
                     handle.progress(timeout=timeout)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
+            if cluster.http_url:
+                print(f"pymapreduce: dashboard at {cluster.http_url}", file=_sys.stderr,
+                      flush=True)
             return self.run(
                 inputs,
                 address=cluster.address,

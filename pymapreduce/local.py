@@ -16,6 +16,7 @@ from .patterns import config as timing
 from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
+HTTP_IN_READY = re.compile(r"; http (http://\S+/)")
 
 
 def _echo_fds(task_stdout: str = "stdout") -> tuple[int, ...]:
@@ -58,7 +59,8 @@ class LocalCluster:
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
-                 liveness: float = timing.LIVENESS, task_stdout: str = "stdout") -> None:
+                 liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
+                 http: bool | str = False) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -76,6 +78,9 @@ class LocalCluster:
         self.log_level = log_level
         self.keys = os.fspath(keys) if keys is not None else None
         self.address = ""
+        # the broker's read-only HTTP server (observe/): True = loopback, any free port
+        self.http = "127.0.0.1:0" if http is True else (http or None)
+        self.http_url = ""  # once started (with keys: its token added)
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
 
@@ -114,6 +119,7 @@ class LocalCluster:
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
                                        "--heartbeat", repr(float(self.heartbeat_interval)),
                                        "--liveness", repr(float(self.liveness)),
+                                       *(("--http", self.http) if self.http else ()),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
             echo = _echo_fds(self.task_stdout)
@@ -130,6 +136,17 @@ class LocalCluster:
             raise
         return self
 
+    def _http_url(self, ready: str) -> None:
+        """The dashboard's URL from the broker's ready line (with its token, if keyed)."""
+        found = HTTP_IN_READY.search(ready)
+        if found:
+            from .observe.cli import TOKEN_FILE, load_token
+
+            url = found.group(1)
+            if self.keys is not None:
+                url += "?token=" + load_token(os.path.join(self.keys, TOKEN_FILE), False)
+            self.http_url = url
+
     def _read_ready(self, deadline: float) -> str:
         assert self._broker is not None and self._broker.stdout is not None
         sel = selectors.DefaultSelector()
@@ -140,6 +157,7 @@ class LocalCluster:
                     line = self._broker.stdout.readline().decode(errors="replace")
                     match = READY_LINE.search(line)
                     if match:
+                        self._http_url(line)
                         return match.group(1)
                     if not line:
                         raise PyMapReduceError(

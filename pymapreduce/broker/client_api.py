@@ -70,6 +70,7 @@ class ClientAPI:
                 self.journal.flush()
             self.jobs[job.id] = job
             self.scheduler.add(job)
+            self.ledger.events.job_submitted(job)
             self.ledger.news(peer_name(peer, self._peer_key), "job %r (%s) accepted: %d map "
                              "tasks, %d reducers", job.id, job.name, len(job.maps),
                              job.reducers)

@@ -36,6 +36,7 @@ class Commits:
                 self._report_failed(worker, key, f"its worker reported {len(blobs)} outputs "
                                     f"where {expected} were due")
             else:
+                self.events.failed(task, key.attempt, "malformed outputs", "", {}, False, True)
                 self._attempt_failed(task, key.attempt, "malformed outputs", "", {})
             return
         names = stats.get("counters") or {}
@@ -59,6 +60,7 @@ class Commits:
                         AttemptKey(job.id, task.kind, task.index, attempt))
         for route, tasks in losers.items():
             self._abandon(route, job.id, tasks)
+            self.events.abandoned(job, tasks, "another attempt of the task committed first")
         nonempty: list[int] = []
         step = job.step
         if task.kind == MAP and not job.map_only:
@@ -68,6 +70,7 @@ class Commits:
             [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
+        self.events.done(task, key.attempt, stats, secs, blobs)
         if isinstance(secs, (int, float)) and secs >= 0:
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
@@ -75,7 +78,10 @@ class Commits:
             stats["skipped"] = list(task.skip.values())
         if self.journal is not None:  # after its files: a commit row names complete files
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
+        phase = job.phase
         job.commit(task, stats, nonempty)
+        if (job.phase, job.step) != (phase, step) and job.state == P.JOB_RUNNING:
+            self.events.phase(job)
         if job.step != step:
             if self.journal is not None:  # the step is over: its map outputs may go
                 self.journal.commit(job.seq, step, STEP_DONE, 0, {}, [])

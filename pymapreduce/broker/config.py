@@ -41,6 +41,11 @@ class BrokerConfig:
     # what a power loss may take from the state directory: "never" fsyncs (the last
     # seconds of commits and accepted jobs), "commit" fsyncs each commit (nothing acknowledged)
     fsync: str = "never"
+    # the read-only HTTP server (observe/server.py): "HOST:PORT" (port 0: the OS picks);
+    # with a token, every request must carry it; beyond loopback only with keys or public
+    http: str | None = None
+    http_token: str | None = None
+    http_public: bool = False
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)

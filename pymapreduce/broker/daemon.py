@@ -19,6 +19,8 @@ from typing import Any
 import zmq
 
 from ..errors import ProtocolError
+from ..observe import api as observe_api
+from ..observe.metrics import Traffic
 from ..patterns import protocol as P
 from ..patterns import security
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
@@ -42,7 +44,7 @@ log = logging.getLogger("pymapreduce.broker")
 DRAIN_BATCH = 256  # messages read from one socket before the other gets its turn
 WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
-                             P.RELEASE, P.JOBS, P.LOGS})
+                             P.RELEASE, P.JOBS, P.LOGS, P.EVENTS})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
@@ -103,6 +105,9 @@ class Broker(ClientAPI):
         self._stopping = False
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
+        self.traffic = Traffic()  # bytes and messages per plane (observe/metrics.py)
+        self.http = None  # the read-only HTTP server, once bound (observe/server.py)
+        self.http_url = ""
         self._handlers = {
             P.READY: self.on_ready,
             P.DONE: self.on_done,
@@ -118,6 +123,7 @@ class Broker(ClientAPI):
             P.RELEASE: self.on_release,
             P.JOBS: self.on_jobs,
             P.LOGS: self.on_logs,
+            P.EVENTS: lambda peer, msg, now: observe_api.on_events(self, peer, msg),
         }
 
     # -- life cycle ----------------------------------------------------------------------
@@ -133,6 +139,14 @@ class Broker(ClientAPI):
         except Exception:
             self.control.close(0)
             raise
+        if self.config.http and self.http is None:
+            try:
+                self.http = observe_api.start_http(self)
+            except Exception:
+                self.control.close(0)
+                self.sink.close(0)
+                raise
+            self.http_url = self.http.url
         return self.address
 
     def connect_worker(self, endpoint: str) -> None:
@@ -182,6 +196,8 @@ class Broker(ClientAPI):
         if self.control in events:
             self._drain(self.control, self._on_control, routed=True)
         self.step(time.monotonic())
+        if self.http is not None:
+            self.http.publish(time.monotonic())
         if self.journal is not None:
             self.journal.flush()
 
@@ -237,6 +253,8 @@ class Broker(ClientAPI):
                 self.ledger.purge(worker, "its connection closed")
 
     def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
         self.monitor.close(0)
         self.control.close(0)
         self.sink.close(0)
@@ -263,6 +281,7 @@ class Broker(ClientAPI):
             except Oversized as exc:
                 self._oversized(exc)
             else:
+                self.traffic.received(not routed, body)
                 role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
                 self.ledger.origin = key or (body[0] if body else "")
                 try:
@@ -442,6 +461,7 @@ class Broker(ClientAPI):
         tasks) and it is a registered worker."""
         try:
             send(self.control, msg, route=[peer])
+            self.traffic.sent(msg.blobs)
             return True
         except zmq.Again:
             self._not_reading(peer, msg.command)

@@ -111,6 +111,7 @@ class Dispatching:
                 body["ordinals"] = True  # report a failing record's ordinal
             for t in group:
                 attempt = t.start(worker.route)
+                self.events.dispatched(t, attempt, worker.name)
                 worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]

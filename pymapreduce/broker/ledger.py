@@ -18,6 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..observe.events import EventLog
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.ratelog import RateLimitedLog
@@ -119,6 +120,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.address_of = address_of
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
         self.logs = LogStore()  # what attempts printed and logged (in memory only)
+        self.events = EventLog()  # job and task events (observe/events.py)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -187,6 +189,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.news(peer_name(peer, key), "worker %s joined (credit %d%s)",
                   name or peer_name(peer), worker.credit,
                   f", tags {','.join(sorted(worker.tags))}" if worker.tags else "")
+        self.events.worker_joined(name or peer_name(peer), worker.tags)
         return worker
 
     def heartbeat(self, peer: bytes, key: str, named: Any, now: float) -> str | None:
@@ -284,6 +287,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self._forget(key)
         task = self._attempt(key)
         if task is not None:
+            self.events.failed(task, key.attempt, error, tb, position, False, True)
             self._attempt_failed(task, key.attempt, error, tb,
                                  position if position else {"split": task.index}, final=final)
 
@@ -361,6 +365,7 @@ class Ledger(Commits, Dispatching, Recovery):
             if not task.running and task.state == RUNNING:
                 task.move(PENDING)
                 job.pending.appendleft(task)
+                self.events.retried(task)
             return
         task.failures += 1
         if route is not None:
@@ -384,6 +389,7 @@ class Ledger(Commits, Dispatching, Recovery):
         elif not task.running:
             task.move(PENDING)
             job.pending.appendleft(task)
+            self.events.retried(task)
 
     def _skip_record(self, task: Task, position: Any) -> bool:
         """Skipping bad records (the paper's section 3.3): a record on which ``map`` failed
@@ -404,6 +410,7 @@ class Ledger(Commits, Dispatching, Recovery):
             self.end_job(job)
             return False
         job.skips += 1
+        self.events.skipped(task, ordinal, position)
         where = {k: v for k, v in position.items() if k in ("key", "path", "split")}
         task.skip[ordinal] = {"task": task.name, "record": ordinal, **where}
         log.info("%s %s: record %d failed twice, skipped from now on", job.id, task.name,
@@ -434,11 +441,14 @@ class Ledger(Commits, Dispatching, Recovery):
             if task is None:
                 continue
             lost += 1
+            self.events.failed(task, key.attempt, reason, "", {"split": task.index}, True,
+                               reason not in BLAMELESS)
             self._attempt_failed(task, key.attempt, f"the worker running it ({worker.name}) "
                                  f"was lost: {reason}", "", {"split": task.index},
                                  counted=reason not in BLAMELESS)
         self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
                   "re-queued", worker.name, reason, lost)
+        self.events.worker_lost(worker.name, reason, lost)
 
     def _abandon(self, route: bytes, job_id: str, tasks: list[AttemptKey]) -> None:
         """Tell a worker to drop attempts it holds: its main thread drops the queued ones,
@@ -456,6 +466,7 @@ class Ledger(Commits, Dispatching, Recovery):
         """A job reached a terminal state: journal it, free what it no longer needs, stop
         its attempts still out there, and tell its watchers and waiting fetches."""
         self.scheduler.remove(job)
+        self.events.job_ended(job, time.monotonic())
         if self.journal is not None:  # durable before its map outputs are deleted
             self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()
@@ -469,6 +480,7 @@ class Ledger(Commits, Dispatching, Recovery):
             if held:
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, held)
+                self.events.abandoned(job, held, f"job {job.state}")
         self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
         for key in [k for k in (*self._early, *self._awaiting) if k.job == jid]:
             self._forget(key)
@@ -488,6 +500,7 @@ class Ledger(Commits, Dispatching, Recovery):
             self.journal.flush()
         self.store.discard_where(lambda k: k[0] == jid)
         self.logs.drop(jid)
+        self.events.job_dropped(jid)
 
     def release_job(self, job: JobState) -> None:
         """A finished job's client no longer needs its outputs: free them (memory, spill
@@ -499,4 +512,5 @@ class Ledger(Commits, Dispatching, Recovery):
             self.journal.flush()
         job.seq = 0  # (nothing of it left on disk to drop at expiry)
         job.released = True
+        self.events.job_released(job)
         self.store.discard_where(lambda k: k[0] == jid)

@@ -46,6 +46,7 @@ class Recovery:
             if job.state != P.JOB_RUNNING:  # its inputs are no longer needed
                 job.code, job.splits, job.held = b"", [], 0
             self.jobs[job.id] = job
+            self.events.job_submitted(job, recovered=True)
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
                      job.done_reduces, 0 if job.map_only else job.reducers)

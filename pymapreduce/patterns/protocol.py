@@ -30,6 +30,7 @@ CANCEL = "CANCEL"
 RELEASE = "RELEASE"  # the client is done with a job's outputs
 JOBS = "JOBS"  # list the jobs and the workers (reply: LISTING)
 LOGS = "LOGS"  # a job's task logs, request and reply (broker/logstore.py)
+EVENTS = "EVENTS"  # events after a cursor, request and reply (observe/api.py)
 
 # broker -> client
 INFO = "INFO"  # reply to HELLO

@@ -1,0 +1,121 @@
+"""What the broker's observability costs: word count and task rate with and without --http.
+
+    python benchmarks/bench_observe.py --size-mb 64 --tasks 5000 --repeats 5
+
+Two embedded clusters run side by side in the same run: one plain, one whose broker serves
+HTTP (``LocalCluster(http=True)``) while a scraper thread reads ``/metrics`` and
+``/api/jobs`` every 0.5 s, as Prometheus and an open dashboard would. The runs alternate
+between the two (so drift of a shared machine hits both) and the medians are compared.
+The event log is on in both (it always is); what is measured is the HTTP server, its
+snapshots and the scrapes. The bar (issue 12): under 5% of throughput and task rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import urllib.request
+from contextlib import ExitStack
+
+import common
+from common import MIB, stopwatch
+from corpus import build_corpus
+from jobs import NoOp, WordCount
+
+WORKERS = 2
+SCRAPE_EVERY = 0.5
+
+
+class Scraper(threading.Thread):
+    """Reads /metrics and /api/jobs every SCRAPE_EVERY seconds until stopped."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stopped = threading.Event()
+        self.scrapes = 0
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(SCRAPE_EVERY):
+            for path in ("metrics", "api/jobs"):
+                try:
+                    with urllib.request.urlopen(self.url + path, timeout=10) as reply:
+                        reply.read()
+                    self.scrapes += 1
+                except OSError:
+                    self.errors += 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=64, help="word-count corpus (default 64)")
+    ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks (default 5000)")
+    ap.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    from pymapreduce import Client, LocalCluster, read_text
+
+    info = common.print_machine(f"observability cost: word count {args.size_mb} MiB and "
+                                f"{args.tasks} no-op tasks, {WORKERS} workers, "
+                                f"{args.repeats} runs each")
+    files = build_corpus(common.corpus_dir(args.size_mb), args.size_mb)
+    size = sum(os.path.getsize(f) for f in files)
+    records = [(i, i) for i in range(args.tasks)]
+    modes = ("plain", "http+scraper")
+    secs: dict[tuple[str, str], list[float]] = {(m, w): [] for m in modes
+                                                for w in ("wordcount", "tasks")}
+    with ExitStack() as stack:
+        clients, scrapers = {}, []
+        for mode in modes:
+            cluster = stack.enter_context(LocalCluster(workers=WORKERS,
+                                                       http=mode != "plain"))
+            clients[mode] = stack.enter_context(Client(cluster.address))
+            if cluster.http_url:
+                scraper = Scraper(cluster.http_url)
+                scraper.start()
+                scrapers.append(scraper)
+        expected = None
+        for _ in range(args.repeats):
+            for mode in modes:  # alternating: a noisy neighbour hits both alike
+                client = clients[mode]
+                with stopwatch() as t:
+                    result = client.submit(WordCount(), read_text(files)).result()
+                expected = expected if expected is not None else result
+                if result != expected:
+                    print(f"{mode}: word count differs between the runs")
+                    return 1
+                secs[(mode, "wordcount")].append(t[0])
+                with stopwatch() as t:
+                    client.submit(NoOp(), records, map_tasks=args.tasks, reducers=0).result()
+                secs[(mode, "tasks")].append(t[0])
+        for scraper in scrapers:
+            scraper.stopped.set()
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    rows, figures = [], {}
+    for mode in modes:
+        mbs = size / MIB / med[(mode, "wordcount")]
+        rate = args.tasks / med[(mode, "tasks")]
+        figures[mode] = {"wordcount_mb_s": mbs, "tasks_per_s": rate}
+        rows.append([mode, med[(mode, "wordcount")], mbs, med[(mode, "tasks")], rate])
+    cost_wc = 1 - figures[modes[1]]["wordcount_mb_s"] / figures[modes[0]]["wordcount_mb_s"]
+    cost_tasks = 1 - figures[modes[1]]["tasks_per_s"] / figures[modes[0]]["tasks_per_s"]
+    common.print_table(["broker", "word count s", "MB/s", "tasks s", "tasks/s"], rows)
+    scrapes = sum(s.scrapes for s in scrapers)
+    errors = sum(s.errors for s in scrapers)
+    print(f"cost of --http with scrapes every {SCRAPE_EVERY}s: word count {100 * cost_wc:+.1f}%"
+          f", task rate {100 * cost_tasks:+.1f}% (bar: under 5%); {scrapes} scrapes, "
+          f"{errors} failed")
+    common.write_json(args.json, {"machine": info, "size_mb": args.size_mb,
+                                  "tasks": args.tasks, "repeats": args.repeats,
+                                  "figures": figures, "cost_wordcount": cost_wc,
+                                  "cost_tasks": cost_tasks, "scrapes": scrapes,
+                                  "scrape_errors": errors})
+    return 0 if errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

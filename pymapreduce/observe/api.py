@@ -1,0 +1,79 @@
+"""The broker's side of observability: the EVENTS client request, and starting HTTP.
+
+EVENTS (``pymapreduce events``): a client asks for the events after a cursor, of one job
+or of every job it may see, and polls again with the ``next`` cursor it is given. Over the
+broker's own client socket, so it needs no HTTP server and keys work as for every other
+request: a client key sees its own jobs' events only, an admin key (or anyone on a broker
+without keys) sees every job's, and the cluster's own (workers joining and lost).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from ..errors import AddressInUse, ConfigError
+from ..patterns import protocol as P
+from ..patterns.message import Message
+from .cli import TOKEN_FILE, load_token
+from .server import Observatory, is_loopback_host, parse_http
+
+MAX_EVENTS_REPLY = 500  # events in one EVENTS reply (the client asks again for more)
+
+
+def _visible(broker: Any) -> Any:
+    """A predicate: may the client being served see this event?"""
+    if broker.allow is None or broker.allow.is_admin(broker._peer_key):
+        return lambda event: True
+    mine = f"key {broker._peer_key}"
+    tenant_of = broker.ledger.events.tenant_of
+    return lambda event: "job" in event and tenant_of(event["job"]) == mine
+
+
+def on_events(broker: Any, peer: bytes, msg: Message) -> None:
+    """EVENTS {job?, since?}: the events after ``since`` (at most MAX_EVENTS_REPLY)."""
+    body = msg.body
+    job = body.get("job")
+    since = body.get("since", 0)
+    if (job is not None and not isinstance(job, str)) or type(since) is not int:
+        raise ValueError("EVENTS wants a job id (or none) and an integer cursor 'since'")
+    events = broker.ledger.events
+    if job is not None:
+        state = broker.jobs.get(job)
+        if state is None or not broker._may_act(state):
+            broker._reply(peer, P.ERROR, {"req": body.get("req"), "code": "no-such-job",
+                                          "message": f"no job {job[:100]!r} this client may "
+                                                     "see on this broker"})
+            return
+    seen = events.since(since, job, limit=MAX_EVENTS_REPLY * 4)
+    last = seen[-1]["seq"] if seen else max(since, 0)
+    visible = _visible(broker)
+    out = [e for e in seen if visible(e)][:MAX_EVENTS_REPLY]
+    if len(out) == MAX_EVENTS_REPLY:
+        last = out[-1]["seq"]
+    reply = {"req": body.get("req"), "events": out, "next": last, "seq": events.seq}
+    if job is not None:
+        reply["state"] = broker.jobs[job].state
+    broker._reply(peer, P.EVENTS, reply)
+
+
+def start_http(broker: Any) -> Observatory:
+    """Bind and start a broker's HTTP server (``config.http``); a ConfigError if it may
+    not listen where asked (beyond loopback needs keys, hence a token, or http_public)."""
+    cfg = broker.config
+    host, _ = parse_http(cfg.http)
+    if not is_loopback_host(host) and cfg.http_token is None and not cfg.http_public:
+        raise ConfigError(f"refusing to serve HTTP on {host} beyond loopback without keys: "
+                          "anyone who can reach it would see every job; give the broker "
+                          "--keys (then requests need its token) or --http-public")
+    token = cfg.http_token
+    if token is None and cfg.keys_dir:  # keys without a token given: the key dir's
+        token = load_token(os.path.join(cfg.keys_dir, TOKEN_FILE), create=True)
+    try:
+        return Observatory(broker, cfg.http, token, check_host=not cfg.http_public)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"cannot serve HTTP on {cfg.http}: the address is in use "
+                               "(port 0 lets the OS pick a free one)") from None
+        raise ConfigError(f"cannot serve HTTP on {cfg.http}: {exc.strerror or exc}") from None

@@ -1,0 +1,139 @@
+"""Commands of observability: ``pymapreduce events`` and ``pymapreduce dashboard-url``,
+and the broker's ``--http`` options (its token file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ..errors import ConfigError
+from ..patterns import protocol as P
+from .events import TERMINAL_EVENTS
+
+TOKEN_FILE = "http.token"  # in the broker's key directory
+POLL_SECONDS = 0.5  # between EVENTS requests while following
+
+
+def token_path(keys: str | None, given: str | None) -> str | None:
+    """Where a broker's HTTP token is: ``--http-token-file``, else DIR/http.token with
+    ``--keys DIR``, else nowhere (a keyless loopback broker needs none)."""
+    if given:
+        return given
+    return os.path.join(keys, TOKEN_FILE) if keys else None
+
+
+def load_token(path: str, create: bool) -> str:
+    """The token in ``path``; made (random, readable by its owner only) if missing and
+    ``create``."""
+    try:
+        with open(path, encoding="ascii") as f:
+            token = f.read().strip()
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(f"no HTTP token at {path}: a broker started with --http "
+                              "and --keys writes it there") from None
+        token = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+        return token
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the HTTP token file {path}: {exc}") from None
+    if len(token) < 16:
+        raise ConfigError(f"the HTTP token in {path} is too short (16 characters at least)")
+    return token
+
+
+def broker_token(args: argparse.Namespace) -> str | None:
+    """The token a broker's HTTP server asks for (None: none), made if missing."""
+    if not getattr(args, "http", None):
+        return None
+    path = token_path(args.keys, args.http_token_file)
+    return load_token(path, create=True) if path else None
+
+
+def add_broker_options(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the read-only dashboard API, events and /metrics here (port "
+                        "0: the OS picks; the ready line names the URL); beyond loopback "
+                        "only with --keys or --http-public")
+    b.add_argument("--http-public", action="store_true",
+                   help="allow --http beyond loopback without keys (anyone who reaches it "
+                        "sees every job's names, counters and errors)")
+    b.add_argument("--http-token-file", metavar="FILE",
+                   help="the token HTTP requests must carry (made if missing); default with "
+                        "--keys DIR: DIR/http.token")
+
+
+def add_commands(sub: Any, keys: Callable, common: Callable) -> None:
+    e = sub.add_parser("events", help="follow a broker's job and task events (JSON lines)",
+                       description="Print events as JSON lines as they happen: jobs "
+                       "submitted, attempts dispatched, done, failed (with tracebacks and "
+                       "input positions), retried, lost with a worker... With JOB_ID, that "
+                       "job's events, ending when it ends. A client key sees its own jobs' "
+                       "events; an admin key every job's and the workers'.")
+    e.add_argument("--connect", required=True, metavar="ADDR",
+                   help="the broker's address, e.g. tcp://HOST:5555")
+    e.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    e.add_argument("--since", type=int, default=0, metavar="SEQ",
+                   help="only events after this sequence number (default: all still held)")
+    e.add_argument("--no-follow", action="store_true",
+                   help="print the events held now and exit")
+    e.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="give up if the broker does not answer within this (default 5)")
+    keys(e, "client")
+    e.set_defaults(func=cmd_events)
+    d = sub.add_parser("dashboard-url", help="the URL (with its token) of a broker's "
+                       "HTTP server", description="Print URL with the token a broker "
+                       "started with --http and --keys DIR wrote to DIR/http.token (run it "
+                       "where that file is).")
+    d.add_argument("url", metavar="URL", help="the http://HOST:PORT/ the broker printed")
+    d.add_argument("--keys", metavar="DIR", help="the broker's key directory")
+    d.add_argument("--http-token-file", metavar="FILE", help="the token file instead")
+    d.set_defaults(func=cmd_dashboard_url)
+
+
+def cmd_dashboard_url(args: argparse.Namespace) -> int:
+    path = token_path(args.keys, args.http_token_file)
+    url = args.url if args.url.endswith("/") else args.url + "/"
+    print(f"{url}?token={load_token(path, create=False)}" if path else url)
+    return 0
+
+
+def follow(client: Any, job: str | None, since: int, out: TextIO, keep_going: bool = True,
+           sleep: Callable[[float], None] = time.sleep) -> int:
+    """Print events after ``since`` as JSON lines; with ``keep_going``, poll for more
+    until the job (if one is named) ends. Returns the last cursor."""
+    while True:
+        body: dict = {"since": since}
+        if job:
+            body["job"] = job
+        reply = client._request(P.EVENTS, body).body
+        for event in reply.get("events", []):
+            out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            if job and event.get("type") in TERMINAL_EVENTS:
+                keep_going = False
+        out.flush()
+        since = reply.get("next", since)
+        more = len(reply.get("events", [])) and reply.get("seq", since) > since
+        if job and reply.get("state") in P.JOB_TERMINAL and not more:
+            return since
+        if not keep_going and not more:
+            return since
+        if not more:
+            sleep(POLL_SECONDS)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from ..client import Client
+
+    with Client(args.connect, timeout=args.timeout, keys=args.keys,
+                key_name=args.key_name) as client:
+        follow(client, args.job_id, args.since, sys.stdout, keep_going=not args.no_follow)
+    return 0

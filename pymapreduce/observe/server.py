@@ -1,0 +1,173 @@
+"""The broker's observatory: the snapshot it publishes, and the HTTP views of it.
+
+:class:`Observatory` is owned by the broker daemon. The broker loop calls ``publish(now)``
+each turn (a new snapshot at most every ``PUBLISH_INTERVAL``); the HTTP threads call
+``route()``, which reads only the current snapshot and the event log. See
+docs/observability.md for the API.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import ConfigError
+from . import snapshot as snap
+from .events import EventLog
+from .http import Server
+from .metrics import Traffic, registry
+
+JSON = "application/json"
+SLOWEST = 10  # tasks listed as the slowest of a job
+MAX_FAILURES = 50  # failures listed per job
+# files served from static/ (the dashboard adds its own here), by content type
+STATIC = {"index.html": "text/html; charset=utf-8"}
+
+
+def parse_http(spec: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``http://HOST:PORT``) -> (host, port); port 0: the OS picks."""
+    spec = spec.removeprefix("http://").rstrip("/")
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--http wants HOST:PORT (port 0: any free port), not {spec!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback_host(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+class Observatory:
+    """Snapshots, metrics and the HTTP server of one broker."""
+
+    def __init__(self, broker: Any, bind: str, token: str | None, *,
+                 check_host: bool = True) -> None:
+        self.events: EventLog = broker.ledger.events
+        self.check_host = check_host  # without a token: loopback Host names only
+        self.traffic: Traffic = broker.traffic
+        self.token = token
+        self.closed = False
+        self.snapshot = snap.Snapshot()
+        self._ledger = broker.ledger
+        self._facts = snap.broker_facts(broker)
+        self._last = 0.0
+        self._seq = -1  # the event log's sequence number at the last snapshot
+        self.registry = registry(self.events, self.traffic, lambda: self.snapshot)
+        host, port = parse_http(bind)
+        self.server = Server((host, port), self)
+        real = self.server.server_address
+        shown = f"[{real[0]}]" if ":" in real[0] else real[0]
+        self.url = f"http://{shown}:{real[1]}/"
+        self.publish(time.monotonic(), force=True)
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="pymapreduce-http", daemon=True)
+        self._thread.start()
+
+    # -- the broker loop's side ----------------------------------------------------------
+    def publish(self, now: float, force: bool = False) -> None:
+        """A new snapshot when the last one is older than PUBLISH_INTERVAL, or than
+        CHANGED_INTERVAL and events happened since (a job that ends shows at once)."""
+        age = now - self._last
+        if force or age >= snap.PUBLISH_INTERVAL or (
+                age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq):
+            self._last, self._seq = now, self.events.seq
+            self.snapshot = snap.build(self._ledger, self._facts, now)  # (one assignment)
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- the HTTP threads' side ----------------------------------------------------------
+    def route(self, path: str, query: dict, headers: Any) -> tuple:
+        """(content type, body) or ("stream", next_events); KeyError: 404."""
+        s = self.snapshot
+        if path in ("/", "/index.html"):
+            return STATIC["index.html"], _static("index.html")
+        if path.startswith("/static/") and path[8:] in STATIC:
+            return STATIC[path[8:]], _static(path[8:])
+        if path == "/metrics":
+            return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path in ("/api/cluster", "/api/jobs"):
+            body = s.served.get(path)
+            if body is None:  # (two threads may both build it: the same bytes)
+                body = s.served[path] = _dumps(self._listing(s, path))
+            return JSON, body
+        if path.startswith("/api/jobs/"):
+            return JSON, _dumps(self.job_detail(path[len("/api/jobs/"):]))
+        if path == "/api/events":
+            return self._events(query, headers)
+        raise KeyError(f"no such page: {path[:100]}")
+
+    @staticmethod
+    def _listing(s: snap.Snapshot, path: str) -> dict:
+        if path == "/api/cluster":
+            return {"time": s.time, **s.cluster}
+        rows = [{k: v for k, v in row.items() if k != "skipped_records"}
+                for row in reversed(s.jobs.values())]
+        for row in rows:
+            if row["error"]:
+                row["error"] = {"message": row["error"]["message"],
+                                "task": row["error"]["task"]}
+        return {"time": s.time, "jobs": rows}
+
+    def job_detail(self, job_id: str) -> dict:
+        """One job: its row, attempts (timeline), failures, skipped records, slowest."""
+        row = self.snapshot.jobs.get(job_id)
+        if row is None:
+            raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
+                           "the result TTL")
+        attempts = self.events.attempts(job_id)
+        failures = [e for e in self.events.since(0, job_id)
+                    if e["type"] in ("failed", "killed")][-MAX_FAILURES:]
+        done = [a for a in attempts if a["outcome"] == "done" and a["end"] is not None]
+        done.sort(key=lambda a: a["end"] - a["start"], reverse=True)
+        slowest = [{"task": a["task"], "step": a["step"], "attempt": a["attempt"],
+                    "worker": a["worker"], "secs": round(a["end"] - a["start"], 6)}
+                   for a in done[:SLOWEST]]
+        return {"time": self.snapshot.time, "job": row, "attempts": attempts,
+                "failures": failures, "skipped": row["skipped_records"], "slowest": slowest}
+
+    def _events(self, query: dict, headers: Any) -> tuple:
+        job = query.get("job") or None
+        try:
+            cursor = int(query.get("since") or headers.get("Last-Event-ID") or 0)
+        except ValueError:
+            raise ValueError("since must be an event's sequence number") from None
+        if job is not None and self.events.tenant_of(job) is None \
+                and job not in self.snapshot.jobs:
+            raise KeyError(f"no job {job[:100]!r}")
+        if query.get("format") == "json":  # one look, for programs that poll
+            events = self.events.since(cursor, job)
+            return JSON, _dumps({"events": events,
+                                 "next": events[-1]["seq"] if events else cursor})
+        state = [cursor]
+
+        def next_events() -> list:
+            events = self.events.since(state[0], job)
+            if events:
+                state[0] = events[-1]["seq"]
+            return events
+        return "stream", next_events
+
+
+def _static(name: str) -> bytes:
+    try:
+        return resources.files("pymapreduce.observe").joinpath("static", name).read_bytes()
+    except FileNotFoundError:
+        raise KeyError(f"{name} is not in this installation") from None

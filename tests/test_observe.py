@@ -1,0 +1,356 @@
+"""The broker's observability: event log, JSON API, server-sent events, /metrics, the
+``events`` command, tokens with keys, and what a hostile HTTP client can cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pymapreduce import Client, run_sequential
+from pymapreduce.observe.events import EventLog, safe_position
+from pymapreduce.patterns import security
+
+from .conftest import ROOT, pmr, read_line, wait_workers
+from .jobs import WordCount, note
+
+MARKER = "SECRETMARKERq7"  # in every record's value; must never leave the broker's API
+READY_HTTP = re.compile(r"pymapreduce broker ready: (\S+) .*; http (http://\S+/)\)")
+
+
+def start_broker(daemons, *extra: str) -> tuple[str, str]:
+    """A broker with --http on a free port: (control address, http URL)."""
+    proc = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--log-level",
+                                "WARNING", "--parent-pid", str(os.getpid()),
+                                "--http", "127.0.0.1:0", *extra),
+                            stdout=subprocess.PIPE, cwd=ROOT)
+    daemons.procs.append(proc)
+    m = read_line(proc, READY_HTTP)
+    return m.group(1), m.group(2)
+
+
+def get(url: str, token: str | None = None, headers: dict | None = None
+        ) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={
+        **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def get_json(url: str, token: str | None = None) -> dict:
+    status, body = get(url, token)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)
+
+
+class Troubled(WordCount):
+    """Word count whose record 3 fails on its first try and record 11 dawdles (so that
+    its worker can be killed mid-task); every try is noted with its pid."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def map(self, key, line):
+        note(self.log_path, key, os.getpid())
+        if key == 3:
+            with open(self.log_path) as f:
+                if sum(1 for x in f.read().split("\n") if x.startswith("3 ")) == 1:
+                    raise ValueError("first try of record 3 fails")
+        if key == 11:
+            time.sleep(2.0)
+        yield from super().map(key, line)
+
+
+def wait_for(check, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_events_timeline_and_metrics_of_a_job_with_a_failure_and_a_killed_worker(
+        daemons, tmp_path):
+    address, http = start_broker(daemons, "--heartbeat", "1", "--liveness", "60",
+                                 "--backup-after", "off")
+    daemons.worker(address, 1)
+    daemons.worker(address, 1)
+    wait_workers(address, 2)
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 5} {MARKER}{i}") for i in range(12)]
+    with Client(address) as client:
+        handle = client.submit(Troubled(str(log)), records, map_tasks=12, reducers=2)
+        running = None
+        while running is None:
+            lines = [x.split() for x in log.read_text().splitlines()] if log.exists() else []
+            running = next((int(pid) for key, pid in lines if key == "11"), None)
+            time.sleep(0.02)
+        os.kill(running, signal.SIGKILL)  # mid-task
+        assert handle.result(60) == run_sequential(WordCount(), records)
+        job = handle.job_id
+    detail = wait_for(lambda: (d := get_json(f"{http}api/jobs/{job}"))["job"]["state"]
+                      == "succeeded" and d)
+    events = get_json(f"{http}api/events?job={job}&format=json")["events"]
+    kinds = [e["type"] for e in events]
+    for kind in ("job-submitted", "job-started", "dispatched", "failed", "retried", "killed",
+                 "done", "phase", "job-succeeded"):
+        assert kind in kinds, (kind, kinds)
+    failed = next(e for e in events if e["type"] == "failed")
+    assert failed["task"] == "map-3" and "first try of record 3 fails" in failed["traceback"]
+    assert failed["position"]["split"] == 3 and failed["position"]["record"] == 0
+    killed = next(e for e in events if e["type"] == "killed")
+    assert killed["task"] == "map-11" and "was lost" in killed["error"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    # the cluster's own ring: the worker's loss; a cursor resumes after an event
+    every = get_json(f"{http}api/events?format=json")["events"]
+    assert any(e["type"] == "worker-lost" for e in every)
+    later = get_json(f"{http}api/events?job={job}&since={seqs[5]}&format=json")["events"]
+    assert [e["seq"] for e in later] == seqs[6:]
+
+    # the timeline: every attempt, the retried and the killed ones with their outcomes
+    attempts = detail["attempts"]
+    by_task = {}
+    for a in attempts:
+        by_task.setdefault(a["task"], []).append(a)
+    assert [a["outcome"] for a in by_task["map-3"]] == ["failed", "done"]
+    assert [a["outcome"] for a in by_task["map-11"]] == ["killed", "done"]
+    assert [a["attempt"] for a in by_task["map-11"]] == [1, 2]
+    assert all(a["end"] >= a["start"] for a in attempts)
+    assert detail["failures"][0]["task"] == "map-3"
+    assert detail["slowest"][0]["task"] == "map-11"
+    row = detail["job"]
+    assert row["progress"] == {"map": [12, 12], "reduce": [2, 2]}
+    assert row["flow"]["map"]["records_in"] == 12  # (and its outputs are the shuffle)
+    assert row["flow"]["map"]["bytes_out"] > 0 and row["flow"]["reduce"]["bytes_out"] > 0
+
+    # /metrics parses, and its counters are the job's facts
+    status, text = get(f"{http}metrics")
+    assert status == 200
+    samples = {}
+    for fam in text_string_to_metric_families(text.decode()):
+        for s in fam.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    done = samples["pymapreduce_tasks_completed_total"]
+    assert done[(("kind", "map"),)] == 12 and done[(("kind", "reduce"),)] == 2
+    tries = samples["pymapreduce_task_attempts_total"]
+    assert sum(tries.values()) == len(attempts) == 16  # 14 tasks, a retry, a re-run
+    assert samples["pymapreduce_task_attempts_failed_total"][(("kind", "map"),)] == 1
+    assert samples["pymapreduce_task_attempts_lost_total"][(("kind", "map"),)] == 1
+    assert sum(samples["pymapreduce_task_retries_total"].values()) == 2
+    assert samples["pymapreduce_jobs_finished_total"][(("state", "succeeded"),)] == 1
+    assert samples["pymapreduce_job_duration_seconds_count"][()] == 1
+    assert samples["pymapreduce_received_bytes_total"][(("plane", "control"),)] > 0
+    assert len(samples["pymapreduce_worker_heartbeat_age_seconds"]) == 2
+
+    # server-sent events: a stream from a cursor gives the events after it
+    with urllib.request.urlopen(f"{http}api/events?job={job}&since={seqs[-3]}",
+                                timeout=20) as stream:
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        data = []
+        while len(data) < 2:
+            line = stream.readline().decode()
+            if line.startswith("data: "):
+                data.append(json.loads(line[6:]))
+    assert [e["seq"] for e in data] == seqs[-2:]
+
+    # `pymapreduce events JOB` prints the job's events and ends with the job
+    out = subprocess.run(pmr("events", "--connect", address, job), capture_output=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    printed = [json.loads(x) for x in out.stdout.decode().splitlines()]
+    assert [e["seq"] for e in printed] == seqs
+
+    # no job code or data values in anything served
+    served = [get(f"{http}{p}")[1] for p in ("", "api/cluster", "api/jobs", f"api/jobs/{job}",
+                                             "api/events?format=json", "metrics")]
+    for body in [*served, out.stdout]:
+        assert MARKER.encode() not in body
+
+
+@pytest.fixture
+def keys(tmp_path):
+    directory = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(directory, "other")  # a second tenant, authorized before the start
+    security.authorize(directory, security.CLIENT, os.path.join(directory, "other.key"))
+    return directory
+
+
+def test_with_keys_http_needs_the_token_and_a_client_sees_only_its_own_events(
+        daemons, keys):
+    address, http = start_broker(daemons, "--keys", keys, "--heartbeat", "0.2",
+                                 "--liveness", "2")
+    daemons.worker(address, 1, "--keys", keys)
+    records = [(i, f"w{i % 3}") for i in range(30)]
+    with Client(address, keys=keys) as client:
+        handle = client.submit(WordCount(), records, map_tasks=3)
+        handle.result(60)
+        job = handle.job_id
+    for path in ("api/jobs", "api/cluster", "metrics", "api/events?format=json", ""):
+        assert get(f"{http}{path}")[0] == 401
+        assert get(f"{http}{path}", token="x" * 32)[0] == 401
+    url = subprocess.run(pmr("dashboard-url", http, "--keys", keys), capture_output=True,
+                         timeout=30, cwd=ROOT).stdout.decode().strip()
+    token = url.split("?token=")[1]
+    assert token == open(os.path.join(keys, "http.token")).read().strip()
+    assert get(url)[0] == 200
+    jobs = wait_for(lambda: get_json(f"{http}api/jobs", token)["jobs"])
+    assert [j["id"] for j in jobs] == [job]
+
+    def events(key_name, *extra):
+        return subprocess.run(pmr("events", "--connect", address, "--keys", keys,
+                                  "--key-name", key_name, "--no-follow", *extra),
+                              capture_output=True, timeout=60, cwd=ROOT)
+
+    mine = events("client")
+    assert mine.returncode == 0, mine.stderr
+    assert any(json.loads(x).get("job") == job for x in mine.stdout.decode().splitlines())
+    theirs = events("other")
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout.decode().strip() == ""
+    refused = events("other", job)
+    assert refused.returncode != 0 and b"no job" in refused.stderr
+
+
+def test_a_slowloris_client_does_not_stop_other_requests(daemons):
+    address, http = start_broker(daemons)
+    host, port = http[len("http://"):].rstrip("/").split(":")
+    slow = []
+    for _ in range(8):  # they trickle their headers, never finishing them
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        slow.append(s)
+    huge = socket.create_connection((host, int(port)), timeout=30)
+    huge.sendall(b"GET /api/jobs HTTP/1.1\r\n" + b"X-Big: " + b"a" * 60_000 + b"\r\n")
+    try:
+        for _ in range(5):  # others are served meanwhile
+            assert get_json(f"{http}api/cluster")["broker"]["address"] == address
+        assert b"431" in huge.recv(200).split(b"\r\n")[0]
+        # the server closes a trickling request at its deadline, however it trickles
+        closed = False
+        deadline = time.monotonic() + 30
+        while not closed and time.monotonic() < deadline:
+            try:
+                slow[0].sendall(b"a")
+                slow[0].settimeout(0.5)
+                closed = slow[0].recv(100) is not None  # EOF (b"") or an answer
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+        assert closed
+    finally:
+        for s in (*slow, huge):
+            s.close()
+
+
+def test_a_keyless_broker_refuses_http_beyond_loopback_and_foreign_host_names(daemons):
+    proc = subprocess.run(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--http",
+                              "0.0.0.0:0"), capture_output=True, timeout=30, cwd=ROOT)
+    assert proc.returncode != 0 and b"--http-public" in proc.stderr
+    _, http = start_broker(daemons)
+    assert get(f"{http}api/jobs", headers={"Host": "evil.example:80"})[0] == 403
+
+
+def test_the_event_log_is_bounded_and_keeps_no_data_values():
+    class FakeJob:
+        id, name, tenant, reducers, steps, maps, step = "j", "n", "", 1, [], [], 0
+        state = "running"
+
+    for budget in (10 << 20, 50_000):  # rings full first; then the byte budget first
+        events = EventLog(per_job=10, global_events=20, max_bytes=budget)
+        events.job_submitted(FakeJob)
+        for _ in range(100):
+            with events.lock:
+                events._emit("j", "failed", error="e" * 1000, traceback="t" * 5000)
+        assert len(events.since(0, "j")) <= 10 and len(events.since(0)) <= 20
+        assert events._bytes <= budget
+        if budget > 1 << 20:
+            assert len(events.since(0, "j")) == 10 and len(events.since(0)) == 20
+        events.job_dropped("j")
+        assert events.since(0, "j") == []
+    # attempt rows: at most max_attempts over all jobs, the oldest job's going first
+    events = EventLog(max_attempts=50)
+    jobs = []
+    for j in range(3):
+        job = type("Job", (), {"id": f"j{j}", "name": "n", "tenant": "", "reducers": 1,
+                               "steps": [], "maps": [], "step": 0, "state": "running"})
+        events.job_submitted(job)
+        jobs.append(job)
+        for i in range(40):
+            task = type("Task", (), {"job": job, "kind": "map", "index": i, "running": {1: 1}})
+            events.dispatched(task, i + 1, "w")
+    rows = [len(events.attempts(job.id)) for job in jobs]
+    assert sum(rows) == 50 and rows[2] == 40
+    assert safe_position({"key": "'secret'", "split": 2, "record": 5}) == {"split": 2,
+                                                                          "record": 5}
+    assert safe_position({"key": "1200", "path": "/in/a.txt"}) == {"path": "/in/a.txt",
+                                                                  "offset": 1200}
+
+
+def test_an_embedded_cluster_serves_http_when_asked():
+    from pymapreduce import LocalCluster
+
+    with LocalCluster(workers=1, http=True) as cluster:
+        assert cluster.http_url.startswith("http://127.0.0.1:")
+        workers = wait_for(lambda: get_json(f"{cluster.http_url}api/cluster")["workers"])
+        assert len(workers) == 1 and workers[0]["liveness"] == "alive"
+        status, page = get(cluster.http_url)
+        assert status == 200 and b"/api/jobs" in page
+    with LocalCluster(workers=1) as cluster:  # off by default
+        assert cluster.http_url == ""
+
+
+def test_the_ledger_records_an_attempt_s_whole_story_without_sockets():
+    """Driven by calls (tests/test_ledger.py's helpers): a failure, its retry, a worker
+    lost with its attempt, and the commits, in the event log and the attempt table."""
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.ledger import Ledger
+    from pymapreduce.broker.sink import Store
+
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    store = Store(1 << 30)
+    try:
+        ledger = Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2,
+                                     liveness=1.0), store)
+        job = add_job(ledger, maps=1)
+        ledger.events.job_submitted(job)
+        a = ledger.register(b"A", "", {"credit": 1, "name": "host:1"}, T0)
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.failed(a, {"job": key[0], "kind": key[1], "index": key[2], "attempt": key[3],
+                          "error": "boom", "traceback": "tb", "position": {"key": "'v'"}})
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.purge(a, "silent for 2.0s")
+        b = ledger.register(b"B", "", {"credit": 1, "name": "host:2"}, T0)
+        ledger.dispatch(T0)
+        (_, [key]), = tasks_of(ledger).items()
+        ledger.done(b, [report(key)], tuple(map_output()))
+        kinds = [e["type"] for e in ledger.events.since(0, "j")]
+        assert kinds == ["job-submitted", "job-started", "dispatched", "failed", "retried",
+                         "dispatched", "killed", "retried", "dispatched", "done", "phase"]
+        failed = ledger.events.since(0, "j")[3]
+        assert failed["position"] == {} and failed["error"] == "boom"  # no data values
+        rows = ledger.events.attempts("j")
+        assert [(r["attempt"], r["worker"], r["outcome"]) for r in rows] == [
+            (1, "host:1", "failed"), (2, "host:1", "killed"), (3, "host:2", "done")]
+        ledger.drop_job(job)
+        assert ledger.events.since(0, "j") == [] and ledger.events.attempts("j") == []
+    finally:
+        store.close()
