@@ -386,7 +386,7 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
             # in-mapper combining: map yielded nothing and map_final yields the task's
             # output, as a rule one pair per key; grouping it would make a list of one
             # value per key, to encode, decode and merge: it travels as flat pairs
-            return _flat(job, _hook(job, "map_final"))
+            return FlatPairs(job, list(_hook(job, "map_final")))
         for pair in _hook(job, "map_final"):
             # (the tests inline: a final hook yields a whole task's output, in-mapper
             # combining's distinct keys; a call per pair cost 5% of such a map task)
@@ -404,32 +404,14 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
 
 class FlatPairs:
     """A map task's output as pairs of one value each, not grouped by key (see
-    :func:`map_grouped`); its partitions are segments flagged as holding single values."""
+    :func:`map_grouped`): ``pairs`` as ``map_final`` gave them, checked as they are
+    partitioned (:func:`_partition_flat`), into segments flagged as holding single values."""
 
-    __slots__ = ("keys", "values")
+    __slots__ = ("job", "pairs")
 
-    def __init__(self, keys: list, values: list) -> None:
-        self.keys = keys
-        self.values = values
-
-
-def _flat(job: Job, pairs: Iterable[Any]) -> FlatPairs:
-    keys: list = []
-    values: list = []
-    add_key = keys.append
-    add_value = values.append
-    for pair in pairs:
-        if type(pair) is not tuple or len(pair) != 2:
-            pair = as_pair(job, "map_final", pair)
-        k, v = pair
-        if type(k) is not str:  # (the reduce side groups by it: it must hash)
-            try:
-                hash(k)
-            except TypeError:
-                k = group_key(job, "map_final", k)
-        add_key(k)
-        add_value(v)
-    return FlatPairs(keys, values)
+    def __init__(self, job: Job, pairs: list) -> None:
+        self.job = job
+        self.pairs = pairs
 
 
 def _blame(job: Job, pair: Any, exc: Exception) -> Exception:
@@ -515,25 +497,33 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
 
 
 def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
-    """:func:`finish_map` of flat pairs: segments ``(keys, values, True)``, True saying
-    that each value is one value, not a key's list (:func:`merge_segments`)."""
-    if reducers == 1:
-        return [(flat.keys, flat.values, True)]
-    parts: list[Columns] = [([], [], True) for _ in range(reducers)]
+    """:func:`finish_map` of flat pairs, in one pass that checks each pair (as
+    :func:`map_grouped` does), partitions it and appends it: segments ``(keys, values,
+    True)``, True saying that each value is one value, not a key's list
+    (:func:`merge_segments`)."""
+    kparts: list[list] = [[] for _ in range(reducers)]
+    vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)
-    if choose is _NO_CHOOSER:
-        crc32 = zlib.crc32
-
-        def choose(k: Any) -> int:
-            if type(k) is str:
-                return crc32(k.encode("utf-8", "surrogatepass")) % reducers
-            return stable_hash(k) % reducers
-
-    for k, v in zip(flat.keys, flat.values):
-        keys, vals, _ = parts[choose(k)]
-        keys.append(k)
-        vals.append(v)
-    return parts
+    hashed = choose is _NO_CHOOSER  # (else ranges, the job's partition, or one reducer)
+    crc32 = zlib.crc32
+    for pair in flat.pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            pair = as_pair(job, "map_final", pair)
+        k, v = pair
+        if type(k) is str:
+            if hashed:
+                p = crc32(k.encode("utf-8", "surrogatepass")) % reducers
+            else:
+                p = choose(k)
+        else:
+            try:
+                hash(k)  # (the reduce side groups by it)
+            except TypeError:
+                k = group_key(job, "map_final", k)
+            p = stable_hash(k) % reducers if hashed else choose(k)
+        kparts[p].append(k)
+        vparts[p].append(v)
+    return [(kparts[p], vparts[p], True) for p in range(reducers)]
 
 
 def _NO_CHOOSER(key: Any) -> int:  # (a marker: partition by the key's stable hash)
@@ -666,7 +656,7 @@ def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
         return list(zip(*map_pairs(job, records)))
     groups = map_grouped(job, records)
     if isinstance(groups, FlatPairs):
-        groups = merge_segments([(groups.keys, groups.values, True)], combined=False)
+        groups = merge_segments(_partition_flat(job, groups, 1), combined=False)
     keys, values = reduce_groups(job, groups)
     if emits(job):
         return list(zip(keys, values))
