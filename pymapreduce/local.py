@@ -97,8 +97,12 @@ class LocalCluster:
         env = dict(os.environ)
         if echo:  # task output is echoed to this process's stdout and stderr
             env[ECHO_ENV] = ",".join(map(str, echo))
-        # the workers import what this process can import (jobs defined in its modules)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # the daemons import what this process imports, from where it imports it (jobs
+        # defined in its modules, and this very pymapreduce): its path, in its order, and
+        # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
+        # pymapreduce/ folder there, a source checkout, would run in the daemons instead)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env["PYTHONSAFEPATH"] = "1"
         cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
                "--log-level", self.log_level]
         if self.keys is not None:

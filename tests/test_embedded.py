@@ -170,3 +170,34 @@ def test_a_module_that_runs_a_job_at_import_does_not_start_clusters_in_workers(t
     # by reference, they refuse instead (tests/test_travel.py)
     assert imported.returncode == 0, imported.stderr
     assert len((tmp_path / "imports.log").read_text().split()) == 1
+
+
+def test_the_embedded_daemons_run_this_pymapreduce_not_one_in_the_current_directory(tmp_path):
+    # A source checkout or any pymapreduce/ folder in the current directory must not be
+    # what the daemons import (`python -m` puts the current directory first on the path)
+    shadow = tmp_path / "pymapreduce"
+    shadow.mkdir()
+    for name in ("__init__.py", "__main__.py"):
+        (shadow / name).write_text('raise SystemExit("the other pymapreduce ran")\n')
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from pymapreduce import Job
+
+        class Words(Job):
+            def map(self, key, line):
+                for word in line.split():
+                    yield word, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+
+        if __name__ == "__main__":
+            print(Words().run([(0, "a b a")], workers=1, timeout=60))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "{'a': 2, 'b': 1}"
+    assert "the other pymapreduce ran" not in proc.stderr
