@@ -102,7 +102,8 @@ class LocalCluster:
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
         # pymapreduce/ folder there, a source checkout, would run in the daemons instead)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        env["PYTHONSAFEPATH"] = "1"
+        if "PYTHONSAFEPATH" not in env:  # (the daemon unsets it again: __main__.py)
+            env["PYTHONSAFEPATH"] = env["PYMAPREDUCE_SAFEPATH"] = "1"
         cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
                "--log-level", self.log_level]
         if self.keys is not None:

@@ -187,6 +187,8 @@ def test_the_embedded_daemons_run_this_pymapreduce_not_one_in_the_current_direct
 
         class Words(Job):
             def map(self, key, line):
+                import os
+                assert "PYTHONSAFEPATH" not in os.environ  # (tasks' own subprocesses)
                 for word in line.split():
                     yield word, 1
 
