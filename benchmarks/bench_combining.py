@@ -188,7 +188,7 @@ def profile(files: list[str]) -> list[tuple[str, str, float]]:
     """CPU seconds of each step of both sides, run one after the other in this process
     (no sockets, no parallelism): where the time goes, robust to a busy machine in a way
     that wall-clock figures are not. Returns ``(side, step, seconds)`` rows."""
-    from pymapreduce.job import finish_map, map_grouped, merge_segments, reduce_groups
+    from pymapreduce.kernels import finish_map, map_grouped, merge_segments, reduce_groups
     from pymapreduce.lines import read_split
     from pymapreduce.patterns.records import pack, paused_gc, unpack, unpack_columns
 

@@ -25,7 +25,8 @@ from .errors import (
     ValueNeedsPickle,
 )
 from .inputs import read_csv, read_files, read_jsonl, read_text
-from .job import Job, run_sequential, stable_hash
+from .job import Job, stable_hash
+from .kernels import run_sequential
 from .shipping import job_file
 
 __version__ = "0.1.0"

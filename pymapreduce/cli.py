@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
-import importlib
-import importlib.util
-import inspect
 import ipaddress
 import json
 import logging
@@ -22,14 +17,12 @@ from urllib.parse import urlsplit
 
 from .cli_errors import DEBUG_ENV, debug_from_env, report_error
 from .cli_help import DESCRIPTION, EPILOG, version
-from .cli_output import (  # noqa: F401 (Progress, print_listing: their old home)
+from .cli_output import (  # noqa: F401 (print_listing: its old home)
     TERMINAL_LIMIT,
-    Progress,
     print_job,
-    print_limit,
     print_listing,
-    print_pairs,
 )
+from .cli_run import cmd_run, job_params, load_job_class, make_job  # noqa: F401
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
@@ -41,7 +34,6 @@ from .errors import (
     StateError,
 )
 from .observe import cli as observe_cli
-from .progress import progress_period, summary_lines, watch
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -185,172 +177,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
           f"for {args.connect}", flush=True)
     sup.serve_forever()
     return sup.exit_code
-
-
-def load_job_class(spec: str):
-    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class.
-
-    A missing file, module or class is a PyMapReduceError (one line, exit 2); an error
-    raised by the module's own code while it is imported keeps its traceback."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
-    if target.endswith(".py") or os.sep in target:
-        if not os.path.isfile(target):
-            raise PyMapReduceError(f"job file {target!r} does not exist")
-        name = os.path.splitext(os.path.basename(target))[0]
-        # as `python FILE.py` would: modules beside the job file are importable
-        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
-        module_spec = importlib.util.spec_from_file_location(name, target)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        import cloudpickle
-
-        # the workers need not have the file; and registered before it runs, a job it runs
-        # at import (no `if __name__ == "__main__":`) does not make the workers import it
-        cloudpickle.register_pickle_by_value(module)
-        _import_job_module(target, lambda: module_spec.loader.exec_module(module))
-    else:
-        # as `python -m pymapreduce` has it: modules in the current directory import (the
-        # console script's sys.path starts with its own bin directory instead)
-        if os.getcwd() not in sys.path and "" not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        module = _import_job_module(target, lambda: importlib.import_module(target))
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise PyMapReduceError(f"{target} defines no {attr!r}") from None
-
-
-def _import_job_module(target: str, load):
-    """``load()``, with a missing module or a syntax error as one clear line."""
-    try:
-        return load()
-    except ModuleNotFoundError as exc:
-        if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
-            raise PyMapReduceError(f"no module named {target!r} (looked in the current "
-                                   "directory and on sys.path)") from None
-        raise PyMapReduceError(f"importing {target}: {exc} (is it installed here?)") from None
-    except SyntaxError as exc:
-        raise PyMapReduceError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None
-
-
-def job_params(pairs: list[str] | None) -> dict:
-    """``-p name=value`` options as constructor keyword arguments: a value that parses as
-    a Python literal (``ast.literal_eval``: numbers, strings in quotes, lists, dicts, True,
-    None...) is that value, anything else is the string as typed."""
-    params: dict = {}
-    for pair in pairs or ():
-        name, eq, text = pair.partition("=")
-        name = name.strip()
-        if not eq or not name.isidentifier():
-            raise PyMapReduceError(f"-p {pair!r}: give a parameter as name=value")
-        if name in params:
-            raise PyMapReduceError(f"-p {name}: given twice")
-        try:
-            params[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            params[name] = text
-    return params
-
-
-def make_job(spec: str, pairs: list[str] | None = None):
-    """The job ``spec`` names, built with the ``-p`` parameters; a class that is not a
-    Job, or parameters its constructor does not take, are one clear line."""
-    from .job import Job
-
-    cls = load_job_class(spec)
-    params = job_params(pairs)
-    if not (isinstance(cls, type) and issubclass(cls, Job)):
-        raise PyMapReduceError(f"{spec} is not a pymapreduce.Job subclass")
-    try:
-        inspect.signature(cls).bind(**params)
-    except TypeError as exc:
-        given = ", ".join(params) or "none"
-        raise PyMapReduceError(f"{cls.__name__}{inspect.signature(cls)}: {exc} (parameters "
-                               f"given with -p name=value: {given})") from None
-    except ValueError:  # no signature to check (a C-level constructor): let it say
-        pass
-    return cls(**params)
-
-
-def job_inputs(job, paths: list[str], **options):
-    """The input of ``pymapreduce run``: the files named, as ``read_text(paths, **options)``
-    reads them, unless the job says how its files are read with a method
-    ``read_inputs(self, paths, **options)`` returning ``read_text(..., with_path=True)``,
-    ``read_files(...)``, ``read_csv(...)`` or ``read_jsonl(...)`` (Hadoop's input format).
-    ``options``: the command line's ``split_bytes``, ``encoding`` and ``max_line_bytes``."""
-    from .inputs import TextInput, read_text
-
-    reader = getattr(job, "read_inputs", None)
-    if reader is None:
-        return read_text(paths, **options)
-    inputs = reader(list(paths), **options)
-    if not isinstance(inputs, TextInput):
-        raise PyMapReduceError(f"{type(job).__name__}.read_inputs() returned "
-                               f"{type(inputs).__name__}, not the result of read_text(), "
-                               "read_files(), read_csv() or read_jsonl()")
-    return inputs
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from .client import Client
-    from .client.output import check_output_dir
-    from .local import LocalCluster
-    from .shipping import gather_files
-
-    job = make_job(args.job, args.param)
-    inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
-                        encoding=args.encoding, max_line_bytes=args.max_line_bytes)
-    inputs.files()  # a path that matches nothing fails here, before any process starts
-    if args.output is not None:  # so does an output that cannot be written, or is taken
-        check_output_dir(args.output, overwrite=args.overwrite)
-    gather_files(job, args.file)  # as does a missing --file (read again at submit)
-    period = progress_period(args.progress_every)  # and a bad progress period
-    cluster = None
-    started = time.monotonic()
-    try:
-        address = args.connect
-        if address is None:
-            cluster = LocalCluster(workers=args.workers, keys=args.keys,
-                                   heartbeat_interval=args.heartbeat,
-                                   liveness=args.liveness,
-                                   task_stdout="stderr").start()  # stdout: the pairs
-            address = cluster.address
-        with Client(address, keys=args.keys, key_name=args.key_name) as client:
-            # a total-order job's map runs on a sample here, in this process: what it prints
-            # goes to stderr, as its tasks' prints do, so stdout holds the pairs only
-            with contextlib.redirect_stdout(sys.stderr):
-                handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
-                                       output_dir=args.output, priority=args.priority,
-                                       requires=set(args.require or ()) or None,
-                                       files=args.file)
-            where = (f"submitted to {address}" if cluster is None else
-                     f"running on an embedded cluster of {cluster.workers} worker processes")
-            print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
-            try:
-                status = watch(handle, timeout=args.timeout, stream=sys.stderr,
-                               period=period, started=started)
-            except (KeyboardInterrupt, JobTimeout) as exc:
-                if isinstance(exc, JobTimeout):
-                    print(f"pymapreduce: {exc}", file=sys.stderr)
-                if cluster is None:  # a shared broker: don't leave the job running unseen
-                    handle.cancel()
-                    print(f"pymapreduce: job {handle.job_id} cancelled, so that it does not "
-                          "go on unwatched", file=sys.stderr)
-                if isinstance(exc, JobTimeout):
-                    return EXIT_TIMEOUT
-                raise
-            if args.output is None:
-                print_pairs(handle.results(), limit=print_limit(args.limit, sys.stdout))
-            handle.release()  # (its outputs; `status` still lists it until the result TTL)
-    finally:
-        if cluster is not None:
-            cluster.close()
-    # after the pairs, so that it is the last thing said (time, records, bytes, counters)
-    for line in summary_lines(status, wall=time.monotonic() - started, output=args.output):
-        print(line, file=sys.stderr)
-    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

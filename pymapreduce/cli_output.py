@@ -130,34 +130,6 @@ def describe_position(position: Any) -> str:
     return str(position)
 
 
-class Progress:
-    """A one-line progress bar on a terminal: tasks done / total, per phase."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-
-    def __call__(self, status: dict) -> None:
-        if not self.enabled:
-            return
-        line = "  ".join(
-            f"{phase} {done}/{total} {self._bar(done, total)}"
-            for phase, (done, total) in (("map", status["maps"]), ("reduce", status["reduces"]))
-            if total
-        )
-        self.stream.write(f"\r{line}  {status.get('elapsed', 0):.1f}s ")
-        self.stream.flush()
-
-    @staticmethod
-    def _bar(done: int, total: int, width: int = 20) -> str:
-        filled = int(width * done / max(total, 1))
-        return "[" + "#" * filled + "." * (width - filled) + "]"
-
-    def end(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-
-
 def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
     """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
     print(f"jobs ({len(jobs)})", file=out)

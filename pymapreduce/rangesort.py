@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import BadOutput
-from .job import Columns, Job, map_pairs
+from .job import Columns, Job
+from .kernels import map_pairs
 from .ordering import group_key, is_total_order, range_bounds
 from .patterns.records import pack
 

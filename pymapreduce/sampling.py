@@ -28,7 +28,8 @@ from typing import Any
 
 from .errors import BadOutput, ConfigError
 from .inputs import TextInput, normalize_records, plan_file_splits, read_split
-from .job import Job, run_sequential
+from .job import Job
+from .kernels import run_sequential
 from .ordering import as_pair, group_key, is_total_order
 
 # Input records the client maps to cut the boundaries. Hadoop's TeraSort samples 100,000

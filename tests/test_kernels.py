@@ -213,28 +213,6 @@ def test_combine_runs_as_values_pile_up_and_the_result_is_unchanged():
     assert dict(zip(keys, values)) == run_sequential(WordCount(), records)
 
 
-def test_progress_bar_draws_both_phases_on_a_terminal():
-    import io
-
-    from pymapreduce.cli import Progress
-
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-
-    out = Tty()
-    bar = Progress(out)
-    bar({"maps": [3, 4], "reduces": [0, 2], "elapsed": 1.25})
-    bar.end()
-    text = out.getvalue()
-    assert "map 3/4 [###############.....]" in text
-    assert "reduce 0/2 [....................]" in text
-    assert text.startswith("\r") and text.endswith("\n")
-    quiet = io.StringIO()  # not a terminal: no bar at all
-    Progress(quiet)({"maps": [1, 1], "reduces": [0, 0]})
-    assert quiet.getvalue() == ""
-
-
 def test_invalid_utf8_is_replaced_and_offsets_stay_exact(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok\nbad \xff\xfe byte\n\xc3\xa9t\xc3\xa9\r\nlast")

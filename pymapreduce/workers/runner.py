@@ -7,9 +7,8 @@ from typing import Any
 
 from ..errors import InputError, ValueNeedsPickle
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
-from ..job import (
-    Columns,
-    Job,
+from ..job import Columns, Job
+from ..kernels import (
     RecordFailed,
     finish_map,
     map_grouped,

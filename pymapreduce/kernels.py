@@ -1,0 +1,355 @@
+"""The pure MapReduce kernels that workers run (no sockets, no processes): map a split and
+group its output by key, combine and partition it; merge a partition's segments and reduce
+them; and :func:`run_sequential`, the reference whose result every distributed run must
+equal."""
+
+from __future__ import annotations
+
+import zlib
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import BadOutput
+from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
+from .ordering import as_pair, combiner_of, group_key, is_total_order, range_bounds
+
+_NO_RECORD = object()
+
+
+class RecordFailed(Exception):
+    """``map`` (or reading its input) failed at the record with key ``key``; the user's
+    exception is the ``__cause__``."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.key = None if key is _NO_RECORD else key
+
+
+COMBINE_EVERY = 64  # values a key may collect in a map task before they are combined
+
+
+def _hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
+    """Run a task hook (``map_init``, ``map_final``...) if the job has one; what a
+    ``_final`` hook yields (or returns) is more output pairs."""
+    hook = getattr(job, name, None)
+    if hook is None:
+        return ()
+    out = hook()
+    return () if out is None or name.endswith("_init") else out
+
+
+def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
+    """Run ``map`` over records and group its output by key (keys in first-seen order).
+
+    With a ``combine``, a key's values are combined whenever COMBINE_EVERY of them have
+    piled up, so a map task holds about one value per distinct key instead of one per
+    record: on two cores sharing a memory bus that halved word count's map time. As in
+    Hadoop, a combiner may therefore run several times on parts of a key's values, and
+    must accept its own outputs among its inputs (sum, min, max, set union do).
+
+    Each output is checked to be a tuple (one type test; lists and errors take a slow
+    path, and unpacking it checks its length: see :func:`_blame`), and a key that cannot
+    be hashed is given to :func:`group_key`.
+    """
+    groups: Groups = defaultdict(list)
+    mapper = job.map
+    combiner = combiner_of(job)
+    key = pair = _NO_RECORD
+    try:
+        _hook(job, "map_init")
+        if combiner is None:
+            for key, value in records:
+                out = mapper(key, value)
+                if out is not None:
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        try:
+                            groups[k].append(v)
+                        except TypeError:
+                            groups[group_key(job, "map", k)].append(v)
+        else:
+            for key, value in records:
+                out = mapper(key, value)
+                if out is not None:
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        try:
+                            values = groups[k]
+                        except TypeError:
+                            k = group_key(job, "map", k)
+                            values = groups[k]
+                        values.append(v)
+                        if len(values) >= COMBINE_EVERY:
+                            values[:] = [combiner(k, values)]
+        key = _NO_RECORD
+        if not groups and combiner is None:
+            # in-mapper combining: map yielded nothing and map_final yields the task's
+            # output, as a rule one pair per key; grouping it would make a list of one
+            # value per key, to encode, decode and merge: it travels as flat pairs
+            return FlatPairs(job, list(_hook(job, "map_final")))
+        for pair in _hook(job, "map_final"):
+            # (the tests inline: a final hook yields a whole task's output, in-mapper
+            # combining's distinct keys; a call per pair cost 5% of such a map task)
+            if type(pair) is not tuple or len(pair) != 2:
+                pair = as_pair(job, "map_final", pair)
+            k, v = pair
+            try:
+                groups[k].append(v)
+            except TypeError:
+                groups[group_key(job, "map_final", k)].append(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return groups
+
+
+class FlatPairs:
+    """A map task's output as pairs of one value each, not grouped by key (see
+    :func:`map_grouped`): ``pairs`` as ``map_final`` gave them, checked as they are
+    partitioned (:func:`_partition_flat`), into segments flagged as holding single values."""
+
+    __slots__ = ("job", "pairs")
+
+    def __init__(self, job: Job, pairs: list) -> None:
+        self.job = job
+        self.pairs = pairs
+
+
+def _blame(job: Job, pair: Any, exc: Exception) -> Exception:
+    """The error to report for a map task that raised ``exc`` after the pair check: if
+    the last output was a tuple of another length than 2, unpacking it failed (the map
+    yielded a non-pair; a failure of the map itself comes after a good pair), else ``exc``.
+    Checking the length here, not per pair, keeps the per-pair test to one type test."""
+    if type(pair) is tuple and len(pair) != 2 and isinstance(exc, ValueError):
+        try:
+            as_pair(job, "map", pair)
+        except BadOutput as bad:
+            return bad
+    return exc
+
+
+def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
+    """Run ``map`` over records and keep its output as it is (map-only jobs)."""
+    keys: list = []
+    values: list = []
+    add_key = keys.append
+    add_value = values.append
+    mapper = job.map
+    key = pair = _NO_RECORD
+    try:
+        _hook(job, "map_init")
+        for key, value in records:
+            out = mapper(key, value)
+            if out is not None:
+                for pair in out:
+                    if type(pair) is not tuple:
+                        pair = as_pair(job, "map", pair)
+                    k, v = pair
+                    add_key(k)
+                    add_value(v)
+        key = _NO_RECORD
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
+            add_key(k)
+            add_value(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return keys, values
+
+
+def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
+    """Combine each group (if the job has a combiner) and cut the groups into partitions.
+
+    Each partition is ``(keys, values)``: with a combiner one combined value per key,
+    without one the key's list of values (sorted by ``value_key`` if the job has one, so
+    the reduce side merges sorted runs). One pass, one partition choice per key: a
+    ``total_order`` job's by its key range, else the job's ``partition``, else a hash.
+    """
+    if isinstance(groups, FlatPairs):
+        return _partition_flat(job, groups, reducers)
+    combiner = combiner_of(job)
+    if combiner is None and job._has("value_key"):
+        value_key = job.value_key
+        for values in groups.values():
+            if len(values) > 1:
+                values.sort(key=value_key)
+    if reducers == 1 and combiner is None:
+        return [(list(groups), list(groups.values()))]
+    parts: list[Columns] = [([], []) for _ in range(reducers)]
+    choose = _chooser(job, reducers)
+    hashed = choose is _NO_CHOOSER  # the common case, inlined: stable_hash's str branch
+    crc32 = zlib.crc32
+    for k, values in groups.items():
+        if combiner is not None:
+            v = values[0] if len(values) == 1 else combiner(k, values)
+        else:
+            v = values
+        if hashed:
+            if type(k) is str:
+                p = crc32(k.encode("utf-8", "surrogatepass")) % reducers
+            else:
+                p = stable_hash(k) % reducers
+        else:
+            p = choose(k)
+        keys, vals = parts[p]
+        keys.append(k)
+        vals.append(v)
+    return parts
+
+
+def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
+    """:func:`finish_map` of flat pairs, in one pass that checks each pair (as
+    :func:`map_grouped` does), partitions it and appends it: segments ``(keys, values,
+    True)``, True saying that each value is one value, not a key's list
+    (:func:`merge_segments`)."""
+    kparts: list[list] = [[] for _ in range(reducers)]
+    vparts: list[list] = [[] for _ in range(reducers)]
+    choose = _chooser(job, reducers)
+    hashed = choose is _NO_CHOOSER  # (else ranges, the job's partition, or one reducer)
+    crc32 = zlib.crc32
+    for pair in flat.pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            pair = as_pair(job, "map_final", pair)
+        k, v = pair
+        if type(k) is str:
+            if hashed:
+                p = crc32(k.encode("utf-8", "surrogatepass")) % reducers
+            else:
+                p = choose(k)
+        else:
+            try:
+                hash(k)  # (the reduce side groups by it)
+            except TypeError:
+                k = group_key(job, "map_final", k)
+            p = stable_hash(k) % reducers if hashed else choose(k)
+        kparts[p].append(k)
+        vparts[p].append(v)
+    return [(kparts[p], vparts[p], True) for p in range(reducers)]
+
+
+def _NO_CHOOSER(key: Any) -> int:  # (a marker: partition by the key's stable hash)
+    raise AssertionError("not called")
+
+
+def _chooser(job: Job, reducers: int) -> Any:
+    """The partition of a key: a ``total_order`` job's by its key range, else the job's
+    own ``partition``, else ``_NO_CHOOSER`` (by stable hash, which callers inline)."""
+    bounds = range_bounds(job)
+    if bounds is not None:
+        last = reducers - 1
+
+        def by_range(k: Any) -> int:
+            try:
+                p = bisect_left(bounds, k)
+            except TypeError as exc:
+                raise BadOutput(f"{type(job).__name__} has total_order but its map yielded "
+                                f"the key {k!r:.80} ({type(k).__name__}), which does not "
+                                f"compare with the sampled keys ({exc})") from None
+            return last if p > last else p  # (cut for the job's reducers; never more)
+
+        return by_range
+    if type(job).partition is not Job.partition:
+        custom = job.partition
+
+        def by_custom(k: Any) -> int:
+            p = custom(k, reducers)
+            if type(p) is not int or not 0 <= p < reducers:
+                raise ValueError(f"partition({k!r}, {reducers}) returned {p!r}, "
+                                 "not an int in range")
+            return p
+
+        return by_custom
+    if reducers == 1:
+        return lambda k: 0
+    return _NO_CHOOSER
+
+
+def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
+    """Merge one partition's segments (in map-task order) into one group per key.
+
+    ``combined``: the segments hold one combined value per key, not lists of values.
+    """
+    groups: Groups = defaultdict(list)  # a missing key costs C code, not a branch
+    for segment in segments:
+        keys, values = segment[0], segment[1]
+        if combined or len(segment) > 2:  # one value per pair (flat pairs: finish_map)
+            for k, v in zip(keys, values):
+                groups[k].append(v)
+        else:
+            for k, vs in zip(keys, values):
+                groups[k].extend(vs)
+    return groups
+
+
+def reduce_groups(job: Job, groups: Groups) -> Columns:
+    """Run ``reduce`` on every group; keys come out sorted where they are comparable.
+
+    An emitting ``reduce`` (a generator) gives the pairs it yields, in that order; the
+    ``reduce_init``/``reduce_final`` hooks run around the task's keys. With ``value_key``
+    each key's values are sorted by it first: the map tasks sent sorted runs, in map-task
+    order, so the (stable) sort merges runs and ties keep input order. A ``total_order``
+    job's keys must compare (BadOutput), and without ``reduce`` it emits each value with
+    its key."""
+    try:
+        keys = sorted(groups)
+    except TypeError as exc:
+        if is_total_order(job):
+            raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
+                            f"compare with each other: {exc}") from None
+        keys = list(groups)  # mixed key types: keep first-seen order
+    if job._has("value_key"):
+        value_key = job.value_key
+        for k in keys:
+            values = groups[k]
+            if len(values) > 1:
+                values.sort(key=value_key)
+    reducer = job.reduce if job._has("reduce") else None
+    _hook(job, "reduce_init")
+    if reducer is None:  # a total_order job without reduce: each value with its key
+        out_keys = []
+        out_values = []
+        for k in keys:
+            values = groups[k]
+            out_keys.extend([k] * len(values))
+            out_values.extend(values)
+    elif emits(job):
+        out_keys = []
+        out_values = []
+        for k in keys:
+            for pair in reducer(k, groups[k]):
+                if type(pair) is not tuple or len(pair) != 2:
+                    pair = as_pair(job, "reduce", pair)
+                out_keys.append(pair[0])
+                out_values.append(pair[1])
+    else:
+        out_keys, out_values = keys, [reducer(k, groups[k]) for k in keys]
+    for pair in _hook(job, "reduce_final"):
+        ok, ov = as_pair(job, "reduce_final", pair)
+        out_keys.append(ok)
+        out_values.append(ov)
+    return out_keys, out_values
+
+
+def run_sequential(job: Job, records: Iterable[tuple[Any, Any]]) -> Any:
+    """The reference run in this process: what every distributed run must return."""
+    steps = job_steps(job)
+    if steps is not None:
+        out: Any = records
+        for step in steps:
+            out = run_sequential(step, out.items() if isinstance(out, dict) else out)
+        return out
+    if is_map_only(job, None):
+        return list(zip(*map_pairs(job, records)))
+    groups = map_grouped(job, records)
+    if isinstance(groups, FlatPairs):
+        groups = merge_segments(_partition_flat(job, groups, 1), combined=False)
+    keys, values = reduce_groups(job, groups)
+    if emits(job):
+        return list(zip(keys, values))
+    return dict(zip(keys, values))
+
