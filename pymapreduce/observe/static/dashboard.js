@@ -122,8 +122,9 @@ async function refresh() {
       state.cluster = await api("api/cluster"); renderCluster();
     } else if (state.view === "job" && state.jobId) {
       try {
-        state.detail = await api("api/jobs/" + encodeURIComponent(state.jobId));
-        renderJob();
+        const id = state.jobId, detail = await api("api/jobs/" + encodeURIComponent(id));
+        if (id !== state.jobId) return;  // another job was opened meanwhile
+        state.detail = detail; renderJob();
       } catch (e) {
         if (e.status !== 404) throw e;
         banner("No job " + state.jobId + " on this broker: never submitted, or forgotten after its result TTL.");
@@ -131,9 +132,9 @@ async function refresh() {
       }
     } else {
       state.jobs = await api("api/jobs");
-      if (!state.cluster || state.view === "history") state.cluster = await api("api/cluster");
-      state.view === "history" ? renderHistory() : renderJobs();
     }
+    if (state.view !== "cluster") state.cluster = await api("api/cluster");  // the header
+    if (state.view === "history") renderHistory(); else if (state.view === "jobs") renderJobs();
     if (state.cluster) {
       const b = state.cluster.broker;
       fill("broker", `${b.address}  ·  ${b.workers} workers  ·  ${b.jobs_running} running`);
