@@ -3,7 +3,9 @@
 A broker with ``--http`` and three worker daemons run a word count of 24 map tasks and
 4 reducers; one record fails on its first try (it is retried) and a worker process is
 killed mid-task (its task runs again elsewhere). Headless Chromium (Selenium, Debian's
-``chromium`` and ``chromium-driver``) opens the job's page and saves a screenshot.
+``chromium`` and ``chromium-driver``) watches: the jobs view and the cluster view while the
+job runs (``dashboard-jobs.png``, ``dashboard-cluster.png`` beside ``--out``), then the
+job's own view once it has ended (``--out``).
 
     python3 benchmarks/screenshot_dashboard.py [--out docs/images/dashboard.png]
 """
@@ -55,6 +57,11 @@ def start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
+def shoot(driver, path: str) -> None:
+    driver.save_screenshot(path)
+    print(f"{path}: {os.path.getsize(path)} bytes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images/dashboard.png")
@@ -83,6 +90,10 @@ def main() -> None:
         records = [(s * 100 + i, " ".join(f"w{(s + i * j) % 40}" for j in range(8)))
                    for s in range(24) for i in range(40)]
         time.sleep(1.0)  # the workers register
+        out_dir = os.path.dirname(args.out) or "."
+        os.makedirs(out_dir, exist_ok=True)
+        driver.set_window_size(1280, 640)
+        driver.get(f"{http}#jobs")
         with Client(address) as client:
             handle = client.submit(WordCount(log), records, map_tasks=24, reducers=4)
             killed = None
@@ -94,17 +105,21 @@ def main() -> None:
                                       None)
             time.sleep(0.6)
             os.kill(killed, signal.SIGKILL)  # mid-task: the task runs again elsewhere
+            time.sleep(0.4)
+            shoot(driver, os.path.join(out_dir, "dashboard-jobs.png"))
+            driver.get(f"{http}#cluster")
+            time.sleep(0.5)
+            shoot(driver, os.path.join(out_dir, "dashboard-cluster.png"))
             handle.result(120)
             job = handle.job_id
+        driver.set_window_size(1280, 1400)
         driver.get(f"{http}#job/{job}")
         deadline = time.monotonic() + 30
         while "succeeded" not in driver.find_element("id", "job-title").text:
             assert time.monotonic() < deadline, "the job's view did not load"
             time.sleep(0.2)
         time.sleep(1.0)
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        driver.save_screenshot(args.out)
-        print(f"{args.out}: {os.path.getsize(args.out)} bytes")
+        shoot(driver, args.out)
     finally:
         if driver is not None:
             driver.quit()

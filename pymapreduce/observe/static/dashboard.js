@@ -244,6 +244,14 @@ function renderHistory() {
     "No finished job is held."));
 }
 
+function taskLink(text) {
+  // "JOB_ID map-3": the job's id links to its view
+  const cut = text.lastIndexOf(" ");
+  if (cut < 0) return el("div", {}, text);
+  const id = text.slice(0, cut);
+  return el("div", {}, el("a", { href: "#job/" + encodeURIComponent(id) }, id), " ", text.slice(cut + 1));
+}
+
 function renderCluster() {
   const c = state.cluster; const b = c.broker;
   fill("broker-facts", fact("broker", b.address), fact("host / pid", `${b.host} / ${b.pid}`),
@@ -255,7 +263,7 @@ function renderCluster() {
     { label: "held", num: 1 }, { label: "done", num: 1 }, "liveness",
     { label: "last heartbeat", num: 1 }, { label: "up", num: 1 }],
     c.workers.map(w => [w.name, w.host, w.pid, w.tags.join(", ") || "–",
-      w.tasks.length ? el("div", {}, w.tasks.map(t => el("div", {}, t))) : "idle",
+      w.tasks.length ? el("div", {}, w.tasks.map(taskLink)) : "idle",
       num(w.held), num(w.done), badge(w.liveness), secs(w.heartbeat_age) + " ago", secs(w.up)]),
     "No worker has joined."));
   fill("sinks", c.sinks && c.sinks.length ? [el("h2", {}, "Sinks"),
