@@ -71,7 +71,8 @@ def browser(tmp_path):
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,1300", "--no-first-run", "--disable-extensions",
                 "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}"):
+                "--disable-sync", "--disable-breakpad", "--disable-crash-reporter",
+                f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     # the driver installed with chromium, by path: Selenium must not fetch one
@@ -193,14 +194,26 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     shot = save_screenshot(browser, tmp_path, "dashboard.png")
     assert os.path.getsize(shot) > 10_000
 
-    # the cluster view: both workers, one of them having lost a process
+    # a broken event stream reconnects from the last event the page saw
+    urls = requested_urls(browser, http)  # (what was asked so far)
+    cursor = browser.execute_script("state.source.onerror(); return state.cursor")
+    assert cursor > 0
+    wait_until(browser, lambda d: "live" == d.find_element("id", "live").text,
+               what="the reconnected event stream")
+    assert f"{http}api/events?since={cursor}" in requested_urls(browser, http)
+
+    # the history: the finished job; the cluster: the workers (one lost a process)
+    browser.get(http + "#history")
+    wait_until(browser, lambda d: css(d, f"#history a.job-link[data-job='{job}']"),
+               what="the job in the history")
+    assert "succeeded" in browser.find_element("id", "history").text
     browser.get(http + "#cluster")
     wait_until(browser, lambda d: len(css(d, "#workers tbody tr")) >= 2, what="the workers")
     assert "alive" in browser.find_element("id", "workers").text
 
     # nothing was asked of any host but the broker (the page, its script, the API)
-    urls = requested_urls(browser, http)
-    assert any(u.startswith(http + "api/events") for u in urls)
+    urls += requested_urls(browser, http)
+    assert any(u.startswith(http + "api/cluster") for u in urls)
     assert any(u.startswith(http + "static/dashboard.js") for u in urls)
     elsewhere = [u for u in urls if not u.startswith(http) and not u.startswith("data:")]
     assert elsewhere == []

@@ -6,6 +6,7 @@
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const REFRESH_MS = 2000;       // periodic refresh of the JSON endpoints
 const EVENT_DEBOUNCE_MS = 250; // a burst of events costs one refresh
+const JOB_DEBOUNCE_MS = 1000;  // ... of a job's view (its attempts table is the big answer)
 const FEED_SIZE = 40;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -78,9 +79,9 @@ function position(p) {
 function progressBar(kind, pair) {
   const [done, total] = pair || [0, 0];
   const p = pct(done, total);
-  const inner = el("span"); inner.style.width = p + "%";
+  const inner = el("span"); inner.style.width = (total ? p : 0) + "%";
   return el("div", { class: "bar " + kind, title: `${kind}: ${done} of ${total} tasks`,
-                     "data-phase": kind, "data-percent": p },
+                     "data-phase": kind, "data-percent": total ? p : null },
             inner, el("em", {}, total ? `${p}%  ${done}/${total}` : "none"));
 }
 function finished(job) { return ["succeeded", "failed", "cancelled"].includes(job.state); }
@@ -146,7 +147,8 @@ async function refresh() {
 }
 function soon() {
   if (state.pending) return;
-  state.pending = setTimeout(() => { state.pending = null; refresh(); }, EVENT_DEBOUNCE_MS);
+  state.pending = setTimeout(() => { state.pending = null; refresh(); },
+                             state.view === "job" ? JOB_DEBOUNCE_MS : EVENT_DEBOUNCE_MS);
 }
 
 // ---- the live event stream ------------------------------------------------------------
@@ -167,7 +169,6 @@ function connect() {
     if (event.seq > state.cursor) state.cursor = event.seq;
     state.feed.push(event);
     if (state.feed.length > FEED_SIZE) state.feed.shift();
-    if (state.view === "jobs") renderFeed();
     if (state.view !== "job" || event.job === state.jobId || !event.job) soon();
   };
   source.onerror = () => {
