@@ -247,6 +247,9 @@ def test_with_keys_the_page_needs_the_token(daemons, browser, tmp_path):
     assert "dashboard-url" in browser.page_source
     assert job not in browser.page_source and "WordCount" not in browser.page_source
     assert get(http + "static/dashboard.js")[0] == 401  # nor the page's own files
+    browser.get(http + "?token=" + "x" * 32 + "#jobs")  # a wrong token: the same
+    wait_until(browser, lambda d: css(d, "#needs-token"), what="the token message")
+    assert job not in browser.page_source
 
     url = subprocess.run(pmr("dashboard-url", http, "--keys", keys), capture_output=True,
                          timeout=30, cwd=ROOT).stdout.decode().strip()

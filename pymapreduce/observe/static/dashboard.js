@@ -384,8 +384,10 @@ function renderTimeline(attempts, now) {
     const label = `${mark}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
     if (w > label.length * 6.2 + 6) {
       g.append(svg("text", { x: x0 + 4, y: y + 12, fill: "#fff" }, label));
-    } else if (mark) {
-      g.append(svg("text", { x: x0 + w + 2, y: y + 12, fill: "#1f2328" }, label));
+    } else if (mark) {  // beside the bar: after it, or before it at the right edge
+      const after = x0 + w + 2 + label.length * 6.2 < W;
+      g.append(svg("text", { x: after ? x0 + w + 2 : x0 - 2, y: y + 12, fill: "#1f2328",
+                             "text-anchor": after ? "start" : "end" }, label));
     }
     root.append(g);
   }
