@@ -13,6 +13,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const state = {
   view: "jobs", jobId: null, jobs: null, cluster: null, detail: null,
   cursor: 0, source: null, retryMs: 1000, pending: null, feed: [], denied: false,
+  shown: "", closed: new Set(),  // the job view drawn last; failures the user folded
 };
 
 // ---- tiny DOM helpers (text only) -----------------------------------------------------
@@ -125,7 +126,10 @@ async function refresh() {
       try {
         const id = state.jobId, detail = await api("api/jobs/" + encodeURIComponent(id));
         if (id !== state.jobId) return;  // another job was opened meanwhile
-        state.detail = detail; renderJob();
+        // an ended job's answer stops changing: redrawing it would only reset scrolling
+        const shown = JSON.stringify({ ...detail, time: 0 });
+        state.detail = detail;
+        if (shown !== state.shown) { state.shown = shown; renderJob(); }
       } catch (e) {
         if (e.status !== 404) throw e;
         banner("No job " + state.jobId + " on this broker: never submitted, or forgotten after its result TTL.");
@@ -194,7 +198,7 @@ function route() {
     a.classList.toggle("active", a.dataset.view === state.view ||
                                  (state.view === "job" && a.dataset.view === "jobs"));
   }
-  if (state.view === "job") { state.detail = null; fill("job-title", state.jobId); }
+  if (state.view === "job") { state.detail = null; state.shown = ""; fill("job-title", state.jobId); }
   refresh();
 }
 
@@ -318,13 +322,17 @@ function renderJob() {
 
 function failure(f) {
   const where = position(f.position);
-  return el("details", { class: "failure", open: true, "data-task": f.task },
+  const node = el("details", { class: "failure", open: !state.closed.has(f.seq), "data-task": f.task },
     el("summary", {}, `${f.task} attempt ${f.attempt ?? "?"}`, f.worker ? ` on ${f.worker}` : "",
        `: ${f.type === "killed" ? "lost" : "failed"}: `, f.error || ""),
     where ? el("div", { class: "pos" }, "input position: " + where) : null,
     f.failures ? el("div", { class: "muted" }, `failed attempts of this task so far: ${f.failures}` +
                     (f.counted === false ? " (not counted: not the task's fault)" : "")) : null,
     f.traceback ? el("pre", { class: "traceback" }, f.traceback) : null);
+  node.addEventListener("toggle", () => {
+    if (node.open) state.closed.delete(f.seq); else state.closed.add(f.seq);
+  });
+  return node;
 }
 
 // ---- the task timeline (a Gantt of attempts per worker, in SVG) ------------------------
