@@ -39,6 +39,20 @@ SSE_KEEPALIVE = 10.0
 SSE_MAX_SECONDS = 600.0  # a stream ends after this; EventSource reconnects (Last-Event-ID)
 COOKIE = "pymapreduce_token"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+PAGES = ("/", "/index.html")  # the dashboard: a browser gets a readable 401 there
+# the dashboard's own files may load only from the broker (no CDN, no inline code)
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+NEEDS_TOKEN_PAGE = b"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>pymapreduce: the token is needed</title></head>
+<body style="font-family:sans-serif;max-width:46em;margin:3em auto;line-height:1.5">
+<h1 id="needs-token">This dashboard needs the broker's token</h1>
+<p>The broker has keys, so its dashboard and API answer only requests that carry its
+token. Ask for the dashboard's URL with the token where the broker's key directory is:</p>
+<pre>pymapreduce dashboard-url http://HOST:PORT/ --keys KEY_DIR</pre>
+<p>and open the URL it prints (it ends in <code>?token=...</code>).</p>
+</body></html>
+"""
 
 
 class _RequestReader:
@@ -183,6 +197,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._refuse(403, f"host {host!r} is not a loopback name")
                 return
         elif not (given and hmac.compare_digest(given.encode(), app.token.encode())):
+            if url.path in PAGES:  # a person at a browser: say what to do, show no data
+                self._send(401, "text/html; charset=utf-8", NEEDS_TOKEN_PAGE)
+                return
             self._refuse(401, "a token is needed: see `pymapreduce dashboard-url`")
             return
         headers = {}
@@ -205,6 +222,8 @@ class Handler(BaseHTTPRequestHandler):
             self._stream(route[1])
             return
         ctype, body = route
+        if ctype.startswith(("text/html", "text/javascript", "text/css")):
+            headers["Content-Security-Policy"] = CSP
         self._send(200, ctype, body, headers)
 
     def _token(self, query: dict) -> str:

@@ -27,7 +27,9 @@ JSON = "application/json"
 SLOWEST = 10  # tasks listed as the slowest of a job
 MAX_FAILURES = 50  # failures listed per job
 # files served from static/ (the dashboard adds its own here), by content type
-STATIC = {"index.html": "text/html; charset=utf-8"}
+STATIC = {"index.html": "text/html; charset=utf-8",
+          "dashboard.js": "text/javascript; charset=utf-8",
+          "dashboard.css": "text/css; charset=utf-8"}
 
 
 def parse_http(spec: str) -> tuple[str, int]:

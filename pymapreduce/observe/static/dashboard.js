@@ -1,0 +1,415 @@
+// pymapreduce dashboard: a read-only view of the broker's HTTP API (docs/observability.md).
+// Everything from the API (job names, worker names, error texts, tracebacks) is untrusted:
+// it only ever reaches the page as text nodes or attribute values, never as HTML.
+"use strict";
+
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const REFRESH_MS = 2000;       // periodic refresh of the JSON endpoints
+const EVENT_DEBOUNCE_MS = 250; // a burst of events costs one refresh
+const JOB_DEBOUNCE_MS = 1000;  // ... of a job's view (its attempts table is the big answer)
+const FEED_SIZE = 40;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const state = {
+  view: "jobs", jobId: null, jobs: null, cluster: null, detail: null,
+  cursor: 0, source: null, retryMs: 1000, pending: null, feed: [], denied: false,
+  shown: "", closed: new Set(),  // the job view drawn last; failures the user folded
+};
+
+// ---- tiny DOM helpers (text only) -----------------------------------------------------
+function el(tag, attrs, ...kids) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v; else node.setAttribute(k, String(v));
+  }
+  for (const kid of kids.flat(Infinity)) {
+    if (kid === null || kid === undefined) continue;
+    node.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return node;
+}
+function svg(tag, attrs, ...kids) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v !== null && v !== undefined) node.setAttribute(k, String(v));
+  }
+  for (const kid of kids) {
+    node.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  }
+  return node;
+}
+function fill(id, ...kids) {
+  const n = document.getElementById(id);
+  n.replaceChildren(...kids.flat(Infinity).filter(k => k !== null && k !== undefined));
+  return n;
+}
+function table(headers, rows, empty) {
+  if (!rows.length) return el("div", { class: "empty" }, empty || "none");
+  const head = el("tr", {}, headers.map(h => el("th", { class: h.num ? "num" : null }, h.label || h)));
+  const body = rows.map(r => el("tr", {}, r.map((c, i) =>
+    el("td", { class: headers[i].num ? "num" : null }, c))));
+  return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
+}
+function badge(text) { return el("span", { class: "badge " + text }, text); }
+function jobLink(job) { return el("a", { href: "#job/" + encodeURIComponent(job.id), class: "job-link", "data-job": job.id }, job.name); }
+function fact(label, value) { return el("div", {}, el("b", {}, value), el("span", {}, label)); }
+
+// ---- formatting -----------------------------------------------------------------------
+function num(n) { return n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"); }
+function bytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0; while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + " " + units[i];
+}
+function secs(s) {
+  if (s === null || s === undefined) return "–";
+  if (s < 1) return (s * 1000).toFixed(0) + " ms";
+  if (s < 60) return s.toFixed(1) + " s";
+  const m = Math.floor(s / 60);
+  if (m < 60) return m + " min " + Math.round(s % 60) + " s";
+  return Math.floor(m / 60) + " h " + (m % 60) + " min";
+}
+function clock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "–"; }
+function pct(done, total) { return total ? Math.floor(100 * done / total) : 100; }
+function position(p) {
+  if (!p) return "";
+  return Object.entries(p).map(([k, v]) => k + " " + v).join(", ");
+}
+function progressBar(kind, pair) {
+  const [done, total] = pair || [0, 0];
+  const p = pct(done, total);
+  const inner = el("span"); inner.style.width = (total ? p : 0) + "%";
+  return el("div", { class: "bar " + kind, title: `${kind}: ${done} of ${total} tasks`,
+                     "data-phase": kind, "data-percent": total ? p : null },
+            inner, el("em", {}, total ? `${p}%  ${done}/${total}` : "none"));
+}
+function finished(job) { return ["succeeded", "failed", "cancelled"].includes(job.state); }
+
+// ---- fetching -------------------------------------------------------------------------
+async function api(path) {
+  const reply = await fetch(path, {
+    headers: TOKEN ? { Authorization: "Bearer " + TOKEN } : {},
+    credentials: "same-origin", cache: "no-store",
+  });
+  if (reply.status === 401) { denied(); throw new Error("401"); }
+  if (!reply.ok) {
+    let message = reply.status + " " + reply.statusText;
+    try { message = (await reply.json()).error || message; } catch (e) { /* not JSON */ }
+    const err = new Error(message); err.status = reply.status; throw err;
+  }
+  state.denied = false;
+  return reply.json();
+}
+
+function denied() {
+  // no data stays on the page once the broker refuses us
+  state.denied = true; state.jobs = state.cluster = state.detail = null;
+  for (const v of document.querySelectorAll(".view")) v.hidden = true;
+  banner("This broker needs its token. Open the dashboard with the URL that ",
+         el("code", {}, "pymapreduce dashboard-url http://HOST:PORT/ --keys KEY_DIR"),
+         " prints (it ends in ?token=...).");
+  if (state.source) { state.source.close(); state.source = null; }
+  setLive(false, "needs the token");
+}
+function banner(...kids) {
+  const b = fill("banner", ...kids); b.hidden = !kids.length; b.id = "banner";
+}
+
+async function refresh() {
+  if (state.denied) return;
+  try {
+    if (state.view === "cluster") {
+      state.cluster = await api("api/cluster"); renderCluster();
+    } else if (state.view === "job" && state.jobId) {
+      try {
+        const id = state.jobId, detail = await api("api/jobs/" + encodeURIComponent(id));
+        if (id !== state.jobId) return;  // another job was opened meanwhile
+        // an ended job's answer stops changing: redrawing it would only reset scrolling
+        const shown = JSON.stringify({ ...detail, time: 0 });
+        state.detail = detail;
+        if (shown !== state.shown) { state.shown = shown; renderJob(); }
+      } catch (e) {
+        if (e.status !== 404) throw e;
+        banner("No job " + state.jobId + " on this broker: never submitted, or forgotten after its result TTL.");
+        return;
+      }
+    } else {
+      state.jobs = await api("api/jobs");
+    }
+    if (state.view !== "cluster") state.cluster = await api("api/cluster");  // the header
+    if (state.view === "history") renderHistory(); else if (state.view === "jobs") renderJobs();
+    if (state.cluster) {
+      const b = state.cluster.broker;
+      fill("broker", `${b.address}  ·  ${b.workers} workers  ·  ${b.jobs_running} running`);
+    }
+    if (!state.denied) banner();
+  } catch (e) {
+    if (e.message !== "401") banner("Cannot reach the broker: " + e.message + " (retrying)");
+  }
+}
+function soon() {
+  if (state.pending) return;
+  state.pending = setTimeout(() => { state.pending = null; refresh(); },
+                             state.view === "job" ? JOB_DEBOUNCE_MS : EVENT_DEBOUNCE_MS);
+}
+
+// ---- the live event stream ------------------------------------------------------------
+function setLive(on, text) {
+  const n = document.getElementById("live");
+  n.className = "live " + (on ? "on" : "off"); n.textContent = text;
+}
+function connect() {
+  if (state.denied) return;
+  // our own cursor, so a reconnect resumes after the last event seen, not from the start
+  let url = "api/events?since=" + state.cursor;
+  if (TOKEN) url += "&token=" + encodeURIComponent(TOKEN);
+  const source = new EventSource(url);
+  state.source = source;
+  source.onopen = () => { state.retryMs = 1000; setLive(true, "live"); };
+  source.onmessage = (msg) => {
+    let event; try { event = JSON.parse(msg.data); } catch (e) { return; }
+    if (event.seq > state.cursor) state.cursor = event.seq;
+    state.feed.push(event);
+    if (state.feed.length > FEED_SIZE) state.feed.shift();
+    if (state.view !== "job" || event.job === state.jobId || !event.job) soon();
+  };
+  source.onerror = () => {
+    // EventSource would reconnect with its first URL (an old cursor): do it ourselves
+    source.close();
+    if (state.source !== source) return;
+    state.source = null;
+    setLive(false, "reconnecting");
+    refresh();  // a 401 here shows the token message instead
+    setTimeout(connect, state.retryMs);
+    state.retryMs = Math.min(state.retryMs * 2, 15000);
+  };
+}
+
+// ---- views ----------------------------------------------------------------------------
+function route() {
+  const hash = decodeURIComponent(location.hash.slice(1));
+  if (hash.startsWith("job/")) { state.view = "job"; state.jobId = hash.slice(4); }
+  else { state.view = ["cluster", "history"].includes(hash) ? hash : "jobs"; state.jobId = null; }
+  if (state.denied) return;
+  for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + state.view;
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", a.dataset.view === state.view ||
+                                 (state.view === "job" && a.dataset.view === "jobs"));
+  }
+  if (state.view === "job") { state.detail = null; state.shown = ""; fill("job-title", state.jobId); }
+  refresh();
+}
+
+function jobRow(job) {
+  const flow = job.flow || {};
+  const m = flow.map || {}, r = flow.reduce || {};
+  return [
+    el("div", {}, jobLink(job), el("div", { class: "muted" }, job.id)),
+    badge(job.state),
+    job.phase + (job.step && job.step[1] > 1 ? ` (step ${job.step[0]}/${job.step[1]})` : ""),
+    progressBar("map", job.progress.map), progressBar("reduce", job.progress.reduce),
+    num(job.records), bytes(job.bytes), bytes((m.bytes_out || 0) + (r.bytes_out || 0)),
+    secs(job.elapsed), finished(job) ? "–" : secs(job.eta),
+    job.queued_reason || (job.error ? job.error.message : ""),
+  ];
+}
+const JOB_HEADERS = ["job", "state", "phase", "map", "reduce", { label: "records in", num: 1 },
+  { label: "bytes in", num: 1 }, { label: "bytes out", num: 1 }, { label: "elapsed", num: 1 },
+  { label: "time left", num: 1 }, "waiting for / error"];
+
+function renderJobs() {
+  const jobs = state.jobs ? state.jobs.jobs : [];
+  const live = jobs.filter(j => !finished(j)), done = jobs.filter(finished);
+  fill("jobs-summary", `${live.length} running or queued, ${done.length} finished and held by the broker.`);
+  fill("jobs-live", table(JOB_HEADERS, live.map(jobRow), "No job is running."));
+  fill("jobs-recent", table(JOB_HEADERS, done.slice(0, 10).map(jobRow), "No job has finished yet."));
+  renderFeed();
+}
+function renderFeed() {
+  const items = state.feed.slice().reverse().map(e => el("li", {},
+    clock(e.t), "  ", e.type, "  ", e.job || "", "  ", e.task || "", e.worker ? "  on " + e.worker : "",
+    e.error ? "  " + e.error : ""));
+  fill("events-feed", items.length ? items : [el("li", { class: "empty" }, "waiting for events")]);
+}
+
+function renderHistory() {
+  const jobs = (state.jobs ? state.jobs.jobs : []).filter(finished);
+  const b = state.cluster ? state.cluster.broker : null;
+  fill("history-note", "Finished jobs the broker still holds" +
+       (b ? ` (for ${secs(b.result_ttl)} after they end${b.state_dir ? "; also in its --state-dir journal" : ""})` : "") + ".");
+  fill("history", table(["job", "state", { label: "duration", num: 1 },
+    { label: "tasks", num: 1 }, { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
+    { label: "backups", num: 1 }, { label: "skipped", num: 1 }, "error"],
+    jobs.map(j => [el("div", {}, jobLink(j), el("div", { class: "muted" }, j.id)), badge(j.state),
+      secs(j.elapsed),
+      num(j.progress.map[0] + j.progress.reduce[0]), num(j.records), bytes(j.bytes),
+      num(j.backups), num(j.skipped), j.error ? j.error.message : ""]),
+    "No finished job is held."));
+}
+
+function taskLink(text) {
+  // "JOB_ID map-3": the job's id links to its view
+  const cut = text.lastIndexOf(" ");
+  if (cut < 0) return el("div", {}, text);
+  const id = text.slice(0, cut);
+  return el("div", {}, el("a", { href: "#job/" + encodeURIComponent(id) }, id), " ", text.slice(cut + 1));
+}
+
+function renderCluster() {
+  const c = state.cluster; const b = c.broker;
+  fill("broker-facts", fact("broker", b.address), fact("host / pid", `${b.host} / ${b.pid}`),
+       fact("workers", num(b.workers)), fact("jobs running", num(b.jobs_running)),
+       fact("jobs held", num(b.jobs_held)), fact("stored", bytes(b.stored_bytes)),
+       fact("spilled", bytes(b.spilled_bytes)), fact("keys", b.secured ? "yes" : "no"),
+       fact("up", secs(c.time - b.started)));
+  fill("workers", table(["worker", "host", { label: "pid", num: 1 }, "tags", "current tasks",
+    { label: "held", num: 1 }, { label: "done", num: 1 }, "liveness",
+    { label: "last heartbeat", num: 1 }, { label: "up", num: 1 }],
+    c.workers.map(w => [w.name, w.host, w.pid, w.tags.join(", ") || "–",
+      w.tasks.length ? el("div", {}, w.tasks.map(taskLink)) : "idle",
+      num(w.held), num(w.done), badge(w.liveness), secs(w.heartbeat_age) + " ago", secs(w.up)]),
+    "No worker has joined."));
+  fill("sinks", c.sinks && c.sinks.length ? [el("h2", {}, "Sinks"),
+    table(["sink"], c.sinks.map(s => [JSON.stringify(s)]))] : []);
+}
+
+function renderJob() {
+  const d = state.detail; const job = d.job;
+  fill("job-title", job.name, " ", badge(job.state), " ", el("span", { class: "muted" }, job.id));
+  const errBox = document.getElementById("job-error");
+  if (job.error) {
+    fill("job-error", el("b", {}, "The job failed: "), job.error.message,
+         job.error.task ? ` (task ${job.error.task})` : "");
+    errBox.hidden = false;
+  } else errBox.hidden = true;
+  fill("job-facts", fact("phase", job.phase + (job.step[1] > 1 ? ` ${job.step[0]}/${job.step[1]}` : "")),
+       fact("elapsed", secs(job.elapsed)), fact("time left", finished(job) ? "–" : secs(job.eta)),
+       fact("running attempts", num(job.running)), fact("pending tasks", num(job.pending)),
+       fact("backups", num(job.backups)), fact("skipped records", num(job.skipped)),
+       fact("priority", job.priority), fact("requires", job.requires.join(", ") || "–"),
+       job.queued_reason ? fact("waiting for", job.queued_reason) : null);
+  fill("job-progress", el("div", { class: "phase-bars" },
+    ["map", "reduce"].map(k => [el("b", {}, k), progressBar(k, job.progress[k]),
+      el("span", { class: "muted" }, `${job.progress[k][0]} of ${job.progress[k][1]} tasks`)])));
+  const flow = job.flow || {};
+  fill("job-flow", table(["phase", { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
+    { label: "bytes out", num: 1 }], Object.entries(flow).map(([k, f]) =>
+    [k, k === "map" ? num(f.records_in) : "–", bytes(f.bytes_in), bytes(f.bytes_out)])));
+  fill("job-counters", table(["counter", { label: "value", num: 1 }],
+    Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
+    "No counters."));
+  renderTimeline(d.attempts, d.time);
+  const troubles = d.attempts.filter(a => a.outcome !== "done" && a.outcome !== "running" || a.attempt > 1 || a.backup);
+  fill("job-troubles", table(["task", { label: "attempt", num: 1 }, "worker", "outcome",
+    { label: "time", num: 1 }, "why"], troubles.map(a => [a.task, a.attempt + (a.backup ? " (backup)" : ""),
+    a.worker, el("span", { class: "outcome-" + a.outcome }, a.outcome),
+    a.end ? secs(a.end - a.start) : "running", a.note || (a.attempt > 1 ? "retry" : "")]),
+    "Every task succeeded at its first attempt."));
+  fill("job-failures", d.failures.length ? d.failures.slice().reverse().map(failure) :
+       el("div", { class: "empty" }, "No failure."));
+  if (job.error && job.error.traceback && !d.failures.length) {
+    document.getElementById("job-failures").append(failure({ type: "failed", task: job.error.task,
+      error: job.error.message, traceback: job.error.traceback, position: job.error.position }));
+  }
+  fill("job-slowest", table(["task", "worker", { label: "attempt", num: 1 }, { label: "time", num: 1 }],
+    d.slowest.map(s => [s.task, s.worker, s.attempt, secs(s.secs)]), "No task has finished."));
+  fill("job-skipped", table(["task", "position"], d.skipped.map(s =>
+    [s.task, position(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "task")))]),
+    "No record was skipped."));
+}
+
+function failure(f) {
+  const where = position(f.position);
+  const node = el("details", { class: "failure", open: !state.closed.has(f.seq), "data-task": f.task },
+    el("summary", {}, `${f.task} attempt ${f.attempt ?? "?"}`, f.worker ? ` on ${f.worker}` : "",
+       `: ${f.type === "killed" ? "lost" : "failed"}: `, f.error || ""),
+    where ? el("div", { class: "pos" }, "input position: " + where) : null,
+    f.failures ? el("div", { class: "muted" }, `failed attempts of this task so far: ${f.failures}` +
+                    (f.counted === false ? " (not counted: not the task's fault)" : "")) : null,
+    f.traceback ? el("pre", { class: "traceback" }, f.traceback) : null);
+  node.addEventListener("toggle", () => {
+    if (node.open) state.closed.delete(f.seq); else state.closed.add(f.seq);
+  });
+  return node;
+}
+
+// ---- the task timeline (a Gantt of attempts per worker, in SVG) ------------------------
+function renderTimeline(attempts, now) {
+  fill("timeline-legend", [["map", "map"], ["reduce", "reduce"], ["running", "running"],
+    ["failed", "failed"], ["killed", "lost with its worker"], ["abandoned", "abandoned"],
+    ["retry", "retry (attempt 2+)"], ["backup", "backup attempt"]].map(([k, t]) =>
+    el("span", {}, el("i", { class: "sw-" + k }), t)));
+  if (!attempts.length) { fill("timeline", el("div", { class: "empty" }, "No attempt yet.")); return; }
+  const t0 = Math.min(...attempts.map(a => a.start));
+  const t1 = Math.max(...attempts.map(a => a.end ?? now), t0 + 0.001);
+  // one lane per attempt a worker held at once (backups and prefetch can overlap)
+  const lanes = {};
+  for (const a of attempts.slice().sort((x, y) => x.start - y.start)) {
+    const ends = lanes[a.worker] || (lanes[a.worker] = []);
+    let i = ends.findIndex(e => e <= a.start);
+    if (i < 0) { i = ends.length; ends.push(0); }
+    ends[i] = a.end ?? now; a._lane = i;
+  }
+  const rows = []; const rowOf = {};
+  for (const w of Object.keys(lanes).sort()) {
+    lanes[w].forEach((_, i) => { rowOf[w + "\u0000" + i] = rows.length; rows.push(i ? "" : w); });
+  }
+  const box = document.getElementById("timeline");
+  const W = Math.max(600, box.clientWidth - 2), LEFT = 130, TOP = 22, ROW = 22;
+  const H = TOP + rows.length * ROW + 8, span = W - LEFT - 16;
+  const x = t => LEFT + span * (t - t0) / (t1 - t0);
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, id: "timeline-svg",
+                            role: "img", "aria-label": "task attempts over time, per worker" });
+  const step = niceStep((t1 - t0) / 8);
+  for (let t = 0; t <= t1 - t0 + 1e-9; t += step) {
+    root.append(svg("line", { x1: x(t0 + t), x2: x(t0 + t), y1: TOP - 4, y2: H - 6, stroke: "#eaeef2" }),
+                svg("text", { x: x(t0 + t), y: 13, "text-anchor": "middle", fill: "#656d76" },
+                    secs(t).replace(" ", "")));
+  }
+  rows.forEach((w, i) => {
+    if (i % 2) root.append(svg("rect", { x: 0, y: TOP + i * ROW, width: W, height: ROW, fill: "#f6f8fa" }));
+    if (w) root.append(svg("text", { x: 6, y: TOP + i * ROW + 15, fill: "#1f2328" }, w));
+  });
+  // (SVG presentation attributes take no CSS variables: the legend's colours, spelled out)
+  const colour = { done: null, running: "#f2a93b", failed: "#d62728", killed: "#3b3b3b",
+                   abandoned: "#b8b8b8" };
+  for (const a of attempts) {
+    const row = rowOf[a.worker + "\u0000" + a._lane];
+    const x0 = x(a.start), w = Math.max(3, x(a.end ?? now) - x0), y = TOP + row * ROW + 3;
+    const g = svg("g", { class: "attempt", "data-task": a.task, "data-attempt": a.attempt,
+                         "data-outcome": a.outcome, "data-worker": a.worker,
+                         "data-backup": a.backup ? "true" : "false" });
+    g.append(svg("title", {}, `${a.task} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
+      `${a.outcome}, ${a.end ? secs(a.end - a.start) : "running"}${a.note ? " — " + a.note : ""}`));
+    g.append(svg("rect", { x: x0, y, width: w, height: ROW - 6, rx: 2,
+      fill: colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7"),
+      stroke: a.backup ? "#000" : a.attempt > 1 ? "#7a3e9d" : "none",
+      "stroke-width": a.backup || a.attempt > 1 ? 2 : 0,
+      "stroke-dasharray": a.backup ? "4 2" : null }));
+    const mark = { failed: "✕ ", killed: "† " }[a.outcome] || (a.attempt > 1 ? "↻ " : "");
+    const label = `${mark}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
+    if (w > label.length * 6.2 + 6) {
+      g.append(svg("text", { x: x0 + 4, y: y + 12, fill: "#fff" }, label));
+    } else if (mark) {  // beside the bar: after it, or before it at the right edge
+      const after = x0 + w + 2 + label.length * 6.2 < W;
+      g.append(svg("text", { x: after ? x0 + w + 2 : x0 - 2, y: y + 12, fill: "#1f2328",
+                             "text-anchor": after ? "start" : "end" }, label));
+    }
+    root.append(g);
+  }
+  box.replaceChildren(root);
+}
+function niceStep(raw) {
+  const p = Math.pow(10, Math.floor(Math.log10(raw || 1)));
+  for (const m of [1, 2, 5, 10]) if (raw <= m * p) return m * p;
+  return 10 * p;
+}
+
+// ---- start ----------------------------------------------------------------------------
+window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => { if (state.view === "job" && state.detail) renderJob(); });
+route();
+connect();
+setInterval(refresh, REFRESH_MS);

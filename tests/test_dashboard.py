@@ -1,0 +1,262 @@
+"""The web dashboard, driven in a real headless Chromium (Selenium) over a real broker.
+
+A job with a record that fails once (its traceback carries HTML, which must show as text)
+and a worker process killed mid-task: the page shows the job live, its progress reaching
+100%, the failed and the killed attempts in the task timeline with their retries, and the
+traceback with its input position. The page loads nothing from any other host, and a
+broker with keys shows a "needs the token" page without it. Skipped, with the reason,
+only where Chromium or its driver is not installed (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from importlib import resources
+
+import pytest
+
+from pymapreduce import Client, run_sequential
+from pymapreduce.patterns import security
+
+from .conftest import ROOT, pmr, wait_workers
+from .jobs import WordCount, note
+from .test_observe import get, start_broker
+
+HOSTILE = "<b id='injected'>bold</b><img src=x id='injected-img'>"
+WAIT = 30.0  # seconds for the page to show what the broker already knows
+
+
+class FailsOnce(WordCount):
+    """Record 3 fails on its first try (with HTML in its message); record 11 dawdles, so
+    its worker process can be killed mid-task. Every try is noted with its pid."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+
+    def map(self, key, line):
+        note(self.log_path, key, os.getpid())
+        if key == 3:
+            with open(self.log_path) as f:
+                if sum(1 for x in f.read().split("\n") if x.startswith("3 ")) == 1:
+                    raise ValueError("record 3 fails on its first try " + HOSTILE)
+        if key == 11:
+            time.sleep(2.0)
+        yield from super().map(key, line)
+
+
+def _chromium() -> tuple[str, str] | None:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") \
+        or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (binary, driver) if binary and driver else None
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium with its performance log on; always quit at the end."""
+    found = _chromium()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                    "(pip install -e '.[test]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1300", "--no-first-run", "--disable-extensions",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-breakpad", "--disable-crash-reporter",
+                f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    # the driver installed with chromium, by path: Selenium must not fetch one
+    service = webdriver.ChromeService(executable_path=found[1])
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(driver, check, timeout=WAIT, what="the page"):
+    """Poll ``check(driver)`` until it is truthy; fail with the page's text if never."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check(driver)
+        except Exception:  # the element is being re-rendered: look again
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            body = driver.find_element("tag name", "body").text[:3000]
+            raise AssertionError(f"{what}: not shown within {timeout}s; the page says:\n{body}")
+        time.sleep(0.1)
+
+
+def css(driver, selector):
+    return driver.find_elements("css selector", selector)
+
+
+def requested_urls(driver, origin: str) -> list[str]:
+    """Every URL a page loaded from ``origin`` asked for (Chrome's performance log, since
+    the last call; Chromium's own pages, e.g. its start page, are not the dashboard's)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            params = message["params"]
+            if params.get("documentURL", "").startswith(origin) \
+                    or params["request"]["url"].startswith(origin):
+                urls.append(params["request"]["url"])
+    return urls
+
+
+def save_screenshot(driver, tmp_path, name: str) -> str:
+    """Into the test's tmp dir (an artifact), and into $PYMAPREDUCE_SCREENSHOTS if set."""
+    path = str(tmp_path / name)
+    assert driver.save_screenshot(path)
+    extra = os.environ.get("PYMAPREDUCE_SCREENSHOTS")
+    if extra:
+        os.makedirs(extra, exist_ok=True)
+        shutil.copy(path, os.path.join(extra, name))
+    return path
+
+
+def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
+        daemons, browser, tmp_path):
+    address, http = start_broker(daemons, "--heartbeat", "1", "--liveness", "60",
+                                 "--backup-after", "off")
+    daemons.worker(address, 1)
+    daemons.worker(address, 1)
+    wait_workers(address, 2)
+    browser.get(http + "#jobs")
+    wait_until(browser, lambda d: "live" == d.find_element("id", "live").text,
+               what="the live event stream")
+
+    log = tmp_path / "runs"
+    records = [(i, f"w{i % 5} x{i}") for i in range(12)]
+    with Client(address) as client:
+        handle = client.submit(FailsOnce(str(log)), records, map_tasks=12, reducers=2)
+        job = handle.job_id
+        # the job appears while it runs, without reloading the page
+        wait_until(browser, lambda d: css(d, f"#jobs-live a.job-link[data-job='{job}']"),
+                   what="the running job")
+        running = None
+        while running is None:
+            lines = [x.split() for x in log.read_text().splitlines()] if log.exists() else []
+            running = next((int(pid) for key, pid in lines if key == "11"), None)
+            time.sleep(0.02)
+        os.kill(running, signal.SIGKILL)  # a worker process, mid-task
+        assert handle.result(60) == run_sequential(WordCount(), records)
+
+    # finished: listed as such, then its own view
+    link = wait_until(browser, lambda d: css(d, f"#jobs-recent a.job-link[data-job='{job}']"),
+                      what="the finished job")[0]
+    link.click()
+    wait_until(browser, lambda d: "succeeded" in d.find_element("id", "job-title").text,
+               what="the job's state")
+    for phase in ("map", "reduce"):
+        wait_until(browser, lambda d, p=phase: css(
+            d, f"#job-progress .bar[data-phase='{p}'][data-percent='100']"),
+            what=f"{phase} progress at 100%")
+    assert "12/12" in browser.find_element("id", "job-progress").text
+
+    # the timeline: the failed attempt and its retry, the killed attempt and its re-run
+    def attempt(task, outcome, number=None):
+        sel = f"#timeline-svg g.attempt[data-task='{task}'][data-outcome='{outcome}']"
+        return css(browser, sel + (f"[data-attempt='{number}']" if number else ""))
+    wait_until(browser, lambda d: attempt("map-11", "killed", 1), what="the killed attempt")
+    assert attempt("map-11", "done", 2), "the killed task's second attempt"
+    assert attempt("map-3", "failed", 1) and attempt("map-3", "done", 2), "the retry"
+    assert len(css(browser, "#timeline-svg g.attempt")) == 16  # 14 tasks, 2 re-runs
+    troubles = browser.find_element("id", "job-troubles").text
+    assert "map-11" in troubles and "killed" in troubles and "map-3" in troubles
+
+    # the failure: its traceback readable as text (its HTML not rendered), its position
+    failure = browser.find_element("css selector", "#job-failures details[data-task='map-3']")
+    traceback = failure.find_element("css selector", "pre.traceback").text
+    assert "Traceback (most recent call last)" in traceback
+    assert "record 3 fails on its first try " + HOSTILE in traceback
+    assert not css(browser, "#injected") and not css(browser, "#injected-img")
+    assert "split 3" in failure.text and "record 0" in failure.text
+    lost = browser.find_element("css selector", "#job-failures details[data-task='map-11']")
+    assert "was lost" in lost.text
+    assert "map-11" in browser.find_element("id", "job-slowest").text
+
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = save_screenshot(browser, tmp_path, "dashboard.png")
+    assert os.path.getsize(shot) > 10_000
+
+    # a broken event stream reconnects from the last event the page saw
+    urls = requested_urls(browser, http)  # (what was asked so far)
+    cursor = browser.execute_script("state.source.onerror(); return state.cursor")
+    assert cursor > 0
+    wait_until(browser, lambda d: "live" == d.find_element("id", "live").text,
+               what="the reconnected event stream")
+    assert f"{http}api/events?since={cursor}" in requested_urls(browser, http)
+
+    # the history: the finished job; the cluster: the workers (one lost a process)
+    browser.get(http + "#history")
+    wait_until(browser, lambda d: css(d, f"#history a.job-link[data-job='{job}']"),
+               what="the job in the history")
+    assert "succeeded" in browser.find_element("id", "history").text
+    browser.get(http + "#cluster")
+    wait_until(browser, lambda d: len(css(d, "#workers tbody tr")) >= 2, what="the workers")
+    assert "alive" in browser.find_element("id", "workers").text
+
+    # nothing was asked of any host but the broker (the page, its script, the API)
+    urls += requested_urls(browser, http)
+    assert any(u.startswith(http + "api/cluster") for u in urls)
+    assert any(u.startswith(http + "static/dashboard.js") for u in urls)
+    elsewhere = [u for u in urls if not u.startswith(http) and not u.startswith("data:")]
+    assert elsewhere == []
+
+
+def test_the_page_refers_to_no_other_host():
+    """The shipped files name no absolute URL they would load (no CDN, no fonts)."""
+    static = resources.files("pymapreduce.observe").joinpath("static")
+    names = sorted(p.name for p in static.iterdir())
+    assert {"index.html", "dashboard.js", "dashboard.css"} <= set(names)
+    for name in names:
+        text = static.joinpath(name).read_text()
+        # the SVG namespace is a name, not a request
+        text = text.replace('"http://www.w3.org/2000/svg"', "")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), name
+        assert "@import" not in text and "innerHTML" not in text, name
+
+
+def test_with_keys_the_page_needs_the_token(daemons, browser, tmp_path):
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    address, http = start_broker(daemons, "--keys", keys)
+    daemons.worker(address, 1, "--keys", keys)
+    with Client(address, keys=keys) as client:
+        handle = client.submit(WordCount(), [(i, f"w{i % 3}") for i in range(30)], map_tasks=3)
+        handle.result(60)
+        job = handle.job_id
+
+    browser.get(http)
+    heading = wait_until(browser, lambda d: css(d, "#needs-token"), what="the token message")
+    assert "needs the broker's token" in heading[0].text
+    assert "dashboard-url" in browser.page_source
+    assert job not in browser.page_source and "WordCount" not in browser.page_source
+    assert get(http + "static/dashboard.js")[0] == 401  # nor the page's own files
+    browser.get(http + "?token=" + "x" * 32 + "#jobs")  # a wrong token: the same
+    wait_until(browser, lambda d: css(d, "#needs-token"), what="the token message")
+    assert job not in browser.page_source
+
+    url = subprocess.run(pmr("dashboard-url", http, "--keys", keys), capture_output=True,
+                         timeout=30, cwd=ROOT).stdout.decode().strip()
+    assert "?token=" in url
+    browser.get(url + "#jobs")
+    wait_until(browser, lambda d: css(d, f"a.job-link[data-job='{job}']"), what="the job")
+    wait_until(browser, lambda d: "live" == d.find_element("id", "live").text,
+               what="the event stream with the token")
+    assert not css(browser, "#needs-token")
+    assert browser.find_element("id", "banner").get_attribute("hidden") is not None
