@@ -264,6 +264,11 @@ def test_a_keyless_broker_refuses_http_beyond_loopback_and_foreign_host_names(da
     assert proc.returncode != 0 and b"--http-public" in proc.stderr
     _, http = start_broker(daemons)
     assert get(f"{http}api/jobs", headers={"Host": "evil.example:80"})[0] == 403
+    # --http-public without keys: any Host is answered, with or without a stray token
+    _, http = start_broker(daemons, "--http-public")
+    status, body = get(f"{http}api/jobs", headers={"Host": "broker.example:80"})
+    assert status == 200 and "jobs" in json.loads(body)
+    assert get(f"{http}api/jobs", token="anything")[0] == 200
 
 
 def test_the_event_log_is_bounded_and_keeps_no_data_values():
