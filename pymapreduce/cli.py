@@ -292,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-name", default=name,
                        help=f"this side's keypair in DIR (default {name})")
 
+    def request(p: argparse.ArgumentParser) -> None:
+        """The options of a command that asks a broker one thing (status, logs...)."""
+        p.add_argument("--connect", required=True, metavar="ADDR",
+                       help="the broker's address, e.g. tcp://HOST:5555")
+        p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="give up if the broker does not answer within this (default 5)")
+        keys(p, "client")
+
     b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
                    help="control address for clients and workers (port 0: the OS picks)")
@@ -421,25 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "those finished within the result TTL, an hour by default) and its "
                        "workers, as two tables. With JOB_ID: that job's state, progress, "
                        "counters and error.")
-    s.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
     s.add_argument("job_id", nargs="?", metavar="JOB_ID",
                    help="a job id (as `run` and the listing print it)")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="give up if the broker does not answer within this (default 5)")
-    keys(s, "client")
+    request(s)
     s.set_defaults(func=cmd_status)
 
     c = sub.add_parser("cancel", help="cancel a queued or running job",
                        description="Stop a job: its pending tasks are dropped and running "
                        "ones stopped on the workers; its client's wait raises JobFailed.")
-    c.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
     c.add_argument("job_id", metavar="JOB_ID", help="the job to cancel")
-    c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="give up if the broker does not answer within this (default 5)")
-    keys(c, "client")
+    request(c)
     c.set_defaults(func=cmd_cancel)
 
     lg = sub.add_parser("logs", help="what a job's tasks printed and logged",
@@ -447,14 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and stderr and logged (its first and last 32 KiB), with the "
                         "traceback of a failed attempt, under a header line per attempt. "
                         "Kept by the broker while the job is listed by `status` (docs/logs.md).")
-    lg.add_argument("--connect", required=True, metavar="ADDR",
-                    help="the broker's address, e.g. tcp://HOST:5555")
     lg.add_argument("job_id", metavar="JOB_ID", help="a job id (as `run` and `status` print it)")
     lg.add_argument("task", nargs="?", metavar="TASK",
                     help="only this task's attempts (map-3, reduce-0)")
-    lg.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                    help="give up if the broker does not answer within this (default 5)")
-    keys(lg, "client")
+    request(lg)
     lg.set_defaults(func=cmd_logs)
 
     k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
@@ -474,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "authorized: for one machine or a test")
     kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
-    observe_cli.add_commands(sub, keys, common)
+    observe_cli.add_commands(sub, request)
     for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
