@@ -108,11 +108,13 @@ def follow(client: Any, job: str | None, since: int, out: TextIO, keep_going: bo
            sleep: Callable[[float], None] = time.sleep) -> int:
     """Print events after ``since`` as JSON lines; with ``keep_going``, poll for more
     until the job (if one is named) ends. Returns the last cursor."""
+    from ..client.logs import request_patiently
+
     while True:
         body: dict = {"since": since}
         if job:
             body["job"] = job
-        reply = client._request(P.EVENTS, body).body
+        reply = request_patiently(client, P.EVENTS, body).body
         for event in reply.get("events", []):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if job and event.get("type") in TERMINAL_EVENTS:
