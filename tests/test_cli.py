@@ -367,7 +367,8 @@ def test_embedded_runs_print_no_operator_warnings(jobfile, tmp_path):
 
 
 def test_a_finished_job_is_listed_for_the_result_ttl_then_forgotten(daemons, jobfile, tmp_path):
-    _, address = daemons.broker(*FAST, "--result-ttl", "1")
+    # (3 s: the listing below must come before the TTL runs out, on a loaded machine too)
+    _, address = daemons.broker(*FAST, "--result-ttl", "3")
     daemons.worker(address, 1)
     wait_workers(address, 1)
     ran = cli("run", f"{jobfile[0]}:Count", lines_file(tmp_path, 3), "--connect", address)
