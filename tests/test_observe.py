@@ -59,6 +59,8 @@ class Troubled(WordCount):
     """Word count whose record 3 fails on its first try and record 11 dawdles (so that
     its worker can be killed mid-task); every try is noted with its pid."""
 
+    FIRST_TRY = "first try of record 3 fails"  # the failure's message
+
     def __init__(self, log_path):
         self.log_path = log_path
 
@@ -67,7 +69,7 @@ class Troubled(WordCount):
         if key == 3:
             with open(self.log_path) as f:
                 if sum(1 for x in f.read().split("\n") if x.startswith("3 ")) == 1:
-                    raise ValueError("first try of record 3 fails")
+                    raise ValueError(self.FIRST_TRY)
         if key == 11:
             time.sleep(2.0)
         yield from super().map(key, line)
