@@ -121,7 +121,7 @@ def _mp_map_share(args: tuple[Any, list[str]]) -> dict:
     return {k: job.combine(k, vs) for k, vs in groups.items()}
 
 
-def run_mp(job: Any, files: list[str]) -> tuple[dict, float, float]:
+def run_mp(job: Any, files: list[str], workers: int = WORKERS) -> tuple[dict, float, float]:
     """multiprocessing.Pool: map+combine in the workers, merge and reduce in the parent.
 
     One task per worker, each a share of the files of equal bytes: with a large vocabulary
@@ -129,11 +129,11 @@ def run_mp(job: Any, files: list[str]) -> tuple[dict, float, float]:
     combined dict per worker instead of one per file cut 256 MiB from 15.2 s to 9.8 s.
     """
     with stopwatch() as start:
-        pool = multiprocessing.get_context("fork").Pool(WORKERS)
+        pool = multiprocessing.get_context("fork").Pool(workers)
     try:
         with stopwatch() as t:
             groups: dict = {}
-            shares = [(job, share) for share in share_files(files, WORKERS)]
+            shares = [(job, share) for share in share_files(files, workers)]
             for part in pool.imap_unordered(_mp_map_share, shares):
                 append_pairs(groups, part.items())
             result = reduce_groups(job, groups)
