@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import json
 import logging
@@ -21,6 +22,7 @@ from .cli_output import (  # noqa: F401 (print_listing: its old home)
     TERMINAL_LIMIT,
     print_job,
     print_listing,
+    write_untrusted,
 )
 from .cli_run import cmd_run, job_params, load_job_class, make_job  # noqa: F401
 from .errors import (
@@ -190,7 +192,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(body, indent=2, default=repr))
             else:
-                print_job(body, sys.stdout)
+                shown = io.StringIO()
+                print_job(body, shown)
+                write_untrusted(shown.getvalue(), sys.stdout)
             return EXIT_OK
         listing = client._request("JOBS", {}).body
     jobs = [public_status(j) for j in listing["jobs"]]
@@ -198,14 +202,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"jobs": jobs, "workers": listing["workers"]}, indent=2,
                          default=repr))
         return EXIT_OK
-    print_listing(jobs, listing["workers"], sys.stdout)
+    shown = io.StringIO()
+    print_listing(jobs, listing["workers"], shown)
+    write_untrusted(shown.getvalue(), sys.stdout)
     return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """What a job's task attempts printed and logged (all tasks, or one: TASK)."""
     from .client import Client
-    from .client.logs import fetch_logs, printable
+    from .client.logs import fetch_logs
 
     if args.task is not None and not re.fullmatch(r"(map|reduce)-\d+", args.task):
         # (the broker would answer with no logs, which reads as "it printed nothing")
@@ -220,9 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"pymapreduce: no logs for {what} {args.job_id} (its tasks printed and logged "
               "nothing, or their logs were not kept)", file=sys.stderr)
         return EXIT_OK
-    # a worker's text is untrusted: on a terminal, its control characters are shown, not
-    # obeyed (escape sequences could rewrite the screen or the window title)
-    sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
+    write_untrusted(text, sys.stdout)
     return EXIT_OK
 
 
@@ -497,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except PyMapReduceError as exc:
         if debug:
             traceback.print_exc()
-        print(f"pymapreduce: error: {exc}", file=sys.stderr)
+        write_untrusted(f"pymapreduce: error: {exc}\n", sys.stderr)  # (a worker's words)
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
     except Exception as exc:  # user input, user code, or a bug: cli_errors tells them apart
         return report_error(exc, debug=debug)
