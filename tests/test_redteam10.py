@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from pymapreduce import Client, Job
+from pymapreduce import Client, Job, JobFailed
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.message import Message
 
@@ -81,7 +81,7 @@ def test_unread_events_replies_do_not_pile_up_in_the_broker(daemons):
     wait_workers(address, 1)
     with Client(address) as client:
         handle = client.submit(Hopeless(), [(0, 0)], map_tasks=1)
-        with pytest.raises(Exception, match="failed 100 times"):
+        with pytest.raises(JobFailed, match="failed 100 times"):
             handle.result(120)
         job_id = handle.job_id
         marker = client.submit(Loud(), [(0, 0)])  # released by the flooder, last
