@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import multiprocessing
 import os
 import sys
 from contextlib import ExitStack
 from typing import Any
 
 import common
-from bench_wordcount import _mp_map_share, append_pairs, reduce_groups, run_single, share_files
+from bench_wordcount import run_mp as wordcount_mp
+from bench_wordcount import run_single
 from common import MIB, log, stopwatch
 from corpus import build_corpus
 from jobs import WordCount
@@ -42,20 +42,10 @@ def run_pymapreduce(job: Any, files: list[str], workers: int) -> tuple[dict, flo
 
 
 def run_mp(job: Any, files: list[str], workers: int) -> tuple[dict, float]:
-    """multiprocessing.Pool(workers): map+combine a share of the files in each worker,
-    merge and reduce in the parent (as bench_wordcount.py's ``mp``)."""
-    pool = multiprocessing.get_context("fork").Pool(workers)
-    try:
-        with stopwatch() as t:
-            groups: dict = {}
-            shares = [(job, share) for share in share_files(files, workers)]
-            for part in pool.imap_unordered(_mp_map_share, shares):
-                append_pairs(groups, part.items())
-            result = reduce_groups(job, groups)
-    finally:
-        pool.close()
-        pool.join()
-    return result, t[0]
+    """multiprocessing.Pool(workers): bench_wordcount.py's ``mp`` (map+combine a share of
+    the files in each worker, merge and reduce in the parent), the pool's start untimed."""
+    result, seconds, _ = wordcount_mp(job, files, workers)
+    return result, seconds
 
 
 RUNNERS = {"pymapreduce": run_pymapreduce, "mp": run_mp}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import json
 import logging
@@ -21,6 +22,7 @@ from .cli_output import (  # noqa: F401 (print_listing: its old home)
     TERMINAL_LIMIT,
     print_job,
     print_listing,
+    write_untrusted,
 )
 from .cli_run import cmd_run, job_params, load_job_class, make_job  # noqa: F401
 from .errors import (
@@ -190,7 +192,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(body, indent=2, default=repr))
             else:
-                print_job(body, sys.stdout)
+                shown = io.StringIO()
+                print_job(body, shown)
+                write_untrusted(shown.getvalue(), sys.stdout)
             return EXIT_OK
         listing = client._request("JOBS", {}).body
     jobs = [public_status(j) for j in listing["jobs"]]
@@ -198,14 +202,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"jobs": jobs, "workers": listing["workers"]}, indent=2,
                          default=repr))
         return EXIT_OK
-    print_listing(jobs, listing["workers"], sys.stdout)
+    shown = io.StringIO()
+    print_listing(jobs, listing["workers"], shown)
+    write_untrusted(shown.getvalue(), sys.stdout)
     return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     """What a job's task attempts printed and logged (all tasks, or one: TASK)."""
     from .client import Client
-    from .client.logs import fetch_logs, printable
+    from .client.logs import fetch_logs
 
     if args.task is not None and not re.fullmatch(r"(map|reduce)-\d+", args.task):
         # (the broker would answer with no logs, which reads as "it printed nothing")
@@ -220,9 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"pymapreduce: no logs for {what} {args.job_id} (its tasks printed and logged "
               "nothing, or their logs were not kept)", file=sys.stderr)
         return EXIT_OK
-    # a worker's text is untrusted: on a terminal, its control characters are shown, not
-    # obeyed (escape sequences could rewrite the screen or the window title)
-    sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
+    write_untrusted(text, sys.stdout)
     return EXIT_OK
 
 
@@ -291,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "authentication")
         p.add_argument("--key-name", default=name,
                        help=f"this side's keypair in DIR (default {name})")
+
+    def request(p: argparse.ArgumentParser) -> None:
+        """The options of a command that asks a broker one thing (status, logs...)."""
+        p.add_argument("--connect", required=True, metavar="ADDR",
+                       help="the broker's address, e.g. tcp://HOST:5555")
+        p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="give up if the broker does not answer within this (default 5)")
+        keys(p, "client")
 
     b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
@@ -421,25 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "those finished within the result TTL, an hour by default) and its "
                        "workers, as two tables. With JOB_ID: that job's state, progress, "
                        "counters and error.")
-    s.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
     s.add_argument("job_id", nargs="?", metavar="JOB_ID",
                    help="a job id (as `run` and the listing print it)")
     s.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="give up if the broker does not answer within this (default 5)")
-    keys(s, "client")
+    request(s)
     s.set_defaults(func=cmd_status)
 
     c = sub.add_parser("cancel", help="cancel a queued or running job",
                        description="Stop a job: its pending tasks are dropped and running "
                        "ones stopped on the workers; its client's wait raises JobFailed.")
-    c.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
     c.add_argument("job_id", metavar="JOB_ID", help="the job to cancel")
-    c.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="give up if the broker does not answer within this (default 5)")
-    keys(c, "client")
+    request(c)
     c.set_defaults(func=cmd_cancel)
 
     lg = sub.add_parser("logs", help="what a job's tasks printed and logged",
@@ -447,14 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and stderr and logged (its first and last 32 KiB), with the "
                         "traceback of a failed attempt, under a header line per attempt. "
                         "Kept by the broker while the job is listed by `status` (docs/logs.md).")
-    lg.add_argument("--connect", required=True, metavar="ADDR",
-                    help="the broker's address, e.g. tcp://HOST:5555")
     lg.add_argument("job_id", metavar="JOB_ID", help="a job id (as `run` and `status` print it)")
     lg.add_argument("task", nargs="?", metavar="TASK",
                     help="only this task's attempts (map-3, reduce-0)")
-    lg.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                    help="give up if the broker does not answer within this (default 5)")
-    keys(lg, "client")
+    request(lg)
     lg.set_defaults(func=cmd_logs)
 
     k = sub.add_parser("keys", help="make and authorize CURVE keys (a cluster's "
@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "authorized: for one machine or a test")
     kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
-    observe_cli.add_commands(sub, keys, common)
+    observe_cli.add_commands(sub, request)
     for command in sub.choices.values():  # `pymapreduce run ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except PyMapReduceError as exc:
         if debug:
             traceback.print_exc()
-        print(f"pymapreduce: error: {exc}", file=sys.stderr)
+        write_untrusted(f"pymapreduce: error: {exc}\n", sys.stderr)  # (a worker's words)
         return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
     except Exception as exc:  # user input, user code, or a bug: cli_errors tells them apart
         return report_error(exc, debug=debug)

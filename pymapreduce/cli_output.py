@@ -66,6 +66,15 @@ def print_pairs(pairs: Iterable[tuple[Any, Any]], out: TextIO | None = None,
     return n
 
 
+def write_untrusted(text: str, out: TextIO) -> None:
+    """Write text that carries a worker's words (a job's error and traceback, its logs):
+    on a terminal its control characters are shown escaped, not obeyed (an escape
+    sequence in an exception message could rewrite the screen); elsewhere as it is."""
+    from .client.logs import printable
+
+    out.write(printable(text) if _isatty(out) else text)
+
+
 def _flush(batch: list[str], out: TextIO) -> None:
     if batch:
         batch.append("")  # a newline after the last line too

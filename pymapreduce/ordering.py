@@ -67,6 +67,16 @@ def group_key(job: Any, method: str, key: Any) -> Any:
                     "str, numbers, tuples, lists of those...)")
 
 
+def grouped_key(job: Any, method: str, key: Any) -> Any:
+    """``key`` as grouping keeps it: as it is if hashable, else :func:`group_key`'s
+    tuple (a list, or a tuple holding lists); BadOutput for a dict or set."""
+    try:
+        hash(key)
+        return key
+    except TypeError:
+        return group_key(job, method, key)
+
+
 def _freeze(value: Any) -> Any:
     t = type(value)
     return tuple(_freeze(v) for v in value) if t is list or t is tuple else value

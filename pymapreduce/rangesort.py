@@ -26,7 +26,7 @@ from typing import Any
 from .errors import BadOutput
 from .job import Columns, Job
 from .kernels import map_pairs
-from .ordering import group_key, is_total_order, range_bounds
+from .ordering import grouped_key, is_total_order, range_bounds
 from .patterns.records import pack
 
 RUNS = 1  # the third item of a map output segment holding sorted runs
@@ -47,7 +47,7 @@ def map_runs(job: Job, records: Iterable[tuple[Any, Any]], reducers: int) -> lis
     """Run ``map`` over records; its pairs sorted by key, cut into ``reducers`` ranges."""
     keys, values = map_pairs(job, records)
     if not set(map(type, keys)) <= PLAIN_KEYS:
-        keys = [_key(job, k) for k in keys]
+        keys = [grouped_key(job, "map", k) for k in keys]
     bounds = range_bounds(job)
     try:
         order = sorted(range(len(keys)), key=keys.__getitem__)
@@ -63,16 +63,6 @@ def map_runs(job: Job, records: Iterable[tuple[Any, Any]], reducers: int) -> lis
             raise _incomparable(job, keys, bounds) from None
     cuts += [len(keys)] * (reducers + 1 - len(cuts))
     return [(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
-
-
-def _key(job: Job, key: Any) -> Any:
-    """``key`` as grouping would keep it: as it is if hashable, a list as its tuple,
-    BadOutput for a dict or set (see ``ordering.group_key``)."""
-    try:
-        hash(key)
-        return key
-    except TypeError:
-        return group_key(job, "map", key)
 
 
 def _incomparable(job: Job, keys: list, bounds: list) -> BadOutput:

@@ -30,7 +30,7 @@ from .errors import BadOutput, ConfigError
 from .inputs import TextInput, normalize_records, plan_file_splits, read_split
 from .job import Job
 from .kernels import run_sequential
-from .ordering import as_pair, group_key, is_total_order
+from .ordering import as_pair, grouped_key, is_total_order
 
 # Input records the client maps to cut the boundaries. Hadoop's TeraSort samples 100,000
 # keys from 10 splits; a Python map costs more per record than Java's, and R - 1 cuts of
@@ -132,7 +132,9 @@ def sample_keys(job: Job, steps: list[Job] | None, records: list) -> list:
         exc.add_note(f"(raised by {name}.map in this process, on the sample of the inputs "
                      "that total_order reads to cut the key ranges)")
         raise
-    return [group_key(fresh, "map", k) if type(k) is list else k for k in keys]
+    # as the map tasks group them, so boundaries compare with their keys: a tuple holding
+    # a list, ("a", [1]), is the key ("a", (1,)) there, and a list does not compare with it
+    return [grouped_key(fresh, "map", k) for k in keys]
 
 
 def cut_boundaries(name: str, keys: list, reducers: int) -> list:

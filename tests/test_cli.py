@@ -367,7 +367,8 @@ def test_embedded_runs_print_no_operator_warnings(jobfile, tmp_path):
 
 
 def test_a_finished_job_is_listed_for_the_result_ttl_then_forgotten(daemons, jobfile, tmp_path):
-    _, address = daemons.broker(*FAST, "--result-ttl", "1")
+    # (3 s: the listing below must come before the TTL runs out, on a loaded machine too)
+    _, address = daemons.broker(*FAST, "--result-ttl", "3")
     daemons.worker(address, 1)
     wait_workers(address, 1)
     ran = cli("run", f"{jobfile[0]}:Count", lines_file(tmp_path, 3), "--connect", address)
@@ -381,3 +382,29 @@ def test_a_finished_job_is_listed_for_the_result_ttl_then_forgotten(daemons, job
         assert client.jobs() == []
     refused = cli("broker", "--bind", "tcp://127.0.0.1:0", "--result-ttl", "0")
     assert "result_ttl" in one_error_line(refused)
+
+
+def test_a_job_s_error_and_traceback_cannot_drive_the_terminal():
+    """status and the error line show a worker's words; on a terminal its escape
+    sequences are shown escaped (as `logs` does), in a file or a pipe kept as they are."""
+    import io
+
+    from pymapreduce.cli_output import print_job, write_untrusted
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    status = {"job_id": "J-1", "name": "J", "state": "failed", "maps": [0, 1],
+              "error": {"message": "ValueError: \x1b]0;owned\x07 \x1b[2J",
+                        "task": "map-0", "traceback": "Traceback\n  \x1b[1Ahidden\n"}}
+    shown = io.StringIO()
+    print_job(status, shown)
+    for out in (Terminal(), io.StringIO()):
+        write_untrusted(shown.getvalue(), out)
+        text = out.getvalue()
+        if isinstance(out, Terminal):
+            assert "\x1b" not in text and "\x07" not in text
+            assert "\\x1b]0;owned\\x07" in text and "\\x1b[1Ahidden\n" in text
+        else:
+            assert text == shown.getvalue() and "\x1b[2J" in text

@@ -25,29 +25,18 @@ from pymapreduce import Client, run_sequential
 from pymapreduce.patterns import security
 
 from .conftest import ROOT, pmr, wait_workers
-from .jobs import WordCount, note
-from .test_observe import get, start_broker
+from .jobs import WordCount
+from .test_observe import Troubled, get, start_broker
 
 HOSTILE = "<b id='injected'>bold</b><img src=x id='injected-img'>"
 WAIT = 30.0  # seconds for the page to show what the broker already knows
 
 
-class FailsOnce(WordCount):
-    """Record 3 fails on its first try (with HTML in its message); record 11 dawdles, so
+class FailsOnce(Troubled):
+    """Record 3 fails on its first try, with HTML in its message; record 11 dawdles, so
     its worker process can be killed mid-task. Every try is noted with its pid."""
 
-    def __init__(self, log_path):
-        self.log_path = log_path
-
-    def map(self, key, line):
-        note(self.log_path, key, os.getpid())
-        if key == 3:
-            with open(self.log_path) as f:
-                if sum(1 for x in f.read().split("\n") if x.startswith("3 ")) == 1:
-                    raise ValueError("record 3 fails on its first try " + HOSTILE)
-        if key == 11:
-            time.sleep(2.0)
-        yield from super().map(key, line)
+    FIRST_TRY = "record 3 fails on its first try " + HOSTILE
 
 
 def _chromium() -> tuple[str, str] | None:

@@ -59,6 +59,8 @@ class Troubled(WordCount):
     """Word count whose record 3 fails on its first try and record 11 dawdles (so that
     its worker can be killed mid-task); every try is noted with its pid."""
 
+    FIRST_TRY = "first try of record 3 fails"  # the failure's message
+
     def __init__(self, log_path):
         self.log_path = log_path
 
@@ -67,7 +69,7 @@ class Troubled(WordCount):
         if key == 3:
             with open(self.log_path) as f:
                 if sum(1 for x in f.read().split("\n") if x.startswith("3 ")) == 1:
-                    raise ValueError("first try of record 3 fails")
+                    raise ValueError(self.FIRST_TRY)
         if key == 11:
             time.sleep(2.0)
         yield from super().map(key, line)
@@ -264,6 +266,11 @@ def test_a_keyless_broker_refuses_http_beyond_loopback_and_foreign_host_names(da
     assert proc.returncode != 0 and b"--http-public" in proc.stderr
     _, http = start_broker(daemons)
     assert get(f"{http}api/jobs", headers={"Host": "evil.example:80"})[0] == 403
+    # --http-public without keys: any Host is answered, with or without a stray token
+    _, http = start_broker(daemons, "--http-public")
+    status, body = get(f"{http}api/jobs", headers={"Host": "broker.example:80"})
+    assert status == 200 and "jobs" in json.loads(body)
+    assert get(f"{http}api/jobs", token="anything")[0] == 200
 
 
 def test_the_event_log_is_bounded_and_keeps_no_data_values():

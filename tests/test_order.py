@@ -22,7 +22,7 @@ from pymapreduce import (
     stable_hash,
 )
 from pymapreduce.job import finish_map, map_grouped
-from pymapreduce.sampling import cut_boundaries
+from pymapreduce.sampling import cut_boundaries, sample_keys
 
 from .jobs import WordCount
 
@@ -165,6 +165,27 @@ def test_a_list_key_is_grouped_and_partitioned_as_its_tuple():
     groups = map_grouped(job, records)
     assert dict(groups) == {("a", (1,)): [1, 2, 4]}
     assert run_sequential(job, records) == {("a", (1,)): 7}
+
+
+def test_sampled_keys_holding_lists_are_the_keys_the_map_tasks_partition():
+    """A key ("a", [1]) is grouped as ("a", (1,)); the sample must cut the boundaries
+    from that, or no map task's key would compare with them (list against tuple)."""
+
+    class SortByPair(ByPair):
+        total_order = True
+
+        def map(self, offset, record):
+            yield (record["user"], [record["n"]]), 1
+
+    records = [(i, {"user": "abcd"[i % 4], "n": i % 3}) for i in range(40)]
+    keys = sample_keys(SortByPair(), None, records)
+    assert all(type(k[1]) is tuple for k in keys)
+    job = SortByPair()
+    job.__dict__["_pmr_bounds"] = cut_boundaries("SortByPair", keys, 3)
+    parts = finish_map(job, map_grouped(job, records), 3)  # raised BadOutput before
+    got = [k for keys_, _ in parts for k in sorted(keys_)]  # (each reduce sorts its own)
+    assert got == sorted(run_sequential(job, records)) and len(got) == 12
+    assert all(keys_ for keys_, _ in parts)  # the sample's ranges spread them
 
 
 def test_map_side_runs_are_sorted_by_value_key():

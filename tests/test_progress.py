@@ -19,6 +19,7 @@ import termios
 import textwrap
 
 import pytest
+import tqdm  # a run-time dependency: its absence is a failure, not a skip
 
 from pymapreduce import Job, JobFailed, LocalCluster
 from pymapreduce.client import Client
@@ -31,8 +32,6 @@ from pymapreduce.progress import (
 )
 
 from .conftest import ROOT, pmr
-
-tqdm = pytest.importorskip("tqdm")
 
 JOB_FILE = textwrap.dedent("""
     import time

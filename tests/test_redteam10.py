@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from pymapreduce import Client, Job
+from pymapreduce import Client, Job, JobFailed
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.message import Message
 
@@ -63,6 +63,62 @@ def test_unread_logs_replies_do_not_pile_up_in_the_broker(daemons):
     with Client(address, timeout=60) as owner:
         logs = owner.job(job_id).logs()
         assert len(logs) == 64 and "x" * 60_000 in logs[0]["text"]
+
+
+class Hopeless(Job):
+    """Fails every attempt with a long message: each failure's event carries ~9 KB."""
+
+    def map(self, key, value):
+        raise ValueError("no " * 4000)
+
+
+def test_unread_events_replies_do_not_pile_up_in_the_broker(daemons):
+    """As LOGS: a client asks for a job's events (100 failures with their tracebacks,
+    ~1 MiB a reply) hundreds of times and never reads the replies; the broker holds a
+    bounded amount of them, and a reader still gets every event afterwards."""
+    broker, address = daemons.broker(*FAST, "--backup-after", "off", "--max-attempts", "100")
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(Hopeless(), [(0, 0)], map_tasks=1)
+        with pytest.raises(JobFailed, match="failed 100 times"):
+            handle.result(120)
+        job_id = handle.job_id
+        marker = client.submit(Loud(), [(0, 0)])  # released by the flooder, last
+        marker.result(60)
+    before = rss(broker.pid)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)  # reads nothing: the broker's queue holds it all
+    try:
+        sock.connect(address)
+        for req in range(300):
+            sock.send_multipart(Message(P.EVENTS, {"job": job_id, "since": 0,
+                                                   "req": req}).encode())
+        sock.send_multipart(Message(P.RELEASE, {"job_id": marker.job_id}).encode())
+        with Client(address) as probe:
+            while not probe.job(marker.job_id).status().get("released"):
+                time.sleep(0.05)  # (the broker handles one connection's requests in order)
+            grown = rss(broker.pid) - before
+            assert grown < 150 * MiB, f"the broker grew {grown >> 20} MiB"
+    finally:
+        sock.close()
+        ctx.term()
+    from pymapreduce.observe.cli import follow
+
+    class Lines(list):
+        def write(self, text):
+            self.append(text)
+
+        def flush(self):
+            pass
+
+    with Client(address, timeout=60) as reader:
+        out = Lines()
+        follow(reader, job_id, 0, out, keep_going=False)
+    failed = [line for line in out if '"type":"failed"' in line]
+    assert len(failed) == 100 and "no no no" in failed[-1]
 
 
 # -- shipped sources ----------------------------------------------------------------------

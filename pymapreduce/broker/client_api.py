@@ -29,9 +29,10 @@ MAX_HELD_PER_CLIENT = 1000  # finished jobs whose results wait for one client
 MAX_HELD = 10_000  # ... for all clients
 LISTED_COUNTERS = 20  # counters of each job in a JOBS listing
 FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up to this size
-# LOGS replies not sent yet (to clients that do not read theirs) hold at most this much
-# of the broker's memory; past it a LOGS is answered busy (see _reply_held). Each reply
-# is a fresh copy of up to a job's 4 MiB of logs: 300 unread took the broker 1 GiB.
+# LOGS and EVENTS replies not sent yet (to clients that do not read theirs) hold at most
+# this much of the broker's memory; past it such a request is answered busy (see
+# _reply_held). Each LOGS reply is a fresh copy of up to a job's 4 MiB of logs: 300
+# unread took the broker 1 GiB; an EVENTS reply is up to 500 events with tracebacks.
 HELD_REPLY_BYTES = 64 << 20
 
 
@@ -279,7 +280,7 @@ class ClientAPI:
                                         "dropped": dropped})
 
     def _reply_held(self, peer: bytes, command: str, body: dict) -> None:
-        """A reply whose header is big and made fresh for each request (LOGS), sent
+        """A reply whose header is big and made fresh for each request (LOGS, EVENTS), sent
         without a copy and counted until ZeroMQ has sent it: past HELD_REPLY_BYTES of
         such headers unsent, the requester is told ``busy`` (its client asks again).
         Headers under pyzmq's copy threshold are copied by ZeroMQ and not counted."""

@@ -79,13 +79,19 @@ def fetch_logs(client: Any, job_id: str, task: str | None = None) -> TaskLogs:
     body: dict = {"job_id": job_id}
     if task is not None:
         body["task"] = str(task)
-    # busy: unread replies (of some client that does not read) hold the broker's memory;
-    # ask again with growing pauses, for up to the client's timeout (as FETCH does)
+    return read_logs(request_patiently(client, P.LOGS, body).body)
+
+
+def request_patiently(client: Any, command: str, body: dict) -> Any:
+    """``client._request(command, body)`` for a request whose big reply the broker holds
+    bounded (LOGS, EVENTS): while it answers busy (unread replies of some client that
+    does not read hold its memory), ask again with growing pauses, for up to the
+    client's timeout (as FETCH does)."""
     deadline = time.monotonic() + client.timeout
     pause = 0.05
     while True:
         try:
-            return read_logs(client._request(P.LOGS, body).body)
+            return client._request(command, body)
         except BrokerBusy:
             if time.monotonic() + pause > deadline:
                 raise

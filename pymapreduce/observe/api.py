@@ -55,7 +55,8 @@ def on_events(broker: Any, peer: bytes, msg: Message) -> None:
     reply = {"req": body.get("req"), "events": out, "next": last, "seq": events.seq}
     if job is not None:
         reply["state"] = broker.jobs[job].state
-    broker._reply(peer, P.EVENTS, reply)
+    # (up to 500 events with tracebacks, made fresh per request: held bounded, as LOGS)
+    broker._reply_held(peer, P.EVENTS, reply)
 
 
 def start_http(broker: Any) -> Observatory:

@@ -71,23 +71,21 @@ def add_broker_options(b: argparse.ArgumentParser) -> None:
                         "--keys DIR: DIR/http.token")
 
 
-def add_commands(sub: Any, keys: Callable, common: Callable) -> None:
+def add_commands(sub: Any, request: Callable) -> None:
+    """The ``events`` and ``dashboard-url`` commands; ``request`` adds the options every
+    command that asks a broker has (--connect, --timeout, keys)."""
     e = sub.add_parser("events", help="follow a broker's job and task events (JSON lines)",
                        description="Print events as JSON lines as they happen: jobs "
                        "submitted, attempts dispatched, done, failed (with tracebacks and "
                        "input positions), retried, lost with a worker... With JOB_ID, that "
                        "job's events, ending when it ends. A client key sees its own jobs' "
                        "events; an admin key every job's and the workers'.")
-    e.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
     e.add_argument("job_id", nargs="?", metavar="JOB_ID")
     e.add_argument("--since", type=int, default=0, metavar="SEQ",
                    help="only events after this sequence number (default: all still held)")
     e.add_argument("--no-follow", action="store_true",
                    help="print the events held now and exit")
-    e.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="give up if the broker does not answer within this (default 5)")
-    keys(e, "client")
+    request(e)
     e.set_defaults(func=cmd_events)
     d = sub.add_parser("dashboard-url", help="the URL (with its token) of a broker's "
                        "HTTP server", description="Print URL with the token a broker "
@@ -110,11 +108,13 @@ def follow(client: Any, job: str | None, since: int, out: TextIO, keep_going: bo
            sleep: Callable[[float], None] = time.sleep) -> int:
     """Print events after ``since`` as JSON lines; with ``keep_going``, poll for more
     until the job (if one is named) ends. Returns the last cursor."""
+    from ..client.logs import request_patiently
+
     while True:
         body: dict = {"since": since}
         if job:
             body["job"] = job
-        reply = client._request(P.EVENTS, body).body
+        reply = request_patiently(client, P.EVENTS, body).body
         for event in reply.get("events", []):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if job and event.get("type") in TERMINAL_EVENTS:

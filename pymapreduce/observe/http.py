@@ -189,9 +189,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         given = self._token(query)
-        if app.token is None and app.check_host:
+        if app.token is None:  # no token: loopback Host names only, unless public
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-            if host and host not in LOOPBACK_HOSTS and not host.startswith("127."):
+            if (app.check_host and host and host not in LOOPBACK_HOSTS
+                    and not host.startswith("127.")):
                 # a page elsewhere that re-pointed its own name at 127.0.0.1 (DNS
                 # rebinding) must not read a keyless broker's API
                 self._refuse(403, f"host {host!r} is not a loopback name")
