@@ -189,15 +189,14 @@ def test_broker_beyond_loopback_needs_insecure():
     assert "--insecure" in proc.stderr
 
 
+@pytest.mark.timeout(60)  # (a client that waited on forever would fail here, not hang CI)
 def test_a_broker_that_does_not_answer_raises_after_the_timeout():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = time.monotonic()
     with Client(f"tcp://127.0.0.1:{port}", timeout=1.0) as client:
         with pytest.raises(BrokerUnavailable, match="did not answer"):
             client.submit(WordCount(), [(0, "a")])
-    assert time.monotonic() - start < 10
 
 
 def test_a_broker_that_dies_mid_job_is_reported_not_waited_for(daemons):

@@ -27,6 +27,30 @@ class Loud(Job):
         yield key, 1
 
 
+def _flood_unread(broker_pid: int, address: str, marker: str, request) -> None:
+    """300 requests ``request(req)`` from a connection that reads no reply, then the
+    release of job ``marker``: once the broker has handled that (it takes one
+    connection's requests in order), its memory has grown by less than 150 MiB."""
+    before = rss(broker_pid)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)  # reads nothing: the broker's queue holds it all
+    try:
+        sock.connect(address)
+        for req in range(300):
+            sock.send_multipart(request(req).encode())
+        sock.send_multipart(Message(P.RELEASE, {"job_id": marker}).encode())
+        with Client(address) as probe:
+            while not probe.job(marker).status().get("released"):
+                time.sleep(0.05)
+            grown = rss(broker_pid) - before
+            assert grown < 150 * MiB, f"the broker grew {grown >> 20} MiB"
+    finally:
+        sock.close()
+        ctx.term()
+
+
 def test_unread_logs_replies_do_not_pile_up_in_the_broker(daemons):
     """A client asks for a job's 4 MiB of logs hundreds of times and never reads the
     replies: the broker holds a bounded amount of them (the rest are answered busy), not
@@ -41,24 +65,8 @@ def test_unread_logs_replies_do_not_pile_up_in_the_broker(daemons):
         job_id = handle.job_id
         marker = client.submit(Loud(), [(0, 0)])  # released by the flooder, last
         marker.result(60)
-    before = rss(broker.pid)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 1)  # reads nothing: the broker's queue holds it all
-    try:
-        sock.connect(address)
-        for req in range(300):
-            sock.send_multipart(Message(P.LOGS, {"job_id": job_id, "req": req}).encode())
-        sock.send_multipart(Message(P.RELEASE, {"job_id": marker.job_id}).encode())
-        with Client(address) as probe:
-            while not probe.job(marker.job_id).status().get("released"):
-                time.sleep(0.05)  # (the broker handles one connection's requests in order)
-            grown = rss(broker.pid) - before
-            assert grown < 150 * MiB, f"the broker grew {grown >> 20} MiB"
-    finally:
-        sock.close()
-        ctx.term()
+    _flood_unread(broker.pid, address, marker.job_id,
+                  lambda req: Message(P.LOGS, {"job_id": job_id, "req": req}))
     # the flooder gone, its queued replies go with it: the owner reads every log again
     with Client(address, timeout=60) as owner:
         logs = owner.job(job_id).logs()
@@ -86,25 +94,8 @@ def test_unread_events_replies_do_not_pile_up_in_the_broker(daemons):
         job_id = handle.job_id
         marker = client.submit(Loud(), [(0, 0)])  # released by the flooder, last
         marker.result(60)
-    before = rss(broker.pid)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 1)  # reads nothing: the broker's queue holds it all
-    try:
-        sock.connect(address)
-        for req in range(300):
-            sock.send_multipart(Message(P.EVENTS, {"job": job_id, "since": 0,
-                                                   "req": req}).encode())
-        sock.send_multipart(Message(P.RELEASE, {"job_id": marker.job_id}).encode())
-        with Client(address) as probe:
-            while not probe.job(marker.job_id).status().get("released"):
-                time.sleep(0.05)  # (the broker handles one connection's requests in order)
-            grown = rss(broker.pid) - before
-            assert grown < 150 * MiB, f"the broker grew {grown >> 20} MiB"
-    finally:
-        sock.close()
-        ctx.term()
+    _flood_unread(broker.pid, address, marker.job_id,
+                  lambda req: Message(P.EVENTS, {"job": job_id, "since": 0, "req": req}))
     from pymapreduce.observe.cli import follow
 
     class Lines(list):
