@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pymapreduce import Client, run_sequential
-from pymapreduce.observe.events import EventLog, safe_position
+from pymapreduce.observe.events import EventLog, _size, safe_position
 from pymapreduce.patterns import security
 
 from .conftest import ROOT, pmr, read_line, wait_workers
@@ -361,3 +361,34 @@ def test_the_ledger_records_an_attempt_s_whole_story_without_sockets():
         assert ledger.events.since(0, "j") == [] and ledger.events.attempts("j") == []
     finally:
         store.close()
+
+
+def test_over_its_byte_budget_the_event_log_trims_the_oldest_job_holding_events():
+    """Trimming takes the oldest job's oldest events, skipping jobs whose rings are empty
+    (found at once, not by a scan of every job), and a job whose ring was emptied and
+    gets new events is trimmed after the jobs older than those events."""
+    def job(jid):
+        return type("Job", (), {"id": jid, "name": "n", "tenant": "", "reducers": 1,
+                                "steps": [], "maps": [], "step": 0, "state": "running"})
+
+    events = EventLog(per_job=1000, global_events=100_000, max_bytes=10 << 20)
+    ids = [f"j{i}" for i in range(200)]
+    for jid in ids:
+        events.job_submitted(job(jid))
+    with events.lock:
+        for jid in ids[:5]:  # the five oldest jobs' rings: emptied by trimming
+            while events._jobs[jid].events:
+                events._trim_oldest()
+        assert list(events._holding) == ids[5:]
+        events._emit("j0", "failed", error="again")  # j0 speaks again: now the newest
+        assert list(events._holding)[-1] == "j0"
+        # the next event (kept twice: its job's ring and the global one) puts the log
+        # over budget by one byte: one event goes
+        events.max_bytes = events._bytes + 2 * _size({"error": "x"}) - 1
+        events._emit("j7", "failed", error="x")
+    assert [e["type"] for e in events.since(0, "j5")] == []  # the oldest holder's went
+    assert [e["type"] for e in events.since(0, "j6")] == ["job-submitted"]
+    assert [e["type"] for e in events.since(0, "j0")][-1] == "failed"
+    assert events._bytes <= events.max_bytes
+    events.job_dropped("j6")
+    assert "j6" not in events._holding

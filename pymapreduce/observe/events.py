@@ -73,9 +73,10 @@ def as_dict(event: tuple) -> dict:
 
 
 class _JobLog:
-    __slots__ = ("events", "attempts", "bytes", "tenant", "started", "trimmed", "flow")
+    __slots__ = ("id", "events", "attempts", "bytes", "tenant", "started", "trimmed", "flow")
 
-    def __init__(self, per_job: int, tenant: str) -> None:
+    def __init__(self, job_id: str, per_job: int, tenant: str) -> None:
+        self.id = job_id
         self.events: deque[dict] = deque(maxlen=per_job)
         self.attempts: OrderedDict[tuple, list] = OrderedDict()
         self.bytes = 0
@@ -101,6 +102,9 @@ class EventLog:
         self.max_bytes = max_bytes
         self._global: deque[dict] = deque(maxlen=global_events)
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
+        # the jobs whose rings hold events, oldest first: what trimming takes from, found
+        # at once (a scan of every job's ring per event cost O(jobs) once over budget)
+        self._holding: OrderedDict[str, _JobLog] = OrderedDict()
         self._bytes = 0
         # monotonically increasing totals (Prometheus counters), by name and label
         self.counts: dict[tuple, float] = {}
@@ -128,7 +132,9 @@ class EventLog:
         self._bytes += size
         if log is not None:
             ring = log.events
-            if len(ring) == ring.maxlen:
+            if not ring:
+                self._holding[log.id] = log
+            elif len(ring) == ring.maxlen:
                 gone = ring[0][5]
                 log.bytes -= gone
                 self._bytes -= gone
@@ -141,14 +147,16 @@ class EventLog:
                 pass
 
     def _trim_oldest(self) -> bool:
-        """Over the byte budget: the oldest job's oldest events go (then the global's)."""
-        for log in self._jobs.values():
-            if log.events:
-                gone = log.events.popleft()[5]
-                log.bytes -= gone
-                self._bytes -= gone
-                log.trimmed += 1
-                return True
+        """Over the byte budget: the oldest events of the job that has held events longest
+        go (a job whose ring was emptied counts from its next event; then the global's)."""
+        for log in self._holding.values():
+            gone = log.events.popleft()[5]
+            log.bytes -= gone
+            self._bytes -= gone
+            log.trimmed += 1
+            if not log.events:
+                del self._holding[log.id]
+            return True
         if self._global:
             self._bytes -= self._global.popleft()[5]
             return True
@@ -159,7 +167,7 @@ class EventLog:
         broker, in whatever state it was)."""
         with self.lock:
             if job.id not in self._jobs:
-                self._jobs[job.id] = _JobLog(self.per_job, job.tenant)
+                self._jobs[job.id] = _JobLog(job.id, self.per_job, job.tenant)
             if not recovered:
                 self._count("jobs_submitted")
             self._emit(job.id, "job-recovered" if recovered else "job-submitted",
@@ -312,6 +320,7 @@ class EventLog:
         """The broker forgot a job: its ring and attempt table are freed."""
         with self.lock:
             log = self._jobs.pop(job_id, None)
+            self._holding.pop(job_id, None)
             if log is not None:
                 self._bytes -= log.bytes
                 self._rows -= len(log.attempts)
