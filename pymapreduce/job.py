@@ -320,18 +320,3 @@ def job_steps(job: Job) -> list[Job] | None:
         raise TypeError(f"{type(job).__name__}.steps() must return 1 to {MAX_STEPS} "
                         "pymapreduce.Job instances")
     return steps
-
-
-# The kernels moved to kernels.py; their old home still names them (imported last: they
-# use the Job class above)
-from .kernels import (  # noqa: E402,F401
-    COMBINE_EVERY,
-    FlatPairs,
-    RecordFailed,
-    finish_map,
-    map_grouped,
-    map_pairs,
-    merge_segments,
-    reduce_groups,
-    run_sequential,
-)

@@ -182,7 +182,7 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
         return [(list(groups), list(groups.values()))]
     parts: list[Columns] = [([], []) for _ in range(reducers)]
     choose = _chooser(job, reducers)
-    hashed = choose is _NO_CHOOSER  # the common case, inlined: stable_hash's str branch
+    hashed = choose is None  # the common case, inlined: stable_hash's str branch
     crc32 = zlib.crc32
     for k, values in groups.items():
         if combiner is not None:
@@ -210,7 +210,7 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
     kparts: list[list] = [[] for _ in range(reducers)]
     vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)
-    hashed = choose is _NO_CHOOSER  # (else ranges, the job's partition, or one reducer)
+    hashed = choose is None  # (else ranges, the job's partition, or one reducer)
     crc32 = zlib.crc32
     for pair in flat.pairs:
         if type(pair) is not tuple or len(pair) != 2:
@@ -232,13 +232,9 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
     return [(kparts[p], vparts[p], True) for p in range(reducers)]
 
 
-def _NO_CHOOSER(key: Any) -> int:  # (a marker: partition by the key's stable hash)
-    raise AssertionError("not called")
-
-
 def _chooser(job: Job, reducers: int) -> Any:
     """The partition of a key: a ``total_order`` job's by its key range, else the job's
-    own ``partition``, else ``_NO_CHOOSER`` (by stable hash, which callers inline)."""
+    own ``partition``, else None (by stable hash, which callers inline)."""
     bounds = range_bounds(job)
     if bounds is not None:
         last = reducers - 1
@@ -266,7 +262,7 @@ def _chooser(job: Job, reducers: int) -> Any:
         return by_custom
     if reducers == 1:
         return lambda k: 0
-    return _NO_CHOOSER
+    return None
 
 
 def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pymapreduce import InputError, Job, UnencodableValue, read_text, run_sequential, stable_hash
 from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_split
-from pymapreduce.job import (
+from pymapreduce.kernels import (
     finish_map,
     map_grouped,
     merge_segments,
@@ -222,7 +222,7 @@ def test_invalid_utf8_is_replaced_and_offsets_stay_exact(tmp_path):
 
 
 def test_a_failing_map_names_the_record(tmp_path):
-    from pymapreduce.job import RecordFailed
+    from pymapreduce.kernels import RecordFailed
 
     class Picky(Job):
         def map(self, key, value):

@@ -21,7 +21,7 @@ from pymapreduce import (
     run_sequential,
     stable_hash,
 )
-from pymapreduce.job import finish_map, map_grouped
+from pymapreduce.kernels import finish_map, map_grouped
 from pymapreduce.sampling import cut_boundaries, sample_keys
 
 from .jobs import WordCount

@@ -19,7 +19,7 @@ import pytest
 from pymapreduce import BadOutput, Client, Job, read_text, run_sequential
 from pymapreduce.client import output
 from pymapreduce.client.output import encode_lines, write_output
-from pymapreduce.job import (
+from pymapreduce.kernels import (
     RecordFailed,
     finish_map,
     map_grouped,

@@ -35,16 +35,9 @@ SOURCES_ATTR = "_pymapreduce_sources"  # a shipped job's {filename: source text}
 TRUNCATED = "\n[... {n} bytes of this attempt's output left out ...]\n"
 
 
-class TaskLog(io.TextIOBase):
-    """A text stream that keeps its first HEAD and last TAIL bytes (UTF-8) and counts the
-    bytes left out between them."""
-
-    def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
-        super().__init__()
-        self.head_limit, self.tail_limit = head, tail
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.dropped = 0
+class _Utf8Text(io.TextIOBase):
+    """A writable UTF-8 text stream that is not a terminal (what task code may ask of
+    ``sys.stdout``)."""
 
     @property
     def encoding(self) -> str:  # (code that asks a stream for its encoding)
@@ -55,6 +48,18 @@ class TaskLog(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class TaskLog(_Utf8Text):
+    """A text stream that keeps its first HEAD and last TAIL bytes (UTF-8) and counts the
+    bytes left out between them."""
+
+    def __init__(self, head: int = HEAD, tail: int = TAIL) -> None:
+        super().__init__()
+        self.head_limit, self.tail_limit = head, tail
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
 
     def write(self, text: Any) -> int:
         if not isinstance(text, str):
@@ -160,7 +165,7 @@ class Capture:
                 h.removeFilter(only_ours)
 
 
-class _Stream(io.TextIOBase):
+class _Stream(_Utf8Text):
     """One of the task's standard streams: into the shared log, echoed to its own stream.
 
     ``fileno()`` is the daemon's own stream's (code that hands ``sys.stdout`` to a
@@ -174,21 +179,11 @@ class _Stream(io.TextIOBase):
         self.buffer = _Bytes(self)
 
     @property
-    def encoding(self) -> str:
-        return "utf-8"
-
-    @property
     def errors(self) -> str:
         return "replace"
 
     def fileno(self) -> int:
         return self.real.fileno()
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
 
     def write(self, text: Any) -> int:
         if not isinstance(text, str):
