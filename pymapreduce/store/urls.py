@@ -141,6 +141,7 @@ def list_url(pattern: str, storage: dict | None = None) -> list[tuple[str, int]]
     per prefix, not one per object): a glob, a "directory" (every object below it, but
     names starting with ``.`` or ``_``), or one object. InputError when it names nothing."""
     fs, path = filesystem(check_url(pattern), storage)
+    fs.invalidate_cache()  # (fsspec keeps listings per process: a job lists afresh)
     try:
         if any(c in path for c in "*?["):
             found = fs.glob(path, detail=True)
