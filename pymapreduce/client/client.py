@@ -390,22 +390,17 @@ class JobHandle:
         return public_status(status)
 
     def _commit(self, output: dict, status: dict) -> None:
-        """The job succeeded: promote each partition's committed part file, then
-        ``_SUCCESS`` (``store/commit.py``); only commit records are read from the
-        broker (and, when it keeps results, the data they follow)."""
-        from ..store.commit import commit_output, read_record
+        """The job succeeded: its part files committed, then ``_SUCCESS`` (docs/store.md;
+        a handle that did not submit the job commits only an unfinished output)."""
+        from ..store.commit import commit_job
 
-        records = ((part, read_record(data)) for part, data in self._blobs(status))
-        commit_output(output, self.job_id, int(status["parts"]), records)
+        commit_job(output, self.job_id, status, self._blobs(status), again=self.output is not None)
         self._written = True
 
     def _no_results(self, status: dict) -> None:
-        """Refuse to read results the broker does not keep (``results=False``)."""
-        output = self.output or status.get("output")
-        if isinstance(output, dict) and output.get("results") is False:
-            raise PyMapReduceError(
-                f"job {self.job_id} wrote its output to {output.get('url')} only "
-                "(results=False): read the part files there, e.g. with read_jsonl()")
+        from ..store.commit import refuse_results
+
+        refuse_results(self.job_id, self.output or status.get("output"))
 
     def _watch(self) -> dict:
         """Subscribe to the job's status events; returns its status now."""

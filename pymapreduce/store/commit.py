@@ -83,6 +83,26 @@ def read_record(data: Any) -> dict | None:
     return record
 
 
+def commit_job(output: dict, job_id: str, status: dict,
+               blobs: Iterable[tuple[int, Any]], again: bool = True) -> None:
+    """Commit a succeeded job's output from its partitions' bytes at the broker
+    (``blobs``: ``(part, bytes)``, read only for their commit records). ``again=False``:
+    leave an output that has its ``_SUCCESS`` already (a handle on a job another client
+    submitted and committed)."""
+    if not again and Location(output["url"], output.get("storage")).exists(SUCCESS):
+        return
+    records = ((part, read_record(data)) for part, data in blobs)
+    commit_output(output, job_id, int(status["parts"]), records)
+
+
+def refuse_results(job_id: str, output: Any) -> None:
+    """Results the broker does not keep (``results=False``) cannot be read from it."""
+    if isinstance(output, dict) and output.get("results") is False:
+        raise PyMapReduceError(
+            f"job {job_id} wrote its output to {output.get('url')} only (results=False): "
+            "read the part files there, e.g. with read_jsonl()")
+
+
 def commit_output(output: dict, job_id: str, parts: int,
                   records: Iterable[tuple[int, dict | None]]) -> list[str]:
     """Promote each committed attempt's part file to ``part-NNNNN``, remove part files of
