@@ -348,3 +348,43 @@ def test_empty_partitions_are_empty_part_files(cluster, tmp_path):
     names = sorted(os.listdir(tmp_path / "o"))
     assert names == ["_SUCCESS"] + [f"part-{i:05d}" for i in range(5)]
     assert sum((tmp_path / "o" / n).stat().st_size for n in names) == len('["a", 1]\n')
+
+
+def test_a_multi_step_job_writes_its_last_steps_output_and_a_failed_job_no_part(cluster,
+                                                                              tmp_path):
+    from .test_steps import RECORDS, Pipeline
+
+    class Boom(WordCount):
+        def reduce(self, word, counts):
+            raise RuntimeError("no")
+
+    out = tmp_path / "o"
+    with Client(cluster) as client:
+        expected = client.submit(Pipeline(), RECORDS, reducers=2).result(60)
+        assert client.submit(Pipeline(), RECORDS, reducers=2, output_dir=out).result(
+            60) == expected
+        pairs = [json.loads(x) for p in sorted(out.glob("part-*"))
+                 for x in p.read_text().splitlines()]
+        assert dict(pairs) == expected
+        with pytest.raises(Exception, match="no"):
+            client.submit(Boom(), [(0, "a")], reducers=1, output_dir=tmp_path / "f").wait(60)
+    assert os.listdir(tmp_path / "f") == []  # no part file, no _SUCCESS, no _temporary
+
+
+def test_forged_commit_records_are_refused():
+    import msgpack
+
+    from pymapreduce.errors import UndecodableValue
+    from pymapreduce.store.commit import read_record
+    from pymapreduce.store.output import temp_name
+
+    assert read_record(b"") is None
+    good = msgpack.packb([[], [], {"attempt": 7, "records": 0, "bytes": 0}])
+    assert read_record(good)["attempt"] == 7
+    for bad in (msgpack.packb([[], []]), msgpack.packb([[], [], {"attempt": "../../x"}]),
+                msgpack.packb([[], [], {"attempt": -1, "records": 0, "bytes": 0}]), b"\xc1"):
+        with pytest.raises(UndecodableValue):
+            read_record(bad)
+    # the name a client renames is made from the job id, the attempt and the part only
+    assert temp_name("../../etc/x", 255, 3) == "_temporary/_.._etc_x/ff/part-00003"
+    assert temp_name("..", 1, 0) == "_temporary/job/1/part-00000"

@@ -382,9 +382,13 @@ class JobHandle:
         self._last = status
         if progress is not None:
             progress(public_status(status))
-        if status["state"] != P.JOB_SUCCEEDED:
-            raise job_failed(status)
         output = self.output or status.get("output")
+        if status["state"] != P.JOB_SUCCEEDED:
+            if isinstance(output, dict) and self.output is not None:
+                from ..store.commit import abort_output
+
+                abort_output(output, self.job_id)  # its attempts' files: no part file
+            raise job_failed(status)
         if isinstance(output, dict) and not self._written:
             self._commit(output, status)
         return public_status(status)

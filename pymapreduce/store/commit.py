@@ -95,6 +95,18 @@ def commit_job(output: dict, job_id: str, status: dict,
     commit_output(output, job_id, int(status["parts"]), records)
 
 
+def abort_output(output: dict, job_id: str) -> None:
+    """A job that failed or was cancelled: delete what its attempts wrote (best effort:
+    the job's own error is what its caller must hear)."""
+    try:
+        loc = Location(output["url"], output.get("storage"))
+        loc.remove_tree(f"{TEMPORARY}/{safe_job(job_id)}")
+        if loc.local:
+            os.rmdir(loc.path(TEMPORARY))
+    except (OSError, PyMapReduceError):
+        pass
+
+
 def refuse_results(job_id: str, output: Any) -> None:
     """Results the broker does not keep (``results=False``) cannot be read from it."""
     if isinstance(output, dict) and output.get("results") is False:

@@ -39,7 +39,7 @@ RECORD_FIELDS = ("attempt", "records", "bytes")
 
 def safe_job(job_id: str) -> str:
     """A job id as one path component (ids are printable text a client chose)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:200] or "job"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:200].lstrip(".") or "job"  # (not "..")
 
 
 def part_name(part: int) -> str:
