@@ -132,6 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .local import LocalCluster
     from .shipping import gather_files
     from .store.commit import prepare_output
+    from .store.urls import is_url
 
     job = make_job(args.job, args.param)
     inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
@@ -160,7 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             with contextlib.redirect_stdout(sys.stderr):
                 handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                        output_dir=args.output, priority=args.priority,
-                                       results=False,  # (the reducers write the parts)
+                                       # the reducers write the part files; a local
+                                       # --output may not be shared with a cluster's
+                                       # workers: the data then comes home, as before
+                                       results=cluster is None and not is_url(args.output or ""),
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else

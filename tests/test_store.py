@@ -388,3 +388,28 @@ def test_forged_commit_records_are_refused():
     # the name a client renames is made from the job id, the attempt and the part only
     assert temp_name("../../etc/x", 255, 3) == "_temporary/_.._etc_x/ff/part-00003"
     assert temp_name("..", 1, 0) == "_temporary/job/1/part-00000"
+
+
+def test_a_part_file_the_client_cannot_see_is_written_from_the_kept_results(tmp_path):
+    """A local output_dir that the workers do not share (a remote cluster): the commit
+    finds no attempt file, and writes the part file from the data the broker kept, as
+    the client did before; without kept results it says what is wrong."""
+    import msgpack
+
+    from pymapreduce.patterns.records import pack
+    from pymapreduce.store.commit import OutputMissing, commit_job
+
+    out = tmp_path / "o"
+    out.mkdir()
+    data = b"\x93" + pack([["k"], [1]])[1:] + msgpack.packb(
+        {"attempt": 5, "records": 1, "bytes": 9})
+    output = {"url": str(out), "storage": {}, "results": True}
+    decode = lambda part, blob: (["k"], [1])  # noqa: E731 - the handle's decoder
+    commit_job(output, "j", {"parts": 2}, [(0, data), (1, b"")], decode=decode)
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001"]
+    assert (out / "part-00000").read_text() == '["k", 1]\n'
+    (out / "part-00000").unlink()
+    with pytest.raises(OutputMissing, match="share"):
+        commit_job({**output, "results": False}, "j", {"parts": 1}, [(0, data)],
+                   decode=decode)
+    assert "_SUCCESS" not in os.listdir(out)

@@ -398,7 +398,8 @@ class JobHandle:
         a handle that did not submit the job commits only an unfinished output)."""
         from ..store.commit import commit_job
 
-        commit_job(output, self.job_id, status, self._blobs(status), again=self.output is not None)
+        commit_job(output, self.job_id, status, self._blobs(status),
+                   again=self.output is not None, decode=self._decode)
         self._written = True
 
     def _no_results(self, status: dict) -> None:

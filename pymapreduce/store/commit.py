@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -84,15 +84,19 @@ def read_record(data: Any) -> dict | None:
 
 
 def commit_job(output: dict, job_id: str, status: dict,
-               blobs: Iterable[tuple[int, Any]], again: bool = True) -> None:
+               blobs: Iterable[tuple[int, Any]], again: bool = True,
+               decode: Callable[[int, Any], tuple[list, list]] | None = None) -> None:
     """Commit a succeeded job's output from its partitions' bytes at the broker
-    (``blobs``: ``(part, bytes)``, read only for their commit records). ``again=False``:
+    (``blobs``: ``(part, bytes)``, read for their commit records). ``again=False``:
     leave an output that has its ``_SUCCESS`` already (a handle on a job another client
-    submitted and committed)."""
+    submitted and committed). ``decode``: a partition's ``(keys, values)`` from its
+    bytes, to write a part file the client cannot find from the data the broker kept
+    (a local output that is not shared with the workers; see commit_output)."""
     if not again and Location(output["url"], output.get("storage")).exists(SUCCESS):
         return
-    records = ((part, read_record(data)) for part, data in blobs)
-    commit_output(output, job_id, int(status["parts"]), records)
+    records = ((part, read_record(data), data) for part, data in blobs)
+    commit_output(output, job_id, int(status["parts"]), records,
+                  decode if output.get("results") is not False else None)
 
 
 def abort_output(output: dict, job_id: str) -> None:
@@ -116,17 +120,22 @@ def refuse_results(job_id: str, output: Any) -> None:
 
 
 def commit_output(output: dict, job_id: str, parts: int,
-                  records: Iterable[tuple[int, dict | None]]) -> list[str]:
+                  records: Iterable[tuple[int, dict | None, Any]],
+                  decode: Callable[[int, Any], tuple[list, list]] | None = None) -> list[str]:
     """Promote each committed attempt's part file to ``part-NNNNN``, remove part files of
     an earlier run beyond ``parts``, delete the job's ``_temporary``, then write
     ``_SUCCESS``. The names come from the job id, the partition and the attempt number,
     never from a path a worker sent. Safe to run again (a partition already promoted is
-    left as it is). Returns the part files' names."""
+    left as it is). ``records``: ``(part, commit record, the partition's bytes)``.
+    A part file that is not where its worker wrote it is written here from the data
+    the broker kept, when there is ``decode`` (a local output on a file system the
+    workers do not share: as the client wrote every part file before), else
+    OutputMissing. Returns the part files' names."""
     loc = Location(output["url"], output.get("storage"))
     loc.refresh()
     loc.remove(SUCCESS)  # nobody takes a mix of two runs for a finished output
     written = []
-    for part, record in records:
+    for part, record, data in records:
         final = part_name(part)
         if record is None:  # no map task wrote to this partition
             loc.touch(final)
@@ -134,6 +143,9 @@ def commit_output(output: dict, job_id: str, parts: int,
             tmp = temp_name(job_id, record["attempt"], part)
             if loc.exists(tmp):
                 loc.rename(tmp, final)
+            elif loc.local and decode is not None:  # (not shared: the data came home)
+                loc.write_lines(final + ".tmp", *decode(part, data))
+                loc.rename(final + ".tmp", final)
             elif not (loc.exists(final) and loc.size(final) == record["bytes"]):
                 raise OutputMissing(
                     f"job {job_id}: the part file of partition {part} is not at "
