@@ -218,10 +218,15 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
             sizes[path] = os.path.getsize(path)
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
+    # an object whose size is unknown, or whose server reads no byte range (some HTTP
+    # servers), has size -1: it is read whole, one split, as a compressed file is
+    whole = {p for p in files if compressed(p) or sizes[p] < 0}
+    for p in whole:
+        sizes[p] = max(0, sizes[p])
     total = sum(sizes.values())
     if text.fmt == "files":
         return _whole_file_splits(files, sizes, text.split_bytes, slots), total
-    plain = [p for p in files if not compressed(p) and sizes[p]]
+    plain = [p for p in files if p not in whole and sizes[p]]
     plain_total = sum(sizes[p] for p in plain)
     size = _split_size(text.split_bytes, total, slots)
     count = max(1, round(plain_total / size))
@@ -241,7 +246,7 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
                 ranges, room = [], step
     if ranges:
         splits.append(FileSplit(tuple(ranges)))
-    splits.extend(FileSplit(((p, 0, -1),)) for p in files if compressed(p))
+    splits.extend(FileSplit(((p, 0, -1),)) for p in files if p in whole)
     if not splits:  # only empty files: one empty split, so the job still runs
         splits.append(FileSplit(((files[0], 0, 0),)))
     return splits, total

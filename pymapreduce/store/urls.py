@@ -160,11 +160,34 @@ def list_url(pattern: str, storage: dict | None = None) -> list[tuple[str, int]]
         raise InputError(f"input {redact(pattern)!r}: access denied ({exc})") from None
     except OSError as exc:
         raise InputError(f"input {redact(pattern)!r} cannot be listed: {exc}") from None
-    files = sorted((p, int(info.get("size") or 0)) for p, info in found.items()
+    files = sorted((p, _size(info)) for p, info in found.items()
                    if info.get("type", "file") == "file")
     if not files:
         raise InputError(f"input {redact(pattern)!r} matches no object")
+    if _streamed(fs) and not _reads_ranges(fs, files[0][0]):
+        files = [(p, -1) for p, _ in files]  # (the same server: none can be cut)
     return [(full_url(fs, p), size) for p, size in files]
+
+
+def _size(info: dict) -> int:
+    """An object's size from its listing; -1 when the store does not say."""
+    size = info.get("size")
+    return int(size) if isinstance(size, int) and size >= 0 else -1
+
+
+def _streamed(fs: Any) -> bool:
+    """Whether ``fs`` is HTTP, whose servers may not read byte ranges."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("http", "https")
+
+
+def _reads_ranges(fs: Any, path: str) -> bool:
+    """Whether the server of ``path`` answers a ranged GET with that range (one small
+    request per listing): if not, its objects are read whole, from the start."""
+    try:
+        return len(fs.cat_file(path, start=0, end=1)) == 1
+    except (OSError, ValueError):
+        return False
 
 
 def object_size(url: str, storage: dict | None = None) -> int:
@@ -183,6 +206,8 @@ def open_url(url: str, storage: dict | None = None, start: int = 0,
     read), capped at 64 MiB."""
     fs, path = filesystem(url, storage)
     block = 8 << 20 if length is None else max(1 << 20, min(length + (1 << 20), 64 << 20))
+    if length is None and _streamed(fs):
+        block = 0  # a whole object over HTTP: streamed (the server may read no range)
     try:
         f = fs.open(path, "rb", block_size=block, cache_type="readahead")
         if start:
