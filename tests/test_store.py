@@ -436,3 +436,29 @@ def test_http_inputs_from_a_server_that_reads_no_byte_range(tmp_path):
         proc.terminate()
         proc.wait(10)
     assert result == run_sequential(WordCount(), ((0, x) for x in lines))
+
+
+class SlowMap(WordCount):
+    def map(self, key, line):
+        time.sleep(0.2)
+        yield from super().map(key, line)
+
+
+def test_a_backup_attempt_that_loses_never_leaves_a_second_part_file(daemons, tmp_path):
+    """A straggler writes its part file under its attempt's name, then sits on its
+    report; a backup elsewhere commits first. Only the winner's file becomes the part."""
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1, "--slowdown", "100")  # writes, then idles 100x its task
+    wait_workers(address, 1)
+    daemons.worker(address, 1)
+    wait_workers(address, 2)
+    records = [(i, f"w{i % 7} x") for i in range(6)]
+    out = tmp_path / "out"
+    with Client(address) as client:
+        handle = client.submit(SlowMap(), records, map_tasks=6, reducers=2, output_dir=out)
+        assert handle.result(60) == run_sequential(WordCount(), records)
+        assert handle.status()["backups"] >= 1
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001"]
+    pairs = [json.loads(x) for p in ("part-00000", "part-00001")
+             for x in (out / p).read_text().splitlines()]
+    assert dict(pairs) == run_sequential(WordCount(), records) and len(pairs) == 7
