@@ -462,3 +462,30 @@ def test_a_backup_attempt_that_loses_never_leaves_a_second_part_file(daemons, tm
     pairs = [json.loads(x) for p in ("part-00000", "part-00001")
              for x in (out / p).read_text().splitlines()]
     assert dict(pairs) == run_sequential(WordCount(), records) and len(pairs) == 7
+
+
+def test_a_broker_killed_mid_reduce_keeps_the_committed_part_files(daemons, tmp_path):
+    """Commit records are outputs like any other: journaled, so a restarted broker still
+    names the winners, and the waiting client commits the part files."""
+    from .test_restart import SlowReduce, Waiter, committed, wait_for
+
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    records = [(i, " ".join(f"k{(i + j) % 40}" for j in range(5))) for i in range(30)]
+    out = tmp_path / "out"
+    waiter = Waiter(address, SlowReduce(), records, map_tasks=6, reducers=6,
+                    output_dir=out, results=False)
+    waiter.start()
+    wait_for(lambda: len(committed(state, "reduce")) >= 2, what="2 committed reduce tasks")
+    broker.kill()
+    broker.wait()
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    waiter.join(120)
+    assert waiter.error is not None and "results=False" in str(waiter.error)  # (no result)
+    waiter.client.close()
+    assert sorted(os.listdir(out)) == ["_SUCCESS"] + [f"part-{i:05d}" for i in range(6)]
+    pairs = [json.loads(x) for i in range(6)
+             for x in (out / f"part-{i:05d}").read_text().splitlines()]
+    assert dict(pairs) == run_sequential(WordCount(), records) and len(pairs) == 34
