@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from ..client.output import CHUNK_RECORDS, encode_lines
-from ..patterns.records import unpack
+from ..patterns.records import paused_gc, unpack
 from .urls import check_url, filesystem, is_url, local_path, redact
 
 TEMPORARY = "_temporary"  # where attempts write (a name readers skip, as Hadoop's)
@@ -166,10 +166,13 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     the partition's output: the commit record, after the data when the client keeps
     results (``[keys, values, record]``), else alone (``[[], [], record]``)."""
     data = bytes(blob)
-    keys, values = unpack(data, allow_pickle=True) if data else ([], [])
-    written = Location(spec["url"], spec.get("storage")).write_lines(
-        temp_name(job_id, attempt, part), keys, values)
-    record = msgpack.packb({"attempt": attempt, "records": len(keys), "bytes": written})
+    with paused_gc():  # (millions of live containers: see records.paused_gc)
+        keys, values = unpack(data, allow_pickle=True) if data else ([], [])
+        written = Location(spec["url"], spec.get("storage")).write_lines(
+            temp_name(job_id, attempt, part), keys, values)
+    count = len(keys)
+    del keys, values
+    record = msgpack.packb({"attempt": attempt, "records": count, "bytes": written})
     if spec.get("results") is False or not data:
         return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + record
     if data[:1] != b"\x92":  # (pack() of two columns starts with a fixarray of 2)
