@@ -489,3 +489,14 @@ def test_a_broker_killed_mid_reduce_keeps_the_committed_part_files(daemons, tmp_
     pairs = [json.loads(x) for i in range(6)
              for x in (out / f"part-{i:05d}").read_text().splitlines()]
     assert dict(pairs) == run_sequential(WordCount(), records) and len(pairs) == 34
+
+
+def test_file_urls_are_local_paths_on_the_fast_path(cluster, tmp_path):
+    (tmp_path / "a.txt").write_text("p q p\n")
+    inputs = read_text(f"file://{tmp_path}/*.txt")
+    assert inputs.files() == [str(tmp_path / "a.txt")]  # a plain path: read with open()
+    with Client(cluster) as client:
+        handle = client.submit(WordCount(), inputs, reducers=1,
+                               output_dir=f"file://{tmp_path}/out")
+        assert handle.result(60) == {"p": 2, "q": 1}
+    assert (tmp_path / "out" / "part-00000").read_text() == '["p", 2]\n["q", 1]\n'
