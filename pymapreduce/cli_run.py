@@ -129,16 +129,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the job over the input files; the output pairs on stdout or in --output."""
     from .cli import EXIT_OK, EXIT_TIMEOUT  # (cli imports this module)
     from .client import Client
-    from .client.output import check_output_dir
     from .local import LocalCluster
     from .shipping import gather_files
+    from .store.commit import prepare_output
+    from .store.urls import is_url
 
     job = make_job(args.job, args.param)
     inputs = job_inputs(job, args.inputs, split_bytes=args.split_bytes,
                         encoding=args.encoding, max_line_bytes=args.max_line_bytes)
     inputs.files()  # a path that matches nothing fails here, before any process starts
     if args.output is not None:  # so does an output that cannot be written, or is taken
-        check_output_dir(args.output, overwrite=args.overwrite)
+        prepare_output(args.output, overwrite=args.overwrite)  # (a path, or a URL)
     elif args.overwrite:
         raise PyMapReduceError("--overwrite replaces the part files in --output DIR; give "
                                "--output too, or leave --overwrite out")
@@ -160,6 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             with contextlib.redirect_stdout(sys.stderr):
                 handle = client.submit(job, inputs, map_tasks=None, reducers=args.reducers,
                                        output_dir=args.output, priority=args.priority,
+                                       # the reducers write the part files; a local
+                                       # --output may not be shared with a cluster's
+                                       # workers: the data then comes home, as before
+                                       results=cluster is None and not is_url(args.output or ""),
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else

@@ -14,7 +14,7 @@ import dataclasses
 import glob
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
@@ -28,6 +28,7 @@ from .lines import (  # noqa: F401 - the readers are part of this module's inter
     read_file_split,
     read_split,
 )
+from .store.urls import check_storage_options, is_url, list_url, local_path
 
 MIN_SPLIT_BYTES = 64 * 1024  # small inputs with a costly map still spread over workers
 # A map task reads at most this much by default, so that a task takes a short time (about
@@ -56,6 +57,8 @@ class TextInput:
     # the columns), "file" (the header the columns were read from: every file's must be
     # the same), "none" (header=False: the first line is a row)
     header: str = "given"
+    # fsspec options of URL inputs (no credentials: check_storage_options refused them)
+    storage: dict = field(default_factory=dict, hash=False)
 
     def read_options(self) -> dict:
         """How workers must read these files, beyond their byte ranges: the settings that
@@ -73,25 +76,42 @@ class TextInput:
             options["columns"] = list(self.columns)
             if self.header != "given":  # (without it a worker skips each file's first line)
                 options["header"] = self.header
+        if self.storage and any(is_url(p) for p in self.patterns):
+            options["storage"] = self.storage
         return options
 
     def files(self) -> list[str]:
-        """Absolute paths of the matching files, sorted; InputError if a pattern matches none."""
-        found: list[str] = []
+        """Absolute paths of the matching files (URLs of the matching objects), sorted;
+        InputError if a pattern matches none."""
+        return list(self.sized_files())
+
+    def sized_files(self) -> dict[str, int | None]:
+        """``{path or URL: size}`` of the matching files, in order: the sizes of objects
+        come from their store's listing (None for local files: ``os.path.getsize``
+        reads them when the splits are cut)."""
+        found: dict[str, int | None] = {}
         for pattern in self.patterns:
-            path = os.path.expanduser(pattern)
-            if os.path.isdir(path):  # a directory: the files in it, and below it
-                matches = _files_below(path)
-                if not matches:
-                    raise InputError(f"input directory {pattern!r} holds no file")
-                found.extend(matches)
+            if is_url(pattern):
+                found.update(list_url(pattern, self.storage))
                 continue
-            matches = sorted(glob.glob(path, recursive=True))
-            matches = [m for m in matches if os.path.isfile(m)]
+            for path in self._local_files(local_path(pattern)):
+                found.setdefault(path, None)  # a file named twice is read once
+        return found
+
+    @staticmethod
+    def _local_files(pattern: str) -> list[str]:
+        """The local files a path, a directory or a glob names (absolute, sorted)."""
+        path = os.path.expanduser(pattern)
+        if os.path.isdir(path):  # a directory: the files in it, and below it
+            matches = _files_below(path)
             if not matches:
-                raise InputError(f"input path {pattern!r} matches no file")
-            found.extend(os.path.abspath(m) for m in matches)
-        return list(dict.fromkeys(found))  # a file named twice is read once
+                raise InputError(f"input directory {pattern!r} holds no file")
+            return matches
+        matches = sorted(glob.glob(path, recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise InputError(f"input path {pattern!r} matches no file")
+        return [os.path.abspath(m) for m in matches]
 
 
 def _files_below(directory: str) -> list[str]:
@@ -111,6 +131,7 @@ def read_text(
     encoding: str = DEFAULT_ENCODING,
     max_line_bytes: int = MAX_LINE_BYTES,
     with_path: bool = False,
+    storage_options: dict | None = None,
 ) -> TextInput:
     """Name text files (paths or globs) as a job's input, without reading them.
 
@@ -128,6 +149,12 @@ def read_text(
     ``with_path``: each record's key is ``(path, byte_offset)`` instead of the offset, so
     ``map`` knows which file a line came from (an inverted index, grep with file names, a
     join of two files), as Hadoop's ``mapreduce.map.input.file``.
+    A path may be a URL that fsspec knows (``s3://bucket/logs/*.gz``, ``gs://``,
+    ``https://``...): objects are listed here, their splits cut from their sizes, and
+    each worker reads its byte ranges straight from the store (``pip install
+    'pymapreduce[s3]'``). ``storage_options``: fsspec's options for those URLs
+    (``{"endpoint_url": ...}``), sent with the job, so never credentials: those come
+    from where the client and workers run (docs/store.md).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -137,7 +164,9 @@ def read_text(
     if split_bytes is not None and split_bytes < 1:
         raise InputError(f"split_bytes must be positive, got {split_bytes}")
     check_read_options(encoding, max_line_bytes)
-    return TextInput(patterns, split_bytes, encoding, max_line_bytes, bool(with_path))
+    storage = check_storage_options(storage_options)
+    return TextInput(patterns, split_bytes, encoding, max_line_bytes, bool(with_path),
+                     storage=storage)
 
 
 def check_read_options(encoding: object, max_line_bytes: object) -> tuple[str, int]:
@@ -180,17 +209,24 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
     go on in the next (many small files make few tasks, a big file several). ``.gz``
     files cannot be cut: each is a split of its own.
     """
-    files = text.files()
-    sizes = {}
-    for path in files:
+    sizes = text.sized_files()
+    files = list(sizes)
+    for path, size in sizes.items():
+        if size is not None:  # (an object's size, from its store's listing)
+            continue
         try:
             sizes[path] = os.path.getsize(path)
         except OSError as exc:
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
+    # an object whose size is unknown, or whose server reads no byte range (some HTTP
+    # servers), has size -1: it is read whole, one split, as a compressed file is
+    whole = {p for p in files if compressed(p) or sizes[p] < 0}
+    for p in whole:
+        sizes[p] = max(0, sizes[p])
     total = sum(sizes.values())
     if text.fmt == "files":
         return _whole_file_splits(files, sizes, text.split_bytes, slots), total
-    plain = [p for p in files if not compressed(p) and sizes[p]]
+    plain = [p for p in files if p not in whole and sizes[p]]
     plain_total = sum(sizes[p] for p in plain)
     size = _split_size(text.split_bytes, total, slots)
     count = max(1, round(plain_total / size))
@@ -210,7 +246,7 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
                 ranges, room = [], step
     if ranges:
         splits.append(FileSplit(tuple(ranges)))
-    splits.extend(FileSplit(((p, 0, -1),)) for p in files if compressed(p))
+    splits.extend(FileSplit(((p, 0, -1),)) for p in files if p in whole)
     if not splits:  # only empty files: one empty split, so the job still runs
         splits.append(FileSplit(((files[0], 0, 0),)))
     return splits, total
@@ -273,7 +309,8 @@ def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], header: boo
         mode = "file"
         first = text.files()[0]
         # read as a worker reads it: a compressed file's header is its decompressed line
-        reader = read_split([(first, 0, -1)], text.encoding, text.max_line_bytes)
+        reader = read_split([(first, 0, -1)], text.encoding, text.max_line_bytes,
+                            storage=text.storage)
         try:
             line = next((line for offset, line in reader), "")
         except InputError as exc:
@@ -285,10 +322,13 @@ def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], header: boo
 
 
 def read_files(paths: str | os.PathLike | Iterable[str | os.PathLike],
-               split_bytes: int | None = None) -> TextInput:
+               split_bytes: int | None = None,
+               storage_options: dict | None = None) -> TextInput:
     """Whole files: one record ``(path, bytes)`` per file (as they are on disk; nothing is
-    decompressed), a task per file or per group of small files (about ``split_bytes``)."""
-    return dataclasses.replace(read_text(paths, split_bytes), fmt="files")
+    decompressed), a task per file or per group of small files (about ``split_bytes``).
+    Paths may be URLs, as for :func:`read_text`."""
+    return dataclasses.replace(read_text(paths, split_bytes,
+                                         storage_options=storage_options), fmt="files")
 
 
 def normalize_records(inputs: Any) -> list[tuple[Any, Any]]:

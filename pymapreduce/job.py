@@ -192,6 +192,8 @@ class Job:
         files: Any = None,
         progress: bool = False,
         dashboard: bool = False,
+        storage_options: dict | None = None,
+        results: bool = True,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -202,7 +204,10 @@ class Job:
         its own, so they are refused with it). ``output_dir``: also write the output there
         as ``part-NNNNN`` files; a path that cannot be written fails before the job runs,
         and ``overwrite=False`` refuses a directory that is not empty (default: replace
-        the part files of an earlier run). ``files``: side files shipped with the
+        the part files of an earlier run). The reducers write the part files themselves;
+        ``output_dir`` may be a URL (``s3://bucket/out``, ``storage_options`` for it) and
+        with ``results=False`` nothing of the output comes back: ``run`` returns the
+        job's final status instead of its result (docs/store.md). ``files``: side files shipped with the
         job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``progress=True``:
         draw a progress bar per phase while the job runs (:meth:`JobHandle.progress
         <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
@@ -231,17 +236,20 @@ class Job:
             if isinstance(inputs, TextInput):
                 inputs.files()
             if output_dir is not None:
-                from .client.output import check_output_dir
+                from .store.commit import prepare_output
 
-                check_output_dir(output_dir, overwrite=overwrite)
+                prepare_output(output_dir, overwrite=overwrite, storage=storage_options)
             gather_files(self, files)
         if address is not None:
             with Client(address, keys=keys) as client:
                 handle = client.submit(
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
-                    overwrite=overwrite, files=files)
+                    overwrite=overwrite, files=files, storage_options=storage_options,
+                    results=results)
                 if progress:
                     handle.progress(timeout=timeout)
+                if output_dir is not None and results is False:
+                    return handle.wait(timeout=timeout)
                 return handle.result(timeout=timeout)
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             if cluster.http_url:
@@ -258,6 +266,8 @@ class Job:
                 timeout=timeout,
                 files=files,
                 progress=progress,
+                storage_options=storage_options,
+                results=results,
             )
 
     def steps(self) -> list[Job] | None:

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 
 from .errors import InputError, LineTooLong
+from .store.urls import is_url, object_size, open_url
 
 MIB = 1024 * 1024
 # The longest line a worker will gather. A line is held whole, as bytes and again as text
@@ -42,13 +43,32 @@ def read_file_split(path: str, start: int, end: int, encoding: str = DEFAULT_ENC
 def read_split(ranges: list[FileRange], encoding: str = DEFAULT_ENCODING,
                max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
                fmt: str = "text", columns: list | None = None,
-               header: str = "given") -> LineReader:
-    """The records of a split's byte ranges, in order (a missing file: InputError here).
-    ``header``: a CSV input's first line of each file (see ``TextInput.header``)."""
+               header: str = "given", storage: dict | None = None) -> LineReader:
+    """The records of a split's byte ranges, in order (a missing file: InputError here;
+    a missing object of a URL: when it is opened). ``header``: a CSV input's first line
+    of each file (see ``TextInput.header``); ``storage``: fsspec options for URLs."""
     for path, _, _ in ranges:
-        if not os.path.isfile(path):
+        if not is_url(path) and not os.path.isfile(path):
             raise InputError(f"cannot read input {path!r}: no such file")
-    return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns, header)
+    return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns, header,
+                      storage)
+
+
+def input_size(path: str, storage: dict | None = None) -> int:
+    """The size in bytes of an input file or object (a URL: from its store)."""
+    return object_size(path, storage) if is_url(path) else os.path.getsize(path)
+
+
+def read_whole(path: str, storage: dict | None = None) -> bytes:
+    """An input file or object, whole, as it is stored (read_files())."""
+    try:
+        if is_url(path):
+            with open_url(path, storage) as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read input {path!r}: {exc}") from exc
 
 
 def _parser(fmt: str, columns: list | None, header: str = "given"):
@@ -125,15 +145,52 @@ def compressed(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in DECOMPRESS
 
 
-def _open_range(path: str, start: int, end: int, limit: int) -> tuple[Iterator[bytes], int]:
+class _Closing:
+    """A decompressing reader over an object of a store: closing it closes both (a
+    decompressor leaves the file object it was given open)."""
+
+    def __init__(self, f, raw) -> None:
+        self.f, self.raw = f, raw
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(n)
+
+    def __enter__(self) -> _Closing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.f.close()
+        finally:
+            self.raw.close()
+
+
+def _open_url_range(path: str, start: int, end: int, storage: dict | None):
+    """A file object for ``_open_range`` on a URL: the whole object through its
+    decompressor (``end`` -1), else the object read ahead from ``start``."""
+    if end == -1:
+        raw = open_url(path, storage)
+        opener = DECOMPRESS.get(os.path.splitext(path)[1].lower())
+        return raw if opener is None else _Closing(opener(raw, "rb"), raw)
+    return open_url(path, storage, 0, end - start + 1)
+
+
+def _open_range(path: str, start: int, end: int, limit: int,
+                storage: dict | None = None) -> tuple[Iterator[bytes], int]:
     """Blocks of the lines that start in ``[start, end)``, and the offset of the first;
-    ``end`` -1: the whole file (a ``.gz`` file, decompressed as it is read)."""
+    ``end`` -1: the whole file (a ``.gz`` file, decompressed as it is read). A URL is
+    read through fsspec (``storage``: its options), with the same cut rules."""
     try:
-        if end == -1:
+        if is_url(path):
+            f = _open_url_range(path, start, end, storage)
+            if end == -1:
+                return _blocks(f, path, 0, None, limit), 0
+        elif end == -1:
             opener = DECOMPRESS.get(os.path.splitext(path)[1].lower(), open)
             f = opener(path, "rb")
             return _blocks(f, path, 0, None, limit), 0
-        f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
+        else:
+            f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
         offset = _after_line_in_progress(f, path, start, end) if start > 0 else 0
     except OSError as exc:
         raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
@@ -238,8 +295,9 @@ class LineReader:
     def __init__(self, ranges: list[FileRange], encoding: str,
                  max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
                  fmt: str = "text", columns: list | None = None,
-                 header: str = "given") -> None:
+                 header: str = "given", storage: dict | None = None) -> None:
         self._ranges = ranges
+        self._storage = storage  # fsspec options of URL inputs
         self._with_path = with_path  # keys are (path, offset): records know their file
         self._parse = _parser(fmt, columns, header)  # None: the line is the value
         self._encoding = encoding
@@ -255,7 +313,7 @@ class LineReader:
         try:
             for path, start, end in self._ranges:
                 self.path = path
-                blocks, offset = _open_range(path, start, end, self._limit)
+                blocks, offset = _open_range(path, start, end, self._limit, self._storage)
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
                     if self._parse is not None:

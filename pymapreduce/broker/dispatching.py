@@ -103,6 +103,8 @@ class Dispatching:
             body: dict = {"job": job_id, "reducers": job.reducers, "map_only": job.map_only}
             if job.steps:
                 body["step"] = job.step
+            if job.options.get("output"):  # the reducers write part files there
+                body["output"] = job.options["output"]
             if job_id not in worker.known_jobs:
                 body["code"] = len(blobs)
                 blobs.append(job.code)

@@ -83,7 +83,8 @@ def _split(desc: Any, blobs: tuple) -> list:
         if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
             raise ValueError(f"a split's read options are a map of at most {MAX_OPTIONS} "
                              "entries")
-        extra = [{str(k)[:40]: _option(v) for k, v in options.items()}]
+        extra = [{str(k)[:40]: storage_option(v) if k == "storage" else _option(v)
+                  for k, v in options.items()}]
     if kind == "mem":
         if type(what) is not int or not 1 <= what < len(blobs):
             raise ValueError(f"an in-memory split names blob {what!r:.20}, which is not there")
@@ -106,6 +107,30 @@ def _option(value: Any) -> Any:
     if isinstance(value, list):
         return [str(v)[:200] for v in value[:MAX_COLUMNS]]
     return str(value)[:100]
+
+
+def storage_option(value: Any) -> dict:
+    """A split's fsspec options (URL inputs), bounded as the client bounds them: a map of
+    plain values; credentials are refused by the client, and a worker finds its own."""
+    from ..store.urls import check_storage_options
+
+    try:
+        return check_storage_options(value)
+    except ValueError as exc:
+        raise ValueError(f"a split's storage options: {exc}") from None
+
+
+def output_spec(value: Any) -> dict | None:
+    """A SUBMIT's ``output`` (reducers write part files there, docs/store.md): ``{"url":
+    str, "storage": map, "results": bool}``, checked and bounded; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not (
+            0 < len(value["url"]) <= MAX_PATH) or not value["url"].isprintable():
+        raise ValueError(f"output must be {{url: a path or URL of 1 to {MAX_PATH} "
+                         "printable characters, storage, results}")
+    return {"url": value["url"], "storage": storage_option(value.get("storage") or {}),
+            "results": value.get("results") is not False}
 
 
 def file_ranges(split: list) -> list:
@@ -167,6 +192,7 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
                "map_only": map_only, "skip": skip, "priority": priority,
                "requires": sorted(set(requires)), "steps": steps,
                "emits": body.get("emits") is True,
+               "output": output_spec(body.get("output")),
                "submitted_at": time.time()}
     code = blobs[0]
     # its tasks cost the broker too (~650 bytes each, measured): a small SUBMIT of many

@@ -307,6 +307,8 @@ class JobState:
             status["error"] = self.error
         if self.released:
             status["released"] = True
+        if self.options.get("output"):  # where the reducers write (no credentials)
+            status["output"] = self.options["output"]
         if self.waiting and state in (P.JOB_RUNNING, P.JOB_QUEUED):
             status["waiting"] = self.waiting
         return status

@@ -32,7 +32,6 @@ from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import check_endpoint, make_socket, recv, send
 from ..shipping import gather_files
 from .logs import TaskLogs, fetch_logs
-from .output import check_output_dir, write_output
 from .submit import build_submission
 
 # What each request is, in the words of an error message (protocol names stay inside).
@@ -204,6 +203,8 @@ class Client:
         requires: Any = None,
         overwrite: bool = True,
         files: Any = None,
+        storage_options: dict | None = None,
+        results: bool = True,
     ) -> JobHandle:
         """Submit ``job`` over ``inputs``; returns at once with a :class:`JobHandle`.
 
@@ -220,9 +221,19 @@ class Client:
         ``requires``) sends its tasks only to workers started with all those ``--tag``.
         ``files``: side files (paths, or ``{name: path}``) each task finds by name in its
         working directory, with the job's own ``Job.files`` (docs/travel.md).
+        ``output_dir`` may be a URL (``s3://bucket/out``; ``storage_options``: fsspec's
+        options for it, never credentials). The reducers write the part files there
+        themselves, each partition committed once, and ``wait()`` commits the whole (no
+        data passes through this client; docs/store.md). ``results=False``: the output is
+        only in the part files, and the broker keeps none of it (``result()`` then
+        refuses); the default also keeps it for ``result()``, as before.
         """
+        output = None
         if output_dir is not None:
-            output_dir = check_output_dir(output_dir, overwrite=overwrite)
+            from ..store.commit import prepare_output
+
+            output = prepare_output(output_dir, overwrite=overwrite, storage=storage_options,
+                                    results=results)
         shipped = gather_files(job, files)  # a missing file: an error before anything is sent
         info = self.info()
         slots = max(1, int(info.get("slots", 1)))
@@ -237,9 +248,12 @@ class Client:
                 f"{size / 2**20:.1f} MiB, more than the "
                 f"broker accepts in one message ({limit / 2**20:.1f} MiB): pass large inputs "
                 "as files with read_text(), which workers read themselves")
+        if output is not None:
+            sub.body["output"] = output
         reply = self._request(P.SUBMIT, sub.body, sub.blobs)
         handle = JobHandle(self, sub.job_id, output_dir,
                            pickle_results=wants_pickled_results(job))
+        handle.output = output
         handle._last = dict(reply.body)
         return handle
 
@@ -293,6 +307,7 @@ class JobHandle:
         self.pickle_results = pickle_results
         self._last: dict = {}
         self._written = False
+        self.output: dict | None = None  # where the reducers write (docs/store.md)
 
     def status(self) -> dict:
         """The job's state, progress per phase, counters and input statistics (see
@@ -367,12 +382,30 @@ class JobHandle:
         self._last = status
         if progress is not None:
             progress(public_status(status))
+        output = self.output or status.get("output")
         if status["state"] != P.JOB_SUCCEEDED:
+            if isinstance(output, dict) and self.output is not None:
+                from ..store.commit import abort_output
+
+                abort_output(output, self.job_id)  # its attempts' files: no part file
             raise job_failed(status)
-        if self.output_dir is not None and not self._written:
-            write_output(self.output_dir, self._parts(status))
-            self._written = True
+        if isinstance(output, dict) and not self._written:
+            self._commit(output, status)
         return public_status(status)
+
+    def _commit(self, output: dict, status: dict) -> None:
+        """The job succeeded: its part files committed, then ``_SUCCESS`` (docs/store.md;
+        a handle that did not submit the job commits only an unfinished output)."""
+        from ..store.commit import commit_job
+
+        commit_job(output, self.job_id, status, self._blobs(status),
+                   again=self.output is not None, decode=self._decode)
+        self._written = True
+
+    def _no_results(self, status: dict) -> None:
+        from ..store.commit import refuse_results
+
+        refuse_results(self.job_id, self.output or status.get("output"))
 
     def _watch(self) -> dict:
         """Subscribe to the job's status events; returns its status now."""
@@ -398,6 +431,12 @@ class JobHandle:
         """Each output partition's ``(keys, values)``, in order, a batch of small ones per
         request. ``wait``: ask for partitions not done yet, and get each when it is.
         ``keys``: check key hashes across partitions (for one dict of them all)."""
+        self._no_results(status)
+        for part, data in self._blobs(status, wait):
+            yield self._decode(part, data, keys)
+
+    def _blobs(self, status: dict, wait: bool = False) -> Iterator[tuple[int, Any]]:
+        """Each output partition's bytes as the broker holds them, in order."""
         total = int(status["parts"])
         part = 0
         while part < total:
@@ -406,7 +445,7 @@ class JobHandle:
             if not reply.blobs:
                 raise PyMapReduceError(f"the broker sent no data for partition {part}")
             for i, blob in enumerate(reply.blobs):
-                yield self._decode(part + i, frame_bytes(blob), keys)
+                yield part + i, frame_bytes(blob)
             part += len(reply.blobs)
 
     def _fetch(self, body: dict, wait: bool) -> Message:
@@ -433,7 +472,9 @@ class JobHandle:
                 cols = unpack_columns(data, allow_pickle=self.pickle_results, keys=keys)
         except UndecodableValue as exc:
             raise type(exc)(f"job {self.job_id}, output partition {part}: {exc}") from None
-        if (type(cols) not in (list, tuple) or len(cols) != 2 or type(cols[0]) is not list
+        # (a third item: the commit record of a part file the reducer wrote, store/)
+        if (type(cols) not in (list, tuple) or len(cols) not in (2, 3)
+                or type(cols[0]) is not list
                 or type(cols[1]) is not list or len(cols[0]) != len(cols[1])):
             raise UndecodableValue(f"job {self.job_id}, output partition {part}: not two "
                                    "columns of keys and values")
@@ -450,6 +491,7 @@ class JobHandle:
             status = self._last
         else:
             status = self._watch()
+            self._no_results(status)
             if status.get("step", [1, 1])[1] > 1:  # its output exists after its last step
                 self.wait()
                 status = self._last

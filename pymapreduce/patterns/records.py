@@ -290,8 +290,8 @@ def unpack_columns(data: Any, *, allow_pickle: bool = False,
     numbers (whose hashes cannot be made to repeat more than a few times), or the
     decoder unpickles (a peer trusted with pickles can run code anyway)."""
     value, decoding = _checked(data, allow_pickle is True)
-    if (decoding.exts and not allow_pickle and type(value) is list and len(value) == 2
-            and type(value[0]) is list):
+    if (decoding.exts and not allow_pickle and type(value) is list and len(value) in (2, 3)
+            and type(value[0]) is list):  # (3: a part file's commit record follows)
         try:
             (keys if keys is not None else KeyHashes()).check(value[0])
         except TypeError as exc:  # an unhashable key: no dict can hold it

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from ..errors import InputError, ValueNeedsPickle
+from ..errors import ValueNeedsPickle
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import Columns, Job
 from ..kernels import (
@@ -16,6 +15,7 @@ from ..kernels import (
     merge_segments,
     reduce_groups,
 )
+from ..lines import input_size, read_whole
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
@@ -154,30 +154,22 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     options = desc[2] if len(desc) > 2 and isinstance(desc[2], dict) else {}
     encoding, limit = check_read_options(options.get("encoding", DEFAULT_ENCODING),
                                          options.get("max_line_bytes", MAX_LINE_BYTES))
-    nbytes = sum((end - start) if end >= 0 else os.path.getsize(path)
+    storage = options.get("storage")  # fsspec options of URL inputs
+    storage = storage if isinstance(storage, dict) else None
+    nbytes = sum((end - start) if end >= 0 else input_size(path, storage)
                  for path, start, end in ranges)
     fmt = options.get("format", "text")
     if fmt == "files":  # read_files(): one record (path, bytes) per file
-        return _whole_files(ranges), nbytes, {"files": len(ranges)}
+        return [(path, read_whole(path, storage)) for path, _, _ in ranges], nbytes, {
+            "files": len(ranges)}
     with_path = options.get("with_path") == 1  # keys (path, offset): records know their file
     columns = options.get("columns")
     columns = [str(c) for c in columns] if isinstance(columns, list) else None
     header = options.get("header", "given")  # a CSV input's first line of each file
     header = header if header in ("given", "file", "none") else "given"
-    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns, header), nbytes,
+    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns, header,
+                       storage), nbytes,
             {"files": len(ranges)})
-
-
-def _whole_files(ranges: list) -> list:
-    """Each file of a read_files() split, whole: ``(path, bytes)``."""
-    records = []
-    for path, _, _ in ranges:
-        try:
-            with open(path, "rb") as f:
-                records.append((path, f.read()))
-        except OSError as exc:
-            raise InputError(f"cannot read input {path!r}: {exc}") from exc
-    return records
 
 
 def _where(records: Any, key: Any) -> dict:

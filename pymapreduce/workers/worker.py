@@ -74,6 +74,7 @@ class Queued(NamedTuple):
     skip: list
     safe_output: bool  # outputs reach the client: never as pickles unless it opted in
     workdir: str | None = None  # the job's directory (it shipped files): the task runs there
+    output: dict | None = None  # the job's output location: this task writes its part file
 
 
 class Worker:
@@ -384,7 +385,8 @@ class Worker:
                 to_client = last and (item.kind != "map" or bool(b["map_only"]))
                 self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
                                          to_client and not pickled_ok,
-                                         self.job_dirs.get(job_id)))
+                                         self.job_dirs.get(job_id),
+                                         b.get("output") if to_client else None))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
@@ -431,6 +433,10 @@ class Worker:
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output)
+                if isinstance(item.output, dict):  # its part file, under this attempt's name
+                    from ..store.output import write_attempt
+
+                    outputs = [write_attempt(item.output, job_id, index, attempt, outputs[0])]
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:

@@ -1,0 +1,180 @@
+"""Part files written by the tasks that make them, straight to the output location (a
+directory the workers share, or a URL), and committed once per partition.
+
+The protocol (Hadoop's FileOutputCommitter, with the broker as the arbiter):
+
+1. A reduce task (or a map task of a map-only job) of the last step writes its output,
+   encoded as ``client/output.py`` encodes it, under a name of its own attempt:
+   ``OUT/_temporary/<job>/<attempt>/part-NNNNN`` (:func:`write_attempt`). A killed
+   attempt leaves at most a partial file there, never under a final name.
+2. Its DONE carries a commit record (the attempt, records, bytes) as the partition's
+   output (after the data when the client keeps results, instead of it when not). The
+   broker commits the first attempt to report, as for every task: a backup or retried
+   attempt that loses is never committed, so its file is never promoted.
+3. When the job has succeeded, the client that waits on it (``JobHandle.wait``) renames
+   each committed attempt's file to ``part-NNNNN`` (a rename on a file system, a
+   server-side copy on an object store: no data passes through the client), removes
+   part files of an earlier run beyond this one's, deletes ``_temporary/<job>`` and
+   writes ``_SUCCESS`` last (``commit.py``).
+
+The broker never touches the output: it has no credentials and needs none.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import msgpack
+
+from ..client.output import CHUNK_RECORDS, encode_lines
+from ..patterns.records import paused_gc, unpack
+from .urls import check_url, filesystem, is_url, local_path, redact
+
+TEMPORARY = "_temporary"  # where attempts write (a name readers skip, as Hadoop's)
+SUCCESS = "_SUCCESS"
+RECORD_FIELDS = ("attempt", "records", "bytes")
+
+
+def safe_job(job_id: str) -> str:
+    """A job id as one path component (ids are printable text a client chose)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", job_id)[:200].lstrip(".") or "job"  # (not "..")
+
+
+def part_name(part: int) -> str:
+    return f"part-{part:05d}"
+
+
+def temp_name(job_id: str, attempt: int, part: int) -> str:
+    """Where ``attempt`` writes partition ``part``, relative to the output root."""
+    return f"{TEMPORARY}/{safe_job(job_id)}/{attempt:x}/{part_name(part)}"
+
+
+class Location:
+    """An output root, local (a path the workers share) or a URL, with the few file
+    operations the commit needs; names are relative to the root, ``/``-separated."""
+
+    def __init__(self, url: str, storage: dict | None = None) -> None:
+        self.url = url
+        self.local = not is_url(url)
+        self.storage = storage or {}
+        if self.local:
+            self.root = local_path(url)
+            self.fs = None
+        else:
+            self.fs, root = filesystem(check_url(url), self.storage)
+            self.root = root.rstrip("/")
+
+    def path(self, name: str) -> str:
+        if self.local:
+            return os.path.join(self.root, *name.split("/"))
+        return f"{self.root}/{name}"
+
+    def shown(self, name: str = "") -> str:
+        """A name as a user reads it in a message."""
+        where = self.root if self.local else redact(self.url).rstrip("/")
+        return f"{where}/{name}" if name else where
+
+    def write_lines(self, name: str, keys: list, values: list) -> int:
+        """Write the pairs as JSON lines under ``name`` (made complete, then closed);
+        returns the bytes written."""
+        path = self.path(name)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:  # (as client/output.py writes)
+                for start in range(0, len(keys), CHUNK_RECORDS):
+                    end = start + CHUNK_RECORDS
+                    f.write(encode_lines(keys[start:end], values[start:end]))
+            return os.path.getsize(path)
+        size = 0
+        with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed
+            for start in range(0, len(keys), CHUNK_RECORDS):
+                end = start + CHUNK_RECORDS
+                data = encode_lines(keys[start:end], values[start:end]).encode("utf-8")
+                f.write(data)
+                size += len(data)
+        return size
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.path(name)) if self.local else self.fs.exists(
+            self.path(name))
+
+    def size(self, name: str) -> int:
+        return os.path.getsize(self.path(name)) if self.local else int(
+            self.fs.size(self.path(name)) or 0)
+
+    def rename(self, src: str, dst: str) -> None:
+        """``src`` to ``dst``, replacing it: atomic on a file system; on an object store
+        a server-side copy, then the source deleted (readers wait for ``_SUCCESS``)."""
+        if self.local:
+            os.replace(self.path(src), self.path(dst))
+        else:
+            self.fs.mv(self.path(src), self.path(dst))
+
+    def touch(self, name: str) -> None:
+        """An empty file (an empty partition, ``_SUCCESS``)."""
+        if self.local:
+            with open(self.path(name), "w"):
+                pass
+        else:
+            self.fs.pipe_file(self.path(name), b"")
+
+    def remove(self, name: str) -> None:
+        """Delete ``name`` if it is there."""
+        try:
+            if self.local:
+                os.unlink(self.path(name))
+            else:
+                self.fs.rm_file(self.path(name))
+        except FileNotFoundError:
+            pass
+
+    def remove_tree(self, name: str) -> None:
+        """Delete ``name`` and everything below it, if there."""
+        path = self.path(name)
+        if self.local:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def names(self) -> list[str]:
+        """The names directly under the root."""
+        if self.local:
+            return sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
+        try:
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(
+                self.root, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def refresh(self) -> None:
+        """Forget listings cached by the filesystem (workers wrote since)."""
+        if self.fs is not None:
+            self.fs.invalidate_cache()
+
+
+def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -> bytes:
+    """Write an attempt's output partition (``blob``: its packed ``[keys, values]``) as
+    its part file under the attempt's temporary name; returns what the task reports as
+    the partition's output: the commit record, after the data when the client keeps
+    results (``[keys, values, record]``), else alone (``[[], [], record]``)."""
+    data = bytes(blob)
+    with paused_gc():  # (millions of live containers: see records.paused_gc)
+        keys, values = unpack(data, allow_pickle=True) if data else ([], [])
+        written = Location(spec["url"], spec.get("storage")).write_lines(
+            temp_name(job_id, attempt, part), keys, values)
+    count = len(keys)
+    del keys, values
+    record = msgpack.packb({"attempt": attempt, "records": count, "bytes": written})
+    if spec.get("results") is False or not data:
+        return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + record
+    if data[:1] != b"\x92":  # (pack() of two columns starts with a fixarray of 2)
+        raise ValueError("a task's output is not two columns")
+    return b"\x93" + data[1:] + record
