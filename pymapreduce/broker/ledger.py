@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..observe.events import EventLog
+from ..observe.history import History
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.ratelog import RateLimitedLog
@@ -121,6 +122,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
         self.logs = LogStore()  # what attempts printed and logged (in memory only)
         self.events = EventLog()  # job and task events (observe/events.py)
+        self.history = History(journal)  # finished jobs' facts, past their TTL too
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -467,6 +469,7 @@ class Ledger(Commits, Dispatching, Recovery):
         its attempts still out there, and tell its watchers and waiting fetches."""
         self.scheduler.remove(job)
         self.events.job_ended(job, time.monotonic())
+        self.history.record(job, self.events.flow(job.id), time.monotonic())
         if self.journal is not None:  # durable before its map outputs are deleted
             self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()

@@ -65,6 +65,7 @@ class Observatory:
         self.closed = False
         self.snapshot = snap.Snapshot()
         self._ledger = broker.ledger
+        self.history = broker.ledger.history  # (read under its own lock)
         self._facts = snap.broker_facts(broker)
         self._last = 0.0
         self._seq = -1  # the event log's sequence number at the last snapshot
@@ -114,6 +115,10 @@ class Observatory:
             return JSON, _dumps(self.job_detail(path[len("/api/jobs/"):]))
         if path == "/api/events":
             return self._events(query, headers)
+        if path == "/api/history":
+            return JSON, _dumps({"time": s.time, **self.history.page(
+                _int(query, "limit", 100), _int(query, "before", None),
+                query.get("owner"))})
         raise KeyError(f"no such page: {path[:100]}")
 
     @staticmethod
@@ -166,6 +171,17 @@ class Observatory:
                 state[0] = events[-1]["seq"]
             return events
         return "stream", next_events
+
+
+def _int(query: dict, name: str, default: int | None) -> int | None:
+    """A query parameter that must be an integer (a ValueError says so: 400)."""
+    value = query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer") from None
 
 
 def _static(name: str) -> bytes:
