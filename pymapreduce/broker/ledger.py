@@ -346,6 +346,7 @@ class Ledger(Commits, Dispatching, Recovery):
             return
         self.logs.keep(self._attempt(failure.key), failure.key.attempt, worker.name, FAILED,
                        failure.log)
+        self.events.ran(self._attempt(failure.key), failure.key.attempt, failure.secs)
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
                             failure.position, failure.final)
 

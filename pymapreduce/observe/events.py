@@ -30,6 +30,7 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
+ROW_FIELDS = 10  # an attempt row's fields (dispatched()); ran() may add its run time
 
 
 def safe_position(position: Any) -> dict:
@@ -363,6 +364,51 @@ class EventLog:
         return [{"step": r[0], "kind": r[1], "index": r[2], "task": f"{r[1]}-{r[2]}",
                  "attempt": r[3], "worker": r[4], "start": r[5], "end": r[6],
                  "outcome": r[7], "backup": r[8], "note": r[9]} for r in rows]
+
+    # -- when attempts ran (the timeline from task start) ---------------------------------
+    def ran(self, task: Any, attempt: int, secs: float | None) -> None:
+        """A failed attempt's run time, as its worker measured it (FAILED's ``secs``), kept
+        in its attempt row for :meth:`timeline`. (A committed attempt's comes from its
+        ``done`` event, which carries it already: nothing is added per task.)"""
+        if task is None or secs is None:
+            return
+        with self.lock:
+            log = self._jobs.get(task.job.id)
+            row = log.attempts.get((task.job.step, task.kind, task.index, attempt)) \
+                if log is not None else None
+            if row is not None and len(row) == ROW_FIELDS:
+                row.append(secs)
+
+    def timeline(self, job: str) -> list[dict]:
+        """:meth:`attempts`, each with ``run``: when its worker began to run it, as the
+        broker's clock puts it (its end less the run time its worker reported; monotonic
+        clocks of two hosts cannot be compared, durations can), clamped to between when
+        it was handed out and its end (a peer's number is not trusted); None when not
+        known (running, lost, abandoned, or its ``done`` event trimmed from the ring)."""
+        with self.lock:
+            log = self._jobs.get(job)
+            if log is None:
+                return []
+            rows = [list(r) for r in log.attempts.values()]
+            done = [(e[1], e[4]) for e in log.events if e[2] == "done"]
+        reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
+        for t, fields in done:
+            reported.setdefault(tuple(fields[:4]), []).append((t, fields[4]))
+        out = []
+        for r in rows:
+            secs = r[ROW_FIELDS] if len(r) > ROW_FIELDS else None
+            if r[7] == DONE:
+                near = reported.get((r[1], r[2], r[3], r[4]))
+                if near:  # (several only in a multi-step job: the nearest in time)
+                    secs = min(near, key=lambda p: abs(p[0] - r[6]))[1]
+            run = None
+            if type(secs) in (int, float) and r[6] is not None:
+                run = min(r[6], max(r[5], r[6] - max(0.0, secs)))
+            out.append({"step": r[0], "kind": r[1], "index": r[2], "task": f"{r[1]}-{r[2]}",
+                        "attempt": r[3], "worker": r[4], "start": r[5],
+                        "run": None if run is None else round(run, 6), "end": r[6],
+                        "outcome": r[7], "backup": r[8], "note": r[9]})
+        return out
 
     def flow(self, job: str) -> dict:
         """Records and bytes in, bytes out, of a job's committed tasks, per kind (map

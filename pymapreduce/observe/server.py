@@ -138,14 +138,15 @@ class Observatory:
         row = self.snapshot.jobs.get(job_id)
         if row is None:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
-                           "the result TTL")
-        attempts = self.events.attempts(job_id)
+                           "the result TTL (/api/history keeps its facts)")
+        attempts = self.events.timeline(job_id)
         failures = [e for e in self.events.since(0, job_id)
                     if e["type"] in ("failed", "killed")][-MAX_FAILURES:]
         done = [a for a in attempts if a["outcome"] == "done" and a["end"] is not None]
-        done.sort(key=lambda a: a["end"] - a["start"], reverse=True)
+        done.sort(key=_ran_for, reverse=True)  # by run time where known: a straggler
         slowest = [{"task": a["task"], "step": a["step"], "attempt": a["attempt"],
-                    "worker": a["worker"], "secs": round(a["end"] - a["start"], 6)}
+                    "worker": a["worker"], "secs": round(_ran_for(a), 6),
+                    "queued": None if a["run"] is None else round(a["run"] - a["start"], 6)}
                    for a in done[:SLOWEST]]
         return {"time": self.snapshot.time, "job": row, "attempts": attempts,
                 "failures": failures, "skipped": row["skipped_records"], "slowest": slowest}
@@ -171,6 +172,12 @@ class Observatory:
                 state[0] = events[-1]["seq"]
             return events
         return "stream", next_events
+
+
+def _ran_for(attempt: dict) -> float:
+    """An ended attempt's seconds: from when it began to run, or was handed out."""
+    began = attempt["run"] if attempt["run"] is not None else attempt["start"]
+    return attempt["end"] - began
 
 
 def _int(query: dict, name: str, default: int | None) -> int | None:

@@ -361,7 +361,8 @@ function failure(f) {
 
 // ---- the task timeline (a Gantt of attempts per worker, in SVG) ------------------------
 function renderTimeline(attempts, now) {
-  fill("timeline-legend", [["map", "map"], ["reduce", "reduce"], ["running", "running"],
+  fill("timeline-legend", [["map", "map"], ["reduce", "reduce"],
+    ["queued", "handed out, queued on its worker"], ["running", "running"],
     ["failed", "failed"], ["killed", "lost with its worker"], ["abandoned", "abandoned"],
     ["retry", "retry (attempt 2+)"], ["backup", "backup attempt"]].map(([k, t]) =>
     el("span", {}, el("i", { class: "sw-" + k }), t)));
@@ -405,17 +406,29 @@ function renderTimeline(attempts, now) {
     const g = svg("g", { class: "attempt", "data-task": a.task, "data-attempt": a.attempt,
                          "data-outcome": a.outcome, "data-worker": a.worker,
                          "data-backup": a.backup ? "true" : "false" });
+    // handed out at start, running from run (when its report said): the wait in its
+    // worker's queue is drawn pale, the run solid
+    const queued = a.run !== null && a.run !== undefined ? Math.max(0, x(a.run) - x0) : 0;
+    const fillColour = colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7");
+    if (a.run !== null && a.run !== undefined) g.setAttribute("data-queued", (a.run - a.start).toFixed(3));
     g.append(svg("title", {}, `${a.task} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
-      `${a.outcome}, ${a.end ? secs(a.end - a.start) : "running"}${a.note ? " — " + a.note : ""}`));
-    g.append(svg("rect", { x: x0, y, width: w, height: ROW - 6, rx: 2,
-      fill: colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7"),
+      `${a.outcome}, ${a.end ? (a.run !== null && a.run !== undefined ?
+        `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` : secs(a.end - a.start)) : "running"}` +
+      `${a.note ? " — " + a.note : ""}`));
+    if (queued >= 1) {
+      g.append(svg("rect", { class: "queued", x: x0, y, width: Math.min(queued, w), height: ROW - 6,
+                             rx: 2, fill: fillColour, "fill-opacity": 0.3 }));
+    }
+    const xs = x0 + Math.min(queued, w - 3), ws = Math.max(3, w - queued);  // the run
+    g.append(svg("rect", { class: "ran", x: xs, y, width: ws, height: ROW - 6, rx: 2,
+      fill: fillColour,
       stroke: a.backup ? "#000" : a.attempt > 1 ? "#7a3e9d" : "none",
       "stroke-width": a.backup || a.attempt > 1 ? 2 : 0,
       "stroke-dasharray": a.backup ? "4 2" : null }));
     const mark = { failed: "✕ ", killed: "† " }[a.outcome] || (a.attempt > 1 ? "↻ " : "");
     const label = `${mark}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
-    if (w > label.length * 6.2 + 6) {
-      g.append(svg("text", { x: x0 + 4, y: y + 12, fill: "#fff" }, label));
+    if (ws > label.length * 6.2 + 6) {
+      g.append(svg("text", { x: xs + 4, y: y + 12, fill: "#fff" }, label));
     } else if (mark) {  // beside the bar: after it, or before it at the right edge
       const after = x0 + w + 2 + label.length * 6.2 < W;
       g.append(svg("text", { x: after ? x0 + w + 2 : x0 - 2, y: y + 12, fill: "#1f2328",
