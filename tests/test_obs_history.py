@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import pytest
 
 from pymapreduce import Client, JobFailed, run_sequential
 from pymapreduce.observe.history import History
+from pymapreduce.patterns import security
 
 from .conftest import FAST
 from .jobs import WordCount
@@ -133,3 +135,29 @@ def test_a_history_whose_table_cannot_be_used_keeps_jobs_in_memory(tmp_path):
     history.record(_job(1), {}, time.monotonic())
     assert [j["id"] for j in history.page()["jobs"]] == ["J-1"]
     db.close()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """A key directory with a second client key, "other"."""
+    directory = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(directory, "other")
+    security.authorize(directory, security.CLIENT, os.path.join(directory, "other.key"))
+    return directory
+
+
+def test_with_keys_the_history_needs_the_token_and_names_the_owner_key(daemons, keys):
+    address, http = start_broker(daemons, "--keys", keys, *FAST)
+    daemons.worker(address, 1, "--keys", keys)
+    with Client(address, keys=keys, key_name="other") as client:
+        handle = client.submit(WordCount(), records(6))
+        handle.result(60)
+    for token in (None, "x" * 32):
+        status, body = get(http + "api/history", token)
+        assert status == 401 and b"WordCount" not in body
+    token = open(os.path.join(keys, "http.token")).read().strip()
+    (row,) = wait_for(lambda: get_json(http + "api/history", token)["jobs"])
+    public = open(os.path.join(keys, "other.key")).read()
+    assert row["id"] == handle.job_id and row["owner"].startswith("key ")
+    assert row["owner"][4:] in public  # its client's public key, nothing secret
+    assert get_json(http + "api/history?owner=nobody", token)["jobs"] == []

@@ -390,10 +390,11 @@ class EventLog:
             if log is None:
                 return []
             rows = [list(r) for r in log.attempts.values()]
-            done = [(e[1], e[4]) for e in log.events if e[2] == "done"]
+            ring = list(log.events)  # (a copy: looked through after the lock is let go)
         reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
-        for t, fields in done:
-            reported.setdefault(tuple(fields[:4]), []).append((t, fields[4]))
+        for _, t, etype, _, fields, _ in ring:
+            if etype == "done":
+                reported.setdefault(tuple(fields[:4]), []).append((t, fields[4]))
         out = []
         for r in rows:
             secs = r[ROW_FIELDS] if len(r) > ROW_FIELDS else None
