@@ -12,9 +12,9 @@ error message the job's own code raised (as ``/api/jobs`` shows it).
 
 The broker loop writes (:meth:`History.record`, once per finished job); the HTTP threads
 read (:meth:`History.page`, :meth:`History.get`) under a lock held only to append or to
-copy a slice. The table is written on the journal's SQLite connection by the broker loop
-alone (one autocommit INSERT per finished job: jobs, not tasks, so it costs nothing on
-the task path); the HTTP threads never touch SQLite.
+copy a slice. The table is written by the broker loop alone, in the journal's own
+transactions (a finished job's row goes with its end); the HTTP threads never touch
+SQLite.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ MAX_PAGE = 500  # rows in one /api/history answer
 MAX_TEXT = 1000  # characters of an error message kept
 SCHEMA = ("CREATE TABLE IF NOT EXISTS history (seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
           "row BLOB NOT NULL, crc INTEGER NOT NULL)")
+INSERT = "INSERT OR REPLACE INTO history (seq, id, row, crc) VALUES (?, ?, ?, ?)"
+PRUNE = "DELETE FROM history WHERE seq <= ?"  # (all but the newest ``keep``)
 # a row's fields and their types, checked when a journal's rows are read back (a damaged
 # or foreign row is skipped, never served)
 FIELDS = {"id": str, "name": str, "owner": str, "state": str, "submitted": (int, float),
@@ -97,23 +99,24 @@ class History:
         self._rows: deque[dict] = deque(maxlen=keep)  # oldest first, each with its "seq"
         self._ids: set[str] = set()
         self._seq = 0
-        self._db: sqlite3.Connection | None = None
-        self._failing = False
+        self._journal: Any = None
         if journal is not None:
-            self._open(journal.db)
+            self._open(journal)
 
-    def _open(self, db: sqlite3.Connection) -> None:
+    def _open(self, journal: Any) -> None:
         """Create the table if need be and load its newest rows (skipping damaged ones)."""
+        db = journal.db
         try:
             db.execute(SCHEMA)
             rows = db.execute("SELECT seq, CAST(row AS BLOB), crc FROM history ORDER BY seq DESC "
-                              "LIMIT ?",
-                              (self.keep,)).fetchall()
+                              "LIMIT ?", (self.keep,)).fetchall()
+            last = db.execute("SELECT max(seq) FROM history").fetchone()[0]
         except sqlite3.Error as exc:  # history is not worth refusing to start for
             log.error("the journal's history table cannot be used (%s): finished jobs are "
                       "remembered in memory only", exc)
             return
-        self._db = db
+        self._journal = journal
+        self._seq = last if type(last) is int else 0  # (damaged rows' numbers too)
         bad = 0
         for seq, blob, crc in reversed(rows):
             try:
@@ -126,7 +129,6 @@ class History:
             row["seq"] = seq
             self._rows.append(row)
             self._ids.add(row["id"])
-            self._seq = max(self._seq, seq)
         if bad:
             log.error("%d rows of the journal's history table are damaged: not shown", bad)
 
@@ -137,36 +139,21 @@ class History:
         if job.state not in P.JOB_TERMINAL or job.id in self._ids:
             return
         row = facts(job, flow, now)
-        seq = self._seq + 1
-        if self._db is not None:
-            seq = self._write(row) or seq
-        row["seq"] = seq
+        self._seq += 1
+        row["seq"] = self._seq
+        if self._journal is not None:
+            blob = msgpack.packb(row)
+            # into the journal's next transaction (end_job flushes it at once), not one of
+            # its own: a job's end costs no extra commit, nor an fsync with --fsync commit;
+            # a journal that refuses the write keeps it pending and tries again
+            self._journal._pending.extend((
+                (INSERT, (self._seq, row["id"], blob, zlib.crc32(blob))),
+                (PRUNE, (self._seq - self.keep,))))
         with self.lock:
             if len(self._rows) == self._rows.maxlen:
                 self._ids.discard(self._rows[0]["id"])
             self._rows.append(row)
             self._ids.add(row["id"])
-            self._seq = max(self._seq, seq)
-
-    def _write(self, row: dict) -> int | None:
-        """Journal a row (and forget rows past ``keep``); its sequence number, or None when
-        the journal refuses the write (a full disk): the row is then kept in memory only."""
-        blob = msgpack.packb(row)
-        try:
-            cur = self._db.execute("INSERT OR IGNORE INTO history (id, row, crc) "
-                                   "VALUES (?, ?, ?)", (row["id"], blob, zlib.crc32(blob)))
-            if cur.rowcount != 1:  # (its id is there already: lastrowid would be stale)
-                return None
-            seq = cur.lastrowid
-            self._db.execute("DELETE FROM history WHERE seq <= ?", (seq - self.keep,))
-        except (sqlite3.Error, OSError) as exc:
-            if not self._failing:
-                log.error("cannot write the journal's history (%s): finished jobs are "
-                          "remembered in memory only until it can", exc)
-            self._failing = True
-            return None
-        self._failing = False
-        return seq if type(seq) is int and seq > self._seq else None
 
     # -- the HTTP threads ----------------------------------------------------------------
     def page(self, limit: int = 100, before: int | None = None,
