@@ -376,7 +376,7 @@ class EventLog:
             log = self._jobs.get(task.job.id)
             row = log.attempts.get((task.job.step, task.kind, task.index, attempt)) \
                 if log is not None else None
-            if row is not None and len(row) == ROW_FIELDS:
+            if isinstance(row, list) and len(row) == ROW_FIELDS:
                 row.append(secs)
 
     def timeline(self, job: str) -> list[dict]:
@@ -393,7 +393,7 @@ class EventLog:
             ring = list(log.events)  # (a copy: looked through after the lock is let go)
         reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
         for _, t, etype, _, fields, _ in ring:
-            if etype == "done":
+            if etype == "done" and isinstance(fields, tuple):  # (SCHEMAS["done"])
                 reported.setdefault(tuple(fields[:4]), []).append((t, fields[4]))
         out = []
         for r in rows:
