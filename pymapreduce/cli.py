@@ -126,7 +126,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           max_jobs_per_client=args.max_jobs_per_client,
                           max_bytes_per_client=int(args.max_mb_per_client * 1024 * 1024),
                           list_all_jobs=args.list_all_jobs,
-                          http=args.http, http_public=args.http_public,
+                          http=args.http, http_public=args.http_public, events=args.events,
                           http_token=observe_cli.broker_token(args),
                           insecure=bool(beyond) and not args.keys,
                           max_message=int(args.max_message_mb * 1024 * 1024))

@@ -54,13 +54,15 @@ class LocalCluster:
     as ``JobFailed``. ``PYMAPREDUCE_DEBUG=1`` in the environment makes it ``INFO``.
     What tasks print reaches this process's stdout and stderr as they run (and their task
     logs); ``task_stdout="stderr"`` sends what they print to stdout to stderr instead.
+    ``http``: serve the dashboard (``True``: on a free loopback port; see ``http_url``).
+    ``events=False``: the broker keeps no event log (``--no-events``; no ``http`` then).
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
-                 http: bool | str = False) -> None:
+                 http: bool | str = False, events: bool = True) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -81,6 +83,10 @@ class LocalCluster:
         # the broker's read-only HTTP server (observe/): True = loopback, any free port
         self.http = "127.0.0.1:0" if http is True else (http or None)
         self.http_url = ""  # once started (with keys: its token added)
+        self.events = events  # False: the broker keeps no event log (--no-events)
+        if http and not events:
+            raise ConfigError("the HTTP server serves the event log: http cannot be given "
+                              "with events=False")
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
 
@@ -125,6 +131,7 @@ class LocalCluster:
                                        "--heartbeat", repr(float(self.heartbeat_interval)),
                                        "--liveness", repr(float(self.liveness)),
                                        *(("--http", self.http) if self.http else ()),
+                                       *(() if self.events else ("--no-events",)),
                                        stdout=subprocess.PIPE)
             self.address = self._read_ready(deadline)
             echo = _echo_fds(self.task_stdout)

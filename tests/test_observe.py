@@ -298,9 +298,8 @@ def test_the_event_log_is_bounded_and_keeps_no_data_values():
                                "steps": [], "maps": [], "step": 0, "state": "running"})
         events.job_submitted(job)
         jobs.append(job)
-        for i in range(40):
-            task = type("Task", (), {"job": job, "kind": "map", "index": i, "running": {1: 1}})
-            events.dispatched(task, i + 1, "w")
+        for i in range(0, 40, 8):  # messages of 8 attempts each
+            events.dispatched(job, [("map", k, k + 1, False) for k in range(i, i + 8)], "w")
     rows = [len(events.attempts(job.id)) for job in jobs]
     assert sum(rows) == 50 and rows[2] == 40
     assert safe_position({"key": "'secret'", "split": 2, "record": 5}) == {"split": 2,

@@ -46,6 +46,8 @@ class BrokerConfig:
     http: str | None = None
     http_token: str | None = None
     http_public: bool = False
+    # the event log (observe/events.py): events, the dashboard and /metrics read it
+    events: bool = True
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)
@@ -61,6 +63,9 @@ class BrokerConfig:
         if self.fsync not in FSYNC_CHOICES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_CHOICES)}, "
                               f"not {self.fsync!r}")
+        if self.http and not self.events:
+            raise ConfigError("the HTTP server serves the event log: --http cannot be given "
+                              "with --no-events")
         if self.memory_budget < 0:
             raise ConfigError("memory_budget must not be negative")
 

@@ -195,6 +195,7 @@ class Broker(ClientAPI):
             self._drain(self.sink, self._on_data, routed=False)
         if self.control in events:
             self._drain(self.control, self._on_control, routed=True)
+        self.ledger.events.flush()  # the turn's committed attempts, recorded together
         self.step(time.monotonic())
         if self.http is not None:
             self.http.publish(time.monotonic())

@@ -109,9 +109,10 @@ class Dispatching:
             items = []
             if job.options.get("skip"):
                 body["ordinals"] = True  # report a failing record's ordinal
+            started = []  # for the event log, recorded once per message
             for t in group:
                 attempt = t.start(worker.route)
-                self.events.dispatched(t, attempt, worker.name)
+                started.append((t.kind, t.index, attempt, len(t.running) > 1))
                 worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
@@ -133,6 +134,7 @@ class Dispatching:
                                           ["segs", len(blobs), len(parts)]).wire())
                     blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
             body["tasks"] = items
+            self.events.dispatched(job, started, worker.name)
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)
 

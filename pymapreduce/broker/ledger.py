@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..observe.events import EventLog
+from ..observe.events import EventLog, NullEventLog
 from ..observe.history import History
 from ..patterns import protocol as P
 from ..patterns.message import Message
@@ -121,7 +121,8 @@ class Ledger(Commits, Dispatching, Recovery):
         self.address_of = address_of
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
         self.logs = LogStore()  # what attempts printed and logged (in memory only)
-        self.events = EventLog()  # job and task events (observe/events.py)
+        # job and task events (observe/events.py), unless the broker was told to keep none
+        self.events = EventLog() if config.events else NullEventLog()
         self.history = History(journal)  # finished jobs' facts, past their TTL too
 
     def complain(self, peer: str, what: str, *args: Any) -> None:

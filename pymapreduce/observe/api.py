@@ -39,6 +39,11 @@ def on_events(broker: Any, peer: bytes, msg: Message) -> None:
     if (job is not None and not isinstance(job, str)) or type(since) is not int:
         raise ValueError("EVENTS wants a job id (or none) and an integer cursor 'since'")
     events = broker.ledger.events
+    if not events.enabled:
+        broker._reply(peer, P.ERROR, {"req": body.get("req"), "code": "unavailable",
+                                      "message": "this broker keeps no event log (it was "
+                                                 "started with --no-events)"})
+        return
     if job is not None:
         state = broker.jobs.get(job)
         if state is None or not broker._may_act(state):

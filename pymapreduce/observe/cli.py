@@ -66,6 +66,10 @@ def add_broker_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--http-public", action="store_true",
                    help="allow --http beyond loopback without keys (anyone who reaches it "
                         "sees every job's names, counters and errors)")
+    b.add_argument("--no-events", dest="events", action="store_false",
+                   help="keep no event log (then `pymapreduce events`, --http and the "
+                        "dashboard are unavailable): the broker spends a few percent less "
+                        "per task (benchmarks/RESULTS.md)")
     b.add_argument("--http-token-file", metavar="FILE",
                    help="the token HTTP requests must carry (made if missing); default with "
                         "--keys DIR: DIR/http.token")

@@ -1,12 +1,19 @@
 """The broker's event log: job and task events in bounded rings, and the attempt table.
 
-The ledger calls one method here per thing that happens (a job submitted, an attempt
+The ledger calls one method here per thing that happens (a job submitted, attempts
 dispatched, done, failed, lost with its worker, abandoned, a record skipped...); each is
 recorded with the broker's wall-clock time and a sequence number (the cursor a reader
 resumes from) in the job's ring and in the global ring. Memory is bounded whatever peers
-do: each ring has a fixed length, error texts and tracebacks are cut, the attempt table of
-a job keeps at most ``attempts_per_job`` rows, and past ``max_bytes`` in all the oldest
-jobs' events go first. A job's records are freed when the broker forgets the job.
+do: each ring holds a fixed number of events, error texts and tracebacks are cut, the
+attempt table of a job keeps at most ``attempts_per_job`` rows (and an eighth), and past
+``max_bytes`` in all the oldest jobs' events go first. A job's records are freed when the
+broker forgets the job.
+
+Recording is on the broker loop's path of every task, so the two events every attempt
+has are recorded in batches: the attempts of one TASKS message with one call
+(``dispatched``), the attempts committed in one turn of the loop together (``done`` notes,
+``flush`` records), each batch one ring entry. What that costs per task, against a broker
+started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_observe.py``).
 
 Events carry names, numbers, error texts and input positions only: never job code, never
 a key or value of the data (an input position's ``key`` is left out).
@@ -23,6 +30,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..patterns import protocol as P
+from .timeline import place
 
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -30,7 +38,7 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
-ROW_FIELDS = 10  # an attempt row's fields (dispatched()); ran() may add its run time
+ROW_FIELDS = 5  # an attempt row's fields (dispatched()); ran() may add its run time
 
 
 def safe_position(position: Any) -> dict:
@@ -60,7 +68,8 @@ def _size(fields: dict) -> int:
 
 
 def as_dict(event: tuple) -> dict:
-    """An event as served: ``(seq, t, type, job, fields, size)`` -> a JSON-ready dict."""
+    """One event as served: ``(seq, t, type, job, fields, size)`` -> a JSON-ready dict
+    (``fields`` a dict, or a tuple in the order of its type's ``SCHEMAS``)."""
     seq, t, etype, job, fields, _ = event
     out = {"seq": seq, "t": round(t, 6), "type": etype}
     if job is not None:
@@ -73,13 +82,33 @@ def as_dict(event: tuple) -> dict:
     return out
 
 
+def expand(entry: tuple) -> list[tuple]:
+    """A ring entry as the events it holds. The frequent events are stored a batch to an
+    entry (the attempts of one TASKS message, or of one job committed in one turn of the
+    broker loop): ``fields`` is then a list of tuples, and ``seq`` the last one's number."""
+    seq, t, etype, job, fields, size = entry
+    if type(fields) is not list:
+        return [entry]
+    first = seq - len(fields) + 1
+    return [(first + i, t, etype, job, f, SMALL) for i, f in enumerate(fields)]
+
+
+def _events_in(entry: tuple) -> int:
+    return len(entry[4]) if type(entry[4]) is list else 1
+
+
 class _JobLog:
-    __slots__ = ("id", "events", "attempts", "bytes", "tenant", "started", "trimmed", "flow")
+    __slots__ = ("id", "events", "count", "attempts", "bytes", "tenant", "started", "trimmed",
+                 "flow")
 
     def __init__(self, job_id: str, per_job: int, tenant: str) -> None:
         self.id = job_id
-        self.events: deque[dict] = deque(maxlen=per_job)
-        self.attempts: OrderedDict[tuple, list] = OrderedDict()
+        self.events: deque[tuple] = deque()  # entries; at most per_job events in all
+        self.count = 0  # events in them
+        # attempt identifier -> [its dispatched event's fields, start, end, outcome, note],
+        # oldest first (an OrderedDict: a dict whose oldest entries are deleted one by one
+        # slows down finding the next oldest, until it is resized)
+        self.attempts: OrderedDict[int, list] = OrderedDict()
         self.bytes = 0
         self.tenant = tenant
         self.started = False
@@ -91,6 +120,8 @@ class _JobLog:
 class EventLog:
     """Bounded rings of events, per job and global, plus counters the metrics read."""
 
+    enabled = True
+
     def __init__(self, *, per_job: int = 2000, global_events: int = 10_000,
                  attempts_per_job: int = 5000, max_attempts: int = 200_000,
                  max_bytes: int = 64 << 20) -> None:
@@ -101,7 +132,12 @@ class EventLog:
         self.max_attempts = max_attempts  # attempt rows of all jobs (~250 bytes each)
         self._rows = 0
         self.max_bytes = max_bytes
-        self._global: deque[dict] = deque(maxlen=global_events)
+        # the global ring: entries of at most global_events events in all (bounded by
+        # events, not entries: a batch entry holds many, and every event kept costs the
+        # garbage collector's passes too)
+        self._global: deque[tuple] = deque()
+        self._global_count = 0
+        self.global_events = global_events
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
         # the jobs whose rings hold events, oldest first: what trimming takes from, found
         # at once (a scan of every job's ring per event cost O(jobs) once over budget)
@@ -111,6 +147,8 @@ class EventLog:
         self.counts: dict[tuple, float] = {}
         self.durations = [0] * len(DURATION_BUCKETS)  # finished jobs' seconds, by bucket
         self.duration_sum = 0.0
+        self._pending: list[tuple] = []  # attempts noted by done(), not yet recorded
+        self._writer = threading.get_ident()  # the broker loop's thread, which flushes
 
     # -- writing (the broker loop) -------------------------------------------------------
     def _count(self, name: str, label: str = "", n: float = 1) -> None:
@@ -124,25 +162,32 @@ class EventLog:
         self._push(self._jobs.get(job) if job is not None else None,
                    (self.seq, time.time(), etype, job, fields, size), size)
 
-    def _push(self, log: _JobLog | None, event: tuple, size: int) -> None:
-        """Append an event to the global ring and its job's; the caller holds ``lock``."""
+    def _push(self, log: _JobLog | None, entry: tuple, size: int, n: int = 1) -> None:
+        """Append an entry of ``n`` events to the global ring and its job's, dropping the
+        oldest entries of a ring past its count of events; the caller holds ``lock``."""
         ring = self._global
-        if len(ring) == ring.maxlen:
-            self._bytes -= ring[0][5]
-        ring.append(event)
+        ring.append(entry)
         self._bytes += size
+        self._global_count += n
+        while self._global_count > self.global_events and len(ring) > 1:
+            gone = ring.popleft()
+            self._bytes -= gone[5]
+            self._global_count -= _events_in(gone)
         if log is not None:
             ring = log.events
             if not ring:
                 self._holding[log.id] = log
-            elif len(ring) == ring.maxlen:
-                gone = ring[0][5]
-                log.bytes -= gone
-                self._bytes -= gone
-                log.trimmed += 1
-            ring.append(event)
+            ring.append(entry)
             log.bytes += size
             self._bytes += size
+            log.count += n
+            while log.count > self.per_job and len(ring) > 1:
+                gone = ring.popleft()
+                k = _events_in(gone)
+                log.bytes -= gone[5]
+                self._bytes -= gone[5]
+                log.count -= k
+                log.trimmed += k
         if self._bytes > self.max_bytes:
             while self._bytes > self.max_bytes and self._trim_oldest():
                 pass
@@ -151,15 +196,19 @@ class EventLog:
         """Over the byte budget: the oldest events of the job that has held events longest
         go (a job whose ring was emptied counts from its next event; then the global's)."""
         for log in self._holding.values():
-            gone = log.events.popleft()[5]
-            log.bytes -= gone
-            self._bytes -= gone
-            log.trimmed += 1
+            entry = log.events.popleft()
+            k = _events_in(entry)
+            log.bytes -= entry[5]
+            self._bytes -= entry[5]
+            log.count -= k
+            log.trimmed += k
             if not log.events:
                 del self._holding[log.id]
             return True
         if self._global:
-            self._bytes -= self._global.popleft()[5]
+            entry = self._global.popleft()
+            self._bytes -= entry[5]
+            self._global_count -= _events_in(entry)
             return True
         return False
 
@@ -167,6 +216,8 @@ class EventLog:
         """A job accepted (``recovered``: reloaded from the journal by a restarted
         broker, in whatever state it was)."""
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             if job.id not in self._jobs:
                 self._jobs[job.id] = _JobLog(job.id, self.per_job, job.tenant)
             if not recovered:
@@ -175,83 +226,151 @@ class EventLog:
                        name=job.name, maps=len(job.maps), reducers=job.reducers,
                        steps=max(1, len(job.steps)), state=job.state)
 
-    def dispatched(self, task: Any, attempt: int, worker: str) -> None:
-        """An attempt handed to ``worker`` (a backup when another attempt still runs)."""
-        job = task.job
-        kind, index, step = task.kind, task.index, job.step
-        backup = len(task.running) > 1
-        number = attempt & ATTEMPT_MASK
+    def dispatched(self, job: Any, started: list[tuple], worker: str) -> None:
+        """Attempts of ``job`` handed to ``worker`` in one message: ``started`` holds
+        ``(kind, index, attempt, backup)`` for each (a backup: another attempt still runs).
+
+        One call and one ring entry per message, not per attempt (a message carries tens
+        of them at full rate): the lock, the clock, the job's log and the byte budget are
+        dealt with once, which was most of what recording cost the broker loop."""
+        if not started:
+            return
+        step = job.step + 1
         now = time.time()
         counts = self.counts
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             log = self._jobs.get(job.id)
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            key = ("attempts", kind)
-            counts[key] = counts.get(key, 0) + 1
-            if backup:
-                self._count("backups", kind)
-            self.seq += 1
-            self._push(log, (self.seq, now, "dispatched", job.id,
-                             (kind, index, number, worker, backup, step + 1), SMALL), SMALL)
+            fields = []
+            tally: dict[str, int] = {}
+            rows = log.attempts if log is not None else None
+            for kind, index, attempt, backup in started:
+                number = attempt & ATTEMPT_MASK
+                event = (kind, index, number, worker, backup, step)
+                fields.append(event)
+                if rows is not None:  # (an attempt's identifier is unique: 50 random bits)
+                    rows[attempt] = [event, now, None, RUNNING, ""]
+                tally[kind] = tally.get(kind, 0) + 1
+                if backup:
+                    self._count("backups", kind)
+            for kind, n in tally.items():
+                key = ("attempts", kind)
+                counts[key] = counts.get(key, 0) + n
+            n = len(fields)
+            self._push_batch(log, job.id, "dispatched", fields, now)
             if log is not None:
-                log.attempts[(step, kind, index, attempt)] = [
-                    step + 1, kind, index, number, worker, now, None, RUNNING, backup, ""]
-                self._rows += 1
-                if len(log.attempts) > self.attempts_per_job:
-                    self._drop_attempt(log)
-                elif self._rows > self.max_attempts:  # the oldest job's rows go first
-                    self._drop_attempt(next(j for j in self._jobs.values() if j.attempts))
+                self._rows += n
+                # past the cap by an eighth, back to it: rows go in batches, not one per
+                # attempt dispatched
+                if len(rows) > self.attempts_per_job + (self.attempts_per_job >> 3):
+                    self._drop_attempts(log, len(rows) - self.attempts_per_job)
+                while self._rows > self.max_attempts:  # the oldest job's rows go first
+                    oldest = next(j for j in self._jobs.values() if j.attempts)
+                    self._drop_attempts(oldest, min(len(oldest.attempts),
+                                                    self._rows - self.max_attempts))
 
-    def _drop_attempt(self, log: _JobLog) -> None:
-        """The attempt table is full: the oldest finished row goes (the oldest if none)."""
-        self._rows -= 1
-        for key, row in log.attempts.items():
-            if row[7] != RUNNING:
-                del log.attempts[key]
-                return
-        log.attempts.popitem(last=False)
+    def _drop_attempts(self, log: _JobLog, n: int) -> None:
+        """The attempt table is full: its ``n`` oldest finished rows go (the oldest
+        running ones if there are too few finished)."""
+        rows = log.attempts
+        gone = []
+        for key, row in rows.items():
+            if row[3] != RUNNING:
+                gone.append(key)
+                if len(gone) == n:
+                    break
+        for key in gone:
+            del rows[key]
+        for _ in range(min(n - len(gone), len(rows))):
+            rows.popitem(last=False)
+        self._rows -= n
 
     def _end_attempt(self, job: Any, task: Any, attempt: int, outcome: str,
                      note: str = "", log: _JobLog | None = None) -> str:
         """Close an attempt's row; returns the worker it ran on ("" if unknown)."""
         log = log or self._jobs.get(job.id)
-        row = log.attempts.get((job.step, task.kind, task.index, attempt)) if log else None
+        row = log.attempts.get(attempt) if log else None
         if row is None:
             return ""
-        if row[7] == RUNNING:
-            row[6], row[7], row[9] = time.time(), outcome, note[:200]
-        return row[4]
+        if row[3] == RUNNING:
+            row[2], row[3], row[4] = time.time(), outcome, note[:200]
+        return row[0][3]
 
     def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list) -> None:
         """An attempt committed: its seconds (as its worker measured), records and bytes
-        read, and ``blobs``, its outputs (only their sizes are kept)."""
-        job = task.job
-        kind = task.kind
-        records = _number(stats.get("records"))
-        size = _number(stats.get("bytes"))
-        out = 0
-        for blob in blobs:
-            out += len(blob)
+        read, and ``blobs``, its outputs (only their sizes are kept).
+
+        Called by the broker loop once per committed attempt, so it only notes the
+        attempt; :meth:`flush` records the noted ones together, under one lock and one
+        clock reading (the broker loop calls it once a turn, and every other event
+        flushes first, so the order of events is kept)."""
+        if not self._pending:
+            self._writer = threading.get_ident()
+        self._pending.append((task, attempt, stats.get("records"),
+                              stats.get("bytes"), secs, blobs))
+
+    def flush(self) -> None:
+        """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
+        if self._pending:
+            with self.lock:
+                self._flush()
+
+    def _flush(self) -> None:
+        """``flush`` with ``lock`` held: one ring entry per job among the noted attempts
+        (consecutive ones of a job share it)."""
+        pending, self._pending = self._pending, []
+        now = time.time()
         counts = self.counts
-        with self.lock:
-            log = self._jobs.get(job.id)
-            worker = self._end_attempt(job, task, attempt, DONE, "", log)
+        jobs = self._jobs
+        tally: dict[tuple, int | float] = {}
+        job_id = log = fields = None
+        for task, attempt, records, size, secs, blobs in pending:
+            job = task.job
+            if job.id != job_id:
+                if fields:
+                    self._push_batch(log, job_id, "done", fields, now)
+                job_id, fields = job.id, []
+                log = jobs.get(job_id)
+            kind = task.kind
+            if type(records) not in (int, float):
+                records = 0
+            if type(size) not in (int, float):
+                size = 0
+            if type(secs) not in (int, float):
+                secs = 0
+            out = sum(map(len, blobs))
+            worker = ""
             if log is not None:
+                row = log.attempts.get(attempt)
+                if row is not None:
+                    worker = row[0][3]
+                    if row[3] == RUNNING:
+                        row[2] = now
+                        row[3] = DONE
                 flow = log.flow[kind]
                 flow[0] += records
                 flow[1] += size
                 flow[2] += out
             key = ("tasks_done", kind)
-            counts[key] = counts.get(key, 0) + 1
+            tally[key] = tally.get(key, 0) + 1
             key = ("records", kind)
-            counts[key] = counts.get(key, 0) + records
-            self.seq += 1
-            self._push(log, (
-                self.seq, time.time(), "done", job.id,
-                (kind, task.index, attempt & ATTEMPT_MASK, worker, _number(secs), records,
-                 size, out), SMALL), SMALL)
+            tally[key] = tally.get(key, 0) + records
+            fields.append((kind, task.index, attempt & ATTEMPT_MASK, worker, secs, records,
+                           size, out))
+        if fields:
+            self._push_batch(log, job_id, "done", fields, now)
+        for key, n in tally.items():
+            counts[key] = counts.get(key, 0) + n
+
+    def _push_batch(self, log: _JobLog | None, job_id: str, etype: str, fields: list,
+                    now: float) -> None:
+        n = len(fields)
+        self.seq += n
+        self._push(log, (self.seq, now, etype, job_id, fields, n * SMALL), n * SMALL, n)
 
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
@@ -259,6 +378,8 @@ class EventLog:
         not ``counted``: lost through no fault of its own, simply queued again)."""
         job = task.job
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             worker = self._end_attempt(job, task, attempt, KILLED if lost else FAILED,
                                        str(error)[:200])
             if lost:
@@ -272,6 +393,8 @@ class EventLog:
 
     def retried(self, task: Any) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._count("retries", task.kind)
             self._emit(task.job.id, "retried", task=task.name, kind=task.kind,
                        index=task.index, failures=task.failures)
@@ -279,6 +402,8 @@ class EventLog:
     def abandoned(self, job: Any, keys: list, why: str) -> None:
         """Attempts stopped where they run (their job ended, or a backup race was lost)."""
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             for key in keys:
                 tasks = job.tasks(key.kind) if key.kind in ("map", "reduce") else []
                 if isinstance(key.index, int) and 0 <= key.index < len(tasks):
@@ -289,12 +414,16 @@ class EventLog:
 
     def skipped(self, task: Any, ordinal: int, position: Any) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._count("skipped_records")
             self._emit(task.job.id, "skipped", task=task.name, record=ordinal,
                        position=safe_position(position))
 
     def phase(self, job: Any) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._emit(job.id, "phase", phase=job.phase, step=job.step + 1,
                        maps=len(job.maps), reduces=len(job.reduces))
 
@@ -304,6 +433,8 @@ class EventLog:
         secs = max(0.0, now - job.submitted)
         error = job.error or {}
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._count("jobs_ended", job.state)
             self.duration_sum += secs
             for i, bound in enumerate(DURATION_BUCKETS):
@@ -315,11 +446,15 @@ class EventLog:
 
     def job_released(self, job: Any) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._emit(job.id, "job-released")
 
     def job_dropped(self, job_id: str) -> None:
         """The broker forgot a job: its ring and attempt table are freed."""
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             log = self._jobs.pop(job_id, None)
             self._holding.pop(job_id, None)
             if log is not None:
@@ -328,11 +463,15 @@ class EventLog:
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._count("workers_joined")
             self._emit(None, "worker-joined", worker=name, tags=sorted(tags))
 
     def worker_lost(self, name: str, reason: str, lost: int) -> None:
         with self.lock:
+            if self._pending:  # what done() noted happened first
+                self._flush()
             self._count("workers_lost")
             self._emit(None, "worker-lost", worker=name, reason=str(reason)[:200],
                        attempts=lost)
@@ -341,6 +480,8 @@ class EventLog:
     def since(self, cursor: int, job: str | None = None, limit: int = 1000) -> list[dict]:
         """Events after sequence number ``cursor`` (of one job, or all), oldest first."""
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             if job is not None:
                 log = self._jobs.get(job)
                 ring = log.events if log is not None else ()
@@ -348,22 +489,32 @@ class EventLog:
                 ring = self._global
             if not ring or ring[-1][0] <= cursor:
                 return []
-            out = []
-            for event in reversed(ring):  # the new ones are at the end
-                if event[0] <= cursor:
+            entries = []
+            for entry in reversed(ring):  # the new ones are at the end
+                if entry[0] <= cursor:
                     break
-                out.append(event)
-        out.reverse()
-        return [as_dict(e) for e in out[:limit]]
+                entries.append(entry)
+        out = []
+        for entry in reversed(entries):
+            for event in expand(entry):
+                if event[0] > cursor:
+                    out.append(event)
+                    if len(out) == limit:
+                        return [as_dict(e) for e in out]
+        return [as_dict(e) for e in out]
 
     def attempts(self, job: str) -> list[dict]:
         """A job's attempt table, for its timeline (copies, oldest first)."""
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             log = self._jobs.get(job)
-            rows = [list(r) for r in log.attempts.values()] if log is not None else []
-        return [{"step": r[0], "kind": r[1], "index": r[2], "task": f"{r[1]}-{r[2]}",
-                 "attempt": r[3], "worker": r[4], "start": r[5], "end": r[6],
-                 "outcome": r[7], "backup": r[8], "note": r[9]} for r in rows]
+            rows = [(*r[0], *r[1:]) for r in log.attempts.values()] if log is not None else []
+        # (kind, index, attempt, worker, backup, step) of its dispatch, start, end, outcome,
+        # note
+        return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
+                 "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
+                 "outcome": r[8], "backup": r[4], "note": r[9]} for r in rows]
 
     # -- when attempts ran (the timeline from task start) ---------------------------------
     def ran(self, task: Any, attempt: int, secs: float | None) -> None:
@@ -374,47 +525,30 @@ class EventLog:
             return
         with self.lock:
             log = self._jobs.get(task.job.id)
-            row = log.attempts.get((task.job.step, task.kind, task.index, attempt)) \
-                if log is not None else None
+            row = log.attempts.get(attempt) if log is not None else None
             if isinstance(row, list) and len(row) == ROW_FIELDS:
                 row.append(secs)
 
     def timeline(self, job: str) -> list[dict]:
-        """:meth:`attempts`, each with ``run``: when its worker began to run it, as the
-        broker's clock puts it (its end less the run time its worker reported; monotonic
-        clocks of two hosts cannot be compared, durations can), clamped to between when
-        it was handed out and its end (a peer's number is not trusted); None when not
-        known (running, lost, abandoned, or its ``done`` event trimmed from the ring)."""
+        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
+        (see observe/timeline.py)."""
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             log = self._jobs.get(job)
             if log is None:
                 return []
-            rows = [list(r) for r in log.attempts.values()]
+            rows = [(*r[0], *r[1:ROW_FIELDS], r[ROW_FIELDS] if len(r) > ROW_FIELDS else None)
+                    for r in log.attempts.values()]
             ring = list(log.events)  # (a copy: looked through after the lock is let go)
-        reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
-        for _, t, etype, _, fields, _ in ring:
-            if etype == "done" and isinstance(fields, tuple):  # (SCHEMAS["done"])
-                reported.setdefault(tuple(fields[:4]), []).append((t, fields[4]))
-        out = []
-        for r in rows:
-            secs = r[ROW_FIELDS] if len(r) > ROW_FIELDS else None
-            if r[7] == DONE:
-                near = reported.get((r[1], r[2], r[3], r[4]))
-                if near:  # (several only in a multi-step job: the nearest in time)
-                    secs = min(near, key=lambda p: abs(p[0] - r[6]))[1]
-            run = None
-            if type(secs) in (int, float) and r[6] is not None:
-                run = min(r[6], max(r[5], r[6] - max(0.0, secs)))
-            out.append({"step": r[0], "kind": r[1], "index": r[2], "task": f"{r[1]}-{r[2]}",
-                        "attempt": r[3], "worker": r[4], "start": r[5],
-                        "run": None if run is None else round(run, 6), "end": r[6],
-                        "outcome": r[7], "backup": r[8], "note": r[9]})
-        return out
+        return place(rows, ring)
 
     def flow(self, job: str) -> dict:
         """Records and bytes in, bytes out, of a job's committed tasks, per kind (map
         outputs are the shuffle; reduce inputs its records, reduce outputs the result)."""
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             log = self._jobs.get(job)
             flow = {k: list(v) for k, v in log.flow.items()} if log is not None else {}
         return {k: {"records_in": v[0], "bytes_in": v[1], "bytes_out": v[2]}
@@ -422,17 +556,30 @@ class EventLog:
 
     def tenant_of(self, job: str) -> str | None:
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             log = self._jobs.get(job)
             return log.tenant if log is not None else None
 
     def totals(self) -> tuple[dict, list, float]:
         """Copies of the counters and the job-duration histogram, for a scrape."""
         with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
             return dict(self.counts), list(self.durations), self.duration_sum
 
 
-def _number(value: Any) -> float | int:
-    return value if type(value) in (int, float) else 0
+class NullEventLog(EventLog):
+    """The event log of a broker started with ``--no-events``: it records nothing, and
+    its readers find nothing."""
+
+    enabled = False
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    job_submitted = dispatched = done = failed = retried = abandoned = skipped = _ignore
+    phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = _ignore
 
 
 TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)

@@ -1,0 +1,109 @@
+"""The event log records a task's two events in batches (one entry per TASKS message, one
+per job's commits in a turn of the broker loop): readers still see one event per attempt,
+numbered without gaps, in the order things happened; rings stay bounded in events; and a
+broker started with --no-events keeps none, says so, and still runs jobs."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from pymapreduce import Client, ConfigError, LocalCluster
+from pymapreduce.errors import PyMapReduceError
+from pymapreduce.observe.events import EventLog
+
+from .conftest import ROOT, pmr
+from .jobs import WordCount
+
+
+class FakeJob:
+    id, name, tenant, reducers, steps, maps, step = "j", "n", "", 1, [], [], 0
+    state, submitted, error = "running", 0.0, None
+
+
+class FakeTask:
+    def __init__(self, index: int) -> None:
+        self.job, self.kind, self.index, self.running = FakeJob, "map", index, {1: b"w"}
+
+
+def run_batches(events: EventLog, n: int, per_message: int) -> None:
+    """``n`` attempts dispatched ``per_message`` at a time, each committed right after."""
+    for first in range(0, n, per_message):
+        batch = range(first, min(n, first + per_message))
+        events.dispatched(FakeJob, [("map", i, 1000 * i + 1, False) for i in batch], "w1")
+        for i in batch:
+            events.done(FakeTask(i), 1000 * i + 1, {"records": i, "bytes": 10}, 0.5, [b"ab"])
+        events.flush()
+
+
+def test_batched_events_read_as_one_event_per_attempt_in_order_with_every_cursor():
+    events = EventLog()
+    events.job_submitted(FakeJob)
+    run_batches(events, 25, per_message=7)
+    seen = events.since(0, "j")
+    seqs = [e["seq"] for e in seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap, no repeat
+    tasks = [(e["type"], e.get("index")) for e in seen if e["type"] in ("dispatched", "done")]
+    assert len(tasks) == 50
+    for i in range(25):  # each attempt dispatched before it is done
+        assert tasks.index(("dispatched", i)) < tasks.index(("done", i))
+    done = [e for e in seen if e["type"] == "done"]
+    assert done[3]["records"] == 3 and done[3]["bytes_out"] == 2 and done[3]["worker"] == "w1"
+    assert done[3]["task"] == "map-3" and done[3]["attempt"] == (3001 & 0xFFF)
+    # a cursor anywhere, also inside a batch, resumes exactly after it; limits cut inside
+    for cursor in range(0, seqs[-1] + 1):
+        after = events.since(cursor, "j")
+        assert [e["seq"] for e in after] == [s for s in seqs if s > cursor]
+        assert [e["seq"] for e in events.since(cursor, "j", limit=3)] == \
+            [s for s in seqs if s > cursor][:3]
+    assert [e["seq"] for e in events.since(0)] == seqs  # the global ring: the same events
+    rows = events.attempts("j")
+    assert len(rows) == 25 and all(r["outcome"] == "done" and r["end"] >= r["start"]
+                                   for r in rows)
+    assert events.flow("j")["map"] == {"records_in": sum(range(25)), "bytes_in": 250,
+                                       "bytes_out": 50}
+    counts, _, _ = events.totals()
+    assert counts[("tasks_done", "map")] == 25 and counts[("attempts", "map")] == 25
+
+
+def test_noted_commits_are_recorded_before_any_later_event():
+    events = EventLog()
+    events.job_submitted(FakeJob)
+    events.dispatched(FakeJob, [("map", 0, 1, False)], "w1")
+    events.done(FakeTask(0), 1, {}, 0.1, [])
+    FakeJob.state = "succeeded"
+    try:
+        events.job_ended(FakeJob, 1.0)  # no flush in between: job_ended flushes first
+    finally:
+        FakeJob.state = "running"
+    types = [e["type"] for e in events.since(0, "j")]
+    assert types[-2:] == ["done", "job-succeeded"]
+
+
+def test_batched_rings_stay_bounded_in_events_and_attempt_rows():
+    events = EventLog(per_job=30, global_events=45, attempts_per_job=40)
+    events.job_submitted(FakeJob)
+    run_batches(events, 500, per_message=16)
+    assert len(events.since(0, "j")) <= 30 + 16  # (one entry past the cap at most)
+    assert len(events.since(0)) <= 45 + 16
+    log = events._jobs["j"]
+    assert log.count == sum(len(e[4]) if isinstance(e[4], list) else 1 for e in log.events)
+    assert len(events.attempts("j")) <= 40 + 40 // 8
+    newest = max(r["index"] for r in events.attempts("j"))
+    assert newest == 499  # the oldest rows went, not the newest
+
+
+def test_a_broker_without_an_event_log_runs_jobs_and_says_why_events_are_missing():
+    with LocalCluster(workers=1, events=False) as cluster, Client(cluster.address) as client:
+        assert dict(client.submit(WordCount(), [(0, "a b a")]).result()) == {"a": 2, "b": 1}
+        proc = subprocess.run(pmr("events", "--connect", cluster.address, "--timeout", "20"),
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode != 0 and "--no-events" in proc.stderr
+    with pytest.raises(ConfigError, match="no-events|events=False"):
+        LocalCluster(workers=1, http=True, events=False)
+    proc = subprocess.run(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0",
+                              "--no-events"), capture_output=True, text=True, timeout=30,
+                          cwd=ROOT)
+    assert proc.returncode != 0 and "--no-events" in proc.stderr
+    assert issubclass(ConfigError, PyMapReduceError)
