@@ -133,3 +133,14 @@ def test_tasks_queued_on_a_worker_show_their_wait_and_their_run_apart(daemons, t
     # the slowest tasks count the run, not the wait in the worker's queue
     for s in detail["slowest"]:
         assert s["secs"] < pause * 3 and s["queued"] is not None
+
+
+def test_run_start_is_clamped_to_between_hand_out_and_end():
+    from pymapreduce.observe.timeline import run_start
+
+    assert run_start(10.0, 14.0, 1.5) == 12.5
+    assert run_start(10.0, 14.0, -3) == 14.0  # negative: it ran no time
+    assert run_start(10.0, 14.0, 1e12) == 10.0  # longer than it was out: all of it
+    for secs in (float("nan"), "2", None, True):
+        assert run_start(10.0, 14.0, secs) is None
+    assert run_start(10.0, None, 1.0) is None  # still running
