@@ -162,6 +162,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .workers import Supervisor
 
     _setup_logging(args.log_level, "worker")
+    if args.connect == "-":  # (imports done: an embedded cluster starts us with its broker)
+        args.connect = sys.stdin.readline().strip()
+        if not args.connect:
+            raise ConfigError("--connect -: standard input ended before a broker's address")
     check_endpoint(args.connect)
     if args.processes is not None and args.processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
@@ -359,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run worker processes for a broker (they run tasks)")
     w.add_argument("--connect", required=True, metavar="ADDR",
-                   help="the broker's address, e.g. tcp://HOST:5555")
+                   help="the broker's address, e.g. tcp://HOST:5555 (-: read it from the "
+                        "first line of standard input)")
     w.add_argument("--processes", type=int, metavar="N",
                    help="worker processes (default: one per core)")
     w.add_argument("--credit", type=int, default=32, metavar="N",

@@ -99,7 +99,8 @@ class LocalCluster:
         """The pid of the worker supervisor (its children are the worker processes)."""
         return self._worker.pid if self._worker else None
 
-    def _spawn(self, *args: str, stdout=None, echo: tuple[int, ...] = ()) -> subprocess.Popen:
+    def _spawn(self, *args: str, stdout=None, stdin=None,
+               echo: tuple[int, ...] = ()) -> subprocess.Popen:
         env = dict(os.environ)
         if echo:  # task output is echoed to this process's stdout and stderr
             env[ECHO_ENV] = ",".join(map(str, echo))
@@ -115,8 +116,8 @@ class LocalCluster:
         if self.keys is not None:
             cmd += ["--keys", self.keys]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
-        return subprocess.Popen(cmd, stdout=stdout, env=env, start_new_session=True,
-                                pass_fds=echo)
+        return subprocess.Popen(cmd, stdout=stdout, stdin=stdin, env=env,
+                                start_new_session=True, pass_fds=echo)
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
@@ -133,15 +134,24 @@ class LocalCluster:
                                        *(("--http", self.http) if self.http else ()),
                                        *(() if self.events else ("--no-events",)),
                                        stdout=subprocess.PIPE)
-            self.address = self._read_ready(deadline)
+            # the workers start (Python, imports) while the broker does, and read its
+            # address, once it is known, from their standard input
             echo = _echo_fds(self.task_stdout)
             try:
-                self._worker = self._spawn("worker", "--connect", self.address,
+                self._worker = self._spawn("worker", "--connect", "-",
                                            "--processes", str(self.workers),
-                                           stdout=subprocess.DEVNULL, echo=echo)
+                                           stdout=subprocess.DEVNULL, stdin=subprocess.PIPE,
+                                           echo=echo)
             finally:
                 for fd in echo:
                     os.close(fd)
+            self.address = self._read_ready(deadline)
+            assert self._worker.stdin is not None
+            try:
+                self._worker.stdin.write(self.address.encode() + b"\n")
+                self._worker.stdin.close()
+            except BrokenPipeError:  # it died at start: said by _wait_workers
+                pass
             self._wait_workers(deadline)
         except BaseException:
             self.close()
@@ -207,8 +217,12 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdout, proc.stdin):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except BrokenPipeError:  # (unread bytes left in a pipe to a dead process)
+                        pass
         self._worker = self._broker = None
 
     def __enter__(self) -> LocalCluster:

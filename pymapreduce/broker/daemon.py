@@ -20,7 +20,7 @@ import zmq
 
 from ..errors import ProtocolError
 from ..observe import api as observe_api
-from ..observe.metrics import Traffic
+from ..observe.traffic import Traffic
 from ..patterns import protocol as P
 from ..patterns import security
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
@@ -32,6 +32,7 @@ from ..patterns.sockets import (
     recv_frames,
     send,
 )
+from ..patterns.wakeup import SignalWakeup
 from .client_api import ClientAPI, _req
 from .config import BrokerConfig
 from .journal import Journal
@@ -103,9 +104,10 @@ class Broker(ClientAPI):
         self.workers, self.jobs = self.ledger.workers, self.ledger.jobs
         self.scheduler = self.ledger.scheduler
         self._stopping = False
+        self._wakeup = SignalWakeup(enable=False)  # serve_forever's, while it runs
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
-        self.traffic = Traffic()  # bytes and messages per plane (observe/metrics.py)
+        self.traffic = Traffic()  # bytes and messages per plane (observe/traffic.py)
         self.http = None  # the read-only HTTP server, once bound (observe/server.py)
         self.http_url = ""
         self._handlers = {
@@ -170,6 +172,9 @@ class Broker(ClientAPI):
         poller.register(self.monitor, zmq.POLLIN)
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
+        self._wakeup = SignalWakeup()  # SIGTERM ends the poll at once (patterns/wakeup.py)
+        if self._wakeup.fd is not None:
+            poller.register(self._wakeup.fd, zmq.POLLIN)
         try:
             while not self._stopping:
                 try:
@@ -180,11 +185,14 @@ class Broker(ClientAPI):
                     self.ledger.complain("broker", "error in the loop (serving on): %s",
                                          traceback.format_exc())
         finally:
+            self._wakeup.close()
             self.close()
 
     def _turn(self, poller: zmq.Poller) -> None:
         """One turn of the loop: what arrived, then the clock's work."""
         events = dict(poller.poll(MAX_POLL_MS))
+        if self._wakeup.fd in events:
+            self._wakeup.drain()
         if self._reload:
             self._reload_keys()
         if self.zap is not None and self.zap in events:

@@ -17,7 +17,6 @@ from ..errors import AddressInUse, ConfigError
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from .cli import TOKEN_FILE, load_token
-from .server import Observatory, is_loopback_host, parse_http
 
 MAX_EVENTS_REPLY = 500  # events in one EVENTS reply (the client asks again for more)
 
@@ -64,9 +63,11 @@ def on_events(broker: Any, peer: bytes, msg: Message) -> None:
     broker._reply_held(peer, P.EVENTS, reply)
 
 
-def start_http(broker: Any) -> Observatory:
+def start_http(broker: Any) -> Any:
     """Bind and start a broker's HTTP server (``config.http``); a ConfigError if it may
     not listen where asked (beyond loopback needs keys, hence a token, or http_public)."""
+    from .server import Observatory, is_loopback_host, parse_http  # (only with --http)
+
     cfg = broker.config
     host, _ = parse_http(cfg.http)
     if not is_loopback_host(host) and cfg.http_token is None and not cfg.http_public:

@@ -310,8 +310,8 @@ class EventLog:
         flushes first, so the order of events is kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        self._pending.append((task, attempt, stats.get("records"),
-                              stats.get("bytes"), secs, blobs))
+        self._pending.append((task, attempt, stats.get("records"),  # (sizes only: no
+                              stats.get("bytes"), secs, sum(map(len, blobs))))  # buffer held)
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -328,7 +328,7 @@ class EventLog:
         jobs = self._jobs
         tally: dict[tuple, int | float] = {}
         job_id = log = fields = None
-        for task, attempt, records, size, secs, blobs in pending:
+        for task, attempt, records, size, secs, out in pending:
             job = task.job
             if job.id != job_id:
                 if fields:
@@ -342,7 +342,6 @@ class EventLog:
                 size = 0
             if type(secs) not in (int, float):
                 secs = 0
-            out = sum(map(len, blobs))
             worker = ""
             if log is not None:
                 row = log.attempts.get(attempt)

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from .events import DURATION_BUCKETS, EventLog
+from .traffic import Traffic
 
 # event-log counter name -> (metric name without _total, help, label name or "")
 COUNTERS = {
@@ -42,36 +43,6 @@ COUNTERS = {
     "workers_joined": ("pymapreduce_workers_joined", "Worker registrations.", ""),
     "workers_lost": ("pymapreduce_workers_lost", "Workers removed (lost or left).", ""),
 }
-
-
-class Traffic:
-    """Bytes and messages through the broker's sockets (updated by the broker loop)."""
-
-    __slots__ = ("control_in", "control_out", "data_in", "msgs_control_in", "msgs_data_in",
-                 "msgs_control_out")
-
-    def __init__(self) -> None:
-        self.control_in = self.control_out = self.data_in = 0
-        self.msgs_control_in = self.msgs_data_in = self.msgs_control_out = 0
-
-    def received(self, data: bool, frames: list) -> None:
-        n = 0
-        for f in frames:
-            n += len(f)
-        if data:
-            self.data_in += n
-            self.msgs_data_in += 1
-        else:
-            self.control_in += n
-            self.msgs_control_in += 1
-
-    def sent(self, blobs: tuple) -> None:
-        """A control message out: its blobs' bytes (the msgpack header is not counted)."""
-        n = 0
-        for b in blobs:
-            n += len(b.buffer if hasattr(b, "buffer") else b)
-        self.control_out += n
-        self.msgs_control_out += 1
 
 
 class BrokerCollector:
