@@ -28,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import textwrap
 from typing import Any
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -103,6 +104,9 @@ def _footer(fig: Any, runs: list[tuple[str, dict]]) -> float:
         load = machine.get("load_average")
         lines.append(f"{label_of(name, d)}: {machine.get('command', '')}"
                      + (f" (load average {load[0]:.1f} at the start)" if load else ""))
+    # (a long command is wrapped, not cut at the figure's edge)
+    lines = [part for line in lines for part in textwrap.wrap(
+        line, width=int(fig.get_figwidth() * 19), subsequent_indent="    ") or [""]]
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=6, va="bottom", ha="left", color="0.35")
     return (0.15 + 0.11 * len(lines)) / fig.get_figheight()
 

@@ -132,6 +132,10 @@ class ProgressBars:
         self.bars: dict[str, Any] = {}
         self._step = (1, 1)
         self.closed = False
+        # text bars in a notebook (tqdm.auto without ipywidgets): its output cannot move
+        # the cursor up to redraw a bar above, so the bars come one after the other
+        self.one_at_a_time = (type(self.file).__module__.startswith("ipykernel")
+                              and "notebook" not in getattr(tqdm_class, "__module__", ""))
 
     def _label(self, label: str) -> str:
         current, steps = self._step
@@ -141,6 +145,11 @@ class ProgressBars:
         if self.closed:
             return
         step = _step(status)
+        if step != self._step and self.one_at_a_time:  # a new step: new bars
+            self._step = step
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
         if step != self._step:  # a new step: its own tasks, on the same bars
             self._step = step
             for label, bar in self.bars.items():
@@ -151,6 +160,12 @@ class ProgressBars:
             if not total:  # a map-only job has no reduce bar; no input, no map bar
                 continue
             bar = self.bars.get(label)
+            if bar is None and self.one_at_a_time:
+                if any(b.n < b.total for b in self.bars.values()):
+                    continue  # (after the bar before it is full)
+                for b in self.bars.values():
+                    b.close()  # (it stays printed, full)
+                position = None
             if bar is None:
                 bar = self.bars[label] = self.tqdm_class(**{
                     "total": total, "desc": self._label(label), "position": position,

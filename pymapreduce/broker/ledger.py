@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..observe.events import EventLog, NullEventLog
+from ..observe.history import History
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.ratelog import RateLimitedLog
@@ -122,6 +123,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.logs = LogStore()  # what attempts printed and logged (in memory only)
         # job and task events (observe/events.py), unless the broker was told to keep none
         self.events = EventLog() if config.events else NullEventLog()
+        self.history = History(journal)  # finished jobs' facts, past their TTL too
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -345,6 +347,7 @@ class Ledger(Commits, Dispatching, Recovery):
             return
         self.logs.keep(self._attempt(failure.key), failure.key.attempt, worker.name, FAILED,
                        failure.log)
+        self.events.ran(self._attempt(failure.key), failure.key.attempt, failure.secs)
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
                             failure.position, failure.final)
 
@@ -468,6 +471,7 @@ class Ledger(Commits, Dispatching, Recovery):
         its attempts still out there, and tell its watchers and waiting fetches."""
         self.scheduler.remove(job)
         self.events.job_ended(job, time.monotonic())
+        self.history.record(job, self.events.flow(job.id), time.monotonic())
         if self.journal is not None:  # durable before its map outputs are deleted
             self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()

@@ -50,6 +50,7 @@ class Recovery:
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
                      job.done_reduces, 0 if job.map_only else job.reducers)
+            self.history.record(job, {}, now)  # (if it ended before a history was kept)
         self.journal.flush()
 
     def _unrecoverable(self, saved: Any, now: float, message: str) -> JobState:

@@ -98,13 +98,27 @@ def add_commands(sub: Any, request: Callable) -> None:
     d.add_argument("url", metavar="URL", help="the http://HOST:PORT/ the broker printed")
     d.add_argument("--keys", metavar="DIR", help="the broker's key directory")
     d.add_argument("--http-token-file", metavar="FILE", help="the token file instead")
+    d.add_argument("--client", metavar="NAME", help="a URL that shows only the jobs of "
+                   "this client key (NAME.key in DIR or DIR/clients, or a .key file), "
+                   "not every job")
     d.set_defaults(func=cmd_dashboard_url)
 
 
 def cmd_dashboard_url(args: argparse.Namespace) -> int:
+    from .scopes import client_public_key, client_token
+
     path = token_path(args.keys, args.http_token_file)
     url = args.url if args.url.endswith("/") else args.url + "/"
-    print(f"{url}?token={load_token(path, create=False)}" if path else url)
+    if not path:
+        if args.client:
+            raise ConfigError("--client needs the broker's token: give --keys DIR (or "
+                              "--http-token-file)")
+        print(url)
+        return 0
+    token = load_token(path, create=False)
+    if args.client:
+        token = client_token(token, client_public_key(args.client, args.keys))
+    print(f"{url}?token={token}")
     return 0
 
 

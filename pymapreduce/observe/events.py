@@ -30,6 +30,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..patterns import protocol as P
+from .timeline import place
 
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -37,6 +38,7 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
+ROW_FIELDS = 5  # an attempt row's fields (dispatched()); ran() may add its run time
 
 
 def safe_position(position: Any) -> dict:
@@ -512,6 +514,33 @@ class EventLog:
         return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
                  "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
                  "outcome": r[8], "backup": r[4], "note": r[9]} for r in rows]
+
+    # -- when attempts ran (the timeline from task start) ---------------------------------
+    def ran(self, task: Any, attempt: int, secs: float | None) -> None:
+        """A failed attempt's run time, as its worker measured it (FAILED's ``secs``), kept
+        in its attempt row for :meth:`timeline`. (A committed attempt's comes from its
+        ``done`` event, which carries it already: nothing is added per task.)"""
+        if task is None or secs is None:
+            return
+        with self.lock:
+            log = self._jobs.get(task.job.id)
+            row = log.attempts.get(attempt) if log is not None else None
+            if isinstance(row, list) and len(row) == ROW_FIELDS:
+                row.append(secs)
+
+    def timeline(self, job: str) -> list[dict]:
+        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
+        (see observe/timeline.py)."""
+        with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
+            log = self._jobs.get(job)
+            if log is None:
+                return []
+            rows = [(*r[0], *r[1:ROW_FIELDS], r[ROW_FIELDS] if len(r) > ROW_FIELDS else None)
+                    for r in log.attempts.values()]
+            ring = list(log.events)  # (a copy: looked through after the lock is let go)
+        return place(rows, ring)
 
     def flow(self, job: str) -> dict:
         """Records and bytes in, bytes out, of a job's committed tasks, per kind (map

@@ -16,7 +16,6 @@ Each connection holds one thread; the broker loop never waits for any of them.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import socket
@@ -189,6 +188,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         given = self._token(query)
+        scope = ""  # every job; "key ...": one client's (a client token, observe/scopes.py)
         if app.token is None:  # no token: loopback Host names only, unless public
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
             if (app.check_host and host and host not in LOOPBACK_HOSTS
@@ -197,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
                 # rebinding) must not read a keyless broker's API
                 self._refuse(403, f"host {host!r} is not a loopback name")
                 return
-        elif not (given and hmac.compare_digest(given.encode(), app.token.encode())):
+        elif (scope := app.scope_of(given)) is None:
             if url.path in PAGES:  # a person at a browser: say what to do, show no data
                 self._send(401, "text/html; charset=utf-8", NEEDS_TOKEN_PAGE)
                 return
@@ -208,7 +208,10 @@ class Handler(BaseHTTPRequestHandler):
             # the page's own requests (and EventSource, which sends no headers) use it
             headers["Set-Cookie"] = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
         try:
-            route = app.route(url.path, query, self.headers)
+            route = app.route(url.path, query, self.headers, scope)
+        except PermissionError as exc:
+            self._refuse(403, str(exc))
+            return
         except KeyError as exc:
             self._refuse(404, str(exc.args[0]) if exc.args else "not found")
             return

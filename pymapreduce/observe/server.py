@@ -8,6 +8,7 @@ docs/observability.md for the API.
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ConfigError
+from . import scopes
 from . import snapshot as snap
 from .events import EventLog
 from .http import Server
@@ -65,6 +67,7 @@ class Observatory:
         self.closed = False
         self.snapshot = snap.Snapshot()
         self._ledger = broker.ledger
+        self.history = broker.ledger.history  # (read under its own lock)
         self._facts = snap.broker_facts(broker)
         self._last = 0.0
         self._seq = -1  # the event log's sequence number at the last snapshot
@@ -96,32 +99,58 @@ class Observatory:
         self.server.server_close()
 
     # -- the HTTP threads' side ----------------------------------------------------------
-    def route(self, path: str, query: dict, headers: Any) -> tuple:
-        """(content type, body) or ("stream", next_events); KeyError: 404."""
+    def scope_of(self, given: str) -> str | None:
+        """What a request's token shows: "" every job (the broker's token), ``key ...``
+        one client's jobs (a client token, observe/scopes.py), None: refused."""
+        if not given or self.token is None:
+            return None
+        if hmac.compare_digest(given.encode(), self.token.encode()):
+            return ""
+        return scopes.scope_of(self.token, given)
+
+    def route(self, path: str, query: dict, headers: Any, scope: str = "") -> tuple:
+        """(content type, body) or ("stream", next_events); KeyError: 404,
+        PermissionError: 403. ``scope``: a client's tenant, whose jobs alone are shown."""
         s = self.snapshot
         if path in ("/", "/index.html"):
             return STATIC["index.html"], _static("index.html")
         if path.startswith("/static/") and path[8:] in STATIC:
             return STATIC[path[8:]], _static(path[8:])
         if path == "/metrics":
+            if scope:
+                raise PermissionError("/metrics counts every client's jobs: it needs the "
+                                      "broker's token, not a client token")
             return CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path in ("/api/cluster", "/api/jobs"):
-            body = s.served.get(path)
+            key = f"{path} {scope}" if scope else path
+            body = s.served.get(key)
             if body is None:  # (two threads may both build it: the same bytes)
-                body = s.served[path] = _dumps(self._listing(s, path))
+                body = s.served[key] = _dumps(self._listing(s, path, scope))
             return JSON, body
         if path.startswith("/api/jobs/"):
-            return JSON, _dumps(self.job_detail(path[len("/api/jobs/"):]))
+            job_id = path[len("/api/jobs/"):]
+            if scope and s.tenants.get(job_id) != scope:  # (as if there were none)
+                raise KeyError(f"no job {job_id[:100]!r} of this client")
+            return JSON, _dumps(self.job_detail(job_id))
         if path == "/api/events":
-            return self._events(query, headers)
+            return self._events(query, headers, scope)
+        if path == "/api/history":
+            return JSON, _dumps({"time": s.time, **self.history.page(
+                _int(query, "limit", 100), _int(query, "before", None),
+                scope or query.get("owner"))})
         raise KeyError(f"no such page: {path[:100]}")
 
     @staticmethod
-    def _listing(s: snap.Snapshot, path: str) -> dict:
+    def _listing(s: snap.Snapshot, path: str, scope: str = "") -> dict:
+        mine = (lambda job_id: s.tenants.get(job_id) == scope) if scope else None
         if path == "/api/cluster":
-            return {"time": s.time, **s.cluster}
+            if mine is None:
+                return {"time": s.time, **s.cluster}
+            workers = [{**w, "tasks": [t for t in w["tasks"] if mine(t.rpartition(" ")[0])]}
+                       for w in s.cluster["workers"]]  # (other clients' jobs not named)
+            return {"time": s.time, **s.cluster, "workers": workers}
         rows = [{k: v for k, v in row.items() if k != "skipped_records"}
-                for row in reversed(s.jobs.values())]
+                for row in reversed(s.jobs.values()) if mine is None or mine(row["id"])]
         for row in rows:
             if row["error"]:
                 row["error"] = {"message": row["error"]["message"],
@@ -133,19 +162,20 @@ class Observatory:
         row = self.snapshot.jobs.get(job_id)
         if row is None:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
-                           "the result TTL")
-        attempts = self.events.attempts(job_id)
+                           "the result TTL (/api/history keeps its facts)")
+        attempts = self.events.timeline(job_id)
         failures = [e for e in self.events.since(0, job_id)
                     if e["type"] in ("failed", "killed")][-MAX_FAILURES:]
         done = [a for a in attempts if a["outcome"] == "done" and a["end"] is not None]
-        done.sort(key=lambda a: a["end"] - a["start"], reverse=True)
+        done.sort(key=_ran_for, reverse=True)  # by run time where known: a straggler
         slowest = [{"task": a["task"], "step": a["step"], "attempt": a["attempt"],
-                    "worker": a["worker"], "secs": round(a["end"] - a["start"], 6)}
+                    "worker": a["worker"], "secs": round(_ran_for(a), 6),
+                    "queued": None if a["run"] is None else round(a["run"] - a["start"], 6)}
                    for a in done[:SLOWEST]]
         return {"time": self.snapshot.time, "job": row, "attempts": attempts,
                 "failures": failures, "skipped": row["skipped_records"], "slowest": slowest}
 
-    def _events(self, query: dict, headers: Any) -> tuple:
+    def _events(self, query: dict, headers: Any, scope: str = "") -> tuple:
         job = query.get("job") or None
         try:
             cursor = int(query.get("since") or headers.get("Last-Event-ID") or 0)
@@ -154,9 +184,20 @@ class Observatory:
         if job is not None and self.events.tenant_of(job) is None \
                 and job not in self.snapshot.jobs:
             raise KeyError(f"no job {job[:100]!r}")
+        if scope and job is not None and self.events.tenant_of(job) != scope:
+            raise KeyError(f"no job {job[:100]!r} of this client")
+        tenants: dict = {}  # job id -> tenant, looked up once per job
+
+        def visible(events: list) -> list:
+            if not scope or job is not None:
+                return events
+            for e in events:
+                if "job" in e and e["job"] not in tenants:
+                    tenants[e["job"]] = self.events.tenant_of(e["job"])
+            return [e for e in events if tenants.get(e.get("job")) == scope]
         if query.get("format") == "json":  # one look, for programs that poll
             events = self.events.since(cursor, job)
-            return JSON, _dumps({"events": events,
+            return JSON, _dumps({"events": visible(events),
                                  "next": events[-1]["seq"] if events else cursor})
         state = [cursor]
 
@@ -164,8 +205,25 @@ class Observatory:
             events = self.events.since(state[0], job)
             if events:
                 state[0] = events[-1]["seq"]
-            return events
+            return visible(events)
         return "stream", next_events
+
+
+def _ran_for(attempt: dict) -> float:
+    """An ended attempt's seconds: from when it began to run, or was handed out."""
+    began = attempt["run"] if attempt["run"] is not None else attempt["start"]
+    return attempt["end"] - began
+
+
+def _int(query: dict, name: str, default: int | None) -> int | None:
+    """A query parameter that must be an integer (a ValueError says so: 400)."""
+    value = query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer") from None
 
 
 def _static(name: str) -> bytes:

@@ -10,6 +10,7 @@ Reading (``from_wire``/``from_body``) checks types: the other side may be hostil
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 KINDS = ("map", "reduce")
@@ -119,6 +120,7 @@ class Failure(NamedTuple):
     position: dict = {}
     final: bool = False  # no retry can mend it (the input's or the job's settings' fault)
     log: bytes = b""  # what the attempt printed and logged (workers/capture.py)
+    secs: float | None = None  # how long it ran before it failed, by its worker's clock
 
     def body(self) -> dict:
         body = {**self.key.body(), "error": self.error[:MAX_ERROR],
@@ -127,6 +129,8 @@ class Failure(NamedTuple):
             body["final"] = True
         if self.log:
             body["log"] = self.log[-MAX_LOG:]
+        if self.secs is not None:  # (a broker before it ignores it)
+            body["secs"] = self.secs
         return body
 
     @classmethod
@@ -143,7 +147,16 @@ class Failure(NamedTuple):
                     else str(v)[:200] for k, v in position.items()}
         return cls(key, str(body.get("error", ""))[:MAX_ERROR],
                    str(body.get("traceback", ""))[-MAX_TRACEBACK:], position,
-                   body.get("final") is True, log_bytes(body.get("log")))
+                   body.get("final") is True, log_bytes(body.get("log")),
+                   duration(body.get("secs")))
+
+
+def duration(value: Any) -> float | None:
+    """A run time a worker reported: a finite number, else None (not known). Its range is
+    not checked here: what reads it clamps it to what the broker saw."""
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def log_bytes(value: Any) -> bytes:

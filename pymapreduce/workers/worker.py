@@ -452,12 +452,13 @@ class Worker:
             # (a record the job may skip, named by its ordinal, is left to the skip logic)
             self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
                        final=isinstance(cause, HOPELESS) and "ordinal" not in where,
-                       log=attempt_log(tasklog, tb))
+                       log=attempt_log(tasklog, tb), secs=time.monotonic() - started)
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
             tb = traceback.format_exc()
             self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
-                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb))
+                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb),
+                       secs=time.monotonic() - started)
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
@@ -484,10 +485,12 @@ class Worker:
         self.reports.append(Report(key, stats, nblobs).wire())
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
-              final: bool = False, log: bytes = b"") -> None:
+              final: bool = False, log: bytes = b"", secs: float | None = None) -> None:
+        """``secs``: how long the attempt ran (the broker's timeline shows it)."""
         self._flush()
-        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final,
-                                                 log).body()))
+        self._send_ctl(Message(P.FAILED, Failure(key, error, tb, position, final, log,
+                                                 None if secs is None else round(secs, 6)
+                                                 ).body()))
 
     def _flush(self) -> None:
         if not self.reports:

@@ -12,6 +12,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
   view: "jobs", jobId: null, jobs: null, cluster: null, detail: null,
+  history: null, historyPages: 1,
   cursor: 0, source: null, retryMs: 1000, pending: null, feed: [], denied: false,
   shown: "", closed: new Set(),  // the job view drawn last; failures the user folded
 };
@@ -137,6 +138,7 @@ async function refresh() {
       }
     } else {
       state.jobs = await api("api/jobs");
+      if (state.view === "history") await fetchHistory();
     }
     if (state.view !== "cluster") state.cluster = await api("api/cluster");  // the header
     if (state.view === "history") renderHistory(); else if (state.view === "jobs") renderJobs();
@@ -234,19 +236,41 @@ function renderFeed() {
   fill("events-feed", items.length ? items : [el("li", { class: "empty" }, "waiting for events")]);
 }
 
+const HISTORY_PAGE = 100;        // rows of /api/history per page ("older" adds a page)
+async function fetchHistory() {
+  // the pages shown so far, newest first, following each answer's cursor
+  const pages = []; let before = null;
+  for (let i = 0; i < state.historyPages; i++) {
+    const page = await api("api/history?limit=" + HISTORY_PAGE + (before === null ? "" : "&before=" + before));
+    pages.push(page); before = page.next;
+    if (before === null) break;
+  }
+  state.history = pages;
+}
+function dateTime(t) { return t ? new Date(t * 1000).toLocaleString() : "–"; }
 function renderHistory() {
-  const jobs = (state.jobs ? state.jobs.jobs : []).filter(finished);
+  const pages = state.history || [];
+  const rows = pages.flatMap(p => p.jobs);
+  const more = pages.length && pages[pages.length - 1].next !== null;
+  const held = new Set((state.jobs ? state.jobs.jobs : []).map(j => j.id));
   const b = state.cluster ? state.cluster.broker : null;
-  fill("history-note", "Finished jobs the broker still holds" +
-       (b ? ` (for ${secs(b.result_ttl)} after they end${b.state_dir ? "; also in its --state-dir journal" : ""})` : "") + ".");
-  fill("history", table(["job", "state", { label: "duration", num: 1 },
+  fill("history-note", `The last ${pages.length ? num(pages[0].keep) : ""} finished jobs, also after ` +
+       `their results are gone${b && b.state_dir ? " and across restarts (kept in the --state-dir journal)" : " (until the broker stops: without --state-dir they are kept in memory only)"}` +
+       `. A job's own view (its timeline, failures) lasts while the broker holds it` +
+       (b ? ` (--result-ttl ${secs(b.result_ttl)} after it ends).` : "."));
+  fill("history", table(["job", "owner", "state", "submitted", { label: "duration", num: 1 },
     { label: "tasks", num: 1 }, { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
-    { label: "backups", num: 1 }, { label: "skipped", num: 1 }, "error"],
-    jobs.map(j => [el("div", {}, jobLink(j), el("div", { class: "muted" }, j.id)), badge(j.state),
-      secs(j.elapsed),
-      num(j.progress.map[0] + j.progress.reduce[0]), num(j.records), bytes(j.bytes),
-      num(j.backups), num(j.skipped), j.error ? j.error.message : ""]),
-    "No finished job is held."));
+    { label: "bytes out", num: 1 }, { label: "backups", num: 1 }, { label: "skipped", num: 1 }, "error"],
+    rows.map(j => [el("div", { class: "history-job", "data-job": j.id },
+        held.has(j.id) ? jobLink(j) : el("b", {}, j.name), el("div", { class: "muted" }, j.id)),
+      j.owner || "–", badge(j.state), dateTime(j.submitted), secs(j.secs),
+      num(j.maps[0] + j.reduces[0]) + " / " + num(j.maps[1] + j.reduces[1]),
+      num(j.records), bytes(j.bytes), bytes(j.bytes_out), num(j.backups), num(j.skipped),
+      j.error ? j.error.message : ""]),
+    "No job has finished yet."),
+    more ? el("button", { id: "history-older", type: "button" }, "older jobs") : null);
+  const older = document.getElementById("history-older");
+  if (older) older.addEventListener("click", () => { state.historyPages++; refresh(); });
 }
 
 function taskLink(text) {
@@ -337,7 +361,8 @@ function failure(f) {
 
 // ---- the task timeline (a Gantt of attempts per worker, in SVG) ------------------------
 function renderTimeline(attempts, now) {
-  fill("timeline-legend", [["map", "map"], ["reduce", "reduce"], ["running", "running"],
+  fill("timeline-legend", [["map", "map"], ["reduce", "reduce"],
+    ["queued", "handed out, queued on its worker"], ["running", "running"],
     ["failed", "failed"], ["killed", "lost with its worker"], ["abandoned", "abandoned"],
     ["retry", "retry (attempt 2+)"], ["backup", "backup attempt"]].map(([k, t]) =>
     el("span", {}, el("i", { class: "sw-" + k }), t)));
@@ -381,17 +406,29 @@ function renderTimeline(attempts, now) {
     const g = svg("g", { class: "attempt", "data-task": a.task, "data-attempt": a.attempt,
                          "data-outcome": a.outcome, "data-worker": a.worker,
                          "data-backup": a.backup ? "true" : "false" });
+    // handed out at start, running from run (when its report said): the wait in its
+    // worker's queue is drawn pale, the run solid
+    const queued = a.run !== null && a.run !== undefined ? Math.max(0, x(a.run) - x0) : 0;
+    const fillColour = colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7");
+    if (a.run !== null && a.run !== undefined) g.setAttribute("data-queued", (a.run - a.start).toFixed(3));
     g.append(svg("title", {}, `${a.task} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
-      `${a.outcome}, ${a.end ? secs(a.end - a.start) : "running"}${a.note ? " — " + a.note : ""}`));
-    g.append(svg("rect", { x: x0, y, width: w, height: ROW - 6, rx: 2,
-      fill: colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7"),
+      `${a.outcome}, ${a.end ? (a.run !== null && a.run !== undefined ?
+        `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` : secs(a.end - a.start)) : "running"}` +
+      `${a.note ? " — " + a.note : ""}`));
+    if (queued >= 1) {
+      g.append(svg("rect", { class: "queued", x: x0, y, width: Math.min(queued, w), height: ROW - 6,
+                             rx: 2, fill: fillColour, "fill-opacity": 0.3 }));
+    }
+    const xs = x0 + Math.min(queued, w - 3), ws = Math.max(3, w - queued);  // the run
+    g.append(svg("rect", { class: "ran", x: xs, y, width: ws, height: ROW - 6, rx: 2,
+      fill: fillColour,
       stroke: a.backup ? "#000" : a.attempt > 1 ? "#7a3e9d" : "none",
       "stroke-width": a.backup || a.attempt > 1 ? 2 : 0,
       "stroke-dasharray": a.backup ? "4 2" : null }));
     const mark = { failed: "✕ ", killed: "† " }[a.outcome] || (a.attempt > 1 ? "↻ " : "");
     const label = `${mark}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
-    if (w > label.length * 6.2 + 6) {
-      g.append(svg("text", { x: x0 + 4, y: y + 12, fill: "#fff" }, label));
+    if (ws > label.length * 6.2 + 6) {
+      g.append(svg("text", { x: xs + 4, y: y + 12, fill: "#fff" }, label));
     } else if (mark) {  // beside the bar: after it, or before it at the right edge
       const after = x0 + w + 2 + label.length * 6.2 < W;
       g.append(svg("text", { x: after ? x0 + w + 2 : x0 - 2, y: y + 12, fill: "#1f2328",

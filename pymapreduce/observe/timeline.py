@@ -1,0 +1,52 @@
+"""When each attempt ran: the timeline from task start, placed on the broker's clock.
+
+The broker knows when it handed an attempt out and when it heard the attempt's end; a
+worker holds several attempts at once (its credit) and runs them one after the other, so
+the time between is partly a wait in the worker's queue. No message says when an attempt
+starts (that would be one more per task): the report that ends it says how long it ran,
+as its worker measured it (DONE's ``secs``, FAILED's ``secs``). Monotonic clocks of two
+hosts cannot be compared, durations can, so the attempt began to run at its end less that
+duration, clamped to between its hand-out and its end: a worker is not trusted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DONE = "done"
+
+
+def run_start(start: float, end: float | None, secs: Any) -> float | None:
+    """When an attempt handed out at ``start`` and ended at ``end`` began to run, given
+    the run time ``secs`` its worker reported: a negative one counts as none, one longer
+    than the attempt was out as all of it; None if ``secs`` is no number or it has not
+    ended."""
+    if end is None or type(secs) not in (int, float) or secs != secs:  # (NaN)
+        return None
+    return min(end, max(start, end - max(0.0, secs)))
+
+
+def place(rows: list[tuple], ring: list[tuple]) -> list[dict]:
+    """The attempts of a job with ``run`` (see :func:`run_start`). ``rows``: its attempt
+    table's rows as ``(kind, index, number, worker, backup, step, start, end, outcome,
+    note, failure's run time or None)``; ``ring``: its event ring's entries, whose
+    ``done`` events give a committed attempt's run time (matched by task, attempt number
+    and worker; in a multi-step job, the one heard nearest its end)."""
+    reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
+    for _, t, etype, _, fields, _ in ring:
+        if etype == DONE:
+            for f in fields if type(fields) is list else (fields,):
+                if type(f) is tuple:  # (the "done" schema: kind, index, number, worker, secs)
+                    reported.setdefault(f[:4], []).append((t, f[4]))
+    out = []
+    for kind, index, number, worker, backup, step, start, end, outcome, note, secs in rows:
+        if outcome == DONE:
+            near = reported.get((kind, index, number, worker))
+            if near and end is not None:
+                secs = min(near, key=lambda p: abs(p[0] - end))[1]
+        run = run_start(start, end, secs)
+        out.append({"step": step, "kind": kind, "index": index, "task": f"{kind}-{index}",
+                    "attempt": number, "worker": worker, "start": start,
+                    "run": None if run is None else round(run, 6), "end": end,
+                    "outcome": outcome, "backup": backup, "note": note})
+    return out

@@ -1,0 +1,100 @@
+"""Client tokens: an HTTP token that shows one client key's jobs only (and what a client
+holding one, or forging one, can see)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import zmq
+
+from pymapreduce import Client
+from pymapreduce.observe import scopes
+from pymapreduce.observe.cli import TOKEN_FILE, load_token
+from pymapreduce.patterns import security
+
+from .conftest import FAST, ROOT, pmr
+from .jobs import WordCount
+from .test_observe import MARKER, get, get_json, start_broker, wait_for
+
+
+@pytest.fixture
+def keys(tmp_path):
+    directory = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(directory, "other")
+    security.authorize(directory, security.CLIENT, os.path.join(directory, "other.key"))
+    return directory
+
+
+def dashboard_url(http: str, keys: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(pmr("dashboard-url", http, "--keys", keys, *extra),
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+def test_a_client_token_shows_its_client_s_jobs_only(daemons, keys):
+    address, http = start_broker(daemons, "--keys", keys, *FAST)
+    daemons.worker(address, 1, "--keys", keys)
+    records = [(i, f"w{i % 3} {MARKER}") for i in range(12)]
+    jobs = {}
+    for name in ("client", "other"):
+        with Client(address, keys=keys, key_name=name) as client:
+            handle = client.submit(WordCount(), records, map_tasks=2)
+            handle.result(60)
+            jobs[name] = handle.job_id
+    admin = open(os.path.join(keys, "http.token")).read().strip()
+    wait_for(lambda: len(get_json(http + "api/jobs", admin)["jobs"]) == 2)  # (snapshots)
+    made = dashboard_url(http, keys, "--client", "other")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().split("?token=")[1]
+    assert token.startswith("client.") and admin not in token
+    mine, theirs = jobs["other"], jobs["client"]
+
+    owners = {j["id"]: j["owner"] for j in get_json(http + "api/history", admin)["jobs"]}
+    assert owners[mine] == scopes.scope_of(admin, token), (owners, mine)
+    assert [j["id"] for j in get_json(http + "api/jobs", token)["jobs"]] == [mine]
+    assert get_json(http + f"api/jobs/{mine}", token)["job"]["id"] == mine
+    assert get(http + f"api/jobs/{theirs}", token)[0] == 404  # as if there were none
+    assert [j["id"] for j in get_json(http + "api/history", token)["jobs"]] == [mine]
+    assert get_json(http + "api/history?owner=key%20x", token)["jobs"][0]["id"] == mine
+    events = get_json(http + "api/events?format=json", token)["events"]
+    assert events and {e["job"] for e in events} == {mine}  # nor the workers' events
+    assert get(http + f"api/events?format=json&job={theirs}", token)[0] == 404
+    status, body = get(http + "metrics", token)
+    assert status == 403 and b"token" in body
+    cluster = get_json(http + "api/cluster", token)
+    assert all(theirs not in t for w in cluster["workers"] for t in w["tasks"])
+    assert get(http, token)[0] == 200  # the page itself
+    # the broker's own token still sees both
+    assert len(get_json(http + "api/jobs", admin)["jobs"]) == 2
+    # forged: another key with this MAC, this key with a changed MAC, garbage
+    other_key = bytes.fromhex(token.split(".")[1])
+    forged = [token[:-1] + ("0" if token[-1] != "0" else "1"),
+              "client." + bytes(32).hex() + "." + token.split(".")[2],
+              "client." + other_key.hex() + ".x", "client.zz", token + "0"]
+    for bad in forged:
+        assert get(http + "api/jobs", bad)[0] == 401, bad
+    for body in (get(http + "api/history", token)[1], get(http + "api/jobs", token)[1]):
+        assert MARKER.encode() not in body
+
+
+def test_client_tokens_are_made_and_checked_without_a_list():
+    master = "m" * 24
+    public = zmq.curve_keypair()[0].decode()
+    token = scopes.client_token(master, public)
+    assert scopes.scope_of(master, token) == "key " + public
+    assert scopes.scope_of("n" * 24, token) is None  # another broker's (or a new token)
+    assert scopes.scope_of(master, master) is None and scopes.scope_of(master, "") is None
+
+
+def test_dashboard_url_for_a_client_needs_the_token_and_a_known_key(tmp_path, keys):
+    http = "http://127.0.0.1:1/"
+    load_token(os.path.join(keys, TOKEN_FILE), create=True)  # (as a broker would)
+    missing = dashboard_url(http, keys, "--client", "nobody")
+    assert missing.returncode != 0 and "no client key 'nobody'" in missing.stderr
+    no_token = subprocess.run(pmr("dashboard-url", http, "--client", "other"),
+                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert no_token.returncode != 0 and "--keys" in no_token.stderr
+    by_file = dashboard_url(http, keys, "--client", os.path.join(keys, "other.key"))
+    assert by_file.returncode == 0 and "?token=client." in by_file.stdout
+    assert by_file.stdout == dashboard_url(http, keys, "--client", "other").stdout
