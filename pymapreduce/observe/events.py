@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..patterns import protocol as P
-from .timeline import place
+from .reading import ROW_FIELDS, SMALL, Reading
 
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -38,7 +38,6 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
-ROW_FIELDS = 5  # an attempt row's fields (dispatched()); ran() may add its run time
 
 
 def safe_position(position: Any) -> dict:
@@ -54,43 +53,9 @@ def safe_position(position: Any) -> dict:
     return safe
 
 
-SMALL = 160  # about what an event without texts costs in memory (bytes)
-# the fields of the frequent events, stored as tuples in this order (dicts cost more to
-# build, and the broker loop builds two events per task)
-SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
-           "done": ("kind", "index", "attempt", "worker", "secs", "records", "bytes",
-                    "bytes_out")}
-
-
 def _size(fields: dict) -> int:
     """About what an event with these fields costs in memory (its texts dominate)."""
     return SMALL + sum(len(v) for v in fields.values() if isinstance(v, str))
-
-
-def as_dict(event: tuple) -> dict:
-    """One event as served: ``(seq, t, type, job, fields, size)`` -> a JSON-ready dict
-    (``fields`` a dict, or a tuple in the order of its type's ``SCHEMAS``)."""
-    seq, t, etype, job, fields, _ = event
-    out = {"seq": seq, "t": round(t, 6), "type": etype}
-    if job is not None:
-        out["job"] = job
-    if isinstance(fields, dict):
-        out.update(fields)
-    else:
-        out.update(zip(SCHEMAS[etype], fields))
-        out["task"] = f"{fields[0]}-{fields[1]}"
-    return out
-
-
-def expand(entry: tuple) -> list[tuple]:
-    """A ring entry as the events it holds. The frequent events are stored a batch to an
-    entry (the attempts of one TASKS message, or of one job committed in one turn of the
-    broker loop): ``fields`` is then a list of tuples, and ``seq`` the last one's number."""
-    seq, t, etype, job, fields, size = entry
-    if type(fields) is not list:
-        return [entry]
-    first = seq - len(fields) + 1
-    return [(first + i, t, etype, job, f, SMALL) for i, f in enumerate(fields)]
 
 
 def _events_in(entry: tuple) -> int:
@@ -117,7 +82,7 @@ class _JobLog:
         self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
 
 
-class EventLog:
+class EventLog(Reading):
     """Bounded rings of events, per job and global, plus counters the metrics read."""
 
     enabled = True
@@ -475,46 +440,6 @@ class EventLog:
             self._emit(None, "worker-lost", worker=name, reason=str(reason)[:200],
                        attempts=lost)
 
-    # -- reading (any thread) ------------------------------------------------------------
-    def since(self, cursor: int, job: str | None = None, limit: int = 1000) -> list[dict]:
-        """Events after sequence number ``cursor`` (of one job, or all), oldest first."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            if job is not None:
-                log = self._jobs.get(job)
-                ring = log.events if log is not None else ()
-            else:
-                ring = self._global
-            if not ring or ring[-1][0] <= cursor:
-                return []
-            entries = []
-            for entry in reversed(ring):  # the new ones are at the end
-                if entry[0] <= cursor:
-                    break
-                entries.append(entry)
-        out = []
-        for entry in reversed(entries):
-            for event in expand(entry):
-                if event[0] > cursor:
-                    out.append(event)
-                    if len(out) == limit:
-                        return [as_dict(e) for e in out]
-        return [as_dict(e) for e in out]
-
-    def attempts(self, job: str) -> list[dict]:
-        """A job's attempt table, for its timeline (copies, oldest first)."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
-            rows = [(*r[0], *r[1:]) for r in log.attempts.values()] if log is not None else []
-        # (kind, index, attempt, worker, backup, step) of its dispatch, start, end, outcome,
-        # note
-        return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
-                 "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
-                 "outcome": r[8], "backup": r[4], "note": r[9]} for r in rows]
-
     # -- when attempts ran (the timeline from task start) ---------------------------------
     def ran(self, task: Any, attempt: int, secs: float | None) -> None:
         """A failed attempt's run time, as its worker measured it (FAILED's ``secs``), kept
@@ -528,45 +453,6 @@ class EventLog:
             if isinstance(row, list) and len(row) == ROW_FIELDS:
                 row.append(secs)
 
-    def timeline(self, job: str) -> list[dict]:
-        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
-        (see observe/timeline.py)."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
-            if log is None:
-                return []
-            rows = [(*r[0], *r[1:ROW_FIELDS], r[ROW_FIELDS] if len(r) > ROW_FIELDS else None)
-                    for r in log.attempts.values()]
-            ring = list(log.events)  # (a copy: looked through after the lock is let go)
-        return place(rows, ring)
-
-    def flow(self, job: str) -> dict:
-        """Records and bytes in, bytes out, of a job's committed tasks, per kind (map
-        outputs are the shuffle; reduce inputs its records, reduce outputs the result)."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
-            flow = {k: list(v) for k, v in log.flow.items()} if log is not None else {}
-        return {k: {"records_in": v[0], "bytes_in": v[1], "bytes_out": v[2]}
-                for k, v in flow.items()}
-
-    def tenant_of(self, job: str) -> str | None:
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
-            return log.tenant if log is not None else None
-
-    def totals(self) -> tuple[dict, list, float]:
-        """Copies of the counters and the job-duration histogram, for a scrape."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            return dict(self.counts), list(self.durations), self.duration_sum
-
 
 class NullEventLog(EventLog):
     """The event log of a broker started with ``--no-events``: it records nothing, and
@@ -578,7 +464,7 @@ class NullEventLog(EventLog):
         return None
 
     job_submitted = dispatched = done = failed = retried = abandoned = skipped = _ignore
-    phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = _ignore
+    phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = ran = _ignore
 
 
 TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)
