@@ -31,6 +31,7 @@ from ..errors import (
     UnencodableValue,
 )
 from ..job import pickle_results, task_steps
+from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -74,6 +75,7 @@ class Queued(NamedTuple):
     skip: list
     safe_output: bool  # outputs reach the client: never as pickles unless it opted in
     workdir: str | None = None  # the job's directory (it shipped files): the task runs there
+    codec: str | None = None  # what its outputs may be compressed with (patterns/compress.py)
 
 
 class Worker:
@@ -215,7 +217,8 @@ class Worker:
         self.report_blobs.clear()
         self._unsent.clear()  # (about attempts of the registration the broker dropped)
         self._need_ready.clear()
-        body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags}
+        body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags,
+                "codecs": compress.available()}  # (what it decodes: the broker picks codecs)
         if self.supervisor:
             body["supervisor"] = self.supervisor
         if self.replaces:
@@ -384,7 +387,8 @@ class Worker:
                 to_client = last and (item.kind != "map" or bool(b["map_only"]))
                 self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
                                          to_client and not pickled_ok,
-                                         self.job_dirs.get(job_id)))
+                                         self.job_dirs.get(job_id),
+                                         compress.task_codec(b, to_client)))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
@@ -427,7 +431,9 @@ class Worker:
             try:
                 self.state.enter(item.workdir)
                 with self.capture.attempt() as tasklog:
-                    outputs, stats = run_task(item.job, kind, item.split, item.blobs,
+                    # (compressed inputs are decompressed as the task reads them)
+                    blobs = compress.Inflating(item.blobs, self.max_message)
+                    outputs, stats = run_task(item.job, kind, item.split, blobs,
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output)
@@ -458,6 +464,11 @@ class Worker:
         if tasklog is not None and (text := tasklog.getvalue()):
             stats["log"] = text  # (the broker keeps it apart from the statistics)
         size = sum(len(o) for o in outputs)
+        if size + REPORT_SLACK <= self.max_message and item.codec is not None:
+            # (a raw size the broker would refuse fails below, compressed or not: what a
+            # receiver decompresses is never more than it would accept plain)
+            outputs = [compress.compress(o, item.codec) for o in outputs]
+            size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
             self.report_blobs.extend(outputs)

@@ -1,0 +1,60 @@
+"""Which codec a task's outputs may be compressed with (no sockets, no decompression).
+
+The broker never compresses or decompresses: it only tells each TASKS message which codec
+its outputs may use (``patterns/compress.py``), from what the peers announced:
+
+- outputs other workers read (map outputs of a job with reducers, a step's output that
+  the next step maps): a codec every registered worker decodes, so whichever worker the
+  reduce task goes to can read it. A worker without one (an older version, no package,
+  or ``PYMAPREDUCE_COMPRESSION=off``) makes these outputs plain for as long as it is
+  registered;
+- outputs the client reads (the last step's): a codec the job's client listed in its
+  SUBMIT (kept with the job's options, so it survives a restart of the broker).
+
+In both cases the worker running the task must be able to compress with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..patterns import compress
+
+PREFERRED = "zstd"  # the one codec there is (the frame format has room for more)
+
+
+class CodecCensus:
+    """The registered workers that cannot decode the preferred codec, kept as workers
+    register and are purged, so each TASKS message asks a set's size, not every worker."""
+
+    def __init__(self) -> None:
+        self.plain: set[bytes] = set()  # routes of workers without PREFERRED
+        self.on = compress.enabled()  # (PYMAPREDUCE_COMPRESSION=off: the broker names none)
+
+    def joined(self, route: bytes, codecs: frozenset) -> None:
+        if PREFERRED in codecs:
+            self.plain.discard(route)
+        else:
+            self.plain.add(route)
+
+    def left(self, route: bytes) -> None:
+        self.plain.discard(route)
+
+    def fields(self, worker_codecs: frozenset, job_options: dict, to_workers: bool,
+               to_client: bool) -> dict[str, Any]:
+        """The codec fields of a TASKS body for a worker that decodes ``worker_codecs``
+        (empty when nothing may be compressed). ``to_workers``/``to_client``: whether the
+        message's tasks make outputs for workers or for the client."""
+        if PREFERRED not in worker_codecs or not self.on:
+            return {}
+        fields = {}
+        if to_workers and not self.plain:
+            fields["codec"] = PREFERRED
+        if to_client and PREFERRED in (job_options.get("codecs") or ()):
+            fields["codec_client"] = PREFERRED
+        return fields
+
+
+def announced(value: Any) -> frozenset:
+    """The codecs a READY or SUBMIT lists, checked (a peer may send anything)."""
+    return frozenset(compress.known(value))
