@@ -14,7 +14,7 @@ import pytest
 import zmq
 import zstandard
 
-from pymapreduce import Client, JobFailed, UndecodableValue, run_sequential
+from pymapreduce import Client, Job, JobFailed, UndecodableValue, run_sequential
 from pymapreduce.broker import Broker, BrokerConfig
 from pymapreduce.broker.codecs import CodecCensus
 from pymapreduce.client import client as client_module
@@ -189,6 +189,45 @@ def test_results_are_the_same_with_compression_on_off_and_between_mixed_peers(
         assert outs == {True}
     elif mode in ("off", "old-client"):
         assert outs == {False}
+
+
+class ByLength(Job):
+    def map(self, word, count):
+        yield len(word), count
+
+    def reduce(self, length, counts):
+        return sum(counts)
+
+
+class TwoSteps(Job):
+    """Word count, then its result regrouped: the first step's output is read by workers."""
+
+    def steps(self):
+        return [WordCount(), ByLength()]
+
+
+class Sort(Job):
+    """Sorted runs (rangesort.py) instead of groups: records by their text."""
+
+    total_order = True
+
+    def map(self, key, line):
+        yield line, key
+
+
+@pytest.mark.parametrize("job", [TwoSteps(), Sort()], ids=["steps", "total-order"])
+def test_multi_step_and_sorted_jobs_read_compressed_frames_between_workers(
+        daemons, broker, job):
+    daemons.worker(broker.address, 2)
+    wait_workers(broker.address, 2)
+    with Client(broker.address, timeout=60) as client:
+        result = client.submit(job, RECORDS, map_tasks=3, reducers=2).result(120)
+    assert result == run_sequential(job, RECORDS)
+    if isinstance(job, TwoSteps):
+        assert stored(broker, "s") == {True}  # the first step's output, for the second
+        assert True in stored(broker, "map")  # (the second step's: a few bytes, plain)
+    else:
+        assert stored(broker, "map") == {True}
 
 
 class Bomb(Lengths):
