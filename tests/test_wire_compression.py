@@ -16,7 +16,7 @@ import zstandard
 
 from pymapreduce import Client, Job, JobFailed, UndecodableValue, run_sequential
 from pymapreduce.broker import Broker, BrokerConfig
-from pymapreduce.broker.codecs import CodecCensus
+from pymapreduce.broker.codecs import CodecCensus, decide
 from pymapreduce.client import client as client_module
 from pymapreduce.patterns import compress as C
 from pymapreduce.patterns import protocol as P
@@ -136,14 +136,29 @@ def test_the_broker_names_a_codec_only_where_every_reader_decodes_it(monkeypatch
     assert CodecCensus().fields(zstd, client_zstd, True, True) == {}
 
 
+def test_by_default_only_a_broker_that_listens_beyond_loopback_names_codecs(monkeypatch):
+    monkeypatch.delenv(C.ENV, raising=False)
+    config = BrokerConfig  # where it pays: bytes that cross a network, not a copy in memory
+    assert not decide(config(bind="tcp://127.0.0.1:0"))
+    assert not decide(config(bind="ipc:///tmp/pmr-broker"))
+    assert decide(config(bind="tcp://*:5555")) and decide(config(bind="tcp://10.1.2.3:5555"))
+    assert not decide(config(bind="tcp://127.0.0.1:0", data_bind="tcp://127.0.0.1:0"))
+    assert decide(config(bind="tcp://127.0.0.1:0", compression="on"))
+    assert not decide(config(bind="tcp://*:5555", compression="off"))
+    monkeypatch.setenv(C.ENV, "on")  # the environment overrides the setting
+    assert decide(config(bind="tcp://127.0.0.1:0", compression="off"))
+    monkeypatch.setenv(C.ENV, "off")
+    assert not decide(config(bind="tcp://*:5555", compression="on"))
+
+
 # -- real daemons --------------------------------------------------------------------------
 
 @pytest.fixture
 def broker():
     """A broker in this process (its store is watched), on a loopback port."""
     ctx = zmq.Context()
-    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
-               context=ctx)
+    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0,
+                            compression="on"), context=ctx)  # (auto: off on loopback)
     b.bind()
     puts: list[tuple[tuple, bool]] = []
     put = b.store.put
@@ -319,5 +334,21 @@ def test_a_damaged_compressed_segment_fails_the_reduce_with_a_clear_error_never_
             # retried (another attempt may read another copy), then failed: never a result
             with pytest.raises(JobFailed, match=r"reduce-0 failed 4 times; .*damaged"):
                 handle.result(60)
+    finally:
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("flag", [None, "on", "off"])
+def test_the_broker_daemon_s_compression_flag(daemons, flag):
+    _, address = daemons.broker("--heartbeat", "0.2", "--liveness", "5",
+                                *(["--compression", flag] if flag else []))
+    ctx = zmq.Context()
+    try:
+        rogue = fake_worker(address, ctx)
+        with Client(address, timeout=30) as client:
+            client.submit(WordCount(), RECORDS[:10], map_tasks=1, reducers=1)
+            task = next_tasks(rogue)
+        # (the default, auto, is off here: the broker listens on loopback only)
+        assert task.body.get("codec") == ("zstd" if flag == "on" else None)
     finally:
         ctx.destroy(linger=0)

@@ -12,11 +12,21 @@ its outputs may use (``patterns/compress.py``), from what the peers announced:
   SUBMIT (kept with the job's options, so it survives a restart of the broker).
 
 In both cases the worker running the task must be able to compress with it.
+
+Where it pays: compressing costs CPU on both ends (about 20% of a sort's time on this
+2-core machine, benchmarks/bench_compression.py) and saves bytes on the network. A broker
+that listens on loopback only has every peer on its own machine, where bytes cost a copy,
+so by default (``--compression auto``) it names codecs only when it listens beyond
+loopback; ``on`` and ``off`` decide outright, and ``PYMAPREDUCE_COMPRESSION`` (``on`` or
+``off``) in its environment overrides both.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..patterns import compress
 
@@ -27,9 +37,9 @@ class CodecCensus:
     """The registered workers that cannot decode the preferred codec, kept as workers
     register and are purged, so each TASKS message asks a set's size, not every worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: Any = None) -> None:
         self.plain: set[bytes] = set()  # routes of workers without PREFERRED
-        self.on = compress.enabled()  # (PYMAPREDUCE_COMPRESSION=off: the broker names none)
+        self.on = decide(config)
 
     def joined(self, route: bytes, codecs: frozenset) -> None:
         if PREFERRED in codecs:
@@ -53,6 +63,32 @@ class CodecCensus:
         if to_client and PREFERRED in (job_options.get("codecs") or ()):
             fields["codec_client"] = PREFERRED
         return fields
+
+
+def decide(config: Any) -> bool:
+    """Whether a broker of ``config`` (a BrokerConfig; None: "on") names codecs."""
+    env = os.environ.get(compress.ENV, "").strip().lower()
+    if not compress.enabled():
+        return False
+    if env == "on" or config is None:
+        return True
+    mode = getattr(config, "compression", "auto")
+    if mode != "auto":
+        return mode == "on"
+    return not all(is_loopback(e) for e in (config.bind, config.sink_endpoint()))
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether ``endpoint`` listens for this machine only (loopback, ipc, inproc)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, or "*": any interface
+        return False
 
 
 def announced(value: Any) -> frozenset:

@@ -9,6 +9,7 @@ from ..patterns import config as timing
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint
 
 FSYNC_CHOICES = ("never", "commit")  # see broker/journal.py: FSYNC_POLICIES
+COMPRESSION_CHOICES = ("auto", "on", "off")  # see broker/codecs.py
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class BrokerConfig:
     http: str | None = None
     http_token: str | None = None
     http_public: bool = False
+    # data-plane frames compressed (broker/codecs.py): "auto" when it listens beyond loopback
+    compression: str = "auto"
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)
@@ -61,6 +64,9 @@ class BrokerConfig:
         if self.fsync not in FSYNC_CHOICES:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_CHOICES)}, "
                               f"not {self.fsync!r}")
+        if self.compression not in COMPRESSION_CHOICES:
+            raise ConfigError(f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, "
+                              f"not {self.compression!r}")
         if self.memory_budget < 0:
             raise ConfigError("memory_budget must not be negative")
 

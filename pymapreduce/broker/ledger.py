@@ -123,7 +123,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self._events = RateLimitedLog(log)  # ordinary news a peer can cause (joins, jobs)
         self.logs = LogStore()  # what attempts printed and logged (in memory only)
         self.events = EventLog()  # job and task events (observe/events.py)
-        self.codec_census = CodecCensus()  # who decodes compressed frames (codecs.py)
+        self.codec_census = CodecCensus(config)  # who decodes compressed frames (codecs.py)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
