@@ -352,3 +352,23 @@ def test_the_broker_daemon_s_compression_flag(daemons, flag):
         assert task.body.get("codec") == ("zstd" if flag == "on" else None)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_compressed_outputs_survive_a_broker_restart_from_their_checksummed_files(
+        daemons, tmp_path):
+    state = tmp_path / "state"
+    fast = ("--heartbeat", "0.2", "--liveness", "1.0", "--compression", "on")
+    broker, address = daemons.broker(*fast, "--state-dir", str(state))
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    with Client(address, timeout=30) as client:
+        job_id = client.submit(WordCount(), RECORDS, map_tasks=3, reducers=2).job_id
+        client.job(job_id).wait(120)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs
+             if f.startswith("o") and not f.endswith(".tmp")]
+    assert files and all(open(f, "rb").read(1) == bytes([C.MAGIC]) for f in files)
+    broker.kill()
+    broker.wait()
+    daemons.broker(*fast, "--state-dir", str(state), bind=address)  # adopts them by CRC
+    with Client(address, timeout=30) as client:
+        assert client.job(job_id).result(60) == run_sequential(WordCount(), RECORDS)
