@@ -346,6 +346,7 @@ def test_the_broker_daemon_s_compression_flag(daemons, flag):
     try:
         rogue = fake_worker(address, ctx)
         with Client(address, timeout=30) as client:
+            assert client.info()["codecs"] == (["zstd"] if flag == "on" else [])
             client.submit(WordCount(), RECORDS[:10], map_tasks=1, reducers=1)
             task = next_tasks(rogue)
         # (the default, auto, is off here: the broker listens on loopback only)

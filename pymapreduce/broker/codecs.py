@@ -50,6 +50,10 @@ class CodecCensus:
     def left(self, route: bytes) -> None:
         self.plain.discard(route)
 
+    def names(self) -> list[str]:
+        """The codecs this broker names in TASKS (for a peer that decodes them)."""
+        return [PREFERRED] if self.on else []
+
     def fields(self, worker_codecs: frozenset, job_options: dict, to_workers: bool,
                to_client: bool) -> dict[str, Any]:
         """The codec fields of a TASKS body for a worker that decodes ``worker_codecs``
