@@ -53,6 +53,9 @@ def test_frames_round_trip_and_small_or_incompressible_ones_stay_plain():
     assert C.compress(blob, None) is blob
     for plain in (blob, b"", small):  # plain frames pass through uncopied
         assert C.decompress(plain, 10) is plain
+    # outputs over the per-message limit stay plain: their task fails for its size as before
+    assert C.compress_all([blob], "zstd", len(blob) - 1) == [blob]
+    assert C.is_compressed(C.compress_all([blob, b""], "zstd", len(blob))[0])
 
 
 def test_degenerate_data_past_the_ratio_travels_plain_and_still_decodes():

@@ -103,9 +103,7 @@ class Client:
         self._req = itertools.count(1)
         self._status: dict[str, dict] = {}  # latest status event per job
         self._reconnected = False  # the connection was made again since the last look
-        # raw bytes a compressed result frame may claim: what the broker accepts in one
-        # message (its --max-message-mb, learned at submit), as no plain frame is larger
-        self.max_frame = DEFAULT_MAX_MESSAGE
+        self.max_frame = DEFAULT_MAX_MESSAGE  # raw bytes a compressed result may claim
 
     # -- plumbing ------------------------------------------------------------------------
     def _request(self, command: str, body: dict, blobs: tuple = (),
@@ -235,7 +233,7 @@ class Client:
                                requires=requires, files=shipped)
         size = sum(len(b) for b in sub.blobs)
         limit = int(info.get("max_message", size))
-        if type(info.get("max_message")) is int:
+        if type(info.get("max_message")) is int:  # (no plain frame is larger)
             self.max_frame = max(DEFAULT_MAX_MESSAGE, info["max_message"])
         if size > limit:  # the broker would drop the connection without a word
             raise InputError(

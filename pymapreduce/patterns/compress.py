@@ -137,6 +137,15 @@ def compress(blob: Any, codec: str | None) -> Any:
     return HEADER.pack(MAGIC, ZSTD, size) + payload
 
 
+def compress_all(outputs: list, codec: str | None, limit: int) -> list:
+    """A task's outputs, each compressed where it pays; all plain when together they
+    take more than ``limit`` raw bytes (the task then fails for its size, compressed or
+    not: a receiver never decompresses more than it would accept plain)."""
+    if codec is None or sum(len(o) for o in outputs) > limit:
+        return outputs
+    return [compress(o, codec) for o in outputs]
+
+
 def decompress(blob: Any, limit: int) -> Any:
     """The raw bytes of a frame: a plain frame as it is (no copy), a compressed one
     decoded, within ``limit`` raw bytes; :class:`CompressedFrameError` otherwise."""

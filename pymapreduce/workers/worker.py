@@ -463,12 +463,8 @@ class Worker:
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
         if tasklog is not None and (text := tasklog.getvalue()):
             stats["log"] = text  # (the broker keeps it apart from the statistics)
+        outputs = compress.compress_all(outputs, item.codec, self.max_message - REPORT_SLACK)
         size = sum(len(o) for o in outputs)
-        if size + REPORT_SLACK <= self.max_message and item.codec is not None:
-            # (a raw size the broker would refuse fails below, compressed or not: what a
-            # receiver decompresses is never more than it would accept plain)
-            outputs = [compress.compress(o, item.codec) for o in outputs]
-            size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
             self.report_blobs.extend(outputs)
