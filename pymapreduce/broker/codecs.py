@@ -13,8 +13,8 @@ its outputs may use (``patterns/compress.py``), from what the peers announced:
 
 In both cases the worker running the task must be able to compress with it.
 
-Where it pays: compressing costs CPU on both ends (about 20% of a sort's time on this
-2-core machine, benchmarks/bench_compression.py) and saves bytes on the network. A broker
+Where it pays: compressing costs CPU on both ends (5%-20% of a job's time on this 2-core
+machine, benchmarks/bench_compression.py) and saves bytes on the network. A broker
 that listens on loopback only has every peer on its own machine, where bytes cost a copy,
 so by default (``--compression auto``) it names codecs only when it listens beyond
 loopback; ``on`` and ``off`` decide outright, and ``PYMAPREDUCE_COMPRESSION`` (``on`` or
