@@ -302,7 +302,7 @@ def test_a_client_sending_a_decompression_bomb_fails_its_job_not_the_worker(
     def with_bomb(*args, **kwargs):  # the in-memory split swapped for a forged frame
         sub = build(*args, **kwargs)
         blobs = list(sub.blobs)
-        blobs[1] = zstd_frame(b"\0" * (1 << 30))
+        blobs[1] = zstd_frame(b"\0" * (256 * MiB))
         return dataclasses.replace(sub, blobs=tuple(blobs))
 
     monkeypatch.setattr(client_module, "build_submission", with_bomb)
