@@ -129,6 +129,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
                           http=args.http, http_public=args.http_public, events=args.events,
                           http_token=observe_cli.broker_token(args),
                           insecure=bool(beyond) and not args.keys,
+                          compression=args.compression,
                           max_message=int(args.max_message_mb * 1024 * 1024))
     broker = Broker(config)
     try:
@@ -356,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow listening beyond loopback without authentication")
     b.add_argument("--max-message-mb", type=float, default=1024,
                    help="larger messages are refused (default 1024)")
+    b.add_argument("--compression", choices=["auto", "on", "off"], default="auto",
+                   help="compress map outputs and results with zstd where peers decode it: "
+                        "'auto' when listening beyond loopback (default auto; "
+                        "docs/compression.md)")
     observe_cli.add_broker_options(b)
     keys(b, "broker")
     common(b)

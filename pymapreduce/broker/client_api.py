@@ -50,7 +50,9 @@ class ClientAPI:
             P.INFO,
             {"req": _req(msg), "workers": len(self.workers), "slots": len(self.workers),
              "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING),
-             "max_message": self.config.max_message},
+             "max_message": self.config.max_message,
+             # the codecs this broker lets outputs use, for peers that decode them
+             "codecs": self.ledger.codec_census.names()},
         )
 
     def on_submit(self, peer: bytes, msg: Message, now: float) -> None:

@@ -9,6 +9,7 @@ from ..patterns import config as timing
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint
 
 FSYNC_CHOICES = ("never", "commit")  # see broker/journal.py: FSYNC_POLICIES
+COMPRESSION_CHOICES = ("auto", "on", "off")  # see broker/codecs.py
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class BrokerConfig:
     http_public: bool = False
     # the event log (observe/events.py): events, the dashboard and /metrics read it
     events: bool = True
+    # data-plane frames compressed (broker/codecs.py): "auto" when it listens beyond loopback
+    compression: str = "auto"
 
     def __post_init__(self) -> None:
         check_endpoint(self.bind)
@@ -66,6 +69,9 @@ class BrokerConfig:
         if self.http and not self.events:
             raise ConfigError("the HTTP server serves the event log: --http cannot be given "
                               "with --no-events")
+        if self.compression not in COMPRESSION_CHOICES:
+            raise ConfigError(f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, "
+                              f"not {self.compression!r}")
         if self.memory_budget < 0:
             raise ConfigError("memory_budget must not be negative")
 

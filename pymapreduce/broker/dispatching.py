@@ -137,8 +137,19 @@ class Dispatching:
                     blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
             body["tasks"] = items
             self.events.dispatched(job, started, worker.name)
+            body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)
+
+    def _codecs(self, job: Any, worker: WorkerState, group: list[Task]) -> dict:
+        """The codec fields of a TASKS body (broker/codecs.py): whether the tasks' outputs
+        go to the client (the last step's reduce, or its maps when it has no reduce) or
+        to other workers."""
+        maps = any(t.kind == MAP for t in group)
+        last = job.last_step
+        return self.codec_census.fields(worker.codecs, job.options,
+                                        not last or (maps and not job.map_only),
+                                        last and (job.map_only or not maps))
 
     # -- job events ----------------------------------------------------------------------
 

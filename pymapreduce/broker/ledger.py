@@ -24,6 +24,7 @@ from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.ratelog import RateLimitedLog
 from ..patterns.wire import AttemptKey, Failure, Report, abandon_body
+from .codecs import CodecCensus, announced
 from .commits import Commits
 from .config import BrokerConfig
 from .dispatching import Dispatching
@@ -70,7 +71,7 @@ class WorkerState:
     """A registered worker process, as the broker sees it."""
 
     __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd",
-                 "tags", "pid", "done", "joined", "supervisor")
+                 "tags", "pid", "done", "joined", "supervisor", "codecs")
 
     def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
@@ -86,6 +87,7 @@ class WorkerState:
         self.done = 0  # tasks it committed
         self.joined = now
         self.supervisor = b""  # the route of the process that may beat on its behalf
+        self.codecs: frozenset = frozenset()  # what it decompresses (broker/codecs.py)
 
 
 class Ledger(Commits, Dispatching, Recovery):
@@ -124,6 +126,7 @@ class Ledger(Commits, Dispatching, Recovery):
         # job and task events (observe/events.py), unless the broker was told to keep none
         self.events = EventLog() if config.events else NullEventLog()
         self.history = History(journal)  # finished jobs' facts, past their TTL too
+        self.codec_census = CodecCensus(config)  # who decodes compressed frames (codecs.py)
 
     def complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood
@@ -189,6 +192,8 @@ class Ledger(Commits, Dispatching, Recovery):
         supervisor = body.get("supervisor")
         if isinstance(supervisor, bytes) and 0 < len(supervisor) <= 64:
             worker.supervisor = supervisor
+        worker.codecs = announced(body.get("codecs"))
+        self.codec_census.joined(peer, worker.codecs)
         self.news(peer_name(peer, key), "worker %s joined (credit %d%s)",
                   name or peer_name(peer), worker.credit,
                   f", tags {','.join(sorted(worker.tags))}" if worker.tags else "")
@@ -438,6 +443,7 @@ class Ledger(Commits, Dispatching, Recovery):
     def purge(self, worker: WorkerState, reason: str) -> None:
         """Forget a worker; each attempt it was running counts as failed and is retried."""
         self.workers.pop(worker.route, None)
+        self.codec_census.left(worker.route)
         lost = 0
         for key in worker.running:
             self._forget(key)

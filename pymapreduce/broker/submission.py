@@ -15,6 +15,8 @@ from typing import Any
 
 import msgpack
 
+from .codecs import announced
+
 MAX_TASKS = 100_000  # map or reduce tasks of one job
 MAX_STEPS = 200  # steps of a multi-step job
 MAX_RANGES = 100_000  # byte ranges (files) in one split
@@ -193,6 +195,7 @@ def parse(body: dict, blobs: tuple, default_reducers: int) -> Spec:
                "requires": sorted(set(requires)), "steps": steps,
                "emits": body.get("emits") is True,
                "output": output_spec(body.get("output")),
+               "codecs": sorted(announced(body.get("codecs"))),  # what its client decodes
                "submitted_at": time.time()}
     code = blobs[0]
     # its tasks cost the broker too (~650 bytes each, measured): a small SUBMIT of many

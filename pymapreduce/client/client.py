@@ -24,12 +24,13 @@ from ..errors import (
 )
 from ..job import Job
 from ..job import pickle_results as wants_pickled_results
+from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.records import KeyHashes, paused_gc, unpack_columns
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import check_endpoint, make_socket, recv, send
+from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint, make_socket, recv, send
 from ..shipping import gather_files
 from .logs import TaskLogs, fetch_logs
 from .submit import build_submission
@@ -101,6 +102,7 @@ class Client:
         self._req = itertools.count(1)
         self._status: dict[str, dict] = {}  # latest status event per job
         self._reconnected = False  # the connection was made again since the last look
+        self.max_frame = DEFAULT_MAX_MESSAGE  # raw bytes a compressed result may claim
 
     # -- plumbing ------------------------------------------------------------------------
     def _request(self, command: str, body: dict, blobs: tuple = (),
@@ -242,6 +244,8 @@ class Client:
                                requires=requires, files=shipped)
         size = sum(len(b) for b in sub.blobs)
         limit = int(info.get("max_message", size))
+        if type(info.get("max_message")) is int:  # (no plain frame is larger)
+            self.max_frame = max(DEFAULT_MAX_MESSAGE, info["max_message"])
         if size > limit:  # the broker would drop the connection without a word
             raise InputError(
                 f"the job (its code and files) and its in-memory inputs take "
@@ -468,6 +472,7 @@ class JobHandle:
         if not len(data):
             return [], []
         try:
+            data = compress.decompress(data, self.client.max_frame)
             with paused_gc():
                 cols = unpack_columns(data, allow_pickle=self.pickle_results, keys=keys)
         except UndecodableValue as exc:

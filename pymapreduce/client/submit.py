@@ -11,6 +11,7 @@ import msgpack
 from ..errors import ConfigError, JobNotPicklable, UnencodableValue
 from ..inputs import TextInput, chunk, normalize_records, plan_file_splits
 from ..job import Job, emits, is_map_only, job_steps
+from ..patterns import compress
 from ..patterns.records import pack
 from ..sampling import ordered_step, with_boundaries
 from ..shipping import gather_files, pack_code, pickle_by_value
@@ -135,5 +136,6 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         "priority": priority,
         "requires": requires,
         "steps": plan,
+        "codecs": compress.available(),  # what this client decompresses: results may come so
     }
     return Submission(job_id, body, tuple(blobs))

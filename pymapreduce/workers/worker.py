@@ -31,6 +31,7 @@ from ..errors import (
     UnencodableValue,
 )
 from ..job import pickle_results, task_steps
+from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
@@ -75,6 +76,7 @@ class Queued(NamedTuple):
     safe_output: bool  # outputs reach the client: never as pickles unless it opted in
     workdir: str | None = None  # the job's directory (it shipped files): the task runs there
     output: dict | None = None  # the job's output location: this task writes its part file
+    codec: str | None = None  # what its outputs may be compressed with (patterns/compress.py)
 
 
 class Worker:
@@ -216,7 +218,8 @@ class Worker:
         self.report_blobs.clear()
         self._unsent.clear()  # (about attempts of the registration the broker dropped)
         self._need_ready.clear()
-        body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags}
+        body = {"credit": self.credit, "name": self.name, "pid": os.getpid(), "tags": self.tags,
+                "codecs": compress.available()}  # (what it decodes: the broker picks codecs)
         if self.supervisor:
             body["supervisor"] = self.supervisor
         if self.replaces:
@@ -386,7 +389,8 @@ class Worker:
                 self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
                                          to_client and not pickled_ok,
                                          self.job_dirs.get(job_id),
-                                         b.get("output") if to_client else None))
+                                         b.get("output") if to_client else None,
+                                         compress.task_codec(b, to_client)))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
@@ -429,7 +433,9 @@ class Worker:
             try:
                 self.state.enter(item.workdir)
                 with self.capture.attempt() as tasklog:
-                    outputs, stats = run_task(item.job, kind, item.split, item.blobs,
+                    # (compressed inputs are decompressed as the task reads them)
+                    blobs = compress.Inflating(item.blobs, self.max_message)
+                    outputs, stats = run_task(item.job, kind, item.split, blobs,
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output)
@@ -464,6 +470,7 @@ class Worker:
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
         if tasklog is not None and (text := tasklog.getvalue()):
             stats["log"] = text  # (the broker keeps it apart from the statistics)
+        outputs = compress.compress_all(outputs, item.codec, self.max_message - REPORT_SLACK)
         size = sum(len(o) for o in outputs)
         if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
