@@ -159,6 +159,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
+    from .spill.budget import parse_size
     from .workers import Supervisor
 
     _setup_logging(args.log_level, "worker")
@@ -169,9 +170,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     keys = PeerKeys.load(args.keys, args.key_name) if args.keys else None
     if args.slowdown < 1:
         raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
+    memory = parse_size(args.memory) if args.memory is not None else None
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
                      slowdown=args.slowdown, tags=tuple(args.tag or ()),
-                     keys=keys)
+                     keys=keys, memory=memory, spill_dir=args.spill_dir)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
@@ -370,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--slowdown", type=float, default=1.0, metavar="F",
                    help="debugging: make this worker F times slower (it idles F-1 times "
                         "each task's duration after it), to try stragglers and backup tasks")
+    w.add_argument("--memory", metavar="SIZE",
+                   help="memory budget of each worker process's tasks, e.g. 256MB or 1GiB: "
+                        "past it, map and reduce tasks spill sorted runs to disk "
+                        "(default: unbounded; docs/memory.md)")
+    w.add_argument("--spill-dir", metavar="DIR",
+                   help="where tasks over --memory spill (default: $TMPDIR or /tmp)")
     keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)

@@ -13,6 +13,7 @@ from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
 from .patterns import config as timing
+from .spill.budget import parse_size
 from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
@@ -54,13 +55,16 @@ class LocalCluster:
     as ``JobFailed``. ``PYMAPREDUCE_DEBUG=1`` in the environment makes it ``INFO``.
     What tasks print reaches this process's stdout and stderr as they run (and their task
     logs); ``task_stdout="stderr"`` sends what they print to stdout to stderr instead.
+    ``memory``: each worker process's memory budget (bytes, or a size such as
+    ``"256MB"``), the workers' ``--memory``: past it, tasks spill to disk
+    (docs/memory.md); default unbounded.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
-                 http: bool | str = False) -> None:
+                 http: bool | str = False, memory: int | str | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -81,6 +85,8 @@ class LocalCluster:
         # the broker's read-only HTTP server (observe/): True = loopback, any free port
         self.http = "127.0.0.1:0" if http is True else (http or None)
         self.http_url = ""  # once started (with keys: its token added)
+        # each worker process's memory budget (``--memory``), checked here, not at start
+        self.memory = parse_size(memory) if memory is not None else None
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
 
@@ -129,8 +135,9 @@ class LocalCluster:
             self.address = self._read_ready(deadline)
             echo = _echo_fds(self.task_stdout)
             try:
+                memory = ("--memory", str(self.memory)) if self.memory else ()
                 self._worker = self._spawn("worker", "--connect", self.address,
-                                           "--processes", str(self.workers),
+                                           "--processes", str(self.workers), *memory,
                                            stdout=subprocess.DEVNULL, echo=echo)
             finally:
                 for fd in echo:

@@ -22,6 +22,7 @@ from collections import deque
 from ..errors import AuthenticationFailed
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
+from ..spill.budget import remove_process_dir
 from .isolation import remove_roots_of
 from .voucher import Voucher
 from .worker import Worker
@@ -49,8 +50,11 @@ class Supervisor:
 
     def __init__(self, connect: str, processes: int, *, credit: int = 32,
                  parent_pid: int | None = None, keys: PeerKeys | None = None,
-                 slowdown: float = 1.0, tags: tuple = ()) -> None:
+                 slowdown: float = 1.0, tags: tuple = (), memory: int | None = None,
+                 spill_dir: str | None = None) -> None:
         self.connect = connect
+        self.memory = memory  # bytes each worker process's tasks may hold (None: unbounded)
+        self.spill_dir = spill_dir
         self.tags = tuple(tags)
         self.slowdown = slowdown
         self.keys = keys
@@ -90,7 +94,8 @@ class Supervisor:
                             slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
                             identity=identity, replaces=replaces, tags=self.tags,
                             on_welcome=self.voucher.learned,
-                            supervisor=self.voucher.identity if self.voucher.enabled else None)
+                            supervisor=self.voucher.identity if self.voucher.enabled else None,
+                            memory=self.memory, spill_dir=self.spill_dir)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())
@@ -141,7 +146,7 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             identity = self.identities.pop(pid, None)
             if slot is not None:  # (killed: its job directories are still there)
-                remove_roots_of(pid)
+                self._remove_files(pid)
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
@@ -160,6 +165,13 @@ class Supervisor:
             self.restarts += 1
             self._spawn(slot)
 
+    def _remove_files(self, pid: int) -> None:
+        """What a gone child left on disk: its jobs' directories and its spilled runs
+        (a process killed mid-task could not remove them itself)."""
+        remove_roots_of(pid)
+        if self.memory is not None:
+            remove_process_dir(self.spill_dir, pid)
+
     def shutdown(self, grace: float = 3.0) -> None:
         for pid in list(self.children):
             try:
@@ -174,7 +186,7 @@ class Supervisor:
                 break
             if pid:
                 self.children.pop(pid, None)
-                remove_roots_of(pid)
+                self._remove_files(pid)
             else:
                 time.sleep(0.02)
         for pid in list(self.children):
@@ -183,7 +195,7 @@ class Supervisor:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            remove_roots_of(pid)
+            self._remove_files(pid)
         self.children.clear()
 
 

@@ -38,6 +38,7 @@ from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
 from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
 from ..shipping import unpack_code
+from ..spill.budget import Budget
 from .capture import Capture, attempt_log, register_sources
 from .isolation import JobDirs, ProcessState
 from .reporting import REPORT_SLACK, done_messages
@@ -96,6 +97,8 @@ class Worker:
         tags: Any = (),
         on_welcome: Callable[[float], None] | None = None,
         supervisor: bytes | None = None,
+        memory: int | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -143,6 +146,8 @@ class Worker:
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
         self.state = ProcessState()  # what each task starts from (isolation.py)
+        # the memory budget of this process's tasks: past it they spill (spill/)
+        self.budget = Budget(memory, spill_dir) if memory else None
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
         sock = make_socket(self.ctx, kind, identity=identity)
@@ -430,7 +435,8 @@ class Worker:
                     outputs, stats = run_task(item.job, kind, item.split, item.blobs,
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
-                                              safe_output=item.safe_output)
+                                              safe_output=item.safe_output,
+                                              budget=self.budget)
                 if self.slowdown > 1.0:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:

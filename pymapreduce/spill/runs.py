@@ -1,0 +1,313 @@
+"""Sorted runs on disk and streams of encoded pairs: what spilling tasks write and merge.
+
+- A **run** is one spill: a file of msgpack items ``k0, v0, k1, v1...`` in key order, cut
+  into sections (one per partition on the map side, one in all on the reduce side) whose
+  byte offsets and pair counts stay in memory. Reading a section back decodes one item at
+  a time through a bounded buffer (:data:`READ_SIZE`).
+- **Key order.** Runs of keys of one plain type (all str, all int...) sort as Python sorts
+  them. Keys of mixed types (an int and a str; None; tuples of such) sort by a
+  type-tagged key (:func:`tagged`): numbers, then str, bytes, tuples (item by item), other
+  types by their type's name; each type in its own order. Keys of one type that does not
+  compare (a class without ``__lt__``) are BadOutput, named.
+- A **segment** (a map task's output partition, ``[keys, values(, flag)]``) is read as a
+  stream of pairs by two cursors into the same bytes, one over the keys and one over the
+  values (:func:`segment_pairs`), so a partition of any size is never decoded whole.
+- :class:`ColumnsWriter` builds a task's output in today's format, ``[keys, values]``
+  (plus a flag), from a stream of pairs, through two files read back as one bytes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from functools import partial
+from typing import Any
+
+import msgpack
+
+from ..errors import BadOutput, ValueNeedsPickle
+from ..patterns.records import _Decoding, _pack
+from .budget import TaskFiles
+
+READ_SIZE = 256 * 1024  # bytes a run reader or segment cursor buffers
+CHUNK_PAIRS = 4096  # pairs packed per msgpack call when writing a run
+MAX_FANIN = 32  # runs merged at once; more are first merged into fewer (bounded buffers)
+PLAIN_TYPES = frozenset({str, int, float, bytes})
+_NUMBER, _STR, _BYTES, _TUPLE = 1, 2, 3, 4
+_RANKS = {bool: _NUMBER, int: _NUMBER, float: _NUMBER, str: _STR, bytes: _BYTES}
+
+
+def tagged(key: Any) -> Any:
+    """``key``'s place in the order of mixed-type keys: ``(rank, key)``, None first,
+    tuples item by item, types without a rank after the rest by type name."""
+    t = type(key)
+    rank = _RANKS.get(t)
+    if rank is not None:
+        return (rank, key)
+    if t is tuple:
+        return (_TUPLE, tuple(map(tagged, key)))
+    if key is None:
+        return (0,)
+    return (9, t.__module__, t.__qualname__, key)
+
+
+def order_of(types: set) -> Any:
+    """The sort key for keys of ``types``: None (plain) for one plain type, else tagged."""
+    return None if len(types) == 1 and next(iter(types)) in PLAIN_TYPES else tagged
+
+
+def sort_keys(keys: list, order: Any, job: Any) -> None:
+    """Sort ``keys`` in place by ``order``; BadOutput naming the types if they do not
+    compare (a task that spills must sort its keys)."""
+    try:
+        keys.sort(key=order)
+    except TypeError as exc:
+        kinds = sorted({type(k).__name__ for k in keys})
+        raise BadOutput(f"{type(job).__name__}: a task over its memory budget sorts its keys "
+                        f"to spill them, and these do not compare ({', '.join(kinds)}): "
+                        f"{exc}") from None
+
+
+def _items(pairs: list) -> bytes:
+    """``pairs``' keys and values as consecutive msgpack items (a list's encoding without
+    its header: one C call for a chunk instead of two per pair)."""
+    flat = [x for pair in pairs for x in pair]
+    data = _pack(flat, True, 0)
+    n = len(flat)
+    return data[1 if n < 16 else 3 if n < 65536 else 5:]
+
+
+class Run:
+    """One spilled run: a file and its sections, ``[(offset, pairs)]``."""
+
+    __slots__ = ("path", "sections", "types")
+
+    def __init__(self, path: str, sections: list, types: set) -> None:
+        self.path = path
+        self.sections = sections
+        self.types = types  # the key types it holds (chooses the merge order)
+
+    def pairs(self, section: int = 0) -> Iterator[tuple]:
+        """The section's pairs, decoded one item at a time."""
+        offset, count = self.sections[section]
+        if not count:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            unpacker = _unpacker(f)
+            for _ in range(count):
+                yield unpacker.unpack(), unpacker.unpack()
+
+
+def write_run(files: TaskFiles, sections: Iterable[Iterable[tuple]], types: set) -> Run:
+    """Write ``sections`` (each an iterable of ``(key, value)`` in order) as one run."""
+    path = files.new_path("run")
+    spans = []
+    with open(path, "wb") as f:
+        for pairs in sections:
+            offset = f.tell()
+            count = 0
+            chunk: list = []
+            for pair in pairs:
+                chunk.append(pair)
+                if len(chunk) >= CHUNK_PAIRS:
+                    f.write(_items(chunk))
+                    count += len(chunk)
+                    chunk = []
+            if chunk:
+                f.write(_items(chunk))
+                count += len(chunk)
+            spans.append((offset, count))
+    return Run(path, spans, types)
+
+
+def _unpacker(f: Any) -> msgpack.Unpacker:
+    """An Unpacker over a file-like object, decoding extensions as workers do (pickles
+    allowed: runs and segments come from this worker or from other workers)."""
+    decoding = _Decoding(True, 0)
+    return msgpack.Unpacker(f, ext_hook=partial(decoding.ext, 0), raw=False,
+                            strict_map_key=False, read_size=READ_SIZE,
+                            max_buffer_size=2**31 - 1)
+
+
+def merge(streams: list, key: Any) -> Iterator[tuple]:
+    """k-way merge of sorted streams of pairs by ``key`` (of the pair); ties keep the
+    streams' order (``heapq.merge`` is stable)."""
+    if len(streams) == 1:
+        return iter(streams[0])
+    return heapq.merge(*streams, key=key)
+
+
+def pair_key(order: Any, value_key: Any = None) -> Any:
+    """The merge key of a pair: its key (in ``order``), then ``value_key`` of its value."""
+    if value_key is None:
+        if order is None:
+            return lambda pair: pair[0]
+        return lambda pair: order(pair[0])
+    if order is None:
+        return lambda pair: (pair[0], value_key(pair[1]))
+    return lambda pair: (order(pair[0]), value_key(pair[1]))
+
+
+def fan_in(files: TaskFiles, runs: list, key: Any) -> list:
+    """``runs`` (one section each) merged in passes until at most MAX_FANIN are left, so a
+    merge holds a bounded number of open files and read buffers."""
+    while len(runs) > MAX_FANIN:
+        merged = []
+        for i in range(0, len(runs), MAX_FANIN):
+            group = runs[i:i + MAX_FANIN]
+            if len(group) == 1:
+                merged.append(group[0])
+                continue
+            types = set().union(*(r.types for r in group))
+            merged.append(write_run(files, [merge([r.pairs() for r in group], key)], types))
+            for r in group:
+                os.unlink(r.path)
+        runs = merged
+    return runs
+
+
+class _View:
+    """A file-like reader over a buffer (a received frame), copying READ_SIZE at a time."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = memoryview(buf).cast("B")
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n < 0 else self.pos + n
+        chunk = bytes(self.buf[self.pos:end])
+        self.pos += len(chunk)
+        return chunk
+
+
+def segment_header(blob: Any) -> tuple[int, int]:
+    """``(items, pairs)`` of a segment: 2 for ``[keys, values]``, 3 with a flag."""
+    unpacker = _unpacker(_View(blob))
+    items = unpacker.read_array_header()
+    return items, unpacker.read_array_header()
+
+
+def segment_pairs(blob: Any) -> Iterator[tuple]:
+    """A segment's ``(key, value)`` pairs, in order, from a keys cursor and a values
+    cursor, decoding one item at a time; a flag (a third item) is read and checked to be
+    a bool or an int, as the writers make it."""
+    keys = _unpacker(_View(blob))
+    items = keys.read_array_header()
+    if items not in (2, 3):
+        raise ValueError(f"a map output segment of {items} items, not 2 or 3")
+    n = keys.read_array_header()
+    values = _unpacker(_View(blob))
+    values.read_array_header()
+    values.read_array_header()
+    for _ in range(n):
+        values.skip()
+    if values.read_array_header() != n:
+        raise ValueError("a map output segment with fewer values than keys")
+    for _ in range(n):
+        yield keys.unpack(), values.unpack()
+
+
+def segment_flag(blob: Any) -> Any:
+    """The third item of a 3-item segment (None for 2 items), read by skipping the rest."""
+    cursor = _unpacker(_View(blob))
+    if cursor.read_array_header() != 3:
+        return None
+    cursor.skip()
+    cursor.skip()
+    return cursor.unpack()
+
+
+class ColumnsWriter:
+    """Builds ``[keys, values]`` (or ``[keys, values, flag]``) from pairs written one
+    chunk at a time, without holding them: keys and values go to two files, joined at
+    :meth:`finish` into the bytes of one encoding. ``safe``: a value that would need
+    pickling raises ValueNeedsPickle naming its key (results for a client that refuses
+    pickles)."""
+
+    def __init__(self, files: TaskFiles, flag: Any = None, safe: bool = False) -> None:
+        self.files = files
+        self.flag = flag
+        self.safe = safe
+        self.count = 0
+        self.chunk: list = []
+        self.kpath = files.new_path("keys")
+        self.vpath = files.new_path("values")
+        self.kf = open(self.kpath, "wb")
+        self.vf = open(self.vpath, "wb")
+
+    def add(self, key: Any, value: Any) -> None:
+        self.chunk.append((key, value))
+        if len(self.chunk) >= CHUNK_PAIRS:
+            self._flush()
+
+    def extend(self, pairs: Iterable[tuple]) -> None:
+        for pair in pairs:
+            self.add(*pair)
+
+    def _flush(self) -> None:
+        chunk, self.chunk = self.chunk, []
+        if not chunk:
+            return
+        keys = [k for k, _ in chunk]
+        values = [v for _, v in chunk]
+        allow = not self.safe
+        try:
+            kdata, vdata = _pack(keys, allow, 0), _pack(values, allow, 0)
+        except ValueNeedsPickle as exc:
+            for k, v in chunk:  # the error path only: find whom to blame
+                try:
+                    _pack([k, v], False, 0)
+                except ValueNeedsPickle as pair_error:
+                    raise ValueNeedsPickle(f"the result for key {repr(k)[:200]}: "
+                                           f"{pair_error}") from None
+            raise exc
+        n = len(chunk)
+        cut = 1 if n < 16 else 3 if n < 65536 else 5
+        self.kf.write(kdata[cut:])
+        self.vf.write(vdata[cut:])
+        self.count += n
+
+    def finish(self) -> bytes:
+        """The encoded columns (``b""`` for no pairs, as an empty partition is sent);
+        the files are removed."""
+        self._flush()
+        self.kf.close()
+        self.vf.close()
+        try:
+            if not self.count:
+                return b""
+            n = self.count
+            path = self.files.new_path("output")
+            with open(path, "w+b") as out:
+                out.write(_array_header(3 if self.flag is not None else 2))
+                for header, part in ((_array_header(n), self.kpath), (_array_header(n), self.vpath)):
+                    out.write(header)
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                    os.unlink(part)
+                if self.flag is not None:
+                    out.write(_pack(self.flag, True, 0))
+                out.seek(0)
+                data = out.read()  # (one bytes of the file's size: no second copy)
+            os.unlink(path)
+            return data
+        finally:
+            for path in (self.kpath, self.vpath):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items."""
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 65536:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
