@@ -437,3 +437,58 @@ def test_runs_of_a_killed_task_are_removed(daemons, tmp_path):
         while mine.exists():  # the supervisor reaps it and removes its runs
             assert time.monotonic() < deadline, os.listdir(mine)
             time.sleep(0.05)
+
+
+class Abandoned(BaseException):
+    """Stands for the worker's TaskAbandoned: raised in user code by a signal handler."""
+
+
+def test_runs_of_an_abandoned_task_are_removed(tmp_path):
+    class Stopped(WordCount):
+        def map(self, key, line):
+            if key == 300:  # (after several spills)
+                assert os.listdir(budget.dir) and os.listdir(
+                    os.path.join(budget.dir, os.listdir(budget.dir)[0]))
+                raise Abandoned()
+            yield from super().map(key, line)
+
+    budget = Tight(str(tmp_path))
+    with pytest.raises(Abandoned):
+        run_task(Stopped(), "map", ["mem", 0], [pack(words(400))], 2, False, budget=budget)
+    assert os.listdir(budget.dir) == []
+
+
+@pytest.mark.parametrize("forge", ["truncated", "short-values", "five-items", "not-array"])
+def test_forged_segments_fail_the_reduce_clearly(tmp_path, forge):
+    """Segments come from other workers: bytes that are not what a map task writes fail
+    the reduce task with an error (retried elsewhere, then the job fails), never a hang
+    or a wrong result."""
+    good = pack([[f"k{i}" for i in range(100)], [[i] for i in range(100)]])
+    blob = {"truncated": good[:len(good) // 2],
+            "short-values": pack([["a", "b", "c"], [[1]]]),
+            "five-items": pack([["a"], [[1]], 1, 2, 3]),
+            "not-array": pack({"a": 1})}[forge]
+    for room in (0, 1 << 40):  # streamed, and decoded whole
+        with pytest.raises(TaskError):
+            run_task(WordCount(), "reduce", ["segs", 0, 2], [good, blob], 1, False,
+                     budget=Tight(str(tmp_path), room))
+
+
+def test_worker_refuses_a_bad_memory_budget(tmp_path):
+    import subprocess
+
+    from tests.conftest import pmr
+
+    for bad in ("lots", "1KB"):
+        proc = subprocess.run(pmr("worker", "--connect", "tcp://127.0.0.1:9", "--memory", bad),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert "memory budget" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_job_run_takes_a_memory_budget():
+    records = words(2000)
+    assert WordCount().run(records, workers=1, memory="32MB") == run_sequential(WordCount(),
+                                                                                 records)
+    with pytest.raises(ConfigError):
+        WordCount().run(records, memory="a lot")

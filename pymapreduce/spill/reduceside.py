@@ -140,6 +140,10 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
             continue
         if len(blob) * EXPANSION < budget.limit - budget.used():
             segment = unpack(blob, allow_pickle=True)
+            if (type(segment) is not list or len(segment) not in (2, 3)
+                    or type(segment[0]) is not list or type(segment[1]) is not list
+                    or len(segment[0]) != len(segment[1])):
+                raise ValueError("a map output segment that is not [keys, values]")
             single = combined or len(segment) > 2
             pairs: Any = zip(segment[0], segment[1])
             del segment

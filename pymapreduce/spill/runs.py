@@ -197,7 +197,10 @@ def segment_pairs(blob: Any) -> Iterator[tuple]:
     cursor, decoding one item at a time; a flag (a third item) is read and checked to be
     a bool or an int, as the writers make it."""
     keys = _unpacker(_View(blob))
-    items = keys.read_array_header()
+    try:
+        items = keys.read_array_header()
+    except msgpack.UnexpectedTypeError:
+        raise ValueError("a map output segment that is not an array") from None
     if items not in (2, 3):
         raise ValueError(f"a map output segment of {items} items, not 2 or 3")
     n = keys.read_array_header()
