@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded cluster size (default: cores)")
     r.add_argument("--reducers", type=int, metavar="N",
                    help="reduce partitions (default: one per worker)")
+    r.add_argument("--memory", metavar="SIZE",
+                   help="embedded cluster: each worker process's memory budget (as worker "
+                        "--memory; default unbounded)")
     r.add_argument("--split-bytes", type=int, metavar="BYTES", help="bytes per map task")
     r.add_argument("--encoding", default="utf-8", metavar="NAME",
                    help="the files' encoding (default utf-8)")

@@ -492,3 +492,35 @@ def test_job_run_takes_a_memory_budget():
                                                                                  records)
     with pytest.raises(ConfigError):
         WordCount().run(records, memory="a lot")
+
+
+def test_map_only_output_streams_past_the_budget(tmp_path):
+    class Upper(Job):
+        def map(self, key, line):
+            for word in line.split()[:3]:
+                yield word.upper(), key
+
+    records = words(500)
+    expected = run_sequential(Upper(), records)
+    for budget in (None, Tight(str(tmp_path))):
+        (blob,), stats = run_task(Upper(), "map", ["mem", 0], [pack(records)], 0, True,
+                                  budget=budget)
+        assert list(zip(*unpack(blob, allow_pickle=True))) == expected
+        assert (SPILL_COUNTER in stats.get("counters", {})) == (budget is not None)
+
+
+def test_a_later_steps_input_is_read_pair_by_pair(tmp_path):
+    """A multi-step job's step reads the step before's output (``cols``); past the room
+    left in the budget it is decoded one pair at a time, with the same result."""
+
+    class Swap(Job):
+        def map(self, key, value):
+            yield value, key
+
+    blob = pack([[f"k{i}" for i in range(300)], list(range(300))])
+    outs = []
+    for budget in (None, Tight(str(tmp_path))):
+        (out,), stats = run_task(Swap(), "map", ["cols", 0], [blob], 0, True, budget=budget)
+        assert stats["records"] == 300
+        outs.append(list(zip(*unpack(out, allow_pickle=True))))
+    assert outs[0] == outs[1] == [(i, f"k{i}") for i in range(300)]

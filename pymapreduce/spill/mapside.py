@@ -72,7 +72,7 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
             n += 1
             if n >= check:
                 check = n + budget.every
-                if budget.over():
+                if groups and budget.over():  # (user state alone: nothing to spill)
                     runs.append(_spill_groups(job, groups, reducers, files))
                     groups = defaultdict(list)
                     budget.released()
@@ -171,7 +171,7 @@ def map_runs_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: in
             n += 1
             if n >= check:
                 check = n + budget.every
-                if budget.over():
+                if keys and budget.over():
                     runs.append(_spill_pairs(job, keys, values, reducers, files))
                     keys, values = [], []
                     budget.released()
@@ -228,3 +228,52 @@ def _merge_sorted(job: Job, runs: list, p: int, files: TaskFiles) -> bytes:
         raise _incomparable(job, [], range_bounds(job) or []) from None
     return out.finish()
 
+
+
+# -- a map-only task -----------------------------------------------------------------------
+
+def map_only_spilling(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
+                      files: TaskFiles, safe: bool) -> Any:
+    """A map-only task's output under a budget: ``(keys, values)`` columns if it fitted
+    (packed as today by the caller), else its encoded bytes: past the budget the pairs
+    go to a :class:`~pymapreduce.spill.runs.ColumnsWriter` (files) in the order mapped,
+    and only the encoded output is held at the end (``safe``: as for the client)."""
+    mapper = job.map
+    keys: list = []
+    values: list = []
+    out: ColumnsWriter | None = None
+    key = pair = _NO_RECORD
+    check = budget.every
+    n = 0
+    try:
+        _hook(job, "map_init")
+        for key, value in records:
+            result = mapper(key, value)
+            if result is not None:
+                for pair in result:
+                    if type(pair) is not tuple:
+                        pair = as_pair(job, "map", pair)
+                    k, v = pair
+                    keys.append(k)
+                    values.append(v)
+            n += 1
+            if n >= check:
+                check = n + budget.every
+                if keys and budget.over():
+                    if out is None:
+                        out = ColumnsWriter(files, safe=safe)
+                        budget.spills += 1
+                    out.extend(zip(keys, values))
+                    keys, values = [], []
+                    budget.released()
+        key = _NO_RECORD
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
+            keys.append(k)
+            values.append(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    if out is None:
+        return keys, values
+    out.extend(zip(keys, values))
+    return out.finish()

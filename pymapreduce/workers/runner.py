@@ -21,9 +21,9 @@ from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
 from ..spill.budget import Budget, TaskFiles
-from ..spill.mapside import map_runs_spilling, map_spilling
+from ..spill.mapside import map_only_spilling, map_runs_spilling, map_spilling
 from ..spill.reduceside import fits_decoded, merge_sorted_segments, reduce_spilling
-from ..spill.runs import ColumnsWriter
+from ..spill.runs import ColumnsWriter, segment_pairs
 
 SPILL_COUNTER = "pymapreduce.spilled_runs"  # runs a task spilled (when it spilled any)
 
@@ -91,10 +91,19 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
               files: TaskFiles | None = None):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
-        records, nbytes, where = _open_split(desc, blobs)
+        if budget is not None and desc[0] == "cols" and not fits_decoded(
+                [frame_bytes(blobs[desc[1]])], budget):
+            # the step before's output, larger than the room left: read pair by pair
+            records = StreamedPairs(frame_bytes(blobs[desc[1]]))
+            nbytes, where = len(records.blob), {}
+        else:
+            records, nbytes, where = _open_split(desc, blobs)
         source = Numbered(records, skip) if ordinals or skip else records
         try:
-            if map_only:
+            if map_only and budget is not None and files is not None:
+                out = [_packed(map_only_spilling(job, source, budget, files, safe_output),
+                               safe_output)]
+            elif map_only:
                 out = [pack_output(map_pairs(job, source), safe_output)]
             elif budget is not None and files is not None:  # sort and spill past the budget
                 if plain_sort(job):
@@ -155,6 +164,11 @@ def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
                                                 for s in segments)), safe)
         return merge_sorted_segments(job, segments, ColumnsWriter(files, safe=safe))
     out = reduce_spilling(job, _taken(blobs, first, n), budget, files, safe)
+    return _packed(out, safe)
+
+
+def _packed(out: Any, safe: bool) -> bytes:
+    """A spilling kernel's output: bytes as it wrote them, or columns to pack as today."""
     return out if isinstance(out, bytes) else pack_output(out, safe)
 
 
@@ -183,6 +197,25 @@ def pack_output(columns: Columns, safe: bool) -> bytes:
         except ValueNeedsPickle as pair_error:
             raise ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}") from None
     raise error
+
+
+class StreamedPairs:
+    """A multi-step job's input (``[keys, values]``) decoded one pair at a time; its
+    ``len`` is the pairs read so far (the task's record count once it is mapped)."""
+
+    def __init__(self, blob: Any) -> None:
+        self.blob = blob
+        self.count = 0
+
+    def __iter__(self):
+        if not len(self.blob):
+            return
+        for pair in segment_pairs(self.blob):
+            self.count += 1
+            yield pair
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
