@@ -38,7 +38,7 @@ from ..ordering import as_pair, combiner_of, group_key, grouped_key, range_bound
 from ..patterns.records import pack
 from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
-from .runs import ColumnsWriter, merge, order_of, pair_key, sort_keys, write_run
+from .runs import ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
 
 
 def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
@@ -122,18 +122,17 @@ def _spill_groups(job: Job, groups: dict, reducers: int, files: TaskFiles) -> An
 def _merge_partition(job: Job, runs: list, p: int, combiner: Any, files: TaskFiles) -> bytes:
     """Partition ``p`` of every run merged into one segment (today's format)."""
     order = order_of(set().union(*(r.types for r in runs)))
-    streams = [r.pairs(p) for r in runs if r.sections[p][1]]
+    streams = [r.triples(p, i) for i, r in enumerate(runs) if r.sections[p][1]]
     if not streams:
         return b""
     out = ColumnsWriter(files)
-    merged = merge(streams, pair_key(order))
+    merged = merge(streams, triple_key(order))
     if combiner is None:
-        for k, values in merged:
-            out.add(k, values)
+        out.extend(merged, triples=True)
         return out.finish()
     last: Any = _NO_RECORD
     pending: list = []
-    for k, v in merged:
+    for k, _, v in merged:
         if pending and k != last:
             out.add(last, pending[0] if len(pending) == 1 else combiner(last, pending))
             pending = []
@@ -222,8 +221,7 @@ def _merge_sorted(job: Job, runs: list, p: int, files: TaskFiles) -> bytes:
         return b""
     out = ColumnsWriter(files, flag=RUNS)
     try:
-        for k, v in merge([r.pairs(p) for r in runs], pair_key(None)):
-            out.add(k, v)
+        out.extend(merge([r.triples(p, i) for i, r in enumerate(runs)], None), triples=True)
     except TypeError:
         raise _incomparable(job, [], range_bounds(job) or []) from None
     return out.finish()

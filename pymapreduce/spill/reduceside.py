@@ -36,11 +36,12 @@ from .runs import (
     fan_in,
     merge,
     order_of,
-    pair_key,
     segment_flag,
     segment_header,
     segment_pairs,
+    segment_triples,
     sort_keys,
+    triple_key,
     write_run,
 )
 
@@ -74,7 +75,7 @@ class ValuesStream:
                 self.next_pair = pair
                 self._done = True
                 return
-            yield pair[1]
+            yield pair[2]
         self._done = True
 
     def finish(self) -> Any:
@@ -95,12 +96,13 @@ class ValuesStream:
 
 
 def _grouped(pairs: Iterator[tuple], budget: Budget) -> Iterator[tuple]:
-    """``(key, values)`` from a key-ordered stream of pairs: a list while a key's values
-    fit, a :class:`ValuesStream` once they pass the budget."""
+    """``(key, values)`` from a key-ordered stream of ``(key, stream, value)`` triples
+    (:func:`~pymapreduce.spill.runs.merge`): a list while a key's values fit, a
+    :class:`ValuesStream` once they pass the budget."""
     pending = next(pairs, _END)
     while pending is not _END:
         key = pending[0]
-        values = [pending[1]]
+        values = [pending[2]]
         pending = _END
         check = CHECK_EVERY
         stream = None
@@ -108,7 +110,7 @@ def _grouped(pairs: Iterator[tuple], budget: Budget) -> Iterator[tuple]:
             if pair[0] != key:
                 pending = pair
                 break
-            values.append(pair[1])
+            values.append(pair[2])
             if len(values) >= check:
                 check += CHECK_EVERY
                 if budget.over():
@@ -176,9 +178,9 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
         raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
                         f"compare with each other (key types: "
                         f"{', '.join(sorted(t.__name__ for t in types))})")
-    key = pair_key(order_of(types), value_key)
+    key = triple_key(order_of(types), value_key)
     runs = fan_in(files, runs, key)
-    merged = merge([r.pairs() for r in runs], key)
+    merged = merge([r.triples(0, i) for i, r in enumerate(runs)], key)
     out = ColumnsWriter(files, safe=safe)
     _reduce_stream(job, _grouped(merged, budget), out)
     return out.finish()
@@ -231,10 +233,9 @@ def merge_sorted_segments(job: Job, segments: list, out: ColumnsWriter) -> bytes
         if segment_flag(blob) != RUNS:
             raise ValueError("a map output segment is not sorted runs: the map task ran "
                              "on a pymapreduce that does not make them")
-        streams.append(segment_pairs(blob))
+        streams.append(segment_triples(blob, len(streams)))
     try:
-        for k, v in merge(streams, pair_key(None)):
-            out.add(k, v)
+        out.extend(merge(streams, None), triples=True)
     except TypeError as exc:
         raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
                         f"compare with each other: {exc}") from None

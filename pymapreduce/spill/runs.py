@@ -23,6 +23,8 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from functools import partial
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -36,6 +38,7 @@ CHUNK_PAIRS = 4096  # pairs packed per msgpack call when writing a run
 MAX_FANIN = 32  # runs merged at once; more are first merged into fewer (bounded buffers)
 PLAIN_TYPES = frozenset({str, int, float, bytes})
 _NUMBER, _STR, _BYTES, _TUPLE = 1, 2, 3, 4
+_FIRST, _THIRD = itemgetter(0), itemgetter(2)
 _RANKS = {bool: _NUMBER, int: _NUMBER, float: _NUMBER, str: _STR, bytes: _BYTES}
 
 
@@ -70,10 +73,13 @@ def sort_keys(keys: list, order: Any, job: Any) -> None:
                         f"{exc}") from None
 
 
-def _items(pairs: list) -> bytes:
-    """``pairs``' keys and values as consecutive msgpack items (a list's encoding without
-    its header: one C call for a chunk instead of two per pair)."""
-    flat = [x for pair in pairs for x in pair]
+def _items(chunk: list, triples: bool = False) -> bytes:
+    """A chunk of pairs (or ``(key, stream, value)`` triples) as consecutive msgpack items
+    ``k, v, k, v...`` (a list's encoding without its header: one C call for a chunk)."""
+    if triples:
+        flat = [x for t in chunk for x in (t[0], t[2])]
+    else:
+        flat = [x for pair in chunk for x in pair]
     data = _pack(flat, True, 0)
     n = len(flat)
     return data[1 if n < 16 else 3 if n < 65536 else 5:]
@@ -89,35 +95,37 @@ class Run:
         self.sections = sections
         self.types = types  # the key types it holds (chooses the merge order)
 
-    def pairs(self, section: int = 0) -> Iterator[tuple]:
-        """The section's pairs, decoded one item at a time."""
+    def _items(self, section: int) -> Iterator[Any]:
         offset, count = self.sections[section]
-        if not count:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            unpacker = _unpacker(f)
-            for _ in range(count):
-                yield unpacker.unpack(), unpacker.unpack()
+        f = open(self.path, "rb")  # (closed with the unpacker, when the merge drops it)
+        f.seek(offset)
+        return islice(_unpacker(f), 2 * count)
+
+    def pairs(self, section: int = 0) -> Iterator[tuple]:
+        """The section's pairs, decoded through a bounded buffer (zipped in C)."""
+        items = self._items(section)
+        return zip(items, items)
+
+    def triples(self, section: int, stream: int) -> Iterator[tuple]:
+        """The section's pairs as ``(key, stream, value)``: merged without a key
+        function, ties between streams are broken by ``stream``, never by the values."""
+        items = self._items(section)
+        return zip(items, repeat(stream), items)
 
 
-def write_run(files: TaskFiles, sections: Iterable[Iterable[tuple]], types: set) -> Run:
-    """Write ``sections`` (each an iterable of ``(key, value)`` in order) as one run."""
+def write_run(files: TaskFiles, sections: Iterable[Iterable[tuple]], types: set,
+              triples: bool = False) -> Run:
+    """Write ``sections`` (each an iterable of ``(key, value)`` in order, or of triples
+    from :func:`merge`) as one run."""
     path = files.new_path("run")
     spans = []
     with open(path, "wb") as f:
-        for pairs in sections:
+        for items in sections:
             offset = f.tell()
             count = 0
-            chunk: list = []
-            for pair in pairs:
-                chunk.append(pair)
-                if len(chunk) >= CHUNK_PAIRS:
-                    f.write(_items(chunk))
-                    count += len(chunk)
-                    chunk = []
-            if chunk:
-                f.write(_items(chunk))
+            items = iter(items)
+            while chunk := list(islice(items, CHUNK_PAIRS)):
+                f.write(_items(chunk, triples))
                 count += len(chunk)
             spans.append((offset, count))
     return Run(path, spans, types)
@@ -133,22 +141,25 @@ def _unpacker(f: Any) -> msgpack.Unpacker:
 
 
 def merge(streams: list, key: Any) -> Iterator[tuple]:
-    """k-way merge of sorted streams of pairs by ``key`` (of the pair); ties keep the
-    streams' order (``heapq.merge`` is stable)."""
+    """k-way merge of sorted streams of ``(key, stream, value)`` triples; ties keep the
+    streams' order. ``key``: None to compare ``(key, stream)`` as they are (C tuple
+    comparisons, the common case), else a function of the triple (:func:`triple_key`),
+    with ``heapq.merge``'s own tie-break by stream."""
     if len(streams) == 1:
         return iter(streams[0])
+    if key is None:
+        return heapq.merge(*streams)
     return heapq.merge(*streams, key=key)
 
 
-def pair_key(order: Any, value_key: Any = None) -> Any:
-    """The merge key of a pair: its key (in ``order``), then ``value_key`` of its value."""
+def triple_key(order: Any, value_key: Any = None) -> Any:
+    """The merge key of a triple: None for plain keys without ``value_key``, else the key
+    in ``order``, then ``value_key`` of the value."""
     if value_key is None:
-        if order is None:
-            return lambda pair: pair[0]
-        return lambda pair: order(pair[0])
+        return None if order is None else (lambda t: order(t[0]))
     if order is None:
-        return lambda pair: (pair[0], value_key(pair[1]))
-    return lambda pair: (order(pair[0]), value_key(pair[1]))
+        return lambda t: (t[0], value_key(t[2]))
+    return lambda t: (order(t[0]), value_key(t[2]))
 
 
 def fan_in(files: TaskFiles, runs: list, key: Any) -> list:
@@ -162,7 +173,8 @@ def fan_in(files: TaskFiles, runs: list, key: Any) -> list:
                 merged.append(group[0])
                 continue
             types = set().union(*(r.types for r in group))
-            merged.append(write_run(files, [merge([r.pairs() for r in group], key)], types))
+            streams = [r.triples(0, j) for j, r in enumerate(group)]
+            merged.append(write_run(files, [merge(streams, key)], types, triples=True))
             for r in group:
                 os.unlink(r.path)
         runs = merged
@@ -192,10 +204,10 @@ def segment_header(blob: Any) -> tuple[int, int]:
     return items, unpacker.read_array_header()
 
 
-def segment_pairs(blob: Any) -> Iterator[tuple]:
-    """A segment's ``(key, value)`` pairs, in order, from a keys cursor and a values
-    cursor, decoding one item at a time; a flag (a third item) is read and checked to be
-    a bool or an int, as the writers make it."""
+def _segment_cursors(blob: Any) -> tuple[Any, Any]:
+    """Two cursors into a segment, over its ``n`` keys and its ``n`` values; the values
+    are skipped over once first, which checks the bytes hold them all (a truncated or
+    forged segment fails here, not silently short)."""
     keys = _unpacker(_View(blob))
     try:
         items = keys.read_array_header()
@@ -211,8 +223,19 @@ def segment_pairs(blob: Any) -> Iterator[tuple]:
         values.skip()
     if values.read_array_header() != n:
         raise ValueError("a map output segment with fewer values than keys")
-    for _ in range(n):
-        yield keys.unpack(), values.unpack()
+    return islice(keys, n), islice(values, n)
+
+
+def segment_pairs(blob: Any) -> Iterator[tuple]:
+    """A segment's ``(key, value)`` pairs, in order, decoded one item at a time through
+    bounded buffers (zipped in C)."""
+    return zip(*_segment_cursors(blob))
+
+
+def segment_triples(blob: Any, stream: int) -> Iterator[tuple]:
+    """A segment's pairs as ``(key, stream, value)`` triples, for :func:`merge`."""
+    keys, values = _segment_cursors(blob)
+    return zip(keys, repeat(stream), values)
 
 
 def segment_flag(blob: Any) -> Any:
@@ -248,28 +271,35 @@ class ColumnsWriter:
         if len(self.chunk) >= CHUNK_PAIRS:
             self._flush()
 
-    def extend(self, pairs: Iterable[tuple]) -> None:
-        for pair in pairs:
-            self.add(*pair)
+    def extend(self, pairs: Iterable[tuple], triples: bool = False) -> None:
+        """Add ``(key, value)`` pairs, or the ``(key, stream, value)`` triples of a
+        :func:`merge`."""
+        self._flush()
+        pairs = iter(pairs)
+        while chunk := list(islice(pairs, CHUNK_PAIRS)):
+            if triples:
+                self._write(list(map(_FIRST, chunk)), list(map(_THIRD, chunk)))
+            else:
+                self._write([k for k, _ in chunk], [v for _, v in chunk])
 
     def _flush(self) -> None:
         chunk, self.chunk = self.chunk, []
-        if not chunk:
-            return
-        keys = [k for k, _ in chunk]
-        values = [v for _, v in chunk]
+        if chunk:
+            self._write([k for k, _ in chunk], [v for _, v in chunk])
+
+    def _write(self, keys: list, values: list) -> None:
         allow = not self.safe
         try:
             kdata, vdata = _pack(keys, allow, 0), _pack(values, allow, 0)
         except ValueNeedsPickle as exc:
-            for k, v in chunk:  # the error path only: find whom to blame
+            for k, v in zip(keys, values):  # the error path only: find whom to blame
                 try:
                     _pack([k, v], False, 0)
                 except ValueNeedsPickle as pair_error:
                     raise ValueNeedsPickle(f"the result for key {repr(k)[:200]}: "
                                            f"{pair_error}") from None
             raise exc
-        n = len(chunk)
+        n = len(keys)
         cut = 1 if n < 16 else 3 if n < 65536 else 5
         self.kf.write(kdata[cut:])
         self.vf.write(vdata[cut:])
