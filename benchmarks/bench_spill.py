@@ -5,6 +5,7 @@ cost of the budget on a job that fits.
     python benchmarks/bench_spill.py sort                                      # 300k records
     python benchmarks/bench_spill.py hot --values 5000000 --memory 256MB      # the hot-key bar
     python benchmarks/bench_spill.py fastpath --size-mb 16 --trees /work/main,. --repeat 3
+    python benchmarks/bench_spill.py kernel --size-mb 8 --memory 256MB --repeat 7
 
 ``sort``: TeraSort's input (``bench_terasort.py``: 100-byte records, 10-byte keys) sorted by
 a ``total_order`` job with no ``reduce`` on an embedded cluster of 2 worker processes
@@ -18,7 +19,8 @@ their lengths (it gets a one-pass stream); the same bar on the workers' peak.
 
 ``fastpath``: word count on a corpus that fits the budget, in child processes, for each
 tree of ``--trees`` without a budget and (trees that know it) with ``--memory``: the
-budget must cost nothing measurable when a job fits.
+budget must cost nothing measurable when a job fits. ``kernel``: the same comparison on
+word count's map and reduce tasks run in this process (no cluster, far less noise).
 """
 
 from __future__ import annotations
@@ -157,9 +159,45 @@ def run_fastpath(size_mb: int, trees: list[str], memory: str, repeat: int) -> li
     return [{"tree": t, "memory": m, "best_seconds": round(s, 3)} for (t, m), s in best.items()]
 
 
+def run_kernel(size_mb: int, memory: str, repeat: int) -> list[dict]:
+    """Word count's map and reduce tasks in this process, on one split of ``size_mb`` of
+    the corpus, without and with a budget it does not reach, alternately: the cost of
+    the budget's checks on the task path, without the cluster's noise."""
+    import jobs
+    from corpus import build_corpus
+
+    from pymapreduce.patterns.records import pack
+    from pymapreduce.spill import Budget, parse_size
+    from pymapreduce.workers.runner import run_task
+
+    files = build_corpus(common.corpus_dir(size_mb), size_mb)
+    records = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            records += list(enumerate(f.read().splitlines()))
+    split = pack(records)
+    del records
+    budget = Budget(parse_size(memory), tempfile.gettempdir())
+    best: dict = {}
+    for r in range(repeat):
+        for mem in ((None, budget) if r % 2 == 0 else (budget, None)):
+            job = jobs.WordCount()
+            t0 = time.perf_counter()
+            parts, _ = run_task(job, "map", ["mem", 0], [split], 2, False, budget=mem)
+            t1 = time.perf_counter()
+            for p in parts:
+                run_task(job, "reduce", ["segs", 0, 1], [p], 2, False, budget=mem)
+            t2 = time.perf_counter()
+            name = "none" if mem is None else memory
+            old = best.get(name, (1e9, 1e9))
+            best[name] = (min(old[0], t1 - t0), min(old[1], t2 - t1))
+    return [{"memory": m, "map_s": round(a, 3), "reduce_s": round(b, 3)}
+            for m, (a, b) in best.items()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["sort", "hot", "fastpath", "fastpath-child"])
+    ap.add_argument("what", choices=["sort", "hot", "fastpath", "kernel", "fastpath-child"])
     ap.add_argument("--records", type=int, default=300_000, help="sort: records (100 bytes)")
     ap.add_argument("--values", type=int, default=300_000, help="hot: values of the hot key")
     ap.add_argument("--memory", help="each worker process's --memory (default 64MB)")
@@ -183,7 +221,9 @@ def main() -> int:
     quarter = max(1, parse_size(args.memory) // 4 // MIB)
     split_mb = args.split_mb or quarter
     figures: list = []
-    if args.what == "fastpath":
+    if args.what == "kernel":
+        figures = run_kernel(args.size_mb, args.memory, args.repeat)
+    elif args.what == "fastpath":
         trees = [t.strip() for t in args.trees.split(",") if t.strip()]
         figures = run_fastpath(args.size_mb, trees, args.memory, args.repeat)
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from ..job import Job
@@ -40,6 +41,8 @@ from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
 from .runs import ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
 
+_SLICE_START = object()  # the key before a slice's first record
+
 
 def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
                  budget: Budget, files: TaskFiles) -> list:
@@ -50,32 +53,48 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
     groups: dict = defaultdict(list)
     runs: list = []
     key = pair = _NO_RECORD
-    check = budget.every
-    n = 0
     try:
         _hook(job, "map_init")
-        for key, value in records:
-            out = mapper(key, value)
-            if out is not None:
-                for pair in out:
-                    if type(pair) is not tuple:
-                        pair = as_pair(job, "map", pair)
-                    k, v = pair
-                    try:
-                        values = groups[k]
-                    except TypeError:
-                        k = group_key(job, "map", k)
-                        values = groups[k]
-                    values.append(v)
-                    if combiner is not None and len(values) >= COMBINE_EVERY:
-                        values[:] = [combiner(k, values)]
-            n += 1
-            if n >= check:
-                check = n + budget.every
-                if groups and budget.over():  # (user state alone: nothing to spill)
-                    runs.append(_spill_groups(job, groups, reducers, files))
-                    groups = defaultdict(list)
-                    budget.released()
+        it = iter(records)
+        while True:
+            # records in slices of budget.every, the budget checked between them: the
+            # loops over records and pairs are map_grouped's own, with no count per record
+            key = _SLICE_START
+            if combiner is None:
+                for key, value in islice(it, budget.every):
+                    out = mapper(key, value)
+                    if out is not None:
+                        for pair in out:
+                            if type(pair) is not tuple:
+                                pair = as_pair(job, "map", pair)
+                            k, v = pair
+                            try:
+                                groups[k].append(v)
+                            except TypeError:
+                                groups[group_key(job, "map", k)].append(v)
+            else:
+                for key, value in islice(it, budget.every):
+                    out = mapper(key, value)
+                    if out is not None:
+                        for pair in out:
+                            if type(pair) is not tuple:
+                                pair = as_pair(job, "map", pair)
+                            k, v = pair
+                            try:
+                                values = groups[k]
+                            except TypeError:
+                                k = group_key(job, "map", k)
+                                values = groups[k]
+                            values.append(v)
+                            if len(values) >= COMBINE_EVERY:
+                                values[:] = [combiner(k, values)]
+            if key is _SLICE_START:  # the slice was empty: the records are done
+                break
+            if groups and budget.over():  # (user state alone: nothing to spill)
+                key = _NO_RECORD  # (a failing spill is no record's fault)
+                runs.append(_spill_groups(job, groups, reducers, files))
+                groups = defaultdict(list)
+                budget.released()
         key = _NO_RECORD
         if not groups and not runs and combiner is None:
             return _packed(finish_map(job, FlatPairs(job, list(_hook(job, "map_final"))),
@@ -149,38 +168,9 @@ def map_runs_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: in
                       budget: Budget, files: TaskFiles) -> list:
     """:func:`~pymapreduce.rangesort.map_runs` and its packing under a budget: pairs
     buffered, spilled as sorted runs cut at the range boundaries, merged per partition."""
-    mapper = job.map
-    keys: list = []
-    values: list = []
     runs: list = []
-    key = pair = _NO_RECORD
-    check = budget.every
-    n = 0
-    try:
-        _hook(job, "map_init")
-        for key, value in records:
-            out = mapper(key, value)
-            if out is not None:
-                for pair in out:
-                    if type(pair) is not tuple:
-                        pair = as_pair(job, "map", pair)
-                    k, v = pair
-                    keys.append(k)
-                    values.append(v)
-            n += 1
-            if n >= check:
-                check = n + budget.every
-                if keys and budget.over():
-                    runs.append(_spill_pairs(job, keys, values, reducers, files))
-                    keys, values = [], []
-                    budget.released()
-        key = _NO_RECORD
-        for pair in _hook(job, "map_final"):
-            k, v = as_pair(job, "map_final", pair)
-            keys.append(k)
-            values.append(v)
-    except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+    keys, values = _map_into(job, records, budget, lambda keys, values: runs.append(
+        _spill_pairs(job, keys, values, reducers, files)))
     if not runs:  # it fitted: today's kernels on the pairs
         return pack_runs(cut_runs(job, keys, values, reducers))
     if keys:
@@ -236,42 +226,61 @@ def map_only_spilling(job: Job, records: Iterable[tuple[Any, Any]], budget: Budg
     (packed as today by the caller), else its encoded bytes: past the budget the pairs
     go to a :class:`~pymapreduce.spill.runs.ColumnsWriter` (files) in the order mapped,
     and only the encoded output is held at the end (``safe``: as for the client)."""
-    mapper = job.map
-    keys: list = []
-    values: list = []
-    out: ColumnsWriter | None = None
-    key = pair = _NO_RECORD
-    check = budget.every
-    n = 0
-    try:
-        _hook(job, "map_init")
-        for key, value in records:
-            result = mapper(key, value)
-            if result is not None:
-                for pair in result:
-                    if type(pair) is not tuple:
-                        pair = as_pair(job, "map", pair)
-                    k, v = pair
-                    keys.append(k)
-                    values.append(v)
-            n += 1
-            if n >= check:
-                check = n + budget.every
-                if keys and budget.over():
-                    if out is None:
-                        out = ColumnsWriter(files, safe=safe)
-                        budget.spills += 1
-                    out.extend(zip(keys, values))
-                    keys, values = [], []
-                    budget.released()
-        key = _NO_RECORD
-        for pair in _hook(job, "map_final"):
-            k, v = as_pair(job, "map_final", pair)
-            keys.append(k)
-            values.append(v)
-    except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+    writer: list = []  # the ColumnsWriter, once the budget is passed
+
+    def spill(keys: list, values: list) -> None:
+        if not writer:
+            writer.append(ColumnsWriter(files, safe=safe))
+            budget.spills += 1
+        writer[0].extend(zip(keys, values))
+
+    keys, values = _map_into(job, records, budget, spill)
+    out = writer[0] if writer else None
     if out is None:
         return keys, values
     out.extend(zip(keys, values))
     return out.finish()
+
+
+def _map_into(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
+              spill: Any) -> tuple[list, list]:
+    """:func:`~pymapreduce.kernels.map_pairs` under a budget: the pairs as columns,
+    given to ``spill(keys, values)`` and dropped whenever they pass it; the rest
+    returned."""
+    mapper = job.map
+    keys: list = []
+    values: list = []
+    add_key = keys.append
+    add_value = values.append
+    key = pair = _NO_RECORD
+    try:
+        _hook(job, "map_init")
+        it = iter(records)
+        while True:
+            key = _SLICE_START  # (slices of records, as in map_spilling)
+            for key, value in islice(it, budget.every):
+                out = mapper(key, value)
+                if out is not None:
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        add_key(k)
+                        add_value(v)
+            if key is _SLICE_START:
+                break
+            if keys and budget.over():
+                key = _NO_RECORD
+                spill(keys, values)
+                keys, values = [], []
+                add_key = keys.append
+                add_value = values.append
+                budget.released()
+        key = _NO_RECORD
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
+            add_key(k)
+            add_value(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return keys, values

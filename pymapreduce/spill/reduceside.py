@@ -141,30 +141,38 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
         if not len(blob):
             continue
         if len(blob) * EXPANSION < budget.limit - budget.used():
-            segment = unpack(blob, allow_pickle=True)
-            if (type(segment) is not list or len(segment) not in (2, 3)
-                    or type(segment[0]) is not list or type(segment[1]) is not list
-                    or len(segment[0]) != len(segment[1])):
-                raise ValueError("a map output segment that is not [keys, values]")
-            single = combined or len(segment) > 2
-            pairs: Any = zip(segment[0], segment[1])
-            del segment
+            # it fits: decoded whole and merged as merge_segments does (no check per pair)
+            keys, values, single = _decoded(blob, combined)
+            if single:
+                for k, v in zip(keys, values):
+                    groups[k].append(v)
+            else:
+                for k, vs in zip(keys, values):
+                    groups[k].extend(vs)
+            pairs = keys = values = None
+            n += budget.every
         else:
             single = combined or segment_header(blob)[0] == 3
             pairs = segment_pairs(blob)
-        for k, v in pairs:
-            if single:
-                groups[k].append(v)
-                n += 1
-            else:
-                groups[k].extend(v)
-                n += len(v)  # (values, not pairs: a hot key's list is one pair)
-            if n >= check:
-                check = n + budget.every
-                if budget.over():
-                    runs.append(_spill(job, groups, value_key, files))
-                    groups = defaultdict(list)
-                    budget.released()
+            for k, v in pairs:
+                if single:
+                    groups[k].append(v)
+                    n += 1
+                else:
+                    groups[k].extend(v)
+                    n += len(v)  # (values, not pairs: a hot key's list is one pair)
+                if n >= check:
+                    check = n + budget.every
+                    if budget.over():
+                        runs.append(_spill(job, groups, value_key, files))
+                        groups = defaultdict(list)
+                        budget.released()
+        if n >= check:
+            check = n + budget.every
+            if budget.over():
+                runs.append(_spill(job, groups, value_key, files))
+                groups = defaultdict(list)
+                budget.released()
         del blob, pairs
     if not runs:
         return reduce_groups(job, groups)
@@ -184,6 +192,18 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
     out = ColumnsWriter(files, safe=safe)
     _reduce_stream(job, _grouped(merged, budget), out)
     return out.finish()
+
+
+def _decoded(blob: Any, combined: bool) -> tuple[list, list, bool]:
+    """A segment decoded whole: its keys, its values, and whether each value is one value
+    (combined, or a flagged segment) rather than a key's list; ValueError if it is not
+    the ``[keys, values(, flag)]`` a map task writes."""
+    segment = unpack(blob, allow_pickle=True)
+    if (type(segment) is not list or len(segment) not in (2, 3)
+            or type(segment[0]) is not list or type(segment[1]) is not list
+            or len(segment[0]) != len(segment[1])):
+        raise ValueError("a map output segment that is not [keys, values]")
+    return segment[0], segment[1], combined or len(segment) > 2
 
 
 def _spill(job: Job, groups: dict, value_key: Any, files: TaskFiles) -> Any:
