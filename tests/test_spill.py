@@ -115,6 +115,21 @@ class Secondary(Ordered):
         return -v
 
 
+class CombinedSecondary(Secondary):
+    """A combiner that sees its values sorted by value_key (largest first) and keeps the
+    first; reduce checks the order it is given too."""
+
+    def combine(self, word, keys):
+        keys = list(keys)
+        assert keys == sorted(keys, reverse=True)
+        return keys[0]
+
+    def reduce(self, word, keys):
+        keys = list(keys)
+        assert keys == sorted(keys, reverse=True)
+        return keys[0]
+
+
 class ListKeys(WordCount):
     def map(self, key, line):
         a, b = line.split()[:2]
@@ -157,8 +172,8 @@ def _ordered(job: Job, records: list, reducers: int) -> Job:
 
 
 @pytest.mark.parametrize("room", [0, 1 << 40], ids=["streamed", "decoded-whole"])
-@pytest.mark.parametrize("make", [WordCount, Combined, Ordered, Secondary, ListKeys, Mixed,
-                                  Emitting])
+@pytest.mark.parametrize("make", [WordCount, Combined, Ordered, Secondary, CombinedSecondary,
+                                  ListKeys, Mixed, Emitting])
 def test_spilled_jobs_equal_the_reference(tmp_path, spilly, make, room):
     records = words(600)
     job = make()
@@ -524,3 +539,32 @@ def test_a_later_steps_input_is_read_pair_by_pair(tmp_path):
         assert stats["records"] == 300
         outs.append(list(zip(*unpack(out, allow_pickle=True))))
     assert outs[0] == outs[1] == [(i, f"k{i}") for i in range(300)]
+
+
+def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_path):
+    """Cancelling the job abandons its running task (TaskAbandoned, raised in the user's
+    code): the worker process removes the task's runs and lives on."""
+    from pymapreduce import Client, read_text
+    from tests.conftest import alive, wait_workers
+
+    _lines(tmp_path / "in.txt", 2000, width=1000)
+    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
+    spill = tmp_path / "spill"
+    worker = daemons.worker(address, 1, "--memory", "24MiB", "--spill-dir", str(spill))
+    wait_workers(address, 1)
+    pid = _worker_pids(worker)[0]
+    job = SpillThenHang()
+    job.marker = str(tmp_path / "marker")
+    with Client(address, timeout=60) as client:
+        handle = client.submit(job, read_text(str(tmp_path / "in.txt")), map_tasks=1,
+                               reducers=2)
+        _wait_file(job.marker, 120)
+        mine = spill / f"pymapreduce-spill-{pid}"
+        assert any(f.startswith("run-") for d in os.listdir(mine)
+                   for f in os.listdir(mine / d))
+        handle.cancel()
+        deadline = time.monotonic() + 30
+        while os.listdir(mine):
+            assert time.monotonic() < deadline, os.listdir(mine)
+            time.sleep(0.05)
+    assert alive(pid)
