@@ -568,3 +568,29 @@ def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_pa
             assert time.monotonic() < deadline, os.listdir(mine)
             time.sleep(0.05)
     assert alive(pid)
+
+
+class KeySort(Job):
+    """A plain sort (total_order, no reduce): each line under its first 10 characters."""
+
+    total_order = True
+
+    def map(self, offset, line):
+        yield line[:10], line[10:]
+
+
+def test_a_plain_sort_beyond_the_budget_is_sorted_and_exact(daemons, tmp_path):
+    from pymapreduce import Client, read_text
+    from tests.conftest import wait_workers
+
+    lines = _lines(tmp_path / "in.txt", 300_000)
+    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
+    daemons.worker(address, 2, "--memory", "24MiB", "--spill-dir", str(tmp_path / "s"))
+    wait_workers(address, 2)
+    with Client(address, timeout=60) as client:
+        handle = client.submit(KeySort(), read_text(str(tmp_path / "in.txt"),
+                                                    split_bytes=1 << 30), reducers=2)
+        got = list(handle.results(timeout=240))
+        assert handle.counters.get(SPILL_COUNTER, 0) >= 2
+    # keys in order; equal keys in input order (a stable sort), every record once
+    assert got == sorted(((x[:10], x[10:]) for x in lines), key=lambda kv: kv[0])
