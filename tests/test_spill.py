@@ -303,6 +303,13 @@ def _wait_file(path: str, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def _process_dir(spill, pid: int):
+    """A worker process's spill directory: in its daemon's private one, named by pid."""
+    (root,) = os.listdir(spill)
+    assert root.startswith("pymapreduce-spill-") and os.stat(spill / root).st_mode & 0o077 == 0
+    return spill / root / str(pid)
+
+
 def _peak(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -409,7 +416,8 @@ def test_job_many_times_the_budget_is_exact_in_bounded_memory(daemons, tmp_path)
     # the task's encoded output, the allocator's rounding); unbounded, this map task's
     # groups alone take ~200 MiB
     assert peak - base < BUDGET + (150 << 20), (base >> 20, peak >> 20)
-    assert [os.listdir(spill / d) for d in os.listdir(spill)] == [[]]  # runs removed
+    assert list(spill.rglob("task-*")) == []  # runs removed
+    assert list(spill.rglob(str(pid))), "the worker never spilled"
 
 
 def test_hot_key_larger_than_the_budget_reaches_reduce(daemons, tmp_path):
@@ -442,7 +450,7 @@ def test_runs_of_a_killed_task_are_removed(daemons, tmp_path):
     with Client(address, timeout=60) as client:
         client.submit(job, read_text(str(tmp_path / "in.txt")), map_tasks=1, reducers=2)
         _wait_file(job.marker, 120)
-        mine = spill / f"pymapreduce-spill-{pid}"
+        mine = _process_dir(spill, pid)
         assert mine.exists(), (pid, list(os.walk(tmp_path)))
         runs = [f for d in os.listdir(mine) for f in os.listdir(mine / d)]
         assert any(f.startswith("run-") for f in runs), runs  # it spilled, then hung
@@ -545,7 +553,7 @@ def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_pa
     """Cancelling the job abandons its running task (TaskAbandoned, raised in the user's
     code): the worker process removes the task's runs and lives on."""
     from pymapreduce import Client, read_text
-    from tests.conftest import alive, wait_workers
+    from tests.conftest import alive, stop, wait_workers
 
     _lines(tmp_path / "in.txt", 2000, width=1000)
     _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
@@ -559,7 +567,7 @@ def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_pa
         handle = client.submit(job, read_text(str(tmp_path / "in.txt")), map_tasks=1,
                                reducers=2)
         _wait_file(job.marker, 120)
-        mine = spill / f"pymapreduce-spill-{pid}"
+        mine = _process_dir(spill, pid)
         assert any(f.startswith("run-") for d in os.listdir(mine)
                    for f in os.listdir(mine / d))
         handle.cancel()
@@ -568,6 +576,8 @@ def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_pa
             assert time.monotonic() < deadline, os.listdir(mine)
             time.sleep(0.05)
     assert alive(pid)
+    stop(worker)  # a daemon that stops removes its whole spill directory
+    assert os.listdir(spill) == []
 
 
 class KeySort(Job):

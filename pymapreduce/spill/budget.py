@@ -32,7 +32,7 @@ FIRST_CHECK = 16  # ... at a task's start, before it is known how heavy its reco
 SPILL_SHARE = 0.5  # of the budget that buffered data may take before a task spills
 RUN_SHARE = 8  # a new run needs growth of 1/RUN_SHARE of the limit since the last one
 MIN_BUDGET = 16 << 20  # below this the interpreter's own noise is the budget
-DIR_PREFIX = "pymapreduce-spill-"  # + the worker process's pid: what its supervisor removes
+DIR_PREFIX = "pymapreduce-spill-"  # a worker daemon's private directory (mkdtemp)
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
@@ -83,15 +83,18 @@ _TRIM = _malloc_trim()
 class Budget:
     """The memory budget of one worker process and the directory its tasks spill to.
 
-    ``nbytes``: the budget; ``spill_dir``: the parent of this process's own directory
-    (default: the system's temporary directory, ``$TMPDIR``)."""
+    ``nbytes``: the budget; ``spill_dir``: a directory private to this process's user
+    (its supervisor's :func:`private_root`), in which the process's own directory is
+    named by its pid; without one, a fresh private directory is made (``mkdtemp``) on
+    first use. Never a predictable name in a shared directory such as /tmp, where
+    another local user could make it first and so read or replace the runs."""
 
     def __init__(self, nbytes: int, spill_dir: str | None = None) -> None:
         self.nbytes = nbytes
         self.process_baseline = self.baseline = rss_bytes()
         self.limit = int(nbytes * SPILL_SHARE)
-        root = spill_dir or tempfile.gettempdir()
-        self.dir = os.path.join(root, f"{DIR_PREFIX}{os.getpid()}")
+        self.spill_dir = spill_dir
+        self._dir: str | None = None
         self.spills = 0  # runs written by the running task (reported in its stats)
         self.mark = self.baseline  # the resident set after the last release
         self.every = CHECK_EVERY  # records or pairs until the next reading
@@ -138,10 +141,21 @@ class Budget:
         self.mark = self._last = rss
         self.every = FIRST_CHECK  # (doubling to CHECK_EVERY while records are light)
 
+    @property
+    def dir(self) -> str:
+        """This process's spill directory (made when first asked for)."""
+        if self._dir is None:
+            if self.spill_dir is not None:
+                self._dir = os.path.join(self.spill_dir, str(os.getpid()))
+                os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            else:
+                self._dir = tempfile.mkdtemp(prefix=DIR_PREFIX)
+        return self._dir
+
     def task_dir(self) -> TaskFiles:
-        """A fresh directory for one task's runs, removed when the task ends however it
-        ends (``with budget.task_dir() as files:``)."""
-        return TaskFiles(self.dir)
+        """A fresh directory for one task's runs, made on first use and removed when the
+        task ends however it ends (``with budget.task_dir() as files:``)."""
+        return TaskFiles(self)
 
 
 class TaskFiles:
@@ -150,16 +164,15 @@ class TaskFiles:
     supervisor removes the process's whole directory when it reaps it
     (:func:`remove_process_dir`)."""
 
-    def __init__(self, parent: str) -> None:
-        self.parent = parent
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
         self.path: str | None = None
         self.count = 0
 
     def new_path(self, what: str) -> str:
         """A new file name in the task's directory (the directory made if need be)."""
         if self.path is None:
-            os.makedirs(self.parent, mode=0o700, exist_ok=True)
-            self.path = tempfile.mkdtemp(prefix="task-", dir=self.parent)
+            self.path = tempfile.mkdtemp(prefix="task-", dir=self.budget.dir)
         self.count += 1
         return os.path.join(self.path, f"{what}-{self.count:05d}")
 
@@ -172,8 +185,20 @@ class TaskFiles:
             self.path = None
 
 
-def remove_process_dir(spill_dir: str | None, pid: int) -> None:
+def private_root(spill_dir: str | None) -> str:
+    """A new directory only this user can enter, in ``spill_dir`` (default ``$TMPDIR``):
+    a worker daemon's, holding a directory per worker process (named by its pid).
+    ConfigError naming the directory if it cannot be made."""
+    try:
+        if spill_dir is not None:
+            os.makedirs(spill_dir, exist_ok=True)
+        return tempfile.mkdtemp(prefix=DIR_PREFIX, dir=spill_dir)
+    except OSError as exc:
+        raise ConfigError(f"cannot make a spill directory in {spill_dir or tempfile.gettempdir()!r}"
+                          f" (--spill-dir): {exc.strerror or exc}") from None
+
+
+def remove_process_dir(root: str, pid: int) -> None:
     """Remove what the worker process ``pid`` spilled (its supervisor calls this when it
     reaps the process, which may have been killed mid-task)."""
-    root = spill_dir or tempfile.gettempdir()
-    shutil.rmtree(os.path.join(root, f"{DIR_PREFIX}{pid}"), ignore_errors=True)
+    shutil.rmtree(os.path.join(root, str(pid)), ignore_errors=True)

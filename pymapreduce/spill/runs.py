@@ -12,6 +12,9 @@
 - A **segment** (a map task's output partition, ``[keys, values(, flag)]``) is read as a
   stream of pairs by two cursors into the same bytes, one over the keys and one over the
   values (:func:`segment_pairs`), so a partition of any size is never decoded whole.
+- Merges (:func:`merge`) take streams of ``(key, stream, value)`` triples, zipped in C
+  from the decoders: keys of one plain type merge by plain tuple comparison, ties broken
+  by the stream's number (so by run, or map task, order) and never by the values.
 - :class:`ColumnsWriter` builds a task's output in today's format, ``[keys, values]``
   (plus a flag), from a stream of pairs, through two files read back as one bytes.
 """
@@ -95,21 +98,14 @@ class Run:
         self.sections = sections
         self.types = types  # the key types it holds (chooses the merge order)
 
-    def _items(self, section: int) -> Iterator[Any]:
+    def triples(self, section: int, stream: int) -> Iterator[tuple]:
+        """The section's pairs as ``(key, stream, value)`` triples, decoded through a
+        bounded buffer and zipped in C: merged without a key function, ties between
+        streams are broken by ``stream``, never by the values."""
         offset, count = self.sections[section]
         f = open(self.path, "rb")  # (closed with the unpacker, when the merge drops it)
         f.seek(offset)
-        return islice(_unpacker(f), 2 * count)
-
-    def pairs(self, section: int = 0) -> Iterator[tuple]:
-        """The section's pairs, decoded through a bounded buffer (zipped in C)."""
-        items = self._items(section)
-        return zip(items, items)
-
-    def triples(self, section: int, stream: int) -> Iterator[tuple]:
-        """The section's pairs as ``(key, stream, value)``: merged without a key
-        function, ties between streams are broken by ``stream``, never by the values."""
-        items = self._items(section)
+        items = islice(_unpacker(f), 2 * count)
         return zip(items, repeat(stream), items)
 
 

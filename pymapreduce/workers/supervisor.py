@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -22,7 +23,7 @@ from collections import deque
 from ..errors import AuthenticationFailed
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
-from ..spill.budget import remove_process_dir
+from ..spill.budget import private_root, remove_process_dir
 from .isolation import remove_roots_of
 from .voucher import Voucher
 from .worker import Worker
@@ -54,7 +55,9 @@ class Supervisor:
                  spill_dir: str | None = None) -> None:
         self.connect = connect
         self.memory = memory  # bytes each worker process's tasks may hold (None: unbounded)
-        self.spill_dir = spill_dir
+        # where they spill: a directory of this daemon's own (a process's is named by its
+        # pid in it), removed when the daemon stops
+        self.spill_root = private_root(spill_dir) if memory is not None else None
         self.tags = tuple(tags)
         self.slowdown = slowdown
         self.keys = keys
@@ -95,7 +98,7 @@ class Supervisor:
                             identity=identity, replaces=replaces, tags=self.tags,
                             on_welcome=self.voucher.learned,
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
-                            memory=self.memory, spill_dir=self.spill_dir)
+                            memory=self.memory, spill_dir=self.spill_root)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())
@@ -169,8 +172,8 @@ class Supervisor:
         """What a gone child left on disk: its jobs' directories and its spilled runs
         (a process killed mid-task could not remove them itself)."""
         remove_roots_of(pid)
-        if self.memory is not None:
-            remove_process_dir(self.spill_dir, pid)
+        if self.spill_root is not None:
+            remove_process_dir(self.spill_root, pid)
 
     def shutdown(self, grace: float = 3.0) -> None:
         for pid in list(self.children):
@@ -197,6 +200,8 @@ class Supervisor:
                 pass
             self._remove_files(pid)
         self.children.clear()
+        if self.spill_root is not None:
+            shutil.rmtree(self.spill_root, ignore_errors=True)
 
 
 def _describe(status: int) -> str:

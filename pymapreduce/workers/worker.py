@@ -146,7 +146,8 @@ class Worker:
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
         self.state = ProcessState()  # what each task starts from (isolation.py)
-        # the memory budget of this process's tasks: past it they spill (spill/)
+        # the memory budget of this process's tasks: past it they spill (spill/), in
+        # spill_dir/PID (a directory private to this user: the supervisor's own)
         self.budget = Budget(memory, spill_dir) if memory else None
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
