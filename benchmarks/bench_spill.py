@@ -56,8 +56,10 @@ def _bar(memory: str | None, peaks: dict) -> dict:
     worker = peaks.get("worker", 0.0)
     if not memory:
         return {"worker_peak_mib": worker}
-    bound = parse_size(memory) / MIB + SLACK_MIB
-    return {"worker_peak_mib": worker, "bound_mib": round(bound, 1), "within": worker <= bound}
+    budget = parse_size(memory) / MIB
+    bound = budget + SLACK_MIB
+    return {"worker_peak_mib": worker, "bound_mib": round(bound, 1), "within": worker <= bound,
+            "within_budget": worker <= budget}
 
 
 def run_sort(records: int, memory: str | None, reducers: int, split_mb: int,

@@ -21,7 +21,7 @@ from pymapreduce.errors import BadOutput, ConfigError
 from pymapreduce.job import emits
 from pymapreduce.kernels import run_sequential
 from pymapreduce.patterns.records import pack, unpack
-from pymapreduce.spill import Budget, ValuesStream, parse_size, reduceside
+from pymapreduce.spill import Budget, ValuesStream, mapside, parse_size, reduceside
 from pymapreduce.workers.runner import SPILL_COUNTER, TaskError, run_task
 
 pytestmark = pytest.mark.timeout(300)
@@ -604,3 +604,21 @@ def test_a_plain_sort_beyond_the_budget_is_sorted_and_exact(daemons, tmp_path):
         assert handle.counters.get(SPILL_COUNTER, 0) >= 2
     # keys in order; equal keys in input order (a stable sort), every record once
     assert got == sorted(((x[:10], x[10:]) for x in lines), key=lambda kv: kv[0])
+
+
+@pytest.mark.parametrize("make", [Ordered, Secondary, HotKey])
+def test_hot_values_read_and_spilled_in_chunks(tmp_path, spilly, monkeypatch, make):
+    """A key's values list over BIG_VALUES bytes in a segment is read in chunks, and one
+    over CHUNK_PAIRS in a map task's run written in chunks: same result, same order."""
+    from pymapreduce.spill import runs
+
+    monkeypatch.setattr(runs, "BIG_VALUES", 16)
+    monkeypatch.setattr(runs, "CHUNK_PAIRS", 3)
+    monkeypatch.setattr(mapside, "CHUNK_PAIRS", 3)
+    records = words(600, vocabulary=5)
+    got = distributed(make(), records, 2, 3, Tight(str(tmp_path)))
+    expected = run_sequential(make(), records)
+    if make is HotKey:
+        assert {k: v[1] for k, v in got.items()} == {k: v[1] for k, v in expected.items()}
+    else:
+        assert got == expected

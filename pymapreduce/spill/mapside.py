@@ -39,7 +39,7 @@ from ..ordering import as_pair, combiner_of, group_key, grouped_key, range_bound
 from ..patterns.records import pack
 from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
-from .runs import ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
+from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
 
 _SLICE_START = object()  # the key before a slice's first record
 
@@ -127,6 +127,7 @@ def _packed(parts: list) -> list:
 def _spill_groups(job: Job, groups: dict, reducers: int, files: TaskFiles) -> Any:
     """Write ``groups`` as one run: combined (or value-sorted), partitioned, key-sorted."""
     parts = finish_map(job, groups, reducers)  # combines, sorts values, partitions
+    combiner = combiner_of(job)
     types = set().union(*(set(map(type, keys)) for keys, *_ in parts))
     order = order_of(types)
     sections = []
@@ -134,8 +135,24 @@ def _spill_groups(job: Job, groups: dict, reducers: int, files: TaskFiles) -> An
         index = dict(zip(keys, range(len(keys))))  # (keys are unique within a run)
         ordered = list(keys)
         sort_keys(ordered, order, job)
-        sections.append([(k, values[index[k]]) for k in ordered])
+        section = [(k, values[index[k]]) for k in ordered]
+        if combiner is None and any(len(v) > CHUNK_PAIRS for _, v in section):
+            section = _chunked(section)
+        sections.append(section)
     return write_run(files, sections, types)
+
+
+def _chunked(section: list) -> list:
+    """A hot key's values list cut into lists of CHUNK_PAIRS, one pair each (the reduce
+    side extends a key's list with each): a run's items, and so the merge's heap, hold
+    a bounded number of values at a time."""
+    out = []
+    for k, values in section:
+        if len(values) <= CHUNK_PAIRS:
+            out.append((k, values))
+        else:
+            out += [(k, values[i:i + CHUNK_PAIRS]) for i in range(0, len(values), CHUNK_PAIRS)]
+    return out
 
 
 def _merge_partition(job: Job, runs: list, p: int, combiner: Any, files: TaskFiles) -> bytes:

@@ -36,6 +36,7 @@ from .runs import (
     fan_in,
     merge,
     order_of,
+    segment_chunks,
     segment_flag,
     segment_header,
     segment_pairs,
@@ -153,7 +154,8 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
             n += budget.every
         else:
             single = combined or segment_header(blob)[0] == 3
-            pairs = segment_pairs(blob)
+            # (values lists: a hot key's in chunks, never decoded at once)
+            pairs = segment_pairs(blob) if single else segment_chunks(blob)
             for k, v in pairs:
                 if single:
                     groups[k].append(v)

@@ -38,6 +38,7 @@ from .budget import TaskFiles
 
 READ_SIZE = 256 * 1024  # bytes a run reader or segment cursor buffers
 CHUNK_PAIRS = 4096  # pairs packed per msgpack call when writing a run
+BIG_VALUES = 1 << 20  # encoded bytes of one key's values read from a segment in chunks
 MAX_FANIN = 32  # runs merged at once; more are first merged into fewer (bounded buffers)
 PLAIN_TYPES = frozenset({str, int, float, bytes})
 _NUMBER, _STR, _BYTES, _TUPLE = 1, 2, 3, 4
@@ -200,10 +201,11 @@ def segment_header(blob: Any) -> tuple[int, int]:
     return items, unpacker.read_array_header()
 
 
-def _segment_cursors(blob: Any) -> tuple[Any, Any]:
-    """Two cursors into a segment, over its ``n`` keys and its ``n`` values; the values
-    are skipped over once first, which checks the bytes hold them all (a truncated or
-    forged segment fails here, not silently short)."""
+def _segment_cursors(blob: Any, find_big: bool = False) -> tuple[Any, Any, int, set]:
+    """Two cursors into a segment: over its ``n`` keys (an iterator) and its ``n`` values
+    (the Unpacker); the values are skipped over once first, which checks the bytes hold
+    them all (a truncated or forged segment fails here, not silently short).
+    ``find_big``: also the indexes of keys whose values take more than BIG_VALUES bytes."""
     keys = _unpacker(_View(blob))
     try:
         items = keys.read_array_header()
@@ -215,23 +217,52 @@ def _segment_cursors(blob: Any) -> tuple[Any, Any]:
     values = _unpacker(_View(blob))
     values.read_array_header()
     values.read_array_header()
-    for _ in range(n):
-        values.skip()
+    big = set()
+    if find_big:
+        tell, skip = values.tell, values.skip
+        for i in range(n):
+            start = tell()
+            skip()
+            if tell() - start > BIG_VALUES:
+                big.add(i)
+    else:
+        for _ in range(n):
+            values.skip()
     if values.read_array_header() != n:
         raise ValueError("a map output segment with fewer values than keys")
-    return islice(keys, n), islice(values, n)
+    return islice(keys, n), values, n, big
 
 
 def segment_pairs(blob: Any) -> Iterator[tuple]:
     """A segment's ``(key, value)`` pairs, in order, decoded one item at a time through
     bounded buffers (zipped in C)."""
-    return zip(*_segment_cursors(blob))
+    keys, values, n, _ = _segment_cursors(blob)
+    return zip(keys, islice(values, n))
+
+
+def segment_chunks(blob: Any) -> Iterator[tuple]:
+    """A segment of values lists as ``(key, list)`` pairs, a key whose list takes more
+    than BIG_VALUES bytes given in several lists of CHUNK_PAIRS values, so that one hot
+    key's values are never decoded at once."""
+    keys, values, n, big = _segment_cursors(blob, find_big=True)
+    if not big:
+        yield from zip(keys, islice(values, n))
+        return
+    for i, key in enumerate(keys):
+        if i not in big:
+            yield key, values.unpack()
+            continue
+        left = values.read_array_header()
+        while left:
+            step = min(left, CHUNK_PAIRS)
+            yield key, [values.unpack() for _ in range(step)]
+            left -= step
 
 
 def segment_triples(blob: Any, stream: int) -> Iterator[tuple]:
     """A segment's pairs as ``(key, stream, value)`` triples, for :func:`merge`."""
-    keys, values = _segment_cursors(blob)
-    return zip(keys, repeat(stream), values)
+    keys, values, n, _ = _segment_cursors(blob)
+    return zip(keys, repeat(stream), islice(values, n))
 
 
 def segment_flag(blob: Any) -> Any:
