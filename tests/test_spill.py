@@ -481,7 +481,8 @@ def test_runs_of_an_abandoned_task_are_removed(tmp_path):
     assert os.listdir(budget.dir) == []
 
 
-@pytest.mark.parametrize("forge", ["truncated", "short-values", "five-items", "not-array"])
+@pytest.mark.parametrize("forge", ["truncated", "short-values", "five-items", "not-array",
+                                   "cut-at-an-item", "trailing"])
 def test_forged_segments_fail_the_reduce_clearly(tmp_path, forge):
     """Segments come from other workers: bytes that are not what a map task writes fail
     the reduce task with an error (retried elsewhere, then the job fails), never a hang
@@ -490,7 +491,10 @@ def test_forged_segments_fail_the_reduce_clearly(tmp_path, forge):
     blob = {"truncated": good[:len(good) // 2],
             "short-values": pack([["a", "b", "c"], [[1]]]),
             "five-items": pack([["a"], [[1]], 1, 2, 3]),
-            "not-array": pack({"a": 1})}[forge]
+            "not-array": pack({"a": 1}),
+            # headers saying 3 keys and 3 values, the bytes ending after the 2nd value
+            "cut-at-an-item": pack([["a", "b", "c"], [[1], [2], [3]]])[:-2],
+            "trailing": good + pack("more")}[forge]
     for room in (0, 1 << 40):  # streamed, and decoded whole
         with pytest.raises(TaskError):
             run_task(WordCount(), "reduce", ["segs", 0, 2], [good, blob], 1, False,
@@ -608,11 +612,10 @@ def test_a_plain_sort_beyond_the_budget_is_sorted_and_exact(daemons, tmp_path):
 
 @pytest.mark.parametrize("make", [Ordered, Secondary, HotKey])
 def test_hot_values_read_and_spilled_in_chunks(tmp_path, spilly, monkeypatch, make):
-    """A key's values list over BIG_VALUES bytes in a segment is read in chunks, and one
-    over CHUNK_PAIRS in a map task's run written in chunks: same result, same order."""
+    """A key's values list of over CHUNK_PAIRS values is read from a segment in chunks,
+    and written to a map task's run in chunks: same result, same order."""
     from pymapreduce.spill import runs
 
-    monkeypatch.setattr(runs, "BIG_VALUES", 16)
     monkeypatch.setattr(runs, "CHUNK_PAIRS", 3)
     monkeypatch.setattr(mapside, "CHUNK_PAIRS", 3)
     records = words(600, vocabulary=5)

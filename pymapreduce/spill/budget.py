@@ -102,8 +102,9 @@ class Budget:
 
     def over(self) -> bool:
         """Whether the task's data passed the share of the budget it may buffer, and has
-        grown by 1/RUN_SHARE of it since the last spill: what a task holds besides its
-        buffer (its encoded input, say) never makes a storm of tiny runs.
+        grown by 1/RUN_SHARE of it since the last spill (from the lowest reading since:
+        a reduce task lets its segments go as it reads them): what a task holds besides
+        its buffer (its encoded input, say) never makes a storm of tiny runs.
 
         Also sets :attr:`every`, the records until the next reading: fewer while the
         resident set grows fast (records of megabytes), back up to CHECK_EVERY when not."""
@@ -114,6 +115,8 @@ class Budget:
             self.every = max(1, self.every // max(2, grown // max(step, 1)))
         elif grown < step // 4 and self.every < CHECK_EVERY:
             self.every = min(CHECK_EVERY, self.every * 2)
+        if rss < self.mark:  # (the task let input go: its buffer grows from here)
+            self.mark = rss
         return rss - self.baseline > self.limit and rss - self.mark >= self.limit // RUN_SHARE
 
     def used(self) -> int:

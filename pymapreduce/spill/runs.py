@@ -38,7 +38,6 @@ from .budget import TaskFiles
 
 READ_SIZE = 256 * 1024  # bytes a run reader or segment cursor buffers
 CHUNK_PAIRS = 4096  # pairs packed per msgpack call when writing a run
-BIG_VALUES = 1 << 20  # encoded bytes of one key's values read from a segment in chunks
 MAX_FANIN = 32  # runs merged at once; more are first merged into fewer (bounded buffers)
 PLAIN_TYPES = frozenset({str, int, float, bytes})
 _NUMBER, _STR, _BYTES, _TUPLE = 1, 2, 3, 4
@@ -203,9 +202,11 @@ def segment_header(blob: Any) -> tuple[int, int]:
 
 def _segment_cursors(blob: Any, find_big: bool = False) -> tuple[Any, Any, int, set]:
     """Two cursors into a segment: over its ``n`` keys (an iterator) and its ``n`` values
-    (the Unpacker); the values are skipped over once first, which checks the bytes hold
-    them all (a truncated or forged segment fails here, not silently short).
-    ``find_big``: also the indexes of keys whose values take more than BIG_VALUES bytes."""
+    (the Unpacker). A third cursor first walks the values to the end of the bytes, so a
+    truncated or forged segment (fewer values than keys, bytes after the last item) fails
+    here instead of giving fewer pairs. ``find_big``: also the indexes of the keys whose
+    values are lists of more than CHUNK_PAIRS items, found by their headers (walked an
+    item at a time: a hot key's list is never buffered whole)."""
     keys = _unpacker(_View(blob))
     try:
         items = keys.read_array_header()
@@ -217,20 +218,42 @@ def _segment_cursors(blob: Any, find_big: bool = False) -> tuple[Any, Any, int, 
     values = _unpacker(_View(blob))
     values.read_array_header()
     values.read_array_header()
-    big = set()
-    if find_big:
-        tell, skip = values.tell, values.skip
-        for i in range(n):
-            start = tell()
-            skip()
-            if tell() - start > BIG_VALUES:
-                big.add(i)
-    else:
-        for _ in range(n):
-            values.skip()
+    for _ in range(n):
+        values.skip()
     if values.read_array_header() != n:
         raise ValueError("a map output segment with fewer values than keys")
+    start = values.tell()
+    view = memoryview(blob).cast("B")
+    probe = _unpacker(_View(view[start:]))
+    big = set()
+    for i in range(n):
+        count = _list_length(view, start + probe.tell()) if find_big else None
+        if count is not None and count > CHUNK_PAIRS:
+            probe.read_array_header()
+            for _ in range(count):
+                probe.skip()
+            big.add(i)
+        else:
+            probe.skip()
+    if items == 3:
+        probe.skip()  # (the flag)
+    if start + probe.tell() != len(view):
+        raise ValueError("a map output segment with bytes after its last item")
     return islice(keys, n), values, n, big
+
+
+def _list_length(view: memoryview, pos: int) -> int | None:
+    """The length of the msgpack array at ``pos``, read off its header; None if none."""
+    if pos >= len(view):
+        return None
+    b = view[pos]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC:
+        return int.from_bytes(view[pos + 1:pos + 3], "big")
+    if b == 0xDD:
+        return int.from_bytes(view[pos + 1:pos + 5], "big")
+    return None
 
 
 def segment_pairs(blob: Any) -> Iterator[tuple]:
@@ -241,9 +264,9 @@ def segment_pairs(blob: Any) -> Iterator[tuple]:
 
 
 def segment_chunks(blob: Any) -> Iterator[tuple]:
-    """A segment of values lists as ``(key, list)`` pairs, a key whose list takes more
-    than BIG_VALUES bytes given in several lists of CHUNK_PAIRS values, so that one hot
-    key's values are never decoded at once."""
+    """A segment of values lists as ``(key, list)`` pairs, a key whose list holds more
+    than CHUNK_PAIRS values given in several lists of CHUNK_PAIRS, so that one hot key's
+    values are never decoded at once."""
     keys, values, n, big = _segment_cursors(blob, find_big=True)
     if not big:
         yield from zip(keys, islice(values, n))
