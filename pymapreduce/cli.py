@@ -171,6 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.slowdown < 1:
         raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
     memory = parse_size(args.memory) if args.memory is not None else None
+    if args.spill_dir is not None and memory is None:
+        raise ConfigError("--spill-dir is where tasks over --memory spill: give --memory too")
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
                      slowdown=args.slowdown, tags=tuple(args.tag or ()),
                      keys=keys, memory=memory, spill_dir=args.spill_dir)

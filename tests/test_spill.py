@@ -506,11 +506,13 @@ def test_worker_refuses_a_bad_memory_budget(tmp_path):
 
     from tests.conftest import pmr
 
-    for bad in ("lots", "1KB"):
-        proc = subprocess.run(pmr("worker", "--connect", "tcp://127.0.0.1:9", "--memory", bad),
+    for args, says in ((("--memory", "lots"), "memory budget"),
+                       (("--memory", "1KB"), "memory budget"),
+                       (("--spill-dir", str(tmp_path)), "give --memory too")):
+        proc = subprocess.run(pmr("worker", "--connect", "tcp://127.0.0.1:9", *args),
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0
-        assert "memory budget" in proc.stderr and "Traceback" not in proc.stderr
+        assert says in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_job_run_takes_a_memory_budget():
