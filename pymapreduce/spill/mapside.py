@@ -1,8 +1,9 @@
 """A map task under a memory budget: Hadoop's sort buffer.
 
 Map output is grouped in memory as :func:`~pymapreduce.kernels.map_grouped` groups it
-(the combiner folding every COMBINE_EVERY values of a key). Every CHECK_EVERY records the
-process's resident set is read; once the task's data passes its share of the budget, the
+(the combiner folding every COMBINE_EVERY values of a key), by the same loops, over slices
+of the records; between slices (``budget.every`` records: up to CHECK_EVERY) the process's
+resident set is read, and once the task's data passes its share of the budget, the
 groups are combined (the combiner runs on each spill), cut into partitions, sorted by key
 within each partition and written as one run, a file with a section per partition; the
 memory is freed and mapping goes on. At the end, a task that never spilled finishes as
