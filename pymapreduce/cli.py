@@ -160,6 +160,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
+    from .spill.budget import parse_size
     from .workers import Supervisor
 
     _setup_logging(args.log_level, "worker")
@@ -174,9 +175,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     keys = PeerKeys.load(args.keys, args.key_name) if args.keys else None
     if args.slowdown < 1:
         raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
+    memory = parse_size(args.memory) if args.memory is not None else None
+    if args.spill_dir is not None and memory is None:
+        raise ConfigError("--spill-dir is where tasks over --memory spill: give --memory too")
     sup = Supervisor(args.connect, processes, credit=args.credit, parent_pid=args.parent_pid,
                      slowdown=args.slowdown, tags=tuple(args.tag or ()),
-                     keys=keys)
+                     keys=keys, memory=memory, spill_dir=args.spill_dir)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
@@ -380,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--slowdown", type=float, default=1.0, metavar="F",
                    help="debugging: make this worker F times slower (it idles F-1 times "
                         "each task's duration after it), to try stragglers and backup tasks")
+    w.add_argument("--memory", metavar="SIZE",
+                   help="memory budget of each worker process's tasks, e.g. 256MB or 1GiB: "
+                        "past it, map and reduce tasks spill sorted runs to disk "
+                        "(default: unbounded; docs/memory.md)")
+    w.add_argument("--spill-dir", metavar="DIR",
+                   help="where tasks over --memory spill (default: $TMPDIR or /tmp)")
     keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)
@@ -399,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded cluster size (default: cores)")
     r.add_argument("--reducers", type=int, metavar="N",
                    help="reduce partitions (default: one per worker)")
+    r.add_argument("--memory", metavar="SIZE",
+                   help="embedded cluster: each worker process's memory budget (as worker "
+                        "--memory; default unbounded)")
     r.add_argument("--split-bytes", type=int, metavar="BYTES", help="bytes per map task")
     r.add_argument("--encoding", default="utf-8", metavar="NAME",
                    help="the files' encoding (default utf-8)")

@@ -145,6 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                "--output too, or leave --overwrite out")
     gather_files(job, args.file)  # as does a missing --file (read again at submit)
     period = progress_period(args.progress_every)  # and a bad progress period
+    memory = getattr(args, "memory", None)
+    if memory is not None and args.connect is not None:
+        raise PyMapReduceError("--memory sets the embedded cluster's workers; the workers of "
+                               "the broker at --connect have their own (worker --memory)")
     cluster = None
     started = time.monotonic()
     try:
@@ -152,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if address is None:
             cluster = LocalCluster(workers=args.workers, keys=args.keys,
                                    heartbeat_interval=args.heartbeat,
-                                   liveness=args.liveness,
+                                   liveness=args.liveness, memory=memory,
                                    task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
         with Client(address, keys=args.keys, key_name=args.key_name) as client:

@@ -194,6 +194,7 @@ class Job:
         dashboard: bool = False,
         storage_options: dict | None = None,
         results: bool = True,
+        memory: int | str | None = None,
     ) -> Any:
         """Run the job and return its result (a dict; a list of pairs for a map-only job).
 
@@ -213,7 +214,8 @@ class Job:
         <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
         default, so a plain call prints nothing. ``dashboard``:
         the embedded broker serves its HTTP API (docs/observability.md), its URL printed
-        on stderr.
+        on stderr. ``memory``: each embedded worker process's memory budget (bytes, or a
+        size such as ``"256MB"``): past it, tasks spill to disk (docs/memory.md).
         """
         import sys as _sys
 
@@ -225,12 +227,13 @@ class Job:
 
         cluster_options = {k: v for k, v in (("heartbeat_interval", heartbeat_interval),
                                              ("liveness", liveness),
-                                             ("http", True if dashboard else None))
+                                             ("http", True if dashboard else None),
+                                             ("memory", memory))
                            if v is not None}
         if address is not None and cluster_options:
             raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
                               "cluster; the broker at address= has its own (--heartbeat, "
-                              "--liveness)")
+                              "--liveness; its workers' --memory)")
         if address is None:  # what would fail at submit fails before a cluster starts
             pickle_job(self)
             if isinstance(inputs, TextInput):

@@ -13,6 +13,7 @@ from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
 from .patterns import config as timing
+from .spill.budget import parse_size
 from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
@@ -56,13 +57,17 @@ class LocalCluster:
     logs); ``task_stdout="stderr"`` sends what they print to stdout to stderr instead.
     ``http``: serve the dashboard (``True``: on a free loopback port; see ``http_url``).
     ``events=False``: the broker keeps no event log (``--no-events``; no ``http`` then).
+    ``memory``: each worker process's memory budget (bytes, or a size such as
+    ``"256MB"``), the workers' ``--memory``: past it, tasks spill to disk
+    (docs/memory.md); default unbounded.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
                  log_level: str | None = None, keys: str | os.PathLike | None = None,
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
-                 http: bool | str = False, events: bool = True) -> None:
+                 http: bool | str = False, events: bool = True,
+                 memory: int | str | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -87,6 +92,8 @@ class LocalCluster:
         if http and not events:
             raise ConfigError("the HTTP server serves the event log: http cannot be given "
                               "with events=False")
+        # each worker process's memory budget (``--memory``), checked here, not at start
+        self.memory = parse_size(memory) if memory is not None else None
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
 
@@ -138,8 +145,9 @@ class LocalCluster:
             # address, once it is known, from their standard input
             echo = _echo_fds(self.task_stdout)
             try:
+                memory = ("--memory", str(self.memory)) if self.memory else ()
                 self._worker = self._spawn("worker", "--connect", "-",
-                                           "--processes", str(self.workers),
+                                           "--processes", str(self.workers), *memory,
                                            stdout=subprocess.DEVNULL, stdin=subprocess.PIPE,
                                            echo=echo)
             finally:

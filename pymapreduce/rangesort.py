@@ -45,7 +45,11 @@ def plain_sort(job: Job) -> bool:
 
 def map_runs(job: Job, records: Iterable[tuple[Any, Any]], reducers: int) -> list[Columns]:
     """Run ``map`` over records; its pairs sorted by key, cut into ``reducers`` ranges."""
-    keys, values = map_pairs(job, records)
+    return cut_runs(job, *map_pairs(job, records), reducers)
+
+
+def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]:
+    """Pairs sorted by key (stably), cut into ``reducers`` ranges at the boundaries."""
     if not set(map(type, keys)) <= PLAIN_KEYS:
         keys = [grouped_key(job, "map", k) for k in keys]
     bounds = range_bounds(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from ..errors import ValueNeedsPickle
@@ -19,6 +20,12 @@ from ..lines import input_size, read_whole
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
+from ..spill.budget import Budget, TaskFiles
+from ..spill.mapside import map_only_spilling, map_runs_spilling, map_spilling
+from ..spill.reduceside import fits_decoded, merge_sorted_segments, reduce_spilling
+from ..spill.runs import ColumnsWriter, segment_pairs
+
+SPILL_COUNTER = "pymapreduce.spilled_runs"  # runs a task spilled (when it spilled any)
 
 # raised by user code to end "the program" (sys.exit() in map, a KeyboardInterrupt raised
 # by hand): in a worker that would end the worker process (and sys.exit(77), the code of
@@ -54,7 +61,8 @@ class Numbered:
 
 
 def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
-             skip: Any = (), ordinals: bool = False, safe_output: bool = False):
+             skip: Any = (), ordinals: bool = False, safe_output: bool = False,
+             budget: Budget | None = None):
     """Run a map or reduce task; returns ``(output blobs, stats)``.
 
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
@@ -63,22 +71,45 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     record's ordinal in its split (a job that may skip bad records). ``safe_output``: the
     output is the job's result and the job did not opt in to pickled results, so a value
     that would need pickling fails the task (:class:`ValueNeedsPickle`, naming its key and
-    type) rather than reach a client that will refuse it.
+    type) rather than reach a client that will refuse it. ``budget``: the process's memory
+    budget; past it a task spills sorted runs to its own directory, removed when the task
+    ends however it ends (``spill/``, docs/memory.md).
     """
-    with paused_gc():
-        return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
-                         safe_output)
+    with paused_gc(), (budget.task_dir() if budget is not None else nullcontext()) as files:
+        if budget is not None:
+            budget.start_task(sum(len(b) for b in blobs) if kind != "map" else 0)
+        out, stats = _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
+                               safe_output, budget, files)
+        if budget is not None and budget.spills:
+            counters = stats.setdefault("counters", {})
+            counters[SPILL_COUNTER] = counters.get(SPILL_COUNTER, 0) + budget.spills
+        return out, stats
 
 
 def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
-              skip: Any, ordinals: bool, safe_output: bool):
+              skip: Any, ordinals: bool, safe_output: bool, budget: Budget | None = None,
+              files: TaskFiles | None = None):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
-        records, nbytes, where = _open_split(desc, blobs)
+        if budget is not None and desc[0] == "cols" and not fits_decoded(
+                [frame_bytes(blobs[desc[1]])], budget):
+            # the step before's output, larger than the room left: read pair by pair
+            records = StreamedPairs(frame_bytes(blobs[desc[1]]))
+            nbytes, where = len(records.blob), {}
+        else:
+            records, nbytes, where = _open_split(desc, blobs)
         source = Numbered(records, skip) if ordinals or skip else records
         try:
-            if map_only:
+            if map_only and budget is not None and files is not None:
+                out = [_packed(map_only_spilling(job, source, budget, files, safe_output),
+                               safe_output)]
+            elif map_only:
                 out = [pack_output(map_pairs(job, source), safe_output)]
+            elif budget is not None and files is not None:  # sort and spill past the budget
+                if plain_sort(job):
+                    out = map_runs_spilling(job, source, reducers, budget, files)
+                else:
+                    out = map_spilling(job, source, reducers, budget, files)
             elif plain_sort(job):  # a total_order job without reduce: sorted runs
                 out = pack_runs(map_runs(job, source, reducers))
             else:
@@ -107,7 +138,9 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             # map outputs come from other workers, which run user code (and so may pickle)
             segments = (unpack(frame_bytes(b), allow_pickle=True)
                         for b in blobs[first : first + n])
-            if plain_sort(job):
+            if budget is not None and files is not None:
+                out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
+            elif plain_sort(job):
                 out = [pack_output(merge_runs(job, segments), safe_output)]
             else:
                 groups = merge_segments(segments, combined=job._has("combine"))
@@ -119,6 +152,34 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
     if counters:
         stats["counters"] = counters
     return out, stats
+
+
+def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
+                      files: TaskFiles, safe: bool) -> bytes:
+    """A reduce task's output blob under a memory budget (``spill/reduceside.py``)."""
+    if plain_sort(job):
+        segments = [frame_bytes(b) for b in blobs[first:first + n]]
+        if fits_decoded(segments, budget):  # today's sort of the concatenated runs
+            return pack_output(merge_runs(job, (unpack(s, allow_pickle=True)
+                                                for s in segments)), safe)
+        return merge_sorted_segments(job, segments, ColumnsWriter(files, safe=safe))
+    out = reduce_spilling(job, _taken(blobs, first, n), budget, files, safe)
+    return _packed(out, safe)
+
+
+def _packed(out: Any, safe: bool) -> bytes:
+    """A spilling kernel's output: bytes as it wrote them, or columns to pack as today."""
+    return out if isinstance(out, bytes) else pack_output(out, safe)
+
+
+def _taken(blobs: list, first: int, n: int) -> Any:
+    """The task's segments, each let go once read: the task's own slots of its TASKS
+    message's blobs, so a decoded segment's bytes are freed, not held to the end."""
+    for i in range(first, first + n):
+        blob = frame_bytes(blobs[i])
+        blobs[i] = b""
+        yield blob
+        del blob
 
 
 def pack_output(columns: Columns, safe: bool) -> bytes:
@@ -136,6 +197,25 @@ def pack_output(columns: Columns, safe: bool) -> bytes:
         except ValueNeedsPickle as pair_error:
             raise ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}") from None
     raise error
+
+
+class StreamedPairs:
+    """A multi-step job's input (``[keys, values]``) decoded one pair at a time; its
+    ``len`` is the pairs read so far (the task's record count once it is mapped)."""
+
+    def __init__(self, blob: Any) -> None:
+        self.blob = blob
+        self.count = 0
+
+    def __iter__(self):
+        if not len(self.blob):
+            return
+        for pair in segment_pairs(self.blob):
+            self.count += 1
+            yield pair
+
+    def __len__(self) -> int:
+        return self.count
 
 
 def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from ..errors import AuthenticationFailed
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
+from ..spill.budget import private_root, remove_process_dir
 from .isolation import remove_roots_of
 from .voucher import Voucher
 from .worker import Worker
@@ -50,8 +52,13 @@ class Supervisor:
 
     def __init__(self, connect: str, processes: int, *, credit: int = 32,
                  parent_pid: int | None = None, keys: PeerKeys | None = None,
-                 slowdown: float = 1.0, tags: tuple = ()) -> None:
+                 slowdown: float = 1.0, tags: tuple = (), memory: int | None = None,
+                 spill_dir: str | None = None) -> None:
         self.connect = connect
+        self.memory = memory  # bytes each worker process's tasks may hold (None: unbounded)
+        # where they spill: a directory of this daemon's own (a process's is named by its
+        # pid in it), removed when the daemon stops
+        self.spill_root = private_root(spill_dir) if memory is not None else None
         self.tags = tuple(tags)
         self.slowdown = slowdown
         self.keys = keys
@@ -91,7 +98,8 @@ class Supervisor:
                             slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
                             identity=identity, replaces=replaces, tags=self.tags,
                             on_welcome=self.voucher.learned,
-                            supervisor=self.voucher.identity if self.voucher.enabled else None)
+                            supervisor=self.voucher.identity if self.voucher.enabled else None,
+                            memory=self.memory, spill_dir=self.spill_root)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())
@@ -144,7 +152,7 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             identity = self.identities.pop(pid, None)
             if slot is not None:  # (killed: its job directories are still there)
-                remove_roots_of(pid)
+                self._remove_files(pid)
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:
@@ -163,6 +171,13 @@ class Supervisor:
             self.restarts += 1
             self._spawn(slot)
 
+    def _remove_files(self, pid: int) -> None:
+        """What a gone child left on disk: its jobs' directories and its spilled runs
+        (a process killed mid-task could not remove them itself)."""
+        remove_roots_of(pid)
+        if self.spill_root is not None:
+            remove_process_dir(self.spill_root, pid)
+
     def shutdown(self, grace: float = 3.0) -> None:
         for pid in list(self.children):
             try:
@@ -177,7 +192,7 @@ class Supervisor:
                 break
             if pid:
                 self.children.pop(pid, None)
-                remove_roots_of(pid)
+                self._remove_files(pid)
             else:
                 time.sleep(0.005)  # (children exit within milliseconds of SIGTERM)
         for pid in list(self.children):
@@ -186,8 +201,10 @@ class Supervisor:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            remove_roots_of(pid)
+            self._remove_files(pid)
         self.children.clear()
+        if self.spill_root is not None:
+            shutil.rmtree(self.spill_root, ignore_errors=True)
 
 
 def _describe(status: int) -> str:

@@ -39,6 +39,7 @@ from ..patterns.security import HandshakeWatch, PeerKeys
 from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
 from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
 from ..shipping import unpack_code
+from ..spill.budget import Budget
 from .capture import Capture, attempt_log, register_sources
 from .isolation import JobDirs, ProcessState
 from .reporting import REPORT_SLACK, done_messages
@@ -99,6 +100,8 @@ class Worker:
         tags: Any = (),
         on_welcome: Callable[[float], None] | None = None,
         supervisor: bytes | None = None,
+        memory: int | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
@@ -146,6 +149,9 @@ class Worker:
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
         self.state = ProcessState()  # what each task starts from (isolation.py)
+        # the memory budget of this process's tasks: past it they spill (spill/), in
+        # spill_dir/PID (a directory private to this user: the supervisor's own)
+        self.budget = Budget(memory, spill_dir) if memory else None
 
     def _socket(self, kind: int, identity: bytes | None = None) -> zmq.Socket:
         sock = make_socket(self.ctx, kind, identity=identity)
@@ -438,7 +444,8 @@ class Worker:
                     outputs, stats = run_task(item.job, kind, item.split, blobs,
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
-                                              safe_output=item.safe_output)
+                                              safe_output=item.safe_output,
+                                              budget=self.budget)
                 if isinstance(item.output, dict):  # its part file, under this attempt's name
                     from ..store.output import write_attempt
 

@@ -1,0 +1,304 @@
+"""A map task under a memory budget: Hadoop's sort buffer.
+
+Map output is grouped in memory as :func:`~pymapreduce.kernels.map_grouped` groups it
+(the combiner folding every COMBINE_EVERY values of a key), by the same loops, over slices
+of the records; between slices (``budget.every`` records: up to CHECK_EVERY) the process's
+resident set is read, and once the task's data passes its share of the budget, the
+groups are combined (the combiner runs on each spill), cut into partitions, sorted by key
+within each partition and written as one run, a file with a section per partition; the
+memory is freed and mapping goes on. At the end, a task that never spilled finishes as
+today (:func:`~pymapreduce.kernels.finish_map`, the same bytes); one that did spills its
+last groups too and merges its runs, partition by partition, into one output segment per
+partition in today's format: ``[keys, values]``, keys in order, where without a combiner a
+key may appear once per run, each time with a list of its values (the reduce side extends
+a key's list with each; value order is kept: runs are merged in the order they were
+written). With a combiner each key appears once, its runs' values combined.
+
+A plain sort (``total_order`` without ``reduce``, ``rangesort.py``) spills its pairs as
+sorted runs cut at the range boundaries and merges them into ``[keys, values, RUNS]``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+from ..job import Job
+from ..kernels import (
+    _NO_RECORD,
+    COMBINE_EVERY,
+    FlatPairs,
+    RecordFailed,
+    _blame,
+    _hook,
+    finish_map,
+)
+from ..ordering import as_pair, combiner_of, group_key, grouped_key, range_bounds
+from ..patterns.records import pack
+from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
+from .budget import Budget, TaskFiles
+from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
+
+_SLICE_START = object()  # the key before a slice's first record
+
+
+def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
+                 budget: Budget, files: TaskFiles) -> list:
+    """A map task's output segments (bytes per partition, ``b""`` when empty), its
+    buffered output spilled to runs in ``files`` whenever it passes the budget."""
+    mapper = job.map
+    combiner = combiner_of(job)
+    groups: dict = defaultdict(list)
+    runs: list = []
+    key = pair = _NO_RECORD
+    try:
+        _hook(job, "map_init")
+        it = iter(records)
+        while True:
+            # records in slices of budget.every, the budget checked between them: the
+            # loops over records and pairs are map_grouped's own, with no count per record
+            key = _SLICE_START
+            if combiner is None:
+                for key, value in islice(it, budget.every):
+                    out = mapper(key, value)
+                    if out is not None:
+                        for pair in out:
+                            if type(pair) is not tuple:
+                                pair = as_pair(job, "map", pair)
+                            k, v = pair
+                            try:
+                                groups[k].append(v)
+                            except TypeError:
+                                groups[group_key(job, "map", k)].append(v)
+            else:
+                for key, value in islice(it, budget.every):
+                    out = mapper(key, value)
+                    if out is not None:
+                        for pair in out:
+                            if type(pair) is not tuple:
+                                pair = as_pair(job, "map", pair)
+                            k, v = pair
+                            try:
+                                values = groups[k]
+                            except TypeError:
+                                k = group_key(job, "map", k)
+                                values = groups[k]
+                            values.append(v)
+                            if len(values) >= COMBINE_EVERY:
+                                values[:] = [combiner(k, values)]
+            if key is _SLICE_START:  # the slice was empty: the records are done
+                break
+            if groups and budget.over():  # (user state alone: nothing to spill)
+                key = _NO_RECORD  # (a failing spill is no record's fault)
+                runs.append(_spill_groups(job, groups, reducers, files))
+                groups = defaultdict(list)
+                budget.released()
+        key = _NO_RECORD
+        if not groups and not runs and combiner is None:
+            return _packed(finish_map(job, FlatPairs(job, list(_hook(job, "map_final"))),
+                                      reducers))
+        for pair in _hook(job, "map_final"):
+            if type(pair) is not tuple or len(pair) != 2:
+                pair = as_pair(job, "map_final", pair)
+            k, v = pair
+            try:
+                groups[k].append(v)
+            except TypeError:
+                groups[group_key(job, "map_final", k)].append(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    if not runs:  # it fitted: today's output, the same bytes
+        return _packed(finish_map(job, groups, reducers))
+    if groups:
+        runs.append(_spill_groups(job, groups, reducers, files))
+        del groups
+        budget.released()
+    budget.spills += len(runs)
+    return [_merge_partition(job, runs, p, combiner, files) for p in range(reducers)]
+
+
+def _packed(parts: list) -> list:
+    # (as lists: a tuple would be packed twice, once inside its extension)
+    return [pack(list(p)) if p[0] else b"" for p in parts]
+
+
+def _spill_groups(job: Job, groups: dict, reducers: int, files: TaskFiles) -> Any:
+    """Write ``groups`` as one run: combined (or value-sorted), partitioned, key-sorted."""
+    parts = finish_map(job, groups, reducers)  # combines, sorts values, partitions
+    combiner = combiner_of(job)
+    types = set().union(*(set(map(type, keys)) for keys, *_ in parts))
+    order = order_of(types)
+    sections = []
+    for keys, values, *_ in parts:
+        index = dict(zip(keys, range(len(keys))))  # (keys are unique within a run)
+        ordered = list(keys)
+        sort_keys(ordered, order, job)
+        section = [(k, values[index[k]]) for k in ordered]
+        if combiner is None and any(len(v) > CHUNK_PAIRS for _, v in section):
+            section = _chunked(section)
+        sections.append(section)
+    return write_run(files, sections, types)
+
+
+def _chunked(section: list) -> list:
+    """A hot key's values list cut into lists of CHUNK_PAIRS, one pair each (the reduce
+    side extends a key's list with each): a run's items, and so the merge's heap, hold
+    a bounded number of values at a time."""
+    out = []
+    for k, values in section:
+        if len(values) <= CHUNK_PAIRS:
+            out.append((k, values))
+        else:
+            out += [(k, values[i:i + CHUNK_PAIRS]) for i in range(0, len(values), CHUNK_PAIRS)]
+    return out
+
+
+def _merge_partition(job: Job, runs: list, p: int, combiner: Any, files: TaskFiles) -> bytes:
+    """Partition ``p`` of every run merged into one segment (today's format)."""
+    order = order_of(set().union(*(r.types for r in runs)))
+    streams = [r.triples(p, i) for i, r in enumerate(runs) if r.sections[p][1]]
+    if not streams:
+        return b""
+    out = ColumnsWriter(files)
+    merged = merge(streams, triple_key(order))
+    if combiner is None:
+        out.extend(merged, triples=True)
+        return out.finish()
+    last: Any = _NO_RECORD
+    pending: list = []
+    for k, _, v in merged:
+        if pending and k != last:
+            out.add(last, pending[0] if len(pending) == 1 else combiner(last, pending))
+            pending = []
+        last = k
+        pending.append(v)
+    if pending:
+        out.add(last, pending[0] if len(pending) == 1 else combiner(last, pending))
+    return out.finish()
+
+
+# -- a plain sort ------------------------------------------------------------------------
+
+def map_runs_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
+                      budget: Budget, files: TaskFiles) -> list:
+    """:func:`~pymapreduce.rangesort.map_runs` and its packing under a budget: pairs
+    buffered, spilled as sorted runs cut at the range boundaries, merged per partition."""
+    runs: list = []
+    keys, values = _map_into(job, records, budget, lambda keys, values: runs.append(
+        _spill_pairs(job, keys, values, reducers, files)))
+    if not runs:  # it fitted: today's kernels on the pairs
+        return pack_runs(cut_runs(job, keys, values, reducers))
+    if keys:
+        runs.append(_spill_pairs(job, keys, values, reducers, files))
+        del keys, values
+        budget.released()
+    budget.spills += len(runs)
+    return [_merge_sorted(job, [r for r in runs if r.sections[p][1]], p, files)
+            for p in range(reducers)]
+
+
+def _spill_pairs(job: Job, keys: list, values: list, reducers: int, files: TaskFiles) -> Any:
+    """Sort pairs by key (stably), cut them at the boundaries, write them as a run."""
+    if not set(map(type, keys)) <= PLAIN_KEYS:
+        keys = [grouped_key(job, "map", k) for k in keys]
+    bounds = range_bounds(job) or []
+    try:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+    except TypeError:
+        raise _incomparable(job, keys, bounds) from None
+    keys = list(map(keys.__getitem__, order))
+    values = list(map(values.__getitem__, order))
+    del order
+    cuts = [0]
+    for bound in bounds[:reducers - 1]:
+        try:
+            cuts.append(bisect_right(keys, bound, cuts[-1]))
+        except TypeError:
+            raise _incomparable(job, keys, bounds) from None
+    cuts += [len(keys)] * (reducers + 1 - len(cuts))
+    sections = [zip(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
+    return write_run(files, sections, set(map(type, keys)))
+
+
+def _merge_sorted(job: Job, runs: list, p: int, files: TaskFiles) -> bytes:
+    """Partition ``p`` of sorted runs merged (stably) into ``[keys, values, RUNS]``."""
+    if not runs:
+        return b""
+    out = ColumnsWriter(files, flag=RUNS)
+    try:
+        out.extend(merge([r.triples(p, i) for i, r in enumerate(runs)], None), triples=True)
+    except TypeError:
+        raise _incomparable(job, [], range_bounds(job) or []) from None
+    return out.finish()
+
+
+
+# -- a map-only task -----------------------------------------------------------------------
+
+def map_only_spilling(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
+                      files: TaskFiles, safe: bool) -> Any:
+    """A map-only task's output under a budget: ``(keys, values)`` columns if it fitted
+    (packed as today by the caller), else its encoded bytes: past the budget the pairs
+    go to a :class:`~pymapreduce.spill.runs.ColumnsWriter` (files) in the order mapped,
+    and only the encoded output is held at the end (``safe``: as for the client)."""
+    writer: list = []  # the ColumnsWriter, once the budget is passed
+
+    def spill(keys: list, values: list) -> None:
+        if not writer:
+            writer.append(ColumnsWriter(files, safe=safe))
+            budget.spills += 1
+        writer[0].extend(zip(keys, values))
+
+    keys, values = _map_into(job, records, budget, spill)
+    out = writer[0] if writer else None
+    if out is None:
+        return keys, values
+    out.extend(zip(keys, values))
+    return out.finish()
+
+
+def _map_into(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
+              spill: Any) -> tuple[list, list]:
+    """:func:`~pymapreduce.kernels.map_pairs` under a budget: the pairs as columns,
+    given to ``spill(keys, values)`` and dropped whenever they pass it; the rest
+    returned."""
+    mapper = job.map
+    keys: list = []
+    values: list = []
+    add_key = keys.append
+    add_value = values.append
+    key = pair = _NO_RECORD
+    try:
+        _hook(job, "map_init")
+        it = iter(records)
+        while True:
+            key = _SLICE_START  # (slices of records, as in map_spilling)
+            for key, value in islice(it, budget.every):
+                out = mapper(key, value)
+                if out is not None:
+                    for pair in out:
+                        if type(pair) is not tuple:
+                            pair = as_pair(job, "map", pair)
+                        k, v = pair
+                        add_key(k)
+                        add_value(v)
+            if key is _SLICE_START:
+                break
+            if keys and budget.over():
+                key = _NO_RECORD
+                spill(keys, values)
+                keys, values = [], []
+                add_key = keys.append
+                add_value = values.append
+                budget.released()
+        key = _NO_RECORD
+        for pair in _hook(job, "map_final"):
+            k, v = as_pair(job, "map_final", pair)
+            add_key(k)
+            add_value(v)
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return keys, values
