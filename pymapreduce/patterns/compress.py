@@ -224,3 +224,10 @@ class Inflating(Sequence):
     def __iter__(self) -> Iterator[Any]:
         for i in range(len(self.blobs)):
             yield self[i]
+
+    def __setitem__(self, i: int, value: Any) -> None:
+        """Replace a frame (a task under a memory budget lets each segment go once read:
+        runner.py's ``_taken``)."""
+        if not isinstance(self.blobs, list):
+            self.blobs = list(self.blobs)
+        self.blobs[i] = value
