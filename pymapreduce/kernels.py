@@ -54,11 +54,36 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
     be hashed is given to :func:`group_key`.
     """
     groups: Groups = defaultdict(list)
-    mapper = job.map
     combiner = combiner_of(job)
-    key = pair = _NO_RECORD
+    run_hook(job, "map_init")
+    group_records(job, groups, records, combiner)
+    if not groups and combiner is None:
+        # in-mapper combining: map yielded nothing and map_final yields the task's
+        # output, as a rule one pair per key; grouping it would make a list of one
+        # value per key, to encode, decode and merge: it travels as flat pairs
+        return FlatPairs(job, list(run_hook(job, "map_final")))
+    group_final(job, groups)
+    return groups
+
+
+def run_hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
+    """:func:`_hook`, its failure a :class:`RecordFailed` of no record."""
     try:
-        _hook(job, "map_init")
+        return _hook(job, name)
+    except Exception as exc:
+        raise RecordFailed(_NO_RECORD) from exc
+
+
+def group_records(job: Job, groups: Groups, records: Iterable[tuple[Any, Any]],
+                  combiner: Any, key: Any = _NO_RECORD) -> Any:
+    """Run ``map`` over ``records`` into ``groups`` (a ``defaultdict(list)``), combining
+    a key's values every COMBINE_EVERY with ``combiner`` (None: no combiner); the loops of
+    :func:`map_grouped`, also run over slices of a task's records by a task under a memory
+    budget (``spill/mapside.py``). Returns the key of the last record read, ``key`` if
+    there was none; a failure is a :class:`RecordFailed` naming the record it failed at."""
+    mapper = job.map
+    pair = _NO_RECORD
+    try:
         if combiner is None:
             for key, value in records:
                 out = mapper(key, value)
@@ -87,12 +112,15 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
                         values.append(v)
                         if len(values) >= COMBINE_EVERY:
                             values[:] = [combiner(k, values)]
-        key = _NO_RECORD
-        if not groups and combiner is None:
-            # in-mapper combining: map yielded nothing and map_final yields the task's
-            # output, as a rule one pair per key; grouping it would make a list of one
-            # value per key, to encode, decode and merge: it travels as flat pairs
-            return FlatPairs(job, list(_hook(job, "map_final")))
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return key
+
+
+def group_final(job: Job, groups: Groups) -> None:
+    """What ``map_final`` yields, into ``groups``."""
+    pair = _NO_RECORD
+    try:
         for pair in _hook(job, "map_final"):
             # (the tests inline: a final hook yields a whole task's output, in-mapper
             # combining's distinct keys; a call per pair cost 5% of such a map task)
@@ -104,8 +132,7 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
             except TypeError:
                 groups[group_key(job, "map_final", k)].append(v)
     except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
-    return groups
+        raise RecordFailed(_NO_RECORD) from _blame(job, pair, exc)
 
 
 class FlatPairs:
@@ -137,12 +164,21 @@ def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
     """Run ``map`` over records and keep its output as it is (map-only jobs)."""
     keys: list = []
     values: list = []
-    add_key = keys.append
-    add_value = values.append
+    run_hook(job, "map_init")
+    pair_records(job, keys.append, values.append, records)
+    pair_final(job, keys.append, values.append)
+    return keys, values
+
+
+def pair_records(job: Job, add_key: Any, add_value: Any,
+                 records: Iterable[tuple[Any, Any]], key: Any = _NO_RECORD) -> Any:
+    """Run ``map`` over ``records``, each pair's key and value given to ``add_key`` and
+    ``add_value``: the loop of :func:`map_pairs`, also run over slices of a task's records
+    under a memory budget. Returns the key of the last record read (``key`` if none); a
+    failure is a :class:`RecordFailed` naming the record it failed at."""
     mapper = job.map
-    key = pair = _NO_RECORD
+    pair = _NO_RECORD
     try:
-        _hook(job, "map_init")
         for key, value in records:
             out = mapper(key, value)
             if out is not None:
@@ -152,14 +188,20 @@ def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
                     k, v = pair
                     add_key(k)
                     add_value(v)
-        key = _NO_RECORD
+    except Exception as exc:
+        raise RecordFailed(key) from _blame(job, pair, exc)
+    return key
+
+
+def pair_final(job: Job, add_key: Any, add_value: Any) -> None:
+    """What ``map_final`` yields, checked to be pairs, to ``add_key`` and ``add_value``."""
+    try:
         for pair in _hook(job, "map_final"):
             k, v = as_pair(job, "map_final", pair)
             add_key(k)
             add_value(v)
     except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
-    return keys, values
+        raise RecordFailed(_NO_RECORD) from exc
 
 
 def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:

@@ -29,14 +29,16 @@ from typing import Any
 from ..job import Job
 from ..kernels import (
     _NO_RECORD,
-    COMBINE_EVERY,
     FlatPairs,
     RecordFailed,
-    _blame,
-    _hook,
     finish_map,
+    group_final,
+    group_records,
+    pair_final,
+    pair_records,
+    run_hook,
 )
-from ..ordering import as_pair, combiner_of, group_key, grouped_key, range_bounds
+from ..ordering import combiner_of, grouped_key, range_bounds
 from ..patterns.records import pack
 from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
@@ -49,67 +51,29 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
                  budget: Budget, files: TaskFiles) -> list:
     """A map task's output segments (bytes per partition, ``b""`` when empty), its
     buffered output spilled to runs in ``files`` whenever it passes the budget."""
-    mapper = job.map
     combiner = combiner_of(job)
     groups: dict = defaultdict(list)
     runs: list = []
-    key = pair = _NO_RECORD
-    try:
-        _hook(job, "map_init")
-        it = iter(records)
-        while True:
-            # records in slices of budget.every, the budget checked between them: the
-            # loops over records and pairs are map_grouped's own, with no count per record
-            key = _SLICE_START
-            if combiner is None:
-                for key, value in islice(it, budget.every):
-                    out = mapper(key, value)
-                    if out is not None:
-                        for pair in out:
-                            if type(pair) is not tuple:
-                                pair = as_pair(job, "map", pair)
-                            k, v = pair
-                            try:
-                                groups[k].append(v)
-                            except TypeError:
-                                groups[group_key(job, "map", k)].append(v)
-            else:
-                for key, value in islice(it, budget.every):
-                    out = mapper(key, value)
-                    if out is not None:
-                        for pair in out:
-                            if type(pair) is not tuple:
-                                pair = as_pair(job, "map", pair)
-                            k, v = pair
-                            try:
-                                values = groups[k]
-                            except TypeError:
-                                k = group_key(job, "map", k)
-                                values = groups[k]
-                            values.append(v)
-                            if len(values) >= COMBINE_EVERY:
-                                values[:] = [combiner(k, values)]
-            if key is _SLICE_START:  # the slice was empty: the records are done
-                break
-            if groups and budget.over():  # (user state alone: nothing to spill)
-                key = _NO_RECORD  # (a failing spill is no record's fault)
-                runs.append(_spill_groups(job, groups, reducers, files))
-                groups = defaultdict(list)
-                budget.released()
-        key = _NO_RECORD
-        if not groups and not runs and combiner is None:
-            return _packed(finish_map(job, FlatPairs(job, list(_hook(job, "map_final"))),
-                                      reducers))
-        for pair in _hook(job, "map_final"):
-            if type(pair) is not tuple or len(pair) != 2:
-                pair = as_pair(job, "map_final", pair)
-            k, v = pair
+    run_hook(job, "map_init")
+    it = iter(records)
+    # records in slices of budget.every, the budget checked between them: the loops over
+    # records and pairs are map_grouped's own (group_records), with no count per record
+    while group_records(job, groups, islice(it, budget.every), combiner,
+                        _SLICE_START) is not _SLICE_START:
+        if groups and budget.over():  # (user state alone: nothing to spill)
             try:
-                groups[k].append(v)
-            except TypeError:
-                groups[group_key(job, "map_final", k)].append(v)
-    except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+                runs.append(_spill_groups(job, groups, reducers, files))
+            except Exception as exc:  # (a failing spill is no record's fault)
+                raise RecordFailed(_NO_RECORD) from exc
+            groups = defaultdict(list)
+            budget.released()
+    if not groups and not runs and combiner is None:
+        flat = FlatPairs(job, list(run_hook(job, "map_final")))
+        try:
+            return _packed(finish_map(job, flat, reducers))
+        except Exception as exc:
+            raise RecordFailed(_NO_RECORD) from exc
+    group_final(job, groups)
     if not runs:  # it fitted: today's output, the same bytes
         return _packed(finish_map(job, groups, reducers))
     if groups:
@@ -265,40 +229,18 @@ def _map_into(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
     """:func:`~pymapreduce.kernels.map_pairs` under a budget: the pairs as columns,
     given to ``spill(keys, values)`` and dropped whenever they pass it; the rest
     returned."""
-    mapper = job.map
     keys: list = []
     values: list = []
-    add_key = keys.append
-    add_value = values.append
-    key = pair = _NO_RECORD
-    try:
-        _hook(job, "map_init")
-        it = iter(records)
-        while True:
-            key = _SLICE_START  # (slices of records, as in map_spilling)
-            for key, value in islice(it, budget.every):
-                out = mapper(key, value)
-                if out is not None:
-                    for pair in out:
-                        if type(pair) is not tuple:
-                            pair = as_pair(job, "map", pair)
-                        k, v = pair
-                        add_key(k)
-                        add_value(v)
-            if key is _SLICE_START:
-                break
-            if keys and budget.over():
-                key = _NO_RECORD
+    run_hook(job, "map_init")
+    it = iter(records)
+    while pair_records(job, keys.append, values.append, islice(it, budget.every),
+                       _SLICE_START) is not _SLICE_START:  # (slices, as in map_spilling)
+        if keys and budget.over():
+            try:
                 spill(keys, values)
-                keys, values = [], []
-                add_key = keys.append
-                add_value = values.append
-                budget.released()
-        key = _NO_RECORD
-        for pair in _hook(job, "map_final"):
-            k, v = as_pair(job, "map_final", pair)
-            add_key(k)
-            add_value(v)
-    except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+            except Exception as exc:  # (a failing spill is no record's fault)
+                raise RecordFailed(_NO_RECORD) from exc
+            keys, values = [], []
+            budget.released()
+    pair_final(job, keys.append, values.append)
     return keys, values
