@@ -24,6 +24,8 @@ from pymapreduce.patterns.records import pack, unpack
 from pymapreduce.spill import Budget, ValuesStream, mapside, parse_size, reduceside
 from pymapreduce.workers.runner import SPILL_COUNTER, TaskError, run_task
 
+from .jobs import WordCount
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -82,15 +84,6 @@ def words(n: int, vocabulary: int = 300, seed: int = 1) -> list:
     rng = random.Random(seed)
     return [(i, " ".join(f"w{rng.randrange(vocabulary)}" for _ in range(8)))
             for i in range(n)]
-
-
-class WordCount(Job):
-    def map(self, key, line):
-        for word in line.split():
-            yield word, 1
-
-    def reduce(self, word, counts):
-        return sum(counts)
 
 
 class Combined(WordCount):
