@@ -52,13 +52,14 @@ def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]
     """Pairs sorted by key (stably), cut into ``reducers`` ranges at the boundaries."""
     if not set(map(type, keys)) <= PLAIN_KEYS:
         keys = [grouped_key(job, "map", k) for k in keys]
-    bounds = range_bounds(job)
+    bounds = range_bounds(job) or []
     try:
         order = sorted(range(len(keys)), key=keys.__getitem__)
     except TypeError:
         raise _incomparable(job, keys, bounds) from None
     keys = list(map(keys.__getitem__, order))
     values = list(map(values.__getitem__, order))
+    del order  # (before the slices: a task under a memory budget spills with this)
     cuts = [0]
     for bound in bounds[:reducers - 1]:  # (boundaries are cut for the job's reducers)
         try:

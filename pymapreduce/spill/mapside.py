@@ -20,7 +20,6 @@ sorted runs cut at the range boundaries and merges them into ``[keys, values, RU
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import islice
@@ -38,9 +37,9 @@ from ..kernels import (
     pair_records,
     run_hook,
 )
-from ..ordering import combiner_of, grouped_key, range_bounds
+from ..ordering import combiner_of, range_bounds
 from ..patterns.records import pack
-from ..rangesort import PLAIN_KEYS, RUNS, _incomparable, cut_runs, pack_runs
+from ..rangesort import RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
 from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
 
@@ -166,25 +165,10 @@ def map_runs_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: in
 
 def _spill_pairs(job: Job, keys: list, values: list, reducers: int, files: TaskFiles) -> Any:
     """Sort pairs by key (stably), cut them at the boundaries, write them as a run."""
-    if not set(map(type, keys)) <= PLAIN_KEYS:
-        keys = [grouped_key(job, "map", k) for k in keys]
-    bounds = range_bounds(job) or []
-    try:
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-    except TypeError:
-        raise _incomparable(job, keys, bounds) from None
-    keys = list(map(keys.__getitem__, order))
-    values = list(map(values.__getitem__, order))
-    del order
-    cuts = [0]
-    for bound in bounds[:reducers - 1]:
-        try:
-            cuts.append(bisect_right(keys, bound, cuts[-1]))
-        except TypeError:
-            raise _incomparable(job, keys, bounds) from None
-    cuts += [len(keys)] * (reducers + 1 - len(cuts))
-    sections = [zip(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
-    return write_run(files, sections, set(map(type, keys)))
+    parts = cut_runs(job, keys, values, reducers)
+    del keys, values
+    types = set().union(*(map(type, k) for k, _ in parts))
+    return write_run(files, [zip(k, v) for k, v in parts], types)
 
 
 def _merge_sorted(job: Job, runs: list, p: int, files: TaskFiles) -> bytes:
