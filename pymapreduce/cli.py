@@ -102,9 +102,11 @@ def _backup_after(text: str) -> float:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig, fdlimit
+    from .patterns import compress
     from .patterns.sockets import check_endpoint
 
     _setup_logging(args.log_level, "broker")
+    compress.check_env()
     fdlimit.raise_fd_limit()  # each connection holds a descriptor, also one that never says hello
     for endpoint in filter(None, (args.bind, args.data_bind)):
         check_endpoint(endpoint)  # (a malformed address is not "beyond loopback")
@@ -158,10 +160,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .patterns import compress
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
     from .spill.budget import parse_size
     from .workers import Supervisor
+
+    compress.check_env()
 
     _setup_logging(args.log_level, "worker")
     if args.connect == "-":  # (imports done: an embedded cluster starts us with its broker)

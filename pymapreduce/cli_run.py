@@ -168,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        # the reducers write the part files; a local
                                        # --output may not be shared with a cluster's
                                        # workers: the data then comes home, as before
-                                       results=cluster is None and not is_url(args.output or ""),
+                                       results=args.output is None or (
+                                           cluster is None and not is_url(args.output)),
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else

@@ -28,7 +28,7 @@ from .lines import (  # noqa: F401 - the readers are part of this module's inter
     read_file_split,
     read_split,
 )
-from .store.urls import check_storage_options, is_url, list_url, local_path
+from .store.urls import check_storage_options, is_url, list_url, local_path, url_typo
 
 MIN_SPLIT_BYTES = 64 * 1024  # small inputs with a costly map still spread over workers
 # A map task reads at most this much by default, so that a task takes a short time (about
@@ -110,7 +110,7 @@ class TextInput:
         matches = sorted(glob.glob(path, recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
-            raise InputError(f"input path {pattern!r} matches no file")
+            raise InputError(f"input path {pattern!r} matches no file{url_typo(pattern)}")
         return [os.path.abspath(m) for m in matches]
 
 

@@ -234,6 +234,8 @@ class Job:
             raise ConfigError(f"{', '.join(cluster_options)}: settings of the embedded "
                               "cluster; the broker at address= has its own (--heartbeat, "
                               "--liveness; its workers' --memory)")
+        if results is not True and output_dir is None:
+            raise ConfigError("results=False needs output_dir=: the output would go nowhere")
         if address is None:  # what would fail at submit fails before a cluster starts
             pickle_job(self)
             if isinstance(inputs, TextInput):

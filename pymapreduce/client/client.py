@@ -15,6 +15,7 @@ from ..errors import (
     AuthenticationFailed,
     BrokerBusy,
     BrokerUnavailable,
+    ConfigError,
     InputError,
     JobFailed,
     JobNotFound,
@@ -231,6 +232,8 @@ class Client:
         refuses); the default also keeps it for ``result()``, as before.
         """
         output = None
+        if results is not True and output_dir is None:
+            raise ConfigError("results=False needs output_dir=: the output would go nowhere")
         if output_dir is not None:
             from ..store.commit import prepare_output
 

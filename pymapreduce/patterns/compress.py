@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import UndecodableValue
+from ..errors import ConfigError, UndecodableValue
 
 MAGIC = 0xC1  # never used by msgpack ("never used" in its spec)
 ZSTD = 1  # codec byte of zstd frames
@@ -83,6 +83,17 @@ def _has_zstd() -> bool:
     except ImportError:
         return False
     return True
+
+
+ENV_VALUES = ("", "on", "off", "none", "0", "1", "false", "true")
+
+
+def check_env() -> None:
+    """A daemon's start: ConfigError for a ``PYMAPREDUCE_COMPRESSION`` it does not know
+    (a typo would otherwise leave compression as it was, silently)."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value not in ENV_VALUES:
+        raise ConfigError(f"{ENV} must be on or off, not {os.environ[ENV]!r}")
 
 
 def enabled() -> bool:

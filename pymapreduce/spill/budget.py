@@ -56,8 +56,10 @@ def parse_size(text: Any) -> int:
                               "as 256MB, 1GiB or 512m")
         nbytes = int(float(match.group(1)) * unit)
     if nbytes < MIN_BUDGET:
+        bare = isinstance(text, int) or str(text).strip().isdigit()
+        hint = f" (a number alone counts bytes: did you mean {text}MB?)" if bare else ""
         raise ConfigError(f"a memory budget of {nbytes} bytes is too small: at least "
-                          f"{MIN_BUDGET >> 20} MiB")
+                          f"{MIN_BUDGET >> 20} MiB, {MIN_BUDGET} bytes{hint}")
     return nbytes
 
 

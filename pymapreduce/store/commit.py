@@ -14,7 +14,16 @@ import msgpack
 from ..client.output import PART, OutputExists, check_output_dir
 from ..errors import ConfigError, PyMapReduceError, UndecodableValue
 from .output import SUCCESS, TEMPORARY, Location, part_name, safe_job, temp_name
-from .urls import check_storage_options, check_url, is_url, local_path, redact
+from .urls import (
+    check_storage_options,
+    check_url,
+    credentials_error,
+    is_url,
+    local_path,
+    no_credentials,
+    redact,
+    url_typo,
+)
 
 MAX_ATTEMPT = 1 << 64
 
@@ -34,6 +43,8 @@ def prepare_output(directory: str | os.PathLike, *, overwrite: bool,
     url = os.fspath(directory)
     storage = check_storage_options(storage)
     if not is_url(url):
+        if url_typo(url):
+            raise ConfigError(f"output {url!r} is not a URL{url_typo(url)}")
         path = os.path.abspath(check_output_dir(local_path(url), overwrite=overwrite))
         return {"url": path, "storage": {}, "results": bool(results)}
     check_url(url)
@@ -56,6 +67,10 @@ def prepare_output(directory: str | os.PathLike, *, overwrite: bool,
         what = ("no such bucket or location" if isinstance(exc, FileNotFoundError) else
                 "access denied" if isinstance(exc, PermissionError) else type(exc).__name__)
         raise ConfigError(f"cannot write the output {redact(url)!r}: {what} ({exc})") from None
+    except Exception as exc:
+        if no_credentials(exc):
+            raise credentials_error(url, exc) from None
+        raise
     return {"url": url.rstrip("/"), "storage": storage, "results": bool(results)}
 
 

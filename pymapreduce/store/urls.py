@@ -40,6 +40,33 @@ def is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+_ONE_SLASH = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
+
+
+def url_typo(path: str) -> str:
+    """A hint when ``path`` looks like a URL missing a slash (``s3:/bucket/out``), which
+    would otherwise be taken for a local path; "" if it does not."""
+    if _ONE_SLASH.match(path):
+        scheme, rest = path.split(":/", 1)
+        return f" (a URL needs two slashes after its scheme: did you mean '{scheme}://{rest}'?)"
+    return ""
+
+
+def no_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store found no credentials in this process (botocore's
+    NoCredentialsError, google-auth's DefaultCredentialsError...): a setup to mend where
+    the process runs, not a fault of pymapreduce."""
+    return any("Credential" in t.__name__ for t in type(exc).__mro__)
+
+
+def credentials_error(url: str, exc: BaseException) -> ConfigError:
+    return ConfigError(
+        f"{redact(url)}: this process has no credentials for the store "
+        f"({type(exc).__name__}: {exc}); set them where it runs (its environment, e.g. "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the store's config files): "
+        "docs/store.md")
+
+
 def local_path(path: str) -> str:
     """A plain path as it is; a ``file://`` URL as the path it names."""
     if path.startswith("file://"):
@@ -160,6 +187,10 @@ def list_url(pattern: str, storage: dict | None = None) -> list[tuple[str, int]]
         raise InputError(f"input {redact(pattern)!r}: access denied ({exc})") from None
     except OSError as exc:
         raise InputError(f"input {redact(pattern)!r} cannot be listed: {exc}") from None
+    except Exception as exc:
+        if no_credentials(exc):
+            raise credentials_error(pattern, exc) from None
+        raise
     files = sorted((p, _size(info)) for p, info in found.items()
                    if info.get("type", "file") == "file")
     if not files:
@@ -197,6 +228,10 @@ def object_size(url: str, storage: dict | None = None) -> int:
         return int(fs.size(path) or 0)
     except OSError as exc:
         raise InputError(f"cannot read input {redact(url)!r}: {_why(exc)}") from None
+    except Exception as exc:
+        if no_credentials(exc):
+            raise credentials_error(url, exc) from None
+        raise
 
 
 def open_url(url: str, storage: dict | None = None, start: int = 0,
@@ -215,6 +250,10 @@ def open_url(url: str, storage: dict | None = None, start: int = 0,
         return f
     except OSError as exc:
         raise InputError(f"cannot read input {redact(url)!r}: {_why(exc)}") from None
+    except Exception as exc:
+        if no_credentials(exc):
+            raise credentials_error(url, exc) from None
+        raise
 
 
 def _why(exc: OSError) -> str:
