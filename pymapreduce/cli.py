@@ -25,6 +25,7 @@ from .cli_output import (  # noqa: F401 (print_listing: its old home)
     write_untrusted,
 )
 from .cli_run import cmd_run, job_params, load_job_class, make_job  # noqa: F401
+from .cli_sink import add_sink_parser
 from .errors import (
     AddressInUse,
     AuthenticationFailed,
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)
+    add_sink_parser(sub, common)
 
     r = sub.add_parser("run", help="run a job over text files and print or write its output",
                        description="Run JOB over the lines of INPUTS, on an embedded cluster "

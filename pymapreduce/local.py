@@ -59,7 +59,9 @@ class LocalCluster:
     ``events=False``: the broker keeps no event log (``--no-events``; no ``http`` then).
     ``memory``: each worker process's memory budget (bytes, or a size such as
     ``"256MB"``), the workers' ``--memory``: past it, tasks spill to disk
-    (docs/memory.md); default unbounded.
+    (docs/memory.md); default unbounded. ``sinks``: sink daemons to start (map outputs
+    go to them, not through the broker; docs/sinks.md); default none, the broker is the
+    sink. Sinks have no keys yet, so they cannot be combined with ``keys``.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
@@ -67,7 +69,7 @@ class LocalCluster:
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
                  http: bool | str = False, events: bool = True,
-                 memory: int | str | None = None) -> None:
+                 memory: int | str | None = None, sinks: int = 0) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -94,8 +96,15 @@ class LocalCluster:
                               "with events=False")
         # each worker process's memory budget (``--memory``), checked here, not at start
         self.memory = parse_size(memory) if memory is not None else None
+        if type(sinks) is not int or sinks < 0:
+            raise ConfigError(f"sinks must be a count of sink daemons, got {sinks!r}")
+        if sinks and keys is not None:
+            raise ConfigError("sinks have no authentication yet: a cluster with keys cannot "
+                              "have sink daemons (docs/sinks.md)")
+        self.sinks = sinks  # sink daemons (docs/sinks.md); 0: the broker is the sink
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None
+        self._sinks: list[subprocess.Popen] = []
 
     @property
     def broker_pid(self) -> int | None:
@@ -160,6 +169,9 @@ class LocalCluster:
                 self._worker.stdin.close()
             except BrokenPipeError:  # it died at start: said by _wait_workers
                 pass
+            self._sinks = [self._spawn("sink", "--connect", self.address,
+                                       "--name", f"local-sink-{i}", stdout=subprocess.DEVNULL)
+                           for i in range(self.sinks)]
             self._wait_workers(deadline)
         except BaseException:
             self.close()
@@ -201,23 +213,30 @@ class LocalCluster:
         with Client(self.address, timeout=max(1.0, deadline - time.monotonic()),
                     keys=self.keys) as client:
             while True:
-                if client.info().get("workers", 0) >= self.workers:
+                info = client.info()
+                if (info.get("workers", 0) >= self.workers
+                        and info.get("sinks", 0) >= self.sinks):
                     return
+                for sink in self._sinks:
+                    if sink.poll() is not None:
+                        raise PyMapReduceError(
+                            f"a local sink exited (code {sink.returncode}) at start")
                 if self._worker is not None and self._worker.poll() is not None:
                     raise PyMapReduceError(
                         f"the local workers exited (code {self._worker.returncode}) at start")
                 if time.monotonic() > deadline:
                     raise PyMapReduceError(
-                        f"{self.workers} local workers did not register within "
-                        f"{self.start_timeout}s")
+                        f"{self.workers} local workers (and {self.sinks} sinks) did not "
+                        f"register within {self.start_timeout}s")
                 time.sleep(0.01)
 
     def close(self) -> None:
         """Stop the workers, then the broker; kill whatever does not stop in time."""
-        for proc in (self._worker, self._broker):
+        procs = (self._worker, *self._sinks, self._broker)
+        for proc in procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (self._worker, self._broker):
+        for proc in procs:
             if proc is None:
                 continue
             try:
@@ -232,6 +251,12 @@ class LocalCluster:
                     except BrokenPipeError:  # (unread bytes left in a pipe to a dead process)
                         pass
         self._worker = self._broker = None
+        self._sinks = []
+
+    @property
+    def sink_pids(self) -> list[int]:
+        """The pids of the sink daemons (``sinks=``)."""
+        return [p.pid for p in self._sinks]
 
     def __enter__(self) -> LocalCluster:
         return self.start()

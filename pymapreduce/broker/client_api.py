@@ -51,6 +51,7 @@ class ClientAPI:
             {"req": _req(msg), "workers": len(self.workers), "slots": len(self.workers),
              "jobs": sum(1 for j in self.jobs.values() if j.state == P.JOB_RUNNING),
              "max_message": self.config.max_message,
+             "sinks": len(self.ledger.sinks),
              # the codecs this broker lets outputs use, for peers that decode them
              "codecs": self.ledger.codec_census.names()},
         )
@@ -269,7 +270,11 @@ class ClientAPI:
                             "held": len(w.running), "done": w.done,
                             "seen": round(now - w.last_seen, 3),
                             "up": round(now - w.joined, 3)})
-        self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers})
+        sinks = [{"name": s.name, "address": s.address, "durable": s.durable,
+                  "seen": round(now - s.last_seen, 3), **s.carried}
+                 for s in self.ledger.sinks.values()]
+        self._reply(peer, P.LISTING, {"req": _req(msg), "jobs": jobs, "workers": workers,
+                                      "sinks": sinks})
 
     def on_logs(self, peer: bytes, msg: Message, now: float) -> None:
         """A job's task logs (all, or one task's: ``task``), for its owner only."""

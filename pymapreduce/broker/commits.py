@@ -24,8 +24,14 @@ class Commits:
         if task is None:
             return
         job = task.job
-        expected = job.reducers if task.kind == MAP and not job.map_only else 1
-        if len(blobs) != expected:  # a bad report fails its attempt; it never wedges
+        sunk = None
+        if task.kind == MAP and not job.map_only and job.sinks:  # pushed to sinks
+            expected, sunk = 0, self.sunk_parts(job, stats)
+        else:
+            expected = job.reducers if task.kind == MAP and not job.map_only else 1
+            stats.pop("sunk", None)
+        # a bad report fails its attempt; it never wedges
+        if len(blobs) != expected or (expected == 0 and sunk is None):
             route = task.running.get(key.attempt)
             self.complain(peer_name(route, self.workers[route].key if route in
                                     self.workers else ""),
@@ -63,9 +69,12 @@ class Commits:
             self.events.abandoned(job, tasks, "another attempt of the task committed first")
         nonempty: list[int] = []
         step = job.step
-        if task.kind == MAP and not job.map_only:
+        if sunk is not None:  # its segments are at the sinks: only their names are kept
+            nonempty = sunk
+            job.map_attempts[task.index] = key.attempt
+        elif task.kind == MAP and not job.map_only:
             nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
-        sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
+        sums = [] if sunk is not None else [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
             self._outputs(job, step, task.kind, task.index, nonempty),
             [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
@@ -76,7 +85,9 @@ class Commits:
                 0.8 * job.task_secs + 0.2 * secs)
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
-        if self.journal is not None:  # after its files: a commit row names complete files
+        if self.journal is not None and sunk is None:
+            # after its files: a commit row names complete files (a map whose segments
+            # are at sinks is not journaled: a restarted broker runs it again)
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         phase = job.phase
         job.commit(task, stats, nonempty)

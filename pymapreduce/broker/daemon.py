@@ -116,6 +116,7 @@ class Broker(ClientAPI):
             P.FAILED: self.on_failed,
             P.HEARTBEAT: self.on_heartbeat,
             P.BYE: self.on_bye,
+            P.SINK: self.on_sink,
             P.HELLO: self.on_hello,
             P.SUBMIT: self.on_submit,
             P.WATCH: self.on_watch,
@@ -392,12 +393,22 @@ class Broker(ClientAPI):
                                       "max_message": self.config.max_message})
 
     def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
+        if self.ledger.sinks and self.ledger.sink_beat(peer, now, msg.body):
+            return
         answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now)
         if answer is not None:
             self._reply(peer, answer, {})
 
     def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
-        self.ledger.leave(peer, self._peer_key)
+        if not self.ledger.sink_left(peer):
+            self.ledger.leave(peer, self._peer_key)
+
+    def on_sink(self, peer: bytes, msg: Message, now: float) -> None:
+        """SINK: a sink daemon registers (sinks/daemon.py); only on a broker without keys
+        (no role may send it with keys: sinks have no authentication yet)."""
+        self.ledger.sink_joined(peer, msg.body, now)
+        self._reply(peer, P.WELCOME, {"heartbeat": self.config.heartbeat_interval,
+                                      "liveness": self.config.liveness})
 
     def on_done(self, peer: bytes, msg: Message, now: float) -> None:
         worker = self.ledger.reporter(peer, self._peer_key, now)

@@ -111,6 +111,11 @@ class Dispatching:
             items = []
             if job.options.get("skip"):
                 body["ordinals"] = True  # report a failing record's ordinal
+            if not job.map_only and any(t.kind == MAP for t in group):
+                if job.sinks is None:  # the step's first dispatch fixes where its shuffle
+                    self.assign_sinks(job)  # goes, for the whole step ([]: the broker)
+                if job.sinks:
+                    body["sinks"] = job.sinks  # partition r goes to sinks[r % n]
             started = []  # for the event log, recorded once per message
             for t in group:
                 attempt = t.start(worker.route)
@@ -130,6 +135,9 @@ class Dispatching:
                     else:  # file ranges, kept packed until now
                         desc = ["files", file_ranges(split), *split[2:]]
                     items.append(TaskItem(MAP, t.index, attempt, desc, sorted(t.skip)).wire())
+                elif job.sinks:  # its sink streams the segments to it
+                    items.append(TaskItem(REDUCE, t.index, attempt,
+                                          self.reduce_split(job, t.index)).wire())
                 else:
                     parts = job.map_parts[t.index]
                     items.append(TaskItem(REDUCE, t.index, attempt,

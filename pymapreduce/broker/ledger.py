@@ -34,6 +34,7 @@ from .recovery import Recovery
 from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
 from .sink import Store
+from .sinkplan import Sinks, SinkState
 from .tasks import ATTEMPT_MASK, MAP, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
@@ -90,7 +91,7 @@ class WorkerState:
         self.codecs: frozenset = frozenset()  # what it decompresses (broker/codecs.py)
 
 
-class Ledger(Commits, Dispatching, Recovery):
+class Ledger(Commits, Dispatching, Recovery, Sinks):
     """Everything the broker knows and decides; see the module's docstring.
 
     ``secured``: peers carry CURVE keys, and a report counts only under the key its
@@ -108,6 +109,7 @@ class Ledger(Commits, Dispatching, Recovery):
         self.secured = secured
         self.worker_key_allowed = worker_key_allowed
         self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
+        self.sinks: dict[bytes, SinkState] = {}  # sink daemons (sinkplan.py)
         self.jobs: dict[str, JobState] = {}
         self.scheduler = Scheduler()
         self.outbox: deque[Send | Publish | Fetched] = deque()
@@ -157,6 +159,8 @@ class Ledger(Commits, Dispatching, Recovery):
         """Once a heartbeat interval: purge silent workers, explain waits, expire results."""
         for w in [w for w in self.workers.values() if now - w.last_seen > self.config.liveness]:
             self.purge(w, f"silent for {now - w.last_seen:.1f}s")
+        if self.sinks:
+            self.tick_sinks(now)
         self._explain_waits()
         for job in list(self.jobs.values()):
             if job.state == P.JOB_RUNNING:
@@ -350,9 +354,18 @@ class Ledger(Commits, Dispatching, Recovery):
             self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
                           "does not hold: %.80r", failure and failure.key)
             return
-        self.logs.keep(self._attempt(failure.key), failure.key.attempt, worker.name, FAILED,
-                       failure.log)
-        self.events.ran(self._attempt(failure.key), failure.key.attempt, failure.secs)
+        task = self._attempt(failure.key)
+        self.logs.keep(task, failure.key.attempt, worker.name, FAILED, failure.log)
+        self.events.ran(task, failure.key.attempt, failure.secs)
+        lost = failure.position.get("lost") if isinstance(failure.position, dict) else None
+        if (task is not None and task.kind == REDUCE and lost is not None
+                and self.segments_lost(task.job, task.index, lost)):
+            # its input is gone, not its fault: the maps run again, then it does
+            worker.running.discard(failure.key)
+            self._forget(failure.key)
+            self.events.failed(task, failure.key.attempt, failure.error, "",
+                               failure.position, False, False)
+            return
         self._report_failed(worker, failure.key, failure.error, failure.traceback,
                             failure.position, failure.final)
 
@@ -498,6 +511,7 @@ class Ledger(Commits, Dispatching, Recovery):
         job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
         self.news(job.tenant, "job %r %s in %.3fs", jid, job.state,
                   time.monotonic() - job.submitted)
+        self.forget_at_sinks(job)
         self._serve_fetch_waiters(job)
         self._publish(job)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 MAX_COUNTERS = 1000  # distinct counters in one task's report
 MAX_COUNTER_NAME = 200  # characters
+MAX_PARTS = 1 << 20  # partitions a map task may say it pushed to sinks
 MAX_COUNT = 1 << 62  # one report's counts; the job's totals saturate at the int64 range
 
 
@@ -43,6 +44,11 @@ def clean_stats(stats: Any) -> dict:
             if type(value) is not int or not -MAX_COUNT < value < MAX_COUNT:
                 raise ValueError(f"counter {name!r:.60} is {value!r:.40}, not an int")
         out["counters"] = dict(counters)
+    sunk = stats.get("sunk")
+    if sunk is not None:  # partitions pushed to sinks (checked against the job at commit)
+        if not isinstance(sunk, list) or len(sunk) > MAX_PARTS:
+            raise ValueError(f"sunk must be a list of at most {MAX_PARTS} partitions")
+        out["sunk"] = sunk
     return out
 
 

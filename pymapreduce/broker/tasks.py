@@ -159,6 +159,66 @@ class JobState:
         self.skips = 0  # records given up on so far (committed or not)
         self.durations = {MAP: [0.0, 0], REDUCE: [0.0, 0]}  # kind -> [total s, count]
         self.fetch_waiters: list[tuple] = []  # FETCHes waiting for their partition
+        self._sink_step()
+
+    def _sink_step(self) -> None:
+        """Sink bookkeeping of the current step (broker/sinkplan.py)."""
+        self.sinks: list[str] | None = None  # partition r -> sinks[r % n]; [] the broker
+        self.map_attempts: dict[int, int] = {}  # committed map -> its attempt (at the sink)
+        self.redone: set[int] = set()  # committed maps running again (a sink was lost)
+        self.rerun_parts: set[int] = set()  # the partitions they are rebuilding
+        self.blocked: set[int] = set()  # reduce tasks waiting for maps that run again
+        self.lost_reports = 0  # reducers' reports of missing segments
+        if not hasattr(self, "reruns"):
+            self.reruns = 0  # map tasks run again for lost segments, over the job
+
+    def rerun_maps(self, maps: set[int], lost: set[int]) -> None:
+        """Lineage: committed ``maps`` run again to rebuild partitions ``lost``, whose
+        reduce tasks (if the reduce phase began) wait for them."""
+        for r in lost:
+            self.map_parts[r] = [m for m in self.map_parts[r] if m not in maps]
+        for m in sorted(maps):
+            task = self.maps[m]
+            task.state = PENDING  # (the one way back from DONE: its output was lost)
+            task.end_all()
+            self.done_maps -= 1
+            self.pending.append(task)
+            self.map_attempts.pop(m, None)
+            self.reruns += 1
+        self.redone |= maps
+        self.rerun_parts |= lost
+        if self.reduces:
+            for r in lost:
+                task = self.reduces[r]
+                if task.state == DONE:
+                    continue
+                task.end_all()
+                task.state = PENDING
+                if task in self.pending:
+                    self.pending.remove(task)
+                self.blocked.add(r)
+            if self.done_maps < len(self.maps):
+                self.phase = MAP
+            else:
+                self._unblock()
+        self.dirty = True
+
+    def _unblock(self) -> None:
+        """The maps that ran again have all committed: the waiting reduce tasks go."""
+        self.phase = REDUCE
+        for r in sorted(self.blocked):
+            task = self.reduces[r]
+            if self.map_parts[r]:
+                self.map_parts[r].sort()
+                self.pending.append(task)
+            else:
+                task.state = DONE
+                self.done_reduces += 1
+        self.blocked.clear()
+        self.rerun_parts.clear()
+        self.redone.clear()
+        if self.done_reduces == len(self.reduces):
+            self._step_done()
 
     # -- progress ------------------------------------------------------------------------
     def tasks(self, kind: str) -> list[Task]:
@@ -209,14 +269,21 @@ class JobState:
             return
         self.done_maps += 1
         if not self.map_only:
+            redone = task.index in self.redone
             for r in nonempty_parts:
-                self.map_parts[r].append(task.index)
+                if not redone or r in self.rerun_parts:  # (a re-run adds only what was lost)
+                    self.map_parts[r].append(task.index)
         if self.done_maps < len(self.maps):
             return
         if self.map_only:
             self._step_done()
             return
+        if self.reduces:  # maps ran again after the reduce phase began (a sink was lost)
+            self._unblock()
+            return
         self.phase = REDUCE
+        self.redone.clear()
+        self.rerun_parts.clear()
         self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
         for r, t in enumerate(self.reduces):
             if self.map_parts[r]:
@@ -252,6 +319,7 @@ class JobState:
         self.pending = deque(self.maps)
         self.done_maps = self.done_reduces = 0
         self.map_parts = [[] for _ in range(self.reducers)]
+        self._sink_step()
         if not self.maps:  # the last step produced nothing: so does every later one
             self.step = len(self.steps) - 1
             spec = self.steps[self.step]
@@ -297,6 +365,7 @@ class JobState:
             "counters": dict(self.counters),
             "backups": self.backups,
             "recovered": self.recovered,
+            "reruns": self.reruns,
             "skipped": self.skipped[:1000],
             "records": self.records,
             "bytes": self.bytes_in,

@@ -273,6 +273,11 @@ class Client:
         """The live workers: name, host, pid, tags, the tasks each holds, tasks done."""
         return list(self._request(P.JOBS, {}).body["workers"])
 
+    def sinks(self) -> list[dict]:
+        """The live sink daemons: name, address, whether they keep state, and the bytes
+        and segments each took in and served (as of its last heartbeat)."""
+        return list(self._request(P.JOBS, {}).body.get("sinks") or [])
+
     def job(self, job_id: str, *, pickle_results: bool = False) -> JobHandle:
         """A handle on a job submitted earlier (from this or another process).
 

@@ -42,6 +42,19 @@ ERROR = "ERROR"  # a request could not be served: body has "code" and "message"
 # data plane (worker PUSH -> broker PULL): [header, *partition blobs]
 OUTPUT = "OUTPUT"
 
+# sink daemons (sinks/, docs/sinks.md). Sink -> broker on the control socket:
+SINK = "SINK"  # register (or re-register) a sink: where workers reach it
+# broker -> sink: DROP {"jobs": [...]}: those jobs' segments are no longer needed
+DROP = "DROP"
+ASSIGN = "ASSIGN"  # broker -> sink: {"steps": [[job, step], ...]} it is to take PUTs for
+# worker DEALER -> sink ROUTER: PUT {req, job, step, map, attempt, parts} + one blob per
+# part, answered by STORED {req} (or ERROR); GET {req, job, step, part, segs: [[map,
+# attempt], ...]}, answered by SEGS {req, missing: [map, ...]} + one blob per found segment
+PUT = "PUT"
+STORED = "STORED"
+GET = "GET"
+SEGS = "SEGS"
+
 # Job states as the client sees them.
 JOB_QUEUED = "queued"  # accepted, no task handed out yet (status only)
 JOB_RUNNING = "running"

@@ -111,6 +111,16 @@ class Report(NamedTuple):
         return cls(key, stats, nblobs)
 
 
+MAX_LOST = 4096  # map tasks a reducer may name as missing at its sink
+
+
+def _ints(value: Any) -> list[int]:
+    """A list of ints, cut to MAX_LOST (anything else: empty)."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value[:MAX_LOST] if type(v) is int]
+
+
 class Failure(NamedTuple):
     """A FAILED: the attempt, the error, the traceback text and where in the input."""
 
@@ -144,7 +154,8 @@ class Failure(NamedTuple):
         if not isinstance(position, dict) or len(position) > MAX_POSITION:
             position = {}
         position = {str(k)[:40]: v if type(v) in (int, float, bool) or v is None
-                    else str(v)[:200] for k, v in position.items()}
+                    else _ints(v) if k == "lost" else str(v)[:200]
+                    for k, v in position.items()}
         return cls(key, str(body.get("error", ""))[:MAX_ERROR],
                    str(body.get("traceback", ""))[-MAX_TRACEBACK:], position,
                    body.get("final") is True, log_bytes(body.get("log")),

@@ -77,7 +77,10 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     """
     with paused_gc(), (budget.task_dir() if budget is not None else nullcontext()) as files:
         if budget is not None:
-            budget.start_task(sum(len(b) for b in blobs) if kind != "map" else 0)
+            # (segments read from a sink as the task goes are not held: sinks/)
+            streamed = getattr(getattr(blobs, "blobs", blobs), "streamed", False)
+            budget.start_task(sum(len(b) for b in blobs) if kind != "map" and not streamed
+                              else 0)
         out, stats = _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
                                safe_output, budget, files)
         if budget is not None and budget.spills:

@@ -44,6 +44,7 @@ from .capture import Capture, attempt_log, register_sources
 from .isolation import JobDirs, ProcessState
 from .reporting import REPORT_SLACK, done_messages
 from .runner import USER_EXITS, TaskError, run_task
+from .shuffle import SegmentsLost, SinkClient, SinkUnreachable, sink_input
 
 log = logging.getLogger("pymapreduce.worker")
 
@@ -125,6 +126,7 @@ class Worker:
         self.ctl = self._socket(zmq.DEALER, identity=self.identity)
         self.watch = HandshakeWatch(self.ctl, connect or bind or "", has_keys=keys is not None)
         self.data: zmq.Socket | None = None
+        self._sinks: SinkClient | None = None  # sockets to sink daemons (shuffle.py)
         self.jobs: OrderedDict[str, object] = OrderedDict()
         self.load_errors: dict[str, tuple[str, str]] = {}
         self.steps: dict[str, list] = {}  # job id -> its steps (a multi-step job)
@@ -214,6 +216,8 @@ class Worker:
             self.ctl.close()
             if self.data is not None:
                 self.data.close()
+            if self._sinks is not None:
+                self._sinks.close()
             self.job_dirs.close()
             if self._own_context:
                 self.ctx.term()
@@ -440,8 +444,11 @@ class Worker:
                 self.state.enter(item.workdir)
                 with self.capture.attempt() as tasklog:
                     # (compressed inputs are decompressed as the task reads them)
-                    blobs = compress.Inflating(item.blobs, self.max_message)
-                    outputs, stats = run_task(item.job, kind, item.split, blobs,
+                    split, raw = item.split, item.blobs
+                    if kind == "reduce" and split and split[0] == "sink":  # read at its sink
+                        split, raw = sink_input(self._sink_client(), job_id, index, split)
+                    blobs = compress.Inflating(raw, self.max_message)
+                    outputs, stats = run_task(item.job, kind, split, blobs,
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output,
@@ -462,6 +469,8 @@ class Worker:
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
+            if isinstance(cause, SegmentsLost):  # its maps run again (broker/sinkplan.py)
+                where = {"lost": cause.maps, "sink": cause.address}
             # (a record the job may skip, named by its ordinal, is left to the skip logic)
             self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
                        final=isinstance(cause, HOPELESS) and "ordinal" not in where,
@@ -477,9 +486,19 @@ class Worker:
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
         if tasklog is not None and (text := tasklog.getvalue()):
             stats["log"] = text  # (the broker keeps it apart from the statistics)
-        outputs = compress.compress_all(outputs, item.codec, self.max_message - REPORT_SLACK)
+        sinks = b.get("sinks") if kind == "map" and not b["map_only"] else None
+        outputs = compress.compress_all(outputs, item.codec, (
+            self.max_message if sinks else self.max_message - REPORT_SLACK))
         size = sum(len(o) for o in outputs)
-        if size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
+        if sinks:  # the partitions go to their sinks; DONE names the ones written
+            try:
+                stats["sunk"] = self._sink_client().put(job_id, int(b.get("step", 0)), index,
+                                                        attempt, sinks, outputs)
+            except SinkUnreachable as exc:
+                self._fail(key, str(exc), "", {"split": index})
+                return
+            nblobs = 0
+        elif size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
             self.report_blobs.extend(outputs)
         elif size + REPORT_SLACK > self.max_message:  # the broker would drop it unread
@@ -497,6 +516,12 @@ class Worker:
         if not self.reports:
             self._first_report = time.monotonic()
         self.reports.append(Report(key, stats, nblobs).wire())
+
+    def _sink_client(self) -> SinkClient:
+        if self._sinks is None:
+            self._sinks = SinkClient(self.ctx, lambda: self.max_message,
+                                     lambda: not self._stop.is_set())
+        return self._sinks
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
               final: bool = False, log: bytes = b"", secs: float | None = None) -> None:

@@ -1,0 +1,300 @@
+"""The sink daemon: takes map segments pushed by workers, merges them per partition on its
+disk, and streams them to the reducers that ask (push-based shuffle; docs/sinks.md).
+
+Two sockets: a DEALER to the broker's control ROUTER (``SINK`` to register, ``HEARTBEAT``
+every interval; the broker answers ``WELCOME``, tells it which job steps it serves with
+``ASSIGN`` and which it may forget with ``DROP``) and a bound ROUTER for workers (``PUT``
+from mappers, ``GET`` from reducers). It runs no user code and unpickles nothing:
+segments are opaque bytes. Every send is non-blocking, so a worker that does not read its
+replies loses them (it asks again) and costs no one else; a PUT for a job step the broker
+did not assign to this sink is refused, so a peer cannot fill its disk with anything but
+the shuffle it was asked to carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from typing import Any
+
+import zmq
+
+from ..errors import ProtocolError
+from ..patterns import config as timing
+from ..patterns import protocol as P
+from ..patterns.message import Message
+from ..patterns.sockets import (
+    DEFAULT_MAX_MESSAGE,
+    Oversized,
+    bind,
+    make_socket,
+    recv,
+    recv_frames,
+    send,
+)
+from ..patterns.wakeup import SignalWakeup
+from .store import SegmentStore
+
+log = logging.getLogger("pymapreduce.sink")
+
+REPLY_BYTES = 16 << 20  # a GET's reply carries segments up to this many bytes (one at least)
+MAX_SEGS = 4096  # segments one GET may name
+MAX_PARTS = 1 << 20  # partition numbers a PUT may name (a job's reducers are fewer)
+MIN_FREE = 64 << 20  # bytes the disk keeps free: past it PUTs are refused
+IDENTITY_FILE = "identity"
+
+
+class SinkDaemon:
+    """A sink for the broker at ``connect``; ``bind``: where workers reach it;
+    ``state_dir``: keep segments across restarts (else a temporary directory)."""
+
+    def __init__(self, connect: str, *, bind: str = "tcp://127.0.0.1:0",
+                 state_dir: str | None = None, name: str = "",
+                 heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
+                 max_message: int = DEFAULT_MAX_MESSAGE,
+                 context: zmq.Context | None = None) -> None:
+        self.connect_addr = connect
+        self.bind_addr = bind
+        self.name = name or f"sink-{os.getpid()}"
+        self.heartbeat_interval = heartbeat_interval
+        self.max_message = max_message
+        self.store = SegmentStore(state_dir)
+        self.identity = self._identity(state_dir)
+        self.ctx = context or zmq.Context.instance()
+        self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
+        self.data = make_socket(self.ctx, zmq.ROUTER, max_message=max_message)
+        self.address = ""
+        self.assigned: set[tuple[str, int]] = set()  # (job, step) the broker sent here
+        self.welcomed = False
+        self._stop = False
+        self._last_beat = 0.0
+        self._puts_since_check = 0
+        self.refused = 0  # PUTs refused (not assigned, malformed, disk full)
+
+    @staticmethod
+    def _identity(state_dir: str | None) -> bytes:
+        """The control socket's identity: kept in the state directory, so a restarted
+        sink is the same peer to the broker (and keeps the job steps it serves)."""
+        if state_dir is None:
+            return b"sink-" + secrets.token_hex(8).encode()
+        path = os.path.join(state_dir, IDENTITY_FILE)
+        try:
+            with open(path, "rb") as f:
+                ident = f.read().strip()
+            if ident.startswith(b"sink-") and len(ident) <= 64:
+                return ident
+        except OSError:
+            pass
+        ident = b"sink-" + secrets.token_hex(8).encode()
+        with open(path, "wb") as f:
+            f.write(ident)
+        return ident
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> str:
+        """Bind the data socket and connect to the broker; returns the data address."""
+        self.address = bind(self.data, self.bind_addr)
+        self.ctl.connect(self.connect_addr)
+        self._register()
+        return self.address
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self.ctl.close(0)
+        self.data.close(0)
+        self.store.close()
+
+    def _register(self) -> None:
+        self._send_ctl(P.SINK, {"address": self.address, "name": self.name,
+                                "durable": self.store.durable})
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ctl, zmq.POLLIN)
+        poller.register(self.data, zmq.POLLIN)
+        wakeup = SignalWakeup()
+        if wakeup.fd is not None:
+            poller.register(wakeup.fd, zmq.POLLIN)
+        try:
+            while not self._stop:
+                events = dict(poller.poll(int(self.heartbeat_interval * 1000 / 2)))
+                if self.ctl in events:
+                    self._drain_ctl()
+                if self.data in events:
+                    self._drain_data()
+                if wakeup.fd is not None and wakeup.fd in events:
+                    wakeup.drain()
+                now = time.monotonic()
+                if now - self._last_beat >= self.heartbeat_interval:
+                    self._last_beat = now
+                    if self.welcomed:  # (with what it carried, for listings)
+                        st = self.store
+                        self._send_ctl(P.HEARTBEAT, {"in": st.bytes_in, "out": st.bytes_out,
+                                                     "segments": st.segments_in})
+                    else:  # (the broker may have started after us, or restarted)
+                        self._register()
+        finally:
+            wakeup.close()
+
+    def _send_ctl(self, command: str, body: dict) -> None:
+        try:
+            send(self.ctl, Message(command, body))
+        except zmq.Again:  # the broker is not reading: the next beat tries again
+            pass
+
+    # -- the broker ----------------------------------------------------------------------
+    def _drain_ctl(self) -> None:
+        for _ in range(1000):
+            try:
+                msg = recv(self.ctl)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            body = msg.body
+            if msg.command == P.WELCOME:
+                self.welcomed = True
+                beat = body.get("heartbeat")
+                if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
+                    self.heartbeat_interval = beat
+            elif msg.command == P.ASSIGN:
+                for job, step in _pairs(body.get("steps")):
+                    self.assigned.add((job, step))
+            elif msg.command == P.DROP:
+                for job in body.get("jobs") or ():
+                    if isinstance(job, str):
+                        self.assigned = {a for a in self.assigned if a[0] != job}
+                        n, size = self.store.held(job)
+                        self.store.drop(job)
+                        log.info("job %.80r over: %d segment(s), %d bytes dropped", job, n,
+                                 size)
+            elif msg.command == P.RECONNECT:
+                self.welcomed = False
+                self._register()
+            elif msg.command == P.ERROR:
+                log.warning("broker error: %s", str(body.get("message"))[:300])
+
+    # -- workers -------------------------------------------------------------------------
+    def _drain_data(self) -> None:
+        for _ in range(100):  # (then the broker's socket gets its turn)
+            try:
+                route, frames = recv_frames(self.data, skip=1, max_bytes=self.max_message)
+            except zmq.Again:
+                return
+            except Oversized as exc:
+                self.refused += 1
+                log.warning("dropped an oversized message from a worker: %s", exc)
+                continue
+            try:
+                msg = Message.decode(frames)
+                if msg.command == P.PUT:
+                    self._put(route, msg)
+                elif msg.command == P.GET:
+                    self._get(route, msg)
+                else:
+                    raise ValueError(f"unknown command {msg.command[:40]!r}")
+            except (ProtocolError, ValueError, TypeError, KeyError) as exc:
+                self.refused += 1
+                log.warning("refused a message from a worker: %s", str(exc)[:300])
+                self._reply(route, P.ERROR, {"req": _req(frames), "code": "bad-request",
+                                             "message": str(exc)[:300]})
+
+    def _put(self, route: list, msg: Message) -> None:
+        b = msg.body
+        req, job, step = _int(b, "req"), b.get("job"), _int(b, "step")
+        map_index, attempt = _int(b, "map"), _int(b, "attempt")
+        parts = b.get("parts")
+        if (not isinstance(job, str) or not isinstance(parts, list)
+                or len(parts) != len(msg.blobs)
+                or any(type(p) is not int or not 0 <= p < MAX_PARTS for p in parts)):
+            raise ValueError("a PUT is {req, job, step, map, attempt, parts} and a blob "
+                             "per part")
+        if (job, step) not in self.assigned:
+            self.refused += 1
+            self._reply(route, P.ERROR, {"req": req, "code": "not-assigned", "message":
+                                         f"this sink does not serve step {step} of {job!r:.80}"})
+            return
+        if self._disk_full():
+            self.refused += 1
+            self._reply(route, P.ERROR, {"req": req, "code": "disk-full", "message":
+                                         f"the sink's disk ({self.store.root}) is full"})
+            return
+        try:
+            for part, blob in zip(parts, msg.blobs):
+                self.store.put(job, step, map_index, attempt, part, blob)
+        except OSError as exc:
+            self.refused += 1
+            self._reply(route, P.ERROR, {"req": req, "code": "disk", "message":
+                                         f"the sink could not store the segment: {exc}"})
+            return
+        self._reply(route, P.STORED, {"req": req})
+
+    def _get(self, route: list, msg: Message) -> None:
+        b = msg.body
+        req, job, step, part = _int(b, "req"), b.get("job"), _int(b, "step"), _int(b, "part")
+        segs = b.get("segs")
+        if not isinstance(job, str) or not isinstance(segs, list) or len(segs) > MAX_SEGS:
+            raise ValueError(f"a GET is {{req, job, step, part, segs}} (at most {MAX_SEGS})")
+        blobs: list[Any] = []
+        missing: list[int] = []
+        size = got = 0
+        for seg in segs:
+            if (not isinstance(seg, list) or len(seg) != 2 or type(seg[0]) is not int
+                    or type(seg[1]) is not int):
+                raise ValueError("a GET's segment is [map, attempt]")
+            if blobs and size >= REPLY_BYTES:
+                break
+            got += 1
+            blob = self.store.get(job, step, part, seg[0], seg[1])
+            if blob is None:
+                missing.append(seg[0])
+            else:
+                blobs.append(blob)
+                size += len(blob)
+        self._reply(route, P.SEGS, {"req": req, "got": got, "missing": missing}, tuple(blobs))
+
+    def _reply(self, route: list, command: str, body: dict, blobs: tuple = ()) -> None:
+        try:
+            send(self.data, Message(command, body, blobs), route)
+        except zmq.Again:  # its queue is full: it asks again
+            pass
+        except zmq.ZMQError:  # gone
+            pass
+
+    def _disk_full(self) -> bool:
+        self._puts_since_check += 1
+        if self._puts_since_check < 64 and self._puts_since_check > 1:
+            return False
+        self._puts_since_check = 1
+        try:
+            return shutil.disk_usage(self.store.root).free < MIN_FREE
+        except OSError:
+            return False
+
+
+def _int(body: dict, name: str) -> int:
+    value = body.get(name)
+    if type(value) is not int or not 0 <= value < (1 << 63):
+        raise ValueError(f"{name} is {value!r:.40}, not a count")
+    return value
+
+
+def _req(frames: list) -> Any:
+    try:
+        value = Message.decode(frames).body.get("req")
+    except ProtocolError:
+        return None
+    return value if type(value) is int else None
+
+
+def _pairs(value: Any) -> list[tuple[str, int]]:
+    if not isinstance(value, list):
+        return []
+    return [(v[0], v[1]) for v in value[:10000] if isinstance(v, list) and len(v) == 2
+            and isinstance(v[0], str) and type(v[1]) is int]
