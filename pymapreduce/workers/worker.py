@@ -491,12 +491,18 @@ class Worker:
             self.max_message if sinks else self.max_message - REPORT_SLACK))
         size = sum(len(o) for o in outputs)
         if sinks:  # the partitions go to their sinks; DONE names the ones written
+            self._current = key  # (a lost sink's broker abandons it while it waits)
             try:
                 stats["sunk"] = self._sink_client().put(job_id, int(b.get("step", 0)), index,
                                                         attempt, sinks, outputs)
             except SinkUnreachable as exc:
                 self._fail(key, str(exc), "", {"split": index})
                 return
+            except TaskAbandoned as exc:
+                log.info("%s map-%d attempt %d stopped: %s", job_id, index, attempt, exc)
+                return
+            finally:
+                self._current = None
             nblobs = 0
         elif size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
             nblobs = len(outputs)
