@@ -214,11 +214,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         listing = client._request("JOBS", {}).body
     jobs = [public_status(j) for j in listing["jobs"]]
     if args.json:
-        print(json.dumps({"jobs": jobs, "workers": listing["workers"]}, indent=2,
-                         default=repr))
+        print(json.dumps({"jobs": jobs, "workers": listing["workers"],
+                          "sinks": listing.get("sinks") or []}, indent=2, default=repr))
         return EXIT_OK
     shown = io.StringIO()
-    print_listing(jobs, listing["workers"], shown)
+    print_listing(jobs, listing["workers"], shown, listing.get("sinks"))
     write_untrusted(shown.getvalue(), sys.stdout)
     return EXIT_OK
 

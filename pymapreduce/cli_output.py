@@ -139,8 +139,10 @@ def describe_position(position: Any) -> str:
     return str(position)
 
 
-def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
-    """The cluster as two tables: jobs (state, progress per phase, counters) and workers."""
+def print_listing(jobs: list[dict], workers: list[dict], out,
+                  sinks: list[dict] | None = None) -> None:
+    """The cluster as tables: jobs (state, progress per phase, counters), workers, and
+    sink daemons when there are any."""
     print(f"jobs ({len(jobs)})", file=out)
     rows = [["JOB", "STATE", "PRIO", "MAP", "REDUCE", "ELAPSED", "COUNTERS / WHY IT WAITS"]]
     for j in jobs:
@@ -158,6 +160,22 @@ def print_listing(jobs: list[dict], workers: list[dict], out) -> None:
         rows.append([w["name"], w["host"], str(w["pid"]), ",".join(w["tags"]) or "-",
                      str(w["held"]), str(w["done"]), w["tasks"][0] if w["tasks"] else "idle"])
     _table(rows, out)
+    if sinks:
+        print(f"\nsinks ({len(sinks)})", file=out)
+        rows = [["SINK", "ADDRESS", "STATE DIR", "IN", "OUT", "SEGMENTS"]]
+        for s in sinks:
+            rows.append([str(s.get("name")), str(s.get("address")),
+                         "yes" if s.get("durable") else "no", _size(s.get("in", 0)),
+                         _size(s.get("out", 0)), str(s.get("segments", 0))])
+        _table(rows, out)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _table(rows: list[list[str]], out) -> None:

@@ -115,6 +115,9 @@ def test_the_shuffle_goes_through_the_sinks_and_no_byte_of_it_through_the_broker
             time.sleep(0.05)
         sinks = client.sinks()
     took = sum(s["in"] for s in sinks)
+    listed = subprocess.run(pmr("status", "--connect", address), capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert "sinks (2)" in listed.stdout and sinks[0]["address"] in listed.stdout
     assert took >= 160_000  # 160,000 values crossed the shuffle, a byte each at least
     received = metrics(http)["pymapreduce_received_bytes_total"]
     assert received[(("plane", "data"),)] == 0
@@ -251,3 +254,39 @@ class Regroup(Job):
 
     def reduce(self, count, words):
         return sorted(words)
+
+
+@pytest.mark.parametrize("sink_back", [True, False])
+def test_a_restarted_broker_reads_where_the_segments_are_from_its_journal(daemons, tmp_path,
+                                                                           sink_back):
+    """kill -9 of the broker mid-reduce: the restarted broker knows from its journal which
+    sink holds each map's segments, and when the sink comes back no map runs again; a sink
+    that does not come back within the liveness period is lost, and its maps run again."""
+    from .test_restart import Waiter, committed, wait_for
+
+    state = tmp_path / "state"
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state))
+    sink, _ = start_sink(daemons, address)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    wait_sinks(address, 1)
+    recs = records(4000)
+    waiter = Waiter(address, Tally(slow_reduce=0.5), recs)
+    waiter.start()
+    wait_for(lambda: len(committed(state, "reduce")) >= 1, what="a committed reduce task")
+    broker.kill()
+    broker.wait()
+    assert len(committed(state)) == 8
+    if not sink_back:
+        sink.kill()
+        sink.wait()
+    daemons.broker(*FAST, "--state-dir", str(state), bind=address)
+    waiter.join(120)
+    assert waiter.error is None, waiter.error
+    assert dict(waiter.result) == expected(recs)
+    status = waiter.handle.status()
+    if sink_back:
+        assert status["reruns"] == 0 and status["recovered"] >= 9
+    else:
+        assert status["reruns"] >= 1  # the maps whose segments went with the sink
+    waiter.client.close()

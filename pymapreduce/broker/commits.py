@@ -85,9 +85,10 @@ class Commits:
                 0.8 * job.task_secs + 0.2 * secs)
         if task.skip:  # the report names them, also after a restart
             stats["skipped"] = list(task.skip.values())
-        if self.journal is not None and sunk is None:
-            # after its files: a commit row names complete files (a map whose segments
-            # are at sinks is not journaled: a restarted broker runs it again)
+        if self.journal is not None and sunk is not None:  # its segments are at sinks
+            self.journal.commit(job.seq, step, task.kind, task.index,
+                                {**stats, "sink": [key.attempt, job.sinks]}, nonempty)
+        elif self.journal is not None:  # after its files: a commit row names complete files
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         phase = job.phase
         job.commit(task, stats, nonempty)

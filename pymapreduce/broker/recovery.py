@@ -51,6 +51,7 @@ class Recovery:
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
                      job.done_reduces, 0 if job.map_only else job.reducers)
             self.history.record(job, {}, now)  # (if it ended before a history was kept)
+        self.expect_sinks(now)  # the sinks the recovered jobs' steps use (sinkplan.py)
         self.journal.flush()
 
     def _unrecoverable(self, saved: Any, now: float, message: str) -> JobState:
@@ -85,6 +86,10 @@ class Recovery:
                 continue
             tasks = job.tasks(kind)
             if step != job.step or not 0 <= index < len(tasks) or tasks[index].state == DONE:
+                continue
+            if kind == MAP and "sink" in stats:  # its segments are at a sink, not here
+                if self.restore_sink_commit(job, index, stats.pop("sink")):
+                    job.commit(tasks[index], stats, parts, restored=True)
                 continue
             # outputs of the step in progress, of the step before (its inputs) and of the
             # last step (the result) are kept; older ones were deleted when spent

@@ -31,6 +31,7 @@ from .tasks import DONE, MAP, PENDING, REDUCE, RUNNING, JobState
 log = logging.getLogger("pymapreduce.broker")
 
 MAX_SINKS = 1024
+EXPECTED = b"\x00expected:"  # the route of a sink a restarted broker waits for
 LOST_REPORTS = 8  # "segments missing" reports a reduce task gets re-run maps for, uncounted
 
 
@@ -63,7 +64,16 @@ class Sinks:
         check_endpoint(address)
         durable = bool(body.get("durable"))
         name = str(body.get("name", ""))[:200] or peer_name(peer)
+        held = body.get("jobs")
+        held = {j for j in held[:10000] if isinstance(j, str)} if isinstance(held, list) else set()
         for other in list(self.sinks.values()):
+            if other.route.startswith(EXPECTED) and other.address == address:
+                # a sink a restarted broker waited for: back with the segments of its jobs
+                # (the same process, or one that kept its state), or without them
+                del self.sinks[other.route]
+                if any(j.id in held for j in self.jobs.values()
+                       if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks):
+                    continue
             if other.route != peer and other.address == address:
                 # the same address under another identity: a restart that lost its
                 # identity file, or an impostor; either way what the old one held is gone
@@ -74,9 +84,6 @@ class Sinks:
             old = None
         if old is None and len(self.sinks) >= MAX_SINKS:
             raise ValueError(f"this broker takes at most {MAX_SINKS} sinks")
-        if old is not None and not durable:  # restarted without its state: nothing kept
-            self.lose_sink(old, "it restarted without a state directory")
-            old = None
         self.sinks[peer] = SinkState(peer, address, name, durable, now)
         if old is None:
             self.news(peer_name(peer), "sink %s joined at %s%s", name, address,
@@ -116,11 +123,18 @@ class Sinks:
     def assign_sinks(self, job: JobState) -> None:
         """Fix where the partitions of ``job``'s current step go, at its first map
         dispatch: the registered sinks (none: the broker's own store)."""
-        addresses = sorted(s.address for s in self.sinks.values())
+        addresses = sorted(s.address for s in self.sinks.values()
+                           if not s.route.startswith(EXPECTED))
         job.sinks = addresses
         by_route = {s.address: s.route for s in self.sinks.values()}
         for address in addresses:
             self._send(by_route[address], P.ASSIGN, {"steps": [[job.id, job.step]]})
+
+    def _tell(self, job: JobState, command: str, body: dict) -> None:
+        """Send to every connected sink that serves ``job``'s step."""
+        for sink in self.sinks.values():
+            if sink.address in (job.sinks or ()) and not sink.route.startswith(EXPECTED):
+                self._send(sink.route, command, body)
 
     def sunk_parts(self, job: JobState, stats: dict) -> list[int] | None:
         """The partitions a map task of a sink step says it pushed (None: malformed)."""
@@ -140,17 +154,38 @@ class Sinks:
 
     def forget_at_sinks(self, job: JobState) -> None:
         """A job ended: its segments may go from every sink that took them."""
-        if not job.sinks:
-            return
-        for sink in self.sinks.values():
-            if sink.address in job.sinks:
-                self._send(sink.route, P.DROP, {"jobs": [job.id]})
+        self._tell(job, P.DROP, {"jobs": [job.id]})
+
+    # -- a restarted broker --------------------------------------------------------------
+    def restore_sink_commit(self, job: JobState, index: int, sink: Any) -> bool:
+        """A journaled map commit whose segments are at sinks: ``[attempt, sinks]``.
+        False when malformed (the map runs again)."""
+        if (not isinstance(sink, list) or len(sink) != 2 or type(sink[0]) is not int
+                or not isinstance(sink[1], list) or not sink[1]
+                or not all(isinstance(a, str) for a in sink[1])):
+            return False
+        job.sinks = list(sink[1])  # (the journal's last word on where the step goes)
+        job.map_attempts[index] = sink[0]
+        return True
+
+    def expect_sinks(self, now: float) -> None:
+        """After recovery: wait a liveness period for the sinks the recovered steps use
+        (they register again on their own); one that does not come back is lost."""
+        for job in self.jobs.values():
+            if job.state != P.JOB_RUNNING or not job.sinks:
+                continue
+            for address in job.sinks:
+                route = EXPECTED + address.encode()
+                if route not in self.sinks:
+                    self.sinks[route] = SinkState(route, address, f"(expected) {address}",
+                                                  True, now)
 
     # -- loss ----------------------------------------------------------------------------
     def lose_sink(self, sink: SinkState, reason: str) -> None:
         """A sink is gone with what it held: its partitions move, their maps run again."""
         self.sinks.pop(sink.route, None)
-        live = sorted(s.address for s in self.sinks.values())
+        live = sorted(s.address for s in self.sinks.values()
+                      if not s.route.startswith(EXPECTED))
         affected = 0
         for job in list(self.jobs.values()):
             if job.state != P.JOB_RUNNING or not job.sinks or sink.address not in job.sinks:
@@ -162,9 +197,7 @@ class Sinks:
             if live:
                 it = iter(live * len(old))
                 job.sinks = [next(it) if a == sink.address else a for a in old]
-                for s in self.sinks.values():
-                    if s.address in job.sinks:
-                        self._send(s.route, P.ASSIGN, {"steps": [[job.id, job.step]]})
+                self._tell(job, P.ASSIGN, {"steps": [[job.id, job.step]]})
             else:  # no sink left: the broker's own store takes the whole step
                 job.sinks = []
                 lost = {r for r in range(job.reducers)

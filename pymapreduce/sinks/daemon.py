@@ -111,7 +111,9 @@ class SinkDaemon:
 
     def _register(self) -> None:
         self._send_ctl(P.SINK, {"address": self.address, "name": self.name,
-                                "durable": self.store.durable})
+                                "durable": self.store.durable,
+                                # (a restarted broker keeps the steps whose segments it has)
+                                "jobs": sorted(self.store.jobs())[:10000]})
 
     def serve_forever(self) -> None:
         poller = zmq.Poller()
