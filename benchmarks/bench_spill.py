@@ -17,6 +17,11 @@ beside the bar: the budget plus 150 MiB. ``--compare`` also runs it without a bu
 ``hot``: one key holding ``--values`` 100-byte values; ``reduce`` counts them and sums
 their lengths (it gets a one-pass stream); the same bar on the workers' peak.
 
+``--sinks N`` runs either with N sink daemons (docs/sinks.md): map outputs go to them, not
+through the broker, whose peak RSS is then reported beside the issue's bar (under 150 MiB)
+with the bytes it received on its data plane (from its ``/metrics``; zero expected) and
+the bytes the sinks took in.
+
 ``fastpath``: word count on a corpus that fits the budget, in child processes, for each
 tree of ``--trees`` without a budget and (trees that know it) with ``--memory``: the
 budget must cost nothing measurable when a job fits. ``kernel``: the same comparison on
@@ -43,10 +48,40 @@ SLACK_MIB = 150  # the bar: a worker's peak at most the budget plus this
 RESULT = "RESULT "
 
 
-def _cluster(memory: str | None):
+def _cluster(memory: str | None, sinks: int = 0):
     from pymapreduce import LocalCluster
 
-    return LocalCluster(workers=WORKERS, memory=memory)
+    return LocalCluster(workers=WORKERS, memory=memory, sinks=sinks, http=bool(sinks))
+
+
+def _watch(cluster):
+    return tera.PeakMemory().watch(cluster.broker_pid, cluster.worker_pid, cluster.sink_pids)
+
+
+def _through_broker(cluster, client, sinks: int) -> dict:
+    """With sinks: what the broker's data plane received and what the sinks took in."""
+    if not sinks:
+        return {}
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(cluster.http_url.split("?")[0] + "metrics") as reply:
+        text = reply.read().decode()
+    received = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == "pymapreduce_received_bytes_total":
+                received[sample.labels["plane"]] = int(sample.value)
+    deadline = time.monotonic() + 5
+    while True:  # (sinks count what they carried at their heartbeats)
+        took = sum(s["in"] for s in client.sinks())
+        if took or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return {"sinks": sinks, "broker_data_bytes": received.get("data"),
+            "broker_control_bytes": received.get("control"), "sink_bytes_in": took,
+            "broker_under_150": None}
 
 
 def _bar(memory: str | None, peaks: dict) -> dict:
@@ -63,21 +98,22 @@ def _bar(memory: str | None, peaks: dict) -> dict:
 
 
 def run_sort(records: int, memory: str | None, reducers: int, split_mb: int,
-             root: str) -> dict[str, Any]:
+             root: str, sinks: int = 0) -> dict[str, Any]:
     from pymapreduce import Client, read_text
 
     path = tera.input_file(records, 2026, root)
     out = tempfile.mkdtemp(prefix="spill-sort-", dir=root)
-    with _cluster(memory) as cluster:
-        peaks = tera.PeakMemory().watch(cluster.broker_pid, cluster.worker_pid)
+    with _cluster(memory, sinks) as cluster:
+        peaks = _watch(cluster)
         with Client(cluster.address) as client:
             t0 = time.perf_counter()
             handle = client.submit(tera.TeraSort(),
                                    read_text(path, split_bytes=split_mb * MIB),
-                                   reducers=reducers, output_dir=out)
+                                   reducers=reducers, output_dir=out, results=False)
             handle.wait()
             seconds = time.perf_counter() - t0
             counters = handle.counters
+            plane = _through_broker(cluster, client, sinks)
         memory_peaks = peaks.stop()
     got = tera.summarize(tera.pymapreduce_lines(tera.parts_in(out)))
     want = tera.summarize(tera.lines_of([path]))
@@ -86,7 +122,13 @@ def run_sort(records: int, memory: str | None, reducers: int, split_mb: int,
     return {"records": records, "memory": memory, "seconds": round(seconds, 2),
             "records_per_s": round(records / seconds), "exact": got.sorted and
             got.same_records(want), "spilled_runs": counters.get("pymapreduce.spilled_runs", 0),
-            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks)}
+            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks), **_plane(plane, memory_peaks)}
+
+
+def _plane(plane: dict, peaks: dict) -> dict:
+    if plane:
+        plane["broker_under_150"] = peaks.get("broker", 0.0) < 150
+    return plane
 
 
 class HotKey(tera.Job):
@@ -103,22 +145,24 @@ class HotKey(tera.Job):
         return [type(values).__name__, n, size]
 
 
-def run_hot(values: int, memory: str | None, split_mb: int, root: str) -> dict[str, Any]:
+def run_hot(values: int, memory: str | None, split_mb: int, root: str,
+            sinks: int = 0) -> dict[str, Any]:
     from pymapreduce import Client, read_text
 
     path = tera.input_file(values, 2026, root)
-    with _cluster(memory) as cluster:
-        peaks = tera.PeakMemory().watch(cluster.broker_pid, cluster.worker_pid)
+    with _cluster(memory, sinks) as cluster:
+        peaks = _watch(cluster)
         with Client(cluster.address) as client:
             t0 = time.perf_counter()
             result = client.submit(HotKey(), read_text(path, split_bytes=split_mb * MIB),
                                    reducers=1).result()
             seconds = time.perf_counter() - t0
+            plane = _through_broker(cluster, client, sinks)
         memory_peaks = peaks.stop()
     kind, n, size = result["hot"]
     return {"values": values, "memory": memory, "seconds": round(seconds, 2),
             "reduce_got": kind, "exact": n == values and size == values * 99,
-            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks)}
+            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks), **_plane(plane, memory_peaks)}
 
 
 def fastpath_child(size_mb: int, memory: str | None) -> dict[str, Any]:
@@ -211,6 +255,7 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=16, help="fastpath: corpus MiB")
     ap.add_argument("--trees", default=".", help="fastpath: checkouts, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="fastpath: runs of each")
+    ap.add_argument("--sinks", type=int, default=0, help="sort, hot: sink daemons (default 0)")
     ap.add_argument("--data-root", default="/tmp/pmr-terasort")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -233,9 +278,10 @@ def main() -> int:
             if args.what == "sort":
                 reducers = args.reducers or max(2, -(-args.records * 100 // MIB // quarter))
                 figures.append(run_sort(args.records, memory, reducers, split_mb,
-                                        args.data_root))
+                                        args.data_root, args.sinks))
             else:
-                figures.append(run_hot(args.values, memory, split_mb, args.data_root))
+                figures.append(run_hot(args.values, memory, split_mb, args.data_root,
+                                       args.sinks))
     for row in figures:
         log(json.dumps(row))
     if args.json:

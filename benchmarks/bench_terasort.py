@@ -184,8 +184,10 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def watch(self, broker_pid: int | None, supervisor_pid: int | None) -> PeakMemory:
+    def watch(self, broker_pid: int | None, supervisor_pid: int | None,
+              sinks: tuple[int, ...] = ()) -> PeakMemory:
         self._pids = (broker_pid, supervisor_pid)
+        self._sinks = tuple(sinks)  # sink daemons' pids (their peaks: role "sink")
         self._thread.start()
         return self
 
@@ -193,6 +195,7 @@ class PeakMemory:
         broker, supervisor = self._pids
         roles = [("broker", broker), ("supervisor", supervisor)]
         roles += [("worker", pid) for pid in procs.children(supervisor or 0)]
+        roles += [("sink", pid) for pid in getattr(self, "_sinks", ())]
         for role, pid in roles:
             mib = procs.status_mib(pid, "VmHWM") if pid else None
             if mib is not None:

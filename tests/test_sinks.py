@@ -290,3 +290,26 @@ def test_a_restarted_broker_reads_where_the_segments_are_from_its_journal(daemon
     else:
         assert status["reruns"] >= 1  # the maps whose segments went with the sink
     waiter.client.close()
+
+
+def test_a_hot_key_read_at_a_sink_reaches_reduce_as_a_stream_under_a_budget(daemons,
+                                                                              tmp_path):
+    """A reduce task under --memory reads its partition's segments from the sink one reply
+    at a time and lets each go once read, so a key with more values than fit reaches
+    ``reduce`` as a one-pass stream, exact."""
+    from .test_spill import BUDGET, Hot, _lines
+
+    lines = _lines(tmp_path / "in.txt", 150_000, width=200)
+    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
+    start_sink(daemons, address)
+    daemons.worker(address, 2, "--memory", str(BUDGET), "--spill-dir", str(tmp_path / "s"))
+    wait_workers(address, 2)
+    wait_sinks(address, 1)
+    with Client(address, timeout=60) as client:
+        result = client.submit(Hot(), read_text(str(tmp_path / "in.txt")), map_tasks=4,
+                               reducers=1).result(timeout=240)
+        deadline = time.monotonic() + 10
+        while sum(s["out"] for s in client.sinks()) < sum(len(x) for x in lines):
+            assert time.monotonic() < deadline, client.sinks()  # its values, via the sink
+            time.sleep(0.05)
+    assert result == {"hot": ["ValuesStream", len(lines), sum(len(x) for x in lines)]}

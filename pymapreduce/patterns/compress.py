@@ -239,6 +239,6 @@ class Inflating(Sequence):
     def __setitem__(self, i: int, value: Any) -> None:
         """Replace a frame (a task under a memory budget lets each segment go once read:
         runner.py's ``_taken``)."""
-        if not isinstance(self.blobs, list):
-            self.blobs = list(self.blobs)
+        if not hasattr(self.blobs, "__setitem__"):  # (segments read at a sink let go
+            self.blobs = list(self.blobs)           # themselves: workers/shuffle.py)
         self.blobs[i] = value

@@ -179,7 +179,9 @@ class SinkClient:
             if (type(got) is not int or not 0 < got <= len(msg.body["segs"])
                     or not isinstance(missing, list)
                     or len(blobs) + len(missing) != got):
-                raise SinkUnreachable(f"the sink at {address} sent a malformed reply")
+                shown = {k: v for k, v in body.items() if k != "_blobs"}
+                raise SinkUnreachable(f"the sink at {address} sent a malformed reply "
+                                      f"({str(shown)[:200]}, {len(blobs)} blobs)")
             self.bytes_in += sum(len(b) for b in blobs)
             return got, [m for m in missing if type(m) is int], blobs
 
@@ -211,6 +213,8 @@ class SinkSegments(Sequence):
             return [self[j] for j in range(*i.indices(len(self.segs)))]
         if i < 0:
             i += len(self.segs)
+        if not 0 <= i < len(self.segs):
+            raise IndexError(i)
         if i not in self._have:
             self._fetch(i)
         return self._have.pop(i)
