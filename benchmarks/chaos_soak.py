@@ -18,7 +18,9 @@ random moments, each one of:
 - ``kill-broker``: ``kill -9`` of the broker mid-map or mid-reduce (the phase and the
   fraction of its tasks done are drawn at random), and a restart on the same address and
   state directory after 0-1.5 s; the client blocked in ``result()`` and the workers must
-  reconnect by themselves.
+  reconnect by themselves;
+- ``kill-sink`` (with ``--sinks N``): ``kill -9`` of one sink daemon (docs/sinks.md) and a
+  fresh one (no state) started at once; the maps that fed it must run again.
 
 A fault whose moment comes after the job ended is counted as missed, not injected. Every
 result must equal the single-process count of ``bench_wordcount.py`` (computed once); each
@@ -71,10 +73,11 @@ from procs import (
 
 from pymapreduce import Client, PyMapReduceError, read_text
 
-FAULT_KINDS = ("kill-worker", "kill-daemon", "freeze-worker", "kill-broker")
+FAULT_KINDS = ("kill-worker", "kill-daemon", "freeze-worker", "kill-broker", "kill-sink")
 FAST = ["--heartbeat", "0.2", "--liveness", "1.0"]
 BROKER_READY = re.compile(r"pymapreduce broker ready: (\S+)")
 WORKER_READY = re.compile(r"pymapreduce worker ready")
+SINK_READY = re.compile(r"pymapreduce sink ready")
 POLL = 0.05  # seconds between progress polls while waiting for a broker kill's moment
 
 
@@ -94,6 +97,8 @@ class Cluster:
     broker: subprocess.Popen | None = None
     address: str = "tcp://127.0.0.1:0"
     daemons: list[Daemon] = field(default_factory=list)
+    sinks: list[subprocess.Popen] = field(default_factory=list)
+    sink_count: int = 0
     started: list[subprocess.Popen] = field(default_factory=list)
     frozen: set[int] = field(default_factory=set)
     incarnations: int = 0
@@ -144,6 +149,13 @@ class Cluster:
         daemon = Daemon(proc, processes, name)
         self.daemons.append(daemon)
         return daemon
+
+    def start_sink(self) -> subprocess.Popen:
+        self.sink_count += 1
+        proc = self._spawn(f"sink-{self.sink_count}", ["sink", "--connect", self.address])
+        read_ready(proc, SINK_READY)
+        self.sinks.append(proc)
+        return proc
 
     def kill_daemon(self, daemon: Daemon) -> list[int]:
         """``kill -9`` the supervisor and each of its worker processes; returns survivors."""
@@ -344,6 +356,16 @@ class Chaos:
                     raise RuntimeError(f"children {survivors} of killed daemon {pid} live on")
                 new = cluster.start_daemon(daemon.processes)
                 fault.detail = f"{daemon.name} (pid {pid}) -> {new.name} (pid {new.proc.pid})"
+            elif fault.kind == "kill-sink":
+                live = [p for p in cluster.sinks if p.poll() is None]
+                if not live:
+                    return
+                victim = rng.choice(live)
+                victim.kill()
+                victim.wait()
+                cluster.sinks.remove(victim)
+                new = cluster.start_sink()
+                fault.detail = f"sink pid {victim.pid} -> pid {new.pid}"
             elif fault.kind == "kill-broker":
                 pid = cluster.broker.pid if cluster.broker else None
                 cluster.kill_broker()
@@ -376,20 +398,24 @@ class Run:
 
 
 def settle(cluster: Cluster, timeout: float) -> str:
-    """Wait until every worker process is registered with the broker; '' or a note."""
+    """Wait until every worker process (and sink) is registered with the broker; '' or a
+    note."""
     want = cluster.slots()
     deadline = time.monotonic() + timeout
     seen = -1
     with Client(cluster.address, timeout=5.0) as client:
         while time.monotonic() < deadline:
             try:
-                seen = int(client.info()["workers"])
+                info = client.info()
+                seen = int(info["workers"])
+                sinks = int(info.get("sinks", 0))
             except PyMapReduceError:
-                seen = -1
-            if seen == want:
+                seen = sinks = -1
+            if seen == want and sinks == len(cluster.sinks):
                 return ""
             time.sleep(0.1)
-    return f"{seen} workers registered, {want} expected, after {timeout:g}s"
+    return (f"{seen} workers and {sinks} sinks registered, {want} and {len(cluster.sinks)} "
+            f"expected, after {timeout:g}s")
 
 
 def run_once(cluster: Cluster, run: Run, files: list[str], split_bytes: int, reducers: int,
@@ -455,6 +481,9 @@ def main() -> int:
     ap.add_argument("--split-mb", type=float, default=1.0,
                     help="MiB per map task (default 1: 16 map tasks on 16 MiB)")
     ap.add_argument("--reducers", type=int, default=8, help="reduce tasks (default 8)")
+    ap.add_argument("--sinks", type=int, default=0,
+                    help="sink daemons (default 0: the broker is the sink); adds kill-sink "
+                         "to the fault mix")
     ap.add_argument("--faults-per-run", type=int, default=2,
                     help="each faulty run gets 1 to this many faults (default 2)")
     ap.add_argument("--kinds", default=",".join(FAULT_KINDS),
@@ -468,6 +497,8 @@ def main() -> int:
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not args.sinks and "kill-sink" in kinds:
+        kinds.remove("kill-sink")  # (no sink to kill)
     if not kinds or set(kinds) - set(FAULT_KINDS):
         ap.error(f"--kinds: choose among {', '.join(FAULT_KINDS)}")
     per_daemon = [int(x) for x in args.processes.split(",") if x.strip()]
@@ -498,6 +529,8 @@ def main() -> int:
         cluster.start_broker()
         for i in range(args.daemons):
             cluster.start_daemon(per_daemon[i % len(per_daemon)])
+        for _ in range(args.sinks):
+            cluster.start_sink()
         note = settle(cluster, 30.0)
         if note:
             raise RuntimeError(f"the cluster did not come up: {note}")
