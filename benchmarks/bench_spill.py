@@ -58,6 +58,14 @@ def _watch(cluster):
     return tera.PeakMemory().watch(cluster.broker_pid, cluster.worker_pid, cluster.sink_pids)
 
 
+def _cpu(peaks) -> dict:
+    """CPU seconds each role used (summed over its processes), as last sampled."""
+    out: dict = {}
+    for role, secs in peaks.cpu.values():
+        out[role] = round(out.get(role, 0.0) + secs, 2)
+    return out
+
+
 def _through_broker(cluster, client, sinks: int) -> dict:
     """With sinks: what the broker's data plane received and what the sinks took in."""
     if not sinks:
@@ -162,7 +170,8 @@ def run_hot(values: int, memory: str | None, split_mb: int, root: str,
     kind, n, size = result["hot"]
     return {"values": values, "memory": memory, "seconds": round(seconds, 2),
             "reduce_got": kind, "exact": n == values and size == values * 99,
-            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks), **_plane(plane, memory_peaks)}
+            "peaks_mib": memory_peaks, "cpu_s": _cpu(peaks), **_bar(memory, memory_peaks),
+            **_plane(plane, memory_peaks)}
 
 
 def fastpath_child(size_mb: int, memory: str | None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import zmq
 from ..errors import ProtocolError
 from ..patterns import config as timing
 from ..patterns import protocol as P
-from ..patterns.message import Message
+from ..patterns.message import Limits, Message
 from ..patterns.sockets import (
     DEFAULT_MAX_MESSAGE,
     Oversized,
@@ -40,7 +40,14 @@ from .store import SegmentStore
 
 log = logging.getLogger("pymapreduce.sink")
 
-REPLY_BYTES = 16 << 20  # a GET's reply carries segments up to this many bytes (one at least)
+REPLY_BYTES = 8 << 20  # a GET's reply carries segments up to this many bytes (one at least)
+# Replies queued to one peer before more are dropped (it asks again): a reducer has one GET
+# out at a time, so this bounds what a peer that asks and never reads costs the sink to
+# about PEER_REPLIES * REPLY_BYTES, not the ROUTER's usual 1,000 messages.
+PEER_REPLIES = 4
+# What a sink decodes of a worker's header: a GET names up to MAX_SEGS pairs.
+SINK_LIMITS = Limits(header=1 << 20, array=2 * 4096, map=64, string=64 << 10,
+                     containers=4 * 4096)
 MAX_SEGS = 4096  # segments one GET may name
 MAX_PARTS = 1 << 20  # partition numbers a PUT may name (a job's reducers are fewer)
 MIN_FREE = 64 << 20  # bytes the disk keeps free: past it PUTs are refused
@@ -66,6 +73,7 @@ class SinkDaemon:
         self.ctx = context or zmq.Context.instance()
         self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
         self.data = make_socket(self.ctx, zmq.ROUTER, max_message=max_message)
+        self.data.setsockopt(zmq.SNDHWM, PEER_REPLIES)
         self.address = ""
         self.assigned: set[tuple[str, int]] = set()  # (job, step) the broker sent here
         self.welcomed = False
@@ -194,7 +202,7 @@ class SinkDaemon:
                 log.warning("dropped an oversized message from a worker: %s", exc)
                 continue
             try:
-                msg = Message.decode(frames)
+                msg = Message.decode(frames, SINK_LIMITS)
                 if msg.command == P.PUT:
                     self._put(route, msg)
                 elif msg.command == P.GET:

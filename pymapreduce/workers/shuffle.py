@@ -26,7 +26,7 @@ PUT_WAIT = 60.0  # seconds a map task waits for its sinks to store its segments
 GET_WAIT = 30.0  # seconds a reduce task waits for one reply before the sink is unreachable
 RESEND = 2.5  # seconds of silence after which a request is sent again (a sink restarted)
 NOT_ASSIGNED_WAIT = 5.0  # a sink that does not know the step yet (its ASSIGN is on the way)
-GET_BATCH = 256  # segments named in one GET (the sink answers up to 16 MiB of them)
+GET_BATCH = 256  # segments named in one GET (the sink answers up to 8 MiB of them)
 
 
 class SinkUnreachable(PyMapReduceError):
@@ -188,7 +188,7 @@ class SinkClient:
 
 class SinkSegments(Sequence):
     """A reduce task's segments, read from its sink as the task reaches them (a GET per
-    up to 16 MiB), each let go once read: the task holds one reply's segments at a time,
+    up to 8 MiB), each let go once read: the task holds one reply's segments at a time,
     not its partition."""
 
     streamed = True  # (a memory budget does not count it as held: runner.py)
