@@ -8,13 +8,17 @@ at most ``--per-supervisor`` processes) on loopback. For each broker mode the br
 started once with no worker, then worker processes are added level by level (1, 4, 16,
 24 by default) and at each level, with every worker registered:
 - idle: the broker's CPU over ``--idle`` seconds with N idle workers (level 0: none), so
-  the heartbeat cost per worker per second is the slope over N;
-- tasks: a map-only job of ``--tasks`` no-op map tasks (one record each): broker CPU
-  per task and per control message;
-- word count: a small word count (``--wc-mb`` MiB): the same for a job with a reduce;
+  the heartbeat cost per worker per second is its rate less level 0's, over N;
+- tasks: a map-only job of ``--tasks`` no-op map tasks (one record each), handed out in
+  batches: broker CPU per task and control messages per task;
+- long: ``--long-per-worker`` tasks per worker that sleep ``--long-ms`` ms, long enough to
+  go out one per TASKS message, as on a large cluster: CPU per task and per message;
+- word count: a small word count (``--wc-mb`` MiB, checked exact);
 - shuffle: ``--shuffle-mb`` MiB of map output in pieces of ``--piece-kb`` KiB, read by 4
   reducers, no combiner: every byte goes to the broker and back out to a reducer; broker
-  CPU per shuffled MiB, net of its tasks' per-task cost.
+  CPU per shuffled MiB (checked exact by the reducers' byte counter).
+Every job's CPU and messages are taken net of the idle background (the level's idle rates
+times the job's wall time).
 Broker modes: ``no-events`` (``--no-events``), ``events`` (the default broker) and
 ``counted`` (the default broker with ``--http``, whose ``/metrics`` gives the control and
 data messages and bytes the broker received and sent; it also builds the dashboard's
@@ -24,9 +28,9 @@ run at a level are used for the other modes at that level: the protocol is the s
 Only the broker's own CPU time is measured (its threads' scheduler statistics in /proc),
 never wall time: on a machine with fewer cores than processes the broker shares the cores
 with the workers, so wall times measure the machine, not the broker. Then the model
-(broker CPU = tasks x c_task + idle workers x h x seconds + shuffled bytes x c_byte),
-fitted on the small levels, predicts the broker's CPU at the large ones, beside what
-was measured there (docs/scaling.md).
+(broker CPU = a x tasks + b x messages + h x idle workers x seconds + c x shuffled bytes),
+fitted on the levels up to ``--fit-upto`` workers, predicts the broker's CPU at the larger
+ones, beside what was measured there (docs/scaling.md).
 """
 
 from __future__ import annotations
