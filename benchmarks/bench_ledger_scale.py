@@ -1,0 +1,137 @@
+"""The broker's bookkeeping with 10 to 1,000 workers: the part of its cost that grows with them.
+
+    python benchmarks/bench_ledger_scale.py                      # 10, 24, 100, 1000 workers
+    python benchmarks/bench_ledger_scale.py --workers 10,1000 --beats 20000
+
+No sockets and no processes: the broker's ledger (broker/ledger.py) is driven by calls, as
+the broker loop drives it, with W simulated workers registered. This machine cannot run
+1,000 worker processes; the ledger's share of the broker's cost can still be measured at
+that size, and the part of the cost it does not cover (receiving, decoding, encoding and
+sending each message) does not depend on the number of workers
+(benchmarks/bench_broker_cost.py measures the whole with real processes, docs/scaling.md
+puts the two together). Two figures per W, in CPU microseconds of this process:
+- heartbeat: one HEARTBEAT handled, then ``dispatch()``, which the broker loop runs after
+  every control message (no task pending);
+- task: a map-only job of ``--tasks`` tasks (each reported to run ``--secs`` seconds, so the
+  broker hands out as many per TASKS message as it would for tasks that long), every
+  worker reporting each TASKS batch in one DONE, each DONE followed by ``dispatch()``:
+  ledger CPU per task and per message (DONE in, TASKS out).
+Run with the event log (the default broker) and without it (``--no-events``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from typing import Any
+
+import common
+
+from pymapreduce.broker.config import BrokerConfig
+from pymapreduce.broker.ledger import Ledger, Send
+from pymapreduce.broker.sink import Store
+from pymapreduce.broker.tasks import JobState
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.records import pack
+
+T0 = 1000.0  # the hand-set clock's start
+EMPTY = pack([[], []])  # a no-op map task's one output partition: no key, no value
+
+
+def new_ledger(events: bool, workers: int) -> tuple[Ledger, Store, list]:
+    store = Store(1 << 30)
+    ledger = Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", events=events), store)
+    ws = [ledger.register(b"w%06d" % i, "", {"credit": 32, "name": f"w{i}", "pid": i}, T0)
+          for i in range(workers)]
+    ledger.outbox.clear()
+    return ledger, store, ws
+
+
+def heartbeat_us(events: bool, workers: int, beats: int) -> float:
+    """Ledger CPU per HEARTBEAT (and the dispatch after it), W idle workers."""
+    ledger, store, ws = new_ledger(events, workers)
+    try:
+        t0 = time.process_time()
+        for k in range(beats):
+            w = ws[k % workers]
+            ledger.heartbeat(w.route, "", w.route, T0)
+            ledger.dispatch(T0)
+            ledger.outbox.clear()
+        return 1e6 * (time.process_time() - t0) / beats
+    finally:
+        store.close()
+
+
+def task_us(events: bool, workers: int, tasks: int, secs: float) -> tuple[float, float]:
+    """(ledger CPU per task, per message) for a map-only job through W workers."""
+    ledger, store, ws = new_ledger(events, workers)
+    by_route = {w.route: w for w in ws}
+    splits = [["mem", pack([[i, i]])] for i in range(tasks)]
+    job = JobState("j", "j", b"code", splits, 0, True, b"client", T0,
+                   options={"reducers": 0, "map_only": True})
+    ledger.jobs[job.id] = job
+    ledger.scheduler.add(job)
+    queue: collections.deque = collections.deque()  # (route, attempts) to report, in order
+    messages = 0
+    stats = {"records": 1, "secs": secs}
+
+    def collect() -> None:
+        nonlocal messages
+        for item in ledger.outbox:
+            if isinstance(item, Send) and item.msg.command == P.TASKS:
+                body = item.msg.body
+                queue.append((item.route, [[body["job"], *t[:3], stats, 1]
+                                           for t in body["tasks"]]))
+                messages += 1
+        ledger.outbox.clear()
+
+    try:
+        t0 = time.process_time()
+        ledger.dispatch(T0)
+        collect()
+        while queue:
+            route, reports = queue.popleft()
+            ledger.done(by_route[route], reports, (EMPTY,) * len(reports))
+            messages += 1
+            ledger.dispatch(T0)
+            collect()
+        cpu = time.process_time() - t0
+        if job.done_maps != tasks:
+            raise RuntimeError(f"{job.done_maps} of {tasks} tasks committed")
+        return 1e6 * cpu / tasks, 1e6 * cpu / messages
+    finally:
+        store.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="10,24,100,1000", help="default 10,24,100,1000")
+    ap.add_argument("--beats", type=int, default=20000, help="heartbeats per W (default 20000)")
+    ap.add_argument("--tasks", type=int, default=20000, help="tasks per W (default 20000)")
+    ap.add_argument("--secs", type=float, default=0.5,
+                    help="each task's reported run time (default 0.5: one task per message)")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.workers.split(",")]
+    info = common.print_machine(f"ledger cost with {counts} simulated workers, "
+                                f"{args.tasks} tasks of {args.secs}s, {args.beats} heartbeats")
+    rows: list[list[Any]] = []
+    out: dict[str, Any] = {}
+    for events in (False, True):
+        for w in counts:
+            hb = heartbeat_us(events, w, args.beats)
+            per_task, per_msg = task_us(events, w, args.tasks, args.secs)
+            mode = "events" if events else "no-events"
+            out[f"{mode}/{w}"] = {"heartbeat_us": hb, "task_us": per_task, "msg_us": per_msg}
+            rows.append([mode, w, hb, per_task, per_msg])
+            common.log(f"{mode} {w}: heartbeat {hb:.1f} us, task {per_task:.1f} us")
+    common.print_table(["broker", "workers", "ledger us/heartbeat", "ledger us/task",
+                        "ledger us/message"], rows)
+    common.write_json(args.json, {"machine": info, "args": vars(args), "figures": out})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
