@@ -51,7 +51,8 @@ RESULT = "RESULT "
 def _cluster(memory: str | None, sinks: int = 0):
     from pymapreduce import LocalCluster
 
-    return LocalCluster(workers=WORKERS, memory=memory, sinks=sinks, http=bool(sinks))
+    return LocalCluster(workers=WORKERS, memory=memory, sinks=sinks, http=bool(sinks),
+                        start_timeout=120)
 
 
 def _watch(cluster):
@@ -130,7 +131,8 @@ def run_sort(records: int, memory: str | None, reducers: int, split_mb: int,
     return {"records": records, "memory": memory, "seconds": round(seconds, 2),
             "records_per_s": round(records / seconds), "exact": got.sorted and
             got.same_records(want), "spilled_runs": counters.get("pymapreduce.spilled_runs", 0),
-            "peaks_mib": memory_peaks, **_bar(memory, memory_peaks), **_plane(plane, memory_peaks)}
+            "peaks_mib": memory_peaks, "cpu_s": _cpu(peaks), **_bar(memory, memory_peaks),
+            **_plane(plane, memory_peaks)}
 
 
 def _plane(plane: dict, peaks: dict) -> dict:
@@ -251,6 +253,7 @@ def run_kernel(size_mb: int, memory: str, repeat: int) -> list[dict]:
 
 
 def main() -> int:
+    global WORKERS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["sort", "hot", "fastpath", "kernel", "fastpath-child"])
     ap.add_argument("--records", type=int, default=300_000, help="sort: records (100 bytes)")
@@ -265,9 +268,12 @@ def main() -> int:
     ap.add_argument("--trees", default=".", help="fastpath: checkouts, comma-separated")
     ap.add_argument("--repeat", type=int, default=3, help="fastpath: runs of each")
     ap.add_argument("--sinks", type=int, default=0, help="sort, hot: sink daemons (default 0)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="sort, hot: worker processes (default 2)")
     ap.add_argument("--data-root", default="/tmp/pmr-terasort")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
+    WORKERS = args.workers
     if args.what == "fastpath-child":
         print(RESULT + json.dumps(fastpath_child(args.size_mb, args.memory)), flush=True)
         return 0

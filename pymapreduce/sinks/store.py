@@ -71,14 +71,13 @@ class SegmentStore:
         data, idx = self._files(key)
         offset = data.seek(0, os.SEEK_END)  # (a failed earlier write may have left bytes)
         view = memoryview(blob)
+        crc = zlib.crc32(view)
         data.write(view)
         data.flush()
-        record = RECORD.pack(map_index, attempt, offset, len(view), zlib.crc32(view))
-        idx.write(record)
+        idx.write(RECORD.pack(map_index, attempt, offset, len(view), crc))
         idx.flush()
         self.sizes[key] = offset + len(view)
-        self.index.setdefault(key, {})[(map_index, attempt)] = (offset, len(view),
-                                                                 zlib.crc32(view))
+        self.index.setdefault(key, {})[(map_index, attempt)] = (offset, len(view), crc)
         self.bytes_in += len(view)
         self.segments_in += 1
 
