@@ -48,7 +48,7 @@ import common
 from common import MIB, log
 from corpus import build_corpus
 from jobs import NoOp, WordCount
-from procs import become_subreaper, children, read_ready, wait_dead
+from procs import become_subreaper, children, read_ready, sched_cpu_seconds, wait_dead
 
 from pymapreduce import Client, Job, read_text, run_sequential
 
@@ -91,26 +91,13 @@ class Shuffle(Job):
         return n
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds a process's threads have run so far (Linux scheduler statistics, in
-    nanoseconds; /proc/PID/stat's 10 ms ticks are too coarse for a short phase)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):  # a thread that just ended
-            pass
-    return total / 1e9
-
-
 def tree_cpu_seconds(pids: list[int]) -> float:
     """CPU seconds of processes and their children (the worker supervisors)."""
     total = 0.0
     for pid in pids:
         for p in [pid, *children(pid)]:
             try:
-                total += cpu_seconds(p)
+                total += sched_cpu_seconds(p)
             except OSError:  # gone
                 pass
     return total
@@ -196,12 +183,12 @@ class Cluster:
 def measure(cluster: Cluster, client: Client, run) -> dict[str, Any]:
     """Broker CPU, workers' CPU, wall time and the broker's counters around ``run()``."""
     before = scrape(cluster.http)
-    cpu0 = cpu_seconds(cluster.broker.pid)
+    cpu0 = sched_cpu_seconds(cluster.broker.pid)
     wcpu0 = tree_cpu_seconds(cluster.supervisors)
     t0 = time.perf_counter()
     extra = run() or {}
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(cluster.broker.pid) - cpu0
+    cpu = sched_cpu_seconds(cluster.broker.pid) - cpu0
     wcpu = tree_cpu_seconds(cluster.supervisors) - wcpu0
     after = scrape(cluster.http)
     return {"wall": wall, "cpu": cpu, "workers_cpu": wcpu,

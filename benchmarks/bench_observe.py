@@ -30,6 +30,7 @@ import common
 from common import MIB, stopwatch
 from corpus import build_corpus
 from jobs import NoOp, WordCount
+from procs import sched_cpu_seconds
 
 WORKERS = 2
 SCRAPE_EVERY = 0.5
@@ -60,19 +61,6 @@ class Scraper(threading.Thread):
                     self.scrapes += 1
                 except OSError:
                     self.errors += 1
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds a process's threads have run so far: Linux's scheduler statistics, in
-    nanoseconds (/proc/PID/stat counts in 10 ms ticks: too coarse for a short run)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):  # a thread that just ended
-            pass
-    return total / 1e9
 
 
 def main() -> int:
@@ -118,11 +106,11 @@ def main() -> int:
                     print(f"{mode}: word count differs between the runs")
                     return 1
                 secs[(mode, "wordcount")].append(t[0])
-                cpu = cpu_seconds(brokers[mode])
+                cpu = sched_cpu_seconds(brokers[mode])
                 with stopwatch() as t:
                     client.submit(NoOp(), records, map_tasks=args.tasks, reducers=0).result()
                 secs[(mode, "tasks")].append(t[0])
-                secs[(mode, "cpu")].append(cpu_seconds(brokers[mode]) - cpu)
+                secs[(mode, "cpu")].append(sched_cpu_seconds(brokers[mode]) - cpu)
                 if scraper is not None:
                     scraper.active.clear()
         for scraper in scrapers.values():

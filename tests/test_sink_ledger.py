@@ -6,24 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from pymapreduce.broker.config import BrokerConfig
 from pymapreduce.broker.ledger import Ledger
-from pymapreduce.broker.sink import Store
 from pymapreduce.broker.tasks import DONE, MAP, PENDING, REDUCE, RUNNING
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.wire import AttemptKey
 
+from . import test_ledger
 from .test_ledger import T0, add_job, map_output, report, sent
 
+ledger = test_ledger.ledger  # the fixture: a ledger with a store, fast liveness
+
 SINK_A, SINK_B = "tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"
-
-
-@pytest.fixture
-def ledger():
-    store = Store(1 << 30)
-    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
-                 store)
-    store.close()
 
 
 def with_sinks(ledger: Ledger, *addresses: str) -> None:
