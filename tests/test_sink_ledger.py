@@ -185,3 +185,17 @@ def test_a_sink_registration_is_checked_and_bounded(ledger):
     assert ledger.sink_beat(b"t", T0 + 0.5, {"in": 10, "out": -1, "segments": "x"})
     assert ledger.sinks[b"t"].carried == {"in": 10, "out": 0, "segments": 0}
     assert not ledger.sink_beat(b"W", T0 + 0.5)  # not a sink: a worker's beat
+
+
+def test_a_reduce_of_a_live_partition_handed_out_during_a_re_run_names_known_attempts(
+        ledger):
+    with_sinks(ledger, SINK_A, SINK_B)
+    job = add_job(ledger, maps=2, reducers=2)
+    w = ledger.register(b"W", "", {"credit": 8}, T0)
+    first = run_maps(ledger, w, job)
+    assert job.phase == REDUCE
+    ledger.lose_sink(ledger.sinks[b"sink1"], "test")  # partition 1's sink, in the reduce phase
+    # partition 0's reduce is pending and handed out while maps 0 and 1 run again
+    handed = hand_out(ledger, w, 3)
+    reduce0 = [s for k, s in handed if k.kind == REDUCE]
+    assert reduce0 == [["sink", SINK_A, 0, [[0, first[0]], [1, first[1]]]]]

@@ -183,7 +183,8 @@ class JobState:
             task.end_all()
             self.done_maps -= 1
             self.pending.append(task)
-            self.map_attempts.pop(m, None)
+            # (its old attempt's segments for partitions not lost are still at live
+            # sinks, and reduce tasks of those partitions may be handed out meanwhile)
             self.reruns += 1
         self.redone |= maps
         self.rerun_parts |= lost
