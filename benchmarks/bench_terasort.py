@@ -54,6 +54,7 @@ from pymapreduce import Job  # noqa: E402
 
 WORKERS = 2
 SYSTEMS = ("sorted", "pymapreduce", "spark")
+SINKS_ENV, MEMORY_ENV = "PMR_BENCH_SINKS", "PMR_BENCH_MEMORY"  # (for the pymapreduce child)
 KEY = 10  # bytes of a record's key
 VALUE = 89  # bytes of its value, before the newline: 100 bytes a record
 PRINTABLE = bytes(range(0x21, 0x7F))  # the key alphabet: no space, no newline
@@ -257,14 +258,19 @@ def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
         if status.get("state") == "succeeded":
             marks.setdefault("reduce", now)
 
+    # --sinks / --memory of the parent (sink daemons, each worker's budget): with sinks,
+    # the part files are written by the reducers and nothing comes home (results=False)
+    sinks = int(os.environ.get(SINKS_ENV, "0"))
+    budget = os.environ.get(MEMORY_ENV) or None
     with stopwatch() as start:
-        cluster = LocalCluster(workers=WORKERS).start()
+        cluster = LocalCluster(workers=WORKERS, sinks=sinks, memory=budget).start()
     try:
-        memory = PeakMemory().watch(cluster.broker_pid, cluster.worker_pid)
+        memory = PeakMemory().watch(cluster.broker_pid, cluster.worker_pid,
+                                    cluster.sink_pids)
         with Client(cluster.address) as client:
             t0 = time.perf_counter()
             handle = client.submit(TeraSort(), read_text(path), reducers=reducers,
-                                   output_dir=out)
+                                   output_dir=out, results=not sinks)
             marks["submit"] = time.perf_counter()
             handle.wait(progress=progress)
             end = time.perf_counter()
@@ -372,12 +378,19 @@ def main() -> int:
     ap.add_argument("--reducers", type=int, default=8,
                     help="reduce partitions of pymapreduce and Spark (default 8)")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--sinks", type=int, default=0,
+                    help="pymapreduce: sink daemons (default 0: the broker is the sink)")
+    ap.add_argument("--memory", help="pymapreduce: each worker process's --memory")
     ap.add_argument("--data-root", default="/tmp/pmr-terasort")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.sinks:
+        os.environ[SINKS_ENV] = str(args.sinks)
+    if args.memory:
+        os.environ[MEMORY_ENV] = args.memory
     if args.child:
         return child(args.child, args.input, args.out, args.reducers)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]

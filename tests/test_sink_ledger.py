@@ -199,3 +199,30 @@ def test_a_reduce_of_a_live_partition_handed_out_during_a_re_run_names_known_att
     handed = hand_out(ledger, w, 3)
     reduce0 = [s for k, s in handed if k.kind == REDUCE]
     assert reduce0 == [["sink", SINK_A, 0, [[0, first[0]], [1, first[1]]]]]
+
+
+def test_two_sinks_lost_while_maps_run_again_never_count_a_map_twice(ledger):
+    """The chaos soak once got doubled counts: a map that had committed again after one
+    sink was lost was added a second time to a partition when another sink was lost."""
+    with_sinks(ledger, SINK_A, SINK_B, "tcp://127.0.0.1:7003")
+    job = add_job(ledger, maps=3, reducers=3)
+    w = ledger.register(b"W", "", {"credit": 8}, T0)
+    run_maps(ledger, w, job, sunk=lambda i: [0, 1, 2])
+    ledger.lose_sink(ledger.sinks[b"sink0"], "first")
+    # map 0 commits again; maps 1 and 2 still wait to run again when the next sink goes
+    handed = hand_out(ledger, w, 5)  # (the live partitions' reduces come first)
+    key = next(k for k, _ in handed if k.kind == MAP)
+    ledger.done(w, [report(key, {"records": 1, "sunk": [0, 1, 2]}, nblobs=0)], ())
+    assert job.maps[key.index].state == DONE
+    ledger.lose_sink(ledger.sinks[b"sink1"], "second")
+    v = ledger.register(b"V", "", {"credit": 8}, T0)
+    run_maps(ledger, v, job, sunk=lambda i: [0, 1, 2])
+    assert job.phase == REDUCE
+    for r in range(3):
+        assert sorted(job.map_parts[r]) == [0, 1, 2], (r, job.map_parts[r])
+    # the two lost partitions' reduces (the third one runs on W since before the losses)
+    splits = [s for k, s in hand_out(ledger, v, 2) if k.kind == REDUCE]
+    assert len(splits) == 2
+    for split in splits:
+        assert [m for m, _ in split[3]] == [0, 1, 2]
+        assert all(a == job.map_attempts[m] for m, a in split[3])

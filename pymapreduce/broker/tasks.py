@@ -166,17 +166,22 @@ class JobState:
         self.sinks: list[str] | None = None  # partition r -> sinks[r % n]; [] the broker
         self.map_attempts: dict[int, int] = {}  # committed map -> its attempt (at the sink)
         self.redone: set[int] = set()  # committed maps running again (a sink was lost)
-        self.rerun_parts: set[int] = set()  # the partitions they are rebuilding
         self.blocked: set[int] = set()  # reduce tasks waiting for maps that run again
         self.lost_reports = 0  # reducers' reports of missing segments
         if not hasattr(self, "reruns"):
             self.reruns = 0  # map tasks run again for lost segments, over the job
 
-    def rerun_maps(self, maps: set[int], lost: set[int]) -> None:
+    def rerun_maps(self, maps: set[int], lost: set[int], whole: bool = True) -> None:
         """Lineage: committed ``maps`` run again to rebuild partitions ``lost``, whose
-        reduce tasks (if the reduce phase began) wait for them."""
+        reduce tasks (if the reduce phase began) wait for them. ``whole``: every segment
+        of those partitions is gone (their sink was lost), not only the maps'.
+
+        ``map_parts[r]`` holds each map at most once: a map that commits again is added
+        only to the partitions it is missing from (those emptied here), so a partition
+        lost twice while its maps run again never counts a map twice."""
         for r in lost:
-            self.map_parts[r] = [m for m in self.map_parts[r] if m not in maps]
+            self.map_parts[r] = [] if whole else [
+                m for m in self.map_parts[r] if m not in maps]
         for m in sorted(maps):
             task = self.maps[m]
             task.state = PENDING  # (the one way back from DONE: its output was lost)
@@ -187,7 +192,6 @@ class JobState:
             # sinks, and reduce tasks of those partitions may be handed out meanwhile)
             self.reruns += 1
         self.redone |= maps
-        self.rerun_parts |= lost
         if self.reduces:
             for r in lost:
                 task = self.reduces[r]
@@ -216,7 +220,6 @@ class JobState:
                 task.state = DONE
                 self.done_reduces += 1
         self.blocked.clear()
-        self.rerun_parts.clear()
         self.redone.clear()
         if self.done_reduces == len(self.reduces):
             self._step_done()
@@ -271,8 +274,8 @@ class JobState:
         self.done_maps += 1
         if not self.map_only:
             redone = task.index in self.redone
-            for r in nonempty_parts:
-                if not redone or r in self.rerun_parts:  # (a re-run adds only what was lost)
+            for r in nonempty_parts:  # (a re-run adds itself only where it is missing)
+                if not redone or task.index not in self.map_parts[r]:
                     self.map_parts[r].append(task.index)
         if self.done_maps < len(self.maps):
             return
@@ -284,7 +287,6 @@ class JobState:
             return
         self.phase = REDUCE
         self.redone.clear()
-        self.rerun_parts.clear()
         self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
         for r, t in enumerate(self.reduces):
             if self.map_parts[r]:
