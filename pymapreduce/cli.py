@@ -274,7 +274,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
               "(a running broker picks it up within a second, or at once on SIGHUP)")
     else:
         security.cluster_keys(args.dir)
-        print(f"broker, worker and client keypairs in {args.dir}, worker and client authorized")
+        print(f"broker, worker, client and sink keypairs in {args.dir}, worker, client and "
+              "sink authorized")
     return EXIT_OK
 
 
@@ -494,14 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     kg = ksub.add_parser("generate", help="write a keypair NAME.key / NAME.key_secret into DIR")
     kg.add_argument("dir", metavar="DIR", help="where to write it (created if missing)")
     kg.add_argument("name", metavar="NAME", help="broker, worker, client, or any name")
-    ka = ksub.add_parser("authorize", help="let a public key in, as a client or a worker")
+    ka = ksub.add_parser("authorize", help="let a public key in: a client, worker or sink")
     ka.add_argument("dir", metavar="DIR", help="the broker's key directory")
-    ka.add_argument("role", choices=["client", "worker", "admin"], metavar="ROLE",
-                    help="client, worker, or admin (a client key that may see, cancel and "
-                         "release every job)")
+    ka.add_argument("role", choices=["client", "worker", "sink", "admin"], metavar="ROLE",
+                    help="client, worker, sink, or admin (a client key that may see, cancel "
+                         "and release every job)")
     ka.add_argument("key_file", metavar="KEY_FILE", help="the peer's NAME.key (public) file")
-    kc = ksub.add_parser("cluster", help="broker, worker and client keys in one directory, "
-                         "authorized: for one machine or a test")
+    kc = ksub.add_parser("cluster", help="broker, worker, client and sink keys in one "
+                         "directory, authorized: for one machine or a test")
     kc.add_argument("dir", metavar="DIR", help="where to write them (created if missing)")
     k.set_defaults(func=cmd_keys)
     observe_cli.add_commands(sub, request)

@@ -23,8 +23,13 @@ def add_sink_parser(sub: argparse._SubParsersAction,
                    help="keep segments here across restarts (default: a temporary "
                         "directory, removed at exit)")
     s.add_argument("--name", default="", help="how the broker's listings name this sink")
+    s.add_argument("--keys", metavar="DIR",
+                   help="CURVE key directory: sink.key_secret, broker.key and workers/*.key "
+                        "(see `pymapreduce keys`); without it, no authentication")
+    s.add_argument("--key-name", default="sink", help="this side's keypair in DIR (default "
+                                                      "sink)")
     s.add_argument("--insecure", action="store_true",
-                   help="listen beyond loopback although sinks have no authentication yet")
+                   help="listen beyond loopback without keys anyway")
     common(s)
     s.set_defaults(func=cmd_sink)
 
@@ -48,12 +53,14 @@ def cmd_sink(args: argparse.Namespace) -> int:
     if host in ("*", "0.0.0.0", "[::]", "::"):
         raise ConfigError(f"--bind {args.bind}: a sink tells workers its address, so give "
                           "the host name or address they reach it at, not a wildcard")
-    if not _is_loopback(args.bind) and not args.insecure:
-        print(f"pymapreduce sink: refusing to listen on {args.bind} beyond loopback: sinks "
-              "have no authentication yet, and map outputs hold a job's data. Pass "
-              "--insecure to do it anyway on a network you trust.", file=sys.stderr)
+    if not _is_loopback(args.bind) and not args.keys and not args.insecure:
+        print(f"pymapreduce sink: refusing to listen on {args.bind} beyond loopback "
+              "without authentication: map outputs hold a job's data. Give --keys DIR (see "
+              "`pymapreduce keys`), or pass --insecure to do it anyway on a network you "
+              "trust.", file=sys.stderr)
         return EXIT_USAGE
-    sink = SinkDaemon(args.connect, bind=args.bind, state_dir=args.state_dir, name=args.name)
+    sink = SinkDaemon(args.connect, bind=args.bind, state_dir=args.state_dir, name=args.name,
+                      keys_dir=args.keys, key_name=args.key_name)
     try:
         address = sink.start()
     except AddressInUse as exc:
@@ -64,7 +71,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, sink.stop)
     _watch_parent(args.parent_pid, sink.stop)
     print(f"pymapreduce sink ready: {address} for {args.connect}"
-          f"{' (state ' + args.state_dir + ')' if args.state_dir else ''}", flush=True)
+          f"{' (state ' + args.state_dir + ')' if args.state_dir else ''}"
+          f"{'; CURVE, keys from ' + args.keys if args.keys else '; no authentication'}",
+          flush=True)
     try:
         sink.serve_forever()
     finally:

@@ -61,7 +61,7 @@ class LocalCluster:
     ``"256MB"``), the workers' ``--memory``: past it, tasks spill to disk
     (docs/memory.md); default unbounded. ``sinks``: sink daemons to start (map outputs
     go to them, not through the broker; docs/sinks.md); default none, the broker is the
-    sink. Sinks have no keys yet, so they cannot be combined with ``keys``.
+    sink. With ``keys``, they use the directory's ``sink`` keypair.
     """
 
     def __init__(self, workers: int | None = None, *, start_timeout: float = 30.0,
@@ -98,9 +98,6 @@ class LocalCluster:
         self.memory = parse_size(memory) if memory is not None else None
         if type(sinks) is not int or sinks < 0:
             raise ConfigError(f"sinks must be a count of sink daemons, got {sinks!r}")
-        if sinks and keys is not None:
-            raise ConfigError("sinks have no authentication yet: a cluster with keys cannot "
-                              "have sink daemons (docs/sinks.md)")
         self.sinks = sinks  # sink daemons (docs/sinks.md); 0: the broker is the sink
         self._broker: subprocess.Popen | None = None
         self._worker: subprocess.Popen | None = None

@@ -46,7 +46,9 @@ DRAIN_BATCH = 256  # messages read from one socket before the other gets its tur
 WORKER_COMMANDS = frozenset({P.READY, P.DONE, P.FAILED, P.HEARTBEAT, P.BYE})
 CLIENT_COMMANDS = frozenset({P.HELLO, P.SUBMIT, P.WATCH, P.STATUS, P.FETCH, P.CANCEL,
                              P.RELEASE, P.JOBS, P.LOGS, P.EVENTS})
-ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS}
+SINK_COMMANDS = frozenset({P.SINK, P.HEARTBEAT, P.BYE})
+ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS,
+                 security.SINK: SINK_COMMANDS}
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
@@ -224,6 +226,9 @@ class Broker(ClientAPI):
             for w in [w for w in self.workers.values()
                       if not self.allow.allows(w.key, security.WORKER)]:
                 self.ledger.purge(w, "its key was removed from the allowlist")
+            for sink in [s for s in self.ledger.sinks.values()
+                         if s.key and not self.allow.allows(s.key, security.SINK)]:
+                self.ledger.lose_sink(sink, "its key was removed from the allowlist")
 
     def _answer_zap(self) -> None:
         while self.zap.poll(0, zmq.POLLIN):
@@ -338,8 +343,7 @@ class Broker(ClientAPI):
             allowed = self.allow.allows(key, role)
             self._complain(peer_name(route[0] if route else None, key), "refused %s from a %s key%s", msg.command,
                            role or "unknown", "" if allowed else " no longer allowed")
-            other = "client" if role == security.WORKER else "worker"
-            reason = (f"a {role} key may not send this request (a {other}'s)" if allowed else
+            reason = (f"a {role} key may not send this request" if allowed else
                       "this key is no longer in the broker's allowlist")
             self._reply(peer, P.ERROR, {"code": "forbidden", "req": _req(msg),
                                         "message": reason})
@@ -393,20 +397,20 @@ class Broker(ClientAPI):
                                       "max_message": self.config.max_message})
 
     def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
-        if self.ledger.sinks and self.ledger.sink_beat(peer, now, msg.body):
+        if self.ledger.sinks and self.ledger.sink_beat(peer, self._peer_key, now, msg.body):
             return
         answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now)
         if answer is not None:
             self._reply(peer, answer, {})
 
     def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
-        if not self.ledger.sink_left(peer):
+        if not self.ledger.sink_left(peer, self._peer_key):
             self.ledger.leave(peer, self._peer_key)
 
     def on_sink(self, peer: bytes, msg: Message, now: float) -> None:
-        """SINK: a sink daemon registers (sinks/daemon.py); only on a broker without keys
-        (no role may send it with keys: sinks have no authentication yet)."""
-        self.ledger.sink_joined(peer, msg.body, now)
+        """SINK: a sink daemon registers (sinks/daemon.py); with keys, only a key in the
+        sinks allowlist may, and workers are told that key to reach it by."""
+        self.ledger.sink_joined(peer, msg.body, now, self._peer_key)
         self._reply(peer, P.WELCOME, {"heartbeat": self.config.heartbeat_interval,
                                       "liveness": self.config.liveness})
 

@@ -116,6 +116,8 @@ class Dispatching:
                     self.assign_sinks(job)  # goes, for the whole step ([]: the broker)
                 if job.sinks:
                     body["sinks"] = job.sinks  # partition r goes to sinks[r % n]
+                    if self.secured:  # the keys that prove each sink is the real one
+                        body["sink_keys"] = [self.sink_key(a) for a in job.sinks]
             started = []  # for the event log, recorded once per message
             for t in group:
                 attempt = t.start(worker.route)

@@ -38,10 +38,11 @@ LOST_REPORTS = 8  # "segments missing" reports a reduce task gets re-run maps fo
 class SinkState:
     """One registered sink daemon."""
 
-    __slots__ = ("route", "address", "name", "durable", "last_seen", "carried")
+    __slots__ = ("route", "address", "name", "durable", "last_seen", "carried", "key")
 
     def __init__(self, route: bytes, address: str, name: str, durable: bool,
-                 now: float) -> None:
+                 now: float, key: str = "") -> None:
+        self.key = key  # its CURVE public key (z85), on a broker with keys
         self.route = route
         self.address = address
         self.name = name
@@ -56,8 +57,9 @@ class Sinks:
     sinks: dict[bytes, SinkState]
 
     # -- membership ----------------------------------------------------------------------
-    def sink_joined(self, peer: bytes, body: dict, now: float) -> None:
-        """SINK: a sink (re-)registers with the address workers reach it at."""
+    def sink_joined(self, peer: bytes, body: dict, now: float, key: str = "") -> None:
+        """SINK: a sink (re-)registers with the address workers reach it at (``key``: the
+        CURVE key it was authenticated with, which workers are told)."""
         address = body.get("address")
         if not isinstance(address, str) or len(address) > 300:
             raise ValueError("a SINK names its address")
@@ -79,12 +81,15 @@ class Sinks:
                 # identity file, or an impostor; either way what the old one held is gone
                 self.lose_sink(other, "another sink registered at its address")
         old = self.sinks.get(peer)
+        if old is not None and old.key != key:  # another key on a gone sink's identity
+            self.lose_sink(old, "its identity re-registered under another key")
+            old = None
         if old is not None and old.address != address:
             self.lose_sink(old, "it re-registered at another address")
             old = None
         if old is None and len(self.sinks) >= MAX_SINKS:
             raise ValueError(f"this broker takes at most {MAX_SINKS} sinks")
-        self.sinks[peer] = SinkState(peer, address, name, durable, now)
+        self.sinks[peer] = SinkState(peer, address, name, durable, now, key)
         if old is None:
             self.news(peer_name(peer), "sink %s joined at %s%s", name, address,
                       " (with a state directory)" if durable else "")
@@ -93,11 +98,11 @@ class Sinks:
         if steps:  # (a sink that restarted with its state serves its steps again)
             self._send(peer, P.ASSIGN, {"steps": steps})
 
-    def sink_beat(self, peer: bytes, now: float, body: Any = None) -> bool:
-        """A HEARTBEAT from ``peer``: True if it is a registered sink (whose counts of
-        bytes in and out it carries are kept for listings)."""
+    def sink_beat(self, peer: bytes, key: str, now: float, body: Any = None) -> bool:
+        """A HEARTBEAT from ``peer``: True if it is a registered sink, under its key (whose
+        counts of bytes in and out it carries are kept for listings)."""
         sink = self.sinks.get(peer)
-        if sink is None:
+        if sink is None or sink.key != key:
             return False
         sink.last_seen = now
         if isinstance(body, dict):
@@ -107,10 +112,10 @@ class Sinks:
                     sink.carried[name] = value
         return True
 
-    def sink_left(self, peer: bytes) -> bool:
+    def sink_left(self, peer: bytes, key: str = "") -> bool:
         """BYE from ``peer``: True if it was a sink (its segments are gone with it)."""
         sink = self.sinks.get(peer)
-        if sink is None:
+        if sink is None or sink.key != key:
             return False
         self.lose_sink(sink, "it left")
         return True
@@ -147,10 +152,21 @@ class Sinks:
         return parts
 
     def reduce_split(self, job: JobState, part: int) -> list:
-        """A reduce task's split in a sink step: its sink, and the segments to read."""
+        """A reduce task's split in a sink step: its sink, the segments to read, and (on
+        a broker with keys) the sink's public key."""
         address = job.sinks[part % len(job.sinks)]
-        return ["sink", address, job.step,
-                [[m, job.map_attempts[m]] for m in job.map_parts[part]]]
+        split = ["sink", address, job.step,
+                 [[m, job.map_attempts[m]] for m in job.map_parts[part]]]
+        if self.secured:
+            split.append(self.sink_key(address))
+        return split
+
+    def sink_key(self, address: str) -> str:
+        """The public key of the sink registered at ``address`` ("" if none is now)."""
+        for sink in self.sinks.values():
+            if sink.address == address and not sink.route.startswith(EXPECTED):
+                return sink.key
+        return ""
 
     def forget_at_sinks(self, job: JobState) -> None:
         """A job ended: its segments may go from every sink that took them."""

@@ -6,11 +6,14 @@ Key files are ZeroMQ's certificate format (``NAME.key`` holds the public key,
     DIR/broker.key, DIR/broker.key_secret   the broker's own keypair
     DIR/clients/*.key                       public keys that may submit, watch, cancel
     DIR/workers/*.key                       public keys that may take tasks and push data
+    DIR/sinks/*.key                         public keys of sink daemons (docs/sinks.md)
     DIR/admins/*.key                        client keys that may see and act on every job
                                             (others see and touch only their own jobs)
 
 A worker's or client's directory holds its own keypair (``worker.*`` or ``client.*``) and
-the broker's public key (``broker.key``). The broker answers ZeroMQ's authentication
+the broker's public key (``broker.key``). A sink's holds its keypair (``sink.*``), the
+broker's public key, and ``workers/*.key``: the workers that may push to it and read from
+it (it answers ZAP for its own socket, as the broker does). The broker answers ZeroMQ's authentication
 requests (ZAP) itself and marks every accepted connection with its role, which it checks
 on each message; its sockets enforce ZAP, so without an answer nobody gets in.
 """
@@ -37,8 +40,8 @@ log = logging.getLogger("pymapreduce.security")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CONTROL_DOMAIN = b"pymapreduce"
 DATA_DOMAIN = b"pymapreduce-data"
-CLIENT, WORKER, ADMIN = "client", "worker", "admin"
-ROLE_DIRS = {CLIENT: "clients", WORKER: "workers"}
+CLIENT, WORKER, ADMIN, SINK = "client", "worker", "admin", "sink"
+ROLE_DIRS = {CLIENT: "clients", WORKER: "workers", SINK: "sinks"}
 ADMIN_DIR = "admins"  # an admin is a client too: its key is in both folders
 
 
@@ -106,11 +109,12 @@ def _load(path: str) -> tuple[bytes, bytes | None]:
 def cluster_keys(directory: str) -> str:
     """Make a complete key directory for one host (a broker, a worker and a client
     keypair, the latter two authorized): for tests and a single-machine secured cluster."""
-    for name in ("broker", "worker", "client"):
+    for name in ("broker", "worker", "client", "sink"):
         if not os.path.exists(os.path.join(directory, f"{name}.key_secret")):
             generate(directory, name)
     authorize(directory, WORKER, os.path.join(directory, "worker.key"))
     authorize(directory, CLIENT, os.path.join(directory, "client.key"))
+    authorize(directory, SINK, os.path.join(directory, "sink.key"))
     return directory
 
 
@@ -144,11 +148,12 @@ class PeerKeys:
 class Allowlists:
     """The public keys of each role, re-read when the key directory changes."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, own: str = "broker") -> None:
+        """``own``: the keypair this side serves with (``broker``; a sink: ``sink``)."""
         self.directory = directory = os.path.expanduser(directory)
-        public, secret = _load(os.path.join(directory, "broker.key_secret"))
+        public, secret = _load(os.path.join(directory, f"{own}.key_secret"))
         if not secret:
-            raise ConfigError(f"{directory}/broker.key_secret holds no secret key")
+            raise ConfigError(f"{directory}/{own}.key_secret holds no secret key")
         self.public, self.secret = public, secret
         self.roles: dict[bytes, str] = {}
         self.admins: frozenset[bytes] = frozenset()
@@ -200,9 +205,10 @@ class Allowlists:
             admins) else frozenset()
         self.roles = roles
         self._stamp = stamp
-        log.info("allowlists loaded: %d client key(s), %d worker key(s)",
+        log.info("allowlists loaded: %d client key(s), %d worker key(s), %d sink key(s)",
                  sum(r == CLIENT for r in roles.values()),
-                 sum(r == WORKER for r in roles.values()))
+                 sum(r == WORKER for r in roles.values()),
+                 sum(r == SINK for r in roles.values()))
         return True
 
     def secure(self, sock: zmq.Socket, domain: bytes) -> None:

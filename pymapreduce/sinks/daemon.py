@@ -22,9 +22,10 @@ from typing import Any
 
 import zmq
 
-from ..errors import ProtocolError
+from ..errors import AuthenticationFailed, ProtocolError
 from ..patterns import config as timing
 from ..patterns import protocol as P
+from ..patterns import security
 from ..patterns.message import Limits, Message
 from ..patterns.sockets import (
     DEFAULT_MAX_MESSAGE,
@@ -62,7 +63,8 @@ class SinkDaemon:
                  state_dir: str | None = None, name: str = "",
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  max_message: int = DEFAULT_MAX_MESSAGE,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, keys_dir: str | None = None,
+                 key_name: str = "sink") -> None:
         self.connect_addr = connect
         self.bind_addr = bind
         self.name = name or f"sink-{os.getpid()}"
@@ -74,6 +76,20 @@ class SinkDaemon:
         self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
         self.data = make_socket(self.ctx, zmq.ROUTER, max_message=max_message)
         self.data.setsockopt(zmq.SNDHWM, PEER_REPLIES)
+        # with keys: a CURVE client of the broker under its own key, and a CURVE server
+        # to workers, answering ZAP itself (workers' keys only), as the broker does
+        self.allow: security.Allowlists | None = None
+        self.zap: zmq.Socket | None = None
+        if keys_dir is not None:
+            security.PeerKeys.load(keys_dir, key_name).apply(self.ctl)
+        # a refused key (or keys on one side only) is an error within moments
+        self.watch = security.HandshakeWatch(self.ctl, connect, has_keys=keys_dir is not None)
+        if keys_dir is not None:
+            self.allow = security.Allowlists(keys_dir, own=key_name)
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(security.ZAP_ENDPOINT)  # before the secured socket binds
+            self.allow.secure(self.data, security.DATA_DOMAIN)
         self.address = ""
         self.assigned: set[tuple[str, int]] = set()  # (job, step) the broker sent here
         self.welcomed = False
@@ -113,8 +129,11 @@ class SinkDaemon:
         self._stop = True
 
     def close(self) -> None:
+        self.watch.close()
         self.ctl.close(0)
         self.data.close(0)
+        if self.zap is not None:
+            self.zap.close(0)
         self.store.close()
 
     def _register(self) -> None:
@@ -127,14 +146,19 @@ class SinkDaemon:
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self.data, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
         wakeup = SignalWakeup()
         if wakeup.fd is not None:
             poller.register(wakeup.fd, zmq.POLLIN)
         try:
             while not self._stop:
                 events = dict(poller.poll(int(self.heartbeat_interval * 1000 / 2)))
+                self.watch.check()  # AuthenticationFailed: this sink's key was refused
                 if self.ctl in events:
                     self._drain_ctl()
+                if self.zap is not None and self.zap in events:
+                    self._answer_zap()
                 if self.data in events:
                     self._drain_data()
                 if wakeup.fd is not None and wakeup.fd in events:
@@ -142,6 +166,7 @@ class SinkDaemon:
                 now = time.monotonic()
                 if now - self._last_beat >= self.heartbeat_interval:
                     self._last_beat = now
+                    self._reload_keys()
                     if self.welcomed:  # (with what it carried, for listings)
                         st = self.store
                         self._send_ctl(P.HEARTBEAT, {"in": st.bytes_in, "out": st.bytes_out,
@@ -150,6 +175,25 @@ class SinkDaemon:
                         self._register()
         finally:
             wakeup.close()
+
+    def _answer_zap(self) -> None:
+        while self.zap.poll(0, zmq.POLLIN):
+            request = self.zap.recv_multipart()
+            try:
+                reply = self.allow.answer(request)
+            except Exception as exc:  # a malformed request: refused, never let in
+                log.warning("bad ZAP request: %r", exc)
+                reply = [b"1.0", b"", b"400", b"bad request", b"", b""]
+            self.zap.send_multipart(reply)
+
+    def _reload_keys(self) -> None:
+        """Worker keys added or removed count from the next connection (as the broker's)."""
+        if self.allow is None:
+            return
+        try:
+            self.allow.reload()
+        except Exception as exc:  # a half-written key file: keep the old lists
+            log.warning("allowlists not reloaded: %s", exc)
 
     def _send_ctl(self, command: str, body: dict) -> None:
         try:
@@ -188,6 +232,9 @@ class SinkDaemon:
                 self.welcomed = False
                 self._register()
             elif msg.command == P.ERROR:
+                if body.get("code") == "forbidden":  # e.g. a worker's key used by a sink
+                    raise AuthenticationFailed(f"{self.connect_addr}: "
+                                               f"{str(body.get('message'))[:300]}")
                 log.warning("broker error: %s", str(body.get("message"))[:300])
 
     # -- workers -------------------------------------------------------------------------

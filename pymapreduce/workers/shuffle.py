@@ -49,20 +49,41 @@ class SinkClient:
     """This process's sockets to sinks."""
 
     def __init__(self, ctx: zmq.Context, max_message: Callable[[], int],
-                 keep_waiting: Callable[[], bool] = lambda: True) -> None:
+                 keep_waiting: Callable[[], bool] = lambda: True, keys: Any = None) -> None:
         self.ctx = ctx
+        self.keys = keys  # this worker's PeerKeys: CURVE to each sink, under its key
         self.max_message = max_message
         self.keep_waiting = keep_waiting
         self.socks: dict[str, zmq.Socket] = {}
+        self.sink_keys: dict[str, str] = {}  # address -> the sink's public key (z85)
         self._req = itertools.count(1)
         self.bytes_out = self.bytes_in = 0
+
+    def know(self, address: str, key: str | None) -> None:
+        """The public key the sink at ``address`` must prove (a broker with keys says)."""
+        if key is None or self.sink_keys.get(address) == key:
+            return
+        self.sink_keys[address] = key
+        old = self.socks.pop(address, None)  # (a sink restarted there under another key)
+        if old is not None:
+            old.close(0)
 
     def _sock(self, address: str) -> zmq.Socket:
         sock = self.socks.get(address)
         if sock is None:
-            sock = self.socks[address] = make_socket(self.ctx, zmq.DEALER)
+            sock = make_socket(self.ctx, zmq.DEALER)
             sock.setsockopt(zmq.RCVHWM, 0)  # (replies are bounded by what we ask for)
+            if self.keys is not None:
+                key = self.sink_keys.get(address, "")
+                if len(key) != 40:
+                    sock.close(0)
+                    raise SinkUnreachable(f"the broker named no key for the sink at "
+                                          f"{address} (it has not registered again yet)")
+                sock.curve_publickey = self.keys.public
+                sock.curve_secretkey = self.keys.secret
+                sock.curve_serverkey = key.encode()
             sock.connect(address)
+            self.socks[address] = sock
         return sock
 
     def close(self) -> None:
@@ -72,10 +93,15 @@ class SinkClient:
 
     # -- map side ------------------------------------------------------------------------
     def put(self, job: str, step: int, index: int, attempt: int, sinks: list[str],
-            outputs: Sequence[Any]) -> list[int]:
-        """Push a map task's non-empty partitions to their sinks (``sinks[r % n]``);
-        returns the partitions pushed, once every sink said they are stored.
-        SinkUnreachable when one did not, in time."""
+            outputs: Sequence[Any], keys: list | None = None) -> list[int]:
+        """Push a map task's non-empty partitions to their sinks (``sinks[r % n]``, whose
+        public keys are ``keys``, on a cluster with keys); returns the partitions pushed,
+        once every sink said they are stored. SinkUnreachable when one did not, in time."""
+        if keys is not None:
+            if not isinstance(keys, list) or len(keys) != len(sinks):
+                raise SinkUnreachable("the broker sent no key for each sink")
+            for address, key in zip(sinks, keys):
+                self.know(address, str(key))
         groups: dict[str, tuple[list[int], list[Any]]] = {}
         for r, blob in enumerate(outputs):
             if len(blob):
@@ -249,9 +275,11 @@ class SinkSegments(Sequence):
 def sink_input(client: SinkClient, job: str, part: int, split: list) -> tuple[list, Any]:
     """A reduce task's ``["sink", address, step, [[map, attempt], ...]]`` split as the
     runner reads segments: ``["segs", 0, n]`` over a :class:`SinkSegments`."""
-    if (len(split) != 4 or not isinstance(split[1], str) or type(split[2]) is not int
-            or not isinstance(split[3], list)):
-        raise ValueError("a sink split is [\"sink\", address, step, segments]")
+    if (len(split) not in (4, 5) or not isinstance(split[1], str)
+            or type(split[2]) is not int or not isinstance(split[3], list)):
+        raise ValueError("a sink split is [\"sink\", address, step, segments, key?]")
+    if len(split) == 5:  # (a cluster with keys: the key the sink must prove)
+        client.know(split[1], str(split[4]))
     segs = [s for s in split[3] if isinstance(s, list) and len(s) == 2
             and type(s[0]) is int and type(s[1]) is int]
     if len(segs) != len(split[3]):

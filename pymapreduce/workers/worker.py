@@ -494,7 +494,8 @@ class Worker:
             self._current = key  # (a lost sink's broker abandons it while it waits)
             try:
                 stats["sunk"] = self._sink_client().put(job_id, int(b.get("step", 0)), index,
-                                                        attempt, sinks, outputs)
+                                                        attempt, sinks, outputs,
+                                                        b.get("sink_keys"))
             except SinkUnreachable as exc:
                 self._fail(key, str(exc), "", {"split": index})
                 return
@@ -526,7 +527,7 @@ class Worker:
     def _sink_client(self) -> SinkClient:
         if self._sinks is None:
             self._sinks = SinkClient(self.ctx, lambda: self.max_message,
-                                     lambda: not self._stop.is_set())
+                                     lambda: not self._stop.is_set(), self.keys)
         return self._sinks
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
