@@ -182,9 +182,31 @@ def test_a_sink_registration_is_checked_and_bounded(ledger):
     # another identity at the same address: the first is lost with what it held
     ledger.sink_joined(b"t", {"address": SINK_A}, T0)
     assert list(ledger.sinks) == [b"t"]
-    assert ledger.sink_beat(b"t", T0 + 0.5, {"in": 10, "out": -1, "segments": "x"})
+    assert ledger.sink_beat(b"t", "", T0 + 0.5, {"in": 10, "out": -1, "segments": "x"})
     assert ledger.sinks[b"t"].carried == {"in": 10, "out": 0, "segments": 0}
-    assert not ledger.sink_beat(b"W", T0 + 0.5)  # not a sink: a worker's beat
+    assert not ledger.sink_beat(b"W", "", T0 + 0.5)  # not a sink: a worker's beat
+
+
+def test_on_a_secured_broker_a_sink_is_its_key(ledger):
+    """Beats and BYEs count only under the key the sink registered with; another key
+    registering on its identity makes it lost; reducers are told the sink's key."""
+    ledger.secured = True
+    ledger.sink_joined(b"s", {"address": SINK_A}, T0, "K1")
+    assert not ledger.sink_beat(b"s", "K2", T0 + 0.5)  # its identity, another key
+    assert ledger.sinks[b"s"].last_seen == T0
+    assert not ledger.sink_left(b"s", "K2") and b"s" in ledger.sinks
+    assert ledger.sink_beat(b"s", "K1", T0 + 0.5)
+    job = add_job(ledger, maps=1, reducers=1)
+    w = ledger.register(b"W", "W1", {"credit": 8}, T0)
+    ledger.dispatch(T0)
+    [(_, body, [(key, _)])] = take_tasks(ledger)
+    assert body["sinks"] == [SINK_A] and body["sink_keys"] == ["K1"]
+    ledger.reporter(b"W", "W1", T0)
+    ledger.done(w, [report(key, {"records": 1, "sunk": [0]}, nblobs=0)], ())
+    [(key, split)] = hand_out(ledger, w, 1)
+    assert split[4] == "K1"
+    ledger.sink_joined(b"s", {"address": SINK_A}, T0 + 1, "K2")
+    assert job.reruns == 1  # the K1 sink, and what it held, are gone
 
 
 def test_a_reduce_of_a_live_partition_handed_out_during_a_re_run_names_known_attempts(
