@@ -313,3 +313,22 @@ def test_a_hot_key_read_at_a_sink_reaches_reduce_as_a_stream_under_a_budget(daem
             assert time.monotonic() < deadline, client.sinks()  # its values, via the sink
             time.sleep(0.05)
     assert result == {"hot": ["ValuesStream", len(lines), sum(len(x) for x in lines)]}
+
+
+def test_a_sink_drops_what_it_holds_of_jobs_the_broker_no_longer_runs(daemons, tmp_path):
+    """Segments kept in a state directory for a job that ended (or that a broker restarted
+    without its state never knew) while the sink was away are deleted when it registers."""
+    from pymapreduce.sinks import SegmentStore
+
+    state = tmp_path / "sink"
+    store = SegmentStore(str(state))
+    store.put("gone-job", 0, 0, 12345, 0, b"x" * 1000)
+    store.close()
+    assert len([d for d in os.listdir(state) if d != "identity"]) == 1
+    _, address = daemons.broker(*FAST)
+    start_sink(daemons, address, "--state-dir", str(state))
+    wait_sinks(address, 1)
+    deadline = time.monotonic() + 10
+    while [d for d in os.listdir(state) if d != "identity"]:
+        assert time.monotonic() < deadline, os.listdir(state)
+        time.sleep(0.05)

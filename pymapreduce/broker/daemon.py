@@ -411,8 +411,11 @@ class Broker(ClientAPI):
         """SINK: a sink daemon registers (sinks/daemon.py); with keys, only a key in the
         sinks allowlist may, and workers are told that key to reach it by."""
         self.ledger.sink_joined(peer, msg.body, now, self._peer_key)
+        # the jobs still running: a sink forgets the others' segments (jobs that ended,
+        # or that this broker never knew or lost, while the sink was away)
+        running = [j.id for j in self.jobs.values() if j.state == P.JOB_RUNNING]
         self._reply(peer, P.WELCOME, {"heartbeat": self.config.heartbeat_interval,
-                                      "liveness": self.config.liveness})
+                                      "liveness": self.config.liveness, "running": running})
 
     def on_done(self, peer: bytes, msg: Message, now: float) -> None:
         worker = self.ledger.reporter(peer, self._peer_key, now)

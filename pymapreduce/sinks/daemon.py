@@ -214,6 +214,13 @@ class SinkDaemon:
             body = msg.body
             if msg.command == P.WELCOME:
                 self.welcomed = True
+                running = body.get("running")
+                if isinstance(running, list):  # what ended while we were apart goes
+                    for job in self.store.jobs() - {j for j in running if isinstance(j, str)}:
+                        n, size = self.store.held(job)
+                        self.store.drop(job)
+                        log.info("job %.80r is not running at the broker: %d segment(s), "
+                                 "%d bytes dropped", job, n, size)
                 beat = body.get("heartbeat")
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat
