@@ -4,6 +4,12 @@ alternatives, same machine, same run.
     python benchmarks/bench_terasort.py --records 10000000 --systems sorted,pymapreduce,spark
     python benchmarks/bench_terasort.py --records 1000000 --systems pymapreduce \\
         --trees /work/main,. --repeat 2          # two checkouts of pymapreduce, alternately
+    python benchmarks/bench_terasort.py --records 10000000 --sinks 1 --memory 256MB \
+        --systems sorted,pymapreduce,spark      # pymapreduce with a sink daemon, bounded
+
+With ``--sinks N`` pymapreduce's cluster has N sink daemons (docs/sinks.md), the
+reducers write the part files and nothing comes home (``results=False``); ``--memory``
+is each worker process's budget.
 
 The input is like teragen's ASCII records (gensort -a): a line of a 10-character key, an
 89-character value and a newline, from a fixed seed. Each system reads the input file

@@ -332,3 +332,37 @@ def test_a_sink_drops_what_it_holds_of_jobs_the_broker_no_longer_runs(daemons, t
     while [d for d in os.listdir(state) if d != "identity"]:
         assert time.monotonic() < deadline, os.listdir(state)
         time.sleep(0.05)
+
+
+def test_a_sort_whose_partition_does_not_fit_is_merged_from_spooled_segments(daemons,
+                                                                             tmp_path):
+    """A total_order sort under --memory reads its partition's runs from the sink into
+    files of its own and merges them from there, a few buffers each: every record once,
+    keys in order across the part files, ties in input order."""
+    import json
+    import random
+
+    from .test_terasort import TeraSort
+
+    rng = random.Random(7)
+    lines = [f"{rng.choice('abcdefgh')}{rng.randrange(40):02d} row {i} " + "x" * 80
+             for i in range(120_000)]  # 12 MB, 320 distinct keys: ties across map tasks
+    path = tmp_path / "in.txt"
+    path.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
+    start_sink(daemons, address)
+    daemons.worker(address, 2, "--memory", "32MB", "--spill-dir", str(tmp_path / "s"))
+    wait_workers(address, 2)
+    wait_sinks(address, 1)
+    out = tmp_path / "out"
+    with Client(address, timeout=60) as client:
+        client.submit(TeraSort(), read_text(str(path), split_bytes=2_000_000), reducers=2,
+                      output_dir=out, results=False).wait(timeout=240)
+    pairs = [tuple(json.loads(line)) for i in range(2)
+             for line in (out / f"part-{i:05d}").read_text(encoding="utf-8").splitlines()]
+    assert [k for k, _ in pairs] == sorted(k for k, _ in pairs)
+    assert sorted(k + v for k, v in pairs) == sorted(lines)
+    by_key: dict = {}
+    for k, v in pairs:
+        by_key.setdefault(k, []).append(int(v.split()[1]))
+    assert all(rows == sorted(rows) for rows in by_key.values())  # input order kept

@@ -34,6 +34,7 @@ from .budget import CHECK_EVERY, Budget, TaskFiles
 from .runs import (
     ColumnsWriter,
     fan_in,
+    file_segment_triples,
     merge,
     order_of,
     segment_chunks,
@@ -256,6 +257,24 @@ def merge_sorted_segments(job: Job, segments: list, out: ColumnsWriter) -> bytes
             raise ValueError("a map output segment is not sorted runs: the map task ran "
                              "on a pymapreduce that does not make them")
         streams.append(segment_triples(blob, len(streams)))
+    try:
+        out.extend(merge(streams, None), triples=True)
+    except TypeError as exc:
+        raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
+                        f"compare with each other: {exc}") from None
+    return out.finish()
+
+
+def merge_sorted_files(job: Job, paths: list[str], out: ColumnsWriter) -> bytes:
+    """:func:`merge_sorted_segments` over segments spooled to files (read from a sink):
+    the merge holds a few read buffers per segment, not the partition."""
+    streams = []
+    for path in paths:
+        triples, flag = file_segment_triples(path, len(streams))
+        if flag != RUNS:
+            raise ValueError("a map output segment is not sorted runs: the map task ran "
+                             "on a pymapreduce that does not make them")
+        streams.append(triples)
     try:
         out.extend(merge(streams, None), triples=True)
     except TypeError as exc:

@@ -288,6 +288,40 @@ def segment_triples(blob: Any, stream: int) -> Iterator[tuple]:
     return zip(keys, repeat(stream), islice(values, n))
 
 
+def file_segment_triples(path: str, stream: int) -> tuple[Iterator[tuple], Any]:
+    """:func:`segment_triples` of a segment spooled to a file (a reduce task under a
+    budget writes the segments it reads from a sink to its directory): two cursors read
+    it READ_SIZE at a time, so a merge of many holds a few buffers each, not the bytes.
+    Returns the triples and the segment's flag. A truncated or forged segment fails
+    here, as in :func:`_segment_cursors`."""
+    size = os.path.getsize(path)
+    cursors = []
+    for _ in range(3):
+        f = open(path, "rb")  # noqa: SIM115 - read while the merge runs; gone with it
+        cursors.append(_unpacker(f))
+    keys, values, probe = cursors
+    try:
+        items = keys.read_array_header()
+    except msgpack.UnexpectedTypeError:
+        raise ValueError("a map output segment that is not an array") from None
+    if items not in (2, 3):
+        raise ValueError(f"a map output segment of {items} items, not 2 or 3")
+    n = keys.read_array_header()
+    for cursor in (values, probe):
+        cursor.read_array_header()
+        cursor.read_array_header()
+        for _ in range(n):
+            cursor.skip()
+        if cursor.read_array_header() != n:
+            raise ValueError("a map output segment with fewer values than keys")
+    for _ in range(n):
+        probe.skip()
+    flag = probe.unpack() if items == 3 else None
+    if probe.tell() != size:
+        raise ValueError("a map output segment with bytes after its last item")
+    return zip(islice(keys, n), repeat(stream), islice(values, n)), flag
+
+
 def segment_flag(blob: Any) -> Any:
     """The third item of a 3-item segment (None for 2 items), read by skipping the rest."""
     cursor = _unpacker(_View(blob))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,7 +23,13 @@ from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
 from ..spill.budget import Budget, TaskFiles
 from ..spill.mapside import map_only_spilling, map_runs_spilling, map_spilling
-from ..spill.reduceside import fits_decoded, merge_sorted_segments, reduce_spilling
+from ..spill.reduceside import (
+    EXPANSION,
+    fits_decoded,
+    merge_sorted_files,
+    merge_sorted_segments,
+    reduce_spilling,
+)
 from ..spill.runs import ColumnsWriter, segment_pairs
 
 SPILL_COUNTER = "pymapreduce.spilled_runs"  # runs a task spilled (when it spilled any)
@@ -161,6 +168,14 @@ def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
                       files: TaskFiles, safe: bool) -> bytes:
     """A reduce task's output blob under a memory budget (``spill/reduceside.py``)."""
     if plain_sort(job):
+        if getattr(getattr(blobs, "blobs", blobs), "streamed", False):
+            # read at a sink one reply at a time: spooled to the task's directory, and
+            # merged from there unless they fit after all
+            paths = _spooled(blobs, first, n, files)
+            if sum(map(os.path.getsize, paths)) * EXPANSION < budget.limit - budget.used():
+                return pack_output(merge_runs(job, (unpack(_read(p), allow_pickle=True)
+                                                    for p in paths)), safe)
+            return merge_sorted_files(job, paths, ColumnsWriter(files, safe=safe))
         segments = [frame_bytes(b) for b in blobs[first:first + n]]
         if fits_decoded(segments, budget):  # today's sort of the concatenated runs
             return pack_output(merge_runs(job, (unpack(s, allow_pickle=True)
@@ -168,6 +183,22 @@ def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
         return merge_sorted_segments(job, segments, ColumnsWriter(files, safe=safe))
     out = reduce_spilling(job, _taken(blobs, first, n), budget, files, safe)
     return _packed(out, safe)
+
+
+def _spooled(blobs: Any, first: int, n: int, files: TaskFiles) -> list[str]:
+    """Each of the task's segments written to a file of its own, and let go."""
+    paths = []
+    for blob in _taken(blobs, first, n):
+        path = files.new_path("segment")
+        with open(path, "wb") as f:
+            f.write(blob)
+        paths.append(path)
+    return paths
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _packed(out: Any, safe: bool) -> bytes:
