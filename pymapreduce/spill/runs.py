@@ -322,6 +322,19 @@ def file_segment_triples(path: str, stream: int) -> tuple[Iterator[tuple], Any]:
     return zip(islice(keys, n), repeat(stream), islice(values, n)), flag
 
 
+def column_chunks(blob: Any, size: int) -> tuple[int, Iterator[tuple[list, list]]]:
+    """The pairs of a ``[keys, values]`` encoding as ``(keys, values)`` lists of at most
+    ``size`` pairs, decoded as they are taken (two cursors into the bytes), so a task that
+    writes a large output does not hold it decoded whole; returns the pair count too."""
+    keys, values, n, _ = _segment_cursors(blob)
+
+    def chunks() -> Iterator[tuple[list, list]]:
+        for start in range(0, n, size):
+            count = min(size, n - start)
+            yield list(islice(keys, count)), [values.unpack() for _ in range(count)]
+    return n, chunks()
+
+
 def segment_flag(blob: Any) -> Any:
     """The third item of a 3-item segment (None for 2 items), read by skipping the rest."""
     cursor = _unpacker(_View(blob))

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from ..client.output import CHUNK_RECORDS, encode_lines
-from ..patterns.records import paused_gc, unpack
+from ..spill.runs import column_chunks
 from .urls import check_url, filesystem, is_url, local_path, redact
 
 TEMPORARY = "_temporary"  # where attempts write (a name readers skip, as Hadoop's)
@@ -79,19 +79,22 @@ class Location:
     def write_lines(self, name: str, keys: list, values: list) -> int:
         """Write the pairs as JSON lines under ``name`` (made complete, then closed);
         returns the bytes written."""
+        return self.write_chunks(name, ((keys[i:i + CHUNK_RECORDS], values[i:i + CHUNK_RECORDS])
+                                        for i in range(0, len(keys), CHUNK_RECORDS)))
+
+    def write_chunks(self, name: str, chunks: Any) -> int:
+        """:meth:`write_lines` of pairs given as ``(keys, values)`` chunks."""
         path = self.path(name)
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:  # (as client/output.py writes)
-                for start in range(0, len(keys), CHUNK_RECORDS):
-                    end = start + CHUNK_RECORDS
-                    f.write(encode_lines(keys[start:end], values[start:end]))
+                for keys, values in chunks:
+                    f.write(encode_lines(keys, values))
             return os.path.getsize(path)
         size = 0
         with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed
-            for start in range(0, len(keys), CHUNK_RECORDS):
-                end = start + CHUNK_RECORDS
-                data = encode_lines(keys[start:end], values[start:end]).encode("utf-8")
+            for keys, values in chunks:
+                data = encode_lines(keys, values).encode("utf-8")
                 f.write(data)
                 size += len(data)
         return size
@@ -165,16 +168,14 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     its part file under the attempt's temporary name; returns what the task reports as
     the partition's output: the commit record, after the data when the client keeps
     results (``[keys, values, record]``), else alone (``[[], [], record]``)."""
-    data = bytes(blob)
-    with paused_gc():  # (millions of live containers: see records.paused_gc)
-        keys, values = unpack(data, allow_pickle=True) if data else ([], [])
-        written = Location(spec["url"], spec.get("storage")).write_lines(
-            temp_name(job_id, attempt, part), keys, values)
-    count = len(keys)
-    del keys, values
+    data = memoryview(blob).cast("B")  # (no copy: the task's output is large)
+    # decoded a chunk at a time as it is written: never the whole partition at once
+    count, chunks = column_chunks(data, CHUNK_RECORDS) if len(data) else (0, iter(()))
+    written = Location(spec["url"], spec.get("storage")).write_chunks(
+        temp_name(job_id, attempt, part), chunks)
     record = msgpack.packb({"attempt": attempt, "records": count, "bytes": written})
     if spec.get("results") is False or not data:
         return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + record
-    if data[:1] != b"\x92":  # (pack() of two columns starts with a fixarray of 2)
+    if bytes(data[:1]) != b"\x92":  # (pack() of two columns starts with a fixarray of 2)
         raise ValueError("a task's output is not two columns")
-    return b"\x93" + data[1:] + record
+    return b"\x93" + bytes(data[1:]) + record
