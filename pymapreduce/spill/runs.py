@@ -331,7 +331,7 @@ def column_chunks(blob: Any, size: int) -> tuple[int, Iterator[tuple[list, list]
     def chunks() -> Iterator[tuple[list, list]]:
         for start in range(0, n, size):
             count = min(size, n - start)
-            yield list(islice(keys, count)), [values.unpack() for _ in range(count)]
+            yield list(islice(keys, count)), list(islice(values, count))
     return n, chunks()
 
 
