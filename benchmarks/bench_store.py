@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from procs import sched_cpu_seconds  # (benchmarks/ is on the path: python benchmarks/...)
+from procs import cpu_seconds  # (benchmarks/ is on the path: python benchmarks/...)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -133,9 +133,11 @@ def main() -> None:
                         out = os.path.join(tmp, f"out-{name}")
                     spec = {"input": inp, "url": inp.startswith("s3://"), "out": out,
                             "only": only, "storage": storage, "workers": args.workers}
-                    cpu0 = sched_cpu_seconds(moto.pid)
+                    cpu0 = cpu_seconds(moto.pid) or 0.0
                     got = run_case(args.code, spec)
-                    server = sched_cpu_seconds(moto.pid) - cpu0  # (the S3 server's share)
+                    # (the S3 server's share; its threads end with their requests, so
+                    # /proc/PID/stat's totals, which keep ended threads' time)
+                    server = (cpu_seconds(moto.pid) or 0.0) - cpu0
                     if got["total"] is not None:
                         reference = reference or got["total"]
                         assert got["total"] == reference, (name, got, reference)

@@ -167,16 +167,6 @@ def parts_in(folder: str) -> list[str]:
 # -- memory -------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User and system CPU seconds a live process has used (/proc), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 class PeakMemory:
     """Peak resident MiB of this process (the client) and of the cluster's processes:
     the broker, the worker supervisor and its worker processes (sampled every
@@ -207,7 +197,7 @@ class PeakMemory:
             mib = procs.status_mib(pid, "VmHWM") if pid else None
             if mib is not None:
                 self.peaks[role] = max(self.peaks.get(role, 0.0), mib)
-            secs = cpu_seconds(pid) if pid else None
+            secs = procs.cpu_seconds(pid) if pid else None
             if secs is not None:
                 self.cpu[pid] = (role, secs)
 

@@ -53,6 +53,17 @@ def status_mib(pid: int, field: str = "VmRSS") -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds a live process has used, its ended threads' included
+    (/proc/PID/stat, in 10 ms ticks); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def sched_cpu_seconds(pid: int) -> float:
     """CPU seconds a process's threads have run so far: Linux's scheduler statistics, in
     nanoseconds (/proc/PID/stat counts in 10 ms ticks: too coarse for a short run)."""
