@@ -526,8 +526,11 @@ class Worker:
 
     def _sink_client(self) -> SinkClient:
         if self._sinks is None:
+            # (a broker that asks us to register again knows none of our attempts: a
+            # task waiting on a sink then stops waiting, so we register at once)
             self._sinks = SinkClient(self.ctx, lambda: self.max_message,
-                                     lambda: not self._stop.is_set(), self.keys)
+                                     lambda: not (self._stop.is_set()
+                                                  or self._need_ready.is_set()), self.keys)
         return self._sinks
 
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
