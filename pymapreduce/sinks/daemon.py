@@ -275,7 +275,7 @@ class SinkDaemon:
         map_index, attempt = _int(b, "map"), _int(b, "attempt")
         parts = b.get("parts")
         if (not isinstance(job, str) or not isinstance(parts, list)
-                or len(parts) != len(msg.blobs)
+                or len(parts) != len(msg.blobs) or map_index >= 1 << 32  # (store.RECORD)
                 or any(type(p) is not int or not 0 <= p < MAX_PARTS for p in parts)):
             raise ValueError("a PUT is {req, job, step, map, attempt, parts} and a blob "
                              "per part")
