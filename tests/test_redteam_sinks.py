@@ -23,6 +23,7 @@ from .conftest import ROOT, pmr, read_line
 
 SINK_READY = re.compile(r"pymapreduce sink ready: (\S+)")
 JOB = "job-redteam"
+PARTS = 8  # the assigned step's partitions (a PUT beyond them is refused)
 
 
 class FakeBroker:
@@ -44,7 +45,7 @@ class FakeBroker:
             if msg.command == P.SINK:
                 self.registrations.append(msg.body)
                 for reply in (Message(P.WELCOME, {"running": [JOB]}),
-                              Message(P.ASSIGN, {"steps": [[JOB, 0]]})):
+                              Message(P.ASSIGN, {"steps": [[JOB, 0, PARTS]]})):
                     self.sock.send_multipart([route, *reply.encode()])
 
 
@@ -201,3 +202,37 @@ def test_a_put_under_a_forged_attempt_does_not_change_what_the_real_attempt_read
     assert [bytes(b) for b in reply.blobs] == [b"honest-0"]
     reply = honest.get(4, 2, [[4, 777], [4, 779]])
     assert [bytes(b) for b in reply.blobs] == [b"honest-2"] and reply.body["missing"] == [4]
+
+
+def test_a_put_for_a_partition_the_step_does_not_have_is_refused(sink):
+    """The broker names each assigned step's partitions: a peer cannot make the sink
+    create files for a million partitions of a step that has eight."""
+    _, address, _, ctx, _ = sink
+    peer = Peer(ctx, address)
+    for part in (PARTS, 1 << 19):
+        reply = peer.put(40, 0, 5, [0, part], (b"a", b"b"))
+        assert reply.command == P.ERROR and reply.body["code"] == "not-assigned"
+    round_trip(peer)
+
+
+def test_an_index_record_cut_short_is_dropped_and_later_records_stay_aligned(tmp_path):
+    """A sink killed while writing an index record: the restarted one truncates the
+    partial record, so what it appends after is read back at the next restart too."""
+    from pymapreduce.sinks.store import SegmentStore
+
+    root = str(tmp_path / "state")
+    store = SegmentStore(root)
+    store.put("j", 0, 1, 11, 0, b"first")
+    store.close()
+    [idx] = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".idx")]
+    with open(idx, "ab") as f:
+        f.write(b"\x01" * 13)  # a record cut short
+    store = SegmentStore(root)
+    store.put("j", 0, 2, 22, 0, b"second")
+    store.close()
+    store = SegmentStore(root)
+    try:
+        assert store.get("j", 0, 0, 1, 11) == b"first"
+        assert store.get("j", 0, 0, 2, 22) == b"second"
+    finally:
+        store.close()

@@ -71,7 +71,7 @@ def test_a_step_sends_its_partitions_to_the_sinks_and_reducers_read_them_there(l
     out = list(ledger.outbox)
     assigned = [s for s in out if s.msg.command == P.ASSIGN]
     assert sorted(s.route for s in assigned) == [b"sink0", b"sink1"]
-    assert all(s.msg.body["steps"] == [[job.id, 0]] for s in assigned)
+    assert all(s.msg.body["steps"] == [[job.id, 0, 2]] for s in assigned)
     tasks = take_tasks(ledger)
     assert tasks and all(b["sinks"] == [SINK_A, SINK_B] for _, b, _ in tasks)
     for _, _, items in tasks:
@@ -179,12 +179,18 @@ def test_a_sink_registration_is_checked_and_bounded(ledger):
             ledger.sink_joined(b"s", body, T0)
     assert not ledger.sinks
     ledger.sink_joined(b"s", {"address": SINK_A}, T0)
-    # another identity at the same address: the first is lost with what it held
-    ledger.sink_joined(b"t", {"address": SINK_A}, T0)
+    # another identity at the same address is refused while the first one lives (two
+    # would take turns, each losing the other at every heartbeat) ...
+    with pytest.raises(ValueError, match="registered at"):
+        ledger.sink_joined(b"t", {"address": SINK_A}, T0 + 0.1)
+    assert list(ledger.sinks) == [b"s"]
+    # ... and taken once the first has been silent for the liveness period
+    ledger.tick(T0 + 1.5)
+    ledger.sink_joined(b"t", {"address": SINK_A}, T0 + 1.5)
     assert list(ledger.sinks) == [b"t"]
-    assert ledger.sink_beat(b"t", "", T0 + 0.5, {"in": 10, "out": -1, "segments": "x"})
+    assert ledger.sink_beat(b"t", "", T0 + 2, {"in": 10, "out": -1, "segments": "x"})
     assert ledger.sinks[b"t"].carried == {"in": 10, "out": 0, "segments": 0}
-    assert not ledger.sink_beat(b"W", "", T0 + 0.5)  # not a sink: a worker's beat
+    assert not ledger.sink_beat(b"W", "", T0 + 2)  # not a sink: a worker's beat
 
 
 def test_on_a_secured_broker_a_sink_is_its_key(ledger):

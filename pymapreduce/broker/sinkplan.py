@@ -77,9 +77,13 @@ class Sinks:
                        if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks):
                     continue
             if other.route != peer and other.address == address:
-                # the same address under another identity: a restart that lost its
-                # identity file, or an impostor; either way what the old one held is gone
-                self.lose_sink(other, "another sink registered at its address")
+                # the same address under another identity: a sink that restarted without
+                # its state (the old one is lost once silent for the liveness period, and
+                # this one is then taken), or a second sink misconfigured (or hostile):
+                # refused, so two cannot take turns and re-run maps at every heartbeat
+                raise ValueError(f"a sink is registered at {address} already; another "
+                                 "is taken there once it has been silent for the broker's "
+                                 "liveness period")
         old = self.sinks.get(peer)
         if old is not None and old.key != key:  # another key on a gone sink's identity
             self.lose_sink(old, "its identity re-registered under another key")
@@ -93,7 +97,7 @@ class Sinks:
         if old is None:
             self.news(peer_name(peer), "sink %s joined at %s%s", name, address,
                       " (with a state directory)" if durable else "")
-        steps = [[j.id, j.step] for j in self.jobs.values()
+        steps = [self._step_of(j) for j in self.jobs.values()
                  if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks]
         if steps:  # (a sink that restarted with its state serves its steps again)
             self._send(peer, P.ASSIGN, {"steps": steps})
@@ -133,7 +137,13 @@ class Sinks:
         job.sinks = addresses
         by_route = {s.address: s.route for s in self.sinks.values()}
         for address in addresses:
-            self._send(by_route[address], P.ASSIGN, {"steps": [[job.id, job.step]]})
+            self._send(by_route[address], P.ASSIGN, {"steps": [self._step_of(job)]})
+
+    @staticmethod
+    def _step_of(job: JobState) -> list:
+        """An ASSIGN entry: the job step, and how many partitions it has (a sink takes no
+        PUT for a partition beyond them)."""
+        return [job.id, job.step, job.reducers]
 
     def _tell(self, job: JobState, command: str, body: dict) -> None:
         """Send to every connected sink that serves ``job``'s step."""
@@ -213,7 +223,7 @@ class Sinks:
             if live:
                 it = iter(live * len(old))
                 job.sinks = [next(it) if a == sink.address else a for a in old]
-                self._tell(job, P.ASSIGN, {"steps": [[job.id, job.step]]})
+                self._tell(job, P.ASSIGN, {"steps": [self._step_of(job)]})
             else:  # no sink left: the broker's own store takes the whole step
                 job.sinks = []
                 lost = {r for r in range(job.reducers)

@@ -67,11 +67,13 @@ class SinkDaemon:
                  key_name: str = "sink") -> None:
         self.connect_addr = connect
         self.bind_addr = bind
-        self.name = name or f"sink-{os.getpid()}"
+        self.name = name
         self.heartbeat_interval = heartbeat_interval
         self.max_message = max_message
         self.store = SegmentStore(state_dir)
         self.identity = self._identity(state_dir)
+        # (with a state directory its identity, and so its default name, outlives it)
+        self.name = self.name or self.identity.decode()
         self.ctx = context or zmq.Context.instance()
         self.ctl = make_socket(self.ctx, zmq.DEALER, identity=self.identity)
         self.data = make_socket(self.ctx, zmq.ROUTER, max_message=max_message)
@@ -91,7 +93,8 @@ class SinkDaemon:
             self.zap.bind(security.ZAP_ENDPOINT)  # before the secured socket binds
             self.allow.secure(self.data, security.DATA_DOMAIN)
         self.address = ""
-        self.assigned: set[tuple[str, int]] = set()  # (job, step) the broker sent here
+        # (job, step) the broker sent here -> the step's partitions
+        self.assigned: dict[tuple[str, int], int] = {}
         self.welcomed = False
         self._stop = False
         self._last_beat = 0.0
@@ -225,12 +228,13 @@ class SinkDaemon:
                 if isinstance(beat, (int, float)) and 0 < beat < self.heartbeat_interval:
                     self.heartbeat_interval = beat
             elif msg.command == P.ASSIGN:
-                for job, step in _pairs(body.get("steps")):
-                    self.assigned.add((job, step))
+                for job, step, parts in _steps(body.get("steps")):
+                    self.assigned[(job, step)] = parts
             elif msg.command == P.DROP:
                 for job in body.get("jobs") or ():
                     if isinstance(job, str):
-                        self.assigned = {a for a in self.assigned if a[0] != job}
+                        self.assigned = {a: n for a, n in self.assigned.items()
+                                         if a[0] != job}
                         n, size = self.store.held(job)
                         self.store.drop(job)
                         log.info("job %.80r over: %d segment(s), %d bytes dropped", job, n,
@@ -279,10 +283,12 @@ class SinkDaemon:
                 or any(type(p) is not int or not 0 <= p < MAX_PARTS for p in parts)):
             raise ValueError("a PUT is {req, job, step, map, attempt, parts} and a blob "
                              "per part")
-        if (job, step) not in self.assigned:
+        if (job, step) not in self.assigned or any(
+                p >= self.assigned[(job, step)] for p in parts):
             self.refused += 1
             self._reply(route, P.ERROR, {"req": req, "code": "not-assigned", "message":
-                                         f"this sink does not serve step {step} of {job!r:.80}"})
+                                         f"this sink does not serve step {step} of {job!r:.80}"
+                                         " (or those partitions)"})
             return
         if self._disk_full():
             self.refused += 1
@@ -357,8 +363,9 @@ def _req(frames: list) -> Any:
     return value if type(value) is int else None
 
 
-def _pairs(value: Any) -> list[tuple[str, int]]:
+def _steps(value: Any) -> list[tuple[str, int, int]]:
+    """``[[job, step, partitions], ...]`` of an ASSIGN, the malformed entries left out."""
     if not isinstance(value, list):
         return []
-    return [(v[0], v[1]) for v in value[:10000] if isinstance(v, list) and len(v) == 2
-            and isinstance(v[0], str) and type(v[1]) is int]
+    return [(v[0], v[1], v[2]) for v in value[:10000] if isinstance(v, list) and len(v) == 3
+            and isinstance(v[0], str) and type(v[1]) is int and type(v[2]) is int]

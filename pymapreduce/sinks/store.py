@@ -190,8 +190,14 @@ class SegmentStore:
                 raw = f.read()
         except OSError:
             return 0
+        whole = len(raw) - len(raw) % RECORD.size
+        if whole != len(raw):  # a record cut short (killed mid-write): appends realign
+            try:
+                os.truncate(idx_path, whole)
+            except OSError:
+                return 0
         entries: dict[tuple[int, int], tuple[int, int, int]] = {}
-        for pos in range(0, len(raw) - RECORD.size + 1, RECORD.size):
+        for pos in range(0, whole, RECORD.size):
             m, a, offset, length, crc = RECORD.unpack_from(raw, pos)
             if offset + length <= size:
                 entries[(m, a)] = (offset, length, crc)

@@ -134,7 +134,7 @@ class SinkClient:
                 continue
             address, body = reply
             req = body.get("req")
-            if req not in waiting:
+            if req not in waiting or waiting[req][0] != address:  # (another sink's number)
                 continue
             if body.get("code") == "not-assigned":
                 until = not_assigned_until.setdefault(address, now + NOT_ASSIGNED_WAIT)
@@ -204,12 +204,13 @@ class SinkClient:
             got, missing, blobs = body.get("got"), body.get("missing"), body["_blobs"]
             if (type(got) is not int or not 0 < got <= len(msg.body["segs"])
                     or not isinstance(missing, list)
+                    or not all(type(m) is int for m in missing)
                     or len(blobs) + len(missing) != got):
                 shown = {k: v for k, v in body.items() if k != "_blobs"}
                 raise SinkUnreachable(f"the sink at {address} sent a malformed reply "
                                       f"({str(shown)[:200]}, {len(blobs)} blobs)")
             self.bytes_in += sum(len(b) for b in blobs)
-            return got, [m for m in missing if type(m) is int], blobs
+            return got, missing, blobs
 
 
 class SinkSegments(Sequence):
