@@ -251,30 +251,26 @@ def merge_sorted_segments(job: Job, segments: list, out: ColumnsWriter) -> bytes
     ``merge_runs`` instead when the decoded partition fits: :func:`fits_decoded`)."""
     streams = []
     for blob in segments:
-        if not len(blob):
-            continue
-        if segment_flag(blob) != RUNS:
-            raise ValueError("a map output segment is not sorted runs: the map task ran "
-                             "on a pymapreduce that does not make them")
-        streams.append(segment_triples(blob, len(streams)))
-    try:
-        out.extend(merge(streams, None), triples=True)
-    except TypeError as exc:
-        raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
-                        f"compare with each other: {exc}") from None
-    return out.finish()
+        if len(blob):
+            streams.append((segment_triples(blob, len(streams)), segment_flag(blob)))
+    return _merge_runs_into(job, streams, out)
 
 
 def merge_sorted_files(job: Job, paths: list[str], out: ColumnsWriter) -> bytes:
     """:func:`merge_sorted_segments` over segments spooled to files (read from a sink):
     the merge holds a few read buffers per segment, not the partition."""
-    streams = []
+    streams: list = []
     for path in paths:
-        triples, flag = file_segment_triples(path, len(streams))
-        if flag != RUNS:
-            raise ValueError("a map output segment is not sorted runs: the map task ran "
-                             "on a pymapreduce that does not make them")
-        streams.append(triples)
+        streams.append(file_segment_triples(path, len(streams)))
+    return _merge_runs_into(job, streams, out)
+
+
+def _merge_runs_into(job: Job, runs: list[tuple[Any, Any]], out: ColumnsWriter) -> bytes:
+    """Merge ``(triples, flag)`` runs into ``out``: each must be sorted runs (RUNS)."""
+    if any(flag != RUNS for _, flag in runs):
+        raise ValueError("a map output segment is not sorted runs: the map task ran "
+                         "on a pymapreduce that does not make them")
+    streams = [triples for triples, _ in runs]
     try:
         out.extend(merge(streams, None), triples=True)
     except TypeError as exc:

@@ -200,6 +200,18 @@ def segment_header(blob: Any) -> tuple[int, int]:
     return items, unpacker.read_array_header()
 
 
+def _segment_head(cursor: msgpack.Unpacker) -> tuple[int, int]:
+    """``(items, pairs)`` read off a segment's headers, past which ``cursor`` then is at
+    its first key; ValueError when it is not a segment."""
+    try:
+        items = cursor.read_array_header()
+    except msgpack.UnexpectedTypeError:
+        raise ValueError("a map output segment that is not an array") from None
+    if items not in (2, 3):
+        raise ValueError(f"a map output segment of {items} items, not 2 or 3")
+    return items, cursor.read_array_header()
+
+
 def _segment_cursors(blob: Any, find_big: bool = False,
                      trusted: bool = False) -> tuple[Any, Any, int, set]:
     """Two cursors into a segment: over its ``n`` keys (an iterator) and its ``n`` values
@@ -209,13 +221,7 @@ def _segment_cursors(blob: Any, find_big: bool = False,
     values are lists of more than CHUNK_PAIRS items, found by their headers (walked an
     item at a time: a hot key's list is never buffered whole)."""
     keys = _unpacker(_View(blob))
-    try:
-        items = keys.read_array_header()
-    except msgpack.UnexpectedTypeError:
-        raise ValueError("a map output segment that is not an array") from None
-    if items not in (2, 3):
-        raise ValueError(f"a map output segment of {items} items, not 2 or 3")
-    n = keys.read_array_header()
+    items, n = _segment_head(keys)
     values = _unpacker(_View(blob))
     values.read_array_header()
     values.read_array_header()
@@ -303,13 +309,7 @@ def file_segment_triples(path: str, stream: int) -> tuple[Iterator[tuple], Any]:
         f = open(path, "rb")  # noqa: SIM115 - read while the merge runs; gone with it
         cursors.append(_unpacker(f))
     keys, values, probe = cursors
-    try:
-        items = keys.read_array_header()
-    except msgpack.UnexpectedTypeError:
-        raise ValueError("a map output segment that is not an array") from None
-    if items not in (2, 3):
-        raise ValueError(f"a map output segment of {items} items, not 2 or 3")
-    n = keys.read_array_header()
+    items, n = _segment_head(keys)
     for cursor in (values, probe):
         cursor.read_array_header()
         cursor.read_array_header()
