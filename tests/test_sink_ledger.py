@@ -254,3 +254,25 @@ def test_two_sinks_lost_while_maps_run_again_never_count_a_map_twice(ledger):
     for split in splits:
         assert [m for m, _ in split[3]] == [0, 1, 2]
         assert all(a == job.map_attempts[m] for m, a in split[3])
+
+
+def test_a_restarted_broker_re_runs_the_maps_of_a_sink_that_comes_back_empty(ledger):
+    """After a broker restart, a sink that registers at an awaited address without the
+    segments of the jobs that used it (it restarted without its state) is taken at once,
+    and the maps that fed the one it replaces run again."""
+    with_sinks(ledger, SINK_A)
+    job = add_job(ledger, maps=2, reducers=1)
+    w = ledger.register(b"W", "", {"credit": 8}, T0)
+    run_maps(ledger, w, job, sunk=lambda i: [0])
+    # as a restarted broker sees it: the sink is awaited, not registered
+    ledger.sinks.clear()
+    ledger.expect_sinks(T0)
+    ledger.sink_joined(b"new", {"address": SINK_A, "jobs": []}, T0 + 0.1)
+    assert list(ledger.sinks) == [b"new"] and job.reruns == 2
+    assert job.sinks == [SINK_A]  # the maps run again to it (not to the broker)
+    run_maps(ledger, w, job, sunk=lambda i: [0])
+    # one that comes back with them is taken without re-running anything
+    ledger.sinks.clear()
+    ledger.expect_sinks(T0)
+    ledger.sink_joined(b"back", {"address": SINK_A, "jobs": [job.id]}, T0 + 0.2)
+    assert list(ledger.sinks) == [b"back"] and job.reruns == 2

@@ -68,14 +68,16 @@ class Sinks:
         name = str(body.get("name", ""))[:200] or peer_name(peer)
         held = body.get("jobs")
         held = {j for j in held[:10000] if isinstance(j, str)} if isinstance(held, list) else set()
+        empty = None  # an awaited sink this one replaces without its segments
         for other in list(self.sinks.values()):
             if other.route.startswith(EXPECTED) and other.address == address:
                 # a sink a restarted broker waited for: back with the segments of its jobs
                 # (the same process, or one that kept its state), or without them
                 del self.sinks[other.route]
-                if any(j.id in held for j in self.jobs.values()
-                       if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks):
-                    continue
+                if not any(j.id in held for j in self.jobs.values()
+                           if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks):
+                    empty = other
+                continue
             if other.route != peer and other.address == address:
                 # the same address under another identity: a sink that restarted without
                 # its state (the old one is lost once silent for the liveness period, and
@@ -94,6 +96,9 @@ class Sinks:
         if old is None and len(self.sinks) >= MAX_SINKS:
             raise ValueError(f"this broker takes at most {MAX_SINKS} sinks")
         self.sinks[peer] = SinkState(peer, address, name, durable, now, key)
+        if empty is not None:  # (its maps run again now, to this sink, not when reducers
+            # find them missing)
+            self.lose_sink(empty, "it came back without the segments of its jobs")
         if old is None:
             self.news(peer_name(peer), "sink %s joined at %s%s", name, address,
                       " (with a state directory)" if durable else "")
