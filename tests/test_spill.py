@@ -430,18 +430,27 @@ def test_hot_key_larger_than_the_budget_reaches_reduce(daemons, tmp_path):
     assert result == {"hot": ["ValuesStream", len(lines), sum(len(x) for x in lines)]}
 
 
-def test_runs_of_a_killed_task_are_removed(daemons, tmp_path):
-    from pymapreduce import Client, read_text
-    from tests.conftest import wait_dead, wait_workers
+def _spilling_worker(daemons, tmp_path) -> tuple:
+    """A broker and one worker process under a 24 MiB budget, an input that makes a map
+    task spill, and the job that then hangs: (address, worker daemon, worker pid, spill
+    directory, job)."""
+    from tests.conftest import wait_workers
 
     _lines(tmp_path / "in.txt", 2000, width=1000)
     _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
     spill = tmp_path / "spill"
     worker = daemons.worker(address, 1, "--memory", "24MiB", "--spill-dir", str(spill))
     wait_workers(address, 1)
-    pid = _worker_pids(worker)[0]
     job = SpillThenHang()
     job.marker = str(tmp_path / "marker")
+    return address, worker, _worker_pids(worker)[0], spill, job
+
+
+def test_runs_of_a_killed_task_are_removed(daemons, tmp_path):
+    from pymapreduce import Client, read_text
+    from tests.conftest import wait_dead
+
+    address, worker, pid, spill, job = _spilling_worker(daemons, tmp_path)
     with Client(address, timeout=60) as client:
         handle = client.submit(job, read_text(str(tmp_path / "in.txt")), map_tasks=1,
                                reducers=2)
@@ -557,16 +566,9 @@ def test_runs_of_a_cancelled_task_are_removed_by_the_live_worker(daemons, tmp_pa
     """Cancelling the job abandons its running task (TaskAbandoned, raised in the user's
     code): the worker process removes the task's runs and lives on."""
     from pymapreduce import Client, read_text
-    from tests.conftest import alive, stop, wait_workers
+    from tests.conftest import alive, stop
 
-    _lines(tmp_path / "in.txt", 2000, width=1000)
-    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30")
-    spill = tmp_path / "spill"
-    worker = daemons.worker(address, 1, "--memory", "24MiB", "--spill-dir", str(spill))
-    wait_workers(address, 1)
-    pid = _worker_pids(worker)[0]
-    job = SpillThenHang()
-    job.marker = str(tmp_path / "marker")
+    address, worker, pid, spill, job = _spilling_worker(daemons, tmp_path)
     with Client(address, timeout=60) as client:
         handle = client.submit(job, read_text(str(tmp_path / "in.txt")), map_tasks=1,
                                reducers=2)

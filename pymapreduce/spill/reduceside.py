@@ -139,6 +139,16 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
     runs: list = []
     n = 0
     check = budget.every
+
+    def checkpoint() -> None:
+        """Every ``budget.every`` values: spill what is grouped if the budget is over."""
+        nonlocal check, groups
+        check = n + budget.every
+        if budget.over():
+            runs.append(_spill(job, groups, value_key, files))
+            groups = defaultdict(list)
+            budget.released()
+
     for blob in segments:
         if not len(blob):
             continue
@@ -165,17 +175,9 @@ def reduce_spilling(job: Job, segments: Iterator[Any], budget: Budget, files: Ta
                     groups[k].extend(v)
                     n += len(v)  # (values, not pairs: a hot key's list is one pair)
                 if n >= check:
-                    check = n + budget.every
-                    if budget.over():
-                        runs.append(_spill(job, groups, value_key, files))
-                        groups = defaultdict(list)
-                        budget.released()
+                    checkpoint()
         if n >= check:
-            check = n + budget.every
-            if budget.over():
-                runs.append(_spill(job, groups, value_key, files))
-                groups = defaultdict(list)
-                budget.released()
+            checkpoint()
         del blob, pairs
     if not runs:
         return reduce_groups(job, groups)
