@@ -103,6 +103,7 @@ def _backup_after(text: str) -> float:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig, fdlimit
+    from .broker.daemon import tune_collector
     from .patterns import compress
     from .patterns.sockets import check_endpoint
 
@@ -156,6 +157,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         secured += f"; http {broker.http_url}"
     print(f"pymapreduce broker ready: {address} (data {broker.data_address}; {secured})",
           flush=True)
+    tune_collector()  # (this process is the broker's own)
     broker.serve_forever()
     return EXIT_OK
 

@@ -7,14 +7,19 @@ import pytest
 
 from pymapreduce import ProtocolError
 from pymapreduce.patterns import protocol as P
-from pymapreduce.patterns.message import Message
+from pymapreduce.patterns.message import PACK_BELOW, Message
 
 
 def test_message_round_trip_keeps_blobs_untouched():
-    msg = Message(P.SUBMIT, {"job_id": "j1", "n": [1, 2]}, (b"\x80\x04opaque", b""))
+    big = b"\x80\x04opaque" * PACK_BELOW
+    msg = Message(P.SUBMIT, {"job_id": "j1", "n": [1, 2]}, (big, b""))
     frames = msg.encode()
-    assert frames[1] is msg.blobs[0]  # blobs are not copied or re-encoded
+    assert frames[1] is msg.blobs[0]  # large blobs are not copied or re-encoded
     assert Message.decode(frames) == msg
+    small = Message(P.SUBMIT, {"job_id": "j1"}, (b"\x80\x04opaque", b"", big, b"x"))
+    frames = small.encode()
+    assert len(frames) == 3 and frames[2] is big  # the small ones share one frame
+    assert Message.decode(frames) == small
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ def test_a_retry_goes_to_another_worker_while_there_is_one():
     sched = Scheduler()
     sched.add(j)
     first = j.pending[0]
-    first.avoid.add(b"A")  # it failed on worker A
+    first.avoid_worker(b"A")  # it failed on worker A
     live = {b"A": 1, b"B": 1}
     got = sched.take(1, b"A", live)
     assert got and got[0] is not first  # A gets the next task instead
@@ -26,7 +26,8 @@ def test_a_retry_returns_to_the_failing_worker_when_no_other_is_left():
     j = job("j", 1)
     sched = Scheduler()
     sched.add(j)
-    j.pending[0].avoid.update({b"A", b"B"})  # failed on both; B has gone since
+    for route in (b"A", b"B"):  # failed on both; B has gone since
+        j.pending[0].avoid_worker(route)
     assert sched.take(1, b"A", {b"A": 1}) == [j.maps[0]]
 
 
@@ -34,7 +35,7 @@ def test_only_retries_left_for_this_worker_end_the_round_without_looping():
     j = job("j", 1)
     sched = Scheduler()
     sched.add(j)
-    j.pending[0].avoid.add(b"A")
+    j.pending[0].avoid_worker(b"A")
     assert sched.take(4, b"A", {b"A": 1, b"B": 1}) == []
     assert len(j.pending) == 1
 

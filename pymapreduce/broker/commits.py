@@ -46,7 +46,8 @@ class Commits:
                 self._attempt_failed(task, key.attempt, "malformed outputs", "", {})
             return
         names = stats.get("counters") or {}
-        if len(job.counters) + len(names.keys() - job.counters.keys()) > MAX_JOB_COUNTERS:
+        if names and len(job.counters) + len(names.keys() - job.counters.keys()) > \
+                MAX_JOB_COUNTERS:
             job.finish(P.JOB_FAILED, {
                 "message": f"its counters have more than {MAX_JOB_COUNTERS} distinct names "
                            f"(Job.count); {task.name} added {len(names)}", "task": task.name})

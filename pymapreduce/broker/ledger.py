@@ -35,7 +35,7 @@ from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
 from .sink import Store
 from .sinkplan import Sinks, SinkState
-from .tasks import ATTEMPT_MASK, MAP, PENDING, REDUCE, RUNNING, JobState, Task
+from .tasks import ATTEMPT_MASK, MAP, NONE, PENDING, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -260,7 +260,7 @@ class Ledger(Commits, Dispatching, Recovery, Sinks):
         for item in results:
             key = Report.key_of(item)
             try:
-                report: Report | None = Report.from_wire(item, len(blobs) - pos)
+                report: Report | None = Report.checked(key, item, len(blobs) - pos)
             except ValueError as exc:
                 report, error = None, exc
             # a report's inline outputs come next in the message: one that is not committed
@@ -279,8 +279,9 @@ class Ledger(Commits, Dispatching, Recovery, Sinks):
                 self._report_failed(worker, key, f"its worker sent a malformed report: {exc}")
                 pos += skip
                 continue
-            self.logs.keep(self._attempt(key), key.attempt, worker.name, DONE,
-                           report.stats.get("log"))
+            text = report.stats.get("log")
+            if text:  # (most attempts print nothing)
+                self.logs.keep(self._attempt(key), key.attempt, worker.name, DONE, text)
             if nblobs >= 0:  # output inline
                 self._commit(key, stats, list(blobs[pos : pos + nblobs]))
                 pos += nblobs
@@ -391,7 +392,7 @@ class Ledger(Commits, Dispatching, Recovery, Sinks):
             return
         task.failures += 1
         if route is not None:
-            task.avoid.add(route)
+            task.avoid_worker(route)
         # numbered as `pymapreduce logs` numbers attempts (1, 2, ...), not the whole id
         log.info("%s %s attempt %d failed: %s", job.id, task.name, attempt & ATTEMPT_MASK,
                  error)
@@ -420,6 +421,8 @@ class Ledger(Commits, Dispatching, Recovery, Sinks):
         ordinal = position.get("ordinal") if isinstance(position, dict) else None
         if not limit or task.kind != MAP or type(ordinal) is not int or ordinal in task.skip:
             return False
+        if task.bad is NONE:
+            task.bad = {}
         task.bad[ordinal] = task.bad.get(ordinal, 0) + 1
         if task.bad[ordinal] < 2:
             return False
@@ -434,6 +437,8 @@ class Ledger(Commits, Dispatching, Recovery, Sinks):
         job.skips += 1
         self.events.skipped(task, ordinal, position)
         where = {k: v for k, v in position.items() if k in ("key", "path", "split")}
+        if task.skip is NONE:
+            task.skip = {}
         task.skip[ordinal] = {"task": task.name, "record": ordinal, **where}
         log.info("%s %s: record %d failed twice, skipped from now on", job.id, task.name,
                  ordinal)

@@ -166,7 +166,8 @@ class Store:
         one; with ``path``, also write it to that file. Returns the file's CRC-32 when it
         was written (durable), None otherwise. Never raises for a full disk: the blob is
         then kept in memory, over the budget if it must."""
-        self.discard(key)
+        if key in self._mem or key in self._files:
+            self.discard(key)
         buf = blob.buffer if hasattr(blob, "buffer") else blob
         size = len(buf)
         crc = None

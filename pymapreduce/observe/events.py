@@ -210,15 +210,14 @@ class EventLog(Reading):
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            fields = []
-            tally: dict[str, int] = {}
-            rows = log.attempts if log is not None else None
-            for kind, index, attempt, backup in started:
-                number = attempt & ATTEMPT_MASK
-                event = (kind, index, number, worker, backup, step)
-                fields.append(event)
-                if rows is not None:  # (an attempt's identifier is unique: 50 random bits)
+            fields = [(kind, index, attempt & ATTEMPT_MASK, worker, backup, step)
+                      for kind, index, attempt, backup in started]
+            if log is not None:  # (an attempt's identifier is unique: 50 random bits)
+                rows = log.attempts
+                for event, (_, _, attempt, _) in zip(fields, started):
                     rows[attempt] = [event, now, None, RUNNING, ""]
+            tally: dict[str, int] = {}
+            for kind, _, _, backup in started:
                 tally[kind] = tally.get(kind, 0) + 1
                 if backup:
                     self._count("backups", kind)
@@ -267,7 +266,8 @@ class EventLog(Reading):
 
     def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list) -> None:
         """An attempt committed: its seconds (as its worker measured), records and bytes
-        read, and ``blobs``, its outputs (only their sizes are kept).
+        read (``stats``, as the broker checked them: counts are ints), and ``blobs``, its
+        outputs (only their sizes are kept).
 
         Called by the broker loop once per committed attempt, so it only notes the
         attempt; :meth:`flush` records the noted ones together, under one lock and one
@@ -275,8 +275,8 @@ class EventLog(Reading):
         flushes first, so the order of events is kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        self._pending.append((task, attempt, stats.get("records"),  # (sizes only: no
-                              stats.get("bytes"), secs, sum(map(len, blobs))))  # buffer held)
+        self._pending.append((task, attempt, stats, secs,  # (sizes only: no buffer held)
+                              sum(map(len, blobs)) if blobs else 0))
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -286,30 +286,28 @@ class EventLog(Reading):
 
     def _flush(self) -> None:
         """``flush`` with ``lock`` held: one ring entry per job among the noted attempts
-        (consecutive ones of a job share it)."""
+        (consecutive ones of a job share it). Per attempt this is a row update and a
+        tuple: the totals are summed per batch."""
         pending, self._pending = self._pending, []
         now = time.time()
-        counts = self.counts
         jobs = self._jobs
-        tally: dict[tuple, int | float] = {}
-        job_id = log = fields = None
-        for task, attempt, records, size, secs, out in pending:
+        done = {"map": 0, "reduce": 0}
+        records_in = {"map": 0, "reduce": 0}
+        job_id = log = fields = rows = None
+        for task, attempt, stats, secs, out in pending:
             job = task.job
             if job.id != job_id:
                 if fields:
                     self._push_batch(log, job_id, "done", fields, now)
                 job_id, fields = job.id, []
                 log = jobs.get(job_id)
+                rows = log.attempts if log is not None else None
             kind = task.kind
-            if type(records) not in (int, float):
-                records = 0
-            if type(size) not in (int, float):
-                size = 0
-            if type(secs) not in (int, float):
-                secs = 0
+            records = stats.get("records", 0)
+            size = stats.get("bytes", 0)
             worker = ""
-            if log is not None:
-                row = log.attempts.get(attempt)
+            if rows is not None:
+                row = rows.get(attempt)
                 if row is not None:
                     worker = row[0][3]
                     if row[3] == RUNNING:
@@ -319,16 +317,19 @@ class EventLog(Reading):
                 flow[0] += records
                 flow[1] += size
                 flow[2] += out
-            key = ("tasks_done", kind)
-            tally[key] = tally.get(key, 0) + 1
-            key = ("records", kind)
-            tally[key] = tally.get(key, 0) + records
-            fields.append((kind, task.index, attempt & ATTEMPT_MASK, worker, secs, records,
-                           size, out))
+            done[kind] += 1
+            records_in[kind] += records
+            fields.append((kind, task.index, attempt & ATTEMPT_MASK, worker, secs or 0,
+                           records, size, out))
         if fields:
             self._push_batch(log, job_id, "done", fields, now)
-        for key, n in tally.items():
-            counts[key] = counts.get(key, 0) + n
+        counts = self.counts
+        for kind, n in done.items():
+            if n:
+                key = ("tasks_done", kind)
+                counts[key] = counts.get(key, 0) + n
+                key = ("records", kind)
+                counts[key] = counts.get(key, 0) + records_in[kind]
 
     def _push_batch(self, log: _JobLog | None, job_id: str, etype: str, fields: list,
                     now: float) -> None:

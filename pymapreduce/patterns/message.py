@@ -9,6 +9,8 @@ allocate n pointers at once). What each side accepts is a :class:`Limits`.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,7 @@ class Limits:
     map: int
     string: int
     containers: int | None = None
+    blobs: int | None = None  # blobs in one message (None: as many as its layout names)
 
 
 # What the broker decodes from any peer. The largest legitimate header is a worker's DONE:
@@ -49,7 +52,8 @@ class Limits:
 # report, with 1000 counters of 200 characters, is ~200-800 KB). FAILED carries at most
 # 22,000 characters of text; SUBMIT lists its splits in a blob, not in the header.
 # Arrays: DONE has at most 64 results, SUBMIT at most 200 steps; maps: 1000 counters.
-BROKER_LIMITS = Limits(header=1 * MiB, array=1024, map=4096, string=1 * MiB, containers=16_384)
+BROKER_LIMITS = Limits(header=1 * MiB, array=1024, map=4096, string=1 * MiB, containers=16_384,
+                       blobs=100_000 + 64)
 
 # What clients and workers decode from the broker: STATUS and LISTING replies (1000 jobs,
 # every worker, a job's counters) and TASKS, whose file splits travel in the header (up to
@@ -63,6 +67,13 @@ PEER_LIMITS = Limits(header=1 << 30, array=1 << 20, map=1 << 20, string=1 << 30)
 # a DONE whose inline outputs would need more.
 BROKER_MAX_FRAMES = 100_000 + 64
 
+# Blobs shorter than this share one frame (``Message.encode``): a frame costs the
+# sender and the receiver a call into ZeroMQ and an object each, which for a task's tiny
+# in-memory split or a no-op task's empty output was most of what carrying it cost.
+PACK_BELOW = 1024
+_OWN_FRAME = -1  # a layout entry: the blob is the next frame of its own
+_SWAP = sys.byteorder == "big"  # layouts travel as little-endian int32
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -73,9 +84,23 @@ class Message:
     blobs: tuple = ()
 
     def encode(self) -> list:
-        """Frames ready for ``send_multipart`` (the blobs are not copied)."""
+        """Frames ready for ``send_multipart``. Two or more blobs shorter than PACK_BELOW
+        are joined into one frame after the header, which then carries the message's
+        layout (each blob's length, or -1 for one that keeps a frame of its own, in
+        order); larger blobs are not copied."""
+        blobs = self.blobs
+        if len(blobs) > 1:
+            layout = array("i", [n if (n := len(b)) < PACK_BELOW else _OWN_FRAME
+                                 for b in blobs])
+            if layout.count(_OWN_FRAME) < len(layout) - 1:
+                if _SWAP:
+                    layout.byteswap()
+                header = msgpack.packb([PROTOCOL_VERSION, self.command, self.body,
+                                        layout.tobytes()], use_bin_type=True)
+                packed = b"".join([b for b in blobs if len(b) < PACK_BELOW])
+                return [header, packed, *[b for b in blobs if len(b) >= PACK_BELOW]]
         header = msgpack.packb([PROTOCOL_VERSION, self.command, self.body], use_bin_type=True)
-        return [header, *self.blobs]
+        return [header, *blobs]
 
     @classmethod
     def decode(cls, frames: Sequence[Frame], limits: Limits = PEER_LIMITS) -> Message:
@@ -100,13 +125,13 @@ class Message:
             raise ProtocolError(
                 f"undecodable header ({size} bytes): {type(exc).__name__} {str(exc)[:200]}",
                 size=size, cause=repr(exc)[:200]) from None
-        if not isinstance(decoded, list) or len(decoded) != 3:
+        if not isinstance(decoded, list) or len(decoded) not in (3, 4):
             raise ProtocolError(
                 f"header is not [version, command, body] ({size} bytes)",
                 size=size,
                 cause="shape",
             )
-        version, command, body = decoded
+        version, command, body = decoded[:3]
         if version != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"protocol version {version!r:.40}, this side speaks {PROTOCOL_VERSION}",
@@ -117,7 +142,47 @@ class Message:
             raise ProtocolError(
                 f"bad command or body types ({size} bytes)", size=size, cause="types"
             )
+        if len(decoded) == 4:
+            return cls(command, body, _unpack_blobs(decoded[3], frames, limits, size))
+        if limits.blobs is not None and len(frames) - 1 > limits.blobs:
+            raise ProtocolError(f"{len(frames) - 1} blobs; at most {limits.blobs} are "
+                                "accepted", size=size, cause="too-large")
         return cls(command, body, tuple(frames[1:]))
+
+
+def _unpack_blobs(layout: Any, frames: Sequence[Frame], limits: Limits,
+                  size: int) -> tuple:
+    """The blobs of a message whose small blobs share a frame (``Message.encode``),
+    checked against its layout: every byte of the shared frame and every frame after it
+    belongs to exactly one blob, or the message is refused."""
+    if not isinstance(layout, bytes) or len(layout) % 4 or len(frames) < 2:
+        raise ProtocolError(f"a malformed blob layout ({size} bytes of header)", size=size,
+                            cause="layout")
+    sizes = array("i")
+    sizes.frombytes(layout)
+    if _SWAP:
+        sizes.byteswap()
+    if limits.blobs is not None and len(sizes) > limits.blobs:
+        raise ProtocolError(f"{len(sizes)} blobs; at most {limits.blobs} are accepted",
+                            size=size, cause="too-large")
+    joined = frame_bytes(frames[1])
+    own = frames[2:]
+    if min(sizes, default=0) < _OWN_FRAME or sizes.count(_OWN_FRAME) != len(own) or \
+            sum(sizes) + len(own) != len(joined):
+        raise ProtocolError("a blob layout that does not match the message's frames",
+                            size=size, cause="layout")
+    if isinstance(joined, memoryview):
+        joined = bytes(joined)  # (its blobs are small: copies, not views of the frame)
+    blobs = []
+    pos = taken = 0
+    for n in sizes:
+        if n == _OWN_FRAME:
+            blobs.append(own[taken])
+            taken += 1
+        else:
+            blobs.append(joined[pos:pos + n])
+            pos += n
+    return tuple(blobs)
 
 
 def _counter(limit: int) -> Callable[[Any], Any]:

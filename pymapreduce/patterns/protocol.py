@@ -5,7 +5,9 @@ Every control message is ``[header, *blobs]`` where ``header`` is msgpack
 partition data) that the broker stores and forwards without ever unpickling.
 """
 
-PROTOCOL_VERSION = 2  # 2: SUBMIT lists its splits in a blob; attempt ids carry random bits
+# 2: SUBMIT lists its splits in a blob; attempt ids carry random bits. 3: small blobs
+# share a frame, the header's fourth item naming their layout (patterns/message.py)
+PROTOCOL_VERSION = 3
 
 # worker -> broker
 READY = "READY"  # register (or re-register) and announce credit

@@ -81,6 +81,11 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     return bound.replace("0.0.0.0", "127.0.0.1") if endpoint.endswith(":0") else bound
 
 
+_send_frame = zmq.backend.Socket.send  # (the sugar layer's send adds nothing we use)
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST = int(zmq.NOBLOCK)
+
+
 def send(sock: zmq.Socket, msg: Message, route: list | None = None) -> None:
     """Send a message (prefixed by ``route`` on a ROUTER) without ever blocking; large
     blobs are not copied.
@@ -92,8 +97,15 @@ def send(sock: zmq.Socket, msg: Message, route: list | None = None) -> None:
     frames = msg.encode()
     if route:
         frames = [*route, *frames]
-    big = any(len(f) >= ZERO_COPY_THRESHOLD for f in frames if isinstance(f, (bytes, memoryview)))
-    sock.send_multipart(frames, zmq.NOBLOCK, copy=not big)
+    copy = not any(len(f) >= ZERO_COPY_THRESHOLD for f in frames
+                   if isinstance(f, (bytes, memoryview)))
+    # each frame through the socket's own send with plain int flags: what
+    # send_multipart does, without its per-frame type checks and enum arithmetic (a
+    # TASKS message carries a frame per in-memory split). ZeroMQ queues a multipart
+    # message whole or not at all, so zmq.Again can only come from the first frame.
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send_frame(sock, frame, _MORE if i < last else _LAST, copy, False)
 
 
 def send_within(sock: zmq.Socket, msg: Message, seconds: float,

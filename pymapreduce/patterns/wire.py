@@ -101,7 +101,11 @@ class Report(NamedTuple):
     @classmethod
     def from_wire(cls, item: list, blobs_left: int) -> Report:
         """ValueError says what is wrong (the statistics are checked by the broker)."""
-        key = cls.key_of(item)
+        return cls.checked(cls.key_of(item), item, blobs_left)
+
+    @classmethod
+    def checked(cls, key: AttemptKey | None, item: Any, blobs_left: int) -> Report:
+        """``from_wire`` for an item whose key ``key_of`` already read."""
         if key is None or len(item) != 6:
             raise ValueError(f"a result has {len(item)} fields, not 6")
         stats, nblobs = item[4], item[5]

@@ -22,6 +22,7 @@ directory goes when the worker forgets the job (``JOB_CACHE``) or exits.
 
 from __future__ import annotations
 
+import _signal  # getsignal without the enum conversion: restore runs after every task
 import glob
 import logging
 import os
@@ -152,7 +153,7 @@ class ProcessState:
         self.raw_env = dict(raw) if isinstance(raw, dict) else None
         self.cwd = os.getcwd()
         self.path = list(sys.path)
-        self.handlers = {s: signal.getsignal(s) for s in GUARDED_SIGNALS}
+        self.handlers = {s: _signal.getsignal(s) for s in GUARDED_SIGNALS}
         self.umask = os.umask(0o022)  # (read by setting it: there is no getter)
         os.umask(self.umask)
         self.captured = True
@@ -189,8 +190,10 @@ class ProcessState:
         if self.job_dir is not None:
             self._forget_modules(self.job_dir)
             self.job_dir = None
+        getsignal = _signal.getsignal
         for signum, handler in self.handlers.items():
-            if signal.getsignal(signum) is not handler and handler is not None:
+            now = getsignal(signum)
+            if now is not handler and now != handler and handler is not None:
                 signal.signal(signum, handler)
         if hasattr(signal, "alarm"):
             signal.alarm(0)  # an alarm a task left would fire in the next one

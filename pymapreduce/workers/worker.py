@@ -263,7 +263,8 @@ class Worker:
                 continue
             started = time.monotonic()
             self._run_one(self.queue.popleft())
-            if self.ctl.poll(0, zmq.POLLIN):
+            # (the socket's event flags: a poll(0) builds a Poller, several times dearer)
+            if self.ctl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._drain()
             now = time.monotonic()
             # Short tasks share a DONE message; after a long one, report at once (the
@@ -442,7 +443,8 @@ class Worker:
             self._current = key
             try:
                 self.state.enter(item.workdir)
-                with self.capture.attempt() as tasklog:
+                tasklog = self.capture.begin()
+                try:
                     # (compressed inputs are decompressed as the task reads them)
                     split, raw = item.split, item.blobs
                     if kind == "reduce" and split and split[0] == "sink":  # read at its sink
@@ -453,6 +455,8 @@ class Worker:
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output,
                                               budget=self.budget)
+                finally:
+                    self.capture.end()
                 if isinstance(item.output, dict):  # its part file, under this attempt's name
                     from ..store.output import write_attempt
 
