@@ -1,0 +1,119 @@
+"""The task path made cheaper (issue 13): small blobs sharing a frame, forged layouts
+refused; a worker whose task capture stays installed still keeps each attempt's output
+apart and puts back what a task did to ``sys.stdout``; attempt ids from the pooled random
+source; against real daemons where it matters."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import msgpack
+import pytest
+import zmq
+
+from pymapreduce import Client, Job
+from pymapreduce.broker.tasks import ATTEMPT_BITS, ATTEMPT_RANDOM_BITS, JobState
+from pymapreduce.errors import ProtocolError
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.message import BROKER_LIMITS, PACK_BELOW, Message
+
+from .conftest import FAST, wait_workers
+
+
+def _forged(layout: bytes, *frames: bytes) -> list:
+    header = msgpack.packb([P.PROTOCOL_VERSION, P.DONE, {"results": []}, layout],
+                           use_bin_type=True)
+    return [header, *frames]
+
+
+def _ints(*values: int) -> bytes:
+    return b"".join(v.to_bytes(4, "little", signed=True) for v in values)
+
+
+def test_small_blobs_share_a_frame_and_come_back_in_order():
+    big = b"B" * PACK_BELOW
+    blobs = (b"a", b"", big, b"cc", memoryview(b"dd"), b"e" * (PACK_BELOW - 1))
+    frames = Message(P.DONE, {"results": []}, blobs).encode()
+    assert len(frames) == 3 and frames[2] is big  # header, the small ones, the big one
+    back = Message.decode(frames, BROKER_LIMITS).blobs
+    assert [bytes(b) for b in back] == [bytes(b) for b in blobs]
+    # one small blob, or none, keeps the plain layout (nothing to share)
+    assert len(Message(P.DONE, {}, (b"a", big)).encode()) == 3
+    assert len(Message(P.DONE, {}, (big, big)).encode()) == 3
+
+
+@pytest.mark.parametrize("frames", [
+    _forged(_ints(2, 2), b"abc"),           # the lengths do not add up to the frame
+    _forged(_ints(5), b"ab"),               # a blob past the frame's end
+    _forged(_ints(1, -2), b"a"),            # a negative length
+    _forged(_ints(1, -1), b"a"),            # a blob of its own frame that is not there
+    _forged(_ints(1), b"a", b"extra"),      # a frame no blob names
+    _forged(b"\x01\x00\x00", b"a"),         # not a whole number of int32
+    _forged(_ints(1)),                      # no shared frame at all
+    [msgpack.packb([P.PROTOCOL_VERSION, P.DONE, {}, "a string"], use_bin_type=True), b"a"],
+])
+def test_a_forged_layout_is_refused(frames):
+    with pytest.raises(ProtocolError):
+        Message.decode(frames, BROKER_LIMITS)
+
+
+def test_a_layout_of_too_many_blobs_is_refused_before_they_are_made():
+    n = BROKER_LIMITS.blobs + 1
+    with pytest.raises(ProtocolError, match="blobs"):
+        Message.decode(_forged(_ints(*([0] * n)), b""), BROKER_LIMITS)
+
+
+def test_the_broker_drops_a_forged_layout_and_serves_on(daemons):
+    _, address = daemons.broker(*FAST)
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        for frames in (_forged(_ints(3, 3), b"ab"), _forged(_ints(-7), b"")):
+            sock.send_multipart(frames)
+            assert sock.poll(10_000)
+            reply = Message.decode(sock.recv_multipart())
+            assert reply.command == P.ERROR and reply.body["code"] == "malformed"
+        sock.send_multipart(Message(P.HELLO, {"req": 1}).encode())  # still serving
+        assert sock.poll(10_000)
+        assert Message.decode(sock.recv_multipart()).body.get("req") == 1
+        sock.close()
+    finally:
+        ctx.term()
+
+
+class Rewires(Job):
+    """Each task prints, logs, and (task 1) leaves ``sys.stdout`` pointing elsewhere."""
+
+    def map(self, key, value):
+        print(f"task {key} printed")
+        logging.getLogger("rewires").warning("task %s logged", key)
+        if key == 1:
+            sys.stdout = open("/dev/null", "w")  # noqa: SIM115 (left behind on purpose)
+        yield key, value
+
+
+def test_each_attempt_keeps_its_own_output_when_the_capture_stays_installed(daemons):
+    _, address = daemons.broker(*FAST, "--backup-after", "off")
+    daemons.worker(address, 1)  # one process: every task runs after the one before
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(Rewires(), [(i, i) for i in range(4)], map_tasks=4,
+                               reducers=0)
+        assert sorted(handle.result(60)) == [(i, i) for i in range(4)]
+        logs = {e["task"]: e["text"] for e in handle.logs()}
+    for i in range(4):  # task 1's rewiring did not swallow tasks 2 and 3's output
+        text = logs[f"map-{i}"]
+        assert f"task {i} printed\n" in text and f"task {i} logged" in text
+        assert all(f"task {j} " not in text for j in range(4) if j != i)
+
+
+def test_attempt_ids_carry_fresh_random_bits():
+    job = JobState("j", "j", b"code", [["mem", b""]] * 2000, 0, True, None, 0.0)
+    ids = [t.start(b"w") for t in job.maps]
+    assert len(set(ids)) == len(ids)
+    assert all(i & ((1 << ATTEMPT_BITS) - 1) == 1 for i in ids)  # the attempt's number
+    assert max(ids).bit_length() <= ATTEMPT_BITS + ATTEMPT_RANDOM_BITS
+    assert len({i >> ATTEMPT_BITS for i in ids}) == len(ids)  # (2000: several refills)
