@@ -80,7 +80,8 @@ class Commits:
             [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
-        self.events.done(task, key.attempt, stats, secs, blobs)
+        self.events.done(task, key.attempt, stats, secs, blobs,
+                         winner.name if winner is not None else "")
         if isinstance(secs, (int, float)) and secs >= 0:
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)

@@ -264,19 +264,23 @@ class EventLog(Reading):
             row[2], row[3], row[4] = time.time(), outcome, note[:200]
         return row[0][3]
 
-    def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list) -> None:
-        """An attempt committed: its seconds (as its worker measured), records and bytes
-        read (``stats``, as the broker checked them: counts are ints), and ``blobs``, its
-        outputs (only their sizes are kept).
+    def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list,
+             worker: str = "") -> None:
+        """An attempt committed on ``worker``: its seconds (as its worker measured),
+        records and bytes read (``stats``, as the broker checked them: counts are ints),
+        and ``blobs``, its outputs (only their sizes are kept).
 
         Called by the broker loop once per committed attempt, so it only notes the
-        attempt; :meth:`flush` records the noted ones together, under one lock and one
-        clock reading (the broker loop calls it once a turn, and every other event
-        flushes first, so the order of events is kept)."""
+        attempt, as the event it will be; :meth:`flush` records the noted ones together,
+        under one lock and one clock reading (the broker loop calls it once a turn, and
+        every other event flushes first, so the order of events is kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        self._pending.append((task, attempt, stats, secs,  # (sizes only: no buffer held)
-                              sum(map(len, blobs)) if blobs else 0))
+        kind = task.kind
+        self._pending.append((task.job.id, attempt, (
+            kind, task.index, attempt & ATTEMPT_MASK, worker, secs or 0,
+            stats.get("records", 0), stats.get("bytes", 0),
+            sum(map(len, blobs)) if blobs else 0)))  # (sizes only: no buffer held)
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -286,41 +290,37 @@ class EventLog(Reading):
 
     def _flush(self) -> None:
         """``flush`` with ``lock`` held: one ring entry per job among the noted attempts
-        (consecutive ones of a job share it). Per attempt this is a row update and a
-        tuple: the totals are summed per batch."""
+        (consecutive ones of a job share it); per attempt only its row is closed, the
+        totals are summed per batch."""
         pending, self._pending = self._pending, []
         now = time.time()
         jobs = self._jobs
         done = {"map": 0, "reduce": 0}
         records_in = {"map": 0, "reduce": 0}
         job_id = log = fields = rows = None
-        for task, attempt, stats, secs, out in pending:
-            job = task.job
-            if job.id != job_id:
+        for jid, attempt, event in pending:
+            if jid != job_id:
                 if fields:
                     self._push_batch(log, job_id, "done", fields, now)
-                job_id, fields = job.id, []
+                job_id, fields = jid, []
                 log = jobs.get(job_id)
                 rows = log.attempts if log is not None else None
-            kind = task.kind
-            records = stats.get("records", 0)
-            size = stats.get("bytes", 0)
-            worker = ""
+            kind, records, size, out = event[0], event[5], event[6], event[7]
             if rows is not None:
                 row = rows.get(attempt)
                 if row is not None:
-                    worker = row[0][3]
                     if row[3] == RUNNING:
                         row[2] = now
                         row[3] = DONE
+                    if not event[3]:  # (a caller that did not say: where it was sent)
+                        event = (*event[:3], row[0][3], *event[4:])
                 flow = log.flow[kind]
                 flow[0] += records
                 flow[1] += size
                 flow[2] += out
             done[kind] += 1
             records_in[kind] += records
-            fields.append((kind, task.index, attempt & ATTEMPT_MASK, worker, secs or 0,
-                           records, size, out))
+            fields.append(event)
         if fields:
             self._push_batch(log, job_id, "done", fields, now)
         counts = self.counts
