@@ -122,8 +122,9 @@ def test_the_shuffle_goes_through_the_sinks_and_no_byte_of_it_through_the_broker
     received = metrics(http)["pymapreduce_received_bytes_total"]
     assert received[(("plane", "data"),)] == 0
     # the control plane carried the job, its file ranges and the tiny result, not the
-    # shuffle (reports and heartbeats are a few hundred bytes each)
-    assert received[(("plane", "control"),)] < took / 4
+    # shuffle (reports and heartbeats are a few hundred bytes each; on a loaded machine
+    # the job takes longer and the heartbeats add up: about took / 4 at worst seen)
+    assert received[(("plane", "control"),)] < took / 2
 
 
 @pytest.mark.parametrize("when", ["map", "reduce"])
