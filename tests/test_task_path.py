@@ -117,3 +117,12 @@ def test_attempt_ids_carry_fresh_random_bits():
     assert all(i & ((1 << ATTEMPT_BITS) - 1) == 1 for i in ids)  # the attempt's number
     assert max(ids).bit_length() <= ATTEMPT_BITS + ATTEMPT_RANDOM_BITS
     assert len({i >> ATTEMPT_BITS for i in ids}) == len(ids)  # (2000: several refills)
+
+
+def test_blobs_cut_from_a_received_view_are_copies_of_their_own_bytes():
+    blobs = tuple(bytes([i % 256]) * (i % 900) for i in range(200))
+    frames = Message(P.DONE, {}, blobs).encode()
+    received = [frames[0], zmq.Frame(frames[1]).buffer]  # as ZeroMQ hands a big frame over
+    back = Message.decode(received, BROKER_LIMITS).blobs
+    assert back == blobs
+    assert all(type(b) is bytes for b in back)  # none pins the whole frame

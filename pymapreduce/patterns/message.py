@@ -171,8 +171,10 @@ def _unpack_blobs(layout: Any, frames: Sequence[Frame], limits: Limits,
             sum(sizes) + len(own) != len(joined):
         raise ProtocolError("a blob layout that does not match the message's frames",
                             size=size, cause="layout")
-    if isinstance(joined, memoryview):
-        joined = bytes(joined)  # (its blobs are small: copies, not views of the frame)
+    # each blob a copy of its bytes, not a view that would pin the whole received frame
+    # (a store counting the blob's size would then undercount what it holds); a frame
+    # ZeroMQ hands over as a view is cut view by view, not copied whole first
+    copy = (lambda view: view.tobytes()) if isinstance(joined, memoryview) else None
     blobs = []
     pos = taken = 0
     for n in sizes:
@@ -180,7 +182,8 @@ def _unpack_blobs(layout: Any, frames: Sequence[Frame], limits: Limits,
             blobs.append(own[taken])
             taken += 1
         else:
-            blobs.append(joined[pos:pos + n])
+            blob = joined[pos:pos + n]
+            blobs.append(copy(blob) if copy is not None else blob)
             pos += n
     return tuple(blobs)
 
