@@ -385,6 +385,8 @@ class Worker:
             except (Exception, *USER_EXITS) as exc:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
+        workdir = self.job_dirs.get(job_id)
+        codecs = {True: compress.task_codec(b, True), False: compress.task_codec(b, False)}
         for raw in b["tasks"]:
             try:
                 item = TaskItem.from_wire(raw)
@@ -398,10 +400,9 @@ class Worker:
                 # outputs that reach the client: reduce, or map of a map-only (last) step
                 to_client = last and (item.kind != "map" or bool(b["map_only"]))
                 self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
-                                         to_client and not pickled_ok,
-                                         self.job_dirs.get(job_id),
+                                         to_client and not pickled_ok, workdir,
                                          b.get("output") if to_client else None,
-                                         compress.task_codec(b, to_client)))
+                                         codecs[to_client]))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
@@ -488,8 +489,8 @@ class Worker:
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
-        if tasklog is not None and (text := tasklog.getvalue()):
-            stats["log"] = text  # (the broker keeps it apart from the statistics)
+        if tasklog is not None and (tasklog.head or tasklog.tail):
+            stats["log"] = tasklog.getvalue()  # (the broker keeps it apart from the stats)
         sinks = b.get("sinks") if kind == "map" and not b["map_only"] else None
         outputs = compress.compress_all(outputs, item.codec, (
             self.max_message if sinks else self.max_message - REPORT_SLACK))
