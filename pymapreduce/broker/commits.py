@@ -58,13 +58,14 @@ class Commits:
             winner.done += 1
         losers: dict[bytes, list[AttemptKey]] = {}
         for attempt, route in task.running.items():  # also any other attempt of the task
-            self._forget(AttemptKey(job.id, task.kind, task.index, attempt))
+            other = key if attempt == key.attempt else AttemptKey(job.id, task.kind,
+                                                                  task.index, attempt)
+            self._forget(other)
             w = self.workers.get(route)
             if w is not None:
-                w.running.discard((job.id, task.kind, task.index, attempt))
-                if attempt != key.attempt:  # a backup race lost: stop it where it runs
-                    losers.setdefault(route, []).append(
-                        AttemptKey(job.id, task.kind, task.index, attempt))
+                w.running.discard(other)
+                if other is not key:  # a backup race lost: stop it where it runs
+                    losers.setdefault(route, []).append(other)
         for route, tasks in losers.items():
             self._abandon(route, job.id, tasks)
             self.events.abandoned(job, tasks, "another attempt of the task committed first")
@@ -94,7 +95,7 @@ class Commits:
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         phase = job.phase
         job.commit(task, stats, nonempty)
-        if (job.phase, job.step) != (phase, step) and job.state == P.JOB_RUNNING:
+        if (job.phase != phase or job.step != step) and job.state == P.JOB_RUNNING:
             self.events.phase(job)
         if job.step != step:
             if self.journal is not None:  # the step is over: its map outputs may go

@@ -294,8 +294,10 @@ class JobState:
         self.skipped.extend(stats.get("skipped") or ())
         for name, n in (stats.get("counters") or {}).items():
             self.counters[name] = _saturated(self.counters.get(name, 0) + n)
-        self.records = _saturated(self.records + stats.get("records", 0))
-        self.bytes_in = _saturated(self.bytes_in + stats.get("bytes", 0))
+        records = self.records + stats.get("records", 0)
+        self.records = records if -INT64 <= records <= INT64 else _saturated(records)
+        nbytes = self.bytes_in + stats.get("bytes", 0)
+        self.bytes_in = nbytes if -INT64 <= nbytes <= INT64 else _saturated(nbytes)
         self.dirty = True
         if task.kind == REDUCE:
             self.done_reduces += 1
