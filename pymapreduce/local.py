@@ -12,6 +12,7 @@ import time
 from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
+from .forkstart import ForkedProcess, choose_start_method, fork_daemon, preload, wait_popen
 from .patterns import config as timing
 from .spill.budget import parse_size
 from .workers.capture import ECHO_ENV
@@ -69,7 +70,8 @@ class LocalCluster:
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
                  http: bool | str = False, events: bool = True,
-                 memory: int | str | None = None, sinks: int = 0) -> None:
+                 memory: int | str | None = None, sinks: int = 0,
+                 start_method: str | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -99,9 +101,12 @@ class LocalCluster:
         if type(sinks) is not int or sinks < 0:
             raise ConfigError(f"sinks must be a count of sink daemons, got {sinks!r}")
         self.sinks = sinks  # sink daemons (docs/sinks.md); 0: the broker is the sink
-        self._broker: subprocess.Popen | None = None
-        self._worker: subprocess.Popen | None = None
-        self._sinks: list[subprocess.Popen] = []
+        choose_start_method(start_method)  # (a wrong name fails here; chosen at start)
+        self._start_method = start_method
+        self.start_method = ""  # once started: "fork" or "spawn"
+        self._broker: subprocess.Popen | ForkedProcess | None = None
+        self._worker: subprocess.Popen | ForkedProcess | None = None
+        self._sinks: list[subprocess.Popen | ForkedProcess] = []
 
     @property
     def broker_pid(self) -> int | None:
@@ -113,10 +118,17 @@ class LocalCluster:
         return self._worker.pid if self._worker else None
 
     def _spawn(self, *args: str, stdout=None, stdin=None,
-               echo: tuple[int, ...] = ()) -> subprocess.Popen:
-        env = dict(os.environ)
-        if echo:  # task output is echoed to this process's stdout and stderr
-            env[ECHO_ENV] = ",".join(map(str, echo))
+               echo: tuple[int, ...] = ()) -> subprocess.Popen | ForkedProcess:
+        argv = [*args, "--parent-pid", str(os.getpid()), "--log-level", self.log_level]
+        if self.keys is not None:
+            argv += ["--keys", self.keys]
+        # task output is echoed to this process's stdout and stderr
+        echo_env = {ECHO_ENV: ",".join(map(str, echo))} if echo else {}
+        if self.start_method == "fork":
+            return fork_daemon(argv, name=f"pmr-{args[0]}", env=echo_env,
+                               stdin_pipe=stdin is subprocess.PIPE,
+                               stdout_pipe=stdout is subprocess.PIPE)
+        env = {**os.environ, **echo_env}
         # the daemons import what this process imports, from where it imports it (jobs
         # defined in its modules, and this very pymapreduce): its path, in its order, and
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
@@ -124,10 +136,7 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         if "PYTHONSAFEPATH" not in env:  # (the daemon unsets it again: __main__.py)
             env["PYTHONSAFEPATH"] = env["PYMAPREDUCE_SAFEPATH"] = "1"
-        cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
-               "--log-level", self.log_level]
-        if self.keys is not None:
-            cmd += ["--keys", self.keys]
+        cmd = [sys.executable, "-m", "pymapreduce", *argv]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
         return subprocess.Popen(cmd, stdout=stdout, stdin=stdin, env=env,
                                 start_new_session=True, pass_fds=echo)
@@ -140,7 +149,10 @@ class LocalCluster:
                 "module the workers import runs a job when imported; put that code under "
                 "`if __name__ == \"__main__\":`")
         deadline = time.monotonic() + self.start_timeout
+        self.start_method = choose_start_method(self._start_method)
         try:
+            if self.start_method == "fork":
+                preload(sinks=self.sinks > 0)
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
                                        "--heartbeat", repr(float(self.heartbeat_interval)),
                                        "--liveness", repr(float(self.liveness)),
@@ -236,9 +248,7 @@ class LocalCluster:
         for proc in procs:
             if proc is None:
                 continue
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            if not wait_popen(proc, 5.0):  # (the moment it exits, not up to 50 ms after)
                 proc.kill()
                 proc.wait()
             for pipe in (proc.stdout, proc.stdin):

@@ -1,0 +1,155 @@
+"""The seed's example as a whole process: Python's start, imports, cluster start, the job,
+cluster stop and exit, against mrjob's inline runner and a plain loop, each a fresh process.
+
+    python benchmarks/bench_startup.py --repeat 7 [--base /tmp/ab_base_startup]
+
+Each run is ``python THIS_FILE --child SYSTEM`` timed from the parent's ``Popen`` to the
+child's exit; the systems alternate run by run (a noisy machine then weighs on each
+alike), and each run's printed dict is checked against the seed's README. Systems:
+
+- ``pymapreduce``: ``CharCount().run(FILE)`` (the seed's CountCharacters job, an embedded
+  cluster of 2 worker processes started and stopped) with the tree this file is in;
+  ``pymapreduce-spawn``: the same with ``PYMAPREDUCE_START_METHOD=spawn`` (daemons as new
+  Python processes, as before forking was the default);
+- ``base``: the same job with the tree given by ``--base`` (the A/B's "before"), e.g.
+  ``git -C REPO archive c24e19b pymapreduce benchmarks | tar -x -C /tmp/ab_base_startup``;
+- ``mrjob-inline``: an MRJob with the same map and reduce, ``-r inline`` (one process, no
+  cluster), if mrjob is installed;
+- ``plain``: the same count in a loop (Python's start and the floor of any of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TREE = os.path.dirname(HERE)
+
+
+def child(system: str, tree: str) -> dict:
+    """What one fresh process runs; returns the counts (``sys.path`` starts with ``tree``
+    and its benchmarks)."""
+    from bench_seed import FILE
+
+    if system == "plain":
+        counts: dict = {}
+        for record in FILE:
+            for value in record.values():
+                for char in value:
+                    counts[char] = counts.get(char, 0) + 1
+        return counts
+    if system == "mrjob-inline":
+        return _mrjob(FILE)
+    os.environ["PYTHONPATH"] = tree  # (the daemons of a spawned cluster import this tree)
+    from jobs import CharCount
+
+    import pymapreduce
+
+    assert pymapreduce.__file__.startswith(tree), (pymapreduce.__file__, tree)
+    return dict(CharCount().run(FILE))
+
+
+def _mrjob(records: list) -> dict:
+    from mrjob.job import MRJob
+
+    class MRCharCount(MRJob):
+        def mapper(self, _, line):
+            for char in line:
+                yield char, 1
+
+        def reducer(self, key, values):
+            yield key, sum(values)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "input.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            for record in records:
+                for value in record.values():
+                    f.write(value + "\n")
+        job = MRCharCount(["-r", "inline", "--no-conf", path])
+        with job.make_runner() as runner:
+            runner.run()
+            counts = dict(job.parse_output(runner.cat_output()))
+    counts.pop("\n", None)  # (the line ends: mrjob reads lines, the seed's records are texts)
+    return counts
+
+
+def systems(base: str | None) -> list[tuple[str, str, dict]]:
+    """(name, tree, extra environment) of each system that can run here."""
+    found = [("pymapreduce", TREE, {}),
+             ("pymapreduce-spawn", TREE, {"PYMAPREDUCE_START_METHOD": "spawn"})]
+    if base:
+        found.append(("base", os.path.abspath(base), {}))
+    try:
+        import mrjob  # noqa: F401
+
+        found.append(("mrjob-inline", TREE, {}))
+    except ImportError:
+        print("mrjob-inline: skipped (pip install mrjob)", file=sys.stderr)
+    found.append(("plain", TREE, {}))
+    return found
+
+
+def run_once(name: str, tree: str, extra: dict) -> tuple[float, bool]:
+    env = {**os.environ, **extra}
+    env.pop("PYTHONPATH", None)  # (each child puts its own tree first)
+    if name == "base":
+        env.pop("PYMAPREDUCE_START_METHOD", None)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--tree", tree]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp")
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        return wall, False
+    return wall, proc.stdout.strip() == "EQUAL"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=7, help="fresh processes per system")
+    ap.add_argument("--base", help="a pymapreduce tree to compare against (A/B)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--tree", default=TREE, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        sys.path[:0] = [args.tree, os.path.join(args.tree, "benchmarks")]
+        from bench_seed import EXPECTED
+
+        got = child(args.child, args.tree)
+        print("EQUAL" if got == EXPECTED else f"DIFFERENT {got}")
+        return 0
+    found = systems(args.base)
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in found}
+    equal = {name: True for name, _, _ in found}
+    load = [os.getloadavg()[0]]
+    for i in range(args.repeat):
+        for name, tree, extra in found:
+            wall, same = run_once(name, tree, extra)
+            samples[name].append(wall)
+            equal[name] = equal[name] and same
+        load.append(os.getloadavg()[0])
+        print(f"round {i + 1}/{args.repeat}: " + ", ".join(
+            f"{n} {samples[n][-1]:.3f}" for n, _, _ in found), file=sys.stderr, flush=True)
+    print(f"seed CountCharacters, whole fresh process, {args.repeat} runs each, alternating; "
+          f"{os.cpu_count()} cores; load (1 min) {min(load):.2f}-{max(load):.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"python: {sys.executable} {sys.version.split()[0]}")
+    print(f"{'system':<20} {'median s':>9} {'min s':>7} {'max s':>7}  equal to the seed's dict")
+    for name, _, _ in found:
+        s = samples[name]
+        print(f"{name:<20} {statistics.median(s):9.3f} {min(s):7.3f} {max(s):7.3f}  "
+              f"{'yes' if equal[name] else 'NO'}")
+    print("all: " + "; ".join(f"{n} " + " ".join(f"{x:.3f}" for x in samples[n])
+                              for n, _, _ in found))
+    return 0 if all(equal.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
