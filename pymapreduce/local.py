@@ -113,6 +113,11 @@ class LocalCluster:
         return self._broker.pid if self._broker else None
 
     @property
+    def broker_args(self) -> list[str]:
+        """The broker's command line (a forked broker's /proc cmdline is this process's)."""
+        return list(self._broker.args) if self._broker else []
+
+    @property
     def worker_pid(self) -> int | None:
         """The pid of the worker supervisor (its children are the worker processes)."""
         return self._worker.pid if self._worker else None
