@@ -55,16 +55,18 @@ def choose_start_method(requested: str | None = None) -> str:
     return "fork" if threading.active_count() == 1 else "spawn"
 
 
-def preload(sinks: bool = False) -> None:
-    """Import here, once, what the forked daemons run (the command line, the broker, the
-    worker supervisor; the sink daemon if ``sinks``): the children then share it instead
-    of each importing it after the fork."""
-    from . import cli  # noqa: F401
-    from .broker import daemon, fdlimit  # noqa: F401
-    from .workers import supervisor  # noqa: F401
-
-    if sinks:
-        from .sinks import daemon as sink_daemon  # noqa: F401
+def preload(role: str) -> None:
+    """Import here what a forked daemon of ``role`` runs ("cli": the command line every
+    daemon parses; "worker": the supervisor and worker; "sink": the sink daemon), so
+    that the child need not import it after the fork. The broker's own modules are left
+    to the broker child, which imports them while this process imports the worker's:
+    on two cores the two imports overlap instead of adding up."""
+    if role == "cli":
+        from . import cli  # noqa: F401
+    elif role == "worker":
+        from .workers import supervisor  # noqa: F401
+    elif role == "sink":
+        from .sinks import daemon  # noqa: F401
 
 
 def wait_pid(pid: int, timeout: float | None) -> int | None:

@@ -155,9 +155,10 @@ class LocalCluster:
                 "`if __name__ == \"__main__\":`")
         deadline = time.monotonic() + self.start_timeout
         self.start_method = choose_start_method(self._start_method)
+        fork = self.start_method == "fork"
         try:
-            if self.start_method == "fork":
-                preload(sinks=self.sinks > 0)
+            if fork:  # (what the daemons share, imported once here: forkstart.py)
+                preload("cli")
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
                                        "--heartbeat", repr(float(self.heartbeat_interval)),
                                        "--liveness", repr(float(self.liveness)),
@@ -166,6 +167,10 @@ class LocalCluster:
                                        stdout=subprocess.PIPE)
             # the workers start (Python, imports) while the broker does, and read its
             # address, once it is known, from their standard input
+            if fork:
+                preload("worker")
+                if self.sinks:
+                    preload("sink")
             echo = _echo_fds(self.task_stdout)
             try:
                 memory = ("--memory", str(self.memory)) if self.memory else ()
@@ -242,17 +247,24 @@ class LocalCluster:
                     raise PyMapReduceError(
                         f"{self.workers} local workers (and {self.sinks} sinks) did not "
                         f"register within {self.start_timeout}s")
-                time.sleep(0.01)
+                time.sleep(0.002)  # (a round trip to the broker on loopback: cheap)
 
     def close(self) -> None:
-        """Stop the workers, then the broker; kill whatever does not stop in time."""
-        procs = (self._worker, *self._sinks, self._broker)
+        """Stop the workers and sinks, then the broker; kill whatever does not stop in
+        time. The broker stops last: a worker that leaves says BYE to it, and one whose
+        broker is already gone waits out its linger (50 ms) before it exits."""
+        self._stop((self._worker, *self._sinks))
+        self._stop((self._broker,))
+        self._worker = self._broker = None
+        self._sinks = []
+
+    @staticmethod
+    def _stop(procs) -> None:
+        procs = [p for p in procs if p is not None]
         for proc in procs:
-            if proc is not None and proc.poll() is None:
+            if proc.poll() is None:
                 proc.terminate()
         for proc in procs:
-            if proc is None:
-                continue
             if not wait_popen(proc, 5.0):  # (the moment it exits, not up to 50 ms after)
                 proc.kill()
                 proc.wait()
@@ -262,8 +274,6 @@ class LocalCluster:
                         pipe.close()
                     except BrokenPipeError:  # (unread bytes left in a pipe to a dead process)
                         pass
-        self._worker = self._broker = None
-        self._sinks = []
 
     @property
     def sink_pids(self) -> list[int]:
