@@ -8,17 +8,20 @@ import selectors
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
-from .forkstart import ForkedProcess, choose_start_method, fork_daemon, preload, wait_popen
 from .patterns import config as timing
 from .spill.budget import parse_size
 from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
 HTTP_IN_READY = re.compile(r"; http (http://\S+/)")
+
+if TYPE_CHECKING:
+    from .forkstart import ForkedProcess
 
 
 def _echo_fds(task_stdout: str = "stdout") -> tuple[int, ...]:
@@ -101,6 +104,8 @@ class LocalCluster:
         if type(sinks) is not int or sinks < 0:
             raise ConfigError(f"sinks must be a count of sink daemons, got {sinks!r}")
         self.sinks = sinks  # sink daemons (docs/sinks.md); 0: the broker is the sink
+        from .forkstart import choose_start_method
+
         choose_start_method(start_method)  # (a wrong name fails here; chosen at start)
         self._start_method = start_method
         self.start_method = ""  # once started: "fork" or "spawn"
@@ -123,17 +128,15 @@ class LocalCluster:
         return self._worker.pid if self._worker else None
 
     def _spawn(self, *args: str, stdout=None, stdin=None,
-               echo: tuple[int, ...] = ()) -> subprocess.Popen | ForkedProcess:
+               echo: tuple[int, ...] = ()) -> subprocess.Popen:
+        env = dict(os.environ)
+        if echo:  # task output is echoed to this process's stdout and stderr
+            env[ECHO_ENV] = ",".join(map(str, echo))
         argv = [*args, "--parent-pid", str(os.getpid()), "--log-level", self.log_level]
         if self.keys is not None:
             argv += ["--keys", self.keys]
-        # task output is echoed to this process's stdout and stderr
-        echo_env = {ECHO_ENV: ",".join(map(str, echo))} if echo else {}
-        if self.start_method == "fork":
-            return fork_daemon(argv, name=f"pmr-{args[0]}", env=echo_env,
-                               stdin_pipe=stdin is subprocess.PIPE,
-                               stdout_pipe=stdout is subprocess.PIPE)
-        env = {**os.environ, **echo_env}
+        if self.start_method == "fork":  # a copy of this process, no new Python
+            return self._fork(argv, env, stdout=stdout, stdin=stdin)
         # the daemons import what this process imports, from where it imports it (jobs
         # defined in its modules, and this very pymapreduce): its path, in its order, and
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
@@ -146,6 +149,18 @@ class LocalCluster:
         return subprocess.Popen(cmd, stdout=stdout, stdin=stdin, env=env,
                                 start_new_session=True, pass_fds=echo)
 
+    @staticmethod
+    def _fork(argv: list[str], env: dict[str, str], *, stdout=None,
+              stdin=None) -> ForkedProcess:
+        """``pymapreduce ARGV`` in a forked child (forkstart.py): what ``env`` adds to
+        this process's environment is set in the child's; pipes as Popen's PIPE."""
+        from .forkstart import fork_daemon
+
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        return fork_daemon(argv, name=f"pmr-{argv[0]}", env=changed,
+                           stdin_pipe=stdin is subprocess.PIPE,
+                           stdout_pipe=stdout is subprocess.PIPE)
+
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
         if os.environ.get(timing.WORKER_ENV):
@@ -153,6 +168,8 @@ class LocalCluster:
                 "a job's code tried to start an embedded cluster inside a worker process: a "
                 "module the workers import runs a job when imported; put that code under "
                 "`if __name__ == \"__main__\":`")
+        from .forkstart import choose_start_method, preload
+
         deadline = time.monotonic() + self.start_timeout
         self.start_method = choose_start_method(self._start_method)
         fork = self.start_method == "fork"
@@ -260,6 +277,8 @@ class LocalCluster:
 
     @staticmethod
     def _stop(procs) -> None:
+        from .forkstart import wait_popen
+
         procs = [p for p in procs if p is not None]
         for proc in procs:
             if proc.poll() is None:
