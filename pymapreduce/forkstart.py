@@ -31,11 +31,16 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import IO, NoReturn
 
 START_ENV = "PYMAPREDUCE_START_METHOD"  # "fork" or "spawn": overrides the choice
 METHODS = ("fork", "spawn")
+# In a forked child: the caller's objects that the child replaced (its sys streams, its
+# loggers' handlers), kept referenced so that none is finalized there (a stream's close
+# could flush the caller's buffers, or write to a notebook's socket, from the child)
+_KEPT: list = []
 
 
 def choose_start_method(requested: str | None = None) -> str:
@@ -185,11 +190,14 @@ class ForkedProcess:
 
 
 def fork_daemon(argv: Sequence[str], *, name: str, stdin_pipe: bool = False,
-                stdout_pipe: bool = False, env: dict[str, str] | None = None) -> ForkedProcess:
+                stdout_pipe: bool = False, env: dict[str, str] | None = None,
+                pass_fds: Sequence[int] = ()) -> ForkedProcess:
     """Fork a child that runs ``pymapreduce ARGV`` in a session of its own. Its stdin is a
     pipe from us (``stdin_pipe``) or /dev/null; its stdout a pipe to us (``stdout_pipe``)
-    or /dev/null; its stderr ours. ``env``: variables set in the child only. ``name``:
-    its name in ``ps``/``top`` (/proc/PID/comm)."""
+    or /dev/null; its stderr ours; of our other descriptors it keeps ``pass_fds`` only
+    (as Popen's ``close_fds``: a pipe of ours it held open would never see its end).
+    ``env``: variables set in the child only. ``name``: its name in ``ps``/``top``
+    (/proc/PID/comm)."""
     stdin_r = stdin_w = stdout_r = stdout_w = -1
     for stream in (sys.stdout, sys.stderr):  # not written twice, by the child too
         try:
@@ -201,7 +209,9 @@ def fork_daemon(argv: Sequence[str], *, name: str, stdin_pipe: bool = False,
             stdin_r, stdin_w = os.pipe()
         if stdout_pipe:
             stdout_r, stdout_w = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():  # (3.12+ warns of C threads: ZeroMQ's, BLAS's;
+            warnings.simplefilter("ignore", DeprecationWarning)  # the child uses none)
+            pid = os.fork()
     except BaseException:
         for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
             if fd >= 0:
@@ -211,7 +221,7 @@ def fork_daemon(argv: Sequence[str], *, name: str, stdin_pipe: bool = False,
         for fd in (stdin_w, stdout_r):  # the parent's ends
             if fd >= 0:
                 os.close(fd)
-        _run_child(list(argv), name, stdin_r, stdout_w, env or {})
+        _run_child(list(argv), name, stdin_r, stdout_w, env or {}, tuple(pass_fds))
     for fd in (stdin_r, stdout_w):  # the child's ends
         if fd >= 0:
             os.close(fd)
@@ -221,13 +231,14 @@ def fork_daemon(argv: Sequence[str], *, name: str, stdin_pipe: bool = False,
 
 
 def _run_child(argv: list[str], name: str, stdin_fd: int, stdout_fd: int,
-               env: dict[str, str]) -> NoReturn:
+               env: dict[str, str], pass_fds: tuple[int, ...]) -> NoReturn:
     code = 1
     try:
         os.setsid()  # Ctrl-C reaches the caller, which stops its daemons in order
         _reset_signals()
         _set_streams(stdin_fd, stdout_fd)
         _reset_logging()
+        _close_inherited(pass_fds)
         os.environ.update(env)
         gc.freeze()  # the caller's objects stay out of this process's collections
         _set_name(name)
@@ -279,6 +290,7 @@ def _set_streams(stdin_fd: int, stdout_fd: int) -> None:
             os.close(fd)
     if null > 2:
         os.close(null)
+    _KEPT.append((sys.stdin, sys.stdout, sys.stderr))
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
@@ -291,10 +303,32 @@ def _reset_logging() -> None:
     logging.disable(logging.NOTSET)
     for logger in [logging.root, *logging.Logger.manager.loggerDict.values()]:
         if isinstance(logger, logging.Logger):
+            _KEPT.append(logger.handlers)
             logger.handlers = []
             logger.setLevel(logging.WARNING if logger is logging.root else logging.NOTSET)
             logger.propagate = True
             logger.disabled = False
+
+
+def _close_inherited(keep: tuple[int, ...]) -> None:
+    """Close every descriptor but 0, 1, 2 and ``keep``: the caller's files, sockets and
+    pipes (ZeroMQ's included) are not the daemon's. The Python objects that own them are
+    never finalized here (``_KEPT``, ``gc.freeze``, ``os._exit``), so no number is closed
+    twice once the daemon reuses it."""
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 65536)))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # (the listing's own descriptor, already gone)
+                pass
+    import faulthandler
+
+    if faulthandler.is_enabled():  # (it wrote to a descriptor of the caller's)
+        faulthandler.enable(sys.stderr)
 
 
 def _set_name(name: str) -> None:

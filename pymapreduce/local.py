@@ -136,7 +136,7 @@ class LocalCluster:
         if self.keys is not None:
             argv += ["--keys", self.keys]
         if self.start_method == "fork":  # a copy of this process, no new Python
-            return self._fork(argv, env, stdout=stdout, stdin=stdin)
+            return self._fork(argv, env, stdout=stdout, stdin=stdin, echo=echo)
         # the daemons import what this process imports, from where it imports it (jobs
         # defined in its modules, and this very pymapreduce): its path, in its order, and
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
@@ -150,8 +150,8 @@ class LocalCluster:
                                 start_new_session=True, pass_fds=echo)
 
     @staticmethod
-    def _fork(argv: list[str], env: dict[str, str], *, stdout=None,
-              stdin=None) -> ForkedProcess:
+    def _fork(argv: list[str], env: dict[str, str], *, stdout=None, stdin=None,
+              echo: tuple[int, ...] = ()) -> ForkedProcess:
         """``pymapreduce ARGV`` in a forked child (forkstart.py): what ``env`` adds to
         this process's environment is set in the child's; pipes as Popen's PIPE."""
         from .forkstart import fork_daemon
@@ -159,7 +159,7 @@ class LocalCluster:
         changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
         return fork_daemon(argv, name=f"pmr-{argv[0]}", env=changed,
                            stdin_pipe=stdin is subprocess.PIPE,
-                           stdout_pipe=stdout is subprocess.PIPE)
+                           stdout_pipe=stdout is subprocess.PIPE, pass_fds=echo)
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""

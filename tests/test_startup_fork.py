@@ -208,3 +208,29 @@ def test_forked_workers_use_the_callers_module_by_reference_and_never_import_it_
     assert imported.returncode == 0, imported.stderr
     assert "{'a': 2, 'b': 1}" in imported.stdout
     assert len((tmp_path / "imports.log").read_text().split()) == 1
+
+
+def test_forked_daemons_hold_none_of_the_callers_descriptors():
+    """A pipe the caller writes to ends when the caller closes it, whatever the cluster
+    started meanwhile (a daemon holding a copy would keep the reader waiting forever)."""
+    import select
+
+    read_end, write_end = os.pipe()
+    try:
+        with LocalCluster(workers=1, start_method="fork") as cluster:
+            held = set()
+            for pid in (cluster.broker_pid, cluster.worker_pid,
+                        *children(cluster.worker_pid)):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    held.add(os.path.realpath(f"/proc/{pid}/fd/{fd}"))
+            os.close(write_end)
+            write_end = -1
+            assert select.select([read_end], [], [], 10)[0], "a daemon holds the pipe open"
+            assert os.read(read_end, 1) == b""
+            assert WordCount().run(LINES, address=cluster.address) == EXPECTED
+        ours = os.path.realpath(f"/proc/self/fd/{read_end}")
+        assert ours not in held
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
