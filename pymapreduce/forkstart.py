@@ -266,6 +266,7 @@ def _reset_signals() -> None:
         signal.set_wakeup_fd(-1)
     except (ValueError, OSError):
         pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())  # (a mask of the caller's would hide SIGTERM)
     for sig in signal.valid_signals():
         try:
             handler = signal.getsignal(sig)

@@ -136,7 +136,10 @@ class LocalCluster:
         if self.keys is not None:
             argv += ["--keys", self.keys]
         if self.start_method == "fork":  # a copy of this process, no new Python
-            return self._fork(argv, env, stdout=stdout, stdin=stdin, echo=echo)
+            try:
+                return self._fork(argv, env, stdout=stdout, stdin=stdin, echo=echo)
+            except OSError:  # (e.g. ENOMEM: a large process under strict overcommit)
+                self.start_method = "spawn"
         # the daemons import what this process imports, from where it imports it (jobs
         # defined in its modules, and this very pymapreduce): its path, in its order, and
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a

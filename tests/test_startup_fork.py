@@ -142,9 +142,13 @@ CALLER = textwrap.dedent('''
     loop_r.setblocking(False)
     loop_w.setblocking(False)
     signal.set_wakeup_fd(loop_w.fileno())
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # (and a signal mask)
     with LocalCluster(workers=1, log_level="INFO", start_method="fork") as cluster:
         print("PIDS", cluster.broker_pid, cluster.worker_pid, flush=True)
         print("RESULT", Echo().run([(0, "x"), (1, "x")], address=cluster.address), flush=True)
+        daemons = cluster._broker, cluster._worker
+    print("CODES", *(d.returncode for d in daemons), flush=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         print("WAKEUP", loop_r.recv(100), flush=True)
     except BlockingIOError:
@@ -171,6 +175,7 @@ def test_forked_daemons_take_none_of_the_callers_handlers_and_echo_task_output(t
     assert "pymapreduce" not in (log.read_text() if log.exists() else "")
     assert not marker.exists()  # SIGTERM ran the daemons' handlers, not the caller's
     assert "WAKEUP none" in proc.stdout  # no byte of theirs in the caller's wakeup fd
+    assert "CODES 0 0" in proc.stdout  # SIGTERM stopped them (the caller's mask is not theirs)
 
 
 def test_a_killed_caller_takes_its_forked_daemons_with_it(tmp_path):
