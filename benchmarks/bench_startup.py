@@ -16,6 +16,10 @@ alike), and each run's printed dict is checked against the seed's README. System
 - ``mrjob-inline``: an MRJob with the same map and reduce, ``-r inline`` (one process, no
   cluster), if mrjob is installed;
 - ``plain``: the same count in a loop (Python's start and the floor of any of them).
+
+``--phases`` instead splits each pymapreduce run into the phases of the start-up budget
+(docs/ARCHITECTURE.md, "Start-up and exit"): stamps taken in the client around the
+cluster's steps, medians over ``--repeat`` runs of this tree and of ``--base``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,80 @@ def child(system: str, tree: str) -> dict:
 
     assert pymapreduce.__file__.startswith(tree), (pymapreduce.__file__, tree)
     return dict(CharCount().run(FILE))
+
+
+def phases_child(tree: str) -> dict:
+    """The seed's job with stamps around each step of the embedded cluster (the client's
+    view): milliseconds per phase, from this process's start to the end of the run."""
+    import json
+
+    with open("/proc/self/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    began = time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    stamps = [("python start", time.time())]
+
+    def stamp(name: str) -> None:
+        stamps.append((name, time.time()))
+
+    os.environ["PYTHONPATH"] = tree
+    from bench_seed import EXPECTED, FILE
+    from jobs import CharCount
+
+    import pymapreduce.local as local
+    stamp("client imports")
+
+    def around(cls, name: str, label: str, before: str | None = None) -> None:
+        inner = getattr(cls, name)
+
+        def wrapped(self, *args):
+            if before:
+                stamp(before)
+            result = inner(self, *args)
+            stamp(label)
+            return result
+        setattr(cls, name, wrapped)
+
+    around(local.LocalCluster, "_read_ready", "broker ready", "cluster options, imports, forks")
+    around(local.LocalCluster, "_wait_workers", "workers registered")
+    around(local.LocalCluster, "close", "daemons stopped", "the job")
+    result = CharCount().run(FILE)
+    out, prev = {}, began
+    for name, t in stamps:
+        out[name] = (t - prev) * 1000
+        prev = t
+    print(json.dumps({"phases": out, "equal": dict(result) == EXPECTED}))
+    return {}
+
+
+def phases(trees: list[tuple[str, str]], repeat: int) -> int:
+    """Run ``phases_child`` alternately in each tree; print the median of each phase."""
+    import json
+
+    got: dict[str, dict[str, list[float]]] = {name: {} for name, _ in trees}
+    walls: dict[str, list[float]] = {name: [] for name, _ in trees}
+    for _ in range(repeat):
+        for name, tree in trees:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", "phases", "--tree", tree]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp")
+            walls[name].append((time.perf_counter() - t0) * 1000)
+            run = json.loads(proc.stdout.splitlines()[-1])
+            assert run["equal"], f"{name}: a result different from the seed's"
+            for phase, ms in run["phases"].items():
+                got[name].setdefault(phase, []).append(ms)
+    print(f"phases of the seed's example, ms, median of {repeat}; load (1 min) "
+          f"{os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    names = [name for name, _ in trees]
+    print(f"{'phase':<34}" + "".join(f"{n:>12}" for n in names))
+    for phase in got[names[0]]:
+        print(f"{phase:<34}" + "".join(
+            f"{statistics.median(got[n].get(phase, [0])):12.1f}" for n in names))
+    print(f"{'whole process (wall, from Popen)':<34}" + "".join(
+        f"{statistics.median(walls[n]):12.1f}" for n in names))
+    return 0
 
 
 def _mrjob(records: list) -> dict:
@@ -115,16 +193,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7, help="fresh processes per system")
     ap.add_argument("--base", help="a pymapreduce tree to compare against (A/B)")
+    ap.add_argument("--phases", action="store_true",
+                    help="split pymapreduce's runs into start-up phases instead")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=TREE, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         sys.path[:0] = [args.tree, os.path.join(args.tree, "benchmarks")]
+        if args.child == "phases":
+            phases_child(args.tree)
+            return 0
         from bench_seed import EXPECTED
 
         got = child(args.child, args.tree)
         print("EQUAL" if got == EXPECTED else f"DIFFERENT {got}")
         return 0
+    if args.phases:
+        return phases([("this tree", TREE)] + ([("base", os.path.abspath(args.base))]
+                                              if args.base else []), args.repeat)
     found = systems(args.base)
     samples: dict[str, list[float]] = {name: [] for name, _, _ in found}
     equal = {name: True for name, _, _ in found}
