@@ -59,7 +59,7 @@ def child(system: str, tree: str) -> dict:
     return dict(CharCount().run(FILE))
 
 
-def phases_child(tree: str) -> dict:
+def phases_child(tree: str) -> None:
     """The seed's job with stamps around each step of the embedded cluster (the client's
     view): milliseconds per phase, from this process's start to the end of the run."""
     import json
@@ -101,7 +101,6 @@ def phases_child(tree: str) -> dict:
         out[name] = (t - prev) * 1000
         prev = t
     print(json.dumps({"phases": out, "equal": dict(result) == EXPECTED}))
-    return {}
 
 
 def phases(trees: list[tuple[str, str]], repeat: int) -> int:
