@@ -17,6 +17,12 @@ alike), and each run's printed dict is checked against the seed's README. System
   cluster), if mrjob is installed;
 - ``plain``: the same count in a loop (Python's start and the floor of any of them).
 
+Python's bytecode caches are used as an installed package has them (pip compiles at
+install time; mrjob's are there): each system runs once untimed first, with
+``PYTHONDONTWRITEBYTECODE`` taken out of the children's environment so that the caches
+are written. ``--no-bytecode-cache`` keeps the variable as it is (where it is set, every
+run then compiles each module of a source tree from source).
+
 ``--phases`` instead splits each pymapreduce run into the phases of the start-up budget
 (docs/ARCHITECTURE.md, "Start-up and exit"): stamps taken in the client around the
 cluster's steps, medians over ``--repeat`` runs of this tree and of ``--base``.
@@ -109,15 +115,19 @@ def phases(trees: list[tuple[str, str]], repeat: int) -> int:
 
     got: dict[str, dict[str, list[float]]] = {name: {} for name, _ in trees}
     walls: dict[str, list[float]] = {name: [] for name, _ in trees}
-    for _ in range(repeat):
+    warm = 0 if KEEP_BYTECODE_ENV else 1  # (a first round writes the bytecode caches)
+    for round_ in range(warm + repeat):
         for name, tree in trees:
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            env = child_env()
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "phases", "--tree", tree]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp")
-            walls[name].append((time.perf_counter() - t0) * 1000)
+            wall = (time.perf_counter() - t0) * 1000
             run = json.loads(proc.stdout.splitlines()[-1])
             assert run["equal"], f"{name}: a result different from the seed's"
+            if round_ < warm:
+                continue
+            walls[name].append(wall)
             for phase, ms in run["phases"].items():
                 got[name].setdefault(phase, []).append(ms)
     print(f"phases of the seed's example, ms, median of {repeat}; load (1 min) "
@@ -173,9 +183,19 @@ def systems(base: str | None) -> list[tuple[str, str, dict]]:
     return found
 
 
-def run_once(name: str, tree: str, extra: dict) -> tuple[float, bool]:
-    env = {**os.environ, **extra}
+KEEP_BYTECODE_ENV = False  # --no-bytecode-cache
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = {**os.environ, **(extra or {})}
     env.pop("PYTHONPATH", None)  # (each child puts its own tree first)
+    if not KEEP_BYTECODE_ENV:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def run_once(name: str, tree: str, extra: dict) -> tuple[float, bool]:
+    env = child_env(extra)
     if name == "base":
         env.pop("PYMAPREDUCE_START_METHOD", None)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--tree", tree]
@@ -194,6 +214,8 @@ def main() -> int:
     ap.add_argument("--base", help="a pymapreduce tree to compare against (A/B)")
     ap.add_argument("--phases", action="store_true",
                     help="split pymapreduce's runs into start-up phases instead")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="leave PYTHONDONTWRITEBYTECODE as it is (no warm-up run either)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--tree", default=TREE, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -207,12 +229,17 @@ def main() -> int:
         got = child(args.child, args.tree)
         print("EQUAL" if got == EXPECTED else f"DIFFERENT {got}")
         return 0
+    global KEEP_BYTECODE_ENV
+    KEEP_BYTECODE_ENV = args.no_bytecode_cache
     if args.phases:
         return phases([("this tree", TREE)] + ([("base", os.path.abspath(args.base))]
                                               if args.base else []), args.repeat)
     found = systems(args.base)
     samples: dict[str, list[float]] = {name: [] for name, _, _ in found}
     equal = {name: True for name, _, _ in found}
+    if not args.no_bytecode_cache:  # (writes the bytecode caches; not timed)
+        for name, tree, extra in found:
+            run_once(name, tree, extra)
     load = [os.getloadavg()[0]]
     for i in range(args.repeat):
         for name, tree, extra in found:
@@ -225,7 +252,8 @@ def main() -> int:
     print(f"seed CountCharacters, whole fresh process, {args.repeat} runs each, alternating; "
           f"{os.cpu_count()} cores; load (1 min) {min(load):.2f}-{max(load):.2f}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"python: {sys.executable} {sys.version.split()[0]}")
+    print(f"python: {sys.executable} {sys.version.split()[0]}; bytecode caches "
+          f"{'as the environment has them' if args.no_bytecode_cache else 'used'}")
     print(f"{'system':<20} {'median s':>9} {'min s':>7} {'max s':>7}  equal to the seed's dict")
     for name, _, _ in found:
         s = samples[name]
