@@ -23,6 +23,11 @@ install time; mrjob's are there): each system runs once untimed first, with
 are written. ``--no-bytecode-cache`` keeps the variable as it is (where it is set, every
 run then compiles each module of a source tree from source).
 
+``--cost`` checks that forked daemons run no slower than spawned ones once started:
+alternating fork and spawn, the CPU per no-op task of the broker and the worker
+processes (Linux scheduler statistics, so a busy machine weighs less than on wall time)
+and the task rate, and a word count's wall time and tree CPU.
+
 ``--phases`` instead splits each pymapreduce run into the phases of the start-up budget
 (docs/ARCHITECTURE.md, "Start-up and exit"): stamps taken in the client around the
 cluster's steps, medians over ``--repeat`` runs of this tree and of ``--base``.
@@ -142,6 +147,60 @@ def phases(trees: list[tuple[str, str]], repeat: int) -> int:
     return 0
 
 
+def cost(rounds: int, tasks: int, wc_mb: int) -> int:
+    """Forked against spawned daemons, once started: per-task CPU and a word count."""
+    import random
+
+    sys.path[:0] = [TREE, HERE]
+    from jobs import NoOp, WordCount
+    from procs import children, sched_cpu_seconds
+
+    from pymapreduce import Client, LocalCluster, read_text
+
+    path = os.path.join(tempfile.gettempdir(), f"pmr-startup-wc-{wc_mb}mb.txt")
+    if not os.path.exists(path):
+        rng, words = random.Random(1), [f"w{i}" for i in range(5000)]
+        with open(path + ".part", "w") as f:
+            while f.tell() < wc_mb << 20:
+                f.write(" ".join(rng.choice(words) for _ in range(12)) + "\n")
+        os.replace(path + ".part", path)
+    rows: dict[str, list[tuple[float, ...]]] = {"fork": [], "spawn": []}
+    expected = None
+    for _ in range(rounds):
+        for method in rows:
+            with LocalCluster(workers=2, start_method=method) as cluster, \
+                    Client(cluster.address) as client:
+                workers = children(cluster.worker_pid)
+                client.submit(NoOp(), [(i, i) for i in range(100)], map_tasks=100,
+                              reducers=0).result()  # (warm)
+                b0 = sched_cpu_seconds(cluster.broker_pid)
+                w0 = sum(map(sched_cpu_seconds, workers))
+                t0 = time.perf_counter()
+                client.submit(NoOp(), [(i, i) for i in range(tasks)], map_tasks=tasks,
+                              reducers=0).result()
+                rate = tasks / (time.perf_counter() - t0)
+                broker = (sched_cpu_seconds(cluster.broker_pid) - b0) / tasks * 1e6
+                work = (sum(map(sched_cpu_seconds, workers)) - w0) / tasks * 1e6
+                pids = [cluster.broker_pid, *workers]
+                c0, p0 = sum(map(sched_cpu_seconds, pids)), time.process_time()
+                t0 = time.perf_counter()
+                counts = dict(client.submit(WordCount(), read_text(path)).result())
+                wc_wall = time.perf_counter() - t0
+                wc_cpu = sum(map(sched_cpu_seconds, pids)) - c0 + time.process_time() - p0
+                expected = expected or counts
+                assert counts == expected, "word counts differ between start methods"
+                rows[method].append((rate, broker, work, wc_wall, wc_cpu))
+    print(f"forked against spawned daemons, {rounds} rounds alternating, {tasks} no-op tasks, "
+          f"word count {wc_mb} MiB; load (1 min) {os.getloadavg()[0]:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"{'start':<7}{'tasks/s':>9}{'broker us/task':>16}{'workers us/task':>17}"
+          f"{'wc wall s':>11}{'wc tree CPU s':>15}  (medians)")
+    for method, got in rows.items():
+        med = [statistics.median(col) for col in zip(*got)]
+        print(f"{method:<7}{med[0]:9.0f}{med[1]:16.1f}{med[2]:17.1f}{med[3]:11.2f}{med[4]:15.2f}")
+    return 0
+
+
 def _mrjob(records: list) -> dict:
     from mrjob.job import MRJob
 
@@ -214,6 +273,10 @@ def main() -> int:
     ap.add_argument("--base", help="a pymapreduce tree to compare against (A/B)")
     ap.add_argument("--phases", action="store_true",
                     help="split pymapreduce's runs into start-up phases instead")
+    ap.add_argument("--cost", action="store_true",
+                    help="forked against spawned daemons once started (task CPU, word count)")
+    ap.add_argument("--tasks", type=int, default=10_000, help="--cost: no-op tasks")
+    ap.add_argument("--wc-mb", type=int, default=32, help="--cost: word count MiB")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="leave PYTHONDONTWRITEBYTECODE as it is (no warm-up run either)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -231,6 +294,8 @@ def main() -> int:
         return 0
     global KEEP_BYTECODE_ENV
     KEEP_BYTECODE_ENV = args.no_bytecode_cache
+    if args.cost:
+        return cost(args.repeat, args.tasks, args.wc_mb)
     if args.phases:
         return phases([("this tree", TREE)] + ([("base", os.path.abspath(args.base))]
                                               if args.base else []), args.repeat)
