@@ -292,11 +292,24 @@ class _GivenOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Version(argparse.Action):
+    """``--version``: the version is looked up (importlib.metadata, ~15 ms) only when
+    asked for, not each time a daemon parses its command line."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"pymapreduce {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pymapreduce", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"pymapreduce {version()}")
+    parser.add_argument("--version", action=_Version,
+                        help="show the program's version number and exit")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -518,9 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
     and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
     argv = sys.argv[1:] if argv is None else argv
-    from .adapters.mrjob.cli import mrjob_command  # `run MR_JOB.py`: docs/mrjob.md
+    args = None
+    if argv[:1] == ["run"]:  # (the daemons do not import the adapter)
+        from .adapters.mrjob.cli import mrjob_command  # `run MR_JOB.py`: docs/mrjob.md
 
-    args = mrjob_command(argv) or build_parser().parse_args(argv)
+        args = mrjob_command(argv)
+    args = args or build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or debug_from_env()
     try:
         return args.func(args)

@@ -8,6 +8,7 @@ import selectors
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .cli_errors import debug_from_env
 from .client import Client
@@ -18,6 +19,9 @@ from .workers.capture import ECHO_ENV
 
 READY_LINE = re.compile(r"pymapreduce broker ready: (\S+)")
 HTTP_IN_READY = re.compile(r"; http (http://\S+/)")
+
+if TYPE_CHECKING:
+    from .forkstart import ForkedProcess
 
 
 def _echo_fds(task_stdout: str = "stdout") -> tuple[int, ...]:
@@ -69,7 +73,8 @@ class LocalCluster:
                  heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
                  http: bool | str = False, events: bool = True,
-                 memory: int | str | None = None, sinks: int = 0) -> None:
+                 memory: int | str | None = None, sinks: int = 0,
+                 start_method: str | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -99,13 +104,23 @@ class LocalCluster:
         if type(sinks) is not int or sinks < 0:
             raise ConfigError(f"sinks must be a count of sink daemons, got {sinks!r}")
         self.sinks = sinks  # sink daemons (docs/sinks.md); 0: the broker is the sink
-        self._broker: subprocess.Popen | None = None
-        self._worker: subprocess.Popen | None = None
-        self._sinks: list[subprocess.Popen] = []
+        from .forkstart import choose_start_method
+
+        choose_start_method(start_method)  # (a wrong name fails here; chosen at start)
+        self._start_method = start_method
+        self.start_method = ""  # once started: "fork" or "spawn"
+        self._broker: subprocess.Popen | ForkedProcess | None = None
+        self._worker: subprocess.Popen | ForkedProcess | None = None
+        self._sinks: list[subprocess.Popen | ForkedProcess] = []
 
     @property
     def broker_pid(self) -> int | None:
         return self._broker.pid if self._broker else None
+
+    @property
+    def broker_args(self) -> list[str]:
+        """The broker's command line (a forked broker's /proc cmdline is this process's)."""
+        return list(self._broker.args) if self._broker else []
 
     @property
     def worker_pid(self) -> int | None:
@@ -117,6 +132,14 @@ class LocalCluster:
         env = dict(os.environ)
         if echo:  # task output is echoed to this process's stdout and stderr
             env[ECHO_ENV] = ",".join(map(str, echo))
+        argv = [*args, "--parent-pid", str(os.getpid()), "--log-level", self.log_level]
+        if self.keys is not None:
+            argv += ["--keys", self.keys]
+        if self.start_method == "fork":  # a copy of this process, no new Python
+            try:
+                return self._fork(argv, env, stdout=stdout, stdin=stdin, echo=echo)
+            except OSError:  # (e.g. ENOMEM: a large process under strict overcommit)
+                self.start_method = "spawn"
         # the daemons import what this process imports, from where it imports it (jobs
         # defined in its modules, and this very pymapreduce): its path, in its order, and
         # PYTHONSAFEPATH so that `-m` does not put the current directory first (a
@@ -124,13 +147,22 @@ class LocalCluster:
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         if "PYTHONSAFEPATH" not in env:  # (the daemon unsets it again: __main__.py)
             env["PYTHONSAFEPATH"] = env["PYMAPREDUCE_SAFEPATH"] = "1"
-        cmd = [sys.executable, "-m", "pymapreduce", *args, "--parent-pid", str(os.getpid()),
-               "--log-level", self.log_level]
-        if self.keys is not None:
-            cmd += ["--keys", self.keys]
+        cmd = [sys.executable, "-m", "pymapreduce", *argv]
         # a session of their own: Ctrl-C reaches this process, which then stops them in order
         return subprocess.Popen(cmd, stdout=stdout, stdin=stdin, env=env,
                                 start_new_session=True, pass_fds=echo)
+
+    @staticmethod
+    def _fork(argv: list[str], env: dict[str, str], *, stdout=None, stdin=None,
+              echo: tuple[int, ...] = ()) -> ForkedProcess:
+        """``pymapreduce ARGV`` in a forked child (forkstart.py): what ``env`` adds to
+        this process's environment is set in the child's; pipes as Popen's PIPE."""
+        from .forkstart import fork_daemon
+
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        return fork_daemon(argv, name=f"pmr-{argv[0]}", env=changed,
+                           stdin_pipe=stdin is subprocess.PIPE,
+                           stdout_pipe=stdout is subprocess.PIPE, pass_fds=echo)
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
@@ -139,8 +171,14 @@ class LocalCluster:
                 "a job's code tried to start an embedded cluster inside a worker process: a "
                 "module the workers import runs a job when imported; put that code under "
                 "`if __name__ == \"__main__\":`")
+        from .forkstart import choose_start_method, preload
+
         deadline = time.monotonic() + self.start_timeout
+        self.start_method = choose_start_method(self._start_method)
+        fork = self.start_method == "fork"
         try:
+            if fork:  # (what the daemons share, imported once here: forkstart.py)
+                preload("cli")
             self._broker = self._spawn("broker", "--bind", "tcp://127.0.0.1:0",
                                        "--heartbeat", repr(float(self.heartbeat_interval)),
                                        "--liveness", repr(float(self.liveness)),
@@ -149,6 +187,10 @@ class LocalCluster:
                                        stdout=subprocess.PIPE)
             # the workers start (Python, imports) while the broker does, and read its
             # address, once it is known, from their standard input
+            if fork:
+                preload("worker")
+                if self.sinks:
+                    preload("sink")
             echo = _echo_fds(self.task_stdout)
             try:
                 memory = ("--memory", str(self.memory)) if self.memory else ()
@@ -225,20 +267,27 @@ class LocalCluster:
                     raise PyMapReduceError(
                         f"{self.workers} local workers (and {self.sinks} sinks) did not "
                         f"register within {self.start_timeout}s")
-                time.sleep(0.01)
+                time.sleep(0.002)  # (a round trip to the broker on loopback: cheap)
 
     def close(self) -> None:
-        """Stop the workers, then the broker; kill whatever does not stop in time."""
-        procs = (self._worker, *self._sinks, self._broker)
+        """Stop the workers and sinks, then the broker; kill whatever does not stop in
+        time. The broker stops last: a worker that leaves says BYE to it, and one whose
+        broker is already gone waits out its linger (50 ms) before it exits."""
+        self._stop((self._worker, *self._sinks))
+        self._stop((self._broker,))
+        self._worker = self._broker = None
+        self._sinks = []
+
+    @staticmethod
+    def _stop(procs) -> None:
+        from .forkstart import wait_popen
+
+        procs = [p for p in procs if p is not None]
         for proc in procs:
-            if proc is not None and proc.poll() is None:
+            if proc.poll() is None:
                 proc.terminate()
         for proc in procs:
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            if not wait_popen(proc, 5.0):  # (the moment it exits, not up to 50 ms after)
                 proc.kill()
                 proc.wait()
             for pipe in (proc.stdout, proc.stdin):
@@ -247,8 +296,6 @@ class LocalCluster:
                         pipe.close()
                     except BrokenPipeError:  # (unread bytes left in a pipe to a dead process)
                         pass
-        self._worker = self._broker = None
-        self._sinks = []
 
     @property
     def sink_pids(self) -> list[int]:

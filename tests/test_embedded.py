@@ -52,7 +52,10 @@ def test_job_run_uses_an_embedded_cluster_and_cleans_up_on_failure():
 def _is_pmr(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"pymapreduce" in f.read()
+            if b"pymapreduce" in f.read():
+                return True
+        with open(f"/proc/{pid}/comm", "rb") as f:  # a forked daemon: pmr-broker...
+            return f.read().startswith(b"pmr-")
     except OSError:
         return False
 

@@ -418,8 +418,11 @@ def test_a_job_by_reference_still_may_not_start_clusters_in_workers(tmp_path):
 
     (tmp_path / "guardless.py").write_text(
         GUARDLESS.replace("class WC(Job):\n", "class WC(Job):\n    ship_modules = False\n"))
+    # (spawned daemons import the module anew; forked ones find the caller's copy, in
+    # tests/test_startup_fork.py)
     imported = subprocess.run([sys.executable, "-c", "import guardless"], cwd=tmp_path,
-                              env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"},
+                              env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+                                   "PYMAPREDUCE_START_METHOD": "spawn"},
                               capture_output=True, text=True, timeout=120)
     assert imported.returncode != 0
     assert 'if __name__ == "__main__"' in imported.stderr
