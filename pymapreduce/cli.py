@@ -104,8 +104,10 @@ def _backup_after(text: str) -> float:
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig, fdlimit
     from .patterns import compress
+    from .patterns.allocator import pin_mmap_threshold
     from .patterns.sockets import check_endpoint
 
+    pin_mmap_threshold()  # before any frame arrives (patterns/allocator.py)
     _setup_logging(args.log_level, "broker")
     compress.check_env()
     fdlimit.raise_fd_limit()  # each connection holds a descriptor, also one that never says hello
@@ -162,11 +164,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns import compress
+    from .patterns.allocator import pin_mmap_threshold
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
     from .spill.budget import parse_size
     from .workers import Supervisor
 
+    pin_mmap_threshold()  # its forked processes inherit it (patterns/allocator.py)
     compress.check_env()
 
     _setup_logging(args.log_level, "worker")

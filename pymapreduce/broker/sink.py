@@ -201,6 +201,36 @@ class Store:
         self.spilled_bytes += size
         return crc
 
+    def release(self, keys: Any) -> None:
+        """Let the memory copies of ``keys`` go once they have been sent where they are
+        needed (a reduce task's segments, dispatched): each is then served from a file if
+        it is asked for again (a retried or backup attempt). A key with a durable file
+        only drops its memory copy; one without is written to the spill directory first.
+        Blobs under MAP_MIN stay (a file each would cost more than they hold), and so
+        does a blob no file can be written for (a full disk): nothing is lost either way.
+        The memory is freed when the last reply still sending it has gone (pyzmq holds
+        the frame until then)."""
+        for key in keys:
+            blob = self._mem.get(key)
+            if blob is None:
+                continue
+            buf = blob.buffer if hasattr(blob, "buffer") else blob
+            size = len(buf)
+            if size < MAP_MIN:
+                continue
+            if key not in self._files:
+                try:
+                    path = os.path.join(self._spill_path(), f"{self._seq:08d}.bin")
+                    self._seq += 1
+                    write_file(path, buf, False)
+                except OSError as exc:
+                    log.warning("cannot spill a sent output to disk (%s): kept in memory", exc)
+                    return
+                self._files[key] = path
+                self.spilled_bytes += size
+            del self._mem[key]
+            self.memory_bytes -= size
+
     def _write_failed(self, path: str, exc: OSError) -> None:
         if not self._full_since:
             self._full_since = True

@@ -146,8 +146,9 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
         first, n = desc[1], desc[2]
         try:
             # map outputs come from other workers, which run user code (and so may pickle)
-            segments = (unpack(frame_bytes(b), allow_pickle=True)
-                        for b in blobs[first : first + n])
+            # each segment's frame let go once decoded: a reduce task holds its groups,
+            # not its groups and every encoded segment they came from (docs/memory.md)
+            segments = (unpack(b, allow_pickle=True) for b in _taken(blobs, first, n))
             if budget is not None and files is not None:
                 out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
             elif plain_sort(job):
