@@ -109,6 +109,16 @@ def role(pid: int, parent: int, root: int, roles: dict[int, str]) -> str:
     return "pool-worker" if parent == root else "child"
 
 
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie not reaped yet, so that wait4 still gives its
+    resource use)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
 def sample_tree(proc: subprocess.Popen, interval: float, smaps: bool) -> dict:
     """Sample ``proc``'s tree until it exits: peaks of the RSS, PSS and USS sums, and each
     process's figures at the RSS peak (by role)."""
@@ -117,7 +127,7 @@ def sample_tree(proc: subprocess.Popen, interval: float, smaps: bool) -> dict:
     at_peak: list[tuple[str, int, int]] = []
     timeline: list[tuple[float, dict[str, int]]] = []
     start = time.perf_counter()
-    while proc.poll() is None:
+    while not exited(proc.pid):
         now = time.perf_counter() - start
         pids = tree_pids(proc.pid)
         rows = []
@@ -178,13 +188,18 @@ def run_once(system: str, tree: str | None, args: argparse.Namespace) -> dict:
     try:
         figures = sample_tree(proc, args.interval / 1000, not args.no_smaps)
         out = proc.stdout.read() if proc.stdout else ""
+        # the CPU of the whole tree: the child's own and that of every descendant it
+        # (or the supervisor, for its workers) waited for
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-        proc.wait()
+            proc.wait()
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}"}
     figures.update(json.loads(out.strip().splitlines()[-1]))
+    figures["tree_cpu_s"] = usage.ru_utime + usage.ru_stime
     return figures
 
 
@@ -233,7 +248,7 @@ def main() -> int:
             runs[s].append(m)
             if "error" not in m:
                 log(f"  {s}: RSS {m['peak_rss_mib']:.0f} MiB, PSS {m['peak_pss_mib']:.0f},"
-                    f" {m['seconds']:.2f} s: {summarise(m['at_rss_peak'])}")
+                    f" {m['seconds']:.2f} s, CPU {m['tree_cpu_s']:.1f} s: {summarise(m['at_rss_peak'])}")
     ref = next((m["checksum"] for s in systems for m in runs[s]
                 if s == "single" and "error" not in m), None)
     rows, records, ok = [], [], True
@@ -245,19 +260,21 @@ def main() -> int:
         if not good:
             continue
         med = {k: statistics.median(m[k] for m in good)
-               for k in ("peak_rss_mib", "peak_pss_mib", "peak_uss_mib", "seconds")}
+               for k in ("peak_rss_mib", "peak_pss_mib", "peak_uss_mib", "seconds",
+                         "tree_cpu_s")}
         equal = all(m["checksum"] == (ref if ref is not None else good[0]["checksum"])
                     for m in good)
         ok = ok and equal
         best = min(good, key=lambda m: abs(m["peak_rss_mib"] - med["peak_rss_mib"]))
         rows.append([s, med["peak_rss_mib"], med["peak_pss_mib"], med["peak_uss_mib"],
-                     med["seconds"], equal, summarise(best["at_rss_peak"])])
+                     med["seconds"], med["tree_cpu_s"], equal,
+                     summarise(best["at_rss_peak"])])
         records.append({"system": s, "median": med, "equal": equal,
                         "runs": [{k: v for k, v in m.items() if k != "timeline"} for m in good],
                         "timelines": [m["timeline"] for m in good]})
     print()
     common.print_table(["system", "peak RSS sum MiB", "peak PSS sum MiB", "peak USS sum MiB",
-                        "job s", "equal", "RSS MiB by process at the RSS peak (median run)"],
+                        "job s", "tree CPU s", "equal", "RSS MiB by process at the RSS peak (median run)"],
                        rows)
     print(f"\nmedians of {args.repeat} runs; sampled every {args.interval:g} ms; equal: same"
           " (word, count) pairs as single; RSS counts pages shared by forked processes once"

@@ -164,13 +164,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns import compress
-    from .patterns.allocator import pin_mmap_threshold
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
     from .spill.budget import parse_size
     from .workers import Supervisor
 
-    pin_mmap_threshold()  # its forked processes inherit it (patterns/allocator.py)
     compress.check_env()
 
     _setup_logging(args.log_level, "worker")

@@ -116,7 +116,7 @@ class LocalCluster:
     def _spawn(self, *args: str, stdout=None, stdin=None,
                echo: tuple[int, ...] = ()) -> subprocess.Popen:
         env = dict(os.environ)
-        allocator.daemon_env(env)  # large freed buffers back to the kernel at once
+        allocator.daemon_env(env, args[0])  # freed frames back to the kernel at once
         if echo:  # task output is echoed to this process's stdout and stderr
             env[ECHO_ENV] = ",".join(map(str, echo))
         # the daemons import what this process imports, from where it imports it (jobs

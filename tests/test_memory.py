@@ -90,9 +90,14 @@ class ManyWords(Job):
         return sum(counts)
 
     def reduce(self, word, counts):
-        if not os.path.exists(self.marker):
+        try:  # the first call of all, in either reducer, and only that one
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
             files = glob.glob(os.path.join(self.spill, "**", "*.bin"), recursive=True)
-            note(self.marker, len(files), sum(os.path.getsize(f) for f in files))
+            os.write(fd, f"{len(files)} {sum(os.path.getsize(f) for f in files)}".encode())
+            os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
         note(self.marker + ".runs", os.getpid())
         return sum(counts)
@@ -129,15 +134,18 @@ def test_the_daemons_allocator_setting_does_not_reach_what_tasks_start():
         assert client.submit(Env(), [(0, "")]).result(60) == [(0, "- -")]
 
 
-def test_daemon_env_asks_for_the_pin_unless_the_user_chose():
+def test_daemon_env_asks_for_the_pin_for_broker_and_sinks_unless_the_user_chose():
     env: dict[str, str] = {}
-    allocator.daemon_env(env)
+    allocator.daemon_env(env, "broker")
     assert env == {allocator.ENV: str(allocator.MMAP_THRESHOLD), allocator.MARKER: "1"}
+    workers: dict[str, str] = {}
+    allocator.daemon_env(workers, "worker")  # (map tasks' own buffers: see allocator.py)
+    assert workers == {}
     mine = {allocator.ENV: "4096"}
-    allocator.daemon_env(mine)
+    allocator.daemon_env(mine, "sink")
     assert mine == {allocator.ENV: "4096"}  # the user's own value, untouched
     tuned = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}
-    allocator.daemon_env(tuned)
+    allocator.daemon_env(tuned, "broker")
     assert allocator.ENV not in tuned
 
 

@@ -18,6 +18,7 @@ from ..kernels import (
     reduce_groups,
 )
 from ..lines import input_size, read_whole
+from ..patterns import allocator
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
@@ -214,7 +215,10 @@ def _taken(blobs: list, first: int, n: int) -> Any:
         blob = frame_bytes(blobs[i])
         blobs[i] = b""
         yield blob
+        large = len(blob) >= allocator.TRIM_MIN
         del blob
+        if large:  # its pages, in ZeroMQ's I/O thread's arena, back to the kernel
+            allocator.trim()
 
 
 def pack_output(columns: Columns, safe: bool) -> bytes:
