@@ -44,6 +44,7 @@ from corpus import build_corpus
 
 SYSTEMS = ("pymapreduce", "mp", "single")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- sampling the tree ----------------------------------------------------------------------
@@ -75,6 +76,16 @@ def rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU seconds ``pid`` has used so far (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def pss_uss_bytes(pid: int) -> tuple[int, int]:
@@ -126,6 +137,7 @@ def sample_tree(proc: subprocess.Popen, interval: float, smaps: bool) -> dict:
     peak = {"rss": 0, "pss": 0, "uss": 0}
     at_peak: list[tuple[str, int, int]] = []
     timeline: list[tuple[float, dict[str, int]]] = []
+    cpu_seen: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU s when last seen)
     start = time.perf_counter()
     while not exited(proc.pid):
         now = time.perf_counter() - start
@@ -136,6 +148,9 @@ def sample_tree(proc: subprocess.Popen, interval: float, smaps: bool) -> dict:
                 # again until it is known: a daemon is a fork of the client until it execs
                 roles[pid] = role(pid, parent, proc.pid, roles)
             rows.append((roles[pid], rss_bytes(pid), pss_uss_bytes(pid) if smaps else (0, 0)))
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                cpu_seen[pid] = (roles[pid], cpu)
         rss = sum(r[1] for r in rows)
         pss = sum(r[2][0] for r in rows)
         uss = sum(r[2][1] for r in rows)
@@ -149,10 +164,13 @@ def sample_tree(proc: subprocess.Popen, interval: float, smaps: bool) -> dict:
             by_role[name] = by_role.get(name, 0) + r
         timeline.append((round(now, 3), by_role))
         time.sleep(interval)
+    cpu_by_role: dict[str, float] = {}  # (as last sampled: a process's last moments lost)
+    for name, cpu in cpu_seen.values():
+        cpu_by_role[name] = round(cpu_by_role.get(name, 0.0) + cpu, 2)
     return {"peak_rss_mib": peak["rss"] / MIB, "peak_pss_mib": peak["pss"] / MIB,
             "peak_uss_mib": peak["uss"] / MIB,
             "at_rss_peak": [(n, r / MIB, p / MIB) for n, r, p in at_peak],
-            "samples": len(timeline), "timeline": timeline}
+            "samples": len(timeline), "timeline": timeline, "cpu_by_role": cpu_by_role}
 
 
 # -- the child: one system, one run ---------------------------------------------------------
@@ -248,7 +266,8 @@ def main() -> int:
             runs[s].append(m)
             if "error" not in m:
                 log(f"  {s}: RSS {m['peak_rss_mib']:.0f} MiB, PSS {m['peak_pss_mib']:.0f},"
-                    f" {m['seconds']:.2f} s, CPU {m['tree_cpu_s']:.1f} s: {summarise(m['at_rss_peak'])}")
+                    f" {m['seconds']:.2f} s, CPU {m['tree_cpu_s']:.1f} s {m['cpu_by_role']}:"
+                    f" {summarise(m['at_rss_peak'])}")
     ref = next((m["checksum"] for s in systems for m in runs[s]
                 if s == "single" and "error" not in m), None)
     rows, records, ok = [], [], True
@@ -266,7 +285,9 @@ def main() -> int:
                     for m in good)
         ok = ok and equal
         best = min(good, key=lambda m: abs(m["peak_rss_mib"] - med["peak_rss_mib"]))
-        rows.append([s, med["peak_rss_mib"], med["peak_pss_mib"], med["peak_uss_mib"],
+        smaps = None if args.no_smaps else True  # (not sampled: shown as -)
+        rows.append([s, med["peak_rss_mib"], smaps and med["peak_pss_mib"],
+                     smaps and med["peak_uss_mib"],
                      med["seconds"], med["tree_cpu_s"], equal,
                      summarise(best["at_rss_peak"])])
         records.append({"system": s, "median": med, "equal": equal,
