@@ -30,6 +30,8 @@ def test_released_outputs_leave_memory_and_are_served_again_from_a_file(tmp_path
     store.put(("j", "map", 1, 0), SMALL)
     assert store.memory_bytes == len(BIG) + len(SMALL)
     store.release([("j", "map", 0, 0), ("j", "map", 1, 0), ("j", "map", 9, 0)])
+    assert store.memory_bytes == len(BIG) + len(SMALL)  # until the messages have gone
+    store.settle()
     assert store.memory_bytes == len(SMALL)  # the small one is not worth a file
     assert store.spilled_bytes == len(BIG)
     files = glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))
@@ -38,10 +40,22 @@ def test_released_outputs_leave_memory_and_are_served_again_from_a_file(tmp_path
     assert bytes(store.get(("j", "map", 0, 0))) == BIG  # a retried attempt's read
     assert bytes(store.get(("j", "map", 1, 0))) == SMALL
     store.release([("j", "map", 0, 0)])  # (released twice: nothing more happens)
+    store.settle()
     assert len(glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))) == 1
     store.discard_where(lambda k: k[0] == "j")  # the job ended: its files go
     assert not glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))
     assert store.memory_bytes == 0 and store.spilled_bytes == 0
+    store.close()
+
+
+def test_an_output_discarded_before_its_release_is_settled_leaves_no_file(tmp_path):
+    store = Store(1 << 30, str(tmp_path / "spill"))
+    store.put(("j", "map", 0, 0), BIG)
+    store.release([("j", "map", 0, 0)])
+    store.discard_where(lambda k: k[0] == "j")  # the job failed before the broker settled
+    store.settle()
+    assert not glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))
+    assert ("j", "map", 0, 0) not in store and store.spilled_bytes == 0
     store.close()
 
 
@@ -50,6 +64,7 @@ def test_a_durable_output_released_keeps_its_own_file_and_crc(tmp_path):
     path = str(tmp_path / "state" / "m0-0")
     store.put(("j", "map", 0, 0), BIG, path)
     store.release([("j", "map", 0, 0)])
+    store.settle()
     assert store.memory_bytes == 0
     assert not glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))  # no second copy
     assert bytes(store.get(("j", "map", 0, 0))) == BIG

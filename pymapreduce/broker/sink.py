@@ -156,6 +156,7 @@ class Store:
         self._spill_root = spill_dir
         self._dir: str | None = None
         self._mem: dict[Any, Any] = {}
+        self._released: list[Any] = []  # keys sent on, to leave memory at settle()
         self._files: dict[Any, str] = {}
         self.memory_bytes = 0
         self.spilled_bytes = 0
@@ -203,16 +204,22 @@ class Store:
 
     def release(self, keys: Any) -> None:
         """Let the memory copies of ``keys`` go once they have been sent where they are
-        needed (a reduce task's segments, dispatched): each is then served from a file if
-        it is asked for again (a retried or backup attempt). A key with a durable file
-        only drops its memory copy; one without is written to the spill directory first.
-        Blobs under MAP_MIN stay (a file each would cost more than they hold), and so
-        does a blob no file can be written for (a full disk): nothing is lost either way.
-        The memory is freed when the last reply still sending it has gone (pyzmq holds
-        the frame until then)."""
+        needed (a reduce task's segments, dispatched): done by the next :meth:`settle`,
+        which the broker calls once the messages carrying them are handed to ZeroMQ, so
+        that no write delays them. A released key is then served from a file if it is
+        asked for again (a retried or backup attempt)."""
+        self._released.extend(keys)
+
+    def settle(self) -> None:
+        """Carry out :meth:`release`: a key with a durable file only drops its memory copy;
+        one without is written to the spill directory first. Blobs under MAP_MIN stay (a
+        file each would cost more than they hold), and so does a blob no file can be
+        written for (a full disk): nothing is lost either way. The memory is freed when
+        the last reply still sending it has gone (pyzmq holds the frame until then)."""
+        keys, self._released = self._released, []
         for key in keys:
             blob = self._mem.get(key)
-            if blob is None:
+            if blob is None:  # (discarded since, or released twice)
                 continue
             buf = blob.buffer if hasattr(blob, "buffer") else blob
             size = len(buf)
