@@ -216,6 +216,8 @@ class Store:
         file each would cost more than they hold), and so does a blob no file can be
         written for (a full disk): nothing is lost either way. The memory is freed when
         the last reply still sending it has gone (pyzmq holds the frame until then)."""
+        if not self._released:  # (called after every dispatch: nothing to do, mostly)
+            return
         keys, self._released = self._released, []
         for key in keys:
             blob = self._mem.get(key)
