@@ -104,10 +104,8 @@ def _backup_after(text: str) -> float:
 def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker, BrokerConfig, fdlimit
     from .patterns import compress
-    from .patterns.allocator import pin_mmap_threshold
     from .patterns.sockets import check_endpoint
 
-    pin_mmap_threshold()  # before any frame arrives (patterns/allocator.py)
     _setup_logging(args.log_level, "broker")
     compress.check_env()
     fdlimit.raise_fd_limit()  # each connection holds a descriptor, also one that never says hello

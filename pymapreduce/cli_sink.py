@@ -43,11 +43,9 @@ def cmd_sink(args: argparse.Namespace) -> int:
         _setup_logging,
         _watch_parent,
     )
-    from .patterns.allocator import pin_mmap_threshold
     from .patterns.sockets import check_endpoint
     from .sinks import SinkDaemon
 
-    pin_mmap_threshold()  # segments it lets go leave its memory (patterns/allocator.py)
     _setup_logging(args.log_level, "sink")
     check_endpoint(args.connect)
     check_endpoint(args.bind)

@@ -12,7 +12,6 @@ import time
 from .cli_errors import debug_from_env
 from .client import Client
 from .errors import ConfigError, PyMapReduceError
-from .patterns import allocator
 from .patterns import config as timing
 from .spill.budget import parse_size
 from .workers.capture import ECHO_ENV
@@ -116,7 +115,6 @@ class LocalCluster:
     def _spawn(self, *args: str, stdout=None, stdin=None,
                echo: tuple[int, ...] = ()) -> subprocess.Popen:
         env = dict(os.environ)
-        allocator.daemon_env(env, args[0])  # freed frames back to the kernel at once
         if echo:  # task output is echoed to this process's stdout and stderr
             env[ECHO_ENV] = ",".join(map(str, echo))
         # the daemons import what this process imports, from where it imports it (jobs

@@ -1,19 +1,15 @@
 """What the process tree holds: sent reduce segments leave the broker's memory but are
-still served to a retried attempt, a reduce task lets each segment go once decoded, and the
-daemons' allocator setting does not leak into what tasks start."""
+still served to a retried attempt, and a reduce task lets each segment go once decoded.
+(How much memory that gives back is measured in benchmarks/bench_tree_memory.py.)"""
 
 from __future__ import annotations
 
 import glob
 import os
-import platform
 import signal
-import subprocess
-import sys
 
-from pymapreduce import Client, Job, LocalCluster, run_sequential
+from pymapreduce import Client, Job, run_sequential
 from pymapreduce.broker.sink import MAP_MIN, Store
-from pymapreduce.patterns import allocator
 from pymapreduce.patterns.records import pack, unpack
 from pymapreduce.workers.runner import run_task
 
@@ -134,40 +130,3 @@ def test_a_reduce_killed_after_its_segments_left_broker_memory_reruns_exactly(
     # the killed attempt ran while its segments were on disk, not in the broker's memory
     assert files >= 1 and nbytes >= MAP_MIN
     assert os.path.exists(marker + ".runs")  # the retried attempt ran to its end
-
-
-def test_the_daemons_allocator_setting_does_not_reach_what_tasks_start():
-    class Env(Job):
-        def map(self, key, value):
-            out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get("
-                                  f"{allocator.ENV!r}, '-'), os.environ.get("
-                                  f"{allocator.MARKER!r}, '-'))"],
-                                 capture_output=True, text=True, check=True).stdout
-            yield key, out.strip()
-
-    with LocalCluster(workers=1) as cluster, Client(cluster.address) as client:
-        assert client.submit(Env(), [(0, "")]).result(60) == [(0, "- -")]
-
-
-def test_daemon_env_asks_for_the_pin_for_broker_and_sinks_unless_the_user_chose():
-    env: dict[str, str] = {}
-    allocator.daemon_env(env, "broker")
-    assert env == {allocator.ENV: str(allocator.MMAP_THRESHOLD), allocator.MARKER: "1"}
-    workers: dict[str, str] = {}
-    allocator.daemon_env(workers, "worker")  # (map tasks' own buffers: see allocator.py)
-    assert workers == {}
-    mine = {allocator.ENV: "4096"}
-    allocator.daemon_env(mine, "sink")
-    assert mine == {allocator.ENV: "4096"}  # the user's own value, untouched
-    tuned = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}
-    allocator.daemon_env(tuned, "broker")
-    assert allocator.ENV not in tuned
-
-
-def test_a_daemon_started_by_hand_pins_the_threshold_itself():
-    code = ("import os; os.environ.pop('MALLOC_MMAP_THRESHOLD_', None); "
-            "from pymapreduce.patterns.allocator import pin_mmap_threshold as p; print(p())")
-    env = {k: v for k, v in os.environ.items() if k != allocator.ENV}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env).stdout.strip()
-    assert out == ("True" if platform.libc_ver()[0] == "glibc" else "False")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import OutputDamaged, PyMapReduceError
+from ..patterns import allocator
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file
@@ -157,6 +158,7 @@ class Store:
         self._dir: str | None = None
         self._mem: dict[Any, Any] = {}
         self._released: list[Any] = []  # keys sent on, to leave memory at settle()
+        self._trim_due = False  # released frames may still have been in ZeroMQ's hands
         self._files: dict[Any, str] = {}
         self.memory_bytes = 0
         self.spilled_bytes = 0
@@ -217,8 +219,12 @@ class Store:
         written for (a full disk): nothing is lost either way. The memory is freed when
         the last reply still sending it has gone (pyzmq holds the frame until then)."""
         if not self._released:  # (called after every dispatch: nothing to do, mostly)
+            if self._trim_due:  # what ZeroMQ has sent since: its pages go too
+                self._trim_due = False
+                allocator.trim()
             return
         keys, self._released = self._released, []
+        self._trim_due = True
         for key in keys:
             blob = self._mem.get(key)
             if blob is None:  # (discarded since, or released twice)
@@ -234,11 +240,14 @@ class Store:
                     write_file(path, buf, False)
                 except OSError as exc:
                     log.warning("cannot spill a sent output to disk (%s): kept in memory", exc)
-                    return
+                    break
                 self._files[key] = path
                 self.spilled_bytes += size
             del self._mem[key]
             self.memory_bytes -= size
+        # the frames already sent are freed now, perhaps into ZeroMQ's I/O thread's arena,
+        # where they would stay resident (patterns/allocator.py)
+        allocator.trim()
 
     def _write_failed(self, path: str, exc: OSError) -> None:
         if not self._full_since:
