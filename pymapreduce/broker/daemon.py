@@ -456,6 +456,7 @@ class Broker(ClientAPI):
         """Hand pending tasks to workers with credit, and deliver what is to be sent."""
         self.ledger.dispatch()
         self._deliver()
+        self.store.settle()  # the reduce segments just sent leave memory (broker/sink.py)
 
     # -- sending -------------------------------------------------------------------------
     def _deliver(self) -> None:

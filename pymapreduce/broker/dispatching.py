@@ -109,6 +109,7 @@ class Dispatching:
                 body["code"] = len(blobs)
                 blobs.append(job.code)
             items = []
+            sent: list[tuple] = []  # store keys of the reduce segments in this message
             if job.options.get("skip"):
                 body["ordinals"] = True  # report a failing record's ordinal
             if not job.map_only and any(t.kind == MAP for t in group):
@@ -144,12 +145,18 @@ class Dispatching:
                     parts = job.map_parts[t.index]
                     items.append(TaskItem(REDUCE, t.index, attempt,
                                           ["segs", len(blobs), len(parts)]).wire())
-                    blobs.extend(self.store.get((job_id, MAP, i, t.index)) for i in parts)
+                    segments = [(job_id, MAP, i, t.index) for i in parts]
+                    blobs.extend(self.store.get(key) for key in segments)
+                    sent.extend(segments)
             body["tasks"] = items
             self.events.dispatched(job, started, worker.name)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)
+            # sent: the reduce segments leave memory for files, where a retried attempt
+            # still finds them (docs/ARCHITECTURE.md, "Memory of the whole process tree")
+            if sent:
+                self.store.release(sent)
 
     def _codecs(self, job: Any, worker: WorkerState, group: list[Task]) -> dict:
         """The codec fields of a TASKS body (broker/codecs.py): whether the tasks' outputs

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import OutputDamaged, PyMapReduceError
+from ..patterns import allocator
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file
@@ -156,6 +157,8 @@ class Store:
         self._spill_root = spill_dir
         self._dir: str | None = None
         self._mem: dict[Any, Any] = {}
+        self._released: list[Any] = []  # keys sent on, to leave memory at settle()
+        self._trim_due = False  # released frames may still have been in ZeroMQ's hands
         self._files: dict[Any, str] = {}
         self.memory_bytes = 0
         self.spilled_bytes = 0
@@ -201,6 +204,51 @@ class Store:
         self._files[key] = spill
         self.spilled_bytes += size
         return crc
+
+    def release(self, keys: Any) -> None:
+        """Let the memory copies of ``keys`` go once they have been sent where they are
+        needed (a reduce task's segments, dispatched): done by the next :meth:`settle`,
+        which the broker calls once the messages carrying them are handed to ZeroMQ, so
+        that no write delays them. A released key is then served from a file if it is
+        asked for again (a retried or backup attempt)."""
+        self._released.extend(keys)
+
+    def settle(self) -> None:
+        """Carry out :meth:`release`: a key with a durable file only drops its memory copy;
+        one without is written to the spill directory first. Blobs under MAP_MIN stay (a
+        file each would cost more than they hold), and so does a blob no file can be
+        written for (a full disk): nothing is lost either way. The memory is freed when
+        the last reply still sending it has gone (pyzmq holds the frame until then)."""
+        if not self._released:  # (called after every dispatch: nothing to do, mostly)
+            if self._trim_due:  # what ZeroMQ has sent since: its pages go too
+                self._trim_due = False
+                allocator.trim()
+            return
+        keys, self._released = self._released, []
+        self._trim_due = True
+        for key in keys:
+            blob = self._mem.get(key)
+            if blob is None:  # (discarded since, or released twice)
+                continue
+            buf = blob.buffer if hasattr(blob, "buffer") else blob
+            size = len(buf)
+            if size < MAP_MIN:
+                continue
+            if key not in self._files:
+                try:
+                    path = os.path.join(self._spill_path(), f"{self._seq:08d}.bin")
+                    self._seq += 1
+                    write_file(path, buf, False)
+                except OSError as exc:
+                    log.warning("cannot spill a sent output to disk (%s): kept in memory", exc)
+                    break
+                self._files[key] = path
+                self.spilled_bytes += size
+            del self._mem[key]
+            self.memory_bytes -= size
+        # the frames already sent are freed now, perhaps into ZeroMQ's I/O thread's arena,
+        # where they would stay resident (patterns/allocator.py)
+        allocator.trim()
 
     def _write_failed(self, path: str, exc: OSError) -> None:
         if not self._full_since:

@@ -18,6 +18,7 @@ from ..kernels import (
     reduce_groups,
 )
 from ..lines import input_size, read_whole
+from ..patterns import allocator
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
 from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
@@ -146,8 +147,9 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
         first, n = desc[1], desc[2]
         try:
             # map outputs come from other workers, which run user code (and so may pickle)
-            segments = (unpack(frame_bytes(b), allow_pickle=True)
-                        for b in blobs[first : first + n])
+            # each segment's frame let go once decoded: a reduce task holds its groups,
+            # not its groups and every encoded segment they came from (docs/memory.md)
+            segments = (unpack(b, allow_pickle=True) for b in _taken(blobs, first, n))
             if budget is not None and files is not None:
                 out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
             elif plain_sort(job):
@@ -213,7 +215,10 @@ def _taken(blobs: list, first: int, n: int) -> Any:
         blob = frame_bytes(blobs[i])
         blobs[i] = b""
         yield blob
+        large = len(blob) >= allocator.TRIM_MIN
         del blob
+        if large:  # its pages, in ZeroMQ's I/O thread's arena, back to the kernel
+            allocator.trim()
 
 
 def pack_output(columns: Columns, safe: bool) -> bytes:
