@@ -14,11 +14,12 @@ import time
 
 import pytest
 
-from pymapreduce import Client, Job, ValueNeedsPickle, read_text
+from pymapreduce import Client, Job, ValueNeedsPickle, read_text, sampling
 from pymapreduce.client.output import encode_lines
+from pymapreduce.lines import READ_BLOCK, read_split
 from pymapreduce.patterns.records import pack, unpack
 from pymapreduce.rangesort import cut_runs, in_order, merge_runs, pack_runs
-from pymapreduce.sampling import cut_boundaries
+from pymapreduce.sampling import cut_boundaries, sample_records
 from pymapreduce.store.output import temp_name, write_attempt
 from pymapreduce.workers.runner import run_task
 
@@ -232,3 +233,29 @@ def test_a_worker_killed_mid_sort_leaves_the_exact_output(daemons, tmp_path):
     assert part_records(tmp_path / "out", 4) == stable_sorted(lines)
     assert sorted(os.listdir(tmp_path / "out")) == ["_SUCCESS"] + [
         f"part-{i:05d}" for i in range(4)]  # no second or partial part file
+
+
+# -- the sampler's reads ------------------------------------------------------------------
+
+
+def test_any_block_size_reads_the_same_records(tmp_path):
+    rng = random.Random(3)
+    path = tmp_path / "in.txt"
+    lines = ["x" * rng.choice([0, 1, 5, 99, 700]) + rng.choice(["", "é", "\r"])
+             for _ in range(400)]
+    path.write_bytes("".join(x + "\n" for x in lines).encode("utf-8") + b"tail")
+    size = path.stat().st_size
+    cuts = [0, 1, 333, size // 2, size - 3, size]
+    for a, b in zip(cuts, cuts[1:]):
+        want = list(read_split([(str(path), a, b)]))
+        for block in (1, 7, 64, 4096):
+            assert list(read_split([(str(path), a, b)], block=block)) == want
+
+
+def test_the_sample_and_its_boundaries_do_not_depend_on_the_block_size(tmp_path, monkeypatch):
+    lines = sort_input(tmp_path / "in", 30_000, 9)
+    inputs = read_text(str(tmp_path / "in"), split_bytes=50_000)
+    sampled = sample_records(inputs, 2)
+    monkeypatch.setattr(sampling, "SAMPLE_BLOCK", READ_BLOCK)  # a map task's blocks
+    assert sample_records(inputs, 2) == sampled
+    assert 5_000 < len(sampled) <= 10_000 and all(line in lines for _, line in sampled[::97])
