@@ -1,20 +1,33 @@
 """TeraSort: sort N 100-byte records by their 10-byte keys; pymapreduce against the
 alternatives, same machine, same run.
 
+    python benchmarks/bench_terasort.py --records 1000000 --systems sorted,pymapreduce,dask \
+        --repeat 3                               # issue 13's row: 0.6x sorted(), 5x Dask
     python benchmarks/bench_terasort.py --records 10000000 --systems sorted,pymapreduce,spark
     python benchmarks/bench_terasort.py --records 1000000 --systems pymapreduce \\
         --trees /work/main,. --repeat 2          # two checkouts of pymapreduce, alternately
     python benchmarks/bench_terasort.py --records 10000000 --sinks 1 --memory 256MB \
         --systems sorted,pymapreduce,spark      # pymapreduce with a sink daemon, bounded
 
-With ``--sinks N`` pymapreduce's cluster has N sink daemons (docs/sinks.md), the
-reducers write the part files and nothing comes home (``results=False``); ``--memory``
-is each worker process's budget.
+What is timed, for every system: the sort as its user writes it, on a started cluster
+(starting one, pymapreduce's embedded cluster, Dask's LocalCluster, Spark's JVM, is
+reported apart as "start-up"), from the input file to sorted part files on local disk,
+committed; nothing of the output comes back into the program. pymapreduce: ``submit(...,
+output_dir=out, results=False)`` and ``wait()`` (the reducers write the part files, the
+client renames them into place); with ``--keep-results`` the default ``results=True``,
+where the broker also keeps the output and ``wait()`` brings each partition's bytes home
+to read its commit record. With ``--sinks N`` the cluster has N sink daemons
+(docs/sinks.md); ``--memory`` is each worker process's budget.
 
 The input is like teragen's ASCII records (gensort -a): a line of a 10-character key, an
 89-character value and a newline, from a fixed seed. Each system reads the input file
 and writes the sorted records as part files (pymapreduce: a ``total_order`` job with no
-``reduce``, i.e. the identity, writing ``part-*`` through ``output_dir``; PySpark:
+``reduce``, i.e. the identity, writing ``part-*`` through ``output_dir``; Dask:
+``dask.bag.read_text`` in 8 MiB blocks, each line split into key and value, the bag made
+a ``dask.dataframe`` and ``sort_values("key", npartitions=R)`` (Dask's range-partitioned
+sort: it samples the key quantiles as TeraSort does), ``to_csv`` one file per partition,
+on a distributed LocalCluster of 2 single-threaded worker processes (which import pandas
+and dask.dataframe in the start-up); PySpark:
 ``sortByKey`` and ``saveAsTextFile``; ``sorted``: one process, ``sorted()`` by key, one
 file). Each output is then checked, untimed, as valsort does: the part files read in
 order are globally sorted by key, and hold the same records as the input (their count and
@@ -59,8 +72,10 @@ import procs  # noqa: E402
 from pymapreduce import Job  # noqa: E402
 
 WORKERS = 2
-SYSTEMS = ("sorted", "pymapreduce", "spark")
+SYSTEMS = ("sorted", "pymapreduce", "dask", "spark")
 SINKS_ENV, MEMORY_ENV = "PMR_BENCH_SINKS", "PMR_BENCH_MEMORY"  # (for the pymapreduce child)
+KEEP_ENV = "PMR_BENCH_KEEP_RESULTS"  # pymapreduce keeps results (the default of submit)
+DASK_BLOCK = 8 << 20  # Dask's input blocks: pymapreduce's own split size for this input
 KEY = 10  # bytes of a record's key
 VALUE = 89  # bytes of its value, before the newline: 100 bytes a record
 PRINTABLE = bytes(range(0x21, 0x7F))  # the key alphabet: no space, no newline
@@ -147,6 +162,18 @@ def lines_of(paths: list[str]) -> Iterator[str]:
         with open(path, encoding="ascii") as f:
             for line in f:
                 yield line.rstrip("\n")
+
+
+def csv_lines(paths: list[str]) -> Iterator[str]:
+    """Records back from CSV part files of ``key,value`` rows (Dask's ``to_csv``; a key
+    holding a quote or a comma is quoted there)."""
+    import csv
+
+    for path in paths:
+        with open(path, encoding="ascii", newline="") as f:
+            for row in csv.reader(f):
+                key, value = row
+                yield key + value if len(key) == KEY else "\x00" + key + value
 
 
 def pymapreduce_lines(paths: list[str]) -> Iterator[str]:
@@ -258,6 +285,7 @@ def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
     # the part files are written by the reducers and nothing comes home (results=False)
     sinks = int(os.environ.get(SINKS_ENV, "0"))
     budget = os.environ.get(MEMORY_ENV) or None
+    keep = bool(os.environ.get(KEEP_ENV)) and not sinks
     with stopwatch() as start:
         cluster = LocalCluster(workers=WORKERS, sinks=sinks, memory=budget).start()
     try:
@@ -266,7 +294,7 @@ def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
         with Client(cluster.address) as client:
             t0 = time.perf_counter()
             handle = client.submit(TeraSort(), read_text(path), reducers=reducers,
-                                   output_dir=out, results=not sinks)
+                                   output_dir=out, results=keep)
             marks["submit"] = time.perf_counter()
             handle.wait(progress=progress)
             end = time.perf_counter()
@@ -283,6 +311,43 @@ def run_pymapreduce(path: str, out: str, reducers: int) -> dict[str, Any]:
     return {"seconds": end - t0, "startup": start[0], "phases": phases, "memory": peaks,
             "cpu": cpu,
             "package": os.path.dirname(pymapreduce.__file__)}
+
+
+def _dask_record(line: str) -> tuple[str, str]:
+    return line[:KEY], line[KEY:].rstrip("\n")
+
+
+def _dask_imports() -> None:
+    import dask.dataframe  # noqa: F401
+    import pandas  # noqa: F401
+
+
+def run_dask(path: str, out: str, reducers: int) -> dict[str, Any]:
+    """Dask on a distributed LocalCluster of 2 single-threaded worker processes: lines
+    read as a bag, made a dataframe, ``sort_values`` by key, ``to_csv`` part files."""
+    try:
+        import dask.bag as db
+        import dask.dataframe  # noqa: F401 (here: whether it imports, with pandas)
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise Skipped(f"dask cannot be imported ({exc}); pip install -e '.[bench]'") from exc
+    with stopwatch() as start:
+        cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        client = Client(cluster)
+        # (its workers import pandas and dask.dataframe now, as pymapreduce's workers
+        # import pymapreduce when they start: the start-up, not the sort)
+        client.run(_dask_imports)
+    try:
+        with stopwatch() as t:
+            frame = (db.read_text(path, blocksize=DASK_BLOCK).map(_dask_record)
+                     .to_dataframe(columns=["key", "value"]))
+            (frame.sort_values("key", npartitions=reducers)
+             .to_csv(os.path.join(out, "part-*.csv"), index=False, header=False))
+    finally:
+        client.close()
+        cluster.close()
+    return {"seconds": t[0], "startup": start[0]}
 
 
 def run_spark(path: str, out: str, reducers: int) -> dict[str, Any]:
@@ -310,7 +375,8 @@ def run_spark(path: str, out: str, reducers: int) -> dict[str, Any]:
     return {"seconds": t[0], "startup": startup}
 
 
-RUNNERS = {"sorted": run_sorted, "pymapreduce": run_pymapreduce, "spark": run_spark}
+RUNNERS = {"sorted": run_sorted, "pymapreduce": run_pymapreduce, "dask": run_dask,
+           "spark": run_spark}
 
 
 def child(system: str, path: str, out: str, reducers: int) -> int:
@@ -363,6 +429,17 @@ def label(name: str, tree: str | None) -> str:
     return f"{name}@{os.path.basename(os.path.abspath(tree))}" if tree else name
 
 
+def median_rates(runs: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """Each system's (and tree's) valid runs: how many, and their median records/s."""
+    import statistics
+
+    rates: dict[str, list[float]] = {}
+    for run in runs:
+        if run["valid"]:
+            rates.setdefault(label(run["system"], run["tree"]), []).append(run["records_per_s"])
+    return {who: (len(r), statistics.median(r)) for who, r in rates.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=10_000_000, help="records (default 10M)")
@@ -377,6 +454,8 @@ def main() -> int:
     ap.add_argument("--sinks", type=int, default=0,
                     help="pymapreduce: sink daemons (default 0: the broker is the sink)")
     ap.add_argument("--memory", help="pymapreduce: each worker process's --memory")
+    ap.add_argument("--keep-results", action="store_true",
+                    help="pymapreduce: results=True (the broker also keeps the output)")
     ap.add_argument("--data-root", default="/tmp/pmr-terasort")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -387,6 +466,8 @@ def main() -> int:
         os.environ[SINKS_ENV] = str(args.sinks)
     if args.memory:
         os.environ[MEMORY_ENV] = args.memory
+    if args.keep_results:
+        os.environ[KEEP_ENV] = "1"
     if args.child:
         return child(args.child, args.input, args.out, args.reducers)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -418,7 +499,8 @@ def main() -> int:
             log(f"validating {who}" + (f" (pymapreduce from {fig['package']})"
                                          if "package" in fig else ""))
             parts = parts_in(os.path.join(out, "out"))
-            got = summarize((pymapreduce_lines if name == "pymapreduce" else lines_of)(parts))
+            reader = {"pymapreduce": pymapreduce_lines, "dask": csv_lines}.get(name, lines_of)
+            got = summarize(reader(parts))
         finally:
             shutil.rmtree(out, ignore_errors=True)
         valid = got.sorted and got.same_records(reference)
@@ -445,6 +527,13 @@ def main() -> int:
         print()
         common.print_table(["pymapreduce", *(f"{p} s" for p in PHASES), "total s",
                             "client CPU s", "broker CPU s", "workers CPU s"], phase_rows)
+    medians = median_rates(runs)
+    if len(medians) > 1:
+        print()
+        common.print_table(["median of", "runs", "records/s", "x sorted", "x dask"], [
+            [who, n, rate, rate / medians["sorted"][1] if "sorted" in medians else None,
+             rate / medians["dask"][1] if "dask" in medians else None]
+            for who, (n, rate) in medians.items()])
     for note in notes:
         print(f"- {note}")
     common.write_json(args.json, {"machine": info, "records": args.records,

@@ -43,15 +43,18 @@ def read_file_split(path: str, start: int, end: int, encoding: str = DEFAULT_ENC
 def read_split(ranges: list[FileRange], encoding: str = DEFAULT_ENCODING,
                max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
                fmt: str = "text", columns: list | None = None,
-               header: str = "given", storage: dict | None = None) -> LineReader:
+               header: str = "given", storage: dict | None = None,
+               block: int = READ_BLOCK) -> LineReader:
     """The records of a split's byte ranges, in order (a missing file: InputError here;
     a missing object of a URL: when it is opened). ``header``: a CSV input's first line
-    of each file (see ``TextInput.header``); ``storage``: fsspec options for URLs."""
+    of each file (see ``TextInput.header``); ``storage``: fsspec options for URLs;
+    ``block``: bytes read at a time (a reader that takes only the first records, the
+    sampler of ``sampling.py``, reads and decodes less with smaller blocks)."""
     for path, _, _ in ranges:
         if not is_url(path) and not os.path.isfile(path):
             raise InputError(f"cannot read input {path!r}: no such file")
     return LineReader(ranges, encoding, max_line_bytes, with_path, fmt, columns, header,
-                      storage)
+                      storage, block)
 
 
 def input_size(path: str, storage: dict | None = None) -> int:
@@ -176,7 +179,8 @@ def _open_url_range(path: str, start: int, end: int, storage: dict | None):
 
 
 def _open_range(path: str, start: int, end: int, limit: int,
-                storage: dict | None = None) -> tuple[Iterator[bytes], int]:
+                storage: dict | None = None,
+                block: int = READ_BLOCK) -> tuple[Iterator[bytes], int]:
     """Blocks of the lines that start in ``[start, end)``, and the offset of the first;
     ``end`` -1: the whole file (a ``.gz`` file, decompressed as it is read). A URL is
     read through fsspec (``storage``: its options), with the same cut rules."""
@@ -184,27 +188,28 @@ def _open_range(path: str, start: int, end: int, limit: int,
         if is_url(path):
             f = _open_url_range(path, start, end, storage)
             if end == -1:
-                return _blocks(f, path, 0, None, limit), 0
+                return _blocks(f, path, 0, None, limit, block), 0
         elif end == -1:
             opener = DECOMPRESS.get(os.path.splitext(path)[1].lower(), open)
             f = opener(path, "rb")
-            return _blocks(f, path, 0, None, limit), 0
+            return _blocks(f, path, 0, None, limit, block), 0
         else:
             f = open(path, "rb")  # noqa: SIM115 - closed by _blocks
-        offset = _after_line_in_progress(f, path, start, end) if start > 0 else 0
+        offset = _after_line_in_progress(f, path, start, end, block) if start > 0 else 0
     except OSError as exc:
         raise InputError(f"cannot read split {path}[{start}:{end}]: {exc}") from exc
-    return _blocks(f, path, offset, end, limit), offset
+    return _blocks(f, path, offset, end, limit, block), offset
 
 
-def _after_line_in_progress(f, path: str, start: int, end: int) -> int:
+def _after_line_in_progress(f, path: str, start: int, end: int,
+                            block_size: int = READ_BLOCK) -> int:
     """The offset of the first line that starts in ``[start, end)`` (``end`` if none does):
     the line in progress at ``start`` belongs to the split before, and is skipped a block
     at a time, never held whole (it may be huge; the split that owns it reports that)."""
     pos = start - 1  # a newline here means a line starts exactly at start
     f.seek(pos)
     while pos < end - 1:
-        block = _read(f, path, min(READ_BLOCK, end - 1 - pos))
+        block = _read(f, path, min(block_size, end - 1 - pos))
         if not block:
             break
         i = block.find(b"\n")
@@ -229,7 +234,8 @@ def _too_long(path: str, at: int, limit: int) -> LineTooLong:
                       "the limit)")
 
 
-def _blocks(f, path: str, offset: int, end: int | None, limit: int) -> Iterator[bytes]:
+def _blocks(f, path: str, offset: int, end: int | None, limit: int,
+            block_size: int = READ_BLOCK) -> Iterator[bytes]:
     """Blocks of whole lines from ``offset`` (the file's position): the last line that
     starts before ``end`` (None: the end of the file) is read to its end.
 
@@ -238,7 +244,7 @@ def _blocks(f, path: str, offset: int, end: int | None, limit: int) -> Iterator[
     ``limit`` bytes, so only a line that spans blocks can exceed the limit, and that is
     checked as its pieces arrive: memory stays near ``limit`` whatever the file holds.
     """
-    size = min(READ_BLOCK, limit)
+    size = max(1, min(block_size, limit))
     with f:
         pos = offset  # the file position of the next read
         pending: list = []  # the pieces of the line in progress
@@ -295,8 +301,10 @@ class LineReader:
     def __init__(self, ranges: list[FileRange], encoding: str,
                  max_line_bytes: int = MAX_LINE_BYTES, with_path: bool = False,
                  fmt: str = "text", columns: list | None = None,
-                 header: str = "given", storage: dict | None = None) -> None:
+                 header: str = "given", storage: dict | None = None,
+                 block: int = READ_BLOCK) -> None:
         self._ranges = ranges
+        self._block = block
         self._storage = storage  # fsspec options of URL inputs
         self._with_path = with_path  # keys are (path, offset): records know their file
         self._parse = _parser(fmt, columns, header)  # None: the line is the value
@@ -313,7 +321,8 @@ class LineReader:
         try:
             for path, start, end in self._ranges:
                 self.path = path
-                blocks, offset = _open_range(path, start, end, self._limit, self._storage)
+                blocks, offset = _open_range(path, start, end, self._limit, self._storage,
+                                             self._block)
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
                     if self._parse is not None:

@@ -20,7 +20,8 @@ instead of misreading the values.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from .errors import BadOutput
@@ -57,8 +58,7 @@ def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]
         order = sorted(range(len(keys)), key=keys.__getitem__)
     except TypeError:
         raise _incomparable(job, keys, bounds) from None
-    keys = list(map(keys.__getitem__, order))
-    values = list(map(values.__getitem__, order))
+    keys, values = in_order(order, keys, values)
     del order  # (before the slices: a task under a memory budget spills with this)
     cuts = [0]
     for bound in bounds[:reducers - 1]:  # (boundaries are cut for the job's reducers)
@@ -67,7 +67,18 @@ def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]
         except TypeError:
             raise _incomparable(job, keys, bounds) from None
     cuts += [len(keys)] * (reducers + 1 - len(cuts))
-    return [(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
+    return [(list(keys[a:b]), list(values[a:b])) for a, b in zip(cuts, cuts[1:])]
+
+
+def in_order(order: list[int], *columns: list) -> list[Sequence]:
+    """Each column's items in ``order`` (a tuple each; lists when there are fewer than
+    two). One ``itemgetter`` of the order, called on each column: reading the items in
+    sorted order is reading them all over memory, and this costs two thirds of
+    ``list(map(column.__getitem__, order))`` (no call through the method per item)."""
+    if len(order) < 2:
+        return [[column[i] for i in order] for column in columns]
+    take = itemgetter(*order)
+    return [take(column) for column in columns]
 
 
 def _incomparable(job: Job, keys: list, bounds: list) -> BadOutput:
@@ -107,4 +118,5 @@ def merge_runs(job: Job, segments: Iterable[Any]) -> Columns:
     except TypeError as exc:
         raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
                         f"compare with each other: {exc}") from None
-    return list(map(keys.__getitem__, order)), list(map(values.__getitem__, order))
+    keys, values = in_order(order, keys, values)
+    return list(keys), list(values)  # (lists: a tuple would travel as a tuple)

@@ -102,19 +102,43 @@ def encode_lines(keys: Sequence, values: Sequence) -> str:
     ``json.dumps([k, v], ensure_ascii=False, default=repr) + "\\n"`` per pair, made by
     encoding each column on its own (a pair's JSON is its two items' JSON, in brackets,
     ", " between them)."""
-    encoded_keys = _encode_column(keys)
-    encoded_values = _encode_column(values)
+    encoded_keys, qk = _column_text(keys)
+    encoded_values, qv = _column_text(values)
     n = min(len(encoded_keys), len(encoded_values))
     if not n:
         return ""
     # One join of the items and the separators between them, laid out by slice
-    # assignments (C loops): a third of the time of a format per line.
-    pieces = [", "] * (4 * n)
+    # assignments (C loops): a third of the time of a format per line. A column of plain
+    # text comes as it is, its quotes in the separators (qk, qv).
+    pieces = [qk + ", " + qv] * (4 * n)
     pieces[0::4] = encoded_keys[:n]
     pieces[2::4] = encoded_values[:n]
-    pieces[3::4] = ["]\n["] * n
-    pieces[-1] = "]\n"
-    return "[" + "".join(pieces)
+    pieces[3::4] = [qv + "]\n[" + qk] * n
+    pieces[-1] = qv + "]\n"
+    return "[" + qk + "".join(pieces)
+
+
+# The UTF-8 bytes a JSON string holds as they are (ensure_ascii=False): all but the
+# quote, the backslash and the control characters below 0x20 (the bytes of a multi-byte
+# character are all 0x80 or more)
+_PLAIN_BYTES = bytes(b for b in range(0x20, 0x100) if b not in b'"\\')
+
+
+def _column_text(column: Sequence) -> tuple[Sequence, str]:
+    """Each item's JSON text and ``""``; or, for a column of exact ``str`` none of which
+    needs an escape, the column itself and ``'"'``: its JSON is each item in quotes, and
+    checking the whole column at once, in C, is a tenth of the cost of escaping each
+    item (a record's value in a sort's part file)."""
+    if type(column) is list and column and type(column[0]) is str and set(
+            map(type, column)) == {str}:
+        joined = "".join(column)
+        try:
+            raw = joined.encode("utf-8")
+        except UnicodeEncodeError:  # (lone surrogates: escaped, and failing, as before)
+            raw = b"\\"
+        if not raw.translate(None, _PLAIN_BYTES):
+            return column, '"'
+    return _encode_column(column), ""
 
 
 def _float(x: float) -> str:

@@ -164,10 +164,13 @@ class Location:
 
 
 def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -> bytes:
-    """Write an attempt's output partition (``blob``: its packed ``[keys, values]``) as
-    its part file under the attempt's temporary name; returns what the task reports as
-    the partition's output: the commit record, after the data when the client keeps
-    results (``[keys, values, record]``), else alone (``[[], [], record]``)."""
+    """Write an attempt's output partition (``blob``: its packed ``[keys, values]``, or
+    the ``(keys, values)`` columns themselves) as its part file under the attempt's
+    temporary name; returns what the task reports as the partition's output: the commit
+    record, after the data when the client keeps results (``[keys, values, record]``),
+    else alone (``[[], [], record]``)."""
+    if type(blob) is tuple:
+        return _write_columns(spec, job_id, part, attempt, *blob)
     data = memoryview(blob).cast("B")  # (no copy: the task's output is large)
     # decoded a chunk at a time as it is written: never the whole partition at once
     count, chunks = column_chunks(data, CHUNK_RECORDS) if len(data) else (0, iter(()))
@@ -179,3 +182,19 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     if bytes(data[:1]) != b"\x92":  # (pack() of two columns starts with a fixarray of 2)
         raise ValueError("a task's output is not two columns")
     return b"\x93" + bytes(data[1:]) + record
+
+
+def _write_columns(spec: dict, job_id: str, part: int, attempt: int, keys: list,
+                   values: list) -> bytes:
+    """:func:`write_attempt` of columns in hand (a plain sort's reduce, rangesort.py): the
+    lines are encoded from them, not from their packed bytes decoded again, and they are
+    packed only if the client keeps results (the task checked that no value needs a
+    pickle)."""
+    written = Location(spec["url"], spec.get("storage")).write_lines(
+        temp_name(job_id, attempt, part), keys, values)
+    record = msgpack.packb({"attempt": attempt, "records": len(keys), "bytes": written})
+    if spec.get("results") is False or not keys:
+        return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + record
+    from ..patterns.records import pack
+
+    return b"\x93" + pack([keys, values])[1:] + record

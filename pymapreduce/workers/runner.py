@@ -70,7 +70,7 @@ class Numbered:
 
 def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
              skip: Any = (), ordinals: bool = False, safe_output: bool = False,
-             budget: Budget | None = None):
+             budget: Budget | None = None, columns: bool = False):
     """Run a map or reduce task; returns ``(output blobs, stats)``.
 
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
@@ -81,7 +81,9 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     that would need pickling fails the task (:class:`ValueNeedsPickle`, naming its key and
     type) rather than reach a client that will refuse it. ``budget``: the process's memory
     budget; past it a task spills sorted runs to its own directory, removed when the task
-    ends however it ends (``spill/``, docs/memory.md).
+    ends however it ends (``spill/``, docs/memory.md). ``columns``: a plain sort's reduce
+    task that fits in memory returns its output as ``(keys, values)`` columns, not packed
+    (its part file is written from them: ``store/output.py``'s ``write_attempt``).
     """
     with paused_gc(), (budget.task_dir() if budget is not None else nullcontext()) as files:
         if budget is not None:
@@ -90,7 +92,7 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
             budget.start_task(sum(len(b) for b in blobs) if kind != "map" and not streamed
                               else 0)
         out, stats = _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
-                               safe_output, budget, files)
+                               safe_output, budget, files, columns)
         if budget is not None and budget.spills:
             counters = stats.setdefault("counters", {})
             counters[SPILL_COUNTER] = counters.get(SPILL_COUNTER, 0) + budget.spills
@@ -99,7 +101,7 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
 
 def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
               skip: Any, ordinals: bool, safe_output: bool, budget: Budget | None = None,
-              files: TaskFiles | None = None):
+              files: TaskFiles | None = None, columns: bool = False):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
         if budget is not None and desc[0] == "cols" and not fits_decoded(
@@ -153,7 +155,10 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             if budget is not None and files is not None:
                 out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
             elif plain_sort(job):
-                out = [pack_output(merge_runs(job, segments), safe_output)]
+                merged = merge_runs(job, segments)
+                # (columns of types that never need a pickle: the safe check has nothing to find)
+                out = [merged if columns and _native(merged)
+                       else pack_output(merged, safe_output)]
             else:
                 groups = merge_segments(segments, combined=job._has("combine"))
                 out = [pack_output(reduce_groups(job, groups), safe_output)]
@@ -164,6 +169,14 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
     if counters:
         stats["counters"] = counters
     return out, stats
+
+
+# Types msgpack carries as they are: a column of these never needs a pickle
+NATIVE_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _native(columns: Columns) -> bool:
+    return set(map(type, columns[0])).union(map(type, columns[1])) <= NATIVE_TYPES
 
 
 def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,

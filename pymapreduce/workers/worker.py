@@ -455,7 +455,8 @@ class Worker:
                                               b["reducers"], b["map_only"], skip=item.skip,
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output,
-                                              budget=self.budget)
+                                              budget=self.budget,
+                                              columns=isinstance(item.output, dict))
                 finally:
                     self.capture.end()
                 if isinstance(item.output, dict):  # its part file, under this attempt's name
