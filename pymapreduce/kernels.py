@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from .buckets import BUCKETS, join_buckets, merge_bucketed
 from .errors import BadOutput
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
 from .ordering import as_pair, combiner_of, group_key, is_total_order, range_bounds
@@ -210,7 +211,9 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     Each partition is ``(keys, values)``: with a combiner one combined value per key,
     without one the key's list of values (sorted by ``value_key`` if the job has one, so
     the reduce side merges sorted runs). One pass, one partition choice per key: a
-    ``total_order`` job's by its key range, else the job's ``partition``, else a hash.
+    ``total_order`` job's by its key range, else the job's ``partition``, else a hash;
+    by hash, a combining job's partitions are ``(keys, values, cuts)``, cut into hash
+    buckets for the reduce side's merge (``buckets.py``).
     """
     if isinstance(groups, FlatPairs):
         return _partition_flat(job, groups, reducers)
@@ -222,6 +225,8 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
                 values.sort(key=value_key)
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
+    if combiner is not None and _hashed(job):
+        return _combine_buckets(groups, combiner, reducers)
     parts: list[Columns] = [([], []) for _ in range(reducers)]
     choose = _chooser(job, reducers)
     hashed = choose is None  # the common case, inlined: stable_hash's str branch
@@ -248,7 +253,10 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
     """:func:`finish_map` of flat pairs, in one pass that checks each pair (as
     :func:`map_grouped` does), partitions it and appends it: segments ``(keys, values,
     True)``, True saying that each value is one value, not a key's list
-    (:func:`merge_segments`)."""
+    (:func:`merge_segments`); partitioned by hash, the third item is the list of the
+    partition's hash buckets' ends instead (``buckets.py``), which says the same."""
+    if _hashed(job):
+        return _flat_buckets(job, flat.pairs, reducers)
     kparts: list[list] = [[] for _ in range(reducers)]
     vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)
@@ -272,6 +280,61 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
         kparts[p].append(k)
         vparts[p].append(v)
     return [(kparts[p], vparts[p], True) for p in range(reducers)]
+
+
+def _hashed(job: Job) -> bool:
+    """Whether the job's partitions are picked by stable hash: no ``total_order`` ranges,
+    no ``partition`` of its own (then buckets are cut inside them: ``buckets.py``)."""
+    return range_bounds(job) is None and type(job).partition is Job.partition
+
+
+def _combine_buckets(groups: Groups, combiner: Any, reducers: int) -> list:
+    """:func:`finish_map` of a combining job partitioned by hash: each group combined,
+    then into its partition's hash bucket (``buckets.py``)."""
+    n = reducers * BUCKETS
+    kb: list[list] = [[] for _ in range(n)]
+    vb: list[list] = [[] for _ in range(n)]
+    kinds = 0  # key types other than str met: 2 int, 4 anything else
+    crc32 = zlib.crc32
+    for k, values in groups.items():
+        v = values[0] if len(values) == 1 else combiner(k, values)
+        if type(k) is str:  # (stable_hash's str branch, inlined)
+            p = crc32(k.encode("utf-8", "surrogatepass")) % n
+        else:
+            kinds |= 2 if type(k) is int else 4
+            p = stable_hash(k) % n
+        kb[p].append(k)
+        vb[p].append(v)
+    return join_buckets(kb, vb, reducers, kinds)
+
+
+def _flat_buckets(job: Job, pairs: list, reducers: int) -> list:
+    """:func:`_partition_flat` partitioned by hash: each pair checked, then into its
+    partition's hash bucket (``buckets.py``)."""
+    n = reducers * BUCKETS
+    kb: list[list] = [[] for _ in range(n)]
+    vb: list[list] = [[] for _ in range(n)]
+    kinds = 0
+    crc32 = zlib.crc32
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            pair = as_pair(job, "map_final", pair)
+        k, v = pair
+        if type(k) is str:
+            p = crc32(k.encode("utf-8", "surrogatepass")) % n
+        else:
+            if type(k) is int:
+                kinds |= 2
+            else:
+                kinds |= 4
+                try:
+                    hash(k)  # (the reduce side groups by it)
+                except TypeError:
+                    k = group_key(job, "map_final", k)
+            p = stable_hash(k) % n
+        kb[p].append(k)
+        vb[p].append(v)
+    return join_buckets(kb, vb, reducers, kinds)
 
 
 def _chooser(job: Job, reducers: int) -> Any:
@@ -312,16 +375,7 @@ def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
 
     ``combined``: the segments hold one combined value per key, not lists of values.
     """
-    groups: Groups = defaultdict(list)  # a missing key costs C code, not a branch
-    for segment in segments:
-        keys, values = segment[0], segment[1]
-        if combined or len(segment) > 2:  # one value per pair (flat pairs: finish_map)
-            for k, v in zip(keys, values):
-                groups[k].append(v)
-        else:
-            for k, vs in zip(keys, values):
-                groups[k].extend(vs)
-    return groups
+    return merge_bucketed(segments, combined)  # (by hash bucket where they are cut)
 
 
 def reduce_groups(job: Job, groups: Groups) -> Columns:
