@@ -13,8 +13,8 @@ Why: a reduce task appends each pair's value to its key's list, and with many di
 keys (the 256 MiB word count: 233,000 per partition, 2.3 million pairs from 32 map tasks)
 the dict and the lists it touches lie all over memory, so each pair costs several cache
 misses (0.4 us). Merging ROUND segments one bucket at a time keeps a bucket's dict and
-lists in cache while they are hit again: the same merge took 0.52 s instead of 1.2 s
-(``benchmarks/RESULTS.md``, the kernel section). Values keep map-task order within each
+lists in cache while they are hit again: the reduce task took 1.08 CPU s instead of
+1.6 (``benchmarks/RESULTS.md``, the kernel section). Values keep map-task order within each
 key, because each bucket is merged over the segments in their order.
 
 Buckets are only cut when equal keys are sure to share a bucket and to compare with
@@ -32,12 +32,14 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 BUCKETS = 32  # hash buckets per reduce partition
-# Segments decoded and merged bucket by bucket at a time. More reuse the cache better
-# (32 segments: 0.41 s where 8 take 0.52 s) but hold their decoded keys at once
-# (about 6 MB per segment of 72,000 keys): 8 is the trade.
-ROUND = 8
-# A round with fewer pairs than this per bucket is merged whole: a small task's buckets
-# would cost a slice and a loop each for a handful of pairs.
+# Segments decoded and merged bucket by bucket at a time. More reuse the cache better but
+# hold their decoded keys at once (about 5 MB a segment of 72,000 keys): on the 256 MiB
+# word count's reduce task, 8 took 1.0 CPU s and 37 MB more at the peak than 4, which
+# take 1.08 s and, with each segment's bytes let go once decoded (workers/runner.py),
+# peak where the merge of whole segments did (2: 1.12 s).
+ROUND = 4
+# Segments are merged whole when the first holds fewer pairs than this per bucket in a
+# round: a small task's buckets would cost a slice and a loop each for a few pairs.
 MIN_BUCKET_PAIRS = 256
 
 
@@ -80,13 +82,15 @@ def merge_bucketed(segments: Iterable, combined: bool) -> dict:
     ROUND segments at a time, while every segment has cuts of the same shape, else as a
     whole (:func:`merge_whole`). The result is a dict of lists."""
     it: Iterator = iter(segments)
-    batch = list(islice(it, ROUND))
+    batch = list(islice(it, 1))  # (decided on the first: the others are not held for it)
     shape = _shape(batch)
-    if shape is None or sum(len(s[0]) for s in batch) < MIN_BUCKET_PAIRS * BUCKETS:
+    if shape is None or len(batch[0][0]) * ROUND < MIN_BUCKET_PAIRS * BUCKETS:
         groups: dict = defaultdict(list)
         merge_whole(groups, batch, combined)
+        del batch
         merge_whole(groups, it, combined)
         return groups
+    batch += islice(it, ROUND - 1)
     parts = [defaultdict(list) for _ in range(BUCKETS)]
     while batch:
         if _shape(batch, shape) is None:  # a plain segment: the rest merged whole
@@ -134,6 +138,7 @@ def _union(parts: list[dict]) -> dict:
     groups = parts[0]
     for other in islice(parts, 1, None):
         groups.update(other)
+        other.clear()  # (its table freed as the union's grows: not both held at the end)
     if len(groups) != total:
         raise ValueError("map output segments whose hash buckets disagree: a key in two "
                          "buckets")

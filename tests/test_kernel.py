@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from pymapreduce import Client, Job, read_text, run_sequential, stable_hash
+from pymapreduce import Client, Job, buckets, read_text, run_sequential, stable_hash
 from pymapreduce.buckets import BUCKETS, MIN_BUCKET_PAIRS, ROUND
 from pymapreduce.kernels import finish_map, map_grouped, merge_segments
 from pymapreduce.patterns.records import pack, unpack
@@ -94,12 +94,26 @@ def test_partitions_are_cut_into_buckets_by_the_same_hash(job, reducers):
                 assert stable_hash(k) // reducers % BUCKETS == b
 
 
+@pytest.fixture
+def unions(monkeypatch):
+    """How many merges took the bucket path (each ends in one union of its buckets)."""
+    calls = []
+    real = buckets._union
+
+    def counted(parts):
+        calls.append(len(parts))
+        return real(parts)
+
+    monkeypatch.setattr(buckets, "_union", counted)
+    return calls
+
+
 @pytest.mark.parametrize("job", [WordCountCombined(), InMapper()])
-def test_merge_by_bucket_equals_a_whole_merge_in_map_task_order(job):
-    tasks = word_tasks(2 * ROUND + 3, MANY // 2)  # rounds of ROUND segments, a short last
+def test_merge_by_bucket_equals_a_whole_merge_in_map_task_order(job, unions):
+    tasks = word_tasks(2 * ROUND + 3, MANY)  # rounds of ROUND segments, a short last
     for segments in segments_of(job, tasks, 2):
-        assert sum(len(s[0]) for s in segments[:ROUND]) >= MANY  # (the bucket path)
         got = merge_segments(segments, combined=True)
+        assert unions.pop() == BUCKETS and not unions  # (the bucket path was taken)
         want = merge_segments(plain(segments), combined=True)
         assert dict(got) == dict(want)  # lists equal: values in map-task order
     tagged = segments_of(Tagged(), tasks, 2)
@@ -133,9 +147,9 @@ def test_a_job_of_many_keys_equals_the_sequential_run_on_a_cluster(cluster, tmp_
     assert max(map(len, got.values())) > 6  # (several tasks' values for most words)
 
 
-def test_a_segment_without_buckets_is_merged_whole_in_its_place():
+def test_a_segment_without_buckets_is_merged_whole_in_its_place(unions):
     job = WordCountCombined()
-    tasks = word_tasks(2 * ROUND, MANY // 2)
+    tasks = word_tasks(2 * ROUND, MANY)
     (segments,) = segments_of(job, tasks, 1)
     want = dict(merge_segments(plain(segments), combined=True))
     for at in (0, 3, ROUND, 2 * ROUND - 1):  # in the first round, a later one, the last
@@ -145,18 +159,22 @@ def test_a_segment_without_buckets_is_merged_whole_in_its_place():
         flagged = list(segments)
         flagged[at] = [flagged[at][0], flagged[at][1], True]
         assert dict(merge_segments(flagged, combined=True)) == want
+        # (by bucket up to the plain segment's round, unless it came first)
+        assert unions == ([] if at == 0 else [BUCKETS, BUCKETS])
+        unions.clear()
 
 
-def test_lists_of_values_among_bucketed_segments_keep_their_order():
+def test_lists_of_values_among_bucketed_segments_keep_their_order(unions):
     """A job without a combiner whose map yields in some tasks (lists of values per key)
     and only map_final in others (single values): each segment merged as what it is."""
     job = InMapper()
-    tasks = word_tasks(ROUND + 2, MANY // 2)
+    tasks = word_tasks(ROUND + 2, MANY)
     (segments,) = segments_of(job, tasks, 1)
     k, v = segments[5][0], segments[5][1]
     lists = [list(k), [[x, 0] for x in v]]  # this task sent two values for each key
     mixed = segments[:5] + [lists] + segments[6:]
     got = merge_segments(mixed, combined=False)
+    assert unions == [BUCKETS]  # (by bucket until the segment of lists)
     want = merge_segments(plain(segments[:5]) + [lists] + plain(segments[6:]), combined=False)
     assert dict(got) == dict(want)
 
@@ -169,19 +187,20 @@ def test_lists_of_values_among_bucketed_segments_keep_their_order():
     lambda c: [float(x) for x in c],        # not ints
     lambda c: "not a list",
 ])
-def test_cuts_that_do_not_fit_their_segment_are_ignored(cuts):
+def test_cuts_that_do_not_fit_their_segment_are_ignored(cuts, unions):
     job = WordCountCombined()
-    (segments,) = segments_of(job, word_tasks(ROUND + 1, MANY // 2), 1)
+    (segments,) = segments_of(job, word_tasks(ROUND + 1, MANY), 1)
     want = dict(merge_segments(plain(segments), combined=True))
     for at in (0, ROUND):
         bad = list(segments)
         bad[at] = [bad[at][0], bad[at][1], cuts(list(bad[at][2]))]
         assert dict(merge_segments(bad, combined=True)) == want
+    assert unions == [BUCKETS]  # (by bucket for the first round when it was not the bad one)
 
 
 def test_cuts_that_put_a_key_in_two_buckets_fail_rather_than_lose_values():
     job = WordCountCombined()
-    (segments,) = segments_of(job, word_tasks(3, MANY // 2), 1)
+    (segments,) = segments_of(job, word_tasks(3, MANY), 1)
     keys, values, cuts = segments[1]
     # the same cuts, over the keys in another order: every key now in a wrong bucket
     lying = [list(reversed(keys)), list(reversed(values)), cuts]
