@@ -27,9 +27,14 @@ that meets one merges as before (:func:`merge_whole`).
 from __future__ import annotations
 
 import operator
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import Any
+
+from .job import Job, stable_hash
+from .ordering import as_pair, group_key
 
 BUCKETS = 32  # hash buckets per reduce partition
 # Segments decoded and merged bucket by bucket at a time. More reuse the cache better but
@@ -41,6 +46,7 @@ ROUND = 4
 # Segments are merged whole when the first holds fewer pairs than this per bucket in a
 # round: a small task's buckets would cost a slice and a loop each for a few pairs.
 MIN_BUCKET_PAIRS = 256
+DICT_ITEMS = type({}.items())  # what a dict's items() is (a Counter's too)
 
 
 def join_buckets(kb: list[list], vb: list[list], reducers: int, kinds: int) -> list:
@@ -61,6 +67,65 @@ def join_buckets(kb: list[list], vb: list[list], reducers: int, kinds: int) -> l
             cuts.append(len(keys))
         parts.append((keys, values, cuts if kinds in (0, 2) else True))
     return parts
+
+
+def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
+    """``kernels.finish_map`` of a combining job partitioned by hash: each group
+    combined, then into its partition's hash bucket."""
+    n = reducers * BUCKETS
+    kb: list[list] = [[] for _ in range(n)]
+    vb: list[list] = [[] for _ in range(n)]
+    kinds = 0  # key types other than str met: 2 int, 4 anything else
+    crc32 = zlib.crc32
+    for k, values in groups.items():
+        v = values[0] if len(values) == 1 else combiner(k, values)
+        if type(k) is str:  # (stable_hash's str branch, inlined)
+            p = crc32(k.encode("utf-8", "surrogatepass")) % n
+        else:
+            kinds |= 2 if type(k) is int else 4
+            p = stable_hash(k) % n
+        kb[p].append(k)
+        vb[p].append(v)
+    return join_buckets(kb, vb, reducers, kinds)
+
+
+def flat_buckets(job: Job, pairs: Any, reducers: int) -> list:
+    """``kernels._partition_flat`` partitioned by hash: each pair checked (unless they
+    are a dict's items), then into its partition's hash bucket."""
+    n = reducers * BUCKETS
+    kb: list[list] = [[] for _ in range(n)]
+    vb: list[list] = [[] for _ in range(n)]
+    kinds = 0
+    crc32 = zlib.crc32
+    if type(pairs) is DICT_ITEMS:  # (pairs of two, hashable keys: nothing to check)
+        for k, v in pairs:
+            if type(k) is str:
+                p = crc32(k.encode("utf-8", "surrogatepass")) % n
+            else:
+                kinds |= 2 if type(k) is int else 4
+                p = stable_hash(k) % n
+            kb[p].append(k)
+            vb[p].append(v)
+        return join_buckets(kb, vb, reducers, kinds)
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            pair = as_pair(job, "map_final", pair)
+        k, v = pair
+        if type(k) is str:
+            p = crc32(k.encode("utf-8", "surrogatepass")) % n
+        else:
+            if type(k) is int:
+                kinds |= 2
+            else:
+                kinds |= 4
+                try:
+                    hash(k)  # (the reduce side groups by it)
+                except TypeError:
+                    k = group_key(job, "map_final", k)
+            p = stable_hash(k) % n
+        kb[p].append(k)
+        vb[p].append(v)
+    return join_buckets(kb, vb, reducers, kinds)
 
 
 def merge_whole(groups: dict, segments: Iterable, combined: bool) -> None:

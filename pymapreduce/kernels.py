@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from .buckets import BUCKETS, join_buckets, merge_bucketed
+from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
 from .errors import BadOutput
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
 from .ordering import as_pair, combiner_of, group_key, is_total_order, range_bounds
@@ -62,9 +62,17 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
         # in-mapper combining: map yielded nothing and map_final yields the task's
         # output, as a rule one pair per key; grouping it would make a list of one
         # value per key, to encode, decode and merge: it travels as flat pairs
-        return FlatPairs(job, list(run_hook(job, "map_final")))
+        return FlatPairs(job, final_pairs(job))
     group_final(job, groups)
     return groups
+
+
+def final_pairs(job: Job) -> Any:
+    """What ``map_final`` yields, as a list; a dict's ``items()`` (a Counter's, in-mapper
+    combining) is kept as it is: its pairs are tuples of two with hashable keys, so they
+    are partitioned straight from the dict, unchecked and uncopied (``buckets.py``)."""
+    out = run_hook(job, "map_final")
+    return out if type(out) is DICT_ITEMS else list(out)
 
 
 def run_hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
@@ -226,7 +234,7 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
     if combiner is not None and _hashed(job):
-        return _combine_buckets(groups, combiner, reducers)
+        return combine_buckets(groups, combiner, reducers)
     parts: list[Columns] = [([], []) for _ in range(reducers)]
     choose = _chooser(job, reducers)
     hashed = choose is None  # the common case, inlined: stable_hash's str branch
@@ -256,7 +264,7 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
     (:func:`merge_segments`); partitioned by hash, the third item is the list of the
     partition's hash buckets' ends instead (``buckets.py``), which says the same."""
     if _hashed(job):
-        return _flat_buckets(job, flat.pairs, reducers)
+        return flat_buckets(job, flat.pairs, reducers)
     kparts: list[list] = [[] for _ in range(reducers)]
     vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)
@@ -286,55 +294,6 @@ def _hashed(job: Job) -> bool:
     """Whether the job's partitions are picked by stable hash: no ``total_order`` ranges,
     no ``partition`` of its own (then buckets are cut inside them: ``buckets.py``)."""
     return range_bounds(job) is None and type(job).partition is Job.partition
-
-
-def _combine_buckets(groups: Groups, combiner: Any, reducers: int) -> list:
-    """:func:`finish_map` of a combining job partitioned by hash: each group combined,
-    then into its partition's hash bucket (``buckets.py``)."""
-    n = reducers * BUCKETS
-    kb: list[list] = [[] for _ in range(n)]
-    vb: list[list] = [[] for _ in range(n)]
-    kinds = 0  # key types other than str met: 2 int, 4 anything else
-    crc32 = zlib.crc32
-    for k, values in groups.items():
-        v = values[0] if len(values) == 1 else combiner(k, values)
-        if type(k) is str:  # (stable_hash's str branch, inlined)
-            p = crc32(k.encode("utf-8", "surrogatepass")) % n
-        else:
-            kinds |= 2 if type(k) is int else 4
-            p = stable_hash(k) % n
-        kb[p].append(k)
-        vb[p].append(v)
-    return join_buckets(kb, vb, reducers, kinds)
-
-
-def _flat_buckets(job: Job, pairs: list, reducers: int) -> list:
-    """:func:`_partition_flat` partitioned by hash: each pair checked, then into its
-    partition's hash bucket (``buckets.py``)."""
-    n = reducers * BUCKETS
-    kb: list[list] = [[] for _ in range(n)]
-    vb: list[list] = [[] for _ in range(n)]
-    kinds = 0
-    crc32 = zlib.crc32
-    for pair in pairs:
-        if type(pair) is not tuple or len(pair) != 2:
-            pair = as_pair(job, "map_final", pair)
-        k, v = pair
-        if type(k) is str:
-            p = crc32(k.encode("utf-8", "surrogatepass")) % n
-        else:
-            if type(k) is int:
-                kinds |= 2
-            else:
-                kinds |= 4
-                try:
-                    hash(k)  # (the reduce side groups by it)
-                except TypeError:
-                    k = group_key(job, "map_final", k)
-            p = stable_hash(k) % n
-        kb[p].append(k)
-        vb[p].append(v)
-    return join_buckets(kb, vb, reducers, kinds)
 
 
 def _chooser(job: Job, reducers: int) -> Any:

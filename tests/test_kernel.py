@@ -253,3 +253,41 @@ def test_equal_numbers_of_two_types_stay_one_key():
     for order in ([seg_int, seg_float], [seg_float, seg_int], [seg_int] * ROUND + [seg_float]):
         got = merge_segments(order, combined=True)
         assert len(got) == MANY and all(len(v) == len(order) for v in got.values())
+
+
+class ItemsOf(Job):
+    """map_final returns a dict's items (not a generator): the pairs are taken from the
+    dict as they are; keys of every kind must still be partitioned and grouped exactly."""
+
+    def map_init(self):
+        self.totals = {}
+
+    def map(self, key, value):
+        self.totals[value] = self.totals.get(value, 0) + 1
+
+    def map_final(self):
+        return self.totals.items()
+
+    def reduce(self, key, counts):
+        return sum(counts)
+
+
+@pytest.mark.parametrize("keys", [
+    [f"k{i}" for i in range(MANY)],
+    list(range(MANY)),
+    [(i, "t") for i in range(300)] + [frozenset({i}) for i in range(50)] + [None, b"b", 2.5],
+    ["s", 1, (1, 2)] * 10,
+])
+def test_a_dict_items_map_final_is_partitioned_and_grouped_exactly(keys):
+    job = ItemsOf()
+    tasks = [list(enumerate(keys[t::3] + keys[: len(keys) // 2])) for t in range(3)]
+    want = Counter()
+    for records in tasks:
+        want.update(Counter(v for _, v in records))
+    for reducers in (1, 3):
+        got = {}
+        for segments in segments_of(job, tasks, reducers):
+            groups = merge_segments(segments, combined=False)
+            assert not got.keys() & groups.keys()  # each key in one partition
+            got.update((k, sum(v)) for k, v in groups.items())
+        assert got == dict(want)
