@@ -1,9 +1,14 @@
 """Word count on a text corpus: pymapreduce against the alternatives, same machine, same run.
 
     python benchmarks/bench_wordcount.py --size-mb 256 --systems single,pymapreduce,mp,dask,spark
+    python benchmarks/bench_wordcount.py --size-mb 64 --systems single,pymapreduce \
+        --trees /tmp/before,. --repeat 5            # pymapreduce from two source trees
 
 Every system counts the same files and its result is checked equal to the single-process one.
 Only the job is timed; starting a cluster (pymapreduce, Dask, Spark's JVM) is reported apart.
+Runs go in rounds, every system once per round, so that each round sees the same load on a
+shared machine; ``--trees`` runs the pymapreduce side once per source tree (a child
+process each, importing pymapreduce from that tree, its own embedded cluster).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import argparse
 import gc
 import multiprocessing
 import os
+import pickle
+import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -156,6 +164,32 @@ def run_pymapreduce(job: Any, files: list[str]) -> tuple[dict, float, float]:
     return result, t[0], start[0]
 
 
+def run_tree(tree: str, files: list[str]) -> tuple[dict, float, float]:
+    """:func:`run_pymapreduce` in a child process importing pymapreduce from ``tree``."""
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as out:
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", tree,
+                        "--child-out", out.name, *files], env=env, check=True)
+        with open(out.name, "rb") as f:
+            return pickle.load(f)
+
+
+def child(tree: str, out: str, files: list[str]) -> int:
+    """The ``--trees`` child: pymapreduce from ``tree`` (not the checkout of this script)."""
+    sys.path.insert(0, os.path.abspath(tree))
+    for name in [m for m in sys.modules
+                 if m in ("pymapreduce", "jobs") or m.startswith("pymapreduce.")]:
+        del sys.modules[name]  # (jobs: its WordCount subclasses the tree's Job)
+    import pymapreduce
+
+    assert os.path.dirname(os.path.dirname(pymapreduce.__file__)) == os.path.abspath(tree)
+    from jobs import WordCount as Reloaded
+
+    with open(out, "wb") as f:
+        pickle.dump(run_pymapreduce(Reloaded(), files), f)
+    return 0
+
+
 def _dask_count_partition(lines: Iterable[str], job: Any) -> Counter:
     """Map and combine one Dask partition with the job's own methods.
 
@@ -291,8 +325,15 @@ def main() -> int:
                     help="comma list of " + ",".join(SYSTEMS))
     ap.add_argument("--corpus-root", default=common.DEFAULT_CORPUS_ROOT)
     ap.add_argument("--repeat", type=int, default=1, help="runs per system; the best is shown")
+    ap.add_argument("--trees", help="comma list of source trees to run pymapreduce from "
+                                    "(default: this checkout, in this process)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.child_out, args.files)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
@@ -304,46 +345,78 @@ def main() -> int:
     print(f"corpus  : {len(files)} files, {mib:.1f} MiB in {os.path.dirname(files[0])}\n")
 
     systems.sort(key=lambda name: name != "single")  # the reference runs first
-    job, reference, records = WordCount(), None, []
+    job = WordCount()
+    runners: dict[str, Callable[[], tuple]] = {}
     for name in systems:
-        samples, startups, equal = [], [], True
-        try:
-            for i in range(args.repeat):
-                log(f"running {name} ({i + 1}/{args.repeat}) ...")
-                gc.collect()
-                result, seconds, startup = RUNNERS[name](job, files)
-                samples.append(seconds)
-                startups.append(startup)
-                if reference is None:
-                    reference = result
-                if result != reference:
-                    equal = False
-                    print(f"{name}: result differs: {describe_difference(reference, result)}")
-                words = len(result)
-                del result
-        except Skipped as why:
-            print(f"{name}: skipped: {why}")
+        if name == "pymapreduce" and args.trees:
+            for tree in args.trees.split(","):
+                runners[f"pymapreduce ({tree})"] = lambda t=tree: run_tree(t, files)
+        else:
+            runners[name] = lambda name=name: RUNNERS[name](job, files)
+    # Rounds of every system in turn, not every run of one system and then the next: on a
+    # shared machine the load changes by the minute, and each round sees the same load.
+    reference = None
+    samples: dict = {name: [] for name in runners}
+    startups: dict = {name: [] for name in runners}
+    equal = dict.fromkeys(runners, True)
+    words: dict = {}
+    failed: dict = {}
+    for i in range(args.repeat):
+        for name, runner in runners.items():
+            if name in failed:
+                continue
+            log(f"running {name} ({i + 1}/{args.repeat}) ...")
+            gc.collect()
+            try:
+                result, seconds, startup = runner()
+            except Skipped as why:
+                print(f"{name}: skipped: {why}")
+                failed[name] = None
+                continue
+            except Exception as exc:  # one system failing must not hide the others' figures
+                print(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            samples[name].append(seconds)
+            startups[name].append(startup)
+            if reference is None:
+                reference = result
+            if result != reference:
+                equal[name] = False
+                print(f"{name}: result differs: {describe_difference(reference, result)}")
+            words[name] = len(result)
+            del result
+    records = []
+    for name in runners:
+        if failed.get(name):
+            records.append({"system": name, "error": failed[name], "equal": False})
+        if not samples[name]:
             continue
-        except Exception as exc:  # one system failing must not hide the others' figures
-            print(f"{name}: FAILED: {type(exc).__name__}: {exc}")
-            records.append({"system": name, "error": f"{type(exc).__name__}: {exc}",
-                            "equal": False})
-            continue
-        best = min(samples)  # the least disturbed run; all runs are in the JSON
+        best = min(samples[name])  # the least disturbed run; all runs are in the JSON
         records.append({"system": name, "seconds": best, "mib_per_s": mib / best,
-                        "startup_s": startups[samples.index(best)], "samples_s": samples,
-                        "startups_s": startups, "equal": equal, "distinct_words": words})
+                        "startup_s": startups[name][samples[name].index(best)],
+                        "samples_s": samples[name], "startups_s": startups[name],
+                        "equal": equal[name], "distinct_words": words[name]})
 
     timed_ok = [r for r in records if "seconds" in r]
-    single_s = next((r["seconds"] for r in timed_ok if r["system"] == "single"), None)
+    single = next((r for r in timed_ok if r["system"] == "single"), None)
     for r in timed_ok:
-        r["speedup_vs_single"] = single_s / r["seconds"] if single_s else None
+        r["speedup_vs_single"] = single["seconds"] / r["seconds"] if single else None
+        if single and len(single["samples_s"]) == len(r["samples_s"]):
+            # the ratio in each round, the same load on both sides: their median
+            ratios = sorted(s / x for s, x in zip(single["samples_s"], r["samples_s"]))
+            r["median_round_ratio"] = ratios[len(ratios) // 2]
     print()
-    common.print_table(["system", "seconds", "MiB/s", "x single", "start-up s", "equal"],
+    common.print_table(["system", "seconds", "MiB/s", "x single", "median x", "start-up s",
+                        "equal"],
                        [[r["system"], r["seconds"], r["mib_per_s"], r["speedup_vs_single"],
-                         r["startup_s"], r["equal"]] for r in timed_ok])
-    print(f"\nseconds: best of {args.repeat}; equal: same dict as {systems[0]};"
-          " x single: single seconds / system seconds; start-up (cluster, pool, JVM) is apart")
+                         r.get("median_round_ratio"), r["startup_s"], r["equal"]]
+                        for r in timed_ok])
+    for r in timed_ok:
+        print(f"{r['system']}: " + " / ".join(f"{x:.2f}" for x in r["samples_s"]))
+    print(f"\nseconds: best of {args.repeat}; equal: same dict as {next(iter(runners))};"
+          " x single: single's best / the system's best; median x: the median over rounds"
+          " of single / system in the same round; start-up (cluster, pool, JVM) is apart")
     common.write_json(args.json, {"machine": info, "size_mib": mib, "files": len(files),
                                   "workers": WORKERS, "results": records})
     return 0 if all(r["equal"] for r in records) else 1

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
 from .errors import BadOutput
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
 from .ordering import as_pair, combiner_of, group_key, is_total_order, range_bounds
@@ -61,9 +62,17 @@ def map_grouped(job: Job, records: Iterable[tuple[Any, Any]]) -> Groups:
         # in-mapper combining: map yielded nothing and map_final yields the task's
         # output, as a rule one pair per key; grouping it would make a list of one
         # value per key, to encode, decode and merge: it travels as flat pairs
-        return FlatPairs(job, list(run_hook(job, "map_final")))
+        return FlatPairs(job, final_pairs(job))
     group_final(job, groups)
     return groups
+
+
+def final_pairs(job: Job) -> Any:
+    """What ``map_final`` yields, as a list; a dict's ``items()`` (a Counter's, in-mapper
+    combining) is kept as it is: its pairs are tuples of two with hashable keys, so they
+    are partitioned straight from the dict, unchecked and uncopied (``buckets.py``)."""
+    out = run_hook(job, "map_final")
+    return out if type(out) is DICT_ITEMS else list(out)
 
 
 def run_hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
@@ -210,7 +219,9 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     Each partition is ``(keys, values)``: with a combiner one combined value per key,
     without one the key's list of values (sorted by ``value_key`` if the job has one, so
     the reduce side merges sorted runs). One pass, one partition choice per key: a
-    ``total_order`` job's by its key range, else the job's ``partition``, else a hash.
+    ``total_order`` job's by its key range, else the job's ``partition``, else a hash;
+    by hash, a combining job's partitions are ``(keys, values, cuts)``, cut into hash
+    buckets for the reduce side's merge (``buckets.py``).
     """
     if isinstance(groups, FlatPairs):
         return _partition_flat(job, groups, reducers)
@@ -222,6 +233,8 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
                 values.sort(key=value_key)
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
+    if combiner is not None and _hashed(job):
+        return combine_buckets(groups, combiner, reducers)
     parts: list[Columns] = [([], []) for _ in range(reducers)]
     choose = _chooser(job, reducers)
     hashed = choose is None  # the common case, inlined: stable_hash's str branch
@@ -248,7 +261,10 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
     """:func:`finish_map` of flat pairs, in one pass that checks each pair (as
     :func:`map_grouped` does), partitions it and appends it: segments ``(keys, values,
     True)``, True saying that each value is one value, not a key's list
-    (:func:`merge_segments`)."""
+    (:func:`merge_segments`); partitioned by hash, the third item is the list of the
+    partition's hash buckets' ends instead (``buckets.py``), which says the same."""
+    if _hashed(job):
+        return flat_buckets(job, flat.pairs, reducers)
     kparts: list[list] = [[] for _ in range(reducers)]
     vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)
@@ -272,6 +288,12 @@ def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
         kparts[p].append(k)
         vparts[p].append(v)
     return [(kparts[p], vparts[p], True) for p in range(reducers)]
+
+
+def _hashed(job: Job) -> bool:
+    """Whether the job's partitions are picked by stable hash: no ``total_order`` ranges,
+    no ``partition`` of its own (then buckets are cut inside them: ``buckets.py``)."""
+    return range_bounds(job) is None and type(job).partition is Job.partition
 
 
 def _chooser(job: Job, reducers: int) -> Any:
@@ -312,16 +334,7 @@ def merge_segments(segments: Iterable[Columns], combined: bool) -> Groups:
 
     ``combined``: the segments hold one combined value per key, not lists of values.
     """
-    groups: Groups = defaultdict(list)  # a missing key costs C code, not a branch
-    for segment in segments:
-        keys, values = segment[0], segment[1]
-        if combined or len(segment) > 2:  # one value per pair (flat pairs: finish_map)
-            for k, v in zip(keys, values):
-                groups[k].append(v)
-        else:
-            for k, vs in zip(keys, values):
-                groups[k].extend(vs)
-    return groups
+    return merge_bucketed(segments, combined)  # (by hash bucket where they are cut)
 
 
 def reduce_groups(job: Job, groups: Groups) -> Columns:

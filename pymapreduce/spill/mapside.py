@@ -30,6 +30,7 @@ from ..kernels import (
     _NO_RECORD,
     FlatPairs,
     RecordFailed,
+    final_pairs,
     finish_map,
     group_final,
     group_records,
@@ -67,7 +68,7 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
             groups = defaultdict(list)
             budget.released()
     if not groups and not runs and combiner is None:
-        flat = FlatPairs(job, list(run_hook(job, "map_final")))
+        flat = FlatPairs(job, final_pairs(job))
         try:
             return _packed(finish_map(job, flat, reducers))
         except Exception as exc:
