@@ -160,10 +160,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                 out = [merged if columns and _native(merged)
                        else pack_output(merged, safe_output)]
             else:
-                # (each segment's bytes let go once decoded: a merge by bucket holds a
-                # round of decoded segments, and the bytes of all of them at once cost
-                # the 256 MiB word count's reduce tasks 41 MB each)
-                segments = (unpack(b, allow_pickle=True) for b in _taken(blobs, first, n))
+                # (a merge by bucket holds a round of decoded segments; the bytes of all
+                # of them at once cost the 256 MiB word count's reduce tasks 41 MB each)
                 groups = merge_segments(segments, combined=job._has("combine"))
                 out = [pack_output(reduce_groups(job, groups), safe_output)]
         except (Exception, *USER_EXITS) as exc:
