@@ -110,10 +110,15 @@ def role(pid: int, parent: int, root: int, roles: dict[int, str]) -> str:
     if parent in roles and roles[parent] == "supervisor":
         return "worker"
     try:
+        with open(f"/proc/{pid}/comm", "rb") as f:  # a forked daemon: its cmdline is ours
+            comm = f.read().strip()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return "?"
+    forked = {b"pmr-broker": "broker", b"pmr-worker": "supervisor", b"pmr-sink": "sink"}
+    if comm in forked:
+        return forked[comm]
     for word, name in ((b"broker", "broker"), (b"worker", "supervisor"), (b"sink", "sink")):
         if b"pymapreduce" in argv and word in argv:
             return name
