@@ -22,9 +22,7 @@ import gc
 import multiprocessing
 import os
 import pickle
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 
 import common
@@ -145,21 +143,11 @@ def run_pymapreduce(files: list[str], per_word: bool = False) -> tuple[dict, flo
 
 def run_tree(tree: str, files: list[str]) -> tuple[dict, float, float]:
     """The pymapreduce side in a child process importing pymapreduce from ``tree``."""
-    with tempfile.NamedTemporaryFile(suffix=".pickle") as out:
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", tree,
-                        "--child-out", out.name, *files], env=env, check=True)
-        with open(out.name, "rb") as f:
-            return pickle.load(f)
+    return common.run_tree_child(__file__, tree, files)
 
 
 def child(tree: str, out: str, files: list[str]) -> int:
-    sys.path.insert(0, os.path.abspath(tree))  # ahead of the checkout common.py put first
-    for name in [m for m in sys.modules if m == "pymapreduce" or m.startswith("pymapreduce.")]:
-        del sys.modules[name]
-    import pymapreduce
-
-    assert os.path.dirname(os.path.dirname(pymapreduce.__file__)) == os.path.abspath(tree)
+    common.import_tree(tree)
     with open(out, "wb") as f:
         pickle.dump(run_pymapreduce(files), f)
     return 0

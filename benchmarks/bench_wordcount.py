@@ -18,9 +18,7 @@ import gc
 import multiprocessing
 import os
 import pickle
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -166,23 +164,12 @@ def run_pymapreduce(job: Any, files: list[str]) -> tuple[dict, float, float]:
 
 def run_tree(tree: str, files: list[str]) -> tuple[dict, float, float]:
     """:func:`run_pymapreduce` in a child process importing pymapreduce from ``tree``."""
-    with tempfile.NamedTemporaryFile(suffix=".pickle") as out:
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", tree,
-                        "--child-out", out.name, *files], env=env, check=True)
-        with open(out.name, "rb") as f:
-            return pickle.load(f)
+    return common.run_tree_child(__file__, tree, files)
 
 
 def child(tree: str, out: str, files: list[str]) -> int:
     """The ``--trees`` child: pymapreduce from ``tree`` (not the checkout of this script)."""
-    sys.path.insert(0, os.path.abspath(tree))
-    for name in [m for m in sys.modules
-                 if m in ("pymapreduce", "jobs") or m.startswith("pymapreduce.")]:
-        del sys.modules[name]  # (jobs: its WordCount subclasses the tree's Job)
-    import pymapreduce
-
-    assert os.path.dirname(os.path.dirname(pymapreduce.__file__)) == os.path.abspath(tree)
+    common.import_tree(tree, also=("jobs",))  # (jobs: its WordCount subclasses the tree's Job)
     from jobs import WordCount as Reloaded
 
     with open(out, "wb") as f:

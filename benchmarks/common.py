@@ -141,3 +141,30 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
 def log(msg: str) -> None:
     """Progress line on stderr, so stdout stays a clean report."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def run_tree_child(script: str, tree: str, files: Sequence[str]) -> Any:
+    """``python SCRIPT --child TREE --child-out F FILES...`` with pymapreduce imported from
+    ``tree``: what the child pickled into ``F``."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as out:
+        env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+        subprocess.run([sys.executable, os.path.abspath(script), "--child", tree,
+                        "--child-out", out.name, *files], env=env, check=True)
+        with open(out.name, "rb") as f:
+            return pickle.load(f)
+
+
+def import_tree(tree: str, also: Sequence[str] = ()) -> None:
+    """In a ``--trees`` child: pymapreduce (and the modules ``also``, which subclass its
+    classes) from ``tree``, ahead of the checkout this file put first on the path."""
+    sys.path.insert(0, os.path.abspath(tree))
+    for name in [m for m in sys.modules
+                 if m == "pymapreduce" or m in also or m.startswith("pymapreduce.")]:
+        del sys.modules[name]
+    import pymapreduce
+
+    assert os.path.dirname(os.path.dirname(pymapreduce.__file__)) == os.path.abspath(tree)
