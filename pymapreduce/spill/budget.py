@@ -18,7 +18,6 @@ freed heap pages and every later check would find the task still over.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ import tempfile
 from typing import Any
 
 from ..errors import ConfigError
+from ..patterns import allocator
 
 CHECK_EVERY = 1024  # records (map) or pairs (reduce) between two readings of the RSS
 FIRST_CHECK = 16  # ... at a task's start, before it is known how heavy its records are
@@ -70,16 +70,6 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc: freed memory goes back as it may
-        return None
-
-
-_TRIM = _malloc_trim()
 
 
 class Budget:
@@ -128,8 +118,7 @@ class Budget:
     def released(self) -> None:
         """Buffers were just freed: give the pages back, so the resident set tells the
         truth at the next check."""
-        if _TRIM is not None:
-            _TRIM(0)
+        allocator.trim()
         self.mark = self._last = rss_bytes()
 
     def start_task(self, held: int = 0) -> None:
