@@ -150,8 +150,8 @@ def ctx():
 
 
 def start_broker(ctx, **config) -> Broker:
-    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0,
-                            **config), context=ctx)
+    config = {"heartbeat_interval": 0.2, "liveness": 1.0, **config}
+    b = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", **config), context=ctx)
     b.bind()
     thread = threading.Thread(target=b.serve_forever, daemon=True)
     thread.start()
@@ -199,7 +199,9 @@ def test_reports_on_attempts_the_sender_does_not_hold_are_refused(ctx, tmp_path,
         keys = security.cluster_keys(str(tmp_path / "keys"))
         security.generate(keys, "rogue")
         security.authorize(keys, "worker", f"{keys}/rogue.key")
-    b = start_broker(ctx, keys_dir=keys)
+    # the owner sends no heartbeats of its own: a liveness long enough that a slow CURVE
+    # handshake cannot expire it mid-test (then its map would rightly be handed to the rogue)
+    b = start_broker(ctx, keys_dir=keys, liveness=10.0)
     try:
         client = Peer(ctx, b.address, keys, "client")
         submit(client, "j1", [(0, "mine")])
@@ -222,6 +224,7 @@ def test_reports_on_attempts_the_sender_does_not_hold_are_refused(ctx, tmp_path,
         owner.send(P.DONE, {"results": [["j1", "map", index, attempt, {}, 1]]},
                    [map_output([(0, "mine")])])
         reduce_task = owner.recv() or rogue.recv()
+        assert reduce_task.body["tasks"][0][0] == "reduce", reduce_task.body
         segs = reduce_task.body["tasks"][0][3]
         assert unpack(reduce_task.blobs[segs[1]]) == [[0], [["mine"]]]  # not "forged"
         # attempt identifiers cannot be guessed from the last one
