@@ -107,3 +107,49 @@ def test_a_broker_without_an_event_log_runs_jobs_and_says_why_events_are_missing
                           cwd=ROOT)
     assert proc.returncode != 0 and "--no-events" in proc.stderr
     assert issubclass(ConfigError, PyMapReduceError)
+
+
+def test_a_full_attempt_table_keeps_the_attempts_still_running_and_frees_what_it_drops():
+    """Rows go oldest first when the table is full, except attempts the broker still
+    runs (its tasks say so); the commit batches kept to join with the rows go with them."""
+
+    class Task:
+        def __init__(self, index: int) -> None:
+            self.job, self.kind, self.index, self.running = Job, "map", index, {}
+            self.name, self.failures = f"map-{index}", 0
+
+    class Job(FakeJob):
+        id = "s"
+        reduces: list = []
+
+    Job.maps = [Task(i) for i in range(401)]
+
+    events = EventLog(attempts_per_job=40)
+    events.job_submitted(Job)
+    straggler = Job.maps[0]
+    straggler.running[7] = b"w"  # dispatched first, runs on past everything else
+    events.dispatched(Job, [("map", 0, 7, False)], "slow")
+    for first in range(1, 400, 10):
+        batch = range(first, first + 10)
+        events.dispatched(Job, [("map", i, 1000 * i + 1, False) for i in batch], "w1")
+        for i in batch:
+            events.done(Job.maps[i], 1000 * i + 1, {"records": 1}, 0.1, [b"x"], "w1")
+        events.flush()
+    rows = events.attempts("s")
+    assert len(rows) <= 40 + 40 // 8 + 1
+    assert rows[0]["index"] == 0 and rows[0]["outcome"] == "running"
+    assert rows[0]["worker"] == "slow"
+    assert all(r["outcome"] == "done" for r in rows[1:])
+    assert max(r["index"] for r in rows) == 400
+    log = events._jobs["s"]
+    assert sum(len(items) for _, _, items in log.ends) <= 40 + 40 // 8 + 10
+    # the straggler fails at last: its row says so, and once it no longer runs, it goes
+    del straggler.running[7]
+    events.failed(straggler, 7, "boom", "", {}, False, True)
+    assert events.attempts("s")[0]["outcome"] == "failed"
+    for first in range(400, 460, 10):
+        events.dispatched(Job, [("map", i % 400, 1000 * i + 1, False)
+                                for i in range(first, first + 10)], "w1")
+    assert all(r["index"] != 0 or r["attempt"] != 7 for r in events.attempts("s"))
+    assert log.closed == {}  # its failure's note went with its row
+    assert events._rows == log.rows == len(events.attempts("s"))

@@ -5,15 +5,20 @@ dispatched, done, failed, lost with its worker, abandoned, a record skipped...);
 recorded with the broker's wall-clock time and a sequence number (the cursor a reader
 resumes from) in the job's ring and in the global ring. Memory is bounded whatever peers
 do: each ring holds a fixed number of events, error texts and tracebacks are cut, the
-attempt table of a job keeps at most ``attempts_per_job`` rows (and an eighth), and past
+attempt table of a job keeps at most ``attempts_per_job`` rows (and an eighth; and the
+attempts the broker still runs, which it bounds), and past
 ``max_bytes`` in all the oldest jobs' events go first. A job's records are freed when the
 broker forgets the job.
 
 Recording is on the broker loop's path of every task, so the two events every attempt
 has are recorded in batches: the attempts of one TASKS message with one call
 (``dispatched``), the attempts committed in one turn of the loop together (``done`` notes,
-``flush`` records), each batch one ring entry. What that costs per task, against a broker
-started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_observe.py``).
+``flush`` records), each batch one ring entry. A batch is stored as it came: the list the
+dispatcher built, the tuples ``done`` noted. Nothing is written per attempt beyond them: the
+attempt table is the job's dispatch batches plus its commit batches, joined by attempt
+identifier when read (the rare failures, kills and abandons are kept by identifier). What
+that costs per task, against a broker started with ``--no-events``, is in
+benchmarks/RESULTS.md (``bench_observe.py``).
 
 Events carry names, numbers, error texts and input positions only: never job code, never
 a key or value of the data (an input position's ``key`` is left out).
@@ -30,9 +35,8 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..patterns import protocol as P
-from .reading import ROW_FIELDS, SMALL, Reading
+from .reading import ATTEMPT_MASK, SMALL, Reading
 
-ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
@@ -62,18 +66,38 @@ def _events_in(entry: tuple) -> int:
     return len(entry[4]) if type(entry[4]) is list else 1
 
 
-class _JobLog:
-    __slots__ = ("id", "events", "count", "attempts", "bytes", "tenant", "started", "trimmed",
-                 "flow")
+def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
+    """Those of ``started`` the broker still runs: its own state, not the log's (what a
+    full attempt table keeps). An attempt of an earlier step is not found: ended."""
+    maps, reduces = getattr(job, "maps", None), getattr(job, "reduces", None)
+    if not maps and not reduces:
+        return []
+    maps, reduces = maps or [], reduces or []
+    running = []
+    for s in started:
+        tasks = maps if s[0] == "map" else reduces
+        if s[1] < len(tasks) and s[2] in tasks[s[1]].running:
+            running.append(s)
+    return running
 
-    def __init__(self, job_id: str, per_job: int, tenant: str) -> None:
-        self.id = job_id
+
+class _JobLog:
+    __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
+                 "tenant", "started", "trimmed", "flow")
+
+    def __init__(self, job: Any, per_job: int, tenant: str) -> None:
+        self.id = job.id
+        self.job = job  # (its tasks say which attempts still run, when rows must go)
         self.events: deque[tuple] = deque()  # entries; at most per_job events in all
         self.count = 0  # events in them
-        # attempt identifier -> [its dispatched event's fields, start, end, outcome, note],
-        # oldest first (an OrderedDict: a dict whose oldest entries are deleted one by one
-        # slows down finding the next oldest, until it is resized)
-        self.attempts: OrderedDict[int, list] = OrderedDict()
+        # the attempt table, as stored: dispatch batches [seq, time, worker, step,
+        # [(kind, index, attempt, backup)...]] oldest first, ``rows`` attempts in all;
+        # commit batches (seq, time, [done()'s tuples]); and attempt identifier ->
+        # [end, outcome, note, run secs] of the failed, killed and abandoned ones
+        self.batches: deque[list] = deque()
+        self.rows = 0
+        self.ends: deque[tuple] = deque()
+        self.closed: dict[int, list] = {}
         self.bytes = 0
         self.tenant = tenant
         self.started = False
@@ -125,7 +149,7 @@ class EventLog(Reading):
         self.seq += 1
         size = _size(fields)
         self._push(self._jobs.get(job) if job is not None else None,
-                   (self.seq, time.time(), etype, job, fields, size), size)
+                   (self.seq, time.time(), etype, job, fields, size, None), size)
 
     def _push(self, log: _JobLog | None, entry: tuple, size: int, n: int = 1) -> None:
         """Append an entry of ``n`` events to the global ring and its job's, dropping the
@@ -184,7 +208,7 @@ class EventLog(Reading):
             if self._pending:  # what done() noted happened first
                 self._flush()
             if job.id not in self._jobs:
-                self._jobs[job.id] = _JobLog(job.id, self.per_job, job.tenant)
+                self._jobs[job.id] = _JobLog(job, self.per_job, job.tenant)
             if not recovered:
                 self._count("jobs_submitted")
             self._emit(job.id, "job-recovered" if recovered else "job-submitted",
@@ -196,13 +220,15 @@ class EventLog(Reading):
         ``(kind, index, attempt, backup)`` for each (a backup: another attempt still runs).
 
         One call and one ring entry per message, not per attempt (a message carries tens
-        of them at full rate): the lock, the clock, the job's log and the byte budget are
-        dealt with once, which was most of what recording cost the broker loop."""
+        of them at full rate), and ``started`` is kept as it is, as the ring's entry and
+        the attempt table's batch: the lock, the clock, the job's log and the byte budget
+        are dealt with once, and nothing is built per attempt."""
         if not started:
             return
         step = job.step + 1
         now = time.time()
         counts = self.counts
+        n = len(started)
         with self.lock:
             if self._pending:  # what done() noted happened first
                 self._flush()
@@ -210,59 +236,83 @@ class EventLog(Reading):
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            fields = [(kind, index, attempt & ATTEMPT_MASK, worker, backup, step)
-                      for kind, index, attempt, backup in started]
-            if log is not None:  # (an attempt's identifier is unique: 50 random bits)
-                rows = log.attempts
-                for event, (_, _, attempt, _) in zip(fields, started):
-                    rows[attempt] = [event, now, None, RUNNING, ""]
-            tally: dict[str, int] = {}
-            for kind, _, _, backup in started:
-                tally[kind] = tally.get(kind, 0) + 1
-                if backup:
-                    self._count("backups", kind)
-            for kind, n in tally.items():
+            kind = started[0][0]
+            if started[-1][0] == kind and all(s[0] == kind for s in started):
                 key = ("attempts", kind)
                 counts[key] = counts.get(key, 0) + n
-            n = len(fields)
-            self._push_batch(log, job.id, "dispatched", fields, now)
+            else:
+                for s in started:
+                    key = ("attempts", s[0])
+                    counts[key] = counts.get(key, 0) + 1
+            if any(s[3] for s in started):
+                for s in started:
+                    if s[3]:
+                        self._count("backups", s[0])
+            self.seq += n
+            size = n * SMALL
+            self._push(log, (self.seq, now, "dispatched", job.id, started, size,
+                             (worker, step)), size, n)
             if log is not None:
+                log.batches.append([self.seq, now, worker, step, started])
+                log.rows += n
                 self._rows += n
                 # past the cap by an eighth, back to it: rows go in batches, not one per
                 # attempt dispatched
-                if len(rows) > self.attempts_per_job + (self.attempts_per_job >> 3):
-                    self._drop_attempts(log, len(rows) - self.attempts_per_job)
+                if log.rows > self.attempts_per_job + (self.attempts_per_job >> 3):
+                    self._drop_attempts(log, log.rows - self.attempts_per_job)
                 while self._rows > self.max_attempts:  # the oldest job's rows go first
-                    oldest = next(j for j in self._jobs.values() if j.attempts)
-                    self._drop_attempts(oldest, min(len(oldest.attempts),
-                                                    self._rows - self.max_attempts))
+                    oldest = next(j for j in self._jobs.values() if j.rows)
+                    if not self._drop_attempts(oldest, min(oldest.rows,
+                                                           self._rows - self.max_attempts)):
+                        break  # (all that is left still runs)
 
-    def _drop_attempts(self, log: _JobLog, n: int) -> None:
-        """The attempt table is full: its ``n`` oldest finished rows go (the oldest
-        running ones if there are too few finished)."""
-        rows = log.attempts
-        gone = []
-        for key, row in rows.items():
-            if row[3] != RUNNING:
-                gone.append(key)
-                if len(gone) == n:
-                    break
-        for key in gone:
-            del rows[key]
-        for _ in range(min(n - len(gone), len(rows))):
-            rows.popitem(last=False)
-        self._rows -= n
+    def _drop_attempts(self, log: _JobLog, n: int) -> int:
+        """The attempt table is full: its ``n`` oldest rows go, except those the broker
+        still runs (a straggler stays on the timeline while it runs). Returns how many went.
+        The commit batches older than every dispatch batch left go with them."""
+        batches = log.batches
+        closed = log.closed
+        kept: list[list] = []  # still running: put back, oldest first
+        gone = 0
+        while gone < n and batches:
+            batch = batches.popleft()
+            started = batch[4]
+            take = min(n - gone, len(started))
+            if take < len(started):  # cut: the rest stays (a new list: the ring has this one)
+                batches.appendleft([batch[0], batch[1], batch[2], batch[3], started[take:]])
+            running = _running_in(log.job, started[:take])
+            if running:
+                kept.append([batch[0], batch[1], batch[2], batch[3], running])
+            gone += take - len(running)
+            if closed:
+                for s in started[:take]:
+                    if s not in running:
+                        closed.pop(s[2], None)
+        for batch in reversed(kept):
+            batches.appendleft(batch)
+        # the oldest dispatch batch not kept for its running attempts
+        oldest = batches[len(kept)][0] if len(batches) > len(kept) else None
+        ends = log.ends
+        while ends and (oldest is None or ends[0][0] < oldest):
+            ends.popleft()  # (an attempt is committed after it is dispatched)
+        log.rows -= gone
+        self._rows -= gone
+        return gone
 
     def _end_attempt(self, job: Any, task: Any, attempt: int, outcome: str,
                      note: str = "", log: _JobLog | None = None) -> str:
         """Close an attempt's row; returns the worker it ran on ("" if unknown)."""
         log = log or self._jobs.get(job.id)
-        row = log.attempts.get(attempt) if log else None
-        if row is None:
+        if log is None:
             return ""
-        if row[3] == RUNNING:
-            row[2], row[3], row[4] = time.time(), outcome, note[:200]
-        return row[0][3]
+        for batch in reversed(log.batches):  # (a failing attempt is mostly a recent one)
+            for s in batch[4]:
+                if s[2] == attempt:
+                    row = log.closed.setdefault(attempt, [None, None, "", None])
+                    if row[0] is None:
+                        row[0], row[1], row[2] = time.time(), outcome, note[:200]
+                    return batch[2]
+        return ""
 
     def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list,
              worker: str = "") -> None:
@@ -276,11 +326,10 @@ class EventLog(Reading):
         every other event flushes first, so the order of events is kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        kind = task.kind
-        self._pending.append((task.job.id, attempt, (
-            kind, task.index, attempt & ATTEMPT_MASK, worker, secs or 0,
+        self._pending.append((
+            task.job.id, task.kind, task.index, attempt, worker, secs or 0,
             stats.get("records", 0), stats.get("bytes", 0),
-            sum(map(len, blobs)) if blobs else 0)))  # (sizes only: no buffer held)
+            sum(map(len, blobs)) if blobs else 0))  # (sizes only: no buffer held)
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -289,40 +338,32 @@ class EventLog(Reading):
                 self._flush()
 
     def _flush(self) -> None:
-        """``flush`` with ``lock`` held: one ring entry per job among the noted attempts
-        (consecutive ones of a job share it); per attempt only its row is closed, the
-        totals are summed per batch."""
+        """``flush`` with ``lock`` held: one ring entry and one commit batch per job among
+        the noted attempts (consecutive ones of a job share them); per attempt only the
+        job's flow is summed."""
         pending, self._pending = self._pending, []
         now = time.time()
         jobs = self._jobs
         done = {"map": 0, "reduce": 0}
         records_in = {"map": 0, "reduce": 0}
-        job_id = log = fields = rows = None
-        for jid, attempt, event in pending:
-            if jid != job_id:
-                if fields:
-                    self._push_batch(log, job_id, "done", fields, now)
-                job_id, fields = jid, []
+        job_id = log = None
+        first = 0
+        for i, event in enumerate(pending):
+            if event[0] != job_id:
+                if i:
+                    self._push_done(log, job_id, pending[first:i], now)
+                job_id, first = event[0], i
                 log = jobs.get(job_id)
-                rows = log.attempts if log is not None else None
-            kind, records, size, out = event[0], event[5], event[6], event[7]
-            if rows is not None:
-                row = rows.get(attempt)
-                if row is not None:
-                    if row[3] == RUNNING:
-                        row[2] = now
-                        row[3] = DONE
-                    if not event[3]:  # (a caller that did not say: where it was sent)
-                        event = (*event[:3], row[0][3], *event[4:])
-                flow = log.flow[kind]
-                flow[0] += records
-                flow[1] += size
-                flow[2] += out
+                flows = log.flow if log is not None else None
+            kind = event[1]
+            if flows is not None:
+                flow = flows[kind]
+                flow[0] += event[6]
+                flow[1] += event[7]
+                flow[2] += event[8]
             done[kind] += 1
-            records_in[kind] += records
-            fields.append(event)
-        if fields:
-            self._push_batch(log, job_id, "done", fields, now)
+            records_in[kind] += event[6]
+        self._push_done(log, job_id, pending if first == 0 else pending[first:], now)
         counts = self.counts
         for kind, n in done.items():
             if n:
@@ -331,11 +372,12 @@ class EventLog(Reading):
                 key = ("records", kind)
                 counts[key] = counts.get(key, 0) + records_in[kind]
 
-    def _push_batch(self, log: _JobLog | None, job_id: str, etype: str, fields: list,
-                    now: float) -> None:
+    def _push_done(self, log: _JobLog | None, job_id: str, fields: list, now: float) -> None:
         n = len(fields)
         self.seq += n
-        self._push(log, (self.seq, now, etype, job_id, fields, n * SMALL), n * SMALL, n)
+        self._push(log, (self.seq, now, "done", job_id, fields, n * SMALL, None), n * SMALL, n)
+        if log is not None:
+            log.ends.append((self.seq, now, fields))
 
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
@@ -424,7 +466,7 @@ class EventLog(Reading):
             self._holding.pop(job_id, None)
             if log is not None:
                 self._bytes -= log.bytes
-                self._rows -= len(log.attempts)
+                self._rows -= log.rows
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:
@@ -444,15 +486,14 @@ class EventLog(Reading):
     # -- when attempts ran (the timeline from task start) ---------------------------------
     def ran(self, task: Any, attempt: int, secs: float | None) -> None:
         """A failed attempt's run time, as its worker measured it (FAILED's ``secs``), kept
-        in its attempt row for :meth:`timeline`. (A committed attempt's comes from its
-        ``done`` event, which carries it already: nothing is added per task.)"""
+        with its end for :meth:`timeline`. (A committed attempt's comes from its ``done``
+        event, which carries it already: nothing is added per task.)"""
         if task is None or secs is None:
             return
         with self.lock:
             log = self._jobs.get(task.job.id)
-            row = log.attempts.get(attempt) if log is not None else None
-            if isinstance(row, list) and len(row) == ROW_FIELDS:
-                row.append(secs)
+            if log is not None:
+                log.closed.setdefault(attempt, [None, None, "", None])[3] = secs
 
 
 class NullEventLog(EventLog):

@@ -4,7 +4,8 @@ timeline, its flow of records and bytes, the counters a scrape copies.
 Readers run on any thread (the HTTP server's, the metrics collector's) and take the log's
 lock only to copy what they need; they turn the compact stored form into JSON-ready
 dicts afterwards. Batch entries (the frequent ``dispatched`` and ``done`` events of many
-attempts in one entry, see events.py) are expanded here into one event per attempt.
+attempts in one entry, see events.py) are expanded here into one event per attempt, and
+the attempt table is joined here from the batches it is stored as.
 """
 
 from __future__ import annotations
@@ -14,19 +15,18 @@ from typing import Any
 
 from .timeline import place
 
-ROW_FIELDS = 5  # an attempt row's fields (dispatched()); ran() may add its run time
 SMALL = 160  # about what an event without texts costs in memory (bytes)
-# the fields of the frequent events, stored as tuples in this order (dicts cost more to
-# build, and the broker loop builds two events per task)
+ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
+# the fields of the frequent events, served in this order (see expand())
 SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
            "done": ("kind", "index", "attempt", "worker", "secs", "records", "bytes",
                     "bytes_out")}
 
 
 def as_dict(event: tuple) -> dict:
-    """One event as served: ``(seq, t, type, job, fields, size)`` -> a JSON-ready dict
+    """One event as served: ``(seq, t, type, job, fields)`` -> a JSON-ready dict
     (``fields`` a dict, or a tuple in the order of its type's ``SCHEMAS``)."""
-    seq, t, etype, job, fields, _ = event
+    seq, t, etype, job, fields = event
     out = {"seq": seq, "t": round(t, 6), "type": etype}
     if job is not None:
         out["job"] = job
@@ -39,14 +39,48 @@ def as_dict(event: tuple) -> dict:
 
 
 def expand(entry: tuple) -> list[tuple]:
-    """A ring entry as the events it holds. The frequent events are stored a batch to an
-    entry (the attempts of one TASKS message, or of one job committed in one turn of the
-    broker loop): ``fields`` is then a list of tuples, and ``seq`` the last one's number."""
-    seq, t, etype, job, fields, size = entry
+    """A ring entry ``(seq, time, type, job, fields, size, extra)`` as the events
+    ``(seq, time, type, job, fields)`` it holds. The frequent events are stored a batch to
+    an entry, as the broker loop had them: ``fields`` is then a list, ``seq`` the last
+    one's number. A ``dispatched`` batch holds ``(kind, index, attempt identifier,
+    backup)`` per attempt and ``extra`` is ``(worker, step)``; a ``done`` batch holds
+    ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes out)``.
+    Served, an attempt is its number, not its identifier (the rest of it is random)."""
+    seq, t, etype, job, fields, _, extra = entry
     if type(fields) is not list:
-        return [entry]
+        return [entry[:5]]
     first = seq - len(fields) + 1
-    return [(first + i, t, etype, job, f, SMALL) for i, f in enumerate(fields)]
+    if etype == "dispatched":
+        worker, step = extra
+        return [(first + i, t, etype, job, (kind, index, attempt & ATTEMPT_MASK, worker,
+                                            backup, step))
+                for i, (kind, index, attempt, backup) in enumerate(fields)]
+    return [(first + i, t, etype, job, (f[1], f[2], f[3] & ATTEMPT_MASK, *f[4:]))
+            for i, f in enumerate(fields)]
+
+
+def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list[tuple]:
+    """The attempt table from how it is stored (see events.py): dispatch batches
+    ``(time, worker, step, [(kind, index, attempt, backup)...])``, commit batches
+    ``(seq, time, [done tuples])`` and the failed, killed or abandoned attempts
+    ``{attempt: (end, outcome, note, run secs)}``. Rows are ``(kind, index, number,
+    worker, backup, step, start, end, outcome, note, run secs)``, oldest first; an attempt
+    ends at whichever came first, its commit or its other end."""
+    committed: dict[int, tuple] = {}
+    for _, t, items in ends:
+        for f in items:
+            if f[3] not in committed:
+                committed[f[3]] = (t, f[5])
+    rows = []
+    for start, worker, step, started in batches:
+        for kind, index, attempt, backup in started:
+            end, outcome, note, secs = closed.get(attempt) or (None, None, "", None)
+            done = committed.get(attempt)
+            if done is not None and (end is None or done[0] <= end):
+                end, outcome, note, secs = done[0], "done", "", done[1]
+            rows.append((kind, index, attempt & ATTEMPT_MASK, worker, backup, step, start,
+                         end, outcome or "running", note, secs))
+    return rows
 
 
 class Reading:
@@ -82,8 +116,17 @@ class Reading:
                 if entry[0] <= cursor:
                     break
                 entries.append(entry)
+            workers = None
+            if any(e[2] == "done" and any(not f[4] for f in e[4]) for e in entries):
+                # (a commit noted without its worker: where the attempt was sent)
+                logs = [self._jobs.get(job)] if job is not None else list(self._jobs.values())
+                workers = {s[2]: b[2] for log in logs if log is not None
+                           for b in log.batches for s in b[4]}
         out = []
         for entry in reversed(entries):
+            if workers is not None and entry[2] == "done":
+                entry = (*entry[:4], [f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:])
+                                      for f in entry[4]], *entry[5:])
             for event in expand(entry):
                 if event[0] > cursor:
                     out.append(event)
@@ -91,32 +134,30 @@ class Reading:
                         return [as_dict(e) for e in out]
         return [as_dict(e) for e in out]
 
-    def attempts(self, job: str) -> list[dict]:
-        """A job's attempt table, for its timeline (copies, oldest first)."""
-        with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
-            rows = [(*r[0], *r[1:]) for r in log.attempts.values()] if log is not None else []
-        # (kind, index, attempt, worker, backup, step) of its dispatch, start, end, outcome,
-        # note
-        return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
-                 "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
-                 "outcome": r[8], "backup": r[4], "note": r[9]} for r in rows]
-
-    def timeline(self, job: str) -> list[dict]:
-        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
-        (see observe/timeline.py)."""
+    def _table(self, job: str) -> list[tuple]:
+        """A job's attempt table as rows (see :func:`join_attempts`)."""
         with self.lock:
             if self._pending and threading.get_ident() == self._writer:
                 self._flush()
             log = self._jobs.get(job)
             if log is None:
                 return []
-            rows = [(*r[0], *r[1:ROW_FIELDS], r[ROW_FIELDS] if len(r) > ROW_FIELDS else None)
-                    for r in log.attempts.values()]
-            ring = list(log.events)  # (a copy: looked through after the lock is let go)
-        return place(rows, ring)
+            # copies: joined after the lock is let go
+            batches = [(b[1], b[2], b[3], b[4]) for b in log.batches]
+            ends = list(log.ends)
+            closed = {k: tuple(v) for k, v in log.closed.items()}
+        return join_attempts(batches, ends, closed)
+
+    def attempts(self, job: str) -> list[dict]:
+        """A job's attempt table, for its timeline (copies, oldest first)."""
+        return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
+                 "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
+                 "outcome": r[8], "backup": r[4], "note": r[9]} for r in self._table(job)]
+
+    def timeline(self, job: str) -> list[dict]:
+        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
+        (see observe/timeline.py)."""
+        return place(self._table(job))
 
     def flow(self, job: str) -> dict:
         """Records and bytes in, bytes out, of a job's committed tasks, per kind (map

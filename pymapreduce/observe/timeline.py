@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-DONE = "done"
-
 
 def run_start(start: float, end: float | None, secs: Any) -> float | None:
     """When an attempt handed out at ``start`` and ended at ``end`` began to run, given
@@ -26,24 +24,12 @@ def run_start(start: float, end: float | None, secs: Any) -> float | None:
     return min(end, max(start, end - max(0.0, secs)))
 
 
-def place(rows: list[tuple], ring: list[tuple]) -> list[dict]:
+def place(rows: list[tuple]) -> list[dict]:
     """The attempts of a job with ``run`` (see :func:`run_start`). ``rows``: its attempt
     table's rows as ``(kind, index, number, worker, backup, step, start, end, outcome,
-    note, failure's run time or None)``; ``ring``: its event ring's entries, whose
-    ``done`` events give a committed attempt's run time (matched by task, attempt number
-    and worker; in a multi-step job, the one heard nearest its end)."""
-    reported: dict[tuple, list] = {}  # (kind, index, number, worker) -> [(t, secs)]
-    for _, t, etype, _, fields, _ in ring:
-        if etype == DONE:
-            for f in fields if type(fields) is list else (fields,):
-                if type(f) is tuple:  # (the "done" schema: kind, index, number, worker, secs)
-                    reported.setdefault(f[:4], []).append((t, f[4]))
+    note, run secs or None)``, the run time its report gave (DONE's or FAILED's)."""
     out = []
     for kind, index, number, worker, backup, step, start, end, outcome, note, secs in rows:
-        if outcome == DONE:
-            near = reported.get((kind, index, number, worker))
-            if near and end is not None:
-                secs = min(near, key=lambda p: abs(p[0] - end))[1]
         run = run_start(start, end, secs)
         out.append({"step": step, "kind": kind, "index": index, "task": f"{kind}-{index}",
                     "attempt": number, "worker": worker, "start": start,
