@@ -73,12 +73,10 @@ def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
     if not maps and not reduces:
         return []
     maps, reduces = maps or [], reduces or []
-    running = []
-    for s in started:
-        tasks = maps if s[0] == "map" else reduces
-        if s[1] < len(tasks) and s[2] in tasks[s[1]].running:
-            running.append(s)
-    return running
+    nmaps, nreduces = len(maps), len(reduces)
+    return [s for s in started
+            if ((s[1] < nmaps and s[2] in maps[s[1]].running) if s[0] == "map"
+                else (s[1] < nreduces and s[2] in reduces[s[1]].running))]
 
 
 class _JobLog:
@@ -320,16 +318,14 @@ class EventLog(Reading):
         records and bytes read (``stats``, as the broker checked them: counts are ints),
         and ``blobs``, its outputs (only their sizes are kept).
 
-        Called by the broker loop once per committed attempt, so it only notes the
-        attempt, as the event it will be; :meth:`flush` records the noted ones together,
-        under one lock and one clock reading (the broker loop calls it once a turn, and
-        every other event flushes first, so the order of events is kept)."""
+        Called by the broker loop once per committed attempt, so it only notes what it
+        was given; :meth:`flush` records the noted ones together, under one lock and one
+        clock reading (the broker loop calls it at the end of each turn, while ``stats``
+        and ``blobs`` are still as they were, and every other event flushes first, so the
+        order of events is kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        self._pending.append((
-            task.job.id, task.kind, task.index, attempt, worker, secs or 0,
-            stats.get("records", 0), stats.get("bytes", 0),
-            sum(map(len, blobs)) if blobs else 0))  # (sizes only: no buffer held)
+        self._pending.append((task, attempt, worker, secs, stats, blobs))
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -338,32 +334,39 @@ class EventLog(Reading):
                 self._flush()
 
     def _flush(self) -> None:
-        """``flush`` with ``lock`` held: one ring entry and one commit batch per job among
-        the noted attempts (consecutive ones of a job share them); per attempt only the
-        job's flow is summed."""
+        """``flush`` with ``lock`` held: each noted attempt becomes its ``done`` event (a
+        tuple: sizes only, no output buffer is held), one ring entry and one commit batch
+        per job among them (consecutive ones of a job share them), and the job's flow and
+        the totals are summed."""
         pending, self._pending = self._pending, []
         now = time.time()
         jobs = self._jobs
         done = {"map": 0, "reduce": 0}
         records_in = {"map": 0, "reduce": 0}
-        job_id = log = None
-        first = 0
-        for i, event in enumerate(pending):
-            if event[0] != job_id:
-                if i:
-                    self._push_done(log, job_id, pending[first:i], now)
-                job_id, first = event[0], i
-                log = jobs.get(job_id)
+        job = log = flows = None
+        fields: list[tuple] = []
+        for task, attempt, worker, secs, stats, blobs in pending:
+            if task.job is not job:
+                if fields:
+                    self._push_done(log, job.id, fields, now)
+                    fields = []
+                job = task.job
+                log = jobs.get(job.id)
                 flows = log.flow if log is not None else None
-            kind = event[1]
+            kind = task.kind
+            records = stats.get("records", 0)
+            size = stats.get("bytes", 0)
+            out = sum(map(len, blobs)) if blobs else 0
+            fields.append((job.id, kind, task.index, attempt, worker, secs or 0, records,
+                           size, out))
             if flows is not None:
                 flow = flows[kind]
-                flow[0] += event[6]
-                flow[1] += event[7]
-                flow[2] += event[8]
+                flow[0] += records
+                flow[1] += size
+                flow[2] += out
             done[kind] += 1
-            records_in[kind] += event[6]
-        self._push_done(log, job_id, pending if first == 0 else pending[first:], now)
+            records_in[kind] += records
+        self._push_done(log, job.id, fields, now)
         counts = self.counts
         for kind, n in done.items():
             if n:
