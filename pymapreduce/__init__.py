@@ -24,10 +24,7 @@ from .errors import (
     UnencodableValue,
     ValueNeedsPickle,
 )
-from .inputs import read_csv, read_files, read_jsonl, read_text
 from .job import Job, stable_hash
-from .kernels import run_sequential
-from .shipping import job_file
 
 __version__ = "0.1.0"
 
@@ -64,15 +61,27 @@ __all__ = [
 ]
 
 
+# Imported when first asked for (PEP 562), so that `import pymapreduce` and a job's
+# definition cost only the Job class: Client and LocalCluster pull in ZeroMQ; the readers
+# (inputs, lines, store URLs), the sequential kernels and the code shipping are run by
+# the workers and by a client when it submits, not by a module that defines a job.
+_LAZY = {
+    "Client": "client", "JobHandle": "client", "LocalCluster": "local",
+    "read_csv": "inputs", "read_files": "inputs", "read_jsonl": "inputs",
+    "read_text": "inputs", "run_sequential": "kernels", "job_file": "shipping",
+}
+
+
 def __getattr__(name: str):
-    # Client and LocalCluster pull in ZeroMQ; importing them lazily keeps `import
-    # pymapreduce` cheap for code that only defines jobs.
-    if name in ("Client", "JobHandle"):
-        from . import client
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pymapreduce' has no attribute {name!r}")
+    from importlib import import_module
 
-        return getattr(client, name)
-    if name == "LocalCluster":
-        from .local import LocalCluster
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # (asked once)
+    return value
 
-        return LocalCluster
-    raise AttributeError(f"module 'pymapreduce' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -24,7 +24,6 @@ from .cli_output import (  # noqa: F401 (print_listing: its old home)
     print_listing,
     write_untrusted,
 )
-from .cli_run import cmd_run, job_params, load_job_class, make_job  # noqa: F401
 from .cli_sink import add_sink_parser
 from .errors import (
     AddressInUse,
@@ -525,6 +524,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=argparse.SUPPRESS)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``pymapreduce run``: cli_run.py, imported by that command only (it loads the
+    progress display and job-file loading, which a daemon never runs)."""
+    from .cli_run import cmd_run
+
+    return cmd_run(args)
+
+
+def __getattr__(name: str):
+    # (PEP 562) cli_run's helpers, importable from here as before
+    if name in ("job_params", "load_job_class", "make_job"):
+        from . import cli_run
+
+        return getattr(cli_run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from .ordering import (  # noqa: F401 - task_steps: for the workers
     range_bounds,
     task_steps,
 )
-from .patterns.records import pack
 
 Groups = dict  # key -> list of values, in first-seen key order and input value order
 # Outputs travel as columns, ``(keys, values)``: two flat lists encode and decode about
@@ -62,6 +61,17 @@ def stable_hash(key: Any) -> int:
     # other types: their encoding, which must not depend on the process (true of
     # msgpack types and of objects whose pickle does not embed a set's order)
     return zlib.crc32(pack(key))
+
+
+def pack(value: Any) -> bytes:
+    """The record codec's ``pack`` (patterns/records.py), imported at the first key that
+    needs it, which rebinds this module's ``pack`` to it: a module that only defines a
+    job does not load msgpack and the codec's extension types, and a worker's later
+    calls of :func:`stable_hash` go straight to the codec."""
+    from .patterns.records import pack as codec_pack
+
+    globals()["pack"] = codec_pack
+    return codec_pack(value)
 
 
 class Job:

@@ -29,7 +29,6 @@ from typing import Any
 from .errors import BadOutput, ConfigError
 from .inputs import TextInput, normalize_records, plan_file_splits, read_split
 from .job import Job
-from .kernels import run_sequential
 from .ordering import as_pair, grouped_key, is_total_order
 
 # Input records the client maps to cut the boundaries. Hadoop's TeraSort samples 100,000
@@ -112,6 +111,8 @@ def sample_keys(job: Job, steps: list[Job] | None, records: list) -> list:
     run on a fresh copy of the job (as a worker would unpickle it), so the user's
     objects are not changed."""
     import cloudpickle
+
+    from .kernels import run_sequential  # (the workers' kernels: for an ordered job only)
 
     fresh = cloudpickle.loads(cloudpickle.dumps(job))
     if steps is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,8 @@ def load_token(path: str, create: bool) -> str:
         if not create:
             raise ConfigError(f"no HTTP token at {path}: a broker started with --http "
                               "and --keys writes it there") from None
+        import secrets  # (hmac, hashlib: only a keyed broker with --http makes a token)
+
         token = secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:

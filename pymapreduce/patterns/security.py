@@ -20,7 +20,6 @@ on each message; its sockets enforce ZAP, so without an answer nobody gets in.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import stat
@@ -28,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
 from ..errors import AuthenticationFailed, ConfigError
@@ -59,7 +57,9 @@ def generate(directory: str, name: str) -> tuple[str, str]:
         raise ConfigError(f"{secret} exists already; remove it first to make a new key")
     old_umask = os.umask(0o077)  # the secret file is never readable by others, even briefly
     try:
-        public, secret = zmq.auth.create_certificates(directory, name)
+        from zmq.auth import create_certificates
+
+        public, secret = create_certificates(directory, name)
     finally:
         os.umask(old_umask)
     os.chmod(public, 0o644)
@@ -82,6 +82,8 @@ def authorize(directory: str, role: str, public_key_file: str) -> str:
     target = os.path.join(target_dir, f"{stem}.key")  # the broker reads *.key files only
     if os.path.exists(target) and _load(target)[0] != public:
         # another key by the same file name (every worker's is worker.key): keep both
+        import hashlib
+
         digest = hashlib.sha256(public).hexdigest()[:8]
         target = os.path.join(target_dir, f"{stem}-{digest}.key")
     # only the public half travels: rewrite it rather than copy a secret by mistake
@@ -100,8 +102,10 @@ def _load(path: str) -> tuple[bytes, bytes | None]:
             have = []
         raise ConfigError(f"no key file {path}; {folder} holds "
                           f"{', '.join(have) or 'no key files'} (see `pymapreduce keys`)")
+    from zmq.auth import load_certificate  # (zmq.auth: only a keyed cluster loads it)
+
     try:
-        return zmq.auth.load_certificate(path)
+        return load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read key file {path}: {exc}") from None
 
@@ -243,7 +247,9 @@ def _keys_in(path: str, stamp: tuple, sub: str) -> list[bytes]:
     when the directory cannot be listed, and an allowlist read as empty revokes every key)."""
     names = sorted(name for st in stamp if st[0] == sub for name, _ in st[2]
                    if name.endswith(".key") and not name.startswith("."))
-    return [zmq.auth.load_certificate(os.path.join(path, name))[0] for name in names]
+    from zmq.auth import load_certificate
+
+    return [load_certificate(os.path.join(path, name))[0] for name in names]
 
 
 def peer_role(frame) -> tuple[str, str]:

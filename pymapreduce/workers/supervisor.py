@@ -21,6 +21,7 @@ import uuid
 from collections import deque
 
 from ..errors import AuthenticationFailed
+from ..patterns import compress
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
@@ -37,14 +38,24 @@ RESTART_BURST = 5  # crashes of one slot in the window before restarts slow down
 REAP_INTERVAL = 0.1
 
 
-def _die_with_parent() -> None:
-    try:
-        import ctypes
+_prctl = None  # libc's prctl, looked up once by the supervisor (False: there is none)
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent check in the worker loop covers it
+
+def _lookup_prctl() -> None:
+    global _prctl
+    if _prctl is None:
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            _prctl = False  # not Linux: the parent check in the worker loop covers it
+
+
+def _die_with_parent() -> None:
+    _lookup_prctl()  # (done before the first fork: each child only calls it)
+    if _prctl:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Supervisor:
@@ -118,6 +129,11 @@ class Supervisor:
             os._exit(code)
 
     def start(self) -> None:
+        # what every child needs at its start, loaded once here for all the forks
+        # instead of by each child on its way to registering: ctypes (prctl) and the
+        # codecs it announces (zstandard)
+        _lookup_prctl()
+        compress.available()
         for slot in range(self.processes):
             self._spawn(slot)
 

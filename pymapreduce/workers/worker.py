@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket as pysocket
 import threading
 import time
 import traceback
@@ -109,7 +108,11 @@ class Worker:
         self.connect_addr = connect
         self.bind_addr = bind
         self.credit = credit
-        self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
+        if not name:  # (the supervisor names its children: socket is imported by few)
+            import socket
+
+            name = f"{socket.gethostname()}:{os.getpid()}"
+        self.name = name
         self.identity = identity or uuid.uuid4().bytes
         self.replaces = replaces  # [identity, why] of the process this one replaces
         self.tags = sorted(set(tags))
