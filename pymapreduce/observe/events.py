@@ -32,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from operator import itemgetter
 from typing import Any
 
 from ..patterns import protocol as P
@@ -42,6 +43,11 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
+# columns of a dispatched attempt (kind, index, attempt, backup) and of a noted commit
+# (job, kind, index, attempt, worker, secs, records, bytes, bytes out), read in C
+_KIND, _BACKUP = itemgetter(0), itemgetter(3)
+_JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
+_RECORDS, _BYTES, _OUT = itemgetter(6), itemgetter(7), itemgetter(8)
 
 
 def safe_position(position: Any) -> dict:
@@ -235,14 +241,14 @@ class EventLog(Reading):
                 log.started = True
                 self._emit(job.id, "job-started")
             kind = started[0][0]
-            if started[-1][0] == kind and all(s[0] == kind for s in started):
+            if started[-1][0] == kind and len(set(map(_KIND, started))) == 1:  # (in C)
                 key = ("attempts", kind)
                 counts[key] = counts.get(key, 0) + n
             else:
                 for s in started:
                     key = ("attempts", s[0])
                     counts[key] = counts.get(key, 0) + 1
-            if any(s[3] for s in started):
+            if any(map(_BACKUP, started)):
                 for s in started:
                     if s[3]:
                         self._count("backups", s[0])
@@ -318,14 +324,18 @@ class EventLog(Reading):
         records and bytes read (``stats``, as the broker checked them: counts are ints),
         and ``blobs``, its outputs (only their sizes are kept).
 
-        Called by the broker loop once per committed attempt, so it only notes what it
-        was given; :meth:`flush` records the noted ones together, under one lock and one
-        clock reading (the broker loop calls it at the end of each turn, while ``stats``
-        and ``blobs`` are still as they were, and every other event flushes first, so the
-        order of events is kept)."""
+        Called by the broker loop once per committed attempt, so it only notes the
+        attempt, as the event it will be (one tuple: every object the loop keeps is one
+        more for the garbage collector to count and go over); :meth:`flush` records the
+        noted ones together, under one lock and one clock reading (the broker loop calls
+        it once a turn, and every other event flushes first, so the order of events is
+        kept)."""
         if not self._pending:
             self._writer = threading.get_ident()
-        self._pending.append((task, attempt, worker, secs, stats, blobs))
+        self._pending.append((
+            task.job.id, task.kind, task.index, attempt, worker, secs or 0,
+            stats.get("records", 0), stats.get("bytes", 0),
+            sum(map(len, blobs)) if blobs else 0))  # (sizes only: no buffer held)
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -334,46 +344,41 @@ class EventLog(Reading):
                 self._flush()
 
     def _flush(self) -> None:
-        """``flush`` with ``lock`` held: each noted attempt becomes its ``done`` event (a
-        tuple: sizes only, no output buffer is held), one ring entry and one commit batch
-        per job among them (consecutive ones of a job share them), and the job's flow and
-        the totals are summed."""
+        """``flush`` with ``lock`` held: one ring entry and one commit batch per job among
+        the noted attempts (consecutive ones of a job share them), the noted tuples as they
+        are, and the job's flow and the totals summed. The usual turn commits attempts of
+        one kind of one job: its sums are taken column by column, in C."""
         pending, self._pending = self._pending, []
         now = time.time()
-        jobs = self._jobs
-        done = {"map": 0, "reduce": 0}
-        records_in = {"map": 0, "reduce": 0}
-        job = log = flows = None
-        fields: list[tuple] = []
-        for task, attempt, worker, secs, stats, blobs in pending:
-            if task.job is not job:
-                if fields:
-                    self._push_done(log, job.id, fields, now)
-                    fields = []
-                job = task.job
-                log = jobs.get(job.id)
-                flows = log.flow if log is not None else None
-            kind = task.kind
-            records = stats.get("records", 0)
-            size = stats.get("bytes", 0)
-            out = sum(map(len, blobs)) if blobs else 0
-            fields.append((job.id, kind, task.index, attempt, worker, secs or 0, records,
-                           size, out))
-            if flows is not None:
-                flow = flows[kind]
-                flow[0] += records
-                flow[1] += size
-                flow[2] += out
-            done[kind] += 1
-            records_in[kind] += records
-        self._push_done(log, job.id, fields, now)
+        first = pending[0]
+        job_id, kind = first[0], first[1]
+        if (pending[-1][0] == job_id and pending[-1][1] == kind
+                and len(set(map(_JOB, pending))) == 1
+                and len(set(map(_DONE_KIND, pending))) == 1):
+            self._add_done(job_id, kind, pending, now)
+            return
+        start = 0
+        for i, event in enumerate(pending):  # runs of one job and one kind
+            if event[0] != job_id or event[1] != kind:
+                self._add_done(job_id, kind, pending[start:i], now)
+                job_id, kind, start = event[0], event[1], i
+        self._add_done(job_id, kind, pending[start:], now)
+
+    def _add_done(self, job_id: str, kind: str, fields: list, now: float) -> None:
+        """Committed attempts of one job, all of ``kind``: their events, batch and sums."""
+        log = self._jobs.get(job_id)
+        records = sum(map(_RECORDS, fields))
+        if log is not None:
+            flow = log.flow[kind]
+            flow[0] += records
+            flow[1] += sum(map(_BYTES, fields))
+            flow[2] += sum(map(_OUT, fields))
         counts = self.counts
-        for kind, n in done.items():
-            if n:
-                key = ("tasks_done", kind)
-                counts[key] = counts.get(key, 0) + n
-                key = ("records", kind)
-                counts[key] = counts.get(key, 0) + records_in[kind]
+        key = ("tasks_done", kind)
+        counts[key] = counts.get(key, 0) + len(fields)
+        key = ("records", kind)
+        counts[key] = counts.get(key, 0) + records
+        self._push_done(log, job_id, fields, now)
 
     def _push_done(self, log: _JobLog | None, job_id: str, fields: list, now: float) -> None:
         n = len(fields)
