@@ -38,7 +38,7 @@ def test_released_outputs_leave_memory_and_are_served_again_from_a_file(tmp_path
     store.release([("j", "map", 0, 0)])  # (released twice: nothing more happens)
     store.settle()
     assert len(glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))) == 1
-    store.discard_where(lambda k: k[0] == "j")  # the job ended: its files go
+    store.discard_job("j")  # the job ended: its files go
     assert not glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))
     assert store.memory_bytes == 0 and store.spilled_bytes == 0
     store.close()
@@ -48,7 +48,7 @@ def test_an_output_discarded_before_its_release_is_settled_leaves_no_file(tmp_pa
     store = Store(1 << 30, str(tmp_path / "spill"))
     store.put(("j", "map", 0, 0), BIG)
     store.release([("j", "map", 0, 0)])
-    store.discard_where(lambda k: k[0] == "j")  # the job failed before the broker settled
+    store.discard_job("j")  # the job failed before the broker settled
     store.settle()
     assert not glob.glob(str(tmp_path / "spill" / "*" / "*.bin"))
     assert ("j", "map", 0, 0) not in store and store.spilled_bytes == 0
@@ -130,3 +130,28 @@ def test_a_reduce_killed_after_its_segments_left_broker_memory_reruns_exactly(
     # the killed attempt ran while its segments were on disk, not in the broker's memory
     assert files >= 1 and nbytes >= MAP_MIN
     assert os.path.exists(marker + ".runs")  # the retried attempt ran to its end
+
+
+def test_a_job_s_end_frees_its_outputs_without_going_over_other_jobs(tmp_path):
+    """The store finds a job's keys by its id: freeing one job's outputs (or some of
+    them) leaves every other job's as they were, in memory and in files."""
+    store = Store(1 << 20, str(tmp_path / "spill"))
+    try:
+        for job in ("a", "b"):
+            for i in range(3):
+                store.put((job, "map", i, 0), b"m" * 100)
+                store.put((job, "s", 1, i), b"s" * 100)
+            store.put((job, "out", 0), b"o" * (2 << 20))  # over the budget: a file
+        store.discard_job("a", lambda k: k[1] == "map")
+        assert not any((("a", "map", i, 0) in store) for i in range(3))
+        assert all((("a", "s", 1, i) in store) for i in range(3))
+        assert ("a", "out", 0) in store
+        store.discard_job("a")
+        assert not any(k[0] == "a" for k in (*store._mem, *store._files))
+        assert sorted(store._by_job) == ["b"] and len(store._by_job["b"]) == 7
+        assert bytes(store.get(("b", "out", 0))) == b"o" * (2 << 20)
+        store.discard_job("nobody")  # nothing of it: nothing happens
+        store.discard(("b", "out", 0))
+        assert len(store._by_job["b"]) == 6 and store.spilled_bytes == 0
+    finally:
+        store.close()

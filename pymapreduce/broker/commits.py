@@ -111,8 +111,7 @@ class Commits:
         inputs it read (the outputs of the step before it)."""
         self._durable()
         jid, old = job.id, job.step - 2
-        self.store.discard_where(lambda k: k[0] == jid and (
-            k[1] == MAP or (k[1] == "s" and k[2] <= old)))
+        self.store.discard_job(jid, lambda k: k[1] == MAP or (k[1] == "s" and k[2] <= old))
 
     @staticmethod
     def _outputs(job: JobState, step: int, kind: str, index: int,

@@ -394,16 +394,16 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         self._durable()
         jid = job.id
         if job.state == P.JOB_SUCCEEDED:  # its outputs wait for the client
-            self.store.discard_where(lambda k: k[0] == jid and k[1] == "s")
+            self.store.discard_job(jid, lambda k: k[1] == "s")
         else:  # failed or cancelled: nothing of it can be fetched, free it all now
-            self.store.discard_where(lambda k: k[0] == jid)
+            self.store.discard_job(jid)
         for w in self.workers.values():  # its attempts still out there: stop them
             held = [k for k in w.running if k.job == jid]
             if held:
                 w.running.difference_update(held)
                 self._abandon(w.route, jid, held)
                 self.events.abandoned(job, held, f"job {job.state}")
-        self.store.discard_where(lambda k: k[0] == jid and k[1] == MAP)
+        self.store.discard_job(jid, lambda k: k[1] == MAP)
         for key in [k for k in (*self._early, *self._awaiting) if k.job == jid]:
             self._forget(key)
         job.code, job.splits, job.held = b"", [], 0  # its inputs are no longer needed
@@ -421,7 +421,7 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         if self.journal is not None and job.seq:  # forgotten on disk first, then its files
             self.journal.drop(job.seq)
             self.journal.flush()
-        self.store.discard_where(lambda k: k[0] == jid)
+        self.store.discard_job(jid)
         self.logs.drop(jid)
         self.events.job_dropped(jid)
 
@@ -436,4 +436,4 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         job.seq = 0  # (nothing of it left on disk to drop at expiry)
         job.released = True
         self.events.job_released(job)
-        self.store.discard_where(lambda k: k[0] == jid)
+        self.store.discard_job(jid)

@@ -57,7 +57,7 @@ class Recovery:
     def _unrecoverable(self, saved: Any, now: float, message: str) -> JobState:
         """A failed stand-in for a job the journal cannot give back (its outputs freed)."""
         jid = saved.id
-        self.store.discard_where(lambda k: k[0] == jid)
+        self.store.discard_job(jid)
         name = saved.options.get("name", "") if isinstance(saved.options, dict) else ""
         job = JobState(jid, str(name)[:200], b"", [], 1, True, None, now,
                        options={"name": str(name)[:200]})

@@ -160,6 +160,10 @@ class Store:
         self._released: list[Any] = []  # keys sent on, to leave memory at settle()
         self._trim_due = False  # released frames may still have been in ZeroMQ's hands
         self._files: dict[Any, str] = {}
+        # job -> its keys (a key is a tuple that begins with its job's id): what a job's
+        # end frees is found at once, not by going over every job's keys (a broker keeping
+        # many finished jobs' outputs for their TTL paid for all of them at each job's end)
+        self._by_job: dict[Any, set] = {}
         self.memory_bytes = 0
         self.spilled_bytes = 0
         self._seq = 0
@@ -171,6 +175,7 @@ class Store:
         then kept in memory, over the budget if it must."""
         if key in self._mem or key in self._files:
             self.discard(key)
+        self._index(key)
         buf = blob.buffer if hasattr(blob, "buffer") else blob
         size = len(buf)
         crc = None
@@ -264,6 +269,7 @@ class Store:
         cannot be read."""
         self.discard(key)
         size = self._check(key, path, crc)
+        self._index(key)
         self._files[key] = path
         if crc is not None:
             self._sums[key] = crc
@@ -357,7 +363,20 @@ class Store:
     def __contains__(self, key: Any) -> bool:
         return key in self._mem or key in self._files
 
+    def _index(self, key: Any) -> None:
+        job = key[0] if type(key) is tuple and key else None
+        keys = self._by_job.get(job)
+        if keys is None:
+            keys = self._by_job[job] = set()
+        keys.add(key)
+
     def discard(self, key: Any) -> None:
+        job = key[0] if type(key) is tuple and key else None
+        keys = self._by_job.get(job)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_job[job]
         blob = self._mem.pop(key, None)
         if blob is not None:
             self.memory_bytes -= len(blob.buffer if hasattr(blob, "buffer") else blob)
@@ -372,14 +391,17 @@ class Store:
             except FileNotFoundError:
                 pass
 
-    def discard_where(self, predicate) -> None:
-        """Drop every blob whose key satisfies ``predicate`` (e.g. all of one job)."""
-        for key in [k for k in (*self._mem, *self._files) if predicate(k)]:
-            self.discard(key)
+    def discard_job(self, job: Any, predicate: Callable[[Any], bool] | None = None) -> None:
+        """Drop every blob of ``job`` (keys that begin with its id), or those of its keys
+        that satisfy ``predicate``."""
+        for key in list(self._by_job.get(job, ())):
+            if predicate is None or predicate(key):
+                self.discard(key)
 
     def close(self) -> None:
         self._mem.clear()
         self._files.clear()
+        self._by_job.clear()
         self._sums.clear()
         self._maps.clear()
         if self._dir is not None:
