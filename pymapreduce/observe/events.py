@@ -32,7 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from ..patterns import protocol as P
@@ -45,7 +45,8 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
 # columns of a dispatched attempt (kind, index, attempt, backup) and of a noted commit
 # (job, kind, index, attempt, worker, secs, records, bytes, bytes out), read in C
-_KIND, _BACKUP = itemgetter(0), itemgetter(3)
+_KIND, _INDEX, _BACKUP = itemgetter(0), itemgetter(1), itemgetter(3)
+_RUNNING = attrgetter("running")  # a broker Task's attempts running now
 _JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
 _RECORDS, _BYTES, _OUT = itemgetter(6), itemgetter(7), itemgetter(8)
 
@@ -79,6 +80,15 @@ def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
     if not maps and not reduces:
         return []
     maps, reduces = maps or [], reduces or []
+    kind = started[0][0]
+    if started[-1][0] == kind and len(set(map(_KIND, started))) == 1:
+        # the usual case, in C: none of these tasks runs any attempt now
+        tasks = maps if kind == "map" else reduces
+        try:
+            if not any(map(_RUNNING, map(tasks.__getitem__, map(_INDEX, started)))):
+                return []
+        except (IndexError, TypeError, AttributeError):  # (an earlier step's)
+            pass
     nmaps, nreduces = len(maps), len(reduces)
     return [s for s in started
             if ((s[1] < nmaps and s[2] in maps[s[1]].running) if s[0] == "map"
