@@ -14,14 +14,25 @@ medians are compared. Besides wall time, each run reads the broker process's CPU
 (from the scheduler's statistics in /proc), which a busy neighbour disturbs much less: the cost of the
 event log is also given as broker CPU microseconds per task. The bar (issue 12): under 5%
 of throughput and task rate.
+
+Run to run, a broker's CPU per no-op task varies by 10-20% (how many attempts share a
+message and a loop turn depends on timing), more than the cost being measured. ``--spy``
+also measures that cost directly: py-spy (``pip install py-spy``; needs ptrace, as root)
+samples each broker process, every Python thread of it, during its runs, and the share
+of its busy samples spent in ``pymapreduce/observe/`` (the event log, and with
+``--http`` the server and the metrics) is printed per cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 from contextlib import ExitStack
@@ -63,13 +74,62 @@ class Scraper(threading.Thread):
                     self.errors += 1
 
 
+class Spy:
+    """py-spy recording one broker process into a file of sampled stacks, started and
+    stopped around that broker's runs (``--nonblocking``: the broker is never paused)."""
+
+    def __init__(self, pid: int, path: str) -> None:
+        self.pid, self.path = pid, path
+        self.proc: subprocess.Popen | None = None
+        self.files: list[str] = []
+
+    def start(self) -> None:
+        out = f"{self.path}.{len(self.files)}"
+        self.files.append(out)
+        self.proc = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(self.pid), "--rate", "1000", "--format", "raw",
+             "--nonblocking", "--threads", "--output", out],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # (py-spy writes its file on SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def shares(self) -> tuple[int, float]:
+        """Busy samples in all, and the share of them in pymapreduce/observe/ modules."""
+        total = observe = 0
+        for path in self.files:
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                for line in f:
+                    stack, _, n = line.rstrip().rpartition(" ")
+                    if not n.isdigit():
+                        continue
+                    total += int(n)
+                    if "pymapreduce/observe/" in stack:
+                        observe += int(n)
+        return total, (observe / total if total else 0.0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=64, help="word-count corpus (default 64)")
     ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks (default 5000)")
     ap.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--spy", action="store_true",
+                    help="also sample each broker with py-spy: observe/'s share of its CPU")
     args = ap.parse_args()
+    if args.spy and shutil.which("py-spy") is None:
+        ap.error("--spy needs py-spy on the PATH (pip install py-spy)")
+    spy_dir = tempfile.mkdtemp(prefix="pmr-spy-") if args.spy else ""
     from pymapreduce import Client, LocalCluster, read_text
 
     info = common.print_machine(f"observability cost: word count {args.size_mb} MiB and "
@@ -82,11 +142,13 @@ def main() -> int:
     secs: dict[tuple[str, str], list[float]] = {(m, w): [] for m in modes
                                                 for w in ("wordcount", "tasks", "cpu")}
     with ExitStack() as stack:
-        clients, scrapers, brokers = {}, {}, {}
+        clients, scrapers, brokers, spies = {}, {}, {}, {}
         for mode in modes:
             cluster = stack.enter_context(LocalCluster(
                 workers=WORKERS, http=mode == "events+http", events=mode != "no events"))
             brokers[mode] = cluster.broker_pid
+            if args.spy:
+                spies[mode] = Spy(cluster.broker_pid, os.path.join(spy_dir, str(len(spies))))
             clients[mode] = stack.enter_context(Client(cluster.address))
             if cluster.http_url:
                 scraper = Scraper(cluster.http_url)
@@ -99,6 +161,8 @@ def main() -> int:
                 scraper = scrapers.get(mode)
                 if scraper is not None:
                     scraper.active.set()
+                if mode in spies:
+                    spies[mode].start()
                 with stopwatch() as t:
                     result = client.submit(WordCount(), read_text(files)).result()
                 expected = expected if expected is not None else result
@@ -111,6 +175,8 @@ def main() -> int:
                     client.submit(NoOp(), records, map_tasks=args.tasks, reducers=0).result()
                 secs[(mode, "tasks")].append(t[0])
                 secs[(mode, "cpu")].append(sched_cpu_seconds(brokers[mode]) - cpu)
+                if mode in spies:
+                    spies[mode].stop()
                 if scraper is not None:
                     scraper.active.clear()
         for scraper in scrapers.values():
@@ -135,12 +201,21 @@ def main() -> int:
         print(f"cost of {mode} against no events: word count {100 * costs[mode]['wordcount']:+.1f}%, "
               f"task rate {100 * costs[mode]['tasks']:+.1f}%, broker CPU per task "
               f"{100 * costs[mode]['broker_cpu']:+.1f}% (bar: under 5%)")
+    sampled = {}
+    for mode, spy in spies.items():
+        busy, share = spy.shares()
+        sampled[mode] = {"busy_samples": busy, "observe_share": share}
+        print(f"{mode}: py-spy, {busy} busy samples of the broker's threads, "
+              f"{100 * share:.1f}% of them in pymapreduce/observe/")
+    if spy_dir:
+        shutil.rmtree(spy_dir, ignore_errors=True)
     scrapes = sum(s.scrapes for s in scrapers.values())
     errors = sum(s.errors for s in scrapers.values())
     print(f"scrapes every {SCRAPE_EVERY}s: {scrapes}, {errors} failed")
     common.write_json(args.json, {"machine": info, "size_mb": args.size_mb,
                                   "tasks": args.tasks, "repeats": args.repeats,
-                                  "figures": figures, "costs": costs, "scrapes": scrapes,
+                                  "figures": figures, "costs": costs, "sampled": sampled,
+                                  "scrapes": scrapes,
                                   "scrape_errors": errors})
     return 0 if errors == 0 else 1
 
