@@ -102,9 +102,12 @@ def pack_runs(parts: list[Columns]) -> list:
     return [pack([keys, values, RUNS]) if keys else b"" for keys, values in parts]
 
 
-def merge_runs(job: Job, segments: Iterable[Any]) -> Columns:
+def merge_runs(job: Job, segments: Iterable[Any], types: set | None = None) -> Columns:
     """A reduce task's output: its segments' pairs (sorted runs, in map-task order), in
-    key order; pairs of equal keys keep their order (map task, then input)."""
+    key order; pairs of equal keys keep their order (map task, then input). ``types``:
+    a set to add the keys' and values' types to, read in the order they were decoded
+    (each object is next to the one before it: about half the time of reading them in
+    key order, after the sort)."""
     keys: list = []
     values: list = []
     for segment in segments:
@@ -113,6 +116,9 @@ def merge_runs(job: Job, segments: Iterable[Any]) -> Columns:
                              "on a pymapreduce that does not make them")
         keys += segment[0]
         values += segment[1]
+        if types is not None:
+            types.update(map(type, segment[0]))
+            types.update(map(type, segment[1]))
     try:
         order = sorted(range(len(keys)), key=keys.__getitem__)
     except TypeError as exc:

@@ -155,9 +155,10 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             if budget is not None and files is not None:
                 out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
             elif plain_sort(job):
-                merged = merge_runs(job, segments)
+                types: set = set()
+                merged = merge_runs(job, segments, types)
                 # (columns of types that never need a pickle: the safe check has nothing to find)
-                out = [merged if columns and _native(merged)
+                out = [merged if columns and types <= NATIVE_TYPES
                        else pack_output(merged, safe_output)]
             else:
                 # (a merge by bucket holds a round of decoded segments; the bytes of all
@@ -175,10 +176,6 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
 
 # Types msgpack carries as they are: a column of these never needs a pickle
 NATIVE_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-def _native(columns: Columns) -> bool:
-    return set(map(type, columns[0])).union(map(type, columns[1])) <= NATIVE_TYPES
 
 
 def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
