@@ -138,6 +138,7 @@ def _column_text(column: Sequence) -> tuple[Sequence, str]:
             raw = b"\\"
         if not raw.translate(None, _PLAIN_BYTES):
             return column, '"'
+        return list(map(encode_basestring, column)), ""  # (its types are known: all str)
     return _encode_column(column), ""
 
 
