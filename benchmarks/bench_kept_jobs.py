@@ -13,6 +13,12 @@ broker whose work per task does not depend on what it keeps shows the same figur
 the last jobs as for the first; the table gives the median of each end (``--ends``
 jobs) and their ratio. With several trees, their brokers run one after the other, in
 the order given, ``--rounds`` times (so drift of a shared machine hits each alike).
+
+Per job the broker's CPU varies by 10-20% (how attempts share messages depends on
+timing), so a cost that grows with the kept jobs shows better without the cluster:
+``--store`` times, in a child process per tree, what a job's end costs the broker's store
+(its outputs freed: the map outputs, then the rest) with 1, 15 and 50 finished jobs of
+``--tasks`` outputs kept, per task of the ending job.
 """
 
 from __future__ import annotations
@@ -83,6 +89,37 @@ def run_tree(tree: str, jobs: int, tasks: int, extra: list[str]) -> list[float]:
                     proc.wait()
 
 
+STORE_CHILD = """
+import sys, time
+from pymapreduce.broker.sink import Store
+tasks = int(sys.argv[1])
+for kept in (1, 15, 50):
+    store = Store(1 << 30)
+    for j in range(kept + 1):
+        for i in range(tasks):
+            store.put((f"j{j}", "out", i), b"")
+    jid = f"j{kept}"
+    start = time.process_time()
+    if hasattr(store, "discard_job"):
+        store.discard_job(jid, lambda k: k[1] == "map")
+        store.discard_job(jid)
+    else:  # (trees before the store's index by job)
+        store.discard_where(lambda k: k[0] == jid and k[1] == "map")
+        store.discard_where(lambda k: k[0] == jid)
+    print(kept, 1e6 * (time.process_time() - start) / tasks)
+    store.close()
+"""
+
+
+def store_costs(tree: str, tasks: int) -> dict[int, float]:
+    """Microseconds per task of a job's end in the store, by kept jobs, from ``tree``."""
+    tree = os.path.abspath(tree)
+    out = subprocess.run([sys.executable, "-c", STORE_CHILD, str(tasks)], cwd=tree,
+                         env=dict(os.environ, PYTHONPATH=tree), capture_output=True,
+                         text=True, check=True, timeout=600).stdout
+    return {int(k): float(v) for k, v in (line.split() for line in out.splitlines())}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=15, help="jobs kept one after another (15)")
@@ -92,8 +129,17 @@ def main() -> int:
     ap.add_argument("--trees", default=common.REPO_ROOT, help="comma list of source trees")
     ap.add_argument("--broker-args", default="", help="more broker options, e.g. --no-events")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--store", action="store_true",
+                    help="time a job's end in the store alone, with 1, 15, 50 jobs kept")
     args = ap.parse_args()
     trees = args.trees.split(",")
+    if args.store:
+        common.print_machine(f"a job's end in the broker's store, {args.tasks} outputs a job")
+        costs = {tree: store_costs(tree, args.tasks) for tree in trees}
+        common.print_table(["tree", "1 job kept us/task", "15 kept", "50 kept"],
+                           [[t, c[1], c[15], c[50]] for t, c in costs.items()])
+        common.write_json(args.json, {"tasks": args.tasks, "store": costs})
+        return 0
     info = common.print_machine(f"kept jobs: {args.jobs} jobs of {args.tasks} no-op tasks "
                                 f"kept, broker CPU per task; trees {', '.join(trees)}")
     runs: dict[str, list[list[float]]] = {t: [] for t in trees}
