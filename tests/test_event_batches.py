@@ -153,3 +153,11 @@ def test_a_full_attempt_table_keeps_the_attempts_still_running_and_frees_what_it
     assert all(r["index"] != 0 or r["attempt"] != 7 for r in events.attempts("s"))
     assert log.closed == {}  # its failure's note went with its row
     assert events._rows == log.rows == len(events.attempts("s"))
+
+
+def test_run_times_of_unknown_attempts_cannot_grow_the_log_past_its_bound():
+    events = EventLog(attempts_per_job=16)
+    events.job_submitted(FakeJob)
+    for attempt in range(10_000):  # (the broker only passes attempts a reporter holds)
+        events.ran(FakeTask(0), attempt, 0.5)
+    assert len(events._jobs["j"].closed) <= 16 + 16 // 8

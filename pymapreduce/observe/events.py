@@ -510,7 +510,10 @@ class EventLog(Reading):
             return
         with self.lock:
             log = self._jobs.get(task.job.id)
-            if log is not None:
+            # (the broker checked that the reporter holds this attempt; the bound holds
+            # whatever a caller passes: a row's note goes when its row goes)
+            if log is not None and (attempt in log.closed or len(log.closed) <
+                                    self.attempts_per_job + (self.attempts_per_job >> 3)):
                 log.closed.setdefault(attempt, [None, None, "", None])[3] = secs
 
 
