@@ -1,0 +1,140 @@
+"""A job's part of the event log (:class:`_JobLog`) and its attempt table: stored as
+batches, bounded, closed (see events.py, which mixes :class:`AttemptTable` in).
+
+A job's attempt table is its dispatch batches (the lists of ``(kind, index, attempt,
+backup)`` tuples the dispatcher built, as they came), its commit batches (the tuples
+``done`` noted) and the rare failed, killed or abandoned attempts by identifier; readers
+join them (``reading.join_attempts``). Full, it lets its oldest rows go, except the
+attempts the broker still runs, which the broker's own tasks say.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from operator import attrgetter, itemgetter
+from typing import Any
+
+_KIND, _INDEX = itemgetter(0), itemgetter(1)
+_RUNNING = attrgetter("running")  # a broker Task's attempts running now
+
+
+def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
+    """Those of ``started`` the broker still runs: its own state, not the log's (what a
+    full attempt table keeps). An attempt of an earlier step is not found: ended."""
+    maps, reduces = getattr(job, "maps", None), getattr(job, "reduces", None)
+    if not maps and not reduces:
+        return []
+    maps, reduces = maps or [], reduces or []
+    kind = started[0][0]
+    if started[-1][0] == kind and len(set(map(_KIND, started))) == 1:
+        # the usual case, in C: none of these tasks runs any attempt now
+        tasks = maps if kind == "map" else reduces
+        try:
+            if not any(map(_RUNNING, map(tasks.__getitem__, map(_INDEX, started)))):
+                return []
+        except (IndexError, TypeError, AttributeError):  # (an earlier step's)
+            pass
+    nmaps, nreduces = len(maps), len(reduces)
+    return [s for s in started
+            if ((s[1] < nmaps and s[2] in maps[s[1]].running) if s[0] == "map"
+                else (s[1] < nreduces and s[2] in reduces[s[1]].running))]
+
+
+class _JobLog:
+    __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
+                 "tenant", "started", "trimmed", "flow")
+
+    def __init__(self, job: Any, per_job: int, tenant: str) -> None:
+        self.id = job.id
+        self.job = job  # (its tasks say which attempts still run, when rows must go)
+        self.events: deque[tuple] = deque()  # entries; at most per_job events in all
+        self.count = 0  # events in them
+        # the attempt table, as stored: dispatch batches [seq, time, worker, step,
+        # [(kind, index, attempt, backup)...]] oldest first, ``rows`` attempts in all;
+        # commit batches (seq, time, [done()'s tuples]); and attempt identifier ->
+        # [end, outcome, note, run secs] of the failed, killed and abandoned ones
+        self.batches: deque[list] = deque()
+        self.rows = 0
+        self.ends: deque[tuple] = deque()
+        self.closed: dict[int, list] = {}
+        self.bytes = 0
+        self.tenant = tenant
+        self.started = False
+        self.trimmed = 0  # events dropped from its ring (full, or over the byte budget)
+        # kind -> [records in, bytes in, bytes out] of its committed tasks
+        self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
+
+
+class AttemptTable:
+    """The attempt table's upkeep, a mixin of :class:`~pymapreduce.observe.events.EventLog`
+    (whose lock, jobs and bounds it uses)."""
+
+    lock: threading.Lock
+    _jobs: OrderedDict
+    _rows: int
+    attempts_per_job: int
+
+    def _drop_attempts(self, log: _JobLog, n: int) -> int:
+        """The attempt table is full: its ``n`` oldest rows go, except those the broker
+        still runs (a straggler stays on the timeline while it runs). Returns how many went.
+        The commit batches older than every dispatch batch left go with them."""
+        batches = log.batches
+        closed = log.closed
+        kept: list[list] = []  # still running: put back, oldest first
+        gone = 0
+        while gone < n and batches:
+            batch = batches.popleft()
+            started = batch[4]
+            take = min(n - gone, len(started))
+            if take < len(started):  # cut: the rest stays (a new list: the ring has this one)
+                batches.appendleft([batch[0], batch[1], batch[2], batch[3], started[take:]])
+            running = _running_in(log.job, started[:take])
+            if running:
+                kept.append([batch[0], batch[1], batch[2], batch[3], running])
+            gone += take - len(running)
+            if closed:
+                for s in started[:take]:
+                    if s not in running:
+                        closed.pop(s[2], None)
+        for batch in reversed(kept):
+            batches.appendleft(batch)
+        # the oldest dispatch batch not kept for its running attempts
+        oldest = batches[len(kept)][0] if len(batches) > len(kept) else None
+        ends = log.ends
+        while ends and (oldest is None or ends[0][0] < oldest):
+            ends.popleft()  # (an attempt is committed after it is dispatched)
+        log.rows -= gone
+        self._rows -= gone
+        return gone
+
+    def _end_attempt(self, job: Any, task: Any, attempt: int, outcome: str,
+                     note: str = "", log: _JobLog | None = None) -> str:
+        """Close an attempt's row; returns the worker it ran on ("" if unknown)."""
+        log = log or self._jobs.get(job.id)
+        if log is None:
+            return ""
+        for batch in reversed(log.batches):  # (a failing attempt is mostly a recent one)
+            for s in batch[4]:
+                if s[2] == attempt:
+                    row = log.closed.setdefault(attempt, [None, None, "", None])
+                    if row[0] is None:
+                        row[0], row[1], row[2] = time.time(), outcome, note[:200]
+                    return batch[2]
+        return ""
+
+    # -- when attempts ran (the timeline from task start) ---------------------------------
+    def ran(self, task: Any, attempt: int, secs: float | None) -> None:
+        """A failed attempt's run time, as its worker measured it (FAILED's ``secs``), kept
+        with its end for :meth:`timeline`. (A committed attempt's comes from its ``done``
+        event, which carries it already: nothing is added per task.)"""
+        if task is None or secs is None:
+            return
+        with self.lock:
+            log = self._jobs.get(task.job.id)
+            # (the broker checked that the reporter holds this attempt; the bound holds
+            # whatever a caller passes: a row's note goes when its row goes)
+            if log is not None and (attempt in log.closed or len(log.closed) <
+                                    self.attempts_per_job + (self.attempts_per_job >> 3)):
+                log.closed.setdefault(attempt, [None, None, "", None])[3] = secs
