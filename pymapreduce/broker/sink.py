@@ -129,6 +129,11 @@ def write_file(path: str, buf: Any, fsync: bool) -> None:
         raise
 
 
+def _job_of(key: Any) -> Any:
+    """The job a store key belongs to: its first item (None for a key of no job)."""
+    return key[0] if type(key) is tuple and key else None
+
+
 class Store:
     """Keyed byte blobs. Blobs are kept as received (zero-copy buffers) until the memory
     budget is reached; later blobs go to files in ``spill_dir``.
@@ -364,14 +369,14 @@ class Store:
         return key in self._mem or key in self._files
 
     def _index(self, key: Any) -> None:
-        job = key[0] if type(key) is tuple and key else None
+        job = _job_of(key)
         keys = self._by_job.get(job)
         if keys is None:
             keys = self._by_job[job] = set()
         keys.add(key)
 
     def discard(self, key: Any) -> None:
-        job = key[0] if type(key) is tuple and key else None
+        job = _job_of(key)
         keys = self._by_job.get(job)
         if keys is not None:
             keys.discard(key)

@@ -16,8 +16,17 @@ from collections import OrderedDict, deque
 from operator import attrgetter, itemgetter
 from typing import Any
 
-_KIND, _INDEX = itemgetter(0), itemgetter(1)
+_KIND, _INDEX = itemgetter(0), itemgetter(1)  # of a dispatched (kind, index, attempt, backup)
 _RUNNING = attrgetter("running")  # a broker Task's attempts running now
+
+
+def uniform(items: list, column: Any) -> Any:
+    """The value ``column`` (an itemgetter) gives every one of ``items`` (not empty) when
+    they all agree, else None: the usual batch is of one job and one kind, checked in C."""
+    value = column(items[0])
+    if column(items[-1]) == value and len(set(map(column, items))) == 1:
+        return value
+    return None
 
 
 def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
@@ -27,9 +36,8 @@ def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
     if not maps and not reduces:
         return []
     maps, reduces = maps or [], reduces or []
-    kind = started[0][0]
-    if started[-1][0] == kind and len(set(map(_KIND, started))) == 1:
-        # the usual case, in C: none of these tasks runs any attempt now
+    kind = uniform(started, _KIND)
+    if kind is not None:  # the usual case, in C: none of these tasks runs any attempt now
         tasks = maps if kind == "map" else reduces
         try:
             if not any(map(_RUNNING, map(tasks.__getitem__, map(_INDEX, started)))):
@@ -90,13 +98,15 @@ class AttemptTable:
             take = min(n - gone, len(started))
             if take < len(started):  # cut: the rest stays (a new list: the ring has this one)
                 batches.appendleft([batch[0], batch[1], batch[2], batch[3], started[take:]])
-            running = _running_in(log.job, started[:take])
+            dropped = started[:take]
+            running = _running_in(log.job, dropped)
             if running:
                 kept.append([batch[0], batch[1], batch[2], batch[3], running])
             gone += take - len(running)
             if closed:
-                for s in started[:take]:
-                    if s not in running:
+                still = {s[2] for s in running}
+                for s in dropped:
+                    if s[2] not in still:
                         closed.pop(s[2], None)
         for batch in reversed(kept):
             batches.appendleft(batch)

@@ -36,7 +36,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..patterns import protocol as P
-from .attempts import AttemptTable, _JobLog
+from .attempts import _KIND, AttemptTable, _JobLog, uniform
 from .reading import ATTEMPT_MASK, SMALL, Reading
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -46,7 +46,7 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
 # columns of a dispatched attempt (kind, index, attempt, backup) and of a noted commit
 # (job, kind, index, attempt, worker, secs, records, bytes, bytes out), read in C
-_KIND, _BACKUP = itemgetter(0), itemgetter(3)
+_BACKUP = itemgetter(3)
 _JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
 _RECORDS, _BYTES, _OUT = itemgetter(6), itemgetter(7), itemgetter(8)
 
@@ -203,8 +203,8 @@ class EventLog(AttemptTable, Reading):
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            kind = started[0][0]
-            if started[-1][0] == kind and len(set(map(_KIND, started))) == 1:  # (in C)
+            kind = uniform(started, _KIND)
+            if kind is not None:
                 key = ("attempts", kind)
                 counts[key] = counts.get(key, 0) + n
             else:
@@ -265,13 +265,11 @@ class EventLog(AttemptTable, Reading):
         one kind of one job: its sums are taken column by column, in C."""
         pending, self._pending = self._pending, []
         now = time.time()
-        first = pending[0]
-        job_id, kind = first[0], first[1]
-        if (pending[-1][0] == job_id and pending[-1][1] == kind
-                and len(set(map(_JOB, pending))) == 1
-                and len(set(map(_DONE_KIND, pending))) == 1):
+        job_id, kind = uniform(pending, _JOB), uniform(pending, _DONE_KIND)
+        if job_id is not None and kind is not None:
             self._add_done(job_id, kind, pending, now)
             return
+        job_id, kind = pending[0][0], pending[0][1]
         start = 0
         for i, event in enumerate(pending):  # runs of one job and one kind
             if event[0] != job_id or event[1] != kind:

@@ -149,10 +149,9 @@ class Reading:
         return join_attempts(batches, ends, closed)
 
     def attempts(self, job: str) -> list[dict]:
-        """A job's attempt table, for its timeline (copies, oldest first)."""
-        return [{"step": r[5], "kind": r[0], "index": r[1], "task": f"{r[0]}-{r[1]}",
-                 "attempt": r[2], "worker": r[3], "start": r[6], "end": r[7],
-                 "outcome": r[8], "backup": r[4], "note": r[9]} for r in self._table(job)]
+        """A job's attempt table, for its timeline (copies, oldest first): the rows of
+        :meth:`timeline` without when each began to run."""
+        return [{k: v for k, v in row.items() if k != "run"} for row in self.timeline(job)]
 
     def timeline(self, job: str) -> list[dict]:
         """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
