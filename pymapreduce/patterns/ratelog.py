@@ -30,8 +30,8 @@ class RateLimitedLog:
         start, count = self._seen.get(key, (now, 0))
         if now - start > 60.0:
             if count > PER_MINUTE:
-                self.log.warning("%s: %d more not logged in the last minute", offender,
-                                 count - PER_MINUTE)
+                self.log.log(level, "%s: %d more not logged in the last minute",
+                             offender, count - PER_MINUTE)
             start, count = now, 0
         count += 1
         self._seen[key] = (start, count)
@@ -45,7 +45,8 @@ class RateLimitedLog:
         elif count <= PER_MINUTE:
             self._lines += 1
             self.log.log(level, "%s: " + what, offender, *args)
-        elif count == PER_MINUTE + 1:
-            self.log.warning("%s: more of the same; logging it again in a minute", offender)
+        elif count == PER_MINUTE + 1:  # (at the lines' level: news is not a warning)
+            self.log.log(level, "%s: more of the same; logging it again in a minute",
+                         offender)
         if len(self._seen) > MAX_OFFENDERS:
             self._seen.pop(next(iter(self._seen)))
