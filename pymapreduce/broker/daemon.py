@@ -180,7 +180,9 @@ class Broker(ClientAPI):
         """Re-read the allowlists at the next turn of the loop (SIGHUP)."""
         self._reload = True
 
-    def serve_forever(self) -> None:
+    def loop_poller(self) -> zmq.Poller:
+        """What the loop waits on (bound first if need be); ``_turn(poller)`` is one turn
+        of it (benchmarks/bench_observe_steps.py turns it by hand)."""
         if not self.address:
             self.bind()
         poller = zmq.Poller()
@@ -192,6 +194,10 @@ class Broker(ClientAPI):
         self._wakeup = SignalWakeup()  # SIGTERM ends the poll at once (patterns/wakeup.py)
         if self._wakeup.fd is not None:
             poller.register(self._wakeup.fd, zmq.POLLIN)
+        return poller
+
+    def serve_forever(self) -> None:
+        poller = self.loop_poller()
         try:
             while not self._stopping:
                 try:
