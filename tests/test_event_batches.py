@@ -88,7 +88,7 @@ def test_batched_rings_stay_bounded_in_events_and_attempt_rows():
     assert len(events.since(0, "j")) <= 30 + 16  # (one entry past the cap at most)
     assert len(events.since(0)) <= 45 + 16
     log = events._jobs["j"]
-    assert log.count == sum(len(e[4]) if isinstance(e[4], list) else 1 for e in log.events)
+    assert log.count == sum(len(e[4]) if isinstance(e[4], tuple) else 1 for e in log.events)
     assert len(events.attempts("j")) <= 40 + 40 // 8
     newest = max(r["index"] for r in events.attempts("j"))
     assert newest == 499  # the oldest rows went, not the newest

@@ -1,9 +1,9 @@
 """A job's part of the event log (:class:`_JobLog`) and its attempt table: stored as
 batches, bounded, closed (see events.py, which mixes :class:`AttemptTable` in).
 
-A job's attempt table is its dispatch batches (the lists of ``(kind, index, attempt,
-backup)`` tuples the dispatcher built, as they came), its commit batches (the tuples
-``done`` noted) and the rare failed, killed or abandoned attempts by identifier; readers
+A job's attempt table is its dispatch batches (the ``(kind, index, attempt, backup)``
+tuples the dispatcher built, as they came), its commit batches (the tuples ``done``
+noted) and the rare failed, killed or abandoned attempts by identifier; readers
 join them (``reading.join_attempts``). Full, it lets its oldest rows go, except the
 attempts the broker still runs, which the broker's own tasks say.
 """
@@ -59,11 +59,11 @@ class _JobLog:
         self.job = job  # (its tasks say which attempts still run, when rows must go)
         self.events: deque[tuple] = deque()  # entries; at most per_job events in all
         self.count = 0  # events in them
-        # the attempt table, as stored: dispatch batches [seq, time, worker, step,
-        # [(kind, index, attempt, backup)...]] oldest first, ``rows`` attempts in all;
-        # commit batches (seq, time, [done()'s tuples]); and attempt identifier ->
+        # the attempt table, as stored: dispatch batches (seq, time, worker, step,
+        # ((kind, index, attempt, backup)...)) oldest first, ``rows`` attempts in all;
+        # commit batches (seq, time, (done()'s tuples)); and attempt identifier ->
         # [end, outcome, note, run secs] of the failed, killed and abandoned ones
-        self.batches: deque[list] = deque()
+        self.batches: deque[tuple] = deque()
         self.rows = 0
         self.ends: deque[tuple] = deque()
         self.closed: dict[int, list] = {}
@@ -90,18 +90,18 @@ class AttemptTable:
         The commit batches older than every dispatch batch left go with them."""
         batches = log.batches
         closed = log.closed
-        kept: list[list] = []  # still running: put back, oldest first
+        kept: list[tuple] = []  # still running: put back, oldest first
         gone = 0
         while gone < n and batches:
             batch = batches.popleft()
             started = batch[4]
             take = min(n - gone, len(started))
-            if take < len(started):  # cut: the rest stays (a new list: the ring has this one)
-                batches.appendleft([batch[0], batch[1], batch[2], batch[3], started[take:]])
+            if take < len(started):  # cut: the rest stays (the ring has the whole)
+                batches.appendleft((batch[0], batch[1], batch[2], batch[3], started[take:]))
             dropped = started[:take]
             running = _running_in(log.job, dropped)
             if running:
-                kept.append([batch[0], batch[1], batch[2], batch[3], running])
+                kept.append((batch[0], batch[1], batch[2], batch[3], tuple(running)))
             gone += take - len(running)
             if closed:
                 still = {s[2] for s in running}

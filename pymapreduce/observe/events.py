@@ -13,8 +13,11 @@ broker forgets the job.
 Recording is on the broker loop's path of every task, so the two events every attempt
 has are recorded in batches: the attempts of one TASKS message with one call
 (``dispatched``), the attempts committed in one turn of the loop together (``done`` notes,
-``flush`` records), each batch one ring entry. A batch is stored as it came: the list the
-dispatcher built, the tuples ``done`` noted. Nothing is written per attempt beyond them: the
+``flush`` records), each batch one ring entry. A batch is stored as it came (the tuples the
+dispatcher built, the tuples ``done`` noted), in a tuple: the garbage collector stops
+tracking a tuple of names and numbers the first time it sees it, where a list would be gone
+over at every collection for as long as the batch is kept. Nothing is written per attempt
+beyond them: the
 attempt table is the job's dispatch batches plus its commit batches, joined by attempt
 identifier when read (the rare failures, kills and abandons are kept by identifier). What
 that costs per task, against a broker started with ``--no-events``, is in
@@ -70,7 +73,7 @@ def _size(fields: dict) -> int:
 
 
 def _events_in(entry: tuple) -> int:
-    return len(entry[4]) if type(entry[4]) is list else 1
+    return len(entry[4]) if type(entry[4]) is tuple else 1
 
 
 class EventLog(AttemptTable, Reading):
@@ -196,6 +199,10 @@ class EventLog(AttemptTable, Reading):
         now = time.time()
         counts = self.counts
         n = len(started)
+        # kept as a tuple: of tuples of names and numbers, it leaves the collector's sight
+        # at its first pass (a list would be gone over again at every pass, as long as the
+        # row is kept)
+        started = tuple(started)
         with self.lock:
             if self._pending:  # what done() noted happened first
                 self._flush()
@@ -220,7 +227,7 @@ class EventLog(AttemptTable, Reading):
             self._push(log, (self.seq, now, "dispatched", job.id, started, size,
                              (worker, step)), size, n)
             if log is not None:
-                log.batches.append([self.seq, now, worker, step, started])
+                log.batches.append((self.seq, now, worker, step, started))
                 log.rows += n
                 self._rows += n
                 # past the cap by an eighth, back to it: rows go in batches, not one per
@@ -245,12 +252,16 @@ class EventLog(AttemptTable, Reading):
         noted ones together, under one lock and one clock reading (the broker loop calls
         it once a turn, and every other event flushes first, so the order of events is
         kept)."""
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             self._writer = threading.get_ident()
-        self._pending.append((
-            task.job.id, task.kind, task.index, attempt, worker, secs or 0,
-            stats.get("records", 0), stats.get("bytes", 0),
-            sum(map(len, blobs)) if blobs else 0))  # (sizes only: no buffer held)
+        try:  # (checked statistics have both counts: subscripts cost less than get())
+            records, nbytes = stats["records"], stats["bytes"]
+        except KeyError:
+            records, nbytes = stats.get("records", 0), stats.get("bytes", 0)
+        pending.append((task.job.id, task.kind, task.index, attempt, worker, secs or 0,
+                        records, nbytes, len(blobs[0]) if len(blobs) == 1
+                        else sum(map(len, blobs))))  # (sizes only: no buffer held)
 
     def flush(self) -> None:
         """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
@@ -263,7 +274,7 @@ class EventLog(AttemptTable, Reading):
         the noted attempts (consecutive ones of a job share them), the noted tuples as they
         are, and the job's flow and the totals summed. The usual turn commits attempts of
         one kind of one job: its sums are taken column by column, in C."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = tuple(self._pending), []  # (a tuple: as ``started``)
         now = time.time()
         job_id, kind = uniform(pending, _JOB), uniform(pending, _DONE_KIND)
         if job_id is not None and kind is not None:

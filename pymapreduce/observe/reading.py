@@ -47,7 +47,7 @@ def expand(entry: tuple) -> list[tuple]:
     ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes out)``.
     Served, an attempt is its number, not its identifier (the rest of it is random)."""
     seq, t, etype, job, fields, _, extra = entry
-    if type(fields) is not list:
+    if type(fields) is not tuple:
         return [entry[:5]]
     first = seq - len(fields) + 1
     if etype == "dispatched":
@@ -125,8 +125,8 @@ class Reading:
         out = []
         for entry in reversed(entries):
             if workers is not None and entry[2] == "done":
-                entry = (*entry[:4], [f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:])
-                                      for f in entry[4]], *entry[5:])
+                entry = (*entry[:4], tuple([f if f[4] else (*f[:4], workers.get(f[3], ""),
+                                                    *f[5:]) for f in entry[4]]), *entry[5:])
             for event in expand(entry):
                 if event[0] > cursor:
                     out.append(event)
