@@ -65,16 +65,18 @@ def _thread_cpu(tid: int) -> float:
         return int(f.read().split()[0]) / 1e9
 
 
-def _zmq_threads() -> list[int]:
-    tids = []
+def _zmq_cpu() -> float:
+    """CPU seconds of this process's ZeroMQ I/O threads (named when they are found: a
+    thread names itself after it starts)."""
+    total = 0.0
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
                 if f.read().startswith("ZMQbg"):
-                    tids.append(int(tid))
+                    total += _thread_cpu(int(tid))
         except OSError:
             pass
-    return tids
+    return total
 
 
 class FakeWorker:
@@ -120,7 +122,6 @@ def broker_process(mode: str, conn) -> None:
     fakes = [FakeWorker(ctx, broker.address, f"fake-{i}") for i in range(2)]
     conn.send((broker.address, broker.http_url))
     me = threading.get_native_id()
-    io = _zmq_threads()
     measuring = False
     turns = 0.0
     try:
@@ -131,12 +132,11 @@ def broker_process(mode: str, conn) -> None:
                     break
                 if what == "begin":
                     measuring, turns = True, 0.0
-                    start = (time.process_time(), _thread_cpu(me),
-                             sum(_thread_cpu(t) for t in io))
+                    start = (time.process_time(), _thread_cpu(me), _zmq_cpu())
                 elif what == "end":
                     measuring = False
                     proc, thread = time.process_time() - start[0], _thread_cpu(me) - start[1]
-                    zio = sum(_thread_cpu(t) for t in io) - start[2]
+                    zio = _zmq_cpu() - start[2]
                     conn.send({"loop": turns, "others": max(0.0, proc - thread - zio),
                                "zmq_io": zio})
             t = time.thread_time()
