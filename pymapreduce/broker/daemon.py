@@ -40,6 +40,7 @@ from .journal import Journal
 from .ledger import NOT_READING, Fetched, Ledger, Publish
 from .reports import peer_name
 from .sink import Store
+from .worker_api import WorkerAPI
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -78,7 +79,7 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
-class Broker(ClientAPI):
+class Broker(ClientAPI, WorkerAPI):
     """A broker bound to ``config.bind``; ``serve_forever()`` runs it until ``stop()``."""
 
     def __init__(self, config: BrokerConfig, *, context: zmq.Context | None = None) -> None:
@@ -402,62 +403,7 @@ class Broker(ClientAPI):
             self.ledger.tick(now)
         self._deliver()
 
-    # -- workers -------------------------------------------------------------------------
-
-    # -- workers -------------------------------------------------------------------------
-    def on_ready(self, peer: bytes, msg: Message, now: float) -> None:
-        try:
-            fd = self._frame.get(zmq.SRCFD)
-        except (zmq.ZMQError, AttributeError, TypeError):
-            fd = -1
-        self.ledger.register(peer, self._peer_key, msg.body, now, fd)
-        self._reply(peer, P.WELCOME, {"sink": self.data_address,
-                                      "heartbeat": self.config.heartbeat_interval,
-                                      "liveness": self.config.liveness,
-                                      "max_message": self.config.max_message})
-
-    def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
-        if self.ledger.sinks and self.ledger.sink_beat(peer, self._peer_key, now, msg.body):
-            return
-        answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now)
-        if answer is not None:
-            self._reply(peer, answer, {})
-
-    def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
-        if not self.ledger.sink_left(peer, self._peer_key):
-            self.ledger.leave(peer, self._peer_key)
-
-    def on_sink(self, peer: bytes, msg: Message, now: float) -> None:
-        """SINK: a sink daemon registers (sinks/daemon.py); with keys, only a key in the
-        sinks allowlist may, and workers are told that key to reach it by."""
-        self.ledger.sink_joined(peer, msg.body, now, self._peer_key)
-        # the jobs still running: a sink forgets the others' segments (jobs that ended,
-        # or that this broker never knew or lost, while the sink was away)
-        running = [j.id for j in self.jobs.values() if j.state == P.JOB_RUNNING]
-        self._reply(peer, P.WELCOME, {"heartbeat": self.config.heartbeat_interval,
-                                      "liveness": self.config.liveness, "running": running})
-
-    def on_done(self, peer: bytes, msg: Message, now: float) -> None:
-        worker = self.ledger.reporter(peer, self._peer_key, now)
-        if worker is not None:
-            self.ledger.done(worker, msg.body.get("results"), msg.blobs)
-
-    def on_failed(self, peer: bytes, msg: Message, now: float) -> None:
-        worker = self.ledger.reporter(peer, self._peer_key, now)
-        if worker is not None:
-            self.ledger.failed(worker, msg.body)
-
-    def _on_data(self, route: list, msg: Message, role: str, sender: str) -> None:
-        who = f"key {sender}" if sender else "data plane"
-        if msg.command != P.OUTPUT:
-            self._complain(who, "dropped a %r message on the data plane", msg.command[:40])
-            return
-        try:
-            self.ledger.output(msg.body, msg.blobs, sender)
-        except Exception as exc:  # a bad message must never take the broker down
-            self._complain(who, "%s rejected: %r", msg.command[:40], exc)
-        self.dispatch()
-
+    # -- dispatching ---------------------------------------------------------------------
     def dispatch(self) -> None:
         """Hand pending tasks to workers with credit, and deliver what is to be sent."""
         self.ledger.dispatch()
