@@ -221,7 +221,7 @@ class Job:
         job's final status instead of its result (docs/store.md). ``files``: side files shipped with the
         job, as for :meth:`Client.submit <pymapreduce.Client.submit>`. ``progress=True``:
         draw a progress bar per phase while the job runs (:meth:`JobHandle.progress
-        <pymapreduce.client.client.JobHandle.progress>`; a terminal or a notebook); off by
+        <pymapreduce.client.handle.JobHandle.progress>`; a terminal or a notebook); off by
         default, so a plain call prints nothing. ``dashboard``:
         the embedded broker serves its HTTP API (docs/observability.md), its URL printed
         on stderr. ``memory``: each embedded worker process's memory budget (bytes, or a

@@ -12,7 +12,7 @@ Three views of the same status (``maps``/``reduces`` ``[done, total]``, ``step``
 - :func:`summary_lines`: the final summary (state, time, records, bytes, tasks, counters).
 
 Each is a callable taking a status dict, as :meth:`JobHandle.wait
-<pymapreduce.client.client.JobHandle.wait>`'s ``progress`` argument expects.
+<pymapreduce.client.handle.JobHandle.wait>`'s ``progress`` argument expects.
 """
 
 from __future__ import annotations

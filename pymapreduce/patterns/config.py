@@ -15,3 +15,6 @@ REQUEST_TIMEOUT = 10.0
 # that runs a job at import, without `if __name__ == "__main__":`, would otherwise start a
 # cluster in each worker that imports it, and so on).
 WORKER_ENV = "PYMAPREDUCE_WORKER_PROCESS"
+# A client's request unanswered after this much silence is sent again (a broker that
+# restarted lost it); at once when the connection is made again. Requests are idempotent.
+RESEND_AFTER = 2.5
