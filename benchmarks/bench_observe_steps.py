@@ -42,9 +42,9 @@ import statistics
 import sys
 import threading
 import time
-import urllib.request
 
 import common
+from bench_observe import SCRAPE_EVERY, Scraper
 from jobs import NoOp
 
 from pymapreduce import Client
@@ -57,7 +57,6 @@ from pymapreduce.patterns.records import pack
 MODES = ("no events", "events", "events+http")
 EMPTY = pack([[], []])  # a no-op map task's output: no key, no value
 CREDIT = 32  # a worker's credit (workers/worker.py's default)
-SCRAPE_EVERY = 0.5
 
 
 def _thread_cpu(tid: int) -> float:
@@ -150,24 +149,6 @@ def broker_process(mode: str, conn) -> None:
             fake.sock.close(0)
         broker.close()
         ctx.destroy(linger=0)
-
-
-class Scraper(threading.Thread):
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.scrapes, self.errors = url, 0, 0
-        self.active, self.stopped = threading.Event(), threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(SCRAPE_EVERY):
-            if self.active.is_set():
-                for path in ("metrics", "api/jobs"):
-                    try:
-                        with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                            r.read()
-                        self.scrapes += 1
-                    except OSError:
-                        self.errors += 1
 
 
 def interval(base: list[float], other: list[float], n: int = 4000) -> tuple[float, float, float]:
