@@ -35,14 +35,8 @@ def add_sink_parser(sub: argparse._SubParsersAction,
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from .cli import (
-        EXIT_ADDRESS_IN_USE,
-        EXIT_OK,
-        EXIT_USAGE,
-        _is_loopback,
-        _setup_logging,
-        _watch_parent,
-    )
+    from .cli import EXIT_ADDRESS_IN_USE, EXIT_OK, EXIT_USAGE
+    from .cli_daemons import _is_loopback, _setup_logging, _watch_parent
     from .patterns.sockets import check_endpoint
     from .sinks import SinkDaemon
 

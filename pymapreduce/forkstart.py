@@ -62,12 +62,12 @@ def choose_start_method(requested: str | None = None) -> str:
 
 def preload(role: str) -> None:
     """Import here what a forked daemon of ``role`` runs ("cli": the command line every
-    daemon parses; "worker": the supervisor and worker; "sink": the sink daemon), so
+    daemon parses and the daemons' commands; "worker": the supervisor and worker; "sink": the sink daemon), so
     that the child need not import it after the fork. The broker's own modules are left
     to the broker child, which imports them while this process imports the worker's:
     on two cores the two imports overlap instead of adding up."""
     if role == "cli":
-        from . import cli  # noqa: F401
+        from . import cli, cli_daemons  # noqa: F401
     elif role == "worker":
         from .workers import supervisor  # noqa: F401
     elif role == "sink":

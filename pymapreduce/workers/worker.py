@@ -4,6 +4,7 @@ User code runs on the main thread; a heartbeat thread with a socket of its own k
 broker informed while a long ``map`` call holds the main thread, so a busy worker never
 looks dead (and when user code holds the GIL, which stops that thread too, the
 supervisor beats for this process: ``voucher.py``). Small outputs ride inline in DONE; large ones go to the data-plane sink first.
+What a task goes through here, from its TASKS message to its report, is in ``tasks.py``.
 """
 
 from __future__ import annotations
@@ -13,75 +14,48 @@ import os
 import signal
 import threading
 import time
-import traceback
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import (
-    AuthenticationFailed,
-    BadOutput,
-    LineTooLong,
-    ProtocolError,
-    UnencodableValue,
-)
-from ..job import pickle_results, task_steps
+from ..errors import AuthenticationFailed, ProtocolError
 from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
-from ..patterns.message import Message, frame_bytes
+from ..patterns.message import Message
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send, send_within
-from ..patterns.wire import AttemptKey, Failure, Report, TaskItem, abandoned
-from ..shipping import unpack_code
+from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send
+from ..patterns.wire import AttemptKey, Failure, abandoned
 from ..spill.budget import Budget
-from .capture import Capture, attempt_log, register_sources
+from .capture import Capture
 from .isolation import JobDirs, ProcessState
-from .reporting import REPORT_SLACK, done_messages
-from .runner import USER_EXITS, TaskError, run_task
-from .shuffle import SegmentsLost, SinkClient, SinkUnreachable, sink_input
+from .reporting import done_messages
+from .shuffle import SinkClient
+from .tasks import (  # noqa: F401 (JOB_CACHE, HOPELESS, DATA_WAIT, Queued: their old home)
+    DATA_WAIT,
+    HOPELESS,
+    JOB_CACHE,
+    Queued,
+    TaskAbandoned,
+    Tasks,
+)
 
 log = logging.getLogger("pymapreduce.worker")
 
 FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
 FLUSH_COUNT = 64  # ... or this many reports
-JOB_CACHE = 16  # unpickled jobs kept per process
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
-# failures no retry can mend (said in FAILED); BadOutput: the job's code yields output
-# the engine cannot use, the same on every attempt
-HOPELESS = (LineTooLong, UnencodableValue, BadOutput)
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
-DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 
 
-class TaskAbandoned(BaseException):
-    """Raised in the main thread to stop the running task: the broker no longer wants it
-    (its job was cancelled or failed, another attempt won), or the worker is draining.
-    A BaseException, so user code's ``except Exception`` does not swallow it."""
-
-
-class Queued(NamedTuple):
-    """A task waiting in a worker's queue, with what it needs of its TASKS message."""
-
-    key: AttemptKey
-    job: Any  # the unpickled job (or the step of a multi-step job)
-    body: dict  # the TASKS body: reducers, map_only, ordinals
-    split: list
-    blobs: list
-    skip: list
-    safe_output: bool  # outputs reach the client: never as pickles unless it opted in
-    workdir: str | None = None  # the job's directory (it shipped files): the task runs there
-    output: dict | None = None  # the job's output location: this task writes its part file
-    codec: str | None = None  # what its outputs may be compressed with (patterns/compress.py)
-
-
-class Worker:
-    """A worker that connects to a broker (``connect``) or listens for one (``bind``)."""
+class Worker(Tasks):
+    """A worker that connects to a broker (``connect``) or listens for one (``bind``).
+    Its tasks' intake and running are the methods of ``Tasks`` (tasks.py)."""
 
     def __init__(
         self,
@@ -354,194 +328,7 @@ class Worker:
         self.data = self._socket(zmq.PUSH)
         self.data.connect(sink)
 
-    def _enqueue(self, msg: Message) -> None:
-        b = msg.body
-        job_id = b["job"]
-        blobs = list(msg.blobs)
-        job = self.jobs.get(job_id)
-        error = self.load_errors.get(job_id)
-        if "code" in b:
-            try:
-                job = self._load(job_id, frame_bytes(blobs[b["code"]]))
-            except (Exception, *USER_EXITS) as exc:  # (its unpickling is user code too)
-                # remembered: the broker sends the code once per worker, and every later
-                # task of this job must report the real cause too
-                error = (f"cannot load the job's code: {type(exc).__name__}: {exc}",
-                         traceback.format_exc())
-                self.load_errors[job_id] = error
-                while len(self.load_errors) > JOB_CACHE:
-                    self.load_errors.pop(next(iter(self.load_errors)))
-        elif job is None and error is None:
-            error = ("this worker has no code for the job", "")
-        # the opt-in is the submitted job's (a multi-step job's container), as on the client
-        pickled_ok = job is not None and pickle_results(job)
-        last = True
-        if "step" in b and job is not None and error is None:  # one step of a multi-step job
-            try:
-                steps = self.steps.get(job_id)
-                if steps is None:
-                    steps = self.steps[job_id] = task_steps(job)
-                    while len(self.steps) > JOB_CACHE:
-                        self.steps.pop(next(iter(self.steps)))
-                job = steps[int(b["step"])]
-                last = int(b["step"]) == len(steps) - 1
-            except (Exception, *USER_EXITS) as exc:
-                error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
-                         f"{exc}", traceback.format_exc())
-        workdir = self.job_dirs.get(job_id)
-        codecs = {True: compress.task_codec(b, True), False: compress.task_codec(b, False)}
-        for raw in b["tasks"]:
-            try:
-                item = TaskItem.from_wire(raw)
-            except ValueError as exc:
-                log.warning("dropped a malformed task from the broker: %s", exc)
-                continue
-            key = item.key(job_id)
-            if error is not None:
-                self._fail(key, error[0], error[1], {"split": item.index})
-            else:
-                # outputs that reach the client: reduce, or map of a map-only (last) step
-                to_client = last and (item.kind != "map" or bool(b["map_only"]))
-                self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
-                                         to_client and not pickled_ok, workdir,
-                                         b.get("output") if to_client else None,
-                                         codecs[to_client]))
-
-    def _load(self, job_id: str, blob: Any) -> Any:
-        """A job's code (and files: into its directory, before the code runs), unpickled
-        in the state a task starts from, so what the unpickling runs leaves no trace."""
-        import cloudpickle
-
-        code, files = unpack_code(blob)
-        workdir = self.job_dirs.make(job_id, files) if files else None
-        self.state.enter(workdir)
-        try:
-            job = cloudpickle.loads(code)
-        finally:
-            self.state.restore()
-        self.jobs[job_id] = job
-        while len(self.jobs) > JOB_CACHE:
-            self.jobs.popitem(last=False)
-        self._prune_dirs()
-        return job
-
-    def _prune_dirs(self) -> None:
-        """Remove the directories of jobs this process forgot and has no task of."""
-        if len(self.job_dirs.dirs) > len(self.jobs) or any(
-                j not in self.jobs for j in self.job_dirs.dirs):
-            keep = set(self.jobs) | {q.key.job for q in self.queue}
-            if self._current is not None:
-                keep.add(self._current.job)
-            self.job_dirs.prune(keep)
-
-    # -- running tasks -------------------------------------------------------------------
-    def _run_one(self, item: Queued) -> None:
-        key, b = item.key, item.body
-        job_id, kind, index, attempt = key
-        started = time.monotonic()
-        if job_id != self._sources_of:  # its tracebacks show the user's lines
-            register_sources(self.jobs.get(job_id))
-            self._sources_of = job_id
-        tasklog = None
-        try:
-            self._current = key
-            try:
-                self.state.enter(item.workdir)
-                tasklog = self.capture.begin()
-                try:
-                    # (compressed inputs are decompressed as the task reads them)
-                    split, raw = item.split, item.blobs
-                    if kind == "reduce" and split and split[0] == "sink":  # read at its sink
-                        split, raw = sink_input(self._sink_client(), job_id, index, split)
-                    blobs = compress.Inflating(raw, self.max_message)
-                    outputs, stats = run_task(item.job, kind, split, blobs,
-                                              b["reducers"], b["map_only"], skip=item.skip,
-                                              ordinals=bool(b.get("ordinals")),
-                                              safe_output=item.safe_output,
-                                              budget=self.budget,
-                                              columns=isinstance(item.output, dict))
-                finally:
-                    self.capture.end()
-                if isinstance(item.output, dict):  # its part file, under this attempt's name
-                    from ..store.output import write_attempt
-
-                    outputs = [write_attempt(item.output, job_id, index, attempt, outputs[0])]
-                if self.slowdown > 1.0:
-                    time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
-            finally:
-                self._current = None
-                self.state.restore()
-        except TaskAbandoned as exc:
-            log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
-            return
-        except TaskError as exc:
-            cause = exc.cause
-            tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-            where = {"split": index, **exc.position} if kind == "map" else exc.position
-            if isinstance(cause, SegmentsLost):  # its maps run again (broker/sinkplan.py)
-                where = {"lost": cause.maps, "sink": cause.address}
-            # (a record the job may skip, named by its ordinal, is left to the skip logic)
-            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
-                       final=isinstance(cause, HOPELESS) and "ordinal" not in where,
-                       log=attempt_log(tasklog, tb), secs=time.monotonic() - started)
-            return
-        except Exception as exc:  # input that cannot be read, output that cannot be encoded
-            tb = traceback.format_exc()
-            self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
-                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb),
-                       secs=time.monotonic() - started)
-            return
-        self.tasks_done += 1
-        stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
-        if tasklog is not None and (tasklog.head or tasklog.tail):
-            stats["log"] = tasklog.getvalue()  # (the broker keeps it apart from the stats)
-        sinks = b.get("sinks") if kind == "map" and not b["map_only"] else None
-        outputs = compress.compress_all(outputs, item.codec, (
-            self.max_message if sinks else self.max_message - REPORT_SLACK))
-        size = sum(len(o) for o in outputs)
-        if sinks:  # the partitions go to their sinks; DONE names the ones written
-            self._current = key  # (a lost sink's broker abandons it while it waits)
-            try:
-                stats["sunk"] = self._sink_client().put(job_id, int(b.get("step", 0)), index,
-                                                        attempt, sinks, outputs,
-                                                        b.get("sink_keys"))
-            except SinkUnreachable as exc:
-                self._fail(key, str(exc), "", {"split": index})
-                return
-            except TaskAbandoned as exc:
-                log.info("%s map-%d attempt %d stopped: %s", job_id, index, attempt, exc)
-                return
-            finally:
-                self._current = None
-            nblobs = 0
-        elif size <= P.INLINE_OUTPUT_LIMIT or self.data is None:
-            nblobs = len(outputs)
-            self.report_blobs.extend(outputs)
-        elif size + REPORT_SLACK > self.max_message:  # the broker would drop it unread
-            self._fail(key, f"the task's outputs take {size} bytes, "
-                       f"more than the broker accepts in one message ({self.max_message}; "
-                       "its --max-message-mb)", "", {"split": index})
-            return
-        else:
-            if not send_within(self.data, Message(P.OUTPUT, key.body(), tuple(outputs)),
-                               DATA_WAIT, lambda: not self._stop.is_set()):
-                self._fail(key, f"the broker's data sink took no output for {DATA_WAIT:g}s",
-                           "", {"split": index})
-                return
-            nblobs = -1
-        if not self.reports:
-            self._first_report = time.monotonic()
-        self.reports.append(Report(key, stats, nblobs).wire())
-
-    def _sink_client(self) -> SinkClient:
-        if self._sinks is None:
-            # (a broker that asks us to register again knows none of our attempts: a
-            # task waiting on a sink then stops waiting, so we register at once)
-            self._sinks = SinkClient(self.ctx, lambda: self.max_message,
-                                     lambda: not (self._stop.is_set()
-                                                  or self._need_ready.is_set()), self.keys)
-        return self._sinks
-
+    # -- reports to the broker -----------------------------------------------------------
     def _fail(self, key: AttemptKey, error: str, tb: str, position: dict,
               final: bool = False, log: bytes = b"", secs: float | None = None) -> None:
         """``secs``: how long the attempt ran (the broker's timeline shows it)."""
