@@ -151,19 +151,6 @@ def broker_process(mode: str, conn) -> None:
         ctx.destroy(linger=0)
 
 
-def interval(base: list[float], other: list[float], n: int = 4000) -> tuple[float, float, float]:
-    """other/base - 1 on the sums, and a 95% interval from resampling the rounds (pairs)."""
-    rounds = len(base)
-    rng = random.Random(1)
-    est = sum(other) / sum(base) - 1
-    boots = []
-    for _ in range(n):
-        idx = [rng.randrange(rounds) for _ in range(rounds)]
-        boots.append(sum(other[i] for i in idx) / sum(base[i] for i in idx) - 1)
-    boots.sort()
-    return est, boots[int(0.025 * n)], boots[int(0.975 * n) - 1]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks per job")
@@ -246,7 +233,7 @@ def main() -> int:
     costs = {}
     for mode in MODES[1:]:
         other = [a + b for a, b in zip(cpu[mode]["loop"], cpu[mode]["others"])]
-        est, lo, hi = interval(base, other)
+        est, lo, hi = common.interval(base, other)
         costs[mode] = {"broker_cpu": est, "low": lo, "high": hi}
         print(f"cost of {mode} against no events: broker CPU per task {100 * est:+.1f}% "
               f"(95% interval {100 * lo:+.1f}% to {100 * hi:+.1f}%; bar: under 5%)")

@@ -53,6 +53,23 @@ def stopwatch() -> Iterator[list[float]]:
         box[0] = time.perf_counter() - start
 
 
+def interval(base: list[float], other: list[float], n: int = 4000) -> tuple[float, float, float]:
+    """``other``/``base`` - 1 on the sums of per-round figures, and a 95% interval from
+    resampling the rounds (each round's pair together: drift of a shared machine between
+    rounds hits both sides of a pair alike)."""
+    rounds = len(base)
+    import random
+
+    rng = random.Random(1)
+    est = sum(other) / sum(base) - 1
+    boots = []
+    for _ in range(n):
+        idx = [rng.randrange(rounds) for _ in range(rounds)]
+        boots.append(sum(other[i] for i in idx) / sum(base[i] for i in idx) - 1)
+    boots.sort()
+    return est, boots[int(0.025 * n)], boots[int(0.975 * n) - 1]
+
+
 def median_min(samples: Sequence[float]) -> tuple[float, float]:
     """Median and minimum of repeated timings."""
     return statistics.median(samples), min(samples)
