@@ -44,6 +44,7 @@ import threading
 import time
 
 import common
+import zmq
 from bench_observe import SCRAPE_EVERY, Scraper
 from jobs import NoOp
 
@@ -81,19 +82,15 @@ def _zmq_cpu() -> float:
 class FakeWorker:
     """A worker that answers each TASKS at once: one DONE reporting every attempt in it."""
 
-    def __init__(self, ctx, address: str, name: str) -> None:
-        import zmq
-
+    def __init__(self, ctx: zmq.Context, address: str, name: str) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
         self.sock.send_multipart(Message(P.READY, {"credit": CREDIT, "name": name,
                                                    "pid": os.getpid()}).encode())
-        self.zmq = zmq
 
-    def answer(self) -> int:
-        """Answer what arrived; returns the attempts reported."""
-        n = 0
+    def answer(self) -> None:
+        """Answer what arrived."""
         while self.sock.poll(0):
             msg = Message.decode(self.sock.recv_multipart())
             if msg.command != P.TASKS:
@@ -103,14 +100,10 @@ class FakeWorker:
                        for t in msg.body["tasks"]]
             self.sock.send_multipart(Message(P.DONE, {"results": reports},
                                              (EMPTY,) * len(reports)).encode())
-            n += len(reports)
-        return n
 
 
 def broker_process(mode: str, conn) -> None:
     """One broker, turned by hand; ``conn`` gets its address, then "begin"/"end"/"stop"."""
-    import zmq
-
     tune_collector()
     ctx = zmq.Context()
     config = BrokerConfig(bind="tcp://127.0.0.1:0", events=mode != "no events",

@@ -414,15 +414,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def __getattr__(name: str):
-    # (PEP 562) cli_run's and cli_daemons' helpers, importable from here as before
+    # (PEP 562) cli_run's helpers, importable from here as before
     if name in ("job_params", "load_job_class", "make_job"):
         from . import cli_run
 
         return getattr(cli_run, name)
-    if name in ("_setup_logging", "_watch_parent", "_is_loopback"):
-        from . import cli_daemons
-
-        return getattr(cli_daemons, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -430,7 +430,7 @@ def test_a_job_by_reference_still_may_not_start_clusters_in_workers(tmp_path):
 
 
 def test_a_job_directory_goes_when_the_worker_forgets_the_job(daemons, tmp_path):
-    from pymapreduce.workers.worker import JOB_CACHE
+    from pymapreduce.workers.tasks import JOB_CACHE
 
     (tmp_path / "f.txt").write_text("x")
     _, address = daemons.broker(*FAST)

@@ -35,14 +35,7 @@ from .capture import Capture
 from .isolation import JobDirs, ProcessState
 from .reporting import done_messages
 from .shuffle import SinkClient
-from .tasks import (  # noqa: F401 (JOB_CACHE, HOPELESS, DATA_WAIT, Queued: their old home)
-    DATA_WAIT,
-    HOPELESS,
-    JOB_CACHE,
-    Queued,
-    TaskAbandoned,
-    Tasks,
-)
+from .tasks import TaskAbandoned, Tasks
 
 log = logging.getLogger("pymapreduce.worker")
 
