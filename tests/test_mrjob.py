@@ -15,6 +15,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -163,6 +164,29 @@ def test_a_file_option_replaces_the_jobs_file(address, texts, tmp_path):
     done = cli(address, os.path.join(EXAMPLES, "mr_most_used_word.py"), argv)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout == expected != b'"w1"\n'
+
+
+def test_side_file_directories_go_with_the_worker_processes(texts, tmp_path, monkeypatch):
+    """A job's side files (mr_most_used_word's FILES) are written to a directory per
+    worker process, named as the process's own job directories; when the cluster stops,
+    nothing of them is left in the temporary directory."""
+    from mrjob.examples.mr_most_used_word import MRMostUsedWord
+
+    from pymapreduce import LocalCluster
+
+    expected, _ = reference("mrjob.examples.mr_most_used_word:MRMostUsedWord", texts)
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    with LocalCluster(workers=2) as cluster:
+        got = adapter.run(MRMostUsedWord, texts, address=cluster.address)
+        assert got.output == expected
+        made = [p for p in private.iterdir() if "-mrjob-" in p.name]
+        assert made, list(private.iterdir())
+        assert all(p.name.startswith("pymapreduce-worker-") for p in made)
+        assert all((p / "stop_words.txt").is_file() for p in made)
+    assert list(private.iterdir()) == []
 
 
 def test_task_hooks_output_per_task(address, texts):

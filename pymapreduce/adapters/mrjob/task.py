@@ -11,6 +11,7 @@ groups, tuples arrive as lists, and reduce keys sort as mrjob sorts them.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from mrjob.protocol import _KeyCachingProtocol
 
 from ...job import MAX_COUNTER_NAME, MAX_COUNTERS, Job
+from ...workers.isolation import ROOT_PREFIX
 
 CACHE_LIMIT = 1 << 16  # encoded keys and small values remembered per task (word counts)
 OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
@@ -259,12 +261,26 @@ def working_dir(token: str, files: dict) -> str:
     if path is None or not os.path.isdir(path):
         while len(_WORKDIRS) >= KEEP_WORKDIRS:  # older jobs' (made again if still needed)
             shutil.rmtree(_WORKDIRS.pop(next(iter(_WORKDIRS))), ignore_errors=True)
-        path = tempfile.mkdtemp(prefix="pmr-mrjob-")
+        # named as the worker process's own job directories, which its supervisor removes
+        # when the process ends, also when it was killed (workers/isolation.py); a process
+        # that exits by itself removes them at exit
+        path = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-mrjob-")
         for name, data in files.items():
             with open(os.path.join(path, name), "wb") as f:
                 f.write(data)
         _WORKDIRS[token] = path
     return path
+
+
+@atexit.register
+def remove_working_dirs() -> None:
+    """Remove this process's side-file directories (a forked child's copy of the table
+    names its parent's: only those named with this process's pid are its own)."""
+    mine = f"{ROOT_PREFIX}{os.getpid()}-"
+    while _WORKDIRS:
+        path = _WORKDIRS.popitem()[1]
+        if os.path.basename(path).startswith(mine):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class TaskEnv:
