@@ -7,8 +7,11 @@ Three embedded clusters run side by side in the same run:
   which keeps no event log: the baseline;
 - "events": the default broker, which keeps the event log;
 - "events+http": a broker that also serves HTTP (``LocalCluster(http=True)``) while a
-  scraper thread reads ``/metrics`` and ``/api/jobs`` every 0.5 s during that cluster's
-  runs (only then), as Prometheus and an open dashboard would.
+  scraper reads ``/metrics`` and ``/api/jobs`` every 0.5 s during that cluster's runs
+  (only then), as Prometheus and an open dashboard would. The scraper is a process of its
+  own (stopped with SIGSTOP between its cluster's runs), as Prometheus is: a thread in
+  this process would hold the client's interpreter lock while it parses each answer,
+  which is a cost of the scraper's code in the client, not of the broker serving it.
 The runs alternate between them, in a shuffled order each round (so drift of a shared
 machine hits all alike), and the medians are compared; with three rounds or more, also
 the sums of the rounds, with a 95% interval from resampling the rounds. Besides wall time, each run reads the broker process's CPU seconds
@@ -76,6 +79,52 @@ class Scraper(threading.Thread):
                     self.errors += 1
 
 
+class ScraperProcess:
+    """:class:`Scraper`'s loop in a process of its own, stopped (SIGSTOP) except while
+    ``resume()``d: it loads the machine's cores as a scraper elsewhere would load its own,
+    and shares no interpreter lock with the client."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--scrape", url],
+            stdout=subprocess.PIPE, text=True)
+        self.proc.send_signal(signal.SIGSTOP)
+        self.scrapes = 0
+        self.errors = 0
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def stop(self) -> None:
+        """End it and read its counts (``scrapes errors`` on its last line)."""
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            self.errors += 1
+        lines = (out or "").split()
+        if len(lines) >= 2:
+            self.scrapes, self.errors = int(lines[-2]), self.errors + int(lines[-1])
+        else:
+            self.errors += 1
+
+
+def scrape(url: str) -> int:
+    """The scraper process's loop (``--scrape URL``): until SIGTERM, then its counts."""
+    scraper = Scraper(url)
+    scraper.active.set()
+    signal.signal(signal.SIGTERM, lambda *_: scraper.stopped.set())
+    scraper.run()
+    print(scraper.scrapes, scraper.errors, flush=True)
+    return 0
+
+
 class Spy:
     """py-spy recording one broker process into a file of sampled stacks, started and
     stopped around that broker's runs (``--nonblocking``: the broker is never paused)."""
@@ -121,6 +170,8 @@ class Spy:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--scrape":
+        return scrape(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=64, help="word-count corpus (default 64)")
     ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks (default 5000)")
@@ -153,8 +204,8 @@ def main() -> int:
                 spies[mode] = Spy(cluster.broker_pid, os.path.join(spy_dir, str(len(spies))))
             clients[mode] = stack.enter_context(Client(cluster.address))
             if cluster.http_url:
-                scraper = Scraper(cluster.http_url)
-                scraper.start()
+                scraper = ScraperProcess(cluster.http_url)
+                stack.callback(scraper.stop)
                 scrapers[mode] = scraper
         expected = None
         rng = random.Random(7)
@@ -165,7 +216,7 @@ def main() -> int:
                 client = clients[mode]
                 scraper = scrapers.get(mode)
                 if scraper is not None:
-                    scraper.active.set()
+                    scraper.resume()
                 if mode in spies:
                     spies[mode].start()
                 with stopwatch() as t:
@@ -187,9 +238,7 @@ def main() -> int:
                 if mode in spies:
                     spies[mode].stop()
                 if scraper is not None:
-                    scraper.active.clear()
-        for scraper in scrapers.values():
-            scraper.stopped.set()
+                    scraper.pause()
     med = {k: statistics.median(v) for k, v in secs.items()}
     rows, figures = [], {}
     for mode in modes:
