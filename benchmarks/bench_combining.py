@@ -22,6 +22,7 @@ import gc
 import multiprocessing
 import os
 import pickle
+import random
 import sys
 from collections import Counter
 
@@ -276,8 +277,10 @@ def main() -> int:
     samples: dict = {name: [] for name in wanted}
     startups: dict = {name: [] for name in wanted}
     equal = dict.fromkeys(wanted, True)
+    rng = random.Random(7)
     for i in range(args.repeat):
-        for name in wanted:
+        # in a shuffled order each round: none always runs right after another
+        for name in rng.sample(wanted, len(wanted)):
             log(f"running {name} ({i + 1}/{args.repeat}) ...")
             gc.collect()
             result, seconds, startup = runners[name]()
@@ -287,7 +290,7 @@ def main() -> int:
                 reference = result
             if result != reference:
                 equal[name] = False
-                print(f"{name}: result differs from {wanted[0]}'s")
+                print(f"{name}: result differs from the first run's")
             del result
     records = []
     for name in wanted:
@@ -302,7 +305,17 @@ def main() -> int:
     for r in records:
         print(f"{r['system']}: " + " / ".join(f"{x:.2f}" for x in r["samples_s"]))
     print(f"\nseconds: best of {args.repeat} rounds, the job alone (cluster or pool start-up "
-          f"apart); equal: same counts as {wanted[0]}; {len(reference or ())} distinct words")
+          f"apart); equal: the same counts as the first run's; {len(reference or ())} distinct words")
+    ratios = {}
+    if "pool" in samples and args.repeat > 2:
+        # the bar's figure: the Pool's time over each pymapreduce system's, from the sums of
+        # the rounds, with a 95% interval from resampling them (each round's pair together)
+        for name in wanted:
+            if name.startswith(("pymapreduce", "per-word")):
+                est, lo, hi = common.interval(samples[name], samples["pool"])
+                ratios[name] = {"speed_vs_pool": 1 + est, "low": 1 + lo, "high": 1 + hi}
+                print(f"{name}: {1 + est:.3f}x the Pool's speed (95% interval {1 + lo:.3f}x "
+                      f"to {1 + hi:.3f}x; bar: 1x or more)")
     steps = []
     if args.profile:
         log("profiling each step in this process ...")
@@ -313,7 +326,8 @@ def main() -> int:
             total = sum(s for who, _, s in steps if who == side)
             print(f"{side}: {total:.2f} CPU s in all ({mib / total:.1f} MiB per CPU second)")
     common.write_json(args.json, {"profile": steps, "machine": info, "size_mib": mib, "workers": WORKERS,
-                                  "split_bytes": SPLIT_BYTES, "results": records})
+                                  "split_bytes": SPLIT_BYTES, "results": records,
+                                  "speed_vs_pool": ratios})
     return 0 if all(r["equal"] for r in records) else 1
 
 
