@@ -119,10 +119,12 @@ class Dispatching:
                     body["sinks"] = job.sinks  # partition r goes to sinks[r % n]
                     if self.secured:  # the keys that prove each sink is the real one
                         body["sink_keys"] = [self.sink_key(a) for a in job.sinks]
-            started = []  # for the event log, recorded once per message
+            # for the event log, recorded once per message (nothing without one)
+            started: list | None = [] if self.events.enabled else None
             for t in group:
                 attempt = t.start(worker.route)
-                started.append((t.kind, t.index, attempt, len(t.running) > 1))
+                if started is not None:
+                    started.append((t.kind, t.index, attempt, len(t.running) > 1))
                 worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
@@ -149,7 +151,8 @@ class Dispatching:
                     blobs.extend(self.store.get(key) for key in segments)
                     sent.extend(segments)
             body["tasks"] = items
-            self.events.dispatched(job, started, worker.name)
+            if started is not None:
+                self.events.dispatched(job, started, worker.name)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)
