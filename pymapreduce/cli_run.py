@@ -181,8 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             except (KeyboardInterrupt, JobTimeout) as exc:
                 if isinstance(exc, JobTimeout):
                     print(f"pymapreduce: {exc}", file=sys.stderr)
-                if cluster is None:  # a shared broker: don't leave the job running unseen
+                # cancelled (on an embedded cluster too, which then stops): what its
+                # attempts wrote to --output goes with it (docs/store.md)
+                with contextlib.suppress(PyMapReduceError):
                     handle.cancel()
+                if cluster is None:  # a shared broker: don't leave the job running unseen
                     print(f"pymapreduce: job {handle.job_id} cancelled, so that it does not "
                           "go on unwatched", file=sys.stderr)
                 if isinstance(exc, JobTimeout):

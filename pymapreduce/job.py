@@ -6,6 +6,7 @@ whose result every distributed run must equal.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import operator
 import struct
@@ -13,7 +14,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, JobTimeout, PyMapReduceError
 from .ordering import (  # noqa: F401 - task_steps: for the workers
     as_pair,
     combiner_of,
@@ -226,6 +227,8 @@ class Job:
         the embedded broker serves its HTTP API (docs/observability.md), its URL printed
         on stderr. ``memory``: each embedded worker process's memory budget (bytes, or a
         size such as ``"256MB"``): past it, tasks spill to disk (docs/memory.md).
+        A ``timeout`` that passes (JobTimeout) or Ctrl-C cancels the job, which this call
+        alone knew of, and removes what its attempts wrote to ``output_dir``.
         """
         import sys as _sys
 
@@ -261,11 +264,18 @@ class Job:
                     self, inputs, map_tasks=map_tasks, reducers=reducers, output_dir=output_dir,
                     overwrite=overwrite, files=files, storage_options=storage_options,
                     results=results)
-                if progress:
-                    handle.progress(timeout=timeout)
-                if output_dir is not None and results is False:
-                    return handle.wait(timeout=timeout)
-                return handle.result(timeout=timeout)
+                try:
+                    if progress:
+                        handle.progress(timeout=timeout)
+                    if output_dir is not None and results is False:
+                        return handle.wait(timeout=timeout)
+                    return handle.result(timeout=timeout)
+                except (JobTimeout, KeyboardInterrupt):
+                    # no one else has its handle: don't leave it running unseen, nor its
+                    # attempts' files in the output directory (docs/store.md)
+                    with contextlib.suppress(PyMapReduceError):
+                        handle.cancel()
+                    raise
         with LocalCluster(workers=workers, keys=keys, **cluster_options) as cluster:
             if cluster.http_url:
                 print(f"pymapreduce: dashboard at {cluster.http_url}", file=_sys.stderr,

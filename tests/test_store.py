@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from pymapreduce import Client, ConfigError, InputError, Job, read_text
+from pymapreduce import Client, ConfigError, InputError, Job, JobFailed, JobTimeout, read_text
 from pymapreduce.client.output import encode_lines, write_output
 from pymapreduce.kernels import run_sequential
 from pymapreduce.lines import read_split
@@ -500,3 +500,70 @@ def test_file_urls_are_local_paths_on_the_fast_path(cluster, tmp_path):
                                output_dir=f"file://{tmp_path}/out")
         assert handle.result(60) == {"p": 2, "q": 1}
     assert (tmp_path / "out" / "part-00000").read_text() == '["p", 2]\n["q", 1]\n'
+
+
+class SlowPartition(Job):
+    """Partition 0 reduces at once; each key of partition 1 takes 50 ms."""
+
+    def map(self, key, value):
+        yield key, value
+
+    def partition(self, key, reducers):
+        return key % 2
+
+    def reduce(self, key, values):
+        if key % 2:
+            time.sleep(0.05)
+        return sum(values)
+
+
+def test_a_stopped_job_leaves_no_attempt_files_in_its_output(cluster, tmp_path):
+    """A job stopped while its reducers write: cancelled through the handle that submitted
+    it (partition 0's part file written, partition 1's attempt running), or given up by
+    Job.run's timeout. What its attempts wrote under _temporary goes with it."""
+    records = [(i, 1) for i in range(400)]
+    out = tmp_path / "out"
+    with Client(cluster) as client:
+        handle = client.submit(SlowPartition(), records, map_tasks=2, reducers=2,
+                               output_dir=out)
+        deadline = time.monotonic() + 60
+        while not list(out.glob("_temporary/*/*/part-00000")):
+            assert time.monotonic() < deadline, "partition 0 was never written"
+            time.sleep(0.02)
+        handle.cancel()  # (no wait() after it: the cancel itself cleans up)
+        deadline = time.monotonic() + 30  # (the running attempt stops when the broker says)
+        while os.listdir(out):
+            assert time.monotonic() < deadline, os.listdir(out)
+            time.sleep(0.05)
+        with pytest.raises(JobFailed, match="cancelled"):
+            handle.wait(10)
+
+    out2 = tmp_path / "out2"
+    with pytest.raises(JobTimeout):
+        SlowPartition().run(records, address=cluster, map_tasks=2, reducers=2,
+                            output_dir=out2, timeout=4)
+    deadline = time.monotonic() + 30  # (the running attempt stops when the broker says)
+    while os.listdir(out2):
+        assert time.monotonic() < deadline, os.listdir(out2)
+        time.sleep(0.05)
+    with Client(cluster) as client:  # and the job was cancelled, not left running
+        jobs = [j for j in client.jobs() if j.get("name") == "SlowPartition"]
+    assert jobs and all(j["state"] == "cancelled" for j in jobs), jobs
+
+
+def test_an_attempt_stopped_while_writing_removes_its_file(tmp_path):
+    """A worker whose attempt the broker stopped removes that attempt's file and the
+    directories it leaves empty; another attempt's file stays."""
+    from pymapreduce.patterns.records import pack
+    from pymapreduce.store.output import discard_attempt, temp_name, write_attempt
+
+    spec = {"url": str(tmp_path)}
+    write_attempt(spec, "job-1", 0, 5, pack([["a"], [1]]))
+    write_attempt(spec, "job-1", 1, 6, pack([["b"], [2]]))
+    discard_attempt(spec, "job-1", 0, 5)
+    assert not (tmp_path / temp_name("job-1", 5, 0)).exists()
+    assert not (tmp_path / temp_name("job-1", 5, 0)).parent.exists()
+    assert (tmp_path / temp_name("job-1", 6, 1)).read_text() == '["b", 2]\n'
+    discard_attempt(spec, "job-1", 1, 6)
+    assert os.listdir(tmp_path) == []
+    discard_attempt(spec, "job-1", 1, 6)  # (gone already: nothing to do)

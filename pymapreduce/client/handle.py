@@ -100,8 +100,14 @@ class JobHandle:
         return fetch_logs(self.client, self.job_id, task)
 
     def cancel(self) -> None:
-        """Stop the job; its pending tasks are dropped and ``result()`` raises JobFailed."""
+        """Stop the job; its pending tasks are dropped and ``result()`` raises JobFailed.
+        With the handle that submitted it with an output directory, what its attempts
+        wrote there is removed (running attempts remove theirs as they stop)."""
         self._last = dict(self.client._request(P.CANCEL, {"job_id": self.job_id}).body)
+        if isinstance(self.output, dict) and self._last.get("state") != P.JOB_SUCCEEDED:
+            from ..store.commit import abort_output
+
+            abort_output(self.output, self.job_id)
 
     def wait(self, timeout: float | None = None,
              progress: Callable[[dict], None] | None = None) -> dict:

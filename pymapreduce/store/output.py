@@ -184,6 +184,25 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     return b"\x93" + bytes(data[1:]) + record
 
 
+def discard_attempt(spec: dict, job_id: str, part: int, attempt: int) -> None:
+    """Remove what an attempt stopped by the broker (its job cancelled, a backup that
+    lost) wrote of its part file, and the directories left empty above it, up to
+    ``_temporary`` (best effort: its job's client may have removed them already)."""
+    try:
+        loc = Location(spec["url"], spec.get("storage"))
+        name = temp_name(job_id, attempt, part)
+        loc.remove(name)
+        if loc.local:
+            parts = name.split("/")
+            for depth in (3, 2, 1):  # the attempt's, the job's, _temporary (if empty)
+                try:
+                    os.rmdir(loc.path("/".join(parts[:depth])))
+                except OSError:
+                    break
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+
 def _write_columns(spec: dict, job_id: str, part: int, attempt: int, keys: list,
                    values: list) -> bytes:
     """:func:`write_attempt` of columns in hand (a plain sort's reduce, rangesort.py): the

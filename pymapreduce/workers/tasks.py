@@ -185,6 +185,10 @@ class Tasks:
                 self.state.restore()
         except TaskAbandoned as exc:
             log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
+            if isinstance(item.output, dict):  # stopped while (or after) writing its file
+                from ..store.output import discard_attempt
+
+                discard_attempt(item.output, job_id, index, attempt)
             return
         except TaskError as exc:
             cause = exc.cause
