@@ -362,6 +362,42 @@ def test_the_ledger_records_an_attempt_s_whole_story_without_sockets():
         store.close()
 
 
+def test_a_snapshot_builds_an_ended_job_s_row_once_until_it_changes():
+    """The dashboard's snapshot keeps ended jobs' rows from build to build (a broker
+    holding its finished jobs for the result TTL builds rows for its running ones only),
+    the same as built afresh, built again when the job is released, and let go when the
+    broker forgets the job."""
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.ledger import Ledger
+    from pymapreduce.broker.sink import Store
+    from pymapreduce.observe import snapshot as snap
+    from pymapreduce.patterns import protocol as P
+
+    from .test_ledger import T0, add_job
+
+    store = Store(1 << 30)
+    try:
+        ledger = Ledger(BrokerConfig(bind="tcp://127.0.0.1:0"), store)
+        ended, running = add_job(ledger, "j", maps=1), add_job(ledger, "k", maps=1)
+        for job in (ended, running):
+            ledger.events.job_submitted(job)
+        ended.finish(P.JOB_CANCELLED, {"message": "cancelled by its client"})
+        ledger.end_job(ended)
+        cache: dict = {}
+        first = snap.build(ledger, {}, T0, cache)
+        second = snap.build(ledger, {}, T0 + 1, cache)
+        assert second.jobs["j"] is first.jobs["j"] and first.jobs["j"]["state"] == "cancelled"
+        assert second.jobs["k"] is not first.jobs["k"]  # a running job's: new each time
+        assert second.jobs["j"] == snap.build(ledger, {}, T0 + 1).jobs["j"]  # (afresh)
+        ledger.release_job(ended)
+        third = snap.build(ledger, {}, T0 + 2, cache)
+        assert third.jobs["j"]["released"] and not first.jobs["j"]["released"]
+        ledger.drop_job(ended)
+        assert "j" not in snap.build(ledger, {}, T0 + 3, cache).jobs and "j" not in cache
+    finally:
+        store.close()
+
+
 def test_over_its_byte_budget_the_event_log_trims_the_oldest_job_holding_events():
     """Trimming takes the oldest job's oldest events, skipping jobs whose rings are empty
     (found at once, not by a scan of every job), and a job whose ring was emptied and

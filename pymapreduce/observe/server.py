@@ -71,6 +71,7 @@ class Observatory:
         self._facts = snap.broker_facts(broker)
         self._last = 0.0
         self._seq = -1  # the event log's sequence number at the last snapshot
+        self._ended: dict = {}  # ended jobs' rows, built once (snapshot.build)
         self.registry = registry(self.events, self.traffic, lambda: self.snapshot)
         host, port = parse_http(bind)
         self.server = Server((host, port), self)
@@ -91,7 +92,8 @@ class Observatory:
         if force or age >= snap.PUBLISH_INTERVAL or (
                 age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq):
             self._last, self._seq = now, self.events.seq
-            self.snapshot = snap.build(self._ledger, self._facts, now)  # (one assignment)
+            self.snapshot = snap.build(self._ledger, self._facts, now,  # (one assignment)
+                                       self._ended)
 
     def close(self) -> None:
         self.closed = True

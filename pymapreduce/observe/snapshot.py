@@ -80,8 +80,13 @@ def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
     }
 
 
-def build(ledger: Any, broker_facts: dict, now: float) -> Snapshot:
-    """A snapshot of ``ledger`` (called on the broker loop only)."""
+def build(ledger: Any, broker_facts: dict, now: float, ended: dict | None = None) -> Snapshot:
+    """A snapshot of ``ledger`` (called on the broker loop only). ``ended``: the rows of
+    jobs that had ended at an earlier build, by job id, kept by the caller from build to
+    build: an ended job's row changes only when it is released (or its state changes), so
+    it is built once, not at every snapshot, and a broker holding a thousand finished jobs
+    (the result TTL's history) builds rows for its running ones only. Rows of jobs the
+    ledger no longer holds leave it."""
     liveness = ledger.config.liveness
     beat = ledger.config.heartbeat_interval
     workers = []
@@ -99,8 +104,17 @@ def build(ledger: Any, broker_facts: dict, now: float) -> Snapshot:
     jobs, tenants = {}, {}
     tasks = {"pending": 0, "running": 0, "done": 0}
     pending = {"map": 0, "reduce": 0}
+    kept: dict = {}
     for job in ledger.jobs.values():
-        jobs[job.id] = job_row(job, now, ledger.events.flow(job.id))
+        if job.state in P.JOB_TERMINAL and ended is not None:
+            mark = (job.state, job.released, job.finished, job.active, len(job.pending))
+            got = ended.get(job.id)
+            if got is None or got[0] != mark:  # (rows are never changed once built)
+                got = (mark, job_row(job, now, ledger.events.flow(job.id)))
+            kept[job.id] = got
+            jobs[job.id] = got[1]
+        else:
+            jobs[job.id] = job_row(job, now, ledger.events.flow(job.id))
         tenants[job.id] = job.tenant
         if job.state == P.JOB_RUNNING:
             tasks["done"] += job.done_maps + job.done_reduces
@@ -114,6 +128,9 @@ def build(ledger: Any, broker_facts: dict, now: float) -> Snapshot:
                           "stored_bytes": ledger.store.memory_bytes,
                           "spilled_bytes": ledger.store.spilled_bytes},
                "workers": workers, "sinks": []}
+    if ended is not None:
+        ended.clear()
+        ended.update(kept)
     return Snapshot(time.time(), cluster, jobs, tenants, tasks, pending)
 
 
