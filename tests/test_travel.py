@@ -483,3 +483,41 @@ def test_a_module_that_cannot_travel_by_value_falls_back_with_a_warning(user_mod
     with caplog.at_level("WARNING", logger="pymapreduce.shipping"):
         assert pickle_job(cls())  # by reference, as before this existed
     assert "cannot travel by value (TypeError: cannot pickle '_thread.lock'" in caplog.text
+
+
+def test_a_worker_daemon_removes_what_killed_daemons_left(daemons, tmp_path):
+    """Job and spill directories of daemons killed outright (their supervisor could not
+    remove them) go when a worker daemon starts on the host; a directory whose owner still
+    runs (it holds the lock), or one without an owner file, stays."""
+    from pymapreduce.patterns import owned
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale_job = tmp / "pymapreduce-worker-4242-abcd"
+    (stale_job / "job-1-x").mkdir(parents=True)
+    (stale_job / "job-1-x" / "model.bin").write_bytes(b"x" * 1000)
+    os.chmod(stale_job / "job-1-x", 0o500)  # (as a task may leave it: read-only)
+    (stale_job / owned.OWNER).touch()
+    stale_spill = tmp / "pymapreduce-spill-zz"
+    (stale_spill / "4243" / "task-1").mkdir(parents=True)
+    (stale_spill / "4243" / "task-1" / "run-0").write_bytes(b"y" * 1000)
+    (stale_spill / owned.OWNER).touch()
+    live = tmp / "pymapreduce-worker-4244-live"
+    live.mkdir()
+    held = owned.claim(str(live))
+    other = tmp / "pymapreduce-worker-4245-other"
+    other.mkdir()
+    try:
+        _, address = daemons.broker(*FAST)
+        daemons.worker(address, 1, "--memory", "64MB", env={"TMPDIR": str(tmp)})
+        wait_workers(address, 1)
+        names = sorted(os.listdir(tmp))
+        assert stale_job.name not in names and stale_spill.name not in names, names
+        assert live.name in names and other.name in names
+        mine = [n for n in names if n.startswith("pymapreduce-spill-")]
+        assert len(mine) == 1, names  # its own, held while it runs: never swept
+        assert owned.sweep(str(tmp), "pymapreduce-spill-") == []
+        assert owned.sweep(str(tmp), "pymapreduce-worker-") == []
+    finally:
+        os.close(held)
+    assert owned.sweep(str(tmp), "pymapreduce-worker-") == [str(live)]  # (let go now)

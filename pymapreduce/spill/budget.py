@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from ..errors import ConfigError
-from ..patterns import allocator
+from ..patterns import allocator, owned
 
 CHECK_EVERY = 1024  # records (map) or pairs (reduce) between two readings of the RSS
 FIRST_CHECK = 16  # ... at a task's start, before it is known how heavy its records are
@@ -33,6 +33,7 @@ SPILL_SHARE = 0.5  # of the budget that buffered data may take before a task spi
 RUN_SHARE = 8  # a new run needs growth of 1/RUN_SHARE of the limit since the last one
 MIN_BUDGET = 16 << 20  # below this the interpreter's own noise is the budget
 DIR_PREFIX = "pymapreduce-spill-"  # a worker daemon's private directory (mkdtemp)
+_OWNERS: dict[str, int] = {}  # a private_root's path -> the descriptor holding its lock
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
@@ -186,10 +187,27 @@ def private_root(spill_dir: str | None) -> str:
     try:
         if spill_dir is not None:
             os.makedirs(spill_dir, exist_ok=True)
-        return tempfile.mkdtemp(prefix=DIR_PREFIX, dir=spill_dir)
+        path = tempfile.mkdtemp(prefix=DIR_PREFIX, dir=spill_dir)
+        # held by the daemon and the worker processes it forks: when they are all gone
+        # (killed), the next daemon to start removes the directory (patterns/owned.py)
+        _OWNERS[path] = owned.claim(path)
+        return path
     except OSError as exc:
         raise ConfigError(f"cannot make a spill directory in {spill_dir or tempfile.gettempdir()!r}"
                           f" (--spill-dir): {exc.strerror or exc}") from None
+
+
+def sweep_stale_roots(spill_dir: str | None) -> list[str]:
+    """Remove the spill directories of worker daemons that were killed (no process holds
+    their lock), in ``spill_dir`` (default ``$TMPDIR``), as a worker daemon starts."""
+    return owned.sweep(spill_dir or tempfile.gettempdir(), DIR_PREFIX)
+
+
+def release_root(path: str) -> None:
+    """The daemon removed its spill directory: let its lock go."""
+    fd = _OWNERS.pop(path, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def remove_process_dir(root: str, pid: int) -> None:

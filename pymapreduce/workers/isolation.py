@@ -33,6 +33,7 @@ import sys
 import tempfile
 
 from .. import shipping
+from ..patterns import owned
 
 log = logging.getLogger("pymapreduce.worker")
 
@@ -52,6 +53,7 @@ class JobDirs:
         self.root: str | None = None
         self.dirs: dict[str, str] = {}  # job id -> its directory
         self._made = 0
+        self._owner: int | None = None  # the lock saying the root's owner lives (owned.py)
 
     def make(self, job_id: str, files: list[tuple[str, bytes]]) -> str:
         """The job's directory with ``files`` in it (made once per job; the names were
@@ -60,7 +62,10 @@ class JobDirs:
         if path is not None and os.path.isdir(path):
             return path
         if self.root is None or not os.path.isdir(self.root):
+            self._release()
             self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-")
+            self._owner = owned.claim(self.root)  # (a later daemon's start sweeps it if
+            # this process is killed and its supervisor with it)
         self._made += 1
         # not named after the job id: that is the client's text, this is a path; and made
         # by mkdtemp, not by a counter, so a task that made its job's next sibling in
@@ -101,6 +106,12 @@ class JobDirs:
         if self.root is not None:
             self._remove(self.root)
             self.root = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     @staticmethod
     def _remove(path: str) -> None:
@@ -116,6 +127,12 @@ class JobDirs:
         shutil.rmtree(path, onerror=writable)
         if os.path.exists(path):
             log.warning("could not remove job directory %s", path)
+
+
+def sweep_stale_roots() -> list[str]:
+    """Remove the job directories of worker processes that are gone and whose supervisor
+    could not remove them (it was killed too): a worker daemon does this as it starts."""
+    return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove)
 
 
 def remove_roots_of(pid: int) -> None:

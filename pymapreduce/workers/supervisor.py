@@ -25,8 +25,9 @@ from ..patterns import compress
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
+from ..spill import budget as spill_budget
 from ..spill.budget import private_root, remove_process_dir
-from .isolation import remove_roots_of
+from .isolation import remove_roots_of, sweep_stale_roots
 from .voucher import Voucher
 from .worker import Worker
 
@@ -69,6 +70,7 @@ class Supervisor:
         self.memory = memory  # bytes each worker process's tasks may hold (None: unbounded)
         # where they spill: a directory of this daemon's own (a process's is named by its
         # pid in it), removed when the daemon stops
+        self.spill_dir = spill_dir
         self.spill_root = private_root(spill_dir) if memory is not None else None
         self.tags = tuple(tags)
         self.slowdown = slowdown
@@ -129,6 +131,10 @@ class Supervisor:
             os._exit(code)
 
     def start(self) -> None:
+        # what daemons killed before left on this host (their job and spill directories,
+        # which their own supervisor could not remove): gone once no process holds them
+        sweep_stale_roots()
+        spill_budget.sweep_stale_roots(self.spill_dir)
         # what every child needs at its start, loaded once here for all the forks
         # instead of by each child on its way to registering: ctypes (prctl) and the
         # codecs it announces (zstandard)
@@ -221,6 +227,7 @@ class Supervisor:
         self.children.clear()
         if self.spill_root is not None:
             shutil.rmtree(self.spill_root, ignore_errors=True)
+            spill_budget.release_root(self.spill_root)
 
 
 def _describe(status: int) -> str:

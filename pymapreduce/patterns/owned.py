@@ -1,0 +1,77 @@
+"""Directories that tell whether their owner still lives, so that what a killed daemon
+left in a shared temporary directory can be removed by the next one to start.
+
+The owner of such a directory holds an exclusive ``flock`` on a file in it (``.owner``)
+for as long as it runs; the kernel lets the lock go when the last process holding the
+open file ends, however it ends (``kill -9``, the OOM killer). A daemon starting up tries
+to take the lock of each such directory it finds: taken, nobody owns it any longer, and
+it is removed; held, it is left. Unlike a pid in the name, this cannot mistake a live
+owner in another pid namespace, or a new process that reused a dead one's pid, for a
+dead one. Only real directories of this user are looked at; a directory without the
+file (made by a version without it, or by something else) is left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import stat
+from typing import Any
+
+OWNER = ".owner"
+
+log = logging.getLogger("pymapreduce")
+
+
+def claim(path: str) -> int:
+    """Take ownership of the new directory ``path``: the open file descriptor holding its
+    lock, to keep open for as long as the directory is in use (children forked meanwhile
+    hold it too)."""
+    fd = os.open(os.path.join(path, OWNER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def sweep(directory: str, prefix: str, remove: Any = None) -> list[str]:
+    """Remove the directories named ``prefix...`` in ``directory`` whose owners are gone
+    (with ``remove(path)``, default ``shutil.rmtree`` ignoring errors); returns their
+    paths. Never raises: a directory that cannot be read is left."""
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                continue
+            fd = os.open(os.path.join(path, OWNER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its owner runs
+            os.close(fd)
+            continue
+        try:
+            if remove is None:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                remove(path)
+        finally:
+            os.close(fd)
+        if not os.path.exists(path):
+            removed.append(path)
+    if removed:
+        log.info("removed %d director%s left by daemons that were killed: %s", len(removed),
+                 "y" if len(removed) == 1 else "ies", ", ".join(removed[:5]))
+    return removed
