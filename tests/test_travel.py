@@ -521,3 +521,36 @@ def test_a_worker_daemon_removes_what_killed_daemons_left(daemons, tmp_path):
     finally:
         os.close(held)
     assert owned.sweep(str(tmp), "pymapreduce-worker-") == [str(live)]  # (let go now)
+
+
+def test_a_broker_and_a_sink_remove_what_killed_ones_left(daemons, tmp_path, monkeypatch):
+    """A broker's spill directory and a sink's segment directory, left by daemons killed
+    outright, go when a broker (its --spill-dir) or a sink starts; held ones stay."""
+    from pymapreduce.patterns import owned
+    from pymapreduce.sinks.store import SegmentStore
+
+    spill = tmp_path / "spill"
+    stale = spill / "pymapreduce-spill-old"
+    stale.mkdir(parents=True)
+    (stale / "00000001.bin").write_bytes(b"z" * 1000)
+    (stale / owned.OWNER).touch()
+    live = spill / "pymapreduce-spill-live"
+    live.mkdir()
+    held = owned.claim(str(live))
+    try:
+        daemons.broker(*FAST, "--spill-dir", str(spill))
+        assert sorted(os.listdir(spill)) == [live.name]
+    finally:
+        os.close(held)
+
+    tmp = tmp_path / "tmp"
+    (tmp / "pymapreduce-sink-old" / "ab").mkdir(parents=True)
+    (tmp / "pymapreduce-sink-old" / owned.OWNER).touch()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    store = SegmentStore(None)
+    try:
+        assert os.listdir(tmp) == [os.path.basename(store.root)]  # (its own, held)
+        assert owned.sweep(str(tmp), "pymapreduce-sink-") == []
+    finally:
+        store.close()
+    assert os.listdir(tmp) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -22,8 +23,8 @@ import zmq
 from ..errors import ProtocolError
 from ..observe import api as observe_api
 from ..observe.traffic import Traffic
+from ..patterns import owned, security
 from ..patterns import protocol as P
-from ..patterns import security
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
 from ..patterns.sockets import (
     Oversized,
@@ -39,7 +40,7 @@ from .config import BrokerConfig
 from .journal import Journal
 from .ledger import NOT_READING, Fetched, Ledger, Publish
 from .reports import peer_name
-from .sink import Store
+from .sink import SPILL_PREFIX, Store
 from .worker_api import WorkerAPI
 
 log = logging.getLogger("pymapreduce.broker")
@@ -110,6 +111,8 @@ class Broker(ClientAPI, WorkerAPI):
         self._reload = False
         self.address = ""
         self.data_address = ""
+        # what brokers and worker daemons killed on this host left in this spill directory
+        owned.sweep(config.spill_dir or tempfile.gettempdir(), SPILL_PREFIX)
         store = Store(config.memory_budget, config.spill_dir, fsync=config.fsync == "commit")
         allow = self.allow
         self.ledger = Ledger(config, store, journal, secured=allow is not None,

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import OutputDamaged, PyMapReduceError
-from ..patterns import allocator
+from ..patterns import allocator, owned
+
+SPILL_PREFIX = "pymapreduce-spill-"  # (as a worker daemon's: spill/budget.py)
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file
@@ -161,6 +163,7 @@ class Store:
         self._full_since = False  # a durable write failed; logged once until one succeeds
         self._spill_root = spill_dir
         self._dir: str | None = None
+        self._owner: int | None = None  # the lock on the spill directory (owned.py)
         self._mem: dict[Any, Any] = {}
         self._released: list[Any] = []  # keys sent on, to leave memory at settle()
         self._trim_due = False  # released frames may still have been in ZeroMQ's hands
@@ -412,10 +415,16 @@ class Store:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     def _spill_path(self) -> str:
         if self._dir is None:
             if self._spill_root:
                 os.makedirs(self._spill_root, exist_ok=True)
-            self._dir = tempfile.mkdtemp(prefix="pymapreduce-spill-", dir=self._spill_root)
+            self._dir = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self._spill_root)
+            # held while this broker runs: killed, its next start (or a worker daemon's
+            # on this host) removes the directory (patterns/owned.py)
+            self._owner = owned.claim(self._dir)
         return self._dir

@@ -24,10 +24,13 @@ import zlib
 from collections import OrderedDict
 from typing import Any
 
+from ..patterns import owned
+
 log = logging.getLogger("pymapreduce.sink")
 
 RECORD = struct.Struct("<IQQQI")  # map, attempt, offset, length, crc32
 OPEN_FILES = 128  # partition files kept open for appending at once
+ROOT_PREFIX = "pymapreduce-sink-"  # a sink's temporary directory (mkdtemp)
 JOB_FILE = "job"  # in a job's directory: the job's id (directory names are hashed)
 
 
@@ -44,7 +47,12 @@ class SegmentStore:
 
     def __init__(self, root: str | None) -> None:
         self.durable = root is not None
-        self.root = root if root is not None else tempfile.mkdtemp(prefix="pymapreduce-sink-")
+        self._owner: int | None = None
+        if root is None:  # (and the ones of sinks killed on this host: patterns/owned.py)
+            owned.sweep(tempfile.gettempdir(), ROOT_PREFIX)
+            root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
+            self._owner = owned.claim(root)
+        self.root = root
         os.makedirs(self.root, exist_ok=True)
         # (job, step, part) -> {(map, attempt): (offset, length, crc)}
         self.index: dict[tuple[str, int, int], dict[tuple[int, int], tuple[int, int, int]]] = {}
@@ -156,6 +164,9 @@ class SegmentStore:
         self._open.clear()
         if not self.durable:
             shutil.rmtree(self.root, ignore_errors=True)
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
     # -- a restart -----------------------------------------------------------------------
     def _load(self) -> None:
