@@ -22,6 +22,7 @@ The broker never touches the output: it has no credentials and needs none.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -31,6 +32,8 @@ import msgpack
 from ..client.output import CHUNK_RECORDS, encode_lines
 from ..spill.runs import column_chunks
 from .urls import check_url, filesystem, is_url, local_path, redact
+
+log = logging.getLogger("pymapreduce.worker")
 
 TEMPORARY = "_temporary"  # where attempts write (a name readers skip, as Hadoop's)
 SUCCESS = "_SUCCESS"
@@ -199,8 +202,9 @@ def discard_attempt(spec: dict, job_id: str, part: int, attempt: int) -> None:
                     os.rmdir(loc.path("/".join(parts[:depth])))
                 except OSError:
                     break
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    except Exception as exc:  # (a store out of reach: the worker must go on, not crash)
+        log.warning("could not remove the file of stopped attempt %d of %s, partition %d: "
+                    "%s: %.200s", attempt, job_id, part, type(exc).__name__, exc)
 
 
 def _write_columns(spec: dict, job_id: str, part: int, attempt: int, keys: list,

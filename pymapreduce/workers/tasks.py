@@ -174,6 +174,8 @@ class Tasks:
                                               columns=isinstance(item.output, dict))
                 finally:
                     self.capture.end()
+                if self.stopped == key:  # its code caught the stop and went on: it ends here
+                    raise TaskAbandoned("the broker abandoned this task")
                 if isinstance(item.output, dict):  # its part file, under this attempt's name
                     from ..store.output import write_attempt
 

@@ -112,6 +112,7 @@ class Worker(Tasks):
         self._stop = threading.Event()
         self._current: AttemptKey | None = None  # the attempt running now
         self._abandon: AttemptKey | None = None  # the running attempt to stop (hb thread)
+        self.stopped: AttemptKey | None = None  # the last attempt so stopped
         self._main = threading.main_thread().ident
         self._interruptible = False
         self._idle_poll = False
@@ -145,6 +146,8 @@ class Worker(Tasks):
 
     def _on_abandon_signal(self, signum: int, frame: object) -> None:
         if self._abandon is not None and self._abandon == self._current:
+            # (kept: a task that swallows the exception must still not write or report)
+            self.stopped = self._abandon
             self._abandon = None
             raise TaskAbandoned("the broker abandoned this task")
 
