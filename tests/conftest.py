@@ -176,3 +176,42 @@ def corpus(tmp_path):
         path.write_bytes(eol.join(lines).encode() + (b"" if f == 1 else eol.encode()))
         paths.append(str(path))
     return paths
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+MOTO_RUNNING = re.compile(r"Running on (http://127\.0\.0\.1:\d+)")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on an OS-chosen port; yields its endpoint URL. Made-up credentials
+    are in this process's environment while it runs (inherited by daemons started after
+    it), never in a job."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    saved = {k: os.environ.get(k) for k in S3_CREDENTIALS}
+    os.environ.update(S3_CREDENTIALS)
+    with open(log, "w") as sink:  # (a file: its request log never fills a pipe)
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p0"], stdout=sink, stderr=sink, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := MOTO_RUNNING.search(log.read_text())):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "moto's server did not start"
+            time.sleep(0.05)
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

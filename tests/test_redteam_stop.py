@@ -14,7 +14,6 @@ others are attacks the code withstands, kept so that it goes on withstanding the
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -216,47 +215,13 @@ def test_an_abandoned_attempt_whose_task_swallows_the_stop_leaves_its_file(daemo
 
 # -- an object store that cannot be reached when the job is stopped ---------------------------
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-RUNNING = re.compile(r"Running on http://127\.0\.0\.1:(\d+)")
-
-
 @pytest.fixture(scope="module")
-def moto_port(tmp_path_factory):
-    """moto's S3 server (an OS-chosen port), with made-up credentials in this process's
-    environment (the daemons started after it inherit them)."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p0"], stdout=sink, stderr=sink, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (m := RUNNING.search(log.read_text())):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "moto's server did not start"
-            time.sleep(0.05)
-        import s3fs
+def moto_port(s3):
+    """moto's S3 server (tests/conftest.py) with a bucket for these tests: its port."""
+    import s3fs
 
-        fs = s3fs.S3FileSystem(endpoint_url=f"http://127.0.0.1:{m.group(1)}",
-                               skip_instance_cache=True)
-        fs.mkdir("redteam")
-        yield int(m.group(1))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    s3fs.S3FileSystem(endpoint_url=s3, skip_instance_cache=True).mkdir("redteam")
+    return int(s3.rsplit(":", 1)[1])
 
 
 @pytest.fixture
