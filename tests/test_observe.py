@@ -427,3 +427,36 @@ def test_over_its_byte_budget_the_event_log_trims_the_oldest_job_holding_events(
     assert events._bytes <= events.max_bytes
     events.job_dropped("j6")
     assert "j6" not in events._holding
+
+
+def test_the_jobs_listing_reuses_ended_rows_json_and_scopes_by_client():
+    """``/api/jobs`` built from a snapshot: newest first, no skipped records, an error's
+    message and task only; a client's scope lists its own jobs; the JSON of a row the
+    next snapshot still holds (an ended job's) is reused, a new row's is made again."""
+    from pymapreduce.observe.server import jobs_listing
+    from pymapreduce.observe.snapshot import Snapshot
+
+    def row(job_id, state, error=None):
+        return {"id": job_id, "state": state, "skipped_records": [{"ordinal": 1}],
+                "error": error, "progress": {"map": [1, 1]}}
+
+    failed = row("a", "failed", {"message": "boom", "task": "map-0", "traceback": "tb",
+                                 "position": {"split": 0}})
+    done = row("b", "succeeded")
+    snap1 = Snapshot(1.0, {}, {"a": failed, "b": done, "c": row("c", "running")},
+                     {"a": "key one", "b": "key two", "c": "key one"})
+    body, cache = jobs_listing(snap1, "", {})
+    listed = json.loads(body)
+    assert listed["time"] == 1.0 and [r["id"] for r in listed["jobs"]] == ["c", "b", "a"]
+    assert listed["jobs"][2] == {"id": "a", "state": "failed", "progress": {"map": [1, 1]},
+                                 "error": {"message": "boom", "task": "map-0"}}
+    assert all("skipped_records" not in r for r in listed["jobs"])
+    mine, _ = jobs_listing(snap1, "key one", cache)
+    assert [r["id"] for r in json.loads(mine)["jobs"]] == ["c", "a"]
+    snap2 = Snapshot(2.0, {}, {"a": failed, "b": done, "c": row("c", "succeeded")},
+                     dict(snap1.tenants))
+    body2, cache2 = jobs_listing(snap2, "", cache)
+    assert cache2["a"][1] is cache["a"][1] and cache2["c"][1] is not cache["c"][1]
+    assert [r["state"] for r in json.loads(body2)["jobs"]] == ["succeeded"] * 2 + ["failed"]
+    _, cache3 = jobs_listing(Snapshot(3.0, {}, {"b": done}, {"b": "key two"}), "", cache2)
+    assert set(cache3) == {"b"}  # (forgotten jobs' JSON goes)

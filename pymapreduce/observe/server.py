@@ -55,6 +55,37 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
+def _listed_row(row: dict) -> dict:
+    """A job's row as ``/api/jobs`` lists it: no skipped records, the error's message and
+    task only (one job's page has the rest)."""
+    out = {k: v for k, v in row.items() if k != "skipped_records"}
+    if out["error"]:
+        out["error"] = {"message": out["error"]["message"], "task": out["error"]["task"]}
+    return out
+
+
+def jobs_listing(s: snap.Snapshot, scope: str, cache: dict) -> tuple[bytes, dict]:
+    """``/api/jobs`` of snapshot ``s`` (newest first; ``scope``: one client's jobs), and
+    the cache to keep for the next call: each row's JSON by job id, reused while the
+    snapshot holds the same row object (an ended job's is kept from snapshot to snapshot:
+    snapshot.build), so a broker holding its finished jobs serializes its running ones."""
+    kept: dict = {}
+    parts = []
+    for row in reversed(s.jobs.values()):
+        if scope and s.tenants.get(row["id"]) != scope:
+            continue
+        got = cache.get(row["id"])
+        if got is None or got[0] is not row:
+            got = (row, _dumps(_listed_row(row)))
+        kept[row["id"]] = got
+        parts.append(got[1])
+    if scope:  # (other clients' rows stay cached for their own requests)
+        kept = {**cache, **kept}
+        for job_id in [j for j in kept if j not in s.jobs]:
+            del kept[job_id]
+    return b'{"time":' + _dumps(s.time) + b',"jobs":[' + b",".join(parts) + b"]}", kept
+
+
 class Observatory:
     """Snapshots, metrics and the HTTP server of one broker."""
 
@@ -72,6 +103,7 @@ class Observatory:
         self._last = 0.0
         self._seq = -1  # the event log's sequence number at the last snapshot
         self._ended: dict = {}  # ended jobs' rows, built once (snapshot.build)
+        self._listed: dict = {}  # job id -> (its row, the row's JSON in /api/jobs)
         self.registry = registry(self.events, self.traffic, lambda: self.snapshot)
         host, port = parse_http(bind)
         self.server = Server((host, port), self)
@@ -127,7 +159,11 @@ class Observatory:
             key = f"{path} {scope}" if scope else path
             body = s.served.get(key)
             if body is None:  # (two threads may both build it: the same bytes)
-                body = s.served[key] = _dumps(self._listing(s, path, scope))
+                if path == "/api/jobs":
+                    body, self._listed = jobs_listing(s, scope, self._listed)
+                else:
+                    body = _dumps(self._cluster(s, scope))
+                s.served[key] = body
             return JSON, body
         if path.startswith("/api/jobs/"):
             job_id = path[len("/api/jobs/"):]
@@ -143,21 +179,14 @@ class Observatory:
         raise KeyError(f"no such page: {path[:100]}")
 
     @staticmethod
-    def _listing(s: snap.Snapshot, path: str, scope: str = "") -> dict:
-        mine = (lambda job_id: s.tenants.get(job_id) == scope) if scope else None
-        if path == "/api/cluster":
-            if mine is None:
-                return {"time": s.time, **s.cluster}
-            workers = [{**w, "tasks": [t for t in w["tasks"] if mine(t.rpartition(" ")[0])]}
-                       for w in s.cluster["workers"]]  # (other clients' jobs not named)
-            return {"time": s.time, **s.cluster, "workers": workers}
-        rows = [{k: v for k, v in row.items() if k != "skipped_records"}
-                for row in reversed(s.jobs.values()) if mine is None or mine(row["id"])]
-        for row in rows:
-            if row["error"]:
-                row["error"] = {"message": row["error"]["message"],
-                                "task": row["error"]["task"]}
-        return {"time": s.time, "jobs": rows}
+    def _cluster(s: snap.Snapshot, scope: str = "") -> dict:
+        """``/api/cluster``: a client's view names only its own jobs' tasks."""
+        if not scope:
+            return {"time": s.time, **s.cluster}
+        workers = [{**w, "tasks": [t for t in w["tasks"]
+                                   if s.tenants.get(t.rpartition(" ")[0]) == scope]}
+                   for w in s.cluster["workers"]]  # (other clients' jobs not named)
+        return {"time": s.time, **s.cluster, "workers": workers}
 
     def job_detail(self, job_id: str) -> dict:
         """One job: its row, attempts (timeline), failures, skipped records, slowest."""
