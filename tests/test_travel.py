@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -511,8 +512,11 @@ def test_a_worker_daemon_removes_what_killed_daemons_left(daemons, tmp_path):
         _, address = daemons.broker(*FAST)
         daemons.worker(address, 1, "--memory", "64MB", env={"TMPDIR": str(tmp)})
         wait_workers(address, 1)
+        deadline = time.monotonic() + 10  # (swept while its processes register)
+        while stale_job.exists() or stale_spill.exists():
+            assert time.monotonic() < deadline, sorted(os.listdir(tmp))
+            time.sleep(0.02)
         names = sorted(os.listdir(tmp))
-        assert stale_job.name not in names and stale_spill.name not in names, names
         assert live.name in names and other.name in names
         mine = [n for n in names if n.startswith("pymapreduce-spill-")]
         assert len(mine) == 1, names  # its own, held while it runs: never swept
