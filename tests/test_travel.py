@@ -543,6 +543,10 @@ def test_a_broker_and_a_sink_remove_what_killed_ones_left(daemons, tmp_path, mon
     held = owned.claim(str(live))
     try:
         daemons.broker(*FAST, "--spill-dir", str(spill))
+        deadline = time.monotonic() + 10  # (swept as its loop starts, after its ready line)
+        while stale.exists():
+            assert time.monotonic() < deadline, sorted(os.listdir(spill))
+            time.sleep(0.02)
         assert sorted(os.listdir(spill)) == [live.name]
     finally:
         os.close(held)

@@ -111,8 +111,6 @@ class Broker(ClientAPI, WorkerAPI):
         self._reload = False
         self.address = ""
         self.data_address = ""
-        # what brokers and worker daemons killed on this host left in this spill directory
-        owned.sweep(config.spill_dir or tempfile.gettempdir(), SPILL_PREFIX)
         store = Store(config.memory_budget, config.spill_dir, fsync=config.fsync == "commit")
         allow = self.allow
         self.ledger = Ledger(config, store, journal, secured=allow is not None,
@@ -201,6 +199,9 @@ class Broker(ClientAPI, WorkerAPI):
         return poller
 
     def serve_forever(self) -> None:
+        # what brokers and worker daemons killed on this host left in its spill directory
+        # (after its ready line: off an embedded cluster's start)
+        owned.sweep(self.config.spill_dir or tempfile.gettempdir(), SPILL_PREFIX)
         poller = self.loop_poller()
         try:
             while not self._stopping:
