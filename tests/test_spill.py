@@ -627,3 +627,56 @@ def test_hot_values_read_and_spilled_in_chunks(tmp_path, spilly, monkeypatch, ma
         assert {k: v[1] for k, v in got.items()} == {k: v[1] for k, v in expected.items()}
     else:
         assert got == expected
+
+
+class SpillThenFail(Job):
+    """Spills (big values under many keys) on both sides, and its reduce fails halfway,
+    while the runs it merges are open, every attempt."""
+
+    def map(self, key, line):
+        for i in range(20):
+            yield f"{key}-{i}", line + str(i)
+
+    def reduce_init(self):
+        self.seen = 0
+
+    def reduce(self, key, values):
+        self.seen += 1
+        if self.seen == 1000:
+            raise RuntimeError("after spilling")
+        return len(values)
+
+
+def test_a_task_that_fails_after_spilling_leaves_no_spill_file_open(daemons, tmp_path):
+    """Its runs are deleted as it fails, and closed too: a deleted file held open keeps
+    its space (on a full disk the next task would fail as well)."""
+    from pymapreduce import Client, JobFailed, read_text
+    from tests.conftest import wait_workers
+
+    _lines(tmp_path / "in.txt", 2000, width=1000)
+    _, address = daemons.broker("--heartbeat", "0.5", "--liveness", "30",
+                                "--max-attempts", "1")
+    spill = tmp_path / "spill"
+    worker = daemons.worker(address, 1, "--memory", "24MiB", "--spill-dir", str(spill))
+    wait_workers(address, 1)
+    (pid,) = _worker_pids(worker)
+    with Client(address, timeout=60) as client:
+        handle = client.submit(SpillThenFail(), read_text(str(tmp_path / "in.txt")),
+                               map_tasks=1, reducers=1)
+        with pytest.raises(JobFailed, match="after spilling"):
+            handle.wait(120)
+        deadline = time.monotonic() + 10  # (the worker lets go as it reports)
+        while True:
+            held = []
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(str(spill)) and not target.endswith("/.owner"):
+                    held.append(target)  # (.owner: the daemon's lock, held by design)
+            if not held or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert held == []
+    assert os.listdir(_process_dir(spill, pid)) == []  # (its task directory went too)

@@ -186,6 +186,7 @@ class Tasks:
                 self._current = None
                 self.state.restore()
         except TaskAbandoned as exc:
+            self.ended_badly = True
             log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
             if isinstance(item.output, dict):  # stopped while (or after) writing its file
                 from ..store.output import discard_attempt
@@ -193,6 +194,7 @@ class Tasks:
                 discard_attempt(item.output, job_id, index, attempt)
             return
         except TaskError as exc:
+            self.ended_badly = True
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
             where = {"split": index, **exc.position} if kind == "map" else exc.position
@@ -204,6 +206,7 @@ class Tasks:
                        log=attempt_log(tasklog, tb), secs=time.monotonic() - started)
             return
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
+            self.ended_badly = True
             tb = traceback.format_exc()
             self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
                        final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb),

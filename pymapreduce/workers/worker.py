@@ -9,6 +9,7 @@ What a task goes through here, from its TASKS message to its report, is in ``tas
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -113,6 +114,7 @@ class Worker(Tasks):
         self._current: AttemptKey | None = None  # the attempt running now
         self._abandon: AttemptKey | None = None  # the running attempt to stop (hb thread)
         self.stopped: AttemptKey | None = None  # the last attempt so stopped
+        self.ended_badly = False  # the last task failed or was stopped (Tasks._run_one)
         self._main = threading.main_thread().ident
         self._interruptible = False
         self._idle_poll = False
@@ -236,6 +238,14 @@ class Worker(Tasks):
                 continue
             started = time.monotonic()
             self._run_one(self.queue.popleft())
+            if self.ended_badly:
+                self.ended_badly = False
+                if self.budget is not None:
+                    # a task that failed or was stopped left its objects in reference
+                    # cycles with its traceback's frames, among them the spill files it
+                    # had open: deleted, but their space is only given back once closed,
+                    # and a full disk would fail the next task too
+                    gc.collect()
             # (the socket's event flags: a poll(0) builds a Poller, several times dearer)
             if self.ctl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 self._drain()
