@@ -379,6 +379,42 @@ def test_a_part_file_the_client_cannot_see_is_written_from_the_kept_results(tmp_
     assert "_SUCCESS" not in os.listdir(out)
 
 
+def test_a_part_file_the_client_cannot_write_leaves_nothing_half_written(tmp_path,
+                                                                       monkeypatch):
+    """The client writes a part file from the kept results and its disk fills up: a
+    clear error naming the file, no half-written file, no _SUCCESS; with room again,
+    the commit runs again and completes."""
+    import errno
+
+    import msgpack
+
+    from pymapreduce.patterns.records import pack
+    from pymapreduce.store.commit import OutputNotWritten, commit_job
+    from pymapreduce.store.output import Location
+
+    out = tmp_path / "o"
+    out.mkdir()
+    data = b"\x93" + pack([["k"], [1]])[1:] + msgpack.packb(
+        {"attempt": 5, "records": 1, "bytes": 9})
+    output = {"url": str(out), "storage": {}, "results": True}
+    decode = lambda part, blob: (["k"], [1])  # noqa: E731 - the handle's decoder
+    write_lines = Location.write_lines
+
+    def full(self, name, keys, values):
+        with open(self.path(name), "w") as f:
+            f.write('["k", ')  # (some of it, then the disk is full)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Location, "write_lines", full)
+    with pytest.raises(OutputNotWritten, match="part-00001.*No space left"):
+        commit_job(output, "j", {"parts": 2}, [(0, b""), (1, data)], decode=decode)
+    assert sorted(os.listdir(out)) == ["part-00000"]  # (the empty partition's, complete)
+    monkeypatch.setattr(Location, "write_lines", write_lines)
+    commit_job(output, "j", {"parts": 2}, [(0, b""), (1, data)], decode=decode)
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001"]
+    assert (out / "part-00001").read_text() == '["k", 1]\n'
+
+
 def test_http_inputs_from_a_server_that_reads_no_byte_range(tmp_path):
     """``http://`` objects: Python's own server answers no ranged GET, so each object is
     read whole, from the start (one split each), and the count is still exact."""

@@ -3,6 +3,7 @@ and committing it when the job has succeeded (see ``output.py`` for the protocol
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -26,6 +27,11 @@ from .urls import (
 )
 
 MAX_ATTEMPT = 1 << 64
+
+
+class OutputNotWritten(PyMapReduceError):
+    """The client could not write a part file of a finished job (a full disk, no
+    permission): nothing half-written is left, and the results stay at the broker."""
 
 
 class OutputMissing(PyMapReduceError):
@@ -159,7 +165,16 @@ def commit_output(output: dict, job_id: str, parts: int,
             if loc.exists(tmp):
                 loc.rename(tmp, final)
             elif loc.local and decode is not None:  # (not shared: the data came home)
-                loc.write_lines(final + ".tmp", *decode(part, data))
+                try:
+                    loc.write_lines(final + ".tmp", *decode(part, data))
+                except OSError as exc:  # (a full disk): no half-written file stays
+                    with contextlib.suppress(OSError):
+                        loc.remove(final + ".tmp")
+                    raise OutputNotWritten(
+                        f"job {job_id}: could not write the part file "
+                        f"{loc.shown(final)}: {exc.strerror or exc}; the job's results are "
+                        "still at the broker: make room and wait() again to commit "
+                        "them") from None
                 loc.rename(final + ".tmp", final)
             elif not (loc.exists(final) and loc.size(final) == record["bytes"]):
                 raise OutputMissing(
