@@ -26,6 +26,8 @@ class RecordFailed(Exception):
     def __init__(self, key: Any) -> None:
         super().__init__(key)
         self.key = None if key is _NO_RECORD else key
+        # False: no record's fault (a task hook such as map_final, a spill that failed)
+        self.of_record = key is not _NO_RECORD
 
 
 COMBINE_EVERY = 64  # values a key may collect in a map task before they are combined

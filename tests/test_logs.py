@@ -317,6 +317,30 @@ class FailsOnBad(Job):
         yield line, 1
 
 
+class FailsAtTheEnd(Job):
+    skip_bad_records = True
+
+    def map(self, offset, line):
+        yield line, 1
+
+    def map_final(self):
+        raise ValueError("at the end")
+
+
+def test_a_failure_of_no_record_names_none_and_skips_none(cluster, tmp_path):
+    """map_final failing is no record's fault: the error names the file, not the last
+    record read, and a job that skips bad records does not skip that one: it fails."""
+    path = tmp_path / "input.txt"
+    path.write_text("one\ntwo\nthree\n")
+    with Client(cluster) as client:
+        handle = client.submit(FailsAtTheEnd(), read_text([str(path)]), reducers=1)
+        with pytest.raises(JobFailed, match="at the end") as info:
+            handle.result(60)
+        assert handle.status()["skipped"] == []
+    assert info.value.position["path"] == str(path)
+    assert "key" not in info.value.position and "ordinal" not in info.value.position
+
+
 def test_counters_are_current_after_results_and_on_a_reattached_handle(cluster):
     with Client(cluster) as client:
         handle = client.submit(Counting(), RECORDS, map_tasks=3, reducers=2)

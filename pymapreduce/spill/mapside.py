@@ -47,6 +47,20 @@ from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple
 _SLICE_START = object()  # the key before a slice's first record
 
 
+def _named(exc: Exception, files: Any) -> Exception:
+    """A spill's OSError that names no file (a write to a full disk) with the directory
+    it spilled to, so that the task's error says where room is missing."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        # (a task's TaskFiles: its directory, else its budget's; a Budget: its own; read
+        # as made so far, never made here)
+        where = (getattr(files, "path", None)
+                 or getattr(getattr(files, "budget", files), "_dir", None) or "its spill directory")
+        named = OSError(exc.errno, f"{exc.strerror or exc} (spilling to {where})")
+        named.__cause__ = exc
+        return named
+    return exc
+
+
 def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
                  budget: Budget, files: TaskFiles) -> list:
     """A map task's output segments (bytes per partition, ``b""`` when empty), its
@@ -64,7 +78,7 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
             try:
                 runs.append(_spill_groups(job, groups, reducers, files))
             except Exception as exc:  # (a failing spill is no record's fault)
-                raise RecordFailed(_NO_RECORD) from exc
+                raise RecordFailed(_NO_RECORD) from _named(exc, files)
             groups = defaultdict(list)
             budget.released()
     if not groups and not runs and combiner is None:
@@ -224,7 +238,7 @@ def _map_into(job: Job, records: Iterable[tuple[Any, Any]], budget: Budget,
             try:
                 spill(keys, values)
             except Exception as exc:  # (a failing spill is no record's fault)
-                raise RecordFailed(_NO_RECORD) from exc
+                raise RecordFailed(_NO_RECORD) from _named(exc, budget)
             keys, values = [], []
             budget.released()
     pair_final(job, keys.append, values.append)

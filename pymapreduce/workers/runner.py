@@ -136,6 +136,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                     # the input failed (unreadable, a line over the limit), not the record
                     # map saw last: no ordinal, so it is never skipped as a bad record
                     raise TaskError(records.error, where) from exc
+            if not exc.of_record:  # (map_final, a spill to a full disk): no record named,
+                raise TaskError(exc.__cause__, where) from exc  # so none is ever skipped
             if isinstance(source, Numbered):
                 where["ordinal"] = source.current
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
