@@ -19,11 +19,36 @@ from typing import Any
 from ..errors import OutputDamaged
 from ..patterns import protocol as P
 from .submission import held_bytes
-from .tasks import DONE, MAP, PENDING, JobState
+from .tasks import DONE, MAP, PENDING, REDUCE, JobState
 
 log = logging.getLogger("pymapreduce.broker")
 
 STEP_DONE = "done"  # the journal's row for a finished step of a multi-step job
+_SPENT = object()  # the sums of a map commit put back for a finished job (_with_spent_maps)
+
+
+def _with_spent_maps(job: JobState, saved: Any) -> list:
+    """The commits of ``saved`` to replay. A finished job of one step whose journal lacks
+    some map commits (rows not written while its state directory was full) but has a
+    commit for every reduce partition: the missing maps' outputs were spent by those
+    reduces, so they are put back, without outputs, before the first reduce commit, and
+    the job is restored with its result instead of failed. (A partition without a
+    commit may have been empty, or lost its commit too: that cannot be told apart, so
+    such a job is failed as before.) Otherwise the commits as they are."""
+    commits = list(saved.commits)
+    if saved.state != P.JOB_SUCCEEDED or job.steps or job.map_only:
+        return commits
+    maps = {c[2] for c in commits if c[0] == 0 and c[1] == MAP}
+    reduces = sorted({c[2] for c in commits if c[0] == 0 and c[1] == REDUCE})
+    missing = [i for i in range(len(job.maps)) if i not in maps]
+    if not missing or reduces != list(range(job.reducers)):
+        return commits
+    log.warning("job %s: %d of its map commits are not in the journal (its state directory "
+                "was full), but all its reduce commits are: restored with its result",
+                job.id, len(missing))
+    first = next(i for i, c in enumerate(commits) if c[0] == 0 and c[1] == REDUCE)
+    spent = [(0, MAP, i, {}, reduces, _SPENT) for i in missing]
+    return commits[:first] + spent + commits[first:]
 
 
 class Recovery:
@@ -81,10 +106,13 @@ class Recovery:
                        f"{self.journal.path} are damaged: run the job again")
         finished = {c[0] for c in saved.commits if c[1] == STEP_DONE}
         needed: dict[int, str] = {}  # step -> a damaged output of it, needed by the next
-        for step, kind, index, stats, parts, sums in saved.commits:
+        for step, kind, index, stats, parts, sums in _with_spent_maps(job, saved):
             if kind == STEP_DONE:
                 continue
             tasks = job.tasks(kind)
+            if sums is _SPENT:  # (a map commit the journal missed, of a finished job)
+                job.commit(tasks[index], stats, parts, restored=True)
+                continue
             if step != job.step or not 0 <= index < len(tasks) or tasks[index].state == DONE:
                 continue
             if kind == MAP and "sink" in stats:  # its segments are at a sink, not here
