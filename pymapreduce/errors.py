@@ -119,7 +119,8 @@ def describe_position(position: object) -> str:
     ``position`` is what the worker reported (``JobFailed.position``): ``path`` (the file
     being read), ``key`` (the failing record's key, as its repr: a text input's byte
     offset), ``record`` (an in-memory record's index in its split), ``ordinal`` (its
-    ordinal, when the job skips bad records) and ``split`` (the map task)."""
+    ordinal, when the job skips bad records) and ``split`` (the map task), or
+    ``partition`` (a reduce task)."""
     if not isinstance(position, dict) or not position:
         return ""
     path, key = position.get("path"), position.get("key")
@@ -128,6 +129,8 @@ def describe_position(position: object) -> str:
         record = position.get("ordinal")
     split = position.get("split")
     task = f"map split {split}" if split is not None else ""
+    if not task and type(position.get("partition")) is int:  # (a reduce task's own failure)
+        task = f"reduce partition {position['partition']}"
     parts = []
     if path:
         parts.append(f"file {path}")

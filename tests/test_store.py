@@ -567,3 +567,21 @@ def test_an_attempt_stopped_while_writing_removes_its_file(tmp_path):
     discard_attempt(spec, "job-1", 1, 6)
     assert os.listdir(tmp_path) == []
     discard_attempt(spec, "job-1", 1, 6)  # (gone already: nothing to do)
+
+
+def test_a_part_file_write_that_fails_names_the_file(tmp_path):
+    """A write that fails without naming a file (a full disk) says which file it was;
+    a reduce task's own failure is placed at its partition, not at a map split."""
+    import errno
+
+    from pymapreduce.errors import describe_position
+    from pymapreduce.store.output import Location
+
+    def chunks():
+        yield ["k"], [1]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device: .*_temporary/j/5/part-00001"):
+        Location(str(tmp_path)).write_chunks("_temporary/j/5/part-00001", chunks())
+    assert describe_position({"partition": 1}) == "reduce partition 1"
+    assert describe_position({"split": 3}) == "map split 3"

@@ -90,9 +90,15 @@ class Location:
         path = self.path(name)
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:  # (as client/output.py writes)
-                for keys, values in chunks:
-                    f.write(encode_lines(keys, values))
+            try:
+                with open(path, "w", encoding="utf-8") as f:  # (as client/output.py writes)
+                    for keys, values in chunks:
+                        f.write(encode_lines(keys, values))
+            except OSError as exc:
+                if exc.filename is not None:
+                    raise
+                # (a write to a full disk names no file: the error says which)
+                raise OSError(exc.errno, f"{exc.strerror or exc}: {path}") from exc
             return os.path.getsize(path)
         size = 0
         with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed

@@ -208,7 +208,8 @@ class Tasks:
         except Exception as exc:  # input that cannot be read, output that cannot be encoded
             self.ended_badly = True
             tb = traceback.format_exc()
-            self._fail(key, f"{type(exc).__name__}: {exc}", tb, {"split": index},
+            where = {"split": index} if kind == "map" else {"partition": index}
+            self._fail(key, f"{type(exc).__name__}: {exc}", tb, where,
                        final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb),
                        secs=time.monotonic() - started)
             return
