@@ -90,12 +90,18 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
     group_final(job, groups)
     if not runs:  # it fitted: today's output, the same bytes
         return _packed(finish_map(job, groups, reducers))
-    if groups:
-        runs.append(_spill_groups(job, groups, reducers, files))
-        del groups
-        budget.released()
-    budget.spills += len(runs)
-    return [_merge_partition(job, runs, p, combiner, files) for p in range(reducers)]
+    try:
+        if groups:
+            runs.append(_spill_groups(job, groups, reducers, files))
+            del groups
+            budget.released()
+        budget.spills += len(runs)
+        return [_merge_partition(job, runs, p, combiner, files) for p in range(reducers)]
+    except OSError as exc:
+        named = _named(exc, files)
+        if named is exc:
+            raise
+        raise named from exc
 
 
 def _packed(parts: list) -> list:
