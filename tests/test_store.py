@@ -354,21 +354,28 @@ def test_forged_commit_records_are_refused():
     assert temp_name("..", 1, 0) == "_temporary/job/1/part-00000"
 
 
-def test_a_part_file_the_client_cannot_see_is_written_from_the_kept_results(tmp_path):
-    """A local output_dir that the workers do not share (a remote cluster): the commit
-    finds no attempt file, and writes the part file from the data the broker kept, as
-    the client did before; without kept results it says what is wrong."""
+def _kept_results(tmp_path):
+    """An empty output directory, and one partition's bytes as the broker keeps them (its
+    data, then the commit record of attempt 5), the output's spec and a decoder."""
     import msgpack
 
     from pymapreduce.patterns.records import pack
-    from pymapreduce.store.commit import OutputMissing, commit_job
 
     out = tmp_path / "o"
     out.mkdir()
     data = b"\x93" + pack([["k"], [1]])[1:] + msgpack.packb(
         {"attempt": 5, "records": 1, "bytes": 9})
     output = {"url": str(out), "storage": {}, "results": True}
-    decode = lambda part, blob: (["k"], [1])  # noqa: E731 - the handle's decoder
+    return out, data, output, lambda part, blob: (["k"], [1])  # (the handle's decoder)
+
+
+def test_a_part_file_the_client_cannot_see_is_written_from_the_kept_results(tmp_path):
+    """A local output_dir that the workers do not share (a remote cluster): the commit
+    finds no attempt file, and writes the part file from the data the broker kept, as
+    the client did before; without kept results it says what is wrong."""
+    from pymapreduce.store.commit import OutputMissing, commit_job
+
+    out, data, output, decode = _kept_results(tmp_path)
     commit_job(output, "j", {"parts": 2}, [(0, data), (1, b"")], decode=decode)
     assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000", "part-00001"]
     assert (out / "part-00000").read_text() == '["k", 1]\n'
@@ -386,18 +393,10 @@ def test_a_part_file_the_client_cannot_write_leaves_nothing_half_written(tmp_pat
     the commit runs again and completes."""
     import errno
 
-    import msgpack
-
-    from pymapreduce.patterns.records import pack
     from pymapreduce.store.commit import OutputNotWritten, commit_job
     from pymapreduce.store.output import Location
 
-    out = tmp_path / "o"
-    out.mkdir()
-    data = b"\x93" + pack([["k"], [1]])[1:] + msgpack.packb(
-        {"attempt": 5, "records": 1, "bytes": 9})
-    output = {"url": str(out), "storage": {}, "results": True}
-    decode = lambda part, blob: (["k"], [1])  # noqa: E731 - the handle's decoder
+    out, data, output, decode = _kept_results(tmp_path)
     write_lines = Location.write_lines
 
     def full(self, name, keys, values):
