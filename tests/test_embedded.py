@@ -120,8 +120,15 @@ def test_cli_run_with_a_missing_input_fails_fast():
 
 
 def test_the_original_pymapreduce_example_prints_the_same_counts():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "seed_charcount.py")],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    # the example, as the original project wrote it, picks its four ports at random in
+    # 50000-65000, which overlaps the system's ephemeral ports: on a busy machine one may
+    # be taken (AddressInUse, said clearly); that is the example's choice, so it runs again
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples",
+                                                            "seed_charcount.py")],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        if "AddressInUse" not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr
     prefix = "The result of CountCharacters: "
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(prefix))
