@@ -32,8 +32,7 @@ from typing import Any
 
 from ..errors import OutputDamaged, PyMapReduceError
 from ..patterns import allocator, owned
-
-SPILL_PREFIX = "pymapreduce-spill-"  # (as a worker daemon's: spill/budget.py)
+from ..spill.budget import DIR_PREFIX as SPILL_PREFIX  # (one prefix: both are swept)
 
 log = logging.getLogger("pymapreduce.broker")
 CHUNK = 1 << 20  # bytes read at a time when checking a file

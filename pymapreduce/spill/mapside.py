@@ -47,14 +47,12 @@ from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple
 _SLICE_START = object()  # the key before a slice's first record
 
 
-def _named(exc: Exception, files: Any) -> Exception:
+def _named(exc: Exception, budget: Budget, files: TaskFiles | None = None) -> Exception:
     """A spill's OSError that names no file (a write to a full disk) with the directory
-    it spilled to, so that the task's error says where room is missing."""
+    it spilled to (the task's, else its budget's, as made so far: never made here), so
+    that the task's error says where room is missing."""
     if isinstance(exc, OSError) and exc.filename is None:
-        # (a task's TaskFiles: its directory, else its budget's; a Budget: its own; read
-        # as made so far, never made here)
-        where = (getattr(files, "path", None)
-                 or getattr(getattr(files, "budget", files), "_dir", None) or "its spill directory")
+        where = (files.path if files else None) or budget._dir or "its spill directory"
         named = OSError(exc.errno, f"{exc.strerror or exc} (spilling to {where})")
         named.__cause__ = exc
         return named
@@ -78,7 +76,7 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
             try:
                 runs.append(_spill_groups(job, groups, reducers, files))
             except Exception as exc:  # (a failing spill is no record's fault)
-                raise RecordFailed(_NO_RECORD) from _named(exc, files)
+                raise RecordFailed(_NO_RECORD) from _named(exc, budget, files)
             groups = defaultdict(list)
             budget.released()
     if not groups and not runs and combiner is None:
@@ -98,7 +96,7 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
         budget.spills += len(runs)
         return [_merge_partition(job, runs, p, combiner, files) for p in range(reducers)]
     except OSError as exc:
-        named = _named(exc, files)
+        named = _named(exc, budget, files)
         if named is exc:
             raise
         raise named from exc
