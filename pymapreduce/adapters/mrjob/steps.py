@@ -83,11 +83,53 @@ class MRJobMap(Job):
                                if self._reduced else self._keep_line)
             init = self._step["mapper_init"]
             self._pairs(init() if init else None)
+            if self._source == "text" and self._raw is None:
+                self.map = self._text_map()  # (read by the engine after map_init)
         else:  # no mapper: mrjob passes the lines on unchanged
             self._mapper = None
 
     def _keep_line(self, k: Any, v: Any) -> None:
         self._out.append(self._write(k, v))
+
+    def _text_map(self) -> Any:
+        """``map`` for lines of text, the common case, as one function: what the general
+        :meth:`map` does for a line, with its attributes and calls bound once per task
+        (a line of ``mr_wc`` cost the map task about half again its mapper's time)."""
+        mapper, read, keep = self._mapper, self._read, self._emit_pair
+        as_is = self._text_as_is
+        out, emit = self._out, self._emit
+        flat = self._reduced and self._groups is None  # emitted per record, as a batch
+        grouped = self._groups is not None
+        set_input_file = self._set_input_file
+        last = None
+
+        def map_text(key: Any, value: str) -> Any:
+            nonlocal last
+            path = key[0]
+            if path is not last:
+                last = self._last_path = path
+                set_input_file(path)
+            if as_is and value.isascii():
+                if value[-1:] == "\r":
+                    value = value.rstrip("\r\n")
+                pairs = mapper(None, value)
+            else:
+                line = value.encode("latin-1")
+                if line[-1:] == b"\r":
+                    line = line.rstrip(b"\r\n")
+                k, v = read(line)
+                pairs = mapper(k, v)
+            if pairs:
+                for k, v in pairs:
+                    keep(k, v)
+            if not out or grouped:
+                return ()
+            if flat:
+                batch = out.copy()  # (the keeper holds on to this list: empty it, keep it)
+                out.clear()
+                return batch
+            return emit()
+        return map_text
 
     def map(self, key: Any, value: Any) -> list:
         source = self._source
