@@ -71,6 +71,23 @@ def _installed_roots() -> tuple[str, ...]:
 _ROOTS = _installed_roots()
 
 
+_real_dirs: dict[str, str] = {}  # absolute directory -> its real path
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath(path)``, its directory resolved once per directory: the first
+    job a process submits looks at every imported module (450 with mrjob's: 17 ms with a
+    realpath each, a dozen lstat calls per module)."""
+    directory, base = os.path.split(path)
+    if not os.path.isabs(directory) or base in ("", ".", ".."):
+        return os.path.realpath(path)  # (relative to a working directory that may change)
+    real_dir = _real_dirs.get(directory)
+    if real_dir is None:
+        real_dir = _real_dirs[directory] = os.path.realpath(directory)
+    candidate = os.path.join(real_dir, base)
+    return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
+
+
 def is_user_module(module: ModuleType) -> bool:
     """Whether ``module`` is the user's own code (shipped by value), not something every
     worker has installed."""
@@ -80,7 +97,7 @@ def is_user_module(module: ModuleType) -> bool:
         return False  # builtins, frozen and namespace modules; __main__ travels by value
     verdict = _verdicts.get((name, path))
     if verdict is None:
-        real = os.path.realpath(path)
+        real = _realpath(path)
         parts = real.split(os.sep)
         verdict = not (name == "pymapreduce" or name.startswith("pymapreduce.")
                        or real.startswith(_ROOTS)

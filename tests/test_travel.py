@@ -562,3 +562,25 @@ def test_a_broker_and_a_sink_remove_what_killed_ones_left(daemons, tmp_path, mon
     finally:
         store.close()
     assert os.listdir(tmp) == []
+
+
+def test_module_paths_resolve_as_realpath_does(tmp_path, monkeypatch):
+    """Which modules travel by value is decided on their real paths; the directory of each
+    is resolved once (``shipping._realpath``), which must give what ``os.path.realpath``
+    gives: through a linked directory, a linked file, and a relative path."""
+    from pymapreduce import shipping
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "mod.py").write_text("X = 1\n")
+    (tmp_path / "linked").symlink_to(real)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "alias.py").symlink_to(real / "mod.py")
+    monkeypatch.chdir(tmp_path)
+    paths = [str(real / "mod.py"), str(tmp_path / "linked" / "mod.py"),
+             str(other / "alias.py"), os.path.join("linked", "mod.py"),
+             str(tmp_path / "linked" / ".." / "real" / "mod.py")]
+    for path in paths * 2:  # (the second time from the directory cache)
+        assert shipping._realpath(path) == os.path.realpath(path), path
+    assert shipping._realpath(str(other / "alias.py")) == str((real / "mod.py").resolve())
