@@ -110,7 +110,7 @@ class MRJobMap(Job):
                 last = self._last_path = path
                 set_input_file(path)
             if as_is and value.isascii():
-                if value[-1:] == "\r":
+                if value.endswith("\r"):
                     value = value.rstrip("\r\n")
                 pairs = mapper(None, value)
             else:
@@ -123,7 +123,7 @@ class MRJobMap(Job):
                 for k, v in pairs:
                     keep(k, v)
             if not out or grouped:
-                return ()
+                return None  # (nothing to go over: the engine's loop skips None)
             if flat:
                 batch = out.copy()  # (the keeper holds on to this list: empty it, keep it)
                 out.clear()
