@@ -127,6 +127,8 @@ def run(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = (), 
     if address is not None:
         return _run_on(address, job, plan, inputs_, reducers=reducers, timeout=timeout,
                        keys=keys)
+    from . import steps  # noqa: F401  (imported before the workers fork: not by each)
+
     with LocalCluster(workers=workers, keys=keys) as cluster:
         return _run_on(cluster.address, job, plan, inputs_, reducers=reducers,
                        timeout=timeout, keys=keys)

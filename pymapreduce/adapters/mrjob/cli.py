@@ -120,6 +120,8 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     try:
         address = options.connect
         if address is None:
+            from . import steps  # noqa: F401  (imported before the workers fork: not by each)
+
             cluster = LocalCluster(workers=options.workers, keys=options.keys).start()
             address = cluster.address
         done = _run_on(address, job, plan, inputs, reducers=options.reducers,
