@@ -9,6 +9,8 @@ its fix."""
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -208,3 +210,69 @@ def test_stopping_a_job_with_a_hostile_id_removes_nothing_outside_its_temporary(
     assert (tmp_path / "outside" / "f").read_text() == "kept"
     assert (other / "part-00000").read_text() == "another job's"
 
+
+# -- the HTTP API ------------------------------------------------------------------------
+
+def _raw_get(url: str, path: str, host: str) -> int:
+    hostport = url.split("//", 1)[1].rstrip("/")
+    ip, port = hostport.rsplit(":", 1)
+    with socket.create_connection((ip, int(port)), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1"))
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_a_keyless_dashboard_refuses_rebound_names_that_begin_with_127(daemons):
+    """DNS rebinding: a page at ``127.evil.example`` (or ``127.0.0.1.evil.example``)
+    re-points that name at 127.0.0.1 and reads the keyless broker's API; only loopback
+    names and addresses may be answered."""
+    from .test_observe import start_broker
+
+    _, http = start_broker(daemons)
+    for host in ("127.evil.example:80", "127.0.0.1.evil.example", "127.1.evil"):
+        assert _raw_get(http, "/api/jobs", host) == 403, host
+    for host in ("127.0.0.1", "localhost:80", "127.0.0.2:8080", "[::1]:80", "[::1]"):
+        assert _raw_get(http, "/api/jobs", host) == 200, host
+    # static assets: a name in the table, or nothing (no path reaches the file system)
+    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static//etc/passwd",
+                 "/static/dashboard.js/..", "/static/", "/static/__init__.py",
+                 "/api/jobs/..%2f..%2fetc", "/" + "a" * 20_000):
+        assert _raw_get(http, path, "127.0.0.1") in (404, 414, 431), path
+    assert _raw_get(http, "/static/dashboard.css", "127.0.0.1") == 200
+    for query in ("?limit=" + "9" * 5000, "?limit=-5&before=x", "?limit=%00",
+                  "?owner=" + "%ff" * 500):
+        assert _raw_get(http, "/api/history" + query, "127.0.0.1") in (200, 400), query
+    assert stat.S_ISDIR(os.stat(ROOT).st_mode)  # (the checkout is still there)
+
+
+def test_a_keyed_brokers_debug_log_never_shows_the_http_token(daemons, tmp_path):
+    """The dashboard's URL carries the token (``?token=...``); a broker at DEBUG logs each
+    request's line, and the log (a file, a journal) is read by more people than the key
+    directory: the token must not be in it, whether the request is served or refused."""
+    from .conftest import pmr, read_line, stop
+    from .test_observe import READY_HTTP
+
+    keys = str(tmp_path / "keys")
+    subprocess.run(pmr("keys", "cluster", keys), check=True, capture_output=True,
+                   timeout=30, cwd=ROOT)
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--keys", keys,
+                                    "--log-level", "DEBUG", "--parent-pid", str(os.getpid()),
+                                    "--http", "127.0.0.1:0"),
+                                stdout=subprocess.PIPE, stderr=log_file, cwd=ROOT)
+        daemons.procs.append(proc)
+        http = read_line(proc, READY_HTTP).group(2)
+        token = open(os.path.join(keys, "http.token")).read().strip()
+        assert _raw_get(http, f"/api/jobs?token={token}", "127.0.0.1") == 200
+        assert _raw_get(http, f"/api/jobs?x=1&token={token}%20", "127.0.0.1") == 401
+        assert _raw_get(http, f"/nowhere?token={token}", "127.0.0.1") == 404
+        stop(proc)
+    text = log_path.read_text(errors="replace")
+    assert "/api/jobs" in text  # (the requests are logged)
+    assert token not in text, "the HTTP token is in the broker's log"
