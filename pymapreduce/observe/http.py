@@ -16,8 +16,10 @@ Each connection holds one thread; the broker loop never waits for any of them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -37,7 +39,27 @@ SSE_POLL = 0.2  # seconds between looks at the event ring for a stream
 SSE_KEEPALIVE = 10.0
 SSE_MAX_SECONDS = 600.0  # a stream ends after this; EventSource reconnects (Last-Event-ID)
 COOKIE = "pymapreduce_token"
+TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"'#]*", re.IGNORECASE)  # redacted from the log
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:80`` and ``[::1]`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rsplit(":", 1)[0]
+
+
+def is_loopback_name(host: str) -> bool:
+    """``localhost`` or a loopback address written as one (127.0.0.0/8, ::1): never a
+    name that merely begins with ``127.``, which anyone's DNS may point at 127.0.0.1."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 PAGES = ("/", "/index.html")  # the dashboard: a browser gets a readable 401 there
 # the dashboard's own files may load only from the broker (no CDN, no inline code)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -162,7 +184,9 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile = _RequestReader(self.connection, time.monotonic() + REQUEST_SECONDS)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        log.debug("HTTP %s: " + format, self.client_address[0], *args)
+        if log.isEnabledFor(logging.DEBUG):  # (the request line: the token in its query)
+            log.debug("HTTP %s: %s", self.client_address[0],
+                      TOKEN_IN_QUERY.sub(r"\1<redacted>", format % args))
 
     def _refuse(self, code: int, message: str) -> None:
         self._send(code, "application/json", json.dumps({"error": message}).encode())
@@ -190,9 +214,8 @@ class Handler(BaseHTTPRequestHandler):
         given = self._token(query)
         scope = ""  # every job; "key ...": one client's (a client token, observe/scopes.py)
         if app.token is None:  # no token: loopback Host names only, unless public
-            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
-            if (app.check_host and host and host not in LOOPBACK_HOSTS
-                    and not host.startswith("127.")):
+            host = _host_name(self.headers.get("Host") or "")
+            if app.check_host and host and not is_loopback_name(host):
                 # a page elsewhere that re-pointed its own name at 127.0.0.1 (DNS
                 # rebinding) must not read a keyless broker's API
                 self._refuse(403, f"host {host!r} is not a loopback name")

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from . import scopes
 from . import snapshot as snap
 from .events import EventLog
-from .http import Server
+from .http import Server, is_loopback_name
 from .metrics import Traffic, registry
 
 JSON = "application/json"
@@ -44,7 +44,7 @@ def parse_http(spec: str) -> tuple[str, int]:
 
 
 def is_loopback_host(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return is_loopback_name(host)
 
 
 def new_token() -> str:

@@ -28,13 +28,46 @@ log = logging.getLogger("pymapreduce")
 def claim(path: str) -> int:
     """Take ownership of the new directory ``path``: the open file descriptor holding its
     lock, to keep open for as long as the directory is in use (children forked meanwhile
-    hold it too)."""
-    fd = os.open(os.path.join(path, OWNER), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    hold it too).
+
+    The file is locked under another name and only then renamed ``.owner``: a daemon
+    sweeping at that moment never finds an ``.owner`` that nobody holds yet (it would
+    take the lock first and remove the new directory under its owner)."""
+    pending = os.path.join(path, OWNER + ".new")
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(pending, os.path.join(path, OWNER))
     except OSError:
         os.close(fd)
         raise
+    return fd
+
+
+def lock_if_gone(path: str) -> int | None:
+    """If ``path`` is a real directory of this user whose ``.owner`` is a regular file
+    nobody holds (its owner is gone): an open descriptor holding its lock, to close once
+    the directory is removed. Else None: a directory held, someone else's, without the
+    file, or whose ``.owner`` is not a plain file (a link, a FIFO: never waited on)."""
+    uid = os.getuid()
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            return None
+        fd = os.open(os.path.join(path, OWNER),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            os.close(fd)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its owner runs
+        os.close(fd)
+        return None
     return fd
 
 
@@ -47,20 +80,10 @@ def sweep(directory: str, prefix: str, remove: Any = None) -> list[str]:
         names = [n for n in os.listdir(directory) if n.startswith(prefix)]
     except OSError:
         return removed
-    uid = os.getuid()
     for name in names:
         path = os.path.join(directory, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-                continue
-            fd = os.open(os.path.join(path, OWNER), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its owner runs
-            os.close(fd)
+        fd = lock_if_gone(path)
+        if fd is None:
             continue
         try:
             if remove is None:

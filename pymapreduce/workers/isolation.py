@@ -138,15 +138,28 @@ def sweep_stale_roots() -> list[str]:
 def remove_roots_of(pid: int) -> None:
     """Remove the job directories a worker process left behind (it was killed): the
     supervisor calls this as it reaps the process. Only real directories of this user are
-    removed (the temporary directory may be shared with other users)."""
+    removed (the temporary directory may be shared with other users), and of those only
+    the ones no process holds: the same pid may be a live worker process of another
+    daemon in another pid namespace (a container sharing /tmp), or one that reused it."""
     pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*")
     for path in glob.glob(pattern):
         try:
             st = os.lstat(path)
         except OSError:
             continue
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        if not any(os.path.lexists(os.path.join(path, name))
+                   for name in (owned.OWNER, owned.OWNER + ".new")):
+            JobDirs._remove(path)  # (killed before it claimed it)
+            continue
+        fd = owned.lock_if_gone(path)
+        if fd is None:  # its owner lives (or its .owner is not ours to judge)
+            continue
+        try:
             JobDirs._remove(path)
+        finally:
+            os.close(fd)
 
 
 class ProcessState:

@@ -22,6 +22,7 @@ from typing import Any
 from mrjob.protocol import _KeyCachingProtocol
 
 from ...job import MAX_COUNTER_NAME, MAX_COUNTERS, Job
+from ...patterns import owned
 from ...workers.isolation import ROOT_PREFIX
 
 CACHE_LIMIT = 1 << 16  # encoded keys and small values remembered per task (word counts)
@@ -249,6 +250,7 @@ def counters_by_group(flat: dict) -> dict:
 
 
 _WORKDIRS: dict = {}  # a job's token -> the directory its side files were written to
+_OWNERS: dict = {}  # a side-file directory -> the descriptor holding its lock (owned.py)
 KEEP_WORKDIRS = 4  # side-file directories a worker process keeps
 _OPEN: list = []  # task environments not yet undone in this process
 
@@ -260,11 +262,13 @@ def working_dir(token: str, files: dict) -> str:
     path = _WORKDIRS.get(token)
     if path is None or not os.path.isdir(path):
         while len(_WORKDIRS) >= KEEP_WORKDIRS:  # older jobs' (made again if still needed)
-            shutil.rmtree(_WORKDIRS.pop(next(iter(_WORKDIRS))), ignore_errors=True)
+            _remove_workdir(_WORKDIRS.pop(next(iter(_WORKDIRS))))
         # named as the worker process's own job directories, which its supervisor removes
         # when the process ends, also when it was killed (workers/isolation.py); a process
-        # that exits by itself removes them at exit
+        # that exits by itself removes them at exit; and locked as they are, so that the
+        # next worker daemon's start removes them if the supervisor was killed too
         path = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-mrjob-")
+        _OWNERS[path] = owned.claim(path)
         for name, data in files.items():
             with open(os.path.join(path, name), "wb") as f:
                 f.write(data)
@@ -280,7 +284,14 @@ def remove_working_dirs() -> None:
     while _WORKDIRS:
         path = _WORKDIRS.popitem()[1]
         if os.path.basename(path).startswith(mine):
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_workdir(path)
+
+
+def _remove_workdir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    fd = _OWNERS.pop(path, None)
+    if fd is not None:
+        os.close(fd)
 
 
 class TaskEnv:
