@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any
@@ -201,7 +202,12 @@ class Broker(ClientAPI, WorkerAPI):
     def serve_forever(self) -> None:
         # what brokers and worker daemons killed on this host left in its spill directory
         # (after its ready line: off an embedded cluster's start)
-        owned.sweep(self.config.spill_dir or tempfile.gettempdir(), SPILL_PREFIX)
+        # (on a thread of its own: anyone may plant entries with the prefix, and 120,000
+        # of them took 1.8 s to look at, which must not hold the loop; the broker forks
+        # nothing, so no child can inherit a lock the thread holds)
+        threading.Thread(target=owned.sweep, name="pmr-sweep", daemon=True,
+                         args=(self.config.spill_dir or tempfile.gettempdir(),
+                               SPILL_PREFIX)).start()
         poller = self.loop_poller()
         try:
             while not self._stopping:
