@@ -251,3 +251,10 @@ def test_with_keys_the_page_needs_the_token(daemons, browser, tmp_path):
                what="the event stream with the token")
     assert not css(browser, "#needs-token")
     assert browser.find_element("id", "banner").get_attribute("hidden") is not None
+    # read, the token leaves the address bar (history, screens, what is copied); the page
+    # goes on with the cookie its first answer set, also when loaded again
+    assert "token" not in browser.current_url and browser.current_url.endswith("#jobs")
+    browser.refresh()
+    wait_until(browser, lambda d: css(d, f"a.job-link[data-job='{job}']"),
+               what="the job, after a reload without the token in the URL")
+    assert not css(browser, "#needs-token")

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 
 import pytest
 
@@ -272,6 +273,9 @@ def test_a_keyed_brokers_debug_log_never_shows_the_http_token(daemons, tmp_path)
         assert _raw_get(http, f"/api/jobs?token={token}", "127.0.0.1") == 200
         assert _raw_get(http, f"/api/jobs?x=1&token={token}%20", "127.0.0.1") == 401
         assert _raw_get(http, f"/nowhere?token={token}", "127.0.0.1") == 404
+        # nor does a page with the token in its URL send that URL on as a Referer
+        with urllib.request.urlopen(f"{http.rstrip('/')}/?token={token}", timeout=10) as r:
+            assert r.headers["Referrer-Policy"] == "no-referrer"
         stop(proc)
     text = log_path.read_text(errors="replace")
     assert "/api/jobs" in text  # (the requests are logged)

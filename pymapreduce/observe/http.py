@@ -198,6 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")  # (a URL may hold the token)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()

@@ -4,6 +4,11 @@
 "use strict";
 
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
+// the broker answered this page with the token as a cookie: out of the address bar (and
+// so out of the history and of what is copied or shown on a screen) once read
+if (TOKEN && window.history && history.replaceState) {
+  history.replaceState(null, "", location.pathname + location.hash);
+}
 const REFRESH_MS = 2000;       // periodic refresh of the JSON endpoints
 const EVENT_DEBOUNCE_MS = 250; // a burst of events costs one refresh
 const JOB_DEBOUNCE_MS = 1000;  // ... of a job's view (its attempts table is the big answer)
