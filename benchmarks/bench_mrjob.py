@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,15 +72,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=64, help="corpus size in MiB (default 64)")
     ap.add_argument("--jobs", default="mr_word_freq_count,mr_wc,mr_most_used_word",
-                    help=f"comma-separated, from {', '.join(JOBS)}")
+                    help="comma list of mrjob.examples modules")
     ap.add_argument("--skip-local", action="store_true", help="leave out mrjob -r local")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per job, the systems in a shuffled order each round; with "
+                         "2 or more, medians, and the command's speed over the local "
+                         "runner's from the rounds' sums with a 95%% interval (default 1)")
     ap.add_argument("--json", help="write the figures to this file too")
     args = ap.parse_args()
     machine = common.print_machine("mrjob example jobs: pymapreduce vs mrjob's runners")
     files = build_corpus(common.corpus_dir(args.size_mb), args.size_mb)
     total = sum(os.path.getsize(p) for p in files)
     log(f"corpus: {len(files)} files, {total / MIB:.1f} MiB")
-    rows, figures = [], {}
+    rows, figures, ratios = [], {}, {}
+    rng = random.Random(7)
+    systems = ["inline", *(() if args.skip_local else ("local",)), "pmr", "cli"]
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         start = time.perf_counter()
         cluster = stack.enter_context(LocalCluster(workers=WORKERS))
@@ -86,48 +94,67 @@ def main() -> int:
         log(f"embedded cluster of {WORKERS} workers started in {cluster_start:.2f}s")
         for module in args.jobs.split(","):
             cls = getattr(__import__(f"mrjob.examples.{module}", fromlist=["x"]), JOBS[module])
-            times = {}
-            outs = {name: os.path.join(tmp, f"{module}.{name}") for name in
-                    ("inline", "local", "pmr", "cli")}
-            log(f"{module}: mrjob inline")
-            times["inline"] = run_mrjob(module, "inline", files, outs["inline"])
-            if not args.skip_local:
-                log(f"{module}: mrjob local")
-                times["local"] = run_mrjob(module, "local", files, outs["local"])
-            log(f"{module}: pymapreduce")
-            start = time.perf_counter()
-            done = adapter.run(cls, files, address=cluster.address)
-            with open(outs["pmr"], "wb") as f:
-                f.write(done.output)
-            times["pmr"] = time.perf_counter() - start
-            times["cli"] = run_cli(module, files, outs["cli"])
-            inline = open(outs["inline"], "rb").read()
-            same = done.output == inline and open(outs["cli"], "rb").read() == inline
-            if "local" in times:
-                local = open(outs["local"], "rb").read()
-                same = same and sorted(local.splitlines()) == sorted(inline.splitlines())
-            if not same:
-                raise SystemExit(f"{module}: outputs differ (see {tmp})")
-            figures[module] = times
+            samples: dict[str, list[float]] = {name: [] for name in systems}
+            outs = {name: os.path.join(tmp, f"{module}.{name}") for name in systems}
+            for round_ in range(args.repeat):
+                order = list(systems)
+                rng.shuffle(order)
+                for name in order:
+                    log(f"{module} round {round_ + 1}: {name}")
+                    if name in ("inline", "local"):
+                        samples[name].append(run_mrjob(module, name, files, outs[name]))
+                    elif name == "cli":
+                        samples[name].append(run_cli(module, files, outs[name]))
+                    else:
+                        start = time.perf_counter()
+                        done = adapter.run(cls, files, address=cluster.address)
+                        with open(outs["pmr"], "wb") as f:
+                            f.write(done.output)
+                        samples[name].append(time.perf_counter() - start)
+                _check(module, outs, tmp, "local" in samples)
+            times = {name: statistics.median(v) for name, v in samples.items()}
+            figures[module] = {"median": times, "samples": samples}
+            local = times.get("local")
             rows.append([module, f"{times['inline']:.2f}",
-                         f"{times['local']:.2f}" if "local" in times else "-",
+                         f"{local:.2f}" if local else "-",
                          f"{times['pmr']:.2f}", f"{times['cli']:.2f}",
                          f"{times['inline'] / times['cli']:.1f}x",
-                         f"{times['local'] / times['cli']:.1f}x" if "local" in times else "-",
+                         f"{local / times['cli']:.1f}x" if local else "-",
                          f"{times['inline'] / times['pmr']:.1f}x",
-                         f"{times['local'] / times['pmr']:.1f}x" if "local" in times else "-",
+                         f"{local / times['pmr']:.1f}x" if local else "-",
                          f"{total / MIB / times['pmr']:.1f}"])
+            if local and args.repeat >= 2:
+                est, lo, hi = common.interval(samples["cli"], samples["local"])
+                ratios[module] = (1 + est, 1 + lo, 1 + hi)
     common.print_table(["job", "inline s", "local s", "pymapreduce s (warm)",
                         "pmr run (CLI) s", "run vs inline", "run vs local", "warm vs inline",
                         "warm vs local", "warm MiB/s"], rows)
     print(f"(warm: on an embedded cluster started beforehand, in {cluster_start:.2f}s; "
-          "mrjob's times include its interpreter's start)")
+          "mrjob's times include its interpreter's start"
+          + (f"; medians of {args.repeat} rounds)" if args.repeat > 1 else ")"))
+    for module, (est, lo, hi) in ratios.items():
+        print(f"{module}: `pymapreduce run` {est:.2f}x the speed of mrjob's local runner "
+              f"(sums of {args.repeat} rounds; 95% interval {lo:.2f}x to {hi:.2f}x)")
     print("outputs: pymapreduce's byte-identical to mrjob inline's"
-          + ("" if args.skip_local else "; local's the same lines"))
+          + ("" if args.skip_local else "; local's the same lines") + ", every round")
     common.write_json(args.json, {"machine": machine, "size_mb": args.size_mb,
                                   "workers": WORKERS, "cluster_start_s": cluster_start,
-                                  "seconds": figures})
+                                  "repeat": args.repeat, "seconds": figures,
+                                  "run_vs_local": ratios})
     return 0
+
+
+def _check(module: str, outs: dict, tmp: str, with_local: bool) -> None:
+    """pymapreduce's outputs (the warm job's and the command's) byte-identical to the
+    inline runner's; the local runner's the same lines."""
+    inline = open(outs["inline"], "rb").read()
+    same = (open(outs["pmr"], "rb").read() == inline
+            and open(outs["cli"], "rb").read() == inline)
+    if with_local:
+        local = open(outs["local"], "rb").read()
+        same = same and sorted(local.splitlines()) == sorted(inline.splitlines())
+    if not same:
+        raise SystemExit(f"{module}: outputs differ (see {tmp})")
 
 
 if __name__ == "__main__":
