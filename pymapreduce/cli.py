@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: unbounded; docs/memory.md)")
     w.add_argument("--spill-dir", metavar="DIR",
                    help="where tasks over --memory spill (default: $TMPDIR or /tmp)")
+    w.add_argument("--preload", action="append", metavar="MODULE",
+                   help="a module to import once, before the worker processes start, so "
+                        "that each has it from the start (repeatable: the libraries your "
+                        "jobs import, e.g. --preload numpy)")
     keys(w, "worker")
     common(w)
     w.set_defaults(func=cmd_worker)

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from .cli import EXIT_ADDRESS_IN_USE, EXIT_OK, EXIT_USAGE
@@ -117,6 +118,22 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def preload_modules(names: Iterable[str]) -> None:
+    """``--preload``: import each module here, in the supervisor, before it forks its
+    worker processes (an embedded cluster's supervisor does it while its client imports
+    the same modules). A module that cannot be imported is an error naming it."""
+    import importlib
+
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"--preload {name!r}: not a module name")
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # (its own code's failure, too: said, not a traceback)
+            raise ConfigError(f"--preload {name}: cannot import it here "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns import compress
     from .patterns.security import PeerKeys
@@ -127,6 +144,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     compress.check_env()
 
     _setup_logging(args.log_level, "worker")
+    preload_modules(getattr(args, "preload", None) or ())
     if args.connect == "-":  # (imports done: an embedded cluster starts us with its broker)
         args.connect = sys.stdin.readline().strip()
         if not args.connect:

@@ -8,6 +8,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .cli_errors import debug_from_env
@@ -74,7 +75,7 @@ class LocalCluster:
                  liveness: float = timing.LIVENESS, task_stdout: str = "stdout",
                  http: bool | str = False, events: bool = True,
                  memory: int | str | None = None, sinks: int = 0,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, preload: Iterable[str] = ()) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
         if not 0 < heartbeat_interval < liveness:
@@ -112,6 +113,13 @@ class LocalCluster:
         self._broker: subprocess.Popen | ForkedProcess | None = None
         self._worker: subprocess.Popen | ForkedProcess | None = None
         self._sinks: list[subprocess.Popen | ForkedProcess] = []
+        # modules the worker supervisor imports before it forks the worker processes
+        # (``pymapreduce worker --preload``): while this process imports them too, when
+        # launch() was called before (the mrjob command does: adapters/mrjob/cli.py)
+        if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+            raise ConfigError(f"preload must be module names, got {preload!r}")
+        self.preload = tuple(preload)
+        self._launched: float | None = None  # launch()'s deadline, until start() ends
 
     @property
     def broker_pid(self) -> int | None:
@@ -166,6 +174,39 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Start the processes and wait until every worker has registered."""
+        if self._launched is None:
+            if self._broker is not None:  # (started already: `with cluster.start():`)
+                return self
+            self.launch()
+        # a full start_timeout from here: what this process did since launch() (imports)
+        # is not the daemons' time
+        deadline = max(self._launched, time.monotonic() + self.start_timeout)
+        self._launched = None
+        try:
+            self.address = self._read_ready(deadline)
+            assert self._worker is not None and self._worker.stdin is not None
+            try:
+                self._worker.stdin.write(self.address.encode() + b"\n")
+                self._worker.stdin.close()
+            except BrokenPipeError:  # it died at start: said by _wait_workers
+                pass
+            self._sinks = [self._spawn("sink", "--connect", self.address,
+                                       "--name", f"local-sink-{i}", stdout=subprocess.DEVNULL)
+                           for i in range(self.sinks)]
+            self._wait_workers(deadline)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def launch(self) -> LocalCluster:
+        """The first half of :meth:`start`: the broker and the worker supervisor set off
+        (they import what they need and bind while this process goes on), without
+        waiting for them; :meth:`start` then waits until every worker has registered.
+        What this process does in between overlaps their start (the mrjob command imports
+        the job's module meanwhile, and the supervisor ``preload``s it)."""
+        if self._launched is not None or self._broker is not None:
+            raise ConfigError("this LocalCluster was started already")
         if os.environ.get(timing.WORKER_ENV):
             raise ConfigError(
                 "a job's code tried to start an embedded cluster inside a worker process: a "
@@ -194,27 +235,18 @@ class LocalCluster:
             echo = _echo_fds(self.task_stdout)
             try:
                 memory = ("--memory", str(self.memory)) if self.memory else ()
+                preloads = [a for m in self.preload for a in ("--preload", m)]
                 self._worker = self._spawn("worker", "--connect", "-",
                                            "--processes", str(self.workers), *memory,
-                                           stdout=subprocess.DEVNULL, stdin=subprocess.PIPE,
-                                           echo=echo)
+                                           *preloads, stdout=subprocess.DEVNULL,
+                                           stdin=subprocess.PIPE, echo=echo)
             finally:
                 for fd in echo:
                     os.close(fd)
-            self.address = self._read_ready(deadline)
-            assert self._worker.stdin is not None
-            try:
-                self._worker.stdin.write(self.address.encode() + b"\n")
-                self._worker.stdin.close()
-            except BrokenPipeError:  # it died at start: said by _wait_workers
-                pass
-            self._sinks = [self._spawn("sink", "--connect", self.address,
-                                       "--name", f"local-sink-{i}", stdout=subprocess.DEVNULL)
-                           for i in range(self.sinks)]
-            self._wait_workers(deadline)
         except BaseException:
             self.close()
             raise
+        self._launched = deadline
         return self
 
     def _http_url(self, ready: str) -> None:
@@ -277,6 +309,7 @@ class LocalCluster:
         self._stop((self._broker,))
         self._worker = self._broker = None
         self._sinks = []
+        self._launched = None
 
     @staticmethod
     def _stop(procs) -> None:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from pymapreduce import Client, ConfigError, LocalCluster
+from pymapreduce import Client, ConfigError, Job, LocalCluster
 from pymapreduce.forkstart import START_ENV, choose_start_method
 
 from .conftest import ROOT, children, pmr, read_line, wait_dead
@@ -239,3 +239,49 @@ def test_forked_daemons_hold_none_of_the_callers_descriptors():
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+class Loaded(Job):
+    """Whether a module this job never imports is in its worker process already."""
+
+    module = "xml.dom.minidom"  # (nothing of pymapreduce's or the tests' imports it)
+
+    def map(self, key, value):
+        yield "loaded", self.module in sys.modules
+
+    def reduce(self, key, values):
+        return sorted(set(values))
+
+
+def test_preloaded_modules_are_in_every_worker_process_and_launch_overlaps_the_caller():
+    """``preload``: the supervisor imports the modules before it forks the worker
+    processes (``pymapreduce worker --preload``), so every task finds them; and
+    ``launch()`` then ``start()`` is ``start()``, the caller's own work in between."""
+    assert "xml.dom.minidom" not in sys.modules  # (the check below would say nothing)
+    records = [(i, i) for i in range(8)]
+    with LocalCluster(workers=2) as cluster, Client(cluster.address) as client:
+        assert client.submit(Loaded(), records, map_tasks=4).result(60) == {"loaded": [False]}
+    cluster = LocalCluster(workers=2, preload=["xml.dom.minidom"]).launch()
+    try:
+        with pytest.raises(ConfigError, match="started already"):
+            cluster.launch()
+        assert not cluster.address  # (not waited for yet)
+        assert cluster.start() is cluster and cluster.start() is cluster  # (once)
+        with Client(cluster.address) as client:
+            assert client.submit(Loaded(), records, map_tasks=4).result(60) == {
+                "loaded": [True]}
+        assert "xml.dom.minidom" not in sys.modules  # imported there, not here
+    finally:
+        cluster.close()
+    with pytest.raises(ConfigError, match="module names"):
+        LocalCluster(preload="numpy")
+
+
+def test_a_worker_daemon_names_a_module_it_cannot_preload():
+    for name, said in (("no_such_module_here", "ModuleNotFoundError"),
+                       ("os; rm -rf", "not a module name")):
+        done = subprocess.run(pmr("worker", "--connect", "tcp://127.0.0.1:9", "--preload", name),
+                              capture_output=True, timeout=60, cwd=ROOT)
+        err = done.stderr.decode()
+        assert done.returncode != 0 and "--preload" in err and said in err, err
+        assert "Traceback" not in err

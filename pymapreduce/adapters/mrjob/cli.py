@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import time
+from typing import Any
 
 from ...errors import PyMapReduceError
 
@@ -88,16 +89,7 @@ def load_mrjob_class(target: str, attr: str) -> type:
 def run_command(target: str, attr: str, argv: list[str]) -> int:
     """Run the mrjob job of ``target`` as ``pymapreduce run`` was asked to."""
     from ...local import LocalCluster
-    from . import _run_on, prepare
 
-    cls = load_mrjob_class(target, attr)
-    from mrjob.job import MRJob
-
-    if not (isinstance(cls, type) and issubclass(cls, MRJob)):  # a pymapreduce Job after all
-        from ...cli import build_parser
-
-        args = build_parser().parse_args(argv)
-        return args.func(args)
     options, rest = _parser().parse_known_args(argv[2:])
     out_dir = options.output
     if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
@@ -106,9 +98,39 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
                                "--overwrite to replace its part-00000")
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PyMapReduceError(f"--output {out_dir!r} exists and is not a directory")
+    cluster = None
+    if options.connect is None:
+        # the embedded cluster sets off first: its broker and worker supervisor start
+        # while this process imports the job's module (mrjob's own import is most of the
+        # command's fixed cost), the supervisor importing mrjob and the adapter's steps
+        # as well, before it forks the worker processes (so not each of them)
+        cluster = LocalCluster(workers=options.workers, keys=options.keys,
+                               preload=("mrjob.job", "pymapreduce.adapters.mrjob.steps"))
+        cluster.launch()
+    try:
+        return _run_loaded(target, attr, argv, options, rest, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Namespace,
+                rest: list[str], cluster: Any) -> int:
+    from . import _run_on, prepare
+
+    cls = load_mrjob_class(target, attr)
+    from mrjob.job import MRJob
+
+    if not (isinstance(cls, type) and issubclass(cls, MRJob)):  # a pymapreduce Job after all
+        from ...cli import build_parser
+
+        if cluster is not None:
+            cluster.close()  # (the command starts its own, with its own options)
+        args = build_parser().parse_args(argv)
+        return args.func(args)
     job, plan, inputs = prepare(cls, rest)
     started = time.monotonic()
-    cluster = None
+    out_dir = options.output
     if out_dir:  # written under a hidden name, renamed when the job has succeeded
         os.makedirs(out_dir, exist_ok=True)
         part = os.path.join(out_dir, "part-00000")
@@ -119,11 +141,8 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     done = None
     try:
         address = options.connect
-        if address is None:
-            from . import steps  # noqa: F401  (imported before the workers fork: not by each)
-
-            cluster = LocalCluster(workers=options.workers, keys=options.keys).start()
-            address = cluster.address
+        if cluster is not None:
+            address = cluster.start().address
         done = _run_on(address, job, plan, inputs, reducers=options.reducers,
                        timeout=options.timeout, keys=options.keys, key_name=options.key_name,
                        write=out.write)
