@@ -219,6 +219,7 @@ def test_every_error_of_run_is_one_clear_line(jobfile, tmp_path):
     data = lines_file(tmp_path, 3)
     cases = [
         (("no_such_module_anywhere:Job", data), "no module named 'no_such_module_anywhere'"),
+        (("no_such_module_anywhere:Job", data), "give FILE.py:Class"),
         ((f"{tmp_path}/absent.py:Job", data), "does not exist"),
         ((f"{job}:Nope", data), "Nope"),
         ((f"{job}:NeedsArgs", data), "argument: 'n'"),
