@@ -320,7 +320,9 @@ def test_status_of_a_failed_job_names_the_error_and_the_input(jobfile, tmp_path,
     assert one.returncode == 0, one.stderr
     assert re.search(r"^state\s+failed$", one.stdout, re.M)
     assert re.search(r"^error\s+.*ValueError: cannot digest poison", one.stdout, re.M)
-    assert re.search(rf"^input at\s+{re.escape(str(data))}, key 5$", one.stdout, re.M)
+    where = f"file {data}, the line at byte 5 (map split 0)"  # as the run's error says it
+    assert re.search(rf"^input at\s+{re.escape(where)}$", one.stdout, re.M), one.stdout
+    assert where in ran.stderr
     assert "remote traceback (from the worker)" in one.stdout and "cli_jobs.py" in one.stdout
 
 
