@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from .errors import describe_position as _describe_position
+
 TERMINAL_LIMIT = 10_000  # pairs shown on a terminal by default (more scroll by unread)
 BATCH = 4096  # pairs encoded and written at once
 
@@ -128,15 +130,10 @@ def print_job(status: dict, out: TextIO) -> None:
 
 
 def describe_position(position: Any) -> str:
-    """Where in the input a failing record was, in words: ``FILE, key K`` for a text
-    file (the key is the line's byte offset), else the position as the worker gave it."""
-    if isinstance(position, dict):
-        if position.get("path") is not None:
-            key = position.get("key")
-            return f"{position['path']}" + (f", key {key}" if key is not None else "")
-        rest = {k: v for k, v in position.items() if v is not None}
-        return ", ".join(f"{k} {v}" for k, v in rest.items()) or "unknown"
-    return str(position)
+    """Where in the input a failing record was, in the words of ``JobFailed``'s
+    ``Input:`` line (``file /data/a.txt, the line at byte 1234 (map split 3)``), so
+    ``status`` and a failed ``run`` say it alike."""
+    return _describe_position(position) or (str(position) if position else "unknown")
 
 
 def print_listing(jobs: list[dict], workers: list[dict], out,

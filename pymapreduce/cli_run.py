@@ -61,7 +61,8 @@ def _import_job_module(target: str, load):
     except ModuleNotFoundError as exc:
         if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
             raise PyMapReduceError(f"no module named {target!r} (looked in the current "
-                                   "directory and on sys.path)") from None
+                                   "directory and on sys.path; for a file elsewhere, give "
+                                   "FILE.py:Class)") from None
         raise PyMapReduceError(f"importing {target}: {exc} (is it installed here?)") from None
     except SyntaxError as exc:
         raise PyMapReduceError(f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}") from None

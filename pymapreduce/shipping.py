@@ -118,6 +118,7 @@ def pickle_by_value(obj: Any, by_value: bool = True) -> bytes:
     raises."""
     import cloudpickle
 
+    failed: Exception | None = None
     if by_value:
         with _lock:
             registered = set(cloudpickle.list_registry_pickle_by_value())
@@ -127,13 +128,18 @@ def pickle_by_value(obj: Any, by_value: bool = True) -> bytes:
             try:
                 return dumps_keeping_filenames(obj)
             except Exception as exc:  # e.g. a lock in a module the job's code refers to
-                log.warning("the job's own modules cannot travel by value (%s: %s); it is "
-                            "pickled by reference, so the workers must be able to import "
-                            "them (docs/travel.md)", type(exc).__name__, exc)
+                failed = exc
             finally:
                 for module in added:
                     cloudpickle.unregister_pickle_by_value(module)
-    return dumps_keeping_filenames(obj)
+    # raises when the object itself cannot travel (a lock in the job's attributes): then
+    # the caller's error names it, and no warning says it went by reference
+    blob = dumps_keeping_filenames(obj)
+    if failed is not None:
+        log.warning("the job's own modules cannot travel by value (%s: %s); it is "
+                    "pickled by reference, so the workers must be able to import "
+                    "them (docs/travel.md)", type(failed).__name__, failed)
+    return blob
 
 
 # cloudpickle 3 writes every function it pickles by value with the file name

@@ -219,6 +219,7 @@ def test_every_error_of_run_is_one_clear_line(jobfile, tmp_path):
     data = lines_file(tmp_path, 3)
     cases = [
         (("no_such_module_anywhere:Job", data), "no module named 'no_such_module_anywhere'"),
+        (("no_such_module_anywhere:Job", data), "give FILE.py:Class"),
         ((f"{tmp_path}/absent.py:Job", data), "does not exist"),
         ((f"{job}:Nope", data), "Nope"),
         ((f"{job}:NeedsArgs", data), "argument: 'n'"),
@@ -319,7 +320,9 @@ def test_status_of_a_failed_job_names_the_error_and_the_input(jobfile, tmp_path,
     assert one.returncode == 0, one.stderr
     assert re.search(r"^state\s+failed$", one.stdout, re.M)
     assert re.search(r"^error\s+.*ValueError: cannot digest poison", one.stdout, re.M)
-    assert re.search(rf"^input at\s+{re.escape(str(data))}, key 5$", one.stdout, re.M)
+    where = f"file {data}, the line at byte 5 (map split 0)"  # as the run's error says it
+    assert re.search(rf"^input at\s+{re.escape(where)}$", one.stdout, re.M), one.stdout
+    assert where in ran.stderr
     assert "remote traceback (from the worker)" in one.stdout and "cli_jobs.py" in one.stdout
 
 

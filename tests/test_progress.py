@@ -259,6 +259,18 @@ def test_bars_are_closed_and_labelled_when_the_wait_is_interrupted():
     assert "10 records, 2.0 kB read" in out.getvalue()
 
 
+def test_bars_first_made_for_a_finished_job_count_its_time_on_the_cluster():
+    # a quick job's first status heard may be its last: the bars' time and rate are the
+    # job's (2 s, 1.5 task/s), not the instant between making a bar and filling it
+    out = io.StringIO()
+    with ProgressBars("j", file=out) as bars:
+        bars({"maps": [3, 3], "reduces": [2, 2], "elapsed": 2.0, "state": "succeeded"})
+    text = out.getvalue().replace("\n", "\r")
+    drawn = last_bar(text, "map")
+    assert "3/3 [00:02<00:00" in drawn and "1.50task/s" in drawn, drawn
+    assert "2/2 [00:02<00:00" in last_bar(text, "reduce"), text
+
+
 def test_a_multi_step_job_relabels_and_refills_the_bars():
     out = io.StringIO()
     with ProgressBars("j", file=out, mininterval=0) as bars:

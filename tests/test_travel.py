@@ -486,6 +486,24 @@ def test_a_module_that_cannot_travel_by_value_falls_back_with_a_warning(user_mod
     assert "cannot travel by value (TypeError: cannot pickle '_thread.lock'" in caplog.text
 
 
+def test_a_job_that_cannot_travel_at_all_is_refused_without_the_fallback_warning(
+        user_modules, caplog):
+    import threading
+
+    from pymapreduce import JobNotPicklable
+    from pymapreduce.client.submit import pickle_job
+
+    cls = type("HoldsLock", (user_modules.UserWordCount,), {
+        "__module__": user_modules.__name__})
+    user_modules.HoldsLock = cls
+    job = cls()
+    job.lock = threading.Lock()  # the job's own attribute: neither way can carry it
+    with caplog.at_level("WARNING", logger="pymapreduce.shipping"):
+        with pytest.raises(JobNotPicklable, match="attribute 'lock'"):
+            pickle_job(job)
+    assert "travel by value" not in caplog.text  # one error, not a misleading warning too
+
+
 def test_a_worker_daemon_removes_what_killed_daemons_left(daemons, tmp_path):
     """Job and spill directories of daemons killed outright (their supervisor could not
     remove them) go when a worker daemon starts on the host; a directory whose owner still
