@@ -18,6 +18,8 @@ import sys
 import tempfile
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("mrjob", reason="mrjob is not installed (pip install -e '.[test]'; "
                     "mrjob imports `pipes`, so the test extras leave it out on Python 3.13+)")
@@ -312,3 +314,21 @@ def test_what_is_not_run(address, texts):
     for job in (MRJarStepExample, MRSparkWordcount):
         with pytest.raises(ConfigError, match="Hadoop or Spark|MRStep"):
             adapter.run(job, texts, address=address)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.text(), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False),
+                 st.lists(st.text(), max_size=4), st.tuples(st.text(), st.text()),
+                 st.tuples(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126))),
+                 st.lists(st.one_of(st.text(), st.integers()), max_size=3)))
+def test_the_adapters_json_writes_what_mrjobs_json_protocol_writes(value):
+    """Keys and values go through mrjob's JSONProtocol; the adapter writes the common ones
+    (words, counts, tuples of words) without json's encoder, byte for byte as it would."""
+    from mrjob.protocol import StandardJSONProtocol
+
+    from pymapreduce.adapters.mrjob.task import json_dumps
+
+    proto = StandardJSONProtocol()
+    fast = json_dumps(proto._dumps)
+    assert getattr(fast, "plain", False)  # (the fast path is the one under test)
+    assert fast(value) == proto._dumps(value)

@@ -12,7 +12,9 @@ groups, tuples arrive as lists, and reduce keys sort as mrjob sorts them.
 from __future__ import annotations
 
 import atexit
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,11 +32,50 @@ OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
 IMMUTABLE = (int, str, float, bool, type(None))
 
 
+# JSON as the standard library writes it for the usual keys and values (words, counts,
+# tuples of words), without its encoder's machinery: the same bytes, checked by
+# tests/test_mrjob.py against json.dumps. A str qualifies when every character is
+# printable ASCII other than '"' and '\\': json.dumps escapes nothing in it.
+_ESCAPED = re.compile(r'[^ !#-\[\]-~]').search
+_JSON_DUMPS = json.dumps  # (as imported: a patched json.dumps is left to itself)
+
+
+def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``dumps``, a protocol's ``_dumps``, made faster for str, int and tuples and lists
+    of str when it is mrjob's ``StandardJSONProtocol._dumps`` over the standard library's
+    ``json.dumps`` (what ``JSONProtocol`` is without rapidjson or ujson installed);
+    otherwise ``dumps`` itself."""
+    from mrjob import protocol
+
+    func = getattr(dumps, "__func__", None)
+    if (func is not protocol.StandardJSONProtocol._dumps or protocol.json is not json
+            or json.dumps is not _JSON_DUMPS):
+        return dumps
+
+    def fast(x: Any) -> bytes:
+        t = type(x)
+        if t is str:
+            if _ESCAPED(x) is None:
+                return b'"' + x.encode() + b'"'
+        elif t is int:
+            return int.__repr__(x).encode()
+        elif (t is tuple or t is list) and x:
+            for item in x:
+                if type(item) is not str or _ESCAPED(item) is not None:
+                    return dumps(x)
+            return ('["' + '", "'.join(x) + '"]').encode()
+        return dumps(x)
+    fast.plain = True  # (read by _memo: no point remembering what it writes this fast)
+    return fast
+
+
 def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     """``dumps`` remembering the encodings of values that recur: str, int, and tuples and
     lists of str (words, counts of 1, word pairs). Remembered by type as well: ``1`` and
     ``True`` are one dict key but encode differently; a tuple of str can only equal a
     tuple of str; a list is remembered apart from a tuple (repr tells them apart)."""
+    dumps = json_dumps(dumps)
+    plain = getattr(dumps, "plain", False)
     strs: dict = {}
     ints: dict = {}
     tuples: dict = {}
@@ -55,6 +96,8 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
             b = ints.get(x)
             return remember(ints, x, dumps(x)) if b is None else b
         if t is tuple or t is list:
+            if plain:  # (written faster than looked up and remembered)
+                return dumps(x)
             key = x if t is tuple else tuple(x)
             cache = tuples if t is tuple else lists
             try:  # only tuples of str are kept, and only a tuple of str can equal one
