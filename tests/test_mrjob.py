@@ -332,3 +332,32 @@ def test_the_adapters_json_writes_what_mrjobs_json_protocol_writes(value):
     fast = json_dumps(proto._dumps)
     assert getattr(fast, "plain", False)  # (the fast path is the one under test)
     assert fast(value) == proto._dumps(value)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=12),
+    st.lists(st.sampled_from([b"[", b"]", b'"', b", ", b",", b" ", b"0", b"7", b"-", b"a",
+                              b"\\", b"\\t", b"\x01", b"\xc3\xa9", b"_"]), max_size=8).map(
+        b"".join),
+    st.one_of(st.text(), st.integers(), st.lists(st.text(), max_size=3)).map(
+        lambda v: json.dumps(v).encode())))
+def test_the_adapters_json_reads_what_mrjobs_json_protocol_reads(data):
+    """What the adapter writes fast it reads fast; every other input goes to json, so a
+    value is the same value of the same type, and what json refuses is refused."""
+    from mrjob.protocol import StandardJSONProtocol
+
+    from pymapreduce.adapters.mrjob.task import json_loads
+
+    proto = StandardJSONProtocol()
+    fast = json_loads(proto._loads)
+    assert fast is not proto._loads  # (the fast path is the one under test)
+    try:
+        expected = ("value", proto._loads(data))
+    except ValueError as exc:  # (JSONDecodeError, UnicodeDecodeError)
+        expected = ("error", type(exc))
+    try:
+        got = ("value", fast(data))
+    except ValueError as exc:
+        got = ("error", type(exc))
+    assert got == expected and type(got[1]) is type(expected[1])
