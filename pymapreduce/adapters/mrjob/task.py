@@ -65,7 +65,7 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
                     return dumps(x)
             return ('["' + '", "'.join(x) + '"]').encode()
         return dumps(x)
-    fast.plain = True  # (read by _memo: no point remembering what it writes this fast)
+    fast.plain = True  # (the fast path is on: tests/test_mrjob.py checks it is the one tested)
     return fast
 
 
@@ -106,7 +106,6 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     ``True`` are one dict key but encode differently; a tuple of str can only equal a
     tuple of str; a list is remembered apart from a tuple (repr tells them apart)."""
     dumps = json_dumps(dumps)
-    plain = getattr(dumps, "plain", False)
     strs: dict = {}
     ints: dict = {}
     tuples: dict = {}
@@ -127,8 +126,6 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
             b = ints.get(x)
             return remember(ints, x, dumps(x)) if b is None else b
         if t is tuple or t is list:
-            if plain:  # (written faster than looked up and remembered)
-                return dumps(x)
             key = x if t is tuple else tuple(x)
             cache = tuples if t is tuple else lists
             try:  # only tuples of str are kept, and only a tuple of str can equal one
@@ -137,7 +134,10 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
                 return dumps(x)
             if b is None:
                 b = dumps(x)
-                if all(type(item) is str for item in x):
+                for item in x:
+                    if type(item) is not str:
+                        break
+                else:
                     remember(cache, key, b)
             return b
         return dumps(x)
