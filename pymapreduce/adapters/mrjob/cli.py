@@ -154,8 +154,6 @@ def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Names
                 os.replace(partial, part)
             else:
                 os.unlink(partial)
-        if cluster is not None:
-            cluster.close()
     print(f"pymapreduce: {cls.__name__} ran as job {done.job_id} in "
           f"{time.monotonic() - started:.2f}s", file=sys.stderr)
     for group, names in sorted(done.counters.items()):

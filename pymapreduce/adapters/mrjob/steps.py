@@ -137,21 +137,9 @@ class MRJobMap(Job):
             self._gather(key, value)
             return ()
         if source == "text":  # ((path, offset), line read as Latin-1: the line's bytes)
-            path = key[0]
-            if path is not self._last_path:
-                self._last_path = path
-                self._set_input_file(path)
-            if self._text_as_is and value.isascii():
-                if value[-1:] == "\r":
-                    value = value.rstrip("\r\n")
-                self._pairs(self._mapper(None, value))
-            else:
-                line = value.encode("latin-1")
-                if line[-1:] == b"\r":
-                    line = line.rstrip(b"\r\n")
-                k, v = self._read(line)
-                self._pairs(self._mapper(k, v))
-        elif source == "raw":  # mapper_raw: (path, uri) of one whole file
+            self.map = self._text_map()  # (map_init binds it; bound here if it did not)
+            return self.map(key, value)
+        if source == "raw":  # mapper_raw: (path, uri) of one whole file
             self._set_input_file(key)
             self._pairs(self._mapper(key, value))
         else:  # the lines of a step before

@@ -40,16 +40,22 @@ _ESCAPED = re.compile(r'[^ !#-\[\]-~]').search
 _JSON_DUMPS, _JSON_LOADS = json.dumps, json.loads  # (as imported: patched ones are left alone)
 
 
+def _stdlib_json(method: Callable, name: str) -> bool:
+    """Whether ``method`` is mrjob's ``StandardJSONProtocol.<name>`` over the standard
+    library's json as this module found it (not rapidjson, ujson, or a patched json)."""
+    from mrjob import protocol
+
+    return (getattr(method, "__func__", None) is getattr(protocol.StandardJSONProtocol, name)
+            and protocol.json is json and json.dumps is _JSON_DUMPS
+            and json.loads is _JSON_LOADS)
+
+
 def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     """``dumps``, a protocol's ``_dumps``, made faster for str, int and tuples and lists
     of str when it is mrjob's ``StandardJSONProtocol._dumps`` over the standard library's
     ``json.dumps`` (what ``JSONProtocol`` is without rapidjson or ujson installed);
     otherwise ``dumps`` itself."""
-    from mrjob import protocol
-
-    func = getattr(dumps, "__func__", None)
-    if (func is not protocol.StandardJSONProtocol._dumps or protocol.json is not json
-            or json.dumps is not _JSON_DUMPS):
+    if not _stdlib_json(dumps, "_dumps"):
         return dumps
 
     def fast(x: Any) -> bytes:
@@ -74,11 +80,7 @@ def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     fast (a plain str, an int, a list of plain str) when it is mrjob's
     ``StandardJSONProtocol._loads`` over the standard library's json; any other bytes go
     to ``loads`` itself (so what it refuses, it still refuses)."""
-    from mrjob import protocol
-
-    func = getattr(loads, "__func__", None)
-    if (func is not protocol.StandardJSONProtocol._loads or protocol.json is not json
-            or json.loads is not _JSON_LOADS):
+    if not _stdlib_json(loads, "_loads"):
         return loads
 
     def fast(b: bytes) -> Any:
