@@ -54,15 +54,24 @@ def run(log, jobs, n, batch):
             started = []
             for i in range(first, min(n, first + batch)):
                 job.maps[i].running[ids[i]] = b"w"
-                started.append(("map", i, ids[i], False))
-            log.dispatched(job, started, "w1")
+                started.append(ids[i] if KEYS else ("map", i, ids[i], False))
+            if KEYS:
+                log.dispatched(job, job.maps[first:first + batch], started, "w1")
+            else:
+                log.dispatched(job, started, "w1")
             for i in range(first, min(n, first + batch)):
                 del job.maps[i].running[ids[i]]
-                log.done(job.maps[i], ids[i], stats, 0.001, blobs, "w1")
+                if KEYS:
+                    log.done((job.id, "map", i, ids[i]), stats, 0.001, blobs, "w1")
+                else:
+                    log.done(job.maps[i], ids[i], stats, 0.001, blobs, "w1")
             log.flush()
         spent += time.process_time() - start
     return 1e6 * spent / (jobs * n)
 
+# (trees since the log took tasks and attempts: dispatched(job, tasks, attempts, ...),
+# done(key, ...))
+KEYS = EventLog.done.__code__.co_varnames[1] == "key"
 gc.freeze()
 gc.set_threshold(20000, *gc.get_threshold()[1:])
 jobs, n, batch = map(int, sys.argv[1:4])

@@ -23,17 +23,25 @@ class FakeJob:
 
 
 class FakeTask:
-    def __init__(self, index: int) -> None:
-        self.job, self.kind, self.index, self.running = FakeJob, "map", index, {1: b"w"}
+    def __init__(self, index: int, job: type = FakeJob) -> None:
+        self.job, self.kind, self.index, self.running = job, "map", index, {}
+
+
+def dispatch(events: EventLog, job: type, indices: range, worker: str, attempts=None,
+             tasks=None) -> None:
+    """A TASKS message's attempts: of map tasks ``indices`` (attempt ``1000 * i + 1``)."""
+    tasks = tasks if tasks is not None else [FakeTask(i, job) for i in indices]
+    attempts = attempts if attempts is not None else [1000 * i + 1 for i in indices]
+    events.dispatched(job, tasks, attempts, worker)
 
 
 def run_batches(events: EventLog, n: int, per_message: int) -> None:
     """``n`` attempts dispatched ``per_message`` at a time, each committed right after."""
     for first in range(0, n, per_message):
         batch = range(first, min(n, first + per_message))
-        events.dispatched(FakeJob, [("map", i, 1000 * i + 1, False) for i in batch], "w1")
+        dispatch(events, FakeJob, batch, "w1")
         for i in batch:
-            events.done(FakeTask(i), 1000 * i + 1, {"records": i, "bytes": 10}, 0.5, [b"ab"])
+            events.done(("j", "map", i, 1000 * i + 1), {"records": i, "bytes": 10}, 0.5, [b"ab"])
         events.flush()
 
 
@@ -70,8 +78,8 @@ def test_batched_events_read_as_one_event_per_attempt_in_order_with_every_cursor
 def test_noted_commits_are_recorded_before_any_later_event():
     events = EventLog()
     events.job_submitted(FakeJob)
-    events.dispatched(FakeJob, [("map", 0, 1, False)], "w1")
-    events.done(FakeTask(0), 1, {}, 0.1, [])
+    dispatch(events, FakeJob, range(1), "w1", attempts=[1])
+    events.done(("j", "map", 0, 1), {}, 0.1, [])
     FakeJob.state = "succeeded"
     try:
         events.job_ended(FakeJob, 1.0)  # no flush in between: job_ended flushes first
@@ -128,12 +136,12 @@ def test_a_full_attempt_table_keeps_the_attempts_still_running_and_frees_what_it
     events.job_submitted(Job)
     straggler = Job.maps[0]
     straggler.running[7] = b"w"  # dispatched first, runs on past everything else
-    events.dispatched(Job, [("map", 0, 7, False)], "slow")
+    dispatch(events, Job, range(1), "slow", attempts=[7], tasks=[straggler])
     for first in range(1, 400, 10):
         batch = range(first, first + 10)
-        events.dispatched(Job, [("map", i, 1000 * i + 1, False) for i in batch], "w1")
+        dispatch(events, Job, batch, "w1", tasks=[Job.maps[i] for i in batch])
         for i in batch:
-            events.done(Job.maps[i], 1000 * i + 1, {"records": 1}, 0.1, [b"x"], "w1")
+            events.done(("s", "map", i, 1000 * i + 1), {"records": 1}, 0.1, [b"x"], "w1")
         events.flush()
     rows = events.attempts("s")
     assert len(rows) <= 40 + 40 // 8 + 1
@@ -148,8 +156,8 @@ def test_a_full_attempt_table_keeps_the_attempts_still_running_and_frees_what_it
     events.failed(straggler, 7, "boom", "", {}, False, True)
     assert events.attempts("s")[0]["outcome"] == "failed"
     for first in range(400, 460, 10):
-        events.dispatched(Job, [("map", i % 400, 1000 * i + 1, False)
-                                for i in range(first, first + 10)], "w1")
+        batch = range(first, first + 10)
+        dispatch(events, Job, batch, "w1", tasks=[Job.maps[i % 400] for i in batch])
     assert all(r["index"] != 0 or r["attempt"] != 7 for r in events.attempts("s"))
     assert log.closed == {}  # its failure's note went with its row
     assert events._rows == log.rows == len(events.attempts("s"))

@@ -165,6 +165,17 @@ def test_a_straggler_gets_a_backup_attempt_and_the_first_commit_wins(ledger):
     assert job.done_maps == 2 and not a.running
     ledger.done(a, [report(key_a)], tuple(map_output()))  # too late: not held any more
     assert job.done_maps == 2
+    # the event log tells the backup from the first attempts, and which one committed
+    ledger.events.flush()
+    seen = ledger.events.since(0)
+    sent_out = [(e["index"], e["attempt"], e["backup"]) for e in seen
+                if e["type"] == "dispatched"]
+    number = backup[3] & 0xFFF
+    assert (backup[2], number, True) in sent_out
+    assert sum(1 for e in sent_out if e[2]) == 1
+    done = [(e["index"], e["attempt"], e["worker"]) for e in seen if e["type"] == "done"]
+    assert (backup[2], number, ledger.workers[b"B"].name) in done and len(done) == 2
+    assert ledger.events.totals()[0][("backups", "map")] == 1
 
 
 def test_cancel_stops_the_attempts_on_their_workers_and_answers_waiting_fetches(ledger):

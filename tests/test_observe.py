@@ -291,6 +291,10 @@ def test_the_event_log_is_bounded_and_keeps_no_data_values():
         events.job_dropped("j")
         assert events.since(0, "j") == []
     # attempt rows: at most max_attempts over all jobs, the oldest job's going first
+    class Task:
+        def __init__(self, index: int) -> None:
+            self.kind, self.index, self.running = "map", index, {}
+
     events = EventLog(max_attempts=50)
     jobs = []
     for j in range(3):
@@ -299,7 +303,8 @@ def test_the_event_log_is_bounded_and_keeps_no_data_values():
         events.job_submitted(job)
         jobs.append(job)
         for i in range(0, 40, 8):  # messages of 8 attempts each
-            events.dispatched(job, [("map", k, k + 1, False) for k in range(i, i + 8)], "w")
+            events.dispatched(job, [Task(k) for k in range(i, i + 8)],
+                             [k + 1 for k in range(i, i + 8)], "w")
     rows = [len(events.attempts(job.id)) for job in jobs]
     assert sum(rows) == 50 and rows[2] == 40
     assert safe_position({"key": "'secret'", "split": 2, "record": 5}) == {"split": 2,

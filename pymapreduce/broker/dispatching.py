@@ -91,9 +91,10 @@ class Dispatching:
             task.job.backups += 1
             log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id, task.name,
                      now - task.started, worker.name)
-            self._send_checked(worker, [task])
+            self._send_checked(worker, [task], backup=True)
 
-    def _send_tasks(self, worker: WorkerState, tasks: list[Task]) -> None:
+    def _send_tasks(self, worker: WorkerState, tasks: list[Task], backup: bool = False) -> None:
+        """``backup``: they are backup attempts (the event log says so)."""
         by_job: dict[str, list[Task]] = {}
         for t in tasks:
             by_job.setdefault(t.job.id, []).append(t)
@@ -124,7 +125,7 @@ class Dispatching:
             for t in group:
                 attempt = t.start(worker.route)
                 if started is not None:
-                    started.append((t.kind, t.index, attempt, len(t.running) > 1))
+                    started.append(attempt)
                 worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
@@ -152,7 +153,7 @@ class Dispatching:
                     sent.extend(segments)
             body["tasks"] = items
             if started is not None:
-                self.events.dispatched(job, started, worker.name)
+                self.events.dispatched(job, group, started, worker.name, backup)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)

@@ -192,12 +192,12 @@ class Recovery:
             self.journal.finish(job.seq, job.state, job.error, time.time())
         self._publish(job, time.monotonic())
 
-    def _send_checked(self, worker: Any, tasks: list) -> None:
+    def _send_checked(self, worker: Any, tasks: list, backup: bool = False) -> None:
         """``_send_tasks``, surviving an input file found damaged on the way: that job has
         failed (``_output_damaged``), and the tasks of other jobs not handed out yet go
         back to their queues."""
         try:
-            self._send_tasks(worker, tasks)
+            self._send_tasks(worker, tasks, backup)
         except OutputDamaged:
             for t in reversed(tasks):
                 if t.state == PENDING and t.job.state == P.JOB_RUNNING \

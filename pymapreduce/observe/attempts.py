@@ -1,9 +1,9 @@
 """A job's part of the event log (:class:`_JobLog`) and its attempt table: stored as
 batches, bounded, closed (see events.py, which mixes :class:`AttemptTable` in).
 
-A job's attempt table is its dispatch batches (the ``(kind, index, attempt, backup)``
-tuples the dispatcher built, as they came), its commit batches (the tuples ``done``
-noted) and the rare failed, killed or abandoned attempts by identifier; readers
+A job's attempt table is its dispatch batches (the broker's tasks of one message and the
+identifiers of their attempts, as they came), its commit batches (the tuples the commit
+path noted) and the rare failed, killed or abandoned attempts by identifier; readers
 join them (``reading.join_attempts``). Full, it lets its oldest rows go, except the
 attempts the broker still runs, which the broker's own tasks say.
 """
@@ -13,41 +13,29 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
-_KIND, _INDEX = itemgetter(0), itemgetter(1)  # of a dispatched (kind, index, attempt, backup)
+_KIND = attrgetter("kind")  # a broker Task's (which never changes)
 _RUNNING = attrgetter("running")  # a broker Task's attempts running now
 
 
 def uniform(items: list, column: Any) -> Any:
     """The value ``column`` (an itemgetter) gives every one of ``items`` (not empty) when
-    they all agree, else None: the usual batch is of one job and one kind, checked in C."""
-    value = column(items[0])
-    if column(items[-1]) == value and len(set(map(column, items))) == 1:
-        return value
-    return None
+    they all agree, else None: the usual batch is of one job and one kind, checked in C
+    (``list.count`` compares by identity first: a job's identifier is one string)."""
+    values = list(map(column, items))
+    value = values[0]
+    return value if values.count(value) == len(values) else None
 
 
-def _running_in(job: Any, started: list[tuple]) -> list[tuple]:
-    """Those of ``started`` the broker still runs: its own state, not the log's (what a
-    full attempt table keeps). An attempt of an earlier step is not found: ended."""
-    maps, reduces = getattr(job, "maps", None), getattr(job, "reduces", None)
-    if not maps and not reduces:
+def _running_in(tasks: tuple, attempts: tuple) -> list[int]:
+    """The positions of those of ``attempts`` (of ``tasks``, one each) the broker still
+    runs: its own state, not the log's (what a full attempt table keeps)."""
+    if not any(map(_RUNNING, tasks)):  # the usual case, in C: none runs any attempt now
         return []
-    maps, reduces = maps or [], reduces or []
-    kind = uniform(started, _KIND)
-    if kind is not None:  # the usual case, in C: none of these tasks runs any attempt now
-        tasks = maps if kind == "map" else reduces
-        try:
-            if not any(map(_RUNNING, map(tasks.__getitem__, map(_INDEX, started)))):
-                return []
-        except (IndexError, TypeError, AttributeError):  # (an earlier step's)
-            pass
-    nmaps, nreduces = len(maps), len(reduces)
-    return [s for s in started
-            if ((s[1] < nmaps and s[2] in maps[s[1]].running) if s[0] == "map"
-                else (s[1] < nreduces and s[2] in reduces[s[1]].running))]
+    return [i for i, (task, attempt) in enumerate(zip(tasks, attempts))
+            if attempt in task.running]
 
 
 class _JobLog:
@@ -60,8 +48,9 @@ class _JobLog:
         self.events: deque[tuple] = deque()  # entries; at most per_job events in all
         self.count = 0  # events in them
         # the attempt table, as stored: dispatch batches (seq, time, worker, step,
-        # ((kind, index, attempt, backup)...)) oldest first, ``rows`` attempts in all;
-        # commit batches (seq, time, (done()'s tuples)); and attempt identifier ->
+        # (attempt identifiers...), backup, (their tasks...)) oldest first, ``rows``
+        # attempts in all; commit batches (seq, time, (the noted commits)); and attempt
+        # identifier ->
         # [end, outcome, note, run secs] of the failed, killed and abandoned ones
         self.batches: deque[tuple] = deque()
         self.rows = 0
@@ -94,20 +83,21 @@ class AttemptTable:
         gone = 0
         while gone < n and batches:
             batch = batches.popleft()
-            started = batch[4]
-            take = min(n - gone, len(started))
-            if take < len(started):  # cut: the rest stays (the ring has the whole)
-                batches.appendleft((batch[0], batch[1], batch[2], batch[3], started[take:]))
-            dropped = started[:take]
-            running = _running_in(log.job, dropped)
+            attempts, tasks = batch[4], batch[6]
+            take = min(n - gone, len(attempts))
+            if take < len(attempts):  # cut: the rest stays (the ring has the whole)
+                batches.appendleft((*batch[:4], attempts[take:], batch[5], tasks[take:]))
+            dropped, of = attempts[:take], tasks[:take]
+            running = _running_in(of, dropped)
             if running:
-                kept.append((batch[0], batch[1], batch[2], batch[3], tuple(running)))
+                kept.append((*batch[:4], tuple(dropped[i] for i in running), batch[5],
+                             tuple(of[i] for i in running)))
             gone += take - len(running)
             if closed:
-                still = {s[2] for s in running}
-                for s in dropped:
-                    if s[2] not in still:
-                        closed.pop(s[2], None)
+                still = {dropped[i] for i in running}
+                for attempt in dropped:
+                    if attempt not in still:
+                        closed.pop(attempt, None)
         for batch in reversed(kept):
             batches.appendleft(batch)
         # the oldest dispatch batch not kept for its running attempts
@@ -126,12 +116,11 @@ class AttemptTable:
         if log is None:
             return ""
         for batch in reversed(log.batches):  # (a failing attempt is mostly a recent one)
-            for s in batch[4]:
-                if s[2] == attempt:
-                    row = log.closed.setdefault(attempt, [None, None, "", None])
-                    if row[0] is None:
-                        row[0], row[1], row[2] = time.time(), outcome, note[:200]
-                    return batch[2]
+            if attempt in batch[4]:
+                row = log.closed.setdefault(attempt, [None, None, "", None])
+                if row[0] is None:
+                    row[0], row[1], row[2] = time.time(), outcome, note[:200]
+                return batch[2]
         return ""
 
     # -- when attempts ran (the timeline from task start) ---------------------------------

@@ -11,17 +11,18 @@ attempts the broker still runs, which it bounds), and past
 broker forgets the job.
 
 Recording is on the broker loop's path of every task, so the two events every attempt
-has are recorded in batches: the attempts of one TASKS message with one call
-(``dispatched``), the attempts committed in one turn of the loop together (``done`` notes,
-``flush`` records), each batch one ring entry. A batch is stored as it came (the tuples the
-dispatcher built, the tuples ``done`` noted), in a tuple: the garbage collector stops
-tracking a tuple of names and numbers the first time it sees it, where a list would be gone
-over at every collection for as long as the batch is kept. Nothing is written per attempt
-beyond them: the
-attempt table is the job's dispatch batches plus its commit batches, joined by attempt
-identifier when read (the rare failures, kills and abandons are kept by identifier). What
-that costs per task, against a broker started with ``--no-events``, is in
-benchmarks/RESULTS.md (``bench_observe.py``).
+has are recorded in batches, and no call is made per attempt: the attempts of one TASKS
+message with one call (``dispatched``, given the attempt keys the dispatcher made for the
+worker's ledger anyway), the attempts committed in one turn of the loop together (the
+commit path appends one tuple to ``noted``, as :meth:`EventLog.done` does; ``flush``
+records them), each batch one ring entry. A batch is stored as it came, in a tuple: the
+garbage collector stops tracking a tuple of names and numbers the first time it sees it,
+where a list would be gone over at every collection for as long as the batch is kept.
+Nothing is written per attempt beyond them: the attempt table is the job's dispatch
+batches plus its commit batches, joined by attempt identifier when read (the rare
+failures, kills and abandons are kept by identifier). What that costs per task, against a
+broker started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_event_cost.py``,
+``bench_observe_steps.py``).
 
 Events carry names, numbers, error texts and input positions only: never job code, never
 a key or value of the data (an input position's ``key`` is left out).
@@ -47,9 +48,8 @@ MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
-# columns of a dispatched attempt (kind, index, attempt, backup) and of a noted commit
-# (job, kind, index, attempt, worker, secs, records, bytes, bytes out), read in C
-_BACKUP = itemgetter(3)
+# columns of a noted commit (job, kind, index, attempt, worker, secs, records, bytes,
+# bytes out), read in C
 _JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
 _RECORDS, _BYTES, _OUT = itemgetter(6), itemgetter(7), itemgetter(8)
 
@@ -106,7 +106,10 @@ class EventLog(AttemptTable, Reading):
         self.counts: dict[tuple, float] = {}
         self.durations = [0] * len(DURATION_BUCKETS)  # finished jobs' seconds, by bucket
         self.duration_sum = 0.0
-        self._pending: list[tuple] = []  # attempts noted by done(), not yet recorded
+        # commits noted by the broker loop (see done()), not yet recorded; the same list
+        # for the log's life (the commit path holds it as ``noted``)
+        self._pending: list[tuple] = []
+        self.noted: list[tuple] | None = self._pending if self.enabled else None
         self._writer = threading.get_ident()  # the broker loop's thread, which flushes
 
     # -- writing (the broker loop) -------------------------------------------------------
@@ -175,7 +178,7 @@ class EventLog(AttemptTable, Reading):
         """A job accepted (``recovered``: reloaded from the journal by a restarted
         broker, in whatever state it was)."""
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             if job.id not in self._jobs:
                 self._jobs[job.id] = _JobLog(job, self.per_job, job.tenant)
@@ -185,49 +188,49 @@ class EventLog(AttemptTable, Reading):
                        name=job.name, maps=len(job.maps), reducers=job.reducers,
                        steps=max(1, len(job.steps)), state=job.state)
 
-    def dispatched(self, job: Any, started: list[tuple], worker: str) -> None:
-        """Attempts of ``job`` handed to ``worker`` in one message: ``started`` holds
-        ``(kind, index, attempt, backup)`` for each (a backup: another attempt still runs).
+    def dispatched(self, job: Any, tasks: list, attempts: list, worker: str,
+                   backup: bool = False) -> None:
+        """Attempts of ``job`` handed to ``worker`` in one message: ``tasks`` (the broker's
+        Task objects, whose kind and index never change) and the identifier of each one's
+        new attempt, in ``attempts``; ``backup``: they are backup attempts (another attempt
+        of each still runs).
 
         One call and one ring entry per message, not per attempt (a message carries tens
-        of them at full rate), and ``started`` is kept as it is, as the ring's entry and
-        the attempt table's batch: the lock, the clock, the job's log and the byte budget
-        are dealt with once, and nothing is built per attempt."""
-        if not started:
+        of them at full rate), and nothing is built per attempt: the attempt identifiers
+        are kept as a tuple of ints (the collector stops tracking it at its first pass),
+        beside the tasks, as the ring's entry and the attempt table's batch; the lock, the
+        clock, the job's log and the byte budget are dealt with once."""
+        n = len(attempts)
+        if not n:
             return
         step = job.step + 1
         now = time.time()
         counts = self.counts
-        n = len(started)
-        # kept as a tuple: of tuples of names and numbers, it leaves the collector's sight
-        # at its first pass (a list would be gone over again at every pass, as long as the
-        # row is kept)
-        started = tuple(started)
+        attempts, tasks = tuple(attempts), tuple(tasks)
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             log = self._jobs.get(job.id)
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            kind = uniform(started, _KIND)
-            if kind is not None:
-                key = ("attempts", kind)
+            kinds = list(map(_KIND, tasks))
+            if kinds.count(kinds[0]) == n:  # (the usual message, in C)
+                key = ("attempts", kinds[0])
                 counts[key] = counts.get(key, 0) + n
             else:
-                for s in started:
-                    key = ("attempts", s[0])
+                for kind in kinds:
+                    key = ("attempts", kind)
                     counts[key] = counts.get(key, 0) + 1
-            if any(map(_BACKUP, started)):
-                for s in started:
-                    if s[3]:
-                        self._count("backups", s[0])
+            if backup:
+                for kind in kinds:
+                    self._count("backups", kind)
             self.seq += n
             size = n * SMALL
-            self._push(log, (self.seq, now, "dispatched", job.id, started, size,
-                             (worker, step)), size, n)
+            self._push(log, (self.seq, now, "dispatched", job.id, attempts, size,
+                             (worker, step, backup, tasks)), size, n)
             if log is not None:
-                log.batches.append((self.seq, now, worker, step, started))
+                log.batches.append((self.seq, now, worker, step, attempts, backup, tasks))
                 log.rows += n
                 self._rows += n
                 # past the cap by an eighth, back to it: rows go in batches, not one per
@@ -240,32 +243,31 @@ class EventLog(AttemptTable, Reading):
                                                            self._rows - self.max_attempts)):
                         break  # (all that is left still runs)
 
-    def done(self, task: Any, attempt: int, stats: dict, secs: Any, blobs: list,
-             worker: str = "") -> None:
-        """An attempt committed on ``worker``: its seconds (as its worker measured),
-        records and bytes read (``stats``, as the broker checked them: counts are ints),
-        and ``blobs``, its outputs (only their sizes are kept).
+    def done(self, key: tuple, stats: dict, secs: Any, blobs: list, worker: str = "") -> None:
+        """An attempt committed on ``worker``: its key ``(job, kind, index, attempt)``, its
+        seconds (as its worker measured), records and bytes read (``stats``, as the broker
+        checked them: counts are ints), and ``blobs``, its outputs (only their sizes are
+        kept).
 
-        Called by the broker loop once per committed attempt, so it only notes the
-        attempt, as the event it will be (one tuple: every object the loop keeps is one
-        more for the garbage collector to count and go over); :meth:`flush` records the
-        noted ones together, under one lock and one clock reading (the broker loop calls
-        it once a turn, and every other event flushes first, so the order of events is
-        kept)."""
-        pending = self._pending
-        if not pending:
-            self._writer = threading.get_ident()
+        It only notes the attempt, as the event it will be (one tuple: every object the
+        loop keeps is one more for the garbage collector to count and go over);
+        :meth:`flush` records the noted ones together, under one lock and one clock
+        reading (the broker loop calls it once a turn, and every other event flushes
+        first, so the order of events is kept). The broker's commit path does the same
+        without the call (broker/commits.py: one call per task is a cost the log cannot
+        afford there): the tuple it appends to ``noted`` is this one."""
         try:  # (checked statistics have both counts: subscripts cost less than get())
             records, nbytes = stats["records"], stats["bytes"]
         except KeyError:
             records, nbytes = stats.get("records", 0), stats.get("bytes", 0)
-        pending.append((task.job.id, task.kind, task.index, attempt, worker, secs or 0,
-                        records, nbytes, len(blobs[0]) if len(blobs) == 1
-                        else sum(map(len, blobs))))  # (sizes only: no buffer held)
+        job, kind, index, attempt = key
+        self._pending.append((job, kind, index, attempt, worker, secs or 0, records, nbytes,
+                              len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs))))
 
     def flush(self) -> None:
-        """Record the attempts :meth:`done` noted (the broker loop's thread only)."""
+        """Record the commits noted (the broker loop's thread only)."""
         if self._pending:
+            self._writer = threading.get_ident()
             with self.lock:
                 self._flush()
 
@@ -274,13 +276,14 @@ class EventLog(AttemptTable, Reading):
         the noted attempts (consecutive ones of a job share them), the noted tuples as they
         are, and the job's flow and the totals summed. The usual turn commits attempts of
         one kind of one job: its sums are taken column by column, in C."""
-        pending, self._pending = tuple(self._pending), []  # (a tuple: as ``started``)
+        pending = tuple(self._pending)  # (a tuple: as ``started``)
+        self._pending.clear()  # (the same list: the commit path holds it)
         now = time.time()
-        job_id, kind = uniform(pending, _JOB), uniform(pending, _DONE_KIND)
-        if job_id is not None and kind is not None:
+        job_id, kind = pending[0][0], pending[0][1]
+        # the usual turn commits attempts of one kind of one job: said in C
+        if uniform(pending, _JOB) is not None and uniform(pending, _DONE_KIND) is not None:
             self._add_done(job_id, kind, pending, now)
             return
-        job_id, kind = pending[0][0], pending[0][1]
         start = 0
         for i, event in enumerate(pending):  # runs of one job and one kind
             if event[0] != job_id or event[1] != kind:
@@ -288,7 +291,7 @@ class EventLog(AttemptTable, Reading):
                 job_id, kind, start = event[0], event[1], i
         self._add_done(job_id, kind, pending[start:], now)
 
-    def _add_done(self, job_id: str, kind: str, fields: list, now: float) -> None:
+    def _add_done(self, job_id: str, kind: str, fields: tuple, now: float) -> None:
         """Committed attempts of one job, all of ``kind``: their events, batch and sums."""
         log = self._jobs.get(job_id)
         records = sum(map(_RECORDS, fields))
@@ -317,7 +320,7 @@ class EventLog(AttemptTable, Reading):
         not ``counted``: lost through no fault of its own, simply queued again)."""
         job = task.job
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             worker = self._end_attempt(job, task, attempt, KILLED if lost else FAILED,
                                        str(error)[:200])
@@ -332,7 +335,7 @@ class EventLog(AttemptTable, Reading):
 
     def retried(self, task: Any) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._count("retries", task.kind)
             self._emit(task.job.id, "retried", task=task.name, kind=task.kind,
@@ -341,7 +344,7 @@ class EventLog(AttemptTable, Reading):
     def abandoned(self, job: Any, keys: list, why: str) -> None:
         """Attempts stopped where they run (their job ended, or a backup race was lost)."""
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             for key in keys:
                 tasks = job.tasks(key.kind) if key.kind in ("map", "reduce") else []
@@ -353,7 +356,7 @@ class EventLog(AttemptTable, Reading):
 
     def skipped(self, task: Any, ordinal: int, position: Any) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._count("skipped_records")
             self._emit(task.job.id, "skipped", task=task.name, record=ordinal,
@@ -361,7 +364,7 @@ class EventLog(AttemptTable, Reading):
 
     def phase(self, job: Any) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._emit(job.id, "phase", phase=job.phase, step=job.step + 1,
                        maps=len(job.maps), reduces=len(job.reduces))
@@ -372,7 +375,7 @@ class EventLog(AttemptTable, Reading):
         secs = max(0.0, now - job.submitted)
         error = job.error or {}
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._count("jobs_ended", job.state)
             self.duration_sum += secs
@@ -385,14 +388,14 @@ class EventLog(AttemptTable, Reading):
 
     def job_released(self, job: Any) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._emit(job.id, "job-released")
 
     def job_dropped(self, job_id: str) -> None:
         """The broker forgot a job: its ring and attempt table are freed."""
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             log = self._jobs.pop(job_id, None)
             self._holding.pop(job_id, None)
@@ -402,14 +405,14 @@ class EventLog(AttemptTable, Reading):
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._count("workers_joined")
             self._emit(None, "worker-joined", worker=name, tags=sorted(tags))
 
     def worker_lost(self, name: str, reason: str, lost: int) -> None:
         with self.lock:
-            if self._pending:  # what done() noted happened first
+            if self._pending:  # what was noted happened first
                 self._flush()
             self._count("workers_lost")
             self._emit(None, "worker-lost", worker=name, reason=str(reason)[:200],
@@ -420,7 +423,7 @@ class NullEventLog(EventLog):
     """The event log of a broker started with ``--no-events``: it records nothing, and
     its readers find nothing."""
 
-    enabled = False
+    enabled = False  # (and ``noted`` is None: the commit path notes nothing)
 
     def _ignore(self, *args: Any, **kwargs: Any) -> None:
         return None

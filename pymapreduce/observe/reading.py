@@ -41,28 +41,29 @@ def as_dict(event: tuple) -> dict:
 def expand(entry: tuple) -> list[tuple]:
     """A ring entry ``(seq, time, type, job, fields, size, extra)`` as the events
     ``(seq, time, type, job, fields)`` it holds. The frequent events are stored a batch to
-    an entry, as the broker loop had them: ``fields`` is then a list, ``seq`` the last
-    one's number. A ``dispatched`` batch holds ``(kind, index, attempt identifier,
-    backup)`` per attempt and ``extra`` is ``(worker, step)``; a ``done`` batch holds
-    ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes out)``.
-    Served, an attempt is its number, not its identifier (the rest of it is random)."""
+    an entry, as the broker loop had them: ``fields`` is then a tuple, ``seq`` the last
+    one's number. A ``dispatched`` batch holds the attempts' identifiers and ``extra`` is
+    ``(worker, step, backup, their tasks)`` (broker Tasks: kind and index); a ``done`` batch
+    holds ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes
+    out)`` per attempt. Served, an attempt is its number, not its identifier (the rest of
+    it is random)."""
     seq, t, etype, job, fields, _, extra = entry
     if type(fields) is not tuple:
         return [entry[:5]]
     first = seq - len(fields) + 1
     if etype == "dispatched":
-        worker, step = extra
-        return [(first + i, t, etype, job, (kind, index, attempt & ATTEMPT_MASK, worker,
-                                            backup, step))
-                for i, (kind, index, attempt, backup) in enumerate(fields)]
+        worker, step, backup, tasks = extra
+        return [(first + i, t, etype, job, (task.kind, task.index, attempt & ATTEMPT_MASK,
+                                            worker, backup, step))
+                for i, (task, attempt) in enumerate(zip(tasks, fields))]
     return [(first + i, t, etype, job, (f[1], f[2], f[3] & ATTEMPT_MASK, *f[4:]))
             for i, f in enumerate(fields)]
 
 
 def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list[tuple]:
     """The attempt table from how it is stored (see events.py): dispatch batches
-    ``(time, worker, step, [(kind, index, attempt, backup)...])``, commit batches
-    ``(seq, time, [done tuples])`` and the failed, killed or abandoned attempts
+    ``(time, worker, step, (attempt identifiers...), backup, (their tasks...))``, commit
+    batches ``(seq, time, (noted commits...))`` and the failed, killed or abandoned attempts
     ``{attempt: (end, outcome, note, run secs)}``. Rows are ``(kind, index, number,
     worker, backup, step, start, end, outcome, note, run secs)``, oldest first; an attempt
     ends at whichever came first, its commit or its other end."""
@@ -72,8 +73,9 @@ def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list
             if f[3] not in committed:
                 committed[f[3]] = (t, f[5])
     rows = []
-    for start, worker, step, started in batches:
-        for kind, index, attempt, backup in started:
+    for start, worker, step, attempts, backup, tasks in batches:
+        for task, attempt in zip(tasks, attempts):
+            kind, index = task.kind, task.index
             end, outcome, note, secs = closed.get(attempt) or (None, None, "", None)
             done = committed.get(attempt)
             if done is not None and (end is None or done[0] <= end):
@@ -120,8 +122,8 @@ class Reading:
             if any(e[2] == "done" and any(not f[4] for f in e[4]) for e in entries):
                 # (a commit noted without its worker: where the attempt was sent)
                 logs = [self._jobs.get(job)] if job is not None else list(self._jobs.values())
-                workers = {s[2]: b[2] for log in logs if log is not None
-                           for b in log.batches for s in b[4]}
+                workers = {attempt: b[2] for log in logs if log is not None
+                           for b in log.batches for attempt in b[4]}
         out = []
         for entry in reversed(entries):
             if workers is not None and entry[2] == "done":
@@ -143,7 +145,7 @@ class Reading:
             if log is None:
                 return []
             # copies: joined after the lock is let go
-            batches = [(b[1], b[2], b[3], b[4]) for b in log.batches]
+            batches = [b[1:] for b in log.batches]
             ends = list(log.ends)
             closed = {k: tuple(v) for k, v in log.closed.items()}
         return join_attempts(batches, ends, closed)
