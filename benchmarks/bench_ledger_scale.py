@@ -80,6 +80,7 @@ def task_us(events: bool, workers: int, tasks: int, secs: float) -> tuple[float,
                    options={"reducers": 0, "map_only": True})
     ledger.jobs[job.id] = job
     ledger.scheduler.add(job)
+    ledger.events.job_submitted(job)  # (as a submission does: its ring and attempt table)
     queue: collections.deque = collections.deque()  # (route, attempts) to report, in order
     messages = 0
     stats = {"records": 1, "secs": secs}
