@@ -32,6 +32,7 @@ from ..patterns.sockets import (
     bind,
     make_socket,
     monitor_event,
+    readable,
     recv_frames,
     send,
 )
@@ -340,7 +341,7 @@ class Broker(ClientAPI, WorkerAPI):
                 else:
                     self._frame = body[0]
                     handler(route, msg, role, key)
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # (poll(0) builds a Poller)
+            if not readable(sock):
                 return
 
     def _oversized(self, exc: Oversized) -> None:

@@ -84,6 +84,15 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
 _send_frame = zmq.backend.Socket.send  # (the sugar layer's send adds nothing we use)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _LAST = int(zmq.NOBLOCK)
+_get = zmq.backend.Socket.get  # (the sugar's get, and IntFlag arithmetic, make enums)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits to be read: the socket's event flags, as plain ints (a
+    ``poll(0)`` builds a Poller; ``getsockopt(zmq.EVENTS) & zmq.POLLIN`` makes two enum
+    members), read after every task and message."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)
 
 
 def send(sock: zmq.Socket, msg: Message, route: list | None = None) -> None:

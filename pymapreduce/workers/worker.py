@@ -29,7 +29,7 @@ from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, recv, send
+from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, readable, recv, send
 from ..patterns.wire import AttemptKey, Failure, abandoned
 from ..spill.budget import Budget
 from .capture import Capture
@@ -246,8 +246,7 @@ class Worker(Tasks):
                     # had open: deleted, but their space is only given back once closed,
                     # and a full disk would fail the next task too
                     gc.collect()
-            # (the socket's event flags: a poll(0) builds a Poller, several times dearer)
-            if self.ctl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if readable(self.ctl):
                 self._drain()
             now = time.monotonic()
             # Short tasks share a DONE message; after a long one, report at once (the
@@ -320,7 +319,7 @@ class Worker(Tasks):
                     raise AuthenticationFailed(f"{self.connect_addr or self.bind_addr}: "
                                                f"{msg.body.get('message')}")
                 log.warning("broker error: %s", msg.body.get("message"))
-            if not self.ctl.poll(0, zmq.POLLIN):
+            if not readable(self.ctl):
                 return
 
     def _connect_sink(self, sink: str) -> None:
