@@ -169,3 +169,22 @@ def test_run_times_of_unknown_attempts_cannot_grow_the_log_past_its_bound():
     for attempt in range(10_000):  # (the broker only passes attempts a reporter holds)
         events.ran(FakeTask(0), attempt, 0.5)
     assert len(events._jobs["j"].closed) <= 16 + 16 // 8
+
+
+def test_the_global_ring_keeps_no_task_of_a_forgotten_job():
+    """A dispatch entry names its tasks by kind and index: the global ring outlives the
+    job's own log, and a task would keep its job (its splits, its code) alive with it."""
+    import gc
+    import weakref
+
+    events = EventLog()
+    events.job_submitted(FakeJob)
+    tasks = [FakeTask(i) for i in range(4)]
+    alive = [weakref.ref(t) for t in tasks]
+    events.dispatched(FakeJob, tasks, [11, 12, 13, 14], "w1")
+    events.job_dropped("j")
+    del tasks
+    gc.collect()
+    assert not any(ref() for ref in alive)
+    sent = [(e["task"], e["attempt"]) for e in events.since(0) if e["type"] == "dispatched"]
+    assert sent == [("map-0", 11), ("map-1", 12), ("map-2", 13), ("map-3", 14)]

@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from operator import attrgetter
 from typing import Any
 
-_KIND = attrgetter("kind")  # a broker Task's (which never changes)
+_KIND, _INDEX = attrgetter("kind"), attrgetter("index")  # a broker Task's (they never change)
 _RUNNING = attrgetter("running")  # a broker Task's attempts running now
 
 

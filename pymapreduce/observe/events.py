@@ -40,7 +40,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..patterns import protocol as P
-from .attempts import _KIND, AttemptTable, _JobLog, uniform
+from .attempts import _INDEX, _KIND, AttemptTable, _JobLog, uniform
 from .reading import ATTEMPT_MASK, SMALL, Reading
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -196,10 +196,11 @@ class EventLog(AttemptTable, Reading):
         of each still runs).
 
         One call and one ring entry per message, not per attempt (a message carries tens
-        of them at full rate), and nothing is built per attempt: the attempt identifiers
-        are kept as a tuple of ints (the collector stops tracking it at its first pass),
-        beside the tasks, as the ring's entry and the attempt table's batch; the lock, the
-        clock, the job's log and the byte budget are dealt with once."""
+        of them at full rate), and nothing is built per attempt in Python: the attempt
+        identifiers are kept as a tuple of ints (the collector stops tracking it at its
+        first pass), with the tasks' kind and indexes in the ring's entry and the tasks
+        themselves in the job's attempt table (freed with the job); the lock, the clock,
+        the job's log and the byte budget are dealt with once."""
         n = len(attempts)
         if not n:
             return
@@ -216,9 +217,11 @@ class EventLog(AttemptTable, Reading):
                 self._emit(job.id, "job-started")
             kinds = list(map(_KIND, tasks))
             if kinds.count(kinds[0]) == n:  # (the usual message, in C)
-                key = ("attempts", kinds[0])
+                kind: Any = kinds[0]
+                key = ("attempts", kind)
                 counts[key] = counts.get(key, 0) + n
             else:
+                kind = tuple(kinds)
                 for kind in kinds:
                     key = ("attempts", kind)
                     counts[key] = counts.get(key, 0) + 1
@@ -227,8 +230,10 @@ class EventLog(AttemptTable, Reading):
                     self._count("backups", kind)
             self.seq += n
             size = n * SMALL
+            # the rings' entry names the tasks by kind and index: it may outlive the job
+            # (the global ring's), which the tasks would keep, its splits with it
             self._push(log, (self.seq, now, "dispatched", job.id, attempts, size,
-                             (worker, step, backup, tasks)), size, n)
+                             (worker, step, backup, kind, tuple(map(_INDEX, tasks)))), size, n)
             if log is not None:
                 log.batches.append((self.seq, now, worker, step, attempts, backup, tasks))
                 log.rows += n

@@ -11,6 +11,7 @@ the attempt table is joined here from the batches it is stored as.
 from __future__ import annotations
 
 import threading
+from itertools import repeat
 from typing import Any
 
 from .timeline import place
@@ -43,7 +44,8 @@ def expand(entry: tuple) -> list[tuple]:
     ``(seq, time, type, job, fields)`` it holds. The frequent events are stored a batch to
     an entry, as the broker loop had them: ``fields`` is then a tuple, ``seq`` the last
     one's number. A ``dispatched`` batch holds the attempts' identifiers and ``extra`` is
-    ``(worker, step, backup, their tasks)`` (broker Tasks: kind and index); a ``done`` batch
+    ``(worker, step, backup, kind, indexes)`` (``kind`` a tuple when they are of both
+    kinds); a ``done`` batch
     holds ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes
     out)`` per attempt. Served, an attempt is its number, not its identifier (the rest of
     it is random)."""
@@ -52,10 +54,12 @@ def expand(entry: tuple) -> list[tuple]:
         return [entry[:5]]
     first = seq - len(fields) + 1
     if etype == "dispatched":
-        worker, step, backup, tasks = extra
-        return [(first + i, t, etype, job, (task.kind, task.index, attempt & ATTEMPT_MASK,
-                                            worker, backup, step))
-                for i, (task, attempt) in enumerate(zip(tasks, fields))]
+        worker, step, backup, kinds, indexes = extra
+        if type(kinds) is str:
+            kinds = repeat(kinds)
+        return [(first + i, t, etype, job, (kind, index, attempt & ATTEMPT_MASK, worker,
+                                            backup, step))
+                for i, (kind, index, attempt) in enumerate(zip(kinds, indexes, fields))]
     return [(first + i, t, etype, job, (f[1], f[2], f[3] & ATTEMPT_MASK, *f[4:]))
             for i, f in enumerate(fields)]
 
