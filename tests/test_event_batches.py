@@ -188,3 +188,20 @@ def test_the_global_ring_keeps_no_task_of_a_forgotten_job():
     assert not any(ref() for ref in alive)
     sent = [(e["task"], e["attempt"]) for e in events.since(0) if e["type"] == "dispatched"]
     assert sent == [("map-0", 11), ("map-1", 12), ("map-2", 13), ("map-3", 14)]
+
+
+def test_a_message_of_maps_and_reduces_reads_back_with_each_ones_kind():
+    """(Maps of a job can run again after its reduces began, when a sink was lost: one
+    TASKS message may then hold both kinds.)"""
+    events = EventLog()
+    events.job_submitted(FakeJob)
+    tasks = [FakeTask(0), FakeTask(1), FakeTask(0)]
+    tasks[2].kind = "reduce"
+    events.dispatched(FakeJob, tasks, [21, 22, 23], "w1")
+    sent = [(e["kind"], e["index"], e["attempt"]) for e in events.since(0, "j")
+            if e["type"] == "dispatched"]
+    assert sent == [("map", 0, 21), ("map", 1, 22), ("reduce", 0, 23)]
+    counts, _, _ = events.totals()
+    assert counts[("attempts", "map")] == 2 and counts[("attempts", "reduce")] == 1
+    assert [(r["kind"], r["index"]) for r in events.attempts("j")] == [
+        ("map", 0), ("map", 1), ("reduce", 0)]

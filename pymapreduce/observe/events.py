@@ -12,8 +12,8 @@ broker forgets the job.
 
 Recording is on the broker loop's path of every task, so the two events every attempt
 has are recorded in batches, and no call is made per attempt: the attempts of one TASKS
-message with one call (``dispatched``, given the attempt keys the dispatcher made for the
-worker's ledger anyway), the attempts committed in one turn of the loop together (the
+message with one call (``dispatched``, given the message's tasks and their attempts'
+identifiers), the attempts committed in one turn of the loop together (the
 commit path appends one tuple to ``noted``, as :meth:`EventLog.done` does; ``flush``
 records them), each batch one ring entry. A batch is stored as it came, in a tuple: the
 garbage collector stops tracking a tuple of names and numbers the first time it sees it,
@@ -222,12 +222,12 @@ class EventLog(AttemptTable, Reading):
                 counts[key] = counts.get(key, 0) + n
             else:
                 kind = tuple(kinds)
-                for kind in kinds:
-                    key = ("attempts", kind)
+                for one in kinds:
+                    key = ("attempts", one)
                     counts[key] = counts.get(key, 0) + 1
             if backup:
-                for kind in kinds:
-                    self._count("backups", kind)
+                for one in kinds:
+                    self._count("backups", one)
             self.seq += n
             size = n * SMALL
             # the rings' entry names the tasks by kind and index: it may outlive the job
