@@ -242,11 +242,13 @@ class EventLog(AttemptTable, Reading):
                 # attempt dispatched
                 if log.rows > self.attempts_per_job + (self.attempts_per_job >> 3):
                     self._drop_attempts(log, log.rows - self.attempts_per_job)
-                while self._rows > self.max_attempts:  # the oldest job's rows go first
-                    oldest = next(j for j in self._jobs.values() if j.rows)
-                    if not self._drop_attempts(oldest, min(oldest.rows,
-                                                           self._rows - self.max_attempts)):
-                        break  # (all that is left still runs)
+                if self._rows > self.max_attempts:  # the oldest jobs' rows go first
+                    for other in self._jobs.values():  # (one whose rows all still run
+                        if other.rows:                 # holds none back: the next goes)
+                            self._drop_attempts(other, min(other.rows,
+                                                           self._rows - self.max_attempts))
+                            if self._rows <= self.max_attempts:
+                                break
 
     def done(self, key: tuple, stats: dict, secs: Any, blobs: list, worker: str = "") -> None:
         """An attempt committed on ``worker``: its key ``(job, kind, index, attempt)``, its
