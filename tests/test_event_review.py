@@ -4,7 +4,20 @@ threads, and the sockets' 'a message waits' check."""
 
 from __future__ import annotations
 
+import pytest
+
+from pymapreduce.broker.config import BrokerConfig
+from pymapreduce.broker.ledger import Ledger
+from pymapreduce.broker.sink import Store
 from pymapreduce.observe.events import EventLog
+
+
+@pytest.fixture
+def ledger():
+    store = Store(1 << 30)
+    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
+                 store)
+    store.close()
 
 
 class Job:
@@ -42,3 +55,23 @@ def test_the_global_attempt_cap_holds_while_the_oldest_job_s_rows_all_still_run(
     assert events._rows == sum(log.rows for log in events._jobs.values())
     assert len(events.attempts("new")) == events._jobs["new"].rows
     assert max(r["attempt"] for r in events.attempts("new")) == (1000 + 299) & 0xFFF
+
+
+def test_attempts_stopped_because_a_sink_was_lost_end_as_abandoned_in_the_table(ledger):
+    """A lost sink stops the step's running maps where they run: their rows must end
+    (abandoned, with why), not stay 'running' on the timeline for ever."""
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    job = add_job(ledger, maps=6)
+    ledger.events.job_submitted(job)
+    a = ledger.register(b"A", "", {"credit": 2, "name": "A"}, T0)
+    ledger.dispatch(T0)
+    first, second = tasks_of(ledger)[b"A"]
+    ledger.done(a, [report(first)], tuple(map_output()))
+    ledger._rerun(job, {0}, "its sink was lost")
+    ledger.dispatch(T0)
+    rows = {(r["task"], r["attempt"]): r for r in ledger.events.attempts("j")}
+    stopped = rows[(f"map-{second.index}", second.attempt & 0xFFF)]
+    assert stopped["outcome"] == "abandoned" and stopped["end"] is not None
+    assert any(e["type"] == "abandoned" and f"map-{second.index}" in e["tasks"]
+               for e in ledger.events.since(0, "j"))

@@ -282,6 +282,7 @@ class Sinks:
             for key in keys:
                 self._forget(key)
             self._abandon(route, job.id, keys)
+            self.events.abandoned(job, keys, why)
         job.rerun_maps(maps, lost, whole=only is None)
         if maps:
             log.info("%s: %s: %d map task(s) run again", job.id, why, len(maps))
