@@ -75,3 +75,27 @@ def test_attempts_stopped_because_a_sink_was_lost_end_as_abandoned_in_the_table(
     assert stopped["outcome"] == "abandoned" and stopped["end"] is not None
     assert any(e["type"] == "abandoned" and f"map-{second.index}" in e["tasks"]
                for e in ledger.events.since(0, "j"))
+
+
+def test_a_loop_on_another_thread_than_the_log_s_builder_reads_its_own_commits():
+    """A broker built on one thread and served on another (compat.Master run on a
+    thread): the loop's own reads (EVENTS, flow at a job's end) see the commits noted in
+    its turn, and the building thread, reading, never records what the loop notes."""
+    import threading
+
+    events = EventLog()  # built here
+    job = Job("j")
+    events.job_submitted(job)
+    seen: list = []
+
+    def loop() -> None:
+        task = Task(job, 0)
+        events.dispatched(job, [task], [4097], "w1")
+        events.noted.append(("j", "map", 0, 4097, "w1", 0.1, 3, 10, 5))  # as _commit does
+        seen.extend(e["type"] for e in events.since(0, "j"))
+        seen.append(events.flow("j")["map"]["records_in"])
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    thread.join()
+    assert seen == ["job-submitted", "job-started", "dispatched", "done", 3]

@@ -208,6 +208,9 @@ class EventLog(AttemptTable, Reading):
         now = time.time()
         counts = self.counts
         attempts, tasks = tuple(attempts), tuple(tasks)
+        # the broker loop's thread, which notes commits (an attempt is dispatched before
+        # it commits): its reads record them first, and no other thread's read does
+        self._writer = threading.get_ident()
         with self.lock:
             if self._pending:  # what was noted happened first
                 self._flush()
