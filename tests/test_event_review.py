@@ -99,3 +99,16 @@ def test_a_loop_on_another_thread_than_the_log_s_builder_reads_its_own_commits()
     thread.start()
     thread.join()
     assert seen == ["job-submitted", "job-started", "dispatched", "done", 3]
+
+
+def test_the_byte_budget_counts_the_texts_of_an_event_s_lists():
+    """A worker may name 64 tags of 100 characters at each registration: its worker-joined
+    events must count them against the byte budget, not as a small event each."""
+    events = EventLog(max_bytes=200_000)
+    tags = [f"{i:03d}" + "t" * 97 for i in range(64)]
+    for n in range(1000):
+        events.worker_joined(f"w{n}", tags)
+    kept = [e for e in events._global if e[2] == "worker-joined"]
+    text = sum(len(t) for e in kept for t in e[4]["tags"])
+    assert text <= 200_000
+    assert events.since(0)[-1]["worker"] == "w999"

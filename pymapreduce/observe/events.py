@@ -68,8 +68,16 @@ def safe_position(position: Any) -> dict:
 
 
 def _size(fields: dict) -> int:
-    """About what an event with these fields costs in memory (its texts dominate)."""
-    return SMALL + sum(len(v) for v in fields.values() if isinstance(v, str))
+    """About what an event with these fields costs in memory (its texts dominate, also
+    those in a list or a map: a worker's tags, an abandon's tasks, an input position)."""
+    size = SMALL
+    for v in fields.values():
+        if isinstance(v, str):
+            size += len(v)
+        elif isinstance(v, (list, tuple, dict)):
+            size += sum(len(x) + 50 for x in (v.values() if isinstance(v, dict) else v)
+                        if isinstance(x, str))
+    return size
 
 
 def _events_in(entry: tuple) -> int:
