@@ -112,3 +112,237 @@ def test_the_byte_budget_counts_the_texts_of_an_event_s_lists():
     text = sum(len(t) for e in kept for t in e[4]["tags"])
     assert text <= 200_000
     assert events.since(0)[-1]["worker"] == "w999"
+
+
+def _rows(ledger: Ledger, job: str = "j") -> list[tuple]:
+    return [(r["step"], r["task"], r["attempt"], r["worker"], r["backup"], r["outcome"])
+            for r in ledger.events.attempts(job)]
+
+
+def test_retries_backups_and_a_worker_lost_mid_attempt_read_back_in_the_table(ledger):
+    """A failure's retry is no backup; a straggler's second attempt is; the first
+    attempt's worker then lost: killed, and the backup's commit ends the task."""
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    job = add_job(ledger, maps=2)
+    ledger.events.job_submitted(job)
+    a = ledger.register(b"A", "", {"credit": 1, "name": "A"}, T0)
+    b = ledger.register(b"B", "", {"credit": 1, "name": "B"}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    [ka], [kb] = held[b"A"], held[b"B"]
+    ledger.failed(b, {**kb._asdict(), "error": "boom"})
+    c = ledger.register(b"C", "", {"credit": 1, "name": "C"}, T0)
+    ledger.dispatch(T0)
+    [kb2] = tasks_of(ledger)[b"C"]  # (its retry avoids B, where it failed)
+    ledger.done(c, [report(kb2)], tuple(map_output()))
+    job.maps[ka.index].started = T0 - 60
+    ledger.dispatch(T0 + 60)
+    [backup] = tasks_of(ledger)[b"B"]
+    ledger.purge(a, "silent")
+    ledger.done(b, [report(backup)], tuple(map_output()))
+    ia, ib = f"map-{ka.index}", f"map-{kb.index}"
+    assert _rows(ledger) == [(1, ia, 1, "A", False, "killed"), (1, ib, 1, "B", False, "failed"),
+                             (1, ib, 2, "C", False, "done"), (1, ia, 2, "B", True, "done")]
+    sent = [(e["task"], e["attempt"], e["backup"]) for e in ledger.events.since(0, "j")
+            if e["type"] == "dispatched"]
+    assert sent == [(ia, 1, False), (ib, 1, False), (ib, 2, False), (ia, 2, True)]
+    assert ledger.events.totals()[0][("backups", "map")] == 1
+
+
+def test_hostile_done_reports_neither_raise_nor_count_twice(ledger):
+    """Reports of attempts not held, the same attempt twice in one DONE and again later,
+    and counts at the largest a report may carry: one done event, counted once."""
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    job = add_job(ledger, maps=1)
+    ledger.events.job_submitted(job)
+    a = ledger.register(b"A", "", {"credit": 1, "name": "A"}, T0)
+    b = ledger.register(b"B", "", {"credit": 1, "name": "B"}, T0)
+    ledger.dispatch(T0)
+    ((route, [key]),) = tasks_of(ledger).items()
+    holder, other = (a, b) if route == b"A" else (b, a)
+    big = {"records": (1 << 62) - 1, "bytes": (1 << 62) - 1, "secs": 1e9 - 1}
+    ledger.done(other, [report(key, big)], tuple(map_output()))  # not its attempt
+    ledger.done(holder, [report(key._replace(attempt=key.attempt ^ (1 << 20)), big)],
+                tuple(map_output()))  # an attempt never handed out
+    ledger.done(holder, [report(key, big), report(key, big)], tuple(map_output(2)))
+    ledger.done(holder, [report(key, big)], tuple(map_output()))
+    ledger.done(holder, [report(key, {"records": -1})], tuple(map_output()))
+    done = [e for e in ledger.events.since(0, "j") if e["type"] == "done"]
+    assert len(done) == 1 and done[0]["records"] == (1 << 62) - 1
+    assert ledger.events.flow("j")["map"]["records_in"] == (1 << 62) - 1
+    assert [r[-1] for r in _rows(ledger)] == ["done"]
+    assert ledger.events.totals()[0][("tasks_done", "map")] == 1
+
+
+def test_a_multi_step_job_s_table_keeps_each_step_s_rows_under_its_cap(ledger):
+    """Steps replace a job's maps and reduces: rows of an earlier step keep their step,
+    kind and index, and go first when the table is full."""
+    from .test_ledger import T0, add_job, map_output, report, tasks_of
+
+    ledger.events.attempts_per_job = 8
+    job = add_job(ledger, maps=12, steps=[{"reducers": 1, "map_only": False},
+                                         {"reducers": 1, "map_only": False}])
+    ledger.events.job_submitted(job)
+    w = ledger.register(b"A", "", {"credit": 4, "name": "A"}, T0)
+    for _ in range(40):
+        ledger.dispatch(T0)
+        held = tasks_of(ledger)
+        if not held:
+            break
+        for key in held[b"A"]:
+            ledger.done(w, [report(key)], tuple(map_output()))
+        ledger.events.flush()
+    assert job.state == "succeeded" and job.step == 1
+    rows = _rows(ledger)
+    assert 0 < len(rows) <= 8 + 1 + 4
+    assert rows[-1][:2] == (2, "reduce-0") and all(r[-1] == "done" for r in rows)
+    steps = [r[0] for r in rows]
+    assert steps == sorted(steps)
+    log = ledger.events._jobs["j"]
+    assert ledger.events._rows == log.rows == len(rows)
+
+
+def test_a_forgotten_job_leaves_nothing_of_itself_in_the_global_ring():
+    """Dispatched, committed, failed, abandoned, then forgotten: neither the job nor its
+    tasks stay alive through the events the global ring still holds."""
+    import gc
+    import weakref
+
+    events = EventLog()
+    job = Job("j")
+    job.maps = [Task(job, i) for i in range(3)]
+    job.tasks = lambda kind, maps=job.maps: maps
+    events.job_submitted(job)
+    events.dispatched(job, job.maps, [1, 2, 3], "w1", backup=True)
+    events.noted.append(("j", "map", 0, 1, "", 0.5, 1, 2, 3))
+    events.failed(job.maps[1], 2, "boom", "tb", {"path": "/x", "key": "secret"}, False, True)
+    events.abandoned(job, [type("K", (), {"kind": "map", "index": 2, "attempt": 3})()], "x")
+    events.flush()
+    alive = weakref.ref(job), weakref.ref(job.maps[0])
+    events.job_dropped("j")
+    del job
+    gc.collect()
+    assert not any(ref() for ref in alive)
+    seen = events.since(0)
+    assert [e["type"] for e in seen] == ["job-submitted", "job-started", "dispatched",
+                                         "dispatched", "dispatched", "done", "failed",
+                                         "abandoned"]
+    assert "secret" not in repr(seen)
+    assert events._bytes == sum(e[5] for e in events._global)
+
+
+def test_a_cut_batch_of_both_kinds_keeps_each_row_s_kind():
+    """The table's cap cuts a dispatch batch of maps and reduces in two: each half keeps
+    its tasks with their attempts."""
+    events = EventLog(attempts_per_job=8)
+    job = Job("j")
+    events.job_submitted(job)
+    tasks = [Task(job, i, "map" if i % 2 else "reduce") for i in range(6)]
+    events.dispatched(job, tasks, [10 + i for i in range(6)], "w1")
+    events.dispatched(job, [Task(job, 9)], [99], "w1")
+    events.dispatched(job, tasks[:3], [20, 21, 22], "w2")  # 10 rows: back to 8
+    rows = [(r["kind"], r["index"], r["attempt"]) for r in events.attempts("j")]
+    assert rows == [("reduce", 2, 12), ("map", 3, 13), ("reduce", 4, 14), ("map", 5, 15),
+                    ("map", 9, 99), ("reduce", 0, 20), ("map", 1, 21), ("reduce", 2, 22)]
+    sent = [(e["kind"], e["index"]) for e in events.since(0, "j") if e["type"] == "dispatched"]
+    assert sent[:6] == [("reduce", 0), ("map", 1), ("reduce", 2), ("map", 3), ("reduce", 4),
+                        ("map", 5)]
+
+
+def test_readers_on_other_threads_see_consistent_events_while_the_loop_writes():
+    """HTTP threads read (events after a cursor, attempt tables, flows, totals) while the
+    loop dispatches, commits, fails, trims and forgets jobs: no reader raises, every read
+    is in order without repeats, and the loop's own reads record what it noted."""
+    import threading
+
+    events = EventLog(per_job=50, global_events=80, attempts_per_job=24, max_attempts=60,
+                      max_bytes=40_000)
+    stop = threading.Event()
+    errors: list = []
+
+    def reader() -> None:
+        cursor = 0
+        try:
+            while not stop.is_set():
+                for job in (None, "j3", "j4"):
+                    seen = events.since(0, job)
+                    seqs = [e["seq"] for e in seen]
+                    assert seqs == sorted(set(seqs)), seqs
+                after = events.since(cursor)
+                if after:
+                    assert after[0]["seq"] > cursor
+                    cursor = after[-1]["seq"]
+                for job in ("j3", "j4"):
+                    events.timeline(job)
+                    events.flow(job)
+                events.totals()
+        except Exception as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(12):
+            job = Job(f"j{n}")
+            job.maps = [Task(job, i) for i in range(30)]
+            job.tasks = lambda kind, job=job: job.maps
+            events.job_submitted(job)
+            for first in range(0, 30, 6):
+                batch = job.maps[first:first + 6]
+                ids = [(n << 20) | (i << 12) | 1 for i in range(first, first + 6)]
+                for t, a in zip(batch, ids):
+                    t.running[a] = b"w"
+                events.dispatched(job, batch, ids, f"w{n % 3}")
+                for t, a in zip(batch[:-1], ids):
+                    t.running.clear()
+                    events.noted.append((job.id, "map", t.index, a, "", 0.1, 1, 2, 3))
+                events.failed(batch[-1], ids[-1], "boom", "", {}, False, True)
+                batch[-1].running.clear()
+                assert events.since(events.seq - 1, job.id)[-1]["type"] == "failed"
+                events.flush()
+            if n >= 5:
+                events.job_dropped(f"j{n - 5}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert events._rows == sum(log.rows for log in events._jobs.values()) <= 60 + 30
+    assert events._bytes <= 40_000
+
+
+def test_readable_misses_no_message_a_level_triggered_wait_would_see():
+    """``readable`` (the event flags read as ints) after each message of a burst, and after
+    the last: a message sent once it said 'none' is still found by the next wait, so a
+    drain loop that stops on it leaves nothing behind for ever."""
+    import zmq
+
+    from pymapreduce.patterns.sockets import readable
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        assert not readable(pull)
+        got = 0
+        for burst in (1, 7, 300):
+            for i in range(burst):
+                push.send(b"%d" % i)
+            want = got + burst
+            while got < want:
+                assert pull.poll(10_000, zmq.POLLIN)  # (the loop's wait)
+                while True:  # the drain: read while a message waits
+                    pull.recv(zmq.NOBLOCK)
+                    got += 1
+                    if not readable(pull):
+                        break
+            assert got == want and not readable(pull)
+            assert type(readable(pull)) is bool
+    finally:
+        push.close(0)
+        pull.close(0)
+        ctx.term()
