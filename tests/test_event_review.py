@@ -346,3 +346,28 @@ def test_readable_misses_no_message_a_level_triggered_wait_would_see():
         push.close(0)
         pull.close(0)
         ctx.term()
+
+
+def test_an_ended_job_s_abandoned_attempts_no_longer_hold_their_rows():
+    """A job that ended with attempts out (cancelled, failed) had them abandoned: the
+    broker no longer runs them (though its tasks still name them), so a full table lets
+    their rows go like any other's, and no later dispatch goes over them again."""
+    events = EventLog(attempts_per_job=1000, max_attempts=100)
+    old = Job("old")
+    tasks = [Task(old, i) for i in range(50)]
+    old.tasks = lambda kind: tasks
+    events.job_submitted(old)
+    for i, t in enumerate(tasks):
+        t.running[i + 1] = b"w"
+    events.dispatched(old, tasks, [i + 1 for i in range(50)], "w1")
+    old.state = "cancelled"
+    events.job_ended(old, 1.0)
+    keys = [type("K", (), {"kind": "map", "index": i, "attempt": i + 1})() for i in range(50)]
+    events.abandoned(old, keys, "job cancelled")
+    new = Job("new")
+    events.job_submitted(new)
+    for k in range(11):
+        events.dispatched(new, [Task(new, i) for i in range(10)],
+                          [1000 + 10 * k + i for i in range(10)], "w2")
+    assert events._rows <= 100
+    assert events._jobs["old"].rows == 0 and events._jobs["new"].rows == 100

@@ -16,6 +16,8 @@ from collections import OrderedDict, deque
 from operator import attrgetter
 from typing import Any
 
+from ..patterns.protocol import JOB_RUNNING
+
 _KIND, _INDEX = attrgetter("kind"), attrgetter("index")  # a broker Task's (they never change)
 _RUNNING = attrgetter("running")  # a broker Task's attempts running now
 
@@ -31,11 +33,12 @@ def uniform(items: list, column: Any) -> Any:
 
 def _running_in(tasks: tuple, attempts: tuple) -> list[int]:
     """The positions of those of ``attempts`` (of ``tasks``, one each) the broker still
-    runs: its own state, not the log's (what a full attempt table keeps)."""
+    runs: its own state, not the log's (what a full attempt table keeps). The attempts
+    of a job that ended were abandoned, though its tasks still name them."""
     if not any(map(_RUNNING, tasks)):  # the usual case, in C: none runs any attempt now
         return []
     return [i for i, (task, attempt) in enumerate(zip(tasks, attempts))
-            if attempt in task.running]
+            if attempt in task.running and task.job.state == JOB_RUNNING]
 
 
 class _JobLog:
