@@ -164,7 +164,9 @@ def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
     log = tmp_path / "runs"
     with Client(address) as client:
         handle = client.submit(Sleepy(str(log), 60), RECORDS[:4], map_tasks=4)
-        while not log.exists():
+        # (the line written, not only the file made: a cancel between the two would stop
+        # the task before its line is written)
+        while not (log.exists() and log.read_text().startswith("start 0\n")):
             time.sleep(0.02)
         handle.cancel()
         assert handle.status()["state"] == "cancelled"
