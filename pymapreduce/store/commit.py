@@ -158,7 +158,7 @@ def commit_output(output: dict, job_id: str, parts: int,
     OutputMissing. Returns the part files' names."""
     loc = Location(output["url"], output.get("storage"))
     loc.refresh()
-    loc.remove(SUCCESS)  # nobody takes a mix of two runs for a finished output
+    begin_commit(loc)
     written = []
     for part, record, data in records:
         final = part_name(part)
@@ -186,11 +186,24 @@ def commit_output(output: dict, job_id: str, parts: int,
                     f"{loc.shown(tmp)}, where its worker wrote it: is the output on a file "
                     "system the client and the workers share (or an object store)?")
         written.append(final)
+    loc.remove_tree(job_temporary(job_id))
+    loc.remove_empty(TEMPORARY)  # (only if no other job's attempts are there)
+    end_commit(loc, parts)
+    return written
+
+
+def begin_commit(loc: Location) -> None:
+    """The first step of writing an output: an earlier run's ``_SUCCESS`` removed, so
+    that nobody takes a mix of two runs for a finished output."""
+    loc.remove(SUCCESS)
+
+
+def end_commit(loc: Location, parts: int) -> None:
+    """The last steps, once every part file of this run is in place: part files of an
+    earlier run beyond this run's ``parts`` removed, then ``_SUCCESS`` written, last (what
+    readers wait for). The mrjob adapter's ``--output`` ends the same way."""
     for name in loc.names():  # an earlier run's extra parts
         if PART.fullmatch(name) and int(name[5:]) >= parts:
             loc.remove(name)
-    loc.remove_tree(job_temporary(job_id))
-    loc.remove_empty(TEMPORARY)  # (only if no other job's attempts are there)
     loc.touch(SUCCESS)
-    return written
 
