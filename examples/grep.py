@@ -58,9 +58,12 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     pattern = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_PATTERN
     inputs = read_text(sys.argv[2:] or [sample_data.sample("logs")], with_path=True)
     matches = Grep(pattern).run(inputs)
-    for (path, offset), line in sorted(matches):
-        print(f"{path}:{offset}: {line}")
-    print(f"{len(matches)} matching lines", file=sys.stderr)
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for (path, offset), line in sorted(matches):
+            print(f"{path}:{offset}: {line}")
+        print(f"{len(matches)} matching lines", file=sys.stderr)

@@ -59,8 +59,11 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     inputs = read_text(sys.argv[1:] or [sample_data.sample("docs")], with_path=True)
     index = InvertedIndex().run(inputs)
-    for word, paths in sorted(index.items())[:30]:
-        print(f"{word:12s} {len(paths):3d}  {', '.join(p.rsplit('/', 1)[-1] for p in paths)}")
-    print(f"{len(index)} words", file=sys.stderr)
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for word, paths in sorted(index.items())[:30]:
+            print(f"{word:12s} {len(paths):3d}  {', '.join(p.rsplit('/', 1)[-1] for p in paths)}")
+        print(f"{len(index)} words", file=sys.stderr)

@@ -92,13 +92,16 @@ def check(result: dict, graph: dict[int, list[int]], iterations: int) -> float:
 if __name__ == "__main__":
     import sys
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     iterations = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     graph = make_graph(nodes)
     result = PageRank(nodes, iterations).run(initial_records(graph))
     worst = check(result, graph, iterations)
     top = sorted(result.items(), key=lambda kv: -kv[1][0])[:10]
-    print(f"{nodes} nodes, {iterations} iterations; largest difference from the direct "
-          f"computation: {worst:.2e}")
-    for node, (rank, _) in top:
-        print(f"{node:6d}  {rank:.6f}")
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        print(f"{nodes} nodes, {iterations} iterations; largest difference from the direct "
+              f"computation: {worst:.2e}")
+        for node, (rank, _) in top:
+            print(f"{node:6d}  {rank:.6f}")

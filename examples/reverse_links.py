@@ -70,8 +70,11 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     graph = ReverseLinks().run(read_files(sys.argv[1:] or [sample_data.sample("site")]))
-    for target, sources in sorted(graph.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:15]:
-        print(f"{len(sources):4d}  {target}  <-  {', '.join(sources[:3])}"
-              + (" ..." if len(sources) > 3 else ""))
-    print(f"{len(graph)} linked URLs", file=sys.stderr)
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for target, sources in sorted(graph.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:15]:
+            print(f"{len(sources):4d}  {target}  <-  {', '.join(sources[:3])}"
+                  + (" ..." if len(sources) > 3 else ""))
+        print(f"{len(graph)} linked URLs", file=sys.stderr)

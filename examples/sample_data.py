@@ -158,7 +158,10 @@ def sample(kind: str) -> str:
 if __name__ == "__main__":
     import sys
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     if len(sys.argv) != 2:
         sys.exit("usage: python examples/sample_data.py DIR")
-    for kind, path in write_all(sys.argv[1]).items():
-        print(f"{kind:8s} {path}")
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for kind, path in write_all(sys.argv[1]).items():
+            print(f"{kind:8s} {path}")

@@ -1,10 +1,12 @@
-"""The original pyMapReduce README example, unchanged but for its import line.
+"""The original pyMapReduce README example, unchanged but for its import line (and the
+guard around its last line: its output piped to ``head`` ends it quietly, no traceback).
 
 Three slaves and a master start in threads on random ports, then a CountCharacters job
 counts the characters of seven texts. Run it: ``python examples/seed_charcount.py``.
 """
 
 from pymapreduce.compat import Master, Slave, Job
+from pymapreduce.cli_output import quiet_when_stdout_closes
 from threading import Thread
 import time
 import random
@@ -62,4 +64,5 @@ class CountCharacters(Job):
 
 job = CountCharacters()
 res = job.run()
-print('The result of CountCharacters:', res)
+with quiet_when_stdout_closes():
+    print('The result of CountCharacters:', res)

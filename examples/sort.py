@@ -44,8 +44,11 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     pairs = Sort().run(read_text(sys.argv[1:] or [sample_data.sample("records")]))
-    for _, record in pairs[:10]:
-        print(record)
-    print(f"... {len(pairs)} records, in key order: "
-          f"{all(a[0] <= b[0] for a, b in zip(pairs, pairs[1:]))}", file=sys.stderr)
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for _, record in pairs[:10]:
+            print(record)
+        print(f"... {len(pairs)} records, in key order: "
+              f"{all(a[0] <= b[0] for a, b in zip(pairs, pairs[1:]))}", file=sys.stderr)

@@ -83,6 +83,9 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     vectors = TermVector().run(read_files(sys.argv[1:] or [sample_data.sample("site")]))
-    for host, vector in sorted(vectors.items()):
-        print(f"{host}: " + ", ".join(f"{w} {n}" for w, n in vector[:8]))
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for host, vector in sorted(vectors.items()):
+            print(f"{host}: " + ", ".join(f"{w} {n}" for w, n in vector[:8]))

@@ -56,7 +56,10 @@ if __name__ == "__main__":
 
     import sample_data
 
+    from pymapreduce.cli_output import quiet_when_stdout_closes
+
     counts = UrlAccessCount().run(read_text(sys.argv[1:] or [sample_data.sample("logs")]))
-    for url, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20]:
-        print(f"{n:8d}  {url}")
-    print(f"{len(counts)} distinct URLs", file=sys.stderr)
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for url, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:20]:
+            print(f"{n:8d}  {url}")
+        print(f"{len(counts)} distinct URLs", file=sys.stderr)

@@ -24,7 +24,9 @@ if __name__ == "__main__":
     import sys
 
     from pymapreduce import read_text
+    from pymapreduce.cli_output import quiet_when_stdout_closes
 
     counts = WordCount().run(read_text(sys.argv[1:] or [__file__]))
-    for word, n in sorted(counts.items(), key=lambda kv: -kv[1])[:20]:
-        print(f"{n:8d}  {word}")
+    with quiet_when_stdout_closes():  # (its reader gone, `| head`: no traceback)
+        for word, n in sorted(counts.items(), key=lambda kv: -kv[1])[:20]:
+            print(f"{n:8d}  {word}")

@@ -9,9 +9,11 @@ first ``TERMINAL_LIMIT`` are, and stderr says how many more there were and how t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from .errors import describe_position as _describe_position
@@ -179,3 +181,39 @@ def _table(rows: list[list[str]], out) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+
+
+@contextlib.contextmanager
+def quiet_when_stdout_closes() -> Iterator[None]:
+    """Run the block (a script's printing, ``examples/*.py``); if standard output's reader
+    goes away first (``python script.py | head -1``), end the process with status 0 and
+    no traceback, as ``pymapreduce`` commands do: what was left to print goes nowhere.
+    Standard output is flushed at the end of the block, so a reader gone before the last
+    bytes is caught here too, not by the interpreter's last flush. A BrokenPipeError
+    while standard output still has a reader (a socket's, a child's pipe) is raised."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _reader_gone(sys.stdout):
+            raise
+        for stream in (sys.stdout, sys.stderr):
+            if stream is sys.stdout or _reader_gone(stream):
+                with contextlib.suppress(OSError, ValueError):
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, stream.fileno())  # (its unwritten bytes go there)
+                    os.close(devnull)
+        raise SystemExit(0) from None
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether the pipe or socket ``stream`` writes to has no reader any longer (poll says
+    POLLERR or POLLHUP); True where that cannot be asked (no poll, no descriptor)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True

@@ -173,3 +173,11 @@ class BadOutput(PyMapReduceError, TypeError):
     compare with each other. The message names the job's method and the value. The same
     code fails the same way on every attempt, so the task is not retried as a lost worker
     would be."""
+
+
+class OutputLinkRefused(PyMapReduceError, OSError):
+    """A name inside a local output directory that pymapreduce would go through is a
+    symbolic link (or not a directory where one must be): ``OUT/_temporary`` or
+    ``OUT/_temporary/<job>`` made a link by whoever can write ``OUT``. Nothing is written,
+    renamed or deleted through it; the message names the path. Not retried: the link
+    stays until someone removes it."""

@@ -198,3 +198,83 @@ def test_read_inputs_that_returns_no_input_is_a_clear_error(tmp_path, data):
     assert out.returncode != 0
     assert "Bad.read_inputs() returned list" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- a reader that goes away: `python examples/X.py | head -1` ------------------------------
+
+def script_args(name: str, data: dict, tmp_path) -> list[str]:
+    """Each example script's command line, on this module's sample data."""
+    return {"grep": ['" 404 ', data["logs"]], "url_access": [data["logs"]],
+            "reverse_links": [data["site"]], "term_vector": [data["site"]],
+            "inverted_index": [data["docs"]], "sort": [data["records"]],
+            "pagerank": ["40", "3"], "sample_data": [str(tmp_path / "samples")],
+            "wordcount": [], "seed_charcount": []}[name]
+
+
+def script_env() -> dict:
+    """This checkout's pymapreduce first (a script's own directory is its sys.path[0])."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+SCRIPTS = sorted(n[:-3] for n in os.listdir(EXAMPLES) if n.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_whose_stdout_is_closed_ends_quietly(name, data, tmp_path):
+    """Every example script run with its standard output a pipe whose reader is gone
+    before it prints (``| head`` that has had enough): it ends with status 0, and no
+    traceback, not even ``BrokenPipeError`` on its last flush."""
+    assert {"grep", "wordcount", "seed_charcount", "sample_data"} <= set(SCRIPTS)
+    for _ in range(3):  # (seed_charcount's random ports may be taken: as test_embedded)
+        r, w = os.pipe()
+        os.close(r)  # no reader, ever: every write of the script fails
+        try:
+            done = subprocess.run([sys.executable, os.path.join(EXAMPLES, f"{name}.py"),
+                                   *script_args(name, data, tmp_path)], stdout=w,
+                                  stderr=subprocess.PIPE, cwd=ROOT, env=script_env(),
+                                  timeout=180)
+        finally:
+            os.close(w)
+        if b"AddressInUse" not in done.stderr:
+            break
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, \
+        done.stderr.decode()[-2000:]
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_grep_piped_to_head_ends_quietly(data):
+    """``python examples/grep.py ... | head -1`` with a real ``head``: its first line
+    comes through, and the script ends with status 0 and no traceback."""
+    grep = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "grep.py"), " ",
+                             data["logs"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, env=script_env())
+    head = subprocess.Popen(["head", "-1"], stdin=grep.stdout, stdout=subprocess.PIPE)
+    grep.stdout.close()  # (head holds the pipe's only reader)
+    try:
+        first, _ = head.communicate(timeout=180)
+        _, err = grep.communicate(timeout=180)
+    finally:
+        for proc in (grep, head):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert first.count(b"\n") == 1 and b": " in first
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+    assert grep.returncode == 0, err.decode()[-2000:]
+
+
+def test_the_readme_s_word_count_with_its_stdout_closed_ends_quietly():
+    """The README's first command (``pymapreduce run examples/wordcount.py:WordCount``),
+    its standard output a pipe with no reader: status 0, no traceback."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        done = subprocess.run(pmr("run", "examples/wordcount.py:WordCount",
+                                  "pymapreduce/store/*.py"), stdout=w,
+                              stderr=subprocess.PIPE, cwd=ROOT, env=script_env(), timeout=180)
+    finally:
+        os.close(w)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, \
+        done.stderr.decode()[-2000:]
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

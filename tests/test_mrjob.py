@@ -252,6 +252,36 @@ def test_output_directory(address, texts, tmp_path):
     assert done.returncode == 0 and (out / "part-00000").read_bytes() == expected
 
 
+def test_output_directory_is_marked_succeeded_as_pymapreduce_s_own(address, texts, tmp_path):
+    """--output DIR ends as pymapreduce's own --output does (store/commit.py): the part
+    file, then ``_SUCCESS`` (empty), and nothing else; over an earlier output
+    (--overwrite) its extra part files go too; a job that fails leaves no ``_SUCCESS``,
+    not even an earlier run's (nobody takes the directory for a finished output)."""
+    wc = os.path.join(EXAMPLES, "mr_wc.py")
+    expected, _ = reference("mrjob.examples.mr_wc:MRWordCountUtility", texts[2:])
+    out = tmp_path / "out"
+    done = cli(address, wc, ["--output", str(out), *texts[2:]])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000"]
+    assert (out / "_SUCCESS").read_bytes() == b""
+    assert (out / "part-00000").read_bytes() == expected
+
+    earlier = tmp_path / "earlier"  # a native run's output with three partitions
+    earlier.mkdir()
+    for name in ("part-00000", "part-00001", "part-00002", "_SUCCESS", "notes.txt"):
+        (earlier / name).write_bytes(b"old")
+    done = cli(address, wc, ["--output", str(earlier), "--overwrite", *texts[2:]])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(os.listdir(earlier)) == ["_SUCCESS", "notes.txt", "part-00000"]
+    assert (earlier / "part-00000").read_bytes() == expected
+    assert (earlier / "_SUCCESS").read_bytes() == b""
+
+    done = cli(address, os.path.join(EXAMPLES, "mr_boom.py"),
+               ["--output", str(earlier), "--overwrite", *texts[2:]])
+    assert done.returncode == 1 and b"BOOM" in done.stderr
+    assert sorted(os.listdir(earlier)) == ["notes.txt", "part-00000"]  # (no _SUCCESS)
+
+
 def test_failures(address, texts, tmp_path):
     from mrjob.examples.mr_boom import MRBoom
 

@@ -28,7 +28,7 @@ from pymapreduce.store.output import (
     SUCCESS,
     TEMPORARY,
     discard_attempt,
-    safe_job,
+    job_temporary,
     temp_name,
     write_attempt,
 )
@@ -124,7 +124,7 @@ def test_hostile_job_ids_never_reach_outside_the_job_s_temporary(tmp_path, job_i
     assert not (out / temp_name(job_id, 5, 0)).exists()
     assert (out / temp_name(job_id, 6, 1)).is_file()
     abort_output(spec, job_id)
-    assert not (out / TEMPORARY / safe_job(job_id)).exists()
+    assert not (out / job_temporary(job_id)).exists()
     assert files_under(out) == sorted([SUCCESS, "part-00000",
                                        os.path.relpath(temp_name("other-job", 7, 0))])
     assert files_under(victim) == ["keep.txt", os.path.join("victim", "keep.txt")]
@@ -141,7 +141,7 @@ def test_a_symlink_planted_as_the_job_s_temporary_is_not_followed(tmp_path):
     (victim / "1" / "part-00000").write_text("data")  # (attempt 1's name, via the link)
     out = tmp_path / "out"
     (out / TEMPORARY).mkdir(parents=True)
-    os.symlink(victim, out / TEMPORARY / "job-1")
+    os.symlink(victim, out / job_temporary("job-1"))
     abort_output({"url": str(out)}, "job-1")
     assert files_under(victim) == [os.path.join("1", "part-00000"), "keep.txt"]
     discard_attempt({"url": str(out)}, "job-1", 0, 2)  # (another attempt's name)

@@ -138,7 +138,9 @@ def test_the_broker_never_unpickles_what_it_is_sent(daemons, tmp_path):
         assert sock.poll(5000)
         assert Message.decode(sock.recv_multipart()).command == P.ACCEPTED
         deadline = time.monotonic() + 20
-        while not marker.exists() and time.monotonic() < deadline:
+        # (a whole line: the file exists as soon as the payload opened it, before its write)
+        while not (marker.exists() and marker.read_text().endswith("\n")) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         ctx.destroy(0)

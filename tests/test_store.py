@@ -350,8 +350,15 @@ def test_forged_commit_records_are_refused():
         with pytest.raises(UndecodableValue):
             read_record(bad)
     # the name a client renames is made from the job id, the attempt and the part only
-    assert temp_name("../../etc/x", 255, 3) == "_temporary/_.._etc_x/ff/part-00003"
-    assert temp_name("..", 1, 0) == "_temporary/job/1/part-00000"
+    # (the job's directory: its safe name and a hash of the exact id)
+    import hashlib
+
+    def digest(job_id: str) -> str:
+        return hashlib.sha256(job_id.encode()).hexdigest()[:16]
+
+    assert temp_name("../../etc/x", 255, 3) == \
+        f"_temporary/_.._etc_x-{digest('../../etc/x')}/ff/part-00003"
+    assert temp_name("..", 1, 0) == f"_temporary/job-{digest('..')}/1/part-00000"
 
 
 def _kept_results(tmp_path):

@@ -575,6 +575,7 @@ def test_a_broker_and_a_sink_remove_what_killed_ones_left(daemons, tmp_path, mon
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     store = SegmentStore(None)
     try:
+        store.sweeping.join()  # (on a thread of its own: tests/test_startup_sweeps.py)
         assert os.listdir(tmp) == [os.path.basename(store.root)]  # (its own, held)
         assert owned.sweep(str(tmp), "pymapreduce-sink-") == []
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
-import threading
 import time
 import traceback
 from typing import Any
@@ -206,9 +205,8 @@ class Broker(ClientAPI, WorkerAPI):
         # (on a thread of its own: anyone may plant entries with the prefix, and 120,000
         # of them took 1.8 s to look at, which must not hold the loop; the broker forks
         # nothing, so no child can inherit a lock the thread holds)
-        threading.Thread(target=owned.sweep, name="pmr-sweep", daemon=True,
-                         args=(self.config.spill_dir or tempfile.gettempdir(),
-                               SPILL_PREFIX)).start()
+        spill_dir = self.config.spill_dir or tempfile.gettempdir()
+        owned.in_background([lambda: owned.sweep(spill_dir, SPILL_PREFIX)])
         poller = self.loop_poller()
         try:
             while not self._stopping:

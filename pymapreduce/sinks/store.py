@@ -48,8 +48,13 @@ class SegmentStore:
     def __init__(self, root: str | None) -> None:
         self.durable = root is not None
         self._owner: int | None = None
+        self.sweeping = None  # the sweep's thread, if one was started
         if root is None:  # (and the ones of sinks killed on this host: patterns/owned.py)
-            owned.sweep(tempfile.gettempdir(), ROOT_PREFIX)
+            # on a thread of its own, as the broker's: anyone may plant entries with the
+            # prefix, which must not hold the sink's start (a new root is claimed before
+            # the sweep could take it for a dead sink's: owned.claim)
+            tmp = tempfile.gettempdir()
+            self.sweeping = owned.in_background([lambda: owned.sweep(tmp, ROOT_PREFIX)])
             root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
             self._owner = owned.claim(root)
         self.root = root

@@ -197,10 +197,11 @@ def private_root(spill_dir: str | None) -> str:
                           f" (--spill-dir): {exc.strerror or exc}") from None
 
 
-def sweep_stale_roots(spill_dir: str | None) -> list[str]:
+def sweep_stale_roots(spill_dir: str | None, guard: Any = None) -> list[str]:
     """Remove the spill directories of worker daemons that were killed (no process holds
-    their lock), in ``spill_dir`` (default ``$TMPDIR``), as a worker daemon starts."""
-    return owned.sweep(spill_dir or tempfile.gettempdir(), DIR_PREFIX)
+    their lock), in ``spill_dir`` (default ``$TMPDIR``), as a worker daemon starts
+    (``guard``: see ``owned.sweep``)."""
+    return owned.sweep(spill_dir or tempfile.gettempdir(), DIR_PREFIX, guard=guard)
 
 
 def release_root(path: str) -> None:

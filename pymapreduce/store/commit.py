@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,7 +15,8 @@ import msgpack
 
 from ..client.output import PART, OutputExists, check_output_dir
 from ..errors import ConfigError, PyMapReduceError, UndecodableValue
-from .output import SUCCESS, TEMPORARY, Location, part_name, safe_job, temp_name
+from . import localfs
+from .output import SUCCESS, TEMPORARY, Location, job_temporary, part_name, temp_name
 from .urls import (
     check_storage_options,
     check_url,
@@ -52,6 +54,9 @@ def prepare_output(directory: str | os.PathLike, *, overwrite: bool,
         if url_typo(url):
             raise ConfigError(f"output {url!r} is not a URL{url_typo(url)}")
         path = os.path.abspath(check_output_dir(local_path(url), overwrite=overwrite))
+        st = localfs.lstat(path, TEMPORARY)  # (a link planted there: said now, not later)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            raise localfs.refused(path, [TEMPORARY])
         return {"url": path, "storage": {}, "results": bool(results)}
     check_url(url)
     loc = Location(url, storage)
@@ -125,9 +130,8 @@ def abort_output(output: dict, job_id: str) -> None:
     the job's own error is what its caller must hear)."""
     try:
         loc = Location(output["url"], output.get("storage"))
-        loc.remove_tree(f"{TEMPORARY}/{safe_job(job_id)}")
-        if loc.local:
-            os.rmdir(loc.path(TEMPORARY))
+        loc.remove_tree(job_temporary(job_id))  # (a link there, or on the way: left)
+        loc.remove_empty(TEMPORARY)
     except Exception:  # (any: a store out of reach raises its client library's errors)
         pass
 
@@ -154,7 +158,7 @@ def commit_output(output: dict, job_id: str, parts: int,
     OutputMissing. Returns the part files' names."""
     loc = Location(output["url"], output.get("storage"))
     loc.refresh()
-    loc.remove(SUCCESS)  # nobody takes a mix of two runs for a finished output
+    begin_commit(loc)
     written = []
     for part, record, data in records:
         final = part_name(part)
@@ -182,15 +186,24 @@ def commit_output(output: dict, job_id: str, parts: int,
                     f"{loc.shown(tmp)}, where its worker wrote it: is the output on a file "
                     "system the client and the workers share (or an object store)?")
         written.append(final)
+    loc.remove_tree(job_temporary(job_id))
+    loc.remove_empty(TEMPORARY)  # (only if no other job's attempts are there)
+    end_commit(loc, parts)
+    return written
+
+
+def begin_commit(loc: Location) -> None:
+    """The first step of writing an output: an earlier run's ``_SUCCESS`` removed, so
+    that nobody takes a mix of two runs for a finished output."""
+    loc.remove(SUCCESS)
+
+
+def end_commit(loc: Location, parts: int) -> None:
+    """The last steps, once every part file of this run is in place: part files of an
+    earlier run beyond this run's ``parts`` removed, then ``_SUCCESS`` written, last (what
+    readers wait for). The mrjob adapter's ``--output`` ends the same way."""
     for name in loc.names():  # an earlier run's extra parts
         if PART.fullmatch(name) and int(name[5:]) >= parts:
             loc.remove(name)
-    loc.remove_tree(f"{TEMPORARY}/{safe_job(job_id)}")
-    if loc.local:
-        try:
-            os.rmdir(loc.path(TEMPORARY))  # (only if no other job's attempts are there)
-        except OSError:
-            pass
     loc.touch(SUCCESS)
-    return written
 

@@ -22,6 +22,8 @@ The broker never touches the output: it has no credentials and needs none.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +33,7 @@ import msgpack
 
 from ..client.output import CHUNK_RECORDS, encode_lines
 from ..spill.runs import column_chunks
+from . import localfs
 from .urls import check_url, filesystem, is_url, local_path, redact
 
 log = logging.getLogger("pymapreduce.worker")
@@ -49,14 +52,25 @@ def part_name(part: int) -> str:
     return f"part-{part:05d}"
 
 
+def job_temporary(job_id: str) -> str:
+    """The job's directory of attempts, relative to the output root: ``_temporary/`` and
+    one path component unique to the exact id, its :func:`safe_job` (cut short) and a
+    hash of the id, so that two ids ``safe_job`` maps alike (``a/b``, ``a_b``) never
+    share one (their clean-ups would delete each other's files). Whatever writes, commits
+    or removes a job's attempts finds them here."""
+    digest = hashlib.sha256(job_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{TEMPORARY}/{safe_job(job_id)[:100]}-{digest}"
+
+
 def temp_name(job_id: str, attempt: int, part: int) -> str:
     """Where ``attempt`` writes partition ``part``, relative to the output root."""
-    return f"{TEMPORARY}/{safe_job(job_id)}/{attempt:x}/{part_name(part)}"
+    return f"{job_temporary(job_id)}/{attempt:x}/{part_name(part)}"
 
 
 class Location:
     """An output root, local (a path the workers share) or a URL, with the few file
-    operations the commit needs; names are relative to the root, ``/``-separated."""
+    operations the commit needs; names are relative to the root, ``/``-separated. Below
+    a local root no symbolic link is followed (``localfs.py``: OutputLinkRefused)."""
 
     def __init__(self, url: str, storage: dict | None = None) -> None:
         self.url = url
@@ -89,17 +103,18 @@ class Location:
         """:meth:`write_lines` of pairs given as ``(keys, values)`` chunks."""
         path = self.path(name)
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = localfs.create(self.root, name)
             try:
-                with open(path, "w", encoding="utf-8") as f:  # (as client/output.py writes)
+                with open(fd, "w", encoding="utf-8") as f:  # (as client/output.py writes)
                     for keys, values in chunks:
                         f.write(encode_lines(keys, values))
+                    f.flush()
+                    return os.fstat(fd).st_size
             except OSError as exc:
                 if exc.filename is not None:
                     raise
                 # (a write to a full disk names no file: the error says which)
                 raise OSError(exc.errno, f"{exc.strerror or exc}: {path}") from exc
-            return os.path.getsize(path)
         size = 0
         with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed
             for keys, values in chunks:
@@ -109,52 +124,65 @@ class Location:
         return size
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self.path(name)) if self.local else self.fs.exists(
-            self.path(name))
+        if self.local:
+            return localfs.lstat(self.root, name) is not None
+        return self.fs.exists(self.path(name))
 
     def size(self, name: str) -> int:
-        return os.path.getsize(self.path(name)) if self.local else int(
-            self.fs.size(self.path(name)) or 0)
+        if self.local:
+            st = localfs.lstat(self.root, name)
+            if st is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file", self.path(name))
+            return st.st_size
+        return int(self.fs.size(self.path(name)) or 0)
 
     def rename(self, src: str, dst: str) -> None:
         """``src`` to ``dst``, replacing it: atomic on a file system; on an object store
         a server-side copy, then the source deleted (readers wait for ``_SUCCESS``)."""
         if self.local:
-            os.replace(self.path(src), self.path(dst))
+            localfs.rename(self.root, src, dst)
         else:
             self.fs.mv(self.path(src), self.path(dst))
 
     def touch(self, name: str) -> None:
         """An empty file (an empty partition, ``_SUCCESS``)."""
         if self.local:
-            with open(self.path(name), "w"):
-                pass
+            os.close(localfs.create(self.root, name))
         else:
             self.fs.pipe_file(self.path(name), b"")
 
     def remove(self, name: str) -> None:
         """Delete ``name`` if it is there."""
+        if self.local:
+            localfs.unlink(self.root, name)
+            return
         try:
-            if self.local:
-                os.unlink(self.path(name))
-            else:
-                self.fs.rm_file(self.path(name))
+            self.fs.rm_file(self.path(name))
         except FileNotFoundError:
             pass
 
     def remove_tree(self, name: str) -> None:
         """Delete ``name`` and everything below it, if there."""
-        path = self.path(name)
         if self.local:
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
+            localfs.remove_tree(self.root, name)
             return
+        path = self.path(name)
         try:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
+
+    def remove_empty(self, name: str) -> bool:
+        """Delete the directory ``name`` if it is empty (local only; on an object store a
+        "directory" goes with its last object): whether it went."""
+        if not self.local:
+            return False
+        try:
+            localfs.rmdir(self.root, name)
+        except OSError:
+            return False
+        return True
 
     def names(self) -> list[str]:
         """The names directly under the root."""
@@ -201,13 +229,10 @@ def discard_attempt(spec: dict, job_id: str, part: int, attempt: int) -> None:
         loc = Location(spec["url"], spec.get("storage"))
         name = temp_name(job_id, attempt, part)
         loc.remove(name)
-        if loc.local:
-            parts = name.split("/")
-            for depth in (3, 2, 1):  # the attempt's, the job's, _temporary (if empty)
-                try:
-                    os.rmdir(loc.path("/".join(parts[:depth])))
-                except OSError:
-                    break
+        parts = name.split("/")
+        for depth in (3, 2, 1):  # the attempt's, the job's, _temporary (if empty)
+            if not loc.remove_empty("/".join(parts[:depth])):
+                break
     except Exception as exc:  # (a store out of reach: the worker must go on, not crash)
         log.warning("could not remove the file of stopped attempt %d of %s, partition %d: "
                     "%s: %.200s", attempt, job_id, part, type(exc).__name__, exc)

@@ -31,6 +31,7 @@ import signal
 import stat
 import sys
 import tempfile
+from typing import Any
 
 from .. import shipping
 from ..patterns import owned
@@ -129,10 +130,11 @@ class JobDirs:
             log.warning("could not remove job directory %s", path)
 
 
-def sweep_stale_roots() -> list[str]:
+def sweep_stale_roots(guard: Any = None) -> list[str]:
     """Remove the job directories of worker processes that are gone and whose supervisor
-    could not remove them (it was killed too): a worker daemon does this as it starts."""
-    return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove)
+    could not remove them (it was killed too): a worker daemon does this as it starts
+    (``guard``: see ``owned.sweep``)."""
+    return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove, guard)
 
 
 def remove_roots_of(pid: int) -> None:

@@ -2,7 +2,9 @@
 
 The supervisor forks its first children before it creates a ZeroMQ context (the one of
 its heartbeat socket), and each child makes its own; children restarted later are forked
-with that context alive, which is safe as long as they never touch it (they do not). Children die with the supervisor (PR_SET_PDEATHSIG on
+with that context alive, which is safe as long as they never touch it (they do not), and
+perhaps while the start-up sweep's thread runs, which never holds a dead daemon's
+directory lock across a fork (``_forking``). Children die with the supervisor (PR_SET_PDEATHSIG on
 Linux, and a parent check everywhere else), so ``kill -9`` of the supervisor leaves no
 orphan behind; the broker re-queues their tasks when their heartbeats stop. The supervisor
 also beats for its live children (``voucher.py``), so a child whose user code holds the
@@ -16,12 +18,13 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
 
 from ..errors import AuthenticationFailed
-from ..patterns import compress
+from ..patterns import compress, owned
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
@@ -89,12 +92,17 @@ class Supervisor:
         self._stopping = False
         # before the first fork: the children share its page of the broker's beat interval
         self.voucher = Voucher(connect, keys)
+        # held by a fork and by the start-up sweep's thread while it holds a dead daemon's
+        # directory lock (a child forked then would hold that lock for its whole life)
+        self._forking = threading.Lock()
+        self.sweeping: threading.Thread | None = None  # the start-up sweep's thread
 
     def _spawn(self, slot: int) -> None:
         me = os.getpid()
         identity = uuid.uuid4().bytes
         replaces = self.dead.pop(slot, None)
-        pid = os.fork()
+        with self._forking:
+            pid = os.fork()
         if pid:
             self.children[pid] = slot
             self.identities[pid] = identity
@@ -140,10 +148,13 @@ class Supervisor:
             self._spawn(slot)
         # what daemons killed before left on this host (their job and spill directories,
         # which their own supervisor could not remove): gone once no process holds them.
-        # After the forks, while the children register: off an embedded cluster's start
-        # (a listing of the temporary directory, ~2 ms with 900 entries)
-        sweep_stale_roots()
-        spill_budget.sweep_stale_roots(self.spill_dir)
+        # After the forks, on a thread of its own (as the broker's and a sink's): anyone
+        # may plant entries with the prefixes, and 120,000 of them took 1.8 s to look at,
+        # which must hold neither the ready line nor a restart (a fork waits at most for
+        # one directory's removal: self._forking)
+        self.sweeping = owned.in_background([
+            lambda: sweep_stale_roots(self._forking),
+            lambda: spill_budget.sweep_stale_roots(self.spill_dir, self._forking)])
 
     def stop(self, *_: object) -> None:
         self._stopping = True

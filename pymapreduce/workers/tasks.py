@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any, NamedTuple
 
-from ..errors import BadOutput, LineTooLong, UnencodableValue
+from ..errors import BadOutput, LineTooLong, OutputLinkRefused, UnencodableValue
 from ..job import pickle_results, task_steps
 from ..patterns import compress
 from ..patterns import protocol as P
@@ -34,8 +34,9 @@ log = logging.getLogger("pymapreduce.worker")
 
 JOB_CACHE = 16  # unpickled jobs kept per process
 # failures no retry can mend (said in FAILED); BadOutput: the job's code yields output
-# the engine cannot use, the same on every attempt
-HOPELESS = (LineTooLong, UnencodableValue, BadOutput)
+# the engine cannot use, the same on every attempt; OutputLinkRefused: a link planted in
+# the output directory, there until someone removes it (store/localfs.py)
+HOPELESS = (LineTooLong, UnencodableValue, BadOutput, OutputLinkRefused)
 DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 
 

@@ -4,7 +4,7 @@ pymapreduce's own options (``--connect``, ``--workers``, ``--reducers``, ``--out
 ``--overwrite``, ``--timeout``, ``--keys``, ``--key-name``) come from this parser; everything else is the
 job's command line, parsed by the job itself as mrjob parses it (input paths, its
 passthrough and file options, ``--files``, ``--jobconf``...). The output is mrjob's:
-protocol-encoded lines, to stdout or ``--output DIR/part-00000``.
+protocol-encoded lines, to stdout or ``--output DIR/part-00000`` (then ``DIR/_SUCCESS``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", help="a broker's address (default: an embedded cluster)")
     p.add_argument("--workers", type=int, help="embedded cluster size (default: cores)")
     p.add_argument("--reducers", type=int, help="reduce partitions (default: one per worker)")
-    p.add_argument("--output", help="directory for the output file part-00000 "
-                   "(default: stdout)")
+    p.add_argument("--output", help="directory for the output file part-00000, then "
+                   "_SUCCESS (default: stdout)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an --output directory that is not empty")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
@@ -95,7 +95,7 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
         raise PyMapReduceError(f"--output {out_dir!r} exists and is not empty (as Hadoop "
                                "and mrjob, pymapreduce will not mix outputs); pass "
-                               "--overwrite to replace its part-00000")
+                               "--overwrite to replace its part files")
     if out_dir and os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PyMapReduceError(f"--output {out_dir!r} exists and is not a directory")
     cluster = None
@@ -131,8 +131,14 @@ def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Names
     job, plan, inputs = prepare(cls, rest)
     started = time.monotonic()
     out_dir = options.output
+    location = None
     if out_dir:  # written under a hidden name, renamed when the job has succeeded
+        from ...store.commit import begin_commit
+        from ...store.output import Location
+
         os.makedirs(out_dir, exist_ok=True)
+        location = Location(os.path.abspath(out_dir))
+        begin_commit(location)  # (an earlier run's _SUCCESS: gone before anything else)
         part = os.path.join(out_dir, "part-00000")
         partial = os.path.join(out_dir, ".part-00000.partial")
         out = open(partial, "wb")
@@ -154,6 +160,10 @@ def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Names
                 os.replace(partial, part)
             else:
                 os.unlink(partial)
+    if location is not None:  # as pymapreduce's own --output: _SUCCESS last
+        from ...store.commit import end_commit
+
+        end_commit(location, 1)
     print(f"pymapreduce: {cls.__name__} ran as job {done.job_id} in "
           f"{time.monotonic() - started:.2f}s", file=sys.stderr)
     for group, names in sorted(done.counters.items()):
