@@ -127,8 +127,8 @@ def test_the_original_pymapreduce_example_prints_the_same_counts():
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples",
                                                             "seed_charcount.py")],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
-        if "AddressInUse" not in proc.stderr:
-            break
+        if "AddressInUse" not in proc.stderr and "Address already in use" not in proc.stderr:
+            break  # (a slave's port taken: ZeroMQ's own error, in the slave's thread)
     assert proc.returncode == 0, proc.stderr
     prefix = "The result of CountCharacters: "
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(prefix))
