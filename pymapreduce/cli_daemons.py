@@ -70,7 +70,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         check_endpoint(endpoint)  # (a malformed address is not "beyond loopback")
     beyond = [e for e in filter(None, (args.bind, args.data_bind)) if not _is_loopback(e)]
     if beyond and not args.keys and not args.insecure:
-        print(f"pymapreduce broker: refusing to listen on {beyond[0]} beyond loopback "
+        print(f"pymapreduce: error: broker: refusing to listen on {beyond[0]} beyond loopback "
               "without authentication: whoever can submit a job runs code on every worker. "
               "Give --keys DIR (see `pymapreduce keys`), or pass --insecure to do it anyway "
               "on a network you trust.", file=sys.stderr)
@@ -95,7 +95,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     try:
         address = broker.bind()
     except AddressInUse as exc:
-        print(f"pymapreduce broker: {exc}", file=sys.stderr)
+        print(f"pymapreduce: error: broker: {exc}", file=sys.stderr)
         broker.close()
         return EXIT_ADDRESS_IN_USE
     except StateError:  # its state directory lost or damaged jobs: said by main()

@@ -48,7 +48,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bind {args.bind}: a sink tells workers its address, so give "
                           "the host name or address they reach it at, not a wildcard")
     if not _is_loopback(args.bind) and not args.keys and not args.insecure:
-        print(f"pymapreduce sink: refusing to listen on {args.bind} beyond loopback "
+        print(f"pymapreduce: error: sink: refusing to listen on {args.bind} beyond loopback "
               "without authentication: map outputs hold a job's data. Give --keys DIR (see "
               "`pymapreduce keys`), or pass --insecure to do it anyway on a network you "
               "trust.", file=sys.stderr)
@@ -58,7 +58,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
     try:
         address = sink.start()
     except AddressInUse as exc:
-        print(f"pymapreduce sink: {exc}", file=sys.stderr)
+        print(f"pymapreduce: error: sink: {exc}", file=sys.stderr)
         sink.close()
         return EXIT_ADDRESS_IN_USE
     signal.signal(signal.SIGTERM, sink.stop)

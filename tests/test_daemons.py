@@ -180,6 +180,9 @@ def test_port_in_use_is_reported_with_its_own_exit_code(daemons):
         holder.close()
     assert proc.returncode == 4
     assert "address already in use" in proc.stderr
+    # one line, in the form of every other command's errors
+    assert proc.stderr.startswith("pymapreduce: error: broker: cannot bind")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_broker_beyond_loopback_needs_insecure():
@@ -187,6 +190,7 @@ def test_broker_beyond_loopback_needs_insecure():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "--insecure" in proc.stderr
+    assert proc.stderr.startswith("pymapreduce: error: broker: refusing to listen")
 
 
 @pytest.mark.timeout(60)  # (a client that waited on forever would fail here, not hang CI)
