@@ -176,6 +176,30 @@ def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
     assert log.read_text().split("\n")[:2] == ["start 0", ""]  # stopped mid-sleep
 
 
+def test_a_worker_s_log_names_a_stopped_attempt_by_its_number(daemons, tmp_path):
+    """The worker's log says ``attempt 1``, as the broker's log, the task logs and the
+    dashboard do, not the attempt's identifier (whose other bits are random)."""
+    _, address = daemons.broker(*FAST)
+    err = tmp_path / "worker.err"
+    with open(err, "w") as sink:
+        proc = subprocess.Popen(pmr("worker", "--connect", address, "--processes", "1",
+                                    "--log-level", "INFO", "--parent-pid", str(os.getpid())),
+                                stdout=subprocess.PIPE, stderr=sink, cwd=ROOT)
+    daemons.procs.append(proc)  # (stopped with the others at the end)
+    wait_workers(address, 1)
+    log = tmp_path / "runs"
+    with Client(address) as client:
+        handle = client.submit(Sleepy(str(log), 60), RECORDS[:1], map_tasks=1)
+        while not (log.exists() and log.read_text().startswith("start 0\n")):
+            time.sleep(0.02)
+        handle.cancel()
+        deadline = time.monotonic() + 30
+        while "stopped" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stopped = [ln for ln in err.read_text().splitlines() if "stopped" in ln]
+    assert stopped and re.search(r"map-0 attempt 1 stopped", stopped[0]), stopped
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])  # SIGINT: Ctrl-C on the daemon
 def test_sigterm_drains_a_worker_and_nothing_is_lost(daemons, tmp_path, sig):
     import signal

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import PyMapReduceError
 from ..patterns import protocol as P
+from ..patterns.wire import ATTEMPT_NUMBER_BITS
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -26,7 +27,7 @@ TRANSITIONS = {
 }
 
 MAP, REDUCE = "map", "reduce"
-ATTEMPT_BITS = 12  # an attempt identifier: random bits, then the attempt's number
+ATTEMPT_BITS = ATTEMPT_NUMBER_BITS  # an attempt identifier: random bits, then its number
 ATTEMPT_MASK = (1 << ATTEMPT_BITS) - 1
 ATTEMPT_RANDOM_BITS = 50  # (msgpack carries it as one 8-byte int)
 INT64 = (1 << 63) - 1

@@ -20,6 +20,15 @@ MAX_POSITION = 16  # entries of a failure's position
 MAX_LOG = 128 * 1024  # bytes of an attempt's log (what it printed) in its DONE or FAILED
 
 
+ATTEMPT_NUMBER_BITS = 12  # an attempt identifier's low bits: its number (broker/tasks.py)
+
+
+def attempt_number(attempt: int) -> int:
+    """The attempt's number (1, 2, ...: how logs and the dashboard name it) from its
+    identifier, whose other bits are random (``broker/tasks.py: Task.start``)."""
+    return attempt & ((1 << ATTEMPT_NUMBER_BITS) - 1)
+
+
 class AttemptKey(NamedTuple):
     """One attempt of one task: what a report is about, and what it is checked against."""
 

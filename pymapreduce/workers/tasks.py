@@ -23,7 +23,7 @@ from ..patterns import compress
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.sockets import send_within
-from ..patterns.wire import AttemptKey, Report, TaskItem
+from ..patterns.wire import AttemptKey, Report, TaskItem, attempt_number
 from ..shipping import unpack_code
 from .capture import attempt_log, register_sources
 from .reporting import REPORT_SLACK
@@ -188,7 +188,8 @@ class Tasks:
                 self.state.restore()
         except TaskAbandoned as exc:
             self.ended_badly = True
-            log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index, attempt, exc)
+            log.info("%s %s-%d attempt %d stopped: %s", job_id, kind, index,
+                     attempt_number(attempt), exc)
             if isinstance(item.output, dict):  # stopped while (or after) writing its file
                 from ..store.output import discard_attempt
 
@@ -232,7 +233,8 @@ class Tasks:
                 self._fail(key, str(exc), "", {"split": index})
                 return
             except TaskAbandoned as exc:
-                log.info("%s map-%d attempt %d stopped: %s", job_id, index, attempt, exc)
+                log.info("%s map-%d attempt %d stopped: %s", job_id, index,
+                         attempt_number(attempt), exc)
                 return
             finally:
                 self._current = None
