@@ -165,7 +165,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
+    # (ready to work, not yet registered: each process registers with the broker once it
+    # answers, and warns when it has not after the liveness timeout)
     print(f"pymapreduce worker ready: {processes} process{'es' if processes > 1 else ''} "
-          f"for {args.connect}", flush=True)
+          f"connecting to {args.connect}", flush=True)
     sup.serve_forever()
     return sup.exit_code
