@@ -215,3 +215,16 @@ def s3(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def ledger():
+    """A broker's ledger (no sockets) with a fast heartbeat, and its store closed after."""
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.ledger import Ledger
+    from pymapreduce.broker.sink import Store
+
+    store = Store(1 << 30)
+    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
+                 store)
+    store.close()

@@ -4,20 +4,8 @@ threads, and the sockets' 'a message waits' check."""
 
 from __future__ import annotations
 
-import pytest
-
-from pymapreduce.broker.config import BrokerConfig
 from pymapreduce.broker.ledger import Ledger
-from pymapreduce.broker.sink import Store
 from pymapreduce.observe.events import EventLog
-
-
-@pytest.fixture
-def ledger():
-    store = Store(1 << 30)
-    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
-                 store)
-    store.close()
 
 
 class Job:

@@ -7,7 +7,6 @@ import pytest
 
 from pymapreduce.broker.config import BrokerConfig
 from pymapreduce.broker.ledger import Fetched, Ledger, Publish, Send
-from pymapreduce.broker.sink import Store
 from pymapreduce.broker.tasks import PENDING, JobState
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.records import pack
@@ -15,13 +14,6 @@ from pymapreduce.patterns.wire import AttemptKey
 
 T0 = 1000.0  # the hand-set clock's start
 
-
-@pytest.fixture
-def ledger():
-    store = Store(1 << 30)
-    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2, liveness=1.0),
-                 store)
-    store.close()
 
 
 def add_job(ledger: Ledger, job_id: str = "j", maps: int = 2, reducers: int = 1,

@@ -9,9 +9,6 @@ import time
 import pytest
 
 from pymapreduce import Client, Job
-from pymapreduce.broker.config import BrokerConfig
-from pymapreduce.broker.ledger import Ledger
-from pymapreduce.broker.sink import Store
 from pymapreduce.patterns.wire import AttemptKey, Failure
 
 from .test_ledger import T0, add_job, map_output, report, tasks_of
@@ -19,13 +16,6 @@ from .test_observe import get_json, start_broker, wait_for
 
 PAUSE = 0.05  # seconds between handing an attempt out and its report (a lower bound)
 
-
-@pytest.fixture
-def ledger():
-    store = Store(1 << 30)
-    yield Ledger(BrokerConfig(bind="tcp://127.0.0.1:0", heartbeat_interval=0.2,
-                              liveness=1.0), store)
-    store.close()
 
 
 def _one_attempt(ledger, job_id: str):

@@ -157,6 +157,13 @@ class Sleepy(WordCount):
         yield from super().map(key, line)
 
 
+def wait_started(log) -> None:
+    """Until a Sleepy task has written its first line (not only made the file: a cancel
+    between the two would stop the task before its line is written)."""
+    while not (log.exists() and log.read_text().startswith("start 0\n")):
+        time.sleep(0.02)
+
+
 def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
     _, address = daemons.broker(*FAST)
     daemons.worker(address, 1)
@@ -164,10 +171,7 @@ def test_cancel_stops_running_tasks_on_the_workers(daemons, tmp_path):
     log = tmp_path / "runs"
     with Client(address) as client:
         handle = client.submit(Sleepy(str(log), 60), RECORDS[:4], map_tasks=4)
-        # (the line written, not only the file made: a cancel between the two would stop
-        # the task before its line is written)
-        while not (log.exists() and log.read_text().startswith("start 0\n")):
-            time.sleep(0.02)
+        wait_started(log)
         handle.cancel()
         assert handle.status()["state"] == "cancelled"
         # the only worker is free again at once: the next job does not wait a minute
@@ -190,8 +194,7 @@ def test_a_worker_s_log_names_a_stopped_attempt_by_its_number(daemons, tmp_path)
     log = tmp_path / "runs"
     with Client(address) as client:
         handle = client.submit(Sleepy(str(log), 60), RECORDS[:1], map_tasks=1)
-        while not (log.exists() and log.read_text().startswith("start 0\n")):
-            time.sleep(0.02)
+        wait_started(log)
         handle.cancel()
         deadline = time.monotonic() + 30
         while "stopped" not in err.read_text() and time.monotonic() < deadline:

@@ -123,16 +123,7 @@ def remove_tree(root: str, name: str) -> None:
     to it raises OutputLinkRefused."""
     try:
         with parent(root, name) as (fd, last):
-            try:
-                sub = os.open(last, _DIR, dir_fd=fd)
-            except OSError:  # (not there, a link, not a directory)
-                return
-            try:
-                _empty(sub)
-            finally:
-                os.close(sub)
-            with contextlib.suppress(OSError):
-                os.rmdir(last, dir_fd=fd)
+            _remove_dir(fd, last)
     except FileNotFoundError:
         pass
 
@@ -147,13 +138,19 @@ def _empty(fd: int) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(entry, dir_fd=fd)
             continue
-        try:
-            sub = os.open(entry, _DIR, dir_fd=fd)
-        except OSError:  # (replaced by a link meanwhile: left)
-            continue
-        try:
-            _empty(sub)
-        finally:
-            os.close(sub)
-        with contextlib.suppress(OSError):
-            os.rmdir(entry, dir_fd=fd)
+        _remove_dir(fd, entry)
+
+
+def _remove_dir(fd: int, name: str) -> None:
+    """Delete the directory ``name`` of the open directory ``fd`` with what it holds; one
+    that is not there, not a directory, or a link (also one put there meanwhile) is left."""
+    try:
+        sub = os.open(name, _DIR, dir_fd=fd)
+    except OSError:
+        return
+    try:
+        _empty(sub)
+    finally:
+        os.close(sub)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=fd)
