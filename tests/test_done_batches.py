@@ -9,7 +9,7 @@ from pymapreduce.broker.tasks import MAP
 from pymapreduce.patterns.records import pack, unpack
 from pymapreduce.patterns.wire import AttemptKey
 
-from .test_ledger import T0, add_job, ledger, report, tasks_of  # noqa: F401 - a fixture
+from .test_ledger import T0, add_job, report, tasks_of
 
 
 def test_a_report_on_an_attempt_not_held_keeps_its_blobs_out_of_the_next(ledger):  # noqa: F811

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pymapreduce.patterns.records import pack, unpack
 
-from .test_ledger import T0, add_job, ledger, map_output, report, tasks_of  # noqa: F401
+from .test_ledger import T0, add_job, map_output, report, tasks_of
 
 
 def test_a_stale_report_in_a_batch_does_not_lend_its_outputs_to_the_next(ledger):  # noqa: F811

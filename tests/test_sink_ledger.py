@@ -11,10 +11,7 @@ from pymapreduce.broker.tasks import DONE, MAP, PENDING, REDUCE, RUNNING
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.wire import AttemptKey
 
-from . import test_ledger
 from .test_ledger import T0, add_job, map_output, report, sent
-
-ledger = test_ledger.ledger  # the fixture: a ledger with a store, fast liveness
 
 SINK_A, SINK_B = "tcp://127.0.0.1:7001", "tcp://127.0.0.1:7002"
 
