@@ -166,7 +166,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, sup.stop)
     sup.start()
     # (ready to work, not yet registered: each process registers with the broker once it
-    # answers, and warns when it has not after the liveness timeout)
+    # answers, and warns when it has not after the liveness timeout; the supervisor says
+    # when they have: "2 of 2 processes registered with ADDR", workers/registrations.py)
     print(f"pymapreduce worker ready: {processes} process{'es' if processes > 1 else ''} "
           f"connecting to {args.connect}", flush=True)
     sup.serve_forever()

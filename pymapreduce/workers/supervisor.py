@@ -8,7 +8,8 @@ directory lock across a fork (``_forking``). Children die with the supervisor (P
 Linux, and a parent check everywhere else), so ``kill -9`` of the supervisor leaves no
 orphan behind; the broker re-queues their tasks when their heartbeats stop. The supervisor
 also beats for its live children (``voucher.py``), so a child whose user code holds the
-GIL for a long time is not taken for dead.
+GIL for a long time is not taken for dead, and says when they have registered with the
+broker, in one line for all of them (``registrations.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..patterns.wakeup import SignalWakeup
 from ..spill import budget as spill_budget
 from ..spill.budget import private_root, remove_process_dir
 from .isolation import remove_roots_of, sweep_stale_roots
+from .registrations import Registrations
 from .voucher import Voucher
 from .worker import Worker
 
@@ -92,6 +94,8 @@ class Supervisor:
         self._stopping = False
         # before the first fork: the children share its page of the broker's beat interval
         self.voucher = Voucher(connect, keys)
+        # ... and its page of their registrations, which the supervisor says once for all
+        self.registrations = Registrations(processes, connect)
         # held by a fork and by the start-up sweep's thread while it holds a dead daemon's
         # directory lock (a child forked then would hold that lock for its whole life)
         self._forking = threading.Lock()
@@ -119,6 +123,7 @@ class Supervisor:
                             slowdown=self.slowdown, name=f"{os.uname().nodename}:{os.getpid()}",
                             identity=identity, replaces=replaces, tags=self.tags,
                             on_welcome=self.voucher.learned,
+                            on_registered=lambda yes: self.registrations.mark(slot, yes),
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
                             memory=self.memory, spill_dir=self.spill_root)
             # SIGTERM drains: finished work is reported, the running and queued tasks
@@ -169,7 +174,11 @@ class Supervisor:
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process is gone; stopping the workers")
                     break
-                self.voucher.beat(time.monotonic(), self.identities)
+                now = time.monotonic()
+                self.voucher.beat(now, self.identities)
+                line = self.registrations.step(now)
+                if line is not None:
+                    log.info("%s", line)
                 wakeup.sleep(min(REAP_INTERVAL, self.voucher.interval / 2))
         finally:
             wakeup.close()
@@ -188,6 +197,7 @@ class Supervisor:
             identity = self.identities.pop(pid, None)
             if slot is not None:  # (killed: its job directories are still there)
                 self._remove_files(pid)
+                self.registrations.gone(slot)
             if slot is None or self._stopping:
                 continue
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_AUTH:

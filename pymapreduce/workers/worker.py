@@ -67,6 +67,7 @@ class Worker(Tasks):
         replaces: list | None = None,
         tags: Any = (),
         on_welcome: Callable[[float], None] | None = None,
+        on_registered: Callable[[bool], None] | None = None,
         supervisor: bytes | None = None,
         memory: int | None = None,
         spill_dir: str | None = None,
@@ -85,6 +86,9 @@ class Worker(Tasks):
         self.replaces = replaces  # [identity, why] of the process this one replaces
         self.tags = sorted(set(tags))
         self.on_welcome = on_welcome  # told the heartbeat interval the broker expects
+        # told False when READY goes, True at WELCOME (a supervisor says when all its
+        # processes have registered: registrations.py)
+        self.on_registered = on_registered
         self.supervisor = supervisor  # the identity of the socket that beats for this one
         self._own_context = context is None
         self.ctx = context or zmq.Context()
@@ -215,6 +219,8 @@ class Worker(Tasks):
                 send(self.ctl, Message(P.READY, body))
                 self._last_sent = self._ready_sent = time.monotonic()
                 self._welcomed = self._warned = False
+                if self.on_registered is not None:
+                    self.on_registered(False)
                 return
             self._check_parent()
             self.watch.check()
@@ -222,7 +228,10 @@ class Worker(Tasks):
     def _loop(self) -> None:
         while not self._stop.is_set():
             if self._need_ready.is_set():
-                log.info("the broker asked %s to register again", self.name)
+                # (a supervisor says it once for all its processes: after a broker restart
+                # every one of them registers again)
+                log.log(logging.DEBUG if self.on_registered else logging.INFO,
+                        "the broker asked %s to register again", self.name)
                 self._register()
             if not self.queue:
                 self._flush()
@@ -308,6 +317,8 @@ class Worker(Tasks):
                     self.max_message = limit
                 if self.on_welcome is not None:
                     self.on_welcome(self.heartbeat_interval)
+                if self.on_registered is not None:
+                    self.on_registered(True)
             elif msg.command == P.ABANDON:
                 gone = abandoned(msg.body)
                 self.queue = deque(q for q in self.queue if q.key not in gone)
