@@ -166,6 +166,8 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     assert attempt("map-3", "failed", 1) and attempt("map-3", "done", 2), "the retry"
     ran = attempt("map-3", "failed", 1) + attempt("map-3", "done", 2)  # their reports said
     assert all(g.get_attribute("data-queued") is not None for g in ran), "when each ran"
+    # the killed attempt was never reported: drawn from its hand-out, and marked so
+    assert attempt("map-11", "killed", 1)[0].get_attribute("data-run-from") == "hand-out"
     assert len(css(browser, "#timeline-svg g.attempt")) == 16  # 14 tasks, 2 re-runs
     troubles = browser.find_element("id", "job-troubles").text
     assert "map-11" in troubles and "killed" in troubles and "map-3" in troubles

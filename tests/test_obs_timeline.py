@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pymapreduce import Client, Job
+from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.wire import AttemptKey, Failure
 
 from .test_ledger import T0, add_job, map_output, report, tasks_of
@@ -67,6 +68,103 @@ def test_a_reported_run_time_places_the_start_and_a_hostile_one_is_clamped(ledge
     ledger.failed(worker, {**key._asdict(), "error": "E", "secs": 0.02})
     row = _row(ledger, "failed")
     assert row["end"] - row["run"] == pytest.approx(0.02, abs=1e-5)
+
+
+def _abandon(ledger, job) -> None:
+    """The job is cancelled: its attempts still out are abandoned where they run."""
+    job.finish(P.JOB_CANCELLED, {"message": "cancelled"})
+    ledger.end_job(job)
+
+
+def test_an_abandoned_attempt_without_a_report_is_placed_from_its_hand_out_and_says_so(
+        ledger):
+    """A stopped attempt is not reported: nothing says whether it waited in its worker's
+    queue or ran, so the timeline places it from its hand-out and says what placed it."""
+    worker, key = _one_attempt(ledger, "cancelled")
+    row = _row(ledger, "cancelled")
+    assert row["outcome"] == "running" and row["run"] is None and row["run_from"] is None
+    _abandon(ledger, ledger.jobs["cancelled"])
+    row = _row(ledger, "cancelled")
+    assert row["outcome"] == "abandoned" and row["note"] == "job cancelled"
+    assert row["run"] is None and row["run_from"] == "hand-out"
+    assert row["start"] < row["end"]
+    # a reported one says so; the plain attempt table has neither field
+    worker, key = _one_attempt(ledger, "reported")
+    ledger.done(worker, [report(key, {"records": 1, "secs": 0.01})], tuple(map_output()))
+    assert _row(ledger, "reported")["run_from"] == "report"
+    assert not {"run", "run_from"} & set(ledger.events.attempts("reported")[0])
+
+
+def test_a_backup_race_s_loser_is_abandoned_and_placed_from_its_hand_out(ledger):
+    job = add_job(ledger, "race", maps=2)
+    ledger.events.job_submitted(job)
+    a = ledger.register(b"A", "", {"credit": 1, "name": "A"}, T0)
+    b = ledger.register(b"B", "", {"credit": 1, "name": "B"}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    [key_a], [key_b] = held[b"A"], held[b"B"]
+    ledger.done(b, [report(key_b, {"records": 1, "secs": 0.01})], tuple(map_output()))
+    job.maps[key_a.index].started = T0 - 10.0  # A straggles: B gets a backup of it
+    ledger.dispatch(T0 + 10.0)
+    [backup] = tasks_of(ledger)[b"B"]
+    time.sleep(PAUSE)
+    ledger.done(b, [report(backup, {"records": 1, "secs": 0.01})], tuple(map_output()))
+    assert not a.running
+    rows = {(r["index"], r["attempt"]): r for r in ledger.events.timeline("race")}
+    lost = rows[(key_a.index, key_a.attempt & 0xFFF)]
+    won = rows[(backup.index, backup.attempt & 0xFFF)]
+    assert lost["outcome"] == "abandoned" and lost["worker"] == "A"
+    assert lost["run"] is None and lost["run_from"] == "hand-out"
+    assert won["outcome"] == "done" and won["backup"] and won["run_from"] == "report"
+
+
+def _heard_between(row: dict, before: float, after: float, secs: float) -> bool:
+    """``row`` began to run ``secs`` before its report was heard, between ``before`` and
+    ``after``, clamped to between its hand-out and its end (when it was abandoned)."""
+    def clamp(t: float) -> float:
+        return min(row["end"], max(row["start"], t))
+    return clamp(before - secs) - 1e-5 <= row["run"] <= clamp(after - secs) + 1e-5
+
+
+def test_a_report_that_crossed_the_abandon_places_the_abandoned_attempt(ledger):
+    """The attempt ended on its worker as the broker gave it up: its DONE is no longer
+    counted, but its run time places the abandoned row, from when the report came. A
+    later report does not move it; one for an attempt the log has no abandoned row of
+    adds nothing."""
+    worker, key = _one_attempt(ledger, "crossed")
+    _abandon(ledger, ledger.jobs["crossed"])
+    before = time.time()
+    ledger.done(worker, [report(key, {"records": 1, "secs": 0.03})], tuple(map_output()))
+    after = time.time()
+    row = _row(ledger, "crossed")
+    assert row["outcome"] == "abandoned" and row["run_from"] == "report"
+    assert _heard_between(row, before, after, 0.03)
+    ledger.failed(worker, {**key._asdict(), "error": "E", "secs": 10.0})  # later: ignored
+    assert _row(ledger, "crossed")["run"] == row["run"]
+    closed = ledger.events._jobs["crossed"].closed
+    rows = len(closed)
+    for attempt in (key.attempt ^ (1 << 40), key.attempt + 1):
+        ledger.done(worker, [report(key._replace(attempt=attempt), {"secs": 1.0})],
+                    tuple(map_output()))
+    assert len(closed) == rows and len(ledger.events.timeline("crossed")) == 1
+
+
+def test_a_failed_report_that_crossed_the_abandon_places_it_if_its_run_time_is_a_number(
+        ledger):
+    worker, key = _one_attempt(ledger, "crossed")
+    _abandon(ledger, ledger.jobs["crossed"])
+    for hostile in (float("nan"), "0.02", None, float("inf")):
+        body = {**key._asdict(), "error": "E"}
+        if hostile is not None:
+            body["secs"] = hostile
+        ledger.failed(worker, body)
+        assert _row(ledger, "crossed")["run_from"] == "hand-out"
+    before = time.time()
+    ledger.failed(worker, {**key._asdict(), "error": "E", "secs": 0.02})
+    after = time.time()
+    row = _row(ledger, "crossed")
+    assert row["outcome"] == "abandoned" and row["run_from"] == "report"
+    assert _heard_between(row, before, after, 0.02)
 
 
 def test_failure_carries_its_run_time_and_stays_readable_both_ways():

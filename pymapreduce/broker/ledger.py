@@ -269,6 +269,9 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
             if key is None or key not in worker.running:
                 self.complain(peer_name(worker.route, worker.key), "DONE for an attempt "
                               "it does not hold: %.80r", item)
+                if report is not None and isinstance(report.stats, dict):
+                    # (one that crossed its ABANDON: how long it ran, for the timeline)
+                    self.events.ran_abandoned(key.job, key.attempt, report.stats.get("secs"))
                 pos += skip
                 continue
             try:

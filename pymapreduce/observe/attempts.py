@@ -17,9 +17,11 @@ from operator import attrgetter
 from typing import Any
 
 from ..patterns.protocol import JOB_RUNNING
+from ..patterns.wire import duration
 
 _KIND, _INDEX = attrgetter("kind"), attrgetter("index")  # a broker Task's (they never change)
 _RUNNING = attrgetter("running")  # a broker Task's attempts running now
+ABANDONED = "abandoned"  # an attempt's outcome: stopped where it ran (events.py)
 
 
 def uniform(items: list, column: Any) -> Any:
@@ -140,3 +142,23 @@ class AttemptTable:
             if log is not None and (attempt in log.closed or len(log.closed) <
                                     self.attempts_per_job + (self.attempts_per_job >> 3)):
                 log.closed.setdefault(attempt, [None, None, "", None])[3] = secs
+
+    def ran_abandoned(self, job_id: str, attempt: int, secs: Any) -> None:
+        """The run time of an attempt already abandoned, from a report that crossed its
+        ABANDON (a DONE or FAILED of the worker that held it, which the broker no longer
+        counts; ``secs`` as it came). A stopped attempt is not reported, so this is the
+        only run time an abandoned one can have. Kept on its abandoned row only (nothing
+        is added for an identifier the log has no such row of: the identifier's random
+        bits are known to its worker alone), as if the attempt had ended when the report
+        came, as a committed or failed one is placed from when its report came."""
+        secs = duration(secs)
+        if secs is None:
+            return
+        now = time.time()
+        with self.lock:
+            log = self._jobs.get(job_id)
+            row = log.closed.get(attempt) if log is not None else None
+            if row is not None and row[1] == ABANDONED and row[3] is None:
+                # (the row ends when the broker abandoned it: run_start takes the run time
+                # back from there, so the time the report took after it is taken off)
+                row[3] = secs - (now - row[0])

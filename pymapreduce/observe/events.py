@@ -40,14 +40,15 @@ from operator import itemgetter
 from typing import Any
 
 from ..patterns import protocol as P
-from .attempts import _INDEX, _KIND, AttemptTable, _JobLog, uniform
+from .attempts import _INDEX, _KIND, ABANDONED, AttemptTable, _JobLog, uniform
 from .reading import ATTEMPT_MASK, SMALL, Reading
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
-RUNNING, DONE, FAILED, KILLED, ABANDONED = "running", "done", "failed", "killed", "abandoned"
+# attempts' outcomes (and ABANDONED, from attempts.py)
+RUNNING, DONE, FAILED, KILLED = "running", "done", "failed", "killed"
 # columns of a noted commit (job, kind, index, attempt, worker, secs, records, bytes,
 # bytes out), read in C
 _JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
@@ -448,6 +449,7 @@ class NullEventLog(EventLog):
 
     job_submitted = dispatched = done = failed = retried = abandoned = skipped = _ignore
     phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = ran = _ignore
+    ran_abandoned = _ignore
 
 
 TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)

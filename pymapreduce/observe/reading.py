@@ -157,11 +157,14 @@ class Reading:
     def attempts(self, job: str) -> list[dict]:
         """A job's attempt table, for its timeline (copies, oldest first): the rows of
         :meth:`timeline` without when each began to run."""
-        return [{k: v for k, v in row.items() if k != "run"} for row in self.timeline(job)]
+        return [{k: v for k, v in row.items() if k not in ("run", "run_from")}
+                for row in self.timeline(job)]
 
     def timeline(self, job: str) -> list[dict]:
-        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None
-        (see observe/timeline.py)."""
+        """:meth:`attempts`, each with ``run``: when its worker began to run it, or None,
+        and ``run_from``: what placed it (``"report"``; ``"hand-out"``: it ended with no
+        run time, as an abandoned attempt mostly does, and is placed from its hand-out;
+        None while it runs; see observe/timeline.py)."""
         return place(self._table(job))
 
     def flow(self, job: str) -> dict:

@@ -7,11 +7,22 @@ starts (that would be one more per task): the report that ends it says how long 
 as its worker measured it (DONE's ``secs``, FAILED's ``secs``). Monotonic clocks of two
 hosts cannot be compared, durations can, so the attempt began to run at its end less that
 duration, clamped to between its hand-out and its end: a worker is not trusted.
+
+An attempt that ended without a run time has none to place: one abandoned (stopped
+where it ran because another attempt of its task committed first, or its job ended: a
+stopped attempt is not reported; only a report that crossed the ABANDON gives its run
+time, ``EventLog.ran_abandoned``), one lost with its worker, one whose FAILED had no
+usable run time. Its ``run`` is None and its ``run_from`` says ``"hand-out"``: it is
+placed from when it was handed out, for all the time it was out, its wait in its worker's
+queue and its run not told apart (it may have waited all of it and never run). An
+attempt placed by a report says ``"report"``; one still running, None.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+REPORT, HAND_OUT = "report", "hand-out"  # what placed an ended attempt's run (run_from)
 
 
 def run_start(start: float, end: float | None, secs: Any) -> float | None:
@@ -25,14 +36,19 @@ def run_start(start: float, end: float | None, secs: Any) -> float | None:
 
 
 def place(rows: list[tuple]) -> list[dict]:
-    """The attempts of a job with ``run`` (see :func:`run_start`). ``rows``: its attempt
-    table's rows as ``(kind, index, number, worker, backup, step, start, end, outcome,
-    note, run secs or None)``, the run time its report gave (DONE's or FAILED's)."""
+    """The attempts of a job with ``run`` (see :func:`run_start`) and ``run_from``, what
+    placed it: ``"report"``, or ``"hand-out"`` for an attempt that ended with no run time
+    (``run`` None; see the module's docstring), or None while it runs. ``rows``: its
+    attempt table's rows as ``(kind, index, number, worker, backup, step, start, end,
+    outcome, note, run secs or None)``, the run time its report gave (DONE's or
+    FAILED's, or one that crossed an abandoned attempt's ABANDON)."""
     out = []
     for kind, index, number, worker, backup, step, start, end, outcome, note, secs in rows:
         run = run_start(start, end, secs)
         out.append({"step": step, "kind": kind, "index": index, "task": f"{kind}-{index}",
                     "attempt": number, "worker": worker, "start": start,
-                    "run": None if run is None else round(run, 6), "end": end,
-                    "outcome": outcome, "backup": backup, "note": note})
+                    "run": None if run is None else round(run, 6),
+                    "run_from": REPORT if run is not None else HAND_OUT if end is not None
+                    else None,
+                    "end": end, "outcome": outcome, "backup": backup, "note": note})
     return out

@@ -412,21 +412,27 @@ function renderTimeline(attempts, now) {
                          "data-outcome": a.outcome, "data-worker": a.worker,
                          "data-backup": a.backup ? "true" : "false" });
     // handed out at start, running from run (when its report said): the wait in its
-    // worker's queue is drawn pale, the run solid
-    const queued = a.run !== null && a.run !== undefined ? Math.max(0, x(a.run) - x0) : 0;
+    // worker's queue is drawn pale, the run solid. One that ended with no run time (an
+    // abandoned attempt, mostly: run_from "hand-out") is one lighter bar from its
+    // hand-out, its wait and its run not told apart
+    const placed = a.run !== null && a.run !== undefined;
+    const unplaced = !placed && a.run_from === "hand-out";
+    const queued = placed ? Math.max(0, x(a.run) - x0) : 0;
     const fillColour = colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7");
-    if (a.run !== null && a.run !== undefined) g.setAttribute("data-queued", (a.run - a.start).toFixed(3));
+    if (placed) g.setAttribute("data-queued", (a.run - a.start).toFixed(3));
+    if (a.run_from) g.setAttribute("data-run-from", a.run_from);
     g.append(svg("title", {}, `${a.task} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
-      `${a.outcome}, ${a.end ? (a.run !== null && a.run !== undefined ?
-        `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` : secs(a.end - a.start)) : "running"}` +
+      `${a.outcome}, ${a.end ? (placed ?
+        `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` :
+        `out ${secs(a.end - a.start)}${unplaced ? " (queued or running: not reported)" : ""}`) : "running"}` +
       `${a.note ? " — " + a.note : ""}`));
     if (queued >= 1) {
       g.append(svg("rect", { class: "queued", x: x0, y, width: Math.min(queued, w), height: ROW - 6,
                              rx: 2, fill: fillColour, "fill-opacity": 0.3 }));
     }
     const xs = x0 + Math.min(queued, w - 3), ws = Math.max(3, w - queued);  // the run
-    g.append(svg("rect", { class: "ran", x: xs, y, width: ws, height: ROW - 6, rx: 2,
-      fill: fillColour,
+    g.append(svg("rect", { class: unplaced ? "out" : "ran", x: xs, y, width: ws,
+      height: ROW - 6, rx: 2, fill: fillColour, "fill-opacity": unplaced ? 0.6 : null,
       stroke: a.backup ? "#000" : a.attempt > 1 ? "#7a3e9d" : "none",
       "stroke-width": a.backup || a.attempt > 1 ? 2 : 0,
       "stroke-dasharray": a.backup ? "4 2" : null }));
