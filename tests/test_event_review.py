@@ -359,3 +359,86 @@ def test_an_ended_job_s_abandoned_attempts_no_longer_hold_their_rows():
                           [1000 + 10 * k + i for i in range(10)], "w2")
     assert events._rows <= 100
     assert events._jobs["old"].rows == 0 and events._jobs["new"].rows == 100
+
+
+def _full_table_with_stragglers(stragglers: int) -> tuple[EventLog, Job, list]:
+    """A table of 40 rows whose first ``stragglers`` attempts, each dispatched alone,
+    still run (attempt ``i + 1`` of task ``i``)."""
+    events = EventLog(attempts_per_job=40, max_attempts=1_000_000)
+    job = Job("j")
+    events.job_submitted(job)
+    slow = [Task(job, i) for i in range(stragglers)]
+    for i, task in enumerate(slow):
+        task.running[i + 1] = b"w"
+        events.dispatched(job, [task], [i + 1], "slow")
+    return events, job, slow
+
+
+def _dispatch(events: EventLog, job: Job, first: int, n: int, commit: bool = False) -> None:
+    """Attempts ``first .. first + n - 1`` (tasks of those indexes) in one message."""
+    ids = list(range(first, first + n))
+    events.dispatched(job, [Task(job, i) for i in ids], ids, "w")
+    if commit:
+        for i in ids:
+            events.noted.append((job.id, "map", i, i, "w", 0.1, 1, 2, 3))
+        events.flush()
+
+
+def test_a_full_table_does_not_go_over_its_stragglers_at_every_dispatch(monkeypatch):
+    """Rows kept because their attempts still run were taken out and put back at every
+    dispatch of a full table, so each dispatch looked at every straggler: now they are
+    set aside once and looked at again in proportion to the events recorded. Counted:
+    the batches looked at (one call of ``_running_in`` each) over 400 dispatches of one
+    attempt, with 4 stragglers and with 400."""
+    from pymapreduce.observe import attempts
+
+    looked = [0]
+    real = attempts._running_in
+
+    def counting(tasks: tuple, ids: tuple) -> list:
+        looked[0] += 1
+        return real(tasks, ids)
+
+    monkeypatch.setattr(attempts, "_running_in", counting)
+    dispatches = 400
+    for stragglers in (4, 400):
+        events, job, slow = _full_table_with_stragglers(stragglers)
+        looked[0] = 0
+        for k in range(dispatches):
+            _dispatch(events, job, 1_000_000 + k, 1)
+        # each dispatch: the batch it takes, and its share of looking at the stragglers
+        # again (one event); plus, once, the stragglers themselves and a full table
+        assert looked[0] <= 2 * dispatches + stragglers + 45, (stragglers, looked[0])
+        rows = events.attempts("j")
+        assert [r["index"] for r in rows if r["outcome"] == "running"][:stragglers] == \
+            list(range(stragglers))  # every straggler is still on the timeline
+
+
+def test_stragglers_set_aside_keep_their_rows_while_they_run_and_go_once_they_ended():
+    events, job, slow = _full_table_with_stragglers(60)
+    log = events._jobs["j"]
+    for k in range(50):  # a full table's dispatches, each committed at once
+        _dispatch(events, job, 1000 + 5 * k, 5, commit=True)
+        rows = events.attempts("j")
+        assert [r["index"] for r in rows[:60]] == list(range(60))  # oldest first, kept
+        assert all(r["outcome"] == "running" and r["worker"] == "slow" for r in rows[:60])
+        assert all(r["outcome"] == "done" for r in rows[60:])
+        assert len(rows) == log.rows <= 60 + 40 + 40 // 8
+        assert events._rows == log.rows
+        assert sum(len(items) for _, _, items in log.ends) <= 40 + 40 // 8 + 5
+    # half the stragglers commit, the other half fail: their rows say so until they go
+    for i, task in enumerate(slow):
+        task.running.clear()
+        if i % 2:
+            events.failed(task, i + 1, "boom", "", {}, False, True)
+        else:
+            events.noted.append(("j", "map", i, i + 1, "slow", 9.0, 1, 2, 3))
+    events.flush()
+    for k in range(60):  # as many events as they are rows, and some
+        rows = {r["attempt"]: r for r in events.attempts("j") if r["worker"] == "slow"}
+        assert all(r["outcome"] == ("failed" if r["index"] % 2 else "done")
+                   for r in rows.values())  # never "running" again, while it is there
+        _dispatch(events, job, 5000 + k, 1, commit=True)
+    assert not [r for r in events.attempts("j") if r["worker"] == "slow"]
+    assert log.closed == {}  # their notes went with their rows
+    assert len(events.attempts("j")) == log.rows == events._rows <= 40 + 40 // 8

@@ -5,7 +5,9 @@ A job's attempt table is its dispatch batches (the broker's tasks of one message
 identifiers of their attempts, as they came), its commit batches (the tuples the commit
 path noted) and the rare failed, killed or abandoned attempts by identifier; readers
 join them (``reading.join_attempts``). Full, it lets its oldest rows go, except the
-attempts the broker still runs, which the broker's own tasks say.
+attempts the broker still runs, which the broker's own tasks say: those are set aside,
+once, and looked at again only as often as they cost no dispatch more than a bounded
+share (see :meth:`AttemptTable._drop_attempts`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -45,7 +48,8 @@ def _running_in(tasks: tuple, attempts: tuple) -> list[int]:
 
 class _JobLog:
     __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
-                 "tenant", "started", "trimmed", "flow")
+                 "tenant", "started", "trimmed", "flow", "held", "held_rows", "held_seq",
+                 "recheck")
 
     def __init__(self, job: Any, per_job: int, tenant: str) -> None:
         self.id = job.id
@@ -58,7 +62,16 @@ class _JobLog:
         # identifier ->
         # [end, outcome, note, run secs] of the failed, killed and abandoned ones
         self.batches: deque[tuple] = deque()
-        self.rows = 0
+        self.rows = 0  # (those of ``held`` too)
+        # dispatch batches cut to the attempts the broker still ran when the table was
+        # full (stragglers), oldest first and older than every one of ``batches``: set
+        # aside so that no dispatch goes over them again, looked at once more when the
+        # log's sequence number reaches ``recheck``; ``held_seq``: the sequence number at
+        # which all of them were last seen running (a commit of one of them came after)
+        self.held: list[tuple] = []
+        self.held_rows = 0
+        self.held_seq = 0
+        self.recheck = 0
         self.ends: deque[tuple] = deque()
         self.closed: dict[int, list] = {}
         self.bytes = 0
@@ -77,15 +90,30 @@ class AttemptTable:
     _jobs: OrderedDict
     _rows: int
     attempts_per_job: int
+    seq: int
 
     def _drop_attempts(self, log: _JobLog, n: int) -> int:
         """The attempt table is full: its ``n`` oldest rows go, except those the broker
         still runs (a straggler stays on the timeline while it runs). Returns how many went.
-        The commit batches older than every dispatch batch left go with them."""
+
+        The rows kept for their running attempts are set aside (``log.held``), so the next
+        dispatches do not go over them again: each drop looks at the rows it takes, not at
+        every straggler there is. The set-aside rows are looked at again
+        (:meth:`_recheck`) by the first drop once as many events as they are rows have
+        been recorded since they were last looked at (rows set aside when none were, by
+        the next drop: they cost what taking them cost). So their upkeep is a bounded
+        share of each event whatever their number, and a row whose attempt ended goes
+        once due. They are at most twice the attempts that still ran when they were last
+        looked at (which the broker bounds), and a full table: those, and what was set
+        aside since, out of the table then and the fewer events since.
+
+        The commit batches older than every dispatch batch left go with them, except
+        those after the set-aside rows were last seen running (a commit of one of them,
+        which its row still needs)."""
+        gone = self._recheck(log) if log.held and self.seq >= log.recheck else 0
         batches = log.batches
         closed = log.closed
-        kept: list[tuple] = []  # still running: put back, oldest first
-        gone = 0
+        held = log.held
         while gone < n and batches:
             batch = batches.popleft()
             attempts, tasks = batch[4], batch[6]
@@ -95,23 +123,51 @@ class AttemptTable:
             dropped, of = attempts[:take], tasks[:take]
             running = _running_in(of, dropped)
             if running:
-                kept.append((*batch[:4], tuple(dropped[i] for i in running), batch[5],
+                if not held:  # (seen running now; looked at again by the next drop)
+                    log.held_seq, log.recheck = self.seq, self.seq + 1
+                held.append((*batch[:4], tuple(dropped[i] for i in running), batch[5],
                              tuple(of[i] for i in running)))
+                log.held_rows += len(running)
             gone += take - len(running)
             if closed:
                 still = {dropped[i] for i in running}
                 for attempt in dropped:
                     if attempt not in still:
                         closed.pop(attempt, None)
-        for batch in reversed(kept):
-            batches.appendleft(batch)
-        # the oldest dispatch batch not kept for its running attempts
-        oldest = batches[len(kept)][0] if len(batches) > len(kept) else None
+        oldest = batches[0][0] if batches else None  # the oldest dispatch batch left
+        pinned = log.held_seq if held else None
         ends = log.ends
-        while ends and (oldest is None or ends[0][0] < oldest):
+        while ends and (oldest is None or ends[0][0] < oldest) and (
+                pinned is None or ends[0][0] <= pinned):
             ends.popleft()  # (an attempt is committed after it is dispatched)
         log.rows -= gone
         self._rows -= gone
+        return gone
+
+    def _recheck(self, log: _JobLog) -> int:
+        """Look at the set-aside rows again: those whose attempts the broker no longer runs
+        go (with their notes); the others are seen running now. Returns how many went."""
+        closed = log.closed
+        kept: list[tuple] = []
+        gone = 0
+        for batch in log.held:
+            attempts, tasks = batch[4], batch[6]
+            running = _running_in(tasks, attempts)
+            if len(running) == len(attempts):
+                kept.append(batch)
+                continue
+            gone += len(attempts) - len(running)
+            still = {attempts[i] for i in running}
+            for attempt in attempts:
+                if attempt not in still:
+                    closed.pop(attempt, None)
+            if running:
+                kept.append((*batch[:4], tuple(attempts[i] for i in running), batch[5],
+                             tuple(tasks[i] for i in running)))
+        log.held = kept
+        log.held_rows -= gone
+        log.held_seq = self.seq
+        log.recheck = self.seq + max(1, log.held_rows)
         return gone
 
     def _end_attempt(self, job: Any, task: Any, attempt: int, outcome: str,
@@ -120,7 +176,8 @@ class AttemptTable:
         log = log or self._jobs.get(job.id)
         if log is None:
             return ""
-        for batch in reversed(log.batches):  # (a failing attempt is mostly a recent one)
+        # (a failing attempt is mostly a recent one; a straggler's row may be set aside)
+        for batch in chain(reversed(log.batches), reversed(log.held)):
             if attempt in batch[4]:
                 row = log.closed.setdefault(attempt, [None, None, "", None])
                 if row[0] is None:

@@ -6,7 +6,8 @@ recorded with the broker's wall-clock time and a sequence number (the cursor a r
 resumes from) in the job's ring and in the global ring. Memory is bounded whatever peers
 do: each ring holds a fixed number of events, error texts and tracebacks are cut, the
 attempt table of a job keeps at most ``attempts_per_job`` rows (and an eighth; and the
-attempts the broker still runs, which it bounds), and past
+attempts the broker still runs, which it bounds: set aside, and looked at again once as
+many events as they are rows have been recorded, see attempts.py), and past
 ``max_bytes`` in all the oldest jobs' events go first. A job's records are freed when the
 broker forgets the job.
 

@@ -11,7 +11,7 @@ the attempt table is joined here from the batches it is stored as.
 from __future__ import annotations
 
 import threading
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 from .timeline import place
@@ -127,7 +127,7 @@ class Reading:
                 # (a commit noted without its worker: where the attempt was sent)
                 logs = [self._jobs.get(job)] if job is not None else list(self._jobs.values())
                 workers = {attempt: b[2] for log in logs if log is not None
-                           for b in log.batches for attempt in b[4]}
+                           for b in chain(log.held, log.batches) for attempt in b[4]}
         out = []
         for entry in reversed(entries):
             if workers is not None and entry[2] == "done":
@@ -149,7 +149,7 @@ class Reading:
             if log is None:
                 return []
             # copies: joined after the lock is let go
-            batches = [b[1:] for b in log.batches]
+            batches = [b[1:] for b in chain(log.held, log.batches)]  # (oldest first)
             ends = list(log.ends)
             closed = {k: tuple(v) for k, v in log.closed.items()}
         return join_attempts(batches, ends, closed)
