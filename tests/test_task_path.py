@@ -126,3 +126,67 @@ def test_blobs_cut_from_a_received_view_are_copies_of_their_own_bytes():
     back = Message.decode(received, BROKER_LIMITS).blobs
     assert back == blobs
     assert all(type(b) is bytes for b in back)  # none pins the whole frame
+
+
+def _tasks_message(items: list, blobs: tuple) -> Message:
+    """A TASKS message as the worker receives it (through the wire encoding)."""
+    body = {"job": "j", "reducers": 0, "map_only": True, "code": 0, "tasks": items}
+    return Message.decode(Message(P.TASKS, body, blobs).encode())
+
+
+def test_a_worker_queues_each_well_formed_task_and_drops_the_malformed_ones(caplog):
+    """The worker reads a TASKS message's items without an object per item in the common
+    form, and hands any other form to ``TaskItem.from_wire``: both agree, and a malformed
+    item (of any type, an unhashable kind included) is dropped with a warning while the
+    others are queued."""
+    import cloudpickle
+
+    from pymapreduce.patterns.wire import AttemptKey, TaskItem
+    from pymapreduce.workers.worker import Worker
+
+    from .jobs import WordCount
+
+    items = [["map", 0, 4097, ["mem", 1]],
+             ["map", 1, 4098, ["mem", 1], [3, 5]],  # with records to skip
+             [["map"], 2, 1, ["mem", 1]],  # an unhashable kind
+             ["map", "3", 1, ["mem", 1]], ["map", 4, 1.5, ["mem", 1]],
+             ["map", 5, 1, "mem"], ["sort", 6, 1, []], ["map", 7, 1], "map", None,
+             ["reduce", 8, 4099, ["segs", 1, 0]]]
+    worker = Worker(connect="tcp://127.0.0.1:1")
+    try:
+        with caplog.at_level(logging.WARNING, logger="pymapreduce.worker"):
+            worker._enqueue(_tasks_message(items, (cloudpickle.dumps(WordCount()), b"")))
+        queued = list(worker.queue)
+        assert [q.key for q in queued] == [AttemptKey("j", "map", 0, 4097),
+                                           AttemptKey("j", "map", 1, 4098),
+                                           AttemptKey("j", "reduce", 8, 4099)]
+        for q, raw in zip(queued, (items[0], items[1], items[10])):
+            item = TaskItem.from_wire(raw)
+            assert (q.split, q.skip) == (item.split, item.skip)
+            assert type(q.key) is AttemptKey and q.key.index == item.index
+        # a map of a map-only job and a reduce: both reach the client
+        assert [q.safe_output for q in queued] == [True, True, True]
+        assert sum("malformed task" in r.getMessage() for r in caplog.records) == 8
+    finally:  # (as Worker.run ends)
+        worker.watch.close()
+        worker.ctl.close(0)
+        worker.job_dirs.close()
+        worker.ctx.term()
+
+
+def test_an_attempt_never_sees_an_earlier_attempts_output():
+    """An attempt that wrote nothing leaves its log to the next (no new log per task);
+    one that wrote something leaves a fresh log for the next, and keeps its own text."""
+    from pymapreduce.workers.capture import Capture
+
+    capture = Capture()
+    first = capture.begin()
+    capture.end()
+    second = capture.begin()
+    print("from the second attempt")
+    capture.end()
+    assert second is first and second.getvalue() == b"from the second attempt\n"
+    third = capture.begin()
+    capture.end()
+    assert third is not second and third.getvalue() == b""
+    assert second.getvalue() == b"from the second attempt\n"

@@ -157,10 +157,12 @@ class Capture:
         self._seen: tuple = ()  # the root logger's handlers when last looked at
 
     def begin(self) -> TaskLog:
-        """An attempt starts: what it prints or logs goes to the returned (fresh) log
-        until ``end``."""
-        log = self.log = TaskLog()
-        self.out.log = self.err.log = log
+        """An attempt starts: what it prints or logs goes to the returned log until
+        ``end`` (a fresh one, or the last attempt's if nothing was written to it)."""
+        log = self.log
+        if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
+            log = self.log = TaskLog()
+            self.out.log = self.err.log = log
         root = logging.getLogger()
         if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
             if self.handler not in root.handlers:
@@ -178,8 +180,9 @@ class Capture:
         """The attempt is over: flush its echo, and put back whatever it left in
         ``sys.stdout``/``sys.stderr`` (its choice must not outlive it)."""
         self.active = False
-        for stream in (self.out, self.err):
-            stream.flush()
+        if self.log.head:  # (nothing written, nothing to flush)
+            self.out.flush()
+            self.err.flush()
         sys.stdout, sys.stderr = self._saved
 
     @contextmanager

@@ -175,6 +175,7 @@ class ProcessState:
         self.cwd = ""
         self.path: list[str] = []
         self.handlers: dict[int, object] = {}
+        self.handled: tuple = ()  # the handlers of GUARDED_SIGNALS, in order (compared at once)
         self.umask = 0o022
         self.job_dir: str | None = None
 
@@ -186,6 +187,7 @@ class ProcessState:
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.handlers = {s: _signal.getsignal(s) for s in GUARDED_SIGNALS}
+        self.handled = tuple(self.handlers.values())
         self.umask = os.umask(0o022)  # (read by setting it: there is no getter)
         os.umask(self.umask)
         self.captured = True
@@ -222,11 +224,13 @@ class ProcessState:
         if self.job_dir is not None:
             self._forget_modules(self.job_dir)
             self.job_dir = None
-        getsignal = _signal.getsignal
-        for signum, handler in self.handlers.items():
-            now = getsignal(signum)
-            if now is not handler and now != handler and handler is not None:
-                signal.signal(signum, handler)
+        # (all of them compared at once, in C: a task seldom changes one)
+        if tuple(map(_signal.getsignal, GUARDED_SIGNALS)) != self.handled:
+            getsignal = _signal.getsignal
+            for signum, handler in self.handlers.items():
+                now = getsignal(signum)
+                if now is not handler and now != handler and handler is not None:
+                    signal.signal(signum, handler)
         if hasattr(signal, "alarm"):
             signal.alarm(0)  # an alarm a task left would fire in the next one
         os.umask(self.umask)  # (one system call: cheaper than asking first)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from typing import Any
 
 from ..errors import ValueNeedsPickle
@@ -85,15 +84,18 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     task that fits in memory returns its output as ``(keys, values)`` columns, not packed
     (its part file is written from them: ``store/output.py``'s ``write_attempt``).
     """
-    with paused_gc(), (budget.task_dir() if budget is not None else nullcontext()) as files:
-        if budget is not None:
-            # (segments read from a sink as the task goes are not held: sinks/)
-            streamed = getattr(getattr(blobs, "blobs", blobs), "streamed", False)
-            budget.start_task(sum(len(b) for b in blobs) if kind != "map" and not streamed
-                              else 0)
+    if budget is None:  # (the usual worker: no budget, no task directory)
+        with paused_gc():
+            return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
+                             safe_output, None, None, columns)
+    with paused_gc(), budget.task_dir() as files:
+        # (segments read from a sink as the task goes are not held: sinks/)
+        streamed = getattr(getattr(blobs, "blobs", blobs), "streamed", False)
+        budget.start_task(sum(len(b) for b in blobs) if kind != "map" and not streamed
+                          else 0)
         out, stats = _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
                                safe_output, budget, files, columns)
-        if budget is not None and budget.spills:
+        if budget.spills:
             counters = stats.setdefault("counters", {})
             counters[SPILL_COUNTER] = counters.get(SPILL_COUNTER, 0) + budget.spills
         return out, stats

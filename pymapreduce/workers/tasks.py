@@ -23,7 +23,7 @@ from ..patterns import compress
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
 from ..patterns.sockets import send_within
-from ..patterns.wire import AttemptKey, Report, TaskItem, attempt_number
+from ..patterns.wire import KINDS, AttemptKey, TaskItem, attempt_number
 from ..shipping import unpack_code
 from .capture import attempt_log, register_sources
 from .reporting import REPORT_SLACK
@@ -38,6 +38,8 @@ JOB_CACHE = 16  # unpickled jobs kept per process
 # the output directory, there until someone removes it (store/localfs.py)
 HOPELESS = (LineTooLong, UnencodableValue, BadOutput, OutputLinkRefused)
 DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
+NO_SKIP: list = []  # (shared: a task's list of records to skip is only read)
+_new = tuple.__new__  # a named tuple made without its Python-level constructor
 
 
 class TaskAbandoned(BaseException):
@@ -102,23 +104,36 @@ class Tasks:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
         workdir = self.job_dirs.get(job_id)
-        codecs = {True: compress.task_codec(b, True), False: compress.task_codec(b, False)}
+        # what a task's outputs are, by kind: they reach the client (reduce, or map of a
+        # map-only last step) or go to other workers; the queued task's fields that follow
+        client = {"map": last and bool(b["map_only"]), "reduce": last}
+        tails = {kind: (to_client and not pickled_ok, workdir,
+                        b.get("output") if to_client else None,
+                        compress.task_codec(b, to_client))
+                 for kind, to_client in client.items()}
+        queue = self.queue
         for raw in b["tasks"]:
-            try:
-                item = TaskItem.from_wire(raw)
-            except ValueError as exc:
-                log.warning("dropped a malformed task from the broker: %s", exc)
-                continue
-            key = item.key(job_id)
-            if error is not None:
-                self._fail(key, error[0], error[1], {"split": item.index})
+            # [kind, index, attempt, split] checked here as TaskItem.from_wire checks it
+            # (the common form, without a call or an object per task); else by it
+            if type(raw) is list and len(raw) == 4:
+                kind, index, attempt, split = raw
+                if kind not in KINDS or type(index) is not int \
+                        or type(attempt) is not int or type(split) is not list:
+                    kind = None
+                skip: list = NO_SKIP
             else:
-                # outputs that reach the client: reduce, or map of a map-only (last) step
-                to_client = last and (item.kind != "map" or bool(b["map_only"]))
-                self.queue.append(Queued(key, job, b, item.split, blobs, item.skip,
-                                         to_client and not pickled_ok, workdir,
-                                         b.get("output") if to_client else None,
-                                         codecs[to_client]))
+                kind = None
+            if kind is None:
+                try:
+                    kind, index, attempt, split, skip = TaskItem.from_wire(raw)
+                except ValueError as exc:
+                    log.warning("dropped a malformed task from the broker: %s", exc)
+                    continue
+            key = _new(AttemptKey, (job_id, kind, index, attempt))
+            if error is not None:
+                self._fail(key, error[0], error[1], {"split": index})
+            else:
+                queue.append(_new(Queued, (key, job, b, split, blobs, skip, *tails[kind])))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
@@ -222,7 +237,7 @@ class Tasks:
         sinks = b.get("sinks") if kind == "map" and not b["map_only"] else None
         outputs = compress.compress_all(outputs, item.codec, (
             self.max_message if sinks else self.max_message - REPORT_SLACK))
-        size = sum(len(o) for o in outputs)
+        size = sum(map(len, outputs))
         if sinks:  # the partitions go to their sinks; DONE names the ones written
             self._current = key  # (a lost sink's broker abandons it while it waits)
             try:
@@ -256,7 +271,7 @@ class Tasks:
             nblobs = -1
         if not self.reports:
             self._first_report = time.monotonic()
-        self.reports.append(Report(key, stats, nblobs).wire())
+        self.reports.append([*key, stats, nblobs])  # (Report's wire form)
 
     def _sink_client(self) -> SinkClient:
         if self._sinks is None:
