@@ -342,12 +342,13 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
 
     def _attempt(self, key: AttemptKey) -> Task | None:
         """The task whose attempt ``key`` is still running, or None if it is stale."""
+        # (an AttemptKey's fields have their types: AttemptKey.parse checked a peer's)
         job_id, kind, index, attempt = key
-        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
-        if job is None or job.state != P.JOB_RUNNING or kind not in (MAP, REDUCE):
+        job = self.jobs.get(job_id)
+        if job is None or job.state != P.JOB_RUNNING:
             return None
-        tasks = job.tasks(kind)
-        if not isinstance(index, int) or not 0 <= index < len(tasks):
+        tasks = job.maps if kind == MAP else job.reduces if kind == REDUCE else ()
+        if not 0 <= index < len(tasks):
             return None
         task = tasks[index]
         if task.state != RUNNING or attempt not in task.running:

@@ -15,11 +15,20 @@ MAX_COUNTERS = 1000  # distinct counters in one task's report
 MAX_COUNTER_NAME = 200  # characters
 MAX_PARTS = 1 << 20  # partitions a map task may say it pushed to sinks
 MAX_COUNT = 1 << 62  # one report's counts; the job's totals saturate at the int64 range
+USUAL = frozenset({"records", "bytes", "secs"})  # what most reports hold, and nothing else
 
 
 def clean_stats(stats: Any) -> dict:
     """A task's statistics with every field checked: ``records`` and ``bytes`` counts,
     ``secs`` (its run time) and ``counters`` (name -> int)."""
+    if type(stats) is dict and stats.keys() <= USUAL:  # (the usual report, checked at once)
+        records, nbytes, secs = stats.get("records", 0), stats.get("bytes", 0), \
+            stats.get("secs")
+        if type(records) is int and type(nbytes) is int and 0 <= records < MAX_COUNT \
+                and 0 <= nbytes < MAX_COUNT and (secs is None or (
+                    type(secs) is float or type(secs) is int) and 0 <= secs < 1e9):
+            return {"records": records, "bytes": nbytes} if secs is None else \
+                {"records": records, "bytes": nbytes, "secs": secs}
     if not isinstance(stats, dict):
         raise ValueError(f"its statistics are a {type(stats).__name__}, not a map")
     out: dict = {}

@@ -292,9 +292,12 @@ class JobState:
             spent[0] += time.monotonic() - task.started
             spent[1] += 1
         task.end_all()
-        self.skipped.extend(stats.get("skipped") or ())
-        for name, n in (stats.get("counters") or {}).items():
-            self.counters[name] = _saturated(self.counters.get(name, 0) + n)
+        skipped, counters = stats.get("skipped"), stats.get("counters")
+        if skipped:
+            self.skipped.extend(skipped)
+        if counters:
+            for name, n in counters.items():
+                self.counters[name] = _saturated(self.counters.get(name, 0) + n)
         records = self.records + stats.get("records", 0)
         self.records = records if -INT64 <= records <= INT64 else _saturated(records)
         nbytes = self.bytes_in + stats.get("bytes", 0)
