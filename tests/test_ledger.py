@@ -291,3 +291,29 @@ def test_a_failure_no_retry_can_mend_fails_the_job_once_a_second_attempt_says_so
                                        "final": True})
         assert job.state == (P.JOB_RUNNING if n == 0 else P.JOB_FAILED)
     assert job.maps[0].failures == 2 < ledger.config.max_attempts
+
+
+@pytest.mark.parametrize("stats", [
+    {"records": -1}, {"records": True}, {"records": 1.0}, {"bytes": 1 << 62},
+    {"bytes": "3"}, {"secs": -0.5}, {"secs": float("nan")}, {"secs": float("inf")},
+    {"secs": True}, {"secs": "1"}, {"records": None}, [], None, {"counters": {"": 1}},
+    {"counters": {"a": 1.5}}, {"sunk": 3}])
+def test_a_report_with_a_bad_statistic_is_refused(stats):
+    """The usual report (records, bytes, secs) is checked in one expression; whatever
+    fails it takes the field-by-field path, which names the field. Both refuse the same."""
+    from pymapreduce.broker.reports import clean_stats
+
+    with pytest.raises(ValueError):
+        clean_stats(stats)
+
+
+def test_a_reports_statistics_keep_what_the_broker_reads_and_nothing_else():
+    from pymapreduce.broker.reports import clean_stats
+
+    assert clean_stats({}) == {"records": 0, "bytes": 0}
+    assert clean_stats({"records": 3, "secs": 0}) == {"records": 3, "bytes": 0, "secs": 0}
+    assert clean_stats({"records": 3, "bytes": 9, "secs": 0.25}) == {
+        "records": 3, "bytes": 9, "secs": 0.25}
+    assert clean_stats({"records": 3, "log": b"x", "other": 1}) == {"records": 3, "bytes": 0}
+    assert clean_stats({"secs": None, "counters": {"a": 2}}) == {
+        "records": 0, "bytes": 0, "counters": {"a": 2}}
