@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default) or a broker's (--connect). The output pairs are printed "
                        "on stdout as JSON lines ([key, value]), or written to --output DIR; "
                        "progress and a summary go to stderr.")
-    r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
+    r.add_argument("job", help="FILE.py:JobClass or module:JobClass (FILE.py alone: the one "
+                   "Job subclass it defines)")
     r.add_argument("inputs", nargs="+",
                    help="input files, globs ('data/*.txt', quoted) or directories (the files "
                         "below them); .gz, .bz2, .xz, .zst files are decompressed")

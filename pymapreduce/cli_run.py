@@ -1,4 +1,4 @@
-"""``pymapreduce run``: the job a command line names (FILE.py:Class or module:Class, with
+"""``pymapreduce run``: the job a command line names (FILE.py:Class, module:Class or FILE.py, with
 ``-p name=value`` parameters), its inputs, and running it on an embedded cluster or a
 broker with progress on stderr and the output on stdout or in part files."""
 
@@ -20,12 +20,17 @@ from .progress import progress_period, summary_lines, watch
 
 
 def load_job_class(spec: str):
-    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class.
+    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class; a bare
+    ``path/to/file.py`` -> the one Job subclass that file defines (as ``run mr_job.py``
+    finds an mrjob file's one MRJob).
 
-    A missing file, module or class is a PyMapReduceError (one line, exit 2); an error
-    raised by the module's own code while it is imported keeps its traceback."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
+    A missing file, module or class is a PyMapReduceError (one line, exit 2) that names the
+    jobs the module does define; an error raised by the module's own code while it is
+    imported keeps its traceback."""
+    target, colon, attr = spec.rpartition(":")
+    if not colon and spec.endswith(".py"):
+        target, attr = spec, ""  # FILE.py alone: its only job
+    elif not target or not attr:
         raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
     if target.endswith(".py") or os.sep in target:
         if not os.path.isfile(target):
@@ -48,10 +53,29 @@ def load_job_class(spec: str):
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
         module = _import_job_module(target, lambda: importlib.import_module(target))
+    jobs = _jobs_defined(module)
+    names = ", ".join(cls.__name__ for cls in jobs)
+    if not attr:
+        if len(jobs) == 1:
+            return jobs[0]
+        if not jobs:
+            raise PyMapReduceError(f"{target} defines no pymapreduce.Job subclass")
+        raise PyMapReduceError(f"{target} defines {len(jobs)} jobs ({names}): name one, as "
+                               f"{target}:{jobs[0].__name__}")
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise PyMapReduceError(f"{target} defines no {attr!r}") from None
+        known = f"its jobs: {names}" if jobs else "and no pymapreduce.Job subclass"
+        raise PyMapReduceError(f"{target} defines no {attr!r} ({known})") from None
+
+
+def _jobs_defined(module) -> list[type]:
+    """The Job subclasses ``module`` itself defines (not those it imports), in order."""
+    from .job import Job
+
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, Job) and value is not Job
+            and value.__module__ == module.__name__]
 
 
 def _import_job_module(target: str, load):

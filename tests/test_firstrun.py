@@ -1,0 +1,104 @@
+"""A first run from a clean install, as a new user types it: the mistakes they make and
+what each one should say (one line naming the way out), each pinned by a test with the
+real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TWO_JOBS = """
+from pymapreduce import Job
+from pymapreduce import Job as Imported  # (a name for Job itself is not a job)
+
+
+class WordCount(Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+class LineCount(Job):
+    def map(self, key, line):
+        yield "lines", 1
+
+    def reduce(self, key, counts):
+        return sum(counts)
+"""
+
+ONE_JOB = """
+from collections import Counter  # (a class, not a job)
+
+from pymapreduce import Job
+
+
+class WordCount(Job):
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+"""
+
+
+def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pymapreduce", *args], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_job_file_without_a_class_runs_its_only_job(tmp_path):
+    # as `pymapreduce run mr_job.py` does for an mrjob file that defines one MRJob
+    (tmp_path / "wc.py").write_text(ONE_JOB)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = _cli(tmp_path, "run", "wc.py", "in.txt", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ['["a", 2]', '["b", 1]']
+
+
+def test_a_job_file_with_several_jobs_and_no_class_names_them(tmp_path):
+    (tmp_path / "jobs.py").write_text(TWO_JOBS)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = _cli(tmp_path, "run", "jobs.py", "in.txt", "--workers", "1")
+    assert proc.returncode == 2
+    assert _last_line(proc) == (
+        "pymapreduce: error: jobs.py defines 2 jobs (WordCount, LineCount): name one, "
+        "as jobs.py:WordCount")
+
+
+def test_a_misspelt_job_class_is_answered_with_the_jobs_the_file_defines(tmp_path):
+    (tmp_path / "jobs.py").write_text(TWO_JOBS)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = _cli(tmp_path, "run", "jobs.py:WordCont", "in.txt", "--workers", "1")
+    assert proc.returncode == 2
+    assert _last_line(proc) == (
+        "pymapreduce: error: jobs.py defines no 'WordCont' (its jobs: WordCount, LineCount)")
+    # module:Class too
+    proc = _cli(tmp_path, "run", "jobs:Wordcount", "in.txt", "--workers", "1")
+    assert proc.returncode == 2
+    assert _last_line(proc) == (
+        "pymapreduce: error: jobs defines no 'Wordcount' (its jobs: WordCount, LineCount)")
+
+
+def test_a_file_that_defines_no_job_says_so(tmp_path):
+    (tmp_path / "helpers.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "in.txt").write_text("a\n")
+    proc = _cli(tmp_path, "run", "helpers.py", "in.txt", "--workers", "1")
+    assert proc.returncode == 2
+    assert _last_line(proc) == (
+        "pymapreduce: error: helpers.py defines no pymapreduce.Job subclass")
+    proc = _cli(tmp_path, "run", "helpers.py:Count", "in.txt", "--workers", "1")
+    assert proc.returncode == 2
+    assert _last_line(proc) == (
+        "pymapreduce: error: helpers.py defines no 'Count' (and no pymapreduce.Job subclass)")
