@@ -116,6 +116,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         logs = fetch_logs(client, args.job_id, args.task)
+        if args.task is not None and not logs:
+            # a task the job never had would read as "it printed nothing"
+            check_task_exists(client.job(args.job_id).status(), args.task)
     text = logs.text()
     if not text:
         what = f"task {args.task} of job" if args.task else "job"
@@ -124,6 +127,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return EXIT_OK
     write_untrusted(text, sys.stdout)
     return EXIT_OK
+
+
+def check_task_exists(status: dict, task: str) -> None:
+    """ConfigError when a one-step job's ``status`` has no task named ``task`` (``map-N``,
+    ``reduce-N``): the names it has, or that it is map-only. (A multi-step job's steps
+    have their own task counts: any name may be one of them.)"""
+    step = status.get("step") or [1, 1]
+    if step[-1] != 1:
+        return
+    kind, _, index = task.partition("-")
+    count = (status.get("maps" if kind == "map" else "reduces") or [0, 0])[-1]
+    if int(index) < count:
+        return
+    job = status.get("job_id", "?")
+    if not count:
+        raise ConfigError(f"job {job} has no task {task}: it is a map-only job"
+                          if kind == "reduce" else f"job {job} has no task {task}")
+    names = f"task is {kind}-0" if count == 1 else f"tasks are {kind}-0 to {kind}-{count - 1}"
+    raise ConfigError(f"job {job} has no task {task}: its {kind} {names}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

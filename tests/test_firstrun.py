@@ -102,3 +102,42 @@ def test_a_file_that_defines_no_job_says_so(tmp_path):
     assert proc.returncode == 2
     assert _last_line(proc) == (
         "pymapreduce: error: helpers.py defines no 'Count' (and no pymapreduce.Job subclass)")
+
+
+# -- `pymapreduce logs JOB TASK` for a task the job does not have ---------------------------
+def test_logs_of_a_task_beyond_the_jobs_tasks_is_an_error_not_silence(tmp_path, cluster):
+    from pymapreduce import Client
+
+    from .jobs import WordCount
+
+    with Client(cluster) as client:
+        handle = client.submit(WordCount(), {1: "a b", 2: "b c"}, map_tasks=2, reducers=1)
+        handle.result(60)
+    proc = _cli(tmp_path, "logs", "--connect", cluster, handle.job_id, "map-7")
+    assert proc.returncode == 2, proc.stderr
+    assert _last_line(proc) == (
+        f"pymapreduce: error: job {handle.job_id} has no task map-7: its map tasks are "
+        "map-0 to map-1")
+    proc = _cli(tmp_path, "logs", "--connect", cluster, handle.job_id, "reduce-1")
+    assert proc.returncode == 2, proc.stderr
+    assert _last_line(proc) == (
+        f"pymapreduce: error: job {handle.job_id} has no task reduce-1: its reduce task is "
+        "reduce-0")
+    # a task that exists and printed nothing is still not an error
+    proc = _cli(tmp_path, "logs", "--connect", cluster, handle.job_id, "map-1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"no logs for task map-1 of job {handle.job_id}" in proc.stderr
+
+
+def test_logs_of_a_reduce_task_of_a_map_only_job_says_it_has_none(tmp_path, cluster):
+    from pymapreduce import Client
+
+    from .jobs import Lengths
+
+    with Client(cluster) as client:
+        handle = client.submit(Lengths(), {1: "a"}, map_tasks=1)
+        handle.result(60)
+    proc = _cli(tmp_path, "logs", "--connect", cluster, handle.job_id, "reduce-0")
+    assert proc.returncode == 2, proc.stderr
+    assert _last_line(proc) == (
+        f"pymapreduce: error: job {handle.job_id} has no task reduce-0: it is a map-only job")
