@@ -5,8 +5,11 @@ real CLI in subprocesses."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,3 +144,58 @@ def test_logs_of_a_reduce_task_of_a_map_only_job_says_it_has_none(tmp_path, clus
     assert proc.returncode == 2, proc.stderr
     assert _last_line(proc) == (
         f"pymapreduce: error: job {handle.job_id} has no task reduce-0: it is a map-only job")
+
+
+# -- a broker address whose host name does not resolve --------------------------------------
+# (.invalid never resolves: RFC 2606; ZeroMQ would retry it silently until the timeout)
+UNKNOWN_HOST = "tcp://no-such-broker.invalid:5555"
+
+
+def test_a_client_refuses_a_host_name_that_does_not_resolve_at_once():
+    from pymapreduce import Client, ConfigError
+
+    with pytest.raises(ConfigError, match=r"no host named 'no-such-broker.invalid' is known"):
+        Client(UNKNOWN_HOST, timeout=60)
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["events"], ["logs", "Any-123"], ["cancel", "Any-123"],
+    ["run", "wc.py:WordCount", "in.txt"],
+])
+def test_commands_name_a_host_that_does_not_resolve(tmp_path, command):
+    (tmp_path / "wc.py").write_text(ONE_JOB)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    # --timeout 60: the answer must not be the wait for a broker's greeting
+    proc = _cli(tmp_path, *command, "--connect", UNKNOWN_HOST, "--timeout", "60")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _last_line(proc) == (
+        f"pymapreduce: error: address '{UNKNOWN_HOST}': no host named "
+        "'no-such-broker.invalid' is known here (a typo? give a name this machine "
+        "resolves, or an IP address)")
+
+
+def test_a_worker_for_a_host_that_does_not_resolve_says_so_as_it_keeps_trying(tmp_path):
+    # a worker keeps trying (a broker's name may appear later), but its warning says why
+    import signal
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pymapreduce", "worker", "--connect", UNKNOWN_HOST,
+         "--processes", "1", "--parent-pid", str(os.getpid())],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        for line in worker.stderr:  # (one warning per worker process, after the liveness)
+            if "no answer from a broker" in line:
+                break
+        assert re.search(
+            rf"no answer from a broker at {re.escape(UNKNOWN_HOST)} after \d+s, and no host "
+            r"named 'no-such-broker\.invalid' is known here; still trying$", line), line
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        worker.stderr.close()
