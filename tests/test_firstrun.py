@@ -199,3 +199,43 @@ def test_a_worker_for_a_host_that_does_not_resolve_says_so_as_it_keeps_trying(tm
             worker.kill()
             worker.wait()
         worker.stderr.close()
+
+
+# -- the error lines docs/cli.md shows are the ones the commands print -----------------------
+NEEDS_N = """
+from pymapreduce import Job
+
+
+class Count(Job):
+    def __init__(self, n):
+        self.n = n
+
+    def map(self, key, line):
+        yield line, 1
+"""
+
+
+def test_the_error_lines_in_the_cli_doc_are_what_the_commands_print(tmp_path, cluster):
+    with open(os.path.join(ROOT, "docs", "cli.md")) as f:
+        doc = f.read()
+    shown = doc[doc.index("## When a command fails"):]
+    shown = shown[:shown.index("```", shown.index("```") + 3)]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "count.py").write_text(NEEDS_N)
+    (work / "in.txt").write_text("a\n")
+    (work / "out").mkdir()
+    (work / "out" / "_SUCCESS").write_text("")
+    (work / "out" / "part-00000").write_text("")
+    printed = []
+    for args in (["run", "count.py:Count", "in.txt", "-p", "n=1", "--output", "out"],
+                 ["run", "jobs:Count", "in.txt"],
+                 ["run", "count.py:Count", "in.txt"],
+                 ["status", "--connect", cluster, "Count-1234"],
+                 ["status", "--connect", "tcp://brokr.invalid:5555"]):
+        proc = _cli(work, *args, "--workers", "1") if args[0] == "run" else _cli(work, *args)
+        assert proc.returncode == 2, proc.stderr
+        # (the doc's host is "brokr"; the test's never resolves anywhere: RFC 2606)
+        printed.append(_last_line(proc).replace("brokr.invalid", "brokr"))
+    for line in printed:
+        assert line in shown.splitlines(), line
