@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from pymapreduce import Job
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TWO_JOBS = """
@@ -239,3 +241,56 @@ def test_the_error_lines_in_the_cli_doc_are_what_the_commands_print(tmp_path, cl
         printed.append(_last_line(proc).replace("brokr.invalid", "brokr"))
     for line in printed:
         assert line in shown.splitlines(), line
+
+
+# -- a map that returns a value instead of yielding pairs ---------------------------------
+class ReturnsCount(Job):
+    def map(self, key, line):
+        return len(line.split())  # meant: yield "words", len(...)
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+class MapOnlyReturnsCount(Job):  # (map-only jobs keep map's output in another loop)
+    def map(self, key, line):
+        return len(line.split())
+
+
+class FinalReturnsTotal(Job):
+    def map_init(self):
+        self.total = 0
+
+    def map(self, key, line):
+        self.total += 1
+        return ()
+
+    def map_final(self):
+        return self.total  # meant: return [("lines", self.total)]
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+class MapOnlyFinalReturnsTotal(FinalReturnsTotal):
+    reduce = None
+
+
+@pytest.mark.parametrize("job, method", [
+    (ReturnsCount(), "map"), (MapOnlyReturnsCount(), "map"),
+    (FinalReturnsTotal(), "map_final"), (MapOnlyFinalReturnsTotal(), "map_final"),
+])
+def test_a_map_that_returns_no_pairs_fails_saying_so(cluster, job, method):
+    from pymapreduce import Client, JobFailed
+
+    name = type(job).__name__
+    with Client(cluster) as client:
+        handle = client.submit(job, {1: "a b", 2: "c d"}, map_tasks=1)
+        with pytest.raises(JobFailed) as failed:
+            handle.result(60)
+    message = str(failed.value).splitlines()[0]
+    assert message.endswith(
+        f"last error: BadOutput: {name}.{method} returned 2 (of type int), not an iterable of "
+        "(key, value) pairs: yield the pairs, or return a list of them"), message
+    # no retry can mend it: failed on a second attempt, not after --max-attempts
+    assert "failed 2 times" in message, message
