@@ -294,3 +294,23 @@ def test_a_map_that_returns_no_pairs_fails_saying_so(cluster, job, method):
         "(key, value) pairs: yield the pairs, or return a list of them"), message
     # no retry can mend it: failed on a second attempt, not after --max-attempts
     assert "failed 2 times" in message, message
+
+
+# -- an input directory whose files are all skipped -------------------------------------------
+def test_a_directory_of_skipped_names_says_why_it_holds_no_file(tmp_path):
+    (tmp_path / "wc.py").write_text(ONE_JOB)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / ".hidden.txt").write_text("a\n")
+    (tmp_path / "in" / "_part.txt").write_text("a\n")
+    proc = _cli(tmp_path, "run", "wc.py:WordCount", "in", "--workers", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert _last_line(proc) == (
+        "pymapreduce: error: input directory 'in' holds no file to read: names starting "
+        "with '.' or '_' are skipped (.hidden.txt, _part.txt); give a file's own path to "
+        "read it")
+    proc = _cli(tmp_path, "run", "wc.py:WordCount", "in/_part.txt", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ['["a", 1]']
+    (tmp_path / "empty").mkdir()  # nothing at all: as before
+    proc = _cli(tmp_path, "run", "wc.py:WordCount", "empty", "--workers", "1")
+    assert _last_line(proc) == "pymapreduce: error: input directory 'empty' holds no file"
