@@ -198,7 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else
-                     f"running on an embedded cluster of {cluster.workers} worker processes")
+                     f"running on an embedded cluster of {cluster.workers} worker "
+                     f"process{'es' if cluster.workers != 1 else ''}")
             print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
             try:
                 status = watch(handle, timeout=args.timeout, stream=sys.stderr,

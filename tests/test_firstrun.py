@@ -314,3 +314,12 @@ def test_a_directory_of_skipped_names_says_why_it_holds_no_file(tmp_path):
     (tmp_path / "empty").mkdir()  # nothing at all: as before
     proc = _cli(tmp_path, "run", "wc.py:WordCount", "empty", "--workers", "1")
     assert _last_line(proc) == "pymapreduce: error: input directory 'empty' holds no file"
+
+
+def test_an_embedded_run_of_one_worker_says_one_worker_process(tmp_path):
+    (tmp_path / "wc.py").write_text(ONE_JOB)
+    (tmp_path / "in.txt").write_text("a\n")
+    for workers, said in (("1", "1 worker process\n"), ("2", "2 worker processes\n")):
+        proc = _cli(tmp_path, "run", "wc.py:WordCount", "in.txt", "--workers", workers)
+        assert proc.returncode == 0, proc.stderr
+        assert f"running on an embedded cluster of {said}" in proc.stderr, proc.stderr
