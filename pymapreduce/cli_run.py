@@ -121,11 +121,16 @@ def make_job(spec: str, pairs: list[str] | None = None):
     if not (isinstance(cls, type) and issubclass(cls, Job)):
         raise PyMapReduceError(f"{spec} is not a pymapreduce.Job subclass")
     try:
-        inspect.signature(cls).bind(**params)
+        signature = inspect.signature(cls)
+        signature.bind(**params)
     except TypeError as exc:
         given = ", ".join(params) or "none"
-        raise PyMapReduceError(f"{cls.__name__}{inspect.signature(cls)}: {exc} (parameters "
-                               f"given with -p name=value: {given})") from None
+        # the parameters as -p names them: no annotations (`nodes: 'int'`, `-> 'None'`)
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty)
+            for p in signature.parameters.values()])
+        raise PyMapReduceError(f"{cls.__name__}{bare}: {exc} (parameters given with -p "
+                               f"name=value: {given})") from None
     except ValueError:  # no signature to check (a C-level constructor): let it say
         pass
     return cls(**params)

@@ -323,3 +323,28 @@ def test_an_embedded_run_of_one_worker_says_one_worker_process(tmp_path):
         proc = _cli(tmp_path, "run", "wc.py:WordCount", "in.txt", "--workers", workers)
         assert proc.returncode == 0, proc.stderr
         assert f"running on an embedded cluster of {said}" in proc.stderr, proc.stderr
+
+
+ANNOTATED = """
+from pymapreduce import Job
+
+
+class Ranks(Job):
+    def __init__(self, nodes: int, iterations: int = 10) -> None:
+        self.nodes = nodes
+        self.iterations = iterations
+
+    def map(self, key, line):
+        yield line, 1
+"""
+
+
+def test_a_missing_parameter_shows_the_constructor_as_p_names_it(tmp_path):
+    # the annotations (nodes: 'int', -> 'None') are not what -p name=value gives
+    (tmp_path / "ranks.py").write_text(ANNOTATED)
+    (tmp_path / "in.txt").write_text("a\n")
+    proc = _cli(tmp_path, "run", "ranks.py:Ranks", "in.txt", "--workers", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert _last_line(proc) == (
+        "pymapreduce: error: Ranks(nodes, iterations=10): missing a required argument: "
+        "'nodes' (parameters given with -p name=value: none)")
