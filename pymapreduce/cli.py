@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
-                   help="control address for clients and workers (port 0: the OS picks)")
+                   help="control address for clients and workers (default "
+                   "tcp://127.0.0.1:5555; port 0: the OS picks)")
     b.add_argument("--data-bind", metavar="ADDR",
                    help="address for workers' task outputs (default: same host, any port)")
     b.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",

@@ -348,3 +348,9 @@ def test_a_missing_parameter_shows_the_constructor_as_p_names_it(tmp_path):
     assert _last_line(proc) == (
         "pymapreduce: error: Ranks(nodes, iterations=10): missing a required argument: "
         "'nodes' (parameters given with -p name=value: none)")
+
+
+def test_the_brokers_help_names_its_default_address(tmp_path):
+    proc = _cli(tmp_path, "broker", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "(default tcp://127.0.0.1:5555;" in " ".join(proc.stdout.split())
