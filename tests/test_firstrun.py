@@ -354,3 +354,54 @@ def test_the_brokers_help_names_its_default_address(tmp_path):
     proc = _cli(tmp_path, "broker", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "(default tcp://127.0.0.1:5555;" in " ".join(proc.stdout.split())
+
+
+# -- an mrjob job on a shared broker, interrupted or timed out -------------------------------
+MR_JOB = """
+from mrjob.job import MRJob
+
+
+class MRCount(MRJob):
+    def mapper(self, _, line):
+        yield line, 1
+
+    def reducer(self, key, values):
+        yield key, sum(values)
+"""
+
+
+def _jobs_of(address: str) -> list[dict]:
+    from pymapreduce import Client
+
+    with Client(address, timeout=20) as client:
+        return client.jobs()
+
+
+@pytest.mark.parametrize("how", ["interrupt", "timeout"])
+def test_an_mrjob_job_the_command_stops_waiting_for_is_cancelled(daemons, tmp_path, how):
+    pytest.importorskip("mrjob")
+    import signal
+
+    _, address = daemons.broker()  # no worker: the job stays queued until cancelled
+    (tmp_path / "mr_count.py").write_text(MR_JOB)
+    (tmp_path / "in.txt").write_text("a\nb\na\n")
+    extra = ["--timeout", "0.5"] if how == "timeout" else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymapreduce", "run", "mr_count.py", "in.txt",
+         "--connect", address, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        said = proc.stderr.readline()  # the job's id, as `pymapreduce run` says it
+        job_id = re.fullmatch(rf"pymapreduce: job (\S+) submitted to {re.escape(address)}\n",
+                              said).group(1)
+        if how == "interrupt":
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == (130 if how == "interrupt" else 5), err
+    assert f"pymapreduce: job {job_id} cancelled, so that it does not go on unwatched" in err
+    assert [(j["job_id"], j["state"]) for j in _jobs_of(address)] == [(job_id, "cancelled")]
