@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -41,6 +42,17 @@ EXIT_TIMEOUT = 5
 EXIT_STATE = 6  # the broker's state directory is damaged or full: it will not start
 EXIT_AUTH = 77  # the broker refused our key (also a worker daemon's exit code)
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM to `pymapreduce run` (128 + 15, as a shell reports it)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to ``pymapreduce run`` (``kill PID``, a scheduler's time limit), raised where
+    the command is, as Ctrl-C is: its job is cancelled and its embedded cluster stopped
+    on the way out, instead of the job left running on a shared broker."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 # The first matching class gives a failed command's exit code.
 EXIT_CODES = (
@@ -455,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
     and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
     if argv is None:  # this process's own command: it exits when the command is done
+        if sys.argv[1:2] == ["run"]:  # (the daemons have their own SIGTERM: a drain)
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return _main(sys.argv[1:])
         finally:
@@ -490,7 +504,10 @@ def _main(argv: list[str]) -> int:
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("pymapreduce: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except PyMapReduceError as exc:

@@ -205,8 +205,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = (f"submitted to {address}" if cluster is None else
                      f"running on an embedded cluster of {cluster.workers} worker "
                      f"process{'es' if cluster.workers != 1 else ''}")
-            print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
-            try:
+            try:  # (a Ctrl-C just after the job's id is said cancels it too)
+                print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
                 status = watch(handle, timeout=args.timeout, stream=sys.stderr,
                                period=period, started=started)
             except (KeyboardInterrupt, JobTimeout) as exc:

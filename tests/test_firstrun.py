@@ -405,3 +405,70 @@ def test_an_mrjob_job_the_command_stops_waiting_for_is_cancelled(daemons, tmp_pa
     assert proc.returncode == (130 if how == "interrupt" else 5), err
     assert f"pymapreduce: job {job_id} cancelled, so that it does not go on unwatched" in err
     assert [(j["job_id"], j["state"]) for j in _jobs_of(address)] == [(job_id, "cancelled")]
+
+
+# -- SIGTERM to `pymapreduce run` (a scheduler's timeout, `kill PID`) --------------------------
+SLEEPS = """
+import time
+
+from pymapreduce import Job
+
+
+class WordCount(Job):
+    def map(self, key, line):
+        time.sleep(3600)  # (until its run is stopped)
+        yield line, 1
+"""
+
+
+def _run_until_submitted(tmp_path, source: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """`pymapreduce run` of the job in ``source``, once it has said its job's id."""
+    (tmp_path / "wc.py").write_text(source)
+    (tmp_path / "in.txt").write_text("a b a\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pymapreduce", "run", "wc.py:WordCount", "in.txt", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    said = proc.stderr.readline()
+    match = re.match(r"pymapreduce: job (\S+) (submitted|running)", said)
+    assert match, said + proc.stderr.read()
+    return proc, match.group(1)
+
+
+def test_sigterm_to_run_cancels_its_job_on_a_shared_broker(daemons, tmp_path):
+    import signal
+
+    _, address = daemons.broker()  # no worker: the job stays queued until cancelled
+    proc, job_id = _run_until_submitted(tmp_path, ONE_JOB, "--connect", address)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert f"pymapreduce: job {job_id} cancelled, so that it does not go on unwatched" in err
+    assert err.rstrip().endswith("pymapreduce: terminated"), err
+    assert [(j["job_id"], j["state"]) for j in _jobs_of(address)] == [(job_id, "cancelled")]
+
+
+def test_sigterm_to_an_embedded_run_stops_its_cluster(tmp_path):
+    import signal
+
+    from .conftest import children, wait_dead
+
+    proc, _ = _run_until_submitted(tmp_path, SLEEPS, "--workers", "1")
+    try:
+        family = children(proc.pid)
+        family += [kid for pid in family for kid in children(pid)]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        left = wait_dead(family, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("pymapreduce: terminated"), err
+    assert left == [], left
