@@ -377,6 +377,18 @@ def _jobs_of(address: str) -> list[dict]:
         return client.jobs()
 
 
+def _said_job_id(proc: subprocess.Popen) -> str:
+    """The job's id, once `pymapreduce run` has said it on stderr (lines before it kept
+    for the message of a failure)."""
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        match = re.match(r"pymapreduce: job (\S+) (submitted|running)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"no job id said (exit {proc.wait()}): {''.join(said)}")
+
+
 @pytest.mark.parametrize("how", ["interrupt", "timeout"])
 def test_an_mrjob_job_the_command_stops_waiting_for_is_cancelled(daemons, tmp_path, how):
     pytest.importorskip("mrjob")
@@ -392,9 +404,7 @@ def test_an_mrjob_job_the_command_stops_waiting_for_is_cancelled(daemons, tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": ROOT})
     try:
-        said = proc.stderr.readline()  # the job's id, as `pymapreduce run` says it
-        job_id = re.fullmatch(rf"pymapreduce: job (\S+) submitted to {re.escape(address)}\n",
-                              said).group(1)
+        job_id = _said_job_id(proc)
         if how == "interrupt":
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -429,10 +439,7 @@ def _run_until_submitted(tmp_path, source: str, *args: str) -> tuple[subprocess.
         [sys.executable, "-m", "pymapreduce", "run", "wc.py:WordCount", "in.txt", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": ROOT})
-    said = proc.stderr.readline()
-    match = re.match(r"pymapreduce: job (\S+) (submitted|running)", said)
-    assert match, said + proc.stderr.read()
-    return proc, match.group(1)
+    return proc, _said_job_id(proc)
 
 
 def test_sigterm_to_run_cancels_its_job_on_a_shared_broker(daemons, tmp_path):
@@ -472,3 +479,4 @@ def test_sigterm_to_an_embedded_run_stops_its_cluster(tmp_path):
     assert proc.returncode == 143, err
     assert err.rstrip().endswith("pymapreduce: terminated"), err
     assert left == [], left
+
