@@ -480,3 +480,39 @@ def test_sigterm_to_an_embedded_run_stops_its_cluster(tmp_path):
     assert err.rstrip().endswith("pymapreduce: terminated"), err
     assert left == [], left
 
+
+# -- --connect given the data address or the http port of the broker's ready line -----------
+def test_a_client_given_another_address_of_the_ready_line_says_so(tmp_path):
+    from .conftest import READY, pmr, read_line, stop
+
+    broker = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--http",
+                                  "127.0.0.1:0", "--log-level", "WARNING", "--parent-pid",
+                                  str(os.getpid())), stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        line = read_line(broker, READY).string
+        data = re.search(r"\(data (tcp://\S+?);", line).group(1)
+        http = re.search(r"http http://([\d.:]+)/", line).group(1)
+        for wrong in (data, f"tcp://{http}"):
+            proc = _cli(tmp_path, "status", "--connect", wrong, "--timeout", "2")
+            assert proc.returncode == 3, proc.stderr
+            assert _last_line(proc) == (
+                f"pymapreduce: error: the broker at {wrong} did not answer a request for the "
+                "job listing within 2s; something listens there, but not a broker's address "
+                "for clients and workers (the first address of its ready line; not its data "
+                "address or its http port)")
+        proc = _cli(tmp_path, "status", "--connect", READY.search(line).group(1))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        stop(broker)
+
+
+def test_a_client_given_a_closed_port_still_asks_whether_the_broker_runs(tmp_path):
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+        proc = _cli(tmp_path, "status", "--connect", address, "--timeout", "1")
+    assert proc.returncode == 3, proc.stderr
+    assert _last_line(proc).endswith(
+        "within 1s (is it running, and is this the right address?)"), proc.stderr

@@ -102,10 +102,12 @@ class Client:
             now = time.monotonic()
             if msg is None:
                 if now >= deadline:
+                    self.watch.check()
                     raise BrokerUnavailable(
                         f"the broker at {self.address} did not answer "
                         f"{REQUESTS.get(command, 'a request')} within "
-                        f"{limit:g}s (is it running, and is this the right address?)")
+                        f"{limit:g}s" + (self.watch.not_a_broker() or
+                                         " (is it running, and is this the right address?)"))
                 if not queued:  # no room to send it yet: the broker reads nothing
                     queued = self._try_send(request)
                 elif self._reconnected or (small and now - heard >= timing.RESEND_AFTER):

@@ -273,7 +273,7 @@ class Worker(Tasks):
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
             address = self.connect_addr or self.bind_addr
-            why = ""
+            why = self.watch.not_a_broker()
             try:
                 check_resolves(self.connect_addr or "")
             except ConfigError:  # (a worker keeps trying: the name may appear later)
