@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -41,6 +42,17 @@ EXIT_TIMEOUT = 5
 EXIT_STATE = 6  # the broker's state directory is damaged or full: it will not start
 EXIT_AUTH = 77  # the broker refused our key (also a worker daemon's exit code)
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM to `pymapreduce run` (128 + 15, as a shell reports it)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to ``pymapreduce run`` (``kill PID``, a scheduler's time limit), raised where
+    the command is, as Ctrl-C is: its job is cancelled and its embedded cluster stopped
+    on the way out, instead of the job left running on a shared broker."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 # The first matching class gives a failed command's exit code.
 EXIT_CODES = (
@@ -116,6 +128,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
         logs = fetch_logs(client, args.job_id, args.task)
+        if args.task is not None and not logs:
+            # a task the job never had would read as "it printed nothing"
+            check_task_exists(client.job(args.job_id).status(), args.task)
     text = logs.text()
     if not text:
         what = f"task {args.task} of job" if args.task else "job"
@@ -124,6 +139,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return EXIT_OK
     write_untrusted(text, sys.stdout)
     return EXIT_OK
+
+
+def check_task_exists(status: dict, task: str) -> None:
+    """ConfigError when a one-step job's ``status`` has no task named ``task`` (``map-N``,
+    ``reduce-N``): the names it has, or that it is map-only. (A multi-step job's steps
+    have their own task counts: any name may be one of them.)"""
+    step = status.get("step") or [1, 1]
+    if step[-1] != 1:
+        return
+    kind, _, index = task.partition("-")
+    count = (status.get("maps" if kind == "map" else "reduces") or [0, 0])[-1]
+    if int(index) < count:
+        return
+    job = status.get("job_id", "?")
+    if not count:
+        raise ConfigError(f"job {job} has no task {task}: it is a map-only job"
+                          if kind == "reduce" else f"job {job} has no task {task}")
+    names = f"task is {kind}-0" if count == 1 else f"tasks are {kind}-0 to {kind}-{count - 1}"
+    raise ConfigError(f"job {job} has no task {task}: its {kind} {names}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -216,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("broker", help="run a cluster's broker daemon (it hands out tasks)")
     b.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
-                   help="control address for clients and workers (port 0: the OS picks)")
+                   help="control address for clients and workers (default "
+                   "tcp://127.0.0.1:5555; port 0: the OS picks)")
     b.add_argument("--data-bind", metavar="ADDR",
                    help="address for workers' task outputs (default: same host, any port)")
     b.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS",
@@ -305,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default) or a broker's (--connect). The output pairs are printed "
                        "on stdout as JSON lines ([key, value]), or written to --output DIR; "
                        "progress and a summary go to stderr.")
-    r.add_argument("job", help="FILE.py:JobClass or module:JobClass")
+    r.add_argument("job", help="FILE.py:JobClass or module:JobClass (FILE.py alone: the one "
+                   "Job subclass it defines)")
     r.add_argument("inputs", nargs="+",
                    help="input files, globs ('data/*.txt', quoted) or directories (the files "
                         "below them); .gz, .bz2, .xz, .zst files are decompressed")
@@ -431,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in a line ``pymapreduce: error: ...`` on stderr
     and a non-zero exit code (EXIT_CODES; a bug in pymapreduce: EXIT_INTERNAL)."""
     if argv is None:  # this process's own command: it exits when the command is done
+        if sys.argv[1:2] == ["run"]:  # (the daemons have their own SIGTERM: a drain)
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             return _main(sys.argv[1:])
         finally:
@@ -466,7 +504,10 @@ def _main(argv: list[str]) -> int:
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("pymapreduce: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print("pymapreduce: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except PyMapReduceError as exc:

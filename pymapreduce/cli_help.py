@@ -19,7 +19,8 @@ examples:
 `pymapreduce COMMAND --help` shows a command's options.
 exit codes: 0 done; 1 the job failed (or the job's code raised); 2 bad usage or input;
 3 no broker answered; 4 address in use; 5 --timeout passed; 6 the broker's state directory
-is damaged or full; 70 a bug in pymapreduce; 77 a key was refused; 130 interrupted."""
+is damaged or full; 70 a bug in pymapreduce; 77 a key was refused; 130 interrupted;
+143 terminated (SIGTERM to run: its job is cancelled, as on Ctrl-C)."""
 
 
 def version() -> str:

@@ -1,4 +1,4 @@
-"""``pymapreduce run``: the job a command line names (FILE.py:Class or module:Class, with
+"""``pymapreduce run``: the job a command line names (FILE.py:Class, module:Class or FILE.py, with
 ``-p name=value`` parameters), its inputs, and running it on an embedded cluster or a
 broker with progress on stderr and the output on stdout or in part files."""
 
@@ -20,12 +20,17 @@ from .progress import progress_period, summary_lines, watch
 
 
 def load_job_class(spec: str):
-    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class.
+    """``path/to/file.py:ClassName`` or ``package.module:ClassName`` -> the class; a bare
+    ``path/to/file.py`` -> the one Job subclass that file defines (as ``run mr_job.py``
+    finds an mrjob file's one MRJob).
 
-    A missing file, module or class is a PyMapReduceError (one line, exit 2); an error
-    raised by the module's own code while it is imported keeps its traceback."""
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
+    A missing file, module or class is a PyMapReduceError (one line, exit 2) that names the
+    jobs the module does define; an error raised by the module's own code while it is
+    imported keeps its traceback."""
+    target, colon, attr = spec.rpartition(":")
+    if not colon and spec.endswith(".py"):
+        target, attr = spec, ""  # FILE.py alone: its only job
+    elif not target or not attr:
         raise PyMapReduceError(f"job {spec!r} is not of the form FILE.py:Class or module:Class")
     if target.endswith(".py") or os.sep in target:
         if not os.path.isfile(target):
@@ -48,10 +53,29 @@ def load_job_class(spec: str):
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())
         module = _import_job_module(target, lambda: importlib.import_module(target))
+    jobs = _jobs_defined(module)
+    names = ", ".join(cls.__name__ for cls in jobs)
+    if not attr:
+        if len(jobs) == 1:
+            return jobs[0]
+        if not jobs:
+            raise PyMapReduceError(f"{target} defines no pymapreduce.Job subclass")
+        raise PyMapReduceError(f"{target} defines {len(jobs)} jobs ({names}): name one, as "
+                               f"{target}:{jobs[0].__name__}")
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise PyMapReduceError(f"{target} defines no {attr!r}") from None
+        known = f"its jobs: {names}" if jobs else "and no pymapreduce.Job subclass"
+        raise PyMapReduceError(f"{target} defines no {attr!r} ({known})") from None
+
+
+def _jobs_defined(module) -> list[type]:
+    """The Job subclasses ``module`` itself defines (not those it imports), in order."""
+    from .job import Job
+
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and issubclass(value, Job) and value is not Job
+            and value.__module__ == module.__name__]
 
 
 def _import_job_module(target: str, load):
@@ -97,11 +121,16 @@ def make_job(spec: str, pairs: list[str] | None = None):
     if not (isinstance(cls, type) and issubclass(cls, Job)):
         raise PyMapReduceError(f"{spec} is not a pymapreduce.Job subclass")
     try:
-        inspect.signature(cls).bind(**params)
+        signature = inspect.signature(cls)
+        signature.bind(**params)
     except TypeError as exc:
         given = ", ".join(params) or "none"
-        raise PyMapReduceError(f"{cls.__name__}{inspect.signature(cls)}: {exc} (parameters "
-                               f"given with -p name=value: {given})") from None
+        # the parameters as -p names them: no annotations (`nodes: 'int'`, `-> 'None'`)
+        bare = signature.replace(return_annotation=inspect.Signature.empty, parameters=[
+            p.replace(annotation=inspect.Parameter.empty)
+            for p in signature.parameters.values()])
+        raise PyMapReduceError(f"{cls.__name__}{bare}: {exc} (parameters given with -p "
+                               f"name=value: {given})") from None
     except ValueError:  # no signature to check (a C-level constructor): let it say
         pass
     return cls(**params)
@@ -174,9 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else
-                     f"running on an embedded cluster of {cluster.workers} worker processes")
-            print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
-            try:
+                     f"running on an embedded cluster of {cluster.workers} worker "
+                     f"process{'es' if cluster.workers != 1 else ''}")
+            try:  # (a Ctrl-C just after the job's id is said cancels it too)
+                print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
                 status = watch(handle, timeout=args.timeout, stream=sys.stderr,
                                period=period, started=started)
             except (KeyboardInterrupt, JobTimeout) as exc:

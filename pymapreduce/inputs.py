@@ -105,13 +105,30 @@ class TextInput:
         if os.path.isdir(path):  # a directory: the files in it, and below it
             matches = _files_below(path)
             if not matches:
-                raise InputError(f"input directory {pattern!r} holds no file")
+                raise InputError(f"input directory {pattern!r} holds no file"
+                                 f"{_skipped_names(path)}")
             return matches
         matches = sorted(glob.glob(path, recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
             raise InputError(f"input path {pattern!r} matches no file{url_typo(pattern)}")
         return [os.path.abspath(m) for m in matches]
+
+
+def _skipped_names(directory: str) -> str:
+    """What a directory that yields no file holds all the same, as the end of the error:
+    files under names that start with ``.`` or ``_``, which :func:`_files_below` skips."""
+    skipped = []
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        skipped.extend(os.path.relpath(os.path.join(root, n), directory) for n in sorted(names))
+        if len(skipped) > 3:
+            break
+    if not skipped:
+        return ""
+    shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f" to read: names starting with '.' or '_' are skipped ({shown}); give a "
+            "file's own path to read it")
 
 
 def _files_below(directory: str) -> list[str]:

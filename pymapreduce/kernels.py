@@ -74,7 +74,12 @@ def final_pairs(job: Job) -> Any:
     combining) is kept as it is: its pairs are tuples of two with hashable keys, so they
     are partitioned straight from the dict, unchecked and uncopied (``buckets.py``)."""
     out = run_hook(job, "map_final")
-    return out if type(out) is DICT_ITEMS else list(out)
+    if type(out) is DICT_ITEMS:
+        return out
+    try:
+        return list(out)
+    except Exception as exc:
+        raise RecordFailed(_NO_RECORD) from _blame(job, _NO_RECORD, exc, out, "map_final")
 
 
 def run_hook(job: Job, name: str) -> Iterable[tuple[Any, Any]]:
@@ -93,7 +98,7 @@ def group_records(job: Job, groups: Groups, records: Iterable[tuple[Any, Any]],
     budget (``spill/mapside.py``). Returns the key of the last record read, ``key`` if
     there was none; a failure is a :class:`RecordFailed` naming the record it failed at."""
     mapper = job.map
-    pair = _NO_RECORD
+    pair = out = _NO_RECORD
     try:
         if combiner is None:
             for key, value in records:
@@ -124,15 +129,16 @@ def group_records(job: Job, groups: Groups, records: Iterable[tuple[Any, Any]],
                         if len(values) >= COMBINE_EVERY:
                             values[:] = [combiner(k, values)]
     except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+        raise RecordFailed(key) from _blame(job, pair, exc, out)
     return key
 
 
 def group_final(job: Job, groups: Groups) -> None:
     """What ``map_final`` yields, into ``groups``."""
-    pair = _NO_RECORD
+    pair = out = _NO_RECORD
     try:
-        for pair in _hook(job, "map_final"):
+        out = _hook(job, "map_final")
+        for pair in out:
             # (the tests inline: a final hook yields a whole task's output, in-mapper
             # combining's distinct keys; a call per pair cost 5% of such a map task)
             if type(pair) is not tuple or len(pair) != 2:
@@ -143,7 +149,7 @@ def group_final(job: Job, groups: Groups) -> None:
             except TypeError:
                 groups[group_key(job, "map_final", k)].append(v)
     except Exception as exc:
-        raise RecordFailed(_NO_RECORD) from _blame(job, pair, exc)
+        raise RecordFailed(_NO_RECORD) from _blame(job, pair, exc, out, "map_final")
 
 
 class FlatPairs:
@@ -158,11 +164,22 @@ class FlatPairs:
         self.pairs = pairs
 
 
-def _blame(job: Job, pair: Any, exc: Exception) -> Exception:
+def _blame(job: Job, pair: Any, exc: Exception, out: Any = _NO_RECORD,
+           method: str = "map") -> Exception:
     """The error to report for a map task that raised ``exc`` after the pair check: if
     the last output was a tuple of another length than 2, unpacking it failed (the map
     yielded a non-pair; a failure of the map itself comes after a good pair), else ``exc``.
-    Checking the length here, not per pair, keeps the per-pair test to one type test."""
+    Checking the length here, not per pair, keeps the per-pair test to one type test.
+    ``out``: what ``method`` last returned; one that cannot be iterated (``return 5``)
+    is why the loop over it failed (a TypeError raised inside ``map`` comes while a
+    generator or an iterable is being read, never from a value that is neither)."""
+    if isinstance(exc, TypeError) and out is not _NO_RECORD and out is not None:
+        try:
+            iter(out)
+        except TypeError:
+            return BadOutput(f"{type(job).__name__}.{method} returned {out!r:.80} (of type "
+                             f"{type(out).__name__}), not an iterable of (key, value) "
+                             "pairs: yield the pairs, or return a list of them")
     if type(pair) is tuple and len(pair) != 2 and isinstance(exc, ValueError):
         try:
             as_pair(job, "map", pair)
@@ -188,7 +205,7 @@ def pair_records(job: Job, add_key: Any, add_value: Any,
     under a memory budget. Returns the key of the last record read (``key`` if none); a
     failure is a :class:`RecordFailed` naming the record it failed at."""
     mapper = job.map
-    pair = _NO_RECORD
+    pair = out = _NO_RECORD
     try:
         for key, value in records:
             out = mapper(key, value)
@@ -200,19 +217,21 @@ def pair_records(job: Job, add_key: Any, add_value: Any,
                     add_key(k)
                     add_value(v)
     except Exception as exc:
-        raise RecordFailed(key) from _blame(job, pair, exc)
+        raise RecordFailed(key) from _blame(job, pair, exc, out)
     return key
 
 
 def pair_final(job: Job, add_key: Any, add_value: Any) -> None:
     """What ``map_final`` yields, checked to be pairs, to ``add_key`` and ``add_value``."""
+    out = _NO_RECORD
     try:
-        for pair in _hook(job, "map_final"):
+        out = _hook(job, "map_final")
+        for pair in out:
             k, v = as_pair(job, "map_final", pair)
             add_key(k)
             add_value(v)
     except Exception as exc:
-        raise RecordFailed(_NO_RECORD) from exc
+        raise RecordFailed(_NO_RECORD) from _blame(job, _NO_RECORD, exc, out, "map_final")
 
 
 def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:

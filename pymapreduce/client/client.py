@@ -25,7 +25,14 @@ from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import DEFAULT_MAX_MESSAGE, check_endpoint, make_socket, recv, send
+from ..patterns.sockets import (
+    DEFAULT_MAX_MESSAGE,
+    check_endpoint,
+    check_resolves,
+    make_socket,
+    recv,
+    send,
+)
 from ..shipping import gather_files
 from .handle import JobHandle, job_failed, public_status
 from .submit import build_submission
@@ -42,7 +49,8 @@ class Client:
     """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
 
     ``timeout`` bounds every request: a broker that does not answer within it raises
-    :class:`~pymapreduce.BrokerUnavailable` instead of hanging. ``keys``: a key directory
+    :class:`~pymapreduce.BrokerUnavailable` instead of hanging; a host name this machine
+    does not know is a :class:`~pymapreduce.ConfigError` at once. ``keys``: a key directory
     holding this client's keypair (``client.key_secret``, or ``key_name``) and the broker's
     public key (``broker.key``), for a secured broker; a refused key raises
     :class:`~pymapreduce.AuthenticationFailed` within moments. A Client is meant for one
@@ -52,7 +60,7 @@ class Client:
     def __init__(self, address: str, *, timeout: float = timing.REQUEST_TIMEOUT,
                  keys: str | os.PathLike | PeerKeys | None = None, key_name: str = "client",
                  context: zmq.Context | None = None) -> None:
-        self.address = check_endpoint(address)
+        self.address = check_resolves(check_endpoint(address))
         self.timeout = timeout
         if keys is not None and not isinstance(keys, PeerKeys):
             keys = PeerKeys.load(os.fspath(keys), key_name)
@@ -94,10 +102,12 @@ class Client:
             now = time.monotonic()
             if msg is None:
                 if now >= deadline:
+                    self.watch.check()
                     raise BrokerUnavailable(
                         f"the broker at {self.address} did not answer "
                         f"{REQUESTS.get(command, 'a request')} within "
-                        f"{limit:g}s (is it running, and is this the right address?)")
+                        f"{limit:g}s" + (self.watch.not_a_broker() or
+                                         " (is it running, and is this the right address?)"))
                 if not queued:  # no room to send it yet: the broker reads nothing
                     queued = self._try_send(request)
                 elif self._reconnected or (small and now - heard >= timing.RESEND_AFTER):

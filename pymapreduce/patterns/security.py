@@ -286,11 +286,14 @@ class HandshakeWatch:
     def __init__(self, sock: zmq.Socket, address: str, has_keys: bool) -> None:
         events = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                  | zmq.EVENT_CONNECT_RETRIED)
+                  | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
         self.monitor = sock.get_monitor_socket(events)
         self.address = address
         self.has_keys = has_keys
         self.succeeded = False
+        # a TCP connection was made: with no handshake ever, what listens there is not the
+        # peer's ZeroMQ socket (a broker's data address, its HTTP port, another service)
+        self.reached = False
         # a failed handshake (not a refused key) that ZeroMQ did not follow by a retry:
         # a mismatch of mechanisms, final after MISMATCH_AFTER seconds
         self.pending: tuple[float, int] | None = None
@@ -306,6 +309,8 @@ class HandshakeWatch:
                 again = again or self.succeeded
                 self.succeeded = True
                 self.pending = None
+            elif event == zmq.EVENT_CONNECTED:
+                self.reached = True
             elif event == zmq.EVENT_CONNECT_RETRIED:
                 # ZeroMQ retries after a peer that went away (a broker killed mid-
                 # handshake), never after a mismatch of mechanisms: not a refusal
@@ -331,6 +336,14 @@ class HandshakeWatch:
         if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return NOT_SECURED
         return WRONG_BROKER_KEY
+
+    def not_a_broker(self) -> str:
+        """Why a silent peer may be no broker, as the end of a message; '' if unknown."""
+        if self.reached and not self.succeeded:
+            return ("; something listens there, but not a broker's address for clients and "
+                    "workers (the first address of its ready line; not its data address or "
+                    "its http port)")
+        return ""
 
     def close(self) -> None:
         self.monitor.close(0)

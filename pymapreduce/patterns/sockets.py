@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -64,6 +65,28 @@ def check_endpoint(endpoint: str) -> str:
     if parts.scheme != "tcp" or not parts.hostname or port is None:
         raise ConfigError(f"address {endpoint!r} is not of the form tcp://HOST:PORT "
                           "(PORT a number from 0 to 65535)")
+    return endpoint
+
+
+def check_resolves(endpoint: str) -> str:
+    """``endpoint`` unchanged, or ConfigError when its host is a name this machine does not
+    know (a typo): ZeroMQ would go on retrying it without a word. A resolver that cannot
+    answer now (no network yet) is not an error here: the connection's own wait judges."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    host = urlsplit(endpoint).hostname
+    if not host or ";" in endpoint:  # (ZeroMQ's "source;destination" form: left to it)
+        return endpoint
+    unknown = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in unknown:
+            raise ConfigError(f"address {endpoint!r}: no host named {host!r} is known here "
+                              "(a typo? give a name this machine resolves, or an IP "
+                              "address)") from None
+    except (OSError, UnicodeError):
+        pass
     return endpoint
 
 

@@ -23,13 +23,20 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from ..errors import AuthenticationFailed, ProtocolError
+from ..errors import AuthenticationFailed, ConfigError, ProtocolError
 from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message
 from ..patterns.security import HandshakeWatch, PeerKeys
-from ..patterns.sockets import DEFAULT_MAX_MESSAGE, make_socket, readable, recv, send
+from ..patterns.sockets import (
+    DEFAULT_MAX_MESSAGE,
+    check_resolves,
+    make_socket,
+    readable,
+    recv,
+    send,
+)
 from ..patterns.wire import AttemptKey, Failure, abandoned
 from ..spill.budget import Budget
 from .capture import Capture
@@ -274,8 +281,14 @@ class Worker(Tasks):
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
-            log.warning("no answer from a broker at %s after %.0fs; still trying",
-                        self.connect_addr or self.bind_addr, now - self._ready_sent)
+            address = self.connect_addr or self.bind_addr
+            why = self.watch.not_a_broker()
+            try:
+                check_resolves(self.connect_addr or "")
+            except ConfigError:  # (a worker keeps trying: the name may appear later)
+                why = f", and no host named {urlsplit(address).hostname!r} is known here"
+            log.warning("no answer from a broker at %s after %.0fs%s; still trying",
+                        address, now - self._ready_sent, why)
         self._send_unsent()
         if now - self._last_sent >= self.heartbeat_interval:
             try:

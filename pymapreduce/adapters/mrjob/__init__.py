@@ -16,8 +16,9 @@ for what is supported.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,24 +137,39 @@ def run(job_class: type, inputs: Iterable[str] | str, args: Iterable[str] = (), 
 
 def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | None,
             timeout: float | None, keys: str | None, key_name: str = "client",
-            write: Any = None) -> MRJobRun:
+            write: Any = None, say: Callable[[str], None] | None = None,
+            where: str = "") -> MRJobRun:
     """Run on the cluster at ``address``; with ``write``, the output goes to it chunk by
-    chunk (as it arrives, for a map-only last step) instead of into ``MRJobRun.output``."""
+    chunk (as it arrives, for a map-only last step) instead of into ``MRJobRun.output``.
+
+    A job this call stops waiting for (Ctrl-C, ``timeout``) is cancelled, so that it
+    does not go on unwatched on a shared broker. ``say``: how the command tells its user
+    the job's id once submitted (``where`` it runs) and that it was cancelled."""
     from ...client import Client
+    from ...errors import JobTimeout, PyMapReduceError
     from .task import counters_by_group
 
     map_tasks = len(inputs) if isinstance(inputs, list) else None
     with Client(address, keys=keys, key_name=key_name) as client:
         handle = client.submit(as_job(plan), inputs, map_tasks=map_tasks, reducers=reducers,
                                name=type(job).__name__)
-        handle.wait(timeout)
-        chunks = output_chunks(plan, handle.results())
-        if write is None:
-            output = b"".join(chunks)
-        else:
-            output = b""
-            for chunk in chunks:
-                write(chunk)
+        try:
+            if say is not None:
+                say(f"job {handle.job_id} {where or f'submitted to {address}'}")
+            handle.wait(timeout)
+            chunks = output_chunks(plan, handle.results())
+            if write is None:
+                output = b"".join(chunks)
+            else:
+                output = b""
+                for chunk in chunks:
+                    write(chunk)
+        except (KeyboardInterrupt, JobTimeout):
+            with contextlib.suppress(PyMapReduceError):
+                handle.cancel()
+            if say is not None and not where:  # (an embedded cluster stops with it)
+                say(f"job {handle.job_id} cancelled, so that it does not go on unwatched")
+            raise
         counters = counters_by_group(handle.counters)
         handle.release()
     return MRJobRun(job=job, output=output, counters=counters, job_id=handle.job_id)

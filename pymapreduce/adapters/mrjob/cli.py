@@ -147,11 +147,16 @@ def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Names
     done = None
     try:
         address = options.connect
+        where = ""
         if cluster is not None:
             address = cluster.start().address
+            where = (f"running on an embedded cluster of {cluster.workers} worker "
+                     f"process{'es' if cluster.workers != 1 else ''}")
         done = _run_on(address, job, plan, inputs, reducers=options.reducers,
                        timeout=options.timeout, keys=options.keys, key_name=options.key_name,
-                       write=out.write)
+                       write=out.write, where=where,
+                       say=lambda text: print(f"pymapreduce: {text}", file=sys.stderr,
+                                              flush=True))
         out.flush()
     finally:
         if out is not sys.stdout.buffer:
