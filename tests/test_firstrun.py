@@ -577,3 +577,21 @@ def test_an_interrupted_submit_leaves_no_job_running(daemons, tmp_path):
         proxy.close()
     assert "KeyboardInterrupt" in err
     assert [(j["job_id"], j["state"]) for j in _jobs_of(address)] == [(job_id, "cancelled")]
+
+
+def test_a_failing_line_read_with_its_file_name_is_placed_at_its_byte():
+    """A text record whose key is ``(path, offset)`` (``read_text(with_path=True)``, and
+    every mrjob job) fails at "the line at byte N", as a plain text record does, on the
+    command line and on the dashboard; other keys are still shown as keys."""
+    from pymapreduce.errors import describe_position
+    from pymapreduce.observe.events import safe_position
+
+    path = "/data/in.txt"
+    for key in ("4", repr((path, 4))):
+        where = {"path": path, "key": key, "split": 0}
+        assert describe_position(where) == f"file {path}, the line at byte 4 (map split 0)"
+        assert safe_position(where) == {"split": 0, "path": path, "offset": 4}
+    for key in (repr(("/other.txt", 4)), repr((path, "4")), "(x, 4)", "-4"):
+        where = {"path": path, "key": key, "split": 0}
+        assert describe_position(where) == f"file {path}, record key {key} (map split 0)"
+        assert "offset" not in safe_position(where)
