@@ -595,3 +595,14 @@ def test_a_failing_line_read_with_its_file_name_is_placed_at_its_byte():
         where = {"path": path, "key": key, "split": 0}
         assert describe_position(where) == f"file {path}, record key {key} (map split 0)"
         assert "offset" not in safe_position(where)
+
+
+def test_logs_of_a_task_numbered_past_any_job_is_an_error_naming_the_tasks():
+    from pymapreduce.cli import check_task_exists
+    from pymapreduce.errors import ConfigError
+
+    status = {"job_id": "j", "maps": [2, 2], "reduces": [0, 1], "step": [1, 1]}
+    check_task_exists(status, "map-1")
+    for task in ("map-2", "map-" + "9" * 5000):
+        with pytest.raises(ConfigError, match="its map tasks are map-0 to map-1"):
+            check_task_exists(status, task)

@@ -273,7 +273,8 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
                               "it does not hold: %.80r", item)
                 if report is not None and isinstance(report.stats, dict):
                     # (one that crossed its ABANDON: how long it ran, for the timeline)
-                    self.events.ran_abandoned(key.job, key.attempt, report.stats.get("secs"))
+                    self.events.ran_abandoned(key.job, key.attempt, report.stats.get("secs"),
+                                             worker.name)
                 pos += skip
                 continue
             try:
