@@ -150,7 +150,7 @@ def check_task_exists(status: dict, task: str) -> None:
         return
     kind, _, index = task.partition("-")
     count = (status.get("maps" if kind == "map" else "reduces") or [0, 0])[-1]
-    if int(index) < count:
+    if len(index) <= 18 and int(index) < count:  # (more digits: no job has that many)
         return
     job = status.get("job_id", "?")
     if not count:

@@ -112,6 +112,21 @@ class JobFailed(PyMapReduceError):
         return text
 
 
+def line_offset(key: object, path: object) -> int | None:
+    """The byte offset of a text input's failing line, from the record key a worker
+    reported (its repr): the offset itself, or ``(path, offset)`` (``read_text`` with
+    ``with_path``, and mrjob jobs); None for any other key."""
+    if not isinstance(key, str):
+        return None
+    if key.isdigit():
+        return int(key)
+    prefix = f"({path!r}, "
+    if isinstance(path, str) and key.startswith(prefix) and key.endswith(")") \
+            and key[len(prefix):-1].isdigit():
+        return int(key[len(prefix):-1])
+    return None
+
+
 def describe_position(position: object) -> str:
     """Where in its input a task failed, in words: ``file /data/a.txt, the line at byte
     1234 (map split 3)`` or ``record 17 of map split 2, key 'x'``; "" when unknown.
@@ -134,8 +149,9 @@ def describe_position(position: object) -> str:
     parts = []
     if path:
         parts.append(f"file {path}")
-        if isinstance(key, str) and key.isdigit():
-            parts.append(f"the line at byte {key}")
+        offset = line_offset(key, path)
+        if offset is not None:
+            parts.append(f"the line at byte {offset}")
         elif key is not None:
             parts.append(f"record key {key}")
         if record is not None:

@@ -11,8 +11,11 @@ class DelayProxy:
     """Listens on 127.0.0.1 (an OS-chosen port) and relays each connection to ``target``
     (host, port), holding every chunk ``delay`` seconds in each direction, in order."""
 
-    def __init__(self, target: tuple[str, int], delay: float) -> None:
+    def __init__(self, target: tuple[str, int], delay: float,
+                 back: float | None = None) -> None:
+        # (``back``: the delay from ``target`` back to the connecting side, if not ``delay``)
         self.target, self.delay = target, delay
+        self.back = delay if back is None else back
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         self.port = 0
@@ -34,15 +37,15 @@ class DelayProxy:
             writer.close()
             return
         try:
-            await asyncio.gather(self._pipe(reader, up_writer),
-                                 self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, up_writer, self.delay),
+                                 self._pipe(up_reader, writer, self.back))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
             up_writer.close()
 
-    async def _pipe(self, reader, writer) -> None:
+    async def _pipe(self, reader, writer, delay: float) -> None:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def deliver() -> None:
@@ -56,7 +59,7 @@ class DelayProxy:
         sender = asyncio.ensure_future(deliver())
         try:
             while data := await reader.read(1 << 16):
-                queue.put_nowait((time.monotonic() + self.delay, data))
+                queue.put_nowait((time.monotonic() + delay, data))
         except OSError:
             pass
         queue.put_nowait(None)

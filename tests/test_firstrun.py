@@ -516,3 +516,93 @@ def test_a_client_given_a_closed_port_still_asks_whether_the_broker_runs(tmp_pat
     assert proc.returncode == 3, proc.stderr
     assert _last_line(proc).endswith(
         "within 1s (is it running, and is this the right address?)"), proc.stderr
+
+
+# -- Ctrl-C while submit() waits for the broker's answer ------------------------------------
+INTERRUPTED_SUBMIT = """
+import sys
+
+from pymapreduce import Client, Job
+from pymapreduce.client import client as client_module
+from pymapreduce.patterns import protocol as P
+
+
+class Count(Job):
+    def map(self, key, line):
+        yield line, 1
+
+
+original = client_module.Client._try_send
+
+
+def said(self, request):  # (the test interrupts once the SUBMIT has left)
+    sent = original(self, request)
+    if sent and request.command == P.SUBMIT:
+        print("submitted", request.body["job_id"], flush=True)
+    return sent
+
+
+client_module.Client._try_send = said
+with Client(sys.argv[1], timeout=30) as client:
+    client.submit(Count(), [(0, "a"), (1, "b")])
+"""
+
+
+def test_an_interrupted_submit_leaves_no_job_running(daemons, tmp_path):
+    """Ctrl-C while ``submit()`` waits for the broker's answer (a slow link) raises
+    KeyboardInterrupt without a handle to stop the job with: the client cancels the job
+    itself, so nothing it submitted goes on unwatched."""
+    import signal
+
+    from .delayproxy import DelayProxy
+
+    _, address = daemons.broker()  # no worker: a job stays queued until cancelled
+    host, port = address.rsplit("//", 1)[1].rsplit(":", 1)
+    # the SUBMIT reaches the broker at once, its answer comes back a second later
+    proxy = DelayProxy((host, int(port)), 0.0, back=1.0)
+    (tmp_path / "submit.py").write_text(INTERRUPTED_SUBMIT)
+    proc = subprocess.Popen([sys.executable, "submit.py", f"tcp://127.0.0.1:{proxy.port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("submitted "), (line, proc.stderr.read())
+        job_id = line.split()[1]
+        proc.send_signal(signal.SIGINT)  # (the broker has the job, or soon will)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        proxy.close()
+    assert "KeyboardInterrupt" in err
+    assert [(j["job_id"], j["state"]) for j in _jobs_of(address)] == [(job_id, "cancelled")]
+
+
+def test_a_failing_line_read_with_its_file_name_is_placed_at_its_byte():
+    """A text record whose key is ``(path, offset)`` (``read_text(with_path=True)``, and
+    every mrjob job) fails at "the line at byte N", as a plain text record does, on the
+    command line and on the dashboard; other keys are still shown as keys."""
+    from pymapreduce.errors import describe_position
+    from pymapreduce.observe.events import safe_position
+
+    path = "/data/in.txt"
+    for key in ("4", repr((path, 4))):
+        where = {"path": path, "key": key, "split": 0}
+        assert describe_position(where) == f"file {path}, the line at byte 4 (map split 0)"
+        assert safe_position(where) == {"split": 0, "path": path, "offset": 4}
+    for key in (repr(("/other.txt", 4)), repr((path, "4")), "(x, 4)", "-4"):
+        where = {"path": path, "key": key, "split": 0}
+        assert describe_position(where) == f"file {path}, record key {key} (map split 0)"
+        assert "offset" not in safe_position(where)
+
+
+def test_logs_of_a_task_numbered_past_any_job_is_an_error_naming_the_tasks():
+    from pymapreduce.cli import check_task_exists
+    from pymapreduce.errors import ConfigError
+
+    status = {"job_id": "j", "maps": [2, 2], "reduces": [0, 1], "step": [1, 1]}
+    check_task_exists(status, "map-1")
+    for task in ("map-2", "map-" + "9" * 5000):
+        with pytest.raises(ConfigError, match="its map tasks are map-0 to map-1"):
+            check_task_exists(status, task)

@@ -3,6 +3,8 @@ checks on who may report what, driven by calls and a hand-set clock."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from pymapreduce.broker.config import BrokerConfig
@@ -317,3 +319,16 @@ def test_a_reports_statistics_keep_what_the_broker_reads_and_nothing_else():
     assert clean_stats({"records": 3, "log": b"x", "other": 1}) == {"records": 3, "bytes": 0}
     assert clean_stats({"secs": None, "counters": {"a": 2}}) == {
         "records": 0, "bytes": 0, "counters": {"a": 2}}
+
+
+def test_a_report_from_a_worker_the_broker_does_not_know_is_news_not_a_warning(ledger,
+                                                                              caplog):
+    """After a broker restart without its state every worker's next report comes from a
+    worker it does not know: it is told to register, and the log says so as news (INFO),
+    not as a bad message."""
+    with caplog.at_level(logging.DEBUG, logger="pymapreduce"):
+        assert ledger.reporter(b"unknown-worker", "", 0.0) is None
+    assert any(isinstance(item, Send) and item.msg.command == P.RECONNECT
+               for item in ledger.outbox)
+    said = [r for r in caplog.records if "does not know" in r.getMessage()]
+    assert said and all(r.levelno == logging.INFO for r in said)

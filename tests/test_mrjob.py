@@ -391,3 +391,16 @@ def test_the_adapters_json_reads_what_mrjobs_json_protocol_reads(data):
     except ValueError as exc:
         got = ("error", type(exc))
     assert got == expected and type(got[1]) is type(expected[1])
+
+
+def test_help_names_pymapreduces_options_then_the_jobs_own():
+    """``pymapreduce run MR_JOB.py --help`` shows the options pymapreduce reads (which
+    mrjob's own help does not know) before the job's, and starts no cluster."""
+    job_file = os.path.join(os.path.dirname(mrjob.examples.__file__), "mr_wc.py")
+    done = subprocess.run(pmr("run", job_file, "--help"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.index("--connect") < out.index("The job's own options") < out.index(
+        "--conf-path")
+    assert "Traceback" not in done.stderr and "cluster" not in done.stderr

@@ -232,3 +232,17 @@ def test_run_start_is_clamped_to_between_hand_out_and_end():
     for secs in (float("nan"), "2", None, True):
         assert run_start(10.0, 14.0, secs) is None
     assert run_start(10.0, None, 1.0) is None  # still running
+
+
+def test_only_the_worker_an_abandoned_attempt_was_handed_to_gives_it_a_run_time(ledger):
+    """A report that crossed the ABANDON counts for the timeline only from the worker the
+    attempt was handed to: another worker naming it (its whole identifier) adds nothing."""
+    worker, key = _one_attempt(ledger, "crossed")
+    ledger.register(b"other", "", {"credit": 1, "name": "h:other"}, T0)
+    other = ledger.workers[b"other"]
+    _abandon(ledger, ledger.jobs["crossed"])
+    ledger.done(other, [report(key, {"records": 1, "secs": 0.03})], tuple(map_output()))
+    ledger.failed(other, {**key._asdict(), "error": "E", "secs": 0.03})
+    assert _row(ledger, "crossed")["run_from"] == "hand-out"
+    ledger.failed(worker, {**key._asdict(), "error": "E", "secs": 0.02})
+    assert _row(ledger, "crossed")["run_from"] == "report"

@@ -45,7 +45,8 @@ class Failures:
             self.complain(peer_name(worker.route, worker.key), "FAILED for an attempt it "
                           "does not hold: %.80r", failure and failure.key)
             if failure is not None:  # (one that crossed its ABANDON: how long it ran)
-                self.events.ran_abandoned(failure.key.job, failure.key.attempt, failure.secs)
+                self.events.ran_abandoned(failure.key.job, failure.key.attempt, failure.secs,
+                                         worker.name)
             return
         task = self._attempt(failure.key)
         self.logs.keep(task, failure.key.attempt, worker.name, FAILED, failure.log)

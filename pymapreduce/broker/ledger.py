@@ -238,8 +238,10 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         from another key than the worker's, ignored)."""
         worker = self.workers.get(peer)
         if worker is None:  # e.g. after a broker restart, or a worker taken for dead
-            self.complain(peer_name(peer, key),
-                          "report from an unregistered worker: told to register")
+            # (not wrong: every worker of a broker that restarted without its state says
+            # so once; rate-limited per peer all the same)
+            self.news(peer_name(peer, key), "a report from a worker this broker does not "
+                      "know (it restarted, or took the worker for dead): told to register")
             self._send(peer, P.RECONNECT)
         elif self.secured and worker.key != key:
             # another key took over a gone worker's identity: it speaks for no one
@@ -271,7 +273,8 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
                               "it does not hold: %.80r", item)
                 if report is not None and isinstance(report.stats, dict):
                     # (one that crossed its ABANDON: how long it ran, for the timeline)
-                    self.events.ran_abandoned(key.job, key.attempt, report.stats.get("secs"))
+                    self.events.ran_abandoned(key.job, key.attempt, report.stats.get("secs"),
+                                             worker.name)
                 pos += skip
                 continue
             try:

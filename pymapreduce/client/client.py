@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -234,12 +235,32 @@ class Client:
                 "as files with read_text(), which workers read themselves")
         if output is not None:
             sub.body["output"] = output
-        reply = self._request(P.SUBMIT, sub.body, sub.blobs)
+        try:
+            reply = self._request(P.SUBMIT, sub.body, sub.blobs)
+        except KeyboardInterrupt:
+            # the broker may hold the job already, and no one has its handle to stop it
+            self._cancel_unreturned(sub.job_id, output)
+            raise
         handle = JobHandle(self, sub.job_id, output_dir,
                            pickle_results=wants_pickled_results(job))
         handle.output = output
         handle._last = dict(reply.body)
         return handle
+
+    def _cancel_unreturned(self, job_id: str, output: Any) -> None:
+        """Cancel a job whose submission was interrupted before its handle was returned
+        (Ctrl-C while the broker had not answered): the CANCEL follows the SUBMIT on the
+        same connection, so the broker reads it after the job, if the job reached it at all.
+        Best effort, within a few seconds: the interrupt is what the caller sees."""
+        try:
+            self._request(P.CANCEL, {"job_id": job_id}, timeout=min(self.timeout, 5.0))
+        except (PyMapReduceError, KeyboardInterrupt):
+            pass
+        if isinstance(output, dict):  # what its attempts may have written goes too
+            from ..store.commit import abort_output
+
+            with contextlib.suppress(Exception):
+                abort_output(output, job_id)
 
     def jobs(self) -> list[dict]:
         """The jobs the broker holds, oldest first: each one's status (state, progress per

@@ -200,14 +200,14 @@ class AttemptTable:
                                     self.attempts_per_job + (self.attempts_per_job >> 3)):
                 log.closed.setdefault(attempt, [None, None, "", None])[3] = secs
 
-    def ran_abandoned(self, job_id: str, attempt: int, secs: Any) -> None:
+    def ran_abandoned(self, job_id: str, attempt: int, secs: Any, worker: str) -> None:
         """The run time of an attempt already abandoned, from a report that crossed its
-        ABANDON (a DONE or FAILED of the worker that held it, which the broker no longer
-        counts; ``secs`` as it came). A stopped attempt is not reported, so this is the
-        only run time an abandoned one can have. Kept on its abandoned row only (nothing
-        is added for an identifier the log has no such row of: the identifier's random
-        bits are known to its worker alone), as if the attempt had ended when the report
-        came, as a committed or failed one is placed from when its report came."""
+        ABANDON (a DONE or FAILED from ``worker``, which the broker no longer counts;
+        ``secs`` as it came). A stopped attempt is not reported, so this is the only run
+        time an abandoned one can have. Kept on its abandoned row only, and only when
+        ``worker`` is the one the attempt was handed to (its dispatch batch says), as if
+        the attempt had ended when the report came, as a committed or failed one is
+        placed from when its report came."""
         secs = duration(secs)
         if secs is None:
             return
@@ -215,7 +215,9 @@ class AttemptTable:
         with self.lock:
             log = self._jobs.get(job_id)
             row = log.closed.get(attempt) if log is not None else None
-            if row is not None and row[1] == ABANDONED and row[3] is None:
+            if row is not None and row[1] == ABANDONED and row[3] is None and any(
+                    batch[2] == worker and attempt in batch[4]
+                    for batch in chain(reversed(log.batches), reversed(log.held))):
                 # (the row ends when the broker abandoned it: run_start takes the run time
                 # back from there, so the time the report took after it is taken off)
                 row[3] = secs - (now - row[0])

@@ -40,6 +40,7 @@ from collections import OrderedDict, deque
 from operator import itemgetter
 from typing import Any
 
+from ..errors import line_offset
 from ..patterns import protocol as P
 from .attempts import _INDEX, _KIND, ABANDONED, AttemptTable, _JobLog, uniform
 from .reading import ATTEMPT_MASK, SMALL, Reading
@@ -63,9 +64,9 @@ def safe_position(position: Any) -> dict:
         return {}
     safe = {k: position[k] for k in POSITION_FIELDS if k in position
             and (type(position[k]) in (int, float) or isinstance(position[k], str))}
-    key = position.get("key")
-    if "path" in safe and isinstance(key, str) and key.isdigit():
-        safe["offset"] = int(key)  # a file's record: its key is its byte offset
+    offset = line_offset(position.get("key"), safe.get("path"))
+    if "path" in safe and offset is not None:
+        safe["offset"] = offset  # a file's record: its key is its byte offset (and path)
     return safe
 
 

@@ -91,6 +91,8 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     from ...local import LocalCluster
 
     options, rest = _parser().parse_known_args(argv[2:])
+    if "-h" in rest or "--help" in rest:  # pymapreduce's options, then the job's own
+        return _help(target, attr, rest)
     out_dir = options.output
     if out_dir and os.path.isdir(out_dir) and os.listdir(out_dir) and not options.overwrite:
         raise PyMapReduceError(f"--output {out_dir!r} exists and is not empty (as Hadoop "
@@ -112,6 +114,24 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _help(target: str, attr: str, rest: list[str]) -> int:
+    """``--help``: the options pymapreduce reads, then the job's (mrjob prints them)."""
+    from . import prepare
+
+    ours = _parser()
+    ours.usage = argparse.SUPPRESS
+    print("usage: pymapreduce run MR_JOB.py [pymapreduce's options] [the job's options] "
+          "INPUT...\n\npymapreduce's " + ours.format_help().strip() + "\n\nThe job's "
+          "own options follow (mrjob's parser; its runner options, -r and -c among them, "
+          "are read and ignored: pymapreduce is the runner).\n", flush=True)
+    cls = load_mrjob_class(target, attr)
+    try:
+        prepare(cls, rest)  # (mrjob prints its help and exits)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    return 0
 
 
 def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Namespace,
