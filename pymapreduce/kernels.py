@@ -177,15 +177,21 @@ def _blame(job: Job, pair: Any, exc: Exception, out: Any = _NO_RECORD,
         try:
             iter(out)
         except TypeError:
-            return BadOutput(f"{type(job).__name__}.{method} returned {out!r:.80} (of type "
-                             f"{type(out).__name__}), not an iterable of (key, value) "
-                             "pairs: yield the pairs, or return a list of them")
+            return not_iterable(job, method, out)
     if type(pair) is tuple and len(pair) != 2 and isinstance(exc, ValueError):
         try:
             as_pair(job, "map", pair)
         except BadOutput as bad:
             return bad
     return exc
+
+
+def not_iterable(job: Job, method: str, out: Any) -> BadOutput:
+    """The error for ``method`` (``map``, ``map_final``) having returned ``out``, which
+    cannot be iterated (``return 5``), where pairs were due."""
+    return BadOutput(f"{type(job).__name__}.{method} returned {out!r:.80} (of type "
+                     f"{type(out).__name__}), not an iterable of (key, value) pairs: yield "
+                     "the pairs, or return a list of them")
 
 
 def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:

@@ -126,12 +126,18 @@ def sample_keys(job: Job, steps: list[Job] | None, records: list) -> list:
     try:
         if callable(getattr(fresh, "map_init", None)):
             fresh.map_init()
+        # what map returns is read as a worker reads it: None is no pairs, anything
+        # else that cannot be iterated is the job's BadOutput (not asked its truth value)
         for key, value in records:
-            for pair in fresh.map(key, value) or ():
-                keys.append(as_pair(fresh, "map", pair)[0])
+            out = fresh.map(key, value)
+            if out is not None:
+                for pair in _pairs(fresh, "map", out):
+                    keys.append(as_pair(fresh, "map", pair)[0])
         final = getattr(fresh, "map_final", None)
-        for pair in (final() if callable(final) else None) or ():
-            keys.append(as_pair(fresh, "map_final", pair)[0])
+        out = final() if callable(final) else None
+        if out is not None:
+            for pair in _pairs(fresh, "map_final", out):
+                keys.append(as_pair(fresh, "map_final", pair)[0])
     except BadOutput:
         raise
     except Exception as exc:
@@ -141,6 +147,16 @@ def sample_keys(job: Job, steps: list[Job] | None, records: list) -> list:
     # as the map tasks group them, so boundaries compare with their keys: a tuple holding
     # a list, ("a", [1]), is the key ("a", (1,)) there, and a list does not compare with it
     return [grouped_key(fresh, "map", k) for k in keys]
+
+
+def _pairs(job: Any, method: str, out: Any) -> Any:
+    """An iterator over ``out``, what ``method`` returned; BadOutput if it has none."""
+    try:
+        return iter(out)
+    except TypeError:
+        from .kernels import not_iterable
+
+        raise not_iterable(job, method, out) from None
 
 
 def cut_boundaries(name: str, keys: list, reducers: int) -> list:

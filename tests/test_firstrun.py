@@ -606,3 +606,72 @@ def test_logs_of_a_task_numbered_past_any_job_is_an_error_naming_the_tasks():
     for task in ("map-2", "map-" + "9" * 5000):
         with pytest.raises(ConfigError, match="its map tasks are map-0 to map-1"):
             check_task_exists(status, task)
+
+
+# -- a total-order job's map, run on a sample in the client -------------------------------------
+SORTED_RETURNS_COUNT = """
+from pymapreduce import Job
+
+
+class Sorted(Job):
+    total_order = True
+
+    def map(self, key, line):
+        return len(line.split())  # meant: yield line, 1
+"""
+
+
+def test_a_total_order_map_that_returns_no_pairs_is_bad_output_not_an_internal_error(
+        tmp_path):
+    """A total-order job's map runs first in the client, on a sample of the inputs (to cut
+    the key ranges): one that returns a number there is the job's BadOutput, as on the
+    workers, not a TypeError the command takes for a bug in pymapreduce (exit 70)."""
+    (tmp_path / "sorted.py").write_text(SORTED_RETURNS_COUNT)
+    (tmp_path / "in.txt").write_text("a b\nc\n")
+    proc = _cli(tmp_path, "run", "sorted.py", "in.txt", "--workers", "1")
+    assert proc.returncode == 2, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert _last_line(proc) == (
+        "pymapreduce: error: Sorted.map returned 2 (of type int), not an iterable of (key, "
+        "value) pairs: yield the pairs, or return a list of them")
+
+
+def test_the_sample_of_a_total_order_job_reads_map_s_output_as_the_workers_do():
+    """``None`` is no pairs; any other value that cannot be iterated, ``0`` too, is
+    BadOutput naming the method (``map_final`` as well); an iterable whose truth value
+    cannot be asked (an array) is read as what it yields."""
+    from pymapreduce.errors import BadOutput
+    from pymapreduce.sampling import sample_keys
+
+    class Pairs:  # (no __len__, and a truth value that raises, as an array's)
+        def __init__(self, pairs):
+            self.pairs = pairs
+
+        def __iter__(self):
+            return iter(self.pairs)
+
+        def __bool__(self):
+            raise ValueError("the truth value of an array is ambiguous")
+
+    class Sorted(Job):
+        total_order = True
+        out = None
+        final = None
+
+        def map(self, key, line):
+            return self.out if self.out != "pairs" else Pairs([(line, 1)])
+
+        def map_final(self):
+            return self.final
+
+    records = [(0, "b"), (1, "a")]
+    job = Sorted()
+    assert sample_keys(job, None, records) == []
+    job.out = "pairs"
+    assert sample_keys(job, None, records) == ["b", "a"]
+    for method, value in (("map", 0), ("map", 5), ("map_final", 7)):
+        job.out, job.final = (value, None) if method == "map" else (None, value)
+        with pytest.raises(BadOutput) as bad:
+            sample_keys(job, None, records)
+        assert str(bad.value).startswith(f"Sorted.{method} returned {value} (of type int), "
+                                         "not an iterable of (key, value) pairs"), bad.value
