@@ -23,7 +23,10 @@ def pmr(*args: str) -> list[str]:
     return [sys.executable, "-m", "pymapreduce", *args]
 
 
-def read_line(proc: subprocess.Popen, pattern: re.Pattern, timeout: float = 20.0) -> re.Match:
+def read_line(proc: subprocess.Popen, pattern: re.Pattern, timeout: float = 20.0,
+              seen: list | None = None) -> re.Match:
+    """The first line of ``proc``'s stdout matching ``pattern`` (the lines read on the
+    way appended to ``seen``, if given)."""
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -32,13 +35,17 @@ def read_line(proc: subprocess.Popen, pattern: re.Pattern, timeout: float = 20.0
             if sel.select(timeout=deadline - time.monotonic()):
                 line = proc.stdout.readline().decode()
                 if not line:
-                    raise RuntimeError(f"process exited ({proc.wait()}) before its ready line")
+                    raise RuntimeError(f"process exited ({proc.wait()}) before a line "
+                                       f"matching {pattern.pattern!r}: {seen or ''}")
+                if seen is not None:
+                    seen.append(line)
                 m = pattern.search(line)
                 if m:
                     return m
     finally:
         sel.close()
-    raise TimeoutError(f"no line matching {pattern.pattern!r} within {timeout}s")
+    raise TimeoutError(f"no line matching {pattern.pattern!r} within {timeout}s: "
+                       f"{seen or ''}")
 
 
 def stop(proc: subprocess.Popen) -> None:

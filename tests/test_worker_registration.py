@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
-import time
 
 from pymapreduce import Client, run_sequential
 from pymapreduce.workers.registrations import SETTLE, Registrations
 
-from .conftest import FAST, ROOT, pmr
+from .conftest import FAST, ROOT, pmr, read_line
 from .jobs import WordCount
 
 ADDR = "tcp://127.0.0.1:5555"
@@ -83,26 +81,6 @@ def test_the_page_is_shared_with_a_forked_process():
     assert regs.step(0.0) == f"1 of 1 process registered with {ADDR}"
 
 
-def _lines_until(proc: subprocess.Popen, pattern: re.Pattern, seen: list,
-                 timeout: float = 30.0) -> None:
-    """Read ``proc``'s output into ``seen`` up to a line matching ``pattern``."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if sel.select(timeout=deadline - time.monotonic()):
-                line = proc.stdout.readline().decode()
-                if not line:
-                    raise RuntimeError(f"the worker daemon exited ({proc.wait()}): {seen}")
-                seen.append(line)
-                if pattern.search(line):
-                    return
-    finally:
-        sel.close()
-    raise TimeoutError(f"no line matching {pattern.pattern!r}: {seen}")
-
-
 def test_the_daemon_says_once_when_its_processes_registered_and_once_after_a_restart(
         daemons):
     broker, address = daemons.broker(*FAST)
@@ -112,7 +90,7 @@ def test_the_daemon_says_once_when_its_processes_registered_and_once_after_a_res
     daemons.procs.append(proc)
     registered = re.compile(re.escape(f"INFO 2 of 2 processes registered with {address}"))
     seen: list[str] = []
-    _lines_until(proc, registered, seen)
+    read_line(proc, registered, 30.0, seen)
     assert "pymapreduce worker ready: 2 processes connecting to" in "".join(seen[:-1])
     records = [(i, f"w{i % 7} w{i % 3}") for i in range(200)]
     with Client(address) as client:  # tasks and heartbeats: nothing more to say
@@ -121,7 +99,7 @@ def test_the_daemon_says_once_when_its_processes_registered_and_once_after_a_res
     broker.kill()
     broker.wait()
     daemons.broker(*FAST, bind=address)  # every process registers again
-    _lines_until(proc, registered, seen)
+    read_line(proc, registered, 30.0, seen)
     with Client(address) as client:
         assert client.submit(WordCount(), records, map_tasks=20).result(60) == \
             run_sequential(WordCount(), records)
