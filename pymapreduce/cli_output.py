@@ -217,3 +217,21 @@ def _reader_gone(stream: TextIO) -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (AttributeError, OSError, ValueError):
         return True
+
+
+def embedded_where(workers: int) -> str:
+    """How ``run`` says where its job runs on an embedded cluster of ``workers``."""
+    return f"running on an embedded cluster of {workers} worker " \
+           f"process{'es' if workers != 1 else ''}"
+
+
+def cancel_unwatched(handle: Any, say: Any = None) -> None:
+    """Cancel a job its command stops waiting for (Ctrl-C, SIGTERM, ``--timeout``), so
+    that it does not go on unwatched on a shared broker; ``say``: how the command tells
+    its user so (None on an embedded cluster, which stops with it)."""
+    from .errors import PyMapReduceError
+
+    with contextlib.suppress(PyMapReduceError):
+        handle.cancel()
+    if say is not None:
+        say(f"job {handle.job_id} cancelled, so that it does not go on unwatched")

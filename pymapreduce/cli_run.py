@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from .cli_output import print_limit, print_pairs
+from .cli_output import cancel_unwatched, embedded_where, print_limit, print_pairs
 from .errors import JobTimeout, PyMapReduceError
 from .progress import progress_period, summary_lines, watch
 
@@ -203,8 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        requires=set(args.require or ()) or None,
                                        files=args.file)
             where = (f"submitted to {address}" if cluster is None else
-                     f"running on an embedded cluster of {cluster.workers} worker "
-                     f"process{'es' if cluster.workers != 1 else ''}")
+                     embedded_where(cluster.workers))
             try:  # (a Ctrl-C just after the job's id is said cancels it too)
                 print(f"pymapreduce: job {handle.job_id} {where}", file=sys.stderr)
                 status = watch(handle, timeout=args.timeout, stream=sys.stderr,
@@ -214,11 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"pymapreduce: {exc}", file=sys.stderr)
                 # cancelled (on an embedded cluster too, which then stops): what its
                 # attempts wrote to --output goes with it (docs/store.md)
-                with contextlib.suppress(PyMapReduceError):
-                    handle.cancel()
-                if cluster is None:  # a shared broker: don't leave the job running unseen
-                    print(f"pymapreduce: job {handle.job_id} cancelled, so that it does not "
-                          "go on unwatched", file=sys.stderr)
+                cancel_unwatched(handle, None if cluster is not None else lambda text: print(
+                    f"pymapreduce: {text}", file=sys.stderr))
                 if isinstance(exc, JobTimeout):
                     return EXIT_TIMEOUT
                 raise

@@ -46,6 +46,16 @@ def _running_in(tasks: tuple, attempts: tuple) -> list[int]:
             if attempt in task.running and task.job.state == JOB_RUNNING]
 
 
+def _holder(log: _JobLog, attempt: int) -> str | None:
+    """The worker ``attempt`` was handed to, from its dispatch batch; None if the table
+    has no row of it. (A failing attempt is mostly a recent one; a straggler's row may be
+    set aside.)"""
+    for batch in chain(reversed(log.batches), reversed(log.held)):
+        if attempt in batch[4]:
+            return batch[2]
+    return None
+
+
 class _JobLog:
     __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
                  "tenant", "started", "trimmed", "flow", "held", "held_rows", "held_seq",
@@ -176,14 +186,12 @@ class AttemptTable:
         log = log or self._jobs.get(job.id)
         if log is None:
             return ""
-        # (a failing attempt is mostly a recent one; a straggler's row may be set aside)
-        for batch in chain(reversed(log.batches), reversed(log.held)):
-            if attempt in batch[4]:
-                row = log.closed.setdefault(attempt, [None, None, "", None])
-                if row[0] is None:
-                    row[0], row[1], row[2] = time.time(), outcome, note[:200]
-                return batch[2]
-        return ""
+        worker = _holder(log, attempt)
+        if worker is not None:
+            row = log.closed.setdefault(attempt, [None, None, "", None])
+            if row[0] is None:
+                row[0], row[1], row[2] = time.time(), outcome, note[:200]
+        return worker or ""
 
     # -- when attempts ran (the timeline from task start) ---------------------------------
     def ran(self, task: Any, attempt: int, secs: float | None) -> None:
@@ -215,9 +223,8 @@ class AttemptTable:
         with self.lock:
             log = self._jobs.get(job_id)
             row = log.closed.get(attempt) if log is not None else None
-            if row is not None and row[1] == ABANDONED and row[3] is None and any(
-                    batch[2] == worker and attempt in batch[4]
-                    for batch in chain(reversed(log.batches), reversed(log.held))):
+            if row is not None and row[1] == ABANDONED and row[3] is None and \
+                    _holder(log, attempt) == worker:
                 # (the row ends when the broker abandoned it: run_start takes the run time
                 # back from there, so the time the report took after it is taken off)
                 row[3] = secs - (now - row[0])

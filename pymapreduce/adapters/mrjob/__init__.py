@@ -16,7 +16,6 @@ for what is supported.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -145,8 +144,9 @@ def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | 
     A job this call stops waiting for (Ctrl-C, ``timeout``) is cancelled, so that it
     does not go on unwatched on a shared broker. ``say``: how the command tells its user
     the job's id once submitted (``where`` it runs) and that it was cancelled."""
+    from ...cli_output import cancel_unwatched
     from ...client import Client
-    from ...errors import JobTimeout, PyMapReduceError
+    from ...errors import JobTimeout
     from .task import counters_by_group
 
     map_tasks = len(inputs) if isinstance(inputs, list) else None
@@ -165,10 +165,7 @@ def _run_on(address: str, job: Any, plan: Plan, inputs: Any, *, reducers: int | 
                 for chunk in chunks:
                     write(chunk)
         except (KeyboardInterrupt, JobTimeout):
-            with contextlib.suppress(PyMapReduceError):
-                handle.cancel()
-            if say is not None and not where:  # (an embedded cluster stops with it)
-                say(f"job {handle.job_id} cancelled, so that it does not go on unwatched")
+            cancel_unwatched(handle, say if not where else None)  # (embedded: it stops too)
             raise
         counters = counters_by_group(handle.counters)
         handle.release()

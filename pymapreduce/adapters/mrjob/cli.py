@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from ...cli_output import embedded_where
 from ...errors import PyMapReduceError
 
 
@@ -170,8 +171,7 @@ def _run_loaded(target: str, attr: str, argv: list[str], options: argparse.Names
         where = ""
         if cluster is not None:
             address = cluster.start().address
-            where = (f"running on an embedded cluster of {cluster.workers} worker "
-                     f"process{'es' if cluster.workers != 1 else ''}")
+            where = embedded_where(cluster.workers)
         done = _run_on(address, job, plan, inputs, reducers=options.reducers,
                        timeout=options.timeout, keys=options.keys, key_name=options.key_name,
                        write=out.write, where=where,
