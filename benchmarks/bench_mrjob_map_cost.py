@@ -21,15 +21,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 import common
 from corpus import build_corpus
-
-REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 def _job_class(spec: str) -> type:
@@ -60,21 +56,15 @@ def child(tree: str, case: str, spec: str, path: str, rounds: int) -> None:
     for _ in range(rounds):
         records = read_split([(path, 0, os.path.getsize(path))], "latin-1", with_path=True)
         job = as_job(plan)
-        if hasattr(job, "steps"):  # (several steps: the first one's map task)
-            job = job.steps()[0]
+        steps = job.steps()  # (a Job's steps: None for one step)
+        if steps:  # (several steps: the first one's map task)
+            job = steps[0]
         map_grouped(job, records)
 
 
 def count(tree: str, case: str, spec: str, path: str, rounds: int) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    out = subprocess.run(
-        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, os.path.abspath(__file__), "--child", tree, case, spec, path,
-         str(rounds)], env=env, capture_output=True, text=True, check=True).stderr
-    found = REFS.search(out)
-    if found is None:
-        raise RuntimeError(f"no cachegrind summary for {case} {rounds}:\n{out[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return common.cachegrind_instructions([os.path.abspath(__file__), "--child", tree, case,
+                                           spec, path, str(rounds)])
 
 
 def main() -> int:

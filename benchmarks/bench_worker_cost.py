@@ -26,14 +26,12 @@ import argparse
 import collections
 import gc
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import common
 
-REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 PER_MESSAGE = 32  # tasks per TASKS message (the broker's usual credit)
 
 
@@ -89,15 +87,8 @@ def child(tree: str, tasks: int, passes: int) -> None:
 
 
 def instructions(tree: str, tasks: int, passes: int) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    out = subprocess.run(
-        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-         sys.executable, os.path.abspath(__file__), "--child", tree, str(tasks), str(passes)],
-        env=env, capture_output=True, text=True, check=True).stderr
-    found = REFS.search(out)
-    if found is None:
-        raise RuntimeError(f"no cachegrind summary for {tree}:\n{out[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return common.cachegrind_instructions([os.path.abspath(__file__), "--child", tree,
+                                           str(tasks), str(passes)])
 
 
 def opcodes(tree: str, tasks: int) -> tuple[float, list[tuple[str, float]]]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -185,3 +187,19 @@ def import_tree(tree: str, also: Sequence[str] = ()) -> None:
     import pymapreduce
 
     assert os.path.dirname(os.path.dirname(pymapreduce.__file__)) == os.path.abspath(tree)
+
+
+_I_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def cachegrind_instructions(argv: Sequence[str]) -> int:
+    """The instructions a Python child (``argv`` after the interpreter) executes, counted
+    by valgrind's cachegrind with the hash seed fixed: the same count every run."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                          "--cachegrind-out-file=/dev/null", sys.executable, *argv],
+                         env=env, capture_output=True, text=True, check=True).stderr
+    found = _I_REFS.search(out)
+    if found is None:
+        raise RuntimeError(f"no cachegrind summary for {' '.join(argv)}:\n{out[-2000:]}")
+    return int(found.group(1).replace(",", ""))
