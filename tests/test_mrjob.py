@@ -83,10 +83,13 @@ def texts(tmp_path_factory):
 def reference(spec: str, argv: list[str], sorted_parts: bool = True) -> tuple[bytes, dict]:
     """mrjob's inline runner on ``argv``: its output and its counters (summed over steps)."""
     flag = ["--sorted-parts"] if sorted_parts else []
-    done = subprocess.run([sys.executable, REFERENCE, *flag, spec, *argv], cwd=ROOT,
-                          capture_output=True, timeout=300,
-                          env={**os.environ, **SEED, "PYTHONPATH": os.pathsep.join(
-                              filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
+    # (TMPDIR of its own: mrjob's local runner leaves a wrapper lock file in it)
+    with tempfile.TemporaryDirectory(prefix="pmr-mrjob-ref-") as tmp:
+        done = subprocess.run([sys.executable, REFERENCE, *flag, spec, *argv], cwd=ROOT,
+                              capture_output=True, timeout=300,
+                              env={**os.environ, **SEED, "TMPDIR": tmp,
+                                   "PYTHONPATH": os.pathsep.join(filter(
+                                       None, [ROOT, os.environ.get("PYTHONPATH")]))})
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return done.stdout, json.loads(done.stderr.decode().strip().splitlines()[-1])
 
