@@ -311,6 +311,11 @@ class LineReader:
         self._encoding = encoding
         self._limit = max_line_bytes
         self.count = 0
+        # bytes of the split read so far, of ranges cut at byte offsets (a compressed file
+        # read whole counts none: its decompressed bytes are not the split's): with
+        # ``count``, a running task's progress, sent with its heartbeats (workers/worker.py)
+        self.read = 0
+        self.size = 0  # the split's bytes, as its task's statistics count them (runner.py)
         self.path = ""
         self.error: Exception | None = None
 
@@ -323,12 +328,15 @@ class LineReader:
                 self.path = path
                 blocks, offset = _open_range(path, start, end, self._limit, self._storage,
                                              self._block)
+                sized = end >= 0
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
                     if self._parse is not None:
                         offsets, lines = self._parse(path, offsets, lines)
                     self.count += len(lines)
                     offset += len(data)
+                    if sized:
+                        self.read += len(data)
                     if self._with_path:
                         yield zip(zip(itertools.repeat(path), offsets), lines)
                     else:

@@ -36,7 +36,7 @@ from .reports import clean_stats, peer_name
 from .scheduler import Scheduler
 from .sink import Store
 from .sinkplan import Sinks, SinkState
-from .tasks import MAP, REDUCE, RUNNING, JobState, Task
+from .tasks import INT64, MAP, REDUCE, RUNNING, JobState, Task
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -204,10 +204,12 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         self.events.worker_joined(name or peer_name(peer), worker.tags)
         return worker
 
-    def heartbeat(self, peer: bytes, key: str, named: Any, now: float) -> str | None:
+    def heartbeat(self, peer: bytes, key: str, named: Any, now: float,
+                  progress: Any = None) -> str | None:
         """A HEARTBEAT from ``peer`` for worker ``named`` (itself by default): the command
         to answer with (HEARTBEAT, or RECONNECT when the worker is unknown), or None when
-        ``peer`` may not speak for that worker."""
+        ``peer`` may not speak for that worker. ``progress``: what the worker's running
+        map task has read so far (:meth:`_read_progress`)."""
         worker = self.workers.get(named) if isinstance(named, bytes) else None
         if worker is not None and not self._vouches(peer, key, worker):
             self.complain(peer_name(peer, key),
@@ -216,7 +218,28 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         if worker is None:
             return P.RECONNECT
         worker.last_seen = now
+        if progress is not None:
+            self._read_progress(worker, progress)
         return P.HEARTBEAT
+
+    def _read_progress(self, worker: WorkerState, progress: Any) -> None:
+        """``[job, kind, index, attempt, records, bytes]``: a running map attempt's input
+        read so far, counted in its job's progress until the task commits. Counted only
+        for an attempt ``worker`` holds, of a task still running, with counts that are
+        non-negative 64-bit integers; anything else is ignored (a report of a task that
+        just ended is not wrong: heartbeats and reports travel apart)."""
+        if type(progress) is not list or len(progress) != 6:
+            return
+        records, nbytes = progress[4], progress[5]
+        if (type(records) is not int or type(nbytes) is not int
+                or not 0 <= records <= INT64 or not 0 <= nbytes <= INT64):
+            return
+        attempt = AttemptKey.parse(progress[:4])
+        if attempt is None or attempt.kind != MAP or attempt not in worker.running:
+            return
+        task = self._attempt(attempt)
+        if task is not None:
+            task.job.read_progress(task, attempt.attempt, records, nbytes)
 
     def _vouches(self, peer: bytes, key: str, worker: WorkerState) -> bool:
         """Whether ``peer`` may speak for ``worker``: it is the worker, its heartbeat

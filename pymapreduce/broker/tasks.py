@@ -180,6 +180,9 @@ class JobState:
         self.counters: dict[str, int] = {}
         self.records = 0
         self.bytes_in = 0
+        # running map attempts' input read so far, from their heartbeats (map index ->
+        # (attempt, records, bytes)): counted in the job's progress until the task commits
+        self.reading: dict[int, tuple[int, int, int]] = {}
         self.watchers: set[bytes] = {owner} if owner else set()
         self.error: dict | None = None
         self.submitted = now
@@ -309,6 +312,8 @@ class JobState:
                 self._step_done()
             return
         self.done_maps += 1
+        if self.reading:
+            self.reading.pop(task.index, None)
         if not self.map_only:
             redone = task.index in self.redone
             for r in nonempty_parts:  # (a re-run adds itself only where it is missing)
@@ -334,6 +339,49 @@ class JobState:
                 self.done_reduces += 1
         if self.done_reduces == len(self.reduces):
             self._step_done()
+
+    def read_progress(self, task: Task, attempt: int, records: int, nbytes: int) -> None:
+        """A running attempt of map ``task`` has read ``records`` and ``nbytes`` of its
+        split so far (checked by the caller: it is the holder's, and they are counts). One
+        attempt per task is counted, the one furthest on, so that a backup does not count
+        the split twice; the bytes never exceed the split's, as its commit will count them."""
+        size = self.split_bytes(task.index)
+        if size is not None and nbytes > size:
+            nbytes = size
+        got = self.reading.get(task.index)
+        if got is not None and got[0] != attempt and got[0] in task.running and (
+                got[2], got[1]) >= (nbytes, records):
+            return
+        self.reading[task.index] = (attempt, records, nbytes)
+
+    def split_bytes(self, index: int) -> int | None:
+        """Bytes of map ``index``'s split as a file split names them (None: not a split
+        of byte ranges, or one read whole)."""
+        split = self.splits[index] if index < len(self.splits) else None
+        if type(split) is not list or len(split) < 2 or split[0] != "files":
+            return None
+        total = 0
+        for r in split[1]:
+            if (type(r) is not list or len(r) != 3 or type(r[1]) is not int
+                    or type(r[2]) is not int or not 0 <= r[1] <= r[2]):
+                return None
+            total += r[2] - r[1]
+        return total
+
+    def read_so_far(self) -> tuple[int, int]:
+        """Records and bytes read: of the committed tasks, and of the running map attempts
+        that said so in their heartbeats (those still running)."""
+        records, nbytes = self.records, self.bytes_in
+        if self.reading:
+            maps = self.maps
+            for index, (attempt, r, b) in list(self.reading.items()):
+                task = maps[index] if index < len(maps) else None
+                if task is None or task.state != RUNNING or attempt not in task.running:
+                    del self.reading[index]  # (ended, or another step's)
+                    continue
+                records += r
+                nbytes += b
+        return _saturated(records), _saturated(nbytes)
 
     @property
     def last_step(self) -> bool:
@@ -387,6 +435,7 @@ class JobState:
 
     def status(self, now: float) -> dict:
         end = self.finished if self.finished is not None else now
+        records, nbytes = self.read_so_far()
         state = self.state
         if state == P.JOB_RUNNING and not self.dispatched:
             state = P.JOB_QUEUED
@@ -407,8 +456,8 @@ class JobState:
             "recovered": self.recovered,
             "reruns": self.reruns,
             "skipped": self.skipped[:1000],
-            "records": self.records,
-            "bytes": self.bytes_in,
+            "records": records,
+            "bytes": nbytes,
             "elapsed": round(end - self.submitted, 6),
             "step": [self.step + 1, max(1, len(self.steps))],
         }

@@ -33,7 +33,8 @@ class WorkerAPI:
     def on_heartbeat(self, peer: bytes, msg: Message, now: float) -> None:
         if self.ledger.sinks and self.ledger.sink_beat(peer, self._peer_key, now, msg.body):
             return
-        answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now)
+        answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now,
+                                       msg.body.get("progress"))
         if answer is not None:
             self._reply(peer, answer, {})
 

@@ -60,6 +60,7 @@ def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
     maps = [job.done_maps, len(job.maps)]
     reduces = [job.done_reduces, 0 if job.map_only else job.reducers]
     done, total = maps[0] + reduces[0], maps[1] + reduces[1]
+    records, nbytes = job.read_so_far()
     eta = None
     if job.state == P.JOB_RUNNING and done:  # the rate of the done tasks, simply
         eta = round(elapsed / done * (total - done), 3)
@@ -68,7 +69,7 @@ def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
         "step": [job.step + 1, max(1, len(job.steps))],
         "progress": {"map": maps, "reduce": reduces},
         "running": job.active, "pending": len(job.pending),
-        "records": job.records, "bytes": job.bytes_in, "flow": flow or {},
+        "records": records, "bytes": nbytes, "flow": flow or {},
         "counters": dict(list(job.counters.items())[:100]),
         "backups": job.backups, "skipped": len(job.skipped),
         "elapsed": round(elapsed, 3), "eta": eta,

@@ -38,6 +38,10 @@ SPILL_COUNTER = "pymapreduce.spilled_runs"  # runs a task spilled (when it spill
 # by hand): in a worker that would end the worker process (and sys.exit(77), the code of
 # a refused key, its whole daemon), so a task that raises one fails, as with any error
 USER_EXITS = (SystemExit, KeyboardInterrupt)
+# The reader of the map task running now (None between tasks and for other inputs): its
+# records and bytes read so far are the task's progress, which the worker's heartbeat
+# thread sends to the broker while the task runs (workers/worker.py: _progress)
+READING: list[LineReader | None] = [None]
 
 
 class TaskError(Exception):
@@ -145,6 +149,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             raise TaskError(exc.__cause__, {**where, **_where(records, exc.key)}) from exc
         except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, where) from exc
+        finally:
+            READING[0] = None
         stats = {"records": records.count if isinstance(records, LineReader) else len(records),
                  "bytes": nbytes}
         if skip:
@@ -302,9 +308,10 @@ def _open_split(desc: list, blobs: list) -> tuple[Any, int, dict]:
     columns = [str(c) for c in columns] if isinstance(columns, list) else None
     header = options.get("header", "given")  # a CSV input's first line of each file
     header = header if header in ("given", "file", "none") else "given"
-    return (read_split(ranges, encoding, limit, with_path, str(fmt), columns, header,
-                       storage), nbytes,
-            {"files": len(ranges)})
+    reader = read_split(ranges, encoding, limit, with_path, str(fmt), columns, header, storage)
+    reader.size = nbytes
+    READING[0] = reader  # (let go when the task ends: _run_task)
+    return reader, nbytes, {"files": len(ranges)}
 
 
 def _where(records: Any, key: Any) -> dict:

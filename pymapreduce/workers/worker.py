@@ -42,6 +42,7 @@ from ..spill.budget import Budget
 from .capture import Capture
 from .isolation import JobDirs, ProcessState
 from .reporting import done_messages
+from .runner import READING
 from .shuffle import SinkClient
 from .tasks import TaskAbandoned, Tasks
 
@@ -404,6 +405,20 @@ class Worker(Tasks):
         if current in abandoned(msg.body):
             self._abandon = current
             signal.pthread_kill(self._main, signal.SIGUSR1)
+    def _progress(self) -> list | None:
+        """The running map task's progress for a heartbeat: ``[*attempt, records, bytes]``
+        read so far, or None (no task reading its input, or nothing read yet). The reader
+        is its attempt's if the attempt is still the same after it was looked up: a task
+        lets its reader go before the next attempt begins (runner.READING)."""
+        current = self._current
+        reader = READING[0]
+        if current is None or reader is None or self._current is not current:
+            return None
+        records, nbytes = reader.count, min(reader.read, reader.size)
+        if not records and not nbytes:
+            return None
+        return [*current, records, nbytes]
+
     def _heartbeat_loop(self) -> None:
         """Beat on a socket of its own, so a busy main thread never looks like a dead one."""
         sock = self._socket(zmq.DEALER, identity=self.identity + b"/hb")
@@ -440,8 +455,11 @@ class Worker(Tasks):
                     continue
                 last = now
                 self._check_parent()
+                progress = self._progress()
                 try:
-                    sock.send_multipart(beat, zmq.NOBLOCK)
+                    sock.send_multipart(beat if progress is None else Message(
+                        P.HEARTBEAT, {"worker": self.identity, "progress": progress}).encode(),
+                        zmq.NOBLOCK)
                 except zmq.Again:  # the broker reads nothing: never wait on it here
                     continue
                 sent.append(now)
