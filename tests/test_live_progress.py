@@ -167,3 +167,22 @@ def test_a_single_long_map_task_shows_its_progress_before_it_commits(daemons, tm
     assert any(r < lines for r, _ in moving), moving
     assert moving == sorted(moving)  # one attempt: its counts only grow
     assert (final["records"], final["bytes"]) == (lines, size)
+
+
+def test_before_a_first_task_is_done_the_time_left_comes_from_the_bytes_read(ledger):
+    from pymapreduce.observe.snapshot import job_row
+
+    job = add_file_job(ledger, maps=2)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.register(b"B", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    assert job.input_bytes() == 2 * SPLIT
+    assert job_row(job, T0 + 10)["eta"] is None  # nothing read yet
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(held[b"A"][0], 40, 300))
+    ledger.heartbeat(b"B/hb", "", b"B", T0 + 10, progress(held[b"B"][0], 60, 200))
+    row = job_row(job, T0 + 10)  # 500 of 2000 bytes in 10 s: 1500 more take 30 s
+    assert (row["records"], row["bytes"], row["eta"]) == (100, 500, 30.0)
+    mem = add_file_job(ledger, maps=1)
+    mem.splits = [["mem", b""]]  # records in memory: no byte count to go by
+    assert mem.input_bytes() is None

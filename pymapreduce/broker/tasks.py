@@ -183,6 +183,7 @@ class JobState:
         # running map attempts' input read so far, from their heartbeats (map index ->
         # (attempt, records, bytes)): counted in the job's progress until the task commits
         self.reading: dict[int, tuple[int, int, int]] = {}
+        self._input_bytes: tuple | None = None  # (splits, their bytes): input_bytes()
         self.watchers: set[bytes] = {owner} if owner else set()
         self.error: dict | None = None
         self.submitted = now
@@ -367,6 +368,15 @@ class JobState:
                 return None
             total += r[2] - r[1]
         return total
+
+    def input_bytes(self) -> int | None:
+        """The bytes of this step's map splits when every one is a split of byte ranges
+        (None otherwise), worked out once."""
+        known = self._input_bytes
+        if known is None or known[0] is not self.splits:
+            sizes = [self.split_bytes(i) for i in range(len(self.splits))]
+            known = self._input_bytes = (self.splits, None if None in sizes else sum(sizes))
+        return known[1]
 
     def read_so_far(self) -> tuple[int, int]:
         """Records and bytes read: of the committed tasks, and of the running map attempts

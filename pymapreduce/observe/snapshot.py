@@ -64,6 +64,11 @@ def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
     eta = None
     if job.state == P.JOB_RUNNING and done:  # the rate of the done tasks, simply
         eta = round(elapsed / done * (total - done), 3)
+    elif job.state == P.JOB_RUNNING and nbytes and job.phase == "map":
+        # no task done yet (one long map task): the rate its input is being read at
+        size = job.input_bytes()
+        if size and nbytes < size:
+            eta = round(elapsed / nbytes * (size - nbytes), 3)
     return {
         "id": job.id, "name": job.name, "state": state, "phase": job.phase,
         "step": [job.step + 1, max(1, len(job.steps))],
