@@ -81,21 +81,27 @@ class TextInput:
         return options
 
     def files(self) -> list[str]:
-        """Absolute paths of the matching files (URLs of the matching objects), sorted;
-        InputError if a pattern matches none."""
-        return list(self.sized_files())
+        """Absolute paths of the matching files (URLs of the matching objects), each
+        pattern's sorted, in the order of the patterns; InputError if a pattern matches
+        none. A file that two patterns name is read twice, as Hadoop, Spark and mrjob
+        read it."""
+        return [path for path, _ in self.listing()]
 
     def sized_files(self) -> dict[str, int | None]:
-        """``{path or URL: size}`` of the matching files, in order: the sizes of objects
-        come from their store's listing (None for local files: ``os.path.getsize``
-        reads them when the splits are cut)."""
-        found: dict[str, int | None] = {}
+        """``{path or URL: size}`` of the distinct matching files, in order (see
+        :meth:`listing`)."""
+        return dict(self.listing())
+
+    def listing(self) -> list[tuple[str, int | None]]:
+        """``(path or URL, size)`` of the matching files, in order (a file named twice is
+        there twice): the sizes of objects come from their store's listing (None for
+        local files: ``os.path.getsize`` reads them when the splits are cut)."""
+        found: list[tuple[str, int | None]] = []
         for pattern in self.patterns:
             if is_url(pattern):
-                found.update(list_url(pattern, self.storage))
+                found.extend(list_url(pattern, self.storage))
                 continue
-            for path in self._local_files(local_path(pattern)):
-                found.setdefault(path, None)  # a file named twice is read once
+            found.extend((path, None) for path in self._local_files(local_path(pattern)))
         return found
 
     @staticmethod
@@ -226,8 +232,9 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
     go on in the next (many small files make few tasks, a big file several). ``.gz``
     files cannot be cut: each is a split of its own.
     """
-    sizes = text.sized_files()
-    files = list(sizes)
+    listing = text.listing()
+    files = [path for path, _ in listing]  # (a file named twice is read twice)
+    sizes = dict(listing)
     for path, size in sizes.items():
         if size is not None:  # (an object's size, from its store's listing)
             continue
@@ -237,10 +244,10 @@ def plan_file_splits(text: TextInput, slots: int) -> tuple[list[FileSplit], int]
             raise InputError(f"cannot read input {path!r}: {exc}") from exc
     # an object whose size is unknown, or whose server reads no byte range (some HTTP
     # servers), has size -1: it is read whole, one split, as a compressed file is
-    whole = {p for p in files if compressed(p) or sizes[p] < 0}
+    whole = {p for p in sizes if compressed(p) or sizes[p] < 0}
     for p in whole:
         sizes[p] = max(0, sizes[p])
-    total = sum(sizes.values())
+    total = sum(sizes[p] for p in files)
     if text.fmt == "files":
         return _whole_file_splits(files, sizes, text.split_bytes, slots), total
     plain = [p for p in files if p not in whole and sizes[p]]
@@ -282,7 +289,7 @@ def _whole_file_splits(files: list[str], sizes: dict, split_bytes: int | None,
                        slots: int) -> list[FileSplit]:
     """read_files(): each file whole, small files grouped into one split until it holds
     about ``split_bytes`` (a big file is a split of its own)."""
-    size = _split_size(split_bytes, sum(sizes.values()), slots)
+    size = _split_size(split_bytes, sum(sizes[p] for p in files), slots)
     splits: list[FileSplit] = []
     group: list = []
     held = 0

@@ -143,6 +143,39 @@ def test_records_know_their_file_and_a_directory_means_its_files(cluster, tmp_pa
                      "cherry": ["a.txt", "c.txt"]}
 
 
+def test_a_file_named_twice_is_read_twice_as_hadoop_spark_and_mrjob_read_it(cluster,
+                                                                             tmp_path):
+    import gzip
+
+    from pymapreduce import read_files, read_text
+    from pymapreduce.inputs import plan_file_splits
+
+    (tmp_path / "a.txt").write_text("x y\nx\n")
+    (tmp_path / "b.txt").write_text("y\n")
+    with gzip.open(tmp_path / "c.gz", "wt") as f:
+        f.write("z\n")
+    a, b, c = (str(tmp_path / n) for n in ("a.txt", "b.txt", "c.gz"))
+    glob = str(tmp_path / "*.txt")
+    twice = read_text([a, glob, c, c])  # a.txt by its name and by the glob; c.gz twice
+    assert twice.files() == [a, a, b, c, c]
+    splits, total = plan_file_splits(twice, 2)
+    size = (tmp_path / "a.txt").stat().st_size
+    assert total == 2 * size + 2 + 2 * (tmp_path / "c.gz").stat().st_size
+    with Client(cluster) as client:
+        got = client.submit(WordCount(), twice).result(60)
+        assert got == {"x": 4, "y": 3, "z": 2}
+        whole = client.submit(FileSizes(), read_files([a, a, b])).result(60)
+    assert whole == {"a.txt": 2 * size, "b.txt": 2}
+
+
+class FileSizes(Job):
+    def map(self, path, data):
+        yield path.rsplit("/", 1)[-1], len(data)
+
+    def reduce(self, name, sizes):
+        return sum(sizes)
+
+
 def test_compressed_inputs_are_read_by_their_extension(cluster, tmp_path):
     import bz2
     import gzip

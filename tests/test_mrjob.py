@@ -122,6 +122,16 @@ def test_example_jobs_through_the_cli_write_mrjobs_bytes(address, texts, module,
     assert sorted(done.stdout.splitlines()) == sorted(plain.splitlines())
 
 
+def test_an_input_named_twice_is_read_twice_as_mrjob_reads_it(address, texts):
+    argv = [texts[0], *texts]
+    expected, _ = reference("mrjob.examples.mr_word_freq_count:MRWordFreqCount", argv)
+    once, _ = reference("mrjob.examples.mr_word_freq_count:MRWordFreqCount", texts)
+    assert expected != once
+    done = cli(address, os.path.join(EXAMPLES, "mr_word_freq_count.py"), argv)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == expected
+
+
 def test_text_classifier_four_steps_mapper_raw_and_options(address):
     """mapper_raw (one task per file), four reduce steps whose reducers sum floats in the
     order values arrive, passthrough options."""
