@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -499,8 +500,31 @@ def test_a_client_given_another_address_of_the_ready_line_says_so(tmp_path):
                 f"pymapreduce: error: the broker at {wrong} did not answer a request for the "
                 "job listing within 2s; something listens there, but not a broker's address "
                 "for clients and workers (the first address of its ready line; not its data "
-                "address or its http port)")
+                "address or its http port), or a broker that is stopped")
         proc = _cli(tmp_path, "status", "--connect", READY.search(line).group(1))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        stop(broker)
+
+
+def test_a_client_of_a_stopped_broker_is_told_the_broker_may_be_stopped(tmp_path):
+    """A broker frozen by SIGSTOP: its kernel accepts the connection and nothing answers,
+    as at an address that is not a broker's; the message names both."""
+    from .conftest import READY, pmr, read_line, stop
+
+    broker = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--log-level",
+                                  "WARNING", "--parent-pid", str(os.getpid())),
+                              stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        address = READY.search(read_line(broker, READY).string).group(1)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            proc = _cli(tmp_path, "status", "--connect", address, "--timeout", "2")
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert proc.returncode == 3, proc.stderr
+        assert _last_line(proc).endswith(", or a broker that is stopped"), proc.stderr
+        proc = _cli(tmp_path, "status", "--connect", address)  # thawed: it answers
         assert proc.returncode == 0, proc.stderr
     finally:
         stop(broker)

@@ -338,11 +338,13 @@ class HandshakeWatch:
         return WRONG_BROKER_KEY
 
     def not_a_broker(self) -> str:
-        """Why a silent peer may be no broker, as the end of a message; '' if unknown."""
+        """Why a silent peer may be no broker, as the end of a message; '' if unknown.
+        (A broker's process that is stopped, SIGSTOP or a debugger, looks the same from
+        here: its kernel accepts the connection and nothing answers.)"""
         if self.reached and not self.succeeded:
             return ("; something listens there, but not a broker's address for clients and "
                     "workers (the first address of its ready line; not its data address or "
-                    "its http port)")
+                    "its http port), or a broker that is stopped")
         return ""
 
     def close(self) -> None:
