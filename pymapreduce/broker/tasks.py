@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import PyMapReduceError
 from ..patterns import protocol as P
 from ..patterns.wire import ATTEMPT_NUMBER_BITS
+from .submission import file_ranges
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -357,12 +358,13 @@ class JobState:
 
     def split_bytes(self, index: int) -> int | None:
         """Bytes of map ``index``'s split as a file split names them (None: not a split
-        of byte ranges, or one read whole)."""
+        of byte ranges, or one read whole); the broker holds its ranges packed, as it
+        sends them (submission.py)."""
         split = self.splits[index] if index < len(self.splits) else None
         if type(split) is not list or len(split) < 2 or split[0] != "files":
             return None
         total = 0
-        for r in split[1]:
+        for r in file_ranges(split):
             if (type(r) is not list or len(r) != 3 or type(r[1]) is not int
                     or type(r[2]) is not int or not 0 <= r[1] <= r[2]):
                 return None

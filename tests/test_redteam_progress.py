@@ -1,0 +1,40 @@
+"""A running map task's progress (tests/test_live_progress.py), attacked: the splits as a
+broker holds them once submitted, a split of many files, a job that ends while a task
+still reads."""
+
+from __future__ import annotations
+
+import msgpack
+
+from pymapreduce.broker import submission
+from pymapreduce.broker.tasks import JobState
+from pymapreduce.observe.snapshot import job_row
+
+from .test_ledger import T0, tasks_of
+from .test_live_progress import SPLIT, progress, read
+
+
+def add_submitted_job(ledger, ranges: list[list]) -> JobState:
+    """A job of one map task per split of ``ranges``, its splits as a SUBMIT's reach the
+    broker (read_splits: the ranges packed)."""
+    blob = msgpack.packb([["files", r] for r in ranges], use_bin_type=True)
+    splits = submission.read_splits(blob, ())
+    job = JobState("j", "j", b"code", splits, 1, False, b"client", T0,
+                   options={"reducers": 1, "map_only": False})
+    ledger.jobs["j"] = job
+    ledger.scheduler.add(job)
+    return job
+
+
+def test_a_submitted_split_s_bytes_bound_its_progress_and_give_the_time_left(ledger):
+    job = add_submitted_job(ledger, [[["/data/in.txt", 0, SPLIT]],
+                                     [["/data/in.txt", SPLIT, 2 * SPLIT]]])
+    assert job.split_bytes(0) == SPLIT and job.input_bytes() == 2 * SPLIT
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]
+    # the holder says it read far more than its split: its split's bytes count
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(key, 7, 1 << 62))
+    assert read(job) == (7, SPLIT)
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(key, 7, 500))
+    assert job_row(job, T0 + 10)["eta"] == 30.0  # 500 of 2000 bytes in 10 s
