@@ -38,3 +38,25 @@ def test_a_submitted_split_s_bytes_bound_its_progress_and_give_the_time_left(led
     assert read(job) == (7, SPLIT)
     ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(key, 7, 500))
     assert job_row(job, T0 + 10)["eta"] == 30.0  # 500 of 2000 bytes in 10 s
+
+
+def test_a_split_of_many_files_is_sized_once_not_at_every_beat(ledger, monkeypatch):
+    from pymapreduce.broker import tasks
+
+    files = 1000
+    job = add_submitted_job(ledger, [[[f"/data/{i}", 0, 10] for i in range(files)]])
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    [key] = tasks_of(ledger)[b"A"]
+    unpacked = []
+
+    def counted(split):
+        unpacked.append(split)
+        return submission.file_ranges(split)
+
+    monkeypatch.setattr(tasks, "file_ranges", counted)
+    for i in range(50):  # a heartbeat flood of the holder's
+        ledger.heartbeat(b"A/hb", "", b"A", T0 + 1, progress(key, i, i))
+    assert read(job) == (49, 49)
+    assert job_row(job, T0 + 1)["eta"] is not None
+    assert len(unpacked) <= 1, f"the split's ranges were read {len(unpacked)} times"
