@@ -5,12 +5,14 @@ still reads."""
 from __future__ import annotations
 
 import msgpack
+import pytest
 
 from pymapreduce.broker import submission
 from pymapreduce.broker.tasks import JobState
 from pymapreduce.observe.snapshot import job_row
+from pymapreduce.patterns import protocol as P
 
-from .test_ledger import T0, tasks_of
+from .test_ledger import T0, map_output, report, tasks_of
 from .test_live_progress import SPLIT, progress, read
 
 
@@ -60,3 +62,35 @@ def test_a_split_of_many_files_is_sized_once_not_at_every_beat(ledger, monkeypat
     assert read(job) == (49, 49)
     assert job_row(job, T0 + 1)["eta"] is not None
     assert len(unpacked) <= 1, f"the split's ranges were read {len(unpacked)} times"
+
+
+@pytest.mark.parametrize("end", ["cancelled", "failed"])
+def test_a_job_that_ends_counts_only_its_committed_tasks(ledger, end):
+    job = add_submitted_job(ledger, [[["/data/in.txt", i * SPLIT, (i + 1) * SPLIT]]
+                                     for i in range(3)])
+    workers = {r: ledger.register(r, "", {"credit": 1}, T0) for r in (b"A", b"B", b"C")}
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    [reading], [failing], [done] = held[b"A"], held[b"B"], held[b"C"]
+    ledger.done(workers[b"C"], [report(done, {"records": 3, "bytes": SPLIT})],
+                tuple(map_output()))
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 1, progress(reading, 30, 600))
+    assert read(job) == (3 + 30, SPLIT + 600)
+    if end == "cancelled":
+        job.finish(P.JOB_CANCELLED, {"message": "cancelled"})
+        ledger.end_job(job)
+    else:  # another task fails twice in a way no retry can mend, while A still reads
+        route = b"B"
+        for _ in range(2):
+            ledger.failed(workers[route], {**failing.body(), "error": "LineTooLong: ...",
+                                           "final": True})
+            ledger.dispatch(T0)
+            route, [failing] = next(iter(tasks_of(ledger).items()), (route, [failing]))
+    assert job.state == end
+    # the status a client reads and the dashboard's row: the committed counts, exactly
+    assert read(job) == (3, SPLIT)
+    row = job_row(job, T0 + 2)
+    assert (row["records"], row["bytes"]) == (3, SPLIT)
+    # a beat for the ended job's attempt counts for nothing
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 3, progress(reading, 40, 900))
+    assert read(job) == (3, SPLIT)

@@ -454,6 +454,7 @@ class JobState:
         self.phase = "done"
         self.finished = time.monotonic()
         self.pending.clear()
+        self.reading.clear()  # its attempts still out there count for nothing now
         self.dirty = True
 
     def status(self, now: float) -> dict:
