@@ -4,6 +4,8 @@ still reads."""
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 
@@ -94,3 +96,47 @@ def test_a_job_that_ends_counts_only_its_committed_tasks(ledger, end):
     # a beat for the ended job's attempt counts for nothing
     ledger.heartbeat(b"A/hb", "", b"A", T0 + 3, progress(reading, 40, 900))
     assert read(job) == (3, SPLIT)
+
+
+def test_a_retry_that_skips_a_bad_record_never_shows_more_records_than_it_commits(
+        daemons, tmp_path):
+    """End to end: the first line of one map task's split fails ``map`` twice, so its
+    third attempt leaves it out; that attempt, slow, shows its progress before it commits,
+    and never more records than its commit counts (its statistics leave the bad one out)."""
+    from pymapreduce import Client, Job, read_text
+
+    from .conftest import FAST, wait_workers
+
+    lines = 50
+    path = tmp_path / "in.txt"
+    path.write_text("poison\n" + "".join(f"line {i}\n" for i in range(1, lines)))
+
+    class Poisoned(Job):
+        skip_bad_records = True
+
+        def map(self, key, line):
+            if line == "poison":
+                raise ValueError("cannot digest it")
+            time.sleep(0.05)  # 2.5 s in all: a dozen heartbeats
+            return None
+
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(Poisoned(), read_text(str(path), split_bytes=1 << 30),
+                               reducers=0)
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = handle.status()
+            if status["state"] != "running":
+                break
+            if status["maps"][0] == 0:
+                seen.append(status["records"])
+            time.sleep(0.1)
+        handle.wait(60)
+        final = handle.status()
+    assert final["records"] == lines - 1 and len(final["skipped"]) == 1
+    assert any(seen), f"no progress seen before the task committed: {seen[-5:]}"
+    assert max(seen) <= lines - 1, seen
