@@ -140,3 +140,44 @@ def test_a_retry_that_skips_a_bad_record_never_shows_more_records_than_it_commit
     assert final["records"] == lines - 1 and len(final["skipped"]) == 1
     assert any(seen), f"no progress seen before the task committed: {seen[-5:]}"
     assert max(seen) <= lines - 1, seen
+
+
+def test_a_map_task_that_raises_or_is_stopped_mid_read_lets_its_reader_go(tmp_path):
+    """The next attempt in the same process never reports the last one's counts: the
+    reader of a task that raised, or that was stopped (TaskAbandoned, SIGUSR1's), is let
+    go; and its counts are the records and bytes of what it read (a compressed file's
+    bytes are not its split's: none counted)."""
+    import gzip
+
+    from pymapreduce import Job
+    from pymapreduce.workers import runner
+    from pymapreduce.workers.tasks import TaskAbandoned
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"line {i}\n" for i in range(100)))
+    packed = tmp_path / "in.txt.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    seen = []
+
+    class Breaks(Job):
+        def __init__(self, error):
+            self.error = error
+
+        def map(self, key, line):
+            reader = runner.READING[0]
+            seen.append((reader.count, reader.read))
+            if line == "line 50" and self.error is not None:
+                raise self.error
+            return None
+
+    for error in (ValueError("bad"), TaskAbandoned("the broker abandoned this task")):
+        with pytest.raises((runner.TaskError, TaskAbandoned)):
+            runner.run_task(Breaks(error), "map",
+                            ["files", [[str(path), 0, path.stat().st_size]]], [], 1, True)
+        assert runner.READING[0] is None
+        assert seen[-1] == (100, path.stat().st_size)
+    seen.clear()
+    out, stats = runner.run_task(Breaks(None), "map", ["files", [[str(packed), 0, -1]]],
+                                 [], 1, True)
+    assert runner.READING[0] is None and stats["records"] == 100
+    assert seen[-1] == (100, 0)
