@@ -316,6 +316,7 @@ class LineReader:
         # ``count``, a running task's progress, sent with its heartbeats (workers/worker.py)
         self.read = 0
         self.size = 0  # the split's bytes, as its task's statistics count them (runner.py)
+        self.skipped = 0  # records its task leaves out (bad ones): not counted as read
         self.path = ""
         self.error: Exception | None = None
 

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import PyMapReduceError
 from ..patterns import protocol as P
 from ..patterns.wire import ATTEMPT_NUMBER_BITS
+from .submission import file_ranges
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -50,6 +51,20 @@ class _RandomBits:
 
 
 _random_bits = _RandomBits()
+
+
+def _split_bytes(split: Any) -> int | None:
+    """Bytes of a map split of byte ranges (JobState.split_bytes); the broker holds its
+    ranges packed, as it sends them (submission.py)."""
+    if type(split) is not list or len(split) < 2 or split[0] != "files":
+        return None
+    total = 0
+    for r in file_ranges(split):
+        if (type(r) is not list or len(r) != 3 or type(r[1]) is not int
+                or type(r[2]) is not int or not 0 <= r[1] <= r[2]):
+            return None
+        total += r[2] - r[1]
+    return total
 
 
 def _saturated(total: int) -> int:
@@ -183,7 +198,8 @@ class JobState:
         # running map attempts' input read so far, from their heartbeats (map index ->
         # (attempt, records, bytes)): counted in the job's progress until the task commits
         self.reading: dict[int, tuple[int, int, int]] = {}
-        self._input_bytes: tuple | None = None  # (splits, their bytes): input_bytes()
+        # (splits, each one's bytes, their sum): split_bytes(), input_bytes()
+        self._split_sizes: tuple | None = None
         self.watchers: set[bytes] = {owner} if owner else set()
         self.error: dict | None = None
         self.submitted = now
@@ -357,26 +373,23 @@ class JobState:
 
     def split_bytes(self, index: int) -> int | None:
         """Bytes of map ``index``'s split as a file split names them (None: not a split
-        of byte ranges, or one read whole)."""
-        split = self.splits[index] if index < len(self.splits) else None
-        if type(split) is not list or len(split) < 2 or split[0] != "files":
-            return None
-        total = 0
-        for r in split[1]:
-            if (type(r) is not list or len(r) != 3 or type(r[1]) is not int
-                    or type(r[2]) is not int or not 0 <= r[1] <= r[2]):
-                return None
-            total += r[2] - r[1]
-        return total
+        of byte ranges, or one read whole); worked out once a step, as a heartbeat asks
+        it each time (a split of many small files names thousands of ranges)."""
+        sizes = self._sizes()[0]
+        return sizes[index] if 0 <= index < len(sizes) else None
 
     def input_bytes(self) -> int | None:
         """The bytes of this step's map splits when every one is a split of byte ranges
         (None otherwise), worked out once."""
-        known = self._input_bytes
+        return self._sizes()[1]
+
+    def _sizes(self) -> tuple[list, int | None]:
+        known = self._split_sizes
         if known is None or known[0] is not self.splits:
-            sizes = [self.split_bytes(i) for i in range(len(self.splits))]
-            known = self._input_bytes = (self.splits, None if None in sizes else sum(sizes))
-        return known[1]
+            sizes = [_split_bytes(s) for s in self.splits]
+            known = self._split_sizes = (self.splits, sizes,
+                                         None if None in sizes else sum(sizes))
+        return known[1], known[2]
 
     def read_so_far(self) -> tuple[int, int]:
         """Records and bytes read: of the committed tasks, and of the running map attempts
@@ -441,6 +454,7 @@ class JobState:
         self.phase = "done"
         self.finished = time.monotonic()
         self.pending.clear()
+        self.reading.clear()  # its attempts still out there count for nothing now
         self.dirty = True
 
     def status(self, now: float) -> dict:

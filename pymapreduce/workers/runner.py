@@ -117,6 +117,8 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             nbytes, where = len(records.blob), {}
         else:
             records, nbytes, where = _open_split(desc, blobs)
+            if skip and isinstance(records, LineReader):  # (as its statistics count them)
+                records.skipped = len(skip)
         source = Numbered(records, skip) if ordinals or skip else records
         try:
             if map_only and budget is not None and files is not None:

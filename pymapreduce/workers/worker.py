@@ -414,7 +414,7 @@ class Worker(Tasks):
         reader = READING[0]
         if current is None or reader is None or self._current is not current:
             return None
-        records, nbytes = reader.count, min(reader.read, reader.size)
+        records, nbytes = max(0, reader.count - reader.skipped), min(reader.read, reader.size)
         if not records and not nbytes:
             return None
         return [*current, records, nbytes]
