@@ -44,6 +44,7 @@ class Tally(Job):
         time.sleep(self.slow_map)
 
     def map(self, key, line):
+        self.count("lines")
         for word in line.split():
             yield word, 1
 
@@ -151,6 +152,9 @@ def test_killing_a_sink_mid_shuffle_re_runs_its_maps_and_the_result_is_exact(dae
         status = handle.status()
         assert status["reruns"] >= 1  # the maps that fed it ran again
         assert status["maps"] == [8, 8]
+        # each committed map counted once, though some committed twice
+        assert status["records"] == len(recs)
+        assert status["counters"] == {"lines": len(recs)}
         assert len(client.sinks()) == 1
 
 

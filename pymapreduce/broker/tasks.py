@@ -312,16 +312,19 @@ class JobState:
             spent[0] += time.monotonic() - task.started
             spent[1] += 1
         task.end_all()
-        skipped, counters = stats.get("skipped"), stats.get("counters")
-        if skipped:
-            self.skipped.extend(skipped)
-        if counters:
-            for name, n in counters.items():
-                self.counters[name] = _saturated(self.counters.get(name, 0) + n)
-        records = self.records + stats.get("records", 0)
-        self.records = records if -INT64 <= records <= INT64 else _saturated(records)
-        nbytes = self.bytes_in + stats.get("bytes", 0)
-        self.bytes_in = nbytes if -INT64 <= nbytes <= INT64 else _saturated(nbytes)
+        # (a map run again to rebuild a lost sink's segments was counted at its first
+        # commit: its counters, records and skipped records are not added twice)
+        if not self.redone or task.kind != MAP or task.index not in self.redone:
+            skipped, counters = stats.get("skipped"), stats.get("counters")
+            if skipped:
+                self.skipped.extend(skipped)
+            if counters:
+                for name, n in counters.items():
+                    self.counters[name] = _saturated(self.counters.get(name, 0) + n)
+            records = self.records + stats.get("records", 0)
+            self.records = records if -INT64 <= records <= INT64 else _saturated(records)
+            nbytes = self.bytes_in + stats.get("bytes", 0)
+            self.bytes_in = nbytes if -INT64 <= nbytes <= INT64 else _saturated(nbytes)
         self.dirty = True
         if task.kind == REDUCE:
             self.done_reduces += 1
