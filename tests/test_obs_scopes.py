@@ -98,3 +98,30 @@ def test_dashboard_url_for_a_client_needs_the_token_and_a_known_key(tmp_path, ke
     by_file = dashboard_url(http, keys, "--client", os.path.join(keys, "other.key"))
     assert by_file.returncode == 0 and "?token=client." in by_file.stdout
     assert by_file.stdout == dashboard_url(http, keys, "--client", "other").stdout
+
+
+def test_a_client_token_goes_with_its_key_and_a_refused_token_says_why(daemons, keys):
+    # an operator revokes a client key (removes its file from clients/): its client token
+    # must stop showing that client's jobs too, as `pymapreduce status` stops
+    address, http = start_broker(daemons, "--keys", keys, *FAST)
+    made = dashboard_url(http, keys, "--client", "other")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().split("?token=")[1]
+    assert get(http + "api/jobs", token)[0] == 200
+    allowed = os.path.join(keys, "clients", "other.key")
+    os.rename(allowed, allowed + ".revoked")
+    wait_for(lambda: get(http + "api/jobs", token)[0] == 401)  # (re-read each heartbeat)
+    status, body = get(http + "api/jobs", token)
+    assert "not accepted" in body.decode() and "allowlist" in body.decode(), body
+    status, page = get(http, token)
+    assert status == 401 and b'id="refused-token"' in page and b"needs-token" in page
+    os.rename(allowed + ".revoked", allowed)  # authorized again: the same token works
+    wait_for(lambda: get(http + "api/jobs", token)[0] == 200)
+    # no token at all is told that one is needed, not that its token was refused
+    status, body = get(http + "api/jobs")
+    assert status == 401 and "a token is needed" in body.decode(), body
+    status, page = get(http)
+    assert status == 401 and b"refused-token" not in page
+    # a stale token (the token file was replaced): refused, saying so
+    status, body = get(http + "api/jobs", "x" * 32)
+    assert status == 401 and "token file was replaced" in body.decode(), body

@@ -74,6 +74,16 @@ token. Ask for the dashboard's URL with the token where the broker's key directo
 <p>and open the URL it prints (it ends in <code>?token=...</code>).</p>
 </body></html>
 """
+# a request that carried a token the broker does not accept (rather than none)
+REFUSED_TOKEN = ("the token given is not accepted by this broker: its token file was "
+                 "replaced (which revokes every token made from the old one), the token "
+                 "was cut short, or it is a client token whose key was removed from the "
+                 "broker's allowlist. Get a new URL with `pymapreduce dashboard-url`")
+REFUSED_TOKEN_PAGE = NEEDS_TOKEN_PAGE.replace(
+    b"<p>The broker has keys,",
+    b'<p id="refused-token">The token this page was opened with is not accepted: the '
+    b"broker's token file was replaced, the token was cut short, or its client key was "
+    b"removed from the broker's allowlist.</p>\n<p>The broker has keys,")
 
 
 class _RequestReader:
@@ -223,9 +233,11 @@ class Handler(BaseHTTPRequestHandler):
                 return
         elif (scope := app.scope_of(given)) is None:
             if url.path in PAGES:  # a person at a browser: say what to do, show no data
-                self._send(401, "text/html; charset=utf-8", NEEDS_TOKEN_PAGE)
+                self._send(401, "text/html; charset=utf-8",
+                           REFUSED_TOKEN_PAGE if given else NEEDS_TOKEN_PAGE)
                 return
-            self._refuse(401, "a token is needed: see `pymapreduce dashboard-url`")
+            self._refuse(401, REFUSED_TOKEN if given else
+                         "a token is needed: see `pymapreduce dashboard-url`")
             return
         headers = {}
         if app.token is not None and query.get("token"):

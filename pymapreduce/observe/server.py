@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ConfigError
+from ..patterns.security import CLIENT
 from . import scopes
 from . import snapshot as snap
 from .events import EventLog
@@ -95,6 +96,9 @@ class Observatory:
         self.check_host = check_host  # without a token: loopback Host names only
         self.traffic: Traffic = broker.traffic
         self.token = token
+        # the broker's allowlists (None without keys): a client token lives as long as
+        # its key is a client's
+        self._allow = getattr(broker, "allow", None)
         self.closed = False
         self.snapshot = snap.Snapshot()
         self._ledger = broker.ledger
@@ -140,7 +144,10 @@ class Observatory:
             return None
         if hmac.compare_digest(given.encode(), self.token.encode()):
             return ""
-        return scopes.scope_of(self.token, given)
+        scope = scopes.scope_of(self.token, given)
+        if scope and self._allow is not None and not self._allow.allows(scope[4:], CLIENT):
+            return None  # its key was removed from the allowlist: revoked with it
+        return scope
 
     def route(self, path: str, query: dict, headers: Any, scope: str = "") -> tuple:
         """(content type, body) or ("stream", next_events); KeyError: 404,
