@@ -279,3 +279,23 @@ def test_a_peer_that_resets_mid_handshake_is_not_taken_for_a_refusal():
             client.info()
     t.join(5)
     assert resets == [1]
+
+
+def test_a_worker_or_client_given_a_keyed_broker_s_data_address_is_told_it_may_be_that(
+        daemons, keys):
+    # the data address of the ready line is a CURVE socket too: there, the handshake fails
+    # as for a wrong broker.key, so the message must name that mistake as well
+    proc = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--keys", keys,
+                                "--log-level", "WARNING", "--parent-pid", str(os.getpid())),
+                            stdout=subprocess.PIPE, cwd=ROOT)
+    daemons.procs.append(proc)
+    line = proc.stdout.readline().decode()
+    data = re.search(r"\(data (tcp://\S+?);", line).group(1)
+    worker = subprocess.run(pmr("worker", "--connect", data, "--processes", "1",
+                                "--keys", keys), capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert worker.returncode == 77, worker.stderr
+    assert "not its data address" in worker.stderr, worker.stderr
+    with Client(data, keys=keys, timeout=30) as client:
+        with pytest.raises(AuthenticationFailed, match="not its data address"):
+            client.info()

@@ -271,7 +271,9 @@ NEEDS_KEYS = ("the broker requires CURVE keys and this side has none: pass keys=
               "(--keys DIR) with this side's keypair and the broker's public key")
 WRONG_BROKER_KEY = ("the security handshake failed: the broker's public key (broker.key) "
                     "does not match the broker at this address, or the broker there is not "
-                    "secured (started without --keys)")
+                    "secured (started without --keys), or this is not a broker's address "
+                    "for clients and workers (the first address of its ready line; not its "
+                    "data address or a sink's)")
 NOT_SECURED = ("the security handshake failed: this side has keys but the broker at this "
                "address is not secured (or speaks another mechanism)")
 
