@@ -49,10 +49,23 @@ def _frames(tb: TracebackType | None) -> list[traceback.FrameSummary]:
     return list(traceback.extract_tb(tb))
 
 
+# pymapreduce's own run-time dependencies (pyproject.toml): module -> package to install
+DEPENDENCIES = {"zmq": "pyzmq", "cloudpickle": "cloudpickle", "msgpack": "msgpack",
+                "zstandard": "zstandard", "tqdm": "tqdm",
+                "prometheus_client": "prometheus-client"}
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
+    package = DEPENDENCIES.get((getattr(exc, "name", None) or "").partition(".")[0])
+    if isinstance(exc, ModuleNotFoundError) and package:
+        # (a daemon started by a service account's Python, or a virtualenv not activated)
+        return (f"{exc}: pymapreduce needs the package {package!r}, which this Python "
+                f"does not have: install it there ({sys.executable} -m pip install "
+                f"{package}; or pip install -e . in pymapreduce's checkout, for every "
+                "dependency)")
     if isinstance(exc, ModuleNotFoundError):
         return (f"{exc} (a job given as module:Class must be importable: run from the "
                 "directory that holds it, set PYTHONPATH, or give FILE.py:Class)")

@@ -699,3 +699,19 @@ def test_the_sample_of_a_total_order_job_reads_map_s_output_as_the_workers_do():
             sample_keys(job, None, records)
         assert str(bad.value).startswith(f"Sorted.{method} returned {value} (of type int), "
                                          "not an iterable of (key, value) pairs"), bad.value
+
+
+# -- a Python without pymapreduce's dependencies (a service account's, a venv not active) ----
+def test_a_python_without_pyzmq_is_told_to_install_it_not_to_fix_a_job_module(tmp_path):
+    # python -S leaves site-packages out, as a Python without pymapreduce's dependencies
+    for args in (["status", "--connect", "tcp://127.0.0.1:1"],
+                 ["worker", "--connect", "tcp://127.0.0.1:1"]):
+        proc = subprocess.run([sys.executable, "-S", "-m", "pymapreduce", *args],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+        assert proc.returncode == 2, proc.stderr
+        line = _last_line(proc)
+        assert line.startswith("pymapreduce: error: No module named 'zmq': pymapreduce "
+                               "needs the package 'pyzmq'"), line
+        assert f"{sys.executable} -m pip install pyzmq" in line, line
+        assert "module:Class" not in line, line
