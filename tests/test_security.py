@@ -299,3 +299,17 @@ def test_a_worker_or_client_given_a_keyed_broker_s_data_address_is_told_it_may_b
     with Client(data, keys=keys, timeout=30) as client:
         with pytest.raises(AuthenticationFailed, match="not its data address"):
             client.info()
+
+
+def test_keys_given_a_key_file_or_a_missing_directory_say_which(keys, tmp_path):
+    # --keys DIR/client.key (the file, not its directory) and a mistyped directory
+    for given, expected in (
+            (os.path.join(keys, "client.key"), f"{keys}/client.key is a file, not a key "
+             f"directory; give the directory that holds it ({keys})"),
+            (str(tmp_path / "kyes"), f"there is no directory {tmp_path / 'kyes'} (a typo?")):
+        for args in (["status", "--connect", "tcp://127.0.0.1:1"],
+                     ["worker", "--connect", "tcp://127.0.0.1:1", "--processes", "1"]):
+            proc = subprocess.run(pmr(*args, "--keys", given), capture_output=True,
+                                  text=True, timeout=60, cwd=ROOT)
+            assert proc.returncode == 2, proc.stderr
+            assert expected in proc.stderr, proc.stderr

@@ -96,6 +96,13 @@ def authorize(directory: str, role: str, public_key_file: str) -> str:
 def _load(path: str) -> tuple[bytes, bytes | None]:
     if not os.path.isfile(path):
         folder = os.path.dirname(path) or "."
+        if os.path.isfile(folder):  # --keys DIR/client.key: the file, not its directory
+            raise ConfigError(f"no key file {path}: {folder} is a file, not a key "
+                              "directory; give the directory that holds it "
+                              f"({os.path.dirname(folder) or '.'})")
+        if not os.path.exists(folder):
+            raise ConfigError(f"no key file {path}: there is no directory {folder} (a "
+                              "typo? `pymapreduce keys generate DIR NAME` makes one)")
         try:
             have = sorted(n for n in os.listdir(folder) if n.endswith((".key", ".key_secret")))
         except OSError:
