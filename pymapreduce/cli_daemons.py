@@ -115,7 +115,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
           flush=True)
     tune_collector()  # (this process is the broker's own)
     broker.serve_forever()
+    say_stopped(broker, config.state_dir)
     return EXIT_OK
+
+
+def say_stopped(broker, state_dir: str | None) -> None:
+    """The broker's last log line: what became of its unfinished jobs (an operator who
+    stops a broker without --state-dir must hear that they are gone)."""
+    from .patterns import protocol as P
+
+    log = logging.getLogger("pymapreduce.broker")
+    unfinished = sum(1 for j in broker.ledger.jobs.values() if j.state == P.JOB_RUNNING)
+    if state_dir:
+        log.info("stopped; %d unfinished job(s) kept in %s: a broker started again on it "
+                 "carries them on", unfinished, state_dir)
+    elif unfinished:
+        log.warning("stopped; %d unfinished job(s) lost with it (without --state-dir a "
+                    "broker keeps no job across a restart)", unfinished)
+    else:
+        log.info("stopped")
 
 
 def preload_modules(names: Iterable[str]) -> None:

@@ -229,3 +229,31 @@ def test_a_finished_job_whose_journal_missed_map_commits_keeps_its_result(daemon
             else:
                 assert handle.result(30) == run_sequential(WordCount(), records)
                 assert handle.status()["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("state", [True, False])
+def test_a_stopped_broker_says_what_became_of_its_unfinished_jobs(tmp_path, state):
+    # an operator's `kill PID` (systemctl stop): the last log line says whether the jobs
+    # still queued are kept for the next start, or lost
+    from .conftest import READY, pmr, read_line, stop
+
+    extra = ["--state-dir", str(tmp_path / "state")] if state else []
+    broker = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--parent-pid",
+                                  str(__import__("os").getpid()), *extra),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        address = read_line(broker, READY).group(1)
+        with Client(address) as client:  # no worker: it stays queued
+            client.submit(WordCount(), [(1, "a b")])
+        broker.terminate()
+        assert broker.wait(20) == 0
+        last = broker.stderr.read().decode().strip().splitlines()[-1]
+    finally:
+        stop(broker)
+        broker.stderr.close()
+    if state:
+        assert "INFO stopped; 1 unfinished job(s) kept in " in last, last
+        assert last.endswith("a broker started again on it carries them on"), last
+    else:
+        assert "WARNING stopped; 1 unfinished job(s) lost with it (without --state-dir" \
+            in last, last
