@@ -273,3 +273,42 @@ def test_a_restarted_broker_re_runs_the_maps_of_a_sink_that_comes_back_empty(led
     ledger.expect_sinks(T0)
     ledger.sink_joined(b"back", {"address": SINK_A, "jobs": [job.id]}, T0 + 0.2)
     assert list(ledger.sinks) == [b"back"] and job.reruns == 2
+
+
+def test_a_restarted_broker_holds_a_step_s_tasks_until_its_sinks_are_back(ledger):
+    """After a restart, a job whose step pushes to sinks waits for them: a map handed out
+    before the sink registered again ran whole, then failed (counted against the task)
+    because the broker could not name the sink to the worker."""
+    job = add_job(ledger, maps=2, reducers=2)
+    job.sinks = [SINK_A, SINK_B]
+    ledger.expect_sinks(T0)  # as recovery does
+    assert job.sinks_expected
+    ledger.register(b"A", "", {"credit": 2}, T0)
+    ledger.dispatch(T0)
+    assert take_tasks(ledger) == [] and job.maps[0].state == PENDING
+    ledger.tick(T0)
+    assert "have not registered again" in job.waiting
+    ledger.sink_joined(b"sink0", {"address": SINK_A}, T0 + 0.1)
+    ledger.dispatch(T0 + 0.1)
+    assert take_tasks(ledger) == [] and job.sinks_expected  # one of two is back
+    ledger.sink_joined(b"sink1", {"address": SINK_B}, T0 + 0.2)
+    assert not job.sinks_expected
+    ledger.dispatch(T0 + 0.2)
+    assert take_tasks(ledger)
+    ledger.tick(T0 + 0.2)
+    assert job.waiting == ""
+
+
+def test_a_sink_that_does_not_come_back_is_lost_and_the_step_goes_on(ledger):
+    job = add_job(ledger, maps=2, reducers=2)
+    job.sinks = [SINK_A, SINK_B]
+    ledger.expect_sinks(T0)
+    ledger.register(b"A", "", {"credit": 2}, T0)
+    ledger.sink_joined(b"sink0", {"address": SINK_A}, T0 + 0.1)
+    assert job.sinks_expected
+    ledger.sink_beat(b"sink0", "", T0 + ledger.config.liveness)
+    ledger.tick_sinks(T0 + ledger.config.liveness + 0.5)  # SINK_B never came back
+    assert not job.sinks_expected and job.sinks == [SINK_A, SINK_A]
+    ledger.workers[b"A"].last_seen = T0 + ledger.config.liveness
+    ledger.dispatch(T0 + ledger.config.liveness)
+    assert take_tasks(ledger)

@@ -179,6 +179,10 @@ class Dispatching:
         for job in self.scheduler.jobs():
             if not job.pending:
                 job.waiting = ""
+            elif job.sinks_expected:
+                job.waiting = ("the sinks its step uses have not registered again since "
+                               "the broker restarted (each has the broker's liveness "
+                               "period to, or is taken for lost)")
             elif not self.workers:
                 job.waiting = "no worker is connected"
             elif job.requires and not any(job.requires <= w.tags

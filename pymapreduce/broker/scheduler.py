@@ -74,7 +74,7 @@ class Scheduler:
             for job in self._jobs.values():
                 if not job.pending or job.id in done:
                     continue
-                if job.requires and not job.requires <= tags:
+                if (job.requires and not job.requires <= tags) or job.sinks_expected:
                     done.add(job.id)
                     continue
                 by_tenant.setdefault(job.tenant, []).append(job)

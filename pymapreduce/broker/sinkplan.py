@@ -106,6 +106,7 @@ class Sinks:
                  if j.state == P.JOB_RUNNING and j.sinks and address in j.sinks]
         if steps:  # (a sink that restarted with its state serves its steps again)
             self._send(peer, P.ASSIGN, {"steps": steps})
+        self._sinks_settled()
 
     def sink_beat(self, peer: bytes, key: str, now: float, body: Any = None) -> bool:
         """A HEARTBEAT from ``peer``: True if it is a registered sink, under its key (whose
@@ -210,6 +211,19 @@ class Sinks:
                 if route not in self.sinks:
                     self.sinks[route] = SinkState(route, address, f"(expected) {address}",
                                                   True, now)
+            job.sinks_expected = True
+        self._sinks_settled()
+
+    def _sinks_settled(self) -> None:
+        """Jobs waiting for sinks a restarted broker expects: those whose step's sinks are
+        all back (or were lost, and their partitions moved) go on. Until then their tasks
+        are not handed out: a worker would run a map only to find that the broker cannot
+        name the sink to push it to, and its failure would count against the task."""
+        expected = {s.address for s in self.sinks.values() if s.route.startswith(EXPECTED)}
+        for job in self.jobs.values():
+            if job.sinks_expected:
+                job.sinks_expected = (job.state == P.JOB_RUNNING and bool(job.sinks)
+                                      and not expected.isdisjoint(job.sinks))
 
     # -- loss ----------------------------------------------------------------------------
     def lose_sink(self, sink: SinkState, reason: str) -> None:
@@ -236,6 +250,7 @@ class Sinks:
             self._rerun(job, lost, f"sink {sink.name} was lost ({reason})")
         self.news(peer_name(sink.route), "sink %s at %s removed (%s); %d job(s) re-run maps",
                   sink.name, sink.address, reason, affected)
+        self._sinks_settled()
 
     def segments_lost(self, job: JobState, part: int, maps: Any) -> bool:
         """A reducer of partition ``part`` found these maps' segments missing at its sink:

@@ -174,6 +174,9 @@ class JobState:
         self.task_secs: float | None = None  # moving mean of its tasks' run times
         self.dispatched = False  # a task has been handed out: running, no longer queued
         self.waiting = ""  # why no task can be handed out, when none can
+        # a restarted broker waits for the sinks its step uses (sinkplan.expect_sinks):
+        # its tasks are not handed out meanwhile (a worker could not reach them)
+        self.sinks_expected = False
         self.held = 0  # bytes of code and inputs it holds (its client's limit counts them)
         self.tenant = str(self.options.get("tenant", ""))  # the client it belongs to
         self.seq = 0  # the journal's number for this job (0: not journaled)
