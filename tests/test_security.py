@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import msgpack
@@ -313,3 +314,36 @@ def test_keys_given_a_key_file_or_a_missing_directory_say_which(keys, tmp_path):
                                   text=True, timeout=60, cwd=ROOT)
             assert proc.returncode == 2, proc.stderr
             assert expected in proc.stderr, proc.stderr
+
+
+def test_state_directories_are_private_and_shared_ones_or_keys_are_warned_of(keys, tmp_path):
+    """A broker's or a sink's state directory holds every job's code and data: one the
+    daemon makes is its user's only (0700); one that other users may read, and a secret
+    key file they may read, are named in a warning that says what to do."""
+    from pymapreduce.broker.journal import Journal
+
+    new = tmp_path / "made" / "state"
+    Journal(str(new)).close()
+    assert os.stat(new).st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    os.chmod(os.path.join(keys, "worker.key_secret"), 0o644)
+    script = ("import logging, sys; logging.basicConfig(level=logging.WARNING);"
+              "from pymapreduce.broker.journal import Journal;"
+              "from pymapreduce.sinks.store import SegmentStore;"
+              "from pymapreduce.patterns.security import PeerKeys;"
+              "Journal(sys.argv[1]).close(); SegmentStore(sys.argv[2]).close();"
+              "PeerKeys.load(sys.argv[3], 'worker')")
+    proc = subprocess.run([sys.executable, "-c", script, str(shared), str(tmp_path / "sink"),
+                           keys], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"state directory {shared} can be read by other users of this host (mode 755): "
+            f"it holds every journaled job's code, in-memory inputs and outputs; make it "
+            f"private with chmod 700 {shared}") in proc.stderr
+    secret = os.path.join(keys, "worker.key_secret")
+    assert (f"secret key file {secret} can be read by other users of this host (mode 644)"
+            ) in proc.stderr and f"chmod 600 {secret}" in proc.stderr
+    assert os.stat(tmp_path / "sink").st_mode & 0o777 == 0o700
+    assert "sink state directory" not in proc.stderr  # (made private: nothing to say)
+    assert proc.stderr.count("can be read by other users") == 2

@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from ..errors import ConfigError, StateError
+from ..patterns.security import private_dir
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -180,6 +181,8 @@ class Journal:
 
     def _lock_dir(self, state_dir: str) -> None:
         try:
+            private_dir(self.dir, "state directory", "every journaled job's code, "
+                        "in-memory inputs and outputs")
             os.makedirs(self.outputs, exist_ok=True)
             self._lock = open(os.path.join(self.dir, "lock"), "a+")  # noqa: SIM115
         except OSError as exc:

@@ -112,9 +112,33 @@ def _load(path: str) -> tuple[bytes, bytes | None]:
     from zmq.auth import load_certificate  # (zmq.auth: only a keyed cluster loads it)
 
     try:
-        return load_certificate(path)
+        public, secret = load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read key file {path}: {exc}") from None
+    if secret is not None:
+        _warn_if_shared(path, "secret key file", "whoever reads it can act as its owner",
+                        "600")
+    return public, secret
+
+
+def _warn_if_shared(path: str, what: str, why: str, mode: str) -> None:
+    """A warning when other users of this host may read ``path`` (as ssh warns of a
+    private key others can read); not a refusal: the operator may share it on purpose."""
+    try:
+        bits = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if bits & 0o077:
+        log.warning("%s %s can be read by other users of this host (mode %03o): %s; "
+                    "make it private with chmod %s %s", what, path, bits, why, mode, path)
+
+
+def private_dir(path: str, what: str, holds: str) -> None:
+    """Make directory ``path`` (and its parents) if missing, the last one readable by this
+    user only; warn if an existing one is open to others (it ``holds`` what they must
+    not read)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    _warn_if_shared(path, what, f"it holds {holds}", "700")
 
 
 def cluster_keys(directory: str) -> str:

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..patterns import owned
+from ..patterns.security import private_dir
 
 log = logging.getLogger("pymapreduce.sink")
 
@@ -58,7 +59,8 @@ class SegmentStore:
             root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
             self._owner = owned.claim(root)
         self.root = root
-        os.makedirs(self.root, exist_ok=True)
+        # (a state directory the operator named: the shuffle's segments, every job's data)
+        private_dir(self.root, "sink state directory", "the shuffle's data of every job")
         # (job, step, part) -> {(map, attempt): (offset, length, crc)}
         self.index: dict[tuple[str, int, int], dict[tuple[int, int], tuple[int, int, int]]] = {}
         self.sizes: dict[tuple[str, int, int], int] = {}  # bytes in each data file
