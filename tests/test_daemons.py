@@ -179,7 +179,8 @@ def test_port_in_use_is_reported_with_its_own_exit_code(daemons):
     finally:
         holder.close()
     assert proc.returncode == 4
-    assert "address already in use" in proc.stderr
+    assert "address already in use (another daemon listens there: stop it, or give " \
+        "another port; port 0 lets the OS pick a free one)" in proc.stderr
     # one line, in the form of every other command's errors
     assert proc.stderr.startswith("pymapreduce: error: broker: cannot bind")
     assert len(proc.stderr.strip().splitlines()) == 1

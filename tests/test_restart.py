@@ -168,6 +168,7 @@ def test_a_second_broker_on_the_same_state_dir_is_refused(daemons, tmp_path):
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode != 0
     assert "in use by another broker" in proc.stderr
+    assert "stop that broker first, or give this one another --state-dir" in proc.stderr
 
 
 def test_a_finished_job_whose_files_were_lost_says_so_instead_of_an_empty_result(daemons,

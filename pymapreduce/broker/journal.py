@@ -194,7 +194,8 @@ class Journal:
             holder = self._lock.read().strip() or "?"
             self._lock.close()
             raise ConfigError(f"state directory {state_dir!r} is in use by another broker "
-                              f"(pid {holder})") from None
+                              f"(pid {holder}): stop that broker first, or give this one "
+                              "another --state-dir") from None
         self._lock.seek(0)
         self._lock.truncate()
         self._lock.write(str(os.getpid()))

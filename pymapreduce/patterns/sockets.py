@@ -98,7 +98,9 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise AddressInUse(f"cannot bind {endpoint}: address already in use") from None
+            raise AddressInUse(f"cannot bind {endpoint}: address already in use (another "
+                               "daemon listens there: stop it, or give another port; port "
+                               "0 lets the OS pick a free one)") from None
         raise ConfigError(f"cannot bind {endpoint}: {exc.strerror}") from None
     bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return bound.replace("0.0.0.0", "127.0.0.1") if endpoint.endswith(":0") else bound
