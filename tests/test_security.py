@@ -247,7 +247,12 @@ def test_cli_with_keys_and_the_broker_logs_the_key_of_each_job(tmp_path, keys, c
             if proc is not None:
                 stop(proc)
     client_key = security.PeerKeys.load(keys, "client").public.decode()
-    assert re.search(f"key {re.escape(client_key)}: job \\S+ .* accepted", log_path.read_text())
+    # (named with the allowlist file the operator gave it as well)
+    log = log_path.read_text()
+    assert re.search(f"key {re.escape(client_key)} \\(clients/client.key\\): job \\S+ .* "
+                     "accepted", log), log
+    worker_key = security.PeerKeys.load(keys, "worker").public.decode()
+    assert f"key {worker_key} (workers/worker.key): worker" in log, log
 
 
 def test_a_peer_that_resets_mid_handshake_is_not_taken_for_a_refusal():

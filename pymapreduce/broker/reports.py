@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..patterns.security import key_name
+
 MAX_COUNTERS = 1000  # distinct counters in one task's report
 MAX_COUNTER_NAME = 200  # characters
 MAX_PARTS = 1 << 20  # partitions a map task may say it pushed to sinks
@@ -64,5 +66,5 @@ def clean_stats(stats: Any) -> dict:
 def peer_name(route: bytes | None, key: str = "") -> str:
     """How logs name a peer: its key when the broker is secured, else its identity."""
     if key:
-        return f"key {key}"
+        return f"key {key_name(key)}"
     return route.hex() if route else "?"

@@ -225,20 +225,24 @@ class Allowlists:
         if stamp == self._stamp and not force:
             return False
         roles: dict[bytes, str] = {}
+        names: dict[str, str] = {}
         for role, sub in ROLE_DIRS.items():
             path = os.path.join(self.directory, sub)
             if not os.path.isdir(path):
                 continue
-            for public in _keys_in(path, stamp, sub):
+            for public, name in _keys_in(path, stamp, sub):
+                names.setdefault(public.decode(), f"{sub}/{name}")
                 if roles.get(public, role) != role:
                     log.warning("key %s is in both allowlists; it keeps the role %s",
                                 public.decode(), roles[public])
                     continue
                 roles[public] = role
         admins = os.path.join(self.directory, ADMIN_DIR)
-        self.admins = frozenset(_keys_in(admins, stamp, ADMIN_DIR)) if os.path.isdir(
-            admins) else frozenset()
+        self.admins = frozenset(p for p, _ in _keys_in(admins, stamp, ADMIN_DIR)) if (
+            os.path.isdir(admins)) else frozenset()
         self.roles = roles
+        KEY_NAMES.clear()  # (logs name a key by its allowlist file: see key_name)
+        KEY_NAMES.update(names)
         self._stamp = stamp
         log.info("allowlists loaded: %d client key(s), %d worker key(s), %d sink key(s)",
                  sum(r == CLIENT for r in roles.values()),
@@ -272,15 +276,27 @@ class Allowlists:
         return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]
 
 
-def _keys_in(path: str, stamp: tuple, sub: str) -> list[bytes]:
-    """The public keys of the ``*.key`` files the fingerprint ``stamp`` lists in ``path``;
-    OSError if one cannot be read (zmq.auth.load_certificates' glob would skip them all
-    when the directory cannot be listed, and an allowlist read as empty revokes every key)."""
+def _keys_in(path: str, stamp: tuple, sub: str) -> list[tuple[bytes, str]]:
+    """``(public key, file name)`` of the ``*.key`` files the fingerprint ``stamp`` lists
+    in ``path``; OSError if one cannot be read (zmq.auth.load_certificates' glob would skip
+    them all when the directory cannot be listed, and an allowlist read as empty revokes
+    every key)."""
     names = sorted(name for st in stamp if st[0] == sub for name, _ in st[2]
                    if name.endswith(".key") and not name.startswith("."))
     from zmq.auth import load_certificate
 
-    return [load_certificate(os.path.join(path, name))[0] for name in names]
+    return [(load_certificate(os.path.join(path, name))[0], name) for name in names]
+
+
+# The allowlist file of each public key (z85 text) this process's allowlists hold, e.g.
+# "clients/alice.key": how logs name a peer's key (an operator chose those names)
+KEY_NAMES: dict[str, str] = {}
+
+
+def key_name(key: str) -> str:
+    """How logs name the public key ``key``: with its allowlist file when there is one."""
+    name = KEY_NAMES.get(key)
+    return f"{key} ({name})" if name else key
 
 
 def peer_role(frame) -> tuple[str, str]:
