@@ -81,11 +81,7 @@ def test_malformed_or_foreign_progress_is_ignored_and_the_beat_still_counts(ledg
 
 
 def test_only_the_holder_s_progress_counts(ledger):
-    job = add_file_job(ledger, maps=2)
-    ledger.register(b"A", "", {"credit": 1}, T0)
-    ledger.register(b"B", "", {"credit": 1}, T0)
-    ledger.dispatch(T0)
-    held = tasks_of(ledger)
+    job, held = two_holders(ledger)
     [key_a], [key_b] = held[b"A"], held[b"B"]
     ledger.heartbeat(b"B/hb", "", b"B", T0 + 1, progress(key_a, 99, 999))  # A's attempt
     assert read(job) == (0, 0)
@@ -122,11 +118,41 @@ def test_a_backup_does_not_count_its_split_twice_and_a_lost_attempt_stops_counti
     assert a.running
 
 
+def watch_one_map(address: str, job, path: str) -> tuple[list, dict]:
+    """Run ``job`` as one map-only task over ``path``: the ``(records, bytes)`` its status
+    showed while the task ran, and its final status."""
+    from pymapreduce import Client, read_text
+
+    with Client(address) as client:
+        handle = client.submit(job, read_text(path, split_bytes=1 << 30), reducers=0)
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = handle.status()
+            if status["state"] != "running":
+                break
+            if status["maps"][0] == 0:
+                seen.append((status["records"], status["bytes"]))
+            time.sleep(0.1)
+        handle.wait(60)
+        return seen, handle.status()
+
+
+def two_holders(ledger, maps: int = 2) -> tuple[JobState, dict]:
+    """A job of file splits, and a worker A and a worker B holding one map each: the
+    job, and the attempts handed to each (route -> [AttemptKey])."""
+    job = add_file_job(ledger, maps=maps)
+    ledger.register(b"A", "", {"credit": 1}, T0)
+    ledger.register(b"B", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    return job, tasks_of(ledger)
+
+
 def test_a_single_long_map_task_shows_its_progress_before_it_commits(daemons, tmp_path):
     """End to end: one map task over a file, slow enough to span a few heartbeats; the
     job's status shows records and bytes read while the task runs, and the exact totals
     after it commits."""
-    from pymapreduce import Client, Job, read_text
+    from pymapreduce import Job
 
     from .conftest import FAST, wait_workers
 
@@ -146,19 +172,7 @@ def test_a_single_long_map_task_shows_its_progress_before_it_commits(daemons, tm
     _, address = daemons.broker(*FAST)
     daemons.worker(address, 1)
     wait_workers(address, 1)
-    with Client(address) as client:
-        handle = client.submit(Slow(), read_text(str(path), split_bytes=1 << 30), reducers=0)
-        seen = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = handle.status()
-            if status["state"] != "running":
-                break
-            if status["maps"][0] == 0:
-                seen.append((status["records"], status["bytes"]))
-            time.sleep(0.1)
-        handle.wait(60)
-        final = handle.status()
+    seen, final = watch_one_map(address, Slow(), str(path))
     moving = [s for s in seen if s[0] > 0]
     assert moving, f"no progress seen before the task committed: {seen[-5:]}"
     # (counted a block of lines at a time: the last block's count may show before its
@@ -172,11 +186,7 @@ def test_a_single_long_map_task_shows_its_progress_before_it_commits(daemons, tm
 def test_before_a_first_task_is_done_the_time_left_comes_from_the_bytes_read(ledger):
     from pymapreduce.observe.snapshot import job_row
 
-    job = add_file_job(ledger, maps=2)
-    ledger.register(b"A", "", {"credit": 1}, T0)
-    ledger.register(b"B", "", {"credit": 1}, T0)
-    ledger.dispatch(T0)
-    held = tasks_of(ledger)
+    job, held = two_holders(ledger)
     assert job.input_bytes() == 2 * SPLIT
     assert job_row(job, T0 + 10)["eta"] is None  # nothing read yet
     ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(held[b"A"][0], 40, 300))

@@ -103,9 +103,10 @@ def test_a_retry_that_skips_a_bad_record_never_shows_more_records_than_it_commit
     """End to end: the first line of one map task's split fails ``map`` twice, so its
     third attempt leaves it out; that attempt, slow, shows its progress before it commits,
     and never more records than its commit counts (its statistics leave the bad one out)."""
-    from pymapreduce import Client, Job, read_text
+    from pymapreduce import Job
 
     from .conftest import FAST, wait_workers
+    from .test_live_progress import watch_one_map
 
     lines = 50
     path = tmp_path / "in.txt"
@@ -123,20 +124,8 @@ def test_a_retry_that_skips_a_bad_record_never_shows_more_records_than_it_commit
     _, address = daemons.broker(*FAST)
     daemons.worker(address, 1)
     wait_workers(address, 1)
-    with Client(address) as client:
-        handle = client.submit(Poisoned(), read_text(str(path), split_bytes=1 << 30),
-                               reducers=0)
-        seen = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            status = handle.status()
-            if status["state"] != "running":
-                break
-            if status["maps"][0] == 0:
-                seen.append(status["records"])
-            time.sleep(0.1)
-        handle.wait(60)
-        final = handle.status()
+    seen, final = watch_one_map(address, Poisoned(), str(path))
+    seen = [records for records, _ in seen]
     assert final["records"] == lines - 1 and len(final["skipped"]) == 1
     assert any(seen), f"no progress seen before the task committed: {seen[-5:]}"
     assert max(seen) <= lines - 1, seen
