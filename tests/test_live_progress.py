@@ -196,3 +196,27 @@ def test_before_a_first_task_is_done_the_time_left_comes_from_the_bytes_read(led
     mem = add_file_job(ledger, maps=1)
     mem.splits = [["mem", b""]]  # records in memory: no byte count to go by
     assert mem.input_bytes() is None
+
+
+def test_a_map_run_again_for_a_lost_sink_does_not_show_its_records_twice(ledger):
+    """A committed map that runs again to rebuild a lost sink's segments was counted at
+    its first commit (and is not at its second): its attempt's reading is not counted on
+    top (the job showed more records than it has, then went back when the map committed)."""
+    from .test_sink_ledger import SINK_A, SINK_B, hand_out, run_maps, with_sinks
+
+    with_sinks(ledger, SINK_A, SINK_B)
+    job = add_file_job(ledger, maps=2)
+    job.reducers, job.map_parts = 2, [[], []]
+    w = ledger.register(b"W", "", {"credit": 8}, T0)
+    run_maps(ledger, w, job)
+    assert read(job) == (2, 0) and job.done_maps == 2
+    ledger.lose_sink(ledger.sinks[b"sink1"], "test: killed")
+    assert job.redone == {0, 1}
+    again = [key for key, _ in hand_out(ledger, w, 3) if key.kind == "map"]
+    assert len(again) == 2 and all(key in w.running for key in again)
+    for key in again:
+        ledger.heartbeat(b"W/hb", "", b"W", T0 + 1, progress(key, 1, 300))
+    assert read(job) == (2, 0)
+    ledger.done(w, [report(key, {"records": 1, "sunk": [0, 1]}, nblobs=0)
+                    for key in again], ())
+    assert read(job) == (2, 0)

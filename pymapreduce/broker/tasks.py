@@ -367,7 +367,10 @@ class JobState:
         """A running attempt of map ``task`` has read ``records`` and ``nbytes`` of its
         split so far (checked by the caller: it is the holder's, and they are counts). One
         attempt per task is counted, the one furthest on, so that a backup does not count
-        the split twice; the bytes never exceed the split's, as its commit will count them."""
+        the split twice; the bytes never exceed the split's, as its commit will count them.
+        A map run again for a lost sink counts nothing: its first commit counted it."""
+        if self.redone and task.index in self.redone:
+            return
         size = self.split_bytes(task.index)
         if size is not None and nbytes > size:
             nbytes = size
