@@ -125,3 +125,22 @@ def test_a_client_token_goes_with_its_key_and_a_refused_token_says_why(daemons, 
     # a stale token (the token file was replaced): refused, saying so
     status, body = get(http + "api/jobs", "x" * 32)
     assert status == 401 and "token file was replaced" in body.decode(), body
+
+
+def test_a_client_token_s_event_stream_ends_when_its_key_is_revoked(daemons, keys):
+    # a stream opened before the key was removed from clients/ must not go on showing
+    # that client's events for the stream's ten minutes
+    import urllib.request
+
+    address, http = start_broker(daemons, "--keys", keys, *FAST)
+    made = dashboard_url(http, keys, "--client", "other")
+    token = made.stdout.strip().split("?token=")[1]
+    request = urllib.request.Request(http + "api/events",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=8) as stream:  # (keep-alives: every 10 s)
+        assert stream.status == 200 and stream.readline() == b"retry: 1000\n"
+        allowed = os.path.join(keys, "clients", "other.key")
+        os.rename(allowed, allowed + ".revoked")
+        while stream.readline():  # the broker ends the stream (EOF), not 600 s later
+            pass
+    assert get(http + "api/events?format=json", token)[0] == 401

@@ -258,8 +258,8 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("HTTP %s failed", url.path[:100])
             self._refuse(500, "internal error (see the broker's log)")
             return
-        if route[0] == "stream":
-            self._stream(route[1])
+        if route[0] == "stream":  # (a client token's ends when its key is revoked)
+            self._stream(route[1], (lambda: app.scope_of(given) == scope) if scope else None)
             return
         ctype, body = route
         if ctype.startswith(("text/html", "text/javascript", "text/css")):
@@ -278,8 +278,9 @@ class Handler(BaseHTTPRequestHandler):
                 return value
         return ""
 
-    def _stream(self, next_events: Any) -> None:
-        """Server-sent events: ``next_events()`` returns new events (oldest first)."""
+    def _stream(self, next_events: Any, valid: Any = None) -> None:
+        """Server-sent events: ``next_events()`` returns new events (oldest first), as long
+        as ``valid()`` (if given) says the request's token is still accepted."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -289,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self.wfile.write(b"retry: 1000\n\n")
             while not app.closed and time.monotonic() - started < SSE_MAX_SECONDS:
+                if valid is not None and not valid():
+                    break
                 events = next_events()
                 chunk = b"".join(
                     f"id: {e['seq']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n"
