@@ -352,3 +352,20 @@ def test_state_directories_are_private_and_shared_ones_or_keys_are_warned_of(key
     assert os.stat(tmp_path / "sink").st_mode & 0o777 == 0o700
     assert "sink state directory" not in proc.stderr  # (made private: nothing to say)
     assert proc.stderr.count("can be read by other users") == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_state_directory_or_secret_key_of_another_user_is_warned_of(keys, tmp_path, caplog):
+    """A directory another user made first (a root daemon's --state-dir /tmp/pmr, made
+    0700 by whoever got there first) is that user's to read, whatever its mode."""
+    shared = tmp_path / "theirs"
+    shared.mkdir(mode=0o700)
+    os.chown(shared, 65534, 65534)
+    secret = os.path.join(keys, "worker.key_secret")
+    os.chown(secret, 65534, 65534)
+    with caplog.at_level("WARNING", logger="pymapreduce"):
+        security.private_dir(str(shared), "state directory", "every job's data")
+        security.PeerKeys.load(keys, "worker")
+    assert (f"state directory {shared} belongs to another user (uid 65534), who can read "
+            f"it: it holds every job's data") in caplog.text, caplog.text
+    assert f"secret key file {secret} belongs to another user (uid 65534)" in caplog.text

@@ -123,12 +123,17 @@ def _load(path: str) -> tuple[bytes, bytes | None]:
 
 def _warn_if_shared(path: str, what: str, why: str, mode: str) -> None:
     """A warning when other users of this host may read ``path`` (as ssh warns of a
-    private key others can read); not a refusal: the operator may share it on purpose."""
+    private key others can read, or one another user owns); not a refusal: the operator
+    may share it on purpose."""
     try:
-        bits = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
         return
-    if bits & 0o077:
+    bits = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():  # (root can use it whatever its mode: its owner reads it)
+        log.warning("%s %s belongs to another user (uid %d), who can read it: %s; make it "
+                    "yours (chown) or give another", what, path, st.st_uid, why)
+    elif bits & 0o077:
         log.warning("%s %s can be read by other users of this host (mode %03o): %s; "
                     "make it private with chmod %s %s", what, path, bits, why, mode, path)
 
