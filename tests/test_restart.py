@@ -258,3 +258,46 @@ def test_a_stopped_broker_says_what_became_of_its_unfinished_jobs(tmp_path, stat
     else:
         assert "WARNING stopped; 1 unfinished job(s) lost with it (without --state-dir" \
             in last, last
+
+
+def test_a_recovered_job_s_flow_counts_what_was_done_before_the_restart(daemons, tmp_path):
+    """The dashboard's per-phase flow of a job a restarted broker recovered counts its
+    journaled commits too (it counted only the work done since the restart)."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:  # a port for both brokers' HTTP (free a moment ago)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "state"
+    http = ["--http", f"127.0.0.1:{port}"]
+    broker, address = daemons.broker(*FAST, "--state-dir", str(state), *http)
+    daemons.worker(address, 1)
+    records = [(i, f"a b{i % 4}") for i in range(40)]
+
+    def flow(job_id: str) -> dict:
+        """The job's flow once the dashboard's snapshot has its ended row."""
+        url = f"http://127.0.0.1:{port}/api/jobs/{job_id}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    job = json.loads(reply.read())["job"]
+                if job["state"] == "succeeded":
+                    return job["flow"]
+            except (urllib.error.URLError, ConnectionError):
+                pass  # (not serving yet, or not in its snapshot yet)
+            assert time.monotonic() < deadline, "the job never showed on the dashboard"
+            time.sleep(0.1)
+
+    with Client(address) as client:
+        job_id = client.submit(WordCount(), records, map_tasks=4, reducers=2).job_id
+        client.job(job_id).wait(60)
+    before = flow(job_id)
+    assert before["map"]["records_in"] == 40 and before["reduce"]["bytes_out"] > 0
+    broker.kill()
+    broker.wait()
+    daemons.broker(*FAST, "--state-dir", str(state), *http, bind=address)
+    assert flow(job_id) == before

@@ -100,6 +100,9 @@ class Commits:
             self.journal.commit(job.seq, step, task.kind, task.index,
                                 {**stats, "sink": [key.attempt, job.sinks]}, nonempty)
         elif self.journal is not None:  # after its files: a commit row names complete files
+            # (with the bytes it wrote: a restarted broker's flow counts them, its map
+            # outputs being gone once spent)
+            stats["out"] = len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs))
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         phase = job.phase
         job.commit(task, stats, nonempty)

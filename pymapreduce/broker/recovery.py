@@ -13,6 +13,7 @@ result (or an input the job still needs) fails the job.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -60,8 +61,9 @@ class Recovery:
         again. A job that cannot be carried on is restored as failed, saying why."""
         now = time.monotonic()
         for saved in self.journal.load():
+            flow: dict = {}  # kind -> [records, bytes in, bytes out] of its commits
             try:
-                job = self._recover_job(saved, now)
+                job = self._recover_job(saved, now, flow)
             except Exception as exc:  # whatever a job or worker reported: the broker starts
                 log.exception("job %s cannot be recovered", saved.id)
                 job = self._unrecoverable(saved, now, (
@@ -72,6 +74,8 @@ class Recovery:
                 job.code, job.splits, job.held = b"", [], 0
             self.jobs[job.id] = job
             self.events.job_submitted(job, recovered=True)
+            if flow and job.id == saved.id:
+                self.events.restore_flow(job.id, flow)
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
                      job.done_reduces, 0 if job.map_only else job.reducers)
@@ -91,7 +95,27 @@ class Recovery:
         self.journal.finish(job.seq, job.state, job.error, time.time())
         return job
 
-    def _recover_job(self, saved: Any, now: float) -> JobState:
+    def _recover_job(self, saved: Any, now: float, flow: dict | None = None) -> JobState:
+        """The job ``saved`` as the journal gives it back; ``flow``: filled with what its
+        commits read and wrote, per kind (the dashboard's flow)."""
+        flow = {} if flow is None else flow
+
+        def commit(task: Any, stats: dict, parts: list, outputs: list = ()) -> None:
+            job.commit(task, stats, parts, restored=True)
+            into = flow.setdefault(task.kind, [0, 0, 0])
+            for i, name in enumerate(("records", "bytes")):
+                n = stats.get(name, 0)
+                into[i] += n if type(n) is int and 0 <= n < 1 << 62 else 0
+            out = stats.get("out")  # (journaled since the flow is restored)
+            if type(out) is int and 0 <= out < 1 << 62:
+                into[2] += out
+                return
+            for _, path in outputs:  # (else the files its outputs are served from)
+                try:
+                    into[2] += os.path.getsize(path) if path else 0
+                except OSError:
+                    pass
+
         if saved.damage:
             return self._unrecoverable(saved, now, saved.damage)
         o = saved.options
@@ -111,13 +135,13 @@ class Recovery:
                 continue
             tasks = job.tasks(kind)
             if sums is _SPENT:  # (a map commit the journal missed, of a finished job)
-                job.commit(tasks[index], stats, parts, restored=True)
+                commit(tasks[index], stats, parts)
                 continue
             if step != job.step or not 0 <= index < len(tasks) or tasks[index].state == DONE:
                 continue
             if kind == MAP and "sink" in stats:  # its segments are at a sink, not here
                 if self.restore_sink_commit(job, index, stats.pop("sink")):
-                    job.commit(tasks[index], stats, parts, restored=True)
+                    commit(tasks[index], stats, parts)
                 continue
             # outputs of the step in progress, of the step before (its inputs) and of the
             # last step (the result) are kept; older ones were deleted when spent
@@ -131,7 +155,7 @@ class Recovery:
                 problem = problem or f"{bad}: run the job again"
             elif bad and outputs[0][0][1] == "s":
                 needed.setdefault(step, bad)
-            job.commit(tasks[index], stats, parts, restored=True)
+            commit(tasks[index], stats, parts, outputs)
             if job.step != step:
                 self._spent(job)
         if job.state == P.JOB_RUNNING and job.step - 1 in needed:

@@ -335,6 +335,20 @@ class EventLog(AttemptTable, Reading):
         if log is not None:
             log.ends.append((self.seq, now, fields))
 
+    def restore_flow(self, job_id: str, flow: dict) -> None:
+        """A job a restarted broker recovered: the records and bytes its journaled commits
+        read and wrote (``{kind: (records, bytes in, bytes out)}``), so that its flow
+        counts what was done before the restart too."""
+        with self.lock:
+            log = self._jobs.get(job_id)
+            if log is None:
+                return
+            for kind, sums in flow.items():
+                into = log.flow.get(kind)
+                if into is not None:
+                    for i in range(3):
+                        into[i] += sums[i]
+
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
         """An attempt failed (``lost``: its worker was lost, the attempt killed with it;
@@ -451,7 +465,7 @@ class NullEventLog(EventLog):
 
     job_submitted = dispatched = done = failed = retried = abandoned = skipped = _ignore
     phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = ran = _ignore
-    ran_abandoned = _ignore
+    ran_abandoned = restore_flow = _ignore
 
 
 TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)
