@@ -199,8 +199,9 @@ class JobHandle:
         request. ``wait``: ask for partitions not done yet, and get each when it is.
         ``keys``: check key hashes across partitions (for one dict of them all)."""
         self._no_results(status)
+        pairs = bool(status.get("map_only") or status.get("emits"))  # keys may repeat
         for part, data in self._blobs(status, wait):
-            yield self._decode(part, data, keys)
+            yield self._decode(part, data, keys, pairs)
 
     def _blobs(self, status: dict, wait: bool = False) -> Iterator[tuple[int, Any]]:
         """Each output partition's bytes as the broker holds them, in order."""
@@ -229,15 +230,18 @@ class JobHandle:
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
 
-    def _decode(self, part: int, data: Any, keys: KeyHashes | None = None) -> tuple[list, list]:
+    def _decode(self, part: int, data: Any, keys: KeyHashes | None = None,
+                pairs: bool = False) -> tuple[list, list]:
         """One partition's columns; bytes that are not two equal columns, or that hold a
-        pickle this handle may not load, raise UndecodableValue naming the partition."""
+        pickle this handle may not load, raise UndecodableValue naming the partition.
+        ``pairs``: a list of pairs (map-only, emitting reduce), whose keys may repeat."""
         if not len(data):
             return [], []
         try:
             data = compress.decompress(data, self.client.max_frame)
             with paused_gc():
-                cols = unpack_columns(data, allow_pickle=self.pickle_results, keys=keys)
+                cols = unpack_columns(data, allow_pickle=self.pickle_results, keys=keys,
+                                      pairs=pairs)
         except UndecodableValue as exc:
             raise type(exc)(f"job {self.job_id}, output partition {part}: {exc}") from None
         # (a third item: the commit record of a part file the reducer wrote, store/)

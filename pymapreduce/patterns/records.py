@@ -281,14 +281,17 @@ class KeyHashes:
 
 
 def unpack_columns(data: Any, *, allow_pickle: bool = False,
-                   keys: KeyHashes | None = None) -> Any:
+                   keys: KeyHashes | None = None, pairs: bool = False) -> Any:
     """:func:`unpack` for an output partition (columns ``[keys, values]``): also checks
     that the keys' hashes do not repeat, in this partition or (given ``keys``) in any
     partition checked before, unless the keys can only be msgpack's own str, bytes and
     numbers (whose hashes cannot be made to repeat more than a few times), or the
-    decoder unpickles (a peer trusted with pickles can run code anyway)."""
+    decoder unpickles (a peer trusted with pickles can run code anyway). ``pairs``: the
+    partition is a list of pairs (a map-only job's, an emitting reduce's), where one key
+    may come many times (a join's) and no dict is made of them: its keys are not checked."""
     value, decoding = _checked(data, allow_pickle is True)
-    if (decoding.exts and not allow_pickle and type(value) is list and len(value) in (2, 3)
+    if (decoding.exts and not allow_pickle and not pairs and type(value) is list
+            and len(value) in (2, 3)
             and type(value[0]) is list):  # (3: a part file's commit record follows)
         try:
             (keys if keys is not None else KeyHashes()).check(value[0])
