@@ -355,6 +355,10 @@ def read_files(paths: str | os.PathLike | Iterable[str | os.PathLike],
                                          storage_options=storage_options), fmt="files")
 
 
+_READERS = {"text": "read_text", "jsonl": "read_jsonl", "csv": "read_csv",
+            "files": "read_files"}
+
+
 def normalize_records(inputs: Any) -> list[tuple[Any, Any]]:
     """In-memory inputs as a list of ``(key, value)`` pairs.
 
@@ -378,6 +382,13 @@ def normalize_records(inputs: Any) -> list[tuple[Any, Any]]:
         if isinstance(item, dict):
             records.extend(item.items())
             continue
+        if isinstance(item, TextInput):
+            raise InputError(
+                f"input record {position} is a {_READERS.get(item.fmt, 'read_text')}(...) "
+                "input: a job takes one input, not a list of them; give one reader every "
+                "path (read_csv(['users.csv', 'orders.csv']), with header=False and "
+                "with_path=True for files with different headers) and tell the files "
+                "apart by the path in the key (with_path=True)")
         try:
             key, value = item
         except (TypeError, ValueError):

@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pymapreduce import InputError, Job, UnencodableValue, read_text, run_sequential, stable_hash
+from pymapreduce import (
+    InputError,
+    Job,
+    UnencodableValue,
+    read_csv,
+    read_text,
+    run_sequential,
+    stable_hash,
+)
 from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_split
 from pymapreduce.kernels import (
     finish_map,
@@ -80,6 +88,20 @@ def test_normalize_accepts_every_documented_shape():
     assert normalize_records([("a", 1), ["b", 2]]) == expected
     assert normalize_records([{"a": 1}, {"b": 2}]) == expected
     assert normalize_records(iter(expected)) == expected
+
+
+def test_a_list_of_readers_is_refused_saying_to_give_one_reader_every_path(tmp_path):
+    """[read_csv(a), read_csv(b)] (a join's first try) said "input record 0 is
+    TextInput(patterns=('a.csv',), split_bytes=None, encoding='utf-8', max_line_, not a
+    (key, value) pair": the repr cut mid-word, and nothing on how to read two files."""
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,name\n1,x\n")
+    b.write_text("id,amount\n1,2.5\n")
+    with pytest.raises(InputError, match=r"record 0 is a read_csv\(...\) input: a job takes "
+                       r"one input.*read_csv\(\['users.csv', 'orders.csv'\]\).*with_path"):
+        normalize_records([read_csv(str(a)), read_csv(str(b))])
+    with pytest.raises(InputError, match=r"record 1 is a read_text\(...\) input"):
+        normalize_records([("k", "v"), read_text(str(a))])
 
 
 @pytest.mark.parametrize("bad", [None, "text", 42, [("a", 1), "xyz"], [(1, 2, 3)]])
