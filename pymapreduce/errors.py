@@ -37,6 +37,12 @@ class LineTooLong(InputError):
     """A text input's line is longer than its ``max_line_bytes``: no retry can read it."""
 
 
+class BadRecord(InputError):
+    """A line of a ``read_jsonl`` or ``read_csv`` input that its format cannot read (not
+    JSON, not a CSV row, more fields than the header, a header unlike the first file's):
+    the file says the same on every attempt, so no retry can read it."""
+
+
 class UnencodableValue(PyMapReduceError, TypeError):
     """A key or value can be carried neither by msgpack nor by cloudpickle."""
 

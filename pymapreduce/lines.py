@@ -17,7 +17,7 @@ import os
 import zlib
 from collections.abc import Iterator
 
-from .errors import InputError, LineTooLong
+from .errors import BadRecord, InputError, LineTooLong
 from .store.urls import is_url, object_size, open_url
 
 MIB = 1024 * 1024
@@ -94,8 +94,8 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                     try:
                         values.append(json.loads(line))
                     except ValueError as exc:
-                        raise InputError(f"{path}: the line at byte {offset} is not JSON: "
-                                         f"{exc}") from None
+                        raise BadRecord(f"{path}: the line at byte {offset} is not JSON: "
+                                        f"{exc}") from None
                     keep_offsets.append(offset)
             return keep_offsets, values
         return parse_json
@@ -108,11 +108,11 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 try:  # one line at a time: a row never swallows the next line
                     row = next(csv.reader([line], strict=True), [])
                 except csv.Error as exc:
-                    raise InputError(f"{path}: the line at byte {offset} is not a CSV row: "
-                                     f"{exc}") from None
+                    raise BadRecord(f"{path}: the line at byte {offset} is not a CSV row: "
+                                    f"{exc}") from None
                 if columns and offset == 0 and header != "none":
                     if header == "file" and list(row) != list(columns):
-                        raise InputError(
+                        raise BadRecord(
                             f"{path}: its CSV header {row} differs from the first file's "
                             f"{columns} (read_csv reads every file with the first one's "
                             "columns: read such files with header=False and with_path=True, "
@@ -121,9 +121,9 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 if not row:
                     continue  # a blank line
                 if columns and len(row) > len(columns):
-                    raise InputError(f"{path}: the line at byte {offset} has {len(row)} CSV "
-                                     f"fields, more than the {len(columns)} columns "
-                                     f"{columns}")
+                    raise BadRecord(f"{path}: the line at byte {offset} has {len(row)} CSV "
+                                    f"fields, more than the {len(columns)} columns "
+                                    f"{columns}")
                 keep_offsets.append(offset)
                 values.append(dict(zip(columns, row)) if columns else row)
             return keep_offsets, values

@@ -239,8 +239,15 @@ def test_csv_jsonl_and_whole_file_inputs(cluster, tmp_path):
         kinds = client.submit(CountKinds(), read_jsonl(str(tmp_path / "events.jsonl"),
                                                        split_bytes=4096)).result(60)
         assert kinds == {"k0": 300, "k1": 300, "k2": 300}
-        with pytest.raises(JobFailed, match="bad.jsonl: the line at byte 14 is not JSON"):
+        # the same line on every attempt: the job fails once a second attempt says so
+        # (it took --max-attempts, 4, as for a lost worker)
+        with pytest.raises(JobFailed, match="failed 2 times; last error: BadRecord: .*"
+                           "bad.jsonl: the line at byte 14 is not JSON"):
             client.submit(CountKinds(), read_jsonl(str(tmp_path / "bad.jsonl"))).result(60)
+        (tmp_path / "bad.csv").write_text("city,sales\nparis,3,extra\n")
+        with pytest.raises(JobFailed, match="failed 2 times; last error: BadRecord: .*"
+                           "bad.csv: the line at byte 11 has 3 CSV fields"):
+            client.submit(SumBy(), read_csv(str(tmp_path / "bad.csv"))).result(60)
         sizes = client.submit(Sizes(), read_files(str(tmp_path / "*.csv")),
                               reducers=0).result(60)
     assert sorted(sizes) == sorted((p.name, p.stat().st_size)
