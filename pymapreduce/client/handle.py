@@ -34,6 +34,12 @@ FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the 
 INTERNAL_FIELDS = frozenset({"req", "map_only", "emits"})
 
 
+def gives_pairs(status: dict) -> bool:
+    """Whether a job's output is a list of pairs (map-only, or an emitting ``reduce``),
+    in which a key may come many times, rather than one dict of distinct keys."""
+    return bool(status.get("map_only") or status.get("emits"))
+
+
 def public_status(status: dict) -> dict:
     """A job's status as the user sees it: without INTERNAL_FIELDS."""
     return {k: v for k, v in status.items() if k not in INTERNAL_FIELDS}
@@ -199,7 +205,7 @@ class JobHandle:
         request. ``wait``: ask for partitions not done yet, and get each when it is.
         ``keys``: check key hashes across partitions (for one dict of them all)."""
         self._no_results(status)
-        pairs = bool(status.get("map_only") or status.get("emits"))  # keys may repeat
+        pairs = gives_pairs(status)  # (keys may repeat: not checked as a dict's)
         for part, data in self._blobs(status, wait):
             yield self._decode(part, data, keys, pairs)
 
@@ -281,7 +287,7 @@ class JobHandle:
         whose ``reduce`` emits (a generator)."""
         self.wait(timeout)
         status = self._last
-        map_only = status.get("map_only") or status.get("emits")
+        map_only = gives_pairs(status)
         out: Any = [] if map_only else {}
         add = out.extend if map_only else out.update
         with paused_gc():
