@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pymapreduce.broker.ledger import Ledger
 from pymapreduce.observe.events import EventLog
+from pymapreduce.observe.reading import NOTE
 
 
 class Job:
@@ -79,7 +80,7 @@ def test_a_loop_on_another_thread_than_the_log_s_builder_reads_its_own_commits()
     def loop() -> None:
         task = Task(job, 0)
         events.dispatched(job, [task], [4097], "w1")
-        events.noted.append(("j", "map", 0, 4097, "w1", 0.1, 3, 10, 5))  # as _commit does
+        events.noted.extend(("j", "map", 0, 4097, "w1", 0.1, 3, 10, 5))  # as _commit does
         seen.extend(e["type"] for e in events.since(0, "j"))
         seen.append(events.flow("j")["map"]["records_in"])
 
@@ -204,7 +205,7 @@ def test_a_forgotten_job_leaves_nothing_of_itself_in_the_global_ring():
     job.tasks = lambda kind, maps=job.maps: maps
     events.job_submitted(job)
     events.dispatched(job, job.maps, [1, 2, 3], "w1", backup=True)
-    events.noted.append(("j", "map", 0, 1, "", 0.5, 1, 2, 3))
+    events.noted.extend(("j", "map", 0, 1, "", 0.5, 1, 2, 3))
     events.failed(job.maps[1], 2, "boom", "tb", {"path": "/x", "key": "secret"}, False, True)
     events.abandoned(job, [type("K", (), {"kind": "map", "index": 2, "attempt": 3})()], "x")
     events.flush()
@@ -286,7 +287,7 @@ def test_readers_on_other_threads_see_consistent_events_while_the_loop_writes():
                 events.dispatched(job, batch, ids, f"w{n % 3}")
                 for t, a in zip(batch[:-1], ids):
                     t.running.clear()
-                    events.noted.append((job.id, "map", t.index, a, "", 0.1, 1, 2, 3))
+                    events.noted.extend((job.id, "map", t.index, a, "", 0.1, 1, 2, 3))
                 events.failed(batch[-1], ids[-1], "boom", "", {}, False, True)
                 batch[-1].running.clear()
                 assert events.since(events.seq - 1, job.id)[-1]["type"] == "failed"
@@ -380,7 +381,7 @@ def _dispatch(events: EventLog, job: Job, first: int, n: int, commit: bool = Fal
     events.dispatched(job, [Task(job, i) for i in ids], ids, "w")
     if commit:
         for i in ids:
-            events.noted.append((job.id, "map", i, i, "w", 0.1, 1, 2, 3))
+            events.noted.extend((job.id, "map", i, i, "w", 0.1, 1, 2, 3))
         events.flush()
 
 
@@ -425,14 +426,14 @@ def test_stragglers_set_aside_keep_their_rows_while_they_run_and_go_once_they_en
         assert all(r["outcome"] == "done" for r in rows[60:])
         assert len(rows) == log.rows <= 60 + 40 + 40 // 8
         assert events._rows == log.rows
-        assert sum(len(items) for _, _, items in log.ends) <= 40 + 40 // 8 + 5
+        assert sum(len(items) // NOTE for _, _, items in log.ends) <= 40 + 40 // 8 + 5
     # half the stragglers commit, the other half fail: their rows say so until they go
     for i, task in enumerate(slow):
         task.running.clear()
         if i % 2:
             events.failed(task, i + 1, "boom", "", {}, False, True)
         else:
-            events.noted.append(("j", "map", i, i + 1, "slow", 9.0, 1, 2, 3))
+            events.noted.extend(("j", "map", i, i + 1, "slow", 9.0, 1, 2, 3))
     events.flush()
     for k in range(60):  # as many events as they are rows, and some
         rows = {r["attempt"]: r for r in events.attempts("j") if r["worker"] == "slow"}

@@ -87,10 +87,10 @@ class Commits:
                 records, nbytes = stats["records"], stats["bytes"]
             except KeyError:
                 records, nbytes = stats.get("records", 0), stats.get("bytes", 0)
-            # (a tuple of names and numbers: the collector stops tracking it)
-            noted.append((job.id, task.kind, task.index, key.attempt,
-                          winner.name if winner is not None else "", secs or 0, records,
-                          nbytes, len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs))))
+            # (its items added to a flat list: no object is kept per task)
+            noted += (job.id, task.kind, task.index, key.attempt,
+                      winner.name if winner is not None else "", secs or 0, records,
+                      nbytes, len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs)))
         if isinstance(secs, (int, float)) and secs >= 0:
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)

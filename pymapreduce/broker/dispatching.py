@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..patterns import protocol as P
@@ -25,6 +26,7 @@ log = logging.getLogger("pymapreduce.broker")
 BACKUP_FACTOR = 2.0  # a straggler has run this many times its job's mean task time
 BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
 NO_MEAN_BACKUP = 10.0  # seconds before a backup when no task of the kind committed yet
+_ATTEMPT = itemgetter(2)  # a TASKS item's attempt identifier (TaskItem.wire)
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 
 
@@ -120,12 +122,8 @@ class Dispatching:
                     body["sinks"] = job.sinks  # partition r goes to sinks[r % n]
                     if self.secured:  # the keys that prove each sink is the real one
                         body["sink_keys"] = [self.sink_key(a) for a in job.sinks]
-            # for the event log, recorded once per message (nothing without one)
-            started: list | None = [] if self.events.enabled else None
             for t in group:
                 attempt = t.start(worker.route)
-                if started is not None:
-                    started.append(attempt)
                 worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
                 if t.kind == MAP:
                     split = job.splits[t.index]
@@ -152,8 +150,9 @@ class Dispatching:
                     blobs.extend(self.store.get(key) for key in segments)
                     sent.extend(segments)
             body["tasks"] = items
-            if started is not None:
-                self.events.dispatched(job, group, started, worker.name, backup)
+            if self.events.enabled:  # recorded once per message: its attempts read in C
+                self.events.dispatched(job, group, tuple(map(_ATTEMPT, items)), worker.name,
+                                       backup)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)

@@ -27,15 +27,6 @@ _RUNNING = attrgetter("running")  # a broker Task's attempts running now
 ABANDONED = "abandoned"  # an attempt's outcome: stopped where it ran (events.py)
 
 
-def uniform(items: list, column: Any) -> Any:
-    """The value ``column`` (an itemgetter) gives every one of ``items`` (not empty) when
-    they all agree, else None: the usual batch is of one job and one kind, checked in C
-    (``list.count`` compares by identity first: a job's identifier is one string)."""
-    values = list(map(column, items))
-    value = values[0]
-    return value if values.count(value) == len(values) else None
-
-
 def _running_in(tasks: tuple, attempts: tuple) -> list[int]:
     """The positions of those of ``attempts`` (of ``tasks``, one each) the broker still
     runs: its own state, not the log's (what a full attempt table keeps). The attempts

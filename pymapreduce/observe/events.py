@@ -37,13 +37,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from operator import itemgetter
 from typing import Any
 
 from ..errors import line_offset
 from ..patterns import protocol as P
-from .attempts import _INDEX, _KIND, ABANDONED, AttemptTable, _JobLog, uniform
-from .reading import ATTEMPT_MASK, SMALL, Reading
+from .attempts import _INDEX, _KIND, ABANDONED, AttemptTable, _JobLog
+from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
@@ -51,10 +50,8 @@ POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 # attempts' outcomes (and ABANDONED, from attempts.py)
 RUNNING, DONE, FAILED, KILLED = "running", "done", "failed", "killed"
-# columns of a noted commit (job, kind, index, attempt, worker, secs, records, bytes,
-# bytes out), read in C
-_JOB, _DONE_KIND = itemgetter(0), itemgetter(1)
-_RECORDS, _BYTES, _OUT = itemgetter(6), itemgetter(7), itemgetter(8)
+# a noted commit is NOTE (reading.py) consecutive items of a flat list or tuple: (job,
+# kind, index, attempt, worker, secs, records, bytes, bytes out); a column is a slice
 
 
 def safe_position(position: Any) -> dict:
@@ -84,7 +81,7 @@ def _size(fields: dict) -> int:
 
 
 def _events_in(entry: tuple) -> int:
-    return len(entry[4]) if type(entry[4]) is tuple else 1
+    return entry[7]
 
 
 class EventLog(AttemptTable, Reading):
@@ -117,10 +114,10 @@ class EventLog(AttemptTable, Reading):
         self.counts: dict[tuple, float] = {}
         self.durations = [0] * len(DURATION_BUCKETS)  # finished jobs' seconds, by bucket
         self.duration_sum = 0.0
-        # commits noted by the broker loop (see done()), not yet recorded; the same list
-        # for the log's life (the commit path holds it as ``noted``)
-        self._pending: list[tuple] = []
-        self.noted: list[tuple] | None = self._pending if self.enabled else None
+        # commits noted by the broker loop (see done()), not yet recorded, NOTE items
+        # each; the same list for the log's life (the commit path holds it as ``noted``)
+        self._pending: list = []
+        self.noted: list | None = self._pending if self.enabled else None
         self._writer = threading.get_ident()  # the broker loop's thread, which flushes
 
     # -- writing (the broker loop) -------------------------------------------------------
@@ -133,11 +130,14 @@ class EventLog(AttemptTable, Reading):
         self.seq += 1
         size = _size(fields)
         self._push(self._jobs.get(job) if job is not None else None,
-                   (self.seq, time.time(), etype, job, fields, size, None), size)
+                   (self.seq, time.time(), etype, job, fields, size, None, 1))
 
-    def _push(self, log: _JobLog | None, entry: tuple, size: int, n: int = 1) -> None:
-        """Append an entry of ``n`` events to the global ring and its job's, dropping the
-        oldest entries of a ring past its count of events; the caller holds ``lock``."""
+    def _push(self, log: _JobLog | None, entry: tuple) -> None:
+        """Append an entry to the global ring and its job's, dropping the oldest entries of
+        a ring past its count of events; the caller holds ``lock``. An entry is ``(seq,
+        time, type, job, fields, size, extra, n)``: its last sequence number, ..., what it
+        costs in memory and the events it holds (see reading.expand)."""
+        size, n = entry[5], entry[7]
         ring = self._global
         ring.append(entry)
         self._bytes += size
@@ -145,7 +145,7 @@ class EventLog(AttemptTable, Reading):
         while self._global_count > self.global_events and len(ring) > 1:
             gone = ring.popleft()
             self._bytes -= gone[5]
-            self._global_count -= _events_in(gone)
+            self._global_count -= gone[7]
         if log is not None:
             ring = log.events
             if not ring:
@@ -156,7 +156,7 @@ class EventLog(AttemptTable, Reading):
             log.count += n
             while log.count > self.per_job and len(ring) > 1:
                 gone = ring.popleft()
-                k = _events_in(gone)
+                k = gone[7]
                 log.bytes -= gone[5]
                 self._bytes -= gone[5]
                 log.count -= k
@@ -170,7 +170,7 @@ class EventLog(AttemptTable, Reading):
         go (a job whose ring was emptied counts from its next event; then the global's)."""
         for log in self._holding.values():
             entry = log.events.popleft()
-            k = _events_in(entry)
+            k = entry[7]
             log.bytes -= entry[5]
             self._bytes -= entry[5]
             log.count -= k
@@ -181,7 +181,7 @@ class EventLog(AttemptTable, Reading):
         if self._global:
             entry = self._global.popleft()
             self._bytes -= entry[5]
-            self._global_count -= _events_in(entry)
+            self._global_count -= entry[7]
             return True
         return False
 
@@ -247,7 +247,7 @@ class EventLog(AttemptTable, Reading):
             # the rings' entry names the tasks by kind and index: it may outlive the job
             # (the global ring's), which the tasks would keep, its splits with it
             self._push(log, (self.seq, now, "dispatched", job.id, attempts, size,
-                             (worker, step, backup, kind, tuple(map(_INDEX, tasks)))), size, n)
+                             (worker, step, backup, kind, tuple(map(_INDEX, tasks))), n))
             if log is not None:
                 log.batches.append((self.seq, now, worker, step, attempts, backup, tasks))
                 log.rows += n
@@ -270,20 +270,21 @@ class EventLog(AttemptTable, Reading):
         checked them: counts are ints), and ``blobs``, its outputs (only their sizes are
         kept).
 
-        It only notes the attempt, as the event it will be (one tuple: every object the
-        loop keeps is one more for the garbage collector to count and go over);
-        :meth:`flush` records the noted ones together, under one lock and one clock
-        reading (the broker loop calls it once a turn, and every other event flushes
-        first, so the order of events is kept). The broker's commit path does the same
-        without the call (broker/commits.py: one call per task is a cost the log cannot
-        afford there): the tuple it appends to ``noted`` is this one."""
+        It only notes the attempt, as the event it will be: its NOTE items added to a
+        flat list (no object is kept per attempt: each one is one more for the garbage
+        collector to count and go over); :meth:`flush` records the noted ones together,
+        under one lock and one clock reading (the broker loop calls it once a turn, and
+        every other event flushes first, so the order of events is kept). The broker's
+        commit path does the same without the call (broker/commits.py: one call per task
+        is a cost the log cannot afford there): the items it adds to ``noted`` are
+        these."""
         try:  # (checked statistics have both counts: subscripts cost less than get())
             records, nbytes = stats["records"], stats["bytes"]
         except KeyError:
             records, nbytes = stats.get("records", 0), stats.get("bytes", 0)
         job, kind, index, attempt = key
-        self._pending.append((job, kind, index, attempt, worker, secs or 0, records, nbytes,
-                              len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs))))
+        self._pending += (job, kind, index, attempt, worker, secs or 0, records, nbytes,
+                          len(blobs[0]) if len(blobs) == 1 else sum(map(len, blobs)))
 
     def flush(self) -> None:
         """Record the commits noted (the broker loop's thread only)."""
@@ -294,44 +295,45 @@ class EventLog(AttemptTable, Reading):
 
     def _flush(self) -> None:
         """``flush`` with ``lock`` held: one ring entry and one commit batch per job among
-        the noted attempts (consecutive ones of a job share them), the noted tuples as they
-        are, and the job's flow and the totals summed. The usual turn commits attempts of
-        one kind of one job: its sums are taken column by column, in C."""
-        pending = tuple(self._pending)  # (a tuple: as ``started``)
+        the noted attempts (consecutive ones of a job share them), stored as one flat
+        tuple of their items (the collector goes over it once, then stops tracking it), and
+        the job's flow and the totals summed. The usual turn commits attempts of one kind
+        of one job: that is checked, and its sums taken, on a column's slice, in C."""
+        pending = tuple(self._pending)
         self._pending.clear()  # (the same list: the commit path holds it)
         now = time.time()
-        job_id, kind = pending[0][0], pending[0][1]
-        # the usual turn commits attempts of one kind of one job: said in C
-        if uniform(pending, _JOB) is not None and uniform(pending, _DONE_KIND) is not None:
+        job_id, kind = pending[0], pending[1]
+        n = len(pending) // NOTE
+        # the usual turn commits attempts of one kind of one job (``count`` compares by
+        # identity first: a job's identifier is one string, a kind one of two)
+        if pending[::NOTE].count(job_id) == n and pending[1::NOTE].count(kind) == n:
             self._add_done(job_id, kind, pending, now)
             return
         start = 0
-        for i, event in enumerate(pending):  # runs of one job and one kind
-            if event[0] != job_id or event[1] != kind:
+        for i in range(0, len(pending), NOTE):  # runs of one job and one kind
+            if pending[i] != job_id or pending[i + 1] != kind:
                 self._add_done(job_id, kind, pending[start:i], now)
-                job_id, kind, start = event[0], event[1], i
+                job_id, kind, start = pending[i], pending[i + 1], i
         self._add_done(job_id, kind, pending[start:], now)
 
     def _add_done(self, job_id: str, kind: str, fields: tuple, now: float) -> None:
-        """Committed attempts of one job, all of ``kind``: their events, batch and sums."""
+        """Committed attempts of one job, all of ``kind`` (their items, flat): their
+        events, batch and sums."""
         log = self._jobs.get(job_id)
-        records = sum(map(_RECORDS, fields))
+        records = sum(fields[6::NOTE])
         if log is not None:
             flow = log.flow[kind]
             flow[0] += records
-            flow[1] += sum(map(_BYTES, fields))
-            flow[2] += sum(map(_OUT, fields))
+            flow[1] += sum(fields[7::NOTE])
+            flow[2] += sum(fields[8::NOTE])
+        n = len(fields) // NOTE
         counts = self.counts
         key = ("tasks_done", kind)
-        counts[key] = counts.get(key, 0) + len(fields)
+        counts[key] = counts.get(key, 0) + n
         key = ("records", kind)
         counts[key] = counts.get(key, 0) + records
-        self._push_done(log, job_id, fields, now)
-
-    def _push_done(self, log: _JobLog | None, job_id: str, fields: list, now: float) -> None:
-        n = len(fields)
         self.seq += n
-        self._push(log, (self.seq, now, "done", job_id, fields, n * SMALL, None), n * SMALL, n)
+        self._push(log, (self.seq, now, "done", job_id, fields, n * SMALL, None, n))
         if log is not None:
             log.ends.append((self.seq, now, fields))
 

@@ -17,6 +17,7 @@ from typing import Any
 from .timeline import place
 
 SMALL = 160  # about what an event without texts costs in memory (bytes)
+NOTE = 9  # the items of a noted commit (events.py)
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 # the fields of the frequent events, served in this order (see expand())
 SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
@@ -40,28 +41,36 @@ def as_dict(event: tuple) -> dict:
 
 
 def expand(entry: tuple) -> list[tuple]:
-    """A ring entry ``(seq, time, type, job, fields, size, extra)`` as the events
+    """A ring entry ``(seq, time, type, job, fields, size, extra, n)`` as the events
     ``(seq, time, type, job, fields)`` it holds. The frequent events are stored a batch to
     an entry, as the broker loop had them: ``fields`` is then a tuple, ``seq`` the last
     one's number. A ``dispatched`` batch holds the attempts' identifiers and ``extra`` is
     ``(worker, step, backup, kind, indexes)`` (``kind`` a tuple when they are of both
     kinds); a ``done`` batch
     holds ``(job, kind, index, attempt identifier, worker, secs, records, bytes, bytes
-    out)`` per attempt. Served, an attempt is its number, not its identifier (the rest of
+    out)`` per attempt, flat (see :func:`notes`). Served, an attempt is its number, not its identifier (the rest of
     it is random)."""
-    seq, t, etype, job, fields, _, extra = entry
+    seq, t, etype, job, fields, _, extra, _ = entry
     if type(fields) is not tuple:
         return [entry[:5]]
-    first = seq - len(fields) + 1
     if etype == "dispatched":
+        first = seq - len(fields) + 1
         worker, step, backup, kinds, indexes = extra
         if type(kinds) is str:
             kinds = repeat(kinds)
         return [(first + i, t, etype, job, (kind, index, attempt & ATTEMPT_MASK, worker,
                                             backup, step))
                 for i, (kind, index, attempt) in enumerate(zip(kinds, indexes, fields))]
+    first = seq - len(fields) // NOTE + 1
     return [(first + i, t, etype, job, (f[1], f[2], f[3] & ATTEMPT_MASK, *f[4:]))
-            for i, f in enumerate(fields)]
+            for i, f in enumerate(notes(fields))]
+
+
+def notes(items: tuple) -> list[tuple]:
+    """A commit batch's attempts, each a tuple ``(job, kind, index, attempt identifier,
+    worker, secs, records, bytes, bytes out)``, from its items as stored (flat, NOTE to an
+    attempt: see events.py)."""
+    return [items[i:i + NOTE] for i in range(0, len(items), NOTE)]
 
 
 def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list[tuple]:
@@ -73,9 +82,9 @@ def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list
     ends at whichever came first, its commit or its other end."""
     committed: dict[int, tuple] = {}
     for _, t, items in ends:
-        for f in items:
-            if f[3] not in committed:
-                committed[f[3]] = (t, f[5])
+        for attempt, secs in zip(items[3::NOTE], items[5::NOTE]):
+            if attempt not in committed:
+                committed[attempt] = (t, secs)
     rows = []
     for start, worker, step, attempts, backup, tasks in batches:
         for task, attempt in zip(tasks, attempts):
@@ -123,7 +132,7 @@ class Reading:
                     break
                 entries.append(entry)
             workers = None
-            if any(e[2] == "done" and any(not f[4] for f in e[4]) for e in entries):
+            if any(e[2] == "done" and not all(e[4][4::NOTE]) for e in entries):
                 # (a commit noted without its worker: where the attempt was sent)
                 logs = [self._jobs.get(job)] if job is not None else list(self._jobs.values())
                 workers = {attempt: b[2] for log in logs if log is not None
@@ -131,8 +140,9 @@ class Reading:
         out = []
         for entry in reversed(entries):
             if workers is not None and entry[2] == "done":
-                entry = (*entry[:4], tuple([f if f[4] else (*f[:4], workers.get(f[3], ""),
-                                                    *f[5:]) for f in entry[4]]), *entry[5:])
+                entry = (*entry[:4], tuple(chain.from_iterable(
+                    f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:])
+                    for f in notes(entry[4]))), *entry[5:])
             for event in expand(entry):
                 if event[0] > cursor:
                     out.append(event)
