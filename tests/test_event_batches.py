@@ -172,9 +172,10 @@ def test_run_times_of_unknown_attempts_cannot_grow_the_log_past_its_bound():
     assert len(events._jobs["j"].closed) <= 16 + 16 // 8
 
 
-def test_the_global_ring_keeps_no_task_of_a_forgotten_job():
-    """A dispatch entry names its tasks by kind and index: the global ring outlives the
-    job's own log, and a task would keep its job (its splits, its code) alive with it."""
+def test_a_forgotten_job_s_tasks_go_with_it_and_its_attempts_events_with_them():
+    """A dispatch is kept once, as a batch of the job's attempt table (which holds its
+    tasks), and read as events from there, also by the global stream; forgotten, the job
+    keeps no task (its splits, its code) alive, and its attempts' events go with it."""
     import gc
     import weakref
 
@@ -183,12 +184,42 @@ def test_the_global_ring_keeps_no_task_of_a_forgotten_job():
     tasks = [FakeTask(i) for i in range(4)]
     alive = [weakref.ref(t) for t in tasks]
     events.dispatched(FakeJob, tasks, [11, 12, 13, 14], "w1")
+    sent = [(e["task"], e["attempt"]) for e in events.since(0) if e["type"] == "dispatched"]
+    assert sent == [("map-0", 11), ("map-1", 12), ("map-2", 13), ("map-3", 14)]
     events.job_dropped("j")
     del tasks
     gc.collect()
     assert not any(ref() for ref in alive)
-    sent = [(e["task"], e["attempt"]) for e in events.since(0) if e["type"] == "dispatched"]
-    assert sent == [("map-0", 11), ("map-1", 12), ("map-2", 13), ("map-3", 14)]
+    assert [e["type"] for e in events.since(0)] == ["job-submitted", "job-started"]
+
+
+def test_the_global_stream_merges_jobs_attempts_in_order_and_keeps_its_bound():
+    """Two jobs' dispatches and commits interleave: the global stream reads them in the
+    order they happened, each event once, its newest ``global_events`` at most, and a
+    job's stream its newest ``per_job``."""
+
+    class Other(FakeJob):
+        id = "k"
+
+    events = EventLog(per_job=25, global_events=40)
+    events.job_submitted(FakeJob)
+    events.job_submitted(Other)
+    for n in range(10):
+        for job in (FakeJob, Other):
+            attempts = [1000 * n + 10 * (job is Other) + i for i in range(3)]
+            events.dispatched(job, [FakeTask(i, job) for i in range(3)], attempts, "w1")
+            for a in attempts[:2]:
+                events.done((job.id, "map", a % 10, a), {"records": 1}, 0.1, [b"x"], "w1")
+            events.flush()
+    every = events.since(0)
+    seqs = [e["seq"] for e in every]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == events.seq
+    assert 40 - 3 <= len(every) <= 40  # (whole batches)
+    assert {e["job"] for e in every if e["type"] in ("dispatched", "done")} == {"j", "k"}
+    mine = events.since(0, "k")
+    assert {e["job"] for e in mine} == {"k"} and 25 - 3 <= len(mine) <= 25
+    assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)
+    assert [e["seq"] for e in events.since(seqs[-6])] == seqs[-5:]
 
 
 def test_a_message_of_maps_and_reduces_reads_back_with_each_ones_kind():

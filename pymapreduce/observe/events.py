@@ -41,7 +41,7 @@ from typing import Any
 
 from ..errors import line_offset
 from ..patterns import protocol as P
-from .attempts import _INDEX, _KIND, ABANDONED, AttemptTable, _JobLog
+from .attempts import _KIND, ABANDONED, AttemptTable, _JobLog
 from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
@@ -206,12 +206,12 @@ class EventLog(AttemptTable, Reading):
         new attempt, in ``attempts``; ``backup``: they are backup attempts (another attempt
         of each still runs).
 
-        One call and one ring entry per message, not per attempt (a message carries tens
-        of them at full rate), and nothing is built per attempt in Python: the attempt
-        identifiers are kept as a tuple of ints (the collector stops tracking it at its
-        first pass), with the tasks' kind and indexes in the ring's entry and the tasks
-        themselves in the job's attempt table (freed with the job); the lock, the clock,
-        the job's log and the byte budget are dealt with once."""
+        One call per message, not per attempt (a message carries tens of them at full
+        rate), nothing built per attempt in Python, and no ring entry: the message is
+        kept once, as a batch of the job's attempt table (the attempt identifiers as a
+        tuple of ints, which the collector stops tracking at its first pass, and the
+        tasks, freed with the job), and :meth:`since` reads its events from there. The
+        lock, the clock and the job's log are dealt with once."""
         n = len(attempts)
         if not n:
             return
@@ -231,11 +231,9 @@ class EventLog(AttemptTable, Reading):
                 self._emit(job.id, "job-started")
             kinds = list(map(_KIND, tasks))
             if kinds.count(kinds[0]) == n:  # (the usual message, in C)
-                kind: Any = kinds[0]
-                key = ("attempts", kind)
+                key = ("attempts", kinds[0])
                 counts[key] = counts.get(key, 0) + n
             else:
-                kind = tuple(kinds)
                 for one in kinds:
                     key = ("attempts", one)
                     counts[key] = counts.get(key, 0) + 1
@@ -243,11 +241,7 @@ class EventLog(AttemptTable, Reading):
                 for one in kinds:
                     self._count("backups", one)
             self.seq += n
-            size = n * SMALL
-            # the rings' entry names the tasks by kind and index: it may outlive the job
-            # (the global ring's), which the tasks would keep, its splits with it
-            self._push(log, (self.seq, now, "dispatched", job.id, attempts, size,
-                             (worker, step, backup, kind, tuple(map(_INDEX, tasks))), n))
+            # (no ring entry: the batch is the events, read from the attempt table)
             if log is not None:
                 log.batches.append((self.seq, now, worker, step, attempts, backup, tasks))
                 log.rows += n
@@ -333,8 +327,7 @@ class EventLog(AttemptTable, Reading):
         key = ("records", kind)
         counts[key] = counts.get(key, 0) + records
         self.seq += n
-        self._push(log, (self.seq, now, "done", job_id, fields, n * SMALL, None, n))
-        if log is not None:
+        if log is not None:  # (the batch is the events: no ring entry, see dispatched)
             log.ends.append((self.seq, now, fields))
 
     def restore_flow(self, job_id: str, flow: dict) -> None:

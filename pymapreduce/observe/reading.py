@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 from .timeline import place
 
 SMALL = 160  # about what an event without texts costs in memory (bytes)
 NOTE = 9  # the items of a noted commit (events.py)
+_SEQ = itemgetter(0)
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 # the fields of the frequent events, served in this order (see expand())
 SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
@@ -73,6 +75,37 @@ def notes(items: tuple) -> list[tuple]:
     return [items[i:i + NOTE] for i in range(0, len(items), NOTE)]
 
 
+def _after(items: Any, cursor: int) -> list[tuple]:
+    """Those of ``items`` (a ring, or batches: in the order of their sequence numbers,
+    the first field) whose sequence number is past ``cursor``, the newest first."""
+    out = []
+    for item in reversed(items):
+        if item[0] <= cursor:
+            break
+        out.append(item)
+    return out
+
+
+def _sent_entry(job: str, batch: tuple) -> tuple:
+    """A dispatch batch ``(seq, time, worker, step, attempts, backup, tasks)`` as the ring
+    entry of its events (see :func:`expand`)."""
+    seq, t, worker, step, attempts, backup, tasks = batch
+    kinds = [task.kind for task in tasks]
+    kind: Any = kinds[0] if kinds.count(kinds[0]) == len(kinds) else tuple(kinds)
+    return (seq, t, "dispatched", job, attempts, 0,
+            (worker, step, backup, kind, tuple(task.index for task in tasks)), len(attempts))
+
+
+def _done_entry(job: str, batch: tuple, workers: dict | None) -> tuple:
+    """A commit batch ``(seq, time, items)`` as the ring entry of its events; a commit
+    noted without its worker is given the one its attempt was sent to (``workers``)."""
+    seq, t, items = batch
+    if workers is not None and not all(items[4::NOTE]):
+        items = tuple(chain.from_iterable(
+            f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:]) for f in notes(items)))
+    return (seq, t, "done", job, items, 0, None, len(items) // NOTE)
+
+
 def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list[tuple]:
     """The attempt table from how it is stored (see events.py): dispatch batches
     ``(time, worker, step, (attempt identifiers...), backup, (their tasks...))``, commit
@@ -115,34 +148,43 @@ class Reading:
         raise NotImplementedError
 
     def since(self, cursor: int, job: str | None = None, limit: int = 1000) -> list[dict]:
-        """Events after sequence number ``cursor`` (of one job, or all), oldest first."""
+        """Events after sequence number ``cursor`` (of one job, or all), oldest first.
+
+        The rings hold the infrequent events; the frequent ones (attempts dispatched and
+        committed) are read from the attempt tables' batches, which are them (see
+        events.py), and merged in by sequence number. Read so, a job's events are at most
+        its newest ``per_job`` (all jobs': ``global_events``), as if one ring held them."""
         with self.lock:
             if self._pending and threading.get_ident() == self._writer:
                 self._flush()
             if job is not None:
                 log = self._jobs.get(job)
-                ring = log.events if log is not None else ()
+                logs = [log] if log is not None else []
+                entries = _after(log.events if log is not None else (), cursor)
+                cap = self.per_job
             else:
-                ring = self._global
-            if not ring or ring[-1][0] <= cursor:
-                return []
-            entries = []
-            for entry in reversed(ring):  # the new ones are at the end
-                if entry[0] <= cursor:
-                    break
-                entries.append(entry)
+                logs = list(self._jobs.values())
+                entries = _after(self._global, cursor)
+                cap = self.global_events
+            sent = [(one.id, b) for one in logs for b in _after(one.batches, cursor)]
+            ends = [(one.id, e) for one in logs for e in _after(one.ends, cursor)]
             workers = None
-            if any(e[2] == "done" and not all(e[4][4::NOTE]) for e in entries):
+            if any(not all(e[2][4::NOTE]) for _, e in ends):
                 # (a commit noted without its worker: where the attempt was sent)
-                logs = [self._jobs.get(job)] if job is not None else list(self._jobs.values())
-                workers = {attempt: b[2] for log in logs if log is not None
-                           for b in chain(log.held, log.batches) for attempt in b[4]}
+                workers = {attempt: b[2] for one in logs
+                           for b in chain(one.held, one.batches) for attempt in b[4]}
+        # (after the lock: a batch's tasks never change their kind and index)
+        entries.extend(_sent_entry(job_id, b) for job_id, b in sent)
+        entries.extend(_done_entry(job_id, e, workers) for job_id, e in ends)
+        entries.sort(key=_SEQ, reverse=True)
+        kept, count = [], 0
+        for entry in entries:  # the newest first, to the cap
+            count += entry[7]
+            if kept and count > cap:
+                break
+            kept.append(entry)
         out = []
-        for entry in reversed(entries):
-            if workers is not None and entry[2] == "done":
-                entry = (*entry[:4], tuple(chain.from_iterable(
-                    f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:])
-                    for f in notes(entry[4]))), *entry[5:])
+        for entry in reversed(kept):
             for event in expand(entry):
                 if event[0] > cursor:
                     out.append(event)
