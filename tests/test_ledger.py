@@ -142,6 +142,7 @@ def test_a_record_that_fails_twice_is_skipped_when_the_job_allows_it(ledger):
 
 def test_a_straggler_gets_a_backup_attempt_and_the_first_commit_wins(ledger):
     job = add_job(ledger, maps=2)
+    ledger.events.job_submitted(job)  # (as a submission does: its attempt table)
     a = ledger.register(b"A", "", {"credit": 1}, T0)
     b = ledger.register(b"B", "", {"credit": 1}, T0)
     ledger.dispatch(T0)

@@ -1,28 +1,30 @@
-"""The broker's event log: job and task events in bounded rings, and the attempt table.
+"""The broker's event log: job and task events, bounded, and the attempt table.
 
 The ledger calls one method here per thing that happens (a job submitted, attempts
 dispatched, done, failed, lost with its worker, abandoned, a record skipped...); each is
 recorded with the broker's wall-clock time and a sequence number (the cursor a reader
-resumes from) in the job's ring and in the global ring. Memory is bounded whatever peers
-do: each ring holds a fixed number of events, error texts and tracebacks are cut, the
-attempt table of a job keeps at most ``attempts_per_job`` rows (and an eighth; and the
-attempts the broker still runs, which it bounds: set aside, and looked at again once as
-many events as they are rows have been recorded, see attempts.py), and past
-``max_bytes`` in all the oldest jobs' events go first. A job's records are freed when the
-broker forgets the job.
+resumes from). Memory is bounded whatever peers do: the attempt table of a job keeps at
+most ``attempts_per_job`` rows (and an eighth; and the attempts the broker still runs,
+which it bounds: set aside, and looked at again once as many events as they are rows
+have been recorded, see attempts.py), the rings of the other events a fixed number of
+events each (the job's, and the global one of all), error texts and tracebacks are cut,
+and past ``max_bytes`` in all the oldest jobs' events go first. A job's records are
+freed when the broker forgets the job.
 
 Recording is on the broker loop's path of every task, so the two events every attempt
 has are recorded in batches, and no call is made per attempt: the attempts of one TASKS
 message with one call (``dispatched``, given the message's tasks and their attempts'
-identifiers), the attempts committed in one turn of the loop together (the
-commit path appends one tuple to ``noted``, as :meth:`EventLog.done` does; ``flush``
-records them), each batch one ring entry. A batch is stored as it came, in a tuple: the
-garbage collector stops tracking a tuple of names and numbers the first time it sees it,
-where a list would be gone over at every collection for as long as the batch is kept.
-Nothing is written per attempt beyond them: the attempt table is the job's dispatch
-batches plus its commit batches, joined by attempt identifier when read (the rare
-failures, kills and abandons are kept by identifier). What that costs per task, against a
-broker started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_event_cost.py``,
+identifiers), the attempts committed in one turn of the loop together (the commit path
+adds NOTE items to the flat list ``noted``, as :meth:`EventLog.done` does; ``flush``
+records them). Each batch is stored once, as it came, as a batch of the job's attempt
+table, and is no ring entry: readers take these events from the tables and merge them
+with the rings by sequence number (reading.py). A batch is a tuple of names and numbers
+(the dispatch batch's tasks aside), which the garbage collector stops tracking the first
+time it sees it, where a list, or an object per attempt, would be gone over at every
+collection for as long as it is kept. The attempt table is the job's dispatch batches
+plus its commit batches, joined by attempt identifier when read (the rare failures,
+kills and abandons are kept by identifier). What that costs per task, against a broker
+started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_event_cost.py``,
 ``bench_observe_steps.py``).
 
 Events carry names, numbers, error texts and input positions only: never job code, never
