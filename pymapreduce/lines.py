@@ -74,6 +74,18 @@ def read_whole(path: str, storage: dict | None = None) -> bytes:
         raise InputError(f"cannot read input {path!r}: {exc}") from exc
 
 
+class Unparsed:
+    """The value of a line its format cannot read, in a job that may skip bad records
+    (a reader's ``lenient``): it keeps the line's place among the records, so its ordinal
+    is the same on every attempt, and ``error`` is raised when the line is read, not
+    skipped (workers/runner.py's ``Numbered``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BadRecord) -> None:
+        self.error = error
+
+
 def _parser(fmt: str, columns: list | None, header: str = "given"):
     """How a block's lines become values for a line format (None: plain text).
 
@@ -81,35 +93,45 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
     field may not hold a newline), a dict of the header's ``columns`` (a list without
     them); with columns, the line at offset 0 of each file, the header, is left out
     (unless ``header`` is ``"none"``; with ``"file"`` it must name the same columns), and
-    a row with more fields than columns is an error (its extra fields would be lost)."""
+    a row with more fields than columns is an error (its extra fields would be lost).
+    Such an error is a :class:`BadRecord`, raised at once, or with ``lenient`` (a job that
+    may skip bad records) kept as the line's value (:class:`Unparsed`)."""
     if fmt == "text":
         return None
     if fmt == "jsonl":
         import json
 
-        def parse_json(path, offsets, lines):
+        def parse_json(path, offsets, lines, lenient=False):
             keep_offsets, values = [], []
             for offset, line in zip(offsets, lines):
                 if line.strip():
                     try:
                         values.append(json.loads(line))
                     except ValueError as exc:
-                        raise BadRecord(f"{path}: the line at byte {offset} is not JSON: "
-                                        f"{exc}") from None
+                        bad = BadRecord(f"{path}: the line at byte {offset} is not JSON: "
+                                        f"{exc}")
+                        if not lenient:
+                            raise bad from None
+                        values.append(Unparsed(bad))
                     keep_offsets.append(offset)
             return keep_offsets, values
         return parse_json
     if fmt == "csv":
         import csv
 
-        def parse_csv(path, offsets, lines):
+        def parse_csv(path, offsets, lines, lenient=False):
             keep_offsets, values = [], []
             for offset, line in zip(offsets, lines):
                 try:  # one line at a time: a row never swallows the next line
                     row = next(csv.reader([line], strict=True), [])
                 except csv.Error as exc:
-                    raise BadRecord(f"{path}: the line at byte {offset} is not a CSV row: "
-                                    f"{exc}") from None
+                    bad = BadRecord(f"{path}: the line at byte {offset} is not a CSV row: "
+                                    f"{exc}")
+                    if not lenient:
+                        raise bad from None
+                    keep_offsets.append(offset)
+                    values.append(Unparsed(bad))
+                    continue
                 if columns and offset == 0 and header != "none":
                     if header == "file" and list(row) != list(columns):
                         raise BadRecord(
@@ -121,9 +143,14 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 if not row:
                     continue  # a blank line
                 if columns and len(row) > len(columns):
-                    raise BadRecord(f"{path}: the line at byte {offset} has {len(row)} CSV "
+                    bad = BadRecord(f"{path}: the line at byte {offset} has {len(row)} CSV "
                                     f"fields, more than the {len(columns)} columns "
                                     f"{columns}")
+                    if not lenient:
+                        raise bad
+                    keep_offsets.append(offset)
+                    values.append(Unparsed(bad))
+                    continue
                 keep_offsets.append(offset)
                 values.append(dict(zip(columns, row)) if columns else row)
             return keep_offsets, values
@@ -319,6 +346,9 @@ class LineReader:
         self.skipped = 0  # records its task leaves out (bad ones): not counted as read
         self.path = ""
         self.error: Exception | None = None
+        # a job that may skip bad records: a line its format cannot read is an
+        # Unparsed value, raised when read and skipped by ordinal (workers/runner.py)
+        self.lenient = False
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         return itertools.chain.from_iterable(self._zipped())
@@ -333,7 +363,7 @@ class LineReader:
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
                     if self._parse is not None:
-                        offsets, lines = self._parse(path, offsets, lines)
+                        offsets, lines = self._parse(path, offsets, lines, self.lenient)
                     self.count += len(lines)
                     offset += len(data)
                     if sized:

@@ -3,6 +3,9 @@ on real daemons, each checked against the sequential run."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import pytest
 
 from pymapreduce import Client, Job, JobFailed, run_sequential
@@ -220,6 +223,58 @@ class CountKinds(Job):
 class Sizes(Job):
     def map(self, path, data):
         yield path.rsplit("/", 1)[-1], len(data)
+
+
+class KindsOnly(Job):
+    def map(self, key, record):
+        yield record["kind"], key
+
+
+def test_lines_their_format_cannot_read_are_skipped_as_bad_records(cluster, tmp_path):
+    """With skip_bad_records, a line that is not JSON, or not a CSV row of its header, is a
+    bad record like one whose map raises: it fails twice, is then left out by its ordinal
+    and listed with its file and offset; the lines around it are read. Without it, the job
+    fails naming the line (test_csv_jsonl_and_whole_file_inputs)."""
+    from pymapreduce import read_csv, read_jsonl
+
+    lines = [f'{{"kind": "k{i % 3}", "i": {i}}}' for i in range(30)]
+    lines[4] = "{not json"
+    lines[17] = '{"kind": '
+    (tmp_path / "some-bad.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "rows.csv").write_text("city,sales\nparis,3\noslo,4,extra\n\"bad\"quote\",1\n"
+                                       "oslo,5\n")
+    good = [json.loads(x) for i, x in enumerate(lines) if i not in (4, 17)]
+    with Client(cluster) as client:
+        job = CountKinds()
+        job.skip_bad_records = True
+        handle = client.submit(job, read_jsonl(str(tmp_path / "some-bad.jsonl")))
+        assert handle.result(60) == dict(Counter(r["kind"] for r in good))
+        skipped = sorted(handle.status()["skipped"], key=lambda s: s["record"])
+        assert [(s["record"], s["path"].endswith("some-bad.jsonl")) for s in skipped] == \
+            [(4, True), (17, True)]
+        offsets = [sum(len(x) + 1 for x in lines[:i]) for i in (4, 17)]
+        assert [s["key"] for s in skipped] == [str(o) for o in offsets], skipped
+        # map-only: its records are the lines read, in order
+        pairs = client.submit(KindsOnly(), read_jsonl(str(tmp_path / "some-bad.jsonl")),
+                              reducers=0)
+        with pytest.raises(JobFailed, match="BadRecord"):
+            pairs.result(60)  # (no skipping asked for)
+        mapped = KindsOnly()
+        mapped.skip_bad_records = 2
+        out = client.submit(mapped, read_jsonl(str(tmp_path / "some-bad.jsonl")),
+                            reducers=0).result(60)
+        assert sorted(v for _, v in out) == sorted(
+            sum(len(x) + 1 for x in lines[:i]) for i in range(30) if i not in (4, 17))
+        sums = SumBy()
+        sums.skip_bad_records = True
+        handle = client.submit(sums, read_csv(str(tmp_path / "rows.csv")))
+        assert handle.result(60) == {"paris": 3, "oslo": 5}
+        assert sorted(s["record"] for s in handle.status()["skipped"]) == [1, 2]
+        # past the number of bad records allowed: the job fails, saying so
+        one = CountKinds()
+        one.skip_bad_records = 1
+        with pytest.raises(JobFailed, match="more than 1 bad records"):
+            client.submit(one, read_jsonl(str(tmp_path / "some-bad.jsonl"))).result(60)
 
 
 def test_csv_jsonl_and_whole_file_inputs(cluster, tmp_path):

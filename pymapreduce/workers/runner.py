@@ -16,7 +16,7 @@ from ..kernels import (
     merge_segments,
     reduce_groups,
 )
-from ..lines import input_size, read_whole
+from ..lines import Unparsed, input_size, read_whole
 from ..patterns import allocator
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
@@ -55,12 +55,15 @@ class TaskError(Exception):
 
 class Numbered:
     """Records with their ordinals in the split: leaves out those in ``skip`` and knows
-    which record is being mapped (the one to blame if ``map`` raises)."""
+    which record is being mapped (the one to blame if ``map`` raises). A line its format
+    could not read (:class:`~pymapreduce.lines.Unparsed`) raises its error here when it is
+    not left out, and is ``unparsed``: the record to blame, skipped as a bad one is."""
 
     def __init__(self, records: Any, skip: Any) -> None:
         self.records = records
         self.skip = frozenset(skip)
         self.current = -1
+        self.unparsed: tuple | None = None  # (its key, its error)
 
     def __iter__(self):
         skip = self.skip
@@ -68,6 +71,9 @@ class Numbered:
             if i in skip:
                 continue
             self.current = i
+            if type(record[1]) is Unparsed:
+                self.unparsed = (record[0], record[1].error)
+                raise record[1].error
             yield record
 
 
@@ -117,8 +123,9 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             nbytes, where = len(records.blob), {}
         else:
             records, nbytes, where = _open_split(desc, blobs)
-            if skip and isinstance(records, LineReader):  # (as its statistics count them)
-                records.skipped = len(skip)
+            if (ordinals or skip) and isinstance(records, LineReader):
+                records.skipped = len(skip)  # (as its statistics count them)
+                records.lenient = True  # an unreadable line is a bad record, to skip
         source = Numbered(records, skip) if ordinals or skip else records
         try:
             if map_only and budget is not None and files is not None:
@@ -140,6 +147,11 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
         except RecordFailed as exc:
             if isinstance(records, LineReader):
                 where["path"] = records.path
+            if isinstance(source, Numbered) and source.unparsed is not None and \
+                    exc.__cause__ is source.unparsed[1]:  # a line its format cannot read
+                raise TaskError(exc.__cause__, {**where, "ordinal": source.current,
+                                                **_where(records, source.unparsed[0])}) from exc
+            if isinstance(records, LineReader):
                 if records.error is not None and records.error is exc.__cause__:
                     # the input failed (unreadable, a line over the limit), not the record
                     # map saw last: no ordinal, so it is never skipped as a bad record
