@@ -234,3 +234,21 @@ def test_logs_of_a_task_name_that_cannot_exist_is_an_error_not_silence(tmp_path,
     assert "no task 'bogus': tasks are named map-N and reduce-N" in proc.stderr
     proc = _cli(tmp_path, "logs", "--connect", cluster, "Any-123", "map-0")
     assert proc.returncode == 2 and "knows no job 'Any-123'" in proc.stderr
+
+
+def test_a_client_takes_a_local_cluster_as_its_address():
+    """``Client(cluster)`` is what a user writes first: it connects to the cluster's
+    broker; a cluster not started yet, or anything else, is a clear error."""
+    from pymapreduce import ConfigError, LocalCluster, run_sequential
+
+    from .jobs import WordCount
+
+    records = [(i, f"a b{i % 3}") for i in range(50)]
+    with LocalCluster(workers=1) as cluster, Client(cluster) as client:
+        assert client.address == cluster.address
+        assert client.submit(WordCount(), records).result(30) == \
+            run_sequential(WordCount(), records)
+    with pytest.raises(ConfigError, match="a started LocalCluster, not LocalCluster"):
+        Client(LocalCluster(workers=1))
+    with pytest.raises(ConfigError, match="not int 5555"):
+        Client(5555)

@@ -47,7 +47,8 @@ RESEND_LIMIT = 1 << 20  # requests larger than this are resent only on a new con
 
 
 class Client:
-    """A connection to a broker at ``address`` (``tcp://HOST:PORT``).
+    """A connection to a broker at ``address`` (``tcp://HOST:PORT``, or a started
+    :class:`~pymapreduce.LocalCluster`, whose broker's address it takes).
 
     ``timeout`` bounds every request: a broker that does not answer within it raises
     :class:`~pymapreduce.BrokerUnavailable` instead of hanging; a host name this machine
@@ -61,6 +62,13 @@ class Client:
     def __init__(self, address: str, *, timeout: float = timing.REQUEST_TIMEOUT,
                  keys: str | os.PathLike | PeerKeys | None = None, key_name: str = "client",
                  context: zmq.Context | None = None) -> None:
+        if not isinstance(address, str):  # a LocalCluster (anything with an address)
+            given = address
+            address = getattr(given, "address", None)
+            if not isinstance(address, str) or not address:
+                raise ConfigError(
+                    f"Client wants a broker's address (tcp://HOST:PORT) or a started "
+                    f"LocalCluster, not {type(given).__name__} {given!r:.80}")
         self.address = check_resolves(check_endpoint(address))
         self.timeout = timeout
         if keys is not None and not isinstance(keys, PeerKeys):
