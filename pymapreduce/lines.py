@@ -107,7 +107,7 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 if line.strip():
                     try:
                         values.append(json.loads(line))
-                    except ValueError as exc:
+                    except (ValueError, RecursionError) as exc:  # (nested past its depth)
                         bad = BadRecord(f"{path}: the line at byte {offset} is not JSON: "
                                         f"{exc}")
                         if not lenient:
