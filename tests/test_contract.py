@@ -317,6 +317,24 @@ def test_a_sorted_job_and_a_line_nested_past_json_s_depth_skip_their_bad_lines(
             client.submit(CountKinds(), read_jsonl(str(path))).result(60)
 
 
+def test_a_csv_header_that_is_no_csv_row_is_never_skipped_as_a_bad_record(cluster, tmp_path):
+    """Every file of a read_csv input must have the first file's header, or its rows would
+    be read under the wrong columns: a header line that is not even a CSV row fails the
+    job with skip_bad_records too, rather than be skipped as a bad record and its file's
+    rows read under the first file's columns."""
+    from pymapreduce import read_csv
+
+    (tmp_path / "a.csv").write_text("city,sales\nparis,3\n")
+    (tmp_path / "b.csv").write_text('sales,"ci"ty\n4,7\n')
+    with Client(cluster) as client:
+        sums = SumBy()
+        sums.skip_bad_records = True
+        handle = client.submit(sums, read_csv([str(tmp_path / "a.csv"),
+                                               str(tmp_path / "b.csv")]))
+        with pytest.raises(JobFailed, match="b.csv: the line at byte 0 is not a CSV row"):
+            handle.result(60)
+
+
 def test_csv_jsonl_and_whole_file_inputs(cluster, tmp_path):
     from pymapreduce import read_csv, read_files, read_jsonl
 
