@@ -95,7 +95,8 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
     (unless ``header`` is ``"none"``; with ``"file"`` it must name the same columns), and
     a row with more fields than columns is an error (its extra fields would be lost).
     Such an error is a :class:`BadRecord`, raised at once, or with ``lenient`` (a job that
-    may skip bad records) kept as the line's value (:class:`Unparsed`)."""
+    may skip bad records) kept as the line's value (:class:`Unparsed`); a header line's
+    is raised at once whatever ``lenient`` says (it is no record to skip)."""
     if fmt == "text":
         return None
     if fmt == "jsonl":
@@ -107,7 +108,7 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 if line.strip():
                     try:
                         values.append(json.loads(line))
-                    except ValueError as exc:
+                    except (ValueError, RecursionError) as exc:  # (nested past its depth)
                         bad = BadRecord(f"{path}: the line at byte {offset} is not JSON: "
                                         f"{exc}")
                         if not lenient:
@@ -127,8 +128,8 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 except csv.Error as exc:
                     bad = BadRecord(f"{path}: the line at byte {offset} is not a CSV row: "
                                     f"{exc}")
-                    if not lenient:
-                        raise bad from None
+                    if not lenient or (columns and offset == 0 and header != "none"):
+                        raise bad from None  # (a file's header is no record to skip)
                     keep_offsets.append(offset)
                     values.append(Unparsed(bad))
                     continue

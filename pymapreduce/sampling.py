@@ -29,6 +29,7 @@ from typing import Any
 from .errors import BadOutput, ConfigError
 from .inputs import TextInput, normalize_records, plan_file_splits, read_split
 from .job import Job
+from .lines import Unparsed
 from .ordering import as_pair, grouped_key, is_total_order
 
 # Input records the client maps to cut the boundaries. Hadoop's TeraSort samples 100,000
@@ -75,14 +76,19 @@ def with_boundaries(job: Job, steps: list[Job] | None, inputs: Any, *, slots: in
     if type(step).partition is not Job.partition:
         raise ConfigError(f"{name} has total_order and its own partition(): total_order "
                           "partitions by key ranges; drop one of them")
-    keys = sample_keys(job, steps, sample_records(inputs, slots))
+    # (a job that may skip bad records leaves out the lines its format cannot read)
+    keys = sample_keys(job, steps, sample_records(inputs, slots,
+                                                  lenient=bool(job.skip_bad_records)))
     ordered = copy.copy(job)
     ordered.__dict__["_pmr_bounds"] = cut_boundaries(name, keys, reducers)
     return ordered
 
 
-def sample_records(inputs: Any, slots: int, size: int = SAMPLE_RECORDS) -> list:
-    """Up to about ``size`` input records, spread over the input."""
+def sample_records(inputs: Any, slots: int, size: int = SAMPLE_RECORDS,
+                   lenient: bool = False) -> list:
+    """Up to about ``size`` input records, spread over the input; ``lenient``: lines a
+    ``read_jsonl`` or ``read_csv`` input cannot read are left out (a job that may skip
+    bad records), not a :class:`~pymapreduce.errors.BadRecord` raised here."""
     if not isinstance(inputs, TextInput):
         records = normalize_records(inputs)
         n = len(records)
@@ -102,7 +108,9 @@ def sample_records(inputs: Any, slots: int, size: int = SAMPLE_RECORDS) -> list:
         reader = read_split(ranges, inputs.encoding, inputs.max_line_bytes,
                             inputs.with_path, inputs.fmt, list(inputs.columns) or None,
                             inputs.header, block=SAMPLE_BLOCK)
-        records.extend(itertools.islice(reader, per_split))
+        reader.lenient = lenient
+        records.extend(r for r in itertools.islice(reader, per_split)
+                       if type(r[1]) is not Unparsed)
     return records
 
 

@@ -277,6 +277,64 @@ def test_lines_their_format_cannot_read_are_skipped_as_bad_records(cluster, tmp_
             client.submit(one, read_jsonl(str(tmp_path / "some-bad.jsonl"))).result(60)
 
 
+class SortedKinds(Job):
+    total_order = True  # (no reduce: a plain sort, its keys sampled from the input)
+
+    def map(self, key, record):
+        yield record["i"], record["kind"]
+
+
+def test_a_sorted_job_and_a_line_nested_past_json_s_depth_skip_their_bad_lines(
+        cluster, tmp_path):
+    """A total_order job samples its input's first lines to cut its key ranges: with
+    skip_bad_records a bad line among them is left out there too, not the submission's
+    error. A line nested deeper than JSON's reader goes (RecursionError, no ValueError) is
+    a line that is not JSON like any other: skipped with skip_bad_records, and without it
+    the job fails naming the line."""
+    from pymapreduce import read_jsonl
+
+    lines = [f'{{"kind": "k{i % 3}", "i": {i}}}' for i in range(30)]
+    lines[1] = "{not json"
+    lines[17] = "[" * 100_000
+    path = tmp_path / "deep.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    good = [(i, f"k{i % 3}") for i in range(30) if i not in (1, 17)]
+    with Client(cluster) as client:
+        job = SortedKinds()
+        job.skip_bad_records = True
+        handle = client.submit(job, read_jsonl(str(path)), reducers=2)
+        assert handle.result(60) == good
+        assert sorted(s["record"] for s in handle.status()["skipped"]) == [1, 17]
+        counts = CountKinds()
+        counts.skip_bad_records = True
+        handle = client.submit(counts, read_jsonl(str(path)))
+        assert handle.result(60) == dict(Counter(kind for _, kind in good))
+        assert sorted(s["record"] for s in handle.status()["skipped"]) == [1, 17]
+        lines[1] = lines[0]  # only the deep line is bad now
+        path.write_text("\n".join(lines) + "\n")
+        offset = sum(len(x) + 1 for x in lines[:17])
+        with pytest.raises(JobFailed, match=f"BadRecord.*at byte {offset} is not JSON"):
+            client.submit(CountKinds(), read_jsonl(str(path))).result(60)
+
+
+def test_a_csv_header_that_is_no_csv_row_is_never_skipped_as_a_bad_record(cluster, tmp_path):
+    """Every file of a read_csv input must have the first file's header, or its rows would
+    be read under the wrong columns: a header line that is not even a CSV row fails the
+    job with skip_bad_records too, rather than be skipped as a bad record and its file's
+    rows read under the first file's columns."""
+    from pymapreduce import read_csv
+
+    (tmp_path / "a.csv").write_text("city,sales\nparis,3\n")
+    (tmp_path / "b.csv").write_text('sales,"ci"ty\n4,7\n')
+    with Client(cluster) as client:
+        sums = SumBy()
+        sums.skip_bad_records = True
+        handle = client.submit(sums, read_csv([str(tmp_path / "a.csv"),
+                                               str(tmp_path / "b.csv")]))
+        with pytest.raises(JobFailed, match="b.csv: the line at byte 0 is not a CSV row"):
+            handle.result(60)
+
+
 def test_csv_jsonl_and_whole_file_inputs(cluster, tmp_path):
     from pymapreduce import read_csv, read_files, read_jsonl
 

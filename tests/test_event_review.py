@@ -447,3 +447,60 @@ def test_stragglers_set_aside_keep_their_rows_while_they_run_and_go_once_they_en
     assert not [r for r in events.attempts("j") if r["worker"] == "slow"]
     assert log.closed == {}  # their notes went with their rows
     assert len(events.attempts("j")) == log.rows == events._rows <= 40 + 40 // 8
+
+
+def _full_log(jobs: int, tasks: int, **bounds: int) -> EventLog:
+    """Jobs of one-attempt messages, each attempt committed in a turn of its own."""
+    events = EventLog(**bounds)
+    attempt = 0
+    for j in range(jobs):
+        job = Job(f"j{j}")
+        events.job_submitted(job)
+        for i in range(tasks):
+            attempt += 1
+            events.dispatched(job, [Task(job, i)], [attempt], "w")
+            events.noted.extend((job.id, "map", i, attempt, "w", 0.1, 1, 2, 3))
+            events.flush()
+    return events
+
+
+def test_a_reader_from_cursor_zero_goes_over_the_newest_events_only(monkeypatch):
+    """An HTTP reader may ask for every event after 0, as often as it likes: the read
+    (under the lock the broker loop writes with) must go over about the events it may
+    serve (``global_events``, ``per_job``), not every batch of every attempt table
+    (200,000 rows at the defaults)."""
+    from pymapreduce.observe import reading
+
+    events = _full_log(20, 500, per_job=50, global_events=100, attempts_per_job=2000,
+                       max_attempts=100_000)
+    built: list = []
+    for name in ("_sent_entry", "_done_entry"):
+        real = getattr(reading, name)
+        monkeypatch.setattr(reading, name,
+                            lambda *a, _real=real: built.append(1) or _real(*a))
+    every = events.since(0)
+    assert [e["seq"] for e in every] == list(range(events.seq - 99, events.seq + 1))
+    assert len(built) <= 100 + 2
+    built.clear()
+    mine = events.since(0, "j3")
+    assert len(mine) == 50 and {e["job"] for e in mine} == {"j3"}
+    assert len(built) <= 50 + 2
+
+
+def test_a_commit_noted_without_its_worker_names_it_on_every_read():
+    """A commit noted without its worker is given the one its attempt was sent to: read
+    before or after its dispatch row left the attempt table, the event is the same."""
+    events = EventLog(attempts_per_job=8)
+    job = Job("j")
+    events.job_submitted(job)
+    events.dispatched(job, [Task(job, 0)], [1], "w1")
+    for i in range(1, 5):
+        events.dispatched(job, [Task(job, i)], [i + 1], "w2")
+    events.noted.extend(("j", "map", 0, 1, "", 0.1, 1, 2, 3))  # (its worker gone)
+    events.flush()
+    [done] = [e for e in events.since(0, "j") if e["type"] == "done"]
+    assert done["worker"] == "w1"
+    for i in range(5, 10):  # the first dispatches leave the table
+        events.dispatched(job, [Task(job, i)], [i + 1], "w2")
+    assert [r["worker"] for r in events.attempts("j")].count("w1") == 0
+    assert [e for e in events.since(0, "j") if e["seq"] == done["seq"]] == [done]

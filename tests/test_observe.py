@@ -465,3 +465,35 @@ def test_the_jobs_listing_reuses_ended_rows_json_and_scopes_by_client():
     assert [r["state"] for r in json.loads(body2)["jobs"]] == ["succeeded"] * 2 + ["failed"]
     _, cache3 = jobs_listing(Snapshot(3.0, {}, {"b": done}, {"b": "key two"}), "", cache2)
     assert set(cache3) == {"b"}  # (forgotten jobs' JSON goes)
+
+
+class LastFailsOnce(WordCount):
+    """Word count whose last record fails on its first try."""
+
+    def __init__(self, flag_path, last):
+        self.flag_path, self.last = flag_path, last
+
+    def map(self, key, line):
+        if key == self.last and not os.path.exists(self.flag_path):
+            open(self.flag_path, "w").close()
+            raise ValueError("the last record's first try fails")
+        yield from super().map(key, line)
+
+
+def test_a_job_s_detail_lists_its_newest_failures_past_a_thousand_events(daemons, tmp_path):
+    """A job of many tasks has more events than one read of them returns (1000): the
+    job's detail must list the failures among its newest events, not only those among
+    the first thousand of what its stream keeps."""
+    address, http = start_broker(daemons, "--backup-after", "off")
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    n = 700  # (a dispatch and a commit each: 1400 events and more)
+    records = [(i, f"w{i % 5}") for i in range(n)]
+    with Client(address) as client:
+        handle = client.submit(LastFailsOnce(str(tmp_path / "failed"), n - 1), records,
+                               map_tasks=n, reducers=1)
+        assert handle.result(120) == run_sequential(WordCount(), records)
+        job = handle.job_id
+    detail = wait_for(lambda: (d := get_json(f"{http}api/jobs/{job}"))["job"]["state"]
+                      == "succeeded" and d)
+    assert [f["task"] for f in detail["failures"]] == [f"map-{n - 1}"]

@@ -119,7 +119,7 @@ class AttemptTable:
             batch = batches.popleft()
             attempts, tasks = batch[4], batch[6]
             take = min(n - gone, len(attempts))
-            if take < len(attempts):  # cut: the rest stays (the ring has the whole)
+            if take < len(attempts):  # cut: the rest stays (its last events' numbers)
                 batches.appendleft((*batch[:4], attempts[take:], batch[5], tasks[take:]))
             dropped, of = attempts[:take], tasks[:take]
             running = _running_in(of, dropped)

@@ -39,12 +39,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from itertools import chain
 from typing import Any
 
 from ..errors import line_offset
 from ..patterns import protocol as P
-from .attempts import _KIND, ABANDONED, AttemptTable, _JobLog
-from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading
+from .attempts import _KIND, ABANDONED, AttemptTable, _holder, _JobLog
+from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading, notes
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
@@ -330,6 +331,10 @@ class EventLog(AttemptTable, Reading):
         counts[key] = counts.get(key, 0) + records
         self.seq += n
         if log is not None:  # (the batch is the events: no ring entry, see dispatched)
+            if not all(fields[4::NOTE]):  # (rare) noted without its worker: the one its
+                fields = tuple(chain.from_iterable(  # attempt was sent to, once for all
+                    f if f[4] else (*f[:4], _holder(log, f[3]) or "", *f[5:])
+                    for f in notes(fields)))
             log.ends.append((self.seq, now, fields))
 
     def restore_flow(self, job_id: str, flow: dict) -> None:

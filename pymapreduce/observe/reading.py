@@ -11,6 +11,8 @@ the attempt table is joined here from the batches it is stored as.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from heapq import merge
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
@@ -75,15 +77,26 @@ def notes(items: tuple) -> list[tuple]:
     return [items[i:i + NOTE] for i in range(0, len(items), NOTE)]
 
 
-def _after(items: Any, cursor: int) -> list[tuple]:
-    """Those of ``items`` (a ring, or batches: in the order of their sequence numbers,
-    the first field) whose sequence number is past ``cursor``, the newest first."""
-    out = []
+def _newest(items: Any, cursor: int, source: int, job: str | None) -> Iterator[tuple]:
+    """Those of ``items`` (a ring, or batches: in the order of their sequence numbers, the
+    first field) whose sequence number is past ``cursor``, the newest first, each as
+    ``(seq, source, job, item)``: taken one at a time, as a merge of them asks."""
     for item in reversed(items):
         if item[0] <= cursor:
-            break
-        out.append(item)
-    return out
+            return
+        yield item[0], source, job, item
+
+
+# what a ``_newest`` item is: a ring entry, a dispatch batch, a commit batch
+RING, SENT, ENDS = 0, 1, 2
+
+
+def _count(merged: tuple) -> int:
+    """The events a merged item holds (see ``_newest``)."""
+    source, item = merged[1], merged[3]
+    if source == RING:
+        return item[7]
+    return len(item[4]) if source == SENT else len(item[2]) // NOTE
 
 
 def _sent_entry(job: str, batch: tuple) -> tuple:
@@ -96,13 +109,9 @@ def _sent_entry(job: str, batch: tuple) -> tuple:
             (worker, step, backup, kind, tuple(task.index for task in tasks)), len(attempts))
 
 
-def _done_entry(job: str, batch: tuple, workers: dict | None) -> tuple:
-    """A commit batch ``(seq, time, items)`` as the ring entry of its events; a commit
-    noted without its worker is given the one its attempt was sent to (``workers``)."""
+def _done_entry(job: str, batch: tuple) -> tuple:
+    """A commit batch ``(seq, time, items)`` as the ring entry of its events."""
     seq, t, items = batch
-    if workers is not None and not all(items[4::NOTE]):
-        items = tuple(chain.from_iterable(
-            f if f[4] else (*f[:4], workers.get(f[3], ""), *f[5:]) for f in notes(items)))
     return (seq, t, "done", job, items, 0, None, len(items) // NOTE)
 
 
@@ -159,30 +168,30 @@ class Reading:
                 self._flush()
             if job is not None:
                 log = self._jobs.get(job)
-                logs = [log] if log is not None else []
-                entries = _after(log.events if log is not None else (), cursor)
-                cap = self.per_job
+                if log is None:
+                    return []
+                ring, logs, cap = log.events, [log], self.per_job
             else:
-                logs = list(self._jobs.values())
-                entries = _after(self._global, cursor)
-                cap = self.global_events
-            sent = [(one.id, b) for one in logs for b in _after(one.batches, cursor)]
-            ends = [(one.id, e) for one in logs for e in _after(one.ends, cursor)]
-            workers = None
-            if any(not all(e[2][4::NOTE]) for _, e in ends):
-                # (a commit noted without its worker: where the attempt was sent)
-                workers = {attempt: b[2] for one in logs
-                           for b in chain(one.held, one.batches) for attempt in b[4]}
+                ring, logs, cap = self._global, self._jobs.values(), self.global_events
+            # the newest first, merged from the ring and each table's batches, to the cap:
+            # what is read is about what may be served, however many rows the tables hold
+            # (one look per job at its newest batches, for the jobs that have none past
+            # the cursor)
+            sources = [_newest(ring, cursor, RING, None)]
+            for one in logs:
+                if one.batches and one.batches[-1][0] > cursor:
+                    sources.append(_newest(one.batches, cursor, SENT, one.id))
+                if one.ends and one.ends[-1][0] > cursor:
+                    sources.append(_newest(one.ends, cursor, ENDS, one.id))
+            picked, count = [], 0
+            for item in merge(*sources, key=_SEQ, reverse=True):
+                count += _count(item)
+                if picked and count > cap:
+                    break
+                picked.append(item)
         # (after the lock: a batch's tasks never change their kind and index)
-        entries.extend(_sent_entry(job_id, b) for job_id, b in sent)
-        entries.extend(_done_entry(job_id, e, workers) for job_id, e in ends)
-        entries.sort(key=_SEQ, reverse=True)
-        kept, count = [], 0
-        for entry in entries:  # the newest first, to the cap
-            count += entry[7]
-            if kept and count > cap:
-                break
-            kept.append(entry)
+        kept = [item[3] if item[1] == RING else _sent_entry(item[2], item[3])
+                if item[1] == SENT else _done_entry(item[2], item[3]) for item in picked]
         out = []
         for entry in reversed(kept):
             for event in expand(entry):

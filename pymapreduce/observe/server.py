@@ -202,7 +202,9 @@ class Observatory:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
                            "the result TTL (/api/history keeps its facts)")
         attempts = self.events.timeline(job_id)
-        failures = [e for e in self.events.since(0, job_id)
+        # (every event its stream keeps: one read's default, a thousand, would be its
+        # oldest, and miss the failures among its newest)
+        failures = [e for e in self.events.since(0, job_id, limit=self.events.per_job)
                     if e["type"] in ("failed", "killed")][-MAX_FAILURES:]
         done = [a for a in attempts if a["outcome"] == "done" and a["end"] is not None]
         done.sort(key=_ran_for, reverse=True)  # by run time where known: a straggler
