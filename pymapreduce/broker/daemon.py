@@ -197,6 +197,8 @@ class Broker(ClientAPI, WorkerAPI):
         self._wakeup = SignalWakeup()  # SIGTERM ends the poll at once (patterns/wakeup.py)
         if self._wakeup.fd is not None:
             poller.register(self._wakeup.fd, zmq.POLLIN)
+        if self.http is not None:  # the loop serves its HTTP connections too
+            self.http.attach(poller)
         return poller
 
     def serve_forever(self) -> None:
@@ -239,7 +241,9 @@ class Broker(ClientAPI, WorkerAPI):
         self.ledger.events.flush()  # the turn's committed attempts, recorded together
         self.step(time.monotonic())
         if self.http is not None:
-            self.http.publish(time.monotonic())
+            now = time.monotonic()
+            self.http.publish(now)
+            self.http.serve(events, now)
         if self.journal is not None:
             self.journal.flush()
 

@@ -1,17 +1,21 @@
 """The broker's read-only HTTP server: JSON API, server-sent events, ``/metrics``, page.
 
-It runs in threads of its own (``ThreadingHTTPServer``) and reads only what the broker
-loop publishes (an immutable snapshot, the locked event log): no handler can change
-cluster state, and nothing from a request reaches the cluster. A request is GET only.
+It is served by the broker loop itself, between its other work: the listening socket and
+each connection are in the loop's poller, every socket is non-blocking, and what a
+connection has to send waits in its buffer until the socket takes it. No thread of its
+own: threads would share the broker's interpreter lock with the loop, and taking turns
+at it cost the loop several times what the requests themselves cost (benchmarks/
+RESULTS.md). It reads only what the loop publishes (an immutable snapshot, the event
+log): no request can change cluster state, and nothing from a request reaches the
+cluster. A request is GET only, one per connection (HTTP/1.0).
 
 What a slow or hostile client may cost: at most ``MAX_CONNECTIONS`` connections at once
 (``MAX_PER_ADDRESS`` from one address; more are closed at once), a request must arrive
-whole within ``REQUEST_SECONDS`` and ``MAX_REQUEST_BYTES`` (slowloris, huge headers),
-and a write that the client does not read for ``WRITE_SECONDS`` ends its connection.
-At most ``MAX_PER_SECOND`` connections are accepted per second, and the two listings
-are serialized once per snapshot however many ask: the HTTP threads share the broker's
-interpreter (its GIL), so a request flood is bounded in what it can take from the loop.
-Each connection holds one thread; the broker loop never waits for any of them.
+whole within ``REQUEST_SECONDS`` and ``MAX_REQUEST_BYTES`` (slowloris, huge headers), a
+connection that takes nothing of what it is sent for ``WRITE_SECONDS`` is closed, and so
+is an event stream whose reader falls ``MAX_STREAM_BUFFER`` bytes behind. At most
+``MAX_PER_SECOND`` connections are accepted per second, and the two listings are
+serialized once per snapshot however many ask. The loop never waits for a client.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import json
 import logging
 import re
 import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import zmq
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -38,6 +42,12 @@ WRITE_SECONDS = 10.0
 SSE_POLL = 0.2  # seconds between looks at the event ring for a stream
 SSE_KEEPALIVE = 10.0
 SSE_MAX_SECONDS = 600.0  # a stream ends after this; EventSource reconnects (Last-Event-ID)
+MAX_STREAM_BUFFER = 8 << 20  # bytes of events a stream's reader may fall behind
+ACCEPTS_PER_TURN = 16  # connections taken at one turn of the loop (more: at the next)
+TIMERS_EVERY = 0.05  # seconds between looks at deadlines and streams
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 501: "Not Implemented"}
 COOKIE = "pymapreduce_token"
 TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"'#]*", re.IGNORECASE)  # redacted from the log
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -86,222 +96,329 @@ REFUSED_TOKEN_PAGE = NEEDS_TOKEN_PAGE.replace(
     b"removed from the broker's allowlist.</p>\n<p>The broker has keys,")
 
 
-class _RequestReader:
-    """The request's reader: the whole request line and headers within a deadline and a
-    byte budget (a socket timeout alone bounds each recv, not a trickle of bytes)."""
+class Headers(dict):
+    """A request's headers by lower-case name (the first of a name given twice)."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock, self.deadline = sock, deadline
-        self.buf = b""
-        self.total = 0
-        self.over = False
-
-    def readline(self, limit: int = -1) -> bytes:
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0 or (0 < limit <= len(self.buf)):
-                end = i + 1 if i >= 0 else limit
-                if limit > 0:
-                    end = min(end, limit)
-                line, self.buf = self.buf[:end], self.buf[end:]
-                return line
-            if self.total >= MAX_REQUEST_BYTES:
-                self.over = True  # ends the headers here; the handler answers 431
-                return b""
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the request did not arrive in time")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                line, self.buf = self.buf, b""
-                return line
-            self.total += len(chunk)
-            self.buf += chunk
-
-    def read(self, n: int = -1) -> bytes:  # (GET requests have no body to read)
-        return b""
-
-    def close(self) -> None:
-        pass
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self, name.lower(), default)
 
 
-class Server(ThreadingHTTPServer):
-    """Bounded connections, one daemon thread each."""
+def parse_request(raw: bytes) -> tuple[str, str, Headers]:
+    """``(method, target, headers)`` of a request's line and headers (``raw``, without the
+    blank line that ends them); ValueError when they are not HTTP."""
+    text = raw.decode("latin-1").replace("\r\n", "\n")
+    first, _, rest = text.partition("\n")
+    parts = first.split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise ValueError("bad request syntax")
+    headers = Headers()
+    for line in rest.split("\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise ValueError("bad header line")
+        headers.setdefault(name.lower(), value.strip())
+    return parts[0], parts[1], headers
 
-    daemon_threads = True
-    request_queue_size = 64
-    block_on_close = False
+
+def response(code: int, ctype: str, body: bytes, headers: dict | None = None) -> bytes:
+    """A whole answer: its status line, the headers every answer has, ``headers``, body."""
+    lines = [f"HTTP/1.0 {code} {REASONS.get(code, 'Error')}", "Server: pymapreduce",
+             f"Date: {formatdate(usegmt=True)}", f"Content-Type: {ctype}",
+             f"Content-Length: {len(body)}", "Cache-Control: no-store",
+             "X-Content-Type-Options: nosniff", "X-Frame-Options: DENY",
+             "Referrer-Policy: no-referrer"]  # (a URL may hold the token)
+    lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _refusal(code: int, message: str) -> bytes:
+    return response(code, "application/json", json.dumps({"error": message}).encode())
+
+
+def answer(app: Any, method: str, target: str, headers: Headers) -> tuple[bytes, Any]:
+    """What to send for a request: ``(bytes, None)``, or for an event stream ``(its
+    headers, (next_events, valid))``; ``valid``: None, or a callable that says whether
+    the request's token is still accepted (a client token's stream ends with its key)."""
+    if method != "GET":
+        return _refusal(501, f"unsupported method {method[:20]!r}: GET only"), None
+    url = urlsplit(target)
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    given = _token(query, headers)
+    scope = ""  # every job; "key ...": one client's (a client token, observe/scopes.py)
+    path = url.path
+    if app.token is None:  # no token: loopback Host names only, unless public
+        host = _host_name(headers.get("Host") or "")
+        if app.check_host and host and not is_loopback_name(host):
+            # a page elsewhere that re-pointed its own name at 127.0.0.1 (DNS
+            # rebinding) must not read a keyless broker's API
+            return _refusal(403, f"host {host!r} is not a loopback name"), None
+    elif (scope := app.scope_of(given)) is None:
+        if path in PAGES:  # a person at a browser: say what to do, show no data
+            return response(401, "text/html; charset=utf-8",
+                            REFUSED_TOKEN_PAGE if given else NEEDS_TOKEN_PAGE), None
+        return _refusal(401, REFUSED_TOKEN if given else
+                        "a token is needed: see `pymapreduce dashboard-url`"), None
+    extra = {}
+    if app.token is not None and query.get("token"):
+        # the page's own requests (and EventSource, which sends no headers) use it
+        extra["Set-Cookie"] = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
+    try:
+        route = app.route(path, query, headers, scope)
+    except PermissionError as exc:
+        return _refusal(403, str(exc)), None
+    except KeyError as exc:
+        return _refusal(404, str(exc.args[0]) if exc.args else "not found"), None
+    except ValueError as exc:
+        return _refusal(400, str(exc)), None
+    except Exception:  # a bug here must not leave the client without an answer
+        log.exception("HTTP %s failed", path[:100])
+        return _refusal(500, "internal error (see the broker's log)"), None
+    if route[0] == "stream":  # (a client token's ends when its key is revoked)
+        head = ("HTTP/1.0 200 OK\r\nServer: pymapreduce\r\n"
+                f"Date: {formatdate(usegmt=True)}\r\nContent-Type: text/event-stream\r\n"
+                "Cache-Control: no-store\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
+                + "\r\nretry: 1000\n\n").encode("latin-1")
+        return head, (route[1], (lambda: app.scope_of(given) == scope) if scope else None)
+    ctype, body = route
+    if ctype.startswith(("text/html", "text/javascript", "text/css")):
+        extra["Content-Security-Policy"] = CSP
+    return response(200, ctype, body, extra), None
+
+
+def _token(query: dict, headers: Headers) -> str:
+    auth = headers.get("Authorization") or ""
+    if auth.startswith("Bearer "):
+        return auth[7:].strip()
+    if query.get("token"):
+        return query["token"]
+    for part in (headers.get("Cookie") or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value
+    return ""
+
+
+def _events_chunk(events: list) -> bytes:
+    return b"".join(f"id: {e['seq']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n"
+                    .encode() for e in events)
+
+
+class _Conn:
+    """One client's connection: what it sent so far, what is left to send it."""
+
+    __slots__ = ("sock", "fd", "peer", "inbuf", "out", "sent", "deadline", "moved",
+                 "stream", "started", "polled", "last", "answered")
+
+    def __init__(self, sock: socket.socket, peer: str, now: float) -> None:
+        self.sock, self.fd, self.peer = sock, sock.fileno(), peer
+        self.inbuf = b""
+        self.out = b""  # to send; ``sent`` of it went
+        self.sent = 0
+        self.deadline = now + REQUEST_SECONDS  # for the whole request to arrive
+        self.moved = now  # when the client last took bytes (or the answer began)
+        self.stream: Any = None  # an event stream's (next_events, valid)
+        self.started = self.polled = self.last = now
+        self.answered = False
+
+
+class LoopServer:
+    """The HTTP server the broker loop serves (see the module's text): ``attach`` it to the
+    loop's poller, and call ``serve`` each turn with what the poll returned."""
 
     def __init__(self, address: tuple[str, int], app: Any) -> None:
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(MAX_CONNECTIONS)
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        self.server_address = self.sock.getsockname()
+        self.fd = self.sock.fileno()
         self.app = app
-        self._count_lock = threading.Lock()
-        self._open: dict[str, int] = {}
-        self._total = 0
+        self.poller: zmq.Poller | None = None
+        self.conns: dict[int, _Conn] = {}
+        self._open: dict[str, int] = {}  # connections by client address
         self._second, self._accepted = 0, 0  # connections accepted in the current second
-        super().__init__(address, Handler)
+        self._timers = 0.0
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        peer = client_address[0] if isinstance(client_address, tuple) else ""
-        with self._count_lock:
-            second = int(time.monotonic())
+    def attach(self, poller: zmq.Poller) -> None:
+        self.poller = poller
+        poller.register(self.fd, zmq.POLLIN)
+
+    def serve(self, events: dict, now: float) -> None:
+        """One turn's work: new connections, what clients sent, what they can take, and
+        (every TIMERS_EVERY) deadlines and the event streams."""
+        if self.fd in events:
+            self._accept(now)
+        if self.conns:
+            for fd in [fd for fd in events if fd in self.conns]:
+                conn = self.conns.get(fd)
+                if conn is None:
+                    continue
+                flags = events[fd]
+                if flags & zmq.POLLIN:
+                    self._read(conn, now)
+                if flags & zmq.POLLOUT and fd in self.conns:
+                    self._write(conn, now)
+            if now - self._timers >= TIMERS_EVERY:
+                self._timers = now
+                for conn in list(self.conns.values()):
+                    self._tick(conn, now)
+
+    def close(self) -> None:
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        if self.poller is not None:
+            try:
+                self.poller.unregister(self.fd)
+            except KeyError:
+                pass
+        self.sock.close()
+
+    # -- connections -------------------------------------------------------------------
+    def _accept(self, now: float) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # (out of descriptors: the next turn tries again)
+                log.debug("HTTP accept failed: %s", exc)
+                return
+            peer = address[0] if isinstance(address, tuple) else ""
+            second = int(now)
             if second != self._second:
                 self._second, self._accepted = second, 0
             self._accepted += 1
-            full = (self._total >= MAX_CONNECTIONS or self._accepted > MAX_PER_SECOND
-                    or self._open.get(peer, 0) >= MAX_PER_ADDRESS)
-            if not full:
-                self._total += 1
-                self._open[peer] = self._open.get(peer, 0) + 1
-        if full:  # closed at once: costs this thread nothing more
-            self.shutdown_request(request)
+            if (len(self.conns) >= MAX_CONNECTIONS or self._accepted > MAX_PER_SECOND
+                    or self._open.get(peer, 0) >= MAX_PER_ADDRESS):
+                sock.close()  # closed at once: costs the loop nothing more
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, peer, now)
+            self.conns[conn.fd] = conn
+            self._open[peer] = self._open.get(peer, 0) + 1
+            if self.poller is not None:
+                self.poller.register(conn.fd, zmq.POLLIN)
+
+    def _close(self, conn: _Conn) -> None:
+        if self.conns.pop(conn.fd, None) is None:
             return
+        left = self._open.get(conn.peer, 1) - 1
+        if left > 0:
+            self._open[conn.peer] = left
+        else:
+            self._open.pop(conn.peer, None)
+        if self.poller is not None:
+            try:
+                self.poller.unregister(conn.fd)
+            except KeyError:
+                pass
         try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._closed(peer)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._closed(client_address[0] if isinstance(client_address, tuple) else "")
-
-    def _closed(self, peer: str) -> None:
-        with self._count_lock:
-            self._total -= 1
-            left = self._open.get(peer, 1) - 1
-            if left > 0:
-                self._open[peer] = left
-            else:
-                self._open.pop(peer, None)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("HTTP client %s: error", client_address, exc_info=True)
-
-
-class Handler(BaseHTTPRequestHandler):
-    """GET only; routes to the app's views (``observe/server.py``)."""
-
-    server: Server
-    server_version = "pymapreduce"
-    sys_version = ""
-    protocol_version = "HTTP/1.0"  # one request per connection: its deadline is the request's
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile = _RequestReader(self.connection, time.monotonic() + REQUEST_SECONDS)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
-        if log.isEnabledFor(logging.DEBUG):  # (the request line: the token in its query)
-            log.debug("HTTP %s: %s", self.client_address[0],
-                      TOKEN_IN_QUERY.sub(r"\1<redacted>", format % args))
-
-    def _refuse(self, code: int, message: str) -> None:
-        self._send(code, "application/json", json.dumps({"error": message}).encode())
-
-    def _send(self, code: int, ctype: str, body: bytes, headers: dict | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("X-Frame-Options", "DENY")
-        self.send_header("Referrer-Policy", "no-referrer")  # (a URL may hold the token)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        if self.rfile.over:
-            self._refuse(431, "request headers too large")
-            return
-        self.connection.settimeout(WRITE_SECONDS)
-        app = self.server.app
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        given = self._token(query)
-        scope = ""  # every job; "key ...": one client's (a client token, observe/scopes.py)
-        if app.token is None:  # no token: loopback Host names only, unless public
-            host = _host_name(self.headers.get("Host") or "")
-            if app.check_host and host and not is_loopback_name(host):
-                # a page elsewhere that re-pointed its own name at 127.0.0.1 (DNS
-                # rebinding) must not read a keyless broker's API
-                self._refuse(403, f"host {host!r} is not a loopback name")
-                return
-        elif (scope := app.scope_of(given)) is None:
-            if url.path in PAGES:  # a person at a browser: say what to do, show no data
-                self._send(401, "text/html; charset=utf-8",
-                           REFUSED_TOKEN_PAGE if given else NEEDS_TOKEN_PAGE)
-                return
-            self._refuse(401, REFUSED_TOKEN if given else
-                         "a token is needed: see `pymapreduce dashboard-url`")
-            return
-        headers = {}
-        if app.token is not None and query.get("token"):
-            # the page's own requests (and EventSource, which sends no headers) use it
-            headers["Set-Cookie"] = f"{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/"
-        try:
-            route = app.route(url.path, query, self.headers, scope)
-        except PermissionError as exc:
-            self._refuse(403, str(exc))
-            return
-        except KeyError as exc:
-            self._refuse(404, str(exc.args[0]) if exc.args else "not found")
-            return
-        except ValueError as exc:
-            self._refuse(400, str(exc))
-            return
-        except Exception:  # a bug here must not leave the client without an answer
-            log.exception("HTTP %s failed", url.path[:100])
-            self._refuse(500, "internal error (see the broker's log)")
-            return
-        if route[0] == "stream":  # (a client token's ends when its key is revoked)
-            self._stream(route[1], (lambda: app.scope_of(given) == scope) if scope else None)
-            return
-        ctype, body = route
-        if ctype.startswith(("text/html", "text/javascript", "text/css")):
-            headers["Content-Security-Policy"] = CSP
-        self._send(200, ctype, body, headers)
-
-    def _token(self, query: dict) -> str:
-        auth = self.headers.get("Authorization") or ""
-        if auth.startswith("Bearer "):
-            return auth[7:].strip()
-        if query.get("token"):
-            return query["token"]
-        for part in (self.headers.get("Cookie") or "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == COOKIE:
-                return value
-        return ""
-
-    def _stream(self, next_events: Any, valid: Any = None) -> None:
-        """Server-sent events: ``next_events()`` returns new events (oldest first), as long
-        as ``valid()`` (if given) says the request's token is still accepted."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        started = last = time.monotonic()
-        app = self.server.app
-        try:
-            self.wfile.write(b"retry: 1000\n\n")
-            while not app.closed and time.monotonic() - started < SSE_MAX_SECONDS:
-                if valid is not None and not valid():
-                    break
-                events = next_events()
-                chunk = b"".join(
-                    f"id: {e['seq']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n"
-                    .encode() for e in events)
-                if not chunk and time.monotonic() - last >= SSE_KEEPALIVE:
-                    chunk = b": keep-alive\n\n"
-                if chunk:
-                    self.wfile.write(chunk)
-                    self.wfile.flush()
-                    last = time.monotonic()
-                time.sleep(SSE_POLL)
-        except OSError:  # the client went away, or does not read
+            conn.sock.close()
+        except OSError:
             pass
+
+    def _read(self, conn: _Conn, now: float) -> None:
+        try:
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not chunk:  # the client went away (or ended its side before an answer)
+            self._close(conn)
+            return
+        if conn.answered:  # (one request a connection: what follows is not read)
+            return
+        conn.inbuf += chunk
+        end = conn.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.inbuf.find(b"\n\n")
+        if end < 0 or end > MAX_REQUEST_BYTES:
+            if len(conn.inbuf) >= MAX_REQUEST_BYTES:
+                self._answer(conn, _refusal(431, "request headers too large"), now)
+            return
+        raw, conn.inbuf = conn.inbuf[:end], b""
+        try:
+            method, target, headers = parse_request(raw)
+        except ValueError as exc:
+            self._answer(conn, _refusal(400, str(exc)), now)
+            return
+        if log.isEnabledFor(logging.DEBUG):  # (the request line: the token in its query)
+            log.debug("HTTP %s: %s", conn.peer,
+                      TOKEN_IN_QUERY.sub(r"\1<redacted>", f"{method} {target}"[:300]))
+        body, stream = answer(self.app, method, target, headers)
+        conn.stream = stream
+        self._answer(conn, body, now)
+
+    def _answer(self, conn: _Conn, data: bytes, now: float) -> None:
+        conn.answered = True
+        conn.moved = now
+        self._send(conn, data, now)
+
+    def _send(self, conn: _Conn, data: bytes, now: float) -> None:
+        """Add ``data`` to what the connection is to be sent, and send what it takes now."""
+        if conn.sent:
+            conn.out, conn.sent = conn.out[conn.sent:], 0
+        conn.out += data
+        self._write(conn, now)
+
+    def _write(self, conn: _Conn, now: float) -> None:
+        if conn.sent < len(conn.out):
+            try:
+                n = conn.sock.send(memoryview(conn.out)[conn.sent:])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:  # the client went away
+                self._close(conn)
+                return
+            if n:
+                conn.sent += n
+                conn.moved = now
+        if conn.sent < len(conn.out):  # the rest when the socket takes it
+            if self.poller is not None:
+                self.poller.register(conn.fd, zmq.POLLIN | zmq.POLLOUT)
+            return
+        conn.out, conn.sent = b"", 0
+        if conn.answered and conn.stream is None:  # the whole answer went
+            self._close(conn)
+        elif self.poller is not None:  # (a stream: its reader's close is seen)
+            self.poller.register(conn.fd, zmq.POLLIN)
+
+    def _tick(self, conn: _Conn, now: float) -> None:
+        if not conn.answered:
+            if now >= conn.deadline:  # the request did not arrive in time
+                self._close(conn)
+            return
+        if conn.sent < len(conn.out) and now - conn.moved >= WRITE_SECONDS:
+            self._close(conn)  # it takes nothing of what it is sent
+            return
+        if conn.stream is None:
+            return
+        next_events, valid = conn.stream
+        if self.app.closed or now - conn.started >= SSE_MAX_SECONDS or (
+                valid is not None and not valid()):
+            self._close(conn)
+            return
+        if now - conn.polled < SSE_POLL:
+            return
+        conn.polled = now
+        chunk = _events_chunk(next_events())
+        if not chunk and now - conn.last >= SSE_KEEPALIVE:
+            chunk = b": keep-alive\n\n"
+        if chunk:
+            if len(conn.out) - conn.sent + len(chunk) > MAX_STREAM_BUFFER:
+                self._close(conn)  # its reader fell too far behind
+                return
+            conn.last = now
+            self._send(conn, chunk, now)

@@ -1,7 +1,8 @@
 """The broker's observatory: the snapshot it publishes, and the HTTP views of it.
 
 :class:`Observatory` is owned by the broker daemon. The broker loop calls ``publish(now)``
-each turn (a new snapshot at most every ``PUBLISH_INTERVAL``); the HTTP threads call
+each turn (a new snapshot at most every ``PUBLISH_INTERVAL``), then ``serve(events, now)``
+(observe/http.py: the loop serves the HTTP connections itself), whose requests call
 ``route()``, which reads only the current snapshot and the event log. See
 docs/observability.md for the API.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import threading
 import time
 from importlib import resources
 from typing import Any
@@ -23,7 +23,7 @@ from ..patterns.security import CLIENT
 from . import scopes
 from . import snapshot as snap
 from .events import EventLog
-from .http import Server, is_loopback_name
+from .http import LoopServer, is_loopback_name
 from .metrics import Traffic, registry
 
 JSON = "application/json"
@@ -110,15 +110,11 @@ class Observatory:
         self._listed: dict = {}  # job id -> (its row, the row's JSON in /api/jobs)
         self.registry = registry(self.events, self.traffic, lambda: self.snapshot)
         host, port = parse_http(bind)
-        self.server = Server((host, port), self)
+        self.server = LoopServer((host, port), self)
         real = self.server.server_address
         shown = f"[{real[0]}]" if ":" in real[0] else real[0]
         self.url = f"http://{shown}:{real[1]}/"
         self.publish(time.monotonic(), force=True)
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="pymapreduce-http", daemon=True)
-        self._thread.start()
 
     # -- the broker loop's side ----------------------------------------------------------
     def publish(self, now: float, force: bool = False) -> None:
@@ -131,12 +127,19 @@ class Observatory:
             self.snapshot = snap.build(self._ledger, self._facts, now,  # (one assignment)
                                        self._ended)
 
+    def attach(self, poller: Any) -> None:
+        """Serve HTTP from the loop that polls with ``poller`` (its sockets join it)."""
+        self.server.attach(poller)
+
+    def serve(self, events: dict, now: float) -> None:
+        """The loop's turn at HTTP: ``events`` is what its poll returned."""
+        self.server.serve(events, now)
+
     def close(self) -> None:
         self.closed = True
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
-    # -- the HTTP threads' side ----------------------------------------------------------
+    # -- the requests' side (served by the loop: observe/http.py) ------------------------
     def scope_of(self, given: str) -> str | None:
         """What a request's token shows: "" every job (the broker's token), ``key ...``
         one client's jobs (a client token, observe/scopes.py), None: refused."""

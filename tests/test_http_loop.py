@@ -1,0 +1,149 @@
+"""The broker loop serves HTTP itself (observe/http.py): clients that do not read, that
+open too many connections, that send what is not HTTP, or that flood it, must never hold
+the loop, nor the jobs it runs."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from pymapreduce import Client, run_sequential
+
+from .conftest import wait_workers
+from .jobs import WordCount
+from .test_observe import get, get_json, start_broker
+
+
+def _host_port(http: str) -> tuple[str, int]:
+    host, port = http[len("http://"):].rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
+def _closed_at_once(sock: socket.socket, within: float = 5.0) -> bool:
+    """The server closed ``sock`` without an answer (EOF, or a reset)."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_clients_that_never_read_hold_neither_the_loop_nor_other_clients(daemons):
+    """Event streams and big answers nobody reads wait in their connections' buffers:
+    a job runs to its end and other requests are answered meanwhile."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    host, port = _host_port(http)
+    stalled = []
+    for path in ("/api/events", "/api/events?since=0", "/metrics", "/static/dashboard.js"):
+        s = socket.create_connection((host, port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        stalled.append(s)
+    try:
+        records = [(i, f"w{i % 7} x{i % 3}") for i in range(3000)]
+        with Client(address) as client:
+            for _ in range(3):  # thousands of events for the streams nobody reads
+                handle = client.submit(WordCount(), records, map_tasks=60)
+                assert handle.result(60) == run_sequential(WordCount(), records)
+                assert get_json(f"{http}api/cluster")["broker"]["address"] == address
+                deadline = time.monotonic() + 10  # (a snapshot is at most 0.5 s old)
+                while True:
+                    rows = {j["id"]: j for j in get_json(f"{http}api/jobs")["jobs"]}
+                    if rows.get(handle.job_id, {}).get("state") == "succeeded":
+                        break
+                    assert time.monotonic() < deadline, rows
+                    time.sleep(0.1)
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_past_its_cap_an_address_s_connections_are_closed_at_once_and_served_again_after(
+        daemons):
+    from pymapreduce.observe.http import MAX_PER_ADDRESS
+
+    address, http = start_broker(daemons)
+    host, port = _host_port(http)
+    held = []
+    for _ in range(MAX_PER_ADDRESS):  # idle: a request line never sent
+        held.append(socket.create_connection((host, port), timeout=10))
+    time.sleep(0.3)  # (the loop has taken them)
+    extra = socket.create_connection((host, port), timeout=10)
+    try:
+        assert _closed_at_once(extra)
+    finally:
+        extra.close()
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # their ends are seen at the loop's next turns
+        try:
+            assert get_json(f"{http}api/cluster")["broker"]["address"] == address
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_what_is_not_a_get_request_gets_a_clear_refusal(daemons):
+    _, http = start_broker(daemons)
+    host, port = _host_port(http)
+
+    def ask(raw: bytes) -> bytes:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(raw)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
+
+    assert ask(b"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(
+        b"HTTP/1.0 501 ")
+    assert ask(b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+    assert ask(b"GET /api/jobs HTTP/1.1\r\nno colon here\r\n\r\n").startswith(
+        b"HTTP/1.0 400 ")
+    assert ask(b"GET /api/jobs HTTP/1.1\r\n Host: folded\r\n\r\n").startswith(
+        b"HTTP/1.0 400 ")
+    # bare newlines, as some clients send them
+    ok = ask(b"GET /api/cluster HTTP/1.0\nHost: localhost\n\n")
+    assert ok.startswith(b"HTTP/1.0 200 ") and b'"broker"' in ok
+    status, body = get(f"{http}api/nothing-here")
+    assert status == 404 and b"error" in body
+
+
+def test_a_connection_flood_is_bounded_and_the_jobs_go_on(daemons):
+    """Hundreds of connections a second: past MAX_PER_SECOND they are closed at once;
+    the loop's jobs finish, and the server answers again once the flood stops."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    host, port = _host_port(http)
+    records = [(i, f"w{i % 5}") for i in range(2000)]
+    with Client(address) as client:
+        handle = client.submit(WordCount(), records, map_tasks=40)
+        for _ in range(3):  # three bursts of 150, each closed at once by the client too
+            burst = []
+            for _ in range(150):
+                try:
+                    burst.append(socket.create_connection((host, port), timeout=5))
+                except OSError:  # (the backlog full: refused)
+                    pass
+            for s in burst:
+                s.close()
+        assert handle.result(60) == run_sequential(WordCount(), records)
+    deadline = time.monotonic() + 10
+    while True:  # (past the second's cap a connection is closed unanswered)
+        try:
+            if get(f"{http}api/jobs")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
