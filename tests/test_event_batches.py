@@ -237,3 +237,31 @@ def test_a_message_of_maps_and_reduces_reads_back_with_each_ones_kind():
     assert counts[("attempts", "map")] == 2 and counts[("attempts", "reduce")] == 1
     assert [(r["kind"], r["index"]) for r in events.attempts("j")] == [
         ("map", 0), ("map", 1), ("reduce", 0)]
+
+
+def test_past_the_global_cap_an_ended_job_s_table_goes_whole_and_a_running_one_s_by_batch():
+    """The global cap takes the oldest jobs' rows first: a job that ended loses its whole
+    table at once (nothing of it runs), one that still runs only what is due."""
+
+    class Ended(FakeJob):
+        id, state = "ended", "succeeded"
+
+    class Running(FakeJob):
+        id, state = "running", "running"
+
+    class Newest(FakeJob):
+        id, state = "newest", "running"
+
+    events = EventLog(max_attempts=100)
+    for job in (Ended, Running, Newest):
+        events.job_submitted(job)
+    dispatch(events, Ended, range(40), "w1")
+    dispatch(events, Running, range(40), "w1")
+    dispatch(events, Newest, range(30), "w2")  # 110 rows: 10 too many
+    assert events.attempts("ended") == [] and events._jobs["ended"].rows == 0
+    assert len(events.attempts("running")) == 40 and len(events.attempts("newest")) == 30
+    assert events._rows == 70 == sum(log.rows for log in events._jobs.values())
+    dispatch(events, Newest, range(30, 70), "w2")  # 110 again: the running job's oldest go
+    assert len(events.attempts("running")) == 30
+    assert [r["index"] for r in events.attempts("running")] == list(range(10, 40))
+    assert events._rows == 100

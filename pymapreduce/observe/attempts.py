@@ -145,6 +145,17 @@ class AttemptTable:
         self._rows -= gone
         return gone
 
+    def _drop_table(self, log: _JobLog) -> None:
+        """The whole attempt table of a job that no longer runs goes (the global cap
+        takes the oldest jobs' rows first: an ended job's go together, in C, where a batch
+        at a time would go over them in Python at every dispatch until all had gone)."""
+        self._rows -= log.rows
+        log.rows = log.held_rows = 0
+        log.batches.clear()
+        log.held.clear()
+        log.ends.clear()
+        log.closed.clear()
+
     def _recheck(self, log: _JobLog) -> int:
         """Look at the set-aside rows again: those whose attempts the broker no longer runs
         go (with their notes); the others are seen running now. Returns how many went."""

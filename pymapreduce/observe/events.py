@@ -44,6 +44,7 @@ from typing import Any
 
 from ..errors import line_offset
 from ..patterns import protocol as P
+from ..patterns.protocol import JOB_RUNNING
 from .attempts import _KIND, ABANDONED, AttemptTable, _holder, _JobLog
 from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading, notes
 
@@ -255,11 +256,15 @@ class EventLog(AttemptTable, Reading):
                     self._drop_attempts(log, log.rows - self.attempts_per_job)
                 if self._rows > self.max_attempts:  # the oldest jobs' rows go first
                     for other in self._jobs.values():  # (one whose rows all still run
-                        if other.rows:                 # holds none back: the next goes)
+                        if not other.rows:             # holds none back: the next goes)
+                            continue
+                        if other.job.state != JOB_RUNNING:  # nothing of it runs: all go
+                            self._drop_table(other)          # at once, not a batch a time
+                        else:
                             self._drop_attempts(other, min(other.rows,
                                                            self._rows - self.max_attempts))
-                            if self._rows <= self.max_attempts:
-                                break
+                        if self._rows <= self.max_attempts:
+                            break
 
     def done(self, key: tuple, stats: dict, secs: Any, blobs: list, worker: str = "") -> None:
         """An attempt committed on ``worker``: its key ``(job, kind, index, attempt)``, its
