@@ -111,6 +111,8 @@ def test_what_is_not_a_get_request_gets_a_clear_refusal(daemons):
         b"HTTP/1.0 400 ")
     assert ask(b"GET /api/jobs HTTP/1.1\r\n Host: folded\r\n\r\n").startswith(
         b"HTTP/1.0 400 ")
+    assert ask(b"GET //[::1 HTTP/1.1\r\nHost: localhost\r\n\r\n").startswith(
+        b"HTTP/1.0 400 ")
     # bare newlines, as some clients send them
     ok = ask(b"GET /api/cluster HTTP/1.0\nHost: localhost\n\n")
     assert ok.startswith(b"HTTP/1.0 200 ") and b'"broker"' in ok

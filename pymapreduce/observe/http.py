@@ -357,7 +357,13 @@ class LoopServer:
         if log.isEnabledFor(logging.DEBUG):  # (the request line: the token in its query)
             log.debug("HTTP %s: %s", conn.peer,
                       TOKEN_IN_QUERY.sub(r"\1<redacted>", f"{method} {target}"[:300]))
-        body, stream = answer(self.app, method, target, headers)
+        try:
+            body, stream = answer(self.app, method, target, headers)
+        except ValueError as exc:  # (a target urlsplit cannot read: "//[x")
+            body, stream = _refusal(400, f"bad request target: {exc}"), None
+        except Exception:  # a bug here must not leave the client without an answer
+            log.exception("HTTP %s failed", target[:100])
+            body, stream = _refusal(500, "internal error (see the broker's log)"), None
         conn.stream = stream
         self._answer(conn, body, now)
 
