@@ -86,6 +86,13 @@ class Unparsed:
         self.error = error
 
 
+def _unreadable(bad: BadRecord, lenient: bool) -> Unparsed:
+    """A line its format cannot read: ``bad`` raised, or with ``lenient`` the line's value."""
+    if not lenient:
+        raise bad from None  # (its message says what the parser said)
+    return Unparsed(bad)
+
+
 def _parser(fmt: str, columns: list | None, header: str = "given"):
     """How a block's lines become values for a line format (None: plain text).
 
@@ -109,11 +116,9 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                     try:
                         values.append(json.loads(line))
                     except (ValueError, RecursionError) as exc:  # (nested past its depth)
-                        bad = BadRecord(f"{path}: the line at byte {offset} is not JSON: "
-                                        f"{exc}")
-                        if not lenient:
-                            raise bad from None
-                        values.append(Unparsed(bad))
+                        values.append(_unreadable(BadRecord(
+                            f"{path}: the line at byte {offset} is not JSON: {exc}"),
+                            lenient))
                     keep_offsets.append(offset)
             return keep_offsets, values
         return parse_json
@@ -126,12 +131,11 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 try:  # one line at a time: a row never swallows the next line
                     row = next(csv.reader([line], strict=True), [])
                 except csv.Error as exc:
-                    bad = BadRecord(f"{path}: the line at byte {offset} is not a CSV row: "
-                                    f"{exc}")
-                    if not lenient or (columns and offset == 0 and header != "none"):
-                        raise bad from None  # (a file's header is no record to skip)
+                    # (a file's header is no record to skip)
+                    values.append(_unreadable(BadRecord(
+                        f"{path}: the line at byte {offset} is not a CSV row: {exc}"),
+                        lenient and not (columns and offset == 0 and header != "none")))
                     keep_offsets.append(offset)
-                    values.append(Unparsed(bad))
                     continue
                 if columns and offset == 0 and header != "none":
                     if header == "file" and list(row) != list(columns):
@@ -144,16 +148,12 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 if not row:
                     continue  # a blank line
                 if columns and len(row) > len(columns):
-                    bad = BadRecord(f"{path}: the line at byte {offset} has {len(row)} CSV "
-                                    f"fields, more than the {len(columns)} columns "
-                                    f"{columns}")
-                    if not lenient:
-                        raise bad
-                    keep_offsets.append(offset)
-                    values.append(Unparsed(bad))
-                    continue
+                    values.append(_unreadable(BadRecord(
+                        f"{path}: the line at byte {offset} has {len(row)} CSV fields, "
+                        f"more than the {len(columns)} columns {columns}"), lenient))
+                else:
+                    values.append(dict(zip(columns, row)) if columns else row)
                 keep_offsets.append(offset)
-                values.append(dict(zip(columns, row)) if columns else row)
             return keep_offsets, values
         return parse_csv
     raise InputError(f"unknown input format {fmt!r}")

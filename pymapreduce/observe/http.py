@@ -122,13 +122,16 @@ def parse_request(raw: bytes) -> tuple[str, str, Headers]:
     return parts[0], parts[1], headers
 
 
-def response(code: int, ctype: str, body: bytes, headers: dict | None = None) -> bytes:
-    """A whole answer: its status line, the headers every answer has, ``headers``, body."""
+def response(code: int, ctype: str, body: bytes, headers: dict | None = None,
+             sized: bool = True) -> bytes:
+    """A whole answer: its status line, the headers every answer has, ``headers``, body
+    (not ``sized``: an event stream's start, which has no length)."""
     lines = [f"HTTP/1.0 {code} {REASONS.get(code, 'Error')}", "Server: pymapreduce",
              f"Date: {formatdate(usegmt=True)}", f"Content-Type: {ctype}",
-             f"Content-Length: {len(body)}", "Cache-Control: no-store",
-             "X-Content-Type-Options: nosniff", "X-Frame-Options: DENY",
-             "Referrer-Policy: no-referrer"]  # (a URL may hold the token)
+             "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+             "X-Frame-Options: DENY", "Referrer-Policy: no-referrer"]  # (URLs hold tokens)
+    if sized:
+        lines.append(f"Content-Length: {len(body)}")
     lines.extend(f"{k}: {v}" for k, v in (headers or {}).items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -176,11 +179,7 @@ def answer(app: Any, method: str, target: str, headers: Headers) -> tuple[bytes,
         log.exception("HTTP %s failed", path[:100])
         return _refusal(500, "internal error (see the broker's log)"), None
     if route[0] == "stream":  # (a client token's ends when its key is revoked)
-        head = ("HTTP/1.0 200 OK\r\nServer: pymapreduce\r\n"
-                f"Date: {formatdate(usegmt=True)}\r\nContent-Type: text/event-stream\r\n"
-                "Cache-Control: no-store\r\n"
-                + "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-                + "\r\nretry: 1000\n\n").encode("latin-1")
+        head = response(200, "text/event-stream", b"retry: 1000\n\n", extra, sized=False)
         return head, (route[1], (lambda: app.scope_of(given) == scope) if scope else None)
     ctype, body = route
     if ctype.startswith(("text/html", "text/javascript", "text/css")):
