@@ -22,6 +22,13 @@ class WordCount(Job):
         return sum(counts)
 
 
+class NoOp(Job):
+    """A map that yields nothing: many tasks, each costing the engine alone."""
+
+    def map(self, key, value):
+        return ()
+
+
 class WordCountCombined(WordCount):
     def combine(self, word, counts):
         return sum(counts)

@@ -10,7 +10,7 @@ import time
 from pymapreduce import Client, run_sequential
 
 from .conftest import wait_workers
-from .jobs import WordCount
+from .jobs import NoOp, WordCount
 from .test_observe import get, get_json, start_broker
 
 
@@ -149,3 +149,139 @@ def test_a_connection_flood_is_bounded_and_the_jobs_go_on(daemons):
             pass
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+class _CostlyApp:
+    """An app for LoopServer whose every answer costs ``cost`` seconds of a clock that
+    moves only when told: what the server's bucket of loop time sees, exactly."""
+
+    token = None
+    check_host = False
+    closed = False
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.cost = 0.1
+        self.paths: list[str] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def route(self, path, query, headers, scope=""):
+        self.paths.append(path)
+        self.now += 1.0 if path == "/slow" else self.cost
+        return "application/json", b"{}"
+
+
+def test_answers_take_their_share_of_the_loop_and_addresses_take_turns():
+    """A client sending many costly requests at once gets them answered a bucket of loop
+    time at a time (BURST seconds, refilled at SHARE of the time), and another address's
+    one request goes before its second: one client's volume does not cost the others.
+    A request whose client left before its turn is never built."""
+    import zmq
+
+    from pymapreduce.observe import http as H
+
+    app = _CostlyApp()
+    server = H.LoopServer(("127.0.0.1", 0), app, clock=app.clock)
+    poller = zmq.Poller()
+    server.attach(poller)
+    host, port = server.server_address[:2]
+    socks: dict[str, socket.socket] = {}
+
+    def send(path: str, source: str = "127.0.0.1") -> None:
+        s = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        socks[path] = s
+
+    def turn() -> None:
+        server.serve(dict(poller.poll(20)), time.monotonic())
+
+    def waiting() -> int:
+        return sum(map(len, server._waiting.values()))
+
+    def turns_until(done) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline
+            turn()
+
+    def answered(path: str) -> bytes:
+        s = socks[path]
+        s.settimeout(5)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+    try:
+        send("/slow")  # one answer of a second empties the bucket (0.25 - 1.0)
+        turns_until(lambda: app.paths == ["/slow"])
+        for i in range(10):  # an address's ten, then another address's one
+            send(f"/a/{i}")
+        send("/b", source="127.0.0.2")
+        turns_until(lambda: waiting() == 11)
+        for _ in range(5):  # the clock has not moved: the bucket stays empty
+            turn()
+        assert app.paths == ["/slow"] and waiting() == 11
+        app.now += 100.0  # refilled: BURST seconds, three answers of 0.1
+        turn()
+        assert app.paths == ["/slow", "/a/0", "/b", "/a/1"]
+        assert all(answered(p).startswith(b"HTTP/1.0 200") for p in ("/a/0", "/b", "/a/1"))
+        for i in (2, 3, 4):  # their clients leave before their turn
+            socks.pop(f"/a/{i}").close()
+        turns_until(lambda: waiting() == 5)
+        app.now += 1.0  # a second at SHARE refills 0.1: the bucket (-0.05) goes to 0.05
+        turn()
+        assert app.paths[4:] == ["/a/5"]
+        for _ in range(20):
+            app.now += 100.0
+            turn()
+        assert app.paths[4:] == [f"/a/{i}" for i in range(5, 10)]
+        assert all(answered(f"/a/{i}").startswith(b"HTTP/1.0 200") for i in range(5, 10))
+    finally:
+        for s in socks.values():
+            s.close()
+        server.close()
+
+
+def test_a_flood_of_costly_requests_from_one_address_leaves_the_jobs_and_others_served(
+        daemons):
+    """The attack the bucket answers, kept: a client asks for a big job's page, and for
+    its events from cursors that differ, as fast as it can open connections, closing each
+    at once; meanwhile a job runs to its exact result and another address's requests
+    are answered."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    host, port = _host_port(http)
+
+    with Client(address) as client:
+        big = client.submit(NoOp(), [(i, i) for i in range(3000)], map_tasks=3000,
+                            reducers=0)
+        assert big.result(60) == []
+        page = get_json(f"{http}api/jobs/{big.job_id}")
+        assert len(page["attempts"]) >= 3000
+        records = [(i, f"w{i % 7} x{i % 3}") for i in range(2000)]
+        handle = client.submit(WordCount(), records, map_tasks=200)
+        sent = 0
+        for n in range(300):  # bounded: 300 requests, each connection closed at once
+            path = (f"/api/jobs/{big.job_id}" if n % 2 else
+                    f"/api/events?format=json&job={big.job_id}&since={n * 7}")
+            try:
+                with socket.create_connection((host, port), timeout=5) as s:
+                    s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+                    sent += 1
+            except OSError:  # (refused past the caps: that is a cap doing its work)
+                pass
+        assert sent > 0
+        # another address's request (a loopback one of its own) is answered meanwhile
+        with socket.create_connection((host, port), timeout=20,
+                                      source_address=("127.0.0.2", 0)) as s:
+            s.sendall(b"GET /api/cluster HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200") and address.encode() in reply
+        assert handle.result(60) == run_sequential(WordCount(), records)
+        assert get_json(f"{http}api/jobs/{big.job_id}")["job"]["id"] == big.job_id

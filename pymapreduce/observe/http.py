@@ -16,6 +16,18 @@ connection that takes nothing of what it is sent for ``WRITE_SECONDS`` is closed
 is an event stream whose reader falls ``MAX_STREAM_BUFFER`` bytes behind. At most
 ``MAX_PER_SECOND`` connections are accepted per second, and the two listings are
 serialized once per snapshot however many ask. The loop never waits for a client.
+
+What answering costs the loop is bounded too, whoever asks and whatever they ask for:
+a job's page of a job of thousands of tasks takes the loop tens of milliseconds to
+build, and a client that sent such requests as fast as it could open connections took
+the broker's task rate from 9,000 to 300 a second (benchmarks/bench_http_flood.py). So
+a request that has arrived waits its turn: requests are answered from a bucket of loop
+time (``SHARE`` of the loop's time, up to ``BURST`` seconds at once after a quiet
+spell), each charged what its answer took, and the waiting ones are taken from their
+addresses in turn, so that one address's many requests do not go before another's one.
+Event streams' reads are charged to the same bucket and wait with the requests. An
+answer waits only while answers have used up the bucket; nothing else of the loop
+does.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import json
 import logging
 import re
 import socket
+import time
+from collections import deque
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +59,8 @@ SSE_MAX_SECONDS = 600.0  # a stream ends after this; EventSource reconnects (Las
 MAX_STREAM_BUFFER = 8 << 20  # bytes of events a stream's reader may fall behind
 ACCEPTS_PER_TURN = 16  # connections taken at one turn of the loop (more: at the next)
 TIMERS_EVERY = 0.05  # seconds between looks at deadlines and streams
+SHARE = 0.1  # of the loop's time that answers may take, over time (the bucket's refill)
+BURST = 0.25  # seconds of answers served at once after a quiet spell (the bucket's size)
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 501: "Not Implemented"}
@@ -209,7 +225,7 @@ class _Conn:
     """One client's connection: what it sent so far, what is left to send it."""
 
     __slots__ = ("sock", "fd", "peer", "inbuf", "out", "sent", "deadline", "moved",
-                 "stream", "started", "polled", "last", "answered")
+                 "stream", "started", "polled", "last", "answered", "request")
 
     def __init__(self, sock: socket.socket, peer: str, now: float) -> None:
         self.sock, self.fd, self.peer = sock, sock.fileno(), peer
@@ -221,13 +237,15 @@ class _Conn:
         self.stream: Any = None  # an event stream's (next_events, valid)
         self.started = self.polled = self.last = now
         self.answered = False
+        self.request: Any = None  # (method, target, headers) once it arrived, unanswered
 
 
 class LoopServer:
     """The HTTP server the broker loop serves (see the module's text): ``attach`` it to the
     loop's poller, and call ``serve`` each turn with what the poll returned."""
 
-    def __init__(self, address: tuple[str, int], app: Any) -> None:
+    def __init__(self, address: tuple[str, int], app: Any, *,
+                 clock: Any = time.perf_counter) -> None:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -247,6 +265,12 @@ class LoopServer:
         self._open: dict[str, int] = {}  # connections by client address
         self._second, self._accepted = 0, 0  # connections accepted in the current second
         self._timers = 0.0
+        # requests that arrived and wait for the bucket, by client address (an address's
+        # oldest first; the addresses in turn, in the dict's order)
+        self._waiting: dict[str, deque[_Conn]] = {}
+        self.clock = clock  # what answers are timed with
+        self._bucket = BURST  # seconds of answers that may be served now
+        self._filled = clock()
 
     def attach(self, poller: zmq.Poller) -> None:
         self.poller = poller
@@ -267,10 +291,46 @@ class LoopServer:
                     self._read(conn, now)
                 if flags & zmq.POLLOUT and fd in self.conns:
                     self._write(conn, now)
+            if self._waiting:
+                self._work(now)
             if now - self._timers >= TIMERS_EVERY:
                 self._timers = now
                 for conn in list(self.conns.values()):
                     self._tick(conn, now)
+
+    def _fill(self) -> float:
+        """The bucket, refilled for the time since it last was (SHARE of it, up to
+        BURST); returns the clock's reading."""
+        t = self.clock()
+        self._bucket = min(BURST, self._bucket + (t - self._filled) * SHARE)
+        self._filled = t
+        return t
+
+    def _work(self, now: float) -> None:
+        """Answer waiting requests while the bucket holds time: each address's oldest in
+        turn, each answer charged what it took (the last may take the bucket below
+        empty: the next waits until it is refilled past that)."""
+        t = self._fill()
+        while self._waiting and self._bucket > 0:
+            peer = next(iter(self._waiting))
+            queue = self._waiting.pop(peer)
+            conn = queue.popleft()
+            if queue:  # (behind every other address now)
+                self._waiting[peer] = queue
+            method, target, headers = conn.request
+            conn.request = None
+            try:
+                body, stream = answer(self.app, method, target, headers)
+            except ValueError as exc:  # (a target urlsplit cannot read: "//[x")
+                body, stream = _refusal(400, f"bad request target: {exc}"), None
+            except Exception:  # a bug here must not leave the client without an answer
+                log.exception("HTTP %s failed", target[:100])
+                body, stream = _refusal(500, "internal error (see the broker's log)"), None
+            done = self.clock()
+            self._bucket -= done - t
+            t = done
+            conn.stream = stream
+            self._answer(conn, body, now)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
@@ -311,6 +371,13 @@ class LoopServer:
     def _close(self, conn: _Conn) -> None:
         if self.conns.pop(conn.fd, None) is None:
             return
+        if conn.request is not None:  # (gone before its answer: none is made)
+            conn.request = None
+            queue = self._waiting.get(conn.peer)
+            if queue is not None:
+                queue.remove(conn)
+                if not queue:
+                    del self._waiting[conn.peer]
         left = self._open.get(conn.peer, 1) - 1
         if left > 0:
             self._open[conn.peer] = left
@@ -337,8 +404,8 @@ class LoopServer:
         if not chunk:  # the client went away (or ended its side before an answer)
             self._close(conn)
             return
-        if conn.answered:  # (one request a connection: what follows is not read)
-            return
+        if conn.answered or conn.request is not None:  # (one request a connection:
+            return                                      # what follows is not read)
         conn.inbuf += chunk
         end = conn.inbuf.find(b"\r\n\r\n")
         if end < 0:
@@ -356,15 +423,11 @@ class LoopServer:
         if log.isEnabledFor(logging.DEBUG):  # (the request line: the token in its query)
             log.debug("HTTP %s: %s", conn.peer,
                       TOKEN_IN_QUERY.sub(r"\1<redacted>", f"{method} {target}"[:300]))
-        try:
-            body, stream = answer(self.app, method, target, headers)
-        except ValueError as exc:  # (a target urlsplit cannot read: "//[x")
-            body, stream = _refusal(400, f"bad request target: {exc}"), None
-        except Exception:  # a bug here must not leave the client without an answer
-            log.exception("HTTP %s failed", target[:100])
-            body, stream = _refusal(500, "internal error (see the broker's log)"), None
-        conn.stream = stream
-        self._answer(conn, body, now)
+        conn.request = (method, target, headers)  # answered in its turn (_work)
+        queue = self._waiting.get(conn.peer)
+        if queue is None:
+            self._waiting[conn.peer] = queue = deque()
+        queue.append(conn)
 
     def _answer(self, conn: _Conn, data: bytes, now: float) -> None:
         conn.answered = True
@@ -402,8 +465,8 @@ class LoopServer:
 
     def _tick(self, conn: _Conn, now: float) -> None:
         if not conn.answered:
-            if now >= conn.deadline:  # the request did not arrive in time
-                self._close(conn)
+            if conn.request is None and now >= conn.deadline:  # the request did not
+                self._close(conn)                                 # arrive in time
             return
         if conn.sent < len(conn.out) and now - conn.moved >= WRITE_SECONDS:
             self._close(conn)  # it takes nothing of what it is sent
@@ -417,8 +480,12 @@ class LoopServer:
             return
         if now - conn.polled < SSE_POLL:
             return
+        t = self._fill()
+        if self._bucket <= 0:  # (the bucket is empty: the stream's read waits too)
+            return
         conn.polled = now
         chunk = _events_chunk(next_events())
+        self._bucket -= self.clock() - t
         if not chunk and now - conn.last >= SSE_KEEPALIVE:
             chunk = b": keep-alive\n\n"
         if chunk:

@@ -22,6 +22,7 @@ from .timeline import place
 SMALL = 160  # about what an event without texts costs in memory (bytes)
 NOTE = 9  # the items of a noted commit (events.py)
 _SEQ = itemgetter(0)
+ENDED_BADLY = ("failed", "killed")  # the events of a job's page's failures
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
 # the fields of the frequent events, served in this order (see expand())
 SCHEMAS = {"dispatched": ("kind", "index", "attempt", "worker", "backup", "step"),
@@ -155,6 +156,19 @@ class Reading:
 
     def _flush(self) -> None:  # (EventLog's)
         raise NotImplementedError
+
+    def failures(self, job: str, limit: int) -> list[dict]:
+        """A job's newest ``limit`` failed and killed attempts, oldest first: read from its
+        ring alone, which holds its infrequent events, not its attempts' (a job's page
+        asks for them: reading them out of :meth:`since` went over every attempt)."""
+        with self.lock:
+            if self._pending and threading.get_ident() == self._writer:
+                self._flush()
+            log = self._jobs.get(job)
+            if log is None:
+                return []
+            picked = [entry for entry in log.events if entry[2] in ENDED_BADLY]
+        return [as_dict(event) for entry in picked[-limit:] for event in expand(entry)]
 
     def since(self, cursor: int, job: str | None = None, limit: int = 1000) -> list[dict]:
         """Events after sequence number ``cursor`` (of one job, or all), oldest first.

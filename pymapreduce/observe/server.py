@@ -29,6 +29,7 @@ from .metrics import Traffic, registry
 JSON = "application/json"
 SLOWEST = 10  # tasks listed as the slowest of a job
 MAX_FAILURES = 50  # failures listed per job
+MAX_SERVED = 16  # answers kept per snapshot (the listings, and jobs' pages, the first asked)
 # files served from static/ (the dashboard adds its own here), by content type
 STATIC = {"index.html": "text/html; charset=utf-8",
           "dashboard.js": "text/javascript; charset=utf-8",
@@ -179,7 +180,12 @@ class Observatory:
             job_id = path[len("/api/jobs/"):]
             if scope and s.tenants.get(job_id) != scope:  # (as if there were none)
                 raise KeyError(f"no job {job_id[:100]!r} of this client")
-            return JSON, _dumps(self.job_detail(job_id))
+            body = s.served.get(path)  # (a job's page is the same for every reader)
+            if body is None:
+                body = _dumps(self.job_detail(job_id))
+                if len(s.served) < MAX_SERVED:  # (built once per snapshot, for a few)
+                    s.served[path] = body
+            return JSON, body
         if path == "/api/events":
             return self._events(query, headers, scope)
         if path == "/api/history":
@@ -205,10 +211,7 @@ class Observatory:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
                            "the result TTL (/api/history keeps its facts)")
         attempts = self.events.timeline(job_id)
-        # (every event its stream keeps: one read's default, a thousand, would be its
-        # oldest, and miss the failures among its newest)
-        failures = [e for e in self.events.since(0, job_id, limit=self.events.per_job)
-                    if e["type"] in ("failed", "killed")][-MAX_FAILURES:]
+        failures = self.events.failures(job_id, MAX_FAILURES)
         done = [a for a in attempts if a["outcome"] == "done" and a["end"] is not None]
         done.sort(key=_ran_for, reverse=True)  # by run time where known: a straggler
         slowest = [{"task": a["task"], "step": a["step"], "attempt": a["attempt"],
