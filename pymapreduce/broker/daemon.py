@@ -26,6 +26,7 @@ from ..observe.traffic import Traffic
 from ..patterns import owned, security
 from ..patterns import protocol as P
 from ..patterns.message import BROKER_LIMITS, BROKER_MAX_FRAMES, Message
+from ..patterns.share import PeerShares
 from ..patterns.sockets import (
     Oversized,
     bind,
@@ -57,6 +58,13 @@ ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMA
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
+# A client's requests that read what the broker holds are answered from its share of the
+# loop's time, and all clients' from theirs together (patterns/share.py): past it the
+# client is told "busy" and asks again shortly. Workers' messages are not counted: their
+# work is what the shares protect.
+SHARED_COMMANDS = frozenset({P.WATCH, P.STATUS, P.FETCH, P.JOBS, P.LOGS, P.EVENTS})
+CLIENT_SHARE, CLIENT_BURST = 0.1, 0.5  # each client connection's
+CLIENTS_SHARE, CLIENTS_BURST = 0.3, 1.0  # all clients' together
 
 
 
@@ -126,6 +134,7 @@ class Broker(ClientAPI, WorkerAPI):
         self._wakeup = SignalWakeup(enable=False)  # serve_forever's, while it runs
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
+        self._shares = PeerShares(CLIENT_SHARE, CLIENT_BURST, CLIENTS_SHARE, CLIENTS_BURST)
         self.traffic = Traffic()  # bytes and messages per plane (observe/traffic.py)
         self.http = None  # the read-only HTTP server, once bound (observe/server.py)
         self.http_url = ""
@@ -384,8 +393,18 @@ class Broker(ClientAPI, WorkerAPI):
             return
         self._peer_key = key
         now = time.monotonic()
+        shared = msg.command in SHARED_COMMANDS
+        if shared and not self._shares.ready(peer):
+            self._reply(peer, P.ERROR, {
+                "code": "busy", "req": _req(msg),
+                "message": "this client's requests have had their share of the broker's "
+                           "time for now: ask again shortly"})
+            return
         try:
-            handler(peer, msg, now)
+            if shared:
+                self._shares.timed(peer, lambda: handler(peer, msg, now))
+            else:
+                handler(peer, msg, now)
         except Exception as exc:  # a bad message must never take the broker down
             self._complain(peer_name(route[0] if route else None, key), "%s rejected: %r", msg.command, exc)
             self._reply(

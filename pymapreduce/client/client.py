@@ -44,6 +44,9 @@ REQUESTS = {P.HELLO: "a greeting", P.SUBMIT: "the job's submission", P.WATCH: "a
             P.CANCEL: "the cancel request", P.RELEASE: "the release of the job's results",
             P.JOBS: "a request for the job listing"}
 RESEND_LIMIT = 1 << 20  # requests larger than this are resent only on a new connection
+# a request the broker answered "busy" (its share of the broker's time spent, or replies
+# unread) is asked again after these pauses, doubling, for up to the request's timeout
+BUSY_PAUSE, BUSY_PAUSE_MAX = 0.02, 0.5
 
 
 class Client:
@@ -105,6 +108,7 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         sent = heard = time.monotonic()
         deadline = sent + limit
+        busy_until, pause = deadline, BUSY_PAUSE  # (asked again while the broker is busy)
         while True:
             wake = min(deadline, sent + timing.RESEND_AFTER) if small else deadline
             msg = self._recv(wake if queued else min(wake, time.monotonic() + 0.05))
@@ -135,8 +139,15 @@ class Client:
                     raise JobNotFound(msg.body.get("message", "no such job"))
                 if code == "job-failed":
                     raise job_failed(msg.body.get("status") or {})
-                if code == "busy":
-                    raise BrokerBusy(f"the broker is busy: {msg.body.get('message')}")
+                if code == "busy":  # it did not act on the request: ask again shortly
+                    if now + pause > busy_until:
+                        raise BrokerBusy(f"the broker is busy: {msg.body.get('message')}")
+                    time.sleep(pause)
+                    pause = min(BUSY_PAUSE_MAX, pause * 2)
+                    queued = self._try_send(request)
+                    sent = heard = time.monotonic()
+                    deadline = sent + limit
+                    continue
                 if code == "forbidden":
                     raise AuthenticationFailed(
                         f"the broker at {self.address} refused "

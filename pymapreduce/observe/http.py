@@ -20,7 +20,7 @@ serialized once per snapshot however many ask. The loop never waits for a client
 What answering costs the loop is bounded too, whoever asks and whatever they ask for:
 a job's page of a job of thousands of tasks takes the loop tens of milliseconds to
 build, and a client that sent such requests as fast as it could open connections took
-the broker's task rate from 9,000 to 300 a second (benchmarks/bench_http_flood.py). So
+the broker's task rate from 9,000 to 300 a second (benchmarks/bench_request_flood.py). So
 a request that has arrived waits its turn: requests are answered from a bucket of loop
 time (``SHARE`` of the loop's time, up to ``BURST`` seconds at once after a quiet
 spell), each charged what its answer took, and the waiting ones are taken from their
@@ -44,6 +44,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import zmq
+
+from ..patterns.share import TimeBucket
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -269,8 +271,7 @@ class LoopServer:
         # oldest first; the addresses in turn, in the dict's order)
         self._waiting: dict[str, deque[_Conn]] = {}
         self.clock = clock  # what answers are timed with
-        self._bucket = BURST  # seconds of answers that may be served now
-        self._filled = clock()
+        self._bucket = TimeBucket(SHARE, BURST, clock)  # the loop's time for answers
 
     def attach(self, poller: zmq.Poller) -> None:
         self.poller = poller
@@ -298,20 +299,13 @@ class LoopServer:
                 for conn in list(self.conns.values()):
                     self._tick(conn, now)
 
-    def _fill(self) -> float:
-        """The bucket, refilled for the time since it last was (SHARE of it, up to
-        BURST); returns the clock's reading."""
-        t = self.clock()
-        self._bucket = min(BURST, self._bucket + (t - self._filled) * SHARE)
-        self._filled = t
-        return t
-
     def _work(self, now: float) -> None:
         """Answer waiting requests while the bucket holds time: each address's oldest in
         turn, each answer charged what it took (the last may take the bucket below
         empty: the next waits until it is refilled past that)."""
-        t = self._fill()
-        while self._waiting and self._bucket > 0:
+        bucket = self._bucket
+        t = bucket.fill()
+        while self._waiting and bucket.level > 0:
             peer = next(iter(self._waiting))
             queue = self._waiting.pop(peer)
             conn = queue.popleft()
@@ -327,7 +321,7 @@ class LoopServer:
                 log.exception("HTTP %s failed", target[:100])
                 body, stream = _refusal(500, "internal error (see the broker's log)"), None
             done = self.clock()
-            self._bucket -= done - t
+            bucket.charge(done - t)
             t = done
             conn.stream = stream
             self._answer(conn, body, now)
@@ -480,12 +474,12 @@ class LoopServer:
             return
         if now - conn.polled < SSE_POLL:
             return
-        t = self._fill()
-        if self._bucket <= 0:  # (the bucket is empty: the stream's read waits too)
+        t = self._bucket.fill()
+        if self._bucket.level <= 0:  # (the bucket is empty: the stream's read waits too)
             return
         conn.polled = now
         chunk = _events_chunk(next_events())
-        self._bucket -= self.clock() - t
+        self._bucket.charge(self.clock() - t)
         if not chunk and now - conn.last >= SSE_KEEPALIVE:
             chunk = b": keep-alive\n\n"
         if chunk:

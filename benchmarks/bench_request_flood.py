@@ -1,9 +1,9 @@
-"""What a flood of dashboard requests costs the jobs a broker runs: the task rate of a job
-of no-op tasks, alone and while other processes send the broker's HTTP server requests
-as fast as it accepts connections.
+"""What a flood of costly requests costs the jobs a broker runs: the task rate of a job of
+no-op tasks, alone and while other processes send the broker requests as fast as it
+takes them, over HTTP and over its client socket.
 
-    python benchmarks/bench_http_flood.py                        # this tree
-    python benchmarks/bench_http_flood.py --trees /tmp/before,.  # before/after
+    python benchmarks/bench_request_flood.py                        # this tree
+    python benchmarks/bench_request_flood.py --trees /tmp/before,.  # before/after
 
 The broker (an embedded cluster of 2 worker processes, ``--http``) first runs a job of
 ``--big`` no-op tasks and keeps it (a finished job's page then lists thousands of
@@ -14,7 +14,11 @@ attempts: the dearest answer the server has). Then, ``--rounds`` times, a job of
   ``GET /api/jobs/BIG`` and close it at once, over and over (5 ms apart): a reader that
   never reads, asking for the same costly answer;
 - ``events``: the same with ``GET /api/events?format=json&job=BIG&since=N``, ``N`` drawn
-  at random each time: costly answers that differ, so that nothing can be reused.
+  at random each time: costly answers that differ, so that nothing can be reused;
+- ``client-events``: ``--attackers`` clients on the broker's client socket (ZeroMQ
+  DEALERs) each send EVENTS requests for the kept job from cursor 0, 20 at a time every
+  10 ms, reading the replies as they come;
+- ``client-status``: the same with STATUS requests for the kept job.
 
 Figures: tasks/s, the median over the rounds, and each attack's rate over the quiet rate
 of the same tree. The attackers run on the same 2 cores as the broker and its workers,
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import random
 import socket
 import statistics
@@ -35,7 +38,7 @@ import time
 
 import common
 
-ATTACKS = ("page", "events")
+ATTACKS = ("page", "events", "client-events", "client-status")
 WORKERS = 2
 
 
@@ -52,6 +55,27 @@ def _attacker(host: str, port: int, paths: list[str], stop_at: float, seed: int)
         except OSError:
             pass
         time.sleep(0.005)
+
+
+def _client_attacker(address: str, job_id: str, command: str, stop_at: float) -> None:
+    import zmq
+
+    from pymapreduce.patterns.message import Message
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(address)
+    body = {"since": 0, "job": job_id} if command == "EVENTS" else {"job_id": job_id}
+    n = 0
+    while time.time() < stop_at:
+        for _ in range(20):
+            n += 1
+            try:
+                sock.send_multipart(Message(command, {**body, "req": n}).encode(), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        time.sleep(0.01)
+        while sock.poll(0):
+            sock.recv_multipart()
 
 
 def child(tree: str, out: str, argv: list[str]) -> int:
@@ -74,17 +98,25 @@ def child(tree: str, out: str, argv: list[str]) -> int:
             big.result()
             paths = {"page": [f"/api/jobs/{big.job_id}"],
                      "events": [f"/api/events?format=json&job={big.job_id}&since={{n}}"]}
+            from pymapreduce.patterns import protocol as P
             records = [(i, i) for i in range(tasks)]
             client.submit(NoOp(), records[:500], map_tasks=500, reducers=0).result()  # warm
             ctx = multiprocessing.get_context("fork")
             for _ in range(rounds):
                 for case in ("quiet", *ATTACKS):
                     procs = []
-                    if case != "quiet":
-                        stop_at = time.time() + 120
+                    stop_at = time.time() + 120
+                    if case in paths:
                         procs = [ctx.Process(target=_attacker, daemon=True,
                                              args=(host, int(port), paths[case], stop_at, k))
                                  for k in range(attackers)]
+                    elif case != "quiet":
+                        command = P.EVENTS if case == "client-events" else P.STATUS
+                        procs = [ctx.Process(target=_client_attacker, daemon=True,
+                                             args=(cluster.address, big.job_id, command,
+                                                   stop_at))
+                                 for _ in range(attackers)]
+                    if procs:
                         for p in procs:
                             p.start()
                         time.sleep(0.5)  # (the flood under way)

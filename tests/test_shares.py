@@ -1,0 +1,142 @@
+"""A client's requests are answered from its share of the broker loop's time
+(patterns/share.py, broker/daemon.py): one client asking for costly answers over and over
+is told "busy" past its share, while another client and the workers are served; a client
+told "busy" asks again by itself."""
+
+from __future__ import annotations
+
+import threading
+
+from pymapreduce import Client
+from pymapreduce.broker import daemon as D
+from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.share import PeerShares, TimeBucket
+
+from .test_hostile import Peer, ctx, start_broker, stop_broker, submit  # noqa: F401
+
+COST = 0.2  # seconds of the fake clock each STATUS answer takes
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def costly_status(b, clock: FakeClock) -> None:
+    """The broker's STATUS answers, each taking COST of ``clock`` (which moves only then)."""
+    b._shares = PeerShares(D.CLIENT_SHARE, D.CLIENT_BURST, D.CLIENTS_SHARE, D.CLIENTS_BURST,
+                           clock=clock)
+    real = b._handlers[P.STATUS]
+
+    def status(peer, msg, now):
+        clock.now += COST
+        return real(peer, msg, now)
+
+    b._handlers[P.STATUS] = status
+
+
+def replies(peer: Peer, n: int) -> list[str]:
+    """The next ``n`` replies to requests (a submitter is also sent its job's status
+    unasked: not those), each "status" or the error's code."""
+    out = []
+    while len(out) < n:
+        msg = peer.recv(want=(P.STATUS, P.ERROR))
+        assert msg is not None, out
+        if msg.body.get("req") is None:
+            continue
+        out.append("status" if msg.command == P.STATUS else msg.body["code"])
+    return out
+
+
+def test_a_client_past_its_share_is_told_busy_and_others_are_served(ctx):  # noqa: F811
+    clock = FakeClock()
+    b = start_broker(ctx)
+    costly_status(b, clock)
+    try:
+        greedy = Peer(ctx, b.address, name="greedy")
+        submit(greedy, "j1", [(0, "a")])
+        for req in range(10):  # ten costly requests at once
+            greedy.send(P.STATUS, {"job_id": "j1", "req": 10 + req})
+        # its share's burst (0.5 s) covers three answers of 0.2 (the third takes it below
+        # empty), then it is told busy without an answer being built
+        assert replies(greedy, 10) == ["status"] * 3 + ["busy"] * 7
+        other = Peer(ctx, b.address, name="other")  # another client: its own share
+        other.send(P.STATUS, {"job_id": "j1", "req": 1})
+        assert replies(other, 1) == ["status"]
+        worker = Peer(ctx, b.address)  # the workers' messages are never counted
+        worker.send(P.READY, {"credit": 1})
+        assert worker.recv(want=(P.WELCOME,)) is not None
+        assert worker.recv(want=(P.TASKS,)) is not None
+        greedy.send(P.STATUS, {"job_id": "j1", "req": 30})
+        assert replies(greedy, 1) == ["busy"]  # the clock has not moved: still owing
+        clock.now += 10.0  # refilled: 10% of 10 s, up to the burst
+        greedy.send(P.STATUS, {"job_id": "j1", "req": 31})
+        assert replies(greedy, 1) == ["status"]
+    finally:
+        stop_broker(b)
+
+
+def test_all_clients_together_have_a_share_too(ctx):  # noqa: F811
+    """Many connections do not make many shares of the loop: past the total's burst
+    (1 s), every client is told busy until it refills."""
+    clock = FakeClock()
+    b = start_broker(ctx)
+    costly_status(b, clock)
+    try:
+        first = Peer(ctx, b.address, name="c0")
+        submit(first, "j1", [(0, "a")])
+        peers = [first, *(Peer(ctx, b.address, name=f"c{i}") for i in range(1, 8))]
+        got = []
+        for i, peer in enumerate(peers):  # two answers each would be 3.2 s of the loop
+            peer.send(P.STATUS, {"job_id": "j1", "req": 100 + 2 * i})
+            peer.send(P.STATUS, {"job_id": "j1", "req": 101 + 2 * i})
+            got += replies(peer, 2)
+        # the total's burst, 1.0 s, less 0.2 an answer, refilled by 0.06 (30% of it)
+        # while each is built: the eighth takes it below empty
+        assert got == ["status"] * 8 + ["busy"] * 8
+    finally:
+        stop_broker(b)
+
+
+def test_a_client_told_busy_asks_again_until_answered(ctx):  # noqa: F811
+    clock = FakeClock()
+    b = start_broker(ctx)
+    costly_status(b, clock)
+    try:
+        b._shares.total.level = -1.0  # every client's share spent, until the clock moves
+        submit(Peer(ctx, b.address, name="g"), "j1", [(0, "a")])  # (a submission is not
+        client = Client(b.address, timeout=20)                        # counted)
+        try:
+            # the clock moves in half a second: until then the client is told busy
+            mover = threading.Timer(0.5, lambda: setattr(clock, "now", clock.now + 60))
+            mover.start()
+            status = client.job("j1").status()  # busy, busy... then answered
+            assert status["job_id"] == "j1"
+            mover.join()
+        finally:
+            client.close()
+    finally:
+        stop_broker(b)
+
+
+def test_a_bucket_refills_at_its_share_up_to_its_burst():
+    clock = FakeClock()
+    bucket = TimeBucket(0.1, 0.5, clock)
+    assert bucket.ready()
+    bucket.charge(0.7)
+    assert not bucket.ready()  # -0.2
+    clock.now += 1.0
+    assert not bucket.ready()  # -0.1
+    clock.now += 2.0
+    assert bucket.ready() and abs(bucket.level - 0.1) < 1e-9
+    clock.now += 1000.0
+    assert bucket.ready() and bucket.level == 0.5
+    shares = PeerShares(0.1, 0.5, 0.3, 1.0, clock, max_peers=2)
+    for peer in ("a", "b"):
+        shares.charge(peer, 0.1)
+    clock.now += 100.0  # both full again: forgotten when a third needs room
+    shares.charge("c", 0.1)
+    assert list(shares.peers) == ["c"]
