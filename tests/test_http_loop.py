@@ -285,3 +285,74 @@ def test_a_flood_of_costly_requests_from_one_address_leaves_the_jobs_and_others_
         assert reply.startswith(b"HTTP/1.0 200") and address.encode() in reply
         assert handle.result(60) == run_sequential(WordCount(), records)
         assert get_json(f"{http}api/jobs/{big.job_id}")["job"]["id"] == big.job_id
+
+
+def test_an_event_stream_gets_its_turn_while_other_requests_keep_the_bucket_empty():
+    """Requests that keep arriving from one address, each taking what the bucket held,
+    must not keep another address's event stream from ever being read: its read waits
+    its turn like a request, not for a moment when no request waits."""
+    import zmq
+
+    from pymapreduce.observe import http as H
+
+    app = _CostlyApp()
+    reads = []
+
+    def next_events() -> list:
+        reads.append(app.now)
+        return [{"seq": 1, "type": "phase"}] if len(reads) == 1 else []
+
+    costly_route = app.route
+
+    def route(path, query, headers, scope=""):
+        if path == "/events":
+            return "stream", next_events
+        return costly_route(path, query, headers, scope)
+
+    app.route = route
+    server = H.LoopServer(("127.0.0.1", 0), app, clock=app.clock)
+    poller = zmq.Poller()
+    server.attach(poller)
+    host, port = server.server_address[:2]
+    socks: list[socket.socket] = []
+    now = [5000.0]  # the loop's clock, for deadlines and the streams' polls
+
+    def send(path: str, source: str = "127.0.0.1") -> socket.socket:
+        s = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        socks.append(s)
+        return s
+
+    def turn() -> None:
+        server.serve(dict(poller.poll(20)), now[0])
+
+    def turns_until(done) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline
+            turn()
+
+    try:
+        stream = send("/events", source="127.0.0.2")  # answered at once: the bucket is full
+        turns_until(lambda: any(c.stream is not None for c in server.conns.values()))
+        send("/slow")  # the bucket: 0.25 - 1.0
+        turns_until(lambda: app.paths == ["/slow"])
+        for i in range(12):
+            send(f"/a/{i}")
+        turns_until(lambda: sum(map(len, server._waiting.values())) == 12)
+        while len(app.paths) < 6:  # a second of loop time at a turn: refilled by 0.1,
+            app.now += 1.0         # which the next request waiting takes
+            now[0] += 1.0
+            turn()
+        assert reads, "the event stream was never read while requests waited"
+        stream.settimeout(5)
+        got = b""
+        while b"data: " not in got:
+            chunk = stream.recv(65536)
+            assert chunk
+            got += chunk
+        assert got.startswith(b"HTTP/1.0 200") and b'"type":"phase"' in got
+    finally:
+        for s in socks:
+            s.close()
+        server.close()

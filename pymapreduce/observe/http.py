@@ -25,9 +25,10 @@ a request that has arrived waits its turn: requests are answered from a bucket o
 time (``SHARE`` of the loop's time, up to ``BURST`` seconds at once after a quiet
 spell), each charged what its answer took, and the waiting ones are taken from their
 addresses in turn, so that one address's many requests do not go before another's one.
-Event streams' reads are charged to the same bucket and wait with the requests. An
-answer waits only while answers have used up the bucket; nothing else of the loop
-does.
+Event streams' reads are charged to the same bucket and, while it is empty, wait their
+turn with the requests (an address's among the others: requests that keep arriving do
+not keep a stream from ever being read). An answer waits only while answers have used
+up the bucket; nothing else of the loop does.
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ def _token(query: dict, headers: Headers) -> str:
     return ""
 
 
+_READ = ("read",)  # a _Conn's ``request`` while its event stream's read waits its turn
+
+
 def _events_chunk(events: list) -> bytes:
     return b"".join(f"id: {e['seq']}\ndata: {json.dumps(e, separators=(',', ':'))}\n\n"
                     .encode() for e in events)
@@ -311,20 +315,26 @@ class LoopServer:
             conn = queue.popleft()
             if queue:  # (behind every other address now)
                 self._waiting[peer] = queue
-            method, target, headers = conn.request
-            conn.request = None
-            try:
-                body, stream = answer(self.app, method, target, headers)
-            except ValueError as exc:  # (a target urlsplit cannot read: "//[x")
-                body, stream = _refusal(400, f"bad request target: {exc}"), None
-            except Exception:  # a bug here must not leave the client without an answer
-                log.exception("HTTP %s failed", target[:100])
-                body, stream = _refusal(500, "internal error (see the broker's log)"), None
-            done = self.clock()
+            request, conn.request = conn.request, None
+            if request is _READ:  # an event stream's read, waiting its turn too
+                self._read_stream(conn, now)
+            else:
+                self._answer_request(conn, request, now)
+            done = self.clock()  # (what it took, its first sending included)
             bucket.charge(done - t)
             t = done
-            conn.stream = stream
-            self._answer(conn, body, now)
+
+    def _answer_request(self, conn: _Conn, request: tuple, now: float) -> None:
+        method, target, headers = request
+        try:
+            body, stream = answer(self.app, method, target, headers)
+        except ValueError as exc:  # (a target urlsplit cannot read: "//[x")
+            body, stream = _refusal(400, f"bad request target: {exc}"), None
+        except Exception:  # a bug here must not leave the client without an answer
+            log.exception("HTTP %s failed", target[:100])
+            body, stream = _refusal(500, "internal error (see the broker's log)"), None
+        conn.stream = stream
+        self._answer(conn, body, now)
 
     def close(self) -> None:
         for conn in list(self.conns.values()):
@@ -418,6 +428,10 @@ class LoopServer:
             log.debug("HTTP %s: %s", conn.peer,
                       TOKEN_IN_QUERY.sub(r"\1<redacted>", f"{method} {target}"[:300]))
         conn.request = (method, target, headers)  # answered in its turn (_work)
+        self._queue(conn)
+
+    def _queue(self, conn: _Conn) -> None:
+        """``conn`` waits its turn at the bucket (its ``request`` is set)."""
         queue = self._waiting.get(conn.peer)
         if queue is None:
             self._waiting[conn.peer] = queue = deque()
@@ -467,19 +481,26 @@ class LoopServer:
             return
         if conn.stream is None:
             return
-        next_events, valid = conn.stream
+        valid = conn.stream[1]
         if self.app.closed or now - conn.started >= SSE_MAX_SECONDS or (
                 valid is not None and not valid()):
             self._close(conn)
             return
-        if now - conn.polled < SSE_POLL:
-            return
+        if conn.request is not None or now - conn.polled < SSE_POLL:
+            return  # (its read waits its turn in ``_waiting``: _work does it)
         t = self._bucket.fill()
-        if self._bucket.level <= 0:  # (the bucket is empty: the stream's read waits too)
+        if self._bucket.level <= 0:  # (the bucket is empty: the stream's read waits its turn
+            conn.request = _READ  # with the requests, its address's among the others)
+            self._queue(conn)
             return
-        conn.polled = now
-        chunk = _events_chunk(next_events())
+        self._read_stream(conn, now)
         self._bucket.charge(self.clock() - t)
+
+    def _read_stream(self, conn: _Conn, now: float) -> None:
+        """An event stream's look at the event ring: what is new is sent (or, after a
+        quiet spell, a keep-alive)."""
+        conn.polled = now
+        chunk = _events_chunk(conn.stream[0]())
         if not chunk and now - conn.last >= SSE_KEEPALIVE:
             chunk = b": keep-alive\n\n"
         if chunk:
