@@ -113,6 +113,27 @@ def test_heartbeats_count_only_from_the_worker_its_beat_socket_or_its_supervisor
     assert ledger.heartbeat(b"Z", "", b"Z", T0) == P.RECONNECT  # unknown: register
 
 
+def test_a_flood_of_beats_is_ignored_past_one_per_sender_per_quarter_interval(ledger):
+    """A sender's beats closer together than BEAT_GAP of the interval are ignored whole
+    ("": no answer, no liveness, no progress, and no dispatch after them), each sender's
+    apart (a worker's own beats and its supervisor's on its behalf); an unknown sender
+    is told to RECONNECT once per gap, not once per beat."""
+    from pymapreduce.broker.ledger import BEAT_GAP
+
+    gap = ledger.config.heartbeat_interval * BEAT_GAP
+    ledger.register(b"A", "", {"credit": 1, "supervisor": b"sup"}, T0)
+    assert ledger.heartbeat(b"A", "", b"A", T0 + 1) == P.HEARTBEAT
+    assert [ledger.heartbeat(b"A", "", b"A", T0 + 1 + gap * i / 10) for i in range(1, 10)] \
+        == [""] * 9
+    assert ledger.workers[b"A"].last_seen == T0 + 1
+    assert ledger.heartbeat(b"sup", "", b"A", T0 + 1.01) == P.HEARTBEAT  # its own count
+    assert ledger.heartbeat(b"A", "", b"A", T0 + 1 + gap * 1.01) == P.HEARTBEAT
+    assert ledger.workers[b"A"].last_seen == T0 + 1 + gap * 1.01
+    assert ledger.heartbeat(b"Z", "", b"Z", T0) == P.RECONNECT
+    assert ledger.heartbeat(b"Z", "", b"Z", T0 + gap / 2) == ""
+    assert ledger.heartbeat(b"Z", "", b"Z", T0 + gap * 1.01) == P.RECONNECT
+
+
 def test_on_a_secured_broker_another_key_cannot_report_for_a_worker(ledger):
     ledger.secured = True
     add_job(ledger, maps=1)

@@ -40,7 +40,7 @@ def test_a_submitted_split_s_bytes_bound_its_progress_and_give_the_time_left(led
     # the holder says it read far more than its split: its split's bytes count
     ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(key, 7, 1 << 62))
     assert read(job) == (7, SPLIT)
-    ledger.heartbeat(b"A/hb", "", b"A", T0 + 10, progress(key, 7, 500))
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 11, progress(key, 7, 500))
     assert job_row(job, T0 + 10)["eta"] == 30.0  # 500 of 2000 bytes in 10 s
 
 
@@ -59,10 +59,10 @@ def test_a_split_of_many_files_is_sized_once_not_at_every_beat(ledger, monkeypat
         return submission.file_ranges(split)
 
     monkeypatch.setattr(tasks, "file_ranges", counted)
-    for i in range(50):  # a heartbeat flood of the holder's
-        ledger.heartbeat(b"A/hb", "", b"A", T0 + 1, progress(key, i, i))
+    for i in range(50):  # the holder's beats, each handled (a second apart)
+        ledger.heartbeat(b"A/hb", "", b"A", T0 + 1 + i, progress(key, i, i))
     assert read(job) == (49, 49)
-    assert job_row(job, T0 + 1)["eta"] is not None
+    assert job_row(job, T0 + 50)["eta"] is not None
     assert len(unpacked) <= 1, f"the split's ranges were read {len(unpacked)} times"
 
 

@@ -134,6 +134,7 @@ class Broker(ClientAPI, WorkerAPI):
         self._wakeup = SignalWakeup(enable=False)  # serve_forever's, while it runs
         self._last_tick = 0.0
         self._peer_key = ""  # the CURVE key of the message being handled
+        self._no_dispatch = False  # the message being handled changed nothing (a flood's)
         self._shares = PeerShares(CLIENT_SHARE, CLIENT_BURST, CLIENTS_SHARE, CLIENTS_BURST)
         self.traffic = Traffic()  # bytes and messages per plane (observe/traffic.py)
         self.http = None  # the read-only HTTP server, once bound (observe/server.py)
@@ -412,7 +413,10 @@ class Broker(ClientAPI, WorkerAPI):
                 P.ERROR,
                 {"code": "bad-request", "message": str(exc), "req": _req(msg)},
             )
-        self.dispatch()
+        if self._no_dispatch:
+            self._no_dispatch = False
+        else:
+            self.dispatch()
 
     def _complain(self, peer: str, what: str, *args: Any) -> None:
         """Log a bad message, naming the peer (rate-limited: a hostile peer cannot flood

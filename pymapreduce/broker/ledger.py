@@ -68,11 +68,14 @@ class Fetched(NamedTuple):
     job: JobState
 
 
+BEAT_GAP = 0.25  # of the heartbeat interval: a sender's beats closer together are ignored
+MAX_RECONNECTS = 1024  # unknown senders whose last RECONNECT answer is remembered
+
 class WorkerState:
     """A registered worker process, as the broker sees it."""
 
     __slots__ = ("route", "name", "credit", "running", "last_seen", "known_jobs", "key", "fd",
-                 "tags", "pid", "done", "joined", "supervisor", "codecs")
+                 "tags", "pid", "done", "joined", "supervisor", "codecs", "beats")
 
     def __init__(self, route: bytes, name: str, credit: int, now: float, key: str = "") -> None:
         self.route = route
@@ -89,6 +92,7 @@ class WorkerState:
         self.joined = now
         self.supervisor = b""  # the route of the process that may beat on its behalf
         self.codecs: frozenset = frozenset()  # what it decompresses (broker/codecs.py)
+        self.beats: dict[bytes, float] = {}  # sender -> when its last beat was handled
 
 
 class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
@@ -113,6 +117,7 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         self.jobs: dict[str, JobState] = {}
         self.scheduler = Scheduler()
         self.outbox: deque[Send | Publish | Fetched] = deque()
+        self._reconnects: dict[bytes, float] = {}  # unknown sender -> its last RECONNECT
         self._early: dict[tuple, list] = {}  # outputs that arrived before their DONE
         self._early_bytes = 0
         self._awaiting: dict[tuple, dict] = {}  # DONE stats waiting for their outputs
@@ -209,14 +214,31 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         """A HEARTBEAT from ``peer`` for worker ``named`` (itself by default): the command
         to answer with (HEARTBEAT, or RECONNECT when the worker is unknown), or None when
         ``peer`` may not speak for that worker. ``progress``: what the worker's running
-        map task has read so far (:meth:`_read_progress`)."""
+        map task has read so far (:meth:`_read_progress`).
+
+        A sender's beats (a worker's own, its supervisor's on its behalf) come once per
+        heartbeat interval; one that comes sooner than BEAT_GAP of it after the last one
+        handled from that sender is ignored, and "" returned: nothing is answered and
+        nothing else is done for it (a flood of beats costs the loop its reading alone,
+        not an answer and a dispatch each)."""
         worker = self.workers.get(named) if isinstance(named, bytes) else None
         if worker is not None and not self._vouches(peer, key, worker):
             self.complain(peer_name(peer, key),
                           "HEARTBEAT for a worker it does not speak for: ignored")
             return None
+        gap = self.config.heartbeat_interval * BEAT_GAP
         if worker is None:
+            last = self._reconnects.get(peer)
+            if last is not None and now - last < gap:
+                return ""
+            if len(self._reconnects) >= MAX_RECONNECTS:
+                self._reconnects.clear()
+            self._reconnects[peer] = now
             return P.RECONNECT
+        last = worker.beats.get(peer)
+        if last is not None and now - last < gap:
+            return ""
+        worker.beats[peer] = now
         worker.last_seen = now
         if progress is not None:
             self._read_progress(worker, progress)

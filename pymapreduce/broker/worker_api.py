@@ -35,8 +35,10 @@ class WorkerAPI:
             return
         answer = self.ledger.heartbeat(peer, self._peer_key, msg.body.get("worker", peer), now,
                                        msg.body.get("progress"))
-        if answer is not None:
+        if answer:
             self._reply(peer, answer, {})
+        elif answer is not None:  # a beat too soon after the sender's last: ignored whole
+            self._no_dispatch = True
 
     def on_bye(self, peer: bytes, msg: Message, now: float) -> None:
         if not self.ledger.sink_left(peer, self._peer_key):
