@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import threading
 
-from pymapreduce import Client
+import pytest
+
+from pymapreduce import Client, JobFailed
 from pymapreduce.broker import daemon as D
+from pymapreduce.patterns import config as timing
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns.share import PeerShares, TimeBucket
 
@@ -140,3 +143,28 @@ def test_a_bucket_refills_at_its_share_up_to_its_burst():
     clock.now += 100.0  # both full again: forgotten when a third needs room
     shares.charge("c", 0.1)
     assert list(shares.peers) == ["c"]
+
+
+def test_a_fetch_waiting_longer_than_the_resend_interval_keeps_reading(ctx):  # noqa: F811
+    """results() asks for a partition not done yet and waits for it while the broker
+    sends the job's status every heartbeat: past RESEND_AFTER from the request the client
+    must keep reading (here it then hears the job was cancelled), not stop reading (a
+    loop that polls nothing) and declare the broker silent after its timeout (or, with a
+    timeout longer than RESEND_AFTER, resend the FETCH, one more waiter each time)."""
+    b = start_broker(ctx)  # no workers: the job's partition is never done
+    try:
+        owner = Peer(ctx, b.address, name="g")
+        submit(owner, "j1", [(0, "a")])
+        client = Client(b.address, timeout=1.0)
+        cancel = threading.Timer(timing.RESEND_AFTER + 1.5, lambda: owner.send(P.CANCEL, {"job_id": "j1",
+                                                                    "req": 2}))
+        try:
+            cancel.start()
+            with pytest.raises(JobFailed):
+                list(client.job("j1").results())
+        finally:
+            cancel.join()
+            client.close()
+    finally:
+        stop_broker(b)
+

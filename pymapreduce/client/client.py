@@ -110,7 +110,9 @@ class Client:
         deadline = sent + limit
         busy_until, pause = deadline, BUSY_PAUSE  # (asked again while the broker is busy)
         while True:
-            wake = min(deadline, sent + timing.RESEND_AFTER) if small else deadline
+            # (from the last word either way: a patient request hears its job's status
+            # long after it was sent, and a wake already past would poll nothing)
+            wake = min(deadline, max(sent, heard) + timing.RESEND_AFTER) if small else deadline
             msg = self._recv(wake if queued else min(wake, time.monotonic() + 0.05))
             now = time.monotonic()
             if msg is None:
