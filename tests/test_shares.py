@@ -6,13 +6,16 @@ told "busy" asks again by itself."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+import zmq
 
 from pymapreduce import Client, JobFailed
 from pymapreduce.broker import daemon as D
 from pymapreduce.patterns import config as timing
 from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns.message import Message
 from pymapreduce.patterns.share import PeerShares, TimeBucket
 
 from .test_hostile import Peer, ctx, start_broker, stop_broker, submit  # noqa: F401
@@ -168,3 +171,62 @@ def test_a_fetch_waiting_longer_than_the_resend_interval_keeps_reading(ctx):  # 
     finally:
         stop_broker(b)
 
+
+class FakeBroker:
+    """A ROUTER on loopback that answers a job handle as a broker would: WATCH and STATUS
+    with a running one-partition job; the first FETCH after ``chatter`` seconds of status
+    events (a partition that takes long to be done, the job's watchers told its status
+    meanwhile), answered busy; the next with the partition."""
+
+    def __init__(self, context: zmq.Context, chatter: float) -> None:
+        self.router = context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.chatter, self.fetches, self.stopped = chatter, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def send(self, route: bytes, command: str, body: dict, blobs: tuple = ()) -> None:
+        self.router.send_multipart([route, *Message(command, body, blobs).encode()])
+
+    def run(self) -> None:
+        status = {"job_id": "j1", "state": P.JOB_RUNNING, "parts": 1, "step": [1, 1]}
+        while not self.stopped:
+            if not self.router.poll(50):
+                continue
+            route, *frames = self.router.recv_multipart()
+            msg = Message.decode(frames)
+            req = msg.body.get("req")
+            if msg.command in (P.WATCH, P.STATUS):
+                self.send(route, P.STATUS, {"req": req, **status})
+            elif msg.command == P.FETCH and self.fetches == 0:
+                self.fetches += 1
+                end = time.monotonic() + self.chatter
+                while time.monotonic() < end and not self.stopped:
+                    time.sleep(0.1)  # the job's status, every heartbeat, unasked
+                    self.send(route, P.STATUS, status)
+                self.send(route, P.ERROR, {"req": req, "code": "busy", "message": "full"})
+            elif msg.command == P.FETCH:
+                self.fetches += 1
+                self.send(route, P.PART, {"req": req, "job_id": "j1", "part": 0}, (b"",))
+
+    def close(self) -> None:
+        self.stopped = True
+        self.thread.join(5)
+        self.router.close(0)
+
+
+def test_a_fetch_told_busy_after_a_long_patient_wait_asks_again(ctx):  # noqa: F811
+    """A FETCH that waits for its partition may wait much longer than the client's
+    timeout while the broker keeps talking; when its answer is then "busy" (the broker's
+    memory held by unread replies), it is asked again, as a busy answer to any request
+    is, not raised at once because the wait outlasted the timeout."""
+    fake = FakeBroker(ctx, chatter=3.0)
+    client = Client(fake.address, timeout=1.0)
+    try:
+        assert list(client.job("j1").results()) == []
+        assert fake.fetches == 2
+    finally:
+        client.close()
+        fake.close()

@@ -108,7 +108,9 @@ class Client:
         limit = self.timeout if timeout is None else timeout
         sent = heard = time.monotonic()
         deadline = sent + limit
-        busy_until, pause = deadline, BUSY_PAUSE  # (asked again while the broker is busy)
+        # asked again while the broker is busy, for up to ``limit`` from its first "busy"
+        # (a patient request may hear it long after it was sent)
+        busy_until, pause = None, BUSY_PAUSE
         while True:
             # (from the last word either way: a patient request hears its job's status
             # long after it was sent, and a wake already past would poll nothing)
@@ -142,6 +144,7 @@ class Client:
                 if code == "job-failed":
                     raise job_failed(msg.body.get("status") or {})
                 if code == "busy":  # it did not act on the request: ask again shortly
+                    busy_until = now + limit if busy_until is None else busy_until
                     if now + pause > busy_until:
                         raise BrokerBusy(f"the broker is busy: {msg.body.get('message')}")
                     time.sleep(pause)
