@@ -15,6 +15,7 @@ from pymapreduce import Client, JobFailed
 from pymapreduce.broker import daemon as D
 from pymapreduce.patterns import config as timing
 from pymapreduce.patterns import protocol as P
+from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
 from pymapreduce.patterns.share import PeerShares, TimeBucket
 
@@ -230,3 +231,31 @@ def test_a_fetch_told_busy_after_a_long_patient_wait_asks_again(ctx):  # noqa: F
     finally:
         client.close()
         fake.close()
+
+
+def test_with_keys_a_client_key_has_one_share_however_many_connections(ctx, tmp_path):  # noqa: F811
+    """With keys, a client is its key (as for its jobs and its limits): one key's many
+    connections share one key's share of the loop, and do not spend the other keys'
+    (the total) among themselves."""
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(keys, "other")
+    security.authorize(keys, security.CLIENT, f"{keys}/other.key")
+    clock = FakeClock()
+    b = start_broker(ctx, keys_dir=keys)
+    costly_status(b, clock)
+    try:
+        first = Peer(ctx, b.address, keys, "client")
+        submit(first, "j1", [(0, "a")])
+        greedy = [first, *(Peer(ctx, b.address, keys, "client") for _ in range(7))]
+        got = []
+        for i, peer in enumerate(greedy):  # two each: 3.2 s of the loop from one key
+            peer.send(P.STATUS, {"job_id": "j1", "req": 100 + 2 * i})
+            peer.send(P.STATUS, {"job_id": "j1", "req": 101 + 2 * i})
+            got += replies(peer, 2)
+        assert got == ["status"] * 3 + ["busy"] * 13  # the key's burst: three answers
+        other = Peer(ctx, b.address, keys, "other")  # another key: its own share
+        submit(other, "j2", [(0, "b")])
+        other.send(P.STATUS, {"job_id": "j2", "req": 5})
+        assert replies(other, 1) == ["status"]
+    finally:
+        stop_broker(b)

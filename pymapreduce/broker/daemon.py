@@ -59,11 +59,11 @@ SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
 PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 # A client's requests that read what the broker holds are answered from its share of the
-# loop's time, and all clients' from theirs together (patterns/share.py): past it the
-# client is told "busy" and asks again shortly. Workers' messages are not counted: their
-# work is what the shares protect.
+# loop's time (a client: its key, without keys its connection), and all clients' from
+# theirs together (patterns/share.py): past it the client is told "busy" and asks again
+# shortly. Workers' messages are not counted: their work is what the shares protect.
 SHARED_COMMANDS = frozenset({P.WATCH, P.STATUS, P.FETCH, P.JOBS, P.LOGS, P.EVENTS})
-CLIENT_SHARE, CLIENT_BURST = 0.1, 0.5  # each client connection's
+CLIENT_SHARE, CLIENT_BURST = 0.1, 0.5  # each client's (key's, or connection's)
 CLIENTS_SHARE, CLIENTS_BURST = 0.3, 1.0  # all clients' together
 
 
@@ -395,7 +395,9 @@ class Broker(ClientAPI, WorkerAPI):
         self._peer_key = key
         now = time.monotonic()
         shared = msg.command in SHARED_COMMANDS
-        if shared and not self._shares.ready(peer):
+        # whose share: the client's key (as for its jobs and limits), else its connection
+        payer = key or peer
+        if shared and not self._shares.ready(payer):
             self._reply(peer, P.ERROR, {
                 "code": "busy", "req": _req(msg),
                 "message": "this client's requests have had their share of the broker's "
@@ -403,7 +405,7 @@ class Broker(ClientAPI, WorkerAPI):
             return
         try:
             if shared:
-                self._shares.timed(peer, lambda: handler(peer, msg, now))
+                self._shares.timed(payer, lambda: handler(peer, msg, now))
             else:
                 handler(peer, msg, now)
         except Exception as exc:  # a bad message must never take the broker down
