@@ -283,7 +283,13 @@ class LoopServer:
 
     def serve(self, events: dict, now: float) -> None:
         """One turn's work: new connections, what clients sent, what they can take, and
-        (every TIMERS_EVERY) deadlines and the event streams."""
+        (every TIMERS_EVERY) deadlines and the event streams. All of it is charged to
+        the bucket, so that answers wait longer while connections cost more; they are
+        still accepted and read (at most MAX_PER_SECOND a second), so that another
+        address's request waits its turn in the queue, not behind a flood in the
+        listening socket's backlog."""
+        bucket = self._bucket
+        t = bucket.fill()
         if self.fd in events:
             self._accept(now)
         if self.conns:
@@ -296,6 +302,8 @@ class LoopServer:
                     self._read(conn, now)
                 if flags & zmq.POLLOUT and fd in self.conns:
                     self._write(conn, now)
+        bucket.charge(self.clock() - t)
+        if self.conns:
             if self._waiting:
                 self._work(now)
             if now - self._timers >= TIMERS_EVERY:
