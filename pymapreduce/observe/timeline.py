@@ -47,7 +47,7 @@ def place(rows: list[tuple]) -> list[dict]:
         run = run_start(start, end, secs)
         out.append({"step": step, "kind": kind, "index": index, "task": f"{kind}-{index}",
                     "attempt": number, "worker": worker, "start": start,
-                    "run": None if run is None else round(run, 6),
+                    "run": run,  # (not rounded: a time's repr is no longer, round() slow)
                     "run_from": REPORT if run is not None else HAND_OUT if end is not None
                     else None,
                     "end": end, "outcome": outcome, "backup": backup, "note": note})
