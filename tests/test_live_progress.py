@@ -87,8 +87,8 @@ def test_only_the_holder_s_progress_counts(ledger):
     assert read(job) == (0, 0)
     ledger.heartbeat(b"B/hb", "", b"A", T0 + 1, progress(key_a, 99, 999))  # not B's to say
     assert read(job) == (0, 0)
-    ledger.heartbeat(b"B/hb", "", b"B", T0 + 1, progress(key_b, 5, 50))
-    ledger.heartbeat(b"A/hb", "", b"A", T0 + 1, progress(key_a, 7, 70))
+    ledger.heartbeat(b"B/hb", "", b"B", T0 + 2, progress(key_b, 5, 50))  # (its next beat)
+    ledger.heartbeat(b"A/hb", "", b"A", T0 + 2, progress(key_a, 7, 70))
     assert read(job) == (12, 120)
 
 
