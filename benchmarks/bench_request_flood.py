@@ -18,7 +18,9 @@ attempts: the dearest answer the server has). Then, ``--rounds`` times, a job of
 - ``client-events``: ``--attackers`` clients on the broker's client socket (ZeroMQ
   DEALERs) each send EVENTS requests for the kept job from cursor 0, 20 at a time every
   10 ms, reading the replies as they come;
-- ``client-status``: the same with STATUS requests for the kept job.
+- ``client-status``: the same with STATUS requests for the kept job;
+- ``worker-beats``: ``--attackers`` connections each register as a worker (READY with no
+  credit) and send HEARTBEATs, 50 every 2 ms, reading the answers as they come.
 
 Figures: tasks/s, the median over the rounds, and each attack's rate over the quiet rate
 of the same tree. The attackers run on the same 2 cores as the broker and its workers,
@@ -38,7 +40,7 @@ import time
 
 import common
 
-ATTACKS = ("page", "events", "client-events", "client-status")
+ATTACKS = ("page", "events", "client-events", "client-status", "worker-beats")
 WORKERS = 2
 
 
@@ -60,20 +62,25 @@ def _attacker(host: str, port: int, paths: list[str], stop_at: float, seed: int)
 def _client_attacker(address: str, job_id: str, command: str, stop_at: float) -> None:
     import zmq
 
+    from pymapreduce.patterns import protocol as P
     from pymapreduce.patterns.message import Message
 
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(address)
-    body = {"since": 0, "job": job_id} if command == "EVENTS" else {"job_id": job_id}
+    body = {"since": 0, "job": job_id} if command == P.EVENTS else {"job_id": job_id}
+    burst, pause = 20, 0.01
+    if command == P.HEARTBEAT:  # a worker's: registered first, then beats only
+        sock.send_multipart(Message(P.READY, {"credit": 0, "name": "beats", "pid": 1}).encode())
+        body, burst, pause = {}, 50, 0.002
     n = 0
     while time.time() < stop_at:
-        for _ in range(20):
+        for _ in range(burst):
             n += 1
             try:
                 sock.send_multipart(Message(command, {**body, "req": n}).encode(), zmq.NOBLOCK)
             except zmq.Again:
                 pass
-        time.sleep(0.01)
+        time.sleep(pause)
         while sock.poll(0):
             sock.recv_multipart()
 
@@ -111,7 +118,8 @@ def child(tree: str, out: str, argv: list[str]) -> int:
                                              args=(host, int(port), paths[case], stop_at, k))
                                  for k in range(attackers)]
                     elif case != "quiet":
-                        command = P.EVENTS if case == "client-events" else P.STATUS
+                        command = {"client-events": P.EVENTS, "client-status": P.STATUS,
+                                   "worker-beats": P.HEARTBEAT}[case]
                         procs = [ctx.Process(target=_client_attacker, daemon=True,
                                              args=(cluster.address, big.job_id, command,
                                                    stop_at))

@@ -79,7 +79,7 @@ def test_a_client_past_its_share_is_told_busy_and_others_are_served(ctx):  # noq
         assert worker.recv(want=(P.TASKS,)) is not None
         greedy.send(P.STATUS, {"job_id": "j1", "req": 30})
         assert replies(greedy, 1) == ["busy"]  # the clock has not moved: still owing
-        clock.now += 10.0  # refilled: 10% of 10 s, up to the burst
+        clock.now += 10.0  # refilled: 5% of 10 s (CLIENT_SHARE), up to the burst
         greedy.send(P.STATUS, {"job_id": "j1", "req": 31})
         assert replies(greedy, 1) == ["status"]
     finally:
@@ -101,9 +101,9 @@ def test_all_clients_together_have_a_share_too(ctx):  # noqa: F811
             peer.send(P.STATUS, {"job_id": "j1", "req": 100 + 2 * i})
             peer.send(P.STATUS, {"job_id": "j1", "req": 101 + 2 * i})
             got += replies(peer, 2)
-        # the total's burst, 1.0 s, less 0.2 an answer, refilled by 0.06 (30% of it)
-        # while each is built: the eighth takes it below empty
-        assert got == ["status"] * 8 + ["busy"] * 8
+        # the total's burst, 1.0 s, less 0.2 an answer, refilled by 0.02 (10% of it)
+        # while each is built: the sixth takes it below empty
+        assert got == ["status"] * 6 + ["busy"] * 10
     finally:
         stop_broker(b)
 

@@ -63,8 +63,8 @@ MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed 
 # theirs together (patterns/share.py): past it the client is told "busy" and asks again
 # shortly. Workers' messages are not counted: their work is what the shares protect.
 SHARED_COMMANDS = frozenset({P.WATCH, P.STATUS, P.FETCH, P.JOBS, P.LOGS, P.EVENTS})
-CLIENT_SHARE, CLIENT_BURST = 0.1, 0.5  # each client's (key's, or connection's)
-CLIENTS_SHARE, CLIENTS_BURST = 0.3, 1.0  # all clients' together
+CLIENT_SHARE, CLIENT_BURST = 0.05, 0.5  # each client's (key's, or connection's)
+CLIENTS_SHARE, CLIENTS_BURST = 0.1, 1.0  # all clients' together
 
 
 

@@ -50,7 +50,9 @@ def on_events(broker: Any, peer: bytes, msg: Message) -> None:
                                           "message": f"no job {job[:100]!r} this client may "
                                                      "see on this broker"})
             return
-    seen = events.since(since, job, limit=MAX_EVENTS_REPLY * 4)
+    every = broker.allow is None or broker.allow.is_admin(broker._peer_key)
+    # (a client key's events are picked out of all: read more of them to fill a reply)
+    seen = events.since(since, job, limit=MAX_EVENTS_REPLY * (1 if every else 4))
     last = seen[-1]["seq"] if seen else max(since, 0)
     visible = _visible(broker)
     out = [e for e in seen if visible(e)][:MAX_EVENTS_REPLY]
