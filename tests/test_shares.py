@@ -87,23 +87,30 @@ def test_a_client_past_its_share_is_told_busy_and_others_are_served(ctx):  # noq
 
 
 def test_all_clients_together_have_a_share_too(ctx):  # noqa: F811
-    """Many connections do not make many shares of the loop: past the total's burst
-    (1 s), every client is told busy until it refills."""
+    """Many greedy connections do not make many shares of the loop: once all clients
+    together have spent theirs, a client that spent its own waits even though its own
+    is not empty; one that has asked little still goes ahead, until it has asked much."""
     clock = FakeClock()
     b = start_broker(ctx)
     costly_status(b, clock)
     try:
-        first = Peer(ctx, b.address, name="c0")
-        submit(first, "j1", [(0, "a")])
-        peers = [first, *(Peer(ctx, b.address, name=f"c{i}") for i in range(1, 8))]
+        greedy = [Peer(ctx, b.address, name=f"g{i}") for i in range(3)]
+        submit(greedy[0], "j1", [(0, "a")])
         got = []
-        for i, peer in enumerate(peers):  # two answers each would be 3.2 s of the loop
-            peer.send(P.STATUS, {"job_id": "j1", "req": 100 + 2 * i})
-            peer.send(P.STATUS, {"job_id": "j1", "req": 101 + 2 * i})
+        for i, peer in enumerate(greedy):
+            for n in range(2):
+                peer.send(P.STATUS, {"job_id": "j1", "req": 100 + 2 * i + n})
             got += replies(peer, 2)
-        # the total's burst, 1.0 s, less 0.2 an answer, refilled by 0.02 (10% of it)
-        # while each is built: the sixth takes it below empty
-        assert got == ["status"] * 6 + ["busy"] * 10
+        # six answers of 0.2 spent the total's burst (1.0 s, refilled by 0.02 while each
+        # was built: 10%); each greedy one's own share holds about 0.1 of its 0.5
+        assert got == ["status"] * 6 and b._shares.total.level < 0
+        for i, peer in enumerate(greedy):
+            peer.send(P.STATUS, {"job_id": "j1", "req": 200 + i})
+            assert replies(peer, 1) == ["busy"]
+        newcomer = Peer(ctx, b.address, name="new")  # asked nothing yet: goes ahead
+        for n in range(3):
+            newcomer.send(P.STATUS, {"job_id": "j1", "req": 300 + n})
+        assert replies(newcomer, 3) == ["status", "status", "busy"]
     finally:
         stop_broker(b)
 

@@ -9,7 +9,8 @@ that passes, up to ``burst`` seconds, and work goes ahead while it holds time, c
 afterwards what it took (the last piece may take it below empty; what follows then waits
 until it is refilled past that). :class:`PeerShares` keeps a bucket per peer and one for
 all peers together, so that one peer's volume costs the others, and the loop's own work,
-no more than its share.
+no more than its share; when all together have spent theirs, the peers that have spent
+little of their own still go ahead, and those that have spent it wait.
 """
 
 from __future__ import annotations
@@ -61,12 +62,14 @@ class PeerShares:
         self.max_peers = max_peers
 
     def ready(self, peer: Hashable) -> bool:
-        """Whether ``peer``'s request may be answered now: its bucket and the total hold
-        time."""
+        """Whether ``peer``'s request may be answered now: its bucket holds time, and so
+        does the total, unless ``peer`` has used little of its own lately (at most half
+        its burst): others spending the total must not lock out a peer that asks now
+        and then, while they wait for it to refill."""
         bucket = self.peers.get(peer)
         if bucket is not None and not bucket.ready():
             return False
-        return self.total.ready()
+        return self.total.ready() or bucket is None or bucket.level >= bucket.burst / 2
 
     def charge(self, peer: Hashable, seconds: float) -> None:
         """Charge what answering ``peer`` took to its bucket and to the total."""
