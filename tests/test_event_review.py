@@ -127,12 +127,12 @@ def test_retries_backups_and_a_worker_lost_mid_attempt_read_back_in_the_table(le
     ledger.done(c, [report(kb2)], tuple(map_output()))
     job.maps[ka.index].started = T0 - 60
     ledger.dispatch(T0 + 60)
-    [backup] = tasks_of(ledger)[b"B"]
+    [backup] = tasks_of(ledger)[b"C"]  # (C has committed a task, B has not: C first)
     ledger.purge(a, "silent")
-    ledger.done(b, [report(backup)], tuple(map_output()))
+    ledger.done(c, [report(backup)], tuple(map_output()))
     ia, ib = f"map-{ka.index}", f"map-{kb.index}"
     assert _rows(ledger) == [(1, ia, 1, "A", False, "killed"), (1, ib, 1, "B", False, "failed"),
-                             (1, ib, 2, "C", False, "done"), (1, ia, 2, "B", True, "done")]
+                             (1, ib, 2, "C", False, "done"), (1, ia, 2, "C", True, "done")]
     sent = [(e["task"], e["attempt"], e["backup"]) for e in ledger.events.since(0, "j")
             if e["type"] == "dispatched"]
     assert sent == [(ia, 1, False), (ib, 1, False), (ib, 2, False), (ia, 2, True)]

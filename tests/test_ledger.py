@@ -354,3 +354,61 @@ def test_a_report_from_a_worker_the_broker_does_not_know_is_news_not_a_warning(l
                for item in ledger.outbox)
     said = [r for r in caplog.records if "does not know" in r.getMessage()]
     assert said and all(r.levelno == logging.INFO for r in said)
+
+
+def test_backups_that_land_on_stuck_workers_get_further_backups_on_proven_ones(ledger):
+    """Two workers beat but never end what they hold (a hung mount, a hostile worker).
+    A straggler's backup that lands on the other stuck one would leave its task with
+    every attempt stuck: it gets another once it has run twice its limit, and idle
+    workers that have committed tasks are given backups before those that never have."""
+
+    job = add_job(ledger, maps=3)
+    stuck = [ledger.register(r, "", {"credit": 1}, T0) for r in (b"S1", b"S2")]
+    good = ledger.register(b"G", "", {"credit": 1}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)
+    [g_key] = held[b"G"]
+    ledger.done(good, [report(g_key)], tuple(map_output()))  # G commits, S1 and S2 hold
+    assert good.done == 1 and job.done_maps == 1
+    for task in job.maps:
+        task.started = T0
+    far = 10.0 ** 7  # (past any limit: the mean task time is measured on the real clock)
+    ledger.dispatch(T0 + far)  # both stragglers are due a backup; only G is idle
+    [backup] = tasks_of(ledger)[b"G"]
+    ledger.done(good, [report(backup)], tuple(map_output()))  # its first attempt abandoned
+    ledger.outbox.clear()
+    (s_idle,) = [w for w in stuck if not w.running]
+    assert job.done_maps == 2
+    # the last straggler: G and the stuck worker that lost its attempt are idle; G, which
+    # commits, gets the backup (before: the first idle one in order, which may be stuck)
+    ledger._last_backup_scan = 0.0
+    ledger.dispatch(T0 + 2 * far)
+    got = tasks_of(ledger)
+    assert list(got) == [b"G"] and s_idle.route not in got
+    ledger.done(good, [report(got[b"G"][0])], tuple(map_output()))
+    assert job.done_maps == 3
+
+
+def test_a_task_whose_backup_landed_on_a_stuck_worker_gets_a_third_attempt(ledger):
+    from pymapreduce.broker.dispatching import MAX_RUNNING, NO_MEAN_BACKUP
+
+    job = add_job(ledger, "k", maps=1)
+    stuck = [ledger.register(r, "", {"credit": 1}, T0) for r in (b"S1", b"S2")]
+    ledger.dispatch(T0)
+    (first,) = [r for r, keys in tasks_of(ledger).items() if keys]
+    task = job.maps[0]
+    task.started = T0
+    limit = max(ledger.config.backup_after, NO_MEAN_BACKUP)  # (no task committed yet)
+    ledger.dispatch(T0 + 1.5 * limit)  # its backup: on the other stuck worker, all idle
+    assert len(task.running) == 2 and set(task.running.values()) == {b"S1", b"S2"}
+    good = ledger.register(b"G", "", {"credit": 1}, T0 + 1.5 * limit)
+    ledger.outbox.clear()
+    ledger._last_backup_scan = 0.0
+    ledger.dispatch(T0 + 1.9 * limit)  # not yet: a third is due at twice the limit
+    assert len(task.running) == 2 and not good.running
+    ledger._last_backup_scan = 0.0
+    ledger.dispatch(T0 + 2.1 * limit)
+    assert len(task.running) == MAX_RUNNING and b"G" in task.running.values()
+    ledger.done(good, [report(next(iter(good.running)))], tuple(map_output()))
+    assert task.state == "done" and not any(w.running for w in stuck)
+    assert first in (b"S1", b"S2")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..patterns import protocol as P
@@ -25,6 +25,11 @@ log = logging.getLogger("pymapreduce.broker")
 
 BACKUP_FACTOR = 2.0  # a straggler has run this many times its job's mean task time
 BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
+# attempts of one task running at once: its first and up to two backups, the n-th once the
+# task has run n times its straggler limit (a backup can land on a worker as stuck as the
+# first: one that beats but never ends what it holds)
+MAX_RUNNING = 3
+_DONE = attrgetter("done")  # a worker's committed tasks
 NO_MEAN_BACKUP = 10.0  # seconds before a backup when no task of the kind committed yet
 _ATTEMPT = itemgetter(2)  # a TASKS item's attempt identifier (TaskItem.wire)
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
@@ -67,7 +72,13 @@ class Dispatching:
     def _backup(self, now: float) -> None:
         """Backup tasks (the paper's section 3.6): when nothing is pending and a worker is
         idle, a task that has run well past its job's mean task time gets a second attempt
-        on that worker; whichever commits first wins, the other's output is dropped."""
+        on that worker; whichever commits first wins, the other's output is dropped.
+
+        A backup may land on a worker as stuck as the first one's (alive, beating, never
+        ending what it holds: a hung mount, a hostile worker), so a task whose attempts
+        all run on gets another, up to MAX_RUNNING at once, the n-th once it has run n
+        times its limit; and the idle workers that have committed the most go first, so
+        that a backup goes to a worker known to finish tasks before one that never has."""
         idle = [w for w in self.workers.values() if not w.running]
         if not idle or now - self._last_backup_scan < BACKUP_SCAN_INTERVAL:
             return
@@ -77,16 +88,18 @@ class Dispatching:
             if job.state != P.JOB_RUNNING or job.pending:
                 continue
             for task in job.tasks(job.phase):
-                if task.state != RUNNING or len(task.running) != 1:
+                running = len(task.running)
+                if task.state != RUNNING or not 1 <= running < MAX_RUNNING:
                     continue
                 mean = job.mean_duration(task.kind)
                 # (no task of its kind has committed yet: a worker that sits on the first
                 # ones, or is stuck, must not hold the job for ever)
                 limit = max(self.config.backup_after, BACKUP_FACTOR * mean
                             if mean is not None else NO_MEAN_BACKUP)
-                if now - task.started > limit:
+                if now - task.started > limit * running:
                     stragglers.append((task.started, task))
         stragglers.sort(key=lambda pair: pair[0])  # the longest running first
+        idle.sort(key=_DONE, reverse=True)  # (stable: otherwise in their order)
         for worker, (_, task) in zip(idle, stragglers):
             if worker.route in task.running.values():
                 continue
