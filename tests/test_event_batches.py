@@ -220,6 +220,33 @@ def test_the_global_stream_merges_jobs_attempts_in_order_and_keeps_its_bound():
     assert {e["job"] for e in mine} == {"k"} and 25 - 3 <= len(mine) <= 25
     assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)
     assert [e["seq"] for e in events.since(seqs[-6])] == seqs[-5:]
+    # a reader that fell past what the log keeps is told so; one within it is not
+    assert events.since_gap(0)[1] and events.since_gap(0, "k")[1]
+    assert not events.since_gap(seqs[-6])[1]
+    assert not events.since_gap(mine[0]["seq"], "k")[1]
+
+
+def test_events_tells_a_follower_that_fell_behind_what_it_missed():
+    """``pymapreduce events`` says so on stderr when the broker's reply says events
+    were skipped, and prints the ones it got."""
+    import io
+
+    from pymapreduce.observe.cli import follow
+
+    class Reader:
+        timeout = 5.0
+        replies = [{"events": [{"seq": 90, "type": "done"}], "next": 90, "seq": 90,
+                    "skipped": True}]
+
+        def _request(self, command, body, patient=False):
+            from pymapreduce.patterns.message import Message
+
+            return Message(command, self.replies.pop(0))
+
+    out, warned = io.StringIO(), []
+    assert follow(Reader(), None, 0, out, keep_going=False, warn=warned.append) == 90
+    assert out.getvalue() == '{"seq":90,"type":"done"}\n'
+    assert len(warned) == 1 and "skipped" in warned[0]
 
 
 def test_a_message_of_maps_and_reduces_reads_back_with_each_ones_kind():

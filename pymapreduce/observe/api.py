@@ -52,13 +52,15 @@ def on_events(broker: Any, peer: bytes, msg: Message) -> None:
             return
     every = broker.allow is None or broker.allow.is_admin(broker._peer_key)
     # (a client key's events are picked out of all: read more of them to fill a reply)
-    seen = events.since(since, job, limit=MAX_EVENTS_REPLY * (1 if every else 4))
+    seen, gap = events.since_gap(since, job, limit=MAX_EVENTS_REPLY * (1 if every else 4))
     last = seen[-1]["seq"] if seen else max(since, 0)
     visible = _visible(broker)
     out = [e for e in seen if visible(e)][:MAX_EVENTS_REPLY]
     if len(out) == MAX_EVENTS_REPLY:
         last = out[-1]["seq"]
     reply = {"req": body.get("req"), "events": out, "next": last, "seq": events.seq}
+    if gap:  # (the reader fell behind past what the log keeps: it is told, not left to guess)
+        reply["skipped"] = True
     if job is not None:
         reply["state"] = broker.jobs[job].state
     # (up to 500 events with tracebacks, made fresh per request: held bounded, as LOGS)

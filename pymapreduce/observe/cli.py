@@ -124,9 +124,11 @@ def cmd_dashboard_url(args: argparse.Namespace) -> int:
 
 
 def follow(client: Any, job: str | None, since: int, out: TextIO, keep_going: bool = True,
-           sleep: Callable[[float], None] = time.sleep) -> int:
+           sleep: Callable[[float], None] = time.sleep,
+           warn: Callable[[str], None] | None = None) -> int:
     """Print events after ``since`` as JSON lines; with ``keep_going``, poll for more
-    until the job (if one is named) ends. Returns the last cursor."""
+    until the job (if one is named) ends. Returns the last cursor. ``warn``: told when
+    the broker says events were skipped (the reader fell behind what it keeps)."""
     from ..client.logs import request_patiently
 
     while True:
@@ -134,6 +136,10 @@ def follow(client: Any, job: str | None, since: int, out: TextIO, keep_going: bo
         if job:
             body["job"] = job
         reply = request_patiently(client, P.EVENTS, body).body
+        if reply.get("skipped") and warn is not None:
+            warn("pymapreduce events: some events were skipped: this reader fell further "
+                 "behind than the broker keeps (a job's newest 2000 events, or all jobs' "
+                 "newest 10000)")
         for event in reply.get("events", []):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
             if job and event.get("type") in TERMINAL_EVENTS:
@@ -154,5 +160,6 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     with Client(args.connect, timeout=args.timeout, keys=args.keys,
                 key_name=args.key_name) as client:
-        follow(client, args.job_id, args.since, sys.stdout, keep_going=not args.no_follow)
+        follow(client, args.job_id, args.since, sys.stdout, keep_going=not args.no_follow,
+               warn=lambda text: print(text, file=sys.stderr, flush=True))
     return 0

@@ -177,13 +177,19 @@ class Reading:
         committed) are read from the attempt tables' batches, which are them (see
         events.py), and merged in by sequence number. Read so, a job's events are at most
         its newest ``per_job`` (all jobs': ``global_events``), as if one ring held them."""
+        return self.since_gap(cursor, job, limit)[0]
+
+    def since_gap(self, cursor: int, job: str | None = None,
+                  limit: int = 1000) -> tuple[list[dict], bool]:
+        """:meth:`since`, and whether events after ``cursor`` were left out because the
+        log keeps no more than its cap of them (a reader that fell that far behind)."""
         with self.lock:
             if self._pending and threading.get_ident() == self._writer:
                 self._flush()
             if job is not None:
                 log = self._jobs.get(job)
                 if log is None:
-                    return []
+                    return [], False
                 ring, logs, cap = log.events, [log], self.per_job
             else:
                 ring, logs, cap = self._global, self._jobs.values(), self.global_events
@@ -197,10 +203,11 @@ class Reading:
                     sources.append(_newest(one.batches, cursor, SENT, one.id))
                 if one.ends and one.ends[-1][0] > cursor:
                     sources.append(_newest(one.ends, cursor, ENDS, one.id))
-            picked, count = [], 0
+            picked, count, gap = [], 0, False
             for item in merge(*sources, key=_SEQ, reverse=True):
                 count += _count(item)
                 if picked and count > cap:
+                    gap = True  # (older ones past the cursor: not read)
                     break
                 picked.append(item)
         # (after the lock: a batch's tasks never change their kind and index)
@@ -212,8 +219,8 @@ class Reading:
                 if event[0] > cursor:
                     out.append(event)
                     if len(out) == limit:
-                        return [as_dict(e) for e in out]
-        return [as_dict(e) for e in out]
+                        return [as_dict(e) for e in out], gap
+        return [as_dict(e) for e in out], gap
 
     def _table(self, job: str) -> list[tuple]:
         """A job's attempt table as rows (see :func:`join_attempts`)."""
