@@ -76,8 +76,8 @@ class ClientAPI:
             self.scheduler.add(job)
             self.ledger.events.job_submitted(job)
             self.ledger.news(peer_name(peer, self._peer_key), "job %r (%s) accepted: %d map "
-                             "tasks, %d reducers", job.id, job.name, len(job.maps),
-                             job.reducers)
+                             "tasks, %s", job.id, job.name, len(job.maps),
+                             "map only" if job.map_only else f"{job.reducers} reducers")
             if self.config.insecure:
                 self.ledger.news("insecure", "job %s runs on a broker WITHOUT authentication "
                                  "(--insecure): anyone who can reach %s can run code on "

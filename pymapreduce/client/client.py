@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 import time
 import uuid
 from typing import Any
@@ -88,6 +89,7 @@ class Client:
         self._poller.register(self.watch.monitor, zmq.POLLIN)
         self.sock.connect(address)
         self._req = itertools.count(1)
+        self._in_use = threading.RLock()  # (its socket serves one thread at a time)
         self._status: dict[str, dict] = {}  # latest status event per job
         self._reconnected = False  # the connection was made again since the last look
         self.max_frame = DEFAULT_MAX_MESSAGE  # raw bytes a compressed result may claim
@@ -95,12 +97,25 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------
     def _request(self, command: str, body: dict, blobs: tuple = (),
                  timeout: float | None = None, patient: bool = False) -> Message:
-        """Send a request and return its reply.
+        """Send a request and return its reply (from one thread at a time: a ZeroMQ
+        socket is not shared between threads, and another thread's request now is an
+        error that says so, not a reply taken by the wrong caller).
 
         ``patient``: the reply may take long (a FETCH that waits for its partition); wait
         as long as the broker keeps talking (it sends a job's watchers a status every
         heartbeat), and give up only after ``timeout`` seconds of silence.
         """
+        if not self._in_use.acquire(blocking=False):
+            raise PyMapReduceError(
+                "this Client is in use by another thread: a Client (its ZeroMQ socket) "
+                "serves one thread at a time; give each thread a Client of its own")
+        try:
+            return self._request_one(command, body, blobs, timeout, patient)
+        finally:
+            self._in_use.release()
+
+    def _request_one(self, command: str, body: dict, blobs: tuple,
+                     timeout: float | None, patient: bool) -> Message:
         req = next(self._req)
         request = Message(command, {**body, "req": req}, blobs)
         small = sum(len(b) for b in blobs) <= RESEND_LIMIT
