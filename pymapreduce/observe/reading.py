@@ -157,14 +157,19 @@ class Reading:
     def _flush(self) -> None:  # (EventLog's)
         raise NotImplementedError
 
+    def _current(self, job: str) -> Any:
+        """With ``lock`` held: a job's log (None if it has none), what was noted recorded
+        first when this is the thread that notes (its reads see its own commits)."""
+        if self._pending and threading.get_ident() == self._writer:
+            self._flush()
+        return self._jobs.get(job)
+
     def failures(self, job: str, limit: int) -> list[dict]:
         """A job's newest ``limit`` failed and killed attempts, oldest first: read from its
         ring alone, which holds its infrequent events, not its attempts' (a job's page
         asks for them: reading them out of :meth:`since` went over every attempt)."""
         with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
+            log = self._current(job)
             if log is None:
                 return []
             picked = [entry for entry in log.events if entry[2] in ENDED_BADLY]
@@ -225,9 +230,7 @@ class Reading:
     def _table(self, job: str) -> list[tuple]:
         """A job's attempt table as rows (see :func:`join_attempts`)."""
         with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
+            log = self._current(job)
             if log is None:
                 return []
             # copies: joined after the lock is let go
@@ -253,18 +256,14 @@ class Reading:
         """Records and bytes in, bytes out, of a job's committed tasks, per kind (map
         outputs are the shuffle; reduce inputs its records, reduce outputs the result)."""
         with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
+            log = self._current(job)
             flow = {k: list(v) for k, v in log.flow.items()} if log is not None else {}
         return {k: {"records_in": v[0], "bytes_in": v[1], "bytes_out": v[2]}
                 for k, v in flow.items()}
 
     def tenant_of(self, job: str) -> str | None:
         with self.lock:
-            if self._pending and threading.get_ident() == self._writer:
-                self._flush()
-            log = self._jobs.get(job)
+            log = self._current(job)
             return log.tenant if log is not None else None
 
     def totals(self) -> tuple[dict, list, float]:
