@@ -139,6 +139,11 @@ def test_events_timeline_and_metrics_of_a_job_with_a_failure_and_a_killed_worker
     assert row["progress"] == {"map": [12, 12], "reduce": [2, 2]}
     assert row["flow"]["map"]["records_in"] == 12  # (and its outputs are the shuffle)
     assert row["flow"]["map"]["bytes_out"] > 0 and row["flow"]["reduce"]["bytes_out"] > 0
+    # the reduce tasks read the shuffle: every pair the maps wrote (two words a record,
+    # no combiner), the maps' output bytes; the job's own records stay its input's
+    assert row["flow"]["reduce"]["records_in"] == 2 * 12
+    assert row["flow"]["reduce"]["bytes_in"] == row["flow"]["map"]["bytes_out"]
+    assert row["records"] == 12
 
     # /metrics parses, and its counters are the job's facts
     status, text = get(f"{http}metrics")

@@ -324,10 +324,11 @@ class JobState:
             if counters:
                 for name, n in counters.items():
                     self.counters[name] = _saturated(self.counters.get(name, 0) + n)
-            records = self.records + stats.get("records", 0)
-            self.records = records if -INT64 <= records <= INT64 else _saturated(records)
-            nbytes = self.bytes_in + stats.get("bytes", 0)
-            self.bytes_in = nbytes if -INT64 <= nbytes <= INT64 else _saturated(nbytes)
+            if task.kind == MAP:  # (the job's input; a reduce task's is in its flow)
+                records = self.records + stats.get("records", 0)
+                self.records = records if -INT64 <= records <= INT64 else _saturated(records)
+                nbytes = self.bytes_in + stats.get("bytes", 0)
+                self.bytes_in = nbytes if -INT64 <= nbytes <= INT64 else _saturated(nbytes)
         self.dirty = True
         if task.kind == REDUCE:
             self.done_reduces += 1

@@ -175,9 +175,13 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             # map outputs come from other workers, which run user code (and so may pickle)
             # each segment's frame let go once decoded: a reduce task holds its groups,
             # not its groups and every encoded segment they came from (docs/memory.md)
-            segments = (unpack(b, allow_pickle=True) for b in _taken(blobs, first, n))
+            read = [0, 0]  # records and bytes of the segments read (the task's input)
+            combined = job._has("combine")
+            segments = _counted((unpack(b, allow_pickle=True)
+                                 for b in _taken(blobs, first, n, read)), combined, read)
             if budget is not None and files is not None:
-                out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output)]
+                out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output,
+                                         read)]
             elif plain_sort(job):
                 types: set = set()
                 merged = merge_runs(job, segments, types)
@@ -187,11 +191,13 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             else:
                 # (a merge by bucket holds a round of decoded segments; the bytes of all
                 # of them at once cost the 256 MiB word count's reduce tasks 41 MB each)
-                groups = merge_segments(segments, combined=job._has("combine"))
+                groups = merge_segments(segments, combined=combined)
                 out = [pack_output(reduce_groups(job, groups), safe_output)]
         except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, {"partition": desc}) from exc
-        stats = {}
+        # (records: the map output records merged, after any combining, as Hadoop's
+        # "reduce input records"; not counted where a spilling kernel decodes them itself)
+        stats = {"records": read[0], "bytes": read[1]}
     counters = job._take_counters()
     if counters:
         stats["counters"] = counters
@@ -203,30 +209,45 @@ NATIVE_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
-                      files: TaskFiles, safe: bool) -> bytes:
-    """A reduce task's output blob under a memory budget (``spill/reduceside.py``)."""
+                      files: TaskFiles, safe: bool, read: list) -> bytes:
+    """A reduce task's output blob under a memory budget (``spill/reduceside.py``);
+    ``read``: the records and bytes read, added to (records where decoded here)."""
     if plain_sort(job):
         if getattr(getattr(blobs, "blobs", blobs), "streamed", False):
             # read at a sink one reply at a time: spooled to the task's directory, and
             # merged from there unless they fit after all
-            paths = _spooled(blobs, first, n, files)
+            paths = _spooled(blobs, first, n, files, read)
             if sum(map(os.path.getsize, paths)) * EXPANSION < budget.limit - budget.used():
-                return pack_output(merge_runs(job, (unpack(_read(p), allow_pickle=True)
-                                                    for p in paths)), safe)
+                return pack_output(merge_runs(job, _counted(
+                    (unpack(_read(p), allow_pickle=True) for p in paths), True, read)), safe)
             return merge_sorted_files(job, paths, ColumnsWriter(files, safe=safe))
         segments = [frame_bytes(b) for b in blobs[first:first + n]]
+        read[1] += sum(map(len, segments))
         if fits_decoded(segments, budget):  # today's sort of the concatenated runs
-            return pack_output(merge_runs(job, (unpack(s, allow_pickle=True)
-                                                for s in segments)), safe)
+            return pack_output(merge_runs(job, _counted(
+                (unpack(s, allow_pickle=True) for s in segments), True, read)), safe)
         return merge_sorted_segments(job, segments, ColumnsWriter(files, safe=safe))
-    out = reduce_spilling(job, _taken(blobs, first, n), budget, files, safe)
+    out = reduce_spilling(job, _taken(blobs, first, n, read), budget, files, safe)
     return _packed(out, safe)
 
 
-def _spooled(blobs: Any, first: int, n: int, files: TaskFiles) -> list[str]:
+def _counted(segments: Any, combined: bool, read: list) -> Any:
+    """``segments`` (decoded), each one's records added to ``read[0]`` as it passes: a
+    value each where a segment holds one per key (flat, combined, sorted runs), else its
+    keys' lists of values. What cannot be counted is left to the merge to refuse."""
+    for segment in segments:
+        try:
+            keys, values = segment[0], segment[1]
+            read[0] += len(keys) if combined or len(segment) > 2 else sum(map(len, values))
+        except (TypeError, IndexError, KeyError):
+            pass
+        yield segment
+
+
+def _spooled(blobs: Any, first: int, n: int, files: TaskFiles, read: list) -> list[str]:
     """Each of the task's segments written to a file of its own, and let go."""
     paths = []
-    for blob in _taken(blobs, first, n):
+    for blob in _taken(blobs, first, n, read):
         path = files.new_path("segment")
         with open(path, "wb") as f:
             f.write(blob)
@@ -244,12 +265,14 @@ def _packed(out: Any, safe: bool) -> bytes:
     return out if isinstance(out, bytes) else pack_output(out, safe)
 
 
-def _taken(blobs: list, first: int, n: int) -> Any:
+def _taken(blobs: list, first: int, n: int, read: list) -> Any:
     """The task's segments, each let go once read: the task's own slots of its TASKS
-    message's blobs, so a decoded segment's bytes are freed, not held to the end."""
+    message's blobs, so a decoded segment's bytes are freed, not held to the end; their
+    sizes are added to ``read[1]``."""
     for i in range(first, first + n):
         blob = frame_bytes(blobs[i])
         blobs[i] = b""
+        read[1] += len(blob)
         yield blob
         large = len(blob) >= allocator.TRIM_MIN
         del blob
