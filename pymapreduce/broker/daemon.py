@@ -396,7 +396,7 @@ class Broker(ClientAPI, WorkerAPI):
         now = time.monotonic()
         shared = msg.command in SHARED_COMMANDS
         # whose share: the client's key (as for its jobs and limits), else its connection
-        payer = key or peer
+        payer = (key or peer) if shared else None
         if shared and not self._shares.ready(payer):
             self._reply(peer, P.ERROR, {
                 "code": "busy", "req": _req(msg),

@@ -288,6 +288,8 @@ class LoopServer:
         still accepted and read (at most MAX_PER_SECOND a second), so that another
         address's request waits its turn in the queue, not behind a flood in the
         listening socket's backlog."""
+        if self.fd not in events and not self.conns:
+            return  # (the usual turn: nothing of HTTP's, no clock read)
         bucket = self._bucket
         t = bucket.fill()
         if self.fd in events:
