@@ -210,7 +210,9 @@ class Reading:
                     sources.append(_newest(one.ends, cursor, ENDS, one.id))
             picked, count, gap = [], 0, False
             for item in merge(*sources, key=_SEQ, reverse=True):
-                count += _count(item)
+                # (an item's events are numbered one after the other, to its own: of one
+                # the cursor is inside, only those past it count)
+                count += min(_count(item), item[0] - cursor)
                 if picked and count > cap:
                     gap = True  # (older ones past the cursor: not read)
                     break
