@@ -1,13 +1,24 @@
 """A follower of the event log resumes from the last event it was served: across batches
 that a cursor, a reply's limit or the log's cap cut, it gets every event the log holds
 after its cursor once, and is told ``skipped`` only when the log kept fewer than there
-were."""
+were. A client key reads its own jobs' events, however busy other clients keep the
+broker (over EVENTS and over HTTP with a client token)."""
 
 from __future__ import annotations
 
+import io
+import json
 import random
 
+from pymapreduce import Client
+from pymapreduce.observe import api as observe_api
+from pymapreduce.observe import scopes
+from pymapreduce.observe.cli import follow, load_token
 from pymapreduce.observe.events import EventLog
+from pymapreduce.patterns import security
+
+from .test_hostile import Peer, ctx, start_broker, stop_broker, submit  # noqa: F401
+from .test_observe import get_json
 
 
 class Job:
@@ -94,3 +105,97 @@ def test_a_follower_with_a_limit_gets_each_held_event_once_across_cut_batches():
             if got:
                 cursors[stream] = got[-1]["seq"]
     assert exact > 500 and told > 20 and cut > 300, (exact, told, cut)
+
+
+def _flooded_keys(tmp_path) -> str:
+    keys = security.cluster_keys(str(tmp_path / "keys"))
+    security.generate(keys, "other")
+    security.authorize(keys, security.CLIENT, f"{keys}/other.key")
+    return keys
+
+
+def test_a_client_key_follows_its_own_events_on_a_broker_busy_with_others(
+        ctx, tmp_path, monkeypatch):  # noqa: F811
+    """A real broker with keys, another client's events filling its global stream many
+    times over (its cap made 20 events here; 10,000 by default): ``pymapreduce events``
+    with the client's key is served each of its own jobs' events once, in order, across
+    replies of a few events each, never told ``skipped`` about other clients' events, and
+    resumes from the cursor it was given."""
+    monkeypatch.setattr(observe_api, "MAX_EVENTS_REPLY", 4)
+    keys = _flooded_keys(tmp_path)
+    b = start_broker(ctx, keys_dir=keys, http="127.0.0.1:0")
+    b.ledger.events.global_events = 20
+    try:
+        mine, theirs = Peer(ctx, b.address, keys, "client"), Peer(ctx, b.address, keys, "other")
+
+        def flood(first: int, n: int) -> list[str]:
+            own = []
+            for i in range(first, first + n):
+                for j in range(5):
+                    submit(theirs, f"o{i}-{j}", [(0, "x")])
+                submit(mine, f"c{i}", [(0, "x")])
+                own.append(f"c{i}")
+            return own
+
+        own = flood(0, 10)
+        with Client(b.address, keys=keys, key_name="client") as client:
+            out, warned = io.StringIO(), []
+            cursor = follow(client, None, 0, out, keep_going=False, warn=warned.append)
+            seen = [json.loads(line) for line in out.getvalue().splitlines()]
+            assert [e["job"] for e in seen if e["type"] == "job-submitted"] == own
+            assert {e["job"] for e in seen} == set(own) and not warned
+            seqs = [e["seq"] for e in seen]
+            assert seqs == sorted(set(seqs)) and cursor == seqs[-1]
+            more = flood(10, 3)
+            out = io.StringIO()
+            assert follow(client, None, cursor, out, keep_going=False, warn=warned.append)
+            again = [json.loads(line) for line in out.getvalue().splitlines()]
+            assert [e["job"] for e in again if e["type"] == "job-submitted"] == more
+            assert all(e["seq"] > cursor for e in again) and not warned
+        # over HTTP, the client's token: its own events too
+        token = scopes.client_token(load_token(f"{keys}/http.token", create=False),
+                                    scopes.client_public_key("client", keys))
+        served = get_json(b.http.url + "api/events?format=json", token)["events"]
+        assert [e["job"] for e in served if e["type"] == "job-submitted"] == own + more
+    finally:
+        stop_broker(b)
+
+
+def _tenants_log(**bounds: int) -> EventLog:
+    """40 jobs of 100 one-attempt messages each, each attempt committed in a turn of its
+    own; one job in eight is ``key mine``'s (the last of them the fifth from the end)."""
+    log = EventLog(**bounds)
+    attempt = 0
+    for j in range(40):
+        job = Job(f"j{j}", "key mine" if j % 8 == 3 else "key theirs")
+        log.job_submitted(job)
+        for i in range(100):
+            attempt += 1
+            log.dispatched(job, [Task(job, i)], [attempt], "w")
+            log.noted.extend((job.id, "map", i, attempt, "w", 0.1, 1, 2, 3))
+            log.flush()
+    return log
+
+
+def test_a_client_s_read_goes_over_its_own_jobs_newest_events_only(monkeypatch):
+    """Reading one client's events looks at its own jobs' rings and tables, merged, to
+    the cap: about the events it may serve, not the other clients' (however many)."""
+    from pymapreduce.observe import reading
+
+    log = _tenants_log(per_job=30, global_events=50)
+    whole = _tenants_log(per_job=10**6, global_events=10**6)
+    own = [_key(e) for e in whole.since(0, limit=10**6) if e.get("job") in
+           {f"j{j}" for j in range(3, 40, 8)}]
+    built: list = []
+    for name in ("_sent_entry", "_done_entry"):
+        real = getattr(reading, name)
+        monkeypatch.setattr(reading, name,
+                            lambda *a, _real=real: built.append(1) or _real(*a))
+    got, gap = log.since_gap(0, limit=10**6, tenant="key mine")
+    assert gap and [_key(e) for e in got] == own[-50:]  # the newest 50 of its own
+    assert len(built) <= 50 + 2
+    got, gap = log.since_gap(own[-70][0], limit=10, tenant="key mine")  # one behind
+    assert gap and [_key(e) for e in got] == own[-50:-40]
+    got, gap = log.since_gap(own[-40][0], limit=10**6, tenant="key mine")
+    assert not gap and [_key(e) for e in got] == own[-39:]
+    assert log.since_gap(0, tenant="key nobody") == ([], False)

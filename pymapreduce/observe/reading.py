@@ -175,19 +175,24 @@ class Reading:
             picked = [entry for entry in log.events if entry[2] in ENDED_BADLY]
         return [as_dict(event) for entry in picked[-limit:] for event in expand(entry)]
 
-    def since(self, cursor: int, job: str | None = None, limit: int = 1000) -> list[dict]:
-        """Events after sequence number ``cursor`` (of one job, or all), oldest first.
+    def since(self, cursor: int, job: str | None = None, limit: int = 1000,
+              tenant: str | None = None) -> list[dict]:
+        """Events after sequence number ``cursor`` (of one job, or all, or all of one
+        client's, ``tenant``), oldest first.
 
         The rings hold the infrequent events; the frequent ones (attempts dispatched and
         committed) are read from the attempt tables' batches, which are them (see
         events.py), and merged in by sequence number. Read so, a job's events are at most
         its newest ``per_job`` (all jobs': ``global_events``), as if one ring held them."""
-        return self.since_gap(cursor, job, limit)[0]
+        return self.since_gap(cursor, job, limit, tenant)[0]
 
-    def since_gap(self, cursor: int, job: str | None = None,
-                  limit: int = 1000) -> tuple[list[dict], bool]:
+    def since_gap(self, cursor: int, job: str | None = None, limit: int = 1000,
+                  tenant: str | None = None) -> tuple[list[dict], bool]:
         """:meth:`since`, and whether events after ``cursor`` were left out because the
-        log keeps no more than its cap of them (a reader that fell that far behind)."""
+        log keeps no more than its cap of them (a reader that fell that far behind).
+        ``tenant`` (with no ``job``): the events of that client's jobs only, read from
+        their own rings and tables, to the cap of all jobs' (``global_events``): not the
+        newest events of every client's, which others' may fill, picked from."""
         with self.lock:
             if self._pending and threading.get_ident() == self._writer:
                 self._flush()
@@ -195,14 +200,18 @@ class Reading:
                 log = self._jobs.get(job)
                 if log is None:
                     return [], False
-                ring, logs, cap = log.events, [log], self.per_job
+                rings, logs, cap = [log.events], [log], self.per_job
+            elif tenant is not None:  # (one look per job held, as for all jobs)
+                logs = [one for one in self._jobs.values() if one.tenant == tenant]
+                rings, cap = [one.events for one in logs], self.global_events
             else:
-                ring, logs, cap = self._global, self._jobs.values(), self.global_events
-            # the newest first, merged from the ring and each table's batches, to the cap:
+                rings, logs, cap = [self._global], self._jobs.values(), self.global_events
+            # the newest first, merged from the rings and each table's batches, to the cap:
             # what is read is about what may be served, however many rows the tables hold
             # (one look per job at its newest batches, for the jobs that have none past
             # the cursor)
-            sources = [_newest(ring, cursor, RING, None)]
+            sources = [_newest(ring, cursor, RING, None) for ring in rings
+                       if ring and ring[-1][0] > cursor]
             for one in logs:
                 if one.batches and one.batches[-1][0] > cursor:
                     sources.append(_newest(one.batches, cursor, SENT, one.id))

@@ -232,26 +232,20 @@ class Observatory:
             raise KeyError(f"no job {job[:100]!r}")
         if scope and job is not None and self.events.tenant_of(job) != scope:
             raise KeyError(f"no job {job[:100]!r} of this client")
-        tenants: dict = {}  # job id -> tenant, looked up once per job
-
-        def visible(events: list) -> list:
-            if not scope or job is not None:
-                return events
-            for e in events:
-                if "job" in e and e["job"] not in tenants:
-                    tenants[e["job"]] = self.events.tenant_of(e["job"])
-            return [e for e in events if tenants.get(e.get("job")) == scope]
+        # a client's events of all its jobs: read from its jobs (all jobs' newest, then
+        # filtered, may be other clients' alone)
+        tenant = scope if scope and job is None else None
         if query.get("format") == "json":  # one look, for programs that poll
-            events = self.events.since(cursor, job)
-            return JSON, _dumps({"events": visible(events),
+            events = self.events.since(cursor, job, tenant=tenant)
+            return JSON, _dumps({"events": events,
                                  "next": events[-1]["seq"] if events else cursor})
         state = [cursor]
 
         def next_events() -> list:
-            events = self.events.since(state[0], job)
+            events = self.events.since(state[0], job, tenant=tenant)
             if events:
                 state[0] = events[-1]["seq"]
-            return visible(events)
+            return events
         return "stream", next_events
 
 
