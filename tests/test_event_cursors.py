@@ -199,3 +199,37 @@ def test_a_client_s_read_goes_over_its_own_jobs_newest_events_only(monkeypatch):
     got, gap = log.since_gap(own[-40][0], limit=10**6, tenant="key mine")
     assert not gap and [_key(e) for e in got] == own[-39:]
     assert log.since_gap(0, tenant="key nobody") == ([], False)
+
+
+def test_a_reader_is_told_of_events_the_rings_no_longer_hold():
+    """The infrequent events (jobs submitted, phases...) are kept in rings bounded in
+    events and bytes: a reader whose cursor is before an event a ring dropped is told
+    ``skipped`` (of all jobs, one job, or one client's), one after it is not."""
+    log = EventLog(per_job=5, global_events=10)
+    jobs = [Job(f"j{i}", "key mine" if i % 2 else "key theirs") for i in range(12)]
+    for job in jobs:
+        log.job_submitted(job)  # 1..12
+    for _ in range(6):
+        log.phase(jobs[1])  # 13..18: the global ring keeps 9..18, j1's ring 14..18
+
+    def read(cursor: int, job: str | None = None, tenant: str | None = None) -> tuple:
+        got, gap = log.since_gap(cursor, job, tenant=tenant)
+        return [e["seq"] for e in got], gap
+
+    assert read(0) == (list(range(9, 19)), True)
+    assert read(8) == (list(range(9, 19)), False)
+    assert read(0, "j1") == (list(range(14, 19)), True)
+    assert read(13, "j1") == (list(range(14, 19)), False)
+    assert read(0, "j3") == ([4], False)
+    assert read(0, tenant="key mine") == ([4, 6, 8, 10, 12, *range(14, 19)], True)
+    assert read(13, tenant="key mine") == (list(range(14, 19)), False)
+    assert read(0, tenant="key theirs") == ([1, 3, 5, 7, 9, 11], False)
+    # over the byte budget, the jobs' rings lose their oldest first (the global one still
+    # holds them all here)
+    log = EventLog(max_bytes=2500)
+    for job in jobs:
+        log.job_submitted(job)
+    assert log.since_gap(0, "j0") == ([], True) and not log.since_gap(1, "j0")[1]
+    assert [e["seq"] for e in log.since_gap(0, "j11")[0]] == [12]
+    assert not log.since_gap(0, "j11")[1] and len(log.since_gap(0)[0]) == 12
+    assert not log.since_gap(0)[1] and log.since_gap(0, tenant="key mine")[1]

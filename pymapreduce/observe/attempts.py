@@ -50,7 +50,7 @@ def _holder(log: _JobLog, attempt: int) -> str | None:
 class _JobLog:
     __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
                  "tenant", "started", "trimmed", "flow", "held", "held_rows", "held_seq",
-                 "recheck")
+                 "recheck", "lost")
 
     def __init__(self, job: Any, per_job: int, tenant: str) -> None:
         self.id = job.id
@@ -79,6 +79,7 @@ class _JobLog:
         self.tenant = tenant
         self.started = False
         self.trimmed = 0  # events dropped from its ring (full, or over the byte budget)
+        self.lost = 0  # the sequence number of the newest of them
         # kind -> [records in, bytes in, bytes out] of its committed tasks
         self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
 

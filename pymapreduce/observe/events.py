@@ -108,6 +108,7 @@ class EventLog(AttemptTable, Reading):
         # garbage collector's passes too)
         self._global: deque[tuple] = deque()
         self._global_count = 0
+        self._global_lost = 0  # the sequence number of the newest entry it dropped
         self.global_events = global_events
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
         # the jobs whose rings hold events, oldest first: what trimming takes from, found
@@ -150,6 +151,7 @@ class EventLog(AttemptTable, Reading):
             gone = ring.popleft()
             self._bytes -= gone[5]
             self._global_count -= gone[7]
+            self._global_lost = gone[0]
         if log is not None:
             ring = log.events
             if not ring:
@@ -165,6 +167,7 @@ class EventLog(AttemptTable, Reading):
                 self._bytes -= gone[5]
                 log.count -= k
                 log.trimmed += k
+                log.lost = gone[0]
         if self._bytes > self.max_bytes:
             while self._bytes > self.max_bytes and self._trim_oldest():
                 pass
@@ -179,6 +182,7 @@ class EventLog(AttemptTable, Reading):
             self._bytes -= entry[5]
             log.count -= k
             log.trimmed += k
+            log.lost = entry[0]
             if not log.events:
                 del self._holding[log.id]
             return True
@@ -186,6 +190,7 @@ class EventLog(AttemptTable, Reading):
             entry = self._global.popleft()
             self._bytes -= entry[5]
             self._global_count -= entry[7]
+            self._global_lost = entry[0]
             return True
         return False
 

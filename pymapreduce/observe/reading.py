@@ -189,7 +189,8 @@ class Reading:
     def since_gap(self, cursor: int, job: str | None = None, limit: int = 1000,
                   tenant: str | None = None) -> tuple[list[dict], bool]:
         """:meth:`since`, and whether events after ``cursor`` were left out because the
-        log keeps no more than its cap of them (a reader that fell that far behind).
+        log keeps no more than its cap of them, or its rings no longer held them (a reader
+        that fell that far behind).
         ``tenant`` (with no ``job``): the events of that client's jobs only, read from
         their own rings and tables, to the cap of all jobs' (``global_events``): not the
         newest events of every client's, which others' may fill, picked from."""
@@ -200,12 +201,14 @@ class Reading:
                 log = self._jobs.get(job)
                 if log is None:
                     return [], False
-                rings, logs, cap = [log.events], [log], self.per_job
+                rings, logs, cap, lost = [log.events], [log], self.per_job, log.lost
             elif tenant is not None:  # (one look per job held, as for all jobs)
                 logs = [one for one in self._jobs.values() if one.tenant == tenant]
                 rings, cap = [one.events for one in logs], self.global_events
+                lost = max((one.lost for one in logs), default=0)
             else:
                 rings, logs, cap = [self._global], self._jobs.values(), self.global_events
+                lost = self._global_lost
             # the newest first, merged from the rings and each table's batches, to the cap:
             # what is read is about what may be served, however many rows the tables hold
             # (one look per job at its newest batches, for the jobs that have none past
@@ -217,7 +220,9 @@ class Reading:
                     sources.append(_newest(one.batches, cursor, SENT, one.id))
                 if one.ends and one.ends[-1][0] > cursor:
                     sources.append(_newest(one.ends, cursor, ENDS, one.id))
-            picked, count, gap = [], 0, False
+            # (a ring dropped an event past the cursor: the reader missed it, whatever
+            # the cap leaves out)
+            picked, count, gap = [], 0, lost > cursor
             for item in merge(*sources, key=_SEQ, reverse=True):
                 # (an item's events are numbered one after the other, to its own: of one
                 # the cursor is inside, only those past it count)
