@@ -95,14 +95,16 @@ def run_job(ledger: Ledger, ws: list, job_id: str, tasks: int, secs: float,
     ledger.events.job_submitted(job)  # (as a submission does: its ring and attempt table)
     queue: collections.deque = collections.deque()  # (route, attempts) to report, in order
     messages = 0
-    stats = {"records": 1, "secs": secs}
+    nbytes = 4  # (what a worker reports: both counts and the run time, a dict per report as
+    # each message's decoding makes them)
 
     def collect() -> None:
         nonlocal messages
         for item in ledger.outbox:
             if isinstance(item, Send) and item.msg.command == P.TASKS:
                 body = item.msg.body
-                queue.append((item.route, [[body["job"], *t[:3], stats, 1]
+                queue.append((item.route, [[body["job"], *t[:3], {"records": 1, "bytes": nbytes,
+                                                                  "secs": secs}, 1]
                                            for t in body["tasks"]]))
                 messages += 1
         ledger.outbox.clear()

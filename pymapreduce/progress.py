@@ -255,6 +255,12 @@ def watch(handle: Any, *, timeout: float | None, stream: TextIO,
     return status
 
 
+def plain_progress(stream: TextIO) -> bool:
+    """Whether progress on ``stream`` is better as plain lines than as bars: it is neither
+    a terminal nor a Jupyter kernel's output (which redraws a bar's carriage returns)."""
+    return not _isatty(stream) and not type(stream).__module__.startswith("ipykernel")
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()

@@ -341,6 +341,18 @@ def test_a_reports_statistics_keep_what_the_broker_reads_and_nothing_else():
     assert clean_stats({"records": 3, "log": b"x", "other": 1}) == {"records": 3, "bytes": 0}
     assert clean_stats({"secs": None, "counters": {"a": 2}}) == {
         "records": 0, "bytes": 0, "counters": {"a": 2}}
+    # the usual report is checked and passed on as it came; any other is copied field by
+    # field, and a bad value in a usual-looking one is still refused
+    usual = {"records": 3, "bytes": 9, "secs": 0.25}
+    assert clean_stats(usual) is usual
+    odd = {"records": 3, "bytes": 9, "secs": None}
+    assert clean_stats(odd) == {"records": 3, "bytes": 9} and clean_stats(odd) is not odd
+    for bad in ({"records": True, "bytes": 9, "secs": 1.0}, {"records": 3, "bytes": -1,
+                                                               "secs": 1.0},
+                {"records": 3, "bytes": 9, "secs": float("nan")},
+                {"records": 3, "bytes": 9, "secs": "1"}):
+        with pytest.raises(ValueError):
+            clean_stats(bad)
 
 
 def test_a_report_from_a_worker_the_broker_does_not_know_is_news_not_a_warning(ledger,

@@ -386,3 +386,35 @@ def test_plots_read_what_the_scripts_write(tmp_path):
     check_png(out / "faults.png")
     assert "other.json: not a figure" in run.stderr
     assert "no scaling results" in run.stderr
+
+
+class Mod3(Job):
+    def map(self, key, value):
+        yield value % 3, 1
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+def test_progress_to_a_stderr_that_is_no_terminal_is_plain_lines(monkeypatch):
+    """``Job.run(progress=True)`` / ``handle.progress()`` with stderr redirected to a file
+    or a CI log: plain lines (the first at once, then at most one every period) and a last
+    one with the outcome, not tqdm's carriage returns and cursor moves."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setenv("PYMAPREDUCE_PROGRESS_EVERY", "0")
+    with LocalCluster(workers=2) as cluster, Client(cluster.address) as client:
+        handle = client.submit(Mod3(), [(i, i) for i in range(30)], map_tasks=3, reducers=2)
+        status = handle.progress(timeout=60)
+        assert status["state"] == "succeeded"
+        assert handle.result() == {0: 10, 1: 10, 2: 10}
+        failing = client.submit(Failing(), [(i, i) for i in range(20)], map_tasks=4,
+                                reducers=2)
+        with pytest.raises(JobFailed):
+            failing.progress(timeout=60)
+    text = err.getvalue()
+    assert "\r" not in text and "\x1b" not in text, repr(text)
+    lines = text.splitlines()
+    assert lines and all(line.startswith("pymapreduce: ") for line in lines), lines
+    assert f"pymapreduce: {handle.job_id} succeeded: map 3/3 reduce 2/2, 30 records" in text
+    assert f"pymapreduce: {failing.job_id} failed" in text

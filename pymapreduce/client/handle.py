@@ -4,6 +4,7 @@ files) and the status helpers the client and the CLI share."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -306,8 +307,38 @@ class JobHandle:
         (tqdm: a text bar in a terminal, a widget in a Jupyter notebook). Returns the final
         status; the bars are closed however the wait ends, and JobFailed, JobTimeout or
         KeyboardInterrupt then propagate. ``file``: where text bars go (default stderr);
-        other keywords go to each ``tqdm`` bar (``ncols=80``, ``colour="green"``...)."""
-        from ..progress import ProgressBars
+        other keywords go to each ``tqdm`` bar (``ncols=80``, ``colour="green"``...).
 
+        Without ``file``, when stderr is neither a terminal nor a notebook's (a file, a
+        pipe, a CI log), the progress is a plain line every few seconds and one at the
+        end instead, as ``pymapreduce run`` writes it there: a bar's cursor moves would
+        pile up in such a log. ``PYMAPREDUCE_PROGRESS_EVERY`` sets the seconds."""
+        from ..progress import ProgressBars, plain_progress
+
+        if file is None and plain_progress(sys.stderr):
+            return self._progress_lines(timeout, sys.stderr)
         with ProgressBars(self.job_id, file=file, **tqdm_options) as bars:
             return self.wait(timeout, progress=bars)
+
+    def _progress_lines(self, timeout: float | None, stream: Any) -> dict:
+        """:meth:`progress` as plain lines on ``stream``: while the job runs, then its end."""
+        from ..progress import ProgressLines, describe, outcome_of, progress_period
+
+        lines = ProgressLines(stream, progress_period())
+        last: dict = {}
+
+        def show(status: dict) -> None:
+            last.clear()
+            last.update(status)
+            lines(status)
+
+        try:
+            status = self.wait(timeout, progress=show)
+        except BaseException as exc:
+            ended = f" after {describe(last)}" if last else ""
+            print(f"pymapreduce: {self.job_id} {outcome_of(exc)}{ended}", file=stream,
+                  flush=True)
+            raise
+        print(f"pymapreduce: {self.job_id} {status.get('state', 'ended')}: "
+              f"{describe(status)}", file=stream, flush=True)
+        return status
