@@ -424,3 +424,43 @@ def test_a_task_whose_backup_landed_on_a_stuck_worker_gets_a_third_attempt(ledge
     ledger.done(good, [report(next(iter(good.running)))], tuple(map_output()))
     assert task.state == "done" and not any(w.running for w in stuck)
     assert first in (b"S1", b"S2")
+
+
+def test_an_output_of_no_pairs_is_kept_nowhere_and_fetched_as_no_bytes(ledger):
+    """A map-only task (or a last reduce) that wrote no pairs: its output is not stored
+    (a no-op task's store entry was a tenth of the broker's instructions per task), and a
+    FETCH of it is answered with no bytes, which the client reads as no pairs."""
+    from pymapreduce.patterns.records import EMPTY_COLUMNS
+
+    assert pack([[], []]) == EMPTY_COLUMNS
+    splits = [["mem", pack([[i, f"w{i}"]])] for i in range(2)]
+    job = JobState("j", "j", b"code", splits, 0, True, b"client", T0,
+                   options={"reducers": 0, "map_only": True})
+    ledger.jobs["j"] = job
+    ledger.scheduler.add(job)
+    w = ledger.register(b"W", "", {"credit": 2}, T0)
+    full = pack([["k"], [1]])
+    keys = []
+    for output in (EMPTY_COLUMNS, full):
+        ledger.dispatch(T0)
+        (key,) = tasks_of(ledger)[b"W"]
+        ledger.done(w, [report(key, {"records": 1, "bytes": 4, "secs": 0.01})], (output,))
+        keys.append(key)
+    assert job.state == P.JOB_SUCCEEDED
+    assert ("j", "out", keys[0].index) not in ledger.store
+    assert ("j", "out", keys[1].index) in ledger.store
+    from pymapreduce.broker.client_api import ClientAPI
+
+    replies = []
+
+    class Answering(ClientAPI):
+        def __init__(self, store):
+            self.store = store
+
+        def _reply(self, peer, command, body, blobs=()):
+            replies.append((command, [bytes(b) for b in blobs]))
+
+    Answering(ledger.store)._answer_fetch(job, b"client", 1, 0, 2)
+    command, blobs = replies[0]
+    assert command == P.PART and blobs[keys[0].index] == b"" and \
+        blobs[keys[1].index] == full

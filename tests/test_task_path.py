@@ -190,3 +190,30 @@ def test_an_attempt_never_sees_an_earlier_attempts_output():
     capture.end()
     assert third is not second and third.getvalue() == b""
     assert second.getvalue() == b"from the second attempt\n"
+
+
+class EvenOnly(Job):
+    """Most tasks write no pairs (a filter): their outputs are kept nowhere."""
+
+    def map(self, key, value):
+        if value % 4 == 0:
+            yield value, key
+
+    def reduce(self, key, values):
+        return values[0] if len(values) == 1 else values
+
+
+def test_outputs_of_no_pairs_come_back_as_none_beside_real_ones(daemons):
+    _, address = daemons.broker(*FAST)
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    expected = [(i, i) for i in range(0, 40, 4)]
+    with Client(address) as client:
+        handle = client.submit(EvenOnly(), [(i, i) for i in range(40)], map_tasks=40,
+                               reducers=0)
+        assert sorted(handle.result(60)) == expected
+        assert sorted(handle.results()) == expected
+        # reduce tasks of which most get no key (their outputs empty), the result whole
+        reduced = client.submit(EvenOnly(), [(i, i) for i in range(40)], map_tasks=4,
+                                reducers=16)
+        assert reduced.result(60) == dict(expected)

@@ -7,11 +7,21 @@ commit wins; its other attempts are abandoned where they run.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..patterns import protocol as P
+from ..patterns.records import EMPTY_COLUMNS
 from ..patterns.wire import AttemptKey
 from .recovery import STEP_DONE
 from .reports import peer_name
 from .tasks import MAP, JobState
+
+
+def _no_pairs(blob: Any) -> bool:
+    """Whether an output is the encoding of no pairs (``records.EMPTY_COLUMNS``)."""
+    return len(blob) == 3 and bytes(blob.buffer if hasattr(blob, "buffer") else blob) == \
+        EMPTY_COLUMNS
+
 
 MAX_JOB_COUNTERS = 1000  # distinct counter names of one job (a task's report has its own cap)
 
@@ -76,9 +86,16 @@ class Commits:
             job.map_attempts[task.index] = key.attempt
         elif task.kind == MAP and not job.map_only:
             nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
-        sums = [] if sunk is not None else [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
-            self._outputs(job, step, task.kind, task.index, nonempty),
-            [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
+        if sunk is not None or (self.journal is None and len(blobs) == 1 and
+                                _no_pairs(blobs[0]) and self._final(job, step, task.kind)):
+            # (an output of no pairs, kept nowhere: its FETCH is answered with no bytes,
+            # which the client reads as none; a state directory keeps even these, as the
+            # files a restarted broker adopts)
+            sums = []
+        else:
+            sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
+                self._outputs(job, step, task.kind, task.index, nonempty),
+                [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
         noted = self.events.noted
@@ -123,6 +140,14 @@ class Commits:
         self._durable()
         jid, old = job.id, job.step - 2
         self.store.discard_job(jid, lambda k: k[1] == MAP or (k[1] == "s" and k[2] <= old))
+
+    @staticmethod
+    def _final(job: JobState, step: int, kind: str) -> bool:
+        """Whether a task's one output is the job's result (read by the client, not by a
+        later step): as :meth:`_outputs` names it."""
+        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
+            return False
+        return not job.steps or step == len(job.steps) - 1
 
     @staticmethod
     def _outputs(job: JobState, step: int, kind: str, index: int,

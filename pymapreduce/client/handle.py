@@ -22,7 +22,7 @@ from ..patterns import compress
 from ..patterns import config as timing
 from ..patterns import protocol as P
 from ..patterns.message import Message, frame_bytes
-from ..patterns.records import KeyHashes, paused_gc, unpack_columns
+from ..patterns.records import EMPTY_COLUMNS, KeyHashes, paused_gc, unpack_columns
 from .logs import TaskLogs, fetch_logs
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ class JobHandle:
         """One partition's columns; bytes that are not two equal columns, or that hold a
         pickle this handle may not load, raise UndecodableValue naming the partition.
         ``pairs``: a list of pairs (map-only, emitting reduce), whose keys may repeat."""
-        if not len(data):
+        if not len(data) or (len(data) == 3 and data == EMPTY_COLUMNS):  # (no pairs)
             return [], []
         try:
             data = compress.decompress(data, self.client.max_frame)

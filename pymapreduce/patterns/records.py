@@ -38,6 +38,9 @@ OPT_IN = ("set pickle_results = True on the Job (for a handle on a job submitted
 # top level's 35 KiB. Bytes from a peer could nest in a few bytes a level, so both sides
 # stop here, with a typed error: 32 levels decode in a thread with 96 KiB of stack (musl's
 # default is 128 KiB; glibc's, 8 MiB).
+# what an output of no pairs is (two empty columns: ``pack([[], []])``); the broker keeps
+# none of these and serves such an output as no bytes, which a reader takes for the same
+EMPTY_COLUMNS = b"\x92\x90\x90"
 MAX_NESTING = 32
 
 # A decode may build at most this many bytes of extension objects and maps per encoded
