@@ -12,7 +12,11 @@ systems (and ``--trees``, checkouts of pymapreduce), so every figure is a median
   started before the clock starts.
 - **pymapreduce**: a map-only job of N in-memory records, one map task each (``map``
   yields nothing), on an embedded cluster of 2 worker processes started before the clock
-  starts; submit to ``result()``, which also brings the N empty outputs home.
+  starts; submit to ``result()``, which also asks for the N outputs (of no pairs: the
+  broker keeps none and answers each with no bytes).
+- **pymapreduce-pair**: the same with a ``map`` that yields its record: each task's
+  output of one pair is stored by the broker and brought home, as the pool brings home
+  each task's value.
 
 For pymapreduce the CPU each process spent during the timed part, per task (Linux's
 per-thread scheduler statistics), split into the Python thread(s) and ZeroMQ's own
@@ -70,10 +74,10 @@ def child_pool(tasks: int) -> dict[str, Any]:
     return {"seconds": secs}
 
 
-def child_pymapreduce(tasks: int) -> dict[str, Any]:
+def child_pymapreduce(tasks: int, pair: bool = False) -> dict[str, Any]:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import procs
-    from jobs import NoOp
+    from jobs import NoOp, OnePair
 
     from pymapreduce import Client, LocalCluster
 
@@ -84,12 +88,13 @@ def child_pymapreduce(tasks: int) -> dict[str, Any]:
                  "workers": procs.children(cluster.worker_pid)}
         before = {r: [thread_cpu(p) for p in pids] for r, pids in roles.items()}
         t0 = time.perf_counter()
-        handle = client.submit(NoOp(), records, map_tasks=tasks, reducers=0)
+        handle = client.submit(OnePair() if pair else NoOp(), records, map_tasks=tasks,
+                               reducers=0)
         result = handle.result()
         secs = time.perf_counter() - t0
         after = {r: [thread_cpu(p) for p in pids] for r, pids in roles.items()}
         maps = handle.status().get("maps")
-    assert result == [] and maps == [tasks, tasks], (len(result), maps)
+    assert result == (records if pair else []) and maps == [tasks, tasks], (len(result), maps)
     cpu = {}
     for role in roles:
         py = sum(a[0] - b[0] for a, b in zip(after[role], before[role]))
@@ -114,15 +119,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=10_000, help="no-op tasks (default 10000)")
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per system")
-    ap.add_argument("--systems", default="pool,pymapreduce", help="default pool,pymapreduce")
+    ap.add_argument("--systems", default="pool,pymapreduce,pymapreduce-pair",
+                    help="default pool,pymapreduce,pymapreduce-pair")
     ap.add_argument("--trees", default="", help="checkouts of pymapreduce to compare, "
                     "comma-separated (default: the one on the path)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        fn = child_pool if args.child == "pool" else child_pymapreduce
-        print(json.dumps(fn(args.tasks)))
+        if args.child == "pool":
+            print(json.dumps(child_pool(args.tasks)))
+        else:
+            print(json.dumps(child_pymapreduce(args.tasks, args.child == "pymapreduce-pair")))
         return 0
     info = common.print_machine(f"{args.tasks} no-op tasks, {WORKERS} worker processes, "
                                 f"{args.repeat} fresh processes each")

@@ -29,6 +29,14 @@ class NoOp(Job):
         return ()
 
 
+class OnePair(Job):
+    """A map that emits its record as it came: one pair per task, the per-task cost with an
+    output to store and bring home (as a ``multiprocessing.Pool`` task returns its value)."""
+
+    def map(self, key: Any, value: Any) -> Iterable[tuple[Any, Any]]:
+        yield key, value
+
+
 class CharCount(Job):
     """The seed's CountCharacters: count every character of every value."""
 
