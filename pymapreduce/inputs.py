@@ -167,7 +167,8 @@ def read_text(
     cannot be cut); plain files are cut into several. Workers must see the same paths.
     ``encoding``: how the files' bytes become text (invalid bytes are replaced); it must
     write ``"\n"`` as the byte 0x0A, as UTF-8, Latin-1, the cp125x and most others do
-    (UTF-16 and UTF-32 do not, and are refused). ``max_line_bytes``: a longer line fails
+    (UTF-16 and UTF-32 do not, and are refused). A UTF-8 file's byte-order mark (as
+    Excel and Notepad write) is not part of its first line (``utf-8-sig`` is UTF-8). ``max_line_bytes``: a longer line fails
     its task with an error naming the file and the line's offset (default 64 MiB).
     ``with_path``: each record's key is ``(path, byte_offset)`` instead of the offset, so
     ``map`` knows which file a line came from (an inverted index, grep with file names, a
@@ -186,7 +187,7 @@ def read_text(
         raise InputError("read_text() needs at least one path")
     if split_bytes is not None and split_bytes < 1:
         raise InputError(f"split_bytes must be positive, got {split_bytes}")
-    check_read_options(encoding, max_line_bytes)
+    encoding, max_line_bytes = check_read_options(encoding, max_line_bytes)
     storage = check_storage_options(storage_options)
     return TextInput(patterns, split_bytes, encoding, max_line_bytes, bool(with_path),
                      storage=storage)
@@ -200,7 +201,11 @@ def check_read_options(encoding: object, max_line_bytes: object) -> tuple[str, i
     if not isinstance(encoding, str):
         raise InputError(f"encoding must be a str, got {type(encoding).__name__}")
     try:
-        codecs.lookup(encoding)
+        if codecs.lookup(encoding).name == "utf-8-sig":
+            # UTF-8 whose files may open with a byte-order mark: every UTF-8 file's
+            # mark is left out anyway (lines.py), and utf-8-sig would encode one into
+            # every line whose bytes are counted for its offset
+            encoding = DEFAULT_ENCODING
         ascii_newline = "a\n".encode(encoding) == b"a\n"
     except LookupError:
         raise InputError(f"unknown encoding {encoding!r:.80}") from None

@@ -4,12 +4,13 @@ range, a block of whole lines at a time, with every line bounded in length.
 A line belongs to the split its first byte lies in (Hadoop's rule), so every line is read
 exactly once whatever the cut points. Keys are the line's byte offset in its file, values
 the line without its newline (and a trailing ``\\r``), decoded with the input's encoding,
-invalid bytes replaced.
+invalid bytes replaced; a UTF-8 file's byte-order mark is left out of its first line.
 """
 
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import itertools
 import lzma
@@ -337,6 +338,11 @@ class LineReader:
         self._with_path = with_path  # keys are (path, offset): records know their file
         self._parse = _parser(fmt, columns, header)  # None: the line is the value
         self._encoding = encoding
+        # a UTF-8 file may open with a byte-order mark (Excel's "CSV UTF-8", Notepad):
+        # it is not text, and is left out of the file's first line, as Hadoop's
+        # LineRecordReader does (else a CSV header's first column is "\ufeffname" and a
+        # JSON line does not parse)
+        self._utf8 = codecs.lookup(encoding).name == "utf-8"
         self._limit = max_line_bytes
         self.count = 0
         # bytes of the split read so far, of ranges cut at byte offsets (a compressed file
@@ -363,6 +369,8 @@ class LineReader:
                 sized = end >= 0
                 for data in blocks:
                     offsets, lines = _block_lines(data, offset, self._encoding)
+                    if offset == 0 and self._utf8 and lines and lines[0][:1] == "\ufeff":
+                        lines[0] = lines[0][1:]  # (its offsets are counted already)
                     if self._parse is not None:
                         offsets, lines = self._parse(path, offsets, lines, self.lenient)
                     self.count += len(lines)

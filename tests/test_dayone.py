@@ -1,0 +1,69 @@
+"""What a new user meets on day one, checked against a direct computation: files that
+open with a UTF-8 byte-order mark."""
+
+from __future__ import annotations
+
+import json
+
+from pymapreduce import Client, Job, read_csv, read_jsonl, read_text
+
+BOM = "\ufeff"
+
+
+class SumBy(Job):
+    def map(self, offset, row):
+        yield row["city"], int(row["sales"])
+
+    def reduce(self, city, sales):
+        return sum(sales)
+
+
+class Kinds(Job):
+    def map(self, offset, event):
+        yield event["kind"], 1
+
+    def reduce(self, kind, ones):
+        return sum(ones)
+
+
+class Lines(Job):
+    def map(self, key, line):
+        yield key, line
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_a_file_s_first_line(cluster, tmp_path):
+    rows = "".join(f"{c},{s}\n" for c, s in [("paris", 3), ("oslo", 4), ("lima", 5)] * 300)
+    # Excel's "CSV UTF-8" opens with a byte-order mark; another file of the job has none
+    (tmp_path / "excel.csv").write_text(BOM + "city,sales\n" + rows, encoding="utf-8")
+    (tmp_path / "plain.csv").write_text("city,sales\n" + rows, encoding="utf-8")
+    (tmp_path / "events.jsonl").write_text(
+        BOM + "".join(json.dumps({"kind": f"k{i % 3}", "é": i}) + "\n" for i in range(900)),
+        encoding="utf-8")
+    text = BOM + "".join(f"zoé {i}\n" for i in range(2000))
+    (tmp_path / "notes.txt").write_text(text, encoding="utf-8")
+    expected_lines, offset = [], 0  # offsets count the mark's 3 bytes
+    for i in range(2000):
+        expected_lines.append((offset, f"zoé {i}"))
+        offset += len(f"zoé {i}\n".encode()) + (3 if i == 0 else 0)
+    with Client(cluster) as client:
+        for encoding in ("utf-8", "utf-8-sig", "UTF8"):
+            sales = client.submit(SumBy(), read_csv(str(tmp_path / "*.csv"), split_bytes=2048,
+                                                    encoding=encoding)).result(60)
+            assert sales == {"paris": 1800, "oslo": 2400, "lima": 3000}, encoding
+        kinds = client.submit(Kinds(), read_jsonl(str(tmp_path / "events.jsonl"),
+                                                  split_bytes=4096)).result(60)
+        assert kinds == {"k0": 300, "k1": 300, "k2": 300}
+        for encoding in ("utf-8", "utf-8-sig"):
+            lines = client.submit(Lines(), read_text(str(tmp_path / "notes.txt"),
+                                                     split_bytes=1000, encoding=encoding),
+                                  reducers=0).result(60)
+            assert sorted(lines) == expected_lines, encoding
+        # a byte-order mark anywhere but at a file's start is text, as it was
+        (tmp_path / "inner.txt").write_text("a\n" + BOM + "b\n", encoding="utf-8")
+        lines = client.submit(Lines(), read_text(str(tmp_path / "inner.txt")),
+                              reducers=0).result(60)
+        assert sorted(lines) == [(0, "a"), (2, BOM + "b")]
+        # Latin-1 reads the mark's bytes as the characters they are
+        lines = client.submit(Lines(), read_text(str(tmp_path / "excel.csv"),
+                                                 encoding="latin-1"), reducers=0).result(60)
+        assert sorted(lines)[0] == (0, "ï»¿city,sales")
