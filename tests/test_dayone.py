@@ -1,11 +1,15 @@
 """What a new user meets on day one, checked against a direct computation: files that
-open with a UTF-8 byte-order mark."""
+open with a UTF-8 byte-order mark, and a dict result whose keys a ``reduce_final``
+repeats."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from pymapreduce import Client, Job, read_csv, read_jsonl, read_text
+from pymapreduce.errors import PyMapReduceError
 
 BOM = "\ufeff"
 
@@ -67,3 +71,40 @@ def test_a_utf8_byte_order_mark_is_not_part_of_a_file_s_first_line(cluster, tmp_
         lines = client.submit(Lines(), read_text(str(tmp_path / "excel.csv"),
                                                  encoding="latin-1"), reducers=0).result(60)
         assert sorted(lines)[0] == (0, "ï»¿city,sales")
+
+
+class KeysPerTask(Job):
+    """A word count whose reduce tasks each report how many keys they reduced, under one
+    key: the output holds that key once per reduce task."""
+
+    def map(self, offset, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce_init(self):
+        self.keys = 0
+
+    def reduce(self, word, ones):
+        self.keys += 1
+        return sum(ones)
+
+    def reduce_final(self):
+        yield "keys reduced", self.keys
+
+
+def test_a_dict_result_refuses_a_key_that_reduce_final_yields_in_every_task(cluster):
+    lines = [(i, f"w{i % 50} x{i % 7}") for i in range(1000)]
+    with Client(cluster) as client:
+        handle = client.submit(KeysPerTask(), lines, map_tasks=4, reducers=3)
+        # (a dict kept one task's count and lost the other two, without a word)
+        with pytest.raises(PyMapReduceError, match="holds the key 'keys reduced' more than "
+                           "once .*partitions 0 and 1.* read every pair with results()"):
+            handle.result(60)
+        pairs = list(handle.results())
+        assert sum(v for k, v in pairs if k == "keys reduced") == 57
+        assert len([k for k, v in pairs if k == "keys reduced"]) == 3
+        assert dict(p for p in pairs if p[0] != "keys reduced") == {
+            **{f"w{n}": 20 for n in range(50)},
+            **{f"x{n}": len(range(n, 1000, 7)) for n in range(7)}}
+        # a reduce_final whose key is its task's own is a dict as ever
+        assert client.submit(KeysPerTask(), lines, reducers=1).result(60)["keys reduced"] == 57

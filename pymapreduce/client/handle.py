@@ -285,7 +285,9 @@ class JobHandle:
 
     def result(self, timeout: float | None = None) -> Any:
         """The job's result: a dict, or the list of output pairs for a map-only job or one
-        whose ``reduce`` emits (a generator)."""
+        whose ``reduce`` emits (a generator). An output that holds a key twice (a
+        ``reduce_final`` that yields one key in each reduce task) raises
+        PyMapReduceError naming it, rather than lose values: ``results()`` has them all."""
         self.wait(timeout)
         status = self._last
         map_only = gives_pairs(status)
@@ -293,8 +295,32 @@ class JobHandle:
         add = out.extend if map_only else out.update
         with paused_gc():
             for keys, values in self._parts(status, keys=None if map_only else KeyHashes()):
+                before = len(out)
                 add(zip(keys, values))
+                if not map_only and len(out) != before + len(keys):
+                    raise self._repeated_key(status)
         return out
+
+    def _repeated_key(self, status: dict) -> PyMapReduceError:
+        """The error for a dict result whose output holds a key twice (a ``reduce_final``
+        yields it in every reduce task, or after ``reduce`` returned it): a dict would
+        keep one of its values and lose the others without a word. The partitions are
+        read again to name the key (this is the error's path only)."""
+        where: dict = {}
+        for part, (keys, _) in enumerate(self._parts(status)):
+            for key in keys:
+                if key in where:
+                    first = where[key]
+                    places = (f"partition {part}, twice" if first == part
+                              else f"partitions {first} and {part}")
+                    return PyMapReduceError(
+                        f"job {self.job_id}: its output holds the key {key!r:.80} more "
+                        f"than once (reduce {places}: a reduce_final yields it in each "
+                        "reduce task, or as well as reduce), and result() is a dict, "
+                        "which would keep one of its values and lose the others: read "
+                        "every pair with results(), or write them with output_dir=")
+                where[key] = part
+        return PyMapReduceError(f"job {self.job_id}: its output holds a key more than once")
 
     def release(self) -> None:
         """Tell the broker this job's outputs are no longer needed."""
