@@ -293,10 +293,12 @@ def unpack_code(blob: Any) -> tuple[Any, list[tuple[str, bytes]]]:
 
 # -- in a task ----------------------------------------------------------------------------
 _task_dir: str | None = None  # the running task's job directory (set by the worker)
+NO_FILES = ""  # _task_dir in a task of a job that shipped no files
 
 
 def set_task_dir(path: str | None) -> None:
-    """Where the running task's job files are (the worker sets it around each task)."""
+    """Where the running task's job files are (the worker sets it around each task):
+    ``NO_FILES`` for a task of a job that shipped none, None outside a task."""
     global _task_dir
     _task_dir = path
 
@@ -311,6 +313,11 @@ def job_file(name: str) -> str:
     check_file_name(name)
     if _task_dir is None:
         return name
+    if _task_dir == NO_FILES:  # (not the worker's own directory: the name resolved there
+        # on an embedded cluster, which runs in the user's, and failed on a real one)
+        raise FileNotFoundError(f"no job file {name!r} was shipped with this job: it ships "
+                                "none (files= of submit or run, Job.files, or pymapreduce "
+                                "run --file)")
     path = os.path.join(_task_dir, name)
     if not os.path.isfile(path):
         shipped = sorted(n for n in os.listdir(_task_dir)) if os.path.isdir(_task_dir) else []

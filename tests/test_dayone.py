@@ -1,6 +1,6 @@
 """What a new user meets on day one, checked against a direct computation: files that
-open with a UTF-8 byte-order mark, and a dict result whose keys a ``reduce_final``
-repeats."""
+open with a UTF-8 byte-order mark, a dict result whose keys a ``reduce_final``
+repeats, and ``job_file()`` in a job that shipped no files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pymapreduce import Client, Job, read_csv, read_jsonl, read_text
+from pymapreduce import Client, Job, JobFailed, job_file, read_csv, read_jsonl, read_text
 from pymapreduce.errors import PyMapReduceError
 
 BOM = "\ufeff"
@@ -108,3 +108,34 @@ def test_a_dict_result_refuses_a_key_that_reduce_final_yields_in_every_task(clus
             **{f"x{n}": len(range(n, 1000, 7)) for n in range(7)}}
         # a reduce_final whose key is its task's own is a dict as ever
         assert client.submit(KeysPerTask(), lines, reducers=1).result(60)["keys reduced"] == 57
+
+
+class StopWords(Job):
+    """Opens its stop words through job_file(), as docs/travel.md shows."""
+
+    def map_init(self):
+        with open(job_file("stop.txt")) as f:
+            self.stop = set(f.read().split())
+
+    def map(self, key, line):
+        for word in line.split():
+            if word not in self.stop:
+                yield word, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+def test_job_file_of_a_job_that_shipped_none_fails_in_the_task(tmp_path, monkeypatch):
+    lines = [(i, f"the w{i % 4} of") for i in range(40)]
+    (tmp_path / "stop.txt").write_text("the of\n")
+    # the embedded cluster's workers run in the user's directory, where stop.txt lies: a
+    # job that forgot to ship it ran here, then failed (or read another stop.txt) on a
+    # cluster's workers, which open it in their own directory
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JobFailed, match="no job file 'stop.txt' was shipped with this job: "
+                       "it ships none"):
+        StopWords().run(lines, workers=1)
+    shipped = StopWords().run(lines, workers=1, files=[str(tmp_path / "stop.txt")])
+    assert shipped == {f"w{n}": 10 for n in range(4)}
+    assert job_file("stop.txt") == "stop.txt"  # outside a task: the name itself

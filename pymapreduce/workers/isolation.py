@@ -201,7 +201,7 @@ class ProcessState:
         if job_dir is not None:
             os.chdir(job_dir)
             sys.path.insert(0, job_dir)
-        shipping.set_task_dir(job_dir)
+        shipping.set_task_dir(shipping.NO_FILES if job_dir is None else job_dir)
 
     def restore(self) -> None:
         """After a task: put back everything ``capture`` took, whatever the task did."""
