@@ -31,6 +31,7 @@ from .inputs import TextInput, normalize_records, plan_file_splits, read_split
 from .job import Job
 from .lines import Unparsed
 from .ordering import as_pair, grouped_key, is_total_order
+from .shipping import dumps_keeping_filenames
 
 # Input records the client maps to cut the boundaries. Hadoop's TeraSort samples 100,000
 # keys from 10 splits; a Python map costs more per record than Java's, and R - 1 cuts of
@@ -122,7 +123,9 @@ def sample_keys(job: Job, steps: list[Job] | None, records: list) -> list:
 
     from .kernels import run_sequential  # (the workers' kernels: for an ordered job only)
 
-    fresh = cloudpickle.loads(cloudpickle.dumps(job))
+    # (pickled as submit pickles it: code that travels by value, a job file's, keeps its
+    # file name, so a traceback of the sample names the user's file and line)
+    fresh = cloudpickle.loads(dumps_keeping_filenames(job))
     if steps is not None:
         fresh_steps = fresh.steps()
         for step in fresh_steps[:-1]:

@@ -1,15 +1,20 @@
 """What a new user meets on day one, checked against a direct computation: files that
 open with a UTF-8 byte-order mark, a dict result whose keys a ``reduce_final``
-repeats, and ``job_file()`` in a job that shipped no files."""
+repeats, ``job_file()`` in a job that shipped no files, and a total-order job's ``map``
+that raises on the client's sample."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
 from pymapreduce import Client, Job, JobFailed, job_file, read_csv, read_jsonl, read_text
 from pymapreduce.errors import PyMapReduceError
+
+from .conftest import ROOT, pmr
 
 BOM = "\ufeff"
 
@@ -139,3 +144,25 @@ def test_job_file_of_a_job_that_shipped_none_fails_in_the_task(tmp_path, monkeyp
     shipped = StopWords().run(lines, workers=1, files=[str(tmp_path / "stop.txt")])
     assert shipped == {f"w{n}": 10 for n in range(4)}
     assert job_file("stop.txt") == "stop.txt"  # outside a task: the name itself
+
+
+def test_a_total_order_map_that_raises_on_the_sample_names_the_job_file_s_line(tmp_path):
+    (tmp_path / "sortjob.py").write_text(
+        "from pymapreduce import Job\n"
+        "\n"
+        "class ByNumber(Job):\n"
+        "    total_order = True\n"
+        "    def map(self, offset, line):\n"
+        "        yield int(line.split()[1]), line\n")
+    (tmp_path / "in.txt").write_text("".join(f"line{i} x\n" for i in range(100)))
+    proc = subprocess.run(pmr("run", "sortjob.py:ByNumber", "in.txt", "--workers", "1"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    # it said "pymapreduce: error: ValueError: invalid literal ..." alone, exit code 2 (bad
+    # usage), the client's copy of the job's code named "<dynamic-code>", not sortjob.py
+    assert proc.returncode == 1, proc.stderr
+    assert f'File "{tmp_path / "sortjob.py"}", line 6, in map' in proc.stderr
+    assert "on the sample of the inputs that total_order reads" in proc.stderr
+    assert proc.stderr.splitlines()[-1] == ("pymapreduce: error: your code raised "
+                                            "ValueError: invalid literal for int() with "
+                                            "base 10: 'x'")
