@@ -127,6 +127,9 @@ def main() -> int:
     ap.add_argument("--full", action="store_true",
                     help=f"held jobs of {FULL_TASKS} tasks with the log's tables full: "
                          "--small and --large count jobs (default 12 and 24)")
+    ap.add_argument("--pair", action="store_true",
+                    help="each task writes one pair (default: none, an output the broker "
+                         "keeps nowhere)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
     if args.full and (args.small, args.large) == (2000, 14000):
@@ -134,8 +137,11 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         ap.error("needs valgrind on the PATH (apt-get install valgrind)")
     trees = [os.path.abspath(t) for t in args.trees.split(",")]
+    if args.pair:  # (read by bench_ledger_scale in each child)
+        os.environ["BENCH_LEDGER_OUTPUT"] = "pair"
     what = (f"{args.small} and {args.large} held jobs of {FULL_TASKS} tasks, tables full"
             if args.full else f"jobs of {args.small} and {args.large} tasks")
+    what += ", one pair written by each task" if args.pair else ", tasks writing nothing"
     info = common.print_machine(f"event log cost per task in instructions (cachegrind), "
                                 f"{what}")
     rows, figures = [], {}

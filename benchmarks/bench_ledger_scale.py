@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import os
 import sys
 import time
 from typing import Any
@@ -43,6 +44,10 @@ from pymapreduce.patterns.records import pack
 
 T0 = 1000.0  # the hand-set clock's start
 EMPTY = pack([[], []])  # a no-op map task's one output partition: no key, no value
+# what each task's output is: EMPTY (which the broker keeps nowhere), or with
+# BENCH_LEDGER_OUTPUT=pair one pair, which it stores and serves (the path of every task
+# that writes something)
+OUTPUT = pack([[0], [0]]) if os.environ.get("BENCH_LEDGER_OUTPUT") == "pair" else EMPTY
 
 
 def new_ledger(events: bool, workers: int) -> tuple[Ledger, Store, list]:
@@ -117,7 +122,7 @@ def run_job(ledger: Ledger, ws: list, job_id: str, tasks: int, secs: float,
     collect()
     while queue:
         route, reports = queue.popleft()
-        ledger.done(by_route[route], reports, (EMPTY,) * len(reports))
+        ledger.done(by_route[route], reports, (OUTPUT,) * len(reports))
         messages += 1
         ledger.dispatch(T0)
         collect()

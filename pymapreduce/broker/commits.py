@@ -92,6 +92,12 @@ class Commits:
             # which the client reads as none; a state directory keeps even these, as the
             # files a restarted broker adopts)
             sums = []
+        elif self.journal is None:  # (no files: the outputs' keys alone, no names)
+            put = self.store.put
+            for key_, blob in zip(self._output_keys(job, step, task.kind, task.index, nonempty),
+                                  [b for b in blobs if len(b)] if nonempty else blobs):
+                put(key_, blob)
+            sums = []
         else:
             sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
                 self._outputs(job, step, task.kind, task.index, nonempty),
@@ -150,17 +156,28 @@ class Commits:
         return not job.steps or step == len(job.steps) - 1
 
     @staticmethod
+    def _output_keys(job: JobState, step: int, kind: str, index: int,
+                     parts: list[int]) -> list[tuple]:
+        """The store keys of :meth:`_outputs`, without their file names."""
+        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
+            return [(job.id, MAP, index, r) for r in parts]
+        if not job.steps or step == len(job.steps) - 1:
+            return [(job.id, "out", index)]
+        return [(job.id, "s", step, index)]
+
+    @staticmethod
     def _outputs(job: JobState, step: int, kind: str, index: int,
                  parts: list[int]) -> list[tuple[tuple, str]]:
         """Store keys and file names of a committed task's outputs: a map task's non-empty
         partitions (``parts``), or the one output of a reduce or map-only task (kept for
         the client after the last step, as the next step's input before it)."""
-        prefix = f"s{step}" if step else ""
-        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
-            return [((job.id, MAP, index, r), f"{prefix}m{index}-{r}") for r in parts]
-        if not job.steps or step == len(job.steps) - 1:
-            return [((job.id, "out", index), f"o{index}")]
-        return [((job.id, "s", step, index), f"s{step}o{index}")]
+        keys = Commits._output_keys(job, step, kind, index, parts)
+        if not keys:  # (a map task that wrote to no partition)
+            return []
+        if keys[0][1] == MAP:
+            prefix = f"s{step}" if step else ""
+            return [(key, f"{prefix}m{index}-{key[3]}") for key in keys]
+        return [(keys[0], f"o{index}" if keys[0][1] == "out" else f"s{step}o{index}")]
 
     def _path(self, job: JobState, name: str) -> str | None:
         """The file a committed output of ``job`` is kept in (None: no state directory)."""
