@@ -260,3 +260,57 @@ def test_with_keys_the_page_needs_the_token(daemons, browser, tmp_path):
     wait_until(browser, lambda d: css(d, f"a.job-link[data-job='{job}']"),
                what="the job, after a reload without the token in the URL")
     assert not css(browser, "#needs-token")
+
+
+def test_a_phone_sized_window_an_unknown_job_and_a_clean_console(daemons, browser, tmp_path):
+    """At 390 px wide every view fits the window (wide tables scroll in their own box; the
+    header wraps, its `live` badge in view) and ids are not broken at their hyphens; the
+    console has no error (no favicon 404); a job of tasks under a millisecond does not say
+    "0 ms"; the events feed names the phase; a job the broker does not hold shows nothing
+    of the job opened before it."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(WordCount(), [(i, f"w{i % 3}") for i in range(30)],
+                               map_tasks=3, reducers=2)
+        handle.result(60)
+        job = handle.job_id
+    browser.set_window_size(390, 844)
+
+    def fits(d):
+        return d.execute_script("return document.documentElement.scrollWidth <= innerWidth")
+
+    browser.get(http + "#jobs")
+    link = wait_until(browser, lambda d: css(d, f"#jobs-recent a.job-link[data-job='{job}']"),
+                      what="the finished job")[0]
+    wait_until(browser, lambda d: "live" == d.find_element("id", "live").text, what="live")
+    live = browser.find_element("id", "live")
+    assert live.is_displayed() and browser.execute_script(
+        "return arguments[0].getBoundingClientRect().right <= innerWidth", live)
+    assert fits(browser), "the jobs view is wider than the window"
+    one_line = "return arguments[0].getClientRects().length === 1 && " \
+               "arguments[0].getBoundingClientRect().height < 24"
+    assert browser.execute_script(one_line, link.find_element("xpath", "../div[@class='muted id']"))
+    wait_until(browser, lambda d: "phase reduce" in d.find_element("id", "events-feed").text,
+               what="the phase event with its phase")
+    assert browser.execute_script("return [secs(0.0004), secs(0.00001), secs(0)]") == \
+        ["0.4 ms", "< 0.1 ms", "0 s"]
+
+    for view, ready in (("cluster", "#workers tbody tr"), ("history", "#history tbody tr"),
+                        (f"job/{job}", "#timeline-svg g.attempt")):
+        browser.get(http + "#" + view)
+        wait_until(browser, lambda d, r=ready: css(d, r), what=f"the {view} view")
+        assert fits(browser), f"the {view} view is wider than the window"
+    assert "map-0" in browser.find_element("id", "job-slowest").text
+    assert " 0 ms" not in browser.find_element("id", "job-slowest").text
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+    # another job's id, one the broker does not hold: the job shown before goes
+    browser.execute_script("location.hash = '#job/Gone-000000000000'")
+    wait_until(browser, lambda d: "No job Gone-000000000000" in d.find_element("id", "banner").text,
+               what="the unknown job's message")
+    assert not browser.find_element("id", "job-body").is_displayed()
+    assert not css(browser, "#timeline-svg") and not css(browser, "#job-facts div")
+    assert "Gone-000000000000" in browser.find_element("id", "job-title").text

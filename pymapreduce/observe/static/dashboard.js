@@ -50,15 +50,21 @@ function fill(id, ...kids) {
   n.replaceChildren(...kids.flat(Infinity).filter(k => k !== null && k !== undefined));
   return n;
 }
+// a header is a label, or {label, num: right-aligned figures, wrap: free text (errors,
+// reasons) that wraps; other cells (ids, names, times) do not break}
 function table(headers, rows, empty) {
   if (!rows.length) return el("div", { class: "empty" }, empty || "none");
-  const head = el("tr", {}, headers.map(h => el("th", { class: h.num ? "num" : null }, h.label || h)));
+  const cls = h => h.num ? "num" : h.wrap ? "wrap" : null;
+  const head = el("tr", {}, headers.map(h => el("th", { class: cls(h) }, h.label || h)));
+  const word = c => (typeof c === "string" || typeof c === "number") && !/\s/.test(String(c));
   const body = rows.map(r => el("tr", {}, r.map((c, i) =>
-    el("td", { class: headers[i].num ? "num" : null }, c))));
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
+    el("td", { class: cls(headers[i]) || (word(c) ? "word" : null) }, c))));
+  // a table wider than the window scrolls in its own box, not the whole page
+  return el("div", { class: "table-wrap" },
+            el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
 }
 function badge(text) { return el("span", { class: "badge " + text }, text); }
-function jobLink(job) { return el("a", { href: "#job/" + encodeURIComponent(job.id), class: "job-link", "data-job": job.id }, job.name); }
+function jobLink(job) { return el("a", { href: "#job/" + encodeURIComponent(job.id), class: "job-link id", "data-job": job.id }, job.name); }
 function fact(label, value) { return el("div", {}, el("b", {}, value), el("span", {}, label)); }
 
 // ---- formatting -----------------------------------------------------------------------
@@ -71,6 +77,9 @@ function bytes(n) {
 }
 function secs(s) {
   if (s === null || s === undefined) return "–";
+  // a task of a fraction of a millisecond is not "0 ms"
+  if (s > 0 && s < 0.00005) return "< 0.1 ms";
+  if (s < 0.01) return s ? (s * 1000).toFixed(1) + " ms" : "0 s";
   if (s < 1) return (s * 1000).toFixed(0) + " ms";
   if (s < 60) return s.toFixed(1) + " s";
   const m = Math.floor(s / 60);
@@ -138,6 +147,8 @@ async function refresh() {
         if (shown !== state.shown) { state.shown = shown; renderJob(); }
       } catch (e) {
         if (e.status !== 404) throw e;
+        // nothing of the job shown before (or of the job opened before it) stays
+        state.detail = null; state.shown = ""; clearJob();
         banner("No job " + state.jobId + " on this broker: never submitted, or forgotten after its result TTL.");
         return;
       }
@@ -205,7 +216,7 @@ function route() {
     a.classList.toggle("active", a.dataset.view === state.view ||
                                  (state.view === "job" && a.dataset.view === "jobs"));
   }
-  if (state.view === "job") { state.detail = null; state.shown = ""; fill("job-title", state.jobId); }
+  if (state.view === "job") { state.detail = null; state.shown = ""; clearJob(); }
   refresh();
 }
 
@@ -213,7 +224,7 @@ function jobRow(job) {
   const flow = job.flow || {};
   const m = flow.map || {}, r = flow.reduce || {};
   return [
-    el("div", {}, jobLink(job), el("div", { class: "muted" }, job.id)),
+    el("div", {}, jobLink(job), el("div", { class: "muted id" }, job.id)),
     badge(job.state),
     job.phase + (job.step && job.step[1] > 1 ? ` (step ${job.step[0]}/${job.step[1]})` : ""),
     progressBar("map", job.progress.map), progressBar("reduce", job.progress.reduce),
@@ -224,7 +235,7 @@ function jobRow(job) {
 }
 const JOB_HEADERS = ["job", "state", "phase", "map", "reduce", { label: "records in", num: 1 },
   { label: "bytes in", num: 1 }, { label: "bytes out", num: 1 }, { label: "elapsed", num: 1 },
-  { label: "time left", num: 1 }, "waiting for / error"];
+  { label: "time left", num: 1 }, { label: "waiting for / error", wrap: 1 }];
 
 function renderJobs() {
   const jobs = state.jobs ? state.jobs.jobs : [];
@@ -236,7 +247,8 @@ function renderJobs() {
 }
 function renderFeed() {
   const items = state.feed.slice().reverse().map(e => el("li", {},
-    clock(e.t), "  ", e.type, "  ", e.job || "", "  ", e.task || "", e.worker ? "  on " + e.worker : "",
+    clock(e.t), "  ", e.type, e.phase ? " " + e.phase + (e.step > 1 ? " (step " + e.step + ")" : "") : "",
+    "  ", e.job || "", "  ", e.task || "", e.worker ? "  on " + e.worker : "",
     e.error ? "  " + e.error : ""));
   fill("events-feed", items.length ? items : [el("li", { class: "empty" }, "waiting for events")]);
 }
@@ -263,11 +275,11 @@ function renderHistory() {
        `their results are gone${b && b.state_dir ? " and across restarts (kept in the --state-dir journal)" : " (until the broker stops: without --state-dir they are kept in memory only)"}` +
        `. A job's own view (its timeline, failures) lasts while the broker holds it` +
        (b ? ` (--result-ttl ${secs(b.result_ttl)} after it ends).` : "."));
-  fill("history", table(["job", "owner", "state", "submitted", { label: "duration", num: 1 },
+  fill("history", table(["job", { label: "owner", wrap: 1 }, "state", "submitted", { label: "duration", num: 1 },
     { label: "tasks", num: 1 }, { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
-    { label: "bytes out", num: 1 }, { label: "backups", num: 1 }, { label: "skipped", num: 1 }, "error"],
+    { label: "bytes out", num: 1 }, { label: "backups", num: 1 }, { label: "skipped", num: 1 }, { label: "error", wrap: 1 }],
     rows.map(j => [el("div", { class: "history-job", "data-job": j.id },
-        held.has(j.id) ? jobLink(j) : el("b", {}, j.name), el("div", { class: "muted" }, j.id)),
+        held.has(j.id) ? jobLink(j) : el("b", { class: "id" }, j.name), el("div", { class: "muted id" }, j.id)),
       j.owner || "–", badge(j.state), dateTime(j.submitted), secs(j.secs),
       num(j.maps[0] + j.reduces[0]) + " / " + num(j.maps[1] + j.reduces[1]),
       num(j.records), bytes(j.bytes), bytes(j.bytes_out), num(j.backups), num(j.skipped),
@@ -283,7 +295,7 @@ function taskLink(text) {
   const cut = text.lastIndexOf(" ");
   if (cut < 0) return el("div", {}, text);
   const id = text.slice(0, cut);
-  return el("div", {}, el("a", { href: "#job/" + encodeURIComponent(id) }, id), " ", text.slice(cut + 1));
+  return el("div", { class: "id" }, el("a", { href: "#job/" + encodeURIComponent(id) }, id), " ", text.slice(cut + 1));
 }
 
 function renderCluster() {
@@ -301,11 +313,22 @@ function renderCluster() {
       num(w.held), num(w.done), badge(w.liveness), secs(w.heartbeat_age) + " ago", secs(w.up)]),
     "No worker has joined."));
   fill("sinks", c.sinks && c.sinks.length ? [el("h2", {}, "Sinks"),
-    table(["sink"], c.sinks.map(s => [JSON.stringify(s)]))] : []);
+    table([{ label: "sink", wrap: 1 }], c.sinks.map(s => [JSON.stringify(s)]))] : []);
+}
+
+const JOB_PARTS = ["job-facts", "job-progress", "job-flow", "job-counters", "timeline-legend",
+                   "timeline", "job-troubles", "job-failures", "job-slowest", "job-skipped"];
+function clearJob() {
+  // the job view of state.jobId before (or without) its answer: its id only
+  fill("job-title", state.jobId);
+  for (const id of JOB_PARTS) fill(id);
+  document.getElementById("job-error").hidden = true;
+  document.getElementById("job-body").hidden = true;
 }
 
 function renderJob() {
   const d = state.detail; const job = d.job;
+  document.getElementById("job-body").hidden = false;
   fill("job-title", job.name, " ", badge(job.state), " ", el("span", { class: "muted" }, job.id));
   const errBox = document.getElementById("job-error");
   if (job.error) {
@@ -326,13 +349,13 @@ function renderJob() {
   fill("job-flow", table(["phase", { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
     { label: "bytes out", num: 1 }], Object.entries(flow).map(([k, f]) =>
     [k, k === "map" ? num(f.records_in) : "–", bytes(f.bytes_in), bytes(f.bytes_out)])));
-  fill("job-counters", table(["counter", { label: "value", num: 1 }],
+  fill("job-counters", table([{ label: "counter", wrap: 1 }, { label: "value", num: 1 }],
     Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
     "No counters."));
   renderTimeline(d.attempts, d.time);
   const troubles = d.attempts.filter(a => a.outcome !== "done" && a.outcome !== "running" || a.attempt > 1 || a.backup);
   fill("job-troubles", table(["task", { label: "attempt", num: 1 }, "worker", "outcome",
-    { label: "time", num: 1 }, "why"], troubles.map(a => [a.task, a.attempt + (a.backup ? " (backup)" : ""),
+    { label: "time", num: 1 }, { label: "why", wrap: 1 }], troubles.map(a => [a.task, a.attempt + (a.backup ? " (backup)" : ""),
     a.worker, el("span", { class: "outcome-" + a.outcome }, a.outcome),
     a.end ? secs(a.end - a.start) : "running", a.note || (a.attempt > 1 ? "retry" : "")]),
     "Every task succeeded at its first attempt."));
@@ -344,7 +367,7 @@ function renderJob() {
   }
   fill("job-slowest", table(["task", "worker", { label: "attempt", num: 1 }, { label: "time", num: 1 }],
     d.slowest.map(s => [s.task, s.worker, s.attempt, secs(s.secs)]), "No task has finished."));
-  fill("job-skipped", table(["task", "position"], d.skipped.map(s =>
+  fill("job-skipped", table(["task", { label: "position", wrap: 1 }], d.skipped.map(s =>
     [s.task, position(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "task")))]),
     "No record was skipped."));
 }
