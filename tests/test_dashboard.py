@@ -21,7 +21,7 @@ from importlib import resources
 
 import pytest
 
-from pymapreduce import Client, run_sequential
+from pymapreduce import Client, Job, run_sequential
 from pymapreduce.patterns import security
 
 from .conftest import ROOT, pmr, wait_workers
@@ -37,6 +37,21 @@ class FailsOnce(Troubled):
     its worker process can be killed mid-task. Every try is noted with its pid."""
 
     FIRST_TRY = "record 3 fails on its first try " + HOSTILE
+
+
+class Recount(Job):
+    """A second step: how many words have each count."""
+
+    def map(self, word, n):
+        yield n, 1
+
+    def reduce(self, n, ones):
+        return sum(ones)
+
+
+class CountTwice(Job):
+    def steps(self):
+        return [WordCount(), Recount()]
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -314,3 +329,31 @@ def test_a_phone_sized_window_an_unknown_job_and_a_clean_console(daemons, browse
     assert not browser.find_element("id", "job-body").is_displayed()
     assert not css(browser, "#timeline-svg") and not css(browser, "#job-facts div")
     assert "Gone-000000000000" in browser.find_element("id", "job-title").text
+
+
+def test_a_multi_step_jobs_tasks_name_their_step(daemons, browser):
+    """Each step of a multi-step job has its own map-0: the timeline, its hover text and
+    the tables name the step with the task."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(CountTwice(), [(i, f"w{i % 3} w{i % 5}") for i in range(30)],
+                               map_tasks=3, reducers=2)
+        handle.result(60)
+        job = handle.job_id
+    browser.get(http + "#job/" + job)
+    first = wait_until(browser, lambda d: css(
+        d, "#timeline-svg g.attempt[data-task='map-0'][data-step='1']"), what="step 1's map-0")
+    second = css(browser, "#timeline-svg g.attempt[data-task='map-0'][data-step='2']")
+    assert second, "step 2's map-0"
+    def title(g):
+        return g.find_element("tag name", "title").get_attribute("textContent")
+    assert title(first[0]).startswith("map-0 (step 1) attempt 1")
+    assert title(second[0]).startswith("map-0 (step 2) attempt 1")
+    # a bar wide enough for its label says "s2 map-0" (tasks this small mostly are not)
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('#timeline-svg g.attempt text')]"
+        ".map(t => t.textContent)")
+    assert all(re.match(r"^(\S+ )?s[12] (map|reduce)-\d", t) for t in labels), labels
+    assert "(step " in browser.find_element("id", "job-slowest").text

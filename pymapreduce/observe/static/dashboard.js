@@ -352,10 +352,13 @@ function renderJob() {
   fill("job-counters", table([{ label: "counter", wrap: 1 }, { label: "value", num: 1 }],
     Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
     "No counters."));
-  renderTimeline(d.attempts, d.time);
+  // a multi-step job has a map-0 in every step: name the step with the task
+  const steps = job.step && job.step[1] > 1;
+  const task = a => steps && a.step ? `${a.task} (step ${a.step})` : a.task;
+  renderTimeline(d.attempts, d.time, steps);
   const troubles = d.attempts.filter(a => a.outcome !== "done" && a.outcome !== "running" || a.attempt > 1 || a.backup);
   fill("job-troubles", table(["task", { label: "attempt", num: 1 }, "worker", "outcome",
-    { label: "time", num: 1 }, { label: "why", wrap: 1 }], troubles.map(a => [a.task, a.attempt + (a.backup ? " (backup)" : ""),
+    { label: "time", num: 1 }, { label: "why", wrap: 1 }], troubles.map(a => [task(a), a.attempt + (a.backup ? " (backup)" : ""),
     a.worker, el("span", { class: "outcome-" + a.outcome }, a.outcome),
     a.end ? secs(a.end - a.start) : "running", a.note || (a.attempt > 1 ? "retry" : "")]),
     "Every task succeeded at its first attempt."));
@@ -366,7 +369,7 @@ function renderJob() {
       error: job.error.message, traceback: job.error.traceback, position: job.error.position }));
   }
   fill("job-slowest", table(["task", "worker", { label: "attempt", num: 1 }, { label: "time", num: 1 }],
-    d.slowest.map(s => [s.task, s.worker, s.attempt, secs(s.secs)]), "No task has finished."));
+    d.slowest.map(s => [task(s), s.worker, s.attempt, secs(s.secs)]), "No task has finished."));
   fill("job-skipped", table(["task", { label: "position", wrap: 1 }], d.skipped.map(s =>
     [s.task, position(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "task")))]),
     "No record was skipped."));
@@ -388,7 +391,7 @@ function failure(f) {
 }
 
 // ---- the task timeline (a Gantt of attempts per worker, in SVG) ------------------------
-function renderTimeline(attempts, now) {
+function renderTimeline(attempts, now, steps) {
   fill("timeline-legend", [["map", "map"], ["reduce", "reduce"],
     ["queued", "handed out, queued on its worker"], ["running", "running"],
     ["failed", "failed"], ["killed", "lost with its worker"], ["abandoned", "abandoned"],
@@ -431,7 +434,7 @@ function renderTimeline(attempts, now) {
   for (const a of attempts) {
     const row = rowOf[a.worker + "\u0000" + a._lane];
     const x0 = x(a.start), w = Math.max(3, x(a.end ?? now) - x0), y = TOP + row * ROW + 3;
-    const g = svg("g", { class: "attempt", "data-task": a.task, "data-attempt": a.attempt,
+    const g = svg("g", { class: "attempt", "data-task": a.task, "data-step": a.step, "data-attempt": a.attempt,
                          "data-outcome": a.outcome, "data-worker": a.worker,
                          "data-backup": a.backup ? "true" : "false" });
     // handed out at start, running from run (when its report said): the wait in its
@@ -444,7 +447,8 @@ function renderTimeline(attempts, now) {
     const fillColour = colour[a.outcome] || (a.kind === "reduce" ? "#59a14f" : "#4e79a7");
     if (placed) g.setAttribute("data-queued", (a.run - a.start).toFixed(3));
     if (a.run_from) g.setAttribute("data-run-from", a.run_from);
-    g.append(svg("title", {}, `${a.task} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
+    const step = steps && a.step ? " (step " + a.step + ")" : "";
+    g.append(svg("title", {}, `${a.task}${step} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
       `${a.outcome}, ${a.end ? (placed ?
         `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` :
         `out ${secs(a.end - a.start)}${unplaced ? " (queued or running: not reported)" : ""}`) : "running"}` +
@@ -460,7 +464,7 @@ function renderTimeline(attempts, now) {
       "stroke-width": a.backup || a.attempt > 1 ? 2 : 0,
       "stroke-dasharray": a.backup ? "4 2" : null }));
     const mark = { failed: "✕ ", killed: "† " }[a.outcome] || (a.attempt > 1 ? "↻ " : "");
-    const label = `${mark}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
+    const label = `${mark}${steps && a.step ? "s" + a.step + " " : ""}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
     if (ws > label.length * 6.2 + 6) {
       g.append(svg("text", { x: xs + 4, y: y + 12, fill: "#fff" }, label));
     } else if (mark) {  // beside the bar: after it, or before it at the right edge
