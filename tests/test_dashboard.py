@@ -357,3 +357,29 @@ def test_a_multi_step_jobs_tasks_name_their_step(daemons, browser):
         ".map(t => t.textContent)")
     assert all(re.match(r"^(\S+ )?s[12] (map|reduce)-\d", t) for t in labels), labels
     assert "(step " in browser.find_element("id", "job-slowest").text
+
+
+def test_a_queued_then_cancelled_job_is_not_called_failed(daemons, browser):
+    """A job that waits for a tag no worker has is counted as running or queued (not as
+    running) in the header and on the cluster view; cancelled, its view says it was
+    cancelled (not that it failed), and claims no task succeeded."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(WordCount(), [(i, f"w{i}") for i in range(8)], map_tasks=2,
+                               requires=["gpu"])
+        job = handle.job_id
+        browser.get(http + "#cluster")
+        wait_until(browser, lambda d: "1 running or queued" in d.find_element("id", "broker").text,
+                   what="the queued job in the header")
+        assert "jobs running or queued" in browser.find_element("id", "broker-facts").text
+        handle.cancel()
+        browser.get(http + "#job/" + job)
+        wait_until(browser, lambda d: "cancelled" in d.find_element("id", "job-title").text,
+                   what="the cancelled job")
+    box = browser.find_element("id", "job-error")
+    assert box.is_displayed() and box.text.startswith("The job was cancelled: ")
+    assert "failed" not in box.text
+    troubles = browser.find_element("id", "job-troubles").text
+    assert "succeeded" not in troubles and "No retry, failure or lost attempt." in troubles

@@ -160,7 +160,8 @@ async function refresh() {
     if (state.view === "history") renderHistory(); else if (state.view === "jobs") renderJobs();
     if (state.cluster) {
       const b = state.cluster.broker;
-      fill("broker", `${b.address}  ·  ${b.workers} workers  ·  ${b.jobs_running} running`);
+      // (the broker's jobs_running counts the queued jobs too)
+      fill("broker", `${b.address}  ·  ${b.workers} workers  ·  ${b.jobs_running} running or queued`);
     }
     if (!state.denied) banner();
   } catch (e) {
@@ -301,7 +302,7 @@ function taskLink(text) {
 function renderCluster() {
   const c = state.cluster; const b = c.broker;
   fill("broker-facts", fact("broker", b.address), fact("host / pid", `${b.host} / ${b.pid}`),
-       fact("workers", num(b.workers)), fact("jobs running", num(b.jobs_running)),
+       fact("workers", num(b.workers)), fact("jobs running or queued", num(b.jobs_running)),
        fact("jobs held", num(b.jobs_held)), fact("stored", bytes(b.stored_bytes)),
        fact("spilled", bytes(b.spilled_bytes)), fact("keys", b.secured ? "yes" : "no"),
        fact("up", secs(c.time - b.started)));
@@ -332,7 +333,8 @@ function renderJob() {
   fill("job-title", job.name, " ", badge(job.state), " ", el("span", { class: "muted" }, job.id));
   const errBox = document.getElementById("job-error");
   if (job.error) {
-    fill("job-error", el("b", {}, "The job failed: "), job.error.message,
+    fill("job-error", el("b", {}, job.state === "cancelled" ? "The job was cancelled: " : "The job failed: "),
+         job.error.message,
          job.error.task ? ` (task ${job.error.task})` : "");
     errBox.hidden = false;
   } else errBox.hidden = true;
@@ -361,7 +363,7 @@ function renderJob() {
     { label: "time", num: 1 }, { label: "why", wrap: 1 }], troubles.map(a => [task(a), a.attempt + (a.backup ? " (backup)" : ""),
     a.worker, el("span", { class: "outcome-" + a.outcome }, a.outcome),
     a.end ? secs(a.end - a.start) : "running", a.note || (a.attempt > 1 ? "retry" : "")]),
-    "Every task succeeded at its first attempt."));
+    "No retry, failure or lost attempt."));
   fill("job-failures", d.failures.length ? d.failures.slice().reverse().map(failure) :
        el("div", { class: "empty" }, "No failure."));
   if (job.error && job.error.traceback && !d.failures.length) {
