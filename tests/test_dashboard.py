@@ -184,6 +184,18 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     # the killed attempt was never reported: drawn from its hand-out, and marked so
     assert attempt("map-11", "killed", 1)[0].get_attribute("data-run-from") == "hand-out"
     assert len(css(browser, "#timeline-svg g.attempt")) == 16  # 14 tasks, 2 re-runs
+    # rows are laid out by the runs: a worker process's reported attempts share one row,
+    # however many it held at once (12 map tasks over 2 processes, credit 32)
+    rows: dict = {}
+    for g in css(browser, "#timeline-svg g.attempt[data-run-from='report']"):
+        y = g.find_element("css selector", "rect.ran").get_attribute("y")
+        rows.setdefault(g.get_attribute("data-worker"), set()).add(y)
+    assert rows and all(len(ys) == 1 for ys in rows.values()), rows
+    # the reduce phase's records in: the map output records its tasks merged
+    flow = {r.find_elements("css selector", "td")[0].text:
+            [td.text for td in r.find_elements("css selector", "td")[1:]]
+            for r in css(browser, "#job-flow tbody tr")}
+    assert flow["map"][0] == "12" and flow["reduce"][0].replace(",", "").isdigit(), flow
     troubles = browser.find_element("id", "job-troubles").text
     assert "map-11" in troubles and "killed" in troubles and "map-3" in troubles
 

@@ -252,7 +252,7 @@ class Observatory:
 def _ran_for(attempt: dict) -> float:
     """An ended attempt's seconds: from when it began to run, or was handed out."""
     began = attempt["run"] if attempt["run"] is not None else attempt["start"]
-    return attempt["end"] - began
+    return (attempt.get("run_end") or attempt["end"]) - began
 
 
 def _int(query: dict, name: str, default: int | None) -> int | None:

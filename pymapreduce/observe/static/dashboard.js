@@ -350,7 +350,7 @@ function renderJob() {
   const flow = job.flow || {};
   fill("job-flow", table(["phase", { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
     { label: "bytes out", num: 1 }], Object.entries(flow).map(([k, f]) =>
-    [k, k === "map" ? num(f.records_in) : "–", bytes(f.bytes_in), bytes(f.bytes_out)])));
+    [k, num(f.records_in), bytes(f.bytes_in), bytes(f.bytes_out)])));
   fill("job-counters", table([{ label: "counter", wrap: 1 }, { label: "value", num: 1 }],
     Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
     "No counters."));
@@ -402,13 +402,18 @@ function renderTimeline(attempts, now, steps) {
   if (!attempts.length) { fill("timeline", el("div", { class: "empty" }, "No attempt yet.")); return; }
   const t0 = Math.min(...attempts.map(a => a.start));
   const t1 = Math.max(...attempts.map(a => a.end ?? now), t0 + 0.001);
-  // one lane per attempt a worker held at once (backups and prefetch can overlap)
+  // lanes by when attempts ran: a worker process runs one at a time, so its ended
+  // attempts share one lane (their waits in its queue, drawn thin, may cross); one
+  // still out, or that ended with no run time, takes its lane from its hand-out (a
+  // worker holds several handed out at once: they get lanes of their own meanwhile)
+  const from = a => (a.run !== null && a.run !== undefined) ? a.run : a.start;
+  const until = a => a.run_end ?? a.end ?? now;  // (its run's end, when a report placed it)
   const lanes = {};
-  for (const a of attempts.slice().sort((x, y) => x.start - y.start)) {
+  for (const a of attempts.slice().sort((x, y) => from(x) - from(y))) {
     const ends = lanes[a.worker] || (lanes[a.worker] = []);
-    let i = ends.findIndex(e => e <= a.start);
+    let i = ends.findIndex(e => e <= from(a) + 1e-6);
     if (i < 0) { i = ends.length; ends.push(0); }
-    ends[i] = a.end ?? now; a._lane = i;
+    ends[i] = until(a); a._lane = i;
   }
   const rows = []; const rowOf = {};
   for (const w of Object.keys(lanes).sort()) {
@@ -435,7 +440,7 @@ function renderTimeline(attempts, now, steps) {
                    abandoned: "#b8b8b8" };
   for (const a of attempts) {
     const row = rowOf[a.worker + "\u0000" + a._lane];
-    const x0 = x(a.start), w = Math.max(3, x(a.end ?? now) - x0), y = TOP + row * ROW + 3;
+    const x0 = x(a.start), w = Math.max(3, x(until(a)) - x0), y = TOP + row * ROW + 3;
     const g = svg("g", { class: "attempt", "data-task": a.task, "data-step": a.step, "data-attempt": a.attempt,
                          "data-outcome": a.outcome, "data-worker": a.worker,
                          "data-backup": a.backup ? "true" : "false" });
@@ -452,12 +457,13 @@ function renderTimeline(attempts, now, steps) {
     const step = steps && a.step ? " (step " + a.step + ")" : "";
     g.append(svg("title", {}, `${a.task}${step} attempt ${a.attempt}${a.backup ? " (backup)" : ""} on ${a.worker}: ` +
       `${a.outcome}, ${a.end ? (placed ?
-        `queued ${secs(a.run - a.start)}, ran ${secs(a.end - a.run)}` :
+        `queued ${secs(a.run - a.start)}, ran ${secs(until(a) - a.run)}` :
         `out ${secs(a.end - a.start)}${unplaced ? " (queued or running: not reported)" : ""}`) : "running"}` +
       `${a.note ? " — " + a.note : ""}`));
-    if (queued >= 1) {
-      g.append(svg("rect", { class: "queued", x: x0, y, width: Math.min(queued, w), height: ROW - 6,
-                             rx: 2, fill: fillColour, "fill-opacity": 0.3 }));
+    if (queued >= 1) {  // (thin, mid-lane: the lane is laid out by runs, waits may cross)
+      g.append(svg("rect", { class: "queued", x: x0, y: y + (ROW - 6) / 2 - 1.5,
+                             width: Math.min(queued, w), height: 3, rx: 1, fill: fillColour,
+                             "fill-opacity": 0.35 }));
     }
     const xs = x0 + Math.min(queued, w - 3), ws = Math.max(3, w - queued);  // the run
     g.append(svg("rect", { class: unplaced ? "out" : "ran", x: xs, y, width: ws,
