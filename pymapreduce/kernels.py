@@ -9,6 +9,7 @@ import zlib
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
@@ -180,10 +181,29 @@ def _blame(job: Job, pair: Any, exc: Exception, out: Any = _NO_RECORD,
             return not_iterable(job, method, out)
     if type(pair) is tuple and len(pair) != 2 and isinstance(exc, ValueError):
         try:
-            as_pair(job, "map", pair)
+            as_pair(job, method, pair)
         except BadOutput as bad:
-            return bad
+            return at_yield(bad, exc, out)
+    if isinstance(exc, BadOutput):  # (a non-pair, a key that cannot be grouped)
+        return at_yield(exc, exc, out)
     return exc
+
+
+def at_yield(bad: BadOutput, exc: Exception, out: Any) -> BadOutput:
+    """``bad``, its traceback ending at the user's ``yield`` of the output it blames: the
+    line at which ``out``, the generator that yielded it, is suspended, after the frame
+    of the kernel's loop that caught ``exc``; ``bad`` as it is if ``out`` is no suspended
+    generator (a list returned, or a generator that has ended). The error path only: the
+    pair check itself stays one type test."""
+    frame = getattr(out, "gi_frame", None)
+    if frame is None or getattr(out, "gi_running", False):
+        return bad
+    user = TracebackType(None, frame, frame.f_lasti, frame.f_lineno)
+    loop = exc.__traceback__
+    tb = user if loop is None else TracebackType(user, loop.tb_frame, loop.tb_lasti,
+                                                 loop.tb_lineno)
+    bad.__suppress_context__ = True  # (the unpacking's ValueError says nothing more)
+    return bad.with_traceback(tb)
 
 
 def not_iterable(job: Job, method: str, out: Any) -> BadOutput:

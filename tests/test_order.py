@@ -330,3 +330,30 @@ def test_non_pairs_fail_the_job_at_once_naming_the_method_and_value(cluster, job
     assert f"BadOutput: {message}" in text
     attempts = int(re.search(r"failed (\d+) times", text).group(1))
     assert attempts < 4  # not retried as a lost worker would be (the default is 4)
+
+
+class MapOnlyYieldsStr(YieldsStr):
+    reduce = None
+
+
+@pytest.mark.parametrize("job, line", [
+    (YieldsStr(), "yield word  # a str of two letters must not pass as a pair"),
+    (YieldsTriple(), "yield line, 1, 2"),
+    (DictKey(), 'yield {"line": line}, 1'),
+    (FinalYieldsNone(), "yield None"),
+    (MapOnlyYieldsStr(), "yield word  # a str of two letters must not pass as a pair"),
+])
+def test_a_non_pair_traceback_ends_at_the_users_yield(cluster, job, line):
+    """The remote traceback of a non-pair ends at the job's own ``yield`` of it (its
+    file and line), not inside pymapreduce's check; nothing is chained before it."""
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed) as info:
+            client.submit(job, LINES[:1], reducers=0 if job.reduce is None else 1).result(60)
+    tb = info.value.remote_traceback.rstrip().splitlines()
+    assert tb[-1].startswith("pymapreduce.errors.BadOutput: "), tb
+    last = max(i for i, text in enumerate(tb) if text.startswith("  File "))
+    assert tb[last].startswith(f'  File "{__file__}", line '), tb
+    assert tb[last + 1].strip() == line, tb
+    assert "During handling" not in info.value.remote_traceback
+    assert "ordering.py" not in info.value.remote_traceback
+    assert f"\n    {line}\n" in str(info.value)  # (and so in the CLI's error)
