@@ -37,6 +37,13 @@ class LineTooLong(InputError):
     """A text input's line is longer than its ``max_line_bytes``: no retry can read it."""
 
 
+class InputDamaged(InputError):
+    """A compressed input whose bytes are damaged: truncated (the stream ends before its
+    end marker) or corrupt (a bad checksum, data its decompressor cannot read). The file
+    says the same on every attempt, so no retry can read it; a file that cannot be read
+    for now (an I/O error of a network mount, a file gone) is a plain InputError, retried."""
+
+
 class BadRecord(InputError):
     """A line of a ``read_jsonl`` or ``read_csv`` input that its format cannot read (not
     JSON, not a CSV row, more fields than the header, a header unlike the first file's):

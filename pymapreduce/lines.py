@@ -18,7 +18,7 @@ import os
 import zlib
 from collections.abc import Iterator
 
-from .errors import BadRecord, InputError, LineTooLong
+from .errors import BadRecord, InputDamaged, InputError, LineTooLong
 from .store.urls import is_url, object_size, open_url
 
 MIB = 1024 * 1024
@@ -252,9 +252,28 @@ def _after_line_in_progress(f, path: str, start: int, end: int,
 def _read(f, path: str, size: int) -> bytes:
     try:
         return f.read(size)
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:
-        # a vanished, truncated or corrupt file (bz2 and zstandard raise OSError/ValueError)
-        raise InputError(f"cannot read input {path!r}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        if compressed(path) and damaged(exc):
+            raise InputDamaged(f"cannot read input {path!r}: its compressed bytes are "
+                               f"damaged ({type(exc).__name__}: {exc}); no retry can read "
+                               "it: compress it again from its source") from exc
+        if isinstance(exc, (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)):
+            # a vanished or unreadable file (bz2 and zstandard raise OSError/ValueError)
+            raise InputError(f"cannot read input {path!r}: {type(exc).__name__}: "
+                             f"{exc}") from exc
+        raise
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether a decompressor's error says its input's bytes are damaged (truncated or
+    corrupt), the same on every read: not an I/O error of the file (an OSError with an
+    errno: a network mount that failed for now, a file gone), which a retry may mend."""
+    if isinstance(exc, (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)):
+        return True  # (EOFError: the stream ended before its end-of-stream marker)
+    if type(exc) is OSError and exc.errno is None and exc.args == ("Invalid data stream",):
+        return True  # bz2's decompressor
+    cls = type(exc)
+    return cls.__name__ == "ZstdError" and cls.__module__.startswith("zstandard")
 
 
 def _too_long(path: str, at: int, limit: int) -> LineTooLong:

@@ -17,7 +17,14 @@ import time
 import traceback
 from typing import Any, NamedTuple
 
-from ..errors import BadOutput, BadRecord, LineTooLong, OutputLinkRefused, UnencodableValue
+from ..errors import (
+    BadOutput,
+    BadRecord,
+    InputDamaged,
+    LineTooLong,
+    OutputLinkRefused,
+    UnencodableValue,
+)
 from ..job import pickle_results, task_steps
 from ..patterns import compress
 from ..patterns import protocol as P
@@ -36,8 +43,10 @@ JOB_CACHE = 16  # unpickled jobs kept per process
 # failures no retry can mend (said in FAILED); BadOutput: the job's code yields output
 # the engine cannot use, the same on every attempt; OutputLinkRefused: a link planted in
 # the output directory, there until someone removes it (store/localfs.py); BadRecord: a
-# line that is not JSON or not a CSV row of its header, the same in the file every time
-HOPELESS = (LineTooLong, BadRecord, UnencodableValue, BadOutput, OutputLinkRefused)
+# line that is not JSON or not a CSV row of its header, the same in the file every time;
+# InputDamaged: a truncated or corrupt compressed input (not one unreadable for now)
+HOPELESS = (LineTooLong, BadRecord, InputDamaged, UnencodableValue, BadOutput,
+            OutputLinkRefused)
 DATA_WAIT = 60.0  # seconds an output may wait for room at the sink before its task fails
 NO_SKIP: list = []  # (shared: a task's list of records to skip is only read)
 _new = tuple.__new__  # a named tuple made without its Python-level constructor
