@@ -148,7 +148,7 @@ def describe_position(position: object) -> str:
     being read), ``key`` (the failing record's key, as its repr: a text input's byte
     offset), ``record`` (an in-memory record's index in its split), ``ordinal`` (its
     ordinal, when the job skips bad records) and ``split`` (the map task), or
-    ``partition`` (a reduce task)."""
+    ``partition`` (a reduce task) and ``key`` (the key its ``reduce`` failed at)."""
     if not isinstance(position, dict) or not position:
         return ""
     path, key = position.get("path"), position.get("key")

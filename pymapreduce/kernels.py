@@ -9,6 +9,7 @@ import zlib
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
+from operator import length_hint
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +30,16 @@ class RecordFailed(Exception):
         self.key = None if key is _NO_RECORD else key
         # False: no record's fault (a task hook such as map_final, a spill that failed)
         self.of_record = key is not _NO_RECORD
+
+
+class KeyFailed(Exception):
+    """``reduce`` (or the sort of a key's values by ``value_key``) failed at the key
+    ``key``; the user's exception is the ``__cause__``. Found on the failure path only
+    (see :func:`reduce_groups`): nothing is noted per key on the way."""
+
+    def __init__(self, key: Any) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 COMBINE_EVERY = 64  # values a key may collect in a map task before they are combined
@@ -402,10 +413,13 @@ def reduce_groups(job: Job, groups: Groups) -> Columns:
         keys = list(groups)  # mixed key types: keep first-seen order
     if job._has("value_key"):
         value_key = job.value_key
-        for k in keys:
-            values = groups[k]
-            if len(values) > 1:
-                values.sort(key=value_key)
+        try:
+            for k in keys:
+                values = groups[k]
+                if len(values) > 1:
+                    values.sort(key=value_key)
+        except Exception as exc:
+            raise KeyFailed(k) from exc
     reducer = job.reduce if job._has("reduce") else None
     _hook(job, "reduce_init")
     if reducer is None:  # a total_order job without reduce: each value with its key
@@ -418,14 +432,25 @@ def reduce_groups(job: Job, groups: Groups) -> Columns:
     elif emits(job):
         out_keys = []
         out_values = []
-        for k in keys:
-            for pair in reducer(k, groups[k]):
-                if type(pair) is not tuple or len(pair) != 2:
-                    pair = as_pair(job, "reduce", pair)
-                out_keys.append(pair[0])
-                out_values.append(pair[1])
+        out = _NO_RECORD
+        try:
+            for k in keys:
+                for pair in (out := reducer(k, groups[k])):
+                    if type(pair) is not tuple or len(pair) != 2:
+                        pair = as_pair(job, "reduce", pair)
+                    out_keys.append(pair[0])
+                    out_values.append(pair[1])
+        except Exception as exc:  # (the key and the yield to blame: the loop's own)
+            raise KeyFailed(k) from _blame(job, _NO_RECORD, exc, out, "reduce")
     else:
-        out_keys, out_values = keys, [reducer(k, groups[k]) for k in keys]
+        # a list's iterator says how far it got: the key that failed, found on the
+        # failure path, costs the comprehension nothing per key
+        pending = iter(keys)
+        try:
+            out_values = [reducer(k, groups[k]) for k in pending]
+        except Exception as exc:
+            raise KeyFailed(keys[len(keys) - length_hint(pending) - 1]) from exc
+        out_keys = keys
     for pair in _hook(job, "reduce_final"):
         ok, ov = as_pair(job, "reduce_final", pair)
         out_keys.append(ok)

@@ -11,10 +11,14 @@ import lzma
 
 import pytest
 
-from pymapreduce import Client, InputDamaged, InputError, JobFailed, read_text
+from pymapreduce import Client, InputDamaged, InputError, Job, JobFailed, read_text
+from pymapreduce.kernels import KeyFailed, reduce_groups
 from pymapreduce.lines import _read
+from pymapreduce.spill.reduceside import _reduce_stream
 
+from .conftest import wait_workers
 from .jobs import WordCount
+from .test_observe import get, get_json, start_broker, wait_for
 
 TEXT = b"".join(b"line %d some words here\n" % i for i in range(20000))
 COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
@@ -74,3 +78,86 @@ def test_only_damage_is_final_not_a_file_unreadable_for_now():
     with pytest.raises(InputError) as info:  # a plain file: no decompressor to blame
         _read(_Unreadable(EOFError("ended")), "/data/in.txt", 10)
     assert not isinstance(info.value, InputDamaged)
+
+
+# -- a failing reduce names its key -------------------------------------------------------
+
+SECRET = "s3cr3t-key"
+LONG = SECRET + "x" * 300
+
+
+class FailsAtKey(Job):
+    """``reduce`` raises at the key SECRET (its message holds no key); ``value_key``,
+    with ``sort_fails``, raises there instead."""
+
+    def __init__(self, bad: str = SECRET, sort_fails: bool = False) -> None:
+        self.bad = bad
+        self.sort_fails = sort_fails
+
+    def map(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def reduce(self, word, counts):
+        if word == self.bad:
+            raise ValueError("cannot reduce this one")
+        return sum(counts)
+
+
+class EmitsFailsAtKey(FailsAtKey):
+    def reduce(self, word, counts):
+        if word == self.bad:
+            raise ValueError("cannot reduce this one")
+        yield word, sum(counts)
+
+
+class SortFailsAtKey(FailsAtKey):
+    def value_key(self, n):
+        raise ValueError("cannot sort these")
+
+
+@pytest.mark.parametrize("job", [FailsAtKey(), EmitsFailsAtKey(), FailsAtKey(LONG)])
+def test_a_failing_reduce_names_its_key_but_not_to_the_dashboard(daemons, job):
+    address, http = start_broker(daemons, "--heartbeat", "0.2", "--liveness", "1.0",
+                                 "--max-attempts", "2")
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    records = [(i, f"a b {job.bad} c") for i in range(30)]
+    with Client(address) as client:
+        handle = client.submit(job, records, map_tasks=3, reducers=1)
+        with pytest.raises(JobFailed) as info:
+            handle.result(60)
+    failed = info.value
+    shown = repr(job.bad) if len(repr(job.bad)) <= 200 else repr(job.bad)[:197] + "..."
+    assert failed.position == {"partition": 0, "key": shown}, failed.position
+    assert f"\nInput: key {shown} (reduce partition 0)\n" in str(failed)
+    assert "ValueError: cannot reduce this one" in str(failed).splitlines()[0]
+    # the events, the job's page and its history keep the position without the key
+    wait_for(lambda: get(f"{http}api/jobs/{handle.job_id}")[0] == 200)
+    for url in (f"{http}api/events?job={handle.job_id}&format=json",
+                f"{http}api/jobs/{handle.job_id}", f"{http}api/history"):
+        status, body = get(url)
+        assert status == 200 and SECRET not in body.decode(), url
+        assert "cannot reduce this one" in body.decode() or "history" in url  # (shown)
+    events = get_json(f"{http}api/events?job={handle.job_id}&format=json")["events"]
+    positions = [e["position"] for e in events if e["type"] == "failed"]
+    assert positions and all(p == {"partition": 0} for p in positions), positions
+
+
+@pytest.mark.parametrize("job", [FailsAtKey(), EmitsFailsAtKey(), SortFailsAtKey()])
+def test_reduce_kernels_name_the_key_they_failed_at(job):
+    groups = {k: [1, 2] for k in ("a", "b", SECRET, "z")}
+    with pytest.raises(KeyFailed) as info:
+        reduce_groups(job, groups)
+    assert info.value.key == (SECRET if not job._has("value_key") else "a")
+    assert isinstance(info.value.__cause__, ValueError)
+    if job._has("value_key"):
+        return
+
+    class Out:
+        def add(self, k, v):
+            pass
+
+    with pytest.raises(KeyFailed) as info:  # (a reduce task under a memory budget)
+        _reduce_stream(job, iter(groups.items()), Out())
+    assert info.value.key == SECRET

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import BadOutput
 from ..job import Job, emits
-from ..kernels import _hook, reduce_groups
+from ..kernels import _NO_RECORD, KeyFailed, _blame, _hook, reduce_groups
 from ..ordering import as_pair, is_total_order
 from ..patterns.records import unpack
 from ..rangesort import RUNS
@@ -234,14 +234,22 @@ def _reduce_stream(job: Job, keyed: Iterator[tuple], out: ColumnsWriter) -> None
             for v in values:
                 add(k, v)
     elif emits(job):
-        for k, values in keyed:
-            for pair in reducer(k, values):
-                if type(pair) is not tuple or len(pair) != 2:
-                    pair = as_pair(job, "reduce", pair)
-                add(pair[0], pair[1])
+        for k, values in keyed:  # (a failure of the merge itself names no key)
+            out = _NO_RECORD
+            try:
+                for pair in (out := reducer(k, values)):
+                    if type(pair) is not tuple or len(pair) != 2:
+                        pair = as_pair(job, "reduce", pair)
+                    add(pair[0], pair[1])
+            except Exception as exc:
+                raise KeyFailed(k) from _blame(job, _NO_RECORD, exc, out, "reduce")
     else:
         for k, values in keyed:
-            add(k, reducer(k, values))
+            try:
+                value = reducer(k, values)
+            except Exception as exc:
+                raise KeyFailed(k) from exc
+            add(k, value)
     for pair in _hook(job, "reduce_final"):
         ok, ov = as_pair(job, "reduce_final", pair)
         add(ok, ov)

@@ -9,6 +9,7 @@ from ..errors import ValueNeedsPickle
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import Columns, Job
 from ..kernels import (
+    KeyFailed,
     RecordFailed,
     finish_map,
     map_grouped,
@@ -193,6 +194,9 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                 # of them at once cost the 256 MiB word count's reduce tasks 41 MB each)
                 groups = merge_segments(segments, combined=combined)
                 out = [pack_output(reduce_groups(job, groups), safe_output)]
+        except KeyFailed as exc:  # reduce failed at a key: named in the position
+            raise TaskError(exc.__cause__, {"partition": desc, "key": _short(exc.key)}) \
+                from exc
         except (Exception, *USER_EXITS) as exc:
             raise TaskError(exc, {"partition": desc}) from exc
         # (records: the map output records merged, after any combining, as Hadoop's
@@ -361,5 +365,7 @@ def _where(records: Any, key: Any) -> dict:
 
 
 def _short(value: Any) -> Any:
+    """``value``'s repr, cut to 200 characters (its "..." within them: a FAILED report's
+    position keeps no more, patterns/wire.py)."""
     text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -224,7 +224,8 @@ class Tasks:
             self.ended_badly = True
             cause = exc.cause
             tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-            where = {"split": index, **exc.position} if kind == "map" else exc.position
+            where = {"split": index, **exc.position} if kind == "map" \
+                else {**exc.position, "partition": index}
             if isinstance(cause, SegmentsLost):  # its maps run again (broker/sinkplan.py)
                 where = {"lost": cause.maps, "sink": cause.address}
             # (a record the job may skip, named by its ordinal, is left to the skip logic)
