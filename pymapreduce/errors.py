@@ -142,7 +142,8 @@ def line_offset(key: object, path: object) -> int | None:
 
 def describe_position(position: object) -> str:
     """Where in its input a task failed, in words: ``file /data/a.txt, the line at byte
-    1234 (map split 3)`` or ``record 17 of map split 2, key 'x'``; "" when unknown.
+    1234 (map split 3)`` (``/data/a.txt.gz, the line at byte 1234 of its decompressed
+    text``: a compressed file's offsets are in the text it decompresses to) or ``record 17 of map split 2, key 'x'``; "" when unknown.
 
     ``position`` is what the worker reported (``JobFailed.position``): ``path`` (the file
     being read), ``key`` (the failing record's key, as its repr: a text input's byte
@@ -164,7 +165,9 @@ def describe_position(position: object) -> str:
         parts.append(f"file {path}")
         offset = line_offset(key, path)
         if offset is not None:
-            parts.append(f"the line at byte {offset}")
+            from .lines import line_at  # (a compressed file's offset is in its text)
+
+            parts.append(line_at(path, offset))
         elif key is not None:
             parts.append(f"record key {key}")
         if record is not None:

@@ -118,7 +118,7 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                         values.append(json.loads(line))
                     except (ValueError, RecursionError) as exc:  # (nested past its depth)
                         values.append(_unreadable(BadRecord(
-                            f"{path}: the line at byte {offset} is not JSON: {exc}"),
+                            f"{path}: {line_at(path, offset)} is not JSON: {exc}"),
                             lenient))
                     keep_offsets.append(offset)
             return keep_offsets, values
@@ -134,7 +134,7 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                 except csv.Error as exc:
                     # (a file's header is no record to skip)
                     values.append(_unreadable(BadRecord(
-                        f"{path}: the line at byte {offset} is not a CSV row: {exc}"),
+                        f"{path}: {line_at(path, offset)} is not a CSV row: {exc}"),
                         lenient and not (columns and offset == 0 and header != "none")))
                     keep_offsets.append(offset)
                     continue
@@ -150,7 +150,7 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                     continue  # a blank line
                 if columns and len(row) > len(columns):
                     values.append(_unreadable(BadRecord(
-                        f"{path}: the line at byte {offset} has {len(row)} CSV fields, "
+                        f"{path}: {line_at(path, offset)} has {len(row)} CSV fields, "
                         f"more than the {len(columns)} columns {columns}"), lenient))
                 else:
                     values.append(dict(zip(columns, row)) if columns else row)
@@ -175,6 +175,15 @@ DECOMPRESS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".lzma": lzm
 def compressed(path: str) -> bool:
     """Whether ``path`` is read through a decompressor (by its extension)."""
     return os.path.splitext(path)[1].lower() in DECOMPRESS
+
+
+def line_at(path: str, offset: int) -> str:
+    """A line of an input named by its byte offset, in words: ``the line at byte 1234``;
+    of a compressed file, an offset in its decompressed text, which it says (the
+    compressed file has no line at that byte)."""
+    if compressed(path):
+        return f"the line at byte {offset} of its decompressed text"
+    return f"the line at byte {offset}"
 
 
 class _Closing:
@@ -277,7 +286,7 @@ def damaged(exc: BaseException) -> bool:
 
 
 def _too_long(path: str, at: int, limit: int) -> LineTooLong:
-    return LineTooLong(f"{path}: the line at byte {at} is longer than {limit} bytes, the "
+    return LineTooLong(f"{path}: {line_at(path, at)} is longer than {limit} bytes, the "
                       "input's limit (is it a text file? read_text(max_line_bytes=) raises "
                       "the limit)")
 

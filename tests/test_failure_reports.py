@@ -11,7 +11,7 @@ import lzma
 
 import pytest
 
-from pymapreduce import Client, InputDamaged, InputError, Job, JobFailed, read_text
+from pymapreduce import Client, InputDamaged, InputError, Job, JobFailed, read_jsonl, read_text
 from pymapreduce.kernels import KeyFailed, reduce_groups
 from pymapreduce.lines import _read
 from pymapreduce.spill.reduceside import _reduce_stream
@@ -161,3 +161,35 @@ def test_reduce_kernels_name_the_key_they_failed_at(job):
     with pytest.raises(KeyFailed) as info:  # (a reduce task under a memory budget)
         _reduce_stream(job, iter(groups.items()), Out())
     assert info.value.key == SECRET
+
+
+# -- a compressed input's failing line: an offset in its decompressed text -------------------
+
+
+class FailsAtBad(WordCount):
+    def map(self, offset, line):
+        if line == "BAD":
+            raise ValueError("a bad line")
+        yield from super().map(offset, line)
+
+
+@pytest.mark.parametrize("ext", ["", ".gz", ".bz2"])
+def test_a_compressed_inputs_failing_line_is_placed_in_its_decompressed_text(
+        cluster, tmp_path, ext):
+    text = TEXT[:TEXT.index(b"\n", 20000) + 1] + b"BAD\n"
+    offset = text.index(b"BAD")
+    path = tmp_path / f"in.txt{ext}"
+    path.write_bytes(COMPRESS[ext](text) if ext else text)
+    jsonl = tmp_path / f"in.jsonl{ext}"
+    rows = b'{"a": 1}\n' * 30 + b"not json\n"
+    jsonl.write_bytes(COMPRESS[ext](rows) if ext else rows)
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed) as mapped:
+            client.submit(FailsAtBad(), read_text(str(path)), reducers=1).result(60)
+        with pytest.raises(JobFailed) as parsed:
+            client.submit(WordCount(), read_jsonl(str(jsonl)), reducers=1).result(60)
+    where = "" if not ext else " of its decompressed text"
+    assert f"\nInput: file {path}, the line at byte {offset}{where} (map split 0)\n" \
+        in str(mapped.value), str(mapped.value)
+    assert f"BadRecord: {jsonl}: the line at byte {rows.index(b'not')}{where} is not " \
+        "JSON" in str(parsed.value).splitlines()[0], str(parsed.value)
