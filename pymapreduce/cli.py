@@ -130,8 +130,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
         logs = fetch_logs(client, args.job_id, args.task)
         if args.task is not None and not logs:
             # a task the job never had would read as "it printed nothing"
-            check_task_exists(client.job(args.job_id).status(), args.task)
+            status = client.job(args.job_id).status()
+            check_task_exists(status, args.task)
     text = logs.text()
+    if not text and args.task is not None and logs.attempts == 0:
+        # nor would one that never ran (a reduce task of a job that failed in its maps)
+        state = status.get("state")
+        why = (f"the job {state} before it could run" if state in ("failed", "cancelled")
+               else "no attempt of it has started yet")
+        print(f"pymapreduce: no logs for task {args.task} of job {args.job_id}: it never "
+              f"ran ({why})", file=sys.stderr)
+        return EXIT_OK
     if not text:
         what = f"task {args.task} of job" if args.task else "job"
         print(f"pymapreduce: no logs for {what} {args.job_id} (its tasks printed and logged "

@@ -126,6 +126,42 @@ def test_a_failed_attempt_keeps_its_output_and_its_traceback(daemons):
         assert [e["state"] for e in handle.logs("map-0")] == ["done"]
 
 
+class FailsInMap(Counting):
+    def map(self, key, line):
+        if key == 7:
+            raise ValueError(f"record {key} is bad")
+        yield from super().map(key, line)
+
+
+def test_logs_of_a_task_that_never_ran_say_so_not_that_it_printed_nothing(daemons):
+    """reduce-0 of a job that failed in its map phase never ran: `pymapreduce logs` says
+    so, where it said the task "printed and logged nothing"; a task that ran silent still
+    gets that line."""
+    _, address = daemons.broker(*STEADY, "--max-attempts", "2")
+    daemons.worker(address, 2)
+    wait_workers(address, 2)
+    with Client(address) as client:
+        handle = client.submit(FailsInMap(), RECORDS[:10], map_tasks=2, reducers=1)
+        with pytest.raises(JobFailed):
+            handle.result(60)
+        assert handle.logs("reduce-0") == [] and handle.logs("reduce-0").attempts == 0
+        assert handle.logs("map-1").attempts is None  # (it has logs: its traceback)
+        quiet = client.submit(Counting(), RECORDS[:10], map_tasks=2, reducers=1)
+        quiet.result(60)
+        assert quiet.logs("map-0") == [] and quiet.logs("map-0").attempts == 1
+
+    def logs(job_id: str, task: str) -> subprocess.CompletedProcess:
+        return subprocess.run(pmr("logs", "--connect", address, job_id, task),
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    never = logs(handle.job_id, "reduce-0")
+    assert never.returncode == 0 and never.stdout == ""
+    assert never.stderr == (f"pymapreduce: no logs for task reduce-0 of job {handle.job_id}: "
+                            "it never ran (the job failed before it could run)\n")
+    silent = logs(quiet.job_id, "reduce-0")
+    assert silent.returncode == 0 and "printed and logged nothing" in silent.stderr
+
+
 def test_a_flood_of_output_is_kept_bounded_with_its_ends(steady):
     with Client(steady) as client:
         handle = client.submit(Flood(), [(k, "") for k in range(3)], map_tasks=3)

@@ -19,7 +19,7 @@ from ..patterns.message import Message
 from . import submission
 from .reports import peer_name
 from .sink import StoreBusy
-from .tasks import JobState
+from .tasks import DONE, JobState
 
 log = logging.getLogger("pymapreduce.broker")
 
@@ -34,6 +34,27 @@ FETCH_BYTES = 16 << 20  # one FETCH reply carries several small partitions, up t
 # _reply_held). Each LOGS reply is a fresh copy of up to a job's 4 MiB of logs: 300
 # unread took the broker 1 GiB; an EVENTS reply is up to 500 events with tracebacks.
 HELD_REPLY_BYTES = 64 << 20
+
+
+def attempts_started(job: JobState, task: str) -> int | None:
+    """How many attempts of ``task`` (``map-N``, ``reduce-N``) this broker has started:
+    0 for a task that never ran (a reduce task of a job that failed in its map phase);
+    None where it cannot say (a multi-step job: its tasks are the current step's; a name
+    the job has no task of)."""
+    if len(job.steps) > 1:
+        return None
+    kind, _, index = task.partition("-")
+    if kind not in ("map", "reduce") or not index.isdigit() or len(index) > 18:
+        return None
+    count = len(job.maps) if kind == "map" else (0 if job.map_only else job.reducers)
+    if int(index) >= count:
+        return None
+    tasks = job.tasks(kind)  # (a job's reduce tasks are made when its reduce phase starts)
+    if int(index) >= len(tasks):
+        return 0
+    if tasks[int(index)].state == DONE and not tasks[int(index)].attempt:
+        return None  # committed before a restart of this broker: it ran, then
+    return tasks[int(index)].attempt
 
 
 def _req(msg: Message) -> Any:
@@ -283,8 +304,12 @@ class ClientAPI:
             return
         task = msg.body.get("task")
         logs, dropped = self.ledger.logs.read(job.id, task if isinstance(task, str) else None)
-        self._reply_held(peer, P.LOGS, {"req": _req(msg), "job_id": job.id, "logs": logs,
-                                        "dropped": dropped})
+        body = {"req": _req(msg), "job_id": job.id, "logs": logs, "dropped": dropped}
+        if isinstance(task, str) and not logs:  # no logs: did it ever run?
+            started = attempts_started(job, task)
+            if started is not None:
+                body["attempts"] = started
+        self._reply_held(peer, P.LOGS, body)
 
     def _reply_held(self, peer: bytes, command: str, body: dict) -> None:
         """A reply whose header is big and made fresh for each request (LOGS, EVENTS), sent

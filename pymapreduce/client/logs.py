@@ -25,9 +25,13 @@ class TaskLogs(list):
     (1, 2, ...), ``worker`` (the process, ``host:pid``), ``state`` (``done`` or
     ``failed``), ``step`` (1 for a one-step job) and ``text`` (what the attempt printed and
     logged; a failed attempt's ends with its traceback). ``dropped``: how many logs the
-    broker left out to stay within its bounds."""
+    broker left out to stay within its bounds. ``attempts``: asked for one task's logs
+    and given none, how many attempts of it the broker has started (0: it never ran, as
+    a reduce task of a job that failed in its map phase); None where the broker does not
+    say (there are logs, a multi-step job, an older broker)."""
 
     dropped: int = 0
+    attempts: int | None = None
 
     def text(self) -> str:
         """All of them as one text, each under a line naming its attempt."""
@@ -63,6 +67,8 @@ def read_logs(reply_body: dict) -> TaskLogs:
         })
     dropped = reply_body.get("dropped")
     out.dropped = dropped if type(dropped) is int else 0
+    attempts = reply_body.get("attempts")
+    out.attempts = attempts if type(attempts) is int and attempts >= 0 else None
     return out
 
 
