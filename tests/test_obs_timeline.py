@@ -246,3 +246,26 @@ def test_only_the_worker_an_abandoned_attempt_was_handed_to_gives_it_a_run_time(
     assert _row(ledger, "crossed")["run_from"] == "hand-out"
     ledger.failed(worker, {**key._asdict(), "error": "E", "secs": 0.02})
     assert _row(ledger, "crossed")["run_from"] == "report"
+
+
+def test_attempts_one_report_ended_are_placed_one_after_the_other():
+    """A worker reports the attempts it ran in a row together: they share one end, and
+    ran in the order they were handed out; the next report's begin after them."""
+    from pymapreduce.observe.timeline import place
+
+    def row(index, start, end, secs, worker="w1", outcome="done"):
+        return ("map", index, 1, worker, False, 1, start, end, outcome, "", secs)
+
+    placed = place([row(0, 0.0, 10.0, 1.0), row(1, 0.0, 10.0, 2.0), row(2, 0.5, 10.0, 3.0),
+                    row(3, 1.0, 12.0, 1.5), row(4, 0.0, 10.0, 4.0, worker="w2"),
+                    row(5, 2.0, None, None, outcome="running")])
+    by = {a["index"]: a for a in placed}
+    assert (by[3]["run"], by[3]["run_end"]) == (10.5, 12.0)  # the next report's, after
+    assert (by[2]["run"], by[2]["run_end"]) == (7.0, 10.0)
+    assert (by[1]["run"], by[1]["run_end"]) == (5.0, 7.0)
+    assert (by[0]["run"], by[0]["run_end"]) == (4.0, 5.0)
+    assert (by[4]["run"], by[4]["run_end"]) == (6.0, 10.0)  # another worker: its own
+    assert by[5]["run"] is None and by[5]["run_end"] is None
+    # clamped to the hand-out: a worker that says it ran longer than it could
+    early = {a["index"]: a for a in place([row(0, 3.0, 10.0, 1.0), row(1, 3.0, 10.0, 9.0)])}
+    assert early[1]["run"] == 3.0 and early[0]["run"] == early[0]["run_end"] == 3.0
