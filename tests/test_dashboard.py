@@ -230,6 +230,11 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     browser.get(http + "#cluster")
     wait_until(browser, lambda d: len(css(d, "#workers tbody tr")) >= 2, what="the workers")
     assert "alive" in browser.find_element("id", "workers").text
+    # the killed process stays listed, as lost, with why and the attempt it lost
+    gone = wait_until(browser, lambda d: css(d, "#gone-workers tbody tr"),
+                      what="the lost worker")
+    assert len(gone) == 1 and f":{running} " in gone[0].text + " ", gone[0].text
+    assert "closed" in gone[0].text or "heartbeat" in gone[0].text, gone[0].text
 
     # nothing was asked of any host but the broker (the page, its script, the API)
     urls += requested_urls(browser, http)

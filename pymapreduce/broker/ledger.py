@@ -45,6 +45,7 @@ LEFT = "left"
 NOT_READING = "its queue is full: it does not read what the broker sends"
 BLAMELESS = frozenset({REREGISTERED, LEFT, NOT_READING})
 HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
+GONE_WORKERS = 50  # workers lost or left lately, kept for the dashboard's cluster view
 
 
 class Send(NamedTuple):
@@ -113,6 +114,8 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         self.secured = secured
         self.worker_key_allowed = worker_key_allowed
         self.workers: OrderedDict[bytes, WorkerState] = OrderedDict()
+        # the newest GONE_WORKERS workers removed: what they were, when and why
+        self.gone: deque[dict] = deque(maxlen=GONE_WORKERS)
         self.sinks: dict[bytes, SinkState] = {}  # sink daemons (sinkplan.py)
         self.jobs: dict[str, JobState] = {}
         self.scheduler = Scheduler()
@@ -422,6 +425,10 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
                   "re-queued", worker.name, reason, lost)
         self.events.worker_lost(worker.name, reason, lost)
+        self.gone.append({"name": worker.name, "pid": worker.pid, "tags": sorted(worker.tags),
+                          "done": worker.done, "joined": worker.joined,
+                          "last_seen": worker.last_seen, "gone": time.monotonic(),
+                          "reason": str(reason)[:200], "lost_attempts": lost})
 
     def _abandon(self, route: bytes, job_id: str, tasks: list[AttemptKey]) -> None:
         """Tell a worker to drop attempts it holds: its main thread drops the queued ones,

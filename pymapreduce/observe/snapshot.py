@@ -127,13 +127,22 @@ def build(ledger: Any, broker_facts: dict, now: float, ended: dict | None = None
             tasks["running"] += job.active  # attempts out (a backup counts too)
             tasks["pending"] += len(job.pending)
             pending[job.phase] = pending.get(job.phase, 0) + len(job.pending)
+    # workers removed lately (lost, or left), newest first: a worker that registered again
+    # under its name is listed above instead
+    here = {w["name"] for w in workers}
+    gone = [{"name": g["name"], "host": g["name"].rpartition(":")[0] or g["name"],
+             "pid": g["pid"], "tags": g["tags"], "done": g["done"],
+             "up": round(g["gone"] - g["joined"], 3), "gone_ago": round(now - g["gone"], 3),
+             "heartbeat_age": round(now - g["last_seen"], 3), "reason": g["reason"],
+             "lost_attempts": g["lost_attempts"]}
+            for g in reversed(getattr(ledger, "gone", ())) if g["name"] not in here]
     cluster = {"broker": {**broker_facts, "workers": len(workers),
                           "jobs_running": sum(1 for j in ledger.jobs.values()
                                               if j.state == P.JOB_RUNNING),
                           "jobs_held": len(ledger.jobs),
                           "stored_bytes": ledger.store.memory_bytes,
                           "spilled_bytes": ledger.store.spilled_bytes},
-               "workers": workers, "sinks": []}
+               "workers": workers, "gone_workers": gone, "sinks": []}
     if ended is not None:
         ended.clear()
         ended.update(kept)

@@ -313,6 +313,13 @@ function renderCluster() {
       w.tasks.length ? el("div", {}, w.tasks.map(taskLink)) : "idle",
       num(w.held), num(w.done), badge(w.liveness), secs(w.heartbeat_age) + " ago", secs(w.up)]),
     "No worker has joined."));
+  const gone = c.gone_workers || [];
+  fill("gone-workers", gone.length ? [el("h2", {}, "Workers lost or left lately"),
+    table(["worker", "host", { label: "pid", num: 1 }, "tags", { label: "done", num: 1 },
+      { label: "attempts lost", num: 1 }, { label: "why", wrap: 1 }, { label: "when", num: 1 },
+      { label: "was up", num: 1 }],
+      gone.map(w => [w.name, w.host, w.pid, w.tags.join(", ") || "–", num(w.done),
+        num(w.lost_attempts), w.reason, secs(w.gone_ago) + " ago", secs(w.up)]))] : []);
   fill("sinks", c.sinks && c.sinks.length ? [el("h2", {}, "Sinks"),
     table([{ label: "sink", wrap: 1 }], c.sinks.map(s => [JSON.stringify(s)]))] : []);
 }
