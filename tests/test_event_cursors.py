@@ -233,3 +233,44 @@ def test_a_reader_is_told_of_events_the_rings_no_longer_hold():
     assert [e["seq"] for e in log.since_gap(0, "j11")[0]] == [12]
     assert not log.since_gap(0, "j11")[1] and len(log.since_gap(0)[0]) == 12
     assert not log.since_gap(0)[1] and log.since_gap(0, tenant="key mine")[1]
+
+
+def test_a_reader_is_told_of_events_the_attempt_tables_dropped():
+    """Attempts dispatched and committed are read from the jobs' attempt tables, which
+    are bounded too (rows per job, rows of all jobs: an ended job's table goes at once):
+    a reader whose cursor is before rows a table dropped is told ``skipped`` (of all
+    jobs, one job, or one client's), however few events are past its cursor; one whose
+    cursor is past them is not."""
+    log = EventLog(per_job=1000, global_events=1000, attempts_per_job=1000, max_attempts=100)
+    done, other = Job("a", "key mine"), Job("b", "key theirs")
+    log.job_submitted(done)
+    log.job_submitted(other)  # 1, 2
+    # 3 (started), 4..63 dispatched, 64..123 committed
+    log.dispatched(done, [Task(done, i) for i in range(60)], list(range(1, 61)), "w")
+    for i in range(60):
+        log.done(("a", "map", i, i + 1), {"records": 1, "bytes": 1}, 0.1, [b"x"], "w")
+    log.flush()
+    done.state = "succeeded"
+    log.job_ended(done, 1.0)  # 124
+    assert len(log.since_gap(0, tenant="key mine")[0]) == 123
+    # 110 rows of all jobs, over the 100 kept: the ended job's table goes
+    log.dispatched(other, [Task(other, i) for i in range(50)], list(range(61, 111)), "w")
+    for mode in ({}, {"job": "a"}, {"tenant": "key mine"}):
+        got, gap = log.since_gap(0, **mode)
+        assert gap, mode  # (its 120 attempts' events are gone)
+        assert log.since_gap(122, **mode)[1], mode
+        assert not log.since_gap(123, **mode)[1], mode
+    assert not log.since_gap(0, "b")[1] and not log.since_gap(0, tenant="key theirs")[1]
+    # a running job's table past its rows' cap loses its oldest rows (cut in a batch too)
+    log = EventLog(per_job=1000, global_events=1000, attempts_per_job=16, max_attempts=10**6)
+    job = Job("r", "key mine")
+    log.job_submitted(job)  # 1, and 2: started
+    for n in range(3):  # 3..12, 13..22, 23..32: 30 rows, over 16 + 2, cut to 16
+        first = 3 + 10 * n
+        log.dispatched(job, [Task(job, i) for i in range(first, first + 10)],
+                       list(range(first, first + 10)), "w")
+    got, gap = log.since_gap(0)
+    assert [e["seq"] for e in got] == [1, 2, *range(17, 33)] and gap
+    for mode in ({}, {"job": "r"}, {"tenant": "key mine"}):
+        assert log.since_gap(0, **mode)[1] and log.since_gap(15, **mode)[1], mode
+        assert not log.since_gap(16, **mode)[1], mode

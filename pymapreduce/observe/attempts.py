@@ -50,7 +50,7 @@ def _holder(log: _JobLog, attempt: int) -> str | None:
 class _JobLog:
     __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
                  "tenant", "started", "trimmed", "flow", "held", "held_rows", "held_seq",
-                 "recheck", "lost")
+                 "recheck", "lost", "rows_lost")
 
     def __init__(self, job: Any, per_job: int, tenant: str) -> None:
         self.id = job.id
@@ -80,6 +80,9 @@ class _JobLog:
         self.started = False
         self.trimmed = 0  # events dropped from its ring (full, or over the byte budget)
         self.lost = 0  # the sequence number of the newest of them
+        # the sequence number of the newest event its attempt table dropped (rows over
+        # its cap or the cap of all jobs', with their commits): a reader before it missed it
+        self.rows_lost = 0
         # kind -> [records in, bytes in, bytes out] of its committed tasks
         self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
 
@@ -93,6 +96,7 @@ class AttemptTable:
     _rows: int
     attempts_per_job: int
     seq: int
+    _rows_lost: int  # the newest event any attempt table dropped (reads of all jobs)
 
     def _drop_attempts(self, log: _JobLog, n: int) -> int:
         """The attempt table is full: its ``n`` oldest rows go, except those the broker
@@ -116,10 +120,13 @@ class AttemptTable:
         batches = log.batches
         closed = log.closed
         held = log.held
+        newest = 0  # (of the events taken out of what reads serve: set-aside rows too)
         while gone < n and batches:
             batch = batches.popleft()
             attempts, tasks = batch[4], batch[6]
             take = min(n - gone, len(attempts))
+            newest = batch[0] - (len(attempts) - take)  # (a batch's events are numbered
+            # one after the other, to its own)
             if take < len(attempts):  # cut: the rest stays (its last events' numbers)
                 batches.appendleft((*batch[:4], attempts[take:], batch[5], tasks[take:]))
             dropped, of = attempts[:take], tasks[:take]
@@ -141,7 +148,9 @@ class AttemptTable:
         ends = log.ends
         while ends and (oldest is None or ends[0][0] < oldest) and (
                 pinned is None or ends[0][0] <= pinned):
-            ends.popleft()  # (an attempt is committed after it is dispatched)
+            newest = max(newest, ends.popleft()[0])  # (an attempt is committed after
+            # it is dispatched)
+        self._lost_rows(log, newest)
         log.rows -= gone
         self._rows -= gone
         return gone
@@ -151,11 +160,21 @@ class AttemptTable:
         takes the oldest jobs' rows first: an ended job's go together, in C, where a batch
         at a time would go over them in Python at every dispatch until all had gone)."""
         self._rows -= log.rows
+        self._lost_rows(log, max(log.batches[-1][0] if log.batches else 0,
+                                 log.ends[-1][0] if log.ends else 0))
         log.rows = log.held_rows = 0
         log.batches.clear()
         log.held.clear()
         log.ends.clear()
         log.closed.clear()
+
+    def _lost_rows(self, log: _JobLog, newest: int) -> None:
+        """Events up to ``newest`` left ``log``'s attempt table: a read of the job, its
+        client's jobs or all jobs from before it is told it missed some."""
+        if newest > log.rows_lost:
+            log.rows_lost = newest
+        if newest > self._rows_lost:
+            self._rows_lost = newest
 
     def _recheck(self, log: _JobLog) -> int:
         """Look at the set-aside rows again: those whose attempts the broker no longer runs

@@ -109,6 +109,7 @@ class EventLog(AttemptTable, Reading):
         self._global: deque[tuple] = deque()
         self._global_count = 0
         self._global_lost = 0  # the sequence number of the newest entry it dropped
+        self._rows_lost = 0  # ... and of the newest event an attempt table dropped
         self.global_events = global_events
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
         # the jobs whose rings hold events, oldest first: what trimming takes from, found
@@ -449,6 +450,10 @@ class EventLog(AttemptTable, Reading):
             if log is not None:
                 self._bytes -= log.bytes
                 self._rows -= log.rows
+                # (its ring's events are the global ring's too; its table's are gone)
+                self._rows_lost = max(self._rows_lost,
+                                      log.batches[-1][0] if log.batches else 0,
+                                      log.ends[-1][0] if log.ends else 0)
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:

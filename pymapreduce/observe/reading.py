@@ -201,14 +201,15 @@ class Reading:
                 log = self._jobs.get(job)
                 if log is None:
                     return [], False
-                rings, logs, cap, lost = [log.events], [log], self.per_job, log.lost
+                rings, logs, cap = [log.events], [log], self.per_job
+                lost = max(log.lost, log.rows_lost)
             elif tenant is not None:  # (one look per job held, as for all jobs)
                 logs = [one for one in self._jobs.values() if one.tenant == tenant]
                 rings, cap = [one.events for one in logs], self.global_events
-                lost = max((one.lost for one in logs), default=0)
+                lost = max((max(one.lost, one.rows_lost) for one in logs), default=0)
             else:
                 rings, logs, cap = [self._global], self._jobs.values(), self.global_events
-                lost = self._global_lost
+                lost = max(self._global_lost, self._rows_lost)
             # the newest first, merged from the rings and each table's batches, to the cap:
             # what is read is about what may be served, however many rows the tables hold
             # (one look per job at its newest batches, for the jobs that have none past
@@ -220,8 +221,8 @@ class Reading:
                     sources.append(_newest(one.batches, cursor, SENT, one.id))
                 if one.ends and one.ends[-1][0] > cursor:
                     sources.append(_newest(one.ends, cursor, ENDS, one.id))
-            # (a ring dropped an event past the cursor: the reader missed it, whatever
-            # the cap leaves out)
+            # (a ring or an attempt table dropped an event past the cursor: the reader
+            # missed it, whatever the cap leaves out)
             picked, count, gap = [], 0, lost > cursor
             for item in merge(*sources, key=_SEQ, reverse=True):
                 # (an item's events are numbered one after the other, to its own: of one
