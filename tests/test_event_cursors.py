@@ -274,3 +274,12 @@ def test_a_reader_is_told_of_events_the_attempt_tables_dropped():
     for mode in ({}, {"job": "r"}, {"tenant": "key mine"}):
         assert log.since_gap(0, **mode)[1] and log.since_gap(15, **mode)[1], mode
         assert not log.since_gap(16, **mode)[1], mode
+    # a job the broker forgot: its client's reads no longer find its events
+    log.dispatched(job, [Task(job, 0)], [99], "w")  # 33
+    job.state = "succeeded"
+    log.job_ended(job, 1.0)  # 34
+    log.job_submitted(Job("s", "key mine"))  # 35
+    log.job_dropped("r")
+    assert log.since_gap(33, tenant="key mine")[1]
+    assert log.since_gap(34, tenant="key mine") == (log.since_gap(34, "s")[0], False)
+    assert not log.since_gap(0, tenant="key theirs")[1]

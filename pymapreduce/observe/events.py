@@ -50,6 +50,7 @@ from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading, notes
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
+MAX_TENANTS_LOST = 4096  # clients whose forgotten jobs' newest events are remembered
 POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 # attempts' outcomes (and ABANDONED, from attempts.py)
@@ -110,6 +111,9 @@ class EventLog(AttemptTable, Reading):
         self._global_count = 0
         self._global_lost = 0  # the sequence number of the newest entry it dropped
         self._rows_lost = 0  # ... and of the newest event an attempt table dropped
+        # client (tenant) -> the newest event of a job of its the broker forgot (with its
+        # ring and table: no longer read for that client); at most MAX_TENANTS_LOST
+        self._tenant_lost: dict[str, int] = {}
         self.global_events = global_events
         self._jobs: OrderedDict[str, _JobLog] = OrderedDict()
         # the jobs whose rings hold events, oldest first: what trimming takes from, found
@@ -451,9 +455,17 @@ class EventLog(AttemptTable, Reading):
                 self._bytes -= log.bytes
                 self._rows -= log.rows
                 # (its ring's events are the global ring's too; its table's are gone)
-                self._rows_lost = max(self._rows_lost,
-                                      log.batches[-1][0] if log.batches else 0,
-                                      log.ends[-1][0] if log.ends else 0)
+                rows = max(log.batches[-1][0] if log.batches else 0,
+                           log.ends[-1][0] if log.ends else 0)
+                self._rows_lost = max(self._rows_lost, rows)
+                # a read of its client's jobs no longer finds any of them
+                newest = max(rows, log.events[-1][0] if log.events else 0)
+                lost = self._tenant_lost
+                if newest > lost.get(log.tenant, 0):
+                    lost.pop(log.tenant, None)  # (the newest last: the oldest go first)
+                    lost[log.tenant] = newest
+                    if len(lost) > MAX_TENANTS_LOST:
+                        del lost[next(iter(lost))]
 
     def worker_joined(self, name: str, tags: Any) -> None:
         with self.lock:

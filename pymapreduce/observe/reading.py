@@ -150,6 +150,9 @@ class Reading:
     _writer: int
     _jobs: dict
     _global: Any
+    _global_lost: int
+    _rows_lost: int
+    _tenant_lost: dict
     counts: dict
     durations: list
     duration_sum: float
@@ -206,7 +209,9 @@ class Reading:
             elif tenant is not None:  # (one look per job held, as for all jobs)
                 logs = [one for one in self._jobs.values() if one.tenant == tenant]
                 rings, cap = [one.events for one in logs], self.global_events
-                lost = max((max(one.lost, one.rows_lost) for one in logs), default=0)
+                # (and of its jobs the broker forgot)
+                lost = max([self._tenant_lost.get(tenant, 0),
+                            *(max(one.lost, one.rows_lost) for one in logs)])
             else:
                 rings, logs, cap = [self._global], self._jobs.values(), self.global_events
                 lost = max(self._global_lost, self._rows_lost)
