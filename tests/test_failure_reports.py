@@ -193,3 +193,14 @@ def test_a_compressed_inputs_failing_line_is_placed_in_its_decompressed_text(
         in str(mapped.value), str(mapped.value)
     assert f"BadRecord: {jsonl}: the line at byte {rows.index(b'not')}{where} is not " \
         "JSON" in str(parsed.value).splitlines()[0], str(parsed.value)
+
+
+def test_a_key_whose_repr_raises_leaves_the_task_s_own_error():
+    from pymapreduce.workers.runner import _short
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert _short(Broken()) == "<Broken whose repr() fails>"
+    assert _short("x" * 300) == repr("x" * 300)[:197] + "..."

@@ -366,6 +366,10 @@ def _where(records: Any, key: Any) -> dict:
 
 def _short(value: Any) -> Any:
     """``value``'s repr, cut to 200 characters (its "..." within them: a FAILED report's
-    position keeps no more, patterns/wire.py)."""
-    text = repr(value)
+    position keeps no more, patterns/wire.py). A value whose ``repr`` raises is named by
+    its type: the error to report is the one its task failed with, not that one."""
+    try:
+        text = repr(value)
+    except Exception:  # (a key type whose __repr__ is broken)
+        text = f"<{type(value).__name__} whose repr() fails>"
     return text if len(text) <= 200 else text[:197] + "..."
