@@ -12,11 +12,13 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
+import io
 import itertools
 import lzma
 import os
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import BadRecord, InputDamaged, InputError, LineTooLong
 from .store.urls import is_url, object_size, open_url
@@ -161,9 +163,63 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
 
 
 def _open_zstd(path: str, mode: str = "rb"):
-    import zstandard  # (only for .zst inputs)
+    """A ``.zst`` file's decompressed bytes, read as they are decompressed. zstandard's own
+    reader ends quietly where a truncated file ends (its data lost without a word, where
+    gzip, bz2 and lzma raise EOFError): this one raises EOFError when the file ends inside
+    a frame. Concatenated frames are read one after the other, as the ``zstd`` tool does."""
+    if mode != "rb":
+        raise ValueError(f"a .zst input is read only, in mode 'rb' (not {mode!r})")
+    return io.BufferedReader(_ZstdFrames(path), buffer_size=READ_CHUNK)
 
-    return zstandard.open(path, mode)
+
+READ_CHUNK = 1 << 17  # compressed bytes read at a time from a .zst file
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The raw reader of :func:`_open_zstd`."""
+
+    def __init__(self, path: str) -> None:
+        import zstandard  # (only for .zst inputs)
+
+        super().__init__()
+        self._zstd = zstandard.ZstdDecompressor()
+        self._file = open(path, "rb")
+        self._frame = self._zstd.decompressobj()
+        self._fed = False  # bytes of the current frame were given to it
+        self._out = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out and not self._done:
+            chunk = self._file.read(READ_CHUNK)
+            if not chunk:
+                if self._fed and not self._frame.eof:
+                    raise EOFError("the compressed file ended before the end of its "
+                                   "last zstd frame (it is truncated)")
+                self._done = True
+                break
+            out = []
+            while chunk:
+                self._fed = True
+                out.append(self._frame.decompress(chunk))
+                if not self._frame.eof:
+                    break
+                chunk = self._frame.unused_data  # the next frame's bytes, if any
+                self._frame = self._zstd.decompressobj()
+                self._fed = False
+            self._out = b"".join(out)
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 # Compressed inputs, by extension: each is read whole, decompressed as it is read (a

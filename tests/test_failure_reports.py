@@ -10,6 +10,7 @@ import gzip
 import lzma
 
 import pytest
+import zstandard
 
 from pymapreduce import Client, InputDamaged, InputError, Job, JobFailed, read_jsonl, read_text
 from pymapreduce.kernels import KeyFailed, reduce_groups
@@ -21,7 +22,10 @@ from .jobs import WordCount
 from .test_observe import get, get_json, start_broker, wait_for
 
 TEXT = b"".join(b"line %d some words here\n" % i for i in range(20000))
-COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+            # (with its content checksum, as the zstd tool writes it: without one, bytes
+            # changed in a frame's data decode to other bytes and nothing can tell)
+            ".zst": lambda data: zstandard.ZstdCompressor(write_checksum=True).compress(data)}
 
 
 # -- a damaged compressed input ---------------------------------------------------------
@@ -204,3 +208,22 @@ def test_a_key_whose_repr_raises_leaves_the_task_s_own_error():
 
     assert _short(Broken()) == "<Broken whose repr() fails>"
     assert _short("x" * 300) == repr("x" * 300)[:197] + "..."
+
+
+def test_a_zst_input_of_several_frames_is_read_whole_and_a_truncated_one_is_refused(tmp_path):
+    """zstandard's own reader ends quietly where a truncated file ends; pymapreduce's
+    says so, and still reads every frame of a file of several (as ``zstd -d`` does)."""
+    from pymapreduce.lines import _open_zstd
+
+    zstd = zstandard.ZstdCompressor()
+    whole = tmp_path / "two.zst"
+    whole.write_bytes(zstd.compress(TEXT) + zstd.compress(b"one more line\n"))
+    with _open_zstd(str(whole)) as f:
+        assert f.read() == TEXT + b"one more line\n"
+    (tmp_path / "empty.zst").write_bytes(b"")
+    with _open_zstd(str(tmp_path / "empty.zst")) as f:
+        assert f.read() == b""
+    cut = tmp_path / "cut.zst"
+    cut.write_bytes(zstd.compress(TEXT)[:-7])
+    with pytest.raises(EOFError), _open_zstd(str(cut)) as f:
+        f.read()
