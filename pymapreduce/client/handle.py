@@ -347,24 +347,12 @@ class JobHandle:
             return self.wait(timeout, progress=bars)
 
     def _progress_lines(self, timeout: float | None, stream: Any) -> dict:
-        """:meth:`progress` as plain lines on ``stream``: while the job runs, then its end."""
-        from ..progress import ProgressLines, describe, outcome_of, progress_period
+        """:meth:`progress` as plain lines on ``stream``, as ``pymapreduce run`` writes
+        them there (a failed or interrupted wait's summary included), and one with how
+        the job ended."""
+        from ..progress import describe, progress_period, watch
 
-        lines = ProgressLines(stream, progress_period())
-        last: dict = {}
-
-        def show(status: dict) -> None:
-            last.clear()
-            last.update(status)
-            lines(status)
-
-        try:
-            status = self.wait(timeout, progress=show)
-        except BaseException as exc:
-            ended = f" after {describe(last)}" if last else ""
-            print(f"pymapreduce: {self.job_id} {outcome_of(exc)}{ended}", file=stream,
-                  flush=True)
-            raise
+        status = watch(self, timeout=timeout, stream=stream, period=progress_period())
         print(f"pymapreduce: {self.job_id} {status.get('state', 'ended')}: "
               f"{describe(status)}", file=stream, flush=True)
         return status
