@@ -86,22 +86,22 @@ class Commits:
             job.map_attempts[task.index] = key.attempt
         elif task.kind == MAP and not job.map_only:
             nonempty = [r for r, blob in enumerate(blobs) if len(blob)]
-        if sunk is not None or (self.journal is None and len(blobs) == 1 and
-                                _no_pairs(blobs[0]) and self._final(job, step, task.kind)):
-            # (an output of no pairs, kept nowhere: its FETCH is answered with no bytes,
-            # which the client reads as none; a state directory keeps even these, as the
-            # files a restarted broker adopts)
-            sums = []
+        written = [b for b in blobs if len(b)] if nonempty else blobs
+        sums: list = []  # (CRC-32s of the files written, None: not durable)
+        if sunk is not None:
+            pass
         elif self.journal is None:  # (no files: the outputs' keys alone, no names)
             put = self.store.put
             for key_, blob in zip(self._output_keys(job, step, task.kind, task.index, nonempty),
-                                  [b for b in blobs if len(b)] if nonempty else blobs):
-                put(key_, blob)
-            sums = []
+                                  written):
+                # (a result of no pairs is kept nowhere: its FETCH is answered with no
+                # bytes, which the client reads as none; a state directory keeps even
+                # these, as the files a restarted broker adopts)
+                if key_[1] != "out" or not _no_pairs(blob):
+                    put(key_, blob)
         else:
-            sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in zip(
-                self._outputs(job, step, task.kind, task.index, nonempty),
-                [b for b in blobs if len(b)] if nonempty else blobs)]  # (CRC-32s, None: not durable)
+            sums = [self.store.put(key, blob, self._path(job, name)) for (key, name), blob in
+                    zip(self._outputs(job, step, task.kind, task.index, nonempty), written)]
         stats = stats if isinstance(stats, dict) else {}
         secs = stats.pop("secs", None)
         noted = self.events.noted
@@ -146,14 +146,6 @@ class Commits:
         self._durable()
         jid, old = job.id, job.step - 2
         self.store.discard_job(jid, lambda k: k[1] == MAP or (k[1] == "s" and k[2] <= old))
-
-    @staticmethod
-    def _final(job: JobState, step: int, kind: str) -> bool:
-        """Whether a task's one output is the job's result (read by the client, not by a
-        later step): as :meth:`_outputs` names it."""
-        if kind == MAP and not (job.steps[step]["map_only"] if job.steps else job.map_only):
-            return False
-        return not job.steps or step == len(job.steps) - 1
 
     @staticmethod
     def _output_keys(job: JobState, step: int, kind: str, index: int,
