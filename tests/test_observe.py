@@ -502,3 +502,17 @@ def test_a_job_s_detail_lists_its_newest_failures_past_a_thousand_events(daemons
     detail = wait_for(lambda: (d := get_json(f"{http}api/jobs/{job}"))["job"]["state"]
                       == "succeeded" and d)
     assert [f["task"] for f in detail["failures"]] == [f"map-{n - 1}"]
+
+
+def test_a_job_s_page_is_there_as_soon_as_it_is_submitted(daemons):
+    """The page of a job submitted since the last snapshot (a quick job may even have
+    ended within the interval between snapshots) is built from a fresh one, not a 404."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        for _ in range(5):
+            handle = client.submit(WordCount(), [(0, "a b")], map_tasks=1, reducers=1)
+            status, body = get(f"{http}api/jobs/{handle.job_id}")
+            assert status == 200, body[:300]
+            handle.result(60)

@@ -207,6 +207,10 @@ class Observatory:
     def job_detail(self, job_id: str) -> dict:
         """One job: its row, attempts (timeline), failures, skipped records, slowest."""
         row = self.snapshot.jobs.get(job_id)
+        if row is None and job_id in self._ledger.jobs:  # submitted since the snapshot (a
+            # quick job can end within CHANGED_INTERVAL of it): a new one, once
+            self.publish(time.monotonic(), force=True)
+            row = self.snapshot.jobs.get(job_id)
         if row is None:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
                            "the result TTL (/api/history keeps its facts)")
