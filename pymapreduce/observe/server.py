@@ -120,10 +120,13 @@ class Observatory:
     # -- the broker loop's side ----------------------------------------------------------
     def publish(self, now: float, force: bool = False) -> None:
         """A new snapshot when the last one is older than PUBLISH_INTERVAL, or than
-        CHANGED_INTERVAL and events happened since (a job that ends shows at once)."""
+        CHANGED_INTERVAL and events happened since (a job that ends shows at once), or
+        when a job was submitted or forgotten since (its page and the listings are never
+        behind the broker's jobs: a quick job can end within CHANGED_INTERVAL)."""
         age = now - self._last
         if force or age >= snap.PUBLISH_INTERVAL or (
-                age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq):
+                age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq) or \
+                len(self._ledger.jobs) != len(self.snapshot.jobs):
             self._last, self._seq = now, self.events.seq
             self.snapshot = snap.build(self._ledger, self._facts, now,  # (one assignment)
                                        self._ended)
@@ -207,10 +210,6 @@ class Observatory:
     def job_detail(self, job_id: str) -> dict:
         """One job: its row, attempts (timeline), failures, skipped records, slowest."""
         row = self.snapshot.jobs.get(job_id)
-        if row is None and job_id in self._ledger.jobs:  # submitted since the snapshot (a
-            # quick job can end within CHANGED_INTERVAL of it): a new one, once
-            self.publish(time.monotonic(), force=True)
-            row = self.snapshot.jobs.get(job_id)
         if row is None:
             raise KeyError(f"no job {job_id[:100]!r}: never submitted, or forgotten after "
                            "the result TTL (/api/history keeps its facts)")
