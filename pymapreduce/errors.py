@@ -125,6 +125,29 @@ class JobFailed(PyMapReduceError):
         return text
 
 
+def holding_value(exc: BaseException, public: str, value: object) -> BaseException:
+    """``exc``, an error the engine made whose message shows one of the job's data values
+    (an output it cannot use, a key): ``public`` is the same message without it, and
+    ``value`` the value, cut. A worker reports the failure with ``public`` as its text
+    and the value in the failure's position (``value``), so the job's owner reads it in
+    ``JobFailed`` and ``status`` while events, the dashboard, the history and the
+    daemons' logs, which others may read, never show it (docs/observability.md). Raised
+    in the user's own process (a local run, the client's sample) the message keeps it."""
+    exc._pmr_public = public  # type: ignore[attr-defined]
+    exc._pmr_value = short_repr(value, 200)  # type: ignore[attr-defined]
+    return exc
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters; a value whose ``repr`` raises is
+    named by its type."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} whose repr() fails>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def line_offset(key: object, path: object) -> int | None:
     """The byte offset of a text input's failing line, from the record key a worker
     reported (its repr): the offset itself, or ``(path, offset)`` (``read_text`` with
@@ -149,7 +172,8 @@ def describe_position(position: object) -> str:
     being read), ``key`` (the failing record's key, as its repr: a text input's byte
     offset), ``record`` (an in-memory record's index in its split), ``ordinal`` (its
     ordinal, when the job skips bad records) and ``split`` (the map task), or
-    ``partition`` (a reduce task) and ``key`` (the key its ``reduce`` failed at)."""
+    ``partition`` (a reduce task) and ``key`` (the key its ``reduce`` failed at); and
+    ``value``, the data value an engine error blames (:func:`holding_value`)."""
     if not isinstance(position, dict) or not position:
         return ""
     path, key = position.get("path"), position.get("key")
@@ -178,6 +202,9 @@ def describe_position(position: object) -> str:
             task = ""
         if key is not None:
             parts.append(f"key {key}")
+    value = position.get("value")
+    if isinstance(value, str):
+        parts.append(f"the value {value}")
     if not parts:
         return task
     return ", ".join(parts) + (f" ({task})" if task else "")
@@ -202,7 +229,9 @@ class BadOutput(PyMapReduceError, TypeError):
     """A job's code gave output the engine cannot use: ``map`` (or a ``_final`` hook, or
     an emitting ``reduce``) yielded something that is not a ``(key, value)`` pair, a key
     that cannot be grouped (a dict, a set), or, in a ``total_order`` job, keys that do not
-    compare with each other. The message names the job's method and the value. The same
+    compare with each other. The message names the job's method and the value (a worker
+    reports it with the value's type only, and the value in the failure's position:
+    :func:`holding_value`). The same
     code fails the same way on every attempt, so the task is not retried as a lost worker
     would be."""
 

@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import ConfigError, JobTimeout, PyMapReduceError
+from .errors import ConfigError, JobTimeout, PyMapReduceError, holding_value, short_repr
 from .ordering import (  # noqa: F401 - task_steps: for the workers
     as_pair,
     combiner_of,
@@ -164,7 +164,8 @@ class Job:
         retries, with that message) instead of sending a report the broker cannot take.
         """
         if not isinstance(name, str):
-            raise TypeError(f"counter names are str, got {type(name).__name__} {name!r:.80}")
+            what = f"counter names are str, got {type(name).__name__}"
+            raise holding_value(TypeError(f"{what} {short_repr(name)}"), what, name)
         name = str(name)  # a str subclass travels as a plain str
         if not 0 < len(name) <= MAX_COUNTER_NAME:
             shown = repr(name) if len(name) <= 60 else repr(name[:60])[:-1] + "...'"
@@ -173,8 +174,8 @@ class Job:
         try:  # an int, a bool (True adds 1) or an integer type of a library (numpy.int64)
             n = operator.index(n)
         except TypeError:
-            raise TypeError(f"count({name!r}, n): n must be an int, got "
-                            f"{type(n).__name__} {n!r:.80}") from None
+            what = f"count({name!r}, n): n must be an int, got {type(n).__name__}"
+            raise holding_value(TypeError(f"{what} {short_repr(n)}"), what, n) from None
         counters = self.__dict__.setdefault("_pmr_counters", {})
         total = counters.get(name)
         if total is None and len(counters) >= MAX_COUNTERS:

@@ -14,9 +14,16 @@ from types import TracebackType
 from typing import Any
 
 from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
-from .errors import BadOutput
+from .errors import BadOutput, holding_value, short_repr
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
-from .ordering import as_pair, combiner_of, group_key, is_total_order, range_bounds
+from .ordering import (
+    as_pair,
+    combiner_of,
+    group_key,
+    is_total_order,
+    range_bounds,
+    uncomparable,
+)
 
 _NO_RECORD = object()
 
@@ -220,9 +227,9 @@ def at_yield(bad: BadOutput, exc: Exception, out: Any) -> BadOutput:
 def not_iterable(job: Job, method: str, out: Any) -> BadOutput:
     """The error for ``method`` (``map``, ``map_final``) having returned ``out``, which
     cannot be iterated (``return 5``), where pairs were due."""
-    return BadOutput(f"{type(job).__name__}.{method} returned {out!r:.80} (of type "
-                     f"{type(out).__name__}), not an iterable of (key, value) pairs: yield "
-                     "the pairs, or return a list of them")
+    what = (f"{type(job).__name__}.{method} returned {{}} (of type {type(out).__name__}), "
+            "not an iterable of (key, value) pairs: yield the pairs, or return a list of them")
+    return holding_value(BadOutput(what.format(short_repr(out))), what.format("a value"), out)
 
 
 def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
@@ -365,9 +372,7 @@ def _chooser(job: Job, reducers: int) -> Any:
             try:
                 p = bisect_left(bounds, k)
             except TypeError as exc:
-                raise BadOutput(f"{type(job).__name__} has total_order but its map yielded "
-                                f"the key {k!r:.80} ({type(k).__name__}), which does not "
-                                f"compare with the sampled keys ({exc})") from None
+                raise uncomparable(job, k, exc) from None
             return last if p > last else p  # (cut for the job's reducers; never more)
 
         return by_range
@@ -377,8 +382,11 @@ def _chooser(job: Job, reducers: int) -> Any:
         def by_custom(k: Any) -> int:
             p = custom(k, reducers)
             if type(p) is not int or not 0 <= p < reducers:
-                raise ValueError(f"partition({k!r}, {reducers}) returned {p!r}, "
-                                 "not an int in range")
+                raise holding_value(
+                    ValueError(f"partition({short_repr(k)}, {reducers}) returned "
+                               f"{short_repr(p)}, not an int in range"),
+                    f"partition(key, {reducers}) returned a {type(p).__name__}, not an int "
+                    f"in range(0, {reducers})", k)
             return p
 
         return by_custom

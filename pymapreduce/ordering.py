@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BadOutput
+from .errors import BadOutput, holding_value, short_repr
 
 
 def is_total_order(job: Any) -> bool:
@@ -48,8 +48,9 @@ def as_pair(job: Any, method: str, pair: Any) -> tuple[Any, Any]:
     anything else (a number, a str: ``yield "ab"`` is not ``('a', 'b')``) is BadOutput."""
     if isinstance(pair, (tuple, list)) and len(pair) == 2:
         return pair[0], pair[1]
-    raise BadOutput(f"{type(job).__name__}.{method} yielded {pair!r:.80}, not a (key, "
-                    "value) pair")
+    what = f"{type(job).__name__}.{method} yielded {{}}, not a (key, value) pair"
+    raise holding_value(BadOutput(what.format(short_repr(pair))),
+                        what.format(f"a value of type {type(pair).__name__}"), pair)
 
 
 def group_key(job: Any, method: str, key: Any) -> Any:
@@ -62,9 +63,19 @@ def group_key(job: Any, method: str, key: Any) -> Any:
             return frozen
         except TypeError:
             pass
-    raise BadOutput(f"{type(job).__name__}.{method} yielded the key {key!r:.80}, a "
-                    f"{type(key).__name__}, which cannot be grouped (keys must be hashable: "
-                    "str, numbers, tuples, lists of those...)")
+    what = (f"{type(job).__name__}.{method} yielded {{}}, a {type(key).__name__}, which "
+            "cannot be grouped (keys must be hashable: str, numbers, tuples, lists of those...)")
+    raise holding_value(BadOutput(what.format(f"the key {short_repr(key)}")),
+                        what.format("a key"), key)
+
+
+def uncomparable(job: Any, key: Any, exc: Exception) -> BadOutput:
+    """The error for a ``total_order`` job's key that does not compare with the sampled
+    boundaries (``exc``: the comparison's TypeError, which names types only)."""
+    what = (f"{type(job).__name__} has total_order but its map yielded {{}} "
+            f"({type(key).__name__}), which does not compare with the sampled keys ({exc})")
+    return holding_value(BadOutput(what.format(f"the key {short_repr(key)}")),
+                         what.format("a key"), key)
 
 
 def grouped_key(job: Any, method: str, key: Any) -> Any:

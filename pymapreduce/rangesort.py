@@ -27,7 +27,7 @@ from typing import Any
 from .errors import BadOutput
 from .job import Columns, Job
 from .kernels import map_pairs
-from .ordering import grouped_key, is_total_order, range_bounds
+from .ordering import grouped_key, is_total_order, range_bounds, uncomparable
 from .patterns.records import pack
 
 RUNS = 1  # the third item of a map output segment holding sorted runs
@@ -88,9 +88,7 @@ def _incomparable(job: Job, keys: list, bounds: list) -> BadOutput:
         try:
             bisect_right(bounds, k)
         except TypeError as exc:
-            return BadOutput(f"{type(job).__name__} has total_order but its map yielded "
-                             f"the key {k!r:.80} ({type(k).__name__}), which does not "
-                             f"compare with the sampled keys ({exc})")
+            return uncomparable(job, k, exc)
     kinds = sorted({type(k).__name__ for k in keys})
     return BadOutput(f"{type(job).__name__} has total_order but its map's keys do not "
                      f"compare with each other (key types: {', '.join(kinds)})")

@@ -314,20 +314,27 @@ def test_list_keys_come_back_as_tuples(cluster, tmp_path):
     assert counted == run_sequential(WordCount(), LINES)
 
 
-@pytest.mark.parametrize("job, message", [
-    (YieldsInt(), "YieldsInt.map yielded 5, not a (key, value) pair"),
-    (YieldsStr(), "YieldsStr.map yielded 'w0', not a (key, value) pair"),
-    (YieldsTriple(), "YieldsTriple.map yielded ('w0 x0 w0', 1, 2), not a (key, value) pair"),
-    (FinalYieldsNone(), "FinalYieldsNone.map_final yielded None, not a (key, value) pair"),
-    (ReduceFinalYieldsInt(), "ReduceFinalYieldsInt.reduce_final yielded 7, not a"),
-    (DictKey(), "DictKey.map yielded the key {'line': 'w0 x0 w0'}, a dict, which cannot"),
+@pytest.mark.parametrize("job, message, value", [
+    (YieldsInt(), "YieldsInt.map yielded a value of type int, not a (key, value) pair", "5"),
+    (YieldsStr(), "YieldsStr.map yielded a value of type str, not a (key, value) pair", "'w0'"),
+    (YieldsTriple(), "YieldsTriple.map yielded a value of type tuple, not a (key, value) pair",
+     "('w0 x0 w0', 1, 2)"),
+    (FinalYieldsNone(), "FinalYieldsNone.map_final yielded a value of type NoneType, not a "
+     "(key, value) pair", "None"),
+    (ReduceFinalYieldsInt(), "ReduceFinalYieldsInt.reduce_final yielded a value of type int, "
+     "not a", "7"),
+    (DictKey(), "DictKey.map yielded a key, a dict, which cannot", "{'line': 'w0 x0 w0'}"),
 ])
-def test_non_pairs_fail_the_job_at_once_naming_the_method_and_value(cluster, job, message):
+def test_non_pairs_fail_the_job_at_once_naming_the_method_and_value(cluster, job, message,
+                                                                    value):
+    """The error names the method and the value's type; the value itself is in the
+    failure's position, which only the job's owner reads (tests/test_data_in_errors.py)."""
     with Client(cluster) as client:
         with pytest.raises(JobFailed) as info:
             client.submit(job, LINES[:1], reducers=1).result(60)
     text = str(info.value).split("\n")[0]
     assert f"BadOutput: {message}" in text
+    assert f"the value {value}" in str(info.value)
     attempts = int(re.search(r"failed (\d+) times", text).group(1))
     assert attempts < 4  # not retried as a lost worker would be (the default is 4)
 

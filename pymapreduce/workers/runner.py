@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ValueNeedsPickle
+from ..errors import ValueNeedsPickle, holding_value, short_repr
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import Columns, Job
 from ..kernels import (
@@ -297,7 +297,9 @@ def pack_output(columns: Columns, safe: bool) -> bytes:
         try:
             pack([key, value], allow_pickle=False)
         except ValueNeedsPickle as pair_error:
-            raise ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}") from None
+            raise holding_value(
+                ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}"),
+                f"the result for a key: {pair_error}", key) from None
     raise error
 
 
@@ -364,12 +366,8 @@ def _where(records: Any, key: Any) -> dict:
     return where
 
 
-def _short(value: Any) -> Any:
+def _short(value: Any) -> str:
     """``value``'s repr, cut to 200 characters (its "..." within them: a FAILED report's
     position keeps no more, patterns/wire.py). A value whose ``repr`` raises is named by
     its type: the error to report is the one its task failed with, not that one."""
-    try:
-        text = repr(value)
-    except Exception:  # (a key type whose __repr__ is broken)
-        text = f"<{type(value).__name__} whose repr() fails>"
-    return text if len(text) <= 200 else text[:197] + "..."
+    return short_repr(value, 200)

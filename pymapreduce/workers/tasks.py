@@ -52,6 +52,21 @@ NO_SKIP: list = []  # (shared: a task's list of records to skip is only read)
 _new = tuple.__new__  # a named tuple made without its Python-level constructor
 
 
+
+def reported(exc: BaseException, tb: str, where: dict) -> tuple[str, str]:
+    """A failed attempt's error text and traceback as its report gives them. An engine
+    error whose message shows one of the job's data values (``errors.holding_value``) is
+    reported by its message without it, and the value goes in the position (``where``),
+    which the broker shows the job's owner only: events, the dashboard and the daemons'
+    logs leave it out (docs/observability.md). The task's own log keeps the whole text."""
+    public = getattr(exc, "_pmr_public", None)
+    value = getattr(exc, "_pmr_value", None)
+    if type(public) is not str or type(value) is not str:
+        return f"{type(exc).__name__}: {exc}", tb
+    head, found, tail = tb.rpartition(str(exc))  # (the traceback's last line holds it)
+    where["value"] = value
+    return f"{type(exc).__name__}: {public}", (head + public + tail) if found else ""
+
 class TaskAbandoned(BaseException):
     """Raised in the main thread to stop the running task: the broker no longer wants it
     (its job was cancelled or failed, another attempt won), or the worker is draining.
@@ -229,7 +244,8 @@ class Tasks:
             if isinstance(cause, SegmentsLost):  # its maps run again (broker/sinkplan.py)
                 where = {"lost": cause.maps, "sink": cause.address}
             # (a record the job may skip, named by its ordinal, is left to the skip logic)
-            self._fail(key, f"{type(cause).__name__}: {cause}", tb, where,
+            error, shown = reported(cause, tb, where)
+            self._fail(key, error, shown, where,
                        final=isinstance(cause, HOPELESS) and "ordinal" not in where,
                        log=attempt_log(tasklog, tb), secs=time.monotonic() - started)
             return
@@ -237,9 +253,9 @@ class Tasks:
             self.ended_badly = True
             tb = traceback.format_exc()
             where = {"split": index} if kind == "map" else {"partition": index}
-            self._fail(key, f"{type(exc).__name__}: {exc}", tb, where,
-                       final=isinstance(exc, HOPELESS), log=attempt_log(tasklog, tb),
-                       secs=time.monotonic() - started)
+            error, shown = reported(exc, tb, where)
+            self._fail(key, error, shown, where, final=isinstance(exc, HOPELESS),
+                       log=attempt_log(tasklog, tb), secs=time.monotonic() - started)
             return
         self.tasks_done += 1
         stats["secs"] = round(time.monotonic() - started, 6)  # paces the broker's prefetch
