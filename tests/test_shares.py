@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import msgpack
 import pytest
 import zmq
 
@@ -17,6 +18,7 @@ from pymapreduce.patterns import config as timing
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
+from pymapreduce.patterns.records import pack
 from pymapreduce.patterns.share import PeerShares, TimeBucket
 
 from .test_hostile import Peer, ctx, start_broker, stop_broker, submit  # noqa: F401
@@ -115,14 +117,60 @@ def test_all_clients_together_have_a_share_too(ctx):  # noqa: F811
         stop_broker(b)
 
 
+def test_submitting_and_cancelling_jobs_in_a_loop_is_held_to_a_share(ctx):  # noqa: F811
+    """A client that submits jobs and cancels them as fast as it can (each SUBMIT of a
+    large job takes the loop a tenth of a second) is told busy past its share of the
+    loop's time for making and ending jobs, and nothing is made of a SUBMIT so refused;
+    another client still submits, and its reads have their own share."""
+    clock = FakeClock()
+    b = start_broker(ctx)
+    b._job_shares = PeerShares(D.JOBS_SHARE, D.JOBS_BURST, D.ALL_JOBS_SHARE,
+                               D.ALL_JOBS_BURST, clock=clock)
+    for command in (P.SUBMIT, P.CANCEL):
+        real = b._handlers[command]
+
+        def costly(peer, msg, now, real=real):
+            clock.now += 0.3  # what a job of tens of thousands of tasks costs
+            return real(peer, msg, now)
+
+        b._handlers[command] = costly
+    try:
+        greedy = Peer(ctx, b.address, name="greedy")
+        blobs = [b"opaque job code", pack([[0, "a"]]), msgpack.packb([["mem", 1]])]
+        for n in range(6):
+            greedy.send(P.SUBMIT, {"job_id": f"g{n}", "req": 10 + n, "reducers": 1,
+                                   "splits": 2}, blobs)
+            greedy.send(P.CANCEL, {"job_id": f"g{n}", "req": 50 + n})
+        got = []
+        while len(got) < 12:
+            msg = greedy.recv(want=(P.ACCEPTED, P.STATUS, P.ERROR))
+            assert msg is not None, got
+            if msg.body.get("req") is not None:
+                got.append(msg.body.get("code", msg.command))
+        # its burst (2 s, refilled by a quarter of each request's 0.3 s) covers nine
+        # requests (the ninth takes it below empty); then it is told busy, and a SUBMIT
+        # so refused makes no job
+        assert "busy" not in got[:9] and got[9:] == ["busy"] * 3, got
+        assert b.jobs["g4"].state == P.JOB_RUNNING and "g5" not in b.jobs, sorted(b.jobs)
+        other = Peer(ctx, b.address, name="other")  # its own share
+        submit(other, "o1", [(0, "b")])
+        other.send(P.STATUS, {"job_id": "o1", "req": 2})  # (reads: another share)
+        assert replies(other, 1) == ["status"]
+        clock.now += 20.0  # refilled (a quarter of the time that passes, up to the burst)
+        greedy.send(P.SUBMIT, {"job_id": "g9", "req": 99, "reducers": 1, "splits": 2}, blobs)
+        assert greedy.recv(want=(P.ACCEPTED, P.ERROR)).command == P.ACCEPTED
+    finally:
+        stop_broker(b)
+
+
 def test_a_client_told_busy_asks_again_until_answered(ctx):  # noqa: F811
     clock = FakeClock()
     b = start_broker(ctx)
     costly_status(b, clock)
     try:
         b._shares.total.level = -1.0  # every client's share spent, until the clock moves
-        submit(Peer(ctx, b.address, name="g"), "j1", [(0, "a")])  # (a submission is not
-        client = Client(b.address, timeout=20)                        # counted)
+        submit(Peer(ctx, b.address, name="g"), "j1", [(0, "a")])  # (a submission: another
+        client = Client(b.address, timeout=20)                        # share)
         try:
             # the clock moves in half a second: until then the client is told busy
             mover = threading.Timer(0.5, lambda: setattr(clock, "now", clock.now + 60))

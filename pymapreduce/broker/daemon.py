@@ -60,11 +60,20 @@ PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 # A client's requests that read what the broker holds are answered from its share of the
 # loop's time (a client: its key, without keys its connection), and all clients' from
-# theirs together (patterns/share.py): past it the client is told "busy" and asks again
-# shortly. Workers' messages are not counted: their work is what the shares protect.
+# theirs together (patterns/share.py): past it the client is told "busy", unread, and
+# asks again shortly. Workers' messages are not counted: their work is what the shares
+# protect; nor is a HELLO (a few fixed fields).
 SHARED_COMMANDS = frozenset({P.WATCH, P.STATUS, P.FETCH, P.JOBS, P.LOGS, P.EVENTS})
 CLIENT_SHARE, CLIENT_BURST = 0.05, 0.5  # each client's (key's, or connection's)
 CLIENTS_SHARE, CLIENTS_BURST = 0.1, 1.0  # all clients' together
+# The requests that make or end jobs, from shares of their own, larger (a client's jobs
+# are what it is there for; one that submits a hundred jobs at once is served at a
+# quarter of the loop's time once past the burst): a SUBMIT of 50,000 tasks and its
+# CANCEL took the loop 0.1 s, and one client submitting and cancelling in a loop held it
+# from everyone else's jobs.
+JOB_COMMANDS = frozenset({P.SUBMIT, P.CANCEL, P.RELEASE})
+JOBS_SHARE, JOBS_BURST = 0.25, 2.0  # each client's
+ALL_JOBS_SHARE, ALL_JOBS_BURST = 0.5, 4.0  # all clients' together
 
 
 
@@ -136,6 +145,7 @@ class Broker(ClientAPI, WorkerAPI):
         self._peer_key = ""  # the CURVE key of the message being handled
         self._no_dispatch = False  # the message being handled changed nothing (a flood's)
         self._shares = PeerShares(CLIENT_SHARE, CLIENT_BURST, CLIENTS_SHARE, CLIENTS_BURST)
+        self._job_shares = PeerShares(JOBS_SHARE, JOBS_BURST, ALL_JOBS_SHARE, ALL_JOBS_BURST)
         self.traffic = Traffic()  # bytes and messages per plane (observe/traffic.py)
         self.http = None  # the read-only HTTP server, once bound (observe/server.py)
         self.http_url = ""
@@ -394,18 +404,20 @@ class Broker(ClientAPI, WorkerAPI):
             return
         self._peer_key = key
         now = time.monotonic()
-        shared = msg.command in SHARED_COMMANDS
+        command = msg.command
+        shares = (self._shares if command in SHARED_COMMANDS else
+                  self._job_shares if command in JOB_COMMANDS else None)
         # whose share: the client's key (as for its jobs and limits), else its connection
-        payer = (key or peer) if shared else None
-        if shared and not self._shares.ready(payer):
+        payer = (key or peer) if shares is not None else None
+        if shares is not None and not shares.ready(payer):
             self._reply(peer, P.ERROR, {
                 "code": "busy", "req": _req(msg),
                 "message": "this client's requests have had their share of the broker's "
                            "time for now: ask again shortly"})
             return
         try:
-            if shared:
-                self._shares.timed(payer, lambda: handler(peer, msg, now))
+            if shares is not None:
+                shares.timed(payer, lambda: handler(peer, msg, now))
             else:
                 handler(peer, msg, now)
         except Exception as exc:  # a bad message must never take the broker down
