@@ -99,8 +99,8 @@ def test_the_history_is_bounded_journaled_and_reads_back_damaged_rows_leniently(
         history = History(journal, keep=5)
         for i in range(8):
             history.record(_job(i, tenant="key Abc" if i % 2 else "connection 00ff"),
-                           {"map": {"bytes_out": 7}}, time.monotonic())
-        history.record(_job(7), {}, time.monotonic())  # once per job
+                           7, time.monotonic())
+        history.record(_job(7), 0, time.monotonic())  # once per job
         page = history.page(limit=100)
         assert [j["id"] for j in page["jobs"]] == [f"J-{i}" for i in range(7, 2, -1)]
         assert page["total"] == 5 and page["next"] is None
@@ -120,7 +120,7 @@ def test_the_history_is_bounded_journaled_and_reads_back_damaged_rows_leniently(
     try:
         again = History(journal, keep=5)
         assert [j["id"] for j in again.page()["jobs"]] == ["J-7", "J-6", "J-5"]  # (of the newest 5)
-        again.record(_job(9, "failed"), {}, time.monotonic())
+        again.record(_job(9, "failed"), 0, time.monotonic())
         top = again.page(limit=1)
         assert top["jobs"][0]["id"] == "J-9" and top["jobs"][0]["error"] == {
             "message": "boom", "task": "map-1"}
@@ -133,7 +133,7 @@ def test_a_history_whose_table_cannot_be_used_keeps_jobs_in_memory(tmp_path):
     db = sqlite3.connect(str(tmp_path / "j.sqlite"))
     db.execute("CREATE TABLE history (x)")  # not our table: the SELECT fails
     history = History(SimpleNamespace(db=db))
-    history.record(_job(1), {}, time.monotonic())
+    history.record(_job(1), 0, time.monotonic())
     assert [j["id"] for j in history.page()["jobs"]] == ["J-1"]
     db.close()
 

@@ -285,8 +285,8 @@ def test_a_recovered_job_s_flow_counts_what_was_done_before_the_restart(daemons,
             try:
                 with urllib.request.urlopen(url, timeout=10) as reply:
                     job = json.loads(reply.read())["job"]
-                if job["state"] == "succeeded":
-                    return job["flow"]
+                if job["state"] == "succeeded":  # (and what it wrote as its result)
+                    return {**job["flow"], "result": job["bytes_out"]}
             except (urllib.error.URLError, ConnectionError):
                 pass  # (not serving yet, or not in its snapshot yet)
             assert time.monotonic() < deadline, "the job never showed on the dashboard"
@@ -297,6 +297,7 @@ def test_a_recovered_job_s_flow_counts_what_was_done_before_the_restart(daemons,
         client.job(job_id).wait(60)
     before = flow(job_id)
     assert before["map"]["records_in"] == 40 and before["reduce"]["bytes_out"] > 0
+    assert before["result"] == before["reduce"]["bytes_out"]
     broker.kill()
     broker.wait()
     daemons.broker(*FAST, "--state-dir", str(state), *http, bind=address)

@@ -447,7 +447,7 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         its attempts still out there, and tell its watchers and waiting fetches."""
         self.scheduler.remove(job)
         self.events.job_ended(job, time.monotonic())
-        self.history.record(job, self.events.flow(job.id), time.monotonic())
+        self.history.record(job, self.events.result_bytes(job), time.monotonic())
         if self.journal is not None:  # durable before its map outputs are deleted
             self.journal.finish(job.seq, job.state, job.error, time.time())
         self._durable()

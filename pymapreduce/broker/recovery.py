@@ -62,8 +62,9 @@ class Recovery:
         now = time.monotonic()
         for saved in self.journal.load():
             flow: dict = {}  # kind -> [records, bytes in, bytes out] of its commits
+            steps: dict = {}  # step -> {kind: bytes out} of its commits
             try:
-                job = self._recover_job(saved, now, flow)
+                job = self._recover_job(saved, now, flow, steps)
             except Exception as exc:  # whatever a job or worker reported: the broker starts
                 log.exception("job %s cannot be recovered", saved.id)
                 job = self._unrecoverable(saved, now, (
@@ -75,11 +76,12 @@ class Recovery:
             self.jobs[job.id] = job
             self.events.job_submitted(job, recovered=True)
             if flow and job.id == saved.id:
-                self.events.restore_flow(job.id, flow)
+                self.events.restore_flow(job.id, flow, steps.get(job.step))
             log.info("job %s recovered from the journal: %s, %d/%d maps and %d/%d reduces "
                      "committed", job.id, job.state, job.done_maps, len(job.maps),
                      job.done_reduces, 0 if job.map_only else job.reducers)
-            self.history.record(job, {}, now)  # (if it ended before a history was kept)
+            # (if it ended before a history was kept)
+            self.history.record(job, self.events.result_bytes(job), now)
         self.expect_sinks(now)  # the sinks the recovered jobs' steps use (sinkplan.py)
         self.journal.flush()
 
@@ -95,26 +97,32 @@ class Recovery:
         self.journal.finish(job.seq, job.state, job.error, time.time())
         return job
 
-    def _recover_job(self, saved: Any, now: float, flow: dict | None = None) -> JobState:
+    def _recover_job(self, saved: Any, now: float, flow: dict | None = None,
+                     steps: dict | None = None) -> JobState:
         """The job ``saved`` as the journal gives it back; ``flow``: filled with what its
-        commits read and wrote, per kind (the dashboard's flow)."""
+        commits read and wrote, per kind (the dashboard's flow); ``steps``: with what
+        they wrote, per step and kind (the last step's last phase: the job's result)."""
         flow = {} if flow is None else flow
+        steps = {} if steps is None else steps
 
         def commit(task: Any, stats: dict, parts: list, outputs: list = ()) -> None:
+            step = job.step  # (the task's: its commit may end the step)
             job.commit(task, stats, parts, restored=True)
             into = flow.setdefault(task.kind, [0, 0, 0])
             for i, name in enumerate(("records", "bytes")):
                 n = stats.get(name, 0)
                 into[i] += n if type(n) is int and 0 <= n < 1 << 62 else 0
             out = stats.get("out")  # (journaled since the flow is restored)
-            if type(out) is int and 0 <= out < 1 << 62:
-                into[2] += out
-                return
-            for _, path in outputs:  # (else the files its outputs are served from)
-                try:
-                    into[2] += os.path.getsize(path) if path else 0
-                except OSError:
-                    pass
+            if not (type(out) is int and 0 <= out < 1 << 62):
+                out = 0
+                for _, path in outputs:  # (else the files its outputs are served from)
+                    try:
+                        out += os.path.getsize(path) if path else 0
+                    except OSError:
+                        pass
+            into[2] += out
+            of_step = steps.setdefault(step, {})
+            of_step[task.kind] = of_step.get(task.kind, 0) + out
 
         if saved.damage:
             return self._unrecoverable(saved, now, saved.damage)

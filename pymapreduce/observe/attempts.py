@@ -50,7 +50,7 @@ def _holder(log: _JobLog, attempt: int) -> str | None:
 class _JobLog:
     __slots__ = ("id", "job", "events", "count", "batches", "rows", "ends", "closed", "bytes",
                  "tenant", "started", "trimmed", "flow", "held", "held_rows", "held_seq",
-                 "recheck", "lost", "rows_lost")
+                 "recheck", "lost", "rows_lost", "step", "step_out")
 
     def __init__(self, job: Any, per_job: int, tenant: str) -> None:
         self.id = job.id
@@ -85,6 +85,10 @@ class _JobLog:
         self.rows_lost = 0
         # kind -> [records in, bytes in, bytes out] of its committed tasks
         self.flow = {"map": [0, 0, 0], "reduce": [0, 0, 0]}
+        # kind -> bytes out of the committed tasks of step ``step`` alone (the one its job
+        # is on: the last phase's are what the job wrote as its result, see result_bytes)
+        self.step = 0
+        self.step_out = {"map": 0, "reduce": 0}
 
 
 class AttemptTable:

@@ -335,9 +335,11 @@ class EventLog(AttemptTable, Reading):
         records = sum(fields[6::NOTE])
         if log is not None:
             flow = log.flow[kind]
+            out = sum(fields[8::NOTE])
             flow[0] += records
             flow[1] += sum(fields[7::NOTE])
-            flow[2] += sum(fields[8::NOTE])
+            flow[2] += out
+            log.step_out[kind] += out
         n = len(fields) // NOTE
         counts = self.counts
         key = ("tasks_done", kind)
@@ -352,10 +354,11 @@ class EventLog(AttemptTable, Reading):
                     for f in notes(fields)))
             log.ends.append((self.seq, now, fields))
 
-    def restore_flow(self, job_id: str, flow: dict) -> None:
+    def restore_flow(self, job_id: str, flow: dict, step_out: dict | None = None) -> None:
         """A job a restarted broker recovered: the records and bytes its journaled commits
         read and wrote (``{kind: (records, bytes in, bytes out)}``), so that its flow
-        counts what was done before the restart too."""
+        counts what was done before the restart too; ``step_out``: ``{kind: bytes out}``
+        of the commits of the step the job is on."""
         with self.lock:
             log = self._jobs.get(job_id)
             if log is None:
@@ -365,6 +368,10 @@ class EventLog(AttemptTable, Reading):
                 if into is not None:
                     for i in range(3):
                         into[i] += sums[i]
+            log.step = log.job.step
+            for kind, out in (step_out or {}).items():
+                if kind in log.step_out:
+                    log.step_out[kind] += out
 
     def failed(self, task: Any, attempt: int, error: str, tb: str, position: Any,
                lost: bool, counted: bool) -> None:
@@ -418,6 +425,9 @@ class EventLog(AttemptTable, Reading):
         with self.lock:
             if self._pending:  # what was noted happened first
                 self._flush()
+            log = self._jobs.get(job.id)
+            if log is not None and log.step != job.step:  # (its last step's commits are
+                log.step, log.step_out = job.step, {"map": 0, "reduce": 0}  # counted above)
             self._emit(job.id, "phase", phase=job.phase, step=job.step + 1,
                        maps=len(job.maps), reduces=len(job.reduces))
 

@@ -58,10 +58,10 @@ def _int(value: Any) -> int:
     return value if type(value) is int else 0
 
 
-def facts(job: Any, flow: dict, now: float) -> dict:
+def facts(job: Any, out: int, now: float) -> dict:
     """The history row of a finished ``job`` (a ``tasks.JobState``; ``now``: monotonic,
-    the clock of its ``submitted``/``finished``; ``flow``: the event log's per-phase
-    bytes)."""
+    the clock of its ``submitted``/``finished``; ``out``: the bytes it wrote as its result,
+    ``EventLog.result_bytes``: not its map outputs, the shuffle, unless it is map-only)."""
     wall = time.time()
     ended = wall - max(0.0, now - job.finished) if job.finished is not None else wall
     secs = max(0.0, (job.finished if job.finished is not None else now) - job.submitted)
@@ -73,7 +73,7 @@ def facts(job: Any, flow: dict, now: float) -> dict:
         "maps": [job.done_maps, len(job.maps)],
         "reduces": [job.done_reduces, 0 if job.map_only else job.reducers],
         "records": _int(job.records), "bytes": _int(job.bytes_in),
-        "bytes_out": sum(_int(f.get("bytes_out")) for f in flow.values()),
+        "bytes_out": _int(out),
         "backups": job.backups, "skipped": len(job.skipped), "recovered": job.recovered,
         "error": {"message": str(error.get("message", ""))[:MAX_TEXT],
                   "task": str(error.get("task", ""))[:40]} if error else None,
@@ -133,12 +133,12 @@ class History:
             log.error("%d rows of the journal's history table are damaged: not shown", bad)
 
     # -- the broker loop -----------------------------------------------------------------
-    def record(self, job: Any, flow: dict, now: float) -> None:
+    def record(self, job: Any, out: int, now: float) -> None:
         """Remember a finished job (once per id: a job recovered after a restart keeps the
-        row written when it ended)."""
+        row written when it ended); ``out``: the bytes it wrote as its result."""
         if job.state not in P.JOB_TERMINAL or job.id in self._ids:
             return
-        row = facts(job, flow, now)
+        row = facts(job, out, now)
         self._seq += 1
         row["seq"] = self._seq
         if self._journal is not None:

@@ -283,6 +283,17 @@ class Reading:
         return {k: {"records_in": v[0], "bytes_in": v[1], "bytes_out": v[2]}
                 for k, v in flow.items()}
 
+    def result_bytes(self, job: Any) -> int:
+        """What ``job`` (a broker ``JobState``) wrote as its result so far: the bytes out
+        of its last phase (its reduce tasks', or its map tasks' in a map-only job) of its
+        last step (the one it is on; a step before it wrote what the next one read). Not
+        the map outputs of a job with reduce tasks: those are its shuffle."""
+        with self.lock:
+            log = self._current(job.id)
+            if log is None or log.step != job.step:  # (a step with no commit yet)
+                return 0
+            return log.step_out["map" if job.map_only else "reduce"]
+
     def tenant_of(self, job: str) -> str | None:
         with self.lock:
             log = self._current(job)

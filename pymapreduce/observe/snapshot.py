@@ -50,8 +50,9 @@ def _error(error: dict | None) -> dict | None:
             "position": safe_position(error.get("position"))}
 
 
-def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
-    """A job's row: state, phase, progress, records and bytes, counters, times."""
+def job_row(job: Any, now: float, flow: dict | None = None, out: int = 0) -> dict:
+    """A job's row: state, phase, progress, records and bytes, counters, times. ``out``:
+    what it wrote as its result (``EventLog.result_bytes``)."""
     state = job.state
     if state == P.JOB_RUNNING and not job.dispatched:
         state = P.JOB_QUEUED
@@ -74,7 +75,7 @@ def job_row(job: Any, now: float, flow: dict | None = None) -> dict:
         "step": [job.step + 1, max(1, len(job.steps))],
         "progress": {"map": maps, "reduce": reduces},
         "running": job.active, "pending": len(job.pending),
-        "records": records, "bytes": nbytes, "flow": flow or {},
+        "records": records, "bytes": nbytes, "bytes_out": out, "flow": flow or {},
         "counters": dict(list(job.counters.items())[:100]),
         "backups": job.backups, "skipped": len(job.skipped),
         "elapsed": round(elapsed, 3), "eta": eta,
@@ -116,11 +117,13 @@ def build(ledger: Any, broker_facts: dict, now: float, ended: dict | None = None
             mark = (job.state, job.released, job.finished, job.active, len(job.pending))
             got = ended.get(job.id)
             if got is None or got[0] != mark:  # (rows are never changed once built)
-                got = (mark, job_row(job, now, ledger.events.flow(job.id)))
+                got = (mark, job_row(job, now, ledger.events.flow(job.id),
+                                    ledger.events.result_bytes(job)))
             kept[job.id] = got
             jobs[job.id] = got[1]
         else:
-            jobs[job.id] = job_row(job, now, ledger.events.flow(job.id))
+            jobs[job.id] = job_row(job, now, ledger.events.flow(job.id),
+                                    ledger.events.result_bytes(job))
         tenants[job.id] = job.tenant
         if job.state == P.JOB_RUNNING:
             tasks["done"] += job.done_maps + job.done_reduces

@@ -222,14 +222,14 @@ function route() {
 }
 
 function jobRow(job) {
-  const flow = job.flow || {};
-  const m = flow.map || {}, r = flow.reduce || {};
   return [
     el("div", {}, jobLink(job), el("div", { class: "muted id" }, job.id)),
     badge(job.state),
     job.phase + (job.step && job.step[1] > 1 ? ` (step ${job.step[0]}/${job.step[1]})` : ""),
     progressBar("map", job.progress.map), progressBar("reduce", job.progress.reduce),
-    num(job.records), bytes(job.bytes), bytes((m.bytes_out || 0) + (r.bytes_out || 0)),
+    // bytes out: what the job wrote as its result (its last phase's, of its last step),
+    // not its map outputs (the shuffle) too
+    num(job.records), bytes(job.bytes), bytes(job.bytes_out),
     secs(job.elapsed), finished(job) ? "–" : secs(job.eta),
     job.queued_reason || (job.error ? job.error.message : ""),
   ];
@@ -354,10 +354,7 @@ function renderJob() {
   fill("job-progress", el("div", { class: "phase-bars" },
     ["map", "reduce"].map(k => [el("b", {}, k), progressBar(k, job.progress[k]),
       el("span", { class: "muted" }, `${job.progress[k][0]} of ${job.progress[k][1]} tasks`)])));
-  const flow = job.flow || {};
-  fill("job-flow", table(["phase", { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
-    { label: "bytes out", num: 1 }], Object.entries(flow).map(([k, f]) =>
-    [k, num(f.records_in), bytes(f.bytes_in), bytes(f.bytes_out)])));
+  fill("job-flow", flowTable(job));
   fill("job-counters", table([{ label: "counter", wrap: 1 }, { label: "value", num: 1 }],
     Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
     "No counters."));
@@ -382,6 +379,22 @@ function renderJob() {
   fill("job-skipped", table(["task", { label: "position", wrap: 1 }], d.skipped.map(s =>
     [s.task, position(Object.fromEntries(Object.entries(s).filter(([k]) => k !== "task")))]),
     "No record was skipped."));
+}
+
+// records and bytes per phase: a map phase's bytes out are the shuffle (what its reduce
+// phase reads) unless the job is map-only; the job's result is its last phase's
+function flowTable(job) {
+  const flow = job.flow || {}, steps = job.step && job.step[1] > 1;
+  const reduces = job.progress && job.progress.reduce && job.progress.reduce[1] > 0;
+  const what = k => steps ? (k === "map" ? "map outputs (shuffle, or a map-only step's output)" :
+                             "reduce outputs (each step's)") :
+    k === "map" && reduces ? "shuffle" : "result";
+  const rows = Object.entries(flow).map(([k, f]) =>
+    [k, num(f.records_in), bytes(f.bytes_in), bytes(f.bytes_out), what(k)]);
+  rows.push(["result", "", "", bytes(job.bytes_out), steps ? `what its step ${job.step[0]} of ${job.step[1]} wrote` : "what the job wrote"]);
+  return [table(["phase", { label: "records in", num: 1 }, { label: "bytes in", num: 1 },
+    { label: "bytes out", num: 1 }, { label: "written as", wrap: 1 }], rows),
+    steps ? el("div", { class: "muted" }, `per phase: summed over the job's ${job.step[1]} steps`) : null];
 }
 
 function failure(f) {
