@@ -403,3 +403,61 @@ def test_a_queued_then_cancelled_job_is_not_called_failed(daemons, browser):
     assert "failed" not in box.text
     troubles = browser.find_element("id", "job-troubles").text
     assert "succeeded" not in troubles and "No retry, failure or lost attempt." in troubles
+
+
+# attempts of one worker process, back to back: narrow failed, lost and retried ones
+# right before wide ones (their labels cannot go beside them), and one at the right edge
+TIGHT = [
+    # task, attempt, outcome, start, run, end
+    ("map-3", 1, "failed", 0.0, 0.0, 0.02),
+    ("map-4", 1, "done", 0.0, 0.02, 1.0),
+    ("map-3", 2, "done", 1.0, 1.0, 1.01),
+    ("map-5", 1, "failed", 1.0, 1.01, 1.03),
+    ("map-6", 1, "done", 1.0, 1.03, 2.0),
+    ("map-7", 1, "failed", 2.0, 2.0, 2.01),
+    ("map-8", 1, "killed", 0.5, None, 0.52),
+    ("map-9", 1, "done", 0.52, 0.52, 2.01),
+]
+
+
+def test_timeline_labels_never_lie_on_another_bar(daemons, browser):
+    """Labels of narrow bars (a failed attempt's "✕ map-3", a retry's) go beside their
+    bar only where their row is free, else inside it cut to fit (or the mark alone), so
+    none lies on another attempt's bar; the hover text names each in full."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(WordCount(), [(i, f"w{i}") for i in range(4)], map_tasks=2)
+        handle.result(60)
+        job = handle.job_id
+    browser.get(http + "#job/" + job)
+    wait_until(browser, lambda d: css(d, "#timeline-svg g.attempt"), what="the timeline")
+    t0 = 1_800_000_000.0
+    attempts = [{"task": task, "kind": "map", "index": int(task[4:]), "step": 1,
+                 "attempt": number, "worker": "vm:1", "start": t0 + start,
+                 "run": None if run is None else t0 + run,
+                 "run_end": None if run is None else t0 + end,
+                 "run_from": "hand-out" if run is None else "report", "end": t0 + end,
+                 "outcome": outcome, "backup": False, "note": "boom" if outcome != "done" else ""}
+                for task, number, outcome, start, run, end in TIGHT]
+    crossed = browser.execute_script("""
+        renderTimeline(arguments[0], arguments[1], false);
+        const box = n => n.getBoundingClientRect();
+        const meets = (a, b) => a.left < b.right - 0.5 && b.left < a.right - 0.5 &&
+                                a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5;
+        const groups = [...document.querySelectorAll('#timeline-svg g.attempt')];
+        const out = [];
+        for (const g of groups) for (const t of g.querySelectorAll('text')) {
+          for (const other of groups) if (other !== g)
+            for (const r of other.querySelectorAll('rect.ran, rect.out'))
+              if (meets(box(t), box(r))) out.push(t.textContent + ' on ' + other.dataset.task);
+        }
+        return out;""", attempts, t0 + 3)
+    assert crossed == []
+    groups = css(browser, "#timeline-svg g.attempt")
+    assert len(groups) == len(TIGHT)
+    titles = [g.find_element("tag name", "title").get_attribute("textContent") for g in groups]
+    assert any(t.startswith("map-3 attempt 1 on vm:1: failed") for t in titles), titles
+    texts = [t.text for t in css(browser, "#timeline-svg g.attempt text")]
+    assert "map-4" in texts and "map-6" in texts  # (wide bars keep their whole label)

@@ -458,6 +458,7 @@ function renderTimeline(attempts, now, steps) {
   // (SVG presentation attributes take no CSS variables: the legend's colours, spelled out)
   const colour = { done: null, running: "#f2a93b", failed: "#d62728", killed: "#3b3b3b",
                    abandoned: "#b8b8b8" };
+  const labels = [], drawn = rows.map(() => []);  // what each row holds: [x0, x1] each
   for (const a of attempts) {
     const row = rowOf[a.worker + "\u0000" + a._lane];
     const x0 = x(a.start), w = Math.max(3, x(until(a)) - x0), y = TOP + row * ROW + 3;
@@ -493,16 +494,50 @@ function renderTimeline(attempts, now, steps) {
       "stroke-dasharray": a.backup ? "4 2" : null }));
     const mark = { failed: "✕ ", killed: "† " }[a.outcome] || (a.attempt > 1 ? "↻ " : "");
     const label = `${mark}${steps && a.step ? "s" + a.step + " " : ""}${a.task}${a.attempt > 1 ? " #" + a.attempt : ""}`;
-    if (ws > label.length * 6.2 + 6) {
-      g.append(svg("text", { x: xs + 4, y: y + 12, fill: "#fff" }, label));
-    } else if (mark) {  // beside the bar: after it, or before it at the right edge
-      const after = x0 + w + 2 + label.length * 6.2 < W;
-      g.append(svg("text", { x: after ? x0 + w + 2 : x0 - 2, y: y + 12, fill: "#1f2328",
-                             "text-anchor": after ? "start" : "end" }, label));
-    }
+    labels.push({ g, row, x0, x1: x0 + w, xs, ws, y, mark: mark.trim(), label });
+    drawn[row].push([x0, x0 + w]);
     root.append(g);
   }
   box.replaceChildren(root);
+  placeLabels(root, labels, drawn, LEFT, W);
+}
+// Each attempt's label, laid out once the bars are drawn (its text measured): inside its
+// bar where it fits; a failed, lost or retried attempt's beside its bar where nothing of
+// its row is (no other bar, no other label), else cut to what fits inside (its mark at
+// least); else none: its hover text (its title) names it all. A label never lies on
+// another bar.
+function placeLabels(root, labels, drawn, left, width) {
+  const probe = svg("text", { x: 0, y: -50 });
+  root.append(probe);
+  const measure = text => {
+    probe.textContent = text;
+    return probe.getComputedTextLength() || text.length * 6.2;  // (not laid out: guess)
+  };
+  const free = (row, a, b) => a >= left && b <= width &&
+    !drawn[row].some(([x0, x1]) => x0 < b + 1 && x1 > a - 1);
+  for (const L of labels) {
+    const w = measure(L.label);
+    let text = null;
+    if (w + 8 <= L.ws) {
+      text = svg("text", { x: L.xs + 4, y: L.y + 12, fill: "#fff" }, L.label);
+    } else if (L.mark) {
+      const after = [L.x1 + 2, L.x1 + 2 + w], before = [L.x0 - 2 - w, L.x0 - 2];
+      const beside = free(L.row, ...after) ? after : free(L.row, ...before) ? before : null;
+      if (beside) {
+        text = svg("text", { x: beside[0], y: L.y + 12, fill: "#1f2328" }, L.label);
+        drawn[L.row].push(beside);
+      } else {  // inside, cut: "✕ map-…", or the mark alone
+        let cut = L.label;
+        while (cut.length > L.mark.length && measure(cut + "…") + 8 > L.ws) cut = cut.slice(0, -1);
+        cut = cut.length > L.mark.length ? cut.trimEnd() + "…" : L.mark;
+        if (measure(cut) + 4 <= L.ws) {
+          text = svg("text", { x: L.xs + 2, y: L.y + 12, fill: "#fff" }, cut);
+        }
+      }
+    }
+    if (text) { text.setAttribute("class", "label"); L.g.append(text); }
+  }
+  probe.remove();
 }
 function niceStep(raw) {
   const p = Math.pow(10, Math.floor(Math.log10(raw || 1)));
