@@ -26,7 +26,7 @@ from pymapreduce.patterns import security
 
 from .conftest import ROOT, pmr, wait_workers
 from .jobs import WordCount
-from .test_observe import Troubled, get, start_broker
+from .test_observe import Troubled, get, get_json, start_broker, wait_for
 
 HOSTILE = "<b id='injected'>bold</b><img src=x id='injected-img'>"
 WAIT = 30.0  # seconds for the page to show what the broker already knows
@@ -52,6 +52,27 @@ class Recount(Job):
 class CountTwice(Job):
     def steps(self):
         return [WordCount(), Recount()]
+
+
+class HeldRecount(Recount):
+    """Recount whose map tasks wait until a file exists: the job stays in its step 2."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def map(self, word, n):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield from super().map(word, n)
+
+
+class CountTwiceHeld(Job):
+    def __init__(self, path):
+        self.path = path
+
+    def steps(self):
+        return [WordCount(), HeldRecount(self.path)]
 
 
 def _chromium() -> tuple[str, str] | None:
@@ -403,6 +424,43 @@ def test_a_queued_then_cancelled_job_is_not_called_failed(daemons, browser):
     assert "failed" not in box.text
     troubles = browser.find_element("id", "job-troubles").text
     assert "succeeded" not in troubles and "No retry, failure or lost attempt." in troubles
+
+
+def test_a_multi_step_job_s_progress_says_its_step_and_never_goes_back(
+        daemons, browser, tmp_path):
+    """A job of two steps in its step 2: its phases' bars are step 2's tasks (as
+    status() gives them, 0% of step 2's maps), so the page says "step 2 of 2" and shows
+    the job's progress over its steps at 50% or more (it was at 100% of step 1), on the
+    jobs list and on the job's page; done, at 100%."""
+    address, http = start_broker(daemons)
+    daemons.worker(address, 1)
+    wait_workers(address, 1)
+    go = tmp_path / "go"
+    with Client(address) as client:
+        handle = client.submit(CountTwiceHeld(str(go)), [(i, f"w{i % 3} w{i % 5}")
+                                                        for i in range(30)],
+                               map_tasks=3, reducers=2)
+        job = handle.job_id
+        wait_for(lambda: get_json(f"{http}api/jobs/{job}")["job"]["step"] == [2, 2])
+        browser.get(http + "#jobs")
+        bar = wait_until(browser, lambda d: css(
+            d, f"#jobs-live tr:has(a[data-job='{job}']) .bar.steps[data-step='2']"),
+            what="the job's steps bar")[0]
+        assert int(bar.get_attribute("data-percent")) >= 50, bar.get_attribute("data-percent")
+        assert "step 2 of 2" in bar.text
+        row = css(browser, f"#jobs-live tr:has(a[data-job='{job}'])")[0]
+        assert css(row, ".bar.map[data-step='2']") and "s2 " in css(row, ".bar.map")[0].text
+
+        browser.get(http + "#job/" + job)
+        bar = wait_until(browser, lambda d: css(d, "#job-progress .bar.steps[data-step='2']"),
+                         what="the job page's steps bar")[0]
+        assert int(bar.get_attribute("data-percent")) >= 50
+        assert "step 2 of 2" in browser.find_element("id", "job-facts").text
+        assert "of step 2" in browser.find_element("id", "job-progress").text
+        go.write_text("")
+        handle.result(60)
+    wait_until(browser, lambda d: css(d, "#job-progress .bar.steps[data-percent='100']"),
+               what="the steps bar at 100%")
 
 
 # attempts of one worker process, back to back: narrow failed, lost and retried ones

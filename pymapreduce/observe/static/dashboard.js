@@ -92,13 +92,33 @@ function position(p) {
   if (!p) return "";
   return Object.entries(p).map(([k, v]) => k + " " + v).join(", ");
 }
-function progressBar(kind, pair) {
+function progressBar(kind, pair, step) {
+  // step: the step of a multi-step job its tasks are of (they are that step's alone)
   const [done, total] = pair || [0, 0];
   const p = pct(done, total);
+  const of = step ? `step ${step}: ` : "";
   const inner = el("span"); inner.style.width = (total ? p : 0) + "%";
-  return el("div", { class: "bar " + kind, title: `${kind}: ${done} of ${total} tasks`,
-                     "data-phase": kind, "data-percent": total ? p : null },
-            inner, el("em", {}, total ? `${p}%  ${done}/${total}` : "none"));
+  return el("div", { class: "bar " + kind, title: `${kind}: ${of}${done} of ${total} tasks`,
+                     "data-phase": kind, "data-percent": total ? p : null, "data-step": step },
+            inner, el("em", {}, (step ? `s${step} ` : "") + (total ? `${p}%  ${done}/${total}` : "none")));
+}
+// a multi-step job's progress over its steps: its tasks are its current step's (as
+// status() gives them), so its phases' bars start again at each step; this one does not
+// go back: the steps before it done, and its share of the current one
+function stepProgress(job) {
+  const [step, steps] = job.step || [1, 1];
+  const [md, mt] = job.progress.map, [rd, rt] = job.progress.reduce;
+  const share = job.state === "succeeded" ? 1 : mt + rt ? (md + rd) / (mt + rt) : 0;
+  return { step, steps, label: `step ${step} of ${steps}`,
+           percent: Math.floor(100 * (step - 1 + share) / steps) };
+}
+function stepsBar(job) {
+  const s = stepProgress(job);
+  const inner = el("span"); inner.style.width = s.percent + "%";
+  return el("div", { class: "bar steps", "data-step": s.step, "data-steps": s.steps,
+                     "data-percent": s.percent,
+                     title: `${s.label}: the tasks of each phase are this step's` },
+            inner, el("em", {}, `${s.label}  ${s.percent}%`));
 }
 function finished(job) { return ["succeeded", "failed", "cancelled"].includes(job.state); }
 
@@ -221,12 +241,14 @@ function route() {
   refresh();
 }
 
+function multiStep(job) { return !!(job.step && job.step[1] > 1); }
 function jobRow(job) {
   return [
     el("div", {}, jobLink(job), el("div", { class: "muted id" }, job.id)),
     badge(job.state),
-    job.phase + (job.step && job.step[1] > 1 ? ` (step ${job.step[0]}/${job.step[1]})` : ""),
-    progressBar("map", job.progress.map), progressBar("reduce", job.progress.reduce),
+    multiStep(job) ? el("div", {}, job.phase, stepsBar(job)) : job.phase,
+    progressBar("map", job.progress.map, multiStep(job) && job.step[0]),
+    progressBar("reduce", job.progress.reduce, multiStep(job) && job.step[0]),
     // bytes out: what the job wrote as its result (its last phase's, of its last step),
     // not its map outputs (the shuffle) too
     num(job.records), bytes(job.bytes), bytes(job.bytes_out),
@@ -345,15 +367,18 @@ function renderJob() {
          job.error.task ? ` (task ${job.error.task})` : "");
     errBox.hidden = false;
   } else errBox.hidden = true;
-  fill("job-facts", fact("phase", job.phase + (job.step[1] > 1 ? ` ${job.step[0]}/${job.step[1]}` : "")),
+  fill("job-facts", fact("phase", job.phase + (multiStep(job) ? `, step ${job.step[0]} of ${job.step[1]}` : "")),
        fact("elapsed", secs(job.elapsed)), fact("time left", finished(job) ? "–" : secs(job.eta)),
        fact("running attempts", num(job.running)), fact("pending tasks", num(job.pending)),
        fact("backups", num(job.backups)), fact("skipped records", num(job.skipped)),
        fact("priority", job.priority), fact("requires", job.requires.join(", ") || "–"),
        job.queued_reason ? fact("waiting for", job.queued_reason) : null);
+  const step = multiStep(job) && job.step[0];
   fill("job-progress", el("div", { class: "phase-bars" },
-    ["map", "reduce"].map(k => [el("b", {}, k), progressBar(k, job.progress[k]),
-      el("span", { class: "muted" }, `${job.progress[k][0]} of ${job.progress[k][1]} tasks`)])));
+    step ? [el("b", {}, "steps"), stepsBar(job), el("span", { class: "muted" }, stepProgress(job).label)] : [],
+    ["map", "reduce"].map(k => [el("b", {}, k), progressBar(k, job.progress[k], step),
+      el("span", { class: "muted" }, `${job.progress[k][0]} of ${job.progress[k][1]} tasks` +
+                                     (step ? ` of step ${step}` : ""))])));
   fill("job-flow", flowTable(job));
   fill("job-counters", table([{ label: "counter", wrap: 1 }, { label: "value", num: 1 }],
     Object.entries(job.counters).map(([k, v]) => [k, typeof v === "number" ? num(v) : JSON.stringify(v)]),
