@@ -218,7 +218,14 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
             for r in css(browser, "#job-flow tbody tr")}
     assert flow["map"][0] == "12" and flow["reduce"][0].replace(",", "").isdigit(), flow
     troubles = browser.find_element("id", "job-troubles").text
-    assert "map-11" in troubles and "killed" in troubles and "map-3" in troubles
+    assert "map-11" in troubles and "map-3" in troubles
+    outcomes = [(r.find_elements("css selector", "td")[0].text,
+                 r.find_elements("css selector", "td")[3].text)
+                for r in css(browser, "#job-troubles tbody tr")]
+    assert ("map-11", "lost with its worker") in outcomes and ("map-3", "failed") in outcomes
+    assert not any(o == "killed" for _, o in outcomes), outcomes
+    facts = browser.find_element("id", "job-facts").text
+    assert "1\nfailed attempts" in facts and "1\nattempts lost with their worker" in facts
 
     # the failure: its traceback readable as text (its HTML not rendered), its position
     failure = browser.find_element("css selector", "#job-failures details[data-task='map-3']")
@@ -228,7 +235,9 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     assert not css(browser, "#injected") and not css(browser, "#injected-img")
     assert "split 3" in failure.text and "record 0" in failure.text
     lost = browser.find_element("css selector", "#job-failures details[data-task='map-11']")
-    assert "was lost" in lost.text
+    assert "was lost" in lost.text and "lost with its worker" in lost.text
+    assert lost.get_attribute("data-outcome") == "lost" and ": failed:" not in lost.text
+    assert "not a failure of its own" in lost.text  # (the engine counted it: it was killed)
     assert "map-11" in browser.find_element("id", "job-slowest").text
 
     browser.execute_script("window.scrollTo(0, 0)")

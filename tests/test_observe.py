@@ -134,6 +134,9 @@ def test_events_timeline_and_metrics_of_a_job_with_a_failure_and_a_killed_worker
     assert [a["attempt"] for a in by_task["map-11"]] == [1, 2]
     assert all(a["end"] >= a["start"] for a in attempts)
     assert detail["failures"][0]["task"] == "map-3"
+    # the attempt that raised and the one lost with its worker (killed) told apart
+    assert detail["failed_attempts"] == 1 and detail["lost_attempts"] == 1
+    assert [f["type"] for f in detail["failures"]] == ["failed", "killed"]
     assert detail["slowest"][0]["task"] == "map-11"
     row = detail["job"]
     assert row["progress"] == {"map": [12, 12], "reduce": [2, 2]}

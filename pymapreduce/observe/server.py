@@ -221,7 +221,13 @@ class Observatory:
                     "worker": a["worker"], "secs": round(_ran_for(a), 6),
                     "queued": None if a["run"] is None else round(a["run"] - a["start"], 6)}
                    for a in done[:SLOWEST]]
+        # an attempt that raised, and one lost with its worker, told apart (the engine
+        # counts the latter against its task only when its worker died or went silent:
+        # each failure's ``counted`` says)
+        failed = sum(1 for a in attempts if a["outcome"] == "failed")
+        lost = sum(1 for a in attempts if a["outcome"] == "killed")
         return {"time": self.snapshot.time, "job": row, "attempts": attempts,
+                "failed_attempts": failed, "lost_attempts": lost,
                 "failures": failures, "skipped": row["skipped_records"], "slowest": slowest}
 
     def _events(self, query: dict, headers: Any, scope: str = "") -> tuple:

@@ -370,6 +370,8 @@ function renderJob() {
   fill("job-facts", fact("phase", job.phase + (multiStep(job) ? `, step ${job.step[0]} of ${job.step[1]}` : "")),
        fact("elapsed", secs(job.elapsed)), fact("time left", finished(job) ? "–" : secs(job.eta)),
        fact("running attempts", num(job.running)), fact("pending tasks", num(job.pending)),
+       fact("failed attempts", num(d.failed_attempts)),
+       fact("attempts lost with their worker", num(d.lost_attempts)),
        fact("backups", num(job.backups)), fact("skipped records", num(job.skipped)),
        fact("priority", job.priority), fact("requires", job.requires.join(", ") || "–"),
        job.queued_reason ? fact("waiting for", job.queued_reason) : null);
@@ -390,7 +392,7 @@ function renderJob() {
   const troubles = d.attempts.filter(a => a.outcome !== "done" && a.outcome !== "running" || a.attempt > 1 || a.backup);
   fill("job-troubles", table(["task", { label: "attempt", num: 1 }, "worker", "outcome",
     { label: "time", num: 1 }, { label: "why", wrap: 1 }], troubles.map(a => [task(a), a.attempt + (a.backup ? " (backup)" : ""),
-    a.worker, el("span", { class: "outcome-" + a.outcome }, a.outcome),
+    a.worker, el("span", { class: "outcome-" + a.outcome }, OUTCOMES[a.outcome] || a.outcome),
     a.end ? secs(a.end - a.start) : "running", a.note || (a.attempt > 1 ? "retry" : "")]),
     "No retry, failure or lost attempt."));
   fill("job-failures", d.failures.length ? d.failures.slice().reverse().map(failure) :
@@ -422,14 +424,31 @@ function flowTable(job) {
     steps ? el("div", { class: "muted" }, `per phase: summed over the job's ${job.step[1]} steps`) : null];
 }
 
+const OUTCOMES = { killed: "lost with its worker" };  // (the API's outcome names otherwise)
+// how the engine counted an ended attempt against its task (its --max-attempts): a failed
+// attempt counts; one lost with its worker counts when the worker died or went silent (a
+// task that kills the process running it must not kill every worker), not when it left
+// or re-registered; an attempt whose input was lost does not
+function counting(f) {
+  const lost = f.type === "killed";
+  if (f.counted === false) {
+    return `not counted against the task: ${lost ? "its worker left or registered again" : "not its own fault"}` +
+           (f.failures ? ` (attempts counted against it so far: ${f.failures})` : "");
+  }
+  if (!f.failures) return null;
+  return lost ? `not a failure of its own, but counted against the task as its worker died or went silent ` +
+                `(attempts counted against it so far, failed or lost: ${f.failures})`
+              : `attempts counted against the task so far (failed, or lost with a worker that died): ${f.failures}`;
+}
 function failure(f) {
   const where = position(f.position);
-  const node = el("details", { class: "failure", open: !state.closed.has(f.seq), "data-task": f.task },
+  const why = counting(f);
+  const node = el("details", { class: "failure", open: !state.closed.has(f.seq), "data-task": f.task,
+                               "data-outcome": f.type === "killed" ? "lost" : "failed" },
     el("summary", {}, `${f.task} attempt ${f.attempt ?? "?"}`, f.worker ? ` on ${f.worker}` : "",
-       `: ${f.type === "killed" ? "lost" : "failed"}: `, f.error || ""),
+       `: ${f.type === "killed" ? "lost with its worker" : "failed"}: `, f.error || ""),
     where ? el("div", { class: "pos" }, "input position: " + where) : null,
-    f.failures ? el("div", { class: "muted" }, `failed attempts of this task so far: ${f.failures}` +
-                    (f.counted === false ? " (not counted: not the task's fault)" : "")) : null,
+    why ? el("div", { class: "muted" }, why) : null,
     f.traceback ? el("pre", { class: "traceback" }, f.traceback) : null);
   node.addEventListener("toggle", () => {
     if (node.open) state.closed.delete(f.seq); else state.closed.add(f.seq);
