@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import BadRecord, InputDamaged, InputError, LineTooLong
+from .errors import BadRecord, InputDamaged, InputError, LineTooLong, holding_value
 from .store.urls import is_url, object_size, open_url
 
 MIB = 1024 * 1024
@@ -142,11 +142,14 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                     continue
                 if columns and offset == 0 and header != "none":
                     if header == "file" and list(row) != list(columns):
-                        raise BadRecord(
-                            f"{path}: its CSV header {row} differs from the first file's "
-                            f"{columns} (read_csv reads every file with the first one's "
-                            "columns: read such files with header=False and with_path=True, "
-                            "rows as lists, or in separate jobs)")
+                        # (the line may be a row of data, in a file without a header: its
+                        # owner reads it in the failure's position, errors.holding_value)
+                        what = (f"{path}: its CSV header {{}} differs from the first file's "
+                                f"{columns} (read_csv reads every file with the first one's "
+                                "columns: read such files with header=False and "
+                                "with_path=True, rows as lists, or in separate jobs)")
+                        raise holding_value(BadRecord(what.format(row)),
+                                            what.format(f"(of {len(row)} fields)"), row)
                     continue  # a file's header
                 if not row:
                     continue  # a blank line

@@ -7,19 +7,22 @@ the dashboard's data, the history and ``/metrics`` never hold it (docs/observabi
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import traceback
 
 import pytest
 
-from pymapreduce import Client, Job, JobFailed
+from pymapreduce import Client, Job, JobFailed, read_csv
 from pymapreduce.errors import BadOutput, ValueNeedsPickle, describe_position
 from pymapreduce.kernels import not_iterable
 from pymapreduce.ordering import as_pair, group_key, uncomparable
 from pymapreduce.workers.runner import pack_output
 from pymapreduce.workers.tasks import reported
 
-from .conftest import wait_workers
-from .test_observe import get, start_broker
+from .conftest import ROOT, pmr, read_line, wait_workers
+from .test_observe import READY_HTTP, get, start_broker
 
 LINES = [(0, "a b"), (1, "c d")]
 
@@ -161,3 +164,73 @@ def test_an_error_of_the_user_s_own_is_reported_as_it_is():
     assert where == {}
     assert isinstance(_raised(lambda: as_pair(Job(), "map", 5)), BadOutput)
     assert isinstance(_raised(lambda: pack_output((["k"], [Opaque()]), True)), ValueNeedsPickle)
+
+
+# -- every observer's channel, the daemons' logs included ------------------------------
+
+def start_logged(daemons, tmp_path) -> tuple[str, str, list]:
+    """A broker (--http) and a worker daemon logging at INFO (each failed attempt's error
+    is a line of the broker's log) into files: (address, http URL, the log files)."""
+    logs = [tmp_path / "broker.log", tmp_path / "worker.log"]
+    with open(logs[0], "wb") as err:
+        proc = subprocess.Popen(pmr("broker", "--bind", "tcp://127.0.0.1:0", "--log-level",
+                                    "INFO", "--parent-pid", str(os.getpid()), "--http",
+                                    "127.0.0.1:0", "--max-attempts", "2"),
+                                stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    daemons.procs.append(proc)
+    m = read_line(proc, READY_HTTP)
+    address, http = m.group(1), m.group(2)
+    with open(logs[1], "wb") as err:
+        proc = subprocess.Popen(pmr("worker", "--connect", address, "--processes", "1",
+                                    "--log-level", "INFO", "--parent-pid", str(os.getpid())),
+                                stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    daemons.procs.append(proc)
+    read_line(proc, re.compile(r"pymapreduce worker ready"))
+    wait_workers(address, 1)
+    return address, http, logs
+
+
+def assert_unseen(secret: str, address: str, http: str, jobs: list, logs: list) -> None:
+    """``secret`` is in none of what others may read: the JSON API, the events (also as
+    `pymapreduce events` prints them), /metrics, the history, the daemons' logs."""
+    pages = ["api/jobs", "api/cluster", "api/history", "metrics", "api/events?format=json",
+             *(f"api/jobs/{job}" for job in jobs),
+             *(f"api/events?job={job}&format=json" for job in jobs)]
+    for page in pages:
+        status, body = get(http + page)
+        assert status == 200, (page, status, body[:200])
+        assert secret.encode() not in body, (page, body[body.find(secret.encode()) - 300:][:400])
+    printed = subprocess.run(pmr("events", "--connect", address, "--no-follow"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert secret not in printed.stdout
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert secret not in text, (path, text[text.find(secret) - 300:][:400])
+
+
+class Rows(Job):
+    def map(self, offset, row):
+        yield row.get("name", "?"), 1
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+def test_a_csv_file_s_first_line_unlike_the_header_is_its_owner_s_only(daemons, tmp_path):
+    """read_csv's other files must have the first one's header: a file without one (its
+    first line a row of data) fails its task, and the row is the failure's position's."""
+    (tmp_path / "a.csv").write_text("name,val\nx,1\n")
+    (tmp_path / "b.csv").write_text(f"{S}row,7\ny,2\n")
+    address, http, logs = start_logged(daemons, tmp_path)
+    with Client(address) as client:
+        handle = client.submit(Rows(), read_csv([str(tmp_path / "a.csv"),
+                                                 str(tmp_path / "b.csv")]), reducers=1)
+        with pytest.raises(JobFailed) as info:
+            handle.result(60)
+    message = str(info.value).split("\n")[0]
+    assert "its CSV header (of 2 fields) differs from the first file's ['name', 'val']" \
+        in message, message
+    assert S not in message and S not in info.value.remote_traceback
+    assert f"the value {[S + 'row', '7']!r}" in describe_position(info.value.position)
+    assert_unseen(S, address, http, [handle.job_id], logs)
