@@ -102,3 +102,19 @@ class MRTaskHooks(MRJob):
 
     def reducer_final(self):
         yield "reducer", "final"
+
+
+class MRReprInput(MRJob):
+    """Input lines read by ReprProtocol: a line that is no Python literal fails its task."""
+
+    INPUT_PROTOCOL = ReprProtocol
+
+    def mapper(self, key, value):
+        yield key, value
+
+
+class MRFailingCommand(MRJob):
+    """A mapper command that writes its input to its stderr and exits with status 3."""
+
+    def steps(self):
+        return [MRStep(mapper_cmd="sh -c 'cat >&2; exit 3'")]

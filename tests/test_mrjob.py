@@ -417,3 +417,32 @@ def test_help_names_pymapreduces_options_then_the_jobs_own():
     assert out.index("--connect") < out.index("The job's own options") < out.index(
         "--conf-path")
     assert "Traceback" not in done.stderr and "cluster" not in done.stderr
+
+
+def test_a_line_or_a_command_s_stderr_in_an_error_is_its_owner_s_only(daemons, tmp_path):
+    """A line its mrjob protocol cannot read (ReprProtocol's SyntaxError would show the
+    line in its traceback, a NameError names it) and a failed mapper command (its
+    command is the job's code, its stderr what it wrote) fail with texts that name
+    neither: the owner reads the line, or the stderr's end, in the failure's position,
+    and others (events, the dashboard, the daemons' logs) never see them."""
+    from .mrjob_jobs import MRFailingCommand, MRReprInput
+    from .test_data_in_errors import assert_unseen, start_logged
+
+    secret = "".join(["SEC", "RET", "mr"])
+    path = tmp_path / "in.txt"
+    path.write_text(f"'ok'\t1\n{secret} bad(\t2\n{secret}\t3\n")
+    address, http, logs = start_logged(daemons, tmp_path)
+    jobs = []
+    for job, public, seen in [
+            (MRReprInput, "BadRecord: ReprProtocol cannot read the line: SyntaxError",
+             f"the value b'{secret} bad(\\t2'"),
+            (MRFailingCommand, "mapper command exited with status 3 (its stderr: the "
+             "failure's position and the task's log)", f"{secret}\\t3\\n")]:
+        with pytest.raises(JobFailed) as info:
+            adapter.run(job, [str(path)], address=address)
+        message = str(info.value).split("\n")[0]
+        assert public in message, message
+        assert secret not in message and secret not in info.value.remote_traceback
+        assert seen in str(info.value), (info.value.position, str(info.value))
+        jobs.append(message.split()[1])
+    assert_unseen(secret, address, http, jobs, logs)

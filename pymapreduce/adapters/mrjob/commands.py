@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import subprocess
 
+from ...errors import holding_value
+
 STDERR_SHOWN = 2000  # characters of a failed command's stderr kept in the error
+STDERR_VALUE = 190  # ... of its end in the failure's position (its owner's)
 
 
 class CommandFailed(RuntimeError):
@@ -34,8 +37,15 @@ def run_lines(args: list[str], data: bytes, check: bool) -> list[bytes]:
     # but one killed by a signal wrote only part of its output: never take that for all
     if done.returncode < 0 or check and done.returncode != 0:
         err = done.stderr.decode("utf-8", "replace")[-STDERR_SHOWN:]
-        raise CommandFailed(f"mapper command {args!r} exited with status {done.returncode}: "
-                            f"{err}")
+        # the command is the job's code, and what it wrote (data, often) is a task's log:
+        # the job's owner reads the end of it in the failure's position and all of it in
+        # the task's log; events, the dashboard and the daemons' logs show the status
+        # only (errors.holding_value, docs/observability.md)
+        raise holding_value(
+            CommandFailed(f"mapper command {args!r} exited with status {done.returncode}: "
+                          f"{err}"),
+            f"mapper command exited with status {done.returncode} (its stderr: the "
+            "failure's position and the task's log)", err[-STDERR_VALUE:])
     lines = done.stdout.split(b"\n")
     if lines[-1] == b"":
         lines.pop()

@@ -18,6 +18,7 @@ from typing import Any
 
 from mrjob.protocol import TextValueProtocol
 
+from ...errors import BadRecord, holding_value, short_repr
 from ...job import Job
 from . import commands
 from .plan import Plan
@@ -33,6 +34,20 @@ from .task import (
 
 FLUSH_LINES = 4096  # a map-only step's output lines gathered into one record
 _tag = itemgetter(0)
+
+
+def unreadable(read: Any, line: bytes, exc: Exception) -> Exception | None:
+    """The error for an input line that the mapper's protocol, one of mrjob's own, cannot
+    read (``exc``): its text may quote the line (``ReprProtocol``'s ``NameError``, a
+    ``SyntaxError``'s traceback), so it names the protocol and the error's type, and the
+    line goes in the failure's position, its owner's only (errors.holding_value). A
+    protocol of the job's own raises as the job's code does: None, its error as it is."""
+    proto = type(getattr(read, "__self__", None))
+    if not proto.__module__.startswith("mrjob."):
+        return None
+    what = f"{proto.__name__} cannot read {{}}: {type(exc).__name__}"
+    return holding_value(BadRecord(what.format(f"the line {short_repr(line, 200)}") +
+                                   f": {exc}"), what.format("the line"), line)
 
 
 def _lines(chunk: bytes) -> list:
@@ -117,7 +132,13 @@ class MRJobMap(Job):
                 line = value.encode("latin-1")
                 if line[-1:] == b"\r":
                     line = line.rstrip(b"\r\n")
-                k, v = read(line)
+                try:
+                    k, v = read(line)
+                except Exception as exc:
+                    bad = unreadable(read, line, exc)
+                    if bad is None:
+                        raise
+                    raise bad from None
                 pairs = mapper(k, v)
             if pairs:
                 for k, v in pairs:
@@ -151,7 +172,13 @@ class MRJobMap(Job):
             else:
                 read, mapper, pairs = self._read, self._mapper, self._pairs
                 for line in _lines(value):
-                    k, v = read(line)
+                    try:
+                        k, v = read(line)
+                    except Exception as exc:
+                        bad = unreadable(read, line, exc)
+                        if bad is None:
+                            raise
+                        raise bad from None
                     pairs(mapper(k, v))
         return self._emit()
 
