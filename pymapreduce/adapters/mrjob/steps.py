@@ -14,7 +14,7 @@ The client sorts the last step's output by position (``adapters/mrjob/__init__.p
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from mrjob.protocol import TextValueProtocol
 
@@ -36,18 +36,19 @@ FLUSH_LINES = 4096  # a map-only step's output lines gathered into one record
 _tag = itemgetter(0)
 
 
-def unreadable(read: Any, line: bytes, exc: Exception) -> Exception | None:
-    """The error for an input line that the mapper's protocol, one of mrjob's own, cannot
-    read (``exc``): its text may quote the line (``ReprProtocol``'s ``NameError``, a
-    ``SyntaxError``'s traceback), so it names the protocol and the error's type, and the
-    line goes in the failure's position, its owner's only (errors.holding_value). A
-    protocol of the job's own raises as the job's code does: None, its error as it is."""
+def unreadable(read: Any, line: bytes, exc: Exception) -> NoReturn:
+    """Raise the error for an input line that the mapper's protocol cannot read
+    (``exc``). One of mrjob's own protocols may quote the line in its error
+    (``ReprProtocol``'s ``NameError``, a ``SyntaxError``'s traceback), so the error names
+    the protocol and the error's type, and the line goes in the failure's position, its
+    owner's only (errors.holding_value). A protocol of the job's own raises as the job's
+    code does: ``exc`` as it is."""
     proto = type(getattr(read, "__self__", None))
     if not proto.__module__.startswith("mrjob."):
-        return None
+        raise exc
     what = f"{proto.__name__} cannot read {{}}: {type(exc).__name__}"
-    return holding_value(BadRecord(what.format(f"the line {short_repr(line, 200)}") +
-                                   f": {exc}"), what.format("the line"), line)
+    raise holding_value(BadRecord(what.format(f"the line {short_repr(line, 200)}") +
+                                  f": {exc}"), what.format("the line"), line) from None
 
 
 def _lines(chunk: bytes) -> list:
@@ -135,10 +136,7 @@ class MRJobMap(Job):
                 try:
                     k, v = read(line)
                 except Exception as exc:
-                    bad = unreadable(read, line, exc)
-                    if bad is None:
-                        raise
-                    raise bad from None
+                    unreadable(read, line, exc)
                 pairs = mapper(k, v)
             if pairs:
                 for k, v in pairs:
@@ -175,10 +173,7 @@ class MRJobMap(Job):
                     try:
                         k, v = read(line)
                     except Exception as exc:
-                        bad = unreadable(read, line, exc)
-                        if bad is None:
-                            raise
-                        raise bad from None
+                        unreadable(read, line, exc)
                     pairs(mapper(k, v))
         return self._emit()
 
