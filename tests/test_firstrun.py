@@ -291,8 +291,9 @@ def test_a_map_that_returns_no_pairs_fails_saying_so(cluster, job, method):
             handle.result(60)
     message = str(failed.value).splitlines()[0]
     assert message.endswith(
-        f"last error: BadOutput: {name}.{method} returned 2 (of type int), not an iterable of "
-        "(key, value) pairs: yield the pairs, or return a list of them"), message
+        f"last error: BadOutput: {name}.{method} returned a value (of type int), not an "
+        "iterable of (key, value) pairs: yield the pairs, or return a list of them"), message
+    assert "the value 2" in str(failed.value)  # (in the failure's position: its owner's)
     # no retry can mend it: failed on a second attempt, not after --max-attempts
     assert "failed 2 times" in message, message
 
