@@ -21,7 +21,18 @@ from .errors import describe_position as _describe_position
 TERMINAL_LIMIT = 10_000  # pairs shown on a terminal by default (more scroll by unread)
 BATCH = 4096  # pairs encoded and written at once
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=repr).encode
+_encode_json = json.JSONEncoder(ensure_ascii=False, default=repr).encode
+
+
+def _encode(pair: list) -> str:
+    """A pair's JSON line; an int of any size in full (``client/output.whole_ints``)."""
+    try:
+        return _encode_json(pair)
+    except ValueError:  # (an int past Python's digits limit; else it raises again)
+        from .client.output import whole_ints
+
+        with whole_ints():
+            return _encode_json(pair)
 
 
 def print_limit(requested: int | None, out: TextIO) -> int | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
@@ -44,6 +47,7 @@ from pymapreduce.patterns.records import (
     unpack_safe,
 )
 
+from .conftest import ROOT
 from .jobs import WordCount
 
 UTC2 = dt.timezone(dt.timedelta(hours=2))
@@ -412,3 +416,50 @@ def test_a_rogue_worker_cannot_run_code_in_clients(daemons, tmp_path):
         assert not marker.exists()
     finally:
         ctx.destroy(0)
+
+
+class BigInts(Job):
+    """Ints past Python's 4300-digit limit on int-to-text conversion, as values and keys."""
+
+    def map(self, key, line):
+        yield line, 7 ** (6000 + key)
+        yield 3 ** 9000, key
+
+    def reduce(self, key, values):
+        return sum(values)
+
+
+def _digits(n: int) -> str:
+    """``str(n)`` of any size (the limit put back after)."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return str(n)
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
+def test_ints_of_any_size_are_written_in_full_to_part_files_and_stdout(cluster, tmp_path):
+    """JSON holds an int of any size, but ``json.dumps`` and ``int.__repr__`` refuse ones
+    past Python's digits limit (a ValueError that failed the reduce tasks four times, and
+    `pymapreduce run` printing them): part files and printed pairs have every digit."""
+    limit = sys.get_int_max_str_digits()
+    expected = {"a": 7 ** 6001, "b": 7 ** 6002, 3 ** 9000: 3}
+    with Client(cluster) as client:
+        handle = client.submit(BigInts(), [(1, "a"), (2, "b")], reducers=2,
+                               output_dir=str(tmp_path / "out"))
+        assert handle.result(60) == expected
+    lines = [line for part in sorted((tmp_path / "out").glob("part-*"))
+             for line in part.read_text().splitlines()]
+    assert sorted(lines) == sorted(f"[{json.dumps(k) if isinstance(k, str) else _digits(k)}, "
+                                   f"{_digits(v)}]" for k, v in expected.items())
+    job = tmp_path / "bigjob.py"
+    job.write_text("from pymapreduce import Job\n\n\nclass Big(Job):\n"
+                   "    def map(self, key, line):\n        yield line, 7 ** 6000\n")
+    (tmp_path / "in.txt").write_text("x\n")
+    done = subprocess.run([sys.executable, "-m", "pymapreduce", "run", f"{job}:Big",
+                           str(tmp_path / "in.txt"), "--connect", cluster],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f'["x", {_digits(7 ** 6000)}]\n'
+    assert sys.get_int_max_str_digits() == limit  # (the limit is put back)

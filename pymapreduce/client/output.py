@@ -8,12 +8,14 @@ is encoded by one C function mapped over it, and the bytes are the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring  # (what ensure_ascii=False encodes a str with)
 from typing import Any
 
@@ -97,11 +99,34 @@ def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]
     return written
 
 
+@contextlib.contextmanager
+def whole_ints() -> Iterator[None]:
+    """Python's limit on turning an int into text (4300 digits: ``int.__repr__`` and
+    ``json.dumps`` raise ValueError past it) lifted for a while, so that a job's big ints
+    are written in full: JSON has no limit on an int's digits, and a result's ints come
+    from the job's own code (one read from a peer is at most 64 KiB, about 158,000 digits,
+    0.3 s to write: ``patterns/safe_types.py``)."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(limit)
+
+
 def encode_lines(keys: Sequence, values: Sequence) -> str:
     """The JSON lines of the pairs ``zip(keys, values)``: the same text as a
     ``json.dumps([k, v], ensure_ascii=False, default=repr) + "\\n"`` per pair, made by
     encoding each column on its own (a pair's JSON is its two items' JSON, in brackets,
-    ", " between them)."""
+    ", " between them); an int of any size is written in full (:func:`whole_ints`)."""
+    try:
+        return _encode_lines(keys, values)
+    except ValueError:  # (an int past the digits limit; else it raises again)
+        with whole_ints():
+            return _encode_lines(keys, values)
+
+
+def _encode_lines(keys: Sequence, values: Sequence) -> str:
     encoded_keys, qk = _column_text(keys)
     encoded_values, qv = _column_text(values)
     n = min(len(encoded_keys), len(encoded_values))
