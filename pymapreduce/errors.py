@@ -125,16 +125,20 @@ class JobFailed(PyMapReduceError):
         return text
 
 
-def holding_value(exc: BaseException, public: str, value: object) -> BaseException:
+def holding_value(exc: BaseException, public: str, value: object,
+                  label: str = "the value") -> BaseException:
     """``exc``, an error the engine made whose message shows one of the job's data values
     (an output it cannot use, a key): ``public`` is the same message without it, and
     ``value`` the value, cut. A worker reports the failure with ``public`` as its text
     and the value in the failure's position (``value``), so the job's owner reads it in
     ``JobFailed`` and ``status`` while events, the dashboard, the history and the
     daemons' logs, which others may read, never show it (docs/observability.md). Raised
-    in the user's own process (a local run, the client's sample) the message keeps it."""
+    in the user's own process (a local run, the client's sample) the message keeps it.
+    ``label`` says what the value is where the position shows it (``map's key``,
+    ``the result's key``: a key is not read as a record's value), no data in it."""
     exc._pmr_public = public  # type: ignore[attr-defined]
     exc._pmr_value = short_repr(value, 200)  # type: ignore[attr-defined]
+    exc._pmr_label = label  # type: ignore[attr-defined]
     return exc
 
 
@@ -173,7 +177,8 @@ def describe_position(position: object) -> str:
     offset), ``record`` (an in-memory record's index in its split), ``ordinal`` (its
     ordinal, when the job skips bad records) and ``split`` (the map task), or
     ``partition`` (a reduce task) and ``key`` (the key its ``reduce`` failed at); and
-    ``value``, the data value an engine error blames (:func:`holding_value`)."""
+    ``value``, the data value an engine error blames (:func:`holding_value`), shown
+    after ``value_label``, what it is (``map's key``; "the value" when not given)."""
     if not isinstance(position, dict) or not position:
         return ""
     path, key = position.get("path"), position.get("key")
@@ -204,7 +209,10 @@ def describe_position(position: object) -> str:
             parts.append(f"key {key}")
     value = position.get("value")
     if isinstance(value, str):
-        parts.append(f"the value {value}")
+        label = position.get("value_label")
+        if not isinstance(label, str) or not label or len(label) > 40:
+            label = "the value"
+        parts.append(f"{label} {value}")
     if not parts:
         return task
     return ", ".join(parts) + (f" ({task})" if task else "")

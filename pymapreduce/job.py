@@ -165,7 +165,8 @@ class Job:
         """
         if not isinstance(name, str):
             what = f"counter names are str, got {type(name).__name__}"
-            raise holding_value(TypeError(f"{what} {short_repr(name)}"), what, name)
+            raise holding_value(TypeError(f"{what} {short_repr(name)}"), what, name,
+                                "the counter name")
         name = str(name)  # a str subclass travels as a plain str
         if not 0 < len(name) <= MAX_COUNTER_NAME:
             shown = repr(name) if len(name) <= 60 else repr(name[:60])[:-1] + "...'"
@@ -175,7 +176,8 @@ class Job:
             n = operator.index(n)
         except TypeError:
             what = f"count({name!r}, n): n must be an int, got {type(n).__name__}"
-            raise holding_value(TypeError(f"{what} {short_repr(n)}"), what, n) from None
+            raise holding_value(TypeError(f"{what} {short_repr(n)}"), what, n,
+                                "count's n") from None
         counters = self.__dict__.setdefault("_pmr_counters", {})
         total = counters.get(name)
         if total is None and len(counters) >= MAX_COUNTERS:

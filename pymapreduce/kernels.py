@@ -229,7 +229,8 @@ def not_iterable(job: Job, method: str, out: Any) -> BadOutput:
     cannot be iterated (``return 5``), where pairs were due."""
     what = (f"{type(job).__name__}.{method} returned {{}} (of type {type(out).__name__}), "
             "not an iterable of (key, value) pairs: yield the pairs, or return a list of them")
-    return holding_value(BadOutput(what.format(short_repr(out))), what.format("a value"), out)
+    return holding_value(BadOutput(what.format(short_repr(out))), what.format("a value"), out,
+                         f"{method}'s return value")
 
 
 def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
@@ -386,7 +387,7 @@ def _chooser(job: Job, reducers: int) -> Any:
                     ValueError(f"partition({short_repr(k)}, {reducers}) returned "
                                f"{short_repr(p)}, not an int in range"),
                     f"partition(key, {reducers}) returned a {type(p).__name__}, not an int "
-                    f"in range(0, {reducers})", k)
+                    f"in range(0, {reducers})", k, "partition's key")
             return p
 
         return by_custom

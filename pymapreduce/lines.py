@@ -149,7 +149,8 @@ def _parser(fmt: str, columns: list | None, header: str = "given"):
                                 "columns: read such files with header=False and "
                                 "with_path=True, rows as lists, or in separate jobs)")
                         raise holding_value(BadRecord(what.format(row)),
-                                            what.format(f"(of {len(row)} fields)"), row)
+                                            what.format(f"(of {len(row)} fields)"), row,
+                                            "its fields")
                     continue  # a file's header
                 if not row:
                     continue  # a blank line

@@ -49,8 +49,13 @@ def as_pair(job: Any, method: str, pair: Any) -> tuple[Any, Any]:
     if isinstance(pair, (tuple, list)) and len(pair) == 2:
         return pair[0], pair[1]
     what = f"{type(job).__name__}.{method} yielded {{}}, not a (key, value) pair"
-    raise holding_value(BadOutput(what.format(short_repr(pair))),
-                        what.format(f"a value of type {type(pair).__name__}"), pair)
+    if isinstance(pair, (tuple, list)):  # (a triple is no pair: its length says why)
+        n = len(pair)
+        kind = f"a {type(pair).__name__} of {n} item{'' if n == 1 else 's'}"
+    else:
+        kind = f"a value of type {type(pair).__name__}"
+    raise holding_value(BadOutput(what.format(short_repr(pair))), what.format(kind), pair,
+                        f"{method}'s output")
 
 
 def group_key(job: Any, method: str, key: Any) -> Any:
@@ -66,7 +71,7 @@ def group_key(job: Any, method: str, key: Any) -> Any:
     what = (f"{type(job).__name__}.{method} yielded {{}}, a {type(key).__name__}, which "
             "cannot be grouped (keys must be hashable: str, numbers, tuples, lists of those...)")
     raise holding_value(BadOutput(what.format(f"the key {short_repr(key)}")),
-                        what.format("a key"), key)
+                        what.format("a key"), key, f"{method}'s key")
 
 
 def uncomparable(job: Any, key: Any, exc: Exception) -> BadOutput:
@@ -75,7 +80,7 @@ def uncomparable(job: Any, key: Any, exc: Exception) -> BadOutput:
     what = (f"{type(job).__name__} has total_order but its map yielded {{}} "
             f"({type(key).__name__}), which does not compare with the sampled keys ({exc})")
     return holding_value(BadOutput(what.format(f"the key {short_repr(key)}")),
-                         what.format("a key"), key)
+                         what.format("a key"), key, "map's key")
 
 
 def grouped_key(job: Any, method: str, key: Any) -> Any:

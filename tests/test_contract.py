@@ -116,7 +116,7 @@ def test_a_reduce_that_yields_no_pair_fails_saying_so(cluster):
         with pytest.raises(JobFailed, match="BadEmitter.reduce yielded a value of type int, "
                            "not a .key, value. pair") as info:
             client.submit(BadEmitter(), [(0, "a a a b b b")], reducers=1).result(60)
-    assert "the value 3" in str(info.value)  # (in the failure's position: its owner's)
+    assert "reduce's output 3" in str(info.value)  # (in the failure's position: its owner's)
 
 
 class InvertedIndex(Job):

@@ -69,11 +69,17 @@ class BadPartition(Job):
         return sum(values)
 
 
-JOBS = [(YieldsSecret(), "SECRETpairQ1", "yielded a value of type str, not a (key, value) pair"),
-        (DictKeySecret(), "SECRETkeyQ2", "yielded a key, a dict, which cannot be grouped"),
-        (ReturnsSecret(), "987654321", "returned a value (of type int), not an iterable"),
-        (ResultNeedsPickle(), "SECRETresultQ4", "the result for a key: a "),
-        (BadPartition(), "SECRETpartQ5", "returned a str, not an int in range(0, 2)")]
+# (the job, its value, its public text, and what the position calls the value: a key is
+# named a key, not "the value", which reads as a record's or a result's value)
+JOBS = [(YieldsSecret(), "SECRETpairQ1", "yielded a value of type str, not a (key, value) pair",
+         "map's output"),
+        (DictKeySecret(), "SECRETkeyQ2", "yielded a key, a dict, which cannot be grouped",
+         "map's key"),
+        (ReturnsSecret(), "987654321", "returned a value (of type int), not an iterable",
+         "map's return value"),
+        (ResultNeedsPickle(), "SECRETresultQ4", "the result for a key: a ", "the result's key"),
+        (BadPartition(), "SECRETpartQ5", "returned a str, not an int in range(0, 2)",
+         "partition's key")]
 
 
 def test_the_engine_s_errors_give_their_data_value_to_the_owner_only(daemons):
@@ -82,7 +88,7 @@ def test_the_engine_s_errors_give_their_data_value_to_the_owner_only(daemons):
     wait_workers(address, 1)
     failed = []
     with Client(address) as client:
-        for job, secret, public in JOBS:
+        for job, secret, public, label in JOBS:
             handle = client.submit(job, LINES, reducers=2)
             with pytest.raises(JobFailed) as info:
                 handle.result(60)
@@ -93,7 +99,9 @@ def test_the_engine_s_errors_give_their_data_value_to_the_owner_only(daemons):
             # the owner reads the value where the failure is placed, and the whole text in
             # the task's log
             where = describe_position(error.position)
-            assert "the value " in where and secret in where and where in str(error)
+            assert f"{label} " in where and secret in where, where
+            assert "the value" not in where, where
+            assert where in str(error)
             assert secret not in error.remote_traceback, error.remote_traceback
             assert public in error.remote_traceback.strip().splitlines()[-1]
             assert secret in handle.logs().text()
@@ -126,17 +134,19 @@ def _raised(fn, *args):
 S = "".join(["SEC", "RET"])  # (made, not written: a traceback shows the test's lines)
 
 
-@pytest.mark.parametrize("make, value", [
-    (lambda: as_pair(YieldsSecret(), "map", [S, 1, 2]), repr([S, 1, 2])),
-    (lambda: group_key(DictKeySecret(), "map", {S}), repr({S})),
+@pytest.mark.parametrize("make, value, label", [
+    (lambda: as_pair(YieldsSecret(), "map", [S, 1, 2]), repr([S, 1, 2]), "map's output"),
+    (lambda: as_pair(YieldsSecret(), "reduce", S), repr(S), "reduce's output"),
+    (lambda: group_key(DictKeySecret(), "map", {S}), repr({S}), "map's key"),
     (lambda: (_ for _ in ()).throw(not_iterable(ReturnsSecret(), "map", len(S) * 10 ** 8)),
-     repr(len(S) * 10 ** 8)),
-    (lambda: (_ for _ in ()).throw(uncomparable(Job(), (S,), TypeError("no"))), repr((S,))),
-    (lambda: pack_output(([S], [Opaque()]), True), repr(S)),
-    (lambda: Job().count((S,)), repr((S,))),
-    (lambda: Job().count("rows", S), repr(S)),
+     repr(len(S) * 10 ** 8), "map's return value"),
+    (lambda: (_ for _ in ()).throw(uncomparable(Job(), (S,), TypeError("no"))), repr((S,)),
+     "map's key"),
+    (lambda: pack_output(([S], [Opaque()]), True), repr(S), "the result's key"),
+    (lambda: Job().count((S,)), repr((S,)), "the counter name"),
+    (lambda: Job().count("rows", S), repr(S), "count's n"),
 ])
-def test_each_error_that_shows_a_value_is_reported_without_it(make, value):
+def test_each_error_that_shows_a_value_is_reported_without_it(make, value, label):
     """Raised where the user runs code (a local run) the message names the value; as a
     worker reports it, the text and traceback do not, and the position does."""
     exc = _raised(make)
@@ -147,7 +157,28 @@ def test_each_error_that_shows_a_value_is_reported_without_it(make, value):
     assert value not in error and value not in shown, (error, shown)
     assert where["value"] == value
     assert shown.strip().splitlines()[-1].endswith(error.split(": ", 1)[1])
-    assert f"the value {value}" in describe_position(where)
+    # the position says what the value is: a key as a key (the result's key is no value
+    # of the result, which is the thing that needs a pickle)
+    assert f"{label} {value}" in describe_position(where)
+    assert "the value" not in describe_position(where)
+
+
+def test_a_position_from_an_older_worker_names_its_value_the_value():
+    """A position without ``value_label`` (an older worker's) reads as before; a label
+    that is not a short text is not shown."""
+    assert describe_position({"split": 0, "value": "'x'"}) == "the value 'x' (map split 0)"
+    assert describe_position({"split": 0, "value": "'x'", "value_label": "z" * 41}) \
+        == "the value 'x' (map split 0)"
+
+
+def test_a_tuple_of_three_is_reported_by_its_length_not_only_its_type():
+    """``yield word, 1, len(word)``: "a value of type tuple, not a (key, value) pair"
+    read as if a tuple were wrong; the length says what is."""
+    for pair, kind in [((S, 1, 2), "a tuple of 3 items"), ([S], "a list of 1 item"),
+                       ((), "a tuple of 0 items")]:
+        exc = _raised(as_pair, YieldsSecret(), "map", pair)
+        error, _ = reported(exc, "", {})
+        assert error == f"BadOutput: YieldsSecret.map yielded {kind}, not a (key, value) pair"
 
 
 def test_an_error_of_the_user_s_own_is_reported_as_it_is():
@@ -232,5 +263,5 @@ def test_a_csv_file_s_first_line_unlike_the_header_is_its_owner_s_only(daemons, 
     assert "its CSV header (of 2 fields) differs from the first file's ['name', 'val']" \
         in message, message
     assert S not in message and S not in info.value.remote_traceback
-    assert f"the value {[S + 'row', '7']!r}" in describe_position(info.value.position)
+    assert f"its fields {[S + 'row', '7']!r}" in describe_position(info.value.position)
     assert_unseen(S, address, http, [handle.job_id], logs)

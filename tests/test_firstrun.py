@@ -293,7 +293,8 @@ def test_a_map_that_returns_no_pairs_fails_saying_so(cluster, job, method):
     assert message.endswith(
         f"last error: BadOutput: {name}.{method} returned a value (of type int), not an "
         "iterable of (key, value) pairs: yield the pairs, or return a list of them"), message
-    assert "the value 2" in str(failed.value)  # (in the failure's position: its owner's)
+    # (in the failure's position, its owner's, which says what the value is)
+    assert f"{method}'s return value 2" in str(failed.value)
     # no retry can mend it: failed on a second attempt, not after --max-attempts
     assert "failed 2 times" in message, message
 

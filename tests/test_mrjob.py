@@ -435,7 +435,7 @@ def test_a_line_or_a_command_s_stderr_in_an_error_is_its_owner_s_only(daemons, t
     jobs = []
     for job, public, seen in [
             (MRReprInput, "BadRecord: ReprProtocol cannot read the line: SyntaxError",
-             f"the value b'{secret} bad(\\t2'"),
+             f"its text b'{secret} bad(\\t2'"),
             (MRFailingCommand, "mapper command exited with status 3 (its stderr: the "
              "failure's position and the task's log)", f"{secret}\\t3\\n")]:
         with pytest.raises(JobFailed) as info:

@@ -114,7 +114,7 @@ def test_csv_files_with_another_header_fail_rather_than_be_mislabelled(tmp_path,
         _rows(cluster, read_csv([users, orders], with_path=True))
     # (the other header, which may be a row of data, is given as the failure's value)
     assert "orders.csv: its CSV header (of 3 fields) differs" in str(failed.value)
-    assert "the value ['order_id', 'user_id', 'amount']" in str(failed.value)
+    assert "its fields ['order_id', 'user_id', 'amount']" in str(failed.value)
     # files with the same header are read as one input, each file's header left out
     more = _csv(tmp_path, "more.csv", "user_id,name\n2,bob\n")
     rows = _rows(cluster, read_csv([users, more], with_path=True))

@@ -314,19 +314,22 @@ def test_list_keys_come_back_as_tuples(cluster, tmp_path):
     assert counted == run_sequential(WordCount(), LINES)
 
 
-@pytest.mark.parametrize("job, message, value", [
-    (YieldsInt(), "YieldsInt.map yielded a value of type int, not a (key, value) pair", "5"),
-    (YieldsStr(), "YieldsStr.map yielded a value of type str, not a (key, value) pair", "'w0'"),
-    (YieldsTriple(), "YieldsTriple.map yielded a value of type tuple, not a (key, value) pair",
-     "('w0 x0 w0', 1, 2)"),
+@pytest.mark.parametrize("job, message, value, label", [
+    (YieldsInt(), "YieldsInt.map yielded a value of type int, not a (key, value) pair", "5",
+     "map's output"),
+    (YieldsStr(), "YieldsStr.map yielded a value of type str, not a (key, value) pair", "'w0'",
+     "map's output"),
+    (YieldsTriple(), "YieldsTriple.map yielded a tuple of 3 items, not a (key, value) pair",
+     "('w0 x0 w0', 1, 2)", "map's output"),
     (FinalYieldsNone(), "FinalYieldsNone.map_final yielded a value of type NoneType, not a "
-     "(key, value) pair", "None"),
+     "(key, value) pair", "None", "map_final's output"),
     (ReduceFinalYieldsInt(), "ReduceFinalYieldsInt.reduce_final yielded a value of type int, "
-     "not a", "7"),
-    (DictKey(), "DictKey.map yielded a key, a dict, which cannot", "{'line': 'w0 x0 w0'}"),
+     "not a", "7", "reduce_final's output"),
+    (DictKey(), "DictKey.map yielded a key, a dict, which cannot", "{'line': 'w0 x0 w0'}",
+     "map's key"),
 ])
 def test_non_pairs_fail_the_job_at_once_naming_the_method_and_value(cluster, job, message,
-                                                                    value):
+                                                                    value, label):
     """The error names the method and the value's type; the value itself is in the
     failure's position, which only the job's owner reads (tests/test_data_in_errors.py)."""
     with Client(cluster) as client:
@@ -334,7 +337,7 @@ def test_non_pairs_fail_the_job_at_once_naming_the_method_and_value(cluster, job
             client.submit(job, LINES[:1], reducers=1).result(60)
     text = str(info.value).split("\n")[0]
     assert f"BadOutput: {message}" in text
-    assert f"the value {value}" in str(info.value)
+    assert f"{label} {value}" in str(info.value)
     attempts = int(re.search(r"failed (\d+) times", text).group(1))
     assert attempts < 4  # not retried as a lost worker would be (the default is 4)
 

@@ -400,7 +400,7 @@ class ColumnsWriter:
                     raise holding_value(
                         ValueNeedsPickle(f"the result for key {short_repr(k, 200)}: "
                                          f"{pair_error}"),
-                        f"the result for a key: {pair_error}", k) from None
+                        f"the result for a key: {pair_error}", k, "the result's key") from None
             raise exc
         n = len(keys)
         cut = 1 if n < 16 else 3 if n < 65536 else 5

@@ -299,7 +299,7 @@ def pack_output(columns: Columns, safe: bool) -> bytes:
         except ValueNeedsPickle as pair_error:
             raise holding_value(
                 ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}"),
-                f"the result for a key: {pair_error}", key) from None
+                f"the result for a key: {pair_error}", key, "the result's key") from None
     raise error
 
 

@@ -45,7 +45,8 @@ def run_lines(args: list[str], data: bytes, check: bool) -> list[bytes]:
             CommandFailed(f"mapper command {args!r} exited with status {done.returncode}: "
                           f"{err}"),
             f"mapper command exited with status {done.returncode} (its stderr: the "
-            "failure's position and the task's log)", err[-STDERR_VALUE:])
+            "failure's position and the task's log)", err[-STDERR_VALUE:],
+            "the command's stderr")
     lines = done.stdout.split(b"\n")
     if lines[-1] == b"":
         lines.pop()

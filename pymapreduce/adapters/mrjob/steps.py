@@ -48,7 +48,8 @@ def unreadable(read: Any, line: bytes, exc: Exception) -> NoReturn:
         raise exc
     what = f"{proto.__name__} cannot read {{}}: {type(exc).__name__}"
     raise holding_value(BadRecord(what.format(f"the line {short_repr(line, 200)}") +
-                                  f": {exc}"), what.format("the line"), line) from None
+                                  f": {exc}"), what.format("the line"), line,
+                          "its text") from None
 
 
 def _lines(chunk: bytes) -> list:
