@@ -233,6 +233,21 @@ def not_iterable(job: Job, method: str, out: Any) -> BadOutput:
                          f"{method}'s return value")
 
 
+def bad_partition(job: Job, key: Any, p: Any, reducers: int) -> BadOutput:
+    """The error for ``partition(key, reducers)`` having returned ``p``, no partition:
+    BadOutput, as the same code returns the same on every attempt (not retried
+    --max-attempts times); its public text names ``p``'s type, or says an int is out of
+    range, and the key goes in the failure's position (errors.holding_value)."""
+    name = f"{type(job).__name__}.partition"
+    wanted = f"range(0, {reducers})"
+    shown = (f"an int outside {wanted}" if type(p) is int
+             else f"a value of type {type(p).__name__}, not an int in {wanted}")
+    return holding_value(
+        BadOutput(f"{name}({short_repr(key)}, {reducers}) returned {short_repr(p)}, not an "
+                  f"int in {wanted}"),
+        f"{name}(key, {reducers}) returned {shown}", key, "partition's key")
+
+
 def map_pairs(job: Job, records: Iterable[tuple[Any, Any]]) -> Columns:
     """Run ``map`` over records and keep its output as it is (map-only jobs)."""
     keys: list = []
@@ -383,11 +398,7 @@ def _chooser(job: Job, reducers: int) -> Any:
         def by_custom(k: Any) -> int:
             p = custom(k, reducers)
             if type(p) is not int or not 0 <= p < reducers:
-                raise holding_value(
-                    ValueError(f"partition({short_repr(k)}, {reducers}) returned "
-                               f"{short_repr(p)}, not an int in range"),
-                    f"partition(key, {reducers}) returned a {type(p).__name__}, not an int "
-                    f"in range(0, {reducers})", k, "partition's key")
+                raise bad_partition(job, k, p, reducers)
             return p
 
         return by_custom

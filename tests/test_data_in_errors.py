@@ -78,7 +78,8 @@ JOBS = [(YieldsSecret(), "SECRETpairQ1", "yielded a value of type str, not a (ke
         (ReturnsSecret(), "987654321", "returned a value (of type int), not an iterable",
          "map's return value"),
         (ResultNeedsPickle(), "SECRETresultQ4", "the result for a key: a ", "the result's key"),
-        (BadPartition(), "SECRETpartQ5", "returned a str, not an int in range(0, 2)",
+        (BadPartition(), "SECRETpartQ5", "BadOutput: BadPartition.partition(key, 2) returned a "
+         "value of type str, not an int in range(0, 2)",
          "partition's key")]
 
 

@@ -22,6 +22,7 @@ from pymapreduce import (
     run_sequential,
     stable_hash,
 )
+from pymapreduce.errors import BadOutput
 from pymapreduce.inputs import chunk, normalize_records, plan_file_splits, read_split
 from pymapreduce.kernels import (
     finish_map,
@@ -30,6 +31,7 @@ from pymapreduce.kernels import (
     reduce_groups,
 )
 from pymapreduce.patterns.records import pack, unpack
+from pymapreduce.workers.tasks import reported
 
 from .jobs import WordCount, WordCountCombined, read_lines
 
@@ -206,8 +208,12 @@ def test_custom_partition_is_used_and_checked():
         def partition(self, key, reducers):
             return reducers
 
-    with pytest.raises(ValueError, match="not an int in range"):
+    with pytest.raises(BadOutput, match=r"Broken.partition\('a', 2\) returned 2, not an int in "
+                       r"range\(0, 2\)") as info:
         finish_map(Broken(), {"a": [1]}, 2)
+    # as a worker reports it: no key, and no "returned a int, not an int"
+    assert reported(info.value, "", {})[0] == \
+        "BadOutput: Broken.partition(key, 2) returned an int outside range(0, 2)"
 
 
 def test_map_only_sequential_keeps_every_pair():

@@ -135,6 +135,13 @@ class DictKey(WordCount):
         yield {"line": line}, 1
 
 
+class PartitionByLetter(WordCount):
+    """A partition that returns the key's first letter, not a partition's number."""
+
+    def partition(self, key, reducers):
+        return key[0]
+
+
 class ListPairs(WordCount):
     """Pairs as 2-item lists (as JSON decodes them) are pairs."""
 
@@ -312,6 +319,19 @@ def test_list_keys_come_back_as_tuples(cluster, tmp_path):
         assert sorted(streamed) == sorted(expected.items())  # each key in one partition
         counted = client.submit(ListPairs(), LINES, map_tasks=3).result(60)
     assert counted == run_sequential(WordCount(), LINES)
+
+
+def test_a_partition_that_returns_no_partition_fails_the_job_at_once(cluster):
+    """The same code returns the same on every attempt: BadOutput, not retried
+    --max-attempts times, and the key it was given is in the failure's position."""
+    with Client(cluster) as client:
+        with pytest.raises(JobFailed) as info:
+            client.submit(PartitionByLetter(), LINES[:1], reducers=2).result(60)
+    text = str(info.value).split("\n")[0]
+    assert ("BadOutput: PartitionByLetter.partition(key, 2) returned a value of type str, "
+            "not an int in range(0, 2)") in text, text
+    assert "partition's key 'w0'" in str(info.value)
+    assert "failed 2 times" in text, text
 
 
 @pytest.mark.parametrize("job, message, value, label", [
