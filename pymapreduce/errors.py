@@ -237,11 +237,11 @@ class BadOutput(PyMapReduceError, TypeError):
     """A job's code gave output the engine cannot use: ``map`` (or a ``_final`` hook, or
     an emitting ``reduce``) yielded something that is not a ``(key, value)`` pair, a key
     that cannot be grouped (a dict, a set), or, in a ``total_order`` job, keys that do not
-    compare with each other; or ``partition`` returned no int in ``range(0, reducers)``. The message names the job's method and the value (a worker
-    reports it with the value's type only, and the value in the failure's position:
-    :func:`holding_value`). The same
-    code fails the same way on every attempt, so the task is not retried as a lost worker
-    would be."""
+    compare with each other; or ``partition`` returned no int in ``range(0, reducers)``.
+    The message names the job's method and the value (a worker reports it with the
+    value's type only, and the value in the failure's position: :func:`holding_value`).
+    The same code fails the same way on every attempt, so the task is not retried as a
+    lost worker would be."""
 
 
 class OutputLinkRefused(PyMapReduceError, OSError):
