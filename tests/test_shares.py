@@ -15,6 +15,7 @@ import zmq
 from pymapreduce import Client, JobFailed
 from pymapreduce.broker import daemon as D
 from pymapreduce.patterns import config as timing
+from pymapreduce.patterns import message as message_module
 from pymapreduce.patterns import protocol as P
 from pymapreduce.patterns import security
 from pymapreduce.patterns.message import Message
@@ -159,6 +160,49 @@ def test_submitting_and_cancelling_jobs_in_a_loop_is_held_to_a_share(ctx):  # no
         clock.now += 20.0  # refilled (a quarter of the time that passes, up to the burst)
         greedy.send(P.SUBMIT, {"job_id": "g9", "req": 99, "reducers": 1, "splits": 2}, blobs)
         assert greedy.recv(want=(P.ACCEPTED, P.ERROR)).command == P.ACCEPTED
+    finally:
+        stop_broker(b)
+
+
+def test_a_submit_past_the_share_is_refused_before_its_splits_are_unpacked(ctx, monkeypatch):  # noqa: F811
+    """A SUBMIT's small splits travel packed in one frame, and unpacking 50,000 of them
+    took the loop more than building the job did: done before the share was looked at,
+    a client sending large SUBMITs past its share held the loop from other jobs with
+    requests that were all refused. Past its share, a request is refused with only its
+    header read; one acted on is unpacked then (and charged for it)."""
+    clock = FakeClock()
+    b = start_broker(ctx)
+    b._job_shares = PeerShares(D.JOBS_SHARE, D.JOBS_BURST, D.ALL_JOBS_SHARE,
+                               D.ALL_JOBS_BURST, clock=clock)
+    unpacked = []
+    real_unpack = message_module._unpack_blobs
+
+    def counting(*args):
+        unpacked.append(1)
+        return real_unpack(*args)
+
+    monkeypatch.setattr(message_module, "_unpack_blobs", counting)
+    try:
+        greedy = Peer(ctx, b.address, name="greedy")
+        blobs = [b"opaque job code", *[pack([[n, "a"]]) for n in range(50)],
+                 msgpack.packb([["mem", 1]] * 50)]
+        body = {"reducers": 1, "splits": 51}
+        greedy.send(P.SUBMIT, {**body, "job_id": "g0", "req": 1}, blobs)
+        assert greedy.recv(want=(P.ACCEPTED, P.ERROR)).command == P.ACCEPTED
+        assert len(unpacked) == 1  # (the small splits shared a frame)
+        b._job_shares.peers[next(iter(b._job_shares.peers))].level = -5.0  # spent
+        greedy.send(P.SUBMIT, {**body, "job_id": "g1", "req": 2}, blobs)
+        reply = greedy.recv(want=(P.ACCEPTED, P.ERROR))
+        assert reply.body.get("code") == "busy" and reply.body.get("req") == 2, reply
+        assert len(unpacked) == 1 and "g1" not in b.jobs
+        # and a layout that does not match its frames, acted on, is still refused as such
+        clock.now += 60.0
+        greedy.sock.send_multipart([msgpack.packb(
+            [P.PROTOCOL_VERSION, P.SUBMIT, {**body, "job_id": "g2", "req": 3},
+             b"\x03\x00\x00\x00"], use_bin_type=True), b"ab"])
+        reply = greedy.recv(want=(P.ACCEPTED, P.ERROR))
+        assert reply.body.get("code") == "malformed" and reply.body.get("req") == 3, reply
+        assert "g2" not in b.jobs
     finally:
         stop_broker(b)
 

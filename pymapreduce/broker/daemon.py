@@ -126,6 +126,7 @@ class Broker(ClientAPI, WorkerAPI):
         self._suspects: dict[bytes, float] = {}  # route -> probe until
         self._last_probe = 0.0
         self._frame: Any = None  # the first frame of the message being handled
+        self._whole: Any = None  # returns the control message being handled, its blobs too
         self._reload = False
         self.address = ""
         self.data_address = ""
@@ -354,17 +355,30 @@ class Broker(ClientAPI, WorkerAPI):
                 role, key = security.peer_role(body[0]) if self.allow and body else ("", "")
                 self.ledger.origin = key or (body[0] if body else "")
                 try:
-                    msg = Message.decode(body, BROKER_LIMITS)
+                    # (a client's request is unpacked once it is to be acted on: past its
+                    # share of the loop it is refused with its header read, _on_control)
+                    msg, self._whole = Message.decode_header(body, BROKER_LIMITS)
+                    if not routed:
+                        msg = self._whole()
                 except ProtocolError as exc:
-                    self._complain(peer_name(route[0] if route else None, key), "dropped a malformed message: %s", exc)
-                    if route:
-                        code = "too-large" if exc.cause == "too-large" else "malformed"
-                        self._reply(route[0], P.ERROR, {"code": code, "message": str(exc)})
+                    self._malformed(route, key, exc)
                 else:
                     self._frame = body[0]
                     handler(route, msg, role, key)
             if not readable(sock):
                 return
+
+    def _malformed(self, route: list, key: str, exc: ProtocolError, req: Any = None) -> None:
+        """A message that cannot be read was dropped: say so to its sender and in the
+        (rate-limited) log."""
+        self._complain(peer_name(route[0] if route else None, key),
+                       "dropped a malformed message: %s", exc)
+        if route:
+            code = "too-large" if exc.cause == "too-large" else "malformed"
+            body = {"code": code, "message": str(exc)}
+            if req is not None:
+                body["req"] = req
+            self._reply(route[0], P.ERROR, body)
 
     def _oversized(self, exc: Oversized) -> None:
         """A message over the budget was dropped: say so to its sender (with its request
@@ -380,13 +394,14 @@ class Broker(ClientAPI, WorkerAPI):
                                                 f"{self.config.max_message / (1 << 20):g})"}
         if head is not None:
             try:
-                body["req"] = _req(Message.decode([head], BROKER_LIMITS))
+                body["req"] = _req(Message.decode_header([head], BROKER_LIMITS)[0])
             except ProtocolError:
                 pass
         self._reply(route[0], P.ERROR, body)
 
     def _on_control(self, route: list, msg: Message, role: str, key: str) -> None:
         handler = self._handlers.get(msg.command)
+        whole, self._whole = self._whole, None  # (the message's frames: not kept past it)
         peer = route[0]
         if handler is None:
             self._complain(peer_name(route[0] if route else None, key), "unknown command %r", msg.command[:40])
@@ -415,11 +430,20 @@ class Broker(ClientAPI, WorkerAPI):
                 "message": "this client's requests have had their share of the broker's "
                            "time for now: ask again shortly"})
             return
+
+        def act() -> None:
+            try:  # its blobs, unpacked now that it is acted on (charged to its share)
+                request = whole() if whole is not None else msg
+            except ProtocolError as exc:
+                self._malformed(route, key, exc, _req(msg))
+                return
+            handler(peer, request, now)
+
         try:
             if shares is not None:
-                shares.timed(payer, lambda: handler(peer, msg, now))
+                shares.timed(payer, act)
             else:
-                handler(peer, msg, now)
+                act()
         except Exception as exc:  # a bad message must never take the broker down
             self._complain(peer_name(route[0] if route else None, key), "%s rejected: %r", msg.command, exc)
             self._reply(

@@ -106,6 +106,17 @@ class Message:
     def decode(cls, frames: Sequence[Frame], limits: Limits = PEER_LIMITS) -> Message:
         """Parse frames received from a socket; raise ProtocolError on anything malformed
         or beyond ``limits`` (cause ``"too-large"`` for a header over ``limits.header``)."""
+        return cls.decode_header(frames, limits)[1]()
+
+    @classmethod
+    def decode_header(cls, frames: Sequence[Frame], limits: Limits = PEER_LIMITS
+                      ) -> tuple[Message, Callable[[], Message]]:
+        """The message without its blobs, and a function that returns it whole (its
+        blobs unpacked and checked against its layout: ProtocolError if they do not
+        match). A receiver that may refuse the message unread (its sender has had its
+        share of the receiver's time) decodes its header, and unpacks its blobs only
+        if it acts on it: 100,000 small blobs cost tens of milliseconds to unpack, and
+        one header at most a few. ProtocolError as ``decode``'s for the header."""
         if not frames:
             raise ProtocolError("empty message", size=0, cause="no frames")
         raw = frame_bytes(frames[0])
@@ -142,12 +153,17 @@ class Message:
             raise ProtocolError(
                 f"bad command or body types ({size} bytes)", size=size, cause="types"
             )
+        head = cls(command, body)
         if len(decoded) == 4:
-            return cls(command, body, _unpack_blobs(decoded[3], frames, limits, size))
+            layout = decoded[3]
+            return head, lambda: cls(command, body,
+                                     _unpack_blobs(layout, frames, limits, size))
         if limits.blobs is not None and len(frames) - 1 > limits.blobs:
             raise ProtocolError(f"{len(frames) - 1} blobs; at most {limits.blobs} are "
                                 "accepted", size=size, cause="too-large")
-        return cls(command, body, tuple(frames[1:]))
+        if len(frames) == 1:
+            return head, lambda: head
+        return head, lambda: cls(command, body, tuple(frames[1:]))
 
 
 def _unpack_blobs(layout: Any, frames: Sequence[Frame], limits: Limits,
