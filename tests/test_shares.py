@@ -207,6 +207,31 @@ def test_a_submit_past_the_share_is_refused_before_its_splits_are_unpacked(ctx, 
         stop_broker(b)
 
 
+def test_a_release_is_acted_on_past_the_share(ctx):  # noqa: F811
+    """A RELEASE frees what a finished job left (once), and is what a client does last:
+    refused past the share, `pymapreduce run` ended in BrokerBusy (an error exit) after
+    the job's output was printed, when many clients of one key had spent its share.
+    It is charged to the share, and acted on even past it; a SUBMIT still waits."""
+    clock = FakeClock()
+    b = start_broker(ctx)
+    b._job_shares = PeerShares(D.JOBS_SHARE, D.JOBS_BURST, D.ALL_JOBS_SHARE,
+                               D.ALL_JOBS_BURST, clock=clock)
+    try:
+        client = Peer(ctx, b.address, name="client")
+        submit(client, "j1", [(0, "a")])
+        client.send(P.CANCEL, {"job_id": "j1", "req": 2})
+        assert replies(client, 1) == ["status"]
+        b._job_shares.peers[next(iter(b._job_shares.peers))].level = -5.0  # spent
+        client.send(P.RELEASE, {"job_id": "j1", "req": 3})
+        assert replies(client, 1) == ["status"] and b.jobs["j1"].released
+        client.send(P.SUBMIT, {"job_id": "j2", "req": 4, "reducers": 1, "splits": 2},
+                    [b"opaque job code", pack([[0, "a"]]), msgpack.packb([["mem", 1]])])
+        reply = client.recv(want=(P.ACCEPTED, P.ERROR))
+        assert reply.body.get("code") == "busy" and "j2" not in b.jobs
+    finally:
+        stop_broker(b)
+
+
 def test_a_client_told_busy_asks_again_until_answered(ctx):  # noqa: F811
     clock = FakeClock()
     b = start_broker(ctx)

@@ -339,7 +339,7 @@ class ClientAPI:
         if job is not None and not self._may_act(job):
             self._job_or_error(peer, msg)  # (says whose it is)
             return
-        if job is not None and job.state != P.JOB_RUNNING:
-            self.ledger.release_job(job)
+        if job is not None and job.state != P.JOB_RUNNING and not job.released:
+            self.ledger.release_job(job)  # (once: a release is answered past its share)
         self._reply(peer, P.STATUS, {"req": _req(msg), "job_id": msg.body.get("job_id"),
                                      "state": "released"})
