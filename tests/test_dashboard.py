@@ -261,13 +261,15 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
     wait_until(browser, lambda d: len(css(d, "#workers tbody tr")) >= 2, what="the workers")
     assert "alive" in browser.find_element("id", "workers").text
     # the killed process stays listed, as lost, with why and the attempt it lost
-    gone = wait_until(browser, lambda d: css(d, "#gone-workers tbody tr"),
+    # (the rows' texts, read at once: the view is redrawn as the cluster changes, and an
+    # element found before a redraw is stale after it)
+    gone = wait_until(browser, lambda d: [r.text for r in css(d, "#gone-workers tbody tr")],
                       what="the lost worker")
-    assert len(gone) == 1 and f":{running} " in gone[0].text + " ", gone[0].text
+    assert len(gone) == 1 and f":{running} " in gone[0] + " ", gone[0]
     # (why, as the broker learnt it: its supervisor saw the process die, or its connection
     # closed, or its heartbeats stopped)
-    assert any(why in gone[0].text for why in ("killed by SIGKILL", "closed", "heartbeat")), \
-        gone[0].text
+    assert any(why in gone[0] for why in ("killed by SIGKILL", "closed", "heartbeat")), \
+        gone[0]
 
     # nothing was asked of any host but the broker (the page, its script, the API)
     urls += requested_urls(browser, http)

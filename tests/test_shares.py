@@ -190,6 +190,10 @@ def test_a_submit_past_the_share_is_refused_before_its_splits_are_unpacked(ctx, 
         greedy.send(P.SUBMIT, {**body, "job_id": "g0", "req": 1}, blobs)
         assert greedy.recv(want=(P.ACCEPTED, P.ERROR)).command == P.ACCEPTED
         assert len(unpacked) == 1  # (the small splits shared a frame)
+        deadline = time.monotonic() + 20  # (its bucket is made once the SUBMIT is charged,
+        while not b._job_shares.peers:     # after the reply that the client may read first)
+            assert time.monotonic() < deadline, "the SUBMIT was never charged"
+            time.sleep(0.005)
         b._job_shares.peers[next(iter(b._job_shares.peers))].level = -5.0  # spent
         greedy.send(P.SUBMIT, {**body, "job_id": "g1", "req": 2}, blobs)
         reply = greedy.recv(want=(P.ACCEPTED, P.ERROR))
