@@ -463,3 +463,45 @@ def test_ints_of_any_size_are_written_in_full_to_part_files_and_stdout(cluster, 
     assert done.returncode == 0, done.stderr
     assert done.stdout == f'["x", {_digits(7 ** 6000)}]\n'
     assert sys.get_int_max_str_digits() == limit  # (the limit is put back)
+
+
+def test_big_ints_written_by_two_threads_at_once_keep_the_digits_limit_after():
+    """Python's digits limit is the interpreter's, not a thread's: two clients writing
+    outputs side by side lift it at once. The one that ends first must not put the limit
+    back under the other (whose big int then failed with ValueError), and the last one
+    must put back the limit found before, not the lifted one (which left every later
+    int(str) of the process unbounded)."""
+    import threading
+
+    from pymapreduce.client.output import encode_lines, whole_ints
+
+    limit = sys.get_int_max_str_digits()
+    assert limit != 0
+    big = 7 ** 6000
+    entered, first_out, errors = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        try:
+            with whole_ints():
+                entered.set()
+                assert first_out.wait(30)
+                encode_lines(["k"], [big])  # (the first block has ended meanwhile)
+                str(big)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=second)
+    try:
+        with whole_ints():
+            thread.start()
+            assert entered.wait(30)
+        first_out.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert errors == []
+        assert sys.get_int_max_str_digits() == limit
+        with pytest.raises(ValueError):
+            str(big)  # (the limit holds again)
+    finally:
+        first_out.set()
+        sys.set_int_max_str_digits(limit)

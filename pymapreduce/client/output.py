@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring  # (what ensure_ascii=False encodes a str with)
 from typing import Any
@@ -99,19 +100,34 @@ def write_output(directory: str | os.PathLike, parts: Iterable[tuple[list, list]
     return written
 
 
+_lifting = threading.Lock()  # (whole_ints: the limit is the process's, not a thread's)
+_lifted = [0, 0]  # whole_ints blocks open in any thread; the limit they found in place
+
+
 @contextlib.contextmanager
 def whole_ints() -> Iterator[None]:
     """Python's limit on turning an int into text (4300 digits: ``int.__repr__`` and
     ``json.dumps`` raise ValueError past it) lifted for a while, so that a job's big ints
     are written in full: JSON has no limit on an int's digits, and a result's ints come
     from the job's own code (one read from a peer is at most 64 KiB, about 158,000 digits,
-    0.3 s to write: ``patterns/safe_types.py``)."""
-    limit = sys.get_int_max_str_digits()
-    sys.set_int_max_str_digits(0)
+    0.3 s to write: ``patterns/safe_types.py``). The limit is the interpreter's: blocks
+    open at once in several threads (clients writing outputs side by side) lift it once,
+    and the last to end puts back the limit the first one found, never the lifted one."""
+    if not hasattr(sys, "set_int_max_str_digits"):  # (a Python without the limit)
+        yield
+        return
+    with _lifting:
+        if not _lifted[0]:
+            _lifted[1] = sys.get_int_max_str_digits()
+            sys.set_int_max_str_digits(0)
+        _lifted[0] += 1
     try:
         yield
     finally:
-        sys.set_int_max_str_digits(limit)
+        with _lifting:
+            _lifted[0] -= 1
+            if not _lifted[0]:
+                sys.set_int_max_str_digits(_lifted[1])
 
 
 def encode_lines(keys: Sequence, values: Sequence) -> str:
