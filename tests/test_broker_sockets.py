@@ -235,3 +235,32 @@ def test_on_a_secured_broker_only_the_attempts_worker_may_deliver_its_output(ctx
     finally:
         b.stop()
         thread.join(5)
+
+
+def test_a_data_plane_message_is_not_held_by_the_broker_once_handled(broker):
+    """A sink's OUTPUT is read whole at once (the data plane has no shares): the broker
+    must keep nothing of it once handled. Its frames (up to --max-message-mb) used to stay
+    referenced from the broker until its next message, all the time it was idle, after
+    the store had sent them on or spilled them."""
+    handled = threading.Event()
+    on_data = broker._on_data
+
+    def observed(*args):
+        try:
+            on_data(*args)
+        finally:
+            handled.set()
+
+    broker._on_data = observed  # (_drain looks it up for each batch)
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(broker.data_address)
+        push.send_multipart(Message(P.OUTPUT, {"job": "none"},
+                                    (b"x" * 100_000, b"y" * 10, b"z" * 10)).encode())
+        assert handled.wait(30)
+        assert broker._whole is None
+        push.close(0)
+    finally:
+        ctx.destroy(0)

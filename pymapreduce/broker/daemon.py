@@ -362,9 +362,12 @@ class Broker(ClientAPI, WorkerAPI):
                 try:
                     # (a client's request is unpacked once it is to be acted on: past its
                     # share of the loop it is refused with its header read, _on_control)
-                    msg, self._whole = Message.decode_header(body, BROKER_LIMITS)
-                    if not routed:
-                        msg = self._whole()
+                    msg, whole = Message.decode_header(body, BROKER_LIMITS)
+                    if routed:
+                        self._whole = whole  # (taken, and let go, by _on_control)
+                    else:  # (the data plane: read whole now, and not kept past it)
+                        msg = whole()
+                    del whole
                 except ProtocolError as exc:
                     self._malformed(route, key, exc)
                 else:
