@@ -393,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a side file shipped with the job (repeatable); tasks open it by "
                         "its base name in their working directory")
     r.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="give up waiting for the job after this many seconds (a broker "
-                        "that does not answer at all is given up after 10 s)")
+                   help="give up waiting for the job after this many seconds (a broker at "
+                        "--connect that does not answer at all: after this, or 10 s if sooner)")
     r.add_argument("--progress-every", type=float, metavar="SECONDS",
                    help="when stderr is not a terminal, a progress line every SECONDS "
                         "(default 5, or $PYMAPREDUCE_PROGRESS_EVERY; 0: at each status, "

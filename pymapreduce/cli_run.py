@@ -16,6 +16,7 @@ import time
 
 from .cli_output import cancel_unwatched, embedded_where, print_limit, print_pairs
 from .errors import JobTimeout, PyMapReduceError
+from .patterns import config as timing
 from .progress import progress_period, summary_lines, watch
 
 
@@ -189,7 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    liveness=args.liveness, memory=memory,
                                    task_stdout="stderr").start()  # stdout: the pairs
             address = cluster.address
-        with Client(address, keys=args.keys, key_name=args.key_name) as client:
+        # (a broker at --connect that does not answer is given up after --timeout too, when
+        # it is shorter than a request's usual wait; an embedded one is this command's own)
+        limit = (timing.REQUEST_TIMEOUT if args.timeout is None or cluster is not None
+                 else max(0.1, min(timing.REQUEST_TIMEOUT, args.timeout)))
+        with Client(address, keys=args.keys, key_name=args.key_name, timeout=limit) as client:
             # a total-order job's map runs on a sample here, in this process: what it prints
             # goes to stderr, as its tasks' prints do, so stdout holds the pairs only
             with contextlib.redirect_stdout(sys.stderr):

@@ -411,3 +411,22 @@ def test_a_job_s_error_and_traceback_cannot_drive_the_terminal():
             assert "\\x1b]0;owned\\x07" in text and "\\x1b[1Ahidden\n" in text
         else:
             assert text == shown.getvalue() and "\x1b[2J" in text
+
+
+def test_run_connect_to_a_broker_that_does_not_answer_gives_up_after_its_timeout(tmp_path):
+    """`run --connect ADDR --timeout T` bounds the wait for a broker that answers nothing
+    too (it waited a request's usual 10 s, whatever T said): exit code 3, saying T."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (bound, then let go)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = tmp_path / "job.py"
+    job.write_text("from pymapreduce import Job\n\n\nclass J(Job):\n"
+                   "    def map(self, key, line):\n        yield line, 1\n")
+    (tmp_path / "in.txt").write_text("a\n")
+    done = subprocess.run(pmr("run", f"{job}:J", str(tmp_path / "in.txt"), "--connect",
+                              f"tcp://127.0.0.1:{port}", "--timeout", "1.5"),
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert "did not answer a greeting within 1.5s" in done.stderr, done.stderr
