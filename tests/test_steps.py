@@ -6,7 +6,9 @@ import os
 import sys
 import time
 
-from pymapreduce import Client, Job, run_sequential
+import pytest
+
+from pymapreduce import Client, Job, JobFailed, run_sequential
 
 from .conftest import FAST, ROOT, wait_workers
 from .jobs import WordCount
@@ -92,3 +94,29 @@ def test_a_multi_step_job_survives_a_broker_restart_mid_way(daemons, tmp_path):
         result = handle.result(120)
         assert handle.status()["recovered"] > 0
     pagerank.check(result, graph, 12)
+
+
+class Divides(Job):
+    """The last step: its reduce divides by a count that is zero for one key."""
+
+    def map(self, word, weighted):
+        yield len(word) % 2, weighted
+
+    def reduce(self, key, values):
+        return sum(values) // key  # (key 0: a word of even length)
+
+
+class FailsInItsLastStep(Job):
+    def steps(self):
+        return [WordCount(), Lengths(), Divides()]
+
+
+def test_a_failed_multi_step_job_says_which_step_failed(cluster):
+    """Task names are a step's own (every step has a reduce-0): the failure says its step,
+    where it named the task alone."""
+    with Client(cluster) as client:
+        handle = client.submit(FailsInItsLastStep(), [(0, "a bb ccc")], reducers=1)
+        with pytest.raises(JobFailed) as failed:
+            handle.result(60)
+    first = str(failed.value).splitlines()[0]
+    assert ": step 3 of 3: reduce-0 failed" in first and "ZeroDivisionError" in first, first

@@ -96,7 +96,10 @@ class Failures:
         task.hopeless += final
         if task.failures >= self.config.max_attempts or task.hopeless >= HOPELESS_AFTER:
             job.finish(P.JOB_FAILED, {
-                "message": f"{task.name} failed {task.failures} times; last error: {error}",
+                # (a multi-step job's tasks are named within their step: which one, said)
+                "message": (f"step {job.step + 1} of {len(job.steps)}: "
+                            if len(job.steps) > 1 else "") +
+                           f"{task.name} failed {task.failures} times; last error: {error}",
                 "task": task.name,
                 "position": position,
                 "traceback": tb,
