@@ -72,11 +72,11 @@ CLIENTS_SHARE, CLIENTS_BURST = 0.1, 1.0  # all clients' together
 # CANCEL took the loop 0.1 s, and one client submitting and cancelling in a loop held it
 # from everyone else's jobs.
 JOB_COMMANDS = frozenset({P.SUBMIT, P.CANCEL, P.RELEASE})
-# ...of which a RELEASE is charged but acted on even past the share: it frees what a job
-# the share admitted left behind, once (a release of a released or unknown job costs a
-# lookup); refused, it made `pymapreduce run` (and mrjob's runner) end in BrokerBusy
-# after the job's output was out, when many clients of one key had spent its share.
-CHARGED_ONLY = frozenset({P.RELEASE})
+# ...of which a RELEASE, and a CANCEL of a job of the client's that still runs, are charged
+# but acted on even past the share (:meth:`Broker._past_share`): each ends or frees a job
+# once, and its SUBMIT paid for it; refused, a RELEASE made `pymapreduce run` (and mrjob's
+# runner) end in BrokerBusy after the job's output was out, and a CANCEL (a Ctrl-C) left
+# the job running unwatched, when the client's key had spent its share.
 JOBS_SHARE, JOBS_BURST = 0.25, 2.0  # each client's
 ALL_JOBS_SHARE, ALL_JOBS_BURST = 0.5, 4.0  # all clients' together
 
@@ -407,6 +407,19 @@ class Broker(ClientAPI, WorkerAPI):
                 pass
         self._reply(route[0], P.ERROR, body)
 
+    def _past_share(self, msg: Message) -> bool:
+        """Whether a client's request is acted on though its share of the loop is spent: a
+        RELEASE, and a CANCEL of a job it may act on that still runs. Each ends or frees a
+        job at most once, and the job's SUBMIT was paid from the share; a CANCEL of a job
+        that has ended (its status, built again) waits as a read would."""
+        if msg.command == P.RELEASE:
+            return True
+        if msg.command != P.CANCEL:
+            return False
+        job_id = msg.body.get("job_id")
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        return job is not None and job.state == P.JOB_RUNNING and self._may_act(job)
+
     def _on_control(self, route: list, msg: Message, role: str, key: str) -> None:
         handler = self._handlers.get(msg.command)
         whole, self._whole = self._whole, None  # (the message's frames: not kept past it)
@@ -432,7 +445,7 @@ class Broker(ClientAPI, WorkerAPI):
                   self._job_shares if command in JOB_COMMANDS else None)
         # whose share: the client's key (as for its jobs and limits), else its connection
         payer = (key or peer) if shares is not None else None
-        if shares is not None and command not in CHARGED_ONLY and not shares.ready(payer):
+        if shares is not None and not shares.ready(payer) and not self._past_share(msg):
             self._reply(peer, P.ERROR, {
                 "code": "busy", "req": _req(msg),
                 "message": "this client's requests have had their share of the broker's "
