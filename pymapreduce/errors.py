@@ -126,7 +126,7 @@ class JobFailed(PyMapReduceError):
 
 
 def holding_value(exc: BaseException, public: str, value: object,
-                  label: str = "the value") -> BaseException:
+                  label: str = "") -> BaseException:
     """``exc``, an error the engine made whose message shows one of the job's data values
     (an output it cannot use, a key): ``public`` is the same message without it, and
     ``value`` the value, cut. A worker reports the failure with ``public`` as its text
@@ -140,6 +140,13 @@ def holding_value(exc: BaseException, public: str, value: object,
     exc._pmr_value = short_repr(value, 200)  # type: ignore[attr-defined]
     exc._pmr_label = label  # type: ignore[attr-defined]
     return exc
+
+
+def result_needs_pickle(key: object, cause: BaseException) -> BaseException:
+    """The error for the result of ``key`` that can only travel pickled (``cause``: the
+    ValueNeedsPickle that names its type), the key shown as :func:`holding_value` does."""
+    return holding_value(ValueNeedsPickle(f"the result for key {short_repr(key, 200)}: {cause}"),
+                         f"the result for a key: {cause}", key, "the result's key")
 
 
 def short_repr(value: object, limit: int = 80) -> str:

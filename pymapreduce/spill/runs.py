@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import BadOutput, ValueNeedsPickle, holding_value, short_repr
+from ..errors import BadOutput, ValueNeedsPickle, result_needs_pickle
 from ..patterns.records import _Decoding, _pack
 from .budget import TaskFiles
 
@@ -397,10 +397,7 @@ class ColumnsWriter:
                 try:
                     _pack([k, v], False, 0)
                 except ValueNeedsPickle as pair_error:
-                    raise holding_value(
-                        ValueNeedsPickle(f"the result for key {short_repr(k, 200)}: "
-                                         f"{pair_error}"),
-                        f"the result for a key: {pair_error}", k, "the result's key") from None
+                    raise result_needs_pickle(k, pair_error) from None
             raise exc
         n = len(keys)
         cut = 1 if n < 16 else 3 if n < 65536 else 5

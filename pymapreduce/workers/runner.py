@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ValueNeedsPickle, holding_value, short_repr
+from ..errors import ValueNeedsPickle, result_needs_pickle, short_repr
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import Columns, Job
 from ..kernels import (
@@ -297,9 +297,7 @@ def pack_output(columns: Columns, safe: bool) -> bytes:
         try:
             pack([key, value], allow_pickle=False)
         except ValueNeedsPickle as pair_error:
-            raise holding_value(
-                ValueNeedsPickle(f"the result for key {_short(key)}: {pair_error}"),
-                f"the result for a key: {pair_error}", key, "the result's key") from None
+            raise result_needs_pickle(key, pair_error) from None
     raise error
 
 

@@ -66,7 +66,7 @@ def reported(exc: BaseException, tb: str, where: dict) -> tuple[str, str]:
     head, found, tail = tb.rpartition(str(exc))  # (the traceback's last line holds it)
     where["value"] = value
     label = getattr(exc, "_pmr_label", None)
-    if type(label) is str and label != "the value":
+    if type(label) is str and label:
         where["value_label"] = label  # (what the value is: no data, engine-made)
     return f"{type(exc).__name__}: {public}", (head + public + tail) if found else ""
 
