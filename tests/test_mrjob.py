@@ -446,3 +446,28 @@ def test_a_line_or_a_command_s_stderr_in_an_error_is_its_owner_s_only(daemons, t
         assert seen in str(info.value), (info.value.position, str(info.value))
         jobs.append(message.split()[1])
     assert_unseen(secret, address, http, jobs, logs)
+
+
+_DISTUTILS_CHECK = r"""
+import os, sys, sysconfig
+hooked = any(type(f).__name__ == "DistutilsMetaFinder" for f in sys.meta_path)
+import pymapreduce.adapters.mrjob.steps
+import mrjob.job, mrjob.util, mrjob.compat
+import distutils
+ours = os.path.join(sysconfig.get_paths()["stdlib"], "distutils", "__init__.py")
+print(hooked, os.path.samefile(distutils.__file__, ours),
+      "setuptools" in sys.modules, mrjob.util.find_executable("sh") is not None,
+      mrjob.compat.uses_yarn("2.7.0"))
+"""
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="Python 3.12 has no distutils")
+def test_mrjob_gets_pythons_distutils_not_all_of_setuptools():
+    """mrjob's ``import distutils`` would load all of setuptools through its start-up hook
+    (most of ``import mrjob.job``); the adapter gives it Python's own, which works the
+    same for mrjob (find_executable, LooseVersion)."""
+    out = subprocess.run([sys.executable, "-c", _DISTUTILS_CHECK], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60, check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("setuptools' distutils hook is not installed here")
+    assert out[1:] == ["True", "False", "True", "True"], out

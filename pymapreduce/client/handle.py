@@ -28,7 +28,7 @@ from .logs import TaskLogs, fetch_logs
 if TYPE_CHECKING:
     from .client import Client
 
-FETCH_BATCH = 256  # output partitions asked for per FETCH (the broker caps the bytes)
+FETCH_BATCH = 1024  # output partitions asked for per FETCH (the broker caps the bytes)
 
 # Status fields the client reads but a user has no use for (the request's number, how
 # the result is assembled): status() and wait() leave them out.

@@ -49,7 +49,10 @@ from .tasks import TaskAbandoned, Tasks
 log = logging.getLogger("pymapreduce.worker")
 
 FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
-FLUSH_COUNT = 64  # ... or this many reports
+FLUSH_COUNT = 64  # ... or this many reports, or half the worker's credit if that is fewer:
+# the broker then refills the queue while the other half runs, so a worker of many tiny
+# tasks does not wait out a round trip after each batch (benchmarks/RESULTS.md, "DONE at
+# half the credit")
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
@@ -85,6 +88,7 @@ class Worker(Tasks):
         self.connect_addr = connect
         self.bind_addr = bind
         self.credit = credit
+        self._flush_count = max(1, min(FLUSH_COUNT, credit // 2))
         if not name:  # (the supervisor names its children: socket is imported by few)
             import socket
 
@@ -270,7 +274,7 @@ class Worker(Tasks):
             # next may be as long, and the broker should know this one is committed).
             if (
                 not self.queue
-                or len(self.reports) >= FLUSH_COUNT
+                or len(self.reports) >= self._flush_count
                 or now - self._first_report > FLUSH_AFTER
                 or now - started > FLUSH_AFTER
             ):

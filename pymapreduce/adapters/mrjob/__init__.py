@@ -24,6 +24,43 @@ from typing import Any
 from ...job import Job
 from .plan import Plan, make_plan
 
+
+def _stdlib_distutils() -> None:
+    """mrjob imports ``distutils`` (``find_executable``, ``LooseVersion``). Where
+    setuptools is installed, its start-up hook makes that import load all of setuptools
+    and ``pkg_resources`` to provide its own copy: 0.2-0.4 s, most of ``import mrjob.job``
+    and so of a short mrjob job's run (the client, and the worker supervisor that imports
+    mrjob before it forks the workers, each pay it). Python before 3.12 ships
+    ``distutils``, with the same two functions: it is loaded here instead, before mrjob
+    asks (docs/mrjob.md). Nothing is done if ``distutils`` is already loaded, on Python
+    3.12 and later (no ``distutils`` of its own), or without setuptools' hook."""
+    import sys
+
+    if sys.version_info >= (3, 12) or "distutils" in sys.modules:
+        return
+    if not any(type(f).__name__ == "DistutilsMetaFinder" for f in sys.meta_path):
+        return
+    import importlib.machinery
+    import importlib.util
+    import sysconfig
+    import warnings
+
+    spec = importlib.machinery.PathFinder.find_spec("distutils",
+                                                    [sysconfig.get_paths()["stdlib"]])
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["distutils"] = module
+    try:
+        with warnings.catch_warnings():  # (its deprecation notice is not the user's)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            spec.loader.exec_module(module)
+    except Exception:  # then mrjob gets setuptools' copy, as without this
+        del sys.modules["distutils"]
+
+
+_stdlib_distutils()  # (before anything here imports mrjob)
+
 __all__ = ["MRJobRun", "PyMapReduceRunner", "as_job", "make_runner", "output_chunks", "prepare",
            "run"]
 

@@ -108,7 +108,7 @@ def run_command(target: str, attr: str, argv: list[str]) -> int:
         # command's fixed cost), the supervisor importing mrjob and the adapter's steps
         # as well, before it forks the worker processes (so not each of them)
         cluster = LocalCluster(workers=options.workers, keys=options.keys,
-                               preload=("mrjob.job", "pymapreduce.adapters.mrjob.steps"))
+                               preload=("pymapreduce.adapters.mrjob.steps", "mrjob.job"))
         cluster.launch()
     try:
         return _run_loaded(target, attr, argv, options, rest, cluster)
