@@ -58,13 +58,20 @@ def run_mrjob(module: str, runner: str, files: list[str], out: str) -> float:
     return time.perf_counter() - start
 
 
-def run_cli(module: str, files: list[str], out: str) -> float:
-    """Seconds for ``pymapreduce run mr_job.py FILES > out`` (embedded cluster included)."""
+def run_cli(module: str, files: list[str], out: str, tree: str = "") -> float:
+    """Seconds for ``pymapreduce run mr_job.py FILES > out`` (embedded cluster included);
+    ``tree``: a checkout of pymapreduce to run it from (first on ``PYTHONPATH``, the
+    command run from /tmp so that no checkout is its current directory)."""
     argv = [sys.executable, "-m", "pymapreduce", "run", os.path.join(EXAMPLES, f"{module}.py"),
             "--workers", str(WORKERS), *files]
+    env = None
+    if tree:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.path.abspath(tree) + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
     with open(out, "wb") as f:
-        subprocess.run(argv, stdout=f, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(argv, stdout=f, stderr=subprocess.DEVNULL, check=True, env=env,
+                       cwd="/tmp" if tree else None)
     return time.perf_counter() - start
 
 
@@ -79,14 +86,19 @@ def main() -> int:
                          "2 or more, medians, and the command's speed over the local "
                          "runner's from the rounds' sums with a 95%% interval (default 1)")
     ap.add_argument("--json", help="write the figures to this file too")
+    ap.add_argument("--cli-trees", default="",
+                    help="comma list of checkouts: the command run from each as well, as "
+                         "system cli@TREE (a before/after of the command in one run)")
     args = ap.parse_args()
+    trees = [t for t in args.cli_trees.split(",") if t]
     machine = common.print_machine("mrjob example jobs: pymapreduce vs mrjob's runners")
     files = build_corpus(common.corpus_dir(args.size_mb), args.size_mb)
     total = sum(os.path.getsize(p) for p in files)
     log(f"corpus: {len(files)} files, {total / MIB:.1f} MiB")
     rows, figures, ratios = [], {}, {}
     rng = random.Random(7)
-    systems = ["inline", *(() if args.skip_local else ("local",)), "pmr", "cli"]
+    systems = ["inline", *(() if args.skip_local else ("local",)), "pmr", "cli",
+               *(f"cli@{t}" for t in trees)]
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         start = time.perf_counter()
         cluster = stack.enter_context(LocalCluster(workers=WORKERS))
@@ -95,7 +107,7 @@ def main() -> int:
         for module in args.jobs.split(","):
             cls = getattr(__import__(f"mrjob.examples.{module}", fromlist=["x"]), JOBS[module])
             samples: dict[str, list[float]] = {name: [] for name in systems}
-            outs = {name: os.path.join(tmp, f"{module}.{name}") for name in systems}
+            outs = {name: os.path.join(tmp, f"{module}.{n}") for n, name in enumerate(systems)}
             for round_ in range(args.repeat):
                 order = list(systems)
                 rng.shuffle(order)
@@ -105,6 +117,8 @@ def main() -> int:
                         samples[name].append(run_mrjob(module, name, files, outs[name]))
                     elif name == "cli":
                         samples[name].append(run_cli(module, files, outs[name]))
+                    elif name.startswith("cli@"):
+                        samples[name].append(run_cli(module, files, outs[name], name[4:]))
                     else:
                         start = time.perf_counter()
                         done = adapter.run(cls, files, address=cluster.address)
@@ -126,6 +140,12 @@ def main() -> int:
             if local and args.repeat >= 2:
                 est, lo, hi = common.interval(samples["cli"], samples["local"])
                 ratios[module] = (1 + est, 1 + lo, 1 + hi)
+            for name in systems[systems.index("cli") + 1:]:
+                vs = (f", {local / times[name]:.2f}x the local runner's speed" if local
+                      else "")
+                print(f"{module}: `pymapreduce run` from {name[4:]}: median "
+                      f"{times[name]:.3f}s ({' '.join(f'{x:.2f}' for x in samples[name])})"
+                      f"{vs}")
     common.print_table(["job", "inline s", "local s", "pymapreduce s (warm)",
                         "pmr run (CLI) s", "run vs inline", "run vs local", "warm vs inline",
                         "warm vs local", "warm MiB/s"], rows)
@@ -148,8 +168,8 @@ def _check(module: str, outs: dict, tmp: str, with_local: bool) -> None:
     """pymapreduce's outputs (the warm job's and the command's) byte-identical to the
     inline runner's; the local runner's the same lines."""
     inline = open(outs["inline"], "rb").read()
-    same = (open(outs["pmr"], "rb").read() == inline
-            and open(outs["cli"], "rb").read() == inline)
+    same = all(open(path, "rb").read() == inline
+               for name, path in outs.items() if name == "pmr" or name.startswith("cli"))
     if with_local:
         local = open(outs["local"], "rb").read()
         same = same and sorted(local.splitlines()) == sorted(inline.splitlines())
