@@ -181,10 +181,14 @@ def test_the_dashboard_shows_a_job_its_progress_retries_kill_and_traceback(
         os.kill(running, signal.SIGKILL)  # a worker process, mid-task
         assert handle.result(60) == run_sequential(WordCount(), records)
 
-    # finished: listed as such, then its own view
-    link = wait_until(browser, lambda d: css(d, f"#jobs-recent a.job-link[data-job='{job}']"),
-                      what="the finished job")[0]
-    link.click()
+    # finished: listed as such, then its own view (the list may be redrawn between
+    # finding the link and clicking it: both are done again until the click lands)
+    def open_finished(d):
+        links = css(d, f"#jobs-recent a.job-link[data-job='{job}']")
+        if links:
+            links[0].click()
+        return bool(links)
+    wait_until(browser, open_finished, what="the finished job")
     wait_until(browser, lambda d: "succeeded" in d.find_element("id", "job-title").text,
                what="the job's state")
     for phase in ("map", "reduce"):

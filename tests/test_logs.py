@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -468,3 +469,115 @@ def test_embedded_run_cli_keeps_stdout_for_the_pairs(tmp_path):
     assert run.returncode == 0, run.stderr
     assert sorted(run.stdout.splitlines()) == ['["a", 2]', '["b", 1]']
     assert "map printed the line at 0\n" in run.stderr
+
+
+class Subprocesses(Job):
+    """Writes past ``sys.stdout``: a subprocess's stdout and stderr, and descriptor 1
+    written to directly, as a C library would."""
+
+    def map(self, key, line):
+        subprocess.run(["sh", "-c", f"echo child out {key}; echo child err {key} >&2"],
+                       check=True)
+        subprocess.run(["sh", "-c", f"echo handed stdout {key}"], stdout=sys.stdout,
+                       check=True)
+        os.write(1, f"fd one {key}\n".encode())
+        print(f"printed {key}")
+        yield line, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+def test_what_subprocesses_and_descriptors_write_is_kept_in_the_attempts_log(daemons,
+                                                                             tmp_path):
+    """Descriptors 1 and 2 of a worker process are captured per attempt: each record's
+    lines are in exactly one map task's log, in the order written; what a process a task
+    left behind writes after the task goes to the worker daemon's stderr, not into a
+    later task's log; the daemon's own log lines stay out of the tasks' logs."""
+    _, address = daemons.broker(*STEADY)
+    err = open(tmp_path / "worker.err", "wb")
+    worker = subprocess.Popen(
+        pmr("worker", "--connect", address, "--processes", "2", "--log-level", "INFO",
+            "--parent-pid", str(os.getpid())),
+        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    daemons.procs.append(worker)
+    wait_workers(address, 2)
+    records = [(i, f"w{i % 2}") for i in range(8)]
+    with Client(address) as client:
+        handle = client.submit(Subprocesses(), records, map_tasks=4, reducers=1)
+        assert handle.result(60) == {"w0": 4, "w1": 4}
+        logs = {e["task"]: e["text"] for e in handle.logs()}
+        maps = [logs[f"map-{i}"] for i in range(4)]
+        for key, _ in records:
+            lines = [f"child out {key}\n", f"child err {key}\n", f"handed stdout {key}\n",
+                     f"fd one {key}\n", f"printed {key}\n"]
+            holders = [text for text in maps if lines[0] in text]
+            assert len(holders) == 1, (key, maps)
+            # the descriptors' lines in the order written (each before the next began);
+            # the print is in the log too, but where among them is not kept (docs/logs.md)
+            at = [holders[0].index(line) for line in lines[:4]]
+            assert at == sorted(at), holders[0]
+            assert lines[4] in holders[0]
+            assert all(line not in text for text in maps if text is not holders[0]
+                       for line in lines)
+        assert "child" not in logs.get("reduce-0", "")  # (a task that wrote nothing: none)
+
+        class LeavesOneBehind(Job):
+            def map(self, key, line):
+                subprocess.Popen(["sh", "-c", "sleep 0.5; echo left behind by a task"])
+                yield line, 1
+
+        handle = client.submit(LeavesOneBehind(), [(0, "x")], map_tasks=1, reducers=0)
+        handle.result(60)
+        deadline = time.monotonic() + 20
+        while b"left behind by a task" not in (tmp_path / "worker.err").read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "worker.err").read_bytes()
+            time.sleep(0.1)
+        assert all("left behind" not in e["text"] for e in handle.logs())
+    daemon_log = (tmp_path / "worker.err").read_text()
+    assert "child out" not in daemon_log and "printed" not in daemon_log
+    assert all("INFO" not in text for text in logs.values())  # (the daemon's own lines)
+
+
+def test_a_subprocess_of_an_embedded_jobs_task_reaches_the_terminal(tmp_path):
+    script = _script(tmp_path, "embedded_sub.py", """
+        import subprocess
+        from pymapreduce import Job
+
+        class Shell(Job):
+            def map(self, key, line):
+                subprocess.run(["sh", "-c", f"echo shell out {key}; echo shell err {key} >&2"])
+                yield line, 1
+
+            def reduce(self, word, counts):
+                return sum(counts)
+
+        if __name__ == "__main__":
+            print("result", Shell().run([(i, "w") for i in range(3)], workers=2, map_tasks=3))
+    """)
+    proc = _python(script)
+    assert proc.returncode == 0, proc.stderr
+    for i in range(3):  # (before, the subprocess's stdout went nowhere)
+        assert f"shell out {i}\n" in proc.stderr and f"shell err {i}\n" in proc.stderr
+    assert proc.stdout == "result {'w': 3}\n"
+
+
+class Floods(Job):
+    def map(self, key, line):
+        subprocess.run(["sh", "-c", "yes flood | head -c 30000000"], check=True)
+        yield line, 1
+
+
+def test_a_subprocess_flood_keeps_a_head_and_a_tail_and_counts_the_rest(steady):
+    """30 MB written to descriptor 1 by a task's subprocess: the attempt's log keeps its
+    first and last HEAD/TAIL bytes and says how many it left out (the worker reads no
+    more than it keeps, and the file it lands in is emptied as the heartbeat reads it)."""
+    with Client(steady) as client:
+        handle = client.submit(Floods(), [(0, "x")], map_tasks=1, reducers=0)
+        handle.result(120)
+        text = handle.logs()[0]["text"]
+    head, _, rest = text.partition("\n[... ")
+    left_out, _, tail = rest.partition(" bytes of this attempt's output left out ...]\n")
+    assert head.startswith("flood\nflood\n") and tail.endswith("flood\n"), text[:200]
+    assert len(head) == HEAD and len(tail) == TAIL
+    assert 1_000_000 <= int(left_out) <= 30_000_000 - HEAD - TAIL

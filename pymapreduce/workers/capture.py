@@ -8,8 +8,14 @@ it as well, instead of reaching the worker daemon's log. The log keeps its first
 prints a line per record costs its worker and the broker at most ``HEAD + TAIL`` bytes.
 The text travels with the attempt's DONE or FAILED report (``log``).
 
-Writes that bypass Python's ``sys.stdout`` (a C library writing to file descriptor 1, a
-subprocess) are not captured: they go where the worker daemon's output goes.
+Writes that bypass Python's ``sys.stdout`` (a subprocess the task starts, a C library
+writing to file descriptor 1 or 2) are kept too in a worker daemon's processes
+(:class:`FdCapture`): there descriptors 1 and 2 point at one unlinked file for the
+process's life, the daemon's own stdout and stderr move to copies of the descriptors,
+and what the file gained during an attempt is read into that attempt's log when it ends
+(one ``lseek`` a task; the heartbeat thread also reads it every 50 ms, so a long task's
+subprocess output is echoed as it comes and the file stays small). What such a writer
+sends while no attempt runs (a process a task left behind) goes to the daemon's stderr.
 
 An embedded cluster (``Job.run`` without an address) passes the user's own stdout and
 stderr to its workers as file descriptors named in ``ECHO_ENV``; a worker then also
@@ -122,6 +128,121 @@ class _OnlyOurs(logging.Filter):
         return not self.capture.active or _is_ours(record)
 
 
+FD_TRIM = 16 << 20  # bytes the descriptors' file may hold before it is emptied mid-task
+FD_KEEP = 128 * 1024  # of more than twice this written at once, the first and last kept
+
+
+class FdCapture:
+    """Descriptors 1 and 2 of this process pointed at one unlinked file (see the module).
+
+    Made once, in a worker daemon's process before anything else keeps ``sys.stdout``:
+    ``sys.stdout``/``sys.stderr`` (and the logging handlers that wrote to them) then write
+    to copies of the old descriptors, so the daemon's own output still goes where it went.
+    The file is opened for appending (a writer's bytes go after all others'), read from
+    ``offset`` on, and emptied once read at an attempt's end, or when it passes FD_TRIM
+    while an attempt runs (bytes written between that read and the emptying are lost: the
+    log keeps a head and a tail of such output anyway)."""
+
+    def __init__(self) -> None:
+        import codecs
+        import fcntl
+        import tempfile
+        import threading
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        with tempfile.TemporaryFile() as f:  # (unlinked at once: nothing to clean up)
+            self.fd = os.dup(f.fileno())
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_APPEND)
+        self.daemon_out, self.daemon_err = os.dup(1), os.dup(2)  # (not inherited)
+        old = (sys.stdout, sys.stderr)
+        self.out = open(self.daemon_out, "w", buffering=1, encoding="utf-8",
+                        errors="backslashreplace", closefd=False)
+        self.err = open(self.daemon_err, "w", buffering=1, encoding="utf-8",
+                        errors="backslashreplace", closefd=False)
+        os.dup2(self.fd, 1)  # (inheritable: a subprocess writes there)
+        os.dup2(self.fd, 2)
+        _rebind(old, (self.out, self.err))
+        self.offset = 0  # bytes of the file read so far
+        self.lock = threading.Lock()  # the heartbeat thread reads the file too
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+
+    def pending(self) -> bool:
+        """Whether the file holds bytes not read yet (one system call)."""
+        return os.lseek(self.fd, 0, os.SEEK_END) > self.offset
+
+    def read(self) -> tuple[str, int, str]:
+        """What was written since the last read, as ``(text, skipped, tail)`` (call with
+        ``lock`` held): all of it as ``text``, or, past ``2 * FD_KEEP`` bytes, its first
+        and last FD_KEEP bytes with the count of those between (a log keeps a head and a
+        tail: reading and decoding a flood whole would only slow the task)."""
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        start, self.offset = self.offset, max(self.offset, end)
+        if end - start <= 2 * FD_KEEP:
+            return self._decode(_pread(self.fd, start, end)), 0, ""
+        head = self._decode(_pread(self.fd, start, start + FD_KEEP), True)
+        return head, end - start - 2 * FD_KEEP, _pread(self.fd, end - FD_KEEP, end).decode(
+            "utf-8", "replace")
+
+    def empty(self) -> None:
+        """Let the file's bytes go (all read; call with ``lock`` held)."""
+        os.ftruncate(self.fd, 0)
+        self.offset = 0
+
+    def to_daemon(self, text: str) -> None:
+        """Output written while no attempt ran: to the daemon's own stderr."""
+        if text:
+            try:
+                self.err.write(text)
+                self.err.flush()
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        """The process ends: what is left goes to the daemon's stderr, and descriptors 1
+        and 2 are the daemon's own again."""
+        with self.lock:
+            self.to_daemon(_joined(*self.read()))
+            os.dup2(self.daemon_out, 1)
+            os.dup2(self.daemon_err, 2)
+
+
+def _pread(fd: int, start: int, end: int) -> bytes:
+    chunks = []
+    while start < end:
+        data = os.pread(fd, min(end - start, 1 << 20), start)
+        if not data:
+            break
+        start += len(data)
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _joined(text: str, skipped: int, tail: str) -> str:
+    return text if not skipped else text + TRUNCATED.format(n=skipped) + tail
+
+
+def _rebind(old: tuple, new: tuple) -> None:
+    """``sys.stdout``/``sys.stderr`` and every logging handler that wrote to ``old``
+    (streams) now write to ``new``; faulthandler too, if it is on."""
+    swap = {id(o): n for o, n in zip(old, new)}
+    loggers = [logging.getLogger(), *(one for one in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(one, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in swap:
+                handler.setStream(swap[id(handler.stream)])
+    sys.stdout, sys.stderr = new
+    sys.__stdout__, sys.__stderr__ = new
+    import faulthandler
+
+    if faulthandler.is_enabled():  # (a crash's traceback for the operator, not the file)
+        faulthandler.enable(new[1])
+
+
 def _echo_streams() -> tuple[Any, Any]:
     """The user's stdout and stderr an embedded cluster passed on (None, None: none)."""
     spec = os.environ.get(ECHO_ENV, "")
@@ -145,11 +266,21 @@ class Capture:
     back after it (``end``): a few microseconds per task, where making and installing
     them per attempt cost a third of a no-op task's time in the worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, fds: bool = False) -> None:
+        """``fds``: keep what is written to descriptors 1 and 2 as well (FdCapture: only
+        in a process of its own, a worker daemon's, as it moves the process's
+        descriptors); if that cannot be set up (no temporary file), it is left off."""
+        self.fds: FdCapture | None = None
+        if fds:
+            try:
+                self.fds = FdCapture()
+            except OSError as exc:
+                logging.getLogger("pymapreduce.worker").warning(
+                    "output written to file descriptors 1 and 2 is not captured: %s", exc)
         self.echo_out, self.echo_err = _echo_streams()
         self.log = TaskLog()
-        self.out = _Stream(self.log, self.echo_out, sys.stdout)
-        self.err = _Stream(self.log, self.echo_err, sys.stderr)
+        self.out = _Stream(self.log, self.echo_out, sys.stdout, 1 if self.fds else None)
+        self.err = _Stream(self.log, self.echo_err, sys.stderr, 2 if self.fds else None)
         self.handler = _JobRecords(self.err, self)
         self.only_ours = _OnlyOurs(self)
         self.active = False  # an attempt runs: its records are its own, not the daemon's
@@ -179,11 +310,55 @@ class Capture:
     def end(self) -> None:
         """The attempt is over: flush its echo, and put back whatever it left in
         ``sys.stdout``/``sys.stderr`` (its choice must not outlive it)."""
+        fds = self.fds
+        if fds is not None and fds.pending():
+            with fds.lock:  # (the heartbeat thread may be reading it too)
+                self._from_fds(*fds.read())
+                fds.empty()
+                self.active = False  # (what comes after this is not the attempt's)
         self.active = False
         if self.log.head:  # (nothing written, nothing to flush)
             self.out.flush()
             self.err.flush()
         sys.stdout, sys.stderr = self._saved
+
+    def poll_fds(self) -> None:
+        """What descriptors 1 and 2 received so far (the heartbeat thread, every 50 ms):
+        into the running attempt's log and echo, or, with none running, the daemon's
+        stderr; the file is emptied past FD_TRIM."""
+        fds = self.fds
+        if fds is None or not fds.pending():
+            return
+        with fds.lock:
+            read = fds.read()
+            if self.active:
+                self._from_fds(*read)
+                if fds.offset > FD_TRIM:
+                    fds.empty()
+            else:
+                fds.to_daemon(_joined(*read))
+                fds.empty()
+
+    def _from_fds(self, text: str, skipped: int = 0, tail: str = "") -> None:
+        if not text and not skipped:
+            return
+        log = self.log
+        log.write(text)
+        if skipped:  # (the head is full by now: the bytes between are left out, counted)
+            log.dropped += skipped
+            log.write(tail)
+        echo = self.echo_err  # (which of the two descriptors wrote it is not known)
+        if echo is not None:
+            try:
+                echo.write(_joined(text, skipped, tail))
+                echo.flush()
+            except (OSError, ValueError):
+                self.echo_err = self.err.echo = None
+
+    def close(self) -> None:
+        """The worker process ends (FdCapture.close)."""
+        if self.fds is not None:
+            self.fds.close()
 
     @contextmanager
     def attempt(self) -> Iterator[TaskLog]:
@@ -198,14 +373,16 @@ class Capture:
 class _Stream(_Utf8Text):
     """One of the task's standard streams: into the shared log, echoed to its own stream.
 
-    ``fileno()`` is the daemon's own stream's (code that hands ``sys.stdout`` to a
-    subprocess keeps working; that output is not captured); ``buffer`` takes bytes."""
+    ``fileno()`` is the descriptor the stream's output goes to: with FdCapture, 1 or 2
+    (code that hands ``sys.stdout`` to a subprocess has that output kept), else the
+    daemon's own stream's (that output is not kept); ``buffer`` takes bytes."""
 
-    def __init__(self, log: TaskLog, echo: Any, real: Any) -> None:
+    def __init__(self, log: TaskLog, echo: Any, real: Any, fd: int | None = None) -> None:
         super().__init__()
         self.log = log
         self.echo = echo
         self.real = real
+        self.fd = fd
         self.buffer = _Bytes(self)
 
     @property
@@ -213,7 +390,7 @@ class _Stream(_Utf8Text):
         return "replace"
 
     def fileno(self) -> int:
-        return self.real.fileno()
+        return self.real.fileno() if self.fd is None else self.fd
 
     def write(self, text: Any) -> int:
         if not isinstance(text, str):

@@ -125,7 +125,7 @@ class Supervisor:
                             on_welcome=self.voucher.learned,
                             on_registered=lambda yes: self.registrations.mark(slot, yes),
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
-                            memory=self.memory, spill_dir=self.spill_root)
+                            memory=self.memory, spill_dir=self.spill_root, capture_fds=True)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())

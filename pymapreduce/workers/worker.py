@@ -82,7 +82,11 @@ class Worker(Tasks):
         supervisor: bytes | None = None,
         memory: int | None = None,
         spill_dir: str | None = None,
+        capture_fds: bool = False,
     ) -> None:
+        """``capture_fds``: keep what tasks' subprocesses and C code write to descriptors
+        1 and 2 in the attempts' logs (capture.FdCapture): it moves this process's
+        descriptors, so only a process of its own (the supervisor's children) asks it."""
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
         self.connect_addr = connect
@@ -136,7 +140,7 @@ class Worker(Tasks):
         self._idle_poll = False
         self._need_ready = threading.Event()
         self.tasks_done = 0
-        self.capture = Capture()  # what tasks print or log, kept per attempt
+        self.capture = Capture(capture_fds)  # what tasks print or log, kept per attempt
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
         self.state = ProcessState()  # what each task starts from (isolation.py)
@@ -212,6 +216,7 @@ class Worker(Tasks):
             self.job_dirs.close()
             if self._own_context:
                 self.ctx.term()
+            self.capture.close()  # (what a left-behind writer still sent: the daemon's)
 
     def _register(self) -> None:
         self.queue.clear()
@@ -283,6 +288,7 @@ class Worker(Tasks):
     def _idle(self) -> None:
         self.watch.check()  # AuthenticationFailed: this worker's key was refused
         self._prune_dirs()
+        self.capture.poll_fds()  # (what a task left running writes: the daemon's stderr)
         now = time.monotonic()
         if not self._welcomed and not self._warned and now - self._ready_sent > timing.LIVENESS:
             self._warned = True
@@ -438,6 +444,7 @@ class Worker(Tasks):
             # short waits: the broker's WELCOME may shorten the interval after this started
             while not self._stop.wait(min(self.heartbeat_interval, HEARTBEAT_STEP)):
                 now = time.monotonic()
+                self.capture.poll_fds()  # (a long task's subprocess output, as it comes)
                 while monitor.poll(0):
                     monitor.recv_multipart()
                     connections += 1
