@@ -581,3 +581,37 @@ def test_a_subprocess_flood_keeps_a_head_and_a_tail_and_counts_the_rest(steady):
     assert head.startswith("flood\nflood\n") and tail.endswith("flood\n"), text[:200]
     assert len(head) == HEAD and len(tail) == TAIL
     assert 1_000_000 <= int(left_out) <= 30_000_000 - HEAD - TAIL
+
+
+def test_a_process_one_job_left_running_never_writes_into_another_jobs_log(daemons,
+                                                                           tmp_path):
+    """Job A's task starts a process that writes after the task ended, while job B's task
+    runs on the same worker process: B's log (its owner's) never holds A's output; the
+    worker daemon's stderr does (each job's tasks get descriptors of their own)."""
+    _, address = daemons.broker(*STEADY)
+    err = open(tmp_path / "worker.err", "wb")
+    worker = subprocess.Popen(
+        pmr("worker", "--connect", address, "--processes", "1", "--log-level", "WARNING",
+            "--parent-pid", str(os.getpid())),
+        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    daemons.procs.append(worker)
+    wait_workers(address, 1)
+
+    class LeavesAWriter(Job):
+        def map(self, key, line):
+            subprocess.Popen(["sh", "-c", "sleep 1; echo secret of job A"])
+            yield line, 1
+
+    class Waits(Job):
+        def map(self, key, line):
+            time.sleep(3)
+            os.write(1, b"job B's own line\n")
+            yield line, 1
+
+    with Client(address) as client:
+        client.submit(LeavesAWriter(), [(0, "a")], map_tasks=1, reducers=0).result(60)
+        b = client.submit(Waits(), [(0, "b")], map_tasks=1, reducers=0)
+        b.result(60)
+        text = "".join(e["text"] for e in b.logs())
+    assert "job B's own line" in text and "secret of job A" not in text, text
+    assert b"secret of job A" in (tmp_path / "worker.err").read_bytes()

@@ -130,6 +130,8 @@ class _OnlyOurs(logging.Filter):
 
 FD_TRIM = 16 << 20  # bytes the descriptors' file may hold before it is emptied mid-task
 FD_KEEP = 128 * 1024  # of more than twice this written at once, the first and last kept
+OLD_QUIET = 60.0  # seconds an earlier job's file is kept open after its last write
+OLD_FILES = 16  # earlier jobs' files kept open at most
 
 
 class FdCapture:
@@ -145,8 +147,6 @@ class FdCapture:
 
     def __init__(self) -> None:
         import codecs
-        import fcntl
-        import tempfile
         import threading
 
         for stream in (sys.stdout, sys.stderr):
@@ -154,9 +154,7 @@ class FdCapture:
                 stream.flush()
             except (AttributeError, OSError, ValueError):
                 pass
-        with tempfile.TemporaryFile() as f:  # (unlinked at once: nothing to clean up)
-            self.fd = os.dup(f.fileno())
-        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_APPEND)
+        self.fd = _new_file()
         self.daemon_out, self.daemon_err = os.dup(1), os.dup(2)  # (not inherited)
         old = (sys.stdout, sys.stderr)
         self.out = open(self.daemon_out, "w", buffering=1, encoding="utf-8",
@@ -169,6 +167,46 @@ class FdCapture:
         self.offset = 0  # bytes of the file read so far
         self.lock = threading.Lock()  # the heartbeat thread reads the file too
         self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        # earlier jobs' files, which processes their tasks left running may still write
+        # to: [fd, bytes read, when last written], drained to the daemon's stderr
+        self.old: list[list] = []
+
+    def rotate(self) -> None:
+        """A task of another job begins: descriptors 1 and 2 get a file of their own, so
+        a process an earlier job's task left running (it holds the old file) never
+        writes into this job's logs; what the old file holds unread goes to the daemon's
+        stderr (call with ``lock`` held)."""
+        import time
+
+        fd = _new_file()
+        self.to_daemon(_joined(*self.read()))
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        self.old.append([self.fd, 0, time.monotonic()])
+        os.ftruncate(self.fd, 0)
+        self.fd, self.offset = fd, 0
+        self._decode = type(self._decode.__self__)("replace").decode
+        self.prune_old(time.monotonic())
+
+    def prune_old(self, now: float) -> None:
+        """Drain the earlier jobs' files to the daemon's stderr; close those written to by
+        no one for OLD_QUIET seconds, and the oldest past OLD_FILES (call with ``lock``)."""
+        keep = []
+        for entry in self.old:
+            fd, done, _ = entry
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end > done:
+                text = _pread(fd, max(done, end - 2 * FD_KEEP), end)
+                self.to_daemon(text.decode("utf-8", "replace"))
+                os.ftruncate(fd, 0)
+                entry[1], entry[2] = 0, now
+            if now - entry[2] > OLD_QUIET:
+                os.close(fd)
+            else:
+                keep.append(entry)
+        while len(keep) > OLD_FILES:
+            os.close(keep.pop(0)[0])
+        self.old = keep
 
     def pending(self) -> bool:
         """Whether the file holds bytes not read yet (one system call)."""
@@ -204,10 +242,24 @@ class FdCapture:
     def close(self) -> None:
         """The process ends: what is left goes to the daemon's stderr, and descriptors 1
         and 2 are the daemon's own again."""
+        import time
+
         with self.lock:
             self.to_daemon(_joined(*self.read()))
+            self.prune_old(time.monotonic())
             os.dup2(self.daemon_out, 1)
             os.dup2(self.daemon_err, 2)
+
+
+def _new_file() -> int:
+    """An unlinked temporary file's descriptor (not inherited), opened for appending."""
+    import fcntl
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:  # (unlinked at once: nothing to clean up)
+        fd = os.dup(f.fileno())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    return fd
 
 
 def _pread(fd: int, start: int, end: int) -> bytes:
@@ -286,10 +338,18 @@ class Capture:
         self.active = False  # an attempt runs: its records are its own, not the daemon's
         self._saved: tuple[Any, Any] = (sys.stdout, sys.stderr)
         self._seen: tuple = ()  # the root logger's handlers when last looked at
+        self._owner: Any = None  # the job of the last attempt (FdCapture's file is its)
 
-    def begin(self) -> TaskLog:
+    def begin(self, owner: Any = None) -> TaskLog:
         """An attempt starts: what it prints or logs goes to the returned log until
-        ``end`` (a fresh one, or the last attempt's if nothing was written to it)."""
+        ``end`` (a fresh one, or the last attempt's if nothing was written to it).
+        ``owner``: its job; a task of another job than the last one's gets descriptors of
+        its own (FdCapture.rotate)."""
+        if owner != self._owner:
+            if self.fds is not None and self._owner is not None:
+                with self.fds.lock:
+                    self.fds.rotate()
+            self._owner = owner
         log = self.log
         if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
             log = self.log = TaskLog()
@@ -327,7 +387,14 @@ class Capture:
         into the running attempt's log and echo, or, with none running, the daemon's
         stderr; the file is emptied past FD_TRIM."""
         fds = self.fds
-        if fds is None or not fds.pending():
+        if fds is None:
+            return
+        if fds.old:
+            import time
+
+            with fds.lock:
+                fds.prune_old(time.monotonic())
+        if not fds.pending():
             return
         with fds.lock:
             read = fds.read()

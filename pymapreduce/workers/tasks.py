@@ -203,7 +203,7 @@ class Tasks:
             self._current = key
             try:
                 self.state.enter(item.workdir)
-                tasklog = self.capture.begin()
+                tasklog = self.capture.begin(job_id)
                 try:
                     # (compressed inputs are decompressed as the task reads them)
                     split, raw = item.split, item.blobs
