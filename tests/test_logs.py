@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -615,3 +616,36 @@ def test_a_process_one_job_left_running_never_writes_into_another_jobs_log(daemo
         text = "".join(e["text"] for e in b.logs())
     assert "job B's own line" in text and "secret of job A" not in text, text
     assert b"secret of job A" in (tmp_path / "worker.err").read_bytes()
+
+
+class DiesLoudly(Job):
+    def map(self, key, line):
+        os.write(2, b"native code's last words before the crash\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+        yield line, 1
+
+
+def test_what_a_task_wrote_before_it_killed_its_worker_reaches_the_daemons_log(daemons,
+                                                                               tmp_path):
+    """The attempt of a task that kills its worker process sends no log; what it wrote to
+    descriptor 2 first (a C library's failed assertion, say) is in the process's capture
+    file, which the supervisor reads into the daemon's own log as it reaps the process,
+    then removes with the process's directories."""
+    _, address = daemons.broker(*STEADY, "--max-attempts", "1")
+    err = open(tmp_path / "worker.err", "wb")
+    worker = subprocess.Popen(
+        pmr("worker", "--connect", address, "--processes", "1", "--log-level", "WARNING",
+            "--parent-pid", str(os.getpid())),
+        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    daemons.procs.append(worker)
+    wait_workers(address, 1)
+    with Client(address) as client:
+        with pytest.raises(JobFailed):
+            client.submit(DiesLoudly(), [(0, "x")], map_tasks=1, reducers=0).result(60)
+    deadline = time.monotonic() + 20
+    while b"last words before the crash" not in (tmp_path / "worker.err").read_bytes():
+        assert time.monotonic() < deadline, (tmp_path / "worker.err").read_bytes()
+        time.sleep(0.1)
+    text = (tmp_path / "worker.err").read_text()
+    assert re.search(r"worker process \d+ \(killed by SIGKILL\) wrote before it ended:\n"
+                     r"native code's last words before the crash", text), text

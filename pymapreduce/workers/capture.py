@@ -10,9 +10,10 @@ The text travels with the attempt's DONE or FAILED report (``log``).
 
 Writes that bypass Python's ``sys.stdout`` (a subprocess the task starts, a C library
 writing to file descriptor 1 or 2) are kept too in a worker daemon's processes
-(:class:`FdCapture`): there descriptors 1 and 2 point at one unlinked file for the
-process's life, the daemon's own stdout and stderr move to copies of the descriptors,
-and what the file gained during an attempt is read into that attempt's log when it ends
+(:class:`FdCapture`): there descriptors 1 and 2 point at one file (one per job: a new
+one when a task of another job begins), the daemon's own stdout and stderr move to
+copies of the descriptors, and what the file gained during an attempt is read into that
+attempt's log when it ends
 (one ``lseek`` a task; the heartbeat thread also reads it every 50 ms, so a long task's
 subprocess output is echoed as it comes and the file stays small). What such a writer
 sends while no attempt runs (a process a task left behind) goes to the daemon's stderr.
@@ -145,7 +146,11 @@ class FdCapture:
     while an attempt runs (bytes written between that read and the emptying are lost: the
     log keeps a head and a tail of such output anyway)."""
 
-    def __init__(self) -> None:
+    def __init__(self, maker: Any = None) -> None:
+        """``maker()``: a new file's ``(fd, path)``, opened for appending (default: an
+        unlinked temporary file, path None); a worker's are named in its job directories'
+        root, so that its supervisor can read what it wrote last if it dies
+        (``isolation.last_words``)."""
         import codecs
         import threading
 
@@ -154,7 +159,8 @@ class FdCapture:
                 stream.flush()
             except (AttributeError, OSError, ValueError):
                 pass
-        self.fd = _new_file()
+        self._maker = maker or _new_file
+        self.fd, self.path = self._maker()
         self.daemon_out, self.daemon_err = os.dup(1), os.dup(2)  # (not inherited)
         old = (sys.stdout, sys.stderr)
         self.out = open(self.daemon_out, "w", buffering=1, encoding="utf-8",
@@ -178,13 +184,13 @@ class FdCapture:
         stderr (call with ``lock`` held)."""
         import time
 
-        fd = _new_file()
+        fd, path = self._maker()
         self.to_daemon(_joined(*self.read()))
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        self.old.append([self.fd, 0, time.monotonic()])
+        self.old.append([self.fd, 0, time.monotonic(), self.path])
         os.ftruncate(self.fd, 0)
-        self.fd, self.offset = fd, 0
+        self.fd, self.path, self.offset = fd, path, 0
         self._decode = type(self._decode.__self__)("replace").decode
         self.prune_old(time.monotonic())
 
@@ -193,7 +199,7 @@ class FdCapture:
         no one for OLD_QUIET seconds, and the oldest past OLD_FILES (call with ``lock``)."""
         keep = []
         for entry in self.old:
-            fd, done, _ = entry
+            fd, done, _, _ = entry
             end = os.lseek(fd, 0, os.SEEK_END)
             if end > done:
                 text = _pread(fd, max(done, end - 2 * FD_KEEP), end)
@@ -201,11 +207,11 @@ class FdCapture:
                 os.ftruncate(fd, 0)
                 entry[1], entry[2] = 0, now
             if now - entry[2] > OLD_QUIET:
-                os.close(fd)
+                _let_go(entry)
             else:
                 keep.append(entry)
         while len(keep) > OLD_FILES:
-            os.close(keep.pop(0)[0])
+            _let_go(keep.pop(0))
         self.old = keep
 
     def pending(self) -> bool:
@@ -249,9 +255,13 @@ class FdCapture:
             self.prune_old(time.monotonic())
             os.dup2(self.daemon_out, 1)
             os.dup2(self.daemon_err, 2)
+            _let_go([self.fd, 0, 0.0, self.path])
+            for entry in self.old:  # (their writers, if any are left, write to no name)
+                _let_go(entry)
+            self.old = []
 
 
-def _new_file() -> int:
+def _new_file() -> tuple[int, None]:
     """An unlinked temporary file's descriptor (not inherited), opened for appending."""
     import fcntl
     import tempfile
@@ -259,7 +269,17 @@ def _new_file() -> int:
     with tempfile.TemporaryFile() as f:  # (unlinked at once: nothing to clean up)
         fd = os.dup(f.fileno())
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-    return fd
+    return fd, None
+
+
+def _let_go(entry: list) -> None:
+    """Close an earlier job's file, and remove it if it has a name."""
+    os.close(entry[0])
+    if entry[3]:
+        try:
+            os.unlink(entry[3])
+        except OSError:
+            pass
 
 
 def _pread(fd: int, start: int, end: int) -> bytes:
@@ -318,14 +338,15 @@ class Capture:
     back after it (``end``): a few microseconds per task, where making and installing
     them per attempt cost a third of a no-op task's time in the worker."""
 
-    def __init__(self, fds: bool = False) -> None:
+    def __init__(self, fds: Any = False) -> None:
         """``fds``: keep what is written to descriptors 1 and 2 as well (FdCapture: only
         in a process of its own, a worker daemon's, as it moves the process's
-        descriptors); if that cannot be set up (no temporary file), it is left off."""
+        descriptors), true or FdCapture's file maker; if that cannot be set up (no
+        temporary file), it is left off."""
         self.fds: FdCapture | None = None
         if fds:
             try:
-                self.fds = FdCapture()
+                self.fds = FdCapture(fds if callable(fds) else None)
             except OSError as exc:
                 logging.getLogger("pymapreduce.worker").warning(
                     "output written to file descriptors 1 and 2 is not captured: %s", exc)
@@ -348,7 +369,11 @@ class Capture:
         if owner != self._owner:
             if self.fds is not None and self._owner is not None:
                 with self.fds.lock:
-                    self.fds.rotate()
+                    try:
+                        self.fds.rotate()
+                    except OSError as exc:  # (no new file: the job keeps the last one's)
+                        logging.getLogger("pymapreduce.worker").warning(
+                            "no new file for a job's descriptors 1 and 2: %s", exc)
             self._owner = owner
         log = self.log
         if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)

@@ -45,6 +45,8 @@ GUARDED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGTERM", "SIGI
 
 
 ROOT_PREFIX = "pymapreduce-worker-"  # + the worker process's pid + "-" + mkdtemp's letters
+CAPTURE_PREFIX = "fds-"  # + a number: a file descriptors 1 and 2 point at (FdCapture)
+LAST_WORDS = 64 * 1024  # bytes of a dead process's capture files the supervisor logs
 
 
 class JobDirs:
@@ -62,11 +64,7 @@ class JobDirs:
         path = self.dirs.get(job_id)
         if path is not None and os.path.isdir(path):
             return path
-        if self.root is None or not os.path.isdir(self.root):
-            self._release()
-            self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-")
-            self._owner = owned.claim(self.root)  # (a later daemon's start sweeps it if
-            # this process is killed and its supervisor with it)
+        self._root()
         self._made += 1
         # not named after the job id: that is the client's text, this is a path; and made
         # by mkdtemp, not by a counter, so a task that made its job's next sibling in
@@ -80,6 +78,24 @@ class JobDirs:
             raise
         self.dirs[job_id] = path
         return path
+
+    def _root(self) -> str:
+        """This process's root directory, made if it is not there."""
+        if self.root is None or not os.path.isdir(self.root):
+            self._release()
+            self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-")
+            self._owner = owned.claim(self.root)  # (a later daemon's start sweeps it if
+            # this process is killed and its supervisor with it)
+        return self.root
+
+    def capture_file(self) -> tuple[int, str]:
+        """A new file for descriptors 1 and 2 (capture.FdCapture), in this process's root,
+        opened for appending: ``(fd, path)``. Named, not unlinked, so that the supervisor
+        can read what a process that died wrote last (``last_words``)."""
+        self._made += 1
+        path = os.path.join(self._root(), f"{CAPTURE_PREFIX}{self._made}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(path, flags, 0o600), path
 
     @staticmethod
     def _write(path: str, name: str, data: bytes) -> None:
@@ -135,6 +151,37 @@ def sweep_stale_roots(guard: Any = None) -> list[str]:
     could not remove them (it was killed too): a worker daemon does this as it starts
     (``guard``: see ``owned.sweep``)."""
     return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove, guard)
+
+
+def last_words(pid: int) -> str:
+    """What a worker process that ended wrote to descriptors 1 and 2 and never reported
+    (capture.FdCapture's files in its root): the output of the task that killed it, a C
+    library's failed assertion, Python's own fatal error; the last LAST_WORDS bytes of
+    each file, oldest file first. Only regular files of this user, never through a link;
+    the supervisor reads them as it reaps the process, before ``remove_roots_of``."""
+    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*",
+                           f"{CAPTURE_PREFIX}*")
+    found = []
+    for path in glob.glob(pattern):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or not st.st_size:
+                continue
+            start = max(0, st.st_size - LAST_WORDS)
+            data = os.pread(fd, LAST_WORDS, start)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        number = path.rpartition(CAPTURE_PREFIX)[2]
+        found.append((int(number) if number.isdigit() else 0, start, data))
+    found.sort()
+    return "".join((f"[... {start} bytes before ...]\n" if start else "") +
+                   data.decode("utf-8", "replace") for _, start, data in found)
 
 
 def remove_roots_of(pid: int) -> None:

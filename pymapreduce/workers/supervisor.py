@@ -31,7 +31,7 @@ from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
 from ..spill import budget as spill_budget
 from ..spill.budget import private_root, remove_process_dir
-from .isolation import remove_roots_of, sweep_stale_roots
+from .isolation import last_words, remove_roots_of, sweep_stale_roots
 from .registrations import Registrations
 from .voucher import Voucher
 from .worker import Worker
@@ -196,6 +196,10 @@ class Supervisor:
             slot = self.children.pop(pid, None)
             identity = self.identities.pop(pid, None)
             if slot is not None:  # (killed: its job directories are still there)
+                words = last_words(pid)  # (what it wrote to 1 and 2 and never reported)
+                if words:
+                    log.warning("worker process %d (%s) wrote before it ended:\n%s", pid,
+                                _describe(status), words.rstrip("\n"))
                 self._remove_files(pid)
                 self.registrations.gone(slot)
             if slot is None or self._stopping:
