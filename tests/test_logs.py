@@ -472,6 +472,23 @@ def test_embedded_run_cli_keeps_stdout_for_the_pairs(tmp_path):
     assert "map printed the line at 0\n" in run.stderr
 
 
+def _worker_logging_to(daemons, address: str, processes: int, path, level: str) -> None:
+    """A worker daemon whose stderr (its log) goes to the file ``path``."""
+    with open(path, "wb") as err:
+        daemons.procs.append(subprocess.Popen(
+            pmr("worker", "--connect", address, "--processes", str(processes),
+                "--log-level", level, "--parent-pid", str(os.getpid())),
+            stdout=subprocess.PIPE, stderr=err, cwd=ROOT))
+    wait_workers(address, processes)
+
+
+def _wait_for_in(path, text: bytes, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_bytes():
+        assert time.monotonic() < deadline, path.read_bytes()
+        time.sleep(0.1)
+
+
 class Subprocesses(Job):
     """Writes past ``sys.stdout``: a subprocess's stdout and stderr, and descriptor 1
     written to directly, as a C library would."""
@@ -496,13 +513,7 @@ def test_what_subprocesses_and_descriptors_write_is_kept_in_the_attempts_log(dae
     left behind writes after the task goes to the worker daemon's stderr, not into a
     later task's log; the daemon's own log lines stay out of the tasks' logs."""
     _, address = daemons.broker(*STEADY)
-    err = open(tmp_path / "worker.err", "wb")
-    worker = subprocess.Popen(
-        pmr("worker", "--connect", address, "--processes", "2", "--log-level", "INFO",
-            "--parent-pid", str(os.getpid())),
-        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    daemons.procs.append(worker)
-    wait_workers(address, 2)
+    _worker_logging_to(daemons, address, 2, tmp_path / "worker.err", "INFO")
     records = [(i, f"w{i % 2}") for i in range(8)]
     with Client(address) as client:
         handle = client.submit(Subprocesses(), records, map_tasks=4, reducers=1)
@@ -530,10 +541,7 @@ def test_what_subprocesses_and_descriptors_write_is_kept_in_the_attempts_log(dae
 
         handle = client.submit(LeavesOneBehind(), [(0, "x")], map_tasks=1, reducers=0)
         handle.result(60)
-        deadline = time.monotonic() + 20
-        while b"left behind by a task" not in (tmp_path / "worker.err").read_bytes():
-            assert time.monotonic() < deadline, (tmp_path / "worker.err").read_bytes()
-            time.sleep(0.1)
+        _wait_for_in(tmp_path / "worker.err", b"left behind by a task")
         assert all("left behind" not in e["text"] for e in handle.logs())
     daemon_log = (tmp_path / "worker.err").read_text()
     assert "child out" not in daemon_log and "printed" not in daemon_log
@@ -590,13 +598,7 @@ def test_a_process_one_job_left_running_never_writes_into_another_jobs_log(daemo
     runs on the same worker process: B's log (its owner's) never holds A's output; the
     worker daemon's stderr does (each job's tasks get descriptors of their own)."""
     _, address = daemons.broker(*STEADY)
-    err = open(tmp_path / "worker.err", "wb")
-    worker = subprocess.Popen(
-        pmr("worker", "--connect", address, "--processes", "1", "--log-level", "WARNING",
-            "--parent-pid", str(os.getpid())),
-        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    daemons.procs.append(worker)
-    wait_workers(address, 1)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
 
     class LeavesAWriter(Job):
         def map(self, key, line):
@@ -632,20 +634,11 @@ def test_what_a_task_wrote_before_it_killed_its_worker_reaches_the_daemons_log(d
     file, which the supervisor reads into the daemon's own log as it reaps the process,
     then removes with the process's directories."""
     _, address = daemons.broker(*STEADY, "--max-attempts", "1")
-    err = open(tmp_path / "worker.err", "wb")
-    worker = subprocess.Popen(
-        pmr("worker", "--connect", address, "--processes", "1", "--log-level", "WARNING",
-            "--parent-pid", str(os.getpid())),
-        stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    daemons.procs.append(worker)
-    wait_workers(address, 1)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
     with Client(address) as client:
         with pytest.raises(JobFailed):
             client.submit(DiesLoudly(), [(0, "x")], map_tasks=1, reducers=0).result(60)
-    deadline = time.monotonic() + 20
-    while b"last words before the crash" not in (tmp_path / "worker.err").read_bytes():
-        assert time.monotonic() < deadline, (tmp_path / "worker.err").read_bytes()
-        time.sleep(0.1)
+    _wait_for_in(tmp_path / "worker.err", b"last words before the crash")
     text = (tmp_path / "worker.err").read_text()
     assert re.search(r"worker process \d+ \(killed by SIGKILL\) wrote before it ended:\n"
                      r"native code's last words before the crash", text), text
