@@ -642,3 +642,39 @@ def test_what_a_task_wrote_before_it_killed_its_worker_reaches_the_daemons_log(d
     text = (tmp_path / "worker.err").read_text()
     assert re.search(r"worker process \d+ \(killed by SIGKILL\) wrote before it ended:\n"
                      r"native code's last words before the crash", text), text
+
+
+class ClosesTheCaptureFile(Job):
+    """Closes the worker's own descriptor of its capture file (as code that closes every
+    descriptor it did not open would), then prints."""
+
+    def map(self, key, line):
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if "/fds-" in target and int(name) > 2:
+                os.close(int(name))
+        print(f"printed {key}")
+        yield line, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_task_that_closes_the_capture_file_breaks_no_worker(daemons, tmp_path):
+    """The capture's own descriptor closed under it: capture of descriptors 1 and 2 stops
+    for that process with a warning in the daemon's log, and the worker goes on running
+    tasks whose prints are still kept."""
+    _, address = daemons.broker(*STEADY)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
+    with Client(address) as client:
+        handle = client.submit(ClosesTheCaptureFile(), [(i, "w") for i in range(4)],
+                               map_tasks=4, reducers=1)
+        assert handle.result(60) == {"w": 4}
+        texts = {e["task"]: e["text"] for e in handle.logs()}
+        assert all(f"printed {i}\n" in texts[f"map-{i}"] for i in range(4)), texts
+        assert client.submit(Subprocesses(), [(0, "x")], map_tasks=1).result(60) == {"x": 1}
+    _wait_for_in(tmp_path / "worker.err", b"no longer captured")

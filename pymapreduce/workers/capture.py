@@ -367,10 +367,11 @@ class Capture:
         ``owner``: its job; a task of another job than the last one's gets descriptors of
         its own (FdCapture.rotate)."""
         if owner != self._owner:
-            if self.fds is not None and self._owner is not None:
-                with self.fds.lock:
+            fds = self.fds
+            if fds is not None and self._owner is not None:
+                with fds.lock:
                     try:
-                        self.fds.rotate()
+                        fds.rotate()
                     except OSError as exc:  # (no new file: the job keeps the last one's)
                         logging.getLogger("pymapreduce.worker").warning(
                             "no new file for a job's descriptors 1 and 2: %s", exc)
@@ -396,11 +397,15 @@ class Capture:
         """The attempt is over: flush its echo, and put back whatever it left in
         ``sys.stdout``/``sys.stderr`` (its choice must not outlive it)."""
         fds = self.fds
-        if fds is not None and fds.pending():
-            with fds.lock:  # (the heartbeat thread may be reading it too)
-                self._from_fds(*fds.read())
-                fds.empty()
-                self.active = False  # (what comes after this is not the attempt's)
+        if fds is not None:
+            try:
+                if fds.pending():
+                    with fds.lock:  # (the heartbeat thread may be reading it too)
+                        self._from_fds(*fds.read())
+                        fds.empty()
+                        self.active = False  # (what comes after this is not the attempt's)
+            except OSError as exc:
+                self._fds_broken(exc)
         self.active = False
         if self.log.head:  # (nothing written, nothing to flush)
             self.out.flush()
@@ -410,10 +415,25 @@ class Capture:
     def poll_fds(self) -> None:
         """What descriptors 1 and 2 received so far (the heartbeat thread, every 50 ms):
         into the running attempt's log and echo, or, with none running, the daemon's
-        stderr; the file is emptied past FD_TRIM."""
+        stderr; the file is emptied past FD_TRIM. Never raises (the heartbeat thread must
+        go on beating)."""
         fds = self.fds
         if fds is None:
             return
+        try:
+            self._poll(fds)
+        except OSError as exc:
+            self._fds_broken(exc)
+
+    def _fds_broken(self, exc: OSError) -> None:
+        """The capture's file failed (a task closed its descriptor, say): capture of
+        descriptors 1 and 2 stops for this process, saying so; prints are still kept."""
+        if self.fds is not None:
+            self.fds = None
+            logging.getLogger("pymapreduce.worker").warning(
+                "output written to file descriptors 1 and 2 is no longer captured: %s", exc)
+
+    def _poll(self, fds: FdCapture) -> None:
         if fds.old:
             import time
 
@@ -450,7 +470,11 @@ class Capture:
     def close(self) -> None:
         """The worker process ends (FdCapture.close)."""
         if self.fds is not None:
-            self.fds.close()
+            try:
+                self.fds.close()
+            except OSError:  # (its file was closed under it: nothing left to read)
+                pass
+            self.fds = None
 
     @contextmanager
     def attempt(self) -> Iterator[TaskLog]:
