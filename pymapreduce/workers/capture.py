@@ -360,6 +360,7 @@ class Capture:
         self._saved: tuple[Any, Any] = (sys.stdout, sys.stderr)
         self._seen: tuple = ()  # the root logger's handlers when last looked at
         self._owner: Any = None  # the job of the last attempt (FdCapture's file is its)
+        self._unechoed: list[str] = []  # descriptor output read by the heartbeat thread
 
     def begin(self, owner: Any = None) -> TaskLog:
         """An attempt starts: what it prints or logs goes to the returned log until
@@ -399,11 +400,12 @@ class Capture:
         fds = self.fds
         if fds is not None:
             try:
-                if fds.pending():
-                    with fds.lock:  # (the heartbeat thread may be reading it too)
-                        self._from_fds(*fds.read())
+                with fds.lock:  # (the heartbeat thread may be reading it: wait for it)
+                    if fds.pending():
+                        self._from_fds(*fds.read(), echo=True)
+                    if fds.offset:  # (read by the heartbeat or here: all reported now)
                         fds.empty()
-                        self.active = False  # (what comes after this is not the attempt's)
+                    self.active = False  # (what comes after this is not the attempt's)
             except OSError as exc:
                 self._fds_broken(exc)
         self.active = False
@@ -422,10 +424,10 @@ class Capture:
             return
         try:
             self._poll(fds)
-        except OSError as exc:
+        except Exception as exc:  # (the heartbeat thread must go on)
             self._fds_broken(exc)
 
-    def _fds_broken(self, exc: OSError) -> None:
+    def _fds_broken(self, exc: Exception) -> None:
         """The capture's file failed (a task closed its descriptor, say): capture of
         descriptors 1 and 2 stops for this process, saying so; prints are still kept."""
         if self.fds is not None:
@@ -434,7 +436,13 @@ class Capture:
                 "output written to file descriptors 1 and 2 is no longer captured: %s", exc)
 
     def _poll(self, fds: FdCapture) -> None:
-        if fds.old:
+        """Read the file, from the heartbeat thread or the idle main thread. Only the main
+        thread writes to a stream (the daemon's stderr, an embedded run's echo), which may
+        block: a heartbeat never waits on whoever reads those."""
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        if fds.old and main:
             import time
 
             with fds.lock:
@@ -442,27 +450,35 @@ class Capture:
         if not fds.pending():
             return
         with fds.lock:
-            read = fds.read()
             if self.active:
-                self._from_fds(*read)
+                self._from_fds(*fds.read(), echo=main)
                 if fds.offset > FD_TRIM:
                     fds.empty()
-            else:
-                fds.to_daemon(_joined(*read))
+            elif main:
+                fds.to_daemon(_joined(*fds.read()))
                 fds.empty()
 
-    def _from_fds(self, text: str, skipped: int = 0, tail: str = "") -> None:
-        if not text and not skipped:
-            return
-        log = self.log
-        log.write(text)
-        if skipped:  # (the head is full by now: the bytes between are left out, counted)
-            log.dropped += skipped
-            log.write(tail)
+    def _from_fds(self, text: str, skipped: int = 0, tail: str = "",
+                  echo: bool = False) -> None:
+        """Into the attempt's log; with ``echo`` (the main thread), what is not echoed yet
+        to the embedded run's stderr as well."""
+        if text or skipped:
+            log = self.log
+            log.write(text)
+            if skipped:  # (the head is full by now: the bytes between are left out)
+                log.dropped += skipped
+                log.write(tail)
+            if self.echo_err is not None:
+                self._unechoed.append(_joined(text, skipped, tail))
+        if echo and self._unechoed:
+            self._echo_fds("".join(self._unechoed))
+            self._unechoed.clear()
+
+    def _echo_fds(self, text: str) -> None:
         echo = self.echo_err  # (which of the two descriptors wrote it is not known)
         if echo is not None:
             try:
-                echo.write(_joined(text, skipped, tail))
+                echo.write(text)
                 echo.flush()
             except (OSError, ValueError):
                 self.echo_err = self.err.echo = None
