@@ -9,8 +9,8 @@ prints a line per record costs its worker and the broker at most ``HEAD + TAIL``
 The text travels with the attempt's DONE or FAILED report (``log``).
 
 Writes that bypass Python's ``sys.stdout`` (a subprocess the task starts, a C library
-writing to file descriptor 1 or 2) are kept too in a worker daemon's processes
-(:class:`FdCapture`): there descriptors 1 and 2 point at one file (one per job: a new
+writing to file descriptor 1 or 2) can be kept too in a worker daemon's processes
+(:class:`FdCapture`; off unless ``PYMAPREDUCE_CAPTURE_FDS=1``, docs/logs.md): there descriptors 1 and 2 point at one file (one per job: a new
 one when a task of another job begins), the daemon's own stdout and stderr move to
 copies of the descriptors, and what the file gained during an attempt is read into that
 attempt's log when it ends
