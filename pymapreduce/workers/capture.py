@@ -26,11 +26,14 @@ task runs.
 
 from __future__ import annotations
 
+import codecs
 import io
 import linecache
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -146,21 +149,17 @@ class FdCapture:
     while an attempt runs (bytes written between that read and the emptying are lost: the
     log keeps a head and a tail of such output anyway)."""
 
-    def __init__(self, maker: Any = None) -> None:
-        """``maker()``: a new file's ``(fd, path)``, opened for appending (default: an
-        unlinked temporary file, path None); a worker's are named in its job directories'
-        root, so that its supervisor can read what it wrote last if it dies
-        (``isolation.last_words``)."""
-        import codecs
-        import threading
-
+    def __init__(self, maker: Any) -> None:
+        """``maker()``: a new file's ``(fd, path)``, opened for appending (a worker's are
+        named in its job directories' root, so that its supervisor can read what it wrote
+        last if it dies: ``isolation.last_words``)."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (AttributeError, OSError, ValueError):
                 pass
-        self._maker = maker or _new_file
-        self.fd, self.path = self._maker()
+        self._maker = maker
+        self.fd, self.path = maker()
         self.daemon_out, self.daemon_err = os.dup(1), os.dup(2)  # (not inherited)
         old = (sys.stdout, sys.stderr)
         self.out = open(self.daemon_out, "w", buffering=1, encoding="utf-8",
@@ -172,7 +171,7 @@ class FdCapture:
         _rebind(old, (self.out, self.err))
         self.offset = 0  # bytes of the file read so far
         self.lock = threading.Lock()  # the heartbeat thread reads the file too
-        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self._decode = _decoder()
         # earlier jobs' files, which processes their tasks left running may still write
         # to: [fd, bytes read, when last written], drained to the daemon's stderr
         self.old: list[list] = []
@@ -182,8 +181,6 @@ class FdCapture:
         a process an earlier job's task left running (it holds the old file) never
         writes into this job's logs; what the old file holds unread goes to the daemon's
         stderr (call with ``lock`` held)."""
-        import time
-
         fd, path = self._maker()
         self.to_daemon(_joined(*self.read()))
         os.dup2(fd, 1)
@@ -191,7 +188,7 @@ class FdCapture:
         self.old.append([self.fd, 0, time.monotonic(), self.path])
         os.ftruncate(self.fd, 0)
         self.fd, self.path, self.offset = fd, path, 0
-        self._decode = type(self._decode.__self__)("replace").decode
+        self._decode = _decoder()
         self.prune_old(time.monotonic())
 
     def prune_old(self, now: float) -> None:
@@ -248,8 +245,6 @@ class FdCapture:
     def close(self) -> None:
         """The process ends: what is left goes to the daemon's stderr, and descriptors 1
         and 2 are the daemon's own again."""
-        import time
-
         with self.lock:
             self.to_daemon(_joined(*self.read()))
             self.prune_old(time.monotonic())
@@ -261,15 +256,9 @@ class FdCapture:
             self.old = []
 
 
-def _new_file() -> tuple[int, None]:
-    """An unlinked temporary file's descriptor (not inherited), opened for appending."""
-    import fcntl
-    import tempfile
-
-    with tempfile.TemporaryFile() as f:  # (unlinked at once: nothing to clean up)
-        fd = os.dup(f.fileno())
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-    return fd, None
+def _decoder() -> Any:
+    """A UTF-8 decoder that keeps a character cut between two reads whole."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode
 
 
 def _let_go(entry: list) -> None:
@@ -338,15 +327,14 @@ class Capture:
     back after it (``end``): a few microseconds per task, where making and installing
     them per attempt cost a third of a no-op task's time in the worker."""
 
-    def __init__(self, fds: Any = False) -> None:
-        """``fds``: keep what is written to descriptors 1 and 2 as well (FdCapture: only
-        in a process of its own, a worker daemon's, as it moves the process's
-        descriptors), true or FdCapture's file maker; if that cannot be set up (no
-        temporary file), it is left off."""
+    def __init__(self, fds: Any = None) -> None:
+        """``fds``: a file maker (FdCapture) to keep what is written to descriptors 1 and
+        2 as well, only in a process of its own (a worker daemon's), as it moves the
+        process's descriptors; if that cannot be set up (no file), it is left off."""
         self.fds: FdCapture | None = None
-        if fds:
+        if fds is not None:
             try:
-                self.fds = FdCapture(fds if callable(fds) else None)
+                self.fds = FdCapture(fds)
             except OSError as exc:
                 logging.getLogger("pymapreduce.worker").warning(
                     "output written to file descriptors 1 and 2 is not captured: %s", exc)
@@ -439,12 +427,8 @@ class Capture:
         """Read the file, from the heartbeat thread or the idle main thread. Only the main
         thread writes to a stream (the daemon's stderr, an embedded run's echo), which may
         block: a heartbeat never waits on whoever reads those."""
-        import threading
-
         main = threading.current_thread() is threading.main_thread()
         if fds.old and main:
-            import time
-
             with fds.lock:
                 fds.prune_old(time.monotonic())
         if not fds.pending():

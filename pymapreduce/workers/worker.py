@@ -143,7 +143,7 @@ class Worker(Tasks):
         self.job_dirs = JobDirs()  # jobs' shipped files, one directory per job
         # what tasks print or log, kept per attempt (and what they write to descriptors 1
         # and 2, in files in the job directories' root: a supervisor reads a dead one's)
-        self.capture = Capture(self.job_dirs.capture_file if capture_fds else False)
+        self.capture = Capture(self.job_dirs.capture_file if capture_fds else None)
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.state = ProcessState()  # what each task starts from (isolation.py)
         # the memory budget of this process's tasks: past it they spill (spill/), in
