@@ -193,7 +193,14 @@ def test_a_sink_stores_only_what_the_broker_assigned_and_serves_only_what_it_hol
     try:
         def ask(*frames):
             peer.send_multipart(list(frames))
-            assert peer.poll(5000), "the sink did not answer"
+            # (20 s: a loaded CI machine once kept a reply from coming within 5 s; a sink
+            # that died or hangs still fails here, saying which)
+            if not peer.poll(20000):
+                alive = sink.poll() is None
+                if not alive:
+                    raise AssertionError(f"the sink ended ({sink.returncode}): "
+                                         f"{sink.stderr.read()[-2000:]!r}")
+                raise AssertionError("the sink, still running, did not answer in 20 s")
             return Message.decode(peer.recv_multipart())
 
         put = Message(P.PUT, {"req": 1, "job": "not-a-job", "step": 0, "map": 0,
