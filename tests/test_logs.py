@@ -473,7 +473,8 @@ def test_embedded_run_cli_keeps_stdout_for_the_pairs(tmp_path):
     assert "map printed the line at 0\n" in run.stderr
 
 
-# descriptors 1 and 2 kept in task logs: off by default (docs/logs.md), on for these tests
+# descriptors 1 and 2 kept in task logs: on by default (docs/logs.md), and for these tests
+# whatever the environment they run in says
 CAPTURING = {**os.environ, CAPTURE_FDS_ENV: "1"}
 
 
@@ -630,7 +631,13 @@ def test_a_process_one_job_left_running_never_writes_into_another_jobs_log(daemo
 
 
 class DiesLoudly(Job):
+    """Record 0 writes to descriptor 2 and ends well (its attempt reports it); record 1
+    writes and kills its worker process."""
+
     def map(self, key, line):
+        if key == 0:
+            os.write(2, b"attempt zero wrote this and reported it\n")
+            return
         os.write(2, b"native code's last words before the crash\n")
         os.kill(os.getpid(), signal.SIGKILL)
         yield line, 1
@@ -646,11 +653,14 @@ def test_what_a_task_wrote_before_it_killed_its_worker_reaches_the_daemons_log(d
     _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
     with Client(address) as client:
         with pytest.raises(JobFailed):
-            client.submit(DiesLoudly(), [(0, "x")], map_tasks=1, reducers=0).result(60)
+            client.submit(DiesLoudly(), [(0, "x"), (1, "y")], map_tasks=2,
+                          reducers=0).result(60)
     _wait_for_in(tmp_path / "worker.err", b"last words before the crash")
     text = (tmp_path / "worker.err").read_text()
     assert re.search(r"worker process \d+ \(killed by SIGKILL\) wrote before it ended:\n"
                      r"native code's last words before the crash", text), text
+    # (what an earlier attempt of the process wrote went out with its report: not again)
+    assert "attempt zero" not in text, text
 
 
 class ClosesTheCaptureFile(Job):
@@ -687,3 +697,110 @@ def test_a_task_that_closes_the_capture_file_breaks_no_worker(daemons, tmp_path)
         assert all(f"printed {i}\n" in texts[f"map-{i}"] for i in range(4)), texts
         assert client.submit(Subprocesses(), [(0, "x")], map_tasks=1).result(60) == {"x": 1}
     _wait_for_in(tmp_path / "worker.err", b"no longer captured")
+
+
+class ShellReopensStderr(Job):
+    """A shell's ``>/dev/stderr`` reopens descriptor 2's file with O_TRUNC, after the task
+    wrote more than the shell does: the file shrinks under the capture's read offset."""
+
+    def map(self, key, line):
+        os.write(1, b"before the shell " * 200 + b"\n")
+        time.sleep(0.2)  # (the heartbeat reads it: the offset moves past the shell's text)
+        subprocess.run("echo reopened with truncation >/dev/stderr; echo then appended",
+                       shell=True, check=True)
+        yield line, 1
+
+
+def test_a_shell_that_truncates_the_capture_file_loses_nothing_it_wrote(daemons, tmp_path):
+    _, address = daemons.broker(*STEADY)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
+    with Client(address) as client:
+        handle = client.submit(ShellReopensStderr(), [(0, "x")], map_tasks=1, reducers=0)
+        handle.result(60)
+        text = handle.logs()[0]["text"]
+    assert "reopened with truncation\n" in text and "then appended\n" in text, text
+    assert "before the shell" in text, text
+
+
+def _capture_in(tmp_path):
+    """A Capture of descriptors 1 and 2 in this process, with a file maker in
+    ``tmp_path`` (the kernel alone: the daemons' tests above run it for real); the
+    caller closes it, which gives this process its descriptors back."""
+    from pymapreduce.workers.capture import Capture
+
+    made = []
+
+    def maker():
+        path = str(tmp_path / f"fds-{len(made)}")
+        made.append(path)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600), path
+
+    return Capture(maker)
+
+
+def test_a_writer_appending_while_attempts_end_loses_no_byte(tmp_path):
+    """A thread writes numbered lines to descriptor 1 without a pause while attempts
+    begin and end: every line is in exactly one attempt's log (the file is let go of by
+    punching out what was read, not cut to 0 under the writer's feet)."""
+    import threading
+
+    cap = _capture_in(tmp_path)
+    stop, written = threading.Event(), [0]
+
+    def writer():
+        while not stop.is_set():
+            os.write(1, b"line-%08d\n" % written[0])
+            written[0] += 1
+
+    thread = threading.Thread(target=writer)
+    logs = []
+    try:
+        thread.start()
+        for _ in range(1500):
+            log = cap.begin("job")
+            cap.end()
+            logs.append(log.getvalue())
+        stop.set()
+        thread.join()
+        log = cap.begin("job")
+        cap.end()
+        logs.append(log.getvalue())
+    finally:
+        stop.set()
+        cap.close()
+    seen = [int(line[5:]) for text in logs for line in text.split(b"\n")
+            if line.startswith(b"line-")]
+    assert written[0] > 100 and sorted(seen) == list(range(written[0]))
+
+
+def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set(tmp_path):
+    """A stop (the broker abandons the task, the worker drains) raised by a signal
+    handler while begin() moves descriptors 1 and 2 to a new job's file takes effect
+    once that is done: the exception comes out of begin() with ``sys.stdout`` put back
+    and descriptor 1 on the new file, which the next attempt reads."""
+    from pymapreduce.workers.tasks import TaskAbandoned
+
+    cap = _capture_in(tmp_path)
+    saved = sys.stdout
+    try:
+        cap.begin("job-a")
+        cap.end()
+        maker = cap.fds._maker
+
+        def stopping_maker():  # (a signal handler that ran inside rotate())
+            made = maker()
+            cap.stop_task(TaskAbandoned("the broker abandoned this task"))
+            return made
+
+        cap.fds._maker = stopping_maker
+        with pytest.raises(TaskAbandoned):
+            cap.begin("job-b")
+        assert sys.stdout is saved and not cap.active and cap.deferred is None
+        assert os.path.samestat(os.fstat(1), os.fstat(cap.fds.fd))
+        cap.fds._maker = maker
+        log = cap.begin("job-b")
+        os.write(1, b"after the stop\n")
+        cap.end()
+        assert log.getvalue() == b"after the stop\n"
+    finally:
+        cap.close()

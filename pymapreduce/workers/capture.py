@@ -10,13 +10,13 @@ The text travels with the attempt's DONE or FAILED report (``log``).
 
 Writes that bypass Python's ``sys.stdout`` (a subprocess the task starts, a C library
 writing to file descriptor 1 or 2) can be kept too in a worker daemon's processes
-(:class:`FdCapture`; off unless ``PYMAPREDUCE_CAPTURE_FDS=1``, docs/logs.md): there descriptors 1 and 2 point at one file (one per job: a new
-one when a task of another job begins), the daemon's own stdout and stderr move to
-copies of the descriptors, and what the file gained during an attempt is read into that
-attempt's log when it ends
-(one ``lseek`` a task; the heartbeat thread also reads it every 50 ms, so a long task's
-subprocess output is echoed as it comes and the file stays small). What such a writer
-sends while no attempt runs (a process a task left behind) goes to the daemon's stderr.
+(:class:`FdCapture`; on unless ``PYMAPREDUCE_CAPTURE_FDS=0``, docs/logs.md): there
+descriptors 1 and 2 point at one file (one per job: a new one when a task of another job
+begins), the daemon's own stdout and stderr move to copies of the descriptors, and what
+the file gained during an attempt is read into that attempt's log when it ends (one
+``lseek`` a task; the heartbeat thread also reads it every 50 ms, so the file holds
+little). What such a writer sends while no attempt runs (a process a task left behind)
+goes to the daemon's stderr.
 
 An embedded cluster (``Job.run`` without an address) passes the user's own stdout and
 stderr to its workers as file descriptors named in ``ECHO_ENV``; a worker then also
@@ -87,15 +87,20 @@ class TaskLog(_Utf8Text):
                 self.dropped += over
         return len(text)
 
-    def getvalue(self) -> bytes:
-        """The kept bytes, with a line saying how many were left out (if any)."""
+    def parts(self) -> tuple[bytes, int, bytes]:
+        """``(head, bytes left out, tail)``."""
         tail, dropped = self.tail, self.dropped
         over = len(tail) - self.tail_limit
         if over > 0:
             tail, dropped = tail[over:], dropped + over
+        return bytes(self.head), dropped, bytes(tail)
+
+    def getvalue(self) -> bytes:
+        """The kept bytes, with a line saying how many were left out (if any)."""
+        head, dropped, tail = self.parts()
         if not dropped:
-            return bytes(self.head + tail)
-        return bytes(self.head) + TRUNCATED.format(n=dropped).encode() + bytes(tail)
+            return head + tail
+        return head + TRUNCATED.format(n=dropped).encode() + tail
 
 
 class _JobRecords(logging.Handler):
@@ -136,6 +141,31 @@ FD_TRIM = 16 << 20  # bytes the descriptors' file may hold before it is emptied 
 FD_KEEP = 128 * 1024  # of more than twice this written at once, the first and last kept
 OLD_QUIET = 60.0  # seconds an earlier job's file is kept open after its last write
 OLD_FILES = 16  # earlier jobs' files kept open at most
+FD_RESTART = 1 << 30  # a file's (sparse) length past which it starts again at 0 when idle
+_PUNCH = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_fallocate: Any = None  # libc's fallocate, looked up at the first punch (False: none)
+
+
+def _punch(fd: int, length: int) -> bool:
+    """Free the first ``length`` bytes of a file without moving its end (a hole: reads as
+    zeros, holds no disk). A writer appending at the same moment loses nothing, where
+    ``ftruncate`` to 0 would cut what it wrote between the read and the cut. False where
+    the file system or the C library cannot."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _fallocate = libc.fallocate
+            _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong,
+                                   ctypes.c_longlong)
+            _fallocate.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            _fallocate = False
+    if not _fallocate or length <= 0:
+        return bool(_fallocate) or length <= 0
+    return _fallocate(fd, _PUNCH, 0, length) == 0
 
 
 class FdCapture:
@@ -145,9 +175,12 @@ class FdCapture:
     ``sys.stdout``/``sys.stderr`` (and the logging handlers that wrote to them) then write
     to copies of the old descriptors, so the daemon's own output still goes where it went.
     The file is opened for appending (a writer's bytes go after all others'), read from
-    ``offset`` on, and emptied once read at an attempt's end, or when it passes FD_TRIM
-    while an attempt runs (bytes written between that read and the emptying are lost: the
-    log keeps a head and a tail of such output anyway)."""
+    ``offset`` on, and what was read is let go at an attempt's end, or when it passes
+    FD_TRIM while an attempt runs: punched out as a hole (:func:`_punch`), so the offsets
+    stay and a writer appending meanwhile loses nothing; where holes cannot be made, the
+    file is cut to 0 as before (bytes written between the read and the cut are lost). A
+    writer that reopens the file with ``O_TRUNC`` (a shell's ``>/dev/stderr``) leaves it
+    shorter than ``offset``: it is read again from 0."""
 
     def __init__(self, maker: Any) -> None:
         """``maker()``: a new file's ``(fd, path)``, opened for appending (a worker's are
@@ -170,7 +203,9 @@ class FdCapture:
         os.dup2(self.fd, 2)
         _rebind(old, (self.out, self.err))
         self.offset = 0  # bytes of the file read so far
+        self.freed = 0  # ... and let go of (punched out)
         self.lock = threading.Lock()  # the heartbeat thread reads the file too
+        self.outbox: list[str] = []  # for the daemon's stderr, written without the lock
         self._decode = _decoder()
         # earlier jobs' files, which processes their tasks left running may still write
         # to: [fd, bytes read, when last written], drained to the daemon's stderr
@@ -182,13 +217,18 @@ class FdCapture:
         writes into this job's logs; what the old file holds unread goes to the daemon's
         stderr (call with ``lock`` held)."""
         fd, path = self._maker()
-        self.to_daemon(_joined(*self.read()))
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        self.old.append([self.fd, 0, time.monotonic(), self.path])
-        os.ftruncate(self.fd, 0)
-        self.fd, self.path, self.offset = fd, path, 0
+        try:
+            unread = _joined(*self.read())
+            self.empty()  # (a dead process's last words are what it wrote after this)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+        except OSError:
+            _let_go([fd, 0, 0.0, path])  # (not made ours: 1 and 2 stay on the last file)
+            raise
+        self.old.append([self.fd, self.offset, time.monotonic(), self.path])
+        self.fd, self.path, self.offset, self.freed = fd, path, 0, 0
         self._decode = _decoder()
+        self.to_daemon(unread)
         self.prune_old(time.monotonic())
 
     def prune_old(self, now: float) -> None:
@@ -198,11 +238,17 @@ class FdCapture:
         for entry in self.old:
             fd, done, _, _ = entry
             end = os.lseek(fd, 0, os.SEEK_END)
+            if end < done:  # cut by a writer (O_TRUNC): all of it is new
+                done = 0
             if end > done:
                 text = _pread(fd, max(done, end - 2 * FD_KEEP), end)
                 self.to_daemon(text.decode("utf-8", "replace"))
-                os.ftruncate(fd, 0)
-                entry[1], entry[2] = 0, now
+                if _punch(fd, end):
+                    entry[1] = end
+                else:
+                    os.ftruncate(fd, 0)
+                    entry[1] = 0
+                entry[2] = now
             if now - entry[2] > OLD_QUIET:
                 _let_go(entry)
             else:
@@ -212,8 +258,9 @@ class FdCapture:
         self.old = keep
 
     def pending(self) -> bool:
-        """Whether the file holds bytes not read yet (one system call)."""
-        return os.lseek(self.fd, 0, os.SEEK_END) > self.offset
+        """Whether the file holds bytes not read yet (one system call); a file a writer
+        cut (shorter than ``offset``) does."""
+        return os.lseek(self.fd, 0, os.SEEK_END) != self.offset
 
     def read(self) -> tuple[str, int, str]:
         """What was written since the last read, as ``(text, skipped, tail)`` (call with
@@ -221,7 +268,9 @@ class FdCapture:
         and last FD_KEEP bytes with the count of those between (a log keeps a head and a
         tail: reading and decoding a flood whole would only slow the task)."""
         end = os.lseek(self.fd, 0, os.SEEK_END)
-        start, self.offset = self.offset, max(self.offset, end)
+        if end < self.offset:  # a writer cut the file (O_TRUNC): what it holds is new
+            self.offset = self.freed = 0
+        start, self.offset = self.offset, end
         if end - start <= 2 * FD_KEEP:
             return self._decode(_pread(self.fd, start, end)), 0, ""
         head = self._decode(_pread(self.fd, start, start + FD_KEEP), True)
@@ -229,13 +278,29 @@ class FdCapture:
             "utf-8", "replace")
 
     def empty(self) -> None:
-        """Let the file's bytes go (all read; call with ``lock`` held)."""
-        os.ftruncate(self.fd, 0)
-        self.offset = 0
+        """Let the bytes read so far go (call with ``lock`` held): punched out, the
+        offsets kept (:func:`_punch`); the file starts again at 0 past FD_RESTART bytes
+        of length if nothing is unread (a writer's bytes between this look and the cut
+        would be lost: once a GiB of output at most), or where no hole can be made."""
+        if (self.offset > FD_RESTART and not self.pending()) or not _punch(self.fd,
+                                                                           self.offset):
+            os.ftruncate(self.fd, 0)
+            self.offset = 0
+        self.freed = self.offset
 
     def to_daemon(self, text: str) -> None:
-        """Output written while no attempt ran: to the daemon's own stderr."""
+        """Output written while no attempt ran, for the daemon's own stderr: kept until
+        :meth:`send_out` (the main thread, once it has let the lock go: that stderr may
+        block, and the heartbeat thread must never wait behind it for the lock); at most
+        about 2 * FD_KEEP of it each time."""
         if text:
+            self.outbox.append(text)
+
+    def send_out(self) -> None:
+        """Write what :meth:`to_daemon` kept to the daemon's stderr (the main thread,
+        without the lock)."""
+        while self.outbox:
+            text = self.outbox.pop(0)
             try:
                 self.err.write(text)
                 self.err.flush()
@@ -254,6 +319,7 @@ class FdCapture:
             for entry in self.old:  # (their writers, if any are left, write to no name)
                 _let_go(entry)
             self.old = []
+        self.send_out()
 
 
 def _decoder() -> Any:
@@ -348,65 +414,113 @@ class Capture:
         self._saved: tuple[Any, Any] = (sys.stdout, sys.stderr)
         self._seen: tuple = ()  # the root logger's handlers when last looked at
         self._owner: Any = None  # the job of the last attempt (FdCapture's file is its)
-        self._unechoed: list[str] = []  # descriptor output read by the heartbeat thread
+        self.fd_log = TaskLog()  # the running attempt's descriptor output (under the lock)
+        # begin/end are moving descriptors and streams: a stop waits (stop_task)
+        self.held = False
+        self.deferred: BaseException | None = None
 
     def begin(self, owner: Any = None) -> TaskLog:
         """An attempt starts: what it prints or logs goes to the returned log until
         ``end`` (a fresh one, or the last attempt's if nothing was written to it).
         ``owner``: its job; a task of another job than the last one's gets descriptors of
-        its own (FdCapture.rotate)."""
-        if owner != self._owner:
-            fds = self.fds
-            if fds is not None and self._owner is not None:
-                with fds.lock:
-                    try:
-                        fds.rotate()
-                    except OSError as exc:  # (no new file: the job keeps the last one's)
-                        logging.getLogger("pymapreduce.worker").warning(
-                            "no new file for a job's descriptors 1 and 2: %s", exc)
-            self._owner = owner
-        log = self.log
-        if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
-            log = self.log = TaskLog()
-            self.out.log = self.err.log = log
-        root = logging.getLogger()
-        if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
-            if self.handler not in root.handlers:
-                root.addHandler(self.handler)
-            for h in root.handlers:
-                if h is not self.handler and self.only_ours not in h.filters:
-                    h.addFilter(self.only_ours)
-            self._seen = tuple(root.handlers)
-        self._saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = self.out, self.err
-        self.active = True
+        its own (FdCapture.rotate). A signal meant to stop the task (:meth:`stop_task`)
+        that comes while this runs takes effect at its end, with nothing half done."""
+        self.held = True
+        try:
+            if owner != self._owner:
+                fds = self.fds
+                if fds is not None and self._owner is not None:
+                    with fds.lock:
+                        try:
+                            fds.rotate()
+                        except OSError as exc:  # (no new file: the job keeps the last one's)
+                            logging.getLogger("pymapreduce.worker").warning(
+                                "no new file for a job's descriptors 1 and 2: %s", exc)
+                    fds.send_out()
+                self._owner = owner
+            log = self.log
+            if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
+                log = self.log = TaskLog()
+                self.out.log = self.err.log = log
+            root = logging.getLogger()
+            if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
+                if self.handler not in root.handlers:
+                    root.addHandler(self.handler)
+                for h in root.handlers:
+                    if h is not self.handler and self.only_ours not in h.filters:
+                        h.addFilter(self.only_ours)
+                self._seen = tuple(root.handlers)
+            self._saved = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = self.out, self.err
+            self.active = True
+        finally:
+            self.held = False
+        if self.deferred is not None:  # a stop came meanwhile: the attempt ends at once
+            self.end()
         return log
 
     def end(self) -> None:
-        """The attempt is over: flush its echo, and put back whatever it left in
-        ``sys.stdout``/``sys.stderr`` (its choice must not outlive it)."""
-        fds = self.fds
-        if fds is not None:
-            try:
-                with fds.lock:  # (the heartbeat thread may be reading it: wait for it)
-                    if fds.pending():
-                        self._from_fds(*fds.read(), echo=True)
-                    if fds.offset:  # (read by the heartbeat or here: all reported now)
-                        fds.empty()
-                    self.active = False  # (what comes after this is not the attempt's)
-            except OSError as exc:
-                self._fds_broken(exc)
-        self.active = False
-        if self.log.head:  # (nothing written, nothing to flush)
-            self.out.flush()
-            self.err.flush()
-        sys.stdout, sys.stderr = self._saved
+        """The attempt is over: what its descriptors received goes into its log (and the
+        echo), whatever it left in ``sys.stdout``/``sys.stderr`` is put back (its choice
+        must not outlive it), and a stop that came meanwhile is raised."""
+        self.held = True
+        try:
+            fds = self.fds
+            if fds is not None:
+                try:
+                    with fds.lock:  # (the heartbeat thread may be reading it: wait for it)
+                        if fds.pending():
+                            self._from_fds(*fds.read())
+                        if fds.offset > fds.freed:  # (read by the heartbeat or here)
+                            fds.empty()
+                        self.active = False  # (what comes after this is not the attempt's)
+                        fd_log = self._fd_log()
+                except OSError as exc:
+                    fd_log = self._fd_log()
+                    self._fds_broken(exc)
+                if fd_log is not None:  # (after the prints: where among them, not known)
+                    head, dropped, tail = fd_log.parts()
+                    text = head.decode("utf-8", "replace")
+                    tail_text = tail.decode("utf-8", "replace")
+                    self._from_log(self.log, text, dropped, tail_text)
+                    self._echo_fds(_joined(text, dropped, tail_text))
+            self.active = False
+            if self.log.head:  # (nothing written, nothing to flush)
+                self.out.flush()
+                self.err.flush()
+            sys.stdout, sys.stderr = self._saved
+        finally:
+            self.held = False
+        self._deliver()
+
+    def stop_task(self, exc: BaseException) -> None:
+        """Raise ``exc`` in the task (a signal handler's: the broker abandoned it, the
+        worker drains), or, while :meth:`begin` or :meth:`end` is moving descriptors and
+        streams, once they are done."""
+        if self.held:
+            self.deferred = exc
+            return
+        raise exc
+
+    def _deliver(self) -> None:
+        exc, self.deferred = self.deferred, None
+        if exc is not None:
+            raise exc
+
+    def _fd_log(self) -> TaskLog | None:
+        """The attempt's descriptor output read so far (call with the lock; None: none),
+        and a new log for the next attempt's in its place."""
+        fd_log = self.fd_log
+        if not (fd_log.head or fd_log.dropped):
+            return None
+        self.fd_log = TaskLog()
+        return fd_log
 
     def poll_fds(self) -> None:
         """What descriptors 1 and 2 received so far (the heartbeat thread, every 50 ms):
-        into the running attempt's log and echo, or, with none running, the daemon's
-        stderr; the file is emptied past FD_TRIM. Never raises (the heartbeat thread must
-        go on beating)."""
+        into the running attempt's descriptor log, or, with none running, the daemon's
+        stderr; what was read is let go past FD_TRIM. Never raises (the heartbeat thread
+        must go on beating)."""
         fds = self.fds
         if fds is None:
             return
@@ -425,38 +539,38 @@ class Capture:
 
     def _poll(self, fds: FdCapture) -> None:
         """Read the file, from the heartbeat thread or the idle main thread. Only the main
-        thread writes to a stream (the daemon's stderr, an embedded run's echo), which may
-        block: a heartbeat never waits on whoever reads those."""
+        thread writes to a stream (the daemon's stderr), which may block: a heartbeat
+        never waits on whoever reads those; and only the main thread writes to the
+        attempt's log (the heartbeat's reads go to ``fd_log``, under the lock)."""
         main = threading.current_thread() is threading.main_thread()
+        # (the main thread polls only while no task runs: no stop signal raises then)
         if fds.old and main:
             with fds.lock:
                 fds.prune_old(time.monotonic())
-        if not fds.pending():
-            return
-        with fds.lock:
-            if self.active:
-                self._from_fds(*fds.read(), echo=main)
-                if fds.offset > FD_TRIM:
+        if fds.pending():
+            with fds.lock:
+                if self.active:
+                    self._from_fds(*fds.read())
+                    if fds.offset - fds.freed > FD_TRIM:
+                        fds.empty()
+                elif main:
+                    fds.to_daemon(_joined(*fds.read()))
                     fds.empty()
-            elif main:
-                fds.to_daemon(_joined(*fds.read()))
-                fds.empty()
+        if main:
+            fds.send_out()
 
-    def _from_fds(self, text: str, skipped: int = 0, tail: str = "",
-                  echo: bool = False) -> None:
-        """Into the attempt's log; with ``echo`` (the main thread), what is not echoed yet
-        to the embedded run's stderr as well."""
+    def _from_fds(self, text: str, skipped: int = 0, tail: str = "") -> None:
+        """Into the attempt's descriptor log (call with the lock held)."""
+        self._from_log(self.fd_log, text, skipped, tail)
+
+    @staticmethod
+    def _from_log(log: TaskLog, text: str, skipped: int, tail: str) -> None:
+        """``text``, ``skipped`` bytes left out, then ``tail``, into ``log``."""
         if text or skipped:
-            log = self.log
             log.write(text)
             if skipped:  # (the head is full by now: the bytes between are left out)
                 log.dropped += skipped
                 log.write(tail)
-            if self.echo_err is not None:
-                self._unechoed.append(_joined(text, skipped, tail))
-        if echo and self._unechoed:
-            self._echo_fds("".join(self._unechoed))
-            self._unechoed.clear()
 
     def _echo_fds(self, text: str) -> None:
         echo = self.echo_err  # (which of the two descriptors wrote it is not known)

@@ -157,31 +157,54 @@ def last_words(pid: int) -> str:
     """What a worker process that ended wrote to descriptors 1 and 2 and never reported
     (capture.FdCapture's files in its root): the output of the task that killed it, a C
     library's failed assertion, Python's own fatal error; the last LAST_WORDS bytes of
-    each file, oldest file first. Only regular files of this user, never through a link;
-    the supervisor reads them as it reaps the process, before ``remove_roots_of``."""
-    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*",
-                           f"{CAPTURE_PREFIX}*")
+    each file, oldest file first. Only regular files of this user, never through a link,
+    and only in a root whose owner is gone (as :func:`remove_roots_of` checks: the same
+    pid may be a live process of another daemon in another pid namespace); the supervisor
+    reads them as it reaps the process, before ``remove_roots_of``. What the process read
+    and reported is a hole at the file's start (capture._punch), skipped."""
+    pattern = os.path.join(glob.escape(tempfile.gettempdir()), f"{ROOT_PREFIX}{pid}-*")
     found = []
-    for path in glob.glob(pattern):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+    for root in glob.glob(pattern):
+        lock = owned.lock_if_gone(root)
+        if lock is None:  # its owner lives, or it is not ours to read
             continue
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or not st.st_size:
-                continue
-            start = max(0, st.st_size - LAST_WORDS)
-            data = os.pread(fd, LAST_WORDS, start)
-        except OSError:
-            continue
+            for path in glob.glob(os.path.join(glob.escape(root), f"{CAPTURE_PREFIX}*")):
+                words = _words_of(path)
+                if words is not None:
+                    number = path.rpartition(CAPTURE_PREFIX)[2]
+                    found.append((int(number) if number.isdigit() else 0, *words))
         finally:
-            os.close(fd)
-        number = path.rpartition(CAPTURE_PREFIX)[2]
-        found.append((int(number) if number.isdigit() else 0, start, data))
+            os.close(lock)
     found.sort()
-    return "".join((f"[... {start} bytes before ...]\n" if start else "") +
-                   data.decode("utf-8", "replace") for _, start, data in found)
+    return "".join((f"[... {before} bytes before ...]\n" if before else "") +
+                   data.decode("utf-8", "replace") for _, before, data in found)
+
+
+def _words_of(path: str) -> tuple[int, bytes] | None:
+    """``(bytes left out before, the last LAST_WORDS bytes)`` of one capture file's data
+    (after its hole), or None (not a regular file of ours, empty, unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or not st.st_size:
+            return None
+        try:
+            first = os.lseek(fd, 0, os.SEEK_DATA)  # (past the hole of what was reported)
+        except OSError:  # ENXIO: all of it a hole
+            return None
+        start = max(first, st.st_size - LAST_WORDS)
+        data = os.pread(fd, LAST_WORDS, start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if start == first:  # (a hole ends on a block's edge: its last block reads as zeros)
+        data = data.lstrip(b"\0")
+    return (start - first if start > first else 0), data
 
 
 def remove_roots_of(pid: int) -> None:

@@ -58,8 +58,8 @@ def _lookup_prctl() -> None:
             _prctl = False  # not Linux: the parent check in the worker loop covers it
 
 
-# "1": worker processes keep what tasks write to descriptors 1 and 2 in their logs
-# (capture.FdCapture). Off by default: a review found defects to fix first (docs/logs.md)
+# worker processes keep what tasks write to descriptors 1 and 2 in their logs
+# (capture.FdCapture) unless this is "0" in the worker daemon's environment (docs/logs.md)
 CAPTURE_FDS_ENV = "PYMAPREDUCE_CAPTURE_FDS"
 
 
@@ -131,7 +131,7 @@ class Supervisor:
                             on_registered=lambda yes: self.registrations.mark(slot, yes),
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
                             memory=self.memory, spill_dir=self.spill_root,
-                            capture_fds=os.environ.get(CAPTURE_FDS_ENV) == "1")
+                            capture_fds=os.environ.get(CAPTURE_FDS_ENV) != "0")
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())

@@ -166,14 +166,14 @@ class Worker(Tasks):
         main thread (a signal handler)."""
         self._stop.set()
         if self._current is not None or self._idle_poll:
-            raise TaskAbandoned("the worker is leaving")
+            self.capture.stop_task(TaskAbandoned("the worker is leaving"))
 
     def _on_abandon_signal(self, signum: int, frame: object) -> None:
         if self._abandon is not None and self._abandon == self._current:
             # (kept: a task that swallows the exception must still not write or report)
             self.stopped = self._abandon
             self._abandon = None
-            raise TaskAbandoned("the broker abandoned this task")
+            self.capture.stop_task(TaskAbandoned("the broker abandoned this task"))
 
     def run(self) -> None:
         """Register, then serve tasks until ``stop()`` (or the parent process is gone)."""
