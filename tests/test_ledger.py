@@ -464,3 +464,33 @@ def test_an_output_of_no_pairs_is_kept_nowhere_and_fetched_as_no_bytes(ledger):
     command, blobs = replies[0]
     assert command == P.PART and blobs[keys[0].index] == b"" and \
         blobs[keys[1].index] == full
+
+
+@pytest.mark.parametrize("word", [
+    None, "x", [1], [1, 2, 3], ["map", 0], [0, "1"], [0, 2**70], {"index": 0}, [0, 12345]])
+def test_a_replacements_word_on_what_its_dead_process_ran_is_checked(ledger, word):
+    """A process's replacement names the attempt the dead one ran (workers/running.py):
+    only an (index, attempt) of ints that the dead process held spares the others; any
+    other word (malformed, or an attempt it did not hold) counts all, as none would."""
+    job = add_job(ledger, maps=8)
+    ledger.register(b"A", "", {"credit": 8}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)[b"A"]
+    assert len(held) == 2  # (the dispatcher's pacing: two ahead before a task's time is known)
+    ledger.register(b"B", "", {"credit": 8, "replaces": [b"A", "its process died", word]},
+                    T0 + 1)
+    assert [t.failures for t in job.maps] == [int(any(k.index == i for k in held))
+                                              for i in range(8)]
+
+
+def test_a_replacements_word_counts_the_named_attempt_alone(ledger):
+    job = add_job(ledger, maps=8)
+    ledger.register(b"A", "", {"credit": 8}, T0)
+    ledger.dispatch(T0)
+    held = tasks_of(ledger)[b"A"]
+    assert len(held) == 2
+    named = held[1]
+    ledger.register(b"B", "", {"credit": 8, "replaces": [
+        b"A", "its process 7 killed by SIGKILL", [named.index, named.attempt]]}, T0 + 1)
+    assert [t.failures for t in job.maps] == [int(i == named.index) for i in range(8)]
+    assert all(t.state == PENDING for t in job.maps)  # (all of them to be handed out again)

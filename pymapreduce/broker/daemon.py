@@ -56,6 +56,10 @@ SINK_COMMANDS = frozenset({P.SINK, P.HEARTBEAT, P.BYE})
 ROLE_COMMANDS = {security.WORKER: WORKER_COMMANDS, security.CLIENT: CLIENT_COMMANDS,
                  security.SINK: SINK_COMMANDS}
 SUSPECT_FOR = 3.0  # seconds a worker whose connection closed is probed
+# seconds a dead worker process's supervisor has to register its replacement, naming the
+# attempt the dead one ran (workers/running.py: that one alone is counted); past this,
+# every attempt it held counts
+WORD_GRACE = 1.5
 PROBE_INTERVAL = 0.05
 MAX_POLL_MS = 100  # upper bound on a poll, so stop() and deadlines are noticed promptly
 # A client's requests that read what the broker holds are answered from its share of the
@@ -129,6 +133,7 @@ class Broker(ClientAPI, WorkerAPI):
         # it then fails, instead of waiting out its liveness
         self.monitor = self.control.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._suspects: dict[bytes, float] = {}  # route -> probe until
+        self._word_due: dict[bytes, float] = {}  # route of a dead process -> its word due
         self._last_probe = 0.0
         self._frame: Any = None  # the first frame of the message being handled
         self._whole: Any = None  # returns the control message being handled, its blobs too
@@ -325,7 +330,17 @@ class Broker(ClientAPI, WorkerAPI):
                 pass
             except zmq.ZMQError:
                 del self._suspects[route]
-                self.ledger.purge(worker, "its connection closed")
+                if worker.supervisor:  # its replacement will say which attempt it ran
+                    worker.credit = 0  # (nothing more is handed to it meanwhile)
+                    self._word_due[route] = now + WORD_GRACE
+                else:
+                    self.ledger.purge(worker, "its connection closed")
+        for route, due in list(self._word_due.items()):
+            if now > due:  # no word came (its whole daemon is gone, say): all count
+                del self._word_due[route]
+                worker = self.workers.get(route)
+                if worker is not None:
+                    self.ledger.purge(worker, "its connection closed")
 
     def close(self) -> None:
         if self.http is not None:
@@ -486,7 +501,7 @@ class Broker(ClientAPI, WorkerAPI):
 
     def step(self, now: float) -> None:
         """Everything driven by the clock: purge silent workers, status events, expiry."""
-        if self._suspects:
+        if self._suspects or self._word_due:
             self._probe(now)
         for job in self.jobs.values():
             if job.dirty and now - job.last_event >= self.config.status_interval:

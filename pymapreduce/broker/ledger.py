@@ -48,6 +48,16 @@ HB_SUFFIX = b"/hb"  # a worker's heartbeat socket: its identity plus this
 GONE_WORKERS = 50  # workers lost or left lately, kept for the dashboard's cluster view
 
 
+def blamed(value: Any) -> tuple | None:
+    """A registration's ``replaces[2]`` (the attempt a dead worker process ran last, as
+    its supervisor read it: workers/running.py) as ``(index, attempt)``, or None if it is
+    not one. A peer's bytes: checked here, and trusted no further than the broker's own
+    table of what the dead process held (``purge``)."""
+    if type(value) is list and len(value) == 2 and all(type(v) is int for v in value):
+        return value[0], value[1]
+    return None
+
+
 class Send(NamedTuple):
     """A message for a peer. ``worker``: the route of a registered worker whose queue is
     full or who is gone is purged (TASKS); other undeliverable messages are dropped."""
@@ -186,10 +196,12 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         if old is not None:  # re-registration: what it held is lost with its queue
             self.purge(old, REREGISTERED)
         gone = body.get("replaces")
-        if isinstance(gone, list) and len(gone) == 2 and isinstance(gone[0], bytes):
+        if isinstance(gone, list) and len(gone) in (2, 3) and isinstance(gone[0], bytes):
             dead = self.workers.get(gone[0])  # a process that died: its supervisor says so
             if dead is not None and dead.key == key:  # (same key: same daemon)
-                self.purge(dead, str(gone[1])[:200])
+                # (and which attempt it was running: workers/running.py)
+                self.purge(dead, str(gone[1])[:200],
+                           blamed(gone[2]) if len(gone) == 3 else None)
         credit = body.get("credit", 1)
         credit = credit if type(credit) is int else 1
         name = str(body.get("name", ""))[:200]
@@ -406,22 +418,32 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
             return None
         return task
 
-    def purge(self, worker: WorkerState, reason: str) -> None:
-        """Forget a worker; each attempt it was running counts as failed and is retried."""
+    def purge(self, worker: WorkerState, reason: str, blame: tuple | None = None) -> None:
+        """Forget a worker; each attempt it held counts as failed and is retried, or, if
+        ``blame`` (``(index, attempt)``, what its supervisor says the dead process ran
+        last: workers/running.py) names one it held, that one alone counts and the others
+        are queued again uncounted (they never ran, or ran and ended well)."""
         self.workers.pop(worker.route, None)
         self.codec_census.left(worker.route)
         lost = 0
+        counted = reason not in BLAMELESS
+        if blame is not None and counted and not any(
+                (k.index, k.attempt) == blame for k in worker.running):
+            blame = None  # (not one it held: every attempt counts, as without a word)
         for key in worker.running:
             self._forget(key)
             task = self._attempt(key)
             if task is None:
                 continue
             lost += 1
+            fault = counted and (blame is None or (key.index, key.attempt) == blame)
             self.events.failed(task, key.attempt, reason, "", {"split": task.index}, True,
-                               reason not in BLAMELESS)
+                               fault)
             self._attempt_failed(task, key.attempt, f"the worker running it ({worker.name}) "
-                                 f"was lost: {reason}", "", {"split": task.index},
-                                 counted=reason not in BLAMELESS)
+                                 f"was lost: {reason}" if fault else
+                                 f"its worker ({worker.name}) was lost while it waited or "
+                                 f"had ended: {reason}", "", {"split": task.index},
+                                 counted=fault)
         self.news(peer_name(worker.route, worker.key), "worker %s removed (%s); %d task(s) "
                   "re-queued", worker.name, reason, lost)
         self.events.worker_lost(worker.name, reason, lost)

@@ -33,6 +33,7 @@ from ..spill import budget as spill_budget
 from ..spill.budget import private_root, remove_process_dir
 from .isolation import last_words, remove_roots_of, sweep_stale_roots
 from .registrations import Registrations
+from .running import RunningPage
 from .voucher import Voucher
 from .worker import Worker
 
@@ -94,6 +95,7 @@ class Supervisor:
         # slot -> [identity, why] of a process that died: its replacement tells the broker,
         # which re-queues the dead one's tasks at once instead of after its liveness
         self.dead: dict[int, list] = {}
+        self.pages: dict[int, RunningPage] = {}  # pid -> its running attempt's page
         self.crashes: dict[int, deque] = {}
         self.restarts = 0
         self._stopping = False
@@ -110,14 +112,18 @@ class Supervisor:
         me = os.getpid()
         identity = uuid.uuid4().bytes
         replaces = self.dead.pop(slot, None)
+        running = RunningPage()  # (where the child writes its running attempt: running.py)
         with self._forking:
             pid = os.fork()
         if pid:
             self.children[pid] = slot
             self.identities[pid] = identity
+            self.pages[pid] = running
             return
         code = 0
         try:  # the child: never returns into the supervisor's code
+            for page in self.pages.values():  # (its siblings' are not its to write)
+                page.close()
             os.environ[WORKER_ENV] = "1"  # (an embedded cluster refuses to start in here)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -131,7 +137,8 @@ class Supervisor:
                             on_registered=lambda yes: self.registrations.mark(slot, yes),
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
                             memory=self.memory, spill_dir=self.spill_root,
-                            capture_fds=os.environ.get(CAPTURE_FDS_ENV) != "0")
+                            capture_fds=os.environ.get(CAPTURE_FDS_ENV) != "0",
+                            running=running)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits
             signal.signal(signal.SIGTERM, lambda *_: worker.drain())
@@ -201,6 +208,10 @@ class Supervisor:
                 return
             slot = self.children.pop(pid, None)
             identity = self.identities.pop(pid, None)
+            page = self.pages.pop(pid, None)
+            blame = page.blame() if page is not None else None
+            if page is not None:
+                page.close()
             if slot is not None:  # (killed: its job directories are still there)
                 words = last_words(pid)  # (what it wrote to 1 and 2 and never reported)
                 if words:
@@ -216,8 +227,9 @@ class Supervisor:
                 self._stopping = True
                 return
             log.warning("worker process %d ended (%s); restarting it", pid, _describe(status))
-            if identity is not None:
-                self.dead[slot] = [identity, f"its process {pid} {_describe(status)}"]
+            if identity is not None:  # (and the attempt it ran: only that one counts)
+                self.dead[slot] = [identity, f"its process {pid} {_describe(status)}",
+                                   blame]
             history = self.crashes.setdefault(slot, deque(maxlen=RESTART_BURST))
             now = time.monotonic()
             history.append(now)
@@ -258,6 +270,9 @@ class Supervisor:
                 pass
             self._remove_files(pid)
         self.children.clear()
+        for page in self.pages.values():
+            page.close()
+        self.pages.clear()
         if self.spill_root is not None:
             shutil.rmtree(self.spill_root, ignore_errors=True)
             spill_budget.release_root(self.spill_root)

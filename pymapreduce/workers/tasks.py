@@ -35,6 +35,7 @@ from ..shipping import unpack_code
 from .capture import attempt_log, register_sources
 from .reporting import REPORT_SLACK
 from .runner import USER_EXITS, TaskError, run_task
+from .running import ENDED, LOADING, NONE, RUNNING
 from .shuffle import SegmentsLost, SinkClient, SinkUnreachable, sink_input
 
 log = logging.getLogger("pymapreduce.worker")
@@ -103,6 +104,9 @@ class Tasks:
         blobs = list(msg.blobs)
         job = self.jobs.get(job_id)
         error = self.load_errors.get(job_id)
+        slots, was = self.running_slots, None
+        if slots is not None and ("code" in b or "step" in b):
+            was, slots[0] = slots[0], LOADING  # (a death in the job's code: all count)
         if "code" in b:
             try:
                 job = self._load(job_id, frame_bytes(blobs[b["code"]]))
@@ -131,6 +135,8 @@ class Tasks:
             except (Exception, *USER_EXITS) as exc:
                 error = (f"cannot get step {b['step']} of the job: {type(exc).__name__}: "
                          f"{exc}", traceback.format_exc())
+        if was is not None:
+            slots[0] = was
         workdir = self.job_dirs.get(job_id)
         # what a task's outputs are, by kind: they reach the client (reduce, or map of a
         # map-only last step) or go to other workers; the queued task's fields that follow
@@ -199,8 +205,14 @@ class Tasks:
             register_sources(self.jobs.get(job_id))
             self._sources_of = job_id
         tasklog = None
+        slots = self.running_slots
         try:
             self._current = key
+            if slots is not None:  # (running.py: named if this process dies)
+                slots[0] = NONE
+                slots[1] = index
+                slots[2] = attempt
+                slots[0] = RUNNING
             try:
                 self.state.enter(item.workdir)
                 tasklog = self.capture.begin(job_id)
@@ -228,6 +240,8 @@ class Tasks:
                     time.sleep((self.slowdown - 1.0) * (time.monotonic() - started))
             finally:
                 self._current = None
+                if slots is not None:
+                    slots[0] = ENDED
                 self.state.restore()
         except TaskAbandoned as exc:
             self.ended_badly = True

@@ -83,10 +83,13 @@ class Worker(Tasks):
         memory: int | None = None,
         spill_dir: str | None = None,
         capture_fds: bool = False,
+        running: Any = None,
     ) -> None:
         """``capture_fds``: keep what tasks' subprocesses and C code write to descriptors
         1 and 2 in the attempts' logs (capture.FdCapture): it moves this process's
-        descriptors, so only a process of its own (the supervisor's children) asks it."""
+        descriptors, so only a process of its own (the supervisor's children) asks it.
+        ``running``: a page shared with the supervisor where the running attempt is
+        written (running.RunningPage)."""
         if (connect is None) == (bind is None):
             raise ValueError("a worker needs exactly one of connect= or bind=")
         self.connect_addr = connect
@@ -144,6 +147,8 @@ class Worker(Tasks):
         # what tasks print or log, kept per attempt (and what they write to descriptors 1
         # and 2, in files in the job directories' root: a supervisor reads a dead one's)
         self.capture = Capture(self.job_dirs.capture_file if capture_fds else None)
+        # the running attempt, for the supervisor to name if this process dies (running.py)
+        self.running_slots = running.slots if running is not None else None
         self._sources_of = ""  # the job whose shipped source linecache holds
         self.state = ProcessState()  # what each task starts from (isolation.py)
         # the memory budget of this process's tasks: past it they spill (spill/), in
