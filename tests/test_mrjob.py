@@ -359,11 +359,21 @@ def test_what_is_not_run(address, texts):
             adapter.run(job, texts, address=address)
 
 
+_PLAIN = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126))
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(st.text(), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False),
                  st.lists(st.text(), max_size=4), st.tuples(st.text(), st.text()),
-                 st.tuples(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126))),
-                 st.lists(st.one_of(st.text(), st.integers()), max_size=3)))
+                 st.tuples(_PLAIN),
+                 st.lists(st.one_of(st.text(), st.integers()), max_size=3),
+                 st.recursive(st.one_of(_PLAIN, st.text(), st.integers(), st.floats(),
+                                        st.booleans(), st.none()),
+                              lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                      st.lists(inner, max_size=3).map(tuple)),
+                              max_leaves=8),
+                 st.recursive(st.integers(), lambda inner: st.lists(inner, max_size=1).map(tuple),
+                              max_leaves=12)))
 def test_the_adapters_json_writes_what_mrjobs_json_protocol_writes(value):
     """Keys and values go through mrjob's JSONProtocol; the adapter writes the common ones
     (words, counts, tuples of words) without json's encoder, byte for byte as it would."""

@@ -27,6 +27,7 @@ from .task import (
     TaskEnv,
     group_decoder,
     line_order,
+    line_writer,
     pair_encoder,
     pair_keeper,
     split_line,
@@ -95,7 +96,7 @@ class MRJobMap(Job):
             self._text_as_is = (self._source == "text" and
                                 type(getattr(read, "__self__", None)) is TextValueProtocol)
             self._mapper = self._step["mapper_raw"] or self._step["mapper"]
-            self._write = write
+            self._write = line_writer(write)
             self._emit_pair = (pair_keeper(write, self._groups, self._out, self._tagbox)
                                if self._reduced else self._keep_line)
             init = self._step["mapper_init"]
@@ -301,7 +302,8 @@ class MRJobStep(MRJobMap):
         plan, n = self.plan, self.n
         self._renv = TaskEnv(plan.token, plan.files, plan.env)
         self._rtask, step = plan.task(n, "reducer", CounterSink(self))
-        read, self._rwrite = self._rtask.pick_protocols(n, "reducer")
+        read, write = self._rtask.pick_protocols(n, "reducer")
+        self._rwrite = line_writer(write)
         self._decode = group_decoder(read)
         self._reducer = step["reducer"]
         self._rfinal = step["reducer_final"]

@@ -68,11 +68,58 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         elif (t is tuple or t is list) and x:
             for item in x:
                 if type(item) is not str or _ESCAPED(item) is not None:
-                    return dumps(x)
-            return ('["' + '", "'.join(x) + '"]').encode()
+                    break
+            else:
+                return ('["' + '", "'.join(x) + '"]').encode()
+            text = _json_array(x, 0)  # (mixed: a word and a count, a pair of counts...)
+            if text is not None:
+                return text.encode()
         return dumps(x)
     fast.plain = True  # (the fast path is on: tests/test_mrjob.py checks it is the one tested)
     return fast
+
+
+_FINITE = float("inf")
+MAX_DEPTH = 8  # nested lists written without json's encoder (deeper: by json.dumps)
+
+
+def _json_array(x: Any, depth: int) -> str | None:
+    """A tuple or list of plain str, int, finite float, bool, None and such lists, as
+    ``json.dumps`` writes it (ASCII only, default separators), or None if any item is
+    something else (a dict, a str to escape, a NaN, a subclass): json writes that one."""
+    parts = []
+    append = parts.append
+    for item in x:
+        t = type(item)
+        if t is str:
+            if _ESCAPED(item) is not None:
+                return None
+            append('"' + item + '"')
+        elif t is int:
+            append(int.__repr__(item))
+        elif t is float:
+            if not -_FINITE < item < _FINITE:  # (NaN, infinities: json's own names)
+                return None
+            append(float.__repr__(item))
+        elif t is tuple or t is list:
+            if not item:
+                append("[]")
+            elif depth >= MAX_DEPTH:
+                return None
+            else:
+                inner = _json_array(item, depth + 1)
+                if inner is None:
+                    return None
+                append(inner)
+        elif item is None:
+            append("null")
+        elif item is True:
+            append("true")
+        elif item is False:
+            append("false")
+        else:
+            return None
+    return "[" + ", ".join(parts) + "]"
 
 
 def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -164,6 +211,21 @@ def pair_encoder(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], tup
     def encode_line(k: Any, v: Any) -> tuple:
         return split_line(write(k, v))
     return encode_line
+
+
+def line_writer(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], bytes]:
+    """``write`` (a protocol's: ``(key, value) -> line``), for a JSON-like protocol
+    (mrjob's ``_KeyCachingProtocol.write``, ``dumps(key) TAB dumps(value)``) with the
+    encodings of recurring keys remembered and the usual values written without json's
+    encoder (:func:`json_dumps`): the same bytes."""
+    proto = getattr(write, "__self__", None)
+    if proto is None or type(proto).write is not _KeyCachingProtocol.write:
+        return write
+    key_dumps, value_dumps = _memo(proto._dumps), json_dumps(proto._dumps)
+
+    def write_line(k: Any, v: Any) -> bytes:
+        return key_dumps(k) + b"\t" + value_dumps(v)
+    return write_line
 
 
 def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: list,
