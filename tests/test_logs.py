@@ -804,3 +804,107 @@ def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set(
         assert log.getvalue() == b"after the stop\n"
     finally:
         cap.close()
+
+
+class ClosesThenOpens(Job):
+    """Closes the capture's own descriptor, then opens a file of its own read-write and
+    keeps it open (a database, a cache): it may get the freed number."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def map(self, key, line):
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                continue
+            if "/fds-" in target and int(name) > 2:
+                os.close(int(name))
+        kept = open(self.path, "r+b")
+        kept.write(b"B" * 4096)
+        kept.flush()
+        _KEPT.append(kept)
+        time.sleep(0.3)  # (the heartbeat's reads come meanwhile)
+        yield line, 1
+
+
+_KEPT: list = []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_file_a_task_opens_under_a_freed_capture_number_is_never_touched(daemons, tmp_path):
+    """The capture checks that a descriptor is still its file before it reads, punches or
+    closes it: the task's own file keeps its bytes and stays out of the log."""
+    data = tmp_path / "user.bin"
+    data.write_bytes(b"USERDATA" * 32768)  # 256 KiB
+    _, address = daemons.broker(*STEADY)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
+    with Client(address) as client:
+        handle = client.submit(ClosesThenOpens(str(data)), [(0, "x")], map_tasks=1,
+                               reducers=0)
+        handle.result(60)
+        text = "".join(e["text"] for e in handle.logs())
+    after = data.read_bytes()
+    assert after == b"B" * 4096 + (b"USERDATA" * 32768)[4096:]
+    assert "USERDATA" not in text
+    _wait_for_in(tmp_path / "worker.err", b"no longer captured")
+
+
+class ToolChatter(Job):
+    def map(self, key, line):
+        os.write(2, b"x" * (1 << 20))  # a tool's chatter, 1 MiB a task
+        yield line, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+def test_a_file_size_limit_fails_no_task_however_much_the_tasks_write(daemons, tmp_path):
+    """Holes count against a file-size limit (``ulimit -f``, systemd's LimitFSIZE): past
+    a quarter of it the job gets a new capture file, so 40 MiB written by the tasks of
+    one process under a 20 MiB limit fail none of them."""
+    _, address = daemons.broker(*STEADY)
+    with open(tmp_path / "worker.err", "wb") as err:
+        daemons.procs.append(subprocess.Popen(
+            ["sh", "-c", 'ulimit -f 20480 && exec "$@"', "sh",
+             *pmr("worker", "--connect", address, "--processes", "1", "--log-level",
+                  "WARNING", "--parent-pid", str(os.getpid()))],
+            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=CAPTURING))
+    wait_workers(address, 1)
+    with Client(address) as client:
+        handle = client.submit(ToolChatter(), [(i, "w") for i in range(40)], map_tasks=40,
+                               reducers=1)
+        assert handle.result(120) == {"w": 40}
+        logs = handle.logs()
+    assert sum(e["text"].count("x") for e in logs) >= 40 * (HEAD + TAIL)
+
+
+class ForksAndPrints(Job):
+    def map(self, key, line):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=print, args=(f"printed by a forked child {key}",))
+        child.start()
+        child.join()
+        yield line, 1
+
+
+def test_what_a_tasks_forked_child_prints_is_in_the_attempts_log(daemons, tmp_path):
+    _, address = daemons.broker(*STEADY)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
+    with Client(address) as client:
+        handle = client.submit(ForksAndPrints(), [(0, "x")], map_tasks=1, reducers=0)
+        handle.result(60)
+        text = handle.logs()[0]["text"]
+    assert "printed by a forked child 0\n" in text, text
+
+
+def test_the_capture_is_turned_off_by_any_usual_word_for_no(monkeypatch):
+    from pymapreduce.workers.supervisor import capture_fds_wanted
+
+    for word, wanted in (("", True), ("1", True), ("yes", True), ("0", False),
+                         ("false", False), ("Off", False), ("no", False), (" 0 ", False)):
+        monkeypatch.setenv(CAPTURE_FDS_ENV, word)
+        assert capture_fds_wanted() is wanted, word

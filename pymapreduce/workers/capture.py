@@ -141,7 +141,7 @@ FD_TRIM = 16 << 20  # bytes the descriptors' file may hold before it is emptied 
 FD_KEEP = 128 * 1024  # of more than twice this written at once, the first and last kept
 OLD_QUIET = 60.0  # seconds an earlier job's file is kept open after its last write
 OLD_FILES = 16  # earlier jobs' files kept open at most
-FD_RESTART = 1 << 30  # a file's (sparse) length past which it starts again at 0 when idle
+FD_RESTART = 64 << 20  # a file's (sparse) length past which its job gets a new one
 _PUNCH = 0x03  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 _fallocate: Any = None  # libc's fallocate, looked up at the first punch (False: none)
 
@@ -169,7 +169,7 @@ def _punch(fd: int, length: int) -> bool:
 
 
 class FdCapture:
-    """Descriptors 1 and 2 of this process pointed at one unlinked file (see the module).
+    """Descriptors 1 and 2 of this process pointed at one file (see the module).
 
     Made once, in a worker daemon's process before anything else keeps ``sys.stdout``:
     ``sys.stdout``/``sys.stderr`` (and the logging handlers that wrote to them) then write
@@ -180,7 +180,14 @@ class FdCapture:
     stay and a writer appending meanwhile loses nothing; where holes cannot be made, the
     file is cut to 0 as before (bytes written between the read and the cut are lost). A
     writer that reopens the file with ``O_TRUNC`` (a shell's ``>/dev/stderr``) leaves it
-    shorter than ``offset``: it is read again from 0."""
+    shorter than ``offset``: it is read again from 0. Past ``restart_at`` bytes of length
+    (a hole still counts against a file-size limit) the job gets a new file at an
+    attempt's end (:meth:`rotate`).
+
+    A task may close any descriptor, and its next ``open`` may get that number: this
+    class keeps its own descriptors at 10 or above and checks a file's identity (device
+    and inode) before it reads, punches or closes one; a descriptor that is no longer its
+    file raises :class:`CaptureLost` and is never touched again."""
 
     def __init__(self, maker: Any) -> None:
         """``maker()``: a new file's ``(fd, path)``, opened for appending (a worker's are
@@ -192,51 +199,75 @@ class FdCapture:
             except (AttributeError, OSError, ValueError):
                 pass
         self._maker = maker
-        self.fd, self.path = maker()
-        self.daemon_out, self.daemon_err = os.dup(1), os.dup(2)  # (not inherited)
+        self.fd, self.path, self.ident = self._new_file()
+        self.daemon_out = _high(os.dup(1))  # (not inherited)
+        self.daemon_err = _high(os.dup(2))
         old = (sys.stdout, sys.stderr)
         self.out = open(self.daemon_out, "w", buffering=1, encoding="utf-8",
                         errors="backslashreplace", closefd=False)
         self.err = open(self.daemon_err, "w", buffering=1, encoding="utf-8",
                         errors="backslashreplace", closefd=False)
-        os.dup2(self.fd, 1)  # (inheritable: a subprocess writes there)
-        os.dup2(self.fd, 2)
+        _point_std_at(self.fd)
         _rebind(old, (self.out, self.err))
         self.offset = 0  # bytes of the file read so far
         self.freed = 0  # ... and let go of (punched out)
+        self.restart_at = _restart_at()
         self.lock = threading.Lock()  # the heartbeat thread reads the file too
         self.outbox: list[str] = []  # for the daemon's stderr, written without the lock
+        self.outbox_bytes = 0
         self._decode = _decoder()
         # earlier jobs' files, which processes their tasks left running may still write
-        # to: [fd, bytes read, when last written], drained to the daemon's stderr
+        # to: [fd, bytes read, when last written, path, identity], drained to the
+        # daemon's stderr
         self.old: list[list] = []
 
-    def rotate(self) -> None:
-        """A task of another job begins: descriptors 1 and 2 get a file of their own, so
-        a process an earlier job's task left running (it holds the old file) never
-        writes into this job's logs; what the old file holds unread goes to the daemon's
-        stderr (call with ``lock`` held)."""
+    def _new_file(self) -> tuple[int, str, tuple]:
         fd, path = self._maker()
+        try:
+            fd = _high(fd)
+            st = os.fstat(fd)
+        except OSError:
+            for undo in (lambda: os.close(fd), lambda: os.unlink(path)):
+                try:
+                    undo()
+                except OSError:
+                    pass
+            raise
+        return fd, path, (st.st_dev, st.st_ino)
+
+    def rotate(self) -> None:
+        """Descriptors 1 and 2 get a new file (call with ``lock`` held): a task of another
+        job begins, so a process an earlier job's task left running (it holds the old
+        file) never writes into this job's logs; or the file is long (``restart_at``).
+        What the old file holds unread goes to the daemon's stderr, and later writes to
+        it too (:meth:`prune_old`)."""
+        fd, path, ident = self._new_file()
         try:
             unread = _joined(*self.read())
             self.empty()  # (a dead process's last words are what it wrote after this)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
+            _point_std_at(fd)
         except OSError:
-            _let_go([fd, 0, 0.0, path])  # (not made ours: 1 and 2 stay on the last file)
+            _let_go([fd, 0, 0.0, path, ident])  # (not made ours: 1 and 2 stay on the last)
             raise
-        self.old.append([self.fd, self.offset, time.monotonic(), self.path])
-        self.fd, self.path, self.offset, self.freed = fd, path, 0, 0
+        self.old.append([self.fd, self.offset, time.monotonic(), self.path, self.ident])
+        self.fd, self.path, self.ident, self.offset, self.freed = fd, path, ident, 0, 0
         self._decode = _decoder()
         self.to_daemon(unread)
         self.prune_old(time.monotonic())
 
     def prune_old(self, now: float) -> None:
-        """Drain the earlier jobs' files to the daemon's stderr; close those written to by
-        no one for OLD_QUIET seconds, and the oldest past OLD_FILES (call with ``lock``)."""
+        """Drain the earlier jobs' files to the daemon's stderr (their last 2 * FD_KEEP
+        bytes each time); close those written to by no one for OLD_QUIET seconds, and the
+        oldest past OLD_FILES (call with ``lock``). One that is no longer its file (a task
+        closed the descriptor) is forgotten, its descriptor not touched."""
         keep = []
         for entry in self.old:
-            fd, done, _, _ = entry
+            fd, done, _, _, ident = entry
+            try:
+                _check(fd, ident)
+            except CaptureLost:
+                _let_go(entry, close=False)
+                continue
             end = os.lseek(fd, 0, os.SEEK_END)
             if end < done:  # cut by a writer (O_TRUNC): all of it is new
                 done = 0
@@ -259,7 +290,8 @@ class FdCapture:
 
     def pending(self) -> bool:
         """Whether the file holds bytes not read yet (one system call); a file a writer
-        cut (shorter than ``offset``) does."""
+        cut (shorter than ``offset``) does, and so does a descriptor that became another
+        file (:meth:`read` finds out)."""
         return os.lseek(self.fd, 0, os.SEEK_END) != self.offset
 
     def read(self) -> tuple[str, int, str]:
@@ -267,6 +299,7 @@ class FdCapture:
         ``lock`` held): all of it as ``text``, or, past ``2 * FD_KEEP`` bytes, its first
         and last FD_KEEP bytes with the count of those between (a log keeps a head and a
         tail: reading and decoding a flood whole would only slow the task)."""
+        _check(self.fd, self.ident)
         end = os.lseek(self.fd, 0, os.SEEK_END)
         if end < self.offset:  # a writer cut the file (O_TRUNC): what it holds is new
             self.offset = self.freed = 0
@@ -277,13 +310,18 @@ class FdCapture:
         return head, end - start - 2 * FD_KEEP, _pread(self.fd, end - FD_KEEP, end).decode(
             "utf-8", "replace")
 
+    def cut_text(self) -> str:
+        """A character the last read ended inside of (the attempt is over: it ends as a
+        replacement character, not in the next attempt's log)."""
+        text = self._decode(b"", True)
+        self._decode = _decoder()
+        return text
+
     def empty(self) -> None:
         """Let the bytes read so far go (call with ``lock`` held): punched out, the
-        offsets kept (:func:`_punch`); the file starts again at 0 past FD_RESTART bytes
-        of length if nothing is unread (a writer's bytes between this look and the cut
-        would be lost: once a GiB of output at most), or where no hole can be made."""
-        if (self.offset > FD_RESTART and not self.pending()) or not _punch(self.fd,
-                                                                           self.offset):
+        offsets kept (:func:`_punch`), or, where no hole can be made, the file cut to 0."""
+        _check(self.fd, self.ident)
+        if not _punch(self.fd, self.offset):
             os.ftruncate(self.fd, 0)
             self.offset = 0
         self.freed = self.offset
@@ -291,35 +329,104 @@ class FdCapture:
     def to_daemon(self, text: str) -> None:
         """Output written while no attempt ran, for the daemon's own stderr: kept until
         :meth:`send_out` (the main thread, once it has let the lock go: that stderr may
-        block, and the heartbeat thread must never wait behind it for the lock); at most
-        about 2 * FD_KEEP of it each time."""
+        block, and the heartbeat thread must never wait behind it for the lock). At most
+        OUTBOX_MAX characters wait; past that, what comes is counted and left out."""
         if text:
+            if self.outbox_bytes + len(text) > OUTBOX_MAX:
+                text = TRUNCATED.format(n=len(text)).replace("attempt's", "process's")
+                if self.outbox and self.outbox[-1] == text:
+                    return
             self.outbox.append(text)
+            self.outbox_bytes += len(text)
 
     def send_out(self) -> None:
         """Write what :meth:`to_daemon` kept to the daemon's stderr (the main thread,
         without the lock)."""
         while self.outbox:
             text = self.outbox.pop(0)
+            self.outbox_bytes -= len(text)
             try:
                 self.err.write(text)
                 self.err.flush()
             except (OSError, ValueError):
                 pass
 
+    def give_back(self) -> None:
+        """Descriptors 1 and 2 are the daemon's own again (the capture ends)."""
+        os.dup2(self.daemon_out, 1)
+        os.dup2(self.daemon_err, 2)
+
     def close(self) -> None:
         """The process ends: what is left goes to the daemon's stderr, and descriptors 1
         and 2 are the daemon's own again."""
         with self.lock:
-            self.to_daemon(_joined(*self.read()))
-            self.prune_old(time.monotonic())
-            os.dup2(self.daemon_out, 1)
-            os.dup2(self.daemon_err, 2)
-            _let_go([self.fd, 0, 0.0, self.path])
-            for entry in self.old:  # (their writers, if any are left, write to no name)
-                _let_go(entry)
-            self.old = []
+            try:
+                self.to_daemon(_joined(*self.read()))
+                self.prune_old(time.monotonic())
+            finally:
+                self.give_back()
+                _let_go([self.fd, 0, 0.0, self.path, self.ident])
+                for entry in self.old:  # (their writers, if any are left, write to no name)
+                    _let_go(entry)
+                self.old = []
         self.send_out()
+
+
+class CaptureLost(OSError):
+    """A capture descriptor no longer refers to the capture's file (a task closed it, and
+    maybe opened something else under its number)."""
+
+
+OUTBOX_MAX = 1 << 20  # characters waiting for the daemon's stderr, at most
+FD_FLOOR = 10  # the capture's own descriptors are kept at or above this number
+
+
+def _high(fd: int) -> int:
+    """``fd`` moved to a number of at least FD_FLOOR, close-on-exec (the low numbers are
+    where a task's own files land, and 0, 1 and 2 are what it may close or replace)."""
+    if fd >= FD_FLOOR:
+        os.set_inheritable(fd, False)
+        return fd
+    import fcntl
+
+    try:
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_FLOOR)
+    finally:
+        os.close(fd)
+    return new
+
+
+def _point_std_at(fd: int) -> None:
+    """Descriptors 1 and 2 onto ``fd``'s file, inherited by what the task starts."""
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.set_inheritable(1, True)
+    os.set_inheritable(2, True)
+
+
+def _check(fd: int, ident: tuple | None) -> None:
+    """Raise CaptureLost unless ``fd`` is the file of identity ``ident``."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise CaptureLost(f"the capture file's descriptor {fd} was closed: {exc}") from None
+    if (st.st_dev, st.st_ino) != ident:
+        raise CaptureLost(f"descriptor {fd} is no longer the capture file (a task closed "
+                          "it and opened another file)")
+
+
+def _restart_at() -> int:
+    """The length a capture file may reach before the job gets a new one: FD_RESTART, or
+    a quarter of the process's file-size limit (a hole counts towards it)."""
+    import resource
+
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    except (OSError, ValueError):
+        return FD_RESTART
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return FD_RESTART
+    return max(1 << 16, min(FD_RESTART, soft // 4))
 
 
 def _decoder() -> Any:
@@ -327,9 +434,15 @@ def _decoder() -> Any:
     return codecs.getincrementaldecoder("utf-8")("replace").decode
 
 
-def _let_go(entry: list) -> None:
-    """Close an earlier job's file, and remove it if it has a name."""
-    os.close(entry[0])
+def _let_go(entry: list, close: bool = True) -> None:
+    """Close an earlier job's file (if its descriptor still is that file), and remove it
+    if it has a name."""
+    if close:
+        try:
+            _check(entry[0], entry[4])
+            os.close(entry[0])
+        except OSError:
+            pass
     if entry[3]:
         try:
             os.unlink(entry[3])
@@ -415,6 +528,9 @@ class Capture:
         self._seen: tuple = ()  # the root logger's handlers when last looked at
         self._owner: Any = None  # the job of the last attempt (FdCapture's file is its)
         self.fd_log = TaskLog()  # the running attempt's descriptor output (under the lock)
+        self._broken_note = ""  # why the capture ended, for the main thread to log
+        if self.fds is not None:  # (a task's forked child prints to the descriptors)
+            os.register_at_fork(after_in_child=self._forked)
         # begin/end are moving descriptors and streams: a stop waits (stop_task)
         self.held = False
         self.deferred: BaseException | None = None
@@ -424,19 +540,28 @@ class Capture:
         ``end`` (a fresh one, or the last attempt's if nothing was written to it).
         ``owner``: its job; a task of another job than the last one's gets descriptors of
         its own (FdCapture.rotate). A signal meant to stop the task (:meth:`stop_task`)
-        that comes while this runs takes effect at its end, with nothing half done."""
+        that comes while this runs takes effect at its end, with nothing half done; one
+        that raises at its very end (after the hold) gets the streams put back (callers
+        call :meth:`end` in a ``finally`` too: it may run twice)."""
+        try:
+            return self._begin(owner)
+        except BaseException:
+            self.end()
+            raise
+
+    def _begin(self, owner: Any) -> TaskLog:
         self.held = True
         try:
             if owner != self._owner:
                 fds = self.fds
                 if fds is not None and self._owner is not None:
-                    with fds.lock:
-                        try:
+                    try:
+                        with fds.lock:
                             fds.rotate()
-                        except OSError as exc:  # (no new file: the job keeps the last one's)
-                            logging.getLogger("pymapreduce.worker").warning(
-                                "no new file for a job's descriptors 1 and 2: %s", exc)
-                    fds.send_out()
+                    except OSError as exc:  # (no new file: never the last job's for this one)
+                        self._fds_broken(exc)
+                    else:
+                        fds.send_out()
                 self._owner = owner
             log = self.log
             if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
@@ -455,8 +580,7 @@ class Capture:
             self.active = True
         finally:
             self.held = False
-        if self.deferred is not None:  # a stop came meanwhile: the attempt ends at once
-            self.end()
+        self._deliver()  # a stop came meanwhile: the attempt ends at once
         return log
 
     def end(self) -> None:
@@ -472,7 +596,11 @@ class Capture:
                         if fds.pending():
                             self._from_fds(*fds.read())
                         if fds.offset > fds.freed:  # (read by the heartbeat or here)
-                            fds.empty()
+                            self._from_fds(fds.cut_text())
+                            if fds.offset > fds.restart_at:  # (a hole counts as length)
+                                fds.rotate()
+                            else:
+                                fds.empty()
                         self.active = False  # (what comes after this is not the attempt's)
                         fd_log = self._fd_log()
                 except OSError as exc:
@@ -492,6 +620,18 @@ class Capture:
         finally:
             self.held = False
         self._deliver()
+
+    def _forked(self) -> None:
+        """In a process a task forked (``multiprocessing``'s fork start): its
+        ``sys.stdout`` and ``sys.stderr`` were the attempt's in-memory streams, which no
+        one reads in the child; they write to descriptors 1 and 2 instead, which the
+        capture reads into the attempt's log."""
+        if self.active and self.fds is not None:
+            sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace",
+                              closefd=False)
+            sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace",
+                              closefd=False)
+            self.active = False
 
     def stop_task(self, exc: BaseException) -> None:
         """Raise ``exc`` in the task (a signal handler's: the broker abandoned it, the
@@ -523,6 +663,8 @@ class Capture:
         must go on beating)."""
         fds = self.fds
         if fds is None:
+            if self._broken_note and threading.current_thread() is threading.main_thread():
+                self._fds_broken(CaptureLost(""))  # (logs what the heartbeat noted)
             return
         try:
             self._poll(fds)
@@ -531,11 +673,22 @@ class Capture:
 
     def _fds_broken(self, exc: Exception) -> None:
         """The capture's file failed (a task closed its descriptor, say): capture of
-        descriptors 1 and 2 stops for this process, saying so; prints are still kept."""
-        if self.fds is not None:
+        descriptors 1 and 2 stops for this process, saying so (from the main thread: the
+        heartbeat's notes it for the next), and they are the daemon's own again; prints
+        are still kept."""
+        fds = self.fds
+        if fds is not None:
             self.fds = None
+            try:
+                fds.give_back()
+            except OSError:
+                pass
+            self.out.fd = self.err.fd = None
+            self._broken_note = str(exc)
+        if threading.current_thread() is threading.main_thread() and self._broken_note:
+            note, self._broken_note = self._broken_note, ""
             logging.getLogger("pymapreduce.worker").warning(
-                "output written to file descriptors 1 and 2 is no longer captured: %s", exc)
+                "output written to file descriptors 1 and 2 is no longer captured: %s", note)
 
     def _poll(self, fds: FdCapture) -> None:
         """Read the file, from the heartbeat thread or the idle main thread. Only the main
@@ -544,7 +697,7 @@ class Capture:
         attempt's log (the heartbeat's reads go to ``fd_log``, under the lock)."""
         main = threading.current_thread() is threading.main_thread()
         # (the main thread polls only while no task runs: no stop signal raises then)
-        if fds.old and main:
+        if fds.old:  # (also while a task runs: a left-behind writer fills no disk)
             with fds.lock:
                 fds.prune_old(time.monotonic())
         if fds.pending():
@@ -593,9 +746,8 @@ class Capture:
     @contextmanager
     def attempt(self) -> Iterator[TaskLog]:
         """While the block runs, what the task prints or logs goes to the yielded log."""
-        log = self.begin()
         try:
-            yield log
+            yield self.begin()
         finally:
             self.end()
 

@@ -93,9 +93,15 @@ class JobDirs:
         opened for appending: ``(fd, path)``. Named, not unlinked, so that the supervisor
         can read what a process that died wrote last (``last_words``)."""
         self._made += 1
-        path = os.path.join(self._root(), f"{CAPTURE_PREFIX}{self._made}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(path, flags, 0o600), path
+        for _ in range(8):  # (a name no task can make first: a task runs in this process)
+            name = f"{CAPTURE_PREFIX}{self._made}-{os.urandom(6).hex()}"
+            path = os.path.join(self._root(), name)
+            try:
+                return os.open(path, flags, 0o600), path
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no new capture file name in {self._root()}")
 
     @staticmethod
     def _write(path: str, name: str, data: bytes) -> None:
@@ -171,8 +177,8 @@ def last_words(pid: int) -> str:
         try:
             for path in glob.glob(os.path.join(glob.escape(root), f"{CAPTURE_PREFIX}*")):
                 words = _words_of(path)
-                if words is not None:
-                    number = path.rpartition(CAPTURE_PREFIX)[2]
+                if words is not None:  # (named fds-N-RANDOM: by N, oldest first)
+                    number = path.rpartition(CAPTURE_PREFIX)[2].partition("-")[0]
                     found.append((int(number) if number.isdigit() else 0, *words))
         finally:
             os.close(lock)
@@ -196,15 +202,17 @@ def _words_of(path: str) -> tuple[int, bytes] | None:
             first = os.lseek(fd, 0, os.SEEK_DATA)  # (past the hole of what was reported)
         except OSError:  # ENXIO: all of it a hole
             return None
-        start = max(first, st.st_size - LAST_WORDS)
+        # a hole ends on a block's edge: what was reported reads as zeros up to where
+        # the unread bytes begin
+        block = os.pread(fd, 1 << 16, first)
+        begin = first + len(block) - len(block.lstrip(b"\0"))
+        start = max(begin, st.st_size - LAST_WORDS)
         data = os.pread(fd, LAST_WORDS, start)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if start == first:  # (a hole ends on a block's edge: its last block reads as zeros)
-        data = data.lstrip(b"\0")
-    return (start - first if start > first else 0), data
+    return start - begin, data
 
 
 def remove_roots_of(pid: int) -> None:

@@ -62,6 +62,12 @@ def _lookup_prctl() -> None:
 # worker processes keep what tasks write to descriptors 1 and 2 in their logs
 # (capture.FdCapture) unless this is "0" in the worker daemon's environment (docs/logs.md)
 CAPTURE_FDS_ENV = "PYMAPREDUCE_CAPTURE_FDS"
+CAPTURE_OFF = frozenset({"0", "false", "no", "off"})
+
+
+def capture_fds_wanted() -> bool:
+    """Whether CAPTURE_FDS_ENV leaves the capture on (off: 0, false, no, off)."""
+    return os.environ.get(CAPTURE_FDS_ENV, "").strip().lower() not in CAPTURE_OFF
 
 
 def _die_with_parent() -> None:
@@ -137,7 +143,7 @@ class Supervisor:
                             on_registered=lambda yes: self.registrations.mark(slot, yes),
                             supervisor=self.voucher.identity if self.voucher.enabled else None,
                             memory=self.memory, spill_dir=self.spill_root,
-                            capture_fds=os.environ.get(CAPTURE_FDS_ENV) != "0",
+                            capture_fds=capture_fds_wanted(),
                             running=running)
             # SIGTERM drains: finished work is reported, the running and queued tasks
             # are handed back (the broker re-queues them at once), then the process exits

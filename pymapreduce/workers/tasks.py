@@ -215,8 +215,8 @@ class Tasks:
                 slots[0] = RUNNING
             try:
                 self.state.enter(item.workdir)
-                tasklog = self.capture.begin(job_id)
-                try:
+                try:  # (begin inside: a stop signal in it still has its streams put back)
+                    tasklog = self.capture.begin(job_id)
                     # (compressed inputs are decompressed as the task reads them)
                     split, raw = item.split, item.blobs
                     if kind == "reduce" and split and split[0] == "sink":  # read at its sink
