@@ -722,39 +722,46 @@ def test_a_shell_that_truncates_the_capture_file_loses_nothing_it_wrote(daemons,
     assert "before the shell" in text, text
 
 
-def _capture_in(tmp_path):
-    """A Capture of descriptors 1 and 2 in this process, with a file maker in
-    ``tmp_path`` (the kernel alone: the daemons' tests above run it for real); the
-    caller closes it, which gives this process its descriptors back."""
-    from pymapreduce.workers.capture import Capture
+# The capture's kernel alone, each test in a process of its own as a worker process is
+# (it moves the process's descriptors 1 and 2, which pytest's own capture also moves)
+_KERNEL = """
+import os, sys, tempfile
+from pymapreduce.workers.capture import Capture
+root = tempfile.mkdtemp()
+made = []
 
-    made = []
+def maker():
+    path = os.path.join(root, f"fds-{len(made)}")
+    made.append(path)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600), path
 
-    def maker():
-        path = str(tmp_path / f"fds-{len(made)}")
-        made.append(path)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600), path
-
-    return Capture(maker)
+cap = Capture(maker)
+"""
 
 
-def test_a_writer_appending_while_attempts_end_loses_no_byte(tmp_path):
+def _run_kernel(body: str) -> str:
+    """Run ``body`` after _KERNEL in a new Python process; its stderr's last line."""
+    done = subprocess.run([sys.executable, "-c", _KERNEL + textwrap.dedent(body)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_a_writer_appending_while_attempts_end_loses_no_byte():
     """A thread writes numbered lines to descriptor 1 without a pause while attempts
     begin and end: every line is in exactly one attempt's log (the file is let go of by
     punching out what was read, not cut to 0 under the writer's feet)."""
-    import threading
+    said = _run_kernel("""
+        import threading
+        stop, written, logs = threading.Event(), [0], []
 
-    cap = _capture_in(tmp_path)
-    stop, written = threading.Event(), [0]
+        def writer():
+            while not stop.is_set():
+                os.write(1, b"line-%08d\\n" % written[0])
+                written[0] += 1
 
-    def writer():
-        while not stop.is_set():
-            os.write(1, b"line-%08d\n" % written[0])
-            written[0] += 1
-
-    thread = threading.Thread(target=writer)
-    logs = []
-    try:
+        thread = threading.Thread(target=writer)
         thread.start()
         for _ in range(1500):
             log = cap.begin("job")
@@ -765,24 +772,25 @@ def test_a_writer_appending_while_attempts_end_loses_no_byte(tmp_path):
         log = cap.begin("job")
         cap.end()
         logs.append(log.getvalue())
-    finally:
-        stop.set()
         cap.close()
-    seen = [int(line[5:]) for text in logs for line in text.split(b"\n")
-            if line.startswith(b"line-")]
-    assert written[0] > 100 and sorted(seen) == list(range(written[0]))
+        seen = [int(line[5:]) for text in logs for line in text.split(b"\\n")
+                if line.startswith(b"line-")]
+        missing = len(set(range(written[0])) - set(seen))
+        print(f"written {written[0]} seen {len(seen)} distinct {len(set(seen))} "
+              f"missing {missing}", file=sys.stderr)
+    """)
+    written, seen, distinct, missing = (int(w) for w in said.split()[1::2])
+    assert written > 100 and seen == distinct == written and missing == 0, said
 
 
-def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set(tmp_path):
+def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set():
     """A stop (the broker abandons the task, the worker drains) raised by a signal
     handler while begin() moves descriptors 1 and 2 to a new job's file takes effect
     once that is done: the exception comes out of begin() with ``sys.stdout`` put back
     and descriptor 1 on the new file, which the next attempt reads."""
-    from pymapreduce.workers.tasks import TaskAbandoned
-
-    cap = _capture_in(tmp_path)
-    saved = sys.stdout
-    try:
+    said = _run_kernel("""
+        from pymapreduce.workers.tasks import TaskAbandoned
+        saved = sys.stdout
         cap.begin("job-a")
         cap.end()
         maker = cap.fds._maker
@@ -793,17 +801,22 @@ def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set(
             return made
 
         cap.fds._maker = stopping_maker
-        with pytest.raises(TaskAbandoned):
+        try:
             cap.begin("job-b")
-        assert sys.stdout is saved and not cap.active and cap.deferred is None
-        assert os.path.samestat(os.fstat(1), os.fstat(cap.fds.fd))
+            raised = False
+        except TaskAbandoned:
+            raised = True
+        checks = [raised, sys.stdout is saved, not cap.active, cap.deferred is None,
+                  os.path.samestat(os.fstat(1), os.fstat(cap.fds.fd))]
         cap.fds._maker = maker
         log = cap.begin("job-b")
-        os.write(1, b"after the stop\n")
+        os.write(1, b"after the stop\\n")
         cap.end()
-        assert log.getvalue() == b"after the stop\n"
-    finally:
+        checks.append(log.getvalue() == b"after the stop\\n")
         cap.close()
+        print(" ".join(map(str, checks)), file=sys.stderr)
+    """)
+    assert said == "True True True True True True", said
 
 
 class ClosesThenOpens(Job):
