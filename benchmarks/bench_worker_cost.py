@@ -35,8 +35,10 @@ import common
 PER_MESSAGE = 32  # tasks per TASKS message (the broker's usual credit)
 
 
-def _driver(tree: str, tasks: int):
-    """``(go, tasks run per go)``: ``go()`` runs every message once through a Worker."""
+def _driver(tree: str, tasks: int, daemon: bool = False):
+    """``(go, tasks run per go)``: ``go()`` runs every message once through a Worker
+    (``daemon``: as a worker daemon's process runs, with its descriptors 1 and 2 captured
+    and its running attempt written to a page, where the tree has them)."""
     common.import_tree(tree)
     import cloudpickle
     from jobs import NoOp
@@ -47,7 +49,18 @@ def _driver(tree: str, tasks: int):
     from pymapreduce.patterns.wire import TaskItem
     from pymapreduce.workers.worker import Worker
 
-    worker = Worker(connect="tcp://127.0.0.1:1")  # (never connected: nothing listens)
+    options: dict = {}
+    if daemon:
+        import inspect
+
+        known = inspect.signature(Worker).parameters
+        if "capture_fds" in known:
+            options["capture_fds"] = True
+        if "running" in known:
+            from pymapreduce.workers.running import RunningPage
+
+            options["running"] = RunningPage()
+    worker = Worker(connect="tcp://127.0.0.1:1", **options)  # (never connected)
     worker.state.capture()  # as Worker.run does before its first task
     code = cloudpickle.dumps(NoOp())
     frames = []
@@ -76,9 +89,9 @@ def _driver(tree: str, tasks: int):
     return go, len(frames) * PER_MESSAGE
 
 
-def child(tree: str, tasks: int, passes: int) -> None:
+def child(tree: str, tasks: int, passes: int, daemon: bool = False) -> None:
     """Run inside valgrind: a warm-up pass, then ``passes - 1`` more."""
-    go, _ = _driver(tree, tasks)
+    go, _ = _driver(tree, tasks, daemon)
     go()
     gc.collect()
     gc.freeze()
@@ -86,9 +99,10 @@ def child(tree: str, tasks: int, passes: int) -> None:
         go()
 
 
-def instructions(tree: str, tasks: int, passes: int) -> int:
+def instructions(tree: str, tasks: int, passes: int, daemon: bool = False) -> int:
     return common.cachegrind_instructions([os.path.abspath(__file__), "--child", tree,
-                                           str(tasks), str(passes)])
+                                           str(tasks), str(passes),
+                                           *(["daemon"] if daemon else [])])
 
 
 def opcodes(tree: str, tasks: int) -> tuple[float, list[tuple[str, float]]]:
@@ -125,8 +139,8 @@ def opcodes_child(tree: str, tasks: int) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["daemon"])
         return 0
     if len(sys.argv) == 4 and sys.argv[1] == "--opcodes-child":
         opcodes_child(sys.argv[2], int(sys.argv[3]))
@@ -135,6 +149,9 @@ def main() -> int:
     ap.add_argument("--trees", default=common.REPO_ROOT,
                     help="source trees to compare, comma-separated (default: this one)")
     ap.add_argument("--tasks", type=int, default=3200, help="tasks per pass (default 3200)")
+    ap.add_argument("--as-daemon", action="store_true",
+                    help="the worker as a daemon's process runs it: descriptors 1 and 2 "
+                         "captured, the running attempt written for its supervisor")
     ap.add_argument("--opcodes", action="store_true",
                     help="also count bytecode instructions per task, by function")
     ap.add_argument("--json", help="also write the figures to this JSON file")
@@ -147,7 +164,8 @@ def main() -> int:
     rows, figures = [], {}
     base = None
     for tree in trees:
-        per = (instructions(tree, args.tasks, 3) - instructions(tree, args.tasks, 2)) \
+        per = (instructions(tree, args.tasks, 3, args.as_daemon)
+               - instructions(tree, args.tasks, 2, args.as_daemon)) \
             / (args.tasks // PER_MESSAGE * PER_MESSAGE)
         figures[tree] = {"instructions": per}
         row = [tree, round(per), "" if base is None else f"{100 * (per / base - 1):+.1f}%"]

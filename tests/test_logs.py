@@ -783,6 +783,21 @@ def test_a_writer_appending_while_attempts_end_loses_no_byte():
     assert written > 100 and seen == distinct == written and missing == 0, said
 
 
+def test_an_attempts_descriptor_output_between_head_and_tail_sizes_is_kept_whole():
+    """More than the log's head and less than its head and tail together, written to
+    descriptor 1 in one attempt: all of it is in the attempt's log, in order (its part
+    past the head was once left out)."""
+    said = _run_kernel(f"""
+        lines = b"".join(b"line-%08d\\n" % i for i in range({(HEAD + TAIL) // 14 - 10}))
+        log = cap.begin("job")
+        os.write(1, lines)
+        cap.end()
+        print(log.getvalue() == lines, len(lines) > {HEAD}, file=sys.stderr)
+        cap.close()
+    """)
+    assert said == "True True", said
+
+
 def test_a_stop_signal_inside_begin_waits_until_descriptors_and_streams_are_set():
     """A stop (the broker abandons the task, the worker drains) raised by a signal
     handler while begin() moves descriptors 1 and 2 to a new job's file takes effect

@@ -394,7 +394,16 @@ def test_the_adapters_json_writes_what_mrjobs_json_protocol_writes(value):
                               b"\\", b"\\t", b"\x01", b"\xc3\xa9", b"_"]), max_size=8).map(
         b"".join),
     st.one_of(st.text(), st.integers(), st.lists(st.text(), max_size=3)).map(
-        lambda v: json.dumps(v).encode())))
+        lambda v: json.dumps(v).encode()),
+    st.recursive(st.one_of(st.text(), st.integers(), st.floats(), st.booleans(), st.none()),
+                 lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                         st.dictionaries(st.text(max_size=3), inner,
+                                                         max_size=2)),
+                 max_leaves=8).map(lambda v: json.dumps(v).encode()),
+    st.tuples(st.sampled_from([b"", b" ", b"\n", "\ufeff".encode(),
+                               b"x", b"]"]),
+              st.sampled_from([b'["a", 1]', b'[1, [2, "b"]]', b'{"a": [1]}', b"3.5", b"null"]),
+              st.sampled_from([b"", b" ", b"\r", b"]", b","])).map(b"".join)))
 def test_the_adapters_json_reads_what_mrjobs_json_protocol_reads(data):
     """What the adapter writes fast it reads fast; every other input goes to json, so a
     value is the same value of the same type, and what json refuses is refused."""

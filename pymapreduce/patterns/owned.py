@@ -76,18 +76,21 @@ def lock_if_gone(path: str) -> int | None:
 
 
 def sweep(directory: str, prefix: str, remove: Any = None,
-          guard: Any = None) -> list[str]:
+          guard: Any = None, keep: Any = None) -> list[str]:
     """Remove the directories named ``prefix...`` in ``directory`` whose owners are gone
     (with ``remove(path)``, default ``shutil.rmtree`` ignoring errors); returns their
     paths. Never raises: a directory that cannot be read is left. ``guard``: a lock held
     from taking a directory's lock until letting it go, for a process that forks while
-    the sweep runs on another thread (a child forked meanwhile would hold the lock too)."""
+    the sweep runs on another thread (a child forked meanwhile would hold the lock too).
+    ``keep(name)``: true for a name to leave alone whatever its lock says."""
     removed: list[str] = []
     try:
         names = [n for n in os.listdir(directory) if n.startswith(prefix)]
     except OSError:
         return removed
     for name in names:
+        if keep is not None and keep(name):
+            continue
         path = os.path.join(directory, name)
         with guard if guard is not None else contextlib.nullcontext():
             fd = lock_if_gone(path)

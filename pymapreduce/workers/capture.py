@@ -544,44 +544,42 @@ class Capture:
         that raises at its very end (after the hold) gets the streams put back (callers
         call :meth:`end` in a ``finally`` too: it may run twice)."""
         try:
-            return self._begin(owner)
+            self.held = True
+            try:
+                if owner != self._owner:
+                    fds = self.fds
+                    if fds is not None and self._owner is not None:
+                        try:
+                            with fds.lock:
+                                fds.rotate()
+                        except OSError as exc:  # (no new file: never the last job's file)
+                            self._fds_broken(exc)
+                        else:
+                            fds.send_out()
+                    self._owner = owner
+                log = self.log
+                if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
+                    log = self.log = TaskLog()
+                    self.out.log = self.err.log = log
+                root = logging.getLogger()
+                if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
+                    if self.handler not in root.handlers:
+                        root.addHandler(self.handler)
+                    for h in root.handlers:
+                        if h is not self.handler and self.only_ours not in h.filters:
+                            h.addFilter(self.only_ours)
+                    self._seen = tuple(root.handlers)
+                self._saved = sys.stdout, sys.stderr
+                sys.stdout, sys.stderr = self.out, self.err
+                self.active = True
+            finally:
+                self.held = False
+            if self.deferred is not None:  # a stop came meanwhile: the attempt ends at once
+                self._deliver()
+            return log
         except BaseException:
             self.end()
             raise
-
-    def _begin(self, owner: Any) -> TaskLog:
-        self.held = True
-        try:
-            if owner != self._owner:
-                fds = self.fds
-                if fds is not None and self._owner is not None:
-                    try:
-                        with fds.lock:
-                            fds.rotate()
-                    except OSError as exc:  # (no new file: never the last job's for this one)
-                        self._fds_broken(exc)
-                    else:
-                        fds.send_out()
-                self._owner = owner
-            log = self.log
-            if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
-                log = self.log = TaskLog()
-                self.out.log = self.err.log = log
-            root = logging.getLogger()
-            if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
-                if self.handler not in root.handlers:
-                    root.addHandler(self.handler)
-                for h in root.handlers:
-                    if h is not self.handler and self.only_ours not in h.filters:
-                        h.addFilter(self.only_ours)
-                self._seen = tuple(root.handlers)
-            self._saved = sys.stdout, sys.stderr
-            sys.stdout, sys.stderr = self.out, self.err
-            self.active = True
-        finally:
-            self.held = False
-        self._deliver()  # a stop came meanwhile: the attempt ends at once
-        return log
 
     def end(self) -> None:
         """The attempt is over: what its descriptors received goes into its log (and the
@@ -590,19 +588,23 @@ class Capture:
         self.held = True
         try:
             fds = self.fds
+            # (nothing to take when nothing was read and nothing is unread: the heartbeat
+            # changes neither without reading, which moves the offset first)
             if fds is not None:
                 try:
-                    with fds.lock:  # (the heartbeat thread may be reading it: wait for it)
-                        if fds.pending():
-                            self._from_fds(*fds.read())
-                        if fds.offset > fds.freed:  # (read by the heartbeat or here)
-                            self._from_fds(fds.cut_text())
-                            if fds.offset > fds.restart_at:  # (a hole counts as length)
-                                fds.rotate()
-                            else:
-                                fds.empty()
-                        self.active = False  # (what comes after this is not the attempt's)
-                        fd_log = self._fd_log()
+                    fd_log = None
+                    if fds.offset != fds.freed or fds.pending():
+                        with fds.lock:  # (the heartbeat may be reading it: wait for it)
+                            if fds.pending():
+                                self._from_fds(*fds.read())
+                            if fds.offset > fds.freed:  # (read by the heartbeat or here)
+                                self._from_fds(fds.cut_text())
+                                if fds.offset > fds.restart_at:  # (a hole counts as length)
+                                    fds.rotate()
+                                else:
+                                    fds.empty()
+                            self.active = False  # (what comes after is not the attempt's)
+                            fd_log = self._fd_log()
                 except OSError as exc:
                     fd_log = self._fd_log()
                     self._fds_broken(exc)
@@ -619,7 +621,8 @@ class Capture:
             sys.stdout, sys.stderr = self._saved
         finally:
             self.held = False
-        self._deliver()
+        if self.deferred is not None:
+            self._deliver()
 
     def _forked(self) -> None:
         """In a process a task forked (``multiprocessing``'s fork start): its
@@ -719,11 +722,12 @@ class Capture:
     @staticmethod
     def _from_log(log: TaskLog, text: str, skipped: int, tail: str) -> None:
         """``text``, ``skipped`` bytes left out, then ``tail``, into ``log``."""
-        if text or skipped:
+        if text:
             log.write(text)
-            if skipped:  # (the head is full by now: the bytes between are left out)
-                log.dropped += skipped
-                log.write(tail)
+        if skipped:  # (the head is full by now: the bytes between are left out)
+            log.dropped += skipped
+        if tail:
+            log.write(tail)
 
     def _echo_fds(self, text: str) -> None:
         echo = self.echo_err  # (which of the two descriptors wrote it is not known)

@@ -156,7 +156,25 @@ def sweep_stale_roots(guard: Any = None) -> list[str]:
     """Remove the job directories of worker processes that are gone and whose supervisor
     could not remove them (it was killed too): a worker daemon does this as it starts
     (``guard``: see ``owned.sweep``)."""
-    return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove, guard)
+    return owned.sweep(tempfile.gettempdir(), ROOT_PREFIX, JobDirs._remove, guard,
+                       keep=_pid_exists)
+
+
+def _pid_exists(name: str) -> bool:
+    """Whether the process a root is named after (``pymapreduce-worker-PID-...``) still
+    exists, a zombie included: a process killed a moment ago has released its lock, but
+    its supervisor has yet to reap it and read its last words (``last_words``) before
+    removing its directories itself; another daemon starting meanwhile leaves them."""
+    pid = name[len(ROOT_PREFIX):].partition("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process: it exists)
+        return True
+    return True
 
 
 def last_words(pid: int) -> str:

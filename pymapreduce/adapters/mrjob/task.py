@@ -28,6 +28,7 @@ from ...patterns import owned
 from ...workers.isolation import ROOT_PREFIX
 
 CACHE_LIMIT = 1 << 16  # encoded keys and small values remembered per task (word counts)
+TUPLE_TRIAL = 1 << 14  # tuple lookups before a task judges whether remembering them pays
 OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
 IMMUTABLE = (int, str, float, bool, type(None))
 
@@ -145,8 +146,27 @@ def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
                 return items
         elif b.isdigit() and (len(b) == 1 or b[:1] != b"0"):
             return int(b)
+        return scanned(b)
+
+    def scanned(b: bytes) -> Any:
+        """What ``json.loads`` gives for text without whitespace around it, from its own
+        C scanner without the decoder's Python around it (a list of a word and a count,
+        nested lists: a value of a step's reducer); anything else, and every error, by
+        ``loads`` itself."""
+        s = b.decode("utf-8")
+        if s and s[0] not in _SPACE and s[-1] not in _SPACE:
+            try:
+                value, end = _SCAN(s, 0)
+            except (StopIteration, ValueError, RecursionError):
+                return loads(b)
+            if end == len(s):
+                return value
         return loads(b)
     return fast
+
+
+_SCAN = json.decoder.JSONDecoder().scan_once  # (json.loads's own default decoder's kind)
+_SPACE = " \t\n\r"
 
 
 def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -166,6 +186,11 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         cache[key] = b
         return b
 
+    # tuples remembered while that pays: word pairs recur in a word count of pairs, and
+    # never in a job's output keyed by pairs; past TUPLE_TRIAL lookups that found under a
+    # quarter of them, tuples are written afresh for the rest of the task
+    found = [0, 0]  # lookups of tuples and lists, hits
+
     def encode(x: Any) -> bytes:
         t = type(x)
         if t is str:
@@ -175,6 +200,10 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
             b = ints.get(x)
             return remember(ints, x, dumps(x)) if b is None else b
         if t is tuple or t is list:
+            looked = found[0]
+            if looked >= TUPLE_TRIAL and found[1] * 4 < looked:
+                return dumps(x)
+            found[0] = looked + 1
             key = x if t is tuple else tuple(x)
             cache = tuples if t is tuple else lists
             try:  # only tuples of str are kept, and only a tuple of str can equal one
@@ -188,6 +217,8 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
                         break
                 else:
                     remember(cache, key, b)
+            else:
+                found[1] += 1
             return b
         return dumps(x)
     return encode
