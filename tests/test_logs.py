@@ -496,6 +496,17 @@ def _wait_for_in(path, text: bytes, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
+def _log_of_one_task(daemons, tmp_path, job: Job, timeout: float = 60) -> str:
+    """The log of a one-record, one-task map-only job on a capturing worker daemon of one
+    process (its own log in ``tmp_path / "worker.err"``)."""
+    _, address = daemons.broker(*STEADY)
+    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
+    with Client(address) as client:
+        handle = client.submit(job, [(0, "x")], map_tasks=1, reducers=0)
+        handle.result(timeout)
+        return handle.logs()[0]["text"]
+
+
 class Subprocesses(Job):
     """Writes past ``sys.stdout``: a subprocess's stdout and stderr, and descriptor 1
     written to directly, as a C library would."""
@@ -589,12 +600,7 @@ def test_a_subprocess_flood_keeps_a_head_and_a_tail_and_counts_the_rest(daemons,
     """30 MB written to descriptor 1 by a task's subprocess: the attempt's log keeps its
     first and last HEAD/TAIL bytes and says how many it left out (the worker reads no
     more than it keeps, and the file it lands in is emptied as the heartbeat reads it)."""
-    _, address = daemons.broker(*STEADY)
-    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
-    with Client(address) as client:
-        handle = client.submit(Floods(), [(0, "x")], map_tasks=1, reducers=0)
-        handle.result(120)
-        text = handle.logs()[0]["text"]
+    text = _log_of_one_task(daemons, tmp_path, Floods(), 120)
     head, _, rest = text.partition("\n[... ")
     left_out, _, tail = rest.partition(" bytes of this attempt's output left out ...]\n")
     assert head.startswith("flood\nflood\n") and tail.endswith("flood\n"), text[:200]
@@ -663,18 +669,24 @@ def test_what_a_task_wrote_before_it_killed_its_worker_reaches_the_daemons_log(d
     assert "attempt zero" not in text, text
 
 
+def _close_capture_files() -> None:
+    """In a task: close this worker process's own descriptors of its capture files (as
+    code that closes every descriptor it did not open would)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if "/fds-" in target and int(name) > 2:
+            os.close(int(name))
+
+
 class ClosesTheCaptureFile(Job):
     """Closes the worker's own descriptor of its capture file (as code that closes every
     descriptor it did not open would), then prints."""
 
     def map(self, key, line):
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{name}")
-            except OSError:
-                continue
-            if "/fds-" in target and int(name) > 2:
-                os.close(int(name))
+        _close_capture_files()
         print(f"printed {key}")
         yield line, 1
 
@@ -712,12 +724,7 @@ class ShellReopensStderr(Job):
 
 
 def test_a_shell_that_truncates_the_capture_file_loses_nothing_it_wrote(daemons, tmp_path):
-    _, address = daemons.broker(*STEADY)
-    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
-    with Client(address) as client:
-        handle = client.submit(ShellReopensStderr(), [(0, "x")], map_tasks=1, reducers=0)
-        handle.result(60)
-        text = handle.logs()[0]["text"]
+    text = _log_of_one_task(daemons, tmp_path, ShellReopensStderr())
     assert "reopened with truncation\n" in text and "then appended\n" in text, text
     assert "before the shell" in text, text
 
@@ -842,13 +849,7 @@ class ClosesThenOpens(Job):
         self.path = path
 
     def map(self, key, line):
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{name}")
-            except OSError:
-                continue
-            if "/fds-" in target and int(name) > 2:
-                os.close(int(name))
+        _close_capture_files()
         kept = open(self.path, "r+b")
         kept.write(b"B" * 4096)
         kept.flush()
@@ -920,12 +921,7 @@ class ForksAndPrints(Job):
 
 
 def test_what_a_tasks_forked_child_prints_is_in_the_attempts_log(daemons, tmp_path):
-    _, address = daemons.broker(*STEADY)
-    _worker_logging_to(daemons, address, 1, tmp_path / "worker.err", "WARNING")
-    with Client(address) as client:
-        handle = client.submit(ForksAndPrints(), [(0, "x")], map_tasks=1, reducers=0)
-        handle.result(60)
-        text = handle.logs()[0]["text"]
+    text = _log_of_one_task(daemons, tmp_path, ForksAndPrints())
     assert "printed by a forked child 0\n" in text, text
 
 
