@@ -60,7 +60,8 @@ def _lookup_prctl() -> None:
 
 
 # worker processes keep what tasks write to descriptors 1 and 2 in their logs
-# (capture.FdCapture) unless this is "0" in the worker daemon's environment (docs/logs.md)
+# (capture.FdCapture) unless this is 0, false, no or off in the worker daemon's
+# environment (docs/logs.md)
 CAPTURE_FDS_ENV = "PYMAPREDUCE_CAPTURE_FDS"
 CAPTURE_OFF = frozenset({"0", "false", "no", "off"})
 
@@ -98,8 +99,9 @@ class Supervisor:
         self.parent_pid = parent_pid
         self.children: dict[int, int] = {}  # pid -> slot
         self.identities: dict[int, bytes] = {}  # pid -> the worker's identity at the broker
-        # slot -> [identity, why] of a process that died: its replacement tells the broker,
-        # which re-queues the dead one's tasks at once instead of after its liveness
+        # slot -> [identity, why, blame] of a process that died: its replacement tells the
+        # broker, which re-queues the dead one's tasks at once instead of after its
+        # liveness, counting the loss against the attempt named by blame alone (running.py)
         self.dead: dict[int, list] = {}
         self.pages: dict[int, RunningPage] = {}  # pid -> its running attempt's page
         self.crashes: dict[int, deque] = {}
