@@ -588,12 +588,13 @@ class Capture:
         self.held = True
         try:
             fds = self.fds
-            # (nothing to take when nothing was read and nothing is unread: the heartbeat
-            # changes neither without reading, which moves the offset first)
+            # (nothing to take when nothing is unread and nothing was read: in that order,
+            # as the heartbeat's read moves the offset from unread to read; the other
+            # order missed a read between the two looks, and the attempt its output)
             if fds is not None:
                 try:
                     fd_log = None
-                    if fds.offset != fds.freed or fds.pending():
+                    if fds.pending() or fds.offset != fds.freed:
                         with fds.lock:  # (the heartbeat may be reading it: wait for it)
                             if fds.pending():
                                 self._from_fds(*fds.read())
