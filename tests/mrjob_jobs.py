@@ -2,6 +2,7 @@
 other protocols, passthrough options read in a task, combiner hooks, order-sensitive
 reducers after a reduce step, and reducer_init/reducer_final output."""
 
+import json
 import re
 
 from mrjob.compat import jobconf_from_env
@@ -118,3 +119,48 @@ class MRFailingCommand(MRJob):
 
     def steps(self):
         return [MRStep(mapper_cmd="sh -c 'cat >&2; exit 3'")]
+
+
+class MRGroupedByKey(MRJob):
+    """A combiner over the adapter's map-side groups by key (adapters/mrjob/grouping.py):
+    str and word-pair keys with int counts of one and of several digits, negative ones,
+    and in lines holding "zebra" a pair key as a tuple and then as a list (the same JSON:
+    one group) and a key 1 with the value True; a map task that meets one of those turns
+    its groups into encoded ones from there on. What the combiner yields does not depend
+    on how the input is split into tasks: the key's type as the combiner got it, the
+    sum, and (SORT_VALUES) its first value, which is the least as text."""
+
+    SORT_VALUES = True
+
+    def mapper(self, _, line):
+        words = WORD_RE.findall(line)
+        for word in words:
+            yield word.lower(), len(word) * (-1 if word.istitle() else 1)
+        for first, second in zip(words, words[1:]):
+            yield (first.lower(), second.lower()), 9 + len(words) % 4  # (10 < 9 as text)
+        if "zebra" in words:
+            yield ("pair", words[0]), 9
+            yield ["pair", words[0]], 100
+            yield 1, True
+
+    def combiner(self, key, values):
+        values = list(values)
+        yield key, [type(key).__name__, sum(values), values[0] if self.SORT_VALUES else 0]
+
+    def reducer(self, key, values):
+        values = list(values)
+        yield key, [sorted({v[0] for v in values}), sum(v[1] for v in values),
+                    min((v[2] for v in values), key=json.dumps)]
+
+
+class MRGroupedByKeyUnsorted(MRGroupedByKey):
+    """The same without SORT_VALUES."""
+
+    SORT_VALUES = False
+
+
+class MRGroupedByKeyInOneTask(MRGroupedByKey):
+    """For one map task run in a test's process: the combiner shows each group whole."""
+
+    def combiner(self, key, values):
+        yield key, [type(key).__name__, list(values)]

@@ -159,6 +159,74 @@ def test_counters_protocols_options_and_value_order(address, texts):
     assert got.counters == counters
 
 
+@pytest.mark.parametrize("name", ["MRGroupedByKey", "MRGroupedByKeyUnsorted"])
+def test_map_side_groups_by_key_give_mrjobs_bytes(address, texts, name):
+    """A combining task gathers str and word-pair keys with int values by the key itself
+    (grouping.py); a tuple key and an equal list key, a True value, int values of one
+    and of several digits (which sort as text) give what mrjob's encoded groups give."""
+    from . import mrjob_jobs
+
+    expected, _ = reference(f"tests.mrjob_jobs:{name}", texts)
+    assert b'["pair", ' in expected and b'1\t[["int"], ' in expected
+    got = adapter.run(getattr(mrjob_jobs, name), texts, address=address)
+    assert got.output == expected
+
+
+@pytest.mark.parametrize("sort_values", [True, False])
+def test_a_map_task_groups_by_key_as_it_groups_by_bytes(texts, monkeypatch, sort_values):
+    """One map task's output, run in this process over every line, with groups by key
+    (and their turn into encoded ones at the first pair of another kind) and with
+    encoded groups only: the same pairs, the combiner called with the same groups."""
+    from pymapreduce.adapters import mrjob as adapter_module
+    from pymapreduce.adapters.mrjob import grouping
+
+    from .mrjob_jobs import MRGroupedByKeyInOneTask
+
+    class Job(MRGroupedByKeyInOneTask):
+        SORT_VALUES = sort_values
+
+    def map_task(lines: list) -> list:
+        _, plan, _ = adapter_module.prepare(Job, [texts[0]])
+        step = adapter_module._step_job(plan, 0)
+        step.map_init()
+        for n, line in enumerate(lines):
+            assert not step.map((texts[0], n), line)  # (a combining task keeps its pairs)
+        return step.map_final()
+
+    with open(texts[0], "rb") as f:
+        lines = f.read().decode("latin-1").split("\n")
+    plain = [line for line in lines if "zebra" not in line.split()]
+    zebras = [line for line in lines if "zebra" in line.split()]
+    half = len(plain) // 2
+    # by key to the end; turned into encoded groups half way, at the first "zebra" line
+    for part in (plain, plain[:half] + zebras + plain[half:]):
+        monkeypatch.setattr(grouping, "BY_KEY", False)
+        expected = map_task(part)
+        monkeypatch.setattr(grouping, "BY_KEY", True)
+        assert map_task(part) == expected
+        assert b'"list"' in b"".join(rest for _, rest in expected)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=4),
+                          st.lists(st.sampled_from([b"\x00", b"\t", b"\n", b"\x0b", b" ",
+                                                    b"1", b"-", b'"', b"\xff"]),
+                                   max_size=4).map(b"".join)), max_size=8))
+def test_a_groups_values_sort_as_mrjob_sorts_their_lines(values):
+    """SORT_VALUES sorts whole lines, the newline included; the adapter sorts plain bytes
+    when that is the same order, and ints by their digits."""
+    from pymapreduce.adapters.mrjob.grouping import line_order, sort_ints, sort_lines
+
+    got = list(values)
+    sort_lines(got)
+    assert got == sorted(values, key=line_order)
+    ints = [int(v.decode().strip("-") or 0) * (-1 if v[:1] == b"-" else 1)
+            for v in values if v and v.strip(b"-").isdigit()]
+    got = list(ints)
+    sort_ints(got)
+    assert got == sorted(ints, key=lambda n: line_order(json.dumps(n).encode()))
+
+
 def test_sort_values_embedded(texts):
     """The embedded cluster (no address): SORT_VALUES orders each key's values."""
     from .mrjob_jobs import MRSortedValues

@@ -21,17 +21,18 @@ from mrjob.protocol import TextValueProtocol
 from ...errors import BadRecord, holding_value, short_repr
 from ...job import Job
 from . import commands
-from .plan import Plan
-from .task import (
-    CounterSink,
-    TaskEnv,
+from .grouping import (
+    encode_groups,
     group_decoder,
-    line_order,
-    line_writer,
+    key_groups,
     pair_encoder,
     pair_keeper,
+    sort_ints,
+    sort_lines,
     split_line,
 )
+from .plan import Plan
+from .task import CounterSink, TaskEnv, line_writer
 
 FLUSH_LINES = 4096  # a map-only step's output lines gathered into one record
 _tag = itemgetter(0)
@@ -280,6 +281,20 @@ class MRJobMap(Job):
 
         init = step["combiner_init"]
         keep(init() if init else None, b"")
+        if key_groups(groups):  # by key, int values (grouping.py): each key encoded once
+            encoded = self._emit_pair.key_bytes
+            load = getattr(decode, "load", None)
+            if load is None:  # (the combiner reads another protocol: it reads bytes)
+                encode_groups(groups, encoded)
+            else:
+                groups = dict(zip(map(encoded, groups), groups.values()))
+                sort = plan.sort_values
+                for kb in sorted(groups):
+                    values = groups[kb]
+                    if sort:
+                        sort_ints(values)
+                    keep(combiner(load(kb), iter(values)), b"")
+                groups = {}
         for kb in sorted(groups):
             values = groups[kb]
             tag = b""
@@ -288,7 +303,7 @@ class MRJobMap(Job):
                 tag = values[0][0]
                 values = [r for _, r in values]
             if plan.sort_values:
-                values.sort(key=line_order)
+                sort_lines(values)
             keep(combiner(*decode(kb, values)), tag)
         final = step["combiner_final"]
         keep(final() if final else None, b"\x01")
@@ -323,7 +338,7 @@ class MRJobStep(MRJobMap):
             values.sort(key=_tag)  # mrjob's order: by the position of each value's record
             values = [r for _, r in values]
         if self.plan.sort_values:
-            values.sort(key=line_order)
+            sort_lines(values)
         return self._chunk(self._reducer(*self._decode(key, values)))
 
     def reduce_final(self) -> list:
