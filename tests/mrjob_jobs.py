@@ -160,7 +160,14 @@ class MRGroupedByKeyUnsorted(MRGroupedByKey):
 
 
 class MRGroupedByKeyInOneTask(MRGroupedByKey):
-    """For one map task run in a test's process: the combiner shows each group whole."""
+    """For one map task run in a test's process: the combiner shows each group whole, and
+    for some groups yields another key, and the key it got after changing it."""
 
     def combiner(self, key, values):
-        yield key, [type(key).__name__, list(values)]
+        values = list(values)
+        yield key, [type(key).__name__, values]
+        if values[0] == 12:
+            yield [key, "again"], 1
+            if type(key) is list:
+                key.append("more")
+                yield key, 2

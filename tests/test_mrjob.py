@@ -455,6 +455,30 @@ def test_the_adapters_json_writes_what_mrjobs_json_protocol_writes(value):
     assert fast(value) == proto._dumps(value)
 
 
+def test_the_adapters_json_refuses_what_json_refuses_and_goes_on():
+    """A value json cannot write (an object, a list holding itself) fails as json.dumps
+    fails; the same writer then writes the next values as json does (what the failure
+    left in its table of containers being written is gone: the list that held the bad
+    item, that item taken out, is written)."""
+    from mrjob.protocol import StandardJSONProtocol
+
+    from pymapreduce.adapters.mrjob.task import json_dumps
+
+    proto = StandardJSONProtocol()
+    fast = json_dumps(proto._dumps)
+    loop: list = ["a", 1]
+    loop.append(loop)
+    for bad in ([1, object()], ["x", [2, {"k": {1, 2}}]], loop):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            proto._dumps(bad)
+        with pytest.raises(type(expected.value), match=str(expected.value)):
+            fast(bad)
+        inner = [3, 0.5]
+        bad.pop()  # (the loop, or what json could not write)
+        for good in ([inner, inner], ["a", bad, (inner,)], (1, None, True, float("nan"))):
+            assert fast(good) == proto._dumps(good)
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(
     st.binary(max_size=12),

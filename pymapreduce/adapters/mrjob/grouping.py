@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from operator import is_
 from typing import Any
 
 from mrjob.protocol import _KeyCachingProtocol
@@ -42,6 +43,7 @@ def pair_encoder(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], tup
             if b"\t" in kb:  # a custom _dumps that writes tabs: cut as mrjob would
                 return split_line(kb + b"\t" + dumps(v))
             return kb, dumps(v)
+        encode.dumps = dumps  # (combine_by_key writes a value with it)
         return encode
 
     def encode_line(k: Any, v: Any) -> tuple:
@@ -160,6 +162,37 @@ def encode_groups(groups: dict, dumps: Callable[[Any], bytes]) -> None:
         groups[dumps(k)] = [int.__repr__(v).encode() for v in values]
 
 
+def combine_by_key(groups: dict, key_bytes: Callable[[Any], bytes], combiner: Callable,
+                   sort_values: bool, read: Callable, write: Callable, out: list) -> bool:
+    """Run ``combiner`` over a task's groups by key (:func:`pair_keeper`), keys in
+    mrjob's order (their bytes, ``key_bytes``), adding ``(key bytes, value bytes)`` to
+    ``out``: what the groups encoded would give, when the combiner reads and writes the
+    standard library's JSON (else False, and nothing is run). The combiner gets each key
+    as JSON reads it back (a tuple as a new list) and the values themselves (ints); a
+    key it yields back unchanged is not encoded again."""
+    reader, writer = getattr(read, "__self__", None), getattr(write, "__self__", None)
+    if (reader is None or writer is None or type(reader).read is not _KeyCachingProtocol.read
+            or type(writer).write is not _KeyCachingProtocol.write
+            or not _stdlib_json(reader._loads, "_loads")
+            or not _stdlib_json(writer._dumps, "_dumps")):
+        return False
+    encode = pair_encoder(write)
+    value_bytes = encode.dumps
+    append = out.append
+    by_bytes = dict(zip(map(key_bytes, groups), groups.items()))
+    for kb in sorted(by_bytes):
+        key, values = by_bytes[kb]
+        if sort_values and len(values) > 1:
+            sort_ints(values)
+        given = key if type(key) is str else list(key)
+        for k, v in combiner(given, iter(values)) or ():
+            if k is given and (type(k) is str or len(k) == len(key) and all(map(is_, k, key))):
+                append((kb, value_bytes(v)))
+            else:
+                append(encode(k, v))
+    return True
+
+
 def sort_lines(values: list) -> None:
     """Sort a group's values (line rests: bytes, None for a line without a tab) as
     ``SORT_VALUES`` sorts their lines (:func:`line_order`). As plain bytes when that is
@@ -181,8 +214,7 @@ def sort_lines(values: list) -> None:
 def sort_ints(values: list) -> None:
     """Sort a group's ``int`` values (groups by key) as :func:`sort_lines` sorts the JSON
     they are written as: by their digits as text."""
-    if len(values) > 1:
-        values.sort(key=int.__repr__)
+    values.sort(key=int.__repr__)
 
 
 def split_line(line: bytes) -> tuple:
@@ -219,7 +251,6 @@ def group_decoder(read: Callable[[bytes], tuple]) -> Callable[[bytes, list], tup
             if None in rests:  # a line without a tab: let the protocol say what it says
                 return generic(kb, rests)
             return load(kb), map(load, rests)
-        decode.load = load  # (a group by key reads its key bytes with it)
     else:
         decode = None
 

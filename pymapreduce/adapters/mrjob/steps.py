@@ -22,12 +22,12 @@ from ...errors import BadRecord, holding_value, short_repr
 from ...job import Job
 from . import commands
 from .grouping import (
+    combine_by_key,
     encode_groups,
     group_decoder,
     key_groups,
     pair_encoder,
     pair_keeper,
-    sort_ints,
     sort_lines,
     split_line,
 )
@@ -282,19 +282,11 @@ class MRJobMap(Job):
         init = step["combiner_init"]
         keep(init() if init else None, b"")
         if key_groups(groups):  # by key, int values (grouping.py): each key encoded once
-            encoded = self._emit_pair.key_bytes
-            load = getattr(decode, "load", None)
-            if load is None:  # (the combiner reads another protocol: it reads bytes)
-                encode_groups(groups, encoded)
-            else:
-                groups = dict(zip(map(encoded, groups), groups.values()))
-                sort = plan.sort_values
-                for kb in sorted(groups):
-                    values = groups[kb]
-                    if sort:
-                        sort_ints(values)
-                    keep(combiner(load(kb), iter(values)), b"")
+            if combine_by_key(groups, self._emit_pair.key_bytes, combiner, plan.sort_values,
+                              read, write, out):
                 groups = {}
+            else:  # (the combiner reads or writes another protocol: it reads bytes)
+                encode_groups(groups, self._emit_pair.key_bytes)
         for kb in sorted(groups):
             values = groups[kb]
             tag = b""

@@ -58,6 +58,7 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     otherwise ``dumps`` itself."""
     if not _stdlib_json(dumps, "_dumps"):
         return dumps
+    mixed = _array_writer()
 
     def fast(x: Any) -> bytes:
         t = type(x)
@@ -72,55 +73,30 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
                     break
             else:
                 return ('["' + '", "'.join(x) + '"]').encode()
-            text = _json_array(x, 0)  # (mixed: a word and a count, a pair of counts...)
-            if text is not None:
-                return text.encode()
+            if mixed is not None:  # (mixed: a word and a count, a pair of counts...)
+                return mixed(x)
         return dumps(x)
     fast.plain = True  # (the fast path is on: tests/test_mrjob.py checks it is the one tested)
     return fast
 
 
-_FINITE = float("inf")
-MAX_DEPTH = 8  # nested lists written without json's encoder (deeper: by json.dumps)
+def _array_writer() -> Callable[[Any], bytes] | None:
+    """A tuple or list as ``json.dumps`` writes it, by the C encoder ``json.dumps`` itself
+    makes for it, made once here (json makes one per call) with its own table of the
+    containers being written (json's circular-reference check), emptied before each use
+    (an error leaves it holding some). None where json has no C encoder."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    markers: dict = {}
+    encoder = make(markers, json._default_encoder.default, json.encoder.encode_basestring_ascii,
+                   None, ": ", ", ", False, False, True)  # (json.dumps's defaults)
+    clear, join = markers.clear, "".join
 
-
-def _json_array(x: Any, depth: int) -> str | None:
-    """A tuple or list of plain str, int, finite float, bool, None and such lists, as
-    ``json.dumps`` writes it (ASCII only, default separators), or None if any item is
-    something else (a dict, a str to escape, a NaN, a subclass): json writes that one."""
-    parts = []
-    append = parts.append
-    for item in x:
-        t = type(item)
-        if t is str:
-            if _ESCAPED(item) is not None:
-                return None
-            append('"' + item + '"')
-        elif t is int:
-            append(int.__repr__(item))
-        elif t is float:
-            if not -_FINITE < item < _FINITE:  # (NaN, infinities: json's own names)
-                return None
-            append(float.__repr__(item))
-        elif t is tuple or t is list:
-            if not item:
-                append("[]")
-            elif depth >= MAX_DEPTH:
-                return None
-            else:
-                inner = _json_array(item, depth + 1)
-                if inner is None:
-                    return None
-                append(inner)
-        elif item is None:
-            append("null")
-        elif item is True:
-            append("true")
-        elif item is False:
-            append("false")
-        else:
-            return None
-    return "[" + ", ".join(parts) + "]"
+    def write(x: Any) -> bytes:
+        clear()
+        return join(encoder(x, 0)).encode()
+    return write
 
 
 def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
