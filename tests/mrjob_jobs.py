@@ -121,6 +121,16 @@ class MRFailingCommand(MRJob):
         return [MRStep(mapper_cmd="sh -c 'cat >&2; exit 3'")]
 
 
+class Folded(str):
+    """A str equal to any other of the same lower case (as a dict key too)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str) and self.lower() == other.lower()
+
+    def __hash__(self):
+        return hash(self.lower())
+
+
 class MRGroupedByKey(MRJob):
     """A combiner over the adapter's map-side groups by key (adapters/mrjob/grouping.py):
     str and word-pair keys with int counts of one and of several digits, negative ones,
@@ -161,7 +171,14 @@ class MRGroupedByKeyUnsorted(MRGroupedByKey):
 
 class MRGroupedByKeyInOneTask(MRGroupedByKey):
     """For one map task run in a test's process: the combiner shows each group whole, and
-    for some groups yields another key, and the key it got after changing it."""
+    for some groups yields another key, and the key it got after changing it; a "zebra"
+    line's last word comes first as a str that equals its lower case (other bytes)."""
+
+    def mapper(self, _, line):
+        words = WORD_RE.findall(line)
+        if "zebra" in words:
+            yield Folded(words[-1].upper()), 7
+        yield from super().mapper(_, line)
 
     def combiner(self, key, values):
         values = list(values)

@@ -86,19 +86,18 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
     def keep_fast(k: Any, v: Any) -> None:
         nonlocal by_key
         if by_key:
-            if type(v) is int:
-                try:
-                    values = groups.get(k)
-                except TypeError:  # (an unhashable key: encoded, as mrjob would)
-                    values = None
+            # (exact types: a str subclass may compare equal to a str and write other
+            # bytes, an int subclass may write other digits)
+            t = type(k)
+            if type(v) is int and (t is str or t is tuple and (
+                    type(k[0]) is str and type(k[1]) is str if len(k) == 2
+                    else _all_str(k))):
+                values = groups.get(k)
+                if values is None:
+                    groups[k] = [v]
                 else:
-                    if values is not None:
-                        values.append(v)
-                        return
-                    t = type(k)
-                    if t is str or t is tuple and _all_str(k):
-                        groups[k] = [v]
-                        return
+                    values.append(v)
+                return
             by_key = False  # the first pair of another kind: encoded from here on
             encode_groups(groups, plain)
         kb = keys.get(k) if type(k) is str else None
@@ -179,9 +178,13 @@ def combine_by_key(groups: dict, key_bytes: Callable[[Any], bytes], combiner: Ca
     encode = pair_encoder(write)
     value_bytes = encode.dumps
     append = out.append
-    by_bytes = dict(zip(map(key_bytes, groups), groups.items()))
+    # (each group leaves the task's memory once combined: the combiner's output grows
+    # as the groups go)
+    by_bytes = dict(zip(map(key_bytes, groups), groups))
+    take = groups.pop
     for kb in sorted(by_bytes):
-        key, values = by_bytes[kb]
+        key = by_bytes[kb]
+        values = take(key)
         if sort_values and len(values) > 1:
             sort_ints(values)
         given = key if type(key) is str else list(key)
