@@ -39,6 +39,7 @@ log = logging.getLogger("pymapreduce.shipping")
 MAGIC = b"pmr-job\x00"  # a pickle starts with b"\x80": the two never mix
 MAX_FILES = 1000  # side files of one job
 MAX_NAME = 255  # bytes of a file name (the usual file-system limit)
+SOURCES_ATTR = "_pymapreduce_sources"  # a shipped job's {filename: source text}
 
 _lock = threading.Lock()  # the by-value registry is process-wide: one job pickled at a time
 _verdicts: dict[tuple[str, str], bool] = {}  # (module name, file) -> shipped by value

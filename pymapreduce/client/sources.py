@@ -24,7 +24,7 @@ import sys
 import sysconfig
 from typing import Any
 
-from ..workers.capture import SOURCES_ATTR
+from ..shipping import SOURCES_ATTR
 
 MAX_FILE = 512 << 10  # characters of one file's text shipped
 MAX_TOTAL = 1 << 20  # ... of all of them (the job's code travels to every worker)

@@ -13,7 +13,9 @@ from typing import Any, TextIO
 
 from ..errors import ConfigError
 from ..patterns import protocol as P
-from .events import TERMINAL_EVENTS
+
+# the events that end a job (events.py names a job's events job-<state>)
+TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)
 
 TOKEN_FILE = "http.token"  # in the broker's key directory
 POLL_SECONDS = 0.5  # between EVENTS requests while following

@@ -43,7 +43,6 @@ from itertools import chain
 from typing import Any
 
 from ..errors import line_offset
-from ..patterns import protocol as P
 from ..patterns.protocol import JOB_RUNNING
 from .attempts import _KIND, ABANDONED, AttemptTable, _holder, _JobLog
 from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading, notes
@@ -506,5 +505,3 @@ class NullEventLog(EventLog):
     phase = job_ended = job_released = job_dropped = worker_joined = worker_lost = ran = _ignore
     ran_abandoned = restore_flow = _ignore
 
-
-TERMINAL_EVENTS = frozenset(f"job-{s}" for s in P.JOB_TERMINAL)

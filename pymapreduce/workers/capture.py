@@ -38,10 +38,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..shipping import SOURCES_ATTR
+
 HEAD = 32 * 1024  # bytes kept from the start of an attempt's log
 TAIL = 32 * 1024  # ... and from its end
 ECHO_ENV = "PYMAPREDUCE_ECHO_FDS"  # "OUT,ERR": descriptors task output is echoed to
-SOURCES_ATTR = "_pymapreduce_sources"  # a shipped job's {filename: source text}
 TRUNCATED = "\n[... {n} bytes of this attempt's output left out ...]\n"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import os
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ class Plan:
     files: dict = field(default_factory=dict)  # name in the working dir -> bytes
     env: dict = field(default_factory=dict)  # jobconf as environment variables
     display: dict = field(default_factory=dict)  # input file (absolute) -> as mrjob names it
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = field(default_factory=lambda: os.urandom(16).hex())
 
     def task(self, n: int, kind: str, stderr: Any) -> tuple:
         """A fresh MRJob instance for one task (its ``__init__``, ``configure_args`` and
