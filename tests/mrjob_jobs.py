@@ -188,3 +188,18 @@ class MRGroupedByKeyInOneTask(MRGroupedByKey):
             if type(key) is list:
                 key.append("more")
                 yield key, 2
+
+
+class MRHugeCounts(MRJob):
+    """Counts of more digits than int-to-text allows (mrjob fails writing them)."""
+
+    def mapper(self, _, line):
+        for word in line.split():
+            yield word, 10 ** 5000
+            yield word, -10 ** 5000
+
+    def combiner(self, key, values):
+        yield key, len(list(values))
+
+    def reducer(self, key, values):
+        yield key, sum(values)

@@ -757,8 +757,10 @@ def _run_kernel(body: str) -> str:
 
 def test_a_writer_appending_while_attempts_end_loses_no_byte():
     """A thread writes numbered lines to descriptor 1 without a pause while attempts
-    begin and end: every line is in exactly one attempt's log (the file is let go of by
-    punching out what was read, not cut to 0 under the writer's feet)."""
+    begin and end: every byte is in exactly one attempt's log, in order (the file is let
+    go of by punching out what was read, not cut to 0 under the writer's feet), or, in an
+    attempt that got more than its log keeps (a loaded machine can leave the writer alone
+    for a while), counted among the bytes its log says it left out."""
     said = _run_kernel("""
         import threading
         stop, written, logs = threading.Event(), [0], []
@@ -773,21 +775,26 @@ def test_a_writer_appending_while_attempts_end_loses_no_byte():
         for _ in range(1500):
             log = cap.begin("job")
             cap.end()
-            logs.append(log.getvalue())
+            logs.append(log.parts())
         stop.set()
         thread.join()
         log = cap.begin("job")
         cap.end()
-        logs.append(log.getvalue())
+        logs.append(log.parts())
         cap.close()
-        seen = [int(line[5:]) for text in logs for line in text.split(b"\\n")
-                if line.startswith(b"line-")]
-        missing = len(set(range(written[0])) - set(seen))
-        print(f"written {written[0]} seen {len(seen)} distinct {len(set(seen))} "
-              f"missing {missing}", file=sys.stderr)
+        expected = b"".join(b"line-%08d\\n" % i for i in range(written[0]))
+        at, wrong, left_out = 0, 0, 0
+        for head, dropped, tail in logs:  # (each log's bytes where the stream has them)
+            for part, skip in ((head, dropped), (tail, 0)):
+                wrong += part != expected[at:at + len(part)]
+                at += len(part) + skip
+            left_out += dropped
+        print(f"written {written[0]} bytes {len(expected)} accounted {at} wrong {wrong} "
+              f"left_out {left_out}", file=sys.stderr)
     """)
-    written, seen, distinct, missing = (int(w) for w in said.split()[1::2])
-    assert written > 100 and seen == distinct == written and missing == 0, said
+    written, total, accounted, wrong, left_out = (int(w) for w in said.split()[1::2])
+    assert written > 100 and accounted == total and wrong == 0, said
+    assert left_out < total // 2, said  # (most attempts keep all they got)
 
 
 def test_an_attempts_descriptor_output_between_head_and_tail_sizes_is_kept_whole():

@@ -207,6 +207,53 @@ def test_a_map_task_groups_by_key_as_it_groups_by_bytes(texts, monkeypatch, sort
         assert b'"list"' in b"".join(rest for _, rest in expected)
 
 
+@pytest.mark.parametrize("by_key", [True, False])
+def test_an_int_too_long_to_write_fails_where_mrjob_fails(texts, monkeypatch, by_key):
+    """A count of more digits than Python writes as text fails the map task at its
+    pair, as mrjob fails writing it, with groups by key too (they keep ints, not their
+    bytes: a long one goes the encoded way)."""
+    from pymapreduce.adapters import mrjob as adapter_module
+    from pymapreduce.adapters.mrjob import grouping
+
+    from .mrjob_jobs import MRHugeCounts
+
+    monkeypatch.setattr(grouping, "BY_KEY", by_key)
+    _, plan, _ = adapter_module.prepare(MRHugeCounts, [texts[0]])
+    step = adapter_module._step_job(plan, 0)
+    step.map_init()
+    with pytest.raises(ValueError, match="Exceeds the limit"):
+        step.map((texts[0], 0), "a line of words")
+
+
+def test_the_adapters_json_follows_json_changed_by_a_task(monkeypatch):
+    """A job that changes json in a task (its default, json.dumps or json.loads, json's
+    default coders), after the adapter's writer and reader were made: what they write
+    and read is what mrjob's protocol, calling json, writes and reads."""
+    import decimal
+    import functools
+    import json
+
+    from mrjob.protocol import StandardJSONProtocol
+
+    from pymapreduce.adapters.mrjob.task import json_dumps, json_loads
+
+    proto = StandardJSONProtocol()
+    write, read = json_dumps(proto._dumps), json_loads(proto._loads)
+    values = [[1, {3, 2}], ("café", [1.5]), "naïve", {"b": 1, "a": 2}]
+    monkeypatch.setattr(json.JSONEncoder, "default",
+                        lambda self, o: sorted(o) if isinstance(o, set) else str(o))
+    monkeypatch.setattr(json, "dumps", functools.partial(json.dumps, ensure_ascii=False,
+                                                         sort_keys=True))
+    for value in values:
+        assert write(value) == proto._dumps(value)
+    monkeypatch.setattr(json, "_default_decoder",
+                        json.JSONDecoder(parse_float=decimal.Decimal))
+    for data in (b"1.5", b'["a", 2.5]', b'"x"', b"12"):
+        got, expected = read(data), proto._loads(data)
+        assert got == expected and type(got) is type(expected)
+        assert repr(got) == repr(expected)
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=4),
                           st.lists(st.sampled_from([b"\x00", b"\t", b"\n", b"\x0b", b" ",

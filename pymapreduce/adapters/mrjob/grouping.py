@@ -28,6 +28,10 @@ from .task import CACHE_LIMIT, IMMUTABLE, _memo, _stdlib_json, json_dumps, json_
 # a byte at or below the newline: a line rest holding one can sort apart from its line
 _LOW = re.compile(rb"[\x00-\n]").search
 BY_KEY = True  # groups by key where they can be (False: always encoded; tests compare)
+# ints of fewer digits than the least limit an interpreter may set on int-to-text (its
+# str_digits_check_threshold): written as digits whatever the limit; a longer one may
+# not be, and goes the encoded way (which raises what mrjob raises)
+_WRITABLE = 10 ** 639
 
 
 def pair_encoder(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], tuple]:
@@ -89,7 +93,7 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
             # (exact types: a str subclass may compare equal to a str and write other
             # bytes, an int subclass may write other digits)
             t = type(k)
-            if type(v) is int and (t is str or t is tuple and (
+            if type(v) is int and -_WRITABLE < v < _WRITABLE and (t is str or t is tuple and (
                     type(k[0]) is str and type(k[1]) is str if len(k) == 2
                     else _all_str(k))):
                 values = groups.get(k)
@@ -157,8 +161,8 @@ def encode_groups(groups: dict, dumps: Callable[[Any], bytes]) -> None:
     place and in the order they were made: what the pairs would have made encoded."""
     held = list(groups.items())
     groups.clear()
-    for k, values in held:
-        groups[dumps(k)] = [int.__repr__(v).encode() for v in values]
+    for k, values in held:  # (keys of one encoding, if json was changed meanwhile: merged)
+        groups.setdefault(dumps(k), []).extend([int.__repr__(v).encode() for v in values])
 
 
 def combine_by_key(groups: dict, key_bytes: Callable[[Any], bytes], combiner: Callable,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,12 +32,11 @@ OVERFLOW_COUNTER = "mrjob,(counters past the per-task limit)"
 IMMUTABLE = (int, str, float, bool, type(None))
 
 
-# JSON as the standard library writes it for the usual keys and values (words, counts,
-# tuples of words), without its encoder's machinery: the same bytes, checked by
-# tests/test_mrjob.py against json.dumps. A str qualifies when every character is
-# printable ASCII other than '"' and '\\': json.dumps escapes nothing in it.
-_ESCAPED = re.compile(r'[^ !#-\[\]-~]').search
 _JSON_DUMPS, _JSON_LOADS = json.dumps, json.loads  # (as imported: patched ones are left alone)
+_JSON_ENCODER, _JSON_DECODER = json._default_encoder, json._default_decoder
+_JSON_DEFAULT = json.JSONEncoder.default
+# json.dumps(x) for a str x, as json.dumps makes it (ensure_ascii: its C writer)
+_STR = json.encoder.encode_basestring_ascii
 
 
 def _stdlib_json(method: Callable, name: str) -> bool:
@@ -52,32 +50,36 @@ def _stdlib_json(method: Callable, name: str) -> bool:
 
 
 def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
-    """``dumps``, a protocol's ``_dumps``, made faster for str, int and tuples and lists
-    of str when it is mrjob's ``StandardJSONProtocol._dumps`` over the standard library's
-    ``json.dumps`` (what ``JSONProtocol`` is without rapidjson or ujson installed);
-    otherwise ``dumps`` itself."""
+    """``dumps``, a protocol's ``_dumps``, made faster for str, int, tuples and lists
+    when it is mrjob's ``StandardJSONProtocol._dumps`` over the standard library's
+    ``json.dumps`` (what ``JSONProtocol`` is without rapidjson or ujson installed), by
+    the C functions ``json.dumps`` itself uses, without its Python around them (the same
+    bytes and errors); otherwise ``dumps`` itself."""
     if not _stdlib_json(dumps, "_dumps"):
         return dumps
     mixed = _array_writer()
 
     def fast(x: Any) -> bytes:
         t = type(x)
-        if t is str:
-            if _ESCAPED(x) is None:
-                return b'"' + x.encode() + b'"'
-        elif t is int:
+        if t is int:
             return int.__repr__(x).encode()
-        elif (t is tuple or t is list) and x:
-            for item in x:
-                if type(item) is not str or _ESCAPED(item) is not None:
-                    break
-            else:
-                return ('["' + '", "'.join(x) + '"]').encode()
-            if mixed is not None:  # (mixed: a word and a count, a pair of counts...)
+        if _json_as_found():  # (a job may change json in a task: then json writes)
+            if t is str:
+                return _STR(x).encode()
+            if (t is tuple or t is list) and mixed is not None:
                 return mixed(x)
         return dumps(x)
     fast.plain = True  # (the fast path is on: tests/test_mrjob.py checks it is the one tested)
     return fast
+
+
+def _json_as_found() -> bool:
+    """Whether json.dumps and json.loads, their default encoder and decoder, and the
+    encoder's ``default`` are still what this module found (a job's code may replace
+    them, even in a task's ``_init`` hook: json's own functions then do the work)."""
+    return (json.dumps is _JSON_DUMPS and json._default_encoder is _JSON_ENCODER
+            and json.JSONEncoder.default is _JSON_DEFAULT and json.loads is _JSON_LOADS
+            and json._default_decoder is _JSON_DECODER)
 
 
 def _array_writer() -> Callable[[Any], bytes] | None:
@@ -100,29 +102,17 @@ def _array_writer() -> Callable[[Any], bytes] | None:
 
 
 def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """``loads``, a protocol's ``_loads``, made faster for what :func:`json_dumps` writes
-    fast (a plain str, an int, a list of plain str) when it is mrjob's
-    ``StandardJSONProtocol._loads`` over the standard library's json; any other bytes go
-    to ``loads`` itself (so what it refuses, it still refuses)."""
+    """``loads``, a protocol's ``_loads``, made faster when it is mrjob's
+    ``StandardJSONProtocol._loads`` over the standard library's json: digits by ``int``,
+    other values by json's own C scanner (:func:`scanned`); what that does not read
+    whole goes to ``loads`` itself (so what it refuses, it still refuses)."""
     if not _stdlib_json(loads, "_loads"):
         return loads
 
     def fast(b: bytes) -> Any:
-        if b[:1] == b'"':
-            if len(b) > 1 and b[-1:] == b'"' and b.isascii():
-                s = b[1:-1].decode()
-                if _ESCAPED(s) is None:  # (nothing escaped: no quote, backslash, control)
-                    return s
-        elif b[:2] == b'["':
-            if len(b) > 3 and b[-2:] == b'"]' and b.isascii():
-                items = b[2:-2].decode().split('", "')
-                for item in items:
-                    if _ESCAPED(item) is not None:  # (a quote: not as json.dumps writes)
-                        return loads(b)
-                return items
-        elif b.isdigit() and (len(b) == 1 or b[:1] != b"0"):
+        if b.isdigit() and (len(b) == 1 or b[:1] != b"0") and len(b) < _DIGITS:
             return int(b)
-        return scanned(b)
+        return scanned(b) if _json_as_found() else loads(b)
 
     def scanned(b: bytes) -> Any:
         """What ``json.loads`` gives for text without whitespace around it, from its own
@@ -142,6 +132,7 @@ def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 _SCAN = json.decoder.JSONDecoder().scan_once  # (json.loads's own default decoder's kind)
+_DIGITS = 640  # digits int() reads whatever the interpreter's limit (sys.int_info)
 _SPACE = " \t\n\r"
 
 
