@@ -59,11 +59,16 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
         return dumps
     mixed = _array_writer()
 
+    found = [None]  # json as this module found it, looked at when first used
+
     def fast(x: Any) -> bytes:
         t = type(x)
         if t is int:
             return int.__repr__(x).encode()
-        if _json_as_found():  # (a job may change json in a task: then json writes)
+        ok = found[0]
+        if ok is None:  # (a task's _init hook may have changed json: then json writes)
+            ok = found[0] = _json_as_found()
+        if ok:
             if t is str:
                 return _STR(x).encode()
             if (t is tuple or t is list) and mixed is not None:
@@ -75,8 +80,9 @@ def json_dumps(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
 
 def _json_as_found() -> bool:
     """Whether json.dumps and json.loads, their default encoder and decoder, and the
-    encoder's ``default`` are still what this module found (a job's code may replace
-    them, even in a task's ``_init`` hook: json's own functions then do the work)."""
+    encoder's ``default`` are still what this module found. A job's code may replace
+    them, in a task's ``_init`` hook say: the adapter's writers and readers look when
+    first used, and if they changed, json's own functions do the work."""
     return (json.dumps is _JSON_DUMPS and json._default_encoder is _JSON_ENCODER
             and json.JSONEncoder.default is _JSON_DEFAULT and json.loads is _JSON_LOADS
             and json._default_decoder is _JSON_DECODER)
@@ -109,10 +115,15 @@ def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     if not _stdlib_json(loads, "_loads"):
         return loads
 
+    found = [None]  # (as json_dumps)
+
     def fast(b: bytes) -> Any:
-        if b.isdigit() and (len(b) == 1 or b[:1] != b"0") and len(b) < _DIGITS:
-            return int(b)
-        return scanned(b) if _json_as_found() else loads(b)
+        if b.isdigit() and (len(b) == 1 or b[:1] != b"0") and len(b) < 640:
+            return int(b)  # (under 640 digits: int reads them whatever the limit)
+        ok = found[0]
+        if ok is None:
+            ok = found[0] = _json_as_found()
+        return scanned(b) if ok else loads(b)
 
     def scanned(b: bytes) -> Any:
         """What ``json.loads`` gives for text without whitespace around it, from its own
@@ -132,7 +143,6 @@ def json_loads(loads: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 _SCAN = json.decoder.JSONDecoder().scan_once  # (json.loads's own default decoder's kind)
-_DIGITS = 640  # digits int() reads whatever the interpreter's limit (sys.int_info)
 _SPACE = " \t\n\r"
 
 
