@@ -23,7 +23,7 @@ from typing import Any
 
 from mrjob.protocol import _KeyCachingProtocol
 
-from .task import CACHE_LIMIT, IMMUTABLE, _memo, _stdlib_json, json_dumps, json_loads
+from .task import CACHE_LIMIT, IMMUTABLE, _memo, _stdlib_json, json_loads
 
 # a byte at or below the newline: a line rest holding one can sort apart from its line
 _LOW = re.compile(rb"[\x00-\n]").search
@@ -81,7 +81,7 @@ def pair_keeper(write: Callable[[Any, Any], bytes], groups: dict | None, out: li
         return keep
     dumps = proto._dumps
     memo = _memo(dumps)
-    plain = json_dumps(dumps)
+    plain = memo.plain
     keys: dict = {}
     ints: dict = {}
     append = out.append

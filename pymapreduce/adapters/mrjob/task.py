@@ -97,8 +97,9 @@ def _array_writer() -> Callable[[Any], bytes] | None:
     if make is None:
         return None
     markers: dict = {}
-    encoder = make(markers, json._default_encoder.default, json.encoder.encode_basestring_ascii,
-                   None, ": ", ", ", False, False, True)  # (json.dumps's defaults)
+    # (json.dumps's defaults: no indent, its separators, unsorted, no skipped keys, NaN)
+    encoder = make(markers, json._default_encoder.default, _STR, None, ": ", ", ", False,
+                   False, True)
     clear, join = markers.clear, "".join
 
     def write(x: Any) -> bytes:
@@ -198,6 +199,7 @@ def _memo(dumps: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
                 found[1] += 1
             return b
         return dumps(x)
+    encode.plain = dumps  # (the writer without the memory, for values that do not recur)
     return encode
 
 
@@ -209,7 +211,8 @@ def line_writer(write: Callable[[Any, Any], bytes]) -> Callable[[Any, Any], byte
     proto = getattr(write, "__self__", None)
     if proto is None or type(proto).write is not _KeyCachingProtocol.write:
         return write
-    key_dumps, value_dumps = _memo(proto._dumps), json_dumps(proto._dumps)
+    key_dumps = _memo(proto._dumps)
+    value_dumps = key_dumps.plain
 
     def write_line(k: Any, v: Any) -> bytes:
         return key_dumps(k) + b"\t" + value_dumps(v)
