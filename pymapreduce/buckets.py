@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from . import speedups
 from .job import Job, stable_hash
 from .ordering import as_pair, group_key
 
@@ -73,8 +74,14 @@ def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
     """``kernels.finish_map`` of a combining job partitioned by hash: each group
     combined, then into its partition's hash bucket."""
     n = reducers * BUCKETS
-    kb: list[list] = [[] for _ in range(n)]
-    vb: list[list] = [[] for _ in range(n)]
+    fast = speedups.bucket_pairs
+    if fast is not None:  # (the loop below in C: the combiner called first, in order)
+        combined = [values[0] if len(values) == 1 else combiner(k, values)
+                    for k, values in groups.items()]
+        kb, vb, kinds = fast(zip(groups, combined), n, stable_hash)
+        return join_buckets(kb, vb, reducers, kinds)
+    kb = [[] for _ in range(n)]
+    vb = [[] for _ in range(n)]
     kinds = 0  # key types other than str met: 2 int, 4 anything else
     crc32 = zlib.crc32
     for k, values in groups.items():
@@ -93,6 +100,11 @@ def flat_buckets(job: Job, pairs: Any, reducers: int) -> list:
     """``kernels._partition_flat`` partitioned by hash: each pair checked (unless they
     are a dict's items), then into its partition's hash bucket."""
     n = reducers * BUCKETS
+    fast = speedups.bucket_pairs
+    if fast is not None:  # (the loops below in C; None: a pair it leaves to them)
+        done = fast(pairs, n, stable_hash if type(pairs) is DICT_ITEMS else None)
+        if done is not None:
+            return join_buckets(done[0], done[1], reducers, done[2])
     kb: list[list] = [[] for _ in range(n)]
     vb: list[list] = [[] for _ in range(n)]
     kinds = 0
@@ -132,9 +144,13 @@ def merge_whole(groups: dict, segments: Iterable, combined: bool) -> None:
     """Merge segments into ``groups`` (a defaultdict(list)) in the order given, each as a
     whole: a value appended per pair (``combined``, or a segment with a third item), or
     a key's list of values extended."""
+    fast = speedups.append_pairs
     for segment in segments:
         keys, values = segment[0], segment[1]
         if combined or len(segment) > 2:
+            if fast is not None and type(keys) is list and type(values) is list:
+                fast(groups, keys, values, 0, len(keys))  # (the loop below, in C)
+                continue
             for k, v in zip(keys, values):
                 groups[k].append(v)
         else:
@@ -157,6 +173,7 @@ def merge_bucketed(segments: Iterable, combined: bool) -> dict:
         return groups
     batch += islice(it, ROUND - 1)
     parts = [defaultdict(list) for _ in range(BUCKETS)]
+    fast = speedups.append_pairs
     while batch:
         if _shape(batch, shape) is None:  # a plain segment: the rest merged whole
             groups = _union(parts)
@@ -167,7 +184,11 @@ def merge_bucketed(segments: Iterable, combined: bool) -> dict:
             for keys, values, cuts in batch:
                 lo = cuts[b - 1] if b else 0
                 hi = cuts[b]
-                if lo < hi:
+                if lo >= hi:
+                    continue
+                if fast is not None and type(keys) is list and type(values) is list:
+                    fast(groups, keys, values, lo, hi)  # (the loop below, in C)
+                else:
                     for k, v in zip(keys[lo:hi], values[lo:hi]):
                         groups[k].append(v)
         batch = list(islice(it, ROUND))

@@ -13,6 +13,7 @@ from operator import length_hint
 from types import TracebackType
 from typing import Any
 
+from . import speedups
 from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
 from .errors import BadOutput, holding_value, short_repr
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
@@ -316,9 +317,13 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
         return [(list(groups), list(groups.values()))]
     if combiner is not None and _hashed(job):
         return combine_buckets(groups, combiner, reducers)
-    parts: list[Columns] = [([], []) for _ in range(reducers)]
     choose = _chooser(job, reducers)
     hashed = choose is None  # the common case, inlined: stable_hash's str branch
+    fast = speedups.bucket_pairs
+    if hashed and combiner is None and fast is not None:  # (the loop below, in C)
+        kb, vb, _ = fast(groups.items(), reducers, stable_hash)
+        return list(zip(kb, vb))
+    parts: list[Columns] = [([], []) for _ in range(reducers)]
     crc32 = zlib.crc32
     for k, values in groups.items():
         if combiner is not None:

@@ -1,0 +1,322 @@
+/* pymapreduce._speedups: the shuffle's per-key loops in C.
+ *
+ * Two loops run once per map-output key and dominate a combining job's shuffle
+ * (benchmarks/RESULTS.md, "In-mapper combining"): a map task choosing each key's
+ * partition (and hash bucket), and a reduce task appending each key's values to its
+ * group. In Python each key costs an encode, a crc32 call and four list lookups on one
+ * side, a dict lookup and an append on the other; here the same work, without a Python
+ * call or a temporary object per key.
+ *
+ * Everything here computes exactly what the Python loops it replaces compute
+ * (pymapreduce/buckets.py, kernels.py): a str key's hash is zlib.crc32 of its UTF-8
+ * bytes (lone surrogates passed through), any other key's is the job's stable_hash,
+ * called back. pymapreduce works without this module (tests run both ways and compare).
+ *
+ * Keys and values may come from another process (a reduce task merges what map tasks
+ * sent): nothing here trusts a length, an index or a type it did not check, and a key's
+ * __eq__ or __hash__ (an unpickled user object's) may run Python code that changes the
+ * lists being read, so each item is re-read, and held, within the bounds as they are.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+static uint32_t crc_table[256];
+
+static void
+init_crc_table(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (0xEDB88320u ^ (c >> 1)) : (c >> 1);
+        crc_table[i] = c;
+    }
+}
+
+/* zlib.crc32(data) */
+static uint32_t
+crc32_of(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n-- > 0)
+        c = crc_table[(c ^ *p++) & 0xFFu] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* zlib.crc32(key.encode("utf-8", "surrogatepass")) of an exact str; -1 on error */
+static int
+str_crc(PyObject *key, uint32_t *out)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(key) < 0)
+        return -1;
+#endif
+    if (PyUnicode_IS_ASCII(key)) {  /* its characters are its UTF-8 bytes */
+        *out = crc32_of(PyUnicode_1BYTE_DATA(key), PyUnicode_GET_LENGTH(key));
+        return 0;
+    }
+    PyObject *raw = PyUnicode_AsEncodedString(key, "utf-8", "surrogatepass");
+    if (raw == NULL)
+        return -1;
+    *out = crc32_of((const unsigned char *)PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw));
+    Py_DECREF(raw);
+    return 0;
+}
+
+PyDoc_STRVAR(str_crc32_doc,
+"str_crc32(key) -> int\n\n"
+"zlib.crc32(key.encode('utf-8', 'surrogatepass')) of a str.");
+
+static PyObject *
+str_crc32(PyObject *module, PyObject *key)
+{
+    uint32_t h;
+    if (!PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "str_crc32 takes a str, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    if (str_crc(key, &h) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(h);
+}
+
+/* the bucket of a key that is not an exact str: stable_hash(key) % n */
+static Py_ssize_t
+other_bucket(PyObject *stable_hash, PyObject *key, PyObject *n_obj, Py_ssize_t n)
+{
+    PyObject *h = PyObject_CallOneArg(stable_hash, key);
+    if (h == NULL)
+        return -1;
+    if (!PyLong_CheckExact(h)) {
+        PyErr_Format(PyExc_TypeError, "stable_hash returned %.100s, not an int",
+                     Py_TYPE(h)->tp_name);
+        Py_DECREF(h);
+        return -1;
+    }
+    PyObject *r = PyNumber_Remainder(h, n_obj);
+    Py_DECREF(h);
+    if (r == NULL)
+        return -1;
+    Py_ssize_t p = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (p == -1 && PyErr_Occurred())
+        return -1;
+    if (p < 0 || p >= n) {
+        PyErr_SetString(PyExc_ValueError, "a bucket out of range");
+        return -1;
+    }
+    return p;
+}
+
+static PyObject *
+new_lists(Py_ssize_t n)
+{
+    PyObject *lists = PyList_New(n);
+    if (lists == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *one = PyList_New(0);
+        if (one == NULL) {
+            Py_DECREF(lists);
+            return NULL;
+        }
+        PyList_SET_ITEM(lists, i, one);
+    }
+    return lists;
+}
+
+PyDoc_STRVAR(bucket_pairs_doc,
+"bucket_pairs(pairs, n, stable_hash) -> (keys, values, kinds) or None\n\n"
+"Each (key, value) pair of the iterable ``pairs`` into bucket ``h % n``: ``h`` is\n"
+"zlib.crc32 of a str key's UTF-8 bytes, ``hash(key) & (2**64 - 1)`` of an exact int's\n"
+"(stable_hash's), ``stable_hash(key)`` of any other. ``keys`` and ``values`` are lists\n"
+"of n lists, in the pairs' order within each; ``kinds`` has 2 set if an exact int key\n"
+"was met and 4 if a key of another type (not str) was (buckets.py's ``kinds``).\n"
+"With ``stable_hash`` None, None as soon as an item is not a tuple of two or a key is\n"
+"neither an exact str nor an exact int: the caller's own loop then does it all.");
+
+static PyObject *
+bucket_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bucket_pairs takes pairs, n and stable_hash");
+        return NULL;
+    }
+    PyObject *pairs = args[0], *n_obj = args[1], *stable_hash = args[2];
+    if (!PyLong_CheckExact(n_obj)) {
+        PyErr_SetString(PyExc_TypeError, "bucket_pairs: n must be an int");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(n_obj);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "bucket_pairs: n out of range");
+        return NULL;
+    }
+    PyObject *kb = new_lists(n), *vb = NULL, *it = NULL, *item;
+    long kinds = 0;
+    if (kb == NULL || (vb = new_lists(n)) == NULL || (it = PyObject_GetIter(pairs)) == NULL)
+        goto fail;
+    while ((item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            Py_DECREF(item);
+            if (stable_hash == Py_None)
+                goto give_up;
+            PyErr_SetString(PyExc_TypeError, "bucket_pairs: a pair that is not a 2-tuple");
+            goto fail;
+        }
+        PyObject *k = PyTuple_GET_ITEM(item, 0), *v = PyTuple_GET_ITEM(item, 1);
+        Py_ssize_t p;
+        if (PyUnicode_CheckExact(k)) {
+            uint32_t h;
+            if (str_crc(k, &h) < 0) {
+                Py_DECREF(item);
+                goto fail;
+            }
+            p = (Py_ssize_t)(h % (uint32_t)n);
+        }
+        else if (PyLong_CheckExact(k)) {  /* stable_hash: hash(k) & (2**64 - 1) */
+            Py_hash_t h = PyObject_Hash(k);
+            if (h == -1 && PyErr_Occurred()) {
+                Py_DECREF(item);
+                goto fail;
+            }
+            kinds |= 2;
+            p = (Py_ssize_t)((uint64_t)(int64_t)h % (uint64_t)n);
+        }
+        else if (stable_hash == Py_None) {
+            Py_DECREF(item);
+            goto give_up;
+        }
+        else {
+            kinds |= 4;
+            p = other_bucket(stable_hash, k, n_obj, n);
+            if (p < 0) {
+                Py_DECREF(item);
+                goto fail;
+            }
+        }
+        if (PyList_Append(PyList_GET_ITEM(kb, p), k) < 0 ||
+                PyList_Append(PyList_GET_ITEM(vb, p), v) < 0) {
+            Py_DECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    Py_DECREF(it);
+    PyObject *kinds_obj = PyLong_FromLong(kinds);
+    if (kinds_obj == NULL) {
+        Py_DECREF(kb);
+        Py_DECREF(vb);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(3, kb, vb, kinds_obj);
+    Py_DECREF(kb);
+    Py_DECREF(vb);
+    Py_DECREF(kinds_obj);
+    return out;
+give_up:
+    Py_DECREF(kb);
+    Py_DECREF(vb);
+    Py_DECREF(it);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(kb);
+    Py_XDECREF(vb);
+    Py_XDECREF(it);
+    return NULL;
+}
+
+PyDoc_STRVAR(append_pairs_doc,
+"append_pairs(groups, keys, values, lo, hi) -> None\n\n"
+"``groups[k].append(v)`` for each pair of ``zip(keys[lo:hi], values[lo:hi])``: a key\n"
+"not in the dict ``groups`` gets a new list (as a defaultdict(list) gives).");
+
+static PyObject *
+append_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "append_pairs takes groups, keys, values, lo and hi");
+        return NULL;
+    }
+    PyObject *groups = args[0], *keys = args[1], *values = args[2];
+    if (!PyDict_Check(groups) || !PyList_CheckExact(keys) || !PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "append_pairs takes a dict and two lists");
+        return NULL;
+    }
+    Py_ssize_t lo = PyLong_AsSsize_t(args[3]);
+    if (lo == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t hi = PyLong_AsSsize_t(args[4]);
+    if (hi == -1 && PyErr_Occurred())
+        return NULL;
+    if (lo < 0)
+        lo = 0;
+    /* (the bounds are read again each pair: a key's __eq__ may change the lists) */
+    for (Py_ssize_t i = lo; i < hi && i < PyList_GET_SIZE(keys)
+            && i < PyList_GET_SIZE(values); i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i), *v = PyList_GET_ITEM(values, i);
+        Py_INCREF(k);
+        Py_INCREF(v);
+        PyObject *group = PyDict_GetItemWithError(groups, k);  /* (borrowed) */
+        int failed;
+        if (group != NULL) {
+            if (PyList_CheckExact(group)) {
+                failed = PyList_Append(group, v) < 0;
+            }
+            else {  /* (not one of ours: its own append) */
+                PyObject *r = PyObject_CallMethod(group, "append", "O", v);
+                failed = r == NULL;
+                Py_XDECREF(r);
+            }
+        }
+        else if (PyErr_Occurred()) {
+            failed = 1;
+        }
+        else {
+            PyObject *one = PyList_New(1);
+            if (one == NULL) {
+                failed = 1;
+            }
+            else {
+                Py_INCREF(v);
+                PyList_SET_ITEM(one, 0, v);
+                failed = PyDict_SetItem(groups, k, one) < 0;
+                Py_DECREF(one);
+            }
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (failed)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
+    {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
+     bucket_pairs_doc},
+    {"append_pairs", (PyCFunction)(void (*)(void))append_pairs, METH_FASTCALL,
+     append_pairs_doc},
+    {NULL, NULL, 0, NULL}
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "pymapreduce._speedups",
+    "The shuffle's per-key loops in C (optional: pymapreduce works without it).",
+    -1, methods
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    init_crc_table();
+    return PyModule_Create(&module_def);
+}

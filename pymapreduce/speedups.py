@@ -1,0 +1,29 @@
+"""The shuffle's per-key loops in C, when the optional extension was built.
+
+``pymapreduce/_speedups.c`` is compiled by ``pip install`` where a C compiler is found
+(``setup.py``: an optional extension, so an install without one goes on). Without it, or
+with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs`` and ``append_pairs`` are
+None and every caller runs its own Python loop, which computes the same thing (the tests
+run both and compare). What they replace, and what that saves, is in
+docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bucket_pairs: Any = None
+append_pairs: Any = None
+str_crc32: Any = None
+
+if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
+    try:
+        from ._speedups import append_pairs, bucket_pairs, str_crc32  # noqa: F401, F811
+    except ImportError:  # (not built: the Python loops)
+        pass
+
+
+def built() -> bool:
+    """Whether the C loops are in use in this process."""
+    return bucket_pairs is not None

@@ -1,0 +1,288 @@
+"""The shuffle's per-key loops in C (pymapreduce/_speedups.c): the same results as the
+Python loops they stand in for, and safe against what another process could send."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+import zlib
+from collections import Counter, defaultdict
+from importlib.util import find_spec
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pymapreduce import speedups
+from pymapreduce.buckets import BUCKETS, combine_buckets, flat_buckets, merge_bucketed
+from pymapreduce.job import Job, stable_hash
+from pymapreduce.kernels import finish_map, map_grouped, merge_segments, reduce_groups
+
+built = pytest.mark.skipif(not speedups.built(), reason="the C extension is not built here "
+                           "(no C compiler at install, or PYMAPREDUCE_PURE=1)")
+
+KEYS = st.one_of(
+    st.text(max_size=12),  # (surrogates included: encoded with surrogatepass)
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(), st.floats(allow_nan=False), st.none(), st.binary(max_size=6),
+    st.tuples(st.text(max_size=3), st.integers()))
+
+
+def python_buckets(pairs, n):
+    """What bucket_pairs must give, by stable_hash itself."""
+    kb = [[] for _ in range(n)]
+    vb = [[] for _ in range(n)]
+    kinds = 0
+    for k, v in pairs:
+        if type(k) is not str:
+            kinds |= 2 if type(k) is int else 4
+        p = stable_hash(k) % n
+        kb[p].append(k)
+        vb[p].append(v)
+    return kb, vb, kinds
+
+
+@built
+@given(st.text())
+def test_str_crc32_is_zlibs_crc32_of_the_utf8_bytes(text):
+    assert speedups.str_crc32(text) == zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+@built
+@settings(max_examples=300)
+@given(st.lists(st.tuples(KEYS, st.integers()), max_size=40), st.integers(1, 70))
+def test_bucket_pairs_puts_each_pair_where_stable_hash_says(pairs, n):
+    assert speedups.bucket_pairs(pairs, n, stable_hash) == python_buckets(pairs, n)
+    plain = all(type(k) in (str, int) for k, _ in pairs)
+    got = speedups.bucket_pairs(pairs, n, None)
+    assert (got == python_buckets(pairs, n)) if plain else got is None
+
+
+@built
+def test_bucket_pairs_leaves_odd_pairs_to_the_caller_or_refuses_them():
+    odd = [("a", 1), ["b", 2]]  # a list, not a tuple
+    assert speedups.bucket_pairs(odd, 4, None) is None
+    with pytest.raises(TypeError, match="2-tuple"):
+        speedups.bucket_pairs(odd, 4, stable_hash)
+    assert speedups.bucket_pairs([("a", 1, 2)], 4, None) is None
+    with pytest.raises(ValueError, match="out of range"):
+        speedups.bucket_pairs([], 0, stable_hash)
+    with pytest.raises(ValueError, match="out of range"):
+        speedups.bucket_pairs([], 2**40, stable_hash)
+    with pytest.raises(TypeError):
+        speedups.bucket_pairs([], "4", stable_hash)
+    with pytest.raises(TypeError, match="not an int"):
+        speedups.bucket_pairs([(1.5, 1)], 4, lambda k: "x")
+    with pytest.raises(ZeroDivisionError):  # the job's own error, as raised
+        speedups.bucket_pairs([(1.5, 1)], 4, lambda k: 1 / 0)
+
+    def failing():
+        yield "a", 1
+        raise KeyError("mid-way")
+
+    with pytest.raises(KeyError, match="mid-way"):
+        speedups.bucket_pairs(failing(), 4, stable_hash)
+
+
+def python_append(groups, keys, values, lo, hi):
+    for k, v in zip(keys[lo:hi], values[lo:hi]):
+        groups[k].append(v)
+
+
+@built
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=3)), st.lists(st.integers()), st.integers(-3, 50),
+       st.integers(-3, 50))
+def test_append_pairs_is_the_python_merge(keys, values, lo, hi):
+    lo = max(lo, 0)  # (a negative start is clamped to 0; slicing would count from the end)
+    mine, theirs = defaultdict(list), defaultdict(list)
+    mine["x"].append(0)
+    theirs["x"].append(0)
+    speedups.append_pairs(mine, keys, values, lo, hi)
+    python_append(theirs, keys, values, lo, max(hi, 0))
+    assert mine == theirs and list(mine) == list(theirs)
+
+
+@built
+def test_append_pairs_survives_keys_that_change_the_lists_under_it():
+    """A key whose __eq__ (an unpickled user object's) empties the lists being merged: the
+    loop reads its bounds again each pair, so it stops instead of reading freed items."""
+    keys: list = []
+    values: list = []
+
+    class Sneaky:
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            keys.clear()
+            values.clear()
+            return False
+
+    keys += [Sneaky(), Sneaky(), Sneaky()]
+    values += [1, 2, 3]
+    groups: dict = {}
+    speedups.append_pairs(groups, keys, values, 0, 3)
+    assert keys == [] and values == [] and len(groups) == 2  # (the pair in hand is kept)
+
+
+@built
+def test_append_pairs_refuses_what_is_not_a_dict_and_two_lists():
+    for bad in (([], ["a"], [1]), ({}, ("a",), [1]), ({}, ["a"], (1,))):
+        with pytest.raises(TypeError):
+            speedups.append_pairs(*bad, 0, 1)
+    with pytest.raises(TypeError):  # an unhashable key: the dict's own error
+        speedups.append_pairs({}, [["a"]], [1], 0, 1)
+    odd = {"a": ()}  # a group that is not a list: its own append, its own error
+    with pytest.raises(AttributeError):
+        speedups.append_pairs(odd, ["a"], [1], 0, 1)
+
+
+@built
+def test_failures_hold_no_memory():
+    """Thousands of calls that fail half way leave no object behind (a missed
+    reference drop would show as memory that grows with the calls)."""
+
+    def run():
+        for _ in range(200):
+            try:
+                speedups.bucket_pairs(([f"k{i}", i] if i == 50 else (f"k{i}", i)
+                                       for i in range(100)), 8, stable_hash)
+            except TypeError:
+                pass
+            try:
+                speedups.append_pairs({}, ["a", ["b"]], [1, 2], 0, 2)
+            except TypeError:
+                pass
+            speedups.bucket_pairs([(f"k{i}", i) for i in range(100)] + [(1.5, 1)], 8, None)
+
+    run()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    run()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after - before < 64 * 1024
+
+
+class Counting(Job):
+    def map_init(self):
+        self.counts = Counter()
+
+    def map(self, key, line):
+        self.counts.update(line.split())
+
+    def map_final(self):
+        return self.counts.items()
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+class PerWord(Job):
+    def map(self, key, line):
+        for w in line.split():
+            yield w, 1
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
+class Combining(PerWord):
+    def combine(self, word, counts):
+        return sum(counts)
+
+
+class YieldedFinal(Counting):
+    def map_final(self):
+        yield from self.counts.items()
+        yield ("tuple", "key"), 7
+        yield 12, 3
+
+
+def run_shuffle(job, records, reducers=3, tasks=4):
+    """Map tasks over slices of ``records``, their partitions merged and reduced as
+    reduce tasks would: each reduce task's output columns."""
+    segments = [[] for _ in range(reducers)]
+    for t in range(tasks):
+        parts = finish_map(job, map_grouped(job, records[t::tasks]), reducers)
+        for r, part in enumerate(parts):
+            segments[r].append(part)
+    return [reduce_groups(job, merge_segments(segs, job._has("combine"))) for segs in segments]
+
+
+RECORDS = [(i, " ".join(f"w{(i * j) % 97}" for j in range(1, 9)) + " é ü\udcff")
+           for i in range(400)]
+
+
+@built
+@pytest.mark.parametrize("job", [Counting(), PerWord(), Combining(), YieldedFinal()],
+                         ids=lambda j: type(j).__name__)
+def test_a_shuffle_gives_the_same_with_and_without_the_c_loops(job, monkeypatch):
+    fast = run_shuffle(job, RECORDS)
+    maps_fast = finish_map(job, map_grouped(job, RECORDS), 2)
+    monkeypatch.setattr(speedups, "bucket_pairs", None)
+    monkeypatch.setattr(speedups, "append_pairs", None)
+    assert run_shuffle(job, RECORDS) == fast
+    assert finish_map(job, map_grouped(job, RECORDS), 2) == maps_fast
+
+
+@built
+def test_bucketed_merges_agree(monkeypatch):
+    """merge_bucketed over segments cut in buckets, several rounds of them."""
+    job = Counting()
+    records = [(i, " ".join(f"k{(i * 7 + j) % 5000}" for j in range(30))) for i in range(3000)]
+    segments = [flat_buckets(job, map_grouped(job, records[t::9]).pairs, 2)[0]
+                for t in range(9)]
+    assert len(segments[0][2]) == BUCKETS
+    fast = merge_bucketed(iter(segments), True)
+    fast_combined = combine_buckets({"a": [1, 2], "b": [3], 5: [4]}, lambda k, v: sum(v), 2)
+    monkeypatch.setattr(speedups, "append_pairs", None)
+    monkeypatch.setattr(speedups, "bucket_pairs", None)
+    slow = merge_bucketed(iter(segments), True)
+    assert fast == slow and list(fast) == list(slow)
+    assert combine_buckets({"a": [1, 2], "b": [3], 5: [4]}, lambda k, v: sum(v), 2) == (
+        fast_combined)
+
+
+def test_a_job_gives_the_same_output_with_pymapreduce_pure(tmp_path):
+    """End to end on an embedded cluster: PYMAPREDUCE_PURE=1 turns the C loops off in
+    every process of it, and the job's output is the same either way."""
+    data = tmp_path / "in.txt"
+    data.write_text("".join(line.replace("\udcff", "") + "\n" for _, line in RECORDS) * 20)
+    script = textwrap.dedent(f"""
+        import json, sys
+        from collections import Counter
+        from pymapreduce import Job, LocalCluster, Client, read_text
+
+        class Counting(Job):
+            def map_init(self):
+                self.counts = Counter()
+            def map(self, key, line):
+                self.counts.update(line.split())
+            def map_final(self):
+                from pymapreduce import speedups
+                yield "(c loops)", int(speedups.built())
+                yield from self.counts.items()
+            def reduce(self, word, counts):
+                return sum(counts)
+
+        with LocalCluster(workers=2) as cluster, Client(cluster.address) as client:
+            handle = client.submit(Counting(), read_text([{str(data)!r}], split_bytes=4096))
+            print(json.dumps(sorted(handle.result().items())))
+    """)
+    outs = {}
+    for pure in ("0", "1"):
+        env = {**os.environ, "PYMAPREDUCE_PURE": pure}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outs[pure] = dict(map(tuple, json.loads(done.stdout)))
+    assert outs["1"].pop("(c loops)") == 0  # (each map task says whether it had them)
+    with_c = outs["0"].pop("(c loops)")
+    assert with_c > 1 if find_spec("pymapreduce._speedups") else with_c == 0
+    assert outs["0"] == outs["1"] and outs["0"]["w0"] > 0
