@@ -299,12 +299,121 @@ append_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(group_pairs_doc,
+"group_pairs(groups, pairs, combiner, every) -> None or (item,)\n\n"
+"The pairs of the iterator ``pairs`` (a map's output) into ``groups``, a dict of lists:\n"
+"``groups[k].append(v)`` for each tuple ``(k, v)``, and with a ``combiner`` (None: none)\n"
+"a list that reaches ``every`` values becomes ``[combiner(k, values)]``. Returns None\n"
+"once ``pairs`` is exhausted, or, in a tuple of one, the first item it leaves to the\n"
+"caller's own loop: one that is not a tuple of two, or whose key cannot be hashed (a\n"
+"TypeError; an item may be None itself, hence the tuple); the caller\n"
+"deals with that one and calls again with the same iterator for the rest. An error of\n"
+"the iterator or of the combiner is raised as it is.");
+
+/* ``(item,)``, the item's reference given to the tuple */
+static PyObject *
+left(PyObject *item)
+{
+    PyObject *one = PyTuple_Pack(1, item);
+    Py_DECREF(item);
+    return one;
+}
+
+static PyObject *
+group_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "group_pairs takes groups, pairs, combiner and every");
+        return NULL;
+    }
+    PyObject *groups = args[0], *it = args[1], *combiner = args[2];
+    if (!PyDict_Check(groups) || !PyIter_Check(it)) {
+        PyErr_SetString(PyExc_TypeError, "group_pairs takes a dict and an iterator");
+        return NULL;
+    }
+    Py_ssize_t every = PyLong_AsSsize_t(args[3]);
+    if (every == -1 && PyErr_Occurred())
+        return NULL;
+    if (every < 1) {
+        PyErr_SetString(PyExc_ValueError, "group_pairs: every must be at least 1");
+        return NULL;
+    }
+    int combining = combiner != Py_None;
+    PyObject *item;
+    while ((item = PyIter_Next(it)) != NULL) {
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            return left(item);  /* (the caller's: as_pair says what it is) */
+        PyObject *k = PyTuple_GET_ITEM(item, 0), *v = PyTuple_GET_ITEM(item, 1);
+        PyObject *values = PyDict_GetItemWithError(groups, k);  /* (borrowed) */
+        if (values == NULL) {
+            if (PyErr_Occurred()) {
+                if (PyErr_ExceptionMatches(PyExc_TypeError)) {  /* unhashable: the caller's */
+                    PyErr_Clear();
+                    return left(item);
+                }
+                Py_DECREF(item);
+                return NULL;
+            }
+            PyObject *one = PyList_New(1);
+            if (one == NULL) {
+                Py_DECREF(item);
+                return NULL;
+            }
+            Py_INCREF(v);
+            PyList_SET_ITEM(one, 0, v);
+            int failed = PyDict_SetItem(groups, k, one) < 0;
+            Py_DECREF(one);
+            Py_DECREF(item);
+            if (failed)
+                return NULL;
+            continue;
+        }
+        Py_INCREF(values);  /* (held: the combiner may change the dict) */
+        if (!PyList_CheckExact(values)) {
+            Py_DECREF(values);
+            PyErr_SetString(PyExc_TypeError, "group_pairs: a group that is not a list");
+            Py_DECREF(item);
+            return NULL;
+        }
+        if (PyList_Append(values, v) < 0)
+            goto fail;
+        if (combining && PyList_GET_SIZE(values) >= every) {
+            PyObject *r = PyObject_CallFunctionObjArgs(combiner, k, values, NULL);
+            if (r == NULL)
+                goto fail;
+            PyObject *just = PyList_New(1);
+            if (just == NULL) {
+                Py_DECREF(r);
+                goto fail;
+            }
+            PyList_SET_ITEM(just, 0, r);  /* (steals r) */
+            int failed = PyList_SetSlice(values, 0, PY_SSIZE_T_MAX, just) < 0;
+            Py_DECREF(just);
+            if (failed)
+                goto fail;
+        }
+        Py_DECREF(values);
+        Py_DECREF(item);
+        continue;
+    fail:
+        Py_DECREF(values);
+        Py_DECREF(item);
+        return NULL;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
     {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
      bucket_pairs_doc},
     {"append_pairs", (PyCFunction)(void (*)(void))append_pairs, METH_FASTCALL,
      append_pairs_doc},
+    {"group_pairs", (PyCFunction)(void (*)(void))group_pairs, METH_FASTCALL,
+     group_pairs_doc},
     {NULL, NULL, 0, NULL}
 };
 

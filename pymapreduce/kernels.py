@@ -119,8 +119,20 @@ def group_records(job: Job, groups: Groups, records: Iterable[tuple[Any, Any]],
     there was none; a failure is a :class:`RecordFailed` naming the record it failed at."""
     mapper = job.map
     pair = out = _NO_RECORD
+    fast = speedups.group_pairs
     try:
-        if combiner is None:
+        if fast is not None and type(groups) is defaultdict and groups.default_factory is list:
+            # the loops below, in C; a pair it leaves (not a tuple of two, a key that
+            # cannot be hashed: given back in a tuple of one) goes through _one_pair, and
+            # the C loop goes on after it
+            for key, value in records:
+                out = mapper(key, value)
+                if out is not None:
+                    pairs = iter(out)
+                    while (left := fast(groups, pairs, combiner, COMBINE_EVERY)) is not None:
+                        pair = left[0]
+                        _one_pair(job, groups, pair, combiner)
+        elif combiner is None:
             for key, value in records:
                 out = mapper(key, value)
                 if out is not None:
@@ -153,11 +165,40 @@ def group_records(job: Job, groups: Groups, records: Iterable[tuple[Any, Any]],
     return key
 
 
+def _one_pair(job: Job, groups: Groups, pair: Any, combiner: Any) -> None:
+    """A pair of ``map``'s output that the C loop left to Python: the loops of
+    :func:`group_records` for one pair."""
+    if type(pair) is not tuple:
+        pair = as_pair(job, "map", pair)
+    k, v = pair  # (a tuple of another length: the ValueError that _blame explains)
+    try:
+        values = groups[k]
+    except TypeError:
+        k = group_key(job, "map", k)
+        values = groups[k]
+    values.append(v)
+    if combiner is not None and len(values) >= COMBINE_EVERY:
+        values[:] = [combiner(k, values)]
+
+
 def group_final(job: Job, groups: Groups) -> None:
     """What ``map_final`` yields, into ``groups``."""
     pair = out = _NO_RECORD
+    fast = speedups.group_pairs
     try:
         out = _hook(job, "map_final")
+        if fast is not None and type(groups) is defaultdict and groups.default_factory is list:
+            pairs = iter(out)  # (the loop below in C, a pair it leaves in it)
+            while (left := fast(groups, pairs, None, 1)) is not None:
+                pair = left[0]
+                if type(pair) is not tuple or len(pair) != 2:
+                    pair = as_pair(job, "map_final", pair)
+                k, v = pair
+                try:
+                    groups[k].append(v)
+                except TypeError:
+                    groups[group_key(job, "map_final", k)].append(v)
+            return
         for pair in out:
             # (the tests inline: a final hook yields a whole task's output, in-mapper
             # combining's distinct keys; a call per pair cost 5% of such a map task)

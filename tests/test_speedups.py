@@ -142,6 +142,72 @@ def test_append_pairs_refuses_what_is_not_a_dict_and_two_lists():
         speedups.append_pairs(odd, ["a"], [1], 0, 1)
 
 
+ITEMS = st.one_of(
+    st.tuples(st.sampled_from(["a", "b", "c", 1, 2.0, ("t", 1)]), st.integers(0, 9)),
+    st.tuples(st.lists(st.integers(), max_size=2), st.integers()),  # unhashable key
+    st.lists(st.integers(), min_size=2, max_size=2),  # a list, not a tuple
+    st.tuples(st.integers()), st.none(), st.integers(), st.text(max_size=2))
+
+
+def python_group(groups, pairs, combiner, every, left):
+    """group_pairs as the Python loop it stands for; items it would leave, to ``left``."""
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            left.append(pair)
+            continue
+        k, v = pair
+        try:
+            values = groups[k]
+        except TypeError:
+            left.append(pair)
+            continue
+        values.append(v)
+        if combiner is not None and len(values) >= every:
+            values[:] = [combiner(k, values)]
+
+
+@built
+@settings(max_examples=300)
+@given(st.lists(ITEMS, max_size=60), st.booleans(), st.integers(1, 4))
+def test_group_pairs_is_the_python_loop(items, combining, every):
+    combiner = (lambda k, vs: sum(vs)) if combining else None
+    mine, theirs = defaultdict(list), defaultdict(list)
+    mine_left: list = []
+    theirs_left: list = []
+    pairs = iter(items)
+    while (left := speedups.group_pairs(mine, pairs, combiner, every)) is not None:
+        assert type(left) is tuple and len(left) == 1
+        mine_left.append(left[0])
+    python_group(theirs, items, combiner, every, theirs_left)
+    assert mine == theirs and list(mine) == list(theirs) and mine_left == theirs_left
+
+
+@built
+def test_group_pairs_raises_what_the_map_and_combiner_raise():
+    def failing():
+        yield "a", 1
+        raise KeyError("in map")
+
+    groups: dict = defaultdict(list)
+    with pytest.raises(KeyError, match="in map"):
+        speedups.group_pairs(groups, failing(), None, 4)
+    assert groups == {"a": [1]}
+
+    def bad_combiner(k, values):
+        raise ValueError("in combine")
+
+    with pytest.raises(ValueError, match="in combine"):
+        speedups.group_pairs(groups, iter([("a", 2)]), bad_combiner, 2)
+    with pytest.raises(TypeError):
+        speedups.group_pairs([], iter([]), None, 1)
+    with pytest.raises(TypeError):  # a list is no iterator: the caller passes iter(out)
+        speedups.group_pairs({}, [("a", 1)], None, 1)
+    with pytest.raises(ValueError):
+        speedups.group_pairs({}, iter([]), None, 0)
+    with pytest.raises(TypeError, match="not a list"):
+        speedups.group_pairs({"a": ()}, iter([("a", 1)]), None, 1)
+
+
 @built
 def test_failures_hold_no_memory():
     """Thousands of calls that fail half way leave no object behind (a missed
@@ -159,6 +225,14 @@ def test_failures_hold_no_memory():
             except TypeError:
                 pass
             speedups.bucket_pairs([(f"k{i}", i) for i in range(100)] + [(1.5, 1)], 8, None)
+            groups: dict = defaultdict(list)
+            pairs = iter([(f"k{i % 7}", i) for i in range(100)] + [None, (["x"], 1), ("a",)])
+            while speedups.group_pairs(groups, pairs, lambda k, vs: sum(vs), 3) is not None:
+                pass
+            try:
+                speedups.group_pairs(groups, iter([("k1", 1)] * 5), lambda k, vs: 1 / 0, 2)
+            except ZeroDivisionError:
+                pass
 
     run()
     tracemalloc.start()
@@ -227,6 +301,7 @@ def test_a_shuffle_gives_the_same_with_and_without_the_c_loops(job, monkeypatch)
     maps_fast = finish_map(job, map_grouped(job, RECORDS), 2)
     monkeypatch.setattr(speedups, "bucket_pairs", None)
     monkeypatch.setattr(speedups, "append_pairs", None)
+    monkeypatch.setattr(speedups, "group_pairs", None)
     assert run_shuffle(job, RECORDS) == fast
     assert finish_map(job, map_grouped(job, RECORDS), 2) == maps_fast
 
