@@ -16,6 +16,10 @@
  * sent): nothing here trusts a length, an index or a type it did not check, and a key's
  * __eq__ or __hash__ (an unpickled user object's) may run Python code that changes the
  * lists being read, so each item is re-read, and held, within the bounds as they are.
+ * What such a key gets is memory safety, not the Python loop's result: a loop over a
+ * slice (Python) and one over the live list (here) see different items once a key's
+ * __eq__ grows or shrinks the list; and a key whose __hash__ raises TypeError is hashed
+ * once here and once more by the caller's loop it is handed to.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -152,7 +156,7 @@ bucket_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PyLong_AsSsize_t(n_obj);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    if (n < 1 || n > (1 << 20)) {
+    if (n < 1) {  /* (no upper bound but memory's, as the Python loop's) */
         PyErr_SetString(PyExc_ValueError, "bucket_pairs: n out of range");
         return NULL;
     }

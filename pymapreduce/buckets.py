@@ -75,10 +75,9 @@ def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
     combined, then into its partition's hash bucket."""
     n = reducers * BUCKETS
     fast = speedups.bucket_pairs
-    if fast is not None:  # (the loop below in C: the combiner called first, in order)
-        combined = [values[0] if len(values) == 1 else combiner(k, values)
-                    for k, values in groups.items()]
-        kb, vb, kinds = fast(zip(groups, combined), n, stable_hash)
+    if fast is not None:  # (the loop below in C, each key combined as it is reached)
+        kb, vb, kinds = fast(((k, values[0] if len(values) == 1 else combiner(k, values))
+                              for k, values in groups.items()), n, stable_hash)
         return join_buckets(kb, vb, reducers, kinds)
     kb = [[] for _ in range(n)]
     vb = [[] for _ in range(n)]

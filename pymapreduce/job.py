@@ -59,6 +59,15 @@ def stable_hash(key: Any) -> int:
         return sum(stable_hash(item) for item in key) & 0xFFFFFFFFFFFFFFFF
     if key is None:
         return 0
+    # a subclass of str, int or float is one dict key with the equal plain value (a
+    # numpy.str_ and the str it equals, in one reduce group): hashed as that value, or
+    # equal keys from two map tasks would reach two reducers (found by a red team)
+    if isinstance(key, str):
+        return zlib.crc32(str.encode(key, "utf-8", "surrogatepass"))
+    if isinstance(key, int):  # (int's own hash: an IntEnum's is its name's, salted)
+        return int.__hash__(key) & 0xFFFFFFFFFFFFFFFF
+    if isinstance(key, float):
+        return float.__hash__(key) & 0xFFFFFFFFFFFFFFFF
     # other types: their encoding, which must not depend on the process (true of
     # msgpack types and of objects whose pickle does not embed a set's order)
     return zlib.crc32(pack(key))

@@ -71,8 +71,6 @@ def test_bucket_pairs_leaves_odd_pairs_to_the_caller_or_refuses_them():
     assert speedups.bucket_pairs([("a", 1, 2)], 4, None) is None
     with pytest.raises(ValueError, match="out of range"):
         speedups.bucket_pairs([], 0, stable_hash)
-    with pytest.raises(ValueError, match="out of range"):
-        speedups.bucket_pairs([], 2**40, stable_hash)
     with pytest.raises(TypeError):
         speedups.bucket_pairs([], "4", stable_hash)
     with pytest.raises(TypeError, match="not an int"):
@@ -361,3 +359,95 @@ def test_a_job_gives_the_same_output_with_pymapreduce_pure(tmp_path):
     with_c = outs["0"].pop("(c loops)")
     assert with_c > 1 if find_spec("pymapreduce._speedups") else with_c == 0
     assert outs["0"] == outs["1"] and outs["0"]["w0"] > 0
+
+
+@built
+def test_a_job_of_tens_of_thousands_of_reducers_partitions_the_same(monkeypatch):
+    """Found by a red team: a cap on bucket_pairs' n failed map tasks of jobs past 32,768
+    reducers (n = reducers * BUCKETS) with the C loops only."""
+    jobs = (Combining(), Counting())
+    fast = [finish_map(job, map_grouped(job, RECORDS[:50]), 40_000) for job in jobs]
+    monkeypatch.setattr(speedups, "bucket_pairs", None)
+    assert [finish_map(job, map_grouped(job, RECORDS[:50]), 40_000) for job in jobs] == fast
+
+
+class Unencodable:
+    """A hashable key that stable_hash cannot encode (a lock cannot be pickled)."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+
+    def __hash__(self):
+        return 1
+
+    def __eq__(self, other):
+        return self is other
+
+
+@built
+def test_a_combiner_runs_as_each_key_is_partitioned(monkeypatch):
+    """Found by a red team: the C path combined every key before partitioning any, so a
+    key that cannot be partitioned and a later combiner that fails gave another error
+    (and more combiner calls) than the Python loop."""
+    bad = Unencodable()
+    outcomes = []
+    for on in (True, False):
+        calls: list = []
+
+        def combiner(k, values, calls=calls):
+            calls.append(k if isinstance(k, str) else "bad")
+            if k == "x":
+                raise RuntimeError("the combiner failed on x")
+            return sum(values)
+
+        if not on:
+            monkeypatch.setattr(speedups, "bucket_pairs", None)
+        with pytest.raises(Exception) as info:
+            combine_buckets({bad: [1, 2], "x": [1, 2]}, combiner, 2)
+        outcomes.append((type(info.value), calls))
+    assert outcomes[0] == outcomes[1] and outcomes[0][1] == ["bad"]
+
+
+class Word(str):
+    """A str subclass (as numpy.str_ is): one dict key with the str it equals."""
+
+
+class Count(int):
+    pass
+
+
+class MixedKeys(Job):
+    def map(self, key, line):
+        for i, w in enumerate(line.split()):
+            yield (Word(w) if key % 2 else w), 1
+            yield (Count(i) if key % 3 else i), 1
+
+    def reduce(self, k, values):
+        return sum(values)
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["C loops", "Python loops"])
+def test_equal_keys_of_a_subclass_reach_the_same_reducer(on, monkeypatch):
+    """Found by a red team: a str subclass equal to a str (numpy.str_) was hashed by its
+    encoding, so the same word from two map tasks went to two reducers and came out
+    twice; an int subclass likewise."""
+    if not on:
+        for name in ("bucket_pairs", "append_pairs", "group_pairs"):
+            monkeypatch.setattr(speedups, name, None)
+    assert stable_hash(Word("apple")) == stable_hash("apple")
+    assert stable_hash(Count(7)) == stable_hash(7) and stable_hash((Word("a"), 1)) == (
+        stable_hash(("a", 1)))
+    job = MixedKeys()
+    records = [(i, f"w{i % 5} w{i % 3}") for i in range(40)]
+    outputs = run_shuffle(job, records, reducers=3, tasks=4)
+    keys = [k for out_keys, _ in outputs for k in out_keys]
+    assert len(keys) == len(set(keys))  # (each key in one reducer only)
+    merged = {k: v for out_keys, out_values in outputs for k, v in zip(out_keys, out_values)}
+    expected = Counter()
+    for _, line in records:
+        for i, w in enumerate(line.split()):
+            expected[w] += 1
+            expected[i] += 1
+    assert merged == expected
