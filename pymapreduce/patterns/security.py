@@ -358,7 +358,7 @@ class HandshakeWatch:
         after an earlier success (the peer restarted, or the network came back)."""
         again = False
         while self.monitor.poll(0):
-            event, _ = monitor_event(self.monitor)
+            event, value = monitor_event(self.monitor)
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 again = again or self.succeeded
                 self.succeeded = True
@@ -374,6 +374,13 @@ class HandshakeWatch:
                 # with other allowlists; retrying cannot help either way
                 raise AuthenticationFailed(f"{self.address}: {self._reason(event)}")
             elif not self.succeeded:
+                if not self.has_keys and value != zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                    # without keys, a broker that wants them says so by a mechanism
+                    # mismatch (after a first try that may end with no detail); any other
+                    # failure is a peer that is no broker's client address, a data
+                    # socket closing mid-handshake (a loaded machine's retries may come
+                    # later than MISMATCH_AFTER): not "requires CURVE keys"
+                    continue
                 self.pending = (time.monotonic(), event)
                 self.failures += 1
                 if self.failures >= MISMATCH_FAILURES:  # fails on every try: a wrong key
