@@ -236,6 +236,106 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(bucket_groups_doc,
+"bucket_groups(groups, n, stable_hash, combiner) -> (keys, values, kinds)\n\n"
+"bucket_pairs over a dict of lists, each list first made one value: its only item, or\n"
+"``combiner(key, values)``, called as each key is reached, in the dict's order. A\n"
+"combiner that adds or removes keys of ``groups`` raises RuntimeError, as iterating\n"
+"the dict in Python would.");
+
+static PyObject *
+bucket_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bucket_groups takes groups, n, stable_hash and combiner");
+        return NULL;
+    }
+    PyObject *groups = args[0], *n_obj = args[1], *stable_hash = args[2];
+    PyObject *combiner = args[3];
+    if (!PyDict_Check(groups) || !PyLong_CheckExact(n_obj)) {
+        PyErr_SetString(PyExc_TypeError, "bucket_groups takes a dict and an int");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(n_obj);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "bucket_groups: n out of range");
+        return NULL;
+    }
+    PyObject *kb = new_lists(n), *vb = NULL;
+    long kinds = 0;
+    if (kb == NULL || (vb = new_lists(n)) == NULL)
+        goto fail;
+    Py_ssize_t pos = 0, size = PyDict_GET_SIZE(groups);
+    PyObject *k, *values;
+    while (PyDict_Next(groups, &pos, &k, &values)) {
+        Py_INCREF(k);  /* (held: the combiner runs Python code) */
+        Py_INCREF(values);
+        PyObject *v;
+        if (PyList_CheckExact(values) && PyList_GET_SIZE(values) == 1) {
+            v = PyList_GET_ITEM(values, 0);
+            Py_INCREF(v);
+        }
+        else {
+            if (!PyList_CheckExact(values)) {
+                PyErr_SetString(PyExc_TypeError, "bucket_groups: a group that is not a list");
+                v = NULL;
+            }
+            else {
+                v = PyObject_CallFunctionObjArgs(combiner, k, values, NULL);
+            }
+            if (v != NULL && PyDict_GET_SIZE(groups) != size) {
+                PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+                Py_CLEAR(v);
+            }
+        }
+        Py_DECREF(values);
+        Py_ssize_t p = -1;
+        if (v != NULL) {
+            if (PyUnicode_CheckExact(k)) {
+                uint32_t h;
+                if (str_crc(k, &h) == 0)
+                    p = (Py_ssize_t)(h % (uint32_t)n);
+            }
+            else if (PyLong_CheckExact(k)) {
+                Py_hash_t h = PyObject_Hash(k);
+                if (!(h == -1 && PyErr_Occurred())) {
+                    kinds |= 2;
+                    p = (Py_ssize_t)((uint64_t)(int64_t)h % (uint64_t)n);
+                }
+            }
+            else {
+                kinds |= 4;
+                p = other_bucket(stable_hash, k, n_obj, n);
+            }
+        }
+        int failed = p < 0 || PyList_Append(PyList_GET_ITEM(kb, p), k) < 0 ||
+                PyList_Append(PyList_GET_ITEM(vb, p), v) < 0;
+        Py_DECREF(k);
+        Py_XDECREF(v);
+        if (failed)
+            goto fail;
+        if (PyDict_GET_SIZE(groups) != size) {  /* (stable_hash's Python code, too) */
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            goto fail;
+        }
+    }
+    PyObject *kinds_obj = PyLong_FromLong(kinds);
+    if (kinds_obj == NULL)
+        goto fail;
+    PyObject *out = PyTuple_Pack(3, kb, vb, kinds_obj);
+    Py_DECREF(kb);
+    Py_DECREF(vb);
+    Py_DECREF(kinds_obj);
+    return out;
+fail:
+    Py_XDECREF(kb);
+    Py_XDECREF(vb);
+    return NULL;
+}
+
 PyDoc_STRVAR(append_pairs_doc,
 "append_pairs(groups, keys, values, lo, hi) -> None\n\n"
 "``groups[k].append(v)`` for each pair of ``zip(keys[lo:hi], values[lo:hi])``: a key\n"
@@ -416,6 +516,8 @@ static PyMethodDef methods[] = {
      bucket_pairs_doc},
     {"append_pairs", (PyCFunction)(void (*)(void))append_pairs, METH_FASTCALL,
      append_pairs_doc},
+    {"bucket_groups", (PyCFunction)(void (*)(void))bucket_groups, METH_FASTCALL,
+     bucket_groups_doc},
     {"group_pairs", (PyCFunction)(void (*)(void))group_pairs, METH_FASTCALL,
      group_pairs_doc},
     {NULL, NULL, 0, NULL}

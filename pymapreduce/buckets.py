@@ -74,10 +74,9 @@ def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
     """``kernels.finish_map`` of a combining job partitioned by hash: each group
     combined, then into its partition's hash bucket."""
     n = reducers * BUCKETS
-    fast = speedups.bucket_pairs
+    fast = speedups.bucket_groups
     if fast is not None:  # (the loop below in C, each key combined as it is reached)
-        kb, vb, kinds = fast(((k, values[0] if len(values) == 1 else combiner(k, values))
-                              for k, values in groups.items()), n, stable_hash)
+        kb, vb, kinds = fast(groups, n, stable_hash, combiner)
         return join_buckets(kb, vb, reducers, kinds)
     kb = [[] for _ in range(n)]
     vb = [[] for _ in range(n)]

@@ -2,8 +2,8 @@
 
 ``pymapreduce/_speedups.c`` is compiled by ``pip install`` where a C compiler is found
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
-with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``append_pairs`` and
-``group_pairs`` are None and every caller runs its own Python loop, which computes the same thing (the tests
+with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
+``append_pairs`` and ``group_pairs`` are None and every caller runs its own Python loop, which computes the same thing (the tests
 run both and compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 bucket_pairs: Any = None
+bucket_groups: Any = None
 append_pairs: Any = None
 group_pairs: Any = None
 str_crc32: Any = None
@@ -22,10 +23,10 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
         from . import _speedups as _c
 
-        bucket_pairs, append_pairs = _c.bucket_pairs, _c.append_pairs
-        group_pairs, str_crc32 = _c.group_pairs, _c.str_crc32
+        bucket_pairs, bucket_groups = _c.bucket_pairs, _c.bucket_groups
+        append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
     except (ImportError, AttributeError):  # not built, or built from older source: the
-        bucket_pairs = append_pairs = group_pairs = str_crc32 = None  # Python loops
+        bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
 
 
 def built() -> bool:

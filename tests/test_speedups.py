@@ -231,6 +231,12 @@ def test_failures_hold_no_memory():
                 speedups.group_pairs(groups, iter([("k1", 1)] * 5), lambda k, vs: 1 / 0, 2)
             except ZeroDivisionError:
                 pass
+            speedups.bucket_groups(groups, 8, stable_hash, lambda k, vs: sum(vs))
+            for bad in ({"a": [1, 2], "b": [1]}, {"b": [1], "a": (1, 2)}):
+                try:
+                    speedups.bucket_groups(bad, 8, stable_hash, lambda k, vs: 1 / 0)
+                except (ZeroDivisionError, TypeError):
+                    pass
 
     run()
     tracemalloc.start()
@@ -297,9 +303,8 @@ RECORDS = [(i, " ".join(f"w{(i * j) % 97}" for j in range(1, 9)) + " é ü\udcff
 def test_a_shuffle_gives_the_same_with_and_without_the_c_loops(job, monkeypatch):
     fast = run_shuffle(job, RECORDS)
     maps_fast = finish_map(job, map_grouped(job, RECORDS), 2)
-    monkeypatch.setattr(speedups, "bucket_pairs", None)
-    monkeypatch.setattr(speedups, "append_pairs", None)
-    monkeypatch.setattr(speedups, "group_pairs", None)
+    for name in ("bucket_pairs", "bucket_groups", "append_pairs", "group_pairs"):
+        monkeypatch.setattr(speedups, name, None)
     assert run_shuffle(job, RECORDS) == fast
     assert finish_map(job, map_grouped(job, RECORDS), 2) == maps_fast
 
@@ -314,8 +319,8 @@ def test_bucketed_merges_agree(monkeypatch):
     assert len(segments[0][2]) == BUCKETS
     fast = merge_bucketed(iter(segments), True)
     fast_combined = combine_buckets({"a": [1, 2], "b": [3], 5: [4]}, lambda k, v: sum(v), 2)
-    monkeypatch.setattr(speedups, "append_pairs", None)
-    monkeypatch.setattr(speedups, "bucket_pairs", None)
+    for name in ("bucket_pairs", "bucket_groups", "append_pairs", "group_pairs"):
+        monkeypatch.setattr(speedups, name, None)
     slow = merge_bucketed(iter(segments), True)
     assert fast == slow and list(fast) == list(slow)
     assert combine_buckets({"a": [1, 2], "b": [3], 5: [4]}, lambda k, v: sum(v), 2) == (
@@ -368,6 +373,7 @@ def test_a_job_of_tens_of_thousands_of_reducers_partitions_the_same(monkeypatch)
     jobs = (Combining(), Counting())
     fast = [finish_map(job, map_grouped(job, RECORDS[:50]), 40_000) for job in jobs]
     monkeypatch.setattr(speedups, "bucket_pairs", None)
+    monkeypatch.setattr(speedups, "bucket_groups", None)
     assert [finish_map(job, map_grouped(job, RECORDS[:50]), 40_000) for job in jobs] == fast
 
 
@@ -404,6 +410,7 @@ def test_a_combiner_runs_as_each_key_is_partitioned(monkeypatch):
 
         if not on:
             monkeypatch.setattr(speedups, "bucket_pairs", None)
+            monkeypatch.setattr(speedups, "bucket_groups", None)
         with pytest.raises(Exception) as info:
             combine_buckets({bad: [1, 2], "x": [1, 2]}, combiner, 2)
         outcomes.append((type(info.value), calls))
@@ -434,7 +441,7 @@ def test_equal_keys_of_a_subclass_reach_the_same_reducer(on, monkeypatch):
     encoding, so the same word from two map tasks went to two reducers and came out
     twice; an int subclass likewise."""
     if not on:
-        for name in ("bucket_pairs", "append_pairs", "group_pairs"):
+        for name in ("bucket_pairs", "bucket_groups", "append_pairs", "group_pairs"):
             monkeypatch.setattr(speedups, name, None)
     assert stable_hash(Word("apple")) == stable_hash("apple")
     assert stable_hash(Count(7)) == stable_hash(7) and stable_hash((Word("a"), 1)) == (
@@ -451,3 +458,50 @@ def test_equal_keys_of_a_subclass_reach_the_same_reducer(on, monkeypatch):
             expected[w] += 1
             expected[i] += 1
     assert merged == expected
+
+
+def python_bucket_groups(groups, n, combiner):
+    """bucket_groups as buckets.combine_buckets' Python loop computes it."""
+    return python_buckets([(k, vs[0] if len(vs) == 1 else combiner(k, vs))
+                           for k, vs in groups.items()], n)
+
+
+@built
+@settings(max_examples=200)
+@given(st.dictionaries(KEYS, st.lists(st.integers(), min_size=1, max_size=5), max_size=30),
+       st.integers(1, 70))
+def test_bucket_groups_is_the_combining_loop(groups, n):
+    calls, theirs_calls = [], []
+
+    def combiner(k, values, log=calls):
+        log.append((k, list(values)))
+        return sum(values)
+
+    mine = speedups.bucket_groups(dict(groups), n, stable_hash, combiner)
+    theirs = python_bucket_groups(groups, n, lambda k, vs: combiner(k, vs, theirs_calls))
+    assert mine == theirs and calls == theirs_calls
+
+
+@built
+@pytest.mark.parametrize("on", [True, False], ids=["C loops", "Python loops"])
+def test_a_combiner_that_changes_the_groups_is_refused_either_way(on, monkeypatch):
+    if not on:
+        monkeypatch.setattr(speedups, "bucket_groups", None)
+    groups = {"a": [1, 2], "b": [3, 4]}
+
+    def adding(k, values):
+        groups[f"new{k}"] = [0]
+        return sum(values)
+
+    with pytest.raises(RuntimeError, match="changed size"):
+        combine_buckets(groups, adding, 2)
+
+
+@built
+def test_bucket_groups_raises_what_the_combiner_raises_and_refuses_odd_groups():
+    with pytest.raises(TypeError, match="not a list"):
+        speedups.bucket_groups({"a": (1, 2)}, 4, stable_hash, lambda k, v: 0)
+    with pytest.raises(ZeroDivisionError):
+        speedups.bucket_groups({"a": [1, 2]}, 4, stable_hash, lambda k, v: 1 / 0)
+    with pytest.raises(TypeError):
+        speedups.bucket_groups([], 4, stable_hash, sum)
