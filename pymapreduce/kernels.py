@@ -181,6 +181,17 @@ def _one_pair(job: Job, groups: Groups, pair: Any, combiner: Any) -> None:
         values[:] = [combiner(k, values)]
 
 
+def _final_pair(job: Job, groups: Groups, pair: Any) -> None:
+    """One pair that ``map_final`` yielded, checked and into ``groups``."""
+    if type(pair) is not tuple or len(pair) != 2:
+        pair = as_pair(job, "map_final", pair)
+    k, v = pair
+    try:
+        groups[k].append(v)
+    except TypeError:
+        groups[group_key(job, "map_final", k)].append(v)
+
+
 def group_final(job: Job, groups: Groups) -> None:
     """What ``map_final`` yields, into ``groups``."""
     pair = out = _NO_RECORD
@@ -188,27 +199,13 @@ def group_final(job: Job, groups: Groups) -> None:
     try:
         out = _hook(job, "map_final")
         if fast is not None and type(groups) is defaultdict and groups.default_factory is list:
-            pairs = iter(out)  # (the loop below in C, a pair it leaves in it)
+            pairs = iter(out)  # (the loop in C; a pair it leaves to _final_pair)
             while (left := fast(groups, pairs, None, 1)) is not None:
                 pair = left[0]
-                if type(pair) is not tuple or len(pair) != 2:
-                    pair = as_pair(job, "map_final", pair)
-                k, v = pair
-                try:
-                    groups[k].append(v)
-                except TypeError:
-                    groups[group_key(job, "map_final", k)].append(v)
+                _final_pair(job, groups, pair)
             return
-        for pair in out:
-            # (the tests inline: a final hook yields a whole task's output, in-mapper
-            # combining's distinct keys; a call per pair cost 5% of such a map task)
-            if type(pair) is not tuple or len(pair) != 2:
-                pair = as_pair(job, "map_final", pair)
-            k, v = pair
-            try:
-                groups[k].append(v)
-            except TypeError:
-                groups[group_key(job, "map_final", k)].append(v)
+        for pair in out:  # (without the C loops)
+            _final_pair(job, groups, pair)
     except Exception as exc:
         raise RecordFailed(_NO_RECORD) from _blame(job, pair, exc, out, "map_final")
 

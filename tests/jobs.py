@@ -34,6 +34,24 @@ class WordCountCombined(WordCount):
         return sum(counts)
 
 
+class InMapper(Job):
+    """In-mapper combining: a Counter per task, its items yielded by map_final."""
+
+    def map_init(self):
+        from collections import Counter
+
+        self.counts = Counter()
+
+    def map(self, key, line):
+        self.counts.update(line.split())
+
+    def map_final(self):
+        return self.counts.items()
+
+    def reduce(self, word, counts):
+        return sum(counts)
+
+
 class Lengths(Job):
     """Map-only: the length of every line."""
 

@@ -17,25 +17,9 @@ from pymapreduce.buckets import BUCKETS, MIN_BUCKET_PAIRS, ROUND
 from pymapreduce.kernels import finish_map, map_grouped, merge_segments
 from pymapreduce.patterns.records import pack, unpack
 
-from .jobs import WordCountCombined, read_lines
+from .jobs import InMapper, WordCountCombined, read_lines
 
 MANY = MIN_BUCKET_PAIRS * BUCKETS  # keys enough for a reduce task to merge by bucket
-
-
-class InMapper(Job):
-    """In-mapper combining: a Counter per task, its items yielded by map_final."""
-
-    def map_init(self):
-        self.counts = Counter()
-
-    def map(self, key, line):
-        self.counts.update(line.split())
-
-    def map_final(self):
-        return self.counts.items()
-
-    def reduce(self, word, counts):
-        return sum(counts)
 
 
 class Tagged(Job):

@@ -22,6 +22,8 @@ from pymapreduce.buckets import BUCKETS, combine_buckets, flat_buckets, merge_bu
 from pymapreduce.job import Job, stable_hash
 from pymapreduce.kernels import finish_map, map_grouped, merge_segments, reduce_groups
 
+from .jobs import InMapper, WordCount, WordCountCombined
+
 built = pytest.mark.skipif(not speedups.built(), reason="the C extension is not built here "
                            "(no C compiler at install, or PYMAPREDUCE_PURE=1)")
 
@@ -247,32 +249,7 @@ def test_failures_hold_no_memory():
     assert after - before < 64 * 1024
 
 
-class Counting(Job):
-    def map_init(self):
-        self.counts = Counter()
-
-    def map(self, key, line):
-        self.counts.update(line.split())
-
-    def map_final(self):
-        return self.counts.items()
-
-    def reduce(self, word, counts):
-        return sum(counts)
-
-
-class PerWord(Job):
-    def map(self, key, line):
-        for w in line.split():
-            yield w, 1
-
-    def reduce(self, word, counts):
-        return sum(counts)
-
-
-class Combining(PerWord):
-    def combine(self, word, counts):
-        return sum(counts)
+Counting, PerWord, Combining = InMapper, WordCount, WordCountCombined
 
 
 class YieldedFinal(Counting):
