@@ -772,10 +772,15 @@ def test_a_writer_appending_while_attempts_end_loses_no_byte():
 
         thread = threading.Thread(target=writer)
         thread.start()
-        for _ in range(1500):
+        # (1500 attempts, and on until the writer has had the GIL for 200 lines: on a
+        # loaded machine it once wrote 1 line while the 1500 ran)
+        import time
+        done, deadline = 0, time.monotonic() + 30
+        while (done < 1500 or written[0] < 200) and time.monotonic() < deadline:
             log = cap.begin("job")
             cap.end()
             logs.append(log.parts())
+            done += 1
         stop.set()
         thread.join()
         log = cap.begin("job")
