@@ -131,6 +131,63 @@ new_lists(Py_ssize_t n)
     return lists;
 }
 
+/* The bucket of key ``k`` among ``n``: zlib.crc32 of an exact str's UTF-8, hash(k) &
+ * (2**64 - 1) of an exact int's (2 set in *kinds), stable_hash(k) of any other's (4 set);
+ * -1 on an error, -2 for any other key when stable_hash is None (left to the caller). */
+static Py_ssize_t
+key_bucket(PyObject *k, PyObject *n_obj, Py_ssize_t n, PyObject *stable_hash, long *kinds)
+{
+    if (PyUnicode_CheckExact(k)) {
+        uint32_t h;
+        if (str_crc(k, &h) < 0)
+            return -1;
+        return (Py_ssize_t)(h % (uint32_t)n);
+    }
+    if (PyLong_CheckExact(k)) {
+        Py_hash_t h = PyObject_Hash(k);
+        if (h == -1 && PyErr_Occurred())
+            return -1;
+        *kinds |= 2;
+        return (Py_ssize_t)((uint64_t)(int64_t)h % (uint64_t)n);
+    }
+    if (stable_hash == Py_None)
+        return -2;
+    *kinds |= 4;
+    return other_bucket(stable_hash, k, n_obj, n);
+}
+
+/* ``n`` of bucket_pairs and bucket_groups: an int, at least 1 (no upper bound but
+ * memory's, as the Python loops'); -1 with an error set otherwise */
+static Py_ssize_t
+bucket_count(PyObject *n_obj, const char *name)
+{
+    if (!PyLong_CheckExact(n_obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: n must be an int", name);
+        return -1;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(n_obj);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: n out of range", name);
+        return -1;
+    }
+    return n;
+}
+
+/* ``(kb, vb, kinds)``, the references to kb and vb given to it (dropped on an error) */
+static PyObject *
+bucket_result(PyObject *kb, PyObject *vb, long kinds)
+{
+    PyObject *kinds_obj = PyLong_FromLong(kinds), *out = NULL;
+    if (kinds_obj != NULL)
+        out = PyTuple_Pack(3, kb, vb, kinds_obj);
+    Py_DECREF(kb);
+    Py_DECREF(vb);
+    Py_XDECREF(kinds_obj);
+    return out;
+}
+
 PyDoc_STRVAR(bucket_pairs_doc,
 "bucket_pairs(pairs, n, stable_hash) -> (keys, values, kinds) or None\n\n"
 "Each (key, value) pair of the iterable ``pairs`` into bucket ``h % n``: ``h`` is\n"
@@ -149,81 +206,36 @@ bucket_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *pairs = args[0], *n_obj = args[1], *stable_hash = args[2];
-    if (!PyLong_CheckExact(n_obj)) {
-        PyErr_SetString(PyExc_TypeError, "bucket_pairs: n must be an int");
+    Py_ssize_t n = bucket_count(n_obj, "bucket_pairs");
+    if (n < 0)
         return NULL;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(n_obj);
-    if (n == -1 && PyErr_Occurred())
-        return NULL;
-    if (n < 1) {  /* (no upper bound but memory's, as the Python loop's) */
-        PyErr_SetString(PyExc_ValueError, "bucket_pairs: n out of range");
-        return NULL;
-    }
     PyObject *kb = new_lists(n), *vb = NULL, *it = NULL, *item;
     long kinds = 0;
     if (kb == NULL || (vb = new_lists(n)) == NULL || (it = PyObject_GetIter(pairs)) == NULL)
         goto fail;
     while ((item = PyIter_Next(it)) != NULL) {
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
-            Py_DECREF(item);
-            if (stable_hash == Py_None)
-                goto give_up;
-            PyErr_SetString(PyExc_TypeError, "bucket_pairs: a pair that is not a 2-tuple");
-            goto fail;
-        }
-        PyObject *k = PyTuple_GET_ITEM(item, 0), *v = PyTuple_GET_ITEM(item, 1);
         Py_ssize_t p;
-        if (PyUnicode_CheckExact(k)) {
-            uint32_t h;
-            if (str_crc(k, &h) < 0) {
-                Py_DECREF(item);
-                goto fail;
-            }
-            p = (Py_ssize_t)(h % (uint32_t)n);
-        }
-        else if (PyLong_CheckExact(k)) {  /* stable_hash: hash(k) & (2**64 - 1) */
-            Py_hash_t h = PyObject_Hash(k);
-            if (h == -1 && PyErr_Occurred()) {
-                Py_DECREF(item);
-                goto fail;
-            }
-            kinds |= 2;
-            p = (Py_ssize_t)((uint64_t)(int64_t)h % (uint64_t)n);
-        }
-        else if (stable_hash == Py_None) {
-            Py_DECREF(item);
-            goto give_up;
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            if (stable_hash != Py_None)
+                PyErr_SetString(PyExc_TypeError, "bucket_pairs: a pair that is not a 2-tuple");
+            p = stable_hash == Py_None ? -2 : -1;
         }
         else {
-            kinds |= 4;
-            p = other_bucket(stable_hash, k, n_obj, n);
-            if (p < 0) {
-                Py_DECREF(item);
-                goto fail;
-            }
+            p = key_bucket(PyTuple_GET_ITEM(item, 0), n_obj, n, stable_hash, &kinds);
         }
-        if (PyList_Append(PyList_GET_ITEM(kb, p), k) < 0 ||
-                PyList_Append(PyList_GET_ITEM(vb, p), v) < 0) {
-            Py_DECREF(item);
-            goto fail;
-        }
+        int failed = p < 0
+            || PyList_Append(PyList_GET_ITEM(kb, p), PyTuple_GET_ITEM(item, 0)) < 0
+            || PyList_Append(PyList_GET_ITEM(vb, p), PyTuple_GET_ITEM(item, 1)) < 0;
         Py_DECREF(item);
+        if (p == -2)
+            goto give_up;
+        if (failed)
+            goto fail;
     }
     if (PyErr_Occurred())
         goto fail;
     Py_DECREF(it);
-    PyObject *kinds_obj = PyLong_FromLong(kinds);
-    if (kinds_obj == NULL) {
-        Py_DECREF(kb);
-        Py_DECREF(vb);
-        return NULL;
-    }
-    PyObject *out = PyTuple_Pack(3, kb, vb, kinds_obj);
-    Py_DECREF(kb);
-    Py_DECREF(vb);
-    Py_DECREF(kinds_obj);
-    return out;
+    return bucket_result(kb, vb, kinds);
 give_up:
     Py_DECREF(kb);
     Py_DECREF(vb);
@@ -253,17 +265,13 @@ bucket_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *groups = args[0], *n_obj = args[1], *stable_hash = args[2];
     PyObject *combiner = args[3];
-    if (!PyDict_Check(groups) || !PyLong_CheckExact(n_obj)) {
-        PyErr_SetString(PyExc_TypeError, "bucket_groups takes a dict and an int");
+    if (!PyDict_Check(groups)) {
+        PyErr_SetString(PyExc_TypeError, "bucket_groups takes a dict");
         return NULL;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(n_obj);
-    if (n == -1 && PyErr_Occurred())
+    Py_ssize_t n = bucket_count(n_obj, "bucket_groups");
+    if (n < 0)
         return NULL;
-    if (n < 1) {
-        PyErr_SetString(PyExc_ValueError, "bucket_groups: n out of range");
-        return NULL;
-    }
     PyObject *kb = new_lists(n), *vb = NULL;
     long kinds = 0;
     if (kb == NULL || (vb = new_lists(n)) == NULL)
@@ -292,24 +300,11 @@ bucket_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
         Py_DECREF(values);
-        Py_ssize_t p = -1;
-        if (v != NULL) {
-            if (PyUnicode_CheckExact(k)) {
-                uint32_t h;
-                if (str_crc(k, &h) == 0)
-                    p = (Py_ssize_t)(h % (uint32_t)n);
-            }
-            else if (PyLong_CheckExact(k)) {
-                Py_hash_t h = PyObject_Hash(k);
-                if (!(h == -1 && PyErr_Occurred())) {
-                    kinds |= 2;
-                    p = (Py_ssize_t)((uint64_t)(int64_t)h % (uint64_t)n);
-                }
-            }
-            else {
-                kinds |= 4;
-                p = other_bucket(stable_hash, k, n_obj, n);
-            }
+        /* (stable_hash is never None here: a caller's function, or an error) */
+        Py_ssize_t p = v == NULL ? -1 : key_bucket(k, n_obj, n, stable_hash, &kinds);
+        if (p == -2) {
+            PyErr_SetString(PyExc_TypeError, "bucket_groups: stable_hash is None");
+            p = -1;
         }
         int failed = p < 0 || PyList_Append(PyList_GET_ITEM(kb, p), k) < 0 ||
                 PyList_Append(PyList_GET_ITEM(vb, p), v) < 0;
@@ -322,18 +317,25 @@ bucket_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto fail;
         }
     }
-    PyObject *kinds_obj = PyLong_FromLong(kinds);
-    if (kinds_obj == NULL)
-        goto fail;
-    PyObject *out = PyTuple_Pack(3, kb, vb, kinds_obj);
-    Py_DECREF(kb);
-    Py_DECREF(vb);
-    Py_DECREF(kinds_obj);
-    return out;
+    return bucket_result(kb, vb, kinds);
 fail:
     Py_XDECREF(kb);
     Py_XDECREF(vb);
     return NULL;
+}
+
+/* ``groups[k] = [v]``: a key's first value (as a defaultdict(list) gives); -1 on error */
+static int
+new_group(PyObject *groups, PyObject *k, PyObject *v)
+{
+    PyObject *one = PyList_New(1);
+    if (one == NULL)
+        return -1;
+    Py_INCREF(v);
+    PyList_SET_ITEM(one, 0, v);
+    int failed = PyDict_SetItem(groups, k, one) < 0;
+    Py_DECREF(one);
+    return failed ? -1 : 0;
 }
 
 PyDoc_STRVAR(append_pairs_doc,
@@ -384,16 +386,7 @@ append_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             failed = 1;
         }
         else {
-            PyObject *one = PyList_New(1);
-            if (one == NULL) {
-                failed = 1;
-            }
-            else {
-                Py_INCREF(v);
-                PyList_SET_ITEM(one, 0, v);
-                failed = PyDict_SetItem(groups, k, one) < 0;
-                Py_DECREF(one);
-            }
+            failed = new_group(groups, k, v) < 0;
         }
         Py_DECREF(k);
         Py_DECREF(v);
@@ -459,15 +452,7 @@ group_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 Py_DECREF(item);
                 return NULL;
             }
-            PyObject *one = PyList_New(1);
-            if (one == NULL) {
-                Py_DECREF(item);
-                return NULL;
-            }
-            Py_INCREF(v);
-            PyList_SET_ITEM(one, 0, v);
-            int failed = PyDict_SetItem(groups, k, one) < 0;
-            Py_DECREF(one);
+            int failed = new_group(groups, k, v) < 0;
             Py_DECREF(item);
             if (failed)
                 return NULL;
