@@ -468,7 +468,11 @@ def reduce_groups(job: Job, groups: Groups) -> Columns:
     job's keys must compare (BadOutput), and without ``reduce`` it emits each value with
     its key."""
     try:
-        keys = sorted(groups)
+        keys = list(groups)
+        if (fast := speedups.sort_strs) is None or (ordered := fast(keys)) is None:
+            keys.sort()  # (not all exact str, or no C loops: what sorted() does)
+        else:
+            keys = ordered
     except TypeError as exc:
         if is_total_order(job):
             raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "

@@ -3,8 +3,9 @@
 ``pymapreduce/_speedups.c`` is compiled by ``pip install`` where a C compiler is found
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
-``append_pairs`` and ``group_pairs`` are None and every caller runs its own Python loop, which computes the same thing (the tests
-run both and compare). What they replace, and what that saves, is in
+``append_pairs``, ``group_pairs``, ``sort_strs`` and ``str_order`` are None and every
+caller runs its own Python code, which computes the same thing (the tests run both and
+compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
 
@@ -18,6 +19,8 @@ bucket_groups: Any = None
 append_pairs: Any = None
 group_pairs: Any = None
 str_crc32: Any = None
+sort_strs: Any = None  # sorted() of a list of exact str (None: not all exact str)
+str_order: Any = None  # sorted(range(len(keys)), key=keys.__getitem__), the same way
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -25,8 +28,10 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
 
         bucket_pairs, bucket_groups = _c.bucket_pairs, _c.bucket_groups
         append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
+        sort_strs, str_order = _c.sort_strs, _c.str_order
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
+        sort_strs = str_order = None
 
 
 def built() -> bool:

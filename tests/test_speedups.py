@@ -482,3 +482,90 @@ def test_bucket_groups_raises_what_the_combiner_raises_and_refuses_odd_groups():
         speedups.bucket_groups({"a": [1, 2]}, 4, stable_hash, lambda k, v: 1 / 0)
     with pytest.raises(TypeError):
         speedups.bucket_groups([], 4, stable_hash, sum)
+
+
+# -- sorting str keys by their first characters (sort_strs, str_order) --------------------
+
+# texts built to tie on the 8-character numbers the sort reads first: shared beginnings
+# longer than 8, NUL characters against a key's end, characters at and past 255 (which
+# end what a number says), and every Unicode kind
+SORT_TEXTS = st.one_of(
+    st.text(max_size=20),
+    st.builds(lambda a, b: a + b,
+              st.sampled_from(["", "http://www.example.com/", "\x00" * 17, "ÿ" * 9,
+                               "abcdefgh", "abcdefg\u0100", "\U0001f600" * 3]),
+              st.text(alphabet=st.sampled_from(["a", "b", "\x00", "\xfe", "\xff", "\u0100",
+                                                "\uffff", "\U0001f600", "\udcff"]),
+                      max_size=20)))
+
+
+@built
+@settings(max_examples=400)
+@given(st.lists(SORT_TEXTS, max_size=60), st.booleans())
+def test_sort_strs_and_str_order_are_sorted(keys, repeat):
+    if repeat:
+        keys = keys + keys[::2]  # (equal keys: str_order keeps them in index order)
+    assert speedups.sort_strs(list(keys)) == sorted(keys)
+    assert speedups.str_order(list(keys)) == sorted(range(len(keys)), key=keys.__getitem__)
+
+
+@built
+def test_sort_strs_on_many_keys_that_share_long_beginnings():
+    """Past the first numbers: keys of 300 characters that differ only near their end,
+    keys differing in trailing NULs, and a list large enough for the radix passes."""
+    import random
+
+    rnd = random.Random(3)
+    long = ["x" * 290 + "".join(rnd.choice("ab\x00\u0101") for _ in range(10))
+            for _ in range(500)]
+    nuls = ["k" + "\x00" * rnd.randrange(30) for _ in range(300)]
+    words = ["".join(rnd.choice("abcdefghij\xe9\u20ac") for _ in range(rnd.randrange(1, 12)))
+             for _ in range(20000)]
+    for keys in (long, nuls, words, long + nuls + words, sorted(words), sorted(words)[::-1]):
+        rnd.shuffle(keys) if keys is not words else None
+        assert speedups.sort_strs(keys) == sorted(keys)
+        assert speedups.str_order(keys) == sorted(range(len(keys)), key=keys.__getitem__)
+
+
+@built
+def test_sort_strs_leaves_what_is_not_exact_str_to_sorted():
+    class Name(str):
+        def __lt__(self, other):  # (a subclass may order itself otherwise)
+            return False
+
+    for keys in (["a", 1], ["a", b"b"], ["b", Name("a")], [None]):
+        assert speedups.sort_strs(keys) is None and speedups.str_order(keys) is None
+    assert speedups.sort_strs([]) == [] and speedups.str_order([]) == []
+    for bad in (("a", "b"), {"a": 1}, "ab", None):
+        with pytest.raises(TypeError):
+            speedups.sort_strs(bad)
+        with pytest.raises(TypeError):
+            speedups.str_order(bad)
+
+
+@built
+def test_reduce_and_the_sort_kernels_order_keys_the_same_with_and_without_c(monkeypatch):
+    from pymapreduce.rangesort import arg_sort
+
+    keys = ["b\u0100", "b\xff", "b", "a" * 9 + "z", "a" * 9 + "a", "\x00", ""] * 3
+    groups = {k: [1] for k in keys}
+    job = Counting()
+    fast = reduce_groups(job, groups), arg_sort(keys)
+    monkeypatch.setattr(speedups, "sort_strs", None)
+    monkeypatch.setattr(speedups, "str_order", None)
+    assert (reduce_groups(job, groups), arg_sort(keys)) == fast
+    assert fast[0][0] == sorted(groups)
+
+
+@built
+def test_sorting_holds_no_memory():
+    keys = [f"key{i % 50}" + "\u0100" * (i % 3) for i in range(2000)]
+    for _ in range(3):  # (warm)
+        speedups.sort_strs(keys), speedups.str_order(keys)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(200):
+        speedups.sort_strs(keys), speedups.str_order(keys), speedups.sort_strs(keys + [1])
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after - before < 64 * 1024
