@@ -521,6 +521,286 @@ group_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ---- A map task's partitions packed from its hash buckets ---------------------------
+ *
+ * What ``pack([keys, values, cuts])`` gives (msgpack, as patterns/records.py packs: the
+ * smallest form of each int, str8 allowed, floats as doubles) for each partition of a
+ * map task's buckets (buckets.py: ``join_buckets`` then ``pack``), written straight from
+ * the bucket lists: no joined lists, no packer's checks per item. Only None, bools,
+ * exact ints that fit 64 bits, exact floats and exact str whose UTF-8 exists are written
+ * here; at any other item the whole is left to the Python path (None returned), which
+ * packs what this cannot or raises what packing raises.
+ */
+
+typedef struct {
+    unsigned char *p;
+    size_t len, cap;
+} Buf;
+
+static int
+buf_grow(Buf *b, size_t more)
+{
+    if (b->cap - b->len >= more)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < more) {
+        if (cap > ((size_t)PY_SSIZE_T_MAX) / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    unsigned char *p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* ``n`` bytes of ``v``, most significant first */
+static inline void
+put_be(unsigned char *out, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        out[i] = (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+}
+
+static int
+put_head(Buf *b, unsigned char tag, uint64_t v, int n)
+{
+    if (buf_grow(b, 1 + (size_t)n) < 0)
+        return -1;
+    b->p[b->len] = tag;
+    put_be(b->p + b->len + 1, v, n);
+    b->len += 1 + (size_t)n;
+    return 0;
+}
+
+static int
+put_array_head(Buf *b, Py_ssize_t n)
+{
+    if (n < 16)
+        return put_head(b, (unsigned char)(0x90 | n), 0, 0);
+    if (n < 65536)
+        return put_head(b, 0xdc, (uint64_t)n, 2);
+    if ((uint64_t)n <= 0xFFFFFFFFu)
+        return put_head(b, 0xdd, (uint64_t)n, 4);
+    return 1;  /* (past msgpack: the Python path's error) */
+}
+
+/* an exact int, as msgpack's packer writes it; 1: too large for 64 bits (left) */
+static int
+put_int(Buf *b, PyObject *o)
+{
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0)
+        return 1;
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(o);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        return put_head(b, 0xcf, u, 8);
+    }
+    if (v >= 0) {
+        if (v < 128)
+            return put_head(b, (unsigned char)v, 0, 0);
+        if (v < 256)
+            return put_head(b, 0xcc, (uint64_t)v, 1);
+        if (v < 65536)
+            return put_head(b, 0xcd, (uint64_t)v, 2);
+        if (v <= 0xFFFFFFFFLL)
+            return put_head(b, 0xce, (uint64_t)v, 4);
+        return put_head(b, 0xcf, (uint64_t)v, 8);
+    }
+    if (v >= -32)
+        return put_head(b, (unsigned char)(0xe0 | (v & 0x1f)), 0, 0);
+    if (v >= -128)
+        return put_head(b, 0xd0, (uint64_t)v & 0xFF, 1);
+    if (v >= -32768)
+        return put_head(b, 0xd1, (uint64_t)v & 0xFFFF, 2);
+    if (v >= -2147483648LL)
+        return put_head(b, 0xd2, (uint64_t)v & 0xFFFFFFFFu, 4);
+    return put_head(b, 0xd3, (uint64_t)v, 8);
+}
+
+/* one item; 1: not one of the types written here (left to the Python path) */
+static int
+put_item(Buf *b, PyObject *o)
+{
+    if (PyUnicode_CheckExact(o)) {
+        Py_ssize_t n;
+        const char *data;
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(o) < 0)
+            return -1;
+#endif
+        if (PyUnicode_IS_ASCII(o)) {
+            data = (const char *)PyUnicode_1BYTE_DATA(o);
+            n = PyUnicode_GET_LENGTH(o);
+        }
+        else if ((data = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) {
+            PyErr_Clear();  /* (a lone surrogate: packing's own error, on its path) */
+            return 1;
+        }
+        int r;
+        if (n < 32)
+            r = put_head(b, (unsigned char)(0xa0 | n), 0, 0);
+        else if (n < 256)
+            r = put_head(b, 0xd9, (uint64_t)n, 1);
+        else if (n < 65536)
+            r = put_head(b, 0xda, (uint64_t)n, 2);
+        else if ((uint64_t)n <= 0xFFFFFFFFu)
+            r = put_head(b, 0xdb, (uint64_t)n, 4);
+        else
+            return 1;
+        if (r != 0 || buf_grow(b, (size_t)n) < 0)
+            return -1;
+        memcpy(b->p + b->len, data, (size_t)n);
+        b->len += (size_t)n;
+        return 0;
+    }
+    if (PyLong_CheckExact(o))
+        return put_int(b, o);
+    if (o == Py_None)
+        return put_head(b, 0xc0, 0, 0);
+    if (o == Py_False)
+        return put_head(b, 0xc2, 0, 0);
+    if (o == Py_True)
+        return put_head(b, 0xc3, 0, 0);
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        return put_head(b, 0xcb, bits, 8);
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(pack_buckets_doc,
+"pack_buckets(kb, vb, reducers) -> list of bytes, or None\n\n"
+"Each partition p of a map task's hash buckets (the lists kb[i] and vb[i] for i in\n"
+"range(p, len(kb), reducers)) packed as ``pack([keys, values, cuts])`` would pack it:\n"
+"``cuts`` the offsets where each bucket ends if every key is an exact str or every key\n"
+"an exact int, else True; b'' for a partition of no keys. None if an item is of a type\n"
+"not written here (the caller packs it all in Python).");
+
+static PyObject *
+pack_buckets(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pack_buckets takes kb, vb and reducers");
+        return NULL;
+    }
+    PyObject *kb = args[0], *vb = args[1];
+    if (!PyList_CheckExact(kb) || !PyList_CheckExact(vb)
+            || PyList_GET_SIZE(kb) != PyList_GET_SIZE(vb)) {
+        PyErr_SetString(PyExc_TypeError, "pack_buckets takes two lists of one length");
+        return NULL;
+    }
+    Py_ssize_t reducers = bucket_count(args[2], "pack_buckets");
+    if (reducers < 0)
+        return NULL;
+    Py_ssize_t nb = PyList_GET_SIZE(kb);
+    if (nb % reducers != 0) {
+        PyErr_SetString(PyExc_ValueError, "pack_buckets: buckets not a multiple of reducers");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        PyObject *ks = PyList_GET_ITEM(kb, i), *vs = PyList_GET_ITEM(vb, i);
+        if (!PyList_CheckExact(ks) || !PyList_CheckExact(vs)
+                || PyList_GET_SIZE(ks) != PyList_GET_SIZE(vs)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "pack_buckets: a bucket that is not two lists of one length");
+            return NULL;
+        }
+    }
+    /* (no Python code runs below: the items are exact types, the lists cannot change) */
+    Buf *bufs = PyMem_Calloc((size_t)reducers, sizeof(Buf));
+    if (bufs == NULL)
+        return PyErr_NoMemory();
+    PyObject *out = NULL;
+    int all_str = 1, all_int = 1, r = 0;
+    for (Py_ssize_t p = 0; p < reducers && r == 0; p++) {
+        Buf *b = &bufs[p];
+        Py_ssize_t total = 0;
+        for (Py_ssize_t i = p; i < nb; i += reducers)
+            total += PyList_GET_SIZE(PyList_GET_ITEM(kb, i));
+        if (total == 0)
+            continue;
+        if ((r = put_head(b, 0x93, 0, 0)) != 0 || (r = put_array_head(b, total)) != 0)
+            break;
+        for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+            PyObject *ks = PyList_GET_ITEM(kb, i);
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(ks) && r == 0; j++) {
+                PyObject *k = PyList_GET_ITEM(ks, j);
+                all_str &= PyUnicode_CheckExact(k);
+                all_int &= PyLong_CheckExact(k);
+                r = put_item(b, k);
+            }
+        }
+        if (r == 0)
+            r = put_array_head(b, total);
+        for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+            PyObject *vs = PyList_GET_ITEM(vb, i);
+            for (Py_ssize_t j = 0; j < PyList_GET_SIZE(vs) && r == 0; j++)
+                r = put_item(b, PyList_GET_ITEM(vs, j));
+        }
+    }
+    if (r != 0)
+        goto done;
+    /* each non-empty partition's third item: its buckets' ends, or True */
+    int cuts = all_str || all_int;
+    for (Py_ssize_t p = 0; p < reducers && r == 0; p++) {
+        Buf *b = &bufs[p];
+        if (b->len == 0)
+            continue;
+        if (!cuts) {
+            r = put_head(b, 0xc3, 0, 0);
+            continue;
+        }
+        r = put_array_head(b, nb / reducers);
+        Py_ssize_t end = 0;
+        for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+            end += PyList_GET_SIZE(PyList_GET_ITEM(kb, i));
+            PyObject *e = PyLong_FromSsize_t(end);
+            if (e == NULL) {
+                r = -1;
+                break;
+            }
+            r = put_int(b, e);
+            Py_DECREF(e);
+        }
+    }
+    if (r != 0)
+        goto done;
+    out = PyList_New(reducers);
+    for (Py_ssize_t p = 0; out != NULL && p < reducers; p++) {
+        PyObject *blob = PyBytes_FromStringAndSize((const char *)bufs[p].p,
+                                                   (Py_ssize_t)bufs[p].len);
+        if (blob == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, p, blob);
+    }
+done:
+    for (Py_ssize_t p = 0; p < reducers; p++)
+        PyMem_Free(bufs[p].p);
+    PyMem_Free(bufs);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 /* ---- Sorting a list of str: what sorted() gives, by prefixes first ------------------
  *
  * sorted() of many distinct str keys (a reduce task's 233,000 words) spends most of its
@@ -792,6 +1072,8 @@ static PyMethodDef methods[] = {
      bucket_groups_doc},
     {"group_pairs", (PyCFunction)(void (*)(void))group_pairs, METH_FASTCALL,
      group_pairs_doc},
+    {"pack_buckets", (PyCFunction)(void (*)(void))pack_buckets, METH_FASTCALL,
+     pack_buckets_doc},
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
     {NULL, NULL, 0, NULL}

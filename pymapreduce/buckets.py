@@ -36,6 +36,7 @@ from typing import Any
 from . import speedups
 from .job import Job, stable_hash
 from .ordering import as_pair, group_key
+from .patterns.records import pack
 
 BUCKETS = 32  # hash buckets per reduce partition
 # Segments decoded and merged bucket by bucket at a time. More reuse the cache better but
@@ -70,14 +71,37 @@ def join_buckets(kb: list[list], vb: list[list], reducers: int, kinds: int) -> l
     return parts
 
 
-def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
+class Packed(list):
+    """A map task's partitions packed (``b""`` for an empty one), as a task sends them."""
+
+
+def pack_parts(parts: list) -> Packed:
+    """Each partition ``(keys, values, third)`` packed as a list, ``b""`` if empty."""
+    # (as lists: a tuple would be packed twice, once inside its extension)
+    return Packed(pack(list(p)) if p[0] else b"" for p in parts)
+
+
+def bucket_parts(kb: list[list], vb: list[list], reducers: int, kinds: int,
+                 packed: bool = False) -> list:
+    """:func:`join_buckets`; ``packed``: its partitions packed (:func:`pack_parts`), in
+    C straight from the buckets when every key and value is of a type it writes
+    (``speedups.pack_buckets``: the same bytes, without the joined lists)."""
+    if packed:
+        fast = speedups.pack_buckets
+        if fast is not None and (out := fast(kb, vb, reducers)) is not None:
+            return Packed(out)
+        return pack_parts(join_buckets(kb, vb, reducers, kinds))
+    return join_buckets(kb, vb, reducers, kinds)
+
+
+def combine_buckets(groups: dict, combiner: Any, reducers: int, packed: bool = False) -> list:
     """``kernels.finish_map`` of a combining job partitioned by hash: each group
-    combined, then into its partition's hash bucket."""
+    combined, then into its partition's hash bucket (``packed``: :func:`bucket_parts`)."""
     n = reducers * BUCKETS
     fast = speedups.bucket_groups
     if fast is not None:  # (the loop below in C, each key combined as it is reached)
         kb, vb, kinds = fast(groups, n, stable_hash, combiner)
-        return join_buckets(kb, vb, reducers, kinds)
+        return bucket_parts(kb, vb, reducers, kinds, packed)
     kb = [[] for _ in range(n)]
     vb = [[] for _ in range(n)]
     kinds = 0  # key types other than str met: 2 int, 4 anything else
@@ -91,18 +115,19 @@ def combine_buckets(groups: dict, combiner: Any, reducers: int) -> list:
             p = stable_hash(k) % n
         kb[p].append(k)
         vb[p].append(v)
-    return join_buckets(kb, vb, reducers, kinds)
+    return bucket_parts(kb, vb, reducers, kinds, packed)
 
 
-def flat_buckets(job: Job, pairs: Any, reducers: int) -> list:
+def flat_buckets(job: Job, pairs: Any, reducers: int, packed: bool = False) -> list:
     """``kernels._partition_flat`` partitioned by hash: each pair checked (unless they
-    are a dict's items), then into its partition's hash bucket."""
+    are a dict's items), then into its partition's hash bucket (``packed``:
+    :func:`bucket_parts`)."""
     n = reducers * BUCKETS
     fast = speedups.bucket_pairs
     if fast is not None:  # (the loops below in C; None: a pair it leaves to them)
         done = fast(pairs, n, stable_hash if type(pairs) is DICT_ITEMS else None)
         if done is not None:
-            return join_buckets(done[0], done[1], reducers, done[2])
+            return bucket_parts(done[0], done[1], reducers, done[2], packed)
     kb: list[list] = [[] for _ in range(n)]
     vb: list[list] = [[] for _ in range(n)]
     kinds = 0
@@ -116,7 +141,7 @@ def flat_buckets(job: Job, pairs: Any, reducers: int) -> list:
                 p = stable_hash(k) % n
             kb[p].append(k)
             vb[p].append(v)
-        return join_buckets(kb, vb, reducers, kinds)
+        return bucket_parts(kb, vb, reducers, kinds, packed)
     for pair in pairs:
         if type(pair) is not tuple or len(pair) != 2:
             pair = as_pair(job, "map_final", pair)
@@ -135,7 +160,7 @@ def flat_buckets(job: Job, pairs: Any, reducers: int) -> list:
             p = stable_hash(k) % n
         kb[p].append(k)
         vb[p].append(v)
-    return join_buckets(kb, vb, reducers, kinds)
+    return bucket_parts(kb, vb, reducers, kinds, packed)
 
 
 def merge_whole(groups: dict, segments: Iterable, combined: bool) -> None:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from . import speedups
-from .buckets import DICT_ITEMS, combine_buckets, flat_buckets, merge_bucketed
+from .buckets import DICT_ITEMS, Packed, combine_buckets, flat_buckets, merge_bucketed, pack_parts
 from .errors import BadOutput, holding_value, short_repr
 from .job import Columns, Groups, Job, emits, is_map_only, job_steps, stable_hash
 from .ordering import (
@@ -333,7 +333,16 @@ def pair_final(job: Job, add_key: Any, add_value: Any) -> None:
         raise RecordFailed(_NO_RECORD) from _blame(job, _NO_RECORD, exc, out, "map_final")
 
 
-def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
+def finish_map_packed(job: Job, groups: Groups, reducers: int) -> list[bytes]:
+    """:func:`finish_map`'s partitions packed as a map task sends them (``b""`` for an
+    empty one); partitioned by hash, packed in C straight from the hash buckets where
+    it can (``buckets.bucket_parts``)."""
+    parts = finish_map(job, groups, reducers, packed=True)
+    return parts if isinstance(parts, Packed) else pack_parts(parts)
+
+
+def finish_map(job: Job, groups: Groups, reducers: int,
+               packed: bool = False) -> list[Columns]:
     """Combine each group (if the job has a combiner) and cut the groups into partitions.
 
     Each partition is ``(keys, values)``: with a combiner one combined value per key,
@@ -344,7 +353,7 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     buckets for the reduce side's merge (``buckets.py``).
     """
     if isinstance(groups, FlatPairs):
-        return _partition_flat(job, groups, reducers)
+        return _partition_flat(job, groups, reducers, packed)
     combiner = combiner_of(job)
     if combiner is None and job._has("value_key"):
         value_key = job.value_key
@@ -354,7 +363,7 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     if reducers == 1 and combiner is None:
         return [(list(groups), list(groups.values()))]
     if combiner is not None and _hashed(job):
-        return combine_buckets(groups, combiner, reducers)
+        return combine_buckets(groups, combiner, reducers, packed)
     choose = _chooser(job, reducers)
     hashed = choose is None  # the common case, inlined: stable_hash's str branch
     fast = speedups.bucket_pairs
@@ -381,14 +390,15 @@ def finish_map(job: Job, groups: Groups, reducers: int) -> list[Columns]:
     return parts
 
 
-def _partition_flat(job: Job, flat: FlatPairs, reducers: int) -> list[Columns]:
+def _partition_flat(job: Job, flat: FlatPairs, reducers: int,
+                    packed: bool = False) -> list[Columns]:
     """:func:`finish_map` of flat pairs, in one pass that checks each pair (as
     :func:`map_grouped` does), partitions it and appends it: segments ``(keys, values,
     True)``, True saying that each value is one value, not a key's list
     (:func:`merge_segments`); partitioned by hash, the third item is the list of the
     partition's hash buckets' ends instead (``buckets.py``), which says the same."""
     if _hashed(job):
-        return flat_buckets(job, flat.pairs, reducers)
+        return flat_buckets(job, flat.pairs, reducers, packed)
     kparts: list[list] = [[] for _ in range(reducers)]
     vparts: list[list] = [[] for _ in range(reducers)]
     choose = _chooser(job, reducers)

@@ -569,3 +569,88 @@ def test_sorting_holds_no_memory():
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert after - before < 64 * 1024
+
+
+# -- a map task's partitions packed from its buckets (pack_buckets) -------------------------
+
+ITEMS = st.one_of(
+    st.text(max_size=40), st.text(min_size=250, max_size=300),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1), st.floats(), st.none(),
+    st.booleans())
+
+
+def python_packed(kb, vb, reducers):
+    from pymapreduce.buckets import join_buckets, pack_parts
+
+    kinds = 0
+    for keys in kb:
+        for k in keys:
+            if type(k) is not str:
+                kinds |= 2 if type(k) is int else 4
+    return list(pack_parts(join_buckets(kb, vb, reducers, kinds)))
+
+
+@built
+@settings(max_examples=300)
+@given(st.lists(st.tuples(ITEMS, ITEMS), max_size=80), st.integers(1, 4),
+       st.sampled_from(["str", "int", "any"]))
+def test_pack_buckets_gives_the_bytes_pack_gives(pairs, reducers, keys):
+    if keys != "any":
+        kind = str if keys == "str" else int
+        pairs = [(k, v) for k, v in pairs if type(k) is kind]
+    n = reducers * 3
+    kb = [[] for _ in range(n)]
+    vb = [[] for _ in range(n)]
+    for i, (k, v) in enumerate(pairs):
+        kb[i % n].append(k)
+        vb[i % n].append(v)
+    assert speedups.pack_buckets(kb, vb, reducers) == python_packed(kb, vb, reducers)
+
+
+@built
+def test_pack_buckets_writes_every_size_of_str_and_int_as_msgpack_does():
+    keys = ["", "a" * 31, "a" * 32, "b" * 255, "c" * 256, "d" * 65535, "e" * 65536, "é" * 40,
+            "\U0001f600", "\x00"]
+    values = [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -1, -32, -33,
+              -128, -129, -32768, -32769, -2**31, -2**31 - 1, -2**63, 0.5, -0.0,
+              float("inf"), float("nan"), None, True, False]
+    width = max(len(keys), len(values))
+    kb = [keys + [f"k{i}" for i in range(width - len(keys))]]
+    vb = [values + [0] * (width - len(values))]
+    assert speedups.pack_buckets(kb, vb, 1) == python_packed(kb, vb, 1)
+    many = [[f"k{i}" for i in range(70000)]]  # (an array of more than 65,535 items)
+    assert speedups.pack_buckets(many, [list(range(70000))], 1) == python_packed(
+        many, [list(range(70000))], 1)
+
+
+@built
+def test_pack_buckets_leaves_other_types_to_python():
+    class Name(str):
+        pass
+
+    class Count(int):
+        pass
+
+    for odd in (2**64, -(2**63) - 1, "a\udcff", b"x", (1, 2), [1], {"a": 1}, Name("a"),
+                Count(1), 1j, frozenset()):
+        assert speedups.pack_buckets([["a", "b"]], [[1, odd]], 1) is None
+        assert speedups.pack_buckets([["a", odd]], [[1, 2]], 1) is None
+    for bad in (([[1]], [[1], []], 1), ([["a"]], [[1, 2]], 1), ([("a",)], [[1]], 1),
+                ([["a"], ["b"]], [[1], [2]], 3), ((["a"],), [[1]], 1), ([["a"]], [[1]], 0)):
+        with pytest.raises((TypeError, ValueError)):
+            speedups.pack_buckets(*bad)
+
+
+@built
+def test_map_tasks_send_the_same_bytes_with_and_without_pack_buckets(monkeypatch):
+    from pymapreduce.kernels import finish_map_packed
+
+    records = [(k, line.replace("\udcff", "")) for k, line in RECORDS]  # (packable)
+    outputs = {}
+    for on in (True, False):
+        if not on:
+            monkeypatch.setattr(speedups, "pack_buckets", None)
+        outputs[on] = [finish_map_packed(job, map_grouped(job, records), 3)
+                       for job in (Counting(), PerWord(), Combining(), YieldedFinal())]
+    assert outputs[True] == outputs[False]
+    assert all(any(out) for out in outputs[True])

@@ -32,6 +32,7 @@ from ..kernels import (
     RecordFailed,
     final_pairs,
     finish_map,
+    finish_map_packed,
     group_final,
     group_records,
     pair_final,
@@ -39,7 +40,6 @@ from ..kernels import (
     run_hook,
 )
 from ..ordering import combiner_of, range_bounds
-from ..patterns.records import pack
 from ..rangesort import RUNS, _incomparable, cut_runs, pack_runs
 from .budget import Budget, TaskFiles
 from .runs import CHUNK_PAIRS, ColumnsWriter, merge, order_of, sort_keys, triple_key, write_run
@@ -82,12 +82,12 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
     if not groups and not runs and combiner is None:
         flat = FlatPairs(job, final_pairs(job))
         try:
-            return _packed(finish_map(job, flat, reducers))
+            return finish_map_packed(job, flat, reducers)
         except Exception as exc:
             raise RecordFailed(_NO_RECORD) from exc
     group_final(job, groups)
     if not runs:  # it fitted: today's output, the same bytes
-        return _packed(finish_map(job, groups, reducers))
+        return finish_map_packed(job, groups, reducers)
     try:
         if groups:
             runs.append(_spill_groups(job, groups, reducers, files))
@@ -100,11 +100,6 @@ def map_spilling(job: Job, records: Iterable[tuple[Any, Any]], reducers: int,
         if named is exc:
             raise
         raise named from exc
-
-
-def _packed(parts: list) -> list:
-    # (as lists: a tuple would be packed twice, once inside its extension)
-    return [pack(list(p)) if p[0] else b"" for p in parts]
 
 
 def _spill_groups(job: Job, groups: dict, reducers: int, files: TaskFiles) -> Any:

@@ -11,7 +11,7 @@ from ..job import Columns, Job
 from ..kernels import (
     KeyFailed,
     RecordFailed,
-    finish_map,
+    finish_map_packed,
     map_grouped,
     map_pairs,
     merge_segments,
@@ -142,9 +142,7 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
             elif plain_sort(job):  # a total_order job without reduce: sorted runs
                 out = pack_runs(map_runs(job, source, reducers))
             else:
-                parts = finish_map(job, map_grouped(job, source), reducers)
-                # (as lists: a tuple would be packed twice, once inside its extension)
-                out = [pack(list(p)) if p[0] else b"" for p in parts]
+                out = finish_map_packed(job, map_grouped(job, source), reducers)
         except RecordFailed as exc:
             if isinstance(records, LineReader):
                 where["path"] = records.path
