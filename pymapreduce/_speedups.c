@@ -801,6 +801,176 @@ done:
     return out;
 }
 
+/* the bytes of partitions from per-bucket key and value bytes (bucket_pack) */
+static PyObject *
+join_packed(Buf *kbuf, Buf *vbuf, Py_ssize_t *count, Py_ssize_t reducers, Py_ssize_t nb,
+            int cuts)
+{
+    PyObject *out = PyList_New(reducers);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t p = 0; p < reducers; p++) {
+        Py_ssize_t total = 0;
+        size_t bytes = 0;
+        for (Py_ssize_t i = p; i < nb; i += reducers) {
+            total += count[i];
+            bytes += kbuf[i].len + vbuf[i].len;
+        }
+        Buf b = {NULL, 0, 0};
+        int r = 0;
+        if (total > 0) {
+            r = buf_grow(&b, bytes + 32 + 9 * (size_t)(nb / reducers));
+            if (r == 0)
+                r = put_head(&b, 0x93, 0, 0);
+            if (r == 0)
+                r = put_array_head(&b, total);
+            for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+                memcpy(b.p + b.len, kbuf[i].p, kbuf[i].len);  /* (room made above) */
+                b.len += kbuf[i].len;
+            }
+            if (r == 0)
+                r = put_array_head(&b, total);
+            for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+                if ((r = buf_grow(&b, vbuf[i].len)) == 0) {
+                    memcpy(b.p + b.len, vbuf[i].p, vbuf[i].len);
+                    b.len += vbuf[i].len;
+                }
+            }
+            if (r == 0 && !cuts)
+                r = put_head(&b, 0xc3, 0, 0);
+            else if (r == 0) {
+                r = put_array_head(&b, nb / reducers);
+                Py_ssize_t end = 0;
+                for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
+                    end += count[i];
+                    PyObject *e = PyLong_FromSsize_t(end);
+                    if (e == NULL)
+                        r = -1;
+                    else {
+                        r = put_int(&b, e);
+                        Py_DECREF(e);
+                    }
+                }
+            }
+        }
+        PyObject *blob = r == 0 ? PyBytes_FromStringAndSize((const char *)b.p,
+                                                            (Py_ssize_t)b.len) : NULL;
+        PyMem_Free(b.p);
+        if (blob == NULL) {
+            Py_DECREF(out);
+            if (r > 0 && !PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "bucket_pack: a partition past msgpack");
+            return NULL;
+        }
+        PyList_SET_ITEM(out, p, blob);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(bucket_pack_doc,
+"bucket_pack(pairs, reducers, buckets) -> list of bytes, or None\n\n"
+"bucket_pairs then pack_buckets in one pass, for pairs that are a dict's items or a\n"
+"list of 2-tuples: each pair's key and value packed into its hash bucket's bytes as it\n"
+"is reached (no bucket lists; each key read once). None, having changed nothing, at\n"
+"the first pair that is not a 2-tuple, key that is not an exact str or int, or item\n"
+"that pack_buckets would leave: the caller's bucket_pairs and packing do it all.");
+
+static PyObject *
+bucket_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "bucket_pack takes pairs, reducers and buckets");
+        return NULL;
+    }
+    PyObject *pairs = args[0];
+    Py_ssize_t reducers = bucket_count(args[1], "bucket_pack");
+    if (reducers < 0)
+        return NULL;
+    Py_ssize_t per = bucket_count(args[2], "bucket_pack");
+    if (per < 0)
+        return NULL;
+    if (reducers > PY_SSIZE_T_MAX / per / (Py_ssize_t)(2 * sizeof(Buf) + sizeof(Py_ssize_t)))
+        return PyErr_NoMemory();
+    Py_ssize_t nb = reducers * per;
+    int is_list = PyList_CheckExact(pairs);
+    if (!is_list && !PyDictItems_Check(pairs))
+        Py_RETURN_NONE;  /* (iterables whose iteration may run code: not here) */
+    PyObject *n_obj = PyLong_FromSsize_t(nb);
+    Buf *kbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
+    Buf *vbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
+    Py_ssize_t *count = PyMem_Calloc((size_t)nb, sizeof(Py_ssize_t));
+    PyObject *out = NULL, *it = NULL, *item = NULL;
+    int r = 0, all_str = 1, all_int = 1;
+    if (n_obj == NULL || kbuf == NULL || vbuf == NULL || count == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    /* (no Python code runs in this loop: a list's items or a dict's, iterated in C,
+     * exact str and int keys hashed in C, items written in C; nothing can change the
+     * pairs under it) */
+    Py_ssize_t i = 0, n = is_list ? PyList_GET_SIZE(pairs) : 0;
+    if (!is_list && (it = PyObject_GetIter(pairs)) == NULL) {
+        r = -1;
+        goto done;
+    }
+    for (;;) {
+        PyObject *k, *v;
+        if (is_list) {
+            if (i >= n)
+                break;
+            item = PyList_GET_ITEM(pairs, i++);
+        }
+        else {
+            Py_XDECREF(item);  /* (the last one: its tuple may be reused for the next) */
+            if ((item = PyIter_Next(it)) == NULL) {
+                r = PyErr_Occurred() ? -1 : 0;
+                break;
+            }
+        }
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            r = 1;
+            break;
+        }
+        k = PyTuple_GET_ITEM(item, 0);
+        v = PyTuple_GET_ITEM(item, 1);
+        long kinds = 0;
+        if (!PyUnicode_CheckExact(k) && !PyLong_CheckExact(k)) {
+            r = 1;
+            break;
+        }
+        Py_ssize_t b = key_bucket(k, n_obj, nb, Py_None, &kinds);
+        if (b < 0) {
+            r = -1;
+            break;
+        }
+        all_str &= kinds == 0;
+        all_int &= kinds != 0;
+        if ((r = put_item(&kbuf[b], k)) != 0 || (r = put_item(&vbuf[b], v)) != 0)
+            break;
+        count[b]++;
+    }
+    if (r == 0)
+        out = join_packed(kbuf, vbuf, count, reducers, nb, all_str || all_int);
+done:
+    if (!is_list)
+        Py_XDECREF(item);
+    Py_XDECREF(it);
+    if (kbuf != NULL)
+        for (Py_ssize_t j = 0; j < nb; j++)
+            PyMem_Free(kbuf[j].p);
+    if (vbuf != NULL)
+        for (Py_ssize_t j = 0; j < nb; j++)
+            PyMem_Free(vbuf[j].p);
+    PyMem_Free(kbuf);
+    PyMem_Free(vbuf);
+    PyMem_Free(count);
+    Py_XDECREF(n_obj);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 /* ---- Sorting a list of str: what sorted() gives, by prefixes first ------------------
  *
  * sorted() of many distinct str keys (a reduce task's 233,000 words) spends most of its
@@ -1074,6 +1244,8 @@ static PyMethodDef methods[] = {
      group_pairs_doc},
     {"pack_buckets", (PyCFunction)(void (*)(void))pack_buckets, METH_FASTCALL,
      pack_buckets_doc},
+    {"bucket_pack", (PyCFunction)(void (*)(void))bucket_pack, METH_FASTCALL,
+     bucket_pack_doc},
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
     {NULL, NULL, 0, NULL}

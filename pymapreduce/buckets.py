@@ -123,6 +123,11 @@ def flat_buckets(job: Job, pairs: Any, reducers: int, packed: bool = False) -> l
     are a dict's items), then into its partition's hash bucket (``packed``:
     :func:`bucket_parts`)."""
     n = reducers * BUCKETS
+    if packed and (one_pass := speedups.bucket_pack) is not None:
+        # bucketed and packed in one pass over the pairs, each key read once (None:
+        # a pair, key or value it does not write, and nothing done: the ways below)
+        if (out := one_pass(pairs, reducers, BUCKETS)) is not None:
+            return Packed(out)
     fast = speedups.bucket_pairs
     if fast is not None:  # (the loops below in C; None: a pair it leaves to them)
         done = fast(pairs, n, stable_hash if type(pairs) is DICT_ITEMS else None)

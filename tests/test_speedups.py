@@ -654,3 +654,74 @@ def test_map_tasks_send_the_same_bytes_with_and_without_pack_buckets(monkeypatch
                        for job in (Counting(), PerWord(), Combining(), YieldedFinal())]
     assert outputs[True] == outputs[False]
     assert all(any(out) for out in outputs[True])
+
+
+@built
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.one_of(st.text(max_size=20), st.integers(-(2**63), 2**64 - 1)),
+                          ITEMS), max_size=80),
+       st.integers(1, 4), st.sampled_from(["str", "int", "any"]), st.booleans())
+def test_bucket_pack_is_bucket_pairs_then_packing(pairs, reducers, keys, as_dict):
+    from pymapreduce.buckets import flat_buckets, pack_parts
+
+    if keys != "any":
+        kind = str if keys == "str" else int
+        pairs = [(k, v) for k, v in pairs if type(k) is kind]
+    if as_dict:
+        pairs = dict(pairs).items()
+    slow = list(pack_parts(flat_buckets(Counting(), pairs, reducers)))
+    assert speedups.bucket_pack(pairs, reducers, BUCKETS) == slow
+    assert flat_buckets(Counting(), pairs, reducers, packed=True) == slow
+
+
+@built
+def test_bucket_pack_leaves_odd_pairs_and_iterables_untouched():
+    """None at anything it does not write, having consumed nothing the caller needs: the
+    caller's loops then check and pack the same pairs."""
+    from pymapreduce.buckets import flat_buckets
+
+    good = [(f"k{i}", i) for i in range(50)]
+    for odd in (("a", 1, 2), ["a", 1], None, (1.5, 1), ((1, 2), 1), (b"k", 1), (True, 1),
+                ("a\udcff", 1), ("a", 2**64), ("a", b"v"), ("a", (1,)), (2**70, 1)):
+        pairs = good + [odd] + good
+        assert speedups.bucket_pack(pairs, 2, BUCKETS) is None
+        if type(odd) is tuple and len(odd) == 2 and type(odd[0]) is not tuple:
+            try:
+                expected = flat_buckets(Counting(), pairs, 2, packed=False)
+            except Exception as exc:  # (what packing raises, either way)
+                with pytest.raises(type(exc)):
+                    flat_buckets(Counting(), pairs, 2, packed=True)
+            else:
+                from pymapreduce.buckets import pack_parts
+
+                try:
+                    packed = list(pack_parts(expected))
+                except Exception as exc:
+                    with pytest.raises(type(exc)):
+                        flat_buckets(Counting(), pairs, 2, packed=True)
+                else:
+                    assert flat_buckets(Counting(), pairs, 2, packed=True) == packed
+    for other in (iter(good), tuple(good), (p for p in good), {"a": 1}):
+        assert speedups.bucket_pack(other, 2, BUCKETS) is None
+    for bad in ((good, 0, BUCKETS), (good, 2, 0), (good, "2", BUCKETS)):
+        with pytest.raises((TypeError, ValueError)):
+            speedups.bucket_pack(*bad)
+
+
+@built
+def test_packing_holds_no_memory():
+    pairs = [(f"key{i}", i) for i in range(500)] + [("é" * 40, 1.5), ("n", None)]
+    odd = pairs + [(1.5, 1)]
+    kb = [[f"k{i}"] for i in range(64)]
+    vb = [[i] for i in range(64)]
+    for _ in range(3):
+        speedups.bucket_pack(pairs, 2, BUCKETS), speedups.pack_buckets(kb, vb, 2)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(300):
+        speedups.bucket_pack(pairs, 2, BUCKETS), speedups.bucket_pack(odd, 2, BUCKETS)
+        speedups.bucket_pack(dict(pairs).items(), 3, BUCKETS)
+        speedups.pack_buckets(kb, vb, 2), speedups.pack_buckets(kb, vb[:-1] + [[b"x"]], 2)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert after - before < 64 * 1024
