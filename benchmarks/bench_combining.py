@@ -177,7 +177,7 @@ def profile(files: list[str]) -> list[tuple[str, str, float]]:
     """CPU seconds of each step of both sides, run one after the other in this process
     (no sockets, no parallelism): where the time goes, robust to a busy machine in a way
     that wall-clock figures are not. Returns ``(side, step, seconds)`` rows."""
-    from pymapreduce.kernels import finish_map, map_grouped, merge_segments, reduce_groups
+    from pymapreduce.kernels import finish_map_packed, map_grouped, merge_segments, reduce_groups
     from pymapreduce.lines import read_split
     from pymapreduce.patterns.records import pack, paused_gc, unpack, unpack_columns
 
@@ -200,10 +200,9 @@ def profile(files: list[str]) -> list[tuple[str, str, float]]:
             add("pymapreduce", "read, call map per line (map task)", loop)
             groups, t = _cpu(map_grouped, job, read_split(ranges))
             add("pymapreduce", "group map_final's pairs (map task)", max(0.0, t - loop))
-            parts, t = _cpu(finish_map, job, groups, WORKERS)
-            add("pymapreduce", "partition (map task)", t)
-            blobs, t = _cpu(lambda parts: [pack(list(p)) for p in parts], parts)
-            add("pymapreduce", "encode partitions (map task)", t)
+            # (as a map task does it: partitioned and packed, in one pass where it can)
+            blobs, t = _cpu(finish_map_packed, job, groups, WORKERS)
+            add("pymapreduce", "partition and encode (map task)", t)
             segments.append(blobs)
 
         def merge_pool(pickles):

@@ -971,23 +971,148 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(bucket_groups_pack_doc,
+"bucket_groups_pack(groups, reducers, buckets, combiner) -> list of bytes, or None\n\n"
+"bucket_groups then pack_buckets in one pass over a dict of lists: each list made one\n"
+"value (its only item, or ``combiner(key, values)`` called as the key is reached), the\n"
+"key and value packed into the key's hash bucket's bytes. None at the first key that\n"
+"is not an exact str or int or value that pack_buckets would leave; each key combined\n"
+"until then has its value put back in ``groups`` as a list of one, so that the\n"
+"caller's own loops, run next, call the combiner for no key twice.");
+
+static PyObject *
+bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bucket_groups_pack takes groups, reducers, buckets and combiner");
+        return NULL;
+    }
+    PyObject *groups = args[0], *combiner = args[3];
+    if (!PyDict_Check(groups)) {
+        PyErr_SetString(PyExc_TypeError, "bucket_groups_pack takes a dict");
+        return NULL;
+    }
+    Py_ssize_t reducers = bucket_count(args[1], "bucket_groups_pack");
+    if (reducers < 0)
+        return NULL;
+    Py_ssize_t per = bucket_count(args[2], "bucket_groups_pack");
+    if (per < 0)
+        return NULL;
+    if (reducers > PY_SSIZE_T_MAX / per / (Py_ssize_t)(2 * sizeof(Buf) + sizeof(Py_ssize_t)))
+        return PyErr_NoMemory();
+    Py_ssize_t nb = reducers * per;
+    PyObject *n_obj = PyLong_FromSsize_t(nb), *out = NULL;
+    PyObject *combined = PyList_New(0);  /* keys and values combined so far, in turn */
+    Buf *kbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
+    Buf *vbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
+    Py_ssize_t *count = PyMem_Calloc((size_t)nb, sizeof(Py_ssize_t));
+    int r = 0, all_str = 1, all_int = 1;
+    if (n_obj == NULL || combined == NULL || kbuf == NULL || vbuf == NULL || count == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        r = -1;
+        goto done;
+    }
+    Py_ssize_t pos = 0, size = PyDict_GET_SIZE(groups);
+    PyObject *k, *values;
+    while (PyDict_Next(groups, &pos, &k, &values)) {
+        if (!PyUnicode_CheckExact(k) && !PyLong_CheckExact(k)) {
+            r = 1;
+            break;
+        }
+        if (!PyList_CheckExact(values)) {
+            PyErr_SetString(PyExc_TypeError, "bucket_groups_pack: a group that is not a list");
+            r = -1;
+            break;
+        }
+        Py_INCREF(k);  /* (held: the combiner runs Python code) */
+        PyObject *v;
+        if (PyList_GET_SIZE(values) == 1) {
+            v = PyList_GET_ITEM(values, 0);
+            Py_INCREF(v);
+        }
+        else {
+            v = PyObject_CallFunctionObjArgs(combiner, k, values, NULL);
+            if (v != NULL && PyDict_GET_SIZE(groups) != size) {
+                PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+                Py_CLEAR(v);
+            }
+            if (v != NULL && (PyList_Append(combined, k) < 0
+                              || PyList_Append(combined, v) < 0))
+                Py_CLEAR(v);
+        }
+        if (v == NULL) {
+            Py_DECREF(k);
+            r = -1;
+            break;
+        }
+        long kinds = 0;
+        Py_ssize_t b = key_bucket(k, n_obj, nb, Py_None, &kinds);
+        if (b < 0)
+            r = -1;
+        else if ((r = put_item(&kbuf[b], k)) == 0 && (r = put_item(&vbuf[b], v)) == 0) {
+            all_str &= kinds == 0;
+            all_int &= kinds != 0;
+            count[b]++;
+        }
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (r != 0)
+            break;
+    }
+    if (r == 0)
+        out = join_packed(kbuf, vbuf, count, reducers, nb, all_str || all_int);
+done:
+    if (r > 0 && combined != NULL) {
+        /* left to the caller: what was combined goes back as lists of one */
+        for (Py_ssize_t i = 0; i + 1 < PyList_GET_SIZE(combined) && r > 0; i += 2) {
+            PyObject *one = PyList_New(1);
+            if (one == NULL) {
+                r = -1;
+                break;
+            }
+            PyObject *v = PyList_GET_ITEM(combined, i + 1);
+            Py_INCREF(v);
+            PyList_SET_ITEM(one, 0, v);
+            if (PyDict_SetItem(groups, PyList_GET_ITEM(combined, i), one) < 0)
+                r = -1;
+            Py_DECREF(one);
+        }
+    }
+    if (kbuf != NULL)
+        for (Py_ssize_t j = 0; j < nb; j++)
+            PyMem_Free(kbuf[j].p);
+    if (vbuf != NULL)
+        for (Py_ssize_t j = 0; j < nb; j++)
+            PyMem_Free(vbuf[j].p);
+    PyMem_Free(kbuf);
+    PyMem_Free(vbuf);
+    PyMem_Free(count);
+    Py_XDECREF(n_obj);
+    Py_XDECREF(combined);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 /* ---- Sorting a list of str: what sorted() gives, by prefixes first ------------------
  *
  * sorted() of many distinct str keys (a reduce task's 233,000 words) spends most of its
  * time in comparisons that each read two keys lying anywhere in memory. Here each key is
- * read once for a number made of its first 8 characters, the numbers are sorted by radix
- * (a few passes over a compact array), and only keys whose numbers tie are compared
- * whole. Code point order, as str's own comparison; stable, as sorted().
+ * read once for a number made of its first 8 bytes of UTF-8, the numbers are sorted by
+ * radix (a few passes over a compact array), and only keys whose numbers tie are looked
+ * at again. Code point order, as str's own comparison; stable, as sorted().
  *
- * The number: characters d..d+7 of the key as bytes, most significant first, each its
- * code point if below 255; a character of 255 or more is written as 255 and ends the
- * number (the bytes after it are 0), and so does the key's end. If a's number is less
- * than b's, a < b: at the first byte that differs either both characters are below 255
- * (then they differ as the bytes do), or b's is 255 or more and a's below it, or a ended
- * there and b goes on. Equal numbers say nothing: those keys are compared again, from
- * character d+8 when their number has no byte 255, or whole by PyUnicode_Compare
- * otherwise (and past MAX_DEPTH characters, so that keys sharing a long beginning cost
- * no deeper recursion).
+ * Why the numbers order the keys: UTF-8 bytes compared one by one order code point
+ * sequences as the code points do (lone surrogates included, written as their 3 bytes),
+ * and a key that ends is read as 0 bytes, below every character's first byte but NUL's.
+ * So if a's number is less than b's, a < b. Equal numbers: the same leading complete
+ * characters, read on from where they end, unless a key ended within the 8 bytes (then
+ * it ties only with keys that go on with NULs or end too: whole comparisons settle it).
+ * A group of keys that share a long beginning skips it in one pass (their common prefix,
+ * measured), and past MAX_LEVELS rounds the keys left are compared whole, so no input
+ * costs deep recursion. A list already in order is found in one pass and kept as it is.
  */
 
 typedef struct {
@@ -995,25 +1120,59 @@ typedef struct {
     Py_ssize_t at;      /* the key's index in the list */
 } SortItem;
 
-#define MAX_DEPTH 256
+/* what prefix_of says besides the number, kept in the top bits of ``at`` (an index into
+ * a list is far below 2**48): the characters wholly in it, and whether the key ended */
+#define AT_MASK (((Py_ssize_t)1 << 48) - 1)
+#define AT(item) ((item).at & AT_MASK)
+#define USED(item) (((item).at >> 48) & 0xF)
+#define ENDED(item) (((item).at >> 52) & 0x1)
+
+#define MAX_LEVELS 32
 #define SMALL_RUN 12
 
+/* the number of key from character d: its UTF-8 bytes, most significant first, 0 past
+ * its end; *used: the characters wholly in it; *ended: whether the key ended in it */
 static uint64_t
-prefix_of(PyObject *key, Py_ssize_t d)
+prefix_of(PyObject *key, Py_ssize_t d, Py_ssize_t *used, int *ended)
 {
-    Py_ssize_t len = PyUnicode_GET_LENGTH(key);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(key), i = d, whole = 0;
     int kind = PyUnicode_KIND(key);
     const void *data = PyUnicode_DATA(key);
     uint64_t pre = 0;
-    int shift = 56;
-    for (Py_ssize_t i = d; i < len && shift >= 0; i++, shift -= 8) {
-        Py_UCS4 ch = PyUnicode_READ(kind, data, i);
-        if (ch >= 255) {
-            pre |= (uint64_t)255 << shift;
-            break;
+    int room = 8;  /* (bytes of the number not yet written) */
+    while (room > 0 && i < len) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, i++);
+        unsigned char u[4];
+        int n;
+        if (ch < 0x80) {
+            u[0] = (unsigned char)ch;
+            n = 1;
         }
-        pre |= (uint64_t)ch << shift;
+        else if (ch < 0x800) {
+            u[0] = (unsigned char)(0xC0 | (ch >> 6));
+            u[1] = (unsigned char)(0x80 | (ch & 0x3F));
+            n = 2;
+        }
+        else if (ch < 0x10000) {
+            u[0] = (unsigned char)(0xE0 | (ch >> 12));
+            u[1] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+            u[2] = (unsigned char)(0x80 | (ch & 0x3F));
+            n = 3;
+        }
+        else {
+            u[0] = (unsigned char)(0xF0 | (ch >> 18));
+            u[1] = (unsigned char)(0x80 | ((ch >> 12) & 0x3F));
+            u[2] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+            u[3] = (unsigned char)(0x80 | (ch & 0x3F));
+            n = 4;
+        }
+        int j = 0;
+        for (; j < n && room > 0; j++, room--)
+            pre |= (uint64_t)u[j] << (8 * (room - 1));
+        whole += j == n;  /* (a character cut short is read whole at the next level) */
     }
+    *ended = i >= len && room > 0;
+    *used = whole;
     return pre;
 }
 
@@ -1050,15 +1209,17 @@ radix_sort(SortItem *items, SortItem *tmp, Py_ssize_t n)
         memcpy(items, from, (size_t)n * sizeof(SortItem));
 }
 
-/* keys[a.at] < keys[b.at], whole, ties by position (stable) */
+/* the key of a before the key of b, whole, ties by position (stable) */
 static int
 whole_less(PyObject **keys, const SortItem *a, const SortItem *b)
 {
-    int c = PyUnicode_Compare(keys[a->at], keys[b->at]);  /* (exact str: no error) */
-    return c < 0 || (c == 0 && a->at < b->at);
+    PyObject *x = keys[AT(*a)], *y = keys[AT(*b)];
+    int c = x == y ? 0 : PyUnicode_Compare(x, y);  /* (exact str: no error) */
+    return c < 0 || (c == 0 && AT(*a) < AT(*b));
 }
 
-/* a stable merge sort of items by whole key; ``tmp`` as long as ``items`` */
+/* a stable merge sort of items by whole key; ``tmp`` as long as ``items``. In order
+ * already (a run of equal keys, sorted input): one comparison per item */
 static void
 merge_sort(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n)
 {
@@ -1089,22 +1250,51 @@ merge_sort(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n)
     memcpy(items, tmp, (size_t)n * sizeof(SortItem));
 }
 
+/* the characters every key of items shares from character d on */
+static Py_ssize_t
+common_prefix(PyObject **keys, const SortItem *items, Py_ssize_t n, Py_ssize_t d)
+{
+    PyObject *first = keys[AT(items[0])];
+    int fk = PyUnicode_KIND(first);
+    const void *fd = PyUnicode_DATA(first);
+    Py_ssize_t lcp = PyUnicode_GET_LENGTH(first) - d;
+    for (Py_ssize_t i = 1; i < n && lcp > 0; i++) {
+        PyObject *key = keys[AT(items[i])];
+        Py_ssize_t len = PyUnicode_GET_LENGTH(key) - d, j = 0;
+        if (len < lcp)
+            lcp = len;
+        if (key == first)
+            continue;
+        int kk = PyUnicode_KIND(key);
+        const void *kd = PyUnicode_DATA(key);
+        if (kk == fk && memcmp((const char *)fd + d * fk, (const char *)kd + d * kk,
+                               (size_t)(lcp * fk)) == 0)
+            continue;  /* (the whole of it shared: one memcmp) */
+        while (j < lcp && PyUnicode_READ(fk, fd, d + j) == PyUnicode_READ(kk, kd, d + j))
+            j++;
+        lcp = j;
+    }
+    return lcp > 0 ? lcp : 0;
+}
+
 /* items (positions into keys) sorted by their keys from character d on, the characters
  * before d being equal among them; stable */
 static void
-sort_from(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n, Py_ssize_t d)
+sort_from(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n, Py_ssize_t d,
+          int level)
 {
-    if (n < 2)
-        return;
-    if (d >= MAX_DEPTH) {
+    if (n <= SMALL_RUN || level >= MAX_LEVELS) {
         merge_sort(keys, items, tmp, n);
         return;
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        items[i].pre = prefix_of(keys[items[i].at], d);
-    if (n <= SMALL_RUN) {
-        merge_sort(keys, items, tmp, n);
-        return;
+    if (level > 0)  /* (a tie: skip what its keys all share, in one pass) */
+        d += common_prefix(keys, items, n, d);
+    Py_ssize_t used;
+    int ended;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = AT(items[i]);
+        items[i].pre = prefix_of(keys[at], d, &used, &ended);
+        items[i].at = at | (used << 48) | ((Py_ssize_t)ended << 52);
     }
     radix_sort(items, tmp, n);
     Py_ssize_t start = 0;
@@ -1112,24 +1302,18 @@ sort_from(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n, Py_ssiz
         if (i < n && items[i].pre == items[start].pre)
             continue;
         if (i - start > 1) {
-            /* a tie. A byte 255 in the number: a character of 255 or more, which ends
-             * what the number says (whole comparisons settle it). Else the same 8
-             * characters, or keys that ended: if every one of them ended within these
-             * 8, they are equal or differ by trailing NUL characters (whole
-             * comparisons again); else on to the next 8 */
-            uint64_t pre = items[start].pre;
-            int more = 1;
-            for (int b = 0; b < 8 && more; b++)
-                more = ((pre >> (8 * b)) & 0xFF) != 0xFF;
-            if (more) {
-                more = 0;
-                for (Py_ssize_t j = start; j < i && !more; j++)
-                    more = PyUnicode_GET_LENGTH(keys[items[j].at]) > d + 8;
-            }
-            if (more)
-                sort_from(keys, items + start, tmp + start, i - start, d + 8);
-            else
+            /* a tie: the same leading characters, read on after them; or, if a key
+             * ended within these 8 bytes, keys that are equal or go on with NULs
+             * (whole comparisons: NULs are rare in text) */
+            Py_ssize_t go_used = USED(items[start]);
+            int any_ended = 0;
+            for (Py_ssize_t j = start; j < i && !any_ended; j++)
+                any_ended = (int)ENDED(items[j]);
+            if (any_ended || go_used < 1)
                 merge_sort(keys, items + start, tmp + start, i - start);
+            else
+                sort_from(keys, items + start, tmp + start, i - start, d + go_used,
+                          level + 1);
         }
         start = i;
     }
@@ -1146,6 +1330,8 @@ str_sort_items(PyObject *keys, Py_ssize_t *n_out)
         PyErr_NoMemory();
         return NULL;
     }
+    if (n > AT_MASK)
+        return NULL;  /* (past what an item's index holds: sorted() does it) */
     PyObject **items = ((PyListObject *)keys)->ob_item;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (!PyUnicode_CheckExact(items[i]))
@@ -1155,6 +1341,8 @@ str_sort_items(PyObject *keys, Py_ssize_t *n_out)
             return NULL;
 #endif
     }
+    /* (no Python code runs from here on, and nothing the collector could be started
+     * by is allocated: the list cannot change under the sort) */
     SortItem *buf = PyMem_Malloc((size_t)(n ? 2 * n : 1) * sizeof(SortItem));
     if (buf == NULL) {
         PyErr_NoMemory();
@@ -1162,8 +1350,21 @@ str_sort_items(PyObject *keys, Py_ssize_t *n_out)
     }
     for (Py_ssize_t i = 0; i < n; i++)
         buf[i].at = i;
-    /* (no Python code runs from here on: the list cannot change under the sort) */
-    sort_from(items, buf, buf + n, n, 0);
+    /* a list in order already is kept, and one in strictly descending order reversed
+     * (as sorted() finds them, in one pass) */
+    Py_ssize_t up = 1, down = 1;
+    while (up < n && (items[up] == items[up - 1] ||
+                      PyUnicode_Compare(items[up - 1], items[up]) <= 0))
+        up++;
+    if (up == 1)
+        while (down < n && items[down] != items[down - 1] &&
+               PyUnicode_Compare(items[down - 1], items[down]) > 0)
+            down++;
+    if (up < n && down == n)
+        for (Py_ssize_t i = 0; i < n; i++)
+            buf[i].at = n - 1 - i;
+    else if (up < n)
+        sort_from(items, buf, buf + n, n, 0, 0);
     return buf;
 }
 
@@ -1180,21 +1381,25 @@ sort_strs(PyObject *module, PyObject *keys)
         PyErr_SetString(PyExc_TypeError, "sort_strs takes a list");
         return NULL;
     }
+    /* (the result's list made first: making it may start the collector, whose
+     * finalizers may change ``keys``; nothing after it does) */
+    PyObject *out = PyList_New(PyList_GET_SIZE(keys));
+    if (out == NULL)
+        return NULL;
     Py_ssize_t n;
     SortItem *order = str_sort_items(keys, &n);
-    if (order == NULL) {
+    if (order == NULL || n != PyList_GET_SIZE(out)) {
+        PyMem_Free(order);
+        Py_DECREF(out);
         if (PyErr_Occurred())
             return NULL;
-        Py_RETURN_NONE;
+        Py_RETURN_NONE;  /* (not all exact str, or changed: sorted() does it) */
     }
-    PyObject *out = PyList_New(n);
-    if (out != NULL) {
-        PyObject **items = ((PyListObject *)keys)->ob_item;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *k = items[order[i].at];
-            Py_INCREF(k);
-            PyList_SET_ITEM(out, i, k);
-        }
+    PyObject **items = ((PyListObject *)keys)->ob_item;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = items[AT(order[i])];
+        Py_INCREF(k);
+        PyList_SET_ITEM(out, i, k);
     }
     PyMem_Free(order);
     return out;
@@ -1222,7 +1427,7 @@ str_order(PyObject *module, PyObject *keys)
     }
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *at = PyLong_FromSsize_t(order[i].at);
+        PyObject *at = PyLong_FromSsize_t(AT(order[i]));
         if (at == NULL)
             Py_CLEAR(out);
         else
@@ -1246,6 +1451,8 @@ static PyMethodDef methods[] = {
      pack_buckets_doc},
     {"bucket_pack", (PyCFunction)(void (*)(void))bucket_pack, METH_FASTCALL,
      bucket_pack_doc},
+    {"bucket_groups_pack", (PyCFunction)(void (*)(void))bucket_groups_pack, METH_FASTCALL,
+     bucket_groups_pack_doc},
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
     {NULL, NULL, 0, NULL}

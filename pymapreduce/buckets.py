@@ -98,6 +98,12 @@ def combine_buckets(groups: dict, combiner: Any, reducers: int, packed: bool = F
     """``kernels.finish_map`` of a combining job partitioned by hash: each group
     combined, then into its partition's hash bucket (``packed``: :func:`bucket_parts`)."""
     n = reducers * BUCKETS
+    if packed and (one_pass := speedups.bucket_groups_pack) is not None:
+        # combined, bucketed and packed in one pass, each key read once (None: a key or
+        # value it does not write; the keys it combined are lists of one again, so the
+        # ways below call the combiner for none of them twice)
+        if (out := one_pass(groups, reducers, BUCKETS, combiner)) is not None:
+            return Packed(out)
     fast = speedups.bucket_groups
     if fast is not None:  # (the loop below in C, each key combined as it is reached)
         kb, vb, kinds = fast(groups, n, stable_hash, combiner)

@@ -3,8 +3,8 @@
 ``pymapreduce/_speedups.c`` is compiled by ``pip install`` where a C compiler is found
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
-``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets`` and
-``bucket_pack`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
+``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
+``bucket_pack`` and ``bucket_groups_pack`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
 compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
@@ -23,6 +23,7 @@ sort_strs: Any = None  # sorted() of a list of exact str (None: not all exact st
 str_order: Any = None  # sorted(range(len(keys)), key=keys.__getitem__), the same way
 pack_buckets: Any = None  # a map task's partitions packed from its buckets (buckets.py)
 bucket_pack: Any = None  # bucket_pairs and pack_buckets in one pass
+bucket_groups_pack: Any = None  # bucket_groups and pack_buckets in one pass
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -31,10 +32,10 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         bucket_pairs, bucket_groups = _c.bucket_pairs, _c.bucket_groups
         append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
-        bucket_pack = _c.bucket_pack
+        bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
-        sort_strs = str_order = pack_buckets = bucket_pack = None
+        sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
 
 
 def built() -> bool:
