@@ -812,11 +812,13 @@ def test_sort_strs_survives_a_finalizer_that_changes_the_list():
         keys = [str(i) * 3 for i in range(1000)]
 
         class Changes:
+            what, target = change, keys
+
             def __del__(self):
-                if change == "clear":
-                    keys.clear()
+                if self.what == "clear":
+                    self.target.clear()
                 else:
-                    keys[:] = ["z"] * len(keys)
+                    self.target[:] = ["z"] * len(self.target)
 
         threshold = gc.get_threshold()
         was_enabled = gc.isenabled()
