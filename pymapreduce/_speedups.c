@@ -867,6 +867,101 @@ join_packed(Buf *kbuf, Buf *vbuf, Py_ssize_t *count, Py_ssize_t reducers, Py_ssi
     return out;
 }
 
+/* A map task's output packed bucket by bucket as it is reached (bucket_pack,
+ * bucket_groups_pack): each bucket's keys' and values' bytes, its count of pairs, and
+ * whether every key so far was an exact str, or every one an exact int. */
+typedef struct {
+    Py_ssize_t reducers, nb;
+    PyObject *n_obj;
+    Buf *kbuf, *vbuf;
+    Py_ssize_t *count;
+    int all_str, all_int;
+} Packer;
+
+/* 0, or -1 with an error set (the Packer to close all the same) */
+static int
+packer_open(Packer *pk, PyObject *reducers, PyObject *buckets, const char *name)
+{
+    memset(pk, 0, sizeof(*pk));
+    pk->all_str = pk->all_int = 1;
+    if ((pk->reducers = bucket_count(reducers, name)) < 0)
+        return -1;
+    Py_ssize_t per = bucket_count(buckets, name);
+    if (per < 0)
+        return -1;
+    if (pk->reducers > PY_SSIZE_T_MAX / per / (Py_ssize_t)(2 * sizeof(Buf) + sizeof(Py_ssize_t))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pk->nb = pk->reducers * per;
+    pk->n_obj = PyLong_FromSsize_t(pk->nb);
+    pk->kbuf = PyMem_Calloc((size_t)pk->nb, sizeof(Buf));
+    pk->vbuf = PyMem_Calloc((size_t)pk->nb, sizeof(Buf));
+    pk->count = PyMem_Calloc((size_t)pk->nb, sizeof(Py_ssize_t));
+    if (pk->n_obj == NULL || pk->kbuf == NULL || pk->vbuf == NULL || pk->count == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* a pair into its key's bucket: 0; 1, nothing written, for a key or value not written
+ * here; -1 with an error set */
+static int
+packer_add(Packer *pk, PyObject *k, PyObject *v)
+{
+    if (!PyUnicode_CheckExact(k) && !PyLong_CheckExact(k))
+        return 1;
+    long kinds = 0;
+    Py_ssize_t b = key_bucket(k, pk->n_obj, pk->nb, Py_None, &kinds);
+    if (b < 0)
+        return -1;
+    Buf *kb = &pk->kbuf[b], *vb = &pk->vbuf[b];
+    size_t klen = kb->len, vlen = vb->len;
+    int r = put_item(kb, k);
+    if (r == 0)
+        r = put_item(vb, v);
+    if (r != 0) {  /* (a half-written pair taken back) */
+        kb->len = klen;
+        vb->len = vlen;
+        return r;
+    }
+    pk->all_str &= kinds == 0;
+    pk->all_int &= kinds != 0;
+    pk->count[b]++;
+    return 0;
+}
+
+static void
+packer_close(Packer *pk)
+{
+    for (Py_ssize_t j = 0; j < pk->nb; j++) {
+        if (pk->kbuf != NULL)
+            PyMem_Free(pk->kbuf[j].p);
+        if (pk->vbuf != NULL)
+            PyMem_Free(pk->vbuf[j].p);
+    }
+    PyMem_Free(pk->kbuf);
+    PyMem_Free(pk->vbuf);
+    PyMem_Free(pk->count);
+    Py_XDECREF(pk->n_obj);
+}
+
+/* the partitions' bytes (r == 0), None (r > 0: left to the caller), or NULL (an error) */
+static PyObject *
+packer_finish(Packer *pk, int r)
+{
+    PyObject *out = NULL;
+    if (r == 0)
+        out = join_packed(pk->kbuf, pk->vbuf, pk->count, pk->reducers, pk->nb,
+                          pk->all_str || pk->all_int);
+    packer_close(pk);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 PyDoc_STRVAR(bucket_pack_doc,
 "bucket_pack(pairs, reducers, buckets) -> list of bytes, or None\n\n"
 "bucket_pairs then pack_buckets in one pass, for pairs that are a dict's items or a\n"
@@ -882,42 +977,20 @@ bucket_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "bucket_pack takes pairs, reducers and buckets");
         return NULL;
     }
-    PyObject *pairs = args[0];
-    Py_ssize_t reducers = bucket_count(args[1], "bucket_pack");
-    if (reducers < 0)
-        return NULL;
-    Py_ssize_t per = bucket_count(args[2], "bucket_pack");
-    if (per < 0)
-        return NULL;
-    if (reducers > PY_SSIZE_T_MAX / per / (Py_ssize_t)(2 * sizeof(Buf) + sizeof(Py_ssize_t)))
-        return PyErr_NoMemory();
-    Py_ssize_t nb = reducers * per;
+    PyObject *pairs = args[0], *it = NULL, *item = NULL;
+    Packer pk;
+    int r = packer_open(&pk, args[1], args[2], "bucket_pack");
     int is_list = PyList_CheckExact(pairs);
-    if (!is_list && !PyDictItems_Check(pairs))
-        Py_RETURN_NONE;  /* (iterables whose iteration may run code: not here) */
-    PyObject *n_obj = PyLong_FromSsize_t(nb);
-    Buf *kbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
-    Buf *vbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
-    Py_ssize_t *count = PyMem_Calloc((size_t)nb, sizeof(Py_ssize_t));
-    PyObject *out = NULL, *it = NULL, *item = NULL;
-    int r = 0, all_str = 1, all_int = 1;
-    if (n_obj == NULL || kbuf == NULL || vbuf == NULL || count == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
-        goto done;
-    }
+    if (r == 0 && !is_list && !PyDictItems_Check(pairs))
+        r = 1;  /* (iterables whose iteration may run code: not here) */
+    if (r == 0 && !is_list && (it = PyObject_GetIter(pairs)) == NULL)
+        r = -1;
     /* (no Python code runs in this loop: a list's items or a dict's, iterated in C,
      * exact str and int keys hashed in C, items written in C; nothing can change the
      * pairs under it) */
-    Py_ssize_t i = 0, n = is_list ? PyList_GET_SIZE(pairs) : 0;
-    if (!is_list && (it = PyObject_GetIter(pairs)) == NULL) {
-        r = -1;
-        goto done;
-    }
-    for (;;) {
-        PyObject *k, *v;
+    for (Py_ssize_t i = 0; r == 0;) {
         if (is_list) {
-            if (i >= n)
+            if (i >= PyList_GET_SIZE(pairs))
                 break;
             item = PyList_GET_ITEM(pairs, i++);
         }
@@ -928,47 +1001,15 @@ bucket_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
         }
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
             r = 1;
-            break;
-        }
-        k = PyTuple_GET_ITEM(item, 0);
-        v = PyTuple_GET_ITEM(item, 1);
-        long kinds = 0;
-        if (!PyUnicode_CheckExact(k) && !PyLong_CheckExact(k)) {
-            r = 1;
-            break;
-        }
-        Py_ssize_t b = key_bucket(k, n_obj, nb, Py_None, &kinds);
-        if (b < 0) {
-            r = -1;
-            break;
-        }
-        all_str &= kinds == 0;
-        all_int &= kinds != 0;
-        if ((r = put_item(&kbuf[b], k)) != 0 || (r = put_item(&vbuf[b], v)) != 0)
-            break;
-        count[b]++;
+        else
+            r = packer_add(&pk, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1));
     }
-    if (r == 0)
-        out = join_packed(kbuf, vbuf, count, reducers, nb, all_str || all_int);
-done:
     if (!is_list)
         Py_XDECREF(item);
     Py_XDECREF(it);
-    if (kbuf != NULL)
-        for (Py_ssize_t j = 0; j < nb; j++)
-            PyMem_Free(kbuf[j].p);
-    if (vbuf != NULL)
-        for (Py_ssize_t j = 0; j < nb; j++)
-            PyMem_Free(vbuf[j].p);
-    PyMem_Free(kbuf);
-    PyMem_Free(vbuf);
-    PyMem_Free(count);
-    Py_XDECREF(n_obj);
-    if (r > 0 && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return out;
+    return packer_finish(&pk, r);
 }
 
 PyDoc_STRVAR(bucket_groups_pack_doc,
@@ -993,32 +1034,16 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "bucket_groups_pack takes a dict");
         return NULL;
     }
-    Py_ssize_t reducers = bucket_count(args[1], "bucket_groups_pack");
-    if (reducers < 0)
-        return NULL;
-    Py_ssize_t per = bucket_count(args[2], "bucket_groups_pack");
-    if (per < 0)
-        return NULL;
-    if (reducers > PY_SSIZE_T_MAX / per / (Py_ssize_t)(2 * sizeof(Buf) + sizeof(Py_ssize_t)))
-        return PyErr_NoMemory();
-    Py_ssize_t nb = reducers * per;
-    PyObject *n_obj = PyLong_FromSsize_t(nb), *out = NULL;
-    PyObject *combined = PyList_New(0);  /* keys and values combined so far, in turn */
-    Buf *kbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
-    Buf *vbuf = PyMem_Calloc((size_t)nb, sizeof(Buf));
-    Py_ssize_t *count = PyMem_Calloc((size_t)nb, sizeof(Py_ssize_t));
-    int r = 0, all_str = 1, all_int = 1;
-    if (n_obj == NULL || combined == NULL || kbuf == NULL || vbuf == NULL || count == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_NoMemory();
+    Packer pk;
+    int r = packer_open(&pk, args[1], args[2], "bucket_groups_pack");
+    PyObject *combined = r == 0 ? PyList_New(0) : NULL;  /* keys and values, in turn */
+    if (r == 0 && combined == NULL)
         r = -1;
-        goto done;
-    }
     Py_ssize_t pos = 0, size = PyDict_GET_SIZE(groups);
     PyObject *k, *values;
-    while (PyDict_Next(groups, &pos, &k, &values)) {
+    while (r == 0 && PyDict_Next(groups, &pos, &k, &values)) {
         if (!PyUnicode_CheckExact(k) && !PyLong_CheckExact(k)) {
-            r = 1;
+            r = 1;  /* (before its combiner runs: the caller's loops combine it) */
             break;
         }
         if (!PyList_CheckExact(values)) {
@@ -1029,8 +1054,7 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(k);  /* (held: the combiner runs Python code) */
         PyObject *v;
         if (PyList_GET_SIZE(values) == 1) {
-            v = PyList_GET_ITEM(values, 0);
-            Py_INCREF(v);
+            v = Py_NewRef(PyList_GET_ITEM(values, 0));
         }
         else {
             v = PyObject_CallFunctionObjArgs(combiner, k, values, NULL);
@@ -1042,58 +1066,24 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                               || PyList_Append(combined, v) < 0))
                 Py_CLEAR(v);
         }
-        if (v == NULL) {
-            Py_DECREF(k);
-            r = -1;
-            break;
-        }
-        long kinds = 0;
-        Py_ssize_t b = key_bucket(k, n_obj, nb, Py_None, &kinds);
-        if (b < 0)
-            r = -1;
-        else if ((r = put_item(&kbuf[b], k)) == 0 && (r = put_item(&vbuf[b], v)) == 0) {
-            all_str &= kinds == 0;
-            all_int &= kinds != 0;
-            count[b]++;
-        }
+        r = v == NULL ? -1 : packer_add(&pk, k, v);
         Py_DECREF(k);
-        Py_DECREF(v);
-        if (r != 0)
+        Py_XDECREF(v);
+    }
+    /* left to the caller: what was combined goes back as lists of one */
+    for (Py_ssize_t i = 0; r > 0 && i + 1 < PyList_GET_SIZE(combined); i += 2) {
+        PyObject *one = PyList_New(1);
+        if (one == NULL) {
+            r = -1;
             break;
-    }
-    if (r == 0)
-        out = join_packed(kbuf, vbuf, count, reducers, nb, all_str || all_int);
-done:
-    if (r > 0 && combined != NULL) {
-        /* left to the caller: what was combined goes back as lists of one */
-        for (Py_ssize_t i = 0; i + 1 < PyList_GET_SIZE(combined) && r > 0; i += 2) {
-            PyObject *one = PyList_New(1);
-            if (one == NULL) {
-                r = -1;
-                break;
-            }
-            PyObject *v = PyList_GET_ITEM(combined, i + 1);
-            Py_INCREF(v);
-            PyList_SET_ITEM(one, 0, v);
-            if (PyDict_SetItem(groups, PyList_GET_ITEM(combined, i), one) < 0)
-                r = -1;
-            Py_DECREF(one);
         }
+        PyList_SET_ITEM(one, 0, Py_NewRef(PyList_GET_ITEM(combined, i + 1)));
+        if (PyDict_SetItem(groups, PyList_GET_ITEM(combined, i), one) < 0)
+            r = -1;
+        Py_DECREF(one);
     }
-    if (kbuf != NULL)
-        for (Py_ssize_t j = 0; j < nb; j++)
-            PyMem_Free(kbuf[j].p);
-    if (vbuf != NULL)
-        for (Py_ssize_t j = 0; j < nb; j++)
-            PyMem_Free(vbuf[j].p);
-    PyMem_Free(kbuf);
-    PyMem_Free(vbuf);
-    PyMem_Free(count);
-    Py_XDECREF(n_obj);
     Py_XDECREF(combined);
-    if (r > 0 && !PyErr_Occurred())
-        Py_RETURN_NONE;
-    return out;
+    return packer_finish(&pk, r);
 }
 
 /* ---- Sorting a list of str: what sorted() gives, by prefixes first ------------------
