@@ -167,7 +167,9 @@ key_bucket(PyObject *k, PyObject *n_obj, Py_ssize_t n, PyObject *stable_hash, lo
         uint32_t h;
         if (str_crc(k, &h) < 0)
             return -1;
-        return (Py_ssize_t)(h % (uint32_t)n);
+        /* (n fits 32 bits for any real job; past it, the 64-bit remainder) */
+        return (uint64_t)n <= UINT32_MAX ? (Py_ssize_t)(h % (uint32_t)n)
+                                         : (Py_ssize_t)((uint64_t)h % (uint64_t)n);
     }
     if (PyLong_CheckExact(k)) {
         Py_hash_t h = PyObject_Hash(k);
@@ -825,13 +827,14 @@ join_packed(Buf *kbuf, Buf *vbuf, Py_ssize_t *count, Py_ssize_t reducers, Py_ssi
             if (r == 0)
                 r = put_array_head(&b, total);
             for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
-                memcpy(b.p + b.len, kbuf[i].p, kbuf[i].len);  /* (room made above) */
+                if (kbuf[i].len > 0)  /* (room made above) */
+                    memcpy(b.p + b.len, kbuf[i].p, kbuf[i].len);
                 b.len += kbuf[i].len;
             }
             if (r == 0)
                 r = put_array_head(&b, total);
             for (Py_ssize_t i = p; i < nb && r == 0; i += reducers) {
-                if ((r = buf_grow(&b, vbuf[i].len)) == 0) {
+                if (vbuf[i].len > 0 && (r = buf_grow(&b, vbuf[i].len)) == 0) {
                     memcpy(b.p + b.len, vbuf[i].p, vbuf[i].len);
                     b.len += vbuf[i].len;
                 }
@@ -1039,6 +1042,8 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *combined = r == 0 ? PyList_New(0) : NULL;  /* keys and values, in turn */
     if (r == 0 && combined == NULL)
         r = -1;
+    if (combined != NULL)  /* (out of gc.get_objects()' reach: no finalizer changes it) */
+        PyObject_GC_UnTrack(combined);
     Py_ssize_t pos = 0, size = PyDict_GET_SIZE(groups);
     PyObject *k, *values;
     while (r == 0 && PyDict_Next(groups, &pos, &k, &values)) {
@@ -1047,7 +1052,7 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         if (!PyList_CheckExact(values)) {
-            PyErr_SetString(PyExc_TypeError, "bucket_groups_pack: a group that is not a list");
+            PyErr_SetString(PyExc_TypeError, "bucket_groups: a group that is not a list");
             r = -1;
             break;
         }
@@ -1072,15 +1077,21 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* left to the caller: what was combined goes back as lists of one */
     for (Py_ssize_t i = 0; r > 0 && i + 1 < PyList_GET_SIZE(combined); i += 2) {
+        /* (both held before a list is made: making it may run finalizers) */
+        PyObject *ck = Py_NewRef(PyList_GET_ITEM(combined, i));
+        PyObject *cv = Py_NewRef(PyList_GET_ITEM(combined, i + 1));
         PyObject *one = PyList_New(1);
-        if (one == NULL) {
+        if (one == NULL)
             r = -1;
-            break;
+        else {
+            PyList_SET_ITEM(one, 0, cv);  /* (its reference given to the list) */
+            cv = NULL;
+            if (PyDict_SetItem(groups, ck, one) < 0)
+                r = -1;
+            Py_DECREF(one);
         }
-        PyList_SET_ITEM(one, 0, Py_NewRef(PyList_GET_ITEM(combined, i + 1)));
-        if (PyDict_SetItem(groups, PyList_GET_ITEM(combined, i), one) < 0)
-            r = -1;
-        Py_DECREF(one);
+        Py_DECREF(ck);
+        Py_XDECREF(cv);
     }
     Py_XDECREF(combined);
     return packer_finish(&pk, r);

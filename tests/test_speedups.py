@@ -838,3 +838,36 @@ def test_sort_strs_survives_a_finalizer_that_changes_the_list():
                 gc.disable()
             del hold
         assert out is None or out == sorted(keys)
+
+
+@built
+def test_bucket_groups_pack_hands_over_safely_while_finalizers_run():
+    """Red team, 2026-12-03: the list of what was combined, found by a finalizer through
+    gc.get_objects() and emptied while the values went back as lists of one, crashed
+    the worker. It is out of the collector's sight now, and each item is held first."""
+    import gc
+
+    key, odd, hold = "k", object(), []
+
+    class Bomb:
+        def __init__(self):
+            self.me = self  # (cyclic: freed by the collector, which runs __del__)
+
+        def __del__(self):
+            for o in gc.get_objects():
+                if type(o) is list and len(o) == 2 and o[0] is key and o[1] is odd:
+                    o.clear()
+
+    def combiner(k, values):
+        hold.extend([] for _ in range(200))  # (no free lists: a new list is allocated)
+        Bomb()
+        gc.set_threshold(1)
+        return odd  # (not written: the values go back, the caller packs them)
+
+    threshold = gc.get_threshold()
+    try:
+        groups = {key: [1, 2]}
+        assert speedups.bucket_groups_pack(groups, 2, BUCKETS, combiner) is None
+    finally:
+        gc.set_threshold(*threshold)
+    assert groups == {key: [odd]}
