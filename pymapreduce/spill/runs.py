@@ -32,6 +32,7 @@ from typing import Any
 
 import msgpack
 
+from .. import speedups
 from ..errors import BadOutput, ValueNeedsPickle, result_needs_pickle
 from ..patterns.records import _Decoding, _pack
 from .budget import TaskFiles
@@ -68,7 +69,11 @@ def sort_keys(keys: list, order: Any, job: Any) -> None:
     """Sort ``keys`` in place by ``order``; BadOutput naming the types if they do not
     compare (a task that spills must sort its keys)."""
     try:
-        keys.sort(key=order)
+        if order is None and (fast := speedups.sort_strs) is not None and \
+                (ordered := fast(keys)) is not None:
+            keys[:] = ordered  # (all exact str: by prefixes in C, as sorted() orders them)
+        else:
+            keys.sort(key=order)
     except TypeError as exc:
         kinds = sorted({type(k).__name__ for k in keys})
         raise BadOutput(f"{type(job).__name__}: a task over its memory budget sorts its keys "
