@@ -521,7 +521,9 @@ def test_sort_strs_on_many_keys_that_share_long_beginnings():
     nuls = ["k" + "\x00" * rnd.randrange(30) for _ in range(300)]
     words = ["".join(rnd.choice("abcdefghij\xe9\u20ac") for _ in range(rnd.randrange(1, 12)))
              for _ in range(20000)]
-    for keys in (long, nuls, words, long + nuls + words, sorted(words), sorted(words)[::-1]):
+    comb = ["x" * k + tail for k in range(1, 400) for tail in ("", "a", "\u0101")]  # (rounds)
+    for keys in (long, nuls, words, long + nuls + words, sorted(words), sorted(words)[::-1],
+                 comb):
         rnd.shuffle(keys) if keys is not words else None
         assert speedups.sort_strs(keys) == sorted(keys)
         assert speedups.str_order(keys) == sorted(range(len(keys)), key=keys.__getitem__)
