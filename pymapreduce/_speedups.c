@@ -26,6 +26,17 @@
 #include <stdint.h>
 #include <string.h>
 
+/* 0 if a METH_FASTCALL function got ``want`` arguments, else -1 with a TypeError that
+ * says what it takes */
+static int
+arity(Py_ssize_t nargs, Py_ssize_t want, const char *usage)
+{
+    if (nargs == want)
+        return 0;
+    PyErr_SetString(PyExc_TypeError, usage);
+    return -1;
+}
+
 /* crc_table[0] is the byte-at-a-time table of CRC-32 (reflected, zlib's); crc_table[k]
  * advances a byte's contribution by k more bytes, so that eight bytes are folded in at
  * once ("slicing by 8"): a key's bytes cost a few independent table loads each, not one
@@ -229,10 +240,8 @@ PyDoc_STRVAR(bucket_pairs_doc,
 static PyObject *
 bucket_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "bucket_pairs takes pairs, n and stable_hash");
+    if (arity(nargs, 3, "bucket_pairs takes pairs, n and stable_hash") < 0)
         return NULL;
-    }
     PyObject *pairs = args[0], *n_obj = args[1], *stable_hash = args[2];
     Py_ssize_t n = bucket_count(n_obj, "bucket_pairs");
     if (n < 0)
@@ -286,11 +295,8 @@ PyDoc_STRVAR(bucket_groups_doc,
 static PyObject *
 bucket_groups(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "bucket_groups takes groups, n, stable_hash and combiner");
+    if (arity(nargs, 4, "bucket_groups takes groups, n, stable_hash and combiner") < 0)
         return NULL;
-    }
     PyObject *groups = args[0], *n_obj = args[1], *stable_hash = args[2];
     PyObject *combiner = args[3];
     if (!PyDict_Check(groups)) {
@@ -374,11 +380,8 @@ PyDoc_STRVAR(append_pairs_doc,
 static PyObject *
 append_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError,
-                        "append_pairs takes groups, keys, values, lo and hi");
+    if (arity(nargs, 5, "append_pairs takes groups, keys, values, lo and hi") < 0)
         return NULL;
-    }
     PyObject *groups = args[0], *keys = args[1], *values = args[2];
     if (!PyDict_Check(groups) || !PyList_CheckExact(keys) || !PyList_CheckExact(values)) {
         PyErr_SetString(PyExc_TypeError, "append_pairs takes a dict and two lists");
@@ -447,11 +450,8 @@ left(PyObject *item)
 static PyObject *
 group_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "group_pairs takes groups, pairs, combiner and every");
+    if (arity(nargs, 4, "group_pairs takes groups, pairs, combiner and every") < 0)
         return NULL;
-    }
     PyObject *groups = args[0], *it = args[1], *combiner = args[2];
     if (!PyDict_Check(groups) || !PyIter_Check(it)) {
         PyErr_SetString(PyExc_TypeError, "group_pairs takes a dict and an iterator");
@@ -699,10 +699,8 @@ PyDoc_STRVAR(pack_buckets_doc,
 static PyObject *
 pack_buckets(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pack_buckets takes kb, vb and reducers");
+    if (arity(nargs, 3, "pack_buckets takes kb, vb and reducers") < 0)
         return NULL;
-    }
     PyObject *kb = args[0], *vb = args[1];
     if (!PyList_CheckExact(kb) || !PyList_CheckExact(vb)
             || PyList_GET_SIZE(kb) != PyList_GET_SIZE(vb)) {
@@ -976,10 +974,8 @@ PyDoc_STRVAR(bucket_pack_doc,
 static PyObject *
 bucket_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "bucket_pack takes pairs, reducers and buckets");
+    if (arity(nargs, 3, "bucket_pack takes pairs, reducers and buckets") < 0)
         return NULL;
-    }
     PyObject *pairs = args[0], *it = NULL, *item = NULL;
     Packer pk;
     int r = packer_open(&pk, args[1], args[2], "bucket_pack");
@@ -1027,11 +1023,8 @@ PyDoc_STRVAR(bucket_groups_pack_doc,
 static PyObject *
 bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "bucket_groups_pack takes groups, reducers, buckets and combiner");
+    if (arity(nargs, 4, "bucket_groups_pack takes groups, reducers, buckets and combiner") < 0)
         return NULL;
-    }
     PyObject *groups = args[0], *combiner = args[3];
     if (!PyDict_Check(groups)) {
         PyErr_SetString(PyExc_TypeError, "bucket_groups_pack takes a dict");
