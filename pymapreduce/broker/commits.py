@@ -11,10 +11,13 @@ from typing import Any
 
 from ..patterns import protocol as P
 from ..patterns.records import EMPTY_COLUMNS
-from ..patterns.wire import AttemptKey
+from ..patterns.wire import KINDS, AttemptKey
 from .recovery import STEP_DONE
-from .reports import peer_name
-from .tasks import MAP, JobState
+from .reports import clean_stats, peer_name
+from .tasks import MAP, RUNNING, JobState
+
+_new = tuple.__new__  # (an AttemptKey made without its Python-level constructor)
+NO_PARTS: list = []  # (shared: read only) the partitions a map-only or reduce task adds to
 
 
 def _no_pairs(blob: Any) -> bool:
@@ -129,6 +132,13 @@ class Commits:
             self.journal.commit(job.seq, step, task.kind, task.index, stats, nonempty, sums)
         phase = job.phase
         job.commit(task, stats, nonempty)
+        if job.phase != phase or job.step != step or job.state != P.JOB_RUNNING:
+            self._moved_on(job, phase, step)
+        elif job.fetch_waiters:
+            self._serve_fetch_waiters(job)
+
+    def _moved_on(self, job: JobState, phase: str, step: int) -> None:
+        """After a commit that ended the job's phase, step or the job itself."""
         if (job.phase != phase or job.step != step) and job.state == P.JOB_RUNNING:
             self.events.phase(job)
         if job.step != step:
@@ -139,6 +149,75 @@ class Commits:
             self.end_job(job)
         elif job.fetch_waiters:
             self._serve_fetch_waiters(job)
+
+    def _done_usual(self, worker: Any, results: list, blobs: tuple) -> tuple[int, int]:
+        """The first reports of a DONE from ``worker`` committed on a short path, as long
+        as they are the usual kind: ``(reports, blobs)`` it took; the rest go the long way
+        (``Ledger.done``, which checks each and says what is wrong).
+
+        Usual: a report of a well-formed key that ``worker`` holds, for a task whose only
+        running attempt it is, of one output, inline in the message (a map-only task's or
+        a reduce task's), with the usual statistics (both counts and a run time, nothing
+        else, as ``clean_stats`` checks them), on a broker without a state directory and
+        with no outputs waiting apart from their reports. A no-op task's report is one,
+        and this path commits it with what ``_commit`` would do, less the calls and the
+        checks that cannot apply (benchmarks/RESULTS.md, "A DONE's usual reports")."""
+        if self.journal is not None or self._early or self._awaiting:
+            return 0, 0
+        jobs, held, route, nb = self.jobs, worker.running, worker.route, len(blobs)
+        noted = self.events.noted
+        put = self.store.put
+        n = pos = 0
+        for item in results:
+            if type(item) is not list or len(item) != 6 or pos >= nb:
+                break
+            job_id, kind, index, attempt, stats, nblobs = item
+            if (nblobs != 1 or type(nblobs) is not int or type(job_id) is not str
+                    or kind not in KINDS or type(index) is not int
+                    or type(attempt) is not int or type(stats) is not dict
+                    or len(stats) != 3):
+                break
+            key = _new(AttemptKey, (job_id, kind, index, attempt))
+            job = jobs.get(job_id)
+            if key not in held or job is None or job.state != P.JOB_RUNNING:
+                break
+            tasks = job.maps if kind == MAP else job.reduces
+            if not 0 <= index < len(tasks) or (kind == MAP and not job.map_only):
+                break
+            task = tasks[index]
+            if task.state != RUNNING or len(task.running) != 1 or task.skip or \
+                    task.running.get(attempt) != route:
+                break
+            try:
+                if clean_stats(stats) is not stats:  # (not the usual three fields)
+                    break
+            except ValueError:
+                break
+            # committed: what _commit does for such a report
+            blob = blobs[pos]
+            pos += 1
+            n += 1
+            worker.done += 1
+            held.discard(key)
+            step = job.step
+            if not job.steps or step == len(job.steps) - 1:  # (_output_keys)
+                if not _no_pairs(blob):  # (a result of no pairs is kept nowhere)
+                    put((job_id, "out", index), blob)
+            else:
+                put((job_id, "s", step, index), blob)
+            secs = stats.pop("secs")
+            if noted is not None:  # EventLog.done's note, as _commit adds it
+                noted += (job_id, kind, index, attempt, worker.name, secs or 0, stats["records"],
+                          stats["bytes"], len(blob))
+            job.task_secs = secs if job.task_secs is None else (
+                0.8 * job.task_secs + 0.2 * secs)
+            phase = job.phase
+            job.commit(task, stats, NO_PARTS)
+            if job.phase != phase or job.step != step or job.state != P.JOB_RUNNING:
+                self._moved_on(job, phase, step)
+            elif job.fetch_waiters:
+                self._serve_fetch_waiters(job)
+        return n, pos
 
     def _spent(self, job: JobState) -> None:
         """The next step began: the last step's map outputs are spent, and so are the

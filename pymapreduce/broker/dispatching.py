@@ -31,6 +31,7 @@ BACKUP_SCAN_INTERVAL = 0.1  # seconds between looks for stragglers
 MAX_RUNNING = 3
 _DONE = attrgetter("done")  # a worker's committed tasks
 NO_MEAN_BACKUP = 10.0  # seconds before a backup when no task of the kind committed yet
+_new = tuple.__new__  # (an AttemptKey made without its Python-level constructor)
 _ATTEMPT = itemgetter(2)  # a TASKS item's attempt identifier (TaskItem.wire)
 PREFETCH_SECONDS = 0.05  # work a worker holds queued beyond its running task
 
@@ -135,11 +136,16 @@ class Dispatching:
                     body["sinks"] = job.sinks  # partition r goes to sinks[r % n]
                     if self.secured:  # the keys that prove each sink is the real one
                         body["sink_keys"] = [self.sink_key(a) for a in job.sinks]
+            route, held, splits = worker.route, worker.running, job.splits
             for t in group:
-                attempt = t.start(worker.route)
-                worker.running.add(AttemptKey(job_id, t.kind, t.index, attempt))
+                attempt = t.start(route)
+                held.add(_new(AttemptKey, (job_id, t.kind, t.index, attempt)))
                 if t.kind == MAP:
-                    split = job.splits[t.index]
+                    split = splits[t.index]
+                    if split[0] == "mem" and not t.skip:  # (the usual: TaskItem.wire's form)
+                        items.append([MAP, t.index, attempt, ["mem", len(blobs)]])
+                        blobs.append(split[1])
+                        continue
                     if split[0] == "step":  # the output of the step before
                         key = (job.id, "s", split[1], split[2])
                         if key not in self.store:

@@ -318,8 +318,8 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         lost."""
         if not isinstance(results, list):
             raise ValueError("DONE carries no list of results")
-        pos = 0
-        for item in results:
+        n, pos = self._done_usual(worker, results, blobs)  # (most reports, most often)
+        for item in (results[n:] if n else results):
             key = Report.key_of(item)
             try:
                 report: Report | None = Report.checked(key, item, len(blobs) - pos)

@@ -125,7 +125,9 @@ class Task:
         handed it (the data plane of a broker without keys knows no senders)."""
         if not self.running:
             self.started = time.monotonic()
-        self.move(RUNNING)
+        if RUNNING not in TRANSITIONS[self.state]:  # (move(), without its call)
+            self.move(RUNNING)
+        self.state = RUNNING
         self.attempt += 1
         attempt = (_random_bits() << ATTEMPT_BITS) | (self.attempt & ATTEMPT_MASK)
         self.running[attempt] = worker

@@ -56,6 +56,8 @@ FLUSH_COUNT = 64  # ... or this many reports, or half the worker's credit if tha
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
+READ_EVERY = 0.001  # seconds of short tasks between looks for the broker's messages (a
+# look costs about a tenth of a no-op task; an empty queue, or a long task, looks at once)
 
 
 class Worker(Tasks):
@@ -130,6 +132,7 @@ class Worker(Tasks):
         self._unsent: deque[Message] = deque()  # reports the broker had no room for yet
         self.max_message = DEFAULT_MAX_MESSAGE  # bytes in one message (the broker's WELCOME)
         self._first_report = 0.0
+        self._read_at = 0.0  # when the loop last looked for messages between tasks
         self._ready_sent = 0.0
         self._welcomed = self._warned = False
         self._last_sent = 0.0
@@ -279,9 +282,11 @@ class Worker(Tasks):
                     # had open: deleted, but their space is only given back once closed,
                     # and a full disk would fail the next task too
                     gc.collect()
-            if readable(self.ctl):
-                self._drain()
             now = time.monotonic()
+            if now - self._read_at >= READ_EVERY:
+                self._read_at = now
+                if readable(self.ctl):
+                    self._drain()
             # Short tasks share a DONE message; after a long one, report at once (the
             # next may be as long, and the broker should know this one is committed).
             if (
