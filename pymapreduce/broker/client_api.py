@@ -226,12 +226,14 @@ class ClientAPI:
             return
         blobs: list = []
         size = 0
+        ended = job.state == P.JOB_SUCCEEDED  # (every partition is done)
+        store = self.store
         for part in range(first, min(first + count, job.output_parts)):
-            if not job.part_done(part):
+            if not ended and not job.part_done(part):
                 break
             key = (job.id, "out", part)
             try:
-                blob = self.store.get(key, refusable=True) if key in self.store else b""
+                blob = store.get(key, refusable=True) if key in store else b""
             except StoreBusy as exc:  # (unread replies of some client hold the memory)
                 if blobs:
                     break  # what fits goes now; the rest on the next FETCH

@@ -13,7 +13,7 @@ from ..patterns import protocol as P
 from ..patterns.records import EMPTY_COLUMNS
 from ..patterns.wire import KINDS, AttemptKey
 from .recovery import STEP_DONE
-from .reports import clean_stats, peer_name
+from .reports import MAX_COUNT, peer_name
 from .tasks import MAP, RUNNING, JobState
 
 _new = tuple.__new__  # (an AttemptKey made without its Python-level constructor)
@@ -188,10 +188,13 @@ class Commits:
             if task.state != RUNNING or len(task.running) != 1 or task.skip or \
                     task.running.get(attempt) != route:
                 break
-            try:
-                if clean_stats(stats) is not stats:  # (not the usual three fields)
-                    break
-            except ValueError:
+            # the usual statistics, as clean_stats checks them (it returns such a report
+            # as it is): both counts and a run time, of their types and ranges
+            records, nbytes, secs = stats.get("records"), stats.get("bytes"), stats.get("secs")
+            if (type(records) is not int or type(nbytes) is not int
+                    or not (type(secs) is float or type(secs) is int)
+                    or not 0 <= records < MAX_COUNT or not 0 <= nbytes < MAX_COUNT
+                    or not 0 <= secs < 1e9):
                 break
             # committed: what _commit does for such a report
             blob = blobs[pos]
@@ -201,14 +204,14 @@ class Commits:
             held.discard(key)
             step = job.step
             if not job.steps or step == len(job.steps) - 1:  # (_output_keys)
-                if not _no_pairs(blob):  # (a result of no pairs is kept nowhere)
+                if len(blob) != 3 or not _no_pairs(blob):  # (no pairs: kept nowhere)
                     put((job_id, "out", index), blob)
             else:
                 put((job_id, "s", step, index), blob)
-            secs = stats.pop("secs")
+            del stats["secs"]
             if noted is not None:  # EventLog.done's note, as _commit adds it
-                noted += (job_id, kind, index, attempt, worker.name, secs or 0, stats["records"],
-                          stats["bytes"], len(blob))
+                noted += (job_id, kind, index, attempt, worker.name, secs or 0, records, nbytes,
+                          len(blob))
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
             phase = job.phase

@@ -293,8 +293,13 @@ class JobHandle:
         map_only = gives_pairs(status)
         out: Any = [] if map_only else {}
         add = out.extend if map_only else out.update
+        self._no_results(status)
+        hashes = None if map_only else KeyHashes()
         with paused_gc():
-            for keys, values in self._parts(status, keys=None if map_only else KeyHashes()):
+            for part, data in self._blobs(status):
+                if not len(data):  # no pairs (most partitions of a job of tiny tasks)
+                    continue
+                keys, values = self._decode(part, data, hashes, map_only)
                 before = len(out)
                 add(zip(keys, values))
                 if not map_only and len(out) != before + len(keys):
