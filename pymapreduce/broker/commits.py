@@ -164,7 +164,8 @@ class Commits:
         checks that cannot apply (benchmarks/RESULTS.md, "A DONE's usual reports")."""
         if self.journal is not None or self._early or self._awaiting:
             return 0, 0
-        jobs, held, route, nb = self.jobs, worker.running, worker.route, len(blobs)
+        jobs, held, route, nb, name = (self.jobs, worker.running, worker.route, len(blobs),
+                                       worker.name)
         noted = self.events.noted
         put = self.store.put
         n = pos = 0
@@ -210,7 +211,7 @@ class Commits:
                 put((job_id, "s", step, index), blob)
             del stats["secs"]
             if noted is not None:  # EventLog.done's note, as _commit adds it
-                noted += (job_id, kind, index, attempt, worker.name, secs or 0, records, nbytes,
+                noted += (job_id, kind, index, attempt, name, secs or 0, records, nbytes,
                           len(blob))
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
