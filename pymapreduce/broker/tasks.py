@@ -312,11 +312,14 @@ class JobState:
             task.state = DONE  # it never ran in this broker's lifetime
             self.recovered += 1
         else:
-            task.move(DONE)
+            if DONE not in TRANSITIONS[task.state]:  # (move(), without its call)
+                task.move(DONE)
+            task.state = DONE
             spent = self.durations[task.kind]
             spent[0] += time.monotonic() - task.started
             spent[1] += 1
-        task.end_all()
+        self.active -= len(task.running)  # (end_all(), without its call)
+        task.running.clear()
         # (a map run again to rebuild a lost sink's segments was counted at its first
         # commit: its counters, records and skipped records are not added twice)
         if not self.redone or task.kind != MAP or task.index not in self.redone:
