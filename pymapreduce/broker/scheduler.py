@@ -93,10 +93,14 @@ class Scheduler:
             alone = len(by_tenant) == 1 and len(jobs) == 1
             want = n - len(out) if alone and not best.pending[0].avoid else 1
             taken = 0
-            while taken < want:
-                task = self._next(best, route, workers)
-                if task is None:
-                    break
+            pending = best.pending
+            while taken < want and pending:
+                if pending[0].avoid:  # (it failed somewhere: _next decides who runs it)
+                    task = self._next(best, route, workers)
+                    if task is None:
+                        break
+                else:  # (the usual task: the first, without a call)
+                    task = pending.popleft()
                 out.append(task)
                 taken += 1
             if not taken:
