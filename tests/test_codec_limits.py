@@ -250,3 +250,49 @@ def test_outputs_whose_keys_repeat_by_design_decode(cluster):
         out = client.submit(SortTagged(), pairs, reducers=2).result(30)
         assert out == [("a", (i, 1)) for i in range(100)]
         # a reduce job's dict still refuses keys forged to share a hash (above)
+
+
+def _kept_after_packing(size: int, allow_pickle: bool) -> int:
+    """Bytes still allocated after ``pack`` of a value of ``size`` bytes was let go, on a
+    thread of its own (pack keeps a packer per thread)."""
+    import threading
+    import tracemalloc
+
+    from pymapreduce.patterns.records import pack
+
+    out: dict = {}
+
+    def run() -> None:
+        pack([0])
+        pack([0], allow_pickle=False)
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            blob = pack([b"x" * size], allow_pickle=allow_pickle)
+            assert len(blob) > size
+            del blob
+            out["kept"] = tracemalloc.get_traced_memory()[0] - base
+        finally:
+            tracemalloc.stop()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    return out["kept"]
+
+
+@pytest.mark.parametrize("allow_pickle", [True, False])
+def test_pack_keeps_no_large_buffer_for_the_life_of_its_thread(allow_pickle):
+    """(Found by a red team: a kept packer's buffer had grown to twice the largest value
+    it encoded, 128 MiB after one of 64, and stayed so.)"""
+    assert _kept_after_packing(64 << 20, allow_pickle) < (4 << 20)
+
+
+def test_a_packer_that_failed_midway_is_not_used_again():
+    from pymapreduce.errors import ValueNeedsPickle
+    from pymapreduce.patterns.records import pack, unpack
+
+    with pytest.raises(ValueNeedsPickle):
+        pack([1, "x" * 1000, object()], allow_pickle=False)
+    assert unpack(pack([1, 2], allow_pickle=False)) == [1, 2]

@@ -225,15 +225,23 @@ def pickled_name(data: bytes, max_ops: int = 200) -> str:
     return "unknown type"
 
 
+def _packer(allow: bool) -> msgpack.Packer:
+    return msgpack.Packer(default=_DEFAULTS[allow][0], strict_types=True, use_bin_type=True)
+
+
+PACKER_KEEP = 1 << 20  # bytes: a packer that encoded more is let go (its buffer grew so)
+
+
 class _Packers(threading.local):
     """Each thread's two msgpack packers (pickles refused, allowed), kept: ``packb`` makes
     a Packer per call, which is most of what encoding a small value costs (0.98 us
     against 0.25 for a task's one pair). A packer is taken while it packs, so a value's
-    encoding that calls :func:`pack` again (a ``__reduce__`` that does) gets its own."""
+    encoding that calls :func:`pack` again (a ``__reduce__`` that does) gets its own. A
+    packer's buffer grows to its largest encoding and never shrinks: one that encoded
+    more than PACKER_KEEP bytes, or failed, is replaced by a new one."""
 
     def __init__(self) -> None:
-        self.idle: list = [msgpack.Packer(default=_DEFAULTS[allow][0], strict_types=True,
-                                          use_bin_type=True) for allow in (False, True)]
+        self.idle: list = [_packer(False), _packer(True)]
 
 
 _packers = _Packers()
@@ -250,11 +258,14 @@ def pack(obj: Any, *, allow_pickle: bool = True) -> bytes:
     packer = idle[allow]
     if packer is None:  # (packing on this thread already: the value's own encoding)
         return _pack(obj, allow, 0)
-    idle[allow] = None
+    spent = True
     try:
-        return packer.pack(obj)
+        idle[allow] = None
+        out = packer.pack(obj)
+        spent = len(out) > PACKER_KEEP
+        return out
     finally:
-        idle[allow] = packer
+        idle[allow] = _packer(allow) if spent else packer
 
 
 def unpack(data: Any, *, allow_pickle: bool = False) -> Any:
