@@ -53,7 +53,8 @@ class _Chunks:
 
 def read_splits(blob: Any, blobs: tuple) -> list:
     """The map splits of a SUBMIT from its splits blob (a msgpack array of ``["mem", i]``,
-    blob ``i`` holding the records, or ``["files", [[path, start, end], ...]]``)."""
+    blob ``i`` holding the records, ``["mems", i, n]``, blobs ``i`` to ``i + n - 1`` each
+    one split's records, or ``["files", [[path, start, end], ...]]``)."""
     buf = memoryview(blob.buffer if hasattr(blob, "buffer") else blob).cast("B")
     unpacker = msgpack.Unpacker(_Chunks(buf), raw=False, read_size=1 << 20,
                                 max_buffer_size=8 * MAX_RANGES * (MAX_PATH + 32),
@@ -63,9 +64,22 @@ def read_splits(blob: Any, blobs: tuple) -> list:
         count = unpacker.read_array_header()
         if not 0 < count <= MAX_TASKS:
             raise ValueError(f"a job has 1 to {MAX_TASKS} input splits, not {count}")
-        splits = []
+        splits: list = []
         for _ in range(count):
-            splits.append(_split(unpacker.unpack(), blobs))
+            desc = unpacker.unpack()
+            if type(desc) is list and len(desc) == 3 and desc[0] == "mems":
+                # a run of in-memory splits, one blob each (how a client sends its
+                # records: a descriptor per split cost 1 us each way for tiny tasks)
+                first, n = desc[1], desc[2]
+                if type(first) is not int or type(n) is not int or not (
+                        1 <= first and 1 <= n and first + n <= len(blobs)):
+                    raise ValueError(f"a run of in-memory splits names blobs {first!r:.20} "
+                                     f"and {n!r:.20} on, which are not there")
+                if len(splits) + n > MAX_TASKS:
+                    raise ValueError(f"a job has 1 to {MAX_TASKS} input splits, not more")
+                splits.extend([["mem", blob] for blob in blobs[first:first + n]])
+            else:
+                splits.append(_split(desc, blobs))
         if unpacker.tell() != len(buf):
             raise ValueError("trailing bytes after the splits")
     except (msgpack.OutOfData, msgpack.ExtraData, StopIteration):

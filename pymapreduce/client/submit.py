@@ -97,14 +97,14 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
     else:
         records = normalize_records(inputs)
         n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots
-        descs = []
+        first = len(blobs)
         for piece in chunk(records, n):
             try:
                 blob = pack([[k, v] for k, v in piece])
             except UnencodableValue as exc:
                 raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
-            descs.append(["mem", len(blobs)])
             blobs.append(blob)
+        descs = [["mems", first, len(blobs) - first]]  # (one descriptor for the run)
     skip = job.skip_bad_records
     if skip is True:
         skip = -1  # no limit
