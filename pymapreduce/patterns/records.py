@@ -108,8 +108,10 @@ class _Decoding:
         # bytes of objects still allowed; only where pickles are refused (a peer trusted with
         # them can run code anyway, and a worker must not fail a job of odd but honest data)
         self.left = (MAX_EXPANSION * size + EXPANSION_FLOOR) if not allow_pickle else 1 << 62
-        self.unpackers: list = [None] * (MAX_NESTING + 2)  # (index 0: the top, unpackb)
-        self.fed = [0] * (MAX_NESTING + 2)  # bytes given to each, to check it read them all
+        # made at the first extension value (most decodes have none: a task's split of
+        # plain records, a partition of words and counts)
+        self.unpackers: list | None = None  # by depth (index 0: the top, unpackb)
+        self.fed: list | None = None  # bytes given to each, to check it read them all
         # maps are built here, not by msgpack, so their keys are checked first; only where
         # the decoder refuses pickles: a peer trusted with pickles can run code anyway
         self.pairs = None if allow_pickle else self._map
@@ -119,6 +121,9 @@ class _Decoding:
         packed = S.PACKED_IN.get(code)  # (the commonest first: tuples, sets)
         if packed is not None:
             depth += 1
+            if self.unpackers is None:
+                self.unpackers = [None] * (MAX_NESTING + 2)
+                self.fed = [0] * (MAX_NESTING + 2)
             unpacker = self.unpackers[depth]
             if unpacker is None:
                 unpacker = self._unpacker(depth)
