@@ -562,7 +562,7 @@ class Capture:
                 if log.head or log.dropped:  # (the last attempt's: an untouched one is reused)
                     log = self.log = TaskLog()
                     self.out.log = self.err.log = log
-                root = logging.getLogger()
+                root = logging.root  # (what getLogger() returns, without its call)
                 if tuple(root.handlers) != self._seen:  # (changed by a task, or the first time)
                     if self.handler not in root.handlers:
                         root.addHandler(self.handler)

@@ -167,7 +167,7 @@ class Tasks:
             if error is not None:
                 self._fail(key, error[0], error[1], {"split": index})
             else:
-                queue.append(_new(Queued, (key, job, b, split, blobs, skip, *tails[kind])))
+                queue.append(_new(Queued, (key, job, b, split, blobs, skip) + tails[kind]))
 
     def _load(self, job_id: str, blob: Any) -> Any:
         """A job's code (and files: into its directory, before the code runs), unpickled
