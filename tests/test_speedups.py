@@ -873,4 +873,3 @@ def test_bucket_groups_pack_hands_over_safely_while_finalizers_run():
     finally:
         gc.set_threshold(*threshold)
     assert groups == {key: [odd]}
-
