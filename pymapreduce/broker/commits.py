@@ -204,15 +204,15 @@ class Commits:
             worker.done += 1
             held.discard(key)
             step = job.step
+            out = len(blob)
             if not job.steps or step == len(job.steps) - 1:  # (_output_keys)
-                if len(blob) != 3 or not _no_pairs(blob):  # (no pairs: kept nowhere)
+                if out != 3 or not _no_pairs(blob):  # (no pairs: kept nowhere)
                     put((job_id, "out", index), blob)
             else:
                 put((job_id, "s", step, index), blob)
             del stats["secs"]
             if noted is not None:  # EventLog.done's note, as _commit adds it
-                noted += (job_id, kind, index, attempt, name, secs or 0, records, nbytes,
-                          len(blob))
+                noted += (job_id, kind, index, attempt, name, secs or 0, records, nbytes, out)
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
             phase = job.phase
