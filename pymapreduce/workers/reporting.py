@@ -33,7 +33,8 @@ def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]
     (leaving the task held for ever)."""
     nblobs = sum(max(r[5], 0) for r in reports)
     if (1 + nblobs <= BROKER_MAX_FRAMES
-            and len(msgpack.packb(reports, use_bin_type=True)) <= GROUP_HEADER
+            and (_usual(reports)
+                 or len(msgpack.packb(reports, use_bin_type=True)) <= GROUP_HEADER)
             and sum(len(b) for b in blobs) + GROUP_HEADER + REPORT_SLACK <= max_message):
         return [Message(P.DONE, {"results": reports}, tuple(blobs))]  # the usual case
     messages: list[Message] = []
@@ -63,6 +64,19 @@ def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]
     if group:
         messages.append(Message(P.DONE, {"results": group}, tuple(group_blobs)))
     return messages
+
+
+USUAL_REPORT = 300  # bytes a report of the usual statistics takes at most, encoded: a
+# job id of at most 200 characters (the broker's bound), a kind, three ints and the three
+# counts {records, bytes, secs}
+
+
+def _usual(reports: list) -> bool:
+    """Whether the reports' header surely fits GROUP_HEADER without encoding it to see
+    (it is encoded once more to be sent): each holds the statistics every report has and
+    nothing else (no counters, log or sink names), and there are not too many."""
+    return len(reports) * USUAL_REPORT <= GROUP_HEADER and all(
+        len(r[4]) <= 3 and len(r[0]) <= 200 for r in reports)
 
 
 def too_large(report: list, size: int, weight: int, max_message: int) -> Message:
