@@ -34,3 +34,19 @@ def test_a_stale_report_in_a_batch_does_not_lend_its_outputs_to_the_next(ledger)
     assert job.state == "succeeded"
     output = ledger.store.get((job.id, "out", reduce_key[2]))
     assert unpack(bytes(output)) == [["w"], [2]]  # the reduce's own output, not map A's
+
+
+def test_usual_reports_of_a_non_ascii_job_id_still_fit_the_broker_s_header():
+    """(A red team's find: the usual reports' bound counted the job id's characters, and
+    200 emoji are 800 bytes; with as many reports as the bound let through unmeasured, the
+    header was over what the broker decodes, and it would have dropped the message.)"""
+    from pymapreduce.broker.submission import parse
+    from pymapreduce.patterns.message import BROKER_LIMITS
+    from pymapreduce.workers.reporting import GROUP_HEADER, USUAL_REPORT, done_messages
+
+    job_id = "\U0001F600" * 200
+    parse({"job_id": job_id, "splits": 1}, (b"code", b"\x91\x92\xa3mem\x02", b"\x90"), 1)
+    report = [job_id, "reduce", 99_999, 3, {"records": 1, "bytes": 1, "secs": 0.5}, 0]
+    reports = [list(report) for _ in range(GROUP_HEADER // USUAL_REPORT)]
+    for msg in done_messages(reports, [], 64 << 20):
+        assert len(msg.encode()[0]) <= BROKER_LIMITS.header

@@ -66,9 +66,9 @@ def done_messages(reports: list, blobs: list, max_message: int) -> list[Message]
     return messages
 
 
-USUAL_REPORT = 300  # bytes a report of the usual statistics takes at most, encoded: a
-# job id of at most 200 characters (the broker's bound), a kind, three ints and the three
-# counts {records, bytes, secs}
+USUAL_REPORT = 1000  # bytes a report of the usual statistics takes at most, encoded: a
+# job id of at most 200 characters (the broker's bound; up to 800 bytes of UTF-8), a kind,
+# three ints and the three counts {records, bytes, secs}
 
 
 def _usual(reports: list) -> bool:
