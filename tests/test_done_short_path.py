@@ -5,7 +5,7 @@ short path turned off, are given the same attempts (their identifiers made the s
 the same DONE messages, mixing usual reports with every kind a hostile or confused worker
 could send; every observable fact is compared after each message: the tasks and their
 attempts, the jobs' counts, what the store holds, what the outbox says, each worker's held
-attempts, and the event log's rows."""
+attempts, and the event log's rows, events and counters."""
 
 from __future__ import annotations
 
@@ -87,6 +87,10 @@ def _facts(ledger: Ledger, routes: list) -> dict:
                 ledger.store._by_job.get(job.id, ()), key=repr)])
         rows = ledger.events.attempts(job.id)
         out["events"][job.id] = [{k: v for k, v in r.items() if k not in CLOCK} for r in rows]
+    out["stream"] = [{k: v for k, v in e.items() if k not in CLOCK
+                      and not (k == "secs" and e["type"].startswith("job-"))}  # (its age)
+                     for e in ledger.events.since(0, limit=10**6)]
+    out["counts"] = dict(ledger.events.counts)
     for item in ledger.outbox:
         msg = getattr(item, "msg", None)
         out["outbox"].append((type(item).__name__, getattr(item, "route", None),
