@@ -13,7 +13,7 @@ from ..patterns import protocol as P
 from ..patterns.records import EMPTY_COLUMNS
 from ..patterns.wire import KINDS, AttemptKey
 from .recovery import STEP_DONE
-from .reports import MAX_COUNT, peer_name
+from .reports import MAX_COUNT, MAX_SECS, peer_name
 from .tasks import MAP, RUNNING, JobState
 
 _new = tuple.__new__  # (an AttemptKey made without its Python-level constructor)
@@ -161,7 +161,8 @@ class Commits:
         else, as ``clean_stats`` checks them), on a broker without a state directory and
         with no outputs waiting apart from their reports. A no-op task's report is one,
         and this path commits it with what ``_commit`` would do, less the calls and the
-        checks that cannot apply (benchmarks/RESULTS.md, "A DONE's usual reports")."""
+        checks that cannot apply (benchmarks/RESULTS.md, "Short paths for a DONE's usual
+        reports")."""
         if self.journal is not None or self._early or self._awaiting:
             return 0, 0
         jobs, held, route, nb, name = (self.jobs, worker.running, worker.route, len(blobs),
@@ -190,12 +191,14 @@ class Commits:
                     task.running.get(attempt) != route:
                 break
             # the usual statistics, as clean_stats checks them (it returns such a report
-            # as it is): both counts and a run time, of their types and ranges
+            # as it is): both counts and a run time, of their types and ranges (inline: a
+            # call a report cost more than the check; tests/test_done_short_path.py holds
+            # the two to the same answers)
             records, nbytes, secs = stats.get("records"), stats.get("bytes"), stats.get("secs")
             if (type(records) is not int or type(nbytes) is not int
                     or not (type(secs) is float or type(secs) is int)
                     or not 0 <= records < MAX_COUNT or not 0 <= nbytes < MAX_COUNT
-                    or not 0 <= secs < 1e9):
+                    or not 0 <= secs < MAX_SECS):
                 break
             # committed: what _commit does for such a report
             blob = blobs[pos]
@@ -215,7 +218,7 @@ class Commits:
                 noted += (job_id, kind, index, attempt, name, secs or 0, records, nbytes, out)
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
-            phase = job.phase
+            phase = job.phase  # (_commit's ending, inline: a call a report saved)
             job.commit(task, stats, NO_PARTS)
             if job.phase != phase or job.step != step or job.state != P.JOB_RUNNING:
                 self._moved_on(job, phase, step)

@@ -17,6 +17,7 @@ MAX_COUNTERS = 1000  # distinct counters in one task's report
 MAX_COUNTER_NAME = 200  # characters
 MAX_PARTS = 1 << 20  # partitions a map task may say it pushed to sinks
 MAX_COUNT = 1 << 62  # one report's counts; the job's totals saturate at the int64 range
+MAX_SECS = 1e9  # a report's run time is under this (seconds)
 USUAL = frozenset({"records", "bytes", "secs"})  # what most reports hold, and nothing else
 
 
@@ -34,11 +35,11 @@ def clean_stats(stats: Any) -> dict:
         if type(records) is int and type(nbytes) is int and 0 <= records < MAX_COUNT \
                 and 0 <= nbytes < MAX_COUNT:
             if len(stats) == 3 and (type(secs) is float or type(secs) is int) \
-                    and 0 <= secs < 1e9:
+                    and 0 <= secs < MAX_SECS:
                 return stats  # (all three fields, each checked)
             if secs is None:
                 return {"records": records, "bytes": nbytes}
-            if (type(secs) is float or type(secs) is int) and 0 <= secs < 1e9:
+            if (type(secs) is float or type(secs) is int) and 0 <= secs < MAX_SECS:
                 return {"records": records, "bytes": nbytes, "secs": secs}
     if not isinstance(stats, dict):
         raise ValueError(f"its statistics are a {type(stats).__name__}, not a map")
@@ -50,7 +51,7 @@ def clean_stats(stats: Any) -> dict:
         out[name] = value
     secs = stats.get("secs")
     if secs is not None:
-        if type(secs) not in (int, float) or not 0 <= secs < 1e9:
+        if type(secs) not in (int, float) or not 0 <= secs < MAX_SECS:
             raise ValueError(f"secs is {secs!r:.40}, not a duration")
         out["secs"] = secs
     counters = stats.get("counters")
