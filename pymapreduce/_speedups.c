@@ -1431,6 +1431,196 @@ str_order(PyObject *module, PyObject *keys)
     return out;
 }
 
+/* -- the broker's event log: a turn's noted commits, packed (observe/events.py) ------ */
+
+#define NOTE 9        /* items of a noted commit: job, kind, index, attempt identifier,
+                       * worker, secs, records, bytes, bytes out */
+#define NOTE_ROW 50   /* a packed commit: struct "=qQdqqqH" (index, attempt, secs,
+                       * records, bytes, bytes out, its worker's place in the run's) */
+
+typedef struct {
+    Py_ssize_t first, count;      /* its notes */
+    PyObject *job, *kind;         /* held (strong) */
+    long long sums[3];            /* records, bytes, bytes out */
+    Py_ssize_t workers, nworkers; /* its workers: wtab[workers : workers + nworkers] */
+} NoteRun;
+
+static int
+same_str(PyObject *a, PyObject *b)
+{
+    return a == b || PyUnicode_Compare(a, b) == 0;
+}
+
+/* a non-negative exact int that fits a long long, into *out; 0 if it is not one */
+static int
+count_of(PyObject *v, long long *out)
+{
+    if (!PyLong_CheckExact(v))
+        return 0;
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || x < 0)
+        return 0;
+    *out = x;
+    return 1;
+}
+
+PyDoc_STRVAR(pack_notes_doc,
+"pack_notes(noted) -> list or None\n\n"
+"The commits the broker loop noted (a list, NOTE = 9 items each: job, kind, index,\n"
+"attempt identifier, worker, secs, records, bytes, bytes out) as runs of one job and\n"
+"kind: [(job, kind, n, records, bytes, bytes out, workers, rows)], the three sums\n"
+"those of the run's commits, ``workers`` the run's distinct worker names and ``rows``\n"
+"bytes of struct \"=qQdqqqH\" per commit (index, attempt, secs as a float, the three\n"
+"counts, the place of its worker in ``workers``). None when an item is not of the\n"
+"usual kind (the caller keeps them as they are): job, kind and worker exact str (the\n"
+"worker not empty), index and counts exact ints in the int64 range and not negative,\n"
+"the attempt one in the uint64 range, secs an exact float or int, no sum past int64.\n"
+"``noted`` is left as it is.");
+
+static PyObject *
+pack_notes(PyObject *module, PyObject *noted)
+{
+    if (!PyList_CheckExact(noted)) {
+        PyErr_SetString(PyExc_TypeError, "pack_notes takes a list");
+        return NULL;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(noted);
+    if (size == 0 || size % NOTE)
+        Py_RETURN_NONE;
+    Py_ssize_t n = size / NOTE;
+    /* first pass: checked, summed and packed into C memory, no Python object made (so
+     * nothing starts the collector, whose finalizers could change ``noted``); the
+     * names each run needs are held before the second pass makes objects */
+    char *rows = PyMem_Malloc((size_t)n * NOTE_ROW);
+    NoteRun *runs = PyMem_Malloc((size_t)n * sizeof(NoteRun));
+    PyObject **wtab = PyMem_Malloc((size_t)n * sizeof(PyObject *));
+    Py_ssize_t nruns = 0, nw = 0;
+    PyObject *out = NULL;
+    int usual = 1;
+    if (rows == NULL || runs == NULL || wtab == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **items = ((PyListObject *)noted)->ob_item;
+    NoteRun *run = NULL;
+    for (Py_ssize_t i = 0; i < n && usual; i++) {
+        PyObject **f = items + i * NOTE;
+        PyObject *job = f[0], *kind = f[1], *worker = f[4], *secs = f[5];
+        long long index, counts[3];
+        unsigned long long attempt;
+        double s;
+        if (!PyUnicode_CheckExact(job) || !PyUnicode_CheckExact(kind) ||
+                !PyUnicode_CheckExact(worker) || PyUnicode_GET_LENGTH(worker) == 0 ||
+                !count_of(f[2], &index) || !PyLong_CheckExact(f[3]) ||
+                !count_of(f[6], &counts[0]) || !count_of(f[7], &counts[1]) ||
+                !count_of(f[8], &counts[2])) {
+            usual = 0;
+            break;
+        }
+        /* (unsigned long where it has 64 bits: its conversion is a loop over the
+         * int's digits, the unsigned long long one a general byte-array copy) */
+#if ULONG_MAX >= 0xFFFFFFFFFFFFFFFFull
+        attempt = PyLong_AsUnsignedLong(f[3]);
+#else
+        attempt = PyLong_AsUnsignedLongLong(f[3]);
+#endif
+        if (attempt == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            usual = 0;
+            break;
+        }
+        if (PyFloat_CheckExact(secs))
+            s = PyFloat_AS_DOUBLE(secs);
+        else if (PyLong_CheckExact(secs)) {
+            s = PyLong_AsDouble(secs);
+            if (s == -1.0 && PyErr_Occurred()) {
+                PyErr_Clear();
+                usual = 0;
+                break;
+            }
+        }
+        else {
+            usual = 0;
+            break;
+        }
+        if (run == NULL || !same_str(run->job, job) || !same_str(run->kind, kind)) {
+            run = &runs[nruns++];
+            run->first = i;
+            run->count = 0;
+            run->job = job;
+            run->kind = kind;
+            Py_INCREF(job);
+            Py_INCREF(kind);
+            run->sums[0] = run->sums[1] = run->sums[2] = 0;
+            run->workers = nw;
+            run->nworkers = 0;
+        }
+        Py_ssize_t w = 0;
+        while (w < run->nworkers && !same_str(wtab[run->workers + w], worker))
+            w++;
+        if (w == run->nworkers) {
+            if (w > 0xFFFF) {
+                usual = 0;
+                break;
+            }
+            Py_INCREF(worker);
+            wtab[nw++] = worker;
+            run->nworkers++;
+        }
+        for (int k = 0; k < 3; k++)
+            if (__builtin_add_overflow(run->sums[k], counts[k], &run->sums[k]))
+                usual = 0;
+        char *row = rows + i * NOTE_ROW;
+        uint16_t place = (uint16_t)w;
+        memcpy(row, &index, 8);
+        memcpy(row + 8, &attempt, 8);
+        memcpy(row + 16, &s, 8);
+        memcpy(row + 24, counts, 24);
+        memcpy(row + 48, &place, 2);
+        run->count++;
+    }
+    if (!usual) {
+        out = Py_None;
+        Py_INCREF(out);
+        goto done;
+    }
+    out = PyList_New(nruns);
+    for (Py_ssize_t r = 0; out != NULL && r < nruns; r++) {
+        NoteRun *one = &runs[r];
+        PyObject *workers = PyTuple_New(one->nworkers);
+        PyObject *packed = PyBytes_FromStringAndSize(rows + one->first * NOTE_ROW,
+                                                     one->count * NOTE_ROW);
+        PyObject *item = NULL;
+        if (workers != NULL && packed != NULL) {
+            for (Py_ssize_t w = 0; w < one->nworkers; w++) {
+                PyObject *name = wtab[one->workers + w];
+                Py_INCREF(name);
+                PyTuple_SET_ITEM(workers, w, name);
+            }
+            item = Py_BuildValue("(OOnLLLOO)", one->job, one->kind, one->count,
+                                 one->sums[0], one->sums[1], one->sums[2], workers, packed);
+        }
+        Py_XDECREF(workers);
+        Py_XDECREF(packed);
+        if (item == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, r, item);
+    }
+done:
+    for (Py_ssize_t r = 0; runs != NULL && r < nruns; r++) {
+        Py_DECREF(runs[r].job);
+        Py_DECREF(runs[r].kind);
+    }
+    for (Py_ssize_t w = 0; w < nw; w++)
+        Py_DECREF(wtab[w]);
+    PyMem_Free(rows);
+    PyMem_Free(runs);
+    PyMem_Free(wtab);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
     {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
@@ -1449,6 +1639,7 @@ static PyMethodDef methods[] = {
      bucket_groups_pack_doc},
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
+    {"pack_notes", (PyCFunction)pack_notes, METH_O, pack_notes_doc},
     {NULL, NULL, 0, NULL}
 };
 

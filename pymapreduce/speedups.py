@@ -4,7 +4,7 @@
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
-``bucket_pack`` and ``bucket_groups_pack`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
+``bucket_pack``, ``bucket_groups_pack`` and ``pack_notes`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
 compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
@@ -12,7 +12,12 @@ docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 from __future__ import annotations
 
 import os
+from array import array
 from typing import Any
+
+# an array's typecode of uint64 items: "L" where an unsigned long has 64 bits (its items
+# are converted by a loop over an int's digits, "Q"'s by a general byte-array copy)
+UINT64 = "L" if array("L").itemsize == 8 else "Q"
 
 bucket_pairs: Any = None
 bucket_groups: Any = None
@@ -24,6 +29,7 @@ str_order: Any = None  # sorted(range(len(keys)), key=keys.__getitem__), the sam
 pack_buckets: Any = None  # a map task's partitions packed from its buckets (buckets.py)
 bucket_pack: Any = None  # bucket_pairs and pack_buckets in one pass
 bucket_groups_pack: Any = None  # bucket_groups and pack_buckets in one pass
+pack_notes: Any = None  # the event log's noted commits packed (observe/events.py)
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -33,9 +39,11 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
+        pack_notes = _c.pack_notes
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
+        pack_notes = None
 
 
 def built() -> bool:

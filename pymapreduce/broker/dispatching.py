@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..patterns import protocol as P
 from ..patterns.wire import AttemptKey, TaskItem
+from ..speedups import UINT64
 from .submission import file_ranges
 from .tasks import MAP, REDUCE, RUNNING, Task
 
@@ -170,8 +172,8 @@ class Dispatching:
                     sent.extend(segments)
             body["tasks"] = items
             if self.events.enabled:  # recorded once per message: its attempts read in C
-                self.events.dispatched(job, group, tuple(map(_ATTEMPT, items)), worker.name,
-                                       backup)
+                self.events.dispatched(job, group, array(UINT64, map(_ATTEMPT, items)),
+                                       worker.name, backup)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)

@@ -38,14 +38,16 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
 from itertools import chain
 from typing import Any
 
 from ..errors import line_offset
 from ..patterns.protocol import JOB_RUNNING
+from ..speedups import UINT64, pack_notes
 from .attempts import _KIND, ABANDONED, AttemptTable, _holder, _JobLog
-from .reading import ATTEMPT_MASK, NOTE, SMALL, Reading, notes
+from .reading import ATTEMPT_MASK, NOTE, PACKED, SMALL, Reading, notes
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
@@ -231,7 +233,10 @@ class EventLog(AttemptTable, Reading):
         step = job.step + 1
         now = time.time()
         counts = self.counts
-        attempts, tasks = tuple(attempts), tuple(tasks)
+        # (the identifiers as an array of uint64: 8 bytes each in one object, which the
+        # collector never goes over, where a tuple keeps an int object for each)
+        attempts = attempts if type(attempts) is array else array(UINT64, attempts)
+        tasks = tuple(tasks)
         # the broker loop's thread, which notes commits (an attempt is dispatched before
         # it commits): its reads record them first, and no other thread's read does
         self._writer = threading.get_ident()
@@ -305,41 +310,62 @@ class EventLog(AttemptTable, Reading):
                 self._flush()
 
     def _flush(self) -> None:
-        """``flush`` with ``lock`` held: one ring entry and one commit batch per job among
-        the noted attempts (consecutive ones of a job share them), stored as one flat
-        tuple of their items (the collector goes over it once, then stops tracking it), and
-        the job's flow and the totals summed. The usual turn commits attempts of one kind
-        of one job: that is checked, and its sums taken, on a column's slice, in C."""
-        pending = tuple(self._pending)
-        self._pending.clear()  # (the same list: the commit path holds it)
+        """``flush`` with ``lock`` held: one commit batch per run of one job's attempts of
+        one kind among the noted ones, and the job's flow and the totals summed. The usual
+        notes are packed in C (``speedups.pack_notes``): a batch is then the run's rows
+        as bytes, 50 a commit, with its worker names once (reading.flat reads them), not
+        nine objects a commit for as long as the table keeps it; otherwise (no C loops,
+        or a note of another kind) a batch is its notes' items as one flat tuple, and the
+        usual turn's is checked and summed on a column's slice."""
         now = time.time()
+        pending = self._pending  # (the same list for the log's life: the commit path
+        runs = pack_notes(pending) if pack_notes is not None else None  # holds it)
+        if runs is not None:
+            pending.clear()
+            for job_id, kind, n, records, nbytes, out, workers, rows in runs:
+                self._add_done(job_id, kind, (PACKED, job_id, kind, workers, rows), now,
+                               n, records, nbytes, out)
+            return
+        pending = tuple(pending)
+        self._pending.clear()
         job_id, kind = pending[0], pending[1]
         n = len(pending) // NOTE
         # the usual turn commits attempts of one kind of one job (``count`` compares by
         # identity first: a job's identifier is one string, a kind one of two)
         if pending[::NOTE].count(job_id) == n and pending[1::NOTE].count(kind) == n:
-            self._add_done(job_id, kind, pending, now)
+            self._add_flat(job_id, kind, pending, now)
             return
         start = 0
         for i in range(0, len(pending), NOTE):  # runs of one job and one kind
             if pending[i] != job_id or pending[i + 1] != kind:
-                self._add_done(job_id, kind, pending[start:i], now)
+                self._add_flat(job_id, kind, pending[start:i], now)
                 job_id, kind, start = pending[i], pending[i + 1], i
-        self._add_done(job_id, kind, pending[start:], now)
+        self._add_flat(job_id, kind, pending[start:], now)
 
-    def _add_done(self, job_id: str, kind: str, fields: tuple, now: float) -> None:
-        """Committed attempts of one job, all of ``kind`` (their items, flat): their
-        events, batch and sums."""
+    def _add_flat(self, job_id: str, kind: str, fields: tuple, now: float) -> None:
+        """Committed attempts of one job, all of ``kind``, as their notes' items (flat):
+        summed, and those noted without their worker given the one their attempt was
+        sent to."""
         log = self._jobs.get(job_id)
-        records = sum(fields[6::NOTE])
+        if log is not None and not all(fields[4::NOTE]):  # (rare) noted without its
+            fields = tuple(chain.from_iterable(  # worker: the one its attempt was sent to
+                f if f[4] else (*f[:4], _holder(log, f[3]) or "", *f[5:])
+                for f in notes(fields)))
+        self._add_done(job_id, kind, fields, now, len(fields) // NOTE, sum(fields[6::NOTE]),
+                       sum(fields[7::NOTE]), sum(fields[8::NOTE]))
+
+    def _add_done(self, job_id: str, kind: str, items: tuple, now: float, n: int,
+                  records: int, nbytes: int, out: int) -> None:
+        """``n`` committed attempts of one job, all of ``kind`` (``items``: as reading.flat
+        reads them), which read ``records`` and ``nbytes`` and wrote ``out`` bytes: their
+        batch and sums."""
+        log = self._jobs.get(job_id)
         if log is not None:
             flow = log.flow[kind]
-            out = sum(fields[8::NOTE])
             flow[0] += records
-            flow[1] += sum(fields[7::NOTE])
+            flow[1] += nbytes
             flow[2] += out
             log.step_out[kind] += out
-        n = len(fields) // NOTE
         counts = self.counts
         key = ("tasks_done", kind)
         counts[key] = counts.get(key, 0) + n
@@ -347,11 +373,7 @@ class EventLog(AttemptTable, Reading):
         counts[key] = counts.get(key, 0) + records
         self.seq += n
         if log is not None:  # (the batch is the events: no ring entry, see dispatched)
-            if not all(fields[4::NOTE]):  # (rare) noted without its worker: the one its
-                fields = tuple(chain.from_iterable(  # attempt was sent to, once for all
-                    f if f[4] else (*f[:4], _holder(log, f[3]) or "", *f[5:])
-                    for f in notes(fields)))
-            log.ends.append((self.seq, now, fields))
+            log.ends.append((self.seq, now, items))
 
     def restore_flow(self, job_id: str, flow: dict, step_out: dict | None = None) -> None:
         """A job a restarted broker recovered: the records and bytes its journaled commits

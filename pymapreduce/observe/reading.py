@@ -10,6 +10,7 @@ the attempt table is joined here from the batches it is stored as.
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator
 from heapq import merge
@@ -21,6 +22,11 @@ from .timeline import place
 
 SMALL = 160  # about what an event without texts costs in memory (bytes)
 NOTE = 9  # the items of a noted commit (events.py)
+# a commit batch packed in C (events.py, speedups.pack_notes): (PACKED, job, kind, its
+# workers' names, rows), a row of ROW per commit (index, attempt identifier, secs,
+# records, bytes, bytes out, the place of its worker in the names)
+PACKED = object()
+ROW = struct.Struct("=qQdqqqH")
 _SEQ = itemgetter(0)
 ENDED_BADLY = ("failed", "killed")  # the events of a job's page's failures
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
@@ -71,6 +77,23 @@ def expand(entry: tuple) -> list[tuple]:
             for i, f in enumerate(notes(fields))]
 
 
+def flat(items: tuple) -> tuple:
+    """A commit batch's items as stored flat (NOTE to an attempt), also of one stored
+    packed (expanded here, when read)."""
+    if items[0] is not PACKED:
+        return items
+    _, job, kind, workers, rows = items
+    out: list = []
+    for index, attempt, secs, records, nbytes, sent, worker in ROW.iter_unpack(rows):
+        out += (job, kind, index, attempt, workers[worker], secs, records, nbytes, sent)
+    return tuple(out)
+
+
+def commits_in(items: tuple) -> int:
+    """The attempts a commit batch's items hold (see :func:`flat`)."""
+    return len(items[4]) // ROW.size if items[0] is PACKED else len(items) // NOTE
+
+
 def notes(items: tuple) -> list[tuple]:
     """A commit batch's attempts, each a tuple ``(job, kind, index, attempt identifier,
     worker, secs, records, bytes, bytes out)``, from its items as stored (flat, NOTE to an
@@ -97,7 +120,7 @@ def _count(merged: tuple) -> int:
     source, item = merged[1], merged[3]
     if source == RING:
         return item[7]
-    return len(item[4]) if source == SENT else len(item[2]) // NOTE
+    return len(item[4]) if source == SENT else commits_in(item[2])
 
 
 def _sent_entry(job: str, batch: tuple) -> tuple:
@@ -106,13 +129,14 @@ def _sent_entry(job: str, batch: tuple) -> tuple:
     seq, t, worker, step, attempts, backup, tasks = batch
     kinds = [task.kind for task in tasks]
     kind: Any = kinds[0] if kinds.count(kinds[0]) == len(kinds) else tuple(kinds)
-    return (seq, t, "dispatched", job, attempts, 0,
+    return (seq, t, "dispatched", job, tuple(attempts), 0,
             (worker, step, backup, kind, tuple(task.index for task in tasks)), len(attempts))
 
 
 def _done_entry(job: str, batch: tuple) -> tuple:
     """A commit batch ``(seq, time, items)`` as the ring entry of its events."""
     seq, t, items = batch
+    items = flat(items)
     return (seq, t, "done", job, items, 0, None, len(items) // NOTE)
 
 
@@ -125,6 +149,7 @@ def join_attempts(batches: list[tuple], ends: list[tuple], closed: dict) -> list
     ends at whichever came first, its commit or its other end."""
     committed: dict[int, tuple] = {}
     for _, t, items in ends:
+        items = flat(items)
         for attempt, secs in zip(items[3::NOTE], items[5::NOTE]):
             if attempt not in committed:
                 committed[attempt] = (t, secs)
