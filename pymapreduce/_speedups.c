@@ -1439,7 +1439,7 @@ str_order(PyObject *module, PyObject *keys)
                        * records, bytes, bytes out, its worker's place in the run's) */
 
 typedef struct {
-    Py_ssize_t first, count;      /* its notes */
+    Py_ssize_t count;             /* its commits (their rows follow the run before's) */
     PyObject *job, *kind;         /* held (strong) */
     long long sums[3];            /* records, bytes, bytes out */
     Py_ssize_t workers, nworkers; /* its workers: wtab[workers : workers + nworkers] */
@@ -1465,22 +1465,110 @@ count_of(PyObject *v, long long *out)
     return 1;
 }
 
+/* the keys of a report's statistics (interned at the module's start) */
+static PyObject *key_records, *key_bytes, *key_secs;
+
+/* One noted commit checked and packed into ``row`` and its run: 1, or 0 when one of its
+ * values is not of the usual kind. Makes no Python object (see pack_notes). */
+static int
+note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_obj,
+         PyObject *worker, PyObject *secs, PyObject *records, PyObject *nbytes,
+         Py_ssize_t out, NoteRun *runs, Py_ssize_t *nruns, PyObject **wtab,
+         Py_ssize_t *nw, char *row)
+{
+    long long index, counts[3];
+    unsigned long long attempt;
+    double s;
+    if (job == NULL || kind == NULL || secs == NULL || records == NULL || nbytes == NULL ||
+            !PyUnicode_CheckExact(job) || !PyUnicode_CheckExact(kind) ||
+            !PyUnicode_CheckExact(worker) || PyUnicode_GET_LENGTH(worker) == 0 ||
+            !count_of(index_obj, &index) || !PyLong_CheckExact(attempt_obj) ||
+            !count_of(records, &counts[0]) || !count_of(nbytes, &counts[1]) || out < 0)
+        return 0;
+    counts[2] = (long long)out;
+    /* (unsigned long where it has 64 bits: its conversion is a loop over the int's
+     * digits, the unsigned long long one a general byte-array copy) */
+#if ULONG_MAX >= 0xFFFFFFFFFFFFFFFFull
+    attempt = PyLong_AsUnsignedLong(attempt_obj);
+#else
+    attempt = PyLong_AsUnsignedLongLong(attempt_obj);
+#endif
+    if (attempt == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (PyFloat_CheckExact(secs))
+        s = PyFloat_AS_DOUBLE(secs);
+    else if (PyLong_CheckExact(secs)) {
+        s = PyLong_AsDouble(secs);
+        if (s == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    else if (secs == Py_None)  /* (noted as ``secs or 0``: a report without one) */
+        s = 0.0;
+    else
+        return 0;
+    NoteRun *run = *nruns ? &runs[*nruns - 1] : NULL;
+    if (run == NULL || !same_str(run->job, job) || !same_str(run->kind, kind)) {
+        run = &runs[(*nruns)++];
+        run->count = 0;
+        run->job = job;
+        run->kind = kind;
+        Py_INCREF(job);
+        Py_INCREF(kind);
+        run->sums[0] = run->sums[1] = run->sums[2] = 0;
+        run->workers = *nw;
+        run->nworkers = 0;
+    }
+    Py_ssize_t w = 0;
+    while (w < run->nworkers && !same_str(wtab[run->workers + w], worker))
+        w++;
+    if (w == run->nworkers) {
+        if (w > 0xFFFF)
+            return 0;
+        Py_INCREF(worker);
+        wtab[(*nw)++] = worker;
+        run->nworkers++;
+    }
+    for (int k = 0; k < 3; k++)
+        if (__builtin_add_overflow(run->sums[k], counts[k], &run->sums[k]))
+            return 0;
+    uint16_t place = (uint16_t)w;
+    memcpy(row, &index, 8);
+    memcpy(row + 8, &attempt, 8);
+    memcpy(row + 16, &s, 8);
+    memcpy(row + 24, counts, 24);
+    memcpy(row + 48, &place, 2);
+    run->count++;
+    return 1;
+}
+
 PyDoc_STRVAR(pack_notes_doc,
-"pack_notes(noted) -> list or None\n\n"
-"The commits the broker loop noted (a list, NOTE = 9 items each: job, kind, index,\n"
-"attempt identifier, worker, secs, records, bytes, bytes out) as runs of one job and\n"
-"kind: [(job, kind, n, records, bytes, bytes out, workers, rows)], the three sums\n"
-"those of the run's commits, ``workers`` the run's distinct worker names and ``rows``\n"
-"bytes of struct \"=qQdqqqH\" per commit (index, attempt, secs as a float, the three\n"
-"counts, the place of its worker in ``workers``). None when an item is not of the\n"
-"usual kind (the caller keeps them as they are): job, kind and worker exact str (the\n"
-"worker not empty), index and counts exact ints in the int64 range and not negative,\n"
-"the attempt one in the uint64 range, secs an exact float or int, no sum past int64.\n"
+"pack_notes(noted, reports) -> list or None\n\n"
+"The commits the broker loop noted, as runs of one job and kind: [(job, kind, n,\n"
+"records, bytes, bytes out, workers, rows)], the three sums those of the run's\n"
+"commits, ``workers`` the run's distinct worker names and ``rows`` bytes of struct\n"
+"\"=qQdqqqH\" per commit (index, attempt, secs as a float, the three counts, the place\n"
+"of its worker in ``workers``). ``noted`` is a list of NOTE = 9 items an entry: a\n"
+"commit (job, kind, index, attempt identifier, worker, secs, records, bytes, bytes\n"
+"out), or, when its first item is ``reports``, a run of a DONE's reports as the\n"
+"broker received them (reports, worker, results, first, count, blobs, ...): reports\n"
+"first to first + count of the list ``results``, each [job, kind, index, attempt,\n"
+"{records, bytes, secs}, ...], whose outputs are ``blobs[first:first + count]``.\n"
+"None when an item is not of the usual kind (the caller reads them itself): job,\n"
+"kind and worker exact str (the worker not empty), index and counts exact ints in\n"
+"the int64 range and not negative, the attempt one in the uint64 range, secs an exact\n"
+"float or int (or None in a report), a run's outputs exact bytes, no sum past int64.\n"
 "``noted`` is left as it is.");
 
 static PyObject *
-pack_notes(PyObject *module, PyObject *noted)
+pack_notes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (arity(nargs, 2, "pack_notes takes noted and reports") < 0)
+        return NULL;
+    PyObject *noted = args[0], *mark = args[1];
     if (!PyList_CheckExact(noted)) {
         PyErr_SetString(PyExc_TypeError, "pack_notes takes a list");
         return NULL;
@@ -1488,97 +1576,87 @@ pack_notes(PyObject *module, PyObject *noted)
     Py_ssize_t size = PyList_GET_SIZE(noted);
     if (size == 0 || size % NOTE)
         Py_RETURN_NONE;
-    Py_ssize_t n = size / NOTE;
+    PyObject **items = ((PyListObject *)noted)->ob_item;
+    /* the commits: a run of reports is checked here, its reports counted */
+    Py_ssize_t n = 0;
+    for (Py_ssize_t e = 0; e < size; e += NOTE) {
+        if (items[e] != mark) {
+            n++;
+            continue;
+        }
+        PyObject *results = items[e + 2], *blobs = items[e + 5];
+        Py_ssize_t first, count;
+        if (!PyList_CheckExact(results) || !PyTuple_CheckExact(blobs) ||
+                !PyLong_CheckExact(items[e + 3]) || !PyLong_CheckExact(items[e + 4]))
+            Py_RETURN_NONE;
+        first = PyLong_AsSsize_t(items[e + 3]);
+        count = PyLong_AsSsize_t(items[e + 4]);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        if (first < 0 || count < 0 || first > PyList_GET_SIZE(results) - count ||
+                first > PyTuple_GET_SIZE(blobs) - count)
+            Py_RETURN_NONE;
+        n += count;
+    }
+    if (n == 0)
+        Py_RETURN_NONE;
     /* first pass: checked, summed and packed into C memory, no Python object made (so
-     * nothing starts the collector, whose finalizers could change ``noted``); the
-     * names each run needs are held before the second pass makes objects */
+     * nothing starts the collector, whose finalizers could change ``noted``, or the
+     * reports); the names each run needs are held before the second pass makes
+     * objects */
     char *rows = PyMem_Malloc((size_t)n * NOTE_ROW);
     NoteRun *runs = PyMem_Malloc((size_t)n * sizeof(NoteRun));
     PyObject **wtab = PyMem_Malloc((size_t)n * sizeof(PyObject *));
-    Py_ssize_t nruns = 0, nw = 0;
+    Py_ssize_t nruns = 0, nw = 0, at = 0;
     PyObject *out = NULL;
     int usual = 1;
     if (rows == NULL || runs == NULL || wtab == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    PyObject **items = ((PyListObject *)noted)->ob_item;
-    NoteRun *run = NULL;
-    for (Py_ssize_t i = 0; i < n && usual; i++) {
-        PyObject **f = items + i * NOTE;
-        PyObject *job = f[0], *kind = f[1], *worker = f[4], *secs = f[5];
-        long long index, counts[3];
-        unsigned long long attempt;
-        double s;
-        if (!PyUnicode_CheckExact(job) || !PyUnicode_CheckExact(kind) ||
-                !PyUnicode_CheckExact(worker) || PyUnicode_GET_LENGTH(worker) == 0 ||
-                !count_of(f[2], &index) || !PyLong_CheckExact(f[3]) ||
-                !count_of(f[6], &counts[0]) || !count_of(f[7], &counts[1]) ||
-                !count_of(f[8], &counts[2])) {
-            usual = 0;
-            break;
+    for (Py_ssize_t e = 0; e < size && usual; e += NOTE) {
+        PyObject **f = items + e;
+        if (f[0] != mark) {
+            Py_ssize_t sent = -1;
+            if (PyLong_CheckExact(f[8])) {
+                sent = PyLong_AsSsize_t(f[8]);
+                if (sent == -1 && PyErr_Occurred()) {
+                    PyErr_Clear();
+                    sent = -1;
+                }
+            }
+            usual = note_one(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], sent, runs,
+                             &nruns, wtab, &nw, rows + at * NOTE_ROW);
+            at++;
+            continue;
         }
-        /* (unsigned long where it has 64 bits: its conversion is a loop over the
-         * int's digits, the unsigned long long one a general byte-array copy) */
-#if ULONG_MAX >= 0xFFFFFFFFFFFFFFFFull
-        attempt = PyLong_AsUnsignedLong(f[3]);
-#else
-        attempt = PyLong_AsUnsignedLongLong(f[3]);
-#endif
-        if (attempt == (unsigned long long)-1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            usual = 0;
-            break;
-        }
-        if (PyFloat_CheckExact(secs))
-            s = PyFloat_AS_DOUBLE(secs);
-        else if (PyLong_CheckExact(secs)) {
-            s = PyLong_AsDouble(secs);
-            if (s == -1.0 && PyErr_Occurred()) {
+        PyObject *worker = f[1];
+        PyObject **reports = ((PyListObject *)f[2])->ob_item;
+        PyObject **blobs = ((PyTupleObject *)f[5])->ob_item;
+        Py_ssize_t first = PyLong_AsSsize_t(f[3]), count = PyLong_AsSsize_t(f[4]);
+        for (Py_ssize_t k = first; k < first + count && usual; k++) {
+            PyObject *item = reports[k], *stats;
+            if (!PyList_CheckExact(item) || PyList_GET_SIZE(item) < 5 ||
+                    !PyDict_CheckExact(stats = PyList_GET_ITEM(item, 4)) ||
+                    !PyBytes_CheckExact(blobs[k])) {
+                usual = 0;
+                break;
+            }
+            PyObject **r = ((PyListObject *)item)->ob_item;
+            usual = note_one(r[0], r[1], r[2], r[3], worker,
+                             PyDict_GetItemWithError(stats, key_secs),
+                             PyDict_GetItemWithError(stats, key_records),
+                             PyDict_GetItemWithError(stats, key_bytes),
+                             PyBytes_GET_SIZE(blobs[k]), runs, &nruns, wtab, &nw,
+                             rows + at * NOTE_ROW);
+            if (PyErr_Occurred()) {  /* (a lookup's key comparison failed) */
                 PyErr_Clear();
                 usual = 0;
-                break;
             }
+            at++;
         }
-        else {
-            usual = 0;
-            break;
-        }
-        if (run == NULL || !same_str(run->job, job) || !same_str(run->kind, kind)) {
-            run = &runs[nruns++];
-            run->first = i;
-            run->count = 0;
-            run->job = job;
-            run->kind = kind;
-            Py_INCREF(job);
-            Py_INCREF(kind);
-            run->sums[0] = run->sums[1] = run->sums[2] = 0;
-            run->workers = nw;
-            run->nworkers = 0;
-        }
-        Py_ssize_t w = 0;
-        while (w < run->nworkers && !same_str(wtab[run->workers + w], worker))
-            w++;
-        if (w == run->nworkers) {
-            if (w > 0xFFFF) {
-                usual = 0;
-                break;
-            }
-            Py_INCREF(worker);
-            wtab[nw++] = worker;
-            run->nworkers++;
-        }
-        for (int k = 0; k < 3; k++)
-            if (__builtin_add_overflow(run->sums[k], counts[k], &run->sums[k]))
-                usual = 0;
-        char *row = rows + i * NOTE_ROW;
-        uint16_t place = (uint16_t)w;
-        memcpy(row, &index, 8);
-        memcpy(row + 8, &attempt, 8);
-        memcpy(row + 16, &s, 8);
-        memcpy(row + 24, counts, 24);
-        memcpy(row + 48, &place, 2);
-        run->count++;
     }
     if (!usual) {
         out = Py_None;
@@ -1586,11 +1664,13 @@ pack_notes(PyObject *module, PyObject *noted)
         goto done;
     }
     out = PyList_New(nruns);
+    Py_ssize_t from = 0;
     for (Py_ssize_t r = 0; out != NULL && r < nruns; r++) {
         NoteRun *one = &runs[r];
         PyObject *workers = PyTuple_New(one->nworkers);
-        PyObject *packed = PyBytes_FromStringAndSize(rows + one->first * NOTE_ROW,
+        PyObject *packed = PyBytes_FromStringAndSize(rows + from * NOTE_ROW,
                                                      one->count * NOTE_ROW);
+        from += one->count;
         PyObject *item = NULL;
         if (workers != NULL && packed != NULL) {
             for (Py_ssize_t w = 0; w < one->nworkers; w++) {
@@ -1639,7 +1719,7 @@ static PyMethodDef methods[] = {
      bucket_groups_pack_doc},
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
-    {"pack_notes", (PyCFunction)pack_notes, METH_O, pack_notes_doc},
+    {"pack_notes", (PyCFunction)(void (*)(void))pack_notes, METH_FASTCALL, pack_notes_doc},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1653,5 +1733,10 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     init_crc_table();
+    key_records = PyUnicode_InternFromString("records");
+    key_bytes = PyUnicode_InternFromString("bytes");
+    key_secs = PyUnicode_InternFromString("secs");
+    if (key_records == NULL || key_bytes == NULL || key_secs == NULL)
+        return NULL;
     return PyModule_Create(&module_def);
 }

@@ -16,11 +16,15 @@ from hypothesis import strategies as st
 from pymapreduce import speedups
 from pymapreduce.observe import events as events_module
 from pymapreduce.observe.events import EventLog
-from pymapreduce.observe.reading import NOTE, PACKED, ROW, commits_in, flat
+from pymapreduce.observe.reading import NOTE, PACKED, REPORTS, ROW, commits_in, flat
 
 built = pytest.mark.skipif(not speedups.built(), reason="the C extension is not built here "
                            "(no C compiler at install, or PYMAPREDUCE_PURE=1)")
 INT64, UINT64 = 1 << 63, 1 << 64
+
+
+def pack(noted, reports=None):
+    return speedups.pack_notes(noted, REPORTS if reports is None else reports)
 
 
 def model(noted: list) -> list | None:
@@ -33,11 +37,11 @@ def model(noted: list) -> list | None:
         if not (type(job) is str and type(kind) is str and type(worker) is str and worker
                 and type(index) is int and 0 <= index < INT64
                 and type(attempt) is int and 0 <= attempt < UINT64
-                and type(secs) in (float, int)
+                and (type(secs) in (float, int) or secs is None)
                 and all(type(c) is int and 0 <= c < INT64 for c in (records, nbytes, out))):
             return None
         try:
-            secs = float(secs)
+            secs = float(secs or 0)
         except OverflowError:
             return None
         if not runs or runs[-1][0] != job or runs[-1][1] != kind:
@@ -80,8 +84,67 @@ def test_pack_notes_is_the_python_model(notes, odd):
     elif odd == 3 and noted:
         noted[0] = type("Name", (str,), {})("j1")
     before = list(noted)
-    assert speedups.pack_notes(noted) == model(noted)
+    assert pack(noted) == model(noted)
     assert noted == before  # (left as it was)
+
+
+def model_with_reports(noted: list) -> list | None:
+    """``model`` of a list that holds runs of reports (REPORTS) too."""
+    flat_notes: list = []
+    for i in range(0, len(noted) - len(noted) % NOTE, NOTE):
+        entry = noted[i:i + NOTE]
+        if entry[0] is not REPORTS:
+            flat_notes += entry
+            continue
+        _, worker, results, first, count, blobs = entry[:6]
+        if not (type(results) is list and type(blobs) is tuple and type(first) is int
+                and type(count) is int and 0 <= first and 0 <= count
+                and first + count <= min(len(results), len(blobs))):
+            return None
+        for k in range(first, first + count):
+            item = results[k]
+            if not (type(item) is list and len(item) >= 5 and type(item[4]) is dict
+                    and type(blobs[k]) is bytes
+                    and all(x in item[4] for x in ("records", "bytes", "secs"))):
+                return None
+            stats = item[4]
+            flat_notes += (*item[:4], worker, stats["secs"], stats["records"],
+                           stats["bytes"], len(blobs[k]))
+    if len(noted) % NOTE:
+        return None
+    return model(flat_notes) if flat_notes or not noted else None
+
+
+STATS = st.one_of(
+    st.fixed_dictionaries({"records": COUNT, "bytes": COUNT,
+                           "secs": st.one_of(st.floats(0, 10), st.integers(0, 3), st.none(),
+                                             st.text(max_size=1))}),
+    st.dictionaries(st.sampled_from(["records", "bytes", "secs", "log"]), st.integers(0, 5),
+                    max_size=4))
+REPORT = st.tuples(st.sampled_from(["j1", "j2"]), st.sampled_from(["map", "reduce"]),
+                   st.integers(-1, 50), st.integers(0, UINT64 + 1), STATS).map(
+                       lambda r: [*r, 1])
+RUNS = st.tuples(
+    st.sampled_from(["w1", "w2", ""]),
+    st.lists(st.one_of(REPORT, REPORT, st.just(["j1", "map"]), st.just(("t",) * 6)),
+             max_size=8),
+    st.integers(-1, 4), st.integers(-1, 8),
+    st.lists(st.one_of(st.binary(max_size=6), st.binary(max_size=6),
+                       st.binary(max_size=3).map(bytearray)), max_size=9))
+
+
+@built
+@settings(max_examples=500)
+@given(st.lists(st.one_of(NOTES.map(lambda notes: notes[:2]), RUNS), max_size=5))
+def test_pack_notes_reads_runs_of_reports_as_their_notes(entries):
+    noted: list = []
+    for entry in entries:
+        if isinstance(entry, list):  # flat notes
+            noted += [x for note in entry for x in note]
+        else:
+            worker, results, first, count, blobs = entry
+            noted += (REPORTS, worker, results, first, count, tuple(blobs), None, None, None)
+    assert pack(noted) == model_with_reports(noted)
 
 
 @built
@@ -89,21 +152,23 @@ def test_pack_notes_packs_the_usual_and_refuses_odd_ones():
     usual = ["j", "map", 3, (1 << 62) + 5, "w1", 0.5, 1, 2, 3,
              "j", "map", 4, 6, "w2", 2, 4, 5, 6,
              "k", "reduce", 0, 7, "w1", 0.25, 0, 0, 3]
-    runs = speedups.pack_notes(usual)
+    runs = pack(usual)
     assert [r[:7] for r in runs] == [("j", "map", 2, 5, 7, 9, ("w1", "w2")),
                                      ("k", "reduce", 1, 0, 0, 3, ("w1",))]
     assert list(ROW.iter_unpack(runs[0][7])) == [(3, (1 << 62) + 5, 0.5, 1, 2, 3, 0),
                                                  (4, 6, 2.0, 4, 5, 6, 1)]
-    for i, bad in [(4, ""), (2, -1), (3, 1 << 64), (5, True), (5, None), (6, -1),
+    for i, bad in [(4, ""), (2, -1), (3, 1 << 64), (5, True), (5, "0"), (6, -1),
                    (8, 1 << 63), (0, b"j"), (1, None)]:
         odd = list(usual)
         odd[i] = bad
-        assert speedups.pack_notes(odd) is None, (i, bad)
+        assert pack(odd) is None, (i, bad)
     over = ["j", "map", 1, 1, "w", 0.0, INT64 - 1, 0, 0] * 2
-    assert speedups.pack_notes(over) is None  # (a sum past int64)
-    assert speedups.pack_notes([]) is None and speedups.pack_notes(usual[:-1]) is None
+    assert pack(over) is None  # (a sum past int64)
+    assert pack([]) is None and pack(usual[:-1]) is None
     with pytest.raises(TypeError):
-        speedups.pack_notes(tuple(usual))
+        pack(tuple(usual))
+    with pytest.raises(TypeError):
+        speedups.pack_notes(usual)
 
 
 @built
@@ -113,11 +178,11 @@ def test_pack_notes_holds_no_memory_and_no_references():
     odd = usual + [job, "map", -1, 1, worker, 0.5, 1, 2, 3]
     refs = sys.getrefcount(job), sys.getrefcount(worker)
     for _ in range(3):
-        speedups.pack_notes(usual), speedups.pack_notes(odd)
+        pack(usual), pack(odd)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for _ in range(2000):
-        speedups.pack_notes(usual), speedups.pack_notes(odd)
+        pack(usual), pack(odd)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert after - before < 16 * 1024
@@ -149,7 +214,7 @@ def test_pack_notes_survives_a_finalizer_that_changes_the_list():
             del garbage
         gc.set_threshold(1)
         gc.enable()
-        runs = speedups.pack_notes(noted)
+        runs = pack(noted)
     finally:
         gc.set_threshold(*threshold)
         if not was_enabled:

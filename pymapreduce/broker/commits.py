@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..observe.reading import REPORTS
 from ..patterns import protocol as P
 from ..patterns.records import EMPTY_COLUMNS
 from ..patterns.wire import KINDS, AttemptKey
@@ -169,7 +170,7 @@ class Commits:
                                        worker.name)
         noted = self.events.noted
         put = self.store.put
-        n = pos = 0
+        n = pos = run = 0
         for item in results:
             if type(item) is not list or len(item) != 6 or pos >= nb:
                 break
@@ -213,17 +214,21 @@ class Commits:
                     put((job_id, "out", index), blob)
             else:
                 put((job_id, "s", step, index), blob)
-            del stats["secs"]
-            if noted is not None:  # EventLog.done's note, as _commit adds it
-                noted += (job_id, kind, index, attempt, name, secs or 0, records, nbytes, out)
             job.task_secs = secs if job.task_secs is None else (
                 0.8 * job.task_secs + 0.2 * secs)
             phase = job.phase  # (_commit's ending, inline: a call a report saved)
             job.commit(task, stats, NO_PARTS)
             if job.phase != phase or job.step != step or job.state != P.JOB_RUNNING:
+                if noted is not None:  # (what was committed is noted before what follows)
+                    noted += (REPORTS, name, results, run, n - run, blobs, None, None, None)
+                    run = n
                 self._moved_on(job, phase, step)
             elif job.fetch_waiters:
                 self._serve_fetch_waiters(job)
+        # the log's note of the reports committed: the run of them as they came, read
+        # when the turn's commits are recorded (EventLog.flush; no note a report)
+        if noted is not None and n > run:
+            noted += (REPORTS, name, results, run, n - run, blobs, None, None, None)
         return n, pos
 
     def _spent(self, job: JobState) -> None:

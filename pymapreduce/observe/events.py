@@ -47,7 +47,7 @@ from ..errors import line_offset
 from ..patterns.protocol import JOB_RUNNING
 from ..speedups import UINT64, pack_notes
 from .attempts import _KIND, ABANDONED, AttemptTable, _holder, _JobLog
-from .reading import ATTEMPT_MASK, NOTE, PACKED, SMALL, Reading, notes
+from .reading import ATTEMPT_MASK, NOTE, PACKED, REPORTS, SMALL, Reading, noted_commits, notes
 
 MAX_ERROR = 1000  # characters of an error message kept in an event
 MAX_TRACEBACK = 8000  # ... of a traceback (its end: where it raised)
@@ -319,14 +319,14 @@ class EventLog(AttemptTable, Reading):
         usual turn's is checked and summed on a column's slice."""
         now = time.time()
         pending = self._pending  # (the same list for the log's life: the commit path
-        runs = pack_notes(pending) if pack_notes is not None else None  # holds it)
+        runs = pack_notes(pending, REPORTS) if pack_notes is not None else None  # holds it)
         if runs is not None:
             pending.clear()
             for job_id, kind, n, records, nbytes, out, workers, rows in runs:
                 self._add_done(job_id, kind, (PACKED, job_id, kind, workers, rows), now,
                                n, records, nbytes, out)
             return
-        pending = tuple(pending)
+        pending = noted_commits(pending)
         self._pending.clear()
         job_id, kind = pending[0], pending[1]
         n = len(pending) // NOTE

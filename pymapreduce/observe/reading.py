@@ -27,6 +27,11 @@ NOTE = 9  # the items of a noted commit (events.py)
 # records, bytes, bytes out, the place of its worker in the names)
 PACKED = object()
 ROW = struct.Struct("=qQdqqqH")
+# a run of a DONE's reports noted as the broker received them, NOTE items: (REPORTS,
+# worker, results, first, count, blobs, None, None, None): the commits of reports first
+# to first + count of the list ``results`` ([job, kind, index, attempt, {records, bytes,
+# secs}, ...] each), their outputs ``blobs[first:first + count]`` (events.py)
+REPORTS = object()
 _SEQ = itemgetter(0)
 ENDED_BADLY = ("failed", "killed")  # the events of a job's page's failures
 ATTEMPT_MASK = (1 << 12) - 1  # tasks.ATTEMPT_BITS: the attempt's number (the rest is random)
@@ -86,6 +91,24 @@ def flat(items: tuple) -> tuple:
     out: list = []
     for index, attempt, secs, records, nbytes, sent, worker in ROW.iter_unpack(rows):
         out += (job, kind, index, attempt, workers[worker], secs, records, nbytes, sent)
+    return tuple(out)
+
+
+def noted_commits(noted: list) -> tuple:
+    """What the commit path noted, as NOTE items a commit (see events.py), its runs of
+    reports (REPORTS) read."""
+    if not any(x is REPORTS for x in noted[::NOTE]):
+        return tuple(noted)
+    out: list = []
+    for i in range(0, len(noted), NOTE):
+        if noted[i] is not REPORTS:
+            out += noted[i:i + NOTE]
+            continue
+        _, worker, results, first, count, blobs = noted[i:i + 6]
+        for k in range(first, first + count):
+            job, kind, index, attempt, stats = results[k][:5]
+            out += (job, kind, index, attempt, worker, stats["secs"] or 0,
+                    stats["records"], stats["bytes"], len(blobs[k]))
     return tuple(out)
 
 
