@@ -14,14 +14,16 @@ freed when the broker forgets the job.
 Recording is on the broker loop's path of every task, so the two events every attempt
 has are recorded in batches, and no call is made per attempt: the attempts of one TASKS
 message with one call (``dispatched``, given the message's tasks and their attempts'
-identifiers), the attempts committed in one turn of the loop together (the commit path
-adds NOTE items to the flat list ``noted``, as :meth:`EventLog.done` does; ``flush``
-records them). Each batch is stored once, as it came, as a batch of the job's attempt
-table, and is no ring entry: readers take these events from the tables and merge them
-with the rings by sequence number (reading.py). A batch is a tuple of names and numbers
-(the dispatch batch's tasks aside), which the garbage collector stops tracking the first
-time it sees it, where a list, or an object per attempt, would be gone over at every
-collection for as long as it is kept. The attempt table is the job's dispatch batches
+identifiers, kept as an array of 64-bit ints), the attempts committed in one turn of the
+loop together (the commit path adds NOTE items to the flat list ``noted``: a commit's, as
+:meth:`EventLog.done` does, or a run of a DONE's reports as received, REPORTS in
+reading.py; ``flush`` records them, packed in C by ``speedups.pack_notes`` into bytes,
+50 a commit). Each batch is stored once, as a batch of the job's attempt table, and is
+no ring entry: readers take these events from the tables and merge them with the rings
+by sequence number (reading.py, which expands a packed batch when read). A batch holds
+names, numbers and bytes (the dispatch batch's tasks aside), which the garbage
+collector stops tracking the first time it sees it, where a list, or an object per
+attempt, would be gone over at every collection for as long as it is kept. The attempt table is the job's dispatch batches
 plus its commit batches, joined by attempt identifier when read (the rare failures,
 kills and abandons are kept by identifier). What that costs per task, against a broker
 started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_event_cost.py``,
@@ -102,7 +104,7 @@ class EventLog(AttemptTable, Reading):
         self.seq = 0
         self.per_job = per_job
         self.attempts_per_job = attempts_per_job
-        self.max_attempts = max_attempts  # attempt rows of all jobs (~250 bytes each)
+        self.max_attempts = max_attempts  # attempt rows of all jobs (~100 bytes each)
         self._rows = 0
         self.max_bytes = max_bytes
         # the global ring: entries of at most global_events events in all (bounded by
