@@ -1436,7 +1436,10 @@ str_order(PyObject *module, PyObject *keys)
 #define NOTE 9        /* items of a noted commit: job, kind, index, attempt identifier,
                        * worker, secs, records, bytes, bytes out */
 #define NOTE_ROW 50   /* a packed commit: struct "=qQdqqqH" (index, attempt, secs,
-                       * records, bytes, bytes out, its worker's place in the run's) */
+                       * records, bytes, bytes out, its worker's place in the run's
+                       * names, or'ed with NOTE_INT_SECS when its run time is an int) */
+#define NOTE_PLACES 0x8000
+#define NOTE_INT_SECS 0x8000
 
 typedef struct {
     Py_ssize_t count;             /* its commits (their rows follow the run before's) */
@@ -1469,16 +1472,19 @@ count_of(PyObject *v, long long *out)
 static PyObject *key_records, *key_bytes, *key_secs;
 
 /* One noted commit checked and packed into ``row`` and its run: 1, or 0 when one of its
- * values is not of the usual kind. Makes no Python object (see pack_notes). */
+ * values is not of the usual kind. Makes no Python object and runs no Python code (see
+ * pack_notes). ``report``: its values are a report's, whose run time the log reads as
+ * ``secs or 0`` (a note's is read as it is). */
 static int
 note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_obj,
          PyObject *worker, PyObject *secs, PyObject *records, PyObject *nbytes,
-         Py_ssize_t out, NoteRun *runs, Py_ssize_t *nruns, PyObject **wtab,
+         Py_ssize_t out, int report, NoteRun *runs, Py_ssize_t *nruns, PyObject **wtab,
          Py_ssize_t *nw, char *row)
 {
     long long index, counts[3];
     unsigned long long attempt;
     double s;
+    int int_secs = 0;  /* the run time an int (read back as one) */
     if (job == NULL || kind == NULL || secs == NULL || records == NULL || nbytes == NULL ||
             !PyUnicode_CheckExact(job) || !PyUnicode_CheckExact(kind) ||
             !PyUnicode_CheckExact(worker) || PyUnicode_GET_LENGTH(worker) == 0 ||
@@ -1497,17 +1503,24 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
         PyErr_Clear();
         return 0;
     }
-    if (PyFloat_CheckExact(secs))
+    if (PyFloat_CheckExact(secs)) {
         s = PyFloat_AS_DOUBLE(secs);
-    else if (PyLong_CheckExact(secs)) {
-        s = PyLong_AsDouble(secs);
-        if (s == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return 0;
-        }
+        if (report && s == 0.0)  /* (``0.0 or 0``) */
+            int_secs = 1;
     }
-    else if (secs == Py_None)  /* (noted as ``secs or 0``: a report without one) */
+    else if (PyLong_CheckExact(secs)) {
+        int overflow;
+        long long whole = PyLong_AsLongLongAndOverflow(secs, &overflow);
+        /* (an int a double holds exactly, to be read back as the same int) */
+        if (overflow || whole > (1LL << 53) || whole < -(1LL << 53))
+            return 0;
+        s = (double)whole;
+        int_secs = 1;
+    }
+    else if (report && secs == Py_None) {  /* (``None or 0``) */
         s = 0.0;
+        int_secs = 1;
+    }
     else
         return 0;
     NoteRun *run = *nruns ? &runs[*nruns - 1] : NULL;
@@ -1522,11 +1535,16 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
         run->workers = *nw;
         run->nworkers = 0;
     }
-    Py_ssize_t w = 0;
-    while (w < run->nworkers && !same_str(wtab[run->workers + w], worker))
-        w++;
+    /* its worker's place in the run's names: mostly the last one added (a DONE's
+     * reports are one worker's), else looked for */
+    Py_ssize_t w = run->nworkers - 1;
+    if (w < 0 || !same_str(wtab[run->workers + w], worker)) {
+        w = 0;
+        while (w < run->nworkers && !same_str(wtab[run->workers + w], worker))
+            w++;
+    }
     if (w == run->nworkers) {
-        if (w > 0xFFFF)
+        if (w >= NOTE_PLACES)
             return 0;
         Py_INCREF(worker);
         wtab[(*nw)++] = worker;
@@ -1535,7 +1553,7 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
     for (int k = 0; k < 3; k++)
         if (__builtin_add_overflow(run->sums[k], counts[k], &run->sums[k]))
             return 0;
-    uint16_t place = (uint16_t)w;
+    uint16_t place = (uint16_t)(w | (int_secs ? NOTE_INT_SECS : 0));
     memcpy(row, &index, 8);
     memcpy(row + 8, &attempt, 8);
     memcpy(row + 16, &s, 8);
@@ -1545,22 +1563,60 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
     return 1;
 }
 
+/* The usual statistics of a report, {records, bytes, secs} and nothing else, into
+ * ``got`` in that order: 1, or 0 if ``stats`` holds other keys (or fewer). Its entries
+ * are gone over, not looked up: a decoded report's keys are not the interned ones, and
+ * three lookups that compare strings cost more than one pass over three entries. No
+ * Python code runs (exact str keys only). */
+static int
+report_stats(PyObject *stats, PyObject **got)
+{
+    if (PyDict_GET_SIZE(stats) != 3)
+        return 0;
+    PyObject *keys[3] = {key_records, key_bytes, key_secs};
+    got[0] = got[1] = got[2] = NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(stats, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return 0;
+        /* (a str of ASCII characters only is always stored compact ASCII: one that
+         * is not cannot equal these keys) */
+        int which = -1;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(key);
+        for (int k = 0; k < 3 && which < 0; k++)
+            if (key == keys[k] || (PyUnicode_IS_COMPACT_ASCII(key) &&
+                                   len == PyUnicode_GET_LENGTH(keys[k]) &&
+                                   memcmp(PyUnicode_DATA(key), PyUnicode_DATA(keys[k]),
+                                          (size_t)len) == 0))
+                which = k;
+        if (which < 0 || got[which] != NULL)
+            return 0;
+        got[which] = value;
+    }
+    return got[0] != NULL && got[1] != NULL && got[2] != NULL;
+}
+
 PyDoc_STRVAR(pack_notes_doc,
 "pack_notes(noted, reports) -> list or None\n\n"
 "The commits the broker loop noted, as runs of one job and kind: [(job, kind, n,\n"
 "records, bytes, bytes out, workers, rows)], the three sums those of the run's\n"
 "commits, ``workers`` the run's distinct worker names and ``rows`` bytes of struct\n"
 "\"=qQdqqqH\" per commit (index, attempt, secs as a float, the three counts, the place\n"
-"of its worker in ``workers``). ``noted`` is a list of NOTE = 9 items an entry: a\n"
+"of its worker in ``workers``, or'ed with 0x8000 when its secs reads as an int: an\n"
+"int, or a report's ``secs or 0`` of 0.0 or None). ``noted`` is a list of NOTE = 9\n"
+"items an entry: a\n"
 "commit (job, kind, index, attempt identifier, worker, secs, records, bytes, bytes\n"
 "out), or, when its first item is ``reports``, a run of a DONE's reports as the\n"
 "broker received them (reports, worker, results, first, count, blobs, ...): reports\n"
 "first to first + count of the list ``results``, each [job, kind, index, attempt,\n"
-"{records, bytes, secs}, ...], whose outputs are ``blobs[first:first + count]``.\n"
+"{records, bytes, secs}, ...] (those three keys only), whose outputs are\n"
+"``blobs[first:first + count]``.\n"
 "None when an item is not of the usual kind (the caller reads them itself): job,\n"
 "kind and worker exact str (the worker not empty), index and counts exact ints in\n"
 "the int64 range and not negative, the attempt one in the uint64 range, secs an exact\n"
-"float or int (or None in a report), a run's outputs exact bytes, no sum past int64.\n"
+"float or an int of at most 2**53 either way (or None in a report), a run's outputs\n"
+"exact bytes, no sum past int64, fewer than 32,768 workers in a run.\n"
 "``noted`` is left as it is.");
 
 static PyObject *
@@ -1627,7 +1683,7 @@ pack_notes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     sent = -1;
                 }
             }
-            usual = note_one(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], sent, runs,
+            usual = note_one(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], sent, 0, runs,
                              &nruns, wtab, &nw, rows + at * NOTE_ROW);
             at++;
             continue;
@@ -1645,16 +1701,12 @@ pack_notes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
             PyObject **r = ((PyListObject *)item)->ob_item;
-            usual = note_one(r[0], r[1], r[2], r[3], worker,
-                             PyDict_GetItemWithError(stats, key_secs),
-                             PyDict_GetItemWithError(stats, key_records),
-                             PyDict_GetItemWithError(stats, key_bytes),
-                             PyBytes_GET_SIZE(blobs[k]), runs, &nruns, wtab, &nw,
-                             rows + at * NOTE_ROW);
-            if (PyErr_Occurred()) {  /* (a lookup's key comparison failed) */
-                PyErr_Clear();
-                usual = 0;
-            }
+            PyObject *got[3];
+            usual = report_stats(stats, got);
+            if (usual)
+                usual = note_one(r[0], r[1], r[2], r[3], worker, got[2], got[0], got[1],
+                                 PyBytes_GET_SIZE(blobs[k]), 1, runs, &nruns, wtab, &nw,
+                                 rows + at * NOTE_ROW);
             at++;
         }
     }

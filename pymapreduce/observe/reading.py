@@ -24,9 +24,10 @@ SMALL = 160  # about what an event without texts costs in memory (bytes)
 NOTE = 9  # the items of a noted commit (events.py)
 # a commit batch packed in C (events.py, speedups.pack_notes): (PACKED, job, kind, its
 # workers' names, rows), a row of ROW per commit (index, attempt identifier, secs,
-# records, bytes, bytes out, the place of its worker in the names)
+# records, bytes, bytes out, the place of its worker in the names, with INT_SECS)
 PACKED = object()
 ROW = struct.Struct("=qQdqqqH")
+INT_SECS = 0x8000  # (or'ed with a row's place of its worker: its secs an int)
 # a run of a DONE's reports noted as the broker received them, NOTE items: (REPORTS,
 # worker, results, first, count, blobs, None, None, None): the commits of reports first
 # to first + count of the list ``results`` ([job, kind, index, attempt, {records, bytes,
@@ -89,8 +90,10 @@ def flat(items: tuple) -> tuple:
         return items
     _, job, kind, workers, rows = items
     out: list = []
-    for index, attempt, secs, records, nbytes, sent, worker in ROW.iter_unpack(rows):
-        out += (job, kind, index, attempt, workers[worker], secs, records, nbytes, sent)
+    for index, attempt, secs, records, nbytes, sent, at in ROW.iter_unpack(rows):
+        if at & INT_SECS:  # (noted as an int: read as one)
+            secs, at = int(secs), at & ~INT_SECS
+        out += (job, kind, index, attempt, workers[at], secs, records, nbytes, sent)
     return tuple(out)
 
 
