@@ -11,6 +11,7 @@ from pymapreduce.observe.reading import NOTE
 
 class Job:
     reducers, steps, step, state, submitted, error, tenant = 1, [], 0, "running", 0.0, None, ""
+    map_only = False
 
     def __init__(self, job_id: str) -> None:
         self.id = self.name = job_id

@@ -21,6 +21,8 @@ from pymapreduce.observe import events as events_module
 from pymapreduce.observe.events import EventLog
 from pymapreduce.observe.reading import INT_SECS, NOTE, PACKED, REPORTS, ROW, commits_in, flat
 
+from .test_event_review import Job, Task
+
 built = pytest.mark.skipif(not speedups.built(), reason="the C extension is not built here "
                            "(no C compiler at install, or PYMAPREDUCE_PURE=1)")
 INT64, UINT64 = 1 << 63, 1 << 64
@@ -235,21 +237,6 @@ def test_pack_notes_survives_a_finalizer_that_changes_the_list():
 
 
 # -- the log: packed batches read as the flat ones --------------------------------------
-
-class Job:
-    reducers, steps, step, state, submitted, error, tenant = 1, [], 0, "running", 0.0, None, ""
-    map_only = False
-
-    def __init__(self, job_id: str) -> None:
-        self.id = self.name = job_id
-        self.maps: list = []
-
-
-class Task:
-    def __init__(self, job: Job, index: int, kind: str = "map") -> None:
-        self.job, self.kind, self.index, self.running = job, kind, index, {}
-        self.name, self.failures = f"{kind}-{index}", 0
-
 
 def drive(steps: list, cap: int) -> dict:
     """Run one log through ``steps`` and read everything a reader can."""
