@@ -23,11 +23,12 @@ no ring entry: readers take these events from the tables and merge them with the
 by sequence number (reading.py, which expands a packed batch when read). A batch holds
 names, numbers and bytes (the dispatch batch's tasks aside), which the garbage
 collector stops tracking the first time it sees it, where a list, or an object per
-attempt, would be gone over at every collection for as long as it is kept. The attempt table is the job's dispatch batches
-plus its commit batches, joined by attempt identifier when read (the rare failures,
-kills and abandons are kept by identifier). What that costs per task, against a broker
-started with ``--no-events``, is in benchmarks/RESULTS.md (``bench_event_cost.py``,
-``bench_observe_steps.py``).
+attempt, would be gone over at every collection for as long as it is kept. The attempt
+table is the job's dispatch batches plus its commit batches, joined by attempt
+identifier when read (the rare failures, kills and abandons are kept by identifier).
+What that costs per task, against a broker started with ``--no-events``, is in
+benchmarks/RESULTS.md (``bench_event_cost.py``, ``bench_observe_steps.py``,
+``bench_broker_cpu.py``).
 
 Events carry names, numbers, error texts and input positions only: never job code, never
 a key or value of the data (an input position's ``key`` is left out).
