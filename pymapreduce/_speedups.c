@@ -1478,7 +1478,7 @@ static PyObject *key_records, *key_bytes, *key_secs;
 static int
 note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_obj,
          PyObject *worker, PyObject *secs, PyObject *records, PyObject *nbytes,
-         Py_ssize_t out, int report, NoteRun *runs, Py_ssize_t *nruns, PyObject **wtab,
+         long long out, int report, NoteRun *runs, Py_ssize_t *nruns, PyObject **wtab,
          Py_ssize_t *nw, char *row)
 {
     long long index, counts[3];
@@ -1491,7 +1491,7 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
             !count_of(index_obj, &index) || !PyLong_CheckExact(attempt_obj) ||
             !count_of(records, &counts[0]) || !count_of(nbytes, &counts[1]) || out < 0)
         return 0;
-    counts[2] = (long long)out;
+    counts[2] = out;
     /* (unsigned long where it has 64 bits: its conversion is a loop over the int's
      * digits, the unsigned long long one a general byte-array copy) */
 #if ULONG_MAX >= 0xFFFFFFFFFFFFFFFFull
@@ -1675,14 +1675,9 @@ pack_notes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t e = 0; e < size && usual; e += NOTE) {
         PyObject **f = items + e;
         if (f[0] != mark) {
-            Py_ssize_t sent = -1;
-            if (PyLong_CheckExact(f[8])) {
-                sent = PyLong_AsSsize_t(f[8]);
-                if (sent == -1 && PyErr_Occurred()) {
-                    PyErr_Clear();
-                    sent = -1;
-                }
-            }
+            long long sent;
+            if (!count_of(f[8], &sent))
+                sent = -1;  /* (refused by note_one) */
             usual = note_one(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], sent, 0, runs,
                              &nruns, wtab, &nw, rows + at * NOTE_ROW);
             at++;
