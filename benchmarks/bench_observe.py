@@ -1,23 +1,35 @@
 """What the broker's observability costs: word count and task rate, with and without it.
 
     python benchmarks/bench_observe.py --size-mb 64 --tasks 5000 --repeats 5
+    python benchmarks/bench_observe.py --size-mb 16 --tasks 10000 --repeats 40 --aa
 
 Three embedded clusters run side by side in the same run:
 - "no events": a broker started with ``--no-events`` (``LocalCluster(events=False)``),
   which keeps no event log: the baseline;
 - "events": the default broker, which keeps the event log;
-- "events+http": a broker that also serves HTTP (``LocalCluster(http=True)``) while a
-  scraper reads ``/metrics`` and ``/api/jobs`` every 0.5 s during that cluster's runs
-  (only then), as Prometheus and an open dashboard would. The scraper is a process of its
-  own (stopped with SIGSTOP between its cluster's runs), as Prometheus is: a thread in
-  this process would hold the client's interpreter lock while it parses each answer,
-  which is a cost of the scraper's code in the client, not of the broker serving it.
+- "events+http": a broker that also serves HTTP (``LocalCluster(http=True)``), read by
+  a scraper that fetches ``/metrics`` and ``/api/jobs`` every 0.5 s, as Prometheus and an
+  open dashboard would. The scraper is a process of its own, as Prometheus is (a thread
+  in this process would hold the client's interpreter lock while it parses each answer).
+  It runs during every cluster's runs, not only its broker's (stopped with SIGSTOP
+  between rounds): on these 2 cores its own load costs whatever cluster runs beside it,
+  and a scraper that read another server, not the broker, made the word count 8% slower
+  with the broker's CPU unchanged (benchmarks/RESULTS.md). So the clusters differ only
+  in whether their own broker serves the scrapes. ``--scrape-own`` scrapes during the
+  HTTP cluster's runs only, as earlier runs did, which charges the scraper's own load to
+  the broker.
 The runs alternate between them, in a shuffled order each round (so drift of a shared
-machine hits all alike), and the medians are compared; with three rounds or more, also
-the sums of the rounds, with a 95% interval from resampling the rounds. Besides wall time, each run reads the broker process's CPU seconds
-(from the scheduler's statistics in /proc), which a busy neighbour disturbs much less: the cost of the
-event log is also given as broker CPU microseconds per task. The bar (issue 12): under 5%
-of throughput and task rate.
+machine hits all alike), on new clusters every ``--fresh`` rounds (by default every
+round, each cluster warmed by a small job of each kind first): a cluster keeps for as
+long as it runs whatever its start gave it (which core its processes share, how their
+memory is laid out), which new clusters turn into noise the rounds average over, not a
+difference that holds for a whole run. The medians are compared; with three rounds or
+more, also the sums of the rounds, with a 95% interval from resampling the rounds.
+Besides wall time, each run reads the broker process's CPU seconds (from the
+scheduler's statistics in /proc), which a busy neighbour disturbs much less: the cost of
+the event log is also given as broker CPU microseconds per task. The bar (issue 12):
+under 5% of throughput and task rate. ``--aa`` runs three alike clusters (the default
+broker) instead: what the method reads as a cost where there is none, its noise floor.
 
 Run to run, a broker's CPU per no-op task varies by 10-20% (how many attempts share a
 message and a loop turn depends on timing), more than the cost being measured. ``--spy``
@@ -177,6 +189,15 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks (default 5000)")
     ap.add_argument("--repeats", type=int, default=5, help="runs of each (default 5)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--fresh", type=int, default=1,
+                    help="new clusters every this many rounds (default 1; 0: one set "
+                         "for the whole run)")
+    ap.add_argument("--scrape-own", action="store_true",
+                    help="scrape only during the HTTP cluster's own runs (its scraper's "
+                         "load on the machine then counts as the broker's cost)")
+    ap.add_argument("--aa", action="store_true",
+                    help="three alike clusters (the default broker): what the method "
+                         "reads as a cost where there is none")
     ap.add_argument("--spy", action="store_true",
                     help="also sample each broker with py-spy: observe/'s share of its CPU")
     args = ap.parse_args()
@@ -191,54 +212,83 @@ def main() -> int:
     files = build_corpus(common.corpus_dir(args.size_mb), args.size_mb)
     size = sum(os.path.getsize(f) for f in files)
     records = [(i, i) for i in range(args.tasks)]
-    modes = ("no events", "events", "events+http")
+    # (mode, events kept, HTTP served with a scraper); --aa: three alike, the noise floor
+    kinds = ([("events A", True, False), ("events B", True, False), ("events C", True, False)]
+             if args.aa else [("no events", False, False), ("events", True, False),
+                              ("events+http", True, True)])
+    modes = tuple(k[0] for k in kinds)
     secs: dict[tuple[str, str], list[float]] = {(m, w): [] for m in modes
                                                 for w in ("wordcount", "tasks", "cpu", "cpu_all")}
-    with ExitStack() as stack:
-        clients, scrapers, brokers, spies = {}, {}, {}, {}
-        for mode in modes:
-            cluster = stack.enter_context(LocalCluster(
-                workers=WORKERS, http=mode == "events+http", events=mode != "no events"))
-            brokers[mode] = cluster.broker_pid
-            if args.spy:
-                spies[mode] = Spy(cluster.broker_pid, os.path.join(spy_dir, str(len(spies))))
-            clients[mode] = stack.enter_context(Client(cluster.address))
-            if cluster.http_url:
-                scraper = ScraperProcess(cluster.http_url)
-                stack.callback(scraper.stop)
-                scrapers[mode] = scraper
-        expected = None
-        rng = random.Random(7)
-        for _ in range(args.repeats):
-            # alternating, in a shuffled order each round: a noisy neighbour hits each
-            # alike, and none always runs right after another
-            for mode in rng.sample(modes, len(modes)):
-                client = clients[mode]
-                scraper = scrapers.get(mode)
-                if scraper is not None:
-                    scraper.resume()
+    spies = {mode: Spy(0, os.path.join(spy_dir, str(i)))
+             for i, mode in enumerate(modes)} if args.spy else {}
+    tally = {"scrapes": 0, "errors": 0}
+
+    def stopped(scraper: ScraperProcess) -> None:
+        scraper.stop()
+        tally["scrapes"] += scraper.scrapes
+        tally["errors"] += scraper.errors
+
+    expected = None
+    rng = random.Random(7)
+    done = 0
+    while done < args.repeats:
+        block = min(args.fresh or args.repeats, args.repeats - done)
+        done += block
+        # new clusters for each block of rounds (started in a shuffled order): a cluster's
+        # processes keep what luck they had at their start (which core, what memory
+        # layout) for as long as they run, which moved one of three alike clusters'
+        # task time by up to 10% against the others' for a whole run
+        with ExitStack() as stack:
+            clients, scrapers, brokers = {}, {}, {}
+            for mode, events, http in rng.sample(kinds, len(kinds)):
+                cluster = stack.enter_context(LocalCluster(workers=WORKERS, http=http,
+                                                           events=events))
+                brokers[mode] = cluster.broker_pid
                 if mode in spies:
-                    spies[mode].start()
-                with stopwatch() as t:
-                    result = client.submit(WordCount(), read_text(files)).result()
-                expected = expected if expected is not None else result
-                if result != expected:
-                    print(f"{mode}: word count differs between the runs")
-                    return 1
-                secs[(mode, "wordcount")].append(t[0])
-                cpu = sched_cpu_seconds(brokers[mode])
-                ticks = cpu_seconds(brokers[mode]) or 0.0
-                with stopwatch() as t:
-                    client.submit(NoOp(), records, map_tasks=args.tasks, reducers=0).result()
-                secs[(mode, "tasks")].append(t[0])
-                secs[(mode, "cpu")].append(sched_cpu_seconds(brokers[mode]) - cpu)
-                # (the HTTP server's request threads end: only the process's own count,
-                # in 10 ms ticks, still has them; summed over the rounds)
-                secs[(mode, "cpu_all")].append((cpu_seconds(brokers[mode]) or 0.0) - ticks)
-                if mode in spies:
-                    spies[mode].stop()
-                if scraper is not None:
-                    scraper.pause()
+                    spies[mode].pid = cluster.broker_pid
+                clients[mode] = stack.enter_context(Client(cluster.address))
+                # (a first small job of each kind, not timed: the workers' first
+                # unpickling of each job's code and its imports)
+                clients[mode].submit(WordCount(), [(0, "warm up")]).result()
+                clients[mode].submit(NoOp(), records[:100], map_tasks=100,
+                                     reducers=0).result()
+                if http:
+                    scraper = ScraperProcess(cluster.http_url)
+                    stack.callback(stopped, scraper)
+                    scrapers[mode] = scraper
+            for _ in range(block):
+                # alternating, in a shuffled order each round: a noisy neighbour hits
+                # each alike, and none always runs right after another
+                for mode in rng.sample(modes, len(modes)):
+                    client = clients[mode]
+                    scraper = (scrapers.get(mode) if args.scrape_own
+                               else next(iter(scrapers.values()), None))
+                    if scraper is not None:
+                        scraper.resume()
+                    if mode in spies:
+                        spies[mode].start()
+                    with stopwatch() as t:
+                        result = client.submit(WordCount(), read_text(files)).result()
+                    expected = expected if expected is not None else result
+                    if result != expected:
+                        print(f"{mode}: word count differs between the runs")
+                        return 1
+                    secs[(mode, "wordcount")].append(t[0])
+                    cpu = sched_cpu_seconds(brokers[mode])
+                    ticks = cpu_seconds(brokers[mode]) or 0.0
+                    with stopwatch() as t:
+                        client.submit(NoOp(), records, map_tasks=args.tasks,
+                                      reducers=0).result()
+                    secs[(mode, "tasks")].append(t[0])
+                    secs[(mode, "cpu")].append(sched_cpu_seconds(brokers[mode]) - cpu)
+                    # (the process's own count, in 10 ms ticks, has every thread's;
+                    # summed over the rounds)
+                    secs[(mode, "cpu_all")].append((cpu_seconds(brokers[mode]) or 0.0)
+                                                    - ticks)
+                    if mode in spies:
+                        spies[mode].stop()
+                    if scraper is not None:
+                        scraper.pause()
     med = {k: statistics.median(v) for k, v in secs.items()}
     rows, figures = [], {}
     for mode in modes:
@@ -256,7 +306,7 @@ def main() -> int:
         costs[mode] = {"wordcount": 1 - f["wordcount_mb_s"] / base["wordcount_mb_s"],
                        "tasks": 1 - f["tasks_per_s"] / base["tasks_per_s"],
                        "broker_cpu": f["broker_cpu_us_task"] / base["broker_cpu_us_task"] - 1}
-        print(f"cost of {mode} against no events: word count {100 * costs[mode]['wordcount']:+.1f}%, "
+        print(f"cost of {mode} against {modes[0]}: word count {100 * costs[mode]['wordcount']:+.1f}%, "
               f"task rate {100 * costs[mode]['tasks']:+.1f}%, broker CPU per task "
               f"{100 * costs[mode]['broker_cpu']:+.1f}% (medians; bar: under 5%)")
         if args.repeats > 2:  # the same from the rounds' sums, with 95% intervals
@@ -274,14 +324,16 @@ def main() -> int:
               f"{100 * share:.1f}% of them in pymapreduce/observe/")
     if spy_dir:
         shutil.rmtree(spy_dir, ignore_errors=True)
-    scrapes = sum(s.scrapes for s in scrapers.values())
-    errors = sum(s.errors for s in scrapers.values())
+    scrapes, errors = tally["scrapes"], tally["errors"]
     print(f"scrapes every {SCRAPE_EVERY}s: {scrapes}, {errors} failed")
     common.write_json(args.json, {"machine": info, "size_mb": args.size_mb,
                                   "tasks": args.tasks, "repeats": args.repeats,
+                                  "fresh": args.fresh, "aa": args.aa,
+                                  "scrape_own": args.scrape_own,
                                   "figures": figures, "costs": costs, "sampled": sampled,
                                   "scrapes": scrapes,
-                                  "scrape_errors": errors})
+                                  "scrape_errors": errors,
+                                  "runs": {f"{m} {w}": v for (m, w), v in secs.items()}})
     return 0 if errors == 0 else 1
 
 

@@ -519,3 +519,47 @@ def test_a_job_s_page_is_there_as_soon_as_it_is_submitted(daemons):
             status, body = get(f"{http}api/jobs/{handle.job_id}")
             assert status == 200, body[:300]
             handle.result(60)
+
+
+def test_a_broker_no_one_asks_builds_no_snapshot_and_a_request_sees_every_job(monkeypatch):
+    """The dashboard's snapshot is built when a request finds the last one stale, not by
+    the loop every turn: a broker whose HTTP no one reads builds none however long it
+    runs; a request right after another reuses its snapshot; a job submitted since is in
+    the next answer at once."""
+    import threading
+
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.daemon import Broker
+    from pymapreduce.observe import snapshot as snap
+
+    builds = []
+    real = snap.build
+
+    def counted(*args, **kwargs):
+        builds.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snap, "build", counted)
+    broker = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", http="127.0.0.1:0",
+                                 heartbeat_interval=0.05))
+    broker.bind()
+    thread = threading.Thread(target=broker.serve_forever, daemon=True)
+    thread.start()
+    try:
+        first = len(builds)  # (the one its start builds)
+        time.sleep(3 * snap.PUBLISH_INTERVAL)  # the loop turns, nobody asks
+        assert len(builds) == first
+        assert get_json(f"{broker.http_url}api/jobs")["jobs"] == []
+        assert len(builds) == first + 1  # stale (older than PUBLISH_INTERVAL): built
+        get_json(f"{broker.http_url}api/cluster")
+        if time.monotonic() - builds[-1] < snap.PUBLISH_INTERVAL:  # (a slow machine's
+            assert len(builds) == first + 1  # second request may come after it: built)
+        with Client(broker.address) as client:  # no workers: the job stays queued
+            handle = client.submit(WordCount(), [(0, "a b")], map_tasks=1, reducers=1)
+            listed = get_json(f"{broker.http_url}api/jobs")["jobs"]
+            assert [row["id"] for row in listed] == [handle.job_id]
+            handle.cancel()
+    finally:
+        broker.stop()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -272,9 +272,7 @@ class Broker(ClientAPI, WorkerAPI):
         self.ledger.events.flush()  # the turn's committed attempts, recorded together
         self.step(time.monotonic())
         if self.http is not None:
-            now = time.monotonic()
-            self.http.publish(now)
-            self.http.serve(events, now)
+            self.http.serve(events)
         if self.journal is not None:
             self.journal.flush()
 

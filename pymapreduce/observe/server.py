@@ -1,10 +1,11 @@
-"""The broker's observatory: the snapshot it publishes, and the HTTP views of it.
+"""The broker's observatory: the snapshot it builds, and the HTTP views of it.
 
-:class:`Observatory` is owned by the broker daemon. The broker loop calls ``publish(now)``
-each turn (a new snapshot at most every ``PUBLISH_INTERVAL``), then ``serve(events, now)``
-(observe/http.py: the loop serves the HTTP connections itself), whose requests call
-``route()``, which reads only the current snapshot and the event log. See
-docs/observability.md for the API.
+:class:`Observatory` is owned by the broker daemon. The broker loop calls
+``serve(events)`` each turn (observe/http.py: the loop serves the HTTP connections
+itself), whose requests call ``route()``, which reads only the snapshot and the event
+log. A snapshot is built when a request finds the last one stale (``publish``), not by
+the loop while no one asks: a broker whose dashboard is closed and that nothing scrapes
+pays nothing for it a turn. See docs/observability.md for the API.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ class Observatory:
         """A new snapshot when the last one is older than PUBLISH_INTERVAL, or than
         CHANGED_INTERVAL and events happened since (a job that ends shows at once), or
         when a job was submitted or forgotten since (its page and the listings are never
-        behind the broker's jobs: a quick job can end within CHANGED_INTERVAL)."""
+        behind the broker's jobs: a quick job can end within CHANGED_INTERVAL). Called
+        by each request before it reads the snapshot (on the loop's thread, which
+        serves them): what a snapshot costs is charged to the requests, as their
+        answers are, and a broker no one asks builds none."""
         age = now - self._last
         if force or age >= snap.PUBLISH_INTERVAL or (
                 age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq) or \
@@ -135,9 +139,12 @@ class Observatory:
         """Serve HTTP from the loop that polls with ``poller`` (its sockets join it)."""
         self.server.attach(poller)
 
-    def serve(self, events: dict, now: float) -> None:
-        """The loop's turn at HTTP: ``events`` is what its poll returned."""
-        self.server.serve(events, now)
+    def serve(self, events: dict) -> None:
+        """The loop's turn at HTTP: ``events`` is what its poll returned (the usual turn
+        has nothing of HTTP's: no clock read, no call)."""
+        server = self.server
+        if server.conns or server.fd in events:
+            server.serve(events, time.monotonic())
 
     def close(self) -> None:
         self.closed = True
@@ -159,11 +166,12 @@ class Observatory:
     def route(self, path: str, query: dict, headers: Any, scope: str = "") -> tuple:
         """(content type, body) or ("stream", next_events); KeyError: 404,
         PermissionError: 403. ``scope``: a client's tenant, whose jobs alone are shown."""
-        s = self.snapshot
         if path in ("/", "/index.html"):
             return STATIC["index.html"], _static("index.html")
         if path.startswith("/static/") and path[8:] in STATIC:
             return STATIC[path[8:]], _static(path[8:])
+        self.publish(time.monotonic())
+        s = self.snapshot
         if path == "/metrics":
             if scope:
                 raise PermissionError("/metrics counts every client's jobs: it needs the "
