@@ -292,3 +292,26 @@ def test_past_the_global_cap_an_ended_job_s_table_goes_whole_and_a_running_one_s
     assert len(events.attempts("running")) == 30
     assert [r["index"] for r in events.attempts("running")] == list(range(10, 40))
     assert events._rows == 100
+
+
+def test_a_message_s_attempts_and_backups_are_counted_by_kind_however_its_maps_are_told():
+    """``dispatched`` counts a message's attempts (and backups) by their tasks' kinds:
+    the same whether the dispatcher says how many are maps or the log reads each kind,
+    for a message of maps, of reduces, and of both."""
+    def counts(given: bool) -> dict:
+        events = EventLog()
+        events.job_submitted(FakeJob)
+        for kinds, backup in ((["map"] * 3, False), (["reduce"] * 2, True),
+                              (["map", "reduce", "map"], True), (["reduce"], False)):
+            tasks = [FakeTask(i) for i in range(len(kinds))]
+            for t, kind in zip(tasks, kinds):
+                t.kind = kind
+            maps = kinds.count("map") if given else None
+            events.dispatched(FakeJob, tasks, list(range(1, len(kinds) + 1)), "w1",
+                              backup, maps)
+        return {k: v for k, v in events.counts.items() if k[0] in ("attempts", "backups")}
+
+    expected = {("attempts", "map"): 5, ("attempts", "reduce"): 4,
+                ("backups", "reduce"): 3, ("backups", "map"): 2}
+    assert counts(True) == expected
+    assert counts(False) == expected

@@ -139,6 +139,9 @@ class Dispatching:
                     if self.secured:  # the keys that prove each sink is the real one
                         body["sink_keys"] = [self.sink_key(a) for a in job.sinks]
             route, held, splits = worker.route, worker.running, job.splits
+            # (reduces counted for the event log, which would read each kind again: a map
+            # job's message has none, and the usual map pays nothing for it)
+            reduces = 0
             for t in group:
                 attempt = t.start(route)
                 held.add(_new(AttemptKey, (job_id, t.kind, t.index, attempt)))
@@ -161,9 +164,11 @@ class Dispatching:
                         desc = ["files", file_ranges(split), *split[2:]]
                     items.append(TaskItem(MAP, t.index, attempt, desc, sorted(t.skip)).wire())
                 elif job.sinks:  # its sink streams the segments to it
+                    reduces += 1
                     items.append(TaskItem(REDUCE, t.index, attempt,
                                           self.reduce_split(job, t.index)).wire())
                 else:
+                    reduces += 1
                     parts = job.map_parts[t.index]
                     items.append(TaskItem(REDUCE, t.index, attempt,
                                           ["segs", len(blobs), len(parts)]).wire())
@@ -173,7 +178,7 @@ class Dispatching:
             body["tasks"] = items
             if self.events.enabled:  # recorded once per message: its attempts read in C
                 self.events.dispatched(job, group, array(UINT64, map(_ATTEMPT, items)),
-                                       worker.name, backup)
+                                       worker.name, backup, len(group) - reduces)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
             worker.known_jobs.add(job_id)

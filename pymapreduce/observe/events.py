@@ -59,6 +59,7 @@ POSITION_FIELDS = ("split", "path", "ordinal", "record", "partition")
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, float("inf"))
 # attempts' outcomes (and ABANDONED, from attempts.py)
 RUNNING, DONE, FAILED, KILLED = "running", "done", "failed", "killed"
+MAP, REDUCE = "map", "reduce"  # a task's kinds (broker/tasks.py)
 # a noted commit is NOTE (reading.py) consecutive items of a flat list or tuple: (job,
 # kind, index, attempt, worker, secs, records, bytes, bytes out); a column is a slice
 
@@ -218,11 +219,14 @@ class EventLog(AttemptTable, Reading):
                        steps=max(1, len(job.steps)), state=job.state)
 
     def dispatched(self, job: Any, tasks: list, attempts: list, worker: str,
-                   backup: bool = False) -> None:
+                   backup: bool = False, maps: int | None = None) -> None:
         """Attempts of ``job`` handed to ``worker`` in one message: ``tasks`` (the broker's
-        Task objects, whose kind and index never change) and the identifier of each one's
-        new attempt, in ``attempts``; ``backup``: they are backup attempts (another attempt
-        of each still runs).
+        Task objects, whose kind and index never change; a list the caller lets go of:
+        it is kept as it is) and the identifier of each one's new attempt, in
+        ``attempts``; ``backup``: they are backup attempts (another attempt of each still
+        runs); ``maps``: how many of the tasks are map tasks, when the caller counted
+        them (the dispatcher does, as it goes over them: a pass here that reads each
+        task's kind cost more than the rest of the call).
 
         One call per message, not per attempt (a message carries tens of them at full
         rate), nothing built per attempt in Python, and no ring entry: the message is
@@ -239,7 +243,6 @@ class EventLog(AttemptTable, Reading):
         # (the identifiers as an array of uint64: 8 bytes each in one object, which the
         # collector never goes over, where a tuple keeps an int object for each)
         attempts = attempts if type(attempts) is array else array(UINT64, attempts)
-        tasks = tuple(tasks)
         # the broker loop's thread, which notes commits (an attempt is dispatched before
         # it commits): its reads record them first, and no other thread's read does
         self._writer = threading.get_ident()
@@ -250,17 +253,19 @@ class EventLog(AttemptTable, Reading):
             if log is not None and not log.started:
                 log.started = True
                 self._emit(job.id, "job-started")
-            kinds = list(map(_KIND, tasks))
-            if kinds.count(kinds[0]) == n:  # (the usual message, in C)
-                key = ("attempts", kinds[0])
-                counts[key] = counts.get(key, 0) + n
-            else:
-                for one in kinds:
-                    key = ("attempts", one)
-                    counts[key] = counts.get(key, 0) + 1
+            if maps is None:
+                maps = list(map(_KIND, tasks)).count(MAP)
+            if maps:
+                key = ("attempts", MAP)
+                counts[key] = counts.get(key, 0) + maps
+            if maps != n:
+                key = ("attempts", REDUCE)
+                counts[key] = counts.get(key, 0) + n - maps
             if backup:
-                for one in kinds:
-                    self._count("backups", one)
+                if maps:
+                    self._count("backups", MAP, maps)
+                if maps != n:
+                    self._count("backups", REDUCE, n - maps)
             self.seq += n
             # (no ring entry: the batch is the events, read from the attempt table)
             if log is not None:
