@@ -2,6 +2,7 @@
 
     python benchmarks/bench_observe.py --size-mb 64 --tasks 5000 --repeats 5
     python benchmarks/bench_observe.py --size-mb 16 --tasks 10000 --repeats 40 --aa
+    python benchmarks/bench_observe.py --pool run1.json,run2.json   # their rounds together
 
 Three embedded clusters run side by side in the same run:
 - "no events": a broker started with ``--no-events`` (``LocalCluster(events=False)``),
@@ -42,6 +43,7 @@ of its busy samples spent in ``pymapreduce/observe/`` (the event log, and with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -181,9 +183,40 @@ class Spy:
         return total, (observe / total if total else 0.0)
 
 
+def pooled(paths: list[str]) -> int:
+    """``--pool``: the rounds of earlier runs (their JSON files, of the same modes) taken
+    together, the first mode the baseline: on a noisy machine one run's interval is
+    wider than the cost, and more rounds narrow it."""
+    runs: dict[str, list[float]] = {}
+    modes: list[str] = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if "runs" not in data:
+            print(f"{path}: no runs' figures in it (written before --pool was)")
+            return 2
+        modes = modes or list(data["figures"])
+        if list(data["figures"]) != modes:
+            print(f"{path}: other modes ({', '.join(data['figures'])})")
+            return 2
+        for key, values in data["runs"].items():
+            runs.setdefault(key, []).extend(values)
+    rounds = len(runs[f"{modes[0]} tasks"])
+    print(f"{len(paths)} runs, {rounds} rounds; against {modes[0]}, from the rounds' sums:")
+    for mode in modes[1:]:
+        for what, label in (("wordcount", "word count time"), ("tasks", "task time"),
+                            ("cpu_all", "broker CPU, all its threads")):
+            est, lo, hi = common.interval(runs[f"{modes[0]} {what}"], runs[f"{mode} {what}"])
+            print(f"  {mode}: {label}: {100 * est:+.1f}% (95% interval {100 * lo:+.1f}% "
+                  f"to {100 * hi:+.1f}%)")
+    return 0
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--scrape":
         return scrape(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--pool":
+        return pooled(sys.argv[2].split(","))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=64, help="word-count corpus (default 64)")
     ap.add_argument("--tasks", type=int, default=5000, help="no-op map tasks (default 5000)")
