@@ -1748,6 +1748,47 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(attempt_ids_doc,
+"attempt_ids(items) -> bytes\n\n"
+"The attempt identifiers of a TASKS message's items (``item[2]`` of each, a list whose\n"
+"third element is an int from 0 to 2**64 - 1), as native uint64 values one after the\n"
+"other: what ``array(UINT64, ...)`` makes its items of (observe/events.py keeps them so).\n"
+"TypeError or OverflowError for anything else.");
+
+static PyObject *
+attempt_ids(PyObject *self, PyObject *items)
+{
+    if (!PyList_CheckExact(items)) {
+        PyErr_SetString(PyExc_TypeError, "attempt_ids: items must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    /* (nothing below runs Python code: exact lists and ints only, so the list cannot
+       change while it is read) */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint64_t));
+    if (out == NULL)
+        return NULL;
+    char *to = PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyList_CheckExact(item) || PyList_GET_SIZE(item) < 3
+                || !PyLong_CheckExact(PyList_GET_ITEM(item, 2))) {
+            PyErr_Format(PyExc_TypeError, "attempt_ids: item %zd is not a list whose third "
+                         "element is an int", i);
+            Py_DECREF(out);
+            return NULL;
+        }
+        unsigned long long id = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(item, 2));
+        if (id == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        uint64_t v = (uint64_t)id;
+        memcpy(to + i * (Py_ssize_t)sizeof(uint64_t), &v, sizeof v);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
     {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
@@ -1767,6 +1808,7 @@ static PyMethodDef methods[] = {
     {"sort_strs", (PyCFunction)sort_strs, METH_O, sort_strs_doc},
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
     {"pack_notes", (PyCFunction)(void (*)(void))pack_notes, METH_FASTCALL, pack_notes_doc},
+    {"attempt_ids", (PyCFunction)attempt_ids, METH_O, attempt_ids_doc},
     {NULL, NULL, 0, NULL}
 };
 

@@ -4,7 +4,7 @@
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
-``bucket_pack``, ``bucket_groups_pack`` and ``pack_notes`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
+``bucket_pack``, ``bucket_groups_pack``, ``pack_notes`` and ``attempt_ids`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
 compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
@@ -30,6 +30,7 @@ pack_buckets: Any = None  # a map task's partitions packed from its buckets (buc
 bucket_pack: Any = None  # bucket_pairs and pack_buckets in one pass
 bucket_groups_pack: Any = None  # bucket_groups and pack_buckets in one pass
 pack_notes: Any = None  # the event log's noted commits packed (observe/events.py)
+attempt_ids: Any = None  # a TASKS message's attempt identifiers as uint64 bytes
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -39,11 +40,11 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
-        pack_notes = _c.pack_notes
+        pack_notes, attempt_ids = _c.pack_notes, _c.attempt_ids
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
-        pack_notes = None
+        pack_notes = attempt_ids = None
 
 
 def built() -> bool:

@@ -376,3 +376,46 @@ def test_a_done_event_s_secs_reads_the_same_packed_or_not(secs):
                     if e["type"] == "done"]
 
     assert done_secs(True) == done_secs(False) == [(type(secs or 0), secs or 0)]
+
+
+@built
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["map", "reduce"]), st.integers(0, 10**6),
+                          st.integers(0, 2**64 - 1), st.booleans()), max_size=70))
+def test_attempt_ids_reads_a_messages_identifiers_as_the_python_loop_does(items):
+    """``attempt_ids`` (a TASKS message's items to the dispatch batch's array, in C) gives
+    what ``array(UINT64, map(itemgetter(2), items))`` does, for items with and without
+    their skipped records."""
+    from array import array
+    from operator import itemgetter
+
+    wire = [[kind, index, attempt, ["mem", i], *([[1, 2]] if skip else [])]
+            for i, (kind, index, attempt, skip) in enumerate(items)]
+    assert array(speedups.UINT64, speedups.attempt_ids(wire)) == \
+        array(speedups.UINT64, map(itemgetter(2), wire))
+
+
+@built
+def test_attempt_ids_refuses_what_is_not_a_message_s_items():
+    """Anything but a list of lists whose third element is an int from 0 to 2**64 - 1 is
+    a TypeError or OverflowError, with no memory kept."""
+    class Int(int):
+        pass
+
+    for bad in ((), [()], [[0, 1]], [[0, 1, 1.0]], [[0, 1, True]], [[0, 1, Int(3)]],
+                [(0, 1, 2)], [[0, 1, 2], "x"]):
+        with pytest.raises(TypeError):
+            speedups.attempt_ids(bad)
+    for bad in ([[0, 1, -1]], [[0, 1, 2**64]], [[0, 1, 2], [0, 1, -(2**70)]]):
+        with pytest.raises(OverflowError):
+            speedups.attempt_ids(bad)
+    tracemalloc.start()
+    try:
+        for _ in range(3):  # (the first rounds may grow the allocator's free lists)
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                with pytest.raises(OverflowError):
+                    speedups.attempt_ids([[0, 1, 2]] * 50 + [[0, 1, -1]])
+        assert tracemalloc.get_traced_memory()[0] - before < 10_000
+    finally:
+        tracemalloc.stop()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..patterns import protocol as P
 from ..patterns.wire import AttemptKey, TaskItem
-from ..speedups import UINT64
+from ..speedups import UINT64, attempt_ids
 from .submission import file_ranges
 from .tasks import MAP, REDUCE, RUNNING, Task
 
@@ -177,7 +177,9 @@ class Dispatching:
                     sent.extend(segments)
             body["tasks"] = items
             if self.events.enabled:  # recorded once per message: its attempts read in C
-                self.events.dispatched(job, group, array(UINT64, map(_ATTEMPT, items)),
+                self.events.dispatched(job, group, array(UINT64, attempt_ids(items)
+                                                         if attempt_ids is not None
+                                                         else map(_ATTEMPT, items)),
                                        worker.name, backup, len(group) - reduces)
             body.update(self._codecs(job, worker, group))
             self._send(worker.route, P.TASKS, body, tuple(blobs), worker=True)
