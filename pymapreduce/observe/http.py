@@ -7,7 +7,8 @@ own: threads would share the broker's interpreter lock with the loop, and taking
 at it cost the loop several times what the requests themselves cost (benchmarks/
 RESULTS.md). It reads only an immutable snapshot of the broker's state (built when a
 request finds the last one stale) and the event log: no request can change cluster
-state, and nothing from a request reaches the cluster. A request is GET only, one per connection (HTTP/1.0).
+state, and nothing from a request reaches the cluster. A request is GET only, one per
+connection (HTTP/1.0).
 
 What a slow or hostile client may cost: at most ``MAX_CONNECTIONS`` connections at once
 (``MAX_PER_ADDRESS`` from one address; more are closed at once), a request must arrive
