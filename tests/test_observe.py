@@ -563,3 +563,36 @@ def test_a_broker_no_one_asks_builds_no_snapshot_and_a_request_sees_every_job(mo
         broker.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_flood_of_requests_builds_at_most_a_snapshot_an_interval(monkeypatch):
+    """Requests build the snapshot they read, so a reader that asks as fast as it can
+    while events keep happening must not make the loop build one per request: at most
+    one per CHANGED_INTERVAL (each charged to the requests' share of the loop, as their
+    answers are: observe/http.py)."""
+    from types import SimpleNamespace
+
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.daemon import Broker
+    from pymapreduce.observe import server
+    from pymapreduce.observe import snapshot as snap
+
+    builds = []
+    real = snap.build
+    monkeypatch.setattr(snap, "build", lambda *a, **k: builds.append(1) or real(*a, **k))
+    broker = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", http="127.0.0.1:0"))
+    broker.bind()
+    try:
+        clock = [time.monotonic() + 10]
+        monkeypatch.setattr(server, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+        events = broker.ledger.events
+        first = len(builds)
+        for step in range(5):
+            for _ in range(200):  # a flood within one interval, an event before each
+                events.seq += 1
+                for path in ("/api/jobs", "/api/cluster", "/metrics"):
+                    broker.http.route(path, {}, {})
+            assert len(builds) == first + step + 1
+            clock[0] += snap.CHANGED_INTERVAL
+    finally:
+        broker.close()
