@@ -596,3 +596,82 @@ def test_a_flood_of_requests_builds_at_most_a_snapshot_an_interval(monkeypatch):
             clock[0] += snap.CHANGED_INTERVAL
     finally:
         broker.close()
+
+
+def test_a_job_s_page_is_there_when_its_submission_released_an_older_job(monkeypatch):
+    """A client at its cap of finished jobs held: each SUBMIT forgets its oldest finished
+    job and adds the new one in the same handler, so the broker holds as many jobs as
+    the last snapshot does. The new job's page and the listing still have it at once
+    (a red team's find: the snapshot was rebuilt only when the count changed)."""
+    import threading
+    from types import SimpleNamespace
+
+    from pymapreduce.broker import client_api
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.daemon import Broker
+    from pymapreduce.observe import server
+
+    monkeypatch.setattr(client_api, "MAX_HELD_PER_CLIENT", 1)  # (the cap, made small)
+    broker = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", http="127.0.0.1:0"))
+    broker.bind()
+    # (the requests below come within CHANGED_INTERVAL of each other, as a client's
+    # SUBMIT then GET usually do: the server's clock held still makes it certain)
+    clock = [time.monotonic() + 10]
+    monkeypatch.setattr(server, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    thread = threading.Thread(target=broker.serve_forever, daemon=True)
+    thread.start()
+    url = broker.http_url
+    try:
+        with Client(broker.address) as client:  # no workers: jobs stay queued
+            first = client.submit(WordCount(), [(0, "a b")], map_tasks=1, reducers=1)
+            first.cancel()
+            deadline = time.monotonic() + 30
+            while get_json(f"{url}api/jobs/{first.job_id}")["job"]["state"] != "cancelled":
+                assert time.monotonic() < deadline
+                clock[0] += 1
+                time.sleep(0.05)
+            second = client.submit(WordCount(), [(0, "c d")], map_tasks=1, reducers=1)
+            assert first.job_id not in broker.ledger.jobs  # forgotten to make room
+            status, body = get(f"{url}api/jobs/{second.job_id}")
+            assert status == 200, body[:300]
+            assert [r["id"] for r in get_json(f"{url}api/jobs")["jobs"]] == [second.job_id]
+            second.cancel()
+    finally:
+        broker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_snapshot_that_cannot_be_built_is_a_logged_500_and_the_next_request_retries(
+        monkeypatch):
+    """A fault while building a snapshot answers 500 (not the 404 a KeyError of the build
+    would read as), leaves the loop serving, and the next request builds again."""
+    import threading
+
+    from pymapreduce.broker.config import BrokerConfig
+    from pymapreduce.broker.daemon import Broker
+    from pymapreduce.observe import snapshot as snap
+
+    real = snap.build
+    faults = [1]
+
+    def build(*args, **kwargs):
+        if faults:
+            faults.pop()
+            raise KeyError("a fault inside the build")
+        return real(*args, **kwargs)
+
+    broker = Broker(BrokerConfig(bind="tcp://127.0.0.1:0", http="127.0.0.1:0"))
+    broker.bind()
+    thread = threading.Thread(target=broker.serve_forever, daemon=True)
+    thread.start()
+    try:
+        time.sleep(snap.PUBLISH_INTERVAL)  # (the start's snapshot is stale by now)
+        monkeypatch.setattr(snap, "build", build)
+        status, body = get(f"{broker.http_url}api/jobs")
+        assert status == 500, body[:300]
+        assert get_json(f"{broker.http_url}api/jobs")["jobs"] == []
+    finally:
+        broker.stop()
+        thread.join(10)
+    assert not thread.is_alive()

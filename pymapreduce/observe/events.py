@@ -221,8 +221,8 @@ class EventLog(AttemptTable, Reading):
     def dispatched(self, job: Any, tasks: list, attempts: list, worker: str,
                    backup: bool = False, maps: int | None = None) -> None:
         """Attempts of ``job`` handed to ``worker`` in one message: ``tasks`` (the broker's
-        Task objects, whose kind and index never change; a list the caller lets go of:
-        it is kept as it is) and the identifier of each one's new attempt, in
+        Task objects, whose kind and index never change; a list is kept as it is, so
+        its caller must not change it after) and the identifier of each one's new attempt, in
         ``attempts``; ``backup``: they are backup attempts (another attempt of each still
         runs); ``maps``: how many of the tasks are map tasks, when the caller counted
         them (the dispatcher does, as it goes over them: a pass here that reads each
@@ -243,6 +243,8 @@ class EventLog(AttemptTable, Reading):
         # (the identifiers as an array of uint64: 8 bytes each in one object, which the
         # collector never goes over, where a tuple keeps an int object for each)
         attempts = attempts if type(attempts) is array else array(UINT64, attempts)
+        if type(tasks) is not list:  # (the dispatcher's is: kept as it is)
+            tasks = list(tasks)
         # the broker loop's thread, which notes commits (an attempt is dispatched before
         # it commits): its reads record them first, and no other thread's read does
         self._writer = threading.get_ident()

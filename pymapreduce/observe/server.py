@@ -108,6 +108,7 @@ class Observatory:
         self._facts = snap.broker_facts(broker)
         self._last = 0.0
         self._seq = -1  # the event log's sequence number at the last snapshot
+        self._newest: Any = None  # the newest job the last snapshot holds (its object)
         self._ended: dict = {}  # ended jobs' rows, built once (snapshot.build)
         self._listed: dict = {}  # job id -> (its row, the row's JSON in /api/jobs)
         self.registry = registry(self.events, self.traffic, lambda: self.snapshot)
@@ -123,17 +124,23 @@ class Observatory:
         """A new snapshot when the last one is older than PUBLISH_INTERVAL, or than
         CHANGED_INTERVAL and events happened since (a job that ends shows at once), or
         when a job was submitted or forgotten since (its page and the listings are never
-        behind the broker's jobs: a quick job can end within CHANGED_INTERVAL). Called
-        by each request before it reads the snapshot (on the loop's thread, which
-        serves them): what a snapshot costs is charged to the requests, as their
-        answers are, and a broker no one asks builds none."""
+        behind the broker's jobs: a quick job can end within CHANGED_INTERVAL; a
+        submission that made room by forgetting an older job leaves their count as it
+        was, so the newest job is compared too). Called by each request before it reads
+        the snapshot (on the loop's thread, which serves them): what a snapshot costs is
+        charged to the requests, as their answers are, and a broker no one asks builds
+        none. A build that fails keeps the last snapshot stale: the next request tries
+        again."""
         age = now - self._last
+        jobs = self._ledger.jobs
+        newest = next(reversed(jobs.values()), None) if jobs else None
         if force or age >= snap.PUBLISH_INTERVAL or (
                 age >= snap.CHANGED_INTERVAL and self.events.seq != self._seq) or \
-                len(self._ledger.jobs) != len(self.snapshot.jobs):
-            self._last, self._seq = now, self.events.seq
+                len(jobs) != len(self.snapshot.jobs) or newest is not self._newest:
+            seq = self.events.seq
             self.snapshot = snap.build(self._ledger, self._facts, now,  # (one assignment)
                                        self._ended)
+            self._last, self._seq, self._newest = now, seq, newest
 
     def attach(self, poller: Any) -> None:
         """Serve HTTP from the loop that polls with ``poller`` (its sockets join it)."""
@@ -170,7 +177,10 @@ class Observatory:
             return STATIC["index.html"], _static("index.html")
         if path.startswith("/static/") and path[8:] in STATIC:
             return STATIC[path[8:]], _static(path[8:])
-        self.publish(time.monotonic())
+        try:
+            self.publish(time.monotonic())
+        except Exception as exc:  # (a KeyError of a build is no 404: a logged 500)
+            raise RuntimeError(f"the snapshot could not be built: {exc!r}") from exc
         s = self.snapshot
         if path == "/metrics":
             if scope:
