@@ -269,8 +269,7 @@ def main() -> int:
         done += block
         # new clusters for each block of rounds (started in a shuffled order): a cluster's
         # processes keep what luck they had at their start (which core, what memory
-        # layout) for as long as they run, which moved one of three alike clusters'
-        # task time by up to 10% against the others' for a whole run
+        # layout) for as long as they run (see the module's text)
         with ExitStack() as stack:
             clients, scrapers, brokers = {}, {}, {}
             for mode, events, http in rng.sample(kinds, len(kinds)):

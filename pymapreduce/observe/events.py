@@ -222,9 +222,9 @@ class EventLog(AttemptTable, Reading):
                    backup: bool = False, maps: int | None = None) -> None:
         """Attempts of ``job`` handed to ``worker`` in one message: ``tasks`` (the broker's
         Task objects, whose kind and index never change; a list is kept as it is, so
-        its caller must not change it after) and the identifier of each one's new attempt, in
-        ``attempts``; ``backup``: they are backup attempts (another attempt of each still
-        runs); ``maps``: how many of the tasks are map tasks, when the caller counted
+        its caller must not change it after) and the identifier of each one's new
+        attempt, in ``attempts``; ``backup``: they are backup attempts (another attempt
+        of each still runs); ``maps``: how many of the tasks are map tasks, when the caller counted
         them (the dispatcher does, as it goes over them: a pass here that reads each
         task's kind cost more than the rest of the call).
 
@@ -239,7 +239,6 @@ class EventLog(AttemptTable, Reading):
             return
         step = job.step + 1
         now = time.time()
-        counts = self.counts
         # (the identifiers as an array of uint64: 8 bytes each in one object, which the
         # collector never goes over, where a tuple keeps an int object for each)
         attempts = attempts if type(attempts) is array else array(UINT64, attempts)
@@ -257,17 +256,11 @@ class EventLog(AttemptTable, Reading):
                 self._emit(job.id, "job-started")
             if maps is None:
                 maps = list(map(_KIND, tasks)).count(MAP)
-            if maps:
-                key = ("attempts", MAP)
-                counts[key] = counts.get(key, 0) + maps
-            if maps != n:
-                key = ("attempts", REDUCE)
-                counts[key] = counts.get(key, 0) + n - maps
-            if backup:
-                if maps:
-                    self._count("backups", MAP, maps)
-                if maps != n:
-                    self._count("backups", REDUCE, n - maps)
+            for kind, k in ((MAP, maps), (REDUCE, n - maps)):
+                if k:
+                    self._count("attempts", kind, k)
+                    if backup:
+                        self._count("backups", kind, k)
             self.seq += n
             # (no ring entry: the batch is the events, read from the attempt table)
             if log is not None:

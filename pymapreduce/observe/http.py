@@ -282,15 +282,18 @@ class LoopServer:
         self.poller = poller
         poller.register(self.fd, zmq.POLLIN)
 
-    def serve(self, events: dict, now: float) -> None:
+    def serve(self, events: dict, now: float | None = None) -> None:
         """One turn's work: new connections, what clients sent, what they can take, and
         (every TIMERS_EVERY) deadlines and the event streams. All of it is charged to
         the bucket, so that answers wait longer while connections cost more; they are
         still accepted and read (at most MAX_PER_SECOND a second), so that another
         address's request waits its turn in the queue, not behind a flood in the
-        listening socket's backlog."""
+        listening socket's backlog. ``now``: the loop's monotonic clock (read here, past
+        the usual turn's early return, when not given)."""
         if self.fd not in events and not self.conns:
             return  # (the usual turn: nothing of HTTP's, no clock read)
+        if now is None:
+            now = time.monotonic()
         bucket = self._bucket
         t = bucket.fill()
         if self.fd in events:

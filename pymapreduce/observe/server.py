@@ -147,11 +147,8 @@ class Observatory:
         self.server.attach(poller)
 
     def serve(self, events: dict) -> None:
-        """The loop's turn at HTTP: ``events`` is what its poll returned (the usual turn
-        has nothing of HTTP's: no clock read, no call)."""
-        server = self.server
-        if server.conns or server.fd in events:
-            server.serve(events, time.monotonic())
+        """The loop's turn at HTTP: ``events`` is what its poll returned."""
+        self.server.serve(events)
 
     def close(self) -> None:
         self.closed = True
