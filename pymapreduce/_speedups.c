@@ -1505,8 +1505,10 @@ note_one(PyObject *job, PyObject *kind, PyObject *index_obj, PyObject *attempt_o
     }
     if (PyFloat_CheckExact(secs)) {
         s = PyFloat_AS_DOUBLE(secs);
-        if (report && s == 0.0)  /* (``0.0 or 0``) */
+        if (report && s == 0.0) {  /* (``0.0 or 0``, and ``-0.0 or 0``: the int 0) */
+            s = 0.0;
             int_secs = 1;
+        }
     }
     else if (PyLong_CheckExact(secs)) {
         int overflow;
@@ -1789,6 +1791,79 @@ attempt_ids(PyObject *self, PyObject *items)
     return out;
 }
 
+PyDoc_STRVAR(pack_splits_doc,
+"pack_splits(records, n) -> list of bytes, or None\n\n"
+"A submission's in-memory splits: the list ``records`` cut into ``n`` contiguous pieces\n"
+"of near-equal length (1 <= n <= len(records); the first len % n pieces one longer, as\n"
+"inputs.chunk cuts them), each packed as ``pack([[k, v] for k, v in piece])`` packs it.\n"
+"None if an item is not an exact tuple of two, or a key or value is of a type not\n"
+"written here: the caller then does it all in Python, which checks and refuses.");
+
+static PyObject *
+pack_splits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (arity(nargs, 2, "pack_splits takes records and n") < 0)
+        return NULL;
+    PyObject *records = args[0];
+    if (!PyList_CheckExact(records)) {
+        PyErr_SetString(PyExc_TypeError, "pack_splits: records must be a list");
+        return NULL;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(records);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > len) {
+        PyErr_SetString(PyExc_ValueError, "pack_splits: n must be 1 to len(records)");
+        return NULL;
+    }
+    Py_ssize_t q = len / n, longer = len % n;
+    Py_ssize_t *ends = PyMem_Malloc((size_t)n * sizeof(Py_ssize_t));
+    if (ends == NULL)
+        return PyErr_NoMemory();
+    Buf b = {NULL, 0, 0};
+    PyObject *out = NULL;
+    int r = 0;
+    Py_ssize_t i = 0;
+    /* (no Python code runs in this pass: exact types only, so the list cannot change) */
+    for (Py_ssize_t c = 0; c < n && r == 0; c++) {
+        Py_ssize_t size = q + (c < longer);
+        r = put_array_head(&b, size);
+        for (Py_ssize_t j = 0; j < size && r == 0; j++, i++) {
+            PyObject *item = PyList_GET_ITEM(records, i);
+            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+                r = 1;
+                break;
+            }
+            if ((r = put_head(&b, 0x92, 0, 0)) == 0 &&
+                    (r = put_item(&b, PyTuple_GET_ITEM(item, 0))) == 0)
+                r = put_item(&b, PyTuple_GET_ITEM(item, 1));
+        }
+        ends[c] = (Py_ssize_t)b.len;
+    }
+    if (r != 0)
+        goto done;
+    /* (the list made first: an allocation that starts the collector may run finalizers,
+       and nothing read from ``records`` is needed after this point) */
+    out = PyList_New(n);
+    Py_ssize_t start = 0;
+    for (Py_ssize_t c = 0; out != NULL && c < n; c++) {
+        PyObject *blob = PyBytes_FromStringAndSize((const char *)b.p + start,
+                                                   ends[c] - start);
+        if (blob == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, c, blob);
+        start = ends[c];
+    }
+done:
+    PyMem_Free(b.p);
+    PyMem_Free(ends);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
     {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
@@ -1809,6 +1884,7 @@ static PyMethodDef methods[] = {
     {"str_order", (PyCFunction)str_order, METH_O, str_order_doc},
     {"pack_notes", (PyCFunction)(void (*)(void))pack_notes, METH_FASTCALL, pack_notes_doc},
     {"attempt_ids", (PyCFunction)attempt_ids, METH_O, attempt_ids_doc},
+    {"pack_splits", (PyCFunction)(void (*)(void))pack_splits, METH_FASTCALL, pack_splits_doc},
     {NULL, NULL, 0, NULL}
 };
 

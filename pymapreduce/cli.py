@@ -32,6 +32,7 @@ from .errors import (
     StateError,
 )
 from .observe import cli as observe_cli
+from .patterns.protocol import DEFAULT_CREDIT
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -321,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "first line of standard input)")
     w.add_argument("--processes", type=int, metavar="N",
                    help="worker processes (default: one per core)")
-    w.add_argument("--credit", type=int, default=32, metavar="N",
-                   help="tasks a process may hold queued (default 32)")
+    w.add_argument("--credit", type=int, default=DEFAULT_CREDIT, metavar="N",
+                   help=f"most tasks a process may hold at once (default {DEFAULT_CREDIT}; "
+                        "the broker queues about 50 ms of work)")
     w.add_argument("--tag", action="append", metavar="TAG",
                    help="a placement label (repeatable: --tag gpu --tag bigmem); jobs that "
                         "require tags run only on workers that have them all")

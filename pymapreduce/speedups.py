@@ -4,8 +4,9 @@
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
-``bucket_pack``, ``bucket_groups_pack``, ``pack_notes`` and ``attempt_ids`` are None and every caller runs its own Python code, which computes the same thing (the tests run both and
-compare). What they replace, and what that saves, is in
+``bucket_pack``, ``bucket_groups_pack``, ``pack_notes``, ``attempt_ids`` and
+``pack_splits`` are None and every caller runs its own Python code, which computes the
+same thing (the tests run both and compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
 
@@ -31,6 +32,7 @@ bucket_pack: Any = None  # bucket_pairs and pack_buckets in one pass
 bucket_groups_pack: Any = None  # bucket_groups and pack_buckets in one pass
 pack_notes: Any = None  # the event log's noted commits packed (observe/events.py)
 attempt_ids: Any = None  # a TASKS message's attempt identifiers as uint64 bytes
+pack_splits: Any = None  # a submission's in-memory records cut and packed (client/submit.py)
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -40,11 +42,11 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         append_pairs, group_pairs, str_crc32 = _c.append_pairs, _c.group_pairs, _c.str_crc32
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
-        pack_notes, attempt_ids = _c.pack_notes, _c.attempt_ids
+        pack_notes, attempt_ids, pack_splits = _c.pack_notes, _c.attempt_ids, _c.pack_splits
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
-        pack_notes = attempt_ids = None
+        pack_notes = attempt_ids = pack_splits = None
 
 
 def built() -> bool:

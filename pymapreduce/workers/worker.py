@@ -49,10 +49,11 @@ from .tasks import TaskAbandoned, Tasks
 log = logging.getLogger("pymapreduce.worker")
 
 FLUSH_AFTER = 0.02  # seconds a finished task's report may wait to share a DONE message
-FLUSH_COUNT = 64  # ... or this many reports, or half the worker's credit if that is fewer:
+FLUSH_COUNT = 128  # ... or this many reports, or half the worker's credit if that is fewer:
 # the broker then refills the queue while the other half runs, so a worker of many tiny
 # tasks does not wait out a round trip after each batch (benchmarks/RESULTS.md, "DONE at
-# half the credit")
+# half the credit"); and a message's cost (about 90 us in the broker, as much in the
+# worker) is shared by as many tasks as a few milliseconds of them ("Bigger batches")
 EXIT_LINGER_MS = 50  # how long a leaving worker tries to deliver its last reports and BYE
 HEARTBEAT_STEP = 0.05  # the heartbeat thread looks at the clock this often
 UNSENT_LIMIT = 10_000  # reports kept while the broker reads nothing; the oldest go first
@@ -69,7 +70,7 @@ class Worker(Tasks):
         connect: str | None = None,
         *,
         bind: str | None = None,
-        credit: int = 32,
+        credit: int = P.DEFAULT_CREDIT,
         name: str | None = None,
         context: zmq.Context | None = None,
         heartbeat_interval: float = timing.HEARTBEAT_INTERVAL,
