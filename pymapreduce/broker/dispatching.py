@@ -103,13 +103,29 @@ class Dispatching:
                     stragglers.append((task.started, task))
         stragglers.sort(key=lambda pair: pair[0])  # the longest running first
         idle.sort(key=_DONE, reverse=True)  # (stable: otherwise in their order)
-        for worker, (_, task) in zip(idle, stragglers):
-            if worker.route in task.running.values():
-                continue
-            task.job.backups += 1
-            log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id, task.name,
-                     now - task.started, worker.name)
-            self._send_checked(worker, [task], backup=True)
+        # Each idle worker takes its share of them at once, up to about PREFETCH_SECONDS
+        # of work by their kinds' mean times (one alone when no mean is known): a worker
+        # stuck in one task (a hung mount) may hold a queue of tiny tasks behind it, and
+        # one backup per idle worker a scan would take a second per ten of them back.
+        share = -(-len(stragglers) // len(idle))
+        at = 0
+        for worker in idle:
+            batch: list[Task] = []
+            work = 0.0
+            while at < len(stragglers) and len(batch) < min(share, worker.credit) \
+                    and work < PREFETCH_SECONDS:
+                task = stragglers[at][1]
+                at += 1
+                if worker.route in task.running.values():
+                    continue
+                mean = task.job.mean_duration(task.kind)
+                work += PREFETCH_SECONDS if mean is None else mean
+                task.job.backups += 1
+                log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id,
+                         task.name, now - task.started, worker.name)
+                batch.append(task)
+            if batch:
+                self._send_checked(worker, batch, backup=True)
 
     def _send_tasks(self, worker: WorkerState, tasks: list[Task], backup: bool = False) -> None:
         """``backup``: they are backup attempts (the event log says so)."""

@@ -357,6 +357,9 @@ class JobState:
             self._unblock()
             return
         self.phase = REDUCE
+        # (a reduce task's cost is not its maps': unknown again, so the first ones go
+        # out as a new job's do, at most 2 a worker, until one commits)
+        self.task_secs = None
         self.redone.clear()
         self.reduces = [Task(self, REDUCE, r) for r in range(self.reducers)]
         for r, t in enumerate(self.reduces):
@@ -440,6 +443,7 @@ class JobState:
         self.map_only = bool(spec["map_only"])
         self.splits = [["step", self.step - 1, p] for p in inputs]
         self.phase = MAP
+        self.task_secs = None  # (nor is a step's the step's before)
         self.maps = [Task(self, MAP, i) for i in range(len(self.splits))]
         self.reduces = []
         self.pending = deque(self.maps)
