@@ -154,6 +154,7 @@ def preload_modules(names: Iterable[str]) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .patterns import compress
+    from .patterns import protocol as P
     from .patterns.security import PeerKeys
     from .patterns.sockets import check_endpoint
     from .spill.budget import parse_size
@@ -174,6 +175,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     keys = PeerKeys.load(args.keys, args.key_name) if args.keys else None
     if args.slowdown < 1:
         raise ConfigError(f"--slowdown must be at least 1, got {args.slowdown}")
+    if not 1 <= args.credit <= P.MAX_CREDIT:  # (a broker would take it as 1, or the cap)
+        raise ConfigError(f"--credit must be 1 to {P.MAX_CREDIT}, got {args.credit}")
     memory = parse_size(args.memory) if args.memory is not None else None
     if args.spill_dir is not None and memory is None:
         raise ConfigError("--spill-dir is where tasks over --memory spill: give --memory too")

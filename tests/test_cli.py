@@ -430,3 +430,12 @@ def test_run_connect_to_a_broker_that_does_not_answer_gives_up_after_its_timeout
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 3, done.stderr
     assert "did not answer a greeting within 1.5s" in done.stderr, done.stderr
+
+
+def test_a_worker_s_credit_outside_what_a_broker_takes_is_refused():
+    """Credit is the most tasks a worker process holds (default 256): a broker takes 0 as 1
+    and anything past 1,024 as 1,024, so the daemon says so instead of starting."""
+    for credit in ("0", "-3", "5000"):
+        proc = cli("worker", "--connect", "tcp://127.0.0.1:1", "--credit", credit)
+        assert f"--credit must be 1 to 1024, got {credit}" in one_error_line(proc)
+        assert proc.returncode == 2

@@ -205,7 +205,7 @@ class Ledger(Commits, Dispatching, Failures, Recovery, Sinks):
         credit = body.get("credit", 1)
         credit = credit if type(credit) is int else 1
         name = str(body.get("name", ""))[:200]
-        worker = self.workers[peer] = WorkerState(peer, name, max(1, min(credit, 1024)), now,
+        worker = self.workers[peer] = WorkerState(peer, name, max(1, min(credit, P.MAX_CREDIT)), now,
                                                   key)
         worker.fd = fd
         tags = body.get("tags") or []

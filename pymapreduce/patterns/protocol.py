@@ -13,6 +13,7 @@ PROTOCOL_VERSION = 3
 # dispatching.py), so this binds only for tasks under a fifth of a millisecond, where
 # each message's cost is shared by more tasks (benchmarks/RESULTS.md, "Bigger batches")
 DEFAULT_CREDIT = 256
+MAX_CREDIT = 1024  # what a broker lets a worker announce (more is taken as this)
 
 # worker -> broker
 READY = "READY"  # register (or re-register) and announce credit
