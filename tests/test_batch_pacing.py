@@ -107,3 +107,30 @@ def test_stragglers_of_unknown_cost_go_one_a_worker_a_scan(ledger):
     [message] = sent(ledger, P.TASKS)
     assert message.route == b"B" and len(message.msg.body["tasks"]) == 1
     assert job.backups == 1
+
+
+def test_stragglers_each_running_alone_on_their_workers_go_one_a_worker_a_scan(ledger):
+    """A straggler its worker holds alone is running, not queued, and may be long (a job of
+    skewed tasks whose mean is tiny): its cost is what it has run so far, so an idle
+    worker takes one such backup a scan, as before, and the others go to workers idle
+    at the next scans."""
+    job = add_job(ledger, maps=40)
+    b = ledger.register(b"B", "", {"credit": P.DEFAULT_CREDIT}, T0)
+    while len(job.pending) > 2:  # B ends the tiny ones: the job's mean is known
+        ledger.dispatch(T0)
+        for key in tasks_of(ledger).get(b"B", []):
+            ledger.done(b, [report(key, dict(TINY))], (pack([["w"], [[1]]]),))
+    assert job.mean_duration("map") is not None
+    for route in (b"A1", b"A2"):  # each takes one of the last two, and runs it long
+        ledger.register(route, "", {"credit": 1}, T0)
+    b.credit = 0  # (B takes none of them meanwhile)
+    ledger.dispatch(T0)
+    b.credit = P.DEFAULT_CREDIT
+    held = tasks_of(ledger)
+    assert not job.pending and {r for r in held} == {b"A1", b"A2"} and not b.running
+    for task in job.maps:
+        if task.running:
+            task.started = T0
+    ledger.dispatch(T0 + 10.0)
+    [message] = sent(ledger, P.TASKS)
+    assert message.route == b"B" and len(message.msg.body["tasks"]) == 1

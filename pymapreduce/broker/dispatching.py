@@ -104,9 +104,12 @@ class Dispatching:
         stragglers.sort(key=lambda pair: pair[0])  # the longest running first
         idle.sort(key=_DONE, reverse=True)  # (stable: otherwise in their order)
         # Each idle worker takes its share of them at once, up to about PREFETCH_SECONDS
-        # of work by their kinds' mean times (one alone when no mean is known): a worker
-        # stuck in one task (a hung mount) may hold a queue of tiny tasks behind it, and
-        # one backup per idle worker a scan would take a second per ten of them back.
+        # of work: a worker stuck in one task (a hung mount) may hold a queue of tiny
+        # tasks behind it, and one backup per idle worker a scan would take a second per
+        # ten of them back. A straggler held by a worker that holds others may be queued
+        # there, not started: its cost is its kind's mean; one its worker holds alone is
+        # running, and costs at least what it has run (one alone a worker, as before);
+        # with no mean known, one alone.
         share = -(-len(stragglers) // len(idle))
         at = 0
         for worker in idle:
@@ -119,7 +122,13 @@ class Dispatching:
                 if worker.route in task.running.values():
                     continue
                 mean = task.job.mean_duration(task.kind)
-                work += PREFETCH_SECONDS if mean is None else mean
+                if mean is None:
+                    work += PREFETCH_SECONDS
+                elif any(len(w.running) > 1 for w in map(self.workers.get,
+                                                         task.running.values()) if w):
+                    work += mean
+                else:
+                    work += max(mean, now - task.started)
                 task.job.backups += 1
                 log.info("%s %s straggles (%.1fs): backup attempt on %s", task.job.id,
                          task.name, now - task.started, worker.name)
