@@ -134,8 +134,8 @@ def test_bad_inputs_are_refused_as_before(monkeypatch):
     for c_path in (True, False):
         with pytest.raises(InputError, match="input record 1 is 7, not a"):
             _blobs([(1, 2), 7], c_path, monkeypatch)
-        with pytest.raises(UnicodeEncodeError):  # (msgpack's own error, either way)
-            _blobs([(1, 2), ("\ud800", 1)], c_path, monkeypatch)
+        with pytest.raises(UnencodableValue, match="an input record cannot be sent"):
+            _blobs([(1, 2), ("\ud800", 1)], c_path, monkeypatch)  # (a lone surrogate)
         with pytest.raises(UnencodableValue, match="an input record cannot be sent"):
             _blobs([(1, 2), (3, Unencodable())], c_path, monkeypatch)
         assert _blobs([], c_path, monkeypatch) == [pack([])]  # (one empty split, as before)
@@ -144,3 +144,28 @@ def test_bad_inputs_are_refused_as_before(monkeypatch):
 def test_only_in_memory_inputs_reach_the_c_path():
     assert submit_module._packed_splits(iter([(1, 2)]), 1) is None
     assert submit_module._packed_splits([], 1) is None
+
+
+def test_counts_that_are_not_whole_numbers_are_refused_by_name():
+    """map_tasks and reducers: an int (or numpy's) of at least 1 and 0; a float, a str or
+    a bool is a ConfigError naming it (a float reached the C packer's TypeError)."""
+    from pymapreduce.errors import ConfigError
+
+    for bad in (2.5, "7", True, 0, -3):
+        with pytest.raises(ConfigError, match=f"map_tasks must be a whole number of at "
+                                              f"least 1, got {bad!r}"):
+            build_submission(Echo(), [(1, 2), (3, 4)], slots=2, map_tasks=bad, reducers=0,
+                             name="x")
+    for bad in ("x", 1.5, False, -1):
+        with pytest.raises(ConfigError, match="reducers must be a whole number"):
+            build_submission(Echo(), [(1, 2)], slots=2, map_tasks=None, reducers=bad,
+                             name="x")
+
+    class Odd(Echo):
+        map_tasks = 2.5
+
+    with pytest.raises(ConfigError, match="Odd.map_tasks must be a whole number"):
+        build_submission(Odd(), [(1, 2), (3, 4)], slots=2, map_tasks=None, reducers=0,
+                         name="x")
+    with pytest.raises(TypeError, match=r"got the class Echo: pass Echo\(\)"):
+        build_submission(Echo, [(1, 2)], slots=2, map_tasks=None, reducers=0, name="x")

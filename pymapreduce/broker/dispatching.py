@@ -53,15 +53,31 @@ class Dispatching:
         # about PREFETCH_SECONDS of work (many tiny tasks, one long one), and fewer near the
         # end of a phase, so the last tasks are not stuck behind a busy worker's queue.
         target = max(1, pending // (2 * len(self.workers)))
-        # paced by the slowest job with pending tasks: a deep queue of its tasks would
-        # hold a worker for long (and a job without a finished task yet is unknown)
-        costs = [j.task_secs for j in self.scheduler.jobs() if j.pending]
-        if not costs or None in costs:
-            target = min(target, 2)
-        else:
-            target = min(target, 1 + int(PREFETCH_SECONDS / max(max(costs), 1e-6)))
+        # paced by the slowest job with pending tasks that the worker may take: a deep
+        # queue of its tasks would hold a worker for long (and a job without a finished
+        # task yet is unknown: 2 at most). A job no worker may take now (tags none of
+        # them has, its sinks awaited) paces none: it would hold every other job's tiny
+        # tasks to 2 a worker for as long as it waits.
+        paces: dict[frozenset, list] = {}  # a job's required tags -> [unknown, slowest]
+        for j in self.scheduler.jobs():
+            if j.pending and not j.sinks_expected:
+                pace = paces.get(j.requires)
+                if pace is None:
+                    pace = paces[j.requires] = [False, 0.0]
+                if j.task_secs is None:
+                    pace[0] = True
+                elif j.task_secs > pace[1]:
+                    pace[1] = j.task_secs
         for worker in list(self.workers.values()):
-            room = min(worker.credit, target) - len(worker.running)
+            eligible = unknown = False
+            slowest = 0.0
+            for required, (never, secs) in paces.items():
+                if not required or required <= worker.tags:
+                    eligible = True
+                    unknown = unknown or never
+                    slowest = max(slowest, secs)
+            cap = 2 if unknown or not eligible else 1 + int(PREFETCH_SECONDS / max(slowest, 1e-6))
+            room = min(worker.credit, target, cap) - len(worker.running)
             if room <= 0:
                 continue
             tasks = self.scheduler.take(room, worker.route, self.workers, worker.tags)

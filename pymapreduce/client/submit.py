@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -64,18 +65,33 @@ def _packed_splits(inputs: Any, n: int) -> list | None:
     return pack_splits(records, max(1, min(n, len(records))))
 
 
+def _count(value: Any, name: str, least: int) -> int | None:
+    """``value`` as an int (None stays None): a whole number (an int, or numpy's) of at
+    least ``least``; anything else a ConfigError naming it (a float, a str, a bool)."""
+    if value is None:
+        return None
+    try:
+        number = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        number = None
+    if number is None or number < least:
+        raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    return number
+
+
 def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None,
                      reducers: int | None, name: str | None, priority: float | None = None,
                      requires: Any = None, files: Any = None) -> Submission:
     """Pickle the job once and cut its inputs into splits. ``files``: the side files to
     ship, ``[(name, bytes)]`` as :func:`~pymapreduce.shipping.gather_files` reads them
     (default: the job's own ``Job.files``)."""
+    if isinstance(job, type) and issubclass(job, Job):
+        raise TypeError(f"submit() needs a pymapreduce.Job instance, got the class "
+                        f"{job.__name__}: pass {job.__name__}()")
     if not isinstance(job, Job):
         raise TypeError(f"submit() needs a pymapreduce.Job, got {type(job).__name__}")
-    if map_tasks is not None and map_tasks < 1:
-        raise ConfigError(f"map_tasks must be at least 1, got {map_tasks}")
-    if reducers is not None and reducers < 0:
-        raise ConfigError(f"reducers must not be negative, got {reducers}")
+    map_tasks = _count(map_tasks, "map_tasks", 1)
+    reducers = _count(reducers, "reducers", 0)
     steps = job_steps(job)
     for part in steps or [job]:
         if type(part).map is Job.map:
@@ -111,6 +127,8 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
         descs = [["files", s.describe(), *([options] if options else [])] for s in splits]
     else:
         n = map_tasks or job.map_tasks or SPLITS_PER_SLOT * slots
+        if isinstance(n, bool) or not isinstance(n, int):  # (a job's own map_tasks)
+            n = _count(n, f"{type(job).__name__}.map_tasks", 1)
         first = len(blobs)
         packed = _packed_splits(inputs, n)
         if packed is not None:
@@ -119,7 +137,7 @@ def build_submission(job: Job, inputs: Any, *, slots: int, map_tasks: int | None
             for piece in chunk(normalize_records(inputs), n):
                 try:
                     blob = pack([[k, v] for k, v in piece])
-                except UnencodableValue as exc:
+                except (UnencodableValue, UnicodeEncodeError) as exc:  # (a lone surrogate)
                     raise UnencodableValue(f"an input record cannot be sent: {exc}") from exc
                 blobs.append(blob)
         descs = [["mems", first, len(blobs) - first]]  # (one descriptor for the run)
