@@ -330,12 +330,21 @@ class SinkDaemon:
         self._reply(route, P.SEGS, {"req": req, "got": got, "missing": missing}, tuple(blobs))
 
     def _reply(self, route: list, command: str, body: dict, blobs: tuple = ()) -> None:
-        try:
-            send(self.data, Message(command, body, blobs), route)
-        except zmq.Again:  # its queue is full: it asks again
-            pass
-        except zmq.ZMQError:  # gone
-            pass
+        msg = Message(command, body, blobs)
+        for _ in range(2):
+            try:
+                send(self.data, msg, route)
+                return
+            except zmq.Again:
+                # Its queue is full, or looks full: ZeroMQ counts what the peer has read
+                # only as the socket handles its commands, which a send does at most once a
+                # millisecond or so, and a queue of PEER_REPLIES is reached by a few quick
+                # answers to a peer that reads each one (a test's fifth reply was lost so).
+                # Reading the socket's events handles them; then one more try, and a peer
+                # that really reads nothing asks again.
+                self.data.get(zmq.EVENTS)
+            except zmq.ZMQError:  # gone
+                return
 
     def _disk_full(self) -> bool:
         self._puts_since_check += 1
