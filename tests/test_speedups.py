@@ -873,3 +873,68 @@ def test_bucket_groups_pack_hands_over_safely_while_finalizers_run():
     finally:
         gc.set_threshold(*threshold)
     assert groups == {key: [odd]}
+
+
+@built
+@settings(max_examples=400)
+@given(st.lists(SORT_TEXTS, max_size=60), st.booleans())
+def test_sort_pairs_is_both_columns_in_str_orders_order(keys, repeat):
+    if repeat:
+        keys = keys + keys[::2]  # (equal keys: their values keep their order)
+    values = [(i, object()) for i in range(len(keys))]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    assert speedups.sort_pairs(list(keys), list(values)) == [
+        [keys[i] for i in order], [values[i] for i in order]]
+
+
+@built
+def test_sort_pairs_leaves_other_keys_to_sorted_and_refuses_odd_columns():
+    assert speedups.sort_pairs(["a", 1], [1, 2]) is None
+    assert speedups.sort_pairs([], []) == [[], []]
+    keys, values = ["b", "a"], [1, 2]
+    assert speedups.sort_pairs(keys, values) == [["a", "b"], [2, 1]]
+    assert (keys, values) == (["b", "a"], [1, 2])  # (new lists: the columns are left)
+    with pytest.raises(ValueError):
+        speedups.sort_pairs(["a", "b"], [1])
+    for bad in ((("a",), [1]), (["a"], (1,)), ("a", [1])):
+        with pytest.raises(TypeError):
+            speedups.sort_pairs(*bad)
+
+
+# -- JSON lines from two columns (json_lines) ------------------------------------------
+
+JSON_ITEMS = st.one_of(
+    st.text(),  # (lone surrogates included: left to the Python path)
+    st.text(alphabet=st.characters(max_codepoint=0x7F)),  # (ASCII, escapes among it)
+    st.text(alphabet=st.sampled_from('ab"\\\n\x00\x1f\x7f'), min_size=7, max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(), st.booleans(), st.none(), st.binary(max_size=3),
+    st.lists(st.integers(), max_size=2))
+
+
+def json_reference(keys, values):
+    return "".join(json.dumps([k, v], ensure_ascii=False, default=repr) + "\n"
+                   for k, v in zip(keys, values))
+
+
+@built
+@settings(max_examples=600)
+@given(st.lists(JSON_ITEMS, max_size=12), st.lists(JSON_ITEMS, max_size=12), st.booleans())
+def test_json_lines_are_json_dumps_of_each_pair_in_utf8(keys, values, tuples):
+    if tuples:
+        keys, values = tuple(keys), tuple(values)
+    out = speedups.json_lines(keys, values)
+    written = {str, int, float, bool, type(None)}
+    if all(type(x) in written and (type(x) is not int or -(2**63) <= x < 2**63)
+           and not (type(x) is str and any(0xD800 <= ord(c) <= 0xDFFF for c in x))
+           for x in [*keys[:len(values)], *values[:len(keys)]]):
+        assert out == json_reference(keys, values).encode("utf-8")
+    else:
+        assert out is None  # (the caller's Python path: what it does is tested there)
+
+
+@built
+def test_json_lines_refuses_what_is_not_two_sequences():
+    for bad in (("ab", ["x"]), (["a"], None), ({"a": 1}, ["x"])):
+        with pytest.raises(TypeError):
+            speedups.json_lines(*bad)

@@ -31,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from ..client.output import CHUNK_RECORDS, encode_lines
+from ..client.output import CHUNK_RECORDS, encode_lines_utf8
 from ..spill.runs import column_chunks
 from . import localfs
 from .urls import check_url, filesystem, is_url, local_path, redact
@@ -105,9 +105,9 @@ class Location:
         if self.local:
             fd = localfs.create(self.root, name)
             try:
-                with open(fd, "w", encoding="utf-8") as f:  # (as client/output.py writes)
+                with open(fd, "wb") as f:  # (as client/output.py writes)
                     for keys, values in chunks:
-                        f.write(encode_lines(keys, values))
+                        f.write(encode_lines_utf8(keys, values))
                     f.flush()
                     return os.fstat(fd).st_size
             except OSError as exc:
@@ -118,7 +118,7 @@ class Location:
         size = 0
         with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed
             for keys, values in chunks:
-                data = encode_lines(keys, values).encode("utf-8")
+                data = encode_lines_utf8(keys, values)
                 f.write(data)
                 size += len(data)
         return size
