@@ -2089,6 +2089,84 @@ json_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* -- a plain sort's map output: each partition's sorted run packed (rangesort.py) ---- */
+
+/* a column's items, as put_item writes them, each read some places ahead of its turn
+ * (a sorted column's items lie all over memory) */
+static int
+put_column(Buf *b, PyObject *column)
+{
+    Py_ssize_t n = PyList_GET_SIZE(column);
+    int r = put_array_head(b, n);
+    for (Py_ssize_t i = 0; r == 0 && i < PyList_GET_SIZE(column); i++) {
+        if (i + PREFETCH_AHEAD < PyList_GET_SIZE(column))
+            prefetch_object(PyList_GET_ITEM(column, i + PREFETCH_AHEAD));
+        r = put_item(b, PyList_GET_ITEM(column, i));
+    }
+    return r;
+}
+
+PyDoc_STRVAR(pack_columns_doc,
+"pack_columns(parts, third) -> list of bytes, or None\n\n"
+"``pack([keys, values, third])`` of each ``(keys, values)`` in ``parts`` (a list of\n"
+"tuples of two lists of one length), b'' for one of no keys. None if an item is of a\n"
+"type not written here (the caller packs them all in Python).");
+
+static PyObject *
+pack_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (arity(nargs, 2, "pack_columns takes parts and a third item") < 0)
+        return NULL;
+    PyObject *parts = args[0], *third = args[1];
+    if (!PyList_CheckExact(parts)) {
+        PyErr_SetString(PyExc_TypeError, "pack_columns takes a list of parts");
+        return NULL;
+    }
+    Py_ssize_t np = PyList_GET_SIZE(parts);
+    for (Py_ssize_t p = 0; p < np; p++) {
+        PyObject *part = PyList_GET_ITEM(parts, p);
+        if (!PyTuple_CheckExact(part) || PyTuple_GET_SIZE(part) != 2 ||
+                !PyList_CheckExact(PyTuple_GET_ITEM(part, 0)) ||
+                !PyList_CheckExact(PyTuple_GET_ITEM(part, 1)) ||
+                PyList_GET_SIZE(PyTuple_GET_ITEM(part, 0)) !=
+                PyList_GET_SIZE(PyTuple_GET_ITEM(part, 1))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "pack_columns: a part that is not two lists of one length");
+            return NULL;
+        }
+    }
+    /* (the result's list made first: making it may start the collector, whose
+     * finalizers may change the lists; nothing after it runs Python code) */
+    PyObject *out = PyList_New(np);
+    if (out == NULL)
+        return NULL;
+    Buf b = {NULL, 0, 0};
+    int r = 0;
+    for (Py_ssize_t p = 0; p < np && r == 0 && p < PyList_GET_SIZE(parts); p++) {
+        PyObject *part = PyList_GET_ITEM(parts, p);
+        PyObject *keys = PyTuple_GET_ITEM(part, 0), *values = PyTuple_GET_ITEM(part, 1);
+        b.len = 0;
+        if (PyList_GET_SIZE(keys) > 0 &&
+                ((r = put_head(&b, 0x93, 0, 0)) != 0 || (r = put_column(&b, keys)) != 0 ||
+                 (r = put_column(&b, values)) != 0 || (r = put_item(&b, third)) != 0))
+            break;
+        PyObject *blob = PyBytes_FromStringAndSize((const char *)b.p, (Py_ssize_t)b.len);
+        if (blob == NULL) {
+            r = -1;
+            break;
+        }
+        PyList_SET_ITEM(out, p, blob);
+    }
+    PyMem_Free(b.p);
+    if (r != 0) {
+        Py_DECREF(out);
+        if (r > 0 && !PyErr_Occurred())
+            Py_RETURN_NONE;
+        return NULL;
+    }
+    return out;
+}
+
 /* -- a plain sort's pairs in key order (rangesort.py) -------------------------------- */
 
 PyDoc_STRVAR(sort_pairs_doc,
@@ -2173,6 +2251,8 @@ static PyMethodDef methods[] = {
     {"pack_splits", (PyCFunction)(void (*)(void))pack_splits, METH_FASTCALL, pack_splits_doc},
     {"json_lines", (PyCFunction)(void (*)(void))json_lines, METH_FASTCALL, json_lines_doc},
     {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, sort_pairs_doc},
+    {"pack_columns", (PyCFunction)(void (*)(void))pack_columns, METH_FASTCALL,
+     pack_columns_doc},
     {NULL, NULL, 0, NULL}
 };
 

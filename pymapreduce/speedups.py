@@ -5,9 +5,10 @@
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
 ``bucket_pack``, ``bucket_groups_pack``, ``pack_notes``, ``attempt_ids``,
-``pack_splits``, ``json_lines`` and ``sort_pairs`` are None and every caller runs its
-own Python code, which computes the same thing (the tests run both and compare). What they replace, and what that saves, is in
-docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
+``pack_splits``, ``json_lines``, ``sort_pairs`` and ``pack_columns`` are None and
+every caller runs its own Python code, which computes the same thing (the tests run both
+and compare). What they replace, and what that saves, is in docs/ARCHITECTURE.md ("The
+shuffle's per-key loops in C").
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ attempt_ids: Any = None  # a TASKS message's attempt identifiers as uint64 bytes
 pack_splits: Any = None  # a submission's in-memory records cut and packed (client/submit.py)
 json_lines: Any = None  # a part file's JSON lines from two columns (client/output.py)
 sort_pairs: Any = None  # a plain sort's pairs in key order (rangesort.py)
+pack_columns: Any = None  # a plain sort's runs packed (rangesort.py)
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -45,11 +47,12 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         sort_strs, str_order, pack_buckets = _c.sort_strs, _c.str_order, _c.pack_buckets
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
         pack_notes, attempt_ids, pack_splits = _c.pack_notes, _c.attempt_ids, _c.pack_splits
-        json_lines, sort_pairs = _c.json_lines, _c.sort_pairs
+        json_lines, sort_pairs, pack_columns = _c.json_lines, _c.sort_pairs, _c.pack_columns
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
         pack_notes = attempt_ids = pack_splits = json_lines = sort_pairs = None
+        pack_columns = None
 
 
 def built() -> bool:
