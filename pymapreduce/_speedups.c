@@ -1110,6 +1110,24 @@ bucket_groups_pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * costs deep recursion. A list already in order is found in one pass and kept as it is.
  */
 
+/* Items of a sorted list lie all over memory: a loop that reads each one waits for it
+ * (three quarters of writing a sorted partition's lines, by perf). Asking for the item
+ * some places ahead (its header, and the two lines after, where a short str's text
+ * is) lets those loads overlap. */
+#define PREFETCH_AHEAD 8
+
+static inline void
+prefetch_object(PyObject *o)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch((const char *)o);
+    __builtin_prefetch((const char *)o + 64);
+    __builtin_prefetch((const char *)o + 128);
+#else
+    (void)o;
+#endif
+}
+
 typedef struct {
     uint64_t pre;       /* the number */
     Py_ssize_t at;      /* the key's index in the list */
@@ -1288,6 +1306,8 @@ sort_from(PyObject **keys, SortItem *items, SortItem *tmp, Py_ssize_t n, Py_ssiz
     int ended;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t at = AT(items[i]);
+        if (i + PREFETCH_AHEAD < n)
+            prefetch_object(keys[AT(items[i + PREFETCH_AHEAD])]);
         items[i].pre = prefix_of(keys[at], d, &used, &ended);
         items[i].at = at | (used << 48) | ((Py_ssize_t)ended << 52);
     }
@@ -1329,6 +1349,8 @@ str_sort_items(PyObject *keys, Py_ssize_t *n_out)
         return NULL;  /* (past what an item's index holds: sorted() does it) */
     PyObject **items = ((PyListObject *)keys)->ob_item;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + PREFETCH_AHEAD < n)
+            prefetch_object(items[i + PREFETCH_AHEAD]);
         if (!PyUnicode_CheckExact(items[i]))
             return NULL;
 #if PY_VERSION_HEX < 0x030C0000
@@ -1867,24 +1889,6 @@ done:
 
 /* -- part files: JSON lines written from two columns (client/output.py) ------------- */
 
-/* Items of a sorted list lie all over memory: a loop that reads each one waits for it
- * (three quarters of writing a sorted partition's lines, by perf). Asking for the item
- * some places ahead (its header, and the two lines after, where a short str's text
- * is) lets those loads overlap. */
-#define PREFETCH_AHEAD 8
-
-static inline void
-prefetch_object(PyObject *o)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    __builtin_prefetch((const char *)o);
-    __builtin_prefetch((const char *)o + 64);
-    __builtin_prefetch((const char *)o + 128);
-#else
-    (void)o;
-#endif
-}
-
 /* bytes of ASCII that JSON writes escaped (ensure_ascii=False escapes nothing else) */
 static unsigned char json_escaped[128];
 
@@ -2167,6 +2171,374 @@ pack_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* -- a plain sort's reduce: its runs merged from their bytes into JSON lines ---------
+ *
+ * A plain sort's reduce task gets sorted runs, each ``pack([keys, values, 1])`` of str
+ * (rangesort.py), and, when its client keeps no results, writes nothing but their
+ * pairs' JSON lines in key order. Decoding them makes two str objects a pair only to
+ * sort them and write their text again; here the runs are read where they lie in their
+ * bytes and merged by comparing those bytes (UTF-8 compared byte by byte orders text as
+ * its code points do, which is how str compares), as Hadoop sorts serialized keys with
+ * a raw comparator. Anything but that exact layout (another type, another encoding of
+ * a length or of the 1, bytes left over, text that is not valid UTF-8 as Python's
+ * decoder takes it, a run out of order) is left to the Python path (None returned),
+ * which decodes, sorts and refuses as before: these bytes come from other workers.
+ */
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t len;
+    uint64_t pre;           /* its first 8 bytes, most significant first (0 past its end):
+                             * two keys' numbers that differ order them as their bytes */
+} Span;
+
+/* a run, read as it is merged: cursors into its segment's bytes, no table of its pairs
+ * (a segment of one-byte strs would otherwise cost tens of bytes of table per byte) */
+typedef struct {
+    const unsigned char *k, *v;  /* its next key's and next value's msgpack str */
+    Span key;                    /* its current key */
+    Py_ssize_t left;             /* its pairs not merged yet, the current one included */
+} Run;
+
+/* the length of the valid UTF-8 sequence at p (before end), as Python's strict decoder
+ * takes it (no overlong forms, no surrogates, nothing past U+10FFFF); 0 if invalid */
+static int
+utf8_length(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = p[0];
+    int n;
+    unsigned char lo = 0x80, hi = 0xBF;  /* (the second byte's range) */
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    }
+    else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    }
+    else
+        return 0;
+    if (end - p < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (int i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+static const uint64_t ONES = 0x0101010101010101ULL, HIGHS = 0x8080808080808080ULL;
+
+/* whether any of 8 bytes is below 0x20, '"' or '\\' (exact: each test is zero-byte
+ * detection, whose borrows only reach past a byte that matched) */
+static inline int
+json_special8(uint64_t x)
+{
+    uint64_t q = x ^ (ONES * '"'), bs = x ^ (ONES * '\\');
+    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((bs - ONES) & ~bs)) & HIGHS
+        ? 1 : 0;
+}
+
+/* a msgpack str's header at *pp (before end): its bytes in *out (and its number), *pp
+ * moved past it; 1 if it is not a str or runs past end */
+static int
+read_head(const unsigned char **pp, const unsigned char *end, Span *out)
+{
+    const unsigned char *p = *pp;
+    if (p >= end)
+        return 1;
+    unsigned char tag = *p++;
+    size_t len;
+    if ((tag & 0xE0) == 0xA0)
+        len = tag & 0x1F;
+    else {
+        int w = tag == 0xd9 ? 1 : tag == 0xda ? 2 : tag == 0xdb ? 4 : 0;
+        if (w == 0 || end - p < w)
+            return 1;
+        len = 0;
+        for (int i = 0; i < w; i++)
+            len = (len << 8) | *p++;
+    }
+    if ((size_t)(end - p) < len)
+        return 1;
+    out->p = p;
+    out->len = (Py_ssize_t)len;
+    uint64_t pre = 0;
+    for (size_t i = 0; i < 8; i++)
+        pre = (pre << 8) | (i < len ? p[i] : 0);
+    out->pre = pre;
+    *pp = p + len;
+    return 0;
+}
+
+/* a msgpack str at *pp, checked: its bytes in *out, the bytes its JSON text adds to
+ * them (escapes) added to *extra; 1 if it is not a str, or not valid UTF-8 */
+static int
+read_str(const unsigned char **pp, const unsigned char *end, Span *out, size_t *extra)
+{
+    if (read_head(pp, end, out) != 0)
+        return 1;
+    const unsigned char *s = out->p, *e = out->p + out->len;
+    size_t add = 0;
+    for (;;) {
+        /* eight bytes at a time while they are ASCII needing no escape */
+        while (e - s >= 8) {
+            uint64_t x;
+            memcpy(&x, s, 8);
+            if ((x & HIGHS) || json_special8(x))
+                break;
+            s += 8;
+        }
+        if (s >= e)
+            break;
+        if (*s < 0x80) {
+            if (json_escaped[*s]) {
+                unsigned char c = *s;
+                add += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
+                        c == '\b' || c == '\f') ? 1 : 5;
+            }
+            s++;
+        }
+        else {
+            int n = utf8_length(s, e);
+            if (n == 0)
+                return 1;
+            s += n;
+        }
+    }
+    *extra += add;
+    return 0;
+}
+
+/* a msgpack array's length at *pp; -1 if it is not an array */
+static Py_ssize_t
+read_array(const unsigned char **pp, const unsigned char *end)
+{
+    const unsigned char *p = *pp;
+    if (p >= end)
+        return -1;
+    unsigned char tag = *p++;
+    Py_ssize_t n;
+    if ((tag & 0xF0) == 0x90)
+        n = tag & 0x0F;
+    else if (tag == 0xdc && end - p >= 2) {
+        n = ((Py_ssize_t)p[0] << 8) | p[1];
+        p += 2;
+    }
+    else if (tag == 0xdd && end - p >= 4) {
+        n = ((Py_ssize_t)p[0] << 24) | ((Py_ssize_t)p[1] << 16) | ((Py_ssize_t)p[2] << 8) | p[3];
+        p += 4;
+    }
+    else
+        return -1;
+    *pp = p;
+    return n;
+}
+
+static inline int
+span_cmp(const Span *a, const Span *b)
+{
+    if (a->pre != b->pre)
+        return a->pre < b->pre ? -1 : 1;
+    Py_ssize_t n = a->len < b->len ? a->len : b->len;
+    int c = n ? memcmp(a->p, b->p, (size_t)n) : 0;
+    return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+/* run a's current key before run b's (ties: the earlier run first, as a stable sort of
+ * the runs one after the other puts them) */
+static inline int
+run_before(const Run *runs, Py_ssize_t a, Py_ssize_t b)
+{
+    int c = span_cmp(&runs[a].key, &runs[b].key);
+    return c < 0 || (c == 0 && a < b);
+}
+
+static void
+heap_down(const Run *runs, Py_ssize_t *heap, Py_ssize_t size, Py_ssize_t i)
+{
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, best = i;
+        if (l < size && run_before(runs, heap[l], heap[best]))
+            best = l;
+        if (l + 1 < size && run_before(runs, heap[l + 1], heap[best]))
+            best = l + 1;
+        if (best == i)
+            return;
+        Py_ssize_t t = heap[i];
+        heap[i] = heap[best];
+        heap[best] = t;
+        i = best;
+    }
+}
+
+/* a checked str's JSON text, in quotes, at o; returns the end of what was written */
+static unsigned char *
+put_json_text(unsigned char *o, const Span *s)
+{
+    const unsigned char *p = s->p, *e = s->p + s->len;
+    *o++ = '"';
+    for (;;) {
+        const unsigned char *q = p;
+        while (e - q >= 8) {
+            uint64_t x;
+            memcpy(&x, q, 8);
+            if (json_special8(x))
+                break;
+            q += 8;
+        }
+        while (q < e && (*q >= 0x80 || !json_escaped[*q]))
+            q++;
+        memcpy(o, p, (size_t)(q - p));
+        o += q - p;
+        if (q == e)
+            break;
+        unsigned char c = *q;
+        const char *short_form = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ?
+            "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" :
+            c == '\f' ? "\\f" : NULL;
+        if (short_form != NULL) {
+            memcpy(o, short_form, 2);
+            o += 2;
+        }
+        else {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(o, "\\u00", 4);
+            o[4] = (unsigned char)hex[c >> 4];
+            o[5] = (unsigned char)hex[c & 0xF];
+            o += 6;
+        }
+        p = q + 1;
+    }
+    *o++ = '"';
+    return o;
+}
+
+PyDoc_STRVAR(merge_runs_json_doc,
+"merge_runs_json(segments) -> (bytes, records) or None\n\n"
+"A plain sort's reduce output written from its segments' bytes (each\n"
+"``pack([keys, values, 1])`` of str, keys in order): the UTF-8 of\n"
+"``json.dumps([k, v], ensure_ascii=False) + \"\\n\"`` for each pair of all the runs in\n"
+"key order (equal keys: earlier segments first), and the number of pairs. None if a\n"
+"segment is not exactly that (the caller decodes them in Python).");
+
+static PyObject *
+merge_runs_json(PyObject *module, PyObject *segments)
+{
+    if (!PyList_CheckExact(segments)) {
+        PyErr_SetString(PyExc_TypeError, "merge_runs_json takes a list of segments");
+        return NULL;
+    }
+    Py_ssize_t k = PyList_GET_SIZE(segments);
+    Py_buffer *views = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Py_buffer));
+    Run *runs = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Run));
+    Py_ssize_t *heap = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(Py_ssize_t));
+    Py_ssize_t held = 0, total = 0;
+    size_t size = 0;
+    PyObject *out = NULL, *data = NULL;
+    int fallback = 0;
+    if (views == NULL || runs == NULL || heap == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* the segments' buffers held (a bytes or memoryview each: no code runs here that
+     * could change their bytes), and each run checked whole: its layout, its text, its
+     * order */
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(segments, i), &views[i], PyBUF_SIMPLE) < 0)
+            goto done;
+        held++;
+    }
+    for (Py_ssize_t i = 0; i < k && !fallback; i++) {
+        const unsigned char *p = views[i].buf, *end = p + views[i].len;
+        Py_ssize_t n;
+        size_t extra = 0;
+        Span prev = {NULL, 0, 0}, cur;
+        if (p >= end || *p++ != 0x93 || (n = read_array(&p, end)) < 0) {
+            fallback = 1;
+            break;
+        }
+        runs[i].k = p;
+        runs[i].left = n;
+        for (Py_ssize_t j = 0; j < n && !fallback; j++) {
+            fallback = read_str(&p, end, &cur, &extra) ||
+                (j > 0 && span_cmp(&prev, &cur) > 0);
+            prev = cur;
+        }
+        if (fallback || read_array(&p, end) != n) {
+            fallback = 1;
+            break;
+        }
+        runs[i].v = p;
+        for (Py_ssize_t j = 0; j < n && !fallback; j++)
+            fallback = read_str(&p, end, &cur, &extra);
+        if (fallback || end - p != 1 || *p != 0x01) {
+            fallback = 1;
+            break;
+        }
+        /* (each pair's line: its two texts, their escapes, and 9 bytes of brackets,
+         * quotes, separator and newline; its texts are less than its segment's bytes) */
+        size += (size_t)views[i].len + extra + 9 * (size_t)n;
+        total += n;
+    }
+    if (fallback || size > (size_t)PY_SSIZE_T_MAX)
+        goto done;
+    /* (made before the merge; nothing after it allocates Python objects) */
+    data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (data == NULL)
+        goto done;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t live = 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        if (runs[i].left > 0) {
+            const unsigned char *end = (const unsigned char *)views[i].buf + views[i].len;
+            read_head(&runs[i].k, end, &runs[i].key);  /* (checked above) */
+            heap[live++] = i;
+        }
+    for (Py_ssize_t i = live / 2 - 1; i >= 0; i--)
+        heap_down(runs, heap, live, i);
+    while (live > 0) {
+        Py_ssize_t i = heap[0];
+        Run *r = &runs[i];
+        const unsigned char *end = (const unsigned char *)views[i].buf + views[i].len;
+        Span value;
+        read_head(&r->v, end, &value);
+        *o++ = '[';
+        o = put_json_text(o, &r->key);
+        *o++ = ',';
+        *o++ = ' ';
+        o = put_json_text(o, &value);
+        *o++ = ']';
+        *o++ = '\n';
+        if (--r->left == 0)
+            heap[0] = heap[--live];
+        else
+            read_head(&r->k, end, &r->key);
+        heap_down(runs, heap, live, 0);
+    }
+    Py_ssize_t used = (Py_ssize_t)(o - (unsigned char *)PyBytes_AS_STRING(data));
+    if (used != (Py_ssize_t)size && _PyBytes_Resize(&data, used) < 0)
+        goto done;  /* (data is NULL then) */
+    out = Py_BuildValue("(On)", data, total);
+done:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(runs);
+    PyMem_Free(heap);
+    Py_XDECREF(data);
+    if (fallback && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
+}
+
 /* -- a plain sort's pairs in key order (rangesort.py) -------------------------------- */
 
 PyDoc_STRVAR(sort_pairs_doc,
@@ -2253,6 +2625,7 @@ static PyMethodDef methods[] = {
     {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, sort_pairs_doc},
     {"pack_columns", (PyCFunction)(void (*)(void))pack_columns, METH_FASTCALL,
      pack_columns_doc},
+    {"merge_runs_json", (PyCFunction)merge_runs_json, METH_O, merge_runs_json_doc},
     {NULL, NULL, 0, NULL}
 };
 

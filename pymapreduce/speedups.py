@@ -5,10 +5,10 @@
 with ``PYMAPREDUCE_PURE=1`` in the environment, ``bucket_pairs``, ``bucket_groups``,
 ``append_pairs``, ``group_pairs``, ``sort_strs``, ``str_order``, ``pack_buckets``,
 ``bucket_pack``, ``bucket_groups_pack``, ``pack_notes``, ``attempt_ids``,
-``pack_splits``, ``json_lines``, ``sort_pairs`` and ``pack_columns`` are None and
-every caller runs its own Python code, which computes the same thing (the tests run both
-and compare). What they replace, and what that saves, is in docs/ARCHITECTURE.md ("The
-shuffle's per-key loops in C").
+``pack_splits``, ``json_lines``, ``sort_pairs``, ``pack_columns`` and
+``merge_runs_json`` are None and every caller runs its own Python code, which computes
+the same thing (the tests run both and compare). What they replace, and what that saves,
+is in docs/ARCHITECTURE.md ("The shuffle's per-key loops in C").
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ pack_splits: Any = None  # a submission's in-memory records cut and packed (clie
 json_lines: Any = None  # a part file's JSON lines from two columns (client/output.py)
 sort_pairs: Any = None  # a plain sort's pairs in key order (rangesort.py)
 pack_columns: Any = None  # a plain sort's runs packed (rangesort.py)
+merge_runs_json: Any = None  # a plain sort's runs merged into its part file's lines
 
 if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
     try:
@@ -48,11 +49,12 @@ if os.environ.get("PYMAPREDUCE_PURE", "") in ("", "0"):
         bucket_pack, bucket_groups_pack = _c.bucket_pack, _c.bucket_groups_pack
         pack_notes, attempt_ids, pack_splits = _c.pack_notes, _c.attempt_ids, _c.pack_splits
         json_lines, sort_pairs, pack_columns = _c.json_lines, _c.sort_pairs, _c.pack_columns
+        merge_runs_json = _c.merge_runs_json
     except (ImportError, AttributeError):  # not built, or built from older source: the
         bucket_pairs = bucket_groups = append_pairs = group_pairs = str_crc32 = None
         sort_strs = str_order = pack_buckets = bucket_pack = bucket_groups_pack = None
         pack_notes = attempt_ids = pack_splits = json_lines = sort_pairs = None
-        pack_columns = None
+        pack_columns = merge_runs_json = None
 
 
 def built() -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 
 from ..client.output import CHUNK_RECORDS, encode_lines_utf8
+from ..rangesort import EncodedLines
 from ..spill.runs import column_chunks
 from . import localfs
 from .urls import check_url, filesystem, is_url, local_path, redact
@@ -101,13 +102,19 @@ class Location:
 
     def write_chunks(self, name: str, chunks: Any) -> int:
         """:meth:`write_lines` of pairs given as ``(keys, values)`` chunks."""
+        return self.write_bytes(name, (encode_lines_utf8(keys, values)
+                                       for keys, values in chunks))
+
+    def write_bytes(self, name: str, pieces: Any) -> int:
+        """Write the bytes of ``pieces`` (an iterable of bytes) under ``name``, made
+        complete, then closed; returns the bytes written."""
         path = self.path(name)
         if self.local:
             fd = localfs.create(self.root, name)
             try:
-                with open(fd, "wb") as f:  # (as client/output.py writes)
-                    for keys, values in chunks:
-                        f.write(encode_lines_utf8(keys, values))
+                with open(fd, "wb") as f:
+                    for piece in pieces:
+                        f.write(piece)
                     f.flush()
                     return os.fstat(fd).st_size
             except OSError as exc:
@@ -117,10 +124,9 @@ class Location:
                 raise OSError(exc.errno, f"{exc.strerror or exc}: {path}") from exc
         size = 0
         with self.fs.open(path, "wb") as f:  # an object appears whole when it is closed
-            for keys, values in chunks:
-                data = encode_lines_utf8(keys, values)
-                f.write(data)
-                size += len(data)
+            for piece in pieces:
+                f.write(piece)
+                size += len(piece)
         return size
 
     def exists(self, name: str) -> bool:
@@ -208,6 +214,14 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     else alone (``[[], [], record]``)."""
     if type(blob) is tuple:
         return _write_columns(spec, job_id, part, attempt, *blob)
+    if type(blob) is EncodedLines:  # (a plain sort's reduce, its client keeping no results)
+        if spec.get("results") is not False:
+            raise ValueError("a task's output is its part file's lines, but its client "
+                             "keeps results")
+        written = Location(spec["url"], spec.get("storage")).write_bytes(
+            temp_name(job_id, attempt, part), [blob.data])
+        return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + msgpack.packb(
+            {"attempt": attempt, "records": blob.records, "bytes": written})
     data = memoryview(blob).cast("B")  # (no copy: the task's output is large)
     # decoded a chunk at a time as it is written: never the whole partition at once
     count, chunks = column_chunks(data, CHUNK_RECORDS) if len(data) else (0, iter(()))

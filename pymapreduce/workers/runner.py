@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import speedups
 from ..errors import ValueNeedsPickle, result_needs_pickle, short_repr
 from ..inputs import DEFAULT_ENCODING, MAX_LINE_BYTES, LineReader, check_read_options, read_split
 from ..job import Columns, Job
@@ -21,7 +22,7 @@ from ..lines import Unparsed, input_size, read_whole
 from ..patterns import allocator
 from ..patterns.message import frame_bytes
 from ..patterns.records import pack, paused_gc, unpack
-from ..rangesort import map_runs, merge_runs, pack_runs, plain_sort
+from ..rangesort import map_runs, merge_runs, merge_runs_lines, pack_runs, plain_sort
 from ..spill.budget import Budget, TaskFiles
 from ..spill.mapside import map_only_spilling, map_runs_spilling, map_spilling
 from ..spill.reduceside import (
@@ -80,7 +81,7 @@ class Numbered:
 
 def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
              skip: Any = (), ordinals: bool = False, safe_output: bool = False,
-             budget: Budget | None = None, columns: bool = False):
+             budget: Budget | None = None, columns: bool = False, lines: bool = False):
     """Run a map or reduce task; returns ``(output blobs, stats)``.
 
     A map task of a job with reducers yields one blob per partition (``b""`` when empty);
@@ -93,12 +94,15 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     budget; past it a task spills sorted runs to its own directory, removed when the task
     ends however it ends (``spill/``, docs/memory.md). ``columns``: a plain sort's reduce
     task that fits in memory returns its output as ``(keys, values)`` columns, not packed
-    (its part file is written from them: ``store/output.py``'s ``write_attempt``).
+    (its part file is written from them: ``store/output.py``'s ``write_attempt``);
+    ``lines`` as well (the client keeps no results, only the part file): as the part
+    file's lines, merged from its segments' bytes where they are runs of str
+    (:class:`~pymapreduce.rangesort.EncodedLines`).
     """
     if budget is None:  # (the usual worker: no budget, no task directory)
         with paused_gc():
             return _run_task(job, kind, desc, blobs, reducers, map_only, skip, ordinals,
-                             safe_output, None, None, columns)
+                             safe_output, None, None, columns, lines)
     with paused_gc(), budget.task_dir() as files:
         # (segments read from a sink as the task goes are not held: sinks/)
         streamed = getattr(getattr(blobs, "blobs", blobs), "streamed", False)
@@ -114,7 +118,7 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
 
 def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_only: bool,
               skip: Any, ordinals: bool, safe_output: bool, budget: Budget | None = None,
-              files: TaskFiles | None = None, columns: bool = False):
+              files: TaskFiles | None = None, columns: bool = False, lines: bool = False):
     job._take_counters()  # counters belong to the task that produced them
     if kind == "map":
         if budget is not None and desc[0] == "cols" and not fits_decoded(
@@ -182,11 +186,23 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                 out = [_reduce_in_budget(job, blobs, first, n, budget, files, safe_output,
                                          read)]
             elif plain_sort(job):
-                types: set = set()
-                merged = merge_runs(job, segments, types)
-                # (columns of types that never need a pickle: the safe check has nothing to find)
-                out = [merged if columns and types <= NATIVE_TYPES
-                       else pack_output(merged, safe_output)]
+                encoded = None
+                if lines and columns and speedups.merge_runs_json is not None:
+                    # (the part file alone: merged from the segments' bytes)
+                    taken = list(_taken(blobs, first, n, read))
+                    encoded = merge_runs_lines(taken)
+                    segments = _counted((unpack(b, allow_pickle=True)
+                                         for b in _drained(taken)), combined, read)
+                if encoded is not None:
+                    read[0] += encoded.records
+                    out = [encoded]
+                else:
+                    types: set = set()
+                    merged = merge_runs(job, segments, types)
+                    # (columns of types that never need a pickle: the safe check has
+                    # nothing to find)
+                    out = [merged if columns and types <= NATIVE_TYPES
+                           else pack_output(merged, safe_output)]
             else:
                 # (a merge by bucket holds a round of decoded segments; the bytes of all
                 # of them at once cost the 256 MiB word count's reduce tasks 41 MB each)
@@ -231,6 +247,13 @@ def _reduce_in_budget(job: Job, blobs: list, first: int, n: int, budget: Budget,
         return merge_sorted_segments(job, segments, ColumnsWriter(files, safe=safe))
     out = reduce_spilling(job, _taken(blobs, first, n, read), budget, files, safe)
     return _packed(out, safe)
+
+
+def _drained(items: list) -> Any:
+    """The items of a list, in order, each let go by the list as it is given."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _counted(segments: Any, combined: bool, read: list) -> Any:

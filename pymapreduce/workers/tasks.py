@@ -227,7 +227,9 @@ class Tasks:
                                               ordinals=bool(b.get("ordinals")),
                                               safe_output=item.safe_output,
                                               budget=self.budget,
-                                              columns=isinstance(item.output, dict))
+                                              columns=isinstance(item.output, dict),
+                                              lines=isinstance(item.output, dict) and
+                                              item.output.get("results") is False)
                 finally:
                     self.capture.end()
                 if self.stopped == key:  # its code caught the stop and went on: it ends here
