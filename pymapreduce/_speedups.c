@@ -2126,7 +2126,17 @@ pack_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "pack_columns takes a list of parts");
         return NULL;
     }
+    /* (the result's list made first, then the parts checked: making it may start the
+     * collector, whose finalizers may change them; nothing after it runs Python code) */
     Py_ssize_t np = PyList_GET_SIZE(parts);
+    PyObject *out = PyList_New(np);
+    if (out == NULL)
+        return NULL;
+    if (PyList_GET_SIZE(parts) != np) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_RuntimeError, "pack_columns: the parts changed during the call");
+        return NULL;
+    }
     for (Py_ssize_t p = 0; p < np; p++) {
         PyObject *part = PyList_GET_ITEM(parts, p);
         if (!PyTuple_CheckExact(part) || PyTuple_GET_SIZE(part) != 2 ||
@@ -2136,14 +2146,10 @@ pack_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 PyList_GET_SIZE(PyTuple_GET_ITEM(part, 1))) {
             PyErr_SetString(PyExc_TypeError,
                             "pack_columns: a part that is not two lists of one length");
+            Py_DECREF(out);
             return NULL;
         }
     }
-    /* (the result's list made first: making it may start the collector, whose
-     * finalizers may change the lists; nothing after it runs Python code) */
-    PyObject *out = PyList_New(np);
-    if (out == NULL)
-        return NULL;
     Buf b = {NULL, 0, 0};
     int r = 0;
     for (Py_ssize_t p = 0; p < np && r == 0 && p < PyList_GET_SIZE(parts); p++) {
@@ -2179,10 +2185,11 @@ pack_columns(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * sort them and write their text again; here the runs are read where they lie in their
  * bytes and merged by comparing those bytes (UTF-8 compared byte by byte orders text as
  * its code points do, which is how str compares), as Hadoop sorts serialized keys with
- * a raw comparator. Anything but that exact layout (another type, another encoding of
- * a length or of the 1, bytes left over, text that is not valid UTF-8 as Python's
- * decoder takes it, a run out of order) is left to the Python path (None returned),
- * which decodes, sorts and refuses as before: these bytes come from other workers.
+ * a raw comparator. Anything but that layout (another type, another encoding of the 1,
+ * bytes left over, text that is not valid UTF-8 as Python's decoder takes it, a run out
+ * of order) is left to the Python path (None returned), which decodes, sorts and refuses
+ * as before: these bytes come from other workers. (A length written in a longer form
+ * than it needs is read, as msgpack reads it: the same text either way.)
  */
 
 typedef struct {
@@ -2436,7 +2443,12 @@ merge_runs_json(PyObject *module, PyObject *segments)
         PyErr_SetString(PyExc_TypeError, "merge_runs_json takes a list of segments");
         return NULL;
     }
-    Py_ssize_t k = PyList_GET_SIZE(segments);
+    /* (a snapshot, strong references: on 3.12+ a class's __buffer__ runs Python code
+     * inside PyObject_GetBuffer, which may change the list) */
+    PyObject *snapshot = PyList_AsTuple(segments);
+    if (snapshot == NULL)
+        return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(snapshot);
     Py_buffer *views = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Py_buffer));
     Run *runs = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Run));
     Py_ssize_t *heap = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(Py_ssize_t));
@@ -2452,7 +2464,7 @@ merge_runs_json(PyObject *module, PyObject *segments)
      * could change their bytes), and each run checked whole: its layout, its text, its
      * order */
     for (Py_ssize_t i = 0; i < k; i++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(segments, i), &views[i], PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(snapshot, i), &views[i], PyBUF_SIMPLE) < 0)
             goto done;
         held++;
     }
@@ -2485,7 +2497,13 @@ merge_runs_json(PyObject *module, PyObject *segments)
         }
         /* (each pair's line: its two texts, their escapes, and 9 bytes of brackets,
          * quotes, separator and newline; its texts are less than its segment's bytes) */
-        size += (size_t)views[i].len + extra + 9 * (size_t)n;
+        size_t line_bytes = (size_t)views[i].len + extra;
+        if (line_bytes < extra || (size_t)n > (SIZE_MAX - line_bytes) / 9 ||
+                size > SIZE_MAX - line_bytes - 9 * (size_t)n) {
+            fallback = 1;  /* (past what one buffer holds: the Python path's error) */
+            break;
+        }
+        size += line_bytes + 9 * (size_t)n;
         total += n;
     }
     if (fallback || size > (size_t)PY_SSIZE_T_MAX)
@@ -2534,6 +2552,7 @@ done:
     PyMem_Free(runs);
     PyMem_Free(heap);
     Py_XDECREF(data);
+    Py_XDECREF(snapshot);
     if (fallback && !PyErr_Occurred())
         Py_RETURN_NONE;
     return out;

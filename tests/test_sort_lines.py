@@ -9,6 +9,7 @@ that is not UTF-8 or a length that lies gets what it got before (sorted, or refu
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import msgpack
@@ -149,3 +150,187 @@ def test_a_large_reduce_of_many_runs_is_the_stable_sort(tmp_path):
         runs.append((keys, [f"v{rng.randrange(10**6)}" for _ in keys]))
     out = merge_runs_lines([segment(k, v) for k, v in runs])
     assert out == EncodedLines(reference(runs), sum(len(k) for k, _ in runs))
+
+
+# -- a red team's attacks, kept ----------------------------------------------------------
+
+BAD_UTF8 = [b"\xc0\x80", b"\xc1\xbf", b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xf0\x8f\xbf\xbf",
+            b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff", b"\x80", b"\xc2", b"\xe2\x82",
+            b"\xf0\x9f\x98", b"\xc2\x41"]
+HEADS = [b"\xd9", b"\xda", b"\xdb", b"\xdc", b"\xdd", b"\xa0", b"\xbf", b"\x90", b"\x9f",
+         b"\x01", b"\x93", b"\xdb\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff", b"\xda\xff\xff"]
+
+
+def python_lines(segments: list) -> tuple | None:
+    """What the decoding path writes for ``segments``, or None where it refuses them."""
+    from pymapreduce.patterns.records import unpack
+
+    runs = []
+    try:
+        for blob in segments:
+            decoded = unpack(blob, allow_pickle=True)
+            if type(decoded) is not list or len(decoded) != 3 or decoded[2] != RUNS or \
+                    len(decoded[0]) != len(decoded[1]):
+                return None
+            runs.append((decoded[0], decoded[1]))
+        return reference(runs), sum(len(k) for k, _ in runs)
+    except Exception:  # (refused, or keys that do not compare)
+        return None
+
+
+@built
+@pytest.mark.parametrize("seed", range(3))
+def test_mutated_segments_give_the_decoding_paths_lines_or_none(seed):
+    """Valid runs with bytes flipped, cut, added, swapped, or bad UTF-8 and odd headers
+    put in: merge_runs_json writes only what the decoding path would write, and leaves
+    every run it refuses (a red team ran 130,000 such cases under AddressSanitizer)."""
+    rng = random.Random(seed)
+    alphabet = ["a", "b", "z", " ", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "\u07ff",
+                "\u0800", "中", "\uffff", "\U00010000", "\U0010ffff"]
+    for _ in range(1500):
+        segments = []
+        for _ in range(rng.choice([1, 2, 3])):
+            n = rng.choice([1, 2, 3, 16, 17])
+            keys = sorted("".join(rng.choice(alphabet) for _ in range(rng.randrange(4)))
+                          for _ in range(n))
+            segments.append(bytearray(segment(keys, ["".join(
+                rng.choice(alphabet) for _ in range(rng.randrange(9))) for _ in keys])))
+        if rng.random() < 0.8:
+            blob = segments[rng.randrange(len(segments))]
+            at = rng.randrange(len(blob))
+            kind = rng.randrange(6)
+            if kind == 0:
+                blob[at] ^= 1 << rng.randrange(8)
+            elif kind == 1:
+                del blob[at:]
+            elif kind == 2:
+                blob[at:at] = rng.choice(BAD_UTF8)
+            elif kind == 3:
+                blob[at:at] = rng.choice(HEADS)
+            elif kind == 4:
+                blob += bytes([rng.randrange(256)])
+            else:
+                other = rng.randrange(len(blob))
+                blob[at], blob[other] = blob[other], blob[at]
+        segments = [bytes(b) for b in segments]
+        got = merge_runs_lines(segments)
+        want = python_lines(segments)
+        if got is not None:
+            assert tuple(got) == want, segments
+        else:  # (runs of str packed as map tasks pack them are never left)
+            assert want is None or not all(
+                pack(d := msgpack.unpackb(b)) == b and d[0] == sorted(d[0]) and
+                all(type(x) is str for x in d[0] + d[1]) for b in segments)
+
+
+def in_child(code: str) -> str:
+    import subprocess
+    import sys
+    import textwrap
+
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]  # (not a crash)
+    return done.stdout
+
+
+@built
+@pytest.mark.parametrize("change", ["del parts[1:]", "parts[0] = ('not a list', 12345)"])
+def test_pack_columns_survives_a_finalizer_that_changes_its_parts(change):
+    """Making the result's list may run the collector, and so a finalizer that changes
+    the parts: they are checked after it (was: a list with a NULL item, or a crash)."""
+    out = in_child(f"""
+        import gc
+        from pymapreduce import _speedups
+        parts = [(["a"], ["x"]), (["b"], ["y"])]
+        class Changes:
+            def __init__(self):
+                self.me = self
+            def __del__(self):
+                {change}
+        gc.collect(); gc.disable(); Changes(); gc.set_threshold(1); gc.enable()
+        try:
+            out = _speedups.pack_columns(parts, 1)
+        except (TypeError, RuntimeError) as exc:
+            out = type(exc).__name__
+        gc.set_threshold(700)
+        print(repr(out))
+        """)
+    assert "NULL" not in out
+
+
+@built
+def test_merge_runs_json_survives_a_buffer_that_changes_the_list():
+    """From Python 3.12 a class's ``__buffer__`` runs while the segments' buffers are
+    taken: the list is read from a copy (was: a crash reading past its new end)."""
+    out = in_child("""
+        from pymapreduce import _speedups
+        good = b"\\x93\\x91\\xa1a\\x91\\xa1x\\x01"
+        segments = []
+        class Clears:
+            def __buffer__(self, flags):
+                segments.clear()
+                return memoryview(good)
+        segments[:] = [Clears(), good, good]
+        try:
+            print(_speedups.merge_runs_json(segments))
+        except TypeError as exc:  # (before 3.12: not a buffer at all)
+            print("TypeError")
+        """)
+    assert out.strip()
+
+
+class EscapedSort(Job):
+    """A plain sort whose keys and values hold JSON escapes and non-ASCII text ('~' in
+    the input is a newline, '^' a carriage return, '|' a form feed: a text line cannot
+    hold those)."""
+
+    total_order = True
+
+    def map(self, offset, line):
+        line = line.replace("~", "\n").replace("^", "\r").replace("|", "\f")
+        yield line[:3], line[3:]
+
+
+@built
+def test_a_real_sort_writes_the_same_part_files_whether_results_are_kept(tmp_path,
+                                                                         monkeypatch):
+    """Through real workers: part files merged from the runs' bytes (no results kept)
+    are byte for byte those written from decoded columns (results kept), ties in input
+    order; and the bytes path was the one taken."""
+    from pymapreduce import Client, LocalCluster, read_text
+    from pymapreduce.workers import runner
+
+    taken = tmp_path / "taken"
+    real = runner.merge_runs_lines
+
+    def noted(segments):  # (the workers are forked: they run this copy)
+        out = real(segments)
+        with open(taken, "a") as f:
+            f.write("bytes\n" if out is not None else "decoded\n")
+        return out
+
+    monkeypatch.setattr(runner, "merge_runs_lines", noted)
+    rng = random.Random(5)
+    pool = ["a", "b", "z", "é", "ÿ", "中", "\U0001f600", '"', "\\", "\t", "\x00", "\x01",
+            "\x1f", "\x7f", "\x80", "\u2028", "/", "\U0010ffff", " ", "~", "^", "|"]
+    lines = ["".join(rng.choice(pool) for _ in range(rng.randrange(3, 20)))
+             for _ in range(6000)]
+    lines += [lines[i][:3] + f"tie{i}" for i in range(0, 6000, 7)]  # equal keys
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "input.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files = {}
+    with LocalCluster(workers=2) as cluster, Client(cluster.address) as client:
+        for results in (False, True):
+            out = tmp_path / f"out-{results}"
+            client.submit(EscapedSort(), read_text(str(tmp_path / "in"), split_bytes=8_000),
+                          reducers=3, output_dir=out, results=results).wait(120)
+            files[results] = {n: (out / n).read_bytes() for n in sorted(os.listdir(out))
+                              if n.startswith("part-")}
+    assert "bytes" in taken.read_text()
+    assert files[False] == files[True] and len(files[False]) == 3
+    got = [tuple(json.loads(x)) for name in sorted(files[False])
+           for x in files[False][name].decode("utf-8").split("\n")[:-1]]  # (not at U+2028)
+    pairs = [(x[:3], x[3:]) for x in (y.replace("~", "\n").replace("^", "\r")
+                                      .replace("|", "\f") for y in lines)]
+    assert got == sorted(pairs, key=lambda kv: kv[0])  # (stable: ties in input order)
