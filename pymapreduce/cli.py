@@ -501,13 +501,47 @@ def _leaving() -> None:
     gc.freeze()
 
 
+# Names a newcomer tries for a command that has another name here
+COMMAND_ALIASES = {"jobs": "status", "list": "status", "ls": "status", "ps": "status",
+                   "workers": "status", "job": "status", "submit": "run", "start": "run",
+                   "kill": "cancel", "stop": "cancel", "log": "logs", "key": "keys",
+                   "dashboard": "dashboard-url", "event": "events"}
+
+
+def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The error for a first word that names no command (with the command meant, where
+    one is near), or None; argparse's own says only "invalid choice"."""
+    first = 0
+    while first < len(argv) and argv[first] == "--debug":
+        first += 1
+    if first == len(argv) or argv[first].startswith("-"):
+        return None  # (no command, or an option first: argparse's own message)
+    word = argv[first]
+    commands = [name for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+    if word in commands:
+        return None
+    import difflib
+
+    meant = COMMAND_ALIASES.get(word.lower()) or next(iter(
+        difflib.get_close_matches(word, commands, n=1, cutoff=0.6)), None)
+    hint = f"; did you mean `pymapreduce {meant}`?" if meant else ""
+    return (f"pymapreduce: error: {word!r} is not a command{hint} (commands: "
+            f"{', '.join(commands)}; `pymapreduce COMMAND --help` for one)")
+
+
 def _main(argv: list[str]) -> int:
     args = None
     if argv[:1] == ["run"]:  # (the daemons do not import the adapter)
         from .adapters.mrjob.cli import mrjob_command  # `run MR_JOB.py`: docs/mrjob.md
 
         args = mrjob_command(argv)
-    args = args or build_parser().parse_args(argv)
+    if args is None:
+        parser = build_parser()
+        if (error := _unknown_command(parser, argv)) is not None:
+            print(error, file=sys.stderr)
+            return EXIT_USAGE
+        args = parser.parse_args(argv)
     debug = getattr(args, "debug", False) or debug_from_env()
     try:
         return args.func(args)

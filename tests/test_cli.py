@@ -439,3 +439,18 @@ def test_a_worker_s_credit_outside_what_a_broker_takes_is_refused():
         proc = cli("worker", "--connect", "tcp://127.0.0.1:1", "--credit", credit)
         assert f"--credit must be 1 to 1024, got {credit}" in one_error_line(proc)
         assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("argv, word, meant", [
+    (["jobs"], "jobs", "status"),
+    (["stauts", "--connect", "tcp://127.0.0.1:9"], "stauts", "status"),
+    (["--debug", "kill", "x"], "kill", "cancel"),
+    (["submit"], "submit", "run"),
+    (["frobnicate"], "frobnicate", None),
+])
+def test_a_word_that_is_no_command_names_the_command_meant(argv, word, meant):
+    done = cli(*argv)
+    assert done.returncode == 2 and done.stdout == ""
+    assert one_error_line(done).startswith(f"pymapreduce: error: {word!r} is not a command")
+    assert (f"did you mean `pymapreduce {meant}`?" in done.stderr) == (meant is not None)
+    assert "commands: broker, worker, sink, run, status" in done.stderr
