@@ -304,7 +304,7 @@ def test_a_real_sort_writes_the_same_part_files_whether_results_are_kept(tmp_pat
     taken = tmp_path / "taken"
     real = runner.merge_runs_lines
 
-    def noted(segments):  # (the workers are forked: they run this copy)
+    def noted(segments):
         out = real(segments)
         with open(taken, "a") as f:
             f.write("bytes\n" if out is not None else "decoded\n")
@@ -320,7 +320,9 @@ def test_a_real_sort_writes_the_same_part_files_whether_results_are_kept(tmp_pat
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "input.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     files = {}
-    with LocalCluster(workers=2) as cluster, Client(cluster.address) as client:
+    # (forked, whatever threads this process runs: the workers run the patched copy)
+    with LocalCluster(workers=2, start_method="fork") as cluster, \
+            Client(cluster.address) as client:
         for results in (False, True):
             out = tmp_path / f"out-{results}"
             client.submit(EscapedSort(), read_text(str(tmp_path / "in"), split_bytes=8_000),
