@@ -2349,6 +2349,57 @@ read_array(const unsigned char **pp, const unsigned char *end)
     return n;
 }
 
+/* the bytes of msgpack's shortest header of a str of n bytes */
+static inline size_t
+str_head_size(size_t n)
+{
+    return n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5;
+}
+
+/* a str's item as pack() writes it (the shortest header, then its bytes) at o */
+static unsigned char *
+put_str_item(unsigned char *o, const Span *s)
+{
+    size_t n = (size_t)s->len;
+    if (n < 32)
+        *o++ = (unsigned char)(0xA0 | n);
+    else if (n < 256) {
+        *o++ = 0xd9;
+        *o++ = (unsigned char)n;
+    }
+    else if (n < 65536) {
+        *o++ = 0xda;
+        put_be(o, n, 2);
+        o += 2;
+    }
+    else {
+        *o++ = 0xdb;
+        put_be(o, n, 4);
+        o += 4;
+    }
+    memcpy(o, s->p, n);
+    return o + n;
+}
+
+/* an array's header as pack() writes it (n below 2**32) at o */
+static unsigned char *
+put_array_item(unsigned char *o, size_t n)
+{
+    if (n < 16)
+        *o++ = (unsigned char)(0x90 | n);
+    else if (n < 65536) {
+        *o++ = 0xdc;
+        put_be(o, n, 2);
+        o += 2;
+    }
+    else {
+        *o++ = 0xdd;
+        put_be(o, n, 4);
+        o += 4;
+    }
+    return o;
+}
+
 static inline int
 span_cmp(const Span *a, const Span *b)
 {
@@ -2429,16 +2480,23 @@ put_json_text(unsigned char *o, const Span *s)
 }
 
 PyDoc_STRVAR(merge_runs_json_doc,
-"merge_runs_json(segments) -> (bytes, records) or None\n\n"
+"merge_runs_json(segments, columns) -> (bytes, records, bytes or None) or None\n\n"
 "A plain sort's reduce output written from its segments' bytes (each\n"
 "``pack([keys, values, 1])`` of str, keys in order): the UTF-8 of\n"
 "``json.dumps([k, v], ensure_ascii=False) + \"\\n\"`` for each pair of all the runs in\n"
-"key order (equal keys: earlier segments first), and the number of pairs. None if a\n"
+"key order (equal keys: earlier segments first), the number of pairs, and, if\n"
+"``columns``, ``pack([keys, values])`` of those pairs in that order. None if a\n"
 "segment is not exactly that (the caller decodes them in Python).");
 
 static PyObject *
-merge_runs_json(PyObject *module, PyObject *segments)
+merge_runs_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (arity(nargs, 2, "merge_runs_json takes segments and columns") < 0)
+        return NULL;
+    PyObject *segments = args[0];
+    int columns = PyObject_IsTrue(args[1]);
+    if (columns < 0)
+        return NULL;
     if (!PyList_CheckExact(segments)) {
         PyErr_SetString(PyExc_TypeError, "merge_runs_json takes a list of segments");
         return NULL;
@@ -2453,8 +2511,8 @@ merge_runs_json(PyObject *module, PyObject *segments)
     Run *runs = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Run));
     Py_ssize_t *heap = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(Py_ssize_t));
     Py_ssize_t held = 0, total = 0;
-    size_t size = 0;
-    PyObject *out = NULL, *data = NULL;
+    size_t size = 0, ksize = 0, vsize = 0;  /* (the lines; the packed keys and values) */
+    PyObject *out = NULL, *data = NULL, *packed = NULL;
     int fallback = 0;
     if (views == NULL || runs == NULL || heap == NULL) {
         PyErr_NoMemory();
@@ -2482,6 +2540,7 @@ merge_runs_json(PyObject *module, PyObject *segments)
         for (Py_ssize_t j = 0; j < n && !fallback; j++) {
             fallback = read_str(&p, end, &cur, &extra) ||
                 (j > 0 && span_cmp(&prev, &cur) > 0);
+            ksize += str_head_size((size_t)cur.len) + (size_t)cur.len;
             prev = cur;
         }
         if (fallback || read_array(&p, end) != n) {
@@ -2489,8 +2548,10 @@ merge_runs_json(PyObject *module, PyObject *segments)
             break;
         }
         runs[i].v = p;
-        for (Py_ssize_t j = 0; j < n && !fallback; j++)
+        for (Py_ssize_t j = 0; j < n && !fallback; j++) {
             fallback = read_str(&p, end, &cur, &extra);
+            vsize += str_head_size((size_t)cur.len) + (size_t)cur.len;
+        }
         if (fallback || end - p != 1 || *p != 0x01) {
             fallback = 1;
             break;
@@ -2506,13 +2567,26 @@ merge_runs_json(PyObject *module, PyObject *segments)
         size += line_bytes + 9 * (size_t)n;
         total += n;
     }
-    if (fallback || size > (size_t)PY_SSIZE_T_MAX)
+    if (fallback || size > (size_t)PY_SSIZE_T_MAX ||
+            (columns && total > (Py_ssize_t)0xFFFFFFFF)) {
+        fallback = 1;  /* (the packed keys and values are less than the segments' bytes) */
         goto done;
-    /* (made before the merge; nothing after it allocates Python objects) */
+    }
+    /* (made before the merge; nothing after them allocates Python objects) */
     data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
     if (data == NULL)
         goto done;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(data);
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(data), *ko = NULL, *vo = NULL;
+    if (columns) {
+        size_t head = total < 16 ? 1 : total < 65536 ? 3 : 5;
+        packed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(1 + 2 * head + ksize + vsize));
+        if (packed == NULL)
+            goto done;
+        ko = (unsigned char *)PyBytes_AS_STRING(packed);
+        *ko++ = 0x92;
+        ko = put_array_item(ko, (size_t)total);
+        vo = put_array_item(ko + ksize, (size_t)total);
+    }
     Py_ssize_t live = 0;
     for (Py_ssize_t i = 0; i < k; i++)
         if (runs[i].left > 0) {
@@ -2535,6 +2609,10 @@ merge_runs_json(PyObject *module, PyObject *segments)
         o = put_json_text(o, &value);
         *o++ = ']';
         *o++ = '\n';
+        if (columns) {
+            ko = put_str_item(ko, &r->key);
+            vo = put_str_item(vo, &value);
+        }
         if (--r->left == 0)
             heap[0] = heap[--live];
         else
@@ -2544,7 +2622,7 @@ merge_runs_json(PyObject *module, PyObject *segments)
     Py_ssize_t used = (Py_ssize_t)(o - (unsigned char *)PyBytes_AS_STRING(data));
     if (used != (Py_ssize_t)size && _PyBytes_Resize(&data, used) < 0)
         goto done;  /* (data is NULL then) */
-    out = Py_BuildValue("(On)", data, total);
+    out = Py_BuildValue("(OnO)", data, total, columns ? packed : Py_None);
 done:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
@@ -2552,6 +2630,7 @@ done:
     PyMem_Free(runs);
     PyMem_Free(heap);
     Py_XDECREF(data);
+    Py_XDECREF(packed);
     Py_XDECREF(snapshot);
     if (fallback && !PyErr_Occurred())
         Py_RETURN_NONE;
@@ -2644,7 +2723,8 @@ static PyMethodDef methods[] = {
     {"sort_pairs", (PyCFunction)(void (*)(void))sort_pairs, METH_FASTCALL, sort_pairs_doc},
     {"pack_columns", (PyCFunction)(void (*)(void))pack_columns, METH_FASTCALL,
      pack_columns_doc},
-    {"merge_runs_json", (PyCFunction)merge_runs_json, METH_O, merge_runs_json_doc},
+    {"merge_runs_json", (PyCFunction)(void (*)(void))merge_runs_json, METH_FASTCALL,
+     merge_runs_json_doc},
     {NULL, NULL, 0, NULL}
 };
 

@@ -39,21 +39,24 @@ PLAIN_KEYS = frozenset({str, int, float, bytes, bool})
 
 class EncodedLines(NamedTuple):
     """A plain sort's reduce output as its part file's bytes, JSON lines in key order
-    (:func:`merge_runs_lines`), and the pairs they hold."""
+    (:func:`merge_runs_lines`), the pairs they hold, and (for a client that keeps
+    results) those pairs packed as ``pack([keys, values])``."""
 
     data: bytes
     records: int
+    packed: bytes | None = None
 
 
-def merge_runs_lines(segments: list) -> EncodedLines | None:
+def merge_runs_lines(segments: list, columns: bool = False) -> EncodedLines | None:
     """A reduce task's output as its part file's lines, merged from its segments' bytes
     (``speedups.merge_runs_json``: no str object made per key and value, to be sorted,
     written out again and freed; 15 ms instead of 40 for a TeraSort reduce task's 125,000
-    pairs). None without the C loops, or for segments that are not runs of str as map
-    tasks pack them (the caller decodes them and runs :func:`merge_runs`). The lines are
-    what :func:`merge_runs`'s columns give, written: equal keys in segment order."""
+    pairs), and, with ``columns``, its pairs packed in that order as well (their items'
+    bytes copied). None without the C loops, or for segments that are not runs of str as
+    map tasks pack them (the caller decodes them and runs :func:`merge_runs`). The lines
+    are what :func:`merge_runs`'s columns give, written: equal keys in segment order."""
     fast = speedups.merge_runs_json
-    out = fast(segments) if fast is not None else None
+    out = fast(segments, columns) if fast is not None else None
     return None if out is None else EncodedLines(*out)
 
 

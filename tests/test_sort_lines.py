@@ -101,40 +101,59 @@ def test_what_is_not_runs_of_str_is_left_to_the_python_path(name):
     assert merge_runs_lines([LEFT[name]]) is None
 
 
-def reduce_file(tmp_path, blobs: list, lines: bool, tag: str) -> tuple:
-    """A reduce task of ``blobs`` as a worker runs it: its commit record, its part file's
-    bytes and its statistics."""
+def reduce_file(tmp_path, blobs: list, results: bool, tag: str) -> tuple:
+    """A reduce task of ``blobs`` as a worker runs it: its commit record (with the packed
+    pairs when the client keeps results), its part file's bytes and its statistics."""
     job = bounded(["a", "m"], 1)
-    spec = {"url": str(tmp_path / tag), "results": False}
+    spec = {"url": str(tmp_path / tag), "results": results}
     out, stats = run_task(job, "reduce", ["part", 0, len(blobs)], list(blobs), 1, False,
-                          columns=True, lines=lines)
+                          columns=True, lines=not results)
     record = write_attempt(spec, "j", 0, 7, out[0])
     return record, (tmp_path / tag / temp_name("j", 7, 0)).read_bytes(), stats
 
 
+@pytest.mark.parametrize("results", [False, True], ids=["part file", "results kept"])
 @pytest.mark.parametrize("blobs", [
     [segment(["a", "b", "b"], ["1", 'two "2"', "é"]), segment(["b", "c"], ["\x00", "中"])],
     [segment(["c", "a"], ["1", "2"]), GOOD],  # a hostile worker's run out of order: sorted
     [segment([3, 1], ["x", "y"]), segment([2], ["z"])],  # ints: decoded, sorted, written
     [segment(["k"] * 5, [str(i) for i in range(5)])] * 3,  # ties: earlier segments first
-], ids=["text", "out of order", "ints", "ties"])
-def test_a_reduce_writes_the_part_file_the_decoding_path_writes(tmp_path, blobs):
-    fast = reduce_file(tmp_path, blobs, True, "fast")
-    slow = reduce_file(tmp_path, blobs, False, "slow")
-    assert fast == slow  # the commit record (records, bytes), the file, the task's stats
+    [segment([f"k{i:05d}" for i in range(70_000)], ["v" * 300] * 70_000)],  # long headers
+], ids=["text", "out of order", "ints", "ties", "large"])
+def test_a_reduce_writes_what_the_decoding_path_writes(tmp_path, blobs, results,
+                                                       monkeypatch):
+    """The part file, the commit record and (results kept) the packed pairs the client
+    gets, and the task's statistics: the same from the runs' bytes as decoded."""
+    fast = reduce_file(tmp_path, blobs, results, "fast")
+    monkeypatch.setattr(speedups, "merge_runs_json", None)  # (the decoding path)
+    slow = reduce_file(tmp_path, blobs, results, "slow")
+    assert fast == slow
     decoded = [msgpack.unpackb(b) for b in blobs]
     assert fast[1] == reference([(d[0], d[1]) for d in decoded])
 
 
+@built
+def test_the_packed_pairs_are_packs_bytes_of_the_merged_columns():
+    rng = random.Random(4)
+    runs = [(sorted(rng.choice(["", "a", "é" * 20, "k" * 40, "z" * 300]) for _ in range(n)),
+             [rng.choice(["", "v", "中" * 100]) for _ in range(n)]) for n in (1, 15, 16, 17)]
+    out = merge_runs_lines([segment(k, v) for k, v in runs], columns=True)
+    keys = [k for ks, _ in runs for k in ks]
+    values = [v for _, vs in runs for v in vs]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    assert out.packed == pack([[keys[i] for i in order], [values[i] for i in order]])
+    assert merge_runs_lines([segment(k, v) for k, v in runs]).packed is None
+
+
 @pytest.mark.parametrize("bad", ["a surrogate in UTF-8", "cut short", "a count past the bytes"])
 def test_a_segment_that_does_not_decode_fails_the_task_as_before(tmp_path, bad):
-    for lines in (True, False):
+    for results in (True, False):
         with pytest.raises(Exception) as failed:
-            reduce_file(tmp_path, [GOOD, LEFT[bad]], lines, f"t{lines}")
+            reduce_file(tmp_path, [GOOD, LEFT[bad]], results, f"t{results}")
         assert isinstance(failed.value.cause, UndecodableValue)
 
 
-def test_lines_are_never_taken_for_a_client_that_keeps_results(tmp_path):
+def test_lines_without_their_pairs_are_refused_for_a_client_that_keeps_results(tmp_path):
     with pytest.raises(ValueError, match="keeps results"):
         write_attempt({"url": str(tmp_path), "results": True}, "j", 0, 7,
                       EncodedLines(b'["a", "b"]\n', 1))
@@ -216,7 +235,7 @@ def test_mutated_segments_give_the_decoding_paths_lines_or_none(seed):
         got = merge_runs_lines(segments)
         want = python_lines(segments)
         if got is not None:
-            assert tuple(got) == want, segments
+            assert tuple(got)[:2] == want, segments
         else:  # (runs of str packed as map tasks pack them are never left)
             assert want is None or not all(
                 pack(d := msgpack.unpackb(b)) == b and d[0] == sorted(d[0]) and
@@ -295,17 +314,17 @@ class EscapedSort(Job):
 @built
 def test_a_real_sort_writes_the_same_part_files_whether_results_are_kept(tmp_path,
                                                                          monkeypatch):
-    """Through real workers: part files merged from the runs' bytes (no results kept)
-    are byte for byte those written from decoded columns (results kept), ties in input
-    order; and the bytes path was the one taken."""
+    """Through real workers: the part files merged from the runs' bytes are the same
+    whether the client keeps results or not (and, with them, its pairs are the stable
+    sort's), ties in input order; and the bytes path was the one taken."""
     from pymapreduce import Client, LocalCluster, read_text
     from pymapreduce.workers import runner
 
     taken = tmp_path / "taken"
     real = runner.merge_runs_lines
 
-    def noted(segments):
-        out = real(segments)
+    def noted(segments, columns=False):
+        out = real(segments, columns)
         with open(taken, "a") as f:
             f.write("bytes\n" if out is not None else "decoded\n")
         return out
@@ -329,7 +348,7 @@ def test_a_real_sort_writes_the_same_part_files_whether_results_are_kept(tmp_pat
                           reducers=3, output_dir=out, results=results).wait(120)
             files[results] = {n: (out / n).read_bytes() for n in sorted(os.listdir(out))
                               if n.startswith("part-")}
-    assert "bytes" in taken.read_text()
+    assert taken.read_text().split() == ["bytes"] * 6  # (both runs, every reduce task)
     assert files[False] == files[True] and len(files[False]) == 3
     got = [tuple(json.loads(x)) for name in sorted(files[False])
            for x in files[False][name].decode("utf-8").split("\n")[:-1]]  # (not at U+2028)

@@ -214,14 +214,20 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     else alone (``[[], [], record]``)."""
     if type(blob) is tuple:
         return _write_columns(spec, job_id, part, attempt, *blob)
-    if type(blob) is EncodedLines:  # (a plain sort's reduce, its client keeping no results)
-        if spec.get("results") is not False:
+    if type(blob) is EncodedLines:  # (a plain sort's reduce, from its runs' bytes)
+        keeps = spec.get("results") is not False
+        if keeps and blob.packed is None:
             raise ValueError("a task's output is its part file's lines, but its client "
                              "keeps results")
         written = Location(spec["url"], spec.get("storage")).write_bytes(
             temp_name(job_id, attempt, part), [blob.data])
-        return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + msgpack.packb(
-            {"attempt": attempt, "records": blob.records, "bytes": written})
+        record = msgpack.packb({"attempt": attempt, "records": blob.records,
+                                "bytes": written})
+        if not keeps or not blob.records:
+            return msgpack.packb([[], []]).replace(b"\x92", b"\x93", 1) + record
+        if bytes(blob.packed[:1]) != b"\x92":
+            raise ValueError("a task's output is not two columns")
+        return b"\x93" + blob.packed[1:] + record
     data = memoryview(blob).cast("B")  # (no copy: the task's output is large)
     # decoded a chunk at a time as it is written: never the whole partition at once
     count, chunks = column_chunks(data, CHUNK_RECORDS) if len(data) else (0, iter(()))

@@ -94,10 +94,10 @@ def run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_on
     budget; past it a task spills sorted runs to its own directory, removed when the task
     ends however it ends (``spill/``, docs/memory.md). ``columns``: a plain sort's reduce
     task that fits in memory returns its output as ``(keys, values)`` columns, not packed
-    (its part file is written from them: ``store/output.py``'s ``write_attempt``);
-    ``lines`` as well (the client keeps no results, only the part file): as the part
-    file's lines, merged from its segments' bytes where they are runs of str
-    (:class:`~pymapreduce.rangesort.EncodedLines`).
+    (its part file is written from them: ``store/output.py``'s ``write_attempt``), or,
+    where its segments are runs of str, as the part file's lines merged from their bytes
+    (:class:`~pymapreduce.rangesort.EncodedLines`), with the pairs packed unless
+    ``lines`` (the client keeps no results, only the part file).
     """
     if budget is None:  # (the usual worker: no budget, no task directory)
         with paused_gc():
@@ -187,10 +187,11 @@ def _run_task(job: Job, kind: str, desc: list, blobs: list, reducers: int, map_o
                                          read)]
             elif plain_sort(job):
                 encoded = None
-                if lines and columns and speedups.merge_runs_json is not None:
-                    # (the part file alone: merged from the segments' bytes)
+                if columns and speedups.merge_runs_json is not None:
+                    # (its part file, and its pairs packed if the client keeps results:
+                    # merged from the segments' bytes)
                     taken = list(_taken(blobs, first, n, read))
-                    encoded = merge_runs_lines(taken)
+                    encoded = merge_runs_lines(taken, columns=not lines)
                     segments = _counted((unpack(b, allow_pickle=True)
                                          for b in _drained(taken)), combined, read)
                 if encoded is not None:
