@@ -1,8 +1,9 @@
 """A plain sort's reduce written from its segments' bytes (``speedups.merge_runs_json``,
-rangesort.py's ``merge_runs_lines``): when the client keeps no results, a reduce task
-merges its runs where they lie in their bytes and writes their JSON lines, with no str
-object per key and value. It must write exactly the part file the decoding path writes,
-and leave to that path every segment that is not runs of str as map tasks pack them:
+rangesort.py's ``merge_runs_lines``): a reduce task that writes a part file merges its
+runs where they lie in their bytes and writes their JSON lines (and, for a client that
+keeps results, the pairs packed), with no str object per key and value. It must write
+exactly what the decoding path writes, and leave to that path every segment that is not
+runs of str as map tasks pack them:
 these bytes come from other workers, so a run out of order, a key of another type, text
 that is not UTF-8 or a length that lies gets what it got before (sorted, or refused)."""
 
