@@ -233,10 +233,15 @@ def test_mutated_segments_give_the_decoding_paths_lines_or_none(seed):
                 other = rng.randrange(len(blob))
                 blob[at], blob[other] = blob[other], blob[at]
         segments = [bytes(b) for b in segments]
-        got = merge_runs_lines(segments)
+        got = merge_runs_lines(segments, columns=True)
         want = python_lines(segments)
+        assert (merge_runs_lines(segments) is None) == (got is None)
         if got is not None:
             assert tuple(got)[:2] == want, segments
+            keys = [k for b in segments for k in msgpack.unpackb(b)[0]]
+            values = [v for b in segments for v in msgpack.unpackb(b)[1]]
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            assert got.packed == pack([[keys[i] for i in order], [values[i] for i in order]])
         else:  # (runs of str packed as map tasks pack them are never left)
             assert want is None or not all(
                 pack(d := msgpack.unpackb(b)) == b and d[0] == sorted(d[0]) and
