@@ -32,7 +32,6 @@ from typing import Any
 import msgpack
 
 from ..client.output import CHUNK_RECORDS, encode_lines_utf8
-from ..rangesort import EncodedLines
 from ..spill.runs import column_chunks
 from . import localfs
 from .urls import check_url, filesystem, is_url, local_path, redact
@@ -212,6 +211,8 @@ def write_attempt(spec: dict, job_id: str, part: int, attempt: int, blob: Any) -
     temporary name; returns what the task reports as the partition's output: the commit
     record, after the data when the client keeps results (``[keys, values, record]``),
     else alone (``[[], [], record]``)."""
+    from ..rangesort import EncodedLines  # (a worker's module: not a client's import)
+
     if type(blob) is tuple:
         return _write_columns(spec, job_id, part, attempt, *blob)
     if type(blob) is EncodedLines:  # (a plain sort's reduce, from its runs' bytes)
