@@ -1889,15 +1889,50 @@ done:
 
 /* -- part files: JSON lines written from two columns (client/output.py) ------------- */
 
-/* bytes of ASCII that JSON writes escaped (ensure_ascii=False escapes nothing else) */
+/* the bytes of ASCII that JSON writes escaped (ensure_ascii=False escapes nothing
+ * else): the length of each one's escape (0: none), and the letter after the backslash
+ * of a short escape (0: written \u00XX) */
 static unsigned char json_escaped[128];
+static char json_short[128];
 
 static void
 init_json_table(void)
 {
+    static const char shorts[] = "\"\"\\\\\nn\rr\tt\bb\ff";  /* (byte, letter) pairs */
     for (int c = 0; c < 0x20; c++)
-        json_escaped[c] = 1;
-    json_escaped['"'] = json_escaped['\\'] = 1;
+        json_escaped[c] = 6;
+    for (size_t i = 0; i + 1 < sizeof(shorts); i += 2) {
+        json_escaped[(unsigned char)shorts[i]] = 2;
+        json_short[(unsigned char)shorts[i]] = shorts[i + 1];
+    }
+}
+
+/* the escape of an ASCII byte that needs one, at o; returns the end of what was written */
+static unsigned char *
+put_escape(unsigned char *o, unsigned char c)
+{
+    static const char hex[] = "0123456789abcdef";
+    *o++ = '\\';
+    if (json_short[c]) {
+        *o++ = (unsigned char)json_short[c];
+        return o;
+    }
+    memcpy(o, "u00", 3);
+    o[3] = (unsigned char)hex[c >> 4];
+    o[4] = (unsigned char)hex[c & 0xF];
+    return o + 5;
+}
+
+static const uint64_t ONES = 0x0101010101010101ULL, HIGHS = 0x8080808080808080ULL;
+
+/* whether any of 8 bytes is below 0x20, '"' or '\\' (exact: each test is zero-byte
+ * detection, whose borrows only reach past a byte that matched) */
+static inline int
+json_special8(uint64_t x)
+{
+    uint64_t q = x ^ (ONES * '"'), bs = x ^ (ONES * '\\');
+    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((bs - ONES) & ~bs)) & HIGHS
+        ? 1 : 0;
 }
 
 /* one character as json.dumps(ensure_ascii=False) writes it, in UTF-8; 1: a lone
@@ -1913,22 +1948,9 @@ put_json_char(Buf *b, Py_UCS4 ch)
         if (!json_escaped[ch]) {
             o[0] = (unsigned char)ch;
             b->len += 1;
-            return 0;
         }
-        const char *short_form = ch == '"' ? "\\\"" : ch == '\\' ? "\\\\" : ch == '\n' ?
-            "\\n" : ch == '\r' ? "\\r" : ch == '\t' ? "\\t" : ch == '\b' ? "\\b" :
-            ch == '\f' ? "\\f" : NULL;
-        if (short_form != NULL) {
-            memcpy(o, short_form, 2);
-            b->len += 2;
-        }
-        else {
-            static const char hex[] = "0123456789abcdef";
-            memcpy(o, "\\u00", 4);
-            o[4] = (unsigned char)hex[ch >> 4];
-            o[5] = (unsigned char)hex[ch & 0xF];
-            b->len += 6;
-        }
+        else
+            b->len += (size_t)(put_escape(o, (unsigned char)ch) - o);
         return 0;
     }
     if (ch < 0x800) {
@@ -1982,15 +2004,10 @@ put_json(Buf *b, PyObject *o)
             /* (text needing no escape, the usual case: checked, then copied whole) */
             const unsigned char *s = PyUnicode_1BYTE_DATA(o);
             Py_ssize_t i = 0;
-            /* eight bytes at a time: any below 0x20, or equal to '"' or '\\' (ASCII
-             * bytes: below 0x80, so the subtractions borrow only where one matches) */
-            const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-            for (; i + 8 <= len; i += 8) {
-                uint64_t x, q, bs;
+            for (; i + 8 <= len; i += 8) {  /* (eight bytes at a time) */
+                uint64_t x;
                 memcpy(&x, s + i, 8);
-                q = x ^ (ones * '"');
-                bs = x ^ (ones * '\\');
-                if (((x - ones * 0x20) | (q - ones) | (bs - ones)) & highs)
+                if (json_special8(x))
                     break;
             }
             while (i < len && !json_escaped[s[i]])
@@ -2241,18 +2258,6 @@ utf8_length(const unsigned char *p, const unsigned char *end)
     return n;
 }
 
-static const uint64_t ONES = 0x0101010101010101ULL, HIGHS = 0x8080808080808080ULL;
-
-/* whether any of 8 bytes is below 0x20, '"' or '\\' (exact: each test is zero-byte
- * detection, whose borrows only reach past a byte that matched) */
-static inline int
-json_special8(uint64_t x)
-{
-    uint64_t q = x ^ (ONES * '"'), bs = x ^ (ONES * '\\');
-    return (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((bs - ONES) & ~bs)) & HIGHS
-        ? 1 : 0;
-}
-
 /* a msgpack str's header at *pp (before end): its bytes in *out (and its number), *pp
  * moved past it; 1 if it is not a str or runs past end */
 static int
@@ -2306,11 +2311,8 @@ read_str(const unsigned char **pp, const unsigned char *end, Span *out, size_t *
         if (s >= e)
             break;
         if (*s < 0x80) {
-            if (json_escaped[*s]) {
-                unsigned char c = *s;
-                add += (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
-                        c == '\b' || c == '\f') ? 1 : 5;
-            }
+            if (json_escaped[*s])
+                add += json_escaped[*s] - 1u;  /* (the escape, less the byte itself) */
             s++;
         }
         else {
@@ -2458,21 +2460,7 @@ put_json_text(unsigned char *o, const Span *s)
         o += q - p;
         if (q == e)
             break;
-        unsigned char c = *q;
-        const char *short_form = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ?
-            "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : c == '\b' ? "\\b" :
-            c == '\f' ? "\\f" : NULL;
-        if (short_form != NULL) {
-            memcpy(o, short_form, 2);
-            o += 2;
-        }
-        else {
-            static const char hex[] = "0123456789abcdef";
-            memcpy(o, "\\u00", 4);
-            o[4] = (unsigned char)hex[c >> 4];
-            o[5] = (unsigned char)hex[c & 0xF];
-            o += 6;
-        }
+        o = put_escape(o, *q);
         p = q + 1;
     }
     *o++ = '"';
